@@ -1,0 +1,16 @@
+//! The CQL subset testkit understands: a syntax tree and its parser.
+//!
+//! ```
+//! use tower_cql_testkit::cql::{self, ast::Statement};
+//!
+//! let parsed = cql::parse("SELECT v FROM ks.t WHERE k = ?").unwrap();
+//! assert!(matches!(parsed.statement, Statement::Select(_)));
+//! assert_eq!(parsed.bind_count, 1);
+//! let err = cql::parse("SELECT * FORM t").unwrap_err();
+//! assert!(err.to_string().contains("FORM"));
+//! ```
+
+pub mod ast;
+mod parser;
+
+pub use parser::{ParseError, Parsed, parse};

@@ -1,0 +1,474 @@
+//! An in-process CQL server for tests: native protocol v4 over real TCP, an
+//! in-memory store that is a small real database, several nodes on
+//! `127.0.0.x`, and faults you control while traffic flows.
+//!
+//! Any CQL driver connects to it as to a real cluster: it answers the
+//! system tables drivers read (`system.local`, `system.peers`,
+//! `system_schema.*`, built from the live topology and schema), hands out
+//! tokens so token-aware routing works, pages with `paging_state`, pushes
+//! schema and status events, and speaks LZ4 and Snappy.
+//!
+//! ```no_run
+//! use tower_cql_testkit::{Cluster, Fault, InjectedError};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // Three nodes on 127.0.0.1-3, one port chosen by the OS.
+//! let cluster = Cluster::builder().nodes(3).start().await?;
+//! let session = scylla::client::session_builder::SessionBuilder::new()
+//!     .known_nodes_addr(cluster.contact_points())
+//!     .build()
+//!     .await?;
+//! session
+//!     .query_unpaged(
+//!         "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}",
+//!         &[],
+//!     )
+//!     .await?;
+//!
+//! // Every fifth read of ks.users is answered with Overloaded.
+//! let id = cluster.faults().add(
+//!     Fault::error(InjectedError::Overloaded).table("ks", "users").reads().probability(0.2),
+//! );
+//! // ... run the code under test ...
+//! println!("overloaded answered {} times", cluster.faults().fired(id));
+//!
+//! // Prove that no write was applied twice.
+//! assert_eq!(cluster.counters().duplicate_writes(), 0);
+//!
+//! // Take node 2 down and bring it back.
+//! cluster.stop_node(1).await;
+//! cluster.start_node(1).await?;
+//! cluster.stop().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The standalone binary `cql-testkit --listen 127.0.0.1:9042 --nodes 3`
+//! runs the same server until interrupted.
+//!
+//! # What the store supports
+//! CREATE/DROP KEYSPACE and TABLE (`IF [NOT] EXISTS`), TRUNCATE, USE;
+//! INSERT (`IF NOT EXISTS`), UPDATE (counters, collection `+`/`-`,
+//! element assignment, `IF` conditions), DELETE (rows, ranges, columns,
+//! elements); SELECT by partition key with clustering equality and ranges,
+//! full scans in token order, `IN`, `ORDER BY`, `LIMIT`, `PER PARTITION
+//! LIMIT`, `DISTINCT`, `COUNT(*)`, `WRITETIME`, `token()`, `ALLOW
+//! FILTERING`; logged, unlogged and counter batches. Types: ascii, bigint,
+//! blob, boolean, counter, date, decimal, double, float, inet, int,
+//! smallint, text/varchar, time, timestamp, timeuuid, tinyint, uuid,
+//! varint, tuples, and list/set/map of them. Consistency is checked against
+//! the replicas that are up (a stopped node makes `ALL` unavailable).
+//!
+//! Not supported (each answered with a clear error): user-defined types,
+//! secondary indexes, materialized views, non-zero TTLs, JSON, `GROUP BY`,
+//! authentication, and conditional statements inside batches.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub mod cql;
+mod db;
+mod error;
+mod exec;
+mod fault;
+mod frame;
+mod murmur3;
+mod schema;
+mod server;
+mod system;
+mod types;
+
+pub use error::{Consistency, WriteType};
+pub use fault::{Fault, FaultAction, FaultId, InjectedError, StatementKind};
+pub use frame::Opcode;
+pub use murmur3::token;
+
+use db::{Database, Topology};
+use server::Node;
+
+/// Configures and starts a [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    nodes: usize,
+    port: u16,
+    first_ip: Ipv4Addr,
+    cluster_name: String,
+    data_center: String,
+    vnodes: usize,
+    track_writes: bool,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> ClusterBuilder {
+        ClusterBuilder {
+            nodes: 1,
+            port: 0,
+            first_ip: Ipv4Addr::new(127, 0, 0, 1),
+            cluster_name: "testkit".into(),
+            data_center: "datacenter1".into(),
+            vnodes: 8,
+            track_writes: true,
+        }
+    }
+}
+
+impl ClusterBuilder {
+    /// Number of nodes (default 1). Node `i` listens on the `i`-th address
+    /// counting up from [`ClusterBuilder::first_ip`], all on one port.
+    pub fn nodes(mut self, n: usize) -> ClusterBuilder {
+        self.nodes = n;
+        self
+    }
+
+    /// The port every node listens on; 0 (the default) lets the OS choose
+    /// one that is free on every node's address.
+    pub fn port(mut self, port: u16) -> ClusterBuilder {
+        self.port = port;
+        self
+    }
+
+    /// The first node's address (default `127.0.0.1`). Keep it on loopback.
+    pub fn first_ip(mut self, ip: Ipv4Addr) -> ClusterBuilder {
+        self.first_ip = ip;
+        self
+    }
+
+    /// The name `system.local` reports.
+    pub fn cluster_name(mut self, name: impl Into<String>) -> ClusterBuilder {
+        self.cluster_name = name.into();
+        self
+    }
+
+    /// The data center every node reports (default `datacenter1`).
+    pub fn data_center(mut self, dc: impl Into<String>) -> ClusterBuilder {
+        self.data_center = dc.into();
+        self
+    }
+
+    /// Tokens per node (default 8).
+    pub fn vnodes(mut self, n: usize) -> ClusterBuilder {
+        self.vnodes = n.max(1);
+        self
+    }
+
+    /// Whether to fingerprint every applied write to detect duplicates
+    /// (default on; costs a hash-map entry per distinct write).
+    pub fn track_writes(mut self, on: bool) -> ClusterBuilder {
+        self.track_writes = on;
+        self
+    }
+
+    /// Binds every node and starts serving. Must be called inside a Tokio
+    /// runtime.
+    pub async fn start(self) -> io::Result<Cluster> {
+        if self.nodes == 0 || self.nodes > 250 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a cluster needs 1 to 250 nodes, not {}", self.nodes),
+            ));
+        }
+        let ips: Vec<IpAddr> = (0..self.nodes)
+            .map(|i| {
+                let [a, b, c, d] = self.first_ip.octets();
+                IpAddr::V4(Ipv4Addr::new(a, b, c, d.wrapping_add(i as u8)))
+            })
+            .collect();
+        // Find a port free on every address (retry when the OS's choice for
+        // the first address is taken on another).
+        let mut attempt = 0;
+        let listeners = loop {
+            attempt += 1;
+            match bind_all(&ips, self.port).await {
+                Ok(l) => break l,
+                Err(e)
+                    if self.port == 0 && attempt < 20 && e.kind() == io::ErrorKind::AddrInUse =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<io::Result<_>>()?;
+        let topology = Topology::new(&self.cluster_name, &addrs, self.vnodes, &self.data_center);
+        let db = Arc::new(Database::new(topology));
+        db.counters
+            .track_writes
+            .store(self.track_writes, Ordering::Relaxed);
+        let nodes: Vec<NodeSlot> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, listener)| {
+                let node = Arc::new(Node::new(i, db.clone()));
+                let running = spawn_node(listener, node.clone());
+                db.topology.nodes[i].running.store(true, Ordering::SeqCst);
+                NodeSlot {
+                    node,
+                    running: Mutex::new(Some(running)),
+                }
+            })
+            .collect();
+        Ok(Cluster {
+            inner: Arc::new(Inner { db, nodes }),
+        })
+    }
+}
+
+async fn bind_all(ips: &[IpAddr], port: u16) -> io::Result<Vec<TcpListener>> {
+    let first = TcpListener::bind((ips[0], port)).await.map_err(|e| {
+        io::Error::new(e.kind(), format!("cannot listen on {}:{port}: {e}", ips[0]))
+    })?;
+    let port = first.local_addr()?.port();
+    let mut out = vec![first];
+    for ip in &ips[1..] {
+        out.push(
+            TcpListener::bind((*ip, port)).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {ip}:{port}: {e}"))
+            })?,
+        );
+    }
+    Ok(out)
+}
+
+#[derive(Debug)]
+struct Running {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+fn spawn_node(listener: TcpListener, node: Arc<Node>) -> Running {
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(server::accept_loop(listener, node, stop_rx));
+    Running { stop, task }
+}
+
+#[derive(Debug)]
+struct NodeSlot {
+    node: Arc<Node>,
+    running: Mutex<Option<Running>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Arc<Database>,
+    nodes: Vec<NodeSlot>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for slot in &self.nodes {
+            if let Some(r) = slot.running.lock().expect("node lock").take() {
+                let _ = r.stop.send(true);
+                r.task.abort();
+            }
+        }
+    }
+}
+
+/// A running in-process cluster. Cloning gives another handle to the same
+/// cluster; it stops when the last handle is dropped or [`Cluster::stop`]
+/// is called.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+impl Cluster {
+    /// A builder for a one-node cluster on `127.0.0.1` and an OS-chosen port.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    /// Starts a one-node cluster with defaults.
+    pub async fn start() -> io::Result<Cluster> {
+        ClusterBuilder::default().start().await
+    }
+
+    /// Every node's address, for a driver's known nodes.
+    pub fn contact_points(&self) -> Vec<SocketAddr> {
+        self.inner.nodes.iter().map(|n| n.node.address()).collect()
+    }
+
+    /// The first node's address as `host:port`.
+    pub fn uri(&self) -> String {
+        self.inner.nodes[0].node.address().to_string()
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.inner.nodes.len()
+    }
+
+    /// Always false: a cluster has at least one node.
+    pub fn is_empty(&self) -> bool {
+        self.inner.nodes.is_empty()
+    }
+
+    /// Node `index`'s address.
+    ///
+    /// # Panics
+    /// When `index` is not a node of this cluster.
+    pub fn node_addr(&self, index: usize) -> SocketAddr {
+        self.inner.nodes[index].node.address()
+    }
+
+    /// Whether node `index` is serving.
+    pub fn is_running(&self, index: usize) -> bool {
+        self.inner.db.topology.nodes[index]
+            .running
+            .load(Ordering::SeqCst)
+    }
+
+    /// Stops node `index`: closes its listener and every connection to it,
+    /// and tells the other nodes' event listeners it is DOWN. Its replicas
+    /// count as dead for consistency checks until it is started again.
+    pub async fn stop_node(&self, index: usize) {
+        let running = self.inner.nodes[index]
+            .running
+            .lock()
+            .expect("node lock")
+            .take();
+        if let Some(r) = running {
+            server::set_running(&self.inner.db, index, false);
+            let _ = r.stop.send(true);
+            let _ = r.task.await;
+        }
+    }
+
+    /// Starts a stopped node again on its address; it has forgotten its
+    /// prepared statements, like a restarted server.
+    pub async fn start_node(&self, index: usize) -> io::Result<()> {
+        let slot = &self.inner.nodes[index];
+        if slot.running.lock().expect("node lock").is_some() {
+            return Ok(());
+        }
+        let listener = TcpListener::bind(slot.node.address()).await?;
+        slot.node.clear_prepared();
+        let running = spawn_node(listener, slot.node.clone());
+        *slot.running.lock().expect("node lock") = Some(running);
+        server::set_running(&self.inner.db, index, true);
+        Ok(())
+    }
+
+    /// Stops and starts node `index`.
+    pub async fn restart_node(&self, index: usize) -> io::Result<()> {
+        self.stop_node(index).await;
+        self.start_node(index).await
+    }
+
+    /// Stops every node and waits until all connections are closed.
+    pub async fn stop(&self) {
+        for i in 0..self.inner.nodes.len() {
+            self.stop_node(i).await;
+        }
+    }
+
+    /// The fault rules.
+    pub fn faults(&self) -> Faults<'_> {
+        Faults { cluster: self }
+    }
+
+    /// The execution counters.
+    pub fn counters(&self) -> ExecutionCounters {
+        ExecutionCounters {
+            db: self.inner.db.clone(),
+        }
+    }
+}
+
+/// Adds, removes and counts fault rules; changes apply to the next request.
+#[derive(Debug, Clone, Copy)]
+pub struct Faults<'a> {
+    cluster: &'a Cluster,
+}
+
+impl Faults<'_> {
+    /// Installs a rule; rules are matched in the order they were added.
+    pub fn add(&self, fault: Fault) -> FaultId {
+        self.cluster.inner.db.faults.add(fault)
+    }
+
+    /// Removes a rule; false if it was not installed.
+    pub fn remove(&self, id: FaultId) -> bool {
+        self.cluster.inner.db.faults.remove(id)
+    }
+
+    /// Removes every rule.
+    pub fn clear(&self) {
+        self.cluster.inner.db.faults.clear()
+    }
+
+    /// How many times rule `id` fired (0 once removed).
+    pub fn fired(&self, id: FaultId) -> u64 {
+        self.cluster.inner.db.faults.fired(id)
+    }
+}
+
+/// How often the server executed statements and applied writes: the
+/// evidence a test needs to prove a write was never applied twice.
+#[derive(Debug, Clone)]
+pub struct ExecutionCounters {
+    db: Arc<Database>,
+}
+
+impl ExecutionCounters {
+    /// How many times the statement with exactly this text was executed
+    /// (as a QUERY, an EXECUTE of its prepared form, or in a BATCH),
+    /// including executions answered with an injected error after applying.
+    pub fn executions(&self, statement: &str) -> u64 {
+        self.db
+            .counters
+            .get(statement)
+            .map_or(0, |s| s.executions.load(Ordering::Relaxed))
+    }
+
+    /// How many times a write statement with this text was applied.
+    pub fn applied(&self, statement: &str) -> u64 {
+        self.db
+            .counters
+            .get(statement)
+            .map_or(0, |s| s.applied.load(Ordering::Relaxed))
+    }
+
+    /// Every statement executed, on every node.
+    pub fn total_executions(&self) -> u64 {
+        self.db.counters.executions.load(Ordering::Relaxed)
+    }
+
+    /// Statements executed by node `index`.
+    pub fn node_executions(&self, index: usize) -> u64 {
+        self.db.topology.nodes[index]
+            .executions
+            .load(Ordering::Relaxed)
+    }
+
+    /// Writes applied, in all.
+    pub fn writes_applied(&self) -> u64 {
+        self.db.counters.writes_applied.load(Ordering::Relaxed)
+    }
+
+    /// Distinct writes (same statement text and same bound values) the
+    /// server applied more than once. A correct client never makes this
+    /// non-zero by retrying a non-idempotent write.
+    pub fn duplicate_writes(&self) -> u64 {
+        self.db.counters.duplicate_writes.load(Ordering::Relaxed)
+    }
+
+    /// Sets every counter back to zero.
+    pub fn reset(&self) {
+        self.db.counters.reset();
+        for n in &self.db.topology.nodes {
+            n.executions.store(0, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,805 @@
+//! Nodes and connections: the accept loop, the per-connection frame loop
+//! and the request handlers.
+//!
+//! One task serves one connection. It reads as many frames as the socket
+//! has, answers each into one output buffer, and writes that buffer with a
+//! single syscall, so a driver that pipelines many requests gets them
+//! answered in batches. Requests delayed by a fault are answered from a
+//! spawned task through a channel, so they never hold up the others.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::cql::Parsed;
+use crate::db::{Database, Event};
+use crate::error::ServerError;
+use crate::exec::{self, BatchItem, Ctx, Options, Outcome, Prepared, Values};
+use crate::fault::{Decision, FaultAction, Target};
+use crate::frame::{
+    self, BatchEntry, BatchRequest, Compression, FLAG_CUSTOM_PAYLOAD, FLAG_TRACING, FrameWriter,
+    Header, Opcode, QueryParams, Reader, WriteExt,
+};
+
+/// One node: its index in the cluster and its prepared-statement cache.
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) index: usize,
+    pub(crate) db: Arc<Database>,
+    pub(crate) prepared: RwLock<HashMap<[u8; 16], Arc<Prepared>>>,
+}
+
+impl Node {
+    fn addr(&self) -> SocketAddr {
+        self.db.topology.nodes[self.index].addr
+    }
+}
+
+/// A connection's protocol state.
+#[derive(Debug, Clone)]
+struct ConnState {
+    keyspace: Option<String>,
+    compression: Compression,
+    /// Event types this connection registered for.
+    events: Vec<&'static str>,
+}
+
+/// What the connection loop does after a frame.
+enum Flow {
+    Continue,
+    Close,
+    /// Answer later, from a task, after `delay`; then act on `action`.
+    Defer {
+        delay: Duration,
+        action: Option<FaultAction>,
+    },
+}
+
+/// Accepts connections until `stop` fires, then closes every connection.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    node: Arc<Node>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    conns.spawn(serve(stream, node.clone(), stop.clone()));
+                }
+            }
+        }
+        while conns.try_join_next().is_some() {}
+    }
+    drop(listener);
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
+}
+
+async fn recv_event(
+    rx: &mut Option<broadcast::Receiver<(usize, Event)>>,
+) -> Option<(usize, Event)> {
+    match rx {
+        Some(rx) => loop {
+            match rx.recv().await {
+                Ok(ev) => return Some(ev),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves one connection until it closes or the node stops.
+async fn serve(stream: TcpStream, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut inbuf = BytesMut::with_capacity(64 * 1024);
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut conn = ConnState {
+        keyspace: None,
+        compression: Compression::None,
+        events: Vec::new(),
+    };
+    let (deferred_tx, mut deferred_rx) = mpsc::unbounded_channel::<(BytesMut, Option<String>)>();
+    let mut events: Option<broadcast::Receiver<(usize, Event)>> = None;
+    'conn: loop {
+        tokio::select! {
+            _ = stop.changed() => break 'conn,
+            read = rd.read_buf(&mut inbuf) => {
+                match read {
+                    Ok(0) | Err(_) => break 'conn,
+                    Ok(_) => {}
+                }
+                loop {
+                    let (header, body) = match frame::split_frame(&mut inbuf) {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(e) => {
+                            write_error(&mut out, 0, &ServerError::protocol(e.0), conn.compression);
+                            let _ = wr.write_all(&out).await;
+                            break 'conn;
+                        }
+                    };
+                    let was_registered = !conn.events.is_empty();
+                    match handle(&node, &mut conn, header, body.clone(), &mut out, None) {
+                        Flow::Continue => {}
+                        Flow::Close => {
+                            let _ = wr.write_all(&out).await;
+                            break 'conn;
+                        }
+                        Flow::Defer { delay, action } => {
+                            let node = node.clone();
+                            let mut conn = conn.clone();
+                            let tx = deferred_tx.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(delay).await;
+                                let mut out = BytesMut::new();
+                                let ks = conn.keyspace.clone();
+                                match handle(&node, &mut conn, header, body, &mut out, Some(action)) {
+                                    Flow::Close => {
+                                        // closing from a deferred task: send an empty marker
+                                        let _ = tx.send((BytesMut::new(), None));
+                                    }
+                                    _ => {
+                                        let changed = (conn.keyspace != ks).then(|| conn.keyspace.clone()).flatten();
+                                        let _ = tx.send((out, changed));
+                                    }
+                                }
+                            });
+                        }
+                    }
+                    if !was_registered && !conn.events.is_empty() {
+                        events = Some(node.db.events.subscribe());
+                    }
+                }
+            }
+            Some((bytes, keyspace)) = deferred_rx.recv() => {
+                if bytes.is_empty() {
+                    break 'conn;
+                }
+                if let Some(ks) = keyspace {
+                    conn.keyspace = Some(ks);
+                }
+                out.extend_from_slice(&bytes);
+            }
+            Some((origin, event)) = recv_event(&mut events) => {
+                if origin != node.index && conn.events.contains(&event.kind()) {
+                    write_event(&mut out, &event, conn.compression);
+                }
+            }
+        }
+        if !out.is_empty() {
+            if wr.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+        }
+    }
+}
+
+fn write_error(out: &mut BytesMut, stream: i16, err: &ServerError, compression: Compression) {
+    let w = FrameWriter::begin(out, stream, Opcode::Error, 0);
+    err.write_body(out);
+    w.finish(out, compression);
+}
+
+fn write_event(out: &mut BytesMut, event: &Event, compression: Compression) {
+    let w = FrameWriter::begin(out, -1, Opcode::Event, 0);
+    out.put_string(event.kind());
+    match event {
+        Event::Schema(change) => write_schema_change(out, change),
+        Event::Status { up, addr } => {
+            out.put_string(if *up { "UP" } else { "DOWN" });
+            out.put_inet(*addr);
+        }
+    }
+    w.finish(out, compression);
+}
+
+fn write_schema_change(out: &mut BytesMut, change: &crate::db::SchemaChange) {
+    out.put_string(change.change);
+    out.put_string(change.target);
+    out.put_string(&change.keyspace);
+    if let Some(name) = &change.name {
+        out.put_string(name);
+    }
+}
+
+/// The statement text, table and kind of a request, for fault matching.
+struct RequestInfo<'a> {
+    text: Option<&'a str>,
+    keyspace: Option<&'a str>,
+    table: Option<&'a str>,
+    kind: Option<crate::fault::StatementKind>,
+}
+
+fn decide(
+    node: &Node,
+    opcode: Opcode,
+    info: &RequestInfo<'_>,
+    preset: &Option<Option<FaultAction>>,
+) -> Decision {
+    if let Some(action) = preset {
+        return Decision {
+            delay: Duration::ZERO,
+            action: action.clone(),
+        };
+    }
+    if node.db.faults.is_empty() {
+        return Decision::default();
+    }
+    node.db.faults.decide(&Target {
+        opcode,
+        node: node.index,
+        text: info.text,
+        keyspace: info.keyspace,
+        table: info.table,
+        kind: info.kind,
+    })
+}
+
+/// Handles one request frame; writes its answer into `out`.
+///
+/// `preset` is the fault action already decided for a deferred request.
+fn handle(
+    node: &Node,
+    conn: &mut ConnState,
+    header: Header,
+    body: Bytes,
+    out: &mut BytesMut,
+    preset: Option<Option<FaultAction>>,
+) -> Flow {
+    let stream = header.stream;
+    let version = header.version & 0x7F;
+    if version != 4 {
+        let err = ServerError::protocol(format!(
+            "Invalid or unsupported protocol version ({version}); supported versions are (4/v4)"
+        ));
+        write_error(out, stream, &err, Compression::None);
+        return Flow::Continue;
+    }
+    let compression = conn.compression;
+    let body: Bytes = if header.flags & frame::FLAG_COMPRESSION != 0 {
+        match compression.decompress(&body) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                write_error(out, stream, &ServerError::protocol(e.0), compression);
+                return Flow::Continue;
+            }
+        }
+    } else {
+        body
+    };
+    let mut r = Reader::new(&body);
+    if header.flags & FLAG_CUSTOM_PAYLOAD != 0 {
+        // [bytes map]: skip it, the server has no use for it
+        let skipped = (|| -> Result<(), frame::ProtocolError> {
+            let n = r.short()?;
+            for _ in 0..n {
+                r.string()?;
+                r.bytes_opt()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = skipped {
+            write_error(out, stream, &ServerError::protocol(e.0), compression);
+            return Flow::Continue;
+        }
+    }
+    let tracing = header.flags & FLAG_TRACING != 0;
+    let Some(opcode) = Opcode::from_code(header.opcode) else {
+        let err = ServerError::protocol(format!("Unknown opcode {:#04x}", header.opcode));
+        write_error(out, stream, &err, compression);
+        return Flow::Continue;
+    };
+    let result = match opcode {
+        Opcode::Options => {
+            let w = FrameWriter::begin(out, stream, Opcode::Supported, 0);
+            let entries: [(&str, &[&str]); 3] = [
+                ("COMPRESSION", &["lz4", "snappy"]),
+                ("CQL_VERSION", &[crate::system::CQL_VERSION]),
+                ("PROTOCOL_VERSIONS", &["4/v4"]),
+            ];
+            out.put_u16(entries.len() as u16);
+            for (k, vs) in entries {
+                out.put_string(k);
+                out.put_string_list(vs);
+            }
+            w.finish(out, Compression::None);
+            return Flow::Continue;
+        }
+        Opcode::Startup => startup(conn, &mut r).map(|()| {
+            let w = FrameWriter::begin(out, stream, Opcode::Ready, 0);
+            w.finish(out, Compression::None);
+        }),
+        Opcode::Register => register(conn, &mut r).map(|()| {
+            let w = FrameWriter::begin(out, stream, Opcode::Ready, 0);
+            w.finish(out, compression);
+        }),
+        Opcode::Query => return query(node, conn, stream, &mut r, out, preset, tracing),
+        Opcode::Prepare => return prepare(node, conn, stream, &mut r, out, preset, tracing),
+        Opcode::Execute => return execute(node, conn, stream, &mut r, out, preset, tracing),
+        Opcode::Batch => return batch(node, conn, stream, &mut r, out, preset, tracing),
+        Opcode::AuthResponse => Err(ServerError::protocol(
+            "Unexpected AUTH_RESPONSE: this server does not require authentication",
+        )),
+        other => Err(ServerError::protocol(format!(
+            "{other:?} is not a request opcode"
+        ))),
+    };
+    if let Err(e) = result {
+        write_error(out, stream, &e, compression);
+    }
+    Flow::Continue
+}
+
+fn startup(conn: &mut ConnState, r: &mut Reader<'_>) -> Result<(), ServerError> {
+    let options = r.string_map().map_err(|e| ServerError::protocol(e.0))?;
+    for (k, v) in options {
+        if k.eq_ignore_ascii_case("COMPRESSION") {
+            conn.compression = Compression::from_name(v).ok_or_else(|| {
+                ServerError::protocol(format!(
+                    "Unknown compression algorithm: {v} (supported: lz4, snappy)"
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn register(conn: &mut ConnState, r: &mut Reader<'_>) -> Result<(), ServerError> {
+    let types = r.string_list().map_err(|e| ServerError::protocol(e.0))?;
+    for t in types {
+        let t = match t {
+            "SCHEMA_CHANGE" => "SCHEMA_CHANGE",
+            "STATUS_CHANGE" => "STATUS_CHANGE",
+            "TOPOLOGY_CHANGE" => "TOPOLOGY_CHANGE",
+            other => {
+                return Err(ServerError::protocol(format!(
+                    "Invalid value '{other}' for Type"
+                )));
+            }
+        };
+        if !conn.events.contains(&t) {
+            conn.events.push(t);
+        }
+    }
+    Ok(())
+}
+
+/// Writes the frame for an outcome (or error), honouring a fault decided to
+/// answer after applying.
+#[allow(clippy::too_many_arguments)]
+fn respond(
+    conn: &mut ConnState,
+    stream: i16,
+    out: &mut BytesMut,
+    result: Result<Outcome, ServerError>,
+    skip_metadata: bool,
+    after: Option<ServerError>,
+    tracing: bool,
+) {
+    let compression = conn.compression;
+    if let Some(err) = after {
+        write_error(out, stream, &err, compression);
+        return;
+    }
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) => {
+            write_error(out, stream, &e, compression);
+            return;
+        }
+    };
+    let w = FrameWriter::begin(
+        out,
+        stream,
+        Opcode::Result,
+        if tracing { FLAG_TRACING } else { 0 },
+    );
+    if tracing {
+        out.put_slice(&crate::types::new_timeuuid());
+    }
+    match outcome {
+        Outcome::Void => out.put_i32(1),
+        Outcome::Rows(rows) => rows.write(out, skip_metadata),
+        Outcome::SetKeyspace(ks) => {
+            out.put_i32(3);
+            out.put_string(&ks);
+            conn.keyspace = Some(ks);
+        }
+        Outcome::SchemaChange(change) => {
+            out.put_i32(5);
+            write_schema_change(out, &change);
+        }
+    }
+    w.finish(out, compression);
+}
+
+/// Applies the pre-execution part of a fault decision. Returns the flow to
+/// stop with, or the error to answer after executing.
+fn pre_execute(
+    decision: Decision,
+    conn: &ConnState,
+    stream: i16,
+    out: &mut BytesMut,
+    consistency: u16,
+    id: Option<&[u8]>,
+) -> Result<Option<ServerError>, Flow> {
+    if !decision.delay.is_zero() {
+        return Err(Flow::Defer {
+            delay: decision.delay,
+            action: decision.action,
+        });
+    }
+    match decision.action {
+        None => Ok(None),
+        Some(FaultAction::Error(e)) => {
+            write_error(
+                out,
+                stream,
+                &e.to_server_error(consistency, id),
+                conn.compression,
+            );
+            Err(Flow::Continue)
+        }
+        Some(FaultAction::ErrorAfterApply(e)) => Ok(Some(e.to_server_error(consistency, id))),
+        Some(FaultAction::NoResponse) => Err(Flow::Continue),
+        Some(FaultAction::CloseConnection) => Err(Flow::Close),
+        Some(FaultAction::Delay(_)) => Ok(None),
+    }
+}
+
+fn proto(e: frame::ProtocolError) -> ServerError {
+    ServerError::protocol(e.0)
+}
+
+fn options<'a>(p: &QueryParams<'a>) -> Options<'a> {
+    Options {
+        consistency: p.consistency,
+        serial_consistency: p.serial_consistency,
+        page_size: p.page_size,
+        paging_state: p.paging_state,
+        timestamp: p.timestamp,
+    }
+}
+
+macro_rules! try_or_answer {
+    ($e:expr, $conn:expr, $stream:expr, $out:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(err) => {
+                write_error($out, $stream, &err, $conn.compression);
+                return Flow::Continue;
+            }
+        }
+    };
+}
+
+fn info_of<'a>(parsed: &'a Parsed, text: &'a str, keyspace: Option<&'a str>) -> RequestInfo<'a> {
+    let table = exec::statement_table(&parsed.statement);
+    RequestInfo {
+        text: Some(text),
+        keyspace: table.and_then(|t| t.keyspace.as_deref()).or(keyspace),
+        table: table.map(|t| t.name.as_str()),
+        kind: exec::statement_kind(&parsed.statement),
+    }
+}
+
+fn query(
+    node: &Node,
+    conn: &mut ConnState,
+    stream: i16,
+    r: &mut Reader<'_>,
+    out: &mut BytesMut,
+    preset: Option<Option<FaultAction>>,
+    tracing: bool,
+) -> Flow {
+    let text = try_or_answer!(r.long_string().map_err(proto), conn, stream, out);
+    let params = try_or_answer!(QueryParams::read(r).map_err(proto), conn, stream, out);
+    let parsed = crate::cql::parse(text).map_err(|e| ServerError::syntax(e.to_string()));
+    let info = match &parsed {
+        Ok(p) => info_of(p, text, conn.keyspace.as_deref()),
+        Err(_) => RequestInfo {
+            text: Some(text),
+            keyspace: None,
+            table: None,
+            kind: None,
+        },
+    };
+    let decision = decide(node, Opcode::Query, &info, &preset);
+    let after = match pre_execute(decision, conn, stream, out, params.consistency, None) {
+        Ok(a) => a,
+        Err(flow) => return flow,
+    };
+    let parsed = try_or_answer!(parsed, conn, stream, out);
+    let stats = node.db.counters.statement(text);
+    let ks = conn.keyspace.clone();
+    let ctx = Ctx {
+        db: &node.db,
+        node: node.index,
+        keyspace: ks.as_deref(),
+    };
+    let result = Values::new(&parsed, &params.values, params.names.as_deref()).and_then(|values| {
+        exec::execute(
+            &ctx,
+            &parsed,
+            text,
+            &values,
+            &options(&params),
+            None,
+            &stats,
+        )
+    });
+    respond(conn, stream, out, result, false, after, tracing);
+    Flow::Continue
+}
+
+fn prepare(
+    node: &Node,
+    conn: &mut ConnState,
+    stream: i16,
+    r: &mut Reader<'_>,
+    out: &mut BytesMut,
+    preset: Option<Option<FaultAction>>,
+    tracing: bool,
+) -> Flow {
+    let text = try_or_answer!(r.long_string().map_err(proto), conn, stream, out);
+    let info = RequestInfo {
+        text: Some(text),
+        keyspace: None,
+        table: None,
+        kind: None,
+    };
+    let decision = decide(node, Opcode::Prepare, &info, &preset);
+    let after = match pre_execute(decision, conn, stream, out, 1, None) {
+        Ok(a) => a,
+        Err(flow) => return flow,
+    };
+    let ctx = Ctx {
+        db: &node.db,
+        node: node.index,
+        keyspace: conn.keyspace.as_deref(),
+    };
+    let prepared = try_or_answer!(prepared_for(node, &ctx, text), conn, stream, out);
+    if let Some(err) = after {
+        write_error(out, stream, &err, conn.compression);
+        return Flow::Continue;
+    }
+    let w = FrameWriter::begin(
+        out,
+        stream,
+        Opcode::Result,
+        if tracing { FLAG_TRACING } else { 0 },
+    );
+    if tracing {
+        out.put_slice(&crate::types::new_timeuuid());
+    }
+    prepared.write(out);
+    w.finish(out, conn.compression);
+    Flow::Continue
+}
+
+/// Prepares `text` on `node`, reusing the cached statement when the schema
+/// has not changed since.
+fn prepared_for(node: &Node, ctx: &Ctx<'_>, text: &str) -> Result<Arc<Prepared>, ServerError> {
+    let id = exec::prepared_id(ctx.keyspace, text);
+    let generation = node.db.schema.load().generation;
+    if let Some(p) = node.prepared.read().expect("prepared lock").get(&id)
+        && p.generation == generation
+    {
+        return Ok(p.clone());
+    }
+    let p = Arc::new(exec::prepare(ctx, text)?);
+    node.prepared
+        .write()
+        .expect("prepared lock")
+        .insert(id, p.clone());
+    Ok(p)
+}
+
+/// The prepared statement with `id`, re-planned if the schema changed.
+fn lookup_prepared(node: &Node, id: &[u8]) -> Result<Arc<Prepared>, ServerError> {
+    let key: [u8; 16] = id.try_into().map_err(|_| ServerError::unprepared(id))?;
+    let p = node
+        .prepared
+        .read()
+        .expect("prepared lock")
+        .get(&key)
+        .cloned()
+        .ok_or_else(|| ServerError::unprepared(id))?;
+    if p.generation == node.db.schema.load().generation {
+        return Ok(p);
+    }
+    let ctx = Ctx {
+        db: &node.db,
+        node: node.index,
+        keyspace: p.keyspace.as_deref(),
+    };
+    prepared_for(node, &ctx, &p.text)
+}
+
+fn execute(
+    node: &Node,
+    conn: &mut ConnState,
+    stream: i16,
+    r: &mut Reader<'_>,
+    out: &mut BytesMut,
+    preset: Option<Option<FaultAction>>,
+    tracing: bool,
+) -> Flow {
+    let id = try_or_answer!(r.short_bytes().map_err(proto), conn, stream, out);
+    let params = try_or_answer!(QueryParams::read(r).map_err(proto), conn, stream, out);
+    let prepared = try_or_answer!(lookup_prepared(node, id), conn, stream, out);
+    let info = RequestInfo {
+        text: Some(&prepared.text),
+        keyspace: prepared.target.as_ref().map(|t| t.0.as_str()),
+        table: prepared.target.as_ref().map(|t| t.1.as_str()),
+        kind: prepared.kind,
+    };
+    let decision = decide(node, Opcode::Execute, &info, &preset);
+    let after = match pre_execute(decision, conn, stream, out, params.consistency, Some(id)) {
+        Ok(a) => a,
+        Err(flow) => return flow,
+    };
+    let ctx = Ctx {
+        db: &node.db,
+        node: node.index,
+        keyspace: prepared.keyspace.as_deref(),
+    };
+    let result =
+        Values::new(&prepared.parsed, &params.values, params.names.as_deref()).and_then(|values| {
+            exec::execute(
+                &ctx,
+                &prepared.parsed,
+                &prepared.text,
+                &values,
+                &options(&params),
+                prepared.select.as_ref(),
+                &prepared.stats,
+            )
+        });
+    let skip = params.skip_metadata && prepared.select.is_some();
+    respond(conn, stream, out, result, skip, after, tracing);
+    Flow::Continue
+}
+
+fn batch(
+    node: &Node,
+    conn: &mut ConnState,
+    stream: i16,
+    r: &mut Reader<'_>,
+    out: &mut BytesMut,
+    preset: Option<Option<FaultAction>>,
+    tracing: bool,
+) -> Flow {
+    let req = try_or_answer!(BatchRequest::read(r).map_err(proto), conn, stream, out);
+    // Resolve every entry first: parse texts, look up prepared ids.
+    enum Resolved<'a> {
+        Text(Box<Parsed>, &'a str),
+        Prepared(Arc<Prepared>),
+    }
+    let mut resolved = Vec::with_capacity(req.entries.len());
+    for entry in &req.entries {
+        let item = match entry {
+            BatchEntry::Query(text, _) => Resolved::Text(
+                Box::new(try_or_answer!(
+                    crate::cql::parse(text).map_err(|e| ServerError::syntax(e.to_string())),
+                    conn,
+                    stream,
+                    out
+                )),
+                text,
+            ),
+            BatchEntry::Prepared(id, _) => {
+                Resolved::Prepared(try_or_answer!(lookup_prepared(node, id), conn, stream, out))
+            }
+        };
+        resolved.push(item);
+    }
+    let first_info = resolved.first().map(|r| match r {
+        Resolved::Text(p, t) => info_of(p, t, conn.keyspace.as_deref()),
+        Resolved::Prepared(p) => RequestInfo {
+            text: Some(&p.text),
+            keyspace: p.target.as_ref().map(|t| t.0.as_str()),
+            table: p.target.as_ref().map(|t| t.1.as_str()),
+            kind: p.kind,
+        },
+    });
+    let info = first_info.unwrap_or(RequestInfo {
+        text: None,
+        keyspace: None,
+        table: None,
+        kind: Some(crate::fault::StatementKind::Write),
+    });
+    let decision = decide(node, Opcode::Batch, &info, &preset);
+    let after = match pre_execute(decision, conn, stream, out, req.consistency, None) {
+        Ok(a) => a,
+        Err(flow) => return flow,
+    };
+    let items: Vec<BatchItem<'_>> = resolved
+        .iter()
+        .zip(&req.entries)
+        .map(|(res, entry)| {
+            let values = match entry {
+                BatchEntry::Query(_, v) | BatchEntry::Prepared(_, v) => v.as_slice(),
+            };
+            match res {
+                Resolved::Text(p, t) => BatchItem {
+                    parsed: p,
+                    text: t,
+                    values,
+                    stats: node.db.counters.statement(t),
+                },
+                Resolved::Prepared(p) => BatchItem {
+                    parsed: &p.parsed,
+                    text: &p.text,
+                    values,
+                    stats: p.stats.clone(),
+                },
+            }
+        })
+        .collect();
+    let ks = conn.keyspace.clone();
+    let ctx = Ctx {
+        db: &node.db,
+        node: node.index,
+        keyspace: ks.as_deref(),
+    };
+    let opts = Options {
+        consistency: req.consistency,
+        serial_consistency: req.serial_consistency,
+        page_size: None,
+        paging_state: None,
+        timestamp: req.timestamp,
+    };
+    let result = exec::execute_batch(&ctx, req.kind, &items, &opts);
+    respond(conn, stream, out, result, false, after, tracing);
+    Flow::Continue
+}
+
+/// Marks node `index` up or down and tells the other nodes' listeners.
+pub(crate) fn set_running(db: &Database, index: usize, up: bool) {
+    let info = &db.topology.nodes[index];
+    let was = info.running.swap(up, Ordering::SeqCst);
+    if was != up {
+        db.publish(
+            index,
+            Event::Status {
+                up,
+                addr: info.addr,
+            },
+        );
+    }
+}
+
+impl Node {
+    pub(crate) fn new(index: usize, db: Arc<Database>) -> Node {
+        Node {
+            index,
+            db,
+            prepared: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Forgets prepared statements, as a restarted node does.
+    pub(crate) fn clear_prepared(&self) {
+        self.prepared.write().expect("prepared lock").clear();
+    }
+
+    pub(crate) fn address(&self) -> SocketAddr {
+        self.addr()
+    }
+}
