@@ -1,0 +1,55 @@
+//! testkit with a driver other than scylla's: the DataStax Python driver,
+//! which starts at protocol v5+, downgrades, reads `system.peers_v2` first
+//! and falls back, and reads `SELECT *` from the system tables.
+//!
+//! `.ci/run` installs the driver (`pip install cassandra-driver`); where it
+//! is missing this test says it was skipped.
+
+use std::process::Command;
+
+use tower_cql_testkit::Cluster;
+
+fn python_driver_available() -> bool {
+    Command::new("python3")
+        .args(["-c", "import cassandra.cluster"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datastax_python_driver_against_three_nodes() {
+    if !python_driver_available() {
+        eprintln!(
+            "SKIPPED datastax_python_driver_against_three_nodes: python3 with cassandra-driver is not installed (pip install cassandra-driver)"
+        );
+        return;
+    }
+    let cluster = Cluster::builder().nodes(3).start().await.unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/datastax_driver.py"
+    );
+    let uri = cluster.uri();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args(["120", "python3", script, &uri, "3"])
+            .output()
+            .expect("run python3")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python driver failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("datastax python driver: ok"), "{stdout}");
+    // it really ran against this cluster
+    assert!(
+        cluster
+            .counters()
+            .executions("INSERT INTO py.t (k, c, v) VALUES (?, ?, ?)")
+            >= 95
+    );
+}
