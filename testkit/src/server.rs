@@ -175,7 +175,9 @@ async fn serve(stream: TcpStream, node: Arc<Node>, mut stop: watch::Receiver<boo
                 out.extend_from_slice(&bytes);
             }
             Some((origin, event)) = recv_event(&mut events) => {
-                if origin != node.index && conn.events.contains(&event.kind()) {
+                // a node does not announce its own status to its own clients
+                let own_status = origin == node.index && matches!(event, Event::Status { .. });
+                if !own_status && conn.events.contains(&event.kind()) {
                     write_event(&mut out, &event, conn.compression);
                 }
             }

@@ -783,3 +783,160 @@ async fn newer_protocol_versions_get_the_downgrade_error() {
     sock.read_exact(&mut header).await.unwrap();
     assert_eq!(header[4], 0x06, "SUPPORTED");
 }
+
+/// A minimal raw protocol client for what the drivers hide.
+mod raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub(crate) async fn send(sock: &mut TcpStream, stream: i16, opcode: u8, body: &[u8]) {
+        let mut f = vec![0x04, 0];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.push(opcode);
+        f.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        f.extend_from_slice(body);
+        sock.write_all(&f).await.unwrap();
+    }
+
+    /// (stream, opcode, body)
+    pub(crate) async fn recv(sock: &mut TcpStream) -> (i16, u8, Vec<u8>) {
+        let mut h = [0u8; 9];
+        sock.read_exact(&mut h).await.unwrap();
+        let len = u32::from_be_bytes(h[5..9].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len];
+        sock.read_exact(&mut body).await.unwrap();
+        (i16::from_be_bytes([h[2], h[3]]), h[4], body)
+    }
+
+    pub(crate) fn string_list(items: &[&str]) -> Vec<u8> {
+        let mut b = (items.len() as u16).to_be_bytes().to_vec();
+        for i in items {
+            b.extend_from_slice(&(i.len() as u16).to_be_bytes());
+            b.extend_from_slice(i.as_bytes());
+        }
+        b
+    }
+
+    pub(crate) fn strings(body: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i + 2 <= body.len() {
+            let n = u16::from_be_bytes([body[i], body[i + 1]]) as usize;
+            match std::str::from_utf8(body.get(i + 2..i + 2 + n).unwrap_or(&[])) {
+                Ok(s) if n > 0 => out.push(s.to_string()),
+                _ => break,
+            }
+            i += 2 + n;
+        }
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_use_keyspace_and_system_tables() {
+    let cluster = Cluster::builder().nodes(2).start().await.unwrap();
+    // A raw connection to node 0 registered for events.
+    let mut sock = tokio::net::TcpStream::connect(cluster.node_addr(0))
+        .await
+        .unwrap();
+    let startup = {
+        let mut b = 1u16.to_be_bytes().to_vec();
+        for s in ["CQL_VERSION", "3.0.0"] {
+            b.extend_from_slice(&(s.len() as u16).to_be_bytes());
+            b.extend_from_slice(s.as_bytes());
+        }
+        b
+    };
+    raw::send(&mut sock, 1, 0x01, &startup).await;
+    assert_eq!(raw::recv(&mut sock).await.1, 0x02, "READY");
+    raw::send(
+        &mut sock,
+        2,
+        0x0B,
+        &raw::string_list(&["SCHEMA_CHANGE", "STATUS_CHANGE"]),
+    )
+    .await;
+    assert_eq!(raw::recv(&mut sock).await.1, 0x02, "READY");
+
+    let s = session(&cluster).await;
+    keyspace(&s, "evks", 2).await;
+    let (stream, opcode, body) = raw::recv(&mut sock).await;
+    assert_eq!((stream, opcode), (-1, 0x0C), "an EVENT");
+    assert_eq!(
+        raw::strings(&body),
+        vec!["SCHEMA_CHANGE", "CREATED", "KEYSPACE", "evks"]
+    );
+
+    cluster.stop_node(1).await;
+    let (_, opcode, body) = raw::recv(&mut sock).await;
+    assert_eq!(opcode, 0x0C);
+    assert_eq!(
+        raw::strings(&body)[..2],
+        ["STATUS_CHANGE".to_string(), "DOWN".to_string()]
+    );
+    assert_eq!(
+        &body[body.len() - 9..body.len() - 4],
+        &[4, 127, 0, 0, 2],
+        "the stopped node's address"
+    );
+    cluster.start_node(1).await.unwrap();
+    let (_, _, body) = raw::recv(&mut sock).await;
+    assert_eq!(
+        raw::strings(&body)[..2],
+        ["STATUS_CHANGE".to_string(), "UP".to_string()]
+    );
+
+    // USE, then unqualified names.
+    s.use_keyspace("evks", false).await.unwrap();
+    run(&s, "CREATE TABLE t (k int PRIMARY KEY, v int)").await;
+    run(&s, "INSERT INTO t (k, v) VALUES (1, 2)").await;
+    let (v,): (i32,) = s
+        .query_unpaged("SELECT v FROM t WHERE k = 1", &[])
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .single_row()
+        .unwrap();
+    assert_eq!(v, 2);
+
+    // SELECT * from the system tables other drivers read; peers_v2 is
+    // answered Invalid so they fall back to peers.
+    let local = s
+        .query_unpaged("SELECT * FROM system.local", &[])
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    assert_eq!(local.rows_num(), 1);
+    assert!(local.column_specs().iter().any(|c| c.name() == "tokens"));
+    let peers = s
+        .query_unpaged("SELECT * FROM system.peers", &[])
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    assert_eq!(peers.rows_num(), 1);
+    let err = s
+        .query_unpaged("SELECT * FROM system.peers_v2", &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(db_error(&err), Some(DbError::Invalid)), "{err:?}");
+    let cols: Vec<(String, String)> = s
+        .query_unpaged("SELECT column_name, kind FROM system_schema.columns WHERE keyspace_name = 'evks' AND table_name = 't'", &[])
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<(String, String)>()
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        cols,
+        vec![
+            ("k".into(), "partition_key".into()),
+            ("v".into(), "regular".into())
+        ]
+    );
+}
