@@ -1,12 +1,74 @@
-//! `tower-cql-core`: the centre every tower-cql layer and exporter meets at —
-//! request and response types, the error taxonomy, the driver service, the
-//! paging stream, collectors swapped with `arc-swap`, and the shutdown gate.
+//! `tower-cql-core`: the centre every tower-cql layer and exporter meets at.
 //!
-//! This crate is being built; see the repository's issues for its plan.
+//! ```no_run
+//! use std::sync::Arc;
+//! use tower::{Service, ServiceExt};
+//! use tower_cql_core::{Collectors, CqlRequest, DriverService, Gate, InMemoryCollector, Statement};
 //!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let session = scylla::client::session_builder::SessionBuilder::new()
+//!     .known_node("127.0.0.1:9042")
+//!     .build()
+//!     .await?;
+//! // Where observations go: swapped atomically, recorded without locks.
+//! let memory = Arc::new(InMemoryCollector::new());
+//! let collectors = Collectors::with([memory.clone() as Arc<dyn tower_cql_core::Collector>]);
+//! // The driver service (driver retries off: the middleware retries) ...
+//! let driver = DriverService::builder(Arc::new(session)).collectors(collectors.clone()).build()?;
+//! // ... behind a shutdown gate that drains and flushes on close.
+//! let gate = Gate::with_collectors(collectors);
+//! let mut svc = gate.wrap(driver);
+//!
+//! let get_user = Statement::new("SELECT name FROM app.users WHERE id = ?").operation("get_user").idempotent(true);
+//! let resp = svc.ready().await?.call(get_user.request().bind((42i64,))).await?;
+//! let names: Vec<(String,)> = resp.rows()?;
+//!
+//! gate.close().await; // no new requests; in-flight ones finish; collectors flushed
+//! println!("{:?}", memory.snapshot().request_latency(None).quantile(0.99));
+//! # Ok(()) }
 //! ```
-//! assert_eq!(tower_cql_core::CRATE, "tower-cql-core");
-//! ```
+//!
+//! # Modules
+//! - [`request`]: [`CqlRequest`], [`Statement`], [`RequestMeta`] and labels.
+//! - [`response`]: [`CqlResponse`] and [`ExecutionInfo`].
+//! - [`error`]: [`CqlError`], [`ErrorKind`] and the retry rules.
+//! - [`driver`]: [`DriverService`], the `tower::Service` over a scylla session.
+//! - [`paging`]: [`RowStream`], typed rows page by page.
+//! - [`event`] and [`collector`]: what is observed and where it goes.
+//! - [`memory`] and [`histogram`]: the built-in lock-free in-memory collector.
+//! - [`gate`]: the shutdown gate.
+//! - [`redact`]: statement text with literals removed.
+//!
+//! # Loom
+//! The lock-free parts have `loom` models:
+//! `RUSTFLAGS="--cfg tower_cql_loom" CARGO_TARGET_DIR=target/loom cargo test -p tower-cql-core --release loom`
+//! (a cfg of our own: a plain `--cfg loom` breaks tokio's networking).
 
-/// The crate's name, for diagnostics.
-pub const CRATE: &str = "tower-cql-core";
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod collector;
+pub mod driver;
+pub mod error;
+pub mod event;
+pub mod gate;
+pub mod histogram;
+pub mod memory;
+pub mod paging;
+pub mod redact;
+pub mod request;
+pub mod response;
+mod sync;
+
+pub use collector::{Background, Collector, CollectorId, CollectorSet, Collectors};
+pub use driver::{DriverService, DriverServiceBuilder};
+pub use error::{CqlError, ErrorKind, ReplicaDetails, RetryAdvice};
+pub use event::{AttemptReason, BreakerState, Event};
+pub use gate::{Gate, GateFuture, GateGuard, GateService, GateState};
+pub use histogram::{Histogram, HistogramSnapshot};
+pub use memory::{InMemoryCollector, SeriesLabels, SeriesSnapshot, Snapshot};
+pub use paging::RowStream;
+pub use request::{
+    CqlRequest, Label, OperationKind, RequestMeta, Statement, StatementBody, StatementTraits,
+    Values,
+};
+pub use response::{CqlResponse, ExecutionInfo};

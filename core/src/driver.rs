@@ -1,0 +1,531 @@
+//! The driver service: a `tower::Service<CqlRequest>` over a shared scylla
+//! `Session`.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use tower::{Service, ServiceExt};
+//! use tower_cql_core::{CqlRequest, DriverService};
+//!
+//! # async fn demo(session: scylla::client::session::Session) -> Result<(), tower_cql_core::CqlError> {
+//! let mut driver = DriverService::builder(Arc::new(session)).build()?;
+//! let resp = driver
+//!     .ready()
+//!     .await?
+//!     .call(CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").bind((1i32,)))
+//!     .await?;
+//! let rows: Vec<(String,)> = resp.rows()?;
+//! # Ok(()) }
+//! ```
+//!
+//! - CQL text is prepared once and the prepared statement cached (bounded;
+//!   hits and misses are counted); statements marked unprepared go as QUERY.
+//! - The driver's own retries and speculative execution are turned off
+//!   (its `FallthroughRetryPolicy`, no speculative policy), so that retries
+//!   happen once, in the middleware, where they are observed. Turn them back
+//!   on with [`DriverServiceBuilder::keep_driver_retries`].
+//! - Each call is one attempt: it emits an [`AttemptEvent`] with the node
+//!   that answered (for errors too, through a driver history listener).
+//! - Why a boxed future: the scylla `Session` methods are `async fn`s whose
+//!   futures cannot be named, so this is the one service in the stack whose
+//!   response future is a `Pin<Box<dyn Future>>`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use futures::future::BoxFuture;
+use scylla::client::execution_profile::ExecutionProfileHandle;
+use scylla::client::session::Session;
+use scylla::errors::{RequestAttemptError, RequestError};
+use scylla::observability::history::{AttemptId, HistoryListener, RequestId, SpeculativeId};
+use scylla::policies::retry::{FallthroughRetryPolicy, RetryDecision};
+use scylla::response::query_result::QueryResult;
+use scylla::response::{PagingState, PagingStateResponse};
+use scylla::statement::prepared::PreparedStatement;
+
+use crate::collector::Collectors;
+use crate::error::{CqlError, ErrorKind};
+use crate::event::{AttemptEvent, AttemptReason, Event};
+use crate::request::{CqlRequest, RequestMeta, StatementBody};
+use crate::response::CqlResponse;
+
+/// A bounded cache of prepared statements keyed by text; lookups are a
+/// lock-free `ArcSwap` load, inserts copy the map (misses are rare).
+struct PreparedCache {
+    map: ArcSwap<HashMap<Arc<str>, PreparedStatement>>,
+    capacity: usize,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl PreparedCache {
+    fn get(&self, text: &str) -> Option<PreparedStatement> {
+        let found = self.map.load().get(text).cloned();
+        match &found {
+            Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
+            None => self.misses.fetch_add(1, Ordering::Relaxed),
+        };
+        found
+    }
+
+    fn insert(&self, text: Arc<str>, stmt: PreparedStatement) {
+        let capacity = self.capacity;
+        self.map.rcu(|map| {
+            let mut next = HashMap::clone(map);
+            if next.len() >= capacity && !next.contains_key(&*text) {
+                // evict an arbitrary entry; a real workload has few statements
+                if let Some(k) = next.keys().next().cloned() {
+                    next.remove(&k);
+                }
+            }
+            next.insert(text.clone(), stmt.clone());
+            next
+        });
+    }
+}
+
+pub(crate) struct DriverInner {
+    pub(crate) session: Arc<Session>,
+    cache: PreparedCache,
+    pub(crate) collectors: Collectors,
+    profile: Option<ExecutionProfileHandle>,
+    node_attribution: bool,
+}
+
+/// The innermost service of a stack: executes requests on a scylla session.
+#[derive(Clone)]
+pub struct DriverService {
+    pub(crate) inner: Arc<DriverInner>,
+}
+
+impl fmt::Debug for DriverService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (hits, misses) = self.cache_stats();
+        f.debug_struct("DriverService")
+            .field("cached_statements", &self.inner.cache.map.load().len())
+            .field("cache_hits", &hits)
+            .field("cache_misses", &misses)
+            .field("driver_retries", &self.inner.profile.is_none())
+            .finish()
+    }
+}
+
+/// Configures a [`DriverService`].
+pub struct DriverServiceBuilder {
+    session: Arc<Session>,
+    collectors: Collectors,
+    cache_capacity: usize,
+    keep_driver_retries: bool,
+    node_attribution: bool,
+}
+
+impl fmt::Debug for DriverServiceBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DriverServiceBuilder")
+            .field("cache_capacity", &self.cache_capacity)
+            .field("keep_driver_retries", &self.keep_driver_retries)
+            .field("node_attribution", &self.node_attribution)
+            .finish()
+    }
+}
+
+impl DriverServiceBuilder {
+    /// The collector set attempt and page events go to (share it with the
+    /// rest of the stack).
+    pub fn collectors(mut self, collectors: Collectors) -> Self {
+        self.collectors = collectors;
+        self
+    }
+
+    /// How many prepared statements to keep (default 1024; must be > 0).
+    pub fn cache_capacity(mut self, n: usize) -> Self {
+        self.cache_capacity = n;
+        self
+    }
+
+    /// Keep the session's own retry and speculative execution policies
+    /// (default false: the middleware retries, once, observably).
+    pub fn keep_driver_retries(mut self, keep: bool) -> Self {
+        self.keep_driver_retries = keep;
+        self
+    }
+
+    /// Attach a history listener to each request so that errors carry the
+    /// node that produced them (default true; costs one small allocation
+    /// per request).
+    pub fn node_attribution(mut self, on: bool) -> Self {
+        self.node_attribution = on;
+        self
+    }
+
+    /// Builds the service; an invalid configuration is an error saying what
+    /// to change.
+    pub fn build(self) -> Result<DriverService, CqlError> {
+        if self.cache_capacity == 0 {
+            return Err(CqlError::new(
+                ErrorKind::BadRequest,
+                "invalid DriverService configuration: cache_capacity must be at least 1",
+            ));
+        }
+        let profile = (!self.keep_driver_retries).then(|| {
+            self.session
+                .get_default_execution_profile_handle()
+                .pointee_to_builder()
+                .retry_policy(Arc::new(FallthroughRetryPolicy::new()))
+                .speculative_execution_policy(None)
+                .build()
+                .into_handle()
+        });
+        Ok(DriverService {
+            inner: Arc::new(DriverInner {
+                session: self.session,
+                cache: PreparedCache {
+                    map: ArcSwap::from_pointee(HashMap::new()),
+                    capacity: self.cache_capacity,
+                    hits: AtomicU64::new(0),
+                    misses: AtomicU64::new(0),
+                },
+                collectors: self.collectors,
+                profile,
+                node_attribution: self.node_attribution,
+            }),
+        })
+    }
+}
+
+impl DriverService {
+    /// A builder over a session the caller built (shared, since scylla's
+    /// `Session` is not `Clone`).
+    pub fn builder(session: Arc<Session>) -> DriverServiceBuilder {
+        DriverServiceBuilder {
+            session,
+            collectors: Collectors::new(),
+            cache_capacity: 1024,
+            keep_driver_retries: false,
+            node_attribution: true,
+        }
+    }
+
+    /// The session.
+    pub fn session(&self) -> &Arc<Session> {
+        &self.inner.session
+    }
+
+    /// The collector set this service emits into.
+    pub fn collectors(&self) -> &Collectors {
+        &self.inner.collectors
+    }
+
+    /// Prepared-statement cache (hits, misses).
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (
+            self.inner.cache.hits.load(Ordering::Relaxed),
+            self.inner.cache.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Executes one request (what `call` does, without `&mut self`).
+    pub async fn execute(&self, req: CqlRequest) -> Result<CqlResponse, CqlError> {
+        self.inner.execute(req, None).await.map(|(r, _)| r)
+    }
+
+    /// Fetches one page, starting at `paging_state`; the response carries
+    /// the state for the next page.
+    pub async fn execute_page(
+        &self,
+        req: CqlRequest,
+        paging_state: PagingState,
+    ) -> Result<CqlResponse, CqlError> {
+        self.inner
+            .execute(req, Some(paging_state))
+            .await
+            .map(|(r, _)| r)
+    }
+}
+
+/// Records the node of each attempt, so errors can name it.
+#[derive(Debug, Default)]
+pub(crate) struct NodeRecorder {
+    node: OnceLock<SocketAddr>,
+}
+
+impl HistoryListener for NodeRecorder {
+    fn log_request_start(&self) -> RequestId {
+        RequestId(0)
+    }
+    fn log_request_success(&self, _: RequestId) {}
+    fn log_request_error(&self, _: RequestId, _: &RequestError) {}
+    fn log_new_speculative_fiber(&self, _: RequestId) -> SpeculativeId {
+        SpeculativeId(0)
+    }
+    fn log_attempt_start(
+        &self,
+        _: RequestId,
+        _: Option<SpeculativeId>,
+        node_addr: SocketAddr,
+    ) -> AttemptId {
+        let _ = self.node.set(node_addr);
+        AttemptId(0)
+    }
+    fn log_attempt_success(&self, _: AttemptId) {}
+    fn log_attempt_error(&self, _: AttemptId, _: &RequestAttemptError, _: &RetryDecision) {}
+}
+
+/// What to execute, configured for one request.
+pub(crate) enum Prepared {
+    Prepared(PreparedStatement),
+    Unprepared(scylla::statement::Statement),
+}
+
+impl DriverInner {
+    /// Resolves the statement to something executable, configured with the
+    /// request's options.
+    pub(crate) async fn resolve(
+        &self,
+        req: &CqlRequest,
+        listener: Option<Arc<NodeRecorder>>,
+    ) -> Result<Prepared, CqlError> {
+        let meta = req.meta();
+        match req.statement().body() {
+            StatementBody::Cql {
+                text,
+                unprepared: false,
+            } => {
+                let stmt = match self.cache.get(text) {
+                    Some(p) => p,
+                    None => {
+                        let mut p = self
+                            .session
+                            .prepare(&**text)
+                            .await
+                            .map_err(CqlError::from_prepare)?;
+                        p.set_execution_profile_handle(self.profile.clone());
+                        self.cache.insert(text.clone(), p.clone());
+                        p
+                    }
+                };
+                Ok(Prepared::Prepared(configure_prepared(
+                    stmt, meta, listener, None,
+                )))
+            }
+            StatementBody::Cql {
+                text,
+                unprepared: true,
+            } => {
+                let mut s = scylla::statement::Statement::new(text.to_string());
+                s.set_execution_profile_handle(self.profile.clone());
+                configure_common(&mut s, meta, listener);
+                Ok(Prepared::Unprepared(s))
+            }
+            StatementBody::Prepared(p) => Ok(Prepared::Prepared(configure_prepared(
+                p.clone(),
+                meta,
+                listener,
+                Some(&self.profile),
+            ))),
+            StatementBody::Batch(_) => Err(CqlError::new(
+                ErrorKind::BadRequest,
+                "a batch cannot be streamed: execute it with call()",
+            )),
+        }
+    }
+
+    pub(crate) async fn execute(
+        &self,
+        req: CqlRequest,
+        paging_state: Option<PagingState>,
+    ) -> Result<(CqlResponse, Duration), CqlError> {
+        let start = Instant::now();
+        let meta = req.meta();
+        if let Some(remaining) = meta.remaining()
+            && remaining.is_zero()
+        {
+            return Err(CqlError::deadline_exceeded(Duration::ZERO).not_sent());
+        }
+        let listener = self
+            .node_attribution
+            .then(|| Arc::new(NodeRecorder::default()));
+        let result = self.run(&req, paging_state, listener.clone()).await;
+        let duration = start.elapsed();
+        let node = |r: &Result<CqlResponse, CqlError>| match r {
+            Ok(resp) => resp.info().coordinator,
+            Err(_) => listener.as_ref().and_then(|l| l.node.get().copied()),
+        };
+        let result = match result {
+            Err(e) => match node(&Err(e.clone())) {
+                Some(n) if e.node().is_none() => Err(e.with_node(n)),
+                _ => Err(e),
+            },
+            ok => ok,
+        };
+        if self.collectors.is_active() {
+            self.collectors.emit(Event::Attempt(AttemptEvent {
+                meta,
+                index: meta.attempt_index(),
+                reason: meta.attempt_reason(),
+                duration,
+                error: result.as_ref().err(),
+                node: match &result {
+                    Ok(r) => r.info().coordinator,
+                    Err(e) => e.node(),
+                },
+                rows: result.as_ref().map_or(0, |r| r.info().rows),
+            }));
+        }
+        result.map(|r| (r, duration))
+    }
+
+    async fn run(
+        &self,
+        req: &CqlRequest,
+        paging_state: Option<PagingState>,
+        listener: Option<Arc<NodeRecorder>>,
+    ) -> Result<CqlResponse, CqlError> {
+        let start = Instant::now();
+        let meta = req.meta();
+        if let StatementBody::Batch(batch) = req.statement().body() {
+            let mut b = scylla::statement::batch::Batch::clone(batch);
+            if self.profile.is_some() {
+                b.set_execution_profile_handle(self.profile.clone());
+            }
+            if let Some(c) = meta.consistency() {
+                b.set_consistency(c);
+            }
+            if meta.serial_consistency().is_some() {
+                b.set_serial_consistency(meta.serial_consistency());
+            }
+            if let Some(rem) = meta.remaining() {
+                b.set_request_timeout(Some(rem));
+            }
+            b.set_tracing(meta.tracing());
+            if let Some(l) = listener {
+                b.set_history_listener(l);
+            }
+            let values = req.values().as_batch().ok_or_else(|| {
+                CqlError::new(
+                    ErrorKind::Serialization,
+                    "a batch request needs batch values (one row per statement)",
+                )
+                .not_sent()
+            })?;
+            let result = values
+                .execute_batch(&self.session, &b)
+                .await
+                .map_err(CqlError::from_execution)?;
+            return Ok(CqlResponse::new(result, None, start.elapsed()));
+        }
+        let stmt = self.resolve(req, listener).await?;
+        let values = req.values().as_row();
+        let (result, paging): (QueryResult, Option<PagingStateResponse>) =
+            match (stmt, paging_state) {
+                (Prepared::Prepared(p), None) => {
+                    (self.session.execute_unpaged(&p, values).await?, None)
+                }
+                (Prepared::Prepared(p), Some(ps)) => {
+                    let (r, next) = self.session.execute_single_page(&p, values, ps).await?;
+                    (r, Some(next))
+                }
+                (Prepared::Unprepared(s), None) => {
+                    (self.session.query_unpaged(s, values).await?, None)
+                }
+                (Prepared::Unprepared(s), Some(ps)) => {
+                    let (r, next) = self.session.query_single_page(s, values, ps).await?;
+                    (r, Some(next))
+                }
+            };
+        Ok(CqlResponse::new(result, paging, start.elapsed()))
+    }
+}
+
+fn configure_common(
+    s: &mut scylla::statement::Statement,
+    meta: &RequestMeta,
+    listener: Option<Arc<NodeRecorder>>,
+) {
+    if let Some(c) = meta.consistency() {
+        s.set_consistency(c);
+    }
+    if meta.serial_consistency().is_some() {
+        s.set_serial_consistency(meta.serial_consistency());
+    }
+    if let Some(n) = meta.page_size() {
+        s.set_page_size(n);
+    }
+    if let Some(rem) = meta.remaining() {
+        s.set_request_timeout(Some(rem));
+    }
+    s.set_is_idempotent(meta.is_idempotent());
+    s.set_tracing(meta.tracing());
+    if let Some(l) = listener {
+        s.set_history_listener(l);
+    }
+}
+
+fn configure_prepared(
+    mut p: PreparedStatement,
+    meta: &RequestMeta,
+    listener: Option<Arc<NodeRecorder>>,
+    profile: Option<&Option<ExecutionProfileHandle>>,
+) -> PreparedStatement {
+    if let Some(Some(profile)) = profile {
+        p.set_execution_profile_handle(Some(profile.clone()));
+    }
+    if let Some(c) = meta.consistency() {
+        p.set_consistency(c);
+    }
+    if meta.serial_consistency().is_some() {
+        p.set_serial_consistency(meta.serial_consistency());
+    }
+    if let Some(n) = meta.page_size() {
+        p.set_page_size(n);
+    }
+    if let Some(rem) = meta.remaining() {
+        p.set_request_timeout(Some(rem));
+    }
+    p.set_is_idempotent(meta.is_idempotent());
+    if meta.tracing() {
+        p.set_tracing(true);
+    }
+    if let Some(l) = listener {
+        p.set_history_listener(l);
+    }
+    p
+}
+
+impl tower_service::Service<CqlRequest> for DriverService {
+    type Response = CqlResponse;
+    type Error = CqlError;
+    type Future = BoxFuture<'static, Result<CqlResponse, CqlError>>;
+
+    /// Always ready: the session multiplexes requests over its connections.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: CqlRequest) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.execute(req, None).await.map(|(r, _)| r) })
+    }
+}
+
+impl RequestMeta {
+    /// Zero-based attempt index (set by the retry and hedge layers).
+    pub fn attempt_index(&self) -> u32 {
+        self.attempt.0
+    }
+
+    /// Why this attempt is made.
+    pub fn attempt_reason(&self) -> AttemptReason {
+        self.attempt.1
+    }
+
+    /// Marks the request as attempt `index` made for `reason`.
+    pub fn set_attempt(&mut self, index: u32, reason: AttemptReason) {
+        self.attempt = (index, reason);
+    }
+}

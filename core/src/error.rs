@@ -1,0 +1,931 @@
+//! One error taxonomy for everything that can go wrong with a CQL request.
+//!
+//! Every failure — a server error code, a driver error, a middleware
+//! decision — becomes a [`CqlError`] with an [`ErrorKind`]. Retry, metrics,
+//! tracing and the circuit breaker all classify through the same kind, and
+//! the retry rules live here, in [`CqlError::retry_advice`], next to the
+//! kinds they read.
+//!
+//! ```
+//! use tower_cql_core::{CqlError, ErrorKind, RetryAdvice};
+//!
+//! let err = CqlError::new(ErrorKind::Overloaded, "coordinator busy");
+//! // Overloaded means the coordinator refused before executing anything,
+//! // so even a non-idempotent write may be retried, on another node.
+//! assert_eq!(err.retry_advice(false), RetryAdvice::RetryNextNode);
+//! let err = CqlError::new(ErrorKind::WriteTimeout, "replicas slow");
+//! // A write timeout may have been applied: only idempotent writes retry.
+//! assert_eq!(err.retry_advice(false), RetryAdvice::DontRetry);
+//! assert!(err.to_string().contains("may have been applied"));
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use scylla::errors::{DbError, ExecutionError, PrepareError, RequestAttemptError, WriteType};
+
+/// What kind of failure a [`CqlError`] is. Bounded: safe as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The coordinator is overloaded and refused the request (not applied).
+    Overloaded,
+    /// Not enough replicas alive for the consistency level (not applied).
+    Unavailable,
+    /// Replicas did not answer a read in time.
+    ReadTimeout,
+    /// Replicas did not acknowledge a write in time; it may have been applied.
+    WriteTimeout,
+    /// Replicas failed a read.
+    ReadFailure,
+    /// Replicas failed a write; it may have been applied on some.
+    WriteFailure,
+    /// The server hit an internal error.
+    ServerError,
+    /// The coordinator is still bootstrapping.
+    IsBootstrapping,
+    /// A TRUNCATE failed.
+    TruncateError,
+    /// A user function failed.
+    FunctionFailure,
+    /// ScyllaDB's per-partition rate limit rejected the request.
+    RateLimitReached,
+    /// The statement is not valid CQL.
+    Syntax,
+    /// The statement is valid CQL but not valid for the schema or values.
+    Invalid,
+    /// The keyspace or table to create exists already.
+    AlreadyExists,
+    /// The user may not do this.
+    Unauthorized,
+    /// Authentication failed.
+    AuthenticationFailed,
+    /// The schema change is not allowed by the configuration.
+    ConfigError,
+    /// The server no longer knows the prepared statement.
+    Unprepared,
+    /// The client and server disagree on the protocol.
+    Protocol,
+    /// The client gave up waiting for this attempt (per-attempt timeout).
+    ClientTimeout,
+    /// The request's deadline passed before it could complete.
+    DeadlineExceeded,
+    /// A connection broke, could not be made, or no node could take the request.
+    Connection,
+    /// The bound values do not match the statement (wrong types or count).
+    Serialization,
+    /// The rows could not be read as the requested Rust type.
+    Deserialization,
+    /// Preparing the statement failed on every node.
+    Prepare,
+    /// The cluster's nodes did not agree on the schema in time.
+    SchemaAgreement,
+    /// A rate limiter refused the request.
+    RateLimited,
+    /// A load shedder or concurrency limit refused the request.
+    Shed,
+    /// A circuit breaker is open for the target.
+    CircuitOpen,
+    /// The stack is shutting down and admits no new requests.
+    ShutDown,
+    /// A request or configuration that the client side rejects.
+    BadRequest,
+    /// Anything else.
+    Other,
+}
+
+impl ErrorKind {
+    /// Every kind, for exporters that pre-register series.
+    pub const ALL: [ErrorKind; 32] = [
+        ErrorKind::Overloaded,
+        ErrorKind::Unavailable,
+        ErrorKind::ReadTimeout,
+        ErrorKind::WriteTimeout,
+        ErrorKind::ReadFailure,
+        ErrorKind::WriteFailure,
+        ErrorKind::ServerError,
+        ErrorKind::IsBootstrapping,
+        ErrorKind::TruncateError,
+        ErrorKind::FunctionFailure,
+        ErrorKind::RateLimitReached,
+        ErrorKind::Syntax,
+        ErrorKind::Invalid,
+        ErrorKind::AlreadyExists,
+        ErrorKind::Unauthorized,
+        ErrorKind::AuthenticationFailed,
+        ErrorKind::ConfigError,
+        ErrorKind::Unprepared,
+        ErrorKind::Protocol,
+        ErrorKind::ClientTimeout,
+        ErrorKind::DeadlineExceeded,
+        ErrorKind::Connection,
+        ErrorKind::Serialization,
+        ErrorKind::Deserialization,
+        ErrorKind::Prepare,
+        ErrorKind::SchemaAgreement,
+        ErrorKind::RateLimited,
+        ErrorKind::Shed,
+        ErrorKind::CircuitOpen,
+        ErrorKind::ShutDown,
+        ErrorKind::BadRequest,
+        ErrorKind::Other,
+    ];
+
+    /// A stable snake_case name, for labels and `error.type`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::ReadTimeout => "read_timeout",
+            ErrorKind::WriteTimeout => "write_timeout",
+            ErrorKind::ReadFailure => "read_failure",
+            ErrorKind::WriteFailure => "write_failure",
+            ErrorKind::ServerError => "server_error",
+            ErrorKind::IsBootstrapping => "is_bootstrapping",
+            ErrorKind::TruncateError => "truncate_error",
+            ErrorKind::FunctionFailure => "function_failure",
+            ErrorKind::RateLimitReached => "rate_limit_reached",
+            ErrorKind::Syntax => "syntax",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::AuthenticationFailed => "authentication_failed",
+            ErrorKind::ConfigError => "config_error",
+            ErrorKind::Unprepared => "unprepared",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::ClientTimeout => "client_timeout",
+            ErrorKind::DeadlineExceeded => "deadline_exceeded",
+            ErrorKind::Connection => "connection",
+            ErrorKind::Serialization => "serialization",
+            ErrorKind::Deserialization => "deserialization",
+            ErrorKind::Prepare => "prepare",
+            ErrorKind::SchemaAgreement => "schema_agreement",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Shed => "shed",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::ShutDown => "shut_down",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::Other => "other",
+        }
+    }
+
+    /// The position of this kind in [`ErrorKind::ALL`], for array-indexed counters.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The CQL protocol error code, for server-side errors.
+    pub const fn status_code(self) -> Option<i32> {
+        Some(match self {
+            ErrorKind::ServerError => 0x0000,
+            ErrorKind::Protocol => 0x000A,
+            ErrorKind::AuthenticationFailed => 0x0100,
+            ErrorKind::Unavailable => 0x1000,
+            ErrorKind::Overloaded => 0x1001,
+            ErrorKind::IsBootstrapping => 0x1002,
+            ErrorKind::TruncateError => 0x1003,
+            ErrorKind::WriteTimeout => 0x1100,
+            ErrorKind::ReadTimeout => 0x1200,
+            ErrorKind::ReadFailure => 0x1300,
+            ErrorKind::FunctionFailure => 0x1400,
+            ErrorKind::WriteFailure => 0x1500,
+            ErrorKind::Syntax => 0x2000,
+            ErrorKind::Unauthorized => 0x2100,
+            ErrorKind::Invalid => 0x2200,
+            ErrorKind::ConfigError => 0x2300,
+            ErrorKind::AlreadyExists => 0x2400,
+            ErrorKind::Unprepared => 0x2500,
+            _ => return None,
+        })
+    }
+
+    /// What the user should do about this kind of error.
+    pub const fn hint(self) -> &'static str {
+        match self {
+            ErrorKind::Overloaded => {
+                "the request was not applied; retry with backoff on another node, or reduce load"
+            }
+            ErrorKind::Unavailable => {
+                "the request was not applied; bring replicas back up or lower the consistency level"
+            }
+            ErrorKind::ReadTimeout => {
+                "retry the read (reads are idempotent), or raise the server's read timeout if this persists"
+            }
+            ErrorKind::WriteTimeout => {
+                "the write may have been applied; retry only if it is idempotent"
+            }
+            ErrorKind::ReadFailure => {
+                "a replica failed the read; check the server logs (tombstones, corrupt data)"
+            }
+            ErrorKind::WriteFailure => {
+                "the write may have been applied on some replicas; retry only if it is idempotent"
+            }
+            ErrorKind::ServerError => "the server hit an internal error; check its logs",
+            ErrorKind::IsBootstrapping => "the request was not applied; retry on another node",
+            ErrorKind::TruncateError => "retry the TRUNCATE when every node is up",
+            ErrorKind::FunctionFailure => "fix the user-defined function or its arguments",
+            ErrorKind::RateLimitReached => {
+                "the partition's rate limit was reached; slow down writes to this partition"
+            }
+            ErrorKind::Syntax => "fix the CQL statement text",
+            ErrorKind::Invalid => "fix the statement or its values for the current schema",
+            ErrorKind::AlreadyExists => "use IF NOT EXISTS, or drop the existing object first",
+            ErrorKind::Unauthorized => "grant the role the needed permission",
+            ErrorKind::AuthenticationFailed => {
+                "check the username and password (or authenticator) configured for the session"
+            }
+            ErrorKind::ConfigError => "change the statement's options to ones the cluster allows",
+            ErrorKind::Unprepared => {
+                "the statement is re-prepared automatically; if this persists, check for schema changes"
+            }
+            ErrorKind::Protocol => {
+                "upgrade the driver or the server so they share a protocol version"
+            }
+            ErrorKind::ClientTimeout => {
+                "the attempt may have been applied; raise the per-attempt timeout or retry only if idempotent"
+            }
+            ErrorKind::DeadlineExceeded => {
+                "raise the request's deadline, or find what made it slow (see the attempt events)"
+            }
+            ErrorKind::Connection => {
+                "check that the cluster is reachable from this host and the contact points are right"
+            }
+            ErrorKind::Serialization => {
+                "bind values whose Rust types match the statement's column types, one per marker"
+            }
+            ErrorKind::Deserialization => {
+                "read the rows into a Rust type that matches the selected columns"
+            }
+            ErrorKind::Prepare => "fix the statement so that every node can prepare it",
+            ErrorKind::SchemaAgreement => {
+                "wait for the schema to settle, or raise the schema agreement timeout"
+            }
+            ErrorKind::RateLimited => {
+                "the client-side rate limit refused the request; slow down or raise the limit"
+            }
+            ErrorKind::Shed => {
+                "the client is at capacity; retry later or raise the concurrency limit"
+            }
+            ErrorKind::CircuitOpen => {
+                "the target is failing; the breaker lets a probe through after its cool-down"
+            }
+            ErrorKind::ShutDown => {
+                "the service is shutting down; send the request to a running instance"
+            }
+            ErrorKind::BadRequest => "fix the request or the configuration as the message says",
+            ErrorKind::Other => "see the underlying error",
+        }
+    }
+
+    /// Whether the server may have applied the request despite the error.
+    pub const fn may_have_been_applied(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::WriteTimeout
+                | ErrorKind::WriteFailure
+                | ErrorKind::ClientTimeout
+                | ErrorKind::DeadlineExceeded
+                | ErrorKind::ServerError
+                | ErrorKind::Connection
+                | ErrorKind::Other
+        )
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a retry policy should do after an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryAdvice {
+    /// Do not retry: it cannot succeed, or retrying could apply a write twice.
+    DontRetry,
+    /// Retry on the same node.
+    RetrySameNode,
+    /// Retry on another node.
+    RetryNextNode,
+}
+
+/// Server-reported details of timeouts, failures and unavailability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReplicaDetails {
+    /// Replicas that answered.
+    pub received: i32,
+    /// Replicas required by the consistency level.
+    pub required: i32,
+    /// For reads: whether the data replica answered.
+    pub data_present: Option<bool>,
+    /// For writes: the kind of write (`SIMPLE`, `BATCH`, `CAS`, ...).
+    pub write_type: Option<&'static str>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    message: String,
+    node: Option<SocketAddr>,
+    details: Option<ReplicaDetails>,
+    /// Whether the request was certainly not sent to a node (safe to retry
+    /// even when not idempotent).
+    not_sent: bool,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// A failed CQL request: a kind, a message that says what happened and what
+/// to do, and where known the node and the driver's own error.
+///
+/// Cloning is cheap (the error is one `Arc`); `Result<_, CqlError>` is one
+/// pointer wide.
+#[derive(Clone)]
+pub struct CqlError(Arc<Inner>);
+
+impl CqlError {
+    /// A new error of `kind` with `message` (what happened).
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> CqlError {
+        CqlError(Arc::new(Inner {
+            kind,
+            message: message.into(),
+            node: None,
+            details: None,
+            not_sent: matches!(
+                kind,
+                ErrorKind::RateLimited
+                    | ErrorKind::Shed
+                    | ErrorKind::CircuitOpen
+                    | ErrorKind::ShutDown
+                    | ErrorKind::Serialization
+                    | ErrorKind::BadRequest
+            ),
+            source: None,
+        }))
+    }
+
+    /// The error for a request refused because the stack is shutting down.
+    pub fn shut_down() -> CqlError {
+        CqlError::new(
+            ErrorKind::ShutDown,
+            "request refused: the service is shutting down (close() was called)",
+        )
+    }
+
+    /// The error for a request whose deadline passed.
+    pub fn deadline_exceeded(waited: Duration) -> CqlError {
+        CqlError::new(
+            ErrorKind::DeadlineExceeded,
+            format!("the request's deadline passed after {waited:?}"),
+        )
+    }
+
+    /// Sets the node the error came from.
+    pub fn with_node(self, node: SocketAddr) -> CqlError {
+        self.map(|i| i.node = Some(node))
+    }
+
+    /// Marks the request as certainly not sent (never applied).
+    pub fn not_sent(self) -> CqlError {
+        self.map(|i| i.not_sent = true)
+    }
+
+    /// Attaches the underlying error.
+    pub fn with_source(self, source: impl std::error::Error + Send + Sync + 'static) -> CqlError {
+        self.map(|i| i.source = Some(Arc::new(source)))
+    }
+
+    fn map(self, f: impl FnOnce(&mut Inner)) -> CqlError {
+        let mut inner = match Arc::try_unwrap(self.0) {
+            Ok(inner) => inner,
+            Err(shared) => Inner {
+                kind: shared.kind,
+                message: shared.message.clone(),
+                node: shared.node,
+                details: shared.details,
+                not_sent: shared.not_sent,
+                source: shared.source.clone(),
+            },
+        };
+        f(&mut inner);
+        CqlError(Arc::new(inner))
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.0.kind
+    }
+
+    /// What happened (without the hint).
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
+
+    /// The node that answered with the error, where known.
+    pub fn node(&self) -> Option<SocketAddr> {
+        self.0.node
+    }
+
+    /// Replica counts and write type reported by the server.
+    pub fn details(&self) -> Option<ReplicaDetails> {
+        self.0.details
+    }
+
+    /// Whether the request was certainly never sent to a node.
+    pub fn was_not_sent(&self) -> bool {
+        self.0.not_sent
+    }
+
+    /// Whether the server may have applied the request.
+    pub fn may_have_been_applied(&self) -> bool {
+        !self.0.not_sent && self.0.kind.may_have_been_applied()
+    }
+
+    /// Whether a retry could help, for a request that is (or is not)
+    /// idempotent. The one place the retry rules live:
+    ///
+    /// - never: errors a retry cannot fix (syntax, invalid, auth, bad
+    ///   values, shut down, open circuit, deadline passed);
+    /// - always (next node): the request certainly was not applied —
+    ///   overloaded, unavailable, bootstrapping, or never sent;
+    /// - idempotent only: the request may have been applied — write
+    ///   timeouts and failures, client timeouts, broken connections,
+    ///   server errors; a CAS write timeout never (its outcome is unknown
+    ///   and a retry may double-apply);
+    /// - read timeouts: same node if the data replica answered late
+    ///   (`data_present`), else the next node.
+    pub fn retry_advice(&self, idempotent: bool) -> RetryAdvice {
+        use ErrorKind as K;
+        let kind = self.0.kind;
+        match kind {
+            K::Syntax
+            | K::Invalid
+            | K::AlreadyExists
+            | K::Unauthorized
+            | K::AuthenticationFailed
+            | K::ConfigError
+            | K::Protocol
+            | K::Serialization
+            | K::Deserialization
+            | K::Prepare
+            | K::SchemaAgreement
+            | K::FunctionFailure
+            | K::ShutDown
+            | K::CircuitOpen
+            | K::DeadlineExceeded
+            | K::BadRequest
+            | K::RateLimited
+            | K::Shed
+            | K::TruncateError
+            | K::RateLimitReached => RetryAdvice::DontRetry,
+            K::Unprepared => RetryAdvice::RetrySameNode,
+            K::Overloaded | K::Unavailable | K::IsBootstrapping => RetryAdvice::RetryNextNode,
+            _ if self.0.not_sent => RetryAdvice::RetryNextNode,
+            K::ReadTimeout => {
+                if self.0.details.and_then(|d| d.data_present) == Some(true) {
+                    RetryAdvice::RetrySameNode
+                } else {
+                    RetryAdvice::RetryNextNode
+                }
+            }
+            K::WriteTimeout | K::WriteFailure
+                if self.0.details.and_then(|d| d.write_type) == Some("CAS") =>
+            {
+                RetryAdvice::DontRetry
+            }
+            K::WriteTimeout
+            | K::WriteFailure
+            | K::ReadFailure
+            | K::ClientTimeout
+            | K::Connection
+            | K::ServerError
+            | K::Other => {
+                if idempotent {
+                    RetryAdvice::RetryNextNode
+                } else {
+                    RetryAdvice::DontRetry
+                }
+            }
+        }
+    }
+
+    /// Shorthand: `retry_advice(idempotent) != DontRetry`.
+    pub fn is_retryable(&self, idempotent: bool) -> bool {
+        self.retry_advice(idempotent) != RetryAdvice::DontRetry
+    }
+
+    /// Maps a driver error.
+    pub fn from_execution(err: ExecutionError) -> CqlError {
+        let (kind, message, details, not_sent) = classify_execution(&err);
+        let mut e = CqlError::new(kind, message);
+        {
+            let inner = Arc::get_mut(&mut e.0).expect("fresh error is unique");
+            inner.details = details;
+            inner.not_sent = inner.not_sent || not_sent;
+            inner.source = Some(Arc::new(err));
+        }
+        e
+    }
+
+    /// Maps a driver prepare error.
+    pub fn from_prepare(err: PrepareError) -> CqlError {
+        CqlError::from_execution(ExecutionError::PrepareError(err))
+    }
+}
+
+fn write_type_name(w: &WriteType) -> &'static str {
+    match w {
+        WriteType::Simple => "SIMPLE",
+        WriteType::Batch => "BATCH",
+        WriteType::UnloggedBatch => "UNLOGGED_BATCH",
+        WriteType::Counter => "COUNTER",
+        WriteType::BatchLog => "BATCH_LOG",
+        WriteType::Cas => "CAS",
+        WriteType::View => "VIEW",
+        WriteType::Cdc => "CDC",
+        _ => "OTHER",
+    }
+}
+
+/// Maps a server error code and its fields.
+fn classify_db(db: &DbError) -> (ErrorKind, Option<ReplicaDetails>) {
+    use ErrorKind as K;
+    match db {
+        DbError::SyntaxError => (K::Syntax, None),
+        DbError::Invalid => (K::Invalid, None),
+        DbError::AlreadyExists { .. } => (K::AlreadyExists, None),
+        DbError::FunctionFailure { .. } => (K::FunctionFailure, None),
+        DbError::AuthenticationError => (K::AuthenticationFailed, None),
+        DbError::Unauthorized => (K::Unauthorized, None),
+        DbError::ConfigError => (K::ConfigError, None),
+        DbError::Unavailable {
+            required, alive, ..
+        } => (
+            K::Unavailable,
+            Some(ReplicaDetails {
+                received: *alive,
+                required: *required,
+                ..ReplicaDetails::default()
+            }),
+        ),
+        DbError::Overloaded => (K::Overloaded, None),
+        DbError::IsBootstrapping => (K::IsBootstrapping, None),
+        DbError::TruncateError => (K::TruncateError, None),
+        DbError::ReadTimeout {
+            received,
+            required,
+            data_present,
+            ..
+        } => (
+            K::ReadTimeout,
+            Some(ReplicaDetails {
+                received: *received,
+                required: *required,
+                data_present: Some(*data_present),
+                write_type: None,
+            }),
+        ),
+        DbError::WriteTimeout {
+            received,
+            required,
+            write_type,
+            ..
+        } => (
+            K::WriteTimeout,
+            Some(ReplicaDetails {
+                received: *received,
+                required: *required,
+                data_present: None,
+                write_type: Some(write_type_name(write_type)),
+            }),
+        ),
+        DbError::ReadFailure {
+            received,
+            required,
+            data_present,
+            ..
+        } => (
+            K::ReadFailure,
+            Some(ReplicaDetails {
+                received: *received,
+                required: *required,
+                data_present: Some(*data_present),
+                write_type: None,
+            }),
+        ),
+        DbError::WriteFailure {
+            received,
+            required,
+            write_type,
+            ..
+        } => (
+            K::WriteFailure,
+            Some(ReplicaDetails {
+                received: *received,
+                required: *required,
+                data_present: None,
+                write_type: Some(write_type_name(write_type)),
+            }),
+        ),
+        DbError::Unprepared { .. } => (K::Unprepared, None),
+        DbError::ServerError => (K::ServerError, None),
+        DbError::ProtocolError => (K::Protocol, None),
+        DbError::RateLimitReached { .. } => (K::RateLimitReached, None),
+        _ => (K::Other, None),
+    }
+}
+
+fn classify_attempt(e: &RequestAttemptError) -> (ErrorKind, Option<ReplicaDetails>, bool) {
+    use ErrorKind as K;
+    match e {
+        RequestAttemptError::DbError(db, _) => {
+            let (k, d) = classify_db(db);
+            (k, d, false)
+        }
+        RequestAttemptError::SerializationError(_)
+        | RequestAttemptError::CqlRequestSerialization(_) => (K::Serialization, None, true),
+        RequestAttemptError::UnableToAllocStreamId => (K::Connection, None, true),
+        RequestAttemptError::BrokenConnectionError(_) => (K::Connection, None, false),
+        RequestAttemptError::BodyExtensionsParseError(_)
+        | RequestAttemptError::CqlResultParseError(_)
+        | RequestAttemptError::CqlErrorParseError(_)
+        | RequestAttemptError::UnexpectedResponse(_) => (K::Protocol, None, false),
+        _ => (K::Other, None, false),
+    }
+}
+
+fn classify_execution(err: &ExecutionError) -> (ErrorKind, String, Option<ReplicaDetails>, bool) {
+    use ErrorKind as K;
+    let what = err.to_string();
+    let (kind, details, not_sent) = match err {
+        ExecutionError::LastAttemptError(a) => classify_attempt(a),
+        ExecutionError::BadQuery(_) => (K::Serialization, None, true),
+        ExecutionError::EmptyPlan => (K::Connection, None, true),
+        ExecutionError::PrepareError(p) => match p {
+            PrepareError::AllAttemptsFailed { first_attempt } => {
+                let (k, d, _) = classify_attempt(first_attempt);
+                let k = match k {
+                    K::Syntax | K::Invalid | K::Unauthorized | K::Serialization => k,
+                    K::Connection => K::Connection,
+                    _ => K::Prepare,
+                };
+                (k, d, true)
+            }
+            PrepareError::ConnectionPoolError(_) => (K::Connection, None, true),
+            _ => (K::Prepare, None, true),
+        },
+        ExecutionError::ConnectionPoolError(_) => (K::Connection, None, true),
+        ExecutionError::RequestTimeout(_) => (K::ClientTimeout, None, false),
+        ExecutionError::UseKeyspaceError(_) => (K::Invalid, None, false),
+        ExecutionError::SchemaAgreementError(_) => (K::SchemaAgreement, None, false),
+        _ => (K::Other, None, false),
+    };
+    (kind, what, details, not_sent)
+}
+
+impl fmt::Display for CqlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.0;
+        write!(f, "{}: {}", i.kind, i.message)?;
+        if let Some(node) = i.node {
+            write!(f, " (node {node})")?;
+        }
+        if let Some(d) = i.details {
+            write!(f, " [{} of {} replicas", d.received, d.required)?;
+            if let Some(w) = d.write_type {
+                write!(f, ", write type {w}")?;
+            }
+            if let Some(p) = d.data_present {
+                write!(f, ", data {}", if p { "present" } else { "absent" })?;
+            }
+            f.write_str("]")?;
+        }
+        write!(f, " — {}", i.kind.hint())
+    }
+}
+
+impl fmt::Debug for CqlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CqlError")
+            .field("kind", &self.0.kind)
+            .field("message", &self.0.message)
+            .field("node", &self.0.node)
+            .field("details", &self.0.details)
+            .field("not_sent", &self.0.not_sent)
+            .finish()
+    }
+}
+
+impl std::error::Error for CqlError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<ExecutionError> for CqlError {
+    fn from(e: ExecutionError) -> CqlError {
+        CqlError::from_execution(e)
+    }
+}
+
+impl From<PrepareError> for CqlError {
+    fn from(e: PrepareError) -> CqlError {
+        CqlError::from_prepare(e)
+    }
+}
+
+#[cfg(all(test, not(tower_cql_loom)))]
+mod tests {
+    use super::*;
+    use scylla::errors::{BrokenConnectionErrorKind, ConnectionPoolError};
+
+    fn db(e: DbError) -> CqlError {
+        CqlError::from_execution(ExecutionError::LastAttemptError(
+            RequestAttemptError::DbError(e, "msg".into()),
+        ))
+    }
+
+    #[test]
+    fn every_db_error_maps() {
+        use scylla::statement::Consistency::Quorum;
+        let cases = [
+            (DbError::SyntaxError, ErrorKind::Syntax),
+            (DbError::Invalid, ErrorKind::Invalid),
+            (
+                DbError::AlreadyExists {
+                    keyspace: "k".into(),
+                    table: "t".into(),
+                },
+                ErrorKind::AlreadyExists,
+            ),
+            (
+                DbError::AuthenticationError,
+                ErrorKind::AuthenticationFailed,
+            ),
+            (DbError::Unauthorized, ErrorKind::Unauthorized),
+            (DbError::ConfigError, ErrorKind::ConfigError),
+            (
+                DbError::Unavailable {
+                    consistency: Quorum,
+                    required: 2,
+                    alive: 1,
+                },
+                ErrorKind::Unavailable,
+            ),
+            (DbError::Overloaded, ErrorKind::Overloaded),
+            (DbError::IsBootstrapping, ErrorKind::IsBootstrapping),
+            (DbError::TruncateError, ErrorKind::TruncateError),
+            (
+                DbError::ReadTimeout {
+                    consistency: Quorum,
+                    received: 1,
+                    required: 2,
+                    data_present: true,
+                },
+                ErrorKind::ReadTimeout,
+            ),
+            (
+                DbError::WriteTimeout {
+                    consistency: Quorum,
+                    received: 1,
+                    required: 2,
+                    write_type: WriteType::Simple,
+                },
+                ErrorKind::WriteTimeout,
+            ),
+            (
+                DbError::ReadFailure {
+                    consistency: Quorum,
+                    received: 0,
+                    required: 1,
+                    numfailures: 1,
+                    data_present: false,
+                },
+                ErrorKind::ReadFailure,
+            ),
+            (
+                DbError::WriteFailure {
+                    consistency: Quorum,
+                    received: 0,
+                    required: 1,
+                    numfailures: 1,
+                    write_type: WriteType::Batch,
+                },
+                ErrorKind::WriteFailure,
+            ),
+            (
+                DbError::Unprepared {
+                    statement_id: bytes::Bytes::new(),
+                },
+                ErrorKind::Unprepared,
+            ),
+            (DbError::ServerError, ErrorKind::ServerError),
+            (DbError::ProtocolError, ErrorKind::Protocol),
+            (DbError::Other(0x9999), ErrorKind::Other),
+        ];
+        for (e, kind) in cases {
+            let err = db(e);
+            assert_eq!(err.kind(), kind);
+            assert!(err.to_string().contains(kind.hint()), "{err}");
+            assert!(std::error::Error::source(&err).is_some());
+        }
+    }
+
+    #[test]
+    fn retry_rules() {
+        let rt = db(DbError::ReadTimeout {
+            consistency: scylla::statement::Consistency::One,
+            received: 0,
+            required: 1,
+            data_present: true,
+        });
+        assert_eq!(rt.retry_advice(false), RetryAdvice::RetrySameNode);
+        assert_eq!(
+            db(DbError::Overloaded).retry_advice(false),
+            RetryAdvice::RetryNextNode
+        );
+        assert_eq!(
+            db(DbError::SyntaxError).retry_advice(true),
+            RetryAdvice::DontRetry
+        );
+        let wt = |w| {
+            db(DbError::WriteTimeout {
+                consistency: scylla::statement::Consistency::One,
+                received: 0,
+                required: 1,
+                write_type: w,
+            })
+        };
+        assert_eq!(
+            wt(WriteType::Simple).retry_advice(false),
+            RetryAdvice::DontRetry
+        );
+        assert_eq!(
+            wt(WriteType::Simple).retry_advice(true),
+            RetryAdvice::RetryNextNode
+        );
+        assert_eq!(
+            wt(WriteType::Cas).retry_advice(true),
+            RetryAdvice::DontRetry
+        );
+        assert!(wt(WriteType::Simple).may_have_been_applied());
+        assert!(
+            wt(WriteType::Simple)
+                .to_string()
+                .contains("write type SIMPLE")
+        );
+        let timeout =
+            CqlError::from_execution(ExecutionError::RequestTimeout(Duration::from_millis(5)));
+        assert_eq!(timeout.kind(), ErrorKind::ClientTimeout);
+        assert!(!timeout.is_retryable(false));
+        assert!(timeout.is_retryable(true));
+        let pool = CqlError::from_execution(ExecutionError::ConnectionPoolError(
+            ConnectionPoolError::Initializing,
+        ));
+        assert_eq!(pool.kind(), ErrorKind::Connection);
+        assert!(pool.was_not_sent());
+        assert!(pool.is_retryable(false), "never sent: safe to retry");
+        let broken = CqlError::from_execution(ExecutionError::LastAttemptError(
+            RequestAttemptError::BrokenConnectionError(
+                BrokenConnectionErrorKind::ChannelError.into(),
+            ),
+        ));
+        assert_eq!(broken.kind(), ErrorKind::Connection);
+        assert!(!broken.is_retryable(false), "may have been sent");
+        assert!(CqlError::new(ErrorKind::Overloaded, "x").is_retryable(false));
+        assert!(!CqlError::shut_down().is_retryable(true));
+        assert_eq!(
+            CqlError::from_execution(ExecutionError::EmptyPlan).kind(),
+            ErrorKind::Connection
+        );
+    }
+
+    #[test]
+    fn kinds_are_indexed_and_named_uniquely() {
+        for (i, k) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i);
+        }
+        let names: std::collections::BTreeSet<_> =
+            ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), ErrorKind::ALL.len());
+        assert_eq!(
+            std::mem::size_of::<Result<(), CqlError>>(),
+            std::mem::size_of::<usize>()
+        );
+    }
+
+    #[test]
+    fn builders_keep_fields() {
+        let addr: SocketAddr = "127.0.0.1:9042".parse().unwrap();
+        let e = CqlError::new(ErrorKind::ServerError, "boom").with_node(addr);
+        let e2 = e.clone().not_sent();
+        assert_eq!(e.node(), Some(addr));
+        assert!(!e.was_not_sent());
+        assert!(e2.was_not_sent());
+        assert_eq!(e2.node(), Some(addr));
+        assert!(e.to_string().contains("node 127.0.0.1:9042"));
+    }
+}

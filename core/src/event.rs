@@ -1,0 +1,507 @@
+//! What the stack observes: typed events, emitted by the layers and the
+//! driver service, delivered to every [`crate::Collector`].
+//!
+//! Events borrow from the request (labels) and the error, so emitting one
+//! costs no allocation; a collector that needs to keep one makes an
+//! [`OwnedEvent`].
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_cql_core::{CqlRequest, event::{Event, RequestEvent}};
+//!
+//! let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").operation("get");
+//! let event = Event::Request(RequestEvent {
+//!     meta: req.meta(),
+//!     duration: Duration::from_micros(350),
+//!     error: None,
+//!     attempts: 1,
+//!     speculative: 0,
+//!     rows: 1,
+//!     node: None,
+//! });
+//! assert_eq!(event.name(), "request");
+//! let kept = event.to_owned();
+//! assert_eq!(kept.as_event().meta().unwrap().operation().unwrap().as_str(), "get");
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::error::{CqlError, ErrorKind};
+use crate::request::RequestMeta;
+
+/// Why an attempt was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AttemptReason {
+    /// The first attempt.
+    Initial,
+    /// A retry after an error.
+    Retry,
+    /// A speculative (hedged) attempt racing a slow one.
+    Speculative,
+}
+
+impl AttemptReason {
+    /// `"initial"`, `"retry"` or `"speculative"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AttemptReason::Initial => "initial",
+            AttemptReason::Retry => "retry",
+            AttemptReason::Speculative => "speculative",
+        }
+    }
+}
+
+/// A logical request finished (end to end, across retries, queueing and
+/// hedging): the latency the caller felt.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestEvent<'a> {
+    /// The request's labels and options.
+    pub meta: &'a RequestMeta,
+    /// Time from entering the layer that emits it to the result.
+    pub duration: Duration,
+    /// The error, if it failed.
+    pub error: Option<&'a CqlError>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Speculative attempts among them.
+    pub speculative: u32,
+    /// Rows returned.
+    pub rows: usize,
+    /// The node that answered last.
+    pub node: Option<SocketAddr>,
+}
+
+/// One attempt finished (one round trip to a node).
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptEvent<'a> {
+    /// The request's labels and options.
+    pub meta: &'a RequestMeta,
+    /// Zero-based attempt index.
+    pub index: u32,
+    /// Why it was made.
+    pub reason: AttemptReason,
+    /// Its duration.
+    pub duration: Duration,
+    /// Its error, if it failed.
+    pub error: Option<&'a CqlError>,
+    /// The node it went to, where known.
+    pub node: Option<SocketAddr>,
+    /// Rows returned.
+    pub rows: usize,
+}
+
+/// A retry was scheduled.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryEvent<'a> {
+    /// The request's labels and options.
+    pub meta: &'a RequestMeta,
+    /// Index of the attempt that will be made.
+    pub attempt: u32,
+    /// Backoff before it.
+    pub delay: Duration,
+    /// The error that caused it.
+    pub cause: &'a CqlError,
+}
+
+/// A request waited for, or was refused, capacity.
+#[derive(Debug, Clone, Copy)]
+pub struct ThrottleEvent<'a> {
+    /// The request's labels and options.
+    pub meta: &'a RequestMeta,
+    /// Which limiter: `"rate_limit"`, `"concurrency_limit"`, `"adaptive"`.
+    pub limiter: &'static str,
+    /// Time spent waiting.
+    pub waited: Duration,
+    /// Whether it was refused in the end.
+    pub rejected: bool,
+    /// Requests queued behind the limiter when it was admitted or refused.
+    pub queue_depth: usize,
+}
+
+/// A request was refused without being tried.
+#[derive(Debug, Clone, Copy)]
+pub struct ShedEvent<'a> {
+    /// The request's labels and options.
+    pub meta: &'a RequestMeta,
+    /// Why: [`ErrorKind::Shed`], [`ErrorKind::CircuitOpen`], [`ErrorKind::ShutDown`], ...
+    pub reason: ErrorKind,
+    /// The layer that refused it.
+    pub layer: &'static str,
+}
+
+/// A circuit breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BreakerState {
+    /// Requests flow.
+    Closed,
+    /// Requests are refused.
+    Open,
+    /// A probe is allowed through.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// `"closed"`, `"open"`, `"half_open"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// A circuit breaker changed state.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerEvent<'a> {
+    /// What the breaker guards (a node address or `keyspace.table`).
+    pub target: &'a str,
+    /// The state before.
+    pub from: BreakerState,
+    /// The state after.
+    pub to: BreakerState,
+}
+
+/// A limiter's limit changed (adaptive concurrency).
+#[derive(Debug, Clone, Copy)]
+pub struct LimitEvent {
+    /// Which limiter.
+    pub limiter: &'static str,
+    /// The new limit.
+    pub limit: usize,
+    /// Requests in flight when it changed.
+    pub in_flight: usize,
+}
+
+/// One page of a paged read arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct PageEvent<'a> {
+    /// The request's labels and options.
+    pub meta: &'a RequestMeta,
+    /// Zero-based page index.
+    pub page: u32,
+    /// Rows in the page.
+    pub rows: usize,
+    /// Time to fetch it.
+    pub duration: Duration,
+    /// The node that served it.
+    pub node: Option<SocketAddr>,
+}
+
+/// How a paged read ended.
+#[derive(Debug, Clone, Copy)]
+pub enum StreamEnd<'a> {
+    /// Every page was read.
+    Finished,
+    /// A page failed.
+    Failed(&'a CqlError),
+    /// The consumer dropped the stream before the end.
+    Dropped,
+}
+
+impl StreamEnd<'_> {
+    /// `"finished"`, `"failed"`, `"dropped"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StreamEnd::Finished => "finished",
+            StreamEnd::Failed(_) => "failed",
+            StreamEnd::Dropped => "dropped",
+        }
+    }
+}
+
+/// A paged read ended (exactly once per stream).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamEvent<'a> {
+    /// The request's labels and options.
+    pub meta: &'a RequestMeta,
+    /// Pages fetched.
+    pub pages: u32,
+    /// Rows handed to the consumer.
+    pub rows: u64,
+    /// Time from the first request to the end.
+    pub duration: Duration,
+    /// How it ended.
+    pub end: StreamEnd<'a>,
+}
+
+/// Any event.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// A logical request finished.
+    Request(RequestEvent<'a>),
+    /// An attempt finished.
+    Attempt(AttemptEvent<'a>),
+    /// A retry was scheduled.
+    Retry(RetryEvent<'a>),
+    /// A request waited for or was refused capacity.
+    Throttle(ThrottleEvent<'a>),
+    /// A request was refused untried.
+    Shed(ShedEvent<'a>),
+    /// A breaker changed state.
+    Breaker(BreakerEvent<'a>),
+    /// A limit changed.
+    Limit(LimitEvent),
+    /// A page arrived.
+    Page(PageEvent<'a>),
+    /// A paged read ended.
+    Stream(StreamEvent<'a>),
+}
+
+impl<'a> Event<'a> {
+    /// A short name: `"request"`, `"attempt"`, ...
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Request(_) => "request",
+            Event::Attempt(_) => "attempt",
+            Event::Retry(_) => "retry",
+            Event::Throttle(_) => "throttle",
+            Event::Shed(_) => "shed",
+            Event::Breaker(_) => "breaker",
+            Event::Limit(_) => "limit",
+            Event::Page(_) => "page",
+            Event::Stream(_) => "stream",
+        }
+    }
+
+    /// The request metadata, for events about a request.
+    pub fn meta(&self) -> Option<&'a RequestMeta> {
+        match self {
+            Event::Request(e) => Some(e.meta),
+            Event::Attempt(e) => Some(e.meta),
+            Event::Retry(e) => Some(e.meta),
+            Event::Throttle(e) => Some(e.meta),
+            Event::Shed(e) => Some(e.meta),
+            Event::Page(e) => Some(e.meta),
+            Event::Stream(e) => Some(e.meta),
+            Event::Breaker(_) | Event::Limit(_) => None,
+        }
+    }
+
+    /// A copy that owns its labels and error, to keep or send elsewhere.
+    pub fn to_owned(&self) -> OwnedEvent {
+        let error = match self {
+            Event::Request(e) => e.error.cloned(),
+            Event::Attempt(e) => e.error.cloned(),
+            Event::Retry(e) => Some(e.cause.clone()),
+            Event::Stream(StreamEvent {
+                end: StreamEnd::Failed(e),
+                ..
+            }) => Some((*e).clone()),
+            _ => None,
+        };
+        let target = match self {
+            Event::Breaker(b) => b.target.to_string(),
+            _ => String::new(),
+        };
+        let data = match *self {
+            Event::Request(e) => Data::Request {
+                duration: e.duration,
+                attempts: e.attempts,
+                speculative: e.speculative,
+                rows: e.rows,
+                node: e.node,
+            },
+            Event::Attempt(e) => Data::Attempt {
+                index: e.index,
+                reason: e.reason,
+                duration: e.duration,
+                node: e.node,
+                rows: e.rows,
+            },
+            Event::Retry(e) => Data::Retry {
+                attempt: e.attempt,
+                delay: e.delay,
+            },
+            Event::Throttle(e) => Data::Throttle {
+                limiter: e.limiter,
+                waited: e.waited,
+                rejected: e.rejected,
+                queue_depth: e.queue_depth,
+            },
+            Event::Shed(e) => Data::Shed {
+                reason: e.reason,
+                layer: e.layer,
+            },
+            Event::Breaker(e) => Data::Breaker {
+                from: e.from,
+                to: e.to,
+            },
+            Event::Limit(e) => Data::Limit(e),
+            Event::Page(e) => Data::Page {
+                page: e.page,
+                rows: e.rows,
+                duration: e.duration,
+                node: e.node,
+            },
+            Event::Stream(e) => Data::Stream {
+                pages: e.pages,
+                rows: e.rows,
+                duration: e.duration,
+                end: e.end.as_str(),
+            },
+        };
+        OwnedEvent {
+            meta: self.meta().cloned(),
+            error,
+            target,
+            data,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Data {
+    Request {
+        duration: Duration,
+        attempts: u32,
+        speculative: u32,
+        rows: usize,
+        node: Option<SocketAddr>,
+    },
+    Attempt {
+        index: u32,
+        reason: AttemptReason,
+        duration: Duration,
+        node: Option<SocketAddr>,
+        rows: usize,
+    },
+    Retry {
+        attempt: u32,
+        delay: Duration,
+    },
+    Throttle {
+        limiter: &'static str,
+        waited: Duration,
+        rejected: bool,
+        queue_depth: usize,
+    },
+    Shed {
+        reason: ErrorKind,
+        layer: &'static str,
+    },
+    Breaker {
+        from: BreakerState,
+        to: BreakerState,
+    },
+    Limit(LimitEvent),
+    Page {
+        page: u32,
+        rows: usize,
+        duration: Duration,
+        node: Option<SocketAddr>,
+    },
+    Stream {
+        pages: u32,
+        rows: u64,
+        duration: Duration,
+        end: &'static str,
+    },
+}
+
+/// An event that owns its data (made by [`Event::to_owned`]).
+#[derive(Debug, Clone)]
+pub struct OwnedEvent {
+    meta: Option<RequestMeta>,
+    error: Option<CqlError>,
+    target: String,
+    data: Data,
+}
+
+impl OwnedEvent {
+    /// The event, borrowing from this copy.
+    pub fn as_event(&self) -> Event<'_> {
+        let meta = || self.meta.as_ref().expect("request events keep their meta");
+        match &self.data {
+            Data::Request {
+                duration,
+                attempts,
+                speculative,
+                rows,
+                node,
+            } => Event::Request(RequestEvent {
+                meta: meta(),
+                duration: *duration,
+                error: self.error.as_ref(),
+                attempts: *attempts,
+                speculative: *speculative,
+                rows: *rows,
+                node: *node,
+            }),
+            Data::Attempt {
+                index,
+                reason,
+                duration,
+                node,
+                rows,
+            } => Event::Attempt(AttemptEvent {
+                meta: meta(),
+                index: *index,
+                reason: *reason,
+                duration: *duration,
+                error: self.error.as_ref(),
+                node: *node,
+                rows: *rows,
+            }),
+            Data::Retry { attempt, delay } => Event::Retry(RetryEvent {
+                meta: meta(),
+                attempt: *attempt,
+                delay: *delay,
+                cause: self.error.as_ref().expect("retry events keep their cause"),
+            }),
+            Data::Throttle {
+                limiter,
+                waited,
+                rejected,
+                queue_depth,
+            } => Event::Throttle(ThrottleEvent {
+                meta: meta(),
+                limiter,
+                waited: *waited,
+                rejected: *rejected,
+                queue_depth: *queue_depth,
+            }),
+            Data::Shed { reason, layer } => Event::Shed(ShedEvent {
+                meta: meta(),
+                reason: *reason,
+                layer,
+            }),
+            Data::Breaker { from, to } => Event::Breaker(BreakerEvent {
+                target: &self.target,
+                from: *from,
+                to: *to,
+            }),
+            Data::Limit(l) => Event::Limit(*l),
+            Data::Page {
+                page,
+                rows,
+                duration,
+                node,
+            } => Event::Page(PageEvent {
+                meta: meta(),
+                page: *page,
+                rows: *rows,
+                duration: *duration,
+                node: *node,
+            }),
+            Data::Stream {
+                pages,
+                rows,
+                duration,
+                end,
+            } => Event::Stream(StreamEvent {
+                meta: meta(),
+                pages: *pages,
+                rows: *rows,
+                duration: *duration,
+                end: match (*end, &self.error) {
+                    ("failed", Some(e)) => StreamEnd::Failed(e),
+                    ("dropped", _) => StreamEnd::Dropped,
+                    _ => StreamEnd::Finished,
+                },
+            }),
+        }
+    }
+}

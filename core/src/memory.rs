@@ -1,0 +1,569 @@
+//! A built-in collector that keeps everything in memory: latency
+//! histograms per label set and counters, read through [`Snapshot`]s.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use tower_cql_core::{Collectors, CqlRequest, InMemoryCollector, event::{Event, RequestEvent}};
+//!
+//! let memory = Arc::new(InMemoryCollector::new());
+//! let collectors = Collectors::with([memory.clone() as Arc<dyn tower_cql_core::Collector>]);
+//! let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").operation("get");
+//! for us in [100, 200, 300] {
+//!     collectors.emit(Event::Request(RequestEvent {
+//!         meta: req.meta(), duration: Duration::from_micros(us), error: None,
+//!         attempts: 1, speculative: 0, rows: 1, node: None,
+//!     }));
+//! }
+//! let snap = memory.snapshot();
+//! let latency = snap.request_latency(Some("get"));
+//! assert_eq!(latency.count(), 3);
+//! let p50 = latency.quantile(0.5).unwrap() as f64; // nanoseconds
+//! assert!((p50 - 200_000.0).abs() / 200_000.0 <= 0.02);
+//! assert_eq!(snap.ok, 3);
+//! ```
+//!
+//! Recording takes no lock: series are found in an `ArcSwap`ped map (a new
+//! series copies the map, which happens once per label set), histograms and
+//! counters are atomics. The number of series is bounded
+//! ([`InMemoryCollector::with_max_series`]); label sets past the bound are
+//! folded into one overflow series and counted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::collector::Collector;
+use crate::error::{CqlError, ErrorKind};
+use crate::event::{
+    AttemptEvent, AttemptReason, BreakerEvent, LimitEvent, PageEvent, RequestEvent, RetryEvent,
+    ShedEvent, StreamEvent, ThrottleEvent,
+};
+use crate::histogram::{Histogram, HistogramSnapshot};
+use crate::request::{Label, OperationKind, RequestMeta};
+
+/// The labels of one series. Bounded by construction: names the caller
+/// gave, statement kinds, error kinds — never statement text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesLabels {
+    /// Operation name, if given.
+    pub operation: Option<Label>,
+    /// Statement kind.
+    pub kind: OperationKind,
+    /// Keyspace.
+    pub keyspace: Option<Label>,
+    /// Table.
+    pub table: Option<Label>,
+    /// `None` for success, else the error kind.
+    pub error: Option<ErrorKind>,
+    /// For attempts: why the attempt was made.
+    pub reason: Option<AttemptReason>,
+    /// True for the overflow series that collects label sets past the bound.
+    pub overflow: bool,
+}
+
+impl SeriesLabels {
+    fn new(
+        meta: &RequestMeta,
+        error: Option<&CqlError>,
+        reason: Option<AttemptReason>,
+    ) -> SeriesLabels {
+        SeriesLabels {
+            operation: meta.operation().cloned(),
+            kind: meta.kind(),
+            keyspace: meta.keyspace().cloned(),
+            table: meta.table().cloned(),
+            error: error.map(CqlError::kind),
+            reason,
+            overflow: false,
+        }
+    }
+
+    fn overflow() -> SeriesLabels {
+        SeriesLabels {
+            operation: None,
+            kind: OperationKind::Other,
+            keyspace: None,
+            table: None,
+            error: None,
+            reason: None,
+            overflow: true,
+        }
+    }
+
+    /// `"ok"` or the error kind's name.
+    pub fn outcome(&self) -> &'static str {
+        self.error.map_or("ok", ErrorKind::as_str)
+    }
+}
+
+struct SeriesMap {
+    map: ArcSwap<HashMap<SeriesLabels, Arc<Histogram>>>,
+    max: usize,
+    overflow: Arc<Histogram>,
+    overflowed: AtomicU64,
+}
+
+impl SeriesMap {
+    fn new(max: usize) -> SeriesMap {
+        SeriesMap {
+            map: ArcSwap::from_pointee(HashMap::new()),
+            max,
+            overflow: Arc::new(Histogram::new()),
+            overflowed: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, labels: SeriesLabels, nanos: u64) {
+        if let Some(h) = self.map.load().get(&labels) {
+            h.record(nanos);
+            return;
+        }
+        let mut chosen: Option<Arc<Histogram>> = None;
+        self.map.rcu(|map| {
+            if let Some(h) = map.get(&labels) {
+                chosen = Some(h.clone());
+                return Arc::clone(map);
+            }
+            if map.len() >= self.max {
+                chosen = None;
+                return Arc::clone(map);
+            }
+            let h = Arc::new(Histogram::new());
+            chosen = Some(h.clone());
+            let mut next = HashMap::clone(map);
+            next.insert(labels.clone(), h);
+            Arc::new(next)
+        });
+        match chosen {
+            Some(h) => h.record(nanos),
+            None => {
+                self.overflowed.fetch_add(1, Ordering::Relaxed);
+                self.overflow.record(nanos);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Vec<SeriesSnapshot> {
+        let map = self.map.load();
+        let mut out: Vec<SeriesSnapshot> = map
+            .iter()
+            .map(|(labels, h)| SeriesSnapshot {
+                labels: labels.clone(),
+                histogram: h.snapshot(),
+            })
+            .collect();
+        let overflow = self.overflow.snapshot();
+        if overflow.count() > 0 {
+            out.push(SeriesSnapshot {
+                labels: SeriesLabels::overflow(),
+                histogram: overflow,
+            });
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out
+    }
+
+    fn memory_bytes(&self) -> usize {
+        let n = self.map.load().len() + 1;
+        n * (self.overflow.memory_bytes() + std::mem::size_of::<SeriesLabels>() + 64)
+    }
+}
+
+const KINDS: usize = ErrorKind::ALL.len();
+
+fn kind_counters() -> [AtomicU64; KINDS] {
+    std::array::from_fn(|_| AtomicU64::new(0))
+}
+
+fn kind_map(counters: &[AtomicU64; KINDS]) -> BTreeMap<ErrorKind, u64> {
+    ErrorKind::ALL
+        .iter()
+        .filter_map(|k| {
+            let n = counters[k.index()].load(Ordering::Relaxed);
+            (n > 0).then_some((*k, n))
+        })
+        .collect()
+}
+
+/// The in-memory collector; see the module docs.
+pub struct InMemoryCollector {
+    requests: SeriesMap,
+    attempts: SeriesMap,
+    ok: AtomicU64,
+    errors: [AtomicU64; KINDS],
+    attempt_errors: [AtomicU64; KINDS],
+    retries: [AtomicU64; KINDS],
+    throttled: AtomicU64,
+    throttle_rejected: AtomicU64,
+    throttle_wait: Histogram,
+    shed: [AtomicU64; KINDS],
+    pages: AtomicU64,
+    page_rows: AtomicU64,
+    streams_finished: AtomicU64,
+    streams_failed: AtomicU64,
+    streams_dropped: AtomicU64,
+    breaker_transitions: AtomicU64,
+    breakers_open: AtomicU64,
+    limit: AtomicU64,
+    rows: AtomicU64,
+}
+
+impl fmt::Debug for InMemoryCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InMemoryCollector")
+            .field("request_series", &self.requests.map.load().len())
+            .field("attempt_series", &self.attempts.map.load().len())
+            .field("ok", &self.ok.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Default for InMemoryCollector {
+    fn default() -> InMemoryCollector {
+        InMemoryCollector::new()
+    }
+}
+
+/// A histogram with its labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesSnapshot {
+    /// The series' labels.
+    pub labels: SeriesLabels,
+    /// Latencies in nanoseconds.
+    pub histogram: HistogramSnapshot,
+}
+
+/// Everything the in-memory collector saw, at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// End-to-end request latency series.
+    pub requests: Vec<SeriesSnapshot>,
+    /// Per-attempt latency series.
+    pub attempts: Vec<SeriesSnapshot>,
+    /// Requests that succeeded.
+    pub ok: u64,
+    /// Requests that failed, by error kind.
+    pub errors: BTreeMap<ErrorKind, u64>,
+    /// Attempts that failed, by error kind.
+    pub attempt_errors: BTreeMap<ErrorKind, u64>,
+    /// Retries scheduled, by the error that caused them.
+    pub retries: BTreeMap<ErrorKind, u64>,
+    /// Requests that waited for a limiter.
+    pub throttled: u64,
+    /// Requests a limiter refused.
+    pub throttle_rejected: u64,
+    /// Time spent waiting for limiters (nanoseconds).
+    pub throttle_wait: HistogramSnapshot,
+    /// Requests refused untried, by reason.
+    pub shed: BTreeMap<ErrorKind, u64>,
+    /// Pages fetched by paged reads.
+    pub pages: u64,
+    /// Rows in those pages.
+    pub page_rows: u64,
+    /// Paged reads that read every page.
+    pub streams_finished: u64,
+    /// Paged reads that failed.
+    pub streams_failed: u64,
+    /// Paged reads dropped early by their consumer.
+    pub streams_dropped: u64,
+    /// Circuit breaker state changes.
+    pub breaker_transitions: u64,
+    /// Breakers open now.
+    pub breakers_open: u64,
+    /// The last limit an adaptive limiter reported (0: none).
+    pub current_limit: u64,
+    /// Rows returned by requests.
+    pub rows: u64,
+    /// Events folded into the overflow series because of the series bound.
+    pub overflowed: u64,
+}
+
+impl Snapshot {
+    fn merged(series: &[SeriesSnapshot], operation: Option<&str>) -> HistogramSnapshot {
+        let mut out = HistogramSnapshot::default();
+        for s in series {
+            if operation.is_none_or(|op| {
+                s.labels
+                    .operation
+                    .as_ref()
+                    .is_some_and(|l| l.as_str() == op)
+            }) {
+                out.merge(&s.histogram);
+            }
+        }
+        out
+    }
+
+    /// Request latency over every series of `operation` (all when `None`).
+    pub fn request_latency(&self, operation: Option<&str>) -> HistogramSnapshot {
+        Snapshot::merged(&self.requests, operation)
+    }
+
+    /// Attempt latency over every series of `operation` (all when `None`).
+    pub fn attempt_latency(&self, operation: Option<&str>) -> HistogramSnapshot {
+        Snapshot::merged(&self.attempts, operation)
+    }
+
+    /// Requests completed, ok or not.
+    pub fn requests_total(&self) -> u64 {
+        self.ok + self.errors.values().sum::<u64>()
+    }
+
+    /// Retries scheduled, in all.
+    pub fn retries_total(&self) -> u64 {
+        self.retries.values().sum()
+    }
+
+    /// Attempts by reason.
+    pub fn attempts_by_reason(&self, reason: AttemptReason) -> u64 {
+        self.attempts
+            .iter()
+            .filter(|s| s.labels.reason == Some(reason))
+            .map(|s| s.histogram.count())
+            .sum()
+    }
+}
+
+impl InMemoryCollector {
+    /// At most 1,000 series each for requests and attempts.
+    pub fn new() -> InMemoryCollector {
+        InMemoryCollector::with_max_series(1000)
+    }
+
+    /// At most `max` series each for requests and attempts.
+    pub fn with_max_series(max: usize) -> InMemoryCollector {
+        InMemoryCollector {
+            requests: SeriesMap::new(max),
+            attempts: SeriesMap::new(max),
+            ok: AtomicU64::new(0),
+            errors: kind_counters(),
+            attempt_errors: kind_counters(),
+            retries: kind_counters(),
+            throttled: AtomicU64::new(0),
+            throttle_rejected: AtomicU64::new(0),
+            throttle_wait: Histogram::new(),
+            shed: kind_counters(),
+            pages: AtomicU64::new(0),
+            page_rows: AtomicU64::new(0),
+            streams_finished: AtomicU64::new(0),
+            streams_failed: AtomicU64::new(0),
+            streams_dropped: AtomicU64::new(0),
+            breaker_transitions: AtomicU64::new(0),
+            breakers_open: AtomicU64::new(0),
+            limit: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+        }
+    }
+
+    /// Approximate memory held by the histograms.
+    pub fn memory_bytes(&self) -> usize {
+        self.requests.memory_bytes() + self.attempts.memory_bytes()
+    }
+
+    /// A consistent-enough picture of everything recorded so far (each
+    /// value is read atomically; events recorded meanwhile may or may not
+    /// be included).
+    pub fn snapshot(&self) -> Snapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Snapshot {
+            requests: self.requests.snapshot(),
+            attempts: self.attempts.snapshot(),
+            ok: l(&self.ok),
+            errors: kind_map(&self.errors),
+            attempt_errors: kind_map(&self.attempt_errors),
+            retries: kind_map(&self.retries),
+            throttled: l(&self.throttled),
+            throttle_rejected: l(&self.throttle_rejected),
+            throttle_wait: self.throttle_wait.snapshot(),
+            shed: kind_map(&self.shed),
+            pages: l(&self.pages),
+            page_rows: l(&self.page_rows),
+            streams_finished: l(&self.streams_finished),
+            streams_failed: l(&self.streams_failed),
+            streams_dropped: l(&self.streams_dropped),
+            breaker_transitions: l(&self.breaker_transitions),
+            breakers_open: l(&self.breakers_open),
+            current_limit: l(&self.limit),
+            rows: l(&self.rows),
+            overflowed: l(&self.requests.overflowed) + l(&self.attempts.overflowed),
+        }
+    }
+}
+
+fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Collector for InMemoryCollector {
+    fn on_request(&self, e: &RequestEvent<'_>) {
+        self.requests
+            .record(SeriesLabels::new(e.meta, e.error, None), nanos(e.duration));
+        match e.error {
+            None => self.ok.fetch_add(1, Ordering::Relaxed),
+            Some(err) => self.errors[err.kind().index()].fetch_add(1, Ordering::Relaxed),
+        };
+        self.rows.fetch_add(e.rows as u64, Ordering::Relaxed);
+    }
+
+    fn on_attempt(&self, e: &AttemptEvent<'_>) {
+        self.attempts.record(
+            SeriesLabels::new(e.meta, e.error, Some(e.reason)),
+            nanos(e.duration),
+        );
+        if let Some(err) = e.error {
+            self.attempt_errors[err.kind().index()].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn on_retry(&self, e: &RetryEvent<'_>) {
+        self.retries[e.cause.kind().index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_throttle(&self, e: &ThrottleEvent<'_>) {
+        self.throttled.fetch_add(1, Ordering::Relaxed);
+        if e.rejected {
+            self.throttle_rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        self.throttle_wait.record(nanos(e.waited));
+    }
+
+    fn on_shed(&self, e: &ShedEvent<'_>) {
+        self.shed[e.reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_breaker(&self, e: &BreakerEvent<'_>) {
+        use crate::event::BreakerState::Open;
+        self.breaker_transitions.fetch_add(1, Ordering::Relaxed);
+        if e.to == Open && e.from != Open {
+            self.breakers_open.fetch_add(1, Ordering::Relaxed);
+        } else if e.from == Open && e.to != Open {
+            // saturating: never below zero
+            let _ = self
+                .breakers_open
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    fn on_limit(&self, e: &LimitEvent) {
+        self.limit.store(e.limit as u64, Ordering::Relaxed);
+    }
+
+    fn on_page(&self, e: &PageEvent<'_>) {
+        self.pages.fetch_add(1, Ordering::Relaxed);
+        self.page_rows.fetch_add(e.rows as u64, Ordering::Relaxed);
+    }
+
+    fn on_stream(&self, e: &StreamEvent<'_>) {
+        use crate::event::StreamEnd;
+        let c = match e.end {
+            StreamEnd::Finished => &self.streams_finished,
+            StreamEnd::Failed(_) => &self.streams_failed,
+            StreamEnd::Dropped => &self.streams_dropped,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn name(&self) -> &str {
+        "in_memory"
+    }
+}
+
+#[cfg(all(test, not(tower_cql_loom)))]
+mod tests {
+    use super::*;
+    use crate::request::CqlRequest;
+    use std::time::Duration;
+
+    fn req_event<'a>(
+        meta: &'a RequestMeta,
+        err: Option<&'a CqlError>,
+        us: u64,
+    ) -> RequestEvent<'a> {
+        RequestEvent {
+            meta,
+            duration: Duration::from_micros(us),
+            error: err,
+            attempts: 1,
+            speculative: 0,
+            rows: 2,
+            node: None,
+        }
+    }
+
+    #[test]
+    fn series_per_label_set_and_counters_by_kind() {
+        let m = InMemoryCollector::new();
+        let get = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").operation("get");
+        let put = CqlRequest::query("INSERT INTO ks.t (k, v) VALUES (?, ?)").operation("put");
+        let timeout = CqlError::new(ErrorKind::WriteTimeout, "slow");
+        for i in 1..=100 {
+            m.on_request(&req_event(get.meta(), None, i));
+        }
+        m.on_request(&req_event(put.meta(), Some(&timeout), 5000));
+        let s = m.snapshot();
+        assert_eq!(s.ok, 100);
+        assert_eq!(s.errors.get(&ErrorKind::WriteTimeout), Some(&1));
+        assert_eq!(s.requests.len(), 2);
+        let lat = s.request_latency(Some("get"));
+        assert_eq!(lat.count(), 100);
+        let p99 = lat.quantile(0.99).unwrap() as f64;
+        assert!((p99 - 99_000.0).abs() / 99_000.0 <= 0.02, "{p99}");
+        assert_eq!(s.rows, 202);
+        let put_series = s
+            .requests
+            .iter()
+            .find(|x| x.labels.outcome() == "write_timeout")
+            .unwrap();
+        assert_eq!(put_series.labels.table.as_ref().unwrap().as_str(), "t");
+        assert_eq!(put_series.labels.kind, OperationKind::Insert);
+    }
+
+    #[test]
+    fn series_past_the_bound_fold_into_overflow() {
+        let m = InMemoryCollector::with_max_series(3);
+        for i in 0..10 {
+            let r = CqlRequest::query("SELECT v FROM t").operation(format!("op{i}"));
+            m.on_request(&req_event(r.meta(), None, 10));
+        }
+        let s = m.snapshot();
+        assert_eq!(s.requests.len(), 4, "3 series + overflow");
+        assert_eq!(s.overflowed, 7);
+        assert!(
+            s.requests
+                .iter()
+                .any(|x| x.labels.overflow && x.histogram.count() == 7)
+        );
+        assert_eq!(s.request_latency(None).count(), 10, "nothing lost");
+    }
+
+    #[test]
+    fn concurrent_recording_loses_nothing() {
+        let m = Arc::new(InMemoryCollector::new());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    let r = CqlRequest::query("SELECT v FROM t").operation(if t % 2 == 0 {
+                        "a"
+                    } else {
+                        "b"
+                    });
+                    for i in 0..50_000u64 {
+                        m.on_request(&req_event(r.meta(), None, i % 1000 + 1));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let s = m.snapshot();
+        assert_eq!(s.ok, 200_000);
+        assert_eq!(s.request_latency(None).count(), 200_000);
+        assert_eq!(s.request_latency(Some("a")).count(), 100_000);
+    }
+}

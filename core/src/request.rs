@@ -1,0 +1,1032 @@
+//! The request that flows through a tower-cql stack.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_cql_core::{CqlRequest, Statement};
+//! use scylla::statement::Consistency;
+//!
+//! // A statement analysed once, shared by every request built from it.
+//! let get_user = Statement::new("SELECT name FROM app.users WHERE id = ?")
+//!     .operation("get_user")
+//!     .idempotent(true);
+//! let req = get_user.request().bind((42i64,)).consistency(Consistency::Quorum).timeout(Duration::from_millis(200));
+//! assert!(req.meta().is_idempotent());
+//! assert_eq!(req.meta().operation().map(|l| l.as_str()), Some("get_user"));
+//! assert_eq!(req.meta().kind().as_str(), "SELECT");
+//! // Bound values never show up in Debug output.
+//! assert!(format!("{req:?}").contains("values: <1 row redacted>"));
+//! ```
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchStatement as DriverBatchStatement};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+
+/// A cheap-to-clone label value (`&'static str` or shared string). Labels
+/// are for bounded sets of names — operation names, keyspaces, tables —
+/// never for statement text or values.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Label(LabelInner);
+
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum LabelInner {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Label {
+    /// A label from a static string (no allocation).
+    pub const fn from_static(s: &'static str) -> Label {
+        Label(LabelInner::Static(s))
+    }
+
+    /// The label's text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            LabelInner::Static(s) => s,
+            LabelInner::Shared(s) => s,
+        }
+    }
+}
+
+impl Borrow<str> for Label {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&'static str> for Label {
+    fn from(s: &'static str) -> Label {
+        Label::from_static(s)
+    }
+}
+
+impl From<String> for Label {
+    fn from(s: String) -> Label {
+        Label(LabelInner::Shared(Arc::from(s)))
+    }
+}
+
+impl From<Arc<str>> for Label {
+    fn from(s: Arc<str>) -> Label {
+        Label(LabelInner::Shared(s))
+    }
+}
+
+impl fmt::Debug for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The kind of statement, from its first keyword: the OpenTelemetry
+/// `db.operation.name` when no operation name is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OperationKind {
+    /// `SELECT`
+    Select,
+    /// `INSERT`
+    Insert,
+    /// `UPDATE`
+    Update,
+    /// `DELETE`
+    Delete,
+    /// `BATCH` (a batch request or `BEGIN BATCH`)
+    Batch,
+    /// DDL, `USE`, `TRUNCATE` and everything else.
+    Other,
+}
+
+impl OperationKind {
+    /// The upper-case keyword (`"SELECT"`, ...; `"OTHER"`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::Select => "SELECT",
+            OperationKind::Insert => "INSERT",
+            OperationKind::Update => "UPDATE",
+            OperationKind::Delete => "DELETE",
+            OperationKind::Batch => "BATCH",
+            OperationKind::Other => "OTHER",
+        }
+    }
+
+    /// Whether the statement only reads.
+    pub const fn is_read(self) -> bool {
+        matches!(self, OperationKind::Select)
+    }
+}
+
+/// What the text of a statement says about retrying it, found once when
+/// the statement is analysed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatementTraits {
+    /// A lightweight transaction (`IF NOT EXISTS`, `IF EXISTS`, `IF col = ...`).
+    pub lwt: bool,
+    /// Updates a counter (`SET c = c + ?`): never idempotent.
+    pub counter_update: bool,
+    /// Appends or prepends to a list (`l = l + ?`, `l = ? + l`): never idempotent.
+    pub list_append: bool,
+    /// Calls a non-deterministic function (`now()`, `uuid()`, ...).
+    pub nondeterministic: bool,
+}
+
+impl StatementTraits {
+    /// Whether anything in the text makes a retry unsafe, whatever the
+    /// caller says.
+    pub fn forbids_retry(&self) -> bool {
+        self.lwt || self.counter_update || self.list_append || self.nondeterministic
+    }
+}
+
+/// Finds the operation kind, keyspace and table of a statement text, and
+/// what makes it unsafe to retry. A lexical scan that skips string literals
+/// and comments; no allocation but the names it returns.
+pub(crate) fn analyse(
+    text: &str,
+) -> (
+    OperationKind,
+    Option<String>,
+    Option<String>,
+    StatementTraits,
+) {
+    let words = Words::new(text);
+    let mut traits = StatementTraits::default();
+    let tokens: Vec<&str> = words.collect();
+    let upper = |i: usize| {
+        tokens
+            .get(i)
+            .map(|t| t.to_ascii_uppercase())
+            .unwrap_or_default()
+    };
+    let kind = match upper(0).as_str() {
+        "SELECT" => OperationKind::Select,
+        "INSERT" => OperationKind::Insert,
+        "UPDATE" => OperationKind::Update,
+        "DELETE" => OperationKind::Delete,
+        "BEGIN" | "APPLY" => OperationKind::Batch,
+        _ => OperationKind::Other,
+    };
+    // The table: after FROM (SELECT/DELETE), INTO (INSERT), UPDATE.
+    let mut target: Option<&str> = None;
+    for (i, t) in tokens.iter().enumerate() {
+        let u = t.to_ascii_uppercase();
+        let after = match (kind, u.as_str()) {
+            (OperationKind::Select | OperationKind::Delete, "FROM") => true,
+            (OperationKind::Insert, "INTO") => true,
+            (OperationKind::Update, "UPDATE") if i == 0 => true,
+            _ => false,
+        };
+        if after && target.is_none() {
+            target = tokens.get(i + 1).copied();
+        }
+        if u == "IF" {
+            traits.lwt = true;
+        }
+        if matches!(
+            u.as_str(),
+            "NOW" | "UUID" | "CURRENTTIMESTAMP" | "CURRENTTIMEUUID" | "CURRENTDATE" | "CURRENTTIME"
+        ) && tokens.get(i + 1) == Some(&"(")
+        {
+            traits.nondeterministic = true;
+        }
+        // `c = c + ...` or `c = c - ...`: counter or collection update.
+        if *t == "=" && i >= 1 && i + 2 < tokens.len() {
+            let lhs = tokens[i - 1];
+            if tokens[i + 1].eq_ignore_ascii_case(lhs) && matches!(tokens[i + 2], "+" | "-") {
+                let rhs = tokens.get(i + 3).copied().unwrap_or("");
+                if rhs.starts_with('[') || rhs == "[" {
+                    traits.list_append = true;
+                } else if rhs == "?" || rhs.starts_with(':') || rhs.parse::<i64>().is_ok() {
+                    // a bound or integer delta: a counter (or a collection bound
+                    // as a whole, which the driver cannot tell apart here)
+                    traits.counter_update = true;
+                } else if rhs.starts_with('{') {
+                    // set/map union: idempotent
+                } else {
+                    traits.counter_update = true;
+                }
+            }
+            // `l = [..] + l` or `l = ? + l` prepends to a list.
+            let mut j = i + 1;
+            if tokens[j] == "[" {
+                let mut depth = 0;
+                while j < tokens.len() {
+                    match tokens[j] {
+                        "[" => depth += 1,
+                        "]" => depth -= 1,
+                        _ => {}
+                    }
+                    if depth == 0 {
+                        break;
+                    }
+                    j += 1;
+                }
+            }
+            if j + 2 < tokens.len()
+                && tokens[j + 1] == "+"
+                && tokens[j + 2].eq_ignore_ascii_case(lhs)
+            {
+                traits.list_append = true;
+            }
+        }
+    }
+    let (keyspace, table) = match target {
+        Some(t) => match t.split_once('.') {
+            Some((k, tb)) => (Some(unquote(k)), Some(unquote(tb))),
+            None => (None, Some(unquote(t))),
+        },
+        None => (None, None),
+    };
+    (kind, keyspace, table, traits)
+}
+
+fn unquote(s: &str) -> String {
+    if s.len() >= 2 && s.starts_with('"') && s.ends_with('"') {
+        s[1..s.len() - 1].replace("\"\"", "\"")
+    } else {
+        s.to_ascii_lowercase()
+    }
+}
+
+/// Splits CQL text into words and punctuation, dropping string literals
+/// and comments.
+struct Words<'a> {
+    s: &'a str,
+    i: usize,
+}
+
+impl<'a> Words<'a> {
+    fn new(s: &'a str) -> Words<'a> {
+        Words { s, i: 0 }
+    }
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let b = self.s.as_bytes();
+        loop {
+            while self.i < b.len() && b[self.i].is_ascii_whitespace() {
+                self.i += 1;
+            }
+            if self.i >= b.len() {
+                return None;
+            }
+            let c = b[self.i];
+            if c == b'-' && b.get(self.i + 1) == Some(&b'-')
+                || c == b'/' && b.get(self.i + 1) == Some(&b'/')
+            {
+                while self.i < b.len() && b[self.i] != b'\n' {
+                    self.i += 1;
+                }
+                continue;
+            }
+            if c == b'/' && b.get(self.i + 1) == Some(&b'*') {
+                self.i += 2;
+                while self.i + 1 < b.len() && !(b[self.i] == b'*' && b[self.i + 1] == b'/') {
+                    self.i += 1;
+                }
+                self.i = (self.i + 2).min(b.len());
+                continue;
+            }
+            if c == b'\'' {
+                // skip a string literal ('' escapes a quote); yield a placeholder
+                self.i += 1;
+                while self.i < b.len() {
+                    if b[self.i] == b'\'' {
+                        if b.get(self.i + 1) == Some(&b'\'') {
+                            self.i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    self.i += 1;
+                }
+                self.i = (self.i + 1).min(b.len());
+                return Some("'");
+            }
+            let start = self.i;
+            if c == b'"' {
+                self.i += 1;
+                while self.i < b.len() && b[self.i] != b'"' {
+                    self.i += 1;
+                }
+                self.i = (self.i + 1).min(b.len());
+                // a quoted identifier may be followed by .name
+                while self.i < b.len()
+                    && (b[self.i] == b'.'
+                        || b[self.i].is_ascii_alphanumeric()
+                        || b[self.i] == b'_'
+                        || b[self.i] == b'"')
+                {
+                    self.i += 1;
+                }
+                return Some(&self.s[start..self.i]);
+            }
+            if c.is_ascii_alphanumeric() || c == b'_' || c == b':' {
+                while self.i < b.len()
+                    && (b[self.i].is_ascii_alphanumeric()
+                        || matches!(b[self.i], b'_' | b'.' | b':' | b'"'))
+                {
+                    self.i += 1;
+                }
+                return Some(&self.s[start..self.i]);
+            }
+            self.i += 1;
+            // multi-byte UTF-8 outside literals: step to a char boundary
+            while self.i < b.len() && !self.s.is_char_boundary(self.i) {
+                self.i += 1;
+            }
+            return Some(&self.s[start..self.i]);
+        }
+    }
+}
+
+/// A statement, analysed once and shared by every request built from it.
+#[derive(Clone)]
+pub struct Statement(Arc<StatementInner>);
+
+struct StatementInner {
+    body: StatementBody,
+    kind: OperationKind,
+    keyspace: Option<Label>,
+    table: Option<Label>,
+    traits: StatementTraits,
+    operation: Option<Label>,
+    idempotent: bool,
+}
+
+/// The three shapes of statement a request can carry.
+#[derive(Clone)]
+pub enum StatementBody {
+    /// CQL text. The driver service prepares it once, caches the prepared
+    /// statement, and executes that (unless it is marked unprepared).
+    Cql {
+        /// The statement text.
+        text: Arc<str>,
+        /// Send it as an unprepared QUERY every time (DDL, one-off
+        /// statements) instead of preparing it.
+        unprepared: bool,
+    },
+    /// A statement prepared by the caller.
+    Prepared(PreparedStatement),
+    /// A batch of statements; values are one row per statement.
+    Batch(Arc<Batch>),
+}
+
+impl fmt::Debug for StatementBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StatementBody::Cql { text, unprepared } => f
+                .debug_struct("Cql")
+                .field("text", &crate::redact::summary(text))
+                .field("unprepared", unprepared)
+                .finish(),
+            StatementBody::Prepared(p) => f
+                .debug_struct("Prepared")
+                .field("text", &crate::redact::summary(p.get_statement()))
+                .finish(),
+            StatementBody::Batch(b) => f
+                .debug_struct("Batch")
+                .field("statements", &b.statements.len())
+                .finish(),
+        }
+    }
+}
+
+impl Statement {
+    /// A CQL text statement, prepared and cached by the driver service.
+    pub fn new(text: impl Into<Arc<str>>) -> Statement {
+        Statement::from_body(StatementBody::Cql {
+            text: text.into(),
+            unprepared: false,
+        })
+    }
+
+    /// A CQL text statement sent unprepared every time (DDL, one-offs).
+    pub fn unprepared(text: impl Into<Arc<str>>) -> Statement {
+        Statement::from_body(StatementBody::Cql {
+            text: text.into(),
+            unprepared: true,
+        })
+    }
+
+    /// A statement the caller prepared with the driver.
+    pub fn prepared(statement: PreparedStatement) -> Statement {
+        Statement::from_body(StatementBody::Prepared(statement))
+    }
+
+    /// A batch. It is idempotent only if marked so and no statement in it
+    /// is a counter update, LWT, list append or non-deterministic call.
+    pub fn batch(batch: Batch) -> Statement {
+        Statement::from_body(StatementBody::Batch(Arc::new(batch)))
+    }
+
+    fn from_body(body: StatementBody) -> Statement {
+        let (kind, keyspace, table, traits) = match &body {
+            StatementBody::Cql { text, .. } => analyse(text),
+            StatementBody::Prepared(p) => {
+                let (kind, ks, tb, traits) = analyse(p.get_statement());
+                let ks = p.get_keyspace_name().map(str::to_string).or(ks);
+                let tb = p.get_table_name().map(str::to_string).or(tb);
+                (kind, ks, tb, traits)
+            }
+            StatementBody::Batch(b) => {
+                let mut traits = StatementTraits::default();
+                let mut first: Option<(Option<String>, Option<String>)> = None;
+                let mut same_table = true;
+                for s in &b.statements {
+                    let text = match s {
+                        DriverBatchStatement::Query(q) => q.contents.as_str(),
+                        DriverBatchStatement::PreparedStatement(p) => p.get_statement(),
+                        _ => "",
+                    };
+                    let (_, ks, tb, t) = analyse(text);
+                    traits.lwt |= t.lwt;
+                    traits.counter_update |= t.counter_update;
+                    traits.list_append |= t.list_append;
+                    traits.nondeterministic |= t.nondeterministic;
+                    match &first {
+                        None => first = Some((ks, tb)),
+                        Some(f) => same_table &= *f == (ks, tb),
+                    }
+                }
+                if matches!(b.get_type(), scylla::statement::batch::BatchType::Counter) {
+                    traits.counter_update = true;
+                }
+                let (ks, tb) = match first {
+                    Some((ks, tb)) if same_table => (ks, tb),
+                    Some((ks, _)) => (ks, None),
+                    None => (None, None),
+                };
+                (OperationKind::Batch, ks, tb, traits)
+            }
+        };
+        Statement(Arc::new(StatementInner {
+            body,
+            kind,
+            keyspace: keyspace.map(Label::from),
+            table: table.map(Label::from),
+            traits,
+            operation: None,
+            idempotent: false,
+        }))
+    }
+
+    fn edit(self, f: impl FnOnce(&mut StatementInner)) -> Statement {
+        let mut inner = match Arc::try_unwrap(self.0) {
+            Ok(i) => i,
+            Err(shared) => StatementInner {
+                body: shared.body.clone(),
+                kind: shared.kind,
+                keyspace: shared.keyspace.clone(),
+                table: shared.table.clone(),
+                traits: shared.traits,
+                operation: shared.operation.clone(),
+                idempotent: shared.idempotent,
+            },
+        };
+        f(&mut inner);
+        Statement(Arc::new(inner))
+    }
+
+    /// Names the operation (a bounded label, e.g. `"get_user"`).
+    pub fn operation(self, name: impl Into<Label>) -> Statement {
+        let name = name.into();
+        self.edit(|i| i.operation = Some(name))
+    }
+
+    /// Declares whether executing it twice has the same effect as once.
+    /// Statements default to non-idempotent, as in the drivers.
+    pub fn idempotent(self, idempotent: bool) -> Statement {
+        self.edit(|i| i.idempotent = idempotent)
+    }
+
+    /// Overrides the keyspace label (found from the text or the prepared metadata).
+    pub fn keyspace(self, keyspace: impl Into<Label>) -> Statement {
+        let k = keyspace.into();
+        self.edit(|i| i.keyspace = Some(k))
+    }
+
+    /// Overrides the table label.
+    pub fn table(self, table: impl Into<Label>) -> Statement {
+        let t = table.into();
+        self.edit(|i| i.table = Some(t))
+    }
+
+    /// A request for this statement with no values.
+    pub fn request(&self) -> CqlRequest {
+        CqlRequest {
+            statement: self.clone(),
+            values: Values::none(),
+            meta: RequestMeta::from_statement(self),
+        }
+    }
+
+    /// The statement's body.
+    pub fn body(&self) -> &StatementBody {
+        &self.0.body
+    }
+
+    /// The statement kind.
+    pub fn kind(&self) -> OperationKind {
+        self.0.kind
+    }
+
+    /// What the text says about retrying it.
+    pub fn traits(&self) -> StatementTraits {
+        self.0.traits
+    }
+
+    /// The statement text (for a batch, `None`). Raw text: sanitise before
+    /// recording it anywhere.
+    pub fn text(&self) -> Option<&str> {
+        match &self.0.body {
+            StatementBody::Cql { text, .. } => Some(text),
+            StatementBody::Prepared(p) => Some(p.get_statement()),
+            StatementBody::Batch(_) => None,
+        }
+    }
+}
+
+impl fmt::Debug for Statement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Statement")
+            .field("body", &self.0.body)
+            .field("kind", &self.0.kind)
+            .field("operation", &self.0.operation)
+            .field("keyspace", &self.0.keyspace)
+            .field("table", &self.0.table)
+            .field("idempotent", &self.0.idempotent)
+            .field("traits", &self.0.traits)
+            .finish()
+    }
+}
+
+/// Type-erased bound values: one row for a statement, one row per
+/// statement for a batch. Cheap to clone; never printed.
+#[derive(Clone)]
+pub struct Values(ValuesInner);
+
+#[derive(Clone)]
+enum ValuesInner {
+    None,
+    Row(Arc<dyn SerializeRow + Send + Sync>),
+    Batch(Arc<dyn ErasedBatchValues>),
+}
+
+/// Object-safe access to batch values (scylla's `BatchValues` is generic).
+pub(crate) trait ErasedBatchValues: Send + Sync {
+    fn execute_batch<'a>(
+        &'a self,
+        session: &'a scylla::client::session::Session,
+        batch: &'a Batch,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<scylla::response::query_result::QueryResult, scylla::errors::ExecutionError>,
+    >;
+    fn len(&self) -> usize;
+}
+
+struct BatchValuesHolder<V>(V, usize);
+
+impl<V> ErasedBatchValues for BatchValuesHolder<V>
+where
+    V: scylla::serialize::batch::BatchValues + Send + Sync,
+{
+    fn execute_batch<'a>(
+        &'a self,
+        session: &'a scylla::client::session::Session,
+        batch: &'a Batch,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<scylla::response::query_result::QueryResult, scylla::errors::ExecutionError>,
+    > {
+        Box::pin(session.batch(batch, &self.0))
+    }
+
+    fn len(&self) -> usize {
+        self.1
+    }
+}
+
+impl Values {
+    /// No values.
+    pub fn none() -> Values {
+        Values(ValuesInner::None)
+    }
+
+    /// One row of values (a tuple, a `Vec`, a `#[derive(SerializeRow)]` struct, ...).
+    pub fn row(values: impl SerializeRow + Send + Sync + 'static) -> Values {
+        if values.is_empty() {
+            return Values::none();
+        }
+        Values(ValuesInner::Row(Arc::new(values)))
+    }
+
+    /// One row per statement of a batch.
+    pub fn batch<V>(values: V, statements: usize) -> Values
+    where
+        V: scylla::serialize::batch::BatchValues + Send + Sync + 'static,
+    {
+        Values(ValuesInner::Batch(Arc::new(BatchValuesHolder(
+            values, statements,
+        ))))
+    }
+
+    /// The row, for a statement.
+    pub(crate) fn as_row(&self) -> &(dyn SerializeRow + Send + Sync) {
+        match &self.0 {
+            ValuesInner::Row(r) => &**r,
+            _ => &(),
+        }
+    }
+
+    pub(crate) fn as_batch(&self) -> Option<&dyn ErasedBatchValues> {
+        match &self.0 {
+            ValuesInner::Batch(b) => Some(&**b),
+            _ => None,
+        }
+    }
+
+    /// Whether no values are bound.
+    pub fn is_empty(&self) -> bool {
+        matches!(self.0, ValuesInner::None)
+    }
+}
+
+impl fmt::Debug for Values {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            ValuesInner::None => f.write_str("<none>"),
+            ValuesInner::Row(_) => f.write_str("<1 row redacted>"),
+            ValuesInner::Batch(b) => write!(f, "<{} rows redacted>", b.len()),
+        }
+    }
+}
+
+/// Everything about a request except the statement and values: how to run
+/// it and how to label what is observed.
+#[derive(Clone, Debug)]
+pub struct RequestMeta {
+    operation: Option<Label>,
+    kind: OperationKind,
+    keyspace: Option<Label>,
+    table: Option<Label>,
+    idempotent: bool,
+    traits: StatementTraits,
+    consistency: Option<Consistency>,
+    serial_consistency: Option<SerialConsistency>,
+    page_size: Option<i32>,
+    deadline: Option<Instant>,
+    tracing: bool,
+    pub(crate) attempt: (u32, crate::event::AttemptReason),
+}
+
+impl RequestMeta {
+    fn from_statement(s: &Statement) -> RequestMeta {
+        RequestMeta {
+            operation: s.0.operation.clone(),
+            kind: s.0.kind,
+            keyspace: s.0.keyspace.clone(),
+            table: s.0.table.clone(),
+            idempotent: s.0.idempotent,
+            traits: s.0.traits,
+            consistency: None,
+            serial_consistency: None,
+            page_size: None,
+            deadline: None,
+            tracing: false,
+            attempt: (0, crate::event::AttemptReason::Initial),
+        }
+    }
+
+    /// The operation name label, if one was given.
+    pub fn operation(&self) -> Option<&Label> {
+        self.operation.as_ref()
+    }
+
+    /// The statement kind.
+    pub fn kind(&self) -> OperationKind {
+        self.kind
+    }
+
+    /// The keyspace label.
+    pub fn keyspace(&self) -> Option<&Label> {
+        self.keyspace.as_ref()
+    }
+
+    /// The table label.
+    pub fn table(&self) -> Option<&Label> {
+        self.table.as_ref()
+    }
+
+    /// Whether the request may be retried or hedged after it may have been
+    /// applied: marked idempotent, and nothing in the statement (LWT,
+    /// counter update, list append, `now()`) forbids it. The idempotency
+    /// rules live here and in [`crate::CqlError::retry_advice`].
+    pub fn is_idempotent(&self) -> bool {
+        self.idempotent && !self.traits.forbids_retry()
+    }
+
+    /// Whether the caller marked it idempotent (before the statement rules).
+    pub fn marked_idempotent(&self) -> bool {
+        self.idempotent
+    }
+
+    /// What the statement text says about retrying.
+    pub fn traits(&self) -> StatementTraits {
+        self.traits
+    }
+
+    /// The consistency level, if set for this request.
+    pub fn consistency(&self) -> Option<Consistency> {
+        self.consistency
+    }
+
+    /// The serial consistency level, if set.
+    pub fn serial_consistency(&self) -> Option<SerialConsistency> {
+        self.serial_consistency
+    }
+
+    /// The page size, if set.
+    pub fn page_size(&self) -> Option<i32> {
+        self.page_size
+    }
+
+    /// When the whole request (all attempts) must be done by.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left until the deadline (zero when passed).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether server-side tracing was requested.
+    pub fn tracing(&self) -> bool {
+        self.tracing
+    }
+}
+
+/// A request: a statement, its bound values, and its [`RequestMeta`].
+/// Cloning is cheap (reference counts), as retry and hedging need.
+#[derive(Clone)]
+pub struct CqlRequest {
+    statement: Statement,
+    values: Values,
+    meta: RequestMeta,
+}
+
+impl CqlRequest {
+    /// A request for CQL text (prepared and cached by the driver service).
+    /// Analyses the text each time: build a [`Statement`] once for hot paths.
+    pub fn query(text: impl Into<Arc<str>>) -> CqlRequest {
+        Statement::new(text).request()
+    }
+
+    /// A request sent as an unprepared QUERY (DDL, one-offs).
+    pub fn unprepared(text: impl Into<Arc<str>>) -> CqlRequest {
+        Statement::unprepared(text).request()
+    }
+
+    /// A request for a statement the caller prepared.
+    pub fn prepared(statement: PreparedStatement) -> CqlRequest {
+        Statement::prepared(statement).request()
+    }
+
+    /// A batch request with one row of values per statement.
+    pub fn batch<V>(batch: Batch, values: V) -> CqlRequest
+    where
+        V: scylla::serialize::batch::BatchValues + Send + Sync + 'static,
+    {
+        let n = batch.statements.len();
+        let mut r = Statement::batch(batch).request();
+        r.values = Values::batch(values, n);
+        r
+    }
+
+    /// Binds one row of values.
+    pub fn bind(mut self, values: impl SerializeRow + Send + Sync + 'static) -> CqlRequest {
+        self.values = Values::row(values);
+        self
+    }
+
+    /// Names the operation (a bounded label).
+    pub fn operation(mut self, name: impl Into<Label>) -> CqlRequest {
+        self.meta.operation = Some(name.into());
+        self
+    }
+
+    /// Marks the request idempotent (or not).
+    pub fn idempotent(mut self, idempotent: bool) -> CqlRequest {
+        self.meta.idempotent = idempotent;
+        self
+    }
+
+    /// Sets the keyspace label.
+    pub fn keyspace(mut self, keyspace: impl Into<Label>) -> CqlRequest {
+        self.meta.keyspace = Some(keyspace.into());
+        self
+    }
+
+    /// Sets the table label.
+    pub fn table(mut self, table: impl Into<Label>) -> CqlRequest {
+        self.meta.table = Some(table.into());
+        self
+    }
+
+    /// Sets the consistency level.
+    pub fn consistency(mut self, c: Consistency) -> CqlRequest {
+        self.meta.consistency = Some(c);
+        self
+    }
+
+    /// Sets the serial consistency level (for LWTs).
+    pub fn serial_consistency(mut self, c: SerialConsistency) -> CqlRequest {
+        self.meta.serial_consistency = Some(c);
+        self
+    }
+
+    /// Sets the page size (rows per page).
+    pub fn page_size(mut self, rows: i32) -> CqlRequest {
+        self.meta.page_size = Some(rows);
+        self
+    }
+
+    /// Sets the deadline for the whole request, all attempts included.
+    pub fn deadline(mut self, at: Instant) -> CqlRequest {
+        self.meta.deadline = Some(at);
+        self
+    }
+
+    /// Sets the deadline `d` from now.
+    pub fn timeout(self, d: Duration) -> CqlRequest {
+        self.deadline(Instant::now() + d)
+    }
+
+    /// Asks the server to trace the request (the trace id comes back in
+    /// [`crate::ExecutionInfo::tracing_id`]).
+    pub fn tracing(mut self, on: bool) -> CqlRequest {
+        self.meta.tracing = on;
+        self
+    }
+
+    /// The statement.
+    pub fn statement(&self) -> &Statement {
+        &self.statement
+    }
+
+    /// The bound values.
+    pub fn values(&self) -> &Values {
+        &self.values
+    }
+
+    /// The metadata.
+    pub fn meta(&self) -> &RequestMeta {
+        &self.meta
+    }
+
+    /// The metadata, to change (middleware uses this).
+    pub fn meta_mut(&mut self) -> &mut RequestMeta {
+        &mut self.meta
+    }
+}
+
+impl RequestMeta {
+    /// Sets the consistency level (middleware, e.g. downgrading retries).
+    pub fn set_consistency(&mut self, c: Option<Consistency>) {
+        self.consistency = c;
+    }
+
+    /// Sets the deadline.
+    pub fn set_deadline(&mut self, at: Option<Instant>) {
+        self.deadline = at;
+    }
+}
+
+impl fmt::Debug for CqlRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CqlRequest")
+            .field("statement", &self.statement.0.body)
+            .field("values", &self.values)
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+#[cfg(all(test, not(tower_cql_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn analysis_finds_kind_table_and_hazards() {
+        let (k, ks, t, tr) = analyse("SELECT a FROM ks.users WHERE id = ?");
+        assert_eq!(
+            (k, ks.as_deref(), t.as_deref()),
+            (OperationKind::Select, Some("ks"), Some("users"))
+        );
+        assert!(!tr.forbids_retry());
+        let (k, ks, t, tr) = analyse("insert into Users (id) values (?) if not exists");
+        assert_eq!(
+            (k, ks, t.as_deref()),
+            (OperationKind::Insert, None, Some("users"))
+        );
+        assert!(tr.lwt);
+        let (_, _, t, tr) = analyse("UPDATE \"Ks\".\"Tab\" SET c = c + ? WHERE k = ?");
+        assert_eq!(t.as_deref(), Some("Tab"));
+        assert!(tr.counter_update);
+        assert!(
+            analyse("UPDATE t SET l = l + ['x'] WHERE k = 1")
+                .3
+                .list_append
+        );
+        assert!(
+            analyse("UPDATE t SET l = ['x'] + l WHERE k = 1")
+                .3
+                .list_append
+        );
+        assert!(
+            !analyse("UPDATE t SET s = s + {'x'} WHERE k = 1")
+                .3
+                .forbids_retry()
+        );
+        assert!(
+            analyse("INSERT INTO t (k, id) VALUES (1, now())")
+                .3
+                .nondeterministic
+        );
+        // words inside literals and comments are not keywords
+        let (_, _, _, tr) = analyse("INSERT INTO t (k, v) VALUES (1, 'IF now() c = c + 1') -- IF");
+        assert!(!tr.forbids_retry(), "{tr:?}");
+        assert_eq!(
+            analyse("DELETE FROM t WHERE k = 1").0,
+            OperationKind::Delete
+        );
+        assert_eq!(
+            analyse("BEGIN BATCH INSERT INTO t (k) VALUES (1) APPLY BATCH").0,
+            OperationKind::Batch
+        );
+        assert_eq!(
+            analyse("CREATE TABLE x (k int PRIMARY KEY)").0,
+            OperationKind::Other
+        );
+        assert_eq!(analyse("").0, OperationKind::Other);
+        assert_eq!(
+            analyse("SELECT * FROM t WHERE name = 'é'").2.as_deref(),
+            Some("t")
+        );
+    }
+
+    #[test]
+    fn idempotency_rules() {
+        let read = CqlRequest::query("SELECT v FROM t WHERE k = ?").idempotent(true);
+        assert!(read.meta().is_idempotent());
+        let lwt = CqlRequest::query("UPDATE t SET v = 1 WHERE k = 1 IF v = 0").idempotent(true);
+        assert!(!lwt.meta().is_idempotent(), "LWTs are never idempotent");
+        assert!(lwt.meta().marked_idempotent());
+        let counter = CqlRequest::query("UPDATE c SET n = n + 1 WHERE k = 1").idempotent(true);
+        assert!(!counter.meta().is_idempotent());
+        assert!(
+            !CqlRequest::query("SELECT 1 FROM t").meta().is_idempotent(),
+            "default is non-idempotent"
+        );
+    }
+
+    #[test]
+    fn labels_and_redaction() {
+        let l: Label = "static".into();
+        let d: Label = String::from("dynamic").into();
+        assert_eq!(l.as_str(), "static");
+        assert_eq!(d.to_string(), "dynamic");
+        let r = CqlRequest::query("SELECT v FROM t WHERE k = 'secret-literal'")
+            .bind((String::from("secret-value"),));
+        let dbg = format!("{r:?}");
+        assert!(!dbg.contains("secret-value"), "{dbg}");
+        assert!(!dbg.contains("secret-literal"), "{dbg}");
+        assert_eq!(
+            r.clone()
+                .operation("op")
+                .meta()
+                .operation()
+                .unwrap()
+                .as_str(),
+            "op"
+        );
+    }
+}

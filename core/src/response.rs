@@ -1,0 +1,153 @@
+//! The response of a successful request.
+//!
+//! ```no_run
+//! # async fn demo(resp: tower_cql_core::CqlResponse) -> Result<(), Box<dyn std::error::Error>> {
+//! let info = resp.info();
+//! println!("coordinator {:?}, attempts {}", info.coordinator, info.attempts);
+//! for (name,) in resp.rows::<(String,)>()? {
+//!     println!("{name}");
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use scylla::deserialize::row::DeserializeRow;
+use scylla::response::PagingStateResponse;
+use scylla::response::query_result::QueryResult;
+
+use crate::error::{CqlError, ErrorKind};
+
+/// How a request was executed.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionInfo {
+    /// The node that coordinated the successful attempt.
+    pub coordinator: Option<SocketAddr>,
+    /// Rows in the result (0 for non-row results).
+    pub rows: usize,
+    /// Attempts made, the successful one included (set by the retry layer;
+    /// 1 without it).
+    pub attempts: u32,
+    /// Speculative (hedged) attempts started.
+    pub speculative: u32,
+    /// Warnings the server attached.
+    pub warnings: Vec<String>,
+    /// The server-side tracing session id, when tracing was requested.
+    pub tracing_id: Option<[u8; 16]>,
+    /// Time spent in the driver for the successful attempt.
+    pub attempt_latency: Duration,
+}
+
+/// A successful response: the driver's result and how it was obtained.
+#[derive(Debug)]
+pub struct CqlResponse {
+    result: QueryResult,
+    paging: Option<PagingStateResponse>,
+    info: ExecutionInfo,
+}
+
+impl CqlResponse {
+    pub(crate) fn new(
+        result: QueryResult,
+        paging: Option<PagingStateResponse>,
+        latency: Duration,
+    ) -> CqlResponse {
+        let rows = if result.is_rows() {
+            result
+                .clone()
+                .into_rows_result()
+                .map_or(0, |r| r.rows_num())
+        } else {
+            0
+        };
+        let info = ExecutionInfo {
+            coordinator: Some(result.request_coordinator().connection_address()),
+            rows,
+            attempts: 1,
+            speculative: 0,
+            warnings: result.warnings().map(str::to_string).collect(),
+            tracing_id: result.tracing_id().map(|u| *u.as_bytes()),
+            attempt_latency: latency,
+        };
+        CqlResponse {
+            result,
+            paging,
+            info,
+        }
+    }
+
+    /// How the request was executed.
+    pub fn info(&self) -> &ExecutionInfo {
+        &self.info
+    }
+
+    /// How the request was executed, to update (retry and hedge layers).
+    pub fn info_mut(&mut self) -> &mut ExecutionInfo {
+        &mut self.info
+    }
+
+    /// The driver's result.
+    pub fn result(&self) -> &QueryResult {
+        &self.result
+    }
+
+    /// The driver's result, owned.
+    pub fn into_result(self) -> QueryResult {
+        self.result
+    }
+
+    /// The paging state after a single-page request.
+    pub fn paging_state(&self) -> Option<&PagingStateResponse> {
+        self.paging.as_ref()
+    }
+
+    /// Whether the result has rows (a SELECT or an LWT).
+    pub fn has_rows(&self) -> bool {
+        self.result.is_rows()
+    }
+
+    /// The rows, deserialized as `R`; a type mismatch is a
+    /// [`ErrorKind::Deserialization`] error naming what to change.
+    pub fn rows<R>(&self) -> Result<Vec<R>, CqlError>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        let rows = self.result.clone().into_rows_result().map_err(|e| {
+            CqlError::new(
+                ErrorKind::Deserialization,
+                format!("the result has no rows: {e}"),
+            )
+        })?;
+        let iter = rows.rows::<R>().map_err(|e| {
+            CqlError::new(
+                ErrorKind::Deserialization,
+                format!("the rows do not match the requested type: {e}"),
+            )
+        })?;
+        iter.map(|r| {
+            r.map_err(|e| {
+                CqlError::new(
+                    ErrorKind::Deserialization,
+                    format!("a row could not be read: {e}"),
+                )
+            })
+        })
+        .collect()
+    }
+
+    /// The single row, as `R`: an error when there is not exactly one.
+    pub fn single_row<R>(&self) -> Result<R, CqlError>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        let mut rows = self.rows::<R>()?;
+        if rows.len() != 1 {
+            return Err(CqlError::new(
+                ErrorKind::Deserialization,
+                format!("expected exactly one row, got {}", rows.len()),
+            ));
+        }
+        Ok(rows.remove(0))
+    }
+}

@@ -1,0 +1,409 @@
+//! The driver service end to end: the real scylla driver over TCP against
+//! a testkit cluster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use scylla::client::session_builder::SessionBuilder;
+use tower::{Service, ServiceExt};
+use tower_cql_core::{
+    AttemptReason, Collector, Collectors, CqlRequest, DriverService, ErrorKind, Gate,
+    InMemoryCollector, Statement,
+    event::{AttemptEvent, PageEvent, StreamEvent},
+};
+use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode, WriteType};
+
+struct Setup {
+    cluster: Cluster,
+    driver: DriverService,
+    memory: Arc<InMemoryCollector>,
+    collectors: Collectors,
+}
+
+async fn setup(nodes: usize) -> Setup {
+    let cluster = Cluster::builder().nodes(nodes).start().await.unwrap();
+    let session = SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .build()
+        .await
+        .unwrap();
+    let memory = Arc::new(InMemoryCollector::new());
+    let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
+    let driver = DriverService::builder(Arc::new(session))
+        .collectors(collectors.clone())
+        .build()
+        .unwrap();
+    let s = Setup {
+        cluster,
+        driver,
+        memory,
+        collectors,
+    };
+    s.run("CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}")
+        .await;
+    s.run("CREATE TABLE ks.kv (k int PRIMARY KEY, v text)")
+        .await;
+    s.run("CREATE TABLE ks.rows (p int, c int, v text, PRIMARY KEY (p, c))")
+        .await;
+    s
+}
+
+impl Setup {
+    async fn run(&self, cql: &str) {
+        self.driver
+            .execute(CqlRequest::unprepared(cql.to_string()))
+            .await
+            .unwrap_or_else(|e| panic!("{cql}: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_cache_hits_and_misses() {
+    let s = setup(1).await;
+    let mut svc = s.driver.clone();
+    let (h0, m0) = s.driver.cache_stats();
+    let insert = Statement::new("INSERT INTO ks.kv (k, v) VALUES (?, ?)").operation("put");
+    for k in 0..5i32 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(insert.request().bind((k, format!("v{k}"))))
+            .await
+            .unwrap();
+    }
+    let (h1, m1) = s.driver.cache_stats();
+    assert_eq!((h1 - h0, m1 - m0), (4, 1), "one miss, then hits");
+    assert_eq!(
+        s.cluster
+            .counters()
+            .executions("INSERT INTO ks.kv (k, v) VALUES (?, ?)"),
+        5
+    );
+    let resp = s
+        .driver
+        .execute(CqlRequest::query("SELECT v FROM ks.kv WHERE k = ?").bind((3i32,)))
+        .await
+        .unwrap();
+    assert_eq!(resp.single_row::<(String,)>().unwrap().0, "v3");
+    assert_eq!(resp.info().rows, 1);
+    assert_eq!(resp.info().coordinator, Some(s.cluster.node_addr(0)));
+    // attempts were observed with their labels
+    let snap = s.memory.snapshot();
+    assert_eq!(snap.attempt_latency(Some("put")).count(), 5);
+    assert_eq!(
+        snap.attempts_by_reason(AttemptReason::Initial),
+        snap.attempt_latency(None).count()
+    );
+}
+
+#[derive(Default)]
+struct Pages {
+    pages: std::sync::Mutex<Vec<usize>>,
+    ends: std::sync::Mutex<Vec<(String, u32, u64)>>,
+}
+
+impl Collector for Pages {
+    fn on_page(&self, e: &PageEvent<'_>) {
+        self.pages.lock().unwrap().push(e.rows);
+    }
+    fn on_stream(&self, e: &StreamEvent<'_>) {
+        self.ends
+            .lock()
+            .unwrap()
+            .push((e.end.as_str().to_string(), e.pages, e.rows));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_stream_full_and_dropped_early() {
+    let s = setup(1).await;
+    let pages = Arc::new(Pages::default());
+    s.collectors.add(pages.clone());
+    let ins = Statement::new("INSERT INTO ks.rows (p, c, v) VALUES (?, ?, ?)");
+    for c in 0..95i32 {
+        s.driver
+            .execute(ins.request().bind((1i32, c, format!("v{c}"))))
+            .await
+            .unwrap();
+    }
+    let read = Statement::new("SELECT c, v FROM ks.rows WHERE p = ?").operation("scan");
+    let rows: Vec<(i32, String)> = s
+        .driver
+        .stream(read.request().bind((1i32,)).page_size(10))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 95);
+    assert_eq!(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        (0..95).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        *pages.pages.lock().unwrap(),
+        vec![10, 10, 10, 10, 10, 10, 10, 10, 10, 5]
+    );
+    assert_eq!(
+        pages.ends.lock().unwrap().as_slice(),
+        &[("finished".to_string(), 10, 95)]
+    );
+
+    // Drop early: one completion event, and no more than one page ahead.
+    pages.pages.lock().unwrap().clear();
+    pages.ends.lock().unwrap().clear();
+    let mut stream = s
+        .driver
+        .stream::<(i32, String)>(read.request().bind((1i32,)).page_size(10))
+        .await
+        .unwrap();
+    for _ in 0..15 {
+        stream.next().await.unwrap().unwrap();
+    }
+    drop(stream);
+    let ends = pages.ends.lock().unwrap().clone();
+    assert_eq!(ends, vec![("dropped".to_string(), 2, 15)]);
+    assert_eq!(pages.pages.lock().unwrap().len(), 2);
+    let snap = s.memory.snapshot();
+    assert_eq!(snap.streams_dropped, 1);
+    assert_eq!(snap.streams_finished, 1);
+
+    // Many streams consumed from many tasks at once: exact counts.
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let driver = s.driver.clone();
+        let read = read.clone();
+        tasks.push(tokio::spawn(async move {
+            driver
+                .stream::<(i32, String)>(read.request().bind((1i32,)).page_size(7))
+                .await
+                .unwrap()
+                .try_fold(0usize, |n, _| async move { Ok(n + 1) })
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 95);
+    }
+
+    // A stream whose rows do not match the type fails once and ends.
+    let mut bad = s
+        .driver
+        .stream::<(String,)>(read.request().bind((1i32,)).page_size(10))
+        .await
+        .unwrap();
+    let err = bad.next().await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Deserialization);
+    assert!(bad.next().await.is_none());
+    assert_eq!(pages.ends.lock().unwrap().last().unwrap().0, "failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_injected_error_maps_to_its_kind_without_driver_retries() {
+    let s = setup(1).await;
+    let read = Statement::new("SELECT v FROM ks.kv WHERE k = ?");
+    let cases = [
+        (InjectedError::Overloaded, ErrorKind::Overloaded),
+        (InjectedError::Unavailable, ErrorKind::Unavailable),
+        (InjectedError::ReadTimeout, ErrorKind::ReadTimeout),
+        (
+            InjectedError::WriteTimeout(WriteType::Simple),
+            ErrorKind::WriteTimeout,
+        ),
+        (InjectedError::ReadFailure, ErrorKind::ReadFailure),
+        (InjectedError::WriteFailure, ErrorKind::WriteFailure),
+        (InjectedError::ServerError, ErrorKind::ServerError),
+        (InjectedError::IsBootstrapping, ErrorKind::IsBootstrapping),
+        (InjectedError::TruncateError, ErrorKind::TruncateError),
+        (InjectedError::Unauthorized, ErrorKind::Unauthorized),
+    ];
+    // warm the prepared cache
+    s.driver
+        .execute(read.request().bind((1i32,)))
+        .await
+        .unwrap();
+    for (injected, kind) in cases {
+        let before = s
+            .cluster
+            .counters()
+            .executions("SELECT v FROM ks.kv WHERE k = ?");
+        let id = s.cluster.faults().add(
+            Fault::error(injected)
+                .opcode(Opcode::Execute)
+                .table("ks", "kv")
+                .times(1),
+        );
+        let err = s
+            .driver
+            .execute(read.request().bind((1i32,)).idempotent(true))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), kind, "{injected:?}: {err}");
+        assert_eq!(err.node(), Some(s.cluster.node_addr(0)), "{err:?}");
+        assert!(!err.to_string().is_empty());
+        assert_eq!(s.cluster.faults().fired(id), 1);
+        // the driver did not retry by itself: the fault fired once and the
+        // statement was not executed again
+        assert_eq!(
+            s.cluster
+                .counters()
+                .executions("SELECT v FROM ks.kv WHERE k = ?"),
+            before
+        );
+        s.cluster.faults().remove(id);
+    }
+    // the attempt events carry the kinds
+    let snap = s.memory.snapshot();
+    assert_eq!(snap.attempt_errors.values().sum::<u64>(), 10);
+    assert_eq!(snap.attempt_errors.get(&ErrorKind::Overloaded), Some(&1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors() {
+    let s = setup(1).await;
+    let err = s
+        .driver
+        .execute(CqlRequest::query("SELEC v FROM ks.kv"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Syntax, "{err}");
+    assert!(err.to_string().contains("fix the CQL statement"), "{err}");
+    let err = s
+        .driver
+        .execute(CqlRequest::query("SELECT v FROM nope.kv WHERE k = ?").bind((1i32,)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert!(err.to_string().contains("nope"), "{err}");
+    // wrong value type: text where an int is expected
+    let err = s
+        .driver
+        .execute(CqlRequest::query("SELECT v FROM ks.kv WHERE k = ?").bind(("one",)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
+    assert!(err.was_not_sent());
+    // wrong number of values
+    let err = s
+        .driver
+        .execute(CqlRequest::query("SELECT v FROM ks.kv WHERE k = ?").bind((1i32, 2i32)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
+    // an expired deadline is refused without being sent
+    let err = s
+        .driver
+        .execute(CqlRequest::query("SELECT v FROM ks.kv WHERE k = 1").timeout(Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded);
+    // a read into the wrong Rust type
+    s.run("INSERT INTO ks.kv (k, v) VALUES (1, 'x')").await;
+    let resp = s
+        .driver
+        .execute(CqlRequest::query("SELECT v FROM ks.kv WHERE k = 1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.rows::<(i64,)>().unwrap_err().kind(),
+        ErrorKind::Deserialization
+    );
+    // an invalid configuration is refused when built
+    let err = DriverService::builder(s.driver.session().clone())
+        .cache_capacity(0)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadRequest);
+    assert!(err.to_string().contains("cache_capacity"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_during_a_thousand_in_flight_requests() {
+    let s = setup(1).await;
+    s.cluster.faults().add(
+        Fault::delay(Duration::from_millis(20))
+            .opcode(Opcode::Execute)
+            .probability(0.5),
+    );
+    let gate = Gate::with_collectors(s.collectors.clone());
+    let svc = gate.wrap(s.driver.clone());
+    let read = Statement::new("SELECT v FROM ks.kv WHERE k = ?");
+    s.driver
+        .execute(read.request().bind((1i32,)))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..1000i32 {
+        let mut svc = svc.clone();
+        let read = read.clone();
+        tasks.push(tokio::spawn(async move {
+            if i % 7 == 0 {
+                tokio::task::yield_now().await;
+            }
+            match svc.ready().await {
+                Ok(svc) => svc.call(read.request().bind((i,))).await.map(|_| ()),
+                Err(e) => Err(e),
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    tokio::time::timeout(Duration::from_secs(30), gate.close())
+        .await
+        .expect("close() returned");
+    assert_eq!(gate.in_flight(), 0);
+    let (mut ok, mut shut) = (0, 0);
+    for t in tasks {
+        match tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("no hang")
+            .unwrap()
+        {
+            Ok(()) => ok += 1,
+            Err(e) if e.kind() == ErrorKind::ShutDown => shut += 1,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(ok + shut, 1000);
+    assert!(ok > 0 && shut > 0, "ok {ok} shut down {shut}");
+    let err = svc.clone().ready().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ShutDown);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_their_node_in_a_three_node_cluster() {
+    let s = setup(3).await;
+    #[derive(Default)]
+    struct Nodes(std::sync::Mutex<Vec<Option<std::net::SocketAddr>>>);
+    impl Collector for Nodes {
+        fn on_attempt(&self, e: &AttemptEvent<'_>) {
+            if e.error.is_some() {
+                self.0.lock().unwrap().push(e.node);
+            }
+        }
+    }
+    let nodes = Arc::new(Nodes::default());
+    s.collectors.add(nodes.clone());
+    s.cluster.faults().add(
+        Fault::error(InjectedError::Overloaded)
+            .opcode(Opcode::Execute)
+            .node(2),
+    );
+    let read = Statement::new("SELECT v FROM ks.kv WHERE k = ?");
+    let mut overloaded = 0;
+    for k in 0..60i32 {
+        if let Err(e) = s.driver.execute(read.request().bind((k,))).await {
+            assert_eq!(e.kind(), ErrorKind::Overloaded);
+            assert_eq!(e.node(), Some(s.cluster.node_addr(2)));
+            overloaded += 1;
+        }
+    }
+    assert!(
+        overloaded > 0,
+        "token-aware routing sent some keys to node 3"
+    );
+    let seen = nodes.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), overloaded);
+    assert!(seen.iter().all(|n| *n == Some(s.cluster.node_addr(2))));
+}
