@@ -42,7 +42,7 @@ pub struct ExecutionInfo {
 /// A successful response: the driver's result and how it was obtained.
 #[derive(Debug)]
 pub struct CqlResponse {
-    result: QueryResult,
+    result: Option<QueryResult>,
     paging: Option<PagingStateResponse>,
     info: ExecutionInfo,
 }
@@ -71,8 +71,19 @@ impl CqlResponse {
             attempt_latency: latency,
         };
         CqlResponse {
-            result,
+            result: Some(result),
             paging,
+            info,
+        }
+    }
+
+    /// A response without a driver result: for layers that answer without
+    /// the driver (a cache, a fallback) and for tests of middleware with a
+    /// mock inner service. It has no rows.
+    pub fn synthetic(info: ExecutionInfo) -> CqlResponse {
+        CqlResponse {
+            result: None,
+            paging: None,
             info,
         }
     }
@@ -87,13 +98,13 @@ impl CqlResponse {
         &mut self.info
     }
 
-    /// The driver's result.
-    pub fn result(&self) -> &QueryResult {
-        &self.result
+    /// The driver's result (`None` for a [`CqlResponse::synthetic`] one).
+    pub fn result(&self) -> Option<&QueryResult> {
+        self.result.as_ref()
     }
 
-    /// The driver's result, owned.
-    pub fn into_result(self) -> QueryResult {
+    /// The driver's result, owned (`None` for a synthetic response).
+    pub fn into_result(self) -> Option<QueryResult> {
         self.result
     }
 
@@ -104,7 +115,7 @@ impl CqlResponse {
 
     /// Whether the result has rows (a SELECT or an LWT).
     pub fn has_rows(&self) -> bool {
-        self.result.is_rows()
+        self.result.as_ref().is_some_and(QueryResult::is_rows)
     }
 
     /// The rows, deserialized as `R`; a type mismatch is a
@@ -113,7 +124,10 @@ impl CqlResponse {
     where
         R: for<'f, 'm> DeserializeRow<'f, 'm>,
     {
-        let rows = self.result.clone().into_rows_result().map_err(|e| {
+        let Some(result) = &self.result else {
+            return Ok(Vec::new());
+        };
+        let rows = result.clone().into_rows_result().map_err(|e| {
             CqlError::new(
                 ErrorKind::Deserialization,
                 format!("the result has no rows: {e}"),

@@ -1,12 +1,14 @@
-//! `tower-cql-middleware`: the resilience and observability layers (retry,
-//! limits, timeout, load shed, circuit breaker, hedging, metrics, tracing)
-//! and the stack builder.
+//! `tower-cql-middleware`: tower layers for CQL requests.
 //!
-//! This crate is being built; see the repository's issues for its plan.
+//! Every layer wraps a `tower::Service<CqlRequest, Response = CqlResponse,
+//! Error = CqlError>` and emits what it does into the core
+//! [`Collectors`](tower_cql_core::Collectors).
 //!
 //! ```
-//! assert_eq!(tower_cql_middleware::CRATE, "tower-cql-middleware");
+//! use tower_cql_middleware::config::ConfigError;
+//! let _ = ConfigError::new("example", "doc");
 //! ```
 
-/// The crate's name, for diagnostics.
-pub const CRATE: &str = "tower-cql-middleware";
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod config;
