@@ -332,6 +332,7 @@ struct Inner {
     /// Whether the request was certainly not sent to a node (safe to retry
     /// even when not idempotent).
     not_sent: bool,
+    attempts: u32,
     source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -360,6 +361,7 @@ impl CqlError {
                     | ErrorKind::Serialization
                     | ErrorKind::BadRequest
             ),
+            attempts: 1,
             source: None,
         }))
     }
@@ -390,6 +392,17 @@ impl CqlError {
         self.map(|i| i.not_sent = true)
     }
 
+    /// Records how many attempts were made before giving up (the retry
+    /// layer sets it).
+    pub fn with_attempts(self, attempts: u32) -> CqlError {
+        self.map(|i| i.attempts = attempts)
+    }
+
+    /// Attempts made before this error was returned (1 without retries).
+    pub fn attempts(&self) -> u32 {
+        self.0.attempts
+    }
+
     /// Attaches the underlying error.
     pub fn with_source(self, source: impl std::error::Error + Send + Sync + 'static) -> CqlError {
         self.map(|i| i.source = Some(Arc::new(source)))
@@ -404,6 +417,7 @@ impl CqlError {
                 node: shared.node,
                 details: shared.details,
                 not_sent: shared.not_sent,
+                attempts: shared.attempts,
                 source: shared.source.clone(),
             },
         };

@@ -367,6 +367,7 @@ struct StatementInner {
     traits: StatementTraits,
     operation: Option<Label>,
     idempotent: bool,
+    sanitized: std::sync::OnceLock<Option<Arc<str>>>,
 }
 
 /// The three shapes of statement a request can carry.
@@ -483,6 +484,7 @@ impl Statement {
             traits,
             operation: None,
             idempotent: false,
+            sanitized: std::sync::OnceLock::new(),
         }))
     }
 
@@ -497,6 +499,7 @@ impl Statement {
                 traits: shared.traits,
                 operation: shared.operation.clone(),
                 idempotent: shared.idempotent,
+                sanitized: std::sync::OnceLock::new(),
             },
         };
         f(&mut inner);
@@ -530,7 +533,6 @@ impl Statement {
     /// A request for this statement with no values.
     pub fn request(&self) -> CqlRequest {
         CqlRequest {
-            statement: self.clone(),
             values: Values::none(),
             meta: RequestMeta::from_statement(self),
         }
@@ -549,6 +551,35 @@ impl Statement {
     /// What the text says about retrying it.
     pub fn traits(&self) -> StatementTraits {
         self.0.traits
+    }
+
+    /// The statement text with every literal replaced by `?` (computed once
+    /// per statement and cached). For a batch, the statements' texts joined
+    /// by `; `. Safe to record in spans and logs.
+    pub fn sanitized_text(&self) -> Option<&str> {
+        self.0
+            .sanitized
+            .get_or_init(|| match &self.0.body {
+                StatementBody::Cql { text, .. } => Some(Arc::from(crate::redact::sanitize(text))),
+                StatementBody::Prepared(p) => {
+                    Some(Arc::from(crate::redact::sanitize(p.get_statement())))
+                }
+                StatementBody::Batch(b) => {
+                    let texts: Vec<String> = b
+                        .statements
+                        .iter()
+                        .map(|s| match s {
+                            DriverBatchStatement::Query(q) => crate::redact::sanitize(&q.contents),
+                            DriverBatchStatement::PreparedStatement(p) => {
+                                crate::redact::sanitize(p.get_statement())
+                            }
+                            _ => String::from("?"),
+                        })
+                        .collect();
+                    Some(Arc::from(texts.join("; ")))
+                }
+            })
+            .as_deref()
     }
 
     /// The statement text (for a batch, `None`). Raw text: sanitise before
@@ -682,6 +713,7 @@ impl fmt::Debug for Values {
 /// it and how to label what is observed.
 #[derive(Clone, Debug)]
 pub struct RequestMeta {
+    statement: Statement,
     operation: Option<Label>,
     kind: OperationKind,
     keyspace: Option<Label>,
@@ -699,6 +731,7 @@ pub struct RequestMeta {
 impl RequestMeta {
     fn from_statement(s: &Statement) -> RequestMeta {
         RequestMeta {
+            statement: s.clone(),
             operation: s.0.operation.clone(),
             kind: s.0.kind,
             keyspace: s.0.keyspace.clone(),
@@ -712,6 +745,51 @@ impl RequestMeta {
             tracing: false,
             attempt: (0, crate::event::AttemptReason::Initial),
         }
+    }
+
+    /// The statement the request runs.
+    pub fn statement(&self) -> &Statement {
+        &self.statement
+    }
+
+    /// The statement text with literals replaced by `?` (cached per statement).
+    pub fn sanitized_text(&self) -> Option<&str> {
+        self.statement.sanitized_text()
+    }
+
+    /// A low-cardinality summary: `"SELECT ks.table"`, per the
+    /// OpenTelemetry `db.query.summary` convention.
+    pub fn summary(&self) -> String {
+        let mut s = String::from(self.kind.as_str());
+        match (&self.keyspace, &self.table) {
+            (Some(k), Some(t)) => {
+                s.push(' ');
+                s.push_str(k.as_str());
+                s.push('.');
+                s.push_str(t.as_str());
+            }
+            (None, Some(t)) => {
+                s.push(' ');
+                s.push_str(t.as_str());
+            }
+            _ => {}
+        }
+        s
+    }
+
+    /// Replaces the operation label (the metrics layer's cardinality guard).
+    pub fn set_operation(&mut self, name: Option<Label>) {
+        self.operation = name;
+    }
+
+    /// Replaces the keyspace label.
+    pub fn set_keyspace(&mut self, keyspace: Option<Label>) {
+        self.keyspace = keyspace;
+    }
+
+    /// Replaces the table label.
+    pub fn set_table(&mut self, table: Option<Label>) {
+        self.table = table;
     }
 
     /// The operation name label, if one was given.
@@ -788,7 +866,6 @@ impl RequestMeta {
 /// Cloning is cheap (reference counts), as retry and hedging need.
 #[derive(Clone)]
 pub struct CqlRequest {
-    statement: Statement,
     values: Values,
     meta: RequestMeta,
 }
@@ -889,7 +966,7 @@ impl CqlRequest {
 
     /// The statement.
     pub fn statement(&self) -> &Statement {
-        &self.statement
+        &self.meta.statement
     }
 
     /// The bound values.
@@ -923,7 +1000,7 @@ impl RequestMeta {
 impl fmt::Debug for CqlRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CqlRequest")
-            .field("statement", &self.statement.0.body)
+            .field("statement", &self.meta.statement.0.body)
             .field("values", &self.values)
             .field("meta", &self.meta)
             .finish()

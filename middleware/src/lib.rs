@@ -12,3 +12,5 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod config;
+pub mod metrics;
+pub mod trace;

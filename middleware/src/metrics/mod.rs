@@ -1,0 +1,220 @@
+//! The metrics layer: one [`RequestEvent`] per logical request — the
+//! latency the caller felt, end to end across retries, queueing and
+//! hedging — beside the per-attempt events the driver service emits.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tower::{Service, ServiceExt, service_fn};
+//! use tower_cql_core::{Collector, Collectors, CqlRequest, CqlResponse, ExecutionInfo, InMemoryCollector};
+//! use tower_cql_middleware::metrics::{MetricsConfig, MetricsLayer};
+//! use tower_layer::Layer;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let memory = Arc::new(InMemoryCollector::new());
+//! let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
+//! let inner = service_fn(|_req: CqlRequest| async {
+//!     Ok::<_, tower_cql_core::CqlError>(CqlResponse::synthetic(ExecutionInfo { attempts: 1, ..Default::default() }))
+//! });
+//! let mut svc = MetricsLayer::new(MetricsConfig::default(), collectors).unwrap().layer(inner);
+//! svc.ready().await.unwrap().call(CqlRequest::query("SELECT v FROM ks.t").operation("get")).await.unwrap();
+//! assert_eq!(memory.snapshot().request_latency(Some("get")).count(), 1);
+//! # }
+//! ```
+//!
+//! # Cardinality guard
+//! Labels are bounded by construction (operation names, keyspaces, tables,
+//! statement kinds, error kinds — never statement text). As a second line
+//! of defence the layer admits at most `max_label_sets` distinct
+//! (operation, keyspace, table) combinations; past that, a request's labels
+//! are folded into `operation = "other"`, `keyspace = "other"`, `table =
+//! "other"` before it goes further down the stack (so attempt events are
+//! folded too), and the fold is counted ([`MetricsLayer::folded`]).
+
+mod future;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, Label, RequestMeta};
+use tower_layer::Layer;
+
+pub use self::future::ResponseFuture;
+use crate::config::ConfigError;
+
+/// Configuration of the metrics layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Distinct (operation, keyspace, table) label sets allowed before
+    /// folding into `"other"` (default 1,000; at least 1).
+    pub max_label_sets: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> MetricsConfig {
+        MetricsConfig {
+            max_label_sets: 1000,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// Rejects impossible values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_label_sets == 0 {
+            return Err(ConfigError::new(
+                "metrics.max_label_sets",
+                "must be at least 1 (it bounds the distinct operation/keyspace/table label sets)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+type LabelSet = (Option<Label>, Option<Label>, Option<Label>);
+
+/// Bounds the distinct label sets; lock-free reads, copy-on-write inserts.
+struct CardinalityGuard {
+    seen: ArcSwap<HashSet<LabelSet>>,
+    max: usize,
+    folded: AtomicU64,
+}
+
+const OTHER: Label = Label::from_static("other");
+
+impl CardinalityGuard {
+    fn apply(&self, meta: &mut RequestMeta) {
+        let key: LabelSet = (
+            meta.operation().cloned(),
+            meta.keyspace().cloned(),
+            meta.table().cloned(),
+        );
+        if self.seen.load().contains(&key) {
+            return;
+        }
+        let mut admitted = false;
+        self.seen.rcu(|seen| {
+            if seen.contains(&key) {
+                admitted = true;
+                return Arc::clone(seen);
+            }
+            if seen.len() >= self.max {
+                admitted = false;
+                return Arc::clone(seen);
+            }
+            admitted = true;
+            let mut next = HashSet::clone(seen);
+            next.insert(key.clone());
+            Arc::new(next)
+        });
+        if !admitted {
+            self.folded.fetch_add(1, Ordering::Relaxed);
+            meta.set_operation(Some(OTHER));
+            meta.set_keyspace(Some(OTHER));
+            meta.set_table(Some(OTHER));
+        }
+    }
+}
+
+/// Emits one request event per logical request; see the module docs.
+#[derive(Clone)]
+pub struct MetricsLayer {
+    collectors: Collectors,
+    guard: Arc<CardinalityGuard>,
+}
+
+impl fmt::Debug for MetricsLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricsLayer")
+            .field("max_label_sets", &self.guard.max)
+            .field("folded", &self.folded())
+            .finish()
+    }
+}
+
+impl MetricsLayer {
+    /// A layer emitting into `collectors`; the configuration is checked here.
+    pub fn new(config: MetricsConfig, collectors: Collectors) -> Result<MetricsLayer, ConfigError> {
+        config.validate()?;
+        Ok(MetricsLayer {
+            collectors,
+            guard: Arc::new(CardinalityGuard {
+                seen: ArcSwap::from_pointee(HashSet::new()),
+                max: config.max_label_sets,
+                folded: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Requests whose labels were folded into `"other"`.
+    pub fn folded(&self) -> u64 {
+        self.guard.folded.load(Ordering::Relaxed)
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = Metrics<S>;
+
+    fn layer(&self, inner: S) -> Metrics<S> {
+        Metrics {
+            inner,
+            collectors: self.collectors.clone(),
+            guard: self.guard.clone(),
+        }
+    }
+}
+
+/// The metrics service; see [`MetricsLayer`].
+#[derive(Clone)]
+pub struct Metrics<S> {
+    inner: S,
+    collectors: Collectors,
+    guard: Arc<CardinalityGuard>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Metrics<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<S> Metrics<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> tower_service::Service<CqlRequest> for Metrics<S>
+where
+    S: tower_service::Service<CqlRequest, Response = CqlResponse, Error = CqlError>,
+{
+    type Response = CqlResponse;
+    type Error = CqlError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: CqlRequest) -> Self::Future {
+        self.guard.apply(req.meta_mut());
+        let meta = self.collectors.is_active().then(|| req.meta().clone());
+        ResponseFuture::new(self.inner.call(req), meta, self.collectors.clone())
+    }
+}

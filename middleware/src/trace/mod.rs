@@ -1,0 +1,313 @@
+//! Tracing: one client span per logical request, named and attributed per
+//! the OpenTelemetry database semantic conventions, and a child span per
+//! attempt.
+//!
+//! ```
+//! use tower::{Service, ServiceExt, service_fn};
+//! use tower_cql_core::{CqlRequest, CqlResponse, ExecutionInfo};
+//! use tower_cql_middleware::trace::{TraceConfig, TraceLayer};
+//! use tower_layer::Layer;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let inner = service_fn(|_req: CqlRequest| async {
+//!     Ok::<_, tower_cql_core::CqlError>(CqlResponse::synthetic(ExecutionInfo::default()))
+//! });
+//! let mut svc = TraceLayer::new(TraceConfig::default()).unwrap().layer(inner);
+//! // With a subscriber installed (e.g. tracing-opentelemetry), this makes a
+//! // span "SELECT ks.users" with db.system.name = "cassandra", ...
+//! svc.ready().await.unwrap().call(CqlRequest::query("SELECT name FROM ks.users WHERE id = ?")).await.unwrap();
+//! # }
+//! ```
+//!
+//! # The request span (`cql.request`)
+//! Fields, recorded — not only declared (scylla's own "Request" span
+//! declares fields it never fills, scylla issue #1832):
+//!
+//! | field | value |
+//! |---|---|
+//! | `otel.name` | `db.query.summary`, e.g. `SELECT ks.users` (tracing-opentelemetry uses it as the span name) |
+//! | `otel.kind` | `client` |
+//! | `otel.status_code` | `error` when the request failed |
+//! | `db.system.name` | `cassandra` |
+//! | `db.namespace` | keyspace |
+//! | `db.collection.name` | table |
+//! | `db.operation.name` | the operation name if given, else the statement kind (`SELECT`, ...) |
+//! | `db.query.summary` | `SELECT ks.users` |
+//! | `db.query.text` | the statement with every literal replaced by `?` (optional) |
+//! | `db.response.status_code` | the CQL error code in hex (`0x1001`), on server errors |
+//! | `error.type` | the [`ErrorKind`](tower_cql_core::ErrorKind) name, on failure |
+//! | `server.address`, `server.port` | the coordinator (or the node that failed) |
+//! | `db.cassandra.consistency_level` | when set on the request |
+//! | `db.cassandra.page_size` | when set |
+//! | `db.cassandra.idempotence` | whether the request counts as idempotent |
+//! | `db.cassandra.speculative_execution_count` | hedged attempts |
+//! | `db.response.returned_rows` | rows returned |
+//! | `cql.attempts` | attempts made |
+//!
+//! Bound values are never recorded, and statement text only sanitised.
+//!
+//! # The attempt span (`cql.attempt`)
+//! [`AttemptTraceLayer`] sits under the retry and hedge layers (the stack
+//! builder puts it there) and opens a child span per attempt with
+//! `cql.attempt.index`, `cql.attempt.reason` (`initial`, `retry`,
+//! `speculative`), `server.address`, `server.port` and `error.type`.
+//!
+//! # Trace context propagation
+//! The CQL protocol can carry a custom payload with each request, where a
+//! W3C `traceparent` could travel to the server. scylla 1.9 has no API to
+//! attach a custom payload to a request (it only reads response payloads,
+//! for tablets), so tower-cql cannot inject trace context today; the
+//! server-side tracing id is recorded instead when tracing is requested.
+
+mod future;
+
+use std::fmt;
+use std::task::{Context, Poll};
+
+use tower_cql_core::{CqlError, CqlRequest, CqlResponse, RequestMeta};
+use tower_layer::Layer;
+use tracing::{Level, Span, field::Empty};
+
+pub use self::future::{AttemptFuture, ResponseFuture};
+use crate::config::ConfigError;
+
+/// `db.system.name` for every span.
+pub const DB_SYSTEM_NAME: &str = "cassandra";
+
+/// Configuration of the tracing layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// Record `db.query.text` (sanitised: literals replaced by `?`).
+    /// Default true.
+    pub record_query_text: bool,
+    /// The level of the spans: `INFO` (default) or `DEBUG`.
+    pub level: Level,
+}
+
+impl Default for TraceConfig {
+    fn default() -> TraceConfig {
+        TraceConfig {
+            record_query_text: true,
+            level: Level::INFO,
+        }
+    }
+}
+
+impl TraceConfig {
+    /// Rejects impossible values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.level != Level::INFO && self.level != Level::DEBUG {
+            return Err(ConfigError::new(
+                "trace.level",
+                format!("must be INFO or DEBUG, got {}", self.level),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Opens the request span; see the module docs.
+#[derive(Debug, Clone)]
+pub struct TraceLayer {
+    config: TraceConfig,
+}
+
+impl TraceLayer {
+    /// A layer; the configuration is checked here.
+    pub fn new(config: TraceConfig) -> Result<TraceLayer, ConfigError> {
+        config.validate()?;
+        Ok(TraceLayer { config })
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+
+    fn layer(&self, inner: S) -> Trace<S> {
+        Trace {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The request-span service; see [`TraceLayer`].
+#[derive(Debug, Clone)]
+pub struct Trace<S> {
+    inner: S,
+    config: TraceConfig,
+}
+
+fn consistency_name(c: scylla::statement::Consistency) -> &'static str {
+    use scylla::statement::Consistency as C;
+    match c {
+        C::Any => "any",
+        C::One => "one",
+        C::Two => "two",
+        C::Three => "three",
+        C::Quorum => "quorum",
+        C::All => "all",
+        C::LocalQuorum => "local_quorum",
+        C::EachQuorum => "each_quorum",
+        C::LocalOne => "local_one",
+        C::Serial => "serial",
+        C::LocalSerial => "local_serial",
+    }
+}
+
+/// Makes the request span for `meta` (disabled when no subscriber wants it).
+pub fn request_span(meta: &RequestMeta, config: &TraceConfig) -> Span {
+    macro_rules! make {
+        ($lvl:expr) => {
+            tracing::span!(
+                $lvl,
+                "cql.request",
+                otel.name = Empty,
+                otel.kind = "client",
+                otel.status_code = Empty,
+                db.system.name = DB_SYSTEM_NAME,
+                db.namespace = Empty,
+                db.collection.name = Empty,
+                db.operation.name = Empty,
+                db.query.summary = Empty,
+                db.query.text = Empty,
+                db.response.status_code = Empty,
+                error.type = Empty,
+                server.address = Empty,
+                server.port = Empty,
+                db.cassandra.consistency_level = Empty,
+                db.cassandra.page_size = Empty,
+                db.cassandra.idempotence = Empty,
+                db.cassandra.speculative_execution_count = Empty,
+                db.response.returned_rows = Empty,
+                cql.attempts = Empty,
+            )
+        };
+    }
+    let span = if config.level == Level::DEBUG {
+        make!(Level::DEBUG)
+    } else {
+        make!(Level::INFO)
+    };
+    if span.is_disabled() {
+        return span;
+    }
+    let summary = meta.summary();
+    span.record("otel.name", summary.as_str());
+    span.record("db.query.summary", summary.as_str());
+    if let Some(k) = meta.keyspace() {
+        span.record("db.namespace", k.as_str());
+    }
+    if let Some(t) = meta.table() {
+        span.record("db.collection.name", t.as_str());
+    }
+    match meta.operation() {
+        Some(op) => span.record("db.operation.name", op.as_str()),
+        None => span.record("db.operation.name", meta.kind().as_str()),
+    };
+    if config.record_query_text
+        && let Some(text) = meta.sanitized_text()
+    {
+        span.record("db.query.text", text);
+    }
+    if let Some(c) = meta.consistency() {
+        span.record("db.cassandra.consistency_level", consistency_name(c));
+    }
+    if let Some(p) = meta.page_size() {
+        span.record("db.cassandra.page_size", p);
+    }
+    span.record("db.cassandra.idempotence", meta.is_idempotent());
+    span
+}
+
+impl<S> tower_service::Service<CqlRequest> for Trace<S>
+where
+    S: tower_service::Service<CqlRequest, Response = CqlResponse, Error = CqlError>,
+{
+    type Response = CqlResponse;
+    type Error = CqlError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: CqlRequest) -> Self::Future {
+        let span = request_span(req.meta(), &self.config);
+        let inner = {
+            let _enter = span.enter();
+            self.inner.call(req)
+        };
+        ResponseFuture::new(inner, span)
+    }
+}
+
+/// Opens a child span per attempt; see the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptTraceLayer {
+    _private: (),
+}
+
+impl AttemptTraceLayer {
+    /// A layer.
+    pub fn new() -> AttemptTraceLayer {
+        AttemptTraceLayer::default()
+    }
+}
+
+impl<S> Layer<S> for AttemptTraceLayer {
+    type Service = AttemptTrace<S>;
+
+    fn layer(&self, inner: S) -> AttemptTrace<S> {
+        AttemptTrace { inner }
+    }
+}
+
+/// The attempt-span service; see [`AttemptTraceLayer`].
+#[derive(Debug, Clone)]
+pub struct AttemptTrace<S> {
+    inner: S,
+}
+
+impl<S> tower_service::Service<CqlRequest> for AttemptTrace<S>
+where
+    S: tower_service::Service<CqlRequest, Response = CqlResponse, Error = CqlError>,
+{
+    type Response = CqlResponse;
+    type Error = CqlError;
+    type Future = AttemptFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: CqlRequest) -> Self::Future {
+        let meta = req.meta();
+        let span = tracing::info_span!(
+            "cql.attempt",
+            otel.name = "cql.attempt",
+            otel.kind = "client",
+            otel.status_code = Empty,
+            cql.attempt.index = meta.attempt_index(),
+            cql.attempt.reason = meta.attempt_reason().as_str(),
+            server.address = Empty,
+            server.port = Empty,
+            error.type = Empty,
+        );
+        let inner = {
+            let _enter = span.enter();
+            self.inner.call(req)
+        };
+        AttemptFuture::new(inner, span)
+    }
+}
+
+impl fmt::Display for TraceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "level {}, query text {}",
+            self.level, self.record_query_text
+        )
+    }
+}

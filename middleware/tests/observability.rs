@@ -1,0 +1,290 @@
+//! The metrics and tracing layers end to end: the real driver against
+//! testkit, spans checked with a capturing subscriber (not by scraping
+//! text), metrics through the in-memory collector.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use scylla::client::session_builder::SessionBuilder;
+use tower::{Service, ServiceExt};
+use tower_cql_core::{
+    Collector, Collectors, CqlRequest, DriverService, ErrorKind, InMemoryCollector, Statement,
+};
+use tower_cql_middleware::metrics::{MetricsConfig, MetricsLayer};
+use tower_cql_middleware::trace::{AttemptTraceLayer, TraceConfig, TraceLayer};
+use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
+use tower_layer::Layer as _;
+use tracing::Subscriber;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::registry::LookupSpan;
+
+#[derive(Debug, Clone, Default)]
+struct SpanRecord {
+    id: u64,
+    name: &'static str,
+    parent: Option<u64>,
+    fields: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<SpanRecord>>>);
+
+struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().to_string(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_string(), value.to_string());
+    }
+}
+
+impl<S> Layer<S> for Capture
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut rec = SpanRecord {
+            id: id.into_u64(),
+            name: attrs.metadata().name(),
+            parent: ctx
+                .span(id)
+                .and_then(|s| s.parent())
+                .map(|p| p.id().into_u64()),
+            fields: BTreeMap::new(),
+        };
+        attrs.record(&mut Fields(&mut rec.fields));
+        self.0.lock().unwrap().push(rec);
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
+        let mut spans = self.0.lock().unwrap();
+        if let Some(rec) = spans.iter_mut().find(|r| r.id == id.into_u64()) {
+            values.record(&mut Fields(&mut rec.fields));
+        }
+    }
+}
+
+impl Capture {
+    fn spans(&self) -> Vec<SpanRecord> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+struct Env {
+    cluster: Cluster,
+    driver: DriverService,
+    collectors: Collectors,
+    memory: Arc<InMemoryCollector>,
+}
+
+async fn env() -> Env {
+    let cluster = Cluster::start().await.unwrap();
+    let session = SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .build()
+        .await
+        .unwrap();
+    let memory = Arc::new(InMemoryCollector::new());
+    let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
+    let driver = DriverService::builder(Arc::new(session))
+        .collectors(collectors.clone())
+        .build()
+        .unwrap();
+    for cql in [
+        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        "CREATE TABLE ks.kv (k int PRIMARY KEY, v text)",
+        "INSERT INTO ks.kv (k, v) VALUES (42, 'the answer')",
+    ] {
+        driver.execute(CqlRequest::unprepared(cql)).await.unwrap();
+    }
+    Env {
+        cluster,
+        driver,
+        collectors,
+        memory,
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn request_and_attempt_spans_follow_the_db_conventions() {
+    let e = env().await;
+    let capture = Capture::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+    let mut svc = TraceLayer::new(TraceConfig::default())
+        .unwrap()
+        .layer(AttemptTraceLayer::new().layer(e.driver.clone()));
+
+    let secret = "s3cr3t-bound-value";
+    let get = Statement::new("SELECT v FROM ks.kv WHERE k = 42 AND v = ? ALLOW FILTERING")
+        .operation("get_answer");
+    svc.ready()
+        .await
+        .unwrap()
+        .call(get.request().bind((secret,)))
+        .await
+        .unwrap();
+
+    let spans = capture.spans();
+    let req = spans
+        .iter()
+        .find(|s| s.name == "cql.request")
+        .expect("a request span");
+    let f = &req.fields;
+    assert_eq!(f["otel.name"], "SELECT ks.kv");
+    assert_eq!(f["otel.kind"], "client");
+    assert_eq!(f["db.system.name"], "cassandra");
+    assert_eq!(f["db.namespace"], "ks");
+    assert_eq!(f["db.collection.name"], "kv");
+    assert_eq!(f["db.operation.name"], "get_answer");
+    assert_eq!(f["db.query.summary"], "SELECT ks.kv");
+    assert_eq!(
+        f["db.query.text"],
+        "SELECT v FROM ks.kv WHERE k = ? AND v = ? ALLOW FILTERING"
+    );
+    assert_eq!(f["server.address"], "127.0.0.1");
+    assert_eq!(f["server.port"], e.cluster.node_addr(0).port().to_string());
+    assert_eq!(f["db.response.returned_rows"], "0");
+    assert_eq!(f["cql.attempts"], "1");
+    assert!(!f.contains_key("error.type"));
+    let attempt = spans
+        .iter()
+        .find(|s| s.name == "cql.attempt")
+        .expect("an attempt span");
+    assert_eq!(
+        attempt.parent,
+        Some(req.id),
+        "the attempt span is a child of the request span"
+    );
+    assert_eq!(attempt.fields["cql.attempt.reason"], "initial");
+    assert_eq!(attempt.fields["cql.attempt.index"], "0");
+    // no bound value and no literal anywhere
+    for s in &spans {
+        for (k, v) in &s.fields {
+            assert!(!v.contains(secret), "{k} = {v}");
+            assert!(!v.contains("42"), "{k} = {v}");
+        }
+    }
+
+    // A failure: error.type, the CQL status code, the node.
+    e.cluster.faults().add(
+        Fault::error(InjectedError::Overloaded)
+            .opcode(Opcode::Execute)
+            .times(1),
+    );
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(
+            CqlRequest::query("SELECT v FROM ks.kv WHERE k = ?")
+                .bind((1i32,))
+                .consistency(scylla::statement::Consistency::Quorum)
+                .page_size(50),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Overloaded);
+    let spans = capture.spans();
+    let failed = spans
+        .iter()
+        .rev()
+        .find(|s| s.name == "cql.request")
+        .unwrap();
+    assert_eq!(failed.fields["error.type"], "overloaded");
+    assert_eq!(failed.fields["otel.status_code"], "error");
+    assert_eq!(failed.fields["db.response.status_code"], "0x1001");
+    assert_eq!(failed.fields["server.address"], "127.0.0.1");
+    assert_eq!(failed.fields["db.cassandra.consistency_level"], "quorum");
+    assert_eq!(failed.fields["db.cassandra.page_size"], "50");
+    assert_eq!(failed.fields["db.cassandra.idempotence"], "false");
+    assert_eq!(failed.fields["db.operation.name"], "SELECT");
+    let failed_attempt = spans
+        .iter()
+        .rev()
+        .find(|s| s.name == "cql.attempt")
+        .unwrap();
+    assert_eq!(failed_attempt.fields["error.type"], "overloaded");
+    drop(e.collectors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_event_per_logical_request_beside_attempt_events() {
+    let e = env().await;
+    let layer = MetricsLayer::new(MetricsConfig::default(), e.collectors.clone()).unwrap();
+    let mut svc = layer.layer(e.driver.clone());
+    let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?")
+        .operation("get")
+        .idempotent(true);
+    for k in 30..50i32 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(get.request().bind((k,)))
+            .await
+            .unwrap();
+    }
+    e.cluster.faults().add(
+        Fault::error(InjectedError::ReadTimeout)
+            .opcode(Opcode::Execute)
+            .times(3),
+    );
+    for k in 0..3i32 {
+        let err = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(get.request().bind((k,)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ReadTimeout);
+    }
+    let snap = e.memory.snapshot();
+    assert_eq!(snap.request_latency(Some("get")).count(), 23);
+    assert_eq!(snap.ok, 20);
+    assert_eq!(snap.errors.get(&ErrorKind::ReadTimeout), Some(&3));
+    assert_eq!(
+        snap.attempt_latency(Some("get")).count(),
+        23,
+        "one attempt each without a retry layer"
+    );
+    assert_eq!(snap.rows, 1, "only k = 42 exists");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cardinality_guard_folds_label_sets_past_the_limit() {
+    let e = env().await;
+    let layer =
+        MetricsLayer::new(MetricsConfig { max_label_sets: 3 }, e.collectors.clone()).unwrap();
+    let mut svc = layer.layer(e.driver.clone());
+    for i in 0..10 {
+        let req = CqlRequest::query("SELECT v FROM ks.kv WHERE k = ?")
+            .bind((i,))
+            .operation(format!("generated_{i}"));
+        svc.ready().await.unwrap().call(req).await.unwrap();
+    }
+    assert_eq!(layer.folded(), 7);
+    let snap = e.memory.snapshot();
+    let ops: std::collections::BTreeSet<String> = snap
+        .requests
+        .iter()
+        .filter_map(|s| s.labels.operation.as_ref().map(|l| l.to_string()))
+        .collect();
+    assert_eq!(ops.len(), 4, "{ops:?}");
+    assert!(ops.contains("other"));
+    assert_eq!(snap.request_latency(Some("other")).count(), 7);
+    assert_eq!(
+        snap.attempt_latency(Some("other")).count(),
+        7,
+        "attempts are folded too"
+    );
+    let err =
+        MetricsLayer::new(MetricsConfig { max_label_sets: 0 }, e.collectors.clone()).unwrap_err();
+    assert!(err.to_string().contains("metrics.max_label_sets"), "{err}");
+}
