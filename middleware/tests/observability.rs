@@ -168,7 +168,10 @@ async fn request_and_attempt_spans_follow_the_db_conventions() {
     for s in &spans {
         for (k, v) in &s.fields {
             assert!(!v.contains(secret), "{k} = {v}");
-            assert!(!v.contains("42"), "{k} = {v}");
+            if k.starts_with("db.") {
+                // (not server.port: the OS-chosen port may contain "42")
+                assert!(!v.contains("42"), "{k} = {v}");
+            }
         }
     }
 
