@@ -13,4 +13,5 @@
 
 pub mod config;
 pub mod metrics;
+pub mod slow_log;
 pub mod trace;
