@@ -191,8 +191,10 @@ mod tests {
     use tracing_subscriber::layer::{Context, Layer};
     use tracing_subscriber::prelude::*;
 
+    type Line = Vec<(String, String)>;
+
     #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<Vec<(String, String)>>>>);
+    struct Lines(Arc<Mutex<Vec<Line>>>);
 
     struct V<'a>(&'a mut Vec<(String, String)>);
     impl Visit for V<'_> {
