@@ -72,17 +72,58 @@ fn fetch(
     stmt: Arc<Prepared>,
     values: Values,
     state: PagingState,
+    meta: &RequestMeta,
+    page: u32,
 ) -> BoxFuture<'static, PageResult> {
-    Box::pin(async move {
-        let start = Instant::now();
-        let row = values.as_row();
-        let (r, next) = match &*stmt {
-            Prepared::Prepared(p) => inner.session.execute_single_page(p, row, state).await,
-            Prepared::Unprepared(s) => inner.session.query_single_page(s.clone(), row, state).await,
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "cql.page",
+        otel.name = "cql.page",
+        otel.kind = "client",
+        db.system.name = "cassandra",
+        db.query.summary = tracing::field::Empty,
+        cql.page.index = page,
+        db.response.returned_rows = tracing::field::Empty,
+        server.address = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        span.record("db.query.summary", meta.summary().as_str());
+    }
+    let record = span.clone();
+    Box::pin(
+        async move {
+            let start = Instant::now();
+            let row = values.as_row();
+            let out = match &*stmt {
+                Prepared::Prepared(p) => inner.session.execute_single_page(p, row, state).await,
+                Prepared::Unprepared(s) => {
+                    inner.session.query_single_page(s.clone(), row, state).await
+                }
+            }
+            .map_err(CqlError::from_execution);
+            match &out {
+                Ok((r, _)) => {
+                    record.record(
+                        "server.address",
+                        r.request_coordinator()
+                            .connection_address()
+                            .to_string()
+                            .as_str(),
+                    );
+                    if let Ok(rows) = r.clone().into_rows_result() {
+                        record.record("db.response.returned_rows", rows.rows_num() as u64);
+                    }
+                }
+                Err(e) => {
+                    record.record("error.type", e.kind().as_str());
+                }
+            }
+            let (r, next) = out?;
+            Ok((r, next, start.elapsed()))
         }
-        .map_err(CqlError::from_execution)?;
-        Ok((r, next, start.elapsed()))
-    })
+        .instrument(span),
+    )
 }
 
 impl DriverService {
@@ -99,6 +140,8 @@ impl DriverService {
             stmt.clone(),
             values.clone(),
             PagingState::start(),
+            req.meta(),
+            0,
         ));
         Ok(RowStream {
             inner: self.inner.clone(),
@@ -221,6 +264,8 @@ where
                     this.stmt.clone(),
                     this.values.clone(),
                     state,
+                    &this.meta,
+                    this.pages,
                 ));
             }
         }
