@@ -13,5 +13,6 @@
 
 pub mod config;
 pub mod metrics;
+pub mod optional;
 pub mod slow_log;
 pub mod trace;
