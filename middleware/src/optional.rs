@@ -97,16 +97,16 @@ pin_project! {
     /// The future of an [`Optional`] service.
     #[project = OptionalProj]
     #[derive(Debug)]
+    #[allow(missing_docs)] // fields of the variants; pin_project_lite takes no field docs
+
     pub enum OptionalFuture<A, B> {
         /// The layer's future.
         On {
-            /// The future.
             #[pin]
             fut: A,
         },
         /// The inner future.
         Off {
-            /// The future.
             #[pin]
             fut: B,
         },
