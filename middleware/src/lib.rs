@@ -11,8 +11,13 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod breaker;
+pub mod concurrency;
 pub mod config;
+pub mod load_shed;
 pub mod metrics;
 pub mod optional;
+pub mod rate_limit;
 pub mod slow_log;
+pub mod timeout;
 pub mod trace;

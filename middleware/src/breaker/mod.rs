@@ -1,0 +1,1204 @@
+//! A circuit breaker per target: per node, and per `keyspace.table` when no
+//! node is known.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use std::time::Duration;
+//! use tower::{Service, ServiceExt, service_fn};
+//! use tower_cql_core::{BreakerState, Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind};
+//! use tower_cql_middleware::breaker::{BreakerConfig, CircuitBreakerLayer};
+//! use tower_layer::Layer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let layer = CircuitBreakerLayer::new(
+//!     BreakerConfig { min_requests: 4, ..BreakerConfig::default() },
+//!     Collectors::new(),
+//! )?;
+//! // A node that answers every request with Overloaded.
+//! let node: SocketAddr = "10.0.0.1:9042".parse()?;
+//! let inner = service_fn(move |_req: CqlRequest| async move {
+//!     Err::<CqlResponse, _>(CqlError::new(ErrorKind::Overloaded, "busy").with_node(node))
+//! });
+//! let mut svc = layer.layer(inner);
+//! let req = || CqlRequest::query("SELECT v FROM ks.users WHERE id = 1");
+//! for _ in 0..4 {
+//!     let err = svc.ready().await?.call(req()).await.unwrap_err();
+//!     assert_eq!(err.kind(), ErrorKind::Overloaded);
+//! }
+//! // Four failures out of four: the node's breaker is open, and requests
+//! // for the table that node served last are refused without being sent.
+//! assert_eq!(layer.state("10.0.0.1:9042"), Some(BreakerState::Open));
+//! let err = svc.ready().await?.call(req()).await.unwrap_err();
+//! assert_eq!(err.kind(), ErrorKind::CircuitOpen);
+//! # Ok(()) }
+//! ```
+//!
+//! # Targets
+//! An outcome is recorded against the node that produced it (the
+//! coordinator of a response, [`CqlError::node`] of an error), or against
+//! the request's `keyspace.table` when no node is known (an error from a
+//! layer below the breaker, such as a timeout). Target names are the node's
+//! address (`"10.0.0.1:9042"`) or `"keyspace.table"` (`"table"` without a
+//! keyspace, `"keyspace.*"` without a table, `"*"` with neither).
+//!
+//! The node of a request is only known once it is answered, so admission
+//! works from what was seen before: a request is refused when the breaker
+//! of its `keyspace.table` is open, or when the breaker of the **last node
+//! that served that `keyspace.table`** is open. This is deliberately
+//! simple: while a node's breaker is open, the tables it served last are
+//! refused even though other nodes could serve them, until the cool-down
+//! lets a probe through (which another node may answer, moving the table
+//! on to that node). Put the breaker outside the retry layer to stop
+//! retries too, or inside it to let retries try another node.
+//!
+//! # States
+//! - **closed**: requests flow; each target keeps a rolling window (ten
+//!   buckets over `window`) of successes and failures. When at least
+//!   `min_requests` outcomes are in the window and the share of failures
+//!   is at least `failure_rate`, it opens.
+//! - **open**: requests are refused with
+//!   [`ErrorKind::CircuitOpen`] (not sent) for `cool_down`.
+//! - **half-open**: after the cool-down, up to `half_open_probes` requests
+//!   at a time go through. A failure re-opens it for another cool-down;
+//!   `half_open_probes` successes close it (with an empty window). A probe
+//!   of a `keyspace.table` breaker reports its outcome to the table as well
+//!   as to the node that answered it.
+//!
+//! Failures are the errors that say something is wrong with the node:
+//! `Overloaded`, `Unavailable`, `ReadTimeout`, `WriteTimeout`,
+//! `ClientTimeout`, `Connection`, `ServerError` and `IsBootstrapping`.
+//! Refusals made on the client (`RateLimited`, `Shed`, `CircuitOpen`,
+//! `ShutDown`, `BadRequest`, `Serialization`, `DeadlineExceeded`) are not
+//! counted at all; any other answer (rows, a syntax error, ...) is a
+//! success: the node answered.
+//!
+//! # Lock-free
+//! The targets live in an `ArcSwap<HashMap<..>>` per kind (nodes by
+//! address, tables by their labels, so that looking one up allocates
+//! nothing); a target seen for the first time is added by read-copy-update.
+//! Each target's state is one `AtomicU64` (state, generation, and the
+//! open time or the half-open counters) changed by compare-and-swap, and
+//! its window is ten `AtomicU64` buckets (bucket number and both counts
+//! packed). No lock is taken on the request path.
+//!
+//! # Events
+//! Every state change emits [`Event::Breaker`]
+//! with the target and the states; every refusal emits
+//! [`Event::Shed`] with `reason: CircuitOpen,
+//! layer: "breaker"`. [`CircuitBreakerLayer::state`] reads a target's state.
+
+pub mod future;
+mod layer;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::time::Instant;
+use tower_cql_core::event::{BreakerEvent, ShedEvent};
+use tower_cql_core::{
+    Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind, Event, Label, RequestMeta,
+};
+use tower_service::Service;
+
+use crate::config::ConfigError;
+
+pub use self::future::ResponseFuture;
+pub use self::layer::CircuitBreakerLayer;
+pub use tower_cql_core::BreakerState;
+
+/// Configures a [`CircuitBreakerLayer`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerConfig {
+    /// The share of failures in the window that opens the breaker
+    /// (`0 < r <= 1`). Default 0.5.
+    pub failure_rate: f64,
+    /// Outcomes needed in the window before it may open (at least 1).
+    /// Default 20.
+    pub min_requests: u32,
+    /// The rolling window outcomes are counted over (not zero). Default 10 s.
+    pub window: Duration,
+    /// How long an open breaker refuses before letting probes through
+    /// (not zero). Default 5 s.
+    pub cool_down: Duration,
+    /// Requests let through at a time when half-open, and successes needed
+    /// to close (at least 1). Default 1.
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> BreakerConfig {
+        BreakerConfig {
+            failure_rate: 0.5,
+            min_requests: 20,
+            window: Duration::from_secs(10),
+            cool_down: Duration::from_secs(5),
+            half_open_probes: 1,
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// Checks every field; the error names the field and the allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let r = self.failure_rate;
+        if !(r > 0.0 && r <= 1.0) {
+            return Err(ConfigError::new(
+                "breaker.failure_rate",
+                format!("must be in (0, 1] (a share of failures), got {r}"),
+            ));
+        }
+        if self.min_requests == 0 {
+            return Err(ConfigError::new(
+                "breaker.min_requests",
+                "must be at least 1, got 0",
+            ));
+        }
+        if self.window.is_zero() {
+            return Err(ConfigError::new(
+                "breaker.window",
+                "must be greater than zero, got 0",
+            ));
+        }
+        if self.cool_down.is_zero() {
+            return Err(ConfigError::new(
+                "breaker.cool_down",
+                "must be greater than zero, got 0",
+            ));
+        }
+        if self.half_open_probes == 0 || u64::from(self.half_open_probes) > COUNT_MASK {
+            return Err(ConfigError::new(
+                "breaker.half_open_probes",
+                format!(
+                    "must be in [1, {COUNT_MASK}], got {}",
+                    self.half_open_probes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+// ---- the state word: [kind:2][generation:14][payload:48] ----
+// closed: payload 0; open: payload = opened-at (µs since start);
+// half-open: payload = [probes in flight:24][successes:24].
+const KIND_SHIFT: u32 = 62;
+const GEN_SHIFT: u32 = 48;
+const GEN_MASK: u64 = (1 << 14) - 1;
+const PAYLOAD_MASK: u64 = (1 << 48) - 1;
+const COUNT_MASK: u64 = (1 << 24) - 1;
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+
+fn kind(s: u64) -> u64 {
+    s >> KIND_SHIFT
+}
+
+fn generation(s: u64) -> u64 {
+    (s >> GEN_SHIFT) & GEN_MASK
+}
+
+fn payload(s: u64) -> u64 {
+    s & PAYLOAD_MASK
+}
+
+/// A state word of `kind` one generation after `prev`.
+fn next_word(prev: u64, kind: u64, payload: u64) -> u64 {
+    let generation = (generation(prev) + 1) & GEN_MASK;
+    (kind << KIND_SHIFT) | (generation << GEN_SHIFT) | (payload & PAYLOAD_MASK)
+}
+
+fn half_open_counts(s: u64) -> (u64, u64) {
+    let p = payload(s);
+    (p >> 24, p & COUNT_MASK)
+}
+
+fn with_half_open_counts(s: u64, in_flight: u64, successes: u64) -> u64 {
+    (s & !PAYLOAD_MASK) | (in_flight << 24) | successes
+}
+
+fn state_of(s: u64) -> BreakerState {
+    match kind(s) {
+        OPEN => BreakerState::Open,
+        HALF_OPEN => BreakerState::HalfOpen,
+        _ => BreakerState::Closed,
+    }
+}
+
+// ---- a window bucket: [bucket number:24][failures:20][successes:20] ----
+const BUCKETS: usize = 10;
+const EPOCH_MASK: u64 = (1 << 24) - 1;
+const TALLY_MASK: u64 = (1 << 20) - 1;
+
+/// Whether an outcome counts against the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Success,
+    Failure,
+}
+
+impl Outcome {
+    /// How a result counts; `None` for refusals made on the client.
+    pub(crate) fn of(result: &Result<CqlResponse, CqlError>) -> Option<Outcome> {
+        let Err(e) = result else {
+            return Some(Outcome::Success);
+        };
+        match e.kind() {
+            ErrorKind::Overloaded
+            | ErrorKind::Unavailable
+            | ErrorKind::ReadTimeout
+            | ErrorKind::WriteTimeout
+            | ErrorKind::ClientTimeout
+            | ErrorKind::Connection
+            | ErrorKind::ServerError
+            | ErrorKind::IsBootstrapping => Some(Outcome::Failure),
+            ErrorKind::RateLimited
+            | ErrorKind::Shed
+            | ErrorKind::CircuitOpen
+            | ErrorKind::ShutDown
+            | ErrorKind::BadRequest
+            | ErrorKind::Serialization
+            | ErrorKind::DeadlineExceeded => None,
+            _ => Some(Outcome::Success),
+        }
+    }
+}
+
+/// What a target says about admitting a request.
+enum Admit {
+    Pass,
+    /// Let through as a half-open probe of this generation.
+    Probe(u64),
+    Refuse(String),
+}
+
+/// One breaker: a node or a `keyspace.table`.
+pub(crate) struct Target {
+    name: String,
+    state: AtomicU64,
+    buckets: [AtomicU64; BUCKETS],
+    /// For a table: the node that served it last.
+    last_node: ArcSwapOption<Target>,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("name", &self.name)
+            .field("state", &state_of(self.state.load(Ordering::Acquire)))
+            .finish()
+    }
+}
+
+impl Target {
+    fn new(name: String) -> Target {
+        Target {
+            name,
+            state: AtomicU64::new(0),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            last_node: ArcSwapOption::empty(),
+        }
+    }
+
+    fn transition(&self, b: &Breakers, from: u64, to: u64) -> bool {
+        if self
+            .state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        if kind(to) == CLOSED {
+            for bucket in &self.buckets {
+                bucket.store(0, Ordering::Release);
+            }
+        }
+        if b.collectors.is_active() {
+            b.collectors.emit(Event::Breaker(BreakerEvent {
+                target: &self.name,
+                from: state_of(from),
+                to: state_of(to),
+            }));
+        }
+        true
+    }
+
+    /// The state a request arriving at `now` would find.
+    fn effective_state(&self, b: &Breakers, now: u64) -> BreakerState {
+        let s = self.state.load(Ordering::Acquire);
+        if kind(s) == OPEN && b.cooled_down(s, now) {
+            BreakerState::HalfOpen
+        } else {
+            state_of(s)
+        }
+    }
+
+    fn admit(&self, b: &Breakers, now: u64) -> Admit {
+        let mut s = self.state.load(Ordering::Acquire);
+        loop {
+            match kind(s) {
+                OPEN => {
+                    if !b.cooled_down(s, now) {
+                        let left = b
+                            .cool_down_us
+                            .saturating_sub(now.saturating_sub(payload(s)));
+                        return Admit::Refuse(format!(
+                            "circuit breaker open for {}: refusing requests for {:?} more (cool_down {:?})",
+                            self.name,
+                            Duration::from_micros(left),
+                            b.config.cool_down
+                        ));
+                    }
+                    let half = next_word(s, HALF_OPEN, 0);
+                    self.transition(b, s, half);
+                    s = self.state.load(Ordering::Acquire);
+                }
+                HALF_OPEN => {
+                    let (in_flight, successes) = half_open_counts(s);
+                    if in_flight >= u64::from(b.config.half_open_probes) {
+                        return Admit::Refuse(format!(
+                            "circuit breaker half-open for {}: {in_flight} probe(s) already in flight",
+                            self.name
+                        ));
+                    }
+                    let next = with_half_open_counts(s, in_flight + 1, successes);
+                    match self.state.compare_exchange_weak(
+                        s,
+                        next,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => return Admit::Probe(generation(s)),
+                        Err(actual) => s = actual,
+                    }
+                }
+                _ => return Admit::Pass,
+            }
+        }
+    }
+
+    /// A probe of `probe_generation` finished (or was dropped): its place is free.
+    fn end_probe(&self, probe_generation: u64) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                let (in_flight, successes) = half_open_counts(s);
+                (kind(s) == HALF_OPEN && generation(s) == probe_generation && in_flight > 0)
+                    .then(|| with_half_open_counts(s, in_flight - 1, successes))
+            });
+    }
+
+    fn record(&self, b: &Breakers, outcome: Outcome, now: u64) {
+        let mut s = self.state.load(Ordering::Acquire);
+        loop {
+            match kind(s) {
+                CLOSED => {
+                    self.tally(b, outcome, now);
+                    let (successes, failures) = self.window(b, now);
+                    let total = successes + failures;
+                    if total >= u64::from(b.config.min_requests)
+                        && failures as f64 >= b.config.failure_rate * total as f64
+                    {
+                        self.transition(b, s, next_word(s, OPEN, now));
+                    }
+                    return;
+                }
+                HALF_OPEN => {
+                    let next = match outcome {
+                        Outcome::Failure => next_word(s, OPEN, now),
+                        Outcome::Success => {
+                            let (in_flight, successes) = half_open_counts(s);
+                            if successes + 1 >= u64::from(b.config.half_open_probes) {
+                                next_word(s, CLOSED, 0)
+                            } else {
+                                with_half_open_counts(s, in_flight, successes + 1)
+                            }
+                        }
+                    };
+                    if kind(next) == HALF_OPEN {
+                        match self.state.compare_exchange_weak(
+                            s,
+                            next,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        ) {
+                            Ok(_) => return,
+                            Err(actual) => s = actual,
+                        }
+                    } else if self.transition(b, s, next) {
+                        return;
+                    } else {
+                        s = self.state.load(Ordering::Acquire);
+                    }
+                }
+                // Open: outcomes of requests sent before it opened count for nothing.
+                _ => return,
+            }
+        }
+    }
+
+    fn tally(&self, b: &Breakers, outcome: Outcome, now: u64) {
+        let number = now / b.bucket_us;
+        let epoch = number & EPOCH_MASK;
+        let bucket = &self.buckets[(number % BUCKETS as u64) as usize];
+        let _ = bucket.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            let (mut failures, mut successes) = if v >> 40 == epoch {
+                ((v >> 20) & TALLY_MASK, v & TALLY_MASK)
+            } else {
+                (0, 0) // a stale bucket: start it over
+            };
+            match outcome {
+                Outcome::Failure => failures = (failures + 1).min(TALLY_MASK),
+                Outcome::Success => successes = (successes + 1).min(TALLY_MASK),
+            }
+            Some((epoch << 40) | (failures << 20) | successes)
+        });
+    }
+
+    /// (successes, failures) in the window ending at `now`.
+    fn window(&self, b: &Breakers, now: u64) -> (u64, u64) {
+        let current = (now / b.bucket_us) & EPOCH_MASK;
+        let mut sums = (0, 0);
+        for bucket in &self.buckets {
+            let v = bucket.load(Ordering::Acquire);
+            let age = current.wrapping_sub(v >> 40) & EPOCH_MASK;
+            if age < BUCKETS as u64 {
+                sums.0 += v & TALLY_MASK;
+                sums.1 += (v >> 20) & TALLY_MASK;
+            }
+        }
+        sums
+    }
+}
+
+type TableKey = (Option<Label>, Option<Label>);
+
+fn table_name(key: &TableKey) -> String {
+    match key {
+        (Some(k), Some(t)) => format!("{k}.{t}"),
+        (None, Some(t)) => t.to_string(),
+        (Some(k), None) => format!("{k}.*"),
+        (None, None) => "*".to_string(),
+    }
+}
+
+/// Every target's breaker, shared by a layer and every service it makes.
+pub(crate) struct Breakers {
+    config: BreakerConfig,
+    collectors: Collectors,
+    start: Instant,
+    bucket_us: u64,
+    cool_down_us: u64,
+    nodes: ArcSwap<HashMap<SocketAddr, Arc<Target>>>,
+    tables: ArcSwap<HashMap<TableKey, Arc<Target>>>,
+}
+
+impl fmt::Debug for Breakers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breakers")
+            .field("config", &self.config)
+            .field("nodes", &self.nodes.load().len())
+            .field("tables", &self.tables.load().len())
+            .finish()
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Breakers {
+    pub(crate) fn new(config: BreakerConfig, collectors: Collectors) -> Breakers {
+        Breakers {
+            config,
+            collectors,
+            start: Instant::now(),
+            bucket_us: (micros(config.window) / BUCKETS as u64).max(1),
+            cool_down_us: micros(config.cool_down),
+            nodes: ArcSwap::from_pointee(HashMap::new()),
+            tables: ArcSwap::from_pointee(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn config(&self) -> &BreakerConfig {
+        &self.config
+    }
+
+    /// Microseconds since the layer was built (the open time is kept in 48
+    /// bits: good for nine years).
+    fn now(&self) -> u64 {
+        micros(Instant::now().saturating_duration_since(self.start)) & PAYLOAD_MASK
+    }
+
+    fn cooled_down(&self, open_word: u64, now: u64) -> bool {
+        now.saturating_sub(payload(open_word)) >= self.cool_down_us
+    }
+
+    fn node(&self, addr: SocketAddr) -> Arc<Target> {
+        if let Some(t) = self.nodes.load().get(&addr) {
+            return t.clone();
+        }
+        let fresh = Arc::new(Target::new(addr.to_string()));
+        self.nodes.rcu(|map| {
+            let mut next = HashMap::clone(map);
+            next.entry(addr).or_insert_with(|| fresh.clone());
+            next
+        });
+        self.nodes.load().get(&addr).expect("just inserted").clone()
+    }
+
+    fn table(&self, meta: &RequestMeta) -> Arc<Target> {
+        let key: TableKey = (meta.keyspace().cloned(), meta.table().cloned());
+        if let Some(t) = self.tables.load().get(&key) {
+            return t.clone();
+        }
+        let fresh = Arc::new(Target::new(table_name(&key)));
+        self.tables.rcu(|map| {
+            let mut next = HashMap::clone(map);
+            next.entry(key.clone()).or_insert_with(|| fresh.clone());
+            next
+        });
+        self.tables.load().get(&key).expect("just inserted").clone()
+    }
+
+    pub(crate) fn state(&self, target: &str) -> Option<BreakerState> {
+        let now = self.now();
+        if let Ok(addr) = target.parse::<SocketAddr>() {
+            return self
+                .nodes
+                .load()
+                .get(&addr)
+                .map(|t| t.effective_state(self, now));
+        }
+        self.tables
+            .load()
+            .values()
+            .find(|t| t.name == target)
+            .map(|t| t.effective_state(self, now))
+    }
+
+    pub(crate) fn states(&self) -> Vec<(String, BreakerState)> {
+        let now = self.now();
+        let nodes = self.nodes.load();
+        let tables = self.tables.load();
+        let mut all: Vec<_> = nodes
+            .values()
+            .chain(tables.values())
+            .map(|t| (t.name.clone(), t.effective_state(self, now)))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Records how a request for `table` ended. `table_probe`: it was let
+    /// through as a probe of the table's half-open breaker, which then
+    /// hears the outcome too (a node answered it, so the node's breaker
+    /// does as well).
+    pub(crate) fn complete(
+        &self,
+        table: &Target,
+        table_probe: bool,
+        result: &Result<CqlResponse, CqlError>,
+    ) {
+        let Some(outcome) = Outcome::of(result) else {
+            return;
+        };
+        let node = match result {
+            Ok(resp) => resp.info().coordinator,
+            Err(e) => e.node(),
+        };
+        let now = self.now();
+        match node {
+            Some(addr) => {
+                let target = self.node(addr);
+                let last = table.last_node.load();
+                if !last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &target)) {
+                    table.last_node.store(Some(target.clone()));
+                }
+                target.record(self, outcome, now);
+                if table_probe {
+                    table.record(self, outcome, now);
+                }
+            }
+            None => table.record(self, outcome, now),
+        }
+    }
+}
+
+/// A half-open probe's place; given back when dropped.
+pub(crate) struct Probe {
+    target: Arc<Target>,
+    generation: u64,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.target.end_probe(self.generation);
+    }
+}
+
+/// Refuses requests to failing targets; see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct CircuitBreaker<S> {
+    inner: S,
+    breakers: Arc<Breakers>,
+}
+
+impl<S> CircuitBreaker<S> {
+    pub(crate) fn from_shared(inner: S, breakers: Arc<Breakers>) -> CircuitBreaker<S> {
+        CircuitBreaker { inner, breakers }
+    }
+
+    /// Wraps `inner` with its own breakers (use [`CircuitBreakerLayer`] to
+    /// share them between several services).
+    pub fn new(
+        inner: S,
+        config: BreakerConfig,
+        collectors: Collectors,
+    ) -> Result<CircuitBreaker<S>, ConfigError> {
+        Ok(CircuitBreakerLayer::new(config, collectors)?.service(inner))
+    }
+
+    /// The state of `target` (a node address such as `"10.0.0.1:9042"`, or
+    /// `"keyspace.table"`) as the next request would find it; `None` for a
+    /// target not seen yet.
+    pub fn state(&self, target: &str) -> Option<BreakerState> {
+        self.breakers.state(target)
+    }
+
+    /// Every target seen, with its state, sorted by name.
+    pub fn states(&self) -> Vec<(String, BreakerState)> {
+        self.breakers.states()
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> Service<CqlRequest> for CircuitBreaker<S>
+where
+    S: Service<CqlRequest, Response = CqlResponse, Error = CqlError>,
+{
+    type Response = CqlResponse;
+    type Error = CqlError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: CqlRequest) -> Self::Future {
+        let b = &*self.breakers;
+        let now = b.now();
+        let table = b.table(req.meta());
+        let mut probes: [Option<Probe>; 2] = [None, None];
+        let refusal = match table.admit(b, now) {
+            Admit::Refuse(why) => Some(why),
+            admitted => {
+                if let Admit::Probe(generation) = admitted {
+                    probes[0] = Some(Probe {
+                        target: table.clone(),
+                        generation,
+                    });
+                }
+                let last = table.last_node.load();
+                match last.as_ref().map(|node| (node, node.admit(b, now))) {
+                    Some((_, Admit::Refuse(why))) => Some(why),
+                    Some((node, Admit::Probe(generation))) => {
+                        probes[1] = Some(Probe {
+                            target: node.clone(),
+                            generation,
+                        });
+                        None
+                    }
+                    _ => None,
+                }
+            }
+        };
+        if let Some(why) = refusal {
+            drop(probes); // a table probe taken before the node refused
+            if b.collectors.is_active() {
+                b.collectors.emit(Event::Shed(ShedEvent {
+                    meta: req.meta(),
+                    reason: ErrorKind::CircuitOpen,
+                    layer: "breaker",
+                }));
+            }
+            return ResponseFuture::refused(CqlError::new(ErrorKind::CircuitOpen, why));
+        }
+        ResponseFuture::called(self.inner.call(req), self.breakers.clone(), table, probes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+    use tower::ServiceExt;
+    use tower_cql_core::{Collector, ExecutionInfo};
+    use tower_layer::Layer;
+
+    /// Keeps breaker transitions and shed events.
+    #[derive(Default)]
+    struct Recorder {
+        transitions: Mutex<Vec<(String, BreakerState, BreakerState)>>,
+        sheds: Mutex<Vec<(ErrorKind, &'static str)>>,
+    }
+    impl Collector for Recorder {
+        fn on_breaker(&self, e: &BreakerEvent<'_>) {
+            self.transitions
+                .lock()
+                .unwrap()
+                .push((e.target.to_string(), e.from, e.to));
+        }
+        fn on_shed(&self, e: &ShedEvent<'_>) {
+            self.sheds.lock().unwrap().push((e.reason, e.layer));
+        }
+    }
+
+    /// How the mock answers.
+    #[derive(Debug, Clone, Copy)]
+    enum Answer {
+        Ok,
+        Fail(ErrorKind),
+        /// An error that names no node.
+        FailNoNode(ErrorKind),
+        /// Never answers.
+        Hang,
+    }
+
+    /// A node at `addr` that answers as told, counting the calls.
+    #[derive(Debug, Clone)]
+    struct Node {
+        addr: SocketAddr,
+        answer: Arc<Mutex<Answer>>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Node {
+        fn new(addr: &str) -> Node {
+            Node {
+                addr: addr.parse().unwrap(),
+                answer: Arc::new(Mutex::new(Answer::Ok)),
+                calls: Arc::new(AtomicUsize::new(0)),
+            }
+        }
+        fn set(&self, a: Answer) {
+            *self.answer.lock().unwrap() = a;
+        }
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Service<CqlRequest> for Node {
+        type Response = CqlResponse;
+        type Error = CqlError;
+        type Future = futures::future::Either<
+            std::future::Ready<Result<CqlResponse, CqlError>>,
+            std::future::Pending<Result<CqlResponse, CqlError>>,
+        >;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: CqlRequest) -> Self::Future {
+            use futures::future::Either;
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let answer = *self.answer.lock().unwrap();
+            Either::Left(std::future::ready(match answer {
+                Answer::Ok => Ok(CqlResponse::synthetic(ExecutionInfo {
+                    coordinator: Some(self.addr),
+                    attempts: 1,
+                    ..ExecutionInfo::default()
+                })),
+                Answer::Fail(k) => Err(CqlError::new(k, "injected").with_node(self.addr)),
+                Answer::FailNoNode(k) => Err(CqlError::new(k, "injected")),
+                Answer::Hang => return Either::Right(std::future::pending()),
+            }))
+        }
+    }
+
+    const NODE: &str = "10.0.0.1:9042";
+
+    fn config() -> BreakerConfig {
+        BreakerConfig {
+            failure_rate: 0.5,
+            min_requests: 4,
+            window: Duration::from_secs(10),
+            cool_down: Duration::from_secs(5),
+            half_open_probes: 1,
+        }
+    }
+
+    fn breaker(config: BreakerConfig) -> (CircuitBreakerLayer, Node, Arc<Recorder>) {
+        let rec = Arc::new(Recorder::default());
+        let collectors = Collectors::with([rec.clone() as Arc<dyn Collector>]);
+        (
+            CircuitBreakerLayer::new(config, collectors).unwrap(),
+            Node::new(NODE),
+            rec,
+        )
+    }
+
+    fn req() -> CqlRequest {
+        CqlRequest::query("SELECT v FROM ks.users WHERE id = 1")
+    }
+
+    async fn send(layer: &CircuitBreakerLayer, node: &Node) -> Result<CqlResponse, ErrorKind> {
+        layer
+            .layer(node.clone())
+            .oneshot(req())
+            .await
+            .map_err(|e| e.kind())
+    }
+
+    use BreakerState::{Closed, HalfOpen, Open};
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_at_the_failure_rate_once_min_requests_are_seen() {
+        let (layer, node, rec) = breaker(config());
+        assert_eq!(layer.state(NODE), None, "not seen yet");
+        node.set(Answer::Fail(ErrorKind::Overloaded));
+        for _ in 0..3 {
+            assert_eq!(
+                send(&layer, &node).await.unwrap_err(),
+                ErrorKind::Overloaded
+            );
+        }
+        assert_eq!(layer.state(NODE), Some(Closed), "3 < min_requests");
+        assert_eq!(
+            send(&layer, &node).await.unwrap_err(),
+            ErrorKind::Overloaded
+        );
+        assert_eq!(layer.state(NODE), Some(Open));
+        assert_eq!(
+            *rec.transitions.lock().unwrap(),
+            vec![(NODE.to_string(), Closed, Open)]
+        );
+        // Refused without reaching the node.
+        let calls = node.calls();
+        let err = layer.layer(node.clone()).oneshot(req()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CircuitOpen);
+        assert!(err.was_not_sent());
+        assert!(err.message().contains(NODE), "{err}");
+        assert_eq!(node.calls(), calls);
+        assert_eq!(
+            *rec.sheds.lock().unwrap(),
+            vec![(ErrorKind::CircuitOpen, "breaker")]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stays_closed_below_the_failure_rate() {
+        let (layer, node, _) = breaker(config());
+        for i in 0..10 {
+            node.set(if i % 5 >= 3 {
+                Answer::Fail(ErrorKind::WriteTimeout)
+            } else {
+                Answer::Ok
+            });
+            let _ = send(&layer, &node).await;
+        }
+        assert_eq!(layer.state(NODE), Some(Closed), "4 of 10 < 0.5");
+        // Errors that say nothing about the node's health count as successes,
+        // and refusals made on the client count for nothing.
+        node.set(Answer::Fail(ErrorKind::Syntax));
+        for _ in 0..10 {
+            let _ = send(&layer, &node).await;
+        }
+        node.set(Answer::Fail(ErrorKind::Shed));
+        for _ in 0..50 {
+            let _ = send(&layer, &node).await;
+        }
+        assert_eq!(layer.state(NODE), Some(Closed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn old_failures_leave_the_window() {
+        let (layer, node, _) = breaker(config());
+        node.set(Answer::Fail(ErrorKind::ReadTimeout));
+        for _ in 0..3 {
+            let _ = send(&layer, &node).await;
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let _ = send(&layer, &node).await;
+        assert_eq!(
+            layer.state(NODE),
+            Some(Closed),
+            "only 1 failure in the window"
+        );
+        for _ in 0..3 {
+            let _ = send(&layer, &node).await;
+        }
+        assert_eq!(layer.state(NODE), Some(Open));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_open_half_open_closed() {
+        let (layer, node, rec) = breaker(config());
+        node.set(Answer::Fail(ErrorKind::Overloaded));
+        for _ in 0..4 {
+            let _ = send(&layer, &node).await;
+        }
+        assert_eq!(layer.state(NODE), Some(Open));
+        tokio::time::advance(Duration::from_millis(4999)).await;
+        assert_eq!(
+            send(&layer, &node).await.unwrap_err(),
+            ErrorKind::CircuitOpen
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(layer.state(NODE), Some(HalfOpen), "the cool-down is over");
+        // The node recovered: the probe succeeds and closes the breaker.
+        node.set(Answer::Ok);
+        assert!(send(&layer, &node).await.is_ok());
+        assert_eq!(layer.state(NODE), Some(Closed));
+        assert_eq!(
+            *rec.transitions.lock().unwrap(),
+            vec![
+                (NODE.to_string(), Closed, Open),
+                (NODE.to_string(), Open, HalfOpen),
+                (NODE.to_string(), HalfOpen, Closed),
+            ]
+        );
+        // Closed with an empty window: one failure does not re-open it.
+        node.set(Answer::Fail(ErrorKind::Overloaded));
+        let _ = send(&layer, &node).await;
+        assert_eq!(layer.state(NODE), Some(Closed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_reopens_for_another_cool_down() {
+        let (layer, node, rec) = breaker(config());
+        node.set(Answer::Fail(ErrorKind::ServerError));
+        for _ in 0..4 {
+            let _ = send(&layer, &node).await;
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(
+            send(&layer, &node).await.unwrap_err(),
+            ErrorKind::ServerError
+        );
+        assert_eq!(layer.state(NODE), Some(Open));
+        assert_eq!(
+            rec.transitions.lock().unwrap()[1..],
+            [
+                (NODE.to_string(), Open, HalfOpen),
+                (NODE.to_string(), HalfOpen, Open),
+            ]
+        );
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(
+            send(&layer, &node).await.unwrap_err(),
+            ErrorKind::CircuitOpen
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        node.set(Answer::Ok);
+        assert!(send(&layer, &node).await.is_ok());
+        assert_eq!(layer.state(NODE), Some(Closed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_admits_only_its_probes_and_a_dropped_probe_frees_its_place() {
+        let (layer, node, _) = breaker(BreakerConfig {
+            half_open_probes: 2,
+            ..config()
+        });
+        node.set(Answer::Fail(ErrorKind::Unavailable));
+        for _ in 0..4 {
+            let _ = send(&layer, &node).await;
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        node.set(Answer::Hang);
+        let mut svc = layer.layer(node.clone());
+        let p1 = svc.ready().await.unwrap().call(req());
+        let p2 = svc.ready().await.unwrap().call(req());
+        assert_eq!(
+            send(&layer, &node).await.unwrap_err(),
+            ErrorKind::CircuitOpen
+        );
+        drop(p1);
+        node.set(Answer::Ok);
+        // The dropped probe's place is free: one success, then a second closes.
+        assert!(send(&layer, &node).await.is_ok());
+        assert_eq!(layer.state(NODE), Some(HalfOpen), "1 of 2 successes");
+        assert!(send(&layer, &node).await.is_ok());
+        assert_eq!(layer.state(NODE), Some(Closed));
+        drop(p2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_without_a_node_count_against_the_table() {
+        let (layer, node, _) = breaker(config());
+        node.set(Answer::FailNoNode(ErrorKind::ClientTimeout));
+        for _ in 0..4 {
+            let _ = send(&layer, &node).await;
+        }
+        assert_eq!(layer.state("ks.users"), Some(Open));
+        assert_eq!(layer.state(NODE), None);
+        assert_eq!(
+            send(&layer, &node).await.unwrap_err(),
+            ErrorKind::CircuitOpen
+        );
+        // Another table is not affected.
+        node.set(Answer::Ok);
+        let other = CqlRequest::query("SELECT v FROM ks.orders WHERE id = 1");
+        assert!(layer.layer(node.clone()).oneshot(other).await.is_ok());
+        assert_eq!(
+            layer.states(),
+            vec![
+                ("10.0.0.1:9042".to_string(), Closed),
+                ("ks.orders".to_string(), Closed),
+                ("ks.users".to_string(), Open),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_table_breaker_closes_when_its_probe_is_answered() {
+        let (layer, node, rec) = breaker(config());
+        node.set(Answer::FailNoNode(ErrorKind::Connection));
+        for _ in 0..4 {
+            let _ = send(&layer, &node).await;
+        }
+        assert_eq!(layer.state("ks.users"), Some(Open));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // The probe is answered by a node: the table's breaker closes too.
+        node.set(Answer::Ok);
+        assert!(send(&layer, &node).await.is_ok());
+        assert_eq!(layer.state("ks.users"), Some(Closed));
+        assert_eq!(layer.state(NODE), Some(Closed));
+        assert_eq!(
+            *rec.transitions.lock().unwrap(),
+            vec![
+                ("ks.users".to_string(), Closed, Open),
+                ("ks.users".to_string(), Open, HalfOpen),
+                ("ks.users".to_string(), HalfOpen, Closed),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_table_last_served_by_a_healthy_node_still_flows() {
+        let (layer, bad, _) = breaker(config());
+        let good = Node::new("10.0.0.2:9042");
+        bad.set(Answer::Fail(ErrorKind::Overloaded));
+        for _ in 0..4 {
+            let _ = send(&layer, &bad).await;
+        }
+        // ks.orders was last served by the healthy node.
+        let orders = || CqlRequest::query("SELECT v FROM ks.orders WHERE id = 1");
+        assert!(layer.layer(good.clone()).oneshot(orders()).await.is_ok());
+        assert!(layer.layer(good.clone()).oneshot(orders()).await.is_ok());
+        // ks.users was last served by the open node.
+        assert_eq!(
+            send(&layer, &good).await.unwrap_err(),
+            ErrorKind::CircuitOpen
+        );
+        assert_eq!(good.calls(), 2);
+    }
+
+    #[test]
+    fn config_validation_names_each_field() {
+        assert_eq!(BreakerConfig::default().validate(), Ok(()));
+        let d = BreakerConfig::default();
+        let cases = [
+            (
+                BreakerConfig {
+                    failure_rate: 0.0,
+                    ..d
+                },
+                "breaker.failure_rate",
+            ),
+            (
+                BreakerConfig {
+                    failure_rate: 1.5,
+                    ..d
+                },
+                "breaker.failure_rate",
+            ),
+            (
+                BreakerConfig {
+                    failure_rate: f64::NAN,
+                    ..d
+                },
+                "breaker.failure_rate",
+            ),
+            (
+                BreakerConfig {
+                    min_requests: 0,
+                    ..d
+                },
+                "breaker.min_requests",
+            ),
+            (
+                BreakerConfig {
+                    window: Duration::ZERO,
+                    ..d
+                },
+                "breaker.window",
+            ),
+            (
+                BreakerConfig {
+                    cool_down: Duration::ZERO,
+                    ..d
+                },
+                "breaker.cool_down",
+            ),
+            (
+                BreakerConfig {
+                    half_open_probes: 0,
+                    ..d
+                },
+                "breaker.half_open_probes",
+            ),
+        ];
+        for (config, field) in cases {
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.field, field, "{config:?}");
+            assert!(CircuitBreakerLayer::new(config, Collectors::new()).is_err());
+        }
+        assert!(
+            BreakerConfig {
+                failure_rate: 1.0,
+                ..d
+            }
+            .validate()
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn state_words_round_trip() {
+        let open = next_word(0, OPEN, 12_345);
+        assert_eq!(
+            (kind(open), generation(open), payload(open)),
+            (OPEN, 1, 12_345)
+        );
+        let half = with_half_open_counts(next_word(open, HALF_OPEN, 0), 3, 7);
+        assert_eq!(kind(half), HALF_OPEN);
+        assert_eq!(generation(half), 2);
+        assert_eq!(half_open_counts(half), (3, 7));
+        let wrapped = next_word(GEN_MASK << GEN_SHIFT, CLOSED, 0);
+        assert_eq!(generation(wrapped), 0);
+    }
+}

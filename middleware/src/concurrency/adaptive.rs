@@ -1,0 +1,699 @@
+//! An adaptive concurrency limit: AIMD (additive increase, multiplicative
+//! decrease) driven by overload errors and latency.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{Service, ServiceExt, service_fn};
+//! use tower_cql_core::{Collectors, CqlError, CqlRequest, ErrorKind};
+//! use tower_cql_middleware::concurrency::{AdaptiveAlgorithm, AdaptiveConcurrencyLayer, AdaptiveConfig};
+//! use tower_layer::Layer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let layer = AdaptiveConcurrencyLayer::new(
+//!     AdaptiveConfig {
+//!         initial: 10,
+//!         min: 2,
+//!         max: 100,
+//!         algorithm: AdaptiveAlgorithm::Aimd {
+//!             increase_by: 1,
+//!             decrease_factor: 0.5,
+//!             latency_threshold: Duration::from_millis(200),
+//!         },
+//!         ..AdaptiveConfig::default()
+//!     },
+//!     Collectors::new(),
+//! )?;
+//! // The server says it is overloaded: the limit halves.
+//! let inner = service_fn(|_req: CqlRequest| async {
+//!     Err::<(), _>(CqlError::new(ErrorKind::Overloaded, "busy"))
+//! });
+//! let mut svc = layer.layer(inner);
+//! let _ = svc.ready().await?.call(CqlRequest::query("SELECT v FROM ks.t")).await;
+//! assert_eq!(layer.current_limit(), 5);
+//! # Ok(()) }
+//! ```
+//!
+//! # The algorithm
+//! When a request completes (its response future resolves):
+//! - it is a *congestion signal* when its error is
+//!   [`ErrorKind::Overloaded`] or [`ErrorKind::ClientTimeout`], or its
+//!   latency (from `call` to completion, queueing excluded) is above
+//!   `latency_threshold`. The limit becomes `max(min, floor(limit *
+//!   decrease_factor))`, at most once per round trip: only a request that
+//!   started after the last decrease can decrease it again, so a burst of
+//!   failures from requests sent together counts once;
+//! - otherwise it counts towards a window of successes: after `limit` of
+//!   them the limit becomes `min(max, limit + increase_by)`.
+//!
+//! Other errors (a syntax error, an unavailable replica set) count as
+//! successes here: the node answered in time. A response future dropped
+//! before it completes counts as nothing.
+//!
+//! Admission is the same as the fixed limit's (see the
+//! [parent module](super)): a compare-and-swap of the in-flight count
+//! against the current limit, a bounded queue and its timeout, waiters
+//! sleeping on a `Notify` (woken when a slot frees or the limit grows).
+//! When the limit shrinks below the requests in flight, none is cancelled:
+//! new ones wait until enough complete.
+//!
+//! # Observing it
+//! [`AdaptiveConcurrencyLayer::current_limit`] reads the limit; each change
+//! emits [`Event::Limit`] with `limiter:
+//! "adaptive"`, the new limit and the requests in flight. Waits and
+//! refusals emit `Event::Throttle` with `limiter: "adaptive"`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower_cql_core::event::LimitEvent;
+use tower_cql_core::{Collectors, CqlError, CqlRequest, ErrorKind, Event};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{Admission, Core, Decision, ResponseFuture, validate_queue_timeout};
+use crate::config::ConfigError;
+
+/// How the adaptive limit moves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum AdaptiveAlgorithm {
+    /// Additive increase, multiplicative decrease; see the
+    /// [module docs](self).
+    Aimd {
+        /// Added to the limit after a window of `limit` successes (at least 1).
+        increase_by: usize,
+        /// The limit is multiplied by this on congestion (`0 < f < 1`).
+        decrease_factor: f64,
+        /// A request slower than this is a congestion signal (not zero).
+        latency_threshold: Duration,
+    },
+}
+
+impl Default for AdaptiveAlgorithm {
+    fn default() -> AdaptiveAlgorithm {
+        AdaptiveAlgorithm::Aimd {
+            increase_by: 1,
+            decrease_factor: 0.9,
+            latency_threshold: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Configures an [`AdaptiveConcurrencyLayer`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaptiveConfig {
+    /// The limit to start with (`min <= initial <= max`). Default 20.
+    pub initial: usize,
+    /// The lowest the limit goes (at least 1). Default 1.
+    pub min: usize,
+    /// The highest the limit goes. Default 256.
+    pub max: usize,
+    /// How the limit moves. Default AIMD: +1, ×0.9, 500 ms.
+    pub algorithm: AdaptiveAlgorithm,
+    /// Requests that may wait for a slot; 0 refuses at once when full.
+    /// Default 1024.
+    pub max_queue: usize,
+    /// The longest a request waits in the queue (`None`: no limit; not
+    /// zero). Default 1 s.
+    pub queue_timeout: Option<Duration>,
+}
+
+impl Default for AdaptiveConfig {
+    fn default() -> AdaptiveConfig {
+        AdaptiveConfig {
+            initial: 20,
+            min: 1,
+            max: 256,
+            algorithm: AdaptiveAlgorithm::default(),
+            max_queue: 1024,
+            queue_timeout: Some(Duration::from_secs(1)),
+        }
+    }
+}
+
+impl AdaptiveConfig {
+    /// Checks every field; the error names the field and the allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.min == 0 {
+            return Err(ConfigError::new(
+                "adaptive.min",
+                "must be at least 1, got 0",
+            ));
+        }
+        if self.max < self.min {
+            return Err(ConfigError::new(
+                "adaptive.max",
+                format!("must be at least min ({}), got {}", self.min, self.max),
+            ));
+        }
+        if self.initial < self.min || self.initial > self.max {
+            return Err(ConfigError::new(
+                "adaptive.initial",
+                format!(
+                    "must be in [min, max] = [{}, {}], got {}",
+                    self.min, self.max, self.initial
+                ),
+            ));
+        }
+        match self.algorithm {
+            AdaptiveAlgorithm::Aimd {
+                increase_by,
+                decrease_factor,
+                latency_threshold,
+            } => {
+                if increase_by == 0 {
+                    return Err(ConfigError::new(
+                        "adaptive.algorithm.increase_by",
+                        "must be at least 1, got 0",
+                    ));
+                }
+                if !(decrease_factor > 0.0 && decrease_factor < 1.0) {
+                    return Err(ConfigError::new(
+                        "adaptive.algorithm.decrease_factor",
+                        format!("must be in (0, 1) (exclusive), got {decrease_factor}"),
+                    ));
+                }
+                if latency_threshold.is_zero() {
+                    return Err(ConfigError::new(
+                        "adaptive.algorithm.latency_threshold",
+                        "must be greater than zero, got 0",
+                    ));
+                }
+            }
+        }
+        validate_queue_timeout("adaptive.queue_timeout", self.queue_timeout)
+    }
+}
+
+/// The AIMD state: atomics only.
+pub(crate) struct Aimd {
+    min: usize,
+    max: usize,
+    increase_by: usize,
+    decrease_factor: f64,
+    latency_threshold: Duration,
+    /// Successes counted towards the next increase.
+    successes: AtomicUsize,
+    /// When the limit last decreased: nanoseconds since `start`, plus one
+    /// (0: never).
+    decreased_at: AtomicU64,
+    start: Instant,
+}
+
+impl Aimd {
+    fn nanos(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.start).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Feeds one completed request to the algorithm.
+    pub(crate) fn on_complete(&self, core: &Core, started: Instant, error: Option<&CqlError>) {
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(started);
+        let overload = error
+            .is_some_and(|e| matches!(e.kind(), ErrorKind::Overloaded | ErrorKind::ClientTimeout));
+        if overload || latency > self.latency_threshold {
+            self.decrease(core, started, now);
+        } else {
+            self.count_success(core);
+        }
+    }
+
+    fn decrease(&self, core: &Core, started: Instant, now: Instant) {
+        let last = self.decreased_at.load(Ordering::Acquire);
+        // Sent before (or at) the last decrease: that one accounted for it.
+        if last != 0 && self.nanos(started) < last {
+            return;
+        }
+        if self
+            .decreased_at
+            .compare_exchange(
+                last,
+                self.nanos(now) + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return; // another completion decreased it just now
+        }
+        self.successes.store(0, Ordering::Release);
+        loop {
+            let limit = core.limit();
+            let lowered = ((limit as f64) * self.decrease_factor).floor() as usize;
+            let next = lowered.max(self.min);
+            if next == limit {
+                return; // at the floor
+            }
+            if core.set_limit(limit, next) {
+                emit(core, next);
+                return;
+            }
+        }
+    }
+
+    fn count_success(&self, core: &Core) {
+        let mut seen = self.successes.load(Ordering::Acquire);
+        loop {
+            let limit = core.limit();
+            if seen + 1 < limit {
+                match self.successes.compare_exchange_weak(
+                    seen,
+                    seen + 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return,
+                    Err(actual) => seen = actual,
+                }
+                continue;
+            }
+            // This success completes the window.
+            match self
+                .successes
+                .compare_exchange_weak(seen, 0, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    let next = limit.saturating_add(self.increase_by).min(self.max);
+                    if next != limit && core.set_limit(limit, next) {
+                        emit(core, next);
+                    }
+                    return;
+                }
+                Err(actual) => seen = actual,
+            }
+        }
+    }
+}
+
+fn emit(core: &Core, limit: usize) {
+    if core.collectors.is_active() {
+        core.collectors.emit(Event::Limit(LimitEvent {
+            limiter: "adaptive",
+            limit,
+            in_flight: core.in_flight(),
+        }));
+    }
+}
+
+/// Makes [`AdaptiveConcurrency`] services that all share this layer's one
+/// adaptive limit (cloning the layer shares it too).
+#[derive(Clone)]
+pub struct AdaptiveConcurrencyLayer {
+    core: Arc<Core>,
+    config: AdaptiveConfig,
+}
+
+impl fmt::Debug for AdaptiveConcurrencyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdaptiveConcurrencyLayer")
+            .field("config", &self.config)
+            .field("current_limit", &self.current_limit())
+            .field("in_flight", &self.in_flight())
+            .field("queued", &self.queued())
+            .finish()
+    }
+}
+
+impl AdaptiveConcurrencyLayer {
+    /// A layer starting at `config.initial`; an invalid `config` is an
+    /// error naming the field.
+    pub fn new(
+        config: AdaptiveConfig,
+        collectors: Collectors,
+    ) -> Result<AdaptiveConcurrencyLayer, ConfigError> {
+        config.validate()?;
+        let AdaptiveAlgorithm::Aimd {
+            increase_by,
+            decrease_factor,
+            latency_threshold,
+        } = config.algorithm;
+        let aimd = Aimd {
+            min: config.min,
+            max: config.max,
+            increase_by,
+            decrease_factor,
+            latency_threshold,
+            successes: AtomicUsize::new(0),
+            decreased_at: AtomicU64::new(0),
+            start: Instant::now(),
+        };
+        Ok(AdaptiveConcurrencyLayer {
+            core: Arc::new(Core::new(
+                "adaptive",
+                config.initial,
+                config.max_queue,
+                config.queue_timeout,
+                collectors,
+                Some(aimd),
+            )),
+            config,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AdaptiveConfig {
+        &self.config
+    }
+
+    /// The limit now.
+    pub fn current_limit(&self) -> usize {
+        self.core.limit()
+    }
+
+    /// Requests in flight, across every service this layer made.
+    pub fn in_flight(&self) -> usize {
+        self.core.in_flight()
+    }
+
+    /// Requests waiting for a slot.
+    pub fn queued(&self) -> usize {
+        self.core.queued()
+    }
+}
+
+impl<S> Layer<S> for AdaptiveConcurrencyLayer {
+    type Service = AdaptiveConcurrency<S>;
+
+    fn layer(&self, inner: S) -> AdaptiveConcurrency<S> {
+        AdaptiveConcurrency {
+            inner,
+            admission: Admission::new(self.core.clone()),
+        }
+    }
+}
+
+/// Limits the requests in flight to its inner service with a limit that
+/// adapts; see the [module docs](self).
+#[derive(Debug)]
+pub struct AdaptiveConcurrency<S> {
+    inner: S,
+    admission: Admission,
+}
+
+impl<S: Clone> Clone for AdaptiveConcurrency<S> {
+    /// A clone shares the limit; it holds no slot.
+    fn clone(&self) -> AdaptiveConcurrency<S> {
+        AdaptiveConcurrency {
+            inner: self.inner.clone(),
+            admission: Admission::new(self.admission.core().clone()),
+        }
+    }
+}
+
+impl<S> AdaptiveConcurrency<S> {
+    /// Wraps `inner` with its own adaptive limit (use
+    /// [`AdaptiveConcurrencyLayer`] to share one between services).
+    pub fn new(
+        inner: S,
+        config: AdaptiveConfig,
+        collectors: Collectors,
+    ) -> Result<AdaptiveConcurrency<S>, ConfigError> {
+        Ok(AdaptiveConcurrencyLayer::new(config, collectors)?.layer(inner))
+    }
+
+    /// The limit now.
+    pub fn current_limit(&self) -> usize {
+        self.admission.core().limit()
+    }
+
+    /// Requests in flight (across every clone).
+    pub fn in_flight(&self) -> usize {
+        self.admission.core().in_flight()
+    }
+
+    /// Requests waiting for a slot.
+    pub fn queued(&self) -> usize {
+        self.admission.core().queued()
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service (a held slot is released).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, R> Service<CqlRequest> for AdaptiveConcurrency<S>
+where
+    S: Service<CqlRequest, Response = R, Error = CqlError>,
+{
+    type Response = R;
+    type Error = CqlError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+        ready!(self.admission.poll_admit(cx));
+        if self.admission.is_admitted() {
+            self.inner.poll_ready(cx)
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn call(&mut self, req: CqlRequest) -> Self::Future {
+        match self.admission.decide(&req) {
+            Decision::Admitted(permit) => ResponseFuture::called(self.inner.call(req), permit),
+            Decision::Refused(error) => ResponseFuture::refused(error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tower::{ServiceExt, service_fn};
+    use tower_cql_core::Collector;
+
+    /// Keeps the limit of every limit event.
+    #[derive(Default)]
+    struct Limits(Mutex<Vec<usize>>);
+    impl Collector for Limits {
+        fn on_limit(&self, e: &LimitEvent) {
+            assert_eq!(e.limiter, "adaptive");
+            self.0.lock().unwrap().push(e.limit);
+        }
+    }
+
+    fn req() -> CqlRequest {
+        CqlRequest::query("SELECT v FROM ks.t WHERE k = 1")
+    }
+
+    fn layer(initial: usize, min: usize, max: usize) -> (AdaptiveConcurrencyLayer, Arc<Limits>) {
+        let limits = Arc::new(Limits::default());
+        let collectors = Collectors::with([limits.clone() as Arc<dyn tower_cql_core::Collector>]);
+        let config = AdaptiveConfig {
+            initial,
+            min,
+            max,
+            algorithm: AdaptiveAlgorithm::Aimd {
+                increase_by: 1,
+                decrease_factor: 0.5,
+                latency_threshold: Duration::from_millis(200),
+            },
+            max_queue: 100,
+            queue_timeout: None,
+        };
+        (
+            AdaptiveConcurrencyLayer::new(config, collectors).unwrap(),
+            limits,
+        )
+    }
+
+    /// An inner service answering after `delay` with `kind` (or Ok).
+    fn answering(
+        delay: Duration,
+        kind: Option<ErrorKind>,
+    ) -> impl Service<CqlRequest, Response = (), Error = CqlError, Future: Send> + Clone + Send
+    {
+        service_fn(move |_req: CqlRequest| async move {
+            tokio::time::sleep(delay).await;
+            match kind {
+                Some(k) => Err(CqlError::new(k, "injected")),
+                None => Ok(()),
+            }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overloaded_decreases_the_limit() {
+        let (layer, limits) = layer(10, 1, 100);
+        let svc = layer.layer(answering(Duration::ZERO, Some(ErrorKind::Overloaded)));
+        assert!(svc.clone().oneshot(req()).await.is_err());
+        assert_eq!(layer.current_limit(), 5);
+        assert_eq!(*limits.0.lock().unwrap(), vec![5]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_failures_decreases_once() {
+        let (layer, limits) = layer(10, 1, 100);
+        let svc = layer.layer(answering(
+            Duration::from_millis(10),
+            Some(ErrorKind::Overloaded),
+        ));
+        // Eight requests sent together, all failing together.
+        let calls: Vec<_> = (0..8).map(|_| svc.clone().oneshot(req())).collect();
+        for r in futures::future::join_all(calls).await {
+            assert_eq!(r.unwrap_err().kind(), ErrorKind::Overloaded);
+        }
+        assert_eq!(layer.current_limit(), 5);
+        // A request sent after the decrease may decrease it again.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(svc.clone().oneshot(req()).await.is_err());
+        assert_eq!(layer.current_limit(), 2);
+        assert_eq!(*limits.0.lock().unwrap(), vec![5, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_floor_holds() {
+        let (layer, limits) = layer(10, 4, 100);
+        let svc = layer.layer(answering(Duration::ZERO, Some(ErrorKind::ClientTimeout)));
+        for _ in 0..5 {
+            let _ = svc.clone().oneshot(req()).await;
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert_eq!(layer.current_limit(), 4);
+        assert_eq!(*limits.0.lock().unwrap(), vec![5, 4]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_of_successes_increases_up_to_the_ceiling() {
+        let (layer, limits) = layer(2, 1, 4);
+        let svc = layer.layer(answering(Duration::from_millis(5), None));
+        for _ in 0..2 {
+            svc.clone().oneshot(req()).await.unwrap();
+        }
+        assert_eq!(layer.current_limit(), 3);
+        for _ in 0..3 {
+            svc.clone().oneshot(req()).await.unwrap();
+        }
+        assert_eq!(layer.current_limit(), 4);
+        for _ in 0..20 {
+            svc.clone().oneshot(req()).await.unwrap();
+        }
+        assert_eq!(layer.current_limit(), 4, "the ceiling holds");
+        assert_eq!(*limits.0.lock().unwrap(), vec![3, 4]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_responses_decrease_and_other_errors_count_as_successes() {
+        let (layer, _) = layer(8, 1, 100);
+        let slow = layer.layer(answering(Duration::from_millis(300), None));
+        slow.oneshot(req()).await.unwrap();
+        assert_eq!(layer.current_limit(), 4, "300 ms > the 200 ms threshold");
+        let invalid = layer.layer(answering(Duration::ZERO, Some(ErrorKind::Invalid)));
+        for _ in 0..4 {
+            let _ = invalid.clone().oneshot(req()).await;
+        }
+        assert_eq!(layer.current_limit(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admission_follows_the_limit_and_an_increase_wakes_waiters() {
+        let (layer, _) = layer(1, 1, 4);
+        let svc = layer.layer(answering(Duration::from_secs(1), None));
+        let first = tokio::spawn(svc.clone().oneshot(req()));
+        tokio::task::yield_now().await;
+        assert_eq!(layer.in_flight(), 1);
+        let mut waiter = svc.clone();
+        let waiting = tokio::spawn(async move {
+            waiter.ready().await.unwrap();
+            waiter
+        });
+        tokio::task::yield_now().await;
+        assert_eq!((layer.in_flight(), layer.queued()), (1, 1));
+        // The limit grows while the first still holds its slot: the waiter
+        // is woken and admitted.
+        assert!(layer.core.set_limit(1, 2));
+        let _admitted = tokio::time::timeout(Duration::from_millis(1), waiting)
+            .await
+            .expect("woken by the increase")
+            .unwrap();
+        assert_eq!((layer.in_flight(), layer.queued()), (2, 0));
+        assert!(!first.is_finished());
+    }
+
+    #[test]
+    fn config_validation_names_each_field() {
+        assert_eq!(AdaptiveConfig::default().validate(), Ok(()));
+        let base = AdaptiveConfig::default();
+        let aimd = |increase_by, decrease_factor, latency_threshold| AdaptiveConfig {
+            algorithm: AdaptiveAlgorithm::Aimd {
+                increase_by,
+                decrease_factor,
+                latency_threshold,
+            },
+            ..base
+        };
+        let ms = Duration::from_millis(1);
+        let cases = [
+            (
+                AdaptiveConfig {
+                    min: 0,
+                    initial: 0,
+                    ..base
+                },
+                "adaptive.min",
+            ),
+            (
+                AdaptiveConfig {
+                    min: 5,
+                    max: 4,
+                    initial: 4,
+                    ..base
+                },
+                "adaptive.max",
+            ),
+            (
+                AdaptiveConfig {
+                    min: 2,
+                    initial: 1,
+                    ..base
+                },
+                "adaptive.initial",
+            ),
+            (
+                AdaptiveConfig {
+                    initial: 300,
+                    max: 256,
+                    ..base
+                },
+                "adaptive.initial",
+            ),
+            (aimd(0, 0.5, ms), "adaptive.algorithm.increase_by"),
+            (aimd(1, 0.0, ms), "adaptive.algorithm.decrease_factor"),
+            (aimd(1, 1.0, ms), "adaptive.algorithm.decrease_factor"),
+            (aimd(1, f64::NAN, ms), "adaptive.algorithm.decrease_factor"),
+            (
+                aimd(1, 0.5, Duration::ZERO),
+                "adaptive.algorithm.latency_threshold",
+            ),
+            (
+                AdaptiveConfig {
+                    queue_timeout: Some(Duration::ZERO),
+                    ..base
+                },
+                "adaptive.queue_timeout",
+            ),
+        ];
+        for (config, field) in cases {
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.field, field, "{config:?}");
+            assert!(AdaptiveConcurrencyLayer::new(config, Collectors::new()).is_err());
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Load shedding: refuse a request at once when the inner service is not
+//! ready, instead of waiting for it.
+//!
+//! ```
+//! use tower::{Service, ServiceExt, service_fn};
+//! use tower_cql_core::{Collectors, CqlError, CqlRequest, ErrorKind};
+//! use tower_cql_middleware::concurrency::{ConcurrencyConfig, ConcurrencyLimitLayer};
+//! use tower_cql_middleware::load_shed::LoadShedLayer;
+//! use tower_layer::Layer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let collectors = Collectors::new();
+//! // One request at a time, waiting in a queue ...
+//! let limit = ConcurrencyLimitLayer::new(
+//!     ConcurrencyConfig { max_in_flight: 1, ..ConcurrencyConfig::default() },
+//!     collectors.clone(),
+//! )?;
+//! let inner = service_fn(|_req: CqlRequest| async { Ok::<_, CqlError>("done") });
+//! let mut busy = limit.layer(inner);
+//! let first = busy.ready().await?.call(CqlRequest::query("SELECT v FROM ks.t"));
+//! // ... but behind a load shedder, a request that would wait is refused.
+//! let mut svc = LoadShedLayer::new(collectors).layer(busy.clone());
+//! let err = svc.ready().await?.call(CqlRequest::query("SELECT v FROM ks.t")).await.unwrap_err();
+//! assert_eq!(err.kind(), ErrorKind::Shed);
+//! first.await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # What it does
+//! `poll_ready` polls the inner service once and is always ready itself.
+//! When the inner service was ready the call goes through; when it was
+//! pending, the call fails at once with
+//! [`ErrorKind::Shed`] (the request was not
+//! sent) and emits [`Event::Shed`] with
+//! `reason: Shed, layer: "load_shed"`. An error from the inner `poll_ready`
+//! is returned as it is.
+//!
+//! tower's `LoadShed` does the same but boxes its error (`Overloaded`, to be
+//! downcast back); this one fails with a [`CqlError`] of the core taxonomy,
+//! which retry, metrics and breakers already read.
+//!
+//! Put it outside a limit that waits (a concurrency limit, a rate limit in
+//! `Wait` mode) to turn its waiting into refusals.
+
+pub mod future;
+mod layer;
+
+use std::task::{Context, Poll};
+
+use tower_cql_core::event::ShedEvent;
+use tower_cql_core::{Collectors, CqlError, CqlRequest, ErrorKind, Event};
+use tower_service::Service;
+
+pub use self::future::ResponseFuture;
+pub use self::layer::LoadShedLayer;
+
+/// Refuses requests while its inner service is not ready; see the
+/// [module docs](self).
+#[derive(Debug, Clone)]
+pub struct LoadShed<S> {
+    inner: S,
+    collectors: Collectors,
+    /// Whether the inner service said ready in the last `poll_ready`.
+    inner_ready: bool,
+}
+
+impl<S> LoadShed<S> {
+    /// Wraps `inner`, emitting into `collectors`.
+    pub fn new(inner: S, collectors: Collectors) -> LoadShed<S> {
+        LoadShed {
+            inner,
+            collectors,
+            inner_ready: false,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, R> Service<CqlRequest> for LoadShed<S>
+where
+    S: Service<CqlRequest, Response = R, Error = CqlError>,
+{
+    type Response = R;
+    type Error = CqlError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+        self.inner_ready = match self.inner.poll_ready(cx) {
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => true,
+            Poll::Pending => false,
+        };
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: CqlRequest) -> Self::Future {
+        if std::mem::take(&mut self.inner_ready) {
+            return ResponseFuture::called(self.inner.call(req));
+        }
+        if self.collectors.is_active() {
+            self.collectors.emit(Event::Shed(ShedEvent {
+                meta: req.meta(),
+                reason: ErrorKind::Shed,
+                layer: "load_shed",
+            }));
+        }
+        ResponseFuture::shed(CqlError::new(
+            ErrorKind::Shed,
+            "load shed: the inner service was not ready (at capacity), so the request was refused instead of waiting",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use tower::ServiceExt;
+    use tower_cql_core::Collector;
+    use tower_layer::Layer;
+
+    /// Keeps (reason, layer) of every shed event.
+    #[derive(Default)]
+    struct Sheds(Mutex<Vec<(ErrorKind, &'static str)>>);
+    impl Collector for Sheds {
+        fn on_shed(&self, e: &ShedEvent<'_>) {
+            self.0.lock().unwrap().push((e.reason, e.layer));
+        }
+    }
+
+    /// A service that is ready only when its switch is on.
+    #[derive(Clone)]
+    struct Gated(Arc<AtomicBool>);
+    impl Service<CqlRequest> for Gated {
+        type Response = &'static str;
+        type Error = CqlError;
+        type Future = std::future::Ready<Result<&'static str, CqlError>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+            if self.0.load(Ordering::SeqCst) {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+        fn call(&mut self, _: CqlRequest) -> Self::Future {
+            assert!(self.0.load(Ordering::SeqCst), "called while not ready");
+            std::future::ready(Ok("served"))
+        }
+    }
+
+    fn req() -> CqlRequest {
+        CqlRequest::query("SELECT v FROM ks.t WHERE k = 1")
+    }
+
+    #[tokio::test]
+    async fn sheds_while_the_inner_service_is_not_ready() {
+        let sheds = Arc::new(Sheds::default());
+        let collectors = Collectors::with([sheds.clone() as Arc<dyn Collector>]);
+        let switch = Arc::new(AtomicBool::new(false));
+        let mut svc = LoadShedLayer::new(collectors).layer(Gated(switch.clone()));
+        let err = svc.ready().await.unwrap().call(req()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Shed);
+        assert!(err.was_not_sent());
+        assert_eq!(
+            *sheds.0.lock().unwrap(),
+            vec![(ErrorKind::Shed, "load_shed")]
+        );
+        switch.store(true, Ordering::SeqCst);
+        assert_eq!(
+            svc.ready().await.unwrap().call(req()).await.unwrap(),
+            "served"
+        );
+        assert_eq!(sheds.0.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn inner_poll_ready_errors_pass_through() {
+        #[derive(Debug)]
+        struct Broken;
+        impl Service<CqlRequest> for Broken {
+            type Response = ();
+            type Error = CqlError;
+            type Future = std::future::Ready<Result<(), CqlError>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+                Poll::Ready(Err(CqlError::shut_down()))
+            }
+            fn call(&mut self, _: CqlRequest) -> Self::Future {
+                unreachable!()
+            }
+        }
+        let mut svc = LoadShed::new(Broken, Collectors::new());
+        let err = svc.ready().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ShutDown);
+    }
+}

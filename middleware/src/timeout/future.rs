@@ -1,0 +1,123 @@
+//! The response future of [`Timeout`](super::Timeout).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_cql_core::{CqlError, ErrorKind};
+
+use super::Limit;
+
+pin_project! {
+    /// The inner service's future raced against a timer held inline (no
+    /// boxing); or the refusal of a request whose deadline had passed.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Racing {
+            #[pin]
+            future: F,
+            #[pin]
+            timer: Option<Sleep>,
+            limit: Limit,
+            started: Instant,
+        },
+        Failed { error: Option<CqlError> },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(
+        future: F,
+        timer: Option<(Instant, Limit)>,
+        started: Instant,
+    ) -> ResponseFuture<F> {
+        let (timer, limit) = match timer {
+            Some((at, limit)) => (Some(tokio::time::sleep_until(at)), limit),
+            None => (None, Limit::Deadline),
+        };
+        ResponseFuture {
+            kind: Kind::Racing {
+                future,
+                timer,
+                limit,
+                started,
+            },
+        }
+    }
+
+    pub(crate) fn failed(error: CqlError) -> ResponseFuture<F> {
+        ResponseFuture {
+            kind: Kind::Failed { error: Some(error) },
+        }
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Racing { timer, limit, .. } => f
+                .debug_struct("ResponseFuture")
+                .field("limit", limit)
+                .field("until", &timer.as_ref().map(Sleep::deadline))
+                .finish(),
+            Kind::Failed { .. } => f
+                .debug_struct("ResponseFuture")
+                .field("state", &"failed")
+                .finish(),
+        }
+    }
+}
+
+impl<F, R> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<R, CqlError>>,
+{
+    type Output = Result<R, CqlError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Racing {
+                future,
+                timer,
+                limit,
+                started,
+            } => {
+                if let Poll::Ready(out) = future.poll(cx) {
+                    return Poll::Ready(out);
+                }
+                let Some(timer) = timer.as_pin_mut() else {
+                    return Poll::Pending;
+                };
+                if timer.poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let elapsed = Instant::now().saturating_duration_since(*started);
+                Poll::Ready(Err(match *limit {
+                    Limit::PerAttempt(d) => CqlError::new(
+                        ErrorKind::ClientTimeout,
+                        format!(
+                            "the attempt timed out after {d:?} (per-attempt timeout); it may have been applied"
+                        ),
+                    ),
+                    Limit::Deadline => CqlError::new(
+                        ErrorKind::DeadlineExceeded,
+                        format!("the request's deadline passed {elapsed:?} into the attempt"),
+                    ),
+                }))
+            }
+            KindProj::Failed { error } => Poll::Ready(Err(error
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+        }
+    }
+}

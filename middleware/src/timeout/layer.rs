@@ -1,0 +1,38 @@
+use tower_cql_core::Collectors;
+use tower_layer::Layer;
+
+use super::{Timeout, TimeoutConfig};
+use crate::config::ConfigError;
+
+/// Makes [`Timeout`] services (see the [module docs](super)).
+#[derive(Debug, Clone)]
+pub struct TimeoutLayer {
+    config: TimeoutConfig,
+}
+
+impl TimeoutLayer {
+    /// A layer; an invalid `config` is an error naming the field. The
+    /// layer emits no events of its own (the collectors are taken for a
+    /// constructor shaped like every other layer's).
+    pub fn new(config: TimeoutConfig, collectors: Collectors) -> Result<TimeoutLayer, ConfigError> {
+        let _ = collectors;
+        config.validate()?;
+        Ok(TimeoutLayer { config })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TimeoutConfig {
+        &self.config
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout {
+            inner,
+            config: self.config,
+        }
+    }
+}

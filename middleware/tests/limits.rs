@@ -1,0 +1,308 @@
+//! The limit, timeout and breaker layers end to end: the real scylla driver
+//! (through `DriverService`) over TCP against a testkit cluster.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use scylla::client::session_builder::SessionBuilder;
+use tower::{Service, ServiceExt, service_fn};
+use tower_cql_core::{
+    BreakerState, Collector, Collectors, CqlError, CqlRequest, DriverService, ErrorKind, Statement,
+    event::{BreakerEvent, ThrottleEvent},
+};
+use tower_cql_middleware::breaker::{BreakerConfig, CircuitBreakerLayer};
+use tower_cql_middleware::concurrency::{ConcurrencyConfig, ConcurrencyLimitLayer};
+use tower_cql_middleware::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimitMode};
+use tower_cql_middleware::timeout::{TimeoutConfig, TimeoutLayer};
+use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
+use tower_layer::Layer;
+
+/// Counts throttle events and keeps breaker transitions.
+#[derive(Default)]
+struct Events {
+    waited: AtomicUsize,
+    rejected: AtomicUsize,
+    max_queue_depth: AtomicUsize,
+    breaker: std::sync::Mutex<Vec<(String, BreakerState, BreakerState)>>,
+}
+
+impl Collector for Events {
+    fn on_throttle(&self, e: &ThrottleEvent<'_>) {
+        if e.rejected {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.waited.fetch_add(1, Ordering::Relaxed);
+        }
+        self.max_queue_depth
+            .fetch_max(e.queue_depth, Ordering::Relaxed);
+    }
+    fn on_breaker(&self, e: &BreakerEvent<'_>) {
+        self.breaker
+            .lock()
+            .unwrap()
+            .push((e.target.to_string(), e.from, e.to));
+    }
+}
+
+struct Setup {
+    cluster: Cluster,
+    driver: DriverService,
+    events: Arc<Events>,
+    collectors: Collectors,
+}
+
+async fn setup(nodes: usize) -> Setup {
+    let cluster = Cluster::builder().nodes(nodes).start().await.unwrap();
+    let session = SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .build()
+        .await
+        .unwrap();
+    let events = Arc::new(Events::default());
+    let collectors = Collectors::with([events.clone() as Arc<dyn Collector>]);
+    let driver = DriverService::builder(Arc::new(session))
+        .collectors(collectors.clone())
+        .build()
+        .unwrap();
+    for cql in [
+        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        "CREATE TABLE ks.kv (k int PRIMARY KEY, v text)",
+        "INSERT INTO ks.kv (k, v) VALUES (1, 'one')",
+    ] {
+        driver
+            .execute(CqlRequest::unprepared(cql))
+            .await
+            .unwrap_or_else(|e| panic!("{cql}: {e}"));
+    }
+    Setup {
+        cluster,
+        driver,
+        events,
+        collectors,
+    }
+}
+
+fn get() -> Statement {
+    Statement::new("SELECT v FROM ks.kv WHERE k = ?")
+        .operation("get")
+        .idempotent(true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_holds_a_burst_of_200_to_the_configured_rate() {
+    let s = setup(1).await;
+    let get = get();
+    s.driver.execute(get.request().bind((1i32,))).await.unwrap(); // prepare
+    let executions_before = s.cluster.counters().total_executions();
+    let layer = RateLimitLayer::new(
+        RateLimitConfig {
+            rate_per_second: 100.0,
+            burst: 10,
+            mode: RateLimitMode::Wait {
+                max_wait: Duration::from_secs(10),
+            },
+        },
+        s.collectors.clone(),
+    )
+    .unwrap();
+    let svc = layer.layer(s.driver.clone());
+    let start = Instant::now();
+    // 200 requests at once from 8 tasks, each with its own clone (one bucket).
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let mut svc = svc.clone();
+            let get = get.clone();
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    let resp = svc
+                        .ready()
+                        .await
+                        .unwrap()
+                        .call(get.request().bind((1i32,)))
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.rows::<(String,)>().unwrap(), vec![("one".into(),)]);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    // 10 at once, then 190 at 100/s: 1.9 s.
+    assert!(
+        elapsed >= Duration::from_millis(1850) && elapsed < Duration::from_secs(6),
+        "{elapsed:?}"
+    );
+    assert_eq!(
+        s.cluster.counters().total_executions() - executions_before,
+        200
+    );
+    assert!(s.events.waited.load(Ordering::Relaxed) >= 180);
+    assert_eq!(s.events.rejected.load(Ordering::Relaxed), 0);
+    s.cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_limit_never_lets_more_than_n_through() {
+    let s = setup(1).await;
+    let get = get();
+    s.driver.execute(get.request().bind((1i32,))).await.unwrap(); // prepare
+    s.cluster.faults().add(
+        Fault::delay(Duration::from_millis(20))
+            .table("ks", "kv")
+            .opcode(Opcode::Execute),
+    );
+    let layer = ConcurrencyLimitLayer::new(
+        ConcurrencyConfig {
+            max_in_flight: 4,
+            max_queue: 100,
+            queue_timeout: Some(Duration::from_secs(10)),
+        },
+        s.collectors.clone(),
+    )
+    .unwrap();
+    // Count what reaches the driver at once.
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let driver = s.driver.clone();
+    let counted = service_fn({
+        let (now, peak) = (now.clone(), peak.clone());
+        move |req: CqlRequest| {
+            let (driver, now, peak) = (driver.clone(), now.clone(), peak.clone());
+            async move {
+                peak.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                let r = driver.execute(req).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                r
+            }
+        }
+    });
+    let svc = layer.layer(counted);
+    let start = Instant::now();
+    let calls: Vec<_> = (0..40)
+        .map(|_| tokio::spawn(svc.clone().oneshot(get.request().bind((1i32,)))))
+        .collect();
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(peak.load(Ordering::SeqCst), 4);
+    // 40 requests, 4 at a time, 20 ms each on the server: at least 200 ms.
+    assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
+    assert!(s.events.waited.load(Ordering::Relaxed) >= 20);
+    assert!(s.events.max_queue_depth.load(Ordering::Relaxed) >= 5);
+    assert_eq!((layer.in_flight(), layer.queued()), (0, 0));
+    s.cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_on_an_overloaded_node_and_recovers_after_cool_down() {
+    let s = setup(1).await;
+    let get = get();
+    s.driver.execute(get.request().bind((1i32,))).await.unwrap(); // prepare
+    let node = s.cluster.node_addr(0).to_string();
+    let layer = CircuitBreakerLayer::new(
+        BreakerConfig {
+            failure_rate: 0.5,
+            min_requests: 5,
+            window: Duration::from_secs(10),
+            cool_down: Duration::from_secs(1),
+            half_open_probes: 1,
+        },
+        s.collectors.clone(),
+    )
+    .unwrap();
+    let svc = layer.layer(s.driver.clone());
+    let fault = s.cluster.faults().add(
+        Fault::error(InjectedError::Overloaded)
+            .node(0)
+            .table("ks", "kv"),
+    );
+    for _ in 0..5 {
+        let err = svc
+            .clone()
+            .oneshot(get.request().bind((1i32,)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Overloaded, "{err}");
+    }
+    assert_eq!(
+        layer.state(&node),
+        Some(BreakerState::Open),
+        "{:?}",
+        layer.states()
+    );
+    // Open: refused without reaching the server.
+    let fired = s.cluster.faults().fired(fault);
+    let err = svc
+        .clone()
+        .oneshot(get.request().bind((1i32,)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CircuitOpen);
+    assert_eq!(s.cluster.faults().fired(fault), fired);
+    // The node recovers; after the cool-down a probe goes through and closes it.
+    assert!(s.cluster.faults().remove(fault));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(layer.state(&node), Some(BreakerState::HalfOpen));
+    let resp = svc
+        .clone()
+        .oneshot(get.request().bind((1i32,)))
+        .await
+        .unwrap();
+    assert_eq!(resp.rows::<(String,)>().unwrap(), vec![("one".into(),)]);
+    assert_eq!(layer.state(&node), Some(BreakerState::Closed));
+    assert_eq!(
+        *s.events.breaker.lock().unwrap(),
+        vec![
+            (node.clone(), BreakerState::Closed, BreakerState::Open),
+            (node.clone(), BreakerState::Open, BreakerState::HalfOpen),
+            (node.clone(), BreakerState::HalfOpen, BreakerState::Closed),
+        ]
+    );
+    s.cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeout_tells_a_slow_attempt_from_a_passed_deadline() {
+    let s = setup(1).await;
+    let get = get();
+    s.driver.execute(get.request().bind((1i32,))).await.unwrap(); // prepare
+    s.cluster.faults().add(
+        Fault::delay(Duration::from_millis(500))
+            .table("ks", "kv")
+            .opcode(Opcode::Execute),
+    );
+    let layer = TimeoutLayer::new(
+        TimeoutConfig {
+            per_attempt: Some(Duration::from_millis(100)),
+            honour_deadline: true,
+        },
+        s.collectors.clone(),
+    )
+    .unwrap();
+    let svc = layer.layer(s.driver.clone());
+    // A deadline that passed before the attempt: refused, never sent. (A
+    // deadline that passes during the attempt is also the driver's own
+    // request timeout, which the driver service reports as ClientTimeout,
+    // usually a moment before this layer's timer fires.)
+    let executions = s.cluster.counters().total_executions();
+    let req = get.request().bind((1i32,)).timeout(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let err = svc.clone().oneshot(req).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert!(err.was_not_sent());
+    assert_eq!(s.cluster.counters().total_executions(), executions);
+    let start = Instant::now();
+    let err: CqlError = svc
+        .clone()
+        .oneshot(get.request().bind((1i32,)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ClientTimeout, "{err}");
+    assert!(start.elapsed() < Duration::from_millis(400));
+    s.cluster.stop().await;
+}
