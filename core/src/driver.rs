@@ -356,6 +356,17 @@ impl DriverInner {
             Ok(resp) => resp.info().coordinator,
             Err(_) => listener.as_ref().and_then(|l| l.node.get().copied()),
         };
+        // The driver's own timer was set to the time left before the
+        // deadline: when it fires because the deadline passed, say so.
+        let result = match result {
+            Err(e)
+                if e.kind() == ErrorKind::ClientTimeout
+                    && meta.remaining().is_some_and(|r| r.is_zero()) =>
+            {
+                Err(CqlError::deadline_exceeded(duration))
+            }
+            other => other,
+        };
         let result = match result {
             Err(e) => match node(&Err(e.clone())) {
                 Some(n) if e.node().is_none() => Err(e.with_node(n)),

@@ -407,3 +407,47 @@ async fn errors_name_their_node_in_a_three_node_cluster() {
     assert_eq!(seen.len(), overloaded);
     assert!(seen.iter().all(|n| *n == Some(s.cluster.node_addr(2))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_passing_during_an_attempt_is_deadline_exceeded() {
+    let s = setup(1).await;
+    let read = Statement::new("SELECT v FROM ks.kv WHERE k = ?");
+    s.driver
+        .execute(read.request().bind((1i32,)))
+        .await
+        .unwrap();
+    s.cluster.faults().add(
+        Fault::delay(Duration::from_millis(500))
+            .opcode(Opcode::Execute)
+            .times(1),
+    );
+    let err = s
+        .driver
+        .execute(
+            read.request()
+                .bind((1i32,))
+                .timeout(Duration::from_millis(50)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert!(err.may_have_been_applied());
+    // a plain driver timeout without a deadline stays a client timeout
+    s.cluster.faults().add(
+        Fault::delay(Duration::from_millis(500))
+            .opcode(Opcode::Execute)
+            .times(1),
+    );
+    let session = s.driver.session().clone();
+    let mut prepared = session
+        .prepare("SELECT v FROM ks.kv WHERE k = ?")
+        .await
+        .unwrap();
+    prepared.set_request_timeout(Some(Duration::from_millis(50)));
+    let err = s
+        .driver
+        .execute(CqlRequest::prepared(prepared).bind((1i32,)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ClientTimeout, "{err}");
+}
