@@ -14,10 +14,14 @@
 pub mod breaker;
 pub mod concurrency;
 pub mod config;
+pub mod hedge;
 pub mod load_shed;
 pub mod metrics;
 pub mod optional;
 pub mod rate_limit;
+pub mod retry;
 pub mod slow_log;
+pub mod stack;
+pub mod stack_config;
 pub mod timeout;
 pub mod trace;

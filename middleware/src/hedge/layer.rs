@@ -1,0 +1,216 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_cql_core::Collectors;
+use tower_layer::Layer;
+
+use super::{Hedge, MAX_SPECULATIVE, Shared};
+use crate::config::ConfigError;
+
+/// When to start a speculative attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HedgeDelay {
+    /// After this long without an answer (greater than zero).
+    Fixed(Duration),
+    /// After the `percentile` of recent successful attempt latencies,
+    /// clamped into `[min, max]`; `max` until at least 100 latencies have
+    /// been seen. See [`Hedge`] for how "recent" is kept.
+    Percentile {
+        /// Which percentile, in `0.5..=0.999` (e.g. 0.95: hedge the slowest
+        /// 5 %).
+        percentile: f64,
+        /// The shortest delay, however fast recent attempts were.
+        min: Duration,
+        /// The longest delay, and the delay while there is too little
+        /// data (greater than zero, at least `min`).
+        max: Duration,
+    },
+}
+
+impl Default for HedgeDelay {
+    /// The 95th percentile, within 1 ms ..= 100 ms.
+    fn default() -> HedgeDelay {
+        HedgeDelay::Percentile {
+            percentile: 0.95,
+            min: Duration::from_millis(1),
+            max: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Hedging settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HedgeConfig {
+    /// When to start each speculative attempt (default: the 95th
+    /// percentile of recent latencies, within 1 ms ..= 100 ms).
+    pub delay: HedgeDelay,
+    /// The most speculative attempts per request, in `1..=4` (default 1).
+    /// Each starts `delay` after the previous one.
+    pub max_speculative: u32,
+}
+
+impl Default for HedgeConfig {
+    fn default() -> HedgeConfig {
+        HedgeConfig {
+            delay: HedgeDelay::default(),
+            max_speculative: 1,
+        }
+    }
+}
+
+impl HedgeConfig {
+    /// Rejects settings that cannot work, naming the field and what is
+    /// allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_SPECULATIVE).contains(&self.max_speculative) {
+            return Err(ConfigError::new(
+                "hedge.max_speculative",
+                format!(
+                    "must be between 1 and {MAX_SPECULATIVE} (speculative attempts per request), got {}",
+                    self.max_speculative
+                ),
+            ));
+        }
+        match self.delay {
+            HedgeDelay::Fixed(d) if d.is_zero() => Err(ConfigError::new(
+                "hedge.delay",
+                "a fixed delay must be greater than zero (zero would send every read twice), got 0s",
+            )),
+            HedgeDelay::Fixed(_) => Ok(()),
+            HedgeDelay::Percentile {
+                percentile,
+                min,
+                max,
+            } => {
+                if !(0.5..=0.999).contains(&percentile) {
+                    return Err(ConfigError::new(
+                        "hedge.delay.percentile",
+                        format!("must be between 0.5 and 0.999, got {percentile}"),
+                    ));
+                }
+                if max.is_zero() {
+                    return Err(ConfigError::new(
+                        "hedge.delay.max",
+                        "must be greater than zero (it is the delay until latencies are known), got 0s",
+                    ));
+                }
+                if min > max {
+                    return Err(ConfigError::new(
+                        "hedge.delay.min",
+                        format!("must be at most hedge.delay.max ({max:?}), got {min:?}"),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Wraps services in [`Hedge`]. Every service this layer makes shares one
+/// latency history (for [`HedgeDelay::Percentile`]), as do their clones.
+#[derive(Debug, Clone)]
+pub struct HedgeLayer {
+    shared: Arc<Shared>,
+}
+
+impl HedgeLayer {
+    /// A layer for `config`. The hedge layer emits no events of its own:
+    /// its speculative attempts are reported by the driver service's
+    /// attempt events (reason `speculative`) and counted in
+    /// [`ExecutionInfo::speculative`](tower_cql_core::ExecutionInfo::speculative);
+    /// `collectors` is kept for the stack's uniform constructor.
+    /// An invalid `config` is an error, never a panic.
+    pub fn new(config: HedgeConfig, collectors: Collectors) -> Result<HedgeLayer, ConfigError> {
+        config.validate()?;
+        Ok(HedgeLayer {
+            shared: Arc::new(Shared::new(&config, collectors)),
+        })
+    }
+
+    /// The delay a request arriving now would hedge after.
+    pub fn current_delay(&self) -> Duration {
+        self.shared.delay()
+    }
+}
+
+impl<S> Layer<S> for HedgeLayer {
+    type Service = Hedge<S>;
+
+    fn layer(&self, inner: S) -> Hedge<S> {
+        Hedge {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_configs_are_errors_naming_the_field() {
+        let ms = Duration::from_millis;
+        let pct = |percentile, min, max| HedgeConfig {
+            delay: HedgeDelay::Percentile {
+                percentile,
+                min,
+                max,
+            },
+            max_speculative: 1,
+        };
+        let cases = [
+            (
+                HedgeConfig {
+                    max_speculative: 0,
+                    ..HedgeConfig::default()
+                },
+                "hedge.max_speculative",
+            ),
+            (
+                HedgeConfig {
+                    max_speculative: 5,
+                    ..HedgeConfig::default()
+                },
+                "hedge.max_speculative",
+            ),
+            (
+                HedgeConfig {
+                    delay: HedgeDelay::Fixed(Duration::ZERO),
+                    max_speculative: 1,
+                },
+                "hedge.delay",
+            ),
+            (pct(0.4, ms(1), ms(10)), "hedge.delay.percentile"),
+            (pct(1.0, ms(1), ms(10)), "hedge.delay.percentile"),
+            (pct(f64::NAN, ms(1), ms(10)), "hedge.delay.percentile"),
+            (pct(0.9, ms(0), ms(0)), "hedge.delay.max"),
+            (pct(0.9, ms(20), ms(10)), "hedge.delay.min"),
+        ];
+        for (config, field) in cases {
+            let err = HedgeLayer::new(config, Collectors::new()).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+        for ok in [
+            HedgeConfig::default(),
+            pct(0.5, ms(0), ms(1)),
+            pct(0.999, ms(5), ms(5)),
+            HedgeConfig {
+                delay: HedgeDelay::Fixed(ms(3)),
+                max_speculative: 4,
+            },
+        ] {
+            assert!(
+                HedgeLayer::new(ok.clone(), Collectors::new()).is_ok(),
+                "{ok:?}"
+            );
+        }
+        let err = HedgeConfig {
+            max_speculative: 9,
+            ..HedgeConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.message.contains("between 1 and 4"), "{err}");
+    }
+}

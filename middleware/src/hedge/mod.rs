@@ -1,0 +1,655 @@
+//! Hedged reads: when an idempotent read is slow to answer, start another
+//! attempt and take whichever answers first.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::time::Duration;
+//! use tower::{Layer, ServiceExt, service_fn};
+//! use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, ExecutionInfo};
+//! use tower_cql_middleware::hedge::{HedgeConfig, HedgeDelay, HedgeLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let layer = HedgeLayer::new(
+//!     HedgeConfig { delay: HedgeDelay::Fixed(Duration::from_millis(20)), max_speculative: 1 },
+//!     Collectors::new(),
+//! )?;
+//! // A stand-in for the driver: the first call lands on a node stuck for a
+//! // second, later calls answer in 2 ms.
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let driver = service_fn({
+//!     let calls = calls.clone();
+//!     move |_req: CqlRequest| {
+//!         let stuck = calls.fetch_add(1, Ordering::Relaxed) == 0;
+//!         async move {
+//!             tokio::time::sleep(Duration::from_millis(if stuck { 1000 } else { 2 })).await;
+//!             Ok::<_, CqlError>(CqlResponse::synthetic(ExecutionInfo { attempts: 1, ..Default::default() }))
+//!         }
+//!     }
+//! });
+//! let svc = layer.layer(driver);
+//!
+//! let start = tokio::time::Instant::now();
+//! let read = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").bind((1,)).idempotent(true);
+//! let resp = svc.clone().oneshot(read).await?;
+//! assert_eq!(resp.info().speculative, 1);
+//! assert!(start.elapsed() < Duration::from_millis(30)); // 20 ms + 2 ms, not 1 s
+//!
+//! // Writes, and reads not marked idempotent, are never hedged.
+//! let write = CqlRequest::query("INSERT INTO ks.t (k, v) VALUES (?, ?)").bind((1, 2)).idempotent(true);
+//! assert_eq!(svc.oneshot(write).await?.info().speculative, 0);
+//! # Ok(()) }
+//! ```
+//!
+//! # What is hedged
+//! Only requests that are reads (`SELECT`) and
+//! [idempotent](tower_cql_core::RequestMeta::is_idempotent): a hedged write
+//! could be applied twice. Every other request goes straight to the inner
+//! service; its response future is the inner one in an enum variant.
+//!
+//! # How
+//! The first attempt starts at once. If it has not answered after the
+//! [`HedgeDelay`], a speculative attempt starts (a clone of the request
+//! marked with [`RequestMeta::set_attempt`](tower_cql_core::RequestMeta::set_attempt)
+//! `(n, AttemptReason::Speculative)`, `n` counting up from the request's
+//! own attempt index), then another after each further delay, up to
+//! [`HedgeConfig::max_speculative`]. The first success wins and every other
+//! attempt is dropped at once, which cancels it. A failed attempt does not
+//! end the race while another is running; when all have failed, the last
+//! error is returned. A successful response's
+//! [`ExecutionInfo::speculative`](tower_cql_core::ExecutionInfo::speculative)
+//! is the number of speculative attempts started. No speculative attempt
+//! starts at or after the request's deadline.
+//!
+//! Like retries, a speculative attempt goes wherever the driver's
+//! load-balancing policy sends a new call: with the default policy,
+//! usually another replica, which is what makes hedging pay off.
+//!
+//! # Delay
+//! [`HedgeDelay::Fixed`] hedges after a constant. [`HedgeDelay::Percentile`]
+//! hedges after a percentile of recent successful attempt latencies (the
+//! winning attempt's, from its own start): they are recorded in two
+//! lock-free [`Histogram`]s that take turns, each covering 10 s, so the
+//! estimate reflects the last 10–20 s. The delay is recomputed from them
+//! at most every 100 ms (by one request, with a compare-and-swap; the others
+//! read the cached value), and is `max` until 100 latencies are known.
+//!
+//! # Order
+//! The stack's default order puts hedging inside retry and outside the
+//! per-attempt timeout: tracing → metrics → shed / breaker → limits →
+//! retry → **hedge** → per-attempt timeout → driver. Each retry may then be
+//! hedged, the retry layer sees one result per hedged attempt, and every
+//! attempt, speculative or not, gets its own timeout. Speculative attempts
+//! go through the layers below like any other call: the inner service is
+//! polled ready before each.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, Histogram};
+use tower_service::Service;
+
+pub mod future;
+mod layer;
+
+pub use self::future::ResponseFuture;
+pub use self::layer::{HedgeConfig, HedgeDelay, HedgeLayer};
+
+/// The most speculative attempts a request may have.
+pub(crate) const MAX_SPECULATIVE: u32 = 4;
+
+/// How long each of the two latency histograms covers.
+const ROTATE_EVERY: Duration = Duration::from_secs(10);
+/// How often the percentile delay is recomputed.
+const REFRESH_EVERY: Duration = Duration::from_millis(100);
+/// Latencies needed before the percentile is trusted.
+const MIN_SAMPLES: u64 = 100;
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Recent successful latencies and the delay derived from them.
+#[derive(Debug)]
+struct LatencyTracker {
+    /// `histograms[period % 2]` records the current period; the other
+    /// holds the one before.
+    histograms: [Histogram; 2],
+    start: Instant,
+    /// The current period (`elapsed / ROTATE_EVERY`).
+    period: AtomicU64,
+    /// The delay to use, in nanoseconds.
+    delay: AtomicU64,
+    /// When (nanoseconds after `start`) to recompute `delay`.
+    next_refresh: AtomicU64,
+    percentile: f64,
+    min: Duration,
+    max: Duration,
+}
+
+impl LatencyTracker {
+    fn new(percentile: f64, min: Duration, max: Duration) -> LatencyTracker {
+        LatencyTracker {
+            histograms: [Histogram::new(), Histogram::new()],
+            start: Instant::now(),
+            period: AtomicU64::new(0),
+            delay: AtomicU64::new(nanos(max)),
+            next_refresh: AtomicU64::new(0),
+            percentile,
+            min,
+            max,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        nanos(Instant::now().saturating_duration_since(self.start))
+    }
+
+    /// Moves to the period of `now`, clearing what has become too old.
+    fn rotate(&self, now: u64) {
+        let period = now / nanos(ROTATE_EVERY);
+        let current = self.period.load(Ordering::Acquire);
+        if period > current
+            && self
+                .period
+                .compare_exchange(current, period, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // The histogram that becomes current holds a period at least two
+            // old; the other one is the previous period's, or older still.
+            // (A record racing with the reset may be lost: an estimate.)
+            self.histograms[(period % 2) as usize].reset();
+            if period > current + 1 {
+                self.histograms[((period + 1) % 2) as usize].reset();
+            }
+        }
+    }
+
+    fn record(&self, latency: Duration) {
+        self.rotate(self.now());
+        let period = self.period.load(Ordering::Acquire);
+        self.histograms[(period % 2) as usize].record_duration(latency);
+    }
+
+    fn delay(&self) -> Duration {
+        let now = self.now();
+        let due = self.next_refresh.load(Ordering::Acquire);
+        if now >= due
+            && self
+                .next_refresh
+                .compare_exchange(
+                    due,
+                    now + nanos(REFRESH_EVERY),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+        {
+            self.rotate(now);
+            let mut recent = self.histograms[0].snapshot();
+            recent.merge(&self.histograms[1].snapshot());
+            let delay = match recent.quantile(self.percentile) {
+                Some(q) if recent.count() >= MIN_SAMPLES => {
+                    Duration::from_nanos(q).clamp(self.min, self.max)
+                }
+                _ => self.max,
+            };
+            self.delay.store(nanos(delay), Ordering::Release);
+        }
+        Duration::from_nanos(self.delay.load(Ordering::Acquire))
+    }
+}
+
+/// Where the hedge delay comes from.
+#[derive(Debug)]
+enum DelaySource {
+    Fixed(Duration),
+    Percentile(LatencyTracker),
+}
+
+/// What every clone of a [`Hedge`] shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    source: DelaySource,
+    max_speculative: u32,
+    /// Kept for the uniform layer constructor; see [`HedgeLayer::new`].
+    collectors: Collectors,
+}
+
+impl Shared {
+    fn new(config: &HedgeConfig, collectors: Collectors) -> Shared {
+        let source = match config.delay {
+            HedgeDelay::Fixed(d) => DelaySource::Fixed(d),
+            HedgeDelay::Percentile {
+                percentile,
+                min,
+                max,
+            } => DelaySource::Percentile(LatencyTracker::new(percentile, min, max)),
+        };
+        Shared {
+            source,
+            max_speculative: config.max_speculative,
+            collectors,
+        }
+    }
+
+    fn delay(&self) -> Duration {
+        match &self.source {
+            DelaySource::Fixed(d) => *d,
+            DelaySource::Percentile(t) => t.delay(),
+        }
+    }
+
+    fn record(&self, latency: Duration) {
+        if let DelaySource::Percentile(t) = &self.source {
+            t.record(latency);
+        }
+    }
+}
+
+/// Hedges idempotent reads (see the [module docs](self)). Made by
+/// [`HedgeLayer`]; clones share the latency history.
+#[derive(Debug, Clone)]
+pub struct Hedge<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Hedge<S> {
+    /// Wraps `inner`; an invalid `config` is an error.
+    pub fn new(
+        inner: S,
+        config: HedgeConfig,
+        collectors: Collectors,
+    ) -> Result<Hedge<S>, crate::config::ConfigError> {
+        config.validate()?;
+        Ok(Hedge {
+            inner,
+            shared: Arc::new(Shared::new(&config, collectors)),
+        })
+    }
+
+    /// The collector set given at construction.
+    pub fn collectors(&self) -> &Collectors {
+        &self.shared.collectors
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> Service<CqlRequest> for Hedge<S>
+where
+    S: Service<CqlRequest, Response = CqlResponse, Error = CqlError> + Clone,
+{
+    type Response = CqlResponse;
+    type Error = CqlError;
+    type Future = ResponseFuture<S>;
+
+    /// The inner service's readiness (for the first attempt; speculative
+    /// ones poll a clone of it).
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: CqlRequest) -> ResponseFuture<S> {
+        let meta = request.meta();
+        if !(meta.is_idempotent() && meta.kind().is_read()) {
+            return ResponseFuture::passthrough(self.inner.call(request));
+        }
+        let now = Instant::now();
+        // The deadline on the Tokio clock, which the hedge timer runs on.
+        let deadline = meta.remaining().map(|left| now + left);
+        let delay = self.shared.delay();
+        let first = self.inner.call(request.clone());
+        let service = self.inner.clone();
+        ResponseFuture::hedged(
+            request,
+            first,
+            service,
+            self.shared.clone(),
+            delay,
+            now,
+            deadline,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::{Layer, ServiceExt};
+    use tower_cql_core::{AttemptReason, ErrorKind};
+
+    use super::*;
+    use crate::retry::mock::{Mock, fail, ok};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn read() -> CqlRequest {
+        CqlRequest::query("SELECT v FROM ks.t WHERE k = ?")
+            .bind((1i32,))
+            .idempotent(true)
+    }
+
+    fn fixed(delay: Duration, max_speculative: u32) -> HedgeLayer {
+        HedgeLayer::new(
+            HedgeConfig {
+                delay: HedgeDelay::Fixed(delay),
+                max_speculative,
+            },
+            Collectors::new(),
+        )
+        .unwrap()
+    }
+
+    /// Tokio's timer rounds a deadline up to the next millisecond.
+    fn about(actual: Duration, want: Duration) -> bool {
+        actual >= want && actual <= want + 2 * MS
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_first_attempt_loses_to_the_speculative_one() {
+        let mock = Mock::new([ok(Duration::from_secs(1)), ok(5 * MS)]);
+        let start = Instant::now();
+        let resp = fixed(20 * MS, 1)
+            .layer(mock.clone())
+            .oneshot(read())
+            .await
+            .unwrap();
+        assert!(about(start.elapsed(), 25 * MS), "{:?}", start.elapsed());
+        assert_eq!(resp.info().speculative, 1);
+        let calls = mock.calls();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(
+            (calls[0].index, calls[0].reason),
+            (0, AttemptReason::Initial)
+        );
+        assert_eq!(
+            (calls[1].index, calls[1].reason),
+            (1, AttemptReason::Speculative)
+        );
+        assert!(about(calls[1].at - calls[0].at, 20 * MS));
+        // the loser was dropped (cancelled) as soon as the winner answered
+        assert!(calls[0].cancelled());
+        assert!(calls[1].done());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_speculative_attempt_loses_to_the_first() {
+        let mock = Mock::new([ok(30 * MS), ok(100 * MS)]);
+        let start = Instant::now();
+        let resp = fixed(20 * MS, 1)
+            .layer(mock.clone())
+            .oneshot(read())
+            .await
+            .unwrap();
+        assert!(about(start.elapsed(), 30 * MS));
+        assert_eq!(resp.info().speculative, 1, "started, even though it lost");
+        let calls = mock.calls();
+        assert!(calls[0].done());
+        assert!(calls[1].cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fast_answer_is_not_hedged() {
+        let mock = Mock::new([ok(5 * MS)]);
+        let resp = fixed(20 * MS, 1)
+            .layer(mock.clone())
+            .oneshot(read())
+            .await
+            .unwrap();
+        assert_eq!(resp.info().speculative, 0);
+        assert_eq!(mock.calls().len(), 1);
+        // and nothing starts later either
+        tokio::time::sleep(100 * MS).await;
+        assert_eq!(mock.calls().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_and_non_idempotent_reads_are_never_hedged() {
+        let requests = [
+            CqlRequest::query("SELECT v FROM ks.t WHERE k = 1"), // not marked idempotent
+            CqlRequest::query("INSERT INTO ks.t (k, v) VALUES (1, 2)").idempotent(true),
+            CqlRequest::query("UPDATE ks.t SET v = 2 WHERE k = 1").idempotent(true),
+            CqlRequest::query("DELETE FROM ks.t WHERE k = 1").idempotent(true),
+            // an LWT read-before-write is not idempotent whatever the mark
+            CqlRequest::query("UPDATE ks.t SET v = 2 WHERE k = 1 IF v = 1").idempotent(true),
+        ];
+        for req in requests {
+            let mock = Mock::new([ok(Duration::from_secs(1)), ok(MS)]);
+            let start = Instant::now();
+            let resp = fixed(10 * MS, 4)
+                .layer(mock.clone())
+                .oneshot(req.clone())
+                .await
+                .unwrap();
+            assert_eq!(start.elapsed(), Duration::from_secs(1), "{req:?}");
+            assert_eq!(resp.info().speculative, 0);
+            assert_eq!(mock.calls().len(), 1, "{req:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_speculative_is_honoured() {
+        for max in 1..=4u32 {
+            let mock = Mock::new((0..10).map(|_| ok(Duration::from_secs(1))));
+            let start = Instant::now();
+            let resp = fixed(10 * MS, max)
+                .layer(mock.clone())
+                .oneshot(read())
+                .await
+                .unwrap();
+            // the first attempt answers first, after 1 s
+            assert!(about(start.elapsed(), Duration::from_secs(1)));
+            assert_eq!(resp.info().speculative, max);
+            let calls = mock.calls();
+            assert_eq!(calls.len(), max as usize + 1);
+            for (i, call) in calls.iter().enumerate() {
+                assert_eq!(call.index, i as u32);
+                assert!(about(call.at - start, 10 * MS * i as u32), "{i}");
+            }
+            assert!(calls[1..].iter().all(|c| c.cancelled()));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_speculative_attempt_at_or_past_the_deadline() {
+        // delay 20 ms, deadline 50 ms: attempts at 0, 20, 40; not at 60
+        let mock = Mock::new((0..10).map(|_| ok(Duration::from_secs(1))));
+        let start = Instant::now();
+        let deadline = start + 50 * MS;
+        let resp = fixed(20 * MS, 4)
+            .layer(mock.clone())
+            .oneshot(read().timeout(50 * MS))
+            .await
+            .unwrap();
+        assert_eq!(resp.info().speculative, 2);
+        let calls = mock.calls();
+        assert_eq!(calls.len(), 3);
+        assert!(calls.iter().all(|c| c.at < deadline));
+        // a delay that ends past the deadline: no hedge at all
+        let mock = Mock::new([ok(100 * MS), ok(MS)]);
+        let resp = fixed(50 * MS, 1)
+            .layer(mock.clone())
+            .oneshot(read().timeout(30 * MS))
+            .await
+            .unwrap();
+        assert_eq!(resp.info().speculative, 0);
+        assert_eq!(mock.calls().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_waits_for_the_other_attempt() {
+        // the first fails at 30 ms while the speculative one (from 20 ms) runs
+        let mock = Mock::new([fail(ErrorKind::Overloaded, 30 * MS), ok(100 * MS)]);
+        let start = Instant::now();
+        let resp = fixed(20 * MS, 1)
+            .layer(mock.clone())
+            .oneshot(read())
+            .await
+            .unwrap();
+        assert!(about(start.elapsed(), 120 * MS));
+        assert_eq!(resp.info().speculative, 1);
+        // the speculative one fails first; the first still wins
+        let mock = Mock::new([ok(100 * MS), fail(ErrorKind::ReadTimeout, 5 * MS)]);
+        let resp = fixed(20 * MS, 1)
+            .layer(mock.clone())
+            .oneshot(read())
+            .await
+            .unwrap();
+        assert_eq!(resp.info().speculative, 1);
+        assert!(mock.calls()[0].done());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_all_fail_the_last_error_is_returned() {
+        // speculative fails at 30 ms, the first at 50 ms: the first's error
+        let mock = Mock::new([
+            fail(ErrorKind::Overloaded, 50 * MS),
+            fail(ErrorKind::ReadTimeout, 10 * MS),
+        ]);
+        let err = fixed(20 * MS, 1)
+            .layer(mock.clone())
+            .oneshot(read())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Overloaded);
+        assert_eq!(mock.calls().len(), 2);
+        // an early failure with nothing else running ends the request at once
+        let mock = Mock::new([fail(ErrorKind::Unavailable, 5 * MS), ok(MS)]);
+        let start = Instant::now();
+        let err = fixed(20 * MS, 1)
+            .layer(mock.clone())
+            .oneshot(read())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(about(start.elapsed(), 5 * MS));
+        assert_eq!(mock.calls().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn speculative_attempts_wait_for_the_inner_service() {
+        let mock = Mock::new([ok(Duration::from_secs(1)), ok(MS)]);
+        let mut svc = fixed(20 * MS, 1).layer(mock.clone());
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        mock.set_ready(false);
+        assert!(
+            svc.poll_ready(&mut cx).is_pending(),
+            "poll_ready is the inner's"
+        );
+        mock.set_ready(true);
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        let fut = svc.call(read());
+        mock.set_ready(false);
+        let start = Instant::now();
+        let task = tokio::spawn(fut);
+        tokio::time::sleep(50 * MS).await;
+        assert_eq!(
+            mock.calls().len(),
+            1,
+            "not ready: no speculative attempt yet"
+        );
+        mock.set_ready(true);
+        let resp = task.await.unwrap().unwrap();
+        assert_eq!(resp.info().speculative, 1);
+        assert!(about(start.elapsed(), 51 * MS), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_percentile_delay_follows_recent_latencies() {
+        let layer = HedgeLayer::new(
+            HedgeConfig {
+                delay: HedgeDelay::Percentile {
+                    percentile: 0.9,
+                    min: 2 * MS,
+                    max: 50 * MS,
+                },
+                max_speculative: 1,
+            },
+            Collectors::new(),
+        )
+        .unwrap();
+        assert_eq!(layer.current_delay(), 50 * MS, "max until there is data");
+        // 99 answers in 10 ms: not enough yet
+        let mock = Mock::new((0..200).map(|_| ok(10 * MS)));
+        let svc = layer.layer(mock.clone());
+        for _ in 0..99 {
+            svc.clone().oneshot(read()).await.unwrap();
+        }
+        tokio::time::advance(REFRESH_EVERY).await;
+        assert_eq!(layer.current_delay(), 50 * MS);
+        svc.clone().oneshot(read()).await.unwrap();
+        tokio::time::advance(REFRESH_EVERY).await;
+        let d = layer.current_delay();
+        assert!(d >= 10 * MS && d <= 10 * MS + 10 * MS / 64, "{d:?}");
+        // a request now hedges after ~10 ms
+        let mock = Mock::new([ok(Duration::from_secs(1)), ok(MS)]);
+        let start = Instant::now();
+        let resp = layer.layer(mock).oneshot(read()).await.unwrap();
+        assert_eq!(resp.info().speculative, 1);
+        assert!(start.elapsed() < 13 * MS, "{:?}", start.elapsed());
+        // very fast answers: clamped to min
+        let mock = Mock::new((0..1000).map(|_| ok(Duration::from_micros(100))));
+        let svc = layer.layer(mock);
+        for _ in 0..1000 {
+            svc.clone().oneshot(read()).await.unwrap();
+        }
+        tokio::time::advance(REFRESH_EVERY).await;
+        assert_eq!(layer.current_delay(), 2 * MS);
+        // long quiet: the history rotates out and the delay is max again
+        tokio::time::advance(2 * ROTATE_EVERY + REFRESH_EVERY).await;
+        assert_eq!(layer.current_delay(), 50 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn old_latencies_rotate_out() {
+        let t = LatencyTracker::new(0.5, Duration::ZERO, Duration::from_secs(1));
+        for _ in 0..100 {
+            t.record(100 * MS);
+        }
+        tokio::time::advance(REFRESH_EVERY).await;
+        // within the histogram's 1/64 relative error
+        let d = t.delay();
+        assert!(d.abs_diff(100 * MS) <= 100 * MS / 64, "{d:?}");
+        // next period: the old one still counts (10-20 s of history)
+        tokio::time::advance(ROTATE_EVERY).await;
+        for _ in 0..300 {
+            t.record(10 * MS);
+        }
+        tokio::time::advance(REFRESH_EVERY).await;
+        let d = t.delay();
+        assert!(
+            d.abs_diff(10 * MS) < MS,
+            "the median of 100 x 100 ms and 300 x 10 ms: {d:?}"
+        );
+        assert_eq!(
+            t.histograms[0].snapshot().count() + t.histograms[1].snapshot().count(),
+            400
+        );
+        // a period later, the 100 ms ones are gone
+        tokio::time::advance(ROTATE_EVERY).await;
+        t.record(10 * MS);
+        assert_eq!(
+            t.histograms[0].snapshot().count() + t.histograms[1].snapshot().count(),
+            301
+        );
+    }
+}

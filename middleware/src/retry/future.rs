@@ -1,0 +1,183 @@
+//! The [`Retry`](super::Retry) service's response future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_cql_core::event::{Event, RetryEvent};
+use tower_cql_core::{AttemptReason, CqlError, CqlRequest, CqlResponse};
+use tower_service::Service;
+
+use super::Shared;
+use super::policy::Decision;
+
+pin_project! {
+    /// The response future of [`Retry`](super::Retry): runs the attempts,
+    /// with their backoffs, until one succeeds or the policy stops.
+    pub struct ResponseFuture<S>
+    where
+        S: Service<CqlRequest>,
+    {
+        // The request, kept to clone for retries; its meta carries the
+        // index and reason of the latest attempt.
+        request: CqlRequest,
+        // A clone of the inner service, polled ready before each retry.
+        service: S,
+        shared: Arc<Shared>,
+        // Attempts started so far (1 once the first is called).
+        attempts: u32,
+        // The request's deadline on the Tokio clock.
+        deadline: Option<Instant>,
+        #[pin]
+        state: State<S::Future>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        // An attempt is running.
+        Called {
+            #[pin]
+            future: F,
+        },
+        // Waiting out the backoff before the next attempt.
+        Backoff {
+            #[pin]
+            sleep: Sleep,
+        },
+        // Waiting for the inner service to be ready for the next attempt.
+        Ready,
+    }
+}
+
+impl<S> ResponseFuture<S>
+where
+    S: Service<CqlRequest>,
+{
+    pub(super) fn new(
+        request: CqlRequest,
+        future: S::Future,
+        service: S,
+        shared: Arc<Shared>,
+        deadline: Option<Instant>,
+    ) -> ResponseFuture<S> {
+        ResponseFuture {
+            request,
+            service,
+            shared,
+            attempts: 1,
+            deadline,
+            state: State::Called { future },
+        }
+    }
+}
+
+impl<S> fmt::Debug for ResponseFuture<S>
+where
+    S: Service<CqlRequest>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Called { .. } => "called",
+            State::Backoff { .. } => "backoff",
+            State::Ready => "ready",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("attempts", &self.attempts)
+            .field("deadline", &self.deadline)
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S> Future for ResponseFuture<S>
+where
+    S: Service<CqlRequest, Response = CqlResponse, Error = CqlError>,
+{
+    type Output = Result<CqlResponse, CqlError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { future } => {
+                    let err = match ready!(future.poll(cx)) {
+                        Ok(mut resp) => {
+                            resp.info_mut().attempts = *this.attempts;
+                            return Poll::Ready(Ok(resp));
+                        }
+                        Err(err) => err,
+                    };
+                    let now = Instant::now();
+                    let decision = this.shared.policy.decide(
+                        this.request.meta(),
+                        &err,
+                        *this.attempts,
+                        now,
+                        *this.deadline,
+                    );
+                    let delay = match decision {
+                        Decision::Stop(reason) => {
+                            tracing::debug!(
+                                reason = reason.as_str(),
+                                error = err.kind().as_str(),
+                                attempts = *this.attempts,
+                                "not retrying"
+                            );
+                            return Poll::Ready(Err(with_attempts(err, *this.attempts)));
+                        }
+                        Decision::Retry { delay, .. } => delay,
+                    };
+                    // The next attempt's index is the number made so far.
+                    let index = *this.attempts;
+                    this.request
+                        .meta_mut()
+                        .set_attempt(index, AttemptReason::Retry);
+                    let collectors = &this.shared.collectors;
+                    if collectors.is_active() {
+                        collectors.emit(Event::Retry(RetryEvent {
+                            meta: this.request.meta(),
+                            attempt: index,
+                            delay,
+                            cause: &err,
+                        }));
+                    }
+                    if delay.is_zero() {
+                        this.state.set(State::Ready);
+                    } else {
+                        this.state.set(State::Backoff {
+                            sleep: tokio::time::sleep_until(now + delay),
+                        });
+                    }
+                }
+                StateProj::Backoff { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Ready);
+                }
+                StateProj::Ready => {
+                    if let Err(err) = ready!(this.service.poll_ready(cx)) {
+                        return Poll::Ready(Err(with_attempts(err, *this.attempts)));
+                    }
+                    *this.attempts += 1;
+                    let future = this.service.call(this.request.clone());
+                    this.state.set(State::Called { future });
+                }
+            }
+        }
+    }
+}
+
+/// Records on the error how many attempts were made (the error is not
+/// wrapped; a first-attempt error already says 1).
+fn with_attempts(err: CqlError, attempts: u32) -> CqlError {
+    if attempts > 1 {
+        err.with_attempts(attempts)
+    } else {
+        err
+    }
+}

@@ -1,0 +1,147 @@
+use std::sync::Arc;
+
+use tower_cql_core::Collectors;
+use tower_layer::Layer;
+
+use super::backoff::Backoff;
+use super::budget::BudgetConfig;
+use super::policy::RetryPolicy;
+use super::{Retry, Shared};
+use crate::config::ConfigError;
+
+/// Retry settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Total attempts, the first included (default 3; at least 1, and 1
+    /// turns retries off).
+    pub max_attempts: u32,
+    /// The delay before each retry.
+    pub backoff: Backoff,
+    /// The budget all requests' retries share.
+    pub budget: BudgetConfig,
+}
+
+impl Default for RetryConfig {
+    fn default() -> RetryConfig {
+        RetryConfig {
+            max_attempts: 3,
+            backoff: Backoff::default(),
+            budget: BudgetConfig::default(),
+        }
+    }
+}
+
+impl RetryConfig {
+    /// Rejects settings that cannot work, naming the field and what is
+    /// allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_attempts == 0 {
+            return Err(ConfigError::new(
+                "retry.max_attempts",
+                "must be at least 1 (the first attempt counts), got 0",
+            ));
+        }
+        self.backoff.validate()?;
+        self.budget.validate()
+    }
+}
+
+/// Wraps services in [`Retry`]. Every service this layer makes shares one
+/// retry budget, as do their clones.
+#[derive(Debug, Clone)]
+pub struct RetryLayer {
+    shared: Arc<Shared>,
+}
+
+impl RetryLayer {
+    /// A layer for `config`, emitting retry events into `collectors`.
+    /// An invalid `config` is an error, never a panic.
+    pub fn new(config: RetryConfig, collectors: Collectors) -> Result<RetryLayer, ConfigError> {
+        Ok(RetryLayer {
+            shared: Arc::new(Shared {
+                policy: RetryPolicy::new(&config)?,
+                collectors,
+            }),
+        })
+    }
+
+    /// The policy (and through it the budget) the services share.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.shared.policy
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn invalid_configs_are_errors_naming_the_field() {
+        let cases = [
+            (
+                RetryConfig {
+                    max_attempts: 0,
+                    ..RetryConfig::default()
+                },
+                "retry.max_attempts",
+            ),
+            (
+                RetryConfig {
+                    backoff: Backoff {
+                        base: Duration::from_secs(2),
+                        max: Duration::from_secs(1),
+                    },
+                    ..RetryConfig::default()
+                },
+                "retry.backoff.max",
+            ),
+            (
+                RetryConfig {
+                    budget: BudgetConfig {
+                        ratio: 0.0,
+                        ..BudgetConfig::default()
+                    },
+                    ..RetryConfig::default()
+                },
+                "retry.budget.ratio",
+            ),
+            (
+                RetryConfig {
+                    budget: BudgetConfig {
+                        window: Duration::ZERO,
+                        ..BudgetConfig::default()
+                    },
+                    ..RetryConfig::default()
+                },
+                "retry.budget.window",
+            ),
+        ];
+        for (config, field) in cases {
+            let err = RetryLayer::new(config, Collectors::new()).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+        assert!(RetryLayer::new(RetryConfig::default(), Collectors::new()).is_ok());
+        assert!(
+            RetryLayer::new(
+                RetryConfig {
+                    max_attempts: 1,
+                    ..RetryConfig::default()
+                },
+                Collectors::new()
+            )
+            .is_ok()
+        );
+    }
+}

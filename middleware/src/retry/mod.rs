@@ -1,0 +1,513 @@
+//! Retries with backoff, a deadline and a retry budget, following the
+//! retry rules of [`CqlError::retry_advice`].
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use tower::{Layer, ServiceExt, service_fn};
+//! use tower_cql_core::{
+//!     Collector, Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind, ExecutionInfo, InMemoryCollector,
+//! };
+//! use tower_cql_middleware::retry::{RetryConfig, RetryLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let memory = Arc::new(InMemoryCollector::new());
+//! let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
+//! let layer = RetryLayer::new(RetryConfig { max_attempts: 3, ..RetryConfig::default() }, collectors)?;
+//!
+//! // A stand-in for the driver service: overloaded twice, then fine.
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let driver = service_fn({
+//!     let calls = calls.clone();
+//!     move |_req: CqlRequest| {
+//!         let n = calls.fetch_add(1, Ordering::Relaxed);
+//!         async move {
+//!             if n < 2 {
+//!                 Err(CqlError::new(ErrorKind::Overloaded, "busy"))
+//!             } else {
+//!                 Ok(CqlResponse::synthetic(ExecutionInfo { attempts: 1, ..Default::default() }))
+//!             }
+//!         }
+//!     }
+//! });
+//! let svc = layer.layer(driver);
+//!
+//! // Overloaded means "not applied": retried, even for a write.
+//! let write = CqlRequest::query("INSERT INTO ks.t (k, v) VALUES (?, ?)").bind((1, 2));
+//! let resp = svc.oneshot(write).await?;
+//! assert_eq!(resp.info().attempts, 3); // max_attempts, the first included
+//! assert_eq!(calls.load(Ordering::Relaxed), 3);
+//! assert_eq!(memory.snapshot().retries_total(), 2);
+//! # Ok(()) }
+//! ```
+//!
+//! # What is retried
+//! An error is retried only if [`CqlError::retry_advice`] allows it for the
+//! request's [`is_idempotent`](tower_cql_core::RequestMeta::is_idempotent):
+//! errors that mean "not applied" (overloaded, unavailable, bootstrapping,
+//! never sent) always; errors after which the request may have been
+//! applied (write timeouts, client timeouts, broken connections) only for
+//! idempotent requests; errors a retry cannot fix never. Then, in order:
+//! - at most [`RetryConfig::max_attempts`] attempts, the first included;
+//! - the backoff ([`Backoff`]): exponential, full jitter;
+//! - the deadline: a retry whose backoff would end at or after the
+//!   request's [`deadline`](tower_cql_core::RequestMeta::deadline) is not
+//!   made, so the layer never sleeps past it;
+//! - the budget ([`RetryBudget`]): retries are at most a fraction of
+//!   recent requests, across every request of every clone of the service.
+//!
+//! When the layer stops it returns the last error as it came, not wrapped;
+//! only its [`attempts`](CqlError::attempts) count is set.
+//! Where a retry goes (same node or next) is the driver's choice: see
+//! [`RetryPolicy`].
+//!
+//! # Events
+//! Before each backoff the layer emits a
+//! [`RetryEvent`](tower_cql_core::event::RetryEvent) with the index of the
+//! attempt to come, the delay and the error that caused it. The attempts
+//! themselves are reported by the driver service, whose attempt events
+//! carry the index and reason ([`AttemptReason::Retry`]) this layer sets on
+//! the request with [`RequestMeta::set_attempt`](tower_cql_core::RequestMeta::set_attempt).
+//! A successful response's [`ExecutionInfo::attempts`](tower_cql_core::ExecutionInfo::attempts)
+//! is the number of attempts made.
+//!
+//! # Order
+//! The stack's default order puts retry inside the limits and outside
+//! hedging: tracing → metrics → shed / breaker → rate / concurrency limits
+//! → **retry** → hedge → per-attempt timeout → driver. A request then
+//! takes its limiter permit once for all its attempts (the budget, not the
+//! limiter, bounds the extra load retries make), the metrics layer sees one
+//! request however many attempts it took, and every retry may be hedged.
+//!
+//! [`AttemptReason::Retry`]: tower_cql_core::AttemptReason::Retry
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::time::Instant;
+use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse};
+use tower_service::Service;
+
+pub mod backoff;
+pub mod budget;
+pub mod future;
+mod layer;
+#[cfg(test)]
+pub(crate) mod mock;
+mod policy;
+
+pub use self::backoff::Backoff;
+pub use self::budget::{BudgetConfig, RetryBudget};
+pub use self::future::ResponseFuture;
+pub use self::layer::{RetryConfig, RetryLayer};
+pub use self::policy::{Decision, RetryPolicy, StopReason};
+
+/// What every clone of a [`Retry`] shares: the policy (with its budget)
+/// and where events go.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) policy: RetryPolicy,
+    pub(crate) collectors: Collectors,
+}
+
+/// Retries failed requests (see the [module docs](self)). Made by
+/// [`RetryLayer`]; clones share the budget.
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Retry<S> {
+    /// Wraps `inner` with `policy`, emitting events into `collectors`.
+    pub fn new(inner: S, policy: RetryPolicy, collectors: Collectors) -> Retry<S> {
+        Retry {
+            inner,
+            shared: Arc::new(Shared { policy, collectors }),
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.shared.policy
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> Service<CqlRequest> for Retry<S>
+where
+    S: Service<CqlRequest, Response = CqlResponse, Error = CqlError> + Clone,
+{
+    type Response = CqlResponse;
+    type Error = CqlError;
+    type Future = ResponseFuture<S>;
+
+    /// The inner service's readiness.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: CqlRequest) -> ResponseFuture<S> {
+        self.shared.policy.budget().deposit();
+        // The deadline on the Tokio clock, which the backoff sleeps on.
+        let deadline = request.meta().remaining().map(|left| Instant::now() + left);
+        let future = self.inner.call(request.clone());
+        // `self.inner` was polled ready and is now used; the clone is
+        // polled ready again before each retry.
+        let service = self.inner.clone();
+        ResponseFuture::new(request, future, service, self.shared.clone(), deadline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tower::{Layer, ServiceExt};
+    use tower_cql_core::{AttemptReason, ErrorKind};
+
+    use super::mock::{Mock, Recorder, fail, ok};
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn read() -> CqlRequest {
+        CqlRequest::query("SELECT v FROM ks.t WHERE k = ?")
+            .bind((1i32,))
+            .idempotent(true)
+    }
+
+    fn write() -> CqlRequest {
+        CqlRequest::query("INSERT INTO ks.t (k, v) VALUES (?, ?)").bind((1i32, 2i32))
+    }
+
+    /// A budget that never runs out.
+    fn unlimited() -> BudgetConfig {
+        BudgetConfig {
+            ratio: 1000.0,
+            min_per_second: 1_000_000,
+            window: Duration::from_secs(10),
+        }
+    }
+
+    fn layer(config: RetryConfig) -> (RetryLayer, Arc<Recorder>) {
+        let (recorder, collectors) = Recorder::new();
+        (RetryLayer::new(config, collectors).unwrap(), recorder)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recovers_from_overloaded_and_reports_attempts() {
+        let mock = Mock::new([
+            fail(ErrorKind::Overloaded, MS),
+            fail(ErrorKind::Overloaded, MS),
+            ok(MS),
+        ]);
+        let (layer, recorder) = layer(RetryConfig::default());
+        let resp = layer.layer(mock.clone()).oneshot(read()).await.unwrap();
+        assert_eq!(resp.info().attempts, 3);
+        let calls = mock.calls();
+        let seen: Vec<_> = calls.iter().map(|c| (c.index, c.reason)).collect();
+        assert_eq!(
+            seen,
+            [
+                (0, AttemptReason::Initial),
+                (1, AttemptReason::Retry),
+                (2, AttemptReason::Retry)
+            ]
+        );
+        // one retry event per retry, before its backoff, naming the cause
+        let events = recorder.retries();
+        assert_eq!(events.len(), 2);
+        for (i, (attempt, delay, cause, meta_index, reason)) in events.into_iter().enumerate() {
+            let attempt_index = i as u32 + 1;
+            assert_eq!(attempt, attempt_index);
+            assert_eq!(cause, ErrorKind::Overloaded);
+            assert_eq!((meta_index, reason), (attempt_index, AttemptReason::Retry));
+            // the next call came after the attempt (1 ms) and the backoff
+            // (Tokio's timer rounds a deadline up to the next millisecond)
+            let gap = calls[i + 1].at - calls[i].at;
+            assert!(
+                gap >= MS + delay && gap <= 2 * MS + delay,
+                "{gap:?} {delay:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn success_first_time_is_one_attempt_and_no_event() {
+        let mock = Mock::new([ok(MS)]);
+        let (layer, recorder) = layer(RetryConfig::default());
+        let resp = layer.layer(mock.clone()).oneshot(read()).await.unwrap();
+        assert_eq!(resp.info().attempts, 1);
+        assert_eq!(mock.calls().len(), 1);
+        assert!(recorder.retries().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn non_idempotent_write_is_not_retried_after_a_write_timeout() {
+        let mock = Mock::new([fail(ErrorKind::WriteTimeout, MS), ok(MS)]);
+        let (layer, recorder) = layer(RetryConfig::default());
+        let err = layer
+            .layer(mock.clone())
+            .oneshot(write())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WriteTimeout);
+        assert_eq!(
+            err.message(),
+            "scripted write_timeout",
+            "returned unchanged"
+        );
+        assert_eq!(mock.calls().len(), 1);
+        assert!(recorder.retries().is_empty());
+        // the same error on an idempotent write is retried
+        let mock = Mock::new([fail(ErrorKind::WriteTimeout, MS), ok(MS)]);
+        let resp = layer
+            .layer(mock.clone())
+            .oneshot(write().idempotent(true))
+            .await
+            .unwrap();
+        assert_eq!(resp.info().attempts, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn non_idempotent_write_is_retried_after_overloaded() {
+        let mock = Mock::new([fail(ErrorKind::Overloaded, MS), ok(MS)]);
+        let (layer, recorder) = layer(RetryConfig::default());
+        let resp = layer.layer(mock.clone()).oneshot(write()).await.unwrap();
+        assert_eq!(resp.info().attempts, 2);
+        assert_eq!(mock.calls().len(), 2);
+        assert_eq!(recorder.retries().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_a_retry_cannot_fix_are_returned_at_once() {
+        for kind in [
+            ErrorKind::Syntax,
+            ErrorKind::Invalid,
+            ErrorKind::Unauthorized,
+        ] {
+            let mock = Mock::new([fail(kind, MS), ok(MS)]);
+            let (layer, _) = layer(RetryConfig::default());
+            let err = layer.layer(mock.clone()).oneshot(read()).await.unwrap_err();
+            assert_eq!(err.kind(), kind);
+            assert_eq!(mock.calls().len(), 1);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_attempts_is_honoured() {
+        for max_attempts in [1, 2, 5] {
+            let mock = Mock::new((0..10).map(|_| fail(ErrorKind::Overloaded, MS)));
+            let (layer, recorder) = layer(RetryConfig {
+                max_attempts,
+                budget: unlimited(),
+                ..RetryConfig::default()
+            });
+            let err = layer.layer(mock.clone()).oneshot(read()).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Overloaded);
+            assert_eq!(
+                err.attempts(),
+                max_attempts,
+                "the error says how many were made"
+            );
+            assert_eq!(mock.calls().len(), max_attempts as usize);
+            assert_eq!(recorder.retries().len(), max_attempts as usize - 1);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_stops_retries() {
+        // Attempts of 100 ms, backoff of at most 1 ms, deadline at 250 ms:
+        // attempts start at ~0, ~101 and ~202 ms; after the third (~302 ms)
+        // the deadline has passed and the layer stops.
+        let mock = Mock::new((0..10).map(|_| fail(ErrorKind::Overloaded, 100 * MS)));
+        let (layer, recorder) = layer(RetryConfig {
+            max_attempts: 10,
+            backoff: Backoff { base: MS, max: MS },
+            budget: unlimited(),
+        });
+        let start = Instant::now();
+        let deadline = start + 250 * MS;
+        let err = layer
+            .layer(mock.clone())
+            .oneshot(read().timeout(250 * MS))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Overloaded);
+        let calls = mock.calls();
+        assert_eq!(calls.len(), 3);
+        assert!(calls.iter().all(|c| c.at < deadline));
+        assert_eq!(recorder.retries().len(), 2);
+        assert!(start.elapsed() <= 303 * MS, "{:?}", start.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_sleeps_past_the_deadline() {
+        // Backoffs of up to 1 s and a deadline 300 ms away: a draw that
+        // would end past the deadline stops the retries instead.
+        for _ in 0..20 {
+            let mock = Mock::new((0..50).map(|_| fail(ErrorKind::Overloaded, Duration::ZERO)));
+            let (layer, recorder) = layer(RetryConfig {
+                max_attempts: 50,
+                backoff: Backoff {
+                    base: Duration::from_secs(1),
+                    max: Duration::from_secs(1),
+                },
+                budget: unlimited(),
+            });
+            let start = Instant::now();
+            let err = layer
+                .layer(mock.clone())
+                .oneshot(read().timeout(300 * MS))
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Overloaded);
+            assert!(start.elapsed() < 300 * MS, "{:?}", start.elapsed());
+            let slept: Duration = recorder.retries().iter().map(|r| r.1).sum();
+            assert!(slept < 300 * MS);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_delays_are_capped_and_grow() {
+        let config = RetryConfig {
+            max_attempts: 5,
+            backoff: Backoff {
+                base: 10 * MS,
+                max: Duration::from_secs(1),
+            },
+            budget: unlimited(),
+        };
+        let (layer, recorder) = layer(config.clone());
+        let requests = 200;
+        let mock =
+            Mock::new((0..requests * 5).map(|_| fail(ErrorKind::Overloaded, Duration::ZERO)));
+        let svc = layer.layer(mock.clone());
+        for _ in 0..requests {
+            svc.clone().oneshot(read()).await.unwrap_err();
+        }
+        let mut sums = [Duration::ZERO; 5];
+        let mut counts = [0u32; 5];
+        for (attempt, delay, ..) in recorder.retries() {
+            let cap = config.backoff.cap(attempt - 1);
+            assert!(delay <= cap, "retry {attempt}: {delay:?} > {cap:?}");
+            sums[attempt as usize] += delay;
+            counts[attempt as usize] += 1;
+        }
+        assert_eq!(&counts[1..], [requests as u32; 4]);
+        let means: Vec<Duration> = (1..5).map(|i| sums[i] / counts[i]).collect();
+        // mean of uniform(0, cap) is cap / 2: 5, 10, 20, 40 ms
+        for w in means.windows(2) {
+            assert!(w[1] > w[0], "means do not grow: {means:?}");
+        }
+        assert!(means[3] > 30 * MS && means[3] < 50 * MS, "{means:?}");
+        // the calls really were that far apart (to the timer's millisecond)
+        let calls = mock.calls();
+        for (retry, call) in recorder
+            .retries()
+            .iter()
+            .zip(calls.chunks(5).flat_map(|c| c.windows(2)))
+        {
+            let gap = call[1].at - call[0].at;
+            assert!(
+                gap >= retry.1 && gap <= retry.1 + MS,
+                "{gap:?} {:?}",
+                retry.1
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exhausted_budget_returns_the_last_error() {
+        let (layer, recorder) = layer(RetryConfig {
+            budget: BudgetConfig {
+                ratio: 0.1,
+                min_per_second: 0,
+                window: Duration::from_secs(10),
+            },
+            ..RetryConfig::default()
+        });
+        let mock = Mock::new((0..100).map(|_| fail(ErrorKind::Overloaded, MS)));
+        let svc = layer.layer(mock.clone());
+        for _ in 0..10 {
+            let err = svc.clone().oneshot(read()).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Overloaded);
+            assert_eq!(err.message(), "scripted overloaded");
+        }
+        // the first request's first retry fits (0 < 0.1 * 1); then none until
+        // more requests deposit: 1 < 0.1 * 10 is false
+        assert_eq!(mock.calls().len(), 11);
+        assert_eq!(recorder.retries().len(), 1);
+        assert_eq!(layer.policy().budget().retries_in_window(), 1);
+        assert_eq!(layer.policy().budget().requests_in_window(), 10);
+        // an eleventh request makes room for a second retry (1 < 1.1)
+        let mock2 = Mock::new([fail(ErrorKind::Overloaded, MS), ok(MS)]);
+        let resp = layer.layer(mock2).oneshot(read()).await.unwrap();
+        assert_eq!(resp.info().attempts, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clones_and_sibling_services_share_the_budget() {
+        let (layer, _) = layer(RetryConfig {
+            budget: BudgetConfig {
+                ratio: 1.0,
+                min_per_second: 0,
+                window: Duration::from_secs(10),
+            },
+            ..RetryConfig::default()
+        });
+        let a = layer.layer(Mock::new((0..10).map(|_| fail(ErrorKind::Overloaded, MS))));
+        let b = layer.layer(Mock::new((0..10).map(|_| fail(ErrorKind::Overloaded, MS))));
+        a.clone().oneshot(read()).await.unwrap_err(); // 1 request, 1 retry
+        b.clone().oneshot(read()).await.unwrap_err(); // 2 requests, 2 retries
+        assert_eq!(layer.policy().budget().requests_in_window(), 2);
+        assert_eq!(layer.policy().budget().retries_in_window(), 2);
+        assert_eq!(b.policy().budget().retries_in_window(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn poll_ready_is_the_inner_services() {
+        let mock = Mock::new([fail(ErrorKind::Overloaded, MS), ok(MS)]);
+        let (layer, _) = layer(RetryConfig {
+            backoff: Backoff {
+                base: Duration::ZERO,
+                max: Duration::ZERO,
+            },
+            ..RetryConfig::default()
+        });
+        let mut svc = layer.layer(mock.clone());
+        mock.set_ready(false);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(svc.poll_ready(&mut cx).is_pending());
+        mock.set_ready(true);
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        // A retry waits for the inner service's readiness, too.
+        let fut = svc.call(read());
+        mock.set_ready(false);
+        let task = tokio::spawn(fut);
+        tokio::time::sleep(50 * MS).await;
+        assert_eq!(mock.calls().len(), 1, "the retry waits for poll_ready");
+        assert!(!task.is_finished());
+        mock.set_ready(true);
+        let resp = task.await.unwrap().unwrap();
+        assert_eq!(resp.info().attempts, 2);
+        assert_eq!(mock.calls().len(), 2);
+    }
+}

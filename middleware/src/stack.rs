@@ -1,0 +1,328 @@
+//! The stack builder: the default tower-cql stack around a driver service,
+//! in the documented order, validated when built.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use tower::{Service, ServiceExt};
+//! use tower_cql_core::{Collectors, CqlRequest, DriverService};
+//! use tower_cql_middleware::stack::StackBuilder;
+//! use tower_cql_middleware::retry::RetryConfig;
+//!
+//! # async fn demo(session: scylla::client::session::Session) -> Result<(), Box<dyn std::error::Error>> {
+//! let collectors = Collectors::new();
+//! let driver = DriverService::builder(Arc::new(session)).collectors(collectors.clone()).build()?;
+//! let stack = StackBuilder::new(collectors)
+//!     .retry(RetryConfig { max_attempts: 4, ..Default::default() })
+//!     .build(driver)?;
+//! let mut svc = stack.service();
+//! svc.ready().await?.call(CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").bind((1i32,))).await?;
+//! stack.close().await; // drain in-flight requests, flush the collectors
+//! # Ok(()) }
+//! ```
+//!
+//! # Order
+//! Outermost first (each layer sees what the ones inside it do):
+//!
+//! 1. **shutdown gate** — refuses new requests once `close()` begins, so
+//!    close drains everything below;
+//! 2. **tracing** (`cql.request` span) — the span covers the whole logical
+//!    request, so every layer below logs inside it;
+//! 3. **metrics** — one event per logical request, timed around queueing,
+//!    retries and hedging: the latency the caller felt;
+//! 4. **load shed** (off by default) and **circuit breaker** (off by
+//!    default) — refuse early, before a request takes capacity;
+//! 5. **rate limit**, **concurrency limit**, **adaptive concurrency** (all
+//!    off by default) — a request takes capacity once, not once per retry;
+//! 6. **retry** — budgeted, per-attempt events from the driver service;
+//! 7. **hedge** (off by default) — speculative attempts for idempotent reads;
+//! 8. **attempt tracing** (`cql.attempt` span per attempt);
+//! 9. **timeout** per attempt, and the request deadline;
+//! 10. the **driver service**.
+//!
+//! Insert your own layers innermost by wrapping the driver before
+//! [`StackBuilder::build`], and outermost by wrapping [`Stack::service`].
+//! To drop a layer use its `without_*` method; to use another order, take
+//! the validated layers from [`StackBuilder::layers`] and compose them with
+//! `tower::ServiceBuilder` yourself.
+
+use std::fmt;
+
+use tower_cql_core::{Collectors, Gate, GateService, GateState};
+use tower_layer::Layer;
+
+use crate::breaker::{BreakerConfig, CircuitBreakerLayer};
+use crate::concurrency::{
+    AdaptiveConcurrencyLayer, AdaptiveConfig, ConcurrencyConfig, ConcurrencyLimitLayer,
+};
+use crate::config::ConfigError;
+use crate::hedge::{HedgeConfig, HedgeLayer};
+use crate::load_shed::LoadShedLayer;
+use crate::metrics::{MetricsConfig, MetricsLayer};
+use crate::optional::OptionalLayer;
+use crate::rate_limit::{RateLimitConfig, RateLimitLayer};
+use crate::retry::{RetryConfig, RetryLayer};
+use crate::timeout::{TimeoutConfig, TimeoutLayer};
+use crate::trace::{AttemptTraceLayer, TraceConfig, TraceLayer};
+
+/// Every layer of the default stack, validated; `None` when switched off.
+#[derive(Debug, Clone)]
+pub struct StackLayers {
+    /// The request span.
+    pub trace: Option<TraceLayer>,
+    /// Request events.
+    pub metrics: Option<MetricsLayer>,
+    /// Load shedding.
+    pub load_shed: Option<LoadShedLayer>,
+    /// The circuit breaker.
+    pub breaker: Option<CircuitBreakerLayer>,
+    /// The rate limit.
+    pub rate_limit: Option<RateLimitLayer>,
+    /// The fixed concurrency limit.
+    pub concurrency: Option<ConcurrencyLimitLayer>,
+    /// Adaptive concurrency.
+    pub adaptive: Option<AdaptiveConcurrencyLayer>,
+    /// Retries.
+    pub retry: Option<RetryLayer>,
+    /// Hedging.
+    pub hedge: Option<HedgeLayer>,
+    /// Attempt spans.
+    pub attempt_trace: Option<AttemptTraceLayer>,
+    /// Timeouts.
+    pub timeout: Option<TimeoutLayer>,
+}
+
+/// Configures the default stack; see the module docs.
+#[derive(Clone)]
+pub struct StackBuilder {
+    collectors: Collectors,
+    trace: Option<TraceConfig>,
+    metrics: Option<MetricsConfig>,
+    load_shed: bool,
+    breaker: Option<BreakerConfig>,
+    rate_limit: Option<RateLimitConfig>,
+    concurrency: Option<ConcurrencyConfig>,
+    adaptive: Option<AdaptiveConfig>,
+    retry: Option<RetryConfig>,
+    hedge: Option<HedgeConfig>,
+    timeout: Option<TimeoutConfig>,
+}
+
+impl fmt::Debug for StackBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StackBuilder")
+            .field("trace", &self.trace)
+            .field("metrics", &self.metrics)
+            .field("load_shed", &self.load_shed)
+            .field("breaker", &self.breaker)
+            .field("rate_limit", &self.rate_limit)
+            .field("concurrency", &self.concurrency)
+            .field("adaptive", &self.adaptive)
+            .field("retry", &self.retry)
+            .field("hedge", &self.hedge)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+macro_rules! setters {
+    ($($field:ident: $ty:ty, $with:ident, $without:ident, $doc:literal;)*) => {
+        $(
+            #[doc = concat!("Turns ", $doc, " on with `config`.")]
+            pub fn $with(mut self, config: $ty) -> Self {
+                self.$field = Some(config);
+                self
+            }
+
+            #[doc = concat!("Turns ", $doc, " off.")]
+            pub fn $without(mut self) -> Self {
+                self.$field = None;
+                self
+            }
+        )*
+    };
+}
+
+impl StackBuilder {
+    /// The default stack emitting into `collectors`: tracing, metrics,
+    /// retry (3 attempts, budgeted), attempt tracing and the deadline; the
+    /// limits, load shedding, the breaker and hedging are off.
+    pub fn new(collectors: Collectors) -> StackBuilder {
+        StackBuilder {
+            collectors,
+            trace: Some(TraceConfig::default()),
+            metrics: Some(MetricsConfig::default()),
+            load_shed: false,
+            breaker: None,
+            rate_limit: None,
+            concurrency: None,
+            adaptive: None,
+            retry: Some(RetryConfig::default()),
+            hedge: None,
+            timeout: Some(TimeoutConfig::default()),
+        }
+    }
+
+    setters! {
+        trace: TraceConfig, trace, without_trace, "the request and attempt spans";
+        metrics: MetricsConfig, metrics, without_metrics, "request events";
+        breaker: BreakerConfig, breaker, without_breaker, "the circuit breaker";
+        rate_limit: RateLimitConfig, rate_limit, without_rate_limit, "the rate limit";
+        concurrency: ConcurrencyConfig, concurrency, without_concurrency, "the fixed concurrency limit";
+        adaptive: AdaptiveConfig, adaptive, without_adaptive, "adaptive concurrency";
+        retry: RetryConfig, retry, without_retry, "retries";
+        hedge: HedgeConfig, hedge, without_hedge, "hedging of idempotent reads";
+        timeout: TimeoutConfig, timeout, without_timeout, "per-attempt timeouts and the deadline";
+    }
+
+    /// Sheds requests when the limits below are full instead of queueing.
+    pub fn load_shed(mut self, on: bool) -> Self {
+        self.load_shed = on;
+        self
+    }
+
+    /// The collector set the layers emit into.
+    pub fn collectors(&self) -> &Collectors {
+        &self.collectors
+    }
+
+    /// Validates every configuration and makes the layers. Cross-layer
+    /// checks: a fixed and an adaptive concurrency limit together are
+    /// refused (pick one), and load shedding needs a limit to shed for.
+    pub fn layers(&self) -> Result<StackLayers, ConfigError> {
+        let c = &self.collectors;
+        if self.concurrency.is_some() && self.adaptive.is_some() {
+            return Err(ConfigError::new(
+                "stack.concurrency",
+                "a fixed and an adaptive concurrency limit are both set: keep one",
+            ));
+        }
+        if self.load_shed
+            && self.concurrency.is_none()
+            && self.adaptive.is_none()
+            && self.rate_limit.is_none()
+        {
+            return Err(ConfigError::new(
+                "stack.load_shed",
+                "load shedding is on but no rate or concurrency limit is set to shed for",
+            ));
+        }
+        Ok(StackLayers {
+            trace: self.trace.clone().map(TraceLayer::new).transpose()?,
+            metrics: self
+                .metrics
+                .clone()
+                .map(|m| MetricsLayer::new(m, c.clone()))
+                .transpose()?,
+            load_shed: self.load_shed.then(|| LoadShedLayer::new(c.clone())),
+            breaker: self
+                .breaker
+                .map(|b| CircuitBreakerLayer::new(b, c.clone()))
+                .transpose()?,
+            rate_limit: self
+                .rate_limit
+                .map(|r| RateLimitLayer::new(r, c.clone()))
+                .transpose()?,
+            concurrency: self
+                .concurrency
+                .map(|r| ConcurrencyLimitLayer::new(r, c.clone()))
+                .transpose()?,
+            adaptive: self
+                .adaptive
+                .map(|r| AdaptiveConcurrencyLayer::new(r, c.clone()))
+                .transpose()?,
+            retry: self
+                .retry
+                .clone()
+                .map(|r| RetryLayer::new(r, c.clone()))
+                .transpose()?,
+            hedge: self
+                .hedge
+                .clone()
+                .map(|h| HedgeLayer::new(h, c.clone()))
+                .transpose()?,
+            attempt_trace: self.trace.as_ref().map(|_| AttemptTraceLayer::new()),
+            timeout: self
+                .timeout
+                .map(|t| TimeoutLayer::new(t, c.clone()))
+                .transpose()?,
+        })
+    }
+
+    /// Builds the stack around `driver` (usually a
+    /// [`tower_cql_core::DriverService`]; wrap it in your own layers first
+    /// to insert them innermost, and wrap [`Stack::service`] to insert them
+    /// outermost).
+    pub fn build<S>(self, driver: S) -> Result<Stack<StandardStack<S>>, ConfigError> {
+        let l = self.layers()?;
+        let s = OptionalLayer::new(l.timeout).layer(driver);
+        let s = OptionalLayer::new(l.attempt_trace).layer(s);
+        let s = OptionalLayer::new(l.hedge).layer(s);
+        let s = OptionalLayer::new(l.retry).layer(s);
+        let s = OptionalLayer::new(l.adaptive).layer(s);
+        let s = OptionalLayer::new(l.concurrency).layer(s);
+        let s = OptionalLayer::new(l.rate_limit).layer(s);
+        let s = OptionalLayer::new(l.breaker).layer(s);
+        let s = OptionalLayer::new(l.load_shed).layer(s);
+        let s = OptionalLayer::new(l.metrics).layer(s);
+        let s = OptionalLayer::new(l.trace).layer(s);
+        let gate = Gate::with_collectors(self.collectors.clone());
+        Ok(Stack {
+            service: gate.wrap(s),
+            gate,
+        })
+    }
+}
+
+type O<A, B> = crate::optional::Optional<A, B>;
+type L9<S> = O<crate::timeout::Timeout<S>, S>;
+type L8<S> = O<crate::trace::AttemptTrace<L9<S>>, L9<S>>;
+type L7<S> = O<crate::hedge::Hedge<L8<S>>, L8<S>>;
+type L6<S> = O<crate::retry::Retry<L7<S>>, L7<S>>;
+type L5c<S> = O<crate::concurrency::AdaptiveConcurrency<L6<S>>, L6<S>>;
+type L5b<S> = O<crate::concurrency::ConcurrencyLimit<L5c<S>>, L5c<S>>;
+type L5a<S> = O<crate::rate_limit::RateLimit<L5b<S>>, L5b<S>>;
+type L4b<S> = O<crate::breaker::CircuitBreaker<L5a<S>>, L5a<S>>;
+type L4a<S> = O<crate::load_shed::LoadShed<L4b<S>>, L4b<S>>;
+type L3<S> = O<crate::metrics::Metrics<L4a<S>>, L4a<S>>;
+/// The default stack around `S`, without the gate, in order (see the
+/// module docs): every layer is an [`Optional`](crate::optional::Optional)
+/// so that switching it off changes neither the type nor the cost.
+pub type StandardStack<S> = O<crate::trace::Trace<L3<S>>, L3<S>>;
+
+/// A built stack: the service (clone it per task) and its shutdown gate.
+#[derive(Clone)]
+pub struct Stack<S> {
+    service: GateService<S>,
+    gate: Gate,
+}
+
+impl<S> fmt::Debug for Stack<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stack").field("gate", &self.gate).finish()
+    }
+}
+
+impl<S: Clone> Stack<S> {
+    /// A handle to the stack's service.
+    pub fn service(&self) -> GateService<S> {
+        self.service.clone()
+    }
+}
+
+impl<S> Stack<S> {
+    /// The shutdown gate.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Stops admitting requests, waits for those in flight, flushes the
+    /// collectors. Idempotent.
+    pub async fn close(&self) {
+        self.gate.close().await
+    }
+
+    /// Whether the stack still admits requests.
+    pub fn is_open(&self) -> bool {
+        self.gate.state() == GateState::Open
+    }
+}

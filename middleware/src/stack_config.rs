@@ -1,0 +1,409 @@
+//! The stack's configuration as data (serde): read it from TOML, a file or
+//! any serde format, then turn it into a validated [`StackBuilder`].
+//!
+//! ```
+//! use tower_cql_core::Collectors;
+//! use tower_cql_middleware::stack_config::StackConfig;
+//!
+//! let config = StackConfig::from_toml(r#"
+//!     [retry]
+//!     max_attempts = 4
+//!     backoff_base_ms = 5
+//!
+//!     [rate_limit]
+//!     enabled = true
+//!     rate_per_second = 500.0
+//!     burst = 50
+//!     mode = "reject"
+//!
+//!     [timeout]
+//!     per_attempt_ms = 250
+//! "#).unwrap();
+//! let builder = config.into_builder(Collectors::new()).unwrap();
+//! assert!(builder.layers().unwrap().rate_limit.is_some());
+//!
+//! // Impossible values are refused with the field named.
+//! let err = StackConfig::from_toml("[rate_limit]\nenabled = true\nrate_per_second = 0.0")
+//!     .unwrap()
+//!     .into_builder(Collectors::new())
+//!     .unwrap_err();
+//! assert!(err.to_string().contains("rate_per_second"), "{err}");
+//! ```
+//!
+//! Durations are integers in milliseconds (`*_ms`). Every section may be
+//! left out; `enabled` defaults to the builder's default for that layer
+//! (tracing, metrics, retry, timeout on; the rest off).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use tower_cql_core::Collectors;
+use tracing::Level;
+
+use crate::breaker::BreakerConfig;
+use crate::concurrency::{AdaptiveAlgorithm, AdaptiveConfig, ConcurrencyConfig};
+use crate::config::ConfigError;
+use crate::hedge::{HedgeConfig, HedgeDelay};
+use crate::metrics::MetricsConfig;
+use crate::rate_limit::{RateLimitConfig, RateLimitMode};
+use crate::retry::RetryConfig;
+use crate::stack::StackBuilder;
+use crate::timeout::TimeoutConfig;
+use crate::trace::TraceConfig;
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// `[trace]`
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TraceSection {
+    /// On unless `false`.
+    pub enabled: Option<bool>,
+    /// Record the sanitised statement text (default true).
+    pub record_query_text: Option<bool>,
+    /// `"info"` (default) or `"debug"`.
+    pub level: Option<String>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// On unless `false`.
+    pub enabled: Option<bool>,
+    /// Distinct label sets before folding into `other`.
+    pub max_label_sets: Option<usize>,
+}
+
+/// `[load_shed]`
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoadShedSection {
+    /// Off unless `true`.
+    pub enabled: Option<bool>,
+}
+
+/// `[breaker]`
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSection {
+    /// Off unless `true`.
+    pub enabled: Option<bool>,
+    /// Failure rate that opens it.
+    pub failure_rate: Option<f64>,
+    /// Requests in the window before it may open.
+    pub min_requests: Option<u32>,
+    /// The rolling window.
+    pub window_ms: Option<u64>,
+    /// Time open before a probe.
+    pub cool_down_ms: Option<u64>,
+    /// Probes allowed half-open.
+    pub half_open_probes: Option<u32>,
+}
+
+/// `[rate_limit]`
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// Off unless `true`.
+    pub enabled: Option<bool>,
+    /// Sustained rate.
+    pub rate_per_second: Option<f64>,
+    /// Burst size.
+    pub burst: Option<u32>,
+    /// `"wait"` (default) or `"reject"`.
+    pub mode: Option<String>,
+    /// Longest wait in wait mode.
+    pub max_wait_ms: Option<u64>,
+}
+
+/// `[concurrency]`
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencySection {
+    /// Off unless `true`.
+    pub enabled: Option<bool>,
+    /// Requests in flight.
+    pub max_in_flight: Option<usize>,
+    /// Requests waiting.
+    pub max_queue: Option<usize>,
+    /// Longest wait in the queue (0: no limit).
+    pub queue_timeout_ms: Option<u64>,
+}
+
+/// `[adaptive]`
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveSection {
+    /// Off unless `true`.
+    pub enabled: Option<bool>,
+    /// Starting limit.
+    pub initial: Option<usize>,
+    /// Floor.
+    pub min: Option<usize>,
+    /// Ceiling.
+    pub max: Option<usize>,
+    /// Additive increase.
+    pub increase_by: Option<usize>,
+    /// Multiplicative decrease.
+    pub decrease_factor: Option<f64>,
+    /// Latency that counts as overload.
+    pub latency_threshold_ms: Option<u64>,
+    /// Requests waiting.
+    pub max_queue: Option<usize>,
+}
+
+/// `[retry]`
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// On unless `false`.
+    pub enabled: Option<bool>,
+    /// Total attempts.
+    pub max_attempts: Option<u32>,
+    /// Backoff base.
+    pub backoff_base_ms: Option<u64>,
+    /// Backoff cap.
+    pub backoff_max_ms: Option<u64>,
+    /// Retries per request allowed by the budget.
+    pub budget_ratio: Option<f64>,
+    /// Retries per second always allowed.
+    pub budget_min_per_second: Option<u32>,
+    /// The budget's window.
+    pub budget_window_ms: Option<u64>,
+}
+
+/// `[hedge]`
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HedgeSection {
+    /// Off unless `true`.
+    pub enabled: Option<bool>,
+    /// A fixed delay before the speculative attempt.
+    pub delay_ms: Option<u64>,
+    /// Or a latency percentile (0.5–0.999) ...
+    pub percentile: Option<f64>,
+    /// ... clamped to at least this ...
+    pub min_delay_ms: Option<u64>,
+    /// ... and at most this.
+    pub max_delay_ms: Option<u64>,
+    /// Speculative attempts per request.
+    pub max_speculative: Option<u32>,
+}
+
+/// `[timeout]`
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSection {
+    /// On unless `false`.
+    pub enabled: Option<bool>,
+    /// Per-attempt timeout (none when absent).
+    pub per_attempt_ms: Option<u64>,
+    /// Fail at the request deadline (default true).
+    pub honour_deadline: Option<bool>,
+}
+
+/// The whole stack's configuration; see the module docs.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StackConfig {
+    /// `[trace]`
+    #[serde(default)]
+    pub trace: TraceSection,
+    /// `[metrics]`
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    /// `[load_shed]`
+    #[serde(default)]
+    pub load_shed: LoadShedSection,
+    /// `[breaker]`
+    #[serde(default)]
+    pub breaker: BreakerSection,
+    /// `[rate_limit]`
+    #[serde(default)]
+    pub rate_limit: RateLimitSection,
+    /// `[concurrency]`
+    #[serde(default)]
+    pub concurrency: ConcurrencySection,
+    /// `[adaptive]`
+    #[serde(default)]
+    pub adaptive: AdaptiveSection,
+    /// `[retry]`
+    #[serde(default)]
+    pub retry: RetrySection,
+    /// `[hedge]`
+    #[serde(default)]
+    pub hedge: HedgeSection,
+    /// `[timeout]`
+    #[serde(default)]
+    pub timeout: TimeoutSection,
+}
+
+impl StackConfig {
+    /// Parses TOML; unknown keys are errors (a typo must not pass silently).
+    pub fn from_toml(text: &str) -> Result<StackConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::new("stack", format!("invalid TOML: {e}")))
+    }
+
+    /// A builder with these settings; every value is validated here.
+    pub fn into_builder(self, collectors: Collectors) -> Result<StackBuilder, ConfigError> {
+        let mut b = StackBuilder::new(collectors);
+        if self.trace.enabled == Some(false) {
+            b = b.without_trace();
+        } else {
+            let level = match self.trace.level.as_deref() {
+                None | Some("info") | Some("INFO") => Level::INFO,
+                Some("debug") | Some("DEBUG") => Level::DEBUG,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "trace.level",
+                        format!("must be \"info\" or \"debug\", got {other:?}"),
+                    ));
+                }
+            };
+            b = b.trace(TraceConfig {
+                record_query_text: self.trace.record_query_text.unwrap_or(true),
+                level,
+            });
+        }
+        if self.metrics.enabled == Some(false) {
+            b = b.without_metrics();
+        } else {
+            let d = MetricsConfig::default();
+            b = b.metrics(MetricsConfig {
+                max_label_sets: self.metrics.max_label_sets.unwrap_or(d.max_label_sets),
+            });
+        }
+        b = b.load_shed(self.load_shed.enabled == Some(true));
+        if self.breaker.enabled == Some(true) {
+            let d = BreakerConfig::default();
+            let s = &self.breaker;
+            b = b.breaker(BreakerConfig {
+                failure_rate: s.failure_rate.unwrap_or(d.failure_rate),
+                min_requests: s.min_requests.unwrap_or(d.min_requests),
+                window: s.window_ms.map_or(d.window, ms),
+                cool_down: s.cool_down_ms.map_or(d.cool_down, ms),
+                half_open_probes: s.half_open_probes.unwrap_or(d.half_open_probes),
+            });
+        }
+        if self.rate_limit.enabled == Some(true) {
+            let d = RateLimitConfig::default();
+            let s = &self.rate_limit;
+            let default_wait = match d.mode {
+                RateLimitMode::Wait { max_wait } => max_wait,
+                RateLimitMode::Reject => Duration::from_millis(500),
+            };
+            let mode = match s.mode.as_deref() {
+                None | Some("wait") => RateLimitMode::Wait {
+                    max_wait: s.max_wait_ms.map_or(default_wait, ms),
+                },
+                Some("reject") => RateLimitMode::Reject,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "rate_limit.mode",
+                        format!("must be \"wait\" or \"reject\", got {other:?}"),
+                    ));
+                }
+            };
+            b = b.rate_limit(RateLimitConfig {
+                rate_per_second: s.rate_per_second.unwrap_or(d.rate_per_second),
+                burst: s.burst.unwrap_or(d.burst),
+                mode,
+            });
+        }
+        if self.concurrency.enabled == Some(true) {
+            let d = ConcurrencyConfig::default();
+            let s = &self.concurrency;
+            b = b.concurrency(ConcurrencyConfig {
+                max_in_flight: s.max_in_flight.unwrap_or(d.max_in_flight),
+                max_queue: s.max_queue.unwrap_or(d.max_queue),
+                queue_timeout: match s.queue_timeout_ms {
+                    Some(0) => None,
+                    Some(v) => Some(ms(v)),
+                    None => d.queue_timeout,
+                },
+            });
+        }
+        if self.adaptive.enabled == Some(true) {
+            let d = AdaptiveConfig::default();
+            let s = &self.adaptive;
+            let AdaptiveAlgorithm::Aimd {
+                increase_by,
+                decrease_factor,
+                latency_threshold,
+            } = d.algorithm;
+            b = b.adaptive(AdaptiveConfig {
+                initial: s.initial.unwrap_or(d.initial),
+                min: s.min.unwrap_or(d.min),
+                max: s.max.unwrap_or(d.max),
+                algorithm: AdaptiveAlgorithm::Aimd {
+                    increase_by: s.increase_by.unwrap_or(increase_by),
+                    decrease_factor: s.decrease_factor.unwrap_or(decrease_factor),
+                    latency_threshold: s.latency_threshold_ms.map_or(latency_threshold, ms),
+                },
+                max_queue: s.max_queue.unwrap_or(d.max_queue),
+                queue_timeout: d.queue_timeout,
+            });
+        }
+        if self.retry.enabled == Some(false) {
+            b = b.without_retry();
+        } else {
+            let mut r = RetryConfig::default();
+            let s = &self.retry;
+            if let Some(v) = s.max_attempts {
+                r.max_attempts = v;
+            }
+            if let Some(v) = s.backoff_base_ms {
+                r.backoff.base = ms(v);
+            }
+            if let Some(v) = s.backoff_max_ms {
+                r.backoff.max = ms(v);
+            }
+            if let Some(v) = s.budget_ratio {
+                r.budget.ratio = v;
+            }
+            if let Some(v) = s.budget_min_per_second {
+                r.budget.min_per_second = v;
+            }
+            if let Some(v) = s.budget_window_ms {
+                r.budget.window = ms(v);
+            }
+            b = b.retry(r);
+        }
+        if self.hedge.enabled == Some(true) {
+            let s = &self.hedge;
+            let mut h = HedgeConfig::default();
+            if let Some(v) = s.max_speculative {
+                h.max_speculative = v;
+            }
+            h.delay = match (s.delay_ms, s.percentile) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::new(
+                        "hedge.delay_ms",
+                        "set either delay_ms (fixed) or percentile, not both",
+                    ));
+                }
+                (Some(d), None) => HedgeDelay::Fixed(ms(d)),
+                (None, Some(p)) => HedgeDelay::Percentile {
+                    percentile: p,
+                    min: ms(s.min_delay_ms.unwrap_or(1)),
+                    max: ms(s.max_delay_ms.unwrap_or(100)),
+                },
+                (None, None) => h.delay,
+            };
+            b = b.hedge(h);
+        }
+        if self.timeout.enabled == Some(false) {
+            b = b.without_timeout();
+        } else {
+            b = b.timeout(TimeoutConfig {
+                per_attempt: self.timeout.per_attempt_ms.map(ms),
+                honour_deadline: self.timeout.honour_deadline.unwrap_or(true),
+            });
+        }
+        b.layers()?;
+        Ok(b)
+    }
+}

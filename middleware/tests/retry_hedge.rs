@@ -1,0 +1,226 @@
+//! The retry and hedge layers end to end: the real driver against testkit,
+//! with faults injected at the server and its counters as the evidence.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use scylla::client::session_builder::SessionBuilder;
+use tower::{Layer, ServiceExt};
+use tower_cql_core::{
+    AttemptReason, Collector, Collectors, CqlRequest, DriverService, ErrorKind, InMemoryCollector,
+    Statement,
+};
+use tower_cql_middleware::hedge::{HedgeConfig, HedgeDelay, HedgeLayer};
+use tower_cql_middleware::retry::{RetryConfig, RetryLayer};
+use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
+
+struct Env {
+    cluster: Cluster,
+    driver: DriverService,
+    collectors: Collectors,
+    memory: Arc<InMemoryCollector>,
+}
+
+async fn env(nodes: usize) -> Env {
+    let cluster = Cluster::builder().nodes(nodes).start().await.unwrap();
+    let session = SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .build()
+        .await
+        .unwrap();
+    let memory = Arc::new(InMemoryCollector::new());
+    let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
+    let driver = DriverService::builder(Arc::new(session))
+        .collectors(collectors.clone())
+        .build()
+        .unwrap();
+    let create = format!(
+        "CREATE KEYSPACE ks WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': {nodes}}}"
+    );
+    driver
+        .execute(CqlRequest::unprepared(create))
+        .await
+        .unwrap();
+    driver
+        .execute(CqlRequest::unprepared(
+            "CREATE TABLE ks.kv (k int PRIMARY KEY, v text)",
+        ))
+        .await
+        .unwrap();
+    for k in 0..50 {
+        driver
+            .execute(CqlRequest::unprepared(format!(
+                "INSERT INTO ks.kv (k, v) VALUES ({k}, 'value {k}')"
+            )))
+            .await
+            .unwrap();
+    }
+    Env {
+        cluster,
+        driver,
+        collectors,
+        memory,
+    }
+}
+
+const GET: &str = "SELECT v FROM ks.kv WHERE k = ?";
+const PUT: &str = "INSERT INTO ks.kv (k, v) VALUES (?, ?)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_recover_an_idempotent_read_from_two_overloaded() {
+    let e = env(1).await;
+    let svc = RetryLayer::new(RetryConfig::default(), e.collectors.clone())
+        .unwrap()
+        .layer(e.driver.clone());
+    let get = Statement::new(GET).idempotent(true);
+    // warm the prepared-statement cache, then count from here (not with
+    // `counters().reset()`: statements prepared before a reset keep
+    // counting into the stats it dropped)
+    svc.clone()
+        .oneshot(get.request().bind((1i32,)))
+        .await
+        .unwrap();
+    let executed_before = e.cluster.counters().executions(GET);
+
+    let fault = e.cluster.faults().add(
+        Fault::error(InjectedError::Overloaded)
+            .opcode(Opcode::Execute)
+            .times(2),
+    );
+    let resp = svc
+        .clone()
+        .oneshot(get.request().bind((7i32,)))
+        .await
+        .unwrap();
+    assert_eq!(resp.info().attempts, 3);
+    assert_eq!(resp.single_row::<(String,)>().unwrap().0, "value 7");
+    assert_eq!(e.cluster.faults().fired(fault), 2);
+    // the two refused attempts never executed: the statement ran once
+    assert_eq!(e.cluster.counters().executions(GET) - executed_before, 1);
+    let snap = e.memory.snapshot();
+    assert_eq!(snap.retries_total(), 2);
+    assert_eq!(
+        e.memory.snapshot().attempts_by_reason(AttemptReason::Retry),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_idempotent_write_that_may_have_applied_is_not_retried() {
+    let e = env(1).await;
+    let svc = RetryLayer::new(RetryConfig::default(), e.collectors.clone())
+        .unwrap()
+        .layer(e.driver.clone());
+    let put = Statement::new(PUT); // not idempotent
+    assert_eq!(e.cluster.counters().applied(PUT), 0);
+    let fault = e
+        .cluster
+        .faults()
+        .add(Fault::write_timeout_after_apply().times(1));
+    let err = svc
+        .clone()
+        .oneshot(put.request().bind((100i32, "once")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WriteTimeout);
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(e.cluster.faults().fired(fault), 1);
+    assert_eq!(
+        e.cluster.counters().applied(PUT),
+        1,
+        "applied, then timed out"
+    );
+    assert_eq!(e.cluster.counters().duplicate_writes(), 0);
+    assert_eq!(e.memory.snapshot().retries_total(), 0);
+
+    // The same write refused with Overloaded (not applied) is retried, and
+    // still applied only once.
+    let fault = e.cluster.faults().add(
+        Fault::error(InjectedError::Overloaded)
+            .opcode(Opcode::Execute)
+            .times(1),
+    );
+    let resp = svc
+        .oneshot(put.request().bind((101i32, "once")))
+        .await
+        .unwrap();
+    assert_eq!(resp.info().attempts, 2);
+    assert_eq!(e.cluster.faults().fired(fault), 1);
+    assert_eq!(e.cluster.counters().applied(PUT), 2);
+    assert_eq!(e.cluster.counters().duplicate_writes(), 0);
+}
+
+/// Reads distinct keys until the (one-shot) fault `id` has fired; returns
+/// how long that read took and its response's speculative count.
+async fn read_until_fired<S>(e: &Env, svc: S, id: tower_cql_testkit::FaultId) -> (Duration, u32)
+where
+    S: tower::Service<
+            CqlRequest,
+            Response = tower_cql_core::CqlResponse,
+            Error = tower_cql_core::CqlError,
+        > + Clone,
+{
+    let get = Statement::new(GET).idempotent(true);
+    for k in 0..200 {
+        let start = Instant::now();
+        let resp = svc
+            .clone()
+            .oneshot(get.request().bind((k % 50,)))
+            .await
+            .unwrap();
+        let took = start.elapsed();
+        assert_eq!(resp.rows::<(String,)>().unwrap().len(), 1);
+        if e.cluster.faults().fired(id) == 1 {
+            return (took, resp.info().speculative);
+        }
+    }
+    panic!("no read reached node 0 in 200 tries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedged_read_does_not_wait_for_a_slow_node() {
+    let e = env(3).await;
+    let stall = Duration::from_secs(1);
+    // warm every node's prepared statement
+    let get = Statement::new(GET).idempotent(true);
+    for k in 0..20 {
+        e.driver.execute(get.request().bind((k,))).await.unwrap();
+    }
+
+    // Without hedging, the read that meets the stalled node waits it out.
+    let id = e
+        .cluster
+        .faults()
+        .add(Fault::delay(stall).opcode(Opcode::Execute).node(0).times(1));
+    let (took, _) = read_until_fired(&e, e.driver.clone(), id).await;
+    assert!(took >= stall, "unhedged: {took:?}");
+
+    // With hedging after 50 ms, it does not.
+    let svc = HedgeLayer::new(
+        HedgeConfig {
+            delay: HedgeDelay::Fixed(Duration::from_millis(50)),
+            max_speculative: 2,
+        },
+        e.collectors.clone(),
+    )
+    .unwrap()
+    .layer(e.driver.clone());
+    let id = e
+        .cluster
+        .faults()
+        .add(Fault::delay(stall).opcode(Opcode::Execute).node(0).times(1));
+    let speculative_before = e
+        .memory
+        .snapshot()
+        .attempts_by_reason(AttemptReason::Speculative);
+    let (took, speculative) = read_until_fired(&e, svc, id).await;
+    assert!(took < stall / 2, "hedged: {took:?}");
+    assert!(speculative >= 1);
+    // the speculative attempt that won was reported by the driver service
+    assert!(
+        e.memory
+            .snapshot()
+            .attempts_by_reason(AttemptReason::Speculative)
+            > speculative_before
+    );
+}
