@@ -1,26 +1,34 @@
-//! Quickstart: a short scylla-driver session against a cluster.
-//!
-//! With `SCYLLA_URI=host:port` it talks to that cluster; without it, it
-//! starts an embedded three-node testkit cluster on 127.0.0.1-3 and says so.
+//! Quickstart: the default tower-cql stack around a scylla session, a small
+//! workload, and what the collectors saw.
 //!
 //! ```text
 //! cargo run -p tower-cql-examples --example quickstart
 //! SCYLLA_URI=127.0.0.1:9042 cargo run -p tower-cql-examples --example quickstart
 //! ```
 //!
-//! (The tower-cql stack is not wired in yet: this runs the raw driver that
-//! the stack will wrap.)
+//! Without `SCYLLA_URI` it starts an embedded three-node testkit cluster on
+//! 127.0.0.1-3 and has it answer 5% of reads with `Overloaded`, so the
+//! retries show up in the report.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::statement::Statement;
-use tower_cql_testkit::Cluster;
+use tower::{Service, ServiceExt};
+use tower_cql_core::{
+    Collector, Collectors, CqlRequest, DriverService, InMemoryCollector, Statement,
+};
+use tower_cql_middleware::stack::StackBuilder;
+use tower_cql_testkit::{Cluster, Fault, InjectedError};
+
+fn us(nanos: Option<u64>) -> String {
+    nanos.map_or("-".into(), |n| format!("{:.0}", n as f64 / 1000.0))
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (known_nodes, _embedded) = match std::env::var("SCYLLA_URI") {
+    let (known_nodes, embedded) = match std::env::var("SCYLLA_URI") {
         Ok(uri) if !uri.is_empty() => {
             println!("using the cluster at SCYLLA_URI={uri}");
             (vec![uri], None)
@@ -44,56 +52,122 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let session = SessionBuilder::new()
         .known_nodes(&known_nodes)
         .build()
-        .await?;
-    session
-        .query_unpaged(
-            "CREATE KEYSPACE IF NOT EXISTS quickstart WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
-            &[],
-        )
-        .await?;
-    session
-        .query_unpaged(
-            "CREATE TABLE IF NOT EXISTS quickstart.events (device text, seq int, reading double, PRIMARY KEY (device, seq))",
-            &[],
-        )
-        .await?;
-    let insert = session
-        .prepare("INSERT INTO quickstart.events (device, seq, reading) VALUES (?, ?, ?)")
-        .await?;
-    let started = Instant::now();
-    for seq in 0..200i32 {
-        let device = format!("sensor-{}", seq % 4);
-        session
-            .execute_unpaged(&insert, (device, seq, f64::from(seq) * 0.5))
-            .await?;
-    }
-    println!("wrote 200 rows in {:?}", started.elapsed());
+        .await
+        .map_err(|e| format!("cannot connect to {known_nodes:?}: {e} (is the cluster up? is SCYLLA_URI host:port?)"))?;
 
-    let read = session
-        .prepare("SELECT seq, reading FROM quickstart.events WHERE device = ? AND seq >= ?")
-        .await?;
+    // Where observations go, and the stack around the driver.
+    let memory = Arc::new(InMemoryCollector::new());
+    let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
+    let driver = DriverService::builder(Arc::new(session))
+        .collectors(collectors.clone())
+        .build()?;
+    let stack = StackBuilder::new(collectors).build(driver.clone())?;
+    let mut svc = stack.service();
+
+    for cql in [
+        "CREATE KEYSPACE IF NOT EXISTS quickstart WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        "CREATE TABLE IF NOT EXISTS quickstart.readings (device text, seq int, value double, PRIMARY KEY (device, seq))",
+    ] {
+        svc.ready().await?.call(CqlRequest::unprepared(cql)).await?;
+    }
+    if let Some(cluster) = &embedded {
+        cluster.faults().add(
+            Fault::error(InjectedError::Overloaded)
+                .reads()
+                .probability(0.05),
+        );
+        println!(
+            "the embedded cluster answers 5% of reads with Overloaded; the retry layer recovers them"
+        );
+    }
+
+    let write =
+        Statement::new("INSERT INTO quickstart.readings (device, seq, value) VALUES (?, ?, ?)")
+            .operation("write_reading")
+            .idempotent(true);
+    let read = Statement::new("SELECT value FROM quickstart.readings WHERE device = ? AND seq = ?")
+        .operation("read_reading")
+        .idempotent(true);
     let started = Instant::now();
-    let rows = session
-        .execute_unpaged(&read, ("sensor-1", 100i32))
-        .await?
-        .into_rows_result()?
-        .rows::<(i32, f64)>()?
-        .count();
+    let mut tasks = Vec::new();
+    for worker in 0..8i32 {
+        let mut svc = svc.clone();
+        let (write, read) = (write.clone(), read.clone());
+        tasks.push(tokio::spawn(async move {
+            let device = format!("sensor-{worker}");
+            for seq in 0..100i32 {
+                let req = write
+                    .request()
+                    .bind((device.clone(), seq, f64::from(seq) * 0.5));
+                svc.ready().await?.call(req).await?;
+            }
+            for seq in 0..100i32 {
+                let req = read
+                    .request()
+                    .bind((device.clone(), seq))
+                    .timeout(Duration::from_secs(2));
+                svc.ready().await?.call(req).await?;
+            }
+            Ok::<_, tower_cql_core::CqlError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
     println!(
-        "read {rows} rows of sensor-1 with seq >= 100 in {:?}",
+        "800 writes and 800 reads through the stack in {:?}",
         started.elapsed()
     );
 
-    let mut scan = Statement::new("SELECT device, seq FROM quickstart.events");
-    scan.set_page_size(25);
-    let mut pages = session
-        .query_iter(scan, &[])
+    // A paged read: page events and one completion event.
+    let scan = Statement::new("SELECT seq, value FROM quickstart.readings WHERE device = ?")
+        .operation("scan");
+    let rows: Vec<(i32, f64)> = driver
+        .stream::<(i32, f64)>(scan.request().bind(("sensor-3",)).page_size(25))
         .await?
-        .rows_stream::<(String, i32)>()?;
-    let mut total = 0;
-    while pages.try_next().await?.is_some() {
-        total += 1;
+        .try_collect()
+        .await?;
+    println!("streamed {} rows of sensor-3 in pages of 25", rows.len());
+
+    stack.close().await; // no new requests; in-flight ones finish; collectors flushed
+    let snap = memory.snapshot();
+    println!();
+    println!(
+        "{:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "operation", "requests", "p50 µs", "p90 µs", "p99 µs", "p999 µs", "max µs"
+    );
+    for op in ["write_reading", "read_reading"] {
+        let h = snap.request_latency(Some(op));
+        println!(
+            "{:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            op,
+            h.count(),
+            us(h.quantile(0.5)),
+            us(h.quantile(0.9)),
+            us(h.quantile(0.99)),
+            us(h.quantile(0.999)),
+            us(h.max())
+        );
     }
-    println!("scanned {total} rows in pages of 25");
+    println!();
+    println!("requests ok: {}, failed: {:?}", snap.ok, snap.errors);
+    println!(
+        "attempts: {} ({} retries, by cause {:?})",
+        snap.attempt_latency(None).count(),
+        snap.retries_total(),
+        snap.retries
+    );
+    println!("attempt errors by kind: {:?}", snap.attempt_errors);
+    println!(
+        "pages: {} ({} rows); streams finished: {}",
+        snap.pages, snap.page_rows, snap.streams_finished
+    );
+    if let Some(cluster) = &embedded {
+        println!(
+            "server executions: {}, duplicate writes: {}",
+            cluster.counters().total_executions(),
+            cluster.counters().duplicate_writes()
+        );
+    }
     Ok(())
 }
