@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Without `SCYLLA_URI` it starts an embedded three-node testkit cluster on
-//! 127.0.0.1-3 and has it answer 5% of reads with `Overloaded`, so the
+//! 127.0.0.1-3 and has it answer 2% of reads with `Overloaded`, so the
 //! retries show up in the report.
 
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use tower::{Service, ServiceExt};
 use tower_cql_core::{
     Collector, Collectors, CqlRequest, DriverService, InMemoryCollector, Statement,
 };
+use tower_cql_middleware::retry::RetryConfig;
 use tower_cql_middleware::stack::StackBuilder;
 use tower_cql_testkit::{Cluster, Fault, InjectedError};
 
@@ -27,7 +28,14 @@ fn us(nanos: Option<u64>) -> String {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("quickstart failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let (known_nodes, embedded) = match std::env::var("SCYLLA_URI") {
         Ok(uri) if !uri.is_empty() => {
             println!("using the cluster at SCYLLA_URI={uri}");
@@ -61,7 +69,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let driver = DriverService::builder(Arc::new(session))
         .collectors(collectors.clone())
         .build()?;
-    let stack = StackBuilder::new(collectors).build(driver.clone())?;
+    // Four attempts: a read fails only if all four meet an injected fault.
+    let retry = RetryConfig {
+        max_attempts: 4,
+        ..Default::default()
+    };
+    let stack = StackBuilder::new(collectors)
+        .retry(retry)
+        .build(driver.clone())?;
     let mut svc = stack.service();
 
     for cql in [
@@ -77,7 +92,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .probability(0.05),
         );
         println!(
-            "the embedded cluster answers 5% of reads with Overloaded; the retry layer recovers them"
+            "the embedded cluster answers 2% of reads with Overloaded; the retry layer recovers them"
         );
     }
 
