@@ -92,7 +92,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .probability(0.05),
         );
         println!(
-            "the embedded cluster answers 2% of reads with Overloaded; the retry layer recovers them"
+            "the embedded cluster answers 2% of point reads with Overloaded; the retry layer recovers them"
         );
     }
 
