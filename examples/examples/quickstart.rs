@@ -21,7 +21,7 @@ use tower_cql_core::{
 };
 use tower_cql_middleware::retry::RetryConfig;
 use tower_cql_middleware::stack::StackBuilder;
-use tower_cql_testkit::{Cluster, Fault, InjectedError};
+use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
 
 fn us(nanos: Option<u64>) -> String {
     nanos.map_or("-".into(), |n| format!("{:.0}", n as f64 / 1000.0))
@@ -85,12 +85,16 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     ] {
         svc.ready().await?.call(CqlRequest::unprepared(cql)).await?;
     }
-    if let Some(cluster) = &embedded {
+    // Embedded only: 2% of point reads are answered with Overloaded.
+    let fault = embedded.as_ref().map(|cluster| {
         cluster.faults().add(
             Fault::error(InjectedError::Overloaded)
-                .reads()
-                .probability(0.05),
-        );
+                .opcode(Opcode::Execute)
+                .matching("WHERE device = ? AND seq = ?")
+                .probability(0.02),
+        )
+    });
+    if fault.is_some() {
         println!(
             "the embedded cluster answers 2% of point reads with Overloaded; the retry layer recovers them"
         );
@@ -177,9 +181,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         "pages: {} ({} rows); streams finished: {}",
         snap.pages, snap.page_rows, snap.streams_finished
     );
-    if let Some(cluster) = &embedded {
+    if let (Some(cluster), Some(fault)) = (&embedded, fault) {
         println!(
-            "server executions: {}, duplicate writes: {}",
+            "faults injected by the server: {}; server executions: {}; duplicate writes: {}",
+            cluster.faults().fired(fault),
             cluster.counters().total_executions(),
             cluster.counters().duplicate_writes()
         );
