@@ -451,3 +451,66 @@ async fn a_deadline_passing_during_an_attempt_is_deadline_exceeded() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ClientTimeout, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_and_server_tracing_ids() {
+    let s = setup(1).await;
+    let ins = s
+        .driver
+        .session()
+        .prepare("INSERT INTO ks.kv (k, v) VALUES (?, ?)")
+        .await
+        .unwrap();
+    let mut batch =
+        scylla::statement::batch::Batch::new(scylla::statement::batch::BatchType::Logged);
+    batch.append_statement(ins.clone());
+    batch.append_statement(ins);
+    let req = CqlRequest::batch(batch, ((100i32, "a"), (101i32, "b"))).operation("two_rows");
+    assert_eq!(req.meta().kind(), tower_cql_core::OperationKind::Batch);
+    assert_eq!(req.meta().table().map(|t| t.as_str()), Some("kv"));
+    s.driver.execute(req).await.unwrap();
+    let n = s
+        .driver
+        .execute(CqlRequest::query(
+            "SELECT COUNT(*) FROM ks.kv WHERE k IN (100, 101)",
+        ))
+        .await
+        .unwrap()
+        .single_row::<(i64,)>()
+        .unwrap();
+    assert_eq!(n.0, 2);
+    // a batch without batch values is refused before it is sent
+    let empty = scylla::statement::batch::Batch::new(scylla::statement::batch::BatchType::Logged);
+    let err = s
+        .driver
+        .execute(Statement::batch(empty).request())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Serialization);
+    assert!(err.was_not_sent());
+
+    // server-side tracing: the response carries the session id
+    let resp = s
+        .driver
+        .execute(
+            CqlRequest::query("SELECT v FROM ks.kv WHERE k = ?")
+                .bind((100i32,))
+                .tracing(true),
+        )
+        .await
+        .unwrap();
+    assert!(resp.info().tracing_id.is_some());
+    let resp = s
+        .driver
+        .execute(CqlRequest::query("SELECT v FROM ks.kv WHERE k = ?").bind((100i32,)))
+        .await
+        .unwrap();
+    assert!(resp.info().tracing_id.is_none());
+    assert_eq!(
+        s.memory
+            .snapshot()
+            .attempt_errors
+            .get(&ErrorKind::Serialization),
+        Some(&1)
+    );
+}

@@ -47,7 +47,8 @@
 
 use std::fmt;
 
-use tower_cql_core::{Collectors, Gate, GateService, GateState};
+use tower::util::BoxCloneSyncService;
+use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, Gate, GateService, GateState};
 use tower_layer::Layer;
 
 use crate::breaker::{BreakerConfig, CircuitBreakerLayer};
@@ -58,7 +59,6 @@ use crate::config::ConfigError;
 use crate::hedge::{HedgeConfig, HedgeLayer};
 use crate::load_shed::LoadShedLayer;
 use crate::metrics::{MetricsConfig, MetricsLayer};
-use crate::optional::OptionalLayer;
 use crate::rate_limit::{RateLimitConfig, RateLimitLayer};
 use crate::retry::{RetryConfig, RetryLayer};
 use crate::timeout::{TimeoutConfig, TimeoutLayer};
@@ -252,19 +252,49 @@ impl StackBuilder {
     /// [`tower_cql_core::DriverService`]; wrap it in your own layers first
     /// to insert them innermost, and wrap [`Stack::service`] to insert them
     /// outermost).
-    pub fn build<S>(self, driver: S) -> Result<Stack<StandardStack<S>>, ConfigError> {
+    ///
+    /// Each layer that is switched on wraps the one below it behind a
+    /// [`BoxService`]: one small allocation per enabled layer per request,
+    /// in exchange for a stack type that stays small and compiles fast
+    /// whatever is switched on (nesting every layer as an optional type
+    /// makes the type double at each level).
+    pub fn build<S>(self, driver: S) -> Result<Stack<BoxService>, ConfigError>
+    where
+        S: tower_service::Service<CqlRequest, Response = CqlResponse, Error = CqlError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
         let l = self.layers()?;
-        let s = OptionalLayer::new(l.timeout).layer(driver);
-        let s = OptionalLayer::new(l.attempt_trace).layer(s);
-        let s = OptionalLayer::new(l.hedge).layer(s);
-        let s = OptionalLayer::new(l.retry).layer(s);
-        let s = OptionalLayer::new(l.adaptive).layer(s);
-        let s = OptionalLayer::new(l.concurrency).layer(s);
-        let s = OptionalLayer::new(l.rate_limit).layer(s);
-        let s = OptionalLayer::new(l.breaker).layer(s);
-        let s = OptionalLayer::new(l.load_shed).layer(s);
-        let s = OptionalLayer::new(l.metrics).layer(s);
-        let s = OptionalLayer::new(l.trace).layer(s);
+        fn wrap<L>(layer: Option<L>, s: BoxService) -> BoxService
+        where
+            L: Layer<BoxService>,
+            L::Service: tower_service::Service<CqlRequest, Response = CqlResponse, Error = CqlError>
+                + Clone
+                + Send
+                + Sync
+                + 'static,
+            <L::Service as tower_service::Service<CqlRequest>>::Future: Send + 'static,
+        {
+            match layer {
+                Some(l) => BoxService::new(l.layer(s)),
+                None => s,
+            }
+        }
+        let s = BoxService::new(driver);
+        let s = wrap(l.timeout, s);
+        let s = wrap(l.attempt_trace, s);
+        let s = wrap(l.hedge, s);
+        let s = wrap(l.retry, s);
+        let s = wrap(l.adaptive, s);
+        let s = wrap(l.concurrency, s);
+        let s = wrap(l.rate_limit, s);
+        let s = wrap(l.breaker, s);
+        let s = wrap(l.load_shed, s);
+        let s = wrap(l.metrics, s);
+        let s = wrap(l.trace, s);
         let gate = Gate::with_collectors(self.collectors.clone());
         Ok(Stack {
             service: gate.wrap(s),
@@ -273,21 +303,9 @@ impl StackBuilder {
     }
 }
 
-type O<A, B> = crate::optional::Optional<A, B>;
-type L9<S> = O<crate::timeout::Timeout<S>, S>;
-type L8<S> = O<crate::trace::AttemptTrace<L9<S>>, L9<S>>;
-type L7<S> = O<crate::hedge::Hedge<L8<S>>, L8<S>>;
-type L6<S> = O<crate::retry::Retry<L7<S>>, L7<S>>;
-type L5c<S> = O<crate::concurrency::AdaptiveConcurrency<L6<S>>, L6<S>>;
-type L5b<S> = O<crate::concurrency::ConcurrencyLimit<L5c<S>>, L5c<S>>;
-type L5a<S> = O<crate::rate_limit::RateLimit<L5b<S>>, L5b<S>>;
-type L4b<S> = O<crate::breaker::CircuitBreaker<L5a<S>>, L5a<S>>;
-type L4a<S> = O<crate::load_shed::LoadShed<L4b<S>>, L4b<S>>;
-type L3<S> = O<crate::metrics::Metrics<L4a<S>>, L4a<S>>;
-/// The default stack around `S`, without the gate, in order (see the
-/// module docs): every layer is an [`Optional`](crate::optional::Optional)
-/// so that switching it off changes neither the type nor the cost.
-pub type StandardStack<S> = O<crate::trace::Trace<L3<S>>, L3<S>>;
+/// A type-erased, cloneable, `Send + Sync` service of CQL requests: what
+/// each enabled layer of a built stack is wrapped in.
+pub type BoxService = BoxCloneSyncService<CqlRequest, CqlResponse, CqlError>;
 
 /// A built stack: the service (clone it per task) and its shutdown gate.
 #[derive(Clone)]
