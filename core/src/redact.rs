@@ -273,6 +273,25 @@ mod tests {
         }
 
         #[test]
+        fn uuid_blob_and_collection_literals_never_survive(
+            u in any::<u128>(),
+            blob in proptest::collection::vec(any::<u8>(), 1..16),
+            items in proptest::collection::vec(any::<i32>(), 1..5),
+            key in "[a-z]{1,8}",
+        ) {
+            let h = format!("{u:032x}");
+            let uuid = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
+            let blob: String = blob.iter().map(|b| format!("{b:02x}")).collect();
+            let list = items.iter().map(i32::to_string).collect::<Vec<_>>().join(", ");
+            let text = format!(
+                "UPDATE t SET a = {uuid}, b = 0x{blob}, c = [{list}], d = {{{list}}}, e = {{'{key}': {}}} WHERE k = {uuid}",
+                items[0]
+            );
+            let out = sanitize(&text);
+            prop_assert_eq!(&out, "UPDATE t SET a = ?, b = ?, c = ?, d = ?, e = ? WHERE k = ?", "{}", text);
+        }
+
+        #[test]
         fn secret_inside_quotes_never_survives(secret in "[a-zA-Z0-9_]{6,30}", before in " {0,5}") {
             let text = format!("SELECT * FROM t WHERE {before} x = '{secret}'");
             prop_assert!(!sanitize(&text).contains(&secret));

@@ -1,11 +1,25 @@
-//! `tower-cql-exporters`: OpenTelemetry (OTLP), Prometheus, `metrics`
-//! facade and stdout exporters for what the tower-cql stack observes.
-//!
-//! This crate is being built; see the repository's issues for its plan.
+//! `tower-cql-exporters`: send what the tower-cql stack observes to
+//! metrics and tracing backends. One module and one cargo feature per
+//! backend.
 //!
 //! ```
-//! assert_eq!(tower_cql_exporters::CRATE, "tower-cql-exporters");
+//! # #[cfg(feature = "metrics-bridge")] {
+//! use std::sync::Arc;
+//! use tower_cql_core::{Collector, Collectors};
+//! use tower_cql_exporters::metrics_bridge::MetricsBridge;
+//!
+//! let collectors = Collectors::with([Arc::new(MetricsBridge::new()) as Arc<dyn Collector>]);
+//! # let _ = collectors; }
 //! ```
+//!
+//! # Features
+//! - `metrics-bridge` (default): [`metrics_bridge::MetricsBridge`], a
+//!   collector forwarding to whatever `metrics` recorder is installed.
+//!
+//! The OpenTelemetry (OTLP), Prometheus endpoint and stdout exporters are
+//! not built yet (see the project's issues).
 
-/// The crate's name, for diagnostics.
-pub const CRATE: &str = "tower-cql-exporters";
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "metrics-bridge")]
+pub mod metrics_bridge;
