@@ -15,11 +15,15 @@
 //! # Features
 //! - `metrics-bridge` (default): [`metrics_bridge::MetricsBridge`], a
 //!   collector forwarding to whatever `metrics` recorder is installed.
+//! - `prometheus` (default): [`prometheus::PrometheusExporter`], a
+//!   `/metrics` endpoint (loopback by default) fed by the bridge.
 //!
-//! The OpenTelemetry (OTLP), Prometheus endpoint and stdout exporters are
-//! not built yet (see the project's issues).
+//! The OpenTelemetry (OTLP) and stdout exporters are not built yet (see the
+//! project's issues).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "metrics-bridge")]
 pub mod metrics_bridge;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;

@@ -174,6 +174,15 @@ impl MetricsBridge {
             "The current adaptive concurrency limit"
         );
         metrics::describe_counter!("db_client_returned_rows_total", "Rows returned by requests");
+        metrics::describe_counter!("db_client_pages_total", "Pages fetched by paged reads");
+        metrics::describe_counter!(
+            "db_client_page_rows_total",
+            "Rows in the pages fetched by paged reads"
+        );
+        metrics::describe_counter!(
+            "db_client_streams_total",
+            "Paged reads ended, by how they ended"
+        );
         MetricsBridge {
             requests: Handles::new(OPERATION_DURATION),
             attempts: Handles::new(ATTEMPT_DURATION),

@@ -1,0 +1,158 @@
+//! A Prometheus endpoint: `/metrics` in the exposition format, on loopback
+//! unless told otherwise, fed by the [`MetricsBridge`](crate::metrics_bridge::MetricsBridge).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use tower_cql_core::{Collector, Collectors};
+//! use tower_cql_exporters::metrics_bridge::MetricsBridge;
+//! use tower_cql_exporters::prometheus::PrometheusExporter;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // 127.0.0.1:9464 by default; install it before creating the bridge
+//! let exporter = PrometheusExporter::builder().install()?;
+//! let collectors = Collectors::with([Arc::new(MetricsBridge::new()) as Arc<dyn Collector>]);
+//! println!("scrape http://{}/metrics", exporter.address());
+//! # let _ = collectors; Ok(()) }
+//! ```
+//!
+//! The end-to-end duration histogram is
+//! `db_client_operation_duration_seconds`, with the bucket boundaries of
+//! the OpenTelemetry database conventions (5 ms … 10 s); every metric has
+//! help text and its unit in its name (`_seconds`, `_total`).
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::metrics_bridge::{ATTEMPT_DURATION, OPERATION_DURATION};
+
+/// Bucket boundaries (seconds) of `db.client.operation.duration` in the
+/// OpenTelemetry database semantic conventions.
+pub const DB_DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Why the exporter could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrometheusError {
+    /// The listener or recorder could not be built.
+    #[error(
+        "cannot start the Prometheus exporter on {addr}: {source} (is the address free and local?)"
+    )]
+    Build {
+        /// The listen address.
+        addr: SocketAddr,
+        /// The cause.
+        source: metrics_exporter_prometheus::BuildError,
+    },
+    /// A recorder is installed already (one per process).
+    #[error(
+        "a metrics recorder is installed already: install the Prometheus exporter once, before other recorders"
+    )]
+    RecorderInstalled,
+    /// Not inside a Tokio runtime.
+    #[error("the Prometheus exporter must be installed inside a Tokio runtime")]
+    NoRuntime,
+}
+
+/// Configures the exporter.
+#[derive(Debug, Clone)]
+pub struct PrometheusExporterBuilder {
+    listen: SocketAddr,
+    buckets: Vec<f64>,
+    upkeep: Duration,
+}
+
+impl PrometheusExporterBuilder {
+    /// The address to serve `/metrics` on (default `127.0.0.1:9464`:
+    /// loopback; choose another interface deliberately).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Bucket boundaries for the duration histograms, in seconds.
+    pub fn buckets(mut self, boundaries: &[f64]) -> Self {
+        self.buckets = boundaries.to_vec();
+        self
+    }
+
+    /// Installs the global `metrics` recorder and starts the listener.
+    pub fn install(self) -> Result<PrometheusExporter, PrometheusError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(PrometheusError::NoRuntime);
+        }
+        let build = |e| PrometheusError::Build {
+            addr: self.listen,
+            source: e,
+        };
+        let builder = PrometheusBuilder::new()
+            .with_http_listener(self.listen)
+            .upkeep_timeout(self.upkeep)
+            .set_buckets_for_metric(Matcher::Full(OPERATION_DURATION.into()), &self.buckets)
+            .map_err(build)?
+            .set_buckets_for_metric(Matcher::Full(ATTEMPT_DURATION.into()), &self.buckets)
+            .map_err(build)?;
+        let (recorder, serve) = builder.build().map_err(build)?;
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).map_err(|_| PrometheusError::RecorderInstalled)?;
+        let task = tokio::spawn(async move {
+            let _ = serve.await;
+        });
+        Ok(PrometheusExporter {
+            handle,
+            address: self.listen,
+            task,
+        })
+    }
+}
+
+/// A running exporter.
+pub struct PrometheusExporter {
+    handle: PrometheusHandle,
+    address: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl fmt::Debug for PrometheusExporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrometheusExporter")
+            .field("address", &self.address)
+            .finish()
+    }
+}
+
+impl PrometheusExporter {
+    /// A builder with the defaults (loopback, the conventions' buckets).
+    pub fn builder() -> PrometheusExporterBuilder {
+        PrometheusExporterBuilder {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9464)),
+            buckets: DB_DURATION_BUCKETS.to_vec(),
+            upkeep: Duration::from_secs(5),
+        }
+    }
+
+    /// Where `/metrics` is served.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The exposition text, as a scrape would get it.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Stops serving (the recorder stays installed: it is global).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for PrometheusExporter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
