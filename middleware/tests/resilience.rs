@@ -7,37 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use scylla::client::session_builder::SessionBuilder;
 use tower::{ServiceExt, service_fn};
-use tower_cql_core::{
-    Collector, Collectors, CqlRequest, DriverService, ErrorKind, InMemoryCollector, Statement,
-};
+use tower_cql_core::{CqlRequest, ErrorKind, Statement};
 use tower_cql_middleware::concurrency::ConcurrencyConfig;
 use tower_cql_middleware::retry::{BudgetConfig, RetryConfig};
 use tower_cql_middleware::stack::StackBuilder;
-use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
+use tower_cql_testkit::{Fault, InjectedError, Opcode};
 
-async fn setup() -> (Cluster, DriverService, Collectors, Arc<InMemoryCollector>) {
-    let cluster = Cluster::start().await.unwrap();
-    let session = SessionBuilder::new()
-        .known_nodes_addr(cluster.contact_points())
-        .build()
-        .await
-        .unwrap();
-    let memory = Arc::new(InMemoryCollector::new());
-    let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
-    let driver = DriverService::builder(Arc::new(session))
-        .collectors(collectors.clone())
-        .build()
-        .unwrap();
-    for cql in [
-        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
-        "CREATE TABLE ks.kv (k int PRIMARY KEY, v text)",
-    ] {
-        driver.execute(CqlRequest::unprepared(cql)).await.unwrap();
-    }
-    (cluster, driver, collectors, memory)
-}
+mod support;
+use support::setup;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_total_failure_storm_keeps_retries_within_the_budget() {
