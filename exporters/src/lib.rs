@@ -18,8 +18,11 @@
 //! - `prometheus` (default): [`prometheus::PrometheusExporter`], a
 //!   `/metrics` endpoint (loopback by default) fed by the bridge.
 //!
-//! The OpenTelemetry (OTLP) and stdout exporters are not built yet (see the
-//! project's issues).
+//! - `stdout` (default): [`stdout::JsonLines`], one JSON object per event,
+//!   written from a background thread.
+//!
+//! The OpenTelemetry (OTLP) exporter is not built yet (see the project's
+//! issues).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -27,3 +30,5 @@
 pub mod metrics_bridge;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
+#[cfg(feature = "stdout")]
+pub mod stdout;

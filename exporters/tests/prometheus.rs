@@ -205,3 +205,39 @@ impl WriteAllSync for std::process::ChildStdin {
         self.write_all(data).unwrap();
     }
 }
+
+/// Every metric the Grafana dashboard queries is one the bridge exports.
+#[test]
+fn the_grafana_dashboard_queries_exported_metrics() {
+    let dashboard = include_str!("../grafana/tower-cql.json");
+    let exported = [
+        "db_client_operation_duration_seconds_bucket",
+        "db_client_operation_duration_seconds_count",
+        "db_client_attempt_duration_seconds_bucket",
+        "db_client_retries_total",
+        "db_client_throttled_total",
+        "db_client_shed_total",
+        "db_client_breaker_transitions_total",
+        "db_client_concurrency_limit",
+        "db_client_returned_rows_total",
+        "db_client_pages_total",
+        "db_client_streams_total",
+    ];
+    let mut used = 0;
+    for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("db_client_") {
+            assert!(
+                exported.contains(&word),
+                "the dashboard queries {word}, which is not exported"
+            );
+            used += 1;
+        }
+    }
+    assert!(
+        used >= exported.len(),
+        "the dashboard uses the exported metrics"
+    );
+    for name in exported {
+        assert!(dashboard.contains(name), "{name} has no panel");
+    }
+}

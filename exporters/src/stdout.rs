@@ -1,0 +1,264 @@
+//! A JSON-lines exporter for local runs: one JSON object per event on
+//! stdout (or any writer), written from its own thread so the request path
+//! never waits for the terminal.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tower_cql_core::{Collector, Collectors};
+//! use tower_cql_exporters::stdout::JsonLines;
+//!
+//! let exporter = JsonLines::stdout(); // an Arc<Background>: a bounded queue to a writer thread
+//! let collectors = Collectors::with([exporter.clone() as Arc<dyn Collector>]);
+//! # let _ = collectors;
+//! ```
+//!
+//! A line looks like
+//! `{"event":"request","operation":"get_user","kind":"SELECT","keyspace":"app","table":"users","outcome":"ok","duration_us":412.5,"attempts":1,"rows":1,"node":"127.0.0.1:9042"}`.
+//! Statement text and bound values are never written.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use tower_cql_core::event::{
+    AttemptEvent, BreakerEvent, LimitEvent, PageEvent, RequestEvent, RetryEvent, ShedEvent,
+    StreamEvent, ThrottleEvent,
+};
+use tower_cql_core::{Background, Collector, RequestMeta};
+
+/// Writes events as JSON lines. Use it through [`JsonLines::stdout`] or
+/// [`JsonLines::to_writer`], which put it behind a [`Background`] queue;
+/// its own lock is then only ever taken by that queue's thread.
+pub struct JsonLines {
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+impl std::fmt::Debug for JsonLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JsonLines")
+    }
+}
+
+/// Events kept waiting for the writer thread before new ones are dropped (and counted).
+pub const QUEUE: usize = 8192;
+
+impl JsonLines {
+    /// To stdout, behind a background queue.
+    pub fn stdout() -> Arc<Background> {
+        JsonLines::to_writer(Box::new(std::io::stdout()))
+    }
+
+    /// To `out`, behind a background queue.
+    pub fn to_writer(out: Box<dyn Write + Send>) -> Arc<Background> {
+        let inner = Arc::new(JsonLines {
+            out: Mutex::new(out),
+        });
+        Arc::new(Background::new(inner, QUEUE))
+    }
+
+    fn write(&self, line: &str) {
+        if let Ok(mut out) = self.out.lock() {
+            let _ = out.write_all(line.as_bytes());
+            let _ = out.write_all(b"\n");
+        }
+    }
+}
+
+fn escape(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+struct Line(String);
+
+impl Line {
+    fn new(event: &str) -> Line {
+        let mut s = String::with_capacity(256);
+        s.push_str("{\"event\":");
+        escape(event, &mut s);
+        Line(s)
+    }
+    fn str(mut self, k: &str, v: &str) -> Line {
+        self.0.push(',');
+        escape(k, &mut self.0);
+        self.0.push(':');
+        escape(v, &mut self.0);
+        self
+    }
+    fn num(mut self, k: &str, v: f64) -> Line {
+        self.0.push(',');
+        escape(k, &mut self.0);
+        let _ = write!(self.0, ":{v}");
+        self
+    }
+    fn meta(self, m: &RequestMeta) -> Line {
+        let mut l = self.str("kind", m.kind().as_str());
+        if let Some(o) = m.operation() {
+            l = l.str("operation", o.as_str());
+        }
+        if let Some(k) = m.keyspace() {
+            l = l.str("keyspace", k.as_str());
+        }
+        if let Some(t) = m.table() {
+            l = l.str("table", t.as_str());
+        }
+        l
+    }
+    fn done(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
+}
+
+fn us(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+impl Collector for JsonLines {
+    fn on_request(&self, e: &RequestEvent<'_>) {
+        let mut l = Line::new("request")
+            .meta(e.meta)
+            .str("outcome", e.error.map_or("ok", |x| x.kind().as_str()))
+            .num("duration_us", us(e.duration))
+            .num("attempts", f64::from(e.attempts))
+            .num("rows", e.rows as f64);
+        if let Some(n) = e.node {
+            l = l.str("node", &n.to_string());
+        }
+        self.write(&l.done());
+    }
+    fn on_attempt(&self, e: &AttemptEvent<'_>) {
+        let mut l = Line::new("attempt")
+            .meta(e.meta)
+            .num("index", f64::from(e.index))
+            .str("reason", e.reason.as_str())
+            .str("outcome", e.error.map_or("ok", |x| x.kind().as_str()))
+            .num("duration_us", us(e.duration));
+        if let Some(n) = e.node {
+            l = l.str("node", &n.to_string());
+        }
+        self.write(&l.done());
+    }
+    fn on_retry(&self, e: &RetryEvent<'_>) {
+        let l = Line::new("retry")
+            .meta(e.meta)
+            .num("attempt", f64::from(e.attempt))
+            .num("delay_us", us(e.delay))
+            .str("cause", e.cause.kind().as_str());
+        self.write(&l.done());
+    }
+    fn on_throttle(&self, e: &ThrottleEvent<'_>) {
+        let l = Line::new("throttle")
+            .meta(e.meta)
+            .str("limiter", e.limiter)
+            .num("waited_us", us(e.waited))
+            .str("rejected", if e.rejected { "true" } else { "false" });
+        self.write(&l.done());
+    }
+    fn on_shed(&self, e: &ShedEvent<'_>) {
+        let l = Line::new("shed")
+            .meta(e.meta)
+            .str("reason", e.reason.as_str())
+            .str("layer", e.layer);
+        self.write(&l.done());
+    }
+    fn on_breaker(&self, e: &BreakerEvent<'_>) {
+        let l = Line::new("breaker")
+            .str("target", e.target)
+            .str("from", e.from.as_str())
+            .str("to", e.to.as_str());
+        self.write(&l.done());
+    }
+    fn on_limit(&self, e: &LimitEvent) {
+        let l = Line::new("limit")
+            .str("limiter", e.limiter)
+            .num("limit", e.limit as f64)
+            .num("in_flight", e.in_flight as f64);
+        self.write(&l.done());
+    }
+    fn on_page(&self, e: &PageEvent<'_>) {
+        let l = Line::new("page")
+            .meta(e.meta)
+            .num("page", f64::from(e.page))
+            .num("rows", e.rows as f64)
+            .num("duration_us", us(e.duration));
+        self.write(&l.done());
+    }
+    fn on_stream(&self, e: &StreamEvent<'_>) {
+        let l = Line::new("stream")
+            .meta(e.meta)
+            .str("end", e.end.as_str())
+            .num("pages", f64::from(e.pages))
+            .num("rows", e.rows as f64)
+            .num("duration_us", us(e.duration));
+        self.write(&l.done());
+    }
+    fn flush(&self) {
+        if let Ok(mut out) = self.out.lock() {
+            let _ = out.flush();
+        }
+    }
+    fn name(&self) -> &str {
+        "json_lines"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tower_cql_core::event::Event;
+    use tower_cql_core::{Collectors, CqlError, CqlRequest, ErrorKind};
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn writes_one_escaped_json_line_per_event_and_flushes_on_close() {
+        let buf = Shared::default();
+        let exporter = JsonLines::to_writer(Box::new(buf.clone()));
+        let c = Collectors::with([exporter.clone() as Arc<dyn Collector>]);
+        let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = 'secret'")
+            .bind(("bound-secret",))
+            .operation("get \"quoted\"");
+        let err = CqlError::new(ErrorKind::ReadTimeout, "slow");
+        c.emit(Event::Request(RequestEvent {
+            meta: req.meta(),
+            duration: Duration::from_micros(250),
+            error: Some(&err),
+            attempts: 3,
+            speculative: 0,
+            rows: 0,
+            node: Some("127.0.0.1:9042".parse().unwrap()),
+        }));
+        c.flush(); // waits for the writer thread
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text,
+            "{\"event\":\"request\",\"kind\":\"SELECT\",\"operation\":\"get \\\"quoted\\\"\",\"keyspace\":\"ks\",\"table\":\"t\",\"outcome\":\"read_timeout\",\"duration_us\":250,\"attempts\":3,\"rows\":0,\"node\":\"127.0.0.1:9042\"}\n"
+        );
+        assert!(!text.contains("secret"));
+    }
+}
