@@ -21,13 +21,18 @@
 //! - `stdout` (default): [`stdout::JsonLines`], one JSON object per event,
 //!   written from a background thread.
 //!
-//! The OpenTelemetry (OTLP) exporter is not built yet (see the project's
-//! issues).
+//! - `opentelemetry` (default): [`otel::OtelCollector`], recording through
+//!   an OpenTelemetry `Meter` (`db.client.operation.duration`, ...).
+//!
+//! OTLP transport setup (gRPC/HTTP builders with `OTEL_*` variables) is not
+//! built yet: use `opentelemetry-otlp` with the collector meanwhile.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "metrics-bridge")]
 pub mod metrics_bridge;
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 #[cfg(feature = "stdout")]

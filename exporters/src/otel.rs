@@ -1,0 +1,227 @@
+//! A collector that records through an OpenTelemetry `Meter`: the
+//! `db.client.operation.duration` histogram of the database semantic
+//! conventions (seconds, the conventions' bucket boundaries), per-attempt
+//! durations, returned rows, retries, throttling, shedding and breaker
+//! transitions. Export it with any OpenTelemetry metrics exporter (OTLP,
+//! stdout, in-memory).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use opentelemetry::metrics::MeterProvider as _;
+//! use tower_cql_core::{Collector, Collectors};
+//! use tower_cql_exporters::otel::OtelCollector;
+//!
+//! let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
+//! let otel = OtelCollector::new(&provider.meter("tower-cql"));
+//! let collectors = Collectors::with([Arc::new(otel) as Arc<dyn Collector>]);
+//! # let _ = collectors;
+//! ```
+//!
+//! | instrument | unit | attributes |
+//! |---|---|---|
+//! | `db.client.operation.duration` (histogram) | `s` | `db.system.name`, `db.operation.name`, `db.namespace`, `db.collection.name`, `error.type` (on failure) |
+//! | `db.client.attempt.duration` (histogram) | `s` | the same and `cql.attempt.reason` |
+//! | `db.client.response.returned_rows` (histogram) | `{row}` | the request attributes |
+//! | `db.client.retries` (counter) | `{retry}` | `error.type` (the cause) |
+//! | `db.client.throttled` (counter) | `{request}` | `cql.limiter`, `cql.rejected` |
+//! | `db.client.shed` (counter) | `{request}` | `cql.shed.reason` |
+//! | `db.client.breaker.transitions` (counter) | `{transition}` | `cql.breaker.state` |
+//! | `db.client.concurrency.limit` (gauge) | `{request}` | `cql.limiter` |
+//!
+//! Attribute sets are built once per label set and cached (lock-free
+//! `ArcSwap` map), so recording allocates nothing.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
+use tower_cql_core::event::{
+    AttemptEvent, BreakerEvent, LimitEvent, RequestEvent, RetryEvent, ShedEvent, ThrottleEvent,
+};
+use tower_cql_core::{AttemptReason, Collector, CqlError, RequestMeta, SeriesLabels};
+
+/// The conventions' explicit bucket boundaries for `db.client.operation.duration`, in seconds.
+pub const DURATION_BOUNDARIES: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn attributes(l: &SeriesLabels) -> Arc<[KeyValue]> {
+    let mut v = vec![
+        KeyValue::new("db.system.name", "cassandra"),
+        KeyValue::new(
+            "db.operation.name",
+            l.operation
+                .as_ref()
+                .map_or(l.kind.as_str().to_string(), |o| o.to_string()),
+        ),
+    ];
+    if let Some(k) = &l.keyspace {
+        v.push(KeyValue::new("db.namespace", k.to_string()));
+    }
+    if let Some(t) = &l.table {
+        v.push(KeyValue::new("db.collection.name", t.to_string()));
+    }
+    if let Some(e) = l.error {
+        v.push(KeyValue::new("error.type", e.as_str()));
+    }
+    if let Some(r) = l.reason {
+        v.push(KeyValue::new("cql.attempt.reason", r.as_str()));
+    }
+    v.into()
+}
+
+fn series(
+    meta: &RequestMeta,
+    error: Option<&CqlError>,
+    reason: Option<AttemptReason>,
+) -> SeriesLabels {
+    SeriesLabels {
+        operation: meta.operation().cloned(),
+        kind: meta.kind(),
+        keyspace: meta.keyspace().cloned(),
+        table: meta.table().cloned(),
+        error: error.map(CqlError::kind),
+        reason,
+        overflow: false,
+    }
+}
+
+/// The OpenTelemetry collector; see the module docs.
+pub struct OtelCollector {
+    operation: Histogram<f64>,
+    attempt: Histogram<f64>,
+    rows: Histogram<u64>,
+    retries: Counter<u64>,
+    throttled: Counter<u64>,
+    shed: Counter<u64>,
+    breaker: Counter<u64>,
+    limit: Gauge<u64>,
+    attrs: ArcSwap<HashMap<SeriesLabels, Arc<[KeyValue]>>>,
+}
+
+impl fmt::Debug for OtelCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtelCollector")
+            .field("label_sets", &self.attrs.load().len())
+            .finish()
+    }
+}
+
+impl OtelCollector {
+    /// Instruments on `meter`.
+    pub fn new(meter: &Meter) -> OtelCollector {
+        OtelCollector {
+            operation: meter
+                .f64_histogram("db.client.operation.duration")
+                .with_unit("s")
+                .with_description(
+                    "Duration of database client operations, end to end across retries",
+                )
+                .with_boundaries(DURATION_BOUNDARIES.to_vec())
+                .build(),
+            attempt: meter
+                .f64_histogram("db.client.attempt.duration")
+                .with_unit("s")
+                .with_description("Duration of each attempt of a database client operation")
+                .with_boundaries(DURATION_BOUNDARIES.to_vec())
+                .build(),
+            rows: meter
+                .u64_histogram("db.client.response.returned_rows")
+                .with_unit("{row}")
+                .with_description("Rows returned by database client operations")
+                .with_boundaries(vec![
+                    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0, 10000.0,
+                ])
+                .build(),
+            retries: meter
+                .u64_counter("db.client.retries")
+                .with_unit("{retry}")
+                .with_description("Retries scheduled, by the error that caused them")
+                .build(),
+            throttled: meter
+                .u64_counter("db.client.throttled")
+                .with_unit("{request}")
+                .with_description("Requests that waited for or were refused by a limiter")
+                .build(),
+            shed: meter
+                .u64_counter("db.client.shed")
+                .with_unit("{request}")
+                .with_description("Requests refused without being tried")
+                .build(),
+            breaker: meter
+                .u64_counter("db.client.breaker.transitions")
+                .with_unit("{transition}")
+                .with_description("Circuit breaker state changes")
+                .build(),
+            limit: meter
+                .u64_gauge("db.client.concurrency.limit")
+                .with_unit("{request}")
+                .with_description("The current adaptive concurrency limit")
+                .build(),
+            attrs: ArcSwap::from_pointee(HashMap::new()),
+        }
+    }
+
+    fn attrs(&self, key: SeriesLabels) -> Arc<[KeyValue]> {
+        if let Some(a) = self.attrs.load().get(&key) {
+            return a.clone();
+        }
+        let a = attributes(&key);
+        self.attrs.rcu(|m| {
+            let mut next = HashMap::clone(m);
+            next.entry(key.clone()).or_insert_with(|| a.clone());
+            next
+        });
+        a
+    }
+}
+
+impl Collector for OtelCollector {
+    fn on_request(&self, e: &RequestEvent<'_>) {
+        let a = self.attrs(series(e.meta, e.error, None));
+        self.operation.record(e.duration.as_secs_f64(), &a);
+        self.rows.record(e.rows as u64, &a);
+    }
+
+    fn on_attempt(&self, e: &AttemptEvent<'_>) {
+        let a = self.attrs(series(e.meta, e.error, Some(e.reason)));
+        self.attempt.record(e.duration.as_secs_f64(), &a);
+    }
+
+    fn on_retry(&self, e: &RetryEvent<'_>) {
+        self.retries
+            .add(1, &[KeyValue::new("error.type", e.cause.kind().as_str())]);
+    }
+
+    fn on_throttle(&self, e: &ThrottleEvent<'_>) {
+        self.throttled.add(
+            1,
+            &[
+                KeyValue::new("cql.limiter", e.limiter),
+                KeyValue::new("cql.rejected", e.rejected),
+            ],
+        );
+    }
+
+    fn on_shed(&self, e: &ShedEvent<'_>) {
+        self.shed
+            .add(1, &[KeyValue::new("cql.shed.reason", e.reason.as_str())]);
+    }
+
+    fn on_breaker(&self, e: &BreakerEvent<'_>) {
+        self.breaker
+            .add(1, &[KeyValue::new("cql.breaker.state", e.to.as_str())]);
+    }
+
+    fn on_limit(&self, e: &LimitEvent) {
+        self.limit
+            .record(e.limit as u64, &[KeyValue::new("cql.limiter", e.limiter)]);
+    }
+
+    fn name(&self) -> &str {
+        "opentelemetry"
+    }
+}

@@ -1,0 +1,128 @@
+//! The OpenTelemetry collector end to end: queries through the stack
+//! against testkit, metrics read back from the SDK's in-memory exporter.
+
+use std::sync::Arc;
+
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use scylla::client::session_builder::SessionBuilder;
+use tower::{Service, ServiceExt};
+use tower_cql_core::{Collector, Collectors, CqlRequest, DriverService, Statement};
+use tower_cql_exporters::otel::{DURATION_BOUNDARIES, OtelCollector};
+use tower_cql_middleware::stack::StackBuilder;
+use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operation_duration_follows_the_db_conventions() {
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let otel = OtelCollector::new(&provider.meter("tower-cql-test"));
+    let collectors = Collectors::with([Arc::new(otel) as Arc<dyn Collector>]);
+
+    let cluster = Cluster::start().await.unwrap();
+    let session = SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .build()
+        .await
+        .unwrap();
+    let driver = DriverService::builder(Arc::new(session))
+        .collectors(collectors.clone())
+        .build()
+        .unwrap();
+    let stack = StackBuilder::new(collectors).build(driver).unwrap();
+    let mut svc = stack.service();
+    for cql in [
+        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        "CREATE TABLE ks.kv (k int PRIMARY KEY, v text)",
+    ] {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(CqlRequest::unprepared(cql))
+            .await
+            .unwrap();
+    }
+    let fault = cluster.faults().add(
+        Fault::error(InjectedError::Overloaded)
+            .opcode(Opcode::Execute)
+            .times(2),
+    );
+    let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?")
+        .operation("get")
+        .idempotent(true);
+    for k in 0..20i32 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(get.request().bind((k,)))
+            .await
+            .unwrap();
+    }
+    stack.close().await;
+    let provider2 = provider.clone();
+    tokio::task::spawn_blocking(move || provider2.force_flush().unwrap())
+        .await
+        .unwrap();
+
+    let metrics = exporter.get_finished_metrics().unwrap();
+    let all: Vec<_> = metrics
+        .iter()
+        .flat_map(|rm| rm.scope_metrics())
+        .flat_map(|sm| sm.metrics())
+        .collect();
+    let duration = all
+        .iter()
+        .find(|m| m.name() == "db.client.operation.duration")
+        .expect("db.client.operation.duration");
+    assert_eq!(duration.unit(), "s");
+    let AggregatedMetrics::F64(MetricData::Histogram(h)) = duration.data() else {
+        panic!("a histogram: {:?}", duration.data());
+    };
+    let get_points: Vec<_> = h
+        .data_points()
+        .filter(|p| {
+            p.attributes()
+                .any(|kv| kv.key.as_str() == "db.operation.name" && kv.value.as_str() == "get")
+        })
+        .collect();
+    assert_eq!(get_points.len(), 1);
+    let p = get_points[0];
+    assert_eq!(p.count(), 20, "one per logical request");
+    assert_eq!(p.bounds().collect::<Vec<_>>(), DURATION_BOUNDARIES.to_vec());
+    let attr = |k: &str| {
+        p.attributes()
+            .find(|kv| kv.key.as_str() == k)
+            .map(|kv| kv.value.as_str().to_string())
+    };
+    assert_eq!(attr("db.system.name").as_deref(), Some("cassandra"));
+    assert_eq!(attr("db.namespace").as_deref(), Some("ks"));
+    assert_eq!(attr("db.collection.name").as_deref(), Some("kv"));
+    assert_eq!(attr("error.type"), None);
+
+    let attempts = all
+        .iter()
+        .find(|m| m.name() == "db.client.attempt.duration")
+        .unwrap();
+    let AggregatedMetrics::F64(MetricData::Histogram(a)) = attempts.data() else {
+        panic!("a histogram");
+    };
+    let failed: u64 = a
+        .data_points()
+        .filter(|p| p.attributes().any(|kv| kv.key.as_str() == "error.type"))
+        .map(|p| p.count())
+        .sum();
+    assert_eq!(failed, cluster.faults().fired(fault));
+
+    let retries = all
+        .iter()
+        .find(|m| m.name() == "db.client.retries")
+        .unwrap();
+    let AggregatedMetrics::U64(MetricData::Sum(s)) = retries.data() else {
+        panic!("a sum");
+    };
+    let total: u64 = s.data_points().map(|p| p.value()).sum();
+    assert_eq!(total, 2);
+}
