@@ -255,9 +255,7 @@ impl Gate {
             drained.await;
         }
         if self.inner.core.claim_flush() {
-            if let Some(c) = &self.inner.collectors {
-                c.flush();
-            }
+            self.flush_collectors().await;
             self.inner.core.mark_closed();
             self.inner.closed.notify_waiters();
             return;
@@ -272,9 +270,7 @@ impl Gate {
             // A refused enter may have held the count above zero while we
             // tried to claim the flush: re-check drained then.
             if self.inner.core.is_drained() && self.inner.core.claim_flush() {
-                if let Some(c) = &self.inner.collectors {
-                    c.flush();
-                }
+                self.flush_collectors().await;
                 self.inner.core.mark_closed();
                 self.inner.closed.notify_waiters();
                 return;
@@ -283,6 +279,21 @@ impl Gate {
                 _ = closed => {}
                 _ = tokio::time::sleep(Duration::from_millis(1)) => {}
             }
+        }
+    }
+
+    /// Flushes the collectors on a blocking thread: exporters may block
+    /// while they push their last data, and some need the runtime's worker
+    /// free to do it (an OTLP exporter would otherwise deadlock a
+    /// current-thread runtime).
+    async fn flush_collectors(&self) {
+        let Some(c) = self.inner.collectors.clone() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = tokio::task::spawn_blocking(move || c.flush()).await;
+        } else {
+            c.flush();
         }
     }
 

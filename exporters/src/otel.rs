@@ -100,6 +100,7 @@ pub struct OtelCollector {
     breaker: Counter<u64>,
     limit: Gauge<u64>,
     attrs: ArcSwap<HashMap<SeriesLabels, Arc<[KeyValue]>>>,
+    provider: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
 }
 
 impl fmt::Debug for OtelCollector {
@@ -162,7 +163,18 @@ impl OtelCollector {
                 .with_description("The current adaptive concurrency limit")
                 .build(),
             attrs: ArcSwap::from_pointee(HashMap::new()),
+            provider: None,
         }
+    }
+
+    /// Instruments on a meter of `provider`, which [`Collector::flush`]
+    /// (called by the stack's `close()`) force-flushes, so the last data is
+    /// exported before shutdown.
+    pub fn with_provider(provider: &opentelemetry_sdk::metrics::SdkMeterProvider) -> OtelCollector {
+        use opentelemetry::metrics::MeterProvider as _;
+        let mut c = OtelCollector::new(&provider.meter("tower-cql"));
+        c.provider = Some(provider.clone());
+        c
     }
 
     fn attrs(&self, key: SeriesLabels) -> Arc<[KeyValue]> {
@@ -219,6 +231,12 @@ impl Collector for OtelCollector {
     fn on_limit(&self, e: &LimitEvent) {
         self.limit
             .record(e.limit as u64, &[KeyValue::new("cql.limiter", e.limiter)]);
+    }
+
+    fn flush(&self) {
+        if let Some(p) = &self.provider {
+            let _ = p.force_flush();
+        }
     }
 
     fn name(&self) -> &str {

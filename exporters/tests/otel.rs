@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use scylla::client::session_builder::SessionBuilder;
@@ -19,7 +18,8 @@ async fn operation_duration_follows_the_db_conventions() {
     let provider = SdkMeterProvider::builder()
         .with_reader(PeriodicReader::builder(exporter.clone()).build())
         .build();
-    let otel = OtelCollector::new(&provider.meter("tower-cql-test"));
+    // with_provider: the stack's close() flushes the provider
+    let otel = OtelCollector::with_provider(&provider);
     let collectors = Collectors::with([Arc::new(otel) as Arc<dyn Collector>]);
 
     let cluster = Cluster::start().await.unwrap();
@@ -61,11 +61,7 @@ async fn operation_duration_follows_the_db_conventions() {
             .await
             .unwrap();
     }
-    stack.close().await;
-    let provider2 = provider.clone();
-    tokio::task::spawn_blocking(move || provider2.force_flush().unwrap())
-        .await
-        .unwrap();
+    stack.close().await; // drains, then flushes the provider: no force_flush here
 
     let metrics = exporter.get_finished_metrics().unwrap();
     let all: Vec<_> = metrics
