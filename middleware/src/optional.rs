@@ -1,6 +1,9 @@
 //! A layer that may be switched off without changing the stack's type and
 //! without boxing: `Optional<L>` wraps when configured, passes through when
-//! not. The stack builder uses it for every layer the user can drop.
+//! not. Good for a few layers composed by hand; the type holds the inner
+//! service twice, so it doubles with each optional level — which is why
+//! [`StackBuilder`](crate::stack::StackBuilder) boxes its enabled layers
+//! instead.
 //!
 //! ```
 //! use tower::{Service, ServiceExt, service_fn};

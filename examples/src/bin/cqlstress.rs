@@ -311,11 +311,25 @@ async fn run(a: Args, faults: Vec<FaultSpec>) -> Result<(), String> {
     }
 
     let deadline = started + Duration::from_secs_f64(a.duration);
+    // A progress bar on a terminal (hidden when stderr is not one); the
+    // table lines go above it.
+    let bar = (!a.json).then(|| {
+        let pb = indicatif::ProgressBar::new((a.duration * 1000.0) as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40.cyan/blue} {elapsed_precise} {msg}")
+                .expect("a valid template"),
+        );
+        pb
+    });
+    let show = |line: String| match &bar {
+        Some(pb) if !pb.is_hidden() => pb.println(line),
+        _ => println!("{line}"),
+    };
     if !a.json {
-        println!(
+        show(format!(
             "{:>6} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>6}  errors",
             "time", "ops/s", "p50 µs", "p99 µs", "p999 µs", "retries", "throttled", "limit"
-        );
+        ));
     }
     let mut last_ops = 0u64;
     let mut interrupted = false;
@@ -333,7 +347,7 @@ async fn run(a: Args, faults: Vec<FaultSpec>) -> Result<(), String> {
             let s = memory.snapshot();
             let h = s.request_latency(None);
             let ops = s.requests_total();
-            println!(
+            show(format!(
                 "{:>5.1}s {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>6}  {:?}",
                 started.elapsed().as_secs_f64(),
                 ops - last_ops,
@@ -344,9 +358,20 @@ async fn run(a: Args, faults: Vec<FaultSpec>) -> Result<(), String> {
                 s.throttled,
                 s.current_limit,
                 s.errors
-            );
+            ));
+            if let Some(pb) = &bar {
+                pb.set_position(started.elapsed().as_millis() as u64);
+                pb.set_message(format!(
+                    "{} ops/s, {} retries",
+                    ops - last_ops,
+                    s.retries_total()
+                ));
+            }
             last_ops = ops;
         }
+    }
+    if let Some(pb) = &bar {
+        pb.finish_and_clear();
     }
     stop.store(true, Ordering::Relaxed);
     for w in workers {
