@@ -19,6 +19,7 @@ pub mod load_shed;
 pub mod metrics;
 pub mod optional;
 pub mod rate_limit;
+pub mod refusable;
 pub mod retry;
 pub mod slow_log;
 pub mod stack;

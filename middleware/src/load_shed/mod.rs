@@ -119,7 +119,7 @@ where
                 layer: "load_shed",
             }));
         }
-        ResponseFuture::shed(CqlError::new(
+        ResponseFuture::refused(CqlError::new(
             ErrorKind::Shed,
             "load shed: the inner service was not ready (at capacity), so the request was refused instead of waiting",
         ))
