@@ -1,5 +1,24 @@
 //! The future of a layer that either calls the inner service or refuses
 //! the request at once (the rate limit, the load shedder).
+//!
+//! ```
+//! use tower::{Service, ServiceExt, service_fn};
+//! use tower_cql_core::{Collectors, CqlRequest, CqlResponse, ErrorKind, ExecutionInfo};
+//! use tower_cql_middleware::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimitMode};
+//! use tower_layer::Layer;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let inner = service_fn(|_r: CqlRequest| async {
+//!     Ok::<_, tower_cql_core::CqlError>(CqlResponse::synthetic(ExecutionInfo::default()))
+//! });
+//! let config = RateLimitConfig { rate_per_second: 1.0, burst: 1, mode: RateLimitMode::Reject };
+//! let mut svc = RateLimitLayer::new(config, Collectors::new()).unwrap().layer(inner);
+//! // the first request is called, the second refused: both are a RefusableFuture
+//! svc.ready().await.unwrap().call(CqlRequest::query("SELECT 1 FROM t")).await.unwrap();
+//! let err = svc.ready().await.unwrap().call(CqlRequest::query("SELECT 1 FROM t")).await.unwrap_err();
+//! assert_eq!(err.kind(), ErrorKind::RateLimited);
+//! # }
+//! ```
 
 use std::fmt;
 use std::future::Future;
