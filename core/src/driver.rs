@@ -352,10 +352,6 @@ impl DriverInner {
             .then(|| Arc::new(NodeRecorder::default()));
         let result = self.run(&req, paging_state, listener.clone()).await;
         let duration = start.elapsed();
-        let node = |r: &Result<CqlResponse, CqlError>| match r {
-            Ok(resp) => resp.info().coordinator,
-            Err(_) => listener.as_ref().and_then(|l| l.node.get().copied()),
-        };
         // The driver's own timer was set to the time left before the
         // deadline: when it fires because the deadline passed, say so.
         let result = match result {
@@ -367,13 +363,14 @@ impl DriverInner {
             }
             other => other,
         };
-        let result = match result {
-            Err(e) => match node(&Err(e.clone())) {
-                Some(n) if e.node().is_none() => Err(e.with_node(n)),
-                _ => Err(e),
-            },
-            ok => ok,
-        };
+        // Errors name the node the attempt went to (from the history listener).
+        let result =
+            result.map_err(
+                |e| match listener.as_ref().and_then(|l| l.node.get().copied()) {
+                    Some(n) if e.node().is_none() => e.with_node(n),
+                    _ => e,
+                },
+            );
         if self.collectors.is_active() {
             self.collectors.emit(Event::Attempt(AttemptEvent {
                 meta,

@@ -25,17 +25,35 @@ fn record_error(span: &Span, e: &CqlError) {
 }
 
 pin_project! {
-    /// The request span's future.
+    /// The future of both tracing layers: polls the inner future inside
+    /// the span and records the outcome on it (the request span records
+    /// rows, attempts and the status code too).
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
         span: Span,
+        request: bool,
     }
 }
 
+/// The attempt span's future (the same future, recording less).
+pub type AttemptFuture<F> = ResponseFuture<F>;
+
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(inner: F, span: Span) -> ResponseFuture<F> {
-        ResponseFuture { inner, span }
+        ResponseFuture {
+            inner,
+            span,
+            request: true,
+        }
+    }
+
+    pub(crate) fn attempt(inner: F, span: Span) -> ResponseFuture<F> {
+        ResponseFuture {
+            inner,
+            span,
+            request: false,
+        }
     }
 }
 
@@ -58,67 +76,28 @@ where
         let _enter = this.span.enter();
         let out = ready!(this.inner.poll(cx));
         if !this.span.is_disabled() {
-            match &out {
-                Ok(resp) => {
+            match (&out, *this.request) {
+                (Ok(resp), request) => {
                     let info = resp.info();
                     record_node(this.span, info.coordinator);
-                    this.span
-                        .record("db.response.returned_rows", info.rows as u64);
-                    this.span.record("cql.attempts", info.attempts.max(1));
-                    this.span
-                        .record("db.cassandra.speculative_execution_count", info.speculative);
-                }
-                Err(e) => {
-                    record_error(this.span, e);
-                    if let Some(code) = e.kind().status_code() {
+                    if request {
                         this.span
-                            .record("db.response.status_code", format!("{code:#06x}").as_str());
+                            .record("db.response.returned_rows", info.rows as u64);
+                        this.span.record("cql.attempts", info.attempts.max(1));
+                        this.span
+                            .record("db.cassandra.speculative_execution_count", info.speculative);
                     }
-                    this.span.record("cql.attempts", e.attempts());
                 }
-            }
-        }
-        Poll::Ready(out)
-    }
-}
-
-pin_project! {
-    /// The attempt span's future.
-    pub struct AttemptFuture<F> {
-        #[pin]
-        inner: F,
-        span: Span,
-    }
-}
-
-impl<F> AttemptFuture<F> {
-    pub(crate) fn new(inner: F, span: Span) -> AttemptFuture<F> {
-        AttemptFuture { inner, span }
-    }
-}
-
-impl<F> fmt::Debug for AttemptFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AttemptFuture")
-            .field("span", &self.span)
-            .finish()
-    }
-}
-
-impl<F> Future for AttemptFuture<F>
-where
-    F: Future<Output = Result<CqlResponse, CqlError>>,
-{
-    type Output = Result<CqlResponse, CqlError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let _enter = this.span.enter();
-        let out = ready!(this.inner.poll(cx));
-        if !this.span.is_disabled() {
-            match &out {
-                Ok(resp) => record_node(this.span, resp.info().coordinator),
-                Err(e) => record_error(this.span, e),
+                (Err(e), request) => {
+                    record_error(this.span, e);
+                    if request {
+                        if let Some(code) = e.kind().status_code() {
+                            this.span
+                                .record("db.response.status_code", format!("{code:#06x}").as_str());
+                        }
+                        this.span.record("cql.attempts", e.attempts());
+                    }
+                }
             }
         }
         Poll::Ready(out)

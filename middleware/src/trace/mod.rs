@@ -298,7 +298,7 @@ where
             let _enter = span.enter();
             self.inner.call(req)
         };
-        AttemptFuture::new(inner, span)
+        AttemptFuture::attempt(inner, span)
     }
 }
 
