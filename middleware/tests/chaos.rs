@@ -1,0 +1,505 @@
+//! Chaos against testkit, through the default stack with the real driver:
+//! transient faults on idempotent reads, applied-then-timed-out writes, a
+//! slow node, a stopped node and a failing node. The server's counters are
+//! the evidence; every test prints its figures (`--nocapture`).
+//!
+//! Size: `TOWER_CQL_CHAOS_REQUESTS` requests per phase (default 20,000 for
+//! the fault-rate tests, a tenth of it for the node tests).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use scylla::client::session_builder::SessionBuilder;
+use tower::ServiceExt;
+use tower_cql_core::GateService;
+use tower_cql_core::event::AttemptEvent;
+use tower_cql_core::{
+    AttemptReason, Collector, Collectors, CqlRequest, DriverService, ErrorKind, InMemoryCollector,
+    Statement,
+};
+use tower_cql_middleware::breaker::BreakerConfig;
+use tower_cql_middleware::hedge::{HedgeConfig, HedgeDelay};
+use tower_cql_middleware::retry::{Backoff, RetryConfig};
+use tower_cql_middleware::stack::{BoxService, StackBuilder};
+use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
+
+const GET: &str = "SELECT v FROM ks.kv WHERE k = ?";
+const PUT: &str = "INSERT INTO ks.kv (k, v) VALUES (?, ?)";
+const ROWS: i32 = 100;
+
+fn requests(default: u64) -> u64 {
+    std::env::var("TOWER_CQL_CHAOS_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Attempts per node, as the client saw them.
+#[derive(Default)]
+struct PerNode {
+    nodes: Vec<SocketAddr>,
+    ok: [AtomicU64; 3],
+    failed: [AtomicU64; 3],
+    nanos: [AtomicU64; 3],
+}
+
+impl PerNode {
+    fn new(cluster: &Cluster) -> PerNode {
+        PerNode {
+            nodes: (0..cluster.len()).map(|i| cluster.node_addr(i)).collect(),
+            ..PerNode::default()
+        }
+    }
+
+    fn figures(&self) -> Vec<(u64, u64, u64)> {
+        (0..self.nodes.len())
+            .map(|i| {
+                let ok = self.ok[i].load(Ordering::Relaxed);
+                let failed = self.failed[i].load(Ordering::Relaxed);
+                let nanos = self.nanos[i].load(Ordering::Relaxed);
+                let mean_us = nanos / (ok + failed).max(1) / 1000;
+                (ok, failed, mean_us)
+            })
+            .collect()
+    }
+}
+
+impl Collector for PerNode {
+    fn on_attempt(&self, e: &AttemptEvent<'_>) {
+        let Some(i) = e.node.and_then(|n| self.nodes.iter().position(|&a| a == n)) else {
+            return;
+        };
+        if e.error.is_some() {
+            self.failed[i].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.ok[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.nanos[i].fetch_add(e.duration.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+struct Env {
+    cluster: Cluster,
+    driver: DriverService,
+    collectors: Collectors,
+    memory: Arc<InMemoryCollector>,
+}
+
+async fn env(nodes: usize) -> Env {
+    let cluster = Cluster::builder().nodes(nodes).start().await.unwrap();
+    let session = SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .build()
+        .await
+        .unwrap();
+    let memory = Arc::new(InMemoryCollector::new());
+    let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
+    let driver = DriverService::builder(Arc::new(session))
+        .collectors(collectors.clone())
+        .build()
+        .unwrap();
+    for cql in [
+        format!(
+            "CREATE KEYSPACE ks WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': {nodes}}}"
+        ),
+        "CREATE TABLE ks.kv (k int PRIMARY KEY, v text)".to_string(),
+    ] {
+        driver.execute(CqlRequest::unprepared(cql)).await.unwrap();
+    }
+    let put = Statement::new(PUT).idempotent(true);
+    for k in 0..ROWS {
+        driver
+            .execute(put.request().bind((k, format!("value {k}"))))
+            .await
+            .unwrap();
+    }
+    // prepare the read on every node before any fault is injected
+    let get = Statement::new(GET).idempotent(true);
+    for k in 0..(3 * nodes as i32) {
+        driver.execute(get.request().bind((k,))).await.unwrap();
+    }
+    Env {
+        cluster,
+        driver,
+        collectors,
+        memory,
+    }
+}
+
+/// What a run of requests gave.
+#[derive(Debug, Default)]
+struct Outcome {
+    ok: u64,
+    errors: BTreeMap<ErrorKind, u64>,
+    latencies: Vec<Duration>,
+}
+
+impl Outcome {
+    fn failed(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// Needs `latencies` sorted (as [`drive`] leaves them).
+    fn percentile(&self, p: f64) -> Duration {
+        let i = ((self.latencies.len() as f64 * p).ceil() as usize).saturating_sub(1);
+        self.latencies.get(i).copied().unwrap_or_default()
+    }
+}
+
+/// Runs `n` requests made by `make` with `concurrency` callers; every one
+/// must resolve within 30 s (a hang fails the test).
+async fn drive(
+    svc: &GateService<BoxService>,
+    n: u64,
+    concurrency: u64,
+    make: impl Fn(u64) -> CqlRequest + Send + Sync + 'static,
+) -> Outcome {
+    let make = Arc::new(make);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (svc, make, next) = (svc.clone(), make.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Outcome::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return out;
+                }
+                let started = Instant::now();
+                let result =
+                    tokio::time::timeout(Duration::from_secs(30), svc.clone().oneshot(make(i)))
+                        .await
+                        .expect("a request hung for 30 s");
+                out.latencies.push(started.elapsed());
+                match result {
+                    Ok(_) => out.ok += 1,
+                    Err(e) => *out.errors.entry(e.kind()).or_default() += 1,
+                }
+            }
+        }));
+    }
+    let mut all = Outcome::default();
+    for t in tasks {
+        let o = t.await.unwrap();
+        all.ok += o.ok;
+        for (k, v) in o.errors {
+            *all.errors.entry(k).or_default() += v;
+        }
+        all.latencies.extend(o.latencies);
+    }
+    all.latencies.sort_unstable();
+    all
+}
+
+fn read(i: u64) -> CqlRequest {
+    Statement::new(GET)
+        .operation("get")
+        .idempotent(true)
+        .request()
+        .bind(((i % ROWS as u64) as i32,))
+}
+
+fn fast_retries(max_attempts: u32) -> RetryConfig {
+    RetryConfig {
+        max_attempts,
+        backoff: Backoff {
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(20),
+        },
+        ..RetryConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_percent_transient_faults_leave_at_least_99_9_percent_of_reads_succeeding() {
+    let e = env(3).await;
+    let n = requests(20_000);
+    // three kinds, 3.45% each: 10% of attempts fail
+    let faults: Vec<_> = [
+        InjectedError::Overloaded,
+        InjectedError::Unavailable,
+        InjectedError::ReadTimeout,
+    ]
+    .into_iter()
+    .map(|kind| {
+        e.cluster.faults().add(
+            Fault::error(kind)
+                .opcode(Opcode::Execute)
+                .matching(GET)
+                .probability(0.0345),
+        )
+    })
+    .collect();
+    let stack = StackBuilder::new(e.collectors.clone())
+        .retry(fast_retries(4))
+        .build(e.driver.clone())
+        .unwrap();
+    let started = Instant::now();
+    let out = drive(&stack.service(), n, 32, read).await;
+    let took = started.elapsed();
+    stack.close().await;
+
+    let fired: u64 = faults.iter().map(|&f| e.cluster.faults().fired(f)).sum();
+    let snap = e.memory.snapshot();
+    let success = out.ok as f64 / n as f64;
+    println!(
+        "chaos: {n} idempotent reads, 10% of attempts failed at the server ({fired} faults: \
+         Overloaded/Unavailable/ReadTimeout) -> {:.3}% succeeded, {} retries, {} failed {:?}, \
+         p50 {:?} p99 {:?}, {:.0} reads/s",
+        success * 100.0,
+        snap.retries_total(),
+        out.failed(),
+        out.errors,
+        out.percentile(0.5),
+        out.percentile(0.99),
+        n as f64 / took.as_secs_f64(),
+    );
+    assert_eq!(out.ok + out.failed(), n, "every request resolved");
+    assert!(success >= 0.999, "{:.4}% succeeded", success * 100.0);
+    // the rate was what was asked for (binomial, ±5 standard deviations)
+    let attempts = n + snap.retries_total();
+    let expected = attempts as f64 * 0.1;
+    assert!(
+        (fired as f64 - expected).abs() < 5.0 * (expected * 0.9).sqrt(),
+        "{fired} faults in {attempts} attempts"
+    );
+    // nothing lost: every fault the server fired was either retried or
+    // was the error the caller got
+    assert_eq!(snap.retries_total() + out.failed(), fired);
+    assert_eq!(snap.attempt_errors.values().sum::<u64>(), fired);
+    // one request event per logical request, whatever its attempts
+    assert_eq!(snap.requests_total(), n);
+    assert_eq!(snap.ok, out.ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_applied_then_timed_out_are_never_applied_twice() {
+    let e = env(3).await;
+    let n = requests(20_000) / 4;
+    let stack = StackBuilder::new(e.collectors.clone())
+        .retry(fast_retries(4))
+        .build(e.driver.clone())
+        .unwrap();
+    let svc = stack.service();
+    let fault = e.cluster.faults().add(
+        Fault::write_timeout_after_apply()
+            .matching(PUT)
+            .probability(0.1),
+    );
+    // non-idempotent writes (the default for a statement not marked)
+    let base = e.cluster.counters().applied(PUT);
+    let out = drive(&svc, n, 32, |i| {
+        CqlRequest::query(PUT).bind((1_000 + i as i32, "w"))
+    })
+    .await;
+    let fired = e.cluster.faults().fired(fault);
+    let applied = e.cluster.counters().applied(PUT) - base;
+    let duplicates = e.cluster.counters().duplicate_writes();
+    println!(
+        "chaos: {n} non-idempotent writes, {fired} applied-then-WriteTimeout -> \
+         {} ok, {:?} failed, {applied} applied, {duplicates} applied twice",
+        out.ok, out.errors
+    );
+    assert!(fired > 0);
+    assert_eq!(out.errors.get(&ErrorKind::WriteTimeout), Some(&fired));
+    assert_eq!(out.ok + fired, n);
+    // every write applied exactly once, the timed-out ones included
+    assert_eq!(applied, n);
+    assert_eq!(duplicates, 0);
+    assert_eq!(
+        e.memory.snapshot().retries.get(&ErrorKind::WriteTimeout),
+        None
+    );
+
+    // The same writes marked idempotent are retried, and the server counts
+    // the second application: the counter the assertion above relies on
+    // does see duplicates.
+    let m = 200;
+    let out = drive(&svc, m, 8, |i| {
+        Statement::new(PUT)
+            .idempotent(true)
+            .request()
+            .bind((100_000 + i as i32, "w"))
+    })
+    .await;
+    assert_eq!(out.ok, m, "{:?}", out.errors);
+    assert!(e.cluster.counters().duplicate_writes() > 0);
+    stack.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_node_then_a_stopped_node_traffic_continues_and_per_node_figures_show_it() {
+    let e = env(3).await;
+    let n = requests(20_000) / 10;
+    let per_node = Arc::new(PerNode::new(&e.cluster));
+    e.collectors.add(per_node.clone());
+    let stack = StackBuilder::new(e.collectors.clone())
+        .retry(fast_retries(4))
+        .hedge(HedgeConfig {
+            delay: HedgeDelay::Fixed(Duration::from_millis(20)),
+            max_speculative: 2,
+        })
+        .build(e.driver.clone())
+        .unwrap();
+    let svc = stack.service();
+
+    // Phase 1: node 1 answers reads 500 ms late.
+    let stall = Duration::from_millis(500);
+    let slow = e.cluster.faults().add(
+        Fault::delay(stall)
+            .opcode(Opcode::Execute)
+            .matching(GET)
+            .node(1),
+    );
+    let server_before: Vec<u64> = (0..3)
+        .map(|i| e.cluster.counters().node_executions(i))
+        .collect();
+    let speculative_before = e
+        .memory
+        .snapshot()
+        .attempts_by_reason(AttemptReason::Speculative);
+    let out = drive(&svc, n, 16, read).await;
+    let server: Vec<u64> = (0..3)
+        .map(|i| e.cluster.counters().node_executions(i) - server_before[i])
+        .collect();
+    let speculative = e
+        .memory
+        .snapshot()
+        .attempts_by_reason(AttemptReason::Speculative)
+        - speculative_before;
+    let figures = per_node.figures();
+    let (p95, p99) = (out.percentile(0.95), out.percentile(0.99));
+    println!(
+        "chaos: node 1 answers 500 ms late; {n} reads with hedging after 20 ms -> {} ok, \
+         p50 {:?} p95 {p95:?} p99 {p99:?}, {speculative} speculative attempts; server executions per node \
+         {server:?}; client (ok, failed, mean µs) per node {figures:?}",
+        out.ok,
+        out.percentile(0.5),
+    );
+    assert_eq!(out.ok, n, "{:?}", out.errors);
+    assert!(
+        e.cluster.faults().fired(slow) > 0,
+        "the slow node got traffic"
+    );
+    assert!(speculative > 0);
+    // The driver's load balancer picks each attempt's node on its own, so
+    // about (1/3)^3 of the reads send all three attempts to the slow node:
+    // p99 still meets the stall, p95 does not.
+    assert!(
+        p95 < stall / 2,
+        "hedging did not cut the stall: p95 {p95:?}"
+    );
+    // the client saw node 1 for what it is: its attempts, when they
+    // finished at all before a hedge won, were slow; the others were not
+    assert!(figures[1].0 < figures[0].0 / 4 && figures[1].0 < figures[2].0 / 4);
+    e.cluster.faults().remove(slow);
+
+    // Phase 2: node 2 stops.
+    e.cluster.stop_node(2).await;
+    let before: Vec<u64> = (0..3)
+        .map(|i| e.cluster.counters().node_executions(i))
+        .collect();
+    let ok_before: Vec<u64> = per_node.figures().iter().map(|f| f.0).collect();
+    let out = drive(&svc, n, 16, read).await;
+    let server: Vec<u64> = (0..3)
+        .map(|i| e.cluster.counters().node_executions(i) - before[i])
+        .collect();
+    let ok_after: Vec<u64> = per_node.figures().iter().map(|f| f.0).collect();
+    println!(
+        "chaos: node 2 stopped; {n} reads -> {} ok {:?}; server executions per node {server:?}; \
+         client ok attempts per node {:?}",
+        out.ok,
+        out.errors,
+        (0..3)
+            .map(|i| ok_after[i] - ok_before[i])
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(out.ok, n, "traffic continues: {:?}", out.errors);
+    assert_eq!(server[2], 0);
+    assert_eq!(ok_after[2], ok_before[2]);
+    assert!(server[0] > 0 && server[1] > 0);
+    stack.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_stops_sending_to_a_failing_node_and_lets_the_others_serve() {
+    let e = env(3).await;
+    let failing = e.cluster.faults().add(
+        Fault::error(InjectedError::Overloaded)
+            .opcode(Opcode::Execute)
+            .matching(GET)
+            .node(0),
+    );
+    let cool_down = Duration::from_millis(200);
+    let stack = StackBuilder::new(e.collectors.clone())
+        .without_retry()
+        .breaker(BreakerConfig {
+            min_requests: 5,
+            cool_down,
+            ..BreakerConfig::default()
+        })
+        .build(e.driver.clone())
+        .unwrap();
+    let svc = stack.service();
+    // four callers, one request every 2 ms each, for 1.5 s
+    let run_for = Duration::from_millis(1500);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Outcome::default();
+            let mut i = w;
+            while started.elapsed() < run_for {
+                match svc.clone().oneshot(read(i)).await {
+                    Ok(_) => out.ok += 1,
+                    Err(e) => *out.errors.entry(e.kind()).or_default() += 1,
+                }
+                i += 4;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            out
+        }));
+    }
+    let mut out = Outcome::default();
+    for t in tasks {
+        let o = t.await.unwrap();
+        out.ok += o.ok;
+        for (k, v) in o.errors {
+            *out.errors.entry(k).or_default() += v;
+        }
+    }
+    let sent_to_failing = e.cluster.faults().fired(failing);
+    let total = out.ok + out.failed();
+    let snap = e.memory.snapshot();
+    println!(
+        "chaos: node 0 fails every read, breaker (5 requests, 50%, cool-down 200 ms), no retries: \
+         {total} requests in 1.5 s -> {} ok, {:?}; node 0 was sent {sent_to_failing}, \
+         {} breaker transitions",
+        out.ok, out.errors, snap.breaker_transitions
+    );
+    assert!(snap.breaker_transitions >= 2, "opened and half-opened");
+    assert!(
+        out.errors
+            .get(&ErrorKind::CircuitOpen)
+            .copied()
+            .unwrap_or(0)
+            > 0
+    );
+    assert!(out.ok > 0, "the healthy nodes served");
+    // without the breaker node 0 would get a third of the requests; with it,
+    // about one probe per cool-down after the first few failures
+    let cycles = (run_for.as_millis() / cool_down.as_millis()) as u64 + 2;
+    assert!(
+        sent_to_failing <= 10 + 4 * cycles && sent_to_failing * 6 < total,
+        "node 0 was sent {sent_to_failing} of {total}"
+    );
+    // every refusal and every failure reached the collectors
+    assert_eq!(snap.requests_total(), total);
+    assert_eq!(snap.errors, out.errors);
+    stack.close().await;
+}
