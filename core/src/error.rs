@@ -24,7 +24,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use scylla::errors::{DbError, ExecutionError, PrepareError, RequestAttemptError, WriteType};
+use scylla::errors::{
+    DbError, ExecutionError, NewSessionError, PrepareError, RequestAttemptError, WriteType,
+};
 
 /// What kind of failure a [`CqlError`] is. Bounded: safe as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -241,7 +243,9 @@ impl ErrorKind {
                 "the statement is re-prepared automatically; if this persists, check for schema changes"
             }
             ErrorKind::Protocol => {
-                "upgrade the driver or the server so they share a protocol version"
+                "the server refused the request's framing: if it says the request is too big, \
+                 send smaller values (the server's frame limit, e.g. native_transport_max_frame_size); \
+                 otherwise upgrade the driver or the server so they share a protocol version"
             }
             ErrorKind::ClientTimeout => {
                 "the attempt may have been applied; raise the per-attempt timeout or retry only if idempotent"
@@ -742,6 +746,25 @@ impl std::error::Error for CqlError {
 impl From<ExecutionError> for CqlError {
     fn from(e: ExecutionError) -> CqlError {
         CqlError::from_execution(e)
+    }
+}
+
+impl From<NewSessionError> for CqlError {
+    /// A session that could not be created: `BadRequest` for a
+    /// configuration the driver refused, `Connection` otherwise (no
+    /// contact point answered, or the first metadata fetch failed).
+    fn from(e: NewSessionError) -> CqlError {
+        let kind = match &e {
+            NewSessionError::EmptyKnownNodesList | NewSessionError::IllegalConfig(_) => {
+                ErrorKind::BadRequest
+            }
+            _ => ErrorKind::Connection,
+        };
+        let message = match kind {
+            ErrorKind::BadRequest => format!("the session configuration was refused: {e}"),
+            _ => format!("could not connect to the cluster: {e}"),
+        };
+        CqlError::new(kind, message).with_source(e)
     }
 }
 

@@ -510,26 +510,38 @@ impl FrameWriter {
     }
 }
 
+/// What [`split_frame`] found at the front of the buffer.
+#[derive(Debug)]
+pub(crate) enum Split {
+    /// A whole frame: its header and (still compressed, if flagged) body.
+    Frame(Header, Bytes),
+    /// Not a whole frame yet.
+    Partial,
+    /// A frame whose body is larger than allowed: answer it on its stream
+    /// and skip its `length` body bytes (as Cassandra does), keeping the
+    /// connection. The header has been taken off the buffer.
+    TooLarge(Header),
+}
+
 /// Takes one complete frame off the front of `buf`, if there is one.
-/// Returns the header and the (still compressed, if flagged) body.
-pub(crate) fn split_frame(buf: &mut BytesMut) -> Result<Option<(Header, Bytes)>, ProtocolError> {
+/// Bodies longer than `max_body` (and the protocol's 256 MiB) are refused
+/// ([`Split::TooLarge`]); the header's other fields are checked later.
+pub(crate) fn split_frame(buf: &mut BytesMut, max_body: usize) -> Split {
     if buf.len() < HEADER_LEN {
-        return Ok(None);
+        return Split::Partial;
     }
     let header = Header::parse(&buf[..HEADER_LEN]);
-    if header.length > MAX_BODY_LEN {
-        return Err(ProtocolError::new(format!(
-            "frame body of {} bytes exceeds the 256 MiB limit",
-            header.length
-        )));
+    if header.length > max_body.min(MAX_BODY_LEN) {
+        buf.advance(HEADER_LEN);
+        return Split::TooLarge(header);
     }
     if buf.len() < HEADER_LEN + header.length {
         buf.reserve(HEADER_LEN + header.length - buf.len());
-        return Ok(None);
+        return Split::Partial;
     }
     buf.advance(HEADER_LEN);
     let body = buf.split_to(header.length).freeze();
-    Ok(Some((header, body)))
+    Split::Frame(header, body)
 }
 
 #[cfg(test)]
@@ -554,13 +566,37 @@ mod tests {
     fn split_frame_waits_for_whole_frame() {
         let mut buf = BytesMut::new();
         buf.extend_from_slice(&[4, 0, 0, 1, 5, 0, 0, 0, 2, 0xAA]);
-        assert!(split_frame(&mut buf).unwrap().is_none());
+        assert!(matches!(split_frame(&mut buf, 1024), Split::Partial));
         buf.extend_from_slice(&[0xBB, 4]);
-        let (h, body) = split_frame(&mut buf).unwrap().unwrap();
+        let Split::Frame(h, body) = split_frame(&mut buf, 1024) else {
+            panic!("a whole frame")
+        };
         assert_eq!(h.stream, 1);
         assert_eq!(h.opcode, 5);
         assert_eq!(&body[..], &[0xAA, 0xBB]);
         assert_eq!(&buf[..], &[4]);
+    }
+
+    #[test]
+    fn split_frame_refuses_a_body_over_the_limit_without_waiting_for_it() {
+        let mut buf = BytesMut::new();
+        // stream 7, QUERY, a 2,000-byte body of which 3 bytes arrived
+        buf.extend_from_slice(&[4, 0, 0, 7, 7, 0, 0, 0x07, 0xD0, 1, 2, 3]);
+        let Split::TooLarge(h) = split_frame(&mut buf, 1000) else {
+            panic!("refused")
+        };
+        assert_eq!((h.stream, h.length), (7, 2000));
+        assert_eq!(
+            &buf[..],
+            &[1, 2, 3],
+            "the header was taken, the body is left to skip"
+        );
+        // a length past the protocol's 256 MiB is refused whatever the limit
+        let mut buf = BytesMut::from(&[4u8, 0, 0, 1, 7, 0x7F, 0xFF, 0xFF, 0xFF][..]);
+        assert!(matches!(
+            split_frame(&mut buf, usize::MAX),
+            Split::TooLarge(_)
+        ));
     }
 
     #[test]

@@ -104,6 +104,7 @@ pub struct ClusterBuilder {
     data_center: String,
     vnodes: usize,
     track_writes: bool,
+    max_frame_bytes: usize,
 }
 
 impl Default for ClusterBuilder {
@@ -116,6 +117,7 @@ impl Default for ClusterBuilder {
             data_center: "datacenter1".into(),
             vnodes: 8,
             track_writes: true,
+            max_frame_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -166,6 +168,16 @@ impl ClusterBuilder {
         self
     }
 
+    /// The largest request frame body a node accepts (default and most:
+    /// the protocol's 256 MiB), like Cassandra's
+    /// `native_transport_max_frame_size`. A larger request is answered
+    /// with a protocol error on its stream ("Request is too big") and
+    /// skipped; the connection stays open.
+    pub fn max_frame_bytes(mut self, bytes: usize) -> ClusterBuilder {
+        self.max_frame_bytes = bytes;
+        self
+    }
+
     /// Binds every node and starts serving. Must be called inside a Tokio
     /// runtime.
     pub async fn start(self) -> io::Result<Cluster> {
@@ -209,7 +221,7 @@ impl ClusterBuilder {
             .into_iter()
             .enumerate()
             .map(|(i, listener)| {
-                let node = Arc::new(Node::new(i, db.clone()));
+                let node = Arc::new(Node::new(i, db.clone(), self.max_frame_bytes));
                 let running = spawn_node(listener, node.clone());
                 db.topology.nodes[i].running.store(true, Ordering::SeqCst);
                 NodeSlot {
@@ -371,6 +383,17 @@ impl Cluster {
         for i in 0..self.inner.nodes.len() {
             self.stop_node(i).await;
         }
+    }
+
+    /// Client connections open now, over every node (a driver keeps one
+    /// control connection plus its pool per node). Tests use it to show
+    /// that closed sessions leave no connection behind.
+    pub fn open_connections(&self) -> usize {
+        self.inner
+            .nodes
+            .iter()
+            .map(|n| n.node.connections.load(Ordering::SeqCst))
+            .sum()
     }
 
     /// The fault rules.

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -26,7 +26,7 @@ use crate::exec::{self, BatchItem, Ctx, Options, Outcome, Prepared, Values};
 use crate::fault::{Decision, FaultAction, Target};
 use crate::frame::{
     self, BatchEntry, BatchRequest, Compression, FLAG_CUSTOM_PAYLOAD, FLAG_TRACING, FrameWriter,
-    Header, Opcode, QueryParams, Reader, WriteExt,
+    Header, Opcode, QueryParams, Reader, Split, WriteExt,
 };
 
 /// One node: its index in the cluster and its prepared-statement cache.
@@ -35,6 +35,26 @@ pub(crate) struct Node {
     pub(crate) index: usize,
     pub(crate) db: Arc<Database>,
     pub(crate) prepared: RwLock<HashMap<[u8; 16], Arc<Prepared>>>,
+    /// Client connections open now.
+    pub(crate) connections: std::sync::atomic::AtomicUsize,
+    /// The largest request body accepted.
+    pub(crate) max_body: usize,
+}
+
+/// Counts a connection for as long as it is served.
+struct Open<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Open<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Open<'a> {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Open(n)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Node {
@@ -103,6 +123,8 @@ async fn recv_event(
 
 /// Serves one connection until it closes or the node stops.
 async fn serve(stream: TcpStream, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let open = node.clone();
+    let _open = Open::new(&open.connections);
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let mut inbuf = BytesMut::with_capacity(64 * 1024);
@@ -112,6 +134,8 @@ async fn serve(stream: TcpStream, node: Arc<Node>, mut stop: watch::Receiver<boo
         compression: Compression::None,
         events: Vec::new(),
     };
+    // body bytes of a refused oversized frame still to be skipped
+    let mut skip = 0usize;
     let (deferred_tx, mut deferred_rx) = mpsc::unbounded_channel::<(BytesMut, Option<String>)>();
     let mut events: Option<broadcast::Receiver<(usize, Event)>> = None;
     'conn: loop {
@@ -123,13 +147,26 @@ async fn serve(stream: TcpStream, node: Arc<Node>, mut stop: watch::Receiver<boo
                     Ok(_) => {}
                 }
                 loop {
-                    let (header, body) = match frame::split_frame(&mut inbuf) {
-                        Ok(Some(f)) => f,
-                        Ok(None) => break,
-                        Err(e) => {
-                            write_error(&mut out, 0, &ServerError::protocol(e.0), conn.compression);
-                            let _ = wr.write_all(&out).await;
-                            break 'conn;
+                    if skip > 0 {
+                        let n = skip.min(inbuf.len());
+                        inbuf.advance(n);
+                        skip -= n;
+                        if skip > 0 {
+                            break;
+                        }
+                    }
+                    let (header, body) = match frame::split_frame(&mut inbuf, node.max_body) {
+                        Split::Frame(header, body) => (header, body),
+                        Split::Partial => break,
+                        Split::TooLarge(header) => {
+                            let msg = format!(
+                                "Request is too big: length {} exceeds maximum allowed length {}",
+                                header.length,
+                                node.max_body.min(frame::MAX_BODY_LEN)
+                            );
+                            write_error(&mut out, header.stream, &ServerError::protocol(msg), conn.compression);
+                            skip = header.length;
+                            continue;
                         }
                     };
                     let was_registered = !conn.events.is_empty();
@@ -788,11 +825,13 @@ pub(crate) fn set_running(db: &Database, index: usize, up: bool) {
 }
 
 impl Node {
-    pub(crate) fn new(index: usize, db: Arc<Database>) -> Node {
+    pub(crate) fn new(index: usize, db: Arc<Database>, max_body: usize) -> Node {
         Node {
+            max_body,
             index,
             db,
             prepared: RwLock::new(HashMap::new()),
+            connections: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
