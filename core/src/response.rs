@@ -40,11 +40,36 @@ pub struct ExecutionInfo {
 }
 
 /// A successful response: the driver's result and how it was obtained.
-#[derive(Debug)]
+///
+/// Its `Debug` output shows the shape of the result (row count, columns)
+/// and how it was executed, never the rows' values.
 pub struct CqlResponse {
     result: Option<QueryResult>,
     paging: Option<PagingStateResponse>,
     info: ExecutionInfo,
+}
+
+impl std::fmt::Debug for CqlResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        struct Redacted(usize, bool);
+        impl std::fmt::Debug for Redacted {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match self {
+                    Redacted(_, false) => f.write_str("<no rows>"),
+                    Redacted(n, true) => write!(f, "<{n} rows redacted>"),
+                }
+            }
+        }
+        let has_rows = self.result.as_ref().is_some_and(QueryResult::is_rows);
+        f.debug_struct("CqlResponse")
+            .field("result", &Redacted(self.info.rows, has_rows))
+            .field(
+                "more_pages",
+                &matches!(self.paging, Some(PagingStateResponse::HasMorePages { .. })),
+            )
+            .field("info", &self.info)
+            .finish()
+    }
 }
 
 impl CqlResponse {

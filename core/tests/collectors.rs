@@ -1,8 +1,8 @@
 //! Swapping the collector set while tasks record: every event reaches
 //! exactly one generation, so counts are conserved exactly.
 //!
-//! Size: `TOWER_CQL_STRESS_EVENTS` events in all (default 400,000) and
-//! `TOWER_CQL_STRESS_SWAPS` swaps (default 4,000).
+//! Size: `TOWER_CQL_STRESS_EVENTS` events in all (default 1,000,000) and
+//! `TOWER_CQL_STRESS_SWAPS` swaps (default 10,000).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,8 +29,8 @@ fn env(name: &str, default: u64) -> u64 {
 
 #[test]
 fn swaps_while_recording_conserve_every_event() {
-    let total = env("TOWER_CQL_STRESS_EVENTS", 400_000);
-    let swaps = env("TOWER_CQL_STRESS_SWAPS", 4_000);
+    let total = env("TOWER_CQL_STRESS_EVENTS", 1_000_000);
+    let swaps = env("TOWER_CQL_STRESS_SWAPS", 10_000);
     let threads = 4u64;
     let per_thread = total / threads;
     let collectors = Collectors::new();
