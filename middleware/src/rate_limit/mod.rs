@@ -73,7 +73,11 @@ mod layer;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
+#[cfg(not(tower_cql_loom))]
 use std::sync::atomic::{AtomicU64, Ordering};
+
+#[cfg(tower_cql_loom)]
+use loom::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -488,7 +492,7 @@ where
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(tower_cql_loom)))]
 mod tests {
     use super::*;
     use std::sync::Mutex;
@@ -769,5 +773,73 @@ mod tests {
             b.take(t, Duration::ZERO),
             Take::Refused(Duration::from_nanos(1))
         );
+    }
+}
+
+/// The bucket's atomic protocol under `loom`: every interleaving of
+/// callers taking (and refunding) tokens at one instant.
+/// `RUSTFLAGS="--cfg tower_cql_loom" cargo test -p tower-cql-middleware --release --lib loom`
+#[cfg(all(test, tower_cql_loom))]
+mod loom_tests {
+    use super::*;
+    use loom::thread;
+
+    fn bucket(burst: u32) -> Arc<Bucket> {
+        Arc::new(Bucket::new(&RateLimitConfig {
+            rate_per_second: 1.0,
+            burst,
+            ..RateLimitConfig::default()
+        }))
+    }
+
+    fn taken(b: &Bucket) -> bool {
+        matches!(b.take(b.start, Duration::ZERO), Take::Taken(w) if w.is_zero())
+    }
+
+    #[test]
+    fn concurrent_takers_get_exactly_the_burst() {
+        loom::model(|| {
+            let b = bucket(2);
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let b = b.clone();
+                    thread::spawn(move || u32::from(taken(&b)) + u32::from(taken(&b)))
+                })
+                .collect();
+            let got: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+            assert_eq!(got, 2, "two tokens in a burst of two, whatever the order");
+            assert!(!taken(&b), "and none left");
+        });
+    }
+
+    #[test]
+    fn a_refund_is_never_lost_nor_doubled() {
+        loom::model(|| {
+            let b = bucket(1);
+            let refunder = {
+                let b = b.clone();
+                thread::spawn(move || {
+                    let got = taken(&b);
+                    if got {
+                        b.refund();
+                    }
+                    got
+                })
+            };
+            let other = {
+                let b = b.clone();
+                thread::spawn(move || taken(&b))
+            };
+            let (r, o) = (refunder.join().unwrap(), other.join().unwrap());
+            // one token: whoever held it, the refunded one is available
+            // again unless the other caller already has it
+            let left = taken(&b);
+            assert_eq!(
+                u32::from(o) + u32::from(left),
+                1,
+                "refunder {r}, other {o}, left {left}"
+            );
+            assert!(!taken(&b));
+        });
     }
 }
