@@ -58,6 +58,8 @@ pub mod redact;
 pub mod request;
 pub mod response;
 mod sync;
+#[cfg(feature = "tls-rustls")]
+pub mod tls;
 
 pub use collector::{Background, Collector, CollectorId, CollectorSet, Collectors};
 pub use driver::{DriverService, DriverServiceBuilder};

@@ -90,6 +90,25 @@ pub use error::{Consistency, WriteType};
 pub use fault::{Fault, FaultAction, FaultId, InjectedError, StatementKind};
 pub use frame::Opcode;
 pub use murmur3::token;
+#[doc(hidden)]
+pub use server::fuzzing;
+
+/// TEST-ONLY certificates (feature `tls`), valid for 100 years: a CA, a
+/// node certificate for 127.0.0.1–127.0.0.4 and `localhost`, and a client
+/// certificate for mutual TLS, all PEM. `certs/gen.sh` makes new ones.
+#[cfg(feature = "tls")]
+pub mod certs {
+    /// The CA that signed both certificates.
+    pub const CA_PEM: &[u8] = include_bytes!("../certs/ca.pem");
+    /// The nodes' certificate.
+    pub const NODE_PEM: &[u8] = include_bytes!("../certs/node.pem");
+    /// The nodes' private key (PKCS#8).
+    pub const NODE_KEY: &[u8] = include_bytes!("../certs/node.key");
+    /// A client certificate, for mutual TLS.
+    pub const CLIENT_PEM: &[u8] = include_bytes!("../certs/client.pem");
+    /// The client certificate's private key (PKCS#8).
+    pub const CLIENT_KEY: &[u8] = include_bytes!("../certs/client.key");
+}
 
 use db::{Database, Topology};
 use server::Node;
@@ -105,6 +124,8 @@ pub struct ClusterBuilder {
     vnodes: usize,
     track_writes: bool,
     max_frame_bytes: usize,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ClusterBuilder {
@@ -118,6 +139,8 @@ impl Default for ClusterBuilder {
             vnodes: 8,
             track_writes: true,
             max_frame_bytes: 256 * 1024 * 1024,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -178,6 +201,58 @@ impl ClusterBuilder {
         self
     }
 
+    /// Serves TLS only (feature `tls`): every node presents
+    /// `cert_chain_pem` with `key_pem` (PKCS#8, SEC1 or PKCS#1), and with
+    /// `client_ca_pem` it also requires a client certificate signed by
+    /// that CA (mutual TLS). [`certs`] has a test CA and certificates for
+    /// 127.0.0.1–4.
+    #[cfg(feature = "tls")]
+    pub fn tls(
+        mut self,
+        cert_chain_pem: &[u8],
+        key_pem: &[u8],
+        client_ca_pem: Option<&[u8]>,
+    ) -> io::Result<ClusterBuilder> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let invalid = |what: &str, e: &dyn std::fmt::Display| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("testkit TLS: {what}: {e}"),
+            )
+        };
+        let chain = CertificateDer::pem_slice_iter(cert_chain_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("the certificate chain is not PEM", &e))?;
+        if chain.is_empty() {
+            return Err(invalid("no certificate in the chain", &"empty"));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| invalid("the private key is not PEM", &e))?;
+        let builder = rustls::ServerConfig::builder();
+        let builder = match client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(ca) {
+                    let cert = cert.map_err(|e| invalid("the client CA is not PEM", &e))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| invalid("the client CA was refused", &e))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                    .build()
+                    .map_err(|e| invalid("the client CA cannot verify", &e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| invalid("the certificate and key do not fit", &e))?;
+        self.tls = Some(Arc::new(config));
+        Ok(self)
+    }
+
     /// Binds every node and starts serving. Must be called inside a Tokio
     /// runtime.
     pub async fn start(self) -> io::Result<Cluster> {
@@ -221,7 +296,13 @@ impl ClusterBuilder {
             .into_iter()
             .enumerate()
             .map(|(i, listener)| {
-                let node = Arc::new(Node::new(i, db.clone(), self.max_frame_bytes));
+                #[allow(unused_mut)]
+                let mut node = Node::new(i, db.clone(), self.max_frame_bytes);
+                #[cfg(feature = "tls")]
+                {
+                    node.tls = self.tls.clone();
+                }
+                let node = Arc::new(node);
                 let running = spawn_node(listener, node.clone());
                 db.topology.nodes[i].running.store(true, Ordering::SeqCst);
                 NodeSlot {

@@ -14,8 +14,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -39,6 +39,9 @@ pub(crate) struct Node {
     pub(crate) connections: std::sync::atomic::AtomicUsize,
     /// The largest request body accepted.
     pub(crate) max_body: usize,
+    /// TLS for every connection, when configured.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Counts a connection for as long as it is served.
@@ -95,7 +98,22 @@ pub(crate) async fn accept_loop(
             _ = stop.changed() => break,
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
-                    conns.spawn(serve(stream, node.clone(), stop.clone()));
+                    let _ = stream.set_nodelay(true);
+                    #[cfg(feature = "tls")]
+                    if let Some(tls) = node.tls.clone() {
+                        let (node, stop) = (node.clone(), stop.clone());
+                        conns.spawn(async move {
+                            // a failed handshake just closes the connection
+                            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let (rd, wr) = tokio::io::split(stream);
+                                serve(rd, wr, node, stop).await;
+                            }
+                        });
+                        continue;
+                    }
+                    let (rd, wr) = stream.into_split();
+                    conns.spawn(serve(rd, wr, node.clone(), stop.clone()));
                 }
             }
         }
@@ -122,11 +140,13 @@ async fn recv_event(
 }
 
 /// Serves one connection until it closes or the node stops.
-async fn serve(stream: TcpStream, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+async fn serve<R, W>(mut rd: R, mut wr: W, node: Arc<Node>, mut stop: watch::Receiver<bool>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let open = node.clone();
     let _open = Open::new(&open.connections);
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
     let mut inbuf = BytesMut::with_capacity(64 * 1024);
     let mut out = BytesMut::with_capacity(64 * 1024);
     let mut conn = ConnState {
@@ -832,6 +852,8 @@ impl Node {
             db,
             prepared: RwLock::new(HashMap::new()),
             connections: std::sync::atomic::AtomicUsize::new(0),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -842,5 +864,92 @@ impl Node {
 
     pub(crate) fn address(&self) -> SocketAddr {
         self.addr()
+    }
+}
+
+/// Entry points for the fuzz targets (`testkit/fuzz`) and their
+/// regression tests: the server's whole request path, without sockets.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+    use crate::db::Topology;
+
+    /// One node and one connection to it, fed raw bytes.
+    #[derive(Debug)]
+    pub struct Harness {
+        node: Node,
+        conn: ConnState,
+        inbuf: BytesMut,
+        skip: usize,
+        closed: bool,
+    }
+
+    impl Default for Harness {
+        fn default() -> Harness {
+            Harness::new()
+        }
+    }
+
+    impl Harness {
+        /// A fresh one-node database with a 64 KiB frame limit.
+        pub fn new() -> Harness {
+            let addr = SocketAddr::from(([127, 0, 0, 1], 9042));
+            let db = Arc::new(Database::new(Topology::new("fuzz", &[addr], 4, "dc1")));
+            Harness {
+                node: Node::new(0, db, 64 * 1024),
+                conn: ConnState {
+                    keyspace: None,
+                    compression: Compression::None,
+                    events: Vec::new(),
+                },
+                inbuf: BytesMut::new(),
+                skip: 0,
+                closed: false,
+            }
+        }
+
+        /// Feeds `data` as bytes read from the connection; returns how
+        /// many bytes the server answered with. After the server closes
+        /// the connection, further input is ignored.
+        pub fn feed(&mut self, data: &[u8]) -> usize {
+            if self.closed {
+                return 0;
+            }
+            self.inbuf.extend_from_slice(data);
+            let mut out = BytesMut::new();
+            loop {
+                if self.skip > 0 {
+                    let n = self.skip.min(self.inbuf.len());
+                    self.inbuf.advance(n);
+                    self.skip -= n;
+                    if self.skip > 0 {
+                        break;
+                    }
+                }
+                match frame::split_frame(&mut self.inbuf, self.node.max_body) {
+                    Split::Partial => break,
+                    Split::TooLarge(header) => {
+                        let err = ServerError::protocol("too big");
+                        write_error(&mut out, header.stream, &err, self.conn.compression);
+                        self.skip = header.length;
+                    }
+                    Split::Frame(header, body) => {
+                        match handle(&self.node, &mut self.conn, header, body, &mut out, None) {
+                            Flow::Continue | Flow::Defer { .. } => {}
+                            Flow::Close => {
+                                self.closed = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            out.len()
+        }
+    }
+
+    /// Parses `text` as CQL (the result is dropped: only panics matter).
+    pub fn cql(text: &str) {
+        let _ = crate::cql::parse(text);
     }
 }

@@ -1,0 +1,10 @@
+//! CQL text straight into the parser.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        tower_cql_testkit::fuzzing::cql(text);
+    }
+});
