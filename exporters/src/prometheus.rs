@@ -89,13 +89,7 @@ impl PrometheusExporterBuilder {
             addr: self.listen,
             source: e,
         };
-        let builder = PrometheusBuilder::new()
-            .with_http_listener(self.listen)
-            .upkeep_timeout(self.upkeep)
-            .set_buckets_for_metric(Matcher::Full(OPERATION_DURATION.into()), &self.buckets)
-            .map_err(build)?
-            .set_buckets_for_metric(Matcher::Full(ATTEMPT_DURATION.into()), &self.buckets)
-            .map_err(build)?;
+        let builder = self.recorder_builder()?.with_http_listener(self.listen);
         let (recorder, serve) = builder.build().map_err(build)?;
         let handle = recorder.handle();
         metrics::set_global_recorder(recorder).map_err(|_| PrometheusError::RecorderInstalled)?;
@@ -107,6 +101,79 @@ impl PrometheusExporterBuilder {
             address: self.listen,
             task,
         })
+    }
+}
+
+impl PrometheusExporterBuilder {
+    fn recorder_builder(&self) -> Result<PrometheusBuilder, PrometheusError> {
+        let build = |e| PrometheusError::Build {
+            addr: self.listen,
+            source: e,
+        };
+        PrometheusBuilder::new()
+            .upkeep_timeout(self.upkeep)
+            .set_buckets_for_metric(Matcher::Full(OPERATION_DURATION.into()), &self.buckets)
+            .map_err(build)?
+            .set_buckets_for_metric(Matcher::Full(ATTEMPT_DURATION.into()), &self.buckets)
+            .map_err(build)
+    }
+
+    /// Installs the global `metrics` recorder without a listener of its
+    /// own, for serving `/metrics` from the application's HTTP server
+    /// (axum, hyper, ...): call [`PrometheusRecorder::render`] in the
+    /// handler. A task does the recorder's periodic upkeep.
+    pub fn install_recorder(self) -> Result<PrometheusRecorder, PrometheusError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(PrometheusError::NoRuntime);
+        }
+        let recorder = self.recorder_builder()?.build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).map_err(|_| PrometheusError::RecorderInstalled)?;
+        let upkeep = handle.clone();
+        let every = self.upkeep;
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+        Ok(PrometheusRecorder {
+            handle,
+            _task: std::sync::Arc::new(UpkeepTask(task)),
+        })
+    }
+}
+
+/// The installed recorder without a listener; see
+/// [`PrometheusExporterBuilder::install_recorder`]. Cheap to clone into
+/// request handlers.
+#[derive(Clone)]
+pub struct PrometheusRecorder {
+    handle: PrometheusHandle,
+    // the upkeep task, stopped when the last clone is dropped
+    _task: std::sync::Arc<UpkeepTask>,
+}
+
+struct UpkeepTask(tokio::task::JoinHandle<()>);
+
+impl Drop for UpkeepTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl fmt::Debug for PrometheusRecorder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrometheusRecorder").finish_non_exhaustive()
+    }
+}
+
+impl PrometheusRecorder {
+    /// The exposition text for a `/metrics` response (content type
+    /// `text/plain; version=0.0.4`).
+    pub fn render(&self) -> String {
+        self.handle.render()
     }
 }
 
