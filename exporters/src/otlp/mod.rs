@@ -83,7 +83,8 @@ use opentelemetry_sdk::error::OTelSdkError;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
-use tracing_opentelemetry::OpenTelemetryLayer;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::otel::OtelCollector;
@@ -374,11 +375,19 @@ impl OtlpExporter {
 
     /// A `tracing` layer exporting spans (the tracing middleware's
     /// `cql.request`/`cql.attempt` spans among them) to this exporter.
-    pub fn tracing_layer<S>(&self) -> OpenTelemetryLayer<S, SdkTracer>
+    ///
+    /// It leaves out the spans of the crates that carry the export (`h2`,
+    /// `hyper`, `tonic`, `tower`, `opentelemetry*`, `tokio`): exporting
+    /// them would make more of them, for ever. Add a filter of your own to
+    /// narrow it further, e.g. to targets starting with `tower_cql` to
+    /// leave out the driver's `TRACE` spans.
+    pub fn tracing_layer<S>(&self) -> impl Layer<S> + use<S>
     where
         S: tracing::Subscriber + for<'span> LookupSpan<'span>,
     {
-        tracing_opentelemetry::layer().with_tracer(self.tracer.clone())
+        tracing_opentelemetry::layer()
+            .with_tracer(self.tracer.clone())
+            .with_filter(filter_fn(|m| !is_transport(m.target())))
     }
 
     /// The tracer (scope `tower-cql`), for spans of your own.
@@ -411,6 +420,28 @@ impl OtlpExporter {
     }
 }
 
+/// Targets of the crates an export goes through.
+const TRANSPORT_TARGETS: [&str; 10] = [
+    "h2",
+    "hyper",
+    "hyper_util",
+    "tonic",
+    "tower",
+    "opentelemetry",
+    "opentelemetry_sdk",
+    "opentelemetry_otlp",
+    "opentelemetry_http",
+    "tokio",
+];
+
+fn is_transport(target: &str) -> bool {
+    TRANSPORT_TARGETS.iter().any(|t| {
+        target
+            .strip_prefix(t)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
+}
+
 async fn off_runtime(
     f: impl FnOnce() -> (Option<OTelSdkError>, Option<OTelSdkError>) + Send + 'static,
 ) -> Result<(), ShutdownError> {
@@ -431,5 +462,32 @@ async fn off_runtime(
         Ok(())
     } else {
         Err(ShutdownError { metrics, traces })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_transport;
+
+    #[test]
+    fn transport_targets_are_left_out_and_nothing_else() {
+        for t in [
+            "h2",
+            "h2::proto",
+            "hyper::client",
+            "tonic::transport",
+            "tower::buffer",
+        ] {
+            assert!(is_transport(t), "{t}");
+        }
+        for t in [
+            "tower_cql_middleware::trace",
+            "scylla::network",
+            "h2o",
+            "towering",
+            "my_app",
+        ] {
+            assert!(!is_transport(t), "{t}");
+        }
     }
 }
