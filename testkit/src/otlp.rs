@@ -476,3 +476,97 @@ impl TraceService for Grpc {
         Box::pin(async { Ok(tonic::Response::new(ExportTraceServiceResponse::default())) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
+
+    /// One HTTP/1.1 request over a fresh connection; the response's status.
+    async fn post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> u16 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: {content_type}\r\nx-api-key: k1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out);
+        text.split(' ').nth(1).unwrap().parse().unwrap()
+    }
+
+    fn one_metric(name: &str) -> Vec<u8> {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: name.into(),
+                        unit: "s".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    #[tokio::test]
+    async fn http_protobuf_requests_are_decoded_and_recorded() {
+        let r = OtlpReceiver::start().await.unwrap();
+        assert!(r.endpoint().starts_with("http://127.0.0.1:"));
+        let status = post(
+            r.addr(),
+            "/v1/metrics",
+            "application/x-protobuf",
+            &one_metric("m1"),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(
+            r.wait_until(Duration::from_secs(5), |r| r.metric("m1").is_some())
+                .await
+        );
+        let m = r.metric("m1").unwrap();
+        assert_eq!(m.transport, Transport::HttpProtobuf);
+        assert_eq!(m.metric.unit, "s");
+        assert_eq!(r.metrics_requests()[0].header("X-Api-Key"), Some("k1"));
+        assert_eq!(r.metric_names(), vec!["m1".to_string()]);
+        assert!(r.metric("m2").is_none());
+    }
+
+    #[tokio::test]
+    async fn what_is_not_otlp_is_refused_and_not_recorded() {
+        let r = OtlpReceiver::start().await.unwrap();
+        let body = one_metric("m1");
+        assert_eq!(
+            post(r.addr(), "/v1/logs", "application/x-protobuf", &body).await,
+            404
+        );
+        assert_eq!(
+            post(r.addr(), "/v1/metrics", "application/json", b"{}").await,
+            415
+        );
+        assert_eq!(
+            post(
+                r.addr(),
+                "/v1/traces",
+                "application/x-protobuf",
+                b"\xff\xff\xff"
+            )
+            .await,
+            400
+        );
+        assert!(r.metrics_requests().is_empty());
+        assert!(r.trace_requests().is_empty());
+        assert!(
+            !r.wait_until(Duration::from_millis(50), |r| r.metric("m1").is_some())
+                .await
+        );
+    }
+}

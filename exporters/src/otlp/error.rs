@@ -129,11 +129,12 @@ pub enum OtlpError {
     },
 }
 
-/// Why [`OtlpExporter::shutdown`](super::OtlpExporter::shutdown) could not
-/// flush everything.
+/// Why [`OtlpExporter::flush`](super::OtlpExporter::flush) or
+/// [`OtlpExporter::shutdown`](super::OtlpExporter::shutdown) could not
+/// export everything (e.g. the collector was unreachable).
 #[derive(Debug, thiserror::Error)]
-#[error("OTLP shutdown: {}", describe(.metrics, .traces))]
-pub struct ShutdownError {
+#[error("OTLP export: {}", describe(.metrics, .traces))]
+pub struct FlushError {
     /// The meter provider's error, if it had one.
     pub metrics: Option<OTelSdkError>,
     /// The tracer provider's error, if it had one.

@@ -95,7 +95,7 @@ pub use self::config::{
     ENV_TIMEOUT, Protocol,
 };
 use self::config::{Env, Explicit, Resolved};
-pub use self::error::{Origin, OtlpError, ShutdownError};
+pub use self::error::{FlushError, Origin, OtlpError};
 
 /// The instrumentation scope of the meter and tracer.
 const SCOPE: &str = "tower-cql";
@@ -310,6 +310,12 @@ fn exporters(cfg: &Resolved, runtime: &tokio::runtime::Handle) -> Result<Exporte
 
 /// The installed exporter: owns the meter and tracer providers; hands out
 /// the stack's collector and the tracing layer. See the module docs.
+///
+/// Call [`shutdown`](OtlpExporter::shutdown) before the process exits.
+/// Without it the SDK shuts the providers down when their last handle is
+/// dropped, blocking that thread for up to 5 s per provider while it
+/// exports, and on a runtime worker thread the export may need that very
+/// thread.
 pub struct OtlpExporter {
     cfg: Resolved,
     meter_provider: SdkMeterProvider,
@@ -365,7 +371,10 @@ impl OtlpExporter {
 
     /// A collector recording the stack's metrics on this exporter's meter
     /// provider. Its `flush()`, which the stack's `close()` calls, exports
-    /// the pending metrics and spans.
+    /// the pending metrics and spans. Add one per [`Collectors`] set: two
+    /// would record every event twice into the same instruments.
+    ///
+    /// [`Collectors`]: tower_cql_core::Collectors
     pub fn collector(&self) -> OtelCollector {
         let traces = self.tracer_provider.clone();
         OtelCollector::with_provider(&self.meter_provider).also_flush(Arc::new(move || {
@@ -406,7 +415,7 @@ impl OtlpExporter {
     }
 
     /// Exports pending spans and metrics now, on a blocking thread.
-    pub async fn flush(&self) -> Result<(), ShutdownError> {
+    pub async fn flush(&self) -> Result<(), FlushError> {
         let (t, m) = (self.tracer_provider.clone(), self.meter_provider.clone());
         off_runtime(move || (t.force_flush().err(), m.force_flush().err())).await
     }
@@ -414,7 +423,7 @@ impl OtlpExporter {
     /// Exports what is pending and stops both providers (on a blocking
     /// thread). Call it before the process exits; calling it again is a
     /// no-op. Spans first, so that metrics recorded while they ended go too.
-    pub async fn shutdown(&self) -> Result<(), ShutdownError> {
+    pub async fn shutdown(&self) -> Result<(), FlushError> {
         let (t, m) = (self.tracer_provider.clone(), self.meter_provider.clone());
         off_runtime(move || (t.shutdown().err(), m.shutdown().err())).await
     }
@@ -444,7 +453,7 @@ fn is_transport(target: &str) -> bool {
 
 async fn off_runtime(
     f: impl FnOnce() -> (Option<OTelSdkError>, Option<OTelSdkError>) + Send + 'static,
-) -> Result<(), ShutdownError> {
+) -> Result<(), FlushError> {
     let (traces, metrics) = match tokio::runtime::Handle::try_current() {
         Ok(_) => tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
             let e = || {
@@ -461,7 +470,7 @@ async fn off_runtime(
     if traces.is_none() && metrics.is_none() {
         Ok(())
     } else {
-        Err(ShutdownError { metrics, traces })
+        Err(FlushError { metrics, traces })
     }
 }
 
