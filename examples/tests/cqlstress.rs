@@ -244,3 +244,87 @@ fn otlp_exports_metrics_and_spans_over_both_protocols() {
         assert!(receiver.spans_named("cql.attempt").len() as u64 >= ops);
     }
 }
+
+#[test]
+fn otlp_is_flushed_when_interrupted() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let receiver = rt.block_on(OtlpReceiver::start()).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cqlstress"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("OTEL_") {
+            cmd.env_remove(k);
+        }
+    }
+    // A long run with a metric interval longer still: what arrives was
+    // flushed by the Ctrl-C path.
+    let mut child = cmd
+        .args([
+            "--duration",
+            "60",
+            "--concurrency",
+            "2",
+            "--nodes",
+            "1",
+            "--rate",
+            "200",
+            "--otlp",
+        ])
+        .arg(receiver.endpoint())
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "600000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run cqlstress");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The first table row comes a second into the run, after the Ctrl-C
+    // handler is in place.
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line
+            .trim_start()
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+        {
+            break;
+        }
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let summary = lines
+        .map(Result::unwrap)
+        .find_map(|l| l.strip_prefix("summary: ").map(str::to_string))
+        .expect("a summary after Ctrl-C");
+    assert!(child.wait().unwrap().success());
+    let v: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(v["interrupted"], serde_json::Value::Bool(true), "{v}");
+    let ops = v["ops"].as_u64().unwrap();
+    assert!(ops > 0, "{v}");
+    let duration = receiver
+        .metric("db.client.operation.duration")
+        .expect("metrics flushed on Ctrl-C");
+    let counted: u64 = duration
+        .histogram()
+        .unwrap()
+        .data_points
+        .iter()
+        .filter(|p| {
+            matches!(
+                attribute_str(&p.attributes, "db.operation.name").as_deref(),
+                Some("read" | "write")
+            )
+        })
+        .map(|p| p.count)
+        .sum();
+    assert_eq!(counted, ops, "{v}");
+}
