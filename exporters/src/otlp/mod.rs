@@ -234,11 +234,16 @@ impl OtlpExporterBuilder {
         self
     }
 
-    /// Keep this fraction of traces (0..=1; parent-based, so a sampled
-    /// caller's trace is always kept). Default: the SDK's, i.e.
-    /// `OTEL_TRACES_SAMPLER`, else every trace.
+    /// Keep this fraction of traces (clamped to 0..=1, NaN counting as 0;
+    /// parent-based, so a sampled caller's trace is always kept). Default:
+    /// the SDK's, i.e. `OTEL_TRACES_SAMPLER`, else every trace.
     pub fn trace_sample_ratio(mut self, ratio: f64) -> Self {
-        self.sampler = Some(SamplerSetting::Ratio(ratio.clamp(0.0, 1.0)));
+        let ratio = if ratio.is_nan() {
+            0.0
+        } else {
+            ratio.clamp(0.0, 1.0)
+        };
+        self.sampler = Some(SamplerSetting::Ratio(ratio));
         self
     }
 
