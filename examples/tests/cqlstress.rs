@@ -1,7 +1,10 @@
-//! `cqlstress` end to end: flag errors, the JSON schema, and a run with
-//! faults whose retries and errors match what the server injected.
+//! `cqlstress` end to end: flag errors, the JSON schema, a run with
+//! faults whose retries and errors match what the server injected, and
+//! `--otlp` export to an in-process OTLP receiver.
 
 use std::process::Command;
+
+use tower_cql_testkit::otlp::{OtlpReceiver, Transport, attribute_str};
 
 fn cqlstress(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_cqlstress"))
@@ -33,8 +36,25 @@ fn bad_flags_are_clear_errors() {
             "nodes 1..=2",
         ),
         (
-            vec!["--otlp", "http://127.0.0.1:4317"],
-            "--otlp is not available yet",
+            vec!["--otlp", "127.0.0.1:4317"],
+            "--otlp 127.0.0.1:4317: invalid OTLP endpoint",
+        ),
+        (
+            vec!["--otlp", "https://otel.example.com"],
+            "built without TLS",
+        ),
+        (
+            vec![
+                "--otlp",
+                "http://127.0.0.1:4317",
+                "--otlp-protocol",
+                "thrift",
+            ],
+            "--otlp-protocol thrift: use grpc or http/protobuf",
+        ),
+        (
+            vec!["--otlp", "http://127.0.0.1:4317", "--otlp-trace-ratio", "2"],
+            "--otlp-trace-ratio must be within 0..1",
         ),
         (vec!["--duration", "nope"], "--duration"),
     ] {
@@ -118,4 +138,193 @@ fn a_run_with_faults_retries_and_never_applies_a_write_twice() {
                 .sum::<u64>(),
         ops
     );
+}
+
+/// cqlstress with the `OTEL_*` variables of the test's environment removed.
+fn cqlstress_clean_env(args: &[String]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cqlstress"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("OTEL_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args).output().expect("run cqlstress")
+}
+
+#[test]
+fn otlp_exports_metrics_and_spans_over_both_protocols() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for (protocol, transport) in [
+        (None, Transport::Grpc),
+        (Some("http/protobuf"), Transport::HttpProtobuf),
+    ] {
+        let receiver = rt.block_on(OtlpReceiver::start()).unwrap();
+        let mut args: Vec<String> = [
+            "--duration",
+            "1",
+            "--concurrency",
+            "4",
+            "--nodes",
+            "1",
+            "--rate",
+            "300",
+            "--json",
+            "--otlp-trace-ratio",
+            "1",
+            "--otlp",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        args.push(receiver.endpoint());
+        if let Some(p) = protocol {
+            args.extend(["--otlp-protocol".to_string(), p.to_string()]);
+        }
+        let out = cqlstress_clean_env(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(
+            stderr.contains(&format!("over OTLP {}", protocol.unwrap_or("grpc"))),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("warning"), "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+        let ops = v["ops"].as_u64().unwrap();
+        assert!(ops > 50, "{v}");
+
+        // Everything came over the protocol asked for, and the last export
+        // (at exit) holds every request cqlstress counted.
+        let requests = receiver.metrics_requests();
+        assert!(!requests.is_empty(), "no metrics arrived: {stderr}");
+        assert!(requests.iter().all(|r| r.transport == transport));
+        let duration = receiver
+            .metric("db.client.operation.duration")
+            .expect("db.client.operation.duration");
+        assert_eq!(duration.metric.unit, "s");
+        let resource = &duration.resource.as_ref().unwrap().attributes;
+        assert_eq!(
+            attribute_str(resource, "service.name").as_deref(),
+            Some("cqlstress")
+        );
+        let counted: u64 = duration
+            .histogram()
+            .unwrap()
+            .data_points
+            .iter()
+            .filter(|p| {
+                matches!(
+                    attribute_str(&p.attributes, "db.operation.name").as_deref(),
+                    Some("read" | "write")
+                )
+            })
+            .map(|p| p.count)
+            .sum();
+        assert_eq!(counted, ops, "{v}");
+
+        // Every request was sampled (--otlp-trace-ratio 1): one span each.
+        let spans = receiver.spans();
+        assert!(spans.iter().all(|s| s.transport == transport));
+        let reads = receiver.spans_named("SELECT stress.kv").len() as u64;
+        let writes = receiver.spans_named("INSERT stress.kv").len() as u64;
+        assert_eq!(reads + writes, ops, "{v}");
+        let foreign: Vec<_> = spans
+            .iter()
+            .filter(|s| {
+                !attribute_str(&s.span.attributes, "target")
+                    .is_some_and(|t| t.starts_with("tower_cql"))
+            })
+            .map(|s| s.span.name.clone())
+            .collect();
+        assert!(foreign.is_empty(), "only the stack's spans: {foreign:?}");
+        assert!(receiver.spans_named("cql.attempt").len() as u64 >= ops);
+    }
+}
+
+#[test]
+fn otlp_is_flushed_when_interrupted() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let receiver = rt.block_on(OtlpReceiver::start()).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cqlstress"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("OTEL_") {
+            cmd.env_remove(k);
+        }
+    }
+    // A long run with a metric interval longer still: what arrives was
+    // flushed by the Ctrl-C path.
+    let mut child = cmd
+        .args([
+            "--duration",
+            "60",
+            "--concurrency",
+            "2",
+            "--nodes",
+            "1",
+            "--rate",
+            "200",
+            "--otlp",
+        ])
+        .arg(receiver.endpoint())
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "600000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run cqlstress");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The first table row comes a second into the run, after the Ctrl-C
+    // handler is in place.
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line
+            .trim_start()
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+        {
+            break;
+        }
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let summary = lines
+        .map(Result::unwrap)
+        .find_map(|l| l.strip_prefix("summary: ").map(str::to_string))
+        .expect("a summary after Ctrl-C");
+    assert!(child.wait().unwrap().success());
+    let v: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(v["interrupted"], serde_json::Value::Bool(true), "{v}");
+    let ops = v["ops"].as_u64().unwrap();
+    assert!(ops > 0, "{v}");
+    let duration = receiver
+        .metric("db.client.operation.duration")
+        .expect("metrics flushed on Ctrl-C");
+    let counted: u64 = duration
+        .histogram()
+        .unwrap()
+        .data_points
+        .iter()
+        .filter(|p| {
+            matches!(
+                attribute_str(&p.attributes, "db.operation.name").as_deref(),
+                Some("read" | "write")
+            )
+        })
+        .map(|p| p.count)
+        .sum();
+    assert_eq!(counted, ops, "{v}");
 }

@@ -24,8 +24,10 @@
 //! - `opentelemetry` (default): [`otel::OtelCollector`], recording through
 //!   an OpenTelemetry `Meter` (`db.client.operation.duration`, ...).
 //!
-//! OTLP transport setup (gRPC/HTTP builders with `OTEL_*` variables) is not
-//! built yet: use `opentelemetry-otlp` with the collector meanwhile.
+//! - `otlp-grpc`, `otlp-http` (off by default; `otlp` enables both):
+//!   [`otlp::OtlpExporter`], OTLP export of the stack's metrics and spans
+//!   over gRPC or HTTP/protobuf, configured by a builder and the standard
+//!   `OTEL_*` variables. Plain HTTP only: no TLS stack is built in.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -33,6 +35,8 @@
 pub mod metrics_bridge;
 #[cfg(feature = "opentelemetry")]
 pub mod otel;
+#[cfg(feature = "_otlp")]
+pub mod otlp;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 #[cfg(feature = "stdout")]

@@ -101,6 +101,9 @@ pub struct OtelCollector {
     limit: Gauge<u64>,
     attrs: ArcSwap<HashMap<SeriesLabels, Arc<[KeyValue]>>>,
     provider: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
+    // Also flushed by `flush()`, after the meter provider (e.g. the OTLP
+    // tracer provider, so the stack's close() sends the last spans too).
+    also_flush: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl fmt::Debug for OtelCollector {
@@ -164,6 +167,7 @@ impl OtelCollector {
                 .build(),
             attrs: ArcSwap::from_pointee(HashMap::new()),
             provider: None,
+            also_flush: None,
         }
     }
 
@@ -175,6 +179,13 @@ impl OtelCollector {
         let mut c = OtelCollector::new(&provider.meter("tower-cql"));
         c.provider = Some(provider.clone());
         c
+    }
+
+    /// Runs `f` on every [`Collector::flush`] too, after the meter provider.
+    #[cfg(feature = "_otlp")]
+    pub(crate) fn also_flush(mut self, f: Arc<dyn Fn() + Send + Sync>) -> OtelCollector {
+        self.also_flush = Some(f);
+        self
     }
 
     fn attrs(&self, key: SeriesLabels) -> Arc<[KeyValue]> {
@@ -236,6 +247,9 @@ impl Collector for OtelCollector {
     fn flush(&self) {
         if let Some(p) = &self.provider {
             let _ = p.force_flush();
+        }
+        if let Some(f) = &self.also_flush {
+            f();
         }
     }
 

@@ -81,6 +81,8 @@ mod exec;
 mod fault;
 mod frame;
 mod murmur3;
+#[cfg(feature = "otlp-receiver")]
+pub mod otlp;
 mod schema;
 mod server;
 mod system;

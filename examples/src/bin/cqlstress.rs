@@ -9,6 +9,12 @@
 //! Without `--uri` it runs against an embedded testkit cluster (`--nodes`),
 //! where `--fault` injects server-side faults and the summary adds what the
 //! server counted (executions, duplicate writes, faults injected).
+//!
+//! `--otlp http://127.0.0.1:4317` exports the stack's metrics and a sample
+//! of its spans (`--otlp-trace-ratio`) to an OpenTelemetry collector, over
+//! gRPC (or HTTP/protobuf: `--otlp-protocol http/protobuf`, or a URL on port
+//! 4318); the standard `OTEL_*` variables apply. The last data is flushed at
+//! the end of the run and on Ctrl-C.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,6 +29,7 @@ use tower_cql_core::{
     Collector, Collectors, CqlRequest, DriverService, ErrorKind, InMemoryCollector, Statement,
 };
 use tower_cql_exporters::metrics_bridge::MetricsBridge;
+use tower_cql_exporters::otlp::{ENV_PROTOCOL, OtlpExporter, Protocol};
 use tower_cql_exporters::prometheus::PrometheusExporter;
 use tower_cql_middleware::rate_limit::{RateLimitConfig, RateLimitMode};
 use tower_cql_middleware::stack::StackBuilder;
@@ -66,9 +73,17 @@ struct Args {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long)]
     prometheus: Option<SocketAddr>,
-    /// Export to an OTLP endpoint (not available yet).
-    #[arg(long)]
+    /// Export metrics and spans to this OTLP endpoint, e.g. http://127.0.0.1:4317
+    /// (OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, ... apply).
+    #[arg(long, value_name = "URL")]
     otlp: Option<String>,
+    /// OTLP protocol: grpc or http/protobuf (default: OTEL_EXPORTER_OTLP_PROTOCOL,
+    /// else http/protobuf for a URL on port 4318, else grpc).
+    #[arg(long, value_name = "PROTOCOL", requires = "otlp")]
+    otlp_protocol: Option<String>,
+    /// Fraction of requests whose spans are exported with --otlp, 0..1.
+    #[arg(long, default_value_t = 0.01, requires = "otlp")]
+    otlp_trace_ratio: f64,
     /// Print one JSON object at the end instead of the live table.
     #[arg(long)]
     json: bool,
@@ -152,8 +167,16 @@ fn validate(a: &Args) -> Result<Vec<FaultSpec>, String> {
     if a.nodes == 0 {
         return Err("--nodes must be at least 1".into());
     }
-    if a.otlp.is_some() {
-        return Err("--otlp is not available yet: use --prometheus, or the OtelCollector with your own OpenTelemetry pipeline".into());
+    if let Some(p) = &a.otlp_protocol
+        && Protocol::parse(p).is_none()
+    {
+        return Err(format!("--otlp-protocol {p}: use grpc or http/protobuf"));
+    }
+    if !(0.0..=1.0).contains(&a.otlp_trace_ratio) {
+        return Err(format!(
+            "--otlp-trace-ratio must be within 0..1, got {}",
+            a.otlp_trace_ratio
+        ));
     }
     let faults = a
         .faults
@@ -180,7 +203,50 @@ fn us(n: Option<u64>) -> f64 {
     n.map_or(0.0, |v| (v as f64 / 1000.0 * 10.0).round() / 10.0)
 }
 
-async fn run(a: Args, faults: Vec<FaultSpec>) -> Result<(), String> {
+/// The OTLP exporter for `--otlp`: the flags win over the `OTEL_*`
+/// variables, the variables over cqlstress's own defaults (service name
+/// `cqlstress`, metrics every 5 s). Must run inside the runtime.
+fn install_otlp(a: &Args, url: &str) -> Result<OtlpExporter, String> {
+    let env = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    let mut b = OtlpExporter::builder()
+        .endpoint(url)
+        .trace_sample_ratio(a.otlp_trace_ratio);
+    let protocol = match &a.otlp_protocol {
+        Some(p) => Protocol::parse(p),
+        None if !env(ENV_PROTOCOL) && url.trim_end_matches('/').ends_with(":4318") => {
+            Some(Protocol::HttpProtobuf)
+        }
+        None => None,
+    };
+    if let Some(p) = protocol {
+        b = b.protocol(p);
+    }
+    if !env("OTEL_SERVICE_NAME") {
+        b = b.service_name("cqlstress");
+    }
+    if !env("OTEL_METRIC_EXPORT_INTERVAL") {
+        b = b.metric_export_interval(Duration::from_secs(5));
+    }
+    b.install().map_err(|e| format!("--otlp {url}: {e}"))
+}
+
+async fn run(a: Args, faults: Vec<FaultSpec>, otlp: Option<OtlpExporter>) -> Result<(), String> {
+    if let Some(o) = &otlp {
+        use tracing_subscriber::prelude::*;
+        // The stack's spans only (not the driver's own TRACE spans).
+        let layer = o
+            .tracing_layer()
+            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                m.target().starts_with("tower_cql")
+            }));
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer));
+        eprintln!(
+            "exporting metrics and spans to {} over OTLP {} (service.name={})",
+            o.endpoint(),
+            o.protocol(),
+            o.service_name()
+        );
+    }
     let _exporter = match a.prometheus {
         Some(addr) => Some(
             PrometheusExporter::builder()
@@ -215,6 +281,10 @@ async fn run(a: Args, faults: Vec<FaultSpec>) -> Result<(), String> {
     let mut list: Vec<Arc<dyn Collector>> = vec![memory.clone()];
     if a.prometheus.is_some() {
         list.push(Arc::new(MetricsBridge::new()));
+    }
+    if let Some(o) = &otlp {
+        // flushed (metrics and spans) by the stack's close()
+        list.push(Arc::new(o.collector()));
     }
     let collectors = Collectors::with(list);
     let driver = DriverService::builder(Arc::new(session))
@@ -379,6 +449,11 @@ async fn run(a: Args, faults: Vec<FaultSpec>) -> Result<(), String> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     stack.close().await;
+    if let Some(o) = &otlp
+        && let Err(e) = o.shutdown().await
+    {
+        eprintln!("warning: OTLP export to {}: {e}", o.endpoint());
+    }
 
     let s = memory.snapshot();
     let data = s.request_latency(Some("read"));
@@ -444,7 +519,20 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    if let Err(e) = rt.block_on(run(args, faults)) {
+    let otlp = match &args.otlp {
+        Some(url) => {
+            let _in_runtime = rt.enter();
+            match install_otlp(&args, url) {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        None => None,
+    };
+    if let Err(e) = rt.block_on(run(args, faults, otlp)) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }

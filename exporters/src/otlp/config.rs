@@ -1,0 +1,726 @@
+//! Settings: what the builder was told, what the environment says, and the
+//! validated result (explicit calls win over the environment, the
+//! environment over the defaults).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use http::Uri;
+use opentelemetry::{KeyValue, Value};
+
+use super::error::{Origin, OtlpError, positive_millis};
+
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`: the base URL (HTTP appends `/v1/metrics`, `/v1/traces`).
+pub const ENV_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` or `http/protobuf`.
+pub const ENV_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+/// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value,...`, values percent-encoded.
+pub const ENV_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+/// `OTEL_EXPORTER_OTLP_TIMEOUT`: milliseconds per export.
+pub const ENV_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+/// `OTEL_SERVICE_NAME`: the `service.name` resource attribute.
+pub const ENV_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+/// `OTEL_RESOURCE_ATTRIBUTES`: `key=value,...`, values percent-encoded.
+pub const ENV_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
+/// `OTEL_METRIC_EXPORT_INTERVAL`: milliseconds between metric exports.
+pub const ENV_METRIC_EXPORT_INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
+
+/// Every variable the builder reads.
+pub(crate) const VARS: [&str; 7] = [
+    ENV_ENDPOINT,
+    ENV_PROTOCOL,
+    ENV_HEADERS,
+    ENV_TIMEOUT,
+    ENV_SERVICE_NAME,
+    ENV_RESOURCE_ATTRIBUTES,
+    ENV_METRIC_EXPORT_INTERVAL,
+];
+
+/// The default metric export interval (the specification's 60 s).
+pub const DEFAULT_METRIC_EXPORT_INTERVAL: Duration = Duration::from_secs(60);
+/// The default export timeout (the specification's 10 s).
+pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// gRPC (HTTP/2), default port 4317; needs the `otlp-grpc` feature.
+    Grpc,
+    /// Protobuf over HTTP/1.1 `POST /v1/metrics` and `/v1/traces`, default
+    /// port 4318; needs the `otlp-http` feature.
+    HttpProtobuf,
+}
+
+impl Protocol {
+    /// The name used by `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc`, `http/protobuf`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+
+    /// Parses `grpc` or `http/protobuf` (ASCII case-insensitive, trimmed).
+    pub fn parse(s: &str) -> Option<Protocol> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("grpc") {
+            Some(Protocol::Grpc)
+        } else if s.eq_ignore_ascii_case("http/protobuf") {
+            Some(Protocol::HttpProtobuf)
+        } else {
+            None
+        }
+    }
+
+    /// The specification's default endpoint for this protocol.
+    pub const fn default_endpoint(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "http://localhost:4317",
+            Protocol::HttpProtobuf => "http://localhost:4318",
+        }
+    }
+
+    /// The cargo feature of this crate that provides the protocol.
+    pub const fn feature(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "otlp-grpc",
+            Protocol::HttpProtobuf => "otlp-http",
+        }
+    }
+
+    /// Whether this build includes the protocol.
+    pub const fn is_enabled(self) -> bool {
+        match self {
+            Protocol::Grpc => cfg!(feature = "otlp-grpc"),
+            Protocol::HttpProtobuf => cfg!(feature = "otlp-http"),
+        }
+    }
+
+    /// What is used when neither the builder nor the environment names a
+    /// protocol: gRPC when built in (as `opentelemetry-otlp` does),
+    /// HTTP/protobuf otherwise.
+    pub const fn default_for_build() -> Protocol {
+        if cfg!(feature = "otlp-grpc") {
+            Protocol::Grpc
+        } else {
+            Protocol::HttpProtobuf
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A snapshot of the variables the builder reads. Values are kept only
+/// until `install()`; `Debug` shows which variables are set, not their values.
+#[derive(Clone, Default)]
+pub(crate) struct Env(BTreeMap<&'static str, String>);
+
+impl Env {
+    pub(crate) fn from_process() -> Env {
+        Env::from_lookup(|k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    pub(crate) fn from_lookup(mut lookup: impl FnMut(&str) -> Option<String>) -> Env {
+        let mut m = BTreeMap::new();
+        for var in VARS {
+            // Empty means unset, as in the specification.
+            if let Some(v) = lookup(var).filter(|v| !v.trim().is_empty()) {
+                m.insert(var, v);
+            }
+        }
+        Env(m)
+    }
+
+    pub(crate) fn get(&self, var: &'static str) -> Option<&str> {
+        self.0.get(var).map(String::as_str)
+    }
+}
+
+impl fmt::Debug for Env {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// What the builder was told explicitly.
+#[derive(Clone, Default)]
+pub(crate) struct Explicit {
+    pub(crate) protocol: Option<Protocol>,
+    pub(crate) endpoint: Option<String>,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) service_name: Option<String>,
+    pub(crate) resource: Vec<KeyValue>,
+    pub(crate) metric_export_interval: Option<Duration>,
+    pub(crate) export_timeout: Option<Duration>,
+}
+
+/// A validated header: the name lowercased; the value stays out of `Debug`.
+#[derive(Clone)]
+pub(crate) struct Header {
+    pub(crate) name: http::HeaderName,
+    pub(crate) value: http::HeaderValue,
+    // Named in gRPC metadata errors.
+    #[cfg_attr(not(feature = "otlp-grpc"), allow(dead_code))]
+    pub(crate) origin: Origin,
+}
+
+impl fmt::Debug for Header {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: <redacted>", self.name)
+    }
+}
+
+/// The settings `install()` uses.
+#[derive(Debug, Clone)]
+pub(crate) struct Resolved {
+    pub(crate) protocol: Protocol,
+    /// The base endpoint, normalised (no trailing `/`).
+    pub(crate) endpoint: String,
+    pub(crate) headers: Vec<Header>,
+    /// Resource attributes, later entries overriding earlier ones.
+    pub(crate) resource: Vec<KeyValue>,
+    pub(crate) metric_export_interval: Duration,
+    pub(crate) export_timeout: Duration,
+}
+
+impl Resolved {
+    /// The URL a signal is sent to: gRPC uses the base; HTTP appends
+    /// `/v1/metrics` or `/v1/traces` to the base path.
+    pub(crate) fn signal_url(&self, signal_path: &str) -> String {
+        match self.protocol {
+            Protocol::Grpc => self.endpoint.clone(),
+            Protocol::HttpProtobuf => format!("{}{signal_path}", self.endpoint),
+        }
+    }
+
+    /// The value of a resource attribute after overrides.
+    pub(crate) fn resource_value(&self, key: &str) -> Option<&Value> {
+        self.resource
+            .iter()
+            .rev()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| &kv.value)
+    }
+}
+
+pub(crate) fn resolve(env: &Env, x: &Explicit) -> Result<Resolved, OtlpError> {
+    let protocol = match (x.protocol, env.get(ENV_PROTOCOL)) {
+        (Some(p), _) => (p, Origin::Builder("protocol")),
+        (None, Some(s)) => (
+            Protocol::parse(s).ok_or_else(|| OtlpError::UnknownProtocol {
+                value: s.to_string(),
+                origin: Origin::Env(ENV_PROTOCOL),
+            })?,
+            Origin::Env(ENV_PROTOCOL),
+        ),
+        (None, None) => (Protocol::default_for_build(), Origin::Builder("protocol")),
+    };
+    let (protocol, protocol_origin) = protocol;
+    if !protocol.is_enabled() {
+        return Err(OtlpError::ProtocolNotEnabled {
+            protocol: protocol.as_str(),
+            feature: protocol.feature(),
+            origin: protocol_origin,
+        });
+    }
+
+    let (endpoint, origin) = match (&x.endpoint, env.get(ENV_ENDPOINT)) {
+        (Some(e), _) => (e.as_str(), Origin::Builder("endpoint")),
+        (None, Some(e)) => (e, Origin::Env(ENV_ENDPOINT)),
+        (None, None) => (protocol.default_endpoint(), Origin::Builder("endpoint")),
+    };
+    let endpoint = validate_endpoint(endpoint, origin)?;
+
+    let mut headers: Vec<Header> = Vec::new();
+    if let Some(s) = env.get(ENV_HEADERS) {
+        for (name, value) in parse_pairs(s, Origin::Env(ENV_HEADERS), header_error)? {
+            upsert(
+                &mut headers,
+                header(&name, &value, Origin::Env(ENV_HEADERS))?,
+            );
+        }
+    }
+    for (name, value) in &x.headers {
+        upsert(
+            &mut headers,
+            header(name, value, Origin::Builder("header"))?,
+        );
+    }
+    #[cfg(feature = "otlp-grpc")]
+    if protocol == Protocol::Grpc {
+        for h in &headers {
+            if h.name.as_str().ends_with("-bin") {
+                return Err(OtlpError::InvalidHeader {
+                    which: h.name.to_string(),
+                    reason: "binary gRPC metadata (a name ending in -bin) is not supported",
+                    origin: h.origin,
+                });
+            }
+        }
+    }
+
+    let mut resource = vec![KeyValue::new("service.name", "unknown_service")];
+    if let Some(s) = env.get(ENV_RESOURCE_ATTRIBUTES) {
+        for (k, v) in parse_pairs(s, Origin::Env(ENV_RESOURCE_ATTRIBUTES), resource_error)? {
+            resource.push(KeyValue::new(k, v));
+        }
+    }
+    if let Some(name) = env.get(ENV_SERVICE_NAME) {
+        resource.push(KeyValue::new("service.name", name.trim().to_string()));
+    }
+    resource.extend(x.resource.iter().cloned());
+    if let Some(name) = &x.service_name {
+        resource.push(KeyValue::new("service.name", name.clone()));
+    }
+
+    let metric_export_interval = duration(
+        "metric export interval",
+        x.metric_export_interval,
+        "metric_export_interval",
+        env,
+        ENV_METRIC_EXPORT_INTERVAL,
+        DEFAULT_METRIC_EXPORT_INTERVAL,
+    )?;
+    let export_timeout = duration(
+        "export timeout",
+        x.export_timeout,
+        "export_timeout",
+        env,
+        ENV_TIMEOUT,
+        DEFAULT_EXPORT_TIMEOUT,
+    )?;
+
+    Ok(Resolved {
+        protocol,
+        endpoint,
+        headers,
+        resource,
+        metric_export_interval,
+        export_timeout,
+    })
+}
+
+fn duration(
+    what: &'static str,
+    explicit: Option<Duration>,
+    call: &'static str,
+    env: &Env,
+    var: &'static str,
+    default: Duration,
+) -> Result<Duration, OtlpError> {
+    match (explicit, env.get(var)) {
+        (Some(d), _) if d.is_zero() => Err(OtlpError::InvalidDuration {
+            what,
+            value: format!("{d:?}"),
+            reason: "it must be more than zero",
+            origin: Origin::Builder(call),
+        }),
+        (Some(d), _) => Ok(d),
+        (None, Some(s)) => positive_millis(what, s, Origin::Env(var)),
+        (None, None) => Ok(default),
+    }
+}
+
+fn validate_endpoint(endpoint: &str, origin: Origin) -> Result<String, OtlpError> {
+    let err = |reason: String| OtlpError::InvalidEndpoint {
+        endpoint: endpoint.to_string(),
+        reason,
+        origin,
+    };
+    let trimmed = endpoint.trim();
+    let uri: Uri = trimmed.parse().map_err(|e| err(format!("{e}")))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(OtlpError::TlsNotAvailable {
+                endpoint: endpoint.to_string(),
+                origin,
+            });
+        }
+        Some(other) => return Err(err(format!("the scheme {other:?} is not http"))),
+        None => return Err(err("it has no scheme (http://)".to_string())),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(err("it has no host".to_string()));
+    };
+    if authority.host().is_empty() {
+        return Err(err("it has no host".to_string()));
+    }
+    if authority.as_str().contains('@') {
+        return Err(err(
+            "credentials in the URL are not supported (put them in a header)".to_string(),
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(err("a query string is not supported".to_string()));
+    }
+    Ok(trimmed.trim_end_matches('/').to_string())
+}
+
+fn header(name: &str, value: &str, origin: Origin) -> Result<Header, OtlpError> {
+    let name = name.trim();
+    let n =
+        http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| OtlpError::InvalidHeader {
+            which: format!("{name:?}"),
+            reason: "the name is not a valid HTTP header name",
+            origin,
+        })?;
+    let mut v = http::HeaderValue::from_str(value.trim()).map_err(|_| OtlpError::InvalidHeader {
+        which: n.to_string(),
+        reason: "the value has characters an HTTP header cannot carry (only visible ASCII; percent-encode the rest in the environment variable)",
+        origin,
+    })?;
+    v.set_sensitive(true);
+    Ok(Header {
+        name: n,
+        value: v,
+        origin,
+    })
+}
+
+fn upsert(headers: &mut Vec<Header>, h: Header) {
+    headers.retain(|old| old.name != h.name);
+    headers.push(h);
+}
+
+type PairError = fn(String, &'static str, Origin) -> OtlpError;
+
+fn header_error(which: String, reason: &'static str, origin: Origin) -> OtlpError {
+    OtlpError::InvalidHeader {
+        which,
+        reason,
+        origin,
+    }
+}
+
+fn resource_error(which: String, reason: &'static str, origin: Origin) -> OtlpError {
+    OtlpError::InvalidResourceAttribute {
+        which,
+        reason,
+        origin,
+    }
+}
+
+/// Parses `k1=v1,k2=v2` (the W3C baggage-like format of
+/// `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_RESOURCE_ATTRIBUTES`): items
+/// trimmed, empty items skipped, values percent-decoded. Errors name the
+/// key, or the item's position when no key could be read, never the value.
+pub(crate) fn parse_pairs(
+    s: &str,
+    origin: Origin,
+    error: PairError,
+) -> Result<Vec<(String, String)>, OtlpError> {
+    let mut out = Vec::new();
+    for (i, item) in s.split(',').enumerate() {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        let Some((k, v)) = item.split_once('=') else {
+            return Err(error(format!("#{}", i + 1), "it has no '='", origin));
+        };
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(error(format!("#{}", i + 1), "the key is empty", origin));
+        }
+        let v = percent_decode(v.trim()).ok_or_else(|| {
+            error(
+                format!("{k:?}"),
+                "the value is not valid percent-encoding",
+                origin,
+            )
+        })?;
+        out.push((k.to_string(), v));
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Env {
+        Env::from_lookup(|k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    fn attr(r: &Resolved, k: &str) -> Option<String> {
+        r.resource_value(k).map(|v| v.as_str().into_owned())
+    }
+
+    #[test]
+    fn defaults_without_environment() {
+        let r = resolve(&env(&[]), &Explicit::default()).unwrap();
+        assert_eq!(r.protocol, Protocol::default_for_build());
+        assert_eq!(r.endpoint, r.protocol.default_endpoint());
+        assert!(r.headers.is_empty());
+        assert_eq!(r.metric_export_interval, Duration::from_secs(60));
+        assert_eq!(r.export_timeout, Duration::from_secs(10));
+        assert_eq!(attr(&r, "service.name").as_deref(), Some("unknown_service"));
+    }
+
+    #[test]
+    fn every_variable_is_read() {
+        let r = resolve(
+            &env(&[
+                (ENV_ENDPOINT, "http://collector:9999/base/"),
+                (ENV_PROTOCOL, "http/protobuf"),
+                (ENV_HEADERS, " api-key = s%3Dcr%20t , x-tenant=acme,"),
+                (ENV_TIMEOUT, "2500"),
+                (ENV_SERVICE_NAME, "checkout"),
+                (
+                    ENV_RESOURCE_ATTRIBUTES,
+                    "service.name=ignored,deployment.environment.name=prod%20eu",
+                ),
+                (ENV_METRIC_EXPORT_INTERVAL, "1500"),
+            ]),
+            &Explicit::default(),
+        );
+        #[cfg(not(feature = "otlp-http"))]
+        assert!(matches!(r, Err(OtlpError::ProtocolNotEnabled { .. })));
+        #[cfg(feature = "otlp-http")]
+        {
+            let r = r.unwrap();
+            assert_eq!(r.protocol, Protocol::HttpProtobuf);
+            assert_eq!(r.endpoint, "http://collector:9999/base");
+            assert_eq!(
+                r.signal_url("/v1/metrics"),
+                "http://collector:9999/base/v1/metrics"
+            );
+            let h: Vec<_> = r
+                .headers
+                .iter()
+                .map(|h| (h.name.as_str(), h.value.to_str().unwrap()))
+                .collect();
+            assert_eq!(h, vec![("api-key", "s=cr t"), ("x-tenant", "acme")]);
+            assert_eq!(r.export_timeout, Duration::from_millis(2500));
+            assert_eq!(r.metric_export_interval, Duration::from_millis(1500));
+            // OTEL_SERVICE_NAME beats service.name in OTEL_RESOURCE_ATTRIBUTES
+            assert_eq!(attr(&r, "service.name").as_deref(), Some("checkout"));
+            assert_eq!(
+                attr(&r, "deployment.environment.name").as_deref(),
+                Some("prod eu")
+            );
+        }
+    }
+
+    #[test]
+    fn explicit_settings_win_over_the_environment() {
+        let e = env(&[
+            (ENV_ENDPOINT, "http://from-env:1"),
+            (ENV_PROTOCOL, "not-a-protocol"),
+            (ENV_HEADERS, "api-key=from-env,x-env=1"),
+            (ENV_TIMEOUT, "0"),
+            (ENV_SERVICE_NAME, "env-service"),
+            (ENV_RESOURCE_ATTRIBUTES, "team=env"),
+            (ENV_METRIC_EXPORT_INTERVAL, "nope"),
+        ]);
+        let x = Explicit {
+            protocol: Some(Protocol::default_for_build()),
+            endpoint: Some("http://127.0.0.1:4317".into()),
+            headers: vec![("API-Key".into(), "explicit".into())],
+            service_name: Some("explicit-service".into()),
+            resource: vec![KeyValue::new("team", "explicit")],
+            metric_export_interval: Some(Duration::from_millis(100)),
+            export_timeout: Some(Duration::from_secs(1)),
+        };
+        let r = resolve(&e, &x).unwrap();
+        assert_eq!(r.endpoint, "http://127.0.0.1:4317");
+        let h: Vec<_> = r
+            .headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.to_str().unwrap()))
+            .collect();
+        assert_eq!(h, vec![("x-env", "1"), ("api-key", "explicit")]);
+        assert_eq!(r.metric_export_interval, Duration::from_millis(100));
+        assert_eq!(r.export_timeout, Duration::from_secs(1));
+        assert_eq!(
+            attr(&r, "service.name").as_deref(),
+            Some("explicit-service")
+        );
+        assert_eq!(attr(&r, "team").as_deref(), Some("explicit"));
+    }
+
+    #[test]
+    fn invalid_settings_are_rejected_with_what_to_do() {
+        let cases: Vec<(Env, Explicit, &str)> = vec![
+            (
+                env(&[(ENV_ENDPOINT, "not a url")]),
+                Explicit::default(),
+                "invalid OTLP endpoint \"not a url\" (from OTEL_EXPORTER_OTLP_ENDPOINT)",
+            ),
+            (
+                env(&[]),
+                Explicit {
+                    endpoint: Some("127.0.0.1:4317".into()),
+                    ..Explicit::default()
+                },
+                "(from OtlpExporterBuilder::endpoint): it has no scheme (http://); write an absolute URL such as http://127.0.0.1:4317",
+            ),
+            (
+                env(&[(ENV_ENDPOINT, "ftp://x:1")]),
+                Explicit::default(),
+                "the scheme \"ftp\" is not http",
+            ),
+            (
+                env(&[(ENV_ENDPOINT, "https://collector.example:4317")]),
+                Explicit::default(),
+                "uses https, but tower-cql-exporters is built without TLS",
+            ),
+            (
+                env(&[(ENV_PROTOCOL, "http/json")]),
+                Explicit::default(),
+                "unknown OTLP protocol \"http/json\" (from OTEL_EXPORTER_OTLP_PROTOCOL); use \"grpc\" or \"http/protobuf\"",
+            ),
+            (
+                env(&[(ENV_PROTOCOL, "carrier-pigeon")]),
+                Explicit::default(),
+                "unknown OTLP protocol \"carrier-pigeon\"",
+            ),
+            (
+                env(&[(ENV_METRIC_EXPORT_INTERVAL, "0")]),
+                Explicit::default(),
+                "invalid metric export interval \"0\" (from OTEL_METRIC_EXPORT_INTERVAL): it must be more than zero",
+            ),
+            (
+                env(&[]),
+                Explicit {
+                    metric_export_interval: Some(Duration::ZERO),
+                    ..Explicit::default()
+                },
+                "(from OtlpExporterBuilder::metric_export_interval): it must be more than zero",
+            ),
+            (
+                env(&[(ENV_TIMEOUT, "10s")]),
+                Explicit::default(),
+                "invalid export timeout \"10s\" (from OTEL_EXPORTER_OTLP_TIMEOUT): not a whole number of milliseconds; give a positive number of milliseconds",
+            ),
+            (
+                env(&[(ENV_HEADERS, "x-ok=1,api-key")]),
+                Explicit::default(),
+                "malformed OTLP header #2 (from OTEL_EXPORTER_OTLP_HEADERS): it has no '='",
+            ),
+            (
+                env(&[(ENV_HEADERS, "=value")]),
+                Explicit::default(),
+                "malformed OTLP header #1 (from OTEL_EXPORTER_OTLP_HEADERS): the key is empty",
+            ),
+            (
+                env(&[(ENV_HEADERS, "api-key=%zz")]),
+                Explicit::default(),
+                "malformed OTLP header \"api-key\" (from OTEL_EXPORTER_OTLP_HEADERS): the value is not valid percent-encoding",
+            ),
+            (
+                env(&[]),
+                Explicit {
+                    headers: vec![("bad header".into(), "v".into())],
+                    ..Explicit::default()
+                },
+                "malformed OTLP header \"bad header\" (from OtlpExporterBuilder::header): the name is not a valid HTTP header name",
+            ),
+            (
+                env(&[]),
+                Explicit {
+                    headers: vec![("api-key".into(), "line\nbreak".into())],
+                    ..Explicit::default()
+                },
+                "malformed OTLP header api-key (from OtlpExporterBuilder::header): the value has characters",
+            ),
+            (
+                env(&[(ENV_RESOURCE_ATTRIBUTES, "team")]),
+                Explicit::default(),
+                "malformed resource attribute #1 (from OTEL_RESOURCE_ATTRIBUTES): it has no '='",
+            ),
+        ];
+        for (e, x, want) in cases {
+            let got = resolve(&e, &x).expect_err(want).to_string();
+            assert!(got.contains(want), "want {want:?}\n got {got:?}");
+        }
+    }
+
+    #[test]
+    fn header_values_stay_out_of_errors_and_debug() {
+        let secret = "sk-very-secret-0123";
+        for (e, x) in [
+            // no '=': the whole item could be the secret
+            (
+                env(&[(ENV_HEADERS, &format!("x=1,{secret}"))]),
+                Explicit::default(),
+            ),
+            (
+                env(&[(ENV_HEADERS, &format!("api-key={secret}%"))]),
+                Explicit::default(),
+            ),
+            (
+                env(&[]),
+                Explicit {
+                    headers: vec![("api-key".into(), format!("{secret}\u{7}"))],
+                    ..Explicit::default()
+                },
+            ),
+        ] {
+            assert!(!format!("{e:?}").contains(secret));
+            let err = resolve(&e, &x).unwrap_err();
+            assert!(!err.to_string().contains(secret), "{err}");
+            assert!(!format!("{err:?}").contains(secret), "{err:?}");
+        }
+        let r = resolve(
+            &env(&[(ENV_HEADERS, &format!("api-key={secret}"))]),
+            &Explicit::default(),
+        )
+        .unwrap();
+        let dbg = format!("{r:?}");
+        assert!(dbg.contains("api-key"), "{dbg}");
+        assert!(!dbg.contains(secret), "{dbg}");
+    }
+
+    #[test]
+    fn protocol_names() {
+        assert_eq!(Protocol::parse(" GRPC "), Some(Protocol::Grpc));
+        assert_eq!(
+            Protocol::parse("http/protobuf"),
+            Some(Protocol::HttpProtobuf)
+        );
+        assert_eq!(Protocol::parse("http/json"), None);
+        assert_eq!(Protocol::parse(""), None);
+        for p in [Protocol::Grpc, Protocol::HttpProtobuf] {
+            assert_eq!(Protocol::parse(p.as_str()), Some(p));
+        }
+    }
+
+    #[test]
+    fn empty_variables_count_as_unset() {
+        let r = resolve(
+            &env(&[(ENV_ENDPOINT, ""), (ENV_PROTOCOL, "  "), (ENV_TIMEOUT, "")]),
+            &Explicit::default(),
+        )
+        .unwrap();
+        assert_eq!(r.endpoint, r.protocol.default_endpoint());
+    }
+}

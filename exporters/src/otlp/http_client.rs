@@ -1,0 +1,92 @@
+//! The HTTP/protobuf transport: `opentelemetry-otlp`'s HTTP exporters over
+//! `opentelemetry-http`'s hyper client (plain HTTP, no TLS stack).
+//!
+//! The SDK exports from its own threads with a blocking executor, where an
+//! async client has no reactor; [`OnRuntime`] runs each request on the
+//! runtime `install()` was called in instead, and adds the configured
+//! headers itself so that no other configuration holds their values.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use opentelemetry_http::hyper::HyperClient;
+use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+use opentelemetry_otlp::{
+    MetricExporter, Protocol, SpanExporter, WithExportConfig, WithHttpConfig,
+};
+use tokio::runtime::Handle;
+
+use super::config::{Header, Resolved};
+use super::error::OtlpError;
+
+/// An HTTP client whose requests run on a given Tokio runtime.
+#[derive(Clone)]
+pub(super) struct OnRuntime {
+    client: HyperClient,
+    runtime: Handle,
+    headers: Arc<Vec<Header>>,
+}
+
+impl fmt::Debug for OnRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The headers' Debug shows names only.
+        f.debug_struct("OnRuntime")
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpClient for OnRuntime {
+    fn send_bytes<'life0, 'async_trait>(
+        &'life0 self,
+        mut request: Request<Bytes>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Bytes>, HttpError>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        for h in self.headers.iter() {
+            request
+                .headers_mut()
+                .insert(h.name.clone(), h.value.clone());
+        }
+        let client = self.client.clone();
+        let task = self
+            .runtime
+            .spawn(async move { client.send_bytes(request).await });
+        Box::pin(async move { task.await.map_err(|e| Box::new(e) as HttpError)? })
+    }
+}
+
+pub(super) fn exporters(cfg: &Resolved, runtime: &Handle) -> Result<super::Exporters, OtlpError> {
+    let client = OnRuntime {
+        client: HyperClient::with_default_connector(cfg.export_timeout, None),
+        runtime: runtime.clone(),
+        headers: Arc::new(cfg.headers.clone()),
+    };
+    let metrics = MetricExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(cfg.signal_url("/v1/metrics"))
+        .with_timeout(cfg.export_timeout)
+        .with_http_client(client.clone())
+        .build()
+        .map_err(|source| OtlpError::Exporter {
+            signal: "metrics",
+            source,
+        })?;
+    let spans = SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(cfg.signal_url("/v1/traces"))
+        .with_timeout(cfg.export_timeout)
+        .with_http_client(client)
+        .build()
+        .map_err(|source| OtlpError::Exporter {
+            signal: "traces",
+            source,
+        })?;
+    Ok((metrics, spans))
+}

@@ -1,0 +1,507 @@
+//! OTLP export of the stack's metrics and spans, over gRPC or
+//! HTTP/protobuf, configured by a builder and the standard `OTEL_*`
+//! environment variables.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use tower_cql_core::{Collector, Collectors};
+//! use tower_cql_exporters::otlp::{OtlpExporter, Protocol};
+//! use tracing_subscriber::prelude::*;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, ... apply unless set here.
+//! let otlp = OtlpExporter::builder()
+//!     .protocol(Protocol::Grpc)
+//!     .endpoint("http://127.0.0.1:4317")
+//!     .header("api-key", "secret")            // never printed by Debug
+//!     .service_name("checkout")
+//!     .install()?;                             // inside a Tokio runtime
+//!
+//! // Spans of the tracing layers, through tracing-opentelemetry:
+//! tracing_subscriber::registry().with(otlp.tracing_layer()).init();
+//! // Metrics: the stack's close() flushes both metrics and spans.
+//! let collectors = Collectors::with([Arc::new(otlp.collector()) as Arc<dyn Collector>]);
+//! // ... DriverService::builder(session).collectors(collectors.clone()) ...
+//! // ... StackBuilder::new(collectors).build(driver)?, run, stack.close().await ...
+//! # let _ = collectors;
+//! otlp.shutdown().await?;                      // flush and stop both providers
+//! # Ok(()) }
+//! ```
+//!
+//! # Settings
+//! Each setting comes from the builder if called, else from its variable,
+//! else from the default. Invalid values are refused by
+//! [`install`](OtlpExporterBuilder::install) with an [`OtlpError`] that
+//! names the setting or variable and says what to write.
+//!
+//! | builder | variable | default |
+//! |---|---|---|
+//! | [`protocol`](OtlpExporterBuilder::protocol) | `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, `http/protobuf`) | `grpc` when the `otlp-grpc` feature is on, else `http/protobuf` |
+//! | [`endpoint`](OtlpExporterBuilder::endpoint) | `OTEL_EXPORTER_OTLP_ENDPOINT` | `http://localhost:4317` (gRPC), `http://localhost:4318` (HTTP) |
+//! | [`header`](OtlpExporterBuilder::header) | `OTEL_EXPORTER_OTLP_HEADERS` (`k=v,k2=v2`, percent-encoded) | none; builder headers replace same-named ones |
+//! | [`export_timeout`](OtlpExporterBuilder::export_timeout) | `OTEL_EXPORTER_OTLP_TIMEOUT` (ms) | 10 s |
+//! | [`service_name`](OtlpExporterBuilder::service_name) | `OTEL_SERVICE_NAME` | `unknown_service` |
+//! | [`resource_attribute`](OtlpExporterBuilder::resource_attribute) | `OTEL_RESOURCE_ATTRIBUTES` (`k=v,...`) | the `telemetry.sdk.*` attributes |
+//! | [`metric_export_interval`](OtlpExporterBuilder::metric_export_interval) | `OTEL_METRIC_EXPORT_INTERVAL` (ms) | 60 s |
+//!
+//! The endpoint is a base URL: gRPC sends to it as is, HTTP/protobuf posts
+//! to `<endpoint>/v1/metrics` and `<endpoint>/v1/traces`. Only `http://`
+//! is accepted: no TLS stack is built in (send to a local collector, which
+//! forwards over TLS). `opentelemetry-otlp` itself still reads its
+//! signal-specific variables (`OTEL_EXPORTER_OTLP_METRICS_HEADERS`,
+//! `..._COMPRESSION`, `..._INSECURE`, ...), and the SDK its own
+//! (`OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`); the settings above win over them.
+//!
+//! # Header values are secrets
+//! They often carry API keys: `Debug` of the builder, the exporter and
+//! every error shows header names only, errors never quote a value, and
+//! the values are added to requests by this module (a gRPC interceptor, an
+//! HTTP client wrapper), never handed to code that logs its configuration.
+//!
+//! # Runtime
+//! The SDK exports from its own threads; the connections run on the Tokio
+//! runtime `install()` was called in. Flushing blocks the calling thread
+//! until the export is done, so never flush from a runtime worker thread
+//! yourself: the stack's `close()` and [`OtlpExporter::shutdown`] flush on
+//! a blocking thread.
+
+mod config;
+mod error;
+#[cfg(feature = "otlp-grpc")]
+mod grpc;
+#[cfg(feature = "otlp-http")]
+mod http_client;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkError;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::resource::TelemetryResourceDetector;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::otel::OtelCollector;
+
+pub use self::config::{
+    DEFAULT_EXPORT_TIMEOUT, DEFAULT_METRIC_EXPORT_INTERVAL, ENV_ENDPOINT, ENV_HEADERS,
+    ENV_METRIC_EXPORT_INTERVAL, ENV_PROTOCOL, ENV_RESOURCE_ATTRIBUTES, ENV_SERVICE_NAME,
+    ENV_TIMEOUT, Protocol,
+};
+use self::config::{Env, Explicit, Resolved};
+pub use self::error::{FlushError, Origin, OtlpError};
+
+/// The instrumentation scope of the meter and tracer.
+const SCOPE: &str = "tower-cql";
+
+/// Configures and installs an [`OtlpExporter`]; see the module docs.
+#[derive(Clone)]
+pub struct OtlpExporterBuilder {
+    env: Env,
+    explicit: Explicit,
+    sampler: Option<SamplerSetting>,
+}
+
+// Sampler is not Clone; keep what is needed to make one.
+#[derive(Debug, Clone, Copy)]
+enum SamplerSetting {
+    Ratio(f64),
+}
+
+impl fmt::Debug for OtlpExporterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let x = &self.explicit;
+        f.debug_struct("OtlpExporterBuilder")
+            .field("env_set", &self.env)
+            .field("protocol", &x.protocol)
+            .field("endpoint", &x.endpoint)
+            .field("headers", &RedactedNames(x.headers.iter().map(|(k, _)| k)))
+            .field("service_name", &x.service_name)
+            .field("resource", &x.resource)
+            .field("metric_export_interval", &x.metric_export_interval)
+            .field("export_timeout", &x.export_timeout)
+            .field("sampler", &self.sampler)
+            .finish()
+    }
+}
+
+/// Shows `name: <redacted>` for each header.
+struct RedactedNames<I>(I);
+
+impl<I, N> fmt::Debug for RedactedNames<I>
+where
+    I: Iterator<Item = N> + Clone,
+    N: fmt::Display,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.clone().map(|n| (n.to_string(), "<redacted>")))
+            .finish()
+    }
+}
+
+impl OtlpExporterBuilder {
+    /// A builder over the process environment (the `OTEL_*` variables in
+    /// the module docs, read now).
+    pub fn from_env() -> OtlpExporterBuilder {
+        OtlpExporterBuilder::with_env(Env::from_process())
+    }
+
+    /// A builder over the given variables instead of the process
+    /// environment, e.g. from a config file or a test. Other names are ignored.
+    pub fn from_vars<I, K, V>(vars: I) -> OtlpExporterBuilder
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Into<String>,
+    {
+        let vars: Vec<(String, String)> = vars
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().to_string(), v.into()))
+            .collect();
+        OtlpExporterBuilder::with_env(Env::from_lookup(|name| {
+            vars.iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }))
+    }
+
+    fn with_env(env: Env) -> OtlpExporterBuilder {
+        OtlpExporterBuilder {
+            env,
+            explicit: Explicit::default(),
+            sampler: None,
+        }
+    }
+
+    /// The transport (else `OTEL_EXPORTER_OTLP_PROTOCOL`, else gRPC when built in).
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.explicit.protocol = Some(protocol);
+        self
+    }
+
+    /// The base URL, `http://host:port[/path]` (else
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, else the protocol's default port on
+    /// localhost). HTTP/protobuf appends `/v1/metrics` and `/v1/traces`.
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.explicit.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// A header (gRPC metadata) sent with every export, e.g. an API key.
+    /// Replaces a header of the same name from `OTEL_EXPORTER_OTLP_HEADERS`.
+    /// The value is never shown by `Debug` or in errors.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.explicit.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The `service.name` resource attribute (else `OTEL_SERVICE_NAME`,
+    /// else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, else `unknown_service`).
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.explicit.service_name = Some(name.into());
+        self
+    }
+
+    /// A resource attribute, added to those of `OTEL_RESOURCE_ATTRIBUTES`
+    /// (replacing one with the same key).
+    pub fn resource_attribute(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.explicit
+            .resource
+            .push(KeyValue::new(key.into(), value.into()));
+        self
+    }
+
+    /// Time between metric exports (else `OTEL_METRIC_EXPORT_INTERVAL`,
+    /// else 60 s); must be more than zero. The stack's `close()` and
+    /// [`OtlpExporter::shutdown`] export whatever is left regardless.
+    pub fn metric_export_interval(mut self, interval: Duration) -> Self {
+        self.explicit.metric_export_interval = Some(interval);
+        self
+    }
+
+    /// Time limit of one export (else `OTEL_EXPORTER_OTLP_TIMEOUT`, else
+    /// 10 s); must be more than zero.
+    pub fn export_timeout(mut self, timeout: Duration) -> Self {
+        self.explicit.export_timeout = Some(timeout);
+        self
+    }
+
+    /// Keep this fraction of traces (clamped to 0..=1, NaN counting as 0;
+    /// parent-based, so a sampled caller's trace is always kept). Default:
+    /// the SDK's, i.e. `OTEL_TRACES_SAMPLER`, else every trace.
+    pub fn trace_sample_ratio(mut self, ratio: f64) -> Self {
+        let ratio = if ratio.is_nan() {
+            0.0
+        } else {
+            ratio.clamp(0.0, 1.0)
+        };
+        self.sampler = Some(SamplerSetting::Ratio(ratio));
+        self
+    }
+
+    /// Validates the settings, builds the metric and span exporters and
+    /// their providers. Must be called inside a Tokio runtime.
+    pub fn install(self) -> Result<OtlpExporter, OtlpError> {
+        let cfg = config::resolve(&self.env, &self.explicit)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| OtlpError::NoRuntime)?;
+        let (metric_exporter, span_exporter) = exporters(&cfg, &runtime)?;
+
+        let resource = Resource::builder_empty()
+            .with_detector(Box::new(TelemetryResourceDetector))
+            .with_attributes(cfg.resource.iter().cloned())
+            .build();
+        let meter_provider = SdkMeterProvider::builder()
+            .with_resource(resource.clone())
+            .with_reader(
+                PeriodicReader::builder(metric_exporter)
+                    .with_interval(cfg.metric_export_interval)
+                    .build(),
+            )
+            .build();
+        let mut tracer_provider = SdkTracerProvider::builder()
+            .with_resource(resource)
+            .with_batch_exporter(span_exporter);
+        if let Some(SamplerSetting::Ratio(r)) = self.sampler {
+            tracer_provider = tracer_provider.with_sampler(Sampler::ParentBased(Box::new(
+                Sampler::TraceIdRatioBased(r),
+            )));
+        }
+        let tracer_provider = tracer_provider.build();
+        let tracer = tracer_provider.tracer_with_scope(scope());
+        Ok(OtlpExporter {
+            cfg,
+            meter_provider,
+            tracer_provider,
+            tracer,
+        })
+    }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder(SCOPE)
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+type Exporters = (
+    opentelemetry_otlp::MetricExporter,
+    opentelemetry_otlp::SpanExporter,
+);
+
+#[allow(unused_variables)]
+fn exporters(cfg: &Resolved, runtime: &tokio::runtime::Handle) -> Result<Exporters, OtlpError> {
+    match cfg.protocol {
+        #[cfg(feature = "otlp-grpc")]
+        Protocol::Grpc => grpc::exporters(cfg),
+        #[cfg(feature = "otlp-http")]
+        Protocol::HttpProtobuf => http_client::exporters(cfg, runtime),
+        // `resolve` refuses a protocol that is not built in.
+        #[allow(unreachable_patterns)]
+        p => Err(OtlpError::ProtocolNotEnabled {
+            protocol: p.as_str(),
+            feature: p.feature(),
+            origin: Origin::Builder("protocol"),
+        }),
+    }
+}
+
+/// The installed exporter: owns the meter and tracer providers; hands out
+/// the stack's collector and the tracing layer. See the module docs.
+///
+/// Call [`shutdown`](OtlpExporter::shutdown) before the process exits.
+/// Without it the SDK shuts the providers down when their last handle is
+/// dropped, blocking that thread for up to 5 s per provider while it
+/// exports, and on a runtime worker thread the export may need that very
+/// thread.
+pub struct OtlpExporter {
+    cfg: Resolved,
+    meter_provider: SdkMeterProvider,
+    tracer_provider: SdkTracerProvider,
+    tracer: SdkTracer,
+}
+
+impl fmt::Debug for OtlpExporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtlpExporter")
+            .field("protocol", &self.cfg.protocol)
+            .field("endpoint", &self.cfg.endpoint)
+            .field(
+                "headers",
+                &RedactedNames(self.cfg.headers.iter().map(|h| &h.name)),
+            )
+            .field("resource", &self.cfg.resource)
+            .field("metric_export_interval", &self.cfg.metric_export_interval)
+            .field("export_timeout", &self.cfg.export_timeout)
+            .finish()
+    }
+}
+
+impl OtlpExporter {
+    /// A builder over the process environment; same as
+    /// [`OtlpExporterBuilder::from_env`].
+    pub fn builder() -> OtlpExporterBuilder {
+        OtlpExporterBuilder::from_env()
+    }
+
+    /// The protocol in use.
+    pub fn protocol(&self) -> Protocol {
+        self.cfg.protocol
+    }
+
+    /// The base endpoint in use (no trailing `/`).
+    pub fn endpoint(&self) -> &str {
+        &self.cfg.endpoint
+    }
+
+    /// The `service.name` resource attribute sent.
+    pub fn service_name(&self) -> String {
+        self.cfg
+            .resource_value("service.name")
+            .map(|v| v.as_str().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The interval between metric exports.
+    pub fn metric_export_interval(&self) -> Duration {
+        self.cfg.metric_export_interval
+    }
+
+    /// A collector recording the stack's metrics on this exporter's meter
+    /// provider. Its `flush()`, which the stack's `close()` calls, exports
+    /// the pending metrics and spans. Add one per [`Collectors`] set: two
+    /// would record every event twice into the same instruments.
+    ///
+    /// [`Collectors`]: tower_cql_core::Collectors
+    pub fn collector(&self) -> OtelCollector {
+        let traces = self.tracer_provider.clone();
+        OtelCollector::with_provider(&self.meter_provider).also_flush(Arc::new(move || {
+            let _ = traces.force_flush();
+        }))
+    }
+
+    /// A `tracing` layer exporting spans (the tracing middleware's
+    /// `cql.request`/`cql.attempt` spans among them) to this exporter.
+    ///
+    /// It leaves out the spans of the crates that carry the export (`h2`,
+    /// `hyper`, `tonic`, `tower`, `opentelemetry*`, `tokio`): exporting
+    /// them would make more of them, for ever. Add a filter of your own to
+    /// narrow it further, e.g. to targets starting with `tower_cql` to
+    /// leave out the driver's `TRACE` spans.
+    pub fn tracing_layer<S>(&self) -> impl Layer<S> + use<S>
+    where
+        S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+    {
+        tracing_opentelemetry::layer()
+            .with_tracer(self.tracer.clone())
+            .with_filter(filter_fn(|m| !is_transport(m.target())))
+    }
+
+    /// The tracer (scope `tower-cql`), for spans of your own.
+    pub fn tracer(&self) -> &SdkTracer {
+        &self.tracer
+    }
+
+    /// The meter provider, e.g. for meters of your own.
+    pub fn meter_provider(&self) -> &SdkMeterProvider {
+        &self.meter_provider
+    }
+
+    /// The tracer provider.
+    pub fn tracer_provider(&self) -> &SdkTracerProvider {
+        &self.tracer_provider
+    }
+
+    /// Exports pending spans and metrics now, on a blocking thread.
+    pub async fn flush(&self) -> Result<(), FlushError> {
+        let (t, m) = (self.tracer_provider.clone(), self.meter_provider.clone());
+        off_runtime(move || (t.force_flush().err(), m.force_flush().err())).await
+    }
+
+    /// Exports what is pending and stops both providers (on a blocking
+    /// thread). Call it before the process exits; calling it again is a
+    /// no-op. Spans first, so that metrics recorded while they ended go too.
+    pub async fn shutdown(&self) -> Result<(), FlushError> {
+        let (t, m) = (self.tracer_provider.clone(), self.meter_provider.clone());
+        off_runtime(move || (t.shutdown().err(), m.shutdown().err())).await
+    }
+}
+
+/// Targets of the crates an export goes through.
+const TRANSPORT_TARGETS: [&str; 10] = [
+    "h2",
+    "hyper",
+    "hyper_util",
+    "tonic",
+    "tower",
+    "opentelemetry",
+    "opentelemetry_sdk",
+    "opentelemetry_otlp",
+    "opentelemetry_http",
+    "tokio",
+];
+
+fn is_transport(target: &str) -> bool {
+    TRANSPORT_TARGETS.iter().any(|t| {
+        target
+            .strip_prefix(t)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
+}
+
+async fn off_runtime(
+    f: impl FnOnce() -> (Option<OTelSdkError>, Option<OTelSdkError>) + Send + 'static,
+) -> Result<(), FlushError> {
+    let (traces, metrics) = match tokio::runtime::Handle::try_current() {
+        Ok(_) => tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+            let e = || {
+                Some(OTelSdkError::InternalFailure(format!(
+                    "flush thread failed: {e}"
+                )))
+            };
+            (e(), e())
+        }),
+        Err(_) => f(),
+    };
+    let keep = |e: Option<OTelSdkError>| e.filter(|e| !matches!(e, OTelSdkError::AlreadyShutdown));
+    let (traces, metrics) = (keep(traces), keep(metrics));
+    if traces.is_none() && metrics.is_none() {
+        Ok(())
+    } else {
+        Err(FlushError { metrics, traces })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_transport;
+
+    #[test]
+    fn transport_targets_are_left_out_and_nothing_else() {
+        for t in [
+            "h2",
+            "h2::proto",
+            "hyper::client",
+            "tonic::transport",
+            "tower::buffer",
+        ] {
+            assert!(is_transport(t), "{t}");
+        }
+        for t in [
+            "tower_cql_middleware::trace",
+            "scylla::network",
+            "h2o",
+            "towering",
+            "my_app",
+        ] {
+            assert!(!is_transport(t), "{t}");
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! OTLP export end to end, over both transports: real queries with the
+//! scylla driver against a testkit cluster, through a stack with the
+//! metrics and tracing layers, exported by `OtlpExporter` to the testkit's
+//! in-process OTLP receiver, and checked as the receiver decoded them.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use scylla::client::session_builder::SessionBuilder;
+use tower::{Service, ServiceExt};
+use tower_cql_core::{Collector, Collectors, CqlRequest, DriverService, Statement};
+use tower_cql_exporters::otel::DURATION_BOUNDARIES;
+use tower_cql_exporters::otlp::{OtlpError, OtlpExporterBuilder, Protocol};
+use tower_cql_middleware::stack::StackBuilder;
+use tower_cql_testkit::otlp::{
+    FoundMetric, KeyValue, OtlpReceiver, Transport, attribute_str, metrics,
+};
+use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::prelude::*;
+
+const SECRET: &str = "sk-test-4f1c9a7e-do-not-print";
+
+/// Writes every span field and event that passes through `tracing` into a
+/// string, to prove the header value never does.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<String>>);
+
+struct Writer<'a>(&'a mut String);
+
+impl Visit for Writer<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, " {}={:?}", field.name(), value);
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: Context<'_, S>,
+    ) {
+        let mut s = self.0.lock().unwrap();
+        s.push_str(attrs.metadata().name());
+        attrs.record(&mut Writer(&mut s));
+        s.push('\n');
+    }
+
+    fn on_record(
+        &self,
+        _: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _: Context<'_, S>,
+    ) {
+        let mut s = self.0.lock().unwrap();
+        values.record(&mut Writer(&mut s));
+        s.push('\n');
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let mut s = self.0.lock().unwrap();
+        s.push_str(event.metadata().target());
+        event.record(&mut Writer(&mut s));
+        s.push('\n');
+    }
+}
+
+/// A builder that ignores the process environment.
+fn no_env() -> OtlpExporterBuilder {
+    OtlpExporterBuilder::from_vars(std::iter::empty::<(&str, &str)>())
+}
+
+fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+    attribute_str(attrs, key)
+}
+
+fn histogram_points<'a>(
+    m: &'a FoundMetric,
+    operation: &str,
+) -> Vec<&'a metrics::HistogramDataPoint> {
+    m.histogram()
+        .unwrap_or_else(|| panic!("{} is a histogram: {:?}", m.metric.name, m.metric.data))
+        .data_points
+        .iter()
+        .filter(|p| attr(&p.attributes, "db.operation.name").as_deref() == Some(operation))
+        .collect()
+}
+
+async fn export_end_to_end(protocol: Protocol, transport: Transport) {
+    let receiver = OtlpReceiver::start().await.unwrap();
+    // A given environment (the process one is not touched): the builder's
+    // calls must win over it where both say something.
+    let otlp = OtlpExporterBuilder::from_vars([
+        ("OTEL_SERVICE_NAME", "from-env"),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment.name=ci%20run,team=storage",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-tenant=acme,api-key=from-env",
+        ),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+    ])
+    .protocol(protocol)
+    .endpoint(receiver.endpoint())
+    .header("api-key", SECRET)
+    .service_name("otlp-test")
+    // Nothing is exported on a timer during the test: what arrives was
+    // sent by the stack's close().
+    .metric_export_interval(Duration::from_secs(3600))
+    .export_timeout(Duration::from_secs(5))
+    .install()
+    .unwrap();
+    assert_eq!(otlp.protocol(), protocol);
+    assert_eq!(otlp.service_name(), "otlp-test");
+
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(capture.clone())
+        .with(otlp.tracing_layer());
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let collectors = Collectors::with([Arc::new(otlp.collector()) as Arc<dyn Collector>]);
+    let cluster = Cluster::start().await.unwrap();
+    let session = SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .build()
+        .await
+        .unwrap();
+    let driver = DriverService::builder(Arc::new(session))
+        .collectors(collectors.clone())
+        .build()
+        .unwrap();
+    let stack = StackBuilder::new(collectors).build(driver).unwrap();
+    let mut svc = stack.service();
+    for cql in [
+        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        "CREATE TABLE ks.kv (k int PRIMARY KEY, v text)",
+    ] {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(CqlRequest::unprepared(cql))
+            .await
+            .unwrap();
+    }
+    let put = Statement::new("INSERT INTO ks.kv (k, v) VALUES (?, ?)")
+        .operation("put")
+        .idempotent(true);
+    for k in 0..5i32 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(put.request().bind((k, format!("v{k}"))))
+            .await
+            .unwrap();
+    }
+    // Two reads are answered Overloaded once and retried.
+    let fault = cluster.faults().add(
+        Fault::error(InjectedError::Overloaded)
+            .opcode(Opcode::Execute)
+            .reads()
+            .times(2),
+    );
+    let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?")
+        .operation("get")
+        .idempotent(true);
+    for k in 0..20i32 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(get.request().bind((k,)))
+            .await
+            .unwrap();
+    }
+    // One request that fails for good.
+    let broken = Statement::new("SELECT nope FROM ks.kv WHERE k = ?")
+        .operation("broken")
+        .idempotent(true);
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(broken.request().bind((1i32,)))
+        .await
+        .expect_err("an unknown column");
+    let broken_kind = err.kind().as_str();
+    stack.close().await; // the only flush: no force_flush here
+    assert_eq!(cluster.faults().fired(fault), 2);
+
+    // Every request came over the transport asked for, with the headers.
+    let metric_requests = receiver.metrics_requests();
+    let trace_requests = receiver.trace_requests();
+    assert!(!metric_requests.is_empty(), "no metrics arrived");
+    assert!(!trace_requests.is_empty(), "no spans arrived");
+    for (t, headers) in metric_requests
+        .iter()
+        .map(|r| (r.transport, r.header("api-key").zip(r.header("x-tenant"))))
+        .chain(
+            trace_requests
+                .iter()
+                .map(|r| (r.transport, r.header("api-key").zip(r.header("x-tenant")))),
+        )
+    {
+        assert_eq!(t, transport);
+        // the builder's api-key replaced the environment's; x-tenant kept
+        assert_eq!(headers, Some((SECRET, "acme")));
+    }
+
+    // Metrics: names, units, attributes and counts.
+    let names = receiver.metric_names();
+    for n in [
+        "db.client.operation.duration",
+        "db.client.attempt.duration",
+        "db.client.response.returned_rows",
+        "db.client.retries",
+    ] {
+        assert!(names.iter().any(|m| m == n), "{n} missing from {names:?}");
+    }
+    let duration = receiver.metric("db.client.operation.duration").unwrap();
+    assert_eq!(duration.transport, transport);
+    assert_eq!(duration.metric.unit, "s");
+    assert_eq!(
+        duration.scope.as_ref().map(|s| s.name.as_str()),
+        Some("tower-cql")
+    );
+    let resource = &duration.resource.as_ref().expect("a resource").attributes;
+    assert_eq!(attr(resource, "service.name").as_deref(), Some("otlp-test"));
+    assert_eq!(
+        attr(resource, "deployment.environment.name").as_deref(),
+        Some("ci run")
+    );
+    assert_eq!(attr(resource, "team").as_deref(), Some("storage"));
+    assert_eq!(
+        attr(resource, "telemetry.sdk.language").as_deref(),
+        Some("rust")
+    );
+
+    let gets = histogram_points(&duration, "get");
+    assert_eq!(gets.len(), 1, "one series for get: {gets:?}");
+    let p = gets[0];
+    assert_eq!(p.count, 20, "one per logical request, retries included");
+    assert_eq!(p.explicit_bounds, DURATION_BOUNDARIES.to_vec());
+    assert_eq!(p.bucket_counts.iter().sum::<u64>(), 20);
+    assert!(p.sum.unwrap() > 0.0 && p.sum.unwrap() < 20.0 * 5.0, "{p:?}");
+    assert_eq!(
+        attr(&p.attributes, "db.system.name").as_deref(),
+        Some("cassandra")
+    );
+    assert_eq!(attr(&p.attributes, "db.namespace").as_deref(), Some("ks"));
+    assert_eq!(
+        attr(&p.attributes, "db.collection.name").as_deref(),
+        Some("kv")
+    );
+    assert_eq!(attr(&p.attributes, "error.type"), None);
+    let puts = histogram_points(&duration, "put");
+    assert_eq!(puts.iter().map(|p| p.count).sum::<u64>(), 5);
+    let broken_points = histogram_points(&duration, "broken");
+    assert_eq!(broken_points.len(), 1);
+    assert_eq!(broken_points[0].count, 1);
+    assert_eq!(
+        attr(&broken_points[0].attributes, "error.type").as_deref(),
+        Some(broken_kind)
+    );
+
+    let attempts = receiver.metric("db.client.attempt.duration").unwrap();
+    assert_eq!(attempts.metric.unit, "s");
+    let get_attempts = histogram_points(&attempts, "get");
+    assert_eq!(get_attempts.iter().map(|p| p.count).sum::<u64>(), 22);
+    let overloaded: u64 = get_attempts
+        .iter()
+        .filter(|p| attr(&p.attributes, "error.type").as_deref() == Some("overloaded"))
+        .map(|p| p.count)
+        .sum();
+    assert_eq!(overloaded, 2);
+    let retries = receiver.metric("db.client.retries").unwrap();
+    let sum = retries.sum().expect("a sum");
+    assert!(sum.is_monotonic);
+    assert_eq!(sum.data_points.len(), 1);
+    let retry_point = &sum.data_points[0];
+    assert_eq!(
+        retry_point.value,
+        Some(metrics::number_data_point::Value::AsInt(2))
+    );
+    assert_eq!(
+        attr(&retry_point.attributes, "error.type").as_deref(),
+        Some("overloaded")
+    );
+
+    // Spans: one client span per logical request, named and attributed per
+    // the database conventions, and a child span per attempt.
+    let reads = receiver.spans_named("SELECT ks.kv");
+    let get_spans: Vec<_> = reads
+        .iter()
+        .filter(|s| attr(&s.span.attributes, "db.operation.name").as_deref() == Some("get"))
+        .collect();
+    assert_eq!(get_spans.len(), 20);
+    for s in &get_spans {
+        assert_eq!(s.transport, transport);
+        assert_eq!(s.span.kind, 3, "SPAN_KIND_CLIENT");
+        let a = &s.span.attributes;
+        assert_eq!(attr(a, "db.system.name").as_deref(), Some("cassandra"));
+        assert_eq!(attr(a, "db.namespace").as_deref(), Some("ks"));
+        assert_eq!(attr(a, "db.collection.name").as_deref(), Some("kv"));
+        assert_eq!(attr(a, "db.query.summary").as_deref(), Some("SELECT ks.kv"));
+        assert_eq!(attr(a, "server.address").as_deref(), Some("127.0.0.1"));
+        assert_eq!(attr(a, "error.type"), None);
+        let resource = &s.resource.as_ref().expect("a resource").attributes;
+        assert_eq!(attr(resource, "service.name").as_deref(), Some("otlp-test"));
+    }
+    // Both injected faults hit reads: 2 attempts more than requests.
+    let attempts_recorded: u64 = get_spans
+        .iter()
+        .map(|s| {
+            attr(&s.span.attributes, "cql.attempts")
+                .expect("cql.attempts")
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(attempts_recorded, 22);
+    let puts = receiver.spans_named("INSERT ks.kv");
+    assert_eq!(puts.len(), 5);
+    let failed: Vec<_> = reads
+        .iter()
+        .filter(|s| attr(&s.span.attributes, "db.operation.name").as_deref() == Some("broken"))
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        attr(&failed[0].span.attributes, "error.type").as_deref(),
+        Some(broken_kind)
+    );
+    assert_eq!(
+        failed[0].span.status.as_ref().map(|s| s.code),
+        Some(2),
+        "STATUS_CODE_ERROR"
+    );
+    let get_ids: Vec<&[u8]> = get_spans
+        .iter()
+        .map(|s| s.span.span_id.as_slice())
+        .collect();
+    let get_attempt_spans = receiver
+        .spans_named("cql.attempt")
+        .into_iter()
+        .filter(|s| get_ids.contains(&s.span.parent_span_id.as_slice()))
+        .count();
+    assert_eq!(get_attempt_spans, 22, "20 reads, 2 of them retried once");
+
+    // The header value went over the wire and nowhere else.
+    let logged = capture.0.lock().unwrap().clone();
+    assert!(
+        logged.contains("cql.request") || logged.contains("cql.attempt"),
+        "the capture saw the stack's spans: {logged:.300}"
+    );
+    assert!(!logged.contains(SECRET));
+    let debug = format!("{otlp:?}");
+    assert!(debug.contains("api-key"), "{debug}");
+    assert!(!debug.contains(SECRET), "{debug}");
+
+    otlp.shutdown().await.unwrap();
+    otlp.shutdown().await.unwrap(); // idempotent
+}
+
+// current_thread: the tracing subscriber is the test thread's default, and
+// the exporter's connections share that one thread with the test (close()
+// flushes on a blocking thread, so nothing deadlocks).
+#[tokio::test(flavor = "current_thread")]
+async fn grpc_export_of_metrics_and_spans() {
+    export_end_to_end(Protocol::Grpc, Transport::Grpc).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn http_protobuf_export_of_metrics_and_spans() {
+    export_end_to_end(Protocol::HttpProtobuf, Transport::HttpProtobuf).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environment_chooses_protocol_and_endpoint() {
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let otlp = OtlpExporterBuilder::from_vars([
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint().as_str()),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20abc"),
+        ("OTEL_SERVICE_NAME", "env-only"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "3600000"),
+    ])
+    .install()
+    .unwrap();
+    assert_eq!(otlp.protocol(), Protocol::HttpProtobuf);
+    assert_eq!(otlp.endpoint(), receiver.endpoint());
+    assert_eq!(otlp.metric_export_interval(), Duration::from_secs(3600));
+    use opentelemetry::metrics::MeterProvider as _;
+    otlp.meter_provider()
+        .meter("test")
+        .u64_counter("test.counter")
+        .build()
+        .add(1, &[]);
+    let collector = otlp.collector();
+    // A collector's flush (what close() calls) exports the provider's metrics.
+    tokio::task::spawn_blocking(move || collector.flush())
+        .await
+        .unwrap();
+    otlp.shutdown().await.unwrap();
+    let requests = receiver.metrics_requests();
+    assert!(!requests.is_empty());
+    assert_eq!(receiver.metric_names(), vec!["test.counter".to_string()]);
+    let r = &requests[0];
+    assert_eq!(r.transport, Transport::HttpProtobuf);
+    assert_eq!(r.header("authorization"), Some("Bearer abc"));
+    let resource = r.request.resource_metrics[0].resource.as_ref().unwrap();
+    assert_eq!(
+        attr(&resource.attributes, "service.name").as_deref(),
+        Some("env-only")
+    );
+}
+
+#[test]
+fn install_outside_a_runtime_is_a_clear_error() {
+    let err = no_env().install().unwrap_err();
+    assert!(matches!(err, OtlpError::NoRuntime), "{err:?}");
+    assert!(err.to_string().contains("inside a Tokio runtime"), "{err}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn install_refuses_invalid_configuration() {
+    let cases: Vec<(OtlpExporterBuilder, &str)> = vec![
+        (
+            no_env().endpoint("http//oops"),
+            "invalid OTLP endpoint \"http//oops\"",
+        ),
+        (
+            no_env().endpoint("https://otel.example.com"),
+            "built without TLS",
+        ),
+        (
+            OtlpExporterBuilder::from_vars([("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")]),
+            "unknown OTLP protocol \"thrift\" (from OTEL_EXPORTER_OTLP_PROTOCOL)",
+        ),
+        (
+            no_env().metric_export_interval(Duration::ZERO),
+            "metric export interval",
+        ),
+        (no_env().export_timeout(Duration::ZERO), "export timeout"),
+        (
+            no_env().header("api key", "x"),
+            "malformed OTLP header \"api key\"",
+        ),
+        (
+            OtlpExporterBuilder::from_vars([("OTEL_EXPORTER_OTLP_HEADERS", SECRET)]),
+            "malformed OTLP header #1 (from OTEL_EXPORTER_OTLP_HEADERS): it has no '='",
+        ),
+    ];
+    for (builder, want) in cases {
+        let err = builder.install().expect_err(want).to_string();
+        assert!(err.contains(want), "want {want:?}\n got {err}");
+        assert!(!err.contains(SECRET), "{err}");
+    }
+}
+
+#[test]
+fn builder_debug_shows_header_names_not_values() {
+    let b = OtlpExporterBuilder::from_vars([("OTEL_EXPORTER_OTLP_HEADERS", SECRET)])
+        .header("x-api-key", SECRET)
+        .service_name("svc");
+    let debug = format!("{b:?}");
+    assert!(debug.contains("x-api-key"), "{debug}");
+    assert!(debug.contains("<redacted>"), "{debug}");
+    assert!(debug.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{debug}");
+    assert!(!debug.contains(SECRET), "{debug}");
+}
