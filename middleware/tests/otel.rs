@@ -78,6 +78,25 @@ async fn spans_export_with_db_semantic_conventions() {
         Some("INSERT INTO ks.users (id, name) VALUES (?, ?)")
     );
     assert_eq!(attr("server.address").as_deref(), Some("127.0.0.1"));
+    // numbers are numbers (the conventions want an int `server.port`)
+    let value = |k: &str| {
+        request
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == k)
+            .map(|kv| kv.value.clone())
+            .unwrap_or_else(|| panic!("no {k}"))
+    };
+    assert!(
+        matches!(value("server.port"), opentelemetry::Value::I64(p) if p > 0),
+        "{:?}",
+        value("server.port")
+    );
+    assert_eq!(value("cql.attempts"), opentelemetry::Value::I64(1));
+    assert_eq!(
+        value("db.response.returned_rows"),
+        opentelemetry::Value::I64(0)
+    );
     let attempt = spans
         .iter()
         .find(|s| s.name == "cql.attempt")

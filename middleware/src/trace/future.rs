@@ -14,7 +14,7 @@ use tracing::Span;
 fn record_node(span: &Span, node: Option<SocketAddr>) {
     if let Some(n) = node {
         span.record("server.address", n.ip().to_string().as_str());
-        span.record("server.port", n.port());
+        span.record("server.port", i64::from(n.port()));
     }
 }
 
@@ -82,10 +82,13 @@ where
                     record_node(this.span, info.coordinator);
                     if request {
                         this.span
-                            .record("db.response.returned_rows", info.rows as u64);
-                        this.span.record("cql.attempts", info.attempts.max(1));
+                            .record("db.response.returned_rows", info.rows as i64);
                         this.span
-                            .record("db.cassandra.speculative_execution_count", info.speculative);
+                            .record("cql.attempts", i64::from(info.attempts.max(1)));
+                        this.span.record(
+                            "db.cassandra.speculative_execution_count",
+                            i64::from(info.speculative),
+                        );
                     }
                 }
                 (Err(e), request) => {
@@ -95,7 +98,7 @@ where
                             this.span
                                 .record("db.response.status_code", format!("{code:#06x}").as_str());
                         }
-                        this.span.record("cql.attempts", e.attempts());
+                        this.span.record("cql.attempts", i64::from(e.attempts()));
                     }
                 }
             }

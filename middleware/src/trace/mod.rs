@@ -214,7 +214,7 @@ pub fn request_span(meta: &RequestMeta, config: &TraceConfig) -> Span {
         span.record("db.cassandra.consistency_level", consistency_name(c));
     }
     if let Some(p) = meta.page_size() {
-        span.record("db.cassandra.page_size", p);
+        span.record("db.cassandra.page_size", i64::from(p));
     }
     span.record("db.cassandra.idempotence", meta.is_idempotent());
     span
