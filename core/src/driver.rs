@@ -173,10 +173,12 @@ impl DriverServiceBuilder {
             ));
         }
         let profile = (!self.keep_driver_retries).then(|| {
-            self.session
-                .get_default_execution_profile_handle()
+            let default = self.session.get_default_execution_profile_handle();
+            let balancing = default.to_profile().get_load_balancing_policy().clone();
+            default
                 .pointee_to_builder()
                 .retry_policy(Arc::new(FallthroughRetryPolicy::new()))
+                .load_balancing_policy(Arc::new(crate::routing::Steering::new(balancing)))
                 .speculative_execution_policy(None)
                 .build()
                 .into_handle()
@@ -350,7 +352,14 @@ impl DriverInner {
         let listener = self
             .node_attribution
             .then(|| Arc::new(NodeRecorder::default()));
-        let result = self.run(&req, paging_state, listener.clone()).await;
+        let result = match meta.route() {
+            // an attempt after the first: the steering policy reads the hint
+            Some(hint) => {
+                let attempt = self.run(&req, paging_state, listener.clone());
+                crate::routing::with_hint(hint.clone(), attempt).await
+            }
+            None => self.run(&req, paging_state, listener.clone()).await,
+        };
         let duration = start.elapsed();
         // The driver's own timer was set to the time left before the
         // deadline: when it fires because the deadline passed, say so.

@@ -57,6 +57,7 @@ pub mod paging;
 pub mod redact;
 pub mod request;
 pub mod response;
+pub mod routing;
 mod sync;
 #[cfg(feature = "tls-rustls")]
 pub mod tls;

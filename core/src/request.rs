@@ -726,6 +726,8 @@ pub struct RequestMeta {
     deadline: Option<Instant>,
     tracing: bool,
     pub(crate) attempt: (u32, crate::event::AttemptReason),
+    /// Nodes this logical request tried (see [`crate::routing`]).
+    pub(crate) route: Option<Arc<crate::routing::RouteHint>>,
 }
 
 impl RequestMeta {
@@ -744,7 +746,20 @@ impl RequestMeta {
             deadline: None,
             tracing: false,
             attempt: (0, crate::event::AttemptReason::Initial),
+            route: None,
         }
+    }
+
+    /// This request's [`RouteHint`](crate::routing::RouteHint), created on
+    /// first use and shared by every clone made after that: later attempts
+    /// go to nodes it does not avoid first.
+    pub fn route_hint(&mut self) -> &Arc<crate::routing::RouteHint> {
+        self.route.get_or_insert_with(Default::default)
+    }
+
+    /// The route hint, if one was attached.
+    pub fn route(&self) -> Option<&Arc<crate::routing::RouteHint>> {
+        self.route.as_ref()
     }
 
     /// The statement the request runs.

@@ -317,6 +317,10 @@ where
         // The deadline on the Tokio clock, which the hedge timer runs on.
         let deadline = meta.remaining().map(|left| now + left);
         let delay = self.shared.delay();
+        // the attempts share one route hint: each goes to a node the
+        // others have not tried, while there is one
+        let mut request = request;
+        request.meta_mut().route_hint();
         let first = self.inner.call(request.clone());
         let service = self.inner.clone();
         ResponseFuture::hedged(

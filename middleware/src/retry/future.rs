@@ -135,9 +135,12 @@ where
                     };
                     // The next attempt's index is the number made so far.
                     let index = *this.attempts;
-                    this.request
-                        .meta_mut()
-                        .set_attempt(index, AttemptReason::Retry);
+                    let meta = this.request.meta_mut();
+                    meta.set_attempt(index, AttemptReason::Retry);
+                    // the retry goes to another node first, when there is one
+                    if let Some(node) = err.node() {
+                        meta.route_hint().avoid(node);
+                    }
                     let collectors = &this.shared.collectors;
                     if collectors.is_active() {
                         collectors.emit(Event::Retry(RetryEvent {
