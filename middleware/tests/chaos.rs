@@ -22,7 +22,7 @@ use tower_cql_core::{
 };
 use tower_cql_middleware::breaker::BreakerConfig;
 use tower_cql_middleware::hedge::{HedgeConfig, HedgeDelay};
-use tower_cql_middleware::retry::{Backoff, RetryConfig};
+use tower_cql_middleware::retry::{Backoff, BudgetConfig, RetryConfig};
 use tower_cql_middleware::stack::{BoxService, StackBuilder};
 use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
 
@@ -386,15 +386,19 @@ async fn a_slow_node_then_a_stopped_node_traffic_continues_and_per_node_figures_
         "the slow node got traffic"
     );
     assert!(speculative > 0);
-    // The driver's load balancer picks each attempt's node on its own, so
-    // about (1/3)^3 of the reads send all three attempts to the slow node:
-    // p99 still meets the stall, p95 does not.
+    // Speculative attempts go to nodes the request has not tried (route
+    // hints), so no read waits out the stall: not even the 1/27 whose
+    // three attempts the driver's own balancer would send to node 1.
     assert!(
         p95 < stall / 2,
         "hedging did not cut the stall: p95 {p95:?}"
     );
-    // the client saw node 1 for what it is: its attempts, when they
-    // finished at all before a hedge won, were slow; the others were not
+    assert!(
+        p99 < stall / 2,
+        "a read waited for the slow node: p99 {p99:?}"
+    );
+    // the client saw node 1 for what it is: a hedge won every read that
+    // went there first; the others answered
     assert!(figures[1].0 < figures[0].0 / 4 && figures[1].0 < figures[2].0 / 4);
     e.cluster.faults().remove(slow);
 
@@ -426,7 +430,51 @@ async fn a_slow_node_then_a_stopped_node_traffic_continues_and_per_node_figures_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_breaker_stops_sending_to_a_failing_node_and_lets_the_others_serve() {
+async fn a_retry_goes_to_another_node_than_the_one_that_failed() {
+    let e = env(3).await;
+    let n = requests(20_000) / 20;
+    let failing = e.cluster.faults().add(
+        Fault::error(InjectedError::Overloaded)
+            .opcode(Opcode::Execute)
+            .matching(GET)
+            .node(0),
+    );
+    // two attempts: without steering, a third of the first attempts fail
+    // on node 0 and a third of their retries would go back to it
+    // (a third of the requests are retried: a budget that allows them)
+    let retry = RetryConfig {
+        budget: BudgetConfig {
+            ratio: 1.0,
+            ..BudgetConfig::default()
+        },
+        ..fast_retries(2)
+    };
+    let stack = StackBuilder::new(e.collectors.clone())
+        .retry(retry)
+        .build(e.driver.clone())
+        .unwrap();
+    let out = drive(&stack.service(), n, 16, read).await;
+    let fired = e.cluster.faults().fired(failing);
+    println!(
+        "chaos: node 0 fails every read; {n} reads with one retry -> {} ok {:?}; node 0 was \
+         sent {fired} (first attempts only)",
+        out.ok, out.errors
+    );
+    assert_eq!(
+        out.ok, n,
+        "every retry went to a healthy node: {:?}",
+        out.errors
+    );
+    assert!(
+        fired > n / 5,
+        "node 0 got its share of first attempts: {fired}"
+    );
+    assert_eq!(e.memory.snapshot().retries_total(), fired);
+    stack.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_cuts_the_traffic_a_failing_node_gets() {
     let e = env(3).await;
     let failing = e.cluster.faults().add(
         Fault::error(InjectedError::Overloaded)
