@@ -51,13 +51,14 @@ use scylla::statement::prepared::PreparedStatement;
 use crate::collector::Collectors;
 use crate::error::{CqlError, ErrorKind};
 use crate::event::{AttemptEvent, AttemptReason, Event};
+use crate::memory::FxBuild;
 use crate::request::{CqlRequest, RequestMeta, StatementBody};
 use crate::response::CqlResponse;
 
 /// A bounded cache of prepared statements keyed by text; lookups are a
 /// lock-free `ArcSwap` load, inserts copy the map (misses are rare).
 struct PreparedCache {
-    map: ArcSwap<HashMap<Arc<str>, PreparedStatement>>,
+    map: ArcSwap<HashMap<Arc<str>, PreparedStatement, FxBuild>>,
     capacity: usize,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -185,7 +186,7 @@ impl DriverServiceBuilder {
             inner: Arc::new(DriverInner {
                 session: self.session,
                 cache: PreparedCache {
-                    map: ArcSwap::from_pointee(HashMap::new()),
+                    map: ArcSwap::from_pointee(HashMap::default()),
                     capacity: self.cache_capacity,
                     hits: AtomicU64::new(0),
                     misses: AtomicU64::new(0),
