@@ -29,6 +29,7 @@
 //!   futures cannot be named, so this is the one service in the stack whose
 //!   response future is a `Pin<Box<dyn Future>>`.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -51,13 +52,14 @@ use scylla::statement::prepared::PreparedStatement;
 use crate::collector::Collectors;
 use crate::error::{CqlError, ErrorKind};
 use crate::event::{AttemptEvent, AttemptReason, Event};
+use crate::memory::FxBuild;
 use crate::request::{CqlRequest, RequestMeta, StatementBody};
 use crate::response::CqlResponse;
 
 /// A bounded cache of prepared statements keyed by text; lookups are a
 /// lock-free `ArcSwap` load, inserts copy the map (misses are rare).
 struct PreparedCache {
-    map: ArcSwap<HashMap<Arc<str>, PreparedStatement>>,
+    map: ArcSwap<HashMap<Arc<str>, PreparedStatement, FxBuild>>,
     capacity: usize,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -156,8 +158,8 @@ impl DriverServiceBuilder {
     }
 
     /// Attach a history listener to each request so that errors carry the
-    /// node that produced them (default true; costs one small allocation
-    /// per request).
+    /// node that produced them (default true; listeners are reused from a
+    /// small per-thread pool, so there is no allocation per request).
     pub fn node_attribution(mut self, on: bool) -> Self {
         self.node_attribution = on;
         self
@@ -187,7 +189,7 @@ impl DriverServiceBuilder {
             inner: Arc::new(DriverInner {
                 session: self.session,
                 cache: PreparedCache {
-                    map: ArcSwap::from_pointee(HashMap::new()),
+                    map: ArcSwap::from_pointee(HashMap::default()),
                     capacity: self.cache_capacity,
                     hits: AtomicU64::new(0),
                     misses: AtomicU64::new(0),
@@ -254,6 +256,36 @@ impl DriverService {
 #[derive(Debug, Default)]
 pub(crate) struct NodeRecorder {
     node: OnceLock<SocketAddr>,
+}
+
+thread_local! {
+    /// Recorders whose request is over, for the next requests on this
+    /// thread: a recorder per request without an allocation per request.
+    static RECORDERS: RefCell<Vec<Arc<NodeRecorder>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl NodeRecorder {
+    /// Recorders kept per thread, at most.
+    const POOL: usize = 64;
+
+    /// An empty recorder, reused when one is free on this thread.
+    fn take() -> Arc<NodeRecorder> {
+        RECORDERS.with(|p| p.borrow_mut().pop()).unwrap_or_default()
+    }
+
+    /// Returns a recorder to this thread's pool once the driver holds it no
+    /// more (a recorder still shared is dropped instead).
+    fn give_back(mut recorder: Arc<NodeRecorder>) {
+        if let Some(r) = Arc::get_mut(&mut recorder) {
+            r.node.take();
+            RECORDERS.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < NodeRecorder::POOL {
+                    p.push(recorder);
+                }
+            });
+        }
+    }
 }
 
 impl HistoryListener for NodeRecorder {
@@ -349,9 +381,7 @@ impl DriverInner {
         {
             return Err(CqlError::deadline_exceeded(Duration::ZERO).not_sent());
         }
-        let listener = self
-            .node_attribution
-            .then(|| Arc::new(NodeRecorder::default()));
+        let listener = self.node_attribution.then(NodeRecorder::take);
         let result = match meta.route() {
             // an attempt after the first: the steering policy reads the hint
             Some(hint) => {
@@ -373,13 +403,14 @@ impl DriverInner {
             other => other,
         };
         // Errors name the node the attempt went to (from the history listener).
-        let result =
-            result.map_err(
-                |e| match listener.as_ref().and_then(|l| l.node.get().copied()) {
-                    Some(n) if e.node().is_none() => e.with_node(n),
-                    _ => e,
-                },
-            );
+        let node = listener.as_ref().and_then(|l| l.node.get().copied());
+        if let Some(l) = listener {
+            NodeRecorder::give_back(l);
+        }
+        let result = result.map_err(|e| match node {
+            Some(n) if e.node().is_none() => e.with_node(n),
+            _ => e,
+        });
         if self.collectors.is_active() {
             self.collectors.emit(Event::Attempt(AttemptEvent {
                 meta,

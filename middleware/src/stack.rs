@@ -253,7 +253,9 @@ impl StackBuilder {
     /// to insert them innermost, and wrap [`Stack::service`] to insert them
     /// outermost).
     ///
-    /// Each layer that is switched on wraps the one below it behind a
+    /// The default set of layers (tracing, metrics, retry, attempt tracing,
+    /// timeout; nothing else) is built as one concrete type behind a single
+    /// [`BoxService`]. Any other set wraps each enabled layer behind its own
     /// [`BoxService`]: one small allocation per enabled layer per request,
     /// in exchange for a stack type that stays small and compiles fast
     /// whatever is switched on (nesting every layer as an optional type
@@ -268,6 +270,34 @@ impl StackBuilder {
         S::Future: Send + 'static,
     {
         let l = self.layers()?;
+        let gate = Gate::with_collectors(self.collectors.clone());
+        // The default shape (what `StackBuilder::new` turns on) is one
+        // concrete type behind one box: no allocation per layer per request,
+        // and `Retry` clones a plain service per request instead of a box.
+        // Other shapes box each enabled layer (see below).
+        let l = match l {
+            StackLayers {
+                trace: Some(trace),
+                metrics: Some(metrics),
+                load_shed: None,
+                breaker: None,
+                rate_limit: None,
+                concurrency: None,
+                adaptive: None,
+                retry: Some(retry),
+                hedge: None,
+                attempt_trace: Some(attempt_trace),
+                timeout: Some(timeout),
+            } => {
+                let s = trace
+                    .layer(metrics.layer(retry.layer(attempt_trace.layer(timeout.layer(driver)))));
+                return Ok(Stack {
+                    service: gate.wrap(BoxService::new(s)),
+                    gate,
+                });
+            }
+            other => other,
+        };
         fn wrap<L>(layer: Option<L>, s: BoxService) -> BoxService
         where
             L: Layer<BoxService>,
@@ -295,7 +325,6 @@ impl StackBuilder {
         let s = wrap(l.load_shed, s);
         let s = wrap(l.metrics, s);
         let s = wrap(l.trace, s);
-        let gate = Gate::with_collectors(self.collectors.clone());
         Ok(Stack {
             service: gate.wrap(s),
             gate,

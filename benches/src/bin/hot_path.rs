@@ -1,0 +1,110 @@
+//! `hot_path`: a fixed number of requests through one case of the `layers`
+//! bench (a layer or the default stack around a no-op service), for
+//! instruction counts under callgrind, which repeat exactly even on a busy
+//! machine:
+//!
+//! ```text
+//! cargo build --release -p tower-cql-benches --bin hot_path
+//! for n in 10000 20000; do
+//!   valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.$n \
+//!     target/release/hot_path --case stack --iters $n
+//! done
+//! # instructions per request = (Ir(20000) - Ir(10000)) / 10000
+//! ```
+//!
+//! The difference of two runs removes start-up, warm-up and the creation
+//! of series; `--case noop` gives the loop's own cost to subtract.
+
+use std::sync::Arc;
+
+use clap::{Parser, ValueEnum};
+use tower::{Service, ServiceExt, service_fn};
+use tower_cql_core::{
+    Collector, Collectors, CqlError, CqlRequest, CqlResponse, ExecutionInfo, InMemoryCollector,
+    Statement,
+};
+use tower_cql_middleware::metrics::{MetricsConfig, MetricsLayer};
+use tower_cql_middleware::stack::StackBuilder;
+use tower_cql_middleware::trace::{TraceConfig, TraceLayer};
+use tower_layer::Layer;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Case {
+    /// The no-op service alone (the loop's own cost).
+    Noop,
+    /// The metrics layer into an in-memory collector.
+    Metrics,
+    /// The request-span layer, no subscriber.
+    Trace,
+    /// The default stack into an in-memory collector, no subscriber.
+    Stack,
+}
+
+/// Requests through one layer or the stack, for callgrind.
+#[derive(Debug, Parser)]
+#[command(name = "hot_path", version)]
+struct Args {
+    /// What to run.
+    #[arg(long, value_enum, default_value = "stack")]
+    case: Case,
+    /// Requests.
+    #[arg(long, default_value_t = 10_000)]
+    iters: u64,
+}
+
+fn answer(_: CqlRequest) -> std::future::Ready<Result<CqlResponse, CqlError>> {
+    std::future::ready(Ok(CqlResponse::synthetic(ExecutionInfo {
+        attempts: 1,
+        rows: 1,
+        ..ExecutionInfo::default()
+    })))
+}
+
+fn drive<S>(mut svc: S, iters: u64)
+where
+    S: Service<CqlRequest, Response = CqlResponse, Error = CqlError>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let get = Statement::new("SELECT v FROM ks.t WHERE k = ?")
+        .operation("get")
+        .idempotent(true);
+    rt.block_on(async {
+        for i in 0..iters {
+            let req = get.request().bind((i as i32,));
+            let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+            std::hint::black_box(resp);
+        }
+    });
+}
+
+fn main() {
+    let args = Args::parse();
+    let memory = Arc::new(InMemoryCollector::new());
+    let collectors = Collectors::with([memory as Arc<dyn Collector>]);
+    let noop = service_fn(answer);
+    match args.case {
+        Case::Noop => drive(noop, args.iters),
+        Case::Metrics => drive(
+            MetricsLayer::new(MetricsConfig::default(), collectors)
+                .expect("config")
+                .layer(noop),
+            args.iters,
+        ),
+        Case::Trace => drive(
+            TraceLayer::new(TraceConfig::default())
+                .expect("config")
+                .layer(noop),
+            args.iters,
+        ),
+        Case::Stack => drive(
+            StackBuilder::new(collectors)
+                .build(noop)
+                .expect("config")
+                .service(),
+            args.iters,
+        ),
+    }
+}

@@ -1,0 +1,592 @@
+//! `overhead`: what the full default tower-cql stack costs against the raw
+//! scylla `Session`, end to end, against one CQL server, in one run.
+//!
+//! ```text
+//! cargo build --release -p tower-cql-testkit --bin cql-testkit
+//! cargo run --release -p tower-cql-benches --bin overhead -- --json
+//! cargo run --release -p tower-cql-benches --bin overhead -- --json --uri 127.0.0.1:9042
+//! ```
+//!
+//! Each round runs the raw session and then the stack (the order alternates
+//! from round to round, so a drift of the machine hits both alike) for
+//! `--round-secs`, at the same concurrency, with the same prepared
+//! statement (`SELECT v FROM load.kv WHERE k = ?`) over the same session.
+//! The stack is `StackBuilder`'s defaults (gate, request span, metrics,
+//! retry, attempt span, timeout) plus a rate limit and a concurrency limit
+//! that never bind, emitting into an in-memory collector, with a
+//! `tracing-opentelemetry` layer over an OpenTelemetry `SdkTracerProvider`
+//! whose batch processor exports into a sink that counts and discards.
+//!
+//! Without `--uri` it starts `cql-testkit` (found next to this executable)
+//! as a separate process, so the client CPU time measured here
+//! (`CLOCK_PROCESS_CPUTIME_ID`: every thread of this process, user and
+//! system; the same clock `getrusage(RUSAGE_SELF)` sums) excludes the
+//! server's.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::prepared::PreparedStatement;
+use serde_json::{Value, json};
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt};
+use tower_cql_core::{
+    Collector, Collectors, CqlError, CqlRequest, CqlResponse, DriverService, InMemoryCollector,
+    Statement,
+};
+use tower_cql_middleware::concurrency::ConcurrencyConfig;
+use tower_cql_middleware::rate_limit::{RateLimitConfig, RateLimitMode};
+use tower_cql_middleware::stack::StackBuilder;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::prelude::*;
+
+/// The overhead of the default stack against the raw scylla session.
+#[derive(Debug, Parser)]
+#[command(name = "overhead", version)]
+struct Args {
+    /// Server (`host:port`); default: start `cql-testkit` as a child process.
+    #[arg(long)]
+    uri: Option<String>,
+    /// Rounds; each runs the raw session once and the stack once.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Seconds each side runs per round.
+    #[arg(long, default_value_t = 3.0)]
+    round_secs: f64,
+    /// Requests in flight (closed loop, one task per request in flight).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds of warm-up for each side before the first round.
+    #[arg(long, default_value_t = 2.0)]
+    warmup_secs: f64,
+    /// Rows in the table read from.
+    #[arg(long, default_value_t = 1000)]
+    rows: i32,
+    /// Worker threads of the client's runtime (default: one per core).
+    #[arg(long)]
+    client_threads: Option<usize>,
+    /// Worker threads of the spawned `cql-testkit` (default: its own).
+    #[arg(long)]
+    server_threads: Option<usize>,
+    /// Path of the `cql-testkit` binary (default: next to this executable).
+    #[arg(long)]
+    testkit: Option<PathBuf>,
+    /// What to compare with the raw session: the full stack (default), or,
+    /// to split the cost, the driver service alone (`driver`) or without
+    /// its per-request history listener (`driver-plain`).
+    #[arg(long, value_enum, default_value = "stack")]
+    compare: Compare,
+    /// Run one side only (for profilers such as callgrind: instructions
+    /// per request are then the whole process's count over the requests).
+    #[arg(long, value_enum)]
+    only: Option<Only>,
+    /// Install no tracing subscriber (the spans are then disabled): to see
+    /// what the OpenTelemetry pipeline itself costs.
+    #[arg(long)]
+    no_otel: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Only {
+    Raw,
+    Stack,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Compare {
+    Stack,
+    Driver,
+    DriverPlain,
+}
+
+/// A span exporter that counts what it is given and keeps nothing.
+#[derive(Debug, Clone, Default)]
+struct Discard(Arc<AtomicU64>);
+
+impl SpanExporter for Discard {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A `cql-testkit` child process, killed on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_testkit(args: &Args) -> Result<(Server, String), String> {
+    let path = match &args.testkit {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("cql-testkit"),
+    };
+    if !path.exists() {
+        return Err(format!(
+            "no cql-testkit binary at {}: build it with `cargo build --release -p tower-cql-testkit --bin cql-testkit` (same CARGO_TARGET_DIR), pass --testkit PATH, or point --uri at a running server",
+            path.display()
+        ));
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut cmd = Command::new(&path);
+    cmd.arg("--listen").arg(addr.to_string());
+    if let Some(t) = args.server_threads {
+        cmd.arg("--threads").arg(t.to_string());
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
+    let server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("cql-testkit did not listen on {addr} within 20 s"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((server, addr.to_string()))
+}
+
+/// CPU time of this process (all threads, user + system).
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// One side of one round.
+#[derive(Debug, Clone)]
+struct Side {
+    ops: u64,
+    secs: f64,
+    cpu: Duration,
+    /// Latencies in nanoseconds, sorted.
+    lat: Vec<u32>,
+}
+
+impl Side {
+    fn ops_s(&self) -> f64 {
+        self.ops as f64 / self.secs
+    }
+    fn pct_us(&self, p: f64) -> f64 {
+        if self.lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.lat.len() as f64 * p) as usize).min(self.lat.len() - 1);
+        f64::from(self.lat[i]) / 1000.0
+    }
+    fn cpu_us_per_op(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64
+    }
+    fn json(&self) -> Value {
+        json!({
+            "ops": self.ops,
+            "secs": round3(self.secs),
+            "ops_s": self.ops_s().round(),
+            "p50_us": round3(self.pct_us(0.5)),
+            "p99_us": round3(self.pct_us(0.99)),
+            "cpu_us_per_op": round3(self.cpu_us_per_op()),
+            "cpu_cores": round3(self.cpu.as_secs_f64() / self.secs),
+        })
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Runs `concurrency` closed-loop tasks calling `op` for `secs`.
+async fn closed_loop<F, Fut>(
+    concurrency: usize,
+    rows: i32,
+    secs: f64,
+    op: F,
+) -> Result<Side, String>
+where
+    F: Fn(i32) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpu0 = process_cpu();
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for t in 0..concurrency {
+        let op = op.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat: Vec<u32> = Vec::with_capacity(1 << 14);
+            let mut k = (t as i32 * 7919) % rows;
+            while !stop.load(Ordering::Relaxed) {
+                let s = Instant::now();
+                op(k).await?;
+                lat.push(u32::try_from(s.elapsed().as_nanos()).unwrap_or(u32::MAX));
+                k = (k + 1) % rows;
+            }
+            Ok::<_, String>(lat)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.map_err(|e| e.to_string())??);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = process_cpu().saturating_sub(cpu0);
+    lat.sort_unstable();
+    Ok(Side {
+        ops: lat.len() as u64,
+        secs,
+        cpu,
+        lat,
+    })
+}
+
+async fn setup(session: &Session, rows: i32) -> Result<PreparedStatement, String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    session
+        .query_unpaged("CREATE KEYSPACE IF NOT EXISTS load WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}", &[])
+        .await
+        .map_err(|x| e(&x))?;
+    session
+        .query_unpaged(
+            "CREATE TABLE IF NOT EXISTS load.kv (k int PRIMARY KEY, v text)",
+            &[],
+        )
+        .await
+        .map_err(|x| e(&x))?;
+    let insert = session
+        .prepare("INSERT INTO load.kv (k, v) VALUES (?, ?)")
+        .await
+        .map_err(|x| e(&x))?;
+    for k in 0..rows {
+        session
+            .execute_unpaged(&insert, (k, format!("value-{k}")))
+            .await
+            .map_err(|x| e(&x))?;
+    }
+    session.prepare(SELECT).await.map_err(|x| e(&x))
+}
+
+fn statement_for_sizes() -> CqlRequest {
+    Statement::new(SELECT).request().bind((1i32,))
+}
+
+const SELECT: &str = "SELECT v FROM load.kv WHERE k = ?";
+
+fn stats(v: &[f64]) -> Value {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let med = if s.is_empty() {
+        0.0
+    } else if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    json!({
+        "min": round3(*s.first().unwrap_or(&0.0)),
+        "median": round3(med),
+        "max": round3(*s.last().unwrap_or(&0.0)),
+    })
+}
+
+fn median(v: &[f64]) -> f64 {
+    stats(v)["median"].as_f64().unwrap_or(0.0)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+async fn run(args: Args) -> Result<Value, String> {
+    let load_start = loadavg();
+    let (_server, uri) = match &args.uri {
+        Some(u) => (None, u.clone()),
+        None => {
+            let (s, u) = start_testkit(&args)?;
+            (Some(s), u)
+        }
+    };
+
+    // Tracing: tracing-opentelemetry over an SDK provider with a batch
+    // processor exporting into a discarding sink. INFO and above, the
+    // level of the stack's spans; the driver's TRACE spans stay off for
+    // both sides.
+    let exported = Discard::default();
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exported.clone())
+        .build();
+    let tracer = provider.tracer("tower-cql-overhead");
+    if !args.no_otel {
+        tracing_subscriber::registry()
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(LevelFilter::INFO),
+            )
+            .try_init()
+            .map_err(|e| e.to_string())?;
+    }
+
+    let session = Arc::new(
+        SessionBuilder::new()
+            .known_node(&uri)
+            .build()
+            .await
+            .map_err(|e| format!("cannot connect to {uri}: {e}"))?,
+    );
+    let prepared = setup(&session, args.rows).await?;
+
+    let memory = Arc::new(InMemoryCollector::new());
+    let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
+    let driver = DriverService::builder(session.clone())
+        .collectors(collectors.clone())
+        .node_attribution(args.compare != Compare::DriverPlain)
+        .build()
+        .map_err(|e| e.to_string())?;
+    if std::env::var_os("OVERHEAD_SIZES").is_some() {
+        let f = session.execute_unpaged(&prepared, (1i32,));
+        eprintln!(
+            "raw execute_unpaged future: {} bytes",
+            std::mem::size_of_val(&f)
+        );
+        drop(f);
+        let f = driver.execute(statement_for_sizes());
+        eprintln!(
+            "DriverService::execute future: {} bytes",
+            std::mem::size_of_val(&f)
+        );
+    }
+    let bare = BoxCloneSyncService::new(driver.clone());
+    let stack = StackBuilder::new(collectors.clone())
+        .rate_limit(RateLimitConfig {
+            // far above what 2 cores reach; 1e9/s with a burst of 1e6 once
+            // refused a request ("next token is 5.2 ms away"): reported
+            rate_per_second: 1e7,
+            burst: 100_000,
+            mode: RateLimitMode::Reject,
+        })
+        .concurrency(ConcurrencyConfig {
+            max_in_flight: args.concurrency.max(1) * 4,
+            ..ConcurrencyConfig::default()
+        })
+        .build(driver)
+        .map_err(|e| e.to_string())?;
+    let statement = Statement::new(SELECT)
+        .operation("get")
+        .keyspace("load")
+        .table("kv")
+        .idempotent(true);
+
+    let raw_op = {
+        let session = session.clone();
+        let prepared = prepared.clone();
+        move |k: i32| {
+            let session = session.clone();
+            let prepared = prepared.clone();
+            async move {
+                session
+                    .execute_unpaged(&prepared, (k,))
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    };
+    let stack_op = {
+        let svc: BoxCloneSyncService<CqlRequest, CqlResponse, CqlError> =
+            if args.compare == Compare::Stack {
+                BoxCloneSyncService::new(stack.service())
+            } else {
+                bare
+            };
+        let statement = statement.clone();
+        move |k: i32| {
+            let mut svc = svc.clone();
+            let req = statement.request().bind((k,));
+            async move {
+                svc.ready()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .call(req)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    };
+
+    let (c, rows) = (args.concurrency, args.rows);
+    let run_raw = args.only != Some(Only::Stack);
+    let run_stack = args.only != Some(Only::Raw);
+    let skipped = || Side {
+        ops: 0,
+        secs: 1.0,
+        cpu: Duration::ZERO,
+        lat: Vec::new(),
+    };
+    if args.warmup_secs > 0.0 {
+        if run_raw {
+            closed_loop(c, rows, args.warmup_secs, raw_op.clone()).await?;
+        }
+        if run_stack {
+            closed_loop(c, rows, args.warmup_secs, stack_op.clone()).await?;
+        }
+    }
+    let warm_stack_requests = memory.snapshot().requests_total();
+
+    let mut rounds = Vec::new();
+    let mut stack_ops_total = 0;
+    for r in 0..args.rounds {
+        let mut raw = skipped();
+        let mut stk = skipped();
+        for side in [r % 2 == 0, r % 2 != 0] {
+            if side && run_raw {
+                raw = closed_loop(c, rows, args.round_secs, raw_op.clone()).await?;
+            } else if !side && run_stack {
+                stk = closed_loop(c, rows, args.round_secs, stack_op.clone()).await?;
+            }
+        }
+        stack_ops_total += stk.ops;
+        if !args.json {
+            eprintln!(
+                "round {r}: raw {:.0} ops/s p50 {:.1} us cpu {:.2} us/op | stack {:.0} ops/s p50 {:.1} us cpu {:.2} us/op",
+                raw.ops_s(),
+                raw.pct_us(0.5),
+                raw.cpu_us_per_op(),
+                stk.ops_s(),
+                stk.pct_us(0.5),
+                stk.cpu_us_per_op()
+            );
+        }
+        rounds.push((raw, stk));
+    }
+    stack.close().await;
+    let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+
+    let col = |f: &dyn Fn(&(Side, Side)) -> f64| rounds.iter().map(f).collect::<Vec<f64>>();
+    let raw_ops = col(&|(r, _)| r.ops_s());
+    let stack_ops = col(&|(_, s)| s.ops_s());
+    let ratio = col(&|(r, s)| s.ops_s() / r.ops_s());
+    let raw_p50 = col(&|(r, _)| r.pct_us(0.5));
+    let stack_p50 = col(&|(_, s)| s.pct_us(0.5));
+    let added_p50 = col(&|(r, s)| s.pct_us(0.5) - r.pct_us(0.5));
+    let raw_cpu = col(&|(r, _)| r.cpu_us_per_op());
+    let stack_cpu = col(&|(_, s)| s.cpu_us_per_op());
+    let cpu_ratio = col(&|(r, s)| s.cpu_us_per_op() / r.cpu_us_per_op());
+    let recorded = memory.snapshot().requests_total() - warm_stack_requests;
+
+    Ok(json!({
+        "uri": uri,
+        "server": if args.uri.is_some() { "external" } else { "cql-testkit child process" },
+        "machine": {
+            "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "cpu_model": cpu_model(),
+            "loadavg_start": load_start,
+            "loadavg_end": loadavg(),
+        },
+        "otel": !args.no_otel,
+        "compare": format!("{:?}", args.compare),
+        "concurrency": c,
+        "round_secs": args.round_secs,
+        "warmup_secs": args.warmup_secs,
+        "rounds": args.rounds,
+        "raw_ops_s": median(&raw_ops).round(),
+        "stack_ops_s": median(&stack_ops).round(),
+        "ratio": round3(median(&ratio)),
+        "raw_p50_us": round3(median(&raw_p50)),
+        "stack_p50_us": round3(median(&stack_p50)),
+        "added_p50_us": round3(median(&added_p50)),
+        "raw_cpu_us_per_op": round3(median(&raw_cpu)),
+        "stack_cpu_us_per_op": round3(median(&stack_cpu)),
+        "cpu_ratio": round3(median(&cpu_ratio)),
+        "summary": {
+            "raw_ops_s": stats(&raw_ops),
+            "stack_ops_s": stats(&stack_ops),
+            "ratio": stats(&ratio),
+            "raw_p50_us": stats(&raw_p50),
+            "stack_p50_us": stats(&stack_p50),
+            "added_p50_us": stats(&added_p50),
+            "raw_cpu_us_per_op": stats(&raw_cpu),
+            "stack_cpu_us_per_op": stats(&stack_cpu),
+            "cpu_ratio": stats(&cpu_ratio),
+        },
+        "goals": {
+            "ratio_ge_0_97": median(&ratio) >= 0.97,
+            "added_p50_le_2us": median(&added_p50) <= 2.0,
+            "cpu_ratio_le_1_10": median(&cpu_ratio) <= 1.10,
+        },
+        "per_round": rounds.iter().enumerate().map(|(i, (r, s))| json!({
+            "round": i,
+            "order": if i % 2 == 0 { "raw,stack" } else { "stack,raw" },
+            "raw": r.json(),
+            "stack": s.json(),
+            "ratio": round3(s.ops_s() / r.ops_s()),
+            "added_p50_us": round3(s.pct_us(0.5) - r.pct_us(0.5)),
+            "cpu_ratio": round3(s.cpu_us_per_op() / r.cpu_us_per_op()),
+        })).collect::<Vec<_>>(),
+        "checks": {
+            "stack_requests_in_rounds": stack_ops_total,
+            "request_events_recorded": recorded,
+            "spans_exported": exported.0.load(Ordering::Relaxed),
+        },
+    }))
+}
+
+fn main() {
+    let args = Args::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = args.client_threads {
+        rt.worker_threads(n);
+    }
+    let rt = rt.build().expect("tokio runtime");
+    let json = args.json;
+    match rt.block_on(run(args)) {
+        Ok(v) if json => println!("{v}"),
+        Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
+}
