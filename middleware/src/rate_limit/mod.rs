@@ -189,14 +189,27 @@ impl Bucket {
 
     /// Takes a token at `now` if it is available within `max_wait`.
     pub(crate) fn take(&self, now: Instant, max_wait: Duration) -> Take {
-        let now = self.nanos_since_start(now);
+        let mut now = self.nanos_since_start(now);
         let max_wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
         let mut tat = self.tat.load(Ordering::Acquire);
+        let mut fresh_clock = false;
         loop {
             let next = tat.max(now).saturating_add(self.interval);
             // Conforming when `next - t <= tolerance`: from `next - tolerance` on.
             let wait = next.saturating_sub(self.tolerance).saturating_sub(now);
             if wait > max_wait {
+                // `now` may be stale: this thread can be descheduled after
+                // reading the clock while others move the bucket past it,
+                // and with a tolerance of microseconds (a high rate) that
+                // alone would refuse. Judge once more on a fresh clock.
+                if !fresh_clock {
+                    fresh_clock = true;
+                    let fresh = self.nanos_since_start(Instant::now());
+                    if fresh > now {
+                        now = fresh;
+                        continue;
+                    }
+                }
                 return Take::Refused(Duration::from_nanos(wait));
             }
             match self
@@ -556,6 +569,29 @@ mod tests {
         let svc = svc.ready().await.unwrap();
         let waited = t0.elapsed();
         svc.call(req()).await.map(|()| waited).map_err(|e| e.kind())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_clock_reading_is_not_a_refusal() {
+        // a high rate: the bucket's tolerance is 1 µs
+        let bucket = Bucket::new(&RateLimitConfig {
+            rate_per_second: 1e9,
+            burst: 1000,
+            ..RateLimitConfig::default()
+        });
+        let stale = Instant::now();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        // another caller, with a current reading, moves the bucket on
+        assert_eq!(
+            bucket.take(Instant::now(), Duration::ZERO),
+            Take::Taken(Duration::ZERO)
+        );
+        // this one read the clock 5 ms ago (descheduled since): it is
+        // judged on a fresh reading, not refused for being late
+        assert_eq!(
+            bucket.take(stale, Duration::ZERO),
+            Take::Taken(Duration::ZERO)
+        );
     }
 
     #[tokio::test(start_paused = true)]
