@@ -159,10 +159,44 @@ impl std::hash::Hasher for FxHasher {
 /// `BuildHasher` for [`FxHasher`].
 pub(crate) type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
 
+/// One series: its histogram and the request counters kept beside it,
+/// aligned to cache lines of its own, so that threads recording different
+/// series write to no common cache line (the collector-wide `ok` and
+/// `rows` counters these replace were written by every event).
+#[repr(align(128))]
+struct Series {
+    histogram: Histogram,
+    /// Requests that succeeded (request series only).
+    ok: AtomicU64,
+    /// Rows returned (request series only).
+    rows: AtomicU64,
+}
+
+impl Series {
+    fn new() -> Series {
+        Series {
+            histogram: Histogram::new(),
+            ok: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    fn record(&self, nanos: u64, ok: bool, rows: u64) {
+        self.histogram.record(nanos);
+        if ok {
+            self.ok.fetch_add(1, Ordering::Relaxed);
+        }
+        if rows > 0 {
+            self.rows.fetch_add(rows, Ordering::Relaxed);
+        }
+    }
+}
+
 struct SeriesMap {
-    map: ArcSwap<HashMap<SeriesLabels, Arc<Histogram>, FxBuild>>,
+    map: ArcSwap<HashMap<SeriesLabels, Arc<Series>, FxBuild>>,
     max: usize,
-    overflow: Arc<Histogram>,
+    overflow: Arc<Series>,
     overflowed: AtomicU64,
 }
 
@@ -171,17 +205,19 @@ impl SeriesMap {
         SeriesMap {
             map: ArcSwap::from_pointee(HashMap::default()),
             max,
-            overflow: Arc::new(Histogram::new()),
+            overflow: Arc::new(Series::new()),
             overflowed: AtomicU64::new(0),
         }
     }
 
-    fn record(&self, labels: SeriesLabels, nanos: u64) {
+    /// Records `nanos` in the series of `labels`; `ok` and `rows` are
+    /// counted for request series (attempts pass `false` and 0).
+    fn record(&self, labels: SeriesLabels, nanos: u64, ok: bool, rows: u64) {
         if let Some(h) = self.map.load().get(&labels) {
-            h.record(nanos);
+            h.record(nanos, ok, rows);
             return;
         }
-        let mut chosen: Option<Arc<Histogram>> = None;
+        let mut chosen: Option<Arc<Series>> = None;
         self.map.rcu(|map| {
             if let Some(h) = map.get(&labels) {
                 chosen = Some(h.clone());
@@ -191,19 +227,28 @@ impl SeriesMap {
                 chosen = None;
                 return Arc::clone(map);
             }
-            let h = Arc::new(Histogram::new());
+            let h = Arc::new(Series::new());
             chosen = Some(h.clone());
             let mut next = HashMap::clone(map);
             next.insert(labels.clone(), h);
             Arc::new(next)
         });
         match chosen {
-            Some(h) => h.record(nanos),
+            Some(h) => h.record(nanos, ok, rows),
             None => {
                 self.overflowed.fetch_add(1, Ordering::Relaxed);
-                self.overflow.record(nanos);
+                self.overflow.record(nanos, ok, rows);
             }
         }
+    }
+
+    /// The sum of a counter over every series, the overflow one included.
+    fn sum(&self, counter: impl Fn(&Series) -> &AtomicU64) -> u64 {
+        let map = self.map.load();
+        map.values()
+            .map(|s| counter(s).load(Ordering::Relaxed))
+            .sum::<u64>()
+            + counter(&self.overflow).load(Ordering::Relaxed)
     }
 
     fn snapshot(&self) -> Vec<SeriesSnapshot> {
@@ -212,10 +257,10 @@ impl SeriesMap {
             .iter()
             .map(|(labels, h)| SeriesSnapshot {
                 labels: labels.clone(),
-                histogram: h.snapshot(),
+                histogram: h.histogram.snapshot(),
             })
             .collect();
-        let overflow = self.overflow.snapshot();
+        let overflow = self.overflow.histogram.snapshot();
         if overflow.count() > 0 {
             out.push(SeriesSnapshot {
                 labels: SeriesLabels::overflow(),
@@ -228,7 +273,7 @@ impl SeriesMap {
 
     fn memory_bytes(&self) -> usize {
         let n = self.map.load().len() + 1;
-        n * (self.overflow.memory_bytes() + std::mem::size_of::<SeriesLabels>() + 64)
+        n * (self.overflow.histogram.memory_bytes() + std::mem::size_of::<SeriesLabels>() + 64)
     }
 }
 
@@ -252,7 +297,6 @@ fn kind_map(counters: &[AtomicU64; KINDS]) -> BTreeMap<ErrorKind, u64> {
 pub struct InMemoryCollector {
     requests: SeriesMap,
     attempts: SeriesMap,
-    ok: AtomicU64,
     errors: [AtomicU64; KINDS],
     attempt_errors: [AtomicU64; KINDS],
     retries: [AtomicU64; KINDS],
@@ -268,7 +312,6 @@ pub struct InMemoryCollector {
     breaker_transitions: AtomicU64,
     breakers_open: AtomicU64,
     limit: AtomicU64,
-    rows: AtomicU64,
 }
 
 impl fmt::Debug for InMemoryCollector {
@@ -276,7 +319,7 @@ impl fmt::Debug for InMemoryCollector {
         f.debug_struct("InMemoryCollector")
             .field("request_series", &self.requests.map.load().len())
             .field("attempt_series", &self.attempts.map.load().len())
-            .field("ok", &self.ok.load(Ordering::Relaxed))
+            .field("ok", &self.requests.sum(|s| &s.ok))
             .finish()
     }
 }
@@ -398,7 +441,6 @@ impl InMemoryCollector {
         InMemoryCollector {
             requests: SeriesMap::new(max),
             attempts: SeriesMap::new(max),
-            ok: AtomicU64::new(0),
             errors: kind_counters(),
             attempt_errors: kind_counters(),
             retries: kind_counters(),
@@ -414,7 +456,6 @@ impl InMemoryCollector {
             breaker_transitions: AtomicU64::new(0),
             breakers_open: AtomicU64::new(0),
             limit: AtomicU64::new(0),
-            rows: AtomicU64::new(0),
         }
     }
 
@@ -431,7 +472,7 @@ impl InMemoryCollector {
         Snapshot {
             requests: self.requests.snapshot(),
             attempts: self.attempts.snapshot(),
-            ok: l(&self.ok),
+            ok: self.requests.sum(|s| &s.ok),
             errors: kind_map(&self.errors),
             attempt_errors: kind_map(&self.attempt_errors),
             retries: kind_map(&self.retries),
@@ -447,7 +488,7 @@ impl InMemoryCollector {
             breaker_transitions: l(&self.breaker_transitions),
             breakers_open: l(&self.breakers_open),
             current_limit: l(&self.limit),
-            rows: l(&self.rows),
+            rows: self.requests.sum(|s| &s.rows),
             overflowed: l(&self.requests.overflowed) + l(&self.attempts.overflowed),
         }
     }
@@ -459,19 +500,23 @@ fn nanos(d: std::time::Duration) -> u64 {
 
 impl Collector for InMemoryCollector {
     fn on_request(&self, e: &RequestEvent<'_>) {
-        self.requests
-            .record(SeriesLabels::new(e.meta, e.error, None), nanos(e.duration));
-        match e.error {
-            None => self.ok.fetch_add(1, Ordering::Relaxed),
-            Some(err) => self.errors[err.kind().index()].fetch_add(1, Ordering::Relaxed),
-        };
-        self.rows.fetch_add(e.rows as u64, Ordering::Relaxed);
+        self.requests.record(
+            SeriesLabels::new(e.meta, e.error, None),
+            nanos(e.duration),
+            e.error.is_none(),
+            e.rows as u64,
+        );
+        if let Some(err) = e.error {
+            self.errors[err.kind().index()].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn on_attempt(&self, e: &AttemptEvent<'_>) {
         self.attempts.record(
             SeriesLabels::new(e.meta, e.error, Some(e.reason)),
             nanos(e.duration),
+            false,
+            0,
         );
         if let Some(err) = e.error {
             self.attempt_errors[err.kind().index()].fetch_add(1, Ordering::Relaxed);
