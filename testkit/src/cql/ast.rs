@@ -1,7 +1,7 @@
 //! The syntax tree of the CQL subset that testkit executes.
 //!
 //! The parser ([`super::parse`]) produces these types; the executor
-//! ([`crate::exec`]) type-checks them against the schema and runs them.
+//! (the `exec` module) type-checks them against the schema and runs them.
 //! Literals stay untyped here: their CQL type is only known once the column
 //! they are compared with or assigned to is looked up.
 
