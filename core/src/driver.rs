@@ -52,7 +52,7 @@ use scylla::statement::prepared::PreparedStatement;
 use crate::collector::Collectors;
 use crate::error::{CqlError, ErrorKind};
 use crate::event::{AttemptEvent, AttemptReason, Event};
-use crate::memory::FxBuild;
+use crate::hash::FxBuild;
 use crate::request::{CqlRequest, RequestMeta, StatementBody};
 use crate::response::CqlResponse;
 

@@ -51,6 +51,7 @@ pub mod driver;
 pub mod error;
 pub mod event;
 pub mod gate;
+pub mod hash;
 pub mod histogram;
 pub mod memory;
 pub mod paging;

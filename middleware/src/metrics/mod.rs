@@ -37,6 +37,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use tower_cql_core::hash::FxBuild;
 
 use arc_swap::ArcSwap;
 use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, Label, RequestMeta};
@@ -75,64 +76,6 @@ impl MetricsConfig {
 }
 
 type LabelSet = (Option<Label>, Option<Label>, Option<Label>);
-
-/// The guard's hasher: FxHash, as the in-memory collector's series map
-/// uses. The keys are a few short labels the application chose (bounded by
-/// construction, never request data), so SipHash's resistance to hash
-/// flooding buys nothing here, and it was most of the guard's cost per
-/// request.
-#[derive(Debug, Default, Clone, Copy)]
-struct FxHasher(u64);
-
-const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
-    }
-}
-
-impl std::hash::Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.add(u64::from_le_bytes([
-                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
-            ]));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut last = [0u8; 8];
-            last[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(last));
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// `BuildHasher` for [`FxHasher`].
-type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
 
 /// Bounds the distinct label sets; lock-free reads, copy-on-write inserts.
 struct CardinalityGuard {
