@@ -75,6 +75,16 @@ impl PreparedCache {
         found
     }
 
+    /// [`get`](Self::get) that counts a hit but not a miss (the caller
+    /// falls back to `get` on a miss).
+    fn get_hit(&self, text: &str) -> Option<PreparedStatement> {
+        let found = self.map.load().get(text).cloned();
+        if found.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
     fn insert(&self, text: Arc<str>, stmt: PreparedStatement) {
         let capacity = self.capacity;
         self.map.rcu(|map| {
@@ -319,6 +329,40 @@ pub(crate) enum Prepared {
 impl DriverInner {
     /// Resolves the statement to something executable, configured with the
     /// request's options.
+    /// [`resolve`](Self::resolve) without waiting: `None` when the
+    /// statement must be prepared first (or the request is a batch).
+    pub(crate) fn resolve_cached(
+        &self,
+        req: &CqlRequest,
+        listener: &Option<Arc<NodeRecorder>>,
+    ) -> Option<Prepared> {
+        let meta = req.meta();
+        match req.statement().body() {
+            StatementBody::Cql {
+                text,
+                unprepared: false,
+            } => {
+                let stmt = self.cache.get_hit(text)?;
+                Some(Prepared::Prepared(configure_prepared(
+                    stmt,
+                    meta,
+                    listener.clone(),
+                    None,
+                )))
+            }
+            StatementBody::Prepared(p) => Some(Prepared::Prepared(configure_prepared(
+                p.clone(),
+                meta,
+                listener.clone(),
+                Some(&self.profile),
+            ))),
+            StatementBody::Cql {
+                unprepared: true, ..
+            }
+            | StatementBody::Batch(_) => None,
+        }
+    }
+
     pub(crate) async fn resolve(
         &self,
         req: &CqlRequest,
@@ -382,14 +426,12 @@ impl DriverInner {
             return Err(CqlError::deadline_exceeded(Duration::ZERO).not_sent());
         }
         let listener = self.node_attribution.then(NodeRecorder::take);
-        let result = match meta.route() {
-            // an attempt after the first: the steering policy reads the hint
-            Some(hint) => {
-                let attempt = self.run(&req, paging_state, listener.clone());
-                crate::routing::with_hint(hint.clone(), attempt).await
-            }
-            None => self.run(&req, paging_state, listener.clone()).await,
-        };
+        // an attempt with a hint (after the first): the steering policy reads it
+        let result = crate::routing::Steered::new(
+            meta.route().cloned(),
+            self.run(&req, paging_state, listener.clone()),
+        )
+        .await;
         let duration = start.elapsed();
         // The driver's own timer was set to the time left before the
         // deadline: when it fires because the deadline passed, say so.
@@ -435,39 +477,16 @@ impl DriverInner {
         listener: Option<Arc<NodeRecorder>>,
     ) -> Result<CqlResponse, CqlError> {
         let start = Instant::now();
-        let meta = req.meta();
         if let StatementBody::Batch(batch) = req.statement().body() {
-            let mut b = scylla::statement::batch::Batch::clone(batch);
-            if self.profile.is_some() {
-                b.set_execution_profile_handle(self.profile.clone());
-            }
-            if let Some(c) = meta.consistency() {
-                b.set_consistency(c);
-            }
-            if meta.serial_consistency().is_some() {
-                b.set_serial_consistency(meta.serial_consistency());
-            }
-            if let Some(rem) = meta.remaining() {
-                b.set_request_timeout(Some(rem));
-            }
-            b.set_tracing(meta.tracing());
-            if let Some(l) = listener {
-                b.set_history_listener(l);
-            }
-            let values = req.values().as_batch().ok_or_else(|| {
-                CqlError::new(
-                    ErrorKind::Serialization,
-                    "a batch request needs batch values (one row per statement)",
-                )
-                .not_sent()
-            })?;
-            let result = values
-                .execute_batch(&self.session, &b)
-                .await
-                .map_err(CqlError::from_execution)?;
-            return Ok(CqlResponse::new(result, None, start.elapsed()));
-        }
-        let stmt = self.resolve(req, listener).await?;
+            return Box::pin(self.run_batch(req, batch, listener)).await;
+        } // The common case, a cached prepared statement executed unpaged, is
+        // awaited in place; the rest (preparing, paging, unprepared text)
+        // is boxed, so that this future, copied into a box on every call,
+        // is no larger than the driver's own for that case.
+        let stmt = match self.resolve_cached(req, &listener) {
+            Some(stmt) => stmt,
+            None => Box::pin(self.resolve(req, listener)).await?,
+        };
         let values = req.values().as_row();
         let (result, paging): (QueryResult, Option<PagingStateResponse>) =
             match (stmt, paging_state) {
@@ -475,18 +494,58 @@ impl DriverInner {
                     (self.session.execute_unpaged(&p, values).await?, None)
                 }
                 (Prepared::Prepared(p), Some(ps)) => {
-                    let (r, next) = self.session.execute_single_page(&p, values, ps).await?;
+                    let (r, next) =
+                        Box::pin(self.session.execute_single_page(&p, values, ps)).await?;
                     (r, Some(next))
                 }
                 (Prepared::Unprepared(s), None) => {
-                    (self.session.query_unpaged(s, values).await?, None)
+                    (Box::pin(self.session.query_unpaged(s, values)).await?, None)
                 }
                 (Prepared::Unprepared(s), Some(ps)) => {
-                    let (r, next) = self.session.query_single_page(s, values, ps).await?;
+                    let (r, next) = Box::pin(self.session.query_single_page(s, values, ps)).await?;
                     (r, Some(next))
                 }
             };
         Ok(CqlResponse::new(result, paging, start.elapsed()))
+    }
+
+    async fn run_batch(
+        &self,
+        req: &CqlRequest,
+        batch: &scylla::statement::batch::Batch,
+        listener: Option<Arc<NodeRecorder>>,
+    ) -> Result<CqlResponse, CqlError> {
+        let start = Instant::now();
+        let meta = req.meta();
+        let mut b = scylla::statement::batch::Batch::clone(batch);
+        if self.profile.is_some() {
+            b.set_execution_profile_handle(self.profile.clone());
+        }
+        if let Some(c) = meta.consistency() {
+            b.set_consistency(c);
+        }
+        if meta.serial_consistency().is_some() {
+            b.set_serial_consistency(meta.serial_consistency());
+        }
+        if let Some(rem) = meta.remaining() {
+            b.set_request_timeout(Some(rem));
+        }
+        b.set_tracing(meta.tracing());
+        if let Some(l) = listener {
+            b.set_history_listener(l);
+        }
+        let values = req.values().as_batch().ok_or_else(|| {
+            CqlError::new(
+                ErrorKind::Serialization,
+                "a batch request needs batch values (one row per statement)",
+            )
+            .not_sent()
+        })?;
+        let result = values
+            .execute_batch(&self.session, &b)
+            .await
+            .map_err(CqlError::from_execution)?;
+        Ok(CqlResponse::new(result, None, start.elapsed()))
     }
 }
 

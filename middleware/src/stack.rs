@@ -240,7 +240,11 @@ impl StackBuilder {
                 .clone()
                 .map(|h| HedgeLayer::new(h, c.clone()))
                 .transpose()?,
-            attempt_trace: self.trace.as_ref().map(|_| AttemptTraceLayer::new()),
+            attempt_trace: self
+                .trace
+                .as_ref()
+                .map(AttemptTraceLayer::with_config)
+                .transpose()?,
             timeout: self
                 .timeout
                 .map(|t| TimeoutLayer::new(t, c.clone()))

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::prepared::PreparedStatement;
@@ -94,6 +94,14 @@ struct Args {
     /// what the OpenTelemetry pipeline itself costs.
     #[arg(long)]
     no_otel: bool,
+    /// Sample traces at this ratio (a parent-based `TraceIdRatioBased`
+    /// sampler on the provider) instead of recording every one.
+    #[arg(long)]
+    trace_ratio: Option<f64>,
+    /// Leave out the attributes `tracing-opentelemetry` adds to every span
+    /// by default (code location, thread, target, busy/idle time).
+    #[arg(long)]
+    otel_lean: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -352,15 +360,24 @@ async fn run(args: Args) -> Result<Value, String> {
     // level of the stack's spans; the driver's TRACE spans stay off for
     // both sides.
     let exported = Discard::default();
-    let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exported.clone())
-        .build();
+    let mut provider = SdkTracerProvider::builder().with_batch_exporter(exported.clone());
+    if let Some(ratio) = args.trace_ratio {
+        provider = provider.with_sampler(Sampler::ParentBased(Box::new(
+            Sampler::TraceIdRatioBased(ratio),
+        )));
+    }
+    let provider = provider.build();
     let tracer = provider.tracer("tower-cql-overhead");
     if !args.no_otel {
+        let lean = args.otel_lean;
         tracing_subscriber::registry()
             .with(
                 tracing_opentelemetry::layer()
                     .with_tracer(tracer)
+                    .with_location(!lean)
+                    .with_threads(!lean)
+                    .with_tracked_inactivity(!lean)
+                    .with_target(!lean)
                     .with_filter(LevelFilter::INFO),
             )
             .try_init()
@@ -394,6 +411,12 @@ async fn run(args: Args) -> Result<Value, String> {
         eprintln!(
             "DriverService::execute future: {} bytes",
             std::mem::size_of_val(&f)
+        );
+        drop(f);
+        let f = tower::Service::call(&mut driver.clone(), statement_for_sizes());
+        eprintln!(
+            "DriverService::call future (boxed): {} bytes",
+            std::mem::size_of_val(&*f)
         );
     }
     let bare = BoxCloneSyncService::new(driver.clone());
@@ -525,6 +548,8 @@ async fn run(args: Args) -> Result<Value, String> {
             "loadavg_end": loadavg(),
         },
         "otel": !args.no_otel,
+        "otel_lean": args.otel_lean,
+        "trace_ratio": args.trace_ratio,
         "compare": format!("{:?}", args.compare),
         "concurrency": c,
         "round_secs": args.round_secs,

@@ -1,27 +1,162 @@
 //! The tracing layers' futures: poll the inner future inside the span and
 //! record the outcome on it.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use tower_cql_core::{CqlError, CqlResponse};
 use tracing::Span;
+use tracing::field::{Field, Value};
 
-fn record_node(span: &Span, node: Option<SocketAddr>) {
-    if let Some(n) = node {
-        span.record("server.address", n.ip().to_string().as_str());
-        span.record("server.port", i64::from(n.port()));
+/// The fields a span's outcome goes into, looked up once per callsite.
+#[derive(Debug)]
+pub(crate) struct OutcomeFields {
+    status: Field,
+    error_type: Field,
+    address: Field,
+    port: Field,
+    /// Request spans only.
+    request: Option<RequestFields>,
+}
+
+#[derive(Debug)]
+struct RequestFields {
+    code: Field,
+    rows: Field,
+    attempts: Field,
+    speculative: Field,
+}
+
+impl OutcomeFields {
+    /// The fields of `span`'s callsite, from `cache` (`None` when the span
+    /// is disabled, or is not one of this module's).
+    pub(crate) fn cached(
+        cache: &'static OnceLock<OutcomeFields>,
+        span: &Span,
+    ) -> Option<&'static OutcomeFields> {
+        if span.is_disabled() {
+            return None;
+        }
+        let meta = span.metadata()?;
+        if let Some(f) = cache.get() {
+            return Some(f);
+        }
+        let fs = meta.fields();
+        let f = OutcomeFields {
+            status: fs.field("otel.status_code")?,
+            error_type: fs.field("error.type")?,
+            address: fs.field("server.address")?,
+            port: fs.field("server.port")?,
+            request: (|| {
+                Some(RequestFields {
+                    code: fs.field("db.response.status_code")?,
+                    rows: fs.field("db.response.returned_rows")?,
+                    attempts: fs.field("cql.attempts")?,
+                    speculative: fs.field("db.cassandra.speculative_execution_count")?,
+                })
+            })(),
+        };
+        Some(cache.get_or_init(|| f))
     }
 }
 
-fn record_error(span: &Span, e: &CqlError) {
-    span.record("otel.status_code", "error");
-    span.record("error.type", e.kind().as_str());
-    record_node(span, e.node());
+/// An IP address formatted on the stack (the longest, IPv6 with an IPv4
+/// tail, is 45 bytes).
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> IpText {
+        let mut t = IpText {
+            buf: [0; 48],
+            len: 0,
+        };
+        let _ = write!(t, "{ip}");
+        t
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Records the outcome of a request or attempt on its span, in one call.
+fn record_outcome(span: &Span, f: &OutcomeFields, out: &Result<CqlResponse, CqlError>) {
+    let Some(meta) = span.metadata() else {
+        return;
+    };
+    let (node, error) = match out {
+        Ok(resp) => (resp.info().coordinator, None),
+        Err(e) => (e.node(), Some(e)),
+    };
+    let ip = node.map(|n| IpText::new(n.ip()));
+    let ip = ip.as_ref().map(IpText::as_str);
+    let port = node.map(|n| i64::from(n.port()));
+    let kind = error.map(|e| e.kind().as_str());
+    let status = error.map(|_| "error");
+    let fs = meta.fields();
+    match &f.request {
+        None => {
+            span.record_all(&fs.value_set(&[
+                (&f.status, status.as_ref().map(|v| v as &dyn Value)),
+                (&f.error_type, kind.as_ref().map(|v| v as &dyn Value)),
+                (&f.address, ip.as_ref().map(|v| v as &dyn Value)),
+                (&f.port, port.as_ref().map(|v| v as &dyn Value)),
+            ]));
+        }
+        Some(r) => {
+            let (rows, attempts, speculative, code) = match out {
+                Ok(resp) => {
+                    let info = resp.info();
+                    (
+                        Some(info.rows as i64),
+                        i64::from(info.attempts.max(1)),
+                        Some(i64::from(info.speculative)),
+                        None,
+                    )
+                }
+                Err(e) => (
+                    None,
+                    i64::from(e.attempts()),
+                    None,
+                    e.kind().status_code().map(|c| format!("{c:#06x}")),
+                ),
+            };
+            let code = code.as_deref();
+            span.record_all(&fs.value_set(&[
+                (&f.status, status.as_ref().map(|v| v as &dyn Value)),
+                (&f.error_type, kind.as_ref().map(|v| v as &dyn Value)),
+                (&f.address, ip.as_ref().map(|v| v as &dyn Value)),
+                (&f.port, port.as_ref().map(|v| v as &dyn Value)),
+                (&r.code, code.as_ref().map(|v| v as &dyn Value)),
+                (&r.rows, rows.as_ref().map(|v| v as &dyn Value)),
+                (&r.attempts, Some(&attempts as &dyn Value)),
+                (
+                    &r.speculative,
+                    speculative.as_ref().map(|v| v as &dyn Value),
+                ),
+            ]));
+        }
+    }
 }
 
 pin_project! {
@@ -32,7 +167,7 @@ pin_project! {
         #[pin]
         inner: F,
         span: Span,
-        request: bool,
+        fields: Option<&'static OutcomeFields>,
     }
 }
 
@@ -40,20 +175,24 @@ pin_project! {
 pub type AttemptFuture<F> = ResponseFuture<F>;
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, span: Span) -> ResponseFuture<F> {
+    pub(crate) fn new(
+        inner: F,
+        span: Span,
+        fields: Option<&'static OutcomeFields>,
+    ) -> ResponseFuture<F> {
         ResponseFuture {
             inner,
             span,
-            request: true,
+            fields,
         }
     }
 
-    pub(crate) fn attempt(inner: F, span: Span) -> ResponseFuture<F> {
-        ResponseFuture {
-            inner,
-            span,
-            request: false,
-        }
+    pub(crate) fn attempt(
+        inner: F,
+        span: Span,
+        fields: Option<&'static OutcomeFields>,
+    ) -> ResponseFuture<F> {
+        ResponseFuture::new(inner, span, fields)
     }
 }
 
@@ -75,33 +214,8 @@ where
         let this = self.project();
         let _enter = this.span.enter();
         let out = ready!(this.inner.poll(cx));
-        if !this.span.is_disabled() {
-            match (&out, *this.request) {
-                (Ok(resp), request) => {
-                    let info = resp.info();
-                    record_node(this.span, info.coordinator);
-                    if request {
-                        this.span
-                            .record("db.response.returned_rows", info.rows as i64);
-                        this.span
-                            .record("cql.attempts", i64::from(info.attempts.max(1)));
-                        this.span.record(
-                            "db.cassandra.speculative_execution_count",
-                            i64::from(info.speculative),
-                        );
-                    }
-                }
-                (Err(e), request) => {
-                    record_error(this.span, e);
-                    if request {
-                        if let Some(code) = e.kind().status_code() {
-                            this.span
-                                .record("db.response.status_code", format!("{code:#06x}").as_str());
-                        }
-                        this.span.record("cql.attempts", i64::from(e.attempts()));
-                    }
-                }
-            }
+        if let Some(fields) = this.fields {
+            record_outcome(this.span, fields, &out);
         }
         Poll::Ready(out)
     }

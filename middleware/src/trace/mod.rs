@@ -155,69 +155,70 @@ fn consistency_name(c: scylla::statement::Consistency) -> &'static str {
     }
 }
 
+/// `db.query.summary` of a request, formatted only when a span records it.
+struct Summary<'a>(&'a RequestMeta);
+
+impl fmt::Debug for Summary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        f.write_str(m.kind().as_str())?;
+        match (m.keyspace(), m.table()) {
+            (Some(k), Some(t)) => write!(f, " {}.{}", k.as_str(), t.as_str()),
+            (None, Some(t)) => write!(f, " {}", t.as_str()),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Makes the request span for `meta` (disabled when no subscriber wants it).
+///
+/// Every value known before the request runs is given when the span is
+/// made, so a subscriber sees one `new_span` and no `record` (each
+/// `record` is a lookup of the span and a visit of its own; the outcome is
+/// recorded in one call when the request ends).
 pub fn request_span(meta: &RequestMeta, config: &TraceConfig) -> Span {
+    request_span_with_fields(meta, config).0
+}
+
+pub(crate) fn request_span_with_fields(
+    meta: &RequestMeta,
+    config: &TraceConfig,
+) -> (Span, Option<&'static future::OutcomeFields>) {
     macro_rules! make {
-        ($lvl:expr) => {
-            tracing::span!(
+        ($lvl:expr, $cache:ident) => {{
+            static $cache: std::sync::OnceLock<future::OutcomeFields> = std::sync::OnceLock::new();
+            let span = tracing::span!(
                 $lvl,
                 "cql.request",
-                otel.name = Empty,
+                otel.name = ?Summary(meta),
                 otel.kind = "client",
                 otel.status_code = Empty,
                 db.system.name = DB_SYSTEM_NAME,
-                db.namespace = Empty,
-                db.collection.name = Empty,
-                db.operation.name = Empty,
-                db.query.summary = Empty,
-                db.query.text = Empty,
+                db.namespace = meta.keyspace().map(|k| k.as_str()),
+                db.collection.name = meta.table().map(|t| t.as_str()),
+                db.operation.name = meta.operation().map_or(meta.kind().as_str(), |o| o.as_str()),
+                db.query.summary = ?Summary(meta),
+                db.query.text = if config.record_query_text { meta.sanitized_text() } else { None },
                 db.response.status_code = Empty,
                 error.type = Empty,
                 server.address = Empty,
                 server.port = Empty,
-                db.cassandra.consistency_level = Empty,
-                db.cassandra.page_size = Empty,
-                db.cassandra.idempotence = Empty,
+                db.cassandra.consistency_level = meta.consistency().map(consistency_name),
+                db.cassandra.page_size = meta.page_size().map(i64::from),
+                db.cassandra.idempotence = meta.is_idempotent(),
                 db.cassandra.speculative_execution_count = Empty,
                 db.response.returned_rows = Empty,
                 cql.attempts = Empty,
-            )
-        };
+            );
+            let fields = future::OutcomeFields::cached(&$cache, &span);
+            (span, fields)
+        }};
     }
-    let span = if config.level == Level::DEBUG {
-        make!(Level::DEBUG)
+    if config.level == Level::DEBUG {
+        make!(Level::DEBUG, DEBUG_FIELDS)
     } else {
-        make!(Level::INFO)
-    };
-    if span.is_disabled() {
-        return span;
+        make!(Level::INFO, INFO_FIELDS)
     }
-    let summary = meta.summary();
-    span.record("otel.name", summary.as_str());
-    span.record("db.query.summary", summary.as_str());
-    if let Some(k) = meta.keyspace() {
-        span.record("db.namespace", k.as_str());
-    }
-    if let Some(t) = meta.table() {
-        span.record("db.collection.name", t.as_str());
-    }
-    match meta.operation() {
-        Some(op) => span.record("db.operation.name", op.as_str()),
-        None => span.record("db.operation.name", meta.kind().as_str()),
-    };
-    if config.record_query_text
-        && let Some(text) = meta.sanitized_text()
-    {
-        span.record("db.query.text", text);
-    }
-    if let Some(c) = meta.consistency() {
-        span.record("db.cassandra.consistency_level", consistency_name(c));
-    }
-    if let Some(p) = meta.page_size() {
-        span.record("db.cassandra.page_size", i64::from(p));
-    }
-    span.record("db.cassandra.idempotence", meta.is_idempotent());
-    span
 }
 
 impl<S> tower_service::Service<CqlRequest> for Trace<S>
@@ -233,25 +234,40 @@ where
     }
 
     fn call(&mut self, req: CqlRequest) -> Self::Future {
-        let span = request_span(req.meta(), &self.config);
+        let (span, fields) = request_span_with_fields(req.meta(), &self.config);
         let inner = {
             let _enter = span.enter();
             self.inner.call(req)
         };
-        ResponseFuture::new(inner, span)
+        ResponseFuture::new(inner, span, fields)
     }
 }
 
 /// Opens a child span per attempt; see the module docs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AttemptTraceLayer {
-    _private: (),
+    debug: bool,
+}
+
+impl Default for AttemptTraceLayer {
+    fn default() -> AttemptTraceLayer {
+        AttemptTraceLayer::new()
+    }
 }
 
 impl AttemptTraceLayer {
-    /// A layer.
+    /// A layer making its spans at `INFO`.
     pub fn new() -> AttemptTraceLayer {
-        AttemptTraceLayer::default()
+        AttemptTraceLayer { debug: false }
+    }
+
+    /// A layer making its spans at the level of `config` (`INFO` or
+    /// `DEBUG`); the stack builder uses the request span's configuration.
+    pub fn with_config(config: &TraceConfig) -> Result<AttemptTraceLayer, ConfigError> {
+        config.validate()?;
+        Ok(AttemptTraceLayer {
+            debug: config.level == Level::DEBUG,
+        })
     }
 }
 
@@ -259,7 +275,10 @@ impl<S> Layer<S> for AttemptTraceLayer {
     type Service = AttemptTrace<S>;
 
     fn layer(&self, inner: S) -> AttemptTrace<S> {
-        AttemptTrace { inner }
+        AttemptTrace {
+            inner,
+            debug: self.debug,
+        }
     }
 }
 
@@ -267,6 +286,7 @@ impl<S> Layer<S> for AttemptTraceLayer {
 #[derive(Debug, Clone)]
 pub struct AttemptTrace<S> {
     inner: S,
+    debug: bool,
 }
 
 impl<S> tower_service::Service<CqlRequest> for AttemptTrace<S>
@@ -283,22 +303,36 @@ where
 
     fn call(&mut self, req: CqlRequest) -> Self::Future {
         let meta = req.meta();
-        let span = tracing::info_span!(
-            "cql.attempt",
-            otel.name = "cql.attempt",
-            otel.kind = "client",
-            otel.status_code = Empty,
-            cql.attempt.index = meta.attempt_index(),
-            cql.attempt.reason = meta.attempt_reason().as_str(),
-            server.address = Empty,
-            server.port = Empty,
-            error.type = Empty,
-        );
+        macro_rules! make {
+            ($lvl:expr, $cache:ident) => {{
+                static $cache: std::sync::OnceLock<future::OutcomeFields> =
+                    std::sync::OnceLock::new();
+                let span = tracing::span!(
+                    $lvl,
+                    "cql.attempt",
+                    otel.name = "cql.attempt",
+                    otel.kind = "client",
+                    otel.status_code = Empty,
+                    cql.attempt.index = i64::from(meta.attempt_index()),
+                    cql.attempt.reason = meta.attempt_reason().as_str(),
+                    server.address = Empty,
+                    server.port = Empty,
+                    error.type = Empty,
+                );
+                let fields = future::OutcomeFields::cached(&$cache, &span);
+                (span, fields)
+            }};
+        }
+        let (span, fields) = if self.debug {
+            make!(Level::DEBUG, DEBUG_FIELDS)
+        } else {
+            make!(Level::INFO, INFO_FIELDS)
+        };
         let inner = {
             let _enter = span.enter();
             self.inner.call(req)
         };
-        AttemptFuture::attempt(inner, span)
+        AttemptFuture::attempt(inner, span, fields)
     }
 }
 
