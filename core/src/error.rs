@@ -678,7 +678,20 @@ fn classify_execution(err: &ExecutionError) -> (ErrorKind, String, Option<Replic
     let (kind, details, not_sent) = match err {
         ExecutionError::LastAttemptError(a) => classify_attempt(a),
         ExecutionError::BadQuery(_) => (K::Serialization, None, true),
-        ExecutionError::EmptyPlan => (K::Connection, None, true),
+        // The breaker excluded the nodes whose breaker is open, and no
+        // other node could take the request.
+        ExecutionError::EmptyPlan => match crate::routing::excluded_now() {
+            0 => (K::Connection, None, true),
+            excluded => {
+                let message = format!(
+                    "every node this request could use has an open circuit breaker \
+                     ({excluded} node(s) excluded by the breaker, none left to try): the request \
+                     was not sent; retry after the breaker's cool-down, when it lets a probe \
+                     through, and look at why those nodes fail (the breaker's events name them)"
+                );
+                return (K::CircuitOpen, message, None, true);
+            }
+        },
         ExecutionError::PrepareError(p) => match p {
             PrepareError::AllAttemptsFailed { first_attempt } => {
                 let (k, d, _) = classify_attempt(first_attempt);

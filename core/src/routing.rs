@@ -7,8 +7,17 @@
 //! retry and hedge layers attach one when they make a second attempt)
 //! lists the nodes this request has already tried; the
 //! [`DriverService`](crate::DriverService) runs the attempt with a policy
-//! that puts those nodes last in the driver's plan. Nothing is excluded:
-//! when every replica has been tried, the plan is the driver's own.
+//! that puts those nodes last in the driver's plan. Avoiding excludes
+//! nothing: when every replica has been tried, the plan is the driver's
+//! own.
+//!
+//! A hint can also **exclude** nodes: an excluded node is dropped from
+//! the plan altogether, for every attempt of the request. The circuit
+//! breaker excludes the nodes whose breaker is open, so that a request
+//! goes to the healthy nodes instead of being refused. When nothing is
+//! left once the excluded nodes are dropped, no attempt is made and the
+//! request fails with [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen)
+//! (not sent), saying that every node it could use has an open breaker.
 //!
 //! ```
 //! use std::net::SocketAddr;
@@ -18,16 +27,25 @@
 //! let mut req = CqlRequest::query("SELECT v FROM ks.t WHERE k = 1");
 //! let hint = req.meta_mut().route_hint();      // created on first use, shared by clones
 //! let slow: SocketAddr = "10.0.0.2:9042".parse().unwrap();
-//! hint.avoid(slow);
+//! hint.avoid(slow);                             // tried last
 //! assert!(hint.avoids(slow));
-//! assert!(req.clone().meta_mut().route_hint().avoids(slow));
+//! let broken: SocketAddr = "10.0.0.3:9042".parse().unwrap();
+//! hint.exclude(broken);                         // never tried
+//! assert!(hint.excludes(broken) && !hint.avoids(broken));
+//! assert!(!hint.excludes(slow));
+//! let copy = req.clone();
+//! assert!(copy.meta().route().unwrap().avoids(slow));
+//! assert!(copy.meta().route().unwrap().excludes(broken));
 //! ```
 //!
 //! Requests without a hint cost nothing extra: the policy looks for a
 //! hint in the attempt's task (a Tokio task-local set by the driver
 //! service only around attempts that carry one) and otherwise hands the
 //! decision straight to the driver's policy. The hint is a few atomics,
-//! written and read by the one task that runs the request.
+//! written and read by the one task that runs the request. It remembers
+//! up to four avoided and up to eight excluded nodes; a node past that is
+//! not remembered (an avoided one may be tried again sooner, an excluded
+//! one stays in the plan).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -40,22 +58,66 @@ use scylla::errors::RequestAttemptError;
 use scylla::policies::load_balancing::{FallbackPlan, LoadBalancingPolicy, RoutingInfo};
 use scylla::routing::Shard;
 
-/// Nodes remembered per request, at most: enough for a retry budget and
+/// Nodes avoided per request, at most: enough for a retry budget and
 /// hedging; a fifth tried node is not remembered.
 const SLOTS: usize = 4;
 
-/// The nodes one logical request has tried (or was told to avoid); see
-/// the [module docs](self).
+/// Nodes excluded per request, at most: the breaker excludes every node
+/// whose breaker is open, and more than eight at once is an outage.
+const EXCLUDED: usize = 8;
+
+/// A small set of node keys, added to and read without a lock.
+struct Nodes<const N: usize> {
+    keys: [AtomicU64; N],
+    len: AtomicUsize,
+}
+
+impl<const N: usize> Default for Nodes<N> {
+    fn default() -> Self {
+        Nodes {
+            keys: std::array::from_fn(|_| AtomicU64::new(0)),
+            len: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<const N: usize> Nodes<N> {
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire).min(N)
+    }
+
+    fn contains(&self, k: u64) -> bool {
+        self.keys[..self.len()]
+            .iter()
+            .any(|n| n.load(Ordering::Acquire) == k)
+    }
+
+    fn insert(&self, k: u64) {
+        if self.contains(k) {
+            return;
+        }
+        // One writer in practice (the request's task); with several, a
+        // slot is claimed first, so no two writers share one.
+        let i = self.len.fetch_add(1, Ordering::AcqRel);
+        if i < N {
+            self.keys[i].store(k, Ordering::Release);
+        }
+    }
+}
+
+/// The nodes one logical request has tried (or was told to avoid), and
+/// the nodes it must not be sent to; see the [module docs](self).
 #[derive(Default)]
 pub struct RouteHint {
-    nodes: [AtomicU64; SLOTS],
-    len: AtomicUsize,
+    avoided: Nodes<SLOTS>,
+    excluded: Nodes<EXCLUDED>,
 }
 
 impl fmt::Debug for RouteHint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RouteHint")
-            .field("avoided", &self.len.load(Ordering::Acquire).min(SLOTS))
+            .field("avoided", &self.avoided.len())
+            .field("excluded", &self.excluded.len())
             .finish()
     }
 }
@@ -85,17 +147,17 @@ impl RouteHint {
 
     /// Puts `node` last in the plans of this request's later attempts.
     pub fn avoid(&self, node: SocketAddr) {
-        self.remember(key(node));
+        self.avoided.insert(key(node));
     }
 
     /// Whether `node` is avoided.
     pub fn avoids(&self, node: SocketAddr) -> bool {
-        self.contains(key(node))
+        self.avoided.contains(key(node))
     }
 
     /// How many nodes are avoided.
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::Acquire).min(SLOTS)
+        self.avoided.len()
     }
 
     /// Whether no node is avoided.
@@ -103,22 +165,20 @@ impl RouteHint {
         self.len() == 0
     }
 
-    fn contains(&self, k: u64) -> bool {
-        self.nodes[..self.len()]
-            .iter()
-            .any(|n| n.load(Ordering::Acquire) == k)
+    /// Drops `node` from the plans of this request's attempts: it is not
+    /// sent there at all (up to eight nodes; see the [module docs](self)).
+    pub fn exclude(&self, node: SocketAddr) {
+        self.excluded.insert(key(node));
     }
 
-    fn remember(&self, k: u64) {
-        if self.contains(k) {
-            return;
-        }
-        // One writer in practice (the request's task); with several, a
-        // slot is claimed first, so no two writers share one.
-        let i = self.len.fetch_add(1, Ordering::AcqRel);
-        if i < SLOTS {
-            self.nodes[i].store(k, Ordering::Release);
-        }
+    /// Whether `node` is excluded.
+    pub fn excludes(&self, node: SocketAddr) -> bool {
+        self.excluded.contains(key(node))
+    }
+
+    /// How many nodes are excluded.
+    pub fn excluded_len(&self) -> usize {
+        self.excluded.len()
     }
 }
 
@@ -173,13 +233,21 @@ fn current() -> Option<Arc<RouteHint>> {
     ROUTE.try_with(Arc::clone).ok()
 }
 
+/// How many nodes the hint of the attempt this task is running excludes
+/// (0 without a hint): an empty plan then means that the breaker left no
+/// node to try.
+pub(crate) fn excluded_now() -> usize {
+    ROUTE.try_with(|h| h.excluded_len()).unwrap_or(0)
+}
+
 fn addr(node: NodeRef<'_>) -> SocketAddr {
     SocketAddr::new(node.address.ip(), node.address.port())
 }
 
 /// The load-balancing policy the driver service installs: the session's
-/// own policy, with the nodes a request's hint avoids moved to the end
-/// of its plan, and the node picked remembered in the hint.
+/// own policy, with the nodes a request's hint excludes dropped from its
+/// plan, the nodes it avoids moved to the end, and the node picked
+/// remembered in the hint.
 #[derive(Debug)]
 pub(crate) struct Steering {
     inner: Arc<dyn LoadBalancingPolicy>,
@@ -200,13 +268,20 @@ impl LoadBalancingPolicy for Steering {
         let Some(hint) = current() else {
             return self.inner.pick(request, cluster);
         };
+        let usable = |n: NodeRef<'_>| !hint.excludes(addr(n));
+        let fresh = |n: NodeRef<'_>| usable(n) && !hint.avoids(addr(n));
         let first = self.inner.pick(request, cluster);
         let chosen = match first {
-            Some((node, _)) if hint.avoids(addr(node)) => self
+            Some((node, _)) if !fresh(node) => self
                 .inner
                 .fallback(request, cluster)
-                .find(|(n, _)| !hint.avoids(addr(n)))
-                .or(first),
+                .find(|&(n, _)| fresh(n))
+                .or(first.filter(|&(n, _)| usable(n)))
+                .or_else(|| {
+                    self.inner
+                        .fallback(request, cluster)
+                        .find(|&(n, _)| usable(n))
+                }),
             _ => first,
         };
         if let Some((node, _)) = chosen {
@@ -224,7 +299,9 @@ impl LoadBalancingPolicy for Steering {
         let Some(hint) = current() else {
             return plan;
         };
-        let (mut fresh, tried): (Vec<_>, Vec<_>) = plan.partition(|(n, _)| !hint.avoids(addr(n)));
+        let (mut fresh, tried): (Vec<_>, Vec<_>) = plan
+            .filter(|&(n, _)| !hint.excludes(addr(n)))
+            .partition(|&(n, _)| !hint.avoids(addr(n)));
         fresh.extend(tried);
         Box::new(fresh.into_iter())
     }
@@ -273,6 +350,25 @@ mod tests {
         assert!(h.avoids(a), "the first ones stay");
     }
 
+    #[test]
+    fn excludes_up_to_eight_nodes_apart_from_the_avoided_ones() {
+        let h = RouteHint::new();
+        let a: SocketAddr = "127.0.0.1:9042".parse().unwrap();
+        let b: SocketAddr = "127.0.0.2:9042".parse().unwrap();
+        h.avoid(a);
+        h.exclude(b);
+        h.exclude(b);
+        assert!(h.avoids(a) && !h.excludes(a));
+        assert!(h.excludes(b) && !h.avoids(b));
+        assert_eq!((h.len(), h.excluded_len()), (1, 1));
+        for i in 3..20u8 {
+            h.exclude(SocketAddr::from(([10, 0, 0, i], 9042)));
+        }
+        assert_eq!(h.excluded_len(), EXCLUDED);
+        assert!(h.excludes(b), "the first ones stay");
+        assert_eq!(h.len(), 1, "excluding avoids nothing");
+    }
+
     #[tokio::test]
     async fn the_hint_is_visible_inside_the_attempt_only() {
         let h = Arc::new(RouteHint::new());
@@ -280,5 +376,116 @@ mod tests {
         let seen = with_hint(h.clone(), async { current().is_some() }).await;
         assert!(seen);
         assert!(current().is_none());
+    }
+
+    /// Against a three-node testkit cluster, through the real driver.
+    mod cluster {
+        use super::*;
+        use crate::{CqlError, CqlRequest, DriverService, ErrorKind};
+        use scylla::client::session::Session;
+        use scylla::client::session_builder::SessionBuilder;
+        use scylla::policies::load_balancing::Plan;
+        use tower_cql_testkit::Cluster;
+
+        async fn start() -> (Cluster, Arc<Session>, Vec<SocketAddr>) {
+            let cluster = Cluster::builder().nodes(3).start().await.unwrap();
+            let session = SessionBuilder::new()
+                .known_nodes_addr(cluster.contact_points())
+                .build()
+                .await
+                .unwrap();
+            let nodes = (0..3).map(|i| cluster.node_addr(i)).collect();
+            (cluster, Arc::new(session), nodes)
+        }
+
+        /// The plan the steering policy makes with `hint` in scope.
+        async fn plan(session: &Session, hint: Arc<RouteHint>) -> Vec<SocketAddr> {
+            let policy = session
+                .get_default_execution_profile_handle()
+                .to_profile()
+                .get_load_balancing_policy()
+                .clone();
+            let steering = Steering::new(policy);
+            let state = session.get_cluster_state();
+            with_hint(hint, async {
+                let info = RoutingInfo::default();
+                Plan::new(&steering, &info, &state)
+                    .map(|(n, _)| addr(n))
+                    .collect()
+            })
+            .await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn an_excluded_node_is_never_in_the_plan() {
+            let (_cluster, session, nodes) = start().await;
+            let everyone = plan(&session, Arc::new(RouteHint::new())).await;
+            assert_eq!(everyone.len(), 3, "{everyone:?}");
+            for _ in 0..30 {
+                let hint = Arc::new(RouteHint::new());
+                hint.exclude(nodes[1]);
+                let p = plan(&session, hint).await;
+                assert_eq!(p.len(), 2, "{p:?}");
+                assert!(!p.contains(&nodes[1]), "{p:?}");
+            }
+            // Avoided and excluded: the avoided node comes last, the
+            // excluded one not at all.
+            for _ in 0..30 {
+                let hint = Arc::new(RouteHint::new());
+                hint.avoid(nodes[0]);
+                hint.exclude(nodes[1]);
+                assert_eq!(plan(&session, hint).await, vec![nodes[2], nodes[0]]);
+            }
+            // Every node excluded: an empty plan.
+            let hint = Arc::new(RouteHint::new());
+            nodes.iter().for_each(|&n| hint.exclude(n));
+            assert_eq!(plan(&session, hint).await, vec![]);
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn excluded_nodes_get_no_request_and_none_left_is_circuit_open() {
+            use tower_cql_testkit::{Fault, InjectedError};
+            const GET: &str = "SELECT v FROM ks.kv WHERE k = 1";
+            let (cluster, session, nodes) = start().await;
+            let driver = DriverService::builder(session).build().unwrap();
+            for cql in [
+                "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}",
+                "CREATE TABLE ks.kv (k int PRIMARY KEY, v text)",
+            ] {
+                driver.execute(CqlRequest::unprepared(cql)).await.unwrap();
+            }
+            // node 0 fails the read: a request sent there fails
+            let node0 = cluster.faults().add(
+                Fault::error(InjectedError::Overloaded)
+                    .matching(GET)
+                    .node(0),
+            );
+            let get = |hint: &dyn Fn(&RouteHint)| {
+                let mut req = CqlRequest::unprepared(GET);
+                hint(req.meta_mut().route_hint());
+                req
+            };
+            for _ in 0..30 {
+                driver.execute(get(&|h| h.exclude(nodes[0]))).await.unwrap();
+            }
+            assert_eq!(cluster.faults().fired(node0), 0);
+            // without the exclusion node 0 gets its share
+            for _ in 0..30 {
+                let _ = driver.execute(get(&|_| {})).await;
+            }
+            assert!(cluster.faults().fired(node0) > 0);
+
+            let err = driver
+                .execute(get(&|h| nodes.iter().for_each(|&n| h.exclude(n))))
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::CircuitOpen, "{err}");
+            assert!(err.was_not_sent());
+            assert!(err.message().contains("open circuit breaker"), "{err}");
+            // Without exclusions an empty plan is still a connection error:
+            // the mapping reads the attempt's hint only.
+            let err = CqlError::from_execution(scylla::errors::ExecutionError::EmptyPlan);
+            assert_eq!(err.kind(), ErrorKind::Connection);
+        }
     }
 }

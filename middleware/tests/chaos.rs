@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use scylla::client::session_builder::SessionBuilder;
 use tower::ServiceExt;
 use tower_cql_core::GateService;
-use tower_cql_core::event::AttemptEvent;
+use tower_cql_core::event::{AttemptEvent, BreakerEvent};
 use tower_cql_core::{
-    AttemptReason, Collector, Collectors, CqlRequest, DriverService, ErrorKind, InMemoryCollector,
-    Statement,
+    AttemptReason, BreakerState, Collector, Collectors, CqlRequest, DriverService, ErrorKind,
+    InMemoryCollector, Statement,
 };
 use tower_cql_middleware::breaker::BreakerConfig;
 use tower_cql_middleware::hedge::{HedgeConfig, HedgeDelay};
@@ -473,14 +473,189 @@ async fn a_retry_goes_to_another_node_than_the_one_that_failed() {
     stack.close().await;
 }
 
+/// Breaker state changes, as the collectors saw them.
+#[derive(Default)]
+struct BreakerLog(std::sync::Mutex<Vec<(String, BreakerState, BreakerState)>>);
+
+impl Collector for BreakerLog {
+    fn on_breaker(&self, e: &BreakerEvent<'_>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((e.target.to_string(), e.from, e.to));
+    }
+}
+
+impl BreakerLog {
+    fn has(&self, target: &str, from: BreakerState, to: BreakerState) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(t, f, s)| t == target && *f == from && *s == to)
+    }
+}
+
+/// Reads from four callers, one request every 2 ms each, for `run_for`;
+/// also gives the first `CircuitOpen` error seen.
+async fn paced(
+    svc: &GateService<BoxService>,
+    run_for: Duration,
+) -> (Outcome, Option<tower_cql_core::CqlError>) {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Outcome::default();
+            let mut refusal = None;
+            let mut i = w;
+            while started.elapsed() < run_for {
+                let result =
+                    tokio::time::timeout(Duration::from_secs(30), svc.clone().oneshot(read(i)))
+                        .await
+                        .expect("a request hung for 30 s");
+                match result {
+                    Ok(_) => out.ok += 1,
+                    Err(e) => {
+                        *out.errors.entry(e.kind()).or_default() += 1;
+                        if e.kind() == ErrorKind::CircuitOpen && refusal.is_none() {
+                            refusal = Some(e);
+                        }
+                    }
+                }
+                i += 4;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (out, refusal)
+        }));
+    }
+    let mut out = Outcome::default();
+    let mut refusal = None;
+    for t in tasks {
+        let (o, r) = t.await.unwrap();
+        out.ok += o.ok;
+        for (k, v) in o.errors {
+            *out.errors.entry(k).or_default() += v;
+        }
+        refusal = refusal.or(r);
+    }
+    (out, refusal)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_breaker_cuts_the_traffic_a_failing_node_gets() {
+async fn the_breaker_routes_around_a_failing_node_and_probes_it_back() {
     let e = env(3).await;
+    let log = Arc::new(BreakerLog::default());
+    e.collectors.add(log.clone());
+    let per_node = Arc::new(PerNode::new(&e.cluster));
+    e.collectors.add(per_node.clone());
     let failing = e.cluster.faults().add(
         Fault::error(InjectedError::Overloaded)
             .opcode(Opcode::Execute)
             .matching(GET)
             .node(0),
+    );
+    let min_requests = 5;
+    let cool_down = Duration::from_millis(200);
+    let stack = StackBuilder::new(e.collectors.clone())
+        .without_retry()
+        .breaker(BreakerConfig {
+            min_requests,
+            cool_down,
+            ..BreakerConfig::default()
+        })
+        .build(e.driver.clone())
+        .unwrap();
+    let svc = stack.service();
+
+    // Phase 1: node 0 fails every read for 1.5 s.
+    let run_for = Duration::from_millis(1500);
+    let (out, _) = paced(&svc, run_for).await;
+    let sent_to_failing = e.cluster.faults().fired(failing);
+    let total = out.ok + out.failed();
+    let snap = e.memory.snapshot();
+    println!(
+        "chaos: node 0 fails every read, breaker (5 requests, 50%, cool-down 200 ms), no retries: \
+         {total} requests in 1.5 s -> {} ok ({:.1}%), {:?}; node 0 was sent {sent_to_failing}, \
+         {} breaker transitions",
+        out.ok,
+        out.ok as f64 * 100.0 / total as f64,
+        out.errors,
+        snap.breaker_transitions
+    );
+    let node0 = e.cluster.node_addr(0).to_string();
+    assert!(
+        log.has(&node0, BreakerState::Closed, BreakerState::Open)
+            && log.has(&node0, BreakerState::Open, BreakerState::HalfOpen)
+            && log.has(&node0, BreakerState::HalfOpen, BreakerState::Open),
+        "opened, probed, re-opened: {:?}",
+        log.0.lock().unwrap()
+    );
+    // Nothing refused: the healthy nodes served everything but what went
+    // to node 0.
+    assert_eq!(
+        out.errors.get(&ErrorKind::CircuitOpen),
+        None,
+        "{:?}",
+        out.errors
+    );
+    assert!(
+        out.ok * 100 >= total * 95,
+        "only {} of {total} served",
+        out.ok
+    );
+    // Every failure is a read node 0 was sent, and node 0 was sent only
+    // what opened its breaker (min_requests, and what the four callers had
+    // in flight then) and then one probe per cool-down (without the
+    // breaker: a third of the requests).
+    assert_eq!(
+        out.errors.get(&ErrorKind::Overloaded),
+        Some(&sent_to_failing)
+    );
+    assert_eq!(out.failed(), sent_to_failing);
+    let cycles = (run_for.as_millis() / cool_down.as_millis()) as u64 + 1;
+    assert!(
+        sent_to_failing <= min_requests as u64 + 4 + cycles,
+        "node 0 was sent {sent_to_failing} of {total}"
+    );
+    // every failure reached the collectors
+    assert_eq!(snap.requests_total(), total);
+    assert_eq!(snap.errors, out.errors);
+
+    // Phase 2: node 0 recovers; a probe closes its breaker and it serves
+    // its share again.
+    assert!(e.cluster.faults().remove(failing));
+    let before = per_node.figures()[0].0;
+    let (out, _) = paced(&svc, Duration::from_millis(800)).await;
+    let served_by_0 = per_node.figures()[0].0 - before;
+    println!(
+        "chaos: node 0 recovered: {} requests in 0.8 s -> {} ok, node 0 served {served_by_0}",
+        out.ok + out.failed(),
+        out.ok
+    );
+    assert_eq!(out.failed(), 0, "{:?}", out.errors);
+    assert!(
+        log.has(&node0, BreakerState::HalfOpen, BreakerState::Closed),
+        "{:?}",
+        log.0.lock().unwrap()
+    );
+    assert!(
+        served_by_0 * 6 > out.ok,
+        "node 0 served {served_by_0} of {}",
+        out.ok
+    );
+    stack.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_node_open_the_breaker_refuses() {
+    let e = env(3).await;
+    // every node fails every read
+    let failing = e.cluster.faults().add(
+        Fault::error(InjectedError::Overloaded)
+            .opcode(Opcode::Execute)
+            .matching(GET),
     );
     let cool_down = Duration::from_millis(200);
     let stack = StackBuilder::new(e.collectors.clone())
@@ -492,62 +667,33 @@ async fn the_breaker_cuts_the_traffic_a_failing_node_gets() {
         })
         .build(e.driver.clone())
         .unwrap();
-    let svc = stack.service();
-    // four callers, one request every 2 ms each, for 1.5 s
-    let run_for = Duration::from_millis(1500);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..4u64 {
-        let svc = svc.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut out = Outcome::default();
-            let mut i = w;
-            while started.elapsed() < run_for {
-                match svc.clone().oneshot(read(i)).await {
-                    Ok(_) => out.ok += 1,
-                    Err(e) => *out.errors.entry(e.kind()).or_default() += 1,
-                }
-                i += 4;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            out
-        }));
-    }
-    let mut out = Outcome::default();
-    for t in tasks {
-        let o = t.await.unwrap();
-        out.ok += o.ok;
-        for (k, v) in o.errors {
-            *out.errors.entry(k).or_default() += v;
-        }
-    }
-    let sent_to_failing = e.cluster.faults().fired(failing);
+    let run_for = Duration::from_millis(1000);
+    let (out, refusal) = paced(&stack.service(), run_for).await;
+    let sent = e.cluster.faults().fired(failing);
     let total = out.ok + out.failed();
-    let snap = e.memory.snapshot();
     println!(
-        "chaos: node 0 fails every read, breaker (5 requests, 50%, cool-down 200 ms), no retries: \
-         {total} requests in 1.5 s -> {} ok, {:?}; node 0 was sent {sent_to_failing}, \
-         {} breaker transitions",
-        out.ok, out.errors, snap.breaker_transitions
-    );
-    assert!(snap.breaker_transitions >= 2, "opened and half-opened");
-    assert!(
+        "chaos: every node fails every read, breaker, no retries: {total} requests in 1 s -> \
+         {:?}; the nodes were sent {sent}",
         out.errors
-            .get(&ErrorKind::CircuitOpen)
-            .copied()
-            .unwrap_or(0)
-            > 0
     );
-    assert!(out.ok > 0, "the healthy nodes served");
-    // without the breaker node 0 would get a third of the requests; with it,
-    // about one probe per cool-down after the first few failures
-    let cycles = (run_for.as_millis() / cool_down.as_millis()) as u64 + 2;
+    assert_eq!(out.ok, 0);
+    let refused = out
+        .errors
+        .get(&ErrorKind::CircuitOpen)
+        .copied()
+        .unwrap_or(0);
+    assert!(refused * 10 >= total * 9, "{refused} of {total} refused");
+    assert_eq!(out.errors.get(&ErrorKind::Overloaded), Some(&sent));
+    // What opened the three breakers, then at most one probe per node per
+    // cool-down.
+    let cycles = (run_for.as_millis() / cool_down.as_millis()) as u64 + 1;
+    assert!(sent <= 3 * (5 + 4 + cycles), "the nodes were sent {sent}");
+    let refusal = refusal.expect("a refusal");
+    assert!(refusal.was_not_sent());
     assert!(
-        sent_to_failing <= 10 + 4 * cycles && sent_to_failing * 6 < total,
-        "node 0 was sent {sent_to_failing} of {total}"
+        refusal.message().contains("every node seen (3)"),
+        "{refusal}"
     );
-    // every refusal and every failure reached the collectors
-    assert_eq!(snap.requests_total(), total);
-    assert_eq!(snap.errors, out.errors);
+    assert_eq!(e.memory.snapshot().errors, out.errors);
     stack.close().await;
 }

@@ -1,11 +1,15 @@
 //! A circuit breaker per target: per node, and per `keyspace.table` when no
-//! node is known.
+//! node is known. A request is routed around the nodes whose breaker is
+//! open, and refused only when no usable node is left.
 //!
 //! ```
 //! use std::net::SocketAddr;
-//! use std::time::Duration;
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
 //! use tower::{Service, ServiceExt, service_fn};
-//! use tower_cql_core::{BreakerState, Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind};
+//! use tower_cql_core::{
+//!     BreakerState, Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind, ExecutionInfo,
+//! };
 //! use tower_cql_middleware::breaker::{BreakerConfig, CircuitBreakerLayer};
 //! use tower_layer::Layer;
 //!
@@ -15,22 +19,53 @@
 //!     BreakerConfig { min_requests: 4, ..BreakerConfig::default() },
 //!     Collectors::new(),
 //! )?;
-//! // A node that answers every request with Overloaded.
-//! let node: SocketAddr = "10.0.0.1:9042".parse()?;
-//! let inner = service_fn(move |_req: CqlRequest| async move {
-//!     Err::<CqlResponse, _>(CqlError::new(ErrorKind::Overloaded, "busy").with_node(node))
+//! // Two nodes: 10.0.0.1 answers every request with Overloaded, 10.0.0.2
+//! // serves it. A stand-in for the driver takes them in turn, skipping a
+//! // node that the request's route hint excludes.
+//! let bad: SocketAddr = "10.0.0.1:9042".parse()?;
+//! let good: SocketAddr = "10.0.0.2:9042".parse()?;
+//! let turn = Arc::new(AtomicUsize::new(0));
+//! let inner = service_fn(move |req: CqlRequest| {
+//!     let first = turn.fetch_add(1, Ordering::Relaxed) % 2 == 0;
+//!     let excluded = req.meta().route().is_some_and(|hint| hint.excludes(bad));
+//!     async move {
+//!         if first && !excluded {
+//!             Err(CqlError::new(ErrorKind::Overloaded, "busy").with_node(bad))
+//!         } else {
+//!             let info = ExecutionInfo { coordinator: Some(good), ..ExecutionInfo::default() };
+//!             Ok(CqlResponse::synthetic(info))
+//!         }
+//!     }
 //! });
 //! let mut svc = layer.layer(inner);
 //! let req = || CqlRequest::query("SELECT v FROM ks.users WHERE id = 1");
-//! for _ in 0..4 {
-//!     let err = svc.ready().await?.call(req()).await.unwrap_err();
-//!     assert_eq!(err.kind(), ErrorKind::Overloaded);
+//! for i in 0..8 {
+//!     let result = svc.ready().await?.call(req()).await;
+//!     assert_eq!(result.is_ok(), i % 2 == 1);
 //! }
-//! // Four failures out of four: the node's breaker is open, and requests
-//! // for the table that node served last are refused without being sent.
+//! // Four failures out of four: the breaker of 10.0.0.1 is open, and every
+//! // request now goes to 10.0.0.2.
 //! assert_eq!(layer.state("10.0.0.1:9042"), Some(BreakerState::Open));
+//! for _ in 0..4 {
+//!     let resp = svc.ready().await?.call(req()).await?;
+//!     assert_eq!(resp.info().coordinator, Some(good));
+//! }
+//!
+//! // With 10.0.0.1 the only node a breaker has seen, and open, nothing is
+//! // left: the request is refused without being sent.
+//! let alone = CircuitBreakerLayer::new(
+//!     BreakerConfig { min_requests: 4, ..BreakerConfig::default() },
+//!     Collectors::new(),
+//! )?;
+//! let mut svc = alone.layer(service_fn(move |_req: CqlRequest| async move {
+//!     Err::<CqlResponse, _>(CqlError::new(ErrorKind::Overloaded, "busy").with_node(bad))
+//! }));
+//! for _ in 0..4 {
+//!     let _ = svc.ready().await?.call(req()).await;
+//! }
 //! let err = svc.ready().await?.call(req()).await.unwrap_err();
 //! assert_eq!(err.kind(), ErrorKind::CircuitOpen);
+//! assert!(err.was_not_sent());
 //! # Ok(()) }
 //! ```
 //!
@@ -42,28 +77,51 @@
 //! address (`"10.0.0.1:9042"`) or `"keyspace.table"` (`"table"` without a
 //! keyspace, `"keyspace.*"` without a table, `"*"` with neither).
 //!
-//! The node of a request is only known once it is answered, so admission
-//! works from what was seen before: a request is refused when the breaker
-//! of its `keyspace.table` is open, or when the breaker of the **last node
-//! that served that `keyspace.table`** is open. This is deliberately
-//! simple: while a node's breaker is open, the tables it served last are
-//! refused even though other nodes could serve them, until the cool-down
-//! lets a probe through (which another node may answer, moving the table
-//! on to that node). Put the breaker outside the retry layer to stop
-//! retries too, or inside it to let retries try another node.
+//! # Routing around open nodes
+//! The node of a request is chosen by the driver's load-balancing policy,
+//! below the breaker, so the breaker does not refuse a request because
+//! some node is open: it **excludes** every node whose breaker is open
+//! (or half-open with its probes in flight) on the request's
+//! [`RouteHint`](tower_cql_core::routing::RouteHint), and the
+//! [`DriverService`](tower_cql_core::DriverService) drops those nodes from
+//! the driver's plan, so the request goes to a healthy node. A request is
+//! refused with [`ErrorKind::CircuitOpen`] (not sent) only when the
+//! breaker of its `keyspace.table` is open, or when every node the breaker
+//! has seen is open (the refusal names them; a node is seen once it has
+//! answered a request through the breaker). The driver service fails it
+//! the same way when nothing is left of the driver's plan once the
+//! excluded nodes are dropped (for example a policy that keeps to one
+//! datacenter, whose nodes are all open).
+//!
+//! While no node's breaker is open (the common case) admission costs one
+//! atomic load beyond the table's breaker, and no route hint is made.
+//! A hint excludes up to eight nodes; with more open at once, the rest
+//! stay in the driver's plan. The exclusions need an inner service that
+//! reads route hints: the driver service does (unless built with
+//! `keep_driver_retries`, which keeps the session's own policy as it is);
+//! another service sends the request wherever it would. Outside the retry
+//! and hedge layers (where [`StackBuilder`](crate::stack::StackBuilder)
+//! puts it), the exclusions made when a request is admitted hold for all
+//! its attempts; inside them, each attempt is admitted and routed on its
+//! own.
 //!
 //! # States
 //! - **closed**: requests flow; each target keeps a rolling window (ten
 //!   buckets over `window`) of successes and failures. When at least
 //!   `min_requests` outcomes are in the window and the share of failures
 //!   is at least `failure_rate`, it opens.
-//! - **open**: requests are refused with
-//!   [`ErrorKind::CircuitOpen`] (not sent) for `cool_down`.
+//! - **open**: for `cool_down`, a node is excluded from every request's
+//!   route, and a `keyspace.table` refuses its requests with
+//!   [`ErrorKind::CircuitOpen`] (not sent).
 //! - **half-open**: after the cool-down, up to `half_open_probes` requests
-//!   at a time go through. A failure re-opens it for another cool-down;
+//!   at a time are probes: a node stays in a probe's route (a request
+//!   takes the probe place of one node at most), and is excluded from the
+//!   others. A failure re-opens it for another cool-down;
 //!   `half_open_probes` successes close it (with an empty window). A probe
-//!   of a `keyspace.table` breaker reports its outcome to the table as well
-//!   as to the node that answered it.
+//!   that the driver sends to another node leaves the state as it was and
+//!   frees its place for the next request. A probe of a `keyspace.table`
+//!   breaker reports its outcome to the table as well as to the node that
+//!   answered it.
 //!
 //! Failures are the errors that say something is wrong with the node:
 //! `Overloaded`, `Unavailable`, `ReadTimeout`, `WriteTimeout`,
@@ -80,13 +138,15 @@
 //! Each target's state is one `AtomicU64` (state, generation, and the
 //! open time or the half-open counters) changed by compare-and-swap, and
 //! its window is ten `AtomicU64` buckets (bucket number and both counts
-//! packed). No lock is taken on the request path.
+//! packed); the number of nodes not closed is one more atomic, changed
+//! with the state. No lock is taken on the request path.
 //!
 //! # Events
 //! Every state change emits [`Event::Breaker`]
-//! with the target and the states; every refusal emits
+//! with the target and the states; every refusal by the breaker emits
 //! [`Event::Shed`] with `reason: CircuitOpen,
-//! layer: "breaker"`. [`CircuitBreakerLayer::state`] reads a target's state.
+//! layer: "breaker"` (a request routed around an open node is not a
+//! refusal). [`CircuitBreakerLayer::state`] reads a target's state.
 
 pub mod future;
 mod layer;
@@ -95,11 +155,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use tokio::time::Instant;
 use tower_cql_core::event::{BreakerEvent, ShedEvent};
 use tower_cql_core::{
@@ -124,10 +184,10 @@ pub struct BreakerConfig {
     pub min_requests: u32,
     /// The rolling window outcomes are counted over (not zero). Default 10 s.
     pub window: Duration,
-    /// How long an open breaker refuses before letting probes through
-    /// (not zero). Default 5 s.
+    /// How long a breaker stays open (a node routed around, a table
+    /// refused) before letting probes through (not zero). Default 5 s.
     pub cool_down: Duration,
-    /// Requests let through at a time when half-open, and successes needed
+    /// Probes let through at a time when half-open, and successes needed
     /// to close (at least 1). Default 1.
     pub half_open_probes: u32,
 }
@@ -276,16 +336,40 @@ enum Admit {
     Pass,
     /// Let through as a half-open probe of this generation.
     Probe(u64),
-    Refuse(String),
+    Refuse(Refusal),
+}
+
+/// Why a target refuses (turned into words only when a request is
+/// refused: a node that refuses is usually routed around).
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// Open, for this long more.
+    Open(Duration),
+    /// Half-open, with this many probes in flight.
+    Probing(u64),
+}
+
+impl Refusal {
+    fn describe(self, name: &str, b: &Breakers) -> String {
+        match self {
+            Refusal::Open(left) => format!(
+                "circuit breaker open for {name}: refusing requests for {left:?} more (cool_down {:?})",
+                b.config.cool_down
+            ),
+            Refusal::Probing(in_flight) => format!(
+                "circuit breaker half-open for {name}: {in_flight} probe(s) already in flight"
+            ),
+        }
+    }
 }
 
 /// One breaker: a node or a `keyspace.table`.
 pub(crate) struct Target {
     name: String,
+    /// A node's address; `None` for a `keyspace.table`.
+    addr: Option<SocketAddr>,
     state: AtomicU64,
     buckets: [AtomicU64; BUCKETS],
-    /// For a table: the node that served it last.
-    last_node: ArcSwapOption<Target>,
 }
 
 impl fmt::Debug for Target {
@@ -298,12 +382,12 @@ impl fmt::Debug for Target {
 }
 
 impl Target {
-    fn new(name: String) -> Target {
+    fn new(name: String, addr: Option<SocketAddr>) -> Target {
         Target {
             name,
+            addr,
             state: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            last_node: ArcSwapOption::empty(),
         }
     }
 
@@ -318,6 +402,19 @@ impl Target {
         if kind(to) == CLOSED {
             for bucket in &self.buckets {
                 bucket.store(0, Ordering::Release);
+            }
+        }
+        // A node leaving or entering the closed state: the count admission
+        // reads (a successful swap, so each change is counted once).
+        if self.addr.is_some() {
+            match (kind(from) == CLOSED, kind(to) == CLOSED) {
+                (true, false) => {
+                    b.open_nodes.fetch_add(1, Ordering::AcqRel);
+                }
+                (false, true) => {
+                    b.open_nodes.fetch_sub(1, Ordering::AcqRel);
+                }
+                _ => {}
             }
         }
         if b.collectors.is_active() {
@@ -349,12 +446,7 @@ impl Target {
                         let left = b
                             .cool_down_us
                             .saturating_sub(now.saturating_sub(payload(s)));
-                        return Admit::Refuse(format!(
-                            "circuit breaker open for {}: refusing requests for {:?} more (cool_down {:?})",
-                            self.name,
-                            Duration::from_micros(left),
-                            b.config.cool_down
-                        ));
+                        return Admit::Refuse(Refusal::Open(Duration::from_micros(left)));
                     }
                     let half = next_word(s, HALF_OPEN, 0);
                     self.transition(b, s, half);
@@ -363,10 +455,7 @@ impl Target {
                 HALF_OPEN => {
                     let (in_flight, successes) = half_open_counts(s);
                     if in_flight >= u64::from(b.config.half_open_probes) {
-                        return Admit::Refuse(format!(
-                            "circuit breaker half-open for {}: {in_flight} probe(s) already in flight",
-                            self.name
-                        ));
+                        return Admit::Refuse(Refusal::Probing(in_flight));
                     }
                     let next = with_half_open_counts(s, in_flight + 1, successes);
                     match self.state.compare_exchange_weak(
@@ -498,6 +587,9 @@ pub(crate) struct Breakers {
     cool_down_us: u64,
     nodes: ArcSwap<HashMap<SocketAddr, Arc<Target>>>,
     tables: ArcSwap<HashMap<TableKey, Arc<Target>>>,
+    /// Nodes whose breaker is not closed (open or half-open): while it
+    /// is 0, admission looks at no node.
+    open_nodes: AtomicUsize,
 }
 
 impl fmt::Debug for Breakers {
@@ -524,6 +616,7 @@ impl Breakers {
             cool_down_us: micros(config.cool_down),
             nodes: ArcSwap::from_pointee(HashMap::new()),
             tables: ArcSwap::from_pointee(HashMap::new()),
+            open_nodes: AtomicUsize::new(0),
         }
     }
 
@@ -545,7 +638,7 @@ impl Breakers {
         if let Some(t) = self.nodes.load().get(&addr) {
             return t.clone();
         }
-        let fresh = Arc::new(Target::new(addr.to_string()));
+        let fresh = Arc::new(Target::new(addr.to_string(), Some(addr)));
         self.nodes.rcu(|map| {
             let mut next = HashMap::clone(map);
             next.entry(addr).or_insert_with(|| fresh.clone());
@@ -559,7 +652,7 @@ impl Breakers {
         if let Some(t) = self.tables.load().get(&key) {
             return t.clone();
         }
-        let fresh = Arc::new(Target::new(table_name(&key)));
+        let fresh = Arc::new(Target::new(table_name(&key), None));
         self.tables.rcu(|map| {
             let mut next = HashMap::clone(map);
             next.entry(key.clone()).or_insert_with(|| fresh.clone());
@@ -617,18 +710,85 @@ impl Breakers {
         let now = self.now();
         match node {
             Some(addr) => {
-                let target = self.node(addr);
-                let last = table.last_node.load();
-                if !last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &target)) {
-                    table.last_node.store(Some(target.clone()));
-                }
-                target.record(self, outcome, now);
+                self.node(addr).record(self, outcome, now);
                 if table_probe {
                     table.record(self, outcome, now);
                 }
             }
             None => table.record(self, outcome, now),
         }
+    }
+
+    /// Excludes from `req`'s route every node whose breaker refuses it
+    /// (open, or half-open with its probes in flight), so that the driver
+    /// sends it to another node; takes the probe place of at most one
+    /// node whose cool-down is over (that node stays in the route). `Err`
+    /// with the reasons when every node seen refuses.
+    fn route_around(
+        &self,
+        req: &mut CqlRequest,
+        now: u64,
+        probe: &mut Option<Probe>,
+    ) -> Result<(), String> {
+        /// Refusals named in the message, at most.
+        const LISTED: usize = 4;
+        let nodes = self.nodes.load();
+        let mut excluded = 0;
+        let mut refused = 0;
+        let mut reasons: [Option<(&str, Refusal)>; LISTED] = [None; LISTED];
+        for node in nodes.values() {
+            let Some(addr) = node.addr else { continue };
+            if kind(node.state.load(Ordering::Acquire)) == CLOSED {
+                continue;
+            }
+            if probe.is_none() {
+                match node.admit(self, now) {
+                    Admit::Pass => continue,
+                    Admit::Probe(generation) => {
+                        *probe = Some(Probe {
+                            target: node.clone(),
+                            generation,
+                        });
+                        continue;
+                    }
+                    Admit::Refuse(why) => {
+                        if let Some(slot) = reasons.get_mut(refused) {
+                            *slot = Some((&node.name, why));
+                        }
+                        refused += 1;
+                    }
+                }
+            }
+            // Refused, or this request holds another node's probe place
+            // already (one per request; this node waits for the next
+            // request): routed around.
+            req.meta_mut().route_hint().exclude(addr);
+            excluded += 1;
+        }
+        if excluded == 0 || excluded < nodes.len() {
+            return Ok(());
+        }
+        // Every node seen refuses (and none gave a probe place, so each
+        // said why).
+        let mut why = format!(
+            "circuit breaker open for every node seen ({excluded}), none left to send the request to: "
+        );
+        for (i, (name, refusal)) in reasons.iter().flatten().enumerate() {
+            if i > 0 {
+                why.push_str("; ");
+            }
+            match refusal {
+                Refusal::Open(left) => why.push_str(&format!("{name} open for {left:?} more")),
+                Refusal::Probing(n) => {
+                    why.push_str(&format!("{name} half-open, {n} probe(s) in flight"))
+                }
+            }
+        }
+        if refused > LISTED {
+            why.push_str(&format!("; and {} more", refused - LISTED));
+        }
+        why.push_str(&format!(" (cool_down {:?})", self.config.cool_down));
+        Err(why)
     }
 }
 
@@ -644,7 +804,8 @@ impl Drop for Probe {
     }
 }
 
-/// Refuses requests to failing targets; see the [module docs](self).
+/// Routes requests around failing nodes, and refuses them when no node
+/// is left; see the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct CircuitBreaker<S> {
     inner: S,
@@ -711,42 +872,39 @@ where
         let now = b.now();
         let table = b.table(req.meta());
         let mut probes: [Option<Probe>; 2] = [None, None];
-        let refusal = match table.admit(b, now) {
-            Admit::Refuse(why) => Some(why),
-            admitted => {
-                if let Admit::Probe(generation) = admitted {
-                    probes[0] = Some(Probe {
-                        target: table.clone(),
-                        generation,
-                    });
-                }
-                let last = table.last_node.load();
-                match last.as_ref().map(|node| (node, node.admit(b, now))) {
-                    Some((_, Admit::Refuse(why))) => Some(why),
-                    Some((node, Admit::Probe(generation))) => {
-                        probes[1] = Some(Probe {
-                            target: node.clone(),
-                            generation,
-                        });
-                        None
-                    }
-                    _ => None,
-                }
+        match table.admit(b, now) {
+            Admit::Refuse(why) => return refuse(b, &req, why.describe(&table.name, b)),
+            Admit::Probe(generation) => {
+                probes[0] = Some(Probe {
+                    target: table.clone(),
+                    generation,
+                });
             }
-        };
-        if let Some(why) = refusal {
-            drop(probes); // a table probe taken before the node refused
-            if b.collectors.is_active() {
-                b.collectors.emit(Event::Shed(ShedEvent {
-                    meta: req.meta(),
-                    reason: ErrorKind::CircuitOpen,
-                    layer: "breaker",
-                }));
-            }
-            return ResponseFuture::refused(CqlError::new(ErrorKind::CircuitOpen, why));
+            Admit::Pass => {}
+        }
+        // Some node's breaker is open: route around it (one load when none is).
+        let mut req = req;
+        if b.open_nodes.load(Ordering::Acquire) > 0
+            && let Err(why) = b.route_around(&mut req, now, &mut probes[1])
+        {
+            drop(probes); // a table probe taken before every node refused
+            return refuse(b, &req, why);
         }
         ResponseFuture::called(self.inner.call(req), self.breakers.clone(), table, probes)
     }
+}
+
+/// Refuses `req` with [`ErrorKind::CircuitOpen`] (not sent), emitting the
+/// shed event.
+fn refuse<F>(b: &Breakers, req: &CqlRequest, why: String) -> ResponseFuture<F> {
+    if b.collectors.is_active() {
+        b.collectors.emit(Event::Shed(ShedEvent {
+            meta: req.meta(),
+            reason: ErrorKind::CircuitOpen,
+            layer: "breaker",
+        }));
+    }
+    ResponseFuture::refused(CqlError::new(ErrorKind::CircuitOpen, why))
 }
 
 #[cfg(test)]
@@ -838,7 +996,56 @@ mod tests {
         }
     }
 
+    /// Several nodes behind one service, standing in for the driver: a
+    /// request goes to the first node its route hint does not exclude
+    /// (none left: `CircuitOpen`, as the driver service says then).
+    #[derive(Debug, Clone)]
+    struct Cluster {
+        nodes: Vec<Node>,
+        /// Requests that came with a route hint.
+        hinted: Arc<AtomicUsize>,
+    }
+
+    impl Cluster {
+        fn new(nodes: &[&Node]) -> Cluster {
+            Cluster {
+                nodes: nodes.iter().map(|&n| n.clone()).collect(),
+                hinted: Arc::new(AtomicUsize::new(0)),
+            }
+        }
+        fn hinted(&self) -> usize {
+            self.hinted.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Service<CqlRequest> for Cluster {
+        type Response = CqlResponse;
+        type Error = CqlError;
+        type Future = <Node as Service<CqlRequest>>::Future;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: CqlRequest) -> Self::Future {
+            let route = req.meta().route().cloned();
+            if route.is_some() {
+                self.hinted.fetch_add(1, Ordering::SeqCst);
+            }
+            let usable = self
+                .nodes
+                .iter_mut()
+                .find(|n| !route.as_ref().is_some_and(|h| h.excludes(n.addr)));
+            match usable {
+                Some(node) => node.call(req),
+                None => futures::future::Either::Left(std::future::ready(Err(CqlError::new(
+                    ErrorKind::CircuitOpen,
+                    "every node excluded",
+                )))),
+            }
+        }
+    }
+
     const NODE: &str = "10.0.0.1:9042";
+    const GOOD: &str = "10.0.0.2:9042";
 
     fn config() -> BreakerConfig {
         BreakerConfig {
@@ -864,12 +1071,36 @@ mod tests {
         CqlRequest::query("SELECT v FROM ks.users WHERE id = 1")
     }
 
+    /// One request through the breaker to `inner`; a request that does
+    /// not resolve within a minute (of the paused clock) fails the test.
+    async fn send_to<S>(layer: &CircuitBreakerLayer, inner: &S) -> Result<CqlResponse, ErrorKind>
+    where
+        S: Service<CqlRequest, Response = CqlResponse, Error = CqlError> + Clone,
+    {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            layer.layer(inner.clone()).oneshot(req()),
+        )
+        .await
+        .expect("a request hung")
+        .map_err(|e| e.kind())
+    }
+
     async fn send(layer: &CircuitBreakerLayer, node: &Node) -> Result<CqlResponse, ErrorKind> {
-        layer
-            .layer(node.clone())
-            .oneshot(req())
-            .await
-            .map_err(|e| e.kind())
+        send_to(layer, node).await
+    }
+
+    /// The node that served a request.
+    fn served_by(result: Result<CqlResponse, ErrorKind>) -> String {
+        match result {
+            Ok(resp) => resp.info().coordinator.unwrap().to_string(),
+            Err(kind) => panic!("not served: {kind:?}"),
+        }
+    }
+
+    /// The number of nodes not closed, as admission reads it.
+    fn open_nodes(layer: &CircuitBreakerLayer) -> usize {
+        layer.layer(()).breakers.open_nodes.load(Ordering::Acquire)
     }
 
     use BreakerState::{Closed, HalfOpen, Open};
@@ -895,11 +1126,14 @@ mod tests {
             *rec.transitions.lock().unwrap(),
             vec![(NODE.to_string(), Closed, Open)]
         );
-        // Refused without reaching the node.
+        assert_eq!(open_nodes(&layer), 1);
+        // The only node seen is open: no node is left, and the request is
+        // refused without reaching it.
         let calls = node.calls();
         let err = layer.layer(node.clone()).oneshot(req()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::CircuitOpen);
         assert!(err.was_not_sent());
+        assert!(err.message().contains("every node seen (1)"), "{err}");
         assert!(err.message().contains(NODE), "{err}");
         assert_eq!(node.calls(), calls);
         assert_eq!(
@@ -956,22 +1190,29 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn closed_open_half_open_closed() {
         let (layer, node, rec) = breaker(config());
+        let good = Node::new(GOOD);
+        assert!(send(&layer, &good).await.is_ok(), "both nodes seen");
+        // The stand-in driver sends to `node` first, unless it is excluded.
+        let cluster = Cluster::new(&[&node, &good]);
         node.set(Answer::Fail(ErrorKind::Overloaded));
         for _ in 0..4 {
-            let _ = send(&layer, &node).await;
+            let _ = send_to(&layer, &cluster).await;
         }
         assert_eq!(layer.state(NODE), Some(Open));
+        assert_eq!(open_nodes(&layer), 1);
+        // Open: requests go around it, to the healthy node.
         tokio::time::advance(Duration::from_millis(4999)).await;
-        assert_eq!(
-            send(&layer, &node).await.unwrap_err(),
-            ErrorKind::CircuitOpen
-        );
+        let calls = node.calls();
+        assert_eq!(served_by(send_to(&layer, &cluster).await), GOOD);
+        assert_eq!(node.calls(), calls);
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(layer.state(NODE), Some(HalfOpen), "the cool-down is over");
-        // The node recovered: the probe succeeds and closes the breaker.
+        // The node recovered: the probe is let through to it (it is not
+        // excluded) and closes the breaker.
         node.set(Answer::Ok);
-        assert!(send(&layer, &node).await.is_ok());
+        assert_eq!(served_by(send_to(&layer, &cluster).await), NODE);
         assert_eq!(layer.state(NODE), Some(Closed));
+        assert_eq!(open_nodes(&layer), 0);
         assert_eq!(
             *rec.transitions.lock().unwrap(),
             vec![
@@ -980,25 +1221,31 @@ mod tests {
                 (NODE.to_string(), HalfOpen, Closed),
             ]
         );
+        assert!(rec.sheds.lock().unwrap().is_empty(), "nothing refused");
         // Closed with an empty window: one failure does not re-open it.
         node.set(Answer::Fail(ErrorKind::Overloaded));
-        let _ = send(&layer, &node).await;
+        let _ = send_to(&layer, &cluster).await;
         assert_eq!(layer.state(NODE), Some(Closed));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_probe_reopens_for_another_cool_down() {
         let (layer, node, rec) = breaker(config());
+        let good = Node::new(GOOD);
+        assert!(send(&layer, &good).await.is_ok(), "both nodes seen");
+        let cluster = Cluster::new(&[&node, &good]);
         node.set(Answer::Fail(ErrorKind::ServerError));
         for _ in 0..4 {
-            let _ = send(&layer, &node).await;
+            let _ = send_to(&layer, &cluster).await;
         }
         tokio::time::advance(Duration::from_secs(5)).await;
+        // The probe goes to the node, which still fails.
         assert_eq!(
-            send(&layer, &node).await.unwrap_err(),
+            send_to(&layer, &cluster).await.unwrap_err(),
             ErrorKind::ServerError
         );
         assert_eq!(layer.state(NODE), Some(Open));
+        assert_eq!(open_nodes(&layer), 1);
         assert_eq!(
             rec.transitions.lock().unwrap()[1..],
             [
@@ -1007,13 +1254,12 @@ mod tests {
             ]
         );
         tokio::time::advance(Duration::from_secs(4)).await;
-        assert_eq!(
-            send(&layer, &node).await.unwrap_err(),
-            ErrorKind::CircuitOpen
-        );
+        let calls = node.calls();
+        assert_eq!(served_by(send_to(&layer, &cluster).await), GOOD);
+        assert_eq!(node.calls(), calls, "open again: routed around");
         tokio::time::advance(Duration::from_secs(1)).await;
         node.set(Answer::Ok);
-        assert!(send(&layer, &node).await.is_ok());
+        assert_eq!(served_by(send_to(&layer, &cluster).await), NODE);
         assert_eq!(layer.state(NODE), Some(Closed));
     }
 
@@ -1023,26 +1269,34 @@ mod tests {
             half_open_probes: 2,
             ..config()
         });
+        let good = Node::new(GOOD);
+        assert!(send(&layer, &good).await.is_ok(), "both nodes seen");
+        let cluster = Cluster::new(&[&node, &good]);
         node.set(Answer::Fail(ErrorKind::Unavailable));
         for _ in 0..4 {
-            let _ = send(&layer, &node).await;
+            let _ = send_to(&layer, &cluster).await;
         }
         tokio::time::advance(Duration::from_secs(5)).await;
+        // Two probes reach the node, which never answers them.
         node.set(Answer::Hang);
-        let mut svc = layer.layer(node.clone());
+        let mut svc = layer.layer(cluster.clone());
+        let calls = node.calls();
         let p1 = svc.ready().await.unwrap().call(req());
         let p2 = svc.ready().await.unwrap().call(req());
-        assert_eq!(
-            send(&layer, &node).await.unwrap_err(),
-            ErrorKind::CircuitOpen
-        );
+        assert_eq!(node.calls(), calls + 2);
+        assert_eq!(layer.state(NODE), Some(HalfOpen));
+        assert_eq!(open_nodes(&layer), 1, "half-open counts");
+        // Its probe places are taken: the next request goes around it.
+        assert_eq!(served_by(send_to(&layer, &cluster).await), GOOD);
+        assert_eq!(node.calls(), calls + 2);
         drop(p1);
         node.set(Answer::Ok);
         // The dropped probe's place is free: one success, then a second closes.
-        assert!(send(&layer, &node).await.is_ok());
+        assert_eq!(served_by(send_to(&layer, &cluster).await), NODE);
         assert_eq!(layer.state(NODE), Some(HalfOpen), "1 of 2 successes");
-        assert!(send(&layer, &node).await.is_ok());
+        assert_eq!(served_by(send_to(&layer, &cluster).await), NODE);
         assert_eq!(layer.state(NODE), Some(Closed));
+        assert_eq!(open_nodes(&layer), 0);
         drop(p2);
     }
 
@@ -1098,23 +1352,88 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_table_last_served_by_a_healthy_node_still_flows() {
-        let (layer, bad, _) = breaker(config());
-        let good = Node::new("10.0.0.2:9042");
+    async fn requests_go_around_an_open_node_to_a_healthy_one() {
+        let (layer, bad, rec) = breaker(config());
+        let good = Node::new(GOOD);
+        assert!(send(&layer, &good).await.is_ok());
         bad.set(Answer::Fail(ErrorKind::Overloaded));
         for _ in 0..4 {
             let _ = send(&layer, &bad).await;
         }
-        // ks.orders was last served by the healthy node.
+        assert_eq!(layer.state(NODE), Some(Open));
+        // ks.users was last served by the open node, ks.orders by the
+        // healthy one: both flow, to the healthy node.
+        let cluster = Cluster::new(&[&bad, &good]);
         let orders = || CqlRequest::query("SELECT v FROM ks.orders WHERE id = 1");
-        assert!(layer.layer(good.clone()).oneshot(orders()).await.is_ok());
-        assert!(layer.layer(good.clone()).oneshot(orders()).await.is_ok());
-        // ks.users was last served by the open node.
+        for _ in 0..10 {
+            assert_eq!(served_by(send_to(&layer, &cluster).await), GOOD);
+            let resp = layer.layer(cluster.clone()).oneshot(orders()).await;
+            assert_eq!(served_by(resp.map_err(|e| e.kind())), GOOD);
+        }
+        assert_eq!(bad.calls(), 4, "the open node got nothing more");
+        assert_eq!(cluster.hinted(), 20, "each request carried the exclusion");
+        assert!(rec.sheds.lock().unwrap().is_empty(), "nothing refused");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_route_hint_while_every_node_is_closed() {
+        let (layer, node, _) = breaker(config());
+        let good = Node::new(GOOD);
+        let cluster = Cluster::new(&[&node, &good]);
+        for _ in 0..20 {
+            assert!(send_to(&layer, &cluster).await.is_ok());
+        }
+        assert_eq!(cluster.hinted(), 0);
+        assert_eq!(open_nodes(&layer), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_node_seen_is_open_requests_are_refused() {
+        let (layer, a, rec) = breaker(config());
+        let b = Node::new(GOOD);
+        for node in [&a, &b] {
+            assert!(send(&layer, node).await.is_ok(), "both nodes seen");
+        }
+        for node in [&a, &b] {
+            node.set(Answer::Fail(ErrorKind::Overloaded));
+            for _ in 0..3 {
+                let _ = send(&layer, node).await;
+            }
+        }
         assert_eq!(
-            send(&layer, &good).await.unwrap_err(),
-            ErrorKind::CircuitOpen
+            (layer.state(NODE), layer.state(GOOD)),
+            (Some(Open), Some(Open))
         );
-        assert_eq!(good.calls(), 2);
+        assert_eq!(open_nodes(&layer), 2);
+        let cluster = Cluster::new(&[&a, &b]);
+        let err = tokio::time::timeout(
+            Duration::from_secs(60),
+            layer.layer(cluster.clone()).oneshot(req()),
+        )
+        .await
+        .expect("hung")
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CircuitOpen);
+        assert!(err.was_not_sent());
+        assert!(err.message().contains("every node seen (2)"), "{err}");
+        assert!(
+            err.message().contains(NODE) && err.message().contains(GOOD),
+            "{err}"
+        );
+        assert_eq!((a.calls(), b.calls()), (4, 4), "neither was sent it");
+        assert_eq!(
+            *rec.sheds.lock().unwrap(),
+            vec![(ErrorKind::CircuitOpen, "breaker")]
+        );
+        // After the cool-down a request is a probe of one node (the other
+        // is excluded from it) and is served again.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        a.set(Answer::Ok);
+        b.set(Answer::Ok);
+        assert!(send_to(&layer, &cluster).await.is_ok());
+        assert_eq!(open_nodes(&layer), 1, "the probed node closed");
+        assert!(send_to(&layer, &cluster).await.is_ok());
+        assert_eq!(a.calls() + b.calls(), 10, "both served by a node");
     }
 
     #[test]
