@@ -24,6 +24,11 @@
 //! - `opentelemetry` (default): [`otel::OtelCollector`], recording through
 //!   an OpenTelemetry `Meter` (`db.client.operation.duration`, ...).
 //!
+//! - `otel-spans` (off by default; part of the OTLP features):
+//!   [`spans::SpanCollector`], one OpenTelemetry client span per request
+//!   made through a `Tracer` from the request event, sampled before
+//!   anything is built: the cheap alternative to the tracing layers.
+//!
 //! - `otlp-grpc`, `otlp-http` (off by default; `otlp` enables both):
 //!   [`otlp::OtlpExporter`], OTLP export of the stack's metrics and spans
 //!   over gRPC or HTTP/protobuf, configured by a builder and the standard
@@ -39,5 +44,7 @@ pub mod otel;
 pub mod otlp;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
+#[cfg(feature = "otel-spans")]
+pub mod spans;
 #[cfg(feature = "stdout")]
 pub mod stdout;

@@ -44,6 +44,7 @@ use tower_cql_core::{
     Collector, Collectors, CqlError, CqlRequest, CqlResponse, DriverService, InMemoryCollector,
     Statement,
 };
+use tower_cql_exporters::spans::SpanCollector;
 use tower_cql_middleware::concurrency::ConcurrencyConfig;
 use tower_cql_middleware::rate_limit::{RateLimitConfig, RateLimitMode};
 use tower_cql_middleware::stack::StackBuilder;
@@ -102,6 +103,11 @@ struct Args {
     /// by default (code location, thread, target, busy/idle time).
     #[arg(long)]
     otel_lean: bool,
+    /// Make the spans with `tower_cql_exporters::spans::SpanCollector`
+    /// (one span per request through the tracer, sampled first) instead of
+    /// the tracing layers and `tracing-opentelemetry`.
+    #[arg(long)]
+    span_collector: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -368,7 +374,7 @@ async fn run(args: Args) -> Result<Value, String> {
     }
     let provider = provider.build();
     let tracer = provider.tracer("tower-cql-overhead");
-    if !args.no_otel {
+    if !args.no_otel && !args.span_collector {
         let lean = args.otel_lean;
         tracing_subscriber::registry()
             .with(
@@ -394,7 +400,13 @@ async fn run(args: Args) -> Result<Value, String> {
     let prepared = setup(&session, args.rows).await?;
 
     let memory = Arc::new(InMemoryCollector::new());
-    let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
+    let mut set = vec![memory.clone() as Arc<dyn Collector>];
+    if args.span_collector {
+        set.push(Arc::new(SpanCollector::new(
+            provider.tracer("tower-cql-overhead"),
+        )));
+    }
+    let collectors = Collectors::with(set);
     let driver = DriverService::builder(session.clone())
         .collectors(collectors.clone())
         .node_attribution(args.compare != Compare::DriverPlain)
@@ -420,7 +432,14 @@ async fn run(args: Args) -> Result<Value, String> {
         );
     }
     let bare = BoxCloneSyncService::new(driver.clone());
-    let stack = StackBuilder::new(collectors.clone())
+    let builder = StackBuilder::new(collectors.clone());
+    // with the span collector, the tracing layers are off (no double spans)
+    let builder = if args.span_collector {
+        builder.without_trace()
+    } else {
+        builder
+    };
+    let stack = builder
         .rate_limit(RateLimitConfig {
             // far above what 2 cores reach; 1e9/s with a burst of 1e6 once
             // refused a request ("next token is 5.2 ms away"): reported
@@ -549,6 +568,7 @@ async fn run(args: Args) -> Result<Value, String> {
         },
         "otel": !args.no_otel,
         "otel_lean": args.otel_lean,
+        "span_collector": args.span_collector,
         "trace_ratio": args.trace_ratio,
         "compare": format!("{:?}", args.compare),
         "concurrency": c,

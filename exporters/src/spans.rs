@@ -1,0 +1,223 @@
+//! A collector that makes one OpenTelemetry client span per request,
+//! straight through an OpenTelemetry `Tracer`, from the stack's request
+//! events: the cheap way to trace with sampling.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use opentelemetry::trace::TracerProvider as _;
+//! use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+//! use tower_cql_core::{Collector, Collectors};
+//! use tower_cql_exporters::spans::SpanCollector;
+//!
+//! let provider = SdkTracerProvider::builder()
+//!     .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.01))))
+//!     .build();
+//! let spans = SpanCollector::new(provider.tracer("tower-cql"));
+//! let collectors = Collectors::with([Arc::new(spans) as Arc<dyn Collector>]);
+//! // then: StackBuilder::new(collectors).without_trace().build(driver)
+//! # let _ = collectors;
+//! ```
+//!
+//! # Why, and when to use it instead of the tracing layers
+//! The stack's [`TraceLayer`](../../tower_cql_middleware/trace/index.html)
+//! makes `tracing` spans, which reach OpenTelemetry through
+//! `tracing-opentelemetry`. That path builds each span's attributes, its
+//! registry entry and its OpenTelemetry context whether or not the span
+//! will be sampled, and enters the span on every poll: measured here, about
+//! 18,000 instructions per span sampled or not (`BENCHMARKS.md`). This
+//! collector asks the tracer's sampler first, when the request has
+//! finished, and builds nothing for a request that is not sampled; a
+//! sampled request costs one span with its attributes.
+//!
+//! What it gives up: the span is made after the request, from its event,
+//! so it has no children (the driver's spans, per-attempt spans) and cannot
+//! be entered by your code; attempts, retries and hedged attempts are
+//! attributes (`cql.attempts`, `db.cassandra.speculative_execution_count`).
+//! Use it with the stack's tracing layers turned off
+//! ([`StackBuilder::without_trace`](../../tower_cql_middleware/stack/struct.StackBuilder.html)),
+//! or you get each request twice.
+//!
+//! # Parent
+//! The span's parent is the OpenTelemetry context current when the request
+//! ends: the span your code had entered around the call when
+//! `tracing-opentelemetry` activates contexts on entry (its default), or a
+//! context you attached yourself. Keep this collector out of
+//! [`Background`](tower_cql_core::collector::Background), which would run it
+//! on another thread, without that context.
+//!
+//! # Attributes
+//! The span is named by `db.query.summary` (`SELECT ks.users`), of kind
+//! client, with the same attributes as the tracing layer's request span:
+//! `db.system.name`, `db.namespace`, `db.collection.name`,
+//! `db.operation.name`, `db.query.summary`, `db.query.text` (sanitised, if
+//! on), `server.address`, `server.port`, `db.response.returned_rows`,
+//! `cql.attempts`, `db.cassandra.speculative_execution_count`,
+//! `db.cassandra.consistency_level`, `db.cassandra.idempotence`, and on
+//! failure `error.type`, `db.response.status_code` and an error status.
+//! Bound values are never recorded.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::SystemTime;
+
+use opentelemetry::trace::{Span as _, SpanBuilder, SpanKind, Status, Tracer};
+use opentelemetry::{Context, KeyValue};
+use tower_cql_core::event::RequestEvent;
+use tower_cql_core::{Collector, RequestMeta};
+
+/// One client span per request, made through `tracer`; see the
+/// [module docs](self).
+pub struct SpanCollector<T> {
+    tracer: T,
+    record_query_text: bool,
+}
+
+impl<T> fmt::Debug for SpanCollector<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpanCollector")
+            .field("record_query_text", &self.record_query_text)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> SpanCollector<T>
+where
+    T: Tracer + Send + Sync + 'static,
+    T::Span: Send + Sync + 'static,
+{
+    /// Spans through `tracer`, with `db.query.text` recorded (sanitised).
+    pub fn new(tracer: T) -> SpanCollector<T> {
+        SpanCollector {
+            tracer,
+            record_query_text: true,
+        }
+    }
+
+    /// Whether to record `db.query.text` (the statement with every literal
+    /// replaced by `?`). Default true.
+    pub fn record_query_text(mut self, on: bool) -> SpanCollector<T> {
+        self.record_query_text = on;
+        self
+    }
+}
+
+fn summary(m: &RequestMeta) -> String {
+    let mut s = String::from(m.kind().as_str());
+    match (m.keyspace(), m.table()) {
+        (Some(k), Some(t)) => {
+            s.push(' ');
+            s.push_str(k.as_str());
+            s.push('.');
+            s.push_str(t.as_str());
+        }
+        (None, Some(t)) => {
+            s.push(' ');
+            s.push_str(t.as_str());
+        }
+        _ => {}
+    }
+    s
+}
+
+/// `LocalQuorum` → `local_quorum` (the driver's consistency, by its name).
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    for (i, ch) in name.chars().enumerate() {
+        if ch.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(ch.to_ascii_lowercase());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+impl<T> Collector for SpanCollector<T>
+where
+    T: Tracer + Send + Sync + 'static,
+    T::Span: Send + Sync + 'static,
+{
+    fn on_request(&self, e: &RequestEvent<'_>) {
+        let end = SystemTime::now();
+        let start = end.checked_sub(e.duration).unwrap_or(end);
+        let parent = Context::current();
+        // The sampler decides here, before any attribute is built.
+        let mut span = self.tracer.build_with_context(
+            SpanBuilder::from_name(Cow::Borrowed("cql.request"))
+                .with_kind(SpanKind::Client)
+                .with_start_time(start),
+            &parent,
+        );
+        if !span.is_recording() {
+            return;
+        }
+        let m = e.meta;
+        let summary = summary(m);
+        let mut attrs = Vec::with_capacity(16);
+        attrs.push(KeyValue::new("db.system.name", "cassandra"));
+        if let Some(k) = m.keyspace() {
+            attrs.push(KeyValue::new("db.namespace", k.as_str().to_string()));
+        }
+        if let Some(t) = m.table() {
+            attrs.push(KeyValue::new("db.collection.name", t.as_str().to_string()));
+        }
+        attrs.push(KeyValue::new(
+            "db.operation.name",
+            m.operation()
+                .map_or_else(|| m.kind().as_str().to_string(), |o| o.as_str().to_string()),
+        ));
+        attrs.push(KeyValue::new("db.query.summary", summary.clone()));
+        if self.record_query_text
+            && let Some(text) = m.sanitized_text()
+        {
+            attrs.push(KeyValue::new("db.query.text", text.to_string()));
+        }
+        if let Some(c) = m.consistency() {
+            attrs.push(KeyValue::new(
+                "db.cassandra.consistency_level",
+                snake_case(&format!("{c:?}")),
+            ));
+        }
+        attrs.push(KeyValue::new("db.cassandra.idempotence", m.is_idempotent()));
+        if let Some(n) = e.node {
+            attrs.push(KeyValue::new("server.address", n.ip().to_string()));
+            attrs.push(KeyValue::new("server.port", i64::from(n.port())));
+        }
+        attrs.push(KeyValue::new("cql.attempts", i64::from(e.attempts.max(1))));
+        attrs.push(KeyValue::new(
+            "db.cassandra.speculative_execution_count",
+            i64::from(e.speculative),
+        ));
+        match e.error {
+            None => attrs.push(KeyValue::new("db.response.returned_rows", e.rows as i64)),
+            Some(err) => {
+                attrs.push(KeyValue::new("error.type", err.kind().as_str()));
+                if let Some(code) = err.kind().status_code() {
+                    attrs.push(KeyValue::new(
+                        "db.response.status_code",
+                        format!("{code:#06x}"),
+                    ));
+                }
+                span.set_status(Status::error(err.kind().as_str()));
+            }
+        }
+        span.update_name(summary);
+        span.set_attributes(attrs);
+        span.end_with_timestamp(end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snake_case;
+
+    #[test]
+    fn consistency_names_follow_the_conventions() {
+        assert_eq!(snake_case("LocalQuorum"), "local_quorum");
+        assert_eq!(snake_case("One"), "one");
+        assert_eq!(snake_case("EachQuorum"), "each_quorum");
+    }
+}

@@ -1,0 +1,260 @@
+//! The span collector end to end: queries through the stack (tracing
+//! layers off) against testkit with the real driver, spans read back from
+//! the SDK's in-memory exporter.
+
+use std::sync::Arc;
+
+use opentelemetry::trace::{
+    Span as _, SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _,
+};
+use opentelemetry::{Context, Value};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider, SpanData};
+use scylla::client::session_builder::SessionBuilder;
+use tower::{Service, ServiceExt};
+use tower_cql_core::{Collector, Collectors, CqlRequest, DriverService, Statement};
+use tower_cql_exporters::spans::SpanCollector;
+use tower_cql_middleware::stack::{BoxService, Stack, StackBuilder};
+use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
+
+struct Env {
+    cluster: Cluster,
+    stack: Stack<BoxService>,
+    exporter: InMemorySpanExporter,
+    provider: SdkTracerProvider,
+}
+
+async fn env(sampler: Sampler) -> Env {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .with_sampler(sampler)
+        .build();
+    let spans = SpanCollector::new(provider.tracer("tower-cql"));
+    let collectors = Collectors::with([Arc::new(spans) as Arc<dyn Collector>]);
+    let cluster = Cluster::start().await.unwrap();
+    let session = SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .build()
+        .await
+        .unwrap();
+    let driver = DriverService::builder(Arc::new(session))
+        .collectors(collectors.clone())
+        .build()
+        .unwrap();
+    let stack = StackBuilder::new(collectors)
+        .without_trace()
+        .build(driver)
+        .unwrap();
+    let mut svc = stack.service();
+    for cql in [
+        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        "CREATE TABLE ks.kv (k int PRIMARY KEY, v text)",
+    ] {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(CqlRequest::unprepared(cql))
+            .await
+            .unwrap();
+    }
+    Env {
+        cluster,
+        stack,
+        exporter,
+        provider,
+    }
+}
+
+fn attr<'a>(s: &'a SpanData, key: &str) -> Option<&'a Value> {
+    s.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| &kv.value)
+}
+
+fn str_attr(s: &SpanData, key: &str) -> Option<String> {
+    attr(s, key).map(|v| v.as_str().into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_span_per_request_with_the_db_conventions() {
+    let e = env(Sampler::AlwaysOn).await;
+    let mut svc = e.stack.service();
+    let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?")
+        .operation("get")
+        .keyspace("ks")
+        .table("kv")
+        .idempotent(true);
+    for _ in 0..5 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(get.request().bind((424_242i32,)))
+            .await
+            .unwrap();
+    }
+    // a failure: every attempt of a write overloaded (the retries too)
+    let _fault = e.cluster.faults().add(
+        Fault::error(InjectedError::Overloaded)
+            .opcode(Opcode::Execute)
+            .times(100),
+    );
+    let put = Statement::new("INSERT INTO ks.kv (k, v) VALUES (?, 'literal-717171')")
+        .operation("put")
+        .keyspace("ks")
+        .table("kv");
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(put.request().bind((424_242i32,)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind().as_str(), "overloaded");
+    e.provider.force_flush().unwrap();
+
+    let spans = e.exporter.get_finished_spans().unwrap();
+    // 2 DDL + 5 gets + 1 failed put: one span each, nothing else
+    assert_eq!(
+        spans.len(),
+        8,
+        "{:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    let gets: Vec<_> = spans.iter().filter(|s| s.name == "SELECT ks.kv").collect();
+    assert_eq!(gets.len(), 5);
+    for s in &gets {
+        assert_eq!(s.span_kind, SpanKind::Client);
+        assert_eq!(s.status, Status::Unset);
+        assert!(s.end_time >= s.start_time);
+        assert_eq!(str_attr(s, "db.system.name").as_deref(), Some("cassandra"));
+        assert_eq!(str_attr(s, "db.namespace").as_deref(), Some("ks"));
+        assert_eq!(str_attr(s, "db.collection.name").as_deref(), Some("kv"));
+        assert_eq!(str_attr(s, "db.operation.name").as_deref(), Some("get"));
+        assert_eq!(
+            str_attr(s, "db.query.summary").as_deref(),
+            Some("SELECT ks.kv")
+        );
+        assert_eq!(
+            str_attr(s, "db.query.text").as_deref(),
+            Some("SELECT v FROM ks.kv WHERE k = ?")
+        );
+        assert_eq!(str_attr(s, "server.address").as_deref(), Some("127.0.0.1"));
+        assert!(matches!(attr(s, "server.port"), Some(Value::I64(p)) if *p > 0));
+        assert_eq!(attr(s, "cql.attempts"), Some(&Value::I64(1)));
+        assert_eq!(attr(s, "db.response.returned_rows"), Some(&Value::I64(0)));
+        assert_eq!(
+            attr(s, "db.cassandra.idempotence"),
+            Some(&Value::Bool(true))
+        );
+        assert_eq!(attr(s, "error.type"), None);
+    }
+    let failed: Vec<_> = spans.iter().filter(|s| s.name == "INSERT ks.kv").collect();
+    assert_eq!(failed.len(), 1);
+    let f = failed[0];
+    assert!(matches!(&f.status, Status::Error { .. }), "{:?}", f.status);
+    assert_eq!(str_attr(f, "error.type").as_deref(), Some("overloaded"));
+    assert_eq!(
+        str_attr(f, "db.response.status_code").as_deref(),
+        Some("0x1001")
+    );
+    assert_eq!(
+        attr(f, "cql.attempts"),
+        Some(&Value::I64(i64::from(err.attempts())))
+    );
+    assert!(err.attempts() > 1, "retried first");
+    assert_eq!(
+        str_attr(f, "db.query.text").as_deref(),
+        Some("INSERT INTO ks.kv (k, v) VALUES (?, ?)"),
+        "literals are replaced"
+    );
+    // bound values and literals reach no attribute
+    for s in &spans {
+        for kv in &s.attributes {
+            let v = kv.value.as_str();
+            assert!(!v.contains("424242") && !v.contains("717171"), "{kv:?}");
+        }
+    }
+    e.stack.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_not_sampled_make_no_span() {
+    let e = env(Sampler::AlwaysOff).await;
+    let mut svc = e.stack.service();
+    let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?").idempotent(true);
+    for k in 0..20i32 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(get.request().bind((k,)))
+            .await
+            .unwrap();
+    }
+    e.provider.force_flush().unwrap();
+    assert_eq!(e.exporter.get_finished_spans().unwrap().len(), 0);
+
+    // a ratio sampler keeps about that share (200 requests at 0.5: 100 ± 7)
+    let e = env(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+        0.5,
+    ))))
+    .await;
+    let mut svc = e.stack.service();
+    for k in 0..200i32 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(get.request().bind((k,)))
+            .await
+            .unwrap();
+    }
+    e.provider.force_flush().unwrap();
+    let kept = e
+        .exporter
+        .get_finished_spans()
+        .unwrap()
+        .iter()
+        .filter(|s| s.name.starts_with("SELECT"))
+        .count();
+    assert!((50..=150).contains(&kept), "kept {kept} of 200");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_current_context_is_the_parent() {
+    let e = env(Sampler::ParentBased(Box::new(Sampler::AlwaysOff))).await;
+    let mut svc = e.stack.service();
+    let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?").idempotent(true);
+    // Without a parent, the parent-based sampler's root decision (off) holds.
+    svc.ready()
+        .await
+        .unwrap()
+        .call(get.request().bind((1i32,)))
+        .await
+        .unwrap();
+    // Under a sampled parent (a span of the caller's, made sampled by hand
+    // through a second, always-on tracer), the request's span is kept and
+    // is its child.
+    let always = SdkTracerProvider::builder()
+        .with_simple_exporter(e.exporter.clone())
+        .build();
+    let handler = always.tracer("app").start("handler");
+    let handler_cx = handler.span_context().clone();
+    let cx = Context::current_with_span(handler);
+    {
+        let _attached = cx.clone().attach();
+        svc.ready()
+            .await
+            .unwrap()
+            .call(get.request().bind((2i32,)))
+            .await
+            .unwrap();
+    }
+    cx.span().end();
+    e.provider.force_flush().unwrap();
+    always.force_flush().unwrap();
+    let spans = e.exporter.get_finished_spans().unwrap();
+    let cql: Vec<_> = spans.iter().filter(|s| s.name != "handler").collect();
+    assert_eq!(cql.len(), 1, "only the request under the sampled parent");
+    assert_eq!(cql[0].parent_span_id, handler_cx.span_id());
+    assert_eq!(cql[0].span_context.trace_id(), handler_cx.trace_id());
+}
