@@ -23,7 +23,9 @@ use tower_cql_core::{
     Collector, Collectors, CqlError, CqlRequest, CqlResponse, ExecutionInfo, InMemoryCollector,
     Statement,
 };
+use tower_cql_middleware::concurrency::ConcurrencyConfig;
 use tower_cql_middleware::metrics::{MetricsConfig, MetricsLayer};
+use tower_cql_middleware::rate_limit::{RateLimitConfig, RateLimitMode};
 use tower_cql_middleware::stack::StackBuilder;
 use tower_cql_middleware::trace::{TraceConfig, TraceLayer};
 use tower_layer::Layer;
@@ -38,6 +40,9 @@ enum Case {
     Trace,
     /// The default stack into an in-memory collector, no subscriber.
     Stack,
+    /// The default stack with a rate limit and a concurrency limit that
+    /// never bind (the `overhead` bench's stack), no subscriber.
+    Limits,
 }
 
 /// Requests through one layer or the stack, for callgrind.
@@ -50,6 +55,10 @@ struct Args {
     /// Requests.
     #[arg(long, default_value_t = 10_000)]
     iters: u64,
+    /// Clone the service for each request (`svc.clone().oneshot(req)`, the
+    /// usual pattern in handlers), as the `overhead` bench does.
+    #[arg(long)]
+    clone_per_request: bool,
 }
 
 fn answer(_: CqlRequest) -> std::future::Ready<Result<CqlResponse, CqlError>> {
@@ -60,9 +69,9 @@ fn answer(_: CqlRequest) -> std::future::Ready<Result<CqlResponse, CqlError>> {
     })))
 }
 
-fn drive<S>(mut svc: S, iters: u64)
+fn drive<S>(mut svc: S, iters: u64, clone: bool)
 where
-    S: Service<CqlRequest, Response = CqlResponse, Error = CqlError>,
+    S: Service<CqlRequest, Response = CqlResponse, Error = CqlError> + Clone,
 {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -74,7 +83,11 @@ where
     rt.block_on(async {
         for i in 0..iters {
             let req = get.request().bind((i as i32,));
-            let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+            let resp = if clone {
+                svc.clone().oneshot(req).await.unwrap()
+            } else {
+                svc.ready().await.unwrap().call(req).await.unwrap()
+            };
             std::hint::black_box(resp);
         }
     });
@@ -86,18 +99,37 @@ fn main() {
     let collectors = Collectors::with([memory as Arc<dyn Collector>]);
     let noop = service_fn(answer);
     match args.case {
-        Case::Noop => drive(noop, args.iters),
+        Case::Noop => drive(noop, args.iters, args.clone_per_request),
         Case::Metrics => drive(
             MetricsLayer::new(MetricsConfig::default(), collectors)
                 .expect("config")
                 .layer(noop),
             args.iters,
+            args.clone_per_request,
         ),
         Case::Trace => drive(
             TraceLayer::new(TraceConfig::default())
                 .expect("config")
                 .layer(noop),
             args.iters,
+            args.clone_per_request,
+        ),
+        Case::Limits => drive(
+            StackBuilder::new(collectors)
+                .rate_limit(RateLimitConfig {
+                    rate_per_second: 1e7,
+                    burst: 100_000,
+                    mode: RateLimitMode::Reject,
+                })
+                .concurrency(ConcurrencyConfig {
+                    max_in_flight: 256,
+                    ..ConcurrencyConfig::default()
+                })
+                .build(noop)
+                .expect("config")
+                .service(),
+            args.iters,
+            args.clone_per_request,
         ),
         Case::Stack => drive(
             StackBuilder::new(collectors)
@@ -105,6 +137,7 @@ fn main() {
                 .expect("config")
                 .service(),
             args.iters,
+            args.clone_per_request,
         ),
     }
 }
