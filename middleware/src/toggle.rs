@@ -38,10 +38,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Unlike [`OptionalLayer`](crate::optional::OptionalLayer), whose service
-//! type holds both the layer's service and the inner one (so it doubles
-//! with each optional level), a [`Toggle`]'s service type is the layer's
-//! own.
+//! [`StackBuilder`](crate::stack::StackBuilder) builds its stack this way:
+//! every layer is present in the type, the disabled ones as
+//! pass-throughs, so the stack is one concrete type behind a single box
+//! whatever is switched on. Unlike
+//! [`OptionalLayer`](crate::optional::OptionalLayer), whose service type
+//! holds both the layer's service and the inner one (so it doubles with
+//! each optional level), a [`Toggle`]'s service type is the layer's own.
 
 use tower_layer::Layer;
 
