@@ -25,4 +25,5 @@ pub mod slow_log;
 pub mod stack;
 pub mod stack_config;
 pub mod timeout;
+pub mod toggle;
 pub mod trace;

@@ -1,9 +1,9 @@
-//! A layer that may be switched off without changing the stack's type and
-//! without boxing: `Optional<L>` wraps when configured, passes through when
-//! not. Good for a few layers composed by hand; the type holds the inner
-//! service twice, so it doubles with each optional level — which is why
-//! [`StackBuilder`](crate::stack::StackBuilder) boxes its enabled layers
-//! instead.
+//! A layer that may be switched off without boxing, for any layer:
+//! `Optional<L>` wraps when configured, passes through when not. Its type
+//! holds the inner service twice, so it doubles with each optional level;
+//! for this crate's layers prefer [`Toggle`](crate::toggle::Toggle), whose
+//! service type is the layer's own (each layer has a pass-through mode),
+//! as [`StackBuilder`](crate::stack::StackBuilder) does.
 //!
 //! ```
 //! use tower::{Service, ServiceExt, service_fn};

@@ -43,7 +43,12 @@
 //! [`StackBuilder::build`], and outermost by wrapping [`Stack::service`].
 //! To drop a layer use its `without_*` method; to use another order, take
 //! the validated layers from [`StackBuilder::layers`] and compose them with
-//! `tower::ServiceBuilder` yourself.
+//! `tower::ServiceBuilder` yourself ([`Toggle`] keeps one service type
+//! whether a layer is on or off).
+//!
+//! The built stack is one concrete type ([`StackService`]) behind one
+//! box, whatever is switched on: a layer that is off is there as its
+//! pass-through, which only forwards to the layer inside it.
 
 use std::fmt;
 
@@ -51,18 +56,20 @@ use tower::util::BoxCloneSyncService;
 use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, Gate, GateService, GateState};
 use tower_layer::Layer;
 
-use crate::breaker::{BreakerConfig, CircuitBreakerLayer};
+use crate::breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer};
 use crate::concurrency::{
-    AdaptiveConcurrencyLayer, AdaptiveConfig, ConcurrencyConfig, ConcurrencyLimitLayer,
+    AdaptiveConcurrency, AdaptiveConcurrencyLayer, AdaptiveConfig, ConcurrencyConfig,
+    ConcurrencyLimit, ConcurrencyLimitLayer,
 };
 use crate::config::ConfigError;
-use crate::hedge::{HedgeConfig, HedgeLayer};
-use crate::load_shed::LoadShedLayer;
-use crate::metrics::{MetricsConfig, MetricsLayer};
-use crate::rate_limit::{RateLimitConfig, RateLimitLayer};
-use crate::retry::{RetryConfig, RetryLayer};
-use crate::timeout::{TimeoutConfig, TimeoutLayer};
-use crate::trace::{AttemptTraceLayer, TraceConfig, TraceLayer};
+use crate::hedge::{Hedge, HedgeConfig, HedgeLayer};
+use crate::load_shed::{LoadShed, LoadShedLayer};
+use crate::metrics::{Metrics, MetricsConfig, MetricsLayer};
+use crate::rate_limit::{RateLimit, RateLimitConfig, RateLimitLayer};
+use crate::retry::{Retry, RetryConfig, RetryLayer};
+use crate::timeout::{Timeout, TimeoutConfig, TimeoutLayer};
+use crate::toggle::Toggle;
+use crate::trace::{AttemptTrace, AttemptTraceLayer, Trace, TraceConfig, TraceLayer};
 
 /// Every layer of the default stack, validated; `None` when switched off.
 #[derive(Debug, Clone)]
@@ -257,13 +264,13 @@ impl StackBuilder {
     /// to insert them innermost, and wrap [`Stack::service`] to insert them
     /// outermost).
     ///
-    /// The default set of layers (tracing, metrics, retry, attempt tracing,
-    /// timeout; nothing else) is built as one concrete type behind a single
-    /// [`BoxService`]. Any other set wraps each enabled layer behind its own
-    /// [`BoxService`]: one small allocation per enabled layer per request,
-    /// in exchange for a stack type that stays small and compiles fast
-    /// whatever is switched on (nesting every layer as an optional type
-    /// makes the type double at each level).
+    /// Whatever is switched on, the stack is one concrete type,
+    /// [`StackService<S>`], behind a single [`BoxService`]: a layer that
+    /// is off is present in the type as its pass-through (see
+    /// [`toggle`](crate::toggle)), which only forwards to the layer inside
+    /// it. No layer is boxed on its own, so a request costs one allocation
+    /// for the whole stack, and a layer that is off costs neither a clock
+    /// read, an atomic, an allocation, an event nor a span.
     pub fn build<S>(self, driver: S) -> Result<Stack<BoxService>, ConfigError>
     where
         S: tower_service::Service<CqlRequest, Response = CqlResponse, Error = CqlError>
@@ -275,69 +282,48 @@ impl StackBuilder {
     {
         let l = self.layers()?;
         let gate = Gate::with_collectors(self.collectors.clone());
-        // The default shape (what `StackBuilder::new` turns on) is one
-        // concrete type behind one box: no allocation per layer per request,
-        // and `Retry` clones a plain service per request instead of a box.
-        // Other shapes box each enabled layer (see below).
-        let l = match l {
-            StackLayers {
-                trace: Some(trace),
-                metrics: Some(metrics),
-                load_shed: None,
-                breaker: None,
-                rate_limit: None,
-                concurrency: None,
-                adaptive: None,
-                retry: Some(retry),
-                hedge: None,
-                attempt_trace: Some(attempt_trace),
-                timeout: Some(timeout),
-            } => {
-                let s = trace
-                    .layer(metrics.layer(retry.layer(attempt_trace.layer(timeout.layer(driver)))));
-                return Ok(Stack {
-                    service: gate.wrap(BoxService::new(s)),
-                    gate,
-                });
-            }
-            other => other,
-        };
-        fn wrap<L>(layer: Option<L>, s: BoxService) -> BoxService
-        where
-            L: Layer<BoxService>,
-            L::Service: tower_service::Service<CqlRequest, Response = CqlResponse, Error = CqlError>
-                + Clone
-                + Send
-                + Sync
-                + 'static,
-            <L::Service as tower_service::Service<CqlRequest>>::Future: Send + 'static,
-        {
-            match layer {
-                Some(l) => BoxService::new(l.layer(s)),
-                None => s,
-            }
-        }
-        let s = BoxService::new(driver);
-        let s = wrap(l.timeout, s);
-        let s = wrap(l.attempt_trace, s);
-        let s = wrap(l.hedge, s);
-        let s = wrap(l.retry, s);
-        let s = wrap(l.adaptive, s);
-        let s = wrap(l.concurrency, s);
-        let s = wrap(l.rate_limit, s);
-        let s = wrap(l.breaker, s);
-        let s = wrap(l.load_shed, s);
-        let s = wrap(l.metrics, s);
-        let s = wrap(l.trace, s);
+        let s = l.service(driver);
         Ok(Stack {
-            service: gate.wrap(s),
+            service: gate.wrap(BoxService::new(s)),
             gate,
         })
     }
 }
 
+impl StackLayers {
+    /// The layers around `inner` in the stack's order, each layer that is
+    /// `None` as its pass-through: what [`StackBuilder::build`] boxes.
+    pub fn service<S>(self, inner: S) -> StackService<S> {
+        let s = Toggle::new(self.timeout).layer(inner);
+        let s = Toggle::new(self.attempt_trace).layer(s);
+        let s = Toggle::new(self.hedge).layer(s);
+        let s = Toggle::new(self.retry).layer(s);
+        let s = Toggle::new(self.adaptive).layer(s);
+        let s = Toggle::new(self.concurrency).layer(s);
+        let s = Toggle::new(self.rate_limit).layer(s);
+        let s = Toggle::new(self.breaker).layer(s);
+        let s = Toggle::new(self.load_shed).layer(s);
+        let s = Toggle::new(self.metrics).layer(s);
+        Toggle::new(self.trace).layer(s)
+    }
+}
+
+/// The type of the stack around a service `S`, every layer present
+/// (those switched off as pass-throughs), outermost first.
+pub type StackService<S> = Trace<
+    Metrics<
+        LoadShed<
+            CircuitBreaker<
+                RateLimit<
+                    ConcurrencyLimit<AdaptiveConcurrency<Retry<Hedge<AttemptTrace<Timeout<S>>>>>>,
+                >,
+            >,
+        >,
+    >,
+>;
+
 /// A type-erased, cloneable, `Send + Sync` service of CQL requests: what
-/// each enabled layer of a built stack is wrapped in.
+/// a built stack is wrapped in, once.
 pub type BoxService = BoxCloneSyncService<CqlRequest, CqlResponse, CqlError>;
 
 /// A built stack: the service (clone it per task) and its shutdown gate.

@@ -173,3 +173,500 @@ async fn the_builder_validates_and_takes_user_layers() {
         .await
         .unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// Every layer subset is one stack type: the layers switched off are
+// pass-throughs. A stand-in driver (no cluster) and a paused clock.
+
+mod subsets {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use tower::{Service, ServiceExt};
+    use tower_cql_core::event::{
+        AttemptEvent, BreakerEvent, LimitEvent, RequestEvent, RetryEvent, ShedEvent, ThrottleEvent,
+    };
+    use tower_cql_core::{
+        Collector, Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind, ExecutionInfo,
+    };
+    use tower_cql_middleware::breaker::BreakerConfig;
+    use tower_cql_middleware::concurrency::{AdaptiveConfig, ConcurrencyConfig};
+    use tower_cql_middleware::hedge::{HedgeConfig, HedgeDelay};
+    use tower_cql_middleware::rate_limit::{RateLimitConfig, RateLimitMode};
+    use tower_cql_middleware::retry::{Backoff, RetryConfig};
+    use tower_cql_middleware::stack::StackBuilder;
+    use tower_cql_middleware::timeout::TimeoutConfig;
+    use tower_cql_middleware::trace::TraceConfig;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A stand-in for the driver service: call `n` takes `delays[n]` (the
+    /// last delay for every later call) and fails with `Overloaded` while
+    /// `failures` remain. It emits nothing.
+    #[derive(Clone)]
+    struct Driver {
+        calls: Arc<AtomicU32>,
+        failures: Arc<AtomicU32>,
+        delays: Arc<Vec<Duration>>,
+    }
+
+    impl Driver {
+        fn new(failures: u32, delays: &[Duration]) -> Driver {
+            Driver {
+                calls: Arc::new(AtomicU32::new(0)),
+                failures: Arc::new(AtomicU32::new(failures)),
+                delays: Arc::new(delays.to_vec()),
+            }
+        }
+
+        fn calls(&self) -> u32 {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    type DriverFuture = Pin<Box<dyn Future<Output = Result<CqlResponse, CqlError>> + Send>>;
+
+    impl Service<CqlRequest> for Driver {
+        type Response = CqlResponse;
+        type Error = CqlError;
+        type Future = DriverFuture;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _req: CqlRequest) -> DriverFuture {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) as usize;
+            let fail = self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| f.checked_sub(1))
+                .is_ok();
+            let delay = self.delays[n.min(self.delays.len() - 1)];
+            Box::pin(async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if fail {
+                    Err(CqlError::new(ErrorKind::Overloaded, "injected"))
+                } else {
+                    Ok(CqlResponse::synthetic(ExecutionInfo {
+                        attempts: 1,
+                        ..ExecutionInfo::default()
+                    }))
+                }
+            })
+        }
+    }
+
+    /// Counts every event, by kind (and limiter or layer where it has one).
+    #[derive(Default)]
+    struct Counting {
+        request: AtomicU64,
+        attempt: AtomicU64,
+        retry: AtomicU64,
+        throttle_rate: AtomicU64,
+        throttle_limit: AtomicU64,
+        shed_load_shed: AtomicU64,
+        shed_other: AtomicU64,
+        breaker: AtomicU64,
+        limit: AtomicU64,
+    }
+
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::SeqCst)
+    }
+
+    impl Collector for Counting {
+        fn on_request(&self, _: &RequestEvent<'_>) {
+            bump(&self.request);
+        }
+        fn on_attempt(&self, _: &AttemptEvent<'_>) {
+            bump(&self.attempt);
+        }
+        fn on_retry(&self, _: &RetryEvent<'_>) {
+            bump(&self.retry);
+        }
+        fn on_throttle(&self, e: &ThrottleEvent<'_>) {
+            match e.limiter {
+                "rate_limit" => bump(&self.throttle_rate),
+                _ => bump(&self.throttle_limit),
+            }
+        }
+        fn on_shed(&self, e: &ShedEvent<'_>) {
+            match e.layer {
+                "load_shed" => bump(&self.shed_load_shed),
+                _ => bump(&self.shed_other),
+            }
+        }
+        fn on_breaker(&self, _: &BreakerEvent<'_>) {
+            bump(&self.breaker);
+        }
+        fn on_limit(&self, _: &LimitEvent) {
+            bump(&self.limit);
+        }
+    }
+
+    impl Counting {
+        fn total(&self) -> u64 {
+            [
+                &self.request,
+                &self.attempt,
+                &self.retry,
+                &self.throttle_rate,
+                &self.throttle_limit,
+                &self.shed_load_shed,
+                &self.shed_other,
+                &self.breaker,
+                &self.limit,
+            ]
+            .into_iter()
+            .map(get)
+            .sum()
+        }
+    }
+
+    /// Counts the spans made.
+    struct SpanCount(Arc<AtomicU64>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanCount {
+        fn on_new_span(
+            &self,
+            _: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Limit {
+        None,
+        Fixed,
+        Adaptive,
+    }
+
+    /// Which layers are on.
+    #[derive(Debug, Clone, Copy)]
+    struct Shape {
+        trace: bool,
+        metrics: bool,
+        breaker: bool,
+        rate_limit: bool,
+        limit: Limit,
+        shed: bool,
+        retry: bool,
+        hedge: bool,
+        timeout: bool,
+    }
+
+    const ALL_OFF: Shape = Shape {
+        trace: false,
+        metrics: false,
+        breaker: false,
+        rate_limit: false,
+        limit: Limit::None,
+        shed: false,
+        retry: false,
+        hedge: false,
+        timeout: false,
+    };
+
+    const ALL_ON: Shape = Shape {
+        trace: true,
+        metrics: true,
+        breaker: true,
+        rate_limit: true,
+        limit: Limit::Fixed,
+        shed: true,
+        retry: true,
+        hedge: true,
+        timeout: true,
+    };
+
+    impl Shape {
+        fn builder(self, collectors: Collectors) -> StackBuilder {
+            let mut b = StackBuilder::new(collectors)
+                .without_trace()
+                .without_metrics()
+                .without_retry()
+                .without_timeout();
+            if self.trace {
+                b = b.trace(TraceConfig::default());
+            }
+            if self.metrics {
+                b = b.metrics(Default::default());
+            }
+            if self.breaker {
+                b = b.breaker(BreakerConfig::default());
+            }
+            if self.rate_limit {
+                b = b.rate_limit(RateLimitConfig {
+                    rate_per_second: 1.0,
+                    burst: 2,
+                    mode: RateLimitMode::Reject,
+                });
+            }
+            match self.limit {
+                Limit::None => {}
+                Limit::Fixed => {
+                    b = b.concurrency(ConcurrencyConfig {
+                        max_in_flight: 1,
+                        max_queue: 8,
+                        queue_timeout: None,
+                    })
+                }
+                Limit::Adaptive => {
+                    b = b.adaptive(AdaptiveConfig {
+                        initial: 1,
+                        min: 1,
+                        max: 1,
+                        max_queue: 8,
+                        queue_timeout: None,
+                        ..AdaptiveConfig::default()
+                    })
+                }
+            }
+            b = b.load_shed(self.shed);
+            if self.retry {
+                b = b.retry(RetryConfig {
+                    max_attempts: 3,
+                    backoff: Backoff { base: MS, max: MS },
+                    ..RetryConfig::default()
+                });
+            }
+            if self.hedge {
+                b = b.hedge(HedgeConfig {
+                    delay: HedgeDelay::Fixed(20 * MS),
+                    max_speculative: 1,
+                });
+            }
+            if self.timeout {
+                b = b.timeout(TimeoutConfig {
+                    per_attempt: Some(Duration::from_secs(2)),
+                    honour_deadline: true,
+                });
+            }
+            b
+        }
+    }
+
+    /// The shapes tried: none, all (with either limit), the default, each
+    /// layer alone, and all but each one.
+    fn shapes() -> Vec<Shape> {
+        let mut shapes = vec![
+            ALL_OFF,
+            ALL_ON,
+            Shape {
+                limit: Limit::Adaptive,
+                ..ALL_ON
+            },
+            Shape {
+                trace: true,
+                metrics: true,
+                retry: true,
+                timeout: true,
+                ..ALL_OFF
+            },
+        ];
+        type Toggle = fn(&mut Shape, bool);
+        let toggles: [Toggle; 8] = [
+            |s, on| s.trace = on,
+            |s, on| s.metrics = on,
+            |s, on| s.breaker = on,
+            |s, on| s.rate_limit = on,
+            |s, on| s.retry = on,
+            |s, on| s.hedge = on,
+            |s, on| s.timeout = on,
+            |s, on| {
+                s.limit = if on { Limit::Fixed } else { Limit::None };
+                s.shed = on;
+            },
+        ];
+        for toggle in toggles {
+            let mut alone = ALL_OFF;
+            toggle(&mut alone, true);
+            let mut all_but = ALL_ON;
+            toggle(&mut all_but, false);
+            shapes.extend([alone, all_but]);
+        }
+        // a limit without shedding, alone and under everything else
+        shapes.push(Shape {
+            limit: Limit::Adaptive,
+            ..ALL_OFF
+        });
+        shapes.push(Shape {
+            shed: false,
+            ..ALL_ON
+        });
+        shapes
+    }
+
+    fn read() -> CqlRequest {
+        CqlRequest::query("SELECT v FROM ks.kv WHERE k = ?")
+            .bind((1i32,))
+            .idempotent(true)
+    }
+
+    fn write() -> CqlRequest {
+        CqlRequest::query("INSERT INTO ks.kv (k, v) VALUES (?, ?)").bind((1i32, "v"))
+    }
+
+    /// Runs every scenario against a stack of `shape` and checks what it
+    /// did against what the layers switched on should do.
+    async fn exercise(shape: Shape, collectors: &Collectors) {
+        let build = |driver: &Driver| {
+            shape
+                .builder(collectors.clone())
+                .build(driver.clone())
+                .unwrap_or_else(|e| panic!("{shape:?}: {e}"))
+        };
+
+        // a binding rate limit refuses the third request at once
+        let driver = Driver::new(0, &[Duration::ZERO]);
+        let stack = build(&driver);
+        let mut svc = stack.service();
+        for i in 0..3 {
+            let out = svc.ready().await.unwrap().call(read()).await;
+            match out {
+                Err(e) if shape.rate_limit && i == 2 => {
+                    assert_eq!(e.kind(), ErrorKind::RateLimited, "{shape:?}")
+                }
+                out => assert!(out.is_ok(), "{shape:?}: request {i}: {out:?}"),
+            }
+        }
+        let calls = if shape.rate_limit { 2 } else { 3 };
+        assert_eq!(driver.calls(), calls, "{shape:?}");
+
+        // retries: overloaded twice, then served
+        let driver = Driver::new(2, &[Duration::ZERO]);
+        let stack = build(&driver);
+        let out = stack.service().oneshot(write()).await;
+        if shape.retry {
+            let resp = out.unwrap_or_else(|e| panic!("{shape:?}: {e}"));
+            assert_eq!(resp.info().attempts, 3, "{shape:?}");
+            assert_eq!(driver.calls(), 3, "{shape:?}");
+        } else {
+            let err = out.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Overloaded, "{shape:?}");
+            assert_eq!(err.attempts(), 1, "{shape:?}");
+            assert_eq!(driver.calls(), 1, "{shape:?}");
+        }
+
+        // the per-attempt timeout (2 s) against a 10 s write
+        let driver = Driver::new(0, &[Duration::from_secs(10)]);
+        let stack = build(&driver);
+        let out = stack.service().oneshot(write()).await;
+        if shape.timeout {
+            assert_eq!(
+                out.unwrap_err().kind(),
+                ErrorKind::ClientTimeout,
+                "{shape:?}"
+            );
+        } else {
+            assert!(out.is_ok(), "{shape:?}: {out:?}");
+        }
+
+        // hedging: the first attempt is stuck for a second, the next is quick
+        let driver = Driver::new(0, &[Duration::from_secs(1), 2 * MS]);
+        let stack = build(&driver);
+        let started = tokio::time::Instant::now();
+        let resp = stack.service().oneshot(read()).await.unwrap();
+        if shape.hedge {
+            assert_eq!(resp.info().speculative, 1, "{shape:?}");
+            assert!(started.elapsed() < 100 * MS, "{shape:?}");
+        } else {
+            assert_eq!(resp.info().speculative, 0, "{shape:?}");
+            assert!(started.elapsed() >= Duration::from_secs(1), "{shape:?}");
+        }
+
+        // a limit of one in flight: a second request waits for the first,
+        // or is shed at once under load shedding
+        let driver = Driver::new(0, &[Duration::from_secs(1)]);
+        let stack = build(&driver);
+        let first = tokio::spawn(stack.service().oneshot(write()));
+        tokio::time::sleep(10 * MS).await;
+        let started = tokio::time::Instant::now();
+        let second = stack.service().oneshot(write()).await;
+        let limited = shape.limit != Limit::None;
+        if limited && shape.shed {
+            assert_eq!(second.unwrap_err().kind(), ErrorKind::Shed, "{shape:?}");
+        } else {
+            assert!(second.is_ok(), "{shape:?}: {second:?}");
+            let waited = started.elapsed() >= Duration::from_secs(1) + 900 * MS;
+            assert_eq!(waited, limited, "{shape:?}: {:?}", started.elapsed());
+        }
+        assert!(first.await.unwrap().is_ok(), "{shape:?}");
+        stack.close().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_layer_subset_builds_and_behaves() {
+        let shapes = shapes();
+        assert!(shapes.len() > 16);
+        for shape in shapes {
+            exercise(shape, &Collectors::new()).await;
+        }
+        // a fixed and an adaptive limit together, or shedding without a
+        // limit, are still refused
+        let both = Shape {
+            limit: Limit::Fixed,
+            ..ALL_OFF
+        }
+        .builder(Collectors::new())
+        .adaptive(AdaptiveConfig::default());
+        assert!(both.build(Driver::new(0, &[MS])).is_err());
+        let shed_alone = Shape {
+            shed: true,
+            ..ALL_OFF
+        };
+        assert!(
+            shed_alone
+                .builder(Collectors::new())
+                .build(Driver::new(0, &[MS]))
+                .is_err()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_layer_switched_off_emits_no_event_and_opens_no_span() {
+        for shape in shapes() {
+            let counting = Arc::new(Counting::default());
+            let collectors = Collectors::with([counting.clone() as Arc<dyn Collector>]);
+            let spans = Arc::new(AtomicU64::new(0));
+            let subscriber = tracing_subscriber::registry().with(SpanCount(spans.clone()));
+            let guard = tracing::subscriber::set_default(subscriber);
+            exercise(shape, &collectors).await;
+            drop(guard);
+
+            let c = &*counting;
+            let limited = shape.limit != Limit::None;
+            let expect = |what: &str, count: u64, on: bool| {
+                assert_eq!(count > 0, on, "{shape:?}: {what} events: {count}");
+            };
+            expect("request", get(&c.request), shape.metrics);
+            expect("retry", get(&c.retry), shape.retry);
+            expect("rate limit", get(&c.throttle_rate), shape.rate_limit);
+            expect("load shed", get(&c.shed_load_shed), limited && shape.shed);
+            expect("limit", get(&c.throttle_limit), limited && !shape.shed);
+            // the driver stand-in makes no attempt events, and no breaker
+            // trips, no adaptive limit moves in these scenarios
+            assert_eq!(get(&c.attempt), 0);
+            assert_eq!(get(&c.breaker) + get(&c.shed_other) + get(&c.limit), 0);
+            let spans = spans.load(Ordering::SeqCst);
+            assert_eq!(spans > 0, shape.trace, "{shape:?}: {spans} spans");
+            if !(shape.metrics || shape.retry || shape.rate_limit || limited) {
+                assert_eq!(c.total(), 0, "{shape:?}");
+            }
+        }
+    }
+}

@@ -15,7 +15,8 @@ pin_project! {
     /// The inner service's future, whose outcome is recorded against its
     /// target when it completes (and whose half-open probe place, if it
     /// holds one, is given back then or when it is dropped); or the
-    /// refusal of a request to an open target.
+    /// refusal of a request to an open target; or, from a pass-through,
+    /// the inner future alone.
     pub struct ResponseFuture<F> {
         #[pin]
         kind: Kind<F>,
@@ -33,6 +34,10 @@ pin_project! {
             probes: [Option<Probe>; 2],
         },
         Refused { error: Option<CqlError> },
+        PassThrough {
+            #[pin]
+            future: F,
+        },
     }
 }
 
@@ -58,6 +63,12 @@ impl<F> ResponseFuture<F> {
             kind: Kind::Refused { error: Some(error) },
         }
     }
+
+    pub(crate) fn pass_through(future: F) -> ResponseFuture<F> {
+        ResponseFuture {
+            kind: Kind::PassThrough { future },
+        }
+    }
 }
 
 impl<F> fmt::Debug for ResponseFuture<F> {
@@ -71,6 +82,10 @@ impl<F> fmt::Debug for ResponseFuture<F> {
             Kind::Refused { .. } => f
                 .debug_struct("ResponseFuture")
                 .field("state", &"refused")
+                .finish(),
+            Kind::PassThrough { .. } => f
+                .debug_struct("ResponseFuture")
+                .field("state", &"pass_through")
                 .finish(),
         }
     }
@@ -99,6 +114,7 @@ where
             KindProj::Refused { error } => Poll::Ready(Err(error
                 .take()
                 .expect("ResponseFuture polled after completion"))),
+            KindProj::PassThrough { future } => future.poll(cx),
         }
     }
 }

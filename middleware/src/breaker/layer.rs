@@ -5,6 +5,7 @@ use tower_layer::Layer;
 
 use super::{BreakerConfig, Breakers, CircuitBreaker};
 use crate::config::ConfigError;
+use crate::toggle::PassThrough;
 
 /// Makes [`CircuitBreaker`] services that all share this layer's breakers
 /// (see the [module docs](super)). Cloning the layer shares them too.
@@ -53,5 +54,11 @@ impl<S> Layer<S> for CircuitBreakerLayer {
 
     fn layer(&self, inner: S) -> CircuitBreaker<S> {
         self.service(inner)
+    }
+}
+
+impl<S> PassThrough<S> for CircuitBreakerLayer {
+    fn pass_through(inner: S) -> CircuitBreaker<S> {
+        CircuitBreaker::pass_through(inner)
     }
 }

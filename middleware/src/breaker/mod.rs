@@ -809,12 +809,31 @@ impl Drop for Probe {
 #[derive(Debug, Clone)]
 pub struct CircuitBreaker<S> {
     inner: S,
-    breakers: Arc<Breakers>,
+    /// `None`: a pass-through.
+    breakers: Option<Arc<Breakers>>,
 }
 
 impl<S> CircuitBreaker<S> {
     pub(crate) fn from_shared(inner: S, breakers: Arc<Breakers>) -> CircuitBreaker<S> {
-        CircuitBreaker { inner, breakers }
+        CircuitBreaker {
+            inner,
+            breakers: Some(breakers),
+        }
+    }
+
+    /// A service with no breaker that only forwards to `inner` (see
+    /// [`toggle`](crate::toggle)): it records nothing, routes nothing
+    /// around, refuses nothing.
+    pub fn pass_through(inner: S) -> CircuitBreaker<S> {
+        CircuitBreaker {
+            inner,
+            breakers: None,
+        }
+    }
+
+    /// Whether this service passes requests through without a breaker.
+    pub fn is_pass_through(&self) -> bool {
+        self.breakers.is_none()
     }
 
     /// Wraps `inner` with its own breakers (use [`CircuitBreakerLayer`] to
@@ -829,14 +848,15 @@ impl<S> CircuitBreaker<S> {
 
     /// The state of `target` (a node address such as `"10.0.0.1:9042"`, or
     /// `"keyspace.table"`) as the next request would find it; `None` for a
-    /// target not seen yet.
+    /// target not seen yet (always, for a pass-through).
     pub fn state(&self, target: &str) -> Option<BreakerState> {
-        self.breakers.state(target)
+        self.breakers.as_ref()?.state(target)
     }
 
-    /// Every target seen, with its state, sorted by name.
+    /// Every target seen, with its state, sorted by name (none, for a
+    /// pass-through).
     pub fn states(&self) -> Vec<(String, BreakerState)> {
-        self.breakers.states()
+        self.breakers.as_ref().map_or_else(Vec::new, |b| b.states())
     }
 
     /// The inner service.
@@ -868,7 +888,10 @@ where
     }
 
     fn call(&mut self, req: CqlRequest) -> Self::Future {
-        let b = &*self.breakers;
+        let Some(breakers) = &self.breakers else {
+            return ResponseFuture::pass_through(self.inner.call(req));
+        };
+        let b = &**breakers;
         let now = b.now();
         let table = b.table(req.meta());
         let mut probes: [Option<Probe>; 2] = [None, None];
@@ -890,7 +913,7 @@ where
             drop(probes); // a table probe taken before every node refused
             return refuse(b, &req, why);
         }
-        ResponseFuture::called(self.inner.call(req), self.breakers.clone(), table, probes)
+        ResponseFuture::called(self.inner.call(req), breakers.clone(), table, probes)
     }
 }
 
@@ -1100,7 +1123,9 @@ mod tests {
 
     /// The number of nodes not closed, as admission reads it.
     fn open_nodes(layer: &CircuitBreakerLayer) -> usize {
-        layer.layer(()).breakers.open_nodes.load(Ordering::Acquire)
+        let svc = layer.layer(());
+        let breakers = svc.breakers.as_ref().expect("not a pass-through");
+        breakers.open_nodes.load(Ordering::Acquire)
     }
 
     use BreakerState::{Closed, HalfOpen, Open};

@@ -77,6 +77,7 @@ use tower_service::Service;
 
 use super::{Admission, Core, Decision, ResponseFuture, validate_queue_timeout};
 use crate::config::ConfigError;
+use crate::toggle::PassThrough;
 
 /// How the adaptive limit moves.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -382,8 +383,14 @@ impl<S> Layer<S> for AdaptiveConcurrencyLayer {
     fn layer(&self, inner: S) -> AdaptiveConcurrency<S> {
         AdaptiveConcurrency {
             inner,
-            admission: Admission::new(self.core.clone()),
+            admission: Some(Admission::new(self.core.clone())),
         }
+    }
+}
+
+impl<S> PassThrough<S> for AdaptiveConcurrencyLayer {
+    fn pass_through(inner: S) -> AdaptiveConcurrency<S> {
+        AdaptiveConcurrency::pass_through(inner)
     }
 }
 
@@ -392,7 +399,8 @@ impl<S> Layer<S> for AdaptiveConcurrencyLayer {
 #[derive(Debug)]
 pub struct AdaptiveConcurrency<S> {
     inner: S,
-    admission: Admission,
+    /// `None`: a pass-through.
+    admission: Option<Admission>,
 }
 
 impl<S: Clone> Clone for AdaptiveConcurrency<S> {
@@ -400,7 +408,7 @@ impl<S: Clone> Clone for AdaptiveConcurrency<S> {
     fn clone(&self) -> AdaptiveConcurrency<S> {
         AdaptiveConcurrency {
             inner: self.inner.clone(),
-            admission: Admission::new(self.admission.core().clone()),
+            admission: self.admission.as_ref().map(Admission::fresh),
         }
     }
 }
@@ -416,19 +424,37 @@ impl<S> AdaptiveConcurrency<S> {
         Ok(AdaptiveConcurrencyLayer::new(config, collectors)?.layer(inner))
     }
 
-    /// The limit now.
+    /// A service with no limit that only forwards to `inner` (see
+    /// [`toggle`](crate::toggle)): it counts nothing, measures nothing and
+    /// never queues.
+    pub fn pass_through(inner: S) -> AdaptiveConcurrency<S> {
+        AdaptiveConcurrency {
+            inner,
+            admission: None,
+        }
+    }
+
+    /// Whether this service passes requests through unlimited.
+    pub fn is_pass_through(&self) -> bool {
+        self.admission.is_none()
+    }
+
+    /// The limit now (`usize::MAX` for a pass-through: no limit).
     pub fn current_limit(&self) -> usize {
-        self.admission.core().limit()
+        self.admission
+            .as_ref()
+            .map_or(usize::MAX, |a| a.core().limit())
     }
 
-    /// Requests in flight (across every clone).
+    /// Requests in flight (across every clone; 0 for a pass-through, which
+    /// counts nothing).
     pub fn in_flight(&self) -> usize {
-        self.admission.core().in_flight()
+        self.admission.as_ref().map_or(0, |a| a.core().in_flight())
     }
 
-    /// Requests waiting for a slot.
+    /// Requests waiting for a slot (0 for a pass-through).
     pub fn queued(&self) -> usize {
-        self.admission.core().queued()
+        self.admission.as_ref().map_or(0, |a| a.core().queued())
     }
 
     /// The inner service.
@@ -456,8 +482,11 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
-        ready!(self.admission.poll_admit(cx));
-        if self.admission.is_admitted() {
+        let Some(admission) = &mut self.admission else {
+            return self.inner.poll_ready(cx);
+        };
+        ready!(admission.poll_admit(cx));
+        if admission.is_admitted() {
             self.inner.poll_ready(cx)
         } else {
             Poll::Ready(Ok(()))
@@ -465,7 +494,10 @@ where
     }
 
     fn call(&mut self, req: CqlRequest) -> Self::Future {
-        match self.admission.decide(&req) {
+        let Some(admission) = &mut self.admission else {
+            return ResponseFuture::pass_through(self.inner.call(req));
+        };
+        match admission.decide(&req) {
             Decision::Admitted(permit) => ResponseFuture::called(self.inner.call(req), permit),
             Decision::Refused(error) => ResponseFuture::refused(error),
         }

@@ -16,7 +16,8 @@ pin_project! {
     /// The inner service's future holding its slot (freed when it completes
     /// or is dropped), or the refusal of a request that got no slot. Under
     /// the adaptive limit it also reports the outcome and latency to the
-    /// algorithm when it completes.
+    /// algorithm when it completes. A pass-through's is the inner future
+    /// alone.
     pub struct ResponseFuture<F> {
         #[pin]
         kind: Kind<F>,
@@ -34,6 +35,10 @@ pin_project! {
             started: Option<Instant>,
         },
         Refused { error: Option<CqlError> },
+        PassThrough {
+            #[pin]
+            future: F,
+        },
     }
 }
 
@@ -54,6 +59,12 @@ impl<F> ResponseFuture<F> {
             kind: Kind::Refused { error: Some(error) },
         }
     }
+
+    pub(crate) fn pass_through(future: F) -> ResponseFuture<F> {
+        ResponseFuture {
+            kind: Kind::PassThrough { future },
+        }
+    }
 }
 
 impl<F> fmt::Debug for ResponseFuture<F> {
@@ -64,6 +75,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
             } => "in_flight",
             Kind::Called { permit: None, .. } => "done",
             Kind::Refused { .. } => "refused",
+            Kind::PassThrough { .. } => "pass_through",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -96,6 +108,7 @@ where
             KindProj::Refused { error } => Poll::Ready(Err(error
                 .take()
                 .expect("ResponseFuture polled after completion"))),
+            KindProj::PassThrough { future } => future.poll(cx),
         }
     }
 }

@@ -6,6 +6,7 @@ use tower_layer::Layer;
 
 use super::{ConcurrencyConfig, ConcurrencyLimit, Core};
 use crate::config::ConfigError;
+use crate::toggle::PassThrough;
 
 /// Makes [`ConcurrencyLimit`] services that all share this layer's one
 /// limit and queue (see the [module docs](super)). Cloning the layer shares
@@ -72,5 +73,11 @@ impl<S> Layer<S> for ConcurrencyLimitLayer {
 
     fn layer(&self, inner: S) -> ConcurrencyLimit<S> {
         self.service(inner)
+    }
+}
+
+impl<S> PassThrough<S> for ConcurrencyLimitLayer {
+    fn pass_through(inner: S) -> ConcurrencyLimit<S> {
+        ConcurrencyLimit::pass_through(inner)
     }
 }

@@ -382,6 +382,12 @@ impl Admission {
         &self.core
     }
 
+    /// A new admission on the same core, holding nothing (for a clone of
+    /// the service).
+    pub(crate) fn fresh(&self) -> Admission {
+        Admission::new(self.core.clone())
+    }
+
     pub(crate) fn is_admitted(&self) -> bool {
         matches!(self.state, AdmissionState::Admitted { .. })
     }
@@ -551,7 +557,8 @@ impl Admission {
 #[derive(Debug)]
 pub struct ConcurrencyLimit<S> {
     inner: S,
-    admission: Admission,
+    /// `None`: a pass-through.
+    admission: Option<Admission>,
 }
 
 impl<S: Clone> Clone for ConcurrencyLimit<S> {
@@ -560,7 +567,7 @@ impl<S: Clone> Clone for ConcurrencyLimit<S> {
     fn clone(&self) -> ConcurrencyLimit<S> {
         ConcurrencyLimit {
             inner: self.inner.clone(),
-            admission: Admission::new(self.admission.core.clone()),
+            admission: self.admission.as_ref().map(Admission::fresh),
         }
     }
 }
@@ -569,8 +576,22 @@ impl<S> ConcurrencyLimit<S> {
     pub(crate) fn from_core(inner: S, core: Arc<Core>) -> ConcurrencyLimit<S> {
         ConcurrencyLimit {
             inner,
-            admission: Admission::new(core),
+            admission: Some(Admission::new(core)),
         }
+    }
+
+    /// A service with no limit that only forwards to `inner` (see
+    /// [`toggle`](crate::toggle)): it counts nothing and never queues.
+    pub fn pass_through(inner: S) -> ConcurrencyLimit<S> {
+        ConcurrencyLimit {
+            inner,
+            admission: None,
+        }
+    }
+
+    /// Whether this service passes requests through unlimited.
+    pub fn is_pass_through(&self) -> bool {
+        self.admission.is_none()
     }
 
     /// Wraps `inner` with its own limit (use [`ConcurrencyLimitLayer`] to
@@ -583,14 +604,15 @@ impl<S> ConcurrencyLimit<S> {
         Ok(ConcurrencyLimitLayer::new(config, collectors)?.service(inner))
     }
 
-    /// Requests in flight (under this limit, across every clone).
+    /// Requests in flight (under this limit, across every clone; 0 for a
+    /// pass-through, which counts nothing).
     pub fn in_flight(&self) -> usize {
-        self.admission.core.in_flight()
+        self.admission.as_ref().map_or(0, |a| a.core.in_flight())
     }
 
-    /// Requests waiting for a slot.
+    /// Requests waiting for a slot (0 for a pass-through).
     pub fn queued(&self) -> usize {
-        self.admission.core.queued()
+        self.admission.as_ref().map_or(0, |a| a.core.queued())
     }
 
     /// The inner service.
@@ -618,8 +640,11 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
-        ready!(self.admission.poll_admit(cx));
-        if self.admission.is_admitted() {
+        let Some(admission) = &mut self.admission else {
+            return self.inner.poll_ready(cx);
+        };
+        ready!(admission.poll_admit(cx));
+        if admission.is_admitted() {
             self.inner.poll_ready(cx)
         } else {
             // Refused: the call fails without touching the inner service.
@@ -628,7 +653,10 @@ where
     }
 
     fn call(&mut self, req: CqlRequest) -> Self::Future {
-        match self.admission.decide(&req) {
+        let Some(admission) = &mut self.admission else {
+            return ResponseFuture::pass_through(self.inner.call(req));
+        };
+        match admission.decide(&req) {
             Decision::Admitted(permit) => ResponseFuture::called(self.inner.call(req), permit),
             Decision::Refused(error) => ResponseFuture::refused(error),
         }

@@ -22,6 +22,10 @@ const _: () = assert!(SLOTS == MAX_SPECULATIVE as usize + 1);
 pin_project! {
     /// The response future of [`Hedge`](super::Hedge): the inner future
     /// itself for requests that are not hedged, else a race of attempts.
+    ///
+    /// The race (room for five attempts) is boxed, made only for a hedged
+    /// request: the future of a request that is not hedged, and of a
+    /// pass-through, is the size of the inner future, not five times it.
     pub struct ResponseFuture<S>
     where
         S: Service<CqlRequest>,
@@ -40,8 +44,7 @@ pin_project! {
             future: F,
         },
         Hedged {
-            #[pin]
-            race: Race<S, F>,
+            race: Pin<Box<Race<S, F>>>,
         },
     }
 }
@@ -125,7 +128,7 @@ where
         let next_at = before(now + delay, deadline);
         ResponseFuture {
             kind: Kind::Hedged {
-                race: Race {
+                race: Box::pin(Race {
                     request,
                     service,
                     shared,
@@ -144,7 +147,7 @@ where
                     s2: Slot::Empty,
                     s3: Slot::Empty,
                     s4: Slot::Empty,
-                },
+                }),
             },
         }
     }
@@ -190,7 +193,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Passthrough { future } => future.poll(cx),
-            KindProj::Hedged { race } => race.poll(cx),
+            KindProj::Hedged { race } => race.as_mut().poll(cx),
         }
     }
 }

@@ -6,6 +6,7 @@ use tower_layer::Layer;
 
 use super::{Hedge, MAX_SPECULATIVE, Shared};
 use crate::config::ConfigError;
+use crate::toggle::PassThrough;
 
 /// When to start a speculative attempt.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -137,10 +138,13 @@ impl<S> Layer<S> for HedgeLayer {
     type Service = Hedge<S>;
 
     fn layer(&self, inner: S) -> Hedge<S> {
-        Hedge {
-            inner,
-            shared: self.shared.clone(),
-        }
+        Hedge::from_shared(inner, self.shared.clone())
+    }
+}
+
+impl<S> PassThrough<S> for HedgeLayer {
+    fn pass_through(inner: S) -> Hedge<S> {
+        Hedge::pass_through(inner)
     }
 }
 

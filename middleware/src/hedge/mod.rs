@@ -256,7 +256,8 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub struct Hedge<S> {
     inner: S,
-    shared: Arc<Shared>,
+    /// `None`: a pass-through.
+    shared: Option<Arc<Shared>>,
 }
 
 impl<S> Hedge<S> {
@@ -269,13 +270,39 @@ impl<S> Hedge<S> {
         config.validate()?;
         Ok(Hedge {
             inner,
-            shared: Arc::new(Shared::new(&config, collectors)),
+            shared: Some(Arc::new(Shared::new(&config, collectors))),
         })
     }
 
-    /// The collector set given at construction.
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Hedge<S> {
+        Hedge {
+            inner,
+            shared: Some(shared),
+        }
+    }
+
+    /// A service that hedges nothing and only forwards to `inner` (see
+    /// [`toggle`](crate::toggle)): no clock read, no clone of `inner`.
+    pub fn pass_through(inner: S) -> Hedge<S> {
+        Hedge {
+            inner,
+            shared: None,
+        }
+    }
+
+    /// Whether this service passes every request through unhedged.
+    pub fn is_pass_through(&self) -> bool {
+        self.shared.is_none()
+    }
+
+    /// The collector set given at construction (an empty one, shared by
+    /// every pass-through, for a pass-through).
     pub fn collectors(&self) -> &Collectors {
-        &self.shared.collectors
+        static NONE: std::sync::OnceLock<Collectors> = std::sync::OnceLock::new();
+        match &self.shared {
+            Some(shared) => &shared.collectors,
+            None => NONE.get_or_init(Collectors::new),
+        }
     }
 
     /// The inner service.
@@ -309,6 +336,9 @@ where
     }
 
     fn call(&mut self, request: CqlRequest) -> ResponseFuture<S> {
+        let Some(shared) = &self.shared else {
+            return ResponseFuture::passthrough(self.inner.call(request));
+        };
         let meta = request.meta();
         if !(meta.is_idempotent() && meta.kind().is_read()) {
             return ResponseFuture::passthrough(self.inner.call(request));
@@ -316,7 +346,7 @@ where
         let now = Instant::now();
         // The deadline on the Tokio clock, which the hedge timer runs on.
         let deadline = meta.remaining().map(|left| now + left);
-        let delay = self.shared.delay();
+        let delay = shared.delay();
         // the attempts share one route hint: each goes to a node the
         // others have not tried, while there is one
         let mut request = request;
@@ -327,7 +357,7 @@ where
             request,
             first,
             service,
-            self.shared.clone(),
+            shared.clone(),
             delay,
             now,
             deadline,

@@ -2,6 +2,7 @@ use tower_cql_core::Collectors;
 use tower_layer::Layer;
 
 use super::LoadShed;
+use crate::toggle::PassThrough;
 
 /// Makes [`LoadShed`] services (see the [module docs](super)). It has no
 /// settings, so building it cannot fail.
@@ -22,5 +23,11 @@ impl<S> Layer<S> for LoadShedLayer {
 
     fn layer(&self, inner: S) -> LoadShed<S> {
         LoadShed::new(inner, self.collectors.clone())
+    }
+}
+
+impl<S> PassThrough<S> for LoadShedLayer {
+    fn pass_through(inner: S) -> LoadShed<S> {
+        LoadShed::pass_through(inner)
     }
 }

@@ -60,7 +60,8 @@ pub use self::layer::LoadShedLayer;
 #[derive(Debug, Clone)]
 pub struct LoadShed<S> {
     inner: S,
-    collectors: Collectors,
+    /// `None`: a pass-through.
+    collectors: Option<Collectors>,
     /// Whether the inner service said ready in the last `poll_ready`.
     inner_ready: bool,
 }
@@ -70,9 +71,25 @@ impl<S> LoadShed<S> {
     pub fn new(inner: S, collectors: Collectors) -> LoadShed<S> {
         LoadShed {
             inner,
-            collectors,
+            collectors: Some(collectors),
             inner_ready: false,
         }
+    }
+
+    /// A service that sheds nothing and only forwards to `inner` (see
+    /// [`toggle`](crate::toggle)): its `poll_ready` is the inner one, so a
+    /// busy inner service makes callers wait.
+    pub fn pass_through(inner: S) -> LoadShed<S> {
+        LoadShed {
+            inner,
+            collectors: None,
+            inner_ready: false,
+        }
+    }
+
+    /// Whether this service passes requests through without shedding.
+    pub fn is_pass_through(&self) -> bool {
+        self.collectors.is_none()
     }
 
     /// The inner service.
@@ -100,6 +117,9 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+        if self.collectors.is_none() {
+            return self.inner.poll_ready(cx);
+        }
         self.inner_ready = match self.inner.poll_ready(cx) {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Ready(Ok(())) => true,
@@ -109,11 +129,14 @@ where
     }
 
     fn call(&mut self, req: CqlRequest) -> Self::Future {
+        let Some(collectors) = &self.collectors else {
+            return ResponseFuture::called(self.inner.call(req));
+        };
         if std::mem::take(&mut self.inner_ready) {
             return ResponseFuture::called(self.inner.call(req));
         }
-        if self.collectors.is_active() {
-            self.collectors.emit(Event::Shed(ShedEvent {
+        if collectors.is_active() {
+            collectors.emit(Event::Shed(ShedEvent {
                 meta: req.meta(),
                 reason: ErrorKind::Shed,
                 layer: "load_shed",

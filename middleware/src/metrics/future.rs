@@ -11,13 +11,28 @@ use tower_cql_core::event::{Event, RequestEvent};
 use tower_cql_core::{Collectors, CqlError, CqlResponse, RequestMeta};
 
 pin_project! {
-    /// Times the inner call and emits the request event when it completes.
+    /// Times the inner call and emits the request event when it completes
+    /// (a pass-through's future only polls the inner one).
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: F,
-        meta: Option<RequestMeta>,
-        collectors: Collectors,
-        start: Instant,
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Measured {
+            #[pin]
+            inner: F,
+            meta: Option<RequestMeta>,
+            collectors: Collectors,
+            start: Instant,
+        },
+        PassThrough {
+            #[pin]
+            inner: F,
+        },
     }
 }
 
@@ -28,19 +43,34 @@ impl<F> ResponseFuture<F> {
         collectors: Collectors,
     ) -> ResponseFuture<F> {
         ResponseFuture {
-            inner,
-            meta,
-            collectors,
-            start: Instant::now(),
+            kind: Kind::Measured {
+                inner,
+                meta,
+                collectors,
+                start: Instant::now(),
+            },
+        }
+    }
+
+    pub(crate) fn pass_through(inner: F) -> ResponseFuture<F> {
+        ResponseFuture {
+            kind: Kind::PassThrough { inner },
         }
     }
 }
 
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture")
-            .field("start", &self.start)
-            .finish()
+        match &self.kind {
+            Kind::Measured { start, .. } => f
+                .debug_struct("ResponseFuture")
+                .field("start", start)
+                .finish(),
+            Kind::PassThrough { .. } => f
+                .debug_struct("ResponseFuture")
+                .field("state", &"pass_through")
+                .finish(),
+        }
     }
 }
 
@@ -51,10 +81,18 @@ where
     type Output = Result<CqlResponse, CqlError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let out = ready!(this.inner.poll(cx));
-        if let Some(meta) = this.meta.take() {
-            let duration = this.start.elapsed();
+        let (inner, meta, collectors, start) = match self.project().kind.project() {
+            KindProj::PassThrough { inner } => return inner.poll(cx),
+            KindProj::Measured {
+                inner,
+                meta,
+                collectors,
+                start,
+            } => (inner, meta, collectors, start),
+        };
+        let out = ready!(inner.poll(cx));
+        if let Some(meta) = meta.take() {
+            let duration = start.elapsed();
             let event = match &out {
                 Ok(resp) => RequestEvent {
                     meta: &meta,
@@ -75,7 +113,7 @@ where
                     node: e.node(),
                 },
             };
-            this.collectors.emit(Event::Request(event));
+            collectors.emit(Event::Request(event));
         }
         Poll::Ready(out)
     }

@@ -45,6 +45,7 @@ use tower_layer::Layer;
 
 pub use self::future::ResponseFuture;
 use crate::config::ConfigError;
+use crate::toggle::PassThrough;
 
 /// Configuration of the metrics layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,9 +163,17 @@ impl<S> Layer<S> for MetricsLayer {
     fn layer(&self, inner: S) -> Metrics<S> {
         Metrics {
             inner,
-            collectors: self.collectors.clone(),
-            guard: self.guard.clone(),
+            on: Some(On {
+                collectors: self.collectors.clone(),
+                guard: self.guard.clone(),
+            }),
         }
+    }
+}
+
+impl<S> PassThrough<S> for MetricsLayer {
+    fn pass_through(inner: S) -> Metrics<S> {
+        Metrics::pass_through(inner)
     }
 }
 
@@ -172,6 +181,13 @@ impl<S> Layer<S> for MetricsLayer {
 #[derive(Clone)]
 pub struct Metrics<S> {
     inner: S,
+    /// `None`: a pass-through.
+    on: Option<On>,
+}
+
+/// What a [`Metrics`] that is not a pass-through uses.
+#[derive(Clone)]
+struct On {
     collectors: Collectors,
     guard: Arc<CardinalityGuard>,
 }
@@ -185,6 +201,17 @@ impl<S: fmt::Debug> fmt::Debug for Metrics<S> {
 }
 
 impl<S> Metrics<S> {
+    /// A service that emits nothing and only forwards to `inner` (see
+    /// [`toggle`](crate::toggle)): no clock read, no label guard.
+    pub fn pass_through(inner: S) -> Metrics<S> {
+        Metrics { inner, on: None }
+    }
+
+    /// Whether this service passes requests through unmeasured.
+    pub fn is_pass_through(&self) -> bool {
+        self.on.is_none()
+    }
+
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -214,8 +241,11 @@ where
     }
 
     fn call(&mut self, mut req: CqlRequest) -> Self::Future {
-        self.guard.apply(req.meta_mut());
-        let meta = self.collectors.is_active().then(|| req.meta().clone());
-        ResponseFuture::new(self.inner.call(req), meta, self.collectors.clone())
+        let Some(on) = &self.on else {
+            return ResponseFuture::pass_through(self.inner.call(req));
+        };
+        on.guard.apply(req.meta_mut());
+        let meta = on.collectors.is_active().then(|| req.meta().clone());
+        ResponseFuture::new(self.inner.call(req), meta, on.collectors.clone())
     }
 }

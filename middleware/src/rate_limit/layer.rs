@@ -6,6 +6,7 @@ use tower_layer::Layer;
 
 use super::{Bucket, RateLimit, RateLimitConfig, Shared};
 use crate::config::ConfigError;
+use crate::toggle::PassThrough;
 
 /// Makes [`RateLimit`] services that all draw from this layer's one
 /// bucket (see the [module docs](super)). Cloning the layer shares the
@@ -55,5 +56,11 @@ impl<S> Layer<S> for RateLimitLayer {
 
     fn layer(&self, inner: S) -> RateLimit<S> {
         self.service(inner)
+    }
+}
+
+impl<S> PassThrough<S> for RateLimitLayer {
+    fn pass_through(inner: S) -> RateLimit<S> {
+        RateLimit::pass_through(inner)
     }
 }

@@ -130,6 +130,16 @@ impl Default for RateLimitConfig {
 }
 
 impl RateLimitConfig {
+    /// No limit: an infinite rate and the largest burst. What a
+    /// [pass-through](RateLimit::pass_through) reports as its configuration;
+    /// [`validate`](RateLimitConfig::validate) refuses it, as no bucket can
+    /// be built for it.
+    pub const UNLIMITED: RateLimitConfig = RateLimitConfig {
+        rate_per_second: f64::INFINITY,
+        burst: u32::MAX,
+        mode: RateLimitMode::Reject,
+    };
+
     /// Checks every field; the error names the field and the allowed range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let rate = self.rate_per_second;
@@ -304,7 +314,8 @@ impl fmt::Debug for State {
 /// [module docs](self).
 pub struct RateLimit<S> {
     inner: S,
-    shared: Arc<Shared>,
+    /// `None`: a pass-through.
+    shared: Option<Arc<Shared>>,
     /// The reusable timer, made on first wait (making a `Sleep` needs a
     /// runtime, and most clones never wait).
     sleep: Option<Pin<Box<Sleep>>>,
@@ -338,10 +349,26 @@ impl<S> RateLimit<S> {
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> RateLimit<S> {
         RateLimit {
             inner,
-            shared,
+            shared: Some(shared),
             sleep: None,
             state: State::Idle,
         }
+    }
+
+    /// A service that limits nothing and only forwards to `inner` (see
+    /// [`toggle`](crate::toggle)): no bucket, no clock read.
+    pub fn pass_through(inner: S) -> RateLimit<S> {
+        RateLimit {
+            inner,
+            shared: None,
+            sleep: None,
+            state: State::Idle,
+        }
+    }
+
+    /// Whether this service passes requests through unlimited.
+    pub fn is_pass_through(&self) -> bool {
+        self.shared.is_none()
     }
 
     /// Wraps `inner` with its own bucket (use [`RateLimitLayer`] to share
@@ -354,9 +381,13 @@ impl<S> RateLimit<S> {
         Ok(RateLimitLayer::new(config, collectors)?.service(inner))
     }
 
-    /// The configuration.
+    /// The configuration. A [pass-through](RateLimit::pass_through)'s is
+    /// [`RateLimitConfig::UNLIMITED`].
     pub fn config(&self) -> &RateLimitConfig {
-        &self.shared.config
+        match &self.shared {
+            Some(shared) => &shared.config,
+            None => &RateLimitConfig::UNLIMITED,
+        }
     }
 
     /// The inner service.
@@ -373,16 +404,18 @@ impl<S> RateLimit<S> {
     pub fn into_inner(self) -> S {
         self.inner
     }
+}
 
+impl Shared {
     fn max_wait(&self) -> Duration {
-        match self.shared.config.mode {
+        match self.config.mode {
             RateLimitMode::Wait { max_wait } => max_wait,
             RateLimitMode::Reject => Duration::ZERO,
         }
     }
 
     fn emit(&self, req: &CqlRequest, waited: Duration, rejected: bool) {
-        let collectors = &self.shared.collectors;
+        let collectors = &self.collectors;
         if collectors.is_active() {
             collectors.emit(Event::Throttle(ThrottleEvent {
                 meta: req.meta(),
@@ -404,11 +437,14 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+        let Some(shared) = &self.shared else {
+            return self.inner.poll_ready(cx);
+        };
         loop {
             match &self.state {
                 State::Idle => {
                     let now = Instant::now();
-                    match self.shared.bucket.take(now, self.max_wait()) {
+                    match shared.bucket.take(now, shared.max_wait()) {
                         Take::Taken(wait) if wait.is_zero() => {
                             self.state = State::Ready {
                                 waited: Duration::ZERO,
@@ -425,7 +461,7 @@ where
                             }
                             self.state = State::Waiting {
                                 since: now,
-                                reservation: Reservation(Some(self.shared.clone())),
+                                reservation: Reservation(Some(shared.clone())),
                             };
                         }
                         Take::Refused(next_in) => self.state = State::Refused { next_in },
@@ -454,6 +490,9 @@ where
     }
 
     fn call(&mut self, req: CqlRequest) -> Self::Future {
+        let Some(shared) = &self.shared else {
+            return ResponseFuture::called(self.inner.call(req));
+        };
         match std::mem::replace(&mut self.state, State::Idle) {
             State::Ready {
                 waited,
@@ -466,7 +505,7 @@ where
                         .is_some_and(|d| Instant::from_std(d) <= Instant::now());
                     if deadline_passed {
                         drop(reservation); // the token goes back
-                        self.emit(&req, waited, true);
+                        shared.emit(&req, waited, true);
                         return ResponseFuture::refused(CqlError::new(
                             ErrorKind::RateLimited,
                             format!(
@@ -477,13 +516,13 @@ where
                     reservation.keep();
                 }
                 if !waited.is_zero() {
-                    self.emit(&req, waited, false);
+                    shared.emit(&req, waited, false);
                 }
                 ResponseFuture::called(self.inner.call(req))
             }
             State::Refused { next_in } => {
-                self.emit(&req, Duration::ZERO, true);
-                let config = &self.shared.config;
+                shared.emit(&req, Duration::ZERO, true);
+                let config = &shared.config;
                 let message = match config.mode {
                     RateLimitMode::Wait { max_wait } if !max_wait.is_zero() => format!(
                         "rate limit of {}/s (burst {}) reached: the next token is {next_in:?} away, more than max_wait {max_wait:?}",

@@ -17,11 +17,34 @@ use super::policy::Decision;
 
 pin_project! {
     /// The response future of [`Retry`](super::Retry): runs the attempts,
-    /// with their backoffs, until one succeeds or the policy stops.
+    /// with their backoffs, until one succeeds or the policy stops (a
+    /// pass-through's is the inner future alone).
     pub struct ResponseFuture<S>
     where
         S: Service<CqlRequest>,
     {
+        #[pin]
+        kind: Kind<S, S::Future>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<S, F> {
+        Retrying {
+            #[pin]
+            attempts: Attempts<S, F>,
+        },
+        PassThrough {
+            #[pin]
+            future: F,
+        },
+    }
+}
+
+pin_project! {
+    // The attempts of one request.
+    struct Attempts<S, F> {
         // The request, kept to clone for retries; its meta carries the
         // index and reason of the latest attempt.
         request: CqlRequest,
@@ -33,7 +56,7 @@ pin_project! {
         // The request's deadline on the Tokio clock.
         deadline: Option<Instant>,
         #[pin]
-        state: State<S::Future>,
+        state: State<F>,
     }
 }
 
@@ -67,12 +90,22 @@ where
         deadline: Option<Instant>,
     ) -> ResponseFuture<S> {
         ResponseFuture {
-            request,
-            service,
-            shared,
-            attempts: 1,
-            deadline,
-            state: State::Called { future },
+            kind: Kind::Retrying {
+                attempts: Attempts {
+                    request,
+                    service,
+                    shared,
+                    attempts: 1,
+                    deadline,
+                    state: State::Called { future },
+                },
+            },
+        }
+    }
+
+    pub(super) fn pass_through(future: S::Future) -> ResponseFuture<S> {
+        ResponseFuture {
+            kind: Kind::PassThrough { future },
         }
     }
 }
@@ -82,14 +115,23 @@ where
     S: Service<CqlRequest>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.state {
+        let a = match &self.kind {
+            Kind::Retrying { attempts } => attempts,
+            Kind::PassThrough { .. } => {
+                return f
+                    .debug_struct("ResponseFuture")
+                    .field("state", &"pass_through")
+                    .finish();
+            }
+        };
+        let state = match a.state {
             State::Called { .. } => "called",
             State::Backoff { .. } => "backoff",
             State::Ready => "ready",
         };
         f.debug_struct("ResponseFuture")
-            .field("attempts", &self.attempts)
-            .field("deadline", &self.deadline)
+            .field("attempts", &a.attempts)
+            .field("deadline", &a.deadline)
             .field("state", &state)
             .finish()
     }
@@ -98,6 +140,21 @@ where
 impl<S> Future for ResponseFuture<S>
 where
     S: Service<CqlRequest, Response = CqlResponse, Error = CqlError>,
+{
+    type Output = Result<CqlResponse, CqlError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Retrying { attempts } => attempts.poll(cx),
+            KindProj::PassThrough { future } => future.poll(cx),
+        }
+    }
+}
+
+impl<S, F> Future for Attempts<S, F>
+where
+    S: Service<CqlRequest, Response = CqlResponse, Error = CqlError, Future = F>,
+    F: Future<Output = Result<CqlResponse, CqlError>>,
 {
     type Output = Result<CqlResponse, CqlError>;
 

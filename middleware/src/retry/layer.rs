@@ -8,6 +8,7 @@ use super::budget::BudgetConfig;
 use super::policy::RetryPolicy;
 use super::{Retry, Shared};
 use crate::config::ConfigError;
+use crate::toggle::PassThrough;
 
 /// Retry settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,10 +76,13 @@ impl<S> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Retry<S> {
-        Retry {
-            inner,
-            shared: self.shared.clone(),
-        }
+        Retry::from_shared(inner, self.shared.clone())
+    }
+}
+
+impl<S> PassThrough<S> for RetryLayer {
+    fn pass_through(inner: S) -> Retry<S> {
+        Retry::pass_through(inner)
     }
 }
 

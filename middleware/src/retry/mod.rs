@@ -116,7 +116,8 @@ pub(crate) struct Shared {
 #[derive(Debug, Clone)]
 pub struct Retry<S> {
     inner: S,
-    shared: Arc<Shared>,
+    /// `None`: a pass-through.
+    shared: Option<Arc<Shared>>,
 }
 
 impl<S> Retry<S> {
@@ -124,13 +125,39 @@ impl<S> Retry<S> {
     pub fn new(inner: S, policy: RetryPolicy, collectors: Collectors) -> Retry<S> {
         Retry {
             inner,
-            shared: Arc::new(Shared { policy, collectors }),
+            shared: Some(Arc::new(Shared { policy, collectors })),
         }
     }
 
-    /// The policy.
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Retry<S> {
+        Retry {
+            inner,
+            shared: Some(shared),
+        }
+    }
+
+    /// A service that makes one attempt and only forwards to `inner` (see
+    /// [`toggle`](crate::toggle)): no budget, no clone of `inner`, no
+    /// clock read, and the response or error is the inner one untouched.
+    pub fn pass_through(inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            shared: None,
+        }
+    }
+
+    /// Whether this service passes requests through without retrying.
+    pub fn is_pass_through(&self) -> bool {
+        self.shared.is_none()
+    }
+
+    /// The policy. A [pass-through](Retry::pass_through)'s is a policy of
+    /// one attempt (`max_attempts: 1`) with a budget of its own.
     pub fn policy(&self) -> &RetryPolicy {
-        &self.shared.policy
+        match &self.shared {
+            Some(shared) => &shared.policy,
+            None => single_attempt(),
+        }
     }
 
     /// The inner service.
@@ -163,15 +190,30 @@ where
     }
 
     fn call(&mut self, request: CqlRequest) -> ResponseFuture<S> {
-        self.shared.policy.budget().deposit();
+        let Some(shared) = &self.shared else {
+            return ResponseFuture::pass_through(self.inner.call(request));
+        };
+        shared.policy.budget().deposit();
         // The deadline on the Tokio clock, which the backoff sleeps on.
         let deadline = request.meta().remaining().map(|left| Instant::now() + left);
         let future = self.inner.call(request.clone());
         // `self.inner` was polled ready and is now used; the clone is
         // polled ready again before each retry.
         let service = self.inner.clone();
-        ResponseFuture::new(request, future, service, self.shared.clone(), deadline)
+        ResponseFuture::new(request, future, service, shared.clone(), deadline)
     }
+}
+
+/// The policy a pass-through reports: one attempt.
+fn single_attempt() -> &'static RetryPolicy {
+    static POLICY: std::sync::OnceLock<RetryPolicy> = std::sync::OnceLock::new();
+    POLICY.get_or_init(|| {
+        RetryPolicy::new(&RetryConfig {
+            max_attempts: 1,
+            ..RetryConfig::default()
+        })
+        .expect("one attempt with the default backoff and budget is valid")
+    })
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@ use super::Limit;
 
 pin_project! {
     /// The inner service's future raced against a timer held inline (no
-    /// boxing); or the refusal of a request whose deadline had passed.
+    /// boxing); or the refusal of a request whose deadline had passed; or,
+    /// with nothing to enforce, the inner future alone.
     pub struct ResponseFuture<F> {
         #[pin]
         kind: Kind<F>,
@@ -32,6 +33,10 @@ pin_project! {
             started: Instant,
         },
         Failed { error: Option<CqlError> },
+        PassThrough {
+            #[pin]
+            future: F,
+        },
     }
 }
 
@@ -60,6 +65,12 @@ impl<F> ResponseFuture<F> {
             kind: Kind::Failed { error: Some(error) },
         }
     }
+
+    pub(crate) fn pass_through(future: F) -> ResponseFuture<F> {
+        ResponseFuture {
+            kind: Kind::PassThrough { future },
+        }
+    }
 }
 
 impl<F> fmt::Debug for ResponseFuture<F> {
@@ -73,6 +84,10 @@ impl<F> fmt::Debug for ResponseFuture<F> {
             Kind::Failed { .. } => f
                 .debug_struct("ResponseFuture")
                 .field("state", &"failed")
+                .finish(),
+            Kind::PassThrough { .. } => f
+                .debug_struct("ResponseFuture")
+                .field("state", &"pass_through")
                 .finish(),
         }
     }
@@ -118,6 +133,7 @@ where
             KindProj::Failed { error } => Poll::Ready(Err(error
                 .take()
                 .expect("ResponseFuture polled after completion"))),
+            KindProj::PassThrough { future } => future.poll(cx),
         }
     }
 }

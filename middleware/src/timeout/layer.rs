@@ -3,6 +3,7 @@ use tower_layer::Layer;
 
 use super::{Timeout, TimeoutConfig};
 use crate::config::ConfigError;
+use crate::toggle::PassThrough;
 
 /// Makes [`Timeout`] services (see the [module docs](super)).
 #[derive(Debug, Clone)]
@@ -34,5 +35,11 @@ impl<S> Layer<S> for TimeoutLayer {
             inner,
             config: self.config,
         }
+    }
+}
+
+impl<S> PassThrough<S> for TimeoutLayer {
+    fn pass_through(inner: S) -> Timeout<S> {
+        Timeout::pass_through(inner)
     }
 }

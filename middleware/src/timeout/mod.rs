@@ -88,6 +88,19 @@ impl Default for TimeoutConfig {
 }
 
 impl TimeoutConfig {
+    /// Nothing to enforce: no per-attempt limit, and the deadline left to
+    /// the layers that read it. A [`Timeout`] with this configuration is a
+    /// [pass-through](Timeout::pass_through).
+    pub const OFF: TimeoutConfig = TimeoutConfig {
+        per_attempt: None,
+        honour_deadline: false,
+    };
+
+    /// Whether there is nothing to enforce (see [`TimeoutConfig::OFF`]).
+    pub fn is_off(&self) -> bool {
+        self.per_attempt.is_none() && !self.honour_deadline
+    }
+
     /// Checks every field; the error names the field and the allowed range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.per_attempt.is_some_and(|d| d.is_zero()) {
@@ -112,6 +125,22 @@ impl<S> Timeout<S> {
     pub fn new(inner: S, config: TimeoutConfig) -> Result<Timeout<S>, ConfigError> {
         config.validate()?;
         Ok(Timeout { inner, config })
+    }
+
+    /// A service with no timer that only forwards to `inner` (see
+    /// [`toggle`](crate::toggle)): its configuration is
+    /// [`TimeoutConfig::OFF`], and no clock is read.
+    pub fn pass_through(inner: S) -> Timeout<S> {
+        Timeout {
+            inner,
+            config: TimeoutConfig::OFF,
+        }
+    }
+
+    /// Whether this service passes calls through with no timer (its
+    /// configuration has nothing to enforce).
+    pub fn is_pass_through(&self) -> bool {
+        self.config.is_off()
     }
 
     /// The configuration.
@@ -155,6 +184,9 @@ where
     }
 
     fn call(&mut self, req: CqlRequest) -> Self::Future {
+        if self.config.is_off() {
+            return ResponseFuture::pass_through(self.inner.call(req));
+        }
         let now = Instant::now();
         let per_attempt = self
             .config

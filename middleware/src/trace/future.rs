@@ -194,6 +194,13 @@ impl<F> ResponseFuture<F> {
     ) -> ResponseFuture<F> {
         ResponseFuture::new(inner, span, fields)
     }
+
+    /// The inner future alone: no span (`Span::none()` holds no
+    /// subscriber, so entering and dropping it do nothing) and nothing
+    /// to record.
+    pub(crate) fn pass_through(inner: F) -> ResponseFuture<F> {
+        ResponseFuture::new(inner, Span::none(), None)
+    }
 }
 
 impl<F> fmt::Debug for ResponseFuture<F> {

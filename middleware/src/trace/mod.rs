@@ -70,6 +70,7 @@ use tracing::{Level, Span, field::Empty};
 
 pub use self::future::{AttemptFuture, ResponseFuture};
 use crate::config::ConfigError;
+use crate::toggle::PassThrough;
 
 /// `db.system.name` for every span.
 pub const DB_SYSTEM_NAME: &str = "cassandra";
@@ -126,8 +127,14 @@ impl<S> Layer<S> for TraceLayer {
     fn layer(&self, inner: S) -> Trace<S> {
         Trace {
             inner,
-            config: self.config.clone(),
+            config: Some(self.config.clone()),
         }
+    }
+}
+
+impl<S> PassThrough<S> for TraceLayer {
+    fn pass_through(inner: S) -> Trace<S> {
+        Trace::pass_through(inner)
     }
 }
 
@@ -135,7 +142,24 @@ impl<S> Layer<S> for TraceLayer {
 #[derive(Debug, Clone)]
 pub struct Trace<S> {
     inner: S,
-    config: TraceConfig,
+    /// `None`: a pass-through.
+    config: Option<TraceConfig>,
+}
+
+impl<S> Trace<S> {
+    /// A service that opens no span and only forwards to `inner` (see
+    /// [`toggle`](crate::toggle)).
+    pub fn pass_through(inner: S) -> Trace<S> {
+        Trace {
+            inner,
+            config: None,
+        }
+    }
+
+    /// Whether this service passes requests through without a span.
+    pub fn is_pass_through(&self) -> bool {
+        self.config.is_none()
+    }
 }
 
 fn consistency_name(c: scylla::statement::Consistency) -> &'static str {
@@ -234,7 +258,10 @@ where
     }
 
     fn call(&mut self, req: CqlRequest) -> Self::Future {
-        let (span, fields) = request_span_with_fields(req.meta(), &self.config);
+        let Some(config) = &self.config else {
+            return ResponseFuture::pass_through(self.inner.call(req));
+        };
+        let (span, fields) = request_span_with_fields(req.meta(), config);
         let inner = {
             let _enter = span.enter();
             self.inner.call(req)
@@ -247,6 +274,14 @@ where
 #[derive(Debug, Clone)]
 pub struct AttemptTraceLayer {
     debug: bool,
+}
+
+/// What an [`AttemptTrace`] does with each attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttemptMode {
+    Info,
+    Debug,
+    PassThrough,
 }
 
 impl Default for AttemptTraceLayer {
@@ -277,8 +312,18 @@ impl<S> Layer<S> for AttemptTraceLayer {
     fn layer(&self, inner: S) -> AttemptTrace<S> {
         AttemptTrace {
             inner,
-            debug: self.debug,
+            mode: if self.debug {
+                AttemptMode::Debug
+            } else {
+                AttemptMode::Info
+            },
         }
+    }
+}
+
+impl<S> PassThrough<S> for AttemptTraceLayer {
+    fn pass_through(inner: S) -> AttemptTrace<S> {
+        AttemptTrace::pass_through(inner)
     }
 }
 
@@ -286,7 +331,23 @@ impl<S> Layer<S> for AttemptTraceLayer {
 #[derive(Debug, Clone)]
 pub struct AttemptTrace<S> {
     inner: S,
-    debug: bool,
+    mode: AttemptMode,
+}
+
+impl<S> AttemptTrace<S> {
+    /// A service that opens no span and only forwards to `inner` (see
+    /// [`toggle`](crate::toggle)).
+    pub fn pass_through(inner: S) -> AttemptTrace<S> {
+        AttemptTrace {
+            inner,
+            mode: AttemptMode::PassThrough,
+        }
+    }
+
+    /// Whether this service passes attempts through without a span.
+    pub fn is_pass_through(&self) -> bool {
+        self.mode == AttemptMode::PassThrough
+    }
 }
 
 impl<S> tower_service::Service<CqlRequest> for AttemptTrace<S>
@@ -302,6 +363,9 @@ where
     }
 
     fn call(&mut self, req: CqlRequest) -> Self::Future {
+        if self.mode == AttemptMode::PassThrough {
+            return AttemptFuture::pass_through(self.inner.call(req));
+        }
         let meta = req.meta();
         macro_rules! make {
             ($lvl:expr, $cache:ident) => {{
@@ -323,7 +387,7 @@ where
                 (span, fields)
             }};
         }
-        let (span, fields) = if self.debug {
+        let (span, fields) = if self.mode == AttemptMode::Debug {
             make!(Level::DEBUG, DEBUG_FIELDS)
         } else {
             make!(Level::INFO, INFO_FIELDS)
