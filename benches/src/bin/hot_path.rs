@@ -95,6 +95,15 @@ where
 
 fn main() {
     let args = Args::parse();
+    if std::env::var_os("HOT_PATH_SIZES").is_some() {
+        eprintln!(
+            "CqlResponse {} B, CqlError {} B, CqlRequest {} B, output {} B",
+            std::mem::size_of::<CqlResponse>(),
+            std::mem::size_of::<CqlError>(),
+            std::mem::size_of::<CqlRequest>(),
+            std::mem::size_of::<Result<CqlResponse, CqlError>>()
+        );
+    }
     let memory = Arc::new(InMemoryCollector::new());
     let collectors = Collectors::with([memory as Arc<dyn Collector>]);
     let noop = service_fn(answer);
