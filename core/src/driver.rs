@@ -327,10 +327,23 @@ pub(crate) enum Prepared {
 }
 
 impl DriverInner {
-    /// Resolves the statement to something executable, configured with the
-    /// request's options.
+    /// A statement the caller prepared, configured for this request.
+    fn given(
+        &self,
+        p: &PreparedStatement,
+        meta: &RequestMeta,
+        listener: Option<Arc<NodeRecorder>>,
+    ) -> Prepared {
+        Prepared::Prepared(configure_prepared(
+            p.clone(),
+            meta,
+            listener,
+            Some(&self.profile),
+        ))
+    }
+
     /// [`resolve`](Self::resolve) without waiting: `None` when the
-    /// statement must be prepared first (or the request is a batch).
+    /// statement must be prepared first (or is unprepared text, or a batch).
     pub(crate) fn resolve_cached(
         &self,
         req: &CqlRequest,
@@ -350,12 +363,7 @@ impl DriverInner {
                     None,
                 )))
             }
-            StatementBody::Prepared(p) => Some(Prepared::Prepared(configure_prepared(
-                p.clone(),
-                meta,
-                listener.clone(),
-                Some(&self.profile),
-            ))),
+            StatementBody::Prepared(p) => Some(self.given(p, meta, listener.clone())),
             StatementBody::Cql {
                 unprepared: true, ..
             }
@@ -363,11 +371,16 @@ impl DriverInner {
         }
     }
 
+    /// Resolves the statement to something executable, configured with the
+    /// request's options, preparing it first if it is not cached yet.
     pub(crate) async fn resolve(
         &self,
         req: &CqlRequest,
         listener: Option<Arc<NodeRecorder>>,
     ) -> Result<Prepared, CqlError> {
+        if let Some(ready) = self.resolve_cached(req, &listener) {
+            return Ok(ready);
+        }
         let meta = req.meta();
         match req.statement().body() {
             StatementBody::Cql {
@@ -400,12 +413,7 @@ impl DriverInner {
                 configure_common(&mut s, meta, listener);
                 Ok(Prepared::Unprepared(s))
             }
-            StatementBody::Prepared(p) => Ok(Prepared::Prepared(configure_prepared(
-                p.clone(),
-                meta,
-                listener,
-                Some(&self.profile),
-            ))),
+            StatementBody::Prepared(p) => Ok(self.given(p, meta, listener)),
             StatementBody::Batch(_) => Err(CqlError::new(
                 ErrorKind::BadRequest,
                 "a batch cannot be streamed: execute it with call()",

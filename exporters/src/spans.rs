@@ -62,8 +62,8 @@ use std::time::SystemTime;
 
 use opentelemetry::trace::{Span as _, SpanBuilder, SpanKind, Status, Tracer};
 use opentelemetry::{Context, KeyValue};
+use tower_cql_core::Collector;
 use tower_cql_core::event::RequestEvent;
-use tower_cql_core::{Collector, RequestMeta};
 
 /// One client span per request, made through `tracer`; see the
 /// [module docs](self).
@@ -99,24 +99,6 @@ where
         self.record_query_text = on;
         self
     }
-}
-
-fn summary(m: &RequestMeta) -> String {
-    let mut s = String::from(m.kind().as_str());
-    match (m.keyspace(), m.table()) {
-        (Some(k), Some(t)) => {
-            s.push(' ');
-            s.push_str(k.as_str());
-            s.push('.');
-            s.push_str(t.as_str());
-        }
-        (None, Some(t)) => {
-            s.push(' ');
-            s.push_str(t.as_str());
-        }
-        _ => {}
-    }
-    s
 }
 
 /// `LocalQuorum` → `local_quorum` (the driver's consistency, by its name).
@@ -155,7 +137,7 @@ where
             return;
         }
         let m = e.meta;
-        let summary = summary(m);
+        let summary = m.summary();
         let mut attrs = Vec::with_capacity(16);
         attrs.push(KeyValue::new("db.system.name", "cassandra"));
         if let Some(k) = m.keyspace() {
