@@ -1,4 +1,4 @@
-//! The metrics layer: one [`RequestEvent`] per logical request — the
+//! The metrics layer: one [`RequestEvent`](tower_cql_core::event::RequestEvent) per logical request — the
 //! latency the caller felt, end to end across retries, queueing and
 //! hedging — beside the per-attempt events the driver service emits.
 //!
