@@ -1,16 +1,17 @@
 //! The OpenTelemetry collector end to end: queries through the stack
 //! against testkit, metrics read back from the SDK's in-memory exporter.
 
+mod support;
+
 use std::sync::Arc;
 
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
-use scylla::client::session_builder::SessionBuilder;
 use tower::{Service, ServiceExt};
-use tower_cql_core::{Collector, Collectors, CqlRequest, DriverService, Statement};
+use tower_cql_core::{Collector, Collectors, Statement};
 use tower_cql_exporters::otel::{DURATION_BOUNDARIES, OtelCollector};
 use tower_cql_middleware::stack::StackBuilder;
-use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
+use tower_cql_testkit::{Fault, InjectedError, Opcode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operation_duration_follows_the_db_conventions() {
@@ -22,29 +23,10 @@ async fn operation_duration_follows_the_db_conventions() {
     let otel = OtelCollector::with_provider(&provider);
     let collectors = Collectors::with([Arc::new(otel) as Arc<dyn Collector>]);
 
-    let cluster = Cluster::start().await.unwrap();
-    let session = SessionBuilder::new()
-        .known_nodes_addr(cluster.contact_points())
-        .build()
-        .await
-        .unwrap();
-    let driver = DriverService::builder(Arc::new(session))
-        .collectors(collectors.clone())
-        .build()
-        .unwrap();
+    let (cluster, driver) = support::driver(&collectors).await;
     let stack = StackBuilder::new(collectors).build(driver).unwrap();
     let mut svc = stack.service();
-    for cql in [
-        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
-        "CREATE TABLE ks.kv (k int PRIMARY KEY, v text)",
-    ] {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(CqlRequest::unprepared(cql))
-            .await
-            .unwrap();
-    }
+    support::create_kv(&mut svc).await;
     let fault = cluster.faults().add(
         Fault::error(InjectedError::Overloaded)
             .opcode(Opcode::Execute)

@@ -3,20 +3,21 @@
 //! metrics and tracing layers, exported by `OtlpExporter` to the testkit's
 //! in-process OTLP receiver, and checked as the receiver decoded them.
 
+mod support;
+
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use scylla::client::session_builder::SessionBuilder;
 use tower::{Service, ServiceExt};
-use tower_cql_core::{Collector, Collectors, CqlRequest, DriverService, Statement};
+use tower_cql_core::{Collector, Collectors, Statement};
 use tower_cql_exporters::otel::DURATION_BOUNDARIES;
 use tower_cql_exporters::otlp::{OtlpError, OtlpExporterBuilder, Protocol};
 use tower_cql_middleware::stack::StackBuilder;
 use tower_cql_testkit::otlp::{
     FoundMetric, KeyValue, OtlpReceiver, Transport, attribute_str, metrics,
 };
-use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
+use tower_cql_testkit::{Fault, InjectedError, Opcode};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::prelude::*;
@@ -125,29 +126,10 @@ async fn export_end_to_end(protocol: Protocol, transport: Transport) {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let collectors = Collectors::with([Arc::new(otlp.collector()) as Arc<dyn Collector>]);
-    let cluster = Cluster::start().await.unwrap();
-    let session = SessionBuilder::new()
-        .known_nodes_addr(cluster.contact_points())
-        .build()
-        .await
-        .unwrap();
-    let driver = DriverService::builder(Arc::new(session))
-        .collectors(collectors.clone())
-        .build()
-        .unwrap();
+    let (cluster, driver) = support::driver(&collectors).await;
     let stack = StackBuilder::new(collectors).build(driver).unwrap();
     let mut svc = stack.service();
-    for cql in [
-        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
-        "CREATE TABLE ks.kv (k int PRIMARY KEY, v text)",
-    ] {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(CqlRequest::unprepared(cql))
-            .await
-            .unwrap();
-    }
+    support::create_kv(&mut svc).await;
     let put = Statement::new("INSERT INTO ks.kv (k, v) VALUES (?, ?)")
         .operation("put")
         .idempotent(true);

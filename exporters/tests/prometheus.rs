@@ -3,18 +3,19 @@
 //! `.ci/run` installs both (Debian package `prometheus`); without them the
 //! parts that need them say they were skipped.
 
+mod support;
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use scylla::client::session_builder::SessionBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::{Service, ServiceExt};
-use tower_cql_core::{Collector, Collectors, CqlRequest, DriverService, Statement};
+use tower_cql_core::{Collector, Collectors, Statement};
 use tower_cql_exporters::metrics_bridge::MetricsBridge;
 use tower_cql_exporters::prometheus::PrometheusExporter;
 use tower_cql_middleware::stack::StackBuilder;
-use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
+use tower_cql_testkit::{Fault, InjectedError, Opcode};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -54,30 +55,11 @@ async fn the_endpoint_passes_promtool_and_a_prometheus_server_queries_it() {
     assert!(exporter.address().ip().is_loopback());
 
     // Real traffic through the stack against testkit.
-    let cluster = Cluster::start().await.unwrap();
-    let session = SessionBuilder::new()
-        .known_nodes_addr(cluster.contact_points())
-        .build()
-        .await
-        .unwrap();
     let collectors = Collectors::with([Arc::new(MetricsBridge::new()) as Arc<dyn Collector>]);
-    let driver = DriverService::builder(Arc::new(session))
-        .collectors(collectors.clone())
-        .build()
-        .unwrap();
+    let (cluster, driver) = support::driver(&collectors).await;
     let stack = StackBuilder::new(collectors).build(driver).unwrap();
     let mut svc = stack.service();
-    for cql in [
-        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
-        "CREATE TABLE ks.kv (k int PRIMARY KEY, v text)",
-    ] {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(CqlRequest::unprepared(cql))
-            .await
-            .unwrap();
-    }
+    support::create_kv(&mut svc).await;
     cluster.faults().add(
         Fault::error(InjectedError::Overloaded)
             .opcode(Opcode::Execute)

@@ -2,6 +2,8 @@
 //! layers off) against testkit with the real driver, spans read back from
 //! the SDK's in-memory exporter.
 
+mod support;
+
 use std::sync::Arc;
 
 use opentelemetry::trace::{
@@ -9,9 +11,8 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, Value};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider, SpanData};
-use scylla::client::session_builder::SessionBuilder;
 use tower::{Service, ServiceExt};
-use tower_cql_core::{Collector, Collectors, CqlRequest, DriverService, Statement};
+use tower_cql_core::{Collector, Collectors, Statement};
 use tower_cql_exporters::spans::SpanCollector;
 use tower_cql_middleware::stack::{BoxService, Stack, StackBuilder};
 use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
@@ -31,32 +32,13 @@ async fn env(sampler: Sampler) -> Env {
         .build();
     let spans = SpanCollector::new(provider.tracer("tower-cql"));
     let collectors = Collectors::with([Arc::new(spans) as Arc<dyn Collector>]);
-    let cluster = Cluster::start().await.unwrap();
-    let session = SessionBuilder::new()
-        .known_nodes_addr(cluster.contact_points())
-        .build()
-        .await
-        .unwrap();
-    let driver = DriverService::builder(Arc::new(session))
-        .collectors(collectors.clone())
-        .build()
-        .unwrap();
+    let (cluster, driver) = support::driver(&collectors).await;
     let stack = StackBuilder::new(collectors)
         .without_trace()
         .build(driver)
         .unwrap();
     let mut svc = stack.service();
-    for cql in [
-        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
-        "CREATE TABLE ks.kv (k int PRIMARY KEY, v text)",
-    ] {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(CqlRequest::unprepared(cql))
-            .await
-            .unwrap();
-    }
+    support::create_kv(&mut svc).await;
     Env {
         cluster,
         stack,
