@@ -378,9 +378,19 @@ impl DriverInner {
         req: &CqlRequest,
         listener: Option<Arc<NodeRecorder>>,
     ) -> Result<Prepared, CqlError> {
-        if let Some(ready) = self.resolve_cached(req, &listener) {
-            return Ok(ready);
+        match self.resolve_cached(req, &listener) {
+            Some(ready) => Ok(ready),
+            None => self.resolve_uncached(req, listener).await,
         }
+    }
+
+    /// What [`resolve_cached`](Self::resolve_cached) could not resolve:
+    /// prepares the statement (and caches it), or builds unprepared text.
+    async fn resolve_uncached(
+        &self,
+        req: &CqlRequest,
+        listener: Option<Arc<NodeRecorder>>,
+    ) -> Result<Prepared, CqlError> {
         let meta = req.meta();
         match req.statement().body() {
             StatementBody::Cql {
@@ -487,13 +497,14 @@ impl DriverInner {
         let start = Instant::now();
         if let StatementBody::Batch(batch) = req.statement().body() {
             return Box::pin(self.run_batch(req, batch, listener)).await;
-        } // The common case, a cached prepared statement executed unpaged, is
+        }
+        // The common case, a cached prepared statement executed unpaged, is
         // awaited in place; the rest (preparing, paging, unprepared text)
         // is boxed, so that this future, copied into a box on every call,
         // is no larger than the driver's own for that case.
         let stmt = match self.resolve_cached(req, &listener) {
             Some(stmt) => stmt,
-            None => Box::pin(self.resolve(req, listener)).await?,
+            None => Box::pin(self.resolve_uncached(req, listener)).await?,
         };
         let values = req.values().as_row();
         let (result, paging): (QueryResult, Option<PagingStateResponse>) =

@@ -72,7 +72,7 @@ pub use histogram::{Histogram, HistogramSnapshot};
 pub use memory::{InMemoryCollector, SeriesLabels, SeriesSnapshot, Snapshot};
 pub use paging::RowStream;
 pub use request::{
-    CqlRequest, Label, OperationKind, RequestMeta, Statement, StatementBody, StatementTraits,
-    Values,
+    CqlRequest, Label, OperationKind, QuerySummary, RequestMeta, Statement, StatementBody,
+    StatementTraits, Values,
 };
 pub use response::{CqlResponse, ExecutionInfo};

@@ -88,7 +88,10 @@ fn fetch(
         error.type = tracing::field::Empty,
     );
     if !span.is_disabled() {
-        span.record("db.query.summary", meta.summary().as_str());
+        span.record(
+            "db.query.summary",
+            tracing::field::display(meta.query_summary()),
+        );
     }
     let record = span.clone();
     Box::pin(

@@ -775,21 +775,14 @@ impl RequestMeta {
     /// A low-cardinality summary: `"SELECT ks.table"`, per the
     /// OpenTelemetry `db.query.summary` convention.
     pub fn summary(&self) -> String {
-        let mut s = String::from(self.kind.as_str());
-        match (&self.keyspace, &self.table) {
-            (Some(k), Some(t)) => {
-                s.push(' ');
-                s.push_str(k.as_str());
-                s.push('.');
-                s.push_str(t.as_str());
-            }
-            (None, Some(t)) => {
-                s.push(' ');
-                s.push_str(t.as_str());
-            }
-            _ => {}
-        }
-        s
+        self.query_summary().to_string()
+    }
+
+    /// [`summary`](Self::summary) without building a string: formatted
+    /// where it is written (e.g. a span field given with `%`, which a
+    /// disabled span never formats).
+    pub fn query_summary(&self) -> QuerySummary<'_> {
+        QuerySummary(self)
     }
 
     /// Replaces the operation label (the metrics layer's cardinality guard).
@@ -1120,5 +1113,28 @@ mod tests {
                 .as_str(),
             "op"
         );
+    }
+}
+
+/// A request's `db.query.summary` (`SELECT ks.table`), formatted on
+/// demand; see [`RequestMeta::query_summary`].
+#[derive(Clone, Copy)]
+pub struct QuerySummary<'a>(&'a RequestMeta);
+
+impl fmt::Display for QuerySummary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        f.write_str(m.kind.as_str())?;
+        match (&m.keyspace, &m.table) {
+            (Some(k), Some(t)) => write!(f, " {}.{}", k.as_str(), t.as_str()),
+            (None, Some(t)) => write!(f, " {}", t.as_str()),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for QuerySummary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }

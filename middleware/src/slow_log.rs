@@ -165,7 +165,7 @@ impl Collector for SlowQueryLog {
             target: "tower_cql::slow_query",
             duration_ms = e.duration.as_secs_f64() * 1000.0,
             operation = meta.operation().map_or(meta.kind().as_str(), |o| o.as_str()),
-            summary = meta.summary().as_str(),
+            summary = %meta.query_summary(),
             statement = meta.sanitized_text().unwrap_or(""),
             attempts = e.attempts,
             speculative = e.speculative,

@@ -1,9 +1,8 @@
 //! The tracing layers' futures: poll the inner future inside the span and
 //! record the outcome on it.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll, ready};
@@ -65,40 +64,6 @@ impl OutcomeFields {
     }
 }
 
-/// An IP address formatted on the stack (the longest, IPv6 with an IPv4
-/// tail, is 45 bytes).
-struct IpText {
-    buf: [u8; 48],
-    len: usize,
-}
-
-impl IpText {
-    fn new(ip: IpAddr) -> IpText {
-        let mut t = IpText {
-            buf: [0; 48],
-            len: 0,
-        };
-        let _ = write!(t, "{ip}");
-        t
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
-    }
-}
-
-impl fmt::Write for IpText {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len + s.len();
-        self.buf
-            .get_mut(self.len..end)
-            .ok_or(fmt::Error)?
-            .copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
 /// Records the outcome of a request or attempt on its span, in one call.
 fn record_outcome(span: &Span, f: &OutcomeFields, out: &Result<CqlResponse, CqlError>) {
     let Some(meta) = span.metadata() else {
@@ -108,8 +73,8 @@ fn record_outcome(span: &Span, f: &OutcomeFields, out: &Result<CqlResponse, CqlE
         Ok(resp) => (resp.info().coordinator, None),
         Err(e) => (e.node(), Some(e)),
     };
-    let ip = node.map(|n| IpText::new(n.ip()));
-    let ip = ip.as_ref().map(IpText::as_str);
+    // formatted by the subscriber that records it, not here
+    let ip = node.map(|n| tracing::field::display(n.ip()));
     let port = node.map(|n| i64::from(n.port()));
     let kind = error.map(|e| e.kind().as_str());
     let status = error.map(|_| "error");

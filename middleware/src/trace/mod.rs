@@ -179,21 +179,6 @@ fn consistency_name(c: scylla::statement::Consistency) -> &'static str {
     }
 }
 
-/// `db.query.summary` of a request, formatted only when a span records it.
-struct Summary<'a>(&'a RequestMeta);
-
-impl fmt::Debug for Summary<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        f.write_str(m.kind().as_str())?;
-        match (m.keyspace(), m.table()) {
-            (Some(k), Some(t)) => write!(f, " {}.{}", k.as_str(), t.as_str()),
-            (None, Some(t)) => write!(f, " {}", t.as_str()),
-            _ => Ok(()),
-        }
-    }
-}
-
 /// Makes the request span for `meta` (disabled when no subscriber wants it).
 ///
 /// Every value known before the request runs is given when the span is
@@ -214,14 +199,14 @@ pub(crate) fn request_span_with_fields(
             let span = tracing::span!(
                 $lvl,
                 "cql.request",
-                otel.name = ?Summary(meta),
+                otel.name = %meta.query_summary(),
                 otel.kind = "client",
                 otel.status_code = Empty,
                 db.system.name = DB_SYSTEM_NAME,
                 db.namespace = meta.keyspace().map(|k| k.as_str()),
                 db.collection.name = meta.table().map(|t| t.as_str()),
                 db.operation.name = meta.operation().map_or(meta.kind().as_str(), |o| o.as_str()),
-                db.query.summary = ?Summary(meta),
+                db.query.summary = %meta.query_summary(),
                 db.query.text = if config.record_query_text { meta.sanitized_text() } else { None },
                 db.response.status_code = Empty,
                 error.type = Empty,
