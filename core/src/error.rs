@@ -2,17 +2,17 @@
 //!
 //! Every failure — a server error code, a driver error, a middleware
 //! decision — becomes a [`CqlError`] with an [`ErrorKind`]. Retry, metrics,
-//! tracing and the circuit breaker all classify through the same kind, and
-//! the retry rules live here, in [`CqlError::retry_advice`], next to the
-//! kinds they read.
+//! tracing and the circuit breaker all classify it through one function,
+//! [`classify`](crate::classify::classify), where the retry rules live.
 //!
 //! ```
 //! use tower_cql_core::{CqlError, ErrorKind, RetryAdvice};
 //!
 //! let err = CqlError::new(ErrorKind::Overloaded, "coordinator busy");
-//! // Overloaded means the coordinator refused before executing anything,
-//! // so even a non-idempotent write may be retried, on another node.
-//! assert_eq!(err.retry_advice(false), RetryAdvice::RetryNextNode);
+//! // The coordinator may have passed the mutation to some replicas before
+//! // refusing: only an idempotent request is retried (on another node).
+//! assert_eq!(err.retry_advice(false), RetryAdvice::DontRetry);
+//! assert_eq!(err.retry_advice(true), RetryAdvice::RetryNextNode);
 //! let err = CqlError::new(ErrorKind::WriteTimeout, "replicas slow");
 //! // A write timeout may have been applied: only idempotent writes retry.
 //! assert_eq!(err.retry_advice(false), RetryAdvice::DontRetry);
@@ -24,6 +24,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::classify::RetryAdvice;
+
 use scylla::errors::{
     DbError, ExecutionError, NewSessionError, PrepareError, RequestAttemptError, WriteType,
 };
@@ -32,7 +34,8 @@ use scylla::errors::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// The coordinator is overloaded and refused the request (not applied).
+    /// The coordinator is overloaded and refused the request; some replicas
+    /// may already have the mutation (its hint queue filled mid-write).
     Overloaded,
     /// Not enough replicas alive for the consistency level (not applied).
     Unavailable,
@@ -207,7 +210,7 @@ impl ErrorKind {
     pub const fn hint(self) -> &'static str {
         match self {
             ErrorKind::Overloaded => {
-                "the request was not applied; retry with backoff on another node, or reduce load"
+                "the coordinator is overloaded and may have passed a write to some replicas; idempotent requests are retried on another node, otherwise reduce load"
             }
             ErrorKind::Unavailable => {
                 "the request was not applied; bring replicas back up or lower the consistency level"
@@ -287,8 +290,10 @@ impl ErrorKind {
     pub const fn may_have_been_applied(self) -> bool {
         matches!(
             self,
-            ErrorKind::WriteTimeout
+            ErrorKind::Overloaded
+                | ErrorKind::WriteTimeout
                 | ErrorKind::WriteFailure
+                | ErrorKind::TruncateError
                 | ErrorKind::ClientTimeout
                 | ErrorKind::DeadlineExceeded
                 | ErrorKind::ServerError
@@ -302,17 +307,6 @@ impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// What a retry policy should do after an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RetryAdvice {
-    /// Do not retry: it cannot succeed, or retrying could apply a write twice.
-    DontRetry,
-    /// Retry on the same node.
-    RetrySameNode,
-    /// Retry on another node.
-    RetryNextNode,
 }
 
 /// Server-reported details of timeouts, failures and unavailability.
@@ -459,72 +453,11 @@ impl CqlError {
         !self.0.not_sent && self.0.kind.may_have_been_applied()
     }
 
-    /// Whether a retry could help, for a request that is (or is not)
-    /// idempotent. The one place the retry rules live:
-    ///
-    /// - never: errors a retry cannot fix (syntax, invalid, auth, bad
-    ///   values, shut down, open circuit, deadline passed);
-    /// - always (next node): the request certainly was not applied —
-    ///   overloaded, unavailable, bootstrapping, or never sent;
-    /// - idempotent only: the request may have been applied — write
-    ///   timeouts and failures, client timeouts, broken connections,
-    ///   server errors; a CAS write timeout never (its outcome is unknown
-    ///   and a retry may double-apply);
-    /// - read timeouts: same node if the data replica answered late
-    ///   (`data_present`), else the next node.
+    /// Whether and where a retry could help, for a request that is (or is
+    /// not) idempotent: [`classify`](crate::classify::classify)`(self,
+    /// idempotent).retry`, where the rules (and their table) live.
     pub fn retry_advice(&self, idempotent: bool) -> RetryAdvice {
-        use ErrorKind as K;
-        let kind = self.0.kind;
-        match kind {
-            K::Syntax
-            | K::Invalid
-            | K::AlreadyExists
-            | K::Unauthorized
-            | K::AuthenticationFailed
-            | K::ConfigError
-            | K::Protocol
-            | K::Serialization
-            | K::Deserialization
-            | K::Prepare
-            | K::SchemaAgreement
-            | K::FunctionFailure
-            | K::ShutDown
-            | K::CircuitOpen
-            | K::DeadlineExceeded
-            | K::BadRequest
-            | K::RateLimited
-            | K::Shed
-            | K::TruncateError
-            | K::RateLimitReached => RetryAdvice::DontRetry,
-            K::Unprepared => RetryAdvice::RetrySameNode,
-            K::Overloaded | K::Unavailable | K::IsBootstrapping => RetryAdvice::RetryNextNode,
-            _ if self.0.not_sent => RetryAdvice::RetryNextNode,
-            K::ReadTimeout => {
-                if self.0.details.and_then(|d| d.data_present) == Some(true) {
-                    RetryAdvice::RetrySameNode
-                } else {
-                    RetryAdvice::RetryNextNode
-                }
-            }
-            K::WriteTimeout | K::WriteFailure
-                if self.0.details.and_then(|d| d.write_type) == Some("CAS") =>
-            {
-                RetryAdvice::DontRetry
-            }
-            K::WriteTimeout
-            | K::WriteFailure
-            | K::ReadFailure
-            | K::ClientTimeout
-            | K::Connection
-            | K::ServerError
-            | K::Other => {
-                if idempotent {
-                    RetryAdvice::RetryNextNode
-                } else {
-                    RetryAdvice::DontRetry
-                }
-            }
-        }
+        crate::classify::classify(self, idempotent).retry
     }
 
     /// Shorthand: `retry_advice(idempotent) != DontRetry`.
@@ -895,7 +828,7 @@ mod tests {
         assert_eq!(rt.retry_advice(false), RetryAdvice::RetrySameNode);
         assert_eq!(
             db(DbError::Overloaded).retry_advice(false),
-            RetryAdvice::RetryNextNode
+            RetryAdvice::DontRetry
         );
         assert_eq!(
             db(DbError::SyntaxError).retry_advice(true),
@@ -945,12 +878,45 @@ mod tests {
         ));
         assert_eq!(broken.kind(), ErrorKind::Connection);
         assert!(!broken.is_retryable(false), "may have been sent");
-        assert!(CqlError::new(ErrorKind::Overloaded, "x").is_retryable(false));
+        assert!(!CqlError::new(ErrorKind::Overloaded, "x").is_retryable(false));
+        assert!(CqlError::new(ErrorKind::Unavailable, "x").is_retryable(false));
         assert!(!CqlError::shut_down().is_retryable(true));
         assert_eq!(
             CqlError::from_execution(ExecutionError::EmptyPlan).kind(),
             ErrorKind::Connection
         );
+    }
+
+    /// The anchors' rule (scylla 1.9 `DefaultRetryPolicy`, the DataStax
+    /// Java driver 4.x): errors after which the mutation may already be on
+    /// some replicas are retried only for idempotent requests.
+    #[test]
+    fn may_have_been_applied_errors_retry_only_when_idempotent() {
+        for kind in [
+            ErrorKind::Overloaded,
+            ErrorKind::ServerError,
+            ErrorKind::TruncateError,
+            ErrorKind::ReadFailure,
+            ErrorKind::WriteFailure,
+        ] {
+            let err = CqlError::new(kind, "x");
+            assert_eq!(err.retry_advice(false), RetryAdvice::DontRetry, "{kind}");
+            assert_eq!(err.retry_advice(true), RetryAdvice::RetryNextNode, "{kind}");
+            // certainly not sent: safe either way
+            assert_eq!(
+                err.clone().not_sent().retry_advice(false),
+                RetryAdvice::RetryNextNode,
+                "{kind}"
+            );
+        }
+        for kind in [ErrorKind::Unavailable, ErrorKind::IsBootstrapping] {
+            let err = CqlError::new(kind, "x");
+            assert_eq!(
+                err.retry_advice(false),
+                RetryAdvice::RetryNextNode,
+                "{kind}"
+            );
+        }
     }
 
     #[test]

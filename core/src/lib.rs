@@ -31,7 +31,8 @@
 //! # Modules
 //! - [`request`]: [`CqlRequest`], [`Statement`], [`RequestMeta`] and labels.
 //! - [`response`]: [`CqlResponse`] and [`ExecutionInfo`].
-//! - [`error`]: [`CqlError`], [`ErrorKind`] and the retry rules.
+//! - [`error`]: [`CqlError`] and [`ErrorKind`].
+//! - [`classify`]: the one classifier of failures (retry, breaker, overload, `error.type`).
 //! - [`driver`]: [`DriverService`], the `tower::Service` over a scylla session.
 //! - [`paging`]: [`RowStream`], typed rows page by page.
 //! - [`event`] and [`collector`]: what is observed and where it goes.
@@ -46,6 +47,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod classify;
 pub mod collector;
 pub mod driver;
 pub mod error;

@@ -208,7 +208,7 @@ impl Collector for MetricsBridge {
     }
 
     fn on_retry(&self, e: &RetryEvent<'_>) {
-        metrics::counter!("db_client_retries_total", "error_type" => e.cause.kind().as_str())
+        metrics::counter!("db_client_retries_total", "error_type" => tower_cql_core::classify::error_type(e.cause))
             .increment(1);
     }
 

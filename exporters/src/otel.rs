@@ -215,8 +215,13 @@ impl Collector for OtelCollector {
     }
 
     fn on_retry(&self, e: &RetryEvent<'_>) {
-        self.retries
-            .add(1, &[KeyValue::new("error.type", e.cause.kind().as_str())]);
+        self.retries.add(
+            1,
+            &[KeyValue::new(
+                "error.type",
+                tower_cql_core::classify::error_type(e.cause),
+            )],
+        );
     }
 
     fn on_throttle(&self, e: &ThrottleEvent<'_>) {

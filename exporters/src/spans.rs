@@ -176,7 +176,10 @@ where
         match e.error {
             None => attrs.push(KeyValue::new("db.response.returned_rows", e.rows as i64)),
             Some(err) => {
-                attrs.push(KeyValue::new("error.type", err.kind().as_str()));
+                attrs.push(KeyValue::new(
+                    "error.type",
+                    tower_cql_core::classify::error_type(err),
+                ));
                 if let Some(code) = err.kind().status_code() {
                     attrs.push(KeyValue::new(
                         "db.response.status_code",

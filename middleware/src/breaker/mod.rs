@@ -161,6 +161,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
+use tower_cql_core::classify::NodeVerdict;
 use tower_cql_core::event::{BreakerEvent, ShedEvent};
 use tower_cql_core::{
     Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind, Event, Label, RequestMeta,
@@ -305,28 +306,14 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    /// How a result counts; `None` for refusals made on the client.
+    /// How a result counts, as the one classifier
+    /// ([`NodeVerdict::of`]) says; `None` for outcomes that judge no node
+    /// (refusals made on the client).
     pub(crate) fn of(result: &Result<CqlResponse, CqlError>) -> Option<Outcome> {
-        let Err(e) = result else {
-            return Some(Outcome::Success);
-        };
-        match e.kind() {
-            ErrorKind::Overloaded
-            | ErrorKind::Unavailable
-            | ErrorKind::ReadTimeout
-            | ErrorKind::WriteTimeout
-            | ErrorKind::ClientTimeout
-            | ErrorKind::Connection
-            | ErrorKind::ServerError
-            | ErrorKind::IsBootstrapping => Some(Outcome::Failure),
-            ErrorKind::RateLimited
-            | ErrorKind::Shed
-            | ErrorKind::CircuitOpen
-            | ErrorKind::ShutDown
-            | ErrorKind::BadRequest
-            | ErrorKind::Serialization
-            | ErrorKind::DeadlineExceeded => None,
-            _ => Some(Outcome::Success),
+        match NodeVerdict::of(result) {
+            NodeVerdict::Healthy => Some(Outcome::Success),
+            NodeVerdict::Failed => Some(Outcome::Failure),
+            NodeVerdict::NotJudged => None,
         }
     }
 }

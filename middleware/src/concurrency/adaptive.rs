@@ -70,8 +70,9 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tower_cql_core::classify::classify;
 use tower_cql_core::event::LimitEvent;
-use tower_cql_core::{Collectors, CqlError, CqlRequest, ErrorKind, Event};
+use tower_cql_core::{Collectors, CqlError, CqlRequest, Event};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -215,8 +216,9 @@ impl Aimd {
     pub(crate) fn on_complete(&self, core: &Core, started: Instant, error: Option<&CqlError>) {
         let now = Instant::now();
         let latency = now.saturating_duration_since(started);
-        let overload = error
-            .is_some_and(|e| matches!(e.kind(), ErrorKind::Overloaded | ErrorKind::ClientTimeout));
+        // The one classifier says what signals overload; idempotency does
+        // not change that answer.
+        let overload = error.is_some_and(|e| classify(e, false).overload);
         if overload || latency > self.latency_threshold {
             self.decrease(core, started, now);
         } else {
@@ -509,7 +511,7 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
     use tower::{ServiceExt, service_fn};
-    use tower_cql_core::Collector;
+    use tower_cql_core::{Collector, ErrorKind};
 
     /// Keeps the limit of every limit event.
     #[derive(Default)]

@@ -182,7 +182,7 @@ where
                         Decision::Stop(reason) => {
                             tracing::debug!(
                                 reason = reason.as_str(),
-                                error = err.kind().as_str(),
+                                error = tower_cql_core::classify::error_type(&err),
                                 attempts = *this.attempts,
                                 "not retrying"
                             );

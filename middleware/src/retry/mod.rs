@@ -33,8 +33,9 @@
 //! });
 //! let svc = layer.layer(driver);
 //!
-//! // Overloaded means "not applied": retried, even for a write.
-//! let write = CqlRequest::query("INSERT INTO ks.t (k, v) VALUES (?, ?)").bind((1, 2));
+//! // Overloaded may come after some replicas took a write: retried only
+//! // for an idempotent request.
+//! let write = CqlRequest::query("INSERT INTO ks.t (k, v) VALUES (?, ?)").bind((1, 2)).idempotent(true);
 //! let resp = svc.oneshot(write).await?;
 //! assert_eq!(resp.info().attempts, 3); // max_attempts, the first included
 //! assert_eq!(calls.load(Ordering::Relaxed), 3);
@@ -43,12 +44,15 @@
 //! ```
 //!
 //! # What is retried
-//! An error is retried only if [`CqlError::retry_advice`] allows it for the
-//! request's [`is_idempotent`](tower_cql_core::RequestMeta::is_idempotent):
-//! errors that mean "not applied" (overloaded, unavailable, bootstrapping,
-//! never sent) always; errors after which the request may have been
-//! applied (write timeouts, client timeouts, broken connections) only for
-//! idempotent requests; errors a retry cannot fix never. Then, in order:
+//! An error is retried only if the one classifier
+//! ([`tower_cql_core::classify`], whose module docs have the rule table)
+//! allows it for the request's
+//! [`is_idempotent`](tower_cql_core::RequestMeta::is_idempotent): errors
+//! that mean "not executed" (unavailable, bootstrapping, never sent)
+//! always; errors after which the request may have been applied on some
+//! replica (overloaded, write timeouts and failures, server errors,
+//! client timeouts, broken connections) only for idempotent requests;
+//! errors a retry cannot fix never. Then, in order:
 //! - at most [`RetryConfig::max_attempts`] attempts, the first included;
 //! - the backoff ([`Backoff`]): exponential, full jitter;
 //! - the deadline: a retry whose backoff would end at or after the
@@ -327,14 +331,32 @@ mod tests {
         assert_eq!(resp.info().attempts, 2);
     }
 
+    /// `Overloaded` can come after some replicas took the mutation: a
+    /// non-idempotent write is not retried (it was, before the one
+    /// classifier); `Unavailable` (nothing executed) still is.
     #[tokio::test(start_paused = true)]
-    async fn non_idempotent_write_is_retried_after_overloaded() {
+    async fn non_idempotent_write_is_not_retried_after_overloaded() {
         let mock = Mock::new([fail(ErrorKind::Overloaded, MS), ok(MS)]);
         let (layer, recorder) = layer(RetryConfig::default());
+        let err = layer
+            .layer(mock.clone())
+            .oneshot(write())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Overloaded);
+        assert_eq!(mock.calls().len(), 1);
+        assert!(recorder.retries().is_empty());
+        let mock = Mock::new([fail(ErrorKind::Unavailable, MS), ok(MS)]);
         let resp = layer.layer(mock.clone()).oneshot(write()).await.unwrap();
         assert_eq!(resp.info().attempts, 2);
-        assert_eq!(mock.calls().len(), 2);
         assert_eq!(recorder.retries().len(), 1);
+        let mock = Mock::new([fail(ErrorKind::Overloaded, MS), ok(MS)]);
+        let resp = layer
+            .layer(mock.clone())
+            .oneshot(write().idempotent(true))
+            .await
+            .unwrap();
+        assert_eq!(resp.info().attempts, 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -71,16 +71,22 @@ impl StopReason {
 /// let write = CqlRequest::query("INSERT INTO ks.t (k, v) VALUES (?, ?)"); // not idempotent
 /// let now = tokio::time::Instant::now();
 ///
-/// // Overloaded: refused before executing, so even a write may be retried.
-/// let overloaded = CqlError::new(ErrorKind::Overloaded, "busy");
-/// match policy.decide(write.meta(), &overloaded, 1, now, None) {
+/// // Unavailable: the coordinator executed nothing, so even a write may be retried.
+/// let unavailable = CqlError::new(ErrorKind::Unavailable, "2 of 3 replicas down");
+/// match policy.decide(write.meta(), &unavailable, 1, now, None) {
 ///     Decision::Retry { advice, delay } => {
 ///         assert_eq!(advice, RetryAdvice::RetryNextNode);
 ///         assert!(delay <= Duration::from_millis(10));
 ///     }
 ///     other => panic!("{other:?}"),
 /// }
-/// // A write timeout may have been applied: a non-idempotent write is not retried.
+/// // Overloaded or a write timeout: the write may be on some replicas, so a
+/// // non-idempotent write is not retried.
+/// let overloaded = CqlError::new(ErrorKind::Overloaded, "busy");
+/// assert_eq!(
+///     policy.decide(write.meta(), &overloaded, 1, now, None),
+///     Decision::Stop(StopReason::NotRetryable)
+/// );
 /// let timeout = CqlError::new(ErrorKind::WriteTimeout, "slow replicas");
 /// assert_eq!(
 ///     policy.decide(write.meta(), &timeout, 1, now, None),
@@ -91,7 +97,7 @@ impl StopReason {
 ///
 ///
 /// # Same node or next node
-/// The advice `RetryNextNode` (e.g. after `Overloaded`) is honoured through
+/// The advice `RetryNextNode` (e.g. after `Unavailable`) is honoured through
 /// the driver: this layer cannot pick a node, the scylla driver's
 /// load-balancing policy does, afresh for each call. Its default policy
 /// spreads calls over the replicas of the partition (and the driver

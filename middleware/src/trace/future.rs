@@ -76,7 +76,7 @@ fn record_outcome(span: &Span, f: &OutcomeFields, out: &Result<CqlResponse, CqlE
     // formatted by the subscriber that records it, not here
     let ip = node.map(|n| tracing::field::display(n.ip()));
     let port = node.map(|n| i64::from(n.port()));
-    let kind = error.map(|e| e.kind().as_str());
+    let kind = error.map(tower_cql_core::classify::error_type);
     let status = error.map(|_| "error");
     let fs = meta.fields();
     match &f.request {
