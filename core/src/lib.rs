@@ -38,7 +38,8 @@
 //! - [`event`] and [`collector`]: what is observed and where it goes.
 //! - [`memory`] and [`histogram`]: the built-in lock-free in-memory collector.
 //! - [`gate`]: the shutdown gate.
-//! - [`redact`]: statement text with literals removed.
+//! - [`analysis`]: what a statement's text says (kind, table, LWT, counters).
+//! - [`redact`]: statement text with literals removed (same lexer as the analysis).
 //!
 //! # Loom
 //! The lock-free parts have `loom` models:
@@ -47,6 +48,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod analysis;
 pub mod classify;
 pub mod collector;
 pub mod driver;
@@ -55,6 +57,7 @@ pub mod event;
 pub mod gate;
 pub mod hash;
 pub mod histogram;
+mod lex;
 pub mod memory;
 pub mod paging;
 pub mod redact;

@@ -10,163 +10,24 @@
 //! );
 //! ```
 
+use crate::lex::{Kind, Lexer};
+
 /// Replaces string, number, UUID, blob, boolean and collection literals
 /// with `?`; keeps keywords, identifiers, bind markers and punctuation.
-/// Whitespace runs become one space; comments are dropped.
+/// Whitespace runs become one space; comments are dropped. Reads the text
+/// through the same lexer as the statement analysis.
 pub fn sanitize(text: &str) -> String {
-    let b = text.as_bytes();
     let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    let mut pending_space = false;
-    let push = |out: &mut String, s: &str, pending: &mut bool| {
-        if *pending && !out.is_empty() {
+    for t in Lexer::new(text) {
+        if t.space_before && !out.is_empty() {
             out.push(' ');
         }
-        *pending = false;
-        out.push_str(s);
-    };
-    while i < b.len() {
-        let c = b[i];
-        if c.is_ascii_whitespace() {
-            pending_space = true;
-            i += 1;
-            continue;
+        match t.kind {
+            Kind::Literal(_) => out.push('?'),
+            _ => out.push_str(t.text),
         }
-        // comments
-        if (c == b'-' && b.get(i + 1) == Some(&b'-')) || (c == b'/' && b.get(i + 1) == Some(&b'/'))
-        {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
-            pending_space = true;
-            continue;
-        }
-        if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            i += 2;
-            while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
-                i += 1;
-            }
-            i = (i + 2).min(b.len());
-            pending_space = true;
-            continue;
-        }
-        // string literal
-        if c == b'\'' {
-            i += 1;
-            while i < b.len() {
-                if b[i] == b'\'' {
-                    if b.get(i + 1) == Some(&b'\'') {
-                        i += 2;
-                        continue;
-                    }
-                    break;
-                }
-                i += 1;
-            }
-            i = (i + 1).min(b.len());
-            push(&mut out, "?", &mut pending_space);
-            continue;
-        }
-        // $$ string $$
-        if c == b'$' && b.get(i + 1) == Some(&b'$') {
-            i += 2;
-            while i + 1 < b.len() && !(b[i] == b'$' && b[i + 1] == b'$') {
-                i += 1;
-            }
-            i = (i + 2).min(b.len());
-            push(&mut out, "?", &mut pending_space);
-            continue;
-        }
-        // quoted identifier: keep
-        if c == b'"' {
-            let start = i;
-            i += 1;
-            while i < b.len() {
-                if b[i] == b'"' {
-                    if b.get(i + 1) == Some(&b'"') {
-                        i += 2;
-                        continue;
-                    }
-                    break;
-                }
-                i += 1;
-            }
-            i = (i + 1).min(b.len());
-            push(&mut out, &text[start..i], &mut pending_space);
-            continue;
-        }
-        // numbers, blobs, uuids (which may start with a digit) and a sign
-        // directly before a number after an operator
-        let sign = (c == b'-' || c == b'+') && b.get(i + 1).is_some_and(u8::is_ascii_digit) && {
-            let prev = out.trim_end().chars().last();
-            prev.is_none_or(|p| "=<>(,[{:+-*/".contains(p))
-        };
-        if c.is_ascii_digit() || sign {
-            i += 1;
-            while i < b.len()
-                && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'.' | b'-' | b'+' | b'_'))
-            {
-                // stop at a minus that starts an operator expression like `1 - 2`
-                if (b[i] == b'-' || b[i] == b'+')
-                    && !matches!(b[i - 1], b'e' | b'E')
-                    && !is_uuid_dash(b, i)
-                {
-                    break;
-                }
-                i += 1;
-            }
-            push(&mut out, "?", &mut pending_space);
-            continue;
-        }
-        if c.is_ascii_alphabetic() || c == b'_' {
-            let start = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
-                i += 1;
-            }
-            let word = &text[start..i];
-            // hex-looking uuids that start with a letter: 8-4-4-4-12
-            if b.get(i) == Some(&b'-')
-                && word.len() == 8
-                && word.bytes().all(|x| x.is_ascii_hexdigit())
-            {
-                let mut j = i;
-                while j < b.len() && (b[j].is_ascii_hexdigit() || b[j] == b'-') {
-                    j += 1;
-                }
-                if j - start == 36 {
-                    i = j;
-                    push(&mut out, "?", &mut pending_space);
-                    continue;
-                }
-            }
-            let lower = word.to_ascii_lowercase();
-            if matches!(lower.as_str(), "true" | "false" | "nan" | "infinity") {
-                push(&mut out, "?", &mut pending_space);
-            } else {
-                push(&mut out, word, &mut pending_space);
-            }
-            continue;
-        }
-        // punctuation, one char (UTF-8 safe)
-        let ch_len = text[i..].chars().next().map_or(1, char::len_utf8);
-        push(&mut out, &text[i..i + ch_len], &mut pending_space);
-        // no space inside `( ... )` joins: keep the author's spacing otherwise
-        i += ch_len;
     }
     collapse_collections(&out)
-}
-
-fn is_uuid_dash(b: &[u8], i: usize) -> bool {
-    // inside an 8-4-4-4-12 run of hex digits
-    let mut start = i;
-    while start > 0 && (b[start - 1].is_ascii_hexdigit() || b[start - 1] == b'-') {
-        start -= 1;
-    }
-    let mut end = i;
-    while end < b.len() && (b[end].is_ascii_hexdigit() || b[end] == b'-') {
-        end += 1;
-    }
-    end - start == 36
 }
 
 /// `[?, ?, ?]`, `{?: ?}` and `(?, ?)` of literals become one `?`.

@@ -1,0 +1,348 @@
+//! What a statement's text says: its kind, keyspace and table, and what
+//! makes a retry unsafe (LWT, counter update, list append, a
+//! non-deterministic function). Read through the one CQL lexer
+//! (the crate-private `lex` module), the same the sanitiser uses, so nothing inside a
+//! literal or a comment is taken for a keyword.
+//!
+//! ```
+//! use tower_cql_core::Statement;
+//!
+//! // The `IF` after a `$$` string holding a quote is an LWT ...
+//! let lwt = Statement::new("UPDATE ks.t SET v = $$it's$$ WHERE k = ? IF v = ?");
+//! assert!(lwt.traits().lwt);
+//! // ... and `IF NOT EXISTS` inside one is a value.
+//! let plain = Statement::new("INSERT INTO ks.t (k, v) VALUES (?, $$ IF NOT EXISTS $$)");
+//! assert!(!plain.traits().lwt);
+//! ```
+
+use crate::lex::{Kind, Lexer, Token};
+use crate::request::OperationKind;
+
+/// What the text of a statement says about retrying it, found once when
+/// the statement is analysed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatementTraits {
+    /// A lightweight transaction (`IF NOT EXISTS`, `IF EXISTS`, `IF col = ...`).
+    pub lwt: bool,
+    /// Updates a counter (`SET c = c + ?`): never idempotent.
+    pub counter_update: bool,
+    /// Appends or prepends to a list (`l = l + ?`, `l = ? + l`): never idempotent.
+    pub list_append: bool,
+    /// Calls a non-deterministic function (`now()`, `uuid()`, ...).
+    pub nondeterministic: bool,
+}
+
+impl StatementTraits {
+    /// Whether anything in the text makes a retry unsafe, whatever the
+    /// caller says.
+    pub fn forbids_retry(&self) -> bool {
+        self.lwt || self.counter_update || self.list_append || self.nondeterministic
+    }
+}
+
+/// Finds the operation kind, keyspace and table of a statement text, and
+/// what makes it unsafe to retry.
+pub(crate) fn analyse(
+    text: &str,
+) -> (
+    OperationKind,
+    Option<String>,
+    Option<String>,
+    StatementTraits,
+) {
+    let tokens: Vec<Token<'_>> = Lexer::new(text).collect();
+    let mut traits = StatementTraits::default();
+    let first = tokens.first();
+    let kind = match first {
+        Some(t) if t.is_word("SELECT") => OperationKind::Select,
+        Some(t) if t.is_word("INSERT") => OperationKind::Insert,
+        Some(t) if t.is_word("UPDATE") => OperationKind::Update,
+        Some(t) if t.is_word("DELETE") => OperationKind::Delete,
+        Some(t) if t.is_word("BEGIN") || t.is_word("APPLY") => OperationKind::Batch,
+        _ => OperationKind::Other,
+    };
+    // `IF` makes a DML statement an LWT; in DDL (`CREATE ... IF NOT
+    // EXISTS`) it is not one.
+    let dml = !matches!(kind, OperationKind::Select | OperationKind::Other);
+    // The table: after FROM (SELECT/DELETE), INTO (INSERT), UPDATE.
+    let mut target: Option<(Option<Token<'_>>, Token<'_>)> = None;
+    for (i, t) in tokens.iter().enumerate() {
+        let after = match kind {
+            OperationKind::Select | OperationKind::Delete => t.is_word("FROM"),
+            OperationKind::Insert => t.is_word("INTO"),
+            OperationKind::Update => i == 0,
+            _ => false,
+        };
+        if after && target.is_none() {
+            target = qualified_name(&tokens[i + 1..]);
+        }
+        if dml && t.is_word("IF") {
+            traits.lwt = true;
+        }
+        if t.kind == Kind::Word
+            && [
+                "NOW",
+                "UUID",
+                "CURRENTTIMESTAMP",
+                "CURRENTTIMEUUID",
+                "CURRENTDATE",
+                "CURRENTTIME",
+            ]
+            .iter()
+            .any(|f| t.is_word(f))
+            && tokens.get(i + 1).is_some_and(|n| n.is_punct("("))
+        {
+            traits.nondeterministic = true;
+        }
+        if t.is_punct("=") && i >= 1 && i + 2 < tokens.len() {
+            update_traits(&tokens, i, &mut traits);
+        }
+    }
+    let (keyspace, table) = match target {
+        Some((ks, tb)) => (ks.map(|k| unquote(&k)), Some(unquote(&tb))),
+        None => (None, None),
+    };
+    (kind, keyspace, table, traits)
+}
+
+/// `name` or `keyspace.name` at the start of `rest`.
+fn qualified_name<'a>(rest: &[Token<'a>]) -> Option<(Option<Token<'a>>, Token<'a>)> {
+    let first = *rest.first().filter(|t| t.is_name())?;
+    match (rest.get(1), rest.get(2)) {
+        (Some(dot), Some(name)) if dot.is_punct(".") && name.is_name() => {
+            Some((Some(first), *name))
+        }
+        _ => Some((None, first)),
+    }
+}
+
+/// `c = c + ...`, `c = c - ...`, `l = [..] + l`, `l = ? + l` around the
+/// `=` at `i`: a counter update or a list append.
+fn update_traits(tokens: &[Token<'_>], i: usize, traits: &mut StatementTraits) {
+    let lhs = &tokens[i - 1];
+    if !lhs.is_name() {
+        return;
+    }
+    if tokens[i + 1].same_name(lhs) && (tokens[i + 2].is_punct("+") || tokens[i + 2].is_punct("-"))
+    {
+        match tokens.get(i + 3) {
+            Some(r) if r.is_punct("[") => traits.list_append = true,
+            // set/map union: idempotent
+            Some(r) if r.is_punct("{") => {}
+            // a bound or literal delta: a counter (or a collection bound as
+            // a whole, which cannot be told apart here); anything else is
+            // treated the same, conservatively
+            _ => traits.counter_update = true,
+        }
+    }
+    // `l = [..] + l` or `l = ? + l` prepends to a list.
+    let mut j = i + 1;
+    if tokens[j].is_punct("[") {
+        let mut depth = 0;
+        while j < tokens.len() {
+            if tokens[j].is_punct("[") {
+                depth += 1;
+            } else if tokens[j].is_punct("]") {
+                depth -= 1;
+            }
+            if depth == 0 {
+                break;
+            }
+            j += 1;
+        }
+    }
+    if j + 2 < tokens.len() && tokens[j + 1].is_punct("+") && tokens[j + 2].same_name(lhs) {
+        traits.list_append = true;
+    }
+}
+
+fn unquote(t: &Token<'_>) -> String {
+    match t.kind {
+        Kind::Quoted => {
+            let s = t.text;
+            let inner = s.strip_prefix('"').unwrap_or(s);
+            inner
+                .strip_suffix('"')
+                .unwrap_or(inner)
+                .replace("\"\"", "\"")
+        }
+        _ => t.text.to_ascii_lowercase(),
+    }
+}
+
+#[cfg(all(test, not(tower_cql_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dollar_strings_do_not_fool_the_analysis() {
+        let (_, ks, table, tr) = analyse("UPDATE ks.t SET v = $$it's$$ WHERE k = ? IF v = ?");
+        assert!(tr.lwt, "the IF after a $$ string holding a quote is an LWT");
+        assert_eq!((ks.as_deref(), table.as_deref()), (Some("ks"), Some("t")));
+        let (_, _, _, tr) = analyse("INSERT INTO ks.t (k, v) VALUES (?, $$ IF NOT EXISTS $$)");
+        assert!(!tr.lwt, "IF NOT EXISTS inside a $$ string is a value");
+        let (_, _, _, tr) = analyse("UPDATE ks.t SET v = 'now()' WHERE k = ?");
+        assert!(!tr.nondeterministic);
+        let (_, _, _, tr) = analyse("UPDATE ks.t /* IF */ SET v = ? WHERE k = ? -- IF x = 1");
+        assert!(!tr.lwt);
+    }
+
+    #[test]
+    fn analysis_finds_kind_table_and_hazards() {
+        let (k, ks, t, tr) = analyse("SELECT a FROM ks.users WHERE id = ?");
+        assert_eq!(
+            (k, ks.as_deref(), t.as_deref()),
+            (OperationKind::Select, Some("ks"), Some("users"))
+        );
+        assert!(!tr.forbids_retry());
+        let (k, ks, t, tr) = analyse("insert into Users (id) values (?) if not exists");
+        assert_eq!(
+            (k, ks, t.as_deref()),
+            (OperationKind::Insert, None, Some("users"))
+        );
+        assert!(tr.lwt);
+        let (_, _, t, tr) = analyse("UPDATE \"Ks\".\"Tab\" SET c = c + ? WHERE k = ?");
+        assert_eq!(t.as_deref(), Some("Tab"));
+        assert!(tr.counter_update);
+        assert!(
+            analyse("UPDATE t SET l = l + ['x'] WHERE k = 1")
+                .3
+                .list_append
+        );
+        assert!(
+            analyse("UPDATE t SET l = ['x'] + l WHERE k = 1")
+                .3
+                .list_append
+        );
+        assert!(
+            !analyse("UPDATE t SET s = s + {'x'} WHERE k = 1")
+                .3
+                .forbids_retry()
+        );
+        assert!(
+            analyse("INSERT INTO t (k, id) VALUES (1, now())")
+                .3
+                .nondeterministic
+        );
+        // words inside literals and comments are not keywords
+        let (_, _, _, tr) = analyse("INSERT INTO t (k, v) VALUES (1, 'IF now() c = c + 1') -- IF");
+        assert!(!tr.forbids_retry(), "{tr:?}");
+        assert_eq!(
+            analyse("DELETE FROM t WHERE k = 1").0,
+            OperationKind::Delete
+        );
+        assert_eq!(
+            analyse("BEGIN BATCH INSERT INTO t (k) VALUES (1) APPLY BATCH").0,
+            OperationKind::Batch
+        );
+        assert_eq!(
+            analyse("CREATE TABLE x (k int PRIMARY KEY)").0,
+            OperationKind::Other
+        );
+        assert_eq!(analyse("").0, OperationKind::Other);
+        assert_eq!(
+            analyse("SELECT * FROM t WHERE name = 'é'").2.as_deref(),
+            Some("t")
+        );
+    }
+
+    use crate::redact::sanitize;
+    use proptest::prelude::*;
+
+    /// Statements with one slot for a literal (`{L}`) or a comment (`{C}`).
+    const TEMPLATES: [&str; 9] = [
+        "UPDATE ks.t SET v = {L} WHERE k = ? IF v = ?",
+        "UPDATE ks.t SET v = {L} WHERE k = ?",
+        "INSERT INTO ks.t (k, v) VALUES (?, {L})",
+        "INSERT INTO ks.t (k, v) VALUES (?, {L}) IF NOT EXISTS",
+        "SELECT v FROM ks.t WHERE k = {L} {C}",
+        "UPDATE ks.c SET n = n + 1 {C} WHERE k = {L}",
+        "UPDATE ks.l {C} SET l = l + [{L}] WHERE k = ?",
+        "DELETE FROM ks.t {C} WHERE k = {L}",
+        "BEGIN BATCH INSERT INTO ks.t (k, v) VALUES (?, {L}) {C} APPLY BATCH",
+    ];
+
+    /// Pieces that fool a lexer that gets literals or comments wrong.
+    const PIECES: [&str; 24] = [
+        "'",
+        "''",
+        "\"",
+        "IF",
+        " EXISTS ",
+        "IF NOT EXISTS",
+        "--",
+        "//",
+        "/*",
+        "*/",
+        "$$",
+        "$",
+        "\n",
+        "?",
+        ":x",
+        "now()",
+        "c = c + 1",
+        "l = [1] + l",
+        "[",
+        "{",
+        ";",
+        "SECRET",
+        " ",
+        "é",
+    ];
+
+    fn payload() -> impl Strategy<Value = String> {
+        proptest::collection::vec(proptest::sample::select(PIECES.to_vec()), 0..12)
+            .prop_map(|v| format!("SECRET{}", v.concat()))
+    }
+
+    /// `payload` as a literal or comment of each form CQL has.
+    fn forms(payload: &str) -> [(String, &'static str); 5] {
+        let mut dollar = payload.replace("$$", "$ $");
+        while dollar.contains("$$") {
+            dollar = dollar.replace("$$", "$ $");
+        }
+        if dollar.ends_with('$') {
+            dollar.push('x');
+        }
+        [
+            (format!("'{}'", payload.replace('\'', "''")), "L"),
+            (format!("$${dollar}$$"), "L"),
+            (format!("/*{}*/", payload.replace("*/", "* /")), "C"),
+            (format!("--{}\n", payload.replace('\n', " ")), "C"),
+            (format!("//{}\n", payload.replace('\n', " ")), "C"),
+        ]
+    }
+
+    fn fill(template: &str, slot: &str, with: &str, other: &str) -> String {
+        let (mine, theirs) = if slot == "L" {
+            ("{L}", "{C}")
+        } else {
+            ("{C}", "{L}")
+        };
+        template.replace(mine, with).replace(theirs, other)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever a literal or a comment holds, the analysis is that of
+        /// the same statement with an empty one, and nothing of it
+        /// survives sanitising.
+        #[test]
+        fn literal_and_comment_contents_change_nothing(t in 0..TEMPLATES.len(), payload in payload()) {
+            let template = TEMPLATES[t];
+            for (form, slot) in forms(&payload) {
+                if !template.contains(&format!("{{{slot}}}")) {
+                    continue;
+                }
+                let empty = match slot { "L" => "''", _ => "/**/" };
+                let text = fill(template, slot, &form, if slot == "L" { "/**/" } else { "''" });
+                let base = fill(template, slot, empty, if slot == "L" { "/**/" } else { "''" });
+                prop_assert_eq!(analyse(&text), analyse(&base), "{}", text);
+                let clean = sanitize(&text);
+                prop_assert!(!clean.contains("SECRET"), "{} -> {}", text, clean);
+                prop_assert_eq!(clean, sanitize(&base), "{}", text);
+            }
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The one CQL lexer: statement analysis ([`crate::request`]'s kind,
+//! keyspace, table, LWT, counter, list-append and non-deterministic
+//! detection) and the sanitiser ([`crate::redact`]) both read statement
+//! text through it, so a quote inside a `$$` string or an `IF` inside a
+//! comment means the same to both.
+//!
+//! It knows what Cassandra's own lexer knows about where a literal or a
+//! comment starts and ends: `'...'` with `''` for a quote, `$$...$$`
+//! (no escapes, ends at the first `$$`), `"quoted identifiers"` with `""`,
+//! `--` and `//` line comments, `/* */` block comments (not nested), blobs
+//! (`0x...`), UUIDs (also those starting with a letter), numbers with a
+//! sign or an exponent, durations, and the literal words `true`, `false`,
+//! `NaN` and `Infinity`. Everything else is a word, a bind marker or one
+//! character of punctuation. An unterminated literal or comment runs to
+//! the end of the text. No allocation.
+//!
+//! ```text
+//! UPDATE t SET v = $$it's$$ WHERE k = ? IF v = ?
+//! Word   W Word W P Literal Word  W P B Word W P B   (the IF is seen)
+//! ```
+//!
+//! Its users' public examples: [`crate::analysis`] and
+//! [`crate::redact::sanitize`].
+
+/// What a literal is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lit {
+    /// `'...'` or `$$...$$`.
+    String,
+    /// Integers, decimals, exponents, durations, `NaN`, `Infinity`.
+    Number,
+    /// `0x...`.
+    Blob,
+    /// `01234567-89ab-...`.
+    Uuid,
+    /// `true` or `false`.
+    Bool,
+}
+
+/// What a token is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// An unquoted identifier or keyword.
+    Word,
+    /// A `"quoted identifier"` (the text keeps its quotes).
+    Quoted,
+    /// A literal value: never recorded.
+    Literal(Lit),
+    /// `?` or `:name`.
+    Bind,
+    /// One character of punctuation or an operator.
+    Punct,
+}
+
+/// One token: its kind, its text, and whether whitespace or a comment
+/// came before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Token<'a> {
+    pub(crate) kind: Kind,
+    pub(crate) text: &'a str,
+    pub(crate) space_before: bool,
+}
+
+impl Token<'_> {
+    /// Whether this is the unquoted word `kw` (any case).
+    pub(crate) fn is_word(&self, kw: &str) -> bool {
+        self.kind == Kind::Word && self.text.eq_ignore_ascii_case(kw)
+    }
+
+    /// Whether this is the punctuation `p`.
+    pub(crate) fn is_punct(&self, p: &str) -> bool {
+        self.kind == Kind::Punct && self.text == p
+    }
+
+    /// Whether this is an identifier (quoted or not).
+    pub(crate) fn is_name(&self) -> bool {
+        matches!(self.kind, Kind::Word | Kind::Quoted)
+    }
+
+    /// Whether this and `other` name the same identifier (unquoted names
+    /// are case-insensitive).
+    pub(crate) fn same_name(&self, other: &Token<'_>) -> bool {
+        match (self.kind, other.kind) {
+            (Kind::Word, Kind::Word) => self.text.eq_ignore_ascii_case(other.text),
+            (Kind::Quoted, Kind::Quoted) => self.text == other.text,
+            _ => false,
+        }
+    }
+}
+
+/// Splits CQL text into [`Token`]s, dropping whitespace and comments.
+pub(crate) struct Lexer<'a> {
+    s: &'a str,
+    i: usize,
+    /// The last token, for telling a sign from a minus.
+    prev: Option<(Kind, u8)>,
+}
+
+impl<'a> Lexer<'a> {
+    pub(crate) fn new(s: &'a str) -> Lexer<'a> {
+        Lexer {
+            s,
+            i: 0,
+            prev: None,
+        }
+    }
+
+    /// Skips whitespace and comments; whether there were any.
+    fn skip_blank(&mut self) -> bool {
+        let b = self.s.as_bytes();
+        let start = self.i;
+        loop {
+            while self.i < b.len() && b[self.i].is_ascii_whitespace() {
+                self.i += 1;
+            }
+            let (c, next) = (b.get(self.i), b.get(self.i + 1));
+            match (c, next) {
+                (Some(b'-'), Some(b'-')) | (Some(b'/'), Some(b'/')) => {
+                    while self.i < b.len() && b[self.i] != b'\n' {
+                        self.i += 1;
+                    }
+                }
+                (Some(b'/'), Some(b'*')) => {
+                    self.i += 2;
+                    while self.i + 1 < b.len() && !(b[self.i] == b'*' && b[self.i + 1] == b'/') {
+                        self.i += 1;
+                    }
+                    self.i = (self.i + 2).min(b.len());
+                }
+                _ => return self.i > start,
+            }
+        }
+    }
+
+    /// A sign directly before a number (`= -3`), not a minus (`a - 3`).
+    fn sign_allowed(&self) -> bool {
+        match self.prev {
+            None => true,
+            Some((Kind::Punct, p)) => b"=<>(,[{:+-*/".contains(&p),
+            Some(_) => false,
+        }
+    }
+
+    /// Ends a `'...'` or `"..."` run that doubles its quote to escape it.
+    fn quoted(&mut self, quote: u8) {
+        let b = self.s.as_bytes();
+        self.i += 1;
+        while self.i < b.len() {
+            if b[self.i] == quote {
+                if b.get(self.i + 1) == Some(&quote) {
+                    self.i += 2;
+                    continue;
+                }
+                break;
+            }
+            self.i += 1;
+        }
+        self.i = (self.i + 1).min(b.len());
+    }
+
+    fn scan(&mut self) -> Option<Kind> {
+        let b = self.s.as_bytes();
+        let c = *b.get(self.i)?;
+        if c == b'\'' {
+            self.quoted(b'\'');
+            return Some(Kind::Literal(Lit::String));
+        }
+        if c == b'$' && b.get(self.i + 1) == Some(&b'$') {
+            self.i += 2;
+            while self.i + 1 < b.len() && !(b[self.i] == b'$' && b[self.i + 1] == b'$') {
+                self.i += 1;
+            }
+            self.i = (self.i + 2).min(b.len());
+            return Some(Kind::Literal(Lit::String));
+        }
+        if c == b'"' {
+            self.quoted(b'"');
+            return Some(Kind::Quoted);
+        }
+        let sign = (c == b'-' || c == b'+')
+            && b.get(self.i + 1).is_some_and(u8::is_ascii_digit)
+            && self.sign_allowed();
+        if c.is_ascii_digit() || sign {
+            let start = self.i;
+            self.i += 1;
+            while self.i < b.len()
+                && (b[self.i].is_ascii_alphanumeric()
+                    || matches!(b[self.i], b'.' | b'-' | b'+' | b'_'))
+            {
+                // stop at a minus that starts an operator expression like `1 - 2`
+                if (b[self.i] == b'-' || b[self.i] == b'+')
+                    && !matches!(b[self.i - 1], b'e' | b'E')
+                    && !is_uuid_dash(b, self.i)
+                {
+                    break;
+                }
+                self.i += 1;
+            }
+            let text = &b[start..self.i];
+            let lit = if text.len() > 2 && text[0] == b'0' && matches!(text[1], b'x' | b'X') {
+                Lit::Blob
+            } else if text.len() == 36 && text.iter().filter(|&&x| x == b'-').count() == 4 {
+                Lit::Uuid
+            } else {
+                Lit::Number
+            };
+            return Some(Kind::Literal(lit));
+        }
+        if c.is_ascii_alphabetic() || c == b'_' {
+            let start = self.i;
+            while self.i < b.len() && (b[self.i].is_ascii_alphanumeric() || b[self.i] == b'_') {
+                self.i += 1;
+            }
+            let word = &self.s[start..self.i];
+            // hex-looking uuids that start with a letter: 8-4-4-4-12
+            if b.get(self.i) == Some(&b'-')
+                && word.len() == 8
+                && word.bytes().all(|x| x.is_ascii_hexdigit())
+            {
+                let mut j = self.i;
+                while j < b.len() && (b[j].is_ascii_hexdigit() || b[j] == b'-') {
+                    j += 1;
+                }
+                if j - start == 36 {
+                    self.i = j;
+                    return Some(Kind::Literal(Lit::Uuid));
+                }
+            }
+            return Some(
+                if word.eq_ignore_ascii_case("true") || word.eq_ignore_ascii_case("false") {
+                    Kind::Literal(Lit::Bool)
+                } else if word.eq_ignore_ascii_case("nan") || word.eq_ignore_ascii_case("infinity")
+                {
+                    Kind::Literal(Lit::Number)
+                } else {
+                    Kind::Word
+                },
+            );
+        }
+        if c == b'?' {
+            self.i += 1;
+            return Some(Kind::Bind);
+        }
+        // `:name` is a named bind marker unless it follows a name (a UDT
+        // literal's `{field:value}`)
+        if c == b':'
+            && b.get(self.i + 1)
+                .is_some_and(|x| x.is_ascii_alphabetic() || *x == b'_')
+            && !matches!(self.prev, Some((Kind::Word | Kind::Quoted, _)))
+        {
+            self.i += 1;
+            while self.i < b.len() && (b[self.i].is_ascii_alphanumeric() || b[self.i] == b'_') {
+                self.i += 1;
+            }
+            return Some(Kind::Bind);
+        }
+        // punctuation: one character (UTF-8 safe)
+        self.i += 1;
+        while self.i < b.len() && !self.s.is_char_boundary(self.i) {
+            self.i += 1;
+        }
+        Some(Kind::Punct)
+    }
+}
+
+impl<'a> Iterator for Lexer<'a> {
+    type Item = Token<'a>;
+
+    fn next(&mut self) -> Option<Token<'a>> {
+        let space_before = self.skip_blank();
+        let start = self.i;
+        let kind = self.scan()?;
+        let text = &self.s[start..self.i];
+        self.prev = Some((kind, text.as_bytes()[text.len() - 1]));
+        Some(Token {
+            kind,
+            text,
+            space_before,
+        })
+    }
+}
+
+/// Whether the dash at `i` is inside an 8-4-4-4-12 run of hex digits.
+fn is_uuid_dash(b: &[u8], i: usize) -> bool {
+    let mut start = i;
+    while start > 0 && (b[start - 1].is_ascii_hexdigit() || b[start - 1] == b'-') {
+        start -= 1;
+    }
+    let mut end = i;
+    while end < b.len() && (b[end].is_ascii_hexdigit() || b[end] == b'-') {
+        end += 1;
+    }
+    end - start == 36
+}
+
+#[cfg(all(test, not(tower_cql_loom)))]
+mod tests {
+    use super::*;
+
+    fn kinds(s: &str) -> Vec<(Kind, &str)> {
+        Lexer::new(s).map(|t| (t.kind, t.text)).collect()
+    }
+
+    #[test]
+    fn literals_comments_and_names() {
+        use Kind::*;
+        assert_eq!(
+            kinds("UPDATE \"K\"\"s\".t SET v = $$it's$$, w = 'a''b' WHERE k = :k IF v = ? -- IF"),
+            vec![
+                (Word, "UPDATE"),
+                (Quoted, "\"K\"\"s\""),
+                (Punct, "."),
+                (Word, "t"),
+                (Word, "SET"),
+                (Word, "v"),
+                (Punct, "="),
+                (Literal(Lit::String), "$$it's$$"),
+                (Punct, ","),
+                (Word, "w"),
+                (Punct, "="),
+                (Literal(Lit::String), "'a''b'"),
+                (Word, "WHERE"),
+                (Word, "k"),
+                (Punct, "="),
+                (Bind, ":k"),
+                (Word, "IF"),
+                (Word, "v"),
+                (Punct, "="),
+                (Bind, "?"),
+            ]
+        );
+        assert_eq!(
+            kinds(
+                "x = -1.5e-3, 0xCAFE, 123e4567-e89b-12d3-a456-426614174000 /* c */ abcdef01-e89b-12d3-a456-426614174000 true NaN a - 2"
+            ),
+            vec![
+                (Word, "x"),
+                (Punct, "="),
+                (Literal(Lit::Number), "-1.5e-3"),
+                (Punct, ","),
+                (Literal(Lit::Blob), "0xCAFE"),
+                (Punct, ","),
+                (Literal(Lit::Uuid), "123e4567-e89b-12d3-a456-426614174000"),
+                (Literal(Lit::Uuid), "abcdef01-e89b-12d3-a456-426614174000"),
+                (Literal(Lit::Bool), "true"),
+                (Literal(Lit::Number), "NaN"),
+                (Word, "a"),
+                (Punct, "-"),
+                (Literal(Lit::Number), "2"),
+            ]
+        );
+        // a UDT literal's field is not a bind marker
+        assert_eq!(kinds("{a:b}")[2], (Punct, ":"));
+        // unterminated runs end with the text
+        assert_eq!(kinds("'abc").len(), 1);
+        assert_eq!(kinds("$$abc").len(), 1);
+        assert_eq!(kinds("a /* b").len(), 1);
+        assert_eq!(kinds("é ü").len(), 2);
+    }
+}
