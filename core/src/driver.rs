@@ -49,6 +49,7 @@ use scylla::response::query_result::QueryResult;
 use scylla::response::{PagingState, PagingStateResponse};
 use scylla::statement::prepared::PreparedStatement;
 
+use crate::classify::NodeVerdict;
 use crate::collector::Collectors;
 use crate::error::{CqlError, ErrorKind};
 use crate::event::{AttemptEvent, AttemptReason, Event};
@@ -447,6 +448,7 @@ impl DriverInner {
         // an attempt with a hint (after the first): the steering policy reads it
         let result = crate::routing::Steered::new(
             meta.route().cloned(),
+            meta.attempt_index(),
             self.run(&req, paging_state, listener.clone()),
         )
         .await;
@@ -471,6 +473,16 @@ impl DriverInner {
             Some(n) if e.node().is_none() => e.with_node(n),
             _ => e,
         });
+        let node = match &result {
+            Ok(r) => r.info().coordinator,
+            Err(e) => e.node(),
+        };
+        // How the attempt went for its node, for the breaker (through the
+        // request's hint, which the breaker gives every request it admits).
+        if let (Some(hint), Some(n)) = (meta.route(), node) {
+            hint.set_attempt_node(meta.attempt_index(), n);
+            hint.report(n, NodeVerdict::of(&result));
+        }
         if self.collectors.is_active() {
             self.collectors.emit(Event::Attempt(AttemptEvent {
                 meta,
@@ -478,10 +490,7 @@ impl DriverInner {
                 reason: meta.attempt_reason(),
                 duration,
                 error: result.as_ref().err(),
-                node: match &result {
-                    Ok(r) => r.info().coordinator,
-                    Err(e) => e.node(),
-                },
+                node,
                 rows: result.as_ref().map_or(0, |r| r.info().rows),
             }));
         }

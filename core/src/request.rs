@@ -329,6 +329,20 @@ impl Statement {
         self.0.traits
     }
 
+    /// The keyspace the statement names (or was given with
+    /// [`keyspace`](Self::keyspace)): unlike
+    /// [`RequestMeta::keyspace`], never folded by a cardinality guard.
+    pub fn keyspace_name(&self) -> Option<&Label> {
+        self.0.keyspace.as_ref()
+    }
+
+    /// The table the statement names (or was given with
+    /// [`table`](Self::table)): unlike [`RequestMeta::table`], never
+    /// folded by a cardinality guard.
+    pub fn table_name(&self) -> Option<&Label> {
+        self.0.table.as_ref()
+    }
+
     /// The statement text with every literal replaced by `?` (computed once
     /// per statement and cached). For a batch, the statements' texts joined
     /// by `; `. Safe to record in spans and logs.

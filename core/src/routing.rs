@@ -49,14 +49,16 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use scylla::cluster::{ClusterState, NodeRef};
 use scylla::errors::RequestAttemptError;
 use scylla::policies::load_balancing::{FallbackPlan, LoadBalancingPolicy, RoutingInfo};
 use scylla::routing::Shard;
+
+use crate::classify::NodeVerdict;
 
 /// Nodes avoided per request, at most: enough for a retry budget and
 /// hedging; a fifth tried node is not remembered.
@@ -111,6 +113,51 @@ impl<const N: usize> Nodes<N> {
 pub struct RouteHint {
     avoided: Nodes<SLOTS>,
     excluded: Nodes<EXCLUDED>,
+    /// The node each attempt (by index) was sent to, as the steering
+    /// policy picked it or the attempt's answer named it.
+    attempt_nodes: [OnceLock<SocketAddr>; ATTEMPTS],
+    /// Told how each attempt went for its node (the circuit breaker).
+    observer: OnceLock<Arc<dyn NodeObserver>>,
+    /// Attempt outcomes reported to the observer.
+    reported: AtomicUsize,
+}
+
+/// Attempts whose node a hint remembers (by attempt index, the first
+/// [`ATTEMPTS`]): enough for a retry budget and hedging.
+pub const ATTEMPTS: usize = 8;
+
+/// Hears how every attempt of a request went for the node it went to,
+/// as the attempt ends: the circuit breaker's view of the nodes, which a
+/// request's final outcome hides (a retry that succeeded elsewhere, a
+/// per-attempt timeout that names no node).
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use std::sync::{Arc, Mutex};
+/// use tower_cql_core::classify::NodeVerdict;
+/// use tower_cql_core::routing::{NodeObserver, RouteHint};
+///
+/// #[derive(Default)]
+/// struct Seen(Mutex<Vec<(SocketAddr, NodeVerdict)>>);
+/// impl NodeObserver for Seen {
+///     fn on_attempt(&self, node: SocketAddr, verdict: NodeVerdict) {
+///         self.0.lock().unwrap().push((node, verdict));
+///     }
+/// }
+///
+/// let seen = Arc::new(Seen::default());
+/// let hint = RouteHint::new();
+/// hint.set_observer(seen.clone());
+/// let node: SocketAddr = "10.0.0.1:9042".parse().unwrap();
+/// hint.report(node, NodeVerdict::Failed); // what the driver service or the timeout layer do
+/// hint.report(node, NodeVerdict::NotJudged); // says nothing about the node: not passed on
+/// assert_eq!(*seen.0.lock().unwrap(), vec![(node, NodeVerdict::Failed)]);
+/// assert_eq!(hint.reported(), 1);
+/// ```
+pub trait NodeObserver: Send + Sync + 'static {
+    /// An attempt sent to `node` ended; `verdict` is never
+    /// [`NodeVerdict::NotJudged`].
+    fn on_attempt(&self, node: SocketAddr, verdict: NodeVerdict);
 }
 
 impl fmt::Debug for RouteHint {
@@ -118,6 +165,8 @@ impl fmt::Debug for RouteHint {
         f.debug_struct("RouteHint")
             .field("avoided", &self.avoided.len())
             .field("excluded", &self.excluded.len())
+            .field("observed", &self.observer.get().is_some())
+            .field("reported", &self.reported.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -180,11 +229,50 @@ impl RouteHint {
     pub fn excluded_len(&self) -> usize {
         self.excluded.len()
     }
+
+    /// Remembers that attempt `index` went to `node` (the first node
+    /// given for an index is kept; indexes from [`ATTEMPTS`] on are not
+    /// remembered).
+    pub fn set_attempt_node(&self, index: u32, node: SocketAddr) {
+        if let Some(slot) = self.attempt_nodes.get(index as usize) {
+            let _ = slot.set(node);
+        }
+    }
+
+    /// The node attempt `index` went to, where known: the node a
+    /// per-attempt timeout was waiting on.
+    pub fn attempt_node(&self, index: u32) -> Option<SocketAddr> {
+        self.attempt_nodes.get(index as usize)?.get().copied()
+    }
+
+    /// Has `observer` told of every attempt's outcome from now on (the
+    /// first observer set is kept).
+    pub fn set_observer(&self, observer: Arc<dyn NodeObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Tells the observer, if any, that an attempt sent to `node` ended
+    /// with `verdict`; a [`NodeVerdict::NotJudged`] is not passed on.
+    pub fn report(&self, node: SocketAddr, verdict: NodeVerdict) {
+        if verdict == NodeVerdict::NotJudged {
+            return;
+        }
+        if let Some(o) = self.observer.get() {
+            o.on_attempt(node, verdict);
+            self.reported.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Attempt outcomes passed on to the observer so far.
+    pub fn reported(&self) -> usize {
+        self.reported.load(Ordering::Relaxed)
+    }
 }
 
 tokio::task_local! {
-    /// The hint of the attempt this task is running, if it has one.
-    static ROUTE: Arc<RouteHint>;
+    /// The hint of the attempt this task is running, if it has one, and
+    /// the attempt's index.
+    static ROUTE: (Arc<RouteHint>, u32);
 }
 
 pin_project_lite::pin_project! {
@@ -197,14 +285,17 @@ pin_project_lite::pin_project! {
     pub(crate) struct Steered<F> {
         #[pin]
         inner: F,
-        hint: Option<Arc<RouteHint>>,
+        hint: Option<(Arc<RouteHint>, u32)>,
     }
 }
 
 impl<F> Steered<F> {
-    /// `fut` with `hint` in scope while it is polled.
-    pub(crate) fn new(hint: Option<Arc<RouteHint>>, fut: F) -> Steered<F> {
-        Steered { inner: fut, hint }
+    /// `fut` (attempt `index`) with `hint` in scope while it is polled.
+    pub(crate) fn new(hint: Option<Arc<RouteHint>>, index: u32, fut: F) -> Steered<F> {
+        Steered {
+            inner: fut,
+            hint: hint.map(|h| (h, index)),
+        }
     }
 }
 
@@ -226,18 +317,18 @@ impl<F: std::future::Future> std::future::Future for Steered<F> {
 /// Runs `fut` (one attempt) with `hint` visible to [`Steering`].
 #[cfg(test)]
 async fn with_hint<F: std::future::Future>(hint: Arc<RouteHint>, fut: F) -> F::Output {
-    Steered::new(Some(hint), fut).await
+    Steered::new(Some(hint), 0, fut).await
 }
 
-fn current() -> Option<Arc<RouteHint>> {
-    ROUTE.try_with(Arc::clone).ok()
+fn current() -> Option<(Arc<RouteHint>, u32)> {
+    ROUTE.try_with(|(h, i)| (h.clone(), *i)).ok()
 }
 
 /// How many nodes the hint of the attempt this task is running excludes
 /// (0 without a hint): an empty plan then means that the breaker left no
 /// node to try.
 pub(crate) fn excluded_now() -> usize {
-    ROUTE.try_with(|h| h.excluded_len()).unwrap_or(0)
+    ROUTE.try_with(|(h, _)| h.excluded_len()).unwrap_or(0)
 }
 
 fn addr(node: NodeRef<'_>) -> SocketAddr {
@@ -265,7 +356,7 @@ impl LoadBalancingPolicy for Steering {
         request: &'a RoutingInfo<'_>,
         cluster: &'a ClusterState,
     ) -> Option<(NodeRef<'a>, Option<Shard>)> {
-        let Some(hint) = current() else {
+        let Some((hint, index)) = current() else {
             return self.inner.pick(request, cluster);
         };
         let usable = |n: NodeRef<'_>| !hint.excludes(addr(n));
@@ -286,6 +377,7 @@ impl LoadBalancingPolicy for Steering {
         };
         if let Some((node, _)) = chosen {
             hint.avoid(addr(node));
+            hint.set_attempt_node(index, addr(node));
         }
         chosen
     }
@@ -296,7 +388,7 @@ impl LoadBalancingPolicy for Steering {
         cluster: &'a ClusterState,
     ) -> FallbackPlan<'a> {
         let plan = self.inner.fallback(request, cluster);
-        let Some(hint) = current() else {
+        let Some((hint, _)) = current() else {
             return plan;
         };
         let (mut fresh, tried): (Vec<_>, Vec<_>) = plan

@@ -133,14 +133,15 @@ async fn a_non_idempotent_write_that_may_have_applied_is_not_retried() {
     assert_eq!(e.cluster.counters().duplicate_writes(), 0);
     assert_eq!(e.memory.snapshot().retries_total(), 0);
 
-    // The same write refused with Overloaded (not applied) is retried, and
-    // still applied only once.
+    // The same write refused with Unavailable (nothing executed) is
+    // retried, and still applied only once.
     let fault = e.cluster.faults().add(
-        Fault::error(InjectedError::Overloaded)
+        Fault::error(InjectedError::Unavailable)
             .opcode(Opcode::Execute)
             .times(1),
     );
     let resp = svc
+        .clone()
         .oneshot(put.request().bind((101i32, "once")))
         .await
         .unwrap();
@@ -148,6 +149,26 @@ async fn a_non_idempotent_write_that_may_have_applied_is_not_retried() {
     assert_eq!(e.cluster.faults().fired(fault), 1);
     assert_eq!(e.cluster.counters().applied(PUT), 2);
     assert_eq!(e.cluster.counters().duplicate_writes(), 0);
+
+    // Refused with Overloaded, which a coordinator can send after some
+    // replicas took the mutation: a non-idempotent write is not retried.
+    let fault = e.cluster.faults().add(
+        Fault::error(InjectedError::Overloaded)
+            .opcode(Opcode::Execute)
+            .times(1),
+    );
+    let err = svc
+        .oneshot(put.request().bind((102i32, "once")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Overloaded);
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(e.cluster.faults().fired(fault), 1);
+    assert_eq!(
+        e.memory.snapshot().retries_total(),
+        1,
+        "only the Unavailable one"
+    );
 }
 
 /// Reads distinct keys until the (one-shot) fault `id` has fired; returns

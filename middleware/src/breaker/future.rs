@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
+use tower_cql_core::routing::RouteHint;
 use tower_cql_core::{CqlError, CqlResponse};
 
 use super::{Breakers, Probe, Target};
@@ -31,6 +32,7 @@ pin_project! {
             future: F,
             breakers: Arc<Breakers>,
             table: Arc<Target>,
+            hint: Arc<RouteHint>,
             probes: [Option<Probe>; 2],
         },
         Refused { error: Option<CqlError> },
@@ -46,6 +48,7 @@ impl<F> ResponseFuture<F> {
         future: F,
         breakers: Arc<Breakers>,
         table: Arc<Target>,
+        hint: Arc<RouteHint>,
         probes: [Option<Probe>; 2],
     ) -> ResponseFuture<F> {
         ResponseFuture {
@@ -53,6 +56,7 @@ impl<F> ResponseFuture<F> {
                 future,
                 breakers,
                 table,
+                hint,
                 probes,
             },
         }
@@ -103,10 +107,11 @@ where
                 future,
                 breakers,
                 table,
+                hint,
                 probes,
             } => {
                 let out = ready!(future.poll(cx));
-                breakers.complete(table, probes[0].is_some(), &out);
+                breakers.complete(table, probes[0].is_some(), hint, &out);
                 // The probe places are free once the outcome is recorded.
                 *probes = [None, None];
                 Poll::Ready(out)

@@ -70,11 +70,23 @@
 //! ```
 //!
 //! # Targets
-//! An outcome is recorded against the node that produced it (the
-//! coordinator of a response, [`CqlError::node`] of an error), or against
-//! the request's `keyspace.table` when no node is known (an error from a
-//! layer below the breaker, such as a timeout). Target names are the node's
-//! address (`"10.0.0.1:9042"`) or `"keyspace.table"` (`"table"` without a
+//! Every **attempt** is recorded against the node it went to, as it ends:
+//! the breaker gives each request it admits a
+//! [`RouteHint`] with itself as the
+//! [`NodeObserver`], and the
+//! [`DriverService`](tower_cql_core::DriverService) reports each answer
+//! (the coordinator of a response, [`CqlError::node`] of an error) while
+//! the per-attempt timeout layer reports a timeout against the node the
+//! attempt was waiting on (the node the steering policy picked for it).
+//! So a node failing behind retries that succeed elsewhere opens, and a
+//! slow node's timeouts open that node, not its tables. With an inner
+//! service that reports nothing, the request's final outcome goes to the
+//! node that produced it, or to the statement's `keyspace.table` when no
+//! node is known. Tables are keyed by the statement's own keyspace and
+//! table ([`Statement::keyspace_name`](tower_cql_core::Statement::keyspace_name)),
+//! never by the labels the metrics layer's cardinality guard may have
+//! folded into `other`. Target names are the node's address
+//! (`"10.0.0.1:9042"`) or `"keyspace.table"` (`"table"` without a
 //! keyspace, `"keyspace.*"` without a table, `"*"` with neither).
 //!
 //! # Routing around open nodes
@@ -82,7 +94,7 @@
 //! below the breaker, so the breaker does not refuse a request because
 //! some node is open: it **excludes** every node whose breaker is open
 //! (or half-open with its probes in flight) on the request's
-//! [`RouteHint`](tower_cql_core::routing::RouteHint), and the
+//! [`RouteHint`], and the
 //! [`DriverService`](tower_cql_core::DriverService) drops those nodes from
 //! the driver's plan, so the request goes to a healthy node. A request is
 //! refused with [`ErrorKind::CircuitOpen`] (not sent) only when the
@@ -94,7 +106,7 @@
 //! datacenter, whose nodes are all open).
 //!
 //! While no node's breaker is open (the common case) admission costs one
-//! atomic load beyond the table's breaker, and no route hint is made.
+//! atomic load beyond the table's breaker, and the hint excludes nothing.
 //! A hint excludes up to eight nodes; with more open at once, the rest
 //! stay in the driver's plan. The exclusions need an inner service that
 //! reads route hints: the driver service does (unless built with
@@ -123,11 +135,11 @@
 //!   breaker reports its outcome to the table as well as to the node that
 //!   answered it.
 //!
-//! Failures are the errors that say something is wrong with the node:
-//! `Overloaded`, `Unavailable`, `ReadTimeout`, `WriteTimeout`,
-//! `ClientTimeout`, `Connection`, `ServerError` and `IsBootstrapping`.
-//! Refusals made on the client (`RateLimited`, `Shed`, `CircuitOpen`,
-//! `ShutDown`, `BadRequest`, `Serialization`, `DeadlineExceeded`) are not
+//! What counts against a node is the one classifier's answer
+//! ([`NodeVerdict`], in [`tower_cql_core::classify`]): a failure says
+//! something is wrong with the node (`Overloaded`, `Unavailable`,
+//! `ReadTimeout`, `WriteTimeout`, `ClientTimeout`, `Connection`,
+//! `ServerError`, `IsBootstrapping`); refusals made on the client are not
 //! counted at all; any other answer (rows, a syntax error, ...) is a
 //! success: the node answered.
 //!
@@ -163,6 +175,7 @@ use arc_swap::ArcSwap;
 use tokio::time::Instant;
 use tower_cql_core::classify::NodeVerdict;
 use tower_cql_core::event::{BreakerEvent, ShedEvent};
+use tower_cql_core::routing::{NodeObserver, RouteHint};
 use tower_cql_core::{
     Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind, Event, Label, RequestMeta,
 };
@@ -634,8 +647,12 @@ impl Breakers {
         self.nodes.load().get(&addr).expect("just inserted").clone()
     }
 
+    /// The breaker of the statement's `keyspace.table`: keyed by the
+    /// statement's own names, not by the request's labels, which the
+    /// metrics layer's cardinality guard may have folded into `other`.
     fn table(&self, meta: &RequestMeta) -> Arc<Target> {
-        let key: TableKey = (meta.keyspace().cloned(), meta.table().cloned());
+        let st = meta.statement();
+        let key: TableKey = (st.keyspace_name().cloned(), st.table_name().cloned());
         if let Some(t) = self.tables.load().get(&key) {
             return t.clone();
         }
@@ -677,14 +694,18 @@ impl Breakers {
         all
     }
 
-    /// Records how a request for `table` ended. `table_probe`: it was let
-    /// through as a probe of the table's half-open breaker, which then
-    /// hears the outcome too (a node answered it, so the node's breaker
-    /// does as well).
+    /// Records how a request for `table` ended. Its attempts were
+    /// reported to the nodes they went to as they ended (through the
+    /// request's hint: [`NodeObserver`]); when none was (an inner service
+    /// that reports nothing), the final outcome goes to the node that
+    /// produced it. An outcome with no node goes to the table.
+    /// `table_probe`: it was let through as a probe of the table's
+    /// half-open breaker, which then hears the outcome too.
     pub(crate) fn complete(
         &self,
         table: &Target,
         table_probe: bool,
+        hint: &RouteHint,
         result: &Result<CqlResponse, CqlError>,
     ) {
         let Some(outcome) = Outcome::of(result) else {
@@ -697,11 +718,14 @@ impl Breakers {
         let now = self.now();
         match node {
             Some(addr) => {
-                self.node(addr).record(self, outcome, now);
+                if hint.reported() == 0 {
+                    self.node(addr).record(self, outcome, now);
+                }
                 if table_probe {
                     table.record(self, outcome, now);
                 }
             }
+            None if hint.reported() > 0 && !table_probe => {}
             None => table.record(self, outcome, now),
         }
     }
@@ -776,6 +800,17 @@ impl Breakers {
         }
         why.push_str(&format!(" (cool_down {:?})", self.config.cool_down));
         Err(why)
+    }
+}
+
+impl NodeObserver for Breakers {
+    fn on_attempt(&self, node: SocketAddr, verdict: NodeVerdict) {
+        let outcome = match verdict {
+            NodeVerdict::Healthy => Outcome::Success,
+            NodeVerdict::Failed => Outcome::Failure,
+            NodeVerdict::NotJudged => return,
+        };
+        self.node(node).record(self, outcome, self.now());
     }
 }
 
@@ -880,6 +915,11 @@ where
         };
         let b = &**breakers;
         let now = b.now();
+        let mut req = req;
+        // Every attempt of the request reports to the breaker through its
+        // hint, as the attempt ends (retried and timed-out ones included).
+        let hint = req.meta_mut().route_hint().clone();
+        hint.set_observer(breakers.clone());
         let table = b.table(req.meta());
         let mut probes: [Option<Probe>; 2] = [None, None];
         match table.admit(b, now) {
@@ -893,14 +933,13 @@ where
             Admit::Pass => {}
         }
         // Some node's breaker is open: route around it (one load when none is).
-        let mut req = req;
         if b.open_nodes.load(Ordering::Acquire) > 0
             && let Err(why) = b.route_around(&mut req, now, &mut probes[1])
         {
             drop(probes); // a table probe taken before every node refused
             return refuse(b, &req, why);
         }
-        ResponseFuture::called(self.inner.call(req), breakers.clone(), table, probes)
+        ResponseFuture::called(self.inner.call(req), breakers.clone(), table, hint, probes)
     }
 }
 
@@ -1037,7 +1076,7 @@ mod tests {
         }
         fn call(&mut self, req: CqlRequest) -> Self::Future {
             let route = req.meta().route().cloned();
-            if route.is_some() {
+            if route.as_ref().is_some_and(|h| h.excluded_len() > 0) {
                 self.hinted.fetch_add(1, Ordering::SeqCst);
             }
             let usable = self
@@ -1388,7 +1427,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn no_route_hint_while_every_node_is_closed() {
+    async fn no_exclusion_while_every_node_is_closed() {
         let (layer, node, _) = breaker(config());
         let good = Node::new(GOOD);
         let cluster = Cluster::new(&[&node, &good]);

@@ -37,7 +37,7 @@
 //! # The algorithm
 //! When a request completes (its response future resolves):
 //! - it is a *congestion signal* when its error is
-//!   [`ErrorKind::Overloaded`] or [`ErrorKind::ClientTimeout`], or its
+//!   [`ErrorKind::Overloaded`](tower_cql_core::ErrorKind::Overloaded) or [`ErrorKind::ClientTimeout`](tower_cql_core::ErrorKind::ClientTimeout) (what the one classifier, [`tower_cql_core::classify`], calls overload), or its
 //!   latency (from `call` to completion, queueing excluded) is above
 //!   `latency_threshold`. The limit becomes `max(min, floor(limit *
 //!   decrease_factor))`, at most once per round trip: only a request that

@@ -6,7 +6,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
+use std::sync::Arc;
 use tokio::time::{Instant, Sleep};
+
+use tower_cql_core::classify::NodeVerdict;
+use tower_cql_core::routing::RouteHint;
 use tower_cql_core::{CqlError, ErrorKind};
 
 use super::Limit;
@@ -31,6 +35,10 @@ pin_project! {
             timer: Option<Sleep>,
             limit: Limit,
             started: Instant,
+            // The request's route hint and the attempt's index: a
+            // per-attempt timeout names the node it was waiting on and is
+            // reported against it.
+            route: Option<(Arc<RouteHint>, u32)>,
         },
         Failed { error: Option<CqlError> },
         PassThrough {
@@ -45,6 +53,7 @@ impl<F> ResponseFuture<F> {
         future: F,
         timer: Option<(Instant, Limit)>,
         started: Instant,
+        route: Option<(Arc<RouteHint>, u32)>,
     ) -> ResponseFuture<F> {
         let (timer, limit) = match timer {
             Some((at, limit)) => (Some(tokio::time::sleep_until(at)), limit),
@@ -56,6 +65,7 @@ impl<F> ResponseFuture<F> {
                 timer,
                 limit,
                 started,
+                route,
             },
         }
     }
@@ -106,6 +116,7 @@ where
                 timer,
                 limit,
                 started,
+                route,
             } => {
                 if let Poll::Ready(out) = future.poll(cx) {
                     return Poll::Ready(out);
@@ -118,12 +129,24 @@ where
                 }
                 let elapsed = Instant::now().saturating_duration_since(*started);
                 Poll::Ready(Err(match *limit {
-                    Limit::PerAttempt(d) => CqlError::new(
-                        ErrorKind::ClientTimeout,
-                        format!(
-                            "the attempt timed out after {d:?} (per-attempt timeout); it may have been applied"
-                        ),
-                    ),
+                    Limit::PerAttempt(d) => {
+                        let err = CqlError::new(
+                            ErrorKind::ClientTimeout,
+                            format!(
+                                "the attempt timed out after {d:?} (per-attempt timeout); it may have been applied"
+                            ),
+                        );
+                        match route
+                            .as_ref()
+                            .and_then(|(h, i)| Some((h, h.attempt_node(*i)?)))
+                        {
+                            Some((hint, node)) => {
+                                hint.report(node, NodeVerdict::Failed);
+                                err.with_node(node)
+                            }
+                            None => err,
+                        }
+                    }
                     Limit::Deadline => CqlError::new(
                         ErrorKind::DeadlineExceeded,
                         format!("the request's deadline passed {elapsed:?} into the attempt"),

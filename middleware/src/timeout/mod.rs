@@ -215,7 +215,14 @@ where
                 .not_sent(),
             );
         }
-        ResponseFuture::new(self.inner.call(req), timer, now)
+        let route = match timer {
+            Some((_, Limit::PerAttempt(_))) => req
+                .meta()
+                .route()
+                .map(|h| (h.clone(), req.meta().attempt_index())),
+            _ => None,
+        };
+        ResponseFuture::new(self.inner.call(req), timer, now, route)
     }
 }
 
