@@ -64,6 +64,7 @@ pub mod redact;
 pub mod request;
 pub mod response;
 pub mod routing;
+pub mod semconv;
 mod sync;
 #[cfg(feature = "tls-rustls")]
 pub mod tls;

@@ -43,10 +43,9 @@ use tower_cql_core::event::{
 };
 use tower_cql_core::{AttemptReason, Collector, CqlError, RequestMeta, SeriesLabels};
 
-/// The conventions' explicit bucket boundaries for `db.client.operation.duration`, in seconds.
-pub const DURATION_BOUNDARIES: [f64; 14] = [
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
-];
+/// The conventions' explicit bucket boundaries for `db.client.operation.duration`, in seconds
+/// (defined once, in [`tower_cql_core::semconv`]).
+pub use tower_cql_core::semconv::DB_CLIENT_OPERATION_DURATION_BUCKETS as DURATION_BOUNDARIES;
 
 fn attributes(l: &SeriesLabels) -> Arc<[KeyValue]> {
     let mut v = vec![

@@ -30,9 +30,7 @@ use crate::metrics_bridge::{ATTEMPT_DURATION, OPERATION_DURATION};
 
 /// Bucket boundaries (seconds) of `db.client.operation.duration` in the
 /// OpenTelemetry database semantic conventions.
-pub const DB_DURATION_BUCKETS: [f64; 14] = [
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
-];
+pub use tower_cql_core::semconv::DB_CLIENT_OPERATION_DURATION_BUCKETS as DB_DURATION_BUCKETS;
 
 /// Why the exporter could not start.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,16 @@
+//! Constants of the OpenTelemetry database semantic conventions, defined
+//! once for every exporter.
+//!
+//! ```
+//! use tower_cql_core::semconv::DB_CLIENT_OPERATION_DURATION_BUCKETS;
+//!
+//! assert_eq!(DB_CLIENT_OPERATION_DURATION_BUCKETS.first(), Some(&0.001));
+//! assert_eq!(DB_CLIENT_OPERATION_DURATION_BUCKETS.last(), Some(&10.0));
+//! ```
+
+/// The explicit bucket boundaries, in seconds, that the conventions advise
+/// for `db.client.operation.duration`: `[0.001, 0.005, 0.01, 0.05, 0.1,
+/// 0.5, 1, 5, 10]`. The OpenTelemetry and Prometheus exporters use them
+/// for every duration histogram they export.
+pub const DB_CLIENT_OPERATION_DURATION_BUCKETS: [f64; 9] =
+    [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
