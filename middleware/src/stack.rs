@@ -151,7 +151,7 @@ macro_rules! setters {
 
 impl StackBuilder {
     /// The default stack emitting into `collectors`: tracing, metrics,
-    /// retry (3 attempts, budgeted), attempt tracing and the deadline; the
+    /// retry (4 attempts, budgeted), attempt tracing and the deadline; the
     /// limits, load shedding, the breaker and hedging are off.
     pub fn new(collectors: Collectors) -> StackBuilder {
         StackBuilder {

@@ -276,6 +276,48 @@ async fn ten_percent_transient_faults_leave_at_least_99_9_percent_of_reads_succe
     assert_eq!(snap.ok, out.ok);
 }
 
+/// The defaults hold on a bad day: the default stack (default retry
+/// config and budget), 10% of attempts refused `Overloaded`. With three
+/// attempts, 0.1% of reads fail by arithmetic (20 of 20,000 expected),
+/// which sits on the 99.9% line; the default of four attempts leaves
+/// 0.01% (2 expected). The bound, at most one read in 2,000 failing, is
+/// missed by the old default with probability above 99%.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_stack_completes_99_9_percent_of_reads_under_10_percent_overloaded() {
+    let e = env(3).await;
+    let n = requests(20_000);
+    let fault = e.cluster.faults().add(
+        Fault::error(InjectedError::Overloaded)
+            .opcode(Opcode::Execute)
+            .matching(GET)
+            .probability(0.1),
+    );
+    let stack = StackBuilder::new(e.collectors.clone())
+        .build(e.driver.clone())
+        .unwrap();
+    let out = drive(&stack.service(), n, 32, read).await;
+    stack.close().await;
+    let fired = e.cluster.faults().fired(fault);
+    let snap = e.memory.snapshot();
+    println!(
+        "chaos: default stack, {n} idempotent reads, 10% Overloaded ({fired} fired) -> \
+         {:.3}% succeeded, {} retries ({:.1}% extra attempts), {} failed {:?}",
+        out.ok as f64 * 100.0 / n as f64,
+        snap.retries_total(),
+        snap.retries_total() as f64 * 100.0 / n as f64,
+        out.failed(),
+        out.errors,
+    );
+    assert_eq!(out.ok + out.failed(), n, "every request resolved");
+    assert!(
+        out.failed() <= n / 2000,
+        "{} of {n} failed: more than 0.05%",
+        out.failed()
+    );
+    // within the default budget (20% of requests, plus 10 a second)
+    assert!(snap.retries_total() as f64 <= n as f64 * 0.2 + 10.0 * 600.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_that_applied_then_timed_out_are_never_applied_twice() {
     let e = env(3).await;

@@ -13,8 +13,11 @@ use crate::toggle::PassThrough;
 /// Retry settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryConfig {
-    /// Total attempts, the first included (default 3; at least 1, and 1
-    /// turns retries off).
+    /// Total attempts, the first included (default 4: with 10% of
+    /// attempts refused by an overloaded node, 0.01% of idempotent
+    /// requests fail, where 3 would leave 0.1%; the retries add about 11%
+    /// to the load then, within the default budget of 20%). At least 1;
+    /// 1 turns retries off.
     pub max_attempts: u32,
     /// The delay before each retry.
     pub backoff: Backoff,
@@ -25,7 +28,7 @@ pub struct RetryConfig {
 impl Default for RetryConfig {
     fn default() -> RetryConfig {
         RetryConfig {
-            max_attempts: 3,
+            max_attempts: 4,
             backoff: Backoff::default(),
             budget: BudgetConfig::default(),
         }

@@ -310,6 +310,7 @@ mod tests {
                 min_per_second: 0,
                 window: Duration::from_secs(10),
             },
+            max_attempts: 3,
             ..RetryConfig::default()
         })
         .unwrap();
