@@ -40,7 +40,7 @@
 //! | `ServerError`, `TruncateError`, `ReadFailure`, `Connection`, `Other` | next node | **no** | `ServerError`, `Connection`: node failed | no |
 //! | `ClientTimeout` (per-attempt timeout) | next node | **no** | node failed (the node it waited on) | **yes** |
 //! | syntax, invalid, auth, values, schema, function, `RateLimitReached` | no | no | healthy (the node answered) | no |
-//! | refusals made on the client (`RateLimited`, `Shed`, `CircuitOpen`, `ShutDown`, `BadRequest`, `Serialization`, `DeadlineExceeded`) | no | no | not judged | no |
+//! | refusals made on the client (`RateLimited`, `Shed`, `CircuitOpen`, `ShutDown`, `BadRequest`, `Serialization`, `DeadlineExceeded`), and `Cancelled` (a lost hedge race, a dropped request) | no | no | not judged | no |
 //!
 //! The retry columns are the anchors' behaviour: scylla 1.9's
 //! `DefaultRetryPolicy` and the DataStax Java driver 4.x retry
@@ -146,7 +146,8 @@ fn node_verdict(kind: ErrorKind) -> NodeVerdict {
         | K::ShutDown
         | K::BadRequest
         | K::Serialization
-        | K::DeadlineExceeded => NodeVerdict::NotJudged,
+        | K::DeadlineExceeded
+        | K::Cancelled => NodeVerdict::NotJudged,
         _ => NodeVerdict::Healthy,
     }
 }
@@ -177,6 +178,7 @@ fn retry_advice(error: &CqlError, idempotent: bool) -> RetryAdvice {
         | K::BadRequest
         | K::RateLimited
         | K::Shed
+        | K::Cancelled
         | K::RateLimitReached => RetryAdvice::DontRetry,
         K::Unprepared => RetryAdvice::RetrySameNode,
         K::Unavailable | K::IsBootstrapping => RetryAdvice::RetryNextNode,

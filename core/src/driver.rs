@@ -49,6 +49,7 @@ use scylla::response::query_result::QueryResult;
 use scylla::response::{PagingState, PagingStateResponse};
 use scylla::statement::prepared::PreparedStatement;
 
+use crate::cancel::CancelReason;
 use crate::classify::NodeVerdict;
 use crate::collector::Collectors;
 use crate::error::{CqlError, ErrorKind};
@@ -263,6 +264,67 @@ impl DriverService {
     }
 }
 
+/// An attempt in flight: dropped while `armed` (the attempt's future was
+/// dropped before it completed), it emits the attempt's event, with the
+/// node it went to where known and an error saying why it ended
+/// ([`crate::cancel::reason`]): `ClientTimeout` for the per-attempt
+/// timeout, `Cancelled` for a lost hedge race or a caller that stopped
+/// waiting. So every attempt that started is an event.
+struct Unfinished<'a> {
+    collectors: &'a Collectors,
+    meta: &'a RequestMeta,
+    start: Instant,
+    listener: Option<&'a NodeRecorder>,
+    armed: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.armed || !self.collectors.is_active() {
+            return;
+        }
+        let meta = self.meta;
+        let node = self
+            .listener
+            .and_then(|l| l.node.get().copied())
+            .or_else(|| meta.route()?.attempt_node(meta.attempt_index()));
+        let duration = self.start.elapsed();
+        let error = match crate::cancel::reason() {
+            CancelReason::TimedOut => CqlError::new(
+                ErrorKind::ClientTimeout,
+                format!("the attempt was cancelled by the per-attempt timeout after {duration:?}"),
+            ),
+            CancelReason::DeadlinePassed => CqlError::new(
+                ErrorKind::DeadlineExceeded,
+                format!(
+                    "the attempt was cancelled after {duration:?}: the request's deadline passed"
+                ),
+            ),
+            CancelReason::LostRace => CqlError::new(
+                ErrorKind::Cancelled,
+                "the attempt was cancelled: another attempt of the request answered first",
+            ),
+            CancelReason::Dropped => CqlError::new(
+                ErrorKind::Cancelled,
+                "the attempt was cancelled: the request was dropped before it completed",
+            ),
+        };
+        let error = match node {
+            Some(n) => error.with_node(n),
+            None => error,
+        };
+        self.collectors.emit(Event::Attempt(AttemptEvent {
+            meta,
+            index: meta.attempt_index(),
+            reason: meta.attempt_reason(),
+            duration,
+            error: Some(&error),
+            node,
+            rows: 0,
+        }));
+    }
+}
+
 /// Records the node of each attempt, so errors can name it.
 #[derive(Debug, Default)]
 pub(crate) struct NodeRecorder {
@@ -445,6 +507,16 @@ impl DriverInner {
             return Err(CqlError::deadline_exceeded(Duration::ZERO).not_sent());
         }
         let listener = self.node_attribution.then(NodeRecorder::take);
+        // If this future is dropped before the attempt completes (a
+        // per-attempt timeout, a hedge race lost, the caller gone), the
+        // guard emits the attempt's event as it is dropped.
+        let mut guard = Unfinished {
+            collectors: &self.collectors,
+            meta,
+            start,
+            listener: listener.as_deref(),
+            armed: true,
+        };
         // an attempt with a hint (after the first): the steering policy reads it
         let result = crate::routing::Steered::new(
             meta.route().cloned(),
@@ -452,6 +524,8 @@ impl DriverInner {
             self.run(&req, paging_state, listener.clone()),
         )
         .await;
+        guard.armed = false;
+        drop(guard);
         let duration = start.elapsed();
         // The driver's own timer was set to the time left before the
         // deadline: when it fires because the deadline passed, say so.

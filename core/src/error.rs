@@ -97,13 +97,17 @@ pub enum ErrorKind {
     ShutDown,
     /// A request or configuration that the client side rejects.
     BadRequest,
+    /// The attempt or request ended before it completed: an attempt that
+    /// lost a hedge race, or a request the caller dropped. It may have
+    /// reached the server.
+    Cancelled,
     /// Anything else.
     Other,
 }
 
 impl ErrorKind {
     /// Every kind, for exporters that pre-register series.
-    pub const ALL: [ErrorKind; 32] = [
+    pub const ALL: [ErrorKind; 33] = [
         ErrorKind::Overloaded,
         ErrorKind::Unavailable,
         ErrorKind::ReadTimeout,
@@ -135,6 +139,7 @@ impl ErrorKind {
         ErrorKind::CircuitOpen,
         ErrorKind::ShutDown,
         ErrorKind::BadRequest,
+        ErrorKind::Cancelled,
         ErrorKind::Other,
     ];
 
@@ -172,6 +177,7 @@ impl ErrorKind {
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::ShutDown => "shut_down",
             ErrorKind::BadRequest => "bad_request",
+            ErrorKind::Cancelled => "cancelled",
             ErrorKind::Other => "other",
         }
     }
@@ -282,6 +288,9 @@ impl ErrorKind {
                 "the service is shutting down; send the request to a running instance"
             }
             ErrorKind::BadRequest => "fix the request or the configuration as the message says",
+            ErrorKind::Cancelled => {
+                "nothing to do: the attempt lost a hedge race, or the caller stopped waiting; it may have reached the server"
+            }
             ErrorKind::Other => "see the underlying error",
         }
     }
@@ -295,6 +304,7 @@ impl ErrorKind {
                 | ErrorKind::WriteFailure
                 | ErrorKind::TruncateError
                 | ErrorKind::ClientTimeout
+                | ErrorKind::Cancelled
                 | ErrorKind::DeadlineExceeded
                 | ErrorKind::ServerError
                 | ErrorKind::Connection

@@ -49,6 +49,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod analysis;
+pub mod cancel;
 pub mod classify;
 pub mod collector;
 pub mod driver;

@@ -9,21 +9,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use scylla::client::session_builder::SessionBuilder;
 use tower::{ServiceExt, service_fn};
 use tower_cql_core::event::BreakerEvent;
 use tower_cql_core::{
-    BreakerState, Collector, Collectors, CqlError, CqlRequest, CqlResponse, DriverService,
-    ErrorKind, ExecutionInfo, Statement,
+    BreakerState, Collector, Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind,
+    ExecutionInfo,
 };
 use tower_cql_middleware::breaker::BreakerConfig;
 use tower_cql_middleware::metrics::MetricsConfig;
 use tower_cql_middleware::retry::{Backoff, BudgetConfig, RetryConfig};
 use tower_cql_middleware::stack::StackBuilder;
 use tower_cql_middleware::timeout::TimeoutConfig;
-use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
+use tower_cql_testkit::{Fault, InjectedError, Opcode};
 
-const GET: &str = "SELECT v FROM ks.kv WHERE k = ?";
+mod support;
+
+use support::{GET, cluster, read};
 
 /// Breaker state changes, as the collectors saw them.
 #[derive(Default)]
@@ -52,33 +53,6 @@ impl BreakerLog {
     }
 }
 
-async fn cluster() -> (Cluster, DriverService) {
-    let cluster = Cluster::builder().nodes(3).start().await.unwrap();
-    let session = SessionBuilder::new()
-        .known_nodes_addr(cluster.contact_points())
-        .build()
-        .await
-        .unwrap();
-    let driver = DriverService::builder(Arc::new(session)).build().unwrap();
-    for cql in [
-        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}",
-        "CREATE TABLE ks.kv (k int PRIMARY KEY, v text)",
-        "INSERT INTO ks.kv (k, v) VALUES (1, 'one')",
-    ] {
-        driver.execute(CqlRequest::unprepared(cql)).await.unwrap();
-    }
-    // prepare the read on every node before any fault is injected
-    let get = Statement::new(GET).idempotent(true);
-    for _ in 0..9 {
-        driver.execute(get.request().bind((1,))).await.unwrap();
-    }
-    (cluster, driver)
-}
-
-fn read(k: i32) -> CqlRequest {
-    Statement::new(GET).idempotent(true).request().bind((k,))
-}
-
 fn retries(max_attempts: u32) -> RetryConfig {
     RetryConfig {
         max_attempts,
@@ -100,7 +74,7 @@ fn retries(max_attempts: u32) -> RetryConfig {
 /// and node 0 stayed closed for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_node_hidden_behind_retries_opens_its_breaker() {
-    let (cluster, driver) = cluster().await;
+    let (cluster, driver) = cluster(&Collectors::new()).await;
     let log = Arc::new(BreakerLog::default());
     let collectors = Collectors::with([log.clone() as Arc<dyn Collector>]);
     cluster.faults().add(
@@ -147,7 +121,7 @@ async fn a_failing_node_hidden_behind_retries_opens_its_breaker() {
 /// every read was refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_node_s_timeouts_open_that_node_not_the_table() {
-    let (cluster, driver) = cluster().await;
+    let (cluster, driver) = cluster(&Collectors::new()).await;
     let log = Arc::new(BreakerLog::default());
     let collectors = Collectors::with([log.clone() as Arc<dyn Collector>]);
     cluster.faults().add(

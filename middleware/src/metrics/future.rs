@@ -8,14 +8,38 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_cql_core::event::{Event, RequestEvent};
-use tower_cql_core::{Collectors, CqlError, CqlResponse, RequestMeta};
+use tower_cql_core::{Collectors, CqlError, CqlResponse, ErrorKind, RequestMeta};
 
 pin_project! {
-    /// Times the inner call and emits the request event when it completes
-    /// (a pass-through's future only polls the inner one).
+    /// Times the inner call and emits the request event when it completes,
+    /// or, with a `Cancelled` error, when it is dropped before (the caller
+    /// stopped waiting); a pass-through's future only polls the inner one.
     pub struct ResponseFuture<F> {
         #[pin]
         kind: Kind<F>,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let KindProj::Measured { meta, collectors, start, .. } = this.project().kind.project()
+                && let Some(meta) = meta.take()
+                && collectors.is_active()
+            {
+                let error = CqlError::new(
+                    ErrorKind::Cancelled,
+                    "the request was dropped before it completed (the caller stopped waiting)",
+                );
+                collectors.emit(Event::Request(RequestEvent {
+                    meta: &meta,
+                    duration: start.elapsed(),
+                    error: Some(&error),
+                    attempts: 0,
+                    speculative: 0,
+                    rows: 0,
+                    node: None,
+                }));
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use pin_project_lite::pin_project;
 use std::sync::Arc;
 use tokio::time::{Instant, Sleep};
 
+use tower_cql_core::cancel::{CancelReason, cancelling};
 use tower_cql_core::classify::NodeVerdict;
 use tower_cql_core::routing::RouteHint;
 use tower_cql_core::{CqlError, ErrorKind};
@@ -29,8 +30,10 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Racing {
+            // `None` once the timer fired: dropped then, so the attempt
+            // knows it was cancelled by the timeout.
             #[pin]
-            future: F,
+            future: Option<F>,
             #[pin]
             timer: Option<Sleep>,
             limit: Limit,
@@ -61,7 +64,7 @@ impl<F> ResponseFuture<F> {
         };
         ResponseFuture {
             kind: Kind::Racing {
-                future,
+                future: Some(future),
                 timer,
                 limit,
                 started,
@@ -118,7 +121,12 @@ where
                 started,
                 route,
             } => {
-                if let Poll::Ready(out) = future.poll(cx) {
+                let mut future = future;
+                let inner = future
+                    .as_mut()
+                    .as_pin_mut()
+                    .expect("ResponseFuture polled after completion");
+                if let Poll::Ready(out) = inner.poll(cx) {
                     return Poll::Ready(out);
                 }
                 let Some(timer) = timer.as_pin_mut() else {
@@ -127,6 +135,12 @@ where
                 if timer.poll(cx).is_pending() {
                     return Poll::Pending;
                 }
+                // Cancel the attempt here, telling it why (its event says so).
+                let why = match *limit {
+                    Limit::PerAttempt(_) => CancelReason::TimedOut,
+                    Limit::Deadline => CancelReason::DeadlinePassed,
+                };
+                cancelling(why, || future.set(None));
                 let elapsed = Instant::now().saturating_duration_since(*started);
                 Poll::Ready(Err(match *limit {
                     Limit::PerAttempt(d) => {

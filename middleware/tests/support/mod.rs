@@ -1,11 +1,16 @@
 //! Shared setup for the middleware's end-to-end tests: a one-node testkit
 //! cluster, a driver service emitting into an in-memory collector, and a
-//! table `ks.kv (k int PRIMARY KEY, v text)`.
+//! table `ks.kv (k int PRIMARY KEY, v text)`; or three nodes with the
+//! read the node tests send.
+
+#![allow(dead_code)] // each test binary uses its own part
 
 use std::sync::Arc;
 
 use scylla::client::session_builder::SessionBuilder;
-use tower_cql_core::{Collector, Collectors, CqlRequest, DriverService, InMemoryCollector};
+use tower_cql_core::{
+    Collector, Collectors, CqlRequest, DriverService, InMemoryCollector, Statement,
+};
 use tower_cql_testkit::Cluster;
 
 /// The cluster, the driver service, its collectors and the in-memory collector.
@@ -32,4 +37,48 @@ pub(crate) async fn setup() -> Setup {
         driver.execute(CqlRequest::unprepared(cql)).await.unwrap();
     }
     (cluster, driver, collectors, memory)
+}
+
+/// The read every test sends.
+pub(crate) const GET: &str = "SELECT v FROM ks.kv WHERE k = ?";
+
+/// Three nodes, `ks.kv` (replication factor 3) holding keys 0..10, the
+/// read prepared on every node before any fault is injected, and a driver
+/// service emitting into `collectors`.
+pub(crate) async fn cluster(collectors: &Collectors) -> (Cluster, DriverService) {
+    let cluster = Cluster::builder().nodes(3).start().await.unwrap();
+    let session = SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .build()
+        .await
+        .unwrap();
+    let driver = DriverService::builder(Arc::new(session))
+        .collectors(collectors.clone())
+        .build()
+        .unwrap();
+    for cql in [
+        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}",
+        "CREATE TABLE ks.kv (k int PRIMARY KEY, v text)",
+    ] {
+        driver.execute(CqlRequest::unprepared(cql)).await.unwrap();
+    }
+    for k in 0..10 {
+        driver
+            .execute(CqlRequest::query("INSERT INTO ks.kv (k, v) VALUES (?, ?)").bind((k, "v")))
+            .await
+            .unwrap();
+    }
+    let get = Statement::new(GET).idempotent(true);
+    for k in 0..9 {
+        driver.execute(get.request().bind((k,))).await.unwrap();
+    }
+    (cluster, driver)
+}
+
+/// An idempotent read of key `k % 10`.
+pub(crate) fn read(k: i32) -> CqlRequest {
+    Statement::new(GET)
+        .idempotent(true)
+        .request()
+        .bind((k % 10,))
 }

@@ -1,0 +1,204 @@
+//! Nothing goes unobserved: every attempt that started is an attempt
+//! event, whatever ended it (an answer, an error, the per-attempt timeout,
+//! a hedge race lost, a caller that stopped waiting), with the node it went
+//! to; a request the caller dropped is a request event. The server's own
+//! per-node execution counters are the evidence.
+//!
+//! The real driver against a three-node testkit cluster, through the
+//! stack. Size: `TOWER_CQL_CHAOS_REQUESTS` (default 400 reads).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tower::ServiceExt;
+use tower_cql_core::event::{AttemptEvent, RequestEvent};
+use tower_cql_core::{Collector, Collectors, ErrorKind};
+use tower_cql_middleware::hedge::{HedgeConfig, HedgeDelay};
+use tower_cql_middleware::retry::{Backoff, BudgetConfig, RetryConfig};
+use tower_cql_middleware::stack::StackBuilder;
+use tower_cql_middleware::timeout::TimeoutConfig;
+use tower_cql_testkit::{Fault, Opcode};
+
+mod support;
+
+use support::{GET, cluster, read};
+
+/// Attempt events by node and by outcome, and request events by outcome.
+#[derive(Default)]
+struct Seen {
+    attempts: Mutex<BTreeMap<Option<SocketAddr>, u64>>,
+    attempt_outcomes: Mutex<BTreeMap<&'static str, u64>>,
+    requests: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Collector for Seen {
+    fn on_attempt(&self, e: &AttemptEvent<'_>) {
+        *self.attempts.lock().unwrap().entry(e.node).or_default() += 1;
+        let outcome = e.error.map_or("ok", |e| e.kind().as_str());
+        *self
+            .attempt_outcomes
+            .lock()
+            .unwrap()
+            .entry(outcome)
+            .or_default() += 1;
+    }
+
+    fn on_request(&self, e: &RequestEvent<'_>) {
+        let outcome = e.error.map_or("ok", |e| e.kind().as_str());
+        *self.requests.lock().unwrap().entry(outcome).or_default() += 1;
+    }
+}
+
+fn size() -> i32 {
+    std::env::var("TOWER_CQL_CHAOS_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(400, |n| (n / 10).max(50))
+}
+
+/// Node 1 answers reads 300 ms late; the stack hedges after 20 ms, times
+/// each attempt out after 150 ms and retries. Most attempts sent to node 1
+/// are cut (lost the race, or timed out): before, they left no event, so
+/// node 1 looked idle while it was the problem. Now the attempt events per
+/// node are the server's executions per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_that_started_is_an_event_with_its_node() {
+    let seen = Arc::new(Seen::default());
+    let collectors = Collectors::with([seen.clone() as Arc<dyn Collector>]);
+    let (cluster, driver) = cluster(&collectors).await;
+    cluster.faults().add(
+        Fault::delay(Duration::from_millis(300))
+            .opcode(Opcode::Execute)
+            .matching(GET)
+            .node(1),
+    );
+    let stack = StackBuilder::new(collectors.clone())
+        .retry(RetryConfig {
+            max_attempts: 3,
+            backoff: Backoff {
+                base: Duration::from_millis(1),
+                max: Duration::from_millis(2),
+            },
+            budget: BudgetConfig {
+                ratio: 1.0,
+                min_per_second: 1000,
+                ..BudgetConfig::default()
+            },
+        })
+        .hedge(HedgeConfig {
+            delay: HedgeDelay::Fixed(Duration::from_millis(20)),
+            max_speculative: 1,
+        })
+        .timeout(TimeoutConfig {
+            per_attempt: Some(Duration::from_millis(150)),
+            ..TimeoutConfig::default()
+        })
+        .build(driver)
+        .unwrap();
+    // count from here: the setup's own statements are not part of it
+    seen.attempts.lock().unwrap().clear();
+    seen.attempt_outcomes.lock().unwrap().clear();
+    seen.requests.lock().unwrap().clear();
+    let before: Vec<u64> = (0..3)
+        .map(|i| cluster.counters().node_executions(i))
+        .collect();
+    let n = size();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let svc = stack.service();
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for i in (w..n).step_by(8) {
+                if svc.clone().oneshot(read(i)).await.is_ok() {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    // the server finishes the attempts the client gave up on
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let executions: Vec<u64> = (0..3)
+        .map(|i| cluster.counters().node_executions(i) - before[i])
+        .collect();
+    let attempts = seen.attempts.lock().unwrap().clone();
+    let per_node: Vec<u64> = (0..3)
+        .map(|i| {
+            attempts
+                .get(&Some(cluster.node_addr(i)))
+                .copied()
+                .unwrap_or(0)
+        })
+        .collect();
+    println!(
+        "attempts: {n} reads ({ok} ok), node 1 answers 300 ms late, hedge 20 ms, timeout 150 ms: \
+         attempt events per node {per_node:?} (without a node: {}), server executions per node \
+         {executions:?}; attempt outcomes {:?}; requests {:?}",
+        attempts.get(&None).copied().unwrap_or(0),
+        seen.attempt_outcomes.lock().unwrap(),
+        seen.requests.lock().unwrap(),
+    );
+    assert_eq!(ok, n, "hedging and retries serve every read");
+    assert!(executions[1] > 0, "node 1 was sent reads");
+    for i in 0..3 {
+        assert!(
+            per_node[i] >= executions[i],
+            "node {i}: {} attempt events < {} server executions",
+            per_node[i],
+            executions[i]
+        );
+    }
+    // an event may have no execution (an attempt cancelled before its
+    // request reached the server), but hardly ever
+    let (events, execs): (u64, u64) = (per_node.iter().sum(), executions.iter().sum());
+    assert!(
+        events - execs <= execs / 50 + 2,
+        "{events} attempt events for {execs} server executions"
+    );
+    assert!(
+        !attempts.contains_key(&None),
+        "every attempt names its node: {attempts:?}"
+    );
+    stack.close().await;
+}
+
+/// A request the caller stops waiting for is a request event (outcome
+/// `cancelled`), and its attempt is an attempt event with its node. Before,
+/// neither was reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_caller_dropped_is_reported_cancelled() {
+    let seen = Arc::new(Seen::default());
+    let collectors = Collectors::with([seen.clone() as Arc<dyn Collector>]);
+    let (cluster, driver) = cluster(&collectors).await;
+    cluster.faults().add(
+        Fault::delay(Duration::from_millis(500))
+            .opcode(Opcode::Execute)
+            .matching(GET),
+    );
+    let stack = StackBuilder::new(collectors.clone()).build(driver).unwrap();
+    seen.attempts.lock().unwrap().clear();
+    seen.attempt_outcomes.lock().unwrap().clear();
+    seen.requests.lock().unwrap().clear();
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), stack.service().oneshot(read(1)))
+        .await
+        .is_err();
+    assert!(gave_up);
+    let requests = seen.requests.lock().unwrap().clone();
+    let outcomes = seen.attempt_outcomes.lock().unwrap().clone();
+    let attempts = seen.attempts.lock().unwrap().clone();
+    println!("dropped: requests {requests:?}, attempts {outcomes:?} by node {attempts:?}");
+    let cancelled = ErrorKind::Cancelled.as_str();
+    assert_eq!(requests.get(cancelled), Some(&1), "{requests:?}");
+    assert_eq!(outcomes.get(cancelled), Some(&1), "{outcomes:?}");
+    assert!(
+        attempts.keys().all(Option::is_some),
+        "the attempt names its node: {attempts:?}"
+    );
+    stack.close().await;
+}
