@@ -12,7 +12,7 @@ use tokio::time::{Instant, Sleep};
 use tower_cql_core::{AttemptReason, CqlError, CqlRequest, CqlResponse};
 use tower_service::Service;
 
-use super::{MAX_SPECULATIVE, Shared};
+use super::{MAX_SPECULATIVE, Observed, Shared};
 
 /// The most attempts one request can have running: the first and at most
 /// [`MAX_SPECULATIVE`] speculative ones, each in a slot of its own.
@@ -65,6 +65,10 @@ pin_project! {
         started: u32,
         // Attempts still running.
         running: u32,
+        // Whether the race's first attempt is still running (in slot 0:
+        // it starts there, and a freed slot 0 is only refilled after it
+        // ended).
+        first_running: bool,
         last_error: Option<CqlError>,
         #[pin]
         timer: Timer,
@@ -137,6 +141,7 @@ where
                     next_at,
                     started: 1,
                     running: 1,
+                    first_running: true,
                     last_error: None,
                     timer: Timer::Idle,
                     s0: Slot::Running {
@@ -211,31 +216,54 @@ where
         loop {
             // Poll every running attempt; the first Ok wins.
             let mut winner = None;
-            for slot in slots.iter_mut() {
+            for (i, slot) in slots.iter_mut().enumerate() {
                 let SlotProj::Running { future, started } = slot.as_mut().project() else {
                     continue;
                 };
+                let first = i == 0 && *this.first_running;
                 match future.poll(cx) {
                     Poll::Pending => {}
                     Poll::Ready(Ok(resp)) => {
-                        winner = Some((resp, started.elapsed()));
+                        if first {
+                            *this.first_running = false;
+                            if this.shared.learns() {
+                                this.shared.observe(Observed::Answered, started.elapsed());
+                            }
+                        }
+                        winner = Some(resp);
                         break;
                     }
                     Poll::Ready(Err(err)) => {
+                        if first {
+                            *this.first_running = false;
+                            if this.shared.learns() {
+                                this.shared
+                                    .observe(Observed::failed(&err), started.elapsed());
+                            }
+                        }
                         slot.set(Slot::Empty);
                         *this.running -= 1;
                         *this.last_error = Some(err);
                     }
                 }
             }
-            if let Some((mut resp, latency)) = winner {
+            if let Some(mut resp) = winner {
+                // The first attempt lost: it is cancelled after running this
+                // long, which says its latency is longer (module docs).
+                if *this.first_running {
+                    *this.first_running = false;
+                    if this.shared.learns()
+                        && let SlotProj::Running { started, .. } = slots[0].as_mut().project()
+                    {
+                        this.shared.observe(Observed::Censored, started.elapsed());
+                    }
+                }
                 // Cancel the losers now, not when the caller drops us.
                 for slot in slots.iter_mut() {
                     slot.set(Slot::Empty);
                 }
                 *this.running = 0;
                 *this.next_at = None;
-                this.shared.record(latency);
                 resp.info_mut().speculative = *this.started - 1;
                 return Poll::Ready(Ok(resp));
             }

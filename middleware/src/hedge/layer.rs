@@ -13,9 +13,11 @@ use crate::toggle::PassThrough;
 pub enum HedgeDelay {
     /// After this long without an answer (greater than zero).
     Fixed(Duration),
-    /// After the `percentile` of recent successful attempt latencies,
-    /// clamped into `[min, max]`; `max` until at least 100 latencies have
-    /// been seen. See [`Hedge`] for how "recent" is kept.
+    /// After the `percentile` of recent first-attempt latencies (those of
+    /// the attempts a hedge cancels included, as censored observations),
+    /// clamped into `[min, max]`; `max` until at least 100 attempts have
+    /// been seen. See [`Hedge`] for how it is estimated and how "recent"
+    /// is kept.
     Percentile {
         /// Which percentile, in `0.5..=0.999` (e.g. 0.95: hedge the slowest
         /// 5 %).
@@ -111,7 +113,7 @@ impl HedgeConfig {
 /// latency history (for [`HedgeDelay::Percentile`]), as do their clones.
 #[derive(Debug, Clone)]
 pub struct HedgeLayer {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
 impl HedgeLayer {

@@ -68,12 +68,52 @@
 //!
 //! # Delay
 //! [`HedgeDelay::Fixed`] hedges after a constant. [`HedgeDelay::Percentile`]
-//! hedges after a percentile of recent successful attempt latencies (the
-//! winning attempt's, from its own start): they are recorded in two
-//! lock-free [`Histogram`]s that take turns, each covering 10 s, so the
-//! estimate reflects the last 10–20 s. The delay is recomputed from them
-//! at most every 100 ms (by one request, with a compare-and-swap; the others
-//! read the cached value), and is `max` until 100 latencies are known.
+//! hedges after a percentile of recent *first-attempt* latencies: the delay
+//! is meant to say "this attempt is slower than `percentile` of attempts",
+//! so it is learned from the attempts it is measured against, the first
+//! attempt of every hedged race (a retry's included), whatever became of
+//! it:
+//! - it answered, won or lost, with a result or an error from a node: its
+//!   latency is recorded;
+//! - it was cancelled because a speculative attempt won, or the client gave
+//!   up on it (`ClientTimeout`, `DeadlineExceeded`): all that is known is
+//!   that its latency is longer than the time it ran. That time is recorded
+//!   as a *censored* observation;
+//! - it never reached a node (an error that was not sent), or the caller
+//!   dropped the whole request: nothing.
+//!
+//! Speculative attempts are not recorded: they exist only for the slow
+//! requests and go to nodes the first attempt did not, a sample of another
+//! population.
+//!
+//! Learning from the winners alone, as this layer first did, is biased low
+//! twice over: the slow first attempts are exactly the ones a hedge
+//! cancels, and the fast attempts that beat them take their place. The
+//! lower delay then hedges more, which cancels more slow attempts: the
+//! estimate walks down to `min` while the first attempts stay slow.
+//! Recording a cancelled attempt's time as if it were its latency is biased
+//! low too (less): it would say "about the delay" of attempts that took far
+//! longer. Dropping it is no better: it leaves only the fast ones. So the
+//! percentile is the product-limit (Kaplan-Meier) estimate, the standard
+//! estimate for such right-censored data: going up the latencies, each
+//! answer at `t` lowers the fraction still unanswered by the share of the
+//! attempts still running at `t` that answered then, and a censored attempt
+//! counts as running until it was given up on and no further. The delay is
+//! the latency by which that fraction falls to `1 - percentile`; with
+//! nothing censored, that is the plain nearest-rank percentile. When it
+//! never falls that far (the attempts were cancelled before enough of them
+//! answered, as when a cluster slows down under a delay learned earlier),
+//! the delay is `max`: hedging later lets the first attempts answer, and
+//! their latencies move the estimate to where they are. It assumes that
+//! when an attempt is cancelled does not depend on how long it would have
+//! taken, which holds here: that is set by the delay and the speculative
+//! attempt's own latency.
+//!
+//! The observations are kept in lock-free [`Histogram`]s that take turns,
+//! two per kind, each covering 10 s, so the estimate reflects the last
+//! 10–20 s. The delay is recomputed from them at most every 100 ms (by one
+//! request, with a compare-and-swap; the others read the cached value), and
+//! is `max` until 100 observations are known.
 //!
 //! # Order
 //! The stack's default order puts hedging inside retry and outside the
@@ -90,7 +130,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, Histogram};
+use tower_cql_core::{
+    Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind, Histogram, HistogramSnapshot,
+};
 use tower_service::Service;
 
 pub mod future;
@@ -113,12 +155,16 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Recent successful latencies and the delay derived from them.
+/// Recent first-attempt latencies, some of them censored, and the delay
+/// derived from them (see the module docs, "Delay").
 #[derive(Debug)]
 struct LatencyTracker {
-    /// `histograms[period % 2]` records the current period; the other
-    /// holds the one before.
-    histograms: [Histogram; 2],
+    /// Latencies of first attempts that answered: `completed[period % 2]`
+    /// records the current period; the other holds the one before.
+    completed: [Histogram; 2],
+    /// Elapsed times of first attempts cancelled (or cut short) before they
+    /// answered: each only says the latency was longer. Same periods.
+    censored: [Histogram; 2],
     start: Instant,
     /// The current period (`elapsed / ROTATE_EVERY`).
     period: AtomicU64,
@@ -134,7 +180,8 @@ struct LatencyTracker {
 impl LatencyTracker {
     fn new(percentile: f64, min: Duration, max: Duration) -> LatencyTracker {
         LatencyTracker {
-            histograms: [Histogram::new(), Histogram::new()],
+            completed: [Histogram::new(), Histogram::new()],
+            censored: [Histogram::new(), Histogram::new()],
             start: Instant::now(),
             period: AtomicU64::new(0),
             delay: AtomicU64::new(nanos(max)),
@@ -159,20 +206,33 @@ impl LatencyTracker {
                 .compare_exchange(current, period, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            // The histogram that becomes current holds a period at least two
-            // old; the other one is the previous period's, or older still.
+            // The histograms that become current hold a period at least two
+            // old; the others the previous period's, or older still.
             // (A record racing with the reset may be lost: an estimate.)
-            self.histograms[(period % 2) as usize].reset();
+            let reset = |i: u64| {
+                self.completed[(i % 2) as usize].reset();
+                self.censored[(i % 2) as usize].reset();
+            };
+            reset(period);
             if period > current + 1 {
-                self.histograms[((period + 1) % 2) as usize].reset();
+                reset(period + 1);
             }
         }
     }
 
+    /// A first attempt answered (or failed) after `latency`.
     fn record(&self, latency: Duration) {
         self.rotate(self.now());
         let period = self.period.load(Ordering::Acquire);
-        self.histograms[(period % 2) as usize].record_duration(latency);
+        self.completed[(period % 2) as usize].record_duration(latency);
+    }
+
+    /// A first attempt was given up on after `elapsed`, before it answered:
+    /// its latency is longer than that.
+    fn record_censored(&self, elapsed: Duration) {
+        self.rotate(self.now());
+        let period = self.period.load(Ordering::Acquire);
+        self.censored[(period % 2) as usize].record_duration(elapsed);
     }
 
     fn delay(&self) -> Duration {
@@ -190,13 +250,20 @@ impl LatencyTracker {
                 .is_ok()
         {
             self.rotate(now);
-            let mut recent = self.histograms[0].snapshot();
-            recent.merge(&self.histograms[1].snapshot());
-            let delay = match recent.quantile(self.percentile) {
-                Some(q) if recent.count() >= MIN_SAMPLES => {
-                    Duration::from_nanos(q).clamp(self.min, self.max)
+            let mut completed = self.completed[0].snapshot();
+            completed.merge(&self.completed[1].snapshot());
+            let mut censored = self.censored[0].snapshot();
+            censored.merge(&self.censored[1].snapshot());
+            let delay = if completed.count() + censored.count() >= MIN_SAMPLES {
+                match product_limit_quantile(&completed, &censored, self.percentile) {
+                    Some(q) => Duration::from_nanos(q).clamp(self.min, self.max),
+                    // The percentile lies beyond every attempt that answered:
+                    // all that is known is that it is long. Hedge late, and
+                    // the attempts that then answer show how late.
+                    None => self.max,
                 }
-                _ => self.max,
+            } else {
+                self.max
             };
             self.delay.store(nanos(delay), Ordering::Release);
         }
@@ -204,11 +271,68 @@ impl LatencyTracker {
     }
 }
 
+/// The `q`-quantile of latencies observed as `completed` (answered after
+/// the value) and `censored` (given up on after the value, so longer),
+/// by the product-limit (Kaplan-Meier) estimate over the histograms'
+/// buckets: the latency by which the estimated fraction still unanswered
+/// falls to `1 - q` or below. `None` when it never does: too many of the
+/// slow attempts were given up on to say where the quantile lies.
+///
+/// The value is its bucket's midpoint, clamped into the completed
+/// latencies' `[min, max]`: within the histogram's 1/64 of the exact
+/// answer. With nothing censored it is the nearest-rank quantile.
+fn product_limit_quantile(
+    completed: &HistogramSnapshot,
+    censored: &HistogramSnapshot,
+    q: f64,
+) -> Option<u64> {
+    let (min, max) = (completed.min()?, completed.max()?);
+    // a rounding margin, so that "at most 1 - q" holds when it is exact
+    let target = (1.0 - q) + 1e-9;
+    let mut at_risk = completed.count() + censored.count();
+    let mut survival = 1.0f64;
+    let mut done = completed.buckets().peekable();
+    let mut cut = censored.buckets().peekable();
+    loop {
+        // the next bucket, in either; a bucket's answers are counted
+        // before the attempts given up on in it (those were still running)
+        let (lo, hi) = match (done.peek(), cut.peek()) {
+            (Some(&(a, b, _)), Some(&(c, _, _))) if a <= c => (a, b),
+            (Some(&(a, b, _)), None) => (a, b),
+            (_, Some(&(c, d, _))) => (c, d),
+            (None, None) => return None,
+        };
+        let answered = match done.peek() {
+            Some(&(a, _, n)) if a == lo => {
+                done.next();
+                n
+            }
+            _ => 0,
+        };
+        let given_up = match cut.peek() {
+            Some(&(c, _, n)) if c == lo => {
+                cut.next();
+                n
+            }
+            _ => 0,
+        };
+        if answered > 0 && at_risk > 0 {
+            survival *= 1.0 - answered as f64 / at_risk as f64;
+            if survival <= target {
+                let mid = lo + (hi - lo) / 2;
+                return Some(mid.clamp(min, max));
+            }
+        }
+        at_risk = at_risk.saturating_sub(answered + given_up);
+    }
+}
+
 /// Where the hedge delay comes from.
 #[derive(Debug)]
 enum DelaySource {
     Fixed(Duration),
-    Percentile(LatencyTracker),
+    /// Boxed: four histograms' handles, made once per layer.
+    Percentile(Box<LatencyTracker>),
 }
 
 /// What every clone of a [`Hedge`] shares.
@@ -228,7 +352,7 @@ impl Shared {
                 percentile,
                 min,
                 max,
-            } => DelaySource::Percentile(LatencyTracker::new(percentile, min, max)),
+            } => DelaySource::Percentile(Box::new(LatencyTracker::new(percentile, min, max))),
         };
         Shared {
             source,
@@ -244,9 +368,44 @@ impl Shared {
         }
     }
 
-    fn record(&self, latency: Duration) {
+    /// Whether the delay is learned from latencies (worth a clock read).
+    fn learns(&self) -> bool {
+        matches!(self.source, DelaySource::Percentile(_))
+    }
+
+    /// The race's first attempt ended after `elapsed`, having observed
+    /// `observed`.
+    fn observe(&self, observed: Observed, elapsed: Duration) {
         if let DelaySource::Percentile(t) = &self.source {
-            t.record(latency);
+            match observed {
+                Observed::Answered => t.record(elapsed),
+                Observed::Censored => t.record_censored(elapsed),
+                Observed::Nothing => {}
+            }
+        }
+    }
+}
+
+/// What the end of a race's first attempt says about its latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Observed {
+    /// It answered, with a result or an error from a node: its latency.
+    Answered,
+    /// It was cancelled because another attempt won, or the client gave up
+    /// on it (a per-attempt timeout, the deadline): its latency is longer
+    /// than the time it ran.
+    Censored,
+    /// It never reached a node: nothing about latency.
+    Nothing,
+}
+
+impl Observed {
+    /// What a first attempt that failed with `err` observed.
+    pub(crate) fn failed(err: &CqlError) -> Observed {
+        match err.kind() {
+            ErrorKind::ClientTimeout | ErrorKind::DeadlineExceeded => Observed::Censored,
+            _ if err.was_not_sent() => Observed::Nothing,
+            _ => Observed::Answered,
         }
     }
 }
@@ -367,11 +526,13 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use tower::{Layer, ServiceExt};
     use tower_cql_core::{AttemptReason, ErrorKind};
 
     use super::*;
-    use crate::retry::mock::{Mock, fail, ok};
+    use crate::retry::mock::{Mock, fail, fail_with, ok};
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -653,6 +814,163 @@ mod tests {
         assert_eq!(layer.current_delay(), 50 * MS);
     }
 
+    /// A stand-in whose first attempts take `first` and whose speculative
+    /// ones take `speculative`, whatever the order of the calls.
+    fn by_reason(
+        first: Duration,
+        speculative: Duration,
+    ) -> impl Service<
+        CqlRequest,
+        Response = CqlResponse,
+        Error = CqlError,
+        Future = impl Future<Output = Result<CqlResponse, CqlError>> + Send,
+    > + Clone {
+        tower::service_fn(move |req: CqlRequest| {
+            let took = match req.meta().attempt_reason() {
+                AttemptReason::Speculative => speculative,
+                _ => first,
+            };
+            async move {
+                tokio::time::sleep(took).await;
+                Ok(crate::retry::mock::response())
+            }
+        })
+    }
+
+    /// The attempts a hedge cancels are the slow ones: learning only from
+    /// the winners would see the fast speculative attempts and never the
+    /// slow first attempts they raced.
+    #[tokio::test(start_paused = true)]
+    async fn the_percentile_delay_learns_from_the_attempts_it_cancels() {
+        let layer = HedgeLayer::new(
+            HedgeConfig {
+                delay: HedgeDelay::Percentile {
+                    percentile: 0.9,
+                    min: MS,
+                    max: 100 * MS,
+                },
+                max_speculative: 1,
+            },
+            Collectors::new(),
+        )
+        .unwrap();
+        // Learn a fast cluster: every read answers in 5 ms.
+        let svc = layer.layer(by_reason(5 * MS, 5 * MS));
+        for _ in 0..200 {
+            svc.clone().oneshot(read()).await.unwrap();
+        }
+        tokio::time::advance(REFRESH_EVERY).await;
+        let d = layer.current_delay();
+        assert!(d.abs_diff(5 * MS) <= 5 * MS / 64, "{d:?}");
+        // Then first attempts slow down to 50 ms; the speculative ones,
+        // sent elsewhere, answer in 2 ms. Every read is hedged at first.
+        let svc = layer.layer(by_reason(50 * MS, 2 * MS));
+        let mut hedged = 0;
+        for _ in 0..2000 {
+            let resp = svc.clone().oneshot(read()).await.unwrap();
+            hedged += resp.info().speculative;
+        }
+        assert!(hedged > 0, "the slow-down was hedged");
+        tokio::time::advance(REFRESH_EVERY).await;
+        let d = layer.current_delay();
+        // The first attempts take 50 ms: the 90th percentile of the
+        // attempts the delay is measured against is 50 ms (within the
+        // histogram's 1/64), not the 2 ms of the attempts that won.
+        assert!(
+            d.abs_diff(50 * MS) <= 50 * MS / 64,
+            "the delay learned {d:?}, not the first attempts' 50 ms"
+        );
+    }
+
+    #[test]
+    fn the_product_limit_quantile() {
+        let snapshot = |values: &[(u32, u64)]| {
+            let h = Histogram::new();
+            for &(ms, n) in values {
+                for _ in 0..n {
+                    h.record_duration(ms * MS);
+                }
+            }
+            h.snapshot()
+        };
+        let ms = |v: Option<u64>| v.map(Duration::from_nanos);
+        // within the histogram's 1/64
+        let near = |got: Option<u64>, want: u32| {
+            let (got, want) = (ms(got).unwrap(), want * MS);
+            got.abs_diff(want) <= want / 64
+        };
+        // nothing censored: the nearest-rank quantile (for a `q` that is
+        // not a tie, where rounding may pick either side)
+        let none = snapshot(&[]);
+        let data = snapshot(&[(1, 30), (2, 25), (7, 20), (40, 15), (300, 10)]);
+        for (q, want) in [
+            (0.5, 2),
+            (0.6, 7),
+            (0.8, 40),
+            (0.85, 40),
+            (0.95, 300),
+            (0.999, 300),
+        ] {
+            let got = product_limit_quantile(&data, &none, q);
+            assert!(near(got, want), "q = {q}: {:?}", ms(got));
+        }
+        // 50 answered at 10 ms, 40 given up on at 20 ms, 10 answered at
+        // 30 ms: half answered by 10 ms; of the 10 attempts known to run
+        // past 20 ms, all answered at 30 ms. So 60 % have answered only by
+        // 30 ms. (Dropping the censored ones would say 10 ms; recording
+        // them as latencies, 20 ms.)
+        let answered = snapshot(&[(10, 50), (30, 10)]);
+        let cut = snapshot(&[(20, 40)]);
+        for (q, want) in [(0.5, 10), (0.6, 30), (0.9, 30)] {
+            let got = product_limit_quantile(&answered, &cut, q);
+            assert!(near(got, want), "q = {q}: {:?}", ms(got));
+        }
+        // the slow ones were all given up on: the 90th percentile is
+        // beyond anything seen
+        let answered = snapshot(&[(2, 50)]);
+        let cut = snapshot(&[(7, 50)]);
+        assert!(near(product_limit_quantile(&answered, &cut, 0.5), 2));
+        assert_eq!(product_limit_quantile(&answered, &cut, 0.9), None);
+        // nothing answered: nothing known
+        assert_eq!(product_limit_quantile(&none, &cut, 0.5), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_attempt_that_fails_is_observed_if_it_reached_a_node() {
+        let layer = HedgeLayer::new(
+            HedgeConfig {
+                delay: HedgeDelay::Percentile {
+                    percentile: 0.5,
+                    min: MS,
+                    max: Duration::from_secs(1),
+                },
+                max_speculative: 1,
+            },
+            Collectors::new(),
+        )
+        .unwrap();
+        let DelaySource::Percentile(tracker) = &layer.shared.source else {
+            unreachable!("a percentile delay");
+        };
+        let count = |h: &[Histogram; 2]| h[0].snapshot().count() + h[1].snapshot().count();
+        let not_sent = CqlError::new(ErrorKind::Connection, "no connection").not_sent();
+        let mock = Mock::new([
+            fail(ErrorKind::ReadTimeout, 30 * MS),
+            fail(ErrorKind::ClientTimeout, 40 * MS),
+            fail_with(not_sent, MS),
+        ]);
+        let svc = layer.layer(mock);
+        for _ in 0..3 {
+            svc.clone().oneshot(read()).await.unwrap_err();
+        }
+        // the server's read timeout answered; the client's own timeout only
+        // says "longer than 40 ms"; the error never sent says nothing
+        assert_eq!(count(&tracker.completed), 1);
+        assert_eq!(count(&tracker.censored), 1);
+        assert_eq!(tracker.completed[0].snapshot().max(), Some(nanos(30 * MS)));
+        assert_eq!(tracker.censored[0].snapshot().max(), Some(nanos(40 * MS)));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn old_latencies_rotate_out() {
         let t = LatencyTracker::new(0.5, Duration::ZERO, Duration::from_secs(1));
@@ -675,14 +993,14 @@ mod tests {
             "the median of 100 x 100 ms and 300 x 10 ms: {d:?}"
         );
         assert_eq!(
-            t.histograms[0].snapshot().count() + t.histograms[1].snapshot().count(),
+            t.completed[0].snapshot().count() + t.completed[1].snapshot().count(),
             400
         );
         // a period later, the 100 ms ones are gone
         tokio::time::advance(ROTATE_EVERY).await;
         t.record(10 * MS);
         assert_eq!(
-            t.histograms[0].snapshot().count() + t.histograms[1].snapshot().count(),
+            t.completed[0].snapshot().count() + t.completed[1].snapshot().count(),
             301
         );
     }

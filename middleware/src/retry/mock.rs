@@ -52,6 +52,14 @@ pub(crate) fn fail(kind: ErrorKind, after: Duration) -> Step {
     }
 }
 
+/// Fail with `err` after `after`.
+pub(crate) fn fail_with(err: CqlError, after: Duration) -> Step {
+    Step {
+        after,
+        result: Some(err),
+    }
+}
+
 const RUNNING: u8 = 0;
 const DONE: u8 = 1;
 const CANCELLED: u8 = 2;
