@@ -275,6 +275,14 @@ where
                     .last_error
                     .take()
                     .expect("a finished attempt left its error");
+                // It says how many attempts the race made, speculative ones
+                // included: a retry layer above numbers its next attempt
+                // after them (module docs, "Attempt indexes").
+                let err = if *this.started > 1 {
+                    err.with_attempts(*this.started)
+                } else {
+                    err
+                };
                 return Poll::Ready(Err(err));
             }
 

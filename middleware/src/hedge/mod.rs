@@ -52,12 +52,13 @@
 //! The first attempt starts at once. If it has not answered after the
 //! [`HedgeDelay`], a speculative attempt starts (a clone of the request
 //! marked with [`RequestMeta::set_attempt`](tower_cql_core::RequestMeta::set_attempt)
-//! `(n, AttemptReason::Speculative)`, `n` counting up from the request's
-//! own attempt index), then another after each further delay, up to
-//! [`HedgeConfig::max_speculative`]. The first success wins and every other
-//! attempt is dropped at once, which cancels it. A failed attempt does not
-//! end the race while another is running; when all have failed, the last
-//! error is returned. A successful response's
+//! `(n, AttemptReason::Speculative)`, see "Attempt indexes"), then another
+//! after each further delay, up to [`HedgeConfig::max_speculative`]. The
+//! first success wins and every other attempt is dropped at once, which
+//! cancels it. A failed attempt does not end the race while another is
+//! running; when all have failed, the last error is returned, its
+//! [`attempts`](tower_cql_core::CqlError::attempts) set to the number of
+//! attempts the race made. A successful response's
 //! [`ExecutionInfo::speculative`](tower_cql_core::ExecutionInfo::speculative)
 //! is the number of speculative attempts started. No speculative attempt
 //! starts at or after the request's deadline.
@@ -114,6 +115,18 @@
 //! 10–20 s. The delay is recomputed from them at most every 100 ms (by one
 //! request, with a compare-and-swap; the others read the cached value), and
 //! is `max` until 100 observations are known.
+//!
+//! # Attempt indexes
+//! Every attempt of one logical request has an index of its own, as its
+//! attempt events show. The race's first attempt keeps the index the
+//! request came with (0, or the retry's); the speculative ones take the
+//! next ones, `index + 1`, `index + 2`, .... A race that fails says in its
+//! error's [`attempts`](tower_cql_core::CqlError::attempts) how many it
+//! made, and the retry layer above numbers its next attempt after them, so
+//! a retry and an earlier attempt's speculative attempt never share an
+//! index. This holds in the stack's order (retry outside hedge); it needs
+//! no shared counter and no allocation. Under a hedge placed outside the
+//! retry layer, the retries of racing attempts could share indexes.
 //!
 //! # Order
 //! The stack's default order puts hedging inside retry and outside the
@@ -725,6 +738,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Overloaded);
+        assert_eq!(err.attempts(), 2, "the error counts the race's attempts");
         assert_eq!(mock.calls().len(), 2);
         // an early failure with nothing else running ends the request at once
         let mock = Mock::new([fail(ErrorKind::Unavailable, 5 * MS), ok(MS)]);
@@ -735,6 +749,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert_eq!(err.attempts(), 1);
         assert!(about(start.elapsed(), 5 * MS));
         assert_eq!(mock.calls().len(), 1);
     }
@@ -969,6 +984,59 @@ mod tests {
         assert_eq!(count(&tracker.censored), 1);
         assert_eq!(tracker.completed[0].snapshot().max(), Some(nanos(30 * MS)));
         assert_eq!(tracker.censored[0].snapshot().max(), Some(nanos(40 * MS)));
+    }
+
+    /// Under retry (the stack's order), a retry's index follows the
+    /// speculative attempts of the attempts before it: every attempt of
+    /// one request has an index of its own.
+    #[tokio::test(start_paused = true)]
+    async fn retries_and_speculative_attempts_have_distinct_indexes() {
+        use crate::retry::{Backoff, RetryConfig, RetryLayer};
+        let retry = RetryLayer::new(
+            RetryConfig {
+                max_attempts: 3,
+                backoff: Backoff { base: MS, max: MS },
+                ..RetryConfig::default()
+            },
+            Collectors::new(),
+        )
+        .unwrap();
+        // Two races fail (a slow first attempt and two quick speculative
+        // ones each), the third attempt answers.
+        let race = || {
+            [
+                fail(ErrorKind::Overloaded, 100 * MS),
+                fail(ErrorKind::Overloaded, 5 * MS),
+                fail(ErrorKind::Overloaded, 5 * MS),
+            ]
+        };
+        let mock = Mock::new(race().into_iter().chain(race()).chain([ok(MS)]));
+        let svc = retry.layer(fixed(20 * MS, 2).layer(mock.clone()));
+        let resp = svc.oneshot(read()).await.unwrap();
+        assert_eq!(resp.info().attempts, 3);
+        let calls: Vec<_> = mock.calls().iter().map(|c| (c.index, c.reason)).collect();
+        use AttemptReason::{Initial, Retry, Speculative};
+        assert_eq!(
+            calls,
+            [
+                (0, Initial),
+                (1, Speculative),
+                (2, Speculative),
+                (3, Retry),
+                (4, Speculative),
+                (5, Speculative),
+                (6, Retry),
+            ],
+            "each attempt of the request has an index of its own"
+        );
+        // when every attempt fails, the error gives the retry layer's count,
+        // as a response does
+        let mock = Mock::new(race().into_iter().chain(race()).chain(race()));
+        let svc = retry.layer(fixed(20 * MS, 2).layer(mock.clone()));
+        let err = svc.oneshot(read()).await.unwrap_err();
+        assert_eq!(err.attempts(), 3);
+        let indexes: Vec<_> = mock.calls().iter().map(|c| c.index).collect();
+        assert_eq!(indexes, (0..9).collect::<Vec<_>>());
     }
 
     #[tokio::test(start_paused = true)]

@@ -190,8 +190,11 @@ where
                         }
                         Decision::Retry { delay, .. } => delay,
                     };
-                    // The next attempt's index is the number made so far.
-                    let index = *this.attempts;
+                    // The next attempt's index follows every attempt made
+                    // so far, the ones the layers inside made for the last
+                    // one included (a hedge's speculative attempts: its
+                    // error says how many it made).
+                    let index = this.request.meta().attempt_index() + err.attempts().max(1);
                     let meta = this.request.meta_mut();
                     meta.set_attempt(index, AttemptReason::Retry);
                     // the retry goes to another node first, when there is one
@@ -232,10 +235,13 @@ where
     }
 }
 
-/// Records on the error how many attempts were made (the error is not
-/// wrapped; a first-attempt error already says 1).
+/// Records on the error how many attempts this layer made (the error is
+/// not wrapped, and left as it is when it already says so: a first-attempt
+/// error says 1). A count set by a layer inside (a hedge's, speculative
+/// attempts included) is replaced, as in a successful response's
+/// [`ExecutionInfo::attempts`](tower_cql_core::ExecutionInfo::attempts).
 fn with_attempts(err: CqlError, attempts: u32) -> CqlError {
-    if attempts > 1 {
+    if err.attempts() != attempts {
         err.with_attempts(attempts)
     } else {
         err

@@ -69,8 +69,14 @@
 //! themselves are reported by the driver service, whose attempt events
 //! carry the index and reason ([`AttemptReason::Retry`]) this layer sets on
 //! the request with [`RequestMeta::set_attempt`](tower_cql_core::RequestMeta::set_attempt).
-//! A successful response's [`ExecutionInfo::attempts`](tower_cql_core::ExecutionInfo::attempts)
-//! is the number of attempts made.
+//! A retry's index follows every attempt made before it, the ones the
+//! layers inside made included: a failed attempt's error says in
+//! [`CqlError::attempts`] how many it took (more than one when the hedge
+//! layer below raced speculative attempts), so every attempt of a request
+//! has an index of its own (see [hedge](crate::hedge#attempt-indexes)).
+//! A successful response's [`ExecutionInfo::attempts`](tower_cql_core::ExecutionInfo::attempts),
+//! and a final error's [`CqlError::attempts`], is the number of attempts
+//! this layer made.
 //!
 //! # Order
 //! The stack's default order puts retry inside the limits and outside
