@@ -200,6 +200,7 @@ async fn a_hedged_read_does_not_wait_for_a_slow_node() {
         HedgeConfig {
             delay: HedgeDelay::Fixed(Duration::from_millis(50)),
             max_speculative: 2,
+            ..HedgeConfig::default()
         },
         e.collectors.clone(),
     )
@@ -248,6 +249,7 @@ async fn every_attempt_of_a_retried_and_hedged_read_has_its_own_index() {
                 HedgeConfig {
                     delay: HedgeDelay::Fixed(Duration::from_millis(20)),
                     max_speculative: 1,
+                    ..HedgeConfig::default()
                 },
                 e.collectors.clone(),
             )

@@ -69,6 +69,9 @@ pin_project! {
         // it starts there, and a freed slot 0 is only refilled after it
         // ended).
         first_running: bool,
+        // Whether the budget has granted the speculative attempt that is
+        // due (it then waits only for the inner service).
+        charged: bool,
         last_error: Option<CqlError>,
         #[pin]
         timer: Timer,
@@ -142,6 +145,7 @@ where
                     started: 1,
                     running: 1,
                     first_running: true,
+                    charged: false,
                     last_error: None,
                     timer: Timer::Idle,
                     s0: Slot::Running {
@@ -311,6 +315,19 @@ where
                 *this.next_at = None;
                 return Poll::Pending;
             }
+            // Charged once per speculative attempt, before waiting for the
+            // inner service (as a retry is charged before its backoff).
+            if !*this.charged {
+                if !this.shared.withdraw(this.request.meta()) {
+                    // Refused: no more speculative attempts for this
+                    // request (the running ones go on). Trying again at the
+                    // next delay would take the budget from requests that
+                    // have had none.
+                    *this.next_at = None;
+                    return Poll::Pending;
+                }
+                *this.charged = true;
+            }
             match this.service.poll_ready(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(err)) => {
@@ -328,6 +345,7 @@ where
                 .meta_mut()
                 .set_attempt(index, AttemptReason::Speculative);
             let future = this.service.call(request);
+            *this.charged = false;
             let free = slots
                 .iter_mut()
                 .find(|s| matches!(s.as_ref().get_ref(), Slot::Empty))

@@ -12,7 +12,7 @@
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let layer = HedgeLayer::new(
-//!     HedgeConfig { delay: HedgeDelay::Fixed(Duration::from_millis(20)), max_speculative: 1 },
+//!     HedgeConfig { delay: HedgeDelay::Fixed(Duration::from_millis(20)), max_speculative: 1, ..Default::default() },
 //!     Collectors::new(),
 //! )?;
 //! // A stand-in for the driver: the first call lands on a node stuck for a
@@ -66,6 +66,32 @@
 //! Like retries, a speculative attempt goes wherever the driver's
 //! load-balancing policy sends a new call: with the default policy,
 //! usually another replica, which is what makes hedging pay off.
+//!
+//! # Budget
+//! Every speculative attempt is extra load, and when a cluster slows down
+//! *every* read is slow enough to be hedged: `max_speculative` alone would
+//! then let hedging multiply the traffic sent to a cluster that is already
+//! struggling. So each speculative attempt is withdrawn from a
+//! [`RetryBudget`] before it is started, like a retry:
+//! - in the stack (and with [`HedgeLayer::inside`]), from the retry
+//!   layer's budget, built once with the retry layer and shared: retries
+//!   and speculative attempts *together* add at most the budget's `ratio`
+//!   to the load (plus its small per-second floor). Which of the two gets
+//!   the budget is first come, first served: in a slow storm the
+//!   speculative attempts, due after the hedge delay, usually come first;
+//! - with [`HedgeLayer::new`], or when [`HedgeConfig::budget`] is set, from
+//!   a budget of the layer's own, into which it deposits one per request it
+//!   may hedge.
+//!
+//! A speculative attempt the budget refuses is not made, and the request
+//! starts no further speculative attempt (its running attempts go on). Each
+//! refusal is reported as a [`ThrottleEvent`] with the limiter
+//! `"hedge_budget"` and `rejected: true` (the retry layer reports its own
+//! refusals the same way, as `"retry_budget"`), which the exporters count
+//! (`db_client_throttled_total{limiter="hedge_budget"}` and the like).
+//! [`HedgeLayer::budget`] gives the budget, whose
+//! [`retries_in_window`](RetryBudget::retries_in_window) counts the
+//! speculative attempts granted with the retries.
 //!
 //! # Delay
 //! [`HedgeDelay::Fixed`] hedges after a constant. [`HedgeDelay::Percentile`]
@@ -143,16 +169,25 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tower_cql_core::event::{Event, ThrottleEvent};
 use tower_cql_core::{
     Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind, Histogram, HistogramSnapshot,
+    RequestMeta,
 };
+use tower_layer::Layer;
 use tower_service::Service;
+
+use crate::retry::RetryBudget;
 
 pub mod future;
 mod layer;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::{HedgeConfig, HedgeDelay, HedgeLayer};
+
+/// The limiter named by the throttle event of a speculative attempt the
+/// budget refused.
+pub(crate) const BUDGET_LIMITER: &str = "hedge_budget";
 
 /// The most speculative attempts a request may have.
 pub(crate) const MAX_SPECULATIVE: u32 = 4;
@@ -348,17 +383,35 @@ enum DelaySource {
     Percentile(Box<LatencyTracker>),
 }
 
+/// The budget speculative attempts are charged to.
+#[derive(Debug)]
+pub(crate) enum Budget {
+    /// The layer's own: it deposits one per request it may hedge.
+    Own(Arc<RetryBudget>),
+    /// The retry layer's, which deposits one per request.
+    Shared(Arc<RetryBudget>),
+}
+
+impl Budget {
+    pub(crate) fn get(&self) -> &Arc<RetryBudget> {
+        match self {
+            Budget::Own(b) | Budget::Shared(b) => b,
+        }
+    }
+}
+
 /// What every clone of a [`Hedge`] shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
     source: DelaySource,
     max_speculative: u32,
-    /// Kept for the uniform layer constructor; see [`HedgeLayer::new`].
+    pub(crate) budget: Budget,
+    /// Where refusals by the budget are reported.
     collectors: Collectors,
 }
 
 impl Shared {
-    fn new(config: &HedgeConfig, collectors: Collectors) -> Shared {
+    fn new(config: &HedgeConfig, collectors: Collectors, budget: Budget) -> Shared {
         let source = match config.delay {
             HedgeDelay::Fixed(d) => DelaySource::Fixed(d),
             HedgeDelay::Percentile {
@@ -370,8 +423,28 @@ impl Shared {
         Shared {
             source,
             max_speculative: config.max_speculative,
+            budget,
             collectors,
         }
+    }
+
+    /// Asks the budget for one speculative attempt; a refusal is reported
+    /// as a throttle event about `meta`'s request.
+    fn withdraw(&self, meta: &RequestMeta) -> bool {
+        if self.budget.get().withdraw() {
+            return true;
+        }
+        tracing::debug!("hedge: the budget refused a speculative attempt");
+        if self.collectors.is_active() {
+            self.collectors.emit(Event::Throttle(ThrottleEvent {
+                meta,
+                limiter: BUDGET_LIMITER,
+                waited: Duration::ZERO,
+                rejected: true,
+                queue_depth: 0,
+            }));
+        }
+        false
     }
 
     fn delay(&self) -> Duration {
@@ -424,7 +497,7 @@ impl Observed {
 }
 
 /// Hedges idempotent reads (see the [module docs](self)). Made by
-/// [`HedgeLayer`]; clones share the latency history.
+/// [`HedgeLayer`]; clones share the latency history and the budget.
 #[derive(Debug, Clone)]
 pub struct Hedge<S> {
     inner: S,
@@ -433,17 +506,14 @@ pub struct Hedge<S> {
 }
 
 impl<S> Hedge<S> {
-    /// Wraps `inner`; an invalid `config` is an error.
+    /// Wraps `inner`, with a budget of its own (as [`HedgeLayer::new`]);
+    /// an invalid `config` is an error.
     pub fn new(
         inner: S,
         config: HedgeConfig,
         collectors: Collectors,
     ) -> Result<Hedge<S>, crate::config::ConfigError> {
-        config.validate()?;
-        Ok(Hedge {
-            inner,
-            shared: Some(Arc::new(Shared::new(&config, collectors))),
-        })
+        Ok(HedgeLayer::new(config, collectors)?.layer(inner))
     }
 
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Hedge<S> {
@@ -515,6 +585,11 @@ where
         if !(meta.is_idempotent() && meta.kind().is_read()) {
             return ResponseFuture::passthrough(self.inner.call(request));
         }
+        if let Budget::Own(budget) = &shared.budget {
+            // one per request that may be hedged (a shared budget is the
+            // retry layer's to deposit into, once per logical request)
+            budget.deposit();
+        }
         let now = Instant::now();
         // The deadline on the Tokio clock, which the hedge timer runs on.
         let deadline = meta.remaining().map(|left| now + left);
@@ -560,6 +635,7 @@ mod tests {
             HedgeConfig {
                 delay: HedgeDelay::Fixed(delay),
                 max_speculative,
+                ..HedgeConfig::default()
             },
             Collectors::new(),
         )
@@ -793,6 +869,7 @@ mod tests {
                     max: 50 * MS,
                 },
                 max_speculative: 1,
+                ..HedgeConfig::default()
             },
             Collectors::new(),
         )
@@ -865,6 +942,13 @@ mod tests {
                     max: 100 * MS,
                 },
                 max_speculative: 1,
+                // a budget that refuses nothing: every slow read is hedged
+                // while the delay says so
+                budget: Some(crate::retry::BudgetConfig {
+                    ratio: 1000.0,
+                    min_per_second: 1_000_000,
+                    window: Duration::from_secs(10),
+                }),
             },
             Collectors::new(),
         )
@@ -960,6 +1044,7 @@ mod tests {
                     max: Duration::from_secs(1),
                 },
                 max_speculative: 1,
+                ..HedgeConfig::default()
             },
             Collectors::new(),
         )
@@ -1037,6 +1122,116 @@ mod tests {
         assert_eq!(err.attempts(), 3);
         let indexes: Vec<_> = mock.calls().iter().map(|c| c.index).collect();
         assert_eq!(indexes, (0..9).collect::<Vec<_>>());
+    }
+
+    /// A slow storm: every first attempt is stuck, so every read wants a
+    /// speculative attempt. The budget (here the default: 20 % of the
+    /// requests, plus 10 a second over 10 s) bounds them, and each one it
+    /// refuses is a throttle event.
+    #[tokio::test(start_paused = true)]
+    async fn speculative_attempts_are_bounded_by_the_budget() {
+        let (recorder, collectors) = crate::retry::mock::Recorder::new();
+        let layer = HedgeLayer::new(
+            HedgeConfig {
+                delay: HedgeDelay::Fixed(10 * MS),
+                max_speculative: 2,
+                ..HedgeConfig::default()
+            },
+            collectors,
+        )
+        .unwrap();
+        let svc = layer.layer(by_reason(Duration::from_secs(1), MS));
+        let reads = 1000;
+        let responses =
+            futures::future::join_all((0..reads).map(|_| svc.clone().oneshot(read()))).await;
+        let speculative: u32 = responses
+            .into_iter()
+            .map(|r| r.unwrap().info().speculative)
+            .sum();
+        // 10/s * 10 s + 0.2 * 1000 reads
+        let allowed = 100 + 200;
+        assert!(
+            speculative <= allowed,
+            "{speculative} speculative attempts for {reads} reads, the budget allows {allowed}"
+        );
+        assert_eq!(speculative, allowed, "the budget is used, not refused");
+        // a read the budget refused is not hedged again later
+        let refused = recorder.refusals();
+        assert_eq!(refused.len(), reads - allowed as usize);
+        assert!(refused.iter().all(|&l| l == "hedge_budget"), "{refused:?}");
+    }
+
+    /// In the stack, retries and speculative attempts draw on one budget:
+    /// a storm of slow failures is bounded by it as a whole.
+    #[tokio::test(start_paused = true)]
+    async fn in_the_stack_retries_and_speculative_attempts_share_the_budget() {
+        use crate::retry::{Backoff, BudgetConfig, RetryConfig};
+        use crate::stack::StackBuilder;
+        use std::sync::atomic::AtomicU32;
+        let (recorder, collectors) = crate::retry::mock::Recorder::new();
+        let layers = StackBuilder::new(collectors)
+            .without_trace()
+            .without_metrics()
+            .without_timeout()
+            .retry(RetryConfig {
+                max_attempts: 3,
+                backoff: Backoff { base: MS, max: MS },
+                budget: BudgetConfig {
+                    ratio: 0.5,
+                    min_per_second: 0,
+                    window: Duration::from_secs(10),
+                },
+            })
+            .hedge(HedgeConfig {
+                delay: HedgeDelay::Fixed(20 * MS),
+                max_speculative: 1,
+                ..HedgeConfig::default()
+            })
+            .layers()
+            .unwrap();
+        let budget = layers.retry.as_ref().unwrap().policy().budget().clone();
+        // every attempt fails: first attempts after 100 ms (so they are
+        // hedged), the others at once
+        let by_reason: Arc<[AtomicU32; 3]> = Arc::default();
+        let driver = tower::service_fn({
+            let by_reason = by_reason.clone();
+            move |req: CqlRequest| {
+                let reason = req.meta().attempt_reason();
+                by_reason[reason as usize].fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if reason != AttemptReason::Speculative {
+                        tokio::time::sleep(100 * MS).await;
+                    }
+                    Err::<CqlResponse, _>(CqlError::new(ErrorKind::Overloaded, "storm"))
+                }
+            }
+        });
+        let svc = layers.service(driver);
+        let reads = 200;
+        for r in futures::future::join_all((0..reads).map(|_| svc.clone().oneshot(read()))).await {
+            assert_eq!(r.unwrap_err().kind(), ErrorKind::Overloaded);
+        }
+        let count = |r: AttemptReason| by_reason[r as usize].load(Ordering::SeqCst);
+        let (retries, speculative) = (
+            count(AttemptReason::Retry),
+            count(AttemptReason::Speculative),
+        );
+        assert_eq!(count(AttemptReason::Initial), reads);
+        // half an extra attempt per read, retries and hedges together
+        assert!(
+            retries + speculative <= reads / 2,
+            "{retries} retries and {speculative} speculative attempts for {reads} reads, \
+             the budget allows {}",
+            reads / 2
+        );
+        assert_eq!(retries + speculative, reads / 2, "the budget is used");
+        // The speculative attempts, due first (20 ms), took it all: the
+        // retries (after 100 ms) found it spent. One bound for both.
+        assert_eq!((retries, speculative), (0, reads / 2));
+        assert_eq!(budget.retries_in_window(), u64::from(reads / 2));
+        let refused = recorder.refusals();
+        assert!(refused.contains(&"hedge_budget"), "{refused:?}");
+        assert!(refused.contains(&"retry_budget"), "{refused:?}");
     }
 
     #[tokio::test(start_paused = true)]

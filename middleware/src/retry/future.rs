@@ -5,15 +5,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
-use tower_cql_core::event::{Event, RetryEvent};
+use tower_cql_core::event::{Event, RetryEvent, ThrottleEvent};
 use tower_cql_core::{AttemptReason, CqlError, CqlRequest, CqlResponse};
 use tower_service::Service;
 
-use super::Shared;
-use super::policy::Decision;
+use super::policy::{Decision, StopReason};
+use super::{BUDGET_LIMITER, Shared};
 
 pin_project! {
     /// The response future of [`Retry`](super::Retry): runs the attempts,
@@ -180,6 +181,18 @@ where
                     );
                     let delay = match decision {
                         Decision::Stop(reason) => {
+                            if reason == StopReason::BudgetExhausted {
+                                let collectors = &this.shared.collectors;
+                                if collectors.is_active() {
+                                    collectors.emit(Event::Throttle(ThrottleEvent {
+                                        meta: this.request.meta(),
+                                        limiter: BUDGET_LIMITER,
+                                        waited: Duration::ZERO,
+                                        rejected: true,
+                                        queue_depth: 0,
+                                    }));
+                                }
+                            }
                             tracing::debug!(
                                 reason = reason.as_str(),
                                 error = err.kind().as_str(),

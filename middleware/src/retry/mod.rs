@@ -55,7 +55,11 @@
 //!   request's [`deadline`](tower_cql_core::RequestMeta::deadline) is not
 //!   made, so the layer never sleeps past it;
 //! - the budget ([`RetryBudget`]): retries are at most a fraction of
-//!   recent requests, across every request of every clone of the service.
+//!   recent requests, across every request of every clone of the service
+//!   (and, in the stack, together with the hedge layer's speculative
+//!   attempts, which draw on the same budget). A retry the budget refuses
+//!   is reported as a [`ThrottleEvent`](tower_cql_core::event::ThrottleEvent)
+//!   with the limiter `"retry_budget"`, rejected.
 //!
 //! When the layer stops it returns the last error as it came, not wrapped;
 //! only its [`attempts`](CqlError::attempts) count is set.
@@ -108,6 +112,9 @@ pub use self::budget::{BudgetConfig, RetryBudget};
 pub use self::future::ResponseFuture;
 pub use self::layer::{RetryConfig, RetryLayer};
 pub use self::policy::{Decision, RetryPolicy, StopReason};
+
+/// The limiter named by the throttle event of a retry the budget refused.
+pub(crate) const BUDGET_LIMITER: &str = "retry_budget";
 
 /// What every clone of a [`Retry`] shares: the policy (with its budget)
 /// and where events go.
@@ -502,6 +509,9 @@ mod tests {
         // more requests deposit: 1 < 0.1 * 10 is false
         assert_eq!(mock.calls().len(), 11);
         assert_eq!(recorder.retries().len(), 1);
+        // each retry the budget refused is a throttle event: the first
+        // request's second retry, and the other nine's first
+        assert_eq!(recorder.refusals(), ["retry_budget"; 10]);
         assert_eq!(layer.policy().budget().retries_in_window(), 1);
         assert_eq!(layer.policy().budget().requests_in_window(), 10);
         // an eleventh request makes room for a second retry (1 < 1.1)
