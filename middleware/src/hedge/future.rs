@@ -12,7 +12,8 @@ use tokio::time::{Instant, Sleep};
 use tower_cql_core::{AttemptReason, CqlError, CqlRequest, CqlResponse};
 use tower_service::Service;
 
-use super::{MAX_SPECULATIVE, Observed, Shared};
+use super::delay::Observed;
+use super::{MAX_SPECULATIVE, Shared};
 
 /// The most attempts one request can have running: the first and at most
 /// [`MAX_SPECULATIVE`] speculative ones, each in a slot of its own.
@@ -230,8 +231,10 @@ where
                     Poll::Ready(Ok(resp)) => {
                         if first {
                             *this.first_running = false;
-                            if this.shared.learns() {
-                                this.shared.observe(Observed::Answered, started.elapsed());
+                            if this.shared.source.learns() {
+                                this.shared
+                                    .source
+                                    .observe(Observed::Answered, started.elapsed());
                             }
                         }
                         winner = Some(resp);
@@ -240,8 +243,9 @@ where
                     Poll::Ready(Err(err)) => {
                         if first {
                             *this.first_running = false;
-                            if this.shared.learns() {
+                            if this.shared.source.learns() {
                                 this.shared
+                                    .source
                                     .observe(Observed::failed(&err), started.elapsed());
                             }
                         }
@@ -256,10 +260,12 @@ where
                 // long, which says its latency is longer (module docs).
                 if *this.first_running {
                     *this.first_running = false;
-                    if this.shared.learns()
+                    if this.shared.source.learns()
                         && let SlotProj::Running { started, .. } = slots[0].as_mut().project()
                     {
-                        this.shared.observe(Observed::Censored, started.elapsed());
+                        this.shared
+                            .source
+                            .observe(Observed::Censored, started.elapsed());
                     }
                 }
                 // Cancel the losers now, not when the caller drops us.
