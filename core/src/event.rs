@@ -109,7 +109,10 @@ pub struct RetryEvent<'a> {
 pub struct ThrottleEvent<'a> {
     /// The request's labels and options.
     pub meta: &'a RequestMeta,
-    /// Which limiter: `"rate_limit"`, `"concurrency_limit"`, `"adaptive"`.
+    /// Which limiter: `"rate_limit"`, `"concurrency_limit"`, `"adaptive"`;
+    /// or the retry budget, refusing an extra attempt of the request rather
+    /// than the request itself: `"retry_budget"` (a retry) or
+    /// `"hedge_budget"` (a speculative attempt).
     pub limiter: &'static str,
     /// Time spent waiting.
     pub waited: Duration,

@@ -296,9 +296,12 @@ pub struct Snapshot {
     pub attempt_errors: BTreeMap<ErrorKind, u64>,
     /// Retries scheduled, by the error that caused them.
     pub retries: BTreeMap<ErrorKind, u64>,
-    /// Requests that waited for a limiter.
+    /// Throttle events: requests that waited for a limiter, or that a
+    /// limiter refused, and extra attempts (retries, speculative attempts)
+    /// the retry budget refused.
     pub throttled: u64,
-    /// Requests a limiter refused.
+    /// Those that were refusals: requests a limiter refused, and extra
+    /// attempts the retry budget refused.
     pub throttle_rejected: u64,
     /// Time spent waiting for limiters (nanoseconds).
     pub throttle_wait: HistogramSnapshot,

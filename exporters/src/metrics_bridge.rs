@@ -159,7 +159,7 @@ impl MetricsBridge {
         );
         metrics::describe_counter!(
             "db_client_throttled_total",
-            "Requests that waited for or were refused by a limiter"
+            "Requests that waited for or were refused by a limiter, and extra attempts refused by the retry budget (limiter retry_budget, hedge_budget)"
         );
         metrics::describe_counter!(
             "db_client_shed_total",

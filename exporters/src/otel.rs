@@ -147,7 +147,7 @@ impl OtelCollector {
             throttled: meter
                 .u64_counter("db.client.throttled")
                 .with_unit("{request}")
-                .with_description("Requests that waited for or were refused by a limiter")
+                .with_description("Requests that waited for or were refused by a limiter, and extra attempts refused by the retry budget (limiter retry_budget, hedge_budget)")
                 .build(),
             shed: meter
                 .u64_counter("db.client.shed")

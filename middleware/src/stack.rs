@@ -34,7 +34,10 @@
 //! 5. **rate limit**, **concurrency limit**, **adaptive concurrency** (all
 //!    off by default) — a request takes capacity once, not once per retry;
 //! 6. **retry** — budgeted, per-attempt events from the driver service;
-//! 7. **hedge** (off by default) — speculative attempts for idempotent reads;
+//! 7. **hedge** (off by default) — speculative attempts for idempotent reads,
+//!    charged to the retry layer's budget (one budget, built once, bounds
+//!    retries and speculative attempts together; a hedge config with a
+//!    `budget` of its own, or retries off, gives the hedge its own);
 //! 8. **attempt tracing** (`cql.attempt` span per attempt);
 //! 9. **timeout** per attempt, and the request deadline;
 //! 10. the **driver service**.
@@ -90,7 +93,8 @@ pub struct StackLayers {
     pub adaptive: Option<AdaptiveConcurrencyLayer>,
     /// Retries.
     pub retry: Option<RetryLayer>,
-    /// Hedging.
+    /// Hedging. With `retry` on, it draws on `retry`'s budget (see
+    /// [`HedgeLayer::inside`]): keep the two together.
     pub hedge: Option<HedgeLayer>,
     /// Attempt spans.
     pub attempt_trace: Option<AttemptTraceLayer>,
@@ -213,6 +217,19 @@ impl StackBuilder {
                 "load shedding is on but no rate or concurrency limit is set to shed for",
             ));
         }
+        let retry = self
+            .retry
+            .clone()
+            .map(|r| RetryLayer::new(r, c.clone()))
+            .transpose()?;
+        // one budget for retries and speculative attempts: the retry
+        // layer's, built once above (unless the hedge config asks for one
+        // of its own)
+        let hedge = match (&self.hedge, &retry) {
+            (Some(h), Some(r)) => Some(HedgeLayer::inside(h.clone(), c.clone(), r)?),
+            (Some(h), None) => Some(HedgeLayer::new(h.clone(), c.clone())?),
+            (None, _) => None,
+        };
         Ok(StackLayers {
             trace: self.trace.clone().map(TraceLayer::new).transpose()?,
             metrics: self
@@ -237,16 +254,8 @@ impl StackBuilder {
                 .adaptive
                 .map(|r| AdaptiveConcurrencyLayer::new(r, c.clone()))
                 .transpose()?,
-            retry: self
-                .retry
-                .clone()
-                .map(|r| RetryLayer::new(r, c.clone()))
-                .transpose()?,
-            hedge: self
-                .hedge
-                .clone()
-                .map(|h| HedgeLayer::new(h, c.clone()))
-                .transpose()?,
+            retry,
+            hedge,
             attempt_trace: self
                 .trace
                 .as_ref()

@@ -46,7 +46,7 @@ use crate::config::ConfigError;
 use crate::hedge::{HedgeConfig, HedgeDelay};
 use crate::metrics::MetricsConfig;
 use crate::rate_limit::{RateLimitConfig, RateLimitMode};
-use crate::retry::RetryConfig;
+use crate::retry::{BudgetConfig, RetryConfig};
 use crate::stack::StackBuilder;
 use crate::timeout::TimeoutConfig;
 use crate::trace::TraceConfig;
@@ -191,6 +191,15 @@ pub struct HedgeSection {
     pub max_delay_ms: Option<u64>,
     /// Speculative attempts per request.
     pub max_speculative: Option<u32>,
+    /// A budget of its own for speculative attempts: extra attempts per
+    /// request. Without any `budget_*` key, speculative attempts are
+    /// charged to the retry budget (or to a default budget of the hedge's
+    /// own when retries are off).
+    pub budget_ratio: Option<f64>,
+    /// Its own budget's speculative attempts always allowed per second.
+    pub budget_min_per_second: Option<u32>,
+    /// Its own budget's window.
+    pub budget_window_ms: Option<u64>,
 }
 
 /// `[timeout]`
@@ -393,6 +402,22 @@ impl StackConfig {
                 },
                 (None, None) => h.delay,
             };
+            if s.budget_ratio.is_some()
+                || s.budget_min_per_second.is_some()
+                || s.budget_window_ms.is_some()
+            {
+                let mut budget = BudgetConfig::default();
+                if let Some(v) = s.budget_ratio {
+                    budget.ratio = v;
+                }
+                if let Some(v) = s.budget_min_per_second {
+                    budget.min_per_second = v;
+                }
+                if let Some(v) = s.budget_window_ms {
+                    budget.window = ms(v);
+                }
+                h.budget = Some(budget);
+            }
             b = b.hedge(h);
         }
         if self.timeout.enabled == Some(false) {

@@ -379,11 +379,23 @@ async fn a_slow_node_then_a_stopped_node_traffic_continues_and_per_node_figures_
     let n = requests(20_000) / 10;
     let per_node = Arc::new(PerNode::new(&e.cluster));
     e.collectors.add(per_node.clone());
+    // A third of the reads meet the slow node and are hedged: a third more
+    // attempts, over the default budget's 20 % (which would refuse the
+    // rest, by design, and leave those reads to wait out the stall). The
+    // retries and speculative attempts share this budget.
+    let retry = RetryConfig {
+        budget: BudgetConfig {
+            ratio: 1.0,
+            ..BudgetConfig::default()
+        },
+        ..fast_retries(4)
+    };
     let stack = StackBuilder::new(e.collectors.clone())
-        .retry(fast_retries(4))
+        .retry(retry)
         .hedge(HedgeConfig {
             delay: HedgeDelay::Fixed(Duration::from_millis(20)),
             max_speculative: 2,
+            ..HedgeConfig::default()
         })
         .build(e.driver.clone())
         .unwrap();

@@ -68,6 +68,7 @@ fn settings() -> impl Strategy<Value = Vec<Setting>> {
     let all = vec![
         int("retry", "max_attempts", 1).boxed(),
         real("retry", "budget_ratio", |r| r > 0.0 && r <= 1000.0).boxed(),
+        real("hedge", "budget_ratio", |r| r > 0.0 && r <= 1000.0).boxed(),
         real("rate_limit", "rate_per_second", |r| {
             r.is_finite() && r > 0.0 && r <= 1e9
         })
@@ -90,7 +91,14 @@ fn settings() -> impl Strategy<Value = Vec<Setting>> {
 
 fn toml(settings: &[Setting]) -> String {
     let mut out = String::new();
-    for section in ["retry", "rate_limit", "breaker", "concurrency", "timeout"] {
+    for section in [
+        "retry",
+        "rate_limit",
+        "breaker",
+        "concurrency",
+        "hedge",
+        "timeout",
+    ] {
         let keys: Vec<_> = settings.iter().filter(|s| s.section == section).collect();
         if keys.is_empty() {
             continue;

@@ -221,6 +221,7 @@ async fn a_hedged_read_does_not_wait_for_a_slow_node() {
         HedgeConfig {
             delay: HedgeDelay::Fixed(Duration::from_millis(50)),
             max_speculative: 2,
+            ..HedgeConfig::default()
         },
         e.collectors.clone(),
     )
@@ -243,5 +244,74 @@ async fn a_hedged_read_does_not_wait_for_a_slow_node() {
             .snapshot()
             .attempts_by_reason(AttemptReason::Speculative)
             > speculative_before
+    );
+}
+
+/// Keeps the index and reason of every attempt event.
+#[derive(Default)]
+struct Attempts(std::sync::Mutex<Vec<(u32, AttemptReason)>>);
+
+impl Collector for Attempts {
+    fn on_attempt(&self, e: &tower_cql_core::event::AttemptEvent<'_>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((e.index, e.reason));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_of_a_retried_and_hedged_read_has_its_own_index() {
+    let e = env(1).await;
+    let svc = RetryLayer::new(RetryConfig::default(), e.collectors.clone())
+        .unwrap()
+        .layer(
+            HedgeLayer::new(
+                HedgeConfig {
+                    delay: HedgeDelay::Fixed(Duration::from_millis(20)),
+                    max_speculative: 1,
+                    ..HedgeConfig::default()
+                },
+                e.collectors.clone(),
+            )
+            .unwrap()
+            .layer(e.driver.clone()),
+        );
+    let get = Statement::new(GET).idempotent(true);
+    svc.clone()
+        .oneshot(get.request().bind((1i32,)))
+        .await
+        .unwrap();
+    let attempts = Arc::new(Attempts::default());
+    e.collectors.add(attempts.clone());
+
+    // The first attempt is refused with Overloaded after 500 ms; the
+    // speculative one started meanwhile is refused at once; the retry
+    // answers.
+    let slow = e.cluster.faults().add(
+        Fault::delay(Duration::from_millis(500))
+            .opcode(Opcode::Execute)
+            .times(1),
+    );
+    let refuse = e.cluster.faults().add(
+        Fault::error(InjectedError::Overloaded)
+            .opcode(Opcode::Execute)
+            .times(2),
+    );
+    let resp = svc.oneshot(get.request().bind((7i32,))).await.unwrap();
+    assert_eq!(resp.single_row::<(String,)>().unwrap().0, "value 7");
+    assert_eq!(e.cluster.faults().fired(slow), 1);
+    assert_eq!(e.cluster.faults().fired(refuse), 2);
+
+    let mut seen = attempts.0.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (0, AttemptReason::Initial),
+            (1, AttemptReason::Speculative),
+            (2, AttemptReason::Retry),
+        ],
+        "one index per attempt"
     );
 }

@@ -448,6 +448,7 @@ mod subsets {
                 b = b.hedge(HedgeConfig {
                     delay: HedgeDelay::Fixed(20 * MS),
                     max_speculative: 1,
+                    ..HedgeConfig::default()
                 });
             }
             if self.timeout {

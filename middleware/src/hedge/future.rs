@@ -12,6 +12,7 @@ use tokio::time::{Instant, Sleep};
 use tower_cql_core::{AttemptReason, CqlError, CqlRequest, CqlResponse};
 use tower_service::Service;
 
+use super::delay::Observed;
 use super::{MAX_SPECULATIVE, Shared};
 
 /// The most attempts one request can have running: the first and at most
@@ -65,6 +66,13 @@ pin_project! {
         started: u32,
         // Attempts still running.
         running: u32,
+        // Whether the race's first attempt is still running (in slot 0:
+        // it starts there, and a freed slot 0 is only refilled after it
+        // ended).
+        first_running: bool,
+        // Whether the budget has granted the speculative attempt that is
+        // due (it then waits only for the inner service).
+        charged: bool,
         last_error: Option<CqlError>,
         #[pin]
         timer: Timer,
@@ -137,6 +145,8 @@ where
                     next_at,
                     started: 1,
                     running: 1,
+                    first_running: true,
+                    charged: false,
                     last_error: None,
                     timer: Timer::Idle,
                     s0: Slot::Running {
@@ -211,31 +221,59 @@ where
         loop {
             // Poll every running attempt; the first Ok wins.
             let mut winner = None;
-            for slot in slots.iter_mut() {
+            for (i, slot) in slots.iter_mut().enumerate() {
                 let SlotProj::Running { future, started } = slot.as_mut().project() else {
                     continue;
                 };
+                let first = i == 0 && *this.first_running;
                 match future.poll(cx) {
                     Poll::Pending => {}
                     Poll::Ready(Ok(resp)) => {
-                        winner = Some((resp, started.elapsed()));
+                        if first {
+                            *this.first_running = false;
+                            if this.shared.source.learns() {
+                                this.shared
+                                    .source
+                                    .observe(Observed::Answered, started.elapsed());
+                            }
+                        }
+                        winner = Some(resp);
                         break;
                     }
                     Poll::Ready(Err(err)) => {
+                        if first {
+                            *this.first_running = false;
+                            if this.shared.source.learns() {
+                                this.shared
+                                    .source
+                                    .observe(Observed::failed(&err), started.elapsed());
+                            }
+                        }
                         slot.set(Slot::Empty);
                         *this.running -= 1;
                         *this.last_error = Some(err);
                     }
                 }
             }
-            if let Some((mut resp, latency)) = winner {
+            if let Some(mut resp) = winner {
+                // The first attempt lost: it is cancelled after running this
+                // long, which says its latency is longer (module docs).
+                if *this.first_running {
+                    *this.first_running = false;
+                    if this.shared.source.learns()
+                        && let SlotProj::Running { started, .. } = slots[0].as_mut().project()
+                    {
+                        this.shared
+                            .source
+                            .observe(Observed::Censored, started.elapsed());
+                    }
+                }
                 // Cancel the losers now, not when the caller drops us.
                 for slot in slots.iter_mut() {
                     slot.set(Slot::Empty);
                 }
                 *this.running = 0;
                 *this.next_at = None;
-                this.shared.record(latency);
                 resp.info_mut().speculative = *this.started - 1;
                 return Poll::Ready(Ok(resp));
             }
@@ -247,6 +285,14 @@ where
                     .last_error
                     .take()
                     .expect("a finished attempt left its error");
+                // It says how many attempts the race made, speculative ones
+                // included: a retry layer above numbers its next attempt
+                // after them (module docs, "Attempt indexes").
+                let err = if *this.started > 1 {
+                    err.with_attempts(*this.started)
+                } else {
+                    err
+                };
                 return Poll::Ready(Err(err));
             }
 
@@ -275,6 +321,19 @@ where
                 *this.next_at = None;
                 return Poll::Pending;
             }
+            // Charged once per speculative attempt, before waiting for the
+            // inner service (as a retry is charged before its backoff).
+            if !*this.charged {
+                if !this.shared.withdraw(this.request.meta()) {
+                    // Refused: no more speculative attempts for this
+                    // request (the running ones go on). Trying again at the
+                    // next delay would take the budget from requests that
+                    // have had none.
+                    *this.next_at = None;
+                    return Poll::Pending;
+                }
+                *this.charged = true;
+            }
             match this.service.poll_ready(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(err)) => {
@@ -292,6 +351,7 @@ where
                 .meta_mut()
                 .set_attempt(index, AttemptReason::Speculative);
             let future = this.service.call(request);
+            *this.charged = false;
             let free = slots
                 .iter_mut()
                 .find(|s| matches!(s.as_ref().get_ref(), Slot::Empty))

@@ -4,8 +4,9 @@ use std::time::Duration;
 use tower_cql_core::Collectors;
 use tower_layer::Layer;
 
-use super::{Hedge, MAX_SPECULATIVE, Shared};
+use super::{Budget, Hedge, MAX_SPECULATIVE, Shared};
 use crate::config::ConfigError;
+use crate::retry::{BudgetConfig, RetryBudget, RetryLayer};
 use crate::toggle::PassThrough;
 
 /// When to start a speculative attempt.
@@ -13,9 +14,11 @@ use crate::toggle::PassThrough;
 pub enum HedgeDelay {
     /// After this long without an answer (greater than zero).
     Fixed(Duration),
-    /// After the `percentile` of recent successful attempt latencies,
-    /// clamped into `[min, max]`; `max` until at least 100 latencies have
-    /// been seen. See [`Hedge`] for how "recent" is kept.
+    /// After the `percentile` of recent first-attempt latencies (those of
+    /// the attempts a hedge cancels included, as censored observations),
+    /// clamped into `[min, max]`; `max` until at least 100 attempts have
+    /// been seen. See [`Hedge`] for how it is estimated and how "recent"
+    /// is kept.
     Percentile {
         /// Which percentile, in `0.5..=0.999` (e.g. 0.95: hedge the slowest
         /// 5 %).
@@ -48,6 +51,14 @@ pub struct HedgeConfig {
     /// The most speculative attempts per request, in `1..=4` (default 1).
     /// Each starts `delay` after the previous one.
     pub max_speculative: u32,
+    /// The budget speculative attempts are charged to (see [`Hedge`],
+    /// "Budget"). `None` (the default): the retry layer's budget when the
+    /// layer is made [inside](HedgeLayer::inside) one, as the stack builder
+    /// does when retries are on, so that retries and speculative attempts
+    /// share one bound; else a budget of its own with
+    /// [`BudgetConfig::default`]. `Some`: a budget of its own with these
+    /// settings, wherever the layer is.
+    pub budget: Option<BudgetConfig>,
 }
 
 impl Default for HedgeConfig {
@@ -55,6 +66,7 @@ impl Default for HedgeConfig {
         HedgeConfig {
             delay: HedgeDelay::default(),
             max_speculative: 1,
+            budget: None,
         }
     }
 }
@@ -71,6 +83,9 @@ impl HedgeConfig {
                     self.max_speculative
                 ),
             ));
+        }
+        if let Some(budget) = &self.budget {
+            budget.validate_for_hedge()?;
         }
         match self.delay {
             HedgeDelay::Fixed(d) if d.is_zero() => Err(ConfigError::new(
@@ -108,29 +123,65 @@ impl HedgeConfig {
 }
 
 /// Wraps services in [`Hedge`]. Every service this layer makes shares one
-/// latency history (for [`HedgeDelay::Percentile`]), as do their clones.
+/// latency history (for [`HedgeDelay::Percentile`]) and one budget, as do
+/// their clones.
 #[derive(Debug, Clone)]
 pub struct HedgeLayer {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
 impl HedgeLayer {
-    /// A layer for `config`. The hedge layer emits no events of its own:
-    /// its speculative attempts are reported by the driver service's
-    /// attempt events (reason `speculative`) and counted in
-    /// [`ExecutionInfo::speculative`](tower_cql_core::ExecutionInfo::speculative);
-    /// `collectors` is kept for the stack's uniform constructor.
+    /// A layer for `config`, with a budget of its own (`config.budget`, or
+    /// [`BudgetConfig::default`]) into which it deposits one per request it
+    /// may hedge. When it refuses a speculative attempt, the layer emits a
+    /// [`ThrottleEvent`](tower_cql_core::event::ThrottleEvent) (limiter
+    /// `"hedge_budget"`, rejected) into `collectors`; the speculative
+    /// attempts themselves are reported by the driver service's attempt
+    /// events (reason `speculative`) and counted in
+    /// [`ExecutionInfo::speculative`](tower_cql_core::ExecutionInfo::speculative).
     /// An invalid `config` is an error, never a panic.
     pub fn new(config: HedgeConfig, collectors: Collectors) -> Result<HedgeLayer, ConfigError> {
         config.validate()?;
+        let budget = RetryBudget::new(&config.budget.unwrap_or_default())?;
         Ok(HedgeLayer {
-            shared: Arc::new(Shared::new(&config, collectors)),
+            shared: Arc::new(Shared::new(
+                &config,
+                collectors,
+                Budget::Own(Arc::new(budget)),
+            )),
+        })
+    }
+
+    /// A layer for services that `retry`'s services wrap (the stack's
+    /// order: retry outside hedge). Unless `config.budget` gives it one of
+    /// its own, its speculative attempts draw on `retry`'s budget, which the
+    /// retry layer deposits into once per request: retries and speculative
+    /// attempts together then add at most the budget's ratio to the load.
+    /// Otherwise as [`HedgeLayer::new`].
+    pub fn inside(
+        config: HedgeConfig,
+        collectors: Collectors,
+        retry: &RetryLayer,
+    ) -> Result<HedgeLayer, ConfigError> {
+        if config.budget.is_some() {
+            return HedgeLayer::new(config, collectors);
+        }
+        config.validate()?;
+        let budget = Budget::Shared(retry.policy().budget().clone());
+        Ok(HedgeLayer {
+            shared: Arc::new(Shared::new(&config, collectors, budget)),
         })
     }
 
     /// The delay a request arriving now would hedge after.
     pub fn current_delay(&self) -> Duration {
         self.shared.delay()
+    }
+
+    /// The budget speculative attempts are charged to: the retry layer's
+    /// for a layer made [`inside`](HedgeLayer::inside) one, else its own.
+    pub fn budget(&self) -> &Arc<RetryBudget> {
+        self.shared.budget.get()
     }
 }
 
@@ -162,6 +213,7 @@ mod tests {
                 max,
             },
             max_speculative: 1,
+            ..HedgeConfig::default()
         };
         let cases = [
             (
@@ -182,6 +234,7 @@ mod tests {
                 HedgeConfig {
                     delay: HedgeDelay::Fixed(Duration::ZERO),
                     max_speculative: 1,
+                    ..HedgeConfig::default()
                 },
                 "hedge.delay",
             ),
@@ -190,6 +243,26 @@ mod tests {
             (pct(f64::NAN, ms(1), ms(10)), "hedge.delay.percentile"),
             (pct(0.9, ms(0), ms(0)), "hedge.delay.max"),
             (pct(0.9, ms(20), ms(10)), "hedge.delay.min"),
+            (
+                HedgeConfig {
+                    budget: Some(BudgetConfig {
+                        ratio: 0.0,
+                        ..BudgetConfig::default()
+                    }),
+                    ..HedgeConfig::default()
+                },
+                "hedge.budget.ratio",
+            ),
+            (
+                HedgeConfig {
+                    budget: Some(BudgetConfig {
+                        window: Duration::ZERO,
+                        ..BudgetConfig::default()
+                    }),
+                    ..HedgeConfig::default()
+                },
+                "hedge.budget.window",
+            ),
         ];
         for (config, field) in cases {
             let err = HedgeLayer::new(config, Collectors::new()).unwrap_err();
@@ -202,6 +275,7 @@ mod tests {
             HedgeConfig {
                 delay: HedgeDelay::Fixed(ms(3)),
                 max_speculative: 4,
+                ..HedgeConfig::default()
             },
         ] {
             assert!(
@@ -216,5 +290,44 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(err.message.contains("between 1 and 4"), "{err}");
+    }
+
+    #[test]
+    fn inside_a_retry_layer_the_budget_is_the_retry_layers_unless_configured() {
+        use crate::retry::RetryConfig;
+        use crate::stack_config::StackConfig;
+        let retry = RetryLayer::new(RetryConfig::default(), Collectors::new()).unwrap();
+        let shared = HedgeLayer::inside(HedgeConfig::default(), Collectors::new(), &retry).unwrap();
+        assert!(Arc::ptr_eq(shared.budget(), retry.policy().budget()));
+        let own = HedgeConfig {
+            budget: Some(BudgetConfig::default()),
+            ..HedgeConfig::default()
+        };
+        let own = HedgeLayer::inside(own, Collectors::new(), &retry).unwrap();
+        assert!(!Arc::ptr_eq(own.budget(), retry.policy().budget()));
+        // and from TOML: shared by default, its own with a `budget_*` key
+        for (toml, shares) in [
+            ("[hedge]\nenabled = true", true),
+            ("[hedge]\nenabled = true\nbudget_ratio = 0.05", false),
+            ("[hedge]\nenabled = true\nbudget_window_ms = 5000", false),
+        ] {
+            let layers = StackConfig::from_toml(toml)
+                .unwrap()
+                .into_builder(Collectors::new())
+                .unwrap()
+                .layers()
+                .unwrap();
+            let (retry, hedge) = (layers.retry.unwrap(), layers.hedge.unwrap());
+            assert_eq!(
+                Arc::ptr_eq(hedge.budget(), retry.policy().budget()),
+                shares,
+                "{toml}"
+            );
+        }
+        let err = StackConfig::from_toml("[hedge]\nenabled = true\nbudget_ratio = 0.0")
+            .unwrap()
+            .into_builder(Collectors::new())
+            .unwrap_err();
+        assert_eq!(err.field, "hedge.budget.ratio", "{err}");
     }
 }

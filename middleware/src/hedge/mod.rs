@@ -12,7 +12,7 @@
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let layer = HedgeLayer::new(
-//!     HedgeConfig { delay: HedgeDelay::Fixed(Duration::from_millis(20)), max_speculative: 1 },
+//!     HedgeConfig { delay: HedgeDelay::Fixed(Duration::from_millis(20)), max_speculative: 1, ..Default::default() },
 //!     Collectors::new(),
 //! )?;
 //! // A stand-in for the driver: the first call lands on a node stuck for a
@@ -52,12 +52,13 @@
 //! The first attempt starts at once. If it has not answered after the
 //! [`HedgeDelay`], a speculative attempt starts (a clone of the request
 //! marked with [`RequestMeta::set_attempt`](tower_cql_core::RequestMeta::set_attempt)
-//! `(n, AttemptReason::Speculative)`, `n` counting up from the request's
-//! own attempt index), then another after each further delay, up to
-//! [`HedgeConfig::max_speculative`]. The first success wins and every other
-//! attempt is dropped at once, which cancels it. A failed attempt does not
-//! end the race while another is running; when all have failed, the last
-//! error is returned. A successful response's
+//! `(n, AttemptReason::Speculative)`, see "Attempt indexes"), then another
+//! after each further delay, up to [`HedgeConfig::max_speculative`]. The
+//! first success wins and every other attempt is dropped at once, which
+//! cancels it. A failed attempt does not end the race while another is
+//! running; when all have failed, the last error is returned, its
+//! [`attempts`](tower_cql_core::CqlError::attempts) set to the number of
+//! attempts the race made. A successful response's
 //! [`ExecutionInfo::speculative`](tower_cql_core::ExecutionInfo::speculative)
 //! is the number of speculative attempts started. No speculative attempt
 //! starts at or after the request's deadline.
@@ -66,14 +67,93 @@
 //! load-balancing policy sends a new call: with the default policy,
 //! usually another replica, which is what makes hedging pay off.
 //!
+//! # Budget
+//! Every speculative attempt is extra load, and when a cluster slows down
+//! *every* read is slow enough to be hedged: `max_speculative` alone would
+//! then let hedging multiply the traffic sent to a cluster that is already
+//! struggling. So each speculative attempt is withdrawn from a
+//! [`RetryBudget`] before it is started, like a retry:
+//! - in the stack (and with [`HedgeLayer::inside`]), from the retry
+//!   layer's budget, built once with the retry layer and shared: retries
+//!   and speculative attempts *together* add at most the budget's `ratio`
+//!   to the load (plus its small per-second floor). Which of the two gets
+//!   the budget is first come, first served: in a slow storm the
+//!   speculative attempts, due after the hedge delay, usually come first;
+//! - with [`HedgeLayer::new`], or when [`HedgeConfig::budget`] is set, from
+//!   a budget of the layer's own, into which it deposits one per request it
+//!   may hedge.
+//!
+//! A speculative attempt the budget refuses is not made, and the request
+//! starts no further speculative attempt (its running attempts go on). Each
+//! refusal is reported as a [`ThrottleEvent`] with the limiter
+//! `"hedge_budget"` and `rejected: true` (the retry layer reports its own
+//! refusals the same way, as `"retry_budget"`), which the exporters count
+//! (`db_client_throttled_total{limiter="hedge_budget"}` and the like).
+//! [`HedgeLayer::budget`] gives the budget, whose
+//! [`retries_in_window`](RetryBudget::retries_in_window) counts the
+//! speculative attempts granted with the retries.
+//!
 //! # Delay
 //! [`HedgeDelay::Fixed`] hedges after a constant. [`HedgeDelay::Percentile`]
-//! hedges after a percentile of recent successful attempt latencies (the
-//! winning attempt's, from its own start): they are recorded in two
-//! lock-free [`Histogram`]s that take turns, each covering 10 s, so the
-//! estimate reflects the last 10–20 s. The delay is recomputed from them
-//! at most every 100 ms (by one request, with a compare-and-swap; the others
-//! read the cached value), and is `max` until 100 latencies are known.
+//! hedges after a percentile of recent *first-attempt* latencies: the delay
+//! is meant to say "this attempt is slower than `percentile` of attempts",
+//! so it is learned from the attempts it is measured against, the first
+//! attempt of every hedged race (a retry's included), whatever became of
+//! it:
+//! - it answered, won or lost, with a result or an error from a node: its
+//!   latency is recorded;
+//! - it was cancelled because a speculative attempt won, or the client gave
+//!   up on it (`ClientTimeout`, `DeadlineExceeded`): all that is known is
+//!   that its latency is longer than the time it ran. That time is recorded
+//!   as a *censored* observation;
+//! - it never reached a node (an error that was not sent), or the caller
+//!   dropped the whole request: nothing.
+//!
+//! Speculative attempts are not recorded: they exist only for the slow
+//! requests and go to nodes the first attempt did not, a sample of another
+//! population.
+//!
+//! Learning from the winners alone, as this layer first did, is biased low
+//! twice over: the slow first attempts are exactly the ones a hedge
+//! cancels, and the fast attempts that beat them take their place. The
+//! lower delay then hedges more, which cancels more slow attempts: the
+//! estimate walks down to `min` while the first attempts stay slow.
+//! Recording a cancelled attempt's time as if it were its latency is biased
+//! low too (less): it would say "about the delay" of attempts that took far
+//! longer. Dropping it is no better: it leaves only the fast ones. So the
+//! percentile is the product-limit (Kaplan-Meier) estimate, the standard
+//! estimate for such right-censored data: going up the latencies, each
+//! answer at `t` lowers the fraction still unanswered by the share of the
+//! attempts still running at `t` that answered then, and a censored attempt
+//! counts as running until it was given up on and no further. The delay is
+//! the latency by which that fraction falls to `1 - percentile`; with
+//! nothing censored, that is the plain nearest-rank percentile. When it
+//! never falls that far (the attempts were cancelled before enough of them
+//! answered, as when a cluster slows down under a delay learned earlier),
+//! the delay is `max`: hedging later lets the first attempts answer, and
+//! their latencies move the estimate to where they are. It assumes that
+//! when an attempt is cancelled does not depend on how long it would have
+//! taken, which holds here: that is set by the delay and the speculative
+//! attempt's own latency.
+//!
+//! The observations are kept in lock-free
+//! [`Histogram`](tower_cql_core::Histogram)s that take turns, two per kind,
+//! each covering 10 s, so the estimate reflects the last 10–20 s. The delay
+//! is recomputed from them at most every 100 ms (by one request, with a
+//! compare-and-swap; the others read the cached value), and is `max` until
+//! 100 observations are known.
+//!
+//! # Attempt indexes
+//! Every attempt of one logical request has an index of its own, as its
+//! attempt events show. The race's first attempt keeps the index the
+//! request came with (0, or the retry's); the speculative ones take the
+//! next ones, `index + 1`, `index + 2`, .... A race that fails says in its
+//! error's [`attempts`](tower_cql_core::CqlError::attempts) how many it
+//! made, and the retry layer above numbers its next attempt after them, so
+//! a retry and an earlier attempt's speculative attempt never share an
+//! index. This holds in the stack's order (retry outside hedge); it needs
+//! no shared counter and no allocation. Under a hedge placed outside the
+//! retry layer, the retries of racing attempts could share indexes.
 //!
 //! # Order
 //! The stack's default order puts hedging inside retry and outside the
@@ -85,130 +165,47 @@
 //! polled ready before each.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, Histogram};
+use tower_cql_core::event::{Event, ThrottleEvent};
+use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, RequestMeta};
+use tower_layer::Layer;
 use tower_service::Service;
 
+use self::delay::DelaySource;
+use crate::retry::RetryBudget;
+
+mod delay;
 pub mod future;
 mod layer;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::{HedgeConfig, HedgeDelay, HedgeLayer};
 
+/// The limiter named by the throttle event of a speculative attempt the
+/// budget refused.
+pub(crate) const BUDGET_LIMITER: &str = "hedge_budget";
+
 /// The most speculative attempts a request may have.
 pub(crate) const MAX_SPECULATIVE: u32 = 4;
 
-/// How long each of the two latency histograms covers.
-const ROTATE_EVERY: Duration = Duration::from_secs(10);
-/// How often the percentile delay is recomputed.
-const REFRESH_EVERY: Duration = Duration::from_millis(100);
-/// Latencies needed before the percentile is trusted.
-const MIN_SAMPLES: u64 = 100;
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Recent successful latencies and the delay derived from them.
+/// The budget speculative attempts are charged to.
 #[derive(Debug)]
-struct LatencyTracker {
-    /// `histograms[period % 2]` records the current period; the other
-    /// holds the one before.
-    histograms: [Histogram; 2],
-    start: Instant,
-    /// The current period (`elapsed / ROTATE_EVERY`).
-    period: AtomicU64,
-    /// The delay to use, in nanoseconds.
-    delay: AtomicU64,
-    /// When (nanoseconds after `start`) to recompute `delay`.
-    next_refresh: AtomicU64,
-    percentile: f64,
-    min: Duration,
-    max: Duration,
+pub(crate) enum Budget {
+    /// The layer's own: it deposits one per request it may hedge.
+    Own(Arc<RetryBudget>),
+    /// The retry layer's, which deposits one per request.
+    Shared(Arc<RetryBudget>),
 }
 
-impl LatencyTracker {
-    fn new(percentile: f64, min: Duration, max: Duration) -> LatencyTracker {
-        LatencyTracker {
-            histograms: [Histogram::new(), Histogram::new()],
-            start: Instant::now(),
-            period: AtomicU64::new(0),
-            delay: AtomicU64::new(nanos(max)),
-            next_refresh: AtomicU64::new(0),
-            percentile,
-            min,
-            max,
+impl Budget {
+    pub(crate) fn get(&self) -> &Arc<RetryBudget> {
+        match self {
+            Budget::Own(b) | Budget::Shared(b) => b,
         }
     }
-
-    fn now(&self) -> u64 {
-        nanos(Instant::now().saturating_duration_since(self.start))
-    }
-
-    /// Moves to the period of `now`, clearing what has become too old.
-    fn rotate(&self, now: u64) {
-        let period = now / nanos(ROTATE_EVERY);
-        let current = self.period.load(Ordering::Acquire);
-        if period > current
-            && self
-                .period
-                .compare_exchange(current, period, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            // The histogram that becomes current holds a period at least two
-            // old; the other one is the previous period's, or older still.
-            // (A record racing with the reset may be lost: an estimate.)
-            self.histograms[(period % 2) as usize].reset();
-            if period > current + 1 {
-                self.histograms[((period + 1) % 2) as usize].reset();
-            }
-        }
-    }
-
-    fn record(&self, latency: Duration) {
-        self.rotate(self.now());
-        let period = self.period.load(Ordering::Acquire);
-        self.histograms[(period % 2) as usize].record_duration(latency);
-    }
-
-    fn delay(&self) -> Duration {
-        let now = self.now();
-        let due = self.next_refresh.load(Ordering::Acquire);
-        if now >= due
-            && self
-                .next_refresh
-                .compare_exchange(
-                    due,
-                    now + nanos(REFRESH_EVERY),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-        {
-            self.rotate(now);
-            let mut recent = self.histograms[0].snapshot();
-            recent.merge(&self.histograms[1].snapshot());
-            let delay = match recent.quantile(self.percentile) {
-                Some(q) if recent.count() >= MIN_SAMPLES => {
-                    Duration::from_nanos(q).clamp(self.min, self.max)
-                }
-                _ => self.max,
-            };
-            self.delay.store(nanos(delay), Ordering::Release);
-        }
-        Duration::from_nanos(self.delay.load(Ordering::Acquire))
-    }
-}
-
-/// Where the hedge delay comes from.
-#[derive(Debug)]
-enum DelaySource {
-    Fixed(Duration),
-    Percentile(LatencyTracker),
 }
 
 /// What every clone of a [`Hedge`] shares.
@@ -216,43 +213,47 @@ enum DelaySource {
 pub(crate) struct Shared {
     source: DelaySource,
     max_speculative: u32,
-    /// Kept for the uniform layer constructor; see [`HedgeLayer::new`].
+    pub(crate) budget: Budget,
+    /// Where refusals by the budget are reported.
     collectors: Collectors,
 }
 
 impl Shared {
-    fn new(config: &HedgeConfig, collectors: Collectors) -> Shared {
-        let source = match config.delay {
-            HedgeDelay::Fixed(d) => DelaySource::Fixed(d),
-            HedgeDelay::Percentile {
-                percentile,
-                min,
-                max,
-            } => DelaySource::Percentile(LatencyTracker::new(percentile, min, max)),
-        };
+    fn new(config: &HedgeConfig, collectors: Collectors, budget: Budget) -> Shared {
         Shared {
-            source,
+            source: DelaySource::new(config.delay),
             max_speculative: config.max_speculative,
+            budget,
             collectors,
         }
     }
 
-    fn delay(&self) -> Duration {
-        match &self.source {
-            DelaySource::Fixed(d) => *d,
-            DelaySource::Percentile(t) => t.delay(),
+    /// Asks the budget for one speculative attempt; a refusal is reported
+    /// as a throttle event about `meta`'s request.
+    fn withdraw(&self, meta: &RequestMeta) -> bool {
+        if self.budget.get().withdraw() {
+            return true;
         }
+        tracing::debug!("hedge: the budget refused a speculative attempt");
+        if self.collectors.is_active() {
+            self.collectors.emit(Event::Throttle(ThrottleEvent {
+                meta,
+                limiter: BUDGET_LIMITER,
+                waited: Duration::ZERO,
+                rejected: true,
+                queue_depth: 0,
+            }));
+        }
+        false
     }
 
-    fn record(&self, latency: Duration) {
-        if let DelaySource::Percentile(t) = &self.source {
-            t.record(latency);
-        }
+    fn delay(&self) -> Duration {
+        self.source.current()
     }
 }
 
 /// Hedges idempotent reads (see the [module docs](self)). Made by
-/// [`HedgeLayer`]; clones share the latency history.
+/// [`HedgeLayer`]; clones share the latency history and the budget.
 #[derive(Debug, Clone)]
 pub struct Hedge<S> {
     inner: S,
@@ -261,17 +262,14 @@ pub struct Hedge<S> {
 }
 
 impl<S> Hedge<S> {
-    /// Wraps `inner`; an invalid `config` is an error.
+    /// Wraps `inner`, with a budget of its own (as [`HedgeLayer::new`]);
+    /// an invalid `config` is an error.
     pub fn new(
         inner: S,
         config: HedgeConfig,
         collectors: Collectors,
     ) -> Result<Hedge<S>, crate::config::ConfigError> {
-        config.validate()?;
-        Ok(Hedge {
-            inner,
-            shared: Some(Arc::new(Shared::new(&config, collectors))),
-        })
+        Ok(HedgeLayer::new(config, collectors)?.layer(inner))
     }
 
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Hedge<S> {
@@ -343,6 +341,11 @@ where
         if !(meta.is_idempotent() && meta.kind().is_read()) {
             return ResponseFuture::passthrough(self.inner.call(request));
         }
+        if let Budget::Own(budget) = &shared.budget {
+            // one per request that may be hedged (a shared budget is the
+            // retry layer's to deposit into, once per logical request)
+            budget.deposit();
+        }
         let now = Instant::now();
         // The deadline on the Tokio clock, which the hedge timer runs on.
         let deadline = meta.remaining().map(|left| now + left);
@@ -367,11 +370,16 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use tower::{Layer, ServiceExt};
     use tower_cql_core::{AttemptReason, ErrorKind};
 
+    use std::sync::atomic::Ordering;
+
+    use super::delay::{REFRESH_EVERY, ROTATE_EVERY, nanos};
     use super::*;
-    use crate::retry::mock::{Mock, fail, ok};
+    use crate::retry::mock::{Mock, fail, fail_with, ok};
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -386,6 +394,7 @@ mod tests {
             HedgeConfig {
                 delay: HedgeDelay::Fixed(delay),
                 max_speculative,
+                ..HedgeConfig::default()
             },
             Collectors::new(),
         )
@@ -564,6 +573,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Overloaded);
+        assert_eq!(err.attempts(), 2, "the error counts the race's attempts");
         assert_eq!(mock.calls().len(), 2);
         // an early failure with nothing else running ends the request at once
         let mock = Mock::new([fail(ErrorKind::Unavailable, 5 * MS), ok(MS)]);
@@ -574,6 +584,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert_eq!(err.attempts(), 1);
         assert!(about(start.elapsed(), 5 * MS));
         assert_eq!(mock.calls().len(), 1);
     }
@@ -617,6 +628,7 @@ mod tests {
                     max: 50 * MS,
                 },
                 max_speculative: 1,
+                ..HedgeConfig::default()
             },
             Collectors::new(),
         )
@@ -653,37 +665,277 @@ mod tests {
         assert_eq!(layer.current_delay(), 50 * MS);
     }
 
+    /// A stand-in whose first attempts take `first` and whose speculative
+    /// ones take `speculative`, whatever the order of the calls.
+    fn by_reason(
+        first: Duration,
+        speculative: Duration,
+    ) -> impl Service<
+        CqlRequest,
+        Response = CqlResponse,
+        Error = CqlError,
+        Future = impl Future<Output = Result<CqlResponse, CqlError>> + Send,
+    > + Clone {
+        tower::service_fn(move |req: CqlRequest| {
+            let took = match req.meta().attempt_reason() {
+                AttemptReason::Speculative => speculative,
+                _ => first,
+            };
+            async move {
+                tokio::time::sleep(took).await;
+                Ok(crate::retry::mock::response())
+            }
+        })
+    }
+
+    /// The attempts a hedge cancels are the slow ones: learning only from
+    /// the winners would see the fast speculative attempts and never the
+    /// slow first attempts they raced.
     #[tokio::test(start_paused = true)]
-    async fn old_latencies_rotate_out() {
-        let t = LatencyTracker::new(0.5, Duration::ZERO, Duration::from_secs(1));
-        for _ in 0..100 {
-            t.record(100 * MS);
+    async fn the_percentile_delay_learns_from_the_attempts_it_cancels() {
+        let layer = HedgeLayer::new(
+            HedgeConfig {
+                delay: HedgeDelay::Percentile {
+                    percentile: 0.9,
+                    min: MS,
+                    max: 100 * MS,
+                },
+                max_speculative: 1,
+                // a budget that refuses nothing: every slow read is hedged
+                // while the delay says so
+                budget: Some(crate::retry::BudgetConfig {
+                    ratio: 1000.0,
+                    min_per_second: 1_000_000,
+                    window: Duration::from_secs(10),
+                }),
+            },
+            Collectors::new(),
+        )
+        .unwrap();
+        // Learn a fast cluster: every read answers in 5 ms.
+        let svc = layer.layer(by_reason(5 * MS, 5 * MS));
+        for _ in 0..200 {
+            svc.clone().oneshot(read()).await.unwrap();
         }
         tokio::time::advance(REFRESH_EVERY).await;
-        // within the histogram's 1/64 relative error
-        let d = t.delay();
-        assert!(d.abs_diff(100 * MS) <= 100 * MS / 64, "{d:?}");
-        // next period: the old one still counts (10-20 s of history)
-        tokio::time::advance(ROTATE_EVERY).await;
-        for _ in 0..300 {
-            t.record(10 * MS);
+        let d = layer.current_delay();
+        assert!(d.abs_diff(5 * MS) <= 5 * MS / 64, "{d:?}");
+        // Then first attempts slow down to 50 ms; the speculative ones,
+        // sent elsewhere, answer in 2 ms. Every read is hedged at first.
+        let svc = layer.layer(by_reason(50 * MS, 2 * MS));
+        let mut hedged = 0;
+        for _ in 0..2000 {
+            let resp = svc.clone().oneshot(read()).await.unwrap();
+            hedged += resp.info().speculative;
         }
+        assert!(hedged > 0, "the slow-down was hedged");
         tokio::time::advance(REFRESH_EVERY).await;
-        let d = t.delay();
+        let d = layer.current_delay();
+        // The first attempts take 50 ms: the 90th percentile of the
+        // attempts the delay is measured against is 50 ms (within the
+        // histogram's 1/64), not the 2 ms of the attempts that won.
         assert!(
-            d.abs_diff(10 * MS) < MS,
-            "the median of 100 x 100 ms and 300 x 10 ms: {d:?}"
+            d.abs_diff(50 * MS) <= 50 * MS / 64,
+            "the delay learned {d:?}, not the first attempts' 50 ms"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_attempt_that_fails_is_observed_if_it_reached_a_node() {
+        let layer = HedgeLayer::new(
+            HedgeConfig {
+                delay: HedgeDelay::Percentile {
+                    percentile: 0.5,
+                    min: MS,
+                    max: Duration::from_secs(1),
+                },
+                max_speculative: 1,
+                ..HedgeConfig::default()
+            },
+            Collectors::new(),
+        )
+        .unwrap();
+        let DelaySource::Percentile(tracker) = &layer.shared.source else {
+            unreachable!("a percentile delay");
+        };
+        let not_sent = CqlError::new(ErrorKind::Connection, "no connection").not_sent();
+        let mock = Mock::new([
+            fail(ErrorKind::ReadTimeout, 30 * MS),
+            fail(ErrorKind::ClientTimeout, 40 * MS),
+            fail_with(not_sent, MS),
+        ]);
+        let svc = layer.layer(mock);
+        for _ in 0..3 {
+            svc.clone().oneshot(read()).await.unwrap_err();
+        }
+        // the server's read timeout answered; the client's own timeout only
+        // says "longer than 40 ms"; the error never sent says nothing
+        let (answered, censored) = tracker.observations();
+        assert_eq!((answered.count(), censored.count()), (1, 1));
+        assert_eq!(answered.max(), Some(nanos(30 * MS)));
+        assert_eq!(censored.max(), Some(nanos(40 * MS)));
+    }
+
+    /// Under retry (the stack's order), a retry's index follows the
+    /// speculative attempts of the attempts before it: every attempt of
+    /// one request has an index of its own.
+    #[tokio::test(start_paused = true)]
+    async fn retries_and_speculative_attempts_have_distinct_indexes() {
+        use crate::retry::{Backoff, RetryConfig, RetryLayer};
+        let retry = RetryLayer::new(
+            RetryConfig {
+                max_attempts: 3,
+                backoff: Backoff { base: MS, max: MS },
+                ..RetryConfig::default()
+            },
+            Collectors::new(),
+        )
+        .unwrap();
+        // Two races fail (a slow first attempt and two quick speculative
+        // ones each), the third attempt answers.
+        let race = || {
+            [
+                fail(ErrorKind::Overloaded, 100 * MS),
+                fail(ErrorKind::Overloaded, 5 * MS),
+                fail(ErrorKind::Overloaded, 5 * MS),
+            ]
+        };
+        let mock = Mock::new(race().into_iter().chain(race()).chain([ok(MS)]));
+        let svc = retry.layer(fixed(20 * MS, 2).layer(mock.clone()));
+        let resp = svc.oneshot(read()).await.unwrap();
+        assert_eq!(resp.info().attempts, 3);
+        let calls: Vec<_> = mock.calls().iter().map(|c| (c.index, c.reason)).collect();
+        use AttemptReason::{Initial, Retry, Speculative};
         assert_eq!(
-            t.histograms[0].snapshot().count() + t.histograms[1].snapshot().count(),
-            400
+            calls,
+            [
+                (0, Initial),
+                (1, Speculative),
+                (2, Speculative),
+                (3, Retry),
+                (4, Speculative),
+                (5, Speculative),
+                (6, Retry),
+            ],
+            "each attempt of the request has an index of its own"
         );
-        // a period later, the 100 ms ones are gone
-        tokio::time::advance(ROTATE_EVERY).await;
-        t.record(10 * MS);
-        assert_eq!(
-            t.histograms[0].snapshot().count() + t.histograms[1].snapshot().count(),
-            301
+        // when every attempt fails, the error gives the retry layer's count,
+        // as a response does
+        let mock = Mock::new(race().into_iter().chain(race()).chain(race()));
+        let svc = retry.layer(fixed(20 * MS, 2).layer(mock.clone()));
+        let err = svc.oneshot(read()).await.unwrap_err();
+        assert_eq!(err.attempts(), 3);
+        let indexes: Vec<_> = mock.calls().iter().map(|c| c.index).collect();
+        assert_eq!(indexes, (0..9).collect::<Vec<_>>());
+    }
+
+    /// A slow storm: every first attempt is stuck, so every read wants a
+    /// speculative attempt. The budget (here the default: 20 % of the
+    /// requests, plus 10 a second over 10 s) bounds them, and each one it
+    /// refuses is a throttle event.
+    #[tokio::test(start_paused = true)]
+    async fn speculative_attempts_are_bounded_by_the_budget() {
+        let (recorder, collectors) = crate::retry::mock::Recorder::new();
+        let layer = HedgeLayer::new(
+            HedgeConfig {
+                delay: HedgeDelay::Fixed(10 * MS),
+                max_speculative: 2,
+                ..HedgeConfig::default()
+            },
+            collectors,
+        )
+        .unwrap();
+        let svc = layer.layer(by_reason(Duration::from_secs(1), MS));
+        let reads = 1000;
+        let responses =
+            futures::future::join_all((0..reads).map(|_| svc.clone().oneshot(read()))).await;
+        let speculative: u32 = responses
+            .into_iter()
+            .map(|r| r.unwrap().info().speculative)
+            .sum();
+        // 10/s * 10 s + 0.2 * 1000 reads
+        let allowed = 100 + 200;
+        assert!(
+            speculative <= allowed,
+            "{speculative} speculative attempts for {reads} reads, the budget allows {allowed}"
         );
+        assert_eq!(speculative, allowed, "the budget is used, not refused");
+        // a read the budget refused is not hedged again later
+        let refused = recorder.refusals();
+        assert_eq!(refused.len(), reads - allowed as usize);
+        assert!(refused.iter().all(|&l| l == "hedge_budget"), "{refused:?}");
+    }
+
+    /// In the stack, retries and speculative attempts draw on one budget:
+    /// a storm of slow failures is bounded by it as a whole.
+    #[tokio::test(start_paused = true)]
+    async fn in_the_stack_retries_and_speculative_attempts_share_the_budget() {
+        use crate::retry::{Backoff, BudgetConfig, RetryConfig};
+        use crate::stack::StackBuilder;
+        use std::sync::atomic::AtomicU32;
+        let (recorder, collectors) = crate::retry::mock::Recorder::new();
+        let layers = StackBuilder::new(collectors)
+            .without_trace()
+            .without_metrics()
+            .without_timeout()
+            .retry(RetryConfig {
+                max_attempts: 3,
+                backoff: Backoff { base: MS, max: MS },
+                budget: BudgetConfig {
+                    ratio: 0.5,
+                    min_per_second: 0,
+                    window: Duration::from_secs(10),
+                },
+            })
+            .hedge(HedgeConfig {
+                delay: HedgeDelay::Fixed(20 * MS),
+                max_speculative: 1,
+                ..HedgeConfig::default()
+            })
+            .layers()
+            .unwrap();
+        let budget = layers.retry.as_ref().unwrap().policy().budget().clone();
+        // every attempt fails: first attempts after 100 ms (so they are
+        // hedged), the others at once
+        let by_reason: Arc<[AtomicU32; 3]> = Arc::default();
+        let driver = tower::service_fn({
+            let by_reason = by_reason.clone();
+            move |req: CqlRequest| {
+                let reason = req.meta().attempt_reason();
+                by_reason[reason as usize].fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if reason != AttemptReason::Speculative {
+                        tokio::time::sleep(100 * MS).await;
+                    }
+                    Err::<CqlResponse, _>(CqlError::new(ErrorKind::Overloaded, "storm"))
+                }
+            }
+        });
+        let svc = layers.service(driver);
+        let reads = 200;
+        for r in futures::future::join_all((0..reads).map(|_| svc.clone().oneshot(read()))).await {
+            assert_eq!(r.unwrap_err().kind(), ErrorKind::Overloaded);
+        }
+        let count = |r: AttemptReason| by_reason[r as usize].load(Ordering::SeqCst);
+        let (retries, speculative) = (
+            count(AttemptReason::Retry),
+            count(AttemptReason::Speculative),
+        );
+        assert_eq!(count(AttemptReason::Initial), reads);
+        // half an extra attempt per read, retries and hedges together
+        assert!(
+            retries + speculative <= reads / 2,
+            "{retries} retries and {speculative} speculative attempts for {reads} reads, \
+             the budget allows {}",
+            reads / 2
+        );
+        assert_eq!(retries + speculative, reads / 2, "the budget is used");
+        // The speculative attempts, due first (20 ms), took it all: the
+        // retries (after 100 ms) found it spent. One bound for both.
+        assert_eq!((retries, speculative), (0, reads / 2));
+        assert_eq!(budget.retries_in_window(), u64::from(reads / 2));
+        let refused = recorder.refusals();
+        assert!(refused.contains(&"hedge_budget"), "{refused:?}");
+        assert!(refused.contains(&"retry_budget"), "{refused:?}");
     }
 }

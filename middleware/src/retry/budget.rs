@@ -18,6 +18,11 @@
 //! # Ok::<(), tower_cql_middleware::config::ConfigError>(())
 //! ```
 //!
+//! Hedging draws on a budget too: in the stack, the hedge layer's
+//! speculative attempts are withdrawn from the retry layer's budget, so
+//! that retries and speculative attempts together add at most `ratio` to
+//! the load (see [`hedge`](crate::hedge#budget)).
+//!
 //! # Why a budget, and not only `max_attempts`
 //! `max_attempts` bounds the retries of *one* request, but when the cluster
 //! is in trouble *every* request fails, and with `max_attempts = 3` the
@@ -98,18 +103,28 @@ impl Default for BudgetConfig {
 impl BudgetConfig {
     /// Rejects a ratio outside `(0, 1000]` and an empty window.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check(["retry.budget.ratio", "retry.budget.window"])
+    }
+
+    /// [`validate`](Self::validate), naming the fields of a hedge layer's
+    /// own budget.
+    pub(crate) fn validate_for_hedge(&self) -> Result<(), ConfigError> {
+        self.check(["hedge.budget.ratio", "hedge.budget.window"])
+    }
+
+    fn check(&self, [ratio, window]: [&'static str; 2]) -> Result<(), ConfigError> {
         if !(self.ratio > 0.0 && self.ratio <= 1000.0) {
             return Err(ConfigError::new(
-                "retry.budget.ratio",
+                ratio,
                 format!(
-                    "must be greater than 0 and at most 1000 (retries per request), got {}",
+                    "must be greater than 0 and at most 1000 (extra attempts per request), got {}",
                     self.ratio
                 ),
             ));
         }
         if self.window.is_zero() {
             return Err(ConfigError::new(
-                "retry.budget.window",
+                window,
                 "must be greater than zero (e.g. 10s), got 0s",
             ));
         }
@@ -176,7 +191,10 @@ fn decrement(cell: &AtomicU64, epoch: u32) {
 /// `window`. See the [module docs](self) for how and why.
 ///
 /// Shared (in an `Arc`) by every clone of a [`Retry`](super::Retry)
-/// service made from one [`RetryLayer`](super::RetryLayer).
+/// service made from one [`RetryLayer`](super::RetryLayer), and by a
+/// [`HedgeLayer`](crate::hedge::HedgeLayer) made
+/// [inside](crate::hedge::HedgeLayer::inside) it (as the stack builder
+/// does): its speculative attempts are withdrawn like retries.
 pub struct RetryBudget {
     slots: [Slot; SLOTS],
     start: Instant,
@@ -239,7 +257,8 @@ impl RetryBudget {
         increment(&self.slot(epoch).requests, epoch);
     }
 
-    /// Asks for one retry: true (and counted) if the budget allows it.
+    /// Asks for one retry (or speculative attempt): true (and counted) if
+    /// the budget allows it.
     pub fn withdraw(&self) -> bool {
         let epoch = self.epoch();
         let cell = &self.slot(epoch).retries;
@@ -261,7 +280,8 @@ impl RetryBudget {
         self.sum(self.epoch(), |s| &s.requests)
     }
 
-    /// Retries granted over the window.
+    /// Retries granted over the window (speculative attempts included,
+    /// when a hedge layer draws on this budget).
     pub fn retries_in_window(&self) -> u64 {
         self.sum(self.epoch(), |s| &s.retries)
     }

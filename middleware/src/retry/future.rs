@@ -5,15 +5,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
-use tower_cql_core::event::{Event, RetryEvent};
+use tower_cql_core::event::{Event, RetryEvent, ThrottleEvent};
 use tower_cql_core::{AttemptReason, CqlError, CqlRequest, CqlResponse};
 use tower_service::Service;
 
-use super::Shared;
-use super::policy::Decision;
+use super::policy::{Decision, StopReason};
+use super::{BUDGET_LIMITER, Shared};
 
 pin_project! {
     /// The response future of [`Retry`](super::Retry): runs the attempts,
@@ -180,6 +181,18 @@ where
                     );
                     let delay = match decision {
                         Decision::Stop(reason) => {
+                            if reason == StopReason::BudgetExhausted {
+                                let collectors = &this.shared.collectors;
+                                if collectors.is_active() {
+                                    collectors.emit(Event::Throttle(ThrottleEvent {
+                                        meta: this.request.meta(),
+                                        limiter: BUDGET_LIMITER,
+                                        waited: Duration::ZERO,
+                                        rejected: true,
+                                        queue_depth: 0,
+                                    }));
+                                }
+                            }
                             tracing::debug!(
                                 reason = reason.as_str(),
                                 error = tower_cql_core::classify::error_type(&err),
@@ -190,8 +203,11 @@ where
                         }
                         Decision::Retry { delay, .. } => delay,
                     };
-                    // The next attempt's index is the number made so far.
-                    let index = *this.attempts;
+                    // The next attempt's index follows every attempt made
+                    // so far, the ones the layers inside made for the last
+                    // one included (a hedge's speculative attempts: its
+                    // error says how many it made).
+                    let index = this.request.meta().attempt_index() + err.attempts().max(1);
                     let meta = this.request.meta_mut();
                     meta.set_attempt(index, AttemptReason::Retry);
                     // the retry goes to another node first, when there is one
@@ -232,10 +248,13 @@ where
     }
 }
 
-/// Records on the error how many attempts were made (the error is not
-/// wrapped; a first-attempt error already says 1).
+/// Records on the error how many attempts this layer made (the error is
+/// not wrapped, and left as it is when it already says so: a first-attempt
+/// error says 1). A count set by a layer inside (a hedge's, speculative
+/// attempts included) is replaced, as in a successful response's
+/// [`ExecutionInfo::attempts`](tower_cql_core::ExecutionInfo::attempts).
 fn with_attempts(err: CqlError, attempts: u32) -> CqlError {
-    if attempts > 1 {
+    if err.attempts() != attempts {
         err.with_attempts(attempts)
     } else {
         err

@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tower_cql_core::event::{OwnedEvent, RetryEvent};
+use tower_cql_core::event::{OwnedEvent, RetryEvent, ThrottleEvent};
 use tower_cql_core::{
     AttemptReason, Collector, Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind,
     ExecutionInfo,
@@ -49,6 +49,14 @@ pub(crate) fn fail(kind: ErrorKind, after: Duration) -> Step {
     Step {
         after,
         result: Some(CqlError::new(kind, format!("scripted {kind}"))),
+    }
+}
+
+/// Fail with `err` after `after`.
+pub(crate) fn fail_with(err: CqlError, after: Duration) -> Step {
+    Step {
+        after,
+        result: Some(err),
     }
 }
 
@@ -165,7 +173,7 @@ impl Service<CqlRequest> for Mock {
     }
 }
 
-/// Keeps every retry event.
+/// Keeps every retry and throttle event.
 #[derive(Default)]
 pub(crate) struct Recorder(Mutex<Vec<OwnedEvent>>);
 
@@ -195,8 +203,25 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// The limiter of each throttle event that refused something.
+    pub(crate) fn refusals(&self) -> Vec<&'static str> {
+        lock(&self.0)
+            .iter()
+            .filter_map(|e| match e.as_event() {
+                tower_cql_core::Event::Throttle(t) if t.rejected => Some(t.limiter),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 impl Collector for Recorder {
     fn on_retry(&self, e: &RetryEvent<'_>) {
         lock(&self.0).push(tower_cql_core::Event::Retry(*e).to_owned());
+    }
+
+    fn on_throttle(&self, e: &ThrottleEvent<'_>) {
+        lock(&self.0).push(tower_cql_core::Event::Throttle(*e).to_owned());
     }
 }

@@ -59,7 +59,11 @@
 //!   request's [`deadline`](tower_cql_core::RequestMeta::deadline) is not
 //!   made, so the layer never sleeps past it;
 //! - the budget ([`RetryBudget`]): retries are at most a fraction of
-//!   recent requests, across every request of every clone of the service.
+//!   recent requests, across every request of every clone of the service
+//!   (and, in the stack, together with the hedge layer's speculative
+//!   attempts, which draw on the same budget). A retry the budget refuses
+//!   is reported as a [`ThrottleEvent`](tower_cql_core::event::ThrottleEvent)
+//!   with the limiter `"retry_budget"`, rejected.
 //!
 //! When the layer stops it returns the last error as it came, not wrapped;
 //! only its [`attempts`](CqlError::attempts) count is set.
@@ -73,8 +77,14 @@
 //! themselves are reported by the driver service, whose attempt events
 //! carry the index and reason ([`AttemptReason::Retry`]) this layer sets on
 //! the request with [`RequestMeta::set_attempt`](tower_cql_core::RequestMeta::set_attempt).
-//! A successful response's [`ExecutionInfo::attempts`](tower_cql_core::ExecutionInfo::attempts)
-//! is the number of attempts made.
+//! A retry's index follows every attempt made before it, the ones the
+//! layers inside made included: a failed attempt's error says in
+//! [`CqlError::attempts`] how many it took (more than one when the hedge
+//! layer below raced speculative attempts), so every attempt of a request
+//! has an index of its own (see [hedge](crate::hedge#attempt-indexes)).
+//! A successful response's [`ExecutionInfo::attempts`](tower_cql_core::ExecutionInfo::attempts),
+//! and a final error's [`CqlError::attempts`], is the number of attempts
+//! this layer made.
 //!
 //! # Order
 //! The stack's default order puts retry inside the limits and outside
@@ -106,6 +116,9 @@ pub use self::budget::{BudgetConfig, RetryBudget};
 pub use self::future::ResponseFuture;
 pub use self::layer::{RetryConfig, RetryLayer};
 pub use self::policy::{Decision, RetryPolicy, StopReason};
+
+/// The limiter named by the throttle event of a retry the budget refused.
+pub(crate) const BUDGET_LIMITER: &str = "retry_budget";
 
 /// What every clone of a [`Retry`] shares: the policy (with its budget)
 /// and where events go.
@@ -518,6 +531,9 @@ mod tests {
         // more requests deposit: 1 < 0.1 * 10 is false
         assert_eq!(mock.calls().len(), 11);
         assert_eq!(recorder.retries().len(), 1);
+        // each retry the budget refused is a throttle event: the first
+        // request's second retry, and the other nine's first
+        assert_eq!(recorder.refusals(), ["retry_budget"; 10]);
         assert_eq!(layer.policy().budget().retries_in_window(), 1);
         assert_eq!(layer.policy().budget().requests_in_window(), 10);
         // an eleventh request makes room for a second retry (1 < 1.1)
