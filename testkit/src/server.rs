@@ -891,10 +891,12 @@ pub mod fuzzing {
     }
 
     impl Harness {
-        /// A fresh one-node database with a 64 KiB frame limit.
+        /// A fresh one-node database with a 64 KiB frame limit; the node is
+        /// up, so statements run against the store.
         pub fn new() -> Harness {
             let addr = SocketAddr::from(([127, 0, 0, 1], 9042));
             let db = Arc::new(Database::new(Topology::new("fuzz", &[addr], 4, "dc1")));
+            set_running(&db, 0, true);
             Harness {
                 node: Node::new(0, db, 64 * 1024),
                 conn: ConnState {
@@ -912,8 +914,14 @@ pub mod fuzzing {
         /// many bytes the server answered with. After the server closes
         /// the connection, further input is ignored.
         pub fn feed(&mut self, data: &[u8]) -> usize {
+            self.answer(data).len()
+        }
+
+        /// Feeds `data` as [`Harness::feed`] does; returns the frames the
+        /// server answered with, as written to the connection.
+        pub fn answer(&mut self, data: &[u8]) -> BytesMut {
             if self.closed {
-                return 0;
+                return BytesMut::new();
             }
             self.inbuf.extend_from_slice(data);
             let mut out = BytesMut::new();
@@ -944,7 +952,7 @@ pub mod fuzzing {
                     }
                 }
             }
-            out.len()
+            out
         }
     }
 
