@@ -210,6 +210,25 @@ impl<'a> Reader<'a> {
         self.buf.len()
     }
 
+    /// Checks a count read from the body before it sizes anything: `n`
+    /// items of at least `min_len` bytes each must fit in the bytes left.
+    /// No count a client sends is trusted further than its bytes go.
+    pub(crate) fn count(
+        &self,
+        n: usize,
+        min_len: usize,
+        what: &str,
+    ) -> Result<usize, ProtocolError> {
+        let fit = self.buf.len() / min_len.max(1);
+        if n > fit {
+            return Err(ProtocolError::new(format!(
+                "{n} {what} announced, but the {} bytes that follow hold at most {fit}",
+                self.buf.len()
+            )));
+        }
+        Ok(n)
+    }
+
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
         if self.buf.len() < n {
             return Err(short_body());
