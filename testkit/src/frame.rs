@@ -298,7 +298,9 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn string_map(&mut self) -> Result<Vec<(&'a str, &'a str)>, ProtocolError> {
+        // an entry is at least two empty [string]s
         let n = self.short()?;
+        let n = self.count(usize::from(n), 4, "[string map] entries")?;
         (0..n)
             .map(|_| Ok((self.string()?, self.string()?)))
             .collect()
@@ -306,6 +308,7 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn string_list(&mut self) -> Result<Vec<&'a str>, ProtocolError> {
         let n = self.short()?;
+        let n = self.count(usize::from(n), 2, "[string list] items")?;
         (0..n).map(|_| self.string()).collect()
     }
 }
@@ -344,9 +347,12 @@ impl<'a> QueryParams<'a> {
             ..QueryParams::default()
         };
         if flags & 0x01 != 0 {
-            let n = r.short()? as usize;
+            let named = flags & 0x40 != 0;
+            // a value is at least its 4-byte length, a name its 2-byte one
+            let n = r.short()?;
+            let n = r.count(usize::from(n), if named { 6 } else { 4 }, "values")?;
             params.values.reserve_exact(n);
-            if flags & 0x40 != 0 {
+            if named {
                 let mut names = Vec::with_capacity(n);
                 for _ in 0..n {
                     names.push(r.string()?);
@@ -398,7 +404,9 @@ impl<'a> BatchRequest<'a> {
         if kind > 2 {
             return Err(ProtocolError::new(format!("unknown batch type {kind}")));
         }
-        let n = r.short()? as usize;
+        // a statement is at least its kind, an empty id and a values count
+        let n = r.short()?;
+        let n = r.count(usize::from(n), 5, "batch statements")?;
         let mut entries = Vec::with_capacity(n);
         for _ in 0..n {
             let entry_kind = r.byte()?;
@@ -442,7 +450,8 @@ impl<'a> BatchRequest<'a> {
 }
 
 fn read_values<'a>(r: &mut Reader<'a>) -> Result<Vec<Value<'a>>, ProtocolError> {
-    let n = r.short()? as usize;
+    let n = r.short()?;
+    let n = r.count(usize::from(n), 4, "values")?;
     let mut values = Vec::with_capacity(n);
     for _ in 0..n {
         values.push(r.value()?);
@@ -643,6 +652,35 @@ mod tests {
         assert_eq!(p.serial_consistency, Some(8));
         assert_eq!(p.timestamp, Some(42));
         assert_eq!(r.remaining(), 0);
+    }
+
+    #[test]
+    fn counts_are_checked_against_the_bytes_that_follow() {
+        let mut b = BytesMut::new();
+        b.put_u16(1);
+        b.put_u8(0x01);
+        b.put_u16(3);
+        b.put_value(Some(&[1]));
+        b.put_value(None);
+        let e = QueryParams::read(&mut Reader::new(&b)).unwrap_err();
+        assert_eq!(
+            e.0,
+            "3 values announced, but the 9 bytes that follow hold at most 2"
+        );
+        let e = BatchRequest::read(&mut Reader::new(&[0, 0xFF, 0xFF, 0, 1])).unwrap_err();
+        assert!(
+            e.0.starts_with("65535 batch statements announced"),
+            "{}",
+            e.0
+        );
+        let e = Reader::new(&[0, 2, 0, 0]).string_list().unwrap_err();
+        assert!(e.0.starts_with("2 [string list] items"), "{}", e.0);
+        assert_eq!(
+            Reader::new(&[0, 2, 0, 0, 0, 0]).string_list().unwrap(),
+            ["", ""]
+        );
+        let e = Reader::new(&[0, 1, 0, 0]).string_map().unwrap_err();
+        assert!(e.0.starts_with("1 [string map] entries"), "{}", e.0);
     }
 
     #[test]

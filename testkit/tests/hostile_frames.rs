@@ -44,6 +44,9 @@ const ERROR: u8 = 0x00;
 const READY: u8 = 0x02;
 const RESULT: u8 = 0x08;
 const QUERY: u8 = 0x07;
+const BATCH: u8 = 0x0D;
+const REGISTER: u8 = 0x0B;
+const PROTOCOL_ERROR: i32 = 0x000A;
 const INVALID: i32 = 0x2200;
 
 fn frame(flags: u8, stream: i16, opcode: u8, body: &[u8]) -> Vec<u8> {
@@ -167,7 +170,48 @@ fn lies() -> Vec<Lie> {
     // a list announcing i32::MAX elements, holding one
     let mut one_of_many = huge.to_vec();
     one_of_many.extend(value(&7i32.to_be_bytes()));
+    // QUERY values (by position, by name), announcing 65,535, holding none
+    let values = |flags: u8, text: &str| {
+        let mut b = long_string(text);
+        b.extend_from_slice(&1u16.to_be_bytes());
+        b.push(flags);
+        b.extend_from_slice(&u16::MAX.to_be_bytes());
+        b
+    };
+    // an UNLOGGED batch of 65,535 statements, holding none
+    let mut statements = vec![1u8];
+    statements.extend_from_slice(&u16::MAX.to_be_bytes());
+    // a batch of one statement announcing 65,535 values
+    let mut batch_values = vec![1u8, 0, 1, 0];
+    batch_values.extend(long_string("INSERT INTO ks.t (k) VALUES (?)"));
+    batch_values.extend_from_slice(&u16::MAX.to_be_bytes());
     vec![
+        lie(
+            "values count",
+            QUERY,
+            values(0x01, "SELECT * FROM ks.t WHERE k = ?"),
+            PROTOCOL_ERROR,
+        ),
+        lie(
+            "named values count",
+            QUERY,
+            values(0x41, "SELECT * FROM ks.t WHERE k = :k"),
+            PROTOCOL_ERROR,
+        ),
+        lie("batch statement count", BATCH, statements, PROTOCOL_ERROR),
+        lie("batch values count", BATCH, batch_values, PROTOCOL_ERROR),
+        lie(
+            "STARTUP option count",
+            STARTUP,
+            u16::MAX.to_be_bytes().to_vec(),
+            PROTOCOL_ERROR,
+        ),
+        lie(
+            "REGISTER event count",
+            REGISTER,
+            u16::MAX.to_be_bytes().to_vec(),
+            PROTOCOL_ERROR,
+        ),
         lie("list count", QUERY, insert("l", &huge), INVALID),
         lie("set count", QUERY, insert("s", &huge), INVALID),
         lie("map count", QUERY, insert("m", &huge), INVALID),
