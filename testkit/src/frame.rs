@@ -12,6 +12,11 @@ pub(crate) const HEADER_LEN: usize = 9;
 /// Largest frame body accepted (the protocol's limit is 256 MiB).
 pub(crate) const MAX_BODY_LEN: usize = 256 * 1024 * 1024;
 
+/// The most [`split_frame`] reserves ahead of the bytes a frame header
+/// announces: the length is the client's word, and the buffer grows as
+/// the bytes arrive.
+pub(crate) const READ_AHEAD: usize = 64 * 1024;
+
 /// Frame header flag: the body is compressed.
 pub(crate) const FLAG_COMPRESSION: u8 = 0x01;
 /// Frame header flag: tracing requested / tracing id present.
@@ -120,6 +125,10 @@ impl Compression {
         }
     }
 
+    /// Decompresses a request body. The uncompressed length the body
+    /// announces sizes the output buffer, so it is checked first against
+    /// what its compressed bytes can hold at most (and the protocol's
+    /// 256 MiB).
     pub(crate) fn decompress(self, body: &[u8]) -> Result<Vec<u8>, ProtocolError> {
         match self {
             Compression::None => Ok(body.to_vec()),
@@ -130,15 +139,19 @@ impl Compression {
                     ));
                 }
                 let len = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
-                if len > MAX_BODY_LEN {
-                    return Err(ProtocolError::new("lz4 body too large"));
-                }
-                lz4_flex::block::decompress(&body[4..], len)
+                let block = &body[4..];
+                check_expansion("lz4", len, block.len(), LZ4_MAX_EXPANSION)?;
+                lz4_flex::block::decompress(block, len)
                     .map_err(|e| ProtocolError::new(format!("invalid lz4 body: {e}")))
             }
-            Compression::Snappy => snap::raw::Decoder::new()
-                .decompress_vec(body)
-                .map_err(|e| ProtocolError::new(format!("invalid snappy body: {e}"))),
+            Compression::Snappy => {
+                let len = snap::raw::decompress_len(body)
+                    .map_err(|e| ProtocolError::new(format!("invalid snappy body: {e}")))?;
+                check_expansion("snappy", len, body.len(), SNAPPY_MAX_EXPANSION)?;
+                snap::raw::Decoder::new()
+                    .decompress_vec(body)
+                    .map_err(|e| ProtocolError::new(format!("invalid snappy body: {e}")))
+            }
         }
     }
 
@@ -157,6 +170,30 @@ impl Compression {
             }
         }
     }
+}
+
+/// The most an LZ4 block expands: a match-length byte adds at most 255
+/// bytes of output, every other byte less.
+const LZ4_MAX_EXPANSION: usize = 255;
+/// The most a Snappy block expands: a 3-byte copy writes at most 64
+/// bytes (21.3x); 32 leaves room.
+const SNAPPY_MAX_EXPANSION: usize = 32;
+
+/// Refuses an announced uncompressed length that `compressed` bytes cannot
+/// produce, or that is over the protocol's limit.
+fn check_expansion(
+    name: &str,
+    len: usize,
+    compressed: usize,
+    max_expansion: usize,
+) -> Result<(), ProtocolError> {
+    let most = compressed.saturating_mul(max_expansion).min(MAX_BODY_LEN);
+    if len > most {
+        return Err(ProtocolError::new(format!(
+            "{name} body announces {len} bytes uncompressed, but its {compressed} compressed bytes hold at most {most}"
+        )));
+    }
+    Ok(())
 }
 
 /// A malformed frame or body. Answered with a PROTOCOL_ERROR.
@@ -564,7 +601,7 @@ pub(crate) fn split_frame(buf: &mut BytesMut, max_body: usize) -> Split {
         return Split::TooLarge(header);
     }
     if buf.len() < HEADER_LEN + header.length {
-        buf.reserve(HEADER_LEN + header.length - buf.len());
+        buf.reserve((HEADER_LEN + header.length - buf.len()).min(READ_AHEAD));
         return Split::Partial;
     }
     buf.advance(HEADER_LEN);
@@ -603,6 +640,56 @@ mod tests {
         assert_eq!(h.opcode, 5);
         assert_eq!(&body[..], &[0xAA, 0xBB]);
         assert_eq!(&buf[..], &[4]);
+    }
+
+    #[test]
+    fn split_frame_does_not_reserve_what_a_header_announces() {
+        // a header announcing 200 MiB, then 3 bytes of it
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[4, 0, 0, 1, 7]);
+        buf.extend_from_slice(&(200u32 << 20).to_be_bytes());
+        buf.extend_from_slice(&[1, 2, 3]);
+        assert!(matches!(
+            split_frame(&mut buf, MAX_BODY_LEN),
+            Split::Partial
+        ));
+        assert!(buf.capacity() <= 2 * READ_AHEAD, "{}", buf.capacity());
+        // the body arrives in pieces and the frame is whole in the end
+        let body: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[4, 0, 0, 1, 7]);
+        buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        for chunk in body.chunks(50_000) {
+            assert!(matches!(
+                split_frame(&mut buf, MAX_BODY_LEN),
+                Split::Partial
+            ));
+            buf.extend_from_slice(chunk);
+        }
+        let Split::Frame(_, got) = split_frame(&mut buf, MAX_BODY_LEN) else {
+            panic!("a whole frame")
+        };
+        assert_eq!(&got[..], &body[..]);
+    }
+
+    #[test]
+    fn a_compressed_body_cannot_announce_more_than_it_can_hold() {
+        let e = Compression::Lz4
+            .decompress(&[0x0F, 0xFF, 0xFF, 0xFF, 0])
+            .unwrap_err();
+        assert!(e.0.contains("268435455 bytes"), "{}", e.0);
+        let e = Compression::Snappy
+            .decompress(&[0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 0x00, 0x61])
+            .unwrap_err();
+        assert!(e.0.contains("4294967295 bytes"), "{}", e.0);
+        // the most any real block expands still decompresses
+        let zeros = vec![0u8; 1 << 20];
+        for c in [Compression::Lz4, Compression::Snappy] {
+            let mut out = Vec::new();
+            c.compress(&zeros, &mut out);
+            assert_eq!(c.decompress(&out).unwrap(), zeros, "{c:?}");
+        }
+        assert_eq!(Compression::Lz4.decompress(&[0, 0, 0, 0, 0]).unwrap(), b"");
     }
 
     #[test]

@@ -185,7 +185,21 @@ fn lies() -> Vec<Lie> {
     let mut batch_values = vec![1u8, 0, 1, 0];
     batch_values.extend(long_string("INSERT INTO ks.t (k) VALUES (?)"));
     batch_values.extend_from_slice(&u16::MAX.to_be_bytes());
+    // LZ4: 256 MiB announced for a one-byte block
+    let mut lz4 = 0x0FFF_FFFFu32.to_be_bytes().to_vec();
+    lz4.push(0);
+    // Snappy: a varint length of u32::MAX, then one literal byte
+    let snappy = vec![0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 0x00, 0x61];
+    let compressed = |what, compression, body| Lie {
+        what,
+        compression: Some(compression),
+        opcode: QUERY,
+        body,
+        code: None,
+    };
     vec![
+        compressed("LZ4 uncompressed length", "lz4", lz4),
+        compressed("Snappy uncompressed length", "snappy", snappy),
         lie(
             "values count",
             QUERY,
