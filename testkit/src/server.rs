@@ -438,8 +438,29 @@ fn register(conn: &mut ConnState, r: &mut Reader<'_>) -> Result<(), ServerError>
     Ok(())
 }
 
+/// How a request executed under an after-apply fault is answered.
+enum AfterApply {
+    /// With this error.
+    Error(ServerError),
+    /// By closing the connection.
+    Close,
+}
+
+impl AfterApply {
+    /// Answers in place of the request's result; the flow to go on with.
+    fn answer(self, conn: &ConnState, stream: i16, out: &mut BytesMut) -> Flow {
+        match self {
+            AfterApply::Error(err) => {
+                write_error(out, stream, &err, conn.compression);
+                Flow::Continue
+            }
+            AfterApply::Close => Flow::Close,
+        }
+    }
+}
+
 /// Writes the frame for an outcome (or error), honouring a fault decided to
-/// answer after applying.
+/// answer after applying; returns the flow to go on with.
 #[allow(clippy::too_many_arguments)]
 fn respond(
     conn: &mut ConnState,
@@ -447,19 +468,18 @@ fn respond(
     out: &mut BytesMut,
     result: Result<Outcome, ServerError>,
     skip_metadata: bool,
-    after: Option<ServerError>,
+    after: Option<AfterApply>,
     tracing: bool,
-) {
+) -> Flow {
     let compression = conn.compression;
-    if let Some(err) = after {
-        write_error(out, stream, &err, compression);
-        return;
+    if let Some(after) = after {
+        return after.answer(conn, stream, out);
     }
     let outcome = match result {
         Ok(o) => o,
         Err(e) => {
             write_error(out, stream, &e, compression);
-            return;
+            return Flow::Continue;
         }
     };
     let w = FrameWriter::begin(
@@ -485,10 +505,11 @@ fn respond(
         }
     }
     w.finish(out, compression);
+    Flow::Continue
 }
 
 /// Applies the pre-execution part of a fault decision. Returns the flow to
-/// stop with, or the error to answer after executing.
+/// stop with, or how to answer after executing.
 fn pre_execute(
     decision: Decision,
     conn: &ConnState,
@@ -496,7 +517,7 @@ fn pre_execute(
     out: &mut BytesMut,
     consistency: u16,
     id: Option<&[u8]>,
-) -> Result<Option<ServerError>, Flow> {
+) -> Result<Option<AfterApply>, Flow> {
     if !decision.delay.is_zero() {
         return Err(Flow::Defer {
             delay: decision.delay,
@@ -514,7 +535,10 @@ fn pre_execute(
             );
             Err(Flow::Continue)
         }
-        Some(FaultAction::ErrorAfterApply(e)) => Ok(Some(e.to_server_error(consistency, id))),
+        Some(FaultAction::ErrorAfterApply(e)) => {
+            Ok(Some(AfterApply::Error(e.to_server_error(consistency, id))))
+        }
+        Some(FaultAction::CloseConnectionAfterApply) => Ok(Some(AfterApply::Close)),
         Some(FaultAction::NoResponse) => Err(Flow::Continue),
         Some(FaultAction::CloseConnection) => Err(Flow::Close),
         Some(FaultAction::Delay(_)) => Ok(None),
@@ -602,8 +626,7 @@ fn query(
             &stats,
         )
     });
-    respond(conn, stream, out, result, false, after, tracing);
-    Flow::Continue
+    respond(conn, stream, out, result, false, after, tracing)
 }
 
 fn prepare(
@@ -633,9 +656,8 @@ fn prepare(
         keyspace: conn.keyspace.as_deref(),
     };
     let prepared = try_or_answer!(prepared_for(node, &ctx, text), conn, stream, out);
-    if let Some(err) = after {
-        write_error(out, stream, &err, conn.compression);
-        return Flow::Continue;
+    if let Some(after) = after {
+        return after.answer(conn, stream, out);
     }
     let w = FrameWriter::begin(
         out,
@@ -731,8 +753,7 @@ fn execute(
             )
         });
     let skip = params.skip_metadata && prepared.select.is_some();
-    respond(conn, stream, out, result, skip, after, tracing);
-    Flow::Continue
+    respond(conn, stream, out, result, skip, after, tracing)
 }
 
 fn batch(
@@ -825,8 +846,7 @@ fn batch(
         timestamp: req.timestamp,
     };
     let result = exec::execute_batch(&ctx, req.kind, &items, &opts);
-    respond(conn, stream, out, result, false, after, tracing);
-    Flow::Continue
+    respond(conn, stream, out, result, false, after, tracing)
 }
 
 /// Marks node `index` up or down and tells the other nodes' listeners.
