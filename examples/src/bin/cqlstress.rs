@@ -416,6 +416,10 @@ async fn run(a: Args, faults: Vec<FaultSpec>, otlp: Option<OtlpExporter>) -> Res
     }
     let mut last_ops = 0u64;
     let mut interrupted = false;
+    // One Ctrl-C listener for the whole run, in place from the first tick
+    // on: a new one per tick misses a signal that comes between two ticks.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -424,7 +428,7 @@ async fn run(a: Args, faults: Vec<FaultSpec>, otlp: Option<OtlpExporter>) -> Res
         let tick = (deadline - now).min(Duration::from_secs(1));
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
-            _ = tokio::signal::ctrl_c() => { interrupted = true; break; }
+            _ = &mut ctrl_c => { interrupted = true; break; }
         }
         if !a.json {
             let s = memory.snapshot();
