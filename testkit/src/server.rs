@@ -19,14 +19,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::compression::Compression;
 use crate::cql::Parsed;
 use crate::db::{Database, Event};
 use crate::error::ServerError;
 use crate::exec::{self, BatchItem, Ctx, Options, Outcome, Prepared, Values};
 use crate::fault::{Decision, FaultAction, Target};
 use crate::frame::{
-    self, BatchEntry, BatchRequest, Compression, FLAG_CUSTOM_PAYLOAD, FLAG_TRACING, FrameWriter,
-    Header, Opcode, QueryParams, Reader, Split, WriteExt,
+    self, BatchEntry, BatchRequest, FLAG_CUSTOM_PAYLOAD, FLAG_TRACING, FrameWriter, Header, Opcode,
+    QueryParams, Reader, Split, WriteExt,
 };
 
 /// One node: its index in the cluster and its prepared-statement cache.
