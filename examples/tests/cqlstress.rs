@@ -140,6 +140,55 @@ fn a_run_with_faults_retries_and_never_applies_a_write_twice() {
     );
 }
 
+/// A run whose non-idempotent writes are applied, then failed with
+/// `kind` (`--fault {kind}_after_apply=0.05`): each one the server
+/// injected reaches the client as an error (the write may have happened,
+/// so it is not retried), and none is applied twice.
+fn applied_then_failed_writes_are_never_retried(kind: &str) {
+    let fault = format!("{kind}_after_apply=0.05");
+    let out = cqlstress(&[
+        "--duration",
+        "2",
+        "--concurrency",
+        "8",
+        "--nodes",
+        "2",
+        "--read-ratio",
+        "0.5",
+        "--fault",
+        &fault,
+        "--non-idempotent-writes",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{fault}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let injected = v["injected"][format!("{kind}_after_apply")]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{fault}: no injected count: {v}"));
+    assert!(injected > 0, "{fault}: the fault fired: {v}");
+    assert_eq!(v["duplicate_writes"].as_u64(), Some(0), "{fault}: {v}");
+    assert_eq!(
+        v["errors"][kind].as_u64().unwrap_or(0),
+        injected,
+        "{fault}: every applied-then-failed write is an error, none retried: {v}"
+    );
+}
+
+#[test]
+fn overloaded_after_apply_is_not_retried_for_non_idempotent_writes() {
+    applied_then_failed_writes_are_never_retried("overloaded");
+}
+
+#[test]
+fn server_error_after_apply_is_not_retried_for_non_idempotent_writes() {
+    applied_then_failed_writes_are_never_retried("server_error");
+}
+
 /// cqlstress with the `OTEL_*` variables of the test's environment removed.
 fn cqlstress_clean_env(args: &[String]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cqlstress"));

@@ -226,8 +226,13 @@ impl Counters {
         }
     }
 
+    /// Zeroes every counter. The per-statement entries stay (zeroed):
+    /// prepared statements hold theirs from PREPARE on.
     pub(crate) fn reset(&self) {
-        self.statements.write().expect("counters lock").clear();
+        for s in self.statements.read().expect("counters lock").values() {
+            s.executions.store(0, Ordering::Relaxed);
+            s.applied.store(0, Ordering::Relaxed);
+        }
         for s in &self.writes {
             s.lock().expect("counters lock").clear();
         }
@@ -264,5 +269,24 @@ impl Database {
     pub(crate) fn publish(&self, origin: usize, event: Event) {
         // No receivers is fine: nobody registered.
         let _ = self.events.send((origin, event));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_keeps_the_counters_prepared_statements_hold() {
+        let counters = Counters::default();
+        // a prepared statement takes its stats once, at PREPARE
+        let held = counters.statement("UPDATE ks.t SET n = n + 1 WHERE k = ?");
+        held.executions.fetch_add(3, Ordering::Relaxed);
+        counters.reset();
+        held.executions.fetch_add(1, Ordering::Relaxed);
+        let seen = counters
+            .get("UPDATE ks.t SET n = n + 1 WHERE k = ?")
+            .map(|s| s.executions.load(Ordering::Relaxed));
+        assert_eq!(seen, Some(1));
     }
 }

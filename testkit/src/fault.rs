@@ -16,7 +16,11 @@
 //! // Writes are applied, then answered with a WriteTimeout, as a real
 //! // cluster does when a coordinator gives up on slow replicas.
 //! let applied_then_timeout = Fault::write_timeout_after_apply().matching("INSERT INTO ks.events");
-//! # let _ = (overloaded, slow, applied_then_timeout);
+//! // Or applied, then answered with any error, or with a closed connection:
+//! // the client sees a failure, the write happened.
+//! let applied_then_overloaded = Fault::error_after_apply(InjectedError::Overloaded).probability(0.01);
+//! let applied_then_closed = Fault::close_connection_after_apply().table("ks", "events").times(1);
+//! # let _ = (overloaded, slow, applied_then_timeout, applied_then_overloaded, applied_then_closed);
 //! ```
 
 use std::sync::Arc;
@@ -157,6 +161,9 @@ pub enum FaultAction {
     Error(InjectedError),
     /// Execute (apply the write), then answer with an error.
     ErrorAfterApply(InjectedError),
+    /// Execute (apply the write), then close the connection without
+    /// answering.
+    CloseConnectionAfterApply,
     /// Execute after this delay (the connection keeps serving others).
     Delay(Duration),
     /// Never answer.
@@ -212,11 +219,29 @@ impl Fault {
 
     /// Apply the write, then answer with a `WriteTimeout` (write type
     /// SIMPLE): the applied-then-failed write a retry must not repeat.
+    /// Shorthand for `error_after_apply(InjectedError::WriteTimeout(WriteType::Simple))`.
     pub fn write_timeout_after_apply() -> Fault {
-        Fault::new(FaultAction::ErrorAfterApply(InjectedError::WriteTimeout(
-            WriteType::Simple,
-        )))
-        .writes()
+        Fault::error_after_apply(InjectedError::WriteTimeout(WriteType::Simple))
+    }
+
+    /// Apply the write, then answer with `error`: the client sees
+    /// `Overloaded`, `ServerError`, a `WriteTimeout` …, yet the write
+    /// happened, so a retry of a non-idempotent write applies it twice
+    /// (the [counters](crate::ExecutionCounters::duplicate_writes) show it).
+    ///
+    /// Matches writes only (INSERT, UPDATE, DELETE, BATCH); narrow it
+    /// further with the matcher methods.
+    pub fn error_after_apply(error: InjectedError) -> Fault {
+        Fault::new(FaultAction::ErrorAfterApply(error)).writes()
+    }
+
+    /// Apply the write, then close the connection without answering: the
+    /// client sees a broken connection and cannot know the write happened.
+    ///
+    /// Matches writes only (INSERT, UPDATE, DELETE, BATCH); narrow it
+    /// further with the matcher methods.
+    pub fn close_connection_after_apply() -> Fault {
+        Fault::new(FaultAction::CloseConnectionAfterApply).writes()
     }
 
     /// Delay the request by `delay`, then execute it.
@@ -472,6 +497,33 @@ mod tests {
         assert_eq!(d.action, Some(FaultAction::NoResponse));
         let d = faults.decide(&target("UPDATE"));
         assert_eq!(d.action, None);
+    }
+
+    #[test]
+    fn after_apply_builders_match_writes_only() {
+        let wt = Fault::write_timeout_after_apply();
+        assert_eq!(
+            wt.action,
+            FaultAction::ErrorAfterApply(InjectedError::WriteTimeout(WriteType::Simple))
+        );
+        for f in [
+            wt,
+            Fault::error_after_apply(InjectedError::Overloaded),
+            Fault::close_connection_after_apply(),
+        ] {
+            assert_eq!(f.kind, Some(StatementKind::Write), "{f:?}");
+        }
+        let faults = Faults::default();
+        faults.add(Fault::close_connection_after_apply());
+        assert_eq!(faults.decide(&target("SELECT")).action, None);
+        let write = Target {
+            kind: Some(StatementKind::Write),
+            ..target("UPDATE")
+        };
+        assert_eq!(
+            faults.decide(&write).action,
+            Some(FaultAction::CloseConnectionAfterApply)
+        );
     }
 
     #[test]

@@ -7,10 +7,17 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::compression::Compression;
+
 /// Length of a v3/v4/v5 frame header.
 pub(crate) const HEADER_LEN: usize = 9;
 /// Largest frame body accepted (the protocol's limit is 256 MiB).
 pub(crate) const MAX_BODY_LEN: usize = 256 * 1024 * 1024;
+
+/// The most [`split_frame`] reserves ahead of the bytes a frame header
+/// announces: the length is the client's word, and the buffer grows as
+/// the bytes arrive.
+pub(crate) const READ_AHEAD: usize = 64 * 1024;
 
 /// Frame header flag: the body is compressed.
 pub(crate) const FLAG_COMPRESSION: u8 = 0x01;
@@ -103,62 +110,6 @@ impl Opcode {
     }
 }
 
-/// The compression negotiated in STARTUP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Compression {
-    None,
-    Lz4,
-    Snappy,
-}
-
-impl Compression {
-    pub(crate) fn from_name(name: &str) -> Option<Compression> {
-        match name.to_ascii_lowercase().as_str() {
-            "lz4" => Some(Compression::Lz4),
-            "snappy" => Some(Compression::Snappy),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn decompress(self, body: &[u8]) -> Result<Vec<u8>, ProtocolError> {
-        match self {
-            Compression::None => Ok(body.to_vec()),
-            Compression::Lz4 => {
-                if body.len() < 4 {
-                    return Err(ProtocolError::new(
-                        "lz4 body shorter than its length prefix",
-                    ));
-                }
-                let len = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
-                if len > MAX_BODY_LEN {
-                    return Err(ProtocolError::new("lz4 body too large"));
-                }
-                lz4_flex::block::decompress(&body[4..], len)
-                    .map_err(|e| ProtocolError::new(format!("invalid lz4 body: {e}")))
-            }
-            Compression::Snappy => snap::raw::Decoder::new()
-                .decompress_vec(body)
-                .map_err(|e| ProtocolError::new(format!("invalid snappy body: {e}"))),
-        }
-    }
-
-    pub(crate) fn compress(self, body: &[u8], out: &mut Vec<u8>) {
-        match self {
-            Compression::None => out.extend_from_slice(body),
-            Compression::Lz4 => {
-                out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-                out.extend_from_slice(&lz4_flex::block::compress(body));
-            }
-            Compression::Snappy => {
-                let compressed = snap::raw::Encoder::new()
-                    .compress_vec(body)
-                    .expect("snappy compression of an in-memory buffer cannot fail");
-                out.extend_from_slice(&compressed);
-            }
-        }
-    }
-}
-
 /// A malformed frame or body. Answered with a PROTOCOL_ERROR.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ProtocolError(pub(crate) String);
@@ -208,6 +159,25 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn remaining(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Checks a count read from the body before it sizes anything: `n`
+    /// items of at least `min_len` bytes each must fit in the bytes left.
+    /// No count a client sends is trusted further than its bytes go.
+    pub(crate) fn count(
+        &self,
+        n: usize,
+        min_len: usize,
+        what: &str,
+    ) -> Result<usize, ProtocolError> {
+        let fit = self.buf.len() / min_len.max(1);
+        if n > fit {
+            return Err(ProtocolError::new(format!(
+                "{n} {what} announced, but the {} bytes that follow hold at most {fit}",
+                self.buf.len()
+            )));
+        }
+        Ok(n)
     }
 
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
@@ -279,7 +249,9 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn string_map(&mut self) -> Result<Vec<(&'a str, &'a str)>, ProtocolError> {
+        // an entry is at least two empty [string]s
         let n = self.short()?;
+        let n = self.count(usize::from(n), 4, "[string map] entries")?;
         (0..n)
             .map(|_| Ok((self.string()?, self.string()?)))
             .collect()
@@ -287,6 +259,7 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn string_list(&mut self) -> Result<Vec<&'a str>, ProtocolError> {
         let n = self.short()?;
+        let n = self.count(usize::from(n), 2, "[string list] items")?;
         (0..n).map(|_| self.string()).collect()
     }
 }
@@ -325,9 +298,12 @@ impl<'a> QueryParams<'a> {
             ..QueryParams::default()
         };
         if flags & 0x01 != 0 {
-            let n = r.short()? as usize;
+            let named = flags & 0x40 != 0;
+            // a value is at least its 4-byte length, a name its 2-byte one
+            let n = r.short()?;
+            let n = r.count(usize::from(n), if named { 6 } else { 4 }, "values")?;
             params.values.reserve_exact(n);
-            if flags & 0x40 != 0 {
+            if named {
                 let mut names = Vec::with_capacity(n);
                 for _ in 0..n {
                     names.push(r.string()?);
@@ -379,7 +355,9 @@ impl<'a> BatchRequest<'a> {
         if kind > 2 {
             return Err(ProtocolError::new(format!("unknown batch type {kind}")));
         }
-        let n = r.short()? as usize;
+        // a statement is at least its kind, an empty id and a values count
+        let n = r.short()?;
+        let n = r.count(usize::from(n), 5, "batch statements")?;
         let mut entries = Vec::with_capacity(n);
         for _ in 0..n {
             let entry_kind = r.byte()?;
@@ -423,7 +401,8 @@ impl<'a> BatchRequest<'a> {
 }
 
 fn read_values<'a>(r: &mut Reader<'a>) -> Result<Vec<Value<'a>>, ProtocolError> {
-    let n = r.short()? as usize;
+    let n = r.short()?;
+    let n = r.count(usize::from(n), 4, "values")?;
     let mut values = Vec::with_capacity(n);
     for _ in 0..n {
         values.push(r.value()?);
@@ -536,7 +515,7 @@ pub(crate) fn split_frame(buf: &mut BytesMut, max_body: usize) -> Split {
         return Split::TooLarge(header);
     }
     if buf.len() < HEADER_LEN + header.length {
-        buf.reserve(HEADER_LEN + header.length - buf.len());
+        buf.reserve((HEADER_LEN + header.length - buf.len()).min(READ_AHEAD));
         return Split::Partial;
     }
     buf.advance(HEADER_LEN);
@@ -547,20 +526,6 @@ pub(crate) fn split_frame(buf: &mut BytesMut, max_body: usize) -> Split {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lz4_and_snappy_round_trip() {
-        let body: Vec<u8> = (0..10_000u32)
-            .flat_map(|i| (i % 97).to_be_bytes())
-            .collect();
-        for c in [Compression::Lz4, Compression::Snappy] {
-            let mut out = Vec::new();
-            c.compress(&body, &mut out);
-            assert!(out.len() < body.len());
-            assert_eq!(c.decompress(&out).unwrap(), body);
-        }
-        assert!(Compression::Lz4.decompress(&[0, 0]).is_err());
-    }
 
     #[test]
     fn split_frame_waits_for_whole_frame() {
@@ -575,6 +540,36 @@ mod tests {
         assert_eq!(h.opcode, 5);
         assert_eq!(&body[..], &[0xAA, 0xBB]);
         assert_eq!(&buf[..], &[4]);
+    }
+
+    #[test]
+    fn split_frame_does_not_reserve_what_a_header_announces() {
+        // a header announcing 200 MiB, then 3 bytes of it
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[4, 0, 0, 1, 7]);
+        buf.extend_from_slice(&(200u32 << 20).to_be_bytes());
+        buf.extend_from_slice(&[1, 2, 3]);
+        assert!(matches!(
+            split_frame(&mut buf, MAX_BODY_LEN),
+            Split::Partial
+        ));
+        assert!(buf.capacity() <= 2 * READ_AHEAD, "{}", buf.capacity());
+        // the body arrives in pieces and the frame is whole in the end
+        let body: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[4, 0, 0, 1, 7]);
+        buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        for chunk in body.chunks(50_000) {
+            assert!(matches!(
+                split_frame(&mut buf, MAX_BODY_LEN),
+                Split::Partial
+            ));
+            buf.extend_from_slice(chunk);
+        }
+        let Split::Frame(_, got) = split_frame(&mut buf, MAX_BODY_LEN) else {
+            panic!("a whole frame")
+        };
+        assert_eq!(&got[..], &body[..]);
     }
 
     #[test]
@@ -624,6 +619,35 @@ mod tests {
         assert_eq!(p.serial_consistency, Some(8));
         assert_eq!(p.timestamp, Some(42));
         assert_eq!(r.remaining(), 0);
+    }
+
+    #[test]
+    fn counts_are_checked_against_the_bytes_that_follow() {
+        let mut b = BytesMut::new();
+        b.put_u16(1);
+        b.put_u8(0x01);
+        b.put_u16(3);
+        b.put_value(Some(&[1]));
+        b.put_value(None);
+        let e = QueryParams::read(&mut Reader::new(&b)).unwrap_err();
+        assert_eq!(
+            e.0,
+            "3 values announced, but the 9 bytes that follow hold at most 2"
+        );
+        let e = BatchRequest::read(&mut Reader::new(&[0, 0xFF, 0xFF, 0, 1])).unwrap_err();
+        assert!(
+            e.0.starts_with("65535 batch statements announced"),
+            "{}",
+            e.0
+        );
+        let e = Reader::new(&[0, 2, 0, 0]).string_list().unwrap_err();
+        assert!(e.0.starts_with("2 [string list] items"), "{}", e.0);
+        assert_eq!(
+            Reader::new(&[0, 2, 0, 0, 0, 0]).string_list().unwrap(),
+            ["", ""]
+        );
+        let e = Reader::new(&[0, 1, 0, 0]).string_map().unwrap_err();
+        assert!(e.0.starts_with("1 [string map] entries"), "{}", e.0);
     }
 
     #[test]

@@ -74,6 +74,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+mod compression;
 pub mod cql;
 mod db;
 mod error;

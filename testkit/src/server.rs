@@ -19,14 +19,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::compression::Compression;
 use crate::cql::Parsed;
 use crate::db::{Database, Event};
 use crate::error::ServerError;
 use crate::exec::{self, BatchItem, Ctx, Options, Outcome, Prepared, Values};
 use crate::fault::{Decision, FaultAction, Target};
 use crate::frame::{
-    self, BatchEntry, BatchRequest, Compression, FLAG_CUSTOM_PAYLOAD, FLAG_TRACING, FrameWriter,
-    Header, Opcode, QueryParams, Reader, Split, WriteExt,
+    self, BatchEntry, BatchRequest, FLAG_CUSTOM_PAYLOAD, FLAG_TRACING, FrameWriter, Header, Opcode,
+    QueryParams, Reader, Split, WriteExt,
 };
 
 /// One node: its index in the cluster and its prepared-statement cache.
@@ -438,8 +439,29 @@ fn register(conn: &mut ConnState, r: &mut Reader<'_>) -> Result<(), ServerError>
     Ok(())
 }
 
+/// How a request executed under an after-apply fault is answered.
+enum AfterApply {
+    /// With this error.
+    Error(ServerError),
+    /// By closing the connection.
+    Close,
+}
+
+impl AfterApply {
+    /// Answers in place of the request's result; the flow to go on with.
+    fn answer(self, conn: &ConnState, stream: i16, out: &mut BytesMut) -> Flow {
+        match self {
+            AfterApply::Error(err) => {
+                write_error(out, stream, &err, conn.compression);
+                Flow::Continue
+            }
+            AfterApply::Close => Flow::Close,
+        }
+    }
+}
+
 /// Writes the frame for an outcome (or error), honouring a fault decided to
-/// answer after applying.
+/// answer after applying; returns the flow to go on with.
 #[allow(clippy::too_many_arguments)]
 fn respond(
     conn: &mut ConnState,
@@ -447,19 +469,18 @@ fn respond(
     out: &mut BytesMut,
     result: Result<Outcome, ServerError>,
     skip_metadata: bool,
-    after: Option<ServerError>,
+    after: Option<AfterApply>,
     tracing: bool,
-) {
+) -> Flow {
     let compression = conn.compression;
-    if let Some(err) = after {
-        write_error(out, stream, &err, compression);
-        return;
+    if let Some(after) = after {
+        return after.answer(conn, stream, out);
     }
     let outcome = match result {
         Ok(o) => o,
         Err(e) => {
             write_error(out, stream, &e, compression);
-            return;
+            return Flow::Continue;
         }
     };
     let w = FrameWriter::begin(
@@ -485,10 +506,11 @@ fn respond(
         }
     }
     w.finish(out, compression);
+    Flow::Continue
 }
 
 /// Applies the pre-execution part of a fault decision. Returns the flow to
-/// stop with, or the error to answer after executing.
+/// stop with, or how to answer after executing.
 fn pre_execute(
     decision: Decision,
     conn: &ConnState,
@@ -496,7 +518,7 @@ fn pre_execute(
     out: &mut BytesMut,
     consistency: u16,
     id: Option<&[u8]>,
-) -> Result<Option<ServerError>, Flow> {
+) -> Result<Option<AfterApply>, Flow> {
     if !decision.delay.is_zero() {
         return Err(Flow::Defer {
             delay: decision.delay,
@@ -514,7 +536,10 @@ fn pre_execute(
             );
             Err(Flow::Continue)
         }
-        Some(FaultAction::ErrorAfterApply(e)) => Ok(Some(e.to_server_error(consistency, id))),
+        Some(FaultAction::ErrorAfterApply(e)) => {
+            Ok(Some(AfterApply::Error(e.to_server_error(consistency, id))))
+        }
+        Some(FaultAction::CloseConnectionAfterApply) => Ok(Some(AfterApply::Close)),
         Some(FaultAction::NoResponse) => Err(Flow::Continue),
         Some(FaultAction::CloseConnection) => Err(Flow::Close),
         Some(FaultAction::Delay(_)) => Ok(None),
@@ -602,8 +627,7 @@ fn query(
             &stats,
         )
     });
-    respond(conn, stream, out, result, false, after, tracing);
-    Flow::Continue
+    respond(conn, stream, out, result, false, after, tracing)
 }
 
 fn prepare(
@@ -633,9 +657,8 @@ fn prepare(
         keyspace: conn.keyspace.as_deref(),
     };
     let prepared = try_or_answer!(prepared_for(node, &ctx, text), conn, stream, out);
-    if let Some(err) = after {
-        write_error(out, stream, &err, conn.compression);
-        return Flow::Continue;
+    if let Some(after) = after {
+        return after.answer(conn, stream, out);
     }
     let w = FrameWriter::begin(
         out,
@@ -731,8 +754,7 @@ fn execute(
             )
         });
     let skip = params.skip_metadata && prepared.select.is_some();
-    respond(conn, stream, out, result, skip, after, tracing);
-    Flow::Continue
+    respond(conn, stream, out, result, skip, after, tracing)
 }
 
 fn batch(
@@ -825,8 +847,7 @@ fn batch(
         timestamp: req.timestamp,
     };
     let result = exec::execute_batch(&ctx, req.kind, &items, &opts);
-    respond(conn, stream, out, result, false, after, tracing);
-    Flow::Continue
+    respond(conn, stream, out, result, false, after, tracing)
 }
 
 /// Marks node `index` up or down and tells the other nodes' listeners.
@@ -891,10 +912,12 @@ pub mod fuzzing {
     }
 
     impl Harness {
-        /// A fresh one-node database with a 64 KiB frame limit.
+        /// A fresh one-node database with a 64 KiB frame limit; the node is
+        /// up, so statements run against the store.
         pub fn new() -> Harness {
             let addr = SocketAddr::from(([127, 0, 0, 1], 9042));
             let db = Arc::new(Database::new(Topology::new("fuzz", &[addr], 4, "dc1")));
+            set_running(&db, 0, true);
             Harness {
                 node: Node::new(0, db, 64 * 1024),
                 conn: ConnState {
@@ -912,8 +935,14 @@ pub mod fuzzing {
         /// many bytes the server answered with. After the server closes
         /// the connection, further input is ignored.
         pub fn feed(&mut self, data: &[u8]) -> usize {
+            self.answer(data).len()
+        }
+
+        /// Feeds `data` as [`Harness::feed`] does; returns the frames the
+        /// server answered with, as written to the connection.
+        pub fn answer(&mut self, data: &[u8]) -> BytesMut {
             if self.closed {
-                return 0;
+                return BytesMut::new();
             }
             self.inbuf.extend_from_slice(data);
             let mut out = BytesMut::new();
@@ -944,7 +973,7 @@ pub mod fuzzing {
                     }
                 }
             }
-            out.len()
+            out
         }
     }
 

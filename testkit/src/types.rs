@@ -493,11 +493,9 @@ pub(crate) fn collection_elements(bytes: &[u8]) -> Result<Vec<Option<&[u8]>>, St
         return Ok(Vec::new());
     }
     let mut r = crate::frame::Reader::new(bytes);
-    let n = r.int().map_err(|e| e.0)?;
-    if n < 0 {
-        return Err("negative collection size".into());
-    }
-    let mut out = Vec::with_capacity(n as usize);
+    // each element is at least its 4-byte length
+    let n = element_count(&mut r, 4, "collection elements")?;
+    let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         out.push(r.bytes_opt().map_err(|e| e.0)?);
     }
@@ -505,6 +503,18 @@ pub(crate) fn collection_elements(bytes: &[u8]) -> Result<Vec<Option<&[u8]>>, St
         return Err("Invalid collection value: trailing bytes".into());
     }
     Ok(out)
+}
+
+/// A collection value's element count, checked against its bytes before
+/// it sizes anything.
+fn element_count(
+    r: &mut crate::frame::Reader<'_>,
+    min_len: usize,
+    what: &str,
+) -> Result<usize, String> {
+    let n = r.int().map_err(|e| e.0)?;
+    let n = usize::try_from(n).map_err(|_| format!("negative number of {what}: {n}"))?;
+    r.count(n, min_len, what).map_err(|e| e.0)
 }
 
 /// A map's entries, as (key, value) pairs.
@@ -516,11 +526,9 @@ pub(crate) fn collection_elements_pairs(bytes: &[u8]) -> Result<MapEntries<'_>, 
         return Ok(Vec::new());
     }
     let mut r = crate::frame::Reader::new(bytes);
-    let n = r.int().map_err(|e| e.0)?;
-    if n < 0 {
-        return Err("negative map size".into());
-    }
-    let mut out = Vec::with_capacity(n as usize);
+    // each entry is at least its key's and its value's 4-byte lengths
+    let n = element_count(&mut r, 8, "map entries")?;
+    let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let k = r.bytes_opt().map_err(|e| e.0)?;
         let v = r.bytes_opt().map_err(|e| e.0)?;
@@ -1032,6 +1040,25 @@ mod tests {
         let u = parse_uuid("123e4567-e89b-12d3-a456-426614174000").unwrap();
         assert_eq!(format_uuid(&u), "123e4567-e89b-12d3-a456-426614174000");
         assert_eq!(timeuuid_ts(&new_timeuuid()) >> 56, 0x01);
+    }
+
+    #[test]
+    fn a_collection_count_is_checked_against_its_bytes() {
+        let e = collection_elements(&i32::MAX.to_be_bytes()).unwrap_err();
+        assert!(
+            e.contains("2147483647 collection elements announced"),
+            "{e}"
+        );
+        let mut one = 2i32.to_be_bytes().to_vec();
+        one.extend_from_slice(&[0, 0, 0, 1, 9]);
+        let e = collection_elements(&one).unwrap_err();
+        assert!(e.contains("the 5 bytes that follow hold at most 1"), "{e}");
+        let e = collection_elements_pairs(&3i32.to_be_bytes()).unwrap_err();
+        assert!(e.contains("3 map entries announced"), "{e}");
+        assert!(collection_elements(&(-1i32).to_be_bytes()).is_err());
+        // null elements count as their 4 bytes
+        let nulls = [0, 0, 0, 2, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
+        assert_eq!(collection_elements(&nulls).unwrap(), vec![None, None]);
     }
 
     #[test]

@@ -784,6 +784,11 @@ async fn newer_protocol_versions_get_the_downgrade_error() {
     assert_eq!(header[4], 0x06, "SUPPORTED");
 }
 
+#[path = "driver/after_apply.rs"]
+mod after_apply;
+#[path = "driver/lying_counts.rs"]
+mod lying_counts;
+
 /// A minimal raw protocol client for what the drivers hide.
 mod raw {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

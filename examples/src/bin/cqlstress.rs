@@ -67,7 +67,9 @@ struct Args {
     #[arg(long)]
     non_idempotent_writes: bool,
     /// Inject a fault (embedded cluster only), repeatable: overloaded=P, unavailable=P,
-    /// read_timeout=P, write_timeout=P (applied, then failed), server_error=P, delay_ms=N, node_down=K.
+    /// read_timeout=P, server_error=P (instead of executing); write_timeout=P,
+    /// overloaded_after_apply=P, server_error_after_apply=P (writes: applied, then failed);
+    /// delay_ms=N, node_down=K.
     #[arg(long = "fault", value_name = "KIND=VALUE")]
     faults: Vec<String>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
@@ -92,7 +94,10 @@ struct Args {
 /// A fault asked for on the command line.
 #[derive(Debug, Clone, PartialEq)]
 enum FaultSpec {
+    /// Answer with the error instead of executing.
     Error(&'static str, InjectedError, f64),
+    /// Apply the write, then answer with the error.
+    ErrorAfterApply(&'static str, InjectedError, f64),
     DelayMs(u64),
     NodeDown(usize),
 }
@@ -115,12 +120,20 @@ fn parse_fault(s: &str) -> Result<FaultSpec, String> {
         "overloaded" => FaultSpec::Error("overloaded", InjectedError::Overloaded, prob()?),
         "unavailable" => FaultSpec::Error("unavailable", InjectedError::Unavailable, prob()?),
         "read_timeout" => FaultSpec::Error("read_timeout", InjectedError::ReadTimeout, prob()?),
-        "write_timeout" => FaultSpec::Error(
+        "write_timeout" => FaultSpec::ErrorAfterApply(
             "write_timeout",
             InjectedError::WriteTimeout(WriteType::Simple),
             prob()?,
         ),
         "server_error" => FaultSpec::Error("server_error", InjectedError::ServerError, prob()?),
+        "overloaded_after_apply" => {
+            FaultSpec::ErrorAfterApply("overloaded_after_apply", InjectedError::Overloaded, prob()?)
+        }
+        "server_error_after_apply" => FaultSpec::ErrorAfterApply(
+            "server_error_after_apply",
+            InjectedError::ServerError,
+            prob()?,
+        ),
         "delay_ms" => FaultSpec::DelayMs(
             value
                 .parse()
@@ -133,7 +146,7 @@ fn parse_fault(s: &str) -> Result<FaultSpec, String> {
         ),
         other => {
             return Err(format!(
-                "--fault {s}: unknown kind {other:?}; use overloaded, unavailable, read_timeout, write_timeout, server_error, delay_ms or node_down"
+                "--fault {s}: unknown kind {other:?}; use overloaded, unavailable, read_timeout, server_error, write_timeout, overloaded_after_apply, server_error_after_apply, delay_ms or node_down"
             ));
         }
     })
@@ -316,10 +329,10 @@ async fn run(a: Args, faults: Vec<FaultSpec>, otlp: Option<OtlpExporter>) -> Res
     if let Some(c) = &cluster {
         for f in &faults {
             match f {
-                FaultSpec::Error(name, e, p) => {
-                    let fault = match e {
-                        InjectedError::WriteTimeout(_) => Fault::write_timeout_after_apply(),
-                        InjectedError::ReadTimeout => Fault::error(*e).reads(),
+                FaultSpec::Error(name, e, p) | FaultSpec::ErrorAfterApply(name, e, p) => {
+                    let fault = match f {
+                        FaultSpec::ErrorAfterApply(..) => Fault::error_after_apply(*e),
+                        _ if *e == InjectedError::ReadTimeout => Fault::error(*e).reads(),
                         _ => Fault::error(*e),
                     };
                     injected.push((
@@ -403,6 +416,10 @@ async fn run(a: Args, faults: Vec<FaultSpec>, otlp: Option<OtlpExporter>) -> Res
     }
     let mut last_ops = 0u64;
     let mut interrupted = false;
+    // One Ctrl-C listener for the whole run, in place from the first tick
+    // on: a new one per tick misses a signal that comes between two ticks.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -411,7 +428,7 @@ async fn run(a: Args, faults: Vec<FaultSpec>, otlp: Option<OtlpExporter>) -> Res
         let tick = (deadline - now).min(Duration::from_secs(1));
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
-            _ = tokio::signal::ctrl_c() => { interrupted = true; break; }
+            _ = &mut ctrl_c => { interrupted = true; break; }
         }
         if !a.json {
             let s = memory.snapshot();
