@@ -90,6 +90,7 @@ async fn every_attempt_that_started_is_an_event_with_its_node() {
         .hedge(HedgeConfig {
             delay: HedgeDelay::Fixed(Duration::from_millis(20)),
             max_speculative: 1,
+            ..HedgeConfig::default()
         })
         .timeout(TimeoutConfig {
             per_attempt: Some(Duration::from_millis(150)),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
+use tower_cql_core::cancel::{CancelReason, cancelling};
 use tower_cql_core::{AttemptReason, CqlError, CqlRequest, CqlResponse};
 use tower_service::Service;
 
@@ -268,10 +269,13 @@ where
                             .observe(Observed::Censored, started.elapsed());
                     }
                 }
-                // Cancel the losers now, not when the caller drops us.
-                for slot in slots.iter_mut() {
-                    slot.set(Slot::Empty);
-                }
+                // Cancel the losers now, not when the caller drops us,
+                // telling them why (their attempt events say "lost race").
+                cancelling(CancelReason::LostRace, || {
+                    for slot in slots.iter_mut() {
+                        slot.set(Slot::Empty);
+                    }
+                });
                 *this.running = 0;
                 *this.next_at = None;
                 resp.info_mut().speculative = *this.started - 1;
