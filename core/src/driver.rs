@@ -434,19 +434,6 @@ impl DriverInner {
         }
     }
 
-    /// Resolves the statement to something executable, configured with the
-    /// request's options, preparing it first if it is not cached yet.
-    pub(crate) async fn resolve(
-        &self,
-        req: &CqlRequest,
-        listener: Option<Arc<NodeRecorder>>,
-    ) -> Result<Prepared, CqlError> {
-        match self.resolve_cached(req, &listener) {
-            Some(ready) => Ok(ready),
-            None => self.resolve_uncached(req, listener).await,
-        }
-    }
-
     /// What [`resolve_cached`](Self::resolve_cached) could not resolve:
     /// prepares the statement (and caches it), or builds unprepared text.
     async fn resolve_uncached(
@@ -579,6 +566,13 @@ impl DriverInner {
     ) -> Result<CqlResponse, CqlError> {
         let start = Instant::now();
         if let StatementBody::Batch(batch) = req.statement().body() {
+            if paging_state.is_some() {
+                return Err(CqlError::new(
+                    ErrorKind::BadRequest,
+                    "a batch cannot be paged: execute it with call(), not stream()",
+                )
+                .not_sent());
+            }
             return Box::pin(self.run_batch(req, batch, listener)).await;
         }
         // The common case, a cached prepared statement executed unpaged, is
@@ -716,9 +710,14 @@ impl tower_service::Service<CqlRequest> for DriverService {
         Poll::Ready(Ok(()))
     }
 
+    /// Executes the request: unpaged, or the one page its meta asks for
+    /// ([`RequestMeta::set_page`]).
     fn call(&mut self, req: CqlRequest) -> Self::Future {
         let inner = self.inner.clone();
-        Box::pin(async move { inner.execute(req, None).await.map(|(r, _)| r) })
+        Box::pin(async move {
+            let page = req.meta().paging_state().cloned();
+            inner.execute(req, page).await.map(|(r, _)| r)
+        })
     }
 }
 

@@ -1,4 +1,6 @@
-//! Paging: a `Stream` of typed rows that fetches one page ahead.
+//! Paging: a `Stream` of typed rows whose pages are requests through a
+//! service (the whole stack, or the driver service alone), one page
+//! fetched ahead.
 //!
 //! ```no_run
 //! use futures::TryStreamExt;
@@ -13,156 +15,176 @@
 //! # Ok(()) }
 //! ```
 //!
-//! - Each page is an event ([`PageEvent`]), and the stream reports one
-//!   [`StreamEvent`] when it ends, fails, or is dropped early.
-//! - Memory: the decoded current page plus one page being fetched; the
-//!   next page is requested when the consumer starts on the current one,
-//!   and not before (backpressure).
+//! Through a whole stack, use the stack's own `stream`
+//! (`tower_cql_middleware::stack::Stack::stream`), or [`RowStream::start`]
+//! with any `tower::Service<CqlRequest>`:
+//!
+//! - **Each page is a request** through that service: a clone of the
+//!   stream's request marked with [`RequestMeta::set_page`], so it passes
+//!   the shutdown gate, the limits, the breaker, retry (a failed page of
+//!   an idempotent read is retried with its paging state), the timeout,
+//!   metrics (one request event per page) and tracing (the trace layer
+//!   names a page's span `cql.page`, a child of the stream's `cql.stream`
+//!   span).
+//! - **One page ahead, really**: when a page arrives, the request for the
+//!   next one is sent at once (its future is polled before the first row
+//!   of the page is handed out, and again on every later poll), so it is
+//!   in flight while the consumer reads. Never more than one page beyond
+//!   the current one is held or asked for: memory is the decoded current
+//!   page and one page in flight (backpressure).
+//! - Each page is an event ([`PageEvent`]); the stream reports one
+//!   [`StreamEvent`] when it ends, fails (a page that failed after the
+//!   service's retries; after `close()`, with `ShutDown`) or is dropped.
 //! - A stream has one owner: its counters are plain fields, mutated only
 //!   through `&mut self`, so no row or count can be lost to a race (the
 //!   hazard of the Python wrapper this project replaces).
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
 use futures::future::BoxFuture;
 use scylla::deserialize::row::DeserializeRow;
-use scylla::response::query_result::QueryResult;
 use scylla::response::{PagingState, PagingStateResponse};
+use tower_service::Service;
+use tracing::Instrument;
 
-use crate::driver::{DriverInner, DriverService, Prepared};
-use crate::error::{CqlError, ErrorKind};
+use crate::collector::Collectors;
+use crate::driver::DriverService;
+use crate::error::CqlError;
 use crate::event::{Event, PageEvent, StreamEnd, StreamEvent};
-use crate::request::{CqlRequest, RequestMeta, Values};
+use crate::request::CqlRequest;
+use crate::response::CqlResponse;
 
-type PageResult = Result<(QueryResult, PagingStateResponse, Duration), CqlError>;
+type PageFuture = BoxFuture<'static, Result<CqlResponse, CqlError>>;
 
-/// A stream of rows of type `T`; see the module docs.
-pub struct RowStream<T> {
-    inner: Arc<DriverInner>,
-    stmt: Arc<Prepared>,
-    values: Values,
-    meta: RequestMeta,
+/// The page after the current one.
+enum Next {
+    /// Requested (the index it was asked as), not answered yet.
+    Fetching(PageFuture, Instant),
+    /// Answered, not yet read by the consumer.
+    Ready(Result<CqlResponse, CqlError>, Duration),
+    /// No more pages.
+    End,
+}
+
+/// A stream of rows of type `T`, its pages fetched through `S`; see the
+/// module docs.
+pub struct RowStream<T, S = DriverService> {
+    svc: S,
+    collectors: Collectors,
+    /// The stream's request; each page is a clone of it.
+    request: CqlRequest,
+    span: tracing::Span,
     rows: std::vec::IntoIter<T>,
-    fetching: Option<BoxFuture<'static, PageResult>>,
+    next: Next,
+    /// Pages asked for so far (the index of the next one to ask for).
+    requested: u32,
     pages: u32,
     total_rows: u64,
     started: Instant,
     done: bool,
 }
 
-impl<T> fmt::Debug for RowStream<T> {
+impl<T, S> fmt::Debug for RowStream<T, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RowStream")
             .field("pages", &self.pages)
             .field("rows", &self.total_rows)
             .field("buffered", &self.rows.len())
-            .field("fetching", &self.fetching.is_some())
+            .field("fetching", &matches!(self.next, Next::Fetching(..)))
             .field("done", &self.done)
             .finish()
     }
 }
 
-fn fetch(
-    inner: Arc<DriverInner>,
-    stmt: Arc<Prepared>,
-    values: Values,
-    state: PagingState,
-    meta: &RequestMeta,
-    page: u32,
-) -> BoxFuture<'static, PageResult> {
-    use tracing::Instrument;
-    let span = tracing::info_span!(
-        "cql.page",
-        otel.name = "cql.page",
-        otel.kind = "client",
-        db.system.name = "cassandra",
-        db.query.summary = tracing::field::Empty,
-        cql.page.index = page,
-        db.response.returned_rows = tracing::field::Empty,
-        server.address = tracing::field::Empty,
-        error.type = tracing::field::Empty,
-    );
-    if !span.is_disabled() {
-        span.record(
-            "db.query.summary",
-            tracing::field::display(meta.query_summary()),
-        );
-    }
-    let record = span.clone();
-    Box::pin(
-        async move {
-            let start = Instant::now();
-            let row = values.as_row();
-            let out = match &*stmt {
-                Prepared::Prepared(p) => inner.session.execute_single_page(p, row, state).await,
-                Prepared::Unprepared(s) => {
-                    inner.session.query_single_page(s.clone(), row, state).await
-                }
-            }
-            .map_err(CqlError::from_execution);
-            match &out {
-                Ok((r, _)) => {
-                    record.record(
-                        "server.address",
-                        r.request_coordinator()
-                            .connection_address()
-                            .to_string()
-                            .as_str(),
-                    );
-                    if let Ok(rows) = r.clone().into_rows_result() {
-                        record.record("db.response.returned_rows", rows.rows_num() as u64);
-                    }
-                }
-                Err(e) => {
-                    record.record("error.type", e.kind().as_str());
-                }
-            }
-            let (r, next) = out?;
-            Ok((r, next, start.elapsed()))
-        }
-        .instrument(span),
-    )
-}
-
 impl DriverService {
-    /// Starts a paged read of `req`, decoding rows as `T`. Fails early (no
-    /// stream) when the statement cannot be prepared.
+    /// Starts a paged read of `req` straight through this driver service
+    /// (no other layer), decoding rows as `T`; fails early (no stream)
+    /// when the first page fails. [`RowStream::start`] pages through any
+    /// service, e.g. the whole stack.
     pub async fn stream<T>(&self, req: CqlRequest) -> Result<RowStream<T>, CqlError>
     where
-        T: for<'f, 'm> DeserializeRow<'f, 'm> + Send + 'static,
+        T: for<'f, 'm> DeserializeRow<'f, 'm> + Send + Unpin + 'static,
     {
-        let stmt = Arc::new(self.inner.resolve(&req, None).await?);
-        let values = req.values().clone();
-        let fetching = Some(fetch(
-            self.inner.clone(),
-            stmt.clone(),
-            values.clone(),
-            PagingState::start(),
-            req.meta(),
-            0,
-        ));
-        Ok(RowStream {
-            inner: self.inner.clone(),
-            stmt,
-            values,
-            meta: req.meta().clone(),
+        RowStream::start(self.clone(), self.collectors().clone(), req).await
+    }
+}
+
+impl<T, S> RowStream<T, S>
+where
+    T: for<'f, 'm> DeserializeRow<'f, 'm> + Send + Unpin + 'static,
+    S: Service<CqlRequest, Response = CqlResponse, Error = CqlError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    /// Starts a paged read of `req` whose pages are requests through
+    /// `svc`, with page and stream events going to `collectors`; resolves
+    /// once the first page is in (fails early, with no stream, when it
+    /// failed; the stream event then says so).
+    pub async fn start(svc: S, collectors: Collectors, req: CqlRequest) -> Result<Self, CqlError> {
+        let span = tracing::info_span!(
+            "cql.stream",
+            otel.name = "cql.stream",
+            otel.kind = "internal",
+            db.system.name = "cassandra",
+            db.query.summary = %req.meta().query_summary(),
+        );
+        let mut stream = RowStream {
+            svc,
+            collectors,
+            request: req,
+            span,
             rows: Vec::new().into_iter(),
-            fetching,
+            next: Next::End,
+            requested: 0,
             pages: 0,
             total_rows: 0,
             started: Instant::now(),
             done: false,
-        })
+        };
+        stream.ask(PagingState::start());
+        std::future::poll_fn(|cx| stream.poll_next_page(cx)).await;
+        if let Next::Ready(Err(e), _) = &stream.next {
+            let e = e.clone();
+            stream.finish(StreamEnd::Failed(&e));
+            return Err(e);
+        }
+        Ok(stream)
+    }
+
+    /// Sends the request for the next page, starting at `state`: a clone
+    /// of the stream's request, through a clone of the service, in the
+    /// stream's span. Polled once at once, so that it goes out now.
+    fn ask(&mut self, state: PagingState) {
+        let mut svc = self.svc.clone();
+        let mut req = self.request.clone();
+        req.meta_mut().set_page(self.requested, state);
+        self.requested += 1;
+        let fut: PageFuture = Box::pin(
+            async move {
+                std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+                svc.call(req).await
+            }
+            .instrument(self.span.clone()),
+        );
+        self.next = Next::Fetching(fut, Instant::now());
+    }
+
+    /// Drives the page in flight; ready when it has an answer (or there is
+    /// none to wait for).
+    fn poll_next_page(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Next::Fetching(fut, asked) = &mut self.next {
+            let out = std::task::ready!(fut.as_mut().poll(cx));
+            self.next = Next::Ready(out, asked.elapsed());
+        }
+        Poll::Ready(())
     }
 }
 
-impl<T> RowStream<T> {
-    /// Pages fetched so far.
+impl<T, S> RowStream<T, S> {
+    /// Pages read so far.
     pub fn pages(&self) -> u32 {
         self.pages
     }
@@ -177,9 +199,9 @@ impl<T> RowStream<T> {
             return;
         }
         self.done = true;
-        self.fetching = None;
-        self.inner.collectors.emit(Event::Stream(StreamEvent {
-            meta: &self.meta,
+        self.next = Next::End;
+        self.collectors.emit(Event::Stream(StreamEvent {
+            meta: self.request.meta(),
             pages: self.pages,
             rows: self.total_rows,
             duration: self.started.elapsed(),
@@ -188,15 +210,24 @@ impl<T> RowStream<T> {
     }
 }
 
-impl<T> Stream for RowStream<T>
+impl<T, S> Stream for RowStream<T, S>
 where
     T: for<'f, 'm> DeserializeRow<'f, 'm> + Send + Unpin + 'static,
+    S: Service<CqlRequest, Response = CqlResponse, Error = CqlError>
+        + Clone
+        + Send
+        + Unpin
+        + 'static,
+    S::Future: Send + 'static,
 {
     type Item = Result<T, CqlError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
+            // The next page makes progress (and is sent, the first time)
+            // whenever the consumer asks for a row.
+            let next_in = this.poll_next_page(cx).is_ready();
             if let Some(row) = this.rows.next() {
                 this.total_rows += 1;
                 return Poll::Ready(Some(Ok(row)));
@@ -204,78 +235,46 @@ where
             if this.done {
                 return Poll::Ready(None);
             }
-            let Some(fut) = this.fetching.as_mut() else {
-                this.finish(StreamEnd::Finished);
-                return Poll::Ready(None);
+            if !next_in {
+                return Poll::Pending;
+            }
+            let (out, duration) = match std::mem::replace(&mut this.next, Next::End) {
+                Next::End => {
+                    this.finish(StreamEnd::Finished);
+                    return Poll::Ready(None);
+                }
+                Next::Fetching(..) => unreachable!("polled to an answer above"),
+                Next::Ready(out, duration) => (out, duration),
             };
-            let page = std::task::ready!(fut.as_mut().poll(cx));
-            this.fetching = None;
-            let (result, next, duration) = match page {
+            let page = out.and_then(|resp| {
+                let rows = resp.rows::<T>()?;
+                Ok((rows, resp))
+            });
+            let (rows, resp) = match page {
                 Ok(p) => p,
                 Err(e) => {
                     this.finish(StreamEnd::Failed(&e));
                     return Poll::Ready(Some(Err(e)));
                 }
             };
-            let node = Some(result.request_coordinator().connection_address());
-            let decoded: Result<Vec<T>, CqlError> = result
-                .into_rows_result()
-                .map_err(|e| {
-                    CqlError::new(
-                        ErrorKind::Deserialization,
-                        format!("the statement returned no rows: {e}"),
-                    )
-                })
-                .and_then(|rows| {
-                    rows.rows::<T>()
-                        .map_err(|e| {
-                            CqlError::new(
-                                ErrorKind::Deserialization,
-                                format!("the rows do not match the requested type: {e}"),
-                            )
-                        })?
-                        .map(|r| {
-                            r.map_err(|e| {
-                                CqlError::new(
-                                    ErrorKind::Deserialization,
-                                    format!("a row could not be read: {e}"),
-                                )
-                            })
-                        })
-                        .collect()
-                });
-            let rows = match decoded {
-                Ok(r) => r,
-                Err(e) => {
-                    this.finish(StreamEnd::Failed(&e));
-                    return Poll::Ready(Some(Err(e)));
-                }
-            };
-            this.inner.collectors.emit(Event::Page(PageEvent {
-                meta: &this.meta,
+            this.collectors.emit(Event::Page(PageEvent {
+                meta: this.request.meta(),
                 page: this.pages,
                 rows: rows.len(),
                 duration,
-                node,
+                node: resp.info().coordinator,
             }));
             this.pages += 1;
             this.rows = rows.into_iter();
-            // one page ahead: ask for the next while this one is consumed
-            if let PagingStateResponse::HasMorePages { state } = next {
-                this.fetching = Some(fetch(
-                    this.inner.clone(),
-                    this.stmt.clone(),
-                    this.values.clone(),
-                    state,
-                    &this.meta,
-                    this.pages,
-                ));
+            // one page ahead: ask for the next while this one is read
+            if let Some(PagingStateResponse::HasMorePages { state }) = resp.paging_state() {
+                this.ask(state.clone());
             }
         }
     }
 }
 
-impl<T> Drop for RowStream<T> {
+impl<T, S> Drop for RowStream<T, S> {
     fn drop(&mut self) {
         if !self.done {
             self.finish(StreamEnd::Dropped);

@@ -23,6 +23,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use scylla::response::PagingState;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchStatement as DriverBatchStatement};
 use scylla::statement::prepared::PreparedStatement;
@@ -518,6 +519,19 @@ pub struct RequestMeta {
     pub(crate) attempt: (u32, crate::event::AttemptReason),
     /// Nodes this logical request tried (see [`crate::routing`]).
     pub(crate) route: Option<Arc<crate::routing::RouteHint>>,
+    /// For one page of a paged read: the page's index and where it starts.
+    page: Option<Page>,
+}
+
+/// A page's index and paging state. The state holds the last key read (a
+/// value), so `Debug` leaves it out.
+#[derive(Clone)]
+struct Page(u32, PagingState);
+
+impl fmt::Debug for Page {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Page({}, <paging state redacted>)", self.0)
+    }
 }
 
 impl RequestMeta {
@@ -537,7 +551,27 @@ impl RequestMeta {
             tracing: false,
             attempt: (0, crate::event::AttemptReason::Initial),
             route: None,
+            page: None,
         }
+    }
+
+    /// Makes this request fetch one page, the `index`-th of a paged read,
+    /// starting at `state` ([`PagingState::start`] for the first): the
+    /// driver service then executes a single page and the response carries
+    /// the state of the next ([`CqlResponse::paging_state`](crate::CqlResponse::paging_state)).
+    /// A retried or hedged page is a clone, so it asks for the same page.
+    pub fn set_page(&mut self, index: u32, state: PagingState) {
+        self.page = Some(Page(index, state));
+    }
+
+    /// For one page of a paged read, the page's index (0 for the first).
+    pub fn page_index(&self) -> Option<u32> {
+        self.page.as_ref().map(|p| p.0)
+    }
+
+    /// For one page of a paged read, where the page starts.
+    pub fn paging_state(&self) -> Option<&PagingState> {
+        self.page.as_ref().map(|p| &p.1)
     }
 
     /// This request's [`RouteHint`](crate::routing::RouteHint), created on

@@ -1,5 +1,7 @@
-//! Streaming a large partition page by page: rows arrive as a `Stream`,
-//! one page ahead, with a page event per page.
+//! Streaming a large partition page by page through the stack: rows arrive
+//! as a `Stream`, the next page in flight while the current one is read;
+//! every page is a request through the stack (retried, measured), with a
+//! page event per page.
 //!
 //! `cargo run -p tower-cql-examples --example paging`
 
@@ -11,6 +13,7 @@ use futures::StreamExt;
 use tower_cql_core::{
     Collector, Collectors, CqlRequest, DriverService, InMemoryCollector, Statement,
 };
+use tower_cql_middleware::stack::StackBuilder;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,7 +21,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let memory = Arc::new(InMemoryCollector::new());
     let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
     let driver = DriverService::builder(session)
-        .collectors(collectors)
+        .collectors(collectors.clone())
         .build()?;
     for cql in [
         "CREATE KEYSPACE IF NOT EXISTS ex WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
@@ -32,9 +35,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .execute(insert.request().bind(("big", t, f64::from(t).sqrt())))
             .await?;
     }
-    let read =
-        Statement::new("SELECT t, value FROM ex.series WHERE sensor = ?").operation("scan_big");
-    let mut rows = driver
+    let stack = StackBuilder::new(collectors).build(driver)?;
+    let read = Statement::new("SELECT t, value FROM ex.series WHERE sensor = ?")
+        .operation("scan_big")
+        .idempotent(true);
+    let mut rows = stack
         .stream::<(i32, f64)>(read.request().bind(("big",)).page_size(500))
         .await?;
     let (mut n, mut sum) = (0u64, 0.0);
@@ -44,10 +49,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         sum += value;
     }
     drop(rows);
+    stack.close().await;
     let snap = memory.snapshot();
     println!(
-        "streamed {n} rows (sum {sum:.1}) in {} pages of up to 500; streams finished: {}",
-        snap.pages, snap.streams_finished
+        "streamed {n} rows (sum {sum:.1}) in {} pages of up to 500 ({} page requests through the stack); streams finished: {}",
+        snap.pages,
+        snap.request_latency(Some("scan_big")).count(),
+        snap.streams_finished
     );
     Ok(())
 }

@@ -138,10 +138,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         started.elapsed()
     );
 
-    // A paged read: page events and one completion event.
+    // A paged read through the stack: each page a request (retried,
+    // limited, measured, traced), the next one in flight while this one
+    // is read; page events and one completion event.
     let scan = Statement::new("SELECT seq, value FROM quickstart.readings WHERE device = ?")
-        .operation("scan");
-    let rows: Vec<(i32, f64)> = driver
+        .operation("scan")
+        .idempotent(true);
+    let rows: Vec<(i32, f64)> = stack
         .stream::<(i32, f64)>(scan.request().bind(("sensor-3",)).page_size(25))
         .await?
         .try_collect()

@@ -16,6 +16,7 @@ use tower_cql_core::{
 };
 use tower_cql_exporters::metrics_bridge::MetricsBridge;
 use tower_cql_exporters::prometheus::PrometheusExporter;
+use tower_cql_middleware::retry::RetryConfig;
 use tower_cql_middleware::stack::StackBuilder;
 use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
 use tracing::field::{Field, Visit};
@@ -165,11 +166,12 @@ async fn no_value_literal_or_credential_reaches_spans_logs_labels_or_debug() {
     let req = CqlRequest::query(literal.as_str());
     let _ = write!(debug, "{req:?}");
     run(req).await.unwrap();
-    // failures carrying values: an injected error, retried, then a final one
+    // failures carrying values: an injected error, retried, then a final
+    // one (as many as the default retry config makes attempts)
     cluster.faults().add(
         Fault::error(InjectedError::Overloaded)
             .opcode(Opcode::Execute)
-            .times(3),
+            .times(u64::from(RetryConfig::default().max_attempts)),
     );
     let err = run(get.request().bind((BOUND_KEY,))).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Overloaded);

@@ -55,8 +55,11 @@
 
 use std::fmt;
 
+use scylla::deserialize::row::DeserializeRow;
 use tower::util::BoxCloneSyncService;
-use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, Gate, GateService, GateState};
+use tower_cql_core::{
+    Collectors, CqlError, CqlRequest, CqlResponse, Gate, GateService, GateState, RowStream,
+};
 use tower_layer::Layer;
 
 use crate::breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer};
@@ -295,6 +298,7 @@ impl StackBuilder {
         Ok(Stack {
             service: gate.wrap(BoxService::new(s)),
             gate,
+            collectors: self.collectors,
         })
     }
 }
@@ -340,6 +344,7 @@ pub type BoxService = BoxCloneSyncService<CqlRequest, CqlResponse, CqlError>;
 pub struct Stack<S> {
     service: GateService<S>,
     gate: Gate,
+    collectors: Collectors,
 }
 
 impl<S> fmt::Debug for Stack<S> {
@@ -352,6 +357,42 @@ impl<S: Clone> Stack<S> {
     /// A handle to the stack's service.
     pub fn service(&self) -> GateService<S> {
         self.service.clone()
+    }
+}
+
+impl Stack<BoxService> {
+    /// Starts a paged read of `req` (set its page size with
+    /// [`CqlRequest::page_size`]), decoding rows as `T`. Every page is a
+    /// request through the whole stack: the gate, the limits, the
+    /// breaker, retry (an idempotent read's failed page is retried with its
+    /// paging state), the timeout, metrics (a request event per page) and
+    /// tracing (a `cql.page` span per page, under the stream's
+    /// `cql.stream` span). The next page is in flight while the current
+    /// one is read, never more. After [`close`](Self::close) the page in
+    /// flight finishes and the next one fails `ShutDown`, which the
+    /// stream's completion event reports. Resolves once the first page is
+    /// in; fails (no stream) when it failed.
+    ///
+    /// ```no_run
+    /// # async fn demo(stack: tower_cql_middleware::stack::Stack<tower_cql_middleware::stack::BoxService>) -> Result<(), tower_cql_core::CqlError> {
+    /// use futures::TryStreamExt;
+    /// use tower_cql_core::Statement;
+    ///
+    /// let scan = Statement::new("SELECT c, v FROM ks.t WHERE k = ?").idempotent(true);
+    /// let mut rows = stack.stream::<(i32, String)>(scan.request().bind((1,)).page_size(100)).await?;
+    /// while let Some((c, v)) = rows.try_next().await? {
+    ///     println!("{c} {v}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn stream<T>(
+        &self,
+        req: CqlRequest,
+    ) -> Result<RowStream<T, GateService<BoxService>>, CqlError>
+    where
+        T: for<'f, 'm> DeserializeRow<'f, 'm> + Send + Unpin + 'static,
+    {
+        RowStream::start(self.service(), self.collectors.clone(), req).await
     }
 }
 

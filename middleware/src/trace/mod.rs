@@ -194,11 +194,11 @@ pub(crate) fn request_span_with_fields(
     config: &TraceConfig,
 ) -> (Span, Option<&'static future::OutcomeFields>) {
     macro_rules! make {
-        ($lvl:expr, $cache:ident) => {{
+        ($lvl:expr, $name:literal, $cache:ident) => {{
             static $cache: std::sync::OnceLock<future::OutcomeFields> = std::sync::OnceLock::new();
             let span = tracing::span!(
                 $lvl,
-                "cql.request",
+                $name,
                 otel.name = %meta.query_summary(),
                 otel.kind = "client",
                 otel.status_code = Empty,
@@ -218,15 +218,19 @@ pub(crate) fn request_span_with_fields(
                 db.cassandra.speculative_execution_count = Empty,
                 db.response.returned_rows = Empty,
                 cql.attempts = Empty,
+                cql.page.index = meta.page_index().map(i64::from),
             );
             let fields = future::OutcomeFields::cached(&$cache, &span);
             (span, fields)
         }};
     }
-    if config.level == Level::DEBUG {
-        make!(Level::DEBUG, DEBUG_FIELDS)
-    } else {
-        make!(Level::INFO, INFO_FIELDS)
+    // One page of a paged read is a `cql.page` span (under the stream's
+    // `cql.stream` span); any other request a `cql.request` span.
+    match (config.level == Level::DEBUG, meta.page_index().is_some()) {
+        (true, false) => make!(Level::DEBUG, "cql.request", DEBUG_FIELDS),
+        (false, false) => make!(Level::INFO, "cql.request", INFO_FIELDS),
+        (true, true) => make!(Level::DEBUG, "cql.page", DEBUG_PAGE_FIELDS),
+        (false, true) => make!(Level::INFO, "cql.page", INFO_PAGE_FIELDS),
     }
 }
 

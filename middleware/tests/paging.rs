@@ -1,0 +1,223 @@
+//! Paged reads go through the stack: every page is a request through the
+//! gate, the limits, the breaker, retry, the timeout, metrics and tracing;
+//! the next page is in flight while the current one is read, never more;
+//! `close()` ends open streams with `ShutDown` and their completion event
+//! says so.
+//!
+//! The real driver against testkit, through the default stack.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use tower_cql_core::event::{PageEvent, RequestEvent, StreamEvent};
+use tower_cql_core::{Collector, Collectors, CqlRequest, ErrorKind, Statement};
+use tower_cql_middleware::retry::{Backoff, BudgetConfig, RetryConfig};
+use tower_cql_middleware::stack::StackBuilder;
+use tower_cql_testkit::{Fault, InjectedError, Opcode};
+
+mod support;
+
+use support::setup;
+
+const SCAN: &str = "SELECT c, v FROM ks.wide WHERE k = ?";
+const ROWS: i32 = 100;
+
+/// How a stream ended: the end, its error, pages, rows.
+type Ended = (String, Option<ErrorKind>, u32, u64);
+
+/// What the stack reported: request events, pages, and how streams ended.
+#[derive(Default)]
+struct Seen {
+    requests: Mutex<Vec<Option<ErrorKind>>>,
+    pages: Mutex<Vec<(u32, usize)>>,
+    streams: Mutex<Vec<Ended>>,
+}
+
+impl Collector for Seen {
+    fn on_request(&self, e: &RequestEvent<'_>) {
+        if e.meta.page_index().is_some() {
+            self.requests
+                .lock()
+                .unwrap()
+                .push(e.error.map(|e| e.kind()));
+        }
+    }
+    fn on_page(&self, e: &PageEvent<'_>) {
+        self.pages.lock().unwrap().push((e.page, e.rows));
+    }
+    fn on_stream(&self, e: &StreamEvent<'_>) {
+        let error = match e.end {
+            tower_cql_core::event::StreamEnd::Failed(err) => Some(err.kind()),
+            _ => None,
+        };
+        self.streams
+            .lock()
+            .unwrap()
+            .push((e.end.as_str().to_string(), error, e.pages, e.rows));
+    }
+}
+
+/// The one-node cluster with `ks.wide`: partition 1 holds `ROWS` rows.
+async fn wide() -> (
+    tower_cql_testkit::Cluster,
+    tower_cql_core::DriverService,
+    Collectors,
+) {
+    let (cluster, driver, collectors, _memory) = setup().await;
+    driver
+        .execute(CqlRequest::unprepared(
+            "CREATE TABLE ks.wide (k int, c int, v text, PRIMARY KEY (k, c))",
+        ))
+        .await
+        .unwrap();
+    let put = Statement::new("INSERT INTO ks.wide (k, c, v) VALUES (?, ?, ?)");
+    for c in 0..ROWS {
+        driver
+            .execute(put.request().bind((1, c, format!("row {c}"))))
+            .await
+            .unwrap();
+    }
+    (cluster, driver, collectors)
+}
+
+fn scan(page_size: i32) -> CqlRequest {
+    Statement::new(SCAN)
+        .idempotent(true)
+        .operation("scan")
+        .request()
+        .bind((1,))
+        .page_size(page_size)
+}
+
+/// Every page is a request event of the stack (with its page index); a
+/// failed page of an idempotent read is retried with its paging state, so
+/// every row arrives exactly once. Before, `RowStream` fetched pages
+/// straight from the driver (no request event, no retry) and a failed
+/// page ended the stream; the stack had no `stream`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_are_requests_through_the_stack_and_a_failed_page_is_retried() {
+    let (cluster, driver, collectors) = wide().await;
+    let seen = Arc::new(Seen::default());
+    collectors.add(seen.clone());
+    let stack = StackBuilder::new(collectors.clone())
+        .retry(RetryConfig {
+            max_attempts: 10,
+            backoff: Backoff {
+                base: Duration::from_millis(1),
+                max: Duration::from_millis(2),
+            },
+            budget: BudgetConfig {
+                ratio: 10.0,
+                min_per_second: 1000,
+                ..BudgetConfig::default()
+            },
+        })
+        .build(driver)
+        .unwrap();
+    // the first page is prepared and read before the fault is in place
+    let mut rows = stack.stream::<(i32, String)>(scan(10)).await.unwrap();
+    let fault = cluster.faults().add(
+        Fault::error(InjectedError::Overloaded)
+            .opcode(Opcode::Execute)
+            .matching(SCAN)
+            .probability(0.3),
+    );
+    let mut got = Vec::new();
+    while let Some((c, _)) = rows.try_next().await.unwrap() {
+        got.push(c);
+    }
+    assert_eq!(
+        got,
+        (0..ROWS).collect::<Vec<_>>(),
+        "every row once, in order"
+    );
+    let fired = cluster.faults().fired(fault);
+    let requests = seen.requests.lock().unwrap().clone();
+    let pages = seen.pages.lock().unwrap().clone();
+    let streams = seen.streams.lock().unwrap().clone();
+    println!(
+        "paging: {ROWS} rows in {} pages through the stack, {fired} page attempts refused Overloaded \
+         and retried; page request events {}; stream end {streams:?}",
+        pages.len(),
+        requests.len()
+    );
+    assert!(fired > 0, "the fault fired");
+    assert_eq!(requests.len(), pages.len(), "a request event per page");
+    assert!(requests.iter().all(Option::is_none), "{requests:?}");
+    assert!(pages.len() >= (ROWS / 10) as usize);
+    assert_eq!(
+        streams,
+        vec![("finished".into(), None, pages.len() as u32, ROWS as u64)]
+    );
+    stack.close().await;
+}
+
+/// While the consumer is on page 1, the request for page 2 has reached the
+/// server, and not the one for page 3. Before, the next page's future was
+/// first polled only once the current page was used up: the server had
+/// seen one request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_page_is_in_flight_while_the_current_one_is_read() {
+    let (cluster, driver, collectors) = wide().await;
+    let stack = StackBuilder::new(collectors).build(driver.clone()).unwrap();
+    for (name, via_stack) in [("the stack", true), ("the driver service", false)] {
+        let before = cluster.counters().executions(SCAN);
+        let mut first_rows: Vec<(i32, String)> = Vec::new();
+        if via_stack {
+            let mut rows = stack.stream::<(i32, String)>(scan(10)).await.unwrap();
+            first_rows.push(rows.try_next().await.unwrap().unwrap());
+            // the consumer is busy with row 0 of page 1 and does not poll
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let sent = cluster.counters().executions(SCAN) - before;
+            assert_eq!(sent, 2, "{name}: page 1 read and page 2 asked for, no more");
+            let rest: Vec<(i32, String)> = rows.try_collect().await.unwrap();
+            assert_eq!(rest.len(), ROWS as usize - 1);
+        } else {
+            let mut rows = driver.stream::<(i32, String)>(scan(10)).await.unwrap();
+            first_rows.push(rows.try_next().await.unwrap().unwrap());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let sent = cluster.counters().executions(SCAN) - before;
+            assert_eq!(sent, 2, "{name}: page 1 read and page 2 asked for, no more");
+            let rest: Vec<(i32, String)> = rows.try_collect().await.unwrap();
+            assert_eq!(rest.len(), ROWS as usize - 1);
+        }
+        assert_eq!(first_rows[0].0, 0);
+    }
+    stack.close().await;
+}
+
+/// `close()` waits for the page in flight; the next page is refused
+/// `ShutDown`, the stream yields that error and its completion event says
+/// it failed with `ShutDown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_an_open_stream_with_shut_down() {
+    let (_cluster, driver, collectors) = wide().await;
+    let seen = Arc::new(Seen::default());
+    collectors.add(seen.clone());
+    let stack = StackBuilder::new(collectors).build(driver).unwrap();
+    let mut rows = stack.stream::<(i32, String)>(scan(10)).await.unwrap();
+    assert!(rows.try_next().await.unwrap().is_some());
+    let closing = {
+        let stack = stack.clone();
+        tokio::spawn(async move { stack.close().await })
+    };
+    let mut read = 1;
+    let err = loop {
+        match rows.try_next().await {
+            Ok(Some(_)) => read += 1,
+            Ok(None) => panic!("the stream ended without an error after {read} rows"),
+            Err(e) => break e,
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), closing)
+        .await
+        .expect("close() returned")
+        .unwrap();
+    assert_eq!(err.kind(), ErrorKind::ShutDown, "{err}");
+    assert!((10..ROWS).contains(&read), "{read} rows before the refusal");
+    let streams = seen.streams.lock().unwrap().clone();
+    assert_eq!(streams.len(), 1);
+    assert_eq!(streams[0].0, "failed");
+    assert_eq!(streams[0].1, Some(ErrorKind::ShutDown));
+}
