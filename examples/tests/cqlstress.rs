@@ -117,8 +117,10 @@ fn a_run_with_faults_retries_and_never_applies_a_write_twice() {
     let retries = v["retries"].as_u64().unwrap();
     assert!(retries > 0, "{v}");
     assert_eq!(v["duplicate_writes"].as_u64(), Some(0), "{v}");
-    // Overloaded is retried (never applied); the applied-then-timed-out
-    // non-idempotent writes are not: each one the server injected is an error.
+    // Overloaded is retried for the idempotent reads (for the
+    // non-idempotent writes it is not: the coordinator may have passed
+    // them on); the applied-then-timed-out writes are not retried either:
+    // each one the server injected is an error.
     assert_eq!(
         retries,
         v["injected"]["overloaded"].as_u64().unwrap()
@@ -376,4 +378,88 @@ fn otlp_is_flushed_when_interrupted() {
         .map(|p| p.count)
         .sum();
     assert_eq!(counted, ops, "{v}");
+}
+
+/// `--scan`: every read is a full partition paged through the stack; with
+/// 10% of page attempts refused `Overloaded` and the stack of a `--config`
+/// file (8 attempts), every scan reads every row of its partition, the
+/// failed pages having been retried with their paging state. The JSON
+/// has `attempts` (`total`, `ok`, `error`, `cancelled`), `pages`, `rows`.
+#[test]
+fn scans_through_the_stack_complete_every_partition_under_overload() {
+    let config = std::env::temp_dir().join(format!("cqlstress-scan-{}.toml", std::process::id()));
+    std::fs::write(&config, "[retry]\nmax_attempts = 8\nbackoff_base_ms = 1\n").unwrap();
+    let out = cqlstress(&[
+        "--scan",
+        "--rows",
+        "50",
+        "--partition-rows",
+        "40",
+        "--page-size",
+        "10",
+        "--read-ratio",
+        "1",
+        "--fault",
+        "overloaded=0.1",
+        "--config",
+        config.to_str().unwrap(),
+        "--duration",
+        "2",
+        "--concurrency",
+        "8",
+        "--json",
+    ]);
+    let _ = std::fs::remove_file(&config);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    println!("cqlstress --scan: {v}");
+    let complete = v["scans"]["complete"].as_u64().unwrap();
+    assert!(complete > 0, "{v}");
+    assert_eq!(v["scans"]["failed"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["scans"]["short"].as_u64(), Some(0), "{v}");
+    assert!(v["retries"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["injected"]["overloaded"].as_u64().unwrap() > 0, "{v}");
+    // every scan read its 40 rows in 4 pages (a fifth, empty one when the
+    // server cannot tell the partition ended)
+    let pages = v["pages"].as_u64().unwrap();
+    assert!(pages >= 4 * complete, "{v}");
+    assert_eq!(v["rows"].as_u64(), Some(40 * complete), "{v}");
+    assert_eq!(v["ops"].as_u64(), Some(complete), "{v}");
+    let attempts = &v["attempts"];
+    let total = attempts["total"].as_u64().unwrap();
+    assert_eq!(
+        total,
+        attempts["ok"].as_u64().unwrap()
+            + attempts["error"].as_u64().unwrap()
+            + attempts["cancelled"].as_u64().unwrap(),
+        "{v}"
+    );
+    // every page attempt is an attempt (the setup's own too)
+    assert!(total >= pages + v["retries"].as_u64().unwrap(), "{v}");
+}
+
+#[test]
+fn a_bad_config_file_is_a_clear_error() {
+    let out = cqlstress(&["--config", "/nonexistent/stack.toml", "--duration", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--config /nonexistent/stack.toml: cannot read it"),
+        "{err}"
+    );
+    let config = std::env::temp_dir().join(format!("cqlstress-bad-{}.toml", std::process::id()));
+    std::fs::write(&config, "[retry]\nmax_atempts = 3\n").unwrap();
+    let out = cqlstress(&["--config", config.to_str().unwrap(), "--duration", "1"]);
+    let _ = std::fs::remove_file(&config);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--config") && err.contains("max_atempts"),
+        "{err}"
+    );
 }

@@ -16,201 +16,27 @@
 //! 4318); the standard `OTEL_*` variables apply. The last data is flushed at
 //! the end of the run and on Ctrl-C.
 
+mod args;
+mod workload;
+
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use scylla::client::session_builder::SessionBuilder;
-use tower::ServiceExt;
-use tower_cql_core::{
-    Collector, Collectors, CqlRequest, DriverService, ErrorKind, InMemoryCollector, Statement,
-};
+use tower_cql_core::{Collector, Collectors, DriverService, ErrorKind, InMemoryCollector};
 use tower_cql_exporters::metrics_bridge::MetricsBridge;
 use tower_cql_exporters::otlp::{ENV_PROTOCOL, OtlpExporter, Protocol};
 use tower_cql_exporters::prometheus::PrometheusExporter;
 use tower_cql_middleware::rate_limit::{RateLimitConfig, RateLimitMode};
 use tower_cql_middleware::stack::StackBuilder;
-use tower_cql_testkit::{Cluster, Fault, FaultId, InjectedError, Opcode, WriteType};
+use tower_cql_middleware::stack_config::StackConfig;
 
-/// Load generator for CQL clusters, through the full tower-cql stack.
-#[derive(Debug, Parser)]
-#[command(name = "cqlstress", version)]
-struct Args {
-    /// A real cluster's contact point (host:port); default: an embedded testkit cluster.
-    #[arg(long)]
-    uri: Option<String>,
-    /// Nodes of the embedded cluster.
-    #[arg(long, default_value_t = 3)]
-    nodes: usize,
-    /// Seconds to run.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// Requests in flight.
-    #[arg(long, default_value_t = 32)]
-    concurrency: usize,
-    /// Requests per second in all (default: as fast as possible).
-    #[arg(long)]
-    rate: Option<f64>,
-    /// Fraction of requests that are reads, 0..1.
-    #[arg(long, default_value_t = 0.8)]
-    read_ratio: f64,
-    /// Distinct keys.
-    #[arg(long, default_value_t = 1000)]
-    rows: i32,
-    /// Page size of reads.
-    #[arg(long, default_value_t = 100)]
-    page_size: i32,
-    /// Mark writes non-idempotent (they are then never retried once they may have been applied).
-    #[arg(long)]
-    non_idempotent_writes: bool,
-    /// Inject a fault (embedded cluster only), repeatable: overloaded=P, unavailable=P,
-    /// read_timeout=P, server_error=P (instead of executing); write_timeout=P,
-    /// overloaded_after_apply=P, server_error_after_apply=P (writes: applied, then failed);
-    /// delay_ms=N, node_down=K.
-    #[arg(long = "fault", value_name = "KIND=VALUE")]
-    faults: Vec<String>,
-    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
-    #[arg(long)]
-    prometheus: Option<SocketAddr>,
-    /// Export metrics and spans to this OTLP endpoint, e.g. http://127.0.0.1:4317
-    /// (OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, ... apply).
-    #[arg(long, value_name = "URL")]
-    otlp: Option<String>,
-    /// OTLP protocol: grpc or http/protobuf (default: OTEL_EXPORTER_OTLP_PROTOCOL,
-    /// else http/protobuf for a URL on port 4318, else grpc).
-    #[arg(long, value_name = "PROTOCOL", requires = "otlp")]
-    otlp_protocol: Option<String>,
-    /// Fraction of requests whose spans are exported with --otlp, 0..1.
-    #[arg(long, default_value_t = 0.01, requires = "otlp")]
-    otlp_trace_ratio: f64,
-    /// Print one JSON object at the end instead of the live table.
-    #[arg(long)]
-    json: bool,
-}
-
-/// A fault asked for on the command line.
-#[derive(Debug, Clone, PartialEq)]
-enum FaultSpec {
-    /// Answer with the error instead of executing.
-    Error(&'static str, InjectedError, f64),
-    /// Apply the write, then answer with the error.
-    ErrorAfterApply(&'static str, InjectedError, f64),
-    DelayMs(u64),
-    NodeDown(usize),
-}
-
-fn parse_fault(s: &str) -> Result<FaultSpec, String> {
-    let (kind, value) = s
-        .split_once('=')
-        .ok_or_else(|| format!("--fault {s}: expected KIND=VALUE, e.g. overloaded=0.05"))?;
-    let prob = || -> Result<f64, String> {
-        let p: f64 = value
-            .parse()
-            .map_err(|_| format!("--fault {s}: {value} is not a probability (0..1)"))?;
-        if (0.0..=1.0).contains(&p) {
-            Ok(p)
-        } else {
-            Err(format!("--fault {s}: the probability must be within 0..1"))
-        }
-    };
-    Ok(match kind {
-        "overloaded" => FaultSpec::Error("overloaded", InjectedError::Overloaded, prob()?),
-        "unavailable" => FaultSpec::Error("unavailable", InjectedError::Unavailable, prob()?),
-        "read_timeout" => FaultSpec::Error("read_timeout", InjectedError::ReadTimeout, prob()?),
-        "write_timeout" => FaultSpec::ErrorAfterApply(
-            "write_timeout",
-            InjectedError::WriteTimeout(WriteType::Simple),
-            prob()?,
-        ),
-        "server_error" => FaultSpec::Error("server_error", InjectedError::ServerError, prob()?),
-        "overloaded_after_apply" => {
-            FaultSpec::ErrorAfterApply("overloaded_after_apply", InjectedError::Overloaded, prob()?)
-        }
-        "server_error_after_apply" => FaultSpec::ErrorAfterApply(
-            "server_error_after_apply",
-            InjectedError::ServerError,
-            prob()?,
-        ),
-        "delay_ms" => FaultSpec::DelayMs(
-            value
-                .parse()
-                .map_err(|_| format!("--fault {s}: {value} is not a number of milliseconds"))?,
-        ),
-        "node_down" => FaultSpec::NodeDown(
-            value
-                .parse()
-                .map_err(|_| format!("--fault {s}: {value} is not a node number (1-based)"))?,
-        ),
-        other => {
-            return Err(format!(
-                "--fault {s}: unknown kind {other:?}; use overloaded, unavailable, read_timeout, server_error, write_timeout, overloaded_after_apply, server_error_after_apply, delay_ms or node_down"
-            ));
-        }
-    })
-}
-
-fn validate(a: &Args) -> Result<Vec<FaultSpec>, String> {
-    if !(0.0..=1.0).contains(&a.read_ratio) {
-        return Err(format!(
-            "--read-ratio must be within 0..1, got {}",
-            a.read_ratio
-        ));
-    }
-    if a.duration <= 0.0 || !a.duration.is_finite() {
-        return Err(format!(
-            "--duration must be a positive number of seconds, got {}",
-            a.duration
-        ));
-    }
-    if a.concurrency == 0 {
-        return Err("--concurrency must be at least 1".into());
-    }
-    if a.rows < 1 {
-        return Err("--rows must be at least 1".into());
-    }
-    if a.page_size < 1 {
-        return Err("--page-size must be at least 1".into());
-    }
-    if a.rate.is_some_and(|r| r <= 0.0 || !r.is_finite()) {
-        return Err("--rate must be a positive number of requests per second".into());
-    }
-    if a.nodes == 0 {
-        return Err("--nodes must be at least 1".into());
-    }
-    if let Some(p) = &a.otlp_protocol
-        && Protocol::parse(p).is_none()
-    {
-        return Err(format!("--otlp-protocol {p}: use grpc or http/protobuf"));
-    }
-    if !(0.0..=1.0).contains(&a.otlp_trace_ratio) {
-        return Err(format!(
-            "--otlp-trace-ratio must be within 0..1, got {}",
-            a.otlp_trace_ratio
-        ));
-    }
-    let faults = a
-        .faults
-        .iter()
-        .map(|f| parse_fault(f))
-        .collect::<Result<Vec<_>, _>>()?;
-    if a.uri.is_some() && !faults.is_empty() {
-        return Err("--fault needs the embedded cluster: faults cannot be injected into a real cluster (drop --uri)".into());
-    }
-    for f in &faults {
-        if let FaultSpec::NodeDown(k) = f
-            && (*k == 0 || *k > a.nodes)
-        {
-            return Err(format!(
-                "--fault node_down={k}: the embedded cluster has nodes 1..={}",
-                a.nodes
-            ));
-        }
-    }
-    Ok(faults)
-}
+use crate::args::{Args, FaultSpec, validate};
+use crate::workload::ScanTally;
+use tower_cql_testkit::{Cluster, Fault, FaultId, InjectedError, Opcode};
 
 fn us(n: Option<u64>) -> f64 {
     n.map_or(0.0, |v| (v as f64 / 1000.0 * 10.0).round() / 10.0)
@@ -304,7 +130,16 @@ async fn run(a: Args, faults: Vec<FaultSpec>, otlp: Option<OtlpExporter>) -> Res
         .collectors(collectors.clone())
         .build()
         .map_err(|e| e.to_string())?;
-    let mut builder = StackBuilder::new(collectors);
+    let mut builder = match &a.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--config {}: cannot read it: {e}", path.display()))?;
+            StackConfig::from_toml(&text)
+                .and_then(|c| c.into_builder(collectors))
+                .map_err(|e| format!("--config {}: {e}", path.display()))?
+        }
+        None => StackBuilder::new(collectors),
+    };
     if let Some(rate) = a.rate {
         builder = builder.rate_limit(RateLimitConfig {
             rate_per_second: rate,
@@ -314,17 +149,12 @@ async fn run(a: Args, faults: Vec<FaultSpec>, otlp: Option<OtlpExporter>) -> Res
             },
         });
     }
-    let stack = builder.build(driver).map_err(|e| e.to_string())?;
+    let stack = builder.build(driver).map_err(|e| match &a.config {
+        Some(path) => format!("--config {}: {e}", path.display()),
+        None => e.to_string(),
+    })?;
     let svc = stack.service();
-    for cql in [
-        "CREATE KEYSPACE IF NOT EXISTS stress WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
-        "CREATE TABLE IF NOT EXISTS stress.kv (k int PRIMARY KEY, v bigint)",
-    ] {
-        svc.clone()
-            .oneshot(CqlRequest::unprepared(cql))
-            .await
-            .map_err(|e| e.to_string())?;
-    }
+    workload::create(&svc, &a).await?;
     let mut injected: Vec<(&'static str, FaultId)> = Vec::new();
     if let Some(c) = &cluster {
         for f in &faults {
@@ -355,43 +185,23 @@ async fn run(a: Args, faults: Vec<FaultSpec>, otlp: Option<OtlpExporter>) -> Res
         c.counters().reset();
     }
 
-    let read = Statement::new("SELECT v FROM stress.kv WHERE k = ?")
-        .operation("read")
-        .idempotent(true);
-    let write = Statement::new("INSERT INTO stress.kv (k, v) VALUES (?, ?)")
-        .operation("write")
-        .idempotent(!a.non_idempotent_writes);
+    let a = Arc::new(a);
     let stop = Arc::new(AtomicBool::new(false));
     let seq = Arc::new(AtomicU64::new(0));
+    let scans = Arc::new(ScanTally::default());
     let started = Instant::now();
-    let mut workers = Vec::new();
-    for w in 0..a.concurrency {
-        let (svc, read, write, stop, seq) = (
-            svc.clone(),
-            read.clone(),
-            write.clone(),
-            stop.clone(),
-            seq.clone(),
-        );
-        let (rows, read_ratio, page) = (a.rows, a.read_ratio, a.page_size);
-        workers.push(tokio::spawn(async move {
-            let mut rng = fastrand::Rng::with_seed(w as u64 + 1);
-            while !stop.load(Ordering::Relaxed) {
-                let k = rng.i32(0..rows);
-                let req = if rng.f64() < read_ratio {
-                    read.request().bind((k,)).page_size(page)
-                } else {
-                    // unique values: a write applied twice is visible to the server's counters
-                    let v = seq.fetch_add(1, Ordering::Relaxed) as i64;
-                    write.request().bind((k, v))
-                };
-                let _ = svc
-                    .clone()
-                    .oneshot(req.timeout(Duration::from_secs(10)))
-                    .await;
-            }
-        }));
-    }
+    let workers: Vec<_> = (0..a.concurrency)
+        .map(|w| {
+            tokio::spawn(workload::worker(
+                stack.clone(),
+                a.clone(),
+                w,
+                stop.clone(),
+                seq.clone(),
+                scans.clone(),
+            ))
+        })
+        .collect();
 
     let deadline = started + Duration::from_secs_f64(a.duration);
     // A progress bar on a terminal (hidden when stderr is not one); the
@@ -473,19 +283,47 @@ async fn run(a: Args, faults: Vec<FaultSpec>, otlp: Option<OtlpExporter>) -> Res
     }
 
     let s = memory.snapshot();
-    let data = s.request_latency(Some("read"));
-    let mut lat = data.clone();
+    let mut lat = s.request_latency(Some("read"));
     lat.merge(&s.request_latency(Some("write")));
-    let ops = lat.count();
+    lat.merge(&s.request_latency(Some("scan")));
+    // a scan is one operation, however many pages (requests) it took
+    let scanned = scans.complete.load(Ordering::Relaxed)
+        + scans.failed.load(Ordering::Relaxed)
+        + scans.short.load(Ordering::Relaxed);
+    let ops = lat.count() - s.request_latency(Some("scan")).count() + scanned;
     let errors: BTreeMap<&str, u64> = s
         .errors
         .iter()
         .filter(|(k, _)| **k != ErrorKind::ShutDown)
         .map(|(k, v)| (k.as_str(), *v))
         .collect();
-    let failed: u64 = errors.values().sum();
+    // errors of scans are counted once per scan, not per page request
+    let failed: u64 = if a.scan {
+        let page_errors: u64 = s
+            .requests
+            .iter()
+            .filter(|r| {
+                r.labels
+                    .operation
+                    .as_ref()
+                    .is_some_and(|o| o.as_str() == "scan")
+            })
+            .filter(|r| r.labels.error.is_some_and(|e| e != ErrorKind::ShutDown))
+            .map(|r| r.histogram.count())
+            .sum();
+        errors.values().sum::<u64>() - page_errors + scans.failed.load(Ordering::Relaxed)
+    } else {
+        errors.values().sum()
+    };
+    let attempts_total = s.attempt_latency(None).count();
+    let attempts_cancelled = s
+        .attempt_errors
+        .get(&ErrorKind::Cancelled)
+        .copied()
+        .unwrap_or(0);
+    let attempts_error = s.attempt_errors.values().sum::<u64>() - attempts_cancelled;
     let mut json = format!(
-        "{{\"ops\":{ops},\"ok\":{},\"errors\":{{{}}},\"retries\":{},\"throttled\":{},\"throughput_ops_s\":{:.1},\"latency_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\"duration_s\":{elapsed:.3},\"interrupted\":{interrupted}",
+        "{{\"ops\":{ops},\"ok\":{},\"errors\":{{{}}},\"retries\":{},\"throttled\":{},\"throughput_ops_s\":{:.1},\"latency_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\"duration_s\":{elapsed:.3},\"interrupted\":{interrupted},\"attempts\":{{\"total\":{attempts_total},\"ok\":{},\"error\":{attempts_error},\"cancelled\":{attempts_cancelled}}},\"pages\":{},\"rows\":{},\"scans\":{{\"complete\":{},\"failed\":{},\"short\":{}}}",
         ops - failed,
         errors
             .iter()
@@ -500,6 +338,12 @@ async fn run(a: Args, faults: Vec<FaultSpec>, otlp: Option<OtlpExporter>) -> Res
         us(lat.quantile(0.99)),
         us(lat.quantile(0.999)),
         us(lat.max()),
+        attempts_total - attempts_error - attempts_cancelled,
+        s.pages,
+        s.page_rows,
+        scans.complete.load(Ordering::Relaxed),
+        scans.failed.load(Ordering::Relaxed),
+        scans.short.load(Ordering::Relaxed),
     );
     if let Some(c) = &cluster {
         json.push_str(&format!(
