@@ -291,3 +291,59 @@ async fn the_cardinality_guard_folds_label_sets_past_the_limit() {
         MetricsLayer::new(MetricsConfig { max_label_sets: 0 }, e.collectors.clone()).unwrap_err();
     assert!(err.to_string().contains("metrics.max_label_sets"), "{err}");
 }
+
+/// A paged read through the stack: one `cql.stream` span, and under it
+/// one `cql.page` span per page (with its index), each the request span of
+/// that page's trip through the stack.
+#[tokio::test(flavor = "current_thread")]
+async fn a_paged_read_is_a_stream_span_with_a_page_span_per_page() {
+    use futures::TryStreamExt;
+    let e = env().await;
+    e.driver
+        .execute(CqlRequest::unprepared(
+            "CREATE TABLE ks.wide (k int, c int, PRIMARY KEY (k, c))",
+        ))
+        .await
+        .unwrap();
+    for c in 0..25 {
+        e.driver
+            .execute(CqlRequest::query("INSERT INTO ks.wide (k, c) VALUES (1, ?)").bind((c,)))
+            .await
+            .unwrap();
+    }
+    let capture = Capture::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+    let stack = tower_cql_middleware::stack::StackBuilder::new(e.collectors.clone())
+        .build(e.driver.clone())
+        .unwrap();
+    let rows: Vec<(i32,)> = stack
+        .stream::<(i32,)>(
+            CqlRequest::query("SELECT c FROM ks.wide WHERE k = 1")
+                .idempotent(true)
+                .page_size(10),
+        )
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 25);
+    let spans = capture.spans();
+    let streams: Vec<_> = spans.iter().filter(|s| s.name == "cql.stream").collect();
+    assert_eq!(streams.len(), 1, "{spans:?}");
+    let pages: Vec<_> = spans.iter().filter(|s| s.name == "cql.page").collect();
+    assert_eq!(pages.len(), 3, "25 rows in pages of 10: {spans:?}");
+    for (i, p) in pages.iter().enumerate() {
+        assert_eq!(p.parent, Some(streams[0].id), "{p:?}");
+        assert_eq!(
+            p.fields.get("cql.page.index").map(String::as_str),
+            Some(i.to_string().as_str())
+        );
+    }
+    assert!(
+        !spans.iter().any(|s| s.name == "cql.request"),
+        "pages are not plain request spans: {spans:?}"
+    );
+    stack.close().await;
+}
