@@ -104,6 +104,10 @@ pub struct FailureClass {
     pub overload: bool,
     /// The `error.type` label (bounded: one per [`ErrorKind`]).
     pub error_type: &'static str,
+    /// The client stopped waiting before an answer (a per-attempt
+    /// timeout, the deadline, a cancellation): the attempt took longer
+    /// than the time it ran (a censored latency, for the hedge's delay).
+    pub cut_short: bool,
 }
 
 /// Classifies `error` for a request that is (or is not) idempotent. The
@@ -115,6 +119,10 @@ pub fn classify(error: &CqlError, idempotent: bool) -> FailureClass {
         node: node_verdict(kind),
         overload: matches!(kind, ErrorKind::Overloaded | ErrorKind::ClientTimeout),
         error_type: kind.as_str(),
+        cut_short: matches!(
+            kind,
+            ErrorKind::ClientTimeout | ErrorKind::DeadlineExceeded | ErrorKind::Cancelled
+        ),
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tower_cql_core::{CqlError, ErrorKind, Histogram, HistogramSnapshot};
+use tower_cql_core::{CqlError, Histogram, HistogramSnapshot};
 
 use super::HedgeDelay;
 
@@ -262,10 +262,13 @@ pub(super) enum Observed {
 impl Observed {
     /// What a first attempt that failed with `err` observed.
     pub(super) fn failed(err: &CqlError) -> Observed {
-        match err.kind() {
-            ErrorKind::ClientTimeout | ErrorKind::DeadlineExceeded => Observed::Censored,
-            _ if err.was_not_sent() => Observed::Nothing,
-            _ => Observed::Answered,
+        // the one classifier says whether the client stopped waiting
+        if tower_cql_core::classify::classify(err, false).cut_short {
+            Observed::Censored
+        } else if err.was_not_sent() {
+            Observed::Nothing
+        } else {
+            Observed::Answered
         }
     }
 }
