@@ -16,14 +16,13 @@ use tower::ServiceExt;
 use tower_cql_core::event::{AttemptEvent, RequestEvent};
 use tower_cql_core::{Collector, Collectors, ErrorKind};
 use tower_cql_middleware::hedge::{HedgeConfig, HedgeDelay};
-use tower_cql_middleware::retry::{Backoff, BudgetConfig, RetryConfig};
 use tower_cql_middleware::stack::StackBuilder;
 use tower_cql_middleware::timeout::TimeoutConfig;
 use tower_cql_testkit::{Fault, Opcode};
 
 mod support;
 
-use support::{GET, cluster, read};
+use support::{GET, cluster, fast_retries, read};
 
 /// Attempt events by node and by outcome, and request events by outcome.
 #[derive(Default)]
@@ -75,18 +74,7 @@ async fn every_attempt_that_started_is_an_event_with_its_node() {
             .node(1),
     );
     let stack = StackBuilder::new(collectors.clone())
-        .retry(RetryConfig {
-            max_attempts: 3,
-            backoff: Backoff {
-                base: Duration::from_millis(1),
-                max: Duration::from_millis(2),
-            },
-            budget: BudgetConfig {
-                ratio: 1.0,
-                min_per_second: 1000,
-                ..BudgetConfig::default()
-            },
-        })
+        .retry(fast_retries(3))
         .hedge(HedgeConfig {
             delay: HedgeDelay::Fixed(Duration::from_millis(20)),
             max_speculative: 1,

@@ -17,14 +17,13 @@ use tower_cql_core::{
 };
 use tower_cql_middleware::breaker::BreakerConfig;
 use tower_cql_middleware::metrics::MetricsConfig;
-use tower_cql_middleware::retry::{Backoff, BudgetConfig, RetryConfig};
 use tower_cql_middleware::stack::StackBuilder;
 use tower_cql_middleware::timeout::TimeoutConfig;
 use tower_cql_testkit::{Fault, InjectedError, Opcode};
 
 mod support;
 
-use support::{GET, cluster, read};
+use support::{GET, cluster, fast_retries, read};
 
 /// Breaker state changes, as the collectors saw them.
 #[derive(Default)]
@@ -53,21 +52,6 @@ impl BreakerLog {
     }
 }
 
-fn retries(max_attempts: u32) -> RetryConfig {
-    RetryConfig {
-        max_attempts,
-        backoff: Backoff {
-            base: Duration::from_millis(1),
-            max: Duration::from_millis(2),
-        },
-        budget: BudgetConfig {
-            ratio: 1.0,
-            min_per_second: 1000,
-            ..BudgetConfig::default()
-        },
-    }
-}
-
 /// Node 0 fails every read; retries hide it (every request succeeds on
 /// another node), yet its breaker opens: the breaker learns from attempts.
 /// Before, it learned only the final outcome, a success from node 1 or 2,
@@ -84,7 +68,7 @@ async fn a_failing_node_hidden_behind_retries_opens_its_breaker() {
             .node(0),
     );
     let stack = StackBuilder::new(collectors)
-        .retry(retries(3))
+        .retry(fast_retries(3))
         .breaker(BreakerConfig {
             min_requests: 5,
             cool_down: Duration::from_secs(30),

@@ -161,30 +161,45 @@ async fn pages_are_requests_through_the_stack_and_a_failed_page_is_retried() {
 async fn the_next_page_is_in_flight_while_the_current_one_is_read() {
     let (cluster, driver, collectors) = wide().await;
     let stack = StackBuilder::new(collectors).build(driver.clone()).unwrap();
-    for (name, via_stack) in [("the stack", true), ("the driver service", false)] {
-        let before = cluster.counters().executions(SCAN);
-        let mut first_rows: Vec<(i32, String)> = Vec::new();
-        if via_stack {
-            let mut rows = stack.stream::<(i32, String)>(scan(10)).await.unwrap();
-            first_rows.push(rows.try_next().await.unwrap().unwrap());
-            // the consumer is busy with row 0 of page 1 and does not poll
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let sent = cluster.counters().executions(SCAN) - before;
-            assert_eq!(sent, 2, "{name}: page 1 read and page 2 asked for, no more");
-            let rest: Vec<(i32, String)> = rows.try_collect().await.unwrap();
-            assert_eq!(rest.len(), ROWS as usize - 1);
-        } else {
-            let mut rows = driver.stream::<(i32, String)>(scan(10)).await.unwrap();
-            first_rows.push(rows.try_next().await.unwrap().unwrap());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let sent = cluster.counters().executions(SCAN) - before;
-            assert_eq!(sent, 2, "{name}: page 1 read and page 2 asked for, no more");
-            let rest: Vec<(i32, String)> = rows.try_collect().await.unwrap();
-            assert_eq!(rest.len(), ROWS as usize - 1);
-        }
-        assert_eq!(first_rows[0].0, 0);
-    }
+    let before = cluster.counters().executions(SCAN);
+    let rows = stack.stream::<(i32, String)>(scan(10)).await.unwrap();
+    let sent = || cluster.counters().executions(SCAN) - before;
+    one_page_ahead("the stack", rows, sent).await;
+    let before = cluster.counters().executions(SCAN);
+    let rows = driver.stream::<(i32, String)>(scan(10)).await.unwrap();
+    let sent = || cluster.counters().executions(SCAN) - before;
+    one_page_ahead("the driver service", rows, sent).await;
     stack.close().await;
+}
+
+/// Reads row 0, stops polling for 200 ms, and checks that the server has
+/// seen the requests for pages 1 and 2 (`sent`), no more; then reads the rest.
+async fn one_page_ahead<S>(
+    name: &str,
+    mut rows: tower_cql_core::RowStream<(i32, String), S>,
+    sent: impl Fn() -> u64,
+) where
+    S: tower::Service<
+            CqlRequest,
+            Response = tower_cql_core::CqlResponse,
+            Error = tower_cql_core::CqlError,
+        > + Clone
+        + Send
+        + Unpin
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let first = rows.try_next().await.unwrap().unwrap();
+    assert_eq!(first.0, 0);
+    // the consumer is busy with row 0 of page 1 and does not poll
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        sent(),
+        2,
+        "{name}: page 1 read and page 2 asked for, no more"
+    );
+    let rest: Vec<(i32, String)> = rows.try_collect().await.unwrap();
+    assert_eq!(rest.len(), ROWS as usize - 1, "{name}");
 }
 
 /// `close()` waits for the page in flight; the next page is refused

@@ -6,11 +6,13 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use scylla::client::session_builder::SessionBuilder;
 use tower_cql_core::{
     Collector, Collectors, CqlRequest, DriverService, InMemoryCollector, Statement,
 };
+use tower_cql_middleware::retry::{Backoff, BudgetConfig, RetryConfig};
 use tower_cql_testkit::Cluster;
 
 /// The cluster, the driver service, its collectors and the in-memory collector.
@@ -81,4 +83,21 @@ pub(crate) fn read(k: i32) -> CqlRequest {
         .idempotent(true)
         .request()
         .bind((k % 10,))
+}
+
+/// `max_attempts` attempts with a 1-2 ms backoff and a budget that never
+/// binds: retries as the tests want them, fast and certain.
+pub(crate) fn fast_retries(max_attempts: u32) -> RetryConfig {
+    RetryConfig {
+        max_attempts,
+        backoff: Backoff {
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+        },
+        budget: BudgetConfig {
+            ratio: 1.0,
+            min_per_second: 1000,
+            ..BudgetConfig::default()
+        },
+    }
 }
