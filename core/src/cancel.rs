@@ -22,9 +22,16 @@
 //!     assert_eq!(reason(), CancelReason::LostRace);
 //! });
 //! assert_eq!(reason(), CancelReason::Dropped);
+//!
+//! // a layer that cancels one attempt learns the node it had gone to
+//! use tower_cql_core::cancel::{cancel_attempt, tell_node};
+//! let node = "10.0.0.1:9042".parse().unwrap();
+//! let told = cancel_attempt(CancelReason::TimedOut, || tell_node(node));
+//! assert_eq!(told, Some(node));
 //! ```
 
 use std::cell::Cell;
+use std::net::SocketAddr;
 
 /// Why an attempt ended before it completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,6 +61,8 @@ impl CancelReason {
 
 thread_local! {
     static REASON: Cell<Option<CancelReason>> = const { Cell::new(None) };
+    /// The node the attempt being dropped had gone to, as it told.
+    static NODE: Cell<Option<SocketAddr>> = const { Cell::new(None) };
 }
 
 /// Runs `f` (which drops what it cancels) with `why` as the reason any
@@ -73,4 +82,21 @@ pub fn cancelling<R>(why: CancelReason, f: impl FnOnce() -> R) -> R {
 /// [`CancelReason::Dropped`] outside [`cancelling`].
 pub fn reason() -> CancelReason {
     REASON.with(Cell::get).unwrap_or(CancelReason::Dropped)
+}
+
+/// Like [`cancelling`], for a layer that drops one attempt and wants to
+/// know the node it had gone to (the per-attempt timeout names it in its
+/// `ClientTimeout`, so a retry avoids that node): the node the attempt
+/// told with [`tell_node`] as it was dropped, if it knew one.
+pub fn cancel_attempt(why: CancelReason, drop_it: impl FnOnce()) -> Option<SocketAddr> {
+    NODE.with(|n| n.set(None));
+    cancelling(why, drop_it);
+    NODE.with(Cell::take)
+}
+
+/// Called by an attempt as it is dropped (the
+/// [`DriverService`](crate::DriverService)'s does): the node it had gone
+/// to, for [`cancel_attempt`].
+pub fn tell_node(node: SocketAddr) {
+    NODE.with(|n| n.set(Some(node)));
 }

@@ -280,7 +280,7 @@ struct Unfinished<'a> {
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        if !self.armed || !self.collectors.is_active() {
+        if !self.armed {
             return;
         }
         let meta = self.meta;
@@ -288,6 +288,12 @@ impl Drop for Unfinished<'_> {
             .listener
             .and_then(|l| l.node.get().copied())
             .or_else(|| meta.route()?.attempt_node(meta.attempt_index()));
+        if let Some(n) = node {
+            crate::cancel::tell_node(n);
+        }
+        if !self.collectors.is_active() {
+            return;
+        }
         let duration = self.start.elapsed();
         let error = match crate::cancel::reason() {
             CancelReason::TimedOut => CqlError::new(

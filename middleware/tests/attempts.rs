@@ -57,13 +57,26 @@ fn size() -> i32 {
         .map_or(400, |n| (n / 10).max(50))
 }
 
-/// Node 1 answers reads 300 ms late; the stack hedges after 20 ms, times
-/// each attempt out after 150 ms and retries. Most attempts sent to node 1
-/// are cut (lost the race, or timed out): before, they left no event, so
-/// node 1 looked idle while it was the problem. Now the attempt events per
-/// node are the server's executions per node.
+/// Node 1 answers reads 300 ms late; the stack hedges after 20 ms (the
+/// attempts sent to node 1 lose the race) and times each attempt out after
+/// 150 ms. Before, the cut attempts left no event, so node 1 looked idle
+/// while it was the problem (node 1: 0 attempt events for 122 server
+/// executions). Now the attempt events per node are the server's
+/// executions per node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_attempt_that_started_is_an_event_with_its_node() {
+async fn every_attempt_that_started_is_an_event_with_its_node_under_hedging() {
+    every_attempt_is_an_event(true).await;
+}
+
+/// The same without hedging: the attempts sent to node 1 are cut by the
+/// per-attempt timeout (100 ms) and retried elsewhere; each is an attempt
+/// event (`client_timeout`) naming node 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_that_started_is_an_event_with_its_node_under_timeouts() {
+    every_attempt_is_an_event(false).await;
+}
+
+async fn every_attempt_is_an_event(hedged: bool) {
     let seen = Arc::new(Seen::default());
     let collectors = Collectors::with([seen.clone() as Arc<dyn Collector>]);
     let (cluster, driver) = cluster(&collectors).await;
@@ -73,19 +86,25 @@ async fn every_attempt_that_started_is_an_event_with_its_node() {
             .matching(GET)
             .node(1),
     );
-    let stack = StackBuilder::new(collectors.clone())
-        .retry(fast_retries(3))
-        .hedge(HedgeConfig {
-            delay: HedgeDelay::Fixed(Duration::from_millis(20)),
-            max_speculative: 1,
-            ..HedgeConfig::default()
-        })
-        .timeout(TimeoutConfig {
-            per_attempt: Some(Duration::from_millis(150)),
+    let builder = StackBuilder::new(collectors.clone()).retry(fast_retries(3));
+    let builder = if hedged {
+        builder
+            .hedge(HedgeConfig {
+                delay: HedgeDelay::Fixed(Duration::from_millis(20)),
+                max_speculative: 1,
+                ..HedgeConfig::default()
+            })
+            .timeout(TimeoutConfig {
+                per_attempt: Some(Duration::from_millis(150)),
+                ..TimeoutConfig::default()
+            })
+    } else {
+        builder.timeout(TimeoutConfig {
+            per_attempt: Some(Duration::from_millis(100)),
             ..TimeoutConfig::default()
         })
-        .build(driver)
-        .unwrap();
+    };
+    let stack = builder.build(driver).unwrap();
     // count from here: the setup's own statements are not part of it
     seen.attempts.lock().unwrap().clear();
     seen.attempt_outcomes.lock().unwrap().clear();
@@ -126,15 +145,30 @@ async fn every_attempt_that_started_is_an_event_with_its_node() {
         })
         .collect();
     println!(
-        "attempts: {n} reads ({ok} ok), node 1 answers 300 ms late, hedge 20 ms, timeout 150 ms: \
+        "attempts: {n} reads ({ok} ok), node 1 answers 300 ms late, {}: \
          attempt events per node {per_node:?} (without a node: {}), server executions per node \
          {executions:?}; attempt outcomes {:?}; requests {:?}",
+        if hedged {
+            "hedge 20 ms, timeout 150 ms"
+        } else {
+            "timeout 100 ms, 3 attempts"
+        },
         attempts.get(&None).copied().unwrap_or(0),
         seen.attempt_outcomes.lock().unwrap(),
         seen.requests.lock().unwrap(),
     );
     assert_eq!(ok, n, "hedging and retries serve every read");
     assert!(executions[1] > 0, "node 1 was sent reads");
+    let cut = if hedged {
+        "cancelled"
+    } else {
+        "client_timeout"
+    };
+    assert_eq!(
+        seen.attempt_outcomes.lock().unwrap().get(cut).copied(),
+        Some(executions[1]),
+        "every attempt sent to node 1 was cut ({cut})"
+    );
     for i in 0..3 {
         assert!(
             per_node[i] >= executions[i],

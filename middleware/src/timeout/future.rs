@@ -9,7 +9,7 @@ use pin_project_lite::pin_project;
 use std::sync::Arc;
 use tokio::time::{Instant, Sleep};
 
-use tower_cql_core::cancel::{CancelReason, cancelling};
+use tower_cql_core::cancel::{CancelReason, cancel_attempt};
 use tower_cql_core::classify::NodeVerdict;
 use tower_cql_core::routing::RouteHint;
 use tower_cql_core::{CqlError, ErrorKind};
@@ -140,7 +140,7 @@ where
                     Limit::PerAttempt(_) => CancelReason::TimedOut,
                     Limit::Deadline => CancelReason::DeadlinePassed,
                 };
-                cancelling(why, || future.set(None));
+                let told = cancel_attempt(why, || future.set(None));
                 let elapsed = Instant::now().saturating_duration_since(*started);
                 Poll::Ready(Err(match *limit {
                     Limit::PerAttempt(d) => {
@@ -150,12 +150,16 @@ where
                                 "the attempt timed out after {d:?} (per-attempt timeout); it may have been applied"
                             ),
                         );
-                        match route
-                            .as_ref()
-                            .and_then(|(h, i)| Some((h, h.attempt_node(*i)?)))
-                        {
-                            Some((hint, node)) => {
-                                hint.report(node, NodeVerdict::Failed);
+                        // the node the attempt was waiting on: as the
+                        // attempt told when dropped, else as the steering
+                        // policy picked it
+                        let node =
+                            told.or_else(|| route.as_ref().and_then(|(h, i)| h.attempt_node(*i)));
+                        match node {
+                            Some(node) => {
+                                if let Some((hint, _)) = route {
+                                    hint.report(node, NodeVerdict::Failed);
+                                }
                                 err.with_node(node)
                             }
                             None => err,
