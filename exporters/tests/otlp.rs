@@ -454,3 +454,97 @@ fn builder_debug_shows_header_names_not_values() {
     assert!(debug.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{debug}");
     assert!(!debug.contains(SECRET), "{debug}");
 }
+
+/// An OTLP endpoint that accepts every connection and never answers (a
+/// collector that hangs): exports to it wait until their own timeout.
+struct Unresponsive {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Unresponsive {
+    async fn start() -> Unresponsive {
+        let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        Unresponsive { addr, task }
+    }
+}
+
+impl Drop for Unresponsive {
+    fn drop(&mut self) {
+        // The held sockets close with the task: pending exports fail fast.
+        self.task.abort();
+    }
+}
+
+/// The stack's close_timeout keeps its bound while the collectors' flush
+/// waits on an endpoint that never answers, and a close() after that
+/// cancelled one completes once the flush gives up (when the export times
+/// out, after 10 s here).
+async fn close_with_an_unresponsive_endpoint(protocol: Protocol) {
+    let endpoint = Unresponsive::start().await;
+    let otlp = no_env()
+        .protocol(protocol)
+        .endpoint(format!("http://{}", endpoint.addr))
+        .export_timeout(Duration::from_secs(10))
+        .metric_export_interval(Duration::from_secs(3600))
+        .install()
+        .unwrap();
+    let collectors = Collectors::with([Arc::new(otlp.collector()) as Arc<dyn Collector>]);
+    let (_cluster, driver) = support::driver(&collectors).await;
+    let stack = StackBuilder::new(collectors).build(driver).unwrap();
+    let mut svc = stack.service();
+    support::create_kv(&mut svc).await; // metrics to export
+
+    let limit = Duration::from_millis(500);
+    let start = std::time::Instant::now();
+    let first = stack.close_timeout(limit).await;
+    let took = start.elapsed();
+    assert_eq!(
+        first,
+        Err(0),
+        "drained, the flush still waiting on the endpoint"
+    );
+    // 10x the limit, and half the export timeout that ends the flush
+    assert!(
+        took < Duration::from_secs(5),
+        "close_timeout({limit:?}) took {took:?}"
+    );
+    assert!(!stack.is_open());
+
+    tokio::time::timeout(Duration::from_secs(60), stack.close())
+        .await
+        .expect("close() never completed after a cancelled close_timeout()");
+    println!(
+        "{protocol}: close_timeout({limit:?}) returned after {took:?}; the flush ended, \
+         and close() with it, {:?} after the first call",
+        start.elapsed()
+    );
+    assert_eq!(
+        stack.gate().state(),
+        tower_cql_core::GateState::Closed,
+        "closed after the flush gave up"
+    );
+    assert_eq!(stack.close_timeout(Duration::ZERO).await, Ok(()));
+
+    drop(endpoint);
+    let _ = tokio::time::timeout(Duration::from_secs(60), otlp.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_close_timeout_keeps_its_bound_when_the_endpoint_never_answers() {
+    close_with_an_unresponsive_endpoint(Protocol::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_close_timeout_keeps_its_bound_when_the_endpoint_never_answers() {
+    close_with_an_unresponsive_endpoint(Protocol::HttpProtobuf).await;
+}
