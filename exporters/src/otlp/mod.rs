@@ -58,6 +58,13 @@
 //! the values are added to requests by this module (a gRPC interceptor, an
 //! HTTP client wrapper), never handed to code that logs its configuration.
 //!
+//! # Bound values stay in the process
+//! [`tracing_layer`](OtlpExporter::tracing_layer) leaves out the scylla
+//! driver's spans and events, whose `TRACE` spans record partition key
+//! values; [`tracing_layer_with_driver_spans`](OtlpExporter::tracing_layer_with_driver_spans)
+//! exports them, for those who filter the driver's `TRACE` level out or
+//! may let the values leave.
+//!
 //! # Runtime
 //! The SDK exports from its own threads; the connections run on the Tokio
 //! runtime `install()` was called in. Flushing blocks the calling thread
@@ -390,18 +397,50 @@ impl OtlpExporter {
     /// A `tracing` layer exporting spans (the tracing middleware's
     /// `cql.request`/`cql.attempt` spans among them) to this exporter.
     ///
-    /// It leaves out the spans of the crates that carry the export (`h2`,
-    /// `hyper`, `tonic`, `tower`, `opentelemetry*`, `tokio`): exporting
-    /// them would make more of them, for ever. Add a filter of your own to
-    /// narrow it further, e.g. to targets starting with `tower_cql` to
-    /// leave out the driver's `TRACE` spans.
+    /// It leaves out two sets of crates, spans and events alike:
+    /// - **the scylla driver** (targets `scylla`, `scylla_cql`, ...): its
+    ///   `TRACE` spans (`Request`, ...) record bound values such as the
+    ///   partition key, which must not leave the process; opt in with
+    ///   [`tracing_layer_with_driver_spans`](Self::tracing_layer_with_driver_spans);
+    /// - the crates that carry the export (`h2`, `hyper`, `tonic`,
+    ///   `tower`, `opentelemetry*`, `tokio`): exporting them would make
+    ///   more of them, for ever.
+    ///
+    /// Everything else passes, your own spans included (so they can be the
+    /// parents of the stack's). Add a filter of your own to narrow it
+    /// further, e.g. to the targets starting with `tower_cql`.
     pub fn tracing_layer<S>(&self) -> impl Layer<S> + use<S>
+    where
+        S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+    {
+        self.layer(Driver::LeftOut)
+    }
+
+    /// [`tracing_layer`](Self::tracing_layer) with the scylla driver's own
+    /// spans and events exported too.
+    ///
+    /// **Warning:** at `TRACE` the driver records bound values in its
+    /// spans (the partition key of every request, in scylla 1.9), and with
+    /// this layer they are sent to the OTLP endpoint. Filter the `scylla`
+    /// targets to `DEBUG` or above (e.g. `RUST_LOG=info,scylla=debug`)
+    /// unless the values may leave the process.
+    pub fn tracing_layer_with_driver_spans<S>(&self) -> impl Layer<S> + use<S>
+    where
+        S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+    {
+        self.layer(Driver::Exported)
+    }
+
+    fn layer<S>(&self, driver: Driver) -> impl Layer<S> + use<S>
     where
         S: tracing::Subscriber + for<'span> LookupSpan<'span>,
     {
         tracing_opentelemetry::layer()
             .with_tracer(self.tracer.clone())
-            .with_filter(filter_fn(|m| !is_transport(m.target())))
+            .with_filter(filter_fn(move |m| {
+                let t = m.target();
+                !is_transport(t) && (driver == Driver::Exported || !is_driver(t))
+            }))
     }
 
     /// One span per request made from the stack's request events through
@@ -467,6 +506,20 @@ fn is_transport(target: &str) -> bool {
     })
 }
 
+/// Whether the tracing layer exports the scylla driver's spans and events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Driver {
+    LeftOut,
+    Exported,
+}
+
+/// A target of the scylla driver's crates: `scylla`, or `scylla_*`
+/// (`scylla_cql`, ...), alone or followed by `::`.
+fn is_driver(target: &str) -> bool {
+    let krate = target.split("::").next().unwrap_or(target);
+    krate == "scylla" || krate.starts_with("scylla_")
+}
+
 async fn off_runtime(
     f: impl FnOnce() -> (Option<OTelSdkError>, Option<OTelSdkError>) + Send + 'static,
 ) -> Result<(), FlushError> {
@@ -492,7 +545,29 @@ async fn off_runtime(
 
 #[cfg(test)]
 mod tests {
-    use super::is_transport;
+    use super::{is_driver, is_transport};
+
+    #[test]
+    fn driver_targets_are_the_scylla_crates_and_nothing_else() {
+        for t in [
+            "scylla",
+            "scylla::network::connection",
+            "scylla::observability::tracing",
+            "scylla_cql::frame",
+            "scylla_cql_core",
+        ] {
+            assert!(is_driver(t), "{t}");
+        }
+        for t in [
+            "tower_cql_core::driver",
+            "tower_cql_middleware::trace",
+            "scyllamigrate",
+            "my_app::scylla",
+            "h2",
+        ] {
+            assert!(!is_driver(t), "{t}");
+        }
+    }
 
     #[test]
     fn transport_targets_are_left_out_and_nothing_else() {
