@@ -435,11 +435,53 @@ async fn install_refuses_invalid_configuration() {
             OtlpExporterBuilder::from_vars([("OTEL_EXPORTER_OTLP_HEADERS", SECRET)]),
             "malformed OTLP header #1 (from OTEL_EXPORTER_OTLP_HEADERS): it has no '='",
         ),
+        // API keys in clear text to another host (nothing is sent: refused
+        // before any connection)
+        (
+            no_env()
+                .endpoint("http://otel-collector.example:4317")
+                .header("api-key", SECRET),
+            "OTLP headers (from OtlpExporterBuilder::header) would be sent in clear text over \
+             http:// to \"http://otel-collector.example:4317\", which is not a loopback address",
+        ),
+        (
+            OtlpExporterBuilder::from_vars([
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://10.20.30.40:4318"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", &format!("api-key={SECRET}")),
+            ]),
+            "(from OTEL_EXPORTER_OTLP_HEADERS) would be sent in clear text",
+        ),
+        (
+            no_env()
+                .endpoint("http://[2001:db8::1]:4317")
+                .header("authorization", SECRET),
+            "call OtlpExporterBuilder::allow_insecure_headers(true)",
+        ),
     ];
     for (builder, want) in cases {
         let err = builder.install().expect_err(want).to_string();
         assert!(err.contains(want), "want {want:?}\n got {err}");
         assert!(!err.contains(SECRET), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn install_sends_headers_to_loopback_without_being_told() {
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let port = receiver.addr().port();
+    for endpoint in [
+        format!("http://127.0.0.1:{port}"),
+        format!("http://127.0.0.2:{port}"),
+        format!("http://localhost:{port}"),
+        format!("http://[::1]:{port}"),
+    ] {
+        let otlp = no_env()
+            .endpoint(endpoint.as_str())
+            .header("api-key", SECRET)
+            .install()
+            .unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+        assert_eq!(otlp.endpoint(), endpoint);
+        let _ = otlp.shutdown().await;
     }
 }
 

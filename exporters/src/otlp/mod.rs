@@ -58,6 +58,16 @@
 //! the values are added to requests by this module (a gRPC interceptor, an
 //! HTTP client wrapper), never handed to code that logs its configuration.
 //!
+//! Nor are they sent in clear text to another machine: with headers and a
+//! plain `http://` endpoint whose host is not loopback (`localhost`,
+//! 127.0.0.0/8, `::1`), [`install`](OtlpExporterBuilder::install) fails
+//! with [`OtlpError::InsecureHeaders`] unless
+//! [`allow_insecure_headers(true)`](OtlpExporterBuilder::allow_insecure_headers)
+//! says the network on the way is trusted. That counts the headers of the
+//! builder, of `OTEL_EXPORTER_OTLP_HEADERS`, and of the variables
+//! `opentelemetry-otlp` reads from the process by itself
+//! (`OTEL_EXPORTER_OTLP_METRICS_HEADERS`, `..._TRACES_HEADERS`).
+//!
 //! # Bound values stay in the process
 //! [`tracing_layer`](OtlpExporter::tracing_layer) leaves out the scylla
 //! driver's spans and events, whose `TRACE` spans record partition key
@@ -72,6 +82,7 @@
 //! yourself: the stack's `close()` and [`OtlpExporter::shutdown`] flush on
 //! a blocking thread.
 
+mod clear_text;
 mod config;
 mod error;
 #[cfg(feature = "otlp-grpc")]
@@ -133,6 +144,7 @@ impl fmt::Debug for OtlpExporterBuilder {
             .field("resource", &x.resource)
             .field("metric_export_interval", &x.metric_export_interval)
             .field("export_timeout", &x.export_timeout)
+            .field("allow_insecure_headers", &x.allow_insecure_headers)
             .field("sampler", &self.sampler)
             .finish()
     }
@@ -254,10 +266,35 @@ impl OtlpExporterBuilder {
         self
     }
 
+    /// Sends the headers even though the endpoint is plain `http://` on a
+    /// host other than this machine (default: refused by
+    /// [`install`](Self::install) with [`OtlpError::InsecureHeaders`]).
+    ///
+    /// Header values are usually API keys, and over `http://` anyone on
+    /// the way can read them. Allow it only when the network between is
+    /// trusted; else send to a collector on loopback (a sidecar) that
+    /// forwards over TLS. Loopback endpoints (`localhost`, 127.0.0.0/8,
+    /// `::1`) never need this.
+    pub fn allow_insecure_headers(mut self, allow: bool) -> Self {
+        self.explicit.allow_insecure_headers = allow;
+        self
+    }
+
+    /// The validated settings `install()` uses: those of the builder and
+    /// its variables, and no header in clear text to another host (nor any
+    /// the SDK would add from the process environment) unless allowed.
+    fn resolve(&self) -> Result<Resolved, OtlpError> {
+        let cfg = config::resolve(&self.env, &self.explicit)?;
+        clear_text::refuse_headers_in_clear(&cfg, self.explicit.allow_insecure_headers, |var| {
+            std::env::var(var).ok()
+        })?;
+        Ok(cfg)
+    }
+
     /// Validates the settings, builds the metric and span exporters and
     /// their providers. Must be called inside a Tokio runtime.
     pub fn install(self) -> Result<OtlpExporter, OtlpError> {
-        let cfg = config::resolve(&self.env, &self.explicit)?;
+        let cfg = self.resolve()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| OtlpError::NoRuntime)?;
         let (metric_exporter, span_exporter) = exporters(&cfg, &runtime)?;
 
@@ -545,7 +582,25 @@ async fn off_runtime(
 
 #[cfg(test)]
 mod tests {
-    use super::{is_driver, is_transport};
+    use super::{OtlpError, OtlpExporterBuilder, is_driver, is_transport};
+
+    #[test]
+    fn allow_insecure_headers_lets_headers_go_to_another_host() {
+        // resolve() is what install() checks first: no exporter is built,
+        // nothing is sent
+        let b = OtlpExporterBuilder::from_vars([(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://collector.internal:4317",
+        )])
+        .header("api-key", "k");
+        let err = b.clone().resolve().unwrap_err();
+        assert!(matches!(err, OtlpError::InsecureHeaders { .. }), "{err:?}");
+        let b = b.allow_insecure_headers(true);
+        assert!(format!("{b:?}").contains("allow_insecure_headers: true"));
+        let cfg = b.resolve().expect("allowed explicitly");
+        assert_eq!(cfg.endpoint, "http://collector.internal:4317");
+        assert_eq!(cfg.headers.len(), 1);
+    }
 
     #[test]
     fn driver_targets_are_the_scylla_crates_and_nothing_else() {
