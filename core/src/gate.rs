@@ -24,14 +24,25 @@
 //! One atomic word holds the state bits and the in-flight count. `enter`
 //! adds one to the count and reads the state in the same atomic operation;
 //! if closing had begun it takes its one back and refuses. `close` sets the
-//! closing bit, waits until the count drains to zero, flushes the
-//! collectors once, and marks the gate closed. Every step is one atomic
-//! read-modify-write, so there is no check-then-act race; the `loom` model
-//! in this module checks it under every interleaving.
+//! closing bit, waits until the count drains to zero, and claims the flush;
+//! the one `close` that wins the claim hands the flush to a job the gate
+//! owns (on a blocking thread), which flushes the collectors once, marks
+//! the gate closed and wakes every `close` waiting. Every step is one
+//! atomic read-modify-write, so there is no check-then-act race; the
+//! `loom` models in this module check it under every interleaving.
+//!
+//! # Cancellation
+//! `close()` and `close_timeout()` may be dropped at any await point (a
+//! caller's `tokio::time::timeout`, a `select!`): they only ever wait for
+//! a notification, never for work of their own, so dropping one abandons
+//! nothing. A flush that never finishes (an exporter stuck on an endpoint
+//! that does not answer) keeps the gate closing, not broken: each
+//! `close_timeout` returns at its bound, and a later `close()` returns once
+//! that same flush ends.
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -101,6 +112,7 @@ impl GateCore {
         self.state.fetch_or(CLOSING, Ordering::AcqRel) & COUNT
     }
 
+    #[cfg(tower_cql_loom)]
     pub(crate) fn is_drained(&self) -> bool {
         self.state.load(Ordering::Acquire) & COUNT == 0
     }
@@ -124,6 +136,11 @@ impl GateCore {
         }
     }
 
+    /// Whether the flush has finished and the gate is closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.load(Ordering::Acquire) & CLOSED != 0
+    }
+
     pub(crate) fn mark_closed(&self) {
         self.state.fetch_or(CLOSED, Ordering::AcqRel);
     }
@@ -143,7 +160,9 @@ impl GateCore {
 
 struct Inner {
     core: GateCore,
+    /// Notified when the last request leaves a closing gate.
     drained: Notify,
+    /// Notified when the flush has finished and the gate is closed.
     closed: Notify,
     collectors: Option<Collectors>,
 }
@@ -243,62 +262,42 @@ impl Gate {
     /// Stops admitting requests, waits for those in flight, flushes the
     /// collectors, and returns when the gate is closed. Idempotent; safe
     /// to call from many tasks at once (all return once closed).
+    ///
+    /// Cancel-safe: dropping the future (a caller's timeout) abandons
+    /// nothing. The flush, once begun, belongs to the gate and finishes on
+    /// its own; a later `close()` waits for that same flush.
     pub async fn close(&self) {
-        self.inner.core.begin_close();
+        let inner = &*self.inner;
+        inner.core.begin_close();
         loop {
-            let drained = self.inner.drained.notified();
-            tokio::pin!(drained);
+            // Enabled before the state is read, so that a change after the
+            // read wakes us (a `Notify::notify_waiters` wakes only futures
+            // that exist, and are enabled, when it is called).
+            let mut drained = pin!(inner.drained.notified());
+            let mut closed = pin!(inner.closed.notified());
             drained.as_mut().enable();
-            if self.inner.core.is_drained() {
-                break;
-            }
-            drained.await;
-        }
-        if self.inner.core.claim_flush() {
-            self.flush_collectors().await;
-            self.inner.core.mark_closed();
-            self.inner.closed.notify_waiters();
-            return;
-        }
-        loop {
-            let closed = self.inner.closed.notified();
-            tokio::pin!(closed);
             closed.as_mut().enable();
-            if self.state() == GateState::Closed {
+            if inner.core.is_closed() {
                 return;
             }
-            // A refused enter may have held the count above zero while we
-            // tried to claim the flush: re-check drained then.
-            if self.inner.core.is_drained() && self.inner.core.claim_flush() {
-                self.flush_collectors().await;
-                self.inner.core.mark_closed();
-                self.inner.closed.notify_waiters();
-                return;
+            if inner.core.claim_flush() {
+                // No await between the claim and handing it over: the
+                // flush cannot be left claimed and never run.
+                FlushJob::start(&self.inner);
+                continue;
             }
-            tokio::select! {
-                _ = closed => {}
-                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
-            }
+            // Still draining (a refused enter may hold the count above zero
+            // for an instant: its exit notifies `drained`), or the flush is
+            // under way (it notifies `closed`).
+            futures::future::select(drained, closed).await;
         }
     }
 
-    /// Flushes the collectors on a blocking thread: exporters may block
-    /// while they push their last data, and some need the runtime's worker
-    /// free to do it (an OTLP exporter would otherwise deadlock a
-    /// current-thread runtime).
-    async fn flush_collectors(&self) {
-        let Some(c) = self.inner.collectors.clone() else {
-            return;
-        };
-        if tokio::runtime::Handle::try_current().is_ok() {
-            let _ = tokio::task::spawn_blocking(move || c.flush()).await;
-        } else {
-            c.flush();
-        }
-    }
-
-    /// [`Gate::close`] with a limit: `Err(in_flight)` if requests were still
-    /// in flight after `limit` (the gate stays closing; call again to wait more).
+    /// [`Gate::close`] with a limit, kept even when a collector's flush
+    /// never finishes. `Err(n)` if the gate was not closed after `limit`:
+    /// `n` requests were still in flight, or, with `n == 0`, all had left
+    /// and the collectors' flush was still running (it goes on; call
+    /// again, or [`Gate::close`], to wait more). Cancel-safe, as `close`.
     pub async fn close_timeout(&self, limit: Duration) -> Result<(), u64> {
         match tokio::time::timeout(limit, self.close()).await {
             Ok(()) => Ok(()),
@@ -312,6 +311,53 @@ impl Gate {
             gate: self.clone(),
             inner,
         }
+    }
+}
+
+/// The claimed flush, owned by the gate rather than by the `close()` that
+/// claimed it: it flushes the collectors, marks the gate closed and wakes
+/// every `close()`, whether it runs on the blocking thread it was handed
+/// to or is dropped there unrun (a runtime shutting down drops the work
+/// it has not started; the flush then runs where it is dropped, so that it
+/// is neither skipped nor left claimed for ever).
+struct FlushJob(Option<Arc<Inner>>);
+
+impl FlushJob {
+    /// Runs the flush on a blocking thread: exporters may block while they
+    /// push their last data, and some need the runtime's worker free to do
+    /// it (an OTLP exporter would otherwise deadlock a current-thread
+    /// runtime). Outside a runtime, or with nothing to flush, it runs here.
+    fn start(inner: &Arc<Inner>) {
+        let job = FlushJob(Some(inner.clone()));
+        if inner.collectors.is_none() {
+            return job.run();
+        }
+        match tokio::runtime::Handle::try_current() {
+            // The handle is dropped: the job finishes on its own.
+            Ok(rt) => drop(rt.spawn_blocking(move || job.run())),
+            Err(_) => job.run(),
+        }
+    }
+
+    fn run(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        let Some(inner) = self.0.take() else {
+            return;
+        };
+        if let Some(c) = &inner.collectors {
+            c.flush(); // catches and counts a collector's panic
+        }
+        inner.core.mark_closed();
+        inner.closed.notify_waiters();
+    }
+}
+
+impl Drop for FlushJob {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -507,6 +553,69 @@ mod loom_tests {
             assert!(!core.claim_flush(), "the flush is claimed once");
             core.mark_closed();
             assert_eq!(core.state(), (GateState::Closed, 0));
+        });
+    }
+
+    /// What `close()` does, one step: closed, or claim the flush and hand
+    /// it to a job (a thread here, a blocking task in the gate) that marks
+    /// the gate closed. Returns the job if this step started it.
+    fn close_step(
+        core: &Arc<GateCore>,
+        flushes: &Arc<AtomicUsize>,
+    ) -> Option<loom::thread::JoinHandle<()>> {
+        if core.is_closed() || !core.claim_flush() {
+            return None;
+        }
+        let (core, flushes) = (core.clone(), flushes.clone());
+        Some(loom::thread::spawn(move || {
+            flushes.fetch_add(1, Ordering::SeqCst);
+            core.mark_closed();
+        }))
+    }
+
+    /// A closer cancelled right after its first step (a caller's timeout)
+    /// never strands the flush: whichever closer claims it, racing a
+    /// request and the other closer, the flush runs once, and a later
+    /// close finds it claimed (to wait for) or done, never lost.
+    #[test]
+    fn loom_cancelled_closer_never_strands_the_flush() {
+        // Four threads (a request, two closers, the flush job): bounded
+        // preemptions keep the search to seconds, as in tokio's own models.
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
+            let core = Arc::new(GateCore::new());
+            let flushes = Arc::new(AtomicUsize::new(0));
+            let worker = {
+                let core = core.clone();
+                loom::thread::spawn(move || {
+                    if core.try_enter() == Admission::Admitted {
+                        core.exit();
+                    }
+                })
+            };
+            let cancelled = {
+                let (core, flushes) = (core.clone(), flushes.clone());
+                loom::thread::spawn(move || {
+                    core.begin_close();
+                    close_step(&core, &flushes) // then dropped: no waiting
+                })
+            };
+            core.begin_close();
+            let mut jobs: Vec<_> = close_step(&core, &flushes).into_iter().collect();
+            worker.join().unwrap();
+            jobs.extend(cancelled.join().unwrap());
+            // A later close(), every request gone: it claims the flush, or
+            // finds it claimed by a job that runs without any closer.
+            jobs.extend(close_step(&core, &flushes));
+            assert!(!core.claim_flush(), "the flush is claimed, once");
+            assert_eq!(jobs.len(), 1, "one job");
+            for j in jobs {
+                j.join().unwrap();
+            }
+            assert_eq!(flushes.load(Ordering::SeqCst), 1, "one flush");
+            assert_eq!(core.state(), (GateState::Closed, 0));
+            assert!(matches!(core.try_enter(), Admission::Refused { .. }));
         });
     }
 }

@@ -438,11 +438,53 @@ async fn install_refuses_invalid_configuration() {
             OtlpExporterBuilder::from_vars([("OTEL_EXPORTER_OTLP_HEADERS", SECRET)]),
             "malformed OTLP header #1 (from OTEL_EXPORTER_OTLP_HEADERS): it has no '='",
         ),
+        // API keys in clear text to another host (nothing is sent: refused
+        // before any connection)
+        (
+            no_env()
+                .endpoint("http://otel-collector.example:4317")
+                .header("api-key", SECRET),
+            "OTLP headers (from OtlpExporterBuilder::header) would be sent in clear text over \
+             http:// to \"http://otel-collector.example:4317\", which is not a loopback address",
+        ),
+        (
+            OtlpExporterBuilder::from_vars([
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://10.20.30.40:4318"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", &format!("api-key={SECRET}")),
+            ]),
+            "(from OTEL_EXPORTER_OTLP_HEADERS) would be sent in clear text",
+        ),
+        (
+            no_env()
+                .endpoint("http://[2001:db8::1]:4317")
+                .header("authorization", SECRET),
+            "call OtlpExporterBuilder::allow_insecure_headers(true)",
+        ),
     ];
     for (builder, want) in cases {
         let err = builder.install().expect_err(want).to_string();
         assert!(err.contains(want), "want {want:?}\n got {err}");
         assert!(!err.contains(SECRET), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn install_sends_headers_to_loopback_without_being_told() {
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let port = receiver.addr().port();
+    for endpoint in [
+        format!("http://127.0.0.1:{port}"),
+        format!("http://127.0.0.2:{port}"),
+        format!("http://localhost:{port}"),
+        format!("http://[::1]:{port}"),
+    ] {
+        let otlp = no_env()
+            .endpoint(endpoint.as_str())
+            .header("api-key", SECRET)
+            .install()
+            .unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+        assert_eq!(otlp.endpoint(), endpoint);
+        let _ = otlp.shutdown().await;
     }
 }
 
@@ -456,4 +498,98 @@ fn builder_debug_shows_header_names_not_values() {
     assert!(debug.contains("<redacted>"), "{debug}");
     assert!(debug.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{debug}");
     assert!(!debug.contains(SECRET), "{debug}");
+}
+
+/// An OTLP endpoint that accepts every connection and never answers (a
+/// collector that hangs): exports to it wait until their own timeout.
+struct Unresponsive {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Unresponsive {
+    async fn start() -> Unresponsive {
+        let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        Unresponsive { addr, task }
+    }
+}
+
+impl Drop for Unresponsive {
+    fn drop(&mut self) {
+        // The held sockets close with the task: pending exports fail fast.
+        self.task.abort();
+    }
+}
+
+/// The stack's close_timeout keeps its bound while the collectors' flush
+/// waits on an endpoint that never answers, and a close() after that
+/// cancelled one completes once the flush gives up (when the export times
+/// out, after 10 s here).
+async fn close_with_an_unresponsive_endpoint(protocol: Protocol) {
+    let endpoint = Unresponsive::start().await;
+    let otlp = no_env()
+        .protocol(protocol)
+        .endpoint(format!("http://{}", endpoint.addr))
+        .export_timeout(Duration::from_secs(10))
+        .metric_export_interval(Duration::from_secs(3600))
+        .install()
+        .unwrap();
+    let collectors = Collectors::with([Arc::new(otlp.collector()) as Arc<dyn Collector>]);
+    let (_cluster, driver) = support::driver(&collectors).await;
+    let stack = StackBuilder::new(collectors).build(driver).unwrap();
+    let mut svc = stack.service();
+    support::create_kv(&mut svc).await; // metrics to export
+
+    let limit = Duration::from_millis(500);
+    let start = std::time::Instant::now();
+    let first = stack.close_timeout(limit).await;
+    let took = start.elapsed();
+    assert_eq!(
+        first,
+        Err(0),
+        "drained, the flush still waiting on the endpoint"
+    );
+    // 10x the limit, and half the export timeout that ends the flush
+    assert!(
+        took < Duration::from_secs(5),
+        "close_timeout({limit:?}) took {took:?}"
+    );
+    assert!(!stack.is_open());
+
+    tokio::time::timeout(Duration::from_secs(60), stack.close())
+        .await
+        .expect("close() never completed after a cancelled close_timeout()");
+    println!(
+        "{protocol}: close_timeout({limit:?}) returned after {took:?}; the flush ended, \
+         and close() with it, {:?} after the first call",
+        start.elapsed()
+    );
+    assert_eq!(
+        stack.gate().state(),
+        tower_cql_core::GateState::Closed,
+        "closed after the flush gave up"
+    );
+    assert_eq!(stack.close_timeout(Duration::ZERO).await, Ok(()));
+
+    drop(endpoint);
+    let _ = tokio::time::timeout(Duration::from_secs(60), otlp.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_close_timeout_keeps_its_bound_when_the_endpoint_never_answers() {
+    close_with_an_unresponsive_endpoint(Protocol::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_close_timeout_keeps_its_bound_when_the_endpoint_never_answers() {
+    close_with_an_unresponsive_endpoint(Protocol::HttpProtobuf).await;
 }

@@ -403,9 +403,20 @@ impl<S> Stack<S> {
     }
 
     /// Stops admitting requests, waits for those in flight, flushes the
-    /// collectors. Idempotent.
+    /// collectors. Idempotent, and safe to cancel (e.g. with
+    /// `tokio::time::timeout`): the flush goes on without it, and a later
+    /// `close()` waits for that same flush. See [`Gate::close`].
     pub async fn close(&self) {
         self.gate.close().await
+    }
+
+    /// [`Stack::close`] with a limit, kept even when a collector's flush
+    /// never finishes (an exporter waiting on an endpoint that does not
+    /// answer). `Err(n)` if not closed after `limit`: `n` requests still in
+    /// flight, or `0` when only the flush was still running. See
+    /// [`Gate::close_timeout`].
+    pub async fn close_timeout(&self, limit: std::time::Duration) -> Result<(), u64> {
+        self.gate.close_timeout(limit).await
     }
 
     /// Whether the stack still admits requests.

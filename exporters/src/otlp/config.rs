@@ -157,6 +157,7 @@ pub(crate) struct Explicit {
     pub(crate) resource: Vec<KeyValue>,
     pub(crate) metric_export_interval: Option<Duration>,
     pub(crate) export_timeout: Option<Duration>,
+    pub(crate) allow_insecure_headers: bool,
 }
 
 /// A validated header: the name lowercased; the value stays out of `Debug`.
@@ -549,6 +550,7 @@ mod tests {
             resource: vec![KeyValue::new("team", "explicit")],
             metric_export_interval: Some(Duration::from_millis(100)),
             export_timeout: Some(Duration::from_secs(1)),
+            allow_insecure_headers: false,
         };
         let r = resolve(&e, &x).unwrap();
         assert_eq!(r.endpoint, "http://127.0.0.1:4317");

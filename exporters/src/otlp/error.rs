@@ -52,6 +52,18 @@ pub enum OtlpError {
         /// Where it came from.
         origin: Origin,
     },
+    /// Headers, usually API keys, would be sent in clear text (plain
+    /// `http://`) to a host that is not this machine. The values are never
+    /// part of the message.
+    #[error(
+        "OTLP headers (from {origin}) would be sent in clear text over http:// to {endpoint:?}, which is not a loopback address, and headers usually carry API keys; send to a collector on this machine (e.g. http://127.0.0.1:4317, an OpenTelemetry Collector sidecar that forwards over TLS), or, if the network on the way is trusted, call OtlpExporterBuilder::allow_insecure_headers(true)"
+    )]
+    InsecureHeaders {
+        /// The endpoint the headers would go to.
+        endpoint: String,
+        /// Where the (first) header came from.
+        origin: Origin,
+    },
     /// A protocol name other than `grpc` or `http/protobuf`.
     #[error(
         "unknown OTLP protocol {value:?} (from {origin}); use \"grpc\" or \"http/protobuf\" (\"http/json\" is not supported)"

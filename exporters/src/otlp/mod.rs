@@ -58,6 +58,23 @@
 //! the values are added to requests by this module (a gRPC interceptor, an
 //! HTTP client wrapper), never handed to code that logs its configuration.
 //!
+//! Nor are they sent in clear text to another machine: with headers and a
+//! plain `http://` endpoint whose host is not loopback (`localhost`,
+//! 127.0.0.0/8, `::1`), [`install`](OtlpExporterBuilder::install) fails
+//! with [`OtlpError::InsecureHeaders`] unless
+//! [`allow_insecure_headers(true)`](OtlpExporterBuilder::allow_insecure_headers)
+//! says the network on the way is trusted. That counts the headers of the
+//! builder, of `OTEL_EXPORTER_OTLP_HEADERS`, and of the variables
+//! `opentelemetry-otlp` reads from the process by itself
+//! (`OTEL_EXPORTER_OTLP_METRICS_HEADERS`, `..._TRACES_HEADERS`).
+//!
+//! # Bound values stay in the process
+//! [`tracing_layer`](OtlpExporter::tracing_layer) leaves out the scylla
+//! driver's spans and events, whose `TRACE` spans record partition key
+//! values; [`tracing_layer_with_driver_spans`](OtlpExporter::tracing_layer_with_driver_spans)
+//! exports them, for those who filter the driver's `TRACE` level out or
+//! may let the values leave.
+//!
 //! # Runtime
 //! The SDK exports from its own threads; the connections run on the Tokio
 //! runtime `install()` was called in. Flushing blocks the calling thread
@@ -65,6 +82,7 @@
 //! yourself: the stack's `close()` and [`OtlpExporter::shutdown`] flush on
 //! a blocking thread.
 
+mod clear_text;
 mod config;
 mod error;
 #[cfg(feature = "otlp-grpc")]
@@ -126,6 +144,7 @@ impl fmt::Debug for OtlpExporterBuilder {
             .field("resource", &x.resource)
             .field("metric_export_interval", &x.metric_export_interval)
             .field("export_timeout", &x.export_timeout)
+            .field("allow_insecure_headers", &x.allow_insecure_headers)
             .field("sampler", &self.sampler)
             .finish()
     }
@@ -247,10 +266,35 @@ impl OtlpExporterBuilder {
         self
     }
 
+    /// Sends the headers even though the endpoint is plain `http://` on a
+    /// host other than this machine (default: refused by
+    /// [`install`](Self::install) with [`OtlpError::InsecureHeaders`]).
+    ///
+    /// Header values are usually API keys, and over `http://` anyone on
+    /// the way can read them. Allow it only when the network between is
+    /// trusted; else send to a collector on loopback (a sidecar) that
+    /// forwards over TLS. Loopback endpoints (`localhost`, 127.0.0.0/8,
+    /// `::1`) never need this.
+    pub fn allow_insecure_headers(mut self, allow: bool) -> Self {
+        self.explicit.allow_insecure_headers = allow;
+        self
+    }
+
+    /// The validated settings `install()` uses: those of the builder and
+    /// its variables, and no header in clear text to another host (nor any
+    /// the SDK would add from the process environment) unless allowed.
+    fn resolve(&self) -> Result<Resolved, OtlpError> {
+        let cfg = config::resolve(&self.env, &self.explicit)?;
+        clear_text::refuse_headers_in_clear(&cfg, self.explicit.allow_insecure_headers, |var| {
+            std::env::var(var).ok()
+        })?;
+        Ok(cfg)
+    }
+
     /// Validates the settings, builds the metric and span exporters and
     /// their providers. Must be called inside a Tokio runtime.
     pub fn install(self) -> Result<OtlpExporter, OtlpError> {
-        let cfg = config::resolve(&self.env, &self.explicit)?;
+        let cfg = self.resolve()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| OtlpError::NoRuntime)?;
         let (metric_exporter, span_exporter) = exporters(&cfg, &runtime)?;
 
@@ -390,18 +434,50 @@ impl OtlpExporter {
     /// A `tracing` layer exporting spans (the tracing middleware's
     /// `cql.request`/`cql.attempt` spans among them) to this exporter.
     ///
-    /// It leaves out the spans of the crates that carry the export (`h2`,
-    /// `hyper`, `tonic`, `tower`, `opentelemetry*`, `tokio`): exporting
-    /// them would make more of them, for ever. Add a filter of your own to
-    /// narrow it further, e.g. to targets starting with `tower_cql` to
-    /// leave out the driver's `TRACE` spans.
+    /// It leaves out two sets of crates, spans and events alike:
+    /// - **the scylla driver** (targets `scylla`, `scylla_cql`, ...): its
+    ///   `TRACE` spans (`Request`, ...) record bound values such as the
+    ///   partition key, which must not leave the process; opt in with
+    ///   [`tracing_layer_with_driver_spans`](Self::tracing_layer_with_driver_spans);
+    /// - the crates that carry the export (`h2`, `hyper`, `tonic`,
+    ///   `tower`, `opentelemetry*`, `tokio`): exporting them would make
+    ///   more of them, for ever.
+    ///
+    /// Everything else passes, your own spans included (so they can be the
+    /// parents of the stack's). Add a filter of your own to narrow it
+    /// further, e.g. to the targets starting with `tower_cql`.
     pub fn tracing_layer<S>(&self) -> impl Layer<S> + use<S>
+    where
+        S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+    {
+        self.layer(Driver::LeftOut)
+    }
+
+    /// [`tracing_layer`](Self::tracing_layer) with the scylla driver's own
+    /// spans and events exported too.
+    ///
+    /// **Warning:** at `TRACE` the driver records bound values in its
+    /// spans (the partition key of every request, in scylla 1.9), and with
+    /// this layer they are sent to the OTLP endpoint. Filter the `scylla`
+    /// targets to `DEBUG` or above (e.g. `RUST_LOG=info,scylla=debug`)
+    /// unless the values may leave the process.
+    pub fn tracing_layer_with_driver_spans<S>(&self) -> impl Layer<S> + use<S>
+    where
+        S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+    {
+        self.layer(Driver::Exported)
+    }
+
+    fn layer<S>(&self, driver: Driver) -> impl Layer<S> + use<S>
     where
         S: tracing::Subscriber + for<'span> LookupSpan<'span>,
     {
         tracing_opentelemetry::layer()
             .with_tracer(self.tracer.clone())
-            .with_filter(filter_fn(|m| !is_transport(m.target())))
+            .with_filter(filter_fn(move |m| {
+                let t = m.target();
+                !is_transport(t) && (driver == Driver::Exported || !is_driver(t))
+            }))
     }
 
     /// One span per request made from the stack's request events through
@@ -467,6 +543,20 @@ fn is_transport(target: &str) -> bool {
     })
 }
 
+/// Whether the tracing layer exports the scylla driver's spans and events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Driver {
+    LeftOut,
+    Exported,
+}
+
+/// A target of the scylla driver's crates: `scylla`, or `scylla_*`
+/// (`scylla_cql`, ...), alone or followed by `::`.
+fn is_driver(target: &str) -> bool {
+    let krate = target.split("::").next().unwrap_or(target);
+    krate == "scylla" || krate.starts_with("scylla_")
+}
+
 async fn off_runtime(
     f: impl FnOnce() -> (Option<OTelSdkError>, Option<OTelSdkError>) + Send + 'static,
 ) -> Result<(), FlushError> {
@@ -492,7 +582,47 @@ async fn off_runtime(
 
 #[cfg(test)]
 mod tests {
-    use super::is_transport;
+    use super::{OtlpError, OtlpExporterBuilder, is_driver, is_transport};
+
+    #[test]
+    fn allow_insecure_headers_lets_headers_go_to_another_host() {
+        // resolve() is what install() checks first: no exporter is built,
+        // nothing is sent
+        let b = OtlpExporterBuilder::from_vars([(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://collector.internal:4317",
+        )])
+        .header("api-key", "k");
+        let err = b.clone().resolve().unwrap_err();
+        assert!(matches!(err, OtlpError::InsecureHeaders { .. }), "{err:?}");
+        let b = b.allow_insecure_headers(true);
+        assert!(format!("{b:?}").contains("allow_insecure_headers: true"));
+        let cfg = b.resolve().expect("allowed explicitly");
+        assert_eq!(cfg.endpoint, "http://collector.internal:4317");
+        assert_eq!(cfg.headers.len(), 1);
+    }
+
+    #[test]
+    fn driver_targets_are_the_scylla_crates_and_nothing_else() {
+        for t in [
+            "scylla",
+            "scylla::network::connection",
+            "scylla::observability::tracing",
+            "scylla_cql::frame",
+            "scylla_cql_core",
+        ] {
+            assert!(is_driver(t), "{t}");
+        }
+        for t in [
+            "tower_cql_core::driver",
+            "tower_cql_middleware::trace",
+            "scyllamigrate",
+            "my_app::scylla",
+            "h2",
+        ] {
+            assert!(!is_driver(t), "{t}");
+        }
+    }
 
     #[test]
     fn transport_targets_are_left_out_and_nothing_else() {

@@ -1,0 +1,251 @@
+//! Closing the gate while a collector's flush hangs (an OTLP export to an
+//! endpoint that never answers): a close() cancelled during the flush,
+//! by `close_timeout` or by a caller's own timeout, must not leave the
+//! gate unable to close; `close_timeout` must keep to its bound.
+//!
+//! The clock is paused. While a blocking task runs (the flush), Tokio does
+//! not advance a paused clock on its own, so the tests advance it by hand.
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower_cql_core::{Collector, Collectors, Gate, GateState};
+
+/// A collector whose `flush()` blocks until the test releases it.
+#[derive(Default)]
+struct StuckFlush {
+    released: Mutex<bool>,
+    cv: Condvar,
+    started: AtomicU64,
+    finished: AtomicU64,
+}
+
+impl StuckFlush {
+    fn release(&self) {
+        *self.released.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+}
+
+impl Collector for StuckFlush {
+    fn flush(&self) {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let mut released = self.released.lock().unwrap();
+        while !*released {
+            released = self.cv.wait(released).unwrap();
+        }
+        self.finished.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Releases the flush when the test ends, passed or failed: the runtime
+/// waits for its blocking threads when it shuts down.
+struct ReleaseOnDrop(Arc<StuckFlush>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+fn stuck_gate() -> (Gate, Arc<StuckFlush>, ReleaseOnDrop) {
+    let stuck = Arc::new(StuckFlush::default());
+    let gate = Gate::with_collectors(Collectors::with([stuck.clone() as Arc<dyn Collector>]));
+    (gate, stuck.clone(), ReleaseOnDrop(stuck))
+}
+
+/// Polls `fut` once without waiting.
+async fn poll_once<F: Future>(mut fut: Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        Poll::Ready(out) => Poll::Ready(Some(out)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
+/// Starts `fut`, lets `d` of (paused) time pass, and returns its output if
+/// it finished by then; else drops it, which is how a caller's timeout
+/// cancels it.
+async fn run_for<F: Future>(d: Duration, fut: F) -> Option<F::Output> {
+    let mut fut = pin!(fut);
+    if let Some(out) = poll_once(fut.as_mut()).await {
+        return Some(out);
+    }
+    tokio::time::advance(d).await;
+    poll_once(fut.as_mut()).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_after_a_cancelled_close_completes_once_the_flush_finishes() {
+    let (gate, stuck, _release) = stuck_gate();
+    // A caller's timeout cancels close() while the flush hangs...
+    assert_eq!(run_for(Duration::from_secs(1), gate.close()).await, None);
+    // ... and close_timeout gives up at its bound.
+    assert_eq!(
+        run_for(
+            Duration::from_secs(1),
+            gate.close_timeout(Duration::from_millis(500))
+        )
+        .await,
+        Some(Err(0))
+    );
+    assert_eq!(gate.state(), GateState::Closing);
+
+    stuck.release();
+    tokio::time::timeout(Duration::from_secs(60), gate.close())
+        .await
+        .expect("close() never completed after a cancelled close(), though the flush had finished");
+    assert_eq!(gate.state(), GateState::Closed);
+    assert_eq!(stuck.started.load(Ordering::SeqCst), 1, "one flush");
+    assert_eq!(stuck.finished.load(Ordering::SeqCst), 1);
+    // closed: returns at once
+    assert_eq!(run_for(Duration::ZERO, gate.close()).await, Some(()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_timeout_after_a_cancelled_close_returns_within_its_bound() {
+    let (gate, stuck, _release) = stuck_gate();
+    assert_eq!(
+        run_for(
+            Duration::from_millis(10),
+            gate.close_timeout(Duration::from_millis(10))
+        )
+        .await,
+        Some(Err(0)),
+        "cancelled by its own timeout during the flush"
+    );
+    let limit = Duration::from_secs(2);
+    let start = Instant::now();
+    assert_eq!(
+        run_for(limit, gate.close_timeout(limit)).await,
+        Some(Err(0)),
+        "the second close_timeout did not return at its bound"
+    );
+    assert_eq!(start.elapsed(), limit);
+    assert_eq!(gate.state(), GateState::Closing);
+    stuck.release();
+    tokio::time::timeout(Duration::from_secs(60), gate.close())
+        .await
+        .expect("close() never completed after the flush finished");
+    assert_eq!(stuck.finished.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_timeout_never_exceeds_its_bound() {
+    let (gate, stuck, _release) = stuck_gate();
+    // still in flight: the count is reported
+    let guard = gate.enter().unwrap();
+    let limit = Duration::from_millis(250);
+    assert_eq!(
+        run_for(limit, gate.close_timeout(limit)).await,
+        Some(Err(1))
+    );
+    drop(guard);
+    // drained, the flush hangs: every bound holds, each call, every time
+    for limit in [1, 10, 250, 1_000, 60_000, 3_600_000].map(Duration::from_millis) {
+        for _ in 0..3 {
+            let start = Instant::now();
+            assert_eq!(
+                run_for(limit, gate.close_timeout(limit)).await,
+                Some(Err(0)),
+                "close_timeout({limit:?}) was still pending at its bound"
+            );
+            assert_eq!(start.elapsed(), limit);
+        }
+    }
+    assert_eq!(gate.state(), GateState::Closing);
+    assert!(gate.enter().is_err());
+    assert!(
+        stuck.started.load(Ordering::SeqCst) <= 1,
+        "one flush at most"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn closers_cancelled_or_waiting_all_see_one_flush() {
+    let (gate, stuck, _release) = stuck_gate();
+    let waiting: Vec<_> = (0..4)
+        .map(|_| {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.close().await })
+        })
+        .collect();
+    for _ in 0..4 {
+        assert_eq!(
+            run_for(Duration::from_millis(5), gate.close()).await,
+            None,
+            "cancelled"
+        );
+    }
+    stuck.release();
+    for w in waiting {
+        tokio::time::timeout(Duration::from_secs(60), w)
+            .await
+            .expect("a waiting close() never completed")
+            .unwrap();
+    }
+    assert_eq!(gate.state(), GateState::Closed);
+    assert_eq!(stuck.started.load(Ordering::SeqCst), 1);
+    assert_eq!(stuck.finished.load(Ordering::SeqCst), 1);
+}
+
+#[derive(Default)]
+struct CountFlushes(AtomicU64);
+
+impl Collector for CountFlushes {
+    fn flush(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs `fut` to completion on this thread, without a runtime's timers.
+fn block_on<F: Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = pin!(fut);
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn close_on_a_runtime_shut_down_still_flushes() {
+    let count = Arc::new(CountFlushes::default());
+    let gate = Gate::with_collectors(Collectors::with([count.clone() as Arc<dyn Collector>]));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let handle = rt.handle().clone();
+    rt.shutdown_background();
+    // The runtime's blocking pool takes no more work: the flush cannot be
+    // handed to it, and must not be skipped (nor waited for for ever).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let closer = gate.clone();
+    std::thread::spawn(move || {
+        let _entered = handle.enter();
+        block_on(closer.close());
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("close() on a shut-down runtime never returned");
+    assert_eq!(gate.state(), GateState::Closed);
+    assert_eq!(
+        count.0.load(Ordering::SeqCst),
+        1,
+        "the collectors were flushed"
+    );
+}
