@@ -67,6 +67,10 @@ pub(crate) struct Args {
     /// else http/protobuf for a URL on port 4318, else grpc).
     #[arg(long, value_name = "PROTOCOL", requires = "otlp")]
     pub(crate) otlp_protocol: Option<String>,
+    /// Send OTLP headers (OTEL_EXPORTER_OTLP_HEADERS, usually API keys) over
+    /// plain http:// to a host that is not loopback: refused without this.
+    #[arg(long, requires = "otlp")]
+    pub(crate) otlp_insecure_headers: bool,
     /// Fraction of requests whose spans are exported with --otlp, 0..1.
     #[arg(long, default_value_t = 0.01, requires = "otlp")]
     pub(crate) otlp_trace_ratio: f64,

@@ -49,7 +49,8 @@ fn install_otlp(a: &Args, url: &str) -> Result<OtlpExporter, String> {
     let env = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
     let mut b = OtlpExporter::builder()
         .endpoint(url)
-        .trace_sample_ratio(a.otlp_trace_ratio);
+        .trace_sample_ratio(a.otlp_trace_ratio)
+        .allow_insecure_headers(a.otlp_insecure_headers);
     let protocol = match &a.otlp_protocol {
         Some(p) => Protocol::parse(p),
         None if !env(ENV_PROTOCOL) && url.trim_end_matches('/').ends_with(":4318") => {
