@@ -843,6 +843,21 @@ impl fmt::Debug for CqlRequest {
 mod tests {
     use super::*;
 
+    /// A page request's paging state holds the last key read (a value):
+    /// `Debug` shows the page, never the state's bytes.
+    #[test]
+    fn a_paging_state_never_reaches_debug() {
+        let mut req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").bind((1,));
+        let secret: &[u8] = b"KEY-MARKER-77";
+        req.meta_mut()
+            .set_page(3, PagingState::new_from_raw_bytes(secret));
+        let out = format!("{req:?} {:?}", req.meta());
+        assert!(out.contains("Page(3, <paging state redacted>)"), "{out}");
+        assert!(!out.contains("KEY-MARKER"), "{out}");
+        assert!(!out.contains("75, 69, 89"), "{out}"); // the bytes, as a Debug list
+        assert_eq!(req.meta().page_index(), Some(3));
+    }
+
     #[test]
     fn idempotency_rules() {
         let read = CqlRequest::query("SELECT v FROM t WHERE k = ?").idempotent(true);
