@@ -185,7 +185,11 @@ impl StackBuilder {
         timeout: TimeoutConfig, timeout, without_timeout, "per-attempt timeouts and the deadline";
     }
 
-    /// Sheds requests when the limits below are full instead of queueing.
+    /// Sheds requests when the limits below are full instead of queueing:
+    /// the limits are built `for_load_shed` (their `poll_ready` is pending
+    /// while they have no capacity now, see
+    /// [`ConcurrencyLimitLayer::for_load_shed`]), and the load shedder
+    /// above them refuses what they are not ready for.
     pub fn load_shed(mut self, on: bool) -> Self {
         self.load_shed = on;
         self
@@ -246,14 +250,18 @@ impl StackBuilder {
                 .rate_limit
                 .map(|r| RateLimitLayer::new(r, c.clone()))
                 .transpose()?,
+            // under a load shedder a limit says "not ready" rather than
+            // letting a request wait, so that the shedder refuses it
             concurrency: self
                 .concurrency
                 .map(|r| ConcurrencyLimitLayer::new(r, c.clone()))
-                .transpose()?,
+                .transpose()?
+                .map(|l| if self.load_shed { l.for_load_shed() } else { l }),
             adaptive: self
                 .adaptive
                 .map(|r| AdaptiveConcurrencyLayer::new(r, c.clone()))
-                .transpose()?,
+                .transpose()?
+                .map(|l| if self.load_shed { l.for_load_shed() } else { l }),
             retry,
             hedge,
             attempt_trace: self
