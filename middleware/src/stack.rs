@@ -246,12 +246,13 @@ impl StackBuilder {
                 .breaker
                 .map(|b| CircuitBreakerLayer::new(b, c.clone()))
                 .transpose()?,
+            // under a load shedder a limit says "not ready" rather than
+            // letting a request wait, so that the shedder refuses it
             rate_limit: self
                 .rate_limit
                 .map(|r| RateLimitLayer::new(r, c.clone()))
-                .transpose()?,
-            // under a load shedder a limit says "not ready" rather than
-            // letting a request wait, so that the shedder refuses it
+                .transpose()?
+                .map(|l| if self.load_shed { l.for_load_shed() } else { l }),
             concurrency: self
                 .concurrency
                 .map(|r| ConcurrencyLimitLayer::new(r, c.clone()))

@@ -2,8 +2,8 @@
 //! request's deadline bounds it, and the timer that ends it.
 //!
 //! A limiter that cannot admit a request at once makes it wait in its
-//! response future (the concurrency limits in their queue), so the wait
-//! is part of the request: inside the
+//! response future (the rate limit for its token, the concurrency limits
+//! in their queue), so the wait is part of the request: inside the
 //! metrics layer's latency and the `cql.request` span, and inside the
 //! shutdown gate. The wait ends at the sooner of the limiter's own bound
 //! (`max_wait`, `queue_timeout`) and the request's deadline; when the
@@ -52,7 +52,7 @@ pub(crate) fn end(
 }
 
 /// The error of a request whose deadline passed after it waited `waited`
-/// for `what` (`"a slot"`).
+/// for `what` (`"a token"`, `"a slot"`).
 pub(crate) fn deadline_exceeded(limiter: &str, what: &str, waited: Duration) -> CqlError {
     CqlError::new(
         tower_cql_core::ErrorKind::DeadlineExceeded,

@@ -1,6 +1,6 @@
 //! Waits in the limiters, seen from the outside of the default stack: the
-//! time a request spends waiting for a concurrency slot is in its request
-//! event and its `cql.request` span, the request's
+//! time a request spends waiting for a rate-limit token or a concurrency
+//! slot is in its request event and its `cql.request` span, the request's
 //! deadline bounds the wait, and a request dropped while it waits is
 //! still reported. A stand-in driver and a paused Tokio clock make every
 //! duration exact.
@@ -19,6 +19,7 @@ use tower_cql_core::{
     Collector, Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind, ExecutionInfo,
 };
 use tower_cql_middleware::concurrency::{AdaptiveConfig, ConcurrencyConfig, ConcurrencyLimitLayer};
+use tower_cql_middleware::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimitMode};
 use tower_cql_middleware::stack::{BoxService, Stack, StackBuilder};
 use tower_layer::Layer;
 use tracing_subscriber::layer::SubscriberExt;
@@ -194,12 +195,50 @@ fn req_within(operation: &'static str, left: Duration) -> CqlRequest {
     req(operation).deadline((Instant::now() + left).into_std())
 }
 
+fn one_token_per(interval: Duration, max_wait: Duration) -> RateLimitConfig {
+    RateLimitConfig {
+        rate_per_second: 1.0 / interval.as_secs_f64(),
+        burst: 1,
+        mode: RateLimitMode::Wait { max_wait },
+    }
+}
+
 fn one_in_flight(queue_timeout: Option<Duration>) -> ConcurrencyConfig {
     ConcurrencyConfig {
         max_in_flight: 1,
         max_queue: 8,
         queue_timeout,
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_wait_for_a_token_is_in_the_request_latency_and_span() {
+    let spans = SpanTimes::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    let driver = Driver::new(5 * MS);
+    let (stack, rec) = stack(&driver, |b| {
+        b.rate_limit(one_token_per(100 * MS, Duration::from_secs(1)))
+    });
+    let mut svc = stack.service();
+    // the first takes the only token and is done at 5 ms; the second
+    // waits until the next token is due, at 100 ms, then takes 5 ms
+    for op in ["first", "second"] {
+        svc.ready().await.unwrap().call(req(op)).await.unwrap();
+    }
+    assert_eq!(
+        rec.requests(),
+        [
+            ("first".into(), 5 * MS, None),
+            ("second".into(), 100 * MS, None)
+        ]
+    );
+    assert_eq!(spans.requests(), [5 * MS, 100 * MS]);
+    // the wait is also its own series
+    assert_eq!(
+        rec.throttles(),
+        [("second".into(), "rate_limit", 95 * MS, false)]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -248,6 +287,45 @@ async fn the_time_queued_for_a_slot_is_in_the_request_latency_and_span() {
             "adaptive: {adaptive}"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_that_passes_while_waiting_for_a_token_fails_then() {
+    let t0 = Instant::now();
+    let driver = Driver::new(MS);
+    let (stack, rec) = stack(&driver, |b| {
+        b.rate_limit(one_token_per(
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        ))
+    });
+    let mut svc = stack.service();
+    svc.ready().await.unwrap().call(req("first")).await.unwrap();
+    // the next token is 1 s away (within max_wait); the deadline is 20 ms away
+    let started = Instant::now();
+    let late = req_within("late", 20 * MS);
+    let err = svc.ready().await.unwrap().call(late).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert!(err.was_not_sent());
+    assert_eq!(started.elapsed(), 20 * MS);
+    assert_eq!(driver.calls(), 1);
+    assert_eq!(
+        rec.requests()[1],
+        ("late".into(), 20 * MS, Some(ErrorKind::DeadlineExceeded))
+    );
+    assert_eq!(
+        rec.throttles(),
+        [("late".into(), "rate_limit", 20 * MS, true)]
+    );
+    // it took no token: the next one is still due at 1 s
+    tokio::time::sleep_until(t0 + Duration::from_secs(1) - 10 * MS).await;
+    let t = Instant::now();
+    svc.ready().await.unwrap().call(req("next")).await.unwrap();
+    assert_eq!(
+        t.elapsed(),
+        11 * MS,
+        "10 ms for the token, 1 ms in the driver"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -331,6 +409,32 @@ async fn a_request_dropped_while_queued_is_one_cancelled_request_and_frees_its_p
     assert_eq!(t.elapsed(), 100 * MS);
     assert_eq!(rec.requests().len(), 3);
     assert_eq!(rec.throttles().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_dropped_while_waiting_for_a_token_is_one_cancelled_request_and_gives_it_back() {
+    let driver = Driver::new(Duration::ZERO);
+    let (stack, rec) = stack(&driver, |b| {
+        b.rate_limit(one_token_per(100 * MS, Duration::from_secs(1)))
+    });
+    let start = Instant::now();
+    stack.service().oneshot(req("first")).await.unwrap();
+    let dropped = tokio::time::timeout(10 * MS, stack.service().oneshot(req("dropped"))).await;
+    assert!(dropped.is_err(), "still waiting when dropped");
+    assert_eq!(
+        rec.requests()[1],
+        ("dropped".into(), 10 * MS, Some(ErrorKind::Cancelled))
+    );
+    assert_eq!(
+        rec.throttles(),
+        [("dropped".into(), "rate_limit", 10 * MS, true)]
+    );
+    // the token it had reserved (due at 100 ms) went back: the next
+    // request gets it at 100 ms, not 200 ms
+    stack.service().oneshot(req("next")).await.unwrap();
+    assert_eq!(start.elapsed(), 100 * MS);
+    assert_eq!(rec.requests().len(), 3);
+    assert_eq!(driver.calls(), 2);
 }
 
 /// An inner service that holds its caller to tower's contract: `call`
@@ -460,4 +564,40 @@ async fn a_full_concurrency_limit_is_ready_and_its_response_future_queues() {
     // backpressure from below still reaches the caller
     inner.open.store(false, Ordering::SeqCst);
     assert_pending!(poll_ready(&mut c));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_rate_limit_is_ready_and_its_response_future_waits() {
+    let rec = Arc::new(Recorder::default());
+    let collectors = Collectors::with([rec.clone() as Arc<dyn Collector>]);
+    let layer =
+        RateLimitLayer::new(one_token_per(100 * MS, Duration::from_secs(1)), collectors).unwrap();
+    let inner = Strict::new();
+    let mut svc = layer.layer(inner.clone());
+    assert_ready_ok!(poll_ready(&mut svc));
+    svc.call(req("first")).await.unwrap();
+    // the bucket is empty: poll_ready is still ready (it reserves
+    // nothing); the call's future waits for the token
+    assert_ready_ok!(poll_ready(&mut svc));
+    let mut waiting = Box::pin(svc.call(req("second")));
+    assert_pending!(poll(&mut waiting));
+    tokio::time::advance(99 * MS).await;
+    assert_pending!(poll(&mut waiting));
+    assert_eq!(inner.calls(), 1);
+    tokio::time::advance(MS).await;
+    // the inner service made ready for it is called (Strict panics
+    // otherwise) ...
+    assert_ready_ok!(poll(&mut waiting));
+    assert_eq!(inner.calls(), 2);
+    assert_eq!(
+        rec.throttles(),
+        [("second".into(), "rate_limit", 100 * MS, false)]
+    );
+    // ... and the service kept a clone, made ready again for its call
+    tokio::time::advance(100 * MS).await;
+    assert_ready_ok!(poll_ready(&mut svc));
+    svc.call(req("third")).await.unwrap();
+    // backpressure from below still reaches the caller
+    inner.open.store(false, Ordering::SeqCst);
+    assert_pending!(poll_ready(&mut svc));
 }

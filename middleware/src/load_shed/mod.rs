@@ -44,7 +44,8 @@
 //!
 //! Put it outside a limit built `for_load_shed`
 //! ([`ConcurrencyLimitLayer::for_load_shed`](crate::concurrency::ConcurrencyLimitLayer::for_load_shed),
-//! and the same on the adaptive limit) to turn its waiting into refusals; the stack builder does so when load
+//! and the same on the adaptive limit and the rate limit in `Wait` mode)
+//! to turn its waiting into refusals; the stack builder does so when load
 //! shedding is on. A limit built the default way is always ready (its
 //! requests wait in their response futures, inside their latency and
 //! deadline), so a load shedder above it sheds nothing for it.
