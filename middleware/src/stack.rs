@@ -33,6 +33,12 @@
 //!    default) — refuse early, before a request takes capacity;
 //! 5. **rate limit**, **concurrency limit**, **adaptive concurrency** (all
 //!    off by default) — a request takes capacity once, not once per retry;
+//!    a request that must wait for it waits in its response future, so
+//!    the time queued is inside the latency and the span above, and the
+//!    wait ends at the request's deadline if that comes first (see
+//!    [`rate_limit`](crate::rate_limit) and
+//!    [`concurrency`](crate::concurrency); under load shedding the limits
+//!    are built `for_load_shed` and a request that would wait is shed);
 //! 6. **retry** — budgeted, per-attempt events from the driver service;
 //! 7. **hedge** (off by default) — speculative attempts for idempotent reads,
 //!    charged to the retry layer's budget (one budget, built once, bounds
