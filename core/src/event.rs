@@ -104,7 +104,9 @@ pub struct RetryEvent<'a> {
     pub cause: &'a CqlError,
 }
 
-/// A request waited for, or was refused, capacity.
+/// A request waited for, or was refused, capacity. A limiter's wait is
+/// inside the request (its [`RequestEvent`]'s `duration` includes it);
+/// the event is emitted when the wait ends.
 #[derive(Debug, Clone, Copy)]
 pub struct ThrottleEvent<'a> {
     /// The request's labels and options.
@@ -116,9 +118,11 @@ pub struct ThrottleEvent<'a> {
     pub limiter: &'static str,
     /// Time spent waiting.
     pub waited: Duration,
-    /// Whether it was refused in the end.
+    /// Whether it did not get through in the end: refused, timed out in
+    /// the queue, its deadline passed while it waited, or its caller
+    /// dropped it while it waited.
     pub rejected: bool,
-    /// Requests queued behind the limiter when it was admitted or refused.
+    /// Requests queued behind the limiter when its wait ended.
     pub queue_depth: usize,
 }
 

@@ -27,3 +27,4 @@ pub mod stack_config;
 pub mod timeout;
 pub mod toggle;
 pub mod trace;
+mod wait;

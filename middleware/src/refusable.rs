@@ -1,22 +1,24 @@
 //! The future of a layer that either calls the inner service or refuses
-//! the request at once (the rate limit, the load shedder).
+//! the request at once (the load shedder).
 //!
 //! ```
 //! use tower::{Service, ServiceExt, service_fn};
-//! use tower_cql_core::{Collectors, CqlRequest, CqlResponse, ErrorKind, ExecutionInfo};
-//! use tower_cql_middleware::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimitMode};
+//! use tower_cql_core::{Collectors, CqlError, CqlRequest, ErrorKind};
+//! use tower_cql_middleware::concurrency::{ConcurrencyConfig, ConcurrencyLimitLayer};
+//! use tower_cql_middleware::load_shed::LoadShedLayer;
 //! use tower_layer::Layer;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let inner = service_fn(|_r: CqlRequest| async {
-//!     Ok::<_, tower_cql_core::CqlError>(CqlResponse::synthetic(ExecutionInfo::default()))
-//! });
-//! let config = RateLimitConfig { rate_per_second: 1.0, burst: 1, mode: RateLimitMode::Reject };
-//! let mut svc = RateLimitLayer::new(config, Collectors::new()).unwrap().layer(inner);
-//! // the first request is called, the second refused: both are a RefusableFuture
-//! svc.ready().await.unwrap().call(CqlRequest::query("SELECT 1 FROM t")).await.unwrap();
+//! let inner = service_fn(|_r: CqlRequest| async { Ok::<_, CqlError>("done") });
+//! let config = ConcurrencyConfig { max_in_flight: 1, ..ConcurrencyConfig::default() };
+//! let limit = ConcurrencyLimitLayer::new(config, Collectors::new()).unwrap().for_load_shed();
+//! let mut svc = LoadShedLayer::new(Collectors::new()).layer(limit.layer(inner));
+//! // the first request is called (and holds the one slot), the second
+//! // refused: both are a RefusableFuture
+//! let first = svc.ready().await.unwrap().call(CqlRequest::query("SELECT 1 FROM t"));
 //! let err = svc.ready().await.unwrap().call(CqlRequest::query("SELECT 1 FROM t")).await.unwrap_err();
-//! assert_eq!(err.kind(), ErrorKind::RateLimited);
+//! assert_eq!(err.kind(), ErrorKind::Shed);
+//! assert_eq!(first.await.unwrap(), "done");
 //! # }
 //! ```
 

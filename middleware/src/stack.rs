@@ -33,6 +33,12 @@
 //!    default) — refuse early, before a request takes capacity;
 //! 5. **rate limit**, **concurrency limit**, **adaptive concurrency** (all
 //!    off by default) — a request takes capacity once, not once per retry;
+//!    a request that must wait for it waits in its response future, so
+//!    the time queued is inside the latency and the span above, and the
+//!    wait ends at the request's deadline if that comes first (see
+//!    [`rate_limit`](crate::rate_limit) and
+//!    [`concurrency`](crate::concurrency); under load shedding the limits
+//!    are built `for_load_shed` and a request that would wait is shed);
 //! 6. **retry** — budgeted, per-attempt events from the driver service;
 //! 7. **hedge** (off by default) — speculative attempts for idempotent reads,
 //!    charged to the retry layer's budget (one budget, built once, bounds
@@ -188,7 +194,11 @@ impl StackBuilder {
         timeout: TimeoutConfig, timeout, without_timeout, "per-attempt timeouts and the deadline";
     }
 
-    /// Sheds requests when the limits below are full instead of queueing.
+    /// Sheds requests when the limits below are full instead of queueing:
+    /// the limits are built `for_load_shed` (their `poll_ready` is pending
+    /// while they have no capacity now, see
+    /// [`ConcurrencyLimitLayer::for_load_shed`]), and the load shedder
+    /// above them refuses what they are not ready for.
     pub fn load_shed(mut self, on: bool) -> Self {
         self.load_shed = on;
         self
@@ -245,18 +255,23 @@ impl StackBuilder {
                 .breaker
                 .map(|b| CircuitBreakerLayer::new(b, c.clone()))
                 .transpose()?,
+            // under a load shedder a limit says "not ready" rather than
+            // letting a request wait, so that the shedder refuses it
             rate_limit: self
                 .rate_limit
                 .map(|r| RateLimitLayer::new(r, c.clone()))
-                .transpose()?,
+                .transpose()?
+                .map(|l| if self.load_shed { l.for_load_shed() } else { l }),
             concurrency: self
                 .concurrency
                 .map(|r| ConcurrencyLimitLayer::new(r, c.clone()))
-                .transpose()?,
+                .transpose()?
+                .map(|l| if self.load_shed { l.for_load_shed() } else { l }),
             adaptive: self
                 .adaptive
                 .map(|r| AdaptiveConcurrencyLayer::new(r, c.clone()))
-                .transpose()?,
+                .transpose()?
+                .map(|l| if self.load_shed { l.for_load_shed() } else { l }),
             retry,
             hedge,
             attempt_trace: self

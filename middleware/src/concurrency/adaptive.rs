@@ -38,7 +38,8 @@
 //! When a request completes (its response future resolves):
 //! - it is a *congestion signal* when its error is
 //!   [`ErrorKind::Overloaded`](tower_cql_core::ErrorKind::Overloaded) or [`ErrorKind::ClientTimeout`](tower_cql_core::ErrorKind::ClientTimeout) (what the one classifier, [`tower_cql_core::classify`], calls overload), or its
-//!   latency (from `call` to completion, queueing excluded) is above
+//!   latency (from admission to completion: the time queued for this
+//!   limit is excluded, it measures the limit and not the servers) is above
 //!   `latency_threshold`. The limit becomes `max(min, floor(limit *
 //!   decrease_factor))`, at most once per round trip: only a request that
 //!   started after the last decrease can decrease it again, so a burst of
@@ -52,7 +53,8 @@
 //!
 //! Admission is the same as the fixed limit's (see the
 //! [parent module](super)): a compare-and-swap of the in-flight count
-//! against the current limit, a bounded queue and its timeout, waiters
+//! against the current limit in `call`, a bounded queue in the response
+//! future, ended by its timeout or the request's deadline, waiters
 //! sleeping on a `Notify` (woken when a slot frees or the limit grows).
 //! When the limit shrinks below the requests in flight, none is cancelled:
 //! new ones wait until enough complete.
@@ -66,7 +68,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -76,7 +78,8 @@ use tower_cql_core::{Collectors, CqlError, CqlRequest, Event};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Admission, Core, Decision, ResponseFuture, validate_queue_timeout};
+use super::slots::Core;
+use super::{Admission, ResponseFuture, validate_queue_timeout};
 use crate::config::ConfigError;
 use crate::toggle::PassThrough;
 
@@ -309,6 +312,7 @@ fn emit(core: &Core, limit: usize) {
 pub struct AdaptiveConcurrencyLayer {
     core: Arc<Core>,
     config: AdaptiveConfig,
+    shed: bool,
 }
 
 impl fmt::Debug for AdaptiveConcurrencyLayer {
@@ -318,6 +322,7 @@ impl fmt::Debug for AdaptiveConcurrencyLayer {
             .field("current_limit", &self.current_limit())
             .field("in_flight", &self.in_flight())
             .field("queued", &self.queued())
+            .field("for_load_shed", &self.shed)
             .finish()
     }
 }
@@ -355,7 +360,22 @@ impl AdaptiveConcurrencyLayer {
                 Some(aimd),
             )),
             config,
+            shed: false,
         })
+    }
+
+    /// For use under a [`LoadShedLayer`](crate::load_shed::LoadShedLayer):
+    /// `poll_ready` takes a slot and is pending while none is free, so the
+    /// load shedder refuses instead of letting the request queue; see
+    /// [`ConcurrencyLimitLayer::for_load_shed`](super::ConcurrencyLimitLayer::for_load_shed).
+    pub fn for_load_shed(mut self) -> AdaptiveConcurrencyLayer {
+        self.shed = true;
+        self
+    }
+
+    /// Whether the services are for use under a load shedder.
+    pub fn is_for_load_shed(&self) -> bool {
+        self.shed
     }
 
     /// The configuration.
@@ -385,7 +405,7 @@ impl<S> Layer<S> for AdaptiveConcurrencyLayer {
     fn layer(&self, inner: S) -> AdaptiveConcurrency<S> {
         AdaptiveConcurrency {
             inner,
-            admission: Some(Admission::new(self.core.clone())),
+            admission: Some(Admission::new(self.core.clone(), self.shed)),
         }
     }
 }
@@ -469,7 +489,7 @@ impl<S> AdaptiveConcurrency<S> {
         &mut self.inner
     }
 
-    /// The inner service (a held slot is released).
+    /// The inner service (a slot held for `call` is released).
     pub fn into_inner(self) -> S {
         self.inner
     }
@@ -477,31 +497,23 @@ impl<S> AdaptiveConcurrency<S> {
 
 impl<S, R> Service<CqlRequest> for AdaptiveConcurrency<S>
 where
-    S: Service<CqlRequest, Response = R, Error = CqlError>,
+    S: Service<CqlRequest, Response = R, Error = CqlError> + Clone,
 {
     type Response = R;
     type Error = CqlError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
-        let Some(admission) = &mut self.admission else {
-            return self.inner.poll_ready(cx);
-        };
-        ready!(admission.poll_admit(cx));
-        if admission.is_admitted() {
-            self.inner.poll_ready(cx)
-        } else {
-            Poll::Ready(Ok(()))
+        match &mut self.admission {
+            Some(admission) => admission.poll_ready(&mut self.inner, cx),
+            None => self.inner.poll_ready(cx),
         }
     }
 
     fn call(&mut self, req: CqlRequest) -> Self::Future {
-        let Some(admission) = &mut self.admission else {
-            return ResponseFuture::pass_through(self.inner.call(req));
-        };
-        match admission.decide(&req) {
-            Decision::Admitted(permit) => ResponseFuture::called(self.inner.call(req), permit),
-            Decision::Refused(error) => ResponseFuture::refused(error),
+        match &mut self.admission {
+            Some(admission) => admission.call(&mut self.inner, req),
+            None => ResponseFuture::pass_through(self.inner.call(req)),
         }
     }
 }
@@ -643,22 +655,18 @@ mod tests {
         let first = tokio::spawn(svc.clone().oneshot(req()));
         tokio::task::yield_now().await;
         assert_eq!(layer.in_flight(), 1);
-        let mut waiter = svc.clone();
-        let waiting = tokio::spawn(async move {
-            waiter.ready().await.unwrap();
-            waiter
-        });
+        // full: the second queues in its response future
+        let waiting = tokio::spawn(svc.clone().oneshot(req()));
         tokio::task::yield_now().await;
         assert_eq!((layer.in_flight(), layer.queued()), (1, 1));
         // The limit grows while the first still holds its slot: the waiter
         // is woken and admitted.
         assert!(layer.core.set_limit(1, 2));
-        let _admitted = tokio::time::timeout(Duration::from_millis(1), waiting)
-            .await
-            .expect("woken by the increase")
-            .unwrap();
+        tokio::task::yield_now().await;
         assert_eq!((layer.in_flight(), layer.queued()), (2, 0));
         assert!(!first.is_finished());
+        first.await.unwrap().unwrap();
+        waiting.await.unwrap().unwrap();
     }
 
     #[test]

@@ -1,32 +1,76 @@
 //! The response future of [`ConcurrencyLimit`](super::ConcurrencyLimit)
-//! and [`AdaptiveConcurrency`](super::AdaptiveConcurrency).
+//! and [`AdaptiveConcurrency`](super::AdaptiveConcurrency): where a
+//! request waits in the queue.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
+use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
-use tower_cql_core::CqlError;
+use tower_cql_core::{CqlError, CqlRequest, ErrorKind};
+use tower_service::Service;
 
-use super::Permit;
+use super::slots::{Core, Permit, QueueSlot};
+use crate::wait::{self, End, Timer};
 
 pin_project! {
-    /// The inner service's future holding its slot (freed when it completes
-    /// or is dropped), or the refusal of a request that got no slot. Under
-    /// the adaptive limit it also reports the outcome and latency to the
-    /// algorithm when it completes. A pass-through's is the inner future
-    /// alone.
-    pub struct ResponseFuture<F> {
+    /// A request's way through the limit:
+    /// - admitted (at once, or after queueing): the inner service's future,
+    ///   holding its slot until it completes or is dropped (under the
+    ///   adaptive limit it also reports the outcome and latency to the
+    ///   algorithm when it completes);
+    /// - queued: waiting for a slot, until the queue timeout or the
+    ///   request's deadline, whichever is sooner; the inner service (polled
+    ///   ready before `call`) is called once a slot is taken;
+    /// - refused: the error, at once.
+    ///
+    /// Dropped while queued, it leaves the queue and emits its throttle
+    /// event (`rejected`: it did not get through).
+    /// A pass-through's is the inner future alone.
+    pub struct ResponseFuture<S>
+    where
+        S: Service<CqlRequest>,
+    {
         #[pin]
-        kind: Kind<F>,
+        state: State<S, S::Future>,
+    }
+
+    impl<S> PinnedDrop for ResponseFuture<S>
+    where
+        S: Service<CqlRequest>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            if let StateProj::Queued { queued, .. } = this.project().state.project()
+                && let Some(q) = queued.take()
+            {
+                // the caller stopped waiting: it did not get through
+                let depth = q.core.queued().saturating_sub(1);
+                q.core.emit(&q.req, q.since.elapsed(), true, depth);
+            }
+        }
     }
 }
 
 pin_project! {
-    #[project = KindProj]
-    enum Kind<F> {
+    #[project = StateProj]
+    enum State<S, F> {
+        Queued {
+            // registered on the core's `Notify` (enabled on first poll and
+            // after each wake, before the count is checked again)
+            #[pin]
+            notified: OwnedNotified,
+            armed: bool,
+            // the sooner of the queue timeout and the deadline
+            #[pin]
+            timer: Timer,
+            end: End,
+            // `None` once taken out to call or refuse
+            queued: Option<Queued<S>>,
+        },
         Called {
             #[pin]
             future: F,
@@ -39,14 +83,25 @@ pin_project! {
             #[pin]
             future: F,
         },
+        Done,
     }
 }
 
-impl<F> ResponseFuture<F> {
-    pub(crate) fn called(future: F, permit: Permit) -> ResponseFuture<F> {
+/// What a queued request holds.
+struct Queued<S> {
+    core: Arc<Core>,
+    slot: QueueSlot,
+    /// The inner service, polled ready before `call`.
+    service: S,
+    req: CqlRequest,
+    since: Instant,
+}
+
+impl<S: Service<CqlRequest>> ResponseFuture<S> {
+    pub(crate) fn called(future: S::Future, permit: Permit) -> ResponseFuture<S> {
         let started = permit.core().adaptive.is_some().then(Instant::now);
         ResponseFuture {
-            kind: Kind::Called {
+            state: State::Called {
                 future,
                 permit: Some(permit),
                 started,
@@ -54,28 +109,56 @@ impl<F> ResponseFuture<F> {
         }
     }
 
-    pub(crate) fn refused(error: CqlError) -> ResponseFuture<F> {
+    /// Waits for a slot in the queue place `slot`, from `since` until
+    /// `end`, then calls `service` (ready) with `req`.
+    pub(crate) fn queued(
+        core: Arc<Core>,
+        slot: QueueSlot,
+        service: S,
+        req: CqlRequest,
+        since: Instant,
+        end: Option<(Instant, End)>,
+    ) -> ResponseFuture<S> {
         ResponseFuture {
-            kind: Kind::Refused { error: Some(error) },
+            state: State::Queued {
+                notified: core.notify.clone().notified_owned(),
+                armed: false,
+                timer: Timer::new(end.map(|(at, _)| at)),
+                end: end.map_or(End::Limit, |(_, e)| e),
+                queued: Some(Queued {
+                    core,
+                    slot,
+                    service,
+                    req,
+                    since,
+                }),
+            },
         }
     }
 
-    pub(crate) fn pass_through(future: F) -> ResponseFuture<F> {
+    pub(crate) fn refused(error: CqlError) -> ResponseFuture<S> {
         ResponseFuture {
-            kind: Kind::PassThrough { future },
+            state: State::Refused { error: Some(error) },
+        }
+    }
+
+    pub(crate) fn pass_through(future: S::Future) -> ResponseFuture<S> {
+        ResponseFuture {
+            state: State::PassThrough { future },
         }
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
+impl<S: Service<CqlRequest>> fmt::Debug for ResponseFuture<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &self.kind {
-            Kind::Called {
+        let state = match &self.state {
+            State::Queued { .. } => "queued",
+            State::Called {
                 permit: Some(_), ..
             } => "in_flight",
-            Kind::Called { permit: None, .. } => "done",
-            Kind::Refused { .. } => "refused",
-            Kind::PassThrough { .. } => "pass_through",
+            State::Called { permit: None, .. } | State::Done => "done",
+            State::Refused { .. } => "refused",
+            State::PassThrough { .. } => "pass_through",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -83,32 +166,110 @@ impl<F> fmt::Debug for ResponseFuture<F> {
     }
 }
 
-impl<F, R> Future for ResponseFuture<F>
+impl<S, R> Future for ResponseFuture<S>
 where
-    F: Future<Output = Result<R, CqlError>>,
+    S: Service<CqlRequest, Response = R, Error = CqlError>,
 {
     type Output = Result<R, CqlError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Called {
-                future,
-                permit,
-                started,
-            } => {
-                let out = ready!(future.poll(cx));
-                if let Some(permit) = permit.take() {
-                    if let (Some(aimd), Some(started)) = (&permit.core().adaptive, *started) {
-                        aimd.on_complete(permit.core(), started, out.as_ref().err());
+        let mut state = self.project().state;
+        loop {
+            let next = match state.as_mut().project() {
+                StateProj::Queued {
+                    mut notified,
+                    armed,
+                    timer,
+                    end,
+                    queued,
+                } => {
+                    let q = queued.as_ref().expect("queued until taken out");
+                    if !*armed {
+                        notified.as_mut().enable();
+                        *armed = true;
                     }
-                    drop(permit); // the slot is free before the caller sees the result
+                    if let Some(permit) = q.core.acquire_queued() {
+                        let Queued {
+                            core,
+                            slot,
+                            mut service,
+                            req,
+                            since,
+                        } = queued.take().expect("checked above");
+                        // the others still waiting (this one leaves the queue)
+                        let depth = core.queued().saturating_sub(1);
+                        drop(slot);
+                        core.emit(&req, since.elapsed(), false, depth);
+                        let started = core.adaptive.is_some().then(Instant::now);
+                        State::Called {
+                            future: service.call(req),
+                            permit: Some(permit),
+                            started,
+                        }
+                    } else if notified.as_mut().poll(cx).is_ready() {
+                        // woken: register again, then check again
+                        let fresh = q.core.notify.clone().notified_owned();
+                        notified.set(fresh);
+                        *armed = false;
+                        continue;
+                    } else {
+                        ready!(timer.poll_elapsed(cx));
+                        let Queued {
+                            core,
+                            slot,
+                            req,
+                            since,
+                            ..
+                        } = queued.take().expect("checked above");
+                        let waited = since.elapsed();
+                        let depth = core.queued().saturating_sub(1);
+                        drop(slot);
+                        core.emit(&req, waited, true, depth);
+                        let error = match *end {
+                            End::Deadline => {
+                                wait::deadline_exceeded(core.limiter, "a slot", waited)
+                            }
+                            End::Limit => {
+                                let timeout = core.queue_timeout.map_or_else(String::new, |t| {
+                                    format!(" (queue_timeout {t:?})")
+                                });
+                                CqlError::new(
+                                    ErrorKind::Shed,
+                                    format!(
+                                        "{}: timed out in the queue after {waited:?}{timeout}",
+                                        core.limiter
+                                    ),
+                                )
+                            }
+                        };
+                        State::Refused { error: Some(error) }
+                    }
                 }
-                Poll::Ready(out)
-            }
-            KindProj::Refused { error } => Poll::Ready(Err(error
-                .take()
-                .expect("ResponseFuture polled after completion"))),
-            KindProj::PassThrough { future } => future.poll(cx),
+                StateProj::Called {
+                    future,
+                    permit,
+                    started,
+                } => {
+                    let out = ready!(future.poll(cx));
+                    if let Some(permit) = permit.take() {
+                        if let (Some(aimd), Some(started)) = (&permit.core().adaptive, *started) {
+                            aimd.on_complete(permit.core(), started, out.as_ref().err());
+                        }
+                        drop(permit); // the slot is free before the caller sees the result
+                    }
+                    return Poll::Ready(out);
+                }
+                StateProj::Refused { error } => {
+                    let error = error
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    state.set(State::Done);
+                    return Poll::Ready(Err(error));
+                }
+                StateProj::PassThrough { future } => return future.poll(cx),
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            };
+            state.set(next);
         }
     }
 }

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use tower_cql_core::Collectors;
 use tower_layer::Layer;
 
-use super::{ConcurrencyConfig, ConcurrencyLimit, Core};
+use super::slots::Core;
+use super::{ConcurrencyConfig, ConcurrencyLimit};
 use crate::config::ConfigError;
 use crate::toggle::PassThrough;
 
@@ -15,6 +16,7 @@ use crate::toggle::PassThrough;
 pub struct ConcurrencyLimitLayer {
     core: Arc<Core>,
     config: ConcurrencyConfig,
+    shed: bool,
 }
 
 impl fmt::Debug for ConcurrencyLimitLayer {
@@ -23,6 +25,7 @@ impl fmt::Debug for ConcurrencyLimitLayer {
             .field("config", &self.config)
             .field("in_flight", &self.in_flight())
             .field("queued", &self.queued())
+            .field("for_load_shed", &self.shed)
             .finish()
     }
 }
@@ -45,7 +48,29 @@ impl ConcurrencyLimitLayer {
                 None,
             )),
             config,
+            shed: false,
         })
+    }
+
+    /// For use under a [`LoadShedLayer`](crate::load_shed::LoadShedLayer)
+    /// (what [`StackBuilder::load_shed`](crate::stack::StackBuilder::load_shed)
+    /// builds): the services' `poll_ready` takes a slot, and is pending
+    /// while none is free, so that the load shedder above refuses the
+    /// request at once instead of letting it queue. Nothing queues then.
+    ///
+    /// Without a load shedder above, a caller of such a service waits for
+    /// a slot in `poll_ready`: before its request exists, outside its
+    /// latency and deadline. Use the default (queueing in the response
+    /// future) there.
+    pub fn for_load_shed(mut self) -> ConcurrencyLimitLayer {
+        self.shed = true;
+        self
+    }
+
+    /// Whether the services are for use under a load shedder (see
+    /// [`for_load_shed`](ConcurrencyLimitLayer::for_load_shed)).
+    pub fn is_for_load_shed(&self) -> bool {
+        self.shed
     }
 
     /// The configuration.
@@ -64,7 +89,7 @@ impl ConcurrencyLimitLayer {
     }
 
     pub(crate) fn service<S>(&self, inner: S) -> ConcurrencyLimit<S> {
-        ConcurrencyLimit::from_core(inner, self.core.clone())
+        ConcurrencyLimit::from_core(inner, self.core.clone(), self.shed)
     }
 }
 

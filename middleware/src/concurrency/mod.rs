@@ -38,57 +38,84 @@
 //! layer). tower's `ConcurrencyLimitLayer` makes a new semaphore for each
 //! `layer()` call, so services built from one layer do not share a limit.
 //!
-//! # Admission and the queue
-//! A request takes a slot in `poll_ready` (reserved there, used by `call`,
-//! released when the response future completes or is dropped). When none
-//! is free it joins the queue and `poll_ready` is pending until a slot
-//! frees (backpressure). The queue is bounded:
-//! - with `max_queue` requests already waiting, the call fails at once
-//!   with [`ErrorKind::Shed`];
-//! - a request that waited `queue_timeout` fails with `Shed` ("timed out in
-//!   the queue");
-//! - the wait happens before the request is known, so its deadline is
-//!   checked when it gets its slot: a request whose deadline passed while
-//!   it queued fails with `Shed` and its slot is released at once.
+//! # Where the wait happens: inside the request
+//! `poll_ready` is the inner service's `poll_ready`: the limit takes
+//! nothing there and never makes it wait, because a wait there comes
+//! before the request exists — outside its latency, its span and its
+//! deadline. `call` admits the request:
+//! - a slot is free: it is taken (a compare-and-swap of the in-flight
+//!   count) and the inner service called at once; the slot is released
+//!   when the response future completes or is dropped;
+//! - none is free and the queue has room: the request takes a place in
+//!   the queue and its response future waits for a slot, then calls the
+//!   inner service (which goes into the future, polled ready; the service
+//!   keeps a clone, to be polled ready before its next call: the
+//!   `mem::replace` idiom of tower's `Service` docs). The time queued is
+//!   then part of the request: in the metrics layer's latency and the
+//!   `cql.request` span above, and inside the shutdown gate;
+//! - `max_queue` requests are already queued: the call fails at once with
+//!   [`ErrorKind::Shed`].
 //!
-//! Slots are counted with atomics (a compare-and-swap admits a request)
-//! and waiters sleep on a `tokio::sync::Notify`, registered before they
-//! re-check the count so that no release is missed. `Notify` wakes the
-//! oldest waiter first; a request arriving just as a slot frees may take it
-//! before the woken waiter does (no strict FIFO). A `tokio::sync::Semaphore`
-//! is not used because waiting on it from `poll_ready` needs its unnamed
-//! acquire future boxed (tower does it through tokio-util's
-//! `PollSemaphore`); `Notify::notified_owned` gives a named future, kept in
-//! one reusable box per service clone. The same core serves the adaptive
-//! limit, whose limit moves.
+//! A queued request waits until the sooner of `queue_timeout` (then it
+//! fails with `Shed`, "timed out in the queue") and its deadline (then it
+//! fails with [`ErrorKind::DeadlineExceeded`], marked not sent), at that
+//! moment. A response future dropped while queued (its caller gave up)
+//! leaves the queue.
+//!
+//! # Backpressure
+//! A caller that awaits its requests is held back by the futures it
+//! awaits; the queue is bounded, so past `max_queue` waiting requests the
+//! limit refuses rather than piling them up. Backpressure from below still
+//! reaches the caller: `poll_ready` is pending while the inner service is.
+//!
+//! Under a load shedder, build the layer
+//! [`for_load_shed`](ConcurrencyLimitLayer::for_load_shed) (the stack
+//! builder does): then `poll_ready` takes the slot and is pending while
+//! none is free, so the load shedder refuses the request instead of
+//! letting it queue.
+//!
+//! # How it waits
+//! Slots are counted with atomics and waiters sleep on a
+//! `tokio::sync::Notify`: a queued request registers, then checks for a
+//! slot again, and a release wakes one queued request; a `SeqCst` fence on
+//! each side makes sure one of the two sees the other (the protocol and
+//! its `loom` model are in `slots.rs`). `Notify` wakes the oldest waiter
+//! first; a request arriving just as a slot frees may take it before the
+//! woken waiter does (no strict FIFO). A `tokio::sync::Semaphore` is not
+//! used because waiting on it needs its unnamed acquire future boxed;
+//! `Notify::notified_owned` gives a named future, kept inside the response
+//! future with the queue timer, so a queued request allocates nothing of
+//! its own. The same core serves the adaptive limit, whose limit moves.
 //!
 //! # Observing it
 //! [`ConcurrencyLimitLayer::in_flight`] and [`ConcurrencyLimitLayer::queued`]
 //! (and the same on the service) read the counters. Every request that
-//! waited or was refused emits
-//! [`Event::Throttle`] with `limiter:
-//! "concurrency_limit"`, the time it waited, whether it was refused, and
-//! the queue depth behind it when it was admitted or refused.
+//! waited or was refused emits [`Event::Throttle`](tower_cql_core::Event::Throttle)
+//! with `limiter: "concurrency_limit"`, the time it waited, the queue
+//! depth behind it when its wait ended, and `rejected` — whether it did
+//! not get through: refused at once, timed out, its deadline passed, or
+//! dropped by its caller while queued (the metrics layer reports that
+//! request as cancelled). The event is emitted when the wait ends;
+//! requests admitted at once emit nothing.
 
 pub mod adaptive;
 pub mod future;
 mod layer;
+mod slots;
 
 use std::fmt;
-use std::pin::Pin;
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::sync::Notify;
-use tokio::sync::futures::OwnedNotified;
-use tokio::time::{Instant, Sleep};
-use tower_cql_core::event::ThrottleEvent;
-use tower_cql_core::{Collectors, CqlError, CqlRequest, ErrorKind, Event};
+use tokio::time::Instant;
+use tower_cql_core::{Collectors, CqlError, CqlRequest, ErrorKind};
 use tower_service::Service;
 
+use self::slots::{Core, Permit, Watch};
 use crate::config::ConfigError;
+use crate::wait;
 
 pub use self::adaptive::{
     AdaptiveAlgorithm, AdaptiveConcurrency, AdaptiveConcurrencyLayer, AdaptiveConfig,
@@ -145,236 +172,36 @@ pub(crate) fn validate_queue_timeout(
     Ok(())
 }
 
-/// The counters and the wait list, shared by a layer and every service
-/// it makes.
-pub(crate) struct Core {
-    limit: AtomicUsize,
-    in_flight: AtomicUsize,
-    queued: AtomicUsize,
-    max_queue: usize,
-    queue_timeout: Option<Duration>,
-    notify: Arc<Notify>,
-    pub(crate) collectors: Collectors,
-    /// `"concurrency_limit"` or `"adaptive"`, for events.
-    limiter: &'static str,
-    /// The adaptive algorithm's state, for the adaptive limit.
-    pub(crate) adaptive: Option<adaptive::Aimd>,
-}
-
-impl fmt::Debug for Core {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConcurrencyCore")
-            .field("limiter", &self.limiter)
-            .field("limit", &self.limit())
-            .field("in_flight", &self.in_flight())
-            .field("queued", &self.queued())
-            .field("max_queue", &self.max_queue)
-            .field("queue_timeout", &self.queue_timeout)
-            .finish()
-    }
-}
-
-impl Core {
-    pub(crate) fn new(
-        limiter: &'static str,
-        limit: usize,
-        max_queue: usize,
-        queue_timeout: Option<Duration>,
-        collectors: Collectors,
-        adaptive: Option<adaptive::Aimd>,
-    ) -> Core {
-        Core {
-            limit: AtomicUsize::new(limit),
-            in_flight: AtomicUsize::new(0),
-            queued: AtomicUsize::new(0),
-            max_queue,
-            queue_timeout,
-            notify: Arc::new(Notify::new()),
-            collectors,
-            limiter,
-            adaptive,
-        }
-    }
-
-    pub(crate) fn limit(&self) -> usize {
-        self.limit.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn queued(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
-    }
-
-    /// Sets the limit (adaptive); wakes the waiters when it grew.
-    pub(crate) fn set_limit(&self, from: usize, to: usize) -> bool {
-        if self
-            .limit
-            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return false;
-        }
-        if to > from {
-            self.notify.notify_waiters();
-        }
-        true
-    }
-
-    /// Takes a slot if one is free (the count is below the limit).
-    fn try_acquire(self: &Arc<Core>) -> Option<Permit> {
-        let mut cur = self.in_flight.load(Ordering::SeqCst);
-        loop {
-            if cur >= self.limit.load(Ordering::SeqCst) {
-                return None;
-            }
-            match self.in_flight.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => return Some(Permit(self.clone())),
-                Err(actual) => cur = actual,
-            }
-        }
-    }
-
-    /// Joins the queue if it has room.
-    fn try_enqueue(self: &Arc<Core>) -> Result<QueueSlot, usize> {
-        let mut cur = self.queued.load(Ordering::SeqCst);
-        loop {
-            if cur >= self.max_queue {
-                return Err(cur);
-            }
-            match self.queued.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => return Ok(QueueSlot(self.clone())),
-                Err(actual) => cur = actual,
-            }
-        }
-    }
-
-    fn release(&self) {
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        // SeqCst pairs with the waiter's `queued += 1` then re-check: either
-        // we see the waiter and wake one, or it sees the freed slot.
-        if self.queued.load(Ordering::SeqCst) > 0 {
-            self.notify.notify_one();
-        }
-    }
-
-    fn emit(&self, req: &CqlRequest, waited: Duration, rejected: bool, queue_depth: usize) {
-        if self.collectors.is_active() {
-            self.collectors.emit(Event::Throttle(ThrottleEvent {
-                meta: req.meta(),
-                limiter: self.limiter,
-                waited,
-                rejected,
-                queue_depth,
-            }));
-        }
-    }
-}
-
-/// A slot in flight; dropping it frees the slot and wakes a waiter.
-pub(crate) struct Permit(Arc<Core>);
-
-impl Permit {
-    pub(crate) fn core(&self) -> &Arc<Core> {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Permit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Permit")
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.0.release();
-    }
-}
-
-/// A place in the queue; dropping it leaves the queue.
-struct QueueSlot(Arc<Core>);
-
-impl Drop for QueueSlot {
-    fn drop(&mut self) {
-        self.0.queued.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Why a request was refused.
-#[derive(Debug, Clone, Copy)]
-enum Refusal {
-    QueueFull,
-    QueueTimeout(Duration),
-}
-
-enum AdmissionState {
-    Idle,
-    Waiting {
-        since: Instant,
-        _slot: QueueSlot,
-    },
-    Admitted {
-        permit: Permit,
-        waited: Duration,
-        depth: usize,
-    },
-    Refused {
-        refusal: Refusal,
-        waited: Duration,
-        depth: usize,
-    },
-}
-
-/// What `poll_ready` decided, for `call`.
-pub(crate) enum Decision {
-    Admitted(Permit),
-    Refused(CqlError),
-}
-
-/// One service clone's side of admission: its decision between
-/// `poll_ready` and `call`, and its reusable wait future and timer.
+/// One service clone's side of admission: whether it is under a load
+/// shedder, and there the slot `poll_ready` took for `call`.
 pub(crate) struct Admission {
     core: Arc<Core>,
-    state: AdmissionState,
-    notified: Option<Pin<Box<OwnedNotified>>>,
-    sleep: Option<Pin<Box<Sleep>>>,
+    /// `poll_ready` is pending while no slot is free (see
+    /// [`ConcurrencyLimitLayer::for_load_shed`]).
+    shed: bool,
+    /// The slot `poll_ready` took (under a load shedder).
+    held: Option<Permit>,
+    /// Registered for the next release while `poll_ready` is pending.
+    watch: Option<Watch>,
 }
 
 impl fmt::Debug for Admission {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &self.state {
-            AdmissionState::Idle => "idle",
-            AdmissionState::Waiting { .. } => "waiting",
-            AdmissionState::Admitted { .. } => "admitted",
-            AdmissionState::Refused { .. } => "refused",
-        };
         f.debug_struct("Admission")
             .field("core", &self.core)
-            .field("state", &state)
+            .field("for_load_shed", &self.shed)
+            .field("holds_slot", &self.held.is_some())
             .finish()
     }
 }
 
 impl Admission {
-    pub(crate) fn new(core: Arc<Core>) -> Admission {
+    pub(crate) fn new(core: Arc<Core>, shed: bool) -> Admission {
         Admission {
             core,
-            state: AdmissionState::Idle,
-            notified: None,
-            sleep: None,
+            shed,
+            held: None,
+            watch: None,
         }
     }
 
@@ -385,169 +212,88 @@ impl Admission {
     /// A new admission on the same core, holding nothing (for a clone of
     /// the service).
     pub(crate) fn fresh(&self) -> Admission {
-        Admission::new(self.core.clone())
+        Admission::new(self.core.clone(), self.shed)
     }
 
-    pub(crate) fn is_admitted(&self) -> bool {
-        matches!(self.state, AdmissionState::Admitted { .. })
-    }
-
-    /// A fresh wait registration, enabled (in the wait list) before the
-    /// caller re-checks the count, so that no release is missed.
-    fn arm(&mut self) {
-        let fresh = self.core.notify.clone().notified_owned();
-        let n = match &mut self.notified {
-            Some(n) => {
-                n.set(fresh);
-                n
-            }
-            None => self.notified.insert(Box::pin(fresh)),
-        };
-        n.as_mut().enable();
-    }
-
-    /// Leaves the wait list (a notification it got goes to the next waiter).
-    fn disarm(&mut self) {
-        if let Some(n) = &mut self.notified {
-            n.set(self.core.notify.clone().notified_owned());
+    /// `poll_ready`: the inner service's readiness; under a load shedder,
+    /// first a slot taken now (pending, and woken by the next release,
+    /// while none is free).
+    pub(crate) fn poll_ready<S>(
+        &mut self,
+        inner: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), CqlError>>
+    where
+        S: Service<CqlRequest, Error = CqlError>,
+    {
+        if self.shed {
+            ready!(self.poll_slot(cx));
         }
+        inner.poll_ready(cx)
     }
 
-    /// Drives admission until a slot is held or the request is refused.
-    pub(crate) fn poll_admit(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll_slot(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            match &self.state {
-                AdmissionState::Admitted { .. } | AdmissionState::Refused { .. } => {
-                    return Poll::Ready(());
-                }
-                AdmissionState::Idle => {
-                    if let Some(permit) = self.core.try_acquire() {
-                        self.state = AdmissionState::Admitted {
-                            permit,
-                            waited: Duration::ZERO,
-                            depth: 0,
-                        };
-                        continue;
-                    }
-                    match self.core.try_enqueue() {
-                        Ok(slot) => {
-                            let since = Instant::now();
-                            if let Some(t) = self.core.queue_timeout {
-                                match &mut self.sleep {
-                                    Some(s) => s.as_mut().reset(since + t),
-                                    None => {
-                                        self.sleep =
-                                            Some(Box::pin(tokio::time::sleep_until(since + t)))
-                                    }
-                                }
-                            }
-                            self.arm();
-                            self.state = AdmissionState::Waiting { since, _slot: slot };
-                        }
-                        Err(depth) => {
-                            self.state = AdmissionState::Refused {
-                                refusal: Refusal::QueueFull,
-                                waited: Duration::ZERO,
-                                depth,
-                            };
-                        }
-                    }
-                }
-                AdmissionState::Waiting { since, .. } => {
-                    let since = *since;
-                    if let Some(permit) = self.core.try_acquire() {
-                        self.disarm();
-                        // The others still waiting (this one leaves the queue).
-                        let depth = self.core.queued().saturating_sub(1);
-                        self.state = AdmissionState::Admitted {
-                            permit,
-                            waited: Instant::now().saturating_duration_since(since),
-                            depth,
-                        };
-                        continue;
-                    }
-                    let notified = self.notified.as_mut().expect("armed when waiting");
-                    if notified.as_mut().poll(cx).is_ready() {
-                        // Woken: register again, then re-check.
-                        self.arm();
-                        continue;
-                    }
-                    if let Some(t) = self.core.queue_timeout {
-                        let sleep = self
-                            .sleep
-                            .as_mut()
-                            .expect("set when waiting with a timeout");
-                        ready!(sleep.as_mut().poll(cx));
-                        self.disarm();
-                        let depth = self.core.queued().saturating_sub(1);
-                        self.state = AdmissionState::Refused {
-                            refusal: Refusal::QueueTimeout(t),
-                            waited: Instant::now().saturating_duration_since(since),
-                            depth,
-                        };
-                        continue;
-                    }
-                    return Poll::Pending;
+            if self.held.is_some() {
+                self.watch = None;
+                return Poll::Ready(());
+            }
+            if let Some(permit) = self.core.try_acquire() {
+                self.held = Some(permit);
+                continue;
+            }
+            match &mut self.watch {
+                // registered: check once more before sleeping
+                None => self.watch = Some(self.core.watch()),
+                Some(watch) => {
+                    ready!(watch.notified.as_mut().poll(cx));
+                    self.watch = None;
                 }
             }
         }
     }
 
-    /// Takes the decision for `req` and emits its event: a refusal, or an
-    /// admission that waited (a request whose deadline passed while it
-    /// waited is refused, and its slot released).
-    pub(crate) fn decide(&mut self, req: &CqlRequest) -> Decision {
-        match std::mem::replace(&mut self.state, AdmissionState::Idle) {
-            AdmissionState::Admitted {
-                permit,
-                waited,
-                depth,
-            } => {
-                if waited.is_zero() {
-                    return Decision::Admitted(permit);
-                }
-                let deadline_passed = req
-                    .meta()
-                    .deadline()
-                    .is_some_and(|d| tokio::time::Instant::from_std(d) <= Instant::now());
-                if deadline_passed {
-                    drop(permit);
-                    self.core.emit(req, waited, true, depth);
-                    return Decision::Refused(CqlError::new(
-                        ErrorKind::Shed,
-                        format!(
-                            "{}: timed out in the queue: the request's deadline passed while it waited {waited:?} for a slot",
-                            self.core.limiter
-                        ),
-                    ));
-                }
-                self.core.emit(req, waited, false, depth);
-                Decision::Admitted(permit)
-            }
-            AdmissionState::Refused {
-                refusal,
-                waited,
-                depth,
-            } => {
-                self.core.emit(req, waited, true, depth);
-                let limiter = self.core.limiter;
-                let message = match refusal {
-                    Refusal::QueueFull => format!(
-                        "{limiter}: {} requests in flight (limit {}) and {depth} queued (max_queue {})",
-                        self.core.in_flight(),
-                        self.core.limit(),
-                        self.core.max_queue
-                    ),
-                    Refusal::QueueTimeout(t) => format!(
-                        "{limiter}: timed out in the queue after {waited:?} (queue_timeout {t:?})"
-                    ),
-                };
-                Decision::Refused(CqlError::new(ErrorKind::Shed, message))
-            }
-            AdmissionState::Idle | AdmissionState::Waiting { .. } => panic!(
+    /// `call`: admits `req` now when a slot is free, or queues it in its
+    /// response future, or refuses it (the queue is full).
+    pub(crate) fn call<S>(&mut self, inner: &mut S, req: CqlRequest) -> ResponseFuture<S>
+    where
+        S: Service<CqlRequest, Error = CqlError> + Clone,
+    {
+        let permit = match self.held.take() {
+            Some(permit) => Some(permit),
+            None if self.shed => panic!(
                 "{}: call without a ready poll_ready: poll_ready must return Ready first",
                 self.core.limiter
             ),
+            None => self.core.try_acquire(),
+        };
+        if let Some(permit) = permit {
+            return ResponseFuture::called(inner.call(req), permit);
+        }
+        let core = &self.core;
+        match core.try_enqueue() {
+            Ok(slot) => {
+                let since = Instant::now();
+                let end = wait::end(since, core.queue_timeout, wait::deadline(&req));
+                // `inner` was polled ready: it goes with the request, and
+                // this service keeps a clone (polled ready before its call)
+                let ready = inner.clone();
+                let ready = std::mem::replace(inner, ready);
+                ResponseFuture::queued(core.clone(), slot, ready, req, since, end)
+            }
+            Err(depth) => {
+                core.emit(&req, Duration::ZERO, true, depth);
+                ResponseFuture::refused(CqlError::new(
+                    ErrorKind::Shed,
+                    format!(
+                        "{}: {} requests in flight (limit {}) and {depth} queued (max_queue {})",
+                        core.limiter,
+                        core.in_flight(),
+                        core.limit(),
+                        core.max_queue
+                    ),
+                ))
+            }
         }
     }
 }
@@ -573,10 +319,10 @@ impl<S: Clone> Clone for ConcurrencyLimit<S> {
 }
 
 impl<S> ConcurrencyLimit<S> {
-    pub(crate) fn from_core(inner: S, core: Arc<Core>) -> ConcurrencyLimit<S> {
+    pub(crate) fn from_core(inner: S, core: Arc<Core>, shed: bool) -> ConcurrencyLimit<S> {
         ConcurrencyLimit {
             inner,
-            admission: Some(Admission::new(core)),
+            admission: Some(Admission::new(core, shed)),
         }
     }
 
@@ -625,7 +371,7 @@ impl<S> ConcurrencyLimit<S> {
         &mut self.inner
     }
 
-    /// The inner service (a held slot is released).
+    /// The inner service (a slot held for `call` is released).
     pub fn into_inner(self) -> S {
         self.inner
     }
@@ -633,44 +379,35 @@ impl<S> ConcurrencyLimit<S> {
 
 impl<S, R> Service<CqlRequest> for ConcurrencyLimit<S>
 where
-    S: Service<CqlRequest, Response = R, Error = CqlError>,
+    S: Service<CqlRequest, Response = R, Error = CqlError> + Clone,
 {
     type Response = R;
     type Error = CqlError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
-        let Some(admission) = &mut self.admission else {
-            return self.inner.poll_ready(cx);
-        };
-        ready!(admission.poll_admit(cx));
-        if admission.is_admitted() {
-            self.inner.poll_ready(cx)
-        } else {
-            // Refused: the call fails without touching the inner service.
-            Poll::Ready(Ok(()))
+        match &mut self.admission {
+            Some(admission) => admission.poll_ready(&mut self.inner, cx),
+            None => self.inner.poll_ready(cx),
         }
     }
 
     fn call(&mut self, req: CqlRequest) -> Self::Future {
-        let Some(admission) = &mut self.admission else {
-            return ResponseFuture::pass_through(self.inner.call(req));
-        };
-        match admission.decide(&req) {
-            Decision::Admitted(permit) => ResponseFuture::called(self.inner.call(req), permit),
-            Decision::Refused(error) => ResponseFuture::refused(error),
+        match &mut self.admission {
+            Some(admission) => admission.call(&mut self.inner, req),
+            None => ResponseFuture::pass_through(self.inner.call(req)),
         }
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(tower_cql_loom)))]
 mod tests {
     use super::*;
     use std::sync::Mutex;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tower::{ServiceExt, service_fn};
-    use tower_cql_core::Collector;
-    use tower_cql_core::event::OwnedEvent;
+    use tower_cql_core::event::{Event, OwnedEvent, ThrottleEvent};
+    use tower_cql_core::{Collector, ErrorKind};
     use tower_layer::Layer;
 
     /// Keeps every throttle event.
@@ -819,48 +556,58 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_deadline_that_passes_in_the_queue_is_shed_and_frees_the_slot() {
-        let (layer, rec) = layer(1, 4, None);
+    async fn a_deadline_that_passes_in_the_queue_fails_then() {
+        let (layer, rec) = layer(1, 4, Some(Duration::from_secs(1)));
         let svc = layer.layer(slow(
             Duration::from_millis(100),
             Arc::new(AtomicUsize::new(0)),
         ));
         let running = tokio::spawn(svc.clone().oneshot(req()));
         tokio::task::yield_now().await;
-        let deadline = Instant::now() + Duration::from_millis(30);
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_millis(30);
         let err = svc
             .clone()
             .oneshot(req().deadline(deadline.into_std()))
             .await
             .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Shed);
-        assert!(err.message().contains("timed out in the queue"), "{err}");
-        assert_eq!(rec.throttles(), vec![(Duration::from_millis(100), true, 0)]);
-        assert_eq!(layer.in_flight(), 0, "the slot was released");
+        assert_eq!(t0.elapsed(), Duration::from_millis(30), "at the deadline");
+        assert_eq!(err.kind(), ErrorKind::DeadlineExceeded);
+        assert!(err.was_not_sent());
+        assert!(err.message().contains("waited 30ms for a slot"), "{err}");
+        assert_eq!(rec.throttles(), vec![(Duration::from_millis(30), true, 0)]);
+        assert_eq!(layer.queued(), 0, "it left the queue");
         running.await.unwrap().unwrap();
+        assert_eq!(layer.in_flight(), 0);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn poll_ready_is_pending_while_queued_and_a_dropped_waiter_leaves_the_queue() {
-        let (layer, _) = layer(1, 4, None);
-        let mut a = layer.layer(slow(
-            Duration::from_millis(100),
-            Arc::new(AtomicUsize::new(0)),
-        ));
+    async fn for_load_shed_poll_ready_takes_the_slot_and_is_pending_while_full() {
+        let (layer, rec) = layer(1, 4, None);
+        let layer = layer.for_load_shed();
+        let mut a = layer.layer(slow(Duration::ZERO, Arc::new(AtomicUsize::new(0))));
         let mut b = a.clone();
-        let mut c = a.clone();
         assert!(matches!(poll_once(&mut a), Poll::Ready(Ok(()))));
-        assert_eq!(layer.in_flight(), 1, "reserved in poll_ready");
-        assert!(poll_once(&mut b).is_pending());
-        assert!(poll_once(&mut c).is_pending());
-        assert_eq!(b.queued(), 2);
-        drop(b);
-        assert_eq!(layer.queued(), 1);
-        // Dropping the ready service frees its slot for the waiter.
+        assert_eq!(layer.in_flight(), 1, "taken in poll_ready");
+        assert!(poll_once(&mut b).is_pending(), "full: not ready");
+        assert_eq!(layer.queued(), 0, "nothing queues");
+        // a ready service dropped before its call frees its slot, and the
+        // release wakes the service waiting in poll_ready
+        let waiting = tokio::spawn(async move {
+            b.ready().await.unwrap();
+            b
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
         drop(a);
+        let mut b = tokio::time::timeout(Duration::from_millis(1), waiting)
+            .await
+            .expect("woken by the release")
+            .unwrap();
+        assert_eq!(layer.in_flight(), 1);
+        b.call(req()).await.unwrap();
         assert_eq!(layer.in_flight(), 0);
-        assert!(matches!(poll_once(&mut c), Poll::Ready(Ok(()))));
-        assert_eq!((layer.in_flight(), layer.queued()), (1, 0));
+        assert!(rec.throttles().is_empty(), "nothing waited in a limit");
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,15 +11,17 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let collectors = Collectors::new();
-//! // One request at a time, waiting in a queue ...
+//! // One request at a time, for use under a load shedder: its poll_ready
+//! // is pending while the one slot is taken ...
 //! let limit = ConcurrencyLimitLayer::new(
 //!     ConcurrencyConfig { max_in_flight: 1, ..ConcurrencyConfig::default() },
 //!     collectors.clone(),
-//! )?;
+//! )?
+//! .for_load_shed();
 //! let inner = service_fn(|_req: CqlRequest| async { Ok::<_, CqlError>("done") });
 //! let mut busy = limit.layer(inner);
 //! let first = busy.ready().await?.call(CqlRequest::query("SELECT v FROM ks.t"));
-//! // ... but behind a load shedder, a request that would wait is refused.
+//! // ... so behind the load shedder, a request that would wait is refused.
 //! let mut svc = LoadShedLayer::new(collectors).layer(busy.clone());
 //! let err = svc.ready().await?.call(CqlRequest::query("SELECT v FROM ks.t")).await.unwrap_err();
 //! assert_eq!(err.kind(), ErrorKind::Shed);
@@ -40,8 +42,13 @@
 //! downcast back); this one fails with a [`CqlError`] of the core taxonomy,
 //! which retry, metrics and breakers already read.
 //!
-//! Put it outside a limit that waits (a concurrency limit, a rate limit in
-//! `Wait` mode) to turn its waiting into refusals.
+//! Put it outside a limit built `for_load_shed`
+//! ([`ConcurrencyLimitLayer::for_load_shed`](crate::concurrency::ConcurrencyLimitLayer::for_load_shed),
+//! and the same on the adaptive limit and the rate limit in `Wait` mode)
+//! to turn its waiting into refusals; the stack builder does so when load
+//! shedding is on. A limit built the default way is always ready (its
+//! requests wait in their response futures, inside their latency and
+//! deadline), so a load shedder above it sheds nothing for it.
 
 pub mod future;
 mod layer;

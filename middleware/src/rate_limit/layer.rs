@@ -4,7 +4,8 @@ use std::sync::Arc;
 use tower_cql_core::Collectors;
 use tower_layer::Layer;
 
-use super::{Bucket, RateLimit, RateLimitConfig, Shared};
+use super::bucket::Bucket;
+use super::{RateLimit, RateLimitConfig, Shared};
 use crate::config::ConfigError;
 use crate::toggle::PassThrough;
 
@@ -14,12 +15,14 @@ use crate::toggle::PassThrough;
 #[derive(Clone)]
 pub struct RateLimitLayer {
     shared: Arc<Shared>,
+    shed: bool,
 }
 
 impl fmt::Debug for RateLimitLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("config", &self.shared.config)
+            .field("for_load_shed", &self.shed)
             .finish()
     }
 }
@@ -38,7 +41,31 @@ impl RateLimitLayer {
                 config,
                 collectors,
             }),
+            shed: false,
         })
+    }
+
+    /// For use under a [`LoadShedLayer`](crate::load_shed::LoadShedLayer)
+    /// (what [`StackBuilder::load_shed`](crate::stack::StackBuilder::load_shed)
+    /// builds): in [`RateLimitMode::Wait`](super::RateLimitMode::Wait), the
+    /// services' `poll_ready` takes a token, and is pending until one is
+    /// due, so that the load shedder above refuses the request at once
+    /// instead of letting it wait. (In `Reject` mode nothing waits
+    /// anyway.)
+    ///
+    /// Without a load shedder above, a caller of such a service waits for
+    /// its token in `poll_ready`: before its request exists, outside its
+    /// latency and deadline. Use the default (waiting in the response
+    /// future) there.
+    pub fn for_load_shed(mut self) -> RateLimitLayer {
+        self.shed = true;
+        self
+    }
+
+    /// Whether the services are for use under a load shedder (see
+    /// [`for_load_shed`](RateLimitLayer::for_load_shed)).
+    pub fn is_for_load_shed(&self) -> bool {
+        self.shed
     }
 
     /// The configuration.
@@ -47,7 +74,7 @@ impl RateLimitLayer {
     }
 
     pub(crate) fn service<S>(&self, inner: S) -> RateLimit<S> {
-        RateLimit::from_shared(inner, self.shared.clone())
+        RateLimit::from_shared(inner, self.shared.clone(), self.shed)
     }
 }
 

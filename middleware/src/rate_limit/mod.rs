@@ -36,7 +36,10 @@
 //! "theoretical arrival time" of the next request, in nanoseconds since the
 //! layer was built, updated with `compare_exchange`. Taking a token is one
 //! CAS; there is no lock and no refill task. Tokens refill continuously at
-//! `rate_per_second`, and up to `burst` may be taken at once.
+//! `rate_per_second`, and up to `burst` may be taken at once. A token due
+//! later is *reserved* by the same CAS (the bucket moves past it), so
+//! waiters are served in the order they reserved, and a reservation that
+//! goes unused gives its token back.
 //!
 //! # Shared by clones, and by every service a layer makes
 //! The bucket lives in an `Arc` owned by the [`RateLimitLayer`]: every
@@ -45,39 +48,61 @@
 //! that layer). tower's own `RateLimit` is not `Clone` (tower issue #794),
 //! and a per-clone bucket would multiply the rate by the number of clones.
 //!
-//! # Wait and Reject
-//! - [`RateLimitMode::Wait`]: `poll_ready` reserves a token; when the next
-//!   one is in the future it sleeps until then (backpressure: the caller's
-//!   `ready().await` waits). When the token is further away than
-//!   `max_wait`, nothing is reserved and the call fails at once with
-//!   [`ErrorKind::RateLimited`].
-//!   Each clone keeps one reusable timer (`Pin<Box<Sleep>>`, reset for each
-//!   wait, as tower's rate limit does).
-//! - [`RateLimitMode::Reject`]: no token now means the call fails at once.
+//! # Where the wait happens: inside the request
+//! `poll_ready` is the inner service's `poll_ready`: the limit reserves
+//! nothing there and never makes it wait, because a wait there comes
+//! before the request exists — outside its latency, its span and its
+//! deadline. `call` takes the token:
+//! - one is there now: the inner service is called at once;
+//! - [`RateLimitMode::Wait`], and the next token is due within `max_wait`
+//!   and before the request's deadline: it is reserved, and the response
+//!   future sleeps until it is due, then calls the inner service (which
+//!   goes into the future, polled ready; the service keeps a clone, to be
+//!   polled ready before its next call: the `mem::replace` idiom of
+//!   tower's `Service` docs). The wait is then part of the request: in
+//!   the metrics layer's latency and the `cql.request` span above, and
+//!   inside the shutdown gate;
+//! - the next token is due within `max_wait` but after the request's
+//!   deadline: nothing is reserved, the future waits until the deadline
+//!   and fails then with [`ErrorKind::DeadlineExceeded`] (not sent);
+//! - the next token is further away than `max_wait` (in
+//!   [`RateLimitMode::Reject`]: any wait at all): the call fails at once
+//!   with [`ErrorKind::RateLimited`].
 //!
-//! The wait happens in `poll_ready`, before the request is known, so the
-//! request's deadline is checked in `call`: a request whose deadline passed
-//! while the service waited for its token fails with `RateLimited`, and the
-//! token goes back to the bucket.
+//! A response future dropped while it waits (its caller gave up) gives
+//! its token back.
+//!
+//! # Backpressure
+//! A caller that awaits its requests is held to the rate by the futures
+//! it awaits. Tokens are reserved at most `max_wait` ahead, so at most
+//! about `rate_per_second × max_wait` requests wait at once; past that,
+//! requests are refused, not piled up. Backpressure from below still
+//! reaches the caller: `poll_ready` is pending while the inner service
+//! is.
+//!
+//! Under a load shedder, build the layer
+//! [`for_load_shed`](RateLimitLayer::for_load_shed) (the stack builder
+//! does): then `poll_ready` takes a token and is pending until one is due,
+//! so the load shedder refuses the request instead of letting it wait.
 //!
 //! # Events
 //! Every request that waited or was refused emits
-//! [`Event::Throttle`] with `limiter:
-//! "rate_limit"`, the time waited and whether it was refused (`queue_depth`
-//! is always 0: waiters are not queued, they hold reservations). Requests
-//! admitted at once emit nothing.
+//! [`Event::Throttle`] with `limiter: "rate_limit"`, the time waited and
+//! `rejected` — whether it did not get through: refused at once, its
+//! deadline passed while it waited, or it was dropped while it waited
+//! (the metrics layer reports that request as cancelled). The event is
+//! emitted when the wait ends. `queue_depth` is always 0: waiters are not
+//! queued, they hold reservations. Requests admitted at once emit
+//! nothing.
 
+mod bucket;
 pub mod future;
 mod layer;
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-#[cfg(not(tower_cql_loom))]
-use std::sync::atomic::{AtomicU64, Ordering};
-
-#[cfg(tower_cql_loom)]
-use loom::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -86,7 +111,9 @@ use tower_cql_core::event::ThrottleEvent;
 use tower_cql_core::{Collectors, CqlError, CqlRequest, ErrorKind, Event};
 use tower_service::Service;
 
+use self::bucket::{Bucket, Reservation, Take};
 use crate::config::ConfigError;
+use crate::wait;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::RateLimitLayer;
@@ -94,9 +121,11 @@ pub use self::layer::RateLimitLayer;
 /// What to do when no token is available.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateLimitMode {
-    /// Wait in `poll_ready` for the next token, up to `max_wait`; a token
-    /// further away than that fails the call with `RateLimited` at once.
-    /// `max_wait: Duration::ZERO` is the same as [`RateLimitMode::Reject`].
+    /// Wait for the next token, up to `max_wait` (and never past the
+    /// request's deadline), inside the request: in its response future. A
+    /// token further away than `max_wait` fails the call with
+    /// `RateLimited` at once. `max_wait: Duration::ZERO` is the same as
+    /// [`RateLimitMode::Reject`].
     Wait {
         /// The longest a request may wait for its token.
         max_wait: Duration,
@@ -159,89 +188,6 @@ impl RateLimitConfig {
     }
 }
 
-/// The bucket: GCRA over one atomic, shared by every clone.
-pub(crate) struct Bucket {
-    /// Theoretical arrival time of the next request, ns since `start`.
-    tat: AtomicU64,
-    start: Instant,
-    /// Nanoseconds between tokens.
-    interval: u64,
-    /// The bucket's depth in nanoseconds (`interval * burst`).
-    tolerance: u64,
-}
-
-/// The outcome of trying to take a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Take {
-    /// Taken; usable after this wait (zero: now).
-    Taken(Duration),
-    /// Not taken: the next token is this far away, more than allowed.
-    Refused(Duration),
-}
-
-impl Bucket {
-    pub(crate) fn new(config: &RateLimitConfig) -> Bucket {
-        let interval = (1e9 / config.rate_per_second).round().max(1.0);
-        // `as` saturates: a rate so small that one interval overflows u64
-        // means one token, ever.
-        let interval = interval as u64;
-        Bucket {
-            tat: AtomicU64::new(0),
-            start: Instant::now(),
-            interval,
-            tolerance: interval.saturating_mul(u64::from(config.burst)),
-        }
-    }
-
-    fn nanos_since_start(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.start).as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// Takes a token at `now` if it is available within `max_wait`.
-    pub(crate) fn take(&self, now: Instant, max_wait: Duration) -> Take {
-        let mut now = self.nanos_since_start(now);
-        let max_wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
-        let mut tat = self.tat.load(Ordering::Acquire);
-        let mut fresh_clock = false;
-        loop {
-            let next = tat.max(now).saturating_add(self.interval);
-            // Conforming when `next - t <= tolerance`: from `next - tolerance` on.
-            let wait = next.saturating_sub(self.tolerance).saturating_sub(now);
-            if wait > max_wait {
-                // `now` may be stale: this thread can be descheduled after
-                // reading the clock while others move the bucket past it,
-                // and with a tolerance of microseconds (a high rate) that
-                // alone would refuse. Judge once more on a fresh clock.
-                if !fresh_clock {
-                    fresh_clock = true;
-                    let fresh = self.nanos_since_start(Instant::now());
-                    if fresh > now {
-                        now = fresh;
-                        continue;
-                    }
-                }
-                return Take::Refused(Duration::from_nanos(wait));
-            }
-            match self
-                .tat
-                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return Take::Taken(Duration::from_nanos(wait)),
-                Err(actual) => tat = actual,
-            }
-        }
-    }
-
-    /// Gives back a token taken but not used.
-    pub(crate) fn refund(&self) {
-        let _ = self
-            .tat
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
-                Some(tat.saturating_sub(self.interval))
-            });
-    }
-}
-
 /// State shared by a layer and every service it makes.
 pub(crate) struct Shared {
     pub(crate) bucket: Bucket,
@@ -258,54 +204,73 @@ impl fmt::Debug for Shared {
     }
 }
 
-/// A token taken for a request that has not been called yet: goes back
-/// to the bucket if dropped unused (the service clone was dropped, or the
-/// deadline passed while waiting).
-struct Reservation(Option<Arc<Shared>>);
-
-impl Reservation {
-    fn keep(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        if let Some(shared) = self.0.take() {
-            shared.bucket.refund();
-        }
-    }
-}
-
-enum State {
-    /// Nothing reserved.
-    Idle,
-    /// A token is reserved for `until`; sleeping until then.
-    Waiting {
-        since: Instant,
+/// What `call` decides for a request (see the module docs).
+pub(crate) enum Admit {
+    /// A token now.
+    Now,
+    /// A token reserved, due after `wait`.
+    After {
+        wait: Duration,
         reservation: Reservation,
     },
-    /// A token is reserved and usable now.
-    Ready {
-        waited: Duration,
-        /// Present when the request waited (so an unused token is refunded).
-        reservation: Option<Reservation>,
-    },
-    /// No token within the allowed wait: the next call fails.
+    /// The next token is due after the request's deadline (within
+    /// `max_wait`): nothing reserved.
+    NotBefore(Instant),
+    /// The next token is `next_in` away, further than `max_wait`.
     Refused { next_in: Duration },
 }
 
-impl fmt::Debug for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            State::Idle => f.write_str("Idle"),
-            State::Waiting { since, .. } => {
-                f.debug_struct("Waiting").field("since", since).finish()
-            }
-            State::Ready { waited, .. } => f.debug_struct("Ready").field("waited", waited).finish(),
-            State::Refused { next_in } => {
-                f.debug_struct("Refused").field("next_in", next_in).finish()
-            }
+impl Shared {
+    fn max_wait(&self) -> Duration {
+        match self.config.mode {
+            RateLimitMode::Wait { max_wait } => max_wait,
+            RateLimitMode::Reject => Duration::ZERO,
+        }
+    }
+
+    /// Takes or reserves a token at `now` for a request due by `deadline`:
+    /// the wait is bounded by `max_wait` and by the deadline.
+    pub(crate) fn admit(self: &Arc<Shared>, now: Instant, deadline: Option<Instant>) -> Admit {
+        let max_wait = self.max_wait();
+        let bound = deadline.map_or(max_wait, |d| max_wait.min(d.saturating_duration_since(now)));
+        match self.bucket.take(now, bound) {
+            Take::Taken(wait) if wait.is_zero() => Admit::Now,
+            Take::Taken(wait) => Admit::After {
+                wait,
+                reservation: Reservation::new(self.clone()),
+            },
+            Take::Refused(next_in) => match deadline {
+                Some(deadline) if next_in <= max_wait => Admit::NotBefore(deadline),
+                _ => Admit::Refused { next_in },
+            },
+        }
+    }
+
+    fn refusal(&self, next_in: Duration) -> CqlError {
+        let config = &self.config;
+        let message = match config.mode {
+            RateLimitMode::Wait { max_wait } if !max_wait.is_zero() => format!(
+                "rate limit of {}/s (burst {}) reached: the next token is {next_in:?} away, more than max_wait {max_wait:?}",
+                config.rate_per_second, config.burst
+            ),
+            _ => format!(
+                "rate limit of {}/s (burst {}) reached: the next token is {next_in:?} away",
+                config.rate_per_second, config.burst
+            ),
+        };
+        CqlError::new(ErrorKind::RateLimited, message)
+    }
+
+    pub(crate) fn emit(&self, req: &CqlRequest, waited: Duration, rejected: bool) {
+        let collectors = &self.collectors;
+        if collectors.is_active() {
+            collectors.emit(Event::Throttle(ThrottleEvent {
+                meta: req.meta(),
+                limiter: "rate_limit",
+                waited,
+                rejected,
+                queue_depth: 0,
+            }));
         }
     }
 }
@@ -316,10 +281,14 @@ pub struct RateLimit<S> {
     inner: S,
     /// `None`: a pass-through.
     shared: Option<Arc<Shared>>,
-    /// The reusable timer, made on first wait (making a `Sleep` needs a
-    /// runtime, and most clones never wait).
+    /// `poll_ready` takes the token (see
+    /// [`RateLimitLayer::for_load_shed`]).
+    shed: bool,
+    /// The token `poll_ready` took (under a load shedder).
+    held: Option<Reservation>,
+    /// The timer `poll_ready` waits on under a load shedder, made on first
+    /// wait and reset for each one.
     sleep: Option<Pin<Box<Sleep>>>,
-    state: State,
 }
 
 impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
@@ -327,31 +296,33 @@ impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
             .field("shared", &self.shared)
-            .field("state", &self.state)
+            .field("for_load_shed", &self.shed)
+            .field("holds_token", &self.held.is_some())
             .finish()
     }
 }
 
 impl<S: Clone> Clone for RateLimit<S> {
-    /// A clone shares the bucket; it has reserved nothing (call
-    /// `poll_ready` on it before `call`).
+    /// A clone shares the bucket; it holds no token.
     fn clone(&self) -> RateLimit<S> {
         RateLimit {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
+            shed: self.shed,
+            held: None,
             sleep: None,
-            state: State::Idle,
         }
     }
 }
 
 impl<S> RateLimit<S> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> RateLimit<S> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>, shed: bool) -> RateLimit<S> {
         RateLimit {
             inner,
             shared: Some(shared),
+            shed,
+            held: None,
             sleep: None,
-            state: State::Idle,
         }
     }
 
@@ -361,8 +332,9 @@ impl<S> RateLimit<S> {
         RateLimit {
             inner,
             shared: None,
+            shed: false,
+            held: None,
             sleep: None,
-            state: State::Idle,
         }
     }
 
@@ -400,147 +372,82 @@ impl<S> RateLimit<S> {
         &mut self.inner
     }
 
-    /// The inner service (a reserved token goes back to the bucket).
+    /// The inner service (a token held for `call` goes back to the
+    /// bucket).
     pub fn into_inner(self) -> S {
         self.inner
     }
-}
 
-impl Shared {
-    fn max_wait(&self) -> Duration {
-        match self.config.mode {
-            RateLimitMode::Wait { max_wait } => max_wait,
-            RateLimitMode::Reject => Duration::ZERO,
+    /// Under a load shedder: takes a token now, or sleeps until the next
+    /// is due (pending). In `Reject` mode there is never a wait: the call
+    /// is refused, as without a load shedder.
+    fn poll_token(&mut self, shared: &Arc<Shared>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.held.is_some() || shared.max_wait().is_zero() {
+            return Poll::Ready(());
         }
-    }
-
-    fn emit(&self, req: &CqlRequest, waited: Duration, rejected: bool) {
-        let collectors = &self.collectors;
-        if collectors.is_active() {
-            collectors.emit(Event::Throttle(ThrottleEvent {
-                meta: req.meta(),
-                limiter: "rate_limit",
-                waited,
-                rejected,
-                queue_depth: 0,
-            }));
+        loop {
+            let now = Instant::now();
+            match shared.bucket.take(now, Duration::ZERO) {
+                Take::Taken(_) => {
+                    self.held = Some(Reservation::new(shared.clone()));
+                    return Poll::Ready(());
+                }
+                Take::Refused(next_in) => {
+                    let until = now + next_in;
+                    let sleep = match &mut self.sleep {
+                        Some(sleep) => {
+                            sleep.as_mut().reset(until);
+                            sleep
+                        }
+                        None => self.sleep.insert(Box::pin(tokio::time::sleep_until(until))),
+                    };
+                    ready!(sleep.as_mut().poll(cx));
+                }
+            }
         }
     }
 }
 
 impl<S, R> Service<CqlRequest> for RateLimit<S>
 where
-    S: Service<CqlRequest, Response = R, Error = CqlError>,
+    S: Service<CqlRequest, Response = R, Error = CqlError> + Clone,
 {
     type Response = R;
     type Error = CqlError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
-        let Some(shared) = &self.shared else {
-            return self.inner.poll_ready(cx);
-        };
-        loop {
-            match &self.state {
-                State::Idle => {
-                    let now = Instant::now();
-                    match shared.bucket.take(now, shared.max_wait()) {
-                        Take::Taken(wait) if wait.is_zero() => {
-                            self.state = State::Ready {
-                                waited: Duration::ZERO,
-                                reservation: None,
-                            };
-                        }
-                        Take::Taken(wait) => {
-                            let until = now + wait;
-                            match &mut self.sleep {
-                                Some(sleep) => sleep.as_mut().reset(until),
-                                None => {
-                                    self.sleep = Some(Box::pin(tokio::time::sleep_until(until)))
-                                }
-                            }
-                            self.state = State::Waiting {
-                                since: now,
-                                reservation: Reservation(Some(shared.clone())),
-                            };
-                        }
-                        Take::Refused(next_in) => self.state = State::Refused { next_in },
-                    }
-                }
-                State::Waiting { since, .. } => {
-                    let since = *since;
-                    if let Some(sleep) = &mut self.sleep {
-                        ready!(sleep.as_mut().poll(cx));
-                    }
-                    let State::Waiting { reservation, .. } =
-                        std::mem::replace(&mut self.state, State::Idle)
-                    else {
-                        unreachable!("matched Waiting above")
-                    };
-                    self.state = State::Ready {
-                        waited: Instant::now().saturating_duration_since(since),
-                        reservation: Some(reservation),
-                    };
-                }
-                State::Ready { .. } => return self.inner.poll_ready(cx),
-                // The call fails without touching the inner service.
-                State::Refused { .. } => return Poll::Ready(Ok(())),
-            }
+        if self.shed
+            && let Some(shared) = self.shared.clone()
+        {
+            ready!(self.poll_token(&shared, cx));
         }
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: CqlRequest) -> Self::Future {
         let Some(shared) = &self.shared else {
             return ResponseFuture::called(self.inner.call(req));
         };
-        match std::mem::replace(&mut self.state, State::Idle) {
-            State::Ready {
-                waited,
-                reservation,
-            } => {
-                if let Some(reservation) = reservation {
-                    let deadline_passed = req
-                        .meta()
-                        .deadline()
-                        .is_some_and(|d| Instant::from_std(d) <= Instant::now());
-                    if deadline_passed {
-                        drop(reservation); // the token goes back
-                        shared.emit(&req, waited, true);
-                        return ResponseFuture::refused(CqlError::new(
-                            ErrorKind::RateLimited,
-                            format!(
-                                "rate limit: the request's deadline passed while it waited {waited:?} for a token"
-                            ),
-                        ));
-                    }
-                    reservation.keep();
-                }
-                if !waited.is_zero() {
-                    shared.emit(&req, waited, false);
-                }
-                ResponseFuture::called(self.inner.call(req))
-            }
-            State::Refused { next_in } => {
-                shared.emit(&req, Duration::ZERO, true);
-                let config = &shared.config;
-                let message = match config.mode {
-                    RateLimitMode::Wait { max_wait } if !max_wait.is_zero() => format!(
-                        "rate limit of {}/s (burst {}) reached: the next token is {next_in:?} away, more than max_wait {max_wait:?}",
-                        config.rate_per_second, config.burst
-                    ),
-                    _ => format!(
-                        "rate limit of {}/s (burst {}) reached: the next token is {next_in:?} away",
-                        config.rate_per_second, config.burst
-                    ),
-                };
-                ResponseFuture::refused(CqlError::new(ErrorKind::RateLimited, message))
-            }
-            State::Idle | State::Waiting { .. } => {
-                panic!(
-                    "RateLimit::call without a ready poll_ready: poll_ready must return Ready first"
-                )
-            }
+        if let Some(token) = self.held.take() {
+            token.keep();
+            return ResponseFuture::called(self.inner.call(req));
         }
+        let now = Instant::now();
+        let (until, reservation) = match shared.admit(now, wait::deadline(&req)) {
+            Admit::Now => return ResponseFuture::called(self.inner.call(req)),
+            Admit::Refused { next_in } => {
+                shared.emit(&req, Duration::ZERO, true);
+                return ResponseFuture::refused(shared.refusal(next_in));
+            }
+            Admit::After { wait, reservation } => (now + wait, Some(reservation)),
+            Admit::NotBefore(deadline) => (deadline, None),
+        };
+        // `inner` was polled ready: it goes with the request, and this
+        // service keeps a clone (polled ready before its own call)
+        let ready = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, ready);
+        ResponseFuture::waiting(shared.clone(), ready, req, now, until, reservation)
     }
 }
 
@@ -602,35 +509,24 @@ mod tests {
         )
     }
 
-    /// Calls once; `Ok(waited)` when admitted.
+    /// Calls once; `Ok(waited)` when admitted (the mock answers at once,
+    /// so the request's whole time is its wait).
     async fn once(svc: &mut RateLimit<Mock>) -> Result<Duration, ErrorKind> {
         let t0 = Instant::now();
-        let svc = svc.ready().await.unwrap();
-        let waited = t0.elapsed();
-        svc.call(req()).await.map(|()| waited).map_err(|e| e.kind())
+        let out = svc.ready().await.unwrap().call(req()).await;
+        out.map(|()| t0.elapsed()).map_err(|e| e.kind())
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_stale_clock_reading_is_not_a_refusal() {
-        // a high rate: the bucket's tolerance is 1 µs
-        let bucket = Bucket::new(&RateLimitConfig {
-            rate_per_second: 1e9,
-            burst: 1000,
-            ..RateLimitConfig::default()
-        });
-        let stale = Instant::now();
-        tokio::time::advance(Duration::from_millis(5)).await;
-        // another caller, with a current reading, moves the bucket on
-        assert_eq!(
-            bucket.take(Instant::now(), Duration::ZERO),
-            Take::Taken(Duration::ZERO)
-        );
-        // this one read the clock 5 ms ago (descheduled since): it is
-        // judged on a fresh reading, not refused for being late
-        assert_eq!(
-            bucket.take(stale, Duration::ZERO),
-            Take::Taken(Duration::ZERO)
-        );
+    fn poll_ready<S: Service<CqlRequest, Error = CqlError>>(
+        svc: &mut S,
+    ) -> Poll<Result<(), CqlError>> {
+        let waker = futures::task::noop_waker();
+        svc.poll_ready(&mut Context::from_waker(&waker))
+    }
+
+    fn poll_fut<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        let waker = futures::task::noop_waker();
+        Pin::new(f).poll(&mut Context::from_waker(&waker))
     }
 
     #[tokio::test(start_paused = true)]
@@ -664,7 +560,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn wait_mode_sleeps_in_poll_ready_until_the_next_token() {
+    async fn wait_mode_waits_in_the_response_future_until_the_next_token() {
         let max_wait = Duration::from_secs(1);
         let (mut svc, rec) = limited(10.0, 1, RateLimitMode::Wait { max_wait });
         assert_eq!(once(&mut svc).await, Ok(Duration::ZERO));
@@ -678,20 +574,6 @@ mod tests {
                 (Duration::from_millis(100), false)
             ]
         );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn poll_ready_is_pending_while_waiting() {
-        let max_wait = Duration::from_secs(1);
-        let (mut svc, _) = limited(10.0, 1, RateLimitMode::Wait { max_wait });
-        assert!(once(&mut svc).await.is_ok());
-        let waker = futures::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        assert!(svc.poll_ready(&mut cx).is_pending());
-        tokio::time::advance(Duration::from_millis(99)).await;
-        assert!(svc.poll_ready(&mut cx).is_pending());
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
     }
 
     #[tokio::test(start_paused = true)]
@@ -737,37 +619,96 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_deadline_that_passes_while_waiting_fails_and_refunds() {
+    async fn a_deadline_before_the_next_token_fails_at_the_deadline_taking_nothing() {
         let max_wait = Duration::from_secs(1);
         let (mut svc, rec) = limited(10.0, 1, RateLimitMode::Wait { max_wait });
         assert!(once(&mut svc).await.is_ok());
-        let deadline = Instant::now() + Duration::from_millis(50);
-        let ready = svc.ready().await.unwrap(); // waits 100 ms
+        // the next token is 100 ms away, the deadline 50 ms
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_millis(50);
+        let ready = svc.ready().await.unwrap();
         let err = ready
             .call(req().deadline(deadline.into_std()))
             .await
             .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::RateLimited);
-        assert!(err.message().contains("deadline"), "{err}");
-        assert_eq!(rec.throttles(), vec![(Duration::from_millis(100), true)]);
-        // The token went back: the next request needs no wait.
-        assert_eq!(once(&mut svc).await, Ok(Duration::ZERO));
+        assert_eq!(t0.elapsed(), Duration::from_millis(50), "at the deadline");
+        assert_eq!(err.kind(), ErrorKind::DeadlineExceeded);
+        assert!(err.was_not_sent());
+        assert!(err.message().contains("waited 50ms for a token"), "{err}");
+        assert_eq!(rec.throttles(), vec![(Duration::from_millis(50), true)]);
+        // it reserved nothing: the next token is still due at 100 ms
+        assert_eq!(once(&mut svc).await, Ok(Duration::from_millis(50)));
+        // a deadline already passed: failed on the first poll
+        let err = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(req().deadline(t0.into_std()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::DeadlineExceeded);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_dropped_waiting_clone_gives_its_token_back() {
+    async fn a_token_due_before_the_deadline_is_waited_for() {
         let max_wait = Duration::from_secs(1);
         let (mut svc, _) = limited(10.0, 1, RateLimitMode::Wait { max_wait });
         assert!(once(&mut svc).await.is_ok());
-        let mut waiting = svc.clone();
-        let waker = futures::task::noop_waker();
-        assert!(
-            waiting
-                .poll_ready(&mut Context::from_waker(&waker))
-                .is_pending()
-        );
+        let t0 = Instant::now();
+        // due at 100 ms, the deadline at 100 ms: the token is in time
+        let deadline = t0 + Duration::from_millis(100);
+        let ready = svc.ready().await.unwrap();
+        ready
+            .call(req().deadline(deadline.into_std()))
+            .await
+            .unwrap();
+        assert_eq!(t0.elapsed(), Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_waiting_future_gives_its_token_back() {
+        let max_wait = Duration::from_secs(1);
+        let (mut svc, rec) = limited(10.0, 1, RateLimitMode::Wait { max_wait });
+        assert!(once(&mut svc).await.is_ok());
+        let mut waiting = Box::pin(svc.ready().await.unwrap().call(req()));
+        assert!(poll_fut(&mut waiting).is_pending());
+        tokio::time::advance(Duration::from_millis(30)).await;
         drop(waiting);
-        assert_eq!(once(&mut svc).await, Ok(Duration::from_millis(100)));
+        assert_eq!(rec.throttles(), vec![(Duration::from_millis(30), true)]);
+        // the token due at 100 ms is free again: 70 ms away, not 170 ms
+        assert_eq!(once(&mut svc).await, Ok(Duration::from_millis(70)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn for_load_shed_poll_ready_takes_the_token_and_is_pending_until_due() {
+        let layer = RateLimitLayer::new(
+            RateLimitConfig {
+                rate_per_second: 10.0,
+                burst: 1,
+                mode: RateLimitMode::Wait {
+                    max_wait: Duration::from_secs(1),
+                },
+            },
+            Collectors::new(),
+        )
+        .unwrap()
+        .for_load_shed();
+        use tower_layer::Layer;
+        let mut a = layer.layer(mock());
+        let mut b = a.clone();
+        assert!(matches!(poll_ready(&mut a), Poll::Ready(Ok(()))));
+        // a holds the token: b is not ready until the next is due
+        assert!(poll_ready(&mut b).is_pending());
+        tokio::time::advance(Duration::from_millis(99)).await;
+        assert!(poll_ready(&mut b).is_pending());
+        // a ready service dropped before its call gives its token back
+        drop(a);
+        assert!(matches!(poll_ready(&mut b), Poll::Ready(Ok(()))));
+        b.call(req()).await.unwrap();
+        assert!(poll_ready(&mut b).is_pending());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(matches!(poll_ready(&mut b), Poll::Ready(Ok(()))));
+        b.call(req()).await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
@@ -833,88 +774,105 @@ mod tests {
             .is_err()
         );
     }
-
-    #[test]
-    fn the_bucket_is_exact_at_high_rates() {
-        // 1e9/s: one token per nanosecond, taken without waiting.
-        let b = Bucket::new(&RateLimitConfig {
-            rate_per_second: 1e9,
-            burst: 1,
-            mode: RateLimitMode::Reject,
-        });
-        let t = b.start + Duration::from_secs(1);
-        assert_eq!(b.take(t, Duration::ZERO), Take::Taken(Duration::ZERO));
-        assert_eq!(
-            b.take(t, Duration::ZERO),
-            Take::Refused(Duration::from_nanos(1))
-        );
-    }
 }
 
-/// The bucket's atomic protocol under `loom`: every interleaving of
-/// callers taking (and refunding) tokens at one instant.
+/// The admission path under `loom`: requests reserving tokens they will
+/// wait for, one of them dropped while it waits (its reservation gives
+/// the token back) or bounded by its deadline (it reserves nothing),
+/// while another reserves and keeps its own. Every interleaving leaves
+/// the bucket as if only the kept tokens were taken.
 /// `RUSTFLAGS="--cfg tower_cql_loom" cargo test -p tower-cql-middleware --release --lib loom`
 #[cfg(all(test, tower_cql_loom))]
 mod loom_tests {
     use super::*;
     use loom::thread;
 
-    fn bucket(burst: u32) -> Arc<Bucket> {
-        Arc::new(Bucket::new(&RateLimitConfig {
+    /// One token per second, a burst of one; the first token taken.
+    fn shared() -> Arc<Shared> {
+        let config = RateLimitConfig {
             rate_per_second: 1.0,
-            burst,
-            ..RateLimitConfig::default()
-        }))
+            burst: 1,
+            mode: RateLimitMode::Wait {
+                max_wait: Duration::from_secs(10),
+            },
+        };
+        let shared = Arc::new(Shared {
+            bucket: Bucket::new(&config),
+            config,
+            collectors: Collectors::new(),
+        });
+        let start = shared.bucket.start;
+        assert!(matches!(shared.admit(start, None), Admit::Now));
+        shared
     }
 
-    fn taken(b: &Bucket) -> bool {
-        matches!(b.take(b.start, Duration::ZERO), Take::Taken(w) if w.is_zero())
+    /// Tokens that can be taken at once at `at`.
+    fn available_at(shared: &Shared, at: Instant) -> u32 {
+        let mut n = 0;
+        while n < 5 && matches!(shared.bucket.take(at, Duration::ZERO), Take::Taken(_)) {
+            n += 1;
+        }
+        n
+    }
+
+    /// Reserves the next token and keeps it (the request is called when
+    /// it is due).
+    fn reserve_and_keep(shared: &Arc<Shared>) {
+        match shared.admit(shared.bucket.start, None) {
+            Admit::After { reservation, .. } => reservation.keep(),
+            _ => panic!("the next token is reserved within max_wait"),
+        }
     }
 
     #[test]
-    fn concurrent_takers_get_exactly_the_burst() {
+    fn loom_a_waiter_dropped_while_another_waits_gives_its_token_back() {
         loom::model(|| {
-            let b = bucket(2);
-            let threads: Vec<_> = (0..2)
-                .map(|_| {
-                    let b = b.clone();
-                    thread::spawn(move || u32::from(taken(&b)) + u32::from(taken(&b)))
+            let shared = shared();
+            let dropped = {
+                let shared = shared.clone();
+                thread::spawn(move || match shared.admit(shared.bucket.start, None) {
+                    // the caller gives up while it waits
+                    Admit::After { reservation, .. } => drop(reservation),
+                    _ => panic!("the next token is reserved within max_wait"),
                 })
-                .collect();
-            let got: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
-            assert_eq!(got, 2, "two tokens in a burst of two, whatever the order");
-            assert!(!taken(&b), "and none left");
+            };
+            let kept = {
+                let shared = shared.clone();
+                thread::spawn(move || reserve_and_keep(&shared))
+            };
+            dropped.join().unwrap();
+            kept.join().unwrap();
+            // two tokens kept (the first, and one reserved) of the three
+            // the bucket allows by 2 s: one is left
+            let two_s = shared.bucket.start + Duration::from_secs(2);
+            assert_eq!(available_at(&shared, two_s), 1);
         });
     }
 
     #[test]
-    fn a_refund_is_never_lost_nor_doubled() {
+    fn loom_a_wait_bounded_by_the_deadline_reserves_nothing() {
         loom::model(|| {
-            let b = bucket(1);
-            let refunder = {
-                let b = b.clone();
+            let shared = shared();
+            let start = shared.bucket.start;
+            let bounded = {
+                let shared = shared.clone();
                 thread::spawn(move || {
-                    let got = taken(&b);
-                    if got {
-                        b.refund();
-                    }
-                    got
+                    // the next token is 1 s or 2 s away; the deadline 500 ms
+                    let deadline = start + Duration::from_millis(500);
+                    assert!(matches!(
+                        shared.admit(start, Some(deadline)),
+                        Admit::NotBefore(d) if d == deadline
+                    ));
                 })
             };
-            let other = {
-                let b = b.clone();
-                thread::spawn(move || taken(&b))
+            let kept = {
+                let shared = shared.clone();
+                thread::spawn(move || reserve_and_keep(&shared))
             };
-            let (r, o) = (refunder.join().unwrap(), other.join().unwrap());
-            // one token: whoever held it, the refunded one is available
-            // again unless the other caller already has it
-            let left = taken(&b);
-            assert_eq!(
-                u32::from(o) + u32::from(left),
-                1,
-                "refunder {r}, other {o}, left {left}"
-            );
-            assert!(!taken(&b));
+            bounded.join().unwrap();
+            kept.join().unwrap();
+            let two_s = start + Duration::from_secs(2);
+            assert_eq!(available_at(&shared, two_s), 1);
         });
     }
 }
