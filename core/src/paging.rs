@@ -20,7 +20,7 @@
 //! with any `tower::Service<CqlRequest>`:
 //!
 //! - **Each page is a request** through that service: a clone of the
-//!   stream's request marked with [`RequestMeta::set_page`], so it passes
+//!   stream's request marked with [`RequestMeta::set_page`](crate::RequestMeta::set_page), so it passes
 //!   the shutdown gate, the limits, the breaker, retry (a failed page of
 //!   an idempotent read is retried with its paging state), the timeout,
 //!   metrics (one request event per page) and tracing (the trace layer
