@@ -81,10 +81,12 @@ async fn one_span_per_request_with_the_db_conventions() {
             .opcode(Opcode::Execute)
             .times(100),
     );
+    // idempotent, so Overloaded is retried (it may have reached replicas)
     let put = Statement::new("INSERT INTO ks.kv (k, v) VALUES (?, 'literal-717171')")
         .operation("put")
         .keyspace("ks")
-        .table("kv");
+        .table("kv")
+        .idempotent(true);
     let err = svc
         .ready()
         .await
