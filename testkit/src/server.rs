@@ -33,6 +33,8 @@ use crate::frame::{
 /// One node: its index in the cluster and its prepared-statement cache.
 #[derive(Debug)]
 pub(crate) struct Node {
+    /// Its 0-based index, the one every public API names it by
+    /// (`Cluster::node_addr`, `stop_node`, `Fault::node`, ...).
     pub(crate) index: usize,
     pub(crate) db: Arc<Database>,
     pub(crate) prepared: RwLock<HashMap<[u8; 16], Arc<Prepared>>>,
