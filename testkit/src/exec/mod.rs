@@ -2,7 +2,7 @@
 //! and runs them on the in-memory store.
 //!
 //! This file holds the entry points ([`execute`] for QUERY and EXECUTE,
-//! [`execute_batch`] for BATCH, [`prepare`] for PREPARE), the context a
+//! [`execute_batch`] for BATCH, [`prepare()`] for PREPARE), the context a
 //! statement runs in, and the consistency check every statement makes. The
 //! rest lives along the path a statement takes:
 //!
