@@ -35,7 +35,7 @@
 //! // Prove that no write was applied twice.
 //! assert_eq!(cluster.counters().duplicate_writes(), 0);
 //!
-//! // Take node 2 down and bring it back.
+//! // Take node 1 (the second, on 127.0.0.2) down and bring it back.
 //! cluster.stop_node(1).await;
 //! cluster.start_node(1).await?;
 //! cluster.stop().await;
@@ -45,6 +45,18 @@
 //!
 //! The standalone binary `cql-testkit --listen 127.0.0.1:9042 --nodes 3`
 //! runs the same server until interrupted.
+//!
+//! # Node numbering
+//! Nodes are numbered from 0, everywhere in this crate: node `i` listens on
+//! the `i`-th address counting up from [`ClusterBuilder::first_ip`], so in
+//! a default three-node cluster node 0 is `127.0.0.1` and node 2 is
+//! `127.0.0.3`. Every API that names a node takes or gives that index:
+//! [`Cluster::node_addr`], [`Cluster::contact_points`] (in index order),
+//! [`Cluster::is_running`], [`Cluster::stop_node`], [`Cluster::start_node`],
+//! [`Cluster::restart_node`], [`Fault::node`] and
+//! [`ExecutionCounters::node_executions`]. So `stop_node(i)` stops the node
+//! at `node_addr(i)`, and `Fault::node(i)` hits the requests that node
+//! serves, which `node_executions(i)` counts.
 //!
 //! # What the store supports
 //! CREATE/DROP KEYSPACE and TABLE (`IF [NOT] EXISTS`), TRUNCATE, USE;
@@ -149,7 +161,8 @@ impl Default for ClusterBuilder {
 }
 
 impl ClusterBuilder {
-    /// Number of nodes (default 1). Node `i` listens on the `i`-th address
+    /// Number of nodes (default 1). Node `i` (0-based, see
+    /// [node numbering](crate#node-numbering)) listens on the `i`-th address
     /// counting up from [`ClusterBuilder::first_ip`], all on one port.
     pub fn nodes(mut self, n: usize) -> ClusterBuilder {
         self.nodes = n;
@@ -163,7 +176,7 @@ impl ClusterBuilder {
         self
     }
 
-    /// The first node's address (default `127.0.0.1`). Keep it on loopback.
+    /// Node 0's address (default `127.0.0.1`). Keep it on loopback.
     pub fn first_ip(mut self, ip: Ipv4Addr) -> ClusterBuilder {
         self.first_ip = ip;
         self
@@ -390,12 +403,13 @@ impl Cluster {
         ClusterBuilder::default().start().await
     }
 
-    /// Every node's address, for a driver's known nodes.
+    /// Every node's address, for a driver's known nodes, in node order:
+    /// element `i` is [`Cluster::node_addr`]`(i)`.
     pub fn contact_points(&self) -> Vec<SocketAddr> {
         self.inner.nodes.iter().map(|n| n.node.address()).collect()
     }
 
-    /// The first node's address as `host:port`.
+    /// Node 0's address as `host:port`.
     pub fn uri(&self) -> String {
         self.inner.nodes[0].node.address().to_string()
     }
@@ -410,7 +424,8 @@ impl Cluster {
         self.inner.nodes.is_empty()
     }
 
-    /// Node `index`'s address.
+    /// Node `index`'s address (0-based, see
+    /// [node numbering](crate#node-numbering)).
     ///
     /// # Panics
     /// When `index` is not a node of this cluster.
@@ -418,16 +433,24 @@ impl Cluster {
         self.inner.nodes[index].node.address()
     }
 
-    /// Whether node `index` is serving.
+    /// Whether node `index` (0-based) is serving.
+    ///
+    /// # Panics
+    /// When `index` is not a node of this cluster.
     pub fn is_running(&self, index: usize) -> bool {
         self.inner.db.topology.nodes[index]
             .running
             .load(Ordering::SeqCst)
     }
 
-    /// Stops node `index`: closes its listener and every connection to it,
-    /// and tells the other nodes' event listeners it is DOWN. Its replicas
-    /// count as dead for consistency checks until it is started again.
+    /// Stops node `index` (0-based: the node at
+    /// [`Cluster::node_addr`]`(index)`): closes its listener and every
+    /// connection to it, and tells the other nodes' event listeners it is
+    /// DOWN. Its replicas count as dead for consistency checks until it is
+    /// started again.
+    ///
+    /// # Panics
+    /// When `index` is not a node of this cluster.
     pub async fn stop_node(&self, index: usize) {
         let running = self.inner.nodes[index]
             .running
@@ -441,8 +464,11 @@ impl Cluster {
         }
     }
 
-    /// Starts a stopped node again on its address; it has forgotten its
-    /// prepared statements, like a restarted server.
+    /// Starts stopped node `index` (0-based) again on its address; it has
+    /// forgotten its prepared statements, like a restarted server.
+    ///
+    /// # Panics
+    /// When `index` is not a node of this cluster.
     pub async fn start_node(&self, index: usize) -> io::Result<()> {
         let slot = &self.inner.nodes[index];
         if slot.running.lock().expect("node lock").is_some() {
@@ -456,7 +482,10 @@ impl Cluster {
         Ok(())
     }
 
-    /// Stops and starts node `index`.
+    /// Stops and starts node `index` (0-based).
+    ///
+    /// # Panics
+    /// When `index` is not a node of this cluster.
     pub async fn restart_node(&self, index: usize) -> io::Result<()> {
         self.stop_node(index).await;
         self.start_node(index).await
@@ -552,7 +581,12 @@ impl ExecutionCounters {
         self.db.counters.executions.load(Ordering::Relaxed)
     }
 
-    /// Statements executed by node `index`.
+    /// Statements executed by node `index` (0-based, see
+    /// [node numbering](crate#node-numbering)): the node at
+    /// [`Cluster::node_addr`]`(index)`. A BATCH counts once.
+    ///
+    /// # Panics
+    /// When `index` is not a node of this cluster.
     pub fn node_executions(&self, index: usize) -> u64 {
         self.db.topology.nodes[index]
             .executions

@@ -6,6 +6,11 @@
 //! single syscall, so a driver that pipelines many requests gets them
 //! answered in batches. Requests delayed by a fault are answered from a
 //! spawned task through a channel, so they never hold up the others.
+//!
+//! One file on purpose (just under 1,000 lines): it is one path, accept →
+//! serve → `handle` → one handler per opcode, and the handlers share the
+//! private connection state and answer helpers. If it grows, the QUERY,
+//! PREPARE, EXECUTE and BATCH handlers are the seam to move out.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +38,8 @@ use crate::frame::{
 /// One node: its index in the cluster and its prepared-statement cache.
 #[derive(Debug)]
 pub(crate) struct Node {
+    /// Its 0-based index, the one every public API names it by
+    /// (`Cluster::node_addr`, `stop_node`, `Fault::node`, ...).
     pub(crate) index: usize,
     pub(crate) db: Arc<Database>,
     pub(crate) prepared: RwLock<HashMap<[u8; 16], Arc<Prepared>>>,

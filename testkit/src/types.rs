@@ -1,6 +1,12 @@
 //! CQL data types: parsing type names, the protocol's type options,
 //! validating and comparing serialized values, and turning literals into
 //! serialized values.
+//!
+//! One file on purpose (about 950 lines of code, then its tests): every
+//! part of it (collection encoding, literal encoding, date and UUID text)
+//! is keyed on [`CqlType`], and keeping them together keeps each type's
+//! rules in one place. If it grows, literal encoding (`encode_literal` and
+//! the text parsers under it) is the seam to move out.
 
 use std::cmp::Ordering;
 

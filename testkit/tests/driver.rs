@@ -703,7 +703,7 @@ async fn three_nodes_routing_stop_and_restart() {
         assert_eq!(v, k * 2);
     }
 
-    // Stop node 2: CL ONE still works, CL ALL is unavailable.
+    // Stop node 1 (127.0.0.2): CL ONE still works, CL ALL is unavailable.
     cluster.stop_node(1).await;
     assert!(!cluster.is_running(1));
     let mut ok = 0;
@@ -749,6 +749,125 @@ async fn three_nodes_routing_stop_and_restart() {
             let _ = s.execute_unpaged(&sel, (k,)).await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.stop().await;
+}
+
+/// Node numbering is one convention: for every `i`, `node_addr(i)`,
+/// `contact_points()[i]`, `Fault::node(i)`, `node_executions(i)`,
+/// `stop_node(i)` and `start_node(i)` all name the same node (0-based:
+/// node 0 is 127.0.0.1). Reads are sent to one chosen address with the
+/// driver's single-target policy, so nothing here depends on routing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_indexes_name_the_same_node_everywhere() {
+    use scylla::policies::load_balancing::{NodeIdentifier, SingleTargetLoadBalancingPolicy};
+
+    const READS: u64 = 20;
+    let cluster = Cluster::builder().nodes(3).start().await.unwrap();
+    for i in 0..3 {
+        assert_eq!(cluster.contact_points()[i], cluster.node_addr(i));
+        assert_eq!(
+            cluster.node_addr(i).ip().to_string(),
+            format!("127.0.0.{}", i + 1),
+            "node {i} is the {}-th address",
+            i + 1
+        );
+    }
+    let s = session(&cluster).await;
+    keyspace(&s, "nums", 3).await;
+    run(&s, "CREATE TABLE nums.kv (k int PRIMARY KEY, v int)").await;
+    run(&s, "INSERT INTO nums.kv (k, v) VALUES (1, 1)").await;
+    let sel = s
+        .prepare("SELECT v FROM nums.kv WHERE k = 1")
+        .await
+        .unwrap();
+    let to = |i: usize| {
+        let mut p = sel.clone();
+        p.set_load_balancing_policy(Some(SingleTargetLoadBalancingPolicy::new(
+            NodeIdentifier::NodeAddress(cluster.node_addr(i)),
+            None,
+        )));
+        p
+    };
+
+    for i in 0..3 {
+        // Reads sent to node_addr(i) are executed by node_executions(i)'s node.
+        let before = cluster.counters().node_executions(i);
+        for _ in 0..READS {
+            let r = s.execute_unpaged(&to(i), ()).await.unwrap();
+            assert_eq!(
+                r.request_coordinator().connection_address(),
+                cluster.node_addr(i)
+            );
+        }
+        let executed = cluster.counters().node_executions(i) - before;
+        assert!(
+            executed >= READS,
+            "node_executions({i}) grew by {executed} for {READS} reads sent to node_addr({i})"
+        );
+
+        // Fault::node(i) hits the reads node_addr(i) serves, and no other.
+        let id = cluster.faults().add(
+            Fault::error(InjectedError::Overloaded)
+                .table("nums", "kv")
+                .reads()
+                .node(i),
+        );
+        for j in 0..3 {
+            for _ in 0..READS {
+                let r = s.execute_unpaged(&to(j), ()).await;
+                if j == i {
+                    let e = r.expect_err("Fault::node(i) fails reads on node_addr(i)");
+                    assert!(matches!(db_error(&e), Some(DbError::Overloaded)), "{e:?}");
+                } else {
+                    r.unwrap_or_else(|e| panic!("Fault::node({i}) hit node_addr({j}): {e:?}"));
+                }
+            }
+        }
+        assert_eq!(cluster.faults().fired(id), READS);
+        assert!(cluster.faults().remove(id));
+    }
+
+    // stop_node(i) stops the node at node_addr(i); node_executions(i) stays
+    // still while the others serve; start_node(i) brings that address back.
+    for i in 0..3 {
+        cluster.stop_node(i).await;
+        assert!(!cluster.is_running(i));
+        assert!(
+            tokio::net::TcpStream::connect(cluster.node_addr(i))
+                .await
+                .is_err(),
+            "stop_node({i}) left node_addr({i}) listening"
+        );
+        let stopped = cluster.counters().node_executions(i);
+        for j in (0..3).filter(|&j| j != i) {
+            assert!(cluster.is_running(j));
+            tokio::net::TcpStream::connect(cluster.node_addr(j))
+                .await
+                .unwrap_or_else(|e| panic!("stop_node({i}) stopped node_addr({j}): {e}"));
+            let before = cluster.counters().node_executions(j);
+            for _ in 0..READS {
+                let _ = s.execute_unpaged(&to(j), ()).await;
+            }
+            assert!(cluster.counters().node_executions(j) > before);
+        }
+        assert_eq!(cluster.counters().node_executions(i), stopped);
+        cluster.start_node(i).await.unwrap();
+        assert!(cluster.is_running(i));
+        tokio::net::TcpStream::connect(cluster.node_addr(i))
+            .await
+            .unwrap_or_else(|e| panic!("start_node({i}) did not reopen node_addr({i}): {e}"));
+        // The driver reconnects to that address and node i serves again.
+        let before = cluster.counters().node_executions(i);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while s.execute_unpaged(&to(i), ()).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the driver never came back to node_addr({i})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(cluster.counters().node_executions(i) > before);
     }
     cluster.stop().await;
 }

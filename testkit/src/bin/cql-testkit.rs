@@ -3,6 +3,9 @@
 //! ```text
 //! cql-testkit --listen 127.0.0.1:9042 --nodes 3
 //! ```
+//!
+//! Nodes are numbered from 0, as in the library: node 0 listens on
+//! `--listen`, node `i` on the `i`-th address after it.
 
 use std::net::SocketAddr;
 
@@ -13,11 +16,12 @@ use tower_cql_testkit::Cluster;
 #[derive(Debug, Parser)]
 #[command(name = "cql-testkit", version)]
 struct Args {
-    /// Address of the first node. Further nodes listen on the following
-    /// addresses (127.0.0.2, ...) on the same port. Port 0 lets the OS choose.
+    /// Address of node 0. Node i listens on the i-th address after it
+    /// (127.0.0.2, ...) on the same port. Port 0 lets the OS choose.
     #[arg(long, default_value = "127.0.0.1:9042")]
     listen: SocketAddr,
-    /// Number of nodes.
+    /// Number of nodes, numbered from 0 as in the library (node 0 on
+    /// --listen, node i on the i-th address after it).
     #[arg(long, default_value_t = 1)]
     nodes: usize,
     /// Worker threads of the server's runtime (default: one per core).

@@ -53,7 +53,8 @@ pub(crate) struct Args {
     /// Inject a fault (embedded cluster only), repeatable: overloaded=P, unavailable=P,
     /// read_timeout=P, server_error=P (instead of executing); write_timeout=P,
     /// overloaded_after_apply=P, server_error_after_apply=P (writes: applied, then failed);
-    /// delay_ms=N, node_down=K.
+    /// delay_ms=N, node_down=K (K counts from 1 here: node_down=1 stops the
+    /// first node, testkit's node 0).
     #[arg(long = "fault", value_name = "KIND=VALUE")]
     pub(crate) faults: Vec<String>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
@@ -87,6 +88,7 @@ pub(crate) enum FaultSpec {
     /// Apply the write, then answer with the error.
     ErrorAfterApply(&'static str, InjectedError, f64),
     DelayMs(u64),
+    /// Stop node K, counted from 1 as on the command line (testkit's node K - 1).
     NodeDown(usize),
 }
 

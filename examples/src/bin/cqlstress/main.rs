@@ -180,6 +180,7 @@ async fn run(a: Args, faults: Vec<FaultSpec>, otlp: Option<OtlpExporter>) -> Res
                     c.faults()
                         .add(Fault::delay(Duration::from_millis(*ms)).opcode(Opcode::Execute));
                 }
+                // --fault node_down=K is 1-based; testkit counts from 0.
                 FaultSpec::NodeDown(k) => c.stop_node(k - 1).await,
             }
         }

@@ -1,0 +1,350 @@
+//! Applying writes: each cell operation (set, counter add, list, set and
+//! map updates) with last-write-wins timestamps, each [`Mutation`] to a
+//! table's data, and a plan as a whole, atomically per table, after its
+//! lightweight-transaction condition is checked.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::bind::{eval, eval_list};
+use super::restrict::{compare_op, filter_matches};
+use super::result::{ColumnSpecs, Outcome, RowsOut};
+use super::write::{CellOp, LwtCheck, Mutation, RowTarget};
+use crate::cql::ast::{self, Operator};
+use crate::error::ServerError;
+use crate::frame::WriteExt;
+use crate::schema::{ColumnKind, Row, Table, TableData};
+use crate::types::{self, Binder, CqlType};
+
+fn apply_cell(
+    ty: &CqlType,
+    cell: &mut Option<Bytes>,
+    ts_slot: &mut i64,
+    op: &CellOp,
+    ts: i64,
+) -> Result<(), ServerError> {
+    let elem_ty = match ty {
+        CqlType::List(e) | CqlType::Set(e) => Some(&**e),
+        _ => None,
+    };
+    let current_items = |cell: &Option<Bytes>| -> Vec<Bytes> {
+        cell.as_ref()
+            .and_then(|c| types::collection_elements(c).ok())
+            .map(|es| {
+                es.into_iter()
+                    .flatten()
+                    .map(Bytes::copy_from_slice)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    match op {
+        CellOp::Set(v) => {
+            if ts < *ts_slot {
+                return Ok(()); // an older write loses
+            }
+            *cell = v.clone();
+        }
+        CellOp::CounterAdd(n) => {
+            let cur = cell
+                .as_ref()
+                .and_then(|c| <[u8; 8]>::try_from(&c[..]).ok())
+                .map_or(0, i64::from_be_bytes);
+            *cell = Some(Bytes::copy_from_slice(&cur.wrapping_add(*n).to_be_bytes()));
+        }
+        CellOp::ListAppend(items) | CellOp::ListPrepend(items) => {
+            let mut cur = current_items(cell);
+            if matches!(op, CellOp::ListAppend(_)) {
+                cur.extend(items.iter().cloned());
+            } else {
+                let mut v = items.clone();
+                v.extend(cur);
+                cur = v;
+            }
+            *cell = Some(types::encode_collection(cur.iter().map(|b| &b[..])));
+        }
+        CellOp::ListRemove(items) => {
+            let e = elem_ty.expect("list");
+            let cur: Vec<Bytes> = current_items(cell)
+                .into_iter()
+                .filter(|x| !items.iter().any(|i| e.compare(x, i).is_eq()))
+                .collect();
+            *cell = (!cur.is_empty()).then(|| types::encode_collection(cur.iter().map(|b| &b[..])));
+        }
+        CellOp::ListSetIndex(idx, v) => {
+            let mut cur = current_items(cell);
+            let i = usize::try_from(*idx)
+                .ok()
+                .filter(|i| *i < cur.len())
+                .ok_or_else(|| {
+                    ServerError::invalid(format!(
+                        "List index {idx} out of bound, list has size {}",
+                        cur.len()
+                    ))
+                })?;
+            match v {
+                Some(v) => cur[i] = v.clone(),
+                None => {
+                    cur.remove(i);
+                }
+            }
+            *cell = (!cur.is_empty()).then(|| types::encode_collection(cur.iter().map(|b| &b[..])));
+        }
+        CellOp::SetUnion(items) | CellOp::SetDiff(items) => {
+            let e = elem_ty.expect("set");
+            let cur: Vec<Vec<u8>> = current_items(cell)
+                .into_iter()
+                .map(|b| b.to_vec())
+                .collect();
+            let next: Vec<Vec<u8>> = if matches!(op, CellOp::SetUnion(_)) {
+                let mut all = cur;
+                all.extend(items.iter().map(|b| b.to_vec()));
+                types::normalise_set(e, all)
+            } else {
+                cur.into_iter()
+                    .filter(|x| !items.iter().any(|i| e.compare(x, i).is_eq()))
+                    .collect()
+            };
+            *cell =
+                (!next.is_empty()).then(|| types::encode_collection(next.iter().map(|b| &b[..])));
+        }
+        CellOp::MapPut(_) | CellOp::MapRemove(_) => {
+            let CqlType::Map(k, _) = ty else {
+                return Ok(());
+            };
+            let cur: Vec<(Vec<u8>, Vec<u8>)> = cell
+                .as_ref()
+                .and_then(|c| types::collection_elements_pairs(c).ok())
+                .map(|es| {
+                    es.into_iter()
+                        .filter_map(|(a, b)| Some((a?.to_vec(), b?.to_vec())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let next = match op {
+                CellOp::MapPut(entries) => {
+                    let mut all = cur;
+                    all.extend(entries.iter().map(|(a, b)| (a.to_vec(), b.to_vec())));
+                    types::normalise_map(k, all)
+                }
+                CellOp::MapRemove(keys) => cur
+                    .into_iter()
+                    .filter(|(key, _)| !keys.iter().any(|x| k.compare(key, x).is_eq()))
+                    .collect(),
+                _ => unreachable!("matched above"),
+            };
+            *cell = (!next.is_empty())
+                .then(|| types::encode_map(next.iter().map(|(a, b)| (&a[..], &b[..]))));
+        }
+    }
+    *ts_slot = (*ts_slot).max(ts);
+    Ok(())
+}
+
+fn apply(data: &mut TableData, m: &Mutation) -> Result<(), ServerError> {
+    let t = &m.table;
+    let ncols = t.columns.len();
+    match &m.target {
+        RowTarget::Partition => {
+            if m.delete_row {
+                data.partitions.remove(&m.pk);
+            }
+            return Ok(());
+        }
+        RowTarget::Range(filters) => {
+            if let Some(part) = data.partitions.get_mut(&m.pk) {
+                let pk = m.pk.clone();
+                part.rows.retain(|_, row| {
+                    !filters
+                        .iter()
+                        .all(|f| filter_matches(t, f, &pk, &|i| row.cells[i].clone()))
+                });
+                if part.is_empty() {
+                    data.partitions.remove(&m.pk);
+                }
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    let part = data.partitions.entry(m.pk.clone()).or_default();
+    let mut result = Ok(());
+    match &m.target {
+        RowTarget::Statics => {
+            let statics = part.statics.get_or_insert_with(|| Row::empty(ncols));
+            for (i, op) in &m.cells {
+                if let Err(e) = apply_cell(
+                    &t.columns[*i].ty,
+                    &mut statics.cells[*i],
+                    &mut statics.write_ts[*i],
+                    op,
+                    m.ts,
+                ) {
+                    result = Err(e);
+                }
+            }
+        }
+        RowTarget::Row(ck) => {
+            if m.delete_row {
+                part.rows.remove(ck);
+            } else {
+                let has_static = m
+                    .cells
+                    .iter()
+                    .any(|(i, _)| t.columns[*i].kind == ColumnKind::Static);
+                if has_static {
+                    let statics = part.statics.get_or_insert_with(|| Row::empty(ncols));
+                    for (i, op) in m
+                        .cells
+                        .iter()
+                        .filter(|(i, _)| t.columns[*i].kind == ColumnKind::Static)
+                    {
+                        if let Err(e) = apply_cell(
+                            &t.columns[*i].ty,
+                            &mut statics.cells[*i],
+                            &mut statics.write_ts[*i],
+                            op,
+                            m.ts,
+                        ) {
+                            result = Err(e);
+                        }
+                    }
+                }
+                let existed = part.rows.contains_key(ck);
+                let row = part
+                    .rows
+                    .entry(ck.clone())
+                    .or_insert_with(|| Row::empty(ncols));
+                for (i, op) in m
+                    .cells
+                    .iter()
+                    .filter(|(i, _)| t.columns[*i].kind != ColumnKind::Static)
+                {
+                    if let Err(e) = apply_cell(
+                        &t.columns[*i].ty,
+                        &mut row.cells[*i],
+                        &mut row.write_ts[*i],
+                        op,
+                        m.ts,
+                    ) {
+                        result = Err(e);
+                    }
+                }
+                // A row with only key cells and no marker does not exist.
+                let has_value =
+                    t.columns.iter().enumerate().any(|(i, c)| {
+                        matches!(c.kind, ColumnKind::Regular) && row.cells[i].is_some()
+                    });
+                if !has_value && !m.row_marker && !existed {
+                    part.rows.remove(ck);
+                }
+            }
+        }
+        _ => unreachable!("handled above"),
+    }
+    if part.is_empty() {
+        data.partitions.remove(&m.pk);
+    }
+    result
+}
+
+fn lwt_result(
+    check: &LwtCheck,
+    data: &TableData,
+    b: &dyn Binder,
+) -> Result<(bool, Option<Row>), ServerError> {
+    let t = &check.table;
+    let part = data.partitions.get(&check.pk);
+    let row = part
+        .and_then(|p| p.rows.get(&check.ck))
+        .cloned()
+        .or_else(|| {
+            // static-only conditions on a partition
+            if t.clustering.is_empty() {
+                None
+            } else {
+                part.and_then(|p| p.statics.clone())
+            }
+        });
+    let applied = match &check.condition {
+        ast::Condition::NotExists => row.is_none(),
+        ast::Condition::Exists => row.is_some(),
+        ast::Condition::Columns(conds) => {
+            let mut ok = true;
+            for c in conds {
+                let i = t.column(&c.column)?;
+                let col = &t.columns[i];
+                let cell = row.as_ref().and_then(|r| r.cells[i].clone());
+                let matched = if c.op == Operator::In {
+                    let items = eval_list(&col.ty, &c.value, b, &c.column)?;
+                    cell.as_ref()
+                        .is_some_and(|v| items.iter().any(|x| col.ty.compare(v, x).is_eq()))
+                } else {
+                    match (eval(&col.ty, &c.value, b)?.into_option(), cell) {
+                        (None, None) => matches!(c.op, Operator::Eq),
+                        (None, Some(_)) => matches!(c.op, Operator::Ne),
+                        (Some(_), None) => matches!(c.op, Operator::Ne),
+                        (Some(v), Some(cell)) => compare_op(c.op, col.ty.compare(&cell, &v)),
+                    }
+                };
+                ok &= matched;
+            }
+            ok
+        }
+    };
+    Ok((applied, row))
+}
+
+fn lwt_outcome(t: &Table, applied: bool, row: Option<Row>) -> Outcome {
+    let ks = t.keyspace.as_str();
+    let tn = t.name.as_str();
+    let mut specs: Vec<(&str, &str, &str, &CqlType)> =
+        vec![(ks, tn, "[applied]", &CqlType::Boolean)];
+    let mut body = Vec::new();
+    body.put_value(Some(&[u8::from(applied)]));
+    if let (false, Some(row)) = (applied, &row) {
+        for (i, c) in t.columns.iter().enumerate() {
+            specs.push((ks, tn, c.name.as_str(), &c.ty));
+            body.put_value(row.cells[i].as_deref());
+        }
+    }
+    Outcome::Rows(RowsOut {
+        meta: Arc::new(ColumnSpecs::new(&specs)),
+        count: 1,
+        body,
+        paging_state: None,
+    })
+}
+
+/// Applies a list of mutations atomically (one table lock at a time, in
+/// table order, all validated before the first is applied).
+pub(super) fn apply_all(
+    muts: &[Mutation],
+    lwt: Option<&LwtCheck>,
+    b: &dyn Binder,
+) -> Result<Option<Outcome>, ServerError> {
+    if let Some(check) = lwt {
+        let mut data = check.table.data.write().expect("table lock");
+        let (applied, row) = lwt_result(check, &data, b)?;
+        if applied {
+            for m in muts {
+                apply(&mut data, m)?;
+            }
+        }
+        return Ok(Some(lwt_outcome(&check.table, applied, row)));
+    }
+    // Group by table so each lock is taken once.
+    let mut by_table: BTreeMap<*const Table, Vec<&Mutation>> = BTreeMap::new();
+    for m in muts {
+        by_table.entry(Arc::as_ptr(&m.table)).or_default().push(m);
+    }
+    for ms in by_table.values() {
+        let mut data = ms[0].table.data.write().expect("table lock");
+        for m in ms {
+            apply(&mut data, m)?;
+        }
+    }
+    Ok(None)
+}
