@@ -593,3 +593,63 @@ async fn grpc_close_timeout_keeps_its_bound_when_the_endpoint_never_answers() {
 async fn http_close_timeout_keeps_its_bound_when_the_endpoint_never_answers() {
     close_with_an_unresponsive_endpoint(Protocol::HttpProtobuf).await;
 }
+
+/// One span through the exporter's tracer and one counter point through
+/// its meter provider.
+fn one_span_and_one_point(otlp: &tower_cql_exporters::otlp::OtlpExporter) {
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry::trace::{Span as _, Tracer as _};
+    otlp.tracer().start("signal.specific").end();
+    otlp.meter_provider()
+        .meter("test")
+        .u64_counter("test.counter")
+        .build()
+        .add(1, &[]);
+}
+
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` wins over `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// for spans (the specification's precedence); metrics, with no
+/// `..._METRICS_ENDPOINT`, go to the general one. Two receivers on
+/// loopback: nothing else is contacted.
+async fn the_signal_specific_endpoint_wins(protocol: Protocol) {
+    let general = OtlpReceiver::start().await.unwrap();
+    let traces = OtlpReceiver::start().await.unwrap();
+    // The signal-specific endpoint is used as is: HTTP appends no path.
+    let traces_endpoint = match protocol {
+        Protocol::Grpc => traces.endpoint(),
+        Protocol::HttpProtobuf => format!("{}/v1/traces", traces.endpoint()),
+    };
+    let otlp = OtlpExporterBuilder::from_vars([
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.as_str()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", general.endpoint().as_str()),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            traces_endpoint.as_str(),
+        ),
+    ])
+    .metric_export_interval(Duration::from_secs(3600))
+    .install()
+    .unwrap();
+    one_span_and_one_point(&otlp);
+    otlp.shutdown().await.unwrap();
+    assert_eq!(
+        traces.spans_named("signal.specific").len(),
+        1,
+        "{protocol}: the span did not reach OTEL_EXPORTER_OTLP_TRACES_ENDPOINT; \
+         the general endpoint got {} span(s)",
+        general.spans().len()
+    );
+    assert!(general.trace_requests().is_empty(), "{protocol}");
+    assert_eq!(general.metric_names(), vec!["test.counter".to_string()]);
+    assert!(traces.metrics_requests().is_empty(), "{protocol}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_the_traces_endpoint_wins_over_the_general_one() {
+    the_signal_specific_endpoint_wins(Protocol::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_the_traces_endpoint_wins_over_the_general_one() {
+    the_signal_specific_endpoint_wins(Protocol::HttpProtobuf).await;
+}

@@ -4,42 +4,40 @@
 
 use http::Uri;
 
-use super::config::{ENV_HEADERS, Resolved};
+use super::config::{ENV_HEADERS, Resolved, Signal};
 use super::error::{Origin, OtlpError};
 
-/// The header variables `opentelemetry-otlp` reads from the process
-/// environment by itself (whatever the builder was given), and sends.
-pub(crate) const SDK_HEADER_VARS: [&str; 3] = [
-    ENV_HEADERS,
-    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
-    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-];
-
-/// Refuses headers that would cross the network in clear text: any
-/// header (ours, or one the SDK reads from `process_env` itself) with a
-/// plain `http://` endpoint on a host that is not loopback, unless
-/// `allowed`. (`https://` is refused earlier: there is no TLS.)
+/// Refuses headers that would cross the network in clear text: for each
+/// signal, any header (ours, or one `opentelemetry-otlp` reads from
+/// `process_env` itself: the signal's header variable, else
+/// `OTEL_EXPORTER_OTLP_HEADERS`) with a plain `http://` URL on a host that
+/// is not loopback, unless `allowed`. (`https://` is refused earlier: there
+/// is no TLS.)
 pub(crate) fn refuse_headers_in_clear(
     cfg: &Resolved,
     allowed: bool,
     process_env: impl Fn(&str) -> Option<String>,
 ) -> Result<(), OtlpError> {
-    if allowed || is_loopback_endpoint(&cfg.endpoint) {
-        return Ok(());
+    for signal in [Signal::Traces, Signal::Metrics] {
+        let target = cfg.target(signal);
+        if allowed || is_loopback_endpoint(&target.url) {
+            continue;
+        }
+        let [_, headers_var, _] = signal.vars();
+        let origin = target.headers.first().map(|h| h.origin).or_else(|| {
+            [headers_var, ENV_HEADERS]
+                .into_iter()
+                .find(|var| process_env(var).is_some_and(|v| !v.trim().is_empty()))
+                .map(Origin::Env)
+        });
+        if let Some(origin) = origin {
+            return Err(OtlpError::InsecureHeaders {
+                endpoint: target.url.clone(),
+                origin,
+            });
+        }
     }
-    let origin = cfg.headers.first().map(|h| h.origin).or_else(|| {
-        SDK_HEADER_VARS
-            .into_iter()
-            .find(|var| process_env(var).is_some_and(|v| !v.trim().is_empty()))
-            .map(Origin::Env)
-    });
-    match origin {
-        None => Ok(()),
-        Some(origin) => Err(OtlpError::InsecureHeaders {
-            endpoint: cfg.endpoint.clone(),
-            origin,
-        }),
-    }
+    Ok(())
 }
 
 /// Whether a validated endpoint's host is this machine: `localhost`, an
@@ -145,7 +143,11 @@ mod tests {
         let bare = resolved("http://collector.internal:4317", &[]);
         refuse_headers_in_clear(&bare, false, no_process_env).unwrap();
         // headers the SDK reads from the process environment by itself
-        for var in SDK_HEADER_VARS {
+        for var in [
+            ENV_HEADERS,
+            "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        ] {
             let process_env = |k: &str| (k == var).then(|| "api-key=x".to_string());
             let err = refuse_headers_in_clear(&bare, false, process_env).unwrap_err();
             assert!(err.to_string().contains(&format!("(from {var})")), "{err}");

@@ -1,6 +1,10 @@
 //! Settings: what the builder was told, what the environment says, and the
-//! validated result (explicit calls win over the environment, the
-//! environment over the defaults).
+//! validated result, per signal. Explicit calls win over the environment;
+//! in the environment a signal's own variable
+//! (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) wins over the general one
+//! (`OTEL_EXPORTER_OTLP_ENDPOINT`), as in `opentelemetry-otlp`, whose
+//! variable names these are. What is added here is the strictness: a bad
+//! value is an error naming its variable, where the library skips it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,17 +12,36 @@ use std::time::Duration;
 
 use http::Uri;
 use opentelemetry::{KeyValue, Value};
+use opentelemetry_otlp as otlp;
 
 use super::error::{Origin, OtlpError, positive_millis};
 
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the base URL (HTTP appends `/v1/metrics`, `/v1/traces`).
-pub const ENV_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+pub const ENV_ENDPOINT: &str = otlp::OTEL_EXPORTER_OTLP_ENDPOINT;
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`: the URL spans go to, used as is;
+/// wins over [`ENV_ENDPOINT`].
+pub const ENV_TRACES_ENDPOINT: &str = otlp::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT;
+/// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`: the URL metrics go to, used as
+/// is; wins over [`ENV_ENDPOINT`].
+pub const ENV_METRICS_ENDPOINT: &str = otlp::OTEL_EXPORTER_OTLP_METRICS_ENDPOINT;
 /// `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` or `http/protobuf`.
-pub const ENV_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+pub const ENV_PROTOCOL: &str = otlp::OTEL_EXPORTER_OTLP_PROTOCOL;
 /// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value,...`, values percent-encoded.
-pub const ENV_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+pub const ENV_HEADERS: &str = otlp::OTEL_EXPORTER_OTLP_HEADERS;
+/// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`: the headers of span exports,
+/// instead of [`ENV_HEADERS`].
+pub const ENV_TRACES_HEADERS: &str = otlp::OTEL_EXPORTER_OTLP_TRACES_HEADERS;
+/// `OTEL_EXPORTER_OTLP_METRICS_HEADERS`: the headers of metric exports,
+/// instead of [`ENV_HEADERS`].
+pub const ENV_METRICS_HEADERS: &str = otlp::OTEL_EXPORTER_OTLP_METRICS_HEADERS;
 /// `OTEL_EXPORTER_OTLP_TIMEOUT`: milliseconds per export.
-pub const ENV_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+pub const ENV_TIMEOUT: &str = otlp::OTEL_EXPORTER_OTLP_TIMEOUT;
+/// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`: milliseconds per span export;
+/// wins over [`ENV_TIMEOUT`].
+pub const ENV_TRACES_TIMEOUT: &str = otlp::OTEL_EXPORTER_OTLP_TRACES_TIMEOUT;
+/// `OTEL_EXPORTER_OTLP_METRICS_TIMEOUT`: milliseconds per metric export;
+/// wins over [`ENV_TIMEOUT`].
+pub const ENV_METRICS_TIMEOUT: &str = otlp::OTEL_EXPORTER_OTLP_METRICS_TIMEOUT;
 /// `OTEL_SERVICE_NAME`: the `service.name` resource attribute.
 pub const ENV_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 /// `OTEL_RESOURCE_ATTRIBUTES`: `key=value,...`, values percent-encoded.
@@ -27,11 +50,17 @@ pub const ENV_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
 pub const ENV_METRIC_EXPORT_INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
 
 /// Every variable the builder reads.
-pub(crate) const VARS: [&str; 7] = [
+const VARS: [&str; 13] = [
     ENV_ENDPOINT,
+    ENV_TRACES_ENDPOINT,
+    ENV_METRICS_ENDPOINT,
     ENV_PROTOCOL,
     ENV_HEADERS,
+    ENV_TRACES_HEADERS,
+    ENV_METRICS_HEADERS,
     ENV_TIMEOUT,
+    ENV_TRACES_TIMEOUT,
+    ENV_METRICS_TIMEOUT,
     ENV_SERVICE_NAME,
     ENV_RESOURCE_ATTRIBUTES,
     ENV_METRIC_EXPORT_INTERVAL,
@@ -40,7 +69,7 @@ pub(crate) const VARS: [&str; 7] = [
 /// The default metric export interval (the specification's 60 s).
 pub const DEFAULT_METRIC_EXPORT_INTERVAL: Duration = Duration::from_secs(60);
 /// The default export timeout (the specification's 10 s).
-pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_EXPORT_TIMEOUT: Duration = otlp::OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT;
 
 /// The OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,14 +92,9 @@ impl Protocol {
 
     /// Parses `grpc` or `http/protobuf` (ASCII case-insensitive, trimmed).
     pub fn parse(s: &str) -> Option<Protocol> {
-        let s = s.trim();
-        if s.eq_ignore_ascii_case("grpc") {
-            Some(Protocol::Grpc)
-        } else if s.eq_ignore_ascii_case("http/protobuf") {
-            Some(Protocol::HttpProtobuf)
-        } else {
-            None
-        }
+        [Protocol::Grpc, Protocol::HttpProtobuf]
+            .into_iter()
+            .find(|p| s.trim().eq_ignore_ascii_case(p.as_str()))
     }
 
     /// The specification's default endpoint for this protocol.
@@ -115,6 +139,45 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// A kind of telemetry, exported on its own connection with its own settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    /// What HTTP/protobuf appends to a base endpoint.
+    const fn path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Metrics => "/v1/metrics",
+        }
+    }
+
+    /// The signal's own variables (endpoint, headers, timeout), each
+    /// winning over the general one.
+    pub(crate) const fn vars(self) -> [&'static str; 3] {
+        match self {
+            Signal::Traces => [ENV_TRACES_ENDPOINT, ENV_TRACES_HEADERS, ENV_TRACES_TIMEOUT],
+            Signal::Metrics => [
+                ENV_METRICS_ENDPOINT,
+                ENV_METRICS_HEADERS,
+                ENV_METRICS_TIMEOUT,
+            ],
+        }
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Signal::Traces => "spans",
+            Signal::Metrics => "metrics",
+        })
+    }
+}
+
 /// A snapshot of the variables the builder reads. Values are kept only
 /// until `install()`; `Debug` shows which variables are set, not their values.
 #[derive(Clone, Default)]
@@ -138,6 +201,12 @@ impl Env {
 
     pub(crate) fn get(&self, var: &'static str) -> Option<&str> {
         self.0.get(var).map(String::as_str)
+    }
+
+    /// The first of `vars` that is set, and where it came from.
+    fn first(&self, vars: [&'static str; 2]) -> Option<(&str, Origin)> {
+        vars.into_iter()
+            .find_map(|v| Some((self.get(v)?, Origin::Env(v))))
     }
 }
 
@@ -165,8 +234,6 @@ pub(crate) struct Explicit {
 pub(crate) struct Header {
     pub(crate) name: http::HeaderName,
     pub(crate) value: http::HeaderValue,
-    // Named in gRPC metadata errors.
-    #[cfg_attr(not(feature = "otlp-grpc"), allow(dead_code))]
     pub(crate) origin: Origin,
 }
 
@@ -176,26 +243,33 @@ impl fmt::Debug for Header {
     }
 }
 
+/// Where one signal goes and how.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// The URL exports are sent to (HTTP: with its `/v1/...` path).
+    pub(crate) url: String,
+    pub(crate) headers: Vec<Header>,
+    pub(crate) timeout: Duration,
+}
+
 /// The settings `install()` uses.
 #[derive(Debug, Clone)]
 pub(crate) struct Resolved {
     pub(crate) protocol: Protocol,
     /// The base endpoint, normalised (no trailing `/`).
     pub(crate) endpoint: String,
-    pub(crate) headers: Vec<Header>,
+    pub(crate) traces: Target,
+    pub(crate) metrics: Target,
     /// Resource attributes, later entries overriding earlier ones.
     pub(crate) resource: Vec<KeyValue>,
     pub(crate) metric_export_interval: Duration,
-    pub(crate) export_timeout: Duration,
 }
 
 impl Resolved {
-    /// The URL a signal is sent to: gRPC uses the base; HTTP appends
-    /// `/v1/metrics` or `/v1/traces` to the base path.
-    pub(crate) fn signal_url(&self, signal_path: &str) -> String {
-        match self.protocol {
-            Protocol::Grpc => self.endpoint.clone(),
-            Protocol::HttpProtobuf => format!("{}{signal_path}", self.endpoint),
+    pub(crate) fn target(&self, signal: Signal) -> &Target {
+        match signal {
+            Signal::Traces => &self.traces,
+            Signal::Metrics => &self.metrics,
         }
     }
 
@@ -210,23 +284,23 @@ impl Resolved {
 }
 
 pub(crate) fn resolve(env: &Env, x: &Explicit) -> Result<Resolved, OtlpError> {
-    let protocol = match (x.protocol, env.get(ENV_PROTOCOL)) {
+    let (protocol, origin) = match (x.protocol, env.get(ENV_PROTOCOL)) {
         (Some(p), _) => (p, Origin::Builder("protocol")),
-        (None, Some(s)) => (
-            Protocol::parse(s).ok_or_else(|| OtlpError::UnknownProtocol {
+        (None, Some(s)) => {
+            let origin = Origin::Env(ENV_PROTOCOL);
+            let p = Protocol::parse(s).ok_or_else(|| OtlpError::UnknownProtocol {
                 value: s.to_string(),
-                origin: Origin::Env(ENV_PROTOCOL),
-            })?,
-            Origin::Env(ENV_PROTOCOL),
-        ),
+                origin,
+            })?;
+            (p, origin)
+        }
         (None, None) => (Protocol::default_for_build(), Origin::Builder("protocol")),
     };
-    let (protocol, protocol_origin) = protocol;
     if !protocol.is_enabled() {
         return Err(OtlpError::ProtocolNotEnabled {
             protocol: protocol.as_str(),
             feature: protocol.feature(),
-            origin: protocol_origin,
+            origin,
         });
     }
 
@@ -236,38 +310,59 @@ pub(crate) fn resolve(env: &Env, x: &Explicit) -> Result<Resolved, OtlpError> {
         (None, None) => (protocol.default_endpoint(), Origin::Builder("endpoint")),
     };
     let endpoint = validate_endpoint(endpoint, origin)?;
-
-    let mut headers: Vec<Header> = Vec::new();
-    if let Some(s) = env.get(ENV_HEADERS) {
-        for (name, value) in parse_pairs(s, Origin::Env(ENV_HEADERS), header_error)? {
-            upsert(
-                &mut headers,
-                header(&name, &value, Origin::Env(ENV_HEADERS))?,
-            );
+    let target = |signal: Signal| -> Result<Target, OtlpError> {
+        let [endpoint_var, headers_var, timeout_var] = signal.vars();
+        // The builder's endpoint is a base for both signals; a signal's
+        // own variable is its URL as is, and wins over the general one.
+        let url = match (&x.endpoint, env.get(endpoint_var)) {
+            (None, Some(url)) => validate_endpoint(url, Origin::Env(endpoint_var))?,
+            _ if protocol == Protocol::Grpc => endpoint.clone(),
+            _ => format!("{endpoint}{}", signal.path()),
+        };
+        let mut headers: Vec<Header> = Vec::new();
+        let builder_headers = x
+            .headers
+            .iter()
+            .map(|(n, v)| (n, v, Origin::Builder("header")));
+        let env_headers = match env.first([headers_var, ENV_HEADERS]) {
+            Some((s, origin)) => parse_pairs(s, origin, header_error)?,
+            None => Vec::new(),
+        };
+        let env_headers = env_headers.iter().map(|(n, v, o)| (n, v, *o));
+        for (name, value, origin) in env_headers.chain(builder_headers) {
+            let h = header(name, value, origin)?;
+            headers.retain(|old| old.name != h.name);
+            headers.push(h);
         }
-    }
-    for (name, value) in &x.headers {
-        upsert(
-            &mut headers,
-            header(name, value, Origin::Builder("header"))?,
-        );
-    }
-    #[cfg(feature = "otlp-grpc")]
-    if protocol == Protocol::Grpc {
-        for h in &headers {
-            if h.name.as_str().ends_with("-bin") {
-                return Err(OtlpError::InvalidHeader {
-                    which: h.name.to_string(),
-                    reason: "binary gRPC metadata (a name ending in -bin) is not supported",
-                    origin: h.origin,
-                });
-            }
+        let is_bin = |h: &&Header| h.name.as_str().ends_with("-bin");
+        if let Some(h) = headers
+            .iter()
+            .find(is_bin)
+            .filter(|_| protocol == Protocol::Grpc)
+        {
+            return Err(OtlpError::InvalidHeader {
+                which: h.name.to_string(),
+                reason: "binary gRPC metadata (a name ending in -bin) is not supported",
+                origin: h.origin,
+            });
         }
-    }
+        let timeout = match (x.export_timeout, env.first([timeout_var, ENV_TIMEOUT])) {
+            (Some(d), _) => positive(d, "export timeout", "export_timeout")?,
+            (None, Some((s, origin))) => positive_millis("export timeout", s, origin)?,
+            (None, None) => DEFAULT_EXPORT_TIMEOUT,
+        };
+        Ok(Target {
+            url,
+            headers,
+            timeout,
+        })
+    };
+    let (traces, metrics) = (target(Signal::Traces)?, target(Signal::Metrics)?);
 
     let mut resource = vec![KeyValue::new("service.name", "unknown_service")];
     if let Some(s) = env.get(ENV_RESOURCE_ATTRIBUTES) {
-        for (k, v) in parse_pairs(s, Origin::Env(ENV_RESOURCE_ATTRIBUTES), resource_error)? {
+        let origin = Origin::Env(ENV_RESOURCE_ATTRIBUTES);
+        for (k, v, _) in parse_pairs(s, origin, resource_error)? {
             resource.push(KeyValue::new(k, v));
         }
     }
@@ -279,62 +374,46 @@ pub(crate) fn resolve(env: &Env, x: &Explicit) -> Result<Resolved, OtlpError> {
         resource.push(KeyValue::new("service.name", name.clone()));
     }
 
-    let metric_export_interval = duration(
-        "metric export interval",
+    let what = "metric export interval";
+    let metric_export_interval = match (
         x.metric_export_interval,
-        "metric_export_interval",
-        env,
-        ENV_METRIC_EXPORT_INTERVAL,
-        DEFAULT_METRIC_EXPORT_INTERVAL,
-    )?;
-    let export_timeout = duration(
-        "export timeout",
-        x.export_timeout,
-        "export_timeout",
-        env,
-        ENV_TIMEOUT,
-        DEFAULT_EXPORT_TIMEOUT,
-    )?;
+        env.get(ENV_METRIC_EXPORT_INTERVAL),
+    ) {
+        (Some(d), _) => positive(d, what, "metric_export_interval")?,
+        (None, Some(s)) => positive_millis(what, s, Origin::Env(ENV_METRIC_EXPORT_INTERVAL))?,
+        (None, None) => DEFAULT_METRIC_EXPORT_INTERVAL,
+    };
 
     Ok(Resolved {
         protocol,
         endpoint,
-        headers,
+        traces,
+        metrics,
         resource,
         metric_export_interval,
-        export_timeout,
     })
 }
 
-fn duration(
-    what: &'static str,
-    explicit: Option<Duration>,
-    call: &'static str,
-    env: &Env,
-    var: &'static str,
-    default: Duration,
-) -> Result<Duration, OtlpError> {
-    match (explicit, env.get(var)) {
-        (Some(d), _) if d.is_zero() => Err(OtlpError::InvalidDuration {
+fn positive(d: Duration, what: &'static str, call: &'static str) -> Result<Duration, OtlpError> {
+    if d.is_zero() {
+        return Err(OtlpError::InvalidDuration {
             what,
             value: format!("{d:?}"),
             reason: "it must be more than zero",
             origin: Origin::Builder(call),
-        }),
-        (Some(d), _) => Ok(d),
-        (None, Some(s)) => positive_millis(what, s, Origin::Env(var)),
-        (None, None) => Ok(default),
+        });
     }
+    Ok(d)
 }
 
 fn validate_endpoint(endpoint: &str, origin: Origin) -> Result<String, OtlpError> {
-    let err = |reason: String| OtlpError::InvalidEndpoint {
+    let err = |reason: &str| OtlpError::InvalidEndpoint {
         endpoint: endpoint.to_string(),
-        reason,
+        reason: reason.to_string(),
         origin,
     };
     let trimmed = endpoint.trim();
-    let uri: Uri = trimmed.parse().map_err(|e| err(format!("{e}")))?;
+    let uri: Uri = trimmed.parse().map_err(|e| err(&format!("{e}")))?;
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => {
@@ -343,38 +422,36 @@ fn validate_endpoint(endpoint: &str, origin: Origin) -> Result<String, OtlpError
                 origin,
             });
         }
-        Some(other) => return Err(err(format!("the scheme {other:?} is not http"))),
-        None => return Err(err("it has no scheme (http://)".to_string())),
+        Some(other) => return Err(err(&format!("the scheme {other:?} is not http"))),
+        None => return Err(err("it has no scheme (http://)")),
     }
-    let Some(authority) = uri.authority() else {
-        return Err(err("it has no host".to_string()));
-    };
-    if authority.host().is_empty() {
-        return Err(err("it has no host".to_string()));
+    match uri.authority() {
+        Some(a) if a.as_str().contains('@') => Err(err(
+            "credentials in the URL are not supported (put them in a header)",
+        )),
+        Some(a) if !a.host().is_empty() && uri.query().is_none() => {
+            Ok(trimmed.trim_end_matches('/').to_string())
+        }
+        Some(a) if !a.host().is_empty() => Err(err("a query string is not supported")),
+        _ => Err(err("it has no host")),
     }
-    if authority.as_str().contains('@') {
-        return Err(err(
-            "credentials in the URL are not supported (put them in a header)".to_string(),
-        ));
-    }
-    if uri.query().is_some() {
-        return Err(err("a query string is not supported".to_string()));
-    }
-    Ok(trimmed.trim_end_matches('/').to_string())
 }
 
 fn header(name: &str, value: &str, origin: Origin) -> Result<Header, OtlpError> {
     let name = name.trim();
-    let n =
-        http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| OtlpError::InvalidHeader {
-            which: format!("{name:?}"),
-            reason: "the name is not a valid HTTP header name",
-            origin,
-        })?;
-    let mut v = http::HeaderValue::from_str(value.trim()).map_err(|_| OtlpError::InvalidHeader {
-        which: n.to_string(),
-        reason: "the value has characters an HTTP header cannot carry (only visible ASCII; percent-encode the rest in the environment variable)",
+    let invalid = |which, reason| OtlpError::InvalidHeader {
+        which,
+        reason,
         origin,
+    };
+    let n = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+        invalid(
+            format!("{name:?}"),
+            "the name is not a valid HTTP header name",
+        )
+    })?;
+    let mut v = http::HeaderValue::from_str(value.trim()).map_err(|_| {
+        invalid(n.to_string(), "the value has characters an HTTP header cannot carry (only visible ASCII; percent-encode the rest in the environment variable)")
     })?;
     v.set_sensitive(true);
     Ok(Header {
@@ -382,11 +459,6 @@ fn header(name: &str, value: &str, origin: Origin) -> Result<Header, OtlpError> 
         value: v,
         origin,
     })
-}
-
-fn upsert(headers: &mut Vec<Header>, h: Header) {
-    headers.retain(|old| old.name != h.name);
-    headers.push(h);
 }
 
 type PairError = fn(String, &'static str, Origin) -> OtlpError;
@@ -407,56 +479,43 @@ fn resource_error(which: String, reason: &'static str, origin: Origin) -> OtlpEr
     }
 }
 
-/// Parses `k1=v1,k2=v2` (the W3C baggage-like format of
-/// `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_RESOURCE_ATTRIBUTES`): items
-/// trimmed, empty items skipped, values percent-decoded. Errors name the
-/// key, or the item's position when no key could be read, never the value.
-pub(crate) fn parse_pairs(
+/// Parses `k1=v1,k2=v2` (the format of `OTEL_EXPORTER_OTLP_HEADERS` and
+/// `OTEL_RESOURCE_ATTRIBUTES`): items trimmed, empty items skipped, values
+/// percent-decoded. Unlike `opentelemetry-otlp`, which skips what it cannot
+/// read, a malformed item is an error naming the key, or the item's
+/// position when no key could be read, never the value.
+fn parse_pairs(
     s: &str,
     origin: Origin,
     error: PairError,
-) -> Result<Vec<(String, String)>, OtlpError> {
+) -> Result<Vec<(String, String, Origin)>, OtlpError> {
     let mut out = Vec::new();
-    for (i, item) in s.split(',').enumerate() {
-        let item = item.trim();
+    for (i, item) in s.split(',').map(str::trim).enumerate() {
         if item.is_empty() {
             continue;
         }
+        let which = || format!("#{}", i + 1);
         let Some((k, v)) = item.split_once('=') else {
-            return Err(error(format!("#{}", i + 1), "it has no '='", origin));
+            return Err(error(which(), "it has no '='", origin));
         };
         let k = k.trim();
         if k.is_empty() {
-            return Err(error(format!("#{}", i + 1), "the key is empty", origin));
+            return Err(error(which(), "the key is empty", origin));
         }
-        let v = percent_decode(v.trim()).ok_or_else(|| {
-            error(
-                format!("{k:?}"),
-                "the value is not valid percent-encoding",
-                origin,
-            )
-        })?;
-        out.push((k.to_string(), v));
+        let v = v.trim();
+        // Every '%' starts two hex digits, and the bytes are UTF-8.
+        let escapes_ok = v
+            .split('%')
+            .skip(1)
+            .all(|rest| rest.len() >= 2 && rest.as_bytes()[..2].iter().all(u8::is_ascii_hexdigit));
+        let decoded = percent_encoding::percent_decode_str(v).decode_utf8();
+        let (true, Ok(v)) = (escapes_ok, decoded) else {
+            let reason = "the value is not valid percent-encoding";
+            return Err(error(format!("{k:?}"), reason, origin));
+        };
+        out.push((k.to_string(), v.into_owned(), origin));
     }
     Ok(out)
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -480,9 +539,10 @@ mod tests {
         let r = resolve(&env(&[]), &Explicit::default()).unwrap();
         assert_eq!(r.protocol, Protocol::default_for_build());
         assert_eq!(r.endpoint, r.protocol.default_endpoint());
-        assert!(r.headers.is_empty());
+        assert_eq!(r.traces.url, r.protocol.default_endpoint());
+        assert!(r.traces.headers.is_empty() && r.metrics.headers.is_empty());
         assert_eq!(r.metric_export_interval, Duration::from_secs(60));
-        assert_eq!(r.export_timeout, Duration::from_secs(10));
+        assert_eq!(r.traces.timeout, Duration::from_secs(10));
         assert_eq!(attr(&r, "service.name").as_deref(), Some("unknown_service"));
     }
 
@@ -510,17 +570,16 @@ mod tests {
             let r = r.unwrap();
             assert_eq!(r.protocol, Protocol::HttpProtobuf);
             assert_eq!(r.endpoint, "http://collector:9999/base");
-            assert_eq!(
-                r.signal_url("/v1/metrics"),
-                "http://collector:9999/base/v1/metrics"
-            );
+            assert_eq!(r.metrics.url, "http://collector:9999/base/v1/metrics");
+            assert_eq!(r.traces.url, "http://collector:9999/base/v1/traces");
             let h: Vec<_> = r
+                .traces
                 .headers
                 .iter()
                 .map(|h| (h.name.as_str(), h.value.to_str().unwrap()))
                 .collect();
             assert_eq!(h, vec![("api-key", "s=cr t"), ("x-tenant", "acme")]);
-            assert_eq!(r.export_timeout, Duration::from_millis(2500));
+            assert_eq!(r.traces.timeout, Duration::from_millis(2500));
             assert_eq!(r.metric_export_interval, Duration::from_millis(1500));
             // OTEL_SERVICE_NAME beats service.name in OTEL_RESOURCE_ATTRIBUTES
             assert_eq!(attr(&r, "service.name").as_deref(), Some("checkout"));
@@ -555,13 +614,14 @@ mod tests {
         let r = resolve(&e, &x).unwrap();
         assert_eq!(r.endpoint, "http://127.0.0.1:4317");
         let h: Vec<_> = r
+            .metrics
             .headers
             .iter()
             .map(|h| (h.name.as_str(), h.value.to_str().unwrap()))
             .collect();
         assert_eq!(h, vec![("x-env", "1"), ("api-key", "explicit")]);
         assert_eq!(r.metric_export_interval, Duration::from_millis(100));
-        assert_eq!(r.export_timeout, Duration::from_secs(1));
+        assert_eq!(r.metrics.timeout, Duration::from_secs(1));
         assert_eq!(
             attr(&r, "service.name").as_deref(),
             Some("explicit-service")
@@ -663,6 +723,61 @@ mod tests {
         for (e, x, want) in cases {
             let got = resolve(&e, &x).expect_err(want).to_string();
             assert!(got.contains(want), "want {want:?}\n got {got:?}");
+        }
+    }
+
+    #[test]
+    fn a_signal_variable_wins_over_the_general_one() {
+        let e = env(&[
+            (ENV_PROTOCOL, "http/protobuf"),
+            (ENV_ENDPOINT, "http://general:4318"),
+            (ENV_TRACES_ENDPOINT, "http://traces:1234/custom"),
+            (ENV_HEADERS, "x-general=1"),
+            (ENV_METRICS_HEADERS, "x-metrics=2"),
+            (ENV_TIMEOUT, "3000"),
+            (ENV_TRACES_TIMEOUT, "700"),
+        ]);
+        let r = resolve(&e, &Explicit::default()).unwrap();
+        // the signal's own endpoint is used as is, with no path appended
+        assert_eq!(r.traces.url, "http://traces:1234/custom");
+        assert_eq!(r.metrics.url, "http://general:4318/v1/metrics");
+        let names = |t: &Target| {
+            t.headers
+                .iter()
+                .map(|h| h.name.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&r.traces), ["x-general"]);
+        assert_eq!(names(&r.metrics), ["x-metrics"]);
+        assert_eq!(r.traces.timeout, Duration::from_millis(700));
+        assert_eq!(r.metrics.timeout, Duration::from_millis(3000));
+        // an endpoint given to the builder wins over both variables
+        let x = Explicit {
+            endpoint: Some("http://127.0.0.1:4318".into()),
+            ..Explicit::default()
+        };
+        let r = resolve(&e, &x).unwrap();
+        assert_eq!(r.traces.url, "http://127.0.0.1:4318/v1/traces");
+        // and the signal variables are validated as strictly, by name
+        for (var, value, want) in [
+            (
+                ENV_TRACES_ENDPOINT,
+                "traces:4317",
+                "(from OTEL_EXPORTER_OTLP_TRACES_ENDPOINT): it has no scheme",
+            ),
+            (
+                ENV_METRICS_TIMEOUT,
+                "5s",
+                "invalid export timeout \"5s\" (from OTEL_EXPORTER_OTLP_METRICS_TIMEOUT)",
+            ),
+            (
+                ENV_TRACES_HEADERS,
+                "k=%4",
+                "malformed OTLP header \"k\" (from OTEL_EXPORTER_OTLP_TRACES_HEADERS)",
+            ),
+        ] {
+            let got = resolve(&env(&[(var, value)]), &Explicit::default()).unwrap_err();
+            assert!(got.to_string().contains(want), "want {want:?}\n got {got}");
         }
     }
 

@@ -7,14 +7,48 @@ use std::sync::Arc;
 use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig, WithTonicConfig};
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 
-use super::config::Resolved;
+use super::config::{Header, Resolved};
 use super::error::OtlpError;
 
 type Metadata = Arc<Vec<(AsciiMetadataKey, AsciiMetadataValue)>>;
 
 pub(super) fn exporters(cfg: &Resolved) -> Result<super::Exporters, OtlpError> {
-    let mut md = Vec::with_capacity(cfg.headers.len());
-    for h in &cfg.headers {
+    let (m, t) = (&cfg.metrics, &cfg.traces);
+    let metrics = MetricExporter::builder()
+        .with_tonic()
+        .with_endpoint(m.url.clone())
+        .with_timeout(m.timeout)
+        .with_interceptor(interceptor(&m.headers)?)
+        .build()
+        .map_err(|source| OtlpError::Exporter {
+            signal: "metrics",
+            source,
+        })?;
+    let spans = SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(t.url.clone())
+        .with_timeout(t.timeout)
+        .with_interceptor(interceptor(&t.headers)?)
+        .build()
+        .map_err(|source| OtlpError::Exporter {
+            signal: "traces",
+            source,
+        })?;
+    Ok((metrics, spans))
+}
+
+fn interceptor(
+    headers: &[Header],
+) -> Result<
+    impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>
+    + Clone
+    + Send
+    + Sync
+    + 'static,
+    OtlpError,
+> {
+    let mut md = Vec::with_capacity(headers.len());
+    for h in headers {
         let key = AsciiMetadataKey::from_bytes(h.name.as_str().as_bytes()).map_err(|_| {
             OtlpError::InvalidHeader {
                 which: h.name.to_string(),
@@ -34,33 +68,11 @@ pub(super) fn exporters(cfg: &Resolved) -> Result<super::Exporters, OtlpError> {
     }
     let md: Metadata = Arc::new(md);
     // Runs after the exporter's own metadata (its User-Agent and the
-    // signal-specific header variables): ours replace same-named entries.
-    let interceptor = move |mut req: tonic::Request<()>| {
+    // header variables it reads itself): ours replace same-named entries.
+    Ok(move |mut req: tonic::Request<()>| {
         for (k, v) in md.iter() {
             req.metadata_mut().insert(k.clone(), v.clone());
         }
         Ok(req)
-    };
-    let url = cfg.signal_url("");
-    let metrics = MetricExporter::builder()
-        .with_tonic()
-        .with_endpoint(url.clone())
-        .with_timeout(cfg.export_timeout)
-        .with_interceptor(interceptor.clone())
-        .build()
-        .map_err(|source| OtlpError::Exporter {
-            signal: "metrics",
-            source,
-        })?;
-    let spans = SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(url)
-        .with_timeout(cfg.export_timeout)
-        .with_interceptor(interceptor)
-        .build()
-        .map_err(|source| OtlpError::Exporter {
-            signal: "traces",
-            source,
-        })?;
-    Ok((metrics, spans))
+    })
 }

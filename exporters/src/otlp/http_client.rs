@@ -18,7 +18,7 @@ use opentelemetry_otlp::{
 };
 use tokio::runtime::Handle;
 
-use super::config::{Header, Resolved};
+use super::config::{Header, Resolved, Target};
 use super::error::OtlpError;
 
 /// An HTTP client whose requests run on a given Tokio runtime.
@@ -61,17 +61,18 @@ impl HttpClient for OnRuntime {
 }
 
 pub(super) fn exporters(cfg: &Resolved, runtime: &Handle) -> Result<super::Exporters, OtlpError> {
-    let client = OnRuntime {
-        client: HyperClient::with_default_connector(cfg.export_timeout, None),
+    let client = |t: &Target| OnRuntime {
+        client: HyperClient::with_default_connector(t.timeout, None),
         runtime: runtime.clone(),
-        headers: Arc::new(cfg.headers.clone()),
+        headers: Arc::new(t.headers.clone()),
     };
+    let (m, t) = (&cfg.metrics, &cfg.traces);
     let metrics = MetricExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
-        .with_endpoint(cfg.signal_url("/v1/metrics"))
-        .with_timeout(cfg.export_timeout)
-        .with_http_client(client.clone())
+        .with_endpoint(m.url.clone())
+        .with_timeout(m.timeout)
+        .with_http_client(client(m))
         .build()
         .map_err(|source| OtlpError::Exporter {
             signal: "metrics",
@@ -80,9 +81,9 @@ pub(super) fn exporters(cfg: &Resolved, runtime: &Handle) -> Result<super::Expor
     let spans = SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
-        .with_endpoint(cfg.signal_url("/v1/traces"))
-        .with_timeout(cfg.export_timeout)
-        .with_http_client(client)
+        .with_endpoint(t.url.clone())
+        .with_timeout(t.timeout)
+        .with_http_client(client(t))
         .build()
         .map_err(|source| OtlpError::Exporter {
             signal: "traces",

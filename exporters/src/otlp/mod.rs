@@ -45,11 +45,19 @@
 //! | [`metric_export_interval`](OtlpExporterBuilder::metric_export_interval) | `OTEL_METRIC_EXPORT_INTERVAL` (ms) | 60 s |
 //!
 //! The endpoint is a base URL: gRPC sends to it as is, HTTP/protobuf posts
-//! to `<endpoint>/v1/metrics` and `<endpoint>/v1/traces`. Only `http://`
+//! to `<endpoint>/v1/metrics` and `<endpoint>/v1/traces`.
+//!
+//! Endpoint, headers and timeout can also be set per signal, as in
+//! `opentelemetry-otlp`: [`ENV_TRACES_ENDPOINT`], [`ENV_METRICS_ENDPOINT`]
+//! (URLs used as is, no path appended), [`ENV_TRACES_HEADERS`],
+//! [`ENV_METRICS_HEADERS`] (instead of `OTEL_EXPORTER_OTLP_HEADERS`),
+//! [`ENV_TRACES_TIMEOUT`], [`ENV_METRICS_TIMEOUT`]. A signal's variable wins
+//! over the general one; a builder call wins over both. They are validated
+//! as strictly as the others. Only `http://`
 //! is accepted: no TLS stack is built in (send to a local collector, which
-//! forwards over TLS). `opentelemetry-otlp` itself still reads its
-//! signal-specific variables (`OTEL_EXPORTER_OTLP_METRICS_HEADERS`,
-//! `..._COMPRESSION`, `..._INSECURE`, ...), and the SDK its own
+//! forwards over TLS). `opentelemetry-otlp` itself still reads the
+//! variables not listed here (`..._COMPRESSION`, `..._INSECURE`,
+//! `..._TEMPORALITY_PREFERENCE`, ...), and the SDK its own
 //! (`OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`); the settings above win over them.
 //!
 //! # Header values are secrets
@@ -109,8 +117,9 @@ use crate::otel::OtelCollector;
 
 pub use self::config::{
     DEFAULT_EXPORT_TIMEOUT, DEFAULT_METRIC_EXPORT_INTERVAL, ENV_ENDPOINT, ENV_HEADERS,
-    ENV_METRIC_EXPORT_INTERVAL, ENV_PROTOCOL, ENV_RESOURCE_ATTRIBUTES, ENV_SERVICE_NAME,
-    ENV_TIMEOUT, Protocol,
+    ENV_METRIC_EXPORT_INTERVAL, ENV_METRICS_ENDPOINT, ENV_METRICS_HEADERS, ENV_METRICS_TIMEOUT,
+    ENV_PROTOCOL, ENV_RESOURCE_ATTRIBUTES, ENV_SERVICE_NAME, ENV_TIMEOUT, ENV_TRACES_ENDPOINT,
+    ENV_TRACES_HEADERS, ENV_TRACES_TIMEOUT, Protocol,
 };
 use self::config::{Env, Explicit, Resolved};
 pub use self::error::{FlushError, Origin, OtlpError};
@@ -377,13 +386,10 @@ impl fmt::Debug for OtlpExporter {
         f.debug_struct("OtlpExporter")
             .field("protocol", &self.cfg.protocol)
             .field("endpoint", &self.cfg.endpoint)
-            .field(
-                "headers",
-                &RedactedNames(self.cfg.headers.iter().map(|h| &h.name)),
-            )
+            .field("traces", &self.cfg.traces)
+            .field("metrics", &self.cfg.metrics)
             .field("resource", &self.cfg.resource)
             .field("metric_export_interval", &self.cfg.metric_export_interval)
-            .field("export_timeout", &self.cfg.export_timeout)
             .finish()
     }
 }
@@ -400,9 +406,24 @@ impl OtlpExporter {
         self.cfg.protocol
     }
 
-    /// The base endpoint in use (no trailing `/`).
+    /// The base endpoint in use (no trailing `/`): the builder's, else
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, else the protocol's default.
     pub fn endpoint(&self) -> &str {
         &self.cfg.endpoint
+    }
+
+    /// The URL spans are sent to: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as
+    /// is, unless the builder set an endpoint; else the base endpoint
+    /// (HTTP/protobuf: with `/v1/traces`).
+    pub fn traces_endpoint(&self) -> &str {
+        &self.cfg.traces.url
+    }
+
+    /// The URL metrics are sent to: `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`
+    /// as is, unless the builder set an endpoint; else the base endpoint
+    /// (HTTP/protobuf: with `/v1/metrics`).
+    pub fn metrics_endpoint(&self) -> &str {
+        &self.cfg.metrics.url
     }
 
     /// The `service.name` resource attribute sent.
@@ -599,7 +620,7 @@ mod tests {
         assert!(format!("{b:?}").contains("allow_insecure_headers: true"));
         let cfg = b.resolve().expect("allowed explicitly");
         assert_eq!(cfg.endpoint, "http://collector.internal:4317");
-        assert_eq!(cfg.headers.len(), 1);
+        assert_eq!(cfg.traces.headers.len(), 1);
     }
 
     #[test]
