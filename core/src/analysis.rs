@@ -59,11 +59,18 @@ pub(crate) fn analyse(
         Some(t) if t.is_word("UPDATE") => OperationKind::Update,
         Some(t) if t.is_word("DELETE") => OperationKind::Delete,
         Some(t) if t.is_word("BEGIN") || t.is_word("APPLY") => OperationKind::Batch,
-        _ => OperationKind::Other,
+        Some(_) => schema_kind(&tokens),
+        None => OperationKind::Other,
     };
     // `IF` makes a DML statement an LWT; in DDL (`CREATE ... IF NOT
     // EXISTS`) it is not one.
     let dml = !matches!(kind, OperationKind::Select | OperationKind::Other);
+    // A schema statement's keyspace or table: after its keywords and any
+    // `IF [NOT] EXISTS` (after `ON` for an index).
+    if kind.is_schema() {
+        let (keyspace, table) = schema_target(kind, &tokens);
+        return (kind, keyspace, table, traits);
+    }
     // The table: after FROM (SELECT/DELETE), INTO (INSERT), UPDATE.
     let mut target: Option<(Option<Token<'_>>, Token<'_>)> = None;
     for (i, t) in tokens.iter().enumerate() {
@@ -103,6 +110,99 @@ pub(crate) fn analyse(
         None => (None, None),
     };
     (kind, keyspace, table, traits)
+}
+
+/// The schema statement's kind from its first keywords.
+fn schema_kind(tokens: &[Token<'_>]) -> OperationKind {
+    use OperationKind as K;
+    let word = |i: usize, w: &str| tokens.get(i).is_some_and(|t| t.is_word(w));
+    let object = |i: usize| {
+        if word(i, "KEYSPACE") || word(i, "SCHEMA") {
+            Some(0)
+        } else if word(i, "TABLE") || word(i, "COLUMNFAMILY") {
+            Some(1)
+        } else if word(i, "INDEX") || (word(i, "CUSTOM") && word(i + 1, "INDEX")) {
+            Some(2)
+        } else if word(i, "TYPE") {
+            Some(3)
+        } else if word(i, "MATERIALIZED") && word(i + 1, "VIEW") {
+            Some(4)
+        } else {
+            None
+        }
+    };
+    match (tokens.first(), object(1)) {
+        (Some(t), Some(o)) if t.is_word("CREATE") => [
+            K::CreateKeyspace,
+            K::CreateTable,
+            K::CreateIndex,
+            K::CreateType,
+            K::CreateView,
+        ][o],
+        (Some(t), Some(o)) if t.is_word("ALTER") && o != 2 && o != 4 => {
+            [K::AlterKeyspace, K::AlterTable, K::Other, K::AlterType][o]
+        }
+        (Some(t), Some(o)) if t.is_word("DROP") => [
+            K::DropKeyspace,
+            K::DropTable,
+            K::DropIndex,
+            K::DropType,
+            K::DropView,
+        ][o],
+        (Some(t), _) if t.is_word("TRUNCATE") => K::Truncate,
+        (Some(t), _) if t.is_word("USE") => K::Use,
+        _ => K::Other,
+    }
+}
+
+/// The keyspace (and table) a schema statement names: the qualified name
+/// after its keywords and `IF [NOT] EXISTS`; for an index, the table after
+/// `ON`; for a keyspace or `USE`, the keyspace alone.
+fn schema_target(kind: OperationKind, tokens: &[Token<'_>]) -> (Option<String>, Option<String>) {
+    use OperationKind as K;
+    let start = if kind == K::CreateIndex {
+        match tokens.iter().position(|t| t.is_word("ON")) {
+            Some(on) => on + 1,
+            None => return (None, None),
+        }
+    } else {
+        // skip the keywords (`CREATE MATERIALIZED VIEW`, `TRUNCATE TABLE`, ...)
+        let mut i = 1;
+        while tokens.get(i).is_some_and(|t| {
+            [
+                "KEYSPACE",
+                "SCHEMA",
+                "TABLE",
+                "COLUMNFAMILY",
+                "INDEX",
+                "CUSTOM",
+                "TYPE",
+                "MATERIALIZED",
+                "VIEW",
+            ]
+            .iter()
+            .any(|w| t.is_word(w))
+        }) {
+            i += 1;
+        }
+        if tokens.get(i).is_some_and(|t| t.is_word("IF")) {
+            i += 1;
+            if tokens.get(i).is_some_and(|t| t.is_word("NOT")) {
+                i += 1;
+            }
+            i += 1; // EXISTS
+        }
+        i
+    };
+    let Some((ks, name)) = qualified_name(tokens.get(start..).unwrap_or_default()) else {
+        return (None, None);
+    };
+    match kind {
+        K::CreateKeyspace | K::AlterKeyspace | K::DropKeyspace | K::Use => {
+            (Some(unquote(&name)), None)
+        }
+        _ => (ks.map(|k| unquote(&k)), Some(unquote(&name))),
+    }
 }
 
 /// `name` or `keyspace.name` at the start of `rest`.
@@ -187,6 +287,104 @@ mod tests {
         assert!(!tr.lwt);
     }
 
+    /// Schema statements have a kind and a target of their own, so their
+    /// spans say `CREATE TABLE ks.t` (before: `OTHER`, no target).
+    #[test]
+    fn schema_statements_have_a_kind_and_a_target() {
+        use OperationKind as K;
+        let cases = [
+            (
+                "CREATE KEYSPACE IF NOT EXISTS app WITH replication = {'class': 'SimpleStrategy'}",
+                K::CreateKeyspace,
+                Some("app"),
+                None,
+            ),
+            (
+                "create table app.users (id int PRIMARY KEY)",
+                K::CreateTable,
+                Some("app"),
+                Some("users"),
+            ),
+            (
+                "CREATE TABLE IF NOT EXISTS \"App\".\"Users\" (id int PRIMARY KEY)",
+                K::CreateTable,
+                Some("App"),
+                Some("Users"),
+            ),
+            (
+                "CREATE INDEX IF NOT EXISTS by_name ON app.users (name)",
+                K::CreateIndex,
+                Some("app"),
+                Some("users"),
+            ),
+            (
+                "CREATE CUSTOM INDEX ON app.users (name) USING 'x'",
+                K::CreateIndex,
+                Some("app"),
+                Some("users"),
+            ),
+            (
+                "CREATE TYPE app.address (street text)",
+                K::CreateType,
+                Some("app"),
+                Some("address"),
+            ),
+            (
+                "CREATE MATERIALIZED VIEW app.v AS SELECT * FROM app.users",
+                K::CreateView,
+                Some("app"),
+                Some("v"),
+            ),
+            (
+                "ALTER TABLE app.users ADD age int",
+                K::AlterTable,
+                Some("app"),
+                Some("users"),
+            ),
+            (
+                "ALTER KEYSPACE app WITH durable_writes = false",
+                K::AlterKeyspace,
+                Some("app"),
+                None,
+            ),
+            (
+                "DROP TABLE IF EXISTS app.users",
+                K::DropTable,
+                Some("app"),
+                Some("users"),
+            ),
+            ("DROP KEYSPACE app", K::DropKeyspace, Some("app"), None),
+            (
+                "TRUNCATE app.users",
+                K::Truncate,
+                Some("app"),
+                Some("users"),
+            ),
+            ("TRUNCATE TABLE users", K::Truncate, None, Some("users")),
+            ("USE app", K::Use, Some("app"), None),
+            ("GRANT SELECT ON app.users TO r", K::Other, None, None),
+        ];
+        for (text, kind, ks, table) in cases {
+            let (k, got_ks, got_table, traits) = analyse(text);
+            assert_eq!(
+                (k, got_ks.as_deref(), got_table.as_deref()),
+                (kind, ks, table),
+                "{text}"
+            );
+            assert!(!traits.lwt, "{text}: IF NOT EXISTS in DDL is not an LWT");
+        }
+        let summary = |text: &str| crate::Statement::new(text).request().meta().summary();
+        assert_eq!(
+            summary("CREATE TABLE IF NOT EXISTS app.users (id int PRIMARY KEY)"),
+            "CREATE TABLE app.users"
+        );
+        assert_eq!(
+            summary("CREATE KEYSPACE app WITH replication = {}"),
+            "CREATE KEYSPACE app"
+        );
+        assert_eq!(summary("USE app"), "USE app");
+    }
+
     #[test]
     fn analysis_finds_kind_table_and_hazards() {
         let (k, ks, t, tr) = analyse("SELECT a FROM ks.users WHERE id = ?");
@@ -237,7 +435,7 @@ mod tests {
         );
         assert_eq!(
             analyse("CREATE TABLE x (k int PRIMARY KEY)").0,
-            OperationKind::Other
+            OperationKind::CreateTable
         );
         assert_eq!(analyse("").0, OperationKind::Other);
         assert_eq!(

@@ -18,7 +18,9 @@
 //! ```
 //!
 //! - CQL text is prepared once and the prepared statement cached (bounded;
-//!   hits and misses are counted); statements marked unprepared go as QUERY.
+//!   hits and misses are counted), also when many tasks start a new
+//!   statement at the same moment: they wait on one preparation (single
+//!   flight); statements marked unprepared go as QUERY.
 //! - The driver's own retries and speculative execution are turned off
 //!   (its `FallthroughRetryPolicy`, no speculative policy), so that retries
 //!   happen once, in the middleware, where they are observed. Turn them back
@@ -58,10 +60,17 @@ use crate::hash::FxBuild;
 use crate::request::{CqlRequest, RequestMeta, StatementBody};
 use crate::response::CqlResponse;
 
+/// One preparation of a statement, shared by the tasks that wait for it.
+type Preparation = tokio::sync::OnceCell<PreparedStatement>;
+
 /// A bounded cache of prepared statements keyed by text; lookups are a
 /// lock-free `ArcSwap` load, inserts copy the map (misses are rare).
+/// A statement new to the cache is prepared once however many tasks miss
+/// it at the same moment: they wait on one preparation (`preparing`).
 struct PreparedCache {
     map: ArcSwap<HashMap<Arc<str>, PreparedStatement, FxBuild>>,
+    /// Preparations in flight, by text (single flight).
+    preparing: ArcSwap<HashMap<Arc<str>, Arc<Preparation>, FxBuild>>,
     capacity: usize,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -85,6 +94,32 @@ impl PreparedCache {
             self.hits.fetch_add(1, Ordering::Relaxed);
         }
         found
+    }
+
+    /// The preparation of `text` in flight, joined or started.
+    fn preparation(&self, text: &Arc<str>) -> Arc<Preparation> {
+        if let Some(p) = self.preparing.load().get(&**text) {
+            return p.clone();
+        }
+        let fresh = Arc::new(Preparation::new());
+        self.preparing.rcu(|map| {
+            let mut next = HashMap::clone(map);
+            next.entry(text.clone()).or_insert_with(|| fresh.clone());
+            next
+        });
+        self.preparing.load().get(&**text).cloned().unwrap_or(fresh)
+    }
+
+    /// Forgets the preparation `done` of `text` once its statement is in
+    /// the cache (a later one, started meanwhile, stays).
+    fn prepared(&self, text: &Arc<str>, done: &Arc<Preparation>) {
+        self.preparing.rcu(|map| {
+            let mut next = HashMap::clone(map);
+            if next.get(&**text).is_some_and(|p| Arc::ptr_eq(p, done)) {
+                next.remove(&**text);
+            }
+            next
+        });
     }
 
     fn insert(&self, text: Arc<str>, stmt: PreparedStatement) {
@@ -202,6 +237,7 @@ impl DriverServiceBuilder {
                 session: self.session,
                 cache: PreparedCache {
                     map: ArcSwap::from_pointee(HashMap::default()),
+                    preparing: ArcSwap::from_pointee(HashMap::default()),
                     capacity: self.cache_capacity,
                     hits: AtomicU64::new(0),
                     misses: AtomicU64::new(0),
@@ -440,6 +476,34 @@ impl DriverInner {
         }
     }
 
+    /// Prepares `text` and caches it, once however many tasks ask at the
+    /// same moment: they all wait on the one preparation. A failed
+    /// preparation is not remembered (the next task tries again).
+    async fn prepare_once(&self, text: &Arc<str>) -> Result<PreparedStatement, CqlError> {
+        let preparation = self.cache.preparation(text);
+        let out = preparation
+            .get_or_try_init(|| async {
+                // finished by another task since this one missed
+                if let Some(p) = self.cache.map.load().get(&**text) {
+                    return Ok(p.clone());
+                }
+                let mut p = self
+                    .session
+                    .prepare(&**text)
+                    .await
+                    .map_err(CqlError::from_prepare)?;
+                p.set_execution_profile_handle(self.profile.clone());
+                self.cache.insert(text.clone(), p.clone());
+                Ok::<_, CqlError>(p)
+            })
+            .await
+            .cloned();
+        if out.is_ok() {
+            self.cache.prepared(text, &preparation);
+        }
+        out
+    }
+
     /// What [`resolve_cached`](Self::resolve_cached) could not resolve:
     /// prepares the statement (and caches it), or builds unprepared text.
     async fn resolve_uncached(
@@ -455,16 +519,7 @@ impl DriverInner {
             } => {
                 let stmt = match self.cache.get(text) {
                     Some(p) => p,
-                    None => {
-                        let mut p = self
-                            .session
-                            .prepare(&**text)
-                            .await
-                            .map_err(CqlError::from_prepare)?;
-                        p.set_execution_profile_handle(self.profile.clone());
-                        self.cache.insert(text.clone(), p.clone());
-                        p
-                    }
+                    None => self.prepare_once(text).await?,
                 };
                 Ok(Prepared::Prepared(configure_prepared(
                     stmt, meta, listener, None,

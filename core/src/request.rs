@@ -95,9 +95,13 @@ impl fmt::Display for Label {
     }
 }
 
-/// The kind of statement, from its first keyword: the OpenTelemetry
-/// `db.operation.name` when no operation name is given.
+/// The kind of statement, from its first keywords: the OpenTelemetry
+/// `db.operation.name` when no operation name is given. Schema statements
+/// have kinds of their own (`CREATE TABLE`, `DROP KEYSPACE`, ...), so a
+/// span says `CREATE TABLE ks.t`, not `OTHER`; the set is fixed (a
+/// bounded label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum OperationKind {
     /// `SELECT`
     Select,
@@ -109,12 +113,43 @@ pub enum OperationKind {
     Delete,
     /// `BATCH` (a batch request or `BEGIN BATCH`)
     Batch,
-    /// DDL, `USE`, `TRUNCATE` and everything else.
+    /// `CREATE KEYSPACE`
+    CreateKeyspace,
+    /// `CREATE TABLE` (or `COLUMNFAMILY`)
+    CreateTable,
+    /// `CREATE INDEX` (or `CUSTOM INDEX`)
+    CreateIndex,
+    /// `CREATE TYPE`
+    CreateType,
+    /// `CREATE MATERIALIZED VIEW`
+    CreateView,
+    /// `ALTER KEYSPACE`
+    AlterKeyspace,
+    /// `ALTER TABLE`
+    AlterTable,
+    /// `ALTER TYPE`
+    AlterType,
+    /// `DROP KEYSPACE`
+    DropKeyspace,
+    /// `DROP TABLE`
+    DropTable,
+    /// `DROP INDEX`
+    DropIndex,
+    /// `DROP TYPE`
+    DropType,
+    /// `DROP MATERIALIZED VIEW`
+    DropView,
+    /// `TRUNCATE`
+    Truncate,
+    /// `USE`
+    Use,
+    /// Everything else (roles, permissions, functions, ...).
     Other,
 }
 
 impl OperationKind {
-    /// The upper-case keyword (`"SELECT"`, ...; `"OTHER"`).
+    /// The upper-case keywords (`"SELECT"`, `"CREATE TABLE"`, ...;
+    /// `"OTHER"`).
     pub const fn as_str(self) -> &'static str {
         match self {
             OperationKind::Select => "SELECT",
@@ -122,8 +157,37 @@ impl OperationKind {
             OperationKind::Update => "UPDATE",
             OperationKind::Delete => "DELETE",
             OperationKind::Batch => "BATCH",
+            OperationKind::CreateKeyspace => "CREATE KEYSPACE",
+            OperationKind::CreateTable => "CREATE TABLE",
+            OperationKind::CreateIndex => "CREATE INDEX",
+            OperationKind::CreateType => "CREATE TYPE",
+            OperationKind::CreateView => "CREATE MATERIALIZED VIEW",
+            OperationKind::AlterKeyspace => "ALTER KEYSPACE",
+            OperationKind::AlterTable => "ALTER TABLE",
+            OperationKind::AlterType => "ALTER TYPE",
+            OperationKind::DropKeyspace => "DROP KEYSPACE",
+            OperationKind::DropTable => "DROP TABLE",
+            OperationKind::DropIndex => "DROP INDEX",
+            OperationKind::DropType => "DROP TYPE",
+            OperationKind::DropView => "DROP MATERIALIZED VIEW",
+            OperationKind::Truncate => "TRUNCATE",
+            OperationKind::Use => "USE",
             OperationKind::Other => "OTHER",
         }
+    }
+
+    /// Whether the statement changes the schema (or the session's
+    /// keyspace): `CREATE`, `ALTER`, `DROP`, `TRUNCATE`, `USE`.
+    pub const fn is_schema(self) -> bool {
+        !matches!(
+            self,
+            OperationKind::Select
+                | OperationKind::Insert
+                | OperationKind::Update
+                | OperationKind::Delete
+                | OperationKind::Batch
+                | OperationKind::Other
+        )
     }
 
     /// Whether the statement only reads.
@@ -908,6 +972,8 @@ impl fmt::Display for QuerySummary<'_> {
         match (&m.keyspace, &m.table) {
             (Some(k), Some(t)) => write!(f, " {}.{}", k.as_str(), t.as_str()),
             (None, Some(t)) => write!(f, " {}", t.as_str()),
+            // `CREATE KEYSPACE ks`, `USE ks`
+            (Some(k), None) if m.kind.is_schema() => write!(f, " {}", k.as_str()),
             _ => Ok(()),
         }
     }

@@ -97,6 +97,51 @@ async fn prepared_cache_hits_and_misses() {
     );
 }
 
+/// A statement new to the cache, executed by eight tasks at once, is
+/// prepared once (single flight): the server sees as many PREPAREs for it
+/// as for a statement executed alone. Before, each task that missed the
+/// cache prepared it: eight times as many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_statement_is_prepared_once_however_many_tasks_start_it() {
+    let s = setup(1).await;
+    const ALONE: &str = "SELECT v FROM ks.kv WHERE k = ? LIMIT 1";
+    const TOGETHER: &str = "SELECT v FROM ks.kv WHERE k = ? LIMIT 2";
+    // slow PREPAREs, so that the eight tasks all miss while one prepares
+    let prepares = |text: &str| {
+        s.cluster.faults().add(
+            Fault::delay(Duration::from_millis(100))
+                .opcode(Opcode::Prepare)
+                .matching(text)
+                .times(1_000),
+        )
+    };
+    let (alone, together) = (prepares(ALONE), prepares(TOGETHER));
+    s.driver
+        .execute(CqlRequest::query(ALONE).bind((1i32,)))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|k| {
+            let driver = s.driver.clone();
+            tokio::spawn(
+                async move { driver.execute(CqlRequest::query(TOGETHER).bind((k,))).await },
+            )
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let (once, eight) = (
+        s.cluster.faults().fired(alone),
+        s.cluster.faults().fired(together),
+    );
+    assert!(once > 0, "the PREPAREs were seen");
+    assert_eq!(
+        eight, once,
+        "eight tasks: {eight} PREPAREs, one task: {once}"
+    );
+}
+
 #[derive(Default)]
 struct Pages {
     pages: std::sync::Mutex<Vec<usize>>,
