@@ -196,6 +196,14 @@ impl Collectors {
         }
     }
 
+    /// A handle whose set is the one collector `collector`: no `as Arc<dyn
+    /// Collector>` cast at the call site (add more with [`add`](Self::add)).
+    pub fn of<C: Collector>(collector: Arc<C>) -> Collectors {
+        let c = Collectors::new();
+        c.add(collector);
+        c
+    }
+
     /// A set holding `collectors`.
     pub fn with(collectors: impl IntoIterator<Item = Arc<dyn Collector>>) -> Collectors {
         let c = Collectors::new();

@@ -18,6 +18,7 @@ pub mod hedge;
 pub mod load_shed;
 pub mod metrics;
 pub mod optional;
+pub mod prelude;
 pub mod rate_limit;
 pub mod refusable;
 pub mod retry;

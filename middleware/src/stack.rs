@@ -62,9 +62,13 @@
 use std::fmt;
 
 use scylla::deserialize::row::DeserializeRow;
+use std::sync::Arc;
 use tower::util::BoxCloneSyncService;
+
+use scylla::serialize::row::SerializeRow;
 use tower_cql_core::{
-    Collectors, CqlError, CqlRequest, CqlResponse, Gate, GateService, GateState, RowStream,
+    Collectors, CqlError, CqlRequest, CqlResponse, DriverService, Gate, GateService, GateState,
+    RowStream, Statement,
 };
 use tower_layer::Layer;
 
@@ -318,6 +322,43 @@ impl StackBuilder {
     }
 }
 
+impl StackBuilder {
+    /// Builds the whole thing on a scylla `Session`: the
+    /// [`DriverService`] (driver retries off, statements prepared once and
+    /// cached) emitting into **this builder's collectors**, and the stack
+    /// around it. The one place collectors are given, so the driver's
+    /// attempt events and the stack's request events cannot go to two
+    /// different sets (with [`build`](Self::build), the driver service is
+    /// built by hand and must be given [`collectors`](Self::collectors)).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use tower_cql_middleware::prelude::*;
+    ///
+    /// let session = scylla::client::session_builder::SessionBuilder::new()
+    ///     .known_node("127.0.0.1:9042")
+    ///     .build()
+    ///     .await?;
+    /// let memory = Arc::new(InMemoryCollector::new());
+    /// let stack = StackBuilder::new(Collectors::of(memory.clone())).build_on(session)?;
+    /// let get_user = Statement::new("SELECT name FROM app.users WHERE id = ?").idempotent(true);
+    /// let names: Vec<(String,)> = stack.execute(&get_user, (42i64,)).await?.rows()?;
+    /// stack.close().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn build_on(
+        self,
+        session: impl Into<Arc<scylla::client::session::Session>>,
+    ) -> Result<Stack<BoxService>, ConfigError> {
+        let driver = DriverService::builder(session.into())
+            .collectors(self.collectors.clone())
+            .build()
+            .map_err(|e| ConfigError::new("driver", e.message().to_string()))?;
+        self.build(driver)
+    }
+}
+
 impl StackLayers {
     /// The layers around `inner` in the stack's order, each layer that is
     /// `None` as its pass-through: what [`StackBuilder::build`] boxes.
@@ -376,6 +417,25 @@ impl<S: Clone> Stack<S> {
 }
 
 impl Stack<BoxService> {
+    /// Executes `statement` with `values` through the stack: the call a
+    /// scylla user knows (`session.execute_unpaged(&prepared, values)`),
+    /// with every layer around it. For per-request options (consistency,
+    /// timeout, page size), build the request with
+    /// [`Statement::request`](tower_cql_core::Statement::request) and use
+    /// [`call`](Self::call).
+    pub async fn execute(
+        &self,
+        statement: &Statement,
+        values: impl SerializeRow + Send + Sync + 'static,
+    ) -> Result<CqlResponse, CqlError> {
+        self.call(statement.request().bind(values)).await
+    }
+
+    /// Sends `request` through the stack (waiting until it is ready).
+    pub async fn call(&self, request: CqlRequest) -> Result<CqlResponse, CqlError> {
+        tower::ServiceExt::oneshot(self.service(), request).await
+    }
+
     /// Starts a paged read of `req` (set its page size with
     /// [`CqlRequest::page_size`]), decoding rows as `T`. Every page is a
     /// request through the whole stack: the gate, the limits, the

@@ -672,3 +672,46 @@ mod subsets {
         }
     }
 }
+
+/// `build_on(session)`: the collectors are given once, and both the
+/// stack's request events and the driver's attempt events reach them;
+/// `stack.execute(&statement, values)` is the scylla-shaped call site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_on_a_session_gives_the_collectors_once() {
+    use tower_cql_middleware::prelude::*;
+    let cluster = tower_cql_testkit::Cluster::start().await.unwrap();
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .build()
+        .await
+        .unwrap();
+    let memory = Arc::new(InMemoryCollector::new());
+    let stack = StackBuilder::new(Collectors::of(memory.clone()))
+        .build_on(session)
+        .unwrap();
+    for cql in [
+        "CREATE KEYSPACE app WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        "CREATE TABLE app.users (id bigint PRIMARY KEY, name text)",
+    ] {
+        stack.call(CqlRequest::unprepared(cql)).await.unwrap();
+    }
+    let put = Statement::new("INSERT INTO app.users (id, name) VALUES (?, ?)").operation("put");
+    let get = Statement::new("SELECT name FROM app.users WHERE id = ?").operation("get");
+    stack.execute(&put, (42i64, "Ada")).await.unwrap();
+    let names: Vec<(String,)> = stack.execute(&get, (42i64,)).await.unwrap().rows().unwrap();
+    assert_eq!(names, vec![("Ada".to_string(),)]);
+    stack.close().await;
+    let snap = memory.snapshot();
+    for op in ["put", "get"] {
+        assert_eq!(
+            snap.request_latency(Some(op)).count(),
+            1,
+            "{op}: request event"
+        );
+        assert_eq!(
+            snap.attempt_latency(Some(op)).count(),
+            1,
+            "{op}: the driver's attempt event"
+        );
+    }
+}
