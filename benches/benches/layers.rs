@@ -89,13 +89,10 @@ fn bench_layers(c: &mut Criterion) {
     );
     run!(
         "timeout (per attempt)",
-        TimeoutLayer::new(
-            TimeoutConfig {
-                per_attempt: Some(Duration::from_secs(1)),
-                honour_deadline: true
-            },
-            Collectors::new()
-        )
+        TimeoutLayer::new(TimeoutConfig {
+            per_attempt: Some(Duration::from_secs(1)),
+            honour_deadline: true
+        })
         .unwrap()
         .layer(noop())
     );

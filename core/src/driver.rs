@@ -55,7 +55,7 @@ use crate::cancel::CancelReason;
 use crate::classify::NodeVerdict;
 use crate::collector::Collectors;
 use crate::error::{CqlError, ErrorKind};
-use crate::event::{AttemptEvent, AttemptReason, Event};
+use crate::event::{AttemptEvent, Event};
 use crate::hash::FxBuild;
 use crate::request::{CqlRequest, RequestMeta, StatementBody};
 use crate::response::CqlResponse;
@@ -779,22 +779,5 @@ impl tower_service::Service<CqlRequest> for DriverService {
             let page = req.meta().paging_state().cloned();
             inner.execute(req, page).await.map(|(r, _)| r)
         })
-    }
-}
-
-impl RequestMeta {
-    /// Zero-based attempt index (set by the retry and hedge layers).
-    pub fn attempt_index(&self) -> u32 {
-        self.attempt.0
-    }
-
-    /// Why this attempt is made.
-    pub fn attempt_reason(&self) -> AttemptReason {
-        self.attempt.1
-    }
-
-    /// Marks the request as attempt `index` made for `reason`.
-    pub fn set_attempt(&mut self, index: u32, reason: AttemptReason) {
-        self.attempt = (index, reason);
     }
 }

@@ -30,27 +30,7 @@ use std::time::Duration;
 use crate::error::{CqlError, ErrorKind};
 use crate::request::RequestMeta;
 
-/// Why an attempt was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum AttemptReason {
-    /// The first attempt.
-    Initial,
-    /// A retry after an error.
-    Retry,
-    /// A speculative (hedged) attempt racing a slow one.
-    Speculative,
-}
-
-impl AttemptReason {
-    /// `"initial"`, `"retry"` or `"speculative"`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            AttemptReason::Initial => "initial",
-            AttemptReason::Retry => "retry",
-            AttemptReason::Speculative => "speculative",
-        }
-    }
-}
+pub use crate::request::AttemptReason;
 
 /// A logical request finished (end to end, across retries, queueing and
 /// hedging): the latency the caller felt.

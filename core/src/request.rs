@@ -95,6 +95,28 @@ impl fmt::Display for Label {
     }
 }
 
+/// Why an attempt was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AttemptReason {
+    /// The first attempt.
+    Initial,
+    /// A retry after an error.
+    Retry,
+    /// A speculative (hedged) attempt racing a slow one.
+    Speculative,
+}
+
+impl AttemptReason {
+    /// `"initial"`, `"retry"` or `"speculative"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AttemptReason::Initial => "initial",
+            AttemptReason::Retry => "retry",
+            AttemptReason::Speculative => "speculative",
+        }
+    }
+}
+
 /// The kind of statement, from its first keywords: the OpenTelemetry
 /// `db.operation.name` when no operation name is given. Schema statements
 /// have kinds of their own (`CREATE TABLE`, `DROP KEYSPACE`, ...), so a
@@ -580,7 +602,7 @@ pub struct RequestMeta {
     page_size: Option<i32>,
     deadline: Option<Instant>,
     tracing: bool,
-    pub(crate) attempt: (u32, crate::event::AttemptReason),
+    pub(crate) attempt: (u32, AttemptReason),
     /// Nodes this logical request tried (see [`crate::routing`]).
     pub(crate) route: Option<Arc<crate::routing::RouteHint>>,
     /// For one page of a paged read: the page's index and where it starts.
@@ -613,10 +635,25 @@ impl RequestMeta {
             page_size: None,
             deadline: None,
             tracing: false,
-            attempt: (0, crate::event::AttemptReason::Initial),
+            attempt: (0, AttemptReason::Initial),
             route: None,
             page: None,
         }
+    }
+
+    /// Zero-based attempt index (set by the retry and hedge layers).
+    pub fn attempt_index(&self) -> u32 {
+        self.attempt.0
+    }
+
+    /// Why this attempt is made.
+    pub fn attempt_reason(&self) -> AttemptReason {
+        self.attempt.1
+    }
+
+    /// Marks the request as attempt `index` made for `reason`.
+    pub fn set_attempt(&mut self, index: u32, reason: AttemptReason) {
+        self.attempt = (index, reason);
     }
 
     /// Makes this request fetch one page, the `index`-th of a paged read,

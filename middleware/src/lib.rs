@@ -17,7 +17,6 @@ pub mod config;
 pub mod hedge;
 pub mod load_shed;
 pub mod metrics;
-pub mod optional;
 pub mod prelude;
 pub mod rate_limit;
 pub mod refusable;

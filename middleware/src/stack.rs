@@ -283,10 +283,7 @@ impl StackBuilder {
                 .as_ref()
                 .map(AttemptTraceLayer::with_config)
                 .transpose()?,
-            timeout: self
-                .timeout
-                .map(|t| TimeoutLayer::new(t, c.clone()))
-                .transpose()?,
+            timeout: self.timeout.map(TimeoutLayer::new).transpose()?,
         })
     }
 

@@ -41,10 +41,10 @@
 //! [`StackBuilder`](crate::stack::StackBuilder) builds its stack this way:
 //! every layer is present in the type, the disabled ones as
 //! pass-throughs, so the stack is one concrete type behind a single box
-//! whatever is switched on. Unlike
-//! [`OptionalLayer`](crate::optional::OptionalLayer), whose service type
-//! holds both the layer's service and the inner one (so it doubles with
-//! each optional level), a [`Toggle`]'s service type is the layer's own.
+//! whatever is switched on. Unlike tower's `option_layer` (an `Either`
+//! whose service type holds both the layer's service and the inner one,
+//! so it doubles with each optional level), a [`Toggle`]'s service type is
+//! the layer's own. This is the one way a layer is switched off.
 
 use tower_layer::Layer;
 

@@ -276,13 +276,10 @@ async fn the_timeout_tells_a_slow_attempt_from_a_passed_deadline() {
             .table("ks", "kv")
             .opcode(Opcode::Execute),
     );
-    let layer = TimeoutLayer::new(
-        TimeoutConfig {
-            per_attempt: Some(Duration::from_millis(100)),
-            honour_deadline: true,
-        },
-        s.collectors.clone(),
-    )
+    let layer = TimeoutLayer::new(TimeoutConfig {
+        per_attempt: Some(Duration::from_millis(100)),
+        honour_deadline: true,
+    })
     .unwrap();
     let svc = layer.layer(s.driver.clone());
     // A deadline that passed before the attempt: refused, never sent. (A

@@ -1,4 +1,3 @@
-use tower_cql_core::Collectors;
 use tower_layer::Layer;
 
 use super::{Timeout, TimeoutConfig};
@@ -12,11 +11,9 @@ pub struct TimeoutLayer {
 }
 
 impl TimeoutLayer {
-    /// A layer; an invalid `config` is an error naming the field. The
-    /// layer emits no events of its own (the collectors are taken for a
-    /// constructor shaped like every other layer's).
-    pub fn new(config: TimeoutConfig, collectors: Collectors) -> Result<TimeoutLayer, ConfigError> {
-        let _ = collectors;
+    /// A layer; an invalid `config` is an error naming the field. It
+    /// emits no events of its own, so it takes no collectors.
+    pub fn new(config: TimeoutConfig) -> Result<TimeoutLayer, ConfigError> {
         config.validate()?;
         Ok(TimeoutLayer { config })
     }

@@ -3,19 +3,16 @@
 //! ```
 //! use std::time::Duration;
 //! use tower::{Service, ServiceExt, service_fn};
-//! use tower_cql_core::{Collectors, CqlError, CqlRequest, ErrorKind};
+//! use tower_cql_core::{CqlError, CqlRequest, ErrorKind};
 //! use tower_cql_middleware::timeout::{TimeoutConfig, TimeoutLayer};
 //! use tower_layer::Layer;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let layer = TimeoutLayer::new(
-//!     TimeoutConfig {
-//!         per_attempt: Some(Duration::from_millis(20)),
-//!         honour_deadline: true,
-//!     },
-//!     Collectors::new(),
-//! )?;
+//! let layer = TimeoutLayer::new(TimeoutConfig {
+//!     per_attempt: Some(Duration::from_millis(20)),
+//!     honour_deadline: true,
+//! })?;
 //! // A node that takes a second to answer.
 //! let slow = service_fn(|_req: CqlRequest| async {
 //!     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -230,7 +227,6 @@ where
 mod tests {
     use super::*;
     use tower::{ServiceExt, service_fn};
-    use tower_cql_core::Collectors;
     use tower_layer::Layer;
 
     fn req() -> CqlRequest {
@@ -248,13 +244,10 @@ mod tests {
     }
 
     fn timeout(per_attempt: Option<Duration>, honour_deadline: bool) -> TimeoutLayer {
-        TimeoutLayer::new(
-            TimeoutConfig {
-                per_attempt,
-                honour_deadline,
-            },
-            Collectors::new(),
-        )
+        TimeoutLayer::new(TimeoutConfig {
+            per_attempt,
+            honour_deadline,
+        })
         .unwrap()
     }
 
@@ -359,13 +352,10 @@ mod tests {
         assert_eq!(err.field, "timeout.per_attempt");
         assert!(err.message.contains("greater than zero"), "{err}");
         assert!(
-            TimeoutLayer::new(
-                TimeoutConfig {
-                    per_attempt: Some(Duration::ZERO),
-                    honour_deadline: false
-                },
-                Collectors::new()
-            )
+            TimeoutLayer::new(TimeoutConfig {
+                per_attempt: Some(Duration::ZERO),
+                honour_deadline: false
+            })
             .is_err()
         );
     }
