@@ -1,7 +1,7 @@
 //! TLS to the cluster (feature `tls-rustls`), end to end: the real driver
 //! against a testkit cluster that serves only TLS.
 //!
-//! `cargo test -p tower-cql-core --features tls-rustls --test tls`
+//! `cargo test -p tower-cql-core --features tls-rustls,tower-cql-testkit/tls --test tls`
 
 use std::sync::Arc;
 use std::time::Duration;
