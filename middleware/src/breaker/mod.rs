@@ -144,7 +144,7 @@
 //! success: the node answered.
 //!
 //! # Lock-free
-//! The targets live in an `ArcSwap<HashMap<..>>` per kind (nodes by
+//! The targets live in a [`Registry`] per kind (nodes by
 //! address, tables by their labels, so that looking one up allocates
 //! nothing); a target seen for the first time is added by read-copy-update.
 //! Each target's state is one `AtomicU64` (state, generation, and the
@@ -163,7 +163,6 @@
 pub mod future;
 mod layer;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -171,10 +170,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::time::Instant;
 use tower_cql_core::classify::NodeVerdict;
 use tower_cql_core::event::{BreakerEvent, ShedEvent};
+use tower_cql_core::registry::Registry;
 use tower_cql_core::routing::{NodeObserver, RouteHint};
 use tower_cql_core::{
     Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind, Event, Label, RequestMeta,
@@ -585,8 +584,8 @@ pub(crate) struct Breakers {
     start: Instant,
     bucket_us: u64,
     cool_down_us: u64,
-    nodes: ArcSwap<HashMap<SocketAddr, Arc<Target>>>,
-    tables: ArcSwap<HashMap<TableKey, Arc<Target>>>,
+    nodes: Registry<SocketAddr, Arc<Target>>,
+    tables: Registry<TableKey, Arc<Target>>,
     /// Nodes whose breaker is not closed (open or half-open): while it
     /// is 0, admission looks at no node.
     open_nodes: AtomicUsize,
@@ -596,8 +595,8 @@ impl fmt::Debug for Breakers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Breakers")
             .field("config", &self.config)
-            .field("nodes", &self.nodes.load().len())
-            .field("tables", &self.tables.load().len())
+            .field("nodes", &self.nodes.len())
+            .field("tables", &self.tables.len())
             .finish()
     }
 }
@@ -614,8 +613,8 @@ impl Breakers {
             start: Instant::now(),
             bucket_us: (micros(config.window) / BUCKETS as u64).max(1),
             cool_down_us: micros(config.cool_down),
-            nodes: ArcSwap::from_pointee(HashMap::new()),
-            tables: ArcSwap::from_pointee(HashMap::new()),
+            nodes: Registry::new(),
+            tables: Registry::new(),
             open_nodes: AtomicUsize::new(0),
         }
     }
@@ -635,16 +634,8 @@ impl Breakers {
     }
 
     fn node(&self, addr: SocketAddr) -> Arc<Target> {
-        if let Some(t) = self.nodes.load().get(&addr) {
-            return t.clone();
-        }
-        let fresh = Arc::new(Target::new(addr.to_string(), Some(addr)));
-        self.nodes.rcu(|map| {
-            let mut next = HashMap::clone(map);
-            next.entry(addr).or_insert_with(|| fresh.clone());
-            next
-        });
-        self.nodes.load().get(&addr).expect("just inserted").clone()
+        self.nodes
+            .get_or_insert_with(addr, || Arc::new(Target::new(addr.to_string(), Some(addr))))
     }
 
     /// The breaker of the statement's `keyspace.table`: keyed by the
@@ -653,29 +644,21 @@ impl Breakers {
     fn table(&self, meta: &RequestMeta) -> Arc<Target> {
         let st = meta.statement();
         let key: TableKey = (st.keyspace_name().cloned(), st.table_name().cloned());
-        if let Some(t) = self.tables.load().get(&key) {
-            return t.clone();
+        if let Some(t) = self.tables.get(&key) {
+            return t;
         }
-        let fresh = Arc::new(Target::new(table_name(&key), None));
-        self.tables.rcu(|map| {
-            let mut next = HashMap::clone(map);
-            next.entry(key.clone()).or_insert_with(|| fresh.clone());
-            next
-        });
-        self.tables.load().get(&key).expect("just inserted").clone()
+        let name = table_name(&key);
+        self.tables
+            .get_or_insert_with(key, || Arc::new(Target::new(name, None)))
     }
 
     pub(crate) fn state(&self, target: &str) -> Option<BreakerState> {
         let now = self.now();
         if let Ok(addr) = target.parse::<SocketAddr>() {
-            return self
-                .nodes
-                .load()
-                .get(&addr)
-                .map(|t| t.effective_state(self, now));
+            return self.nodes.get(&addr).map(|t| t.effective_state(self, now));
         }
         self.tables
-            .load()
+            .snapshot()
             .values()
             .find(|t| t.name == target)
             .map(|t| t.effective_state(self, now))
@@ -683,8 +666,8 @@ impl Breakers {
 
     pub(crate) fn states(&self) -> Vec<(String, BreakerState)> {
         let now = self.now();
-        let nodes = self.nodes.load();
-        let tables = self.tables.load();
+        let nodes = self.nodes.snapshot();
+        let tables = self.tables.snapshot();
         let mut all: Vec<_> = nodes
             .values()
             .chain(tables.values())
@@ -743,7 +726,7 @@ impl Breakers {
     ) -> Result<(), String> {
         /// Refusals named in the message, at most.
         const LISTED: usize = 4;
-        let nodes = self.nodes.load();
+        let nodes = self.nodes.snapshot();
         let mut excluded = 0;
         let mut refused = 0;
         let mut reasons: [Option<(&str, Refusal)>; LISTED] = [None; LISTED];
