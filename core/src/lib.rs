@@ -57,7 +57,6 @@ pub mod driver;
 pub mod error;
 pub mod event;
 pub mod gate;
-pub mod hash;
 pub mod histogram;
 mod lex;
 pub mod memory;

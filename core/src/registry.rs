@@ -27,9 +27,9 @@
 //! added rarely and read on every request: label sets, prepared
 //! statements, a cluster's nodes. Every tower-cql map of that kind is one.
 //!
-//! Keys are hashed with a fast hasher (not SipHash): use a registry for
-//! keys the application or the cluster chose, not for data a remote party
-//! controls.
+//! Keys are hashed with foldhash, not SipHash (lookups are on the request
+//! path): use a registry for keys the application or the cluster chose,
+//! not for data a remote party controls.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -37,10 +37,11 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use crate::hash::FxBuild;
 use crate::sync::{Swap, SwapGuard};
 
-type Map<K, V> = HashMap<K, V, FxBuild>;
+/// foldhash: fast, and seeded per process (a little resistance to
+/// flooding, though keys here are never a remote party's data).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A concurrent map read without locks and written by read-copy-update;
 /// see the [module docs](self).
