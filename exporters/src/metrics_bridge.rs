@@ -27,7 +27,7 @@
 //! | `db_client_returned_rows_total` | counter | |
 //!
 //! Labels are the bounded ones of [`SeriesLabels`]; never statement text.
-//! Handles are registered once per label set (a lock-free [`Registry`](tower_cql_core::registry::Registry)),
+//! Handles are registered once per label set (a lock-free [`Registry`]),
 //! so recording is a map lookup and an atomic update, with no allocation.
 
 use std::fmt;

@@ -29,7 +29,7 @@
 //! | `db.client.concurrency.limit` (gauge) | `{request}` | `cql.limiter` |
 //!
 //! Attribute sets are built once per label set and cached (lock-free
-//! [`Registry`](tower_cql_core::registry::Registry)), so recording allocates nothing.
+//! [`Registry`]), so recording allocates nothing.
 
 use std::fmt;
 use std::sync::Arc;

@@ -159,6 +159,11 @@
 //! [`Event::Shed`] with `reason: CircuitOpen,
 //! layer: "breaker"` (a request routed around an open node is not a
 //! refusal). [`CircuitBreakerLayer::state`] reads a target's state.
+//!
+//! [`RouteHint`]: tower_cql_core::routing::RouteHint
+//! [`NodeObserver`]: tower_cql_core::routing::NodeObserver
+//! [`NodeVerdict`]: tower_cql_core::classify::NodeVerdict
+//! [`Registry`]: tower_cql_core::registry::Registry
 
 pub mod future;
 mod layer;
