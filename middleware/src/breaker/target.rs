@@ -17,7 +17,10 @@ use tower_cql_core::routing::{NodeObserver, RouteHint};
 use tower_cql_core::{BreakerState, Collectors, CqlError, CqlResponse, Event, Label, RequestMeta};
 
 use super::BreakerConfig;
-use super::state::*;
+use super::state::{
+    CLOSED, HALF_OPEN, OPEN, PAYLOAD_MASK, generation, half_open_counts, kind, next_word, payload,
+    state_of, with_half_open_counts,
+};
 use super::window::{BUCKETS, Outcome};
 
 /// What a target says about admitting a request.
