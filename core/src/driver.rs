@@ -32,7 +32,6 @@
 //!   response future is a `Pin<Box<dyn Future>>`.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +39,6 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use scylla::client::execution_profile::ExecutionProfileHandle;
 use scylla::client::session::Session;
@@ -56,7 +54,7 @@ use crate::classify::NodeVerdict;
 use crate::collector::Collectors;
 use crate::error::{CqlError, ErrorKind};
 use crate::event::{AttemptEvent, Event};
-use crate::hash::FxBuild;
+use crate::registry::Registry;
 use crate::request::{CqlRequest, RequestMeta, StatementBody};
 use crate::response::CqlResponse;
 
@@ -64,13 +62,13 @@ use crate::response::CqlResponse;
 type Preparation = tokio::sync::OnceCell<PreparedStatement>;
 
 /// A bounded cache of prepared statements keyed by text; lookups are a
-/// lock-free `ArcSwap` load, inserts copy the map (misses are rare).
+/// lock-free [`Registry`] load, inserts copy the map (misses are rare).
 /// A statement new to the cache is prepared once however many tasks miss
 /// it at the same moment: they wait on one preparation (`preparing`).
 struct PreparedCache {
-    map: ArcSwap<HashMap<Arc<str>, PreparedStatement, FxBuild>>,
+    map: Registry<Arc<str>, PreparedStatement>,
     /// Preparations in flight, by text (single flight).
-    preparing: ArcSwap<HashMap<Arc<str>, Arc<Preparation>, FxBuild>>,
+    preparing: Registry<Arc<str>, Arc<Preparation>>,
     capacity: usize,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -78,7 +76,7 @@ struct PreparedCache {
 
 impl PreparedCache {
     fn get(&self, text: &str) -> Option<PreparedStatement> {
-        let found = self.map.load().get(text).cloned();
+        let found = self.map.get(text);
         match &found {
             Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
             None => self.misses.fetch_add(1, Ordering::Relaxed),
@@ -89,7 +87,7 @@ impl PreparedCache {
     /// [`get`](Self::get) that counts a hit but not a miss (the caller
     /// falls back to `get` on a miss).
     fn get_hit(&self, text: &str) -> Option<PreparedStatement> {
-        let found = self.map.load().get(text).cloned();
+        let found = self.map.get(text);
         if found.is_some() {
             self.hits.fetch_add(1, Ordering::Relaxed);
         }
@@ -98,43 +96,19 @@ impl PreparedCache {
 
     /// The preparation of `text` in flight, joined or started.
     fn preparation(&self, text: &Arc<str>) -> Arc<Preparation> {
-        if let Some(p) = self.preparing.load().get(&**text) {
-            return p.clone();
-        }
-        let fresh = Arc::new(Preparation::new());
-        self.preparing.rcu(|map| {
-            let mut next = HashMap::clone(map);
-            next.entry(text.clone()).or_insert_with(|| fresh.clone());
-            next
-        });
-        self.preparing.load().get(&**text).cloned().unwrap_or(fresh)
+        self.preparing
+            .get_or_insert_with(text.clone(), || Arc::new(Preparation::new()))
     }
 
     /// Forgets the preparation `done` of `text` once its statement is in
     /// the cache (a later one, started meanwhile, stays).
     fn prepared(&self, text: &Arc<str>, done: &Arc<Preparation>) {
-        self.preparing.rcu(|map| {
-            let mut next = HashMap::clone(map);
-            if next.get(&**text).is_some_and(|p| Arc::ptr_eq(p, done)) {
-                next.remove(&**text);
-            }
-            next
-        });
+        self.preparing.remove_if(&**text, |p| Arc::ptr_eq(p, done));
     }
 
     fn insert(&self, text: Arc<str>, stmt: PreparedStatement) {
-        let capacity = self.capacity;
-        self.map.rcu(|map| {
-            let mut next = HashMap::clone(map);
-            if next.len() >= capacity && !next.contains_key(&*text) {
-                // evict an arbitrary entry; a real workload has few statements
-                if let Some(k) = next.keys().next().cloned() {
-                    next.remove(&k);
-                }
-            }
-            next.insert(text.clone(), stmt.clone());
-            next
-        });
+        // evicts an arbitrary entry when full; a real workload has few statements
+        self.map.insert_evicting(text, stmt, self.capacity);
     }
 }
 
@@ -156,7 +130,7 @@ impl fmt::Debug for DriverService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (hits, misses) = self.cache_stats();
         f.debug_struct("DriverService")
-            .field("cached_statements", &self.inner.cache.map.load().len())
+            .field("cached_statements", &self.inner.cache.map.len())
             .field("cache_hits", &hits)
             .field("cache_misses", &misses)
             .field("driver_retries", &self.inner.profile.is_none())
@@ -236,8 +210,8 @@ impl DriverServiceBuilder {
             inner: Arc::new(DriverInner {
                 session: self.session,
                 cache: PreparedCache {
-                    map: ArcSwap::from_pointee(HashMap::default()),
-                    preparing: ArcSwap::from_pointee(HashMap::default()),
+                    map: Registry::new(),
+                    preparing: Registry::new(),
                     capacity: self.cache_capacity,
                     hits: AtomicU64::new(0),
                     misses: AtomicU64::new(0),
@@ -484,8 +458,8 @@ impl DriverInner {
         let out = preparation
             .get_or_try_init(|| async {
                 // finished by another task since this one missed
-                if let Some(p) = self.cache.map.load().get(&**text) {
-                    return Ok(p.clone());
+                if let Some(p) = self.cache.map.get(&**text) {
+                    return Ok(p);
                 }
                 let mut p = self
                     .session

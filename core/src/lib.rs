@@ -40,6 +40,7 @@
 //! - [`gate`]: the shutdown gate.
 //! - [`analysis`]: what a statement's text says (kind, table, LWT, counters).
 //! - [`redact`]: statement text with literals removed (same lexer as the analysis).
+//! - [`registry`]: [`Registry`](registry::Registry), the lock-free read-copy-update map.
 //!
 //! # Loom
 //! The lock-free parts have `loom` models:
@@ -56,12 +57,12 @@ pub mod driver;
 pub mod error;
 pub mod event;
 pub mod gate;
-pub mod hash;
 pub mod histogram;
 mod lex;
 pub mod memory;
 pub mod paging;
 pub mod redact;
+pub mod registry;
 pub mod request;
 pub mod response;
 pub mod routing;

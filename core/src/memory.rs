@@ -23,19 +23,16 @@
 //! assert_eq!(snap.ok, 3);
 //! ```
 //!
-//! Recording takes no lock: series are found in an `ArcSwap`ped map (a new
+//! Recording takes no lock: series are found in a [`Registry`] (a new
 //! series copies the map, which happens once per label set), histograms and
 //! counters are atomics. The number of series is bounded
 //! ([`InMemoryCollector::with_max_series`]); label sets past the bound are
 //! folded into one overflow series and counted.
 
-use crate::hash::FxBuild;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use arc_swap::ArcSwap;
 
 use crate::collector::Collector;
 use crate::error::{CqlError, ErrorKind};
@@ -44,6 +41,7 @@ use crate::event::{
     ShedEvent, StreamEvent, ThrottleEvent,
 };
 use crate::histogram::{Histogram, HistogramSnapshot};
+use crate::registry::Registry;
 use crate::request::{Label, OperationKind, RequestMeta};
 
 /// The labels of one series. Bounded by construction: names the caller
@@ -136,7 +134,7 @@ impl Series {
 }
 
 struct SeriesMap {
-    map: ArcSwap<HashMap<SeriesLabels, Arc<Series>, FxBuild>>,
+    map: Registry<SeriesLabels, Arc<Series>>,
     max: usize,
     overflow: Arc<Series>,
     overflowed: AtomicU64,
@@ -145,7 +143,7 @@ struct SeriesMap {
 impl SeriesMap {
     fn new(max: usize) -> SeriesMap {
         SeriesMap {
-            map: ArcSwap::from_pointee(HashMap::default()),
+            map: Registry::new(),
             max,
             overflow: Arc::new(Series::new()),
             overflowed: AtomicU64::new(0),
@@ -155,26 +153,14 @@ impl SeriesMap {
     /// Records `nanos` in the series of `labels`; `ok` and `rows` are
     /// counted for request series (attempts pass `false` and 0).
     fn record(&self, labels: SeriesLabels, nanos: u64, ok: bool, rows: u64) {
-        if let Some(h) = self.map.load().get(&labels) {
+        // through a snapshot: no reference count touched on the hot path
+        if let Some(h) = self.map.snapshot().get(&labels) {
             h.record(nanos, ok, rows);
             return;
         }
-        let mut chosen: Option<Arc<Series>> = None;
-        self.map.rcu(|map| {
-            if let Some(h) = map.get(&labels) {
-                chosen = Some(h.clone());
-                return Arc::clone(map);
-            }
-            if map.len() >= self.max {
-                chosen = None;
-                return Arc::clone(map);
-            }
-            let h = Arc::new(Series::new());
-            chosen = Some(h.clone());
-            let mut next = HashMap::clone(map);
-            next.insert(labels.clone(), h);
-            Arc::new(next)
-        });
+        let chosen = self
+            .map
+            .get_or_insert_bounded(labels, self.max, || Arc::new(Series::new()));
         match chosen {
             Some(h) => h.record(nanos, ok, rows),
             None => {
@@ -186,7 +172,7 @@ impl SeriesMap {
 
     /// The sum of a counter over every series, the overflow one included.
     fn sum(&self, counter: impl Fn(&Series) -> &AtomicU64) -> u64 {
-        let map = self.map.load();
+        let map = self.map.snapshot();
         map.values()
             .map(|s| counter(s).load(Ordering::Relaxed))
             .sum::<u64>()
@@ -194,7 +180,7 @@ impl SeriesMap {
     }
 
     fn snapshot(&self) -> Vec<SeriesSnapshot> {
-        let map = self.map.load();
+        let map = self.map.snapshot();
         let mut out: Vec<SeriesSnapshot> = map
             .iter()
             .map(|(labels, h)| SeriesSnapshot {
@@ -214,7 +200,7 @@ impl SeriesMap {
     }
 
     fn memory_bytes(&self) -> usize {
-        let n = self.map.load().len() + 1;
+        let n = self.map.len() + 1;
         n * (self.overflow.histogram.memory_bytes() + std::mem::size_of::<SeriesLabels>() + 64)
     }
 }
@@ -259,8 +245,8 @@ pub struct InMemoryCollector {
 impl fmt::Debug for InMemoryCollector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InMemoryCollector")
-            .field("request_series", &self.requests.map.load().len())
-            .field("attempt_series", &self.attempts.map.load().len())
+            .field("request_series", &self.requests.map.len())
+            .field("attempt_series", &self.attempts.map.len())
             .field("ok", &self.requests.sum(|s| &s.ok))
             .finish()
     }

@@ -14,6 +14,14 @@ pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
 #[cfg(not(tower_cql_loom))]
 pub(crate) type Swap<T> = arc_swap::ArcSwap<T>;
 
+/// What [`Swap::load`] returns: an `arc_swap` guard (no reference count
+/// touched), or under loom an `Arc`.
+#[cfg(not(tower_cql_loom))]
+pub(crate) type SwapGuard<T> = arc_swap::Guard<std::sync::Arc<T>>;
+
+#[cfg(tower_cql_loom)]
+pub(crate) type SwapGuard<T> = std::sync::Arc<T>;
+
 #[cfg(tower_cql_loom)]
 pub(crate) use loom_swap::Swap;
 

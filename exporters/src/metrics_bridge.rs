@@ -27,18 +27,17 @@
 //! | `db_client_returned_rows_total` | counter | |
 //!
 //! Labels are the bounded ones of [`SeriesLabels`]; never statement text.
-//! Handles are registered once per label set (a lock-free `ArcSwap` map),
+//! Handles are registered once per label set (a lock-free [`Registry`]),
 //! so recording is a map lookup and an atomic update, with no allocation.
 
-use std::collections::HashMap;
 use std::fmt;
 
-use arc_swap::ArcSwap;
 use metrics::{Counter, Histogram, Label};
 use tower_cql_core::event::{
     AttemptEvent, BreakerEvent, LimitEvent, PageEvent, RequestEvent, RetryEvent, ShedEvent,
     StreamEvent, ThrottleEvent,
 };
+use tower_cql_core::registry::Registry;
 use tower_cql_core::{Collector, CqlError, RequestMeta, SeriesLabels};
 
 /// Request latency histogram name.
@@ -90,28 +89,21 @@ fn series(
 /// Histogram handles per label set, registered on first use.
 struct Handles {
     name: &'static str,
-    map: ArcSwap<HashMap<SeriesLabels, Histogram>>,
+    map: Registry<SeriesLabels, Histogram>,
 }
 
 impl Handles {
     fn new(name: &'static str) -> Handles {
         Handles {
             name,
-            map: ArcSwap::from_pointee(HashMap::new()),
+            map: Registry::new(),
         }
     }
 
     fn get(&self, key: SeriesLabels) -> Histogram {
-        if let Some(h) = self.map.load().get(&key) {
-            return h.clone();
-        }
-        let h = metrics::histogram!(self.name, labels(&key));
-        self.map.rcu(|m| {
-            let mut next = HashMap::clone(m);
-            next.entry(key.clone()).or_insert_with(|| h.clone());
-            next
-        });
-        h
+        let name = self.name;
+        self.map
+            .get_or_insert_with(key.clone(), || metrics::histogram!(name, labels(&key)))
     }
 }
 
@@ -127,8 +119,8 @@ pub struct MetricsBridge {
 impl fmt::Debug for MetricsBridge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MetricsBridge")
-            .field("request_series", &self.requests.map.load().len())
-            .field("attempt_series", &self.attempts.map.load().len())
+            .field("request_series", &self.requests.map.len())
+            .field("attempt_series", &self.attempts.map.len())
             .finish()
     }
 }

@@ -29,18 +29,17 @@
 //! | `db.client.concurrency.limit` (gauge) | `{request}` | `cql.limiter` |
 //!
 //! Attribute sets are built once per label set and cached (lock-free
-//! `ArcSwap` map), so recording allocates nothing.
+//! [`Registry`]), so recording allocates nothing.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
 use tower_cql_core::event::{
     AttemptEvent, BreakerEvent, LimitEvent, RequestEvent, RetryEvent, ShedEvent, ThrottleEvent,
 };
+use tower_cql_core::registry::Registry;
 use tower_cql_core::{AttemptReason, Collector, CqlError, RequestMeta, SeriesLabels};
 
 /// The conventions' explicit bucket boundaries for `db.client.operation.duration`, in seconds
@@ -98,7 +97,7 @@ pub struct OtelCollector {
     shed: Counter<u64>,
     breaker: Counter<u64>,
     limit: Gauge<u64>,
-    attrs: ArcSwap<HashMap<SeriesLabels, Arc<[KeyValue]>>>,
+    attrs: Registry<SeriesLabels, Arc<[KeyValue]>>,
     provider: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
     // Also flushed by `flush()`, after the meter provider (e.g. the OTLP
     // tracer provider, so the stack's close() sends the last spans too).
@@ -108,7 +107,7 @@ pub struct OtelCollector {
 impl fmt::Debug for OtelCollector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OtelCollector")
-            .field("label_sets", &self.attrs.load().len())
+            .field("label_sets", &self.attrs.len())
             .finish()
     }
 }
@@ -164,7 +163,7 @@ impl OtelCollector {
                 .with_unit("{request}")
                 .with_description("The current adaptive concurrency limit")
                 .build(),
-            attrs: ArcSwap::from_pointee(HashMap::new()),
+            attrs: Registry::new(),
             provider: None,
             also_flush: None,
         }
@@ -188,16 +187,8 @@ impl OtelCollector {
     }
 
     fn attrs(&self, key: SeriesLabels) -> Arc<[KeyValue]> {
-        if let Some(a) = self.attrs.load().get(&key) {
-            return a.clone();
-        }
-        let a = attributes(&key);
-        self.attrs.rcu(|m| {
-            let mut next = HashMap::clone(m);
-            next.entry(key.clone()).or_insert_with(|| a.clone());
-            next
-        });
-        a
+        self.attrs
+            .get_or_insert_with(key.clone(), || attributes(&key))
     }
 }
 

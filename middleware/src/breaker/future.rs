@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tower_cql_core::routing::RouteHint;
 use tower_cql_core::{CqlError, CqlResponse};
 
-use super::{Breakers, Probe, Target};
+use super::target::{Breakers, Probe, Target};
 
 pin_project! {
     /// The inner service's future, whose outcome is recorded against its

@@ -32,14 +32,12 @@
 
 mod future;
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use tower_cql_core::hash::FxBuild;
 
-use arc_swap::ArcSwap;
+use tower_cql_core::registry::Registry;
 use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, Label, RequestMeta};
 use tower_layer::Layer;
 
@@ -80,7 +78,7 @@ type LabelSet = (Option<Label>, Option<Label>, Option<Label>);
 
 /// Bounds the distinct label sets; lock-free reads, copy-on-write inserts.
 struct CardinalityGuard {
-    seen: ArcSwap<HashSet<LabelSet, FxBuild>>,
+    seen: Registry<LabelSet, ()>,
     max: usize,
     folded: AtomicU64,
 }
@@ -94,24 +92,13 @@ impl CardinalityGuard {
             meta.keyspace().cloned(),
             meta.table().cloned(),
         );
-        if self.seen.load().contains(&key) {
+        if self.seen.contains_key(&key) {
             return;
         }
-        let mut admitted = false;
-        self.seen.rcu(|seen| {
-            if seen.contains(&key) {
-                admitted = true;
-                return Arc::clone(seen);
-            }
-            if seen.len() >= self.max {
-                admitted = false;
-                return Arc::clone(seen);
-            }
-            admitted = true;
-            let mut next = HashSet::clone(seen);
-            next.insert(key.clone());
-            Arc::new(next)
-        });
+        let admitted = self
+            .seen
+            .get_or_insert_bounded(key, self.max, || ())
+            .is_some();
         if !admitted {
             self.folded.fetch_add(1, Ordering::Relaxed);
             meta.set_operation(Some(OTHER));
@@ -144,7 +131,7 @@ impl MetricsLayer {
         Ok(MetricsLayer {
             collectors,
             guard: Arc::new(CardinalityGuard {
-                seen: ArcSwap::from_pointee(HashSet::default()),
+                seen: Registry::new(),
                 max: config.max_label_sets,
                 folded: AtomicU64::new(0),
             }),
