@@ -10,10 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tower::{ServiceExt, service_fn};
-use tower_cql_core::event::BreakerEvent;
 use tower_cql_core::{
-    BreakerState, Collector, Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind,
-    ExecutionInfo,
+    Collector, Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind, ExecutionInfo,
 };
 use tower_cql_middleware::breaker::BreakerConfig;
 use tower_cql_middleware::metrics::MetricsConfig;
@@ -23,34 +21,7 @@ use tower_cql_testkit::{Fault, InjectedError, Opcode};
 
 mod support;
 
-use support::{GET, cluster, fast_retries, read};
-
-/// Breaker state changes, as the collectors saw them.
-#[derive(Default)]
-struct BreakerLog(std::sync::Mutex<Vec<(String, BreakerState, BreakerState)>>);
-
-impl Collector for BreakerLog {
-    fn on_breaker(&self, e: &BreakerEvent<'_>) {
-        self.0
-            .lock()
-            .unwrap()
-            .push((e.target.to_string(), e.from, e.to));
-    }
-}
-
-impl BreakerLog {
-    fn opened(&self, target: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(t, _, to)| t == target && *to == BreakerState::Open)
-    }
-
-    fn all(&self) -> Vec<(String, BreakerState, BreakerState)> {
-        self.0.lock().unwrap().clone()
-    }
-}
+use support::{BreakerLog, GET, cluster, fast_retries, read};
 
 /// Node 0 fails every read; retries hide it (every request succeeds on
 /// another node), yet its breaker opens: the breaker learns from attempts.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use scylla::client::session_builder::SessionBuilder;
 use tower::ServiceExt;
 use tower_cql_core::GateService;
-use tower_cql_core::event::{AttemptEvent, BreakerEvent};
+use tower_cql_core::event::AttemptEvent;
 use tower_cql_core::{
     AttemptReason, BreakerState, Collector, Collectors, CqlRequest, DriverService, ErrorKind,
     InMemoryCollector, Statement,
@@ -25,6 +25,10 @@ use tower_cql_middleware::hedge::{HedgeConfig, HedgeDelay};
 use tower_cql_middleware::retry::{Backoff, BudgetConfig, RetryConfig};
 use tower_cql_middleware::stack::{BoxService, StackBuilder};
 use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
+
+mod support;
+
+use support::BreakerLog;
 
 const GET: &str = "SELECT v FROM ks.kv WHERE k = ?";
 const PUT: &str = "INSERT INTO ks.kv (k, v) VALUES (?, ?)";
@@ -527,29 +531,6 @@ async fn a_retry_goes_to_another_node_than_the_one_that_failed() {
     stack.close().await;
 }
 
-/// Breaker state changes, as the collectors saw them.
-#[derive(Default)]
-struct BreakerLog(std::sync::Mutex<Vec<(String, BreakerState, BreakerState)>>);
-
-impl Collector for BreakerLog {
-    fn on_breaker(&self, e: &BreakerEvent<'_>) {
-        self.0
-            .lock()
-            .unwrap()
-            .push((e.target.to_string(), e.from, e.to));
-    }
-}
-
-impl BreakerLog {
-    fn has(&self, target: &str, from: BreakerState, to: BreakerState) -> bool {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(t, f, s)| t == target && *f == from && *s == to)
-    }
-}
-
 /// Reads from four callers, one request every 2 ms each, for `run_for`;
 /// also gives the first `CircuitOpen` error seen.
 async fn paced(
@@ -644,7 +625,7 @@ async fn the_breaker_routes_around_a_failing_node_and_probes_it_back() {
             && log.has(&node0, BreakerState::Open, BreakerState::HalfOpen)
             && log.has(&node0, BreakerState::HalfOpen, BreakerState::Open),
         "opened, probed, re-opened: {:?}",
-        log.0.lock().unwrap()
+        log.all()
     );
     // Nothing refused: the healthy nodes served everything but what went
     // to node 0.
@@ -692,7 +673,7 @@ async fn the_breaker_routes_around_a_failing_node_and_probes_it_back() {
     assert!(
         log.has(&node0, BreakerState::HalfOpen, BreakerState::Closed),
         "{:?}",
-        log.0.lock().unwrap()
+        log.all()
     );
     assert!(
         served_by_0 * 6 > out.ok,

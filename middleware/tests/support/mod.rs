@@ -101,3 +101,60 @@ pub(crate) fn fast_retries(max_attempts: u32) -> RetryConfig {
         },
     }
 }
+
+/// Breaker state changes, as the collectors saw them.
+#[derive(Default)]
+pub(crate) struct BreakerLog(
+    std::sync::Mutex<
+        Vec<(
+            String,
+            tower_cql_core::BreakerState,
+            tower_cql_core::BreakerState,
+        )>,
+    >,
+);
+
+impl Collector for BreakerLog {
+    fn on_breaker(&self, e: &tower_cql_core::event::BreakerEvent<'_>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((e.target.to_string(), e.from, e.to));
+    }
+}
+
+impl BreakerLog {
+    /// Whether `target` went from `from` to `to`.
+    pub(crate) fn has(
+        &self,
+        target: &str,
+        from: tower_cql_core::BreakerState,
+        to: tower_cql_core::BreakerState,
+    ) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(t, f, s)| t == target && *f == from && *s == to)
+    }
+
+    /// Whether `target` opened (from any state).
+    pub(crate) fn opened(&self, target: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(t, _, to)| t == target && *to == tower_cql_core::BreakerState::Open)
+    }
+
+    /// Every change so far.
+    pub(crate) fn all(
+        &self,
+    ) -> Vec<(
+        String,
+        tower_cql_core::BreakerState,
+        tower_cql_core::BreakerState,
+    )> {
+        self.0.lock().unwrap().clone()
+    }
+}
