@@ -23,8 +23,15 @@ use tracing_subscriber::prelude::*;
 
 const SECRET: &str = "sk-test-4f1c9a7e-do-not-print";
 
+/// The tests here export through OpenTelemetry's SDK, whose pieces keep
+/// process-wide state; run concurrently in one binary, one test's spans
+/// were seen going to another's exporter ("no spans arrived"). One at a
+/// time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Writes every span field and event that passes through `tracing` into a
 /// string, to prove the header value never does.
+
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<String>>);
 
@@ -355,16 +362,19 @@ async fn export_end_to_end(protocol: Protocol, transport: Transport) {
 // flushes on a blocking thread, so nothing deadlocks).
 #[tokio::test(flavor = "current_thread")]
 async fn grpc_export_of_metrics_and_spans() {
+    let _serial = SERIAL.lock().await;
     export_end_to_end(Protocol::Grpc, Transport::Grpc).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn http_protobuf_export_of_metrics_and_spans() {
+    let _serial = SERIAL.lock().await;
     export_end_to_end(Protocol::HttpProtobuf, Transport::HttpProtobuf).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_environment_chooses_protocol_and_endpoint() {
+    let _serial = SERIAL.lock().await;
     let receiver = OtlpReceiver::start().await.unwrap();
     let otlp = OtlpExporterBuilder::from_vars([
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
@@ -412,6 +422,7 @@ fn install_outside_a_runtime_is_a_clear_error() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn install_refuses_invalid_configuration() {
+    let _serial = SERIAL.lock().await;
     let cases: Vec<(OtlpExporterBuilder, &str)> = vec![
         (
             no_env().endpoint("http//oops"),
@@ -470,6 +481,7 @@ async fn install_refuses_invalid_configuration() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn install_sends_headers_to_loopback_without_being_told() {
+    let _serial = SERIAL.lock().await;
     let receiver = OtlpReceiver::start().await.unwrap();
     let port = receiver.addr().port();
     for endpoint in [
@@ -586,11 +598,13 @@ async fn close_with_an_unresponsive_endpoint(protocol: Protocol) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_close_timeout_keeps_its_bound_when_the_endpoint_never_answers() {
+    let _serial = SERIAL.lock().await;
     close_with_an_unresponsive_endpoint(Protocol::Grpc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_close_timeout_keeps_its_bound_when_the_endpoint_never_answers() {
+    let _serial = SERIAL.lock().await;
     close_with_an_unresponsive_endpoint(Protocol::HttpProtobuf).await;
 }
 
@@ -646,10 +660,12 @@ async fn the_signal_specific_endpoint_wins(protocol: Protocol) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_the_traces_endpoint_wins_over_the_general_one() {
+    let _serial = SERIAL.lock().await;
     the_signal_specific_endpoint_wins(Protocol::Grpc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_the_traces_endpoint_wins_over_the_general_one() {
+    let _serial = SERIAL.lock().await;
     the_signal_specific_endpoint_wins(Protocol::HttpProtobuf).await;
 }
