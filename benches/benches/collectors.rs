@@ -29,14 +29,14 @@ fn emit_mutex(set: &MutexSet, event: Event<'_>) {
 }
 
 fn event(meta: &tower_cql_core::RequestMeta, i: u64) -> Event<'_> {
-    Event::Request(RequestEvent {
-        meta,
-        duration: Duration::from_nanos(100_000 + (i * 997) % 400_000),
-        error: None,
-        attempts: 1,
-        speculative: 0,
-        rows: 1,
-        node: None,
+    Event::Request({
+        let mut e = RequestEvent::new(
+            meta,
+            Duration::from_nanos(100_000 + (i * 997) % 400_000),
+            None,
+        );
+        e.rows = 1;
+        e
     })
 }
 
@@ -65,8 +65,8 @@ fn record(threads: usize, iters: u64, emit: &(dyn Fn(Event<'_>) + Sync)) -> Dura
 
 fn bench_scaling(c: &mut Criterion) {
     let memory = Arc::new(InMemoryCollector::new());
-    let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
-    let mutex: MutexSet = Arc::new(Mutex::new(vec![memory.clone() as Arc<dyn Collector>]));
+    let collectors = Collectors::with([memory.clone()]);
+    let mutex: MutexSet = Arc::new(Mutex::new(vec![memory.clone()]));
     let stop = Arc::new(AtomicBool::new(false));
     let swapper = {
         let (collectors, mutex, memory, stop) = (
@@ -82,9 +82,8 @@ fn bench_scaling(c: &mut Criterion) {
                 if let Some(d) = next.checked_duration_since(Instant::now()) {
                     std::thread::sleep(d);
                 }
-                collectors.replace([memory.clone() as Arc<dyn Collector>]);
-                *mutex.lock().unwrap_or_else(|e| e.into_inner()) =
-                    vec![memory.clone() as Arc<dyn Collector>];
+                collectors.replace([memory.clone()]);
+                *mutex.lock().unwrap_or_else(|e| e.into_inner()) = vec![memory.clone()];
             }
         })
     };

@@ -13,8 +13,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use tower::{Service, ServiceExt, service_fn};
 use tower_cql_core::event::{Event, RequestEvent};
 use tower_cql_core::{
-    Collector, Collectors, CqlError, CqlRequest, CqlResponse, ExecutionInfo, InMemoryCollector,
-    Statement,
+    Collectors, CqlError, CqlRequest, CqlResponse, ExecutionInfo, InMemoryCollector, Statement,
 };
 use tower_cql_middleware::metrics::{MetricsConfig, MetricsLayer};
 use tower_cql_middleware::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimitMode};
@@ -40,7 +39,7 @@ fn noop() -> Noop {
 
 fn memory() -> (Collectors, Arc<InMemoryCollector>) {
     let m = Arc::new(InMemoryCollector::new());
-    (Collectors::with([m.clone() as Arc<dyn Collector>]), m)
+    (Collectors::with([m.clone()]), m)
 }
 
 fn bench_layers(c: &mut Criterion) {
@@ -124,28 +123,20 @@ fn bench_dispatch(c: &mut Criterion) {
     let mut g = c.benchmark_group("collectors");
     g.bench_function("emit to the in-memory collector", |b| {
         b.iter(|| {
-            collectors.emit(Event::Request(RequestEvent {
-                meta: req.meta(),
-                duration: Duration::from_micros(350),
-                error: None,
-                attempts: 1,
-                speculative: 0,
-                rows: 1,
-                node: None,
+            collectors.emit(Event::Request({
+                let mut e = RequestEvent::new(req.meta(), Duration::from_micros(350), None);
+                e.rows = 1;
+                e
             }))
         })
     });
     let empty = Collectors::new();
     g.bench_function("emit with no collector", |b| {
         b.iter(|| {
-            empty.emit(Event::Request(RequestEvent {
-                meta: req.meta(),
-                duration: Duration::from_micros(350),
-                error: None,
-                attempts: 1,
-                speculative: 0,
-                rows: 1,
-                node: None,
+            empty.emit(Event::Request({
+                let mut e = RequestEvent::new(req.meta(), Duration::from_micros(350), None);
+                e.rows = 1;
+                e
             }))
         })
     });

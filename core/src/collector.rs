@@ -73,6 +73,26 @@ pub trait Collector: Send + Sync + 'static {
     }
 }
 
+/// A collector behind an `Arc`, as [`Collectors`] takes it: an `Arc<C>` of
+/// any collector type, or an `Arc<dyn Collector>`. So no `as Arc<dyn
+/// Collector>` cast is needed at a call site.
+pub trait IntoCollector {
+    /// The collector as a trait object.
+    fn into_collector(self) -> Arc<dyn Collector>;
+}
+
+impl<C: Collector> IntoCollector for Arc<C> {
+    fn into_collector(self) -> Arc<dyn Collector> {
+        self
+    }
+}
+
+impl IntoCollector for Arc<dyn Collector> {
+    fn into_collector(self) -> Arc<dyn Collector> {
+        self
+    }
+}
+
 /// Calls the collector method for `event`.
 pub fn dispatch(c: &dyn Collector, event: &Event<'_>) {
     match event {
@@ -204,8 +224,9 @@ impl Collectors {
         c
     }
 
-    /// A set holding `collectors`.
-    pub fn with(collectors: impl IntoIterator<Item = Arc<dyn Collector>>) -> Collectors {
+    /// A set holding `collectors`: `Arc`s of one collector type, or
+    /// `Arc<dyn Collector>`s to mix types.
+    pub fn with(collectors: impl IntoIterator<Item = impl IntoCollector>) -> Collectors {
         let c = Collectors::new();
         c.replace(collectors);
         c
@@ -248,8 +269,8 @@ impl Collectors {
     }
 
     /// Adds a collector; returns its id.
-    pub fn add(&self, collector: Arc<dyn Collector>) -> CollectorId {
-        let entry = self.new_entry(collector);
+    pub fn add(&self, collector: impl IntoCollector) -> CollectorId {
+        let entry = self.new_entry(collector.into_collector());
         let id = entry.id;
         self.shared.set.rcu(|set| {
             let mut entries = set.entries.clone();
@@ -274,9 +295,12 @@ impl Collectors {
     /// Replaces the whole set; returns the new ids in order.
     pub fn replace(
         &self,
-        collectors: impl IntoIterator<Item = Arc<dyn Collector>>,
+        collectors: impl IntoIterator<Item = impl IntoCollector>,
     ) -> Vec<CollectorId> {
-        let entries: Vec<Entry> = collectors.into_iter().map(|c| self.new_entry(c)).collect();
+        let entries: Vec<Entry> = collectors
+            .into_iter()
+            .map(|c| self.new_entry(c.into_collector()))
+            .collect();
         let ids = entries.iter().map(|e| e.id).collect();
         self.shared.set.rcu(|set| CollectorSet {
             generation: set.generation + 1,
@@ -474,7 +498,7 @@ mod tests {
         assert!(!c.remove(id));
         c.emit(event(req.meta()));
         assert_eq!(a.0.load(Ordering::Relaxed), 1);
-        let ids = c.replace([a.clone() as Arc<dyn Collector>, a.clone()]);
+        let ids = c.replace([a.clone(), a.clone()]);
         assert_eq!(ids.len(), 2);
         assert_eq!(c.current().len(), 2);
         c.emit(event(req.meta()));
@@ -502,7 +526,7 @@ mod tests {
     #[test]
     fn background_never_blocks_and_counts_drops() {
         let bg = Arc::new(Background::new(Arc::new(Slow), 2));
-        let c = Collectors::with([bg.clone() as Arc<dyn Collector>]);
+        let c = Collectors::with([bg.clone()]);
         let req = CqlRequest::query("SELECT 1 FROM t");
         let start = std::time::Instant::now();
         for _ in 0..100 {
@@ -550,12 +574,12 @@ mod loom_tests {
             let c = Collectors::new();
             let old = Arc::new(LoomCount(AtomicU64::new(0)));
             let new = Arc::new(LoomCount(AtomicU64::new(0)));
-            c.replace([old.clone() as Arc<dyn Collector>]);
+            c.replace([old.clone()]);
             let swapper = {
                 let c = c.clone();
                 let new = new.clone();
                 loom::thread::spawn(move || {
-                    c.replace([new as Arc<dyn Collector>]);
+                    c.replace([new]);
                 })
             };
             let req = CqlRequest::query("SELECT v FROM t");

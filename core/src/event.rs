@@ -10,18 +10,23 @@
 //! use tower_cql_core::{CqlRequest, event::{Event, RequestEvent}};
 //!
 //! let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").operation("get");
-//! let event = Event::Request(RequestEvent {
-//!     meta: req.meta(),
-//!     duration: Duration::from_micros(350),
-//!     error: None,
-//!     attempts: 1,
-//!     speculative: 0,
-//!     rows: 1,
-//!     node: None,
-//! });
+//! // Fields may be added to events: build them with `new` and set the rest.
+//! let mut request = RequestEvent::new(req.meta(), Duration::from_micros(350), None);
+//! request.rows = 1;
+//! let event = Event::Request(request);
 //! assert_eq!(event.name(), "request");
 //! let kept = event.to_owned();
 //! assert_eq!(kept.as_event().meta().unwrap().operation().unwrap().as_str(), "get");
+//! ```
+//!
+//! Every event struct and enum is `#[non_exhaustive]`: a field or variant
+//! added later breaks no collector, so outside this crate an event is made
+//! with its `new` and a match on an enum has a wildcard arm. A struct
+//! literal does not compile:
+//!
+//! ```compile_fail,E0639
+//! use tower_cql_core::event::LimitEvent;
+//! let _ = LimitEvent { limiter: "adaptive", limit: 8, in_flight: 3 };
 //! ```
 
 use std::net::SocketAddr;
@@ -35,6 +40,7 @@ pub use crate::request::AttemptReason;
 /// A logical request finished (end to end, across retries, queueing and
 /// hedging): the latency the caller felt.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct RequestEvent<'a> {
     /// The request's labels and options.
     pub meta: &'a RequestMeta,
@@ -52,8 +58,25 @@ pub struct RequestEvent<'a> {
     pub node: Option<SocketAddr>,
 }
 
+impl<'a> RequestEvent<'a> {
+    /// A request of one attempt that returned no rows, from no known node;
+    /// set the other fields on the value.
+    pub fn new(meta: &'a RequestMeta, duration: Duration, error: Option<&'a CqlError>) -> Self {
+        RequestEvent {
+            meta,
+            duration,
+            error,
+            attempts: 1,
+            speculative: 0,
+            rows: 0,
+            node: None,
+        }
+    }
+}
+
 /// One attempt finished (one round trip to a node).
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct AttemptEvent<'a> {
     /// The request's labels and options.
     pub meta: &'a RequestMeta,
@@ -71,8 +94,31 @@ pub struct AttemptEvent<'a> {
     pub rows: usize,
 }
 
+impl<'a> AttemptEvent<'a> {
+    /// An attempt that returned no rows, from no known node; set the other
+    /// fields on the value.
+    pub fn new(
+        meta: &'a RequestMeta,
+        index: u32,
+        reason: AttemptReason,
+        duration: Duration,
+        error: Option<&'a CqlError>,
+    ) -> Self {
+        AttemptEvent {
+            meta,
+            index,
+            reason,
+            duration,
+            error,
+            node: None,
+            rows: 0,
+        }
+    }
+}
+
 /// A retry was scheduled.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct RetryEvent<'a> {
     /// The request's labels and options.
     pub meta: &'a RequestMeta,
@@ -84,10 +130,24 @@ pub struct RetryEvent<'a> {
     pub cause: &'a CqlError,
 }
 
+impl<'a> RetryEvent<'a> {
+    /// A retry of `meta`'s request as attempt `attempt`, after `delay`,
+    /// because of `cause`.
+    pub fn new(meta: &'a RequestMeta, attempt: u32, delay: Duration, cause: &'a CqlError) -> Self {
+        RetryEvent {
+            meta,
+            attempt,
+            delay,
+            cause,
+        }
+    }
+}
+
 /// A request waited for, or was refused, capacity. A limiter's wait is
 /// inside the request (its [`RequestEvent`]'s `duration` includes it);
 /// the event is emitted when the wait ends.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct ThrottleEvent<'a> {
     /// The request's labels and options.
     pub meta: &'a RequestMeta,
@@ -106,8 +166,29 @@ pub struct ThrottleEvent<'a> {
     pub queue_depth: usize,
 }
 
+impl<'a> ThrottleEvent<'a> {
+    /// A wait of `waited` at `limiter`, that got through or was
+    /// `rejected`, with `queue_depth` requests queued when it ended.
+    pub fn new(
+        meta: &'a RequestMeta,
+        limiter: &'static str,
+        waited: Duration,
+        rejected: bool,
+        queue_depth: usize,
+    ) -> Self {
+        ThrottleEvent {
+            meta,
+            limiter,
+            waited,
+            rejected,
+            queue_depth,
+        }
+    }
+}
+
 /// A request was refused without being tried.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct ShedEvent<'a> {
     /// The request's labels and options.
     pub meta: &'a RequestMeta,
@@ -117,8 +198,20 @@ pub struct ShedEvent<'a> {
     pub layer: &'static str,
 }
 
+impl<'a> ShedEvent<'a> {
+    /// `layer` refused `meta`'s request for `reason`.
+    pub fn new(meta: &'a RequestMeta, reason: ErrorKind, layer: &'static str) -> Self {
+        ShedEvent {
+            meta,
+            reason,
+            layer,
+        }
+    }
+}
+
 /// A circuit breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum BreakerState {
     /// Requests flow.
     Closed,
@@ -141,6 +234,7 @@ impl BreakerState {
 
 /// A circuit breaker changed state.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct BreakerEvent<'a> {
     /// What the breaker guards (a node address or `keyspace.table`).
     pub target: &'a str,
@@ -150,8 +244,16 @@ pub struct BreakerEvent<'a> {
     pub to: BreakerState,
 }
 
+impl<'a> BreakerEvent<'a> {
+    /// The breaker of `target` went from `from` to `to`.
+    pub fn new(target: &'a str, from: BreakerState, to: BreakerState) -> Self {
+        BreakerEvent { target, from, to }
+    }
+}
+
 /// A limiter's limit changed (adaptive concurrency).
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct LimitEvent {
     /// Which limiter.
     pub limiter: &'static str,
@@ -161,8 +263,20 @@ pub struct LimitEvent {
     pub in_flight: usize,
 }
 
+impl LimitEvent {
+    /// `limiter`'s limit became `limit` with `in_flight` requests in flight.
+    pub fn new(limiter: &'static str, limit: usize, in_flight: usize) -> Self {
+        LimitEvent {
+            limiter,
+            limit,
+            in_flight,
+        }
+    }
+}
+
 /// One page of a paged read arrived.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct PageEvent<'a> {
     /// The request's labels and options.
     pub meta: &'a RequestMeta,
@@ -176,8 +290,23 @@ pub struct PageEvent<'a> {
     pub node: Option<SocketAddr>,
 }
 
+impl<'a> PageEvent<'a> {
+    /// Page `page` of `meta`'s read, of `rows` rows, took `duration`; set
+    /// `node` on the value where known.
+    pub fn new(meta: &'a RequestMeta, page: u32, rows: usize, duration: Duration) -> Self {
+        PageEvent {
+            meta,
+            page,
+            rows,
+            duration,
+            node: None,
+        }
+    }
+}
+
 /// How a paged read ended.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub enum StreamEnd<'a> {
     /// Every page was read.
     Finished,
@@ -200,6 +329,7 @@ impl StreamEnd<'_> {
 
 /// A paged read ended (exactly once per stream).
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct StreamEvent<'a> {
     /// The request's labels and options.
     pub meta: &'a RequestMeta,
@@ -211,6 +341,26 @@ pub struct StreamEvent<'a> {
     pub duration: Duration,
     /// How it ended.
     pub end: StreamEnd<'a>,
+}
+
+impl<'a> StreamEvent<'a> {
+    /// `meta`'s paged read ended (`end`) after `pages` pages, `rows` rows
+    /// and `duration`.
+    pub fn new(
+        meta: &'a RequestMeta,
+        pages: u32,
+        rows: u64,
+        duration: Duration,
+        end: StreamEnd<'a>,
+    ) -> Self {
+        StreamEvent {
+            meta,
+            pages,
+            rows,
+            duration,
+            end,
+        }
+    }
 }
 
 /// Any event.

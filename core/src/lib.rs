@@ -12,7 +12,7 @@
 //!     .await?;
 //! // Where observations go: swapped atomically, recorded without locks.
 //! let memory = Arc::new(InMemoryCollector::new());
-//! let collectors = Collectors::with([memory.clone() as Arc<dyn tower_cql_core::Collector>]);
+//! let collectors = Collectors::with([memory.clone()]);
 //! // The driver service (driver retries off: the middleware retries) ...
 //! let driver = DriverService::builder(Arc::new(session)).collectors(collectors.clone()).build()?;
 //! // ... behind a shutdown gate that drains and flushes on close.
@@ -71,7 +71,7 @@ mod sync;
 #[cfg(feature = "tls-rustls")]
 pub mod tls;
 
-pub use collector::{Background, Collector, CollectorId, CollectorSet, Collectors};
+pub use collector::{Background, Collector, CollectorId, CollectorSet, Collectors, IntoCollector};
 pub use driver::{DriverService, DriverServiceBuilder};
 pub use error::{CqlError, ErrorKind, ReplicaDetails, RetryAdvice};
 pub use event::{AttemptReason, BreakerState, Event};

@@ -7,13 +7,12 @@
 //! use tower_cql_core::{Collectors, CqlRequest, InMemoryCollector, event::{Event, RequestEvent}};
 //!
 //! let memory = Arc::new(InMemoryCollector::new());
-//! let collectors = Collectors::with([memory.clone() as Arc<dyn tower_cql_core::Collector>]);
+//! let collectors = Collectors::with([memory.clone()]);
 //! let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").operation("get");
 //! for us in [100, 200, 300] {
-//!     collectors.emit(Event::Request(RequestEvent {
-//!         meta: req.meta(), duration: Duration::from_micros(us), error: None,
-//!         attempts: 1, speculative: 0, rows: 1, node: None,
-//!     }));
+//!     let mut request = RequestEvent::new(req.meta(), Duration::from_micros(us), None);
+//!     request.rows = 1;
+//!     collectors.emit(Event::Request(request));
 //! }
 //! let snap = memory.snapshot();
 //! let latency = snap.request_latency(Some("get"));

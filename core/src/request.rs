@@ -97,6 +97,7 @@ impl fmt::Display for Label {
 
 /// Why an attempt was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum AttemptReason {
     /// The first attempt.
     Initial,

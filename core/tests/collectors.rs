@@ -35,7 +35,7 @@ fn swaps_while_recording_conserve_every_event() {
     let per_thread = total / threads;
     let collectors = Collectors::new();
     let first = Arc::new(Count::default());
-    collectors.replace([first.clone() as Arc<dyn Collector>]);
+    collectors.replace([first.clone()]);
     let retired = Arc::new(std::sync::Mutex::new(vec![first]));
     let done = Arc::new(AtomicBool::new(false));
 
@@ -49,7 +49,7 @@ fn swaps_while_recording_conserve_every_event() {
                 let c = Arc::new(Count::default());
                 retired.lock().unwrap().push(c.clone());
                 // one counting collector per generation
-                collectors.replace([c as Arc<dyn Collector>]);
+                collectors.replace([c]);
                 n += 1;
                 if n >= swaps && done.load(Ordering::Acquire) {
                     break;
@@ -67,15 +67,11 @@ fn swaps_while_recording_conserve_every_event() {
             std::thread::spawn(move || {
                 let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").operation("get");
                 for _ in 0..per_thread {
-                    collectors.emit(Event::Request(RequestEvent {
-                        meta: req.meta(),
-                        duration: Duration::from_micros(1),
-                        error: None,
-                        attempts: 1,
-                        speculative: 0,
-                        rows: 0,
-                        node: None,
-                    }));
+                    collectors.emit(Event::Request(RequestEvent::new(
+                        req.meta(),
+                        Duration::from_micros(1),
+                        None,
+                    )));
                 }
             })
         })

@@ -55,7 +55,7 @@ impl Drop for ReleaseOnDrop {
 
 fn stuck_gate() -> (Gate, Arc<StuckFlush>, ReleaseOnDrop) {
     let stuck = Arc::new(StuckFlush::default());
-    let gate = Gate::with_collectors(Collectors::with([stuck.clone() as Arc<dyn Collector>]));
+    let gate = Gate::with_collectors(Collectors::with([stuck.clone()]));
     (gate, stuck.clone(), ReleaseOnDrop(stuck))
 }
 
@@ -225,7 +225,7 @@ fn block_on<F: Future>(fut: F) -> F::Output {
 #[test]
 fn close_on_a_runtime_shut_down_still_flushes() {
     let count = Arc::new(CountFlushes::default());
-    let gate = Gate::with_collectors(Collectors::with([count.clone() as Arc<dyn Collector>]));
+    let gate = Gate::with_collectors(Collectors::with([count.clone()]));
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 use tower_cql_core::{
-    Collector, Collectors, CqlError, CqlRequest, DriverService, ErrorKind, GateService, Statement,
+    Collectors, CqlError, CqlRequest, DriverService, ErrorKind, GateService, Statement,
 };
 use tower_cql_exporters::metrics_bridge::MetricsBridge;
 use tower_cql_exporters::prometheus::{PrometheusExporter, PrometheusRecorder};
@@ -125,7 +125,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Metrics: the stack's events -> the `metrics` facade -> Prometheus text.
     let recorder = PrometheusExporter::builder().install_recorder()?;
-    let collectors = Collectors::with([Arc::new(MetricsBridge::new()) as Arc<dyn Collector>]);
+    let collectors = Collectors::with([Arc::new(MetricsBridge::new())]);
     let driver = DriverService::builder(session)
         .collectors(collectors.clone())
         .build()?;

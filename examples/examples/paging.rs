@@ -10,16 +10,14 @@ mod common;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use tower_cql_core::{
-    Collector, Collectors, CqlRequest, DriverService, InMemoryCollector, Statement,
-};
+use tower_cql_core::{Collectors, CqlRequest, DriverService, InMemoryCollector, Statement};
 use tower_cql_middleware::stack::StackBuilder;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (session, _cluster) = common::connect().await?;
     let memory = Arc::new(InMemoryCollector::new());
-    let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
+    let collectors = Collectors::with([memory.clone()]);
     let driver = DriverService::builder(session)
         .collectors(collectors.clone())
         .build()?;

@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use scylla::client::session_builder::SessionBuilder;
 use tower::{Service, ServiceExt};
-use tower_cql_core::{
-    Collector, Collectors, CqlRequest, DriverService, InMemoryCollector, Statement,
-};
+use tower_cql_core::{Collectors, CqlRequest, DriverService, InMemoryCollector, Statement};
 use tower_cql_middleware::retry::RetryConfig;
 use tower_cql_middleware::stack::StackBuilder;
 use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
@@ -65,7 +63,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     // Where observations go, and the stack around the driver.
     let memory = Arc::new(InMemoryCollector::new());
-    let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
+    let collectors = Collectors::with([memory.clone()]);
     let driver = DriverService::builder(Arc::new(session))
         .collectors(collectors.clone())
         .build()?;

@@ -39,7 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let write = Statement::new("INSERT INTO ex.kv (k, v) VALUES (?, ?)").operation("write");
     let mut generations = vec![Arc::new(Count::default())];
-    collectors.replace([generations[0].clone() as Arc<dyn Collector>]);
+    collectors.replace([generations[0].clone()]);
     let traffic = {
         let svc = stack.service();
         tokio::spawn(async move {
@@ -55,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let next = Arc::new(Count::default());
         generations.push(next.clone());
-        collectors.replace([next as Arc<dyn Collector>]); // lock-free for the requests in flight
+        collectors.replace([next]); // lock-free for the requests in flight
     }
     let sent = traffic.await??;
     stack.close().await;

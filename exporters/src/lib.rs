@@ -8,7 +8,7 @@
 //! use tower_cql_core::{Collector, Collectors};
 //! use tower_cql_exporters::metrics_bridge::MetricsBridge;
 //!
-//! let collectors = Collectors::with([Arc::new(MetricsBridge::new()) as Arc<dyn Collector>]);
+//! let collectors = Collectors::with([Arc::new(MetricsBridge::new())]);
 //! # let _ = collectors; }
 //! ```
 //!

@@ -8,7 +8,7 @@
 //! use tower_cql_exporters::metrics_bridge::MetricsBridge;
 //!
 //! // metrics_exporter_prometheus::PrometheusBuilder::new().install()?; (or any recorder)
-//! let collectors = Collectors::with([Arc::new(MetricsBridge::new()) as Arc<dyn Collector>]);
+//! let collectors = Collectors::with([Arc::new(MetricsBridge::new())]);
 //! # let _ = collectors;
 //! ```
 //!
@@ -256,26 +256,22 @@ mod tests {
         let snapshotter = recorder.snapshotter();
         metrics::with_local_recorder(&recorder, || {
             let bridge = Arc::new(MetricsBridge::new());
-            let c = Collectors::with([bridge as Arc<dyn Collector>]);
+            let c = Collectors::with([bridge]);
             let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").operation("get");
             let err = CqlError::new(ErrorKind::Overloaded, "busy");
             for (ms, error) in [(2, None), (4, None), (9, Some(&err))] {
-                c.emit(Event::Request(RequestEvent {
-                    meta: req.meta(),
-                    duration: Duration::from_millis(ms),
-                    error,
-                    attempts: 1,
-                    speculative: 0,
-                    rows: 1,
-                    node: None,
+                c.emit(Event::Request({
+                    let mut e = RequestEvent::new(req.meta(), Duration::from_millis(ms), error);
+                    e.rows = 1;
+                    e
                 }));
             }
-            c.emit(Event::Retry(RetryEvent {
-                meta: req.meta(),
-                attempt: 1,
-                delay: Duration::from_millis(1),
-                cause: &err,
-            }));
+            c.emit(Event::Retry(RetryEvent::new(
+                req.meta(),
+                1,
+                Duration::from_millis(1),
+                &err,
+            )));
         });
         let snap = snapshotter.snapshot().into_vec();
         let find = |name: &str, want: &[(&str, &str)]| {

@@ -13,7 +13,7 @@
 //!
 //! let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
 //! let otel = OtelCollector::new(&provider.meter("tower-cql"));
-//! let collectors = Collectors::with([Arc::new(otel) as Arc<dyn Collector>]);
+//! let collectors = Collectors::with([Arc::new(otel)]);
 //! # let _ = collectors;
 //! ```
 //!

@@ -10,7 +10,7 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! // 127.0.0.1:9464 by default; install it before creating the bridge
 //! let exporter = PrometheusExporter::builder().install()?;
-//! let collectors = Collectors::with([Arc::new(MetricsBridge::new()) as Arc<dyn Collector>]);
+//! let collectors = Collectors::with([Arc::new(MetricsBridge::new())]);
 //! println!("scrape http://{}/metrics", exporter.address());
 //! # let _ = collectors; Ok(()) }
 //! ```

@@ -13,7 +13,7 @@
 //!     .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.01))))
 //!     .build();
 //! let spans = SpanCollector::new(provider.tracer("tower-cql"));
-//! let collectors = Collectors::with([Arc::new(spans) as Arc<dyn Collector>]);
+//! let collectors = Collectors::with([Arc::new(spans)]);
 //! // then: StackBuilder::new(collectors).without_trace().build(driver)
 //! # let _ = collectors;
 //! ```

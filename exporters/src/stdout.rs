@@ -8,7 +8,7 @@
 //! use tower_cql_exporters::stdout::JsonLines;
 //!
 //! let exporter = JsonLines::stdout(); // an Arc<Background>: a bounded queue to a writer thread
-//! let collectors = Collectors::with([exporter.clone() as Arc<dyn Collector>]);
+//! let collectors = Collectors::with([exporter.clone()]);
 //! # let _ = collectors;
 //! ```
 //!
@@ -239,19 +239,16 @@ mod tests {
     fn writes_one_escaped_json_line_per_event_and_flushes_on_close() {
         let buf = Shared::default();
         let exporter = JsonLines::to_writer(Box::new(buf.clone()));
-        let c = Collectors::with([exporter.clone() as Arc<dyn Collector>]);
+        let c = Collectors::with([exporter.clone()]);
         let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = 'secret'")
             .bind(("bound-secret",))
             .operation("get \"quoted\"");
         let err = CqlError::new(ErrorKind::ReadTimeout, "slow");
-        c.emit(Event::Request(RequestEvent {
-            meta: req.meta(),
-            duration: Duration::from_micros(250),
-            error: Some(&err),
-            attempts: 3,
-            speculative: 0,
-            rows: 0,
-            node: Some("127.0.0.1:9042".parse().unwrap()),
+        c.emit(Event::Request({
+            let mut e = RequestEvent::new(req.meta(), Duration::from_micros(250), Some(&err));
+            e.attempts = 3;
+            e.node = Some("127.0.0.1:9042".parse().unwrap());
+            e
         }));
         c.flush(); // waits for the writer thread
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();

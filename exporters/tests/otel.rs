@@ -8,7 +8,7 @@ use std::sync::Arc;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use tower::{Service, ServiceExt};
-use tower_cql_core::{Collector, Collectors, Statement};
+use tower_cql_core::{Collectors, Statement};
 use tower_cql_exporters::otel::OtelCollector;
 use tower_cql_middleware::stack::StackBuilder;
 use tower_cql_testkit::{Fault, InjectedError, Opcode};
@@ -21,7 +21,7 @@ async fn operation_duration_follows_the_db_conventions() {
         .build();
     // with_provider: the stack's close() flushes the provider
     let otel = OtelCollector::with_provider(&provider);
-    let collectors = Collectors::with([Arc::new(otel) as Arc<dyn Collector>]);
+    let collectors = Collectors::with([Arc::new(otel)]);
 
     let (cluster, driver) = support::driver(&collectors).await;
     let stack = StackBuilder::new(collectors).build(driver).unwrap();

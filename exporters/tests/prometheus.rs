@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::{Service, ServiceExt};
-use tower_cql_core::{Collector, Collectors, Statement};
+use tower_cql_core::{Collectors, Statement};
 use tower_cql_exporters::metrics_bridge::MetricsBridge;
 use tower_cql_exporters::prometheus::PrometheusExporter;
 use tower_cql_middleware::stack::StackBuilder;
@@ -55,7 +55,7 @@ async fn the_endpoint_passes_promtool_and_a_prometheus_server_queries_it() {
     assert!(exporter.address().ip().is_loopback());
 
     // Real traffic through the stack against testkit.
-    let collectors = Collectors::with([Arc::new(MetricsBridge::new()) as Arc<dyn Collector>]);
+    let collectors = Collectors::with([Arc::new(MetricsBridge::new())]);
     let (cluster, driver) = support::driver(&collectors).await;
     let stack = StackBuilder::new(collectors).build(driver).unwrap();
     let mut svc = stack.service();

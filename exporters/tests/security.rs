@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use scylla::client::session_builder::SessionBuilder;
 use tower::ServiceExt;
 use tower_cql_core::{
-    Collector, Collectors, CqlRequest, DriverService, ErrorKind, InMemoryCollector, Statement,
+    Collectors, CqlRequest, DriverService, ErrorKind, InMemoryCollector, Statement,
 };
 use tower_cql_exporters::metrics_bridge::MetricsBridge;
 use tower_cql_exporters::prometheus::PrometheusExporter;
@@ -126,10 +126,8 @@ async fn no_value_literal_or_credential_reaches_spans_logs_labels_or_debug() {
         .await
         .unwrap();
     let memory = Arc::new(InMemoryCollector::new());
-    let collectors = Collectors::with([
-        memory.clone() as Arc<dyn Collector>,
-        Arc::new(MetricsBridge::new()),
-    ]);
+    let collectors = Collectors::of(memory.clone());
+    collectors.add(Arc::new(MetricsBridge::new()));
     let driver = DriverService::builder(Arc::new(session))
         .collectors(collectors.clone())
         .build()

@@ -12,7 +12,7 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, Value};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider, SpanData};
 use tower::{Service, ServiceExt};
-use tower_cql_core::{Collector, Collectors, Statement};
+use tower_cql_core::{Collectors, Statement};
 use tower_cql_exporters::spans::SpanCollector;
 use tower_cql_middleware::stack::{BoxService, Stack, StackBuilder};
 use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
@@ -31,7 +31,7 @@ async fn env(sampler: Sampler) -> Env {
         .with_sampler(sampler)
         .build();
     let spans = SpanCollector::new(provider.tracer("tower-cql"));
-    let collectors = Collectors::with([Arc::new(spans) as Arc<dyn Collector>]);
+    let collectors = Collectors::with([Arc::new(spans)]);
     let (cluster, driver) = support::driver(&collectors).await;
     let stack = StackBuilder::new(collectors)
         .without_trace()

@@ -14,7 +14,7 @@
 //!     sample: 1.0,
 //!     max_per_second: 20,
 //! }).unwrap();
-//! let collectors = Collectors::with([Arc::new(log) as Arc<dyn Collector>]);
+//! let collectors = Collectors::with([Arc::new(log)]);
 //! # let _ = collectors;
 //! ```
 //!
@@ -217,15 +217,11 @@ mod tests {
     }
 
     fn ev<'a>(meta: &'a tower_cql_core::RequestMeta, ms: u64) -> RequestEvent<'a> {
-        RequestEvent {
-            meta,
-            duration: Duration::from_millis(ms),
-            error: None,
-            attempts: 2,
-            speculative: 0,
-            rows: 1,
-            node: Some("127.0.0.1:9042".parse().unwrap()),
-        }
+        let mut e = RequestEvent::new(meta, Duration::from_millis(ms), None);
+        e.attempts = 2;
+        e.rows = 1;
+        e.node = Some("127.0.0.1:9042".parse().unwrap());
+        e
     }
 
     #[test]

@@ -78,7 +78,7 @@ async fn every_attempt_that_started_is_an_event_with_its_node_under_timeouts() {
 
 async fn every_attempt_is_an_event(hedged: bool) {
     let seen = Arc::new(Seen::default());
-    let collectors = Collectors::with([seen.clone() as Arc<dyn Collector>]);
+    let collectors = Collectors::with([seen.clone()]);
     let (cluster, driver) = cluster(&collectors).await;
     cluster.faults().add(
         Fault::delay(Duration::from_millis(300))
@@ -197,7 +197,7 @@ async fn every_attempt_is_an_event(hedged: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_caller_dropped_is_reported_cancelled() {
     let seen = Arc::new(Seen::default());
-    let collectors = Collectors::with([seen.clone() as Arc<dyn Collector>]);
+    let collectors = Collectors::with([seen.clone()]);
     let (cluster, driver) = cluster(&collectors).await;
     cluster.faults().add(
         Fault::delay(Duration::from_millis(500))

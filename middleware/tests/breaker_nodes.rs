@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tower::{ServiceExt, service_fn};
-use tower_cql_core::{
-    Collector, Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind, ExecutionInfo,
-};
+use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind, ExecutionInfo};
 use tower_cql_middleware::breaker::BreakerConfig;
 use tower_cql_middleware::metrics::MetricsConfig;
 use tower_cql_middleware::stack::StackBuilder;
@@ -31,7 +29,7 @@ use support::{BreakerLog, GET, cluster, fast_retries, read};
 async fn a_failing_node_hidden_behind_retries_opens_its_breaker() {
     let (cluster, driver) = cluster(&Collectors::new()).await;
     let log = Arc::new(BreakerLog::default());
-    let collectors = Collectors::with([log.clone() as Arc<dyn Collector>]);
+    let collectors = Collectors::with([log.clone()]);
     cluster.faults().add(
         Fault::error(InjectedError::ServerError)
             .opcode(Opcode::Execute)
@@ -78,7 +76,7 @@ async fn a_failing_node_hidden_behind_retries_opens_its_breaker() {
 async fn a_slow_node_s_timeouts_open_that_node_not_the_table() {
     let (cluster, driver) = cluster(&Collectors::new()).await;
     let log = Arc::new(BreakerLog::default());
-    let collectors = Collectors::with([log.clone() as Arc<dyn Collector>]);
+    let collectors = Collectors::with([log.clone()]);
     cluster.faults().add(
         Fault::delay(Duration::from_millis(400))
             .opcode(Opcode::Execute)
@@ -137,7 +135,7 @@ async fn a_slow_node_s_timeouts_open_that_node_not_the_table() {
 #[tokio::test(flavor = "current_thread")]
 async fn tables_folded_by_the_metrics_guard_keep_breakers_of_their_own() {
     let log = Arc::new(BreakerLog::default());
-    let collectors = Collectors::with([log.clone() as Arc<dyn Collector>]);
+    let collectors = Collectors::with([log.clone()]);
     // A stand-in for a service that fails `ks.bad` without naming a node.
     let inner = service_fn(|req: CqlRequest| async move {
         if req.statement().text().is_some_and(|t| t.contains("ks.bad")) {

@@ -232,7 +232,7 @@ async fn bad_input_through_the_stack_is_a_clear_error_and_nothing_is_lost() {
         .await
         .unwrap();
     let memory = Arc::new(InMemoryCollector::new());
-    let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
+    let collectors = Collectors::with([memory.clone()]);
     let driver = DriverService::builder(Arc::new(session))
         .collectors(collectors.clone())
         .build()

@@ -60,7 +60,7 @@ async fn setup(nodes: usize) -> Setup {
         .await
         .unwrap();
     let events = Arc::new(Events::default());
-    let collectors = Collectors::with([events.clone() as Arc<dyn Collector>]);
+    let collectors = Collectors::with([events.clone()]);
     let driver = DriverService::builder(Arc::new(session))
         .collectors(collectors.clone())
         .build()

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use scylla::client::session_builder::SessionBuilder;
 use tower::{Service, ServiceExt};
 use tower_cql_core::{
-    Collector, Collectors, CqlRequest, DriverService, ErrorKind, InMemoryCollector, Statement,
+    Collectors, CqlRequest, DriverService, ErrorKind, InMemoryCollector, Statement,
 };
 use tower_cql_middleware::metrics::{MetricsConfig, MetricsLayer};
 use tower_cql_middleware::trace::{AttemptTraceLayer, TraceConfig, TraceLayer};
@@ -91,7 +91,7 @@ async fn env() -> Env {
         .await
         .unwrap();
     let memory = Arc::new(InMemoryCollector::new());
-    let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
+    let collectors = Collectors::with([memory.clone()]);
     let driver = DriverService::builder(Arc::new(session))
         .collectors(collectors.clone())
         .build()

@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use scylla::client::session_builder::SessionBuilder;
 use tower::ServiceExt;
 use tower_cql_core::{
-    Collector, Collectors, CqlRequest, DriverService, ErrorKind, InMemoryCollector, Statement,
+    Collectors, CqlRequest, DriverService, ErrorKind, InMemoryCollector, Statement,
 };
 use tower_cql_middleware::stack::StackBuilder;
 
@@ -38,7 +38,7 @@ async fn the_default_stack_against_a_real_cluster() {
         .await
         .unwrap_or_else(|e| panic!("cannot connect to SCYLLA_URI={uri}: {e}"));
     let memory = Arc::new(InMemoryCollector::new());
-    let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
+    let collectors = Collectors::with([memory.clone()]);
     let driver = DriverService::builder(Arc::new(session))
         .collectors(collectors.clone())
         .build()

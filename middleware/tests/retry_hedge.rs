@@ -29,7 +29,7 @@ async fn env(nodes: usize) -> Env {
         .await
         .unwrap();
     let memory = Arc::new(InMemoryCollector::new());
-    let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
+    let collectors = Collectors::with([memory.clone()]);
     let driver = DriverService::builder(Arc::new(session))
         .collectors(collectors.clone())
         .build()

@@ -643,7 +643,7 @@ mod subsets {
     async fn a_layer_switched_off_emits_no_event_and_opens_no_span() {
         for shape in shapes() {
             let counting = Arc::new(Counting::default());
-            let collectors = Collectors::with([counting.clone() as Arc<dyn Collector>]);
+            let collectors = Collectors::with([counting.clone()]);
             let spans = Arc::new(AtomicU64::new(0));
             let subscriber = tracing_subscriber::registry().with(SpanCount(spans.clone()));
             let guard = tracing::subscriber::set_default(subscriber);

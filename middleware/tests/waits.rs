@@ -179,7 +179,7 @@ fn stack(
     configure: impl FnOnce(StackBuilder) -> StackBuilder,
 ) -> (Stack<BoxService>, Arc<Recorder>) {
     let recorder = Arc::new(Recorder::default());
-    let collectors = Collectors::with([recorder.clone() as Arc<dyn Collector>]);
+    let collectors = Collectors::with([recorder.clone()]);
     let stack = configure(StackBuilder::new(collectors))
         .build(driver.clone())
         .unwrap();
@@ -524,7 +524,7 @@ macro_rules! assert_pending {
 #[tokio::test(start_paused = true)]
 async fn a_full_concurrency_limit_is_ready_and_its_response_future_queues() {
     let rec = Arc::new(Recorder::default());
-    let collectors = Collectors::with([rec.clone() as Arc<dyn Collector>]);
+    let collectors = Collectors::with([rec.clone()]);
     let layer = ConcurrencyLimitLayer::new(one_in_flight(None), collectors).unwrap();
     let inner = Strict::new();
     let mut a = layer.layer(inner.clone());
@@ -569,7 +569,7 @@ async fn a_full_concurrency_limit_is_ready_and_its_response_future_queues() {
 #[tokio::test(start_paused = true)]
 async fn an_empty_rate_limit_is_ready_and_its_response_future_waits() {
     let rec = Arc::new(Recorder::default());
-    let collectors = Collectors::with([rec.clone() as Arc<dyn Collector>]);
+    let collectors = Collectors::with([rec.clone()]);
     let layer =
         RateLimitLayer::new(one_token_per(100 * MS, Duration::from_secs(1)), collectors).unwrap();
     let inner = Strict::new();

@@ -71,10 +71,10 @@ impl Set {
     fn swap(&self, collector: &Arc<InMemoryCollector>) {
         match self {
             Set::ArcSwap(c) => {
-                c.replace([collector.clone() as Arc<dyn Collector>]);
+                c.replace([collector.clone()]);
             }
             Set::Mutex(m) => {
-                let next = vec![collector.clone() as Arc<dyn Collector>];
+                let next: Vec<Arc<dyn Collector>> = vec![collector.clone()];
                 *m.lock().unwrap_or_else(|e| e.into_inner()) = next;
             }
         }
@@ -95,7 +95,7 @@ fn run_case(mutex: bool, threads: usize, secs: f64, swap_every: Duration) -> Run
             memory.clone() as Arc<dyn Collector>
         ])))
     } else {
-        Set::ArcSwap(Collectors::with([memory.clone() as Arc<dyn Collector>]))
+        Set::ArcSwap(Collectors::with([memory.clone()]))
     };
     let stop = Arc::new(AtomicBool::new(false));
     let swaps = Arc::new(AtomicU64::new(0));
@@ -132,14 +132,14 @@ fn run_case(mutex: bool, threads: usize, secs: f64, swap_every: Duration) -> Run
                 // check the stop flag every 256 events, not every event
                 while !stop.load(Ordering::Relaxed) {
                     for i in 0..256u64 {
-                        set.emit(Event::Request(RequestEvent {
-                            meta: req.meta(),
-                            duration: Duration::from_nanos(100_000 + (i * 997) % 400_000),
-                            error: None,
-                            attempts: 1,
-                            speculative: 0,
-                            rows: 1,
-                            node: None,
+                        set.emit(Event::Request({
+                            let mut e = RequestEvent::new(
+                                req.meta(),
+                                Duration::from_nanos(100_000 + (i * 997) % 400_000),
+                                None,
+                            );
+                            e.rows = 1;
+                            e
                         }));
                     }
                     n += 256;

@@ -20,8 +20,7 @@ use std::sync::Arc;
 use clap::{Parser, ValueEnum};
 use tower::{Service, ServiceExt, service_fn};
 use tower_cql_core::{
-    Collector, Collectors, CqlError, CqlRequest, CqlResponse, ExecutionInfo, InMemoryCollector,
-    Statement,
+    Collectors, CqlError, CqlRequest, CqlResponse, ExecutionInfo, InMemoryCollector, Statement,
 };
 use tower_cql_middleware::concurrency::ConcurrencyConfig;
 use tower_cql_middleware::metrics::{MetricsConfig, MetricsLayer};
@@ -105,7 +104,7 @@ fn main() {
         );
     }
     let memory = Arc::new(InMemoryCollector::new());
-    let collectors = Collectors::with([memory as Arc<dyn Collector>]);
+    let collectors = Collectors::with([memory]);
     let noop = service_fn(answer);
     match args.case {
         Case::Noop => drive(noop, args.iters, args.clone_per_request),

@@ -41,8 +41,7 @@ use serde_json::{Value, json};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 use tower_cql_core::{
-    Collector, Collectors, CqlError, CqlRequest, CqlResponse, DriverService, InMemoryCollector,
-    Statement,
+    Collectors, CqlError, CqlRequest, CqlResponse, DriverService, InMemoryCollector, Statement,
 };
 use tower_cql_exporters::spans::SpanCollector;
 use tower_cql_middleware::concurrency::ConcurrencyConfig;
@@ -400,13 +399,12 @@ async fn run(args: Args) -> Result<Value, String> {
     let prepared = setup(&session, args.rows).await?;
 
     let memory = Arc::new(InMemoryCollector::new());
-    let mut set = vec![memory.clone() as Arc<dyn Collector>];
+    let collectors = Collectors::of(memory.clone());
     if args.span_collector {
-        set.push(Arc::new(SpanCollector::new(
+        collectors.add(Arc::new(SpanCollector::new(
             provider.tracer("tower-cql-overhead"),
         )));
     }
-    let collectors = Collectors::with(set);
     let driver = DriverService::builder(session.clone())
         .collectors(collectors.clone())
         .node_attribution(args.compare != Compare::DriverPlain)

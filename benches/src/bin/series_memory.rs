@@ -122,14 +122,10 @@ fn in_memory(n: usize) -> (isize, isize) {
     let memory = InMemoryCollector::with_max_series(n + 1);
     let before = live();
     for r in &reqs {
-        memory.on_request(&RequestEvent {
-            meta: r.meta(),
-            duration: Duration::from_micros(300),
-            error: None,
-            attempts: 1,
-            speculative: 0,
-            rows: 1,
-            node: None,
+        memory.on_request(&{
+            let mut e = RequestEvent::new(r.meta(), Duration::from_micros(300), None);
+            e.rows = 1;
+            e
         });
     }
     let series = live() - before;

@@ -387,11 +387,11 @@ where
 /// shed event.
 fn refuse<F>(b: &Breakers, req: &CqlRequest, why: String) -> ResponseFuture<F> {
     if b.collectors.is_active() {
-        b.collectors.emit(Event::Shed(ShedEvent {
-            meta: req.meta(),
-            reason: ErrorKind::CircuitOpen,
-            layer: "breaker",
-        }));
+        b.collectors.emit(Event::Shed(ShedEvent::new(
+            req.meta(),
+            ErrorKind::CircuitOpen,
+            "breaker",
+        )));
     }
     ResponseFuture::refused(CqlError::new(ErrorKind::CircuitOpen, why))
 }

@@ -110,11 +110,11 @@ impl Target {
             }
         }
         if b.collectors.is_active() {
-            b.collectors.emit(Event::Breaker(BreakerEvent {
-                target: &self.name,
-                from: state_of(from),
-                to: state_of(to),
-            }));
+            b.collectors.emit(Event::Breaker(BreakerEvent::new(
+                &self.name,
+                state_of(from),
+                state_of(to),
+            )));
         }
         true
     }

@@ -160,7 +160,7 @@ pub(super) fn config() -> BreakerConfig {
 
 pub(super) fn breaker(config: BreakerConfig) -> (CircuitBreakerLayer, Node, Arc<Recorder>) {
     let rec = Arc::new(Recorder::default());
-    let collectors = Collectors::with([rec.clone() as Arc<dyn Collector>]);
+    let collectors = Collectors::with([rec.clone()]);
     (
         CircuitBreakerLayer::new(config, collectors).unwrap(),
         Node::new(NODE),

@@ -298,11 +298,11 @@ impl Aimd {
 
 fn emit(core: &Core, limit: usize) {
     if core.collectors.is_active() {
-        core.collectors.emit(Event::Limit(LimitEvent {
-            limiter: "adaptive",
+        core.collectors.emit(Event::Limit(LimitEvent::new(
+            "adaptive",
             limit,
-            in_flight: core.in_flight(),
-        }));
+            core.in_flight(),
+        )));
     }
 }
 
@@ -541,7 +541,7 @@ mod tests {
 
     fn layer(initial: usize, min: usize, max: usize) -> (AdaptiveConcurrencyLayer, Arc<Limits>) {
         let limits = Arc::new(Limits::default());
-        let collectors = Collectors::with([limits.clone() as Arc<dyn tower_cql_core::Collector>]);
+        let collectors = Collectors::with([limits.clone()]);
         let config = AdaptiveConfig {
             initial,
             min,

@@ -446,7 +446,7 @@ mod tests {
         queue_timeout: Option<Duration>,
     ) -> (ConcurrencyLimitLayer, Arc<Recorder>) {
         let recorder = Arc::new(Recorder::default());
-        let collectors = Collectors::with([recorder.clone() as Arc<dyn Collector>]);
+        let collectors = Collectors::with([recorder.clone()]);
         let config = ConcurrencyConfig {
             max_in_flight,
             max_queue,

@@ -202,13 +202,13 @@ impl Core {
         queue_depth: usize,
     ) {
         if self.collectors.is_active() {
-            self.collectors.emit(Event::Throttle(ThrottleEvent {
-                meta: req.meta(),
-                limiter: self.limiter,
+            self.collectors.emit(Event::Throttle(ThrottleEvent::new(
+                req.meta(),
+                self.limiter,
                 waited,
                 rejected,
                 queue_depth,
-            }));
+            )));
         }
     }
 }

@@ -236,13 +236,13 @@ impl Shared {
         }
         tracing::debug!("hedge: the budget refused a speculative attempt");
         if self.collectors.is_active() {
-            self.collectors.emit(Event::Throttle(ThrottleEvent {
+            self.collectors.emit(Event::Throttle(ThrottleEvent::new(
                 meta,
-                limiter: BUDGET_LIMITER,
-                waited: Duration::ZERO,
-                rejected: true,
-                queue_depth: 0,
-            }));
+                BUDGET_LIMITER,
+                Duration::ZERO,
+                true,
+                0,
+            )));
         }
         false
     }

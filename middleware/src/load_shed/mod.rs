@@ -143,11 +143,11 @@ where
             return ResponseFuture::called(self.inner.call(req));
         }
         if collectors.is_active() {
-            collectors.emit(Event::Shed(ShedEvent {
-                meta: req.meta(),
-                reason: ErrorKind::Shed,
-                layer: "load_shed",
-            }));
+            collectors.emit(Event::Shed(ShedEvent::new(
+                req.meta(),
+                ErrorKind::Shed,
+                "load_shed",
+            )));
         }
         ResponseFuture::refused(CqlError::new(
             ErrorKind::Shed,
@@ -201,7 +201,7 @@ mod tests {
     #[tokio::test]
     async fn sheds_while_the_inner_service_is_not_ready() {
         let sheds = Arc::new(Sheds::default());
-        let collectors = Collectors::with([sheds.clone() as Arc<dyn Collector>]);
+        let collectors = Collectors::with([sheds.clone()]);
         let switch = Arc::new(AtomicBool::new(false));
         let mut svc = LoadShedLayer::new(collectors).layer(Gated(switch.clone()));
         let err = svc.ready().await.unwrap().call(req()).await.unwrap_err();

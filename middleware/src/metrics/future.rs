@@ -29,15 +29,9 @@ pin_project! {
                     ErrorKind::Cancelled,
                     "the request was dropped before it completed (the caller stopped waiting)",
                 );
-                collectors.emit(Event::Request(RequestEvent {
-                    meta: &meta,
-                    duration: start.elapsed(),
-                    error: Some(&error),
-                    attempts: 0,
-                    speculative: 0,
-                    rows: 0,
-                    node: None,
-                }));
+                let mut event = RequestEvent::new(&meta, start.elapsed(), Some(&error));
+                event.attempts = 0;
+                collectors.emit(Event::Request(event));
             }
         }
     }
@@ -118,24 +112,20 @@ where
         if let Some(meta) = meta.take() {
             let duration = start.elapsed();
             let event = match &out {
-                Ok(resp) => RequestEvent {
-                    meta: &meta,
-                    duration,
-                    error: None,
-                    attempts: resp.info().attempts.max(1),
-                    speculative: resp.info().speculative,
-                    rows: resp.info().rows,
-                    node: resp.info().coordinator,
-                },
-                Err(e) => RequestEvent {
-                    meta: &meta,
-                    duration,
-                    error: Some(e),
-                    attempts: e.attempts(),
-                    speculative: 0,
-                    rows: 0,
-                    node: e.node(),
-                },
+                Ok(resp) => {
+                    let mut e = RequestEvent::new(&meta, duration, None);
+                    e.attempts = resp.info().attempts.max(1);
+                    e.speculative = resp.info().speculative;
+                    e.rows = resp.info().rows;
+                    e.node = resp.info().coordinator;
+                    e
+                }
+                Err(err) => {
+                    let mut e = RequestEvent::new(&meta, duration, Some(err));
+                    e.attempts = err.attempts();
+                    e.node = err.node();
+                    e
+                }
             };
             collectors.emit(Event::Request(event));
         }

@@ -11,7 +11,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let memory = Arc::new(InMemoryCollector::new());
-//! let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
+//! let collectors = Collectors::with([memory.clone()]);
 //! let inner = service_fn(|_req: CqlRequest| async {
 //!     Ok::<_, tower_cql_core::CqlError>(CqlResponse::synthetic(ExecutionInfo { attempts: 1, ..Default::default() }))
 //! });

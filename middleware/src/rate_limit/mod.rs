@@ -264,13 +264,13 @@ impl Shared {
     pub(crate) fn emit(&self, req: &CqlRequest, waited: Duration, rejected: bool) {
         let collectors = &self.collectors;
         if collectors.is_active() {
-            collectors.emit(Event::Throttle(ThrottleEvent {
-                meta: req.meta(),
-                limiter: "rate_limit",
+            collectors.emit(Event::Throttle(ThrottleEvent::new(
+                req.meta(),
+                "rate_limit",
                 waited,
                 rejected,
-                queue_depth: 0,
-            }));
+                0,
+            )));
         }
     }
 }
@@ -497,7 +497,7 @@ mod tests {
 
     fn limited(rate: f64, burst: u32, mode: RateLimitMode) -> (RateLimit<Mock>, Arc<Recorder>) {
         let recorder = Arc::new(Recorder::default());
-        let collectors = Collectors::with([recorder.clone() as Arc<dyn Collector>]);
+        let collectors = Collectors::with([recorder.clone()]);
         let config = RateLimitConfig {
             rate_per_second: rate,
             burst,

@@ -184,13 +184,13 @@ where
                             if reason == StopReason::BudgetExhausted {
                                 let collectors = &this.shared.collectors;
                                 if collectors.is_active() {
-                                    collectors.emit(Event::Throttle(ThrottleEvent {
-                                        meta: this.request.meta(),
-                                        limiter: BUDGET_LIMITER,
-                                        waited: Duration::ZERO,
-                                        rejected: true,
-                                        queue_depth: 0,
-                                    }));
+                                    collectors.emit(Event::Throttle(ThrottleEvent::new(
+                                        this.request.meta(),
+                                        BUDGET_LIMITER,
+                                        Duration::ZERO,
+                                        true,
+                                        0,
+                                    )));
                                 }
                             }
                             tracing::debug!(
@@ -216,12 +216,12 @@ where
                     }
                     let collectors = &this.shared.collectors;
                     if collectors.is_active() {
-                        collectors.emit(Event::Retry(RetryEvent {
-                            meta: this.request.meta(),
-                            attempt: index,
+                        collectors.emit(Event::Retry(RetryEvent::new(
+                            this.request.meta(),
+                            index,
                             delay,
-                            cause: &err,
-                        }));
+                            &err,
+                        )));
                     }
                     if delay.is_zero() {
                         this.state.set(State::Ready);

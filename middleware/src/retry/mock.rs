@@ -181,7 +181,7 @@ impl Recorder {
     /// A recorder and a collector set holding it.
     pub(crate) fn new() -> (Arc<Recorder>, Collectors) {
         let r = Arc::new(Recorder::default());
-        let c = Collectors::with([r.clone() as Arc<dyn Collector>]);
+        let c = Collectors::with([r.clone()]);
         (r, c)
     }
 

@@ -13,7 +13,7 @@
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let memory = Arc::new(InMemoryCollector::new());
-//! let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
+//! let collectors = Collectors::with([memory.clone()]);
 //! let layer = RetryLayer::new(RetryConfig { max_attempts: 3, ..RetryConfig::default() }, collectors)?;
 //!
 //! // A stand-in for the driver service: overloaded twice, then fine.

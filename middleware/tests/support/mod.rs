@@ -27,7 +27,7 @@ pub(crate) async fn setup() -> Setup {
         .await
         .unwrap();
     let memory = Arc::new(InMemoryCollector::new());
-    let collectors = Collectors::with([memory.clone() as Arc<dyn Collector>]);
+    let collectors = Collectors::with([memory.clone()]);
     let driver = DriverService::builder(Arc::new(session))
         .collectors(collectors.clone())
         .build()
