@@ -158,8 +158,11 @@ impl fmt::Debug for DriverServiceBuilder {
 }
 
 impl DriverServiceBuilder {
-    /// The collector set attempt and page events go to (share it with the
-    /// rest of the stack).
+    /// The collector set attempt events go to when the service is used on
+    /// its own. Inside a stack, requests carry the stack's collectors (its
+    /// gate hands them over) and attempt events go there instead, so a
+    /// stack's events reach one set: a service that only runs in a stack
+    /// needs no collectors of its own.
     pub fn collectors(mut self, collectors: Collectors) -> Self {
         self.collectors = collectors;
         self
@@ -523,6 +526,10 @@ impl DriverInner {
     ) -> Result<(CqlResponse, Duration), CqlError> {
         let start = Instant::now();
         let meta = req.meta();
+        // Inside a stack, its collectors (carried by the request) take the
+        // attempt events: one set for the whole stack, whatever this
+        // service was built with.
+        let collectors = req.stack_collectors().unwrap_or(&self.collectors);
         if let Some(remaining) = meta.remaining()
             && remaining.is_zero()
         {
@@ -533,7 +540,7 @@ impl DriverInner {
         // per-attempt timeout, a hedge race lost, the caller gone), the
         // guard emits the attempt's event as it is dropped.
         let mut guard = Unfinished {
-            collectors: &self.collectors,
+            collectors,
             meta,
             start,
             listener: listener.as_deref(),
@@ -579,8 +586,8 @@ impl DriverInner {
             hint.set_attempt_node(meta.attempt_index(), n);
             hint.report(n, NodeVerdict::of(&result));
         }
-        if self.collectors.is_active() {
-            self.collectors.emit(Event::Attempt(AttemptEvent {
+        if collectors.is_active() {
+            collectors.emit(Event::Attempt(AttemptEvent {
                 meta,
                 index: meta.attempt_index(),
                 reason: meta.attempt_reason(),

@@ -52,6 +52,7 @@ use tokio::sync::Notify;
 
 use crate::collector::Collectors;
 use crate::error::CqlError;
+use crate::request::CqlRequest;
 use crate::sync::{AtomicU64, Ordering};
 
 const CLOSING: u64 = 1 << 63;
@@ -369,9 +370,9 @@ pub struct GateService<S> {
     inner: S,
 }
 
-impl<S, R> tower_service::Service<R> for GateService<S>
+impl<S> tower_service::Service<CqlRequest> for GateService<S>
 where
-    S: tower_service::Service<R, Error = CqlError>,
+    S: tower_service::Service<CqlRequest, Error = CqlError>,
 {
     type Response = S::Response;
     type Error = CqlError;
@@ -384,12 +385,19 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: R) -> Self::Future {
+    fn call(&mut self, mut req: CqlRequest) -> Self::Future {
         match self.gate.enter() {
-            Ok(guard) => GateFuture {
-                inner: Some(self.inner.call(req)),
-                guard: Some(guard),
-            },
+            Ok(guard) => {
+                // The stack's collectors go with the request, so the driver
+                // service inside emits its attempt events there too.
+                if let Some(c) = &self.gate.inner.collectors {
+                    req.set_stack_collectors(c.clone());
+                }
+                GateFuture {
+                    inner: Some(self.inner.call(req)),
+                    guard: Some(guard),
+                }
+            }
             Err(_) => GateFuture {
                 inner: None,
                 guard: None,

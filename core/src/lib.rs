@@ -14,8 +14,9 @@
 //! let memory = Arc::new(InMemoryCollector::new());
 //! let collectors = Collectors::with([memory.clone()]);
 //! // The driver service (driver retries off: the middleware retries) ...
-//! let driver = DriverService::builder(Arc::new(session)).collectors(collectors.clone()).build()?;
-//! // ... behind a shutdown gate that drains and flushes on close.
+//! let driver = DriverService::builder(Arc::new(session)).build()?;
+//! // ... behind a shutdown gate that drains and flushes on close, and hands
+//! // each request its collectors (the driver's attempt events go there).
 //! let gate = Gate::with_collectors(collectors);
 //! let mut svc = gate.wrap(driver);
 //!
@@ -24,7 +25,7 @@
 //! let names: Vec<(String,)> = resp.rows()?;
 //!
 //! gate.close().await; // no new requests; in-flight ones finish; collectors flushed
-//! println!("{:?}", memory.snapshot().request_latency(None).quantile(0.99));
+//! println!("{:?}", memory.snapshot().attempt_latency(None).quantile(0.99));
 //! # Ok(()) }
 //! ```
 //!

@@ -399,6 +399,7 @@ impl Statement {
         CqlRequest {
             values: Values::none(),
             meta: RequestMeta::from_statement(self),
+            collectors: None,
         }
     }
 
@@ -802,6 +803,11 @@ impl RequestMeta {
 pub struct CqlRequest {
     values: Values,
     meta: RequestMeta,
+    /// The collectors of the stack the request is in, set by its gate (see
+    /// [`crate::GateService`]): the driver service emits attempt events
+    /// there, so a stack's events go to one set whatever the driver
+    /// service was built with. Not in `meta`, which events copy.
+    collectors: Option<crate::Collectors>,
 }
 
 impl CqlRequest {
@@ -916,6 +922,16 @@ impl CqlRequest {
     /// The metadata, to change (middleware uses this).
     pub fn meta_mut(&mut self) -> &mut RequestMeta {
         &mut self.meta
+    }
+
+    /// The collectors of the stack this request is in, once its gate
+    /// admitted it.
+    pub(crate) fn stack_collectors(&self) -> Option<&crate::Collectors> {
+        self.collectors.as_ref()
+    }
+
+    pub(crate) fn set_stack_collectors(&mut self, collectors: crate::Collectors) {
+        self.collectors = Some(collectors);
     }
 }
 

@@ -126,9 +126,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Metrics: the stack's events -> the `metrics` facade -> Prometheus text.
     let recorder = PrometheusExporter::builder().install_recorder()?;
     let collectors = Collectors::with([Arc::new(MetricsBridge::new())]);
-    let driver = DriverService::builder(session)
-        .collectors(collectors.clone())
-        .build()?;
+    let driver = DriverService::builder(session).build()?;
     for cql in [
         "CREATE KEYSPACE IF NOT EXISTS demo WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
         "CREATE TABLE IF NOT EXISTS demo.users (id int PRIMARY KEY, name text)",

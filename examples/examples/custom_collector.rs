@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tower::ServiceExt;
 use tower_cql_core::event::RequestEvent;
-use tower_cql_core::{Background, Collector, Collectors, CqlRequest, DriverService};
+use tower_cql_core::{Background, Collector, Collectors, CqlRequest};
 use tower_cql_middleware::stack::StackBuilder;
 
 /// Counts requests per (table, outcome). Called on the request path: keep it cheap.
@@ -42,10 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let slow = Arc::new(Background::new(Arc::new(SlowSink), 64));
     let collectors = Collectors::of(per_table.clone());
     collectors.add(slow.clone());
-    let driver = DriverService::builder(session)
-        .collectors(collectors.clone())
-        .build()?;
-    let stack = StackBuilder::new(collectors).build(driver)?;
+    let stack = StackBuilder::new(collectors).build_on(session)?;
     for cql in [
         "CREATE KEYSPACE IF NOT EXISTS ex WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
         "CREATE TABLE IF NOT EXISTS ex.notes (id int PRIMARY KEY, body text)",

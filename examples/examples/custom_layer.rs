@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tower::{Layer, Service, ServiceExt};
-use tower_cql_core::{CqlRequest, DriverService};
+use tower_cql_core::{Collectors, CqlRequest, DriverService};
 use tower_cql_middleware::stack::StackBuilder;
 
 /// Tags every request with a tenant name as its operation label, and
@@ -65,8 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         seen: Arc::default(),
     };
     // innermost: wrap the driver before building; outermost: wrap the built service
-    let stack =
-        StackBuilder::new(driver.collectors().clone()).build(inner.layer(driver.clone()))?;
+    let stack = StackBuilder::new(Collectors::new()).build(inner.layer(driver.clone()))?;
     let mut svc = outer.layer(stack.service());
     svc.ready().await?.call(CqlRequest::unprepared(
         "CREATE KEYSPACE IF NOT EXISTS ex WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",

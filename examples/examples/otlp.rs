@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tower::{Service, ServiceExt};
-use tower_cql_core::{Collectors, CqlRequest, DriverService, Statement};
+use tower_cql_core::{Collectors, CqlRequest, Statement};
 use tower_cql_exporters::otlp::{ENV_ENDPOINT, ENV_SERVICE_NAME, OtlpExporter};
 use tower_cql_middleware::stack::StackBuilder;
 use tower_cql_testkit::otlp::{OtlpReceiver, attribute_str};
@@ -77,10 +77,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Metrics: the exporter's collector; the stack's close() flushes both.
     let (session, _cluster) = common::connect().await?;
     let collectors = Collectors::with([Arc::new(otlp.collector())]);
-    let driver = DriverService::builder(session)
-        .collectors(collectors.clone())
-        .build()?;
-    let stack = StackBuilder::new(collectors).build(driver)?;
+    let stack = StackBuilder::new(collectors).build_on(session)?;
     let mut svc = stack.service();
     for cql in [
         "CREATE KEYSPACE IF NOT EXISTS ex WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",

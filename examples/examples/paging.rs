@@ -18,9 +18,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (session, _cluster) = common::connect().await?;
     let memory = Arc::new(InMemoryCollector::new());
     let collectors = Collectors::with([memory.clone()]);
-    let driver = DriverService::builder(session)
-        .collectors(collectors.clone())
-        .build()?;
+    let driver = DriverService::builder(session).build()?;
     for cql in [
         "CREATE KEYSPACE IF NOT EXISTS ex WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
         "CREATE TABLE IF NOT EXISTS ex.series (sensor text, t int, value double, PRIMARY KEY (sensor, t))",

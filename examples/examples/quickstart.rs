@@ -64,9 +64,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Where observations go, and the stack around the driver.
     let memory = Arc::new(InMemoryCollector::new());
     let collectors = Collectors::with([memory.clone()]);
-    let driver = DriverService::builder(Arc::new(session))
-        .collectors(collectors.clone())
-        .build()?;
+    let driver = DriverService::builder(Arc::new(session)).build()?;
     // Four attempts: a read fails only if all four meet an injected fault.
     let retry = RetryConfig {
         max_attempts: 4,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tower::ServiceExt;
 use tower_cql_core::event::RequestEvent;
-use tower_cql_core::{Collector, Collectors, CqlRequest, DriverService, Statement};
+use tower_cql_core::{Collector, Collectors, CqlRequest, Statement};
 use tower_cql_middleware::stack::StackBuilder;
 
 #[derive(Default)]
@@ -27,10 +27,7 @@ impl Collector for Count {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (session, _cluster) = common::connect().await?;
     let collectors = Collectors::new();
-    let driver = DriverService::builder(session)
-        .collectors(collectors.clone())
-        .build()?;
-    let stack = StackBuilder::new(collectors.clone()).build(driver)?;
+    let stack = StackBuilder::new(collectors.clone()).build_on(session)?;
     for cql in [
         "CREATE KEYSPACE IF NOT EXISTS ex WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
         "CREATE TABLE IF NOT EXISTS ex.kv (k int PRIMARY KEY, v int)",

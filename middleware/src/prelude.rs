@@ -17,6 +17,6 @@ pub use crate::config::ConfigError;
 pub use crate::stack::{BoxService, Stack, StackBuilder};
 pub use crate::stack_config::StackConfig;
 pub use tower_cql_core::{
-    Collector, Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind, InMemoryCollector,
-    RowStream, Statement,
+    Collector, Collectors, CqlError, CqlRequest, CqlResponse, DriverService, ErrorKind,
+    InMemoryCollector, RowStream, Statement,
 };

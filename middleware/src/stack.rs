@@ -10,7 +10,8 @@
 //!
 //! # async fn demo(session: scylla::client::session::Session) -> Result<(), Box<dyn std::error::Error>> {
 //! let collectors = Collectors::new();
-//! let driver = DriverService::builder(Arc::new(session)).collectors(collectors.clone()).build()?;
+//! // options of the driver service: built by hand, wrapped in the stack
+//! let driver = DriverService::builder(Arc::new(session)).cache_capacity(4096).build()?;
 //! let stack = StackBuilder::new(collectors)
 //!     .retry(RetryConfig { max_attempts: 4, ..Default::default() })
 //!     .build(driver)?;
@@ -290,7 +291,10 @@ impl StackBuilder {
     /// Builds the stack around `driver` (usually a
     /// [`tower_cql_core::DriverService`]; wrap it in your own layers first
     /// to insert them innermost, and wrap [`Stack::service`] to insert them
-    /// outermost).
+    /// outermost). Every request carries this builder's collectors from the
+    /// stack's gate to the driver service, which emits its attempt events
+    /// there whatever collectors it was built with: the stack's events go
+    /// to one set.
     ///
     /// Whatever is switched on, the stack is one concrete type,
     /// [`StackService<S>`], behind a single [`BoxService`]: a layer that
@@ -322,11 +326,10 @@ impl StackBuilder {
 impl StackBuilder {
     /// Builds the whole thing on a scylla `Session`: the
     /// [`DriverService`] (driver retries off, statements prepared once and
-    /// cached) emitting into **this builder's collectors**, and the stack
-    /// around it. The one place collectors are given, so the driver's
-    /// attempt events and the stack's request events cannot go to two
-    /// different sets (with [`build`](Self::build), the driver service is
-    /// built by hand and must be given [`collectors`](Self::collectors)).
+    /// cached) and the stack around it, every event going to this
+    /// builder's collectors. For driver service options, build it by hand
+    /// and use [`build`](Self::build), which sends its events to the same
+    /// set.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

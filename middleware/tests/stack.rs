@@ -715,3 +715,49 @@ async fn build_on_a_session_gives_the_collectors_once() {
         );
     }
 }
+
+/// A driver service built by hand, with no collectors or other ones, and
+/// wrapped in a user layer: inside the stack its attempt events still go to
+/// the stack's collectors (the gate hands them to each request), so the
+/// two sets cannot differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_built_driver_emits_into_the_stacks_collectors() {
+    use tower_cql_middleware::prelude::*;
+    let cluster = tower_cql_testkit::Cluster::start().await.unwrap();
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .build()
+        .await
+        .unwrap();
+    let other = Arc::new(InMemoryCollector::new());
+    let driver = DriverService::builder(Arc::new(session))
+        .collectors(Collectors::of(other.clone()))
+        .build()
+        .unwrap();
+    let inner = tower::ServiceBuilder::new()
+        .map_request(|r: CqlRequest| r)
+        .service(driver.clone());
+    let memory = Arc::new(InMemoryCollector::new());
+    let stack = StackBuilder::new(Collectors::of(memory.clone()))
+        .build(inner)
+        .unwrap();
+    stack
+        .call(CqlRequest::unprepared(
+            "CREATE KEYSPACE app WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        ))
+        .await
+        .unwrap();
+    let get = Statement::new("SELECT keyspace_name FROM system_schema.keyspaces").operation("get");
+    stack.execute(&get, ()).await.unwrap();
+    // outside the stack, the driver service's own collectors
+    driver.execute(get.request()).await.unwrap();
+    stack.close().await;
+    let snap = memory.snapshot();
+    assert_eq!(snap.request_latency(Some("get")).count(), 1);
+    assert_eq!(
+        snap.attempt_latency(Some("get")).count(),
+        1,
+        "the driver's attempt event goes to the stack's collectors"
+    );
+    assert_eq!(other.snapshot().attempt_latency(Some("get")).count(), 1);
+}

@@ -406,7 +406,6 @@ async fn run(args: Args) -> Result<Value, String> {
         )));
     }
     let driver = DriverService::builder(session.clone())
-        .collectors(collectors.clone())
         .node_attribution(args.compare != Compare::DriverPlain)
         .build()
         .map_err(|e| e.to_string())?;

@@ -128,7 +128,6 @@ async fn run(a: Args, faults: Vec<FaultSpec>, otlp: Option<OtlpExporter>) -> Res
     }
     let collectors = Collectors::with(list);
     let driver = DriverService::builder(Arc::new(session))
-        .collectors(collectors.clone())
         .build()
         .map_err(|e| e.to_string())?;
     let mut builder = match &a.config {
