@@ -70,21 +70,15 @@ fn bench_layers(c: &mut Criterion) {
     let (c1, _) = memory();
     run!(
         "metrics",
-        MetricsLayer::new(MetricsConfig::default(), c1)
-            .unwrap()
-            .layer(noop())
+        MetricsLayer::new(MetricsConfig::default(), c1).layer(noop())
     );
     run!(
         "trace (no subscriber)",
-        TraceLayer::new(TraceConfig::default())
-            .unwrap()
-            .layer(noop())
+        TraceLayer::new(TraceConfig::default()).layer(noop())
     );
     run!(
         "retry",
-        RetryLayer::new(RetryConfig::default(), Collectors::new())
-            .unwrap()
-            .layer(noop())
+        RetryLayer::new(RetryConfig::default(), Collectors::new()).layer(noop())
     );
     run!(
         "timeout (per attempt)",
@@ -92,7 +86,6 @@ fn bench_layers(c: &mut Criterion) {
             per_attempt: Some(Duration::from_secs(1)),
             honour_deadline: true
         })
-        .unwrap()
         .layer(noop())
     );
     run!(
@@ -105,7 +98,6 @@ fn bench_layers(c: &mut Criterion) {
             },
             Collectors::new()
         )
-        .unwrap()
         .layer(noop())
     );
     let (c2, _) = memory();

@@ -6,7 +6,7 @@
 //! use tower::{Service, ServiceExt};
 //! use tower_cql_core::{CqlRequest, DriverService};
 //!
-//! # async fn demo(session: scylla::client::session::Session) -> Result<(), tower_cql_core::CqlError> {
+//! # async fn demo(session: scylla::client::session::Session) -> Result<(), Box<dyn std::error::Error>> {
 //! let mut driver = DriverService::builder(Arc::new(session)).build()?;
 //! let resp = driver
 //!     .ready()
@@ -52,6 +52,7 @@ use scylla::statement::prepared::PreparedStatement;
 use crate::cancel::CancelReason;
 use crate::classify::NodeVerdict;
 use crate::collector::Collectors;
+use crate::config::ConfigError;
 use crate::error::{CqlError, ErrorKind};
 use crate::event::{AttemptEvent, Event};
 use crate::registry::Registry;
@@ -191,11 +192,11 @@ impl DriverServiceBuilder {
 
     /// Builds the service; an invalid configuration is an error saying what
     /// to change.
-    pub fn build(self) -> Result<DriverService, CqlError> {
+    pub fn build(self) -> Result<DriverService, ConfigError> {
         if self.cache_capacity == 0 {
-            return Err(CqlError::new(
-                ErrorKind::BadRequest,
-                "invalid DriverService configuration: cache_capacity must be at least 1",
+            return Err(ConfigError::new(
+                "driver.cache_capacity",
+                "must be at least 1 (the number of prepared statements kept), got 0",
             ));
         }
         let profile = (!self.keep_driver_retries).then(|| {

@@ -54,6 +54,7 @@ pub mod analysis;
 pub mod cancel;
 pub mod classify;
 pub mod collector;
+pub mod config;
 pub mod driver;
 pub mod error;
 pub mod event;
@@ -73,6 +74,7 @@ mod sync;
 pub mod tls;
 
 pub use collector::{Background, Collector, CollectorId, CollectorSet, Collectors, IntoCollector};
+pub use config::ConfigError;
 pub use driver::{DriverService, DriverServiceBuilder};
 pub use error::{CqlError, ErrorKind, ReplicaDetails, RetryAdvice};
 pub use event::{AttemptReason, BreakerState, Event};

@@ -360,8 +360,9 @@ async fn bad_input_gets_clear_errors() {
         .cache_capacity(0)
         .build()
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::BadRequest);
-    assert!(err.to_string().contains("cache_capacity"));
+    // the one setup error type, naming the setting
+    assert_eq!(err.field, "driver.cache_capacity");
+    assert!(err.to_string().contains("must be at least 1"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

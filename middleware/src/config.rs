@@ -1,35 +1,57 @@
-//! Configuration errors, shared by every layer's `validate()`.
+//! Configuration errors: [`ConfigError`], the one setup error of tower-cql
+//! (defined in `tower-cql-core`, which the driver service's builder shares).
+//! Every layer's configuration has a `validate()`; the stack builder and
+//! [`StackConfig`](crate::stack_config::StackConfig) call them when the
+//! stack is built.
 //!
 //! ```
 //! use tower_cql_middleware::config::ConfigError;
+//! use tower_cql_middleware::retry::RetryConfig;
 //!
-//! let err = ConfigError::new("retry.max_attempts", "must be at least 1, got 0");
-//! assert_eq!(err.to_string(), "invalid configuration `retry.max_attempts`: must be at least 1, got 0");
+//! let err = RetryConfig { max_attempts: 0, ..Default::default() }.validate().unwrap_err();
+//! assert_eq!(err.field, "retry.max_attempts");
+//! # let _: ConfigError = err;
 //! ```
 
-/// An invalid configuration value, rejected when a layer or the stack is
-/// built: names the setting and says what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid configuration `{field}`: {message}")]
-pub struct ConfigError {
-    /// The setting, e.g. `retry.max_attempts`.
-    pub field: &'static str,
-    /// What is wrong and what is allowed.
-    pub message: String,
-}
+pub use tower_cql_core::ConfigError;
 
-impl ConfigError {
-    /// A new error for `field`.
-    pub fn new(field: &'static str, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            field,
-            message: message.into(),
-        }
+/// The configuration, or a panic with its error (the layer constructors:
+/// infallible, like tower's; the stack builder validates every
+/// configuration first and returns the error instead).
+#[track_caller]
+pub(crate) fn checked(result: Result<(), ConfigError>) {
+    if let Err(e) = result {
+        panic!(
+            "{e} (check a configuration with its validate() first, or build with StackBuilder, which returns this as an error)"
+        );
     }
 }
 
-impl From<ConfigError> for tower_cql_core::CqlError {
-    fn from(e: ConfigError) -> tower_cql_core::CqlError {
-        tower_cql_core::CqlError::new(tower_cql_core::ErrorKind::BadRequest, e.to_string())
+/// The message of the panic `f` raises (tests of the constructors' panics).
+#[cfg(test)]
+pub(crate) fn panic_message<T>(f: impl FnOnce() -> T) -> String {
+    let err = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(_) => panic!("expected a panic"),
+        Err(e) => e,
+    };
+    err.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_panics_with_the_error_and_what_to_do() {
+        let msg = panic_message(|| checked(Err(ConfigError::new("x.y", "must be 1"))));
+        assert!(
+            msg.contains("invalid configuration `x.y`: must be 1"),
+            "{msg}"
+        );
+        assert!(msg.contains("validate()"), "{msg}");
+        checked(Ok(()));
     }
 }

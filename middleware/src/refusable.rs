@@ -11,7 +11,7 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let inner = service_fn(|_r: CqlRequest| async { Ok::<_, CqlError>("done") });
 //! let config = ConcurrencyConfig { max_in_flight: 1, ..ConcurrencyConfig::default() };
-//! let limit = ConcurrencyLimitLayer::new(config, Collectors::new()).unwrap().for_load_shed();
+//! let limit = ConcurrencyLimitLayer::new(config, Collectors::new()).for_load_shed();
 //! let mut svc = LoadShedLayer::new(Collectors::new()).layer(limit.layer(inner));
 //! // the first request is called (and holds the one slot), the second
 //! // refused: both are a RefusableFuture

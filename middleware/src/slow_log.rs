@@ -13,7 +13,7 @@
 //!     threshold: Duration::from_millis(100),
 //!     sample: 1.0,
 //!     max_per_second: 20,
-//! }).unwrap();
+//! });
 //! let collectors = Collectors::with([Arc::new(log)]);
 //! # let _ = collectors;
 //! ```
@@ -102,17 +102,22 @@ impl fmt::Debug for SlowQueryLog {
 }
 
 impl SlowQueryLog {
-    /// A slow-query log; the configuration is checked here.
-    pub fn new(config: SlowQueryLogConfig) -> Result<SlowQueryLog, ConfigError> {
-        config.validate()?;
-        Ok(SlowQueryLog {
+    /// A slow-query log.
+    ///
+    /// # Panics
+    /// If `config` is invalid (see [`SlowQueryLogConfig::validate`], which
+    /// says why).
+    #[track_caller]
+    pub fn new(config: SlowQueryLogConfig) -> SlowQueryLog {
+        crate::config::checked(config.validate());
+        SlowQueryLog {
             config,
             epoch: Instant::now(),
             window: AtomicU64::new(0),
             logged: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
             unreported: AtomicU64::new(0),
-        })
+        }
     }
 
     /// Lines written.
@@ -233,8 +238,7 @@ mod tests {
             threshold: Duration::from_millis(100),
             sample: 1.0,
             max_per_second: 3,
-        })
-        .unwrap();
+        });
         let req = CqlRequest::query("SELECT v FROM ks.t WHERE name = 'alice'")
             .bind(("secret-value",))
             .operation("by_name");
@@ -259,7 +263,12 @@ mod tests {
 
     #[test]
     fn config_is_validated() {
-        let bad = |c: SlowQueryLogConfig| SlowQueryLog::new(c).unwrap_err().field;
+        let bad = |c: SlowQueryLogConfig| {
+            let field = c.validate().unwrap_err().field;
+            let msg = crate::config::panic_message(|| SlowQueryLog::new(c));
+            assert!(msg.contains(field), "{msg}");
+            field
+        };
         assert_eq!(
             bad(SlowQueryLogConfig {
                 threshold: Duration::ZERO,

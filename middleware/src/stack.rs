@@ -214,11 +214,56 @@ impl StackBuilder {
         &self.collectors
     }
 
-    /// Validates every configuration and makes the layers. Cross-layer
-    /// checks: a fixed and an adaptive concurrency limit together are
-    /// refused (pick one), and load shedding needs a limit to shed for.
+    /// Validates every configuration ([`validate`](Self::validate)) and
+    /// makes the layers.
     pub fn layers(&self) -> Result<StackLayers, ConfigError> {
         let c = &self.collectors;
+        self.validate()?;
+        let retry = self.retry.clone().map(|r| RetryLayer::new(r, c.clone()));
+        // one budget for retries and speculative attempts: the retry
+        // layer's, built once above (unless the hedge config asks for one
+        // of its own)
+        let hedge = match (&self.hedge, &retry) {
+            (Some(h), Some(r)) => Some(HedgeLayer::inside(h.clone(), c.clone(), r)),
+            (Some(h), None) => Some(HedgeLayer::new(h.clone(), c.clone())),
+            (None, _) => None,
+        };
+        // under a load shedder a limit says "not ready" rather than letting
+        // a request wait, so that the shedder refuses it
+        let shed = self.load_shed;
+        Ok(StackLayers {
+            trace: self.trace.clone().map(TraceLayer::new),
+            metrics: self
+                .metrics
+                .clone()
+                .map(|m| MetricsLayer::new(m, c.clone())),
+            load_shed: shed.then(|| LoadShedLayer::new(c.clone())),
+            breaker: self.breaker.map(|b| CircuitBreakerLayer::new(b, c.clone())),
+            rate_limit: self.rate_limit.map(|r| {
+                let l = RateLimitLayer::new(r, c.clone());
+                if shed { l.for_load_shed() } else { l }
+            }),
+            concurrency: self.concurrency.map(|r| {
+                let l = ConcurrencyLimitLayer::new(r, c.clone());
+                if shed { l.for_load_shed() } else { l }
+            }),
+            adaptive: self.adaptive.map(|r| {
+                let l = AdaptiveConcurrencyLayer::new(r, c.clone());
+                if shed { l.for_load_shed() } else { l }
+            }),
+            retry,
+            hedge,
+            attempt_trace: self.trace.as_ref().map(AttemptTraceLayer::with_config),
+            timeout: self.timeout.map(TimeoutLayer::new),
+        })
+    }
+
+    /// Checks every configuration, each with its own `validate()`, and the
+    /// cross-layer rules (a fixed and an adaptive concurrency limit
+    /// together are refused, and load shedding needs a limit to shed for):
+    /// the one place a stack's settings are judged. The layers'
+    /// constructors, called after it, cannot fail.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.concurrency.is_some() && self.adaptive.is_some() {
             return Err(ConfigError::new(
                 "stack.concurrency",
@@ -235,57 +280,34 @@ impl StackBuilder {
                 "load shedding is on but no rate or concurrency limit is set to shed for",
             ));
         }
-        let retry = self
-            .retry
-            .clone()
-            .map(|r| RetryLayer::new(r, c.clone()))
-            .transpose()?;
-        // one budget for retries and speculative attempts: the retry
-        // layer's, built once above (unless the hedge config asks for one
-        // of its own)
-        let hedge = match (&self.hedge, &retry) {
-            (Some(h), Some(r)) => Some(HedgeLayer::inside(h.clone(), c.clone(), r)?),
-            (Some(h), None) => Some(HedgeLayer::new(h.clone(), c.clone())?),
-            (None, _) => None,
-        };
-        Ok(StackLayers {
-            trace: self.trace.clone().map(TraceLayer::new).transpose()?,
-            metrics: self
-                .metrics
-                .clone()
-                .map(|m| MetricsLayer::new(m, c.clone()))
-                .transpose()?,
-            load_shed: self.load_shed.then(|| LoadShedLayer::new(c.clone())),
-            breaker: self
-                .breaker
-                .map(|b| CircuitBreakerLayer::new(b, c.clone()))
-                .transpose()?,
-            // under a load shedder a limit says "not ready" rather than
-            // letting a request wait, so that the shedder refuses it
-            rate_limit: self
-                .rate_limit
-                .map(|r| RateLimitLayer::new(r, c.clone()))
-                .transpose()?
-                .map(|l| if self.load_shed { l.for_load_shed() } else { l }),
-            concurrency: self
-                .concurrency
-                .map(|r| ConcurrencyLimitLayer::new(r, c.clone()))
-                .transpose()?
-                .map(|l| if self.load_shed { l.for_load_shed() } else { l }),
-            adaptive: self
-                .adaptive
-                .map(|r| AdaptiveConcurrencyLayer::new(r, c.clone()))
-                .transpose()?
-                .map(|l| if self.load_shed { l.for_load_shed() } else { l }),
-            retry,
-            hedge,
-            attempt_trace: self
-                .trace
-                .as_ref()
-                .map(AttemptTraceLayer::with_config)
-                .transpose()?,
-            timeout: self.timeout.map(TimeoutLayer::new).transpose()?,
-        })
+        if let Some(t) = &self.trace {
+            t.validate()?;
+        }
+        if let Some(m) = &self.metrics {
+            m.validate()?;
+        }
+        if let Some(b) = &self.breaker {
+            b.validate()?;
+        }
+        if let Some(r) = &self.rate_limit {
+            r.validate()?;
+        }
+        if let Some(r) = &self.concurrency {
+            r.validate()?;
+        }
+        if let Some(r) = &self.adaptive {
+            r.validate()?;
+        }
+        if let Some(r) = &self.retry {
+            r.validate()?;
+        }
+        if let Some(h) = &self.hedge {
+            h.validate()?;
+        }
+        if let Some(t) = &self.timeout {
+            t.validate()?;
+        }
+        Ok(())
     }
 
     /// Builds the stack around `driver` (usually a
@@ -353,8 +375,7 @@ impl StackBuilder {
     ) -> Result<Stack<BoxService>, ConfigError> {
         let driver = DriverService::builder(session.into())
             .collectors(self.collectors.clone())
-            .build()
-            .map_err(|e| ConfigError::new("driver", e.message().to_string()))?;
+            .build()?;
         self.build(driver)
     }
 }

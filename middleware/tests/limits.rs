@@ -104,8 +104,7 @@ async fn the_rate_limit_holds_a_burst_of_200_to_the_configured_rate() {
             },
         },
         s.collectors.clone(),
-    )
-    .unwrap();
+    );
     let svc = layer.layer(s.driver.clone());
     let start = Instant::now();
     // 200 requests at once from 8 tasks, each with its own clone (one bucket).
@@ -162,8 +161,7 @@ async fn the_concurrency_limit_never_lets_more_than_n_through() {
             queue_timeout: Some(Duration::from_secs(10)),
         },
         s.collectors.clone(),
-    )
-    .unwrap();
+    );
     // Count what reaches the driver at once.
     let now = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
@@ -213,8 +211,7 @@ async fn the_breaker_opens_on_an_overloaded_node_and_recovers_after_cool_down() 
             half_open_probes: 1,
         },
         s.collectors.clone(),
-    )
-    .unwrap();
+    );
     let svc = layer.layer(s.driver.clone());
     let fault = s.cluster.faults().add(
         Fault::error(InjectedError::Overloaded)
@@ -279,8 +276,7 @@ async fn the_timeout_tells_a_slow_attempt_from_a_passed_deadline() {
     let layer = TimeoutLayer::new(TimeoutConfig {
         per_attempt: Some(Duration::from_millis(100)),
         honour_deadline: true,
-    })
-    .unwrap();
+    });
     let svc = layer.layer(s.driver.clone());
     // A deadline that passed before the attempt: refused, never sent. (A
     // deadline that passes during the attempt is also the driver's own

@@ -11,6 +11,7 @@ use tower_cql_core::{
     Collectors, CqlRequest, DriverService, ErrorKind, InMemoryCollector, Statement,
 };
 use tower_cql_middleware::metrics::{MetricsConfig, MetricsLayer};
+use tower_cql_middleware::stack::StackBuilder;
 use tower_cql_middleware::trace::{AttemptTraceLayer, TraceConfig, TraceLayer};
 use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
 use tower_layer::Layer as _;
@@ -118,7 +119,6 @@ async fn request_and_attempt_spans_follow_the_db_conventions() {
     let _guard =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
     let mut svc = TraceLayer::new(TraceConfig::default())
-        .unwrap()
         .layer(AttemptTraceLayer::new().layer(e.driver.clone()));
 
     let secret = "s3cr3t-bound-value";
@@ -220,7 +220,7 @@ async fn request_and_attempt_spans_follow_the_db_conventions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_event_per_logical_request_beside_attempt_events() {
     let e = env().await;
-    let layer = MetricsLayer::new(MetricsConfig::default(), e.collectors.clone()).unwrap();
+    let layer = MetricsLayer::new(MetricsConfig::default(), e.collectors.clone());
     let mut svc = layer.layer(e.driver.clone());
     let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?")
         .operation("get")
@@ -263,8 +263,7 @@ async fn one_request_event_per_logical_request_beside_attempt_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cardinality_guard_folds_label_sets_past_the_limit() {
     let e = env().await;
-    let layer =
-        MetricsLayer::new(MetricsConfig { max_label_sets: 3 }, e.collectors.clone()).unwrap();
+    let layer = MetricsLayer::new(MetricsConfig { max_label_sets: 3 }, e.collectors.clone());
     let mut svc = layer.layer(e.driver.clone());
     for i in 0..10 {
         let req = CqlRequest::query("SELECT v FROM ks.kv WHERE k = ?")
@@ -287,8 +286,11 @@ async fn the_cardinality_guard_folds_label_sets_past_the_limit() {
         7,
         "attempts are folded too"
     );
-    let err =
-        MetricsLayer::new(MetricsConfig { max_label_sets: 0 }, e.collectors.clone()).unwrap_err();
+    // refused when the stack is built
+    let err = StackBuilder::new(e.collectors.clone())
+        .metrics(MetricsConfig { max_label_sets: 0 })
+        .build(e.driver.clone())
+        .unwrap_err();
     assert!(err.to_string().contains("metrics.max_label_sets"), "{err}");
 }
 

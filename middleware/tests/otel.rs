@@ -38,9 +38,8 @@ async fn spans_export_with_db_semantic_conventions() {
         tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(tracer));
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let mut svc = TraceLayer::new(TraceConfig::default())
-        .unwrap()
-        .layer(AttemptTraceLayer::new().layer(driver));
+    let mut svc =
+        TraceLayer::new(TraceConfig::default()).layer(AttemptTraceLayer::new().layer(driver));
     let insert = Statement::new("INSERT INTO ks.users (id, name) VALUES (?, 'literal-name')")
         .operation("add_user");
     svc.ready()

@@ -69,9 +69,7 @@ const PUT: &str = "INSERT INTO ks.kv (k, v) VALUES (?, ?)";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_recover_an_idempotent_read_from_two_overloaded() {
     let e = env(1).await;
-    let svc = RetryLayer::new(RetryConfig::default(), e.collectors.clone())
-        .unwrap()
-        .layer(e.driver.clone());
+    let svc = RetryLayer::new(RetryConfig::default(), e.collectors.clone()).layer(e.driver.clone());
     let get = Statement::new(GET).idempotent(true);
     // warm the prepared-statement cache, then count from here (not with
     // `counters().reset()`: statements prepared before a reset keep
@@ -108,9 +106,7 @@ async fn retries_recover_an_idempotent_read_from_two_overloaded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_idempotent_write_that_may_have_applied_is_not_retried() {
     let e = env(1).await;
-    let svc = RetryLayer::new(RetryConfig::default(), e.collectors.clone())
-        .unwrap()
-        .layer(e.driver.clone());
+    let svc = RetryLayer::new(RetryConfig::default(), e.collectors.clone()).layer(e.driver.clone());
     let put = Statement::new(PUT); // not idempotent
     assert_eq!(e.cluster.counters().applied(PUT), 0);
     let fault = e
@@ -225,7 +221,6 @@ async fn a_hedged_read_does_not_wait_for_a_slow_node() {
         },
         e.collectors.clone(),
     )
-    .unwrap()
     .layer(e.driver.clone());
     let id = e
         .cluster
@@ -263,20 +258,17 @@ impl Collector for Attempts {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_attempt_of_a_retried_and_hedged_read_has_its_own_index() {
     let e = env(1).await;
-    let svc = RetryLayer::new(RetryConfig::default(), e.collectors.clone())
-        .unwrap()
-        .layer(
-            HedgeLayer::new(
-                HedgeConfig {
-                    delay: HedgeDelay::Fixed(Duration::from_millis(20)),
-                    max_speculative: 1,
-                    ..HedgeConfig::default()
-                },
-                e.collectors.clone(),
-            )
-            .unwrap()
-            .layer(e.driver.clone()),
-        );
+    let svc = RetryLayer::new(RetryConfig::default(), e.collectors.clone()).layer(
+        HedgeLayer::new(
+            HedgeConfig {
+                delay: HedgeDelay::Fixed(Duration::from_millis(20)),
+                max_speculative: 1,
+                ..HedgeConfig::default()
+            },
+            e.collectors.clone(),
+        )
+        .layer(e.driver.clone()),
+    );
     let get = Statement::new(GET).idempotent(true);
     svc.clone()
         .oneshot(get.request().bind((1i32,)))

@@ -525,7 +525,7 @@ macro_rules! assert_pending {
 async fn a_full_concurrency_limit_is_ready_and_its_response_future_queues() {
     let rec = Arc::new(Recorder::default());
     let collectors = Collectors::with([rec.clone()]);
-    let layer = ConcurrencyLimitLayer::new(one_in_flight(None), collectors).unwrap();
+    let layer = ConcurrencyLimitLayer::new(one_in_flight(None), collectors);
     let inner = Strict::new();
     let mut a = layer.layer(inner.clone());
     let mut b = a.clone();
@@ -570,8 +570,7 @@ async fn a_full_concurrency_limit_is_ready_and_its_response_future_queues() {
 async fn an_empty_rate_limit_is_ready_and_its_response_future_waits() {
     let rec = Arc::new(Recorder::default());
     let collectors = Collectors::with([rec.clone()]);
-    let layer =
-        RateLimitLayer::new(one_token_per(100 * MS, Duration::from_secs(1)), collectors).unwrap();
+    let layer = RateLimitLayer::new(one_token_per(100 * MS, Duration::from_secs(1)), collectors);
     let inner = Strict::new();
     let mut svc = layer.layer(inner.clone());
     assert_ready_ok!(poll_ready(&mut svc));

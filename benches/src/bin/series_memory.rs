@@ -144,8 +144,7 @@ fn guard(n: usize) -> isize {
             max_label_sets: n + 1,
         },
         Collectors::new(),
-    )
-    .expect("config");
+    );
     fn answer(_: CqlRequest) -> std::future::Ready<Result<CqlResponse, CqlError>> {
         std::future::ready(Ok(CqlResponse::synthetic(ExecutionInfo::default())))
     }

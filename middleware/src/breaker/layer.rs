@@ -4,7 +4,6 @@ use tower_cql_core::{BreakerState, Collectors};
 use tower_layer::Layer;
 
 use super::{BreakerConfig, Breakers, CircuitBreaker};
-use crate::config::ConfigError;
 use crate::toggle::PassThrough;
 
 /// Makes [`CircuitBreaker`] services that all share this layer's breakers
@@ -15,16 +14,17 @@ pub struct CircuitBreakerLayer {
 }
 
 impl CircuitBreakerLayer {
-    /// A layer with every breaker closed; an invalid `config` is an error
-    /// naming the field.
-    pub fn new(
-        config: BreakerConfig,
-        collectors: Collectors,
-    ) -> Result<CircuitBreakerLayer, ConfigError> {
-        config.validate()?;
-        Ok(CircuitBreakerLayer {
+    /// A layer with every breaker closed.
+    ///
+    /// # Panics
+    /// If `config` is invalid (see its `validate()`, which says why);
+    /// [`StackBuilder`](crate::stack::StackBuilder) returns that as an error.
+    #[track_caller]
+    pub fn new(config: BreakerConfig, collectors: Collectors) -> CircuitBreakerLayer {
+        crate::config::checked(config.validate());
+        CircuitBreakerLayer {
             breakers: Arc::new(Breakers::new(config, collectors)),
-        })
+        }
     }
 
     /// The configuration.

@@ -18,7 +18,7 @@
 //! let layer = CircuitBreakerLayer::new(
 //!     BreakerConfig { min_requests: 4, ..BreakerConfig::default() },
 //!     Collectors::new(),
-//! )?;
+//! );
 //! // Two nodes: 10.0.0.1 answers every request with Overloaded, 10.0.0.2
 //! // serves it. A stand-in for the driver takes them in turn, skipping a
 //! // node that the request's route hint excludes.
@@ -56,7 +56,7 @@
 //! let alone = CircuitBreakerLayer::new(
 //!     BreakerConfig { min_requests: 4, ..BreakerConfig::default() },
 //!     Collectors::new(),
-//! )?;
+//! );
 //! let mut svc = alone.layer(service_fn(move |_req: CqlRequest| async move {
 //!     Err::<CqlResponse, _>(CqlError::new(ErrorKind::Overloaded, "busy").with_node(bad))
 //! }));
@@ -300,12 +300,12 @@ impl<S> CircuitBreaker<S> {
 
     /// Wraps `inner` with its own breakers (use [`CircuitBreakerLayer`] to
     /// share them between several services).
-    pub fn new(
-        inner: S,
-        config: BreakerConfig,
-        collectors: Collectors,
-    ) -> Result<CircuitBreaker<S>, ConfigError> {
-        Ok(CircuitBreakerLayer::new(config, collectors)?.service(inner))
+    ///
+    /// # Panics
+    /// If `config` is invalid (see [`BreakerConfig::validate`]).
+    #[track_caller]
+    pub fn new(inner: S, config: BreakerConfig, collectors: Collectors) -> CircuitBreaker<S> {
+        CircuitBreakerLayer::new(config, collectors).service(inner)
     }
 
     /// The state of `target` (a node address such as `"10.0.0.1:9042"`, or
@@ -458,7 +458,10 @@ mod config_tests {
         for (config, field) in cases {
             let err = config.validate().unwrap_err();
             assert_eq!(err.field, field, "{config:?}");
-            assert!(CircuitBreakerLayer::new(config, Collectors::new()).is_err());
+            let msg = crate::config::panic_message(|| {
+                CircuitBreakerLayer::new(config, Collectors::new())
+            });
+            assert!(msg.contains(field), "{msg}");
         }
         assert!(
             BreakerConfig {

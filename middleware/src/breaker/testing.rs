@@ -162,7 +162,7 @@ pub(super) fn breaker(config: BreakerConfig) -> (CircuitBreakerLayer, Node, Arc<
     let rec = Arc::new(Recorder::default());
     let collectors = Collectors::with([rec.clone()]);
     (
-        CircuitBreakerLayer::new(config, collectors).unwrap(),
+        CircuitBreakerLayer::new(config, collectors),
         Node::new(NODE),
         rec,
     )

@@ -23,7 +23,7 @@
 //!         ..AdaptiveConfig::default()
 //!     },
 //!     Collectors::new(),
-//! )?;
+//! );
 //! // The server says it is overloaded: the limit halves.
 //! let inner = service_fn(|_req: CqlRequest| async {
 //!     Err::<(), _>(CqlError::new(ErrorKind::Overloaded, "busy"))
@@ -328,13 +328,14 @@ impl fmt::Debug for AdaptiveConcurrencyLayer {
 }
 
 impl AdaptiveConcurrencyLayer {
-    /// A layer starting at `config.initial`; an invalid `config` is an
-    /// error naming the field.
-    pub fn new(
-        config: AdaptiveConfig,
-        collectors: Collectors,
-    ) -> Result<AdaptiveConcurrencyLayer, ConfigError> {
-        config.validate()?;
+    /// A layer starting at `config.initial`.
+    ///
+    /// # Panics
+    /// If `config` is invalid (see its `validate()`, which says why);
+    /// [`StackBuilder`](crate::stack::StackBuilder) returns that as an error.
+    #[track_caller]
+    pub fn new(config: AdaptiveConfig, collectors: Collectors) -> AdaptiveConcurrencyLayer {
+        crate::config::checked(config.validate());
         let AdaptiveAlgorithm::Aimd {
             increase_by,
             decrease_factor,
@@ -350,7 +351,7 @@ impl AdaptiveConcurrencyLayer {
             decreased_at: AtomicU64::new(0),
             start: Instant::now(),
         };
-        Ok(AdaptiveConcurrencyLayer {
+        AdaptiveConcurrencyLayer {
             core: Arc::new(Core::new(
                 "adaptive",
                 config.initial,
@@ -361,7 +362,7 @@ impl AdaptiveConcurrencyLayer {
             )),
             config,
             shed: false,
-        })
+        }
     }
 
     /// For use under a [`LoadShedLayer`](crate::load_shed::LoadShedLayer):
@@ -438,12 +439,12 @@ impl<S: Clone> Clone for AdaptiveConcurrency<S> {
 impl<S> AdaptiveConcurrency<S> {
     /// Wraps `inner` with its own adaptive limit (use
     /// [`AdaptiveConcurrencyLayer`] to share one between services).
-    pub fn new(
-        inner: S,
-        config: AdaptiveConfig,
-        collectors: Collectors,
-    ) -> Result<AdaptiveConcurrency<S>, ConfigError> {
-        Ok(AdaptiveConcurrencyLayer::new(config, collectors)?.layer(inner))
+    ///
+    /// # Panics
+    /// If `config` is invalid (see [`AdaptiveConfig::validate`]).
+    #[track_caller]
+    pub fn new(inner: S, config: AdaptiveConfig, collectors: Collectors) -> AdaptiveConcurrency<S> {
+        AdaptiveConcurrencyLayer::new(config, collectors).layer(inner)
     }
 
     /// A service with no limit that only forwards to `inner` (see
@@ -554,10 +555,7 @@ mod tests {
             max_queue: 100,
             queue_timeout: None,
         };
-        (
-            AdaptiveConcurrencyLayer::new(config, collectors).unwrap(),
-            limits,
-        )
+        (AdaptiveConcurrencyLayer::new(config, collectors), limits)
     }
 
     /// An inner service answering after `delay` with `kind` (or Ok).
@@ -735,7 +733,10 @@ mod tests {
         for (config, field) in cases {
             let err = config.validate().unwrap_err();
             assert_eq!(err.field, field, "{config:?}");
-            assert!(AdaptiveConcurrencyLayer::new(config, Collectors::new()).is_err());
+            let msg = crate::config::panic_message(|| {
+                AdaptiveConcurrencyLayer::new(config, Collectors::new())
+            });
+            assert!(msg.contains(field), "{msg}");
         }
     }
 }

@@ -6,7 +6,6 @@ use tower_layer::Layer;
 
 use super::slots::Core;
 use super::{ConcurrencyConfig, ConcurrencyLimit};
-use crate::config::ConfigError;
 use crate::toggle::PassThrough;
 
 /// Makes [`ConcurrencyLimit`] services that all share this layer's one
@@ -31,14 +30,15 @@ impl fmt::Debug for ConcurrencyLimitLayer {
 }
 
 impl ConcurrencyLimitLayer {
-    /// A layer with an empty limit; an invalid `config` is an error naming
-    /// the field.
-    pub fn new(
-        config: ConcurrencyConfig,
-        collectors: Collectors,
-    ) -> Result<ConcurrencyLimitLayer, ConfigError> {
-        config.validate()?;
-        Ok(ConcurrencyLimitLayer {
+    /// A layer with an empty limit.
+    ///
+    /// # Panics
+    /// If `config` is invalid (see its `validate()`, which says why);
+    /// [`StackBuilder`](crate::stack::StackBuilder) returns that as an error.
+    #[track_caller]
+    pub fn new(config: ConcurrencyConfig, collectors: Collectors) -> ConcurrencyLimitLayer {
+        crate::config::checked(config.validate());
+        ConcurrencyLimitLayer {
             core: Arc::new(Core::new(
                 "concurrency_limit",
                 config.max_in_flight,
@@ -49,7 +49,7 @@ impl ConcurrencyLimitLayer {
             )),
             config,
             shed: false,
-        })
+        }
     }
 
     /// For use under a [`LoadShedLayer`](crate::load_shed::LoadShedLayer)

@@ -17,7 +17,7 @@
 //!         queue_timeout: None,
 //!     },
 //!     Collectors::new(),
-//! )?;
+//! );
 //! let inner = service_fn(|_req: CqlRequest| async { Ok::<_, CqlError>("done") });
 //! let mut a = layer.layer(inner);
 //! let mut b = a.clone();
@@ -342,12 +342,12 @@ impl<S> ConcurrencyLimit<S> {
 
     /// Wraps `inner` with its own limit (use [`ConcurrencyLimitLayer`] to
     /// share one limit between several services).
-    pub fn new(
-        inner: S,
-        config: ConcurrencyConfig,
-        collectors: Collectors,
-    ) -> Result<ConcurrencyLimit<S>, ConfigError> {
-        Ok(ConcurrencyLimitLayer::new(config, collectors)?.service(inner))
+    ///
+    /// # Panics
+    /// If `config` is invalid (see [`ConcurrencyConfig::validate`]).
+    #[track_caller]
+    pub fn new(inner: S, config: ConcurrencyConfig, collectors: Collectors) -> ConcurrencyLimit<S> {
+        ConcurrencyLimitLayer::new(config, collectors).service(inner)
     }
 
     /// Requests in flight (under this limit, across every clone; 0 for a
@@ -452,10 +452,7 @@ mod tests {
             max_queue,
             queue_timeout,
         };
-        (
-            ConcurrencyLimitLayer::new(config, collectors).unwrap(),
-            recorder,
-        )
+        (ConcurrencyLimitLayer::new(config, collectors), recorder)
     }
 
     /// An inner service whose calls take `d`, counting the most in flight.

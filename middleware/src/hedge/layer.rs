@@ -139,17 +139,21 @@ impl HedgeLayer {
     /// attempts themselves are reported by the driver service's attempt
     /// events (reason `speculative`) and counted in
     /// [`ExecutionInfo::speculative`](tower_cql_core::ExecutionInfo::speculative).
-    /// An invalid `config` is an error, never a panic.
-    pub fn new(config: HedgeConfig, collectors: Collectors) -> Result<HedgeLayer, ConfigError> {
-        config.validate()?;
-        let budget = RetryBudget::new(&config.budget.unwrap_or_default())?;
-        Ok(HedgeLayer {
+    /// # Panics
+    /// If `config` is invalid (see its `validate()`, which says why);
+    /// [`StackBuilder`](crate::stack::StackBuilder) returns that as an error.
+    #[track_caller]
+    pub fn new(config: HedgeConfig, collectors: Collectors) -> HedgeLayer {
+        crate::config::checked(config.validate());
+        let budget = RetryBudget::new(&config.budget.unwrap_or_default())
+            .expect("validated with the hedge configuration");
+        HedgeLayer {
             shared: Arc::new(Shared::new(
                 &config,
                 collectors,
                 Budget::Own(Arc::new(budget)),
             )),
-        })
+        }
     }
 
     /// A layer for services that `retry`'s services wrap (the stack's
@@ -158,19 +162,19 @@ impl HedgeLayer {
     /// retry layer deposits into once per request: retries and speculative
     /// attempts together then add at most the budget's ratio to the load.
     /// Otherwise as [`HedgeLayer::new`].
-    pub fn inside(
-        config: HedgeConfig,
-        collectors: Collectors,
-        retry: &RetryLayer,
-    ) -> Result<HedgeLayer, ConfigError> {
+    ///
+    /// # Panics
+    /// If `config` is invalid (see [`HedgeConfig::validate`]).
+    #[track_caller]
+    pub fn inside(config: HedgeConfig, collectors: Collectors, retry: &RetryLayer) -> HedgeLayer {
         if config.budget.is_some() {
             return HedgeLayer::new(config, collectors);
         }
-        config.validate()?;
+        crate::config::checked(config.validate());
         let budget = Budget::Shared(retry.policy().budget().clone());
-        Ok(HedgeLayer {
+        HedgeLayer {
             shared: Arc::new(Shared::new(&config, collectors, budget)),
-        })
+        }
     }
 
     /// The delay a request arriving now would hedge after.
@@ -265,8 +269,10 @@ mod tests {
             ),
         ];
         for (config, field) in cases {
-            let err = HedgeLayer::new(config, Collectors::new()).unwrap_err();
+            let err = config.validate().unwrap_err();
             assert_eq!(err.field, field, "{err}");
+            let msg = crate::config::panic_message(|| HedgeLayer::new(config, Collectors::new()));
+            assert!(msg.contains(field), "{msg}");
         }
         for ok in [
             HedgeConfig::default(),
@@ -278,10 +284,8 @@ mod tests {
                 ..HedgeConfig::default()
             },
         ] {
-            assert!(
-                HedgeLayer::new(ok.clone(), Collectors::new()).is_ok(),
-                "{ok:?}"
-            );
+            assert!(ok.validate().is_ok(), "{ok:?}");
+            HedgeLayer::new(ok, Collectors::new());
         }
         let err = HedgeConfig {
             max_speculative: 9,
@@ -296,14 +300,14 @@ mod tests {
     fn inside_a_retry_layer_the_budget_is_the_retry_layers_unless_configured() {
         use crate::retry::RetryConfig;
         use crate::stack_config::StackConfig;
-        let retry = RetryLayer::new(RetryConfig::default(), Collectors::new()).unwrap();
-        let shared = HedgeLayer::inside(HedgeConfig::default(), Collectors::new(), &retry).unwrap();
+        let retry = RetryLayer::new(RetryConfig::default(), Collectors::new());
+        let shared = HedgeLayer::inside(HedgeConfig::default(), Collectors::new(), &retry);
         assert!(Arc::ptr_eq(shared.budget(), retry.policy().budget()));
         let own = HedgeConfig {
             budget: Some(BudgetConfig::default()),
             ..HedgeConfig::default()
         };
-        let own = HedgeLayer::inside(own, Collectors::new(), &retry).unwrap();
+        let own = HedgeLayer::inside(own, Collectors::new(), &retry);
         assert!(!Arc::ptr_eq(own.budget(), retry.policy().budget()));
         // and from TOML: shared by default, its own with a `budget_*` key
         for (toml, shares) in [

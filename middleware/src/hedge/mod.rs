@@ -14,7 +14,7 @@
 //! let layer = HedgeLayer::new(
 //!     HedgeConfig { delay: HedgeDelay::Fixed(Duration::from_millis(20)), max_speculative: 1, ..Default::default() },
 //!     Collectors::new(),
-//! )?;
+//! );
 //! // A stand-in for the driver: the first call lands on a node stuck for a
 //! // second, later calls answer in 2 ms.
 //! let calls = Arc::new(AtomicU32::new(0));
@@ -262,14 +262,13 @@ pub struct Hedge<S> {
 }
 
 impl<S> Hedge<S> {
-    /// Wraps `inner`, with a budget of its own (as [`HedgeLayer::new`]);
-    /// an invalid `config` is an error.
-    pub fn new(
-        inner: S,
-        config: HedgeConfig,
-        collectors: Collectors,
-    ) -> Result<Hedge<S>, crate::config::ConfigError> {
-        Ok(HedgeLayer::new(config, collectors)?.layer(inner))
+    /// Wraps `inner`, with a budget of its own (as [`HedgeLayer::new`]).
+    ///
+    /// # Panics
+    /// If `config` is invalid (see [`HedgeConfig::validate`]).
+    #[track_caller]
+    pub fn new(inner: S, config: HedgeConfig, collectors: Collectors) -> Hedge<S> {
+        HedgeLayer::new(config, collectors).layer(inner)
     }
 
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Hedge<S> {
@@ -398,7 +397,6 @@ mod tests {
             },
             Collectors::new(),
         )
-        .unwrap()
     }
 
     /// Tokio's timer rounds a deadline up to the next millisecond.
@@ -631,8 +629,7 @@ mod tests {
                 ..HedgeConfig::default()
             },
             Collectors::new(),
-        )
-        .unwrap();
+        );
         assert_eq!(layer.current_delay(), 50 * MS, "max until there is data");
         // 99 answers in 10 ms: not enough yet
         let mock = Mock::new((0..200).map(|_| ok(10 * MS)));
@@ -710,8 +707,7 @@ mod tests {
                 }),
             },
             Collectors::new(),
-        )
-        .unwrap();
+        );
         // Learn a fast cluster: every read answers in 5 ms.
         let svc = layer.layer(by_reason(5 * MS, 5 * MS));
         for _ in 0..200 {
@@ -753,8 +749,7 @@ mod tests {
                 ..HedgeConfig::default()
             },
             Collectors::new(),
-        )
-        .unwrap();
+        );
         let DelaySource::Percentile(tracker) = &layer.shared.source else {
             unreachable!("a percentile delay");
         };
@@ -789,8 +784,7 @@ mod tests {
                 ..RetryConfig::default()
             },
             Collectors::new(),
-        )
-        .unwrap();
+        );
         // Two races fail (a slow first attempt and two quick speculative
         // ones each), the third attempt answers.
         let race = || {
@@ -843,8 +837,7 @@ mod tests {
                 ..HedgeConfig::default()
             },
             collectors,
-        )
-        .unwrap();
+        );
         let svc = layer.layer(by_reason(Duration::from_secs(1), MS));
         let reads = 1000;
         let responses =

@@ -16,7 +16,7 @@
 //! let limit = ConcurrencyLimitLayer::new(
 //!     ConcurrencyConfig { max_in_flight: 1, ..ConcurrencyConfig::default() },
 //!     collectors.clone(),
-//! )?
+//! )
 //! .for_load_shed();
 //! let inner = service_fn(|_req: CqlRequest| async { Ok::<_, CqlError>("done") });
 //! let mut busy = limit.layer(inner);

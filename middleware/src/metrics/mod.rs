@@ -15,7 +15,7 @@
 //! let inner = service_fn(|_req: CqlRequest| async {
 //!     Ok::<_, tower_cql_core::CqlError>(CqlResponse::synthetic(ExecutionInfo { attempts: 1, ..Default::default() }))
 //! });
-//! let mut svc = MetricsLayer::new(MetricsConfig::default(), collectors).unwrap().layer(inner);
+//! let mut svc = MetricsLayer::new(MetricsConfig::default(), collectors).layer(inner);
 //! svc.ready().await.unwrap().call(CqlRequest::query("SELECT v FROM ks.t").operation("get")).await.unwrap();
 //! assert_eq!(memory.snapshot().request_latency(Some("get")).count(), 1);
 //! # }
@@ -125,17 +125,22 @@ impl fmt::Debug for MetricsLayer {
 }
 
 impl MetricsLayer {
-    /// A layer emitting into `collectors`; the configuration is checked here.
-    pub fn new(config: MetricsConfig, collectors: Collectors) -> Result<MetricsLayer, ConfigError> {
-        config.validate()?;
-        Ok(MetricsLayer {
+    /// A layer emitting into `collectors`.
+    ///
+    /// # Panics
+    /// If `config` is invalid (see its `validate()`, which says why);
+    /// [`StackBuilder`](crate::stack::StackBuilder) returns that as an error.
+    #[track_caller]
+    pub fn new(config: MetricsConfig, collectors: Collectors) -> MetricsLayer {
+        crate::config::checked(config.validate());
+        MetricsLayer {
             collectors,
             guard: Arc::new(CardinalityGuard {
                 seen: Registry::new(),
                 max: config.max_label_sets,
                 folded: AtomicU64::new(0),
             }),
-        })
+        }
     }
 
     /// Requests whose labels were folded into `"other"`.

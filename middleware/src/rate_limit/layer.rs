@@ -6,7 +6,6 @@ use tower_layer::Layer;
 
 use super::bucket::Bucket;
 use super::{RateLimit, RateLimitConfig, Shared};
-use crate::config::ConfigError;
 use crate::toggle::PassThrough;
 
 /// Makes [`RateLimit`] services that all draw from this layer's one
@@ -28,21 +27,22 @@ impl fmt::Debug for RateLimitLayer {
 }
 
 impl RateLimitLayer {
-    /// A layer with a full bucket; an invalid `config` is an error naming
-    /// the field.
-    pub fn new(
-        config: RateLimitConfig,
-        collectors: Collectors,
-    ) -> Result<RateLimitLayer, ConfigError> {
-        config.validate()?;
-        Ok(RateLimitLayer {
+    /// A layer with a full bucket.
+    ///
+    /// # Panics
+    /// If `config` is invalid (see its `validate()`, which says why);
+    /// [`StackBuilder`](crate::stack::StackBuilder) returns that as an error.
+    #[track_caller]
+    pub fn new(config: RateLimitConfig, collectors: Collectors) -> RateLimitLayer {
+        crate::config::checked(config.validate());
+        RateLimitLayer {
             shared: Arc::new(Shared {
                 bucket: Bucket::new(&config),
                 config,
                 collectors,
             }),
             shed: false,
-        })
+        }
     }
 
     /// For use under a [`LoadShedLayer`](crate::load_shed::LoadShedLayer)

@@ -16,7 +16,7 @@
 //!         mode: RateLimitMode::Reject,
 //!     },
 //!     Collectors::new(),
-//! )?;
+//! );
 //! // A mock inner service (a real stack has the driver service here).
 //! let inner = service_fn(|_req: CqlRequest| async { Ok::<_, CqlError>("done") });
 //! let mut svc = layer.layer(inner);
@@ -345,12 +345,12 @@ impl<S> RateLimit<S> {
 
     /// Wraps `inner` with its own bucket (use [`RateLimitLayer`] to share
     /// one bucket between several services).
-    pub fn new(
-        inner: S,
-        config: RateLimitConfig,
-        collectors: Collectors,
-    ) -> Result<RateLimit<S>, ConfigError> {
-        Ok(RateLimitLayer::new(config, collectors)?.service(inner))
+    ///
+    /// # Panics
+    /// If `config` is invalid (see [`RateLimitConfig::validate`]).
+    #[track_caller]
+    pub fn new(inner: S, config: RateLimitConfig, collectors: Collectors) -> RateLimit<S> {
+        RateLimitLayer::new(config, collectors).service(inner)
     }
 
     /// The configuration. A [pass-through](RateLimit::pass_through)'s is
@@ -503,10 +503,7 @@ mod tests {
             burst,
             mode,
         };
-        (
-            RateLimit::new(mock(), config, collectors).unwrap(),
-            recorder,
-        )
+        (RateLimit::new(mock(), config, collectors), recorder)
     }
 
     /// Calls once; `Ok(waited)` when admitted (the mock answers at once,
@@ -609,8 +606,7 @@ mod tests {
                 mode: RateLimitMode::Reject,
             },
             Collectors::new(),
-        )
-        .unwrap();
+        );
         use tower_layer::Layer;
         let mut c = layer.layer(mock());
         let mut d = layer.layer(mock());
@@ -691,7 +687,6 @@ mod tests {
             },
             Collectors::new(),
         )
-        .unwrap()
         .for_load_shed();
         use tower_layer::Layer;
         let mut a = layer.layer(mock());
@@ -763,16 +758,14 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.field, "rate_limit.burst");
         assert!(err.to_string().contains("at least 1"), "{err}");
-        assert!(
-            RateLimitLayer::new(
-                RateLimitConfig {
-                    burst: 0,
-                    ..Default::default()
-                },
-                Collectors::new()
-            )
-            .is_err()
-        );
+        let msg = crate::config::panic_message(|| {
+            let config = RateLimitConfig {
+                burst: 0,
+                ..Default::default()
+            };
+            RateLimitLayer::new(config, Collectors::new())
+        });
+        assert!(msg.contains("rate_limit.burst"), "{msg}");
     }
 }
 

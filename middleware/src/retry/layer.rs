@@ -59,14 +59,17 @@ pub struct RetryLayer {
 
 impl RetryLayer {
     /// A layer for `config`, emitting retry events into `collectors`.
-    /// An invalid `config` is an error, never a panic.
-    pub fn new(config: RetryConfig, collectors: Collectors) -> Result<RetryLayer, ConfigError> {
-        Ok(RetryLayer {
-            shared: Arc::new(Shared {
-                policy: RetryPolicy::new(&config)?,
-                collectors,
-            }),
-        })
+    ///
+    /// # Panics
+    /// If `config` is invalid (see its `validate()`, which says why);
+    /// [`StackBuilder`](crate::stack::StackBuilder) returns that as an error.
+    #[track_caller]
+    pub fn new(config: RetryConfig, collectors: Collectors) -> RetryLayer {
+        crate::config::checked(config.validate());
+        let policy = RetryPolicy::new(&config).expect("validated above");
+        RetryLayer {
+            shared: Arc::new(Shared { policy, collectors }),
+        }
     }
 
     /// The policy (and through it the budget) the services share.
@@ -136,19 +139,17 @@ mod tests {
             ),
         ];
         for (config, field) in cases {
-            let err = RetryLayer::new(config, Collectors::new()).unwrap_err();
+            let err = config.validate().unwrap_err();
             assert_eq!(err.field, field, "{err}");
+            let msg = crate::config::panic_message(|| RetryLayer::new(config, Collectors::new()));
+            assert!(msg.contains(field), "{msg}");
         }
-        assert!(RetryLayer::new(RetryConfig::default(), Collectors::new()).is_ok());
-        assert!(
-            RetryLayer::new(
-                RetryConfig {
-                    max_attempts: 1,
-                    ..RetryConfig::default()
-                },
-                Collectors::new()
-            )
-            .is_ok()
-        );
+        RetryLayer::new(RetryConfig::default(), Collectors::new());
+        let one = RetryConfig {
+            max_attempts: 1,
+            ..RetryConfig::default()
+        };
+        assert!(one.validate().is_ok());
+        RetryLayer::new(one, Collectors::new());
     }
 }

@@ -14,7 +14,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let memory = Arc::new(InMemoryCollector::new());
 //! let collectors = Collectors::with([memory.clone()]);
-//! let layer = RetryLayer::new(RetryConfig { max_attempts: 3, ..RetryConfig::default() }, collectors)?;
+//! let layer = RetryLayer::new(RetryConfig { max_attempts: 3, ..RetryConfig::default() }, collectors);
 //!
 //! // A stand-in for the driver service: overloaded twice, then fine.
 //! let calls = Arc::new(AtomicU32::new(0));
@@ -266,7 +266,7 @@ mod tests {
 
     fn layer(config: RetryConfig) -> (RetryLayer, Arc<Recorder>) {
         let (recorder, collectors) = Recorder::new();
-        (RetryLayer::new(config, collectors).unwrap(), recorder)
+        (RetryLayer::new(config, collectors), recorder)
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,7 +1,6 @@
 use tower_layer::Layer;
 
 use super::{Timeout, TimeoutConfig};
-use crate::config::ConfigError;
 use crate::toggle::PassThrough;
 
 /// Makes [`Timeout`] services (see the [module docs](super)).
@@ -11,11 +10,15 @@ pub struct TimeoutLayer {
 }
 
 impl TimeoutLayer {
-    /// A layer; an invalid `config` is an error naming the field. It
-    /// emits no events of its own, so it takes no collectors.
-    pub fn new(config: TimeoutConfig) -> Result<TimeoutLayer, ConfigError> {
-        config.validate()?;
-        Ok(TimeoutLayer { config })
+    /// A layer. It emits no events of its own, so it takes no collectors.
+    ///
+    /// # Panics
+    /// If `config` is invalid (see its `validate()`, which says why);
+    /// [`StackBuilder`](crate::stack::StackBuilder) returns that as an error.
+    #[track_caller]
+    pub fn new(config: TimeoutConfig) -> TimeoutLayer {
+        crate::config::checked(config.validate());
+        TimeoutLayer { config }
     }
 
     /// The configuration.

@@ -12,7 +12,7 @@
 //! let layer = TimeoutLayer::new(TimeoutConfig {
 //!     per_attempt: Some(Duration::from_millis(20)),
 //!     honour_deadline: true,
-//! })?;
+//! });
 //! // A node that takes a second to answer.
 //! let slow = service_fn(|_req: CqlRequest| async {
 //!     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -118,10 +118,14 @@ pub struct Timeout<S> {
 }
 
 impl<S> Timeout<S> {
-    /// Wraps `inner`; an invalid `config` is an error naming the field.
-    pub fn new(inner: S, config: TimeoutConfig) -> Result<Timeout<S>, ConfigError> {
-        config.validate()?;
-        Ok(Timeout { inner, config })
+    /// Wraps `inner`.
+    ///
+    /// # Panics
+    /// If `config` is invalid (see [`TimeoutConfig::validate`]).
+    #[track_caller]
+    pub fn new(inner: S, config: TimeoutConfig) -> Timeout<S> {
+        crate::config::checked(config.validate());
+        Timeout { inner, config }
     }
 
     /// A service with no timer that only forwards to `inner` (see
@@ -248,7 +252,6 @@ mod tests {
             per_attempt,
             honour_deadline,
         })
-        .unwrap()
     }
 
     fn in_ms(ms: u64) -> std::time::Instant {
@@ -332,8 +335,7 @@ mod tests {
                 per_attempt: Some(Duration::from_secs(1)),
                 honour_deadline: true,
             },
-        )
-        .unwrap();
+        );
         assert_eq!(
             svc.oneshot(req()).await.unwrap_err().kind(),
             ErrorKind::Overloaded
@@ -351,12 +353,12 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.field, "timeout.per_attempt");
         assert!(err.message.contains("greater than zero"), "{err}");
-        assert!(
+        let msg = crate::config::panic_message(|| {
             TimeoutLayer::new(TimeoutConfig {
                 per_attempt: Some(Duration::ZERO),
-                honour_deadline: false
+                honour_deadline: false,
             })
-            .is_err()
-        );
+        });
+        assert!(msg.contains("timeout.per_attempt"), "{msg}");
     }
 }

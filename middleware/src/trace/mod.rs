@@ -12,7 +12,7 @@
 //! let inner = service_fn(|_req: CqlRequest| async {
 //!     Ok::<_, tower_cql_core::CqlError>(CqlResponse::synthetic(ExecutionInfo::default()))
 //! });
-//! let mut svc = TraceLayer::new(TraceConfig::default()).unwrap().layer(inner);
+//! let mut svc = TraceLayer::new(TraceConfig::default()).layer(inner);
 //! // With a subscriber installed (e.g. tracing-opentelemetry), this makes a
 //! // span "SELECT ks.users" with db.system.name = "cassandra", ...
 //! svc.ready().await.unwrap().call(CqlRequest::query("SELECT name FROM ks.users WHERE id = ?")).await.unwrap();
@@ -114,10 +114,15 @@ pub struct TraceLayer {
 }
 
 impl TraceLayer {
-    /// A layer; the configuration is checked here.
-    pub fn new(config: TraceConfig) -> Result<TraceLayer, ConfigError> {
-        config.validate()?;
-        Ok(TraceLayer { config })
+    /// A layer opening request spans as `config` says.
+    ///
+    /// # Panics
+    /// If `config` is invalid (see its `validate()`, which says why);
+    /// [`StackBuilder`](crate::stack::StackBuilder) returns that as an error.
+    #[track_caller]
+    pub fn new(config: TraceConfig) -> TraceLayer {
+        crate::config::checked(config.validate());
+        TraceLayer { config }
     }
 }
 
@@ -287,11 +292,16 @@ impl AttemptTraceLayer {
 
     /// A layer making its spans at the level of `config` (`INFO` or
     /// `DEBUG`); the stack builder uses the request span's configuration.
-    pub fn with_config(config: &TraceConfig) -> Result<AttemptTraceLayer, ConfigError> {
-        config.validate()?;
-        Ok(AttemptTraceLayer {
+    ///
+    /// # Panics
+    /// If `config` is invalid (see its `validate()`, which says why);
+    /// [`StackBuilder`](crate::stack::StackBuilder) returns that as an error.
+    #[track_caller]
+    pub fn with_config(config: &TraceConfig) -> AttemptTraceLayer {
+        crate::config::checked(config.validate());
+        AttemptTraceLayer {
             debug: config.level == Level::DEBUG,
-        })
+        }
     }
 }
 
