@@ -111,6 +111,14 @@
 //! with its events. [`Cluster::trace_session_ids`] lists the sessions
 //! kept.
 //!
+//! # Many requests at once
+//! Every request is answered, however many are in flight on a connection
+//! (all 32,767 stream ids pipelined, frames cut anywhere). The stress
+//! tests count answers: `tests/stress.rs` (scylla driver, uncompressed,
+//! LZ4, Snappy) and `tests/python/stress.py` (DataStax Python driver, run
+//! from `tests/other_drivers.rs`), sized by `TESTKIT_STRESS_REQUESTS`
+//! (and `TESTKIT_STRESS_ROUNDS` for the Python one).
+//!
 //! # What the store supports
 //! CREATE/DROP KEYSPACE and TABLE (`IF [NOT] EXISTS`), TRUNCATE, USE;
 //! INSERT (`IF NOT EXISTS`), UPDATE (counters, collection `+`/`-`,
