@@ -251,6 +251,8 @@ pub(crate) struct Database {
     pub(crate) counters: Counters,
     pub(crate) faults: Faults,
     pub(crate) events: broadcast::Sender<(usize, Event)>,
+    /// The trace sessions `system_traces` holds.
+    pub(crate) traces: crate::trace::Traces,
 }
 
 impl Database {
@@ -262,6 +264,7 @@ impl Database {
             counters: Counters::default(),
             faults: Faults::default(),
             events: broadcast::channel(1024).0,
+            traces: crate::trace::Traces::default(),
         }
     }
 

@@ -58,6 +58,67 @@
 //! at `node_addr(i)`, and `Fault::node(i)` hits the requests that node
 //! serves, which `node_executions(i)` counts.
 //!
+//! # Tracing
+//! A request whose frame sets the tracing flag (0x02; the scylla driver's
+//! `Statement::set_tracing(true)`, the Python driver's `trace=True`) is
+//! traced as Cassandra 4.x traces it: its response (result or error)
+//! carries the flag and the trace session id, and the request leaves one
+//! row in `system_traces.sessions` and its events in
+//! `system_traces.events`, with Cassandra 4.x's columns:
+//!
+//! - `sessions (session_id uuid PRIMARY KEY, client inet, command text,
+//!   coordinator inet, coordinator_port int, duration int, parameters
+//!   map<text,text>, request text, started_at timestamp)`
+//! - `events (session_id uuid, event_id timeuuid, activity text, source
+//!   inet, source_elapsed int, source_port int, thread text, PRIMARY KEY
+//!   (session_id, event_id))`
+//!
+//! So `SELECT * FROM system_traces.sessions WHERE session_id = ?`, the
+//! scylla driver's `Session::get_tracing_info` and the Python driver's
+//! `ResultSet.get_query_trace()` work. The session row and its events are
+//! written before the response is sent, `duration` (µs) last.
+//!
+//! Events name the node that took each step (`source`, the node's address:
+//! node `i` is [`Cluster::node_addr`]`(i)`, `127.0.0.{i+1}` by default)
+//! and `source_elapsed`, the microseconds since that node began its part:
+//! the coordinator (the node the driver sent the request to) from the
+//! request's arrival, a replica from the message it received. testkit has
+//! one shared store and no replication, so the replica steps are the ones
+//! Cassandra takes: for a read, as many of the partition's replicas as the
+//! consistency level needs, the coordinator first when it is one
+//! ("Sending READ_REQ message to /127.0.0.2:7000", "READ_REQ message
+//! received from /127.0.0.1:7000", "Executing single-partition query on
+//! kv", "Read 1 live rows and 0 tombstone cells", "Enqueuing response to
+//! /127.0.0.1:7000", "Processing response from /127.0.0.2:7000"); for a
+//! write, every live replica ("Sending MUTATION_REQ message ...",
+//! "Appending to commitlog", "Adding to kv memtable"); then "Request
+//! complete". For a QUERY or PREPARE the coordinator starts with
+//! "Parsing" followed by the statement text, then "Preparing statement". A statement's partition
+//! is known from its bound values; with a literal key the coordinator is
+//! taken as its first replica. Port 7000 is Cassandra's storage port, shown
+//! as Cassandra shows it. The time a [`Fault::delay`] holds a request is
+//! spent on the node it targets (the node serving the request, see
+//! [`Fault::node`]): that node's events after it count it in
+//! `source_elapsed`, and the session's `duration` counts it.
+//!
+//! No activity and no parameter ever holds a bound value (Cassandra 4
+//! records EXECUTE's bound values in `parameters`; testkit does not).
+//! Parameters are `consistency_level`, `page_size`, `query` (the statement
+//! text), `serial_consistency_level` and `user_timestamp`, when set.
+//!
+//! Traces are bounded: the cluster keeps the last 1,000 sessions
+//! ([`ClusterBuilder::trace_sessions`] changes it) and drops the oldest
+//! with its events. [`Cluster::trace_session_ids`] lists the sessions
+//! kept.
+//!
+//! # Many requests at once
+//! Every request is answered, however many are in flight on a connection
+//! (all 32,767 stream ids pipelined, frames cut anywhere). The stress
+//! tests count answers: `tests/stress.rs` (scylla driver, uncompressed,
+//! LZ4, Snappy) and `tests/python/stress.py` (DataStax Python driver, run
+//! from `tests/other_drivers.rs`), sized by `TESTKIT_STRESS_REQUESTS`
+//! (and `TESTKIT_STRESS_ROUNDS` for the Python one).
+//!
 //! # What the store supports
 //! CREATE/DROP KEYSPACE and TABLE (`IF [NOT] EXISTS`), TRUNCATE, USE;
 //! INSERT (`IF NOT EXISTS`), UPDATE (counters, collection `+`/`-`,
@@ -99,6 +160,7 @@ pub mod otlp;
 mod schema;
 mod server;
 mod system;
+mod trace;
 mod types;
 
 pub use error::{Consistency, WriteType};
@@ -139,6 +201,7 @@ pub struct ClusterBuilder {
     vnodes: usize,
     track_writes: bool,
     max_frame_bytes: usize,
+    trace_sessions: usize,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -154,6 +217,7 @@ impl Default for ClusterBuilder {
             vnodes: 8,
             track_writes: true,
             max_frame_bytes: 256 * 1024 * 1024,
+            trace_sessions: trace::DEFAULT_KEPT_SESSIONS,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -204,6 +268,14 @@ impl ClusterBuilder {
     /// (default on; costs a hash-map entry per distinct write).
     pub fn track_writes(mut self, on: bool) -> ClusterBuilder {
         self.track_writes = on;
+        self
+    }
+
+    /// How many trace sessions `system_traces` keeps (default 1,000, at
+    /// least 1); past that, the oldest session and its events are dropped
+    /// as each new one is written. See [tracing](crate#tracing).
+    pub fn trace_sessions(mut self, n: usize) -> ClusterBuilder {
+        self.trace_sessions = n.max(1);
         self
     }
 
@@ -308,6 +380,9 @@ impl ClusterBuilder {
         db.counters
             .track_writes
             .store(self.track_writes, Ordering::Relaxed);
+        db.traces
+            .capacity
+            .store(self.trace_sessions, Ordering::Relaxed);
         let nodes: Vec<NodeSlot> = listeners
             .into_iter()
             .enumerate()
@@ -519,6 +594,19 @@ impl Cluster {
         ExecutionCounters {
             db: self.inner.db.clone(),
         }
+    }
+
+    /// The ids of the trace sessions `system_traces` holds, oldest first,
+    /// as `u128`s (`uuid::Uuid::from_u128`): one per traced request, the
+    /// id its response carried. See [tracing](crate#tracing).
+    pub fn trace_session_ids(&self) -> Vec<u128> {
+        self.inner
+            .db
+            .traces
+            .ids()
+            .into_iter()
+            .map(u128::from_be_bytes)
+            .collect()
     }
 }
 

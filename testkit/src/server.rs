@@ -29,11 +29,12 @@ use crate::cql::Parsed;
 use crate::db::{Database, Event};
 use crate::error::ServerError;
 use crate::exec::{self, BatchItem, Ctx, Options, Outcome, Prepared, Values};
-use crate::fault::{Decision, FaultAction, Target};
+use crate::fault::{Decision, FaultAction, StatementKind, Target};
 use crate::frame::{
     self, BatchEntry, BatchRequest, FLAG_CUSTOM_PAYLOAD, FLAG_TRACING, FrameWriter, Header, Opcode,
     QueryParams, Reader, Split, WriteExt,
 };
+use crate::trace::{self, Step, Trace};
 
 /// One node: its index in the cluster and its prepared-statement cache.
 #[derive(Debug)]
@@ -81,6 +82,50 @@ struct ConnState {
     compression: Compression,
     /// Event types this connection registered for.
     events: Vec<&'static str>,
+    /// The client's address, as trace sessions record it.
+    client: std::net::IpAddr,
+    /// The trace session of the request being handled, when it asked for
+    /// tracing: every response frame to it carries the session id.
+    trace: Option<Box<Trace>>,
+}
+
+impl ConnState {
+    fn new(client: std::net::IpAddr) -> ConnState {
+        ConnState {
+            keyspace: None,
+            compression: Compression::None,
+            events: Vec::new(),
+            client,
+            trace: None,
+        }
+    }
+
+    /// Starts a response frame to the request being handled: with the
+    /// tracing flag and the session id when it is traced.
+    fn begin(&self, out: &mut BytesMut, stream: i16, opcode: Opcode) -> FrameWriter {
+        match &self.trace {
+            Some(t) => {
+                let w = FrameWriter::begin(out, stream, opcode, FLAG_TRACING);
+                out.put_slice(&t.id);
+                w
+            }
+            None => FrameWriter::begin(out, stream, opcode, 0),
+        }
+    }
+
+    /// Answers the request being handled with `err`.
+    fn error(&self, out: &mut BytesMut, stream: i16, err: &ServerError) {
+        let w = self.begin(out, stream, Opcode::Error);
+        err.write_body(out);
+        w.finish(out, self.compression);
+    }
+
+    /// Ends the trace of the request just handled, if it was traced.
+    fn finish_trace(&mut self, db: &Database) {
+        if let Some(t) = self.trace.take() {
+            t.finish(db);
+        }
+    }
 }
 
 /// What the connection loop does after a frame.
@@ -105,7 +150,7 @@ pub(crate) async fn accept_loop(
         tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
+                if let Ok((stream, peer)) = accepted {
                     let _ = stream.set_nodelay(true);
                     #[cfg(feature = "tls")]
                     if let Some(tls) = node.tls.clone() {
@@ -115,13 +160,13 @@ pub(crate) async fn accept_loop(
                             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
                             if let Ok(stream) = acceptor.accept(stream).await {
                                 let (rd, wr) = tokio::io::split(stream);
-                                serve(rd, wr, node, stop).await;
+                                serve(rd, wr, node, stop, peer.ip()).await;
                             }
                         });
                         continue;
                     }
                     let (rd, wr) = stream.into_split();
-                    conns.spawn(serve(rd, wr, node.clone(), stop.clone()));
+                    conns.spawn(serve(rd, wr, node.clone(), stop.clone(), peer.ip()));
                 }
             }
         }
@@ -148,8 +193,13 @@ async fn recv_event(
 }
 
 /// Serves one connection until it closes or the node stops.
-async fn serve<R, W>(mut rd: R, mut wr: W, node: Arc<Node>, mut stop: watch::Receiver<bool>)
-where
+async fn serve<R, W>(
+    mut rd: R,
+    mut wr: W,
+    node: Arc<Node>,
+    mut stop: watch::Receiver<bool>,
+    client: std::net::IpAddr,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -157,11 +207,7 @@ where
     let _open = Open::new(&open.connections);
     let mut inbuf = BytesMut::with_capacity(64 * 1024);
     let mut out = BytesMut::with_capacity(64 * 1024);
-    let mut conn = ConnState {
-        keyspace: None,
-        compression: Compression::None,
-        events: Vec::new(),
-    };
+    let mut conn = ConnState::new(client);
     // body bytes of a refused oversized frame still to be skipped
     let mut skip = 0usize;
     let (deferred_tx, mut deferred_rx) = mpsc::unbounded_channel::<(BytesMut, Option<String>)>();
@@ -198,7 +244,11 @@ where
                         }
                     };
                     let was_registered = !conn.events.is_empty();
-                    match handle(&node, &mut conn, header, body.clone(), &mut out, None) {
+                    let flow = handle(&node, &mut conn, header, body.clone(), &mut out, None);
+                    if !matches!(flow, Flow::Defer { .. }) {
+                        conn.finish_trace(&node.db);
+                    }
+                    match flow {
                         Flow::Continue => {}
                         Flow::Close => {
                             let _ = wr.write_all(&out).await;
@@ -206,13 +256,18 @@ where
                         }
                         Flow::Defer { delay, action } => {
                             let node = node.clone();
-                            let mut conn = conn.clone();
+                            let deferred = conn.clone();
+                            // the deferred task carries on this request's trace
+                            conn.trace = None;
                             let tx = deferred_tx.clone();
                             tokio::spawn(async move {
+                                let mut conn = deferred;
                                 tokio::time::sleep(delay).await;
                                 let mut out = BytesMut::new();
                                 let ks = conn.keyspace.clone();
-                                match handle(&node, &mut conn, header, body, &mut out, Some(action)) {
+                                let flow = handle(&node, &mut conn, header, body, &mut out, Some(action));
+                                conn.finish_trace(&node.db);
+                                match flow {
                                     Flow::Close => {
                                         // closing from a deferred task: send an empty marker
                                         let _ = tx.send((BytesMut::new(), None));
@@ -395,10 +450,24 @@ fn handle(
             let w = FrameWriter::begin(out, stream, Opcode::Ready, 0);
             w.finish(out, compression);
         }),
-        Opcode::Query => return query(node, conn, stream, &mut r, out, preset, tracing),
-        Opcode::Prepare => return prepare(node, conn, stream, &mut r, out, preset, tracing),
-        Opcode::Execute => return execute(node, conn, stream, &mut r, out, preset, tracing),
-        Opcode::Batch => return batch(node, conn, stream, &mut r, out, preset, tracing),
+        Opcode::Query | Opcode::Prepare | Opcode::Execute | Opcode::Batch => {
+            // a deferred request (preset) carries its trace already
+            if tracing && preset.is_none() {
+                let request = match opcode {
+                    Opcode::Query => "Execute CQL3 query",
+                    Opcode::Prepare => "Preparing CQL3 query",
+                    Opcode::Execute => "Execute CQL3 prepared query",
+                    _ => "Execute batch of CQL3 queries",
+                };
+                conn.trace = Some(Box::new(Trace::new(node.index, conn.client, request)));
+            }
+            return match opcode {
+                Opcode::Query => query(node, conn, stream, &mut r, out, preset),
+                Opcode::Prepare => prepare(node, conn, stream, &mut r, out, preset),
+                Opcode::Execute => execute(node, conn, stream, &mut r, out, preset),
+                _ => batch(node, conn, stream, &mut r, out, preset),
+            };
+        }
         Opcode::AuthResponse => Err(ServerError::protocol(
             "Unexpected AUTH_RESPONSE: this server does not require authentication",
         )),
@@ -459,7 +528,7 @@ impl AfterApply {
     fn answer(self, conn: &ConnState, stream: i16, out: &mut BytesMut) -> Flow {
         match self {
             AfterApply::Error(err) => {
-                write_error(out, stream, &err, conn.compression);
+                conn.error(out, stream, &err);
                 Flow::Continue
             }
             AfterApply::Close => Flow::Close,
@@ -477,7 +546,6 @@ fn respond(
     result: Result<Outcome, ServerError>,
     skip_metadata: bool,
     after: Option<AfterApply>,
-    tracing: bool,
 ) -> Flow {
     let compression = conn.compression;
     if let Some(after) = after {
@@ -486,19 +554,11 @@ fn respond(
     let outcome = match result {
         Ok(o) => o,
         Err(e) => {
-            write_error(out, stream, &e, compression);
+            conn.error(out, stream, &e);
             return Flow::Continue;
         }
     };
-    let w = FrameWriter::begin(
-        out,
-        stream,
-        Opcode::Result,
-        if tracing { FLAG_TRACING } else { 0 },
-    );
-    if tracing {
-        out.put_slice(&crate::types::new_timeuuid());
-    }
+    let w = conn.begin(out, stream, Opcode::Result);
     match outcome {
         Outcome::Void => out.put_i32(1),
         Outcome::Rows(rows) => rows.write(out, skip_metadata),
@@ -535,12 +595,7 @@ fn pre_execute(
     match decision.action {
         None => Ok(None),
         Some(FaultAction::Error(e)) => {
-            write_error(
-                out,
-                stream,
-                &e.to_server_error(consistency, id),
-                conn.compression,
-            );
+            conn.error(out, stream, &e.to_server_error(consistency, id));
             Err(Flow::Continue)
         }
         Some(FaultAction::ErrorAfterApply(e)) => {
@@ -572,7 +627,7 @@ macro_rules! try_or_answer {
         match $e {
             Ok(v) => v,
             Err(err) => {
-                write_error($out, $stream, &err, $conn.compression);
+                $conn.error($out, $stream, &err);
                 return Flow::Continue;
             }
         }
@@ -596,7 +651,6 @@ fn query(
     r: &mut Reader<'_>,
     out: &mut BytesMut,
     preset: Option<Option<FaultAction>>,
-    tracing: bool,
 ) -> Flow {
     let text = try_or_answer!(r.long_string().map_err(proto), conn, stream, out);
     let params = try_or_answer!(QueryParams::read(r).map_err(proto), conn, stream, out);
@@ -610,11 +664,22 @@ fn query(
             kind: None,
         },
     };
+    if let Some(t) = conn.trace.as_deref_mut()
+        && preset.is_none()
+    {
+        trace_parameters(t, &params, Some(text));
+        t.parsing(Some(text));
+    }
     let decision = decide(node, Opcode::Query, &info, &preset);
     let after = match pre_execute(decision, conn, stream, out, params.consistency, None) {
         Ok(a) => a,
         Err(flow) => return flow,
     };
+    let step_target = info
+        .keyspace
+        .zip(info.table)
+        .map(|(k, t)| (k.to_string(), t.to_string()));
+    let step_kind = info.kind;
     let parsed = try_or_answer!(parsed, conn, stream, out);
     let stats = node.db.counters.statement(text);
     let ks = conn.keyspace.clone();
@@ -634,7 +699,27 @@ fn query(
             &stats,
         )
     });
-    respond(conn, stream, out, result, false, after, tracing)
+    if conn.trace.is_some() {
+        let ks = step_target.as_ref().map(|(k, _)| k.as_str());
+        let table = step_target.as_ref().map(|(_, t)| t.as_str());
+        let single = single_partition(node, &parsed, ks);
+        let token = single.then(|| query_token(&ctx, text, &params)).flatten();
+        trace_execution(
+            node,
+            conn,
+            &result,
+            Step {
+                kind: step_kind,
+                keyspace: ks,
+                table,
+                token,
+                single_partition: single || step_kind == Some(StatementKind::Write),
+                consistency: params.consistency,
+                rows: None,
+            },
+        );
+    }
+    respond(conn, stream, out, result, false, after)
 }
 
 fn prepare(
@@ -644,7 +729,6 @@ fn prepare(
     r: &mut Reader<'_>,
     out: &mut BytesMut,
     preset: Option<Option<FaultAction>>,
-    tracing: bool,
 ) -> Flow {
     let text = try_or_answer!(r.long_string().map_err(proto), conn, stream, out);
     let info = RequestInfo {
@@ -653,6 +737,12 @@ fn prepare(
         table: None,
         kind: None,
     };
+    if let Some(t) = conn.trace.as_deref_mut()
+        && preset.is_none()
+    {
+        t.parameter("query", text);
+        t.parsing(Some(text));
+    }
     let decision = decide(node, Opcode::Prepare, &info, &preset);
     let after = match pre_execute(decision, conn, stream, out, 1, None) {
         Ok(a) => a,
@@ -667,15 +757,7 @@ fn prepare(
     if let Some(after) = after {
         return after.answer(conn, stream, out);
     }
-    let w = FrameWriter::begin(
-        out,
-        stream,
-        Opcode::Result,
-        if tracing { FLAG_TRACING } else { 0 },
-    );
-    if tracing {
-        out.put_slice(&crate::types::new_timeuuid());
-    }
+    let w = conn.begin(out, stream, Opcode::Result);
     prepared.write(out);
     w.finish(out, conn.compression);
     Flow::Continue
@@ -727,7 +809,6 @@ fn execute(
     r: &mut Reader<'_>,
     out: &mut BytesMut,
     preset: Option<Option<FaultAction>>,
-    tracing: bool,
 ) -> Flow {
     let id = try_or_answer!(r.short_bytes().map_err(proto), conn, stream, out);
     let params = try_or_answer!(QueryParams::read(r).map_err(proto), conn, stream, out);
@@ -738,6 +819,11 @@ fn execute(
         table: prepared.target.as_ref().map(|t| t.1.as_str()),
         kind: prepared.kind,
     };
+    if let Some(t) = conn.trace.as_deref_mut()
+        && preset.is_none()
+    {
+        trace_parameters(t, &params, Some(&prepared.text));
+    }
     let decision = decide(node, Opcode::Execute, &info, &preset);
     let after = match pre_execute(decision, conn, stream, out, params.consistency, Some(id)) {
         Ok(a) => a,
@@ -760,8 +846,28 @@ fn execute(
                 &prepared.stats,
             )
         });
+    if conn.trace.is_some() {
+        let single = single_partition(node, &prepared.parsed, prepared.keyspace.as_deref());
+        let token = single
+            .then(|| values_token(&prepared.pk_indexes, &params.values))
+            .flatten();
+        trace_execution(
+            node,
+            conn,
+            &result,
+            Step {
+                kind: prepared.kind,
+                keyspace: prepared.target.as_ref().map(|t| t.0.as_str()),
+                table: prepared.target.as_ref().map(|t| t.1.as_str()),
+                token,
+                single_partition: single || prepared.kind == Some(StatementKind::Write),
+                consistency: params.consistency,
+                rows: None,
+            },
+        );
+    }
     let skip = params.skip_metadata && prepared.select.is_some();
-    respond(conn, stream, out, result, skip, after, tracing)
+    respond(conn, stream, out, result, skip, after)
 }
 
 fn batch(
@@ -771,7 +877,6 @@ fn batch(
     r: &mut Reader<'_>,
     out: &mut BytesMut,
     preset: Option<Option<FaultAction>>,
-    tracing: bool,
 ) -> Flow {
     let req = try_or_answer!(BatchRequest::read(r).map_err(proto), conn, stream, out);
     // Resolve every entry first: parse texts, look up prepared ids.
@@ -812,6 +917,22 @@ fn batch(
         table: None,
         kind: Some(crate::fault::StatementKind::Write),
     });
+    if let Some(t) = conn.trace.as_deref_mut()
+        && preset.is_none()
+    {
+        t.parameter(
+            "consistency_level",
+            trace::consistency_name(req.consistency),
+        );
+        if let Some(sc) = req.serial_consistency {
+            t.parameter("serial_consistency_level", trace::consistency_name(sc));
+        }
+        t.event(node.index, trace::COORDINATOR, "Preparing statement".into());
+    }
+    let step_target = info
+        .keyspace
+        .zip(info.table)
+        .map(|(k, t)| (k.to_string(), t.to_string()));
     let decision = decide(node, Opcode::Batch, &info, &preset);
     let after = match pre_execute(decision, conn, stream, out, req.consistency, None) {
         Ok(a) => a,
@@ -854,7 +975,109 @@ fn batch(
         timestamp: req.timestamp,
     };
     let result = exec::execute_batch(&ctx, req.kind, &items, &opts);
-    respond(conn, stream, out, result, false, after, tracing)
+    if conn.trace.is_some() {
+        trace_execution(
+            node,
+            conn,
+            &result,
+            Step {
+                kind: Some(StatementKind::Write),
+                keyspace: step_target.as_ref().map(|t| t.0.as_str()),
+                table: step_target.as_ref().map(|t| t.1.as_str()),
+                token: None,
+                single_partition: true,
+                consistency: req.consistency,
+                rows: None,
+            },
+        );
+    }
+    respond(conn, stream, out, result, false, after)
+}
+
+/// Records `sessions.parameters` as Cassandra does. No bound value is
+/// recorded (Cassandra 4 adds them for EXECUTE; testkit never does).
+fn trace_parameters(t: &mut Trace, params: &QueryParams<'_>, text: Option<&str>) {
+    t.parameter(
+        "consistency_level",
+        trace::consistency_name(params.consistency),
+    );
+    if let Some(n) = params.page_size {
+        t.parameter("page_size", n.to_string());
+    }
+    if let Some(text) = text {
+        t.parameter("query", text);
+    }
+    if let Some(sc) = params.serial_consistency {
+        t.parameter("serial_consistency_level", trace::consistency_name(sc));
+    }
+    if let Some(ts) = params.timestamp {
+        t.parameter("user_timestamp", ts.to_string());
+    }
+}
+
+/// Records the replica steps of an executed statement.
+fn trace_execution(
+    node: &Node,
+    conn: &mut ConnState,
+    result: &Result<Outcome, ServerError>,
+    mut step: Step<'_>,
+) {
+    let Some(t) = conn.trace.as_deref_mut() else {
+        return;
+    };
+    let Ok(outcome) = result else {
+        return;
+    };
+    if let Outcome::Rows(rows) = outcome {
+        step.rows = Some(rows.count);
+    }
+    t.execution(&node.db, &step);
+}
+
+/// Whether a SELECT names one partition (every partition key column
+/// restricted by `=`).
+fn single_partition(node: &Node, parsed: &Parsed, keyspace: Option<&str>) -> bool {
+    let crate::cql::ast::Statement::Select(s) = &parsed.statement else {
+        return false;
+    };
+    let Some(ks) = s.table.keyspace.as_deref().or(keyspace) else {
+        return false;
+    };
+    let schema = node.db.schema.load();
+    let Ok(t) = schema.table(ks, &s.table.name) else {
+        return false;
+    };
+    t.partition_key.iter().all(|&i| {
+        s.relations.iter().any(|r| {
+            matches!(&r.lhs, crate::cql::ast::RelationLhs::Column(c) if *c == t.columns[i].name)
+                && r.op == crate::cql::ast::Operator::Eq
+        })
+    })
+}
+
+/// The token of the partition the values at `pk_indexes` name.
+fn values_token(pk_indexes: &[u16], values: &[frame::Value<'_>]) -> Option<i64> {
+    if pk_indexes.is_empty() {
+        return None;
+    }
+    let parts = pk_indexes
+        .iter()
+        .map(|&i| match values.get(usize::from(i)) {
+            Some(frame::Value::Bytes(b)) => Some(*b),
+            _ => None,
+        })
+        .collect::<Option<Vec<&[u8]>>>()?;
+    Some(crate::schema::PartitionKey::from_components(&parts).token)
+}
+
+/// The token of an unprepared statement's partition, when its partition
+/// key is bound by position (a literal key is not looked at).
+fn query_token(ctx: &Ctx<'_>, text: &str, params: &QueryParams<'_>) -> Option<i64> {
+    if params.values.is_empty() || params.names.is_some() {
+        return None;
+    }
+    let p = exec::prepare(ctx, text).ok()?;
+    values_token(&p.pk_indexes, &params.values)
 }
 
 /// Marks node `index` up or down and tells the other nodes' listeners.
@@ -927,11 +1150,7 @@ pub mod fuzzing {
             set_running(&db, 0, true);
             Harness {
                 node: Node::new(0, db, 64 * 1024),
-                conn: ConnState {
-                    keyspace: None,
-                    compression: Compression::None,
-                    events: Vec::new(),
-                },
+                conn: ConnState::new(addr.ip()),
                 inbuf: BytesMut::new(),
                 skip: 0,
                 closed: false,
@@ -970,7 +1189,9 @@ pub mod fuzzing {
                         self.skip = header.length;
                     }
                     Split::Frame(header, body) => {
-                        match handle(&self.node, &mut self.conn, header, body, &mut out, None) {
+                        let flow = handle(&self.node, &mut self.conn, header, body, &mut out, None);
+                        self.conn.finish_trace(&self.node.db);
+                        match flow {
                             Flow::Continue | Flow::Defer { .. } => {}
                             Flow::Close => {
                                 self.closed = true;

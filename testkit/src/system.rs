@@ -213,6 +213,7 @@ pub(crate) fn system_keyspaces() -> Vec<Keyspace> {
             tables,
             is_system: true,
         })
+        .chain(std::iter::once(crate::trace::keyspace()))
         .collect()
 }
 

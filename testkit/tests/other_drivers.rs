@@ -53,3 +53,51 @@ async fn datastax_python_driver_against_three_nodes() {
             >= 95
     );
 }
+
+/// Hundreds of requests in flight from the Python driver at once, a
+/// 1,000-row `SELECT *` among them: every one is answered.
+/// `TESTKIT_STRESS_REQUESTS` (default 500) requests a round,
+/// `TESTKIT_STRESS_ROUNDS` (default 4) rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datastax_python_driver_gets_every_answer_under_concurrency() {
+    if !python_driver_available() {
+        eprintln!(
+            "SKIPPED datastax_python_driver_gets_every_answer_under_concurrency: python3 with cassandra-driver is not installed (pip install cassandra-driver)"
+        );
+        return;
+    }
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(default)
+    };
+    let requests = env("TESTKIT_STRESS_REQUESTS", 500);
+    let rounds = env("TESTKIT_STRESS_ROUNDS", 4);
+    let cluster = Cluster::builder().nodes(3).start().await.unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/stress.py");
+    let uri = cluster.uri();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args([
+                "300",
+                "python3",
+                script,
+                &uri,
+                "3",
+                &requests.to_string(),
+                &rounds.to_string(),
+            ])
+            .output()
+            .expect("run python3")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python driver stress failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("all answered"), "{stdout}");
+}

@@ -69,5 +69,14 @@ try:
 except InvalidRequest as e:
     check("unconfigured table nope" in str(e), "error message %s" % e)
 
+# A traced request: the response carries the trace id, and the trace is
+# read back from system_traces (ResultSet.get_query_trace).
+rs = s.execute(sel, (1, 42), trace=True)
+trace = rs.get_query_trace(max_wait_sec=5)
+check(trace.duration is not None and trace.request_type == "Execute CQL3 prepared query", "trace %r" % (trace.request_type,))
+acts = [e.description for e in trace.events]
+check("Executing single-partition query on t" in acts and acts[-1] == "Request complete", "trace events %r" % acts)
+check(all("42" not in a for a in acts), "a bound value in the trace: %r" % acts)
+
 cluster.shutdown()
 print("datastax python driver: ok (protocol v4, %d hosts, 10 pages)" % len(hosts))
