@@ -19,7 +19,6 @@ pub mod load_shed;
 pub mod metrics;
 pub mod prelude;
 pub mod rate_limit;
-pub mod refusable;
 pub mod retry;
 pub mod slow_log;
 pub mod stack;

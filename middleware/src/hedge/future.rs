@@ -41,7 +41,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<S, F> {
         // Not an idempotent read: the inner future, untouched.
-        Passthrough {
+        PassThrough {
             #[pin]
             future: F,
         },
@@ -121,7 +121,7 @@ where
 {
     pub(super) fn passthrough(future: S::Future) -> ResponseFuture<S> {
         ResponseFuture {
-            kind: Kind::Passthrough { future },
+            kind: Kind::PassThrough { future },
         }
     }
 
@@ -179,7 +179,7 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            Kind::Passthrough { .. } => f
+            Kind::PassThrough { .. } => f
                 .debug_struct("ResponseFuture")
                 .field("hedged", &false)
                 .finish(),
@@ -203,7 +203,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Passthrough { future } => future.poll(cx),
+            KindProj::PassThrough { future } => future.poll(cx),
             KindProj::Hedged { race } => race.as_mut().poll(cx),
         }
     }

@@ -4,126 +4,12 @@ use std::time::Duration;
 use tower_cql_core::Collectors;
 use tower_layer::Layer;
 
-use super::{Budget, Hedge, MAX_SPECULATIVE, Shared};
-use crate::config::ConfigError;
-use crate::retry::{BudgetConfig, RetryBudget, RetryLayer};
+use super::{Budget, Hedge, HedgeConfig, Shared};
+use crate::retry::{RetryBudget, RetryLayer};
 use crate::toggle::PassThrough;
 
-/// When to start a speculative attempt.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum HedgeDelay {
-    /// After this long without an answer (greater than zero).
-    Fixed(Duration),
-    /// After the `percentile` of recent first-attempt latencies (those of
-    /// the attempts a hedge cancels included, as censored observations),
-    /// clamped into `[min, max]`; `max` until at least 100 attempts have
-    /// been seen. See [`Hedge`] for how it is estimated and how "recent"
-    /// is kept.
-    Percentile {
-        /// Which percentile, in `0.5..=0.999` (e.g. 0.95: hedge the slowest
-        /// 5 %).
-        percentile: f64,
-        /// The shortest delay, however fast recent attempts were.
-        min: Duration,
-        /// The longest delay, and the delay while there is too little
-        /// data (greater than zero, at least `min`).
-        max: Duration,
-    },
-}
-
-impl Default for HedgeDelay {
-    /// The 95th percentile, within 1 ms ..= 100 ms.
-    fn default() -> HedgeDelay {
-        HedgeDelay::Percentile {
-            percentile: 0.95,
-            min: Duration::from_millis(1),
-            max: Duration::from_millis(100),
-        }
-    }
-}
-
-/// Hedging settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HedgeConfig {
-    /// When to start each speculative attempt (default: the 95th
-    /// percentile of recent latencies, within 1 ms ..= 100 ms).
-    pub delay: HedgeDelay,
-    /// The most speculative attempts per request, in `1..=4` (default 1).
-    /// Each starts `delay` after the previous one.
-    pub max_speculative: u32,
-    /// The budget speculative attempts are charged to (see [`Hedge`],
-    /// "Budget"). `None` (the default): the retry layer's budget when the
-    /// layer is made [inside](HedgeLayer::inside) one, as the stack builder
-    /// does when retries are on, so that retries and speculative attempts
-    /// share one bound; else a budget of its own with
-    /// [`BudgetConfig::default`]. `Some`: a budget of its own with these
-    /// settings, wherever the layer is.
-    pub budget: Option<BudgetConfig>,
-}
-
-impl Default for HedgeConfig {
-    fn default() -> HedgeConfig {
-        HedgeConfig {
-            delay: HedgeDelay::default(),
-            max_speculative: 1,
-            budget: None,
-        }
-    }
-}
-
-impl HedgeConfig {
-    /// Rejects settings that cannot work, naming the field and what is
-    /// allowed.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(1..=MAX_SPECULATIVE).contains(&self.max_speculative) {
-            return Err(ConfigError::new(
-                "hedge.max_speculative",
-                format!(
-                    "must be between 1 and {MAX_SPECULATIVE} (speculative attempts per request), got {}",
-                    self.max_speculative
-                ),
-            ));
-        }
-        if let Some(budget) = &self.budget {
-            budget.validate_for_hedge()?;
-        }
-        match self.delay {
-            HedgeDelay::Fixed(d) if d.is_zero() => Err(ConfigError::new(
-                "hedge.delay",
-                "a fixed delay must be greater than zero (zero would send every read twice), got 0s",
-            )),
-            HedgeDelay::Fixed(_) => Ok(()),
-            HedgeDelay::Percentile {
-                percentile,
-                min,
-                max,
-            } => {
-                if !(0.5..=0.999).contains(&percentile) {
-                    return Err(ConfigError::new(
-                        "hedge.delay.percentile",
-                        format!("must be between 0.5 and 0.999, got {percentile}"),
-                    ));
-                }
-                if max.is_zero() {
-                    return Err(ConfigError::new(
-                        "hedge.delay.max",
-                        "must be greater than zero (it is the delay until latencies are known), got 0s",
-                    ));
-                }
-                if min > max {
-                    return Err(ConfigError::new(
-                        "hedge.delay.min",
-                        format!("must be at most hedge.delay.max ({max:?}), got {min:?}"),
-                    ));
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
 /// Wraps services in [`Hedge`]. Every service this layer makes shares one
-/// latency history (for [`HedgeDelay::Percentile`]) and one budget, as do
+/// latency history (for [`HedgeDelay::Percentile`](super::HedgeDelay::Percentile)) and one budget, as do
 /// their clones.
 #[derive(Debug, Clone)]
 pub struct HedgeLayer {
@@ -132,7 +18,7 @@ pub struct HedgeLayer {
 
 impl HedgeLayer {
     /// A layer for `config`, with a budget of its own (`config.budget`, or
-    /// [`BudgetConfig::default`]) into which it deposits one per request it
+    /// [`BudgetConfig::default`](crate::retry::BudgetConfig::default)) into which it deposits one per request it
     /// may hedge. When it refuses a speculative attempt, the layer emits a
     /// [`ThrottleEvent`](tower_cql_core::event::ThrottleEvent) (limiter
     /// `"hedge_budget"`, rejected) into `collectors`; the speculative
@@ -206,6 +92,8 @@ impl<S> PassThrough<S> for HedgeLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hedge::HedgeDelay;
+    use crate::retry::BudgetConfig;
 
     #[test]
     fn invalid_configs_are_errors_naming_the_field() {

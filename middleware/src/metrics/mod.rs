@@ -30,7 +30,8 @@
 //! "other"` before it goes further down the stack (so attempt events are
 //! folded too), and the fold is counted ([`MetricsLayer::folded`]).
 
-mod future;
+pub mod future;
+mod layer;
 
 use std::fmt;
 use std::sync::Arc;
@@ -39,11 +40,10 @@ use std::task::{Context, Poll};
 
 use tower_cql_core::registry::Registry;
 use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, Label, RequestMeta};
-use tower_layer::Layer;
 
 pub use self::future::ResponseFuture;
+pub use self::layer::MetricsLayer;
 use crate::config::ConfigError;
-use crate::toggle::PassThrough;
 
 /// Configuration of the metrics layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,67 +105,6 @@ impl CardinalityGuard {
             meta.set_keyspace(Some(OTHER));
             meta.set_table(Some(OTHER));
         }
-    }
-}
-
-/// Emits one request event per logical request; see the module docs.
-#[derive(Clone)]
-pub struct MetricsLayer {
-    collectors: Collectors,
-    guard: Arc<CardinalityGuard>,
-}
-
-impl fmt::Debug for MetricsLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MetricsLayer")
-            .field("max_label_sets", &self.guard.max)
-            .field("folded", &self.folded())
-            .finish()
-    }
-}
-
-impl MetricsLayer {
-    /// A layer emitting into `collectors`.
-    ///
-    /// # Panics
-    /// If `config` is invalid (see its `validate()`, which says why);
-    /// [`StackBuilder`](crate::stack::StackBuilder) returns that as an error.
-    #[track_caller]
-    pub fn new(config: MetricsConfig, collectors: Collectors) -> MetricsLayer {
-        crate::config::checked(config.validate());
-        MetricsLayer {
-            collectors,
-            guard: Arc::new(CardinalityGuard {
-                seen: Registry::new(),
-                max: config.max_label_sets,
-                folded: AtomicU64::new(0),
-            }),
-        }
-    }
-
-    /// Requests whose labels were folded into `"other"`.
-    pub fn folded(&self) -> u64 {
-        self.guard.folded.load(Ordering::Relaxed)
-    }
-}
-
-impl<S> Layer<S> for MetricsLayer {
-    type Service = Metrics<S>;
-
-    fn layer(&self, inner: S) -> Metrics<S> {
-        Metrics {
-            inner,
-            on: Some(On {
-                collectors: self.collectors.clone(),
-                guard: self.guard.clone(),
-            }),
-        }
-    }
-}
-
-impl<S> PassThrough<S> for MetricsLayer {
-    fn pass_through(inner: S) -> Metrics<S> {
-        Metrics::pass_through(inner)
     }
 }
 

@@ -3,52 +3,9 @@ use std::sync::Arc;
 use tower_cql_core::Collectors;
 use tower_layer::Layer;
 
-use super::backoff::Backoff;
-use super::budget::BudgetConfig;
 use super::policy::RetryPolicy;
-use super::{Retry, Shared};
-use crate::config::ConfigError;
+use super::{Retry, RetryConfig, Shared};
 use crate::toggle::PassThrough;
-
-/// Retry settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryConfig {
-    /// Total attempts, the first included (default 4: with 10% of
-    /// attempts refused by an overloaded node, 0.01% of idempotent
-    /// requests fail, where 3 would leave 0.1%; the retries add about 11%
-    /// to the load then, within the default budget of 20%). At least 1;
-    /// 1 turns retries off.
-    pub max_attempts: u32,
-    /// The delay before each retry.
-    pub backoff: Backoff,
-    /// The budget all requests' retries share.
-    pub budget: BudgetConfig,
-}
-
-impl Default for RetryConfig {
-    fn default() -> RetryConfig {
-        RetryConfig {
-            max_attempts: 4,
-            backoff: Backoff::default(),
-            budget: BudgetConfig::default(),
-        }
-    }
-}
-
-impl RetryConfig {
-    /// Rejects settings that cannot work, naming the field and what is
-    /// allowed.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_attempts == 0 {
-            return Err(ConfigError::new(
-                "retry.max_attempts",
-                "must be at least 1 (the first attempt counts), got 0",
-            ));
-        }
-        self.backoff.validate()?;
-        self.budget.validate()
-    }
-}
 
 /// Wraps services in [`Retry`]. Every service this layer makes shares one
 /// retry budget, as do their clones.
@@ -95,6 +52,7 @@ impl<S> PassThrough<S> for RetryLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::retry::{Backoff, BudgetConfig};
     use std::time::Duration;
 
     #[test]

@@ -12,9 +12,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower_cql_core::{CqlError, RequestMeta, RetryAdvice};
 
+use super::RetryConfig;
 use super::backoff::Backoff;
 use super::budget::RetryBudget;
-use super::layer::RetryConfig;
 use crate::config::ConfigError;
 
 /// What to do after a failed attempt.

@@ -59,18 +59,18 @@
 //! for tablets), so tower-cql cannot inject trace context today; the
 //! server-side tracing id is recorded instead when tracing is requested.
 
-mod future;
+pub mod future;
+mod layer;
 
 use std::fmt;
 use std::task::{Context, Poll};
 
 use tower_cql_core::{CqlError, CqlRequest, CqlResponse, RequestMeta};
-use tower_layer::Layer;
 use tracing::{Level, Span, field::Empty};
 
 pub use self::future::{AttemptFuture, ResponseFuture};
+pub use self::layer::{AttemptTraceLayer, TraceLayer};
 use crate::config::ConfigError;
-use crate::toggle::PassThrough;
 
 /// `db.system.name` for every span.
 pub const DB_SYSTEM_NAME: &str = "cassandra";
@@ -104,42 +104,6 @@ impl TraceConfig {
             ));
         }
         Ok(())
-    }
-}
-
-/// Opens the request span; see the module docs.
-#[derive(Debug, Clone)]
-pub struct TraceLayer {
-    config: TraceConfig,
-}
-
-impl TraceLayer {
-    /// A layer opening request spans as `config` says.
-    ///
-    /// # Panics
-    /// If `config` is invalid (see its `validate()`, which says why);
-    /// [`StackBuilder`](crate::stack::StackBuilder) returns that as an error.
-    #[track_caller]
-    pub fn new(config: TraceConfig) -> TraceLayer {
-        crate::config::checked(config.validate());
-        TraceLayer { config }
-    }
-}
-
-impl<S> Layer<S> for TraceLayer {
-    type Service = Trace<S>;
-
-    fn layer(&self, inner: S) -> Trace<S> {
-        Trace {
-            inner,
-            config: Some(self.config.clone()),
-        }
-    }
-}
-
-impl<S> PassThrough<S> for TraceLayer {
-    fn pass_through(inner: S) -> Trace<S> {
-        Trace::pass_through(inner)
     }
 }
 
@@ -264,66 +228,12 @@ where
     }
 }
 
-/// Opens a child span per attempt; see the module docs.
-#[derive(Debug, Clone)]
-pub struct AttemptTraceLayer {
-    debug: bool,
-}
-
 /// What an [`AttemptTrace`] does with each attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AttemptMode {
     Info,
     Debug,
     PassThrough,
-}
-
-impl Default for AttemptTraceLayer {
-    fn default() -> AttemptTraceLayer {
-        AttemptTraceLayer::new()
-    }
-}
-
-impl AttemptTraceLayer {
-    /// A layer making its spans at `INFO`.
-    pub fn new() -> AttemptTraceLayer {
-        AttemptTraceLayer { debug: false }
-    }
-
-    /// A layer making its spans at the level of `config` (`INFO` or
-    /// `DEBUG`); the stack builder uses the request span's configuration.
-    ///
-    /// # Panics
-    /// If `config` is invalid (see its `validate()`, which says why);
-    /// [`StackBuilder`](crate::stack::StackBuilder) returns that as an error.
-    #[track_caller]
-    pub fn with_config(config: &TraceConfig) -> AttemptTraceLayer {
-        crate::config::checked(config.validate());
-        AttemptTraceLayer {
-            debug: config.level == Level::DEBUG,
-        }
-    }
-}
-
-impl<S> Layer<S> for AttemptTraceLayer {
-    type Service = AttemptTrace<S>;
-
-    fn layer(&self, inner: S) -> AttemptTrace<S> {
-        AttemptTrace {
-            inner,
-            mode: if self.debug {
-                AttemptMode::Debug
-            } else {
-                AttemptMode::Info
-            },
-        }
-    }
-}
-
-impl<S> PassThrough<S> for AttemptTraceLayer {
-    fn pass_through(inner: S) -> AttemptTrace<S> {
-        AttemptTrace::pass_through(inner)
-    }
 }
 
 /// The attempt-span service; see [`AttemptTraceLayer`].
