@@ -669,3 +669,138 @@ async fn http_the_traces_endpoint_wins_over_the_general_one() {
     let _serial = SERIAL.lock().await;
     the_signal_specific_endpoint_wins(Protocol::HttpProtobuf).await;
 }
+
+/// A loopback port nothing listens on: bound, then closed (connections to
+/// it are refused).
+fn refused_port() -> u16 {
+    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// The URL a signal-specific variable must hold for `base`: as is for
+/// gRPC, with the signal's path for HTTP/protobuf.
+fn signal_url(protocol: Protocol, base: &str, path: &str) -> String {
+    match protocol {
+        Protocol::Grpc => base.to_string(),
+        Protocol::HttpProtobuf => format!("{base}{path}"),
+    }
+}
+
+/// Spans go to a port that refuses connections, metrics to one that
+/// accepts and never answers: the error of `flush()` names each signal's
+/// endpoint and says what happened there, in words.
+async fn unreachable_endpoints_are_named_with_the_cause(protocol: Protocol) {
+    let hanging = Unresponsive::start().await;
+    let refused = format!("http://127.0.0.1:{}", refused_port());
+    let traces_url = signal_url(protocol, &refused, "/v1/traces");
+    let metrics_url = signal_url(protocol, &format!("http://{}", hanging.addr), "/v1/metrics");
+    let otlp = OtlpExporterBuilder::from_vars([
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces_url.as_str()),
+        ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", metrics_url.as_str()),
+    ])
+    .protocol(protocol)
+    .export_timeout(Duration::from_millis(300))
+    .metric_export_interval(Duration::from_secs(3600))
+    .install()
+    .unwrap();
+    assert_eq!(otlp.traces_endpoint(), traces_url);
+    assert_eq!(otlp.metrics_endpoint(), metrics_url);
+    one_span_and_one_point(&otlp);
+    let err = tokio::time::timeout(Duration::from_secs(30), otlp.flush())
+        .await
+        .expect("flush() returned")
+        .expect_err("nothing could be exported");
+    let msg = err.to_string();
+    println!("{protocol}: {msg}");
+    for want in [
+        format!("spans to {traces_url}: connection refused"),
+        format!("metrics to {metrics_url}: timed out after 300ms"),
+    ] {
+        assert!(msg.contains(&want), "{protocol}: want {want:?}\n got {msg}");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), otlp.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unreachable_endpoints_are_named_with_the_cause() {
+    let _serial = SERIAL.lock().await;
+    unreachable_endpoints_are_named_with_the_cause(Protocol::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_unreachable_endpoints_are_named_with_the_cause() {
+    let _serial = SERIAL.lock().await;
+    unreachable_endpoints_are_named_with_the_cause(Protocol::HttpProtobuf).await;
+}
+
+/// A host name that cannot resolve (`.invalid` is reserved for that):
+/// the error says the DNS lookup failed, for both signals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresolvable_host_is_named_with_the_cause() {
+    let _serial = SERIAL.lock().await;
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let base = "http://otlp-collector.invalid:4317";
+        let otlp = no_env()
+            .protocol(protocol)
+            .endpoint(base)
+            .export_timeout(Duration::from_secs(5))
+            .metric_export_interval(Duration::from_secs(3600))
+            .install()
+            .unwrap();
+        one_span_and_one_point(&otlp);
+        let err = tokio::time::timeout(Duration::from_secs(30), otlp.flush())
+            .await
+            .expect("flush() returned")
+            .expect_err("nothing could be exported");
+        let msg = err.to_string();
+        println!("{protocol}: {msg}");
+        for want in [
+            format!("spans to {}: DNS lookup failed", otlp.traces_endpoint()),
+            format!("metrics to {}: DNS lookup failed", otlp.metrics_endpoint()),
+        ] {
+            assert!(msg.contains(&want), "{protocol}: want {want:?}\n got {msg}");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), otlp.shutdown()).await;
+    }
+}
+
+/// An endpoint that accepts each connection and closes it at once (as a
+/// port speaking something else may): the error says the connection
+/// closed, for both signals and both protocols.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_closes_connections_is_named_with_the_cause() {
+    let _serial = SERIAL.lock().await;
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closer = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            drop(socket);
+        }
+    });
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let otlp = no_env()
+            .protocol(protocol)
+            .endpoint(format!("http://{addr}"))
+            .export_timeout(Duration::from_secs(5))
+            .metric_export_interval(Duration::from_secs(3600))
+            .install()
+            .unwrap();
+        one_span_and_one_point(&otlp);
+        let err = tokio::time::timeout(Duration::from_secs(30), otlp.flush())
+            .await
+            .expect("flush() returned")
+            .expect_err("nothing could be exported");
+        let msg = err.to_string();
+        println!("{protocol}: {msg}");
+        for want in [
+            format!("spans to {}: connection closed", otlp.traces_endpoint()),
+            format!("metrics to {}: connection closed", otlp.metrics_endpoint()),
+        ] {
+            assert!(msg.contains(&want), "{protocol}: want {want:?}\n got {msg}");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), otlp.shutdown()).await;
+    }
+    closer.abort();
+}

@@ -140,9 +140,12 @@ impl fmt::Display for Protocol {
 }
 
 /// A kind of telemetry, exported on its own connection with its own settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Signal {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Signal {
+    /// Spans, sent to the traces endpoint.
     Traces,
+    /// Metric points, sent to the metrics endpoint.
     Metrics,
 }
 
@@ -157,7 +160,7 @@ impl Signal {
 
     /// The signal's own variables (endpoint, headers, timeout), each
     /// winning over the general one.
-    pub(crate) const fn vars(self) -> [&'static str; 3] {
+    pub const fn vars(self) -> [&'static str; 3] {
         match self {
             Signal::Traces => [ENV_TRACES_ENDPOINT, ENV_TRACES_HEADERS, ENV_TRACES_TIMEOUT],
             Signal::Metrics => [

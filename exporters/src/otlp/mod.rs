@@ -83,6 +83,16 @@
 //! exports them, for those who filter the driver's `TRACE` level out or
 //! may let the values leave.
 //!
+//! # When the endpoint cannot be reached
+//! [`OtlpExporter::flush`] and [`OtlpExporter::shutdown`] fail with a
+//! [`FlushError`] holding one [`ExportFailure`] per signal that failed:
+//! the endpoint it was sent to (spans and metrics may go to different
+//! ones), the [`ExportCause`] (connection refused, DNS lookup failed,
+//! timed out, connection closed, an HTTP or gRPC status from the
+//! collector) and, in its `Display`, what to do, e.g.
+//! `spans to http://127.0.0.1:4317: connection refused — nothing listens
+//! there: start the collector, or correct the endpoint (set by ...)`.
+//!
 //! # Runtime
 //! The SDK exports from its own threads; the connections run on the Tokio
 //! runtime `install()` was called in. Flushing blocks the calling thread
@@ -97,6 +107,7 @@ mod error;
 mod grpc;
 #[cfg(feature = "otlp-http")]
 mod http_client;
+mod watch;
 
 use std::fmt;
 use std::sync::Arc;
@@ -119,10 +130,11 @@ pub use self::config::{
     DEFAULT_EXPORT_TIMEOUT, DEFAULT_METRIC_EXPORT_INTERVAL, ENV_ENDPOINT, ENV_HEADERS,
     ENV_METRIC_EXPORT_INTERVAL, ENV_METRICS_ENDPOINT, ENV_METRICS_HEADERS, ENV_METRICS_TIMEOUT,
     ENV_PROTOCOL, ENV_RESOURCE_ATTRIBUTES, ENV_SERVICE_NAME, ENV_TIMEOUT, ENV_TRACES_ENDPOINT,
-    ENV_TRACES_HEADERS, ENV_TRACES_TIMEOUT, Protocol,
+    ENV_TRACES_HEADERS, ENV_TRACES_TIMEOUT, Protocol, Signal,
 };
 use self::config::{Env, Explicit, Resolved};
-pub use self::error::{FlushError, Origin, OtlpError};
+pub use self::error::{ExportCause, ExportFailure, FlushError, Origin, OtlpError};
+use self::watch::{Watch, Watched, cause_of_sdk_error};
 
 /// The instrumentation scope of the meter and tracer.
 const SCOPE: &str = "tower-cql";
@@ -305,7 +317,16 @@ impl OtlpExporterBuilder {
     pub fn install(self) -> Result<OtlpExporter, OtlpError> {
         let cfg = self.resolve()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| OtlpError::NoRuntime)?;
-        let (metric_exporter, span_exporter) = exporters(&cfg, &runtime)?;
+        let watches = Watches::new(&cfg);
+        let (metric_exporter, span_exporter) = exporters(&cfg, &runtime, &watches)?;
+        let metric_exporter = Watched {
+            inner: metric_exporter,
+            watch: watches.metrics.clone(),
+        };
+        let span_exporter = Watched {
+            inner: span_exporter,
+            watch: watches.traces.clone(),
+        };
 
         let resource = Resource::builder_empty()
             .with_detector(Box::new(TelemetryResourceDetector))
@@ -331,6 +352,7 @@ impl OtlpExporterBuilder {
         let tracer = tracer_provider.tracer_with_scope(scope());
         Ok(OtlpExporter {
             cfg,
+            watches,
             meter_provider,
             tracer_provider,
             tracer,
@@ -349,13 +371,74 @@ type Exporters = (
     opentelemetry_otlp::SpanExporter,
 );
 
+/// Each signal's [`Watch`], shared by its exporter and transport.
+#[derive(Debug)]
+struct Watches {
+    traces: Arc<Watch>,
+    metrics: Arc<Watch>,
+}
+
+impl Watches {
+    fn new(cfg: &Resolved) -> Watches {
+        let watch = |signal| {
+            let t = cfg.target(signal);
+            Arc::new(Watch::new(signal, cfg.protocol, t.url.clone(), t.timeout))
+        };
+        Watches {
+            traces: watch(Signal::Traces),
+            metrics: watch(Signal::Metrics),
+        }
+    }
+
+    /// How many exports of each signal failed so far.
+    fn failures(&self) -> [u64; 2] {
+        [self.traces.failures(), self.metrics.failures()]
+    }
+
+    /// The outcome of a flush or shutdown: the SDK's answers for spans and
+    /// metrics, and the failures counted before it began. A signal failed
+    /// if one of its exports failed meanwhile (its SDK answer may still be
+    /// Ok: the span processor answers for its last batch only), or if the
+    /// SDK says so.
+    fn report(
+        &self,
+        before: [u64; 2],
+        answers: [Option<OTelSdkError>; 2],
+    ) -> Result<(), FlushError> {
+        let mut failures = Vec::new();
+        for ((watch, before), answer) in [&self.traces, &self.metrics]
+            .into_iter()
+            .zip(before)
+            .zip(answers)
+        {
+            let answer = answer.filter(|e| !matches!(e, OTelSdkError::AlreadyShutdown));
+            if watch.failures() > before
+                && let Some(failure) = watch.last_failure()
+            {
+                failures.push(failure);
+            } else if let Some(e) = answer {
+                failures.push(watch.failure(cause_of_sdk_error(&e, Duration::ZERO, Duration::MAX)));
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(FlushError { failures })
+        }
+    }
+}
+
 #[allow(unused_variables)]
-fn exporters(cfg: &Resolved, runtime: &tokio::runtime::Handle) -> Result<Exporters, OtlpError> {
+fn exporters(
+    cfg: &Resolved,
+    runtime: &tokio::runtime::Handle,
+    watches: &Watches,
+) -> Result<Exporters, OtlpError> {
     match cfg.protocol {
         #[cfg(feature = "otlp-grpc")]
         Protocol::Grpc => grpc::exporters(cfg),
         #[cfg(feature = "otlp-http")]
-        Protocol::HttpProtobuf => http_client::exporters(cfg, runtime),
+        Protocol::HttpProtobuf => http_client::exporters(cfg, runtime, watches),
         // `resolve` refuses a protocol that is not built in.
         #[allow(unreachable_patterns)]
         p => Err(OtlpError::ProtocolNotEnabled {
@@ -376,6 +459,7 @@ fn exporters(cfg: &Resolved, runtime: &tokio::runtime::Handle) -> Result<Exporte
 /// thread.
 pub struct OtlpExporter {
     cfg: Resolved,
+    watches: Watches,
     meter_provider: SdkMeterProvider,
     tracer_provider: SdkTracerProvider,
     tracer: SdkTracer,
@@ -528,17 +612,26 @@ impl OtlpExporter {
     }
 
     /// Exports pending spans and metrics now, on a blocking thread.
+    ///
+    /// The error names each signal that failed, the endpoint it was sent
+    /// to and the cause ([`ExportCause`]: connection refused, timed out,
+    /// ...), and says what to do.
     pub async fn flush(&self) -> Result<(), FlushError> {
         let (t, m) = (self.tracer_provider.clone(), self.meter_provider.clone());
-        off_runtime(move || (t.force_flush().err(), m.force_flush().err())).await
+        let before = self.watches.failures();
+        let answers = off_runtime(move || [t.force_flush().err(), m.force_flush().err()]).await;
+        self.watches.report(before, answers)
     }
 
     /// Exports what is pending and stops both providers (on a blocking
     /// thread). Call it before the process exits; calling it again is a
     /// no-op. Spans first, so that metrics recorded while they ended go too.
+    /// Errors as [`flush`](Self::flush).
     pub async fn shutdown(&self) -> Result<(), FlushError> {
         let (t, m) = (self.tracer_provider.clone(), self.meter_provider.clone());
-        off_runtime(move || (t.shutdown().err(), m.shutdown().err())).await
+        let before = self.watches.failures();
+        let answers = off_runtime(move || [t.shutdown().err(), m.shutdown().err()]).await;
+        self.watches.report(before, answers)
     }
 }
 
@@ -578,26 +671,21 @@ fn is_driver(target: &str) -> bool {
     krate == "scylla" || krate.starts_with("scylla_")
 }
 
+/// Runs `f` (which blocks until the SDK's threads answer) on a blocking
+/// thread when inside a runtime.
 async fn off_runtime(
-    f: impl FnOnce() -> (Option<OTelSdkError>, Option<OTelSdkError>) + Send + 'static,
-) -> Result<(), FlushError> {
-    let (traces, metrics) = match tokio::runtime::Handle::try_current() {
+    f: impl FnOnce() -> [Option<OTelSdkError>; 2] + Send + 'static,
+) -> [Option<OTelSdkError>; 2] {
+    match tokio::runtime::Handle::try_current() {
         Ok(_) => tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
             let e = || {
                 Some(OTelSdkError::InternalFailure(format!(
                     "flush thread failed: {e}"
                 )))
             };
-            (e(), e())
+            [e(), e()]
         }),
         Err(_) => f(),
-    };
-    let keep = |e: Option<OTelSdkError>| e.filter(|e| !matches!(e, OTelSdkError::AlreadyShutdown));
-    let (traces, metrics) = (keep(traces), keep(metrics));
-    if traces.is_none() && metrics.is_none() {
-        Ok(())
-    } else {
-        Err(FlushError { metrics, traces })
     }
 }
 
