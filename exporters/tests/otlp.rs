@@ -355,6 +355,7 @@ async fn export_end_to_end(protocol: Protocol, transport: Transport) {
 
     otlp.shutdown().await.unwrap();
     otlp.shutdown().await.unwrap(); // idempotent
+    assert!(otlp.lost().is_none(), "{:?}", otlp.lost());
 }
 
 // current_thread: the tracing subscriber is the test thread's default, and
@@ -715,6 +716,7 @@ async fn unreachable_endpoints_are_named_with_the_cause(protocol: Protocol) {
     for want in [
         format!("spans to {traces_url}: connection refused"),
         format!("metrics to {metrics_url}: timed out after 300ms"),
+        "1 span and 1 metric point lost".to_string(),
     ] {
         assert!(msg.contains(&want), "{protocol}: want {want:?}\n got {msg}");
     }
@@ -803,4 +805,78 @@ async fn an_endpoint_that_closes_connections_is_named_with_the_cause() {
         let _ = tokio::time::timeout(Duration::from_secs(30), otlp.shutdown()).await;
     }
     closer.abort();
+}
+
+/// `n` spans through the exporter's tracer, and one point of a counter
+/// for each of `series` attribute values.
+fn spans_and_points(otlp: &tower_cql_exporters::otlp::OtlpExporter, n: usize, series: usize) {
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry::trace::{Span as _, Tracer as _};
+    for i in 0..n {
+        otlp.tracer().start(format!("lost.{i}")).end();
+    }
+    let counter = otlp
+        .meter_provider()
+        .meter("test")
+        .u64_counter("test.lost")
+        .build();
+    for s in 0..series {
+        counter.add(1, &[opentelemetry::KeyValue::new("series", s as i64)]);
+    }
+}
+
+/// Nothing reaches an endpoint that refuses connections: `shutdown()`
+/// says how many spans and metric points were lost, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_reports_the_spans_and_metric_points_lost() {
+    let _serial = SERIAL.lock().await;
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let otlp = no_env()
+            .protocol(protocol)
+            .endpoint(format!("http://127.0.0.1:{}", refused_port()))
+            .export_timeout(Duration::from_millis(300))
+            .metric_export_interval(Duration::from_secs(3600))
+            .install()
+            .unwrap();
+        spans_and_points(&otlp, 7, 3);
+        let err = tokio::time::timeout(Duration::from_secs(30), otlp.shutdown())
+            .await
+            .expect("shutdown() returned")
+            .expect_err("nothing could be exported");
+        let msg = err.to_string();
+        println!("{protocol}: {msg}");
+        let want = "7 spans and 3 metric points lost";
+        assert!(msg.contains(want), "{protocol}: want {want:?}\n got {msg}");
+        assert!(msg.contains("connection refused"), "{protocol}: {msg}");
+        assert_eq!((err.lost.spans, err.lost.metric_points), (7, 3));
+        let lost = otlp.lost();
+        assert_eq!((lost.spans, lost.metric_points), (7, 3), "{protocol}");
+        // a second shutdown does nothing, and says nothing
+        otlp.shutdown().await.unwrap();
+    }
+}
+
+/// More spans end at once than the batch queue holds (2048) while the
+/// exports fail: the spans the queue dropped count as lost too, with
+/// those of the failed exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_dropped_by_a_full_queue_count_as_lost() {
+    let _serial = SERIAL.lock().await;
+    let otlp = no_env()
+        .protocol(Protocol::default_for_build())
+        .endpoint(format!("http://127.0.0.1:{}", refused_port()))
+        .export_timeout(Duration::from_millis(300))
+        .metric_export_interval(Duration::from_secs(3600))
+        .install()
+        .unwrap();
+    spans_and_points(&otlp, 3000, 0);
+    let err = tokio::time::timeout(Duration::from_secs(60), otlp.shutdown())
+        .await
+        .expect("shutdown() returned")
+        .expect_err("nothing could be exported");
+    let msg = err.to_string();
+    println!("{msg}");
+    let want = "3000 spans and 0 metric points lost";
+    assert!(msg.contains(want), "want {want:?}\n got {msg}");
+    assert_eq!(otlp.lost().spans, 3000);
 }

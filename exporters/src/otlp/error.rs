@@ -200,7 +200,8 @@ pub struct ExportFailure {
 impl fmt::Display for ExportFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let [endpoint_var, headers_var, timeout_var] = self.signal.vars();
-        let where_set = format!("OtlpExporterBuilder::endpoint, {endpoint_var} or {ENV_ENDPOINT}");
+        let where_set =
+            format!("set by OtlpExporterBuilder::endpoint, {endpoint_var} or {ENV_ENDPOINT}");
         write!(f, "{} to {}: {} — ", self.signal, self.endpoint, self.cause)?;
         match &self.cause {
             ExportCause::ConnectionRefused => write!(
@@ -250,22 +251,68 @@ impl ExportFailure {
     }
 }
 
+/// What could not be exported since the exporter was installed: see
+/// [`OtlpExporter::lost`](super::OtlpExporter::lost).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Lost {
+    /// Spans in exports that failed, and spans the batch span processor
+    /// dropped because its queue was full (`OTEL_BSP_MAX_QUEUE_SIZE`,
+    /// 2048 by default). The drops are known exactly once the exporter is
+    /// shut down; before, as of the last flush whose export succeeded
+    /// (exactly, unless spans ended during that flush).
+    pub spans: u64,
+    /// Metric data points in exports that failed. A point is one series
+    /// (instrument and attribute set) of one export: with the default
+    /// cumulative temporality a later export that succeeds carries the
+    /// series' totals again.
+    pub metric_points: u64,
+}
+
+impl Lost {
+    /// Whether nothing was lost.
+    pub fn is_none(&self) -> bool {
+        self.spans == 0 && self.metric_points == 0
+    }
+}
+
+impl fmt::Display for Lost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = |n: u64| if n == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{} span{} and {} metric point{}",
+            self.spans,
+            s(self.spans),
+            self.metric_points,
+            s(self.metric_points)
+        )
+    }
+}
+
 /// Why [`OtlpExporter::flush`](super::OtlpExporter::flush) or
 /// [`OtlpExporter::shutdown`](super::OtlpExporter::shutdown) could not
 /// export everything (e.g. the collector was unreachable): each failed
-/// signal with its endpoint and the cause.
+/// signal with its endpoint and the cause, and how much was lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FlushError {
     /// One entry per signal that failed, spans first.
     pub failures: Vec<ExportFailure>,
+    /// What was lost since the exporter was installed, as of this error.
+    pub lost: Lost,
 }
 
 impl std::error::Error for FlushError {}
 
 impl fmt::Display for FlushError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("OTLP export failed: ")?;
+        write!(f, "OTLP export failed, {} lost so far: ", self.lost)?;
+        if self.failures.is_empty() {
+            f.write_str(
+                "spans were dropped by the batch span processor, whose queue was full (more spans ended than it holds, OTEL_BSP_MAX_QUEUE_SIZE, 2048 by default, before they could be exported); export fewer spans (OtlpExporterBuilder::trace_sample_ratio) or check that the collector keeps up",
+            )?;
+        }
         for (i, failure) in self.failures.iter().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;

@@ -14,12 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use opentelemetry::Context;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::metrics::Temporality;
-use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 
 use super::config::{Protocol, Signal};
 use super::error::{ExportCause, ExportFailure};
@@ -37,6 +38,10 @@ pub(crate) struct Watch {
     last_failure: Mutex<Option<ExportFailure>>,
     /// How many exports failed.
     failures: AtomicU64,
+    /// Items (spans, metric points) handed to exports.
+    delivered: AtomicU64,
+    /// Items in exports that failed.
+    failed_items: AtomicU64,
 }
 
 impl Watch {
@@ -54,7 +59,19 @@ impl Watch {
             seen: Mutex::new(None),
             last_failure: Mutex::new(None),
             failures: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            failed_items: AtomicU64::new(0),
         }
+    }
+
+    /// Items handed to exports so far, exported or not.
+    pub(crate) fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Acquire)
+    }
+
+    /// Items in exports that failed so far.
+    pub(crate) fn failed_items(&self) -> u64 {
+        self.failed_items.load(Ordering::Acquire)
     }
 
     /// How many exports failed so far.
@@ -85,11 +102,13 @@ impl Watch {
         *lock(&self.seen) = cause;
     }
 
-    /// Runs one export and records its failure, if it fails.
-    pub(crate) async fn export<F>(&self, export: F) -> OTelSdkResult
+    /// Runs one export of `items` spans or points and records its
+    /// failure, if it fails.
+    pub(crate) async fn export<F>(&self, items: u64, export: F) -> OTelSdkResult
     where
         F: Future<Output = OTelSdkResult>,
     {
+        self.delivered.fetch_add(items, Ordering::AcqRel);
         self.saw(None);
         let start = Instant::now();
         let result = export.await;
@@ -98,6 +117,7 @@ impl Watch {
             let cause =
                 seen.unwrap_or_else(|| cause_of_sdk_error(e, start.elapsed(), self.timeout));
             *lock(&self.last_failure) = Some(self.failure(cause));
+            self.failed_items.fetch_add(items, Ordering::AcqRel);
             self.failures.fetch_add(1, Ordering::AcqRel);
         }
         result
@@ -113,7 +133,8 @@ pub(crate) struct Watched<E> {
 
 impl<E: SpanExporter> SpanExporter for Watched<E> {
     fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
-        self.watch.export(self.inner.export(batch))
+        self.watch
+            .export(batch.len() as u64, self.inner.export(batch))
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
@@ -131,7 +152,8 @@ impl<E: SpanExporter> SpanExporter for Watched<E> {
 
 impl<E: PushMetricExporter> PushMetricExporter for Watched<E> {
     fn export(&self, metrics: &ResourceMetrics) -> impl Future<Output = OTelSdkResult> + Send {
-        self.watch.export(self.inner.export(metrics))
+        self.watch
+            .export(data_points(metrics), self.inner.export(metrics))
     }
 
     fn force_flush(&self) -> OTelSdkResult {
@@ -144,6 +166,64 @@ impl<E: PushMetricExporter> PushMetricExporter for Watched<E> {
 
     fn temporality(&self) -> Temporality {
         self.inner.temporality()
+    }
+}
+
+/// The data points of a collection: what a failed metric export loses.
+fn data_points(metrics: &ResourceMetrics) -> u64 {
+    fn of<T>(data: &MetricData<T>) -> usize {
+        match data {
+            MetricData::Gauge(d) => d.data_points().count(),
+            MetricData::Sum(d) => d.data_points().count(),
+            MetricData::Histogram(d) => d.data_points().count(),
+            MetricData::ExponentialHistogram(d) => d.data_points().count(),
+        }
+    }
+    metrics
+        .scope_metrics()
+        .flat_map(|s| s.metrics())
+        .map(|m| match m.data() {
+            AggregatedMetrics::F64(d) => of(d),
+            AggregatedMetrics::U64(d) => of(d),
+            AggregatedMetrics::I64(d) => of(d),
+        } as u64)
+        .sum()
+}
+
+/// The SDK's batch span processor, counting the spans handed to it: those
+/// it never hands to an export were dropped (its queue was full), which
+/// it only logs.
+#[derive(Debug)]
+pub(crate) struct Counted<P> {
+    pub(crate) inner: P,
+    /// Sampled spans ended (those the batch processor queues).
+    pub(crate) ended: Arc<AtomicU64>,
+}
+
+impl<P: SpanProcessor> SpanProcessor for Counted<P> {
+    fn on_start(&self, span: &mut Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        // Counted before it is queued, so that a span is never seen
+        // delivered and not ended; unsampled spans are not queued.
+        if span.span_context.is_sampled() {
+            self.ended.fetch_add(1, Ordering::AcqRel);
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 
