@@ -880,3 +880,88 @@ async fn spans_dropped_by_a_full_queue_count_as_lost() {
     assert!(msg.contains(want), "want {want:?}\n got {msg}");
     assert_eq!(otlp.lost().spans, 3000);
 }
+
+/// Set in the child process that
+/// `the_process_environment_keeps_each_signal_s_own_variables` starts.
+const CHILD: &str = "TOWER_CQL_OTLP_CHILD";
+
+/// Runs only in that child process, with the `OTEL_*` variables set in its
+/// real environment: builds from it with `OtlpExporter::builder()`,
+/// exports one span and one point, and shuts down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_exports_from_the_process_environment() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let otlp = tower_cql_exporters::otlp::OtlpExporter::builder()
+        .metric_export_interval(Duration::from_secs(3600))
+        .install()
+        .unwrap();
+    one_span_and_one_point(&otlp);
+    otlp.shutdown().await.unwrap();
+}
+
+/// The process environment, read by this crate and by `opentelemetry-otlp`
+/// itself (which reads it for headers whatever it is told): a signal's own
+/// endpoint and headers variables win over the general ones, and the
+/// general ones still apply to the other signal. `set_var` is not used:
+/// the test binary runs itself again, filtered to the test above, with
+/// the variables set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_environment_keeps_each_signal_s_own_variables() {
+    let _serial = SERIAL.lock().await;
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let general = OtlpReceiver::start().await.unwrap();
+        let traces = OtlpReceiver::start().await.unwrap();
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.as_str().to_string()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", general.endpoint()),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                signal_url(protocol, &traces.endpoint(), "/v1/traces"),
+            ),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-general=g".to_string()),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                "x-traces=t".to_string(),
+            ),
+        ];
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "child_exports_from_the_process_environment",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD, "1")
+                .envs(vars)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{protocol}: the child failed\n{stdout}\n{stderr}"
+        );
+        assert_eq!(
+            traces.spans_named("signal.specific").len(),
+            1,
+            "{protocol}: the span did not reach OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        );
+        assert!(general.trace_requests().is_empty(), "{protocol}");
+        assert!(traces.metrics_requests().is_empty(), "{protocol}");
+        assert_eq!(general.metric_names(), vec!["test.counter".to_string()]);
+        for r in traces.trace_requests() {
+            let h = (r.header("x-traces"), r.header("x-general"));
+            assert_eq!(h, (Some("t"), None), "{protocol}: span headers");
+        }
+        for r in general.metrics_requests() {
+            let h = (r.header("x-traces"), r.header("x-general"));
+            assert_eq!(h, (None, Some("g")), "{protocol}: metric headers");
+        }
+    }
+}
