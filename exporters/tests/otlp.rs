@@ -355,6 +355,7 @@ async fn export_end_to_end(protocol: Protocol, transport: Transport) {
 
     otlp.shutdown().await.unwrap();
     otlp.shutdown().await.unwrap(); // idempotent
+    assert!(otlp.lost().is_none(), "{:?}", otlp.lost());
 }
 
 // current_thread: the tracing subscriber is the test thread's default, and
@@ -668,4 +669,299 @@ async fn grpc_the_traces_endpoint_wins_over_the_general_one() {
 async fn http_the_traces_endpoint_wins_over_the_general_one() {
     let _serial = SERIAL.lock().await;
     the_signal_specific_endpoint_wins(Protocol::HttpProtobuf).await;
+}
+
+/// A loopback port nothing listens on: bound, then closed (connections to
+/// it are refused).
+fn refused_port() -> u16 {
+    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// The URL a signal-specific variable must hold for `base`: as is for
+/// gRPC, with the signal's path for HTTP/protobuf.
+fn signal_url(protocol: Protocol, base: &str, path: &str) -> String {
+    match protocol {
+        Protocol::Grpc => base.to_string(),
+        Protocol::HttpProtobuf => format!("{base}{path}"),
+    }
+}
+
+/// Spans go to a port that refuses connections, metrics to one that
+/// accepts and never answers: the error of `flush()` names each signal's
+/// endpoint and says what happened there, in words.
+async fn unreachable_endpoints_are_named_with_the_cause(protocol: Protocol) {
+    let hanging = Unresponsive::start().await;
+    let refused = format!("http://127.0.0.1:{}", refused_port());
+    let traces_url = signal_url(protocol, &refused, "/v1/traces");
+    let metrics_url = signal_url(protocol, &format!("http://{}", hanging.addr), "/v1/metrics");
+    let otlp = OtlpExporterBuilder::from_vars([
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces_url.as_str()),
+        ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", metrics_url.as_str()),
+    ])
+    .protocol(protocol)
+    .export_timeout(Duration::from_millis(300))
+    .metric_export_interval(Duration::from_secs(3600))
+    .install()
+    .unwrap();
+    assert_eq!(otlp.traces_endpoint(), traces_url);
+    assert_eq!(otlp.metrics_endpoint(), metrics_url);
+    one_span_and_one_point(&otlp);
+    let err = tokio::time::timeout(Duration::from_secs(30), otlp.flush())
+        .await
+        .expect("flush() returned")
+        .expect_err("nothing could be exported");
+    let msg = err.to_string();
+    println!("{protocol}: {msg}");
+    for want in [
+        format!("spans to {traces_url}: connection refused"),
+        format!("metrics to {metrics_url}: timed out after 300ms"),
+        "1 span and 1 metric point lost".to_string(),
+    ] {
+        assert!(msg.contains(&want), "{protocol}: want {want:?}\n got {msg}");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), otlp.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unreachable_endpoints_are_named_with_the_cause() {
+    let _serial = SERIAL.lock().await;
+    unreachable_endpoints_are_named_with_the_cause(Protocol::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_unreachable_endpoints_are_named_with_the_cause() {
+    let _serial = SERIAL.lock().await;
+    unreachable_endpoints_are_named_with_the_cause(Protocol::HttpProtobuf).await;
+}
+
+/// A host name that cannot resolve (`.invalid` is reserved for that):
+/// the error says the DNS lookup failed, for both signals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresolvable_host_is_named_with_the_cause() {
+    let _serial = SERIAL.lock().await;
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let base = "http://otlp-collector.invalid:4317";
+        let otlp = no_env()
+            .protocol(protocol)
+            .endpoint(base)
+            .export_timeout(Duration::from_secs(5))
+            .metric_export_interval(Duration::from_secs(3600))
+            .install()
+            .unwrap();
+        one_span_and_one_point(&otlp);
+        let err = tokio::time::timeout(Duration::from_secs(30), otlp.flush())
+            .await
+            .expect("flush() returned")
+            .expect_err("nothing could be exported");
+        let msg = err.to_string();
+        println!("{protocol}: {msg}");
+        for want in [
+            format!("spans to {}: DNS lookup failed", otlp.traces_endpoint()),
+            format!("metrics to {}: DNS lookup failed", otlp.metrics_endpoint()),
+        ] {
+            assert!(msg.contains(&want), "{protocol}: want {want:?}\n got {msg}");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), otlp.shutdown()).await;
+    }
+}
+
+/// An endpoint that accepts each connection and closes it at once (as a
+/// port speaking something else may): the error says the connection
+/// closed, for both signals and both protocols.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_closes_connections_is_named_with_the_cause() {
+    let _serial = SERIAL.lock().await;
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closer = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            drop(socket);
+        }
+    });
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let otlp = no_env()
+            .protocol(protocol)
+            .endpoint(format!("http://{addr}"))
+            .export_timeout(Duration::from_secs(5))
+            .metric_export_interval(Duration::from_secs(3600))
+            .install()
+            .unwrap();
+        one_span_and_one_point(&otlp);
+        let err = tokio::time::timeout(Duration::from_secs(30), otlp.flush())
+            .await
+            .expect("flush() returned")
+            .expect_err("nothing could be exported");
+        let msg = err.to_string();
+        println!("{protocol}: {msg}");
+        for want in [
+            format!("spans to {}: connection closed", otlp.traces_endpoint()),
+            format!("metrics to {}: connection closed", otlp.metrics_endpoint()),
+        ] {
+            assert!(msg.contains(&want), "{protocol}: want {want:?}\n got {msg}");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), otlp.shutdown()).await;
+    }
+    closer.abort();
+}
+
+/// `n` spans through the exporter's tracer, and one point of a counter
+/// for each of `series` attribute values.
+fn spans_and_points(otlp: &tower_cql_exporters::otlp::OtlpExporter, n: usize, series: usize) {
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry::trace::{Span as _, Tracer as _};
+    for i in 0..n {
+        otlp.tracer().start(format!("lost.{i}")).end();
+    }
+    let counter = otlp
+        .meter_provider()
+        .meter("test")
+        .u64_counter("test.lost")
+        .build();
+    for s in 0..series {
+        counter.add(1, &[opentelemetry::KeyValue::new("series", s as i64)]);
+    }
+}
+
+/// Nothing reaches an endpoint that refuses connections: `shutdown()`
+/// says how many spans and metric points were lost, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_reports_the_spans_and_metric_points_lost() {
+    let _serial = SERIAL.lock().await;
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let otlp = no_env()
+            .protocol(protocol)
+            .endpoint(format!("http://127.0.0.1:{}", refused_port()))
+            .export_timeout(Duration::from_millis(300))
+            .metric_export_interval(Duration::from_secs(3600))
+            .install()
+            .unwrap();
+        spans_and_points(&otlp, 7, 3);
+        let err = tokio::time::timeout(Duration::from_secs(30), otlp.shutdown())
+            .await
+            .expect("shutdown() returned")
+            .expect_err("nothing could be exported");
+        let msg = err.to_string();
+        println!("{protocol}: {msg}");
+        let want = "7 spans and 3 metric points lost";
+        assert!(msg.contains(want), "{protocol}: want {want:?}\n got {msg}");
+        assert!(msg.contains("connection refused"), "{protocol}: {msg}");
+        assert_eq!((err.lost.spans, err.lost.metric_points), (7, 3));
+        let lost = otlp.lost();
+        assert_eq!((lost.spans, lost.metric_points), (7, 3), "{protocol}");
+        // a second shutdown does nothing, and says nothing
+        otlp.shutdown().await.unwrap();
+    }
+}
+
+/// More spans end at once than the batch queue holds (2048) while the
+/// exports fail: the spans the queue dropped count as lost too, with
+/// those of the failed exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_dropped_by_a_full_queue_count_as_lost() {
+    let _serial = SERIAL.lock().await;
+    let otlp = no_env()
+        .protocol(Protocol::default_for_build())
+        .endpoint(format!("http://127.0.0.1:{}", refused_port()))
+        .export_timeout(Duration::from_millis(300))
+        .metric_export_interval(Duration::from_secs(3600))
+        .install()
+        .unwrap();
+    spans_and_points(&otlp, 3000, 0);
+    let err = tokio::time::timeout(Duration::from_secs(60), otlp.shutdown())
+        .await
+        .expect("shutdown() returned")
+        .expect_err("nothing could be exported");
+    let msg = err.to_string();
+    println!("{msg}");
+    let want = "3000 spans and 0 metric points lost";
+    assert!(msg.contains(want), "want {want:?}\n got {msg}");
+    assert_eq!(otlp.lost().spans, 3000);
+}
+
+/// Set in the child process that
+/// `the_process_environment_keeps_each_signal_s_own_variables` starts.
+const CHILD: &str = "TOWER_CQL_OTLP_CHILD";
+
+/// Runs only in that child process, with the `OTEL_*` variables set in its
+/// real environment: builds from it with `OtlpExporter::builder()`,
+/// exports one span and one point, and shuts down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_exports_from_the_process_environment() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let otlp = tower_cql_exporters::otlp::OtlpExporter::builder()
+        .metric_export_interval(Duration::from_secs(3600))
+        .install()
+        .unwrap();
+    one_span_and_one_point(&otlp);
+    otlp.shutdown().await.unwrap();
+}
+
+/// The process environment, read by this crate and by `opentelemetry-otlp`
+/// itself (which reads it for headers whatever it is told): a signal's own
+/// endpoint and headers variables win over the general ones, and the
+/// general ones still apply to the other signal. `set_var` is not used:
+/// the test binary runs itself again, filtered to the test above, with
+/// the variables set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_environment_keeps_each_signal_s_own_variables() {
+    let _serial = SERIAL.lock().await;
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let general = OtlpReceiver::start().await.unwrap();
+        let traces = OtlpReceiver::start().await.unwrap();
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.as_str().to_string()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", general.endpoint()),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                signal_url(protocol, &traces.endpoint(), "/v1/traces"),
+            ),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-general=g".to_string()),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                "x-traces=t".to_string(),
+            ),
+        ];
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "child_exports_from_the_process_environment",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD, "1")
+                .envs(vars)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{protocol}: the child failed\n{stdout}\n{stderr}"
+        );
+        assert_eq!(
+            traces.spans_named("signal.specific").len(),
+            1,
+            "{protocol}: the span did not reach OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        );
+        assert!(general.trace_requests().is_empty(), "{protocol}");
+        assert!(traces.metrics_requests().is_empty(), "{protocol}");
+        assert_eq!(general.metric_names(), vec!["test.counter".to_string()]);
+        for r in traces.trace_requests() {
+            let h = (r.header("x-traces"), r.header("x-general"));
+            assert_eq!(h, (Some("t"), None), "{protocol}: span headers");
+        }
+        for r in general.metrics_requests() {
+            let h = (r.header("x-traces"), r.header("x-general"));
+            assert_eq!(h, (None, Some("g")), "{protocol}: metric headers");
+        }
+    }
 }

@@ -3,8 +3,57 @@
 //! in the environment a signal's own variable
 //! (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) wins over the general one
 //! (`OTEL_EXPORTER_OTLP_ENDPOINT`), as in `opentelemetry-otlp`, whose
-//! variable names these are. What is added here is the strictness: a bad
-//! value is an error naming its variable, where the library skips it.
+//! variable names these are; a general variable never overrides a signal's.
+//! What is added here is the strictness: a bad value is an error naming
+//! its variable, where the library skips it.
+//!
+//! # Why the variables are read here and not left to `opentelemetry-otlp`
+//! `opentelemetry-otlp` 0.33 reads the same variables itself when an
+//! exporter is built without the setting (`TonicExporterBuilder::build_channel`
+//! and `HttpExporterBuilder::build_client`, per signal). Leaning on that
+//! would lose what this module is for:
+//!
+//! - **It reads the process environment only** (`std::env::var` in
+//!   `read_env_var`, `resolve_timeout`, `parse_headers_from_env`,
+//!   `resolve_http_endpoint`, `TonicExporterBuilder::resolve_endpoint`):
+//!   [`OtlpExporterBuilder::from_vars`](super::OtlpExporterBuilder::from_vars)
+//!   (variables from a config file, or a test: `set_var` is unsafe and not
+//!   used in this codebase) has no way in.
+//! - **It does not say what it resolved** (`ExportConfig` is private), and
+//!   the resolved values are needed before and after: the endpoint of each
+//!   signal for the clear-text header check (before anything is sent), for
+//!   [`ExportFailure`](super::ExportFailure) and the endpoint accessors;
+//!   the timeout for the HTTP client built here (`HyperClient` takes it) and
+//!   for [`ExportCause::TimedOut`](super::ExportCause::TimedOut).
+//! - **It accepts what it cannot use, silently**:
+//!   `OTEL_EXPORTER_OTLP[_SIGNAL]_TIMEOUT` that does not parse (`10s`) is
+//!   skipped for the next variable or the 10 s default (`parse().ok()` in
+//!   `resolve_timeout`), and `0` is taken as a zero timeout;
+//!   a header item without `=`, with an empty key or value, or a name or
+//!   value HTTP cannot carry is dropped (`parse_header_key_value_string`,
+//!   `filter_map` in `build_client`), a bad percent-escape kept as written
+//!   (`url_decode` failing falls back to the raw value); a gRPC endpoint
+//!   without a scheme becomes `https://...` (`apply_insecure_scheme`) and
+//!   is then refused for want of a TLS feature of `opentelemetry-otlp`;
+//!   an `https://` HTTP/protobuf endpoint fails only when the first export
+//!   does; a query string or credentials in the URL are taken as given.
+//! - **`OTEL_RESOURCE_ATTRIBUTES`** (the SDK's `EnvResourceDetector`) is
+//!   not percent-decoded at all, though the specification says its values
+//!   are, and malformed items are skipped.
+//!
+//! So every value the exporter uses is read and validated here, and handed
+//! to the SDK explicitly (`with_endpoint`, `with_timeout`, the headers
+//! through our interceptor or HTTP client, `with_interval`, the resource):
+//! an explicit setting wins over the SDK's own reading, so the two cannot
+//! disagree. Left to the SDK, because nothing here needs their values:
+//! `OTEL_EXPORTER_OTLP[_SIGNAL]_COMPRESSION`, `..._INSECURE` (schemeless
+//! gRPC endpoints only, refused here), `..._METRICS_TEMPORALITY_PREFERENCE`,
+//! `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`. One overlap remains: the SDK still
+//! adds the header variables of the *process* environment to each export
+//! (ours replace same-named ones), which `clear_text::refuse_headers_in_clear`
+//! takes into account. The variable names and defaults are the SDK's
+//! constants; the `key=value,...` lists are decoded with the
+//! `percent-encoding` crate.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -47,7 +96,8 @@ pub const ENV_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 /// `OTEL_RESOURCE_ATTRIBUTES`: `key=value,...`, values percent-encoded.
 pub const ENV_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
 /// `OTEL_METRIC_EXPORT_INTERVAL`: milliseconds between metric exports.
-pub const ENV_METRIC_EXPORT_INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
+pub const ENV_METRIC_EXPORT_INTERVAL: &str =
+    opentelemetry_sdk::metrics::OTEL_METRIC_EXPORT_INTERVAL;
 
 /// Every variable the builder reads.
 const VARS: [&str; 13] = [
@@ -67,7 +117,8 @@ const VARS: [&str; 13] = [
 ];
 
 /// The default metric export interval (the specification's 60 s).
-pub const DEFAULT_METRIC_EXPORT_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_METRIC_EXPORT_INTERVAL: Duration =
+    opentelemetry_sdk::metrics::OTEL_METRIC_EXPORT_INTERVAL_DEFAULT;
 /// The default export timeout (the specification's 10 s).
 pub const DEFAULT_EXPORT_TIMEOUT: Duration = otlp::OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT;
 
@@ -140,9 +191,12 @@ impl fmt::Display for Protocol {
 }
 
 /// A kind of telemetry, exported on its own connection with its own settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Signal {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Signal {
+    /// Spans, sent to the traces endpoint.
     Traces,
+    /// Metric points, sent to the metrics endpoint.
     Metrics,
 }
 
@@ -157,7 +211,7 @@ impl Signal {
 
     /// The signal's own variables (endpoint, headers, timeout), each
     /// winning over the general one.
-    pub(crate) const fn vars(self) -> [&'static str; 3] {
+    pub const fn vars(self) -> [&'static str; 3] {
         match self {
             Signal::Traces => [ENV_TRACES_ENDPOINT, ENV_TRACES_HEADERS, ENV_TRACES_TIMEOUT],
             Signal::Metrics => [

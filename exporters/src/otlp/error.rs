@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use opentelemetry_sdk::error::OTelSdkError;
+use super::config::{ENV_ENDPOINT, ENV_HEADERS, ENV_TIMEOUT, Protocol, Signal};
 
 /// Where a setting came from: a builder call or an environment variable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,27 +141,186 @@ pub enum OtlpError {
     },
 }
 
-/// Why [`OtlpExporter::flush`](super::OtlpExporter::flush) or
-/// [`OtlpExporter::shutdown`](super::OtlpExporter::shutdown) could not
-/// export everything (e.g. the collector was unreachable).
-#[derive(Debug, thiserror::Error)]
-#[error("OTLP export: {}", describe(.metrics, .traces))]
-pub struct FlushError {
-    /// The meter provider's error, if it had one.
-    pub metrics: Option<OTelSdkError>,
-    /// The tracer provider's error, if it had one.
-    pub traces: Option<OTelSdkError>,
+/// Why one signal's export failed: what happened at the endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExportCause {
+    /// The connection was refused: nothing listens at that address and port.
+    ConnectionRefused,
+    /// The endpoint's host name could not be resolved.
+    DnsFailure,
+    /// No answer within the time given (the export timeout, or the SDK's
+    /// own limit on a flush).
+    TimedOut(Duration),
+    /// The endpoint closed the connection, or answered with something that
+    /// is not OTLP over plain HTTP (e.g. a port that speaks TLS).
+    ConnectionClosed,
+    /// The collector answered with this HTTP status (not a success).
+    HttpStatus(u16),
+    /// The collector answered with this gRPC status code (e.g. `Unauthenticated`).
+    GrpcStatus(String),
+    /// Anything else, in the exporter's words.
+    Other(String),
 }
 
-fn describe(metrics: &Option<OTelSdkError>, traces: &Option<OTelSdkError>) -> String {
-    let mut parts = Vec::new();
-    if let Some(e) = metrics {
-        parts.push(format!("metrics: {e}"));
+impl fmt::Display for ExportCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExportCause::ConnectionRefused => f.write_str("connection refused"),
+            ExportCause::DnsFailure => f.write_str("DNS lookup failed"),
+            ExportCause::TimedOut(d) => write!(f, "timed out after {d:?}"),
+            ExportCause::ConnectionClosed => {
+                f.write_str("connection closed without an OTLP answer")
+            }
+            ExportCause::HttpStatus(code) => write!(f, "the collector answered HTTP {code}"),
+            ExportCause::GrpcStatus(code) => write!(f, "the collector answered gRPC status {code}"),
+            ExportCause::Other(msg) => f.write_str(msg),
+        }
     }
-    if let Some(e) = traces {
-        parts.push(format!("traces: {e}"));
+}
+
+/// One signal's failed export: where it went and why it failed.
+///
+/// Its `Display` says both and what to do, e.g. `spans to
+/// http://127.0.0.1:4317: connection refused — nothing listens there: start
+/// the collector, or correct the endpoint (set by ...)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExportFailure {
+    /// Spans or metrics.
+    pub signal: Signal,
+    /// The protocol the export used.
+    pub protocol: Protocol,
+    /// The URL the export was sent to.
+    pub endpoint: String,
+    /// What happened there.
+    pub cause: ExportCause,
+}
+
+impl fmt::Display for ExportFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [endpoint_var, headers_var, timeout_var] = self.signal.vars();
+        let where_set =
+            format!("set by OtlpExporterBuilder::endpoint, {endpoint_var} or {ENV_ENDPOINT}");
+        write!(f, "{} to {}: {} — ", self.signal, self.endpoint, self.cause)?;
+        match &self.cause {
+            ExportCause::ConnectionRefused => write!(
+                f,
+                "nothing listens there: start the collector, or correct the endpoint ({where_set})"
+            ),
+            ExportCause::DnsFailure => write!(
+                f,
+                "the host name does not resolve: correct the host in the endpoint ({where_set})"
+            ),
+            ExportCause::TimedOut(_) => write!(
+                f,
+                "no answer in time: check that an OTLP collector speaking {} listens there, or give the export more time (set by OtlpExporterBuilder::export_timeout, {timeout_var} or {ENV_TIMEOUT})",
+                self.protocol
+            ),
+            ExportCause::ConnectionClosed => write!(
+                f,
+                "check that the endpoint speaks OTLP {} over plain http:// (this build has no TLS; a TLS port closes plain connections)",
+                self.protocol
+            ),
+            _ if self.is_refused_for_credentials() => {
+                write!(
+                    f,
+                    "the collector refused the credentials: check the headers (set by OtlpExporterBuilder::header, {headers_var} or {ENV_HEADERS})"
+                )
+            }
+            ExportCause::HttpStatus(404) => f.write_str(
+                "no OTLP receiver at that path: HTTP/protobuf posts to <endpoint>/v1/traces and /v1/metrics, a signal's own endpoint variable is used as is",
+            ),
+            ExportCause::GrpcStatus(code) if code == "Unimplemented" => f.write_str(
+                "the endpoint does not serve OTLP over gRPC: is it an HTTP/protobuf port (4318)? then choose Protocol::HttpProtobuf",
+            ),
+            _ => f.write_str("see the collector's logs"),
+        }
     }
-    parts.join("; ")
+}
+
+impl ExportFailure {
+    fn is_refused_for_credentials(&self) -> bool {
+        match &self.cause {
+            ExportCause::HttpStatus(code) => matches!(code, 401 | 403),
+            ExportCause::GrpcStatus(code) => {
+                matches!(code.as_str(), "Unauthenticated" | "PermissionDenied")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What could not be exported since the exporter was installed: see
+/// [`OtlpExporter::lost`](super::OtlpExporter::lost).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Lost {
+    /// Spans in exports that failed, and spans the batch span processor
+    /// dropped because its queue was full (`OTEL_BSP_MAX_QUEUE_SIZE`,
+    /// 2048 by default). The drops are known exactly once the exporter is
+    /// shut down; before, as of the last flush whose export succeeded
+    /// (exactly, unless spans ended during that flush).
+    pub spans: u64,
+    /// Metric data points in exports that failed. A point is one series
+    /// (instrument and attribute set) of one export: with the default
+    /// cumulative temporality a later export that succeeds carries the
+    /// series' totals again.
+    pub metric_points: u64,
+}
+
+impl Lost {
+    /// Whether nothing was lost.
+    pub fn is_none(&self) -> bool {
+        self.spans == 0 && self.metric_points == 0
+    }
+}
+
+impl fmt::Display for Lost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = |n: u64| if n == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{} span{} and {} metric point{}",
+            self.spans,
+            s(self.spans),
+            self.metric_points,
+            s(self.metric_points)
+        )
+    }
+}
+
+/// Why [`OtlpExporter::flush`](super::OtlpExporter::flush) or
+/// [`OtlpExporter::shutdown`](super::OtlpExporter::shutdown) could not
+/// export everything (e.g. the collector was unreachable): each failed
+/// signal with its endpoint and the cause, and how much was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FlushError {
+    /// One entry per signal that failed, spans first.
+    pub failures: Vec<ExportFailure>,
+    /// What was lost since the exporter was installed, as of this error.
+    pub lost: Lost,
+}
+
+impl std::error::Error for FlushError {}
+
+impl fmt::Display for FlushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OTLP export failed, {} lost so far: ", self.lost)?;
+        if self.failures.is_empty() {
+            f.write_str(
+                "spans were dropped by the batch span processor, whose queue was full (more spans ended than it holds, OTEL_BSP_MAX_QUEUE_SIZE, 2048 by default, before they could be exported); export fewer spans (OtlpExporterBuilder::trace_sample_ratio) or check that the collector keeps up",
+            )?;
+        }
+        for (i, failure) in self.failures.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{failure}")?;
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn positive_millis(

@@ -19,7 +19,8 @@ use opentelemetry_otlp::{
 use tokio::runtime::Handle;
 
 use super::config::{Header, Resolved, Target};
-use super::error::OtlpError;
+use super::error::{ExportCause, OtlpError};
+use super::watch::{Watch, cause_of_http_error};
 
 /// An HTTP client whose requests run on a given Tokio runtime.
 #[derive(Clone)]
@@ -27,6 +28,9 @@ pub(super) struct OnRuntime {
     client: HyperClient,
     runtime: Handle,
     headers: Arc<Vec<Header>>,
+    /// Told what each request ended in.
+    watch: Arc<Watch>,
+    timeout: std::time::Duration,
 }
 
 impl fmt::Debug for OnRuntime {
@@ -56,15 +60,30 @@ impl HttpClient for OnRuntime {
         let task = self
             .runtime
             .spawn(async move { client.send_bytes(request).await });
-        Box::pin(async move { task.await.map_err(|e| Box::new(e) as HttpError)? })
+        let (watch, timeout) = (self.watch.clone(), self.timeout);
+        Box::pin(async move {
+            let result = task.await.map_err(|e| Box::new(e) as HttpError)?;
+            watch.saw(match &result {
+                Ok(response) if response.status().is_success() => None,
+                Ok(response) => Some(ExportCause::HttpStatus(response.status().as_u16())),
+                Err(e) => Some(cause_of_http_error(e.as_ref(), timeout)),
+            });
+            result
+        })
     }
 }
 
-pub(super) fn exporters(cfg: &Resolved, runtime: &Handle) -> Result<super::Exporters, OtlpError> {
-    let client = |t: &Target| OnRuntime {
+pub(super) fn exporters(
+    cfg: &Resolved,
+    runtime: &Handle,
+    watches: &super::Watches,
+) -> Result<super::Exporters, OtlpError> {
+    let client = |t: &Target, watch: &Arc<Watch>| OnRuntime {
         client: HyperClient::with_default_connector(t.timeout, None),
         runtime: runtime.clone(),
         headers: Arc::new(t.headers.clone()),
+        watch: watch.clone(),
+        timeout: t.timeout,
     };
     let (m, t) = (&cfg.metrics, &cfg.traces);
     let metrics = MetricExporter::builder()
@@ -72,7 +91,7 @@ pub(super) fn exporters(cfg: &Resolved, runtime: &Handle) -> Result<super::Expor
         .with_protocol(Protocol::HttpBinary)
         .with_endpoint(m.url.clone())
         .with_timeout(m.timeout)
-        .with_http_client(client(m))
+        .with_http_client(client(m, &watches.metrics))
         .build()
         .map_err(|source| OtlpError::Exporter {
             signal: "metrics",
@@ -83,7 +102,7 @@ pub(super) fn exporters(cfg: &Resolved, runtime: &Handle) -> Result<super::Expor
         .with_protocol(Protocol::HttpBinary)
         .with_endpoint(t.url.clone())
         .with_timeout(t.timeout)
-        .with_http_client(client(t))
+        .with_http_client(client(t, &watches.traces))
         .build()
         .map_err(|source| OtlpError::Exporter {
             signal: "traces",

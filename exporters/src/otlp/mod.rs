@@ -83,6 +83,23 @@
 //! exports them, for those who filter the driver's `TRACE` level out or
 //! may let the values leave.
 //!
+//! # When the endpoint cannot be reached
+//! [`OtlpExporter::flush`] and [`OtlpExporter::shutdown`] fail with a
+//! [`FlushError`] holding one [`ExportFailure`] per signal that failed:
+//! the endpoint it was sent to (spans and metrics may go to different
+//! ones), the [`ExportCause`] (connection refused, DNS lookup failed,
+//! timed out, connection closed, an HTTP or gRPC status from the
+//! collector) and, in its `Display`, what to do, e.g.
+//! `spans to http://127.0.0.1:4317: connection refused — nothing listens
+//! there: start the collector, or correct the endpoint (set by ...)`.
+//!
+//! What could not be exported is counted: spans and metric points in
+//! exports that failed, and spans the SDK's batch span processor dropped
+//! because its queue was full (the SDK only logs those).
+//! [`OtlpExporter::lost`] returns the counts, every [`FlushError`] carries
+//! them, and [`OtlpExporter::shutdown`] fails whenever anything was lost,
+//! e.g. `OTLP export failed, 7 spans and 3 metric points lost so far: ...`.
+//!
 //! # Runtime
 //! The SDK exports from its own threads; the connections run on the Tokio
 //! runtime `install()` was called in. Flushing blocks the calling thread
@@ -97,9 +114,11 @@ mod error;
 mod grpc;
 #[cfg(feature = "otlp-http")]
 mod http_client;
+mod watch;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -108,7 +127,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkError;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider};
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::registry::LookupSpan;
@@ -119,10 +138,11 @@ pub use self::config::{
     DEFAULT_EXPORT_TIMEOUT, DEFAULT_METRIC_EXPORT_INTERVAL, ENV_ENDPOINT, ENV_HEADERS,
     ENV_METRIC_EXPORT_INTERVAL, ENV_METRICS_ENDPOINT, ENV_METRICS_HEADERS, ENV_METRICS_TIMEOUT,
     ENV_PROTOCOL, ENV_RESOURCE_ATTRIBUTES, ENV_SERVICE_NAME, ENV_TIMEOUT, ENV_TRACES_ENDPOINT,
-    ENV_TRACES_HEADERS, ENV_TRACES_TIMEOUT, Protocol,
+    ENV_TRACES_HEADERS, ENV_TRACES_TIMEOUT, Protocol, Signal,
 };
 use self::config::{Env, Explicit, Resolved};
-pub use self::error::{FlushError, Origin, OtlpError};
+pub use self::error::{ExportCause, ExportFailure, FlushError, Lost, Origin, OtlpError};
+use self::watch::{Counted, Watch, Watched, cause_of_sdk_error};
 
 /// The instrumentation scope of the meter and tracer.
 const SCOPE: &str = "tower-cql";
@@ -305,7 +325,16 @@ impl OtlpExporterBuilder {
     pub fn install(self) -> Result<OtlpExporter, OtlpError> {
         let cfg = self.resolve()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| OtlpError::NoRuntime)?;
-        let (metric_exporter, span_exporter) = exporters(&cfg, &runtime)?;
+        let watches = Watches::new(&cfg);
+        let (metric_exporter, span_exporter) = exporters(&cfg, &runtime, &watches)?;
+        let metric_exporter = Watched {
+            inner: metric_exporter,
+            watch: watches.metrics.clone(),
+        };
+        let span_exporter = Watched {
+            inner: span_exporter,
+            watch: watches.traces.clone(),
+        };
 
         let resource = Resource::builder_empty()
             .with_detector(Box::new(TelemetryResourceDetector))
@@ -321,7 +350,10 @@ impl OtlpExporterBuilder {
             .build();
         let mut tracer_provider = SdkTracerProvider::builder()
             .with_resource(resource)
-            .with_batch_exporter(span_exporter);
+            .with_span_processor(Counted {
+                inner: BatchSpanProcessor::builder(span_exporter).build(),
+                ended: watches.spans_ended.clone(),
+            });
         if let Some(SamplerSetting::Ratio(r)) = self.sampler {
             tracer_provider = tracer_provider.with_sampler(Sampler::ParentBased(Box::new(
                 Sampler::TraceIdRatioBased(r),
@@ -331,6 +363,7 @@ impl OtlpExporterBuilder {
         let tracer = tracer_provider.tracer_with_scope(scope());
         Ok(OtlpExporter {
             cfg,
+            watches,
             meter_provider,
             tracer_provider,
             tracer,
@@ -349,13 +382,136 @@ type Exporters = (
     opentelemetry_otlp::SpanExporter,
 );
 
+/// Each signal's [`Watch`], shared by its exporter and transport, and the
+/// count of what was lost.
+#[derive(Debug)]
+struct Watches {
+    traces: Arc<Watch>,
+    metrics: Arc<Watch>,
+    /// Sampled spans ended, i.e. handed to the batch span processor.
+    spans_ended: Arc<AtomicU64>,
+    /// Spans the batch span processor dropped, as of the last flush whose
+    /// span export succeeded.
+    spans_dropped: AtomicU64,
+    /// Shut down: the processor holds no span any more.
+    shut_down: AtomicBool,
+}
+
+/// What the counts were when a flush or shutdown began.
+#[derive(Debug, Clone, Copy)]
+struct Before {
+    failures: [u64; 2],
+    lost: Lost,
+    spans_ended: u64,
+}
+
+impl Watches {
+    fn new(cfg: &Resolved) -> Watches {
+        let watch = |signal| {
+            let t = cfg.target(signal);
+            Arc::new(Watch::new(signal, cfg.protocol, t.url.clone(), t.timeout))
+        };
+        Watches {
+            traces: watch(Signal::Traces),
+            metrics: watch(Signal::Metrics),
+            spans_ended: Arc::new(AtomicU64::new(0)),
+            spans_dropped: AtomicU64::new(0),
+            shut_down: AtomicBool::new(false),
+        }
+    }
+
+    /// Spans lost: in failed exports, and never handed to an export (the
+    /// queue was full). Once shut down, every span ended was handed to an
+    /// export or dropped; before, some may still wait in the queue, so the
+    /// last flush's count stands.
+    fn lost(&self) -> Lost {
+        let dropped = if self.shut_down.load(Ordering::Acquire) {
+            let ended = self.spans_ended.load(Ordering::Acquire);
+            ended.saturating_sub(self.traces.delivered())
+        } else {
+            self.spans_dropped.load(Ordering::Acquire)
+        };
+        Lost {
+            spans: self.traces.failed_items() + dropped,
+            metric_points: self.metrics.failed_items(),
+        }
+    }
+
+    fn before(&self) -> Before {
+        Before {
+            failures: [self.traces.failures(), self.metrics.failures()],
+            lost: self.lost(),
+            spans_ended: self.spans_ended.load(Ordering::Acquire),
+        }
+    }
+
+    /// The outcome of a flush or shutdown, from the SDK's answers for spans
+    /// and metrics and the counts before it began. A signal failed if one
+    /// of its exports failed meanwhile (its SDK answer may still be Ok:
+    /// the span processor answers for its last batch only), or if the SDK
+    /// says so. A shutdown also fails if anything was lost before it, and
+    /// names the last failure of each signal that lost something.
+    fn report(
+        &self,
+        before: Before,
+        answers: [Option<OTelSdkError>; 2],
+        shutdown: bool,
+    ) -> Result<(), FlushError> {
+        let already = |a: &Option<OTelSdkError>| matches!(a, Some(OTelSdkError::AlreadyShutdown));
+        if shutdown && answers.iter().all(already) {
+            return Ok(()); // a second shutdown does nothing
+        }
+        if shutdown {
+            self.shut_down.store(true, Ordering::Release);
+        } else if answers[0].is_none() {
+            // Every span ended before the flush began was handed to an
+            // export by it, or dropped.
+            let dropped = before.spans_ended.saturating_sub(self.traces.delivered());
+            self.spans_dropped.fetch_max(dropped, Ordering::AcqRel);
+        }
+        let lost = self.lost();
+        let lost_by = [lost.spans, lost.metric_points];
+        let mut failures = Vec::new();
+        for (((watch, before), answer), lost) in [&self.traces, &self.metrics]
+            .into_iter()
+            .zip(before.failures)
+            .zip(answers)
+            .zip(lost_by)
+        {
+            let answer = answer.filter(|e| !matches!(e, OTelSdkError::AlreadyShutdown));
+            if watch.failures() > before
+                && let Some(failure) = watch.last_failure()
+            {
+                failures.push(failure);
+            } else if let Some(e) = answer {
+                failures.push(watch.failure(cause_of_sdk_error(&e, Duration::ZERO, Duration::MAX)));
+            } else if shutdown
+                && lost > 0
+                && let Some(failure) = watch.last_failure()
+            {
+                failures.push(failure);
+            }
+        }
+        let lost_before = shutdown && !lost.is_none();
+        if failures.is_empty() && lost == before.lost && !lost_before {
+            Ok(())
+        } else {
+            Err(FlushError { failures, lost })
+        }
+    }
+}
+
 #[allow(unused_variables)]
-fn exporters(cfg: &Resolved, runtime: &tokio::runtime::Handle) -> Result<Exporters, OtlpError> {
+fn exporters(
+    cfg: &Resolved,
+    runtime: &tokio::runtime::Handle,
+    watches: &Watches,
+) -> Result<Exporters, OtlpError> {
     match cfg.protocol {
         #[cfg(feature = "otlp-grpc")]
         Protocol::Grpc => grpc::exporters(cfg),
         #[cfg(feature = "otlp-http")]
-        Protocol::HttpProtobuf => http_client::exporters(cfg, runtime),
+        Protocol::HttpProtobuf => http_client::exporters(cfg, runtime, watches),
         // `resolve` refuses a protocol that is not built in.
         #[allow(unreachable_patterns)]
         p => Err(OtlpError::ProtocolNotEnabled {
@@ -376,6 +532,7 @@ fn exporters(cfg: &Resolved, runtime: &tokio::runtime::Handle) -> Result<Exporte
 /// thread.
 pub struct OtlpExporter {
     cfg: Resolved,
+    watches: Watches,
     meter_provider: SdkMeterProvider,
     tracer_provider: SdkTracerProvider,
     tracer: SdkTracer,
@@ -512,6 +669,16 @@ impl OtlpExporter {
         crate::spans::SpanCollector::new(self.tracer.clone())
     }
 
+    /// What could not be exported so far: spans and metric points in
+    /// exports that failed, and spans the batch span processor dropped
+    /// because its queue was full (which the SDK only logs). The drops are
+    /// counted exactly after [`shutdown`](Self::shutdown); before, as of
+    /// the last [`flush`](Self::flush) whose
+    /// span export succeeded.
+    pub fn lost(&self) -> Lost {
+        self.watches.lost()
+    }
+
     /// The tracer (scope `tower-cql`), for spans of your own.
     pub fn tracer(&self) -> &SdkTracer {
         &self.tracer
@@ -528,17 +695,32 @@ impl OtlpExporter {
     }
 
     /// Exports pending spans and metrics now, on a blocking thread.
+    ///
+    /// The error names each signal that failed, the endpoint it was sent
+    /// to and the cause ([`ExportCause`]: connection refused, timed out,
+    /// ...), says what to do, and how much was [`lost`](Self::lost) so far;
+    /// it is returned when an export failed during the flush, or more was
+    /// lost meanwhile.
     pub async fn flush(&self) -> Result<(), FlushError> {
         let (t, m) = (self.tracer_provider.clone(), self.meter_provider.clone());
-        off_runtime(move || (t.force_flush().err(), m.force_flush().err())).await
+        let before = self.watches.before();
+        let answers = off_runtime(move || [t.force_flush().err(), m.force_flush().err()]).await;
+        self.watches.report(before, answers, false)
     }
 
     /// Exports what is pending and stops both providers (on a blocking
     /// thread). Call it before the process exits; calling it again is a
     /// no-op. Spans first, so that metrics recorded while they ended go too.
+    ///
+    /// Fails as [`flush`](Self::flush) does, and also when anything was
+    /// lost before: the error says how many spans and metric points were
+    /// lost in all ([`FlushError::lost`], exact now that no span is left
+    /// in the queue) and why (the last failure of each signal).
     pub async fn shutdown(&self) -> Result<(), FlushError> {
         let (t, m) = (self.tracer_provider.clone(), self.meter_provider.clone());
-        off_runtime(move || (t.shutdown().err(), m.shutdown().err())).await
+        let before = self.watches.before();
+        let answers = off_runtime(move || [t.shutdown().err(), m.shutdown().err()]).await;
+        self.watches.report(before, answers, true)
     }
 }
 
@@ -578,26 +760,21 @@ fn is_driver(target: &str) -> bool {
     krate == "scylla" || krate.starts_with("scylla_")
 }
 
+/// Runs `f` (which blocks until the SDK's threads answer) on a blocking
+/// thread when inside a runtime.
 async fn off_runtime(
-    f: impl FnOnce() -> (Option<OTelSdkError>, Option<OTelSdkError>) + Send + 'static,
-) -> Result<(), FlushError> {
-    let (traces, metrics) = match tokio::runtime::Handle::try_current() {
+    f: impl FnOnce() -> [Option<OTelSdkError>; 2] + Send + 'static,
+) -> [Option<OTelSdkError>; 2] {
+    match tokio::runtime::Handle::try_current() {
         Ok(_) => tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
             let e = || {
                 Some(OTelSdkError::InternalFailure(format!(
                     "flush thread failed: {e}"
                 )))
             };
-            (e(), e())
+            [e(), e()]
         }),
         Err(_) => f(),
-    };
-    let keep = |e: Option<OTelSdkError>| e.filter(|e| !matches!(e, OTelSdkError::AlreadyShutdown));
-    let (traces, metrics) = (keep(traces), keep(metrics));
-    if traces.is_none() && metrics.is_none() {
-        Ok(())
-    } else {
-        Err(FlushError { metrics, traces })
     }
 }
 
