@@ -131,7 +131,7 @@ async fn export_end_to_end(protocol: Protocol, transport: Transport) {
         .with(otlp.tracing_layer());
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let collectors = Collectors::with([Arc::new(otlp.collector()) as Arc<dyn Collector>]);
+    let collectors = Collectors::with([Arc::new(otlp.collector())]);
     let (cluster, driver) = support::driver(&collectors).await;
     let stack = StackBuilder::new(collectors).build(driver).unwrap();
     let mut svc = stack.service();
@@ -556,7 +556,7 @@ async fn close_with_an_unresponsive_endpoint(protocol: Protocol) {
         .metric_export_interval(Duration::from_secs(3600))
         .install()
         .unwrap();
-    let collectors = Collectors::with([Arc::new(otlp.collector()) as Arc<dyn Collector>]);
+    let collectors = Collectors::with([Arc::new(otlp.collector())]);
     let (_cluster, driver) = support::driver(&collectors).await;
     let stack = StackBuilder::new(collectors).build(driver).unwrap();
     let mut svc = stack.service();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use prost::Message as _;
 use tower::ServiceExt;
-use tower_cql_core::{Collector, Collectors, CqlRequest, Statement};
+use tower_cql_core::{Collectors, CqlRequest, Statement};
 use tower_cql_exporters::otlp::OtlpExporterBuilder;
 use tower_cql_middleware::stack::StackBuilder;
 use tower_cql_testkit::otlp::OtlpReceiver;
@@ -34,7 +34,7 @@ async fn the_readme_snippet_exports_no_bound_value() -> Result<(), Box<dyn std::
     tracing_subscriber::registry()
         .with(otlp.tracing_layer())
         .init(); // the stack's spans
-    let collectors = Collectors::with([Arc::new(otlp.collector()) as Arc<dyn Collector>]);
+    let collectors = Collectors::with([Arc::new(otlp.collector())]);
     // ... stack.close().await exports the last metrics and spans; then:
     // ---
 

@@ -20,9 +20,8 @@
 //! // Spans of the tracing layers, through tracing-opentelemetry:
 //! tracing_subscriber::registry().with(otlp.tracing_layer()).init();
 //! // Metrics: the stack's close() flushes both metrics and spans.
-//! let collectors = Collectors::with([Arc::new(otlp.collector()) as Arc<dyn Collector>]);
-//! // ... DriverService::builder(session).collectors(collectors.clone()) ...
-//! // ... StackBuilder::new(collectors).build(driver)?, run, stack.close().await ...
+//! let collectors = Collectors::with([Arc::new(otlp.collector())]);
+//! // ... StackBuilder::new(collectors).build_on(session)?, run, stack.close().await ...
 //! # let _ = collectors;
 //! otlp.shutdown().await?;                      // flush and stop both providers
 //! # Ok(()) }
