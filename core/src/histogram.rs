@@ -38,6 +38,15 @@
 //!
 //! That is `32 + 35 * 32 + 1 = 1153` buckets.
 //!
+//! # Why not a crate
+//!
+//! Recording happens on every request from every task at once. The
+//! `hdrhistogram` crate records through `&mut self` (its shared form,
+//! `SyncHistogram`, collects per-thread recorders on a refresh), so using it
+//! here would mean a lock or a refresh protocol on the hot path. This one is
+//! fixed size, records with a few relaxed atomic adds through `&self`, and
+//! its loom model and error bound are tested here.
+//!
 //! # Error bound
 //!
 //! A quantile is reported as the midpoint of the bucket holding the wanted

@@ -8,7 +8,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use opentelemetry::metrics::MeterProvider as _;
-//! use tower_cql_core::{Collector, Collectors};
+//! use tower_cql_core::Collectors;
 //! use tower_cql_exporters::otel::OtelCollector;
 //!
 //! let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();

@@ -6,7 +6,7 @@
 //! use std::sync::Arc;
 //! use opentelemetry::trace::TracerProvider as _;
 //! use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-//! use tower_cql_core::{Collector, Collectors};
+//! use tower_cql_core::Collectors;
 //! use tower_cql_exporters::spans::SpanCollector;
 //!
 //! let provider = SdkTracerProvider::builder()

@@ -6,7 +6,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
-//! use tower_cql_core::{Collector, Collectors};
+//! use tower_cql_core::Collectors;
 //! use tower_cql_middleware::slow_log::{SlowQueryLog, SlowQueryLogConfig};
 //!
 //! let log = SlowQueryLog::new(SlowQueryLogConfig {

@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use tower_cql_core::{Collector, Collectors};
+//! use tower_cql_core::Collectors;
 //! use tower_cql_exporters::otlp::{OtlpExporter, Protocol};
 //! use tracing_subscriber::prelude::*;
 //!

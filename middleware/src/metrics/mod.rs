@@ -5,7 +5,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use tower::{Service, ServiceExt, service_fn};
-//! use tower_cql_core::{Collector, Collectors, CqlRequest, CqlResponse, ExecutionInfo, InMemoryCollector};
+//! use tower_cql_core::{Collectors, CqlRequest, CqlResponse, ExecutionInfo, InMemoryCollector};
 //! use tower_cql_middleware::metrics::{MetricsConfig, MetricsLayer};
 //! use tower_layer::Layer;
 //!

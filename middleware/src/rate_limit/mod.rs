@@ -41,6 +41,12 @@
 //! waiters are served in the order they reserved, and a reservation that
 //! goes unused gives its token back.
 //!
+//! Why not `governor`: it answers "now or not until T" and has no way to
+//! hold a token for a waiter and give it back when the waiter is dropped or
+//! its deadline passes; without that, cancelled waiters would burn tokens
+//! the next requests are owed. The algorithm is the same; the bucket is
+//! about a hundred lines with a loom model.
+//!
 //! # Shared by clones, and by every service a layer makes
 //! The bucket lives in an `Arc` owned by the [`RateLimitLayer`]: every
 //! service it makes and every clone of those services draw from the same
