@@ -44,6 +44,18 @@ pub(crate) struct Column {
     pub(crate) position: i32,
     /// Clustering order is descending.
     pub(crate) descending: bool,
+    /// Declared `frozen<...>`: a frozen collection is one value, and an
+    /// empty one is stored as written, where a non-frozen collection that
+    /// is written empty (or emptied) is null, as in Cassandra.
+    pub(crate) frozen: bool,
+}
+
+impl Column {
+    /// Whether the column is a non-frozen (multi-cell) collection, whose
+    /// empty value reads back as null.
+    pub(crate) fn is_multi_cell(&self) -> bool {
+        self.ty.is_collection() && !self.frozen
+    }
 }
 
 /// The key of a partition: its token first, so a full scan runs in token
@@ -194,6 +206,7 @@ impl Table {
                 },
                 position: -1,
                 descending: false,
+                frozen: def.type_text.starts_with("frozen<"),
             });
         }
         let mut key_index =

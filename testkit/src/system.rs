@@ -216,6 +216,16 @@ pub(crate) fn system_keyspaces() -> Vec<Keyspace> {
         .collect()
 }
 
+/// A column's type as `system_schema.columns` shows it: `frozen<...>`
+/// around a frozen collection.
+fn column_type(c: &crate::schema::Column) -> String {
+    if c.frozen && c.ty.is_collection() {
+        format!("frozen<{}>", c.ty.cql_name())
+    } else {
+        c.ty.cql_name()
+    }
+}
+
 fn text(s: &str) -> Option<Bytes> {
     Some(Bytes::copy_from_slice(s.as_bytes()))
 }
@@ -442,7 +452,7 @@ pub(crate) fn materialize(
                                 ("column_name_bytes", text(&c.name)),
                                 ("kind", text(c.kind.schema_name())),
                                 ("position", int(c.position)),
-                                ("type", text(&c.ty.cql_name())),
+                                ("type", text(&column_type(c))),
                             ],
                         );
                     }

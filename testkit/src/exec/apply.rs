@@ -15,10 +15,30 @@ use super::write::{CellOp, LwtCheck, Mutation, RowTarget};
 use crate::cql::ast::{self, Operator};
 use crate::error::ServerError;
 use crate::frame::WriteExt;
-use crate::schema::{ColumnKind, Row, Table, TableData};
+use crate::schema::{Column, ColumnKind, Row, Table, TableData};
 use crate::types::{self, Binder, CqlType};
 
+/// Applies one cell operation; a non-frozen collection left empty is
+/// null afterwards (Cassandra stores no cells for it, so it reads as null).
 fn apply_cell(
+    col: &Column,
+    cell: &mut Option<Bytes>,
+    ts_slot: &mut i64,
+    op: &CellOp,
+    ts: i64,
+) -> Result<(), ServerError> {
+    apply_op(&col.ty, cell, ts_slot, op, ts)?;
+    if col.is_multi_cell()
+        && cell
+            .as_ref()
+            .is_some_and(|c| c.len() >= 4 && c[..4] == [0, 0, 0, 0])
+    {
+        *cell = None;
+    }
+    Ok(())
+}
+
+fn apply_op(
     ty: &CqlType,
     cell: &mut Option<Bytes>,
     ts_slot: &mut i64,
@@ -176,7 +196,7 @@ fn apply(data: &mut TableData, m: &Mutation) -> Result<(), ServerError> {
             let statics = part.statics.get_or_insert_with(|| Row::empty(ncols));
             for (i, op) in &m.cells {
                 if let Err(e) = apply_cell(
-                    &t.columns[*i].ty,
+                    &t.columns[*i],
                     &mut statics.cells[*i],
                     &mut statics.write_ts[*i],
                     op,
@@ -202,7 +222,7 @@ fn apply(data: &mut TableData, m: &Mutation) -> Result<(), ServerError> {
                         .filter(|(i, _)| t.columns[*i].kind == ColumnKind::Static)
                     {
                         if let Err(e) = apply_cell(
-                            &t.columns[*i].ty,
+                            &t.columns[*i],
                             &mut statics.cells[*i],
                             &mut statics.write_ts[*i],
                             op,
@@ -223,7 +243,7 @@ fn apply(data: &mut TableData, m: &Mutation) -> Result<(), ServerError> {
                     .filter(|(i, _)| t.columns[*i].kind != ColumnKind::Static)
                 {
                     if let Err(e) = apply_cell(
-                        &t.columns[*i].ty,
+                        &t.columns[*i],
                         &mut row.cells[*i],
                         &mut row.write_ts[*i],
                         op,

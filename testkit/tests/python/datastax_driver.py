@@ -69,5 +69,19 @@ try:
 except InvalidRequest as e:
     check("unconfigured table nope" in str(e), "error message %s" % e)
 
+# Issue #19: testkit answers as Cassandra 4.x does.
+
+# 1. Empty non-frozen collections are null; an empty frozen one is empty.
+s.execute("CREATE TABLE py.ec (k int PRIMARY KEY, l list<int>, st set<text>, m map<text, int>, fl frozen<list<int>>)")
+s.execute("INSERT INTO py.ec (k, l, st, m, fl) VALUES (1, [], {}, {}, [])")
+s.execute(s.prepare("INSERT INTO py.ec (k, l, st, m) VALUES (?, ?, ?, ?)"), (2, [], set(), {}))
+for k in (1, 2):
+    r = s.execute("SELECT l, st, m FROM py.ec WHERE k = %d" % k).one()
+    check(r.l is None and r.st is None and r.m is None, "empty collections of row %d: %r" % (k, r))
+check(s.execute("SELECT fl FROM py.ec WHERE k = 1").one().fl == [], "empty frozen list")
+s.execute("INSERT INTO py.ec (k, l) VALUES (3, [7])")
+s.execute("UPDATE py.ec SET l = l - [7] WHERE k = 3")
+check(s.execute("SELECT l FROM py.ec WHERE k = 3").one().l is None, "list emptied by removal")
+
 cluster.shutdown()
 print("datastax python driver: ok (protocol v4, %d hosts, 10 pages)" % len(hosts))
