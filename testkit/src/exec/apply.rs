@@ -302,7 +302,7 @@ fn lwt_result(
                     cell.as_ref()
                         .is_some_and(|v| items.iter().any(|x| col.ty.compare(v, x).is_eq()))
                 } else {
-                    match (eval(&col.ty, &c.value, b)?.into_option(), cell) {
+                    match (eval(&col.ty, &c.value, b, &c.column)?.into_option(), cell) {
                         (None, None) => matches!(c.op, Operator::Eq),
                         (None, Some(_)) => matches!(c.op, Operator::Ne),
                         (Some(_), None) => matches!(c.op, Operator::Ne),

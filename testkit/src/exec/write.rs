@@ -230,7 +230,7 @@ pub(super) fn plan_write(
             for (c, term) in ins.columns.iter().zip(&ins.values) {
                 let i = t.column(c)?;
                 let col = &t.columns[i];
-                let v = eval(&col.ty, term, b)?;
+                let v = eval(&col.ty, term, b, c)?;
                 match col.kind {
                     ColumnKind::PartitionKey | ColumnKind::Clustering => {
                         let v = match v {
@@ -332,7 +332,7 @@ pub(super) fn plan_write(
                                 "Cannot set the value of counter column {column} (counters can only be incremented/decremented, not set)"
                             )));
                         }
-                        match eval(&col.ty, value, b)? {
+                        match eval(&col.ty, value, b, column)? {
                             Evaluated::Unset => continue,
                             Evaluated::Null => (i, CellOp::Set(None)),
                             Evaluated::Value(v) => (i, CellOp::Set(Some(v))),
@@ -407,7 +407,7 @@ pub(super) fn plan_write(
                         match &col.ty {
                             CqlType::Map(k, v) => {
                                 let key = eval_value(k, key, b, column)?;
-                                match eval(v, value, b)? {
+                                match eval(v, value, b, column)? {
                                     Evaluated::Value(val) => (i, CellOp::MapPut(vec![(key, val)])),
                                     _ => (i, CellOp::MapRemove(vec![key])),
                                 }
@@ -416,7 +416,10 @@ pub(super) fn plan_write(
                                 let idx = eval_int(key, b, column)?;
                                 (
                                     i,
-                                    CellOp::ListSetIndex(idx, eval(e, value, b)?.into_option()),
+                                    CellOp::ListSetIndex(
+                                        idx,
+                                        eval(e, value, b, column)?.into_option(),
+                                    ),
                                 )
                             }
                             _ => {

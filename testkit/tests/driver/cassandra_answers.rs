@@ -4,10 +4,11 @@
 //! conditional batches, and schema changes. The same cases run with the
 //! DataStax Python driver in `tests/python/datastax_driver.py`.
 
+use scylla::errors::DbError;
 use scylla::value::CqlValue;
 use tower_cql_testkit::Cluster;
 
-use super::{keyspace, run, session};
+use super::{db_error, keyspace, run, session};
 
 /// The single value of a one-row, one-column query.
 async fn one(s: &scylla::client::session::Session, cql: &str) -> Option<CqlValue> {
@@ -91,4 +92,110 @@ async fn empty_collections_read_back_as_null() {
     // Appending nothing to nothing is still nothing.
     run(&s, "UPDATE ec.t SET l = l + [] WHERE k = 3").await;
     assert_eq!(one(&s, "SELECT l FROM ec.t WHERE k = 3").await, None);
+}
+
+/// The error of `cql`, which must fail with Invalid (0x2200) and a message
+/// containing `gist`.
+async fn invalid(s: &scylla::client::session::Session, cql: &str, gist: &str) {
+    let err = s
+        .query_unpaged(cql, &[])
+        .await
+        .expect_err(&format!("{cql} succeeded"));
+    assert!(
+        matches!(db_error(&err), Some(DbError::Invalid)),
+        "{cql}: not Invalid: {err:?}"
+    );
+    assert!(err.to_string().contains(gist), "{cql}: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn common_mistakes_get_cassandras_codes_and_messages() {
+    let cluster = Cluster::start().await.unwrap();
+    let s = session(&cluster).await;
+    keyspace(&s, "em", 1).await;
+    run(
+        &s,
+        "CREATE TABLE em.t (k int PRIMARY KEY, v int, l list<int>)",
+    )
+    .await;
+    invalid(&s, "SELECT * FROM nope.t", "Keyspace nope does not exist").await;
+    invalid(&s, "SELECT * FROM em.nope", "unconfigured table nope").await;
+    invalid(&s, "SELECT nope FROM em.t", "Undefined column name nope").await;
+    invalid(
+        &s,
+        "INSERT INTO em.t (k, nope) VALUES (1, 2)",
+        "Undefined column name nope",
+    )
+    .await;
+    invalid(
+        &s,
+        "INSERT INTO em.t (k, v) VALUES (1, 'abc')",
+        "Invalid STRING constant (abc) for \"v\" of type int",
+    )
+    .await;
+    invalid(
+        &s,
+        "UPDATE em.t SET v = 1.5 WHERE k = 1",
+        "Invalid FLOAT constant (1.5) for \"v\" of type int",
+    )
+    .await;
+    invalid(
+        &s,
+        "SELECT * FROM em.t WHERE k = 'x'",
+        "Invalid STRING constant (x) for \"k\" of type int",
+    )
+    .await;
+    invalid(
+        &s,
+        "INSERT INTO em.t (k, v) VALUES (1, 99999999999)",
+        "Unable to make int from '99999999999'",
+    )
+    .await;
+    invalid(
+        &s,
+        "INSERT INTO em.t (k, l) VALUES (1, {'a': 1})",
+        "Invalid map literal for l of type list<int>",
+    )
+    .await;
+    invalid(&s, "USE nope", "Keyspace 'nope' does not exist").await;
+    invalid(&s, "SELECT * FROM t", "No keyspace has been specified").await;
+
+    // A bound value of the wrong size, as Cassandra's type says it.
+    let mut sock = raw_connect(&cluster).await;
+    let mut body = query_body("INSERT INTO em.t (k, v) VALUES (?, ?)");
+    body.extend_from_slice(&2u16.to_be_bytes());
+    for v in [&1i32.to_be_bytes()[..], &5i64.to_be_bytes()[..]] {
+        body.extend_from_slice(&(v.len() as i32).to_be_bytes());
+        body.extend_from_slice(v);
+    }
+    super::raw::send(&mut sock, 1, 0x07, &body).await;
+    let (_, opcode, body) = super::raw::recv(&mut sock).await;
+    assert_eq!(opcode, 0x00, "an ERROR");
+    assert_eq!(&body[..4], &0x2200i32.to_be_bytes(), "Invalid");
+    let msg = String::from_utf8_lossy(&body[6..]).into_owned();
+    assert_eq!(msg, "Expected 4 or 0 byte int (8)");
+}
+
+/// A raw connection to node 0, after STARTUP.
+async fn raw_connect(cluster: &Cluster) -> tokio::net::TcpStream {
+    let mut sock = tokio::net::TcpStream::connect(cluster.node_addr(0))
+        .await
+        .unwrap();
+    let mut startup = 1u16.to_be_bytes().to_vec();
+    for s in ["CQL_VERSION", "3.0.0"] {
+        startup.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        startup.extend_from_slice(s.as_bytes());
+    }
+    super::raw::send(&mut sock, 0, 0x01, &startup).await;
+    assert_eq!(super::raw::recv(&mut sock).await.1, 0x02, "READY");
+    sock
+}
+
+/// A QUERY body at ONE with the VALUES flag; the values follow.
+fn query_body(text: &str) -> Vec<u8> {
+    let mut b = (text.len() as u32).to_be_bytes().to_vec();
+    b.extend_from_slice(text.as_bytes());
+    b.extend_from_slice(&1u16.to_be_bytes());
+    b.push(0x01);
+    b
 }

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from cassandra import InvalidRequest, OperationTimedOut  # noqa: F401
+from cassandra.cqltypes import UTF8Type
 from cassandra.cluster import Cluster, ExecutionProfile, EXEC_PROFILE_DEFAULT
 from cassandra.policies import RoundRobinPolicy
 from cassandra.query import SimpleStatement, BatchStatement
@@ -82,6 +83,31 @@ check(s.execute("SELECT fl FROM py.ec WHERE k = 1").one().fl == [], "empty froze
 s.execute("INSERT INTO py.ec (k, l) VALUES (3, [7])")
 s.execute("UPDATE py.ec SET l = l - [7] WHERE k = 3")
 check(s.execute("SELECT l FROM py.ec WHERE k = 3").one().l is None, "list emptied by removal")
+
+# 4. Common mistakes: Cassandra's codes (InvalidRequest is 0x2200) and messages.
+def invalid(cql, gist, params=None):
+    try:
+        s.execute(cql, params)
+    except InvalidRequest as e:
+        check(gist in str(e), "%s: message %s" % (cql, e))
+        check("code=2200" in str(e), "%s: code %s" % (cql, e))
+        return
+    check(False, "%s succeeded" % cql)
+
+
+s.execute("CREATE TABLE py.em (k int PRIMARY KEY, v int, l list<int>)")
+invalid("SELECT * FROM nope.t", "Keyspace nope does not exist")
+invalid("SELECT * FROM py.nope", "unconfigured table nope")
+invalid("SELECT nope FROM py.em", "Undefined column name nope")
+invalid("INSERT INTO py.em (k, v) VALUES (1, 'abc')", 'Invalid STRING constant (abc) for "v" of type int')
+invalid("INSERT INTO py.em (k, v) VALUES (1, 99999999999)", "Unable to make int from '99999999999'")
+invalid("INSERT INTO py.em (k, l) VALUES (1, {'a': 1})", "Invalid map literal for l of type list<int>")
+invalid("USE nope", "Keyspace 'nope' does not exist")
+invalid("SELECT * FROM em", "No keyspace has been specified")
+# A bound value of the wrong type: the driver is made to send a text's bytes for an int.
+wrong = s.prepare("INSERT INTO py.em (k, v) VALUES (?, ?)")
+wrong.column_metadata[1] = wrong.column_metadata[1]._replace(type=UTF8Type)
+invalid(wrong, "Expected 4 or 0 byte int (3)", (1, "abc"))
 
 cluster.shutdown()
 print("datastax python driver: ok (protocol v4, %d hosts, 10 pages)" % len(hosts))
