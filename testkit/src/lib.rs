@@ -93,6 +93,7 @@ mod error;
 mod exec;
 mod fault;
 mod frame;
+mod functions;
 mod murmur3;
 #[cfg(feature = "otlp-receiver")]
 pub mod otlp;

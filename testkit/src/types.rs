@@ -637,37 +637,7 @@ pub(crate) fn evaluate(
         },
         Term::Literal(Literal::Null) => Ok(Evaluated::Null),
         Term::Literal(lit) => encode_literal(ty, lit, binder).map(Evaluated::Value),
-        Term::Function { name, args } => call_function(ty, name, args).map(Evaluated::Value),
-    }
-}
-
-fn call_function(ty: &CqlType, name: &str, args: &[Term]) -> Result<Bytes, String> {
-    let now_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
-    };
-    match (name, args.len()) {
-        ("now", 0) if matches!(ty, CqlType::TimeUuid | CqlType::Uuid) => {
-            Ok(Bytes::copy_from_slice(&new_timeuuid()))
-        }
-        ("uuid", 0) if matches!(ty, CqlType::Uuid) => {
-            let mut b: [u8; 16] = fastrand::u128(..).to_be_bytes();
-            b[6] = (b[6] & 0x0F) | 0x40;
-            b[8] = (b[8] & 0x3F) | 0x80;
-            Ok(Bytes::copy_from_slice(&b))
-        }
-        ("currenttimestamp", 0) | ("totimestamp", 1) if *ty == CqlType::Timestamp => {
-            Ok(Bytes::copy_from_slice(&now_ms().to_be_bytes()))
-        }
-        ("currenttimeuuid", 0) if *ty == CqlType::TimeUuid => {
-            Ok(Bytes::copy_from_slice(&new_timeuuid()))
-        }
-        _ => Err(format!(
-            "Unknown function {name}() for a value of type {}: testkit supports now(), uuid(), currentTimestamp(), toTimestamp(now())",
-            ty.cql_name()
-        )),
+        Term::Function { name, args } => crate::functions::evaluate_call(ty, name, args, binder),
     }
 }
 

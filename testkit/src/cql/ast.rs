@@ -135,6 +135,21 @@ pub enum SelectorKind {
     Ttl(String),
     /// `token(a, b)`
     Token(Vec<String>),
+    /// A native function call, e.g. `now()`, `toDate(ts)`,
+    /// `toTimestamp(now())`, `blobAsText(b)`. The name is lower-cased.
+    Function {
+        /// Lower-cased function name, without the `system.` prefix.
+        name: String,
+        /// Arguments.
+        args: Vec<SelectorKind>,
+    },
+    /// `CAST(selector AS type)`
+    Cast {
+        /// What is cast.
+        arg: Box<SelectorKind>,
+        /// The target type, normalised like [`ColumnDef::type_text`].
+        type_text: String,
+    },
 }
 
 /// A comparison operator in a `WHERE` relation or an `IF` condition.

@@ -6,16 +6,18 @@
 //! strings that end up in the tree. Errors mimic Cassandra's syntax errors:
 //! `line 1:9 mismatched input 'FORM' expecting FROM`.
 //!
-//! One file for now (about 1,500 lines of code, then 900 of tests): the
-//! lexer (`lex` and its helpers) and the parser share the token spans and
-//! the error positions, and the tests drive both through [`parse`]. The
-//! lexer is the seam to move out first (to `lexer.rs`); the parser's
-//! statement groups (SELECT, DML, DDL) can follow as `impl Parser` blocks
-//! in their own files.
+//! The lexer (`lex` and its helpers) and the parser share the token spans
+//! and the error positions, and the tests drive both through [`parse`].
+//! Statement groups live in child modules as `impl Parser` blocks sharing
+//! the token helpers: `select.rs` (the selection: columns, functions,
+//! CAST). The lexer stays here, one for every statement.
 
 use std::fmt;
 
 use super::ast::*;
+
+#[path = "select.rs"]
+mod select;
 
 /// A parse failure: the message says what was expected and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -700,57 +702,6 @@ impl<'a> Parser<'a> {
             self.ident().map(Some)
         } else {
             Ok(None)
-        }
-    }
-
-    fn selection(&mut self) -> PResult<Selection> {
-        let mut selectors = Vec::new();
-        loop {
-            let t = self.tok();
-            let call = self.is_sym(self.peek(1), "(");
-            let kind = if call && self.is_kw(t, "COUNT") {
-                if !selectors.is_empty() {
-                    return Err(self.unsupported("COUNT combined with other selectors"));
-                }
-                self.pos += 2;
-                let arg = self.tok();
-                if self.is_sym(arg, "*") || (arg.kind == Kind::Int && self.text(arg) == "1") {
-                    self.bump();
-                } else {
-                    return Err(self.mismatch("'*' or 1"));
-                }
-                self.expect_sym(")")?;
-                let alias = self.alias()?;
-                if self.at_sym(",") {
-                    return Err(self.unsupported("COUNT combined with other selectors"));
-                }
-                return Ok(Selection::Count { alias });
-            } else if call && (self.is_kw(t, "WRITETIME") || self.is_kw(t, "TTL")) {
-                self.pos += 2;
-                let column = self.ident()?;
-                self.expect_sym(")")?;
-                if self.is_kw(t, "TTL") {
-                    SelectorKind::Ttl(column)
-                } else {
-                    SelectorKind::WriteTime(column)
-                }
-            } else if call && self.is_kw(t, "TOKEN") {
-                self.bump();
-                SelectorKind::Token(self.paren_idents()?)
-            } else if call && t.kind == Kind::Ident {
-                return Err(self.error(format_args!(
-                    "function selector '{}(...)' is not supported by testkit \
-                     (only WRITETIME, TTL, TOKEN and COUNT)",
-                    self.text(t)
-                )));
-            } else {
-                SelectorKind::Column(self.ident()?)
-            };
-            let alias = self.alias()?;
-            selectors.push(Selector { kind, alias });
-            if !self.eat_sym(",") {
-                return Ok(Selection::Columns(selectors));
-            }
         }
     }
 
@@ -1756,8 +1707,28 @@ mod tests {
             ]
         );
         assert_eq!(cols[1].alias.as_deref(), Some("t"));
-        let e = err("SELECT blobAsText(a) FROM t");
-        assert!(e.message.contains("not supported"), "{e}");
+        let s = select("SELECT blobAsText(a), toTimestamp(now()), CAST(v AS varchar) FROM t");
+        let Selection::Columns(cols) = s.selection else {
+            panic!()
+        };
+        let f = |name: &str, args| SelectorKind::Function {
+            name: name.into(),
+            args,
+        };
+        assert_eq!(
+            cols[0].kind,
+            f("blobastext", vec![SelectorKind::Column("a".into())])
+        );
+        assert_eq!(cols[1].kind, f("totimestamp", vec![f("now", vec![])]));
+        assert_eq!(
+            cols[2].kind,
+            SelectorKind::Cast {
+                arg: Box::new(SelectorKind::Column("v".into())),
+                type_text: "varchar".into()
+            }
+        );
+        let e = err("SELECT CAST(v text) FROM t");
+        assert!(e.message.contains("expecting AS"), "{e}");
     }
 
     #[test]

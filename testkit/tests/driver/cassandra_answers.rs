@@ -199,3 +199,139 @@ fn query_body(text: &str) -> Vec<u8> {
     b.push(0x01);
     b
 }
+
+/// The names and values of the single row of `cql`.
+async fn row(s: &scylla::client::session::Session, cql: &str) -> Vec<(String, Option<CqlValue>)> {
+    let rows = s
+        .query_unpaged(cql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{cql}: {e}"))
+        .into_rows_result()
+        .unwrap();
+    let names: Vec<String> = rows
+        .column_specs()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    let r = rows.single_row::<scylla::value::Row>().unwrap();
+    names.into_iter().zip(r.columns).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_selectors_and_terms() {
+    let cluster = Cluster::start().await.unwrap();
+    let s = session(&cluster).await;
+    // The health check many applications run.
+    let r = row(&s, "SELECT now() FROM system.local").await;
+    assert_eq!(r[0].0, "system.now()");
+    assert!(matches!(r[0].1, Some(CqlValue::Timeuuid(_))), "{r:?}");
+    let r = row(
+        &s,
+        "SELECT toTimestamp(now()), currentTimestamp(), uuid() AS id, currentDate(), \
+         currentTime(), currentTimeUUID() FROM system.local",
+    )
+    .await;
+    let names: Vec<&str> = r.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "system.totimestamp(system.now())",
+            "system.currenttimestamp()",
+            "id",
+            "system.currentdate()",
+            "system.currenttime()",
+            "system.currenttimeuuid()"
+        ]
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let Some(CqlValue::Timestamp(ts)) = r[0].1 else {
+        panic!("{r:?}")
+    };
+    assert!((ts.0 - now_ms).abs() < 10_000, "{ts:?} vs {now_ms}");
+    assert!(matches!(r[2].1, Some(CqlValue::Uuid(_))), "{r:?}");
+    assert!(matches!(r[3].1, Some(CqlValue::Date(_))), "{r:?}");
+    assert!(matches!(r[4].1, Some(CqlValue::Time(_))), "{r:?}");
+
+    keyspace(&s, "fn", 1).await;
+    run(
+        &s,
+        "CREATE TABLE fn.t (k int PRIMARY KEY, id timeuuid, ts timestamp, v int, b blob, u uuid)",
+    )
+    .await;
+    // Function calls as terms: VALUES, SET and WHERE.
+    run(
+        &s,
+        "INSERT INTO fn.t (k, id, ts, v, b, u) VALUES (1, now(), '2020-01-02 03:04:05.678Z', 42, \
+         textAsBlob('hi'), uuid())",
+    )
+    .await;
+    run(&s, "UPDATE fn.t SET ts = toTimestamp(now()) WHERE k = 2").await;
+    let r = row(&s, "SELECT ts FROM fn.t WHERE k = 2").await;
+    assert!(matches!(r[0].1, Some(CqlValue::Timestamp(_))), "{r:?}");
+    let r = row(
+        &s,
+        "SELECT toDate(ts), toUnixTimestamp(ts), CAST(v AS text), cast(v AS double), \
+         blobAsText(b) AS t FROM fn.t WHERE k = 1",
+    )
+    .await;
+    let names: Vec<&str> = r.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "system.todate(ts)",
+            "system.tounixtimestamp(ts)",
+            "cast(v as text)",
+            "cast(v as double)",
+            "t"
+        ]
+    );
+    assert_eq!(
+        r[0].1,
+        Some(CqlValue::Date(scylla::value::CqlDate((1u32 << 31) + 18263)))
+    );
+    assert_eq!(r[1].1, Some(CqlValue::BigInt(1_577_934_245_678)));
+    assert_eq!(r[2].1, Some(CqlValue::Text("42".into())));
+    assert_eq!(r[3].1, Some(CqlValue::Double(42.0)));
+    assert_eq!(r[4].1, Some(CqlValue::Text("hi".into())));
+    // WHERE with a function term, and a prepared one whose marker is typed
+    // from the function's argument.
+    let r = row(&s, "SELECT k FROM fn.t WHERE k = blobAsInt(intAsBlob(1))").await;
+    assert_eq!(r[0].1, Some(CqlValue::Int(1)));
+    let p = s
+        .prepare("UPDATE fn.t SET b = textAsBlob(?) WHERE k = 3")
+        .await
+        .unwrap();
+    s.execute_unpaged(&p, ("x",)).await.unwrap();
+    assert_eq!(
+        one(&s, "SELECT blobAsText(b) FROM fn.t WHERE k = 3").await,
+        Some(CqlValue::Text("x".into()))
+    );
+    // Unknown functions and wrong types are Invalid, naming the function.
+    invalid(
+        &s,
+        "SELECT nope() FROM system.local",
+        "Unknown function 'nope'",
+    )
+    .await;
+    invalid(
+        &s,
+        "INSERT INTO fn.t (k, v) VALUES (9, nope())",
+        "Unknown function nope called",
+    )
+    .await;
+    invalid(
+        &s,
+        "INSERT INTO fn.t (k, v) VALUES (9, now())",
+        "Type error: cannot assign result of function system.now (type timeuuid) to v (type int)",
+    )
+    .await;
+    invalid(
+        &s,
+        "SELECT CAST(b AS int) FROM fn.t",
+        "blob cannot be cast to int",
+    )
+    .await;
+}
