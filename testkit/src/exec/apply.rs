@@ -338,6 +338,107 @@ fn lwt_outcome(t: &Table, applied: bool, row: Option<Row>) -> Outcome {
     })
 }
 
+/// Applies a conditional batch, whose statements are all on one partition
+/// of one table (the caller checked): every condition is checked against
+/// the partition as it is, under the table lock; only if all hold are the
+/// mutations applied. The result is Cassandra's: one `[applied]` row when
+/// applied; otherwise `[applied] = false` with, for each row the
+/// conditions read that exists (in clustering order), every column if any
+/// condition is `IF [NOT] EXISTS`, else the primary key and the columns
+/// with conditions.
+pub(super) fn apply_conditional_batch(
+    muts: &[Mutation],
+    checks: &[(LwtCheck, &dyn Binder)],
+) -> Result<Outcome, ServerError> {
+    let t = checks[0].0.table.clone();
+    let mut data = t.data.write().expect("table lock");
+    let mut applied = true;
+    let mut read: BTreeMap<Vec<u8>, Row> = BTreeMap::new();
+    let mut wildcard = false;
+    let mut cond_cols: Vec<usize> = Vec::new();
+    for (check, b) in checks {
+        let (ok, row) = lwt_result(check, &data, *b)?;
+        applied &= ok;
+        if let Some(row) = row {
+            read.entry(check.ck.clone()).or_insert(row);
+        }
+        match &check.condition {
+            ast::Condition::Exists | ast::Condition::NotExists => wildcard = true,
+            ast::Condition::Columns(conds) => {
+                for c in conds {
+                    let i = t.column(&c.column)?;
+                    if !cond_cols.contains(&i) {
+                        cond_cols.push(i);
+                    }
+                }
+            }
+        }
+    }
+    let ks = t.keyspace.as_str();
+    let tn = t.name.as_str();
+    let mut specs: Vec<(&str, &str, &str, &CqlType)> =
+        vec![(ks, tn, "[applied]", &CqlType::Boolean)];
+    let mut body = Vec::new();
+    if applied {
+        for m in muts {
+            apply(&mut data, m)?;
+        }
+        body.put_value(Some(&[1]));
+        return Ok(Outcome::Rows(RowsOut {
+            meta: Arc::new(ColumnSpecs::new(&specs)),
+            count: 1,
+            body,
+            paging_state: None,
+        }));
+    }
+    let mut cols: Vec<usize> = t.partition_key.clone();
+    cols.extend(&t.clustering);
+    if wildcard {
+        let mut rest: Vec<usize> = (0..t.columns.len())
+            .filter(|i| matches!(t.columns[*i].kind, ColumnKind::Regular | ColumnKind::Static))
+            .collect();
+        rest.sort_by(|a, b| t.columns[*a].name.cmp(&t.columns[*b].name));
+        cols.extend(rest);
+    } else {
+        cols.extend(
+            cond_cols
+                .iter()
+                .filter(|i| !cols.contains(i))
+                .collect::<Vec<_>>(),
+        );
+    }
+    if read.is_empty() {
+        body.put_value(Some(&[0]));
+        return Ok(Outcome::Rows(RowsOut {
+            meta: Arc::new(ColumnSpecs::new(&specs)),
+            count: 1,
+            body,
+            paging_state: None,
+        }));
+    }
+    for &i in &cols {
+        specs.push((ks, tn, t.columns[i].name.as_str(), &t.columns[i].ty));
+    }
+    let pk_parts = checks[0].0.pk.components(t.partition_key.len());
+    for row in read.values() {
+        body.put_value(Some(&[0]));
+        for &i in &cols {
+            let c = &t.columns[i];
+            let v = match c.kind {
+                ColumnKind::PartitionKey => pk_parts.get(c.position as usize).cloned(),
+                _ => row.cells[i].clone(),
+            };
+            body.put_value(v.as_deref());
+        }
+    }
+    Ok(Outcome::Rows(RowsOut {
+        meta: Arc::new(ColumnSpecs::new(&specs)),
+        count: read.len() as i32,
+        body,
+        paging_state: None,
+    }))
+}
+
 /// Applies a list of mutations atomically (one table lock at a time, in
 /// table order, all validated before the first is applied).
 pub(super) fn apply_all(

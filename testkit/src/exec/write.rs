@@ -54,6 +54,25 @@ pub(super) struct Mutation {
     pub(super) ts: i64,
 }
 
+/// Checks that the mutations of a conditional batch are all on one table
+/// and one partition, as Cassandra requires.
+pub(super) fn check_conditional_batch(muts: &[Mutation]) -> Result<(), ServerError> {
+    let Some(first) = muts.first() else {
+        return Ok(());
+    };
+    if muts.iter().any(|m| !Arc::ptr_eq(&m.table, &first.table)) {
+        return Err(ServerError::invalid(
+            "Batch with conditions cannot span multiple tables",
+        ));
+    }
+    if muts.iter().any(|m| m.pk != first.pk) {
+        return Err(ServerError::invalid(
+            "Batch with conditions cannot span multiple partitions",
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 pub(super) struct LwtCheck {
     pub(super) condition: ast::Condition,
@@ -199,6 +218,17 @@ pub(super) fn plan_write(
         ));
     }
     let counter_stmt = t.is_counter;
+    let conditional = match stmt {
+        Statement::Insert(i) => i.if_not_exists,
+        Statement::Update(u) => u.condition.is_some(),
+        Statement::Delete(d) => d.condition.is_some(),
+        _ => false,
+    };
+    if counter_stmt && conditional {
+        return Err(ServerError::invalid(
+            "Conditional updates are not supported on counter tables",
+        ));
+    }
     match in_batch {
         Some(ast::BatchKind::Counter) if !counter_stmt => {
             return Err(ServerError::invalid(

@@ -335,3 +335,116 @@ async fn function_selectors_and_terms() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_partition_conditional_batches() {
+    use scylla::statement::batch::Batch;
+    let cluster = Cluster::start().await.unwrap();
+    let s = session(&cluster).await;
+    keyspace(&s, "cb", 1).await;
+    run(
+        &s,
+        "CREATE TABLE cb.t (k int, c int, v text, PRIMARY KEY (k, c))",
+    )
+    .await;
+    run(&s, "CREATE TABLE cb.u (k int PRIMARY KEY, v text)").await;
+    run(&s, "CREATE TABLE cb.n (k int PRIMARY KEY, n counter)").await;
+
+    // As CQL text: applied, one [applied] row.
+    let applied = row(
+        &s,
+        "BEGIN BATCH INSERT INTO cb.t (k, c, v) VALUES (1, 1, 'a') IF NOT EXISTS; \
+         INSERT INTO cb.t (k, c, v) VALUES (1, 2, 'b'); APPLY BATCH",
+    )
+    .await;
+    assert_eq!(
+        applied,
+        vec![("[applied]".to_string(), Some(CqlValue::Boolean(true)))]
+    );
+    // Not applied: [applied] = false and the row the condition read.
+    let rows = s
+        .query_unpaged(
+            "BEGIN BATCH UPDATE cb.t SET v = 'x' WHERE k = 1 AND c = 1 IF v = 'zzz'; \
+             UPDATE cb.t SET v = 'y' WHERE k = 1 AND c = 2; APPLY BATCH",
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    let names: Vec<&str> = rows.column_specs().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["[applied]", "k", "c", "v"]);
+    let got: Vec<(bool, i32, i32, String)> = rows.rows().unwrap().map(|r| r.unwrap()).collect();
+    assert_eq!(got, vec![(false, 1, 1, "a".to_string())]);
+    assert_eq!(
+        one(&s, "SELECT v FROM cb.t WHERE k = 1 AND c = 2").await,
+        Some(CqlValue::Text("b".into())),
+        "nothing of a batch that did not apply is written"
+    );
+
+    // As a protocol BATCH of prepared statements.
+    let upd = s
+        .prepare("UPDATE cb.t SET v = ? WHERE k = ? AND c = ? IF v = ?")
+        .await
+        .unwrap();
+    let ins = s
+        .prepare("INSERT INTO cb.t (k, c, v) VALUES (?, ?, ?)")
+        .await
+        .unwrap();
+    let mut batch = Batch::default();
+    batch.append_statement(upd.clone());
+    batch.append_statement(ins.clone());
+    let res = s
+        .batch(&batch, (("c", 1, 1, "a"), (1, 3, "d")))
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    let (ok,) = res.first_row::<(bool,)>().unwrap();
+    assert!(ok, "the condition held");
+    assert_eq!(
+        one(&s, "SELECT v FROM cb.t WHERE k = 1 AND c = 3").await,
+        Some(CqlValue::Text("d".into()))
+    );
+
+    // Refused as Cassandra refuses them.
+    invalid(
+        &s,
+        "BEGIN BATCH INSERT INTO cb.t (k, c, v) VALUES (1, 9, 'a') IF NOT EXISTS; \
+         INSERT INTO cb.t (k, c, v) VALUES (2, 9, 'b'); APPLY BATCH",
+        "Batch with conditions cannot span multiple partitions",
+    )
+    .await;
+    invalid(
+        &s,
+        "BEGIN BATCH INSERT INTO cb.t (k, c, v) VALUES (1, 9, 'a') IF NOT EXISTS; \
+         INSERT INTO cb.u (k, v) VALUES (1, 'b'); APPLY BATCH",
+        "Batch with conditions cannot span multiple tables",
+    )
+    .await;
+    invalid(
+        &s,
+        "BEGIN COUNTER BATCH UPDATE cb.n SET n = n + 1 WHERE k = 1 IF n = 0; APPLY BATCH",
+        "Conditional updates are not supported on counter tables",
+    )
+    .await;
+    invalid(
+        &s,
+        "BEGIN BATCH USING TIMESTAMP 5 INSERT INTO cb.t (k, c, v) VALUES (1, 9, 'a') \
+         IF NOT EXISTS; APPLY BATCH",
+        "Cannot provide custom timestamp for conditional BATCH",
+    )
+    .await;
+    let mut two = Batch::default();
+    two.append_statement(upd);
+    two.append_statement(ins);
+    let err = s
+        .batch(&two, (("c", 1, 1, "a"), (2, 3, "d")))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("Batch with conditions cannot span multiple partitions"),
+        "{err}"
+    );
+}

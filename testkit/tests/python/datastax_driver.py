@@ -123,5 +123,24 @@ check(str(r[0]) == "2020-01-02" and r[1] == 1577934245678 and r[2] == "42" and r
 invalid("SELECT nope() FROM system.local", "Unknown function 'nope'")
 invalid("INSERT INTO py.fn (k, v) VALUES (9, now())", "cannot assign result of function system.now (type timeuuid) to v")
 
+# 5. Single-partition conditional batches.
+s.execute("CREATE TABLE py.cb (k int, c int, v text, PRIMARY KEY (k, c))")
+r = s.execute("BEGIN BATCH INSERT INTO py.cb (k, c, v) VALUES (1, 1, 'a') IF NOT EXISTS; "
+              "INSERT INTO py.cb (k, c, v) VALUES (1, 2, 'b'); APPLY BATCH")
+check(r.was_applied, "conditional batch applied")
+cupd = s.prepare("UPDATE py.cb SET v = ? WHERE k = ? AND c = ? IF v = ?")
+cins = s.prepare("INSERT INTO py.cb (k, c, v) VALUES (?, ?, ?)")
+cb = BatchStatement()
+cb.add(cupd, ("x", 1, 1, "zzz"))
+cb.add(cins, (1, 3, "d"))
+r = s.execute(cb)
+check(not r.was_applied, "conditional batch not applied")
+row = r.one()
+check((row.k, row.c, row.v) == (1, 1, "a"), "the row read: %r" % (row,))
+check(s.execute("SELECT * FROM py.cb WHERE k = 1 AND c = 3").one() is None, "nothing written")
+invalid("BEGIN BATCH INSERT INTO py.cb (k, c, v) VALUES (1, 9, 'a') IF NOT EXISTS; "
+        "INSERT INTO py.cb (k, c, v) VALUES (2, 9, 'b'); APPLY BATCH",
+        "Batch with conditions cannot span multiple partitions")
+
 cluster.shutdown()
 print("datastax python driver: ok (protocol v4, %d hosts, 10 pages)" % len(hosts))
