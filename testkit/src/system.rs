@@ -145,8 +145,10 @@ pub(crate) fn system_keyspaces() -> Vec<Keyspace> {
                 ("where_clause", "text", K::Regular),
             ],
         ),
-        empty(
+        table(
+            "system_schema",
             "indexes",
+            V::SchemaIndexes,
             &[
                 ("keyspace_name", "text", K::PartitionKey),
                 ("table_name", "text", K::Clustering),
@@ -453,6 +455,25 @@ pub(crate) fn materialize(
                                 ("kind", text(c.kind.schema_name())),
                                 ("position", int(c.position)),
                                 ("type", text(&column_type(c))),
+                            ],
+                        );
+                    }
+                }
+            }
+        }
+        V::SchemaIndexes => {
+            for ks in schema.keyspaces.values() {
+                for tb in ks.tables.values() {
+                    for x in &tb.indexes {
+                        put(
+                            t,
+                            &mut data,
+                            &[
+                                ("keyspace_name", text(&ks.name)),
+                                ("table_name", text(&tb.name)),
+                                ("index_name", text(&x.name)),
+                                ("kind", text("COMPOSITES")),
+                                ("options", text_map(&[("target", &x.target())])),
                             ],
                         );
                     }

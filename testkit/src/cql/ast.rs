@@ -49,6 +49,60 @@ pub enum Statement {
     },
     /// `TRUNCATE [TABLE] name`
     Truncate(QualifiedName),
+    /// `ALTER TABLE`
+    AlterTable(AlterTable),
+    /// `ALTER KEYSPACE name WITH ...`: the same properties as `CREATE
+    /// KEYSPACE` (`if_not_exists` is always false; an empty `replication`
+    /// keeps the keyspace's).
+    AlterKeyspace(CreateKeyspace),
+    /// `CREATE INDEX`
+    CreateIndex(CreateIndex),
+    /// `DROP INDEX [IF EXISTS] [ks.]name`
+    DropIndex {
+        /// Index name (keyspace-qualified or not).
+        name: QualifiedName,
+        /// `IF EXISTS` was given.
+        if_exists: bool,
+    },
+}
+
+/// `ALTER TABLE name ...`
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlterTable {
+    /// Table.
+    pub name: QualifiedName,
+    /// What changes.
+    pub op: AlterTableOp,
+}
+
+/// What an `ALTER TABLE` changes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlterTableOp {
+    /// `ADD col type [static]` or `ADD (a int, b text)`
+    Add(Vec<ColumnDef>),
+    /// `DROP col` or `DROP (a, b)`
+    Drop(Vec<String>),
+    /// `RENAME a TO b [AND c TO d]`
+    Rename(Vec<(String, String)>),
+    /// `WITH option = value [AND ...]`, as written.
+    With(Vec<(String, String)>),
+    /// `ALTER col TYPE t` (refused since Cassandra 3.10, as there).
+    AlterType(String),
+}
+
+/// `CREATE INDEX [IF NOT EXISTS] [name] ON table (target)`
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateIndex {
+    /// The index name, when given.
+    pub name: Option<String>,
+    /// `IF NOT EXISTS`
+    pub if_not_exists: bool,
+    /// Table.
+    pub table: QualifiedName,
+    /// Indexed column.
+    pub column: String,
+    /// `keys`, `values`, `entries` or `full` for `keys(m)` and the like.
+    pub target_kind: Option<String>,
 }
 
 /// A value position in a statement: a literal, a bind marker or a function call.

@@ -10,12 +10,15 @@
 //! and the error positions, and the tests drive both through [`parse`].
 //! Statement groups live in child modules as `impl Parser` blocks sharing
 //! the token helpers: `select.rs` (the selection: columns, functions,
-//! CAST). The lexer stays here, one for every statement.
+//! CAST) and `ddl.rs` (ALTER TABLE/KEYSPACE, CREATE INDEX). The lexer stays
+//! here, one for every statement.
 
 use std::fmt;
 
 use super::ast::*;
 
+#[path = "ddl.rs"]
+mod ddl;
 #[path = "select.rs"]
 mod select;
 
@@ -599,6 +602,8 @@ impl<'a> Parser<'a> {
         } else if kw("USE") {
             self.bump();
             self.ident().map(Statement::Use)
+        } else if kw("ALTER") {
+            self.alter()
         } else if kw("CREATE") {
             self.create()
         } else if kw("DROP") {
@@ -612,7 +617,7 @@ impl<'a> Parser<'a> {
         } else {
             Err(self.error(format_args!(
                 "no viable alternative at input '{}' (expecting SELECT, INSERT, UPDATE, DELETE, \
-                 BEGIN BATCH, USE, CREATE, DROP or TRUNCATE)",
+                 BEGIN BATCH, USE, CREATE, ALTER, DROP or TRUNCATE)",
                 self.describe(t)
             )))
         }
@@ -1058,8 +1063,12 @@ impl<'a> Parser<'a> {
             self.create_keyspace().map(Statement::CreateKeyspace)
         } else if self.eat_kw("TABLE") || self.eat_kw("COLUMNFAMILY") {
             self.create_table().map(Statement::CreateTable)
+        } else if self.eat_kw("INDEX") {
+            self.create_index().map(Statement::CreateIndex)
+        } else if self.at_kw("CUSTOM") {
+            Err(self.unsupported("CREATE CUSTOM INDEX"))
         } else {
-            Err(self.mismatch("KEYSPACE or TABLE"))
+            Err(self.mismatch("KEYSPACE, TABLE or INDEX"))
         }
     }
 
@@ -1073,8 +1082,12 @@ impl<'a> Parser<'a> {
             let if_exists = self.if_exists()?;
             let name = self.qualified_name()?;
             Ok(Statement::DropTable { name, if_exists })
+        } else if self.eat_kw("INDEX") {
+            let if_exists = self.if_exists()?;
+            let name = self.qualified_name()?;
+            Ok(Statement::DropIndex { name, if_exists })
         } else {
-            Err(self.mismatch("KEYSPACE or TABLE"))
+            Err(self.mismatch("KEYSPACE, TABLE or INDEX"))
         }
     }
 
@@ -1732,6 +1745,60 @@ mod tests {
     }
 
     #[test]
+    fn alter_and_index_statements() {
+        let alter = |text: &str| match ok(text).statement {
+            Statement::AlterTable(a) => a.op,
+            other => panic!("not ALTER TABLE: {other:?}"),
+        };
+        let def = |name: &str, ty: &str| ColumnDef {
+            name: name.into(),
+            type_text: ty.into(),
+            is_static: false,
+        };
+        assert_eq!(
+            alter("ALTER TABLE ks.t ADD (a int, b map<text, int>)"),
+            AlterTableOp::Add(vec![def("a", "int"), def("b", "map<text,int>")])
+        );
+        assert_eq!(
+            alter("ALTER TABLE t DROP (a, b)"),
+            AlterTableOp::Drop(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            alter("ALTER TABLE t RENAME a TO b AND c TO d"),
+            AlterTableOp::Rename(vec![("a".into(), "b".into()), ("c".into(), "d".into())])
+        );
+        assert_eq!(
+            alter("ALTER TABLE t WITH comment = 'x'"),
+            AlterTableOp::With(vec![("comment".into(), "x".into())])
+        );
+        let Statement::CreateIndex(ci) =
+            ok("CREATE INDEX IF NOT EXISTS ON ks.t (keys(m))").statement
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (ci.name, ci.column, ci.target_kind),
+            (None, "m".into(), Some("keys".into()))
+        );
+        assert!(matches!(
+            ok("DROP INDEX IF EXISTS ks.i").statement,
+            Statement::DropIndex {
+                if_exists: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            ok("ALTER KEYSPACE ks WITH durable_writes = false").statement,
+            Statement::AlterKeyspace(_)
+        ));
+        assert!(
+            err("ALTER TABLE t ADD")
+                .message
+                .contains("expecting an identifier")
+        );
+    }
+
+    #[test]
     fn select_json_rejected_but_json_column_allowed() {
         let e = err("SELECT JSON * FROM t");
         assert!(
@@ -2165,7 +2232,7 @@ mod tests {
         err("CREATE TABLE t (a int PRIMARY KEY) WITH comment = 'a' AND comment = 'b'");
         err("CREATE TABLE t (a int PRIMARY KEY) WITH");
         err("CREATE TABLE t a int PRIMARY KEY");
-        err("CREATE INDEX i ON t (a)");
+        err("CREATE INDEX i ON t a");
     }
 
     #[test]
@@ -2190,7 +2257,7 @@ mod tests {
             ok("TRUNCATE TABLE t;").statement,
             Statement::Truncate(qn(None, "t"))
         );
-        err("DROP INDEX i");
+        err("DROP INDEX");
         err("DROP TABLE IF t");
     }
 

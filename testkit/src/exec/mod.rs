@@ -15,6 +15,7 @@
 //! - `apply.rs`: mutations and LWT conditions applied to the store;
 //! - `batch.rs`: the BATCH message;
 //! - `ddl.rs`: CREATE and DROP of keyspaces and tables;
+//! - `alter.rs`: ALTER TABLE, ALTER KEYSPACE, CREATE and DROP INDEX;
 //! - `result.rs`: the [`Outcome`] and the encoded rows result.
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::error::{Consistency, ServerError};
 use crate::fault::StatementKind;
 use crate::schema::{Keyspace, Schema, Table};
 
+mod alter;
 mod apply;
 mod batch;
 mod bind;
@@ -96,6 +98,8 @@ pub(crate) fn statement_table(stmt: &Statement) -> Option<&ast::QualifiedName> {
         Statement::Truncate(t) => Some(t),
         Statement::DropTable { name, .. } => Some(name),
         Statement::CreateTable(c) => Some(&c.name),
+        Statement::AlterTable(a) => Some(&a.name),
+        Statement::CreateIndex(c) => Some(&c.table),
         _ => None,
     }
 }
@@ -246,7 +250,11 @@ pub(crate) fn execute(
         stmt @ (Statement::CreateKeyspace(_)
         | Statement::CreateTable(_)
         | Statement::DropKeyspace { .. }
-        | Statement::DropTable { .. }) => ddl(ctx, stmt),
+        | Statement::DropTable { .. }
+        | Statement::AlterTable(_)
+        | Statement::AlterKeyspace(_)
+        | Statement::CreateIndex(_)
+        | Statement::DropIndex { .. }) => ddl(ctx, stmt),
     }
 }
 

@@ -448,3 +448,184 @@ async fn single_partition_conditional_batches() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_table_keyspace_and_indexes() {
+    let cluster = Cluster::start().await.unwrap();
+    let s = session(&cluster).await;
+    keyspace(&s, "al", 1).await;
+    run(
+        &s,
+        "CREATE TABLE al.t (k int, c int, v text, PRIMARY KEY (k, c))",
+    )
+    .await;
+    run(&s, "INSERT INTO al.t (k, c, v) VALUES (1, 1, 'a')").await;
+    let sel_v = s
+        .prepare("SELECT v FROM al.t WHERE k = ? AND c = ?")
+        .await
+        .unwrap();
+
+    // ADD: a SCHEMA_CHANGE result (UPDATED TABLE), the rows kept.
+    let res = s
+        .query_unpaged("ALTER TABLE al.t ADD (n int, m map<text, int>)", &[])
+        .await
+        .unwrap();
+    assert!(!res.is_rows(), "a SCHEMA_CHANGE result");
+    run(&s, "ALTER TABLE al.t ADD w text").await;
+    run(&s, "UPDATE al.t SET n = 5, w = 'w' WHERE k = 1 AND c = 1").await;
+    let r = row(&s, "SELECT * FROM al.t WHERE k = 1").await;
+    let names: Vec<&str> = r.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["k", "c", "m", "n", "v", "w"]);
+    assert_eq!(r[3].1, Some(CqlValue::Int(5)));
+    assert_eq!(r[4].1, Some(CqlValue::Text("a".into())));
+    // The driver's metadata sees the new columns.
+    s.refresh_metadata().await.unwrap();
+    let state = s.get_cluster_state();
+    let t = &state.get_keyspace("al").unwrap().tables["t"];
+    assert!(t.columns.contains_key("w") && t.columns.contains_key("m"));
+
+    // DROP: a prepared statement naming the dropped column fails as in
+    // Cassandra: UNPREPARED, then the driver's re-PREPARE is Invalid.
+    run(&s, "ALTER TABLE al.t DROP v").await;
+    let mut sock = raw_connect(&cluster).await;
+    let id = sel_v.get_id();
+    let mut body = (id.len() as u16).to_be_bytes().to_vec();
+    body.extend_from_slice(id);
+    body.extend_from_slice(&1u16.to_be_bytes());
+    body.push(0x01);
+    body.extend_from_slice(&2u16.to_be_bytes());
+    for v in [1i32, 1] {
+        body.extend_from_slice(&4i32.to_be_bytes());
+        body.extend_from_slice(&v.to_be_bytes());
+    }
+    super::raw::send(&mut sock, 1, 0x0A, &body).await;
+    let (_, opcode, body) = super::raw::recv(&mut sock).await;
+    assert_eq!(opcode, 0x00, "an ERROR");
+    assert_eq!(&body[..4], &0x2500i32.to_be_bytes(), "UNPREPARED");
+    let err = s.execute_unpaged(&sel_v, (1, 1)).await.unwrap_err();
+    assert!(err.to_string().contains("Undefined column name v"), "{err}");
+    invalid(&s, "SELECT v FROM al.t", "Undefined column name v").await;
+    run(&s, "ALTER TABLE al.t DROP (n, m)").await;
+    let r = row(&s, "SELECT * FROM al.t WHERE k = 1").await;
+    let names: Vec<&str> = r.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["k", "c", "w"]);
+    invalid(
+        &s,
+        "ALTER TABLE al.t DROP k",
+        "Cannot drop PRIMARY KEY column k",
+    )
+    .await;
+    invalid(
+        &s,
+        "ALTER TABLE al.t DROP nope",
+        "Column nope was not found in table t",
+    )
+    .await;
+    invalid(
+        &s,
+        "ALTER TABLE al.t ADD w int",
+        "Column with name 'w' already exists",
+    )
+    .await;
+
+    // RENAME: only primary key columns, as in Cassandra.
+    run(&s, "ALTER TABLE al.t RENAME c TO cc").await;
+    let r = row(&s, "SELECT cc, w FROM al.t WHERE k = 1 AND cc = 1").await;
+    assert_eq!(r[1].1, Some(CqlValue::Text("w".into())));
+    invalid(
+        &s,
+        "ALTER TABLE al.t RENAME w TO ww",
+        "Cannot rename non PRIMARY KEY column w",
+    )
+    .await;
+    invalid(
+        &s,
+        "ALTER TABLE al.t ALTER w TYPE blob",
+        "Altering column types is no longer supported",
+    )
+    .await;
+
+    // WITH options, and ALTER KEYSPACE.
+    run(
+        &s,
+        "ALTER TABLE al.t WITH comment = 'hello' AND gc_grace_seconds = 10",
+    )
+    .await;
+    assert_eq!(
+        one(&s, "SELECT comment FROM system_schema.tables WHERE keyspace_name = 'al' AND table_name = 't'").await,
+        Some(CqlValue::Text("hello".into()))
+    );
+    run(&s, "ALTER KEYSPACE al WITH replication = {'class': 'NetworkTopologyStrategy', 'datacenter1': 1}").await;
+    let Some(CqlValue::Map(repl)) = one(
+        &s,
+        "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = 'al'",
+    )
+    .await
+    else {
+        panic!("no replication map")
+    };
+    assert!(
+        repl.contains(&(
+            CqlValue::Text("class".into()),
+            CqlValue::Text("org.apache.cassandra.locator.NetworkTopologyStrategy".into())
+        )),
+        "{repl:?}"
+    );
+    invalid(&s, "ALTER KEYSPACE nope WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}", "Keyspace 'nope' doesn't exist").await;
+
+    // Secondary indexes: WHERE on the indexed column without ALLOW FILTERING.
+    run(&s, "INSERT INTO al.t (k, cc, w) VALUES (2, 1, 'w')").await;
+    run(&s, "INSERT INTO al.t (k, cc, w) VALUES (3, 1, 'z')").await;
+    invalid(&s, "SELECT k FROM al.t WHERE w = 'w'", "ALLOW FILTERING").await;
+    run(&s, "CREATE INDEX ON al.t (w)").await;
+    run(&s, "CREATE INDEX IF NOT EXISTS t_w_idx ON al.t (w)").await;
+    let rows = s
+        .query_unpaged("SELECT k FROM al.t WHERE w = 'w'", &[])
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    let mut ks: Vec<i32> = rows
+        .rows::<(i32,)>()
+        .unwrap()
+        .map(|r| r.unwrap().0)
+        .collect();
+    ks.sort();
+    assert_eq!(ks, [1, 2]);
+    let by_w = s.prepare("SELECT k FROM al.t WHERE w = ?").await.unwrap();
+    let n = s
+        .execute_unpaged(&by_w, ("z",))
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows_num();
+    assert_eq!(n, 1);
+    assert_eq!(
+        one(&s, "SELECT index_name FROM system_schema.indexes WHERE keyspace_name = 'al' AND table_name = 't'").await,
+        Some(CqlValue::Text("t_w_idx".into()))
+    );
+    let err = s
+        .query_unpaged("CREATE INDEX t_w_idx ON al.t (cc)", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(db_error(&err), Some(DbError::AlreadyExists { .. })),
+        "{err:?}"
+    );
+    invalid(
+        &s,
+        "ALTER TABLE al.t DROP w",
+        "Cannot drop column w because it has dependent secondary indexes (t_w_idx)",
+    )
+    .await;
+    run(&s, "DROP INDEX al.t_w_idx").await;
+    run(&s, "DROP INDEX IF EXISTS al.t_w_idx").await;
+    invalid(
+        &s,
+        "DROP INDEX al.t_w_idx",
+        "Index 'al.t_w_idx' doesn't exist",
+    )
+    .await;
+    invalid(&s, "SELECT k FROM al.t WHERE w = 'w'", "ALLOW FILTERING").await;
+}

@@ -142,5 +142,34 @@ invalid("BEGIN BATCH INSERT INTO py.cb (k, c, v) VALUES (1, 9, 'a') IF NOT EXIST
         "INSERT INTO py.cb (k, c, v) VALUES (2, 9, 'b'); APPLY BATCH",
         "Batch with conditions cannot span multiple partitions")
 
+# 3. Schema changes: ALTER TABLE / KEYSPACE, indexes, and the driver's metadata.
+s.execute("CREATE TABLE py.al (k int, c int, v text, PRIMARY KEY (k, c))")
+s.execute("INSERT INTO py.al (k, c, v) VALUES (1, 1, 'a')")
+sel_v = s.prepare("SELECT v FROM py.al WHERE k = ? AND c = ?")
+s.execute("ALTER TABLE py.al ADD (n int, w text)")
+s.execute("UPDATE py.al SET n = 5, w = 'w' WHERE k = 1 AND c = 1")
+r = s.execute("SELECT * FROM py.al WHERE k = 1").one()
+check((r.k, r.c, r.n, r.v, r.w) == (1, 1, 5, "a", "w"), "row after ADD %r" % (r,))
+cluster.refresh_table_metadata("py", "al")
+check(list(cluster.metadata.keyspaces["py"].tables["al"].columns.keys()) == ["k", "c", "n", "v", "w"],
+      "columns after ADD %r" % list(cluster.metadata.keyspaces["py"].tables["al"].columns.keys()))
+s.execute("ALTER TABLE py.al DROP v")
+try:
+    s.execute(sel_v, (1, 1))
+    check(False, "a prepared statement naming a dropped column ran")
+except InvalidRequest as e:
+    check("Undefined column name v" in str(e), "dropped column: %s" % e)
+s.execute("ALTER TABLE py.al RENAME c TO cc")
+invalid("ALTER TABLE py.al RENAME w TO ww", "Cannot rename non PRIMARY KEY column w")
+s.execute("ALTER KEYSPACE py WITH replication = {'class': 'SimpleStrategy', 'replication_factor': %d}" % nodes)
+s.execute("INSERT INTO py.al (k, cc, w) VALUES (2, 1, 'w')")
+invalid("SELECT k FROM py.al WHERE w = 'w'", "ALLOW FILTERING")
+s.execute("CREATE INDEX IF NOT EXISTS al_w ON py.al (w)")
+check(sorted(r.k for r in s.execute("SELECT k FROM py.al WHERE w = 'w'")) == [1, 2], "indexed query")
+cluster.refresh_table_metadata("py", "al")
+check("al_w" in cluster.metadata.keyspaces["py"].tables["al"].indexes, "index metadata")
+s.execute("DROP INDEX py.al_w")
+invalid("DROP INDEX py.al_w", "Index 'py.al_w' doesn't exist")
+
 cluster.shutdown()
 print("datastax python driver: ok (protocol v4, %d hosts, 10 pages)" % len(hosts))
