@@ -88,8 +88,10 @@ fn resolve(t: &Table, kind: &ast::SelectorKind) -> Result<(Proj, String, CqlType
             )
         }
         ast::SelectorKind::Function { name, args } => {
-            if functions::resolve(name, &[]).is_err_and(|e| e.starts_with("Unknown function")) {
-                return Err(ServerError::invalid(format!("Unknown function '{name}'")));
+            if let Err(e) = functions::resolve(name, &[])
+                && (e.starts_with("Unknown function") || e.contains("aggregate"))
+            {
+                return Err(ServerError::invalid(e));
             }
             let mut projs = Vec::with_capacity(args.len());
             let mut names = Vec::with_capacity(args.len());

@@ -334,6 +334,12 @@ async fn function_selectors_and_terms() {
         "blob cannot be cast to int",
     )
     .await;
+    invalid(
+        &s,
+        "SELECT max(v) FROM fn.t",
+        "The aggregate function max() is not supported by testkit",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
