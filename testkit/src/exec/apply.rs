@@ -317,27 +317,6 @@ fn lwt_result(
     Ok((applied, row))
 }
 
-fn lwt_outcome(t: &Table, applied: bool, row: Option<Row>) -> Outcome {
-    let ks = t.keyspace.as_str();
-    let tn = t.name.as_str();
-    let mut specs: Vec<(&str, &str, &str, &CqlType)> =
-        vec![(ks, tn, "[applied]", &CqlType::Boolean)];
-    let mut body = Vec::new();
-    body.put_value(Some(&[u8::from(applied)]));
-    if let (false, Some(row)) = (applied, &row) {
-        for (i, c) in t.columns.iter().enumerate() {
-            specs.push((ks, tn, c.name.as_str(), &c.ty));
-            body.put_value(row.cells[i].as_deref());
-        }
-    }
-    Outcome::Rows(RowsOut {
-        meta: Arc::new(ColumnSpecs::new(&specs)),
-        count: 1,
-        body,
-        paging_state: None,
-    })
-}
-
 /// Applies a conditional batch, whose statements are all on one partition
 /// of one table (the caller checked): every condition is checked against
 /// the partition as it is, under the table lock; only if all hold are the
@@ -354,36 +333,43 @@ pub(super) fn apply_conditional_batch(
     let mut data = t.data.write().expect("table lock");
     let mut applied = true;
     let mut read: BTreeMap<Vec<u8>, Row> = BTreeMap::new();
-    let mut wildcard = false;
-    let mut cond_cols: Vec<usize> = Vec::new();
     for (check, b) in checks {
         let (ok, row) = lwt_result(check, &data, *b)?;
         applied &= ok;
         if let Some(row) = row {
             read.entry(check.ck.clone()).or_insert(row);
         }
-        match &check.condition {
-            ast::Condition::Exists | ast::Condition::NotExists => wildcard = true,
-            ast::Condition::Columns(conds) => {
-                for c in conds {
-                    let i = t.column(&c.column)?;
-                    if !cond_cols.contains(&i) {
-                        cond_cols.push(i);
-                    }
-                }
-            }
+    }
+    if applied {
+        for m in muts {
+            apply(&mut data, m)?;
         }
     }
+    let conds: Vec<&ast::Condition> = checks.iter().map(|(c, _)| &c.condition).collect();
+    let rows: Vec<Row> = read.into_values().collect();
+    cas_outcome(&t, &checks[0].0.pk, applied, &rows, &conds, true)
+}
+
+/// Cassandra's result of a conditional write: `[applied]` alone when it
+/// applied or when the conditions read no row; otherwise `[applied] =
+/// false` and, per row read, every column if a condition is `IF [NOT]
+/// EXISTS`, else the conditioned columns (after the primary key in a
+/// batch, to tell the rows apart).
+fn cas_outcome(
+    t: &Table,
+    pk: &crate::schema::PartitionKey,
+    applied: bool,
+    rows: &[Row],
+    conds: &[&ast::Condition],
+    batch: bool,
+) -> Result<Outcome, ServerError> {
     let ks = t.keyspace.as_str();
     let tn = t.name.as_str();
     let mut specs: Vec<(&str, &str, &str, &CqlType)> =
         vec![(ks, tn, "[applied]", &CqlType::Boolean)];
     let mut body = Vec::new();
-    if applied {
-        for m in muts {
-            apply(&mut data, m)?;
-        }
-        body.put_value(Some(&[1]));
+    if applied || rows.is_empty() {
+        body.put_value(Some(&[u8::from(applied)]));
         return Ok(Outcome::Rows(RowsOut {
             meta: Arc::new(ColumnSpecs::new(&specs)),
             count: 1,
@@ -391,8 +377,14 @@ pub(super) fn apply_conditional_batch(
             paging_state: None,
         }));
     }
-    let mut cols: Vec<usize> = t.partition_key.clone();
-    cols.extend(&t.clustering);
+    let wildcard = conds
+        .iter()
+        .any(|c| matches!(c, ast::Condition::Exists | ast::Condition::NotExists));
+    let mut cols: Vec<usize> = Vec::new();
+    if wildcard || batch {
+        cols.extend(&t.partition_key);
+        cols.extend(&t.clustering);
+    }
     if wildcard {
         let mut rest: Vec<usize> = (0..t.columns.len())
             .filter(|i| matches!(t.columns[*i].kind, ColumnKind::Regular | ColumnKind::Static))
@@ -400,27 +392,22 @@ pub(super) fn apply_conditional_batch(
         rest.sort_by(|a, b| t.columns[*a].name.cmp(&t.columns[*b].name));
         cols.extend(rest);
     } else {
-        cols.extend(
-            cond_cols
-                .iter()
-                .filter(|i| !cols.contains(i))
-                .collect::<Vec<_>>(),
-        );
-    }
-    if read.is_empty() {
-        body.put_value(Some(&[0]));
-        return Ok(Outcome::Rows(RowsOut {
-            meta: Arc::new(ColumnSpecs::new(&specs)),
-            count: 1,
-            body,
-            paging_state: None,
-        }));
+        for c in conds {
+            if let ast::Condition::Columns(cs) = c {
+                for cc in cs {
+                    let i = t.column(&cc.column)?;
+                    if !cols.contains(&i) {
+                        cols.push(i);
+                    }
+                }
+            }
+        }
     }
     for &i in &cols {
         specs.push((ks, tn, t.columns[i].name.as_str(), &t.columns[i].ty));
     }
-    let pk_parts = checks[0].0.pk.components(t.partition_key.len());
-    for row in read.values() {
+    let pk_parts = pk.components(t.partition_key.len());
+    for row in rows {
         body.put_value(Some(&[0]));
         for &i in &cols {
             let c = &t.columns[i];
@@ -433,7 +420,7 @@ pub(super) fn apply_conditional_batch(
     }
     Ok(Outcome::Rows(RowsOut {
         meta: Arc::new(ColumnSpecs::new(&specs)),
-        count: read.len() as i32,
+        count: rows.len() as i32,
         body,
         paging_state: None,
     }))
@@ -454,7 +441,16 @@ pub(super) fn apply_all(
                 apply(&mut data, m)?;
             }
         }
-        return Ok(Some(lwt_outcome(&check.table, applied, row)));
+        let rows: Vec<Row> = row.into_iter().collect();
+        return cas_outcome(
+            &check.table,
+            &check.pk,
+            applied,
+            &rows,
+            &[&check.condition],
+            false,
+        )
+        .map(Some);
     }
     // Group by table so each lock is taken once.
     let mut by_table: BTreeMap<*const Table, Vec<&Mutation>> = BTreeMap::new();

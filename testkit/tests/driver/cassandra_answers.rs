@@ -413,6 +413,33 @@ async fn single_partition_conditional_batches() {
         Some(CqlValue::Text("d".into()))
     );
 
+    // A single conditional statement that fails answers the columns of its
+    // IF, without the key (only a batch adds it); on no row, [applied] alone.
+    let rows = s
+        .query_unpaged(
+            "UPDATE cb.t SET v = 'q' WHERE k = 1 AND c = 1 IF v = 'nope'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    let names: Vec<&str> = rows.column_specs().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["[applied]", "v"]);
+    assert_eq!(
+        rows.single_row::<(bool, String)>().unwrap(),
+        (false, "c".to_string())
+    );
+    let r = row(
+        &s,
+        "UPDATE cb.t SET v = 'q' WHERE k = 5 AND c = 5 IF v = 'a'",
+    )
+    .await;
+    assert_eq!(
+        r,
+        vec![("[applied]".to_string(), Some(CqlValue::Boolean(false)))]
+    );
+
     // Refused as Cassandra refuses them.
     invalid(
         &s,

@@ -138,6 +138,8 @@ check(not r.was_applied, "conditional batch not applied")
 row = r.one()
 check((row.k, row.c, row.v) == (1, 1, "a"), "the row read: %r" % (row,))
 check(s.execute("SELECT * FROM py.cb WHERE k = 1 AND c = 3").one() is None, "nothing written")
+rs = s.execute("UPDATE py.cb SET v = 'q' WHERE k = 1 AND c = 1 IF v = 'nope'")
+check(rs.column_names == ["[applied]", "v"] and tuple(rs.one()) == (False, "a"), "failed LWT: %r %r" % (rs.column_names, rs.one()))
 invalid("BEGIN BATCH INSERT INTO py.cb (k, c, v) VALUES (1, 9, 'a') IF NOT EXISTS; "
         "INSERT INTO py.cb (k, c, v) VALUES (2, 9, 'b'); APPLY BATCH",
         "Batch with conditions cannot span multiple partitions")
