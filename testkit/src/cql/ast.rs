@@ -51,10 +51,8 @@ pub enum Statement {
     Truncate(QualifiedName),
     /// `ALTER TABLE`
     AlterTable(AlterTable),
-    /// `ALTER KEYSPACE name WITH ...`: the same properties as `CREATE
-    /// KEYSPACE` (`if_not_exists` is always false; an empty `replication`
-    /// keeps the keyspace's).
-    AlterKeyspace(CreateKeyspace),
+    /// `ALTER KEYSPACE name WITH ...`
+    AlterKeyspace(AlterKeyspace),
     /// `CREATE INDEX`
     CreateIndex(CreateIndex),
     /// `DROP INDEX [IF EXISTS] [ks.]name`
@@ -64,6 +62,17 @@ pub enum Statement {
         /// `IF EXISTS` was given.
         if_exists: bool,
     },
+}
+
+/// `ALTER KEYSPACE name WITH ...`: what is not given is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlterKeyspace {
+    /// Name.
+    pub name: String,
+    /// `replication = {...}`, as in [`CreateKeyspace::replication`].
+    pub replication: Option<Vec<(String, String)>>,
+    /// `durable_writes = bool`
+    pub durable_writes: Option<bool>,
 }
 
 /// `ALTER TABLE name ...`

@@ -3,19 +3,21 @@
 //! module of the parser: it extends [`Parser`] and shares its helpers.
 
 use super::{PResult, Parser};
-use crate::cql::ast::{AlterTable, AlterTableOp, ColumnDef, CreateIndex, Statement};
+use crate::cql::ast::{AlterKeyspace, AlterTable, AlterTableOp, ColumnDef, CreateIndex, Statement};
 
 impl Parser<'_> {
     /// `ALTER TABLE ...` or `ALTER KEYSPACE ...`, after `ALTER`.
     pub(super) fn alter(&mut self) -> PResult<Statement> {
         self.bump();
         if self.eat_kw("KEYSPACE") || self.eat_kw("SCHEMA") {
-            let at = self.tok();
-            let ks = self.create_keyspace()?;
-            if ks.if_not_exists {
-                return Err(self.err_at(at.start, "IF NOT EXISTS is not allowed in ALTER KEYSPACE"));
-            }
-            return Ok(Statement::AlterKeyspace(ks));
+            let name = self.ident()?;
+            self.expect_kw("WITH")?;
+            let (replication, durable_writes) = self.keyspace_properties()?;
+            return Ok(Statement::AlterKeyspace(AlterKeyspace {
+                name,
+                replication,
+                durable_writes,
+            }));
         }
         if !(self.eat_kw("TABLE") || self.eat_kw("COLUMNFAMILY")) {
             return Err(self.mismatch("TABLE or KEYSPACE"));

@@ -1095,6 +1095,19 @@ impl<'a> Parser<'a> {
         let if_not_exists = self.if_not_exists()?;
         let name = self.ident()?;
         self.expect_kw("WITH")?;
+        let (replication, durable_writes) = self.keyspace_properties()?;
+        Ok(CreateKeyspace {
+            name,
+            if_not_exists,
+            replication: replication.unwrap_or_default(),
+            durable_writes: durable_writes.unwrap_or(true),
+        })
+    }
+
+    /// `replication = {...} [AND durable_writes = bool]`, in any order;
+    /// `None` for a property not given.
+    #[allow(clippy::type_complexity)]
+    fn keyspace_properties(&mut self) -> PResult<(Option<Vec<(String, String)>>, Option<bool>)> {
         let mut replication = None;
         let mut durable_writes = None;
         loop {
@@ -1124,12 +1137,7 @@ impl<'a> Parser<'a> {
                 break;
             }
         }
-        Ok(CreateKeyspace {
-            name,
-            if_not_exists,
-            replication: replication.unwrap_or_default(),
-            durable_writes: durable_writes.unwrap_or(true),
-        })
+        Ok((replication, durable_writes))
     }
 
     fn boolean_value(&mut self) -> PResult<bool> {

@@ -77,13 +77,18 @@ fn replace_table(next: &mut Schema, table: Table) -> SchemaChange {
 
 fn alter_keyspace(
     next: &mut Schema,
-    ak: &ast::CreateKeyspace,
+    ak: &ast::AlterKeyspace,
 ) -> Result<Option<SchemaChange>, ServerError> {
     let old = user_keyspace(next, &ak.name)?;
-    let mut def = ak.clone();
-    if def.replication.is_empty() {
-        def.replication = old.replication.clone();
-    }
+    let def = ast::CreateKeyspace {
+        name: ak.name.clone(),
+        if_not_exists: false,
+        replication: ak
+            .replication
+            .clone()
+            .unwrap_or_else(|| old.replication.clone()),
+        durable_writes: ak.durable_writes.unwrap_or(old.durable_writes),
+    };
     let mut ks = Keyspace::from_ddl(&def)?;
     ks.tables = old.tables.clone();
     next.keyspaces.insert(ak.name.clone(), Arc::new(ks));

@@ -588,6 +588,7 @@ async fn alter_table_keyspace_and_indexes() {
         one(&s, "SELECT comment FROM system_schema.tables WHERE keyspace_name = 'al' AND table_name = 't'").await,
         Some(CqlValue::Text("hello".into()))
     );
+    run(&s, "ALTER KEYSPACE al WITH durable_writes = false").await;
     run(&s, "ALTER KEYSPACE al WITH replication = {'class': 'NetworkTopologyStrategy', 'datacenter1': 1}").await;
     let Some(CqlValue::Map(repl)) = one(
         &s,
@@ -603,6 +604,15 @@ async fn alter_table_keyspace_and_indexes() {
             CqlValue::Text("org.apache.cassandra.locator.NetworkTopologyStrategy".into())
         )),
         "{repl:?}"
+    );
+    assert_eq!(
+        one(
+            &s,
+            "SELECT durable_writes FROM system_schema.keyspaces WHERE keyspace_name = 'al'"
+        )
+        .await,
+        Some(CqlValue::Boolean(false)),
+        "ALTER KEYSPACE keeps what it does not name"
     );
     invalid(&s, "ALTER KEYSPACE nope WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}", "Keyspace 'nope' doesn't exist").await;
 
