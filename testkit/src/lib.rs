@@ -120,21 +120,25 @@
 //! (and `TESTKIT_STRESS_ROUNDS` for the Python one).
 //!
 //! # What the store supports
-//! CREATE/DROP KEYSPACE and TABLE (`IF [NOT] EXISTS`), TRUNCATE, USE;
+//! CREATE/DROP/ALTER KEYSPACE and TABLE, CREATE/DROP INDEX, TRUNCATE, USE;
 //! INSERT (`IF NOT EXISTS`), UPDATE (counters, collection `+`/`-`,
 //! element assignment, `IF` conditions), DELETE (rows, ranges, columns,
 //! elements); SELECT by partition key with clustering equality and ranges,
 //! full scans in token order, `IN`, `ORDER BY`, `LIMIT`, `PER PARTITION
-//! LIMIT`, `DISTINCT`, `COUNT(*)`, `WRITETIME`, `token()`, `ALLOW
-//! FILTERING`; logged, unlogged and counter batches. Types: ascii, bigint,
-//! blob, boolean, counter, date, decimal, double, float, inet, int,
-//! smallint, text/varchar, time, timestamp, timeuuid, tinyint, uuid,
-//! varint, tuples, and list/set/map of them. Consistency is checked against
-//! the replicas that are up (a stopped node makes `ALL` unavailable).
+//! LIMIT`, `DISTINCT`, `COUNT(*)`, `WRITETIME`, `token()`, native
+//! functions (`now()`, `toTimestamp(...)`, ...) and `CAST`, `ALLOW
+//! FILTERING`; logged, unlogged, counter and single-partition conditional
+//! batches. Types: ascii, bigint, blob, boolean, counter, date, decimal,
+//! double, float, inet, int, smallint, text/varchar, time, timestamp,
+//! timeuuid, tinyint, uuid, varint, tuples, and list/set/map of them.
+//! Consistency is checked against the replicas that are up (a stopped node
+//! makes `ALL` unavailable).
 //!
-//! Not supported (each answered with a clear error): user-defined types,
-//! secondary indexes, materialized views, non-zero TTLs, JSON, `GROUP BY`,
-//! authentication, and conditional statements inside batches.
+//! Not supported (each answered with a clear error): user-defined types
+//! and functions, aggregates other than `COUNT(*)`, materialized views,
+//! non-zero TTLs, JSON, `GROUP BY` and authentication. The crate's
+//! `README.md` has the full table: what is supported, and what is
+//! answered differently from Cassandra, and why.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -154,6 +158,7 @@ mod error;
 mod exec;
 mod fault;
 mod frame;
+mod functions;
 mod murmur3;
 #[cfg(feature = "otlp-receiver")]
 pub mod otlp;

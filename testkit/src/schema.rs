@@ -44,6 +44,18 @@ pub(crate) struct Column {
     pub(crate) position: i32,
     /// Clustering order is descending.
     pub(crate) descending: bool,
+    /// Declared `frozen<...>`: a frozen collection is one value, and an
+    /// empty one is stored as written, where a non-frozen collection that
+    /// is written empty (or emptied) is null, as in Cassandra.
+    pub(crate) frozen: bool,
+}
+
+impl Column {
+    /// Whether the column is a non-frozen (multi-cell) collection, whose
+    /// empty value reads back as null.
+    pub(crate) fn is_multi_cell(&self) -> bool {
+        self.ty.is_collection() && !self.frozen
+    }
 }
 
 /// The key of a partition: its token first, so a full scan runs in token
@@ -139,6 +151,7 @@ pub(crate) enum VirtualTable {
     SchemaKeyspaces,
     SchemaTables,
     SchemaColumns,
+    SchemaIndexes,
     SchemaEmpty,
 }
 
@@ -154,8 +167,33 @@ pub(crate) struct Table {
     pub(crate) clustering: Vec<usize>,
     pub(crate) is_counter: bool,
     pub(crate) options: Vec<(String, String)>,
+    /// Secondary indexes (`CREATE INDEX`), in creation order.
+    pub(crate) indexes: Vec<Index>,
     pub(crate) virtual_table: Option<VirtualTable>,
     pub(crate) data: RwLock<TableData>,
+}
+
+/// A secondary index. testkit answers an indexed query by scanning the
+/// table, which is fine on the small data of tests; the index only lifts
+/// the need for ALLOW FILTERING, as in Cassandra.
+#[derive(Debug, Clone)]
+pub(crate) struct Index {
+    /// The index name, unique in its keyspace.
+    pub(crate) name: String,
+    /// The indexed column.
+    pub(crate) column: String,
+    /// `keys`, `values`, `entries` or `full` for a collection target.
+    pub(crate) target_kind: Option<String>,
+}
+
+impl Index {
+    /// The target as `system_schema.indexes` shows it: `v`, `keys(m)`.
+    pub(crate) fn target(&self) -> String {
+        match &self.target_kind {
+            Some(k) => format!("{k}({})", self.column),
+            None => self.column.clone(),
+        }
+    }
 }
 
 impl Table {
@@ -194,6 +232,7 @@ impl Table {
                 },
                 position: -1,
                 descending: false,
+                frozen: def.type_text.starts_with("frozen<"),
             });
         }
         let mut key_index =
@@ -280,6 +319,7 @@ impl Table {
             clustering,
             is_counter: counters > 0,
             options: ct.options.clone(),
+            indexes: Vec::new(),
             virtual_table: None,
             data: RwLock::new(TableData::default()),
         })
@@ -336,8 +376,81 @@ impl Table {
         })
     }
 
-    /// A new, empty table with the same definition (for TRUNCATE-free
-    /// materialisation of virtual tables).
+    /// The same table with other columns (`ALTER TABLE`): column `i` of
+    /// the new table takes its cells from column `sources[i]` of this one
+    /// (`None`: an added column, null everywhere). The rows are copied, so
+    /// a write that races the change on the old table is lost.
+    pub(crate) fn altered(
+        &self,
+        columns: Vec<Column>,
+        sources: &[Option<usize>],
+        options: Vec<(String, String)>,
+        indexes: Vec<Index>,
+    ) -> Table {
+        let by_name = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), i))
+            .collect();
+        let keyed = |kind: ColumnKind| {
+            let mut v: Vec<usize> = (0..columns.len())
+                .filter(|&i| columns[i].kind == kind)
+                .collect();
+            v.sort_by_key(|&i| columns[i].position);
+            v
+        };
+        let remap = |row: &Row| Row {
+            cells: sources
+                .iter()
+                .map(|s| s.and_then(|i| row.cells[i].clone()))
+                .collect(),
+            write_ts: sources
+                .iter()
+                .map(|s| s.map_or(i64::MIN, |i| row.write_ts[i]))
+                .collect(),
+        };
+        let old = self.data.read().expect("table lock");
+        let partitions = old
+            .partitions
+            .iter()
+            .map(|(k, p)| {
+                (
+                    k.clone(),
+                    Partition {
+                        statics: p.statics.as_ref().map(remap),
+                        rows: p
+                            .rows
+                            .iter()
+                            .map(|(ck, r)| (ck.clone(), remap(r)))
+                            .collect(),
+                    },
+                )
+            })
+            .collect();
+        Table {
+            keyspace: self.keyspace.clone(),
+            name: self.name.clone(),
+            id: self.id,
+            partition_key: keyed(ColumnKind::PartitionKey),
+            clustering: keyed(ColumnKind::Clustering),
+            is_counter: self.is_counter,
+            by_name,
+            columns,
+            options,
+            indexes,
+            virtual_table: self.virtual_table,
+            data: RwLock::new(TableData { partitions }),
+        }
+    }
+
+    /// Whether a secondary index covers column `i`.
+    pub(crate) fn is_indexed(&self, i: usize) -> bool {
+        self.indexes
+            .iter()
+            .any(|x| x.column == self.columns[i].name)
+    }
+
+    /// `keyspace.table`
     pub(crate) fn full_name(&self) -> String {
         format!("{}.{}", self.keyspace, self.name)
     }

@@ -799,7 +799,16 @@ fn lookup_prepared(node: &Node, id: &[u8]) -> Result<Arc<Prepared>, ServerError>
         node: node.index,
         keyspace: p.keyspace.as_deref(),
     };
-    prepared_for(node, &ctx, &p.text)
+    // Like Cassandra, which drops the prepared statements of a table whose
+    // columns change: if the statement no longer plans, or plans to other
+    // markers or rows, the id is unprepared; the driver's re-PREPARE gets
+    // the new metadata or the error (e.g. "Undefined column name v").
+    let fresh = prepared_for(node, &ctx, &p.text).map_err(|_| ServerError::unprepared(id))?;
+    let rows = |x: &Prepared| x.select.as_ref().map(|r| r.encoded.clone());
+    if fresh.markers.encoded != p.markers.encoded || rows(&fresh) != rows(&p) {
+        return Err(ServerError::unprepared(id));
+    }
+    Ok(fresh)
 }
 
 fn execute(

@@ -145,8 +145,10 @@ pub(crate) fn system_keyspaces() -> Vec<Keyspace> {
                 ("where_clause", "text", K::Regular),
             ],
         ),
-        empty(
+        table(
+            "system_schema",
             "indexes",
+            V::SchemaIndexes,
             &[
                 ("keyspace_name", "text", K::PartitionKey),
                 ("table_name", "text", K::Clustering),
@@ -215,6 +217,16 @@ pub(crate) fn system_keyspaces() -> Vec<Keyspace> {
         })
         .chain(std::iter::once(crate::trace::keyspace()))
         .collect()
+}
+
+/// A column's type as `system_schema.columns` shows it: `frozen<...>`
+/// around a frozen collection.
+fn column_type(c: &crate::schema::Column) -> String {
+    if c.frozen && c.ty.is_collection() {
+        format!("frozen<{}>", c.ty.cql_name())
+    } else {
+        c.ty.cql_name()
+    }
 }
 
 fn text(s: &str) -> Option<Bytes> {
@@ -443,7 +455,26 @@ pub(crate) fn materialize(
                                 ("column_name_bytes", text(&c.name)),
                                 ("kind", text(c.kind.schema_name())),
                                 ("position", int(c.position)),
-                                ("type", text(&c.ty.cql_name())),
+                                ("type", text(&column_type(c))),
+                            ],
+                        );
+                    }
+                }
+            }
+        }
+        V::SchemaIndexes => {
+            for ks in schema.keyspaces.values() {
+                for tb in ks.tables.values() {
+                    for x in &tb.indexes {
+                        put(
+                            t,
+                            &mut data,
+                            &[
+                                ("keyspace_name", text(&ks.name)),
+                                ("table_name", text(&tb.name)),
+                                ("index_name", text(&x.name)),
+                                ("kind", text("COMPOSITES")),
+                                ("options", text_map(&[("target", &x.target())])),
                             ],
                         );
                     }

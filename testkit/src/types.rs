@@ -226,10 +226,7 @@ impl CqlType {
             if bytes.len() == n || bytes.is_empty() {
                 Ok(())
             } else {
-                Err(format!(
-                    "Expected {n} or 0 byte {name} ({} bytes given)",
-                    bytes.len()
-                ))
+                Err(format!("Expected {n} or 0 byte {name} ({})", bytes.len()))
             }
         };
         match self {
@@ -246,9 +243,7 @@ impl CqlType {
             CqlType::Uuid | CqlType::TimeUuid => fixed(16, "UUID"),
             CqlType::Inet => match bytes.len() {
                 0 | 4 | 16 => Ok(()),
-                n => Err(format!(
-                    "Expected 4 or 16 byte inet address ({n} bytes given)"
-                )),
+                n => Err(format!("Expected 4 or 16 byte inet address ({n})")),
             },
             CqlType::Text => std::str::from_utf8(bytes)
                 .map(|_| ())
@@ -634,8 +629,7 @@ pub(crate) fn evaluate(
     match term {
         Term::Bind { index, .. } => match binder.bound(*index)? {
             BoundValue::Value(b) => {
-                ty.validate(b)
-                    .map_err(|e| format!("Invalid value for bind marker {index}: {e}"))?;
+                ty.validate(b)?;
                 Ok(Evaluated::Value(Bytes::copy_from_slice(b)))
             }
             BoundValue::Null => Ok(Evaluated::Null),
@@ -643,37 +637,7 @@ pub(crate) fn evaluate(
         },
         Term::Literal(Literal::Null) => Ok(Evaluated::Null),
         Term::Literal(lit) => encode_literal(ty, lit, binder).map(Evaluated::Value),
-        Term::Function { name, args } => call_function(ty, name, args).map(Evaluated::Value),
-    }
-}
-
-fn call_function(ty: &CqlType, name: &str, args: &[Term]) -> Result<Bytes, String> {
-    let now_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
-    };
-    match (name, args.len()) {
-        ("now", 0) if matches!(ty, CqlType::TimeUuid | CqlType::Uuid) => {
-            Ok(Bytes::copy_from_slice(&new_timeuuid()))
-        }
-        ("uuid", 0) if matches!(ty, CqlType::Uuid) => {
-            let mut b: [u8; 16] = fastrand::u128(..).to_be_bytes();
-            b[6] = (b[6] & 0x0F) | 0x40;
-            b[8] = (b[8] & 0x3F) | 0x80;
-            Ok(Bytes::copy_from_slice(&b))
-        }
-        ("currenttimestamp", 0) | ("totimestamp", 1) if *ty == CqlType::Timestamp => {
-            Ok(Bytes::copy_from_slice(&now_ms().to_be_bytes()))
-        }
-        ("currenttimeuuid", 0) if *ty == CqlType::TimeUuid => {
-            Ok(Bytes::copy_from_slice(&new_timeuuid()))
-        }
-        _ => Err(format!(
-            "Unknown function {name}() for a value of type {}: testkit supports now(), uuid(), currentTimestamp(), toTimestamp(now())",
-            ty.cql_name()
-        )),
+        Term::Function { name, args } => crate::functions::evaluate_call(ty, name, args, binder),
     }
 }
 
@@ -694,18 +658,61 @@ pub(crate) fn new_timeuuid() -> [u8; 16] {
     b
 }
 
+/// Stands for the name of the column (or marker) a value is for, in the
+/// messages of [`evaluate`]; the executor, which knows the name, puts it in
+/// (see [`name_receiver`]).
+pub(crate) const RECEIVER: &str = "\u{0}receiver\u{0}";
+
+/// Replaces [`RECEIVER`] in an error message by the receiver's name.
+pub(crate) fn name_receiver(message: &str, name: &str) -> String {
+    message.replace(RECEIVER, name)
+}
+
+/// Cassandra's refusal of a literal of the wrong kind, e.g.
+/// `Invalid STRING constant (abc) for "v" of type int`.
 fn type_mismatch(ty: &CqlType, lit: &Literal) -> String {
-    let what = match lit {
-        Literal::String(s) => format!("'{s}'"),
-        Literal::Integer(s) | Literal::Float(s) | Literal::Uuid(s) => s.clone(),
-        Literal::Boolean(b) => b.to_string(),
-        Literal::Null => "null".into(),
-        Literal::Blob(_) => "a blob literal".into(),
-        Literal::List(_) => "a list literal".into(),
-        Literal::Set(_) => "a set literal".into(),
-        Literal::Map(_) => "a map literal".into(),
+    let (kind, text) = match lit {
+        Literal::String(s) => ("STRING", s.clone()),
+        Literal::Integer(s) => ("INTEGER", s.clone()),
+        Literal::Float(s) => ("FLOAT", s.clone()),
+        Literal::Uuid(s) => ("UUID", s.clone()),
+        Literal::Boolean(b) => ("BOOLEAN", b.to_string()),
+        Literal::Null => ("NULL", "null".into()),
+        Literal::Blob(b) => (
+            "HEX",
+            format!(
+                "0x{}",
+                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            ),
+        ),
+        Literal::List(_) => {
+            return format!(
+                "Invalid list literal for {RECEIVER} of type {}",
+                ty.cql_name()
+            );
+        }
+        Literal::Set(_) => {
+            return format!(
+                "Invalid set literal for {RECEIVER} of type {}",
+                ty.cql_name()
+            );
+        }
+        Literal::Map(_) => {
+            return format!(
+                "Invalid map literal for {RECEIVER} of type {}",
+                ty.cql_name()
+            );
+        }
     };
-    format!("Invalid {what} for a value of type {}", ty.cql_name())
+    format!(
+        "Invalid {kind} constant ({text}) for \"{RECEIVER}\" of type {}",
+        ty.cql_name()
+    )
+}
+
+/// Cassandra's refusal of an integer literal out of its type's range.
+fn unable_to_make(what: &str, s: &str) -> String {
+    format!("Unable to make {what} from '{s}'")
 }
 
 /// Serializes a literal as a value of `ty`.
@@ -717,12 +724,12 @@ pub(crate) fn encode_literal(
     let bad = || type_mismatch(ty, lit);
     let b = |v: &[u8]| Ok(Bytes::copy_from_slice(v));
     match (ty, lit) {
-        (CqlType::Int, Literal::Integer(s)) => b(&s.parse::<i32>().map_err(|_| bad())?.to_be_bytes()),
+        (CqlType::Int, Literal::Integer(s)) => b(&s.parse::<i32>().map_err(|_| unable_to_make("int", s))?.to_be_bytes()),
         (CqlType::BigInt | CqlType::Counter, Literal::Integer(s)) => {
-            b(&s.parse::<i64>().map_err(|_| bad())?.to_be_bytes())
+            b(&s.parse::<i64>().map_err(|_| unable_to_make("long", s))?.to_be_bytes())
         }
-        (CqlType::SmallInt, Literal::Integer(s)) => b(&s.parse::<i16>().map_err(|_| bad())?.to_be_bytes()),
-        (CqlType::TinyInt, Literal::Integer(s)) => b(&s.parse::<i8>().map_err(|_| bad())?.to_be_bytes()),
+        (CqlType::SmallInt, Literal::Integer(s)) => b(&s.parse::<i16>().map_err(|_| unable_to_make("short", s))?.to_be_bytes()),
+        (CqlType::TinyInt, Literal::Integer(s)) => b(&s.parse::<i8>().map_err(|_| unable_to_make("byte", s))?.to_be_bytes()),
         (CqlType::Varint, Literal::Integer(s)) => {
             let v = s.parse::<i128>().map_err(|_| bad())?;
             b(&minimal_twos_complement(v))

@@ -905,6 +905,8 @@ async fn newer_protocol_versions_get_the_downgrade_error() {
 
 #[path = "driver/after_apply.rs"]
 mod after_apply;
+#[path = "driver/cassandra_answers.rs"]
+mod cassandra_answers;
 #[path = "driver/lying_counts.rs"]
 mod lying_counts;
 

@@ -49,6 +49,69 @@ pub enum Statement {
     },
     /// `TRUNCATE [TABLE] name`
     Truncate(QualifiedName),
+    /// `ALTER TABLE`
+    AlterTable(AlterTable),
+    /// `ALTER KEYSPACE name WITH ...`
+    AlterKeyspace(AlterKeyspace),
+    /// `CREATE INDEX`
+    CreateIndex(CreateIndex),
+    /// `DROP INDEX [IF EXISTS] [ks.]name`
+    DropIndex {
+        /// Index name (keyspace-qualified or not).
+        name: QualifiedName,
+        /// `IF EXISTS` was given.
+        if_exists: bool,
+    },
+}
+
+/// `ALTER KEYSPACE name WITH ...`: what is not given is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlterKeyspace {
+    /// Name.
+    pub name: String,
+    /// `replication = {...}`, as in [`CreateKeyspace::replication`].
+    pub replication: Option<Vec<(String, String)>>,
+    /// `durable_writes = bool`
+    pub durable_writes: Option<bool>,
+}
+
+/// `ALTER TABLE name ...`
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlterTable {
+    /// Table.
+    pub name: QualifiedName,
+    /// What changes.
+    pub op: AlterTableOp,
+}
+
+/// What an `ALTER TABLE` changes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlterTableOp {
+    /// `ADD col type [static]` or `ADD (a int, b text)`
+    Add(Vec<ColumnDef>),
+    /// `DROP col` or `DROP (a, b)`
+    Drop(Vec<String>),
+    /// `RENAME a TO b [AND c TO d]`
+    Rename(Vec<(String, String)>),
+    /// `WITH option = value [AND ...]`, as written.
+    With(Vec<(String, String)>),
+    /// `ALTER col TYPE t` (refused since Cassandra 3.10, as there).
+    AlterType(String),
+}
+
+/// `CREATE INDEX [IF NOT EXISTS] [name] ON table (target)`
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateIndex {
+    /// The index name, when given.
+    pub name: Option<String>,
+    /// `IF NOT EXISTS`
+    pub if_not_exists: bool,
+    /// Table.
+    pub table: QualifiedName,
+    /// Indexed column.
+    pub column: String,
+    /// `keys`, `values`, `entries` or `full` for `keys(m)` and the like.
+    pub target_kind: Option<String>,
 }
 
 /// A value position in a statement: a literal, a bind marker or a function call.
@@ -135,6 +198,21 @@ pub enum SelectorKind {
     Ttl(String),
     /// `token(a, b)`
     Token(Vec<String>),
+    /// A native function call, e.g. `now()`, `toDate(ts)`,
+    /// `toTimestamp(now())`, `blobAsText(b)`. The name is lower-cased.
+    Function {
+        /// Lower-cased function name, without the `system.` prefix.
+        name: String,
+        /// Arguments.
+        args: Vec<SelectorKind>,
+    },
+    /// `CAST(selector AS type)`
+    Cast {
+        /// What is cast.
+        arg: Box<SelectorKind>,
+        /// The target type, normalised like [`ColumnDef::type_text`].
+        type_text: String,
+    },
 }
 
 /// A comparison operator in a `WHERE` relation or an `IF` condition.

@@ -15,10 +15,30 @@ use super::write::{CellOp, LwtCheck, Mutation, RowTarget};
 use crate::cql::ast::{self, Operator};
 use crate::error::ServerError;
 use crate::frame::WriteExt;
-use crate::schema::{ColumnKind, Row, Table, TableData};
+use crate::schema::{Column, ColumnKind, Row, Table, TableData};
 use crate::types::{self, Binder, CqlType};
 
+/// Applies one cell operation; a non-frozen collection left empty is
+/// null afterwards (Cassandra stores no cells for it, so it reads as null).
 fn apply_cell(
+    col: &Column,
+    cell: &mut Option<Bytes>,
+    ts_slot: &mut i64,
+    op: &CellOp,
+    ts: i64,
+) -> Result<(), ServerError> {
+    apply_op(&col.ty, cell, ts_slot, op, ts)?;
+    if col.is_multi_cell()
+        && cell
+            .as_ref()
+            .is_some_and(|c| c.len() >= 4 && c[..4] == [0, 0, 0, 0])
+    {
+        *cell = None;
+    }
+    Ok(())
+}
+
+fn apply_op(
     ty: &CqlType,
     cell: &mut Option<Bytes>,
     ts_slot: &mut i64,
@@ -176,7 +196,7 @@ fn apply(data: &mut TableData, m: &Mutation) -> Result<(), ServerError> {
             let statics = part.statics.get_or_insert_with(|| Row::empty(ncols));
             for (i, op) in &m.cells {
                 if let Err(e) = apply_cell(
-                    &t.columns[*i].ty,
+                    &t.columns[*i],
                     &mut statics.cells[*i],
                     &mut statics.write_ts[*i],
                     op,
@@ -202,7 +222,7 @@ fn apply(data: &mut TableData, m: &Mutation) -> Result<(), ServerError> {
                         .filter(|(i, _)| t.columns[*i].kind == ColumnKind::Static)
                     {
                         if let Err(e) = apply_cell(
-                            &t.columns[*i].ty,
+                            &t.columns[*i],
                             &mut statics.cells[*i],
                             &mut statics.write_ts[*i],
                             op,
@@ -223,7 +243,7 @@ fn apply(data: &mut TableData, m: &Mutation) -> Result<(), ServerError> {
                     .filter(|(i, _)| t.columns[*i].kind != ColumnKind::Static)
                 {
                     if let Err(e) = apply_cell(
-                        &t.columns[*i].ty,
+                        &t.columns[*i],
                         &mut row.cells[*i],
                         &mut row.write_ts[*i],
                         op,
@@ -282,7 +302,7 @@ fn lwt_result(
                     cell.as_ref()
                         .is_some_and(|v| items.iter().any(|x| col.ty.compare(v, x).is_eq()))
                 } else {
-                    match (eval(&col.ty, &c.value, b)?.into_option(), cell) {
+                    match (eval(&col.ty, &c.value, b, &c.column)?.into_option(), cell) {
                         (None, None) => matches!(c.op, Operator::Eq),
                         (None, Some(_)) => matches!(c.op, Operator::Ne),
                         (Some(_), None) => matches!(c.op, Operator::Ne),
@@ -297,25 +317,113 @@ fn lwt_result(
     Ok((applied, row))
 }
 
-fn lwt_outcome(t: &Table, applied: bool, row: Option<Row>) -> Outcome {
+/// Applies a conditional batch, whose statements are all on one partition
+/// of one table (the caller checked): every condition is checked against
+/// the partition as it is, under the table lock; only if all hold are the
+/// mutations applied. The result is Cassandra's: one `[applied]` row when
+/// applied; otherwise `[applied] = false` with, for each row the
+/// conditions read that exists (in clustering order), every column if any
+/// condition is `IF [NOT] EXISTS`, else the primary key and the columns
+/// with conditions.
+pub(super) fn apply_conditional_batch(
+    muts: &[Mutation],
+    checks: &[(LwtCheck, &dyn Binder)],
+) -> Result<Outcome, ServerError> {
+    let t = checks[0].0.table.clone();
+    let mut data = t.data.write().expect("table lock");
+    let mut applied = true;
+    let mut read: BTreeMap<Vec<u8>, Row> = BTreeMap::new();
+    for (check, b) in checks {
+        let (ok, row) = lwt_result(check, &data, *b)?;
+        applied &= ok;
+        if let Some(row) = row {
+            read.entry(check.ck.clone()).or_insert(row);
+        }
+    }
+    if applied {
+        for m in muts {
+            apply(&mut data, m)?;
+        }
+    }
+    let conds: Vec<&ast::Condition> = checks.iter().map(|(c, _)| &c.condition).collect();
+    let rows: Vec<Row> = read.into_values().collect();
+    cas_outcome(&t, &checks[0].0.pk, applied, &rows, &conds, true)
+}
+
+/// Cassandra's result of a conditional write: `[applied]` alone when it
+/// applied or when the conditions read no row; otherwise `[applied] =
+/// false` and, per row read, every column if a condition is `IF [NOT]
+/// EXISTS`, else the conditioned columns (after the primary key in a
+/// batch, to tell the rows apart).
+fn cas_outcome(
+    t: &Table,
+    pk: &crate::schema::PartitionKey,
+    applied: bool,
+    rows: &[Row],
+    conds: &[&ast::Condition],
+    batch: bool,
+) -> Result<Outcome, ServerError> {
     let ks = t.keyspace.as_str();
     let tn = t.name.as_str();
     let mut specs: Vec<(&str, &str, &str, &CqlType)> =
         vec![(ks, tn, "[applied]", &CqlType::Boolean)];
     let mut body = Vec::new();
-    body.put_value(Some(&[u8::from(applied)]));
-    if let (false, Some(row)) = (applied, &row) {
-        for (i, c) in t.columns.iter().enumerate() {
-            specs.push((ks, tn, c.name.as_str(), &c.ty));
-            body.put_value(row.cells[i].as_deref());
+    if applied || rows.is_empty() {
+        body.put_value(Some(&[u8::from(applied)]));
+        return Ok(Outcome::Rows(RowsOut {
+            meta: Arc::new(ColumnSpecs::new(&specs)),
+            count: 1,
+            body,
+            paging_state: None,
+        }));
+    }
+    let wildcard = conds
+        .iter()
+        .any(|c| matches!(c, ast::Condition::Exists | ast::Condition::NotExists));
+    let mut cols: Vec<usize> = Vec::new();
+    if wildcard || batch {
+        cols.extend(&t.partition_key);
+        cols.extend(&t.clustering);
+    }
+    if wildcard {
+        let mut rest: Vec<usize> = (0..t.columns.len())
+            .filter(|i| matches!(t.columns[*i].kind, ColumnKind::Regular | ColumnKind::Static))
+            .collect();
+        rest.sort_by(|a, b| t.columns[*a].name.cmp(&t.columns[*b].name));
+        cols.extend(rest);
+    } else {
+        for c in conds {
+            if let ast::Condition::Columns(cs) = c {
+                for cc in cs {
+                    let i = t.column(&cc.column)?;
+                    if !cols.contains(&i) {
+                        cols.push(i);
+                    }
+                }
+            }
         }
     }
-    Outcome::Rows(RowsOut {
+    for &i in &cols {
+        specs.push((ks, tn, t.columns[i].name.as_str(), &t.columns[i].ty));
+    }
+    let pk_parts = pk.components(t.partition_key.len());
+    for row in rows {
+        body.put_value(Some(&[0]));
+        for &i in &cols {
+            let c = &t.columns[i];
+            let v = match c.kind {
+                ColumnKind::PartitionKey => pk_parts.get(c.position as usize).cloned(),
+                _ => row.cells[i].clone(),
+            };
+            body.put_value(v.as_deref());
+        }
+    }
+    Ok(Outcome::Rows(RowsOut {
         meta: Arc::new(ColumnSpecs::new(&specs)),
-        count: 1,
+        count: rows.len() as i32,
         body,
         paging_state: None,
-    })
+    }))
 }
 
 /// Applies a list of mutations atomically (one table lock at a time, in
@@ -333,7 +441,16 @@ pub(super) fn apply_all(
                 apply(&mut data, m)?;
             }
         }
-        return Ok(Some(lwt_outcome(&check.table, applied, row)));
+        let rows: Vec<Row> = row.into_iter().collect();
+        return cas_outcome(
+            &check.table,
+            &check.pk,
+            applied,
+            &rows,
+            &[&check.condition],
+            false,
+        )
+        .map(Some);
     }
     // Group by table so each lock is taken once.
     let mut by_table: BTreeMap<*const Table, Vec<&Mutation>> = BTreeMap::new();

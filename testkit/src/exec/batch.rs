@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::apply::apply_all;
+use super::apply::{apply_all, apply_conditional_batch};
 use super::bind::Values;
 use super::result::Outcome;
-use super::write::plan_write;
+use super::write::{check_conditional_batch, plan_write};
 use super::{Ctx, Options};
 use crate::cql::Parsed;
 use crate::cql::ast::{self, Statement};
@@ -45,6 +45,8 @@ pub(crate) fn execute_batch(
         .executions
         .fetch_add(1, Ordering::Relaxed);
     let mut all = Vec::new();
+    let mut checks = Vec::new();
+    let mut binders = Vec::with_capacity(items.len());
     for item in items {
         item.stats.executions.fetch_add(1, Ordering::Relaxed);
         if !matches!(
@@ -56,21 +58,33 @@ pub(crate) fn execute_batch(
                 item.text
             )));
         }
-        let binder = Values::new(item.parsed, item.values, None)?;
+        binders.push(Values::new(item.parsed, item.values, None)?);
+    }
+    for (item, binder) in items.iter().zip(&binders) {
         let (muts, lwt) = plan_write(
             ctx,
             &schema,
             &item.parsed.statement,
-            &binder,
+            binder,
             opts,
             Some(kind),
         )?;
-        if lwt.is_some() {
-            return Err(ServerError::invalid(
-                "Conditional statements in batches are not supported by testkit",
-            ));
+        if let Some(lwt) = lwt {
+            checks.push((lwt, binder as &dyn Binder));
         }
         all.extend(muts);
+    }
+    if !checks.is_empty() {
+        check_conditional_batch(&all)?;
+        let out = apply_conditional_batch(&all, &checks)?;
+        if matches!(&out, Outcome::Rows(r) if r.body.get(4) == Some(&1)) {
+            for item in items {
+                ctx.db
+                    .counters
+                    .record_write(&item.stats, item.text, item.values);
+            }
+        }
+        return Ok(out);
     }
     struct NoBinds;
     impl Binder for NoBinds {

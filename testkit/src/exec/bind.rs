@@ -75,8 +75,15 @@ impl Binder for Values<'_> {
     }
 }
 
-pub(super) fn eval(ty: &CqlType, term: &Term, b: &dyn Binder) -> Result<Evaluated, ServerError> {
-    evaluate(ty, term, b).map_err(ServerError::invalid)
+/// Evaluates `term` as a value of `ty` for the column (or marker) named
+/// `what`, which Cassandra's messages name.
+pub(super) fn eval(
+    ty: &CqlType,
+    term: &Term,
+    b: &dyn Binder,
+    what: &str,
+) -> Result<Evaluated, ServerError> {
+    evaluate(ty, term, b).map_err(|e| ServerError::invalid(types::name_receiver(&e, what)))
 }
 
 pub(super) fn eval_value(
@@ -85,7 +92,7 @@ pub(super) fn eval_value(
     b: &dyn Binder,
     what: &str,
 ) -> Result<Bytes, ServerError> {
-    match eval(ty, term, b)? {
+    match eval(ty, term, b, what)? {
         Evaluated::Value(v) => Ok(v),
         Evaluated::Null => Err(ServerError::invalid(format!(
             "Invalid null value for {what}"

@@ -1,4 +1,5 @@
-//! Schema changes: CREATE and DROP of keyspaces and tables. Each builds
+//! Schema changes: CREATE and DROP of keyspaces and tables here, ALTER and
+//! indexes in `alter.rs`. Each builds
 //! the next schema from the current one under the DDL lock, swaps it in
 //! with a new version, and publishes the schema-change event.
 
@@ -121,6 +122,13 @@ pub(super) fn ddl(ctx: &Ctx<'_>, stmt: &Statement) -> Result<Outcome, ServerErro
                 name: Some(name.name.clone()),
             }
         }
+        stmt @ (Statement::AlterTable(_)
+        | Statement::AlterKeyspace(_)
+        | Statement::CreateIndex(_)
+        | Statement::DropIndex { .. }) => match super::alter::alter(ctx, &mut next, stmt)? {
+            Some(change) => change,
+            None => return Ok(Outcome::Void),
+        },
         _ => unreachable!("ddl() only receives DDL"),
     };
     next.version = types::new_timeuuid();

@@ -15,6 +15,7 @@
 //! - `apply.rs`: mutations and LWT conditions applied to the store;
 //! - `batch.rs`: the BATCH message;
 //! - `ddl.rs`: CREATE and DROP of keyspaces and tables;
+//! - `alter.rs`: ALTER TABLE, ALTER KEYSPACE, CREATE and DROP INDEX;
 //! - `result.rs`: the [`Outcome`] and the encoded rows result.
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::error::{Consistency, ServerError};
 use crate::fault::StatementKind;
 use crate::schema::{Keyspace, Schema, Table};
 
+mod alter;
 mod apply;
 mod batch;
 mod bind;
@@ -43,10 +45,10 @@ pub(crate) use self::prepare::{Prepared, prepare, prepared_id};
 use self::result::ColumnSpecs;
 pub(crate) use self::result::Outcome;
 
-use self::apply::apply_all;
+use self::apply::{apply_all, apply_conditional_batch};
 use self::ddl::ddl;
 use self::select::select;
-use self::write::{plan_write, write_timestamp};
+use self::write::{check_conditional_batch, plan_write, write_timestamp};
 
 // ---------------------------------------------------------------------------
 // Context
@@ -96,6 +98,8 @@ pub(crate) fn statement_table(stmt: &Statement) -> Option<&ast::QualifiedName> {
         Statement::Truncate(t) => Some(t),
         Statement::DropTable { name, .. } => Some(name),
         Statement::CreateTable(c) => Some(&c.name),
+        Statement::AlterTable(a) => Some(&a.name),
+        Statement::CreateIndex(c) => Some(&c.table),
         _ => None,
     }
 }
@@ -188,18 +192,31 @@ pub(crate) fn execute(
         }
         Statement::Batch(batch) => {
             let mut all = Vec::new();
+            let mut checks = Vec::new();
             for s in &batch.statements {
                 let mut o = *opts;
                 if batch.using.timestamp.is_some() {
                     o.timestamp = Some(write_timestamp(&batch.using, values, opts)?);
                 }
                 let (muts, lwt) = plan_write(ctx, &schema, s, values, &o, Some(batch.kind))?;
-                if lwt.is_some() {
-                    return Err(ServerError::invalid(
-                        "Conditional statements in batches are not supported by testkit",
-                    ));
+                if let Some(lwt) = lwt {
+                    checks.push((lwt, values as &dyn crate::types::Binder));
                 }
                 all.extend(muts);
+            }
+            if !checks.is_empty() {
+                if batch.using.timestamp.is_some() {
+                    return Err(ServerError::invalid(
+                        "Cannot provide custom timestamp for conditional BATCH",
+                    ));
+                }
+                check_conditional_batch(&all)?;
+                check_serial(ctx, &schema, &parsed.statement, opts)?;
+                let out = apply_conditional_batch(&all, &checks)?;
+                if matches!(&out, Outcome::Rows(r) if r.body.get(4) == Some(&1)) {
+                    ctx.db.counters.record_write(stats, text, raw_values);
+                }
+                return Ok(out);
             }
             apply_all(&all, None, values)?;
             ctx.db.counters.record_write(stats, text, raw_values);
@@ -233,7 +250,11 @@ pub(crate) fn execute(
         stmt @ (Statement::CreateKeyspace(_)
         | Statement::CreateTable(_)
         | Statement::DropKeyspace { .. }
-        | Statement::DropTable { .. }) => ddl(ctx, stmt),
+        | Statement::DropTable { .. }
+        | Statement::AlterTable(_)
+        | Statement::AlterKeyspace(_)
+        | Statement::CreateIndex(_)
+        | Statement::DropIndex { .. }) => ddl(ctx, stmt),
     }
 }
 

@@ -166,6 +166,13 @@ fn set_marker(markers: &mut [MarkerSlot], t: &Table, term: &Term, name: &str, ty
                 }
             }
         }
+        Term::Function { name: f, args } => {
+            if let Some(tys) = crate::functions::unique_arg_types(f, args.len()) {
+                for (i, (arg, ty)) in args.iter().zip(tys).enumerate() {
+                    set_marker(markers, t, arg, &format!("arg{i}(system.{f})"), ty);
+                }
+            }
+        }
         Term::Literal(ast::Literal::Map(items)) => {
             if let CqlType::Map(k, v) = &ty {
                 for (a, b) in items {

@@ -100,6 +100,9 @@ pub(super) fn restrictions(
         ..Restrictions::default()
     };
     let mut ck_range_at: Option<usize> = None;
+    // A relation answered through a secondary index (Cassandra uses one)
+    // needs no ALLOW FILTERING; testkit scans, which is the same answer.
+    let mut index_used = false;
     for rel in rels {
         match &rel.lhs {
             RelationLhs::Column(c) => {
@@ -170,7 +173,17 @@ pub(super) fn restrictions(
                         });
                     }
                     _ => {
-                        r.needs_filtering = true;
+                        let by_index = !index_used
+                            && t.is_indexed(idx)
+                            && matches!(
+                                rel.op,
+                                Operator::Eq | Operator::Contains | Operator::ContainsKey
+                            );
+                        if by_index {
+                            index_used = true;
+                        } else {
+                            r.needs_filtering = true;
+                        }
                         r.filters.push(Filter::Column {
                             idx,
                             op: rel.op,
@@ -253,6 +266,16 @@ pub(super) fn restrictions(
     }
     if !r.pk_complete() && r.has_ck_restriction {
         r.needs_filtering = true;
+    }
+    // `WHERE c = ?` alone on an indexed clustering column.
+    if let [rel] = rels
+        && let RelationLhs::Column(c) = &rel.lhs
+        && rel.op == Operator::Eq
+        && t.by_name
+            .get(c)
+            .is_some_and(|&i| t.columns[i].kind == ColumnKind::Clustering && t.is_indexed(i))
+    {
+        r.needs_filtering = false;
     }
     Ok(r)
 }

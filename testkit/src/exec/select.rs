@@ -15,6 +15,7 @@ use super::{Ctx, Options, check_consistency};
 use crate::cql::ast;
 use crate::error::ServerError;
 use crate::frame::WriteExt;
+use crate::functions;
 use crate::schema::{ColumnKind, Partition, PartitionKey, Row, Schema, Table, TableData};
 use crate::types::{Binder, CqlType};
 
@@ -28,6 +29,108 @@ pub(super) enum Proj {
     WriteTime(usize),
     Token,
     Ttl,
+    /// A native function call of the resolved overload.
+    Call {
+        name: String,
+        arg_types: Vec<CqlType>,
+        ret: CqlType,
+        args: Vec<Proj>,
+    },
+    /// `CAST(arg AS to)`
+    Cast {
+        from: CqlType,
+        to: CqlType,
+        arg: Box<Proj>,
+    },
+}
+
+/// Resolves one selector against the table: what it reads, the column
+/// name Cassandra gives it (`system.now()`, `cast(v as text)`), its type.
+fn resolve(t: &Table, kind: &ast::SelectorKind) -> Result<(Proj, String, CqlType), ServerError> {
+    Ok(match kind {
+        ast::SelectorKind::Column(c) => {
+            let i = t.column(c)?;
+            (Proj::Column(i), c.clone(), t.columns[i].ty.clone())
+        }
+        ast::SelectorKind::WriteTime(c) => {
+            let i = t.column(c)?;
+            if !matches!(t.columns[i].kind, ColumnKind::Regular | ColumnKind::Static) {
+                return Err(ServerError::invalid(format!(
+                    "Cannot use selection function writeTime on PRIMARY KEY part {c}"
+                )));
+            }
+            (
+                Proj::WriteTime(i),
+                format!("writetime({c})"),
+                CqlType::BigInt,
+            )
+        }
+        ast::SelectorKind::Ttl(c) => {
+            t.column(c)?;
+            (Proj::Ttl, format!("ttl({c})"), CqlType::Int)
+        }
+        ast::SelectorKind::Token(cols) => {
+            let expected: Vec<&str> = t
+                .partition_key
+                .iter()
+                .map(|&i| t.columns[i].name.as_str())
+                .collect();
+            if cols.iter().map(String::as_str).ne(expected.iter().copied()) {
+                return Err(ServerError::invalid(format!(
+                    "The token function arguments must be the partition key columns in order: token({})",
+                    expected.join(", ")
+                )));
+            }
+            (
+                Proj::Token,
+                format!("system.token({})", cols.join(", ")),
+                CqlType::BigInt,
+            )
+        }
+        ast::SelectorKind::Function { name, args } => {
+            if let Err(e) = functions::resolve(name, &[])
+                && (e.starts_with("Unknown function") || e.contains("aggregate"))
+            {
+                return Err(ServerError::invalid(e));
+            }
+            let mut projs = Vec::with_capacity(args.len());
+            let mut names = Vec::with_capacity(args.len());
+            let mut types = Vec::with_capacity(args.len());
+            for a in args {
+                let (p, n, ty) = resolve(t, a)?;
+                projs.push(p);
+                names.push(n);
+                types.push(ty);
+            }
+            let (arg_types, ret) =
+                functions::resolve(name, &types).map_err(ServerError::invalid)?;
+            (
+                Proj::Call {
+                    name: name.clone(),
+                    arg_types,
+                    ret: ret.clone(),
+                    args: projs,
+                },
+                format!("system.{name}({})", names.join(", ")),
+                ret,
+            )
+        }
+        ast::SelectorKind::Cast { arg, type_text } => {
+            let (p, n, from) = resolve(t, arg)?;
+            let to = CqlType::parse(type_text).map_err(ServerError::invalid)?;
+            functions::check_cast(&from, &to).map_err(ServerError::invalid)?;
+            let name = format!("cast({n} as {})", to.cql_name());
+            (
+                Proj::Cast {
+                    from,
+                    to: to.clone(),
+                    arg: Box::new(p),
+                },
+                name,
+                to,
+            )
+        }
+    })
 }
 
 pub(super) fn projection(
@@ -64,47 +167,7 @@ pub(super) fn projection(
             let mut names = Vec::with_capacity(sels.len());
             let mut tys = Vec::with_capacity(sels.len());
             for sel in sels {
-                let (p, name, ty) = match &sel.kind {
-                    ast::SelectorKind::Column(c) => {
-                        let i = t.column(c)?;
-                        (Proj::Column(i), c.clone(), t.columns[i].ty.clone())
-                    }
-                    ast::SelectorKind::WriteTime(c) => {
-                        let i = t.column(c)?;
-                        if !matches!(t.columns[i].kind, ColumnKind::Regular | ColumnKind::Static) {
-                            return Err(ServerError::invalid(format!(
-                                "Cannot use selection function writeTime on PRIMARY KEY part {c}"
-                            )));
-                        }
-                        (
-                            Proj::WriteTime(i),
-                            format!("writetime({c})"),
-                            CqlType::BigInt,
-                        )
-                    }
-                    ast::SelectorKind::Ttl(c) => {
-                        t.column(c)?;
-                        (Proj::Ttl, format!("ttl({c})"), CqlType::Int)
-                    }
-                    ast::SelectorKind::Token(cols) => {
-                        let expected: Vec<&str> = t
-                            .partition_key
-                            .iter()
-                            .map(|&i| t.columns[i].name.as_str())
-                            .collect();
-                        if cols.iter().map(String::as_str).ne(expected.iter().copied()) {
-                            return Err(ServerError::invalid(format!(
-                                "The token function arguments must be the partition key columns in order: token({})",
-                                expected.join(", ")
-                            )));
-                        }
-                        (
-                            Proj::Token,
-                            format!("system.token({})", cols.join(", ")),
-                            CqlType::BigInt,
-                        )
-                    }
-                };
+                let (p, name, ty) = resolve(t, &sel.kind)?;
                 projs.push(p);
                 names.push(sel.alias.clone().unwrap_or(name));
                 tys.push(ty);
@@ -116,6 +179,61 @@ pub(super) fn projection(
                 .collect();
             Ok((Some(projs), ColumnSpecs::new(&specs)))
         }
+    }
+}
+
+/// Where a row's selectors read from.
+struct Source<'a> {
+    t: &'a Table,
+    pk: &'a PartitionKey,
+    row: Option<&'a Row>,
+    statics: Option<&'a Row>,
+}
+
+impl Source<'_> {
+    /// The value of a projection for this row.
+    fn value(&self, p: &Proj) -> Result<Option<Bytes>, ServerError> {
+        let t = self.t;
+        Ok(match p {
+            Proj::Column(i) => {
+                let col = &t.columns[*i];
+                match col.kind {
+                    ColumnKind::Static => self.statics.and_then(|s| s.cells[*i].clone()),
+                    ColumnKind::PartitionKey if self.row.is_none() => self
+                        .pk
+                        .components(t.partition_key.len())
+                        .get(col.position as usize)
+                        .cloned(),
+                    _ => self.row.and_then(|r| r.cells[*i].clone()),
+                }
+            }
+            Proj::WriteTime(i) => {
+                let src = if t.columns[*i].kind == ColumnKind::Static {
+                    self.statics
+                } else {
+                    self.row
+                };
+                src.filter(|r| r.cells[*i].is_some())
+                    .map(|r| Bytes::copy_from_slice(&r.write_ts[*i].to_be_bytes()))
+            }
+            Proj::Ttl => None,
+            Proj::Token => Some(Bytes::copy_from_slice(&self.pk.token.to_be_bytes())),
+            Proj::Call {
+                name,
+                arg_types,
+                ret,
+                args,
+            } => {
+                let values = args
+                    .iter()
+                    .map(|a| self.value(a))
+                    .collect::<Result<Vec<_>, _>>()?;
+                functions::call(name, arg_types, ret, &values).map_err(ServerError::invalid)?
+            }
+            Proj::Cast { from, to, arg } => {
+                functions::cast(from, to, self.value(arg)?).map_err(ServerError::invalid)?
+            }
+        })
     }
 }
 
@@ -305,8 +423,14 @@ pub(super) fn select(
     };
 
     let projs_ref = projs.as_deref();
-    let emit = |pk: &PartitionKey, row: Option<&Row>, statics: Option<&Row>, body: &mut Vec<u8>| {
-        let Some(projs) = projs_ref else { return };
+    let emit = |pk: &PartitionKey,
+                row: Option<&Row>,
+                statics: Option<&Row>,
+                body: &mut Vec<u8>|
+     -> Result<(), ServerError> {
+        let Some(projs) = projs_ref else {
+            return Ok(());
+        };
         let pk_parts = if row.is_none() {
             Some(pk.components(t.partition_key.len()))
         } else {
@@ -338,8 +462,18 @@ pub(super) fn select(
                 }
                 Proj::Ttl => body.put_value(None),
                 Proj::Token => body.put_value(Some(&pk.token.to_be_bytes())),
+                Proj::Call { .. } | Proj::Cast { .. } => {
+                    let src = Source {
+                        t,
+                        pk,
+                        row,
+                        statics,
+                    };
+                    body.put_value(src.value(p)?.as_deref());
+                }
             }
         }
+        Ok(())
     };
 
     'partitions: for (pk, part) in parts {
@@ -392,7 +526,7 @@ pub(super) fn select(
             if count_only {
                 total_counted += 1;
             } else {
-                emit(pk, part.rows.values().next(), statics, &mut body);
+                emit(pk, part.rows.values().next(), statics, &mut body)?;
             }
             count += 1;
             returned += 1;
@@ -422,7 +556,7 @@ pub(super) fn select(
             if count_only {
                 total_counted += 1;
             } else {
-                emit(pk, None, statics, &mut body);
+                emit(pk, None, statics, &mut body)?;
             }
             count += 1;
             returned += 1;
@@ -479,7 +613,7 @@ pub(super) fn select(
             if count_only {
                 total_counted += 1;
             } else {
-                emit(pk, Some(row), statics, &mut body);
+                emit(pk, Some(row), statics, &mut body)?;
             }
             count += 1;
             returned += 1;

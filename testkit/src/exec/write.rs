@@ -54,6 +54,25 @@ pub(super) struct Mutation {
     pub(super) ts: i64,
 }
 
+/// Checks that the mutations of a conditional batch are all on one table
+/// and one partition, as Cassandra requires.
+pub(super) fn check_conditional_batch(muts: &[Mutation]) -> Result<(), ServerError> {
+    let Some(first) = muts.first() else {
+        return Ok(());
+    };
+    if muts.iter().any(|m| !Arc::ptr_eq(&m.table, &first.table)) {
+        return Err(ServerError::invalid(
+            "Batch with conditions cannot span multiple tables",
+        ));
+    }
+    if muts.iter().any(|m| m.pk != first.pk) {
+        return Err(ServerError::invalid(
+            "Batch with conditions cannot span multiple partitions",
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 pub(super) struct LwtCheck {
     pub(super) condition: ast::Condition,
@@ -199,6 +218,17 @@ pub(super) fn plan_write(
         ));
     }
     let counter_stmt = t.is_counter;
+    let conditional = match stmt {
+        Statement::Insert(i) => i.if_not_exists,
+        Statement::Update(u) => u.condition.is_some(),
+        Statement::Delete(d) => d.condition.is_some(),
+        _ => false,
+    };
+    if counter_stmt && conditional {
+        return Err(ServerError::invalid(
+            "Conditional updates are not supported on counter tables",
+        ));
+    }
     match in_batch {
         Some(ast::BatchKind::Counter) if !counter_stmt => {
             return Err(ServerError::invalid(
@@ -230,7 +260,7 @@ pub(super) fn plan_write(
             for (c, term) in ins.columns.iter().zip(&ins.values) {
                 let i = t.column(c)?;
                 let col = &t.columns[i];
-                let v = eval(&col.ty, term, b)?;
+                let v = eval(&col.ty, term, b, c)?;
                 match col.kind {
                     ColumnKind::PartitionKey | ColumnKind::Clustering => {
                         let v = match v {
@@ -332,7 +362,7 @@ pub(super) fn plan_write(
                                 "Cannot set the value of counter column {column} (counters can only be incremented/decremented, not set)"
                             )));
                         }
-                        match eval(&col.ty, value, b)? {
+                        match eval(&col.ty, value, b, column)? {
                             Evaluated::Unset => continue,
                             Evaluated::Null => (i, CellOp::Set(None)),
                             Evaluated::Value(v) => (i, CellOp::Set(Some(v))),
@@ -407,7 +437,7 @@ pub(super) fn plan_write(
                         match &col.ty {
                             CqlType::Map(k, v) => {
                                 let key = eval_value(k, key, b, column)?;
-                                match eval(v, value, b)? {
+                                match eval(v, value, b, column)? {
                                     Evaluated::Value(val) => (i, CellOp::MapPut(vec![(key, val)])),
                                     _ => (i, CellOp::MapRemove(vec![key])),
                                 }
@@ -416,7 +446,10 @@ pub(super) fn plan_write(
                                 let idx = eval_int(key, b, column)?;
                                 (
                                     i,
-                                    CellOp::ListSetIndex(idx, eval(e, value, b)?.into_option()),
+                                    CellOp::ListSetIndex(
+                                        idx,
+                                        eval(e, value, b, column)?.into_option(),
+                                    ),
                                 )
                             }
                             _ => {
