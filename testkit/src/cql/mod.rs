@@ -16,6 +16,7 @@
 //! compare against.
 
 pub mod ast;
+mod lexer;
 mod parser;
 
 pub use parser::{ParseError, Parsed, parse};

@@ -4,8 +4,7 @@
 //! `AS alias`. A child module of the parser: it extends [`Parser`] with
 //! the selection grammar and shares its token helpers.
 
-use super::{Kind, PResult, Parser};
-use crate::cql::ast::{Selection, Selector, SelectorKind};
+use super::*;
 
 impl Parser<'_> {
     pub(super) fn selection(&mut self) -> PResult<Selection> {
@@ -85,5 +84,95 @@ impl Parser<'_> {
             }
         }
         Ok(SelectorKind::Function { name, args })
+    }
+}
+
+/// The `SELECT` statement around the selection.
+impl Parser<'_> {
+    /// Whether `t` can follow a selector (so a preceding `JSON`/`DISTINCT`
+    /// is a column name, not a modifier).
+    pub(super) fn ends_selector(&self, t: Token) -> bool {
+        self.is_sym(t, ",") || self.is_kw(t, "FROM") || self.is_kw(t, "AS")
+    }
+
+    pub(super) fn select(&mut self) -> PResult<Select> {
+        self.bump();
+        if self.at_kw("JSON") && !self.ends_selector(self.peek(1)) {
+            return Err(self.unsupported("SELECT JSON"));
+        }
+        let distinct = self.at_kw("DISTINCT") && !self.ends_selector(self.peek(1));
+        if distinct {
+            self.bump();
+        }
+        let selection = if self.eat_sym("*") {
+            Selection::Star
+        } else {
+            self.selection()?
+        };
+        self.expect_kw("FROM")?;
+        let table = self.qualified_name()?;
+        let relations = if self.eat_kw("WHERE") {
+            self.relations()?
+        } else {
+            Vec::new()
+        };
+        if self.at_kw("GROUP") {
+            return Err(self.unsupported("GROUP BY"));
+        }
+        let mut order_by = Vec::new();
+        if self.eat_kw("ORDER") {
+            self.expect_kw("BY")?;
+            loop {
+                let column = self.ident()?;
+                let descending = self.direction();
+                order_by.push(Ordering { column, descending });
+                if !self.eat_sym(",") {
+                    break;
+                }
+            }
+        }
+        let per_partition_limit = if self.eat_kw("PER") {
+            self.expect_kw("PARTITION")?;
+            self.expect_kw("LIMIT")?;
+            Some(self.term()?)
+        } else {
+            None
+        };
+        let limit = if self.eat_kw("LIMIT") {
+            Some(self.term()?)
+        } else {
+            None
+        };
+        let allow_filtering = self.eat_kw("ALLOW");
+        if allow_filtering {
+            self.expect_kw("FILTERING")?;
+        }
+        Ok(Select {
+            distinct,
+            selection,
+            table,
+            relations,
+            order_by,
+            per_partition_limit,
+            limit,
+            allow_filtering,
+        })
+    }
+
+    /// An optional `ASC`/`DESC`; `true` for `DESC`.
+    pub(super) fn direction(&mut self) -> bool {
+        let desc = self.eat_kw("DESC");
+        if !desc {
+            self.eat_kw("ASC");
+        }
+        desc
+    }
+
+    pub(super) fn alias(&mut self) -> PResult<Option<String>> {
+        if self.eat_kw("AS") {
+            self.ident().map(Some)
+        } else {
+            Ok(None)
+        }
     }
 }
