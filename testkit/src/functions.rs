@@ -437,18 +437,8 @@ fn to_text(ty: &CqlType, v: &[u8]) -> Result<String, String> {
             Num::F(f) => java_float(f),
         },
         CqlType::Uuid | CqlType::TimeUuid => {
-            let h: String = v.iter().map(|b| format!("{b:02x}")).collect();
-            if h.len() != 32 {
-                return Err(bad());
-            }
-            format!(
-                "{}-{}-{}-{}-{}",
-                &h[0..8],
-                &h[8..12],
-                &h[12..16],
-                &h[16..20],
-                &h[20..32]
-            )
+            let u: &[u8; 16] = v.try_into().map_err(|_| bad())?;
+            crate::types::format_uuid(u)
         }
         CqlType::Timestamp => {
             let ms = millis(ty, v)?;

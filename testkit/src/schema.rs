@@ -50,6 +50,45 @@ pub(crate) struct Column {
     pub(crate) frozen: bool,
 }
 
+impl Table {
+    /// Checks that `token(cols)` names the partition key columns in order,
+    /// as Cassandra requires; `what` is the error's wording after "The
+    /// token function arguments must be".
+    pub(crate) fn check_token_args(&self, cols: &[String], what: &str) -> Result<(), ServerError> {
+        let expected: Vec<&str> = self
+            .partition_key
+            .iter()
+            .map(|&i| self.columns[i].name.as_str())
+            .collect();
+        if cols.iter().map(String::as_str).ne(expected.iter().copied()) {
+            return Err(ServerError::invalid(format!(
+                "The token function arguments must be {what}: token({})",
+                expected.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Column {
+    /// A regular or static column as a `CREATE TABLE` or `ALTER TABLE ADD`
+    /// defines it (the key columns' kinds and positions are set after).
+    pub(crate) fn from_def(def: &ast::ColumnDef, ty: CqlType) -> Column {
+        Column {
+            name: def.name.clone(),
+            ty,
+            kind: if def.is_static {
+                ColumnKind::Static
+            } else {
+                ColumnKind::Regular
+            },
+            position: -1,
+            descending: false,
+            frozen: def.type_text.starts_with("frozen<"),
+        }
+    }
+}
+
 impl Column {
     /// Whether the column is a non-frozen (multi-cell) collection, whose
     /// empty value reads back as null.
@@ -222,18 +261,7 @@ impl Table {
                 ));
             }
             by_name.insert(def.name.clone(), columns.len());
-            columns.push(Column {
-                name: def.name.clone(),
-                ty,
-                kind: if def.is_static {
-                    ColumnKind::Static
-                } else {
-                    ColumnKind::Regular
-                },
-                position: -1,
-                descending: false,
-                frozen: def.type_text.starts_with("frozen<"),
-            });
+            columns.push(Column::from_def(def, ty));
         }
         let mut key_index =
             |name: &str, kind: ColumnKind, pos: usize| -> Result<usize, ServerError> {

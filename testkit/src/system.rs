@@ -268,11 +268,22 @@ fn text_map(pairs: &[(&str, &str)]) -> Option<Bytes> {
 
 /// Inserts a row given as (column name, value) pairs.
 fn put(t: &Table, data: &mut TableData, cells: &[(&str, Option<Bytes>)]) {
+    put_at(t, data, cells, 0);
+}
+
+/// Inserts a row given as (column name, value) pairs, written at
+/// `write_ts` (microseconds since the epoch).
+pub(crate) fn put_at(
+    t: &Table,
+    data: &mut TableData,
+    cells: &[(&str, Option<Bytes>)],
+    write_ts: i64,
+) {
     let mut row = Row::empty(t.columns.len());
     for (name, v) in cells {
         let i = t.by_name[*name];
         row.cells[i] = v.clone();
-        row.write_ts[i] = 0;
+        row.write_ts[i] = write_ts;
     }
     let pk: Vec<&[u8]> = t
         .partition_key

@@ -22,7 +22,7 @@ use bytes::Bytes;
 
 use crate::db::Database;
 use crate::fault::StatementKind;
-use crate::schema::{ColumnKind as K, Keyspace, PartitionKey, Row, Table};
+use crate::schema::{ColumnKind as K, Keyspace, PartitionKey, Table};
 
 /// The storage port Cassandra's nodes talk to each other on, shown in
 /// trace activities ("Sending READ_REQ message to /127.0.0.2:7000") and in
@@ -533,28 +533,10 @@ fn micros(d: Duration) -> i32 {
     i32::try_from(d.as_micros()).unwrap_or(i32::MAX)
 }
 
-/// Inserts a row given as (column name, value) pairs.
+/// Inserts a row given as (column name, value) pairs, written now.
 fn put(t: &Table, data: &mut crate::schema::TableData, cells: &[(&str, Option<Bytes>)]) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
-    let mut row = Row::empty(t.columns.len());
-    for (name, v) in cells {
-        let i = t.by_name[*name];
-        row.cells[i] = v.clone();
-        row.write_ts[i] = now;
-    }
-    let pk: Vec<&[u8]> = t
-        .partition_key
-        .iter()
-        .map(|&i| row.cells[i].as_deref().unwrap_or(&[]))
-        .collect();
-    let pk = PartitionKey::from_components(&pk);
-    let mut ck = Vec::new();
-    for &i in &t.clustering {
-        t.columns[i]
-            .ty
-            .sort_key(row.cells[i].as_deref().unwrap_or(&[]), false, &mut ck);
-    }
-    data.partitions.entry(pk).or_default().rows.insert(ck, row);
+    crate::system::put_at(t, data, cells, now);
 }

@@ -878,7 +878,6 @@ pub(crate) fn parse_uuid(s: &str) -> Option<[u8; 16]> {
 }
 
 /// Formats 16 bytes as a UUID string.
-#[cfg(test)]
 pub(crate) fn format_uuid(u: &[u8; 16]) -> String {
     let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
     format!(

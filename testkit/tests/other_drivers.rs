@@ -25,25 +25,7 @@ async fn datastax_python_driver_against_three_nodes() {
         return;
     }
     let cluster = Cluster::builder().nodes(3).start().await.unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/datastax_driver.py"
-    );
-    let uri = cluster.uri();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .args(["120", "python3", script, &uri, "3"])
-            .output()
-            .expect("run python3")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "python driver failed:\n{stdout}\n{stderr}"
-    );
+    let stdout = run_python("datastax_driver.py", &[&cluster.uri(), "3"], 120).await;
     assert!(stdout.contains("datastax python driver: ok"), "{stdout}");
     // it really ran against this cluster
     assert!(
@@ -75,29 +57,25 @@ async fn datastax_python_driver_gets_every_answer_under_concurrency() {
     let requests = env("TESTKIT_STRESS_REQUESTS", 500);
     let rounds = env("TESTKIT_STRESS_ROUNDS", 4);
     let cluster = Cluster::builder().nodes(3).start().await.unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/stress.py");
-    let uri = cluster.uri();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .args([
-                "300",
-                "python3",
-                script,
-                &uri,
-                "3",
-                &requests.to_string(),
-                &rounds.to_string(),
-            ])
-            .output()
-            .expect("run python3")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "python driver stress failed:\n{stdout}\n{stderr}"
-    );
+    let (requests, rounds) = (requests.to_string(), rounds.to_string());
+    let stdout = run_python("stress.py", &[&cluster.uri(), "3", &requests, &rounds], 300).await;
     assert!(stdout.contains("all answered"), "{stdout}");
+}
+
+/// Runs `tests/python/<script>` with `args` under `timeout`, and returns
+/// its standard output; a failure shows both outputs.
+async fn run_python(script: &str, args: &[&str], timeout_secs: u32) -> String {
+    let script = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = Command::new("timeout");
+    cmd.arg(timeout_secs.to_string())
+        .arg("python3")
+        .arg(&script)
+        .args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run python3"))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    stdout
 }

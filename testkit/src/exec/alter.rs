@@ -149,18 +149,7 @@ fn alter_table(
                         )
                     }));
                 }
-                columns.push(Column {
-                    name: def.name.clone(),
-                    ty,
-                    kind: if def.is_static {
-                        ColumnKind::Static
-                    } else {
-                        ColumnKind::Regular
-                    },
-                    position: -1,
-                    descending: false,
-                    frozen: def.type_text.starts_with("frozen<"),
-                });
+                columns.push(Column::from_def(def, ty));
                 sources.push(None);
             }
         }

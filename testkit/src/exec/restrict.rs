@@ -193,17 +193,7 @@ pub(super) fn restrictions(
                 }
             }
             RelationLhs::Token(cols) => {
-                let expected: Vec<&str> = t
-                    .partition_key
-                    .iter()
-                    .map(|&i| t.columns[i].name.as_str())
-                    .collect();
-                if cols.iter().map(String::as_str).ne(expected.iter().copied()) {
-                    return Err(ServerError::invalid(format!(
-                        "The token function arguments must be in the partition key order: token({})",
-                        expected.join(", ")
-                    )));
-                }
+                t.check_token_args(cols, "in the partition key order")?;
                 let rhs = rel
                     .rhs
                     .as_ref()

@@ -70,17 +70,7 @@ fn resolve(t: &Table, kind: &ast::SelectorKind) -> Result<(Proj, String, CqlType
             (Proj::Ttl, format!("ttl({c})"), CqlType::Int)
         }
         ast::SelectorKind::Token(cols) => {
-            let expected: Vec<&str> = t
-                .partition_key
-                .iter()
-                .map(|&i| t.columns[i].name.as_str())
-                .collect();
-            if cols.iter().map(String::as_str).ne(expected.iter().copied()) {
-                return Err(ServerError::invalid(format!(
-                    "The token function arguments must be the partition key columns in order: token({})",
-                    expected.join(", ")
-                )));
-            }
+            t.check_token_args(cols, "the partition key columns in order")?;
             (
                 Proj::Token,
                 format!("system.token({})", cols.join(", ")),
