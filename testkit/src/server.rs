@@ -6,6 +6,8 @@
 //! single syscall, so a driver that pipelines many requests gets them
 //! answered in batches. Requests delayed by a fault are answered from a
 //! spawned task through a channel, so they never hold up the others.
+//! Every request is answered: one whose execution panics (a bug) gets a
+//! `ServerError` on its stream, inline or deferred ([`handle_guarded`]).
 //!
 //! One file on purpose (just under 1,000 lines): it is one path, accept →
 //! serve → `handle` → one handler per opcode, and the handlers share the
