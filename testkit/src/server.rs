@@ -212,7 +212,10 @@ async fn serve<R, W>(
     let mut conn = ConnState::new(client);
     // body bytes of a refused oversized frame still to be skipped
     let mut skip = 0usize;
-    let (deferred_tx, mut deferred_rx) = mpsc::unbounded_channel::<(BytesMut, Option<String>)>();
+    // a deferred request's answer and its new keyspace, if it changed
+    // one; `None` closes the connection (a deferred close_connection)
+    let (deferred_tx, mut deferred_rx) =
+        mpsc::unbounded_channel::<Option<(BytesMut, Option<String>)>>();
     let mut events: Option<broadcast::Receiver<(usize, Event)>> = None;
     'conn: loop {
         tokio::select! {
@@ -271,12 +274,12 @@ async fn serve<R, W>(
                                 conn.finish_trace(&node.db);
                                 match flow {
                                     Flow::Close => {
-                                        // closing from a deferred task: send an empty marker
-                                        let _ = tx.send((BytesMut::new(), None));
+                                        let _ = tx.send(None);
                                     }
                                     _ => {
                                         let changed = (conn.keyspace != ks).then(|| conn.keyspace.clone()).flatten();
-                                        let _ = tx.send((out, changed));
+                                        // (out is empty when it is not to be answered)
+                                        let _ = tx.send(Some((out, changed)));
                                     }
                                 }
                             });
@@ -287,10 +290,10 @@ async fn serve<R, W>(
                     }
                 }
             }
-            Some((bytes, keyspace)) = deferred_rx.recv() => {
-                if bytes.is_empty() {
+            Some(deferred) = deferred_rx.recv() => {
+                let Some((bytes, keyspace)) = deferred else {
                     break 'conn;
-                }
+                };
                 if let Some(ks) = keyspace {
                     conn.keyspace = Some(ks);
                 }

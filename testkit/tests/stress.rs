@@ -466,3 +466,35 @@ async fn prepared_select_racing_alter_table_gets_matching_rows() {
         &mismatched[..mismatched.len().min(3)]
     );
 }
+
+/// A delayed request that is never answered (`Fault::delay` with
+/// `Fault::no_response`) leaves its connection serving the others: its
+/// deferred task has nothing to send, which the connection used to take
+/// for the "close" marker a deferred `close_connection` sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_request_never_answered_does_not_close_its_connection() {
+    use tokio::io::AsyncWriteExt;
+    use tower_cql_testkit::Fault;
+    let cluster = Cluster::start().await.unwrap();
+    cluster
+        .faults()
+        .add(Fault::delay(Duration::from_millis(10)).matching("'silent'"));
+    cluster
+        .faults()
+        .add(Fault::no_response().matching("'silent'"));
+    let (mut rd, mut wr) = raw_connect(&cluster).await;
+    wr.write_all(&raw_query(
+        1,
+        "SELECT key FROM system.local WHERE key = 'silent'",
+    ))
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    wr.write_all(&raw_query(2, "SELECT key FROM system.local"))
+        .await
+        .unwrap();
+    let (stream, opcode, _) = tokio::time::timeout(Duration::from_secs(5), raw_read(&mut rd))
+        .await
+        .expect("an answer to the second request");
+    assert_eq!((stream, opcode), (2, 0x08));
+}
