@@ -170,6 +170,13 @@ pub enum FaultAction {
     NoResponse,
     /// Close the connection without answering.
     CloseConnection,
+    /// TEST-ONLY, hidden: make executing the request panic, as a bug in
+    /// testkit would. It exists to test that such a request is still
+    /// answered (with a `ServerError` saying testkit failed internally)
+    /// and that its connection keeps serving; it is not a fault a client
+    /// meets from a real server.
+    #[doc(hidden)]
+    Panic,
 }
 
 /// Whether a statement reads or writes.

@@ -6,6 +6,8 @@
 //! single syscall, so a driver that pipelines many requests gets them
 //! answered in batches. Requests delayed by a fault are answered from a
 //! spawned task through a channel, so they never hold up the others.
+//! Every request is answered: one whose execution panics (a bug) gets a
+//! `ServerError` on its stream, inline or deferred ([`handle_guarded`]).
 //!
 //! One file on purpose (just under 1,000 lines): it is one path, accept →
 //! serve → `handle` → one handler per opcode, and the handlers share the
@@ -210,7 +212,10 @@ async fn serve<R, W>(
     let mut conn = ConnState::new(client);
     // body bytes of a refused oversized frame still to be skipped
     let mut skip = 0usize;
-    let (deferred_tx, mut deferred_rx) = mpsc::unbounded_channel::<(BytesMut, Option<String>)>();
+    // a deferred request's answer and its new keyspace, if it changed
+    // one; `None` closes the connection (a deferred close_connection)
+    let (deferred_tx, mut deferred_rx) =
+        mpsc::unbounded_channel::<Option<(BytesMut, Option<String>)>>();
     let mut events: Option<broadcast::Receiver<(usize, Event)>> = None;
     'conn: loop {
         tokio::select! {
@@ -244,7 +249,7 @@ async fn serve<R, W>(
                         }
                     };
                     let was_registered = !conn.events.is_empty();
-                    let flow = handle(&node, &mut conn, header, body.clone(), &mut out, None);
+                    let flow = handle_guarded(&node, &mut conn, header, body.clone(), &mut out, None);
                     if !matches!(flow, Flow::Defer { .. }) {
                         conn.finish_trace(&node.db);
                     }
@@ -265,16 +270,16 @@ async fn serve<R, W>(
                                 tokio::time::sleep(delay).await;
                                 let mut out = BytesMut::new();
                                 let ks = conn.keyspace.clone();
-                                let flow = handle(&node, &mut conn, header, body, &mut out, Some(action));
+                                let flow = handle_guarded(&node, &mut conn, header, body, &mut out, Some(action));
                                 conn.finish_trace(&node.db);
                                 match flow {
                                     Flow::Close => {
-                                        // closing from a deferred task: send an empty marker
-                                        let _ = tx.send((BytesMut::new(), None));
+                                        let _ = tx.send(None);
                                     }
                                     _ => {
                                         let changed = (conn.keyspace != ks).then(|| conn.keyspace.clone()).flatten();
-                                        let _ = tx.send((out, changed));
+                                        // (out is empty when it is not to be answered)
+                                        let _ = tx.send(Some((out, changed)));
                                     }
                                 }
                             });
@@ -285,10 +290,10 @@ async fn serve<R, W>(
                     }
                 }
             }
-            Some((bytes, keyspace)) = deferred_rx.recv() => {
-                if bytes.is_empty() {
+            Some(deferred) = deferred_rx.recv() => {
+                let Some((bytes, keyspace)) = deferred else {
                     break 'conn;
-                }
+                };
                 if let Some(ks) = keyspace {
                     conn.keyspace = Some(ks);
                 }
@@ -370,6 +375,54 @@ fn decide(
         table: info.table,
         kind: info.kind,
     })
+}
+
+/// [`handle`], answering even if it panics: a panic (a bug in testkit)
+/// is caught, logged to standard error, and the request is answered on
+/// its stream with a `ServerError` (code 0x0000) saying testkit failed
+/// internally; the connection goes on serving. Without it, a panic inline
+/// would kill the connection task and a panic in a deferred request's
+/// task would leave that request unanswered on an open connection, so the
+/// client would wait for its timeout. The fuzz harness calls [`handle`]
+/// itself, so fuzzing still sees the panics.
+fn handle_guarded(
+    node: &Node,
+    conn: &mut ConnState,
+    header: Header,
+    body: Bytes,
+    out: &mut BytesMut,
+    preset: Option<Option<FaultAction>>,
+) -> Flow {
+    let start = out.len();
+    let run = std::panic::AssertUnwindSafe(|| handle(node, conn, header, body, out, preset));
+    match std::panic::catch_unwind(run) {
+        Ok(flow) => flow,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_string());
+            eprintln!(
+                "tower-cql-testkit: BUG: request on stream {} (opcode {:#04x}) on node {} panicked: {what}; \
+                 answered with a ServerError, the connection goes on",
+                header.stream, header.opcode, node.index
+            );
+            // drop what it half wrote, and its trace: the answer is the error
+            out.truncate(start);
+            conn.trace = None;
+            let err = ServerError::new(
+                crate::error::SERVER_ERROR,
+                format!(
+                    "testkit failed internally while executing this request ({what}): \
+                     this is a bug in tower-cql-testkit, please report it with the statement \
+                     at https://github.com/tower-cql/tower-cql/issues"
+                ),
+            );
+            write_error(out, header.stream, &err, conn.compression);
+            Flow::Continue
+        }
+    }
 }
 
 /// Handles one request frame; writes its answer into `out`.
@@ -605,6 +658,7 @@ fn pre_execute(
         Some(FaultAction::NoResponse) => Err(Flow::Continue),
         Some(FaultAction::CloseConnection) => Err(Flow::Close),
         Some(FaultAction::Delay(_)) => Ok(None),
+        Some(FaultAction::Panic) => panic!("FaultAction::Panic: a request made to panic by a test"),
     }
 }
 
@@ -843,8 +897,8 @@ fn execute(
         node: node.index,
         keyspace: prepared.keyspace.as_deref(),
     };
-    let result =
-        Values::new(&prepared.parsed, &params.values, params.names.as_deref()).and_then(|values| {
+    let result = Values::new(&prepared.parsed, &params.values, params.names.as_deref())
+        .and_then(|values| {
             exec::execute(
                 &ctx,
                 &prepared.parsed,
@@ -854,6 +908,11 @@ fn execute(
                 prepared.select.as_ref(),
                 &prepared.stats,
             )
+        })
+        // a statement found stale while running (see `exec::select`)
+        .map_err(|e| match e.code {
+            crate::error::UNPREPARED => ServerError::unprepared(id),
+            _ => e,
         });
     if conn.trace.is_some() {
         let single = single_partition(node, &prepared.parsed, prepared.keyspace.as_deref());

@@ -303,7 +303,12 @@ pub(super) fn select(
 ) -> Result<Outcome, ServerError> {
     let (projs, specs) = projection(t, s)?;
     let meta = match meta {
-        Some(m) => m.clone(),
+        Some(m) if m.encoded == specs.encoded => m.clone(),
+        // The table changed between the EXECUTE's look-up of the statement
+        // and this run (an ALTER TABLE raced it): rows of the new columns
+        // would not match the metadata the client holds. Unprepared (the
+        // caller puts in the statement id) makes the driver prepare again.
+        Some(_) => return Err(ServerError::unprepared(&[])),
         None => Arc::new(specs),
     };
     let r = restrictions(t, &s.relations, b)?;

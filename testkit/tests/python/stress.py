@@ -26,8 +26,28 @@ ROWS = 1000
 profile = ExecutionProfile(request_timeout=10)
 cluster = Cluster([host], port=int(port), execution_profiles={EXEC_PROFILE_DEFAULT: profile})
 s = cluster.connect()
-s.execute("CREATE KEYSPACE stress WITH replication = {'class': 'SimpleStrategy', 'replication_factor': %d}" % nodes)
-s.execute("CREATE TABLE stress.t (k int, c int, v text, PRIMARY KEY (k, c))")
+# Schema agreement: after each DDL the driver waits (up to
+# max_schema_agreement_wait, 10 s) until system.local and system.peers of
+# every node report one schema_version; nodes that disagreed would hold
+# every DDL's answer for 10 s. Each must agree at once.
+for ddl in [
+    "CREATE KEYSPACE stress WITH replication = {'class': 'SimpleStrategy', 'replication_factor': %d}" % nodes,
+    "CREATE TABLE stress.t (k int, c int, v text, PRIMARY KEY (k, c))",
+    "CREATE TABLE stress.scratch (k int PRIMARY KEY, v int)",
+    "ALTER TABLE stress.scratch ADD w text",
+    "CREATE INDEX ON stress.scratch (v)",
+    "DROP TABLE stress.scratch",
+]:
+    t0 = time.time()
+    f = s.execute_async(ddl)
+    f.result()
+    took = time.time() - t0
+    if not f.is_schema_agreed or took > 2:
+        print("FAILED: %s: schema agreed %s after %.2fs" % (ddl, f.is_schema_agreed, took), file=sys.stderr)
+        sys.exit(1)
+if not cluster.control_connection.wait_for_schema_agreement(wait_time=2):
+    print("FAILED: the nodes report different schema versions", file=sys.stderr)
+    sys.exit(1)
 ins = s.prepare("INSERT INTO stress.t (k, c, v) VALUES (?, ?, ?)")
 sel = "SELECT * FROM stress.t WHERE k = 0"
 for f in [s.execute_async(ins, (0, c, "row %d " % c + "x" * 40)) for c in range(ROWS)]:
