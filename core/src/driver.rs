@@ -645,7 +645,7 @@ impl DriverInner {
                     (r, Some(next))
                 }
             };
-        Ok(CqlResponse::new(result, paging, start.elapsed()))
+        CqlResponse::new(result, paging, start.elapsed())
     }
 
     async fn run_batch(
@@ -684,7 +684,7 @@ impl DriverInner {
             .execute_batch(&self.session, &b)
             .await
             .map_err(CqlError::from_execution)?;
-        Ok(CqlResponse::new(result, None, start.elapsed()))
+        CqlResponse::new(result, None, start.elapsed())
     }
 }
 

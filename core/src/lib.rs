@@ -86,4 +86,4 @@ pub use request::{
     CqlRequest, Label, OperationKind, QuerySummary, RequestMeta, Statement, StatementBody,
     StatementTraits, Values,
 };
-pub use response::{CqlResponse, ExecutionInfo};
+pub use response::{CqlResponse, DriverResult, ExecutionInfo};

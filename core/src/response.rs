@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use scylla::deserialize::row::DeserializeRow;
 use scylla::response::PagingStateResponse;
-use scylla::response::query_result::QueryResult;
+use scylla::response::query_result::{IntoRowsResultError, QueryResult, QueryRowsResult};
 
 use crate::error::{CqlError, ErrorKind};
 
@@ -50,9 +50,32 @@ pub struct ExecutionInfo {
 pub struct CqlResponse(Box<Parts>);
 
 struct Parts {
-    result: Option<QueryResult>,
+    result: Option<DriverResult>,
     paging: Option<PagingStateResponse>,
     info: ExecutionInfo,
+}
+
+/// The driver's result: rows as scylla's [`QueryRowsResult`], made once
+/// when the response is (it counts the rows for the events, and
+/// [`CqlResponse::rows`] reads them, neither copying the result), or a
+/// result without rows (writes, schema changes, `USE`).
+///
+/// Its `Debug` output never shows the rows' values.
+#[non_exhaustive]
+pub enum DriverResult {
+    /// A result with rows (a `SELECT`, or an LWT's `[applied]` row).
+    Rows(QueryRowsResult),
+    /// A result without rows.
+    NotRows(QueryResult),
+}
+
+impl std::fmt::Debug for DriverResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DriverResult::Rows(r) => write!(f, "Rows(<{} rows redacted>)", r.rows_num()),
+            DriverResult::NotRows(_) => f.write_str("NotRows"),
+        }
+    }
 }
 
 impl std::fmt::Debug for CqlResponse {
@@ -66,7 +89,7 @@ impl std::fmt::Debug for CqlResponse {
                 }
             }
         }
-        let has_rows = self.0.result.as_ref().is_some_and(QueryResult::is_rows);
+        let has_rows = matches!(self.0.result, Some(DriverResult::Rows(_)));
         f.debug_struct("CqlResponse")
             .field("result", &Redacted(self.0.info.rows, has_rows))
             .field(
@@ -82,33 +105,43 @@ impl std::fmt::Debug for CqlResponse {
 }
 
 impl CqlResponse {
+    /// A response for `result`; an error if scylla cannot read the rows'
+    /// metadata (it reads it as the result arrives, so in practice never).
     pub(crate) fn new(
         result: QueryResult,
         paging: Option<PagingStateResponse>,
         latency: Duration,
-    ) -> CqlResponse {
-        let rows = if result.is_rows() {
-            result
-                .clone()
-                .into_rows_result()
-                .map_or(0, |r| r.rows_num())
-        } else {
-            0
+    ) -> Result<CqlResponse, CqlError> {
+        let coordinator = Some(result.request_coordinator().connection_address());
+        let warnings = result.warnings().map(str::to_string).collect();
+        let tracing_id = result.tracing_id().map(|u| *u.as_bytes());
+        let (result, rows) = match result.into_rows_result() {
+            Ok(r) => {
+                let n = r.rows_num();
+                (DriverResult::Rows(r), n)
+            }
+            Err(IntoRowsResultError::ResultNotRows(r)) => (DriverResult::NotRows(r), 0),
+            Err(e) => {
+                return Err(CqlError::new(
+                    ErrorKind::Deserialization,
+                    format!("the result's metadata could not be read: {e}"),
+                ));
+            }
         };
         let info = ExecutionInfo {
-            coordinator: Some(result.request_coordinator().connection_address()),
+            coordinator,
             rows,
             attempts: 1,
             speculative: 0,
-            warnings: result.warnings().map(str::to_string).collect(),
-            tracing_id: result.tracing_id().map(|u| *u.as_bytes()),
+            warnings,
+            tracing_id,
             attempt_latency: latency,
         };
-        CqlResponse(Box::new(Parts {
+        Ok(CqlResponse(Box::new(Parts {
             result: Some(result),
             paging,
             info,
-        }))
+        })))
     }
 
     /// A response without a driver result: for layers that answer without
@@ -133,12 +166,12 @@ impl CqlResponse {
     }
 
     /// The driver's result (`None` for a [`CqlResponse::synthetic`] one).
-    pub fn result(&self) -> Option<&QueryResult> {
+    pub fn result(&self) -> Option<&DriverResult> {
         self.0.result.as_ref()
     }
 
     /// The driver's result, owned (`None` for a synthetic response).
-    pub fn into_result(self) -> Option<QueryResult> {
+    pub fn into_result(self) -> Option<DriverResult> {
         self.0.result
     }
 
@@ -149,7 +182,7 @@ impl CqlResponse {
 
     /// Whether the result has rows (a SELECT or an LWT).
     pub fn has_rows(&self) -> bool {
-        self.0.result.as_ref().is_some_and(QueryResult::is_rows)
+        matches!(self.0.result, Some(DriverResult::Rows(_)))
     }
 
     /// The rows, deserialized as `R`; a type mismatch is a
@@ -158,15 +191,16 @@ impl CqlResponse {
     where
         R: for<'f, 'm> DeserializeRow<'f, 'm>,
     {
-        let Some(result) = &self.0.result else {
-            return Ok(Vec::new());
+        let rows = match &self.0.result {
+            None => return Ok(Vec::new()),
+            Some(DriverResult::Rows(rows)) => rows,
+            Some(DriverResult::NotRows(_)) => {
+                return Err(CqlError::new(
+                    ErrorKind::Deserialization,
+                    "the result has no rows (it is a write, a schema change or a USE): read rows from a SELECT",
+                ));
+            }
         };
-        let rows = result.clone().into_rows_result().map_err(|e| {
-            CqlError::new(
-                ErrorKind::Deserialization,
-                format!("the result has no rows: {e}"),
-            )
-        })?;
         let iter = rows.rows::<R>().map_err(|e| {
             CqlError::new(
                 ErrorKind::Deserialization,

@@ -355,6 +355,25 @@ async fn bad_input_gets_clear_errors() {
         resp.rows::<(i64,)>().unwrap_err().kind(),
         ErrorKind::Deserialization
     );
+    // the rows are counted once, and read as many times as asked
+    assert!(resp.has_rows());
+    assert_eq!(resp.info().rows, 1);
+    assert!(matches!(resp.result(), Some(tower_cql_core::DriverResult::Rows(_))));
+    for _ in 0..2 {
+        assert_eq!(resp.rows::<(String,)>().unwrap(), vec![("x".to_string(),)]);
+    }
+    assert_eq!(format!("{:?}", resp.result().unwrap()), "Rows(<1 rows redacted>)");
+    // a write has no rows to read: a clear error, not an empty list
+    let resp = s
+        .driver
+        .execute(CqlRequest::query("INSERT INTO ks.kv (k, v) VALUES (2, 'y')"))
+        .await
+        .unwrap();
+    assert!(!resp.has_rows());
+    assert_eq!(resp.info().rows, 0);
+    let err = resp.rows::<(String,)>().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Deserialization);
+    assert!(err.to_string().contains("has no rows"), "{err}");
     // an invalid configuration is refused when built
     let err = DriverService::builder(s.driver.session().clone())
         .cache_capacity(0)
