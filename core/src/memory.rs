@@ -512,6 +512,23 @@ mod tests {
     use crate::request::CqlRequest;
     use std::time::Duration;
 
+    /// A label is its text: "get" given as a `&'static str` and "get"
+    /// made at run time (a `String`, or read from the statement) are one
+    /// series, not two with the same labels (which the Prometheus
+    /// exposition would refuse as duplicates).
+    #[test]
+    fn a_label_is_its_text_however_it_was_made() {
+        let m = InMemoryCollector::new();
+        let by_static = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").operation("get");
+        let by_string =
+            CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").operation(String::from("get"));
+        m.on_request(&req_event(by_static.meta(), None, 100));
+        m.on_request(&req_event(by_string.meta(), None, 200));
+        let snap = m.snapshot();
+        assert_eq!(snap.requests.len(), 1, "{:?}", snap.requests);
+        assert_eq!(snap.requests[0].histogram.count(), 2);
+    }
+
     fn req_event<'a>(
         meta: &'a RequestMeta,
         err: Option<&'a CqlError>,

@@ -35,10 +35,14 @@ use crate::analysis::analyse;
 /// A cheap-to-clone label value (`&'static str` or shared string). Labels
 /// are for bounded sets of names — operation names, keyspaces, tables —
 /// never for statement text or values.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// A label is its text: equality, order and hash are those of
+/// [`as_str`](Label::as_str) (as `Borrow<str>` requires), however the label
+/// was made; two labels sharing one string compare without reading it.
+#[derive(Clone)]
 pub struct Label(LabelInner);
 
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone)]
 enum LabelInner {
     Static(&'static str),
     Shared(Arc<str>),
@@ -56,6 +60,35 @@ impl Label {
             LabelInner::Static(s) => s,
             LabelInner::Shared(s) => s,
         }
+    }
+}
+
+impl PartialEq for Label {
+    #[inline]
+    fn eq(&self, other: &Label) -> bool {
+        let (a, b) = (self.as_str(), other.as_str());
+        std::ptr::eq(a, b) || a == b
+    }
+}
+
+impl Eq for Label {}
+
+impl std::hash::Hash for Label {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for Label {
+    fn partial_cmp(&self, other: &Label) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Label {
+    fn cmp(&self, other: &Label) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
     }
 }
 

@@ -358,15 +358,23 @@ async fn bad_input_gets_clear_errors() {
     // the rows are counted once, and read as many times as asked
     assert!(resp.has_rows());
     assert_eq!(resp.info().rows, 1);
-    assert!(matches!(resp.result(), Some(tower_cql_core::DriverResult::Rows(_))));
+    assert!(matches!(
+        resp.result(),
+        Some(tower_cql_core::DriverResult::Rows(_))
+    ));
     for _ in 0..2 {
         assert_eq!(resp.rows::<(String,)>().unwrap(), vec![("x".to_string(),)]);
     }
-    assert_eq!(format!("{:?}", resp.result().unwrap()), "Rows(<1 rows redacted>)");
+    assert_eq!(
+        format!("{:?}", resp.result().unwrap()),
+        "Rows(<1 rows redacted>)"
+    );
     // a write has no rows to read: a clear error, not an empty list
     let resp = s
         .driver
-        .execute(CqlRequest::query("INSERT INTO ks.kv (k, v) VALUES (2, 'y')"))
+        .execute(CqlRequest::query(
+            "INSERT INTO ks.kv (k, v) VALUES (2, 'y')",
+        ))
         .await
         .unwrap();
     assert!(!resp.has_rows());

@@ -374,7 +374,12 @@ async fn writes_that_applied_then_timed_out_are_never_applied_twice() {
     .await;
     // (a write fails only if all 4 attempts meet the 10% fault, 1 in
     // 10,000; the budget may refuse a retry too: allow 1%)
-    assert!(out.ok >= m * 99 / 100, "{} of {m}: {:?}", out.ok, out.errors);
+    assert!(
+        out.ok >= m * 99 / 100,
+        "{} of {m}: {:?}",
+        out.ok,
+        out.errors
+    );
     assert!(e.cluster.counters().duplicate_writes() > 0);
     stack.close().await;
 }
