@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use futures::TryFutureExt;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
@@ -38,15 +39,14 @@ use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::prepared::PreparedStatement;
 use serde_json::{Value, json};
-use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 use tower_cql_core::{
-    Collectors, CqlError, CqlRequest, CqlResponse, DriverService, InMemoryCollector, Statement,
+    Collectors, CqlError, CqlRequest, DriverService, GateService, InMemoryCollector, Statement,
 };
 use tower_cql_exporters::spans::SpanCollector;
 use tower_cql_middleware::concurrency::ConcurrencyConfig;
 use tower_cql_middleware::rate_limit::{RateLimitConfig, RateLimitMode};
-use tower_cql_middleware::stack::StackBuilder;
+use tower_cql_middleware::stack::{BoxService, StackBuilder};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
 
@@ -233,6 +233,15 @@ fn round3(x: f64) -> f64 {
 }
 
 /// Runs `concurrency` closed-loop tasks calling `op` for `secs`.
+/// The service the stack side calls.
+#[derive(Clone)]
+enum Target {
+    /// The built stack, as `stack.service()` gives it.
+    Stack(GateService<BoxService>),
+    /// The driver service alone (`--compare driver`).
+    Driver(DriverService),
+}
+
 async fn closed_loop<F, Fut>(
     concurrency: usize,
     rows: i32,
@@ -428,7 +437,7 @@ async fn run(args: Args) -> Result<Value, String> {
             std::mem::size_of_val(&*f)
         );
     }
-    let bare = BoxCloneSyncService::new(driver.clone());
+    let driver_for_compare = driver.clone();
     let builder = StackBuilder::new(collectors.clone());
     // with the span collector, the tracing layers are off (no double spans)
     let builder = if args.span_collector {
@@ -471,26 +480,27 @@ async fn run(args: Args) -> Result<Value, String> {
             }
         }
     };
+    // The stack side calls the stack's own service (what `stack.service()`
+    // hands a user, cloned per request) or the bare driver service: each as
+    // it is, not boxed once more to share a type.
+    let target = if args.compare == Compare::Stack {
+        Target::Stack(stack.service())
+    } else {
+        Target::Driver(driver_for_compare)
+    };
     let stack_op = {
-        let svc: BoxCloneSyncService<CqlRequest, CqlResponse, CqlError> =
-            if args.compare == Compare::Stack {
-                BoxCloneSyncService::new(stack.service())
-            } else {
-                bare
-            };
         let statement = statement.clone();
         move |k: i32| {
-            let mut svc = svc.clone();
+            let target = target.clone();
             let req = statement.request().bind((k,));
             async move {
-                svc.ready()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .call(req)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                let resp = match target {
+                    Target::Stack(mut svc) => svc.ready().await?.call(req).await,
+                    Target::Driver(mut svc) => svc.ready().await?.call(req).await,
+                };
+                resp.map(drop)
             }
+            .map_err(|e: CqlError| e.to_string())
         }
     };
 
