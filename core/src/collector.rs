@@ -216,16 +216,9 @@ impl Collectors {
         }
     }
 
-    /// A handle whose set is the one collector `collector`: no `as Arc<dyn
-    /// Collector>` cast at the call site (add more with [`add`](Self::add)).
-    pub fn of<C: Collector>(collector: Arc<C>) -> Collectors {
-        let c = Collectors::new();
-        c.add(collector);
-        c
-    }
-
-    /// A set holding `collectors`: `Arc`s of one collector type, or
-    /// `Arc<dyn Collector>`s to mix types.
+    /// A set holding `collectors`: `Arc`s of one collector type (no `as
+    /// Arc<dyn Collector>` cast needed), or `Arc<dyn Collector>`s to mix
+    /// types; or start with one and [`add`](Self::add) the others.
     pub fn with(collectors: impl IntoIterator<Item = impl IntoCollector>) -> Collectors {
         let c = Collectors::new();
         c.replace(collectors);

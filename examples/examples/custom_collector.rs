@@ -40,7 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (session, _cluster) = common::connect().await?;
     let per_table = Arc::new(PerTable::default());
     let slow = Arc::new(Background::new(Arc::new(SlowSink), 64));
-    let collectors = Collectors::of(per_table.clone());
+    let collectors = Collectors::with([per_table.clone()]);
     collectors.add(slow.clone());
     let stack = StackBuilder::new(collectors).build_on(session)?;
     for cql in [

@@ -126,7 +126,7 @@ async fn no_value_literal_or_credential_reaches_spans_logs_labels_or_debug() {
         .await
         .unwrap();
     let memory = Arc::new(InMemoryCollector::new());
-    let collectors = Collectors::of(memory.clone());
+    let collectors = Collectors::with([memory.clone()]);
     collectors.add(Arc::new(MetricsBridge::new()));
     let driver = DriverService::builder(Arc::new(session))
         .collectors(collectors.clone())

@@ -6,7 +6,7 @@
 //!
 //! # async fn demo(session: scylla::client::session::Session) -> Result<(), Box<dyn std::error::Error>> {
 //! let memory = Arc::new(InMemoryCollector::new());
-//! let stack = StackBuilder::new(Collectors::of(memory.clone())).build_on(session)?;
+//! let stack = StackBuilder::new(Collectors::with([memory.clone()])).build_on(session)?;
 //! let put = Statement::new("INSERT INTO app.users (id, name) VALUES (?, ?)");
 //! stack.execute(&put, (42i64, "Ada")).await?;
 //! stack.close().await;

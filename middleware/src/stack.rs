@@ -363,7 +363,7 @@ impl StackBuilder {
     ///     .build()
     ///     .await?;
     /// let memory = Arc::new(InMemoryCollector::new());
-    /// let stack = StackBuilder::new(Collectors::of(memory.clone())).build_on(session)?;
+    /// let stack = StackBuilder::new(Collectors::with([memory.clone()])).build_on(session)?;
     /// let get_user = Statement::new("SELECT name FROM app.users WHERE id = ?").idempotent(true);
     /// let names: Vec<(String,)> = stack.execute(&get_user, (42i64,)).await?.rows()?;
     /// stack.close().await;

@@ -686,7 +686,7 @@ async fn build_on_a_session_gives_the_collectors_once() {
         .await
         .unwrap();
     let memory = Arc::new(InMemoryCollector::new());
-    let stack = StackBuilder::new(Collectors::of(memory.clone()))
+    let stack = StackBuilder::new(Collectors::with([memory.clone()]))
         .build_on(session)
         .unwrap();
     for cql in [
@@ -731,14 +731,14 @@ async fn a_hand_built_driver_emits_into_the_stacks_collectors() {
         .unwrap();
     let other = Arc::new(InMemoryCollector::new());
     let driver = DriverService::builder(Arc::new(session))
-        .collectors(Collectors::of(other.clone()))
+        .collectors(Collectors::with([other.clone()]))
         .build()
         .unwrap();
     let inner = tower::ServiceBuilder::new()
         .map_request(|r: CqlRequest| r)
         .service(driver.clone());
     let memory = Arc::new(InMemoryCollector::new());
-    let stack = StackBuilder::new(Collectors::of(memory.clone()))
+    let stack = StackBuilder::new(Collectors::with([memory.clone()]))
         .build(inner)
         .unwrap();
     stack

@@ -408,7 +408,7 @@ async fn run(args: Args) -> Result<Value, String> {
     let prepared = setup(&session, args.rows).await?;
 
     let memory = Arc::new(InMemoryCollector::new());
-    let collectors = Collectors::of(memory.clone());
+    let collectors = Collectors::with([memory.clone()]);
     if args.span_collector {
         collectors.add(Arc::new(SpanCollector::new(
             provider.tracer("tower-cql-overhead"),
