@@ -373,10 +373,8 @@ impl StackBuilder {
         self,
         session: impl Into<Arc<scylla::client::session::Session>>,
     ) -> Result<Stack<BoxService>, ConfigError> {
-        let driver = DriverService::builder(session.into())
-            .collectors(self.collectors.clone())
-            .build()?;
-        self.build(driver)
+        // no collectors of its own: requests bring the stack's (see build)
+        self.build(DriverService::builder(session.into()).build()?)
     }
 }
 
