@@ -680,11 +680,7 @@ mod subsets {
 async fn build_on_a_session_gives_the_collectors_once() {
     use tower_cql_middleware::prelude::*;
     let cluster = tower_cql_testkit::Cluster::start().await.unwrap();
-    let session = scylla::client::session_builder::SessionBuilder::new()
-        .known_nodes_addr(cluster.contact_points())
-        .build()
-        .await
-        .unwrap();
+    let session = support::session(&cluster).await;
     let memory = Arc::new(InMemoryCollector::new());
     let stack = StackBuilder::new(Collectors::with([memory.clone()]))
         .build_on(session)
@@ -724,11 +720,7 @@ async fn build_on_a_session_gives_the_collectors_once() {
 async fn a_hand_built_driver_emits_into_the_stacks_collectors() {
     use tower_cql_middleware::prelude::*;
     let cluster = tower_cql_testkit::Cluster::start().await.unwrap();
-    let session = scylla::client::session_builder::SessionBuilder::new()
-        .known_nodes_addr(cluster.contact_points())
-        .build()
-        .await
-        .unwrap();
+    let session = support::session(&cluster).await;
     let other = Arc::new(InMemoryCollector::new());
     let driver = DriverService::builder(Arc::new(session))
         .collectors(Collectors::with([other.clone()]))

@@ -15,17 +15,22 @@ use tower_cql_core::{
 use tower_cql_middleware::retry::{Backoff, BudgetConfig, RetryConfig};
 use tower_cql_testkit::Cluster;
 
+/// A scylla session on `cluster`.
+pub(crate) async fn session(cluster: &Cluster) -> scylla::client::session::Session {
+    SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .build()
+        .await
+        .unwrap()
+}
+
 /// The cluster, the driver service, its collectors and the in-memory collector.
 pub(crate) type Setup = (Cluster, DriverService, Collectors, Arc<InMemoryCollector>);
 
 /// Starts everything and creates `ks.kv`.
 pub(crate) async fn setup() -> Setup {
     let cluster = Cluster::start().await.unwrap();
-    let session = SessionBuilder::new()
-        .known_nodes_addr(cluster.contact_points())
-        .build()
-        .await
-        .unwrap();
+    let session = session(&cluster).await;
     let memory = Arc::new(InMemoryCollector::new());
     let collectors = Collectors::with([memory.clone()]);
     let driver = DriverService::builder(Arc::new(session))
@@ -49,11 +54,7 @@ pub(crate) const GET: &str = "SELECT v FROM ks.kv WHERE k = ?";
 /// service emitting into `collectors`.
 pub(crate) async fn cluster(collectors: &Collectors) -> (Cluster, DriverService) {
     let cluster = Cluster::builder().nodes(3).start().await.unwrap();
-    let session = SessionBuilder::new()
-        .known_nodes_addr(cluster.contact_points())
-        .build()
-        .await
-        .unwrap();
+    let session = session(&cluster).await;
     let driver = DriverService::builder(Arc::new(session))
         .collectors(collectors.clone())
         .build()
