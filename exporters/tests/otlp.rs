@@ -707,11 +707,7 @@ async fn unreachable_endpoints_are_named_with_the_cause(protocol: Protocol) {
     assert_eq!(otlp.traces_endpoint(), traces_url);
     assert_eq!(otlp.metrics_endpoint(), metrics_url);
     one_span_and_one_point(&otlp);
-    let err = tokio::time::timeout(Duration::from_secs(30), otlp.flush())
-        .await
-        .expect("flush() returned")
-        .expect_err("nothing could be exported");
-    let msg = err.to_string();
+    let msg = failed_flush(&otlp).await;
     println!("{protocol}: {msg}");
     for want in [
         format!("spans to {traces_url}: connection refused"),
@@ -740,30 +736,40 @@ async fn http_unreachable_endpoints_are_named_with_the_cause() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unresolvable_host_is_named_with_the_cause() {
     let _serial = SERIAL.lock().await;
+    both_signals_name_the_cause("http://otlp-collector.invalid:4317", "DNS lookup failed").await;
+}
+
+/// For each protocol: one span and one point sent to `endpoint` fail, and
+/// the error of `flush()` names each signal's endpoint with `cause`.
+async fn both_signals_name_the_cause(endpoint: &str, cause: &str) {
     for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
-        let base = "http://otlp-collector.invalid:4317";
         let otlp = no_env()
             .protocol(protocol)
-            .endpoint(base)
+            .endpoint(endpoint)
             .export_timeout(Duration::from_secs(5))
             .metric_export_interval(Duration::from_secs(3600))
             .install()
             .unwrap();
         one_span_and_one_point(&otlp);
-        let err = tokio::time::timeout(Duration::from_secs(30), otlp.flush())
-            .await
-            .expect("flush() returned")
-            .expect_err("nothing could be exported");
-        let msg = err.to_string();
+        let msg = failed_flush(&otlp).await;
         println!("{protocol}: {msg}");
         for want in [
-            format!("spans to {}: DNS lookup failed", otlp.traces_endpoint()),
-            format!("metrics to {}: DNS lookup failed", otlp.metrics_endpoint()),
+            format!("spans to {}: {cause}", otlp.traces_endpoint()),
+            format!("metrics to {}: {cause}", otlp.metrics_endpoint()),
         ] {
             assert!(msg.contains(&want), "{protocol}: want {want:?}\n got {msg}");
         }
         let _ = tokio::time::timeout(Duration::from_secs(30), otlp.shutdown()).await;
     }
+}
+
+/// The error of a `flush()` that must fail, as text.
+async fn failed_flush(otlp: &tower_cql_exporters::otlp::OtlpExporter) -> String {
+    tokio::time::timeout(Duration::from_secs(30), otlp.flush())
+        .await
+        .expect("flush() returned")
+        .expect_err("nothing could be exported")
+        .to_string()
 }
 
 /// An endpoint that accepts each connection and closes it at once (as a
@@ -781,29 +787,7 @@ async fn an_endpoint_that_closes_connections_is_named_with_the_cause() {
             drop(socket);
         }
     });
-    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
-        let otlp = no_env()
-            .protocol(protocol)
-            .endpoint(format!("http://{addr}"))
-            .export_timeout(Duration::from_secs(5))
-            .metric_export_interval(Duration::from_secs(3600))
-            .install()
-            .unwrap();
-        one_span_and_one_point(&otlp);
-        let err = tokio::time::timeout(Duration::from_secs(30), otlp.flush())
-            .await
-            .expect("flush() returned")
-            .expect_err("nothing could be exported");
-        let msg = err.to_string();
-        println!("{protocol}: {msg}");
-        for want in [
-            format!("spans to {}: connection closed", otlp.traces_endpoint()),
-            format!("metrics to {}: connection closed", otlp.metrics_endpoint()),
-        ] {
-            assert!(msg.contains(&want), "{protocol}: want {want:?}\n got {msg}");
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(30), otlp.shutdown()).await;
-    }
+    both_signals_name_the_cause(&format!("http://{addr}"), "connection closed").await;
     closer.abort();
 }
 
