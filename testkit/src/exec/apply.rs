@@ -194,17 +194,7 @@ fn apply(data: &mut TableData, m: &Mutation) -> Result<(), ServerError> {
     match &m.target {
         RowTarget::Statics => {
             let statics = part.statics.get_or_insert_with(|| Row::empty(ncols));
-            for (i, op) in &m.cells {
-                if let Err(e) = apply_cell(
-                    &t.columns[*i],
-                    &mut statics.cells[*i],
-                    &mut statics.write_ts[*i],
-                    op,
-                    m.ts,
-                ) {
-                    result = Err(e);
-                }
-            }
+            apply_cells(t, statics, m.cells.iter(), m.ts, &mut result);
         }
         RowTarget::Row(ck) => {
             if m.delete_row {
@@ -216,42 +206,18 @@ fn apply(data: &mut TableData, m: &Mutation) -> Result<(), ServerError> {
                     .any(|(i, _)| t.columns[*i].kind == ColumnKind::Static);
                 if has_static {
                     let statics = part.statics.get_or_insert_with(|| Row::empty(ncols));
-                    for (i, op) in m
-                        .cells
-                        .iter()
-                        .filter(|(i, _)| t.columns[*i].kind == ColumnKind::Static)
-                    {
-                        if let Err(e) = apply_cell(
-                            &t.columns[*i],
-                            &mut statics.cells[*i],
-                            &mut statics.write_ts[*i],
-                            op,
-                            m.ts,
-                        ) {
-                            result = Err(e);
-                        }
-                    }
+                    let cells = m.cells.iter();
+                    let cells = cells.filter(|(i, _)| t.columns[*i].kind == ColumnKind::Static);
+                    apply_cells(t, statics, cells, m.ts, &mut result);
                 }
                 let existed = part.rows.contains_key(ck);
                 let row = part
                     .rows
                     .entry(ck.clone())
                     .or_insert_with(|| Row::empty(ncols));
-                for (i, op) in m
-                    .cells
-                    .iter()
-                    .filter(|(i, _)| t.columns[*i].kind != ColumnKind::Static)
-                {
-                    if let Err(e) = apply_cell(
-                        &t.columns[*i],
-                        &mut row.cells[*i],
-                        &mut row.write_ts[*i],
-                        op,
-                        m.ts,
-                    ) {
-                        result = Err(e);
-                    }
-                }
+                let cells = m.cells.iter();
+                let cells = cells.filter(|(i, _)| t.columns[*i].kind != ColumnKind::Static);
+                apply_cells(t, row, cells, m.ts, &mut result);
                 // A row with only key cells and no marker does not exist.
                 let has_value =
                     t.columns.iter().enumerate().any(|(i, c)| {
@@ -268,6 +234,28 @@ fn apply(data: &mut TableData, m: &Mutation) -> Result<(), ServerError> {
         data.partitions.remove(&m.pk);
     }
     result
+}
+
+/// Applies each cell operation to `row` at `ts`; the last failure, if
+/// any, goes to `result` (the others are still applied, as before).
+fn apply_cells<'c>(
+    t: &Table,
+    row: &mut Row,
+    cells: impl Iterator<Item = &'c (usize, CellOp)>,
+    ts: i64,
+    result: &mut Result<(), ServerError>,
+) {
+    for (i, op) in cells {
+        if let Err(e) = apply_cell(
+            &t.columns[*i],
+            &mut row.cells[*i],
+            &mut row.write_ts[*i],
+            op,
+            ts,
+        ) {
+            *result = Err(e);
+        }
+    }
 }
 
 fn lwt_result(
