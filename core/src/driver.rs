@@ -403,6 +403,15 @@ impl HistoryListener for NodeRecorder {
     fn log_attempt_error(&self, _: AttemptId, _: &RequestAttemptError, _: &RetryDecision) {}
 }
 
+/// What one attempt gives the statement it runs: the node recorder, and
+/// the time left before the request's deadline, read once when the
+/// attempt began.
+#[derive(Clone)]
+pub(crate) struct Attempt {
+    listener: Option<Arc<NodeRecorder>>,
+    remaining: Option<Duration>,
+}
+
 /// What to execute, configured for one request.
 pub(crate) enum Prepared {
     Prepared(PreparedStatement),
@@ -411,27 +420,18 @@ pub(crate) enum Prepared {
 
 impl DriverInner {
     /// A statement the caller prepared, configured for this request.
-    fn given(
-        &self,
-        p: &PreparedStatement,
-        meta: &RequestMeta,
-        listener: Option<Arc<NodeRecorder>>,
-    ) -> Prepared {
+    fn given(&self, p: &PreparedStatement, meta: &RequestMeta, attempt: Attempt) -> Prepared {
         Prepared::Prepared(configure_prepared(
             p.clone(),
             meta,
-            listener,
+            attempt,
             Some(&self.profile),
         ))
     }
 
     /// [`resolve`](Self::resolve) without waiting: `None` when the
     /// statement must be prepared first (or is unprepared text, or a batch).
-    pub(crate) fn resolve_cached(
-        &self,
-        req: &CqlRequest,
-        listener: &Option<Arc<NodeRecorder>>,
-    ) -> Option<Prepared> {
+    pub(crate) fn resolve_cached(&self, req: &CqlRequest, attempt: &Attempt) -> Option<Prepared> {
         let meta = req.meta();
         match req.statement().body() {
             StatementBody::Cql {
@@ -442,11 +442,11 @@ impl DriverInner {
                 Some(Prepared::Prepared(configure_prepared(
                     stmt,
                     meta,
-                    listener.clone(),
+                    attempt.clone(),
                     None,
                 )))
             }
-            StatementBody::Prepared(p) => Some(self.given(p, meta, listener.clone())),
+            StatementBody::Prepared(p) => Some(self.given(p, meta, attempt.clone())),
             StatementBody::Cql {
                 unprepared: true, ..
             }
@@ -487,7 +487,7 @@ impl DriverInner {
     async fn resolve_uncached(
         &self,
         req: &CqlRequest,
-        listener: Option<Arc<NodeRecorder>>,
+        attempt: Attempt,
     ) -> Result<Prepared, CqlError> {
         let meta = req.meta();
         match req.statement().body() {
@@ -500,7 +500,7 @@ impl DriverInner {
                     None => self.prepare_once(text).await?,
                 };
                 Ok(Prepared::Prepared(configure_prepared(
-                    stmt, meta, listener, None,
+                    stmt, meta, attempt, None,
                 )))
             }
             StatementBody::Cql {
@@ -509,10 +509,10 @@ impl DriverInner {
             } => {
                 let mut s = scylla::statement::Statement::new(text.to_string());
                 s.set_execution_profile_handle(self.profile.clone());
-                configure_common(&mut s, meta, listener);
+                configure_common(&mut s, meta, attempt);
                 Ok(Prepared::Unprepared(s))
             }
-            StatementBody::Prepared(p) => Ok(self.given(p, meta, listener)),
+            StatementBody::Prepared(p) => Ok(self.given(p, meta, attempt)),
             StatementBody::Batch(_) => Err(CqlError::new(
                 ErrorKind::BadRequest,
                 "a batch cannot be streamed: execute it with call()",
@@ -525,15 +525,16 @@ impl DriverInner {
         req: CqlRequest,
         paging_state: Option<PagingState>,
     ) -> Result<(CqlResponse, Duration), CqlError> {
+        // the attempt's one clock reading: its timeout and its duration
+        // are measured from it
         let start = Instant::now();
         let meta = req.meta();
+        let remaining = meta.remaining_at(start);
         // Inside a stack, its collectors (carried by the request) take the
         // attempt events: one set for the whole stack, whatever this
         // service was built with.
         let collectors = req.stack_collectors().unwrap_or(&self.collectors);
-        if let Some(remaining) = meta.remaining()
-            && remaining.is_zero()
-        {
+        if remaining.is_some_and(|r| r.is_zero()) {
             return Err(CqlError::deadline_exceeded(Duration::ZERO).not_sent());
         }
         let listener = self.node_attribution.then(NodeRecorder::take);
@@ -551,7 +552,14 @@ impl DriverInner {
         let result = crate::routing::Steered::new(
             meta.route().cloned(),
             meta.attempt_index(),
-            self.run(&req, paging_state, listener.clone()),
+            self.run(
+                &req,
+                paging_state,
+                Attempt {
+                    listener: listener.clone(),
+                    remaining,
+                },
+            ),
         )
         .await;
         guard.armed = false;
@@ -576,6 +584,10 @@ impl DriverInner {
         let result = result.map_err(|e| match node {
             Some(n) if e.node().is_none() => e.with_node(n),
             _ => e,
+        });
+        let result = result.map(|mut r| {
+            r.info_mut().attempt_latency = duration;
+            r
         });
         let node = match &result {
             Ok(r) => r.info().coordinator,
@@ -605,9 +617,8 @@ impl DriverInner {
         &self,
         req: &CqlRequest,
         paging_state: Option<PagingState>,
-        listener: Option<Arc<NodeRecorder>>,
+        attempt: Attempt,
     ) -> Result<CqlResponse, CqlError> {
-        let start = Instant::now();
         if let StatementBody::Batch(batch) = req.statement().body() {
             if paging_state.is_some() {
                 return Err(CqlError::new(
@@ -616,15 +627,15 @@ impl DriverInner {
                 )
                 .not_sent());
             }
-            return Box::pin(self.run_batch(req, batch, listener)).await;
+            return Box::pin(self.run_batch(req, batch, attempt)).await;
         }
         // The common case, a cached prepared statement executed unpaged, is
         // awaited in place; the rest (preparing, paging, unprepared text)
         // is boxed, so that this future, copied into a box on every call,
         // is no larger than the driver's own for that case.
-        let stmt = match self.resolve_cached(req, &listener) {
+        let stmt = match self.resolve_cached(req, &attempt) {
             Some(stmt) => stmt,
-            None => Box::pin(self.resolve_uncached(req, listener)).await?,
+            None => Box::pin(self.resolve_uncached(req, attempt)).await?,
         };
         let values = req.values().as_row();
         let (result, paging): (QueryResult, Option<PagingStateResponse>) =
@@ -645,16 +656,15 @@ impl DriverInner {
                     (r, Some(next))
                 }
             };
-        CqlResponse::new(result, paging, start.elapsed())
+        CqlResponse::new(result, paging)
     }
 
     async fn run_batch(
         &self,
         req: &CqlRequest,
         batch: &scylla::statement::batch::Batch,
-        listener: Option<Arc<NodeRecorder>>,
+        attempt: Attempt,
     ) -> Result<CqlResponse, CqlError> {
-        let start = Instant::now();
         let meta = req.meta();
         let mut b = scylla::statement::batch::Batch::clone(batch);
         if self.profile.is_some() {
@@ -666,11 +676,11 @@ impl DriverInner {
         if meta.serial_consistency().is_some() {
             b.set_serial_consistency(meta.serial_consistency());
         }
-        if let Some(rem) = meta.remaining() {
+        if let Some(rem) = attempt.remaining {
             b.set_request_timeout(Some(rem));
         }
         b.set_tracing(meta.tracing());
-        if let Some(l) = listener {
+        if let Some(l) = attempt.listener {
             b.set_history_listener(l);
         }
         let values = req.values().as_batch().ok_or_else(|| {
@@ -684,15 +694,11 @@ impl DriverInner {
             .execute_batch(&self.session, &b)
             .await
             .map_err(CqlError::from_execution)?;
-        CqlResponse::new(result, None, start.elapsed())
+        CqlResponse::new(result, None)
     }
 }
 
-fn configure_common(
-    s: &mut scylla::statement::Statement,
-    meta: &RequestMeta,
-    listener: Option<Arc<NodeRecorder>>,
-) {
+fn configure_common(s: &mut scylla::statement::Statement, meta: &RequestMeta, attempt: Attempt) {
     if let Some(c) = meta.consistency() {
         s.set_consistency(c);
     }
@@ -702,12 +708,12 @@ fn configure_common(
     if let Some(n) = meta.page_size() {
         s.set_page_size(n);
     }
-    if let Some(rem) = meta.remaining() {
+    if let Some(rem) = attempt.remaining {
         s.set_request_timeout(Some(rem));
     }
     s.set_is_idempotent(meta.is_idempotent());
     s.set_tracing(meta.tracing());
-    if let Some(l) = listener {
+    if let Some(l) = attempt.listener {
         s.set_history_listener(l);
     }
 }
@@ -715,7 +721,7 @@ fn configure_common(
 fn configure_prepared(
     mut p: PreparedStatement,
     meta: &RequestMeta,
-    listener: Option<Arc<NodeRecorder>>,
+    attempt: Attempt,
     profile: Option<&Option<ExecutionProfileHandle>>,
 ) -> PreparedStatement {
     if let Some(Some(profile)) = profile {
@@ -730,14 +736,14 @@ fn configure_prepared(
     if let Some(n) = meta.page_size() {
         p.set_page_size(n);
     }
-    if let Some(rem) = meta.remaining() {
+    if let Some(rem) = attempt.remaining {
         p.set_request_timeout(Some(rem));
     }
     p.set_is_idempotent(meta.is_idempotent());
     if meta.tracing() {
         p.set_tracing(true);
     }
-    if let Some(l) = listener {
+    if let Some(l) = attempt.listener {
         p.set_history_listener(l);
     }
     p

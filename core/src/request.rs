@@ -820,8 +820,13 @@ impl RequestMeta {
 
     /// Time left until the deadline (zero when passed).
     pub fn remaining(&self) -> Option<Duration> {
-        self.deadline
-            .map(|d| d.saturating_duration_since(Instant::now()))
+        self.remaining_at(Instant::now())
+    }
+
+    /// Time left until the deadline at `now` (zero when passed): for a
+    /// caller that has read the clock already.
+    pub fn remaining_at(&self, now: Instant) -> Option<Duration> {
+        self.deadline.map(|d| d.saturating_duration_since(now))
     }
 
     /// Whether server-side tracing was requested.

@@ -110,7 +110,6 @@ impl CqlResponse {
     pub(crate) fn new(
         result: QueryResult,
         paging: Option<PagingStateResponse>,
-        latency: Duration,
     ) -> Result<CqlResponse, CqlError> {
         let coordinator = Some(result.request_coordinator().connection_address());
         let warnings = result.warnings().map(str::to_string).collect();
@@ -135,7 +134,8 @@ impl CqlResponse {
             speculative: 0,
             warnings,
             tracing_id,
-            attempt_latency: latency,
+            // set by the driver service, which times the attempt
+            attempt_latency: Duration::ZERO,
         };
         Ok(CqlResponse(Box::new(Parts {
             result: Some(result),
