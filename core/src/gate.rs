@@ -370,6 +370,18 @@ pub struct GateService<S> {
     inner: S,
 }
 
+impl<S> GateService<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the service (calls to it no longer pass the gate).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
 impl<S> tower_service::Service<CqlRequest> for GateService<S>
 where
     S: tower_service::Service<CqlRequest, Error = CqlError>,

@@ -29,14 +29,14 @@ use tower_cql_core::{
 use tower_cql_exporters::metrics_bridge::MetricsBridge;
 use tower_cql_exporters::prometheus::{PrometheusExporter, PrometheusRecorder};
 use tower_cql_middleware::retry::RetryConfig;
-use tower_cql_middleware::stack::{BoxService, StackBuilder};
+use tower_cql_middleware::stack::{StackBuilder, StackService};
 use tower_cql_middleware::timeout::TimeoutConfig;
 
 /// What every handler shares: the stack (cheap to clone: the layers' state
 /// is shared) and the metrics.
 #[derive(Clone)]
 struct App {
-    cql: GateService<BoxService>,
+    cql: GateService<StackService<tower_cql_core::DriverService>>,
     metrics: PrometheusRecorder,
     get_user: Statement,
     put_user: Statement,

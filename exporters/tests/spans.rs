@@ -14,12 +14,12 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider,
 use tower::{Service, ServiceExt};
 use tower_cql_core::{Collectors, Statement};
 use tower_cql_exporters::spans::SpanCollector;
-use tower_cql_middleware::stack::{BoxService, Stack, StackBuilder};
+use tower_cql_middleware::stack::{SessionStack, StackBuilder};
 use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
 
 struct Env {
     cluster: Cluster,
-    stack: Stack<BoxService>,
+    stack: SessionStack,
     exporter: InMemorySpanExporter,
     provider: SdkTracerProvider,
 }

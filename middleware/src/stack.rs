@@ -319,13 +319,15 @@ impl StackBuilder {
     /// to one set.
     ///
     /// Whatever is switched on, the stack is one concrete type,
-    /// [`StackService<S>`], behind a single [`BoxService`]: a layer that
-    /// is off is present in the type as its pass-through (see
-    /// [`toggle`](crate::toggle)), which only forwards to the layer inside
-    /// it. No layer is boxed on its own, so a request costs one allocation
-    /// for the whole stack, and a layer that is off costs neither a clock
-    /// read, an atomic, an allocation, an event nor a span.
-    pub fn build<S>(self, driver: S) -> Result<Stack<BoxService>, ConfigError>
+    /// [`StackService<S>`], not boxed: a layer that is off is present in
+    /// the type as its pass-through (see [`toggle`](crate::toggle)), which
+    /// only forwards to the layer inside it. No layer is boxed, so the
+    /// stack's response future lives in the caller's future (no allocation
+    /// per request for it), and a layer that is off costs neither a clock
+    /// read, an atomic, an allocation, an event nor a span. To name the
+    /// type, use [`SessionStack`] (built on a [`DriverService`]) or
+    /// [`Stack::boxed`] (one [`BoxService`], whatever is inside).
+    pub fn build<S>(self, driver: S) -> Result<Stack<StackService<S>>, ConfigError>
     where
         S: tower_service::Service<CqlRequest, Response = CqlResponse, Error = CqlError>
             + Clone
@@ -336,9 +338,8 @@ impl StackBuilder {
     {
         let l = self.layers()?;
         let gate = Gate::with_collectors(self.collectors.clone());
-        let s = l.service(driver);
         Ok(Stack {
-            service: gate.wrap(BoxService::new(s)),
+            service: gate.wrap(l.service(driver)),
             gate,
             collectors: self.collectors,
         })
@@ -372,7 +373,7 @@ impl StackBuilder {
     pub fn build_on(
         self,
         session: impl Into<Arc<scylla::client::session::Session>>,
-    ) -> Result<Stack<BoxService>, ConfigError> {
+    ) -> Result<SessionStack, ConfigError> {
         // no collectors of its own: requests bring the stack's (see build)
         self.build(DriverService::builder(session.into()).build()?)
     }
@@ -411,8 +412,14 @@ pub type StackService<S> = Trace<
 >;
 
 /// A type-erased, cloneable, `Send + Sync` service of CQL requests: what
-/// a built stack is wrapped in, once.
+/// [`Stack::boxed`] wraps a stack in, once, for code that wants one type
+/// whatever the stack holds (it costs an allocation per request for the
+/// response future, and one per clone).
 pub type BoxService = BoxCloneSyncService<CqlRequest, CqlResponse, CqlError>;
+
+/// The stack [`StackBuilder::build_on`] builds (and [`StackBuilder::build`]
+/// around a [`DriverService`]): the type to name in a struct field.
+pub type SessionStack = Stack<StackService<DriverService>>;
 
 /// A built stack: the service (clone it per task) and its shutdown gate.
 #[derive(Clone)]
@@ -435,7 +442,25 @@ impl<S: Clone> Stack<S> {
     }
 }
 
-impl Stack<BoxService> {
+impl<S> Stack<S>
+where
+    S: tower_service::Service<CqlRequest, Response = CqlResponse, Error = CqlError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    /// The same stack behind one [`BoxService`]: one type whatever the
+    /// stack holds, for an allocation per request (see [`BoxService`]).
+    pub fn boxed(self) -> Stack<BoxService> {
+        Stack {
+            service: self.gate.wrap(BoxService::new(self.service.into_inner())),
+            gate: self.gate,
+            collectors: self.collectors,
+        }
+    }
+
     /// Executes `statement` with `values` through the stack: the call a
     /// scylla user knows (`session.execute_unpaged(&prepared, values)`),
     /// with every layer around it. For per-request options (consistency,
@@ -468,7 +493,7 @@ impl Stack<BoxService> {
     /// in; fails (no stream) when it failed.
     ///
     /// ```no_run
-    /// # async fn demo(stack: tower_cql_middleware::stack::Stack<tower_cql_middleware::stack::BoxService>) -> Result<(), tower_cql_core::CqlError> {
+    /// # async fn demo(stack: tower_cql_middleware::stack::SessionStack) -> Result<(), tower_cql_core::CqlError> {
     /// use futures::TryStreamExt;
     /// use tower_cql_core::Statement;
     ///
@@ -479,10 +504,7 @@ impl Stack<BoxService> {
     /// }
     /// # Ok(()) }
     /// ```
-    pub async fn stream<T>(
-        &self,
-        req: CqlRequest,
-    ) -> Result<RowStream<T, GateService<BoxService>>, CqlError>
+    pub async fn stream<T>(&self, req: CqlRequest) -> Result<RowStream<T, GateService<S>>, CqlError>
     where
         T: for<'f, 'm> DeserializeRow<'f, 'm> + Send + Unpin + 'static,
     {

@@ -40,7 +40,7 @@
 //!
 //! [`StackBuilder`](crate::stack::StackBuilder) builds its stack this way:
 //! every layer is present in the type, the disabled ones as
-//! pass-throughs, so the stack is one concrete type behind a single box
+//! pass-throughs, so the stack is one concrete type, not boxed,
 //! whatever is switched on. Unlike tower's `option_layer` (an `Either`
 //! whose service type holds both the layer's service and the inner one,
 //! so it doubles with each optional level), a [`Toggle`]'s service type is

@@ -20,7 +20,7 @@ use tower_cql_core::{
 };
 use tower_cql_middleware::concurrency::{AdaptiveConfig, ConcurrencyConfig, ConcurrencyLimitLayer};
 use tower_cql_middleware::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimitMode};
-use tower_cql_middleware::stack::{BoxService, Stack, StackBuilder};
+use tower_cql_middleware::stack::{Stack, StackBuilder, StackService};
 use tower_layer::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -177,7 +177,7 @@ impl SpanTimes {
 fn stack(
     driver: &Driver,
     configure: impl FnOnce(StackBuilder) -> StackBuilder,
-) -> (Stack<BoxService>, Arc<Recorder>) {
+) -> (Stack<StackService<Driver>>, Arc<Recorder>) {
     let recorder = Arc::new(Recorder::default());
     let collectors = Collectors::with([recorder.clone()]);
     let stack = configure(StackBuilder::new(collectors))

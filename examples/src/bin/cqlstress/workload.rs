@@ -9,7 +9,7 @@ use futures::TryStreamExt;
 use scylla::statement::batch::{Batch, BatchType};
 use tower::ServiceExt;
 use tower_cql_core::{CqlError, CqlRequest, GateService, Statement};
-use tower_cql_middleware::stack::{BoxService, Stack};
+use tower_cql_middleware::stack::{SessionStack, StackService};
 
 use crate::args::Args;
 
@@ -30,7 +30,10 @@ pub(crate) struct ScanTally {
 /// Creates the keyspace and tables; with `--scan`, fills `--rows`
 /// partitions of `--partition-rows` rows each (one unlogged batch a
 /// partition).
-pub(crate) async fn create(svc: &GateService<BoxService>, a: &Args) -> Result<(), String> {
+pub(crate) async fn create(
+    svc: &GateService<StackService<tower_cql_core::DriverService>>,
+    a: &Args,
+) -> Result<(), String> {
     for cql in [
         "CREATE KEYSPACE IF NOT EXISTS stress WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
         "CREATE TABLE IF NOT EXISTS stress.kv (k int PRIMARY KEY, v bigint)",
@@ -75,7 +78,7 @@ pub(crate) async fn create(svc: &GateService<BoxService>, a: &Args) -> Result<()
 /// whole partition paged through the stack) or a write, as
 /// `--read-ratio` says.
 pub(crate) async fn worker(
-    stack: Stack<BoxService>,
+    stack: SessionStack,
     a: Arc<Args>,
     w: usize,
     stop: Arc<AtomicBool>,
@@ -130,7 +133,7 @@ pub(crate) async fn worker(
 }
 
 /// Reads a whole partition through the stack; the rows read.
-async fn scan_partition(stack: &Stack<BoxService>, req: CqlRequest) -> Result<u64, CqlError> {
+async fn scan_partition(stack: &SessionStack, req: CqlRequest) -> Result<u64, CqlError> {
     let mut rows = stack.stream::<(i32, i64)>(req).await?;
     let mut n = 0;
     while rows.try_next().await?.is_some() {
