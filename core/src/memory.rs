@@ -66,7 +66,7 @@ pub struct SeriesLabels {
 impl SeriesLabels {
     fn new(
         meta: &RequestMeta,
-        error: Option<&CqlError>,
+        error: Option<ErrorKind>,
         reason: Option<AttemptReason>,
     ) -> SeriesLabels {
         SeriesLabels {
@@ -74,7 +74,7 @@ impl SeriesLabels {
             kind: meta.kind(),
             keyspace: meta.keyspace().cloned(),
             table: meta.table().cloned(),
-            error: error.map(CqlError::kind),
+            error,
             reason,
             overflow: false,
         }
@@ -132,8 +132,63 @@ impl Series {
     }
 }
 
+/// A series' key in the map: its labels, hashed by the request's
+/// [`labels_hash`](RequestMeta::labels_hash) (computed once per statement)
+/// and the small fields, compared by the labels themselves. An event finds
+/// its series through a [`SeriesView`] of its request: no label cloned, no
+/// string hashed.
+#[derive(Clone, PartialEq, Eq)]
+struct SeriesKey {
+    labels_hash: u64,
+    labels: SeriesLabels,
+}
+
+impl std::hash::Hash for SeriesKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let l = &self.labels;
+        (self.labels_hash, l.kind, l.error, l.reason, l.overflow).hash(h);
+    }
+}
+
+/// The key of the series of an event, borrowed from its request.
+struct SeriesView<'a> {
+    meta: &'a RequestMeta,
+    error: Option<ErrorKind>,
+    reason: Option<AttemptReason>,
+}
+
+impl std::hash::Hash for SeriesView<'_> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        // as SeriesKey's (a view is never the overflow series)
+        let m = self.meta;
+        (m.labels_hash(), m.kind(), self.error, self.reason, false).hash(h);
+    }
+}
+
+impl crate::registry::Equivalent<SeriesKey> for SeriesView<'_> {
+    fn equivalent(&self, key: &SeriesKey) -> bool {
+        let (l, m) = (&key.labels, self.meta);
+        !l.overflow
+            && l.kind == m.kind()
+            && l.error == self.error
+            && l.reason == self.reason
+            && l.operation.as_ref() == m.operation()
+            && l.keyspace.as_ref() == m.keyspace()
+            && l.table.as_ref() == m.table()
+    }
+}
+
+impl SeriesView<'_> {
+    fn to_key(&self) -> SeriesKey {
+        SeriesKey {
+            labels_hash: self.meta.labels_hash(),
+            labels: SeriesLabels::new(self.meta, self.error, self.reason),
+        }
+    }
+}
+
 struct SeriesMap {
-    map: Registry<SeriesLabels, Arc<Series>>,
+    map: Registry<SeriesKey, Arc<Series>>,
     max: usize,
     overflow: Arc<Series>,
     overflowed: AtomicU64,
@@ -151,15 +206,15 @@ impl SeriesMap {
 
     /// Records `nanos` in the series of `labels`; `ok` and `rows` are
     /// counted for request series (attempts pass `false` and 0).
-    fn record(&self, labels: SeriesLabels, nanos: u64, ok: bool, rows: u64) {
+    fn record(&self, view: SeriesView<'_>, nanos: u64, ok: bool, rows: u64) {
         // through a snapshot: no reference count touched on the hot path
-        if let Some(h) = self.map.snapshot().get(&labels) {
+        if let Some(h) = self.map.snapshot().get(&view) {
             h.record(nanos, ok, rows);
             return;
         }
         let chosen = self
             .map
-            .get_or_insert_bounded(labels, self.max, || Arc::new(Series::new()));
+            .get_or_insert_bounded(view.to_key(), self.max, || Arc::new(Series::new()));
         match chosen {
             Some(h) => h.record(nanos, ok, rows),
             None => {
@@ -182,8 +237,8 @@ impl SeriesMap {
         let map = self.map.snapshot();
         let mut out: Vec<SeriesSnapshot> = map
             .iter()
-            .map(|(labels, h)| SeriesSnapshot {
-                labels: labels.clone(),
+            .map(|(key, h)| SeriesSnapshot {
+                labels: key.labels.clone(),
                 histogram: h.histogram.snapshot(),
             })
             .collect();
@@ -431,7 +486,11 @@ fn nanos(d: std::time::Duration) -> u64 {
 impl Collector for InMemoryCollector {
     fn on_request(&self, e: &RequestEvent<'_>) {
         self.requests.record(
-            SeriesLabels::new(e.meta, e.error, None),
+            SeriesView {
+                meta: e.meta,
+                error: e.error.map(CqlError::kind),
+                reason: None,
+            },
             nanos(e.duration),
             e.error.is_none(),
             e.rows as u64,
@@ -443,7 +502,11 @@ impl Collector for InMemoryCollector {
 
     fn on_attempt(&self, e: &AttemptEvent<'_>) {
         self.attempts.record(
-            SeriesLabels::new(e.meta, e.error, Some(e.reason)),
+            SeriesView {
+                meta: e.meta,
+                error: e.error.map(CqlError::kind),
+                reason: Some(e.reason),
+            },
             nanos(e.duration),
             false,
             0,
@@ -527,6 +590,38 @@ mod tests {
         let snap = m.snapshot();
         assert_eq!(snap.requests.len(), 1, "{:?}", snap.requests);
         assert_eq!(snap.requests[0].histogram.count(), 2);
+    }
+
+    /// Series are found by the labels' hash computed when they are set:
+    /// labels given on the statement, replaced on the request, or set on
+    /// its meta all reach the series of their text. (A hash left stale by a
+    /// setter would put "put" under the hash of "get": two series.)
+    #[test]
+    fn a_series_is_found_however_its_labels_were_set() {
+        let m = InMemoryCollector::new();
+        let text = "SELECT v FROM ks.t WHERE k = ?";
+        let on_statement = crate::Statement::new(text).operation("put").request();
+        let replaced = crate::Statement::new(text)
+            .operation("get")
+            .request()
+            .operation(String::from("put"));
+        let mut on_meta = crate::Statement::new(text).operation("get").request();
+        on_meta.meta_mut().set_labels(
+            Some(Label::from("put")),
+            Some(Label::from("ks")),
+            Some(Label::from("t")),
+        );
+        for r in [&on_statement, &replaced, &on_meta] {
+            m.on_request(&req_event(r.meta(), None, 100));
+        }
+        let snap = m.snapshot();
+        assert_eq!(snap.requests.len(), 1, "{:?}", snap.requests);
+        assert_eq!(snap.request_latency(Some("put")).count(), 3);
+        // and a changed label is another series
+        let mut other = on_statement.clone();
+        other.meta_mut().set_table(Some(Label::from("u")));
+        m.on_request(&req_event(other.meta(), None, 100));
+        assert_eq!(m.snapshot().requests.len(), 2);
     }
 
     fn req_event<'a>(

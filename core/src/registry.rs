@@ -31,8 +31,6 @@
 //! path): use a registry for keys the application or the cluster chose,
 //! not for data a remote party controls.
 
-use std::borrow::Borrow;
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -41,7 +39,12 @@ use crate::sync::{Swap, SwapGuard};
 
 /// foldhash: fast, and seeded per process (a little resistance to
 /// flooding, though keys here are never a remote party's data).
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Map<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A key's borrowed view: look a key up by something that hashes and
+/// compares like it, without building the key (every `Q` that `K`
+/// borrows as is one). Re-exported from `hashbrown`.
+pub use hashbrown::Equivalent;
 
 /// A concurrent map read without locks and written by read-copy-update;
 /// see the [module docs](self).
@@ -67,7 +70,7 @@ impl<K, V> Registry<K, V> {
     /// An empty registry.
     pub fn new() -> Registry<K, V> {
         Registry {
-            map: Swap::from_pointee(HashMap::default()),
+            map: Swap::from_pointee(Map::default()),
         }
     }
 
@@ -95,8 +98,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Registry<K, V> {
     /// The value of `key`, cloned: one atomic load and a hash probe.
     pub fn get<Q>(&self, key: &Q) -> Option<V>
     where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + Equivalent<K> + ?Sized,
     {
         self.map.load().get(key).cloned()
     }
@@ -104,8 +106,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Registry<K, V> {
     /// Whether `key` has a value.
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + Equivalent<K> + ?Sized,
     {
         self.map.load().contains_key(key)
     }
@@ -174,8 +175,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Registry<K, V> {
     /// Removes `key` if its value satisfies `pred`; whether it did.
     pub fn remove_if<Q>(&self, key: &Q, mut pred: impl FnMut(&V) -> bool) -> bool
     where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + Equivalent<K> + ?Sized,
     {
         let mut removed = false;
         self.map.rcu(|map| {
@@ -236,8 +236,7 @@ impl<K: Hash + Eq, V> Snapshot<K, V> {
     /// The value of `key`.
     pub fn get<Q>(&self, key: &Q) -> Option<&V>
     where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + Equivalent<K> + ?Sized,
     {
         self.map.get(key)
     }

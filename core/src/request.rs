@@ -263,8 +263,20 @@ struct StatementInner {
     table: Option<Label>,
     traits: StatementTraits,
     operation: Option<Label>,
+    /// [`labels_hash`] of operation, keyspace and table, kept in step.
+    labels_hash: u64,
     idempotent: bool,
     sanitized: std::sync::OnceLock<Option<Arc<str>>>,
+}
+
+/// The hash of a label set (operation, keyspace, table) by their text:
+/// computed when labels are set, so that collectors keying series by
+/// labels hash one number per event, not three strings. Fixed-seeded:
+/// equal label texts give equal hashes across statements.
+fn labels_hash(operation: Option<&Label>, keyspace: Option<&Label>, table: Option<&Label>) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x7063_716c_6c61_6265)
+        .hash_one((operation, keyspace, table))
 }
 
 /// The three shapes of statement a request can carry.
@@ -373,11 +385,14 @@ impl Statement {
                 (OperationKind::Batch, ks, tb, traits)
             }
         };
+        let keyspace = keyspace.map(Label::from);
+        let table = table.map(Label::from);
         Statement(Arc::new(StatementInner {
             body,
             kind,
-            keyspace: keyspace.map(Label::from),
-            table: table.map(Label::from),
+            labels_hash: labels_hash(None, keyspace.as_ref(), table.as_ref()),
+            keyspace,
+            table,
             traits,
             operation: None,
             idempotent: false,
@@ -395,11 +410,17 @@ impl Statement {
                 table: shared.table.clone(),
                 traits: shared.traits,
                 operation: shared.operation.clone(),
+                labels_hash: shared.labels_hash,
                 idempotent: shared.idempotent,
                 sanitized: std::sync::OnceLock::new(),
             },
         };
         f(&mut inner);
+        inner.labels_hash = labels_hash(
+            inner.operation.as_ref(),
+            inner.keyspace.as_ref(),
+            inner.table.as_ref(),
+        );
         Statement(Arc::new(inner))
     }
 
@@ -630,6 +651,8 @@ pub struct RequestMeta {
     kind: OperationKind,
     keyspace: Option<Label>,
     table: Option<Label>,
+    /// [`labels_hash`] of the three above, kept in step by every setter.
+    labels_hash: u64,
     idempotent: bool,
     traits: StatementTraits,
     consistency: Option<Consistency>,
@@ -663,6 +686,7 @@ impl RequestMeta {
             kind: s.0.kind,
             keyspace: s.0.keyspace.clone(),
             table: s.0.table.clone(),
+            labels_hash: s.0.labels_hash,
             idempotent: s.0.idempotent,
             traits: s.0.traits,
             consistency: None,
@@ -748,16 +772,47 @@ impl RequestMeta {
     /// Replaces the operation label (the metrics layer's cardinality guard).
     pub fn set_operation(&mut self, name: Option<Label>) {
         self.operation = name;
+        self.relabelled();
     }
 
     /// Replaces the keyspace label.
     pub fn set_keyspace(&mut self, keyspace: Option<Label>) {
         self.keyspace = keyspace;
+        self.relabelled();
     }
 
     /// Replaces the table label.
     pub fn set_table(&mut self, table: Option<Label>) {
         self.table = table;
+        self.relabelled();
+    }
+
+    /// Replaces the three labels at once (one hash instead of three).
+    pub fn set_labels(
+        &mut self,
+        operation: Option<Label>,
+        keyspace: Option<Label>,
+        table: Option<Label>,
+    ) {
+        (self.operation, self.keyspace, self.table) = (operation, keyspace, table);
+        self.relabelled();
+    }
+
+    fn relabelled(&mut self) {
+        self.labels_hash = labels_hash(
+            self.operation.as_ref(),
+            self.keyspace.as_ref(),
+            self.table.as_ref(),
+        );
+    }
+
+    /// A hash of the operation, keyspace and table labels by their text,
+    /// computed when they are set (once per [`Statement`], again only when
+    /// a request changes them): for a collector that keys series by these
+    /// labels, one number to hash per event instead of three strings.
+    /// Equal label texts give equal hashes within a process.
+    pub fn labels_hash(&self) -> u64 {
+        self.labels_hash
     }
 
     /// The operation name label, if one was given.
@@ -884,7 +939,7 @@ impl CqlRequest {
 
     /// Names the operation (a bounded label).
     pub fn operation(mut self, name: impl Into<Label>) -> CqlRequest {
-        self.meta.operation = Some(name.into());
+        self.meta.set_operation(Some(name.into()));
         self
     }
 
@@ -896,13 +951,13 @@ impl CqlRequest {
 
     /// Sets the keyspace label.
     pub fn keyspace(mut self, keyspace: impl Into<Label>) -> CqlRequest {
-        self.meta.keyspace = Some(keyspace.into());
+        self.meta.set_keyspace(Some(keyspace.into()));
         self
     }
 
     /// Sets the table label.
     pub fn table(mut self, table: impl Into<Label>) -> CqlRequest {
-        self.meta.table = Some(table.into());
+        self.meta.set_table(Some(table.into()));
         self
     }
 

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use tower_cql_core::registry::Registry;
+use tower_cql_core::registry::{Equivalent, Registry};
 use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, Label, RequestMeta};
 
 pub use self::future::ResponseFuture;
@@ -74,7 +74,39 @@ impl MetricsConfig {
     }
 }
 
-type LabelSet = (Option<Label>, Option<Label>, Option<Label>);
+/// A label set the guard has admitted: hashed by the request's
+/// [`labels_hash`](RequestMeta::labels_hash) (computed once per
+/// statement), compared by the labels. A request finds its set through a
+/// [`LabelView`]: no label cloned, no string hashed.
+#[derive(Clone, PartialEq, Eq)]
+struct LabelSet {
+    hash: u64,
+    labels: (Option<Label>, Option<Label>, Option<Label>),
+}
+
+impl std::hash::Hash for LabelSet {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.hash.hash(h);
+    }
+}
+
+/// A request's label set, borrowed.
+struct LabelView<'a>(&'a RequestMeta);
+
+impl std::hash::Hash for LabelView<'_> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.labels_hash().hash(h);
+    }
+}
+
+impl Equivalent<LabelSet> for LabelView<'_> {
+    fn equivalent(&self, set: &LabelSet) -> bool {
+        let (o, k, t) = &set.labels;
+        o.as_ref() == self.0.operation()
+            && k.as_ref() == self.0.keyspace()
+            && t.as_ref() == self.0.table()
+    }
+}
 
 /// Bounds the distinct label sets; lock-free reads, copy-on-write inserts.
 struct CardinalityGuard {
@@ -87,23 +119,24 @@ const OTHER: Label = Label::from_static("other");
 
 impl CardinalityGuard {
     fn apply(&self, meta: &mut RequestMeta) {
-        let key: LabelSet = (
-            meta.operation().cloned(),
-            meta.keyspace().cloned(),
-            meta.table().cloned(),
-        );
-        if self.seen.contains_key(&key) {
+        if self.seen.contains_key(&LabelView(meta)) {
             return;
         }
+        let key = LabelSet {
+            hash: meta.labels_hash(),
+            labels: (
+                meta.operation().cloned(),
+                meta.keyspace().cloned(),
+                meta.table().cloned(),
+            ),
+        };
         let admitted = self
             .seen
             .get_or_insert_bounded(key, self.max, || ())
             .is_some();
         if !admitted {
             self.folded.fetch_add(1, Ordering::Relaxed);
-            meta.set_operation(Some(OTHER));
-            meta.set_keyspace(Some(OTHER));
-            meta.set_table(Some(OTHER));
+            meta.set_labels(Some(OTHER), Some(OTHER), Some(OTHER));
         }
     }
 }
