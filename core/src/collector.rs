@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use crate::event::{
     AttemptEvent, BreakerEvent, Event, LimitEvent, OwnedEvent, PageEvent, RequestEvent, RetryEvent,
-    ShedEvent, StreamEvent, ThrottleEvent,
+    ServerTraceEvent, ShedEvent, StreamEvent, ThrottleEvent,
 };
 use crate::sync::{AtomicU64, Ordering, Swap};
 
@@ -65,6 +65,9 @@ pub trait Collector: Send + Sync + 'static {
     fn on_page(&self, _event: &PageEvent<'_>) {}
     /// A paged read ended.
     fn on_stream(&self, _event: &StreamEvent<'_>) {}
+    /// A request's server-side trace was fetched (in the background, after
+    /// the request's own event; not on the request path).
+    fn on_server_trace(&self, _event: &ServerTraceEvent<'_>) {}
     /// Push out anything buffered (called on shutdown).
     fn flush(&self) {}
     /// A name for diagnostics.
@@ -105,6 +108,7 @@ pub fn dispatch(c: &dyn Collector, event: &Event<'_>) {
         Event::Limit(e) => c.on_limit(e),
         Event::Page(e) => c.on_page(e),
         Event::Stream(e) => c.on_stream(e),
+        Event::ServerTrace(e) => c.on_server_trace(e),
     }
 }
 
@@ -426,6 +430,9 @@ impl Collector for Background {
     fn on_stream(&self, e: &StreamEvent<'_>) {
         self.send(Event::Stream(*e));
     }
+    fn on_server_trace(&self, e: &ServerTraceEvent<'_>) {
+        self.send(Event::ServerTrace(*e));
+    }
     /// Waits (up to 5 s) until the worker has handled everything queued
     /// before this call and flushed the inner collector.
     fn flush(&self) {
@@ -475,6 +482,7 @@ mod tests {
             speculative: 0,
             rows: 0,
             node: None,
+            tracing_id: None,
         })
     }
 
@@ -556,6 +564,7 @@ mod loom_tests {
             speculative: 0,
             rows: 0,
             node: None,
+            tracing_id: None,
         }));
     }
 

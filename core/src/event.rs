@@ -29,11 +29,12 @@
 //! let _ = LimitEvent { limiter: "adaptive", limit: 8, in_flight: 3 };
 //! ```
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime};
 
 use crate::error::{CqlError, ErrorKind};
 use crate::request::RequestMeta;
+use crate::server_trace::ServerTraceStep;
 
 pub use crate::request::AttemptReason;
 
@@ -56,6 +57,9 @@ pub struct RequestEvent<'a> {
     pub rows: usize,
     /// The node that answered last.
     pub node: Option<SocketAddr>,
+    /// The server's tracing session id, when the request was traced
+    /// (its trace arrives later as a [`ServerTraceEvent`]).
+    pub tracing_id: Option<[u8; 16]>,
 }
 
 impl<'a> RequestEvent<'a> {
@@ -70,6 +74,7 @@ impl<'a> RequestEvent<'a> {
             speculative: 0,
             rows: 0,
             node: None,
+            tracing_id: None,
         }
     }
 }
@@ -363,6 +368,72 @@ impl<'a> StreamEvent<'a> {
     }
 }
 
+/// A request's server-side trace, read from `system_traces` in the
+/// background after the request completed (see
+/// `tower_cql_middleware::server_trace`): the session and its steps on
+/// every node, activity texts sanitised.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct ServerTraceEvent<'a> {
+    /// The traced request's labels and options.
+    pub meta: &'a RequestMeta,
+    /// The tracing session id (the request event's `tracing_id`).
+    pub session_id: [u8; 16],
+    /// `sessions.coordinator`: the node that coordinated the request.
+    pub coordinator: Option<IpAddr>,
+    /// `sessions.started_at`.
+    pub started_at: SystemTime,
+    /// `sessions.duration`: the coordinator's time on the request.
+    pub duration: Duration,
+    /// `sessions.request`: what the server did (`Execute CQL3 prepared
+    /// query`), no statement text.
+    pub request: &'a str,
+    /// `sessions.parameters['consistency_level']`, the one parameter kept
+    /// (the others may hold the query text or bound values).
+    pub consistency: Option<&'a str>,
+    /// The steps (`system_traces.events`), in `event_id` order.
+    pub steps: &'a [ServerTraceStep],
+}
+
+impl<'a> ServerTraceEvent<'a> {
+    /// The trace `session_id` of `meta`'s request, started at
+    /// `started_at` and lasting `duration`, made of `steps`; set the
+    /// other fields on the value.
+    pub fn new(
+        meta: &'a RequestMeta,
+        session_id: [u8; 16],
+        started_at: SystemTime,
+        duration: Duration,
+        steps: &'a [ServerTraceStep],
+    ) -> Self {
+        ServerTraceEvent {
+            meta,
+            session_id,
+            coordinator: None,
+            started_at,
+            duration,
+            request: "",
+            consistency: None,
+            steps,
+        }
+    }
+
+    /// The nodes that wrote steps, in the order of their first step (the
+    /// coordinator first).
+    pub fn sources(&self) -> Vec<Option<IpAddr>> {
+        let mut out: Vec<Option<IpAddr>> = Vec::new();
+        if self.coordinator.is_some() {
+            out.push(self.coordinator);
+        }
+        for s in self.steps {
+            if !out.contains(&s.source) {
+                out.push(s.source);
+            }
+        }
+        out
+    }
+}
+
 /// Any event.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
@@ -385,6 +456,8 @@ pub enum Event<'a> {
     Page(PageEvent<'a>),
     /// A paged read ended.
     Stream(StreamEvent<'a>),
+    /// A request's server-side trace was fetched.
+    ServerTrace(ServerTraceEvent<'a>),
 }
 
 impl<'a> Event<'a> {
@@ -400,6 +473,7 @@ impl<'a> Event<'a> {
             Event::Limit(_) => "limit",
             Event::Page(_) => "page",
             Event::Stream(_) => "stream",
+            Event::ServerTrace(_) => "server_trace",
         }
     }
 
@@ -413,6 +487,7 @@ impl<'a> Event<'a> {
             Event::Shed(e) => Some(e.meta),
             Event::Page(e) => Some(e.meta),
             Event::Stream(e) => Some(e.meta),
+            Event::ServerTrace(e) => Some(e.meta),
             Event::Breaker(_) | Event::Limit(_) => None,
         }
     }
@@ -431,6 +506,7 @@ impl<'a> Event<'a> {
         };
         let target = match self {
             Event::Breaker(b) => b.target.to_string(),
+            Event::ServerTrace(t) => t.request.to_string(),
             _ => String::new(),
         };
         let data = match *self {
@@ -440,6 +516,7 @@ impl<'a> Event<'a> {
                 speculative: e.speculative,
                 rows: e.rows,
                 node: e.node,
+                tracing_id: e.tracing_id,
             },
             Event::Attempt(e) => Data::Attempt {
                 index: e.index,
@@ -479,6 +556,14 @@ impl<'a> Event<'a> {
                 duration: e.duration,
                 end: e.end.as_str(),
             },
+            Event::ServerTrace(e) => Data::ServerTrace(Box::new(OwnedServerTrace {
+                session_id: e.session_id,
+                coordinator: e.coordinator,
+                started_at: e.started_at,
+                duration: e.duration,
+                consistency: e.consistency.map(str::to_string),
+                steps: e.steps.to_vec(),
+            })),
         };
         OwnedEvent {
             meta: self.meta().cloned(),
@@ -497,6 +582,7 @@ enum Data {
         speculative: u32,
         rows: usize,
         node: Option<SocketAddr>,
+        tracing_id: Option<[u8; 16]>,
     },
     Attempt {
         index: u32,
@@ -536,6 +622,17 @@ enum Data {
         duration: Duration,
         end: &'static str,
     },
+    ServerTrace(Box<OwnedServerTrace>),
+}
+
+#[derive(Debug, Clone)]
+struct OwnedServerTrace {
+    session_id: [u8; 16],
+    coordinator: Option<IpAddr>,
+    started_at: SystemTime,
+    duration: Duration,
+    consistency: Option<String>,
+    steps: Vec<ServerTraceStep>,
 }
 
 /// An event that owns its data (made by [`Event::to_owned`]).
@@ -558,6 +655,7 @@ impl OwnedEvent {
                 speculative,
                 rows,
                 node,
+                tracing_id,
             } => Event::Request(RequestEvent {
                 meta: meta(),
                 duration: *duration,
@@ -566,6 +664,7 @@ impl OwnedEvent {
                 speculative: *speculative,
                 rows: *rows,
                 node: *node,
+                tracing_id: *tracing_id,
             }),
             Data::Attempt {
                 index,
@@ -638,6 +737,16 @@ impl OwnedEvent {
                     ("dropped", _) => StreamEnd::Dropped,
                     _ => StreamEnd::Finished,
                 },
+            }),
+            Data::ServerTrace(t) => Event::ServerTrace(ServerTraceEvent {
+                meta: meta(),
+                session_id: t.session_id,
+                coordinator: t.coordinator,
+                started_at: t.started_at,
+                duration: t.duration,
+                request: &self.target,
+                consistency: t.consistency.as_deref(),
+                steps: &t.steps,
             }),
         }
     }

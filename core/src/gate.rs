@@ -166,6 +166,9 @@ struct Inner {
     /// Notified when the flush has finished and the gate is closed.
     closed: Notify,
     collectors: Option<Collectors>,
+    /// Runs once drained, before the collectors' flush (background work
+    /// whose last events the flush must carry: the server trace fetcher).
+    before_flush: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// A shutdown gate shared by clones; see the module docs.
@@ -212,21 +215,38 @@ impl Drop for GateGuard {
 impl Gate {
     /// An open gate that flushes nothing on close.
     pub fn new() -> Gate {
-        Gate::build(None)
+        Gate::build(None, None)
     }
 
     /// An open gate that flushes `collectors` once drained.
     pub fn with_collectors(collectors: Collectors) -> Gate {
-        Gate::build(Some(collectors))
+        Gate::build(Some(collectors), None)
     }
 
-    fn build(collectors: Option<Collectors>) -> Gate {
+    /// An open gate that, once drained, runs `before_flush` (on the flush's
+    /// blocking thread: it may block, for a bounded time) and then flushes
+    /// `collectors`: for background work that emits events after the
+    /// requests that caused them, such as fetching server traces, which
+    /// must be finished or abandoned before the collectors' last flush. A
+    /// panic in it is caught; the flush still runs.
+    pub fn with_collectors_and_drain(
+        collectors: Collectors,
+        before_flush: impl Fn() + Send + Sync + 'static,
+    ) -> Gate {
+        Gate::build(Some(collectors), Some(Box::new(before_flush)))
+    }
+
+    fn build(
+        collectors: Option<Collectors>,
+        before_flush: Option<Box<dyn Fn() + Send + Sync>>,
+    ) -> Gate {
         Gate {
             inner: Arc::new(Inner {
                 core: GateCore::new(),
                 drained: Notify::new(),
                 closed: Notify::new(),
                 collectors,
+                before_flush,
             }),
         }
     }
@@ -348,6 +368,9 @@ impl FlushJob {
         let Some(inner) = self.0.take() else {
             return;
         };
+        if let Some(f) = &inner.before_flush {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        }
         if let Some(c) = &inner.collectors {
             c.flush(); // catches and counts a collector's panic
         }

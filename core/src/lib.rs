@@ -41,6 +41,7 @@
 //! - [`gate`]: the shutdown gate.
 //! - [`analysis`]: what a statement's text says (kind, table, LWT, counters).
 //! - [`redact`]: statement text with literals removed (same lexer as the analysis).
+//! - [`server_trace`]: server-side query traces (settings, steps, the activity sanitiser).
 //! - [`registry`]: [`Registry`](registry::Registry), the lock-free read-copy-update map.
 //!
 //! # Loom
@@ -69,6 +70,7 @@ pub mod request;
 pub mod response;
 pub mod routing;
 pub mod semconv;
+pub mod server_trace;
 mod sync;
 #[cfg(feature = "tls-rustls")]
 pub mod tls;

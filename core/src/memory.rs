@@ -637,6 +637,7 @@ mod tests {
             speculative: 0,
             rows: 2,
             node: None,
+            tracing_id: None,
         }
     }
 

@@ -1038,6 +1038,12 @@ impl RequestMeta {
     pub fn set_deadline(&mut self, at: Option<Instant>) {
         self.deadline = at;
     }
+
+    /// Asks the server to trace the request, or not (the server trace
+    /// layer's sampling).
+    pub fn set_tracing(&mut self, on: bool) {
+        self.tracing = on;
+    }
 }
 
 impl fmt::Debug for CqlRequest {

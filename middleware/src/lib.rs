@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod prelude;
 pub mod rate_limit;
 pub mod retry;
+pub mod server_trace;
 pub mod slow_log;
 pub mod stack;
 pub mod stack_config;

@@ -28,6 +28,10 @@
 //!    close drains everything below;
 //! 2. **tracing** (`cql.request` span) — the span covers the whole logical
 //!    request, so every layer below logs inside it;
+//!    **server trace** (off by default) — sets the tracing flag on the
+//!    requests it samples and queues their traces for the background fetch
+//!    (see [`server_trace`](crate::server_trace)), outside metrics so
+//!    that the request event (with its tracing id) comes first;
 //! 3. **metrics** — one event per logical request, timed around queueing,
 //!    retries and hedging: the latency the caller felt;
 //! 4. **load shed** (off by default) and **circuit breaker** (off by
@@ -84,15 +88,19 @@ use crate::load_shed::{LoadShed, LoadShedLayer};
 use crate::metrics::{Metrics, MetricsConfig, MetricsLayer};
 use crate::rate_limit::{RateLimit, RateLimitConfig, RateLimitLayer};
 use crate::retry::{Retry, RetryConfig, RetryLayer};
+use crate::server_trace::{ServerTrace, ServerTraceHandle, ServerTraceLayer};
 use crate::timeout::{Timeout, TimeoutConfig, TimeoutLayer};
 use crate::toggle::Toggle;
 use crate::trace::{AttemptTrace, AttemptTraceLayer, Trace, TraceConfig, TraceLayer};
+use tower_cql_core::server_trace::ServerTraceConfig;
 
 /// Every layer of the default stack, validated; `None` when switched off.
 #[derive(Debug, Clone)]
 pub struct StackLayers {
     /// The request span.
     pub trace: Option<TraceLayer>,
+    /// Server-side tracing of sampled requests.
+    pub server_trace: Option<ServerTraceLayer>,
     /// Request events.
     pub metrics: Option<MetricsLayer>,
     /// Load shedding.
@@ -121,6 +129,8 @@ pub struct StackLayers {
 pub struct StackBuilder {
     collectors: Collectors,
     trace: Option<TraceConfig>,
+    server_trace: Option<ServerTraceConfig>,
+    server_trace_session: Option<Arc<scylla::client::session::Session>>,
     metrics: Option<MetricsConfig>,
     load_shed: bool,
     breaker: Option<BreakerConfig>,
@@ -136,6 +146,7 @@ impl fmt::Debug for StackBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StackBuilder")
             .field("trace", &self.trace)
+            .field("server_trace", &self.server_trace)
             .field("metrics", &self.metrics)
             .field("load_shed", &self.load_shed)
             .field("breaker", &self.breaker)
@@ -175,6 +186,8 @@ impl StackBuilder {
         StackBuilder {
             collectors,
             trace: Some(TraceConfig::default()),
+            server_trace: None,
+            server_trace_session: None,
             metrics: Some(MetricsConfig::default()),
             load_shed: false,
             breaker: None,
@@ -197,6 +210,16 @@ impl StackBuilder {
         retry: RetryConfig, retry, without_retry, "retries";
         hedge: HedgeConfig, hedge, without_hedge, "hedging of idempotent reads";
         timeout: TimeoutConfig, timeout, without_timeout, "per-attempt timeouts and the deadline";
+        server_trace: ServerTraceConfig, server_trace, without_server_trace, "server-side tracing of sampled requests (see [`server_trace`](crate::server_trace))";
+    }
+
+    /// The session server traces are read through (`system_traces`), when
+    /// the stack is built with [`build`](Self::build) on a driver that is
+    /// not a plain [`DriverService`]; [`build_on`](Self::build_on) and
+    /// `build(DriverService)` use the driver's session.
+    pub fn server_trace_session(mut self, session: Arc<scylla::client::session::Session>) -> Self {
+        self.server_trace_session = Some(session);
+        self
     }
 
     /// Sheds requests when the limits below are full instead of queueing:
@@ -231,8 +254,21 @@ impl StackBuilder {
         // under a load shedder a limit says "not ready" rather than letting
         // a request wait, so that the shedder refuses it
         let shed = self.load_shed;
+        let server_trace = match (self.server_trace, &self.server_trace_session) {
+            (Some(st), Some(session)) if st.is_on() => {
+                Some(ServerTraceLayer::new(st, session.clone(), c.clone()))
+            }
+            (Some(st), None) if st.is_on() => {
+                return Err(ConfigError::new(
+                    "server_trace",
+                    "server tracing needs the session to read system_traces through: build the stack with build_on(session) or build(DriverService), or give it with server_trace_session(session)",
+                ));
+            }
+            _ => None,
+        };
         Ok(StackLayers {
             trace: self.trace.clone().map(TraceLayer::new),
+            server_trace,
             metrics: self
                 .metrics
                 .clone()
@@ -283,6 +319,9 @@ impl StackBuilder {
         if let Some(t) = &self.trace {
             t.validate()?;
         }
+        if let Some(t) = &self.server_trace {
+            t.validate()?;
+        }
         if let Some(m) = &self.metrics {
             m.validate()?;
         }
@@ -327,7 +366,7 @@ impl StackBuilder {
     /// read, an atomic, an allocation, an event nor a span. To name the
     /// type, use [`SessionStack`] (built on a [`DriverService`]) or
     /// [`Stack::boxed`] (one [`BoxService`], whatever is inside).
-    pub fn build<S>(self, driver: S) -> Result<Stack<StackService<S>>, ConfigError>
+    pub fn build<S>(mut self, driver: S) -> Result<Stack<StackService<S>>, ConfigError>
     where
         S: tower_service::Service<CqlRequest, Response = CqlResponse, Error = CqlError>
             + Clone
@@ -336,12 +375,26 @@ impl StackBuilder {
             + 'static,
         S::Future: Send + 'static,
     {
+        if self.server_trace_session.is_none()
+            && let Some(d) = (&driver as &dyn std::any::Any).downcast_ref::<DriverService>()
+        {
+            self.server_trace_session = Some(d.session().clone());
+        }
         let l = self.layers()?;
-        let gate = Gate::with_collectors(self.collectors.clone());
+        let server_trace = l.server_trace.as_ref().map(ServerTraceLayer::handle);
+        let gate = match &server_trace {
+            // the fetcher is drained before the collectors' last flush
+            Some(h) => {
+                let h = h.clone();
+                Gate::with_collectors_and_drain(self.collectors.clone(), move || h.drain())
+            }
+            None => Gate::with_collectors(self.collectors.clone()),
+        };
         Ok(Stack {
             service: gate.wrap(l.service(driver)),
             gate,
             collectors: self.collectors,
+            server_trace,
         })
     }
 }
@@ -393,6 +446,7 @@ impl StackLayers {
         let s = Toggle::new(self.breaker).layer(s);
         let s = Toggle::new(self.load_shed).layer(s);
         let s = Toggle::new(self.metrics).layer(s);
+        let s = Toggle::new(self.server_trace).layer(s);
         Toggle::new(self.trace).layer(s)
     }
 }
@@ -400,11 +454,15 @@ impl StackLayers {
 /// The type of the stack around a service `S`, every layer present
 /// (those switched off as pass-throughs), outermost first.
 pub type StackService<S> = Trace<
-    Metrics<
-        LoadShed<
-            CircuitBreaker<
-                RateLimit<
-                    ConcurrencyLimit<AdaptiveConcurrency<Retry<Hedge<AttemptTrace<Timeout<S>>>>>>,
+    ServerTrace<
+        Metrics<
+            LoadShed<
+                CircuitBreaker<
+                    RateLimit<
+                        ConcurrencyLimit<
+                            AdaptiveConcurrency<Retry<Hedge<AttemptTrace<Timeout<S>>>>>,
+                        >,
+                    >,
                 >,
             >,
         >,
@@ -427,6 +485,7 @@ pub struct Stack<S> {
     service: GateService<S>,
     gate: Gate,
     collectors: Collectors,
+    server_trace: Option<ServerTraceHandle>,
 }
 
 impl<S> fmt::Debug for Stack<S> {
@@ -458,6 +517,7 @@ where
             service: self.gate.wrap(BoxService::new(self.service.into_inner())),
             gate: self.gate,
             collectors: self.collectors,
+            server_trace: self.server_trace,
         }
     }
 
@@ -516,6 +576,11 @@ impl<S> Stack<S> {
     /// The shutdown gate.
     pub fn gate(&self) -> &Gate {
         &self.gate
+    }
+
+    /// The server trace layer's counters, when server tracing is on.
+    pub fn server_traces(&self) -> Option<&ServerTraceHandle> {
+        self.server_trace.as_ref()
     }
 
     /// Stops admitting requests, waits for those in flight, flushes the

@@ -50,6 +50,7 @@ use crate::retry::{BudgetConfig, RetryConfig};
 use crate::stack::StackBuilder;
 use crate::timeout::TimeoutConfig;
 use crate::trace::TraceConfig;
+use tower_cql_core::server_trace::ServerTraceConfig;
 
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
@@ -214,6 +215,32 @@ pub struct TimeoutSection {
     pub honour_deadline: Option<bool>,
 }
 
+/// `[server_trace]`: server-side tracing of sampled requests (off unless
+/// `sample_ratio` > 0 or `slow_threshold_ms` is set; see
+/// [`server_trace`](crate::server_trace)).
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTraceSection {
+    /// The fraction of requests traced, 0 to 1.
+    pub sample_ratio: Option<f64>,
+    /// A request slower than this arms its operation ...
+    pub slow_threshold_ms: Option<u64>,
+    /// ... for this many traced requests.
+    pub trace_next: Option<u32>,
+    /// Traces fetched per second at most (the rest are skipped).
+    pub max_fetches_per_second: Option<u32>,
+    /// Traces waiting to be fetched.
+    pub queue_capacity: Option<usize>,
+    /// Reads of a trace's session row until it is finished.
+    pub fetch_attempts: Option<u32>,
+    /// Wait before the second read, doubled after.
+    pub fetch_backoff_ms: Option<u64>,
+    /// Fetches at once.
+    pub max_concurrent_fetches: Option<usize>,
+    /// How long close waits for pending fetches.
+    pub close_timeout_ms: Option<u64>,
+}
+
 /// The whole stack's configuration; see the module docs.
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -248,6 +275,9 @@ pub struct StackConfig {
     /// `[timeout]`
     #[serde(default)]
     pub timeout: TimeoutSection,
+    /// `[server_trace]`
+    #[serde(default)]
+    pub server_trace: ServerTraceSection,
 }
 
 impl StackConfig {
@@ -428,7 +458,72 @@ impl StackConfig {
                 honour_deadline: self.timeout.honour_deadline.unwrap_or(true),
             });
         }
-        b.layers()?;
+        if self.server_trace != ServerTraceSection::default() {
+            let s = &self.server_trace;
+            let d = ServerTraceConfig::default();
+            b = b.server_trace(ServerTraceConfig {
+                sample_ratio: s.sample_ratio.unwrap_or(d.sample_ratio),
+                slow_threshold: s.slow_threshold_ms.map(ms),
+                trace_next: s.trace_next.unwrap_or(d.trace_next),
+                max_fetches_per_second: s
+                    .max_fetches_per_second
+                    .unwrap_or(d.max_fetches_per_second),
+                queue_capacity: s.queue_capacity.unwrap_or(d.queue_capacity),
+                fetch_attempts: s.fetch_attempts.unwrap_or(d.fetch_attempts),
+                fetch_backoff: s.fetch_backoff_ms.map_or(d.fetch_backoff, ms),
+                max_concurrent_fetches: s
+                    .max_concurrent_fetches
+                    .unwrap_or(d.max_concurrent_fetches),
+                close_timeout: s.close_timeout_ms.map_or(d.close_timeout, ms),
+            });
+        }
+        // every setting judged; the layers are made when the stack is
+        // built (server tracing needs the session then)
+        b.validate()?;
         Ok(b)
+    }
+}
+
+#[cfg(test)]
+mod server_trace_tests {
+    use super::*;
+
+    #[test]
+    fn server_trace_settings_are_read_and_judged() {
+        let b = StackConfig::from_toml(
+            "[server_trace]\nsample_ratio = 0.01\nslow_threshold_ms = 250\ntrace_next = 3\nmax_fetches_per_second = 5",
+        )
+        .unwrap()
+        .into_builder(Collectors::new())
+        .unwrap();
+        let dbg = format!("{b:?}");
+        assert!(dbg.contains("sample_ratio: 0.01"), "{dbg}");
+        assert!(dbg.contains("trace_next: 3"), "{dbg}");
+        // on, but no session to read traces through: building the layers says so
+        let err = b.layers().unwrap_err();
+        assert_eq!(err.field, "server_trace");
+        assert!(err.message.contains("build_on"), "{err}");
+
+        for (toml, field) in [
+            ("sample_ratio = 2.0", "server_trace.sample_ratio"),
+            ("slow_threshold_ms = 100", "server_trace.trace_next"),
+            ("trace_next = 4", "server_trace.trace_next"),
+            (
+                "sample_ratio = 0.1\nmax_fetches_per_second = 0",
+                "server_trace.max_fetches_per_second",
+            ),
+        ] {
+            let err = StackConfig::from_toml(&format!("[server_trace]\n{toml}"))
+                .unwrap()
+                .into_builder(Collectors::new())
+                .unwrap_err();
+            assert_eq!(err.field, field, "{toml}: {err}");
+        }
+        // absent: off, and no layer
+        let b = StackConfig::from_toml("")
+            .unwrap()
+            .into_builder(Collectors::new())
+            .unwrap();
+        assert!(b.layers().unwrap().server_trace.is_none());
     }
 }

@@ -118,6 +118,7 @@ where
                     e.speculative = resp.info().speculative;
                     e.rows = resp.info().rows;
                     e.node = resp.info().coordinator;
+                    e.tracing_id = resp.info().tracing_id;
                     e
                 }
                 Err(err) => {

@@ -1,0 +1,530 @@
+//! Server-side query traces: what the stack needs to know about them
+//! wherever it sits (the settings, one step of a trace, the sanitiser of
+//! activity texts). The sampling and the background fetch live in
+//! `tower_cql_middleware::server_trace`; the traces reach collectors as
+//! [`ServerTraceEvent`](crate::event::ServerTraceEvent)s.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_cql_core::server_trace::{ServerTraceConfig, sanitize_activity};
+//!
+//! // 1% of requests traced, and the next 5 requests of an operation
+//! // after one of its requests took longer than 200 ms.
+//! let config = ServerTraceConfig {
+//!     sample_ratio: 0.01,
+//!     slow_threshold: Some(Duration::from_millis(200)),
+//!     trace_next: 5,
+//!     ..ServerTraceConfig::default()
+//! };
+//! config.validate().unwrap();
+//!
+//! // Activity texts lose their literals, keep node addresses and counts.
+//! assert_eq!(
+//!     sanitize_activity("Parsing SELECT v FROM ks.kv WHERE k = 5 AND n = 'bob'"),
+//!     "Parsing SELECT v FROM ks.kv WHERE k = ? AND n = ?"
+//! );
+//! assert_eq!(
+//!     sanitize_activity("Sending READ_REQ message to /127.0.0.2:7000 message size 97 bytes"),
+//!     "Sending READ_REQ message to /127.0.0.2:7000 message size 97 bytes"
+//! );
+//! assert_eq!(
+//!     sanitize_activity("Creating read executor for token 3248873570005575792 with all: {127.0.0.1}"),
+//!     "Creating read executor for token ? with all: {127.0.0.1}"
+//! );
+//! ```
+//!
+//! # What it costs
+//! A traced request makes the server write its trace (one `sessions` row,
+//! one `events` row per step on every node it touches, with a TTL of a
+//! day) and the stack read it back: two reads per trace fetched, more
+//! when the trace is not finished on the first read. Off by default.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::ConfigError;
+use crate::lex::{Kind, Lexer, Lit};
+
+/// When requests carry the protocol's tracing flag, and how their traces
+/// are fetched. Off by default (`sample_ratio` 0, no slow threshold).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerTraceConfig {
+    /// The fraction of requests traced, in `[0, 1]` (0: none).
+    pub sample_ratio: f64,
+    /// A request of an operation slower than this makes the next
+    /// [`trace_next`](Self::trace_next) requests of that operation traced.
+    pub slow_threshold: Option<Duration>,
+    /// How many requests of an operation are traced after a slow one.
+    pub trace_next: u32,
+    /// At most this many traces fetched per second; the rest are counted
+    /// as skipped.
+    pub max_fetches_per_second: u32,
+    /// Traces waiting to be fetched; when full, a new one is skipped.
+    pub queue_capacity: usize,
+    /// Reads of `system_traces.sessions` until the server has finished
+    /// writing the trace (`duration` set), before the fetch counts as failed.
+    pub fetch_attempts: u32,
+    /// Wait before the second read; doubled before each next one.
+    pub fetch_backoff: Duration,
+    /// Fetches running at once.
+    pub max_concurrent_fetches: usize,
+    /// How long closing the stack waits for pending fetches before it
+    /// abandons them (counted as skipped).
+    pub close_timeout: Duration,
+}
+
+impl Default for ServerTraceConfig {
+    fn default() -> ServerTraceConfig {
+        ServerTraceConfig {
+            sample_ratio: 0.0,
+            slow_threshold: None,
+            trace_next: 0,
+            max_fetches_per_second: 10,
+            queue_capacity: 256,
+            fetch_attempts: 5,
+            fetch_backoff: Duration::from_millis(20),
+            max_concurrent_fetches: 2,
+            close_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl ServerTraceConfig {
+    /// Whether any request would be traced: a non-zero ratio or a slow
+    /// threshold.
+    pub fn is_on(&self) -> bool {
+        self.sample_ratio > 0.0 || self.slow_threshold.is_some()
+    }
+
+    /// Checks every value; the error names the field and says what to do.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(ConfigError::new(
+                "server_trace.sample_ratio",
+                format!(
+                    "must be between 0 and 1 (a fraction of requests, e.g. 0.001), got {}",
+                    self.sample_ratio
+                ),
+            ));
+        }
+        match (self.slow_threshold, self.trace_next) {
+            (Some(_), 0) => {
+                return Err(ConfigError::new(
+                    "server_trace.trace_next",
+                    "is 0 but a slow threshold is set: give how many requests to trace after a slow one (e.g. 5), or remove the threshold",
+                ));
+            }
+            (Some(t), _) if t.is_zero() => {
+                return Err(ConfigError::new(
+                    "server_trace.slow_threshold",
+                    "is 0, which would trace every request: give a latency (e.g. 200 ms) or use sample_ratio = 1",
+                ));
+            }
+            (None, n) if n > 0 => {
+                return Err(ConfigError::new(
+                    "server_trace.trace_next",
+                    format!(
+                        "is {n} but no slow threshold is set: set slow_threshold too, or trace_next = 0"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        if self.max_fetches_per_second == 0 {
+            return Err(ConfigError::new(
+                "server_trace.max_fetches_per_second",
+                "must be at least 1 (every trace would be skipped); lower sample_ratio to trace less",
+            ));
+        }
+        if self.queue_capacity == 0 {
+            return Err(ConfigError::new(
+                "server_trace.queue_capacity",
+                "must be at least 1 (e.g. 256)",
+            ));
+        }
+        if self.fetch_attempts == 0 {
+            return Err(ConfigError::new(
+                "server_trace.fetch_attempts",
+                "must be at least 1 (e.g. 5): the trace is read until the server has finished writing it",
+            ));
+        }
+        if self.max_concurrent_fetches == 0 {
+            return Err(ConfigError::new(
+                "server_trace.max_concurrent_fetches",
+                "must be at least 1 (e.g. 2)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One event of a server trace (a row of `system_traces.events`), its
+/// activity text sanitised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTraceStep {
+    /// `event_id`: a time-based UUID.
+    pub event_id: [u8; 16],
+    /// `source`: the node that did the step.
+    pub source: Option<IpAddr>,
+    /// `source_elapsed`: time on `source` since it began its part.
+    pub elapsed: Duration,
+    /// `activity`, sanitised ([`sanitize_activity`]).
+    pub activity: String,
+    /// `thread`: the server thread (stage) that did it.
+    pub thread: String,
+}
+
+impl ServerTraceStep {
+    /// A step; `activity` is sanitised here.
+    pub fn new(
+        event_id: [u8; 16],
+        source: Option<IpAddr>,
+        elapsed: Duration,
+        activity: &str,
+        thread: impl Into<String>,
+    ) -> ServerTraceStep {
+        ServerTraceStep {
+            event_id,
+            source,
+            elapsed,
+            activity: sanitize_activity(activity),
+            thread: thread.into(),
+        }
+    }
+
+    /// When the step was recorded by its node's clock, if `event_id` is a
+    /// time-based (version 1) UUID.
+    pub fn recorded_at(&self) -> Option<SystemTime> {
+        timeuuid_time(&self.event_id)
+    }
+}
+
+/// The time of a version 1 (time-based) UUID.
+pub fn timeuuid_time(id: &[u8; 16]) -> Option<SystemTime> {
+    if id[6] >> 4 != 1 {
+        return None;
+    }
+    let time_low = u64::from(u32::from_be_bytes([id[0], id[1], id[2], id[3]]));
+    let time_mid = u64::from(u16::from_be_bytes([id[4], id[5]]));
+    let time_hi = u64::from(u16::from_be_bytes([id[6], id[7]]) & 0x0fff);
+    let ticks = (time_hi << 48) | (time_mid << 32) | time_low;
+    // 100 ns ticks since 1582-10-15
+    const GREGORIAN_TO_UNIX: u64 = 0x01B2_1DD2_1381_4000;
+    let since_unix = ticks.checked_sub(GREGORIAN_TO_UNIX)?;
+    Some(UNIX_EPOCH + Duration::from_nanos(since_unix.saturating_mul(100)))
+}
+
+/// A trace session id as a UUID string (`8-4-4-4-12` hex digits).
+pub fn session_id_string(id: &[u8; 16]) -> String {
+    let mut s = String::with_capacity(36);
+    for (i, b) in id.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Words after which a number is a count the server reports (rows read,
+/// tombstones, sstables, bytes), not a value of the request: kept.
+const COUNT_WORDS: &[&str] = &[
+    "live",
+    "rows",
+    "row",
+    "tombstone",
+    "tombstones",
+    "cells",
+    "sstables",
+    "sstable",
+    "entries",
+    "bytes",
+    "ranges",
+    "partitions",
+    "mutations",
+    "replicas",
+    "memtables",
+    "ms",
+];
+
+/// An activity text with every literal replaced by `?`: statement text
+/// (`Parsing SELECT ... WHERE k = 5`), tokens (hashes of partition keys)
+/// and any quoted, blob or UUID value. Kept: words, node addresses
+/// (`/127.0.0.2:7000`, `{127.0.0.1}`) and numbers that count what the
+/// server did (`Read 3 live rows and 0 tombstone cells`, `size 97
+/// bytes`). Reads the text through the same lexer as the statement
+/// sanitiser ([`crate::redact::sanitize`]).
+pub fn sanitize_activity(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        match find_ipv4(rest) {
+            Some((start, end)) => {
+                sanitize_words(&rest[..start], &mut out);
+                out.push_str(&rest[start..end]);
+                rest = &rest[end..];
+            }
+            None => {
+                sanitize_words(rest, &mut out);
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The first IPv4 address (optionally with `:port`) standing alone in
+/// `s`: not inside a longer run of digits, dots or letters.
+fn find_ipv4(s: &str) -> Option<(usize, usize)> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_digit() && (i == 0 || !is_word_byte(b[i - 1])) {
+            let mut j = i;
+            let mut groups = 0;
+            loop {
+                let g = j;
+                while j < b.len() && b[j].is_ascii_digit() && j - g < 3 {
+                    j += 1;
+                }
+                if j == g {
+                    break;
+                }
+                groups += 1;
+                if groups == 4 || j >= b.len() || b[j] != b'.' {
+                    break;
+                }
+                j += 1;
+            }
+            if groups == 4 && (j >= b.len() || !is_word_byte(b[j]) && b[j] != b'.') {
+                if j + 1 < b.len() && b[j] == b':' && b[j + 1].is_ascii_digit() {
+                    j += 1;
+                    while j < b.len() && b[j].is_ascii_digit() {
+                        j += 1;
+                    }
+                }
+                return Some((i, j));
+            }
+            // skip the whole run of digits and dots
+            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+                i += 1;
+            }
+            continue;
+        }
+        i += 1;
+    }
+    None
+}
+
+fn is_word_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'\'' || c == b'-'
+}
+
+/// Sanitises a piece of activity text, keeping its leading and trailing
+/// whitespace (it sits between node addresses).
+fn sanitize_words(piece: &str, out: &mut String) {
+    if piece.is_empty() {
+        return;
+    }
+    if piece.starts_with(char::is_whitespace) {
+        out.push(' ');
+    }
+    let mut first = true;
+    let mut tokens = Lexer::new(piece).peekable();
+    while let Some(t) = tokens.next() {
+        if t.space_before && !first {
+            out.push(' ');
+        }
+        first = false;
+        match t.kind {
+            Kind::Literal(Lit::Number)
+                if t.text.bytes().all(|c| c.is_ascii_digit())
+                    && tokens.peek().is_some_and(|n| {
+                        n.kind == Kind::Word
+                            && COUNT_WORDS.iter().any(|w| n.text.eq_ignore_ascii_case(w))
+                    }) =>
+            {
+                out.push_str(t.text)
+            }
+            Kind::Literal(_) => out.push('?'),
+            _ => out.push_str(t.text),
+        }
+    }
+    if piece.ends_with(char::is_whitespace) && !first {
+        out.push(' ');
+    }
+}
+
+#[cfg(all(test, not(tower_cql_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_text_in_an_activity_loses_its_literals() {
+        for (raw, want) in [
+            (
+                "Parsing SELECT v FROM ks.kv WHERE k = 424242",
+                "Parsing SELECT v FROM ks.kv WHERE k = ?",
+            ),
+            (
+                "Parsing INSERT INTO ks.kv (k, v) VALUES (1, 'secret-value')",
+                "Parsing INSERT INTO ks.kv (k, v) VALUES (?, ?)",
+            ),
+            (
+                "Parsing UPDATE t SET v = $$it's secret$$ WHERE id = 0xCAFE",
+                "Parsing UPDATE t SET v = ? WHERE id = ?",
+            ),
+            (
+                "Executing single-partition query on kv",
+                "Executing single-partition query on kv",
+            ),
+            (
+                "Read 1 live rows and 0 tombstone cells",
+                "Read 1 live rows and 0 tombstone cells",
+            ),
+            (
+                "READ_REQ message received from /127.0.0.1:7000",
+                "READ_REQ message received from /127.0.0.1:7000",
+            ),
+            (
+                "Executing seq scan across 2 sstables for (min(-9223372036854775808), max(42)]",
+                "Executing seq scan across 2 sstables for (min(?), max(?)]",
+            ),
+            ("Request complete", "Request complete"),
+            ("", ""),
+        ] {
+            assert_eq!(sanitize_activity(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn no_value_survives_whatever_the_activity() {
+        for v in ["secret-value", "4242424242", "0xdeadbeef", "bob's"] {
+            let quoted = format!("'{}'", v.replace('\'', "''"));
+            let literal = if v.chars().all(|c| c.is_ascii_digit()) || v.starts_with("0x") {
+                v.to_string()
+            } else {
+                quoted
+            };
+            for raw in [
+                format!("Parsing SELECT * FROM t WHERE k = {literal}"),
+                format!("Creating read executor for token {literal} with all: {{127.0.0.1}}"),
+                format!("Key {literal} not found /127.0.0.3"),
+            ] {
+                let s = sanitize_activity(&raw);
+                assert!(!s.contains(v.trim_start_matches("0x")), "{raw} -> {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_address_is_not_taken_out_of_a_longer_number() {
+        assert_eq!(find_ipv4("version 1.2.3.4.5"), None);
+        assert_eq!(find_ipv4("a1.2.3.4"), None);
+        assert_eq!(find_ipv4("to /10.0.0.1:7000 x"), Some((4, 17)));
+        assert_eq!(
+            sanitize_activity("{127.0.0.1, 127.0.0.2}"),
+            "{127.0.0.1, 127.0.0.2}"
+        );
+    }
+
+    #[test]
+    fn timeuuids_give_their_time_and_ids_print_as_uuids() {
+        // 2015-10-15 00:00:00 UTC in a version 1 UUID
+        let ticks: u64 = (1_444_867_200u64 * 10_000_000) + 0x01B2_1DD2_1381_4000;
+        let mut id = [0u8; 16];
+        id[0..4].copy_from_slice(&((ticks & 0xffff_ffff) as u32).to_be_bytes());
+        id[4..6].copy_from_slice(&(((ticks >> 32) & 0xffff) as u16).to_be_bytes());
+        id[6..8].copy_from_slice(&((((ticks >> 48) & 0x0fff) as u16) | 0x1000).to_be_bytes());
+        let t = timeuuid_time(&id).unwrap();
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap(),
+            Duration::from_secs(1_444_867_200)
+        );
+        let mut v4 = id;
+        v4[6] = 0x40;
+        assert_eq!(timeuuid_time(&v4), None);
+        assert_eq!(
+            session_id_string(&[0xab; 16]),
+            "abababab-abab-abab-abab-abababababab"
+        );
+    }
+
+    #[test]
+    fn invalid_settings_name_the_field() {
+        let bad = |c: ServerTraceConfig| c.validate().unwrap_err().field;
+        let d = ServerTraceConfig::default();
+        assert!(d.validate().is_ok());
+        assert!(!d.is_on(), "off by default");
+        assert_eq!(
+            bad(ServerTraceConfig {
+                sample_ratio: 1.5,
+                ..d
+            }),
+            "server_trace.sample_ratio"
+        );
+        assert_eq!(
+            bad(ServerTraceConfig {
+                sample_ratio: f64::NAN,
+                ..d
+            }),
+            "server_trace.sample_ratio"
+        );
+        assert_eq!(
+            bad(ServerTraceConfig {
+                sample_ratio: -0.1,
+                ..d
+            }),
+            "server_trace.sample_ratio"
+        );
+        assert_eq!(
+            bad(ServerTraceConfig {
+                slow_threshold: Some(Duration::from_millis(5)),
+                trace_next: 0,
+                ..d
+            }),
+            "server_trace.trace_next"
+        );
+        assert_eq!(
+            bad(ServerTraceConfig { trace_next: 3, ..d }),
+            "server_trace.trace_next"
+        );
+        assert_eq!(
+            bad(ServerTraceConfig {
+                slow_threshold: Some(Duration::ZERO),
+                trace_next: 3,
+                ..d
+            }),
+            "server_trace.slow_threshold"
+        );
+        assert_eq!(
+            bad(ServerTraceConfig {
+                max_fetches_per_second: 0,
+                ..d
+            }),
+            "server_trace.max_fetches_per_second"
+        );
+        assert_eq!(
+            bad(ServerTraceConfig {
+                queue_capacity: 0,
+                ..d
+            }),
+            "server_trace.queue_capacity"
+        );
+        assert_eq!(
+            bad(ServerTraceConfig {
+                fetch_attempts: 0,
+                ..d
+            }),
+            "server_trace.fetch_attempts"
+        );
+        let msg = ServerTraceConfig {
+            slow_threshold: Some(Duration::from_millis(5)),
+            ..d
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("how many requests to trace"), "{msg}");
+    }
+}

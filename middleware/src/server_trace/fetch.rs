@@ -1,0 +1,370 @@
+//! The background fetcher: one task, started on the first traced
+//! response, reading each trace from `system_traces` with the stack's own
+//! queries, off the request path. Bounded everywhere: the queue, the
+//! fetches at once, the fetches per second, the reads per trace, and the
+//! wait on close.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+use std::time::{Duration, UNIX_EPOCH};
+
+use futures::StreamExt;
+use scylla::client::session::Session;
+use scylla::statement::Consistency;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlTimestamp, CqlTimeuuid};
+use tokio::sync::{Notify, OnceCell, mpsc};
+use tower_cql_core::event::{Event, ServerTraceEvent};
+use tower_cql_core::server_trace::{ServerTraceConfig, ServerTraceStep};
+use tower_cql_core::{Collectors, RequestMeta};
+use uuid::Uuid;
+
+/// The session row, with only columns Cassandra 3.x, 4.x and Scylla all
+/// have.
+pub(crate) const SESSIONS_QUERY: &str = "SELECT coordinator, duration, started_at, request, client, parameters FROM system_traces.sessions WHERE session_id = ?";
+/// The events, likewise (no `source_port`, which 3.x and Scylla lack).
+pub(crate) const EVENTS_QUERY: &str = "SELECT event_id, activity, source, source_elapsed, thread FROM system_traces.events WHERE session_id = ?";
+
+type SessionRow = (
+    Option<IpAddr>,
+    Option<i32>,
+    Option<CqlTimestamp>,
+    Option<String>,
+    Option<IpAddr>,
+    Option<HashMap<String, String>>,
+);
+type EventRow = (
+    CqlTimeuuid,
+    Option<String>,
+    Option<IpAddr>,
+    Option<i32>,
+    Option<String>,
+);
+
+/// A trace to fetch.
+pub(crate) struct Job {
+    pub(crate) id: [u8; 16],
+    pub(crate) meta: RequestMeta,
+}
+
+/// What happened to the traces, counted.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) sampled: AtomicU64,
+    pub(crate) fetched: AtomicU64,
+    pub(crate) skipped: AtomicU64,
+    pub(crate) failed: AtomicU64,
+}
+
+/// Shared by the layer's services and the worker task.
+pub(crate) struct Fetcher {
+    tx: mpsc::Sender<Job>,
+    rx: Mutex<Option<mpsc::Receiver<Job>>>,
+    started: AtomicBool,
+    done: Mutex<Option<std_mpsc::Receiver<()>>>,
+    ctx: Arc<Ctx>,
+}
+
+/// What the worker needs.
+struct Ctx {
+    session: Arc<Session>,
+    collectors: Collectors,
+    config: ServerTraceConfig,
+    counters: Arc<Counters>,
+    statements: OnceCell<(PreparedStatement, PreparedStatement)>,
+    /// Close began: take what is queued, then stop.
+    closing: AtomicBool,
+    /// Close stopped waiting: give up what is left.
+    abandoned: AtomicBool,
+    wake: Notify,
+}
+
+impl fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("started", &self.started.load(Ordering::Relaxed))
+            .field("counters", &self.ctx.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fetcher {
+    pub(crate) fn new(
+        session: Arc<Session>,
+        collectors: Collectors,
+        config: ServerTraceConfig,
+        counters: Arc<Counters>,
+    ) -> Fetcher {
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        Fetcher {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            started: AtomicBool::new(false),
+            done: Mutex::new(None),
+            ctx: Arc::new(Ctx {
+                session,
+                collectors,
+                config,
+                counters,
+                statements: OnceCell::new(),
+                closing: AtomicBool::new(false),
+                abandoned: AtomicBool::new(false),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    /// Queues a trace to fetch, or counts it skipped (queue full, closing,
+    /// no runtime to run the fetch on). Never waits.
+    pub(crate) fn enqueue(&self, job: Job) {
+        let counters = &self.ctx.counters;
+        if self.ctx.closing.load(Ordering::Acquire) || !self.start() {
+            counters.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.tx.try_send(job).is_err() {
+            counters.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts the worker once; false if it cannot run (no tokio runtime).
+    fn start(&self) -> bool {
+        if self.started.load(Ordering::Acquire) {
+            return true;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = rx.take() {
+            let (done_tx, done_rx) = std_mpsc::channel();
+            *self.done.lock().unwrap_or_else(|e| e.into_inner()) = Some(done_rx);
+            let ctx = self.ctx.clone();
+            drop(rt.spawn(async move {
+                run(ctx, rx).await;
+                let _ = done_tx.send(());
+            }));
+            self.started.store(true, Ordering::Release);
+        }
+        true
+    }
+
+    /// Stops taking traces, lets the queued ones be fetched for up to the
+    /// configured `close_timeout`, then abandons what is left (counted as
+    /// skipped). Blocks: called on the gate's flush thread, before the
+    /// collectors' last flush, so the traces fetched are in it.
+    pub(crate) fn drain(&self) {
+        self.ctx.closing.store(true, Ordering::Release);
+        self.ctx.wake.notify_one();
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(done) = done
+            && let Err(std_mpsc::RecvTimeoutError::Timeout) =
+                done.recv_timeout(self.ctx.config.close_timeout)
+        {
+            self.ctx.abandoned.store(true, Ordering::Release);
+            self.ctx.wake.notify_waiters();
+            self.ctx.wake.notify_one();
+        }
+    }
+}
+
+/// The worker: takes jobs until close, at most `max_fetches_per_second`
+/// started per second (the rest skipped), `max_concurrent_fetches` at once.
+async fn run(ctx: Arc<Ctx>, rx: mpsc::Receiver<Job>) {
+    let jobs = futures::stream::unfold((rx, ctx.clone()), |(mut rx, ctx)| async move {
+        loop {
+            if ctx.abandoned.load(Ordering::Acquire) {
+                let mut left = 0;
+                while rx.try_recv().is_ok() {
+                    left += 1;
+                }
+                ctx.counters.skipped.fetch_add(left, Ordering::Relaxed);
+                return None;
+            }
+            if ctx.closing.load(Ordering::Acquire) {
+                return rx.try_recv().ok().map(|j| (j, (rx, ctx)));
+            }
+            tokio::select! {
+                job = rx.recv() => return job.map(|j| (j, (rx, ctx))),
+                _ = ctx.wake.notified() => {}
+            }
+        }
+    });
+    let mut window = (tokio::time::Instant::now(), 0u32);
+    let cap = ctx.config.max_fetches_per_second;
+    let ctx2 = ctx.clone();
+    jobs.filter(move |_| {
+        let now = tokio::time::Instant::now();
+        if now.duration_since(window.0) >= Duration::from_secs(1) {
+            window = (now, 0);
+        }
+        let admit = window.1 < cap;
+        if admit {
+            window.1 += 1;
+        } else {
+            ctx2.counters.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        std::future::ready(admit)
+    })
+    .for_each_concurrent(ctx.config.max_concurrent_fetches.max(1), |job| {
+        let ctx = ctx.clone();
+        async move {
+            match fetch(&ctx, &job).await {
+                Ok(()) => {}
+                Err(Failure::Abandoned) => {
+                    ctx.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    ctx.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(target: "tower_cql::server_trace", error = %e, "server trace fetch failed");
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// Why a fetch did not deliver a trace.
+#[derive(Debug)]
+enum Failure {
+    /// A read failed.
+    Read(String),
+    /// The server had not finished the trace after every attempt.
+    Unfinished(u32),
+    /// Close stopped waiting.
+    Abandoned,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Read(e) => write!(f, "reading system_traces failed: {e}"),
+            Failure::Unfinished(n) => write!(
+                f,
+                "the trace was not finished (sessions.duration unset) after {n} reads"
+            ),
+            Failure::Abandoned => f.write_str("abandoned on close"),
+        }
+    }
+}
+
+fn read_err(e: impl fmt::Display) -> Failure {
+    Failure::Read(e.to_string())
+}
+
+async fn statements(ctx: &Ctx) -> Result<&(PreparedStatement, PreparedStatement), Failure> {
+    ctx.statements
+        .get_or_try_init(|| async {
+            let mut s = ctx
+                .session
+                .prepare(SESSIONS_QUERY)
+                .await
+                .map_err(read_err)?;
+            let mut e = ctx.session.prepare(EVENTS_QUERY).await.map_err(read_err)?;
+            for p in [&mut s, &mut e] {
+                p.set_consistency(Consistency::One);
+                p.set_request_timeout(Some(Duration::from_secs(2)));
+                p.set_is_idempotent(true);
+            }
+            Ok((s, e))
+        })
+        .await
+}
+
+/// Reads one trace, waiting (bounded retries with backoff) for the server
+/// to finish writing it, and emits it.
+async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
+    let (sessions, events) = statements(ctx).await?;
+    let id = Uuid::from_bytes(job.id);
+    let mut backoff = ctx.config.fetch_backoff;
+    for attempt in 0..ctx.config.fetch_attempts {
+        if attempt > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = abandoned(ctx) => {}
+            }
+            backoff = backoff.saturating_mul(2);
+        }
+        if ctx.abandoned.load(Ordering::Acquire) {
+            return Err(Failure::Abandoned);
+        }
+        let row: Option<SessionRow> = ctx
+            .session
+            .execute_unpaged(sessions, (id,))
+            .await
+            .map_err(read_err)?
+            .into_rows_result()
+            .map_err(read_err)?
+            .maybe_first_row()
+            .map_err(read_err)?;
+        let Some((coordinator, Some(duration), started_at, request, _client, parameters)) = row
+        else {
+            continue;
+        };
+        let rows = ctx
+            .session
+            .execute_unpaged(events, (id,))
+            .await
+            .map_err(read_err)?
+            .into_rows_result()
+            .map_err(read_err)?;
+        let steps = rows
+            .rows::<EventRow>()
+            .map_err(read_err)?
+            .map(|r| {
+                r.map(|(event_id, activity, source, elapsed, thread)| {
+                    ServerTraceStep::new(
+                        *event_id.as_bytes(),
+                        source,
+                        Duration::from_micros(elapsed.unwrap_or(0).max(0) as u64),
+                        activity.as_deref().unwrap_or(""),
+                        thread.unwrap_or_default(),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(read_err)?;
+        if ctx.abandoned.load(Ordering::Acquire) {
+            return Err(Failure::Abandoned);
+        }
+        let started_at = started_at.map_or(UNIX_EPOCH, |CqlTimestamp(ms)| {
+            UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+        });
+        let mut event = ServerTraceEvent::new(
+            &job.meta,
+            job.id,
+            started_at,
+            Duration::from_micros(duration.max(0) as u64),
+            &steps,
+        );
+        event.coordinator = coordinator;
+        // `request` names what the server did ("Execute CQL3 query");
+        // Scylla and Cassandra never put the statement there
+        let request = request.unwrap_or_default();
+        event.request = &request;
+        event.consistency = parameters
+            .as_ref()
+            .and_then(|p| p.get("consistency_level"))
+            .map(String::as_str);
+        // a collector's panic is caught and counted by `emit`
+        ctx.collectors.emit(Event::ServerTrace(event));
+        ctx.counters.fetched.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
+    Err(Failure::Unfinished(ctx.config.fetch_attempts))
+}
+
+async fn abandoned(ctx: &Ctx) {
+    loop {
+        let notified = ctx.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if ctx.abandoned.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+}

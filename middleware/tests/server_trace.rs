@@ -1,0 +1,355 @@
+//! Server-side traces end to end: the real scylla driver over TCP against
+//! testkit, which writes `system_traces` like Cassandra 4.x. Sampling,
+//! the slow rule, the background fetch, its rate cap and failure
+//! counting, a panicking collector, and a bounded close.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tower_cql_core::event::{OwnedEvent, RequestEvent, ServerTraceEvent};
+use tower_cql_core::server_trace::ServerTraceConfig;
+use tower_cql_core::{Collector, Collectors, CqlRequest, Event, Statement};
+use tower_cql_middleware::stack::{BoxService, Stack, StackBuilder};
+use tower_cql_testkit::{Cluster, Fault, InjectedError};
+
+/// Keeps request and server trace events.
+#[derive(Default)]
+struct Keep(Mutex<Vec<OwnedEvent>>);
+
+impl Collector for Keep {
+    fn on_request(&self, e: &RequestEvent<'_>) {
+        self.0.lock().unwrap().push(Event::Request(*e).to_owned());
+    }
+    fn on_server_trace(&self, e: &ServerTraceEvent<'_>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Event::ServerTrace(*e).to_owned());
+    }
+}
+
+impl Keep {
+    fn traces(&self) -> Vec<OwnedEvent> {
+        let all = self.0.lock().unwrap();
+        all.iter()
+            .filter(|e| matches!(e.as_event(), Event::ServerTrace(_)))
+            .cloned()
+            .collect()
+    }
+    fn tracing_ids(&self) -> Vec<[u8; 16]> {
+        let all = self.0.lock().unwrap();
+        all.iter()
+            .filter_map(|e| match e.as_event() {
+                Event::Request(r) => r.tracing_id,
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+async fn stack(
+    cluster: &Cluster,
+    collectors: Collectors,
+    config: ServerTraceConfig,
+) -> Stack<BoxService> {
+    let session = support::session(cluster).await;
+    let stack = StackBuilder::new(collectors)
+        .server_trace(config)
+        .build_on(session)
+        .unwrap();
+    for cql in [
+        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        "CREATE TABLE ks.kv (k int PRIMARY KEY, v text)",
+        "INSERT INTO ks.kv (k, v) VALUES (424242, 'secret-value')",
+    ] {
+        stack.call(CqlRequest::unprepared(cql)).await.unwrap();
+    }
+    stack
+}
+
+fn every(config: ServerTraceConfig) -> ServerTraceConfig {
+    ServerTraceConfig {
+        sample_ratio: 1.0,
+        ..config
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_requests_are_traced_fetched_and_delivered_sanitised() {
+    let cluster = Cluster::start().await.unwrap();
+    let keep = Arc::new(Keep::default());
+    let stack = stack(
+        &cluster,
+        Collectors::with([keep.clone()]),
+        every(ServerTraceConfig::default()),
+    )
+    .await;
+    // a literal in the text: the server's "Parsing ..." step carries it
+    let read = CqlRequest::unprepared("SELECT v FROM ks.kv WHERE k = 424242").operation("get");
+    let rows: Vec<(String,)> = stack.call(read).await.unwrap().rows().unwrap();
+    assert_eq!(rows, vec![("secret-value".to_string(),)]);
+    stack.close().await;
+
+    let stats = stack.server_traces().unwrap().stats();
+    // the three setup statements and the read
+    assert_eq!(stats.sampled, 4, "{stats:?}");
+    assert_eq!(
+        (stats.fetched, stats.failed, stats.skipped),
+        (4, 0, 0),
+        "{stats:?}"
+    );
+    let server_ids: Vec<u128> = cluster.trace_session_ids();
+    let ids = keep.tracing_ids();
+    assert_eq!(ids.len(), 4, "each request event names its trace");
+    for id in &ids {
+        assert!(server_ids.contains(&u128::from_be_bytes(*id)));
+    }
+    let traces = keep.traces();
+    assert_eq!(traces.len(), 4);
+    let read = traces
+        .iter()
+        .find_map(|t| match t.as_event() {
+            Event::ServerTrace(e) if e.meta.operation().map(|o| o.as_str()) == Some("get") => {
+                Some(e)
+            }
+            _ => None,
+        })
+        .expect("the read's trace");
+    assert_eq!(read.coordinator, Some(cluster.node_addr(0).ip()));
+    assert_eq!(read.request, "Execute CQL3 query");
+    assert!(!read.steps.is_empty());
+    assert!(ids.contains(&read.session_id));
+    let activities: Vec<&str> = read.steps.iter().map(|s| s.activity.as_str()).collect();
+    assert!(
+        activities.contains(&"Parsing SELECT v FROM ks.kv WHERE k = ?"),
+        "{activities:#?}"
+    );
+    assert!(
+        activities.contains(&"Executing single-partition query on kv"),
+        "{activities:#?}"
+    );
+    let all = format!("{traces:?}");
+    assert!(
+        !all.contains("424242"),
+        "a literal reached the event: {all}"
+    );
+    assert!(
+        !all.contains("secret-value"),
+        "a value reached the event: {all}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_by_default_nothing_is_traced() {
+    let cluster = Cluster::start().await.unwrap();
+    let session = support::session(&cluster).await;
+    let stack = StackBuilder::new(Collectors::new())
+        .build_on(session)
+        .unwrap();
+    stack
+        .call(CqlRequest::unprepared(
+            "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        ))
+        .await
+        .unwrap();
+    assert!(stack.server_traces().is_none());
+    assert!(cluster.trace_session_ids().is_empty());
+    // a config with ratio 0 and no threshold is off too: no layer
+    let session = support::session(&cluster).await;
+    let stack = StackBuilder::new(Collectors::new())
+        .server_trace(ServerTraceConfig::default())
+        .build_on(session)
+        .unwrap();
+    assert!(stack.server_traces().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_cap_skips_the_excess() {
+    let cluster = Cluster::start().await.unwrap();
+    let keep = Arc::new(Keep::default());
+    let stack = stack(
+        &cluster,
+        Collectors::with([keep.clone()]),
+        every(ServerTraceConfig {
+            max_fetches_per_second: 2,
+            ..ServerTraceConfig::default()
+        }),
+    )
+    .await;
+    let get = Statement::new(support::GET).operation("get");
+    let start = Instant::now();
+    for k in 0..20 {
+        stack.execute(&get, (k,)).await.unwrap();
+    }
+    let took = start.elapsed();
+    stack.close().await;
+    let s = stack.server_traces().unwrap().stats();
+    assert_eq!(s.sampled, 23, "{s:?}");
+    assert_eq!(
+        s.fetched + s.skipped + s.failed,
+        23,
+        "every trace accounted for: {s:?}"
+    );
+    // 2 per second: at most 2 per started second of the run
+    let cap = 2 * (took.as_secs() + 2);
+    assert!(s.fetched >= 1 && s.fetched <= cap, "{s:?} in {took:?}");
+    assert!(s.skipped >= 23 - cap, "{s:?}");
+    assert_eq!(keep.traces().len() as u64, s.fetched);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_fetch_is_counted_and_never_fails_the_request() {
+    let cluster = Cluster::start().await.unwrap();
+    let keep = Arc::new(Keep::default());
+    let stack = stack(
+        &cluster,
+        Collectors::with([keep.clone()]),
+        every(ServerTraceConfig {
+            fetch_attempts: 2,
+            ..ServerTraceConfig::default()
+        }),
+    )
+    .await;
+    // the setup's traces fetched, then every trace read fails
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stack.server_traces().unwrap().stats().fetched, 3);
+    let fault = cluster
+        .faults()
+        .add(Fault::error(InjectedError::ServerError).table("system_traces", "sessions"));
+    let get = Statement::new(support::GET).operation("get");
+    for k in 0..3 {
+        stack
+            .execute(&get, (k,))
+            .await
+            .expect("the request is not affected");
+    }
+    stack.close().await;
+    let s = stack.server_traces().unwrap().stats();
+    assert_eq!((s.sampled, s.failed, s.fetched), (6, 3, 3), "{s:?}");
+    assert!(cluster.faults().fired(fault) >= 3);
+    assert_eq!(keep.traces().len(), 3, "the setup's only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slow_rule_traces_the_next_n_requests_of_that_operation() {
+    let cluster = Cluster::start().await.unwrap();
+    let keep = Arc::new(Keep::default());
+    let stack = stack(
+        &cluster,
+        Collectors::with([keep.clone()]),
+        ServerTraceConfig {
+            slow_threshold: Some(Duration::from_millis(100)),
+            trace_next: 2,
+            ..ServerTraceConfig::default()
+        },
+    )
+    .await;
+    assert!(
+        cluster.trace_session_ids().is_empty(),
+        "nothing sampled by ratio"
+    );
+    let get = Statement::new(support::GET).operation("get");
+    let scan = Statement::new("SELECT v FROM ks.kv WHERE k = ? ALLOW FILTERING").operation("scan");
+    stack.execute(&get, (1,)).await.unwrap();
+    stack.execute(&scan, (1,)).await.unwrap();
+    assert_eq!(stack.server_traces().unwrap().stats().sampled, 0);
+
+    cluster.faults().add(
+        Fault::delay(Duration::from_millis(150))
+            .table("ks", "kv")
+            .reads()
+            .times(1),
+    );
+    stack.execute(&get, (1,)).await.unwrap(); // slow: arms "get"
+    stack.execute(&scan, (1,)).await.unwrap(); // another operation: not traced
+    for k in 0..4 {
+        stack.execute(&get, (k,)).await.unwrap(); // the next 2 only
+    }
+    stack.close().await;
+    let s = stack.server_traces().unwrap().stats();
+    assert_eq!(s.sampled, 2, "{s:?}");
+    assert_eq!(cluster.trace_session_ids().len(), 2);
+    let traced_ops: Vec<String> = keep
+        .traces()
+        .iter()
+        .filter_map(|t| {
+            t.as_event()
+                .meta()
+                .and_then(|m| m.operation())
+                .map(|o| o.as_str().to_string())
+        })
+        .collect();
+    assert_eq!(traced_ops, vec!["get", "get"]);
+}
+
+struct Panics;
+impl Collector for Panics {
+    fn on_server_trace(&self, _: &ServerTraceEvent<'_>) {
+        panic!("collector bug");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_collector_does_not_stop_the_fetcher() {
+    let cluster = Cluster::start().await.unwrap();
+    let keep = Arc::new(Keep::default());
+    let collectors = Collectors::new();
+    collectors.add(Arc::new(Panics));
+    collectors.add(keep.clone());
+    let stack = stack(
+        &cluster,
+        collectors.clone(),
+        every(ServerTraceConfig::default()),
+    )
+    .await;
+    let get = Statement::new(support::GET).operation("get");
+    for k in 0..3 {
+        stack.execute(&get, (k,)).await.unwrap();
+    }
+    stack.close().await;
+    let s = stack.server_traces().unwrap().stats();
+    assert_eq!((s.fetched, s.failed), (6, 0), "{s:?}");
+    assert_eq!(collectors.failures(), 6);
+    assert_eq!(keep.traces().len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_abandons_fetches_that_do_not_end_within_its_bound() {
+    let cluster = Cluster::start().await.unwrap();
+    let keep = Arc::new(Keep::default());
+    let stack = stack(
+        &cluster,
+        Collectors::with([keep.clone()]),
+        every(ServerTraceConfig {
+            close_timeout: Duration::from_millis(300),
+            ..ServerTraceConfig::default()
+        }),
+    )
+    .await;
+    // let the setup's traces be fetched, then make every trace read hang
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = keep.traces().len();
+    cluster
+        .faults()
+        .add(Fault::delay(Duration::from_secs(5)).keyspace("system_traces"));
+    let get = Statement::new(support::GET).operation("get");
+    for k in 0..3 {
+        stack.execute(&get, (k,)).await.unwrap();
+    }
+    let start = Instant::now();
+    stack.close().await;
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "close waited {:?} for fetches that hang",
+        start.elapsed()
+    );
+    assert_eq!(
+        keep.traces().len(),
+        before,
+        "nothing fetched after the reads hung"
+    );
+    let s = stack.server_traces().unwrap().stats();
+    assert_eq!(s.fetched as usize, before, "{s:?}");
+}
