@@ -45,6 +45,8 @@ pub mod otlp;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 #[cfg(feature = "otel-spans")]
+pub mod server_spans;
+#[cfg(feature = "otel-spans")]
 pub mod spans;
 #[cfg(feature = "stdout")]
 pub mod stdout;

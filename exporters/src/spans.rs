@@ -55,6 +55,11 @@
 //! `db.cassandra.consistency_level`, `db.cassandra.idempotence`, and on
 //! failure `error.type`, `db.response.status_code` and an error status.
 //! Bound values are never recorded.
+//!
+//! # Server traces
+//! With server tracing on in the stack, a traced request's server trace
+//! becomes child spans of its span, one per node (see
+//! [`server_spans`](crate::server_spans)).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -63,13 +68,14 @@ use std::time::SystemTime;
 use opentelemetry::trace::{Span as _, SpanBuilder, SpanKind, Status, Tracer};
 use opentelemetry::{Context, KeyValue};
 use tower_cql_core::Collector;
-use tower_cql_core::event::RequestEvent;
+use tower_cql_core::event::{RequestEvent, ServerTraceEvent};
 
 /// One client span per request, made through `tracer`; see the
 /// [module docs](self).
 pub struct SpanCollector<T> {
     tracer: T,
     record_query_text: bool,
+    traced: crate::server_spans::Remembered,
 }
 
 impl<T> fmt::Debug for SpanCollector<T> {
@@ -90,6 +96,7 @@ where
         SpanCollector {
             tracer,
             record_query_text: true,
+            traced: Default::default(),
         }
     }
 
@@ -189,9 +196,22 @@ where
                 span.set_status(Status::error(err.kind().as_str()));
             }
         }
+        if let Some(id) = e.tracing_id {
+            // its server trace arrives later, to be parented on this span
+            self.traced.remember(id, span.span_context().clone());
+        }
         span.update_name(summary);
         span.set_attributes(attrs);
         span.end_with_timestamp(end);
+    }
+
+    /// The request's server trace, as child spans of its client span
+    /// (see [`server_spans`](crate::server_spans)); none if that span was
+    /// not sampled.
+    fn on_server_trace(&self, e: &ServerTraceEvent<'_>) {
+        if let Some(parent) = self.traced.take(&e.session_id) {
+            crate::server_spans::export(&self.tracer, parent, e);
+        }
     }
 }
 

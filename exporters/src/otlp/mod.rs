@@ -657,6 +657,15 @@ impl OtlpExporter {
             }))
     }
 
+    /// The server traces of the stack's requests (server tracing on in the
+    /// stack) as child spans of the request's `tracing` span exported by
+    /// [`tracing_layer`](Self::tracing_layer): add it to the collector set.
+    /// With [`span_collector`](Self::span_collector) instead, that one does
+    /// it; see [`server_spans`](crate::server_spans).
+    pub fn server_trace_collector(&self) -> crate::server_spans::ServerTraceCollector<SdkTracer> {
+        crate::server_spans::ServerTraceCollector::new(self.tracer.clone())
+    }
+
     /// One span per request made from the stack's request events through
     /// this exporter's tracer, sampled before anything is built: the cheap
     /// alternative to [`tracing_layer`](Self::tracing_layer) (about 10,000

@@ -1,0 +1,183 @@
+//! Server traces stitched into OpenTelemetry, end to end: the real scylla
+//! driver against a three-node testkit cluster with a delay injected on
+//! one node, the stack tracing every request on the server, and the
+//! spans exported over OTLP to an in-process receiver. Both span paths:
+//! `SpanCollector` and the `tracing` layers.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use scylla::client::session_builder::SessionBuilder;
+use tower_cql_core::server_trace::ServerTraceConfig;
+use tower_cql_core::{Collectors, CqlRequest, IntoCollector, Statement};
+use tower_cql_exporters::otlp::{OtlpExporter, Protocol};
+use tower_cql_middleware::stack::StackBuilder;
+use tower_cql_testkit::otlp::{FoundSpan, OtlpReceiver, attribute_str};
+use tower_cql_testkit::{Cluster, Fault};
+use tracing_subscriber::prelude::*;
+
+const DELAY: Duration = Duration::from_millis(60);
+
+fn duration(s: &FoundSpan) -> Duration {
+    Duration::from_nanos(s.span.end_time_unix_nano - s.span.start_time_unix_nano)
+}
+
+/// Runs reads on a 3-node cluster whose node 1 is slow, every request
+/// traced on the server; returns the spans the receiver got and node 1.
+async fn run(tracing_path: bool) -> (Vec<FoundSpan>, std::net::IpAddr) {
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let otlp = OtlpExporter::builder()
+        .protocol(Protocol::Grpc)
+        .endpoint(receiver.endpoint())
+        .service_name("server-traces")
+        .metric_export_interval(Duration::from_secs(3600))
+        .install()
+        .unwrap();
+    let subscriber = tracing_subscriber::registry().with(otlp.tracing_layer());
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let cluster = Cluster::builder().nodes(3).start().await.unwrap();
+    let session = SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .build()
+        .await
+        .unwrap();
+    let collector = if tracing_path {
+        Arc::new(otlp.server_trace_collector()).into_collector()
+    } else {
+        Arc::new(otlp.span_collector()).into_collector()
+    };
+    let mut builder =
+        StackBuilder::new(Collectors::with([collector])).server_trace(ServerTraceConfig {
+            sample_ratio: 1.0,
+            max_fetches_per_second: 1000,
+            ..ServerTraceConfig::default()
+        });
+    if !tracing_path {
+        builder = builder.without_trace();
+    }
+    let stack = builder.build_on(session).unwrap();
+    for cql in [
+        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}",
+        "CREATE TABLE ks.kv (k int PRIMARY KEY, v text)",
+        "INSERT INTO ks.kv (k, v) VALUES (7, 'secret-value')",
+    ] {
+        stack.call(CqlRequest::unprepared(cql)).await.unwrap();
+    }
+    let slow = cluster.node_addr(1).ip();
+    cluster
+        .faults()
+        .add(Fault::delay(DELAY).node(1).table("ks", "kv").reads());
+    let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?")
+        .operation("get")
+        .idempotent(true);
+    for _ in 0..12 {
+        stack.execute(&get, (7,)).await.unwrap();
+    }
+    stack.close().await; // the fetches finish before the collectors' flush
+    let stats = stack.server_traces().unwrap().stats();
+    assert_eq!((stats.failed, stats.skipped), (0, 0), "{stats:?}");
+    otlp.shutdown().await.unwrap();
+    (receiver.spans(), slow)
+}
+
+fn check(spans: &[FoundSpan], slow: std::net::IpAddr) {
+    let clients: Vec<&FoundSpan> = spans
+        .iter()
+        .filter(|s| s.span.name == "SELECT ks.kv")
+        .collect();
+    assert_eq!(
+        clients.len(),
+        12,
+        "{:?}",
+        spans.iter().map(|s| &s.span.name).collect::<Vec<_>>()
+    );
+    let children = |c: &FoundSpan| -> Vec<&FoundSpan> {
+        spans
+            .iter()
+            .filter(|s| {
+                s.span.parent_span_id == c.span.span_id && s.span.trace_id == c.span.trace_id
+            })
+            .filter(|s| s.span.name.starts_with("cql.server."))
+            .collect()
+    };
+    let mut slow_seen = 0;
+    for c in &clients {
+        let kids = children(c);
+        let coordinators: Vec<_> = kids
+            .iter()
+            .filter(|s| s.span.name == "cql.server.coordinator")
+            .collect();
+        assert_eq!(coordinators.len(), 1, "one coordinator span per read");
+        let coordinator = coordinators[0];
+        let node = attribute_str(&coordinator.span.attributes, "server.address").unwrap();
+        assert_eq!(
+            attribute_str(&coordinator.span.attributes, "network.peer.address").as_deref(),
+            Some(node.as_str())
+        );
+        // the client span's node is the coordinator of the server trace
+        assert_eq!(
+            attribute_str(&c.span.attributes, "server.address").as_deref(),
+            Some(node.as_str())
+        );
+        let events: Vec<&str> = coordinator
+            .span
+            .events
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert!(events.contains(&"Request complete"), "{events:?}");
+        assert!(coordinator.span.start_time_unix_nano >= c.span.start_time_unix_nano - 1_000_000);
+        if node == slow.to_string() {
+            slow_seen += 1;
+            assert!(
+                duration(coordinator) >= DELAY,
+                "the slow node's span shows the delay: {:?}",
+                duration(coordinator)
+            );
+            let complete = coordinator
+                .span
+                .events
+                .iter()
+                .find(|e| e.name == "Request complete")
+                .unwrap();
+            assert!(
+                complete.time_unix_nano - coordinator.span.start_time_unix_nano
+                    >= DELAY.as_nanos() as u64
+            );
+        } else {
+            assert!(
+                duration(coordinator) < DELAY,
+                "{node}: {:?}",
+                duration(coordinator)
+            );
+        }
+        for s in &kids {
+            assert_eq!(
+                attribute_str(&s.span.attributes, "db.system.name").as_deref(),
+                Some("cassandra")
+            );
+            assert!(attribute_str(&s.span.attributes, "server.address").is_some());
+        }
+    }
+    assert!(
+        slow_seen > 0,
+        "no read was coordinated by the slow node {slow}"
+    );
+    let all = format!("{spans:?}");
+    assert!(!all.contains("secret-value"), "a value was exported");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn span_collector_parents_one_server_span_per_node_on_the_client_span() {
+    let (spans, slow) = run(false).await;
+    check(&spans, slow);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracing_path_parents_server_spans_on_the_request_span() {
+    let (spans, slow) = run(true).await;
+    check(&spans, slow);
+}
