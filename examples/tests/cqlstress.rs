@@ -56,6 +56,15 @@ fn bad_flags_are_clear_errors() {
             vec!["--otlp", "http://127.0.0.1:4317", "--otlp-trace-ratio", "2"],
             "--otlp-trace-ratio must be within 0..1",
         ),
+        (
+            vec![
+                "--otlp",
+                "http://127.0.0.1:4317",
+                "--server-trace-ratio",
+                "1.5",
+            ],
+            "--server-trace-ratio must be within 0..1",
+        ),
         (vec!["--duration", "nope"], "--duration"),
     ] {
         let out = cqlstress(&args);
@@ -293,6 +302,58 @@ fn otlp_exports_metrics_and_spans_over_both_protocols() {
             .collect();
         assert!(foreign.is_empty(), "only the stack's spans: {foreign:?}");
         assert!(receiver.spans_named("cql.attempt").len() as u64 >= ops);
+    }
+}
+
+#[test]
+fn server_traces_are_exported_as_child_spans_with_server_trace_ratio() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let receiver = rt.block_on(OtlpReceiver::start()).unwrap();
+    let mut args: Vec<String> = [
+        "--duration",
+        "1",
+        "--concurrency",
+        "2",
+        "--nodes",
+        "3",
+        "--rate",
+        "200",
+        "--json",
+        "--otlp-trace-ratio",
+        "1",
+        "--server-trace-ratio",
+        "0.05",
+        "--otlp",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    args.push(receiver.endpoint());
+    let out = cqlstress_clean_env(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("server traces:"), "{stderr}");
+    let spans = receiver.spans();
+    let server: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span.name == "cql.server.coordinator")
+        .collect();
+    assert!(!server.is_empty(), "no server span: {stderr}");
+    for s in server {
+        let parent = spans
+            .iter()
+            .find(|p| p.span.span_id == s.span.parent_span_id)
+            .expect("a server span's parent is exported");
+        assert!(
+            parent.span.name == "SELECT stress.kv" || parent.span.name == "INSERT stress.kv",
+            "{}",
+            parent.span.name
+        );
+        assert!(attribute_str(&s.span.attributes, "server.address").is_some());
     }
 }
 

@@ -75,6 +75,12 @@ pub(crate) struct Args {
     /// Fraction of requests whose spans are exported with --otlp, 0..1.
     #[arg(long, default_value_t = 0.01, requires = "otlp")]
     pub(crate) otlp_trace_ratio: f64,
+    /// Fraction of requests traced on the server (the protocol's tracing
+    /// flag); with --otlp their server traces are exported as child spans
+    /// of the request spans (2 reads of system_traces per trace, at most
+    /// 10 per second). Off unless given.
+    #[arg(long, value_name = "RATIO", requires = "otlp")]
+    pub(crate) server_trace_ratio: Option<f64>,
     /// Print one JSON object at the end instead of the live table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -177,6 +183,11 @@ pub(crate) fn validate(a: &Args) -> Result<Vec<FaultSpec>, String> {
         && Protocol::parse(p).is_none()
     {
         return Err(format!("--otlp-protocol {p}: use grpc or http/protobuf"));
+    }
+    if let Some(r) = a.server_trace_ratio
+        && !(0.0..=1.0).contains(&r)
+    {
+        return Err(format!("--server-trace-ratio must be within 0..1, got {r}"));
     }
     if !(0.0..=1.0).contains(&a.otlp_trace_ratio) {
         return Err(format!(

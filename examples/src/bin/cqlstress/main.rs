@@ -125,6 +125,10 @@ async fn run(a: Args, faults: Vec<FaultSpec>, otlp: Option<OtlpExporter>) -> Res
     if let Some(o) = &otlp {
         // flushed (metrics and spans) by the stack's close()
         list.push(Arc::new(o.collector()));
+        if a.server_trace_ratio.is_some() {
+            // parents server traces on the request spans of tracing_layer()
+            list.push(Arc::new(o.server_trace_collector()));
+        }
     }
     let collectors = Collectors::with(list);
     let driver = DriverService::builder(Arc::new(session))
@@ -147,6 +151,12 @@ async fn run(a: Args, faults: Vec<FaultSpec>, otlp: Option<OtlpExporter>) -> Res
             mode: RateLimitMode::Wait {
                 max_wait: Duration::from_secs(5),
             },
+        });
+    }
+    if let Some(r) = a.server_trace_ratio {
+        builder = builder.server_trace(tower_cql_core::server_trace::ServerTraceConfig {
+            sample_ratio: r,
+            ..Default::default()
         });
     }
     let stack = builder.build(driver).map_err(|e| match &a.config {
@@ -277,6 +287,13 @@ async fn run(a: Args, faults: Vec<FaultSpec>, otlp: Option<OtlpExporter>) -> Res
     }
     let elapsed = started.elapsed().as_secs_f64();
     stack.close().await;
+    if let Some(t) = stack.server_traces() {
+        let t = t.stats();
+        eprintln!(
+            "server traces: {} sampled, {} fetched, {} skipped (over the rate cap), {} failed",
+            t.sampled, t.fetched, t.skipped, t.failed
+        );
+    }
     if let Some(o) = &otlp
         && let Err(e) = o.shutdown().await
     {
