@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tower_cql_core::event::{OwnedEvent, RequestEvent, ServerTraceEvent};
 use tower_cql_core::server_trace::ServerTraceConfig;
 use tower_cql_core::{Collector, Collectors, CqlRequest, Event, Statement};
-use tower_cql_middleware::stack::{BoxService, Stack, StackBuilder};
+use tower_cql_middleware::stack::{SessionStack, StackBuilder};
 use tower_cql_testkit::{Cluster, Fault, InjectedError};
 
 /// Keeps request and server trace events.
@@ -53,7 +53,7 @@ async fn stack(
     cluster: &Cluster,
     collectors: Collectors,
     config: ServerTraceConfig,
-) -> Stack<BoxService> {
+) -> SessionStack {
     let session = support::session(cluster).await;
     let stack = StackBuilder::new(collectors)
         .server_trace(config)
