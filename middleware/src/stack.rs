@@ -28,12 +28,12 @@
 //!    close drains everything below;
 //! 2. **tracing** (`cql.request` span) — the span covers the whole logical
 //!    request, so every layer below logs inside it;
-//!    **server trace** (off by default) — sets the tracing flag on the
-//!    requests it samples and queues their traces for the background fetch
-//!    (see [`server_trace`](crate::server_trace)), outside metrics so
-//!    that the request event (with its tracing id) comes first;
 //! 3. **metrics** — one event per logical request, timed around queueing,
-//!    retries and hedging: the latency the caller felt;
+//!    retries and hedging: the latency the caller felt; with server
+//!    tracing on (off by default), it also sets the tracing flag on the
+//!    requests it samples and, after their request event, queues their
+//!    traces for the background fetch (see
+//!    [`server_trace`](crate::server_trace));
 //! 4. **load shed** (off by default) and **circuit breaker** (off by
 //!    default) — refuse early, before a request takes capacity;
 //! 5. **rate limit**, **concurrency limit**, **adaptive concurrency** (all
@@ -88,7 +88,7 @@ use crate::load_shed::{LoadShed, LoadShedLayer};
 use crate::metrics::{Metrics, MetricsConfig, MetricsLayer};
 use crate::rate_limit::{RateLimit, RateLimitConfig, RateLimitLayer};
 use crate::retry::{Retry, RetryConfig, RetryLayer};
-use crate::server_trace::{ServerTrace, ServerTraceHandle, ServerTraceLayer};
+use crate::server_trace::{ServerTraceHandle, ServerTracer};
 use crate::timeout::{Timeout, TimeoutConfig, TimeoutLayer};
 use crate::toggle::Toggle;
 use crate::trace::{AttemptTrace, AttemptTraceLayer, Trace, TraceConfig, TraceLayer};
@@ -99,9 +99,8 @@ use tower_cql_core::server_trace::ServerTraceConfig;
 pub struct StackLayers {
     /// The request span.
     pub trace: Option<TraceLayer>,
-    /// Server-side tracing of sampled requests.
-    pub server_trace: Option<ServerTraceLayer>,
-    /// Request events.
+    /// Request events (and server-side tracing of sampled requests, when
+    /// configured: see [`MetricsLayer::with_server_trace`]).
     pub metrics: Option<MetricsLayer>,
     /// Load shedding.
     pub load_shed: Option<LoadShedLayer>,
@@ -256,7 +255,7 @@ impl StackBuilder {
         let shed = self.load_shed;
         let server_trace = match (self.server_trace, &self.server_trace_session) {
             (Some(st), Some(session)) if st.is_on() => {
-                Some(ServerTraceLayer::new(st, session.clone(), c.clone()))
+                Some(ServerTracer::new(st, session.clone(), c.clone()))
             }
             (Some(st), None) if st.is_on() => {
                 return Err(ConfigError::new(
@@ -268,11 +267,13 @@ impl StackBuilder {
         };
         Ok(StackLayers {
             trace: self.trace.clone().map(TraceLayer::new),
-            server_trace,
-            metrics: self
-                .metrics
-                .clone()
-                .map(|m| MetricsLayer::new(m, c.clone())),
+            metrics: self.metrics.clone().map(|m| {
+                let l = MetricsLayer::new(m, c.clone());
+                match server_trace {
+                    Some(t) => l.with_server_trace(t),
+                    None => l,
+                }
+            }),
             load_shed: shed.then(|| LoadShedLayer::new(c.clone())),
             breaker: self.breaker.map(|b| CircuitBreakerLayer::new(b, c.clone())),
             rate_limit: self.rate_limit.map(|r| {
@@ -321,6 +322,12 @@ impl StackBuilder {
         }
         if let Some(t) = &self.server_trace {
             t.validate()?;
+            if t.is_on() && self.metrics.is_none() {
+                return Err(ConfigError::new(
+                    "stack.server_trace",
+                    "server tracing is run by the metrics layer (it sees each request begin and end): turn metrics back on, or server tracing off",
+                ));
+            }
         }
         if let Some(m) = &self.metrics {
             m.validate()?;
@@ -381,7 +388,11 @@ impl StackBuilder {
             self.server_trace_session = Some(d.session().clone());
         }
         let l = self.layers()?;
-        let server_trace = l.server_trace.as_ref().map(ServerTraceLayer::handle);
+        let server_trace = l
+            .metrics
+            .as_ref()
+            .and_then(MetricsLayer::server_tracer)
+            .map(ServerTracer::handle);
         let gate = match &server_trace {
             // the fetcher is drained before the collectors' last flush
             Some(h) => {
@@ -446,7 +457,6 @@ impl StackLayers {
         let s = Toggle::new(self.breaker).layer(s);
         let s = Toggle::new(self.load_shed).layer(s);
         let s = Toggle::new(self.metrics).layer(s);
-        let s = Toggle::new(self.server_trace).layer(s);
         Toggle::new(self.trace).layer(s)
     }
 }
@@ -454,15 +464,11 @@ impl StackLayers {
 /// The type of the stack around a service `S`, every layer present
 /// (those switched off as pass-throughs), outermost first.
 pub type StackService<S> = Trace<
-    ServerTrace<
-        Metrics<
-            LoadShed<
-                CircuitBreaker<
-                    RateLimit<
-                        ConcurrencyLimit<
-                            AdaptiveConcurrency<Retry<Hedge<AttemptTrace<Timeout<S>>>>>,
-                        >,
-                    >,
+    Metrics<
+        LoadShed<
+            CircuitBreaker<
+                RateLimit<
+                    ConcurrencyLimit<AdaptiveConcurrency<Retry<Hedge<AttemptTrace<Timeout<S>>>>>>,
                 >,
             >,
         >,
@@ -578,7 +584,7 @@ impl<S> Stack<S> {
         &self.gate
     }
 
-    /// The server trace layer's counters, when server tracing is on.
+    /// The server tracer's counters, when server tracing is on.
     pub fn server_traces(&self) -> Option<&ServerTraceHandle> {
         self.server_trace.as_ref()
     }

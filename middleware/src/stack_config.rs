@@ -519,11 +519,28 @@ mod server_trace_tests {
                 .unwrap_err();
             assert_eq!(err.field, field, "{toml}: {err}");
         }
-        // absent: off, and no layer
+        // absent: off, and no tracer
         let b = StackConfig::from_toml("")
             .unwrap()
             .into_builder(Collectors::new())
             .unwrap();
-        assert!(b.layers().unwrap().server_trace.is_none());
+        let layers = b.layers().unwrap();
+        assert!(layers.metrics.unwrap().server_tracer().is_none());
+    }
+
+    /// The metrics layer runs server tracing: with metrics off, a stack
+    /// asking for server traces is refused when built, not silently
+    /// untraced.
+    #[test]
+    fn server_tracing_without_metrics_is_refused() {
+        let err = StackConfig::from_toml("[server_trace]\nsample_ratio = 0.5")
+            .unwrap()
+            .into_builder(Collectors::new())
+            .unwrap()
+            .without_metrics()
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field, "stack.server_trace", "{err}");
+        assert!(err.to_string().contains("metrics"), "{err}");
     }
 }

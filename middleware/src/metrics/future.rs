@@ -3,12 +3,15 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_cql_core::event::{Event, RequestEvent};
 use tower_cql_core::{Collectors, CqlError, CqlResponse, ErrorKind, RequestMeta};
+
+use crate::server_trace::{Shared, Watch};
 
 pin_project! {
     /// Times the inner call and emits the request event when it completes,
@@ -21,9 +24,9 @@ pin_project! {
 
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
-            if let KindProj::Measured { meta, collectors, start, .. } = this.project().kind.project()
+            if let KindProj::Measured { meta, events, collectors, start, .. } = this.project().kind.project()
+                && *events
                 && let Some(meta) = meta.take()
-                && collectors.is_active()
             {
                 let error = CqlError::new(
                     ErrorKind::Cancelled,
@@ -44,8 +47,14 @@ pin_project! {
             #[pin]
             inner: F,
             meta: Option<RequestMeta>,
+            // whether `meta` was kept for a request event (the collectors
+            // were active at the call), not only for server tracing
+            events: bool,
             collectors: Collectors,
             start: Instant,
+            // server-side tracing, when on: its sampler and fetcher, and
+            // this request's bookkeeping
+            server_trace: Option<(Arc<Shared>, Watch)>,
         },
         PassThrough {
             #[pin]
@@ -58,14 +67,18 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn new(
         inner: F,
         meta: Option<RequestMeta>,
+        events: bool,
         collectors: Collectors,
+        server_trace: Option<(Arc<Shared>, Watch)>,
     ) -> ResponseFuture<F> {
         ResponseFuture {
             kind: Kind::Measured {
                 inner,
                 meta,
+                events,
                 collectors,
                 start: Instant::now(),
+                server_trace,
             },
         }
     }
@@ -99,21 +112,29 @@ where
     type Output = Result<CqlResponse, CqlError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (inner, meta, collectors, start) = match self.project().kind.project() {
-            KindProj::PassThrough { inner } => return inner.poll(cx),
-            KindProj::Measured {
-                inner,
-                meta,
-                collectors,
-                start,
-            } => (inner, meta, collectors, start),
-        };
+        let (inner, meta, events, collectors, start, server_trace) =
+            match self.project().kind.project() {
+                KindProj::PassThrough { inner } => return inner.poll(cx),
+                KindProj::Measured {
+                    inner,
+                    meta,
+                    events,
+                    collectors,
+                    start,
+                    server_trace,
+                } => (inner, meta, *events, collectors, start, server_trace),
+            };
         let out = ready!(inner.poll(cx));
-        if let Some(meta) = meta.take() {
-            let duration = start.elapsed();
+        let meta = meta.take();
+        let server_trace = server_trace.take();
+        if meta.is_none() && server_trace.is_none() {
+            return Poll::Ready(out);
+        }
+        let duration = start.elapsed();
+        if let Some(meta) = meta.as_ref().filter(|_| events) {
             let event = match &out {
                 Ok(resp) => {
-                    let mut e = RequestEvent::new(&meta, duration, None);
+                    let mut e = RequestEvent::new(meta, duration, None);
                     e.attempts = resp.info().attempts.max(1);
                     e.speculative = resp.info().speculative;
                     e.rows = resp.info().rows;
@@ -122,13 +143,18 @@ where
                     e
                 }
                 Err(err) => {
-                    let mut e = RequestEvent::new(&meta, duration, Some(err));
+                    let mut e = RequestEvent::new(meta, duration, Some(err));
                     e.attempts = err.attempts();
                     e.node = err.node();
                     e
                 }
             };
             collectors.emit(Event::Request(event));
+        }
+        // after the request event, which the span collectors turn into the
+        // client span the server trace's spans are children of
+        if let Some((st, watch)) = server_trace {
+            st.end(watch, duration, meta, &out);
         }
         Poll::Ready(out)
     }

@@ -10,6 +10,7 @@ use tower_cql_core::registry::Registry;
 use tower_layer::Layer;
 
 use super::{CardinalityGuard, Metrics, MetricsConfig, On};
+use crate::server_trace::ServerTracer;
 use crate::toggle::PassThrough;
 
 /// Emits one request event per logical request; see the module docs.
@@ -17,6 +18,7 @@ use crate::toggle::PassThrough;
 pub struct MetricsLayer {
     collectors: Collectors,
     guard: Arc<CardinalityGuard>,
+    server_trace: Option<ServerTracer>,
 }
 
 impl fmt::Debug for MetricsLayer {
@@ -44,7 +46,22 @@ impl MetricsLayer {
                 max: config.max_label_sets,
                 folded: AtomicU64::new(0),
             }),
+            server_trace: None,
         }
+    }
+
+    /// Samples requests for server-side tracing with `tracer` and queues
+    /// their traces for its background fetch (see
+    /// [`server_trace`](crate::server_trace)): this layer sees each logical
+    /// request begin and end, so the sampling needs no layer of its own.
+    pub fn with_server_trace(mut self, tracer: ServerTracer) -> MetricsLayer {
+        self.server_trace = Some(tracer);
+        self
+    }
+
+    /// The server tracer, if one was given.
+    pub fn server_tracer(&self) -> Option<&ServerTracer> {
+        self.server_trace.as_ref()
     }
 
     /// Requests whose labels were folded into `"other"`.
@@ -62,6 +79,7 @@ impl<S> Layer<S> for MetricsLayer {
             on: Some(On {
                 collectors: self.collectors.clone(),
                 guard: self.guard.clone(),
+                server_trace: self.server_trace.as_ref().map(|t| t.shared().clone()),
             }),
         }
     }

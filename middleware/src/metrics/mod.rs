@@ -154,6 +154,8 @@ pub struct Metrics<S> {
 struct On {
     collectors: Collectors,
     guard: Arc<CardinalityGuard>,
+    /// Server-side tracing, when on (see [`crate::server_trace`]).
+    server_trace: Option<Arc<crate::server_trace::Shared>>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for Metrics<S> {
@@ -209,7 +211,19 @@ where
             return ResponseFuture::pass_through(self.inner.call(req));
         };
         on.guard.apply(req.meta_mut());
-        let meta = on.collectors.is_active().then(|| req.meta().clone());
-        ResponseFuture::new(self.inner.call(req), meta, on.collectors.clone())
+        let server_trace = on
+            .server_trace
+            .as_ref()
+            .map(|st| (st.clone(), st.begin(req.meta_mut())));
+        let events = on.collectors.is_active();
+        let keep = events || server_trace.as_ref().is_some_and(|(_, w)| w.traced());
+        let meta = keep.then(|| req.meta().clone());
+        ResponseFuture::new(
+            self.inner.call(req),
+            meta,
+            events,
+            on.collectors.clone(),
+            server_trace,
+        )
     }
 }

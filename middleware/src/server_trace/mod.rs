@@ -27,7 +27,8 @@
 //! ```
 //!
 //! # How it works
-//! - **Sampling** (in the request's `call`, lock-free): a request is traced
+//! - **Sampling** (by the metrics layer, in the request's `call`,
+//!   lock-free; server tracing needs the metrics layer on): a request is traced
 //!   when a thread-local random draw falls under `sample_ratio`, or when
 //!   its operation (its operation label; without one, its statement kind,
 //!   keyspace and table) is armed by the slow rule. The layer sets the
@@ -64,28 +65,24 @@
 //! ([`sanitize_activity`](tower_cql_core::server_trace::sanitize_activity)).
 //!
 //! # Cost
-//! Off (the default), the layer is a pass-through: no clock read, no
-//! atomic, no allocation. On, a request costs one random draw (and, with
-//! the slow rule, one atomic load and two clock reads); a traced request
+//! Off (the default), nothing: no layer of its own (the metrics layer
+//! runs it), no clock read, no atomic, no allocation. On, a request costs
+//! one random draw (and, with the slow rule, an atomic load; its latency
+//! is the metrics layer's); a traced request
 //! costs the server the trace's writes (a row per step on every node
 //! involved) and the stack two reads of `system_traces`.
 
 mod fetch;
-pub mod future;
-mod layer;
 mod sample;
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::time::Instant;
+use scylla::client::session::Session;
 use tower_cql_core::server_trace::ServerTraceConfig;
-use tower_cql_core::{CqlError, CqlRequest, CqlResponse};
-
-pub use self::future::ResponseFuture;
-pub use self::layer::ServerTraceLayer;
+use tower_cql_core::{Collectors, CqlError, CqlResponse, RequestMeta};
 
 /// The sampler, fetcher and counters shared by a layer's services.
 pub(crate) struct Shared {
@@ -95,78 +92,117 @@ pub(crate) struct Shared {
     config: ServerTraceConfig,
 }
 
-/// The server trace service; see [`ServerTraceLayer`].
-#[derive(Clone)]
-pub struct ServerTrace<S> {
-    inner: S,
-    /// `None`: a pass-through.
-    on: Option<Arc<Shared>>,
+/// A request's server-trace bookkeeping, from the metrics layer's `call`
+/// to its response: the operation's key for the slow rule, and whether the
+/// request carries the tracing flag.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Watch {
+    slow_key: Option<u64>,
+    traced: bool,
 }
 
-impl<S: fmt::Debug> fmt::Debug for ServerTrace<S> {
+impl Watch {
+    /// Whether the request's trace will be fetched (keep its meta).
+    pub(crate) fn traced(&self) -> bool {
+        self.traced
+    }
+}
+
+impl Shared {
+    /// Samples the request (setting its tracing flag when chosen).
+    pub(crate) fn begin(&self, meta: &mut RequestMeta) -> Watch {
+        let slow_key = self
+            .sampler
+            .slow_threshold()
+            .map(|_| sample::operation_key(meta));
+        if !meta.tracing() && self.sampler.sample(slow_key.unwrap_or(0)) {
+            meta.set_tracing(true);
+            self.counters.sampled.fetch_add(1, Ordering::Relaxed);
+        }
+        // a request the caller asked to trace is fetched too
+        Watch {
+            slow_key,
+            traced: meta.tracing(),
+        }
+    }
+
+    /// The request ended after `duration`: feeds the slow rule, and queues
+    /// the trace of a traced request that got an answer (`meta` is its
+    /// meta, kept when [`Watch::traced`]).
+    pub(crate) fn end(
+        &self,
+        watch: Watch,
+        duration: Duration,
+        meta: Option<RequestMeta>,
+        out: &Result<CqlResponse, CqlError>,
+    ) {
+        if let Some(key) = watch.slow_key {
+            self.sampler.observe(key, duration);
+        }
+        if watch.traced
+            && let Some(meta) = meta
+            && let Ok(resp) = out
+            && let Some(id) = resp.info().tracing_id
+        {
+            self.fetcher.enqueue(fetch::Job { id, meta });
+        }
+    }
+}
+
+/// Samples requests for server-side tracing and fetches their traces in
+/// the background; see the [module docs](self). The metrics layer runs it
+/// ([`MetricsLayer::with_server_trace`](crate::metrics::MetricsLayer::with_server_trace)):
+/// it is the layer that sees each logical request begin and end, with its
+/// latency, so the sampling costs no layer of its own and no clock read.
+#[derive(Clone)]
+pub struct ServerTracer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for ServerTracer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerTrace")
-            .field("inner", &self.inner)
-            .field("on", &self.on.is_some())
+        f.debug_struct("ServerTracer")
+            .field("config", &self.shared.config)
+            .field("stats", &self.handle().stats())
             .finish()
     }
 }
 
-impl<S> ServerTrace<S> {
-    /// A service that traces nothing and only forwards to `inner` (see
-    /// [`toggle`](crate::toggle)).
-    pub fn pass_through(inner: S) -> ServerTrace<S> {
-        ServerTrace { inner, on: None }
-    }
-
-    /// Whether this service passes requests through untouched.
-    pub fn is_pass_through(&self) -> bool {
-        self.on.is_none()
-    }
-
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S> tower_service::Service<CqlRequest> for ServerTrace<S>
-where
-    S: tower_service::Service<CqlRequest, Response = CqlResponse, Error = CqlError>,
-{
-    type Response = CqlResponse;
-    type Error = CqlError;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: CqlRequest) -> Self::Future {
-        let Some(shared) = &self.on else {
-            return ResponseFuture::pass_through(self.inner.call(req));
-        };
-        let slow = shared
-            .sampler
-            .slow_threshold()
-            .map(|_| (sample::operation_key(req.meta()), Instant::now()));
-        if !req.meta().tracing() && shared.sampler.sample(slow.map_or(0, |(k, _)| k)) {
-            req.meta_mut().set_tracing(true);
-            shared.counters.sampled.fetch_add(1, Ordering::Relaxed);
+impl ServerTracer {
+    /// A tracer per `config`, reading traces through `session` (the one
+    /// the stack runs on) and emitting them into `collectors`.
+    ///
+    /// # Panics
+    /// If `config` is invalid (see its `validate()`, which says why);
+    /// [`StackBuilder`](crate::stack::StackBuilder) returns that as an error.
+    #[track_caller]
+    pub fn new(
+        config: ServerTraceConfig,
+        session: Arc<Session>,
+        collectors: Collectors,
+    ) -> ServerTracer {
+        crate::config::checked(config.validate());
+        let counters = Arc::new(fetch::Counters::default());
+        ServerTracer {
+            shared: Arc::new(Shared {
+                sampler: sample::Sampler::new(&config),
+                fetcher: fetch::Fetcher::new(session, collectors, config, counters.clone()),
+                counters,
+                config,
+            }),
         }
-        // a request the caller asked to trace is fetched too
-        let traced = req.meta().tracing().then(|| req.meta().clone());
-        ResponseFuture::new(self.inner.call(req), shared.clone(), traced, slow)
+    }
+
+    /// The counters, and the drain [`Stack::close`](crate::stack::Stack::close)
+    /// runs before the collectors' last flush.
+    pub fn handle(&self) -> ServerTraceHandle {
+        ServerTraceHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 }
 
@@ -186,7 +222,7 @@ pub struct ServerTraceStats {
     pub failed: u64,
 }
 
-/// A handle on a server trace layer: its counters, and the drain run on
+/// A handle on a server tracer: its counters, and the drain run on
 /// close.
 #[derive(Clone)]
 pub struct ServerTraceHandle {
