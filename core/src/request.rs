@@ -644,14 +644,16 @@ impl fmt::Debug for Values {
 
 /// Everything about a request except the statement and values: how to run
 /// it and how to label what is observed.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RequestMeta {
     statement: Statement,
-    operation: Option<Label>,
+    /// Operation, keyspace and table when a request replaced its
+    /// statement's (rare: a per-request operation name, the cardinality
+    /// guard's fold); `None`: the statement's. Boxed, so a request is
+    /// small to move through the layers and cheap to clone.
+    labels: Option<Box<Labels>>,
     kind: OperationKind,
-    keyspace: Option<Label>,
-    table: Option<Label>,
-    /// [`labels_hash`] of the three above, kept in step by every setter.
+    /// [`labels_hash`] of the labels in force, kept in step by every setter.
     labels_hash: u64,
     idempotent: bool,
     traits: StatementTraits,
@@ -663,8 +665,39 @@ pub struct RequestMeta {
     pub(crate) attempt: (u32, AttemptReason),
     /// Nodes this logical request tried (see [`crate::routing`]).
     pub(crate) route: Option<Arc<crate::routing::RouteHint>>,
-    /// For one page of a paged read: the page's index and where it starts.
-    page: Option<Page>,
+    /// For one page of a paged read: the page's index and where it starts
+    /// (boxed: most requests are not pages).
+    page: Option<Box<Page>>,
+}
+
+/// A request's own operation, keyspace and table labels.
+#[derive(Clone)]
+struct Labels {
+    operation: Option<Label>,
+    keyspace: Option<Label>,
+    table: Option<Label>,
+}
+
+impl fmt::Debug for RequestMeta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestMeta")
+            .field("statement", &self.statement)
+            .field("operation", &self.operation())
+            .field("kind", &self.kind)
+            .field("keyspace", &self.keyspace())
+            .field("table", &self.table())
+            .field("idempotent", &self.idempotent)
+            .field("traits", &self.traits)
+            .field("consistency", &self.consistency)
+            .field("serial_consistency", &self.serial_consistency)
+            .field("page_size", &self.page_size)
+            .field("deadline", &self.deadline)
+            .field("tracing", &self.tracing)
+            .field("attempt", &self.attempt)
+            .field("route", &self.route)
+            .field("page", &self.page)
+            .finish()
+    }
 }
 
 /// A page's index and paging state. The state holds the last key read (a
@@ -682,10 +715,8 @@ impl RequestMeta {
     fn from_statement(s: &Statement) -> RequestMeta {
         RequestMeta {
             statement: s.clone(),
-            operation: s.0.operation.clone(),
+            labels: None,
             kind: s.0.kind,
-            keyspace: s.0.keyspace.clone(),
-            table: s.0.table.clone(),
             labels_hash: s.0.labels_hash,
             idempotent: s.0.idempotent,
             traits: s.0.traits,
@@ -721,7 +752,7 @@ impl RequestMeta {
     /// the state of the next ([`CqlResponse::paging_state`](crate::CqlResponse::paging_state)).
     /// A retried or hedged page is a clone, so it asks for the same page.
     pub fn set_page(&mut self, index: u32, state: PagingState) {
-        self.page = Some(Page(index, state));
+        self.page = Some(Box::new(Page(index, state)));
     }
 
     /// For one page of a paged read, the page's index (0 for the first).
@@ -771,20 +802,32 @@ impl RequestMeta {
 
     /// Replaces the operation label (the metrics layer's cardinality guard).
     pub fn set_operation(&mut self, name: Option<Label>) {
-        self.operation = name;
+        self.own_labels().operation = name;
         self.relabelled();
     }
 
     /// Replaces the keyspace label.
     pub fn set_keyspace(&mut self, keyspace: Option<Label>) {
-        self.keyspace = keyspace;
+        self.own_labels().keyspace = keyspace;
         self.relabelled();
     }
 
     /// Replaces the table label.
     pub fn set_table(&mut self, table: Option<Label>) {
-        self.table = table;
+        self.own_labels().table = table;
         self.relabelled();
+    }
+
+    /// The request's own labels, made from the statement's on first change.
+    fn own_labels(&mut self) -> &mut Labels {
+        let s = &self.statement.0;
+        self.labels.get_or_insert_with(|| {
+            Box::new(Labels {
+                operation: s.operation.clone(),
+                keyspace: s.keyspace.clone(),
+                table: s.table.clone(),
+            })
+        })
     }
 
     /// Replaces the three labels at once (one hash instead of three).
@@ -794,16 +837,16 @@ impl RequestMeta {
         keyspace: Option<Label>,
         table: Option<Label>,
     ) {
-        (self.operation, self.keyspace, self.table) = (operation, keyspace, table);
+        self.labels = Some(Box::new(Labels {
+            operation,
+            keyspace,
+            table,
+        }));
         self.relabelled();
     }
 
     fn relabelled(&mut self) {
-        self.labels_hash = labels_hash(
-            self.operation.as_ref(),
-            self.keyspace.as_ref(),
-            self.table.as_ref(),
-        );
+        self.labels_hash = labels_hash(self.operation(), self.keyspace(), self.table());
     }
 
     /// A hash of the operation, keyspace and table labels by their text,
@@ -817,7 +860,10 @@ impl RequestMeta {
 
     /// The operation name label, if one was given.
     pub fn operation(&self) -> Option<&Label> {
-        self.operation.as_ref()
+        match &self.labels {
+            None => self.statement.0.operation.as_ref(),
+            Some(l) => l.operation.as_ref(),
+        }
     }
 
     /// The statement kind.
@@ -827,12 +873,18 @@ impl RequestMeta {
 
     /// The keyspace label.
     pub fn keyspace(&self) -> Option<&Label> {
-        self.keyspace.as_ref()
+        match &self.labels {
+            None => self.statement.0.keyspace.as_ref(),
+            Some(l) => l.keyspace.as_ref(),
+        }
     }
 
     /// The table label.
     pub fn table(&self) -> Option<&Label> {
-        self.table.as_ref()
+        match &self.labels {
+            None => self.statement.0.table.as_ref(),
+            Some(l) => l.table.as_ref(),
+        }
     }
 
     /// Whether the request may be retried or hedged after it may have been
@@ -1122,7 +1174,7 @@ impl fmt::Display for QuerySummary<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
         f.write_str(m.kind.as_str())?;
-        match (&m.keyspace, &m.table) {
+        match (m.keyspace(), m.table()) {
             (Some(k), Some(t)) => write!(f, " {}.{}", k.as_str(), t.as_str()),
             (None, Some(t)) => write!(f, " {}", t.as_str()),
             // `CREATE KEYSPACE ks`, `USE ks`
