@@ -66,6 +66,8 @@ pub struct TraceSection {
     pub record_query_text: Option<bool>,
     /// `"info"` (default) or `"debug"`.
     pub level: Option<String>,
+    /// The attempt spans' level: `"debug"` (default) or `"info"`.
+    pub attempt_level: Option<String>,
 }
 
 /// `[metrics]`
@@ -292,19 +294,23 @@ impl StackConfig {
         if self.trace.enabled == Some(false) {
             b = b.without_trace();
         } else {
-            let level = match self.trace.level.as_deref() {
-                None | Some("info") | Some("INFO") => Level::INFO,
-                Some("debug") | Some("DEBUG") => Level::DEBUG,
-                Some(other) => {
-                    return Err(ConfigError::new(
-                        "trace.level",
-                        format!("must be \"info\" or \"debug\", got {other:?}"),
-                    ));
-                }
+            let level = |field: &'static str, value: Option<&str>, default: Level| match value {
+                None => Ok(default),
+                Some("info") | Some("INFO") => Ok(Level::INFO),
+                Some("debug") | Some("DEBUG") => Ok(Level::DEBUG),
+                Some(other) => Err(ConfigError::new(
+                    field,
+                    format!("must be \"info\" or \"debug\", got {other:?}"),
+                )),
             };
             b = b.trace(TraceConfig {
                 record_query_text: self.trace.record_query_text.unwrap_or(true),
-                level,
+                level: level("trace.level", self.trace.level.as_deref(), Level::INFO)?,
+                attempt_level: level(
+                    "trace.attempt_level",
+                    self.trace.attempt_level.as_deref(),
+                    Level::DEBUG,
+                )?,
             });
         }
         if self.metrics.enabled == Some(false) {

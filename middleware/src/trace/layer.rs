@@ -61,8 +61,9 @@ impl AttemptTraceLayer {
         AttemptTraceLayer { debug: false }
     }
 
-    /// A layer making its spans at the level of `config` (`INFO` or
-    /// `DEBUG`); the stack builder uses the request span's configuration.
+    /// A layer making its spans at the attempt level of `config`
+    /// ([`TraceConfig::attempt_level`], `DEBUG` by default); the stack
+    /// builder uses the request span's configuration.
     ///
     /// # Panics
     /// If `config` is invalid (see its `validate()`, which says why);
@@ -71,7 +72,7 @@ impl AttemptTraceLayer {
     pub fn with_config(config: &TraceConfig) -> AttemptTraceLayer {
         crate::config::checked(config.validate());
         AttemptTraceLayer {
-            debug: config.level == Level::DEBUG,
+            debug: config.attempt_level == Level::DEBUG,
         }
     }
 }

@@ -50,7 +50,9 @@
 //! [`AttemptTraceLayer`] sits under the retry and hedge layers (the stack
 //! builder puts it there) and opens a child span per attempt with
 //! `cql.attempt.index`, `cql.attempt.reason` (`initial`, `retry`,
-//! `speculative`), `server.address`, `server.port` and `error.type`.
+//! `speculative`), `server.address`, `server.port` and `error.type`. Its
+//! level is [`TraceConfig::attempt_level`], `DEBUG` by default: under an
+//! `INFO` filter there is one span per request, not two.
 //!
 //! # Trace context propagation
 //! The CQL protocol can carry a custom payload with each request, where a
@@ -81,8 +83,16 @@ pub struct TraceConfig {
     /// Record `db.query.text` (sanitised: literals replaced by `?`).
     /// Default true.
     pub record_query_text: bool,
-    /// The level of the spans: `INFO` (default) or `DEBUG`.
+    /// The level of the request spans: `INFO` (default) or `DEBUG`.
     pub level: Level,
+    /// The level of the attempt spans: `DEBUG` (default) or `INFO`. At
+    /// `DEBUG` a subscriber filtering at `INFO` (the usual production
+    /// setting) makes no attempt span, which halves what tracing costs per
+    /// request; the request span still says how many attempts there were
+    /// (`cql.attempts`, `db.cassandra.speculative_execution_count`). Set
+    /// `INFO`, or filter the `tower_cql` targets at `DEBUG`, to see each
+    /// attempt as a span of its own.
+    pub attempt_level: Level,
 }
 
 impl Default for TraceConfig {
@@ -90,6 +100,7 @@ impl Default for TraceConfig {
         TraceConfig {
             record_query_text: true,
             level: Level::INFO,
+            attempt_level: Level::DEBUG,
         }
     }
 }
@@ -101,6 +112,12 @@ impl TraceConfig {
             return Err(ConfigError::new(
                 "trace.level",
                 format!("must be INFO or DEBUG, got {}", self.level),
+            ));
+        }
+        if self.attempt_level != Level::INFO && self.attempt_level != Level::DEBUG {
+            return Err(ConfigError::new(
+                "trace.attempt_level",
+                format!("must be INFO or DEBUG, got {}", self.attempt_level),
             ));
         }
         Ok(())
@@ -313,8 +330,8 @@ impl fmt::Display for TraceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "level {}, query text {}",
-            self.level, self.record_query_text
+            "level {}, attempt level {}, query text {}",
+            self.level, self.attempt_level, self.record_query_text
         )
     }
 }
