@@ -15,15 +15,23 @@
 //! A line looks like
 //! `{"event":"request","operation":"get_user","kind":"SELECT","keyspace":"app","table":"users","outcome":"ok","duration_us":412.5,"attempts":1,"rows":1,"node":"127.0.0.1:9042"}`.
 //! Statement text and bound values are never written.
+//!
+//! A request traced on the server (see `StackBuilder::server_trace`) has
+//! its `"tracing_id"` on its request line, and its trace, once fetched,
+//! is one line of its own with the same id:
+//! `{"event":"server_trace","kind":"SELECT","operation":"get","keyspace":"ks","table":"kv","tracing_id":"…","coordinator":"127.0.0.2","started_at_unix_ms":…,"duration_us":60400,"request":"Execute CQL3 prepared query","consistency":"ONE","steps":[{"node":"127.0.0.2","elapsed_us":12,"activity":"Parsing SELECT v FROM ks.kv WHERE k = ?","thread":"shard 0"},…]}`,
+//! the steps in the server's order, their activity texts sanitised (no
+//! literal of the statement, no token).
 
 use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use tower_cql_core::event::{
-    AttemptEvent, BreakerEvent, LimitEvent, PageEvent, RequestEvent, RetryEvent, ShedEvent,
-    StreamEvent, ThrottleEvent,
+    AttemptEvent, BreakerEvent, LimitEvent, PageEvent, RequestEvent, RetryEvent, ServerTraceEvent,
+    ShedEvent, StreamEvent, ThrottleEvent,
 };
+use tower_cql_core::server_trace::session_id_string;
 use tower_cql_core::{Background, Collector, RequestMeta};
 
 /// Writes events as JSON lines. Use it through [`JsonLines::stdout`] or
@@ -104,6 +112,14 @@ impl Line {
         let _ = write!(self.0, ":{v}");
         self
     }
+    /// `v` written as it is: a JSON value built by the caller.
+    fn raw(mut self, k: &str, v: &str) -> Line {
+        self.0.push(',');
+        escape(k, &mut self.0);
+        self.0.push(':');
+        self.0.push_str(v);
+        self
+    }
     fn meta(self, m: &RequestMeta) -> Line {
         let mut l = self.str("kind", m.kind().as_str());
         if let Some(o) = m.operation() {
@@ -137,6 +153,9 @@ impl Collector for JsonLines {
             .num("rows", e.rows as f64);
         if let Some(n) = e.node {
             l = l.str("node", &n.to_string());
+        }
+        if let Some(id) = &e.tracing_id {
+            l = l.str("tracing_id", &session_id_string(id));
         }
         self.write(&l.done());
     }
@@ -206,6 +225,47 @@ impl Collector for JsonLines {
             .num("duration_us", us(e.duration));
         self.write(&l.done());
     }
+    fn on_server_trace(&self, e: &ServerTraceEvent<'_>) {
+        let mut l = Line::new("server_trace")
+            .meta(e.meta)
+            .str("tracing_id", &session_id_string(&e.session_id));
+        if let Some(c) = e.coordinator {
+            l = l.str("coordinator", &c.to_string());
+        }
+        let started_ms = e
+            .started_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        l = l
+            .num("started_at_unix_ms", started_ms as f64)
+            .num("duration_us", us(e.duration));
+        if !e.request.is_empty() {
+            l = l.str("request", e.request);
+        }
+        if let Some(c) = e.consistency {
+            l = l.str("consistency", c);
+        }
+        let mut steps = String::with_capacity(2 + e.steps.len() * 96);
+        steps.push('[');
+        for (i, s) in e.steps.iter().enumerate() {
+            if i > 0 {
+                steps.push(',');
+            }
+            let mut step = Line(String::from("{\"node\":"));
+            match s.source {
+                Some(ip) => escape(&ip.to_string(), &mut step.0),
+                None => step.0.push_str("null"),
+            }
+            // sanitised when the step was made (`ServerTraceStep::new`)
+            let step = step
+                .num("elapsed_us", s.elapsed.as_micros() as f64)
+                .str("activity", &s.activity)
+                .str("thread", &s.thread);
+            steps.push_str(&step.done());
+        }
+        steps.push(']');
+        self.write(&l.raw("steps", &steps).done());
+    }
     fn flush(&self) {
         if let Ok(mut out) = self.out.lock() {
             let _ = out.flush();
@@ -257,5 +317,69 @@ mod tests {
             "{\"event\":\"request\",\"kind\":\"SELECT\",\"operation\":\"get \\\"quoted\\\"\",\"keyspace\":\"ks\",\"table\":\"t\",\"outcome\":\"read_timeout\",\"duration_us\":250,\"attempts\":3,\"rows\":0,\"node\":\"127.0.0.1:9042\"}\n"
         );
         assert!(!text.contains("secret"));
+    }
+
+    #[test]
+    fn a_server_trace_is_one_line_with_its_steps_and_no_value() {
+        use std::time::UNIX_EPOCH;
+        use tower_cql_core::event::ServerTraceEvent;
+        use tower_cql_core::server_trace::ServerTraceStep;
+
+        let buf = Shared::default();
+        let exporter = JsonLines::to_writer(Box::new(buf.clone()));
+        let c = Collectors::with([exporter.clone()]);
+        let req = CqlRequest::query("SELECT v FROM ks.kv WHERE k = 424242").operation("get");
+        let coordinator = "127.0.0.2".parse().unwrap();
+        let replica = "127.0.0.3".parse().unwrap();
+        let steps = [
+            ServerTraceStep::new(
+                [1; 16],
+                Some(coordinator),
+                Duration::from_micros(12),
+                "Parsing SELECT v FROM ks.kv WHERE k = 424242",
+                "Native-Transport-Requests-1",
+            ),
+            ServerTraceStep::new(
+                [2; 16],
+                Some(replica),
+                Duration::from_micros(210),
+                "Read 1 live rows and 0 tombstone cells",
+                "ReadStage-2",
+            ),
+            ServerTraceStep::new(
+                [3; 16],
+                None,
+                Duration::ZERO,
+                "Key 'secret-value' \"quoted\"",
+                "",
+            ),
+        ];
+        let mut e = ServerTraceEvent::new(
+            req.meta(),
+            [0xab; 16],
+            UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            Duration::from_micros(60_400),
+            &steps,
+        );
+        e.coordinator = Some(coordinator);
+        e.request = "Execute CQL3 query";
+        e.consistency = Some("ONE");
+        c.emit(Event::ServerTrace(e));
+        c.flush();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text,
+            concat!(
+                "{\"event\":\"server_trace\",\"kind\":\"SELECT\",\"operation\":\"get\",\"keyspace\":\"ks\",\"table\":\"kv\",",
+                "\"tracing_id\":\"abababab-abab-abab-abab-abababababab\",\"coordinator\":\"127.0.0.2\",",
+                "\"started_at_unix_ms\":1700000000123,\"duration_us\":60400,",
+                "\"request\":\"Execute CQL3 query\",\"consistency\":\"ONE\",\"steps\":[",
+                "{\"node\":\"127.0.0.2\",\"elapsed_us\":12,\"activity\":\"Parsing SELECT v FROM ks.kv WHERE k = ?\",\"thread\":\"Native-Transport-Requests-1\"},",
+                "{\"node\":\"127.0.0.3\",\"elapsed_us\":210,\"activity\":\"Read 1 live rows and 0 tombstone cells\",\"thread\":\"ReadStage-2\"},",
+                "{\"node\":null,\"elapsed_us\":0,\"activity\":\"Key ? \\\"quoted\\\"\",\"thread\":\"\"}",
+                "]}\n"
+            )
+        );
+        assert!(!text.contains("424242") && !text.contains("secret"));
     }
 }
