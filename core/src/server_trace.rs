@@ -56,8 +56,9 @@ pub struct ServerTraceConfig {
     pub slow_threshold: Option<Duration>,
     /// How many requests of an operation are traced after a slow one.
     pub trace_next: u32,
-    /// At most this many traces fetched per second; the rest are counted
-    /// as skipped.
+    /// At most this many trace fetches start in any one-second interval
+    /// (whenever it begins), and that many may start at once; the rest
+    /// are counted as skipped.
     pub max_fetches_per_second: u32,
     /// Traces waiting to be fetched; when full, a new one is skipped.
     pub queue_capacity: usize,

@@ -165,38 +165,82 @@ async fn off_by_default_nothing_is_traced() {
     assert!(stack.server_traces().is_none());
 }
 
+/// Keeps when each server trace reached the collectors.
+#[derive(Default)]
+struct Arrivals(Mutex<Vec<Instant>>);
+
+impl Collector for Arrivals {
+    fn on_server_trace(&self, _: &ServerTraceEvent<'_>) {
+        self.0.lock().unwrap().push(Instant::now());
+    }
+}
+
+/// The most instants in any half-open interval `[t, t + window)`.
+fn most_within(times: &[Instant], window: Duration) -> usize {
+    let mut t = times.to_vec();
+    t.sort();
+    (0..t.len())
+        .map(|i| t[i..].iter().take_while(|&&x| x - t[i] < window).count())
+        .max()
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_rate_cap_skips_the_excess() {
+async fn the_rate_cap_holds_over_any_one_second_interval() {
+    const CAP: u32 = 3;
     let cluster = Cluster::start().await.unwrap();
     let keep = Arc::new(Keep::default());
+    let arrivals = Arc::new(Arrivals::default());
+    let collectors = Collectors::with([keep.clone()]);
+    collectors.add(arrivals.clone());
+    // the setup's 3 statements: a burst of CAP at once, all fetched
     let stack = stack(
         &cluster,
-        Collectors::with([keep.clone()]),
+        collectors,
         every(ServerTraceConfig {
-            max_fetches_per_second: 2,
+            max_fetches_per_second: CAP,
             ..ServerTraceConfig::default()
         }),
     )
     .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        stack.server_traces().unwrap().stats().fetched,
+        3,
+        "the burst"
+    );
+    // One read at 0 s, four at 0.7 s, four at 1.25 s. With a window of
+    // fixed seconds (the first from 0 s), 3 would start at 0.7 s and 3
+    // more at 1.25 s: 5 within 0.55 s. With a token bucket of depth 3
+    // refilled at 3/s, 3 and 1: 4. Over any one second, at most 3.
     let get = Statement::new(support::GET).operation("get");
-    let start = Instant::now();
-    for k in 0..20 {
-        stack.execute(&get, (k,)).await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    for (at, reads) in [(0, 1), (700, 4), (1250, 4)] {
+        tokio::time::sleep_until(t0 + Duration::from_millis(at)).await;
+        for k in 0..reads {
+            stack.execute(&get, (k,)).await.unwrap();
+        }
     }
-    let took = start.elapsed();
     stack.close().await;
     let s = stack.server_traces().unwrap().stats();
-    assert_eq!(s.sampled, 23, "{s:?}");
+    assert_eq!(s.sampled, 3 + 9, "{s:?}");
     assert_eq!(
         s.fetched + s.skipped + s.failed,
-        23,
+        s.sampled,
         "every trace accounted for: {s:?}"
     );
-    // 2 per second: at most 2 per started second of the run
-    let cap = 2 * (took.as_secs() + 2);
-    assert!(s.fetched >= 1 && s.fetched <= cap, "{s:?} in {took:?}");
-    assert!(s.skipped >= 23 - cap, "{s:?}");
+    assert_eq!(s.failed, 0, "{s:?}");
+    let arrivals = arrivals.0.lock().unwrap().clone();
+    assert_eq!(arrivals.len() as u64, s.fetched);
     assert_eq!(keep.traces().len() as u64, s.fetched);
+    let most = most_within(&arrivals, Duration::from_secs(1));
+    assert!(
+        most <= CAP as usize,
+        "{most} traces fetched within one second, over the cap of {CAP}: {s:?}"
+    );
+    // and the cap is used: the burst, 1 at 0 s, 2 at 0.7 s, 1 at 1.25 s
+    // (the one of 0 s has left the last second)
+    assert!(s.fetched >= 3 + 1 + 2, "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -172,7 +172,8 @@ impl Fetcher {
 }
 
 /// The worker: takes jobs until close, at most `max_fetches_per_second`
-/// started per second (the rest skipped), `max_concurrent_fetches` at once.
+/// started in any one-second interval (the rest skipped; see
+/// [`FetchCap`](super::cap::FetchCap)), `max_concurrent_fetches` at once.
 async fn run(ctx: Arc<Ctx>, rx: mpsc::Receiver<Job>) {
     let jobs = futures::stream::unfold((rx, ctx.clone()), |(mut rx, ctx)| async move {
         loop {
@@ -193,18 +194,11 @@ async fn run(ctx: Arc<Ctx>, rx: mpsc::Receiver<Job>) {
             }
         }
     });
-    let mut window = (tokio::time::Instant::now(), 0u32);
-    let cap = ctx.config.max_fetches_per_second;
+    let mut cap = super::cap::FetchCap::new(ctx.config.max_fetches_per_second);
     let ctx2 = ctx.clone();
     jobs.filter(move |_| {
-        let now = tokio::time::Instant::now();
-        if now.duration_since(window.0) >= Duration::from_secs(1) {
-            window = (now, 0);
-        }
-        let admit = window.1 < cap;
-        if admit {
-            window.1 += 1;
-        } else {
+        let admit = cap.admit(tokio::time::Instant::now());
+        if !admit {
             ctx2.counters.skipped.fetch_add(1, Ordering::Relaxed);
         }
         std::future::ready(admit)

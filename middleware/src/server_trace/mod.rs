@@ -42,7 +42,9 @@
 //! - **Fetch**: when a traced request completes with its tracing session
 //!   id, the id is queued (bounded, never waited for: when full, the trace
 //!   is counted skipped). One background task takes the queue, at most
-//!   `max_fetches_per_second` per second (the rest skipped) and
+//!   `max_fetches_per_second` started in any one-second interval, whenever
+//!   it begins, that many at once if they come together (the rest
+//!   skipped), and
 //!   `max_concurrent_fetches` at once, and reads the session row until the
 //!   server has finished it (`duration` set; `fetch_attempts` reads,
 //!   `fetch_backoff` doubling between them), then its events: two reads
@@ -72,6 +74,7 @@
 //! costs the server the trace's writes (a row per step on every node
 //! involved) and the stack two reads of `system_traces`.
 
+mod cap;
 mod fetch;
 mod sample;
 
