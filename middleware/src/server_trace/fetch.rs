@@ -22,10 +22,34 @@ use tower_cql_core::server_trace::{ServerTraceConfig, ServerTraceStep};
 use tower_cql_core::{Collectors, RequestMeta};
 use uuid::Uuid;
 
+// The columns read, checked against each server's own table definitions
+// (searched 2026-12, public sources):
+// - Cassandra 3.0/3.11, `src/java/org/apache/cassandra/tracing/TraceKeyspace.java`
+//   (the `CFMetaData`/`KeyspaceMetadata` version): sessions (session_id,
+//   command, client, coordinator, duration, parameters, request,
+//   started_at), events (session_id, event_id, activity, source,
+//   source_elapsed, thread).
+// - Cassandra 4.x, the same file in apache/cassandra (`TableMetadata`
+//   version, commit 12091341b9c7): the same columns plus
+//   `sessions.coordinator_port` and `events.source_port`. Its generation
+//   note says those two were "pre-added" to 3.0 and 3.11 only by later
+//   patch releases (schema generation 1577836800000001), so an older 3.x
+//   lacks them.
+// - Scylla, `tracing/trace_keyspace_helper.cc` in scylladb/scylladb (a 2016
+//   commit, 026061733fd2, and a later fork's copy): sessions (session_id,
+//   command, client, coordinator, duration, parameters, request,
+//   started_at; newer versions add request_size, response_size, username),
+//   events (session_id, event_id, activity, source, source_elapsed, thread;
+//   newer versions add scylla_parent_id, scylla_span_id), no `*_port`
+//   column; the tracing page of docs.scylladb.com shows the same tables.
+// Every column below is in all of them; coordinator_port, source_port and
+// Scylla's additions are not read.
+
 /// The session row, with only columns Cassandra 3.x, 4.x and Scylla all
 /// have.
 pub(crate) const SESSIONS_QUERY: &str = "SELECT coordinator, duration, started_at, request, client, parameters FROM system_traces.sessions WHERE session_id = ?";
-/// The events, likewise (no `source_port`, which 3.x and Scylla lack).
+/// The events, likewise (no `source_port`, which Scylla and 3.x before
+/// its late patch releases lack).
 pub(crate) const EVENTS_QUERY: &str = "SELECT event_id, activity, source, source_elapsed, thread FROM system_traces.events WHERE session_id = ?";
 
 type SessionRow = (
