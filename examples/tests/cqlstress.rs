@@ -202,12 +202,19 @@ fn server_error_after_apply_is_not_retried_for_non_idempotent_writes() {
 
 /// cqlstress with the `OTEL_*` variables of the test's environment removed.
 fn cqlstress_clean_env(args: &[String]) -> std::process::Output {
+    cqlstress_with_env(args, &[])
+}
+
+/// cqlstress with no `OTEL_*` nor `TOWER_CQL_*` variable but `vars`.
+fn cqlstress_with_env(args: &[String], vars: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cqlstress"));
     for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("OTEL_") {
+        let k_ = k.to_string_lossy();
+        if k_.starts_with("OTEL_") || k_.starts_with("TOWER_CQL_") {
             cmd.env_remove(k);
         }
     }
+    cmd.envs(vars.iter().copied());
     cmd.args(args).output().expect("run cqlstress")
 }
 
@@ -307,6 +314,13 @@ fn otlp_exports_metrics_and_spans_over_both_protocols() {
 
 #[test]
 fn server_traces_are_exported_as_child_spans_with_server_trace_ratio() {
+    // the flag, then the exporter's variable (no flag)
+    for (flag, var) in [(true, None), (false, Some("0.05"))] {
+        server_traces_exported(flag, var);
+    }
+}
+
+fn server_traces_exported(flag: bool, var: Option<&str>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -325,15 +339,20 @@ fn server_traces_are_exported_as_child_spans_with_server_trace_ratio() {
         "--json",
         "--otlp-trace-ratio",
         "1",
-        "--server-trace-ratio",
-        "0.05",
         "--otlp",
     ]
     .iter()
     .map(ToString::to_string)
     .collect();
     args.push(receiver.endpoint());
-    let out = cqlstress_clean_env(&args);
+    if flag {
+        args.extend(["--server-trace-ratio".into(), "0.05".into()]);
+    }
+    let vars: Vec<(&str, &str)> = var
+        .map(|v| ("TOWER_CQL_SERVER_TRACE_RATIO", v))
+        .into_iter()
+        .collect();
+    let out = cqlstress_with_env(&args, &vars);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("server traces:"), "{stderr}");
@@ -348,8 +367,12 @@ fn server_traces_are_exported_as_child_spans_with_server_trace_ratio() {
             .iter()
             .find(|p| p.span.span_id == s.span.parent_span_id)
             .expect("a server span's parent is exported");
+        // a request's span: the workload's reads and writes, or the setup's
+        // statements (CREATE ...), which a ratio can sample too
         assert!(
-            parent.span.name == "SELECT stress.kv" || parent.span.name == "INSERT stress.kv",
+            ["SELECT stress.", "INSERT stress.", "CREATE "]
+                .iter()
+                .any(|p| parent.span.name.starts_with(p)),
             "{}",
             parent.span.name
         );

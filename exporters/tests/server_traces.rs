@@ -33,6 +33,7 @@ async fn run(tracing_path: bool) -> (Vec<FoundSpan>, std::net::IpAddr) {
         .endpoint(receiver.endpoint())
         .service_name("server-traces")
         .metric_export_interval(Duration::from_secs(3600))
+        .server_trace_ratio(1.0)
         .install()
         .unwrap();
     let subscriber = tracing_subscriber::registry().with(otlp.tracing_layer());
@@ -49,11 +50,13 @@ async fn run(tracing_path: bool) -> (Vec<FoundSpan>, std::net::IpAddr) {
     } else {
         Arc::new(otlp.span_collector()).into_collector()
     };
+    // the exporter's setting, every read traced
+    let config = otlp.server_trace_config().expect("server_trace_ratio set");
+    assert_eq!(config.sample_ratio, 1.0);
     let mut builder =
         StackBuilder::new(Collectors::with([collector])).server_trace(ServerTraceConfig {
-            sample_ratio: 1.0,
             max_fetches_per_second: 1000,
-            ..ServerTraceConfig::default()
+            ..config
         });
     if !tracing_path {
         builder = builder.without_trace();

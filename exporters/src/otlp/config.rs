@@ -99,8 +99,13 @@ pub const ENV_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
 pub const ENV_METRIC_EXPORT_INTERVAL: &str =
     opentelemetry_sdk::metrics::OTEL_METRIC_EXPORT_INTERVAL;
 
+/// `TOWER_CQL_SERVER_TRACE_RATIO`: the fraction of requests traced on the
+/// server, in `0..=1` (tower-cql's own, not an OpenTelemetry variable); see
+/// [`OtlpExporter::server_trace_config`](super::OtlpExporter::server_trace_config).
+pub const ENV_SERVER_TRACE_RATIO: &str = "TOWER_CQL_SERVER_TRACE_RATIO";
+
 /// Every variable the builder reads.
-const VARS: [&str; 13] = [
+const VARS: [&str; 14] = [
     ENV_ENDPOINT,
     ENV_TRACES_ENDPOINT,
     ENV_METRICS_ENDPOINT,
@@ -114,6 +119,7 @@ const VARS: [&str; 13] = [
     ENV_SERVICE_NAME,
     ENV_RESOURCE_ATTRIBUTES,
     ENV_METRIC_EXPORT_INTERVAL,
+    ENV_SERVER_TRACE_RATIO,
 ];
 
 /// The default metric export interval (the specification's 60 s).
@@ -281,6 +287,7 @@ pub(crate) struct Explicit {
     pub(crate) metric_export_interval: Option<Duration>,
     pub(crate) export_timeout: Option<Duration>,
     pub(crate) allow_insecure_headers: bool,
+    pub(crate) server_trace_ratio: Option<f64>,
 }
 
 /// A validated header: the name lowercased; the value stays out of `Debug`.
@@ -317,6 +324,8 @@ pub(crate) struct Resolved {
     /// Resource attributes, later entries overriding earlier ones.
     pub(crate) resource: Vec<KeyValue>,
     pub(crate) metric_export_interval: Duration,
+    /// The server trace ratio, if set.
+    pub(crate) server_trace_ratio: Option<f64>,
 }
 
 impl Resolved {
@@ -438,6 +447,28 @@ pub(crate) fn resolve(env: &Env, x: &Explicit) -> Result<Resolved, OtlpError> {
         (None, None) => DEFAULT_METRIC_EXPORT_INTERVAL,
     };
 
+    let server_trace_ratio = match (x.server_trace_ratio, env.get(ENV_SERVER_TRACE_RATIO)) {
+        (Some(r), _) => Some(ratio(
+            r,
+            &r.to_string(),
+            Origin::Builder("server_trace_ratio"),
+        )?),
+        (None, Some(s)) => {
+            let origin = Origin::Env(ENV_SERVER_TRACE_RATIO);
+            let r = s
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| OtlpError::InvalidRatio {
+                    what: "server trace ratio",
+                    value: s.to_string(),
+                    reason: "not a number",
+                    origin,
+                })?;
+            Some(ratio(r, s, origin)?)
+        }
+        (None, None) => None,
+    };
+
     Ok(Resolved {
         protocol,
         endpoint,
@@ -445,7 +476,22 @@ pub(crate) fn resolve(env: &Env, x: &Explicit) -> Result<Resolved, OtlpError> {
         metrics,
         resource,
         metric_export_interval,
+        server_trace_ratio,
     })
+}
+
+/// `r` if it is a fraction in `0..=1`.
+fn ratio(r: f64, as_given: &str, origin: Origin) -> Result<f64, OtlpError> {
+    if (0.0..=1.0).contains(&r) {
+        Ok(r)
+    } else {
+        Err(OtlpError::InvalidRatio {
+            what: "server trace ratio",
+            value: as_given.to_string(),
+            reason: "it must be between 0 and 1",
+            origin,
+        })
+    }
 }
 
 fn positive(d: Duration, what: &'static str, call: &'static str) -> Result<Duration, OtlpError> {
@@ -664,6 +710,7 @@ mod tests {
             metric_export_interval: Some(Duration::from_millis(100)),
             export_timeout: Some(Duration::from_secs(1)),
             allow_insecure_headers: false,
+            server_trace_ratio: Some(0.25),
         };
         let r = resolve(&e, &x).unwrap();
         assert_eq!(r.endpoint, "http://127.0.0.1:4317");
@@ -681,6 +728,50 @@ mod tests {
             Some("explicit-service")
         );
         assert_eq!(attr(&r, "team").as_deref(), Some("explicit"));
+        assert_eq!(r.server_trace_ratio, Some(0.25));
+    }
+
+    #[test]
+    fn the_server_trace_ratio_is_read_and_validated() {
+        let ratio = |vars: &[(&str, &str)], x: Option<f64>| {
+            resolve(
+                &env(vars),
+                &Explicit {
+                    server_trace_ratio: x,
+                    ..Explicit::default()
+                },
+            )
+            .map(|r| r.server_trace_ratio)
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(ratio(&[], None), Ok(None));
+        assert_eq!(
+            ratio(&[(ENV_SERVER_TRACE_RATIO, " 0.01 ")], None),
+            Ok(Some(0.01))
+        );
+        assert_eq!(ratio(&[(ENV_SERVER_TRACE_RATIO, "")], None), Ok(None));
+        // the builder wins, even over a bad variable
+        assert_eq!(
+            ratio(&[(ENV_SERVER_TRACE_RATIO, "lots")], Some(1.0)),
+            Ok(Some(1.0))
+        );
+        assert_eq!(
+            ratio(&[(ENV_SERVER_TRACE_RATIO, "1%")], None).unwrap_err(),
+            "invalid server trace ratio \"1%\" (from TOWER_CQL_SERVER_TRACE_RATIO): not a number; give a fraction of requests between 0 and 1, e.g. 0.001"
+        );
+        assert_eq!(
+            ratio(&[(ENV_SERVER_TRACE_RATIO, "2")], None).unwrap_err(),
+            "invalid server trace ratio \"2\" (from TOWER_CQL_SERVER_TRACE_RATIO): it must be between 0 and 1; give a fraction of requests between 0 and 1, e.g. 0.001"
+        );
+        for bad in [-0.5, 1.5, f64::NAN] {
+            let e = ratio(&[], Some(bad)).unwrap_err();
+            assert!(
+                e.contains(
+                    "(from OtlpExporterBuilder::server_trace_ratio): it must be between 0 and 1"
+                ),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -125,6 +125,20 @@ pub enum OtlpError {
         /// Where it came from.
         origin: Origin,
     },
+    /// A ratio (the server trace ratio) that is not a number in `0..=1`.
+    #[error(
+        "invalid {what} {value:?} (from {origin}): {reason}; give a fraction of requests between 0 and 1, e.g. 0.001"
+    )]
+    InvalidRatio {
+        /// Which setting (`server trace ratio`).
+        what: &'static str,
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+        /// Where it came from.
+        origin: Origin,
+    },
     /// `install()` was called outside a Tokio runtime.
     #[error(
         "the OTLP exporter must be installed inside a Tokio runtime (its connections run there); call install() from async code or within Runtime::enter()"

@@ -42,6 +42,7 @@
 //! | [`service_name`](OtlpExporterBuilder::service_name) | `OTEL_SERVICE_NAME` | `unknown_service` |
 //! | [`resource_attribute`](OtlpExporterBuilder::resource_attribute) | `OTEL_RESOURCE_ATTRIBUTES` (`k=v,...`) | the `telemetry.sdk.*` attributes |
 //! | [`metric_export_interval`](OtlpExporterBuilder::metric_export_interval) | `OTEL_METRIC_EXPORT_INTERVAL` (ms) | 60 s |
+//! | [`server_trace_ratio`](OtlpExporterBuilder::server_trace_ratio) | `TOWER_CQL_SERVER_TRACE_RATIO` (0..=1; tower-cql's own) | unset: [`server_trace_config`](OtlpExporter::server_trace_config) is `None` |
 //!
 //! The endpoint is a base URL: gRPC sends to it as is, HTTP/protobuf posts
 //! to `<endpoint>/v1/metrics` and `<endpoint>/v1/traces`.
@@ -136,8 +137,8 @@ use crate::otel::OtelCollector;
 pub use self::config::{
     DEFAULT_EXPORT_TIMEOUT, DEFAULT_METRIC_EXPORT_INTERVAL, ENV_ENDPOINT, ENV_HEADERS,
     ENV_METRIC_EXPORT_INTERVAL, ENV_METRICS_ENDPOINT, ENV_METRICS_HEADERS, ENV_METRICS_TIMEOUT,
-    ENV_PROTOCOL, ENV_RESOURCE_ATTRIBUTES, ENV_SERVICE_NAME, ENV_TIMEOUT, ENV_TRACES_ENDPOINT,
-    ENV_TRACES_HEADERS, ENV_TRACES_TIMEOUT, Protocol, Signal,
+    ENV_PROTOCOL, ENV_RESOURCE_ATTRIBUTES, ENV_SERVER_TRACE_RATIO, ENV_SERVICE_NAME, ENV_TIMEOUT,
+    ENV_TRACES_ENDPOINT, ENV_TRACES_HEADERS, ENV_TRACES_TIMEOUT, Protocol, Signal,
 };
 use self::config::{Env, Explicit, Resolved};
 pub use self::error::{ExportCause, ExportFailure, FlushError, Lost, Origin, OtlpError};
@@ -173,6 +174,7 @@ impl fmt::Debug for OtlpExporterBuilder {
             .field("metric_export_interval", &x.metric_export_interval)
             .field("export_timeout", &x.export_timeout)
             .field("allow_insecure_headers", &x.allow_insecure_headers)
+            .field("server_trace_ratio", &x.server_trace_ratio)
             .field("sampler", &self.sampler)
             .finish()
     }
@@ -291,6 +293,16 @@ impl OtlpExporterBuilder {
             ratio.clamp(0.0, 1.0)
         };
         self.sampler = Some(SamplerSetting::Ratio(ratio));
+        self
+    }
+
+    /// Traces this fraction of requests on the server (`0..=1`), for
+    /// [`OtlpExporter::server_trace_config`]; wins over
+    /// `TOWER_CQL_SERVER_TRACE_RATIO`. Checked by [`install`](Self::install),
+    /// which refuses a value outside `0..=1` (or NaN) with
+    /// [`OtlpError::InvalidRatio`] naming this call.
+    pub fn server_trace_ratio(mut self, ratio: f64) -> Self {
+        self.explicit.server_trace_ratio = Some(ratio);
         self
     }
 
@@ -595,6 +607,25 @@ impl OtlpExporter {
         self.cfg.metric_export_interval
     }
 
+    /// The stack's server tracing as this exporter was configured
+    /// ([`OtlpExporterBuilder::server_trace_ratio`], else
+    /// `TOWER_CQL_SERVER_TRACE_RATIO`): that ratio and the other settings'
+    /// defaults, or `None` when neither is set. Pass it to
+    /// `StackBuilder::server_trace`; the server spans then reach this
+    /// exporter through [`span_collector`](Self::span_collector), or with
+    /// [`tracing_layer`](Self::tracing_layer) through
+    /// [`server_trace_collector`](Self::server_trace_collector) in the
+    /// collector set. A ratio of 0 is a config that traces nothing (the
+    /// stack then adds no layer).
+    pub fn server_trace_config(&self) -> Option<tower_cql_core::server_trace::ServerTraceConfig> {
+        self.cfg
+            .server_trace_ratio
+            .map(|r| tower_cql_core::server_trace::ServerTraceConfig {
+                sample_ratio: r,
+                ..Default::default()
+            })
+    }
+
     /// A collector recording the stack's metrics on this exporter's meter
     /// provider. Its `flush()`, which the stack's `close()` calls, exports
     /// the pending metrics and spans. Add one per [`Collectors`] set: two
@@ -789,6 +820,39 @@ async fn off_runtime(
 #[cfg(test)]
 mod tests {
     use super::{OtlpError, OtlpExporterBuilder, is_driver, is_transport};
+
+    #[tokio::test]
+    async fn the_server_trace_ratio_reaches_the_stack_config() {
+        let install = |b: OtlpExporterBuilder| b.endpoint("http://127.0.0.1:4317").install();
+        let none = install(OtlpExporterBuilder::from_vars(Vec::<(&str, &str)>::new())).unwrap();
+        assert_eq!(none.server_trace_config(), None);
+        let vars = [(super::ENV_SERVER_TRACE_RATIO, "0.02")];
+        let from_env = install(OtlpExporterBuilder::from_vars(vars)).unwrap();
+        let c = from_env.server_trace_config().unwrap();
+        assert_eq!(c.sample_ratio, 0.02);
+        assert_eq!(
+            tower_cql_core::server_trace::ServerTraceConfig {
+                sample_ratio: 0.0,
+                ..c
+            },
+            tower_cql_core::server_trace::ServerTraceConfig::default(),
+            "the other settings are the defaults"
+        );
+        let explicit =
+            install(OtlpExporterBuilder::from_vars(vars).server_trace_ratio(0.5)).unwrap();
+        assert_eq!(explicit.server_trace_config().unwrap().sample_ratio, 0.5);
+        let err =
+            install(OtlpExporterBuilder::from_vars(vars).server_trace_ratio(1.5)).unwrap_err();
+        assert!(matches!(err, OtlpError::InvalidRatio { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("(from OtlpExporterBuilder::server_trace_ratio)"),
+            "{err}"
+        );
+        for e in [none, from_env, explicit] {
+            let _ = e.shutdown().await; // nothing listens there: only the providers matter
+        }
+    }
 
     #[test]
     fn allow_insecure_headers_lets_headers_go_to_another_host() {

@@ -78,7 +78,8 @@ pub(crate) struct Args {
     /// Fraction of requests traced on the server (the protocol's tracing
     /// flag); with --otlp their server traces are exported as child spans
     /// of the request spans (2 reads of system_traces per trace, at most
-    /// 10 per second). Off unless given.
+    /// 10 per second). Overrides TOWER_CQL_SERVER_TRACE_RATIO; off unless
+    /// one of them is given.
     #[arg(long, value_name = "RATIO", requires = "otlp")]
     pub(crate) server_trace_ratio: Option<f64>,
     /// Print one JSON object at the end instead of the live table.

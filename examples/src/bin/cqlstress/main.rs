@@ -67,6 +67,10 @@ fn install_otlp(a: &Args, url: &str) -> Result<OtlpExporter, String> {
     if !env("OTEL_METRIC_EXPORT_INTERVAL") {
         b = b.metric_export_interval(Duration::from_secs(5));
     }
+    // else TOWER_CQL_SERVER_TRACE_RATIO, read by the builder
+    if let Some(r) = a.server_trace_ratio {
+        b = b.server_trace_ratio(r);
+    }
     b.install().map_err(|e| format!("--otlp {url}: {e}"))
 }
 
@@ -122,10 +126,13 @@ async fn run(a: Args, faults: Vec<FaultSpec>, otlp: Option<OtlpExporter>) -> Res
     if a.prometheus.is_some() {
         list.push(Arc::new(MetricsBridge::new()));
     }
+    // --server-trace-ratio, else the exporter's setting
+    // (TOWER_CQL_SERVER_TRACE_RATIO); --server-trace-ratio requires --otlp
+    let server_trace = otlp.as_ref().and_then(OtlpExporter::server_trace_config);
     if let Some(o) = &otlp {
         // flushed (metrics and spans) by the stack's close()
         list.push(Arc::new(o.collector()));
-        if a.server_trace_ratio.is_some() {
+        if server_trace.is_some() {
             // parents server traces on the request spans of tracing_layer()
             list.push(Arc::new(o.server_trace_collector()));
         }
@@ -153,11 +160,8 @@ async fn run(a: Args, faults: Vec<FaultSpec>, otlp: Option<OtlpExporter>) -> Res
             },
         });
     }
-    if let Some(r) = a.server_trace_ratio {
-        builder = builder.server_trace(tower_cql_core::server_trace::ServerTraceConfig {
-            sample_ratio: r,
-            ..Default::default()
-        });
+    if let Some(config) = server_trace {
+        builder = builder.server_trace(config);
     }
     let stack = builder.build(driver).map_err(|e| match &a.config {
         Some(path) => format!("--config {}: {e}", path.display()),
