@@ -44,14 +44,13 @@
 //!   is counted skipped). One background task takes the queue, at most
 //!   `max_fetches_per_second` started in any one-second interval, whenever
 //!   it begins, that many at once if they come together (the rest
-//!   skipped), and
-//!   `max_concurrent_fetches` at once, and reads the session row until the
+//!   skipped), and `max_concurrent_fetches` at once, and reads the session row until the
 //!   server has finished it (`duration` set; `fetch_attempts` reads,
 //!   `fetch_backoff` doubling between them), then its events: two reads
 //!   per trace. A failed fetch is counted, logged at `DEBUG` (target
 //!   `tower_cql::server_trace`) and never reaches the request, which had
 //!   completed before the fetch began. A collector that panics on the
-//!   event is caught and counted by [`Collectors`](tower_cql_core::Collectors).
+//!   event is caught and counted by [`Collectors`].
 //! - **Close**: [`Stack::close`](crate::stack::Stack::close) drains the
 //!   requests, then the fetcher (what is queued is fetched, for up to
 //!   `close_timeout`; what is left then is abandoned and counted skipped),
