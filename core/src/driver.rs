@@ -114,6 +114,9 @@ impl PreparedCache {
 }
 
 pub(crate) struct DriverInner {
+    /// Unique per service: the key of the prepared statement a
+    /// [`Statement`](crate::Statement) remembers.
+    id: u64,
     pub(crate) session: Arc<Session>,
     cache: PreparedCache,
     pub(crate) collectors: Collectors,
@@ -212,6 +215,10 @@ impl DriverServiceBuilder {
         });
         Ok(DriverService {
             inner: Arc::new(DriverInner {
+                id: {
+                    static NEXT: AtomicU64 = AtomicU64::new(1);
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                },
                 session: self.session,
                 cache: PreparedCache {
                     map: Registry::new(),
@@ -438,7 +445,18 @@ impl DriverInner {
                 text,
                 unprepared: false,
             } => {
-                let stmt = self.cache.get_hit(text)?;
+                let statement = req.statement();
+                let stmt = match statement.prepared_by(self.id) {
+                    Some(p) => {
+                        self.cache.hits.fetch_add(1, Ordering::Relaxed);
+                        p.clone()
+                    }
+                    None => {
+                        let p = self.cache.get_hit(text)?;
+                        statement.remember_prepared(self.id, &p);
+                        p
+                    }
+                };
                 Some(Prepared::Prepared(configure_prepared(
                     stmt,
                     meta,

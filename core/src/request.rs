@@ -267,6 +267,10 @@ struct StatementInner {
     labels_hash: u64,
     idempotent: bool,
     sanitized: std::sync::OnceLock<Option<Arc<str>>>,
+    /// The statement as prepared by the first driver service that ran it
+    /// (by that service's id): later requests skip the driver's cache
+    /// lookup, which hashes and compares the text.
+    prepared: std::sync::OnceLock<(u64, PreparedStatement)>,
 }
 
 /// The hash of a label set (operation, keyspace, table) by their text:
@@ -397,6 +401,7 @@ impl Statement {
             operation: None,
             idempotent: false,
             sanitized: std::sync::OnceLock::new(),
+            prepared: std::sync::OnceLock::new(),
         }))
     }
 
@@ -413,6 +418,7 @@ impl Statement {
                 labels_hash: shared.labels_hash,
                 idempotent: shared.idempotent,
                 sanitized: std::sync::OnceLock::new(),
+                prepared: std::sync::OnceLock::new(),
             },
         };
         f(&mut inner);
@@ -446,6 +452,22 @@ impl Statement {
     pub fn table(self, table: impl Into<Label>) -> Statement {
         let t = table.into();
         self.edit(|i| i.table = Some(t))
+    }
+
+    /// The statement as prepared by the driver service `driver` (its id),
+    /// if that service ran it first.
+    pub(crate) fn prepared_by(&self, driver: u64) -> Option<&PreparedStatement> {
+        match self.0.prepared.get() {
+            Some((id, p)) if *id == driver => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Remembers `p` as prepared by `driver`, unless a service did first.
+    pub(crate) fn remember_prepared(&self, driver: u64, p: &PreparedStatement) {
+        if self.0.prepared.get().is_none() {
+            let _ = self.0.prepared.set((driver, p.clone()));
+        }
     }
 
     /// A request for this statement with no values.

@@ -97,6 +97,44 @@ async fn prepared_cache_hits_and_misses() {
     );
 }
 
+/// A statement remembers its prepared form per driver service: the same
+/// `Statement` run through services on two clusters whose tables differ
+/// (`v text` on one, `v int` on the other) is prepared on each and reads
+/// each with its own cluster's prepared statement, never the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_remembers_its_prepared_form_per_driver_service() {
+    let a = setup(1).await;
+    let b = setup(1).await;
+    b.run("CREATE TABLE ks.typed (k int PRIMARY KEY, v int)")
+        .await;
+    a.run("CREATE TABLE ks.typed (k int PRIMARY KEY, v text)")
+        .await;
+    a.run("INSERT INTO ks.typed (k, v) VALUES (1, 'one')").await;
+    b.run("INSERT INTO ks.typed (k, v) VALUES (1, 1)").await;
+    let get = Statement::new("SELECT v FROM ks.typed WHERE k = ?");
+    // a first (it remembers its prepared statement), then b
+    for _ in 0..3 {
+        let on_a = a.driver.execute(get.request().bind((1i32,))).await.unwrap();
+        assert_eq!(on_a.single_row::<(String,)>().unwrap().0, "one");
+    }
+    for _ in 0..3 {
+        let on_b = b.driver.execute(get.request().bind((1i32,))).await.unwrap();
+        assert_eq!(on_b.single_row::<(i32,)>().unwrap().0, 1);
+    }
+    // each service prepared it for its own cluster (one miss), then ran
+    // what the statement remembered for it (hits); each cluster executed
+    // its three. A statement remembered across services gave the second
+    // service hits from the start: (3, 0) instead of (2, 1).
+    for s in [&a, &b] {
+        assert_eq!(s.driver.cache_stats(), (2, 1));
+        let n = s
+            .cluster
+            .counters()
+            .executions("SELECT v FROM ks.typed WHERE k = ?");
+        assert_eq!(n, 3);
+    }
+}
+
 /// A statement new to the cache, executed by eight tasks at once, is
 /// prepared once (single flight): the server sees as many PREPAREs for it
 /// as for a statement executed alone. Before, each task that missed the
