@@ -1,7 +1,8 @@
 //! The README says what the code does: the versions in "Add it" are the
 //! workspace's pins, and the "Defaults" table is `StackBuilder::new`'s.
 //! (Its code blocks are compiled as doc tests: `ReadmeDoctests` in
-//! `src/lib.rs`.)
+//! `src/lib.rs`.) Every example is in its "Examples" table and run by
+//! `.ci/run`.
 
 use std::time::Duration;
 
@@ -10,6 +11,8 @@ use tower_cql_middleware::timeout::TimeoutConfig;
 
 const README: &str = include_str!("../../README.md");
 const WORKSPACE: &str = include_str!("../../Cargo.toml");
+const EXAMPLES_MANIFEST: &str = include_str!("../Cargo.toml");
+const CI: &str = include_str!("../../.ci/run");
 
 /// The version of `name` in a `name = "v"` or `name = { version = "v", .. }`
 /// line of `text`, the first such line.
@@ -93,4 +96,46 @@ fn the_defaults_table_is_the_code() {
     ] {
         assert!(README.contains(row), "README's defaults table says {row:?}");
     }
+}
+
+#[test]
+fn every_example_is_in_the_readme_table_and_run_by_ci() {
+    let names: Vec<&str> = EXAMPLES_MANIFEST
+        .split("[[example]]")
+        .skip(1)
+        .map(|block| {
+            let line = block
+                .lines()
+                .find(|l| l.starts_with("name = "))
+                .expect("an [[example]] has a name");
+            line.trim_start_matches("name = ").trim_matches('"')
+        })
+        .collect();
+    assert!(names.contains(&"server_trace_tree"), "{names:?}");
+    let start = README
+        .find("## Examples")
+        .expect("README has \"## Examples\"");
+    let table = &README[start..];
+    let table = &table[..table[3..].find("\n## ").map_or(table.len(), |i| i + 3)];
+    let ci = CI
+        .lines()
+        .find(|l| l.starts_with("for example in "))
+        .expect(".ci/run loops over the examples");
+    for name in names {
+        assert!(
+            table.contains(&format!("| `{name}` |")),
+            "README's Examples table lists {name}"
+        );
+        assert!(
+            name == "quickstart"
+                || ci
+                    .split_whitespace()
+                    .any(|w| w.trim_end_matches(';') == name),
+            ".ci/run runs the example {name}"
+        );
+    }
+    assert!(
+        CI.contains("--example quickstart"),
+        ".ci/run runs the quickstart"
+    );
 }
