@@ -11,7 +11,8 @@
 //!
 //! Without `SCYLLA_URI` it starts an embedded three-node testkit cluster
 //! on 127.0.0.1-3 and delays node 1's (127.0.0.2) reads of the table by
-//! 50 ms, so the slowest read is one that node coordinated. Against a
+//! 50 ms, and reads (24 times, more if that node has coordinated none
+//! yet), so the slowest read is one that node coordinated. Against a
 //! real cluster nothing is injected: the tree shows whatever read was
 //! slowest. The stack traces every request on the server
 //! (`sample_ratio: 1.0`), and `SpanCollector` turns each request into a
@@ -40,10 +41,13 @@ pub(crate) const DELAY: Duration = Duration::from_millis(50);
 /// The node (counted from 0) whose reads the embedded cluster delays.
 const DELAYED_NODE: usize = 1;
 
-/// Reads run, every one traced on the server. The driver sends each to a
-/// replica of its own choosing, at random: with 24 the delayed node
-/// coordinates at least one but for a chance of (2/3)^24, 6 in 100,000.
+/// Reads run, every one traced on the server.
 const READS: usize = 24;
+
+/// The driver sends each read to a replica of its own choosing: past
+/// [`READS`], reads go on until the delayed node has coordinated one, up
+/// to this many.
+const MAX_READS: usize = 240;
 
 /// The row's value: never in the tree (the steps are sanitised).
 pub(crate) const SECRET_VALUE: &str = "secret-value-5p1ce";
@@ -160,8 +164,22 @@ pub(crate) async fn run(uri: Option<String>) -> Result<Report, Box<dyn std::erro
     let get = Statement::new("SELECT v FROM trace_tree.kv WHERE k = ?")
         .operation("get")
         .idempotent(true);
-    for _ in 0..READS {
+    // A client span ends with its request, naming the node it was sent to.
+    let sent_to = |node: IpAddr| -> Result<bool, Box<dyn std::error::Error>> {
+        Ok(exporter.get_finished_spans()?.iter().any(|s| {
+            s.name == "SELECT trace_tree.kv"
+                && attribute(&s.attributes, "server.address")
+                    .is_some_and(|a| a.as_str() == node.to_string().as_str())
+        }))
+    };
+    let mut reads = 0;
+    loop {
         stack.execute(&get, (SECRET_KEY,)).await?;
+        reads += 1;
+        let done = reads >= READS && delayed.map_or(Ok(true), sent_to)?;
+        if done || reads >= MAX_READS {
+            break;
+        }
     }
 
     // Closing waits for the trace fetches (up to `close_timeout`), then the
@@ -170,7 +188,7 @@ pub(crate) async fn run(uri: Option<String>) -> Result<Report, Box<dyn std::erro
     if let Some(traces) = stack.server_traces() {
         let s = traces.stats();
         println!(
-            "server traces: {} sampled, {} fetched, {} skipped, {} failed",
+            "{reads} reads; server traces: {} sampled, {} fetched, {} skipped, {} failed",
             s.sampled, s.fetched, s.skipped, s.failed
         );
     }
