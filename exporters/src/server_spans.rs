@@ -37,8 +37,9 @@
 //!   with `thread` and `source_elapsed_us`.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 
 use opentelemetry::trace::{
     Span as _, SpanBuilder, SpanContext, SpanKind, TraceContextExt as _, Tracer,
@@ -47,31 +48,57 @@ use opentelemetry::{Context, KeyValue};
 use tower_cql_core::event::ServerTraceEvent;
 use tower_cql_core::server_trace::session_id_string;
 
-/// Traced requests remembered at once, awaiting their server trace; the
-/// oldest is forgotten past it (its trace then makes no spans).
+/// Slots for traced requests awaiting their server trace: a request's
+/// span context is kept in the slot its tracing id hashes to, replacing
+/// whatever was there (its trace then makes no spans).
 pub(crate) const REMEMBERED: usize = 1024;
 
-/// The span contexts of traced requests, by tracing session id: a small
-/// bounded map, touched only for traced requests.
-#[derive(Debug, Default)]
-pub(crate) struct Remembered(Mutex<VecDeque<([u8; 16], SpanContext)>>);
+/// The span contexts of traced requests, by tracing session id: a fixed
+/// array of atomic slots, so that neither the request that remembers nor
+/// the fetch that takes takes a lock; touched only for traced requests.
+pub(crate) struct Remembered(Box<[Slot]>);
+
+/// A slot: a tracing session id and its request's span context, or empty.
+type Slot = ArcSwapOption<([u8; 16], SpanContext)>;
+
+impl Default for Remembered {
+    fn default() -> Remembered {
+        Remembered((0..REMEMBERED).map(|_| ArcSwapOption::empty()).collect())
+    }
+}
+
+impl std::fmt::Debug for Remembered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.0.iter().filter(|s| s.load().is_some()).count();
+        f.debug_struct("Remembered").field("held", &held).finish()
+    }
+}
 
 impl Remembered {
+    fn slot(&self, id: &[u8; 16]) -> &Slot {
+        // session ids are time-based UUIDs: fold every byte in
+        let x = u128::from_le_bytes(*id);
+        let h = (x as u64) ^ ((x >> 64) as u64);
+        let h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        &self.0[(h >> 32) as usize % self.0.len()]
+    }
+
     pub(crate) fn remember(&self, id: [u8; 16], cx: SpanContext) {
         if !cx.is_valid() || !cx.is_sampled() {
             return;
         }
-        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() >= REMEMBERED {
-            q.pop_front();
-        }
-        q.push_back((id, cx));
+        self.slot(&id).store(Some(Arc::new((id, cx))));
     }
 
     pub(crate) fn take(&self, id: &[u8; 16]) -> Option<SpanContext> {
-        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let i = q.iter().position(|(k, _)| k == id)?;
-        q.remove(i).map(|(_, cx)| cx)
+        let slot = self.slot(id);
+        let held = slot.load_full()?;
+        if &held.0 != id {
+            return None;
+        }
+        // taken once, even if two fetches of one trace race
+        let prev = slot.compare_and_swap(&held, None);
+        Arc::ptr_eq(prev.as_ref()?, &held).then(|| held.1.clone())
     }
 }
 
@@ -198,5 +225,84 @@ where
         if let Some(parent) = self.traced.take(&e.session_id) {
             export(&self.tracer, parent, e);
         }
+    }
+}
+
+#[cfg(test)]
+mod remembered_tests {
+    use super::*;
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+
+    fn cx(n: u64) -> SpanContext {
+        SpanContext::new(
+            TraceId::from(u128::from(n) + 1),
+            SpanId::from(n + 1),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        )
+    }
+
+    fn id(n: u64) -> [u8; 16] {
+        // time-based like Cassandra's: only the low bytes differ
+        let mut b = [7u8; 16];
+        b[..8].copy_from_slice(&n.to_le_bytes());
+        b
+    }
+
+    /// Each remembered context is taken once, by its own id; an unknown id
+    /// or a second take finds nothing; an unsampled context is not kept.
+    #[test]
+    fn taken_once_by_its_own_id() {
+        let r = Remembered::default();
+        for n in 0..100 {
+            r.remember(id(n), cx(n));
+        }
+        let mut found = 0;
+        for n in 0..100 {
+            if let Some(c) = r.take(&id(n)) {
+                assert_eq!(c, cx(n));
+                found += 1;
+            }
+            assert!(r.take(&id(n)).is_none(), "taken twice");
+        }
+        // 100 ids in 1,024 slots: a collision replaces an older one, rarely
+        assert!(found >= 90, "{found} of 100 kept");
+        assert!(r.take(&id(1_000)).is_none());
+        let unsampled = SpanContext::new(
+            TraceId::from(9u128),
+            SpanId::from(9u64),
+            TraceFlags::default(),
+            false,
+            TraceState::default(),
+        );
+        r.remember(id(5), unsampled);
+        assert!(r.take(&id(5)).is_none());
+    }
+
+    /// Threads remembering and taking at once: every context taken is the
+    /// one of its id, and none twice.
+    #[test]
+    fn concurrent_remember_and_take() {
+        let r = Arc::new(Remembered::default());
+        let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (r, taken) = (r.clone(), taken.clone());
+                std::thread::spawn(move || {
+                    for n in (t * 10_000)..(t * 10_000 + 2_000) {
+                        r.remember(id(n), cx(n));
+                        if let Some(c) = r.take(&id(n)) {
+                            assert_eq!(c, cx(n));
+                            taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(taken.load(std::sync::atomic::Ordering::Relaxed) > 7_000);
     }
 }
