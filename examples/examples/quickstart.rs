@@ -14,12 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use scylla::client::session_builder::SessionBuilder;
 use tower::{Service, ServiceExt};
 use tower_cql_core::{Collectors, CqlRequest, DriverService, InMemoryCollector, Statement};
 use tower_cql_middleware::retry::RetryConfig;
 use tower_cql_middleware::stack::StackBuilder;
-use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
+use tower_cql_testkit::{Fault, InjectedError, Opcode};
 
 fn us(nanos: Option<u64>) -> String {
     nanos.map_or("-".into(), |n| format!("{:.0}", n as f64 / 1000.0))
@@ -34,32 +33,8 @@ async fn main() {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let (known_nodes, embedded) = match std::env::var("SCYLLA_URI") {
-        Ok(uri) if !uri.is_empty() => {
-            println!("using the cluster at SCYLLA_URI={uri}");
-            (vec![uri], None)
-        }
-        _ => {
-            let cluster = Cluster::builder().nodes(3).start().await?;
-            println!(
-                "SCYLLA_URI is not set: started an embedded testkit cluster on {:?}",
-                cluster.contact_points()
-            );
-            (
-                cluster
-                    .contact_points()
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
-                Some(cluster),
-            )
-        }
-    };
-    let session = SessionBuilder::new()
-        .known_nodes(&known_nodes)
-        .build()
-        .await
-        .map_err(|e| format!("cannot connect to {known_nodes:?}: {e} (is the cluster up? is SCYLLA_URI host:port?)"))?;
+    let (session, embedded) =
+        tower_cql_examples::connect(tower_cql_examples::scylla_uri(), "").await?;
 
     // Where observations go, and the stack around the driver.
     let memory = Arc::new(InMemoryCollector::new());

@@ -27,12 +27,11 @@ use std::time::Duration;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use scylla::client::session_builder::SessionBuilder;
 use tower_cql_core::server_trace::ServerTraceConfig;
 use tower_cql_core::{Collectors, CqlRequest, Statement};
 use tower_cql_exporters::spans::SpanCollector;
 use tower_cql_middleware::stack::StackBuilder;
-use tower_cql_testkit::{Cluster, Fault};
+use tower_cql_testkit::Fault;
 
 /// How long the embedded cluster holds each read of the table on the
 /// delayed node.
@@ -66,7 +65,7 @@ pub(crate) struct Report {
 
 #[tokio::main]
 async fn main() {
-    let uri = std::env::var("SCYLLA_URI").ok().filter(|u| !u.is_empty());
+    let uri = tower_cql_examples::scylla_uri();
     match run(uri).await {
         Ok(report) => {
             print!("{}", report.tree);
@@ -84,34 +83,11 @@ async fn main() {
 /// Runs the reads against `uri` (or an embedded three-node testkit cluster
 /// with a delay on one node's reads) and renders the slowest read's trace.
 pub(crate) async fn run(uri: Option<String>) -> Result<Report, Box<dyn std::error::Error>> {
-    let (known_nodes, cluster) = match uri {
-        Some(uri) => {
-            println!(
-                "using the cluster at SCYLLA_URI={uri} (no fault injected: the tree shows the slowest read as it was)"
-            );
-            (vec![uri], None)
-        }
-        None => {
-            let cluster = Cluster::builder().nodes(3).start().await?;
-            println!(
-                "SCYLLA_URI is not set: started an embedded testkit cluster on {:?}",
-                cluster.contact_points()
-            );
-            (
-                cluster
-                    .contact_points()
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
-                Some(cluster),
-            )
-        }
-    };
-    let session = SessionBuilder::new()
-        .known_nodes(&known_nodes)
-        .build()
-        .await
-        .map_err(|e| format!("cannot connect to {known_nodes:?}: {e}"))?;
+    let (session, cluster) = tower_cql_examples::connect(
+        uri,
+        " (no fault injected: the tree shows the slowest read as it was)",
+    )
+    .await?;
 
     // Spans end in memory; the collector makes the client span of each
     // request and, once its trace is read back, the server spans under it.
