@@ -280,6 +280,9 @@ fn cause_of_message(msg: &str) -> Option<ExportCause> {
         || lower.contains("broken pipe")
         || lower.contains("invalid http version")
         || lower.contains("frame with invalid size")
+        // hyper, when the pooled connection was closed by the peer before
+        // the request could go out on it
+        || lower.contains("connection was not ready")
     {
         Some(ExportCause::ConnectionClosed)
     } else {
@@ -347,6 +350,12 @@ mod tests {
                 "TonicMetricsClient export failed with gRPC code: Unauthenticated",
                 short,
                 ExportCause::GrpcStatus("Unauthenticated".into()),
+            ),
+            (
+                // hyper's pooled connection, closed by the endpoint
+                "client error (Canceled): operation was canceled: connection was not ready",
+                short,
+                ExportCause::ConnectionClosed,
             ),
             (
                 "HTTP export failed with status code: 404",
