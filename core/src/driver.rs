@@ -617,17 +617,17 @@ impl DriverInner {
             hint.set_attempt_node(meta.attempt_index(), n);
             hint.report(n, NodeVerdict::of(&result));
         }
-        if collectors.is_active() {
-            collectors.emit(Event::Attempt(AttemptEvent {
-                meta,
-                index: meta.attempt_index(),
-                reason: meta.attempt_reason(),
-                duration,
-                error: result.as_ref().err(),
-                node,
-                rows: result.as_ref().map_or(0, |r| r.info().rows),
-            }));
-        }
+        // (emit loads the collector set once and returns at once when it
+        // is empty: no is_active() check first, which loaded it twice)
+        collectors.emit(Event::Attempt(AttemptEvent {
+            meta,
+            index: meta.attempt_index(),
+            reason: meta.attempt_reason(),
+            duration,
+            error: result.as_ref().err(),
+            node,
+            rows: result.as_ref().map_or(0, |r| r.info().rows),
+        }));
         result.map(|r| (r, duration))
     }
 

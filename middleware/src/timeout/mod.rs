@@ -185,14 +185,6 @@ where
     }
 
     fn call(&mut self, req: CqlRequest) -> Self::Future {
-        if self.config.is_off() {
-            return ResponseFuture::pass_through(self.inner.call(req));
-        }
-        let now = Instant::now();
-        let per_attempt = self
-            .config
-            .per_attempt
-            .map(|d| (now + d, Limit::PerAttempt(d)));
         let deadline = if self.config.honour_deadline {
             req.meta()
                 .deadline()
@@ -200,6 +192,16 @@ where
         } else {
             None
         };
+        // no per-attempt timeout and no deadline on this request: nothing
+        // to time (and no clock to read)
+        if self.config.per_attempt.is_none() && deadline.is_none() {
+            return ResponseFuture::pass_through(self.inner.call(req));
+        }
+        let now = Instant::now();
+        let per_attempt = self
+            .config
+            .per_attempt
+            .map(|d| (now + d, Limit::PerAttempt(d)));
         // The sooner wins; at a tie the deadline (the binding constraint).
         let timer = match (per_attempt, deadline) {
             (Some(p), Some(d)) => Some(if d.0 <= p.0 { d } else { p }),
