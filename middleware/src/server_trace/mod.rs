@@ -30,8 +30,8 @@
 //! - **Sampling** (by the metrics layer, in the request's `call`,
 //!   lock-free; server tracing needs the metrics layer on): a request is traced
 //!   when a thread-local random draw falls under `sample_ratio`, or when
-//!   its operation (its operation label; without one, its statement kind,
-//!   keyspace and table) is armed by the slow rule. The layer sets the
+//!   its operation (its operation, keyspace and table labels and its
+//!   statement kind) is armed by the slow rule. The layer sets the
 //!   protocol's tracing flag on it; the server then writes the trace to
 //!   `system_traces.sessions` and `system_traces.events`.
 //! - **Slow rule** (with `slow_threshold` set): a request slower than the

@@ -86,24 +86,16 @@ impl Sampler {
     }
 }
 
-/// The operation a request belongs to, for the slow rule: its operation
-/// label, or else its statement kind, keyspace and table (FNV-1a; no
-/// allocation).
+/// The operation a request belongs to, for the slow rule: its labels
+/// (operation, keyspace, table) and statement kind. The labels' hash is
+/// the one computed once per statement ([`RequestMeta::labels_hash`]),
+/// not the label texts again per request.
 pub(crate) fn operation_key(meta: &RequestMeta) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |s: &str| {
-        for b in s.bytes().chain(std::iter::once(0xff)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    match meta.operation() {
-        Some(op) => eat(op.as_str()),
-        None => {
-            eat(meta.kind().as_str());
-            eat(meta.keyspace().map_or("", |k| k.as_str()));
-            eat(meta.table().map_or("", |t| t.as_str()));
-        }
+    // the kind's short static name (`SELECT`), FNV-1a, on the labels' hash
+    let mut h = meta.labels_hash();
+    for b in meta.kind().as_str().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
 }
