@@ -949,3 +949,63 @@ async fn the_process_environment_keeps_each_signal_s_own_variables() {
         }
     }
 }
+
+/// With a trace ratio, the exporter's span collector samples requests
+/// itself at that ratio and the exporter's sampler keeps what it sampled:
+/// requests are sampled once (about half at 0.5, not a quarter), and the
+/// exporter's other spans are still sampled at the ratio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_span_collector_samples_at_the_trace_ratio_once() {
+    use opentelemetry::trace::{Span as _, Tracer as _};
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let otlp = no_env()
+        .protocol(Protocol::Grpc)
+        .endpoint(receiver.endpoint())
+        .metric_export_interval(Duration::from_secs(3600))
+        .trace_sample_ratio(0.5)
+        .install()
+        .unwrap();
+    let spans = otlp.span_collector();
+    assert!(
+        format!("{spans:?}").contains("sample_ratio: Some(0.5)"),
+        "{spans:?}"
+    );
+    let collectors = Collectors::with([Arc::new(otlp.collector())]);
+    collectors.add(Arc::new(spans));
+    let (_cluster, driver) = support::driver(&collectors).await;
+    let stack = StackBuilder::new(collectors)
+        .without_trace()
+        .build(driver)
+        .unwrap();
+    let mut svc = stack.service();
+    support::create_kv(&mut svc).await;
+    let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?").idempotent(true);
+    for k in 0..400i32 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(get.request().bind((k,)))
+            .await
+            .unwrap();
+    }
+    for _ in 0..400 {
+        otlp.tracer().start("app.other").end();
+    }
+    stack.close().await;
+    otlp.shutdown().await.unwrap();
+    let reads = receiver
+        .spans()
+        .iter()
+        .filter(|s| s.span.name.starts_with("SELECT"))
+        .count();
+    let other = receiver.spans_named("app.other").len();
+    // 400 at 0.5: 200 ± 10 (one standard deviation); sampled twice, 100
+    assert!(
+        (150..=250).contains(&reads),
+        "request spans kept: {reads} of 400"
+    );
+    assert!(
+        (150..=250).contains(&other),
+        "other spans kept: {other} of 400"
+    );
+}

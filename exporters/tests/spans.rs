@@ -13,7 +13,7 @@ use opentelemetry::{Context, Value};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider, SpanData};
 use tower::{Service, ServiceExt};
 use tower_cql_core::{Collectors, Statement};
-use tower_cql_exporters::spans::SpanCollector;
+use tower_cql_exporters::spans::{KeepPresampled, SpanCollector};
 use tower_cql_middleware::stack::{SessionStack, StackBuilder};
 use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
 
@@ -25,12 +25,24 @@ struct Env {
 }
 
 async fn env(sampler: Sampler) -> Env {
+    env_with(sampler, None).await
+}
+
+// `ratio`: the collector samples itself (`sample_ratio`), and the
+// provider's sampler is `KeepPresampled` around `sampler`
+async fn env_with(sampler: Sampler, ratio: Option<f64>) -> Env {
     let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .with_sampler(sampler)
-        .build();
+    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone());
+    let provider = match ratio {
+        Some(_) => provider.with_sampler(KeepPresampled::new(sampler)),
+        None => provider.with_sampler(sampler),
+    }
+    .build();
     let spans = SpanCollector::new(provider.tracer("tower-cql"));
+    let spans = match ratio {
+        Some(r) => spans.sample_ratio(r),
+        None => spans,
+    };
     let collectors = Collectors::with([Arc::new(spans)]);
     let (cluster, driver) = support::driver(&collectors).await;
     let stack = StackBuilder::new(collectors)
@@ -241,4 +253,125 @@ async fn the_current_context_is_the_parent() {
     assert_eq!(cql.len(), 1, "only the request under the sampled parent");
     assert_eq!(cql[0].parent_span_id, handler_cx.span_id());
     assert_eq!(cql[0].span_context.trace_id(), handler_cx.trace_id());
+}
+
+async fn run_gets(e: &Env, n: i32) -> usize {
+    let mut svc = e.stack.service();
+    let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?").idempotent(true);
+    for k in 0..n {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(get.request().bind((k,)))
+            .await
+            .unwrap();
+    }
+    e.provider.force_flush().unwrap();
+    let kept = e
+        .exporter
+        .get_finished_spans()
+        .unwrap()
+        .iter()
+        .filter(|s| s.name.starts_with("SELECT"))
+        .count();
+    e.exporter.reset();
+    kept
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_with_a_ratio_samples_before_the_tracer_and_the_provider_keeps_it() {
+    // The collector decides: at 0 nothing reaches an always-on provider.
+    let e = env_with(Sampler::AlwaysOn, Some(0.0)).await;
+    assert_eq!(run_gets(&e, 20).await, 0);
+    e.stack.close().await;
+    // At 1 every request is kept, though the provider's own sampler keeps
+    // nothing: KeepPresampled keeps what the collector sampled.
+    let e = env_with(Sampler::AlwaysOff, Some(1.0)).await;
+    assert_eq!(run_gets(&e, 20).await, 20);
+    e.stack.close().await;
+    // At 0.5 about half, once: the provider's ratio sampler (also 0.5) is
+    // not applied again on top (400 requests: 200 ± 10 standard
+    // deviations of 10; sampled twice it would be about 100).
+    let e = env_with(
+        Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.5))),
+        Some(0.5),
+    )
+    .await;
+    let kept = run_gets(&e, 400).await;
+    assert!((150..=250).contains(&kept), "kept {kept} of 400");
+    e.stack.close().await;
+    // NaN counts as 0, above 1 as 1.
+    let e = env_with(Sampler::AlwaysOn, Some(f64::NAN)).await;
+    assert_eq!(run_gets(&e, 10).await, 0);
+    e.stack.close().await;
+    let e = env_with(Sampler::AlwaysOff, Some(7.0)).await;
+    assert_eq!(run_gets(&e, 10).await, 10);
+    e.stack.close().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_collector_with_a_ratio_follows_the_parent_spans_decision() {
+    // ratio 0: only a sampled parent makes the request's span
+    let e = env_with(Sampler::AlwaysOff, Some(0.0)).await;
+    let mut svc = e.stack.service();
+    let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?").idempotent(true);
+    let always = SdkTracerProvider::builder()
+        .with_simple_exporter(e.exporter.clone())
+        .build();
+    let never = SdkTracerProvider::builder()
+        .with_sampler(Sampler::AlwaysOff)
+        .build();
+    let sampled = always.tracer("app").start("handler");
+    let sampled_cx = sampled.span_context().clone();
+    let unsampled = never.tracer("app").start("handler");
+    assert!(unsampled.span_context().is_valid() && !unsampled.span_context().is_sampled());
+    for (cx, k) in [
+        (Context::current_with_span(sampled), 1i32),
+        (Context::current_with_span(unsampled), 2),
+    ] {
+        {
+            let _attached = cx.clone().attach();
+            svc.ready()
+                .await
+                .unwrap()
+                .call(get.request().bind((k,)))
+                .await
+                .unwrap();
+        }
+        cx.span().end();
+    }
+    always.force_flush().unwrap();
+    e.provider.force_flush().unwrap();
+    let spans = e.exporter.get_finished_spans().unwrap();
+    let cql: Vec<_> = spans.iter().filter(|s| s.name != "handler").collect();
+    assert_eq!(
+        cql.len(),
+        1,
+        "only the request under the sampled parent: {cql:?}"
+    );
+    assert_eq!(cql[0].parent_span_id, sampled_cx.span_id());
+    assert_eq!(cql[0].span_context.trace_id(), sampled_cx.trace_id());
+    e.stack.close().await;
+
+    // ratio 1: a parent that is not sampled still makes none
+    let e = env_with(Sampler::AlwaysOn, Some(1.0)).await;
+    let mut svc = e.stack.service();
+    let unsampled = never.tracer("app").start("handler");
+    let cx = Context::current_with_span(unsampled);
+    {
+        let _attached = cx.clone().attach();
+        svc.ready()
+            .await
+            .unwrap()
+            .call(get.request().bind((3i32,)))
+            .await
+            .unwrap();
+    }
+    e.provider.force_flush().unwrap();
+    let spans = e.exporter.get_finished_spans().unwrap();
+    assert!(
+        spans.iter().all(|s| !s.name.starts_with("SELECT")),
+        "a request under an unsampled parent: {spans:?}"
+    );
+    e.stack.close().await;
 }

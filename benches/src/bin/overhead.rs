@@ -43,7 +43,7 @@ use tower::{Service, ServiceExt};
 use tower_cql_core::{
     Collectors, CqlError, CqlRequest, DriverService, GateService, InMemoryCollector, Statement,
 };
-use tower_cql_exporters::spans::SpanCollector;
+use tower_cql_exporters::spans::{KeepPresampled, SpanCollector};
 use tower_cql_middleware::concurrency::ConcurrencyConfig;
 use tower_cql_middleware::rate_limit::{RateLimitConfig, RateLimitMode};
 use tower_cql_middleware::stack::{StackBuilder, StackService};
@@ -95,7 +95,11 @@ struct Args {
     #[arg(long)]
     no_otel: bool,
     /// Sample traces at this ratio (a parent-based `TraceIdRatioBased`
-    /// sampler on the provider) instead of recording every one.
+    /// sampler on the provider) instead of recording every one. With
+    /// `--span-collector`, as `OtlpExporter::span_collector` does: the
+    /// collector samples requests itself at the ratio
+    /// (`SpanCollector::sample_ratio`), and the provider's sampler keeps
+    /// them (`KeepPresampled`).
     #[arg(long)]
     trace_ratio: Option<f64>,
     /// Leave out the attributes `tracing-opentelemetry` adds to every span
@@ -378,9 +382,12 @@ async fn run(args: Args) -> Result<Value, String> {
     let exported = Discard::default();
     let mut provider = SdkTracerProvider::builder().with_batch_exporter(exported.clone());
     if let Some(ratio) = args.trace_ratio {
-        provider = provider.with_sampler(Sampler::ParentBased(Box::new(
-            Sampler::TraceIdRatioBased(ratio),
-        )));
+        let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)));
+        provider = if args.span_collector {
+            provider.with_sampler(KeepPresampled::new(sampler))
+        } else {
+            provider.with_sampler(sampler)
+        };
     }
     let provider = provider.build();
     let tracer = provider.tracer("tower-cql-overhead");
@@ -412,9 +419,11 @@ async fn run(args: Args) -> Result<Value, String> {
     let memory = Arc::new(InMemoryCollector::new());
     let collectors = Collectors::with([memory.clone()]);
     if args.span_collector {
-        collectors.add(Arc::new(SpanCollector::new(
-            provider.tracer("tower-cql-overhead"),
-        )));
+        let spans = SpanCollector::new(provider.tracer("tower-cql-overhead"));
+        collectors.add(Arc::new(match args.trace_ratio {
+            Some(ratio) => spans.sample_ratio(ratio),
+            None => spans,
+        }));
     }
     let driver = DriverService::builder(session.clone())
         .node_attribution(args.compare != Compare::DriverPlain)
