@@ -77,7 +77,7 @@ pub mod tls;
 
 pub use collector::{Background, Collector, CollectorId, CollectorSet, Collectors, IntoCollector};
 pub use config::ConfigError;
-pub use driver::{DriverService, DriverServiceBuilder};
+pub use driver::{DriverFuture, DriverService, DriverServiceBuilder};
 pub use error::{CqlError, ErrorKind, ReplicaDetails, RetryAdvice};
 pub use event::{AttemptReason, BreakerState, Event};
 pub use gate::{Gate, GateFuture, GateGuard, GateService, GateState};

@@ -625,3 +625,70 @@ async fn batches_and_server_tracing_ids() {
         Some(&1)
     );
 }
+
+/// The driver service's response future runs in a block kept for the next
+/// request on its thread. A kept block is emptied first: it keeps no
+/// session, request or collector alive, whether its request completed or
+/// was dropped unfinished (which still reports its cancelled attempt, as
+/// from a box of its own). Once the service is dropped, the session is
+/// the caller's alone.
+#[tokio::test(flavor = "current_thread")]
+async fn kept_response_blocks_keep_nothing_alive() {
+    let cluster = Cluster::start().await.unwrap();
+    let session = Arc::new(
+        SessionBuilder::new()
+            .known_nodes_addr(cluster.contact_points())
+            .build()
+            .await
+            .unwrap(),
+    );
+    #[derive(Default)]
+    struct Cancelled(std::sync::atomic::AtomicU64);
+    impl Collector for Cancelled {
+        fn on_attempt(&self, e: &AttemptEvent<'_>) {
+            if e.error.is_some_and(|e| e.kind() == ErrorKind::Cancelled) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+    let cancelled = Arc::new(Cancelled::default());
+    let collectors = Collectors::with([cancelled.clone()]);
+    let mut driver = DriverService::builder(session.clone())
+        .collectors(collectors.clone())
+        .build()
+        .unwrap();
+    let read = || CqlRequest::unprepared("SELECT release_version FROM system.local");
+    for _ in 0..10 {
+        driver.ready().await.unwrap().call(read()).await.unwrap();
+    }
+    // A hundred in flight (each polled until its request is sent), then
+    // dropped unfinished: their blocks are kept, emptied.
+    cluster.faults().add(Fault::delay(Duration::from_secs(30)));
+    let mut unfinished: Vec<_> = (0..100).map(|_| driver.call(read())).collect();
+    for f in &mut unfinished {
+        assert!(futures::poll!(f).is_pending());
+    }
+    drop(unfinished);
+    assert_eq!(
+        cancelled.0.load(std::sync::atomic::Ordering::Relaxed),
+        100,
+        "each dropped request reports its cancelled attempt"
+    );
+    cluster.faults().clear();
+    // the kept blocks run the next requests
+    for _ in 0..10 {
+        driver.ready().await.unwrap().call(read()).await.unwrap();
+    }
+    drop(driver);
+    drop(collectors);
+    assert_eq!(
+        Arc::strong_count(&session),
+        1,
+        "a kept block holds the session (through the driver service's state)"
+    );
+    assert_eq!(
+        Arc::strong_count(&cancelled),
+        1,
+        "a kept block holds the collectors"
+    );
+}

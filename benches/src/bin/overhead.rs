@@ -444,8 +444,8 @@ async fn run(args: Args) -> Result<Value, String> {
         drop(f);
         let f = tower::Service::call(&mut driver.clone(), statement_for_sizes());
         eprintln!(
-            "DriverService::call future (boxed): {} bytes",
-            std::mem::size_of_val(&*f)
+            "DriverService::call future: {} bytes (a handle to its block, which holds the execute future)",
+            std::mem::size_of_val(&f)
         );
     }
     let driver_for_compare = driver.clone();
