@@ -271,6 +271,9 @@ struct StatementInner {
     /// (by that service's id): later requests skip the driver's cache
     /// lookup, which hashes and compares the text.
     prepared: std::sync::OnceLock<(u64, PreparedStatement)>,
+    /// The id of the first label guard that admitted this statement's
+    /// labels (0: none yet): its later requests skip the guard's lookup.
+    admitted: std::sync::atomic::AtomicU64,
 }
 
 /// The hash of a label set (operation, keyspace, table) by their text:
@@ -402,6 +405,7 @@ impl Statement {
             idempotent: false,
             sanitized: std::sync::OnceLock::new(),
             prepared: std::sync::OnceLock::new(),
+            admitted: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -419,9 +423,12 @@ impl Statement {
                 idempotent: shared.idempotent,
                 sanitized: std::sync::OnceLock::new(),
                 prepared: std::sync::OnceLock::new(),
+                admitted: std::sync::atomic::AtomicU64::new(0),
             },
         };
         f(&mut inner);
+        // the labels may have changed: no guard has admitted them yet
+        inner.admitted = std::sync::atomic::AtomicU64::new(0);
         inner.labels_hash = labels_hash(
             inner.operation.as_ref(),
             inner.keyspace.as_ref(),
@@ -461,6 +468,36 @@ impl Statement {
             Some((id, p)) if *id == driver => Some(p),
             _ => None,
         }
+    }
+
+    /// Whether the label guard `guard` (its id) has admitted this
+    /// statement's own labels: a request carrying them (see
+    /// [`RequestMeta::has_statement_labels`]) can skip the guard's lookup.
+    /// For label guards such as the metrics layer's cardinality guard,
+    /// which remember for good the label sets they admit; `guard` is one
+    /// of their ids from [`Statement::new_guard_id`].
+    pub fn labels_admitted_by(&self, guard: std::num::NonZeroU64) -> bool {
+        self.0.admitted.load(std::sync::atomic::Ordering::Relaxed) == guard.get()
+    }
+
+    /// Remembers that the label guard `guard` admitted this statement's
+    /// own labels, unless another guard did first (only the first is
+    /// remembered).
+    pub fn remember_labels_admitted(&self, guard: std::num::NonZeroU64) {
+        let _ = self.0.admitted.compare_exchange(
+            0,
+            guard.get(),
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// A new label guard id for [`labels_admitted_by`](Self::labels_admitted_by),
+    /// distinct from every other in the process.
+    pub fn new_guard_id() -> std::num::NonZeroU64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        std::num::NonZeroU64::new(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+            .expect("2^64 guard ids")
     }
 
     /// Remembers `p` as prepared by `driver`, unless a service did first.
@@ -878,6 +915,12 @@ impl RequestMeta {
     /// Equal label texts give equal hashes within a process.
     pub fn labels_hash(&self) -> u64 {
         self.labels_hash
+    }
+
+    /// Whether the labels in force are the statement's own (no request
+    /// replaced them with [`set_labels`](Self::set_labels)).
+    pub fn has_statement_labels(&self) -> bool {
+        self.labels.is_none()
     }
 
     /// The operation name label, if one was given.

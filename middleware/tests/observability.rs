@@ -349,3 +349,68 @@ async fn a_paged_read_is_a_stream_span_with_a_page_span_per_page() {
     );
     stack.close().await;
 }
+
+/// The guard remembers in a statement that it admitted the statement's
+/// own labels (its later requests skip the lookup): only for that guard,
+/// only for those labels, and not once the statement's labels change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cardinality_guard_remembers_admitted_statements_per_guard_and_labels() {
+    let e = env().await;
+    let get = |op: &str| {
+        Statement::new("SELECT v FROM ks.kv WHERE k = ?")
+            .operation(op.to_string())
+            .idempotent(true)
+    };
+    let a = MetricsLayer::new(MetricsConfig { max_label_sets: 1 }, e.collectors.clone());
+    let b = MetricsLayer::new(MetricsConfig { max_label_sets: 1 }, e.collectors.clone());
+    let mut via_a = a.layer(e.driver.clone());
+    let mut via_b = b.layer(e.driver.clone());
+    let (x, y) = (get("x"), get("y"));
+    // a admits x (and remembers it in x), and folds y every time
+    for _ in 0..3 {
+        for s in [&x, &y] {
+            via_a
+                .ready()
+                .await
+                .unwrap()
+                .call(s.request().bind((1,)))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(a.folded(), 3);
+    // b admits y first; x, admitted by a, is folded by b every time
+    for _ in 0..3 {
+        for s in [&y, &x] {
+            via_b
+                .ready()
+                .await
+                .unwrap()
+                .call(s.request().bind((1,)))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(b.folded(), 3, "x is remembered as admitted by a, not by b");
+    // x renamed: new labels, which a has not admitted
+    let z = x.operation("z");
+    for _ in 0..2 {
+        via_a
+            .ready()
+            .await
+            .unwrap()
+            .call(z.request().bind((1,)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        a.folded(),
+        5,
+        "a statement's new labels go through the guard again"
+    );
+    let snap = e.memory.snapshot();
+    assert_eq!(snap.request_latency(Some("x")).count(), 3, "x through a");
+    assert_eq!(snap.request_latency(Some("y")).count(), 3, "y through b");
+    assert_eq!(snap.request_latency(Some("z")).count(), 0);
+    assert_eq!(snap.request_latency(Some("other")).count(), 8);
+}

@@ -42,6 +42,7 @@ impl MetricsLayer {
         MetricsLayer {
             collectors,
             guard: Arc::new(CardinalityGuard {
+                id: tower_cql_core::Statement::new_guard_id(),
                 seen: Registry::new(),
                 max: config.max_label_sets,
                 folded: AtomicU64::new(0),

@@ -110,6 +110,9 @@ impl Equivalent<LabelSet> for LabelView<'_> {
 
 /// Bounds the distinct label sets; lock-free reads, copy-on-write inserts.
 struct CardinalityGuard {
+    // this guard's id, remembered by the statements whose own labels it
+    // admitted (it never forgets a label set, so that stays true)
+    id: std::num::NonZeroU64,
     seen: Registry<LabelSet, ()>,
     max: usize,
     folded: AtomicU64,
@@ -119,7 +122,14 @@ const OTHER: Label = Label::from_static("other");
 
 impl CardinalityGuard {
     fn apply(&self, meta: &mut RequestMeta) {
+        let own = meta.has_statement_labels();
+        if own && meta.statement().labels_admitted_by(self.id) {
+            return;
+        }
         if self.seen.contains_key(&LabelView(meta)) {
+            if own {
+                meta.statement().remember_labels_admitted(self.id);
+            }
             return;
         }
         let key = LabelSet {
@@ -137,6 +147,8 @@ impl CardinalityGuard {
         if !admitted {
             self.folded.fetch_add(1, Ordering::Relaxed);
             meta.set_labels(Some(OTHER), Some(OTHER), Some(OTHER));
+        } else if own {
+            meta.statement().remember_labels_admitted(self.id);
         }
     }
 }
