@@ -18,52 +18,47 @@ pin_project! {
     /// or, with a `Cancelled` error, when it is dropped before (the caller
     /// stopped waiting); a pass-through's future only polls the inner one.
     pub struct ResponseFuture<F> {
+        // the inner future is a field of its own, not inside an enum with
+        // the bookkeeping: made in place, it is moved once fewer per
+        // request (each move copies the whole future below this layer)
         #[pin]
-        kind: Kind<F>,
+        inner: F,
+        // `None`: a pass-through, or the request has completed
+        measured: Option<Measured>,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
-            if let KindProj::Measured { meta, events, collectors, start, .. } = this.project().kind.project()
-                && *events
-                && let Some(meta) = meta.take()
+            if let Some(m) = this.project().measured.take()
+                && m.events
+                && let Some(meta) = m.meta
             {
                 let error = CqlError::new(
                     ErrorKind::Cancelled,
                     "the request was dropped before it completed (the caller stopped waiting)",
                 );
-                let mut event = RequestEvent::new(&meta, start.elapsed(), Some(&error));
+                let mut event = RequestEvent::new(&meta, m.start.elapsed(), Some(&error));
                 event.attempts = 0;
-                collectors.emit(Event::Request(event));
+                m.collectors.emit(Event::Request(event));
             }
         }
     }
 }
 
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F> {
-        Measured {
-            #[pin]
-            inner: F,
-            meta: Option<RequestMeta>,
-            // whether `meta` was kept for a request event (the collectors
-            // were active at the call), not only for server tracing
-            events: bool,
-            collectors: Collectors,
-            start: Instant,
-            // server-side tracing, when on: its sampler and fetcher, and
-            // this request's bookkeeping
-            server_trace: Option<(Arc<Shared>, Watch)>,
-        },
-        PassThrough {
-            #[pin]
-            inner: F,
-        },
-    }
+struct Measured {
+    meta: Option<RequestMeta>,
+    // whether `meta` was kept for a request event (the collectors were
+    // active at the call), not only for server tracing
+    events: bool,
+    collectors: Collectors,
+    start: Instant,
+    // server-side tracing, when on: its sampler and fetcher, and this
+    // request's bookkeeping
+    server_trace: Option<(Arc<Shared>, Watch)>,
 }
 
 impl<F> ResponseFuture<F> {
+    #[inline(always)]
     pub(crate) fn new(
         inner: F,
         meta: Option<RequestMeta>,
@@ -72,32 +67,33 @@ impl<F> ResponseFuture<F> {
         server_trace: Option<(Arc<Shared>, Watch)>,
     ) -> ResponseFuture<F> {
         ResponseFuture {
-            kind: Kind::Measured {
-                inner,
+            inner,
+            measured: Some(Measured {
                 meta,
                 events,
                 collectors,
                 start: Instant::now(),
                 server_trace,
-            },
+            }),
         }
     }
 
     pub(crate) fn pass_through(inner: F) -> ResponseFuture<F> {
         ResponseFuture {
-            kind: Kind::PassThrough { inner },
+            inner,
+            measured: None,
         }
     }
 }
 
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            Kind::Measured { start, .. } => f
+        match &self.measured {
+            Some(m) => f
                 .debug_struct("ResponseFuture")
-                .field("start", start)
+                .field("start", &m.start)
                 .finish(),
-            Kind::PassThrough { .. } => f
+            None => f
                 .debug_struct("ResponseFuture")
                 .field("state", &"pass_through")
                 .finish(),
@@ -112,21 +108,21 @@ where
     type Output = Result<CqlResponse, CqlError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (inner, meta, events, collectors, start, server_trace) =
-            match self.project().kind.project() {
-                KindProj::PassThrough { inner } => return inner.poll(cx),
-                KindProj::Measured {
-                    inner,
-                    meta,
-                    events,
-                    collectors,
-                    start,
-                    server_trace,
-                } => (inner, meta, *events, collectors, start, server_trace),
-            };
-        let out = ready!(inner.poll(cx));
-        let meta = meta.take();
-        let server_trace = server_trace.take();
+        let this = self.project();
+        if this.measured.is_none() {
+            return this.inner.poll(cx);
+        }
+        let out = ready!(this.inner.poll(cx));
+        let Some(Measured {
+            meta,
+            events,
+            collectors,
+            start,
+            server_trace,
+        }) = this.measured.take()
+        else {
+            return Poll::Ready(out);
+        };
         if meta.is_none() && server_trace.is_none() {
             return Poll::Ready(out);
         }
