@@ -61,6 +61,25 @@ impl Label {
             LabelInner::Shared(s) => s,
         }
     }
+
+    /// The label's text if it is a static string: with
+    /// [`as_shared`](Self::as_shared), for exporters that keep the text
+    /// without copying it.
+    pub fn as_static(&self) -> Option<&'static str> {
+        match &self.0 {
+            LabelInner::Static(s) => Some(s),
+            LabelInner::Shared(_) => None,
+        }
+    }
+
+    /// The label's text if it is shared (made at run time): cloning the
+    /// `Arc` keeps it without copying it.
+    pub fn as_shared(&self) -> Option<&Arc<str>> {
+        match &self.0 {
+            LabelInner::Static(_) => None,
+            LabelInner::Shared(s) => Some(s),
+        }
+    }
 }
 
 impl PartialEq for Label {
@@ -274,6 +293,8 @@ struct StatementInner {
     /// The id of the first label guard that admitted this statement's
     /// labels (0: none yet): its later requests skip the guard's lookup.
     admitted: std::sync::atomic::AtomicU64,
+    /// The `db.query.summary` of the statement's own labels, made once.
+    summary: std::sync::OnceLock<Arc<str>>,
 }
 
 /// The hash of a label set (operation, keyspace, table) by their text:
@@ -406,6 +427,7 @@ impl Statement {
             sanitized: std::sync::OnceLock::new(),
             prepared: std::sync::OnceLock::new(),
             admitted: std::sync::atomic::AtomicU64::new(0),
+            summary: std::sync::OnceLock::new(),
         }))
     }
 
@@ -424,11 +446,14 @@ impl Statement {
                 sanitized: std::sync::OnceLock::new(),
                 prepared: std::sync::OnceLock::new(),
                 admitted: std::sync::atomic::AtomicU64::new(0),
+                summary: std::sync::OnceLock::new(),
             },
         };
         f(&mut inner);
-        // the labels may have changed: no guard has admitted them yet
+        // the labels may have changed: no guard has admitted them yet,
+        // and their summary is to be made again
         inner.admitted = std::sync::atomic::AtomicU64::new(0);
+        inner.summary = std::sync::OnceLock::new();
         inner.labels_hash = labels_hash(
             inner.operation.as_ref(),
             inner.keyspace.as_ref(),
@@ -850,6 +875,21 @@ impl RequestMeta {
     /// OpenTelemetry `db.query.summary` convention.
     pub fn summary(&self) -> String {
         self.query_summary().to_string()
+    }
+
+    /// [`summary`](Self::summary) as a shared string: made once per
+    /// statement and kept in it while the request carries its statement's
+    /// labels (an `Arc` clone, no formatting), made afresh otherwise.
+    pub fn summary_shared(&self) -> Arc<str> {
+        if self.labels.is_none() {
+            return self
+                .statement
+                .0
+                .summary
+                .get_or_init(|| Arc::from(self.query_summary().to_string()))
+                .clone();
+        }
+        Arc::from(self.query_summary().to_string())
     }
 
     /// [`summary`](Self::summary) without building a string: formatted

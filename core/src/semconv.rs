@@ -14,3 +14,30 @@
 /// for every duration histogram they export.
 pub const DB_CLIENT_OPERATION_DURATION_BUCKETS: [f64; 9] =
     [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
+
+/// `db.cassandra.consistency_level`'s value for `c`: its snake_case name
+/// (`local_quorum`), as the conventions write it; the one place that
+/// names consistencies for the span attributes of every path.
+///
+/// ```
+/// use scylla::statement::Consistency;
+/// use tower_cql_core::semconv::consistency_level;
+///
+/// assert_eq!(consistency_level(Consistency::LocalQuorum), "local_quorum");
+/// ```
+pub fn consistency_level(c: scylla::statement::Consistency) -> &'static str {
+    use scylla::statement::Consistency as C;
+    match c {
+        C::Any => "any",
+        C::One => "one",
+        C::Two => "two",
+        C::Three => "three",
+        C::Quorum => "quorum",
+        C::All => "all",
+        C::LocalQuorum => "local_quorum",
+        C::EachQuorum => "each_quorum",
+        C::LocalOne => "local_one",
+        C::Serial => "serial",
+        C::LocalSerial => "local_serial",
+    }
+}

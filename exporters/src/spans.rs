@@ -94,16 +94,18 @@
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use opentelemetry::trace::{
     Link, Span as _, SpanBuilder, SpanKind, Status, TraceContextExt, TraceId, Tracer,
 };
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_sdk::trace::{SamplingDecision, SamplingResult, ShouldSample};
-use tower_cql_core::Collector;
 use tower_cql_core::event::{RequestEvent, ServerTraceEvent};
+use tower_cql_core::semconv::consistency_level;
+use tower_cql_core::{Collector, Label};
 
 /// One client span per request, made through `tracer`; see the
 /// [module docs](self).
@@ -232,20 +234,104 @@ where
     }
 }
 
-/// `LocalQuorum` → `local_quorum` (the driver's consistency, by its name).
-fn snake_case(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 2);
-    for (i, ch) in name.chars().enumerate() {
-        if ch.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(ch.to_ascii_lowercase());
-        } else {
-            out.push(ch);
-        }
+/// A label's text as an attribute value, without copying it (a static
+/// string, or a clone of its `Arc`).
+fn label_value(l: &Label) -> Value {
+    match (l.as_static(), l.as_shared()) {
+        (Some(s), _) => Value::from(s),
+        (None, Some(s)) => Value::from(s.clone()),
+        (None, None) => Value::from(l.as_str().to_string()),
     }
-    out
+}
+
+/// `ip` as text: IPv4 written digit by digit (`Display` goes through the
+/// formatting machinery, about 1,400 instructions a span), IPv6 by
+/// `Display`.
+fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut s = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if octet >= 100 {
+                    s.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    s.push(char::from(b'0' + octet / 10 % 10));
+                }
+                s.push(char::from(b'0' + octet % 10));
+            }
+            s
+        }
+        IpAddr::V6(_) => ip.to_string(),
+    }
+}
+
+impl<T> SpanCollector<T> {
+    /// The span's attributes, and its status on failure.
+    fn attributes(&self, e: &RequestEvent<'_>, summary: &Arc<str>) -> (Vec<KeyValue>, Status) {
+        let m = e.meta;
+        let mut attrs = Vec::with_capacity(16);
+        attrs.push(KeyValue::new("db.system.name", "cassandra"));
+        if let Some(k) = m.keyspace() {
+            attrs.push(KeyValue::new("db.namespace", label_value(k)));
+        }
+        if let Some(t) = m.table() {
+            attrs.push(KeyValue::new("db.collection.name", label_value(t)));
+        }
+        attrs.push(KeyValue::new(
+            "db.operation.name",
+            m.operation()
+                .map_or_else(|| Value::from(m.kind().as_str()), label_value),
+        ));
+        attrs.push(KeyValue::new(
+            "db.query.summary",
+            Value::from(summary.clone()),
+        ));
+        if self.record_query_text
+            && let Some(text) = m.sanitized_text()
+        {
+            attrs.push(KeyValue::new("db.query.text", text.to_string()));
+        }
+        if let Some(c) = m.consistency() {
+            attrs.push(KeyValue::new(
+                "db.cassandra.consistency_level",
+                consistency_level(c),
+            ));
+        }
+        attrs.push(KeyValue::new("db.cassandra.idempotence", m.is_idempotent()));
+        if let Some(n) = e.node {
+            attrs.push(KeyValue::new("server.address", ip_text(n.ip())));
+            attrs.push(KeyValue::new("server.port", i64::from(n.port())));
+        }
+        attrs.push(KeyValue::new("cql.attempts", i64::from(e.attempts.max(1))));
+        attrs.push(KeyValue::new(
+            "db.cassandra.speculative_execution_count",
+            i64::from(e.speculative),
+        ));
+        let status = match e.error {
+            None => {
+                attrs.push(KeyValue::new("db.response.returned_rows", e.rows as i64));
+                Status::Unset
+            }
+            Some(err) => {
+                attrs.push(KeyValue::new(
+                    "error.type",
+                    tower_cql_core::classify::error_type(err),
+                ));
+                if let Some(code) = err.kind().status_code() {
+                    attrs.push(KeyValue::new(
+                        "db.response.status_code",
+                        format!("{code:#06x}"),
+                    ));
+                }
+                Status::error(err.kind().as_str())
+            }
+        };
+        (attrs, status)
+    }
 }
 
 impl<T> Collector for SpanCollector<T>
@@ -273,77 +359,42 @@ where
         let end = SystemTime::now();
         let start = end.checked_sub(e.duration).unwrap_or(end);
         let parent = Context::current();
-        // Else the tracer's sampler decides here, before any attribute is
-        // built.
-        let mut span = self.tracer.build_with_context(
-            SpanBuilder::from_name(Cow::Borrowed("cql.request"))
-                .with_kind(SpanKind::Client)
-                .with_start_time(start),
-            &parent,
-        );
-        drop(presampled);
+        let builder = SpanBuilder::from_name(Cow::Borrowed("cql.request"))
+            .with_kind(SpanKind::Client)
+            .with_start_time(start);
+        let mut span = if presampled.is_some() {
+            // Sampled already: everything goes in the builder, whose
+            // attributes the SDK keeps as they are (set one by one on the
+            // span, they grow its list four times).
+            let summary = e.meta.summary_shared();
+            let (attrs, status) = self.attributes(e, &summary);
+            let mut builder = builder.with_attributes(attrs);
+            builder.name = Cow::Owned(summary.to_string());
+            let mut span = self.tracer.build_with_context(builder, &parent);
+            drop(presampled);
+            span.set_status(status);
+            span
+        } else {
+            // The tracer's sampler decides here, before any attribute is
+            // built.
+            let mut span = self.tracer.build_with_context(builder, &parent);
+            if !span.is_recording() {
+                return;
+            }
+            let summary = e.meta.summary_shared();
+            let (attrs, status) = self.attributes(e, &summary);
+            span.update_name(summary.to_string());
+            span.set_attributes(attrs);
+            span.set_status(status);
+            span
+        };
         if !span.is_recording() {
             return;
-        }
-        let m = e.meta;
-        let summary = m.summary();
-        let mut attrs = Vec::with_capacity(16);
-        attrs.push(KeyValue::new("db.system.name", "cassandra"));
-        if let Some(k) = m.keyspace() {
-            attrs.push(KeyValue::new("db.namespace", k.as_str().to_string()));
-        }
-        if let Some(t) = m.table() {
-            attrs.push(KeyValue::new("db.collection.name", t.as_str().to_string()));
-        }
-        attrs.push(KeyValue::new(
-            "db.operation.name",
-            m.operation()
-                .map_or_else(|| m.kind().as_str().to_string(), |o| o.as_str().to_string()),
-        ));
-        attrs.push(KeyValue::new("db.query.summary", summary.clone()));
-        if self.record_query_text
-            && let Some(text) = m.sanitized_text()
-        {
-            attrs.push(KeyValue::new("db.query.text", text.to_string()));
-        }
-        if let Some(c) = m.consistency() {
-            attrs.push(KeyValue::new(
-                "db.cassandra.consistency_level",
-                snake_case(&format!("{c:?}")),
-            ));
-        }
-        attrs.push(KeyValue::new("db.cassandra.idempotence", m.is_idempotent()));
-        if let Some(n) = e.node {
-            attrs.push(KeyValue::new("server.address", n.ip().to_string()));
-            attrs.push(KeyValue::new("server.port", i64::from(n.port())));
-        }
-        attrs.push(KeyValue::new("cql.attempts", i64::from(e.attempts.max(1))));
-        attrs.push(KeyValue::new(
-            "db.cassandra.speculative_execution_count",
-            i64::from(e.speculative),
-        ));
-        match e.error {
-            None => attrs.push(KeyValue::new("db.response.returned_rows", e.rows as i64)),
-            Some(err) => {
-                attrs.push(KeyValue::new(
-                    "error.type",
-                    tower_cql_core::classify::error_type(err),
-                ));
-                if let Some(code) = err.kind().status_code() {
-                    attrs.push(KeyValue::new(
-                        "db.response.status_code",
-                        format!("{code:#06x}"),
-                    ));
-                }
-                span.set_status(Status::error(err.kind().as_str()));
-            }
         }
         if let Some(id) = e.tracing_id {
             // its server trace arrives later, to be parented on this span
             self.traced.remember(id, span.span_context().clone());
         }
-        span.update_name(summary);
-        span.set_attributes(attrs);
         span.end_with_timestamp(end);
     }
 
@@ -359,12 +410,26 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::snake_case;
+    use super::ip_text;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     #[test]
-    fn consistency_names_follow_the_conventions() {
-        assert_eq!(snake_case("LocalQuorum"), "local_quorum");
-        assert_eq!(snake_case("One"), "one");
-        assert_eq!(snake_case("EachQuorum"), "each_quorum");
+    fn ip_text_writes_what_display_writes() {
+        let mut n = 0u32;
+        for _ in 0..20_000 {
+            // every octet width, and the edges
+            n = n.wrapping_mul(2_654_435_761).wrapping_add(12_345);
+            let ip = IpAddr::V4(Ipv4Addr::from(n));
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+        for ip in [
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::BROADCAST,
+            Ipv4Addr::new(10, 0, 100, 9),
+        ] {
+            assert_eq!(ip_text(IpAddr::V4(ip)), ip.to_string());
+        }
+        let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        assert_eq!(ip_text(v6), "::1");
     }
 }

@@ -72,7 +72,18 @@ fn str_attr(s: &SpanData, key: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_span_per_request_with_the_db_conventions() {
-    let e = env(Sampler::AlwaysOn).await;
+    conventions(None).await;
+}
+
+/// The same span when the collector samples itself (its attributes given
+/// to the tracer's builder, not set on the span).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_span_per_request_with_the_db_conventions_when_presampled() {
+    conventions(Some(1.0)).await;
+}
+
+async fn conventions(ratio: Option<f64>) {
+    let e = env_with(Sampler::AlwaysOn, ratio).await;
     let mut svc = e.stack.service();
     let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?")
         .operation("get")
@@ -83,7 +94,11 @@ async fn one_span_per_request_with_the_db_conventions() {
         svc.ready()
             .await
             .unwrap()
-            .call(get.request().bind((424_242i32,)))
+            .call(
+                get.request()
+                    .bind((424_242i32,))
+                    .consistency(scylla::statement::Consistency::LocalQuorum),
+            )
             .await
             .unwrap();
     }
@@ -144,6 +159,10 @@ async fn one_span_per_request_with_the_db_conventions() {
             Some(&Value::Bool(true))
         );
         assert_eq!(attr(s, "error.type"), None);
+        assert_eq!(
+            str_attr(s, "db.cassandra.consistency_level").as_deref(),
+            Some("local_quorum")
+        );
     }
     let failed: Vec<_> = spans.iter().filter(|s| s.name == "INSERT ks.kv").collect();
     assert_eq!(failed.len(), 1);

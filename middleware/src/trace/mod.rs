@@ -148,23 +148,6 @@ impl<S> Trace<S> {
     }
 }
 
-fn consistency_name(c: scylla::statement::Consistency) -> &'static str {
-    use scylla::statement::Consistency as C;
-    match c {
-        C::Any => "any",
-        C::One => "one",
-        C::Two => "two",
-        C::Three => "three",
-        C::Quorum => "quorum",
-        C::All => "all",
-        C::LocalQuorum => "local_quorum",
-        C::EachQuorum => "each_quorum",
-        C::LocalOne => "local_one",
-        C::Serial => "serial",
-        C::LocalSerial => "local_serial",
-    }
-}
-
 /// Makes the request span for `meta` (disabled when no subscriber wants it).
 ///
 /// Every value known before the request runs is given when the span is
@@ -198,7 +181,7 @@ pub(crate) fn request_span_with_fields(
                 error.type = Empty,
                 server.address = Empty,
                 server.port = Empty,
-                db.cassandra.consistency_level = meta.consistency().map(consistency_name),
+                db.cassandra.consistency_level = meta.consistency().map(tower_cql_core::semconv::consistency_level),
                 db.cassandra.page_size = meta.page_size().map(i64::from),
                 db.cassandra.idempotence = meta.is_idempotent(),
                 db.cassandra.speculative_execution_count = Empty,
