@@ -1008,4 +1008,56 @@ async fn the_span_collector_samples_at_the_trace_ratio_once() {
         (150..=250).contains(&other),
         "other spans kept: {other} of 400"
     );
+
+    // No ratio and no OTEL_TRACES_SAMPLER: the SDK's default (every
+    // trace) as a ratio of 1, so the collector samples first there too
+    if std::env::var_os("OTEL_TRACES_SAMPLER").is_some() {
+        println!("skipped the default-ratio part: OTEL_TRACES_SAMPLER is set");
+        return;
+    }
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let otlp = no_env()
+        .protocol(Protocol::Grpc)
+        .endpoint(receiver.endpoint())
+        .metric_export_interval(Duration::from_secs(3600))
+        .install()
+        .unwrap();
+    let spans = otlp.span_collector();
+    assert!(
+        format!("{spans:?}").contains("sample_ratio: Some(1.0)"),
+        "{spans:?}"
+    );
+    let collectors = Collectors::with([Arc::new(otlp.collector())]);
+    collectors.add(Arc::new(spans));
+    let (_cluster, driver) = support::driver(&collectors).await;
+    let stack = StackBuilder::new(collectors)
+        .without_trace()
+        .build(driver)
+        .unwrap();
+    let mut svc = stack.service();
+    support::create_kv(&mut svc).await;
+    for k in 0..50i32 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(get.request().bind((k,)))
+            .await
+            .unwrap();
+    }
+    for _ in 0..50 {
+        otlp.tracer().start("app.other").end();
+    }
+    stack.close().await;
+    otlp.shutdown().await.unwrap();
+    let reads = receiver
+        .spans()
+        .iter()
+        .filter(|s| s.span.name.starts_with("SELECT"))
+        .count();
+    assert_eq!(reads, 50, "every request");
+    assert_eq!(
+        receiver.spans_named("app.other").len(),
+        50,
+        "every other span"
+    );
 }

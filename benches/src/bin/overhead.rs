@@ -99,7 +99,8 @@ struct Args {
     /// `--span-collector`, as `OtlpExporter::span_collector` does: the
     /// collector samples requests itself at the ratio
     /// (`SpanCollector::sample_ratio`), and the provider's sampler keeps
-    /// them (`KeepPresampled`).
+    /// them (`KeepPresampled`); without it, `--span-collector` samples
+    /// every request that way (a ratio of 1: the exporter's default).
     #[arg(long)]
     trace_ratio: Option<f64>,
     /// Leave out the attributes `tracing-opentelemetry` adds to every span
@@ -381,7 +382,9 @@ async fn run(args: Args) -> Result<Value, String> {
     // both sides.
     let exported = Discard::default();
     let mut provider = SdkTracerProvider::builder().with_batch_exporter(exported.clone());
-    if let Some(ratio) = args.trace_ratio {
+    // the span collector's ratio: as the OTLP exporter's, 1 by default
+    let trace_ratio = args.trace_ratio.or(args.span_collector.then_some(1.0));
+    if let Some(ratio) = trace_ratio {
         let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)));
         provider = if args.span_collector {
             provider.with_sampler(KeepPresampled::new(sampler))
@@ -420,7 +423,7 @@ async fn run(args: Args) -> Result<Value, String> {
     let collectors = Collectors::with([memory.clone()]);
     if args.span_collector {
         let spans = SpanCollector::new(provider.tracer("tower-cql-overhead"));
-        collectors.add(Arc::new(match args.trace_ratio {
+        collectors.add(Arc::new(match trace_ratio {
             Some(ratio) => spans.sample_ratio(ratio),
             None => spans,
         }));

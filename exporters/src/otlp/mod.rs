@@ -122,6 +122,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
+
+// The SDK's sampler variable, which the SDK reads from the process itself.
+const ENV_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkError;
@@ -285,7 +288,8 @@ impl OtlpExporterBuilder {
 
     /// Keep this fraction of traces (clamped to 0..=1, NaN counting as 0;
     /// parent-based, so a sampled caller's trace is always kept). Default:
-    /// the SDK's, i.e. `OTEL_TRACES_SAMPLER`, else every trace. The
+    /// the SDK's, i.e. `OTEL_TRACES_SAMPLER`, else every trace (as a ratio
+    /// of 1, parent-based). The
     /// [`span_collector`](OtlpExporter::span_collector) then samples its
     /// requests at this ratio itself, before the tracer is asked, which
     /// costs far less per request not sampled.
@@ -368,12 +372,25 @@ impl OtlpExporterBuilder {
                 inner: BatchSpanProcessor::builder(span_exporter).build(),
                 ended: watches.spans_ended.clone(),
             });
-        let trace_ratio = self.sampler.map(|SamplerSetting::Ratio(r)| r);
+        let trace_ratio = match self.sampler {
+            Some(SamplerSetting::Ratio(r)) => Some(r),
+            // The SDK's own default when the process sets no
+            // `OTEL_TRACES_SAMPLER` (which the SDK reads itself): every
+            // trace, parent-based. Said here as a ratio of 1, so that the
+            // span collector samples first there too.
+            None if std::env::var_os(ENV_TRACES_SAMPLER).is_none_or(|v| v.is_empty()) => Some(1.0),
+            None => None,
+        };
         if let Some(r) = trace_ratio {
             // the span collector samples its requests itself at the same
             // ratio (cheaper than asking this sampler): keep those
+            let root = if r >= 1.0 {
+                Sampler::AlwaysOn
+            } else {
+                Sampler::TraceIdRatioBased(r)
+            };
             tracer_provider = tracer_provider.with_sampler(crate::spans::KeepPresampled::new(
-                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r))),
+                Sampler::ParentBased(Box::new(root)),
             ));
         }
         let tracer_provider = tracer_provider.build();
@@ -713,13 +730,14 @@ impl OtlpExporter {
     /// instructions per sampled request against 17,000–21,000 per span
     /// sampled or not; see [`crate::spans`]). With
     /// [`trace_sample_ratio`](OtlpExporterBuilder::trace_sample_ratio) set,
-    /// the collector samples at that ratio itself
+    /// or neither it nor `OTEL_TRACES_SAMPLER` (every request, then), the
+    /// collector samples at that ratio itself
     /// ([`SpanCollector::sample_ratio`](crate::spans::SpanCollector::sample_ratio),
     /// about 60 instructions per request not sampled) and the exporter's
     /// sampler keeps what it sampled
-    /// ([`KeepPresampled`](crate::spans::KeepPresampled)); otherwise the
-    /// tracer's sampler (the SDK's, from `OTEL_TRACES_SAMPLER`) decides,
-    /// for about 750. Add it to the collector set beside
+    /// ([`KeepPresampled`](crate::spans::KeepPresampled)); with
+    /// `OTEL_TRACES_SAMPLER` set and no ratio, the tracer's sampler (the
+    /// SDK's, from that variable) decides, for about 750. Add it to the collector set beside
     /// [`collector`](Self::collector) (which flushes it on close), and turn
     /// the stack's tracing layers off with `StackBuilder::without_trace`.
     pub fn span_collector(&self) -> crate::spans::SpanCollector<SdkTracer> {
