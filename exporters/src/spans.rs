@@ -24,7 +24,7 @@
 //! `tracing-opentelemetry`. That path builds each span's attributes, its
 //! registry entry and its OpenTelemetry context whether or not the span
 //! will be sampled, and enters the span on every poll: measured here,
-//! 17,000–21,000 instructions per span, sampled or not (`BENCHMARKS.md`). This
+//! 17,000–26,000 instructions per span, sampled or not (`BENCHMARKS.md`). This
 //! collector asks the tracer's sampler first, when the request has
 //! finished, and builds nothing for a request that is not sampled; a
 //! sampled request costs one span with its attributes.
