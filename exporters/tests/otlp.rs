@@ -956,49 +956,8 @@ async fn the_process_environment_keeps_each_signal_s_own_variables() {
 /// exporter's other spans are still sampled at the ratio.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_span_collector_samples_at_the_trace_ratio_once() {
-    use opentelemetry::trace::{Span as _, Tracer as _};
-    let receiver = OtlpReceiver::start().await.unwrap();
-    let otlp = no_env()
-        .protocol(Protocol::Grpc)
-        .endpoint(receiver.endpoint())
-        .metric_export_interval(Duration::from_secs(3600))
-        .trace_sample_ratio(0.5)
-        .install()
-        .unwrap();
-    let spans = otlp.span_collector();
-    assert!(
-        format!("{spans:?}").contains("sample_ratio: Some(0.5)"),
-        "{spans:?}"
-    );
-    let collectors = Collectors::with([Arc::new(otlp.collector())]);
-    collectors.add(Arc::new(spans));
-    let (_cluster, driver) = support::driver(&collectors).await;
-    let stack = StackBuilder::new(collectors)
-        .without_trace()
-        .build(driver)
-        .unwrap();
-    let mut svc = stack.service();
-    support::create_kv(&mut svc).await;
-    let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?").idempotent(true);
-    for k in 0..400i32 {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(get.request().bind((k,)))
-            .await
-            .unwrap();
-    }
-    for _ in 0..400 {
-        otlp.tracer().start("app.other").end();
-    }
-    stack.close().await;
-    otlp.shutdown().await.unwrap();
-    let reads = receiver
-        .spans()
-        .iter()
-        .filter(|s| s.span.name.starts_with("SELECT"))
-        .count();
-    let other = receiver.spans_named("app.other").len();
+    let (reads, other) =
+        span_collector_run(no_env().trace_sample_ratio(0.5), "Some(0.5)", 400).await;
     // 400 at 0.5: 200 ± 10 (one standard deviation); sampled twice, 100
     assert!(
         (150..=250).contains(&reads),
@@ -1015,18 +974,30 @@ async fn the_span_collector_samples_at_the_trace_ratio_once() {
         println!("skipped the default-ratio part: OTEL_TRACES_SAMPLER is set");
         return;
     }
+    let (reads, other) = span_collector_run(no_env(), "Some(1.0)", 50).await;
+    assert_eq!(
+        (reads, other),
+        (50, 50),
+        "every request and every other span"
+    );
+}
+
+/// `n` reads through a stack whose only spans are `builder`'s span
+/// collector's (its ratio shown as `ratio` in its `Debug`), and `n` other
+/// spans through the exporter's tracer: how many of each a real OTLP
+/// receiver got.
+async fn span_collector_run(builder: OtlpExporterBuilder, ratio: &str, n: i32) -> (usize, usize) {
+    use opentelemetry::trace::{Span as _, Tracer as _};
     let receiver = OtlpReceiver::start().await.unwrap();
-    let otlp = no_env()
+    let otlp = builder
         .protocol(Protocol::Grpc)
         .endpoint(receiver.endpoint())
         .metric_export_interval(Duration::from_secs(3600))
         .install()
         .unwrap();
     let spans = otlp.span_collector();
-    assert!(
-        format!("{spans:?}").contains("sample_ratio: Some(1.0)"),
-        "{spans:?}"
-    );
+    let shown = format!("{spans:?}");
+    assert!(shown.contains(&format!("sample_ratio: {ratio}")), "{shown}");
     let collectors = Collectors::with([Arc::new(otlp.collector())]);
     collectors.add(Arc::new(spans));
     let (_cluster, driver) = support::driver(&collectors).await;
@@ -1036,7 +1007,8 @@ async fn the_span_collector_samples_at_the_trace_ratio_once() {
         .unwrap();
     let mut svc = stack.service();
     support::create_kv(&mut svc).await;
-    for k in 0..50i32 {
+    let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?").idempotent(true);
+    for k in 0..n {
         svc.ready()
             .await
             .unwrap()
@@ -1044,7 +1016,7 @@ async fn the_span_collector_samples_at_the_trace_ratio_once() {
             .await
             .unwrap();
     }
-    for _ in 0..50 {
+    for _ in 0..n {
         otlp.tracer().start("app.other").end();
     }
     stack.close().await;
@@ -1054,10 +1026,5 @@ async fn the_span_collector_samples_at_the_trace_ratio_once() {
         .iter()
         .filter(|s| s.span.name.starts_with("SELECT"))
         .count();
-    assert_eq!(reads, 50, "every request");
-    assert_eq!(
-        receiver.spans_named("app.other").len(),
-        50,
-        "every other span"
-    );
+    (reads, receiver.spans_named("app.other").len())
 }

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use clap::{Parser, ValueEnum};
 use tower::{Service, ServiceExt, service_fn};
 use tower_cql_core::{
-    Collectors, CqlError, CqlRequest, CqlResponse, ExecutionInfo, InMemoryCollector, Statement,
+    Collectors, CqlError, CqlRequest, CqlResponse, ExecutionInfo, Gate, InMemoryCollector,
+    Statement,
 };
 use tower_cql_middleware::concurrency::ConcurrencyConfig;
 use tower_cql_middleware::metrics::{MetricsConfig, MetricsLayer};
@@ -42,6 +43,10 @@ enum Case {
     /// The default stack with a rate limit and a concurrency limit that
     /// never bind (the `overhead` bench's stack), no subscriber.
     Limits,
+    /// Only the default stack's switched-on layers (gate, request span,
+    /// metrics, retry, attempt span, timeout), composed by hand: against
+    /// `stack`, what its switched-off layers cost as pass-throughs.
+    OnOnly,
 }
 
 /// Requests through one layer or the stack, for callgrind.
@@ -135,6 +140,19 @@ fn main() {
             args.iters,
             args.clone_per_request,
         ),
+        Case::OnOnly => {
+            let l = StackBuilder::new(collectors.clone())
+                .layers()
+                .expect("config");
+            const ON: &str = "on in the default stack";
+            let s = l.timeout.expect(ON).layer(noop);
+            let s = l.attempt_trace.expect(ON).layer(s);
+            let s = l.retry.expect(ON).layer(s);
+            let s = l.metrics.expect(ON).layer(s);
+            let s = l.trace.expect(ON).layer(s);
+            let gate = Gate::with_collectors(collectors);
+            drive(gate.wrap(s), args.iters, args.clone_per_request)
+        }
         Case::Stack => drive(
             StackBuilder::new(collectors)
                 .build(noop)
