@@ -692,3 +692,56 @@ async fn kept_response_blocks_keep_nothing_alive() {
         "a kept block holds the collectors"
     );
 }
+
+/// Response futures made on one thread and finished, or dropped, on
+/// others (as tasks move between a runtime's workers): each block goes to
+/// the free list of the thread that finished with it, emptied, and none
+/// keeps the session or the collectors alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_blocks_move_between_threads_and_keep_nothing_alive() {
+    let cluster = Cluster::start().await.unwrap();
+    let session = Arc::new(
+        SessionBuilder::new()
+            .known_nodes_addr(cluster.contact_points())
+            .build()
+            .await
+            .unwrap(),
+    );
+    let memory = Arc::new(InMemoryCollector::new());
+    let collectors = Collectors::with([memory.clone()]);
+    let driver = DriverService::builder(session.clone())
+        .collectors(collectors.clone())
+        .build()
+        .unwrap();
+    let read = || CqlRequest::unprepared("SELECT release_version FROM system.local");
+    // made here, finished or dropped in tasks on either worker, and on a
+    // thread of its own that is gone when the test checks
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let fut = driver.clone().call(read());
+        tasks.push(tokio::spawn(async move {
+            if i % 3 == 0 {
+                drop(fut);
+            } else {
+                fut.await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let fut = driver.clone().call(read());
+    std::thread::spawn(move || drop(fut)).join().unwrap();
+    drop(driver);
+    drop(collectors);
+    assert_eq!(
+        Arc::strong_count(&session),
+        1,
+        "a kept block holds the session"
+    );
+    assert_eq!(
+        Arc::strong_count(&memory),
+        1,
+        "a kept block holds the collectors"
+    );
+}
