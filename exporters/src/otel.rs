@@ -35,7 +35,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
+use opentelemetry::metrics::{BoundHistogram, Counter, Gauge, Histogram, Meter};
 use tower_cql_core::event::{
     AttemptEvent, BreakerEvent, LimitEvent, RequestEvent, RetryEvent, ShedEvent, ThrottleEvent,
 };
@@ -97,7 +97,10 @@ pub struct OtelCollector {
     shed: Counter<u64>,
     breaker: Counter<u64>,
     limit: Gauge<u64>,
-    attrs: Registry<SeriesLabels, Arc<[KeyValue]>>,
+    // per label set, the histograms bound to its attributes (the SDK's
+    // bound instruments: a record skips its attribute lookup, which hashes
+    // and compares every attribute under a read lock)
+    bound: Registry<SeriesLabels, Arc<Bound>>,
     provider: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
     // Also flushed by `flush()`, after the meter provider (e.g. the OTLP
     // tracer provider, so the stack's close() sends the last spans too).
@@ -107,7 +110,7 @@ pub struct OtelCollector {
 impl fmt::Debug for OtelCollector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OtelCollector")
-            .field("label_sets", &self.attrs.len())
+            .field("label_sets", &self.bound.len())
             .finish()
     }
 }
@@ -163,7 +166,7 @@ impl OtelCollector {
                 .with_unit("{request}")
                 .with_description("The current adaptive concurrency limit")
                 .build(),
-            attrs: Registry::new(),
+            bound: Registry::new(),
             provider: None,
             also_flush: None,
         }
@@ -186,22 +189,46 @@ impl OtelCollector {
         self
     }
 
-    fn attrs(&self, key: SeriesLabels) -> Arc<[KeyValue]> {
-        self.attrs
-            .get_or_insert_with(key.clone(), || attributes(&key))
+    /// The histograms bound to `key`'s attributes, bound on first use:
+    /// a request's label set to the operation and rows histograms, an
+    /// attempt's (it has a reason) to the attempt histogram, so that no
+    /// instrument reports a series it never recorded.
+    fn bound(&self, key: SeriesLabels) -> Arc<Bound> {
+        self.bound.get_or_insert_with(key.clone(), || {
+            let a = attributes(&key);
+            Arc::new(if key.reason.is_some() {
+                Bound::Attempt(self.attempt.bind(&a))
+            } else {
+                Bound::Request {
+                    operation: self.operation.bind(&a),
+                    rows: self.rows.bind(&a),
+                }
+            })
+        })
     }
+}
+
+/// The histograms of one label set, bound to its attributes.
+enum Bound {
+    Request {
+        operation: BoundHistogram<f64>,
+        rows: BoundHistogram<u64>,
+    },
+    Attempt(BoundHistogram<f64>),
 }
 
 impl Collector for OtelCollector {
     fn on_request(&self, e: &RequestEvent<'_>) {
-        let a = self.attrs(series(e.meta, e.error, None));
-        self.operation.record(e.duration.as_secs_f64(), &a);
-        self.rows.record(e.rows as u64, &a);
+        if let Bound::Request { operation, rows } = &*self.bound(series(e.meta, e.error, None)) {
+            operation.record(e.duration.as_secs_f64());
+            rows.record(e.rows as u64);
+        }
     }
 
     fn on_attempt(&self, e: &AttemptEvent<'_>) {
-        let a = self.attrs(series(e.meta, e.error, Some(e.reason)));
-        self.attempt.record(e.duration.as_secs_f64(), &a);
+        if let Bound::Attempt(attempt) = &*self.bound(series(e.meta, e.error, Some(e.reason))) {
+            attempt.record(e.duration.as_secs_f64());
+        }
     }
 
     fn on_retry(&self, e: &RetryEvent<'_>) {

@@ -107,4 +107,39 @@ async fn operation_duration_follows_the_db_conventions() {
     };
     let total: u64 = s.data_points().map(|p| p.value()).sum();
     assert_eq!(total, 2);
+
+    // Each label set is bound only to the instruments it records on: no
+    // request series carries an attempt reason, every attempt series does,
+    // and no point is empty.
+    fn reason<'a>(mut attrs: impl Iterator<Item = &'a opentelemetry::KeyValue>) -> bool {
+        attrs.any(|kv| kv.key.as_str() == "cql.attempt.reason")
+    }
+    for p in h.data_points() {
+        assert!(!reason(p.attributes()), "a request series with a reason");
+        assert!(p.count() > 0, "an empty request series");
+    }
+    for p in a.data_points() {
+        assert!(reason(p.attributes()), "an attempt series without a reason");
+        assert!(p.count() > 0, "an empty attempt series");
+    }
+    let rows = all
+        .iter()
+        .find(|m| m.name() == "db.client.response.returned_rows")
+        .unwrap();
+    let AggregatedMetrics::U64(MetricData::Histogram(r)) = rows.data() else {
+        panic!("a histogram");
+    };
+    for p in r.data_points() {
+        assert!(!reason(p.attributes()), "a rows series with a reason");
+        assert!(p.count() > 0, "an empty rows series");
+    }
+    let get_rows: u64 = r
+        .data_points()
+        .filter(|p| {
+            p.attributes()
+                .any(|kv| kv.key.as_str() == "db.operation.name" && kv.value.as_str() == "get")
+        })
+        .map(|p| p.count())
+        .sum();
+    assert_eq!(get_rows, 20, "one rows point per request");
 }

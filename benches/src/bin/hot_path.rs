@@ -43,6 +43,10 @@ enum Case {
     /// The default stack with a rate limit and a concurrency limit that
     /// never bind (the `overhead` bench's stack), no subscriber.
     Limits,
+    /// The metrics layer into the OpenTelemetry metrics collector
+    /// (`OtelCollector`, what `OtlpExporter::collector` records through)
+    /// on an SDK meter provider whose reader does not fire during the run.
+    Otel,
     /// Only the default stack's switched-on layers (gate, request span,
     /// metrics, retry, attempt span, timeout), composed by hand: against
     /// `stack`, what its switched-off layers cost as pass-throughs.
@@ -140,6 +144,25 @@ fn main() {
             args.iters,
             args.clone_per_request,
         ),
+        Case::Otel => {
+            use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader};
+            // a reader that never fires during the run (its interval is
+            // an hour): the instruments aggregate as in a real pipeline
+            let reader = PeriodicReader::builder(InMemoryMetricExporter::default())
+                .with_interval(std::time::Duration::from_secs(3600))
+                .build();
+            let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+                .with_reader(reader)
+                .build();
+            let otel = Arc::new(tower_cql_exporters::otel::OtelCollector::with_provider(
+                &provider,
+            ));
+            drive(
+                MetricsLayer::new(MetricsConfig::default(), Collectors::with([otel])).layer(noop),
+                args.iters,
+                args.clone_per_request,
+            )
+        }
         Case::OnOnly => {
             let l = StackBuilder::new(collectors.clone())
                 .layers()
