@@ -132,15 +132,39 @@ impl Series {
     }
 }
 
-/// A series' key in the map: its labels, hashed by the request's
-/// [`labels_hash`](RequestMeta::labels_hash) (computed once per statement)
-/// and the small fields, compared by the labels themselves. An event finds
-/// its series through a [`SeriesView`] of its request: no label cloned, no
-/// string hashed.
-#[derive(Clone, PartialEq, Eq)]
-struct SeriesKey {
+/// A series' key in a collector's map: its labels, hashed by the
+/// request's [`labels_hash`](RequestMeta::labels_hash) (computed once per
+/// statement) and the small fields, compared by the labels themselves. An
+/// event finds its series through a [`SeriesView`] of its request, with
+/// [`Registry::get`](crate::registry::Registry::get) or a snapshot's: no
+/// label cloned, no string hashed. The in-memory collector, the
+/// OpenTelemetry collector and the `metrics` bridge all key their series
+/// so.
+///
+/// ```
+/// use tower_cql_core::memory::{SeriesKey, SeriesView};
+/// use tower_cql_core::registry::Registry;
+/// use tower_cql_core::Statement;
+///
+/// let handles: Registry<SeriesKey, u32> = Registry::new();
+/// let req = Statement::new("SELECT v FROM ks.t WHERE k = ?").request();
+/// let view = SeriesView::new(req.meta(), None, None);
+/// assert_eq!(handles.get(&view), None);
+/// handles.get_or_insert_with(view.to_key(), || 7);
+/// assert_eq!(handles.snapshot().get(&view), Some(&7));
+/// assert_eq!(view.to_key().labels().table.as_ref().map(|t| t.as_str()), Some("t"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesKey {
     labels_hash: u64,
     labels: SeriesLabels,
+}
+
+impl SeriesKey {
+    /// The series' labels.
+    pub fn labels(&self) -> &SeriesLabels {
+        &self.labels
+    }
 }
 
 impl std::hash::Hash for SeriesKey {
@@ -150,11 +174,37 @@ impl std::hash::Hash for SeriesKey {
     }
 }
 
-/// The key of the series of an event, borrowed from its request.
-struct SeriesView<'a> {
+/// The key of the series of an event, borrowed from its request: see
+/// [`SeriesKey`].
+#[derive(Debug, Clone, Copy)]
+pub struct SeriesView<'a> {
     meta: &'a RequestMeta,
     error: Option<ErrorKind>,
     reason: Option<AttemptReason>,
+}
+
+impl<'a> SeriesView<'a> {
+    /// The series of an event of `meta`'s request: `error` for a failure,
+    /// `reason` for an attempt.
+    pub fn new(
+        meta: &'a RequestMeta,
+        error: Option<ErrorKind>,
+        reason: Option<AttemptReason>,
+    ) -> SeriesView<'a> {
+        SeriesView {
+            meta,
+            error,
+            reason,
+        }
+    }
+
+    /// The owned key, to insert a new series (its labels cloned).
+    pub fn to_key(&self) -> SeriesKey {
+        SeriesKey {
+            labels_hash: self.meta.labels_hash(),
+            labels: SeriesLabels::new(self.meta, self.error, self.reason),
+        }
+    }
 }
 
 impl std::hash::Hash for SeriesView<'_> {
@@ -175,15 +225,6 @@ impl crate::registry::Equivalent<SeriesKey> for SeriesView<'_> {
             && l.operation.as_ref() == m.operation()
             && l.keyspace.as_ref() == m.keyspace()
             && l.table.as_ref() == m.table()
-    }
-}
-
-impl SeriesView<'_> {
-    fn to_key(&self) -> SeriesKey {
-        SeriesKey {
-            labels_hash: self.meta.labels_hash(),
-            labels: SeriesLabels::new(self.meta, self.error, self.reason),
-        }
     }
 }
 

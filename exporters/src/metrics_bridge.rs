@@ -37,8 +37,9 @@ use tower_cql_core::event::{
     AttemptEvent, BreakerEvent, LimitEvent, PageEvent, RequestEvent, RetryEvent, ShedEvent,
     StreamEvent, ThrottleEvent,
 };
+use tower_cql_core::memory::{SeriesKey, SeriesView};
 use tower_cql_core::registry::Registry;
-use tower_cql_core::{Collector, CqlError, RequestMeta, SeriesLabels};
+use tower_cql_core::{Collector, CqlError, SeriesLabels};
 
 /// Request latency histogram name.
 pub const OPERATION_DURATION: &str = "db_client_operation_duration_seconds";
@@ -70,26 +71,10 @@ fn labels(l: &SeriesLabels) -> Vec<Label> {
     v
 }
 
-fn series(
-    meta: &RequestMeta,
-    error: Option<&CqlError>,
-    reason: Option<tower_cql_core::AttemptReason>,
-) -> SeriesLabels {
-    SeriesLabels {
-        operation: meta.operation().cloned(),
-        kind: meta.kind(),
-        keyspace: meta.keyspace().cloned(),
-        table: meta.table().cloned(),
-        error: error.map(CqlError::kind),
-        reason,
-        overflow: false,
-    }
-}
-
 /// Histogram handles per label set, registered on first use.
 struct Handles {
     name: &'static str,
-    map: Registry<SeriesLabels, Histogram>,
+    map: Registry<SeriesKey, Histogram>,
 }
 
 impl Handles {
@@ -100,10 +85,20 @@ impl Handles {
         }
     }
 
-    fn get(&self, key: SeriesLabels) -> Histogram {
+    /// Records `value` in the histogram of `view`'s series, registered on
+    /// first use; found through the view, in a snapshot: no label cloned,
+    /// no string hashed, no reference count touched.
+    fn record(&self, view: SeriesView<'_>, value: f64) {
+        if let Some(h) = self.map.snapshot().get(&view) {
+            return h.record(value);
+        }
         let name = self.name;
+        let key = view.to_key();
         self.map
-            .get_or_insert_with(key.clone(), || metrics::histogram!(name, labels(&key)))
+            .get_or_insert_with(key.clone(), || {
+                metrics::histogram!(name, labels(key.labels()))
+            })
+            .record(value);
     }
 }
 
@@ -187,16 +182,18 @@ impl MetricsBridge {
 
 impl Collector for MetricsBridge {
     fn on_request(&self, e: &RequestEvent<'_>) {
-        self.requests
-            .get(series(e.meta, e.error, None))
-            .record(e.duration.as_secs_f64());
+        self.requests.record(
+            SeriesView::new(e.meta, e.error.map(CqlError::kind), None),
+            e.duration.as_secs_f64(),
+        );
         self.rows.increment(e.rows as u64);
     }
 
     fn on_attempt(&self, e: &AttemptEvent<'_>) {
-        self.attempts
-            .get(series(e.meta, e.error, Some(e.reason)))
-            .record(e.duration.as_secs_f64());
+        self.attempts.record(
+            SeriesView::new(e.meta, e.error.map(CqlError::kind), Some(e.reason)),
+            e.duration.as_secs_f64(),
+        );
     }
 
     fn on_retry(&self, e: &RetryEvent<'_>) {

@@ -39,8 +39,9 @@ use opentelemetry::metrics::{BoundHistogram, Counter, Gauge, Histogram, Meter};
 use tower_cql_core::event::{
     AttemptEvent, BreakerEvent, LimitEvent, RequestEvent, RetryEvent, ShedEvent, ThrottleEvent,
 };
+use tower_cql_core::memory::{SeriesKey, SeriesView};
 use tower_cql_core::registry::Registry;
-use tower_cql_core::{AttemptReason, Collector, CqlError, RequestMeta, SeriesLabels};
+use tower_cql_core::{Collector, CqlError, SeriesLabels};
 
 /// The conventions' explicit bucket boundaries for `db.client.operation.duration`, in seconds
 /// (defined once, in [`tower_cql_core::semconv`]).
@@ -71,22 +72,6 @@ fn attributes(l: &SeriesLabels) -> Arc<[KeyValue]> {
     v.into()
 }
 
-fn series(
-    meta: &RequestMeta,
-    error: Option<&CqlError>,
-    reason: Option<AttemptReason>,
-) -> SeriesLabels {
-    SeriesLabels {
-        operation: meta.operation().cloned(),
-        kind: meta.kind(),
-        keyspace: meta.keyspace().cloned(),
-        table: meta.table().cloned(),
-        error: error.map(CqlError::kind),
-        reason,
-        overflow: false,
-    }
-}
-
 /// The OpenTelemetry collector; see the module docs.
 pub struct OtelCollector {
     operation: Histogram<f64>,
@@ -100,7 +85,7 @@ pub struct OtelCollector {
     // per label set, the histograms bound to its attributes (the SDK's
     // bound instruments: a record skips its attribute lookup, which hashes
     // and compares every attribute under a read lock)
-    bound: Registry<SeriesLabels, Arc<Bound>>,
+    bound: Registry<SeriesKey, Arc<Bound>>,
     provider: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
     // Also flushed by `flush()`, after the meter provider (e.g. the OTLP
     // tracer provider, so the stack's close() sends the last spans too).
@@ -189,14 +174,21 @@ impl OtelCollector {
         self
     }
 
-    /// The histograms bound to `key`'s attributes, bound on first use:
-    /// a request's label set to the operation and rows histograms, an
-    /// attempt's (it has a reason) to the attempt histogram, so that no
-    /// instrument reports a series it never recorded.
-    fn bound(&self, key: SeriesLabels) -> Arc<Bound> {
-        self.bound.get_or_insert_with(key.clone(), || {
-            let a = attributes(&key);
-            Arc::new(if key.reason.is_some() {
+    /// Runs `record` with the histograms bound to the labels of `view`'s
+    /// series, bound on first use: a request's label set to the operation
+    /// and rows histograms, an attempt's (it has a reason) to the attempt
+    /// histogram, so that no instrument reports a series it never
+    /// recorded. Found through the view, in a snapshot: no label cloned,
+    /// no string hashed, no reference count touched.
+    fn with_bound(&self, view: SeriesView<'_>, record: impl FnOnce(&Bound)) {
+        if let Some(b) = self.bound.snapshot().get(&view) {
+            return record(b);
+        }
+        let key = view.to_key();
+        let b = self.bound.get_or_insert_with(key.clone(), || {
+            let l = key.labels();
+            let a = attributes(l);
+            Arc::new(if l.reason.is_some() {
                 Bound::Attempt(self.attempt.bind(&a))
             } else {
                 Bound::Request {
@@ -204,7 +196,8 @@ impl OtelCollector {
                     rows: self.rows.bind(&a),
                 }
             })
-        })
+        });
+        record(&b)
     }
 }
 
@@ -219,16 +212,22 @@ enum Bound {
 
 impl Collector for OtelCollector {
     fn on_request(&self, e: &RequestEvent<'_>) {
-        if let Bound::Request { operation, rows } = &*self.bound(series(e.meta, e.error, None)) {
-            operation.record(e.duration.as_secs_f64());
-            rows.record(e.rows as u64);
-        }
+        let view = SeriesView::new(e.meta, e.error.map(CqlError::kind), None);
+        self.with_bound(view, |b| {
+            if let Bound::Request { operation, rows } = b {
+                operation.record(e.duration.as_secs_f64());
+                rows.record(e.rows as u64);
+            }
+        });
     }
 
     fn on_attempt(&self, e: &AttemptEvent<'_>) {
-        if let Bound::Attempt(attempt) = &*self.bound(series(e.meta, e.error, Some(e.reason))) {
-            attempt.record(e.duration.as_secs_f64());
-        }
+        let view = SeriesView::new(e.meta, e.error.map(CqlError::kind), Some(e.reason));
+        self.with_bound(view, |b| {
+            if let Bound::Attempt(attempt) = b {
+                attempt.record(e.duration.as_secs_f64());
+            }
+        });
     }
 
     fn on_retry(&self, e: &RetryEvent<'_>) {
