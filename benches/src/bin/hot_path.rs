@@ -47,6 +47,9 @@ enum Case {
     /// (`OtelCollector`, what `OtlpExporter::collector` records through)
     /// on an SDK meter provider whose reader does not fire during the run.
     Otel,
+    /// The metrics layer into the `metrics` bridge (`MetricsBridge`), with
+    /// the Prometheus recorder installed as the global `metrics` recorder.
+    Prometheus,
     /// Only the default stack's switched-on layers (gate, request span,
     /// metrics, retry, attempt span, timeout), composed by hand: against
     /// `stack`, what its switched-off layers cost as pass-throughs.
@@ -159,6 +162,25 @@ fn main() {
             ));
             drive(
                 MetricsLayer::new(MetricsConfig::default(), Collectors::with([otel])).layer(noop),
+                args.iters,
+                args.clone_per_request,
+            )
+        }
+        Case::Prometheus => {
+            // the recorder's upkeep task is spawned on a runtime of its
+            // own, which is never driven: no upkeep during the run
+            let upkeep = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            let _recorder = {
+                let _entered = upkeep.enter();
+                tower_cql_exporters::prometheus::PrometheusExporter::builder()
+                    .install_recorder()
+                    .expect("the global metrics recorder")
+            };
+            let bridge = Arc::new(tower_cql_exporters::metrics_bridge::MetricsBridge::new());
+            drive(
+                MetricsLayer::new(MetricsConfig::default(), Collectors::with([bridge])).layer(noop),
                 args.iters,
                 args.clone_per_request,
             )
