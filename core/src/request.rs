@@ -881,7 +881,7 @@ impl RequestMeta {
     /// statement and kept in it while the request carries its statement's
     /// labels (an `Arc` clone, no formatting), made afresh otherwise.
     pub fn summary_shared(&self) -> Arc<str> {
-        if self.labels.is_none() {
+        if self.has_statement_labels() {
             return self
                 .statement
                 .0

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
+use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use tower::{Service, ServiceExt};
 use tower_cql_core::{
@@ -21,16 +22,23 @@ struct Setup {
     collectors: Collectors,
 }
 
+/// A session on `cluster`, the real driver over TCP.
+async fn connect(cluster: &Cluster) -> Arc<Session> {
+    Arc::new(
+        SessionBuilder::new()
+            .known_nodes_addr(cluster.contact_points())
+            .build()
+            .await
+            .unwrap(),
+    )
+}
+
 async fn setup(nodes: usize) -> Setup {
     let cluster = Cluster::builder().nodes(nodes).start().await.unwrap();
-    let session = SessionBuilder::new()
-        .known_nodes_addr(cluster.contact_points())
-        .build()
-        .await
-        .unwrap();
+    let session = connect(&cluster).await;
     let memory = Arc::new(InMemoryCollector::new());
     let collectors = Collectors::with([memory.clone()]);
-    let driver = DriverService::builder(Arc::new(session))
+    let driver = DriverService::builder(session)
         .collectors(collectors.clone())
         .build()
         .unwrap();
@@ -635,13 +643,7 @@ async fn batches_and_server_tracing_ids() {
 #[tokio::test(flavor = "current_thread")]
 async fn kept_response_blocks_keep_nothing_alive() {
     let cluster = Cluster::start().await.unwrap();
-    let session = Arc::new(
-        SessionBuilder::new()
-            .known_nodes_addr(cluster.contact_points())
-            .build()
-            .await
-            .unwrap(),
-    );
+    let session = connect(&cluster).await;
     #[derive(Default)]
     struct Cancelled(std::sync::atomic::AtomicU64);
     impl Collector for Cancelled {
@@ -700,13 +702,7 @@ async fn kept_response_blocks_keep_nothing_alive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_blocks_move_between_threads_and_keep_nothing_alive() {
     let cluster = Cluster::start().await.unwrap();
-    let session = Arc::new(
-        SessionBuilder::new()
-            .known_nodes_addr(cluster.contact_points())
-            .build()
-            .await
-            .unwrap(),
-    );
+    let session = connect(&cluster).await;
     let memory = Arc::new(InMemoryCollector::new());
     let collectors = Collectors::with([memory.clone()]);
     let driver = DriverService::builder(session.clone())

@@ -34,7 +34,7 @@
 //! 750 instructions per request not sampled: the SDK makes a trace id, a
 //! span id and a span context before its sampler answers. With
 //! [`sample_ratio`](SpanCollector::sample_ratio) the collector decides
-//! itself, for about 60: a request under a parent span follows that
+//! itself, for about 70: a request under a parent span follows that
 //! span's decision (parent-based, as the SDK's `ParentBased`), any other
 //! is kept at the ratio; only the requests kept reach the tracer. Give it
 //! a tracer whose sampler keeps what it is handed: the SDK's default
@@ -214,7 +214,7 @@ where
     /// current context has a parent span is kept if that span is sampled,
     /// any other with probability `ratio` (clamped to 0..=1, NaN counting
     /// as 0), like the SDK's `ParentBased(TraceIdRatioBased(ratio))`, for
-    /// about 60 instructions instead of 750 per request not sampled. The
+    /// about 70 instructions instead of 750 per request not sampled. The
     /// tracer's sampler must keep what it is handed; see the
     /// [module docs](self#sampling). Default: the tracer's sampler decides.
     pub fn sample_ratio(mut self, ratio: f64) -> SpanCollector<T> {

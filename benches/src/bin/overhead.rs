@@ -422,11 +422,11 @@ async fn run(args: Args) -> Result<Value, String> {
     let memory = Arc::new(InMemoryCollector::new());
     let collectors = Collectors::with([memory.clone()]);
     if args.span_collector {
-        let spans = SpanCollector::new(provider.tracer("tower-cql-overhead"));
-        collectors.add(Arc::new(match trace_ratio {
-            Some(ratio) => spans.sample_ratio(ratio),
-            None => spans,
-        }));
+        // (with the span collector, `trace_ratio` is set: 1 by default)
+        collectors.add(Arc::new(
+            SpanCollector::new(provider.tracer("tower-cql-overhead"))
+                .sample_ratio(trace_ratio.unwrap_or(1.0)),
+        ));
     }
     let driver = DriverService::builder(session.clone())
         .node_attribution(args.compare != Compare::DriverPlain)

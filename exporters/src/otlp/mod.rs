@@ -122,9 +122,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
-
-// The SDK's sampler variable, which the SDK reads from the process itself.
-const ENV_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkError;
@@ -146,6 +143,9 @@ pub use self::config::{
 use self::config::{Env, Explicit, Resolved};
 pub use self::error::{ExportCause, ExportFailure, FlushError, Lost, Origin, OtlpError};
 use self::watch::{Counted, Watch, Watched, cause_of_sdk_error};
+
+// The SDK's sampler variable, which the SDK reads from the process itself.
+const ENV_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
 
 /// The instrumentation scope of the meter and tracer.
 const SCOPE: &str = "tower-cql";
@@ -571,7 +571,9 @@ pub struct OtlpExporter {
     meter_provider: SdkMeterProvider,
     tracer_provider: SdkTracerProvider,
     tracer: SdkTracer,
-    // `trace_sample_ratio`, if set: the span collector samples at it
+    // the ratio the span collector samples at: `trace_sample_ratio`, or 1
+    // when neither it nor `OTEL_TRACES_SAMPLER` is set; `None`: the
+    // SDK's sampler from that variable decides
     trace_ratio: Option<f64>,
 }
 
@@ -733,7 +735,7 @@ impl OtlpExporter {
     /// or neither it nor `OTEL_TRACES_SAMPLER` (every request, then), the
     /// collector samples at that ratio itself
     /// ([`SpanCollector::sample_ratio`](crate::spans::SpanCollector::sample_ratio),
-    /// about 60 instructions per request not sampled) and the exporter's
+    /// about 70 instructions per request not sampled) and the exporter's
     /// sampler keeps what it sampled
     /// ([`KeepPresampled`](crate::spans::KeepPresampled)); with
     /// `OTEL_TRACES_SAMPLER` set and no ratio, the tracer's sampler (the
