@@ -60,11 +60,19 @@
 //! `tower::ServiceBuilder` yourself ([`Toggle`] keeps one service type
 //! whether a layer is on or off).
 //!
-//! The built stack is one concrete type ([`StackService`]) behind one
-//! box, whatever is switched on: a layer that is off is there as its
-//! pass-through, which only forwards to the layer inside it.
+//! The built stack is one concrete type ([`StackService`]), not boxed,
+//! whatever is switched on. While the six layers the default stack has
+//! off (load shed, the breaker, the three limits, hedging) are all off,
+//! they are absent from the request's path; once one is on, every layer
+//! is there and those that are off are pass-throughs, which only forward
+//! to the layer inside them (see [`StackLayers::service`]).
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
 
 use scylla::deserialize::row::DeserializeRow;
 use std::sync::Arc;
@@ -365,8 +373,9 @@ impl StackBuilder {
     /// to one set.
     ///
     /// Whatever is switched on, the stack is one concrete type,
-    /// [`StackService<S>`], not boxed: a layer that is off is present in
-    /// the type as its pass-through (see [`toggle`](crate::toggle)), which
+    /// [`StackService<S>`], not boxed: a layer that is off is absent from
+    /// the request's path or present as its pass-through (see
+    /// [`StackLayers::service`] and [`toggle`](crate::toggle)), which
     /// only forwards to the layer inside it. No layer is boxed, so the
     /// stack's response future lives in the caller's future (no allocation
     /// per request for it), and a layer that is off costs neither a clock
@@ -444,9 +453,34 @@ impl StackBuilder {
 }
 
 impl StackLayers {
-    /// The layers around `inner` in the stack's order, each layer that is
-    /// `None` as its pass-through: what [`StackBuilder::build`] boxes.
+    /// The layers around `inner` in the stack's order: what
+    /// [`StackBuilder::build`] wraps in its gate.
+    ///
+    /// When the six layers the default stack has off (load shed, the
+    /// breaker, the three limits and hedging) are all `None`, they are
+    /// absent from the request's path: the service is the lean
+    /// composition, request span, metrics, retry, attempt span and
+    /// timeout, each `None` among them as its pass-through. When any of
+    /// the six is on, every layer is present, those that are `None` as
+    /// their pass-throughs. Either way the order is the documented one
+    /// and the type is [`StackService<S>`].
     pub fn service<S>(self, inner: S) -> StackService<S> {
+        let lean = self.load_shed.is_none()
+            && self.breaker.is_none()
+            && self.rate_limit.is_none()
+            && self.concurrency.is_none()
+            && self.adaptive.is_none()
+            && self.hedge.is_none();
+        let composition = if lean {
+            Composition::Lean(self.lean(inner))
+        } else {
+            Composition::Full(self.full(inner))
+        };
+        StackService { composition }
+    }
+
+    /// Every layer, those that are `None` as pass-throughs.
+    fn full<S>(self, inner: S) -> Full<S> {
         let s = Toggle::new(self.timeout).layer(inner);
         let s = Toggle::new(self.attempt_trace).layer(s);
         let s = Toggle::new(self.hedge).layer(s);
@@ -459,11 +493,20 @@ impl StackLayers {
         let s = Toggle::new(self.metrics).layer(s);
         Toggle::new(self.trace).layer(s)
     }
+
+    /// The layers that are on in the default stack (the others must be
+    /// `None`: see [`service`](Self::service)).
+    fn lean<S>(self, inner: S) -> Lean<S> {
+        let s = Toggle::new(self.timeout).layer(inner);
+        let s = Toggle::new(self.attempt_trace).layer(s);
+        let s = Toggle::new(self.retry).layer(s);
+        let s = Toggle::new(self.metrics).layer(s);
+        Toggle::new(self.trace).layer(s)
+    }
 }
 
-/// The type of the stack around a service `S`, every layer present
-/// (those switched off as pass-throughs), outermost first.
-pub type StackService<S> = Trace<
+/// Every layer, outermost first.
+type Full<S> = Trace<
     Metrics<
         LoadShed<
             CircuitBreaker<
@@ -474,6 +517,111 @@ pub type StackService<S> = Trace<
         >,
     >,
 >;
+
+/// The layers the default stack has on, outermost first.
+type Lean<S> = Trace<Metrics<Retry<AttemptTrace<Timeout<S>>>>>;
+
+/// The stack around a service `S`, outermost first (see
+/// [`StackLayers::service`]): one concrete type whatever is switched on,
+/// with the six layers the default stack has off absent from the
+/// request's path while all six are off.
+#[derive(Clone, Debug)]
+pub struct StackService<S> {
+    composition: Composition<S>,
+}
+
+#[derive(Clone, Debug)]
+enum Composition<S> {
+    Lean(Lean<S>),
+    Full(Full<S>),
+}
+
+impl<S> StackService<S> {
+    /// Whether the six layers the default stack has off are absent from
+    /// this service's path (all six were off when it was built).
+    pub fn is_lean(&self) -> bool {
+        matches!(self.composition, Composition::Lean(_))
+    }
+}
+
+impl<S> tower_service::Service<CqlRequest> for StackService<S>
+where
+    Lean<S>: tower_service::Service<CqlRequest, Response = CqlResponse, Error = CqlError>,
+    Full<S>: tower_service::Service<CqlRequest, Response = CqlResponse, Error = CqlError>,
+{
+    type Response = CqlResponse;
+    type Error = CqlError;
+    type Future = StackFuture<
+        <Lean<S> as tower_service::Service<CqlRequest>>::Future,
+        <Full<S> as tower_service::Service<CqlRequest>>::Future,
+    >;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+        match &mut self.composition {
+            Composition::Lean(s) => s.poll_ready(cx),
+            Composition::Full(s) => s.poll_ready(cx),
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, request: CqlRequest) -> Self::Future {
+        let kind = match &mut self.composition {
+            Composition::Lean(s) => FutureKind::Lean {
+                future: s.call(request),
+            },
+            Composition::Full(s) => FutureKind::Full {
+                future: s.call(request),
+            },
+        };
+        StackFuture { kind }
+    }
+}
+
+pin_project! {
+    /// The response future of [`StackService`]: the lean or the full
+    /// composition's.
+    pub struct StackFuture<L, F> {
+        #[pin]
+        kind: FutureKind<L, F>,
+    }
+}
+
+pin_project! {
+    #[project = FutureKindProj]
+    enum FutureKind<L, F> {
+        Lean { #[pin] future: L },
+        Full { #[pin] future: F },
+    }
+}
+
+impl<L, F> fmt::Debug for StackFuture<L, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let composition = match self.kind {
+            FutureKind::Lean { .. } => "lean",
+            FutureKind::Full { .. } => "full",
+        };
+        f.debug_struct("StackFuture")
+            .field("composition", &composition)
+            .finish()
+    }
+}
+
+impl<L, F> Future for StackFuture<L, F>
+where
+    L: Future<Output = Result<CqlResponse, CqlError>>,
+    F: Future<Output = Result<CqlResponse, CqlError>>,
+{
+    type Output = Result<CqlResponse, CqlError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            FutureKindProj::Lean { future } => future.poll(cx),
+            FutureKindProj::Full { future } => future.poll(cx),
+        }
+    }
+}
 
 /// A type-erased, cloneable, `Send + Sync` service of CQL requests: what
 /// [`Stack::boxed`] wraps a stack in, once, for code that wants one type
@@ -609,5 +757,134 @@ impl<S> Stack<S> {
     /// Whether the stack still admits requests.
     pub fn is_open(&self) -> bool {
         self.gate.state() == GateState::Open
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tower::ServiceExt;
+    use tower_cql_core::event::{OwnedEvent, RequestEvent, RetryEvent, ThrottleEvent};
+    use tower_cql_core::{Collector, Collectors, ErrorKind, Statement};
+
+    use super::*;
+    use crate::retry::mock::{Mock, Step, fail, ok};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Keeps the request, retry and throttle events, in order.
+    #[derive(Default)]
+    struct Log(Mutex<Vec<OwnedEvent>>);
+
+    impl Log {
+        fn events(&self) -> Vec<String> {
+            let events = self.0.lock().unwrap();
+            events.iter().map(|e| format!("{e:?}")).collect()
+        }
+    }
+
+    impl Collector for Log {
+        fn on_request(&self, e: &RequestEvent<'_>) {
+            self.0.lock().unwrap().push(Event::Request(*e).to_owned());
+        }
+        fn on_retry(&self, e: &RetryEvent<'_>) {
+            self.0.lock().unwrap().push(Event::Retry(*e).to_owned());
+        }
+        fn on_throttle(&self, e: &ThrottleEvent<'_>) {
+            self.0.lock().unwrap().push(Event::Throttle(*e).to_owned());
+        }
+    }
+
+    use tower_cql_core::Event;
+
+    fn script() -> Vec<Step> {
+        vec![
+            ok(MS),
+            fail(ErrorKind::Overloaded, 2 * MS),
+            ok(3 * MS),
+            fail(ErrorKind::Unavailable, MS),
+            fail(ErrorKind::Overloaded, MS),
+            fail(ErrorKind::Overloaded, MS),
+            fail(ErrorKind::Overloaded, MS),
+            fail(ErrorKind::Syntax, MS),
+        ]
+    }
+
+    /// The events of the script's requests through one composition.
+    async fn observe(lean: bool) -> (Vec<String>, Vec<String>) {
+        // the backoff's jitter draws from the thread's generator: the same
+        // draws for both compositions
+        fastrand::seed(17);
+        let log = Arc::new(Log::default());
+        let layers = StackBuilder::new(Collectors::with([log.clone()]))
+            .layers()
+            .unwrap();
+        let mock = Mock::new(script());
+        let composition = if lean {
+            Composition::Lean(layers.lean(mock))
+        } else {
+            Composition::Full(layers.full(mock))
+        };
+        let svc = StackService { composition };
+        assert_eq!(svc.is_lean(), lean);
+        let get = Statement::new("SELECT v FROM ks.t WHERE k = ?")
+            .operation("get")
+            .idempotent(true);
+        let mut outcomes = Vec::new();
+        for k in 0..4 {
+            let out = svc.clone().oneshot(get.request().bind((k,))).await;
+            outcomes.push(match out {
+                Ok(r) => format!("ok after {} attempts", r.info().attempts),
+                Err(e) => format!("{} after {} attempts", e.kind(), e.attempts()),
+            });
+        }
+        (outcomes, log.events())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lean_composition_observes_what_the_full_one_does() {
+        let lean = observe(true).await;
+        let full = observe(false).await;
+        assert_eq!(lean.0.len(), 4);
+        assert!(lean.1.len() >= 4 + 4, "{:#?}", lean.1);
+        assert_eq!(lean, full);
+    }
+
+    #[test]
+    fn the_default_stack_is_lean_and_any_of_the_six_makes_it_full() {
+        let noop = tower::service_fn(|_: CqlRequest| async {
+            Ok::<_, CqlError>(CqlResponse::synthetic(Default::default()))
+        });
+        let c = Collectors::new();
+        let built = |b: StackBuilder| b.layers().unwrap().service(noop).is_lean();
+        assert!(built(StackBuilder::new(c.clone())));
+        assert!(built(
+            StackBuilder::new(c.clone())
+                .without_retry()
+                .without_trace()
+                .without_metrics()
+                .without_timeout()
+        ));
+        let limit = ConcurrencyConfig::default();
+        assert!(!built(StackBuilder::new(c.clone()).concurrency(limit)));
+        assert!(!built(
+            StackBuilder::new(c.clone()).adaptive(AdaptiveConfig::default())
+        ));
+        assert!(!built(
+            StackBuilder::new(c.clone()).breaker(BreakerConfig::default())
+        ));
+        assert!(!built(
+            StackBuilder::new(c.clone()).hedge(HedgeConfig::default())
+        ));
+        assert!(!built(
+            StackBuilder::new(c.clone())
+                .rate_limit(RateLimitConfig::default())
+                .load_shed(true)
+        ));
+        assert!(!built(
+            StackBuilder::new(c).rate_limit(RateLimitConfig::default())
+        ));
     }
 }

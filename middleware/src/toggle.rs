@@ -38,10 +38,11 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`StackBuilder`](crate::stack::StackBuilder) builds its stack this way:
-//! every layer is present in the type, the disabled ones as
-//! pass-throughs, so the stack is one concrete type, not boxed,
-//! whatever is switched on. Unlike tower's `option_layer` (an `Either`
+//! [`StackBuilder`](crate::stack::StackBuilder) builds its stack this way,
+//! so the stack is one concrete type, not boxed, whatever is switched on
+//! (with one more step: while the six layers its default has off are all
+//! off, the stack is the composition without them, see
+//! [`StackLayers::service`](crate::stack::StackLayers::service)). Unlike tower's `option_layer` (an `Either`
 //! whose service type holds both the layer's service and the inner one,
 //! so it doubles with each optional level), a [`Toggle`]'s service type is
 //! the layer's own. This is the one way a layer is switched off.
