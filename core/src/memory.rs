@@ -245,6 +245,17 @@ impl SeriesMap {
         }
     }
 
+    /// The series of `view`, made if the map has room for it (`None`
+    /// when it has not: its events go to the overflow series).
+    fn resolve(&self, view: SeriesView<'_>) -> Option<Arc<Series>> {
+        match self.map.snapshot().get(&view) {
+            Some(h) => Some(h.clone()),
+            None => self
+                .map
+                .get_or_insert_bounded(view.to_key(), self.max, || Arc::new(Series::new())),
+        }
+    }
+
     /// Records `nanos` in the series of `labels`; `ok` and `rows` are
     /// counted for request series (attempts pass `false` and 0).
     fn record(&self, view: SeriesView<'_>, nanos: u64, ok: bool, rows: u64) {
@@ -335,6 +346,20 @@ pub struct InMemoryCollector {
     breaker_transitions: AtomicU64,
     breakers_open: AtomicU64,
     limit: AtomicU64,
+    /// This collector's id for the series it keeps in statements.
+    id: std::num::NonZeroU64,
+}
+
+/// What an in-memory collector keeps in a statement (see
+/// [`Statement::collector_memo`](crate::Statement::collector_memo)): the
+/// series of a successful request and of a successful first attempt with
+/// the statement's own labels, each found once (on the first such event,
+/// so that no series is made before an event is recorded in it; `None`
+/// when the map was full then, and is full for good).
+#[derive(Default)]
+struct StatementSeries {
+    request: std::sync::OnceLock<Option<Arc<Series>>>,
+    attempt: std::sync::OnceLock<Option<Arc<Series>>>,
 }
 
 impl fmt::Debug for InMemoryCollector {
@@ -482,7 +507,20 @@ impl InMemoryCollector {
             breaker_transitions: AtomicU64::new(0),
             breakers_open: AtomicU64::new(0),
             limit: AtomicU64::new(0),
+            id: crate::Statement::new_collector_id(),
         }
+    }
+
+    /// The series this collector keeps in `meta`'s statement, when `meta`
+    /// carries the statement's own labels and this collector was the
+    /// first to keep series there.
+    #[inline]
+    fn kept<'m>(&self, meta: &'m RequestMeta) -> Option<&'m StatementSeries> {
+        if !meta.has_statement_labels() {
+            return None;
+        }
+        meta.statement()
+            .collector_memo(self.id, StatementSeries::default)
     }
 
     /// Approximate memory held by the histograms.
@@ -526,6 +564,17 @@ fn nanos(d: std::time::Duration) -> u64 {
 
 impl Collector for InMemoryCollector {
     fn on_request(&self, e: &RequestEvent<'_>) {
+        // a success with the statement's own labels: the series kept in
+        // the statement, no lookup
+        if e.error.is_none()
+            && let Some(kept) = self.kept(e.meta)
+            && let Some(series) = kept
+                .request
+                .get_or_init(|| self.requests.resolve(SeriesView::new(e.meta, None, None)))
+        {
+            series.record(nanos(e.duration), true, e.rows as u64);
+            return;
+        }
         self.requests.record(
             SeriesView {
                 meta: e.meta,
@@ -542,6 +591,19 @@ impl Collector for InMemoryCollector {
     }
 
     fn on_attempt(&self, e: &AttemptEvent<'_>) {
+        // a first attempt that succeeded, with the statement's own labels:
+        // the series kept in the statement, no lookup
+        if e.error.is_none()
+            && e.reason == AttemptReason::Initial
+            && let Some(kept) = self.kept(e.meta)
+            && let Some(series) = kept.attempt.get_or_init(|| {
+                let view = SeriesView::new(e.meta, None, Some(AttemptReason::Initial));
+                self.attempts.resolve(view)
+            })
+        {
+            series.record(nanos(e.duration), false, 0);
+            return;
+        }
         self.attempts.record(
             SeriesView {
                 meta: e.meta,
@@ -663,6 +725,81 @@ mod tests {
         other.meta_mut().set_table(Some(Label::from("u")));
         m.on_request(&req_event(other.meta(), None, 100));
         assert_eq!(m.snapshot().requests.len(), 2);
+    }
+
+    /// The first collector to record a statement keeps its series in the
+    /// statement and finds them there (no lookup); another finds them by
+    /// lookup. Both record the same: every outcome, reason, relabelled
+    /// request and a full map's overflow in the same series, and no series
+    /// made that no event was recorded in.
+    #[test]
+    fn series_kept_in_the_statement_record_what_a_lookup_does() {
+        let get = crate::Statement::new("SELECT v FROM ks.t WHERE k = ?").operation("get");
+        let put = crate::Statement::new("INSERT INTO ks.t (k, v) VALUES (?, ?)").operation("put");
+        let scan = crate::Statement::new("SELECT v FROM ks.u").operation("scan");
+        let first = InMemoryCollector::with_max_series(3);
+        let second = InMemoryCollector::with_max_series(3);
+        let timeout = CqlError::new(ErrorKind::ReadTimeout, "slow");
+        fn attempt<'a>(
+            meta: &'a RequestMeta,
+            reason: AttemptReason,
+            error: Option<&'a CqlError>,
+            us: u64,
+        ) -> AttemptEvent<'a> {
+            AttemptEvent {
+                meta,
+                index: 0,
+                reason,
+                duration: Duration::from_micros(us),
+                error,
+                node: None,
+                rows: 0,
+            }
+        }
+        for round in 0..3u64 {
+            for (i, statement) in [&get, &put, &scan].into_iter().enumerate() {
+                let req = statement.request();
+                let mut relabelled = statement.request();
+                relabelled
+                    .meta_mut()
+                    .set_labels(Some(Label::from("other")), None, None);
+                let us = 10 * round + i as u64 + 1;
+                for m in [&first, &second] {
+                    // attempts first: no request series exists yet when the
+                    // first attempt is kept
+                    m.on_attempt(&attempt(req.meta(), AttemptReason::Initial, None, us));
+                    m.on_attempt(&attempt(req.meta(), AttemptReason::Retry, None, us));
+                    m.on_attempt(&attempt(
+                        req.meta(),
+                        AttemptReason::Initial,
+                        Some(&timeout),
+                        us,
+                    ));
+                    m.on_request(&req_event(req.meta(), None, us));
+                    m.on_request(&req_event(req.meta(), Some(&timeout), us));
+                    m.on_request(&req_event(relabelled.meta(), None, us));
+                }
+            }
+        }
+        assert!(
+            get.collector_memo(first.id, StatementSeries::default)
+                .is_some()
+        );
+        assert!(
+            get.collector_memo(second.id, StatementSeries::default)
+                .is_none()
+        );
+        let (a, b) = (first.snapshot(), second.snapshot());
+        assert_eq!(a, b);
+        // three series each, the rest in the overflow series
+        assert_eq!(a.requests.len(), 4, "{:#?}", a.requests);
+        assert!(a.requests.iter().all(|s| s.histogram.count() > 0));
+        assert!(a.attempts.iter().all(|s| s.histogram.count() > 0));
+        assert_eq!(a.ok, 2 * 9);
+        assert_eq!(
+            a.requests.iter().map(|s| s.histogram.count()).sum::<u64>(),
+            3 * 9
+        );
     }
 
     fn req_event<'a>(

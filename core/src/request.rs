@@ -295,7 +295,15 @@ struct StatementInner {
     admitted: std::sync::atomic::AtomicU64,
     /// The `db.query.summary` of the statement's own labels, made once.
     summary: std::sync::OnceLock<Arc<str>>,
+    /// What the first collector to ask kept for the statement's own
+    /// labels (by that collector's id), e.g. its series for them: later
+    /// events of requests carrying them skip that collector's lookup.
+    collector_memo: std::sync::OnceLock<(u64, CollectorMemo)>,
 }
+
+/// A collector's value kept in a [`Statement`] (see
+/// [`Statement::collector_memo`]).
+type CollectorMemo = Box<dyn std::any::Any + Send + Sync>;
 
 /// The hash of a label set (operation, keyspace, table) by their text:
 /// computed when labels are set, so that collectors keying series by
@@ -428,6 +436,7 @@ impl Statement {
             prepared: std::sync::OnceLock::new(),
             admitted: std::sync::atomic::AtomicU64::new(0),
             summary: std::sync::OnceLock::new(),
+            collector_memo: std::sync::OnceLock::new(),
         }))
     }
 
@@ -447,6 +456,7 @@ impl Statement {
                 prepared: std::sync::OnceLock::new(),
                 admitted: std::sync::atomic::AtomicU64::new(0),
                 summary: std::sync::OnceLock::new(),
+                collector_memo: std::sync::OnceLock::new(),
             },
         };
         f(&mut inner);
@@ -454,6 +464,7 @@ impl Statement {
         // and their summary is to be made again
         inner.admitted = std::sync::atomic::AtomicU64::new(0);
         inner.summary = std::sync::OnceLock::new();
+        inner.collector_memo = std::sync::OnceLock::new();
         inner.labels_hash = labels_hash(
             inner.operation.as_ref(),
             inner.keyspace.as_ref(),
@@ -518,11 +529,63 @@ impl Statement {
     }
 
     /// A new label guard id for [`labels_admitted_by`](Self::labels_admitted_by),
-    /// distinct from every other in the process.
+    /// distinct from every other in the process (and from every
+    /// collector id: the two share one counter).
     pub fn new_guard_id() -> std::num::NonZeroU64 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         std::num::NonZeroU64::new(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
             .expect("2^64 guard ids")
+    }
+
+    /// What the collector `collector` (its id from
+    /// [`new_collector_id`](Self::new_collector_id)) keeps in this
+    /// statement for the statement's own labels, made with `init` the
+    /// first time it asks. `None` when another collector asked first (one
+    /// collector's value is kept per statement, the first's) or `T` is not
+    /// the type it kept. For a collector's series handles: an event of a
+    /// request that carries the statement's own labels (see
+    /// [`RequestMeta::has_statement_labels`]) then finds its series here
+    /// instead of looking it up. Editing the statement (a new label)
+    /// makes a new statement, with nothing kept.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use tower_cql_core::Statement;
+    ///
+    /// let get = Statement::new("SELECT v FROM ks.t WHERE k = ?").operation("get");
+    /// let (mine, other) = (Statement::new_collector_id(), Statement::new_collector_id());
+    /// let count = get.collector_memo(mine, || AtomicU64::new(0)).unwrap();
+    /// count.fetch_add(1, Ordering::Relaxed);
+    /// // a request of the statement reaches the same value
+    /// let req = get.request();
+    /// let again = req.meta().statement().collector_memo(mine, || AtomicU64::new(0));
+    /// assert_eq!(again.unwrap().load(Ordering::Relaxed), 1);
+    /// drop(req);
+    /// assert!(get.collector_memo(other, || AtomicU64::new(0)).is_none());
+    /// // a new label: a new statement, nothing kept
+    /// let renamed = get.operation("get_v");
+    /// assert_eq!(renamed.collector_memo(mine, || AtomicU64::new(5)).unwrap().load(Ordering::Relaxed), 5);
+    /// ```
+    pub fn collector_memo<T: std::any::Any + Send + Sync>(
+        &self,
+        collector: std::num::NonZeroU64,
+        init: impl FnOnce() -> T,
+    ) -> Option<&T> {
+        let (owner, memo) = self
+            .0
+            .collector_memo
+            .get_or_init(|| (collector.get(), Box::new(init())));
+        if *owner == collector.get() {
+            memo.downcast_ref()
+        } else {
+            None
+        }
+    }
+
+    /// A new collector id for [`collector_memo`](Self::collector_memo),
+    /// distinct from every other in the process.
+    pub fn new_collector_id() -> std::num::NonZeroU64 {
+        Statement::new_guard_id()
     }
 
     /// Remembers `p` as prepared by `driver`, unless a service did first.

@@ -112,6 +112,12 @@ struct Args {
     /// the tracing layers and `tracing-opentelemetry`.
     #[arg(long)]
     span_collector: bool,
+    /// The stack as `StackBuilder::new` makes it (the default stack: no
+    /// rate or concurrency limit), instead of the default stack with a
+    /// rate and a concurrency limit that never bind (this tool's stack
+    /// since #8, kept for comparison with its earlier figures).
+    #[arg(long)]
+    no_limits: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -459,20 +465,23 @@ async fn run(args: Args) -> Result<Value, String> {
     } else {
         builder
     };
-    let stack = builder
-        .rate_limit(RateLimitConfig {
-            // far above what 2 cores reach; 1e9/s with a burst of 1e6 once
-            // refused a request ("next token is 5.2 ms away"): reported
-            rate_per_second: 1e7,
-            burst: 100_000,
-            mode: RateLimitMode::Reject,
-        })
-        .concurrency(ConcurrencyConfig {
-            max_in_flight: args.concurrency.max(1) * 4,
-            ..ConcurrencyConfig::default()
-        })
-        .build(driver)
-        .map_err(|e| e.to_string())?;
+    let builder = if args.no_limits {
+        builder
+    } else {
+        builder
+            .rate_limit(RateLimitConfig {
+                // far above what 2 cores reach; 1e9/s with a burst of 1e6 once
+                // refused a request ("next token is 5.2 ms away"): reported
+                rate_per_second: 1e7,
+                burst: 100_000,
+                mode: RateLimitMode::Reject,
+            })
+            .concurrency(ConcurrencyConfig {
+                max_in_flight: args.concurrency.max(1) * 4,
+                ..ConcurrencyConfig::default()
+            })
+    };
+    let stack = builder.build(driver).map_err(|e| e.to_string())?;
     let statement = Statement::new(SELECT)
         .operation("get")
         .keyspace("load")
