@@ -350,16 +350,106 @@ pub struct InMemoryCollector {
     id: std::num::NonZeroU64,
 }
 
-/// What an in-memory collector keeps in a statement (see
+/// A collector's handles to its series for one statement's own labels,
+/// kept in the statement (see
 /// [`Statement::collector_memo`](crate::Statement::collector_memo)): the
-/// series of a successful request and of a successful first attempt with
-/// the statement's own labels, each found once (on the first such event,
-/// so that no series is made before an event is recorded in it; `None`
-/// when the map was full then, and is full for good).
-#[derive(Default)]
-struct StatementSeries {
-    request: std::sync::OnceLock<Option<Arc<Series>>>,
-    attempt: std::sync::OnceLock<Option<Arc<Series>>>,
+/// handle of a successful request's series and of a successful first
+/// attempt's, each found once, on the first such event (so no series is
+/// made before an event is recorded in it). The other events (failures,
+/// retries and other attempts, requests whose labels were replaced) find
+/// their series as before, through a [`SeriesView`]. The in-memory
+/// collector, the OpenTelemetry collector and the `metrics` bridge keep
+/// their handles so; per statement, the first collector to record it
+/// keeps them.
+///
+/// ```
+/// use tower_cql_core::event::RequestEvent;
+/// use tower_cql_core::memory::KeptSeries;
+/// use tower_cql_core::Statement;
+///
+/// let collector = Statement::new_collector_id();
+/// let get = Statement::new("SELECT v FROM ks.t WHERE k = ?").operation("get");
+/// let req = get.request();
+/// let event = RequestEvent::new(req.meta(), std::time::Duration::from_millis(1), None);
+/// let mut lookups = 0;
+/// for _ in 0..3 {
+///     let handle = KeptSeries::for_request(collector, &event, |_view| {
+///         lookups += 1;
+///         Some("the series of get")
+///     });
+///     assert_eq!(handle, Some(&"the series of get"));
+/// }
+/// assert_eq!(lookups, 1);
+/// ```
+pub struct KeptSeries<T> {
+    request: std::sync::OnceLock<Option<T>>,
+    attempt: std::sync::OnceLock<Option<T>>,
+}
+
+impl<T> KeptSeries<T> {
+    fn new() -> KeptSeries<T> {
+        KeptSeries {
+            request: std::sync::OnceLock::new(),
+            attempt: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for KeptSeries<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeptSeries")
+            .field("request", &self.request.get().map(Option::is_some))
+            .field("attempt", &self.attempt.get().map(Option::is_some))
+            .finish()
+    }
+}
+
+impl<T: Send + Sync + 'static> KeptSeries<T> {
+    /// The handle collector `collector` keeps for the series of request
+    /// event `e`, found with `find` (given the event's series view) on
+    /// the first such event; `None` when `e` is not an event whose series
+    /// is kept (a failure, or replaced labels), when another collector
+    /// keeps handles in its statement, or when `find` gave `None` the
+    /// first time (e.g. a full map: its events go to an overflow series).
+    #[inline]
+    pub fn for_request<'e>(
+        collector: std::num::NonZeroU64,
+        e: &RequestEvent<'e>,
+        find: impl FnOnce(SeriesView<'e>) -> Option<T>,
+    ) -> Option<&'e T> {
+        if e.error.is_some() {
+            return None;
+        }
+        KeptSeries::kept(collector, e.meta)?
+            .request
+            .get_or_init(|| find(SeriesView::new(e.meta, None, None)))
+            .as_ref()
+    }
+
+    /// The same for attempt event `e`: only a successful first attempt's
+    /// series is kept.
+    #[inline]
+    pub fn for_attempt<'e>(
+        collector: std::num::NonZeroU64,
+        e: &AttemptEvent<'e>,
+        find: impl FnOnce(SeriesView<'e>) -> Option<T>,
+    ) -> Option<&'e T> {
+        if e.error.is_some() || e.reason != AttemptReason::Initial {
+            return None;
+        }
+        KeptSeries::kept(collector, e.meta)?
+            .attempt
+            .get_or_init(|| find(SeriesView::new(e.meta, None, Some(AttemptReason::Initial))))
+            .as_ref()
+    }
+
+    #[inline]
+    fn kept(collector: std::num::NonZeroU64, meta: &RequestMeta) -> Option<&KeptSeries<T>> {
+        if !meta.has_statement_labels() {
+            return None;
+        }
+        meta.statement().collector_memo(collector, KeptSeries::new)
+    }
 }
 
 impl fmt::Debug for InMemoryCollector {
@@ -511,18 +601,6 @@ impl InMemoryCollector {
         }
     }
 
-    /// The series this collector keeps in `meta`'s statement, when `meta`
-    /// carries the statement's own labels and this collector was the
-    /// first to keep series there.
-    #[inline]
-    fn kept<'m>(&self, meta: &'m RequestMeta) -> Option<&'m StatementSeries> {
-        if !meta.has_statement_labels() {
-            return None;
-        }
-        meta.statement()
-            .collector_memo(self.id, StatementSeries::default)
-    }
-
     /// Approximate memory held by the histograms.
     pub fn memory_bytes(&self) -> usize {
         self.requests.memory_bytes() + self.attempts.memory_bytes()
@@ -566,11 +644,8 @@ impl Collector for InMemoryCollector {
     fn on_request(&self, e: &RequestEvent<'_>) {
         // a success with the statement's own labels: the series kept in
         // the statement, no lookup
-        if e.error.is_none()
-            && let Some(kept) = self.kept(e.meta)
-            && let Some(series) = kept
-                .request
-                .get_or_init(|| self.requests.resolve(SeriesView::new(e.meta, None, None)))
+        if let Some(series) =
+            KeptSeries::for_request(self.id, e, |view| self.requests.resolve(view))
         {
             series.record(nanos(e.duration), true, e.rows as u64);
             return;
@@ -593,13 +668,8 @@ impl Collector for InMemoryCollector {
     fn on_attempt(&self, e: &AttemptEvent<'_>) {
         // a first attempt that succeeded, with the statement's own labels:
         // the series kept in the statement, no lookup
-        if e.error.is_none()
-            && e.reason == AttemptReason::Initial
-            && let Some(kept) = self.kept(e.meta)
-            && let Some(series) = kept.attempt.get_or_init(|| {
-                let view = SeriesView::new(e.meta, None, Some(AttemptReason::Initial));
-                self.attempts.resolve(view)
-            })
+        if let Some(series) =
+            KeptSeries::for_attempt(self.id, e, |view| self.attempts.resolve(view))
         {
             series.record(nanos(e.duration), false, 0);
             return;
@@ -782,11 +852,11 @@ mod tests {
             }
         }
         assert!(
-            get.collector_memo(first.id, StatementSeries::default)
+            get.collector_memo(first.id, KeptSeries::<Arc<Series>>::new)
                 .is_some()
         );
         assert!(
-            get.collector_memo(second.id, StatementSeries::default)
+            get.collector_memo(second.id, KeptSeries::<Arc<Series>>::new)
                 .is_none()
         );
         let (a, b) = (first.snapshot(), second.snapshot());

@@ -37,7 +37,7 @@ use tower_cql_core::event::{
     AttemptEvent, BreakerEvent, LimitEvent, PageEvent, RequestEvent, RetryEvent, ShedEvent,
     StreamEvent, ThrottleEvent,
 };
-use tower_cql_core::memory::{SeriesKey, SeriesView};
+use tower_cql_core::memory::{KeptSeries, SeriesKey, SeriesView};
 use tower_cql_core::registry::Registry;
 use tower_cql_core::{Collector, CqlError, SeriesLabels};
 
@@ -92,13 +92,16 @@ impl Handles {
         if let Some(h) = self.map.snapshot().get(&view) {
             return h.record(value);
         }
+        self.histogram(view).record(value);
+    }
+
+    /// The histogram of `view`'s series, registered on first use.
+    fn histogram(&self, view: SeriesView<'_>) -> metrics::Histogram {
         let name = self.name;
         let key = view.to_key();
-        self.map
-            .get_or_insert_with(key.clone(), || {
-                metrics::histogram!(name, labels(key.labels()))
-            })
-            .record(value);
+        self.map.get_or_insert_with(key.clone(), || {
+            metrics::histogram!(name, labels(key.labels()))
+        })
     }
 }
 
@@ -109,6 +112,9 @@ pub struct MetricsBridge {
     rows: Counter,
     pages: Counter,
     page_rows: Counter,
+    // this bridge's id for the histograms it keeps in statements
+    // (memory::KeptSeries)
+    id: std::num::NonZeroU64,
 }
 
 impl fmt::Debug for MetricsBridge {
@@ -176,24 +182,33 @@ impl MetricsBridge {
             rows: metrics::counter!("db_client_returned_rows_total"),
             pages: metrics::counter!("db_client_pages_total"),
             page_rows: metrics::counter!("db_client_page_rows_total"),
+            id: tower_cql_core::Statement::new_collector_id(),
         }
     }
 }
 
 impl Collector for MetricsBridge {
     fn on_request(&self, e: &RequestEvent<'_>) {
-        self.requests.record(
-            SeriesView::new(e.meta, e.error.map(CqlError::kind), None),
-            e.duration.as_secs_f64(),
-        );
+        let seconds = e.duration.as_secs_f64();
+        match KeptSeries::for_request(self.id, e, |view| Some(self.requests.histogram(view))) {
+            Some(h) => h.record(seconds),
+            None => self.requests.record(
+                SeriesView::new(e.meta, e.error.map(CqlError::kind), None),
+                seconds,
+            ),
+        }
         self.rows.increment(e.rows as u64);
     }
 
     fn on_attempt(&self, e: &AttemptEvent<'_>) {
-        self.attempts.record(
-            SeriesView::new(e.meta, e.error.map(CqlError::kind), Some(e.reason)),
-            e.duration.as_secs_f64(),
-        );
+        let seconds = e.duration.as_secs_f64();
+        match KeptSeries::for_attempt(self.id, e, |view| Some(self.attempts.histogram(view))) {
+            Some(h) => h.record(seconds),
+            None => self.attempts.record(
+                SeriesView::new(e.meta, e.error.map(CqlError::kind), Some(e.reason)),
+                seconds,
+            ),
+        }
     }
 
     fn on_retry(&self, e: &RetryEvent<'_>) {
@@ -254,9 +269,19 @@ mod tests {
         metrics::with_local_recorder(&recorder, || {
             let bridge = Arc::new(MetricsBridge::new());
             let c = Collectors::with([bridge]);
+            // labels given on the request (found by lookup) and on the
+            // statement (kept in it): one series
             let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").operation("get");
+            let named = tower_cql_core::Statement::new("SELECT v FROM ks.t WHERE k = ?")
+                .operation("get")
+                .request();
             let err = CqlError::new(ErrorKind::Overloaded, "busy");
-            for (ms, error) in [(2, None), (4, None), (9, Some(&err))] {
+            for (ms, error, req) in [
+                (2, None, &req),
+                (4, None, &named),
+                (5, None, &named),
+                (9, Some(&err), &req),
+            ] {
                 c.emit(Event::Request({
                     let mut e = RequestEvent::new(req.meta(), Duration::from_millis(ms), error);
                     e.rows = 1;
@@ -296,7 +321,7 @@ mod tests {
         match ok[0].2 {
             DebugValue::Histogram(v) => {
                 let secs: Vec<f64> = v.iter().map(|x| x.into_inner()).collect();
-                assert_eq!(secs, vec![0.002, 0.004]);
+                assert_eq!(secs, vec![0.002, 0.004, 0.005]);
             }
             other => panic!("{other:?}"),
         }
@@ -311,7 +336,7 @@ mod tests {
             "{retries:?}"
         );
         let rows = find("db_client_returned_rows_total", &[]);
-        assert!(matches!(rows[0].2, DebugValue::Counter(3)), "{rows:?}");
+        assert!(matches!(rows[0].2, DebugValue::Counter(4)), "{rows:?}");
         // no statement text anywhere
         for (k, _, _, _) in &snap {
             for l in k.key().labels() {

@@ -39,7 +39,7 @@ use opentelemetry::metrics::{BoundHistogram, Counter, Gauge, Histogram, Meter};
 use tower_cql_core::event::{
     AttemptEvent, BreakerEvent, LimitEvent, RequestEvent, RetryEvent, ShedEvent, ThrottleEvent,
 };
-use tower_cql_core::memory::{SeriesKey, SeriesView};
+use tower_cql_core::memory::{KeptSeries, SeriesKey, SeriesView};
 use tower_cql_core::registry::Registry;
 use tower_cql_core::{Collector, CqlError, SeriesLabels};
 
@@ -86,6 +86,9 @@ pub struct OtelCollector {
     // bound instruments: a record skips its attribute lookup, which hashes
     // and compares every attribute under a read lock)
     bound: Registry<SeriesKey, Arc<Bound>>,
+    // this collector's id for the bound histograms it keeps in statements
+    // (memory::KeptSeries)
+    id: std::num::NonZeroU64,
     provider: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
     // Also flushed by `flush()`, after the meter provider (e.g. the OTLP
     // tracer provider, so the stack's close() sends the last spans too).
@@ -152,6 +155,7 @@ impl OtelCollector {
                 .with_description("The current adaptive concurrency limit")
                 .build(),
             bound: Registry::new(),
+            id: tower_cql_core::Statement::new_collector_id(),
             provider: None,
             also_flush: None,
         }
@@ -174,18 +178,20 @@ impl OtelCollector {
         self
     }
 
-    /// Runs `record` with the histograms bound to the labels of `view`'s
-    /// series, bound on first use: a request's label set to the operation
-    /// and rows histograms, an attempt's (it has a reason) to the attempt
+    /// The histograms bound to the labels of `view`'s series, bound on
+    /// first use: a request's label set to the operation and rows
+    /// histograms, an attempt's (it has a reason) to the attempt
     /// histogram, so that no instrument reports a series it never
     /// recorded. Found through the view, in a snapshot: no label cloned,
-    /// no string hashed, no reference count touched.
-    fn with_bound(&self, view: SeriesView<'_>, record: impl FnOnce(&Bound)) {
+    /// no string hashed. (A successful request and first attempt with
+    /// their statement's own labels find theirs kept in the statement
+    /// instead: [`KeptSeries`].)
+    fn bound(&self, view: SeriesView<'_>) -> Arc<Bound> {
         if let Some(b) = self.bound.snapshot().get(&view) {
-            return record(b);
+            return b.clone();
         }
         let key = view.to_key();
-        let b = self.bound.get_or_insert_with(key.clone(), || {
+        self.bound.get_or_insert_with(key.clone(), || {
             let l = key.labels();
             let a = attributes(l);
             Arc::new(if l.reason.is_some() {
@@ -196,8 +202,16 @@ impl OtelCollector {
                     rows: self.rows.bind(&a),
                 }
             })
-        });
-        record(&b)
+        })
+    }
+
+    /// Runs `record` with the histograms of `view`'s series, through a
+    /// snapshot: no reference count touched.
+    fn with_bound(&self, view: SeriesView<'_>, record: impl FnOnce(&Bound)) {
+        match self.bound.snapshot().get(&view) {
+            Some(b) => record(b),
+            None => record(&self.bound(view)),
+        }
     }
 }
 
@@ -212,22 +226,30 @@ enum Bound {
 
 impl Collector for OtelCollector {
     fn on_request(&self, e: &RequestEvent<'_>) {
-        let view = SeriesView::new(e.meta, e.error.map(CqlError::kind), None);
-        self.with_bound(view, |b| {
+        let record = |b: &Bound| {
             if let Bound::Request { operation, rows } = b {
                 operation.record(e.duration.as_secs_f64());
                 rows.record(e.rows as u64);
             }
-        });
+        };
+        if let Some(b) = KeptSeries::for_request(self.id, e, |view| Some(self.bound(view))) {
+            return record(b);
+        }
+        let view = SeriesView::new(e.meta, e.error.map(CqlError::kind), None);
+        self.with_bound(view, record);
     }
 
     fn on_attempt(&self, e: &AttemptEvent<'_>) {
-        let view = SeriesView::new(e.meta, e.error.map(CqlError::kind), Some(e.reason));
-        self.with_bound(view, |b| {
+        let record = |b: &Bound| {
             if let Bound::Attempt(attempt) = b {
                 attempt.record(e.duration.as_secs_f64());
             }
-        });
+        };
+        if let Some(b) = KeptSeries::for_attempt(self.id, e, |view| Some(self.bound(view))) {
+            return record(b);
+        }
+        let view = SeriesView::new(e.meta, e.error.map(CqlError::kind), Some(e.reason));
+        self.with_bound(view, record);
     }
 
     fn on_retry(&self, e: &RetryEvent<'_>) {
