@@ -26,26 +26,25 @@
 //!   happen once, in the middleware, where they are observed. Turn them back
 //!   on with [`DriverServiceBuilder::keep_driver_retries`].
 //! - Each call is one attempt: it emits an [`AttemptEvent`] with the node
-//!   that answered (for errors too, through a driver history listener).
+//!   it went to (for errors too: the load-balancing policy the service
+//!   installs around the session's records the node it picked, and the
+//!   node the driver reports the attempt's outcome for).
 //! - The response future, [`DriverFuture`], holds scylla's execution
 //!   future (an `async fn`'s, which cannot be named, so it is behind a
 //!   `dyn`) in a block of memory that is kept, emptied, for the thread's
 //!   next request: a fresh 4.8 KB box per request cost more than all the
 //!   rest this service adds (see `block.rs`).
 
-use std::cell::RefCell;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use scylla::client::execution_profile::ExecutionProfileHandle;
 use scylla::client::session::Session;
-use scylla::errors::{RequestAttemptError, RequestError};
-use scylla::observability::history::{AttemptId, HistoryListener, RequestId, SpeculativeId};
-use scylla::policies::retry::{FallthroughRetryPolicy, RetryDecision};
+use scylla::policies::retry::FallthroughRetryPolicy;
 use scylla::response::query_result::QueryResult;
 use scylla::response::{PagingState, PagingStateResponse};
 use scylla::statement::prepared::PreparedStatement;
@@ -124,7 +123,13 @@ pub(crate) struct DriverInner {
     pub(crate) session: Arc<Session>,
     cache: PreparedCache,
     pub(crate) collectors: Collectors,
-    profile: Option<ExecutionProfileHandle>,
+    /// The session's default execution profile with the steering policy
+    /// around its load balancing (and, unless the driver's retries are
+    /// kept, with them and speculative execution off).
+    profile: ExecutionProfileHandle,
+    /// The driver's own retries and speculative execution are kept
+    /// (`keep_driver_retries`).
+    driver_retries: bool,
     node_attribution: bool,
 }
 
@@ -141,7 +146,7 @@ impl fmt::Debug for DriverService {
             .field("cached_statements", &self.inner.cache.map.len())
             .field("cache_hits", &hits)
             .field("cache_misses", &misses)
-            .field("driver_retries", &self.inner.profile.is_none())
+            .field("driver_retries", &self.inner.driver_retries)
             .finish()
     }
 }
@@ -183,15 +188,24 @@ impl DriverServiceBuilder {
     }
 
     /// Keep the session's own retry and speculative execution policies
-    /// (default false: the middleware retries, once, observably).
+    /// (default false: the middleware retries, once, observably). The
+    /// statements this service prepares, and unprepared text, still run
+    /// with its load-balancing policy around the session's (the plan is
+    /// the session's own unless a route hint says otherwise), so their
+    /// attempts name their node; a statement the caller prepared, or a
+    /// batch, runs with its own execution profile.
     pub fn keep_driver_retries(mut self, keep: bool) -> Self {
         self.keep_driver_retries = keep;
         self
     }
 
-    /// Attach a history listener to each request so that errors carry the
-    /// node that produced them (default true; listeners are reused from a
-    /// small per-thread pool, so there is no allocation per request).
+    /// Record the node each attempt went to, so that errors and attempt
+    /// events name it (default true). The service's load-balancing policy
+    /// (the session's, seen through the one that follows route hints)
+    /// records it: two thread-local accesses per poll, no allocation.
+    /// With [`keep_driver_retries`](Self::keep_driver_retries), a statement
+    /// the caller prepared, or a batch, runs with its own execution
+    /// profile, and its errors name no node.
     pub fn node_attribution(mut self, on: bool) -> Self {
         self.node_attribution = on;
         self
@@ -206,17 +220,23 @@ impl DriverServiceBuilder {
                 "must be at least 1 (the number of prepared statements kept), got 0",
             ));
         }
-        let profile = (!self.keep_driver_retries).then(|| {
-            let default = self.session.get_default_execution_profile_handle();
-            let balancing = default.to_profile().get_load_balancing_policy().clone();
-            default
-                .pointee_to_builder()
+        // The session's own policies, its load balancing seen through the
+        // steering policy (which follows route hints and records the node
+        // of each attempt); unless the driver's retries are kept, retries
+        // and speculative execution off.
+        let default = self.session.get_default_execution_profile_handle();
+        let balancing = default.to_profile().get_load_balancing_policy().clone();
+        let profile = default
+            .pointee_to_builder()
+            .load_balancing_policy(Arc::new(crate::routing::Steering::new(balancing)));
+        let profile = if self.keep_driver_retries {
+            profile
+        } else {
+            profile
                 .retry_policy(Arc::new(FallthroughRetryPolicy::new()))
-                .load_balancing_policy(Arc::new(crate::routing::Steering::new(balancing)))
                 .speculative_execution_policy(None)
-                .build()
-                .into_handle()
-        });
+        };
+        let profile = profile.build().into_handle();
         Ok(DriverService {
             inner: Arc::new(DriverInner {
                 id: {
@@ -233,6 +253,7 @@ impl DriverServiceBuilder {
                 },
                 collectors: self.collectors,
                 profile,
+                driver_retries: self.keep_driver_retries,
                 node_attribution: self.node_attribution,
             }),
         })
@@ -299,7 +320,9 @@ struct Unfinished<'a> {
     collectors: &'a Collectors,
     meta: &'a RequestMeta,
     start: Instant,
-    listener: Option<&'a NodeRecorder>,
+    /// The node the attempt went to, as the steering policy saw it (see
+    /// [`Steered`](crate::routing::Steered)).
+    node: Option<SocketAddr>,
     armed: bool,
 }
 
@@ -310,8 +333,7 @@ impl Drop for Unfinished<'_> {
         }
         let meta = self.meta;
         let node = self
-            .listener
-            .and_then(|l| l.node.get().copied())
+            .node
             .or_else(|| meta.route()?.attempt_node(meta.attempt_index()));
         if let Some(n) = node {
             crate::cancel::tell_node(n);
@@ -356,70 +378,10 @@ impl Drop for Unfinished<'_> {
     }
 }
 
-/// Records the node of each attempt, so errors can name it.
-#[derive(Debug, Default)]
-pub(crate) struct NodeRecorder {
-    node: OnceLock<SocketAddr>,
-}
-
-thread_local! {
-    /// Recorders whose request is over, for the next requests on this
-    /// thread: a recorder per request without an allocation per request.
-    static RECORDERS: RefCell<Vec<Arc<NodeRecorder>>> = const { RefCell::new(Vec::new()) };
-}
-
-impl NodeRecorder {
-    /// Recorders kept per thread, at most.
-    const POOL: usize = 64;
-
-    /// An empty recorder, reused when one is free on this thread.
-    fn take() -> Arc<NodeRecorder> {
-        RECORDERS.with(|p| p.borrow_mut().pop()).unwrap_or_default()
-    }
-
-    /// Returns a recorder to this thread's pool once the driver holds it no
-    /// more (a recorder still shared is dropped instead).
-    fn give_back(mut recorder: Arc<NodeRecorder>) {
-        if let Some(r) = Arc::get_mut(&mut recorder) {
-            r.node.take();
-            RECORDERS.with(|p| {
-                let mut p = p.borrow_mut();
-                if p.len() < NodeRecorder::POOL {
-                    p.push(recorder);
-                }
-            });
-        }
-    }
-}
-
-impl HistoryListener for NodeRecorder {
-    fn log_request_start(&self) -> RequestId {
-        RequestId(0)
-    }
-    fn log_request_success(&self, _: RequestId) {}
-    fn log_request_error(&self, _: RequestId, _: &RequestError) {}
-    fn log_new_speculative_fiber(&self, _: RequestId) -> SpeculativeId {
-        SpeculativeId(0)
-    }
-    fn log_attempt_start(
-        &self,
-        _: RequestId,
-        _: Option<SpeculativeId>,
-        node_addr: SocketAddr,
-    ) -> AttemptId {
-        let _ = self.node.set(node_addr);
-        AttemptId(0)
-    }
-    fn log_attempt_success(&self, _: AttemptId) {}
-    fn log_attempt_error(&self, _: AttemptId, _: &RequestAttemptError, _: &RetryDecision) {}
-}
-
-/// What one attempt gives the statement it runs: the node recorder, and
-/// the time left before the request's deadline, read once when the
-/// attempt began.
+/// What one attempt gives the statement it runs: the time left before the
+/// request's deadline, read once when the attempt began.
 #[derive(Clone)]
 pub(crate) struct Attempt {
-    listener: Option<Arc<NodeRecorder>>,
     remaining: Option<Duration>,
 }
 
@@ -430,14 +392,22 @@ pub(crate) enum Prepared {
 }
 
 impl DriverInner {
-    /// A statement the caller prepared, configured for this request.
+    /// A statement the caller prepared, configured for this request: run
+    /// with this service's profile, unless the driver's retries are kept
+    /// (then with its own, as the caller made it).
     fn given(&self, p: &PreparedStatement, meta: &RequestMeta, attempt: Attempt) -> Prepared {
         Prepared::Prepared(configure_prepared(
             p.clone(),
             meta,
             attempt,
-            Some(&self.profile),
+            self.callers_profile(),
         ))
+    }
+
+    /// The profile to run a statement the caller made (prepared, or a
+    /// batch) with: this service's, unless the driver's retries are kept.
+    fn callers_profile(&self) -> Option<&ExecutionProfileHandle> {
+        (!self.driver_retries).then_some(&self.profile)
     }
 
     /// [`resolve`](Self::resolve) without waiting: `None` when the
@@ -492,7 +462,7 @@ impl DriverInner {
                     .prepare(&**text)
                     .await
                     .map_err(CqlError::from_prepare)?;
-                p.set_execution_profile_handle(self.profile.clone());
+                p.set_execution_profile_handle(Some(self.profile.clone()));
                 self.cache.insert(text.clone(), p.clone());
                 Ok::<_, CqlError>(p)
             })
@@ -530,7 +500,7 @@ impl DriverInner {
                 unprepared: true,
             } => {
                 let mut s = scylla::statement::Statement::new(text.to_string());
-                s.set_execution_profile_handle(self.profile.clone());
+                s.set_execution_profile_handle(Some(self.profile.clone()));
                 configure_common(&mut s, meta, attempt);
                 Ok(Prepared::Unprepared(s))
             }
@@ -559,7 +529,6 @@ impl DriverInner {
         if remaining.is_some_and(|r| r.is_zero()) {
             return Err(CqlError::deadline_exceeded(Duration::ZERO).not_sent());
         }
-        let listener = self.node_attribution.then(NodeRecorder::take);
         // If this future is dropped before the attempt completes (a
         // per-attempt timeout, a hedge race lost, the caller gone), the
         // guard emits the attempt's event as it is dropped.
@@ -567,24 +536,21 @@ impl DriverInner {
             collectors,
             meta,
             start,
-            listener: listener.as_deref(),
+            node: None,
             armed: true,
         };
-        // an attempt with a hint (after the first): the steering policy reads it
+        // an attempt with a hint (after the first): the steering policy
+        // reads it; and the node the attempt went to, as the policy saw
+        // it, is kept in the guard
         let result = crate::routing::Steered::new(
             meta.route().cloned(),
             meta.attempt_index(),
-            self.run(
-                &req,
-                paging_state,
-                Attempt {
-                    listener: listener.clone(),
-                    remaining,
-                },
-            ),
+            self.node_attribution.then_some(&mut guard.node),
+            self.run(&req, paging_state, Attempt { remaining }),
         )
         .await;
         guard.armed = false;
+        let seen = guard.node;
         drop(guard);
         let duration = start.elapsed();
         // The driver's own timer was set to the time left before the
@@ -598,12 +564,9 @@ impl DriverInner {
             }
             other => other,
         };
-        // Errors name the node the attempt went to (from the history listener).
-        let node = listener.as_ref().and_then(|l| l.node.get().copied());
-        if let Some(l) = listener {
-            NodeRecorder::give_back(l);
-        }
-        let result = result.map_err(|e| match node {
+        // Errors name the node the attempt went to (as the steering policy
+        // saw it).
+        let result = result.map_err(|e| match seen {
             Some(n) if e.node().is_none() => e.with_node(n),
             _ => e,
         });
@@ -689,8 +652,8 @@ impl DriverInner {
     ) -> Result<CqlResponse, CqlError> {
         let meta = req.meta();
         let mut b = scylla::statement::batch::Batch::clone(batch);
-        if self.profile.is_some() {
-            b.set_execution_profile_handle(self.profile.clone());
+        if let Some(profile) = self.callers_profile() {
+            b.set_execution_profile_handle(Some(profile.clone()));
         }
         if let Some(c) = meta.consistency() {
             b.set_consistency(c);
@@ -702,9 +665,6 @@ impl DriverInner {
             b.set_request_timeout(Some(rem));
         }
         b.set_tracing(meta.tracing());
-        if let Some(l) = attempt.listener {
-            b.set_history_listener(l);
-        }
         let values = req.values().as_batch().ok_or_else(|| {
             CqlError::new(
                 ErrorKind::Serialization,
@@ -735,18 +695,15 @@ fn configure_common(s: &mut scylla::statement::Statement, meta: &RequestMeta, at
     }
     s.set_is_idempotent(meta.is_idempotent());
     s.set_tracing(meta.tracing());
-    if let Some(l) = attempt.listener {
-        s.set_history_listener(l);
-    }
 }
 
 fn configure_prepared(
     mut p: PreparedStatement,
     meta: &RequestMeta,
     attempt: Attempt,
-    profile: Option<&Option<ExecutionProfileHandle>>,
+    profile: Option<&ExecutionProfileHandle>,
 ) -> PreparedStatement {
-    if let Some(Some(profile)) = profile {
+    if let Some(profile) = profile {
         p.set_execution_profile_handle(Some(profile.clone()));
     }
     if let Some(c) = meta.consistency() {
@@ -764,9 +721,6 @@ fn configure_prepared(
     p.set_is_idempotent(meta.is_idempotent());
     if meta.tracing() {
         p.set_tracing(true);
-    }
-    if let Some(l) = attempt.listener {
-        p.set_history_listener(l);
     }
     p
 }

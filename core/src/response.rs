@@ -22,7 +22,9 @@ use crate::error::{CqlError, ErrorKind};
 /// How a request was executed.
 #[derive(Debug, Clone, Default)]
 pub struct ExecutionInfo {
-    /// The node that coordinated the successful attempt.
+    /// The node that coordinated the successful attempt (its address, as
+    /// the driver knows the node; a connection to it can use another
+    /// port, e.g. ScyllaDB's shard-aware one).
     pub coordinator: Option<SocketAddr>,
     /// Rows in the result (0 for non-row results).
     pub rows: usize,
@@ -111,7 +113,10 @@ impl CqlResponse {
         result: QueryResult,
         paging: Option<PagingStateResponse>,
     ) -> Result<CqlResponse, CqlError> {
-        let coordinator = Some(result.request_coordinator().connection_address());
+        // the node's address, as the steering policy names the node of a
+        // failed attempt (a connection's address can differ from its
+        // node's: a shard-aware port, address translation)
+        let coordinator = Some(crate::routing::addr(result.request_coordinator().node()));
         let warnings = result.warnings().map(str::to_string).collect();
         let tracing_id = result.tracing_id().map(|u| *u.as_bytes());
         let (result, rows) = match result.into_rows_result() {

@@ -275,31 +275,58 @@ tokio::task_local! {
     static ROUTE: (Arc<RouteHint>, u32);
 }
 
+thread_local! {
+    /// The node of the attempt being polled on this thread, as
+    /// [`Steering`] last saw it: the node it picked, then the node the
+    /// driver reported the attempt's outcome for. Cleared before, and
+    /// read after, each poll of a [`Steered`] attempt that records it (the
+    /// driver calls the policy from within that poll).
+    static SEEN: std::cell::Cell<Option<SocketAddr>> = const { std::cell::Cell::new(None) };
+}
+
+fn saw(node: NodeRef<'_>) {
+    SEEN.with(|s| s.set(Some(addr(node))));
+}
+
 pin_project_lite::pin_project! {
-    /// One attempt, run with its hint (if any) visible to [`Steering`].
+    /// One attempt, run with its hint (if any) visible to [`Steering`],
+    /// and the node the attempt went to, as [`Steering`] saw it, written
+    /// to `node` (when given) after each poll: the node it picked for the
+    /// attempt, or, once the driver reports the attempt's outcome, the
+    /// node it reports. (A history listener per request told the node
+    /// before, for about 250 instructions more per request; this costs
+    /// two thread-local accesses per poll.)
     ///
     /// One type for attempts with and without a hint, so the driver
     /// service's future holds the attempt once (an `async` wrapper around
     /// `ROUTE.scope` held it twice more: 9,424 bytes against 4,656, all
     /// copied into the response future's box on every call).
-    pub(crate) struct Steered<F> {
+    pub(crate) struct Steered<'n, F> {
         #[pin]
         inner: F,
         hint: Option<(Arc<RouteHint>, u32)>,
+        node: Option<&'n mut Option<SocketAddr>>,
     }
 }
 
-impl<F> Steered<F> {
-    /// `fut` (attempt `index`) with `hint` in scope while it is polled.
-    pub(crate) fn new(hint: Option<Arc<RouteHint>>, index: u32, fut: F) -> Steered<F> {
+impl<'n, F> Steered<'n, F> {
+    /// `fut` (attempt `index`) with `hint` in scope while it is polled,
+    /// the node it goes to written to `node`.
+    pub(crate) fn new(
+        hint: Option<Arc<RouteHint>>,
+        index: u32,
+        node: Option<&'n mut Option<SocketAddr>>,
+        fut: F,
+    ) -> Steered<'n, F> {
         Steered {
             inner: fut,
             hint: hint.map(|h| (h, index)),
+            node,
         }
     }
 }
 
-impl<F: std::future::Future> std::future::Future for Steered<F> {
+impl<F: std::future::Future> std::future::Future for Steered<'_, F> {
     type Output = F::Output;
 
     fn poll(
@@ -307,17 +334,26 @@ impl<F: std::future::Future> std::future::Future for Steered<F> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
         let this = self.project();
-        match this.hint {
+        if this.node.is_some() {
+            SEEN.with(|s| s.set(None));
+        }
+        let out = match this.hint {
             Some(h) => ROUTE.sync_scope(h.clone(), || this.inner.poll(cx)),
             None => this.inner.poll(cx),
+        };
+        if let Some(node) = this.node
+            && let Some(seen) = SEEN.with(|s| s.take())
+        {
+            **node = Some(seen);
         }
+        out
     }
 }
 
 /// Runs `fut` (one attempt) with `hint` visible to [`Steering`].
 #[cfg(test)]
 async fn with_hint<F: std::future::Future>(hint: Arc<RouteHint>, fut: F) -> F::Output {
-    Steered::new(Some(hint), 0, fut).await
+    Steered::new(Some(hint), 0, None, fut).await
 }
 
 fn current() -> Option<(Arc<RouteHint>, u32)> {
@@ -331,7 +367,9 @@ pub(crate) fn excluded_now() -> usize {
     ROUTE.try_with(|(h, _)| h.excluded_len()).unwrap_or(0)
 }
 
-fn addr(node: NodeRef<'_>) -> SocketAddr {
+/// A node's address (not a connection's: see
+/// [`Coordinator::connection_address`](scylla::response::Coordinator::connection_address)).
+pub(crate) fn addr(node: NodeRef<'_>) -> SocketAddr {
     SocketAddr::new(node.address.ip(), node.address.port())
 }
 
@@ -357,7 +395,11 @@ impl LoadBalancingPolicy for Steering {
         cluster: &'a ClusterState,
     ) -> Option<(NodeRef<'a>, Option<Shard>)> {
         let Some((hint, index)) = current() else {
-            return self.inner.pick(request, cluster);
+            let first = self.inner.pick(request, cluster);
+            if let Some((node, _)) = first {
+                saw(node);
+            }
+            return first;
         };
         let usable = |n: NodeRef<'_>| !hint.excludes(addr(n));
         let fresh = |n: NodeRef<'_>| usable(n) && !hint.avoids(addr(n));
@@ -378,6 +420,7 @@ impl LoadBalancingPolicy for Steering {
         if let Some((node, _)) = chosen {
             hint.avoid(addr(node));
             hint.set_attempt_node(index, addr(node));
+            saw(node);
         }
         chosen
     }
@@ -387,18 +430,22 @@ impl LoadBalancingPolicy for Steering {
         request: &'a RoutingInfo<'_>,
         cluster: &'a ClusterState,
     ) -> FallbackPlan<'a> {
+        // (asked only when the picked node is not the last target tried:
+        // each node the driver takes from the plan is the one its next
+        // attempt goes to, until it reports the attempt's outcome)
         let plan = self.inner.fallback(request, cluster);
         let Some((hint, _)) = current() else {
-            return plan;
+            return Box::new(plan.inspect(|&(n, _)| saw(n)));
         };
         let (mut fresh, tried): (Vec<_>, Vec<_>) = plan
             .filter(|&(n, _)| !hint.excludes(addr(n)))
             .partition(|&(n, _)| !hint.avoids(addr(n)));
         fresh.extend(tried);
-        Box::new(fresh.into_iter())
+        Box::new(fresh.into_iter().inspect(|&(n, _)| saw(n)))
     }
 
     fn on_request_success(&self, request: &RoutingInfo<'_>, latency: Duration, node: NodeRef<'_>) {
+        saw(node);
         self.inner.on_request_success(request, latency, node);
     }
 
@@ -409,6 +456,7 @@ impl LoadBalancingPolicy for Steering {
         node: NodeRef<'_>,
         error: &RequestAttemptError,
     ) {
+        saw(node);
         self.inner.on_request_failure(request, latency, node, error);
     }
 
@@ -491,6 +539,35 @@ mod tests {
         }
 
         /// The plan the steering policy makes with `hint` in scope.
+        /// The node recorded for the attempt is the plan's element the
+        /// driver took last (the picked one, then each fallback one), with
+        /// a hint and without.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn the_node_seen_is_the_plan_element_taken_last() {
+            let (_cluster, session, nodes) = start().await;
+            let policy = session
+                .get_default_execution_profile_handle()
+                .to_profile()
+                .get_load_balancing_policy()
+                .clone();
+            let steering = Steering::new(policy);
+            let state = session.get_cluster_state();
+            let info = RoutingInfo::default();
+            let walk = || {
+                SEEN.with(|s| s.set(None));
+                let mut taken = 0;
+                for (node, _) in Plan::new(&steering, &info, &state) {
+                    assert_eq!(SEEN.with(|s| s.get()), Some(addr(node)));
+                    taken += 1;
+                }
+                assert_eq!(taken, nodes.len());
+            };
+            walk();
+            let hint = Arc::new(RouteHint::new());
+            hint.avoid(nodes[0]);
+            with_hint(hint, async { walk() }).await;
+        }
+
         async fn plan(session: &Session, hint: Arc<RouteHint>) -> Vec<SocketAddr> {
             let policy = session
                 .get_default_execution_profile_handle()

@@ -83,7 +83,7 @@ struct Args {
     testkit: Option<PathBuf>,
     /// What to compare with the raw session: the full stack (default), or,
     /// to split the cost, the driver service alone (`driver`) or without
-    /// its per-request history listener (`driver-plain`).
+    /// its node attribution (`driver-plain`: attempts name no node).
     #[arg(long, value_enum, default_value = "stack")]
     compare: Compare,
     /// Run one side only (for profilers such as callgrind: instructions

@@ -109,9 +109,11 @@
 //! atomic load beyond the table's breaker, and the hint excludes nothing.
 //! A hint excludes up to eight nodes; with more open at once, the rest
 //! stay in the driver's plan. The exclusions need an inner service that
-//! reads route hints: the driver service does (unless built with
-//! `keep_driver_retries`, which keeps the session's own policy as it is);
-//! another service sends the request wherever it would. Outside the retry
+//! reads route hints: the driver service does (with
+//! `keep_driver_retries`, for the statements it prepares and unprepared
+//! text, not for a statement the caller prepared or a batch, which keep
+//! their own execution profile); another service sends the request
+//! wherever it would. Outside the retry
 //! and hedge layers (where [`StackBuilder`](crate::stack::StackBuilder)
 //! puts it), the exclusions made when a request is admitted hold for all
 //! its attempts; inside them, each attempt is admitted and routed on its
