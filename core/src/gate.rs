@@ -420,6 +420,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline(always)]
     fn call(&mut self, mut req: CqlRequest) -> Self::Future {
         match self.gate.enter() {
             Ok(guard) => {

@@ -556,7 +556,7 @@ where
         <Full<S> as tower_service::Service<CqlRequest>>::Future,
     >;
 
-    #[inline]
+    #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
         match &mut self.composition {
             Composition::Lean(s) => s.poll_ready(cx),
@@ -564,7 +564,7 @@ where
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, request: CqlRequest) -> Self::Future {
         let kind = match &mut self.composition {
             Composition::Lean(s) => FutureKind::Lean {
@@ -614,7 +614,7 @@ where
 {
     type Output = Result<CqlResponse, CqlError>;
 
-    #[inline]
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             FutureKindProj::Lean { future } => future.poll(cx),

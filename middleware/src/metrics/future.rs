@@ -107,6 +107,7 @@ where
 {
     type Output = Result<CqlResponse, CqlError>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if this.measured.is_none() {

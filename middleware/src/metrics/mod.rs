@@ -218,6 +218,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline(always)]
     fn call(&mut self, mut req: CqlRequest) -> Self::Future {
         let Some(on) = &self.on else {
             return ResponseFuture::pass_through(self.inner.call(req));

@@ -144,6 +144,7 @@ where
 {
     type Output = Result<CqlResponse, CqlError>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Retrying { attempts } => attempts.poll(cx),

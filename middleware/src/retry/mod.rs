@@ -247,6 +247,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline(always)]
     fn call(&mut self, request: CqlRequest) -> ResponseFuture<S> {
         let Some(shared) = &self.shared else {
             return ResponseFuture::pass_through(self.inner.call(request));

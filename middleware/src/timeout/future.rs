@@ -112,6 +112,7 @@ where
 {
     type Output = Result<R, CqlError>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Racing {

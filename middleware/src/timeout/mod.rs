@@ -184,6 +184,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline(always)]
     fn call(&mut self, req: CqlRequest) -> Self::Future {
         let deadline = if self.config.honour_deadline {
             req.meta()

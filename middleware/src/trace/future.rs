@@ -182,6 +182,7 @@ where
 {
     type Output = Result<CqlResponse, CqlError>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _enter = this.span.enter();

@@ -215,6 +215,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline(always)]
     fn call(&mut self, req: CqlRequest) -> Self::Future {
         let Some(config) = &self.config else {
             return ResponseFuture::pass_through(self.inner.call(req));
@@ -271,6 +272,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline(always)]
     fn call(&mut self, req: CqlRequest) -> Self::Future {
         if self.mode == AttemptMode::PassThrough {
             return AttemptFuture::pass_through(self.inner.call(req));
