@@ -538,19 +538,23 @@ mod tests {
             (cluster, Arc::new(session), nodes)
         }
 
-        /// The plan the steering policy makes with `hint` in scope.
+        /// The steering policy around the session's own.
+        fn steering(session: &Session) -> Steering {
+            let policy = session
+                .get_default_execution_profile_handle()
+                .to_profile()
+                .get_load_balancing_policy()
+                .clone();
+            Steering::new(policy)
+        }
+
         /// The node recorded for the attempt is the plan's element the
         /// driver took last (the picked one, then each fallback one), with
         /// a hint and without.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn the_node_seen_is_the_plan_element_taken_last() {
             let (_cluster, session, nodes) = start().await;
-            let policy = session
-                .get_default_execution_profile_handle()
-                .to_profile()
-                .get_load_balancing_policy()
-                .clone();
-            let steering = Steering::new(policy);
+            let steering = steering(&session);
             let state = session.get_cluster_state();
             let info = RoutingInfo::default();
             let walk = || {
@@ -568,13 +572,9 @@ mod tests {
             with_hint(hint, async { walk() }).await;
         }
 
+        /// The plan the steering policy makes with `hint` in scope.
         async fn plan(session: &Session, hint: Arc<RouteHint>) -> Vec<SocketAddr> {
-            let policy = session
-                .get_default_execution_profile_handle()
-                .to_profile()
-                .get_load_balancing_policy()
-                .clone();
-            let steering = Steering::new(policy);
+            let steering = steering(session);
             let state = session.get_cluster_state();
             with_hint(hint, async {
                 let info = RoutingInfo::default();
