@@ -245,15 +245,11 @@ impl SeriesMap {
         }
     }
 
-    /// The series of `view`, made if the map has room for it (`None`
-    /// when it has not: its events go to the overflow series).
+    /// The series of `view`, made if it is new and the map has room for
+    /// it (`None` when it has not: its events go to the overflow series).
     fn resolve(&self, view: SeriesView<'_>) -> Option<Arc<Series>> {
-        match self.map.snapshot().get(&view) {
-            Some(h) => Some(h.clone()),
-            None => self
-                .map
-                .get_or_insert_bounded(view.to_key(), self.max, || Arc::new(Series::new())),
-        }
+        self.map
+            .get_or_insert_bounded(view.to_key(), self.max, || Arc::new(Series::new()))
     }
 
     /// Records `nanos` in the series of `labels`; `ok` and `rows` are
@@ -264,10 +260,7 @@ impl SeriesMap {
             h.record(nanos, ok, rows);
             return;
         }
-        let chosen = self
-            .map
-            .get_or_insert_bounded(view.to_key(), self.max, || Arc::new(Series::new()));
-        match chosen {
+        match self.resolve(view) {
             Some(h) => h.record(nanos, ok, rows),
             None => {
                 self.overflowed.fetch_add(1, Ordering::Relaxed);

@@ -182,14 +182,10 @@ impl OtelCollector {
     /// first use: a request's label set to the operation and rows
     /// histograms, an attempt's (it has a reason) to the attempt
     /// histogram, so that no instrument reports a series it never
-    /// recorded. Found through the view, in a snapshot: no label cloned,
-    /// no string hashed. (A successful request and first attempt with
-    /// their statement's own labels find theirs kept in the statement
-    /// instead: [`KeptSeries`].)
+    /// recorded. (Events find them with [`with_bound`](Self::with_bound),
+    /// or, for a successful request and first attempt with their
+    /// statement's own labels, kept in the statement: [`KeptSeries`].)
     fn bound(&self, view: SeriesView<'_>) -> Arc<Bound> {
-        if let Some(b) = self.bound.snapshot().get(&view) {
-            return b.clone();
-        }
         let key = view.to_key();
         self.bound.get_or_insert_with(key.clone(), || {
             let l = key.labels();
@@ -205,8 +201,9 @@ impl OtelCollector {
         })
     }
 
-    /// Runs `record` with the histograms of `view`'s series, through a
-    /// snapshot: no reference count touched.
+    /// Runs `record` with the histograms of `view`'s series, found
+    /// through the view in a snapshot: no label cloned, no string hashed,
+    /// no reference count touched.
     fn with_bound(&self, view: SeriesView<'_>, record: impl FnOnce(&Bound)) {
         match self.bound.snapshot().get(&view) {
             Some(b) => record(b),

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use scylla::client::session_builder::SessionBuilder;
 use tower::{Service, ServiceExt};
 use tower_cql_core::{
-    Collectors, CqlRequest, DriverService, ErrorKind, InMemoryCollector, Statement,
+    Collectors, CqlError, CqlRequest, CqlResponse, DriverService, ErrorKind, InMemoryCollector,
+    Statement,
 };
 use tower_cql_middleware::metrics::{MetricsConfig, MetricsLayer};
 use tower_cql_middleware::stack::StackBuilder;
@@ -365,44 +366,32 @@ async fn the_cardinality_guard_remembers_admitted_statements_per_guard_and_label
     let b = MetricsLayer::new(MetricsConfig { max_label_sets: 1 }, e.collectors.clone());
     let mut via_a = a.layer(e.driver.clone());
     let mut via_b = b.layer(e.driver.clone());
+    // `rounds` times, each statement in turn through `svc`
+    async fn send<S>(svc: &mut S, rounds: usize, statements: &[&Statement])
+    where
+        S: Service<CqlRequest, Response = CqlResponse, Error = CqlError>,
+    {
+        for _ in 0..rounds {
+            for s in statements {
+                svc.ready()
+                    .await
+                    .unwrap()
+                    .call(s.request().bind((1,)))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
     let (x, y) = (get("x"), get("y"));
     // a admits x (and remembers it in x), and folds y every time
-    for _ in 0..3 {
-        for s in [&x, &y] {
-            via_a
-                .ready()
-                .await
-                .unwrap()
-                .call(s.request().bind((1,)))
-                .await
-                .unwrap();
-        }
-    }
+    send(&mut via_a, 3, &[&x, &y]).await;
     assert_eq!(a.folded(), 3);
     // b admits y first; x, admitted by a, is folded by b every time
-    for _ in 0..3 {
-        for s in [&y, &x] {
-            via_b
-                .ready()
-                .await
-                .unwrap()
-                .call(s.request().bind((1,)))
-                .await
-                .unwrap();
-        }
-    }
+    send(&mut via_b, 3, &[&y, &x]).await;
     assert_eq!(b.folded(), 3, "x is remembered as admitted by a, not by b");
     // x renamed: new labels, which a has not admitted
     let z = x.operation("z");
-    for _ in 0..2 {
-        via_a
-            .ready()
-            .await
-            .unwrap()
-            .call(z.request().bind((1,)))
-            .await
-            .unwrap();
-    }
+    send(&mut via_a, 2, &[&z]).await;
     assert_eq!(
         a.folded(),
         5,
