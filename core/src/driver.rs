@@ -341,7 +341,7 @@ impl Drop for Unfinished<'_> {
         if !self.collectors.is_active() {
             return;
         }
-        let duration = self.start.elapsed();
+        let duration = crate::clock::since(self.start.into());
         let error = match crate::cancel::reason() {
             CancelReason::TimedOut => CqlError::new(
                 ErrorKind::ClientTimeout,
@@ -519,7 +519,7 @@ impl DriverInner {
     ) -> Result<(CqlResponse, Duration), CqlError> {
         // the attempt's one clock reading: its timeout and its duration
         // are measured from it
-        let start = Instant::now();
+        let start = crate::clock::now().into_std();
         let meta = req.meta();
         let remaining = meta.remaining_at(start);
         // Inside a stack, its collectors (carried by the request) take the
@@ -552,7 +552,7 @@ impl DriverInner {
         guard.armed = false;
         let seen = guard.node;
         drop(guard);
-        let duration = start.elapsed();
+        let duration = crate::clock::since(start.into());
         // The driver's own timer was set to the time left before the
         // deadline: when it fires because the deadline passed, say so.
         let result = match result {

@@ -429,6 +429,8 @@ where
                 if let Some(c) = &self.gate.inner.collectors {
                     req.set_stack_collectors(c.clone());
                 }
+                // one clock reading for the layers' calls
+                let _reading = crate::clock::share();
                 GateFuture {
                     inner: Some(self.inner.call(req)),
                     guard: Some(guard),
@@ -470,7 +472,10 @@ where
         match this.inner.as_pin_mut() {
             None => Poll::Ready(Err(CqlError::shut_down())),
             Some(f) => {
+                // one clock reading for the layers' polls
+                let reading = crate::clock::share();
                 let out = std::task::ready!(f.poll(cx));
+                drop(reading);
                 this.guard.take();
                 Poll::Ready(out)
             }

@@ -54,6 +54,7 @@
 pub mod analysis;
 pub mod cancel;
 pub mod classify;
+pub mod clock;
 pub mod collector;
 pub mod config;
 pub mod driver;

@@ -1095,7 +1095,7 @@ impl RequestMeta {
 
     /// Time left until the deadline (zero when passed).
     pub fn remaining(&self) -> Option<Duration> {
-        self.remaining_at(Instant::now())
+        self.remaining_at(crate::clock::now().into_std())
     }
 
     /// Time left until the deadline at `now` (zero when passed): for a
@@ -1207,7 +1207,7 @@ impl CqlRequest {
 
     /// Sets the deadline `d` from now.
     pub fn timeout(self, d: Duration) -> CqlRequest {
-        self.deadline(Instant::now() + d)
+        self.deadline(crate::clock::now().into_std() + d)
     }
 
     /// Asks the server to trace the request (the trace id comes back in

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tower_cql_core::classify::NodeVerdict;
 use tower_cql_core::event::BreakerEvent;
 use tower_cql_core::registry::Registry;
 use tower_cql_core::routing::{NodeObserver, RouteHint};
 use tower_cql_core::{BreakerState, Collectors, CqlError, CqlResponse, Event, Label, RequestMeta};
+use tower_cql_core::{classify::NodeVerdict, clock};
 
 use super::BreakerConfig;
 use super::state::{
@@ -270,7 +270,7 @@ impl Breakers {
         Breakers {
             config,
             collectors,
-            start: Instant::now(),
+            start: clock::now(),
             bucket_us: (micros(config.window) / BUCKETS as u64).max(1),
             cool_down_us: micros(config.cool_down),
             nodes: Registry::new(),
@@ -286,7 +286,7 @@ impl Breakers {
     /// Microseconds since the layer was built (the open time is kept in 48
     /// bits: good for nine years).
     pub(super) fn now(&self) -> u64 {
-        micros(Instant::now().saturating_duration_since(self.start)) & PAYLOAD_MASK
+        micros(clock::now().saturating_duration_since(self.start)) & PAYLOAD_MASK
     }
 
     pub(super) fn cooled_down(&self, open_word: u64, now: u64) -> bool {

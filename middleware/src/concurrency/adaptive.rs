@@ -72,9 +72,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tower_cql_core::classify::classify;
 use tower_cql_core::event::LimitEvent;
 use tower_cql_core::{Collectors, CqlError, CqlRequest, Event};
+use tower_cql_core::{classify::classify, clock};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -217,7 +217,7 @@ impl Aimd {
 
     /// Feeds one completed request to the algorithm.
     pub(crate) fn on_complete(&self, core: &Core, started: Instant, error: Option<&CqlError>) {
-        let now = Instant::now();
+        let now = clock::now();
         let latency = now.saturating_duration_since(started);
         // The one classifier says what signals overload; idempotency does
         // not change that answer.
@@ -349,7 +349,7 @@ impl AdaptiveConcurrencyLayer {
             latency_threshold,
             successes: AtomicUsize::new(0),
             decreased_at: AtomicU64::new(0),
-            start: Instant::now(),
+            start: clock::now(),
         };
         AdaptiveConcurrencyLayer {
             core: Arc::new(Core::new(

@@ -11,7 +11,7 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
-use tower_cql_core::{CqlError, CqlRequest, ErrorKind};
+use tower_cql_core::{CqlError, CqlRequest, ErrorKind, clock};
 use tower_service::Service;
 
 use super::slots::{Core, Permit, QueueSlot};
@@ -49,7 +49,7 @@ pin_project! {
             {
                 // the caller stopped waiting: it did not get through
                 let depth = q.core.queued().saturating_sub(1);
-                q.core.emit(&q.req, q.since.elapsed(), true, depth);
+                q.core.emit(&q.req, clock::since(q.since), true, depth);
             }
         }
     }
@@ -199,7 +199,7 @@ where
                         // the others still waiting (this one leaves the queue)
                         let depth = core.queued().saturating_sub(1);
                         drop(slot);
-                        core.emit(&req, since.elapsed(), false, depth);
+                        core.emit(&req, clock::since(since), false, depth);
                         let started = core.adaptive.is_some().then(Instant::now);
                         State::Called {
                             future: service.call(req),
@@ -221,7 +221,7 @@ where
                             since,
                             ..
                         } = queued.take().expect("checked above");
-                        let waited = since.elapsed();
+                        let waited = clock::since(since);
                         let depth = core.queued().saturating_sub(1);
                         drop(slot);
                         core.emit(&req, waited, true, depth);

@@ -109,8 +109,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::time::Instant;
-use tower_cql_core::{Collectors, CqlError, CqlRequest, ErrorKind};
+use tower_cql_core::{Collectors, CqlError, CqlRequest, ErrorKind, clock};
 use tower_service::Service;
 
 use self::slots::{Core, Permit, Watch};
@@ -273,7 +272,7 @@ impl Admission {
         let core = &self.core;
         match core.try_enqueue() {
             Ok(slot) => {
-                let since = Instant::now();
+                let since = clock::now();
                 let end = wait::end(since, core.queue_timeout, wait::deadline(&req));
                 // `inner` was polled ready: it goes with the request, and
                 // this service keeps a clone (polled ready before its call)
@@ -405,6 +404,7 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::time::Instant;
     use tower::{ServiceExt, service_fn};
     use tower_cql_core::event::{Event, OwnedEvent, ThrottleEvent};
     use tower_cql_core::{Collector, ErrorKind};

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tower_cql_core::{CqlError, Histogram, HistogramSnapshot};
+use tower_cql_core::{CqlError, Histogram, HistogramSnapshot, clock};
 
 use super::HedgeDelay;
 
@@ -48,7 +48,7 @@ impl LatencyTracker {
         LatencyTracker {
             completed: [Histogram::new(), Histogram::new()],
             censored: [Histogram::new(), Histogram::new()],
-            start: Instant::now(),
+            start: clock::now(),
             period: AtomicU64::new(0),
             delay: AtomicU64::new(nanos(max)),
             next_refresh: AtomicU64::new(0),
@@ -59,7 +59,7 @@ impl LatencyTracker {
     }
 
     fn now(&self) -> u64 {
-        nanos(Instant::now().saturating_duration_since(self.start))
+        nanos(clock::now().saturating_duration_since(self.start))
     }
 
     /// Moves to the period of `now`, clearing what has become too old.

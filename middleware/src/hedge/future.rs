@@ -10,7 +10,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_cql_core::cancel::{CancelReason, cancelling};
-use tower_cql_core::{AttemptReason, CqlError, CqlRequest, CqlResponse};
+use tower_cql_core::{AttemptReason, CqlError, CqlRequest, CqlResponse, clock};
 use tower_service::Service;
 
 use super::delay::Observed;
@@ -235,7 +235,7 @@ where
                             if this.shared.source.learns() {
                                 this.shared
                                     .source
-                                    .observe(Observed::Answered, started.elapsed());
+                                    .observe(Observed::Answered, clock::since(*started));
                             }
                         }
                         winner = Some(resp);
@@ -247,7 +247,7 @@ where
                             if this.shared.source.learns() {
                                 this.shared
                                     .source
-                                    .observe(Observed::failed(&err), started.elapsed());
+                                    .observe(Observed::failed(&err), clock::since(*started));
                             }
                         }
                         slot.set(Slot::Empty);
@@ -266,7 +266,7 @@ where
                     {
                         this.shared
                             .source
-                            .observe(Observed::Censored, started.elapsed());
+                            .observe(Observed::Censored, clock::since(*started));
                     }
                 }
                 // Cancel the losers now, not when the caller drops us,
@@ -320,7 +320,7 @@ where
             if sleep.poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let now = Instant::now();
+            let now = clock::now();
             if this.deadline.is_some_and(|d| now >= d) {
                 *this.next_at = None;
                 return Poll::Pending;

@@ -169,9 +169,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tower_cql_core::event::{Event, ThrottleEvent};
-use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, RequestMeta};
+use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, RequestMeta, clock};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -459,7 +458,7 @@ where
             // retry layer's to deposit into, once per logical request)
             budget.deposit();
         }
-        let now = Instant::now();
+        let now = clock::now();
         // The deadline on the Tokio clock, which the hedge timer runs on.
         let deadline = meta.remaining().map(|left| now + left);
         let delay = shared.delay();
@@ -493,6 +492,7 @@ mod tests {
     use super::delay::{REFRESH_EVERY, ROTATE_EVERY, nanos};
     use super::*;
     use crate::retry::mock::{Mock, fail, fail_with, ok};
+    use tokio::time::Instant;
 
     const MS: Duration = Duration::from_millis(1);
 

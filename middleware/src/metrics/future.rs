@@ -9,7 +9,7 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_cql_core::event::{Event, RequestEvent};
-use tower_cql_core::{Collectors, CqlError, CqlResponse, ErrorKind, RequestMeta};
+use tower_cql_core::{Collectors, CqlError, CqlResponse, ErrorKind, RequestMeta, clock};
 
 use crate::server_trace::{Shared, Watch};
 
@@ -37,7 +37,7 @@ pin_project! {
                     ErrorKind::Cancelled,
                     "the request was dropped before it completed (the caller stopped waiting)",
                 );
-                let mut event = RequestEvent::new(&meta, m.start.elapsed(), Some(&error));
+                let mut event = RequestEvent::new(&meta, clock::since(m.start), Some(&error));
                 event.attempts = 0;
                 m.collectors.emit(Event::Request(event));
             }
@@ -72,7 +72,7 @@ impl<F> ResponseFuture<F> {
                 meta,
                 events,
                 collectors,
-                start: Instant::now(),
+                start: clock::now(),
                 server_trace,
             }),
         }
@@ -127,7 +127,7 @@ where
         if meta.is_none() && server_trace.is_none() {
             return Poll::Ready(out);
         }
-        let duration = start.elapsed();
+        let duration = clock::since(start);
         if let Some(meta) = meta.as_ref().filter(|_| events) {
             let event = match &out {
                 Ok(resp) => {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 #[cfg(not(tower_cql_loom))]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tower_cql_core::clock;
 
 #[cfg(tower_cql_loom)]
 use loom::sync::atomic::{AtomicU64, Ordering};
@@ -41,7 +42,7 @@ impl Bucket {
         let interval = interval as u64;
         Bucket {
             tat: AtomicU64::new(0),
-            start: Instant::now(),
+            start: clock::now(),
             interval,
             tolerance: interval.saturating_mul(u64::from(config.burst)),
         }
@@ -68,7 +69,7 @@ impl Bucket {
                 // alone would refuse. Judge once more on a fresh clock.
                 if !fresh_clock {
                     fresh_clock = true;
-                    let fresh = self.nanos_since_start(Instant::now());
+                    let fresh = self.nanos_since_start(clock::now());
                     if fresh > now {
                         now = fresh;
                         continue;

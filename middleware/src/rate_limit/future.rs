@@ -9,7 +9,7 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
-use tower_cql_core::{CqlError, CqlRequest};
+use tower_cql_core::{CqlError, CqlRequest, clock};
 use tower_service::Service;
 
 use super::Shared;
@@ -46,7 +46,7 @@ pin_project! {
             {
                 // the caller stopped waiting: it did not get through (its
                 // reservation, dropped with it, gives the token back)
-                w.shared.emit(&w.req, w.since.elapsed(), true);
+                w.shared.emit(&w.req, clock::since(w.since), true);
             }
         }
     }
@@ -154,7 +154,7 @@ where
                         since,
                         reservation,
                     } = waiting.take().expect("waiting until taken out");
-                    let waited = since.elapsed();
+                    let waited = clock::since(since);
                     match reservation {
                         Some(token) => {
                             token.keep();

@@ -113,8 +113,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
-use tower_cql_core::event::ThrottleEvent;
 use tower_cql_core::{Collectors, CqlError, CqlRequest, ErrorKind, Event};
+use tower_cql_core::{clock, event::ThrottleEvent};
 use tower_service::Service;
 
 use self::bucket::{Bucket, Reservation, Take};
@@ -392,7 +392,7 @@ impl<S> RateLimit<S> {
             return Poll::Ready(());
         }
         loop {
-            let now = Instant::now();
+            let now = clock::now();
             match shared.bucket.take(now, Duration::ZERO) {
                 Take::Taken(_) => {
                     self.held = Some(Reservation::new(shared.clone()));
@@ -439,7 +439,7 @@ where
             token.keep();
             return ResponseFuture::called(self.inner.call(req));
         }
-        let now = Instant::now();
+        let now = clock::now();
         let (until, reservation) = match shared.admit(now, wait::deadline(&req)) {
             Admit::Now => return ResponseFuture::called(self.inner.call(req)),
             Admit::Refused { next_in } => {

@@ -71,6 +71,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use tower_cql_core::clock;
+
 use crate::config::ConfigError;
 
 /// How many slots the window is split into.
@@ -225,17 +227,21 @@ impl RetryBudget {
             .max(1);
         Ok(RetryBudget {
             slots: Default::default(),
-            start: Instant::now(),
+            start: clock::now(),
             slot_nanos,
             ratio: config.ratio,
             floor: f64::from(config.min_per_second) * config.window.as_secs_f64(),
         })
     }
 
-    /// The current epoch, truncated to the 32 bits a slot keeps.
-    fn epoch(&self) -> u32 {
-        let elapsed = Instant::now().saturating_duration_since(self.start);
-        (elapsed.as_nanos() / u128::from(self.slot_nanos)) as u32
+    /// The epoch at `now` ([`clock::now`] unless a caller has read it),
+    /// truncated to the 32 bits a slot keeps.
+    fn epoch(&self, now: Instant) -> u32 {
+        let elapsed = now.saturating_duration_since(self.start);
+        // in u64 (no 128-bit division): nanoseconds overflow it after
+        // 584 years
+        let nanos = elapsed.as_secs() * 1_000_000_000 + u64::from(elapsed.subsec_nanos());
+        (nanos / self.slot_nanos) as u32
     }
 
     fn slot(&self, epoch: u32) -> &Slot {
@@ -253,14 +259,20 @@ impl RetryBudget {
 
     /// Records a request (call once per request, not per attempt).
     pub fn deposit(&self) {
-        let epoch = self.epoch();
+        self.deposit_at(clock::now());
+    }
+
+    /// [`deposit`](Self::deposit), for a caller that has read the clock
+    /// ([`clock::now`]) already.
+    pub fn deposit_at(&self, now: Instant) {
+        let epoch = self.epoch(now);
         increment(&self.slot(epoch).requests, epoch);
     }
 
     /// Asks for one retry (or speculative attempt): true (and counted) if
     /// the budget allows it.
     pub fn withdraw(&self) -> bool {
-        let epoch = self.epoch();
+        let epoch = self.epoch(clock::now());
         let cell = &self.slot(epoch).retries;
         increment(cell, epoch);
         let retries = self.sum(epoch, |s| &s.retries);
@@ -277,13 +289,13 @@ impl RetryBudget {
 
     /// Requests deposited over the window.
     pub fn requests_in_window(&self) -> u64 {
-        self.sum(self.epoch(), |s| &s.requests)
+        self.sum(self.epoch(clock::now()), |s| &s.requests)
     }
 
     /// Retries granted over the window (speculative attempts included,
     /// when a hedge layer draws on this budget).
     pub fn retries_in_window(&self) -> u64 {
-        self.sum(self.epoch(), |s| &s.retries)
+        self.sum(self.epoch(clock::now()), |s| &s.retries)
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_cql_core::event::{Event, RetryEvent, ThrottleEvent};
-use tower_cql_core::{AttemptReason, CqlError, CqlRequest, CqlResponse};
+use tower_cql_core::{AttemptReason, CqlError, CqlRequest, CqlResponse, clock};
 use tower_service::Service;
 
 use super::policy::{Decision, StopReason};
@@ -172,7 +172,7 @@ where
                         }
                         Err(err) => err,
                     };
-                    let now = Instant::now();
+                    let now = clock::now();
                     let decision = this.shared.policy.decide(
                         this.request.meta(),
                         &err,

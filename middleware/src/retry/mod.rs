@@ -100,8 +100,7 @@ use crate::config::ConfigError;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::time::Instant;
-use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse};
+use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, clock};
 use tower_service::Service;
 
 pub mod backoff;
@@ -252,9 +251,13 @@ where
         let Some(shared) = &self.shared else {
             return ResponseFuture::pass_through(self.inner.call(request));
         };
-        shared.policy.budget().deposit();
+        let now = clock::now();
+        shared.policy.budget().deposit_at(now);
         // The deadline on the Tokio clock, which the backoff sleeps on.
-        let deadline = request.meta().remaining().map(|left| Instant::now() + left);
+        let deadline = request
+            .meta()
+            .remaining_at(now.into_std())
+            .map(|left| now + left);
         let future = self.inner.call(request.clone());
         // `self.inner` was polled ready and is now used; the clone is
         // polled ready again before each retry.
@@ -284,6 +287,7 @@ mod tests {
 
     use super::mock::{Mock, Recorder, fail, ok};
     use super::*;
+    use tokio::time::Instant;
 
     const MS: Duration = Duration::from_millis(1);
 

@@ -19,7 +19,7 @@ use scylla::value::{CqlTimestamp, CqlTimeuuid};
 use tokio::sync::{Notify, OnceCell, mpsc};
 use tower_cql_core::event::{Event, ServerTraceEvent};
 use tower_cql_core::server_trace::{ServerTraceConfig, ServerTraceStep};
-use tower_cql_core::{Collectors, RequestMeta};
+use tower_cql_core::{Collectors, RequestMeta, clock};
 use uuid::Uuid;
 
 // The columns read, checked against each server's own table definitions
@@ -221,7 +221,7 @@ async fn run(ctx: Arc<Ctx>, rx: mpsc::Receiver<Job>) {
     let mut cap = super::cap::FetchCap::new(ctx.config.max_fetches_per_second);
     let ctx2 = ctx.clone();
     jobs.filter(move |_| {
-        let admit = cap.admit(tokio::time::Instant::now());
+        let admit = cap.admit(clock::now());
         if !admit {
             ctx2.counters.skipped.fetch_add(1, Ordering::Relaxed);
         }

@@ -12,7 +12,7 @@ use tokio::time::{Instant, Sleep};
 use tower_cql_core::cancel::{CancelReason, cancel_attempt};
 use tower_cql_core::classify::NodeVerdict;
 use tower_cql_core::routing::RouteHint;
-use tower_cql_core::{CqlError, ErrorKind};
+use tower_cql_core::{CqlError, ErrorKind, clock};
 
 use super::Limit;
 
@@ -142,7 +142,7 @@ where
                     Limit::Deadline => CancelReason::DeadlinePassed,
                 };
                 let told = cancel_attempt(why, || future.set(None));
-                let elapsed = Instant::now().saturating_duration_since(*started);
+                let elapsed = clock::since(*started);
                 Poll::Ready(Err(match *limit {
                     Limit::PerAttempt(d) => {
                         let err = CqlError::new(

@@ -56,7 +56,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tower_cql_core::{CqlError, CqlRequest, ErrorKind};
+use tower_cql_core::{CqlError, CqlRequest, ErrorKind, clock};
 use tower_service::Service;
 
 use crate::config::ConfigError;
@@ -198,7 +198,7 @@ where
         if self.config.per_attempt.is_none() && deadline.is_none() {
             return ResponseFuture::pass_through(self.inner.call(req));
         }
-        let now = Instant::now();
+        let now = clock::now();
         let per_attempt = self
             .config
             .per_attempt
