@@ -85,6 +85,8 @@ use tower_cql_core::{
 };
 use tower_layer::Layer;
 
+mod lean;
+
 use crate::breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer};
 use crate::concurrency::{
     AdaptiveConcurrency, AdaptiveConcurrencyLayer, AdaptiveConfig, ConcurrencyConfig,
@@ -495,13 +497,18 @@ impl StackLayers {
     }
 
     /// The layers that are on in the default stack (the others must be
-    /// `None`: see [`service`](Self::service)).
+    /// `None`: see [`service`](Self::service)): the attempt span and the
+    /// timeout as services, the three outer layers as one (see
+    /// [`lean`]).
     fn lean<S>(self, inner: S) -> Lean<S> {
         let s = Toggle::new(self.timeout).layer(inner);
-        let s = Toggle::new(self.attempt_trace).layer(s);
-        let s = Toggle::new(self.retry).layer(s);
-        let s = Toggle::new(self.metrics).layer(s);
-        Toggle::new(self.trace).layer(s)
+        let attempt = Toggle::new(self.attempt_trace).layer(s);
+        let outer = lean::Outer {
+            trace: Toggle::new(self.trace).layer(()).into_config(),
+            metrics: Toggle::new(self.metrics).layer(()).into_on(),
+            retry: Toggle::new(self.retry).layer(()).into_shared(),
+        };
+        lean::LeanService::new(outer, attempt)
     }
 }
 
@@ -518,8 +525,9 @@ type Full<S> = Trace<
     >,
 >;
 
-/// The layers the default stack has on, outermost first.
-type Lean<S> = Trace<Metrics<Retry<AttemptTrace<Timeout<S>>>>>;
+/// The layers the default stack has on: request span, metrics and retry
+/// as one service (see [`lean`]) around the attempt span and the timeout.
+type Lean<S> = lean::LeanService<AttemptTrace<Timeout<S>>>;
 
 /// The stack around a service `S`, outermost first (see
 /// [`StackLayers::service`]): one concrete type whatever is switched on,
@@ -799,6 +807,59 @@ mod tests {
 
     use tower_cql_core::Event;
 
+    /// Keeps every span's name, fields and recorded outcome, in the order
+    /// they close.
+    #[derive(Clone, Default)]
+    struct Spans(Arc<Mutex<Vec<String>>>);
+
+    struct Fields(String);
+
+    impl tracing::field::Visit for Fields {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+            self.0.push_str(&format!(" {}={:?}", field.name(), value));
+        }
+    }
+
+    impl<S> tracing_subscriber::Layer<S> for Spans
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            id: &tracing::span::Id,
+            ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let mut f = Fields(attrs.metadata().name().to_string());
+            attrs.record(&mut f);
+            ctx.span(id).unwrap().extensions_mut().insert(f);
+        }
+
+        fn on_record(
+            &self,
+            id: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let span = ctx.span(id).unwrap();
+            let mut ext = span.extensions_mut();
+            let f = ext.get_mut::<Fields>().unwrap();
+            f.0.push_str(" |");
+            values.record(f);
+        }
+
+        fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+            let span = ctx.span(&id).unwrap();
+            let parent = span.parent().map(|p| p.name()).unwrap_or("-");
+            let f = span.extensions().get::<Fields>().unwrap().0.clone();
+            self.0.lock().unwrap().push(format!("{f} (in {parent})"));
+        }
+    }
+
+    /// Two requests that succeed, one after a retry; one that runs out of
+    /// attempts; one that fails without a retry; one whose first attempt
+    /// the per-attempt timeout cuts short; one dropped by its caller while
+    /// its attempt runs.
     fn script() -> Vec<Step> {
         vec![
             ok(MS),
@@ -809,18 +870,27 @@ mod tests {
             fail(ErrorKind::Overloaded, MS),
             fail(ErrorKind::Overloaded, MS),
             fail(ErrorKind::Syntax, MS),
+            ok(30 * MS),
+            ok(MS),
+            ok(50 * MS),
         ]
     }
 
-    /// The events of the script's requests through one composition.
-    async fn observe(lean: bool) -> (Vec<String>, Vec<String>) {
+    /// The outcomes, events and spans of the script's requests through one
+    /// composition of `builder`'s layers.
+    async fn observe(
+        lean: bool,
+        builder: fn(Collectors) -> StackBuilder,
+    ) -> (Vec<String>, Vec<String>, Vec<String>) {
+        use tracing_subscriber::layer::SubscriberExt;
         // the backoff's jitter draws from the thread's generator: the same
         // draws for both compositions
         fastrand::seed(17);
+        let spans = Spans::default();
+        let _subscriber =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
         let log = Arc::new(Log::default());
-        let layers = StackBuilder::new(Collectors::with([log.clone()]))
-            .layers()
-            .unwrap();
+        let layers = builder(Collectors::with([log.clone()])).layers().unwrap();
         let mock = Mock::new(script());
         let composition = if lean {
             Composition::Lean(layers.lean(mock))
@@ -833,23 +903,71 @@ mod tests {
             .operation("get")
             .idempotent(true);
         let mut outcomes = Vec::new();
-        for k in 0..4 {
-            let out = svc.clone().oneshot(get.request().bind((k,))).await;
+        for k in 0..6 {
+            let call = svc.clone().oneshot(get.request().bind((k,)));
+            // the last caller stops waiting before the per-attempt timeout
+            let wait = if k == 5 { 10 * MS } else { 1000 * MS };
+            let out = match tokio::time::timeout(wait, call).await {
+                Ok(out) => out,
+                Err(_) => {
+                    outcomes.push("dropped".to_string());
+                    continue;
+                }
+            };
             outcomes.push(match out {
                 Ok(r) => format!("ok after {} attempts", r.info().attempts),
                 Err(e) => format!("{} after {} attempts", e.kind(), e.attempts()),
             });
         }
-        (outcomes, log.events())
+        let spans = spans.0.lock().unwrap().clone();
+        (outcomes, log.events(), spans)
+    }
+
+    /// The default stack with a per-attempt timeout the script's slow
+    /// attempt exceeds.
+    fn timed(c: Collectors) -> StackBuilder {
+        StackBuilder::new(c).timeout(crate::timeout::TimeoutConfig {
+            per_attempt: Some(20 * MS),
+            honour_deadline: true,
+        })
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_lean_composition_observes_what_the_full_one_does() {
-        let lean = observe(true).await;
-        let full = observe(false).await;
-        assert_eq!(lean.0.len(), 4);
-        assert!(lean.1.len() >= 4 + 4, "{:#?}", lean.1);
+        let lean = observe(true, timed).await;
+        let full = observe(false, timed).await;
+        assert_eq!(
+            lean.0,
+            [
+                "ok after 1 attempts",
+                "ok after 2 attempts",
+                "overloaded after 4 attempts",
+                "syntax after 1 attempts",
+                "ok after 2 attempts",
+                "dropped"
+            ],
+            "{:#?}",
+            lean.1
+        );
+        assert!(lean.1.len() >= 6 + 4, "{:#?}", lean.1);
+        assert!(lean.2.len() >= 6 + 10, "{:#?}", lean.2);
         assert_eq!(lean, full);
+    }
+
+    /// With retry off (one attempt, no budget), and with the metrics and
+    /// the spans off, the three outer layers' pass-throughs: the same.
+    #[tokio::test(start_paused = true)]
+    async fn the_lean_composition_with_layers_off_observes_what_the_full_one_does() {
+        let cases: [fn(Collectors) -> StackBuilder; 3] = [
+            |c| timed(c).without_retry(),
+            |c| timed(c).without_metrics(),
+            |c| timed(c).without_trace(),
+        ];
+        for case in cases {
+            let lean = observe(true, case).await;
+            let full = observe(false, case).await;
+            assert_eq!(lean, full);
+        }
     }
 
     #[test]

@@ -24,57 +24,108 @@ pin_project! {
         #[pin]
         inner: F,
         // `None`: a pass-through, or the request has completed
-        measured: Option<Measured>,
+        measured: Option<(Measured, Collectors)>,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some(m) = this.project().measured.take()
-                && m.events
-                && let Some(meta) = m.meta
-            {
-                let error = CqlError::new(
-                    ErrorKind::Cancelled,
-                    "the request was dropped before it completed (the caller stopped waiting)",
-                );
-                let mut event = RequestEvent::new(&meta, clock::since(m.start), Some(&error));
-                event.attempts = 0;
-                m.collectors.emit(Event::Request(event));
+            if let Some((m, collectors)) = this.project().measured.take() {
+                m.dropped(&collectors);
             }
         }
     }
 }
 
-struct Measured {
+/// One request's measurement, from its call to its end: what the metrics
+/// layer's future and the stack's lean future keep (the collectors are
+/// passed in by whichever holds them).
+pub(crate) struct Measured {
     meta: Option<RequestMeta>,
     // whether `meta` was kept for a request event (the collectors were
     // active at the call), not only for server tracing
     events: bool,
-    collectors: Collectors,
     start: Instant,
     // server-side tracing, when on: its sampler and fetcher, and this
     // request's bookkeeping
     server_trace: Option<(Arc<Shared>, Watch)>,
 }
 
-impl<F> ResponseFuture<F> {
+impl Measured {
     #[inline(always)]
     pub(crate) fn new(
-        inner: F,
         meta: Option<RequestMeta>,
         events: bool,
-        collectors: Collectors,
         server_trace: Option<(Arc<Shared>, Watch)>,
-    ) -> ResponseFuture<F> {
+    ) -> Measured {
+        Measured {
+            meta,
+            events,
+            start: clock::now(),
+            server_trace,
+        }
+    }
+
+    /// The request ended with `out`: its event, then its server trace.
+    #[inline(always)]
+    pub(crate) fn finish(self, collectors: &Collectors, out: &Result<CqlResponse, CqlError>) {
+        let Measured {
+            meta,
+            events,
+            start,
+            server_trace,
+        } = self;
+        if meta.is_none() && server_trace.is_none() {
+            return;
+        }
+        let duration = clock::since(start);
+        if let Some(meta) = meta.as_ref().filter(|_| events) {
+            let event = match out {
+                Ok(resp) => {
+                    let mut e = RequestEvent::new(meta, duration, None);
+                    e.attempts = resp.info().attempts.max(1);
+                    e.speculative = resp.info().speculative;
+                    e.rows = resp.info().rows;
+                    e.node = resp.info().coordinator;
+                    e.tracing_id = resp.info().tracing_id;
+                    e
+                }
+                Err(err) => {
+                    let mut e = RequestEvent::new(meta, duration, Some(err));
+                    e.attempts = err.attempts();
+                    e.node = err.node();
+                    e
+                }
+            };
+            collectors.emit(Event::Request(event));
+        }
+        // after the request event, which the span collectors turn into the
+        // client span the server trace's spans are children of
+        if let Some((st, watch)) = server_trace {
+            st.end(watch, duration, meta, out);
+        }
+    }
+
+    /// The request was dropped before it ended: a `Cancelled` request
+    /// event, when events were kept.
+    pub(crate) fn dropped(self, collectors: &Collectors) {
+        if let Some(meta) = self.meta.as_ref().filter(|_| self.events) {
+            let error = CqlError::new(
+                ErrorKind::Cancelled,
+                "the request was dropped before it completed (the caller stopped waiting)",
+            );
+            let mut event = RequestEvent::new(meta, clock::since(self.start), Some(&error));
+            event.attempts = 0;
+            collectors.emit(Event::Request(event));
+        }
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    #[inline(always)]
+    pub(crate) fn new(inner: F, measured: Measured, collectors: Collectors) -> ResponseFuture<F> {
         ResponseFuture {
             inner,
-            measured: Some(Measured {
-                meta,
-                events,
-                collectors,
-                start: clock::now(),
-                server_trace,
-            }),
+            measured: Some((measured, collectors)),
         }
     }
 
@@ -89,7 +140,7 @@ impl<F> ResponseFuture<F> {
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.measured {
-            Some(m) => f
+            Some((m, _)) => f
                 .debug_struct("ResponseFuture")
                 .field("start", &m.start)
                 .finish(),
@@ -114,44 +165,8 @@ where
             return this.inner.poll(cx);
         }
         let out = ready!(this.inner.poll(cx));
-        let Some(Measured {
-            meta,
-            events,
-            collectors,
-            start,
-            server_trace,
-        }) = this.measured.take()
-        else {
-            return Poll::Ready(out);
-        };
-        if meta.is_none() && server_trace.is_none() {
-            return Poll::Ready(out);
-        }
-        let duration = clock::since(start);
-        if let Some(meta) = meta.as_ref().filter(|_| events) {
-            let event = match &out {
-                Ok(resp) => {
-                    let mut e = RequestEvent::new(meta, duration, None);
-                    e.attempts = resp.info().attempts.max(1);
-                    e.speculative = resp.info().speculative;
-                    e.rows = resp.info().rows;
-                    e.node = resp.info().coordinator;
-                    e.tracing_id = resp.info().tracing_id;
-                    e
-                }
-                Err(err) => {
-                    let mut e = RequestEvent::new(meta, duration, Some(err));
-                    e.attempts = err.attempts();
-                    e.node = err.node();
-                    e
-                }
-            };
-            collectors.emit(Event::Request(event));
-        }
-        // after the request event, which the span collectors turn into the
-        // client span the server trace's spans are children of
-        if let Some((st, watch)) = server_trace {
-            st.end(watch, duration, meta, &out);
+        if let Some((m, collectors)) = this.measured.take() {
+            m.finish(&collectors, &out);
         }
         Poll::Ready(out)
     }

@@ -163,7 +163,7 @@ pub struct Metrics<S> {
 
 /// What a [`Metrics`] that is not a pass-through uses.
 #[derive(Clone)]
-struct On {
+pub(crate) struct On {
     collectors: Collectors,
     guard: Arc<CardinalityGuard>,
     /// Server-side tracing, when on (see [`crate::server_trace`]).
@@ -204,6 +204,12 @@ impl<S> Metrics<S> {
     pub fn into_inner(self) -> S {
         self.inner
     }
+
+    /// What a request's call and end use (`None`: a pass-through),
+    /// without the inner service.
+    pub(crate) fn into_on(self) -> Option<On> {
+        self.on
+    }
 }
 
 impl<S> tower_service::Service<CqlRequest> for Metrics<S>
@@ -223,20 +229,29 @@ where
         let Some(on) = &self.on else {
             return ResponseFuture::pass_through(self.inner.call(req));
         };
-        on.guard.apply(req.meta_mut());
-        let server_trace = on
+        let measured = on.begin(&mut req);
+        ResponseFuture::new(self.inner.call(req), measured, on.collectors.clone())
+    }
+}
+
+impl On {
+    /// A request's call: its labels guarded, server tracing begun, and
+    /// its meta kept for the request event, with the clock read.
+    #[inline(always)]
+    pub(crate) fn begin(&self, req: &mut CqlRequest) -> future::Measured {
+        self.guard.apply(req.meta_mut());
+        let server_trace = self
             .server_trace
             .as_ref()
             .map(|st| (st.clone(), st.begin(req.meta_mut())));
-        let events = on.collectors.is_active();
+        let events = self.collectors.is_active();
         let keep = events || server_trace.as_ref().is_some_and(|(_, w)| w.traced());
         let meta = keep.then(|| req.meta().clone());
-        ResponseFuture::new(
-            self.inner.call(req),
-            meta,
-            events,
-            on.collectors.clone(),
-            server_trace,
-        )
+        future::Measured::new(meta, events, server_trace)
+    }
+
+    /// Where the request events go.
+    pub(crate) fn collectors(&self) -> &Collectors {
+        &self.collectors
     }
 }

@@ -35,6 +35,7 @@ pin_project! {
         Retrying {
             #[pin]
             attempts: Attempts<S, F>,
+            shared: Arc<Shared>,
         },
         PassThrough {
             #[pin]
@@ -44,14 +45,16 @@ pin_project! {
 }
 
 pin_project! {
-    // The attempts of one request.
-    struct Attempts<S, F> {
+    /// The attempts of one request: the retry loop, which the layer's own
+    /// future and the stack's lean future both run (the policy, budget
+    /// and collectors it uses are passed to each poll, by whichever holds
+    /// them).
+    pub(crate) struct Attempts<S, F> {
         // The request, kept to clone for retries; its meta carries the
         // index and reason of the latest attempt.
         request: CqlRequest,
         // A clone of the inner service, polled ready before each retry.
         service: S,
-        shared: Arc<Shared>,
         // Attempts started so far (1 once the first is called).
         attempts: u32,
         // The request's deadline on the Tokio clock.
@@ -79,6 +82,20 @@ pin_project! {
     }
 }
 
+impl Shared {
+    /// A request's start: deposited in the budget, and its deadline on
+    /// the Tokio clock, which the backoff sleeps on.
+    #[inline(always)]
+    pub(crate) fn begin(&self, request: &CqlRequest) -> Option<Instant> {
+        let now = clock::now();
+        self.policy.budget().deposit_at(now);
+        request
+            .meta()
+            .remaining_at(now.into_std())
+            .map(|left| now + left)
+    }
+}
+
 impl<S> ResponseFuture<S>
 where
     S: Service<CqlRequest>,
@@ -92,14 +109,8 @@ where
     ) -> ResponseFuture<S> {
         ResponseFuture {
             kind: Kind::Retrying {
-                attempts: Attempts {
-                    request,
-                    service,
-                    shared,
-                    attempts: 1,
-                    deadline,
-                    state: State::Called { future },
-                },
+                attempts: Attempts::new(request, future, service, deadline),
+                shared,
             },
         }
     }
@@ -111,30 +122,52 @@ where
     }
 }
 
+impl<S, F> Attempts<S, F> {
+    /// The attempts of `request`, whose first attempt is `future`.
+    #[inline(always)]
+    pub(crate) fn new(
+        request: CqlRequest,
+        future: F,
+        service: S,
+        deadline: Option<Instant>,
+    ) -> Attempts<S, F> {
+        Attempts {
+            request,
+            service,
+            attempts: 1,
+            deadline,
+            state: State::Called { future },
+        }
+    }
+}
+
+impl<S, F> fmt::Debug for Attempts<S, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Called { .. } => "called",
+            State::Backoff { .. } => "backoff",
+            State::Ready => "ready",
+        };
+        f.debug_struct("Attempts")
+            .field("attempts", &self.attempts)
+            .field("deadline", &self.deadline)
+            .field("state", &state)
+            .finish()
+    }
+}
+
 impl<S> fmt::Debug for ResponseFuture<S>
 where
     S: Service<CqlRequest>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let a = match &self.kind {
-            Kind::Retrying { attempts } => attempts,
-            Kind::PassThrough { .. } => {
-                return f
-                    .debug_struct("ResponseFuture")
-                    .field("state", &"pass_through")
-                    .finish();
-            }
-        };
-        let state = match a.state {
-            State::Called { .. } => "called",
-            State::Backoff { .. } => "backoff",
-            State::Ready => "ready",
-        };
-        f.debug_struct("ResponseFuture")
-            .field("attempts", &a.attempts)
-            .field("deadline", &a.deadline)
-            .field("state", &state)
-            .finish()
+        match &self.kind {
+            Kind::Retrying { attempts, .. } => attempts.fmt(f),
+            Kind::PassThrough { .. } => f
+                .debug_struct("ResponseFuture")
+                .field("state", &"pass_through")
+                .finish(),
+        }
     }
 }
 
@@ -147,20 +180,23 @@ where
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Retrying { attempts } => attempts.poll(cx),
+            KindProj::Retrying { attempts, shared } => attempts.poll_with(cx, shared),
             KindProj::PassThrough { future } => future.poll(cx),
         }
     }
 }
 
-impl<S, F> Future for Attempts<S, F>
+impl<S, F> Attempts<S, F>
 where
     S: Service<CqlRequest, Response = CqlResponse, Error = CqlError, Future = F>,
     F: Future<Output = Result<CqlResponse, CqlError>>,
 {
-    type Output = Result<CqlResponse, CqlError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    /// Runs the attempts with `shared`'s policy, budget and collectors.
+    pub(crate) fn poll_with(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        shared: &Shared,
+    ) -> Poll<Result<CqlResponse, CqlError>> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
@@ -173,7 +209,7 @@ where
                         Err(err) => err,
                     };
                     let now = clock::now();
-                    let decision = this.shared.policy.decide(
+                    let decision = shared.policy.decide(
                         this.request.meta(),
                         &err,
                         *this.attempts,
@@ -183,7 +219,7 @@ where
                     let delay = match decision {
                         Decision::Stop(reason) => {
                             if reason == StopReason::BudgetExhausted {
-                                let collectors = &this.shared.collectors;
+                                let collectors = &shared.collectors;
                                 if collectors.is_active() {
                                     collectors.emit(Event::Throttle(ThrottleEvent::new(
                                         this.request.meta(),
@@ -215,7 +251,7 @@ where
                     if let Some(node) = err.node() {
                         meta.route_hint().avoid(node);
                     }
-                    let collectors = &this.shared.collectors;
+                    let collectors = &shared.collectors;
                     if collectors.is_active() {
                         collectors.emit(Event::Retry(RetryEvent::new(
                             this.request.meta(),

@@ -100,7 +100,7 @@ use crate::config::ConfigError;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, clock};
+use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse};
 use tower_service::Service;
 
 pub mod backoff;
@@ -186,6 +186,12 @@ impl<S> Retry<S> {
         }
     }
 
+    /// What requests share (`None`: a pass-through), without the inner
+    /// service.
+    pub(crate) fn into_shared(self) -> Option<Arc<Shared>> {
+        self.shared
+    }
+
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Retry<S> {
         Retry {
             inner,
@@ -251,13 +257,7 @@ where
         let Some(shared) = &self.shared else {
             return ResponseFuture::pass_through(self.inner.call(request));
         };
-        let now = clock::now();
-        shared.policy.budget().deposit_at(now);
-        // The deadline on the Tokio clock, which the backoff sleeps on.
-        let deadline = request
-            .meta()
-            .remaining_at(now.into_std())
-            .map(|left| now + left);
+        let deadline = shared.begin(&request);
         let future = self.inner.call(request.clone());
         // `self.inner` was polled ready and is now used; the clone is
         // polled ready again before each retry.

@@ -65,7 +65,7 @@ impl OutcomeFields {
 }
 
 /// Records the outcome of a request or attempt on its span, in one call.
-fn record_outcome(span: &Span, f: &OutcomeFields, out: &Result<CqlResponse, CqlError>) {
+pub(crate) fn record_outcome(span: &Span, f: &OutcomeFields, out: &Result<CqlResponse, CqlError>) {
     let Some(meta) = span.metadata() else {
         return;
     };

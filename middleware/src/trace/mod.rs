@@ -146,6 +146,12 @@ impl<S> Trace<S> {
     pub fn is_pass_through(&self) -> bool {
         self.config.is_none()
     }
+
+    /// The configuration (`None`: a pass-through), without the inner
+    /// service.
+    pub(crate) fn into_config(self) -> Option<TraceConfig> {
+        self.config
+    }
 }
 
 /// Makes the request span for `meta` (disabled when no subscriber wants it).

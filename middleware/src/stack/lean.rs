@@ -1,0 +1,210 @@
+//! The lean composition's service and future: the request span, metrics
+//! and retry layers run as one future around the attempts (attempt span,
+//! timeout, the service), instead of three nested ones.
+//!
+//! Nested, each of the three layers builds its own future around the one
+//! below and moves it into place, and each poll passes through three
+//! levels; the layers' clones are three sets of reference counts. Here one
+//! future holds what the three keep, built once, and one `Arc` holds what
+//! they read. The rules are the layers' own, not copies: the request span
+//! is [`request_span_with_fields`] and [`record_outcome`], the
+//! measurement is [`On::begin`] and [`Measured`], the retry loop is
+//! [`Attempts`] (each is what the layer's own future runs too). The test
+//! `lean_and_full_compositions_observe_the_same` in the stack module
+//! checks that the events are the nested layers' events.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tower_cql_core::{CqlError, CqlRequest, CqlResponse};
+use tower_service::Service;
+use tracing::Span;
+
+use crate::metrics::On;
+use crate::metrics::future::Measured;
+use crate::retry::Shared;
+use crate::retry::future::Attempts;
+use crate::trace::future::{OutcomeFields, record_outcome};
+use crate::trace::{TraceConfig, request_span_with_fields};
+
+/// What the three outer layers of the lean composition read, each `None`
+/// when its layer is off.
+pub(super) struct Outer {
+    pub(super) trace: Option<TraceConfig>,
+    pub(super) metrics: Option<On>,
+    pub(super) retry: Option<Arc<Shared>>,
+}
+
+/// The lean composition: request span, metrics and retry around `A`, the
+/// attempt service (attempt span and timeout around the driver service).
+#[derive(Clone)]
+pub struct LeanService<A> {
+    outer: Arc<Outer>,
+    attempt: A,
+}
+
+impl<A> LeanService<A> {
+    pub(super) fn new(outer: Outer, attempt: A) -> LeanService<A> {
+        LeanService {
+            outer: Arc::new(outer),
+            attempt,
+        }
+    }
+}
+
+impl<A: fmt::Debug> fmt::Debug for LeanService<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeanService")
+            .field("trace", &self.outer.trace)
+            .field("metrics", &self.outer.metrics.is_some())
+            .field("retry", &self.outer.retry.is_some())
+            .field("attempt", &self.attempt)
+            .finish()
+    }
+}
+
+impl<A> Service<CqlRequest> for LeanService<A>
+where
+    A: Service<CqlRequest, Response = CqlResponse, Error = CqlError> + Clone,
+{
+    type Response = CqlResponse;
+    type Error = CqlError;
+    type Future = LeanFuture<A>;
+
+    #[inline(always)]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+        self.attempt.poll_ready(cx)
+    }
+
+    /// The three layers' calls in their order: the request span is made
+    /// (and entered for the rest), the request measured, then deposited
+    /// in the retry budget and its first attempt called.
+    #[inline(always)]
+    fn call(&mut self, mut req: CqlRequest) -> LeanFuture<A> {
+        let outer = &*self.outer;
+        let (span, fields) = match &outer.trace {
+            Some(config) => request_span_with_fields(req.meta(), config),
+            None => (Span::none(), None),
+        };
+        let enter = span.enter();
+        let measured = outer.metrics.as_ref().map(|on| on.begin(&mut req));
+        let kind = match &outer.retry {
+            Some(shared) => {
+                let deadline = shared.begin(&req);
+                let future = self.attempt.call(req.clone());
+                // `self.attempt` was polled ready and is now used; the
+                // clone is polled ready again before each retry
+                Kind::Retrying {
+                    attempts: Attempts::new(req, future, self.attempt.clone(), deadline),
+                }
+            }
+            None => Kind::Once {
+                future: self.attempt.call(req),
+            },
+        };
+        drop(enter);
+        LeanFuture {
+            kind,
+            measured,
+            outer: self.outer.clone(),
+            span,
+            fields,
+        }
+    }
+}
+
+pin_project! {
+    /// The lean composition's response future (see [`LeanService`]).
+    pub struct LeanFuture<A>
+    where
+        A: Service<CqlRequest>,
+    {
+        // first, so that a dropped request's attempt is dropped (and
+        // reports itself) after the request's own event, as nested
+        #[pin]
+        kind: Kind<A, A::Future>,
+        // `None`: metrics off, or the request has completed
+        measured: Option<Measured>,
+        outer: Arc<Outer>,
+        span: Span,
+        fields: Option<&'static OutcomeFields>,
+    }
+
+    impl<A> PinnedDrop for LeanFuture<A>
+    where
+        A: Service<CqlRequest>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let (Some(m), Some(on)) = (this.measured.take(), &this.outer.metrics) {
+                m.dropped(on.collectors());
+            }
+        }
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<A, F> {
+        Retrying {
+            #[pin]
+            attempts: Attempts<A, F>,
+        },
+        // retry off: the one attempt
+        Once {
+            #[pin]
+            future: F,
+        },
+    }
+}
+
+impl<A> fmt::Debug for LeanFuture<A>
+where
+    A: Service<CqlRequest>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("LeanFuture");
+        if let Kind::Retrying { attempts } = &self.kind {
+            d.field("attempts", attempts);
+        }
+        d.field("span", &self.span).finish()
+    }
+}
+
+impl<A> Future for LeanFuture<A>
+where
+    A: Service<CqlRequest, Response = CqlResponse, Error = CqlError>,
+{
+    type Output = Result<CqlResponse, CqlError>;
+
+    /// Polls the attempts inside the request span, then ends the request
+    /// as the layers do, innermost first: its event (and server trace),
+    /// then its span's outcome.
+    #[inline(always)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _enter = this.span.enter();
+        let outer = &**this.outer;
+        let out = ready!(match this.kind.project() {
+            KindProj::Retrying { attempts } => {
+                let shared = outer
+                    .retry
+                    .as_deref()
+                    .expect("a lean future retries only when the retry layer is on");
+                attempts.poll_with(cx, shared)
+            }
+            KindProj::Once { future } => future.poll(cx),
+        });
+        if let (Some(m), Some(on)) = (this.measured.take(), &outer.metrics) {
+            m.finish(on.collectors(), &out);
+        }
+        if let Some(fields) = this.fields {
+            record_outcome(this.span, fields, &out);
+        }
+        Poll::Ready(out)
+    }
+}
