@@ -35,6 +35,7 @@
 //!   next request: a fresh 4.8 KB box per request cost more than all the
 //!   rest this service adds (see `block.rs`).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -386,8 +387,10 @@ pub(crate) struct Attempt {
 }
 
 /// What to execute, configured for one request.
-pub(crate) enum Prepared {
-    Prepared(PreparedStatement),
+pub(crate) enum Prepared<'a> {
+    /// Borrowed: the statement as cached, when the request asks for
+    /// nothing it does not already have (see [`configure_prepared`]).
+    Prepared(Cow<'a, PreparedStatement>),
     Unprepared(scylla::statement::Statement),
 }
 
@@ -395,9 +398,14 @@ impl DriverInner {
     /// A statement the caller prepared, configured for this request: run
     /// with this service's profile, unless the driver's retries are kept
     /// (then with its own, as the caller made it).
-    fn given(&self, p: &PreparedStatement, meta: &RequestMeta, attempt: Attempt) -> Prepared {
+    fn given<'a>(
+        &self,
+        p: &'a PreparedStatement,
+        meta: &RequestMeta,
+        attempt: Attempt,
+    ) -> Prepared<'a> {
         Prepared::Prepared(configure_prepared(
-            p.clone(),
+            Cow::Borrowed(p),
             meta,
             attempt,
             self.callers_profile(),
@@ -412,7 +420,11 @@ impl DriverInner {
 
     /// [`resolve`](Self::resolve) without waiting: `None` when the
     /// statement must be prepared first (or is unprepared text, or a batch).
-    pub(crate) fn resolve_cached(&self, req: &CqlRequest, attempt: &Attempt) -> Option<Prepared> {
+    pub(crate) fn resolve_cached<'a>(
+        &self,
+        req: &'a CqlRequest,
+        attempt: &Attempt,
+    ) -> Option<Prepared<'a>> {
         let meta = req.meta();
         match req.statement().body() {
             StatementBody::Cql {
@@ -423,12 +435,21 @@ impl DriverInner {
                 let stmt = match statement.prepared_by(self.id) {
                     Some(p) => {
                         self.cache.hits.fetch_add(1, Ordering::Relaxed);
-                        p.clone()
+                        Cow::Borrowed(p)
                     }
                     None => {
-                        let p = self.cache.get_hit(text)?;
-                        statement.remember_prepared(self.id, &p);
-                        p
+                        // remembered as the statement's own requests ask
+                        // for it (its idempotence, consistency, page
+                        // size), so that they run it by reference
+                        let own = configure_prepared(
+                            Cow::Owned(self.cache.get_hit(text)?),
+                            &RequestMeta::from_statement(statement),
+                            Attempt { remaining: None },
+                            None,
+                        )
+                        .into_owned();
+                        statement.remember_prepared(self.id, &own);
+                        Cow::Owned(own)
                     }
                 };
                 Some(Prepared::Prepared(configure_prepared(
@@ -476,11 +497,11 @@ impl DriverInner {
 
     /// What [`resolve_cached`](Self::resolve_cached) could not resolve:
     /// prepares the statement (and caches it), or builds unprepared text.
-    async fn resolve_uncached(
+    async fn resolve_uncached<'a>(
         &self,
-        req: &CqlRequest,
+        req: &'a CqlRequest,
         attempt: Attempt,
-    ) -> Result<Prepared, CqlError> {
+    ) -> Result<Prepared<'a>, CqlError> {
         let meta = req.meta();
         match req.statement().body() {
             StatementBody::Cql {
@@ -492,7 +513,10 @@ impl DriverInner {
                     None => self.prepare_once(text).await?,
                 };
                 Ok(Prepared::Prepared(configure_prepared(
-                    stmt, meta, attempt, None,
+                    Cow::Owned(stmt),
+                    meta,
+                    attempt,
+                    None,
                 )))
             }
             StatementBody::Cql {
@@ -697,30 +721,44 @@ fn configure_common(s: &mut scylla::statement::Statement, meta: &RequestMeta, at
     s.set_tracing(meta.tracing());
 }
 
-fn configure_prepared(
-    mut p: PreparedStatement,
+/// `p` as `meta` and `attempt` ask for it: copied only when it differs
+/// from them in something (a statement run as it was prepared, with no
+/// per-request consistency, page size or deadline, is run by reference).
+fn configure_prepared<'a>(
+    mut p: Cow<'a, PreparedStatement>,
     meta: &RequestMeta,
     attempt: Attempt,
     profile: Option<&ExecutionProfileHandle>,
-) -> PreparedStatement {
+) -> Cow<'a, PreparedStatement> {
     if let Some(profile) = profile {
-        p.set_execution_profile_handle(Some(profile.clone()));
+        p.to_mut()
+            .set_execution_profile_handle(Some(profile.clone()));
     }
-    if let Some(c) = meta.consistency() {
-        p.set_consistency(c);
+    if let Some(c) = meta.consistency()
+        && p.get_consistency() != Some(c)
+    {
+        p.to_mut().set_consistency(c);
     }
-    if meta.serial_consistency().is_some() {
-        p.set_serial_consistency(meta.serial_consistency());
+    if meta.serial_consistency().is_some()
+        && p.get_serial_consistency() != meta.serial_consistency()
+    {
+        p.to_mut().set_serial_consistency(meta.serial_consistency());
     }
-    if let Some(n) = meta.page_size() {
-        p.set_page_size(n);
+    if let Some(n) = meta.page_size()
+        && p.get_page_size() != n
+    {
+        p.to_mut().set_page_size(n);
     }
-    if let Some(rem) = attempt.remaining {
-        p.set_request_timeout(Some(rem));
+    if let Some(rem) = attempt.remaining
+        && p.get_request_timeout() != Some(rem)
+    {
+        p.to_mut().set_request_timeout(Some(rem));
     }
-    p.set_is_idempotent(meta.is_idempotent());
-    if meta.tracing() {
-        p.set_tracing(true);
+    if p.get_is_idempotent() != meta.is_idempotent() {
+        p.to_mut().set_is_idempotent(meta.is_idempotent());
+    }
+    if meta.tracing() && !p.get_tracing() {
+        p.to_mut().set_tracing(true);
     }
     p
 }

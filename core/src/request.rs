@@ -859,7 +859,7 @@ impl fmt::Debug for Page {
 }
 
 impl RequestMeta {
-    fn from_statement(s: &Statement) -> RequestMeta {
+    pub(crate) fn from_statement(s: &Statement) -> RequestMeta {
         RequestMeta {
             statement: s.clone(),
             labels: None,

@@ -741,3 +741,41 @@ async fn response_blocks_move_between_threads_and_keep_nothing_alive() {
         "a kept block holds the collectors"
     );
 }
+
+/// A request's own consistency goes with it and not with the next one:
+/// the statement as the driver service remembers it is run by reference
+/// when a request asks for nothing of its own, and copied when it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_own_consistency_goes_with_it_and_not_with_the_next() {
+    let s = setup(1).await;
+    let read = Statement::new("SELECT v FROM ks.kv WHERE k = ?");
+    // prepared, and remembered by the statement
+    s.driver
+        .execute(read.request().bind((1i32,)))
+        .await
+        .unwrap();
+    let sent = |req: CqlRequest| {
+        let s = &s;
+        async move {
+            s.cluster.faults().add(
+                Fault::error(InjectedError::Unavailable)
+                    .opcode(Opcode::Execute)
+                    .times(1),
+            );
+            let err = s.driver.execute(req).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+            err.message().to_string()
+        }
+    };
+    let plain = sent(read.request().bind((1i32,))).await;
+    let quorum = sent(
+        read.request()
+            .bind((1i32,))
+            .consistency(scylla::statement::Consistency::Quorum),
+    )
+    .await;
+    let after = sent(read.request().bind((1i32,))).await;
+    assert!(quorum.contains("consistency: Quorum,"), "{quorum}");
+    assert!(plain.contains("consistency: LocalQuorum,"), "{plain}");
+    assert_eq!(plain, after, "the override stayed with its request");
+}
