@@ -14,6 +14,8 @@
 #   the scheduler are outside it. Use it to compare two builds.
 #
 # usage: benches/callgrind.sh <side: raw|stack> [extra overhead args...]
+# OVERHEAD_BIN=path measures another build of the overhead tool (an A/B
+# against an older commit: pass it --testkit target/release/cql-testkit).
 # CONCURRENCY=64 benches/callgrind.sh ... measures with that many requests
 # in flight (default 1): the raw driver batches many requests per system
 # call and wake-up then, so its count per read drops while the stack's
@@ -24,7 +26,7 @@ side=$1; shift
 declare -A ir ops path
 for secs in 1.5 4; do
   out=$(mktemp -d)
-  valgrind --tool=callgrind --callgrind-out-file=$out/cg.out target/release/overhead --json --concurrency ${CONCURRENCY:-1} --rows 50 \
+  valgrind --tool=callgrind --callgrind-out-file=$out/cg.out ${OVERHEAD_BIN:-target/release/overhead} --json --concurrency ${CONCURRENCY:-1} --rows 50 \
     --warmup-secs 0 --rounds 1 --round-secs $secs --only $side "$@" > $out/json 2>$out/err
   ir[$secs]=$(grep -m1 '^summary:' $out/cg.out | awk '{print $2}')
   ops[$secs]=$(python3 -c "import json,sys; d=json.load(open('$out/json')); print(d['per_round'][0]['$side']['ops'])")

@@ -472,10 +472,7 @@ where
         match this.inner.as_pin_mut() {
             None => Poll::Ready(Err(CqlError::shut_down())),
             Some(f) => {
-                // one clock reading for the layers' polls
-                let reading = crate::clock::share();
                 let out = std::task::ready!(f.poll(cx));
-                drop(reading);
                 this.guard.take();
                 Poll::Ready(out)
             }

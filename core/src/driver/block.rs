@@ -137,11 +137,7 @@ impl Future for DriverFuture {
             .block
             .as_mut()
             .expect("DriverFuture polled after it completed");
-        // one clock reading for the attempt's poll (the stack's, when
-        // inside one)
-        let reading = crate::clock::share();
         let out = ready!(block.as_mut().poll_slot(cx));
-        drop(reading);
         self.recycle();
         Poll::Ready(out)
     }
