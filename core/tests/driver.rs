@@ -22,6 +22,18 @@ struct Setup {
     collectors: Collectors,
 }
 
+/// One node, and a point read the driver service has prepared and the
+/// statement remembers (its first request done).
+async fn setup_with_read() -> (Setup, Statement) {
+    let s = setup(1).await;
+    let read = Statement::new("SELECT v FROM ks.kv WHERE k = ?");
+    s.driver
+        .execute(read.request().bind((1i32,)))
+        .await
+        .unwrap();
+    (s, read)
+}
+
 /// A session on `cluster`, the real driver over TCP.
 async fn connect(cluster: &Cluster) -> Arc<Session> {
     Arc::new(
@@ -529,12 +541,7 @@ async fn errors_name_their_node_in_a_three_node_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_passing_during_an_attempt_is_deadline_exceeded() {
-    let s = setup(1).await;
-    let read = Statement::new("SELECT v FROM ks.kv WHERE k = ?");
-    s.driver
-        .execute(read.request().bind((1i32,)))
-        .await
-        .unwrap();
+    let (s, read) = setup_with_read().await;
     s.cluster.faults().add(
         Fault::delay(Duration::from_millis(500))
             .opcode(Opcode::Execute)
@@ -747,13 +754,7 @@ async fn response_blocks_move_between_threads_and_keep_nothing_alive() {
 /// when a request asks for nothing of its own, and copied when it does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requests_own_consistency_goes_with_it_and_not_with_the_next() {
-    let s = setup(1).await;
-    let read = Statement::new("SELECT v FROM ks.kv WHERE k = ?");
-    // prepared, and remembered by the statement
-    s.driver
-        .execute(read.request().bind((1i32,)))
-        .await
-        .unwrap();
+    let (s, read) = setup_with_read().await;
     let sent = |req: CqlRequest| {
         let s = &s;
         async move {
