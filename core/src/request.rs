@@ -912,6 +912,13 @@ impl RequestMeta {
         self.page.as_ref().map(|p| &p.1)
     }
 
+    /// Forgets this request's [`RouteHint`](crate::routing::RouteHint) (the
+    /// clones made before keep it): the next attempt is routed as a first
+    /// one.
+    pub fn clear_route(&mut self) {
+        self.route = None;
+    }
+
     /// This request's [`RouteHint`](crate::routing::RouteHint), created on
     /// first use and shared by every clone made after that: later attempts
     /// go to nodes it does not avoid first.

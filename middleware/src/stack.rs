@@ -778,7 +778,7 @@ mod tests {
     use tower_cql_core::{Collector, Collectors, ErrorKind, Statement};
 
     use super::*;
-    use crate::retry::mock::{Mock, Step, fail, ok};
+    use crate::retry::mock::{Mock, Step, fail, fail_with, ok};
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -863,7 +863,12 @@ mod tests {
     fn script() -> Vec<Step> {
         vec![
             ok(MS),
-            fail(ErrorKind::Overloaded, 2 * MS),
+            // (naming its node: the retry makes the request's route hint)
+            fail_with(
+                CqlError::new(ErrorKind::Overloaded, "scripted overloaded")
+                    .with_node("127.0.0.9:9042".parse().unwrap()),
+                2 * MS,
+            ),
             ok(3 * MS),
             fail(ErrorKind::Unavailable, MS),
             fail(ErrorKind::Overloaded, MS),

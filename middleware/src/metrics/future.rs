@@ -30,7 +30,7 @@ pin_project! {
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             if let Some((m, collectors)) = this.project().measured.take() {
-                m.dropped(&collectors);
+                m.dropped(&collectors, None);
             }
         }
     }
@@ -38,8 +38,12 @@ pin_project! {
 
 /// One request's measurement, from its call to its end: what the metrics
 /// layer's future and the stack's lean future keep (the collectors are
-/// passed in by whichever holds them).
+/// passed in by whichever holds them, and the request's meta, when it was
+/// not kept here, by whichever keeps the request: see [`On::begin`]).
+///
+/// [`On::begin`]: super::On::begin
 pub(crate) struct Measured {
+    // `None` when lent at the end instead, or not needed
     meta: Option<RequestMeta>,
     // whether `meta` was kept for a request event (the collectors were
     // active at the call), not only for server tracing
@@ -66,19 +70,26 @@ impl Measured {
     }
 
     /// The request ended with `out`: its event, then its server trace.
+    /// `lent`: the request's meta as it was at the call, when it was not
+    /// kept here.
     #[inline(always)]
-    pub(crate) fn finish(self, collectors: &Collectors, out: &Result<CqlResponse, CqlError>) {
+    pub(crate) fn finish(
+        self,
+        collectors: &Collectors,
+        out: &Result<CqlResponse, CqlError>,
+        lent: Option<&RequestMeta>,
+    ) {
         let Measured {
             meta,
             events,
             start,
             server_trace,
         } = self;
-        if meta.is_none() && server_trace.is_none() {
+        if !events && server_trace.is_none() {
             return;
         }
         let duration = clock::since(start);
-        if let Some(meta) = meta.as_ref().filter(|_| events) {
+        if let Some(meta) = meta.as_ref().or(lent).filter(|_| events) {
             let event = match out {
                 Ok(resp) => {
                     let mut e = RequestEvent::new(meta, duration, None);
@@ -101,14 +112,17 @@ impl Measured {
         // after the request event, which the span collectors turn into the
         // client span the server trace's spans are children of
         if let Some((st, watch)) = server_trace {
+            // (a lent meta is copied only for a traced request, which
+            // keeps it until its trace is fetched)
+            let meta = meta.or_else(|| lent.filter(|_| watch.traced()).cloned());
             st.end(watch, duration, meta, out);
         }
     }
 
     /// The request was dropped before it ended: a `Cancelled` request
-    /// event, when events were kept.
-    pub(crate) fn dropped(self, collectors: &Collectors) {
-        if let Some(meta) = self.meta.as_ref().filter(|_| self.events) {
+    /// event, when events were kept (`lent` as in [`finish`](Self::finish)).
+    pub(crate) fn dropped(self, collectors: &Collectors, lent: Option<&RequestMeta>) {
+        if let Some(meta) = self.meta.as_ref().or(lent).filter(|_| self.events) {
             let error = CqlError::new(
                 ErrorKind::Cancelled,
                 "the request was dropped before it completed (the caller stopped waiting)",
@@ -166,7 +180,7 @@ where
         }
         let out = ready!(this.inner.poll(cx));
         if let Some((m, collectors)) = this.measured.take() {
-            m.finish(&collectors, &out);
+            m.finish(&collectors, &out, None);
         }
         Poll::Ready(out)
     }

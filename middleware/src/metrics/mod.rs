@@ -229,16 +229,18 @@ where
         let Some(on) = &self.on else {
             return ResponseFuture::pass_through(self.inner.call(req));
         };
-        let measured = on.begin(&mut req);
+        let measured = on.begin(&mut req, false);
         ResponseFuture::new(self.inner.call(req), measured, on.collectors.clone())
     }
 }
 
 impl On {
     /// A request's call: its labels guarded, server tracing begun, and
-    /// its meta kept for the request event, with the clock read.
+    /// its meta kept for the request event (unless `lent`: the caller
+    /// keeps the request and lends its meta, as it is now, to the
+    /// measurement's end), with the clock read.
     #[inline(always)]
-    pub(crate) fn begin(&self, req: &mut CqlRequest) -> future::Measured {
+    pub(crate) fn begin(&self, req: &mut CqlRequest, lent: bool) -> future::Measured {
         self.guard.apply(req.meta_mut());
         let server_trace = self
             .server_trace
@@ -246,7 +248,7 @@ impl On {
             .map(|st| (st.clone(), st.begin(req.meta_mut())));
         let events = self.collectors.is_active();
         let keep = events || server_trace.as_ref().is_some_and(|(_, w)| w.traced());
-        let meta = keep.then(|| req.meta().clone());
+        let meta = (keep && !lent).then(|| req.meta().clone());
         future::Measured::new(meta, events, server_trace)
     }
 

@@ -141,6 +141,13 @@ impl<S, F> Attempts<S, F> {
     }
 }
 
+impl<S, F> Attempts<S, F> {
+    /// The request, kept for retries (its meta names the latest attempt).
+    pub(crate) fn request_mut(self: Pin<&mut Self>) -> &mut CqlRequest {
+        self.project().request
+    }
+}
+
 impl<S, F> fmt::Debug for Attempts<S, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
-use tower_cql_core::{CqlError, CqlRequest, CqlResponse};
+use tower_cql_core::{AttemptReason, CqlError, CqlRequest, CqlResponse, RequestMeta};
 use tower_service::Service;
 use tracing::Span;
 
@@ -91,7 +91,14 @@ where
             None => (Span::none(), None),
         };
         let enter = span.enter();
-        let measured = outer.metrics.as_ref().map(|on| on.begin(&mut req));
+        // with retries, the request is kept for them, and its meta is lent
+        // to the request's end instead of copied for it
+        let lent = outer.retry.is_some();
+        let measured = outer.metrics.as_ref().map(|on| on.begin(&mut req, lent));
+        let at_call = AtCall {
+            attempt: (req.meta().attempt_index(), req.meta().attempt_reason()),
+            routed: req.meta().route().is_some(),
+        };
         let kind = match &outer.retry {
             Some(shared) => {
                 let deadline = shared.begin(&req);
@@ -110,6 +117,7 @@ where
         LeanFuture {
             kind,
             measured,
+            at_call,
             outer: self.outer.clone(),
             span,
             fields,
@@ -129,6 +137,7 @@ pin_project! {
         kind: Kind<A, A::Future>,
         // `None`: metrics off, or the request has completed
         measured: Option<Measured>,
+        at_call: AtCall,
         outer: Arc<Outer>,
         span: Span,
         fields: Option<&'static OutcomeFields>,
@@ -141,7 +150,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let (Some(m), Some(on)) = (this.measured.take(), &this.outer.metrics) {
-                m.dropped(on.collectors());
+                m.dropped(on.collectors(), lend(this.kind, *this.at_call));
             }
         }
     }
@@ -159,6 +168,32 @@ pin_project! {
             #[pin]
             future: F,
         },
+    }
+}
+
+/// What the retries change in the meta of the request they keep: its
+/// attempt, and its route hint (made by the first retry that avoids a
+/// node). Restored before the meta is lent to the request's end, so the
+/// request event sees the meta the metrics layer saw at the call.
+#[derive(Clone, Copy)]
+struct AtCall {
+    attempt: (u32, AttemptReason),
+    routed: bool,
+}
+
+/// The request's meta as it was at the call, from the request the
+/// retries keep (`None` without retries: the measurement kept a copy).
+fn lend<A, F>(kind: Pin<&mut Kind<A, F>>, at_call: AtCall) -> Option<&RequestMeta> {
+    match kind.project() {
+        KindProj::Retrying { attempts } => {
+            let meta = attempts.request_mut().meta_mut();
+            meta.set_attempt(at_call.attempt.0, at_call.attempt.1);
+            if !at_call.routed {
+                meta.clear_route();
+            }
+            Some(meta)
+        }
+        KindProj::Once { .. } => None,
     }
 }
 
@@ -189,7 +224,8 @@ where
         let this = self.project();
         let _enter = this.span.enter();
         let outer = &**this.outer;
-        let out = ready!(match this.kind.project() {
+        let mut kind = this.kind;
+        let out = ready!(match kind.as_mut().project() {
             KindProj::Retrying { attempts } => {
                 let shared = outer
                     .retry
@@ -200,7 +236,7 @@ where
             KindProj::Once { future } => future.poll(cx),
         });
         if let (Some(m), Some(on)) = (this.measured.take(), &outer.metrics) {
-            m.finish(on.collectors(), &out);
+            m.finish(on.collectors(), &out, lend(kind, *this.at_call));
         }
         if let Some(fields) = this.fields {
             record_outcome(this.span, fields, &out);
