@@ -9,9 +9,13 @@
 //! they read. The rules are the layers' own, not copies: the request span
 //! is [`request_span_with_fields`] and [`record_outcome`], the
 //! measurement is [`On::begin`] and [`Measured`], the retry loop is
-//! [`Attempts`] (each is what the layer's own future runs too). The test
-//! `lean_and_full_compositions_observe_the_same` in the stack module
-//! checks that the events are the nested layers' events.
+//! [`Attempts`] (each is what the layer's own future runs too). One thing
+//! differs in how, not what: with retries, the request event borrows the
+//! meta of the request the retries keep (put back as it was at the call,
+//! see [`AtCall`]) where the metrics layer copies it. The tests
+//! `the_lean_composition_observes_what_the_full_one_does` and
+//! `..._with_layers_off_...` in the stack module check that outcomes,
+//! events and spans are the nested layers'.
 
 use std::fmt;
 use std::future::Future;
@@ -131,8 +135,9 @@ pin_project! {
     where
         A: Service<CqlRequest>,
     {
-        // first, so that a dropped request's attempt is dropped (and
-        // reports itself) after the request's own event, as nested
+        // (a dropped request's own event is emitted by `drop` below,
+        // before any field is dropped: its attempt, dropped with `kind`,
+        // reports itself after it, as nested)
         #[pin]
         kind: Kind<A, A::Future>,
         // `None`: metrics off, or the request has completed
