@@ -15,8 +15,11 @@
 //! # Why
 //! A request through the default stack read the clock three times in its
 //! call alone (the metrics layer's start, the retry budget's slot, the
-//! deadline; a fourth for a per-attempt timer). A reading costs about 20
-//! ns (35–50 instructions); a thread-local access a few.
+//! deadline; a fourth for a per-attempt timer). A reading costs 35–50
+//! instructions and, by `hot_path`'s wall time, about 20 ns; the
+//! thread-local access that shares it about 20 instructions (std's
+//! accessor is not inlined) but far less time. So sharing saves time,
+//! not instructions (BENCHMARKS.md, "#17, fifth round").
 //!
 //! # The rule
 //! [`share`] opens a reading over synchronous code (a `call`): the first

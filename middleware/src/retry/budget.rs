@@ -238,10 +238,8 @@ impl RetryBudget {
     /// truncated to the 32 bits a slot keeps.
     fn epoch(&self, now: Instant) -> u32 {
         let elapsed = now.saturating_duration_since(self.start);
-        // in u64 (no 128-bit division): nanoseconds overflow it after
-        // 584 years
-        let nanos = elapsed.as_secs() * 1_000_000_000 + u64::from(elapsed.subsec_nanos());
-        (nanos / self.slot_nanos) as u32
+        // divided in u64, not u128 (a u64 of nanoseconds lasts 584 years)
+        (elapsed.as_nanos() as u64 / self.slot_nanos) as u32
     }
 
     fn slot(&self, epoch: u32) -> &Slot {
