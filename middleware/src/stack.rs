@@ -579,7 +579,7 @@ where
                 future: s.call(request),
             },
             Composition::Full(s) => FutureKind::Full {
-                future: s.call(request),
+                future: Box::pin(s.call(request)),
             },
         };
         StackFuture { kind }
@@ -599,7 +599,9 @@ pin_project! {
     #[project = FutureKindProj]
     enum FutureKind<L, F> {
         Lean { #[pin] future: L },
-        Full { #[pin] future: F },
+        // boxed: the full composition's future is larger than the lean
+        // one's, and an enum is as large as its largest variant
+        Full { future: Pin<Box<F>> },
     }
 }
 
@@ -626,7 +628,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             FutureKindProj::Lean { future } => future.poll(cx),
-            FutureKindProj::Full { future } => future.poll(cx),
+            FutureKindProj::Full { future } => future.as_mut().poll(cx),
         }
     }
 }

@@ -91,6 +91,10 @@ where
     let get = Statement::new("SELECT v FROM ks.t WHERE k = ?")
         .operation("get")
         .idempotent(true);
+    if std::env::var_os("HOT_PATH_SIZES").is_some() {
+        let f = svc.call(get.request());
+        eprintln!("the service's future: {} B", std::mem::size_of_val(&f));
+    }
     rt.block_on(async {
         for i in 0..iters {
             let req = get.request().bind((i as i32,));
