@@ -29,7 +29,12 @@ pin_project! {
 
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some((m, collectors)) = this.project().measured.take() {
+            let measured = this.project().measured;
+            // (checked before `take`, which copies the whole option out
+            // even when it is `None`, as it is after the request completed)
+            if measured.is_some()
+                && let Some((m, collectors)) = measured.take()
+            {
                 m.dropped(&collectors, None);
             }
         }

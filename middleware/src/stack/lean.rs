@@ -167,7 +167,11 @@ pin_project! {
     {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let (Some(m), Some(on)) = (this.measured.take(), &this.outer.metrics) {
+            // (checked before `take`, which copies the whole option out
+            // even when it is `None`, as it is after the request completed)
+            if this.measured.is_some()
+                && let (Some(m), Some(on)) = (this.measured.take(), &this.outer.metrics)
+            {
                 m.dropped(on.collectors(), lend(this.kind, *this.at_call));
             }
         }
@@ -266,7 +270,9 @@ where
             }
             KindProj::Once { future } => future.poll(cx),
         });
-        if let (Some(m), Some(on)) = (this.measured.take(), &outer.metrics) {
+        if let Some(on) = &outer.metrics
+            && let Some(m) = this.measured.take()
+        {
             m.finish(on.collectors(), &out, lend(kind, *this.at_call));
         }
         if let Some(fields) = this.fields {
