@@ -476,7 +476,7 @@ impl StackLayers {
         let composition = if lean {
             Composition::Lean(self.lean(inner))
         } else {
-            Composition::Full(self.full(inner))
+            Composition::Full(Box::new(self.full(inner)))
         };
         StackService { composition }
     }
@@ -541,7 +541,10 @@ pub struct StackService<S> {
 #[derive(Clone, Debug)]
 enum Composition<S> {
     Lean(Lean<S>),
-    Full(Full<S>),
+    // boxed: the full composition's service is several times the size of
+    // the lean one's, and an enum is as large as its largest variant (a
+    // clone per request, and every future that holds one, copy it all)
+    Full(Box<Full<S>>),
 }
 
 impl<S> StackService<S> {
@@ -902,7 +905,7 @@ mod tests {
         let composition = if lean {
             Composition::Lean(layers.lean(mock))
         } else {
-            Composition::Full(layers.full(mock))
+            Composition::Full(Box::new(layers.full(mock)))
         };
         let svc = StackService { composition };
         assert_eq!(svc.is_lean(), lean);

@@ -93,7 +93,11 @@ where
         .idempotent(true);
     if std::env::var_os("HOT_PATH_SIZES").is_some() {
         let f = svc.call(get.request());
-        eprintln!("the service's future: {} B", std::mem::size_of_val(&f));
+        eprintln!(
+            "the service: {} B, its future: {} B",
+            std::mem::size_of_val(&svc),
+            std::mem::size_of_val(&f)
+        );
     }
     rt.block_on(async {
         for i in 0..iters {
