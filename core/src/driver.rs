@@ -46,8 +46,7 @@ use std::time::{Duration, Instant};
 use scylla::client::execution_profile::ExecutionProfileHandle;
 use scylla::client::session::Session;
 use scylla::policies::retry::FallthroughRetryPolicy;
-use scylla::response::query_result::QueryResult;
-use scylla::response::{PagingState, PagingStateResponse};
+use scylla::response::PagingState;
 use scylla::statement::prepared::PreparedStatement;
 
 use crate::cancel::CancelReason;
@@ -647,25 +646,24 @@ impl DriverInner {
             None => Box::pin(self.resolve_uncached(req, attempt)).await?,
         };
         let values = req.values().as_row();
-        let (result, paging): (QueryResult, Option<PagingStateResponse>) =
-            match (stmt, paging_state) {
-                (Prepared::Prepared(p), None) => {
-                    (self.session.execute_unpaged(&p, values).await?, None)
-                }
-                (Prepared::Prepared(p), Some(ps)) => {
-                    let (r, next) =
-                        Box::pin(self.session.execute_single_page(&p, values, ps)).await?;
-                    (r, Some(next))
-                }
-                (Prepared::Unprepared(s), None) => {
-                    (Box::pin(self.session.query_unpaged(s, values)).await?, None)
-                }
-                (Prepared::Unprepared(s), Some(ps)) => {
-                    let (r, next) = Box::pin(self.session.query_single_page(s, values, ps)).await?;
-                    (r, Some(next))
-                }
-            };
-        CqlResponse::new(result, paging)
+        // (each arm makes its response: a result passed through a tuple
+        // first was copied once more)
+        match (stmt, paging_state) {
+            (Prepared::Prepared(p), None) => {
+                CqlResponse::new(self.session.execute_unpaged(&p, values).await?, None)
+            }
+            (Prepared::Prepared(p), Some(ps)) => {
+                let (r, next) = Box::pin(self.session.execute_single_page(&p, values, ps)).await?;
+                CqlResponse::new(r, Some(next))
+            }
+            (Prepared::Unprepared(s), None) => {
+                CqlResponse::new(Box::pin(self.session.query_unpaged(s, values)).await?, None)
+            }
+            (Prepared::Unprepared(s), Some(ps)) => {
+                let (r, next) = Box::pin(self.session.query_single_page(s, values, ps)).await?;
+                CqlResponse::new(r, Some(next))
+            }
+        }
     }
 
     async fn run_batch(
