@@ -780,3 +780,41 @@ async fn a_requests_own_consistency_goes_with_it_and_not_with_the_next() {
     assert!(plain.contains("consistency: LocalQuorum,"), "{plain}");
     assert_eq!(plain, after, "the override stayed with its request");
 }
+
+/// A server's warnings reach the response, a result's and a write's (the
+/// frame's WARNING flag); a response without one has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_warnings_reach_the_response() {
+    let (s, read) = setup_with_read().await;
+    let plain = s
+        .driver
+        .execute(read.request().bind((1i32,)))
+        .await
+        .unwrap();
+    assert!(plain.info().warnings.is_empty());
+    let warning = "Aggregation query used without partition key";
+    s.cluster
+        .faults()
+        .add(Fault::warning(warning).opcode(Opcode::Execute).times(2));
+    let warned = s
+        .driver
+        .execute(read.request().bind((1i32,)))
+        .await
+        .unwrap();
+    assert_eq!(warned.info().warnings, vec![warning.to_string()]);
+    let write = Statement::new("INSERT INTO ks.kv (k, v) VALUES (?, ?)");
+    let warned = s
+        .driver
+        .execute(write.request().bind((2i32, "b")))
+        .await
+        .unwrap();
+    assert_eq!(warned.info().warnings, vec![warning.to_string()]);
+    // the fault's two answers are used up
+    let plain = s
+        .driver
+        .execute(read.request().bind((2i32,)))
+        .await
+        .unwrap();
+    assert!(plain.info().warnings.is_empty());
+    assert_eq!(plain.rows::<(String,)>().unwrap(), vec![("b".to_string(),)]);
+}

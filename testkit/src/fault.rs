@@ -166,6 +166,11 @@ pub enum FaultAction {
     CloseConnectionAfterApply,
     /// Execute after this delay (the connection keeps serving others).
     Delay(Duration),
+    /// Execute, then answer with the result and this warning attached
+    /// (the frame's WARNING flag), as a server attaches one: Cassandra
+    /// warns of an unlogged batch across many partitions, a large batch,
+    /// an aggregation without a partition key.
+    Warn(String),
     /// Never answer.
     NoResponse,
     /// Close the connection without answering.
@@ -254,6 +259,12 @@ impl Fault {
     /// Delay the request by `delay`, then execute it.
     pub fn delay(delay: Duration) -> Fault {
         Fault::new(FaultAction::Delay(delay))
+    }
+
+    /// Execute the request, then answer with its result and `warning`
+    /// attached, as a server's warning.
+    pub fn warning(warning: impl Into<String>) -> Fault {
+        Fault::new(FaultAction::Warn(warning.into()))
     }
 
     /// Never answer the request.

@@ -23,6 +23,7 @@ pub(crate) const READ_AHEAD: usize = 64 * 1024;
 pub(crate) const FLAG_COMPRESSION: u8 = 0x01;
 /// Frame header flag: tracing requested / tracing id present.
 pub(crate) const FLAG_TRACING: u8 = 0x02;
+pub(crate) const FLAG_WARNING: u8 = 0x08;
 /// Frame header flag: a custom payload precedes the body.
 pub(crate) const FLAG_CUSTOM_PAYLOAD: u8 = 0x04;
 

@@ -33,8 +33,8 @@ use crate::error::ServerError;
 use crate::exec::{self, BatchItem, Ctx, Options, Outcome, Prepared, Values};
 use crate::fault::{Decision, FaultAction, StatementKind, Target};
 use crate::frame::{
-    self, BatchEntry, BatchRequest, FLAG_CUSTOM_PAYLOAD, FLAG_TRACING, FrameWriter, Header, Opcode,
-    QueryParams, Reader, Split, WriteExt,
+    self, BatchEntry, BatchRequest, FLAG_CUSTOM_PAYLOAD, FLAG_TRACING, FLAG_WARNING, FrameWriter,
+    Header, Opcode, QueryParams, Reader, Split, WriteExt,
 };
 use crate::trace::{self, Step, Trace};
 
@@ -105,14 +105,33 @@ impl ConnState {
     /// Starts a response frame to the request being handled: with the
     /// tracing flag and the session id when it is traced.
     fn begin(&self, out: &mut BytesMut, stream: i16, opcode: Opcode) -> FrameWriter {
-        match &self.trace {
-            Some(t) => {
-                let w = FrameWriter::begin(out, stream, opcode, FLAG_TRACING);
-                out.put_slice(&t.id);
-                w
-            }
-            None => FrameWriter::begin(out, stream, opcode, 0),
+        self.begin_warned(out, stream, opcode, None)
+    }
+
+    /// [`begin`](Self::begin), with `warning` attached when there is one
+    /// (after the session id: the order the protocol gives).
+    fn begin_warned(
+        &self,
+        out: &mut BytesMut,
+        stream: i16,
+        opcode: Opcode,
+        warning: Option<&str>,
+    ) -> FrameWriter {
+        let mut flags = 0;
+        if self.trace.is_some() {
+            flags |= FLAG_TRACING;
         }
+        if warning.is_some() {
+            flags |= FLAG_WARNING;
+        }
+        let w = FrameWriter::begin(out, stream, opcode, flags);
+        if let Some(t) = &self.trace {
+            out.put_slice(&t.id);
+        }
+        if let Some(warning) = warning {
+            out.put_string_list(&[warning]);
+        }
+        w
     }
 
     /// Answers the request being handled with `err`.
@@ -574,6 +593,8 @@ enum AfterApply {
     Error(ServerError),
     /// By closing the connection.
     Close,
+    /// With the result and this warning attached.
+    Warn(String),
 }
 
 impl AfterApply {
@@ -585,6 +606,7 @@ impl AfterApply {
                 Flow::Continue
             }
             AfterApply::Close => Flow::Close,
+            AfterApply::Warn(_) => unreachable!("a warning is answered with the result (respond)"),
         }
     }
 }
@@ -601,9 +623,11 @@ fn respond(
     after: Option<AfterApply>,
 ) -> Flow {
     let compression = conn.compression;
-    if let Some(after) = after {
-        return after.answer(conn, stream, out);
-    }
+    let warning = match after {
+        Some(AfterApply::Warn(warning)) => Some(warning),
+        Some(after) => return after.answer(conn, stream, out),
+        None => None,
+    };
     let outcome = match result {
         Ok(o) => o,
         Err(e) => {
@@ -611,7 +635,7 @@ fn respond(
             return Flow::Continue;
         }
     };
-    let w = conn.begin(out, stream, Opcode::Result);
+    let w = conn.begin_warned(out, stream, Opcode::Result, warning.as_deref());
     match outcome {
         Outcome::Void => out.put_i32(1),
         Outcome::Rows(rows) => rows.write(out, skip_metadata),
@@ -655,6 +679,7 @@ fn pre_execute(
             Ok(Some(AfterApply::Error(e.to_server_error(consistency, id))))
         }
         Some(FaultAction::CloseConnectionAfterApply) => Ok(Some(AfterApply::Close)),
+        Some(FaultAction::Warn(warning)) => Ok(Some(AfterApply::Warn(warning))),
         Some(FaultAction::NoResponse) => Err(Flow::Continue),
         Some(FaultAction::CloseConnection) => Err(Flow::Close),
         Some(FaultAction::Delay(_)) => Ok(None),
