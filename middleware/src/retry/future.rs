@@ -72,10 +72,11 @@ pin_project! {
             #[pin]
             future: F,
         },
-        // Waiting out the backoff before the next attempt.
+        // Waiting out the backoff before the next attempt (the timer
+        // boxed: inline, its 112 bytes were in every request's future,
+        // though only a retry waits)
         Backoff {
-            #[pin]
-            sleep: Sleep,
+            sleep: Pin<Box<Sleep>>,
         },
         // Waiting for the inner service to be ready for the next attempt.
         Ready,
@@ -271,12 +272,12 @@ where
                         this.state.set(State::Ready);
                     } else {
                         this.state.set(State::Backoff {
-                            sleep: tokio::time::sleep_until(now + delay),
+                            sleep: Box::pin(tokio::time::sleep_until(now + delay)),
                         });
                     }
                 }
                 StateProj::Backoff { sleep } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
