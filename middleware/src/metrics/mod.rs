@@ -246,7 +246,11 @@ impl On {
             .server_trace
             .as_ref()
             .map(|st| (st.clone(), st.begin(req.meta_mut())));
-        let events = self.collectors.is_active();
+        // With the meta lent, nothing is copied for the event, so the
+        // collectors are not asked first: emitting it asks them anyway
+        // (one load of the collector set a request instead of two; a
+        // stack without collectors builds an event no one takes).
+        let events = lent || self.collectors.is_active();
         let keep = events || server_trace.as_ref().is_some_and(|(_, w)| w.traced());
         let meta = (keep && !lent).then(|| req.meta().clone());
         future::Measured::new(meta, events, server_trace)
