@@ -50,8 +50,9 @@ pin_project! {
 pub(crate) struct Measured {
     // `None` when lent at the end instead, or not needed
     meta: Option<RequestMeta>,
-    // whether `meta` was kept for a request event (the collectors were
-    // active at the call), not only for server tracing
+    // whether the request's end emits a request event: the collectors
+    // were active at the call, or the meta is lent (then the emit asks
+    // them); false when `meta` was kept only for server tracing
     events: bool,
     start: Instant,
     // server-side tracing, when on: its sampler and fetcher, and this
