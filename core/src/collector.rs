@@ -206,6 +206,20 @@ impl fmt::Debug for Collectors {
 }
 
 impl Collectors {
+    /// Whether `self` and `other` are handles to the same set (clones of
+    /// one `Collectors`): what is installed in one is in the other.
+    ///
+    /// ```
+    /// use tower_cql_core::Collectors;
+    ///
+    /// let a = Collectors::new();
+    /// assert!(a.same_set(&a.clone()));
+    /// assert!(!a.same_set(&Collectors::new()));
+    /// ```
+    pub fn same_set(&self, other: &Collectors) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// An empty set.
     pub fn new() -> Collectors {
         Collectors {

@@ -283,6 +283,45 @@ impl DriverService {
         &self.inner.collectors
     }
 
+    /// Makes `collectors` the set this service emits into, when this
+    /// handle is the service's only one (no clone of it is kept
+    /// elsewhere); returns whether this service now emits into
+    /// `collectors` (also when it already did).
+    ///
+    /// A stack built on a driver service does this with the stack's
+    /// collectors: inside a stack, the driver's attempt events go to the
+    /// stack's set whatever set it was built with, and a driver that
+    /// emits there itself spares every request carrying the set to it
+    /// (two reference-count writes on the set's handle, shared by every
+    /// request, and their drops).
+    ///
+    /// ```
+    /// # async fn demo(session: scylla::client::session::Session) -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_cql_core::{Collectors, DriverService};
+    ///
+    /// let stack_set = Collectors::new();
+    /// let mut driver = DriverService::builder(std::sync::Arc::new(session)).build()?;
+    /// assert!(driver.adopt_collectors(&stack_set));
+    /// assert!(driver.collectors().same_set(&stack_set));
+    /// let kept = driver.clone();
+    /// // a clone exists: its set is left as it is
+    /// assert!(!driver.adopt_collectors(&Collectors::new()));
+    /// # drop(kept);
+    /// # Ok(()) }
+    /// ```
+    pub fn adopt_collectors(&mut self, collectors: &Collectors) -> bool {
+        if self.inner.collectors.same_set(collectors) {
+            return true;
+        }
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => {
+                inner.collectors = collectors.clone();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Prepared-statement cache (hits, misses).
     pub fn cache_stats(&self) -> (u64, u64) {
         (

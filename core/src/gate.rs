@@ -166,6 +166,9 @@ struct Inner {
     /// Notified when the flush has finished and the gate is closed.
     closed: Notify,
     collectors: Option<Collectors>,
+    /// Whether requests carry `collectors` to the driver service (false
+    /// when it emits into them itself: see [`Gate::adopted`]).
+    carry: bool,
     /// Runs once drained, before the collectors' flush (background work
     /// whose last events the flush must carry: the server trace fetcher).
     before_flush: Option<Box<dyn Fn() + Send + Sync>>,
@@ -236,6 +239,19 @@ impl Gate {
         Gate::build(Some(collectors), Some(Box::new(before_flush)))
     }
 
+    /// This gate, with the requests it admits not carrying its
+    /// collectors: for a stack whose driver service emits into them
+    /// itself (see
+    /// [`DriverService::adopt_collectors`](crate::DriverService::adopt_collectors)).
+    /// Call it on a new gate: one already cloned is returned as it is,
+    /// and its requests carry them.
+    pub fn adopted(mut self) -> Gate {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.carry = false;
+        }
+        self
+    }
+
     fn build(
         collectors: Option<Collectors>,
         before_flush: Option<Box<dyn Fn() + Send + Sync>>,
@@ -246,6 +262,7 @@ impl Gate {
                 drained: Notify::new(),
                 closed: Notify::new(),
                 collectors,
+                carry: true,
                 before_flush,
             }),
         }
@@ -326,7 +343,10 @@ impl Gate {
         }
     }
 
-    /// Wraps a service so every call passes the gate.
+    /// Wraps a service so every call passes the gate. The requests it
+    /// admits carry the gate's collectors, when it has a set (unless it
+    /// was [`adopted`](Self::adopted)), so the driver service inside
+    /// emits its attempt events there too.
     pub fn wrap<S>(&self, inner: S) -> GateService<S> {
         GateService {
             gate: self.clone(),
@@ -426,7 +446,9 @@ where
             Ok(guard) => {
                 // The stack's collectors go with the request, so the driver
                 // service inside emits its attempt events there too.
-                if let Some(c) = &self.gate.inner.collectors {
+                if let Some(c) = &self.gate.inner.collectors
+                    && self.gate.inner.carry
+                {
                     req.set_stack_collectors(c.clone());
                 }
                 // one clock reading for the layers' calls

@@ -372,7 +372,10 @@ impl StackBuilder {
     /// outermost). Every request carries this builder's collectors from the
     /// stack's gate to the driver service, which emits its attempt events
     /// there whatever collectors it was built with: the stack's events go
-    /// to one set.
+    /// to one set. (A [`DriverService`] given here with no clone of it
+    /// kept elsewhere is made to emit into this builder's collectors
+    /// itself, with [`DriverService::adopt_collectors`], and requests do
+    /// not carry them; it is built so by [`build_on`](Self::build_on).)
     ///
     /// Whatever is switched on, the stack is one concrete type,
     /// [`StackService<S>`], not boxed: a layer that is off is absent from
@@ -387,7 +390,7 @@ impl StackBuilder {
     /// clock read, an atomic, an allocation, an event nor a span. To name the
     /// type, use [`SessionStack`] (built on a [`DriverService`]) or
     /// [`Stack::boxed`] (one [`BoxService`], whatever is inside).
-    pub fn build<S>(mut self, driver: S) -> Result<Stack<StackService<S>>, ConfigError>
+    pub fn build<S>(mut self, mut driver: S) -> Result<Stack<StackService<S>>, ConfigError>
     where
         S: tower_service::Service<CqlRequest, Response = CqlResponse, Error = CqlError>
             + Clone
@@ -414,6 +417,17 @@ impl StackBuilder {
                 Gate::with_collectors_and_drain(self.collectors.clone(), move || h.drain())
             }
             None => Gate::with_collectors(self.collectors.clone()),
+        };
+        // A driver service of its own (no clone kept elsewhere) emits
+        // into the stack's collectors itself; then requests need not
+        // carry them to it.
+        let gate = if (&mut driver as &mut dyn std::any::Any)
+            .downcast_mut::<DriverService>()
+            .is_some_and(|d| d.adopt_collectors(&self.collectors))
+        {
+            gate.adopted()
+        } else {
+            gate
         };
         Ok(Stack {
             service: gate.wrap(l.service(driver)),
@@ -452,7 +466,7 @@ impl StackBuilder {
         self,
         session: impl Into<Arc<scylla::client::session::Session>>,
     ) -> Result<SessionStack, ConfigError> {
-        // no collectors of its own: requests bring the stack's (see build)
+        // no collectors of its own: it adopts the stack's (see build)
         self.build(DriverService::builder(session.into()).build()?)
     }
 }
@@ -469,7 +483,7 @@ impl StackLayers {
     /// the six is on, every layer is present, those that are `None` as
     /// their pass-throughs. Either way the order is the documented one
     /// and the type is [`StackService<S>`].
-    pub fn service<S>(self, inner: S) -> StackService<S> {
+    pub fn service<S: Clone>(self, inner: S) -> StackService<S> {
         let lean = self.load_shed.is_none()
             && self.breaker.is_none()
             && self.rate_limit.is_none()
@@ -503,15 +517,15 @@ impl StackLayers {
     /// `None`: see [`service`](Self::service)): the attempt span and the
     /// timeout as services, the three outer layers as one (see
     /// [`lean`]).
-    fn lean<S>(self, inner: S) -> Lean<S> {
+    fn lean<S: Clone>(self, inner: S) -> Lean<S> {
         let s = Toggle::new(self.timeout).layer(inner);
         let attempt = Toggle::new(self.attempt_trace).layer(s);
-        let outer = lean::Outer {
-            trace: Toggle::new(self.trace).layer(()).into_config(),
-            metrics: Toggle::new(self.metrics).layer(()).into_on(),
-            retry: Toggle::new(self.retry).layer(()).into_shared(),
-        };
-        lean::LeanService::new(outer, attempt)
+        lean::LeanService::new(
+            Toggle::new(self.trace).layer(()).into_config(),
+            Toggle::new(self.metrics).layer(()).into_on(),
+            Toggle::new(self.retry).layer(()).into_shared(),
+            attempt,
+        )
     }
 }
 

@@ -772,3 +772,64 @@ async fn a_hand_built_driver_emits_into_the_stacks_collectors() {
     );
     assert_eq!(other.snapshot().attempt_latency(Some("get")).count(), 1);
 }
+
+/// A driver service given to the stack with no clone of it kept adopts
+/// the stack's collectors (it emits into them itself, and requests do not
+/// carry them): its attempt events go to the stack's set, collectors
+/// installed in that set later included, and none to the set it was built
+/// with. Given with a clone kept elsewhere, it keeps its own set, and the
+/// requests carry the stack's to it: its events inside the stack still go
+/// to the stack's set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_given_alone_adopts_the_stacks_collectors() {
+    use tower_cql_middleware::prelude::*;
+    let cluster = tower_cql_testkit::Cluster::start().await.unwrap();
+    let session = Arc::new(support::session(&cluster).await);
+    let get = Statement::new("SELECT keyspace_name FROM system_schema.keyspaces").operation("get");
+    let driver = |own: &Arc<InMemoryCollector>| {
+        DriverService::builder(session.clone())
+            .collectors(Collectors::with([own.clone()]))
+            .build()
+            .unwrap()
+    };
+
+    // alone: adopted
+    let own = Arc::new(InMemoryCollector::new());
+    let memory = Arc::new(InMemoryCollector::new());
+    let set = Collectors::with([memory.clone()]);
+    let stack = StackBuilder::new(set.clone()).build(driver(&own)).unwrap();
+    stack.execute(&get, ()).await.unwrap();
+    let later = Arc::new(InMemoryCollector::new());
+    set.add(later.clone());
+    stack.execute(&get, ()).await.unwrap();
+    stack.close().await;
+    assert_eq!(memory.snapshot().attempt_latency(Some("get")).count(), 2);
+    assert_eq!(memory.snapshot().request_latency(Some("get")).count(), 2);
+    assert_eq!(
+        later.snapshot().attempt_latency(Some("get")).count(),
+        1,
+        "a collector added to the stack's set after the build sees the driver's attempts"
+    );
+    assert_eq!(own.snapshot().attempt_latency(Some("get")).count(), 0);
+
+    // a clone kept: not adopted, the requests carry the stack's set
+    let own = Arc::new(InMemoryCollector::new());
+    let kept = driver(&own);
+    let memory = Arc::new(InMemoryCollector::new());
+    let set = Collectors::with([memory.clone()]);
+    let stack = StackBuilder::new(set.clone()).build(kept.clone()).unwrap();
+    assert!(!kept.collectors().same_set(&set));
+    stack.execute(&get, ()).await.unwrap();
+    kept.execute(get.request()).await.unwrap();
+    stack.close().await;
+    assert_eq!(
+        memory.snapshot().attempt_latency(Some("get")).count(),
+        1,
+        "inside the stack, the kept driver's attempt event goes to the stack's set"
+    );
+    assert_eq!(
+        own.snapshot().attempt_latency(Some("get")).count(),
+        1,
+        "outside it, to its own"
+    );
+}

@@ -433,10 +433,13 @@ async fn run(args: Args) -> Result<Value, String> {
                 .sample_ratio(trace_ratio.unwrap_or(1.0)),
         ));
     }
-    let driver = DriverService::builder(session.clone())
-        .node_attribution(args.compare != Compare::DriverPlain)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let make_driver = || {
+        DriverService::builder(session.clone())
+            .node_attribution(args.compare != Compare::DriverPlain)
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    let driver = make_driver()?;
     if std::env::var_os("OVERHEAD_SIZES").is_some() {
         let f = session.execute_unpaged(&prepared, (1i32,));
         eprintln!(
@@ -456,7 +459,9 @@ async fn run(args: Args) -> Result<Value, String> {
             std::mem::size_of_val(&f)
         );
     }
-    let driver_for_compare = driver.clone();
+    // (its own driver service: the stack's is given to the stack alone,
+    // as `build_on` does, so it emits into the stack's collectors itself)
+    let driver_for_compare = make_driver()?;
     let builder = StackBuilder::new(collectors.clone());
     // with the span collector, the tracing layers are off (no double spans)
     let builder = if args.span_collector {

@@ -53,8 +53,10 @@ pin_project! {
         // The request, kept to clone for retries; its meta carries the
         // index and reason of the latest attempt.
         request: CqlRequest,
-        // A clone of the inner service, polled ready before each retry.
-        service: S,
+        // A clone of the inner service, polled ready before each retry:
+        // made at the first retry from the prototype `poll_with` is given,
+        // when not given at the start (most requests never retry).
+        service: Option<S>,
         // Attempts started so far (1 once the first is called).
         attempts: u32,
         // The request's deadline on the Tokio clock.
@@ -110,7 +112,7 @@ where
     ) -> ResponseFuture<S> {
         ResponseFuture {
             kind: Kind::Retrying {
-                attempts: Attempts::new(request, future, service, deadline),
+                attempts: Attempts::new(request, future, Some(service), deadline),
                 shared,
             },
         }
@@ -124,12 +126,14 @@ where
 }
 
 impl<S, F> Attempts<S, F> {
-    /// The attempts of `request`, whose first attempt is `future`.
+    /// The attempts of `request`, whose first attempt is `future`; the
+    /// retries call `service` (`None`: a clone of the prototype
+    /// [`poll_with`](Self::poll_with) is given, made at the first retry).
     #[inline(always)]
     pub(crate) fn new(
         request: CqlRequest,
         future: F,
-        service: S,
+        service: Option<S>,
         deadline: Option<Instant>,
     ) -> Attempts<S, F> {
         Attempts {
@@ -181,14 +185,14 @@ where
 
 impl<S> Future for ResponseFuture<S>
 where
-    S: Service<CqlRequest, Response = CqlResponse, Error = CqlError>,
+    S: Service<CqlRequest, Response = CqlResponse, Error = CqlError> + Clone,
 {
     type Output = Result<CqlResponse, CqlError>;
 
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Retrying { attempts, shared } => attempts.poll_with(cx, shared),
+            KindProj::Retrying { attempts, shared } => attempts.poll_with(cx, shared, None),
             KindProj::PassThrough { future } => future.poll(cx),
         }
     }
@@ -196,14 +200,17 @@ where
 
 impl<S, F> Attempts<S, F>
 where
-    S: Service<CqlRequest, Response = CqlResponse, Error = CqlError, Future = F>,
+    S: Service<CqlRequest, Response = CqlResponse, Error = CqlError, Future = F> + Clone,
     F: Future<Output = Result<CqlResponse, CqlError>>,
 {
-    /// Runs the attempts with `shared`'s policy, budget and collectors.
+    /// Runs the attempts with `shared`'s policy, budget and collectors;
+    /// a first retry clones `proto` for the service the retries call when
+    /// none was given at the start.
     pub(crate) fn poll_with(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         shared: &Shared,
+        proto: Option<&S>,
     ) -> Poll<Result<CqlResponse, CqlError>> {
         let mut this = self.project();
         loop {
@@ -281,11 +288,19 @@ where
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
-                    if let Err(err) = ready!(this.service.poll_ready(cx)) {
+                    let service = match this.service {
+                        Some(service) => service,
+                        None => this.service.insert(
+                            proto
+                                .expect("attempts made without a service are given a prototype")
+                                .clone(),
+                        ),
+                    };
+                    if let Err(err) = ready!(service.poll_ready(cx)) {
                         return Poll::Ready(Err(with_attempts(err, *this.attempts)));
                     }
                     *this.attempts += 1;
-                    let future = this.service.call(this.request.clone());
+                    let future = service.call(this.request.clone());
                     this.state.set(State::Called { future });
                 }
             }

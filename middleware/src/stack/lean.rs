@@ -37,25 +37,40 @@ use crate::trace::future::{OutcomeFields, record_outcome};
 use crate::trace::{TraceConfig, request_span_with_fields};
 
 /// What the three outer layers of the lean composition read, each `None`
-/// when its layer is off.
-pub(super) struct Outer {
+/// when its layer is off; and the attempt service the retries clone.
+pub(super) struct Outer<A> {
     pub(super) trace: Option<TraceConfig>,
     pub(super) metrics: Option<On>,
     pub(super) retry: Option<Arc<Shared>>,
+    /// The prototype a request's first retry clones for its attempts
+    /// (never called itself). Cloned at each call instead, the service's
+    /// reference counts were written and dropped for every request,
+    /// though most never retry.
+    pub(super) proto: A,
 }
 
 /// The lean composition: request span, metrics and retry around `A`, the
 /// attempt service (attempt span and timeout around the driver service).
 #[derive(Clone)]
 pub struct LeanService<A> {
-    outer: Arc<Outer>,
+    outer: Arc<Outer<A>>,
     attempt: A,
 }
 
-impl<A> LeanService<A> {
-    pub(super) fn new(outer: Outer, attempt: A) -> LeanService<A> {
+impl<A: Clone> LeanService<A> {
+    pub(super) fn new(
+        trace: Option<TraceConfig>,
+        metrics: Option<On>,
+        retry: Option<Arc<Shared>>,
+        attempt: A,
+    ) -> LeanService<A> {
         LeanService {
-            outer: Arc::new(outer),
+            outer: Arc::new(Outer {
+                trace,
+                metrics,
+                retry,
+                proto: attempt.clone(),
+            }),
             attempt,
         }
     }
@@ -108,10 +123,10 @@ where
             Some(shared) => {
                 let deadline = shared.begin(&req);
                 let future = self.attempt.call(req.clone());
-                // `self.attempt` was polled ready and is now used; the
-                // clone is polled ready again before each retry
+                // `self.attempt` was polled ready and is now used; a
+                // first retry clones the prototype and polls it ready
                 Kind::Retrying {
-                    attempts: Attempts::new(req, future, self.attempt.clone(), deadline),
+                    attempts: Attempts::new(req, future, None, deadline),
                 }
             }
             None => Kind::Once {
@@ -156,7 +171,7 @@ pin_project! {
         // `None`: metrics off, or the request has completed
         measured: Option<Measured>,
         at_call: AtCall,
-        outer: Arc<Outer>,
+        outer: Arc<Outer<A>>,
         span: Span,
         fields: Option<&'static OutcomeFields>,
     }
@@ -235,7 +250,7 @@ where
 
 impl<A> Future for LeanFuture<A>
 where
-    A: Service<CqlRequest, Response = CqlResponse, Error = CqlError>,
+    A: Service<CqlRequest, Response = CqlResponse, Error = CqlError> + Clone,
 {
     type Output = Result<CqlResponse, CqlError>;
 
@@ -247,7 +262,7 @@ where
 
 impl<A> Future for State<A>
 where
-    A: Service<CqlRequest, Response = CqlResponse, Error = CqlError>,
+    A: Service<CqlRequest, Response = CqlResponse, Error = CqlError> + Clone,
 {
     type Output = Result<CqlResponse, CqlError>;
 
@@ -266,7 +281,7 @@ where
                     .retry
                     .as_deref()
                     .expect("a lean future retries only when the retry layer is on");
-                attempts.poll_with(cx, shared)
+                attempts.poll_with(cx, shared, Some(&outer.proto))
             }
             KindProj::Once { future } => future.poll(cx),
         });
