@@ -1,7 +1,8 @@
 //! Recording into the collector set with 1 and 2 threads while another
 //! thread swaps the set every millisecond: the crate's `ArcSwap`ped
 //! [`Collectors`] against a `Mutex`-guarded set holding the same
-//! in-memory collector.
+//! in-memory collector. And recording into one histogram from 1 and 2
+//! threads at once.
 //!
 //! `cargo bench -p tower-cql-benches --bench collectors`
 //!
@@ -103,5 +104,37 @@ fn bench_scaling(c: &mut Criterion) {
     swapper.join().unwrap();
 }
 
-criterion_group!(benches, bench_scaling);
+/// One histogram recorded into by 1 and 2 threads at once (one latency
+/// series every request of a statement shares): what its atomics cost when
+/// the two cores pass its cache lines back and forth.
+fn bench_one_histogram(c: &mut Criterion) {
+    use tower_cql_core::histogram::Histogram;
+    let h = Histogram::new();
+    let mut g = c.benchmark_group("one histogram");
+    for threads in [1usize, 2] {
+        g.throughput(Throughput::Elements(threads as u64));
+        g.bench_function(format!("record, {threads} thread(s)"), |b| {
+            b.iter_custom(|iters| {
+                let barrier = Barrier::new(threads + 1);
+                std::thread::scope(|s| {
+                    for _ in 0..threads {
+                        let (barrier, h) = (&barrier, &h);
+                        s.spawn(move || {
+                            barrier.wait();
+                            for i in 0..iters {
+                                h.record(100_000 + (i * 997) % 400_000);
+                            }
+                        });
+                    }
+                    barrier.wait();
+                    Instant::now()
+                })
+                .elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_scaling, bench_one_histogram);
 criterion_main!(benches);

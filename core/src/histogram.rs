@@ -74,8 +74,9 @@
 //! # Concurrency
 //!
 //! [`Histogram::record`] takes `&self`, never locks and never allocates: one
-//! `fetch_add` on the value's bucket, one `fetch_add` on the sum, one
-//! `fetch_max` on the max and one `fetch_min` on the min. All of them use
+//! `fetch_add` on the value's bucket, one `fetch_add` on the sum, and a
+//! `fetch_max` on the max or a `fetch_min` on the min only when a plain
+//! load says the value is a new extreme. All of them use
 //! [`Ordering::Relaxed`]: a read-modify-write on one atomic never
 //! loses an update whatever the ordering, the counters publish no other
 //! memory that a reader would need to see, and no ordering short of a lock
@@ -223,11 +224,18 @@ impl Histogram {
         // Relaxed throughout: see "Concurrency" in the module docs.
         self.buckets[bucket_index(value)].fetch_add(1, Ordering::Relaxed);
         self.sum.fetch_add(value, Ordering::Relaxed);
-        // Unconditional: a load-then-`fetch_max` would save a locked op when
-        // the value is no new extreme, but `sum` sits next to `min` and `max`
-        // and its `fetch_add` has just taken that cache line exclusive anyway.
-        self.max.fetch_max(value, Ordering::Relaxed);
-        self.min.fetch_min(value, Ordering::Relaxed);
+        // A read-modify-write on the extremes only for a value that is a
+        // new one by a plain load: after the first records, almost none
+        // is. (Each is a locked compare-and-swap loop, which waits for the
+        // line even when `sum`'s `fetch_add` has just taken it.) A stale
+        // load only ever sends a value to the read-modify-write, which
+        // decides.
+        if value > self.max.load(Ordering::Relaxed) {
+            self.max.fetch_max(value, Ordering::Relaxed);
+        }
+        if value < self.min.load(Ordering::Relaxed) {
+            self.min.fetch_min(value, Ordering::Relaxed);
+        }
     }
 
     /// Records a duration as nanoseconds, saturating at `u64::MAX` (about
