@@ -445,7 +445,8 @@ where
         match self.gate.enter() {
             Ok(guard) => {
                 // The stack's collectors go with the request, so the driver
-                // service inside emits its attempt events there too.
+                // service inside emits its attempt events there too (unless
+                // it adopted them: then it emits there itself).
                 if let Some(c) = &self.gate.inner.collectors
                     && self.gate.inner.carry
                 {

@@ -369,13 +369,13 @@ impl StackBuilder {
     /// Builds the stack around `driver` (usually a
     /// [`tower_cql_core::DriverService`]; wrap it in your own layers first
     /// to insert them innermost, and wrap [`Stack::service`] to insert them
-    /// outermost). Every request carries this builder's collectors from the
-    /// stack's gate to the driver service, which emits its attempt events
-    /// there whatever collectors it was built with: the stack's events go
-    /// to one set. (A [`DriverService`] given here with no clone of it
-    /// kept elsewhere is made to emit into this builder's collectors
-    /// itself, with [`DriverService::adopt_collectors`], and requests do
-    /// not carry them; it is built so by [`build_on`](Self::build_on).)
+    /// outermost). The stack's events go to one set, this builder's
+    /// collectors, whatever collectors the driver service was built with:
+    /// a [`DriverService`] given here with no clone of it kept elsewhere
+    /// adopts them ([`DriverService::adopt_collectors`]; so does
+    /// [`build_on`](Self::build_on)'s), and otherwise every request
+    /// carries them from the stack's gate to the driver service, which
+    /// emits its attempt events there.
     ///
     /// Whatever is switched on, the stack is one concrete type,
     /// [`StackService<S>`], not boxed: a layer that is off is absent from
@@ -399,10 +399,16 @@ impl StackBuilder {
             + 'static,
         S::Future: Send + 'static,
     {
-        if self.server_trace_session.is_none()
-            && let Some(d) = (&driver as &dyn std::any::Any).downcast_ref::<DriverService>()
-        {
-            self.server_trace_session = Some(d.session().clone());
+        // A driver service given as it is: its session serves server
+        // tracing (unless one was set), and, when no clone of it is kept
+        // elsewhere, it emits into the stack's collectors itself, so the
+        // requests need not carry them to it.
+        let mut adopted = false;
+        if let Some(d) = (&mut driver as &mut dyn std::any::Any).downcast_mut::<DriverService>() {
+            if self.server_trace_session.is_none() {
+                self.server_trace_session = Some(d.session().clone());
+            }
+            adopted = d.adopt_collectors(&self.collectors);
         }
         let l = self.layers()?;
         let server_trace = l
@@ -418,17 +424,7 @@ impl StackBuilder {
             }
             None => Gate::with_collectors(self.collectors.clone()),
         };
-        // A driver service of its own (no clone kept elsewhere) emits
-        // into the stack's collectors itself; then requests need not
-        // carry them to it.
-        let gate = if (&mut driver as &mut dyn std::any::Any)
-            .downcast_mut::<DriverService>()
-            .is_some_and(|d| d.adopt_collectors(&self.collectors))
-        {
-            gate.adopted()
-        } else {
-            gate
-        };
+        let gate = if adopted { gate.adopted() } else { gate };
         Ok(Stack {
             service: gate.wrap(l.service(driver)),
             gate,
