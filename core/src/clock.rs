@@ -31,12 +31,18 @@
 //! reading is never carried over from one call to another, so it cannot
 //! go stale. Nested readings are the outermost one's. The stack's
 //! entrance ([`GateService`](crate::GateService)) opens one around its
-//! layers' calls; every layer reads through [`now`].
+//! layers' calls; every layer reads through [`now`], and so does the
+//! driver service's `call`, which starts its attempt's timing there.
 //!
-//! Polls open none: the one poll that reads the clock twice (a request's
-//! end: its attempt's duration, then its own) would save one reading, and
-//! opening one on every poll cost more (measured: about 300 instructions
-//! a request through the default stack against a real server).
+//! Polls open none: opening one on every poll cost more than it saved
+//! (measured: about 300 instructions a request through the default stack
+//! against a real server). The one poll that needs "now" twice, a
+//! request's end, reads it once instead: the driver's reading for its
+//! attempt's end is kept in the response
+//! ([`CqlResponse::attempt_ended`](crate::CqlResponse::attempt_ended)),
+//! and the metrics layer ends the request there. So a request answered
+//! by its first attempt reads the clock twice in all, its start and its
+//! end.
 //!
 //! It is the Tokio clock ([`tokio::time::Instant::now`]): the same as
 //! [`std::time::Instant::now`] in a running program, and the paused clock

@@ -332,7 +332,7 @@ impl DriverService {
 
     /// Executes one request (what `call` does, without `&mut self`).
     pub async fn execute(&self, req: CqlRequest) -> Result<CqlResponse, CqlError> {
-        self.inner.execute(req, None).await.map(|(r, _)| r)
+        self.inner.execute(req, None, None).await.map(|(r, _)| r)
     }
 
     /// Fetches one page, starting at `paging_state`; the response carries
@@ -343,7 +343,7 @@ impl DriverService {
         paging_state: PagingState,
     ) -> Result<CqlResponse, CqlError> {
         self.inner
-            .execute(req, Some(paging_state))
+            .execute(req, Some(paging_state), None)
             .await
             .map(|(r, _)| r)
     }
@@ -574,14 +574,18 @@ impl DriverInner {
         }
     }
 
+    /// One attempt. `called`: the attempt's start, read when it was
+    /// called (a service's `call`, inside the stack's shared reading:
+    /// see [`clock`](crate::clock)); `None` reads the clock now.
     pub(crate) async fn execute(
         &self,
         req: CqlRequest,
         paging_state: Option<PagingState>,
+        called: Option<tokio::time::Instant>,
     ) -> Result<(CqlResponse, Duration), CqlError> {
-        // the attempt's one clock reading: its timeout and its duration
-        // are measured from it
-        let start = crate::clock::now().into_std();
+        // the attempt's start: its timeout and its duration are measured
+        // from it
+        let start = called.unwrap_or_else(crate::clock::now).into_std();
         let meta = req.meta();
         let remaining = meta.remaining_at(start);
         // Inside a stack, its collectors (carried by the request) take the
@@ -614,7 +618,10 @@ impl DriverInner {
         guard.armed = false;
         let seen = guard.node;
         drop(guard);
-        let duration = crate::clock::since(start.into());
+        // the attempt's end, read once: its duration, and the response
+        // keeps it as the request's end (see `CqlResponse::attempt_ended`)
+        let ended = crate::clock::now();
+        let duration = ended.into_std().saturating_duration_since(start);
         // The driver's own timer was set to the time left before the
         // deadline: when it fires because the deadline passed, say so.
         let result = match result {
@@ -634,6 +641,7 @@ impl DriverInner {
         });
         let result = result.map(|mut r| {
             r.info_mut().attempt_latency = duration;
+            r.set_attempt_ended(ended);
             r
         });
         let node = match &result {

@@ -55,6 +55,8 @@ struct Parts {
     result: Option<DriverResult>,
     paging: Option<PagingStateResponse>,
     info: ExecutionInfo,
+    /// When the driver finished the attempt that made this response.
+    ended: Option<tokio::time::Instant>,
 }
 
 /// The driver's result: rows as scylla's [`QueryRowsResult`], made once
@@ -152,6 +154,7 @@ impl CqlResponse {
             result: Some(result),
             paging,
             info,
+            ended: None,
         })))
     }
 
@@ -163,6 +166,7 @@ impl CqlResponse {
             result: None,
             paging: None,
             info,
+            ended: None,
         }))
     }
 
@@ -174,6 +178,19 @@ impl CqlResponse {
     /// How the request was executed, to update (retry and hedge layers).
     pub fn info_mut(&mut self) -> &mut ExecutionInfo {
         &mut self.0.info
+    }
+
+    /// When the driver finished the attempt that made this response (the
+    /// clock reading its [`attempt_latency`](ExecutionInfo::attempt_latency)
+    /// ends at); `None` for a [`CqlResponse::synthetic`] one. The metrics
+    /// layer ends the request's latency there instead of reading the
+    /// clock again in the same poll.
+    pub fn attempt_ended(&self) -> Option<tokio::time::Instant> {
+        self.0.ended
+    }
+
+    pub(crate) fn set_attempt_ended(&mut self, at: tokio::time::Instant) {
+        self.0.ended = Some(at);
     }
 
     /// The driver's result (`None` for a [`CqlResponse::synthetic`] one).

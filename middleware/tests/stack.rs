@@ -833,3 +833,50 @@ async fn a_driver_given_alone_adopts_the_stacks_collectors() {
         "outside it, to its own"
     );
 }
+
+/// A request through the stack reads the clock twice: at its call (a
+/// reading every layer shares, the driver's attempt start included) and
+/// as its attempt ends (the driver's reading, kept in the response for
+/// the request's end). A request answered by its one attempt therefore
+/// has exactly its attempt's latency, in the events and in the response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_attempt_request_is_timed_by_its_attempts_readings() {
+    use std::sync::Mutex;
+    use tower_cql_core::event::{AttemptEvent, RequestEvent};
+    use tower_cql_middleware::prelude::*;
+
+    #[derive(Default)]
+    struct Durations {
+        requests: Mutex<Vec<Duration>>,
+        attempts: Mutex<Vec<Duration>>,
+    }
+    impl Collector for Durations {
+        fn on_request(&self, e: &RequestEvent<'_>) {
+            self.requests.lock().unwrap().push(e.duration);
+        }
+        fn on_attempt(&self, e: &AttemptEvent<'_>) {
+            self.attempts.lock().unwrap().push(e.duration);
+        }
+    }
+
+    let cluster = tower_cql_testkit::Cluster::start().await.unwrap();
+    let session = support::session(&cluster).await;
+    let seen = Arc::new(Durations::default());
+    let stack = StackBuilder::new(Collectors::with([seen.clone()]))
+        .build_on(session)
+        .unwrap();
+    let get = Statement::new("SELECT keyspace_name FROM system_schema.keyspaces").operation("get");
+    for _ in 0..20 {
+        let resp = stack.execute(&get, ()).await.unwrap();
+        assert!(
+            resp.attempt_ended().is_some(),
+            "the driver's response keeps its end"
+        );
+        let requests = seen.requests.lock().unwrap().pop().unwrap();
+        let attempts = seen.attempts.lock().unwrap().pop().unwrap();
+        assert!(attempts > Duration::ZERO);
+        assert_eq!(requests, attempts, "one reading at each end");
+        assert_eq!(resp.info().attempt_latency, attempts);
+    }
+    stack.close().await;
+}

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 
 use super::DriverInner;
 use crate::{CqlError, CqlRequest, CqlResponse};
@@ -36,7 +37,7 @@ pub(crate) const KEEP: usize = 64;
 /// A block that can hold one request's driver future at a time.
 trait Slot: Send {
     /// Starts `req`'s future in the (empty) block.
-    fn start(self: Pin<&mut Self>, inner: Arc<DriverInner>, req: CqlRequest);
+    fn start(self: Pin<&mut Self>, inner: Arc<DriverInner>, req: CqlRequest, called: Instant);
     /// Polls the future in the block.
     fn poll_slot(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Output>;
     /// Drops the future in the block, in place.
@@ -53,12 +54,12 @@ pin_project! {
 
 impl<M, F> Slot for FutureSlot<M, F>
 where
-    M: Fn(Arc<DriverInner>, CqlRequest) -> F + Send,
+    M: Fn(Arc<DriverInner>, CqlRequest, Instant) -> F + Send,
     F: Future<Output = Output> + Send,
 {
-    fn start(self: Pin<&mut Self>, inner: Arc<DriverInner>, req: CqlRequest) {
+    fn start(self: Pin<&mut Self>, inner: Arc<DriverInner>, req: CqlRequest, called: Instant) {
         let mut this = self.project();
-        this.fut.set(Some((this.make)(inner, req)));
+        this.fut.set(Some((this.make)(inner, req, called)));
     }
 
     fn poll_slot(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Output> {
@@ -81,15 +82,16 @@ thread_local! {
 
 fn slot<M, F>(make: M) -> FutureSlot<M, F>
 where
-    M: Fn(Arc<DriverInner>, CqlRequest) -> F,
+    M: Fn(Arc<DriverInner>, CqlRequest, Instant) -> F,
 {
     FutureSlot { make, fut: None }
 }
 
-// What a block runs: one request through the driver service.
-async fn run(inner: Arc<DriverInner>, req: CqlRequest) -> Output {
+// What a block runs: one request through the driver service, timed from
+// its call.
+async fn run(inner: Arc<DriverInner>, req: CqlRequest, called: Instant) -> Output {
     let page = req.meta().paging_state().cloned();
-    inner.execute(req, page).await.map(|(r, _)| r)
+    inner.execute(req, page, Some(called)).await.map(|(r, _)| r)
 }
 
 /// The response future of [`DriverService`](super::DriverService): the
@@ -100,13 +102,17 @@ pub struct DriverFuture {
 }
 
 impl DriverFuture {
+    /// Starts `req`'s attempt, timed from now: the call's shared reading
+    /// inside a stack (see [`clock`](crate::clock)), so the stack's first
+    /// attempt reads no clock of its own.
     pub(crate) fn start(inner: Arc<DriverInner>, req: CqlRequest) -> DriverFuture {
+        let called = crate::clock::now();
         let mut block = FREE
             .try_with(|free| free.try_borrow_mut().ok()?.pop())
             .ok()
             .flatten()
             .unwrap_or_else(|| Box::pin(slot(run)));
-        block.as_mut().start(inner, req);
+        block.as_mut().start(inner, req, called);
         DriverFuture { block: Some(block) }
     }
 

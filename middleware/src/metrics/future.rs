@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -94,7 +95,7 @@ impl Measured {
         if !events && server_trace.is_none() {
             return;
         }
-        let duration = clock::since(start);
+        let duration = end_of(start, out);
         if let Some(meta) = meta.as_ref().or(lent).filter(|_| events) {
             let event = match out {
                 Ok(resp) => {
@@ -137,6 +138,20 @@ impl Measured {
             event.attempts = 0;
             collectors.emit(Event::Request(event));
         }
+    }
+}
+
+/// A request's latency: from its call to the end of the driver's attempt
+/// that answered it ([`CqlResponse::attempt_ended`], the reading that
+/// attempt's latency ends at, taken in this same poll), or to now for an
+/// error or a response the driver did not make. What the layers between
+/// do with the response after the driver is done (no waiting: nanoseconds)
+/// is not in it; a second clock reading was.
+#[inline(always)]
+fn end_of(start: Instant, out: &Result<CqlResponse, CqlError>) -> Duration {
+    match out.as_ref().ok().and_then(CqlResponse::attempt_ended) {
+        Some(ended) if ended >= start => ended - start,
+        _ => clock::since(start),
     }
 }
 

@@ -29,6 +29,14 @@
 //! are folded into `operation = "other"`, `keyspace = "other"`, `table =
 //! "other"` before it goes further down the stack (so attempt events are
 //! folded too), and the fold is counted ([`MetricsLayer::folded`]).
+//!
+//! # Where the latency starts and ends
+//! At the layer's `call`, and where the driver finished the attempt that
+//! answered ([`CqlResponse::attempt_ended`](tower_cql_core::CqlResponse::attempt_ended):
+//! the reading that attempt's latency ends at, in the same poll); for an
+//! error, or a response no driver made, at the poll that returns it. Only
+//! what the layers below do with the response after the driver, without
+//! waiting, is left out: nanoseconds, against a clock reading saved.
 
 pub mod future;
 mod layer;
