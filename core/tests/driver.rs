@@ -818,3 +818,69 @@ async fn a_servers_warnings_reach_the_response() {
     assert!(plain.info().warnings.is_empty());
     assert_eq!(plain.rows::<(String,)>().unwrap(), vec![("b".to_string(),)]);
 }
+
+/// A one-column row of a fixed-size scalar is kept inline in the request
+/// (no allocation when bound): each such type round-trips through the
+/// real driver, and a mistyped one is refused unsent, as a row kept
+/// behind an `Arc` is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scalar_rows_kept_inline_serialize_as_their_tuples() {
+    use scylla::value::CqlTimeuuid;
+    let s = setup(1).await;
+    async fn round_trip<T>(s: &Setup, cql_type: &str, value: T)
+    where
+        T: scylla::serialize::value::SerializeValue
+            + for<'f, 'm> scylla::deserialize::value::DeserializeValue<'f, 'm>
+            + PartialEq
+            + std::fmt::Debug
+            + Copy
+            + Send
+            + Sync
+            + 'static,
+    {
+        s.run(&format!(
+            "CREATE TABLE ks.s_{cql_type} (k {cql_type} PRIMARY KEY)"
+        ))
+        .await;
+        s.driver
+            .execute(
+                CqlRequest::query(format!("INSERT INTO ks.s_{cql_type} (k) VALUES (?)"))
+                    .bind((value,)),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{cql_type}: {e}"));
+        let rows: Vec<(T,)> = s
+            .driver
+            .execute(
+                CqlRequest::query(format!("SELECT k FROM ks.s_{cql_type} WHERE k = ?"))
+                    .bind((value,)),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{cql_type}: {e}"))
+            .rows()
+            .unwrap();
+        assert_eq!(rows, vec![(value,)], "{cql_type}");
+    }
+    round_trip(&s, "int", -7i32).await;
+    round_trip(&s, "bigint", 1i64 << 40).await;
+    round_trip(&s, "smallint", -300i16).await;
+    round_trip(&s, "tinyint", 5i8).await;
+    round_trip(&s, "boolean", true).await;
+    round_trip(&s, "float", 1.5f32).await;
+    round_trip(&s, "double", -2.25f64).await;
+    round_trip(&s, "uuid", uuid::Uuid::from_u128(0x1234_5678_9abc_def0)).await;
+    let timeuuid = CqlTimeuuid::from(uuid::Uuid::from_u128(
+        0x8d8a_c610_566d_11ef_8000_0000_0000_0001,
+    ));
+    round_trip(&s, "timeuuid", timeuuid).await;
+
+    // typed as the column's type, inline or not: a bigint for an int key
+    // is refused before it is sent
+    let err = s
+        .driver
+        .execute(CqlRequest::query("SELECT v FROM ks.kv WHERE k = ?").bind((1i64,)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
+    assert!(err.was_not_sent());
+}
