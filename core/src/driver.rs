@@ -332,7 +332,7 @@ impl DriverService {
 
     /// Executes one request (what `call` does, without `&mut self`).
     pub async fn execute(&self, req: CqlRequest) -> Result<CqlResponse, CqlError> {
-        self.inner.execute(req, None, None).await.map(|(r, _)| r)
+        DriverInner::execute(self.inner.clone(), req, None, None).await
     }
 
     /// Fetches one page, starting at `paging_state`; the response carries
@@ -342,10 +342,7 @@ impl DriverService {
         req: CqlRequest,
         paging_state: PagingState,
     ) -> Result<CqlResponse, CqlError> {
-        self.inner
-            .execute(req, Some(paging_state), None)
-            .await
-            .map(|(r, _)| r)
+        DriverInner::execute(self.inner.clone(), req, Some(paging_state), None).await
     }
 }
 
@@ -576,13 +573,16 @@ impl DriverInner {
 
     /// One attempt. `called`: the attempt's start, read when it was
     /// called (a service's `call`, inside the stack's shared reading:
-    /// see [`clock`](crate::clock)); `None` reads the clock now.
+    /// see [`clock`](crate::clock)); `None` reads the clock now. The
+    /// future owns its handle on the service, so a response block runs it
+    /// as it is, with no future around it.
     pub(crate) async fn execute(
-        &self,
+        this: Arc<DriverInner>,
         req: CqlRequest,
         paging_state: Option<PagingState>,
         called: Option<tokio::time::Instant>,
-    ) -> Result<(CqlResponse, Duration), CqlError> {
+    ) -> Result<CqlResponse, CqlError> {
+        let this = &*this;
         // the attempt's start: its timeout and its duration are measured
         // from it
         let start = called.unwrap_or_else(crate::clock::now).into_std();
@@ -591,7 +591,7 @@ impl DriverInner {
         // Inside a stack, its collectors (carried by the request) take the
         // attempt events: one set for the whole stack, whatever this
         // service was built with.
-        let collectors = req.stack_collectors().unwrap_or(&self.collectors);
+        let collectors = req.stack_collectors().unwrap_or(&this.collectors);
         if remaining.is_some_and(|r| r.is_zero()) {
             return Err(CqlError::deadline_exceeded(Duration::ZERO).not_sent());
         }
@@ -611,8 +611,8 @@ impl DriverInner {
         let result = crate::routing::Steered::new(
             meta.route().cloned(),
             meta.attempt_index(),
-            self.node_attribution.then_some(&mut guard.node),
-            self.run(&req, paging_state, Attempt { remaining }),
+            this.node_attribution.then_some(&mut guard.node),
+            this.run(&req, paging_state, Attempt { remaining }),
         )
         .await;
         guard.armed = false;
@@ -665,7 +665,7 @@ impl DriverInner {
             node,
             rows: result.as_ref().map_or(0, |r| r.info().rows),
         }));
-        result.map(|r| (r, duration))
+        result
     }
 
     async fn run(

@@ -88,10 +88,10 @@ where
 }
 
 // What a block runs: one request through the driver service, timed from
-// its call.
-async fn run(inner: Arc<DriverInner>, req: CqlRequest, called: Instant) -> Output {
+// its call (the attempt's own future, not one awaiting it).
+fn run(inner: Arc<DriverInner>, req: CqlRequest, called: Instant) -> impl Future<Output = Output> {
     let page = req.meta().paging_state().cloned();
-    inner.execute(req, page, Some(called)).await.map(|(r, _)| r)
+    DriverInner::execute(inner, req, page, Some(called))
 }
 
 /// The response future of [`DriverService`](super::DriverService): the
