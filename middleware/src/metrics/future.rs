@@ -24,8 +24,9 @@ pin_project! {
         // request (each move copies the whole future below this layer)
         #[pin]
         inner: F,
-        // `None`: a pass-through, or the request has completed
-        measured: Option<(Measured, Collectors)>,
+        // `None`: a pass-through, or the request has completed; with the
+        // request's meta, as it was at the call, when there are events
+        measured: Option<(Measured, Collectors, Option<RequestMeta>)>,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
@@ -34,23 +35,23 @@ pin_project! {
             // (checked before `take`, which copies the whole option out
             // even when it is `None`, as it is after the request completed)
             if measured.is_some()
-                && let Some((m, collectors)) = measured.take()
+                && let Some((m, collectors, meta)) = measured.take()
             {
-                m.dropped(&collectors, None);
+                m.dropped(&collectors, meta.as_ref());
             }
         }
     }
 }
 
 /// One request's measurement, from its call to its end: what the metrics
-/// layer's future and the stack's lean future keep (the collectors are
-/// passed in by whichever holds them, and the request's meta, when it was
-/// not kept here, by whichever keeps the request: see [`On::begin`]).
+/// layer's future and the stack's lean future keep. The collectors are
+/// passed in by whichever holds them, and so is the request's meta: a
+/// copy [`On::begin`] made, or lent by whichever keeps the request (kept
+/// apart from this, a lean future whose retries keep the request holds no
+/// room for a copy it never makes).
 ///
 /// [`On::begin`]: super::On::begin
 pub(crate) struct Measured {
-    // `None` when lent at the end instead, or not needed
-    meta: Option<RequestMeta>,
     // whether the request's end emits a request event: the collectors
     // were active at the call, or the meta is lent (then the emit asks
     // them); false when `meta` was kept only for server tracing
@@ -63,13 +64,8 @@ pub(crate) struct Measured {
 
 impl Measured {
     #[inline(always)]
-    pub(crate) fn new(
-        meta: Option<RequestMeta>,
-        events: bool,
-        server_trace: Option<(Arc<Shared>, Watch)>,
-    ) -> Measured {
+    pub(crate) fn new(events: bool, server_trace: Option<(Arc<Shared>, Watch)>) -> Measured {
         Measured {
-            meta,
             events,
             start: clock::now(),
             server_trace,
@@ -77,17 +73,16 @@ impl Measured {
     }
 
     /// The request ended with `out`: its event, then its server trace.
-    /// `lent`: the request's meta as it was at the call, when it was not
-    /// kept here.
+    /// `meta`: the request's meta as it was at the call (see
+    /// [`On::begin`](super::On::begin)).
     #[inline(always)]
     pub(crate) fn finish(
         self,
         collectors: &Collectors,
         out: &Result<CqlResponse, CqlError>,
-        lent: Option<&RequestMeta>,
+        meta: Option<&RequestMeta>,
     ) {
         let Measured {
-            meta,
             events,
             start,
             server_trace,
@@ -96,7 +91,7 @@ impl Measured {
             return;
         }
         let duration = end_of(start, out);
-        if let Some(meta) = meta.as_ref().or(lent).filter(|_| events) {
+        if let Some(meta) = meta.filter(|_| events) {
             let event = match out {
                 Ok(resp) => {
                     let mut e = RequestEvent::new(meta, duration, None);
@@ -119,17 +114,17 @@ impl Measured {
         // after the request event, which the span collectors turn into the
         // client span the server trace's spans are children of
         if let Some((st, watch)) = server_trace {
-            // (a lent meta is copied only for a traced request, which
-            // keeps it until its trace is fetched)
-            let meta = meta.or_else(|| lent.filter(|_| watch.traced()).cloned());
+            // (copied only for a traced request, which keeps it until its
+            // trace is fetched)
+            let meta = meta.filter(|_| watch.traced()).cloned();
             st.end(watch, duration, meta, out);
         }
     }
 
     /// The request was dropped before it ended: a `Cancelled` request
-    /// event, when events were kept (`lent` as in [`finish`](Self::finish)).
-    pub(crate) fn dropped(self, collectors: &Collectors, lent: Option<&RequestMeta>) {
-        if let Some(meta) = self.meta.as_ref().or(lent).filter(|_| self.events) {
+    /// event, when events were kept (`meta` as in [`finish`](Self::finish)).
+    pub(crate) fn dropped(self, collectors: &Collectors, meta: Option<&RequestMeta>) {
+        if let Some(meta) = meta.filter(|_| self.events) {
             let error = CqlError::new(
                 ErrorKind::Cancelled,
                 "the request was dropped before it completed (the caller stopped waiting)",
@@ -157,10 +152,14 @@ fn end_of(start: Instant, out: &Result<CqlResponse, CqlError>) -> Duration {
 
 impl<F> ResponseFuture<F> {
     #[inline(always)]
-    pub(crate) fn new(inner: F, measured: Measured, collectors: Collectors) -> ResponseFuture<F> {
+    pub(crate) fn new(
+        inner: F,
+        (measured, meta): (Measured, Option<RequestMeta>),
+        collectors: Collectors,
+    ) -> ResponseFuture<F> {
         ResponseFuture {
             inner,
-            measured: Some((measured, collectors)),
+            measured: Some((measured, collectors, meta)),
         }
     }
 
@@ -175,7 +174,7 @@ impl<F> ResponseFuture<F> {
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.measured {
-            Some((m, _)) => f
+            Some((m, _, _)) => f
                 .debug_struct("ResponseFuture")
                 .field("start", &m.start)
                 .finish(),
@@ -200,8 +199,8 @@ where
             return this.inner.poll(cx);
         }
         let out = ready!(this.inner.poll(cx));
-        if let Some((m, collectors)) = this.measured.take() {
-            m.finish(&collectors, &out, None);
+        if let Some((m, collectors, meta)) = this.measured.take() {
+            m.finish(&collectors, &out, meta.as_ref());
         }
         Poll::Ready(out)
     }

@@ -243,12 +243,17 @@ where
 }
 
 impl On {
-    /// A request's call: its labels guarded, server tracing begun, and
-    /// its meta kept for the request event (unless `lent`: the caller
+    /// A request's call: its labels guarded, server tracing begun, the
+    /// clock read, and a copy of its meta for the request's end, which the
+    /// caller keeps beside the measurement (none when `lent`: the caller
     /// keeps the request and lends its meta, as it is now, to the
-    /// measurement's end), with the clock read.
+    /// measurement's end).
     #[inline(always)]
-    pub(crate) fn begin(&self, req: &mut CqlRequest, lent: bool) -> future::Measured {
+    pub(crate) fn begin(
+        &self,
+        req: &mut CqlRequest,
+        lent: bool,
+    ) -> (future::Measured, Option<RequestMeta>) {
         self.guard.apply(req.meta_mut());
         let server_trace = self
             .server_trace
@@ -261,7 +266,7 @@ impl On {
         let events = lent || self.collectors.is_active();
         let keep = events || server_trace.as_ref().is_some_and(|(_, w)| w.traced());
         let meta = (keep && !lent).then(|| req.meta().clone());
-        future::Measured::new(meta, events, server_trace)
+        (future::Measured::new(events, server_trace), meta)
     }
 
     /// Where the request events go.

@@ -114,7 +114,13 @@ where
         // with retries, the request is kept for them, and its meta is lent
         // to the request's end instead of copied for it
         let lent = outer.retry.is_some();
-        let measured = outer.metrics.as_ref().map(|on| on.begin(&mut req, lent));
+        let (measured, meta) = match &outer.metrics {
+            Some(on) => {
+                let (m, meta) = on.begin(&mut req, lent);
+                (Some(m), meta)
+            }
+            None => (None, None),
+        };
         let at_call = AtCall {
             attempt: (req.meta().attempt_index(), req.meta().attempt_reason()),
             routed: req.meta().route().is_some(),
@@ -131,6 +137,7 @@ where
             }
             None => Kind::Once {
                 future: self.attempt.call(req),
+                meta,
             },
         };
         drop(enter);
@@ -200,10 +207,12 @@ pin_project! {
             #[pin]
             attempts: Attempts<A, F>,
         },
-        // retry off: the one attempt
+        // retry off: the one attempt, and the copy of the request's meta
+        // the measurement made for the request's end
         Once {
             #[pin]
             future: F,
+            meta: Option<RequestMeta>,
         },
     }
 }
@@ -218,8 +227,8 @@ struct AtCall {
     routed: bool,
 }
 
-/// The request's meta as it was at the call, from the request the
-/// retries keep (`None` without retries: the measurement kept a copy).
+/// The request's meta as it was at the call: from the request the
+/// retries keep, or, without retries, the copy the measurement made.
 fn lend<A, F>(kind: Pin<&mut Kind<A, F>>, at_call: AtCall) -> Option<&RequestMeta> {
     match kind.project() {
         KindProj::Retrying { attempts } => {
@@ -230,7 +239,7 @@ fn lend<A, F>(kind: Pin<&mut Kind<A, F>>, at_call: AtCall) -> Option<&RequestMet
             }
             Some(meta)
         }
-        KindProj::Once { .. } => None,
+        KindProj::Once { meta, .. } => meta.as_ref(),
     }
 }
 
@@ -283,7 +292,7 @@ where
                     .expect("a lean future retries only when the retry layer is on");
                 attempts.poll_with(cx, shared, Some(&outer.proto))
             }
-            KindProj::Once { future } => future.poll(cx),
+            KindProj::Once { future, .. } => future.poll(cx),
         });
         if let Some(on) = &outer.metrics
             && let Some(m) = this.measured.take()
