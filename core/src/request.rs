@@ -872,6 +872,18 @@ pub struct RequestMeta {
     /// guard's fold); `None`: the statement's. Boxed, so a request is
     /// small to move through the layers and cheap to clone.
     labels: Option<Box<Labels>>,
+    /// Nodes this logical request tried (see [`crate::routing`]).
+    pub(crate) route: Option<Arc<crate::routing::RouteHint>>,
+    /// For one page of a paged read: the page's index and where it starts
+    /// (boxed: most requests are not pages).
+    page: Option<Box<Page>>,
+    /// The rest, plain values: copied whole when a request is cloned (as
+    /// the retries' copy of every request is), not field by field.
+    p: Plain,
+}
+
+#[derive(Clone, Copy)]
+struct Plain {
     kind: OperationKind,
     /// [`labels_hash`] of the labels in force, kept in step by every setter.
     labels_hash: u64,
@@ -882,12 +894,7 @@ pub struct RequestMeta {
     page_size: Option<i32>,
     deadline: Option<Instant>,
     tracing: bool,
-    pub(crate) attempt: (u32, AttemptReason),
-    /// Nodes this logical request tried (see [`crate::routing`]).
-    pub(crate) route: Option<Arc<crate::routing::RouteHint>>,
-    /// For one page of a paged read: the page's index and where it starts
-    /// (boxed: most requests are not pages).
-    page: Option<Box<Page>>,
+    attempt: (u32, AttemptReason),
 }
 
 /// A request's own operation, keyspace and table labels.
@@ -903,17 +910,17 @@ impl fmt::Debug for RequestMeta {
         f.debug_struct("RequestMeta")
             .field("statement", &self.statement)
             .field("operation", &self.operation())
-            .field("kind", &self.kind)
+            .field("kind", &self.p.kind)
             .field("keyspace", &self.keyspace())
             .field("table", &self.table())
-            .field("idempotent", &self.idempotent)
-            .field("traits", &self.traits)
-            .field("consistency", &self.consistency)
-            .field("serial_consistency", &self.serial_consistency)
-            .field("page_size", &self.page_size)
-            .field("deadline", &self.deadline)
-            .field("tracing", &self.tracing)
-            .field("attempt", &self.attempt)
+            .field("idempotent", &self.p.idempotent)
+            .field("traits", &self.p.traits)
+            .field("consistency", &self.p.consistency)
+            .field("serial_consistency", &self.p.serial_consistency)
+            .field("page_size", &self.p.page_size)
+            .field("deadline", &self.p.deadline)
+            .field("tracing", &self.p.tracing)
+            .field("attempt", &self.p.attempt)
             .field("route", &self.route)
             .field("page", &self.page)
             .finish()
@@ -936,34 +943,36 @@ impl RequestMeta {
         RequestMeta {
             statement: s.clone(),
             labels: None,
-            kind: s.0.kind,
-            labels_hash: s.0.labels_hash,
-            idempotent: s.0.idempotent,
-            traits: s.0.traits,
-            consistency: None,
-            serial_consistency: None,
-            page_size: None,
-            deadline: None,
-            tracing: false,
-            attempt: (0, AttemptReason::Initial),
             route: None,
             page: None,
+            p: Plain {
+                kind: s.0.kind,
+                labels_hash: s.0.labels_hash,
+                idempotent: s.0.idempotent,
+                traits: s.0.traits,
+                consistency: None,
+                serial_consistency: None,
+                page_size: None,
+                deadline: None,
+                tracing: false,
+                attempt: (0, AttemptReason::Initial),
+            },
         }
     }
 
     /// Zero-based attempt index (set by the retry and hedge layers).
     pub fn attempt_index(&self) -> u32 {
-        self.attempt.0
+        self.p.attempt.0
     }
 
     /// Why this attempt is made.
     pub fn attempt_reason(&self) -> AttemptReason {
-        self.attempt.1
+        self.p.attempt.1
     }
 
     /// Marks the request as attempt `index` made for `reason`.
     pub fn set_attempt(&mut self, index: u32, reason: AttemptReason) {
-        self.attempt = (index, reason);
+        self.p.attempt = (index, reason);
     }
 
     /// Makes this request fetch one page, the `index`-th of a paged read,
@@ -1088,7 +1097,7 @@ impl RequestMeta {
     }
 
     fn relabelled(&mut self) {
-        self.labels_hash = labels_hash(self.operation(), self.keyspace(), self.table());
+        self.p.labels_hash = labels_hash(self.operation(), self.keyspace(), self.table());
     }
 
     /// A hash of the operation, keyspace and table labels by their text,
@@ -1097,7 +1106,7 @@ impl RequestMeta {
     /// labels, one number to hash per event instead of three strings.
     /// Equal label texts give equal hashes within a process.
     pub fn labels_hash(&self) -> u64 {
-        self.labels_hash
+        self.p.labels_hash
     }
 
     /// Whether the labels in force are the statement's own (no request
@@ -1116,7 +1125,7 @@ impl RequestMeta {
 
     /// The statement kind.
     pub fn kind(&self) -> OperationKind {
-        self.kind
+        self.p.kind
     }
 
     /// The keyspace label.
@@ -1140,37 +1149,37 @@ impl RequestMeta {
     /// counter update, list append, `now()`) forbids it. The idempotency
     /// rules live here and in [`crate::CqlError::retry_advice`].
     pub fn is_idempotent(&self) -> bool {
-        self.idempotent && !self.traits.forbids_retry()
+        self.p.idempotent && !self.p.traits.forbids_retry()
     }
 
     /// Whether the caller marked it idempotent (before the statement rules).
     pub fn marked_idempotent(&self) -> bool {
-        self.idempotent
+        self.p.idempotent
     }
 
     /// What the statement text says about retrying.
     pub fn traits(&self) -> StatementTraits {
-        self.traits
+        self.p.traits
     }
 
     /// The consistency level, if set for this request.
     pub fn consistency(&self) -> Option<Consistency> {
-        self.consistency
+        self.p.consistency
     }
 
     /// The serial consistency level, if set.
     pub fn serial_consistency(&self) -> Option<SerialConsistency> {
-        self.serial_consistency
+        self.p.serial_consistency
     }
 
     /// The page size, if set.
     pub fn page_size(&self) -> Option<i32> {
-        self.page_size
+        self.p.page_size
     }
 
     /// When the whole request (all attempts) must be done by.
     pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
+        self.p.deadline
     }
 
     /// Time left until the deadline (zero when passed).
@@ -1181,12 +1190,12 @@ impl RequestMeta {
     /// Time left until the deadline at `now` (zero when passed): for a
     /// caller that has read the clock already.
     pub fn remaining_at(&self, now: Instant) -> Option<Duration> {
-        self.deadline.map(|d| d.saturating_duration_since(now))
+        self.p.deadline.map(|d| d.saturating_duration_since(now))
     }
 
     /// Whether server-side tracing was requested.
     pub fn tracing(&self) -> bool {
-        self.tracing
+        self.p.tracing
     }
 }
 
@@ -1247,7 +1256,7 @@ impl CqlRequest {
 
     /// Marks the request idempotent (or not).
     pub fn idempotent(mut self, idempotent: bool) -> CqlRequest {
-        self.meta.idempotent = idempotent;
+        self.meta.p.idempotent = idempotent;
         self
     }
 
@@ -1265,25 +1274,25 @@ impl CqlRequest {
 
     /// Sets the consistency level.
     pub fn consistency(mut self, c: Consistency) -> CqlRequest {
-        self.meta.consistency = Some(c);
+        self.meta.p.consistency = Some(c);
         self
     }
 
     /// Sets the serial consistency level (for LWTs).
     pub fn serial_consistency(mut self, c: SerialConsistency) -> CqlRequest {
-        self.meta.serial_consistency = Some(c);
+        self.meta.p.serial_consistency = Some(c);
         self
     }
 
     /// Sets the page size (rows per page).
     pub fn page_size(mut self, rows: i32) -> CqlRequest {
-        self.meta.page_size = Some(rows);
+        self.meta.p.page_size = Some(rows);
         self
     }
 
     /// Sets the deadline for the whole request, all attempts included.
     pub fn deadline(mut self, at: Instant) -> CqlRequest {
-        self.meta.deadline = Some(at);
+        self.meta.p.deadline = Some(at);
         self
     }
 
@@ -1295,7 +1304,7 @@ impl CqlRequest {
     /// Asks the server to trace the request (the trace id comes back in
     /// [`crate::ExecutionInfo::tracing_id`]).
     pub fn tracing(mut self, on: bool) -> CqlRequest {
-        self.meta.tracing = on;
+        self.meta.p.tracing = on;
         self
     }
 
@@ -1333,18 +1342,18 @@ impl CqlRequest {
 impl RequestMeta {
     /// Sets the consistency level (middleware, e.g. downgrading retries).
     pub fn set_consistency(&mut self, c: Option<Consistency>) {
-        self.consistency = c;
+        self.p.consistency = c;
     }
 
     /// Sets the deadline.
     pub fn set_deadline(&mut self, at: Option<Instant>) {
-        self.deadline = at;
+        self.p.deadline = at;
     }
 
     /// Asks the server to trace the request, or not (the server trace
     /// layer's sampling).
     pub fn set_tracing(&mut self, on: bool) {
-        self.tracing = on;
+        self.p.tracing = on;
     }
 }
 
@@ -1452,12 +1461,12 @@ pub struct QuerySummary<'a>(&'a RequestMeta);
 impl fmt::Display for QuerySummary<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        f.write_str(m.kind.as_str())?;
+        f.write_str(m.p.kind.as_str())?;
         match (m.keyspace(), m.table()) {
             (Some(k), Some(t)) => write!(f, " {}.{}", k.as_str(), t.as_str()),
             (None, Some(t)) => write!(f, " {}", t.as_str()),
             // `CREATE KEYSPACE ks`, `USE ks`
-            (Some(k), None) if m.kind.is_schema() => write!(f, " {}", k.as_str()),
+            (Some(k), None) if m.p.kind.is_schema() => write!(f, " {}", k.as_str()),
             _ => Ok(()),
         }
     }
