@@ -708,63 +708,55 @@ enum ValuesInner {
     Batch(Arc<dyn ErasedBatchValues>),
 }
 
-/// A one-column row of a fixed-size scalar, kept inline (see [`Values`]).
-#[derive(Clone, Copy)]
-enum Scalar {
-    Int((i32,)),
-    BigInt((i64,)),
-    Uuid((uuid::Uuid,)),
-    Timeuuid((scylla::value::CqlTimeuuid,)),
-    SmallInt((i16,)),
-    TinyInt((i8,)),
-    Boolean((bool,)),
-    Float((f32,)),
-    Double((f64,)),
-}
+/// The one-column rows of fixed-size scalars kept inline (see [`Values`]),
+/// each named once: the enum, the check that tells a bound row apart and
+/// the row handed to the driver are all made from this list.
+macro_rules! scalar_rows {
+    ($($variant:ident: $t:ty),* $(,)?) => {
+        /// A one-column row of a fixed-size scalar, kept inline (see
+        /// [`Values`]).
+        #[derive(Clone, Copy)]
+        enum Scalar {
+            $($variant(($t,)),)*
+        }
 
-impl Scalar {
-    /// `values` as a scalar row, when it is one of those kept inline.
-    /// (`Any::downcast_ref` on a type known when `bind` is compiled: each
-    /// check is a comparison of two constants, folded away.)
-    #[inline(always)]
-    fn of<V: std::any::Any>(values: &V) -> Option<Scalar> {
-        let v: &dyn std::any::Any = values;
-        macro_rules! scalars {
-            ($($variant:ident: $t:ty),*) => {$(
-                if let Some(row) = v.downcast_ref::<($t,)>() {
-                    return Some(Scalar::$variant(*row));
+        impl Scalar {
+            /// `values` as a scalar row, when it is one of those kept
+            /// inline. (`Any::downcast_ref` on a type known when `bind` is
+            /// compiled: each check is a comparison of two constants,
+            /// folded away.)
+            #[inline(always)]
+            fn of<V: std::any::Any>(values: &V) -> Option<Scalar> {
+                let v: &dyn std::any::Any = values;
+                $(
+                    if let Some(row) = v.downcast_ref::<($t,)>() {
+                        return Some(Scalar::$variant(*row));
+                    }
+                )*
+                None
+            }
+
+            /// The row, to serialize: the tuple it was bound as.
+            fn row(&self) -> &(dyn SerializeRow + Send + Sync) {
+                match self {
+                    $(Scalar::$variant(r) => r,)*
                 }
-            )*};
+            }
         }
-        scalars!(
-            Int: i32,
-            BigInt: i64,
-            Uuid: uuid::Uuid,
-            Timeuuid: scylla::value::CqlTimeuuid,
-            SmallInt: i16,
-            TinyInt: i8,
-            Boolean: bool,
-            Float: f32,
-            Double: f64
-        );
-        None
-    }
-
-    /// The row, to serialize: the tuple it was bound as.
-    fn row(&self) -> &(dyn SerializeRow + Send + Sync) {
-        match self {
-            Scalar::Int(r) => r,
-            Scalar::BigInt(r) => r,
-            Scalar::Uuid(r) => r,
-            Scalar::Timeuuid(r) => r,
-            Scalar::SmallInt(r) => r,
-            Scalar::TinyInt(r) => r,
-            Scalar::Boolean(r) => r,
-            Scalar::Float(r) => r,
-            Scalar::Double(r) => r,
-        }
-    }
+    };
 }
+
+scalar_rows!(
+    Int: i32,
+    BigInt: i64,
+    Uuid: uuid::Uuid,
+    Timeuuid: scylla::value::CqlTimeuuid,
+    SmallInt: i16,
+    TinyInt: i8,
+    Boolean: bool,
+    Float: f32,
+    Double: f64,
+);
 
 /// Object-safe access to batch values (scylla's `BatchValues` is generic).
 pub(crate) trait ErasedBatchValues: Send + Sync {

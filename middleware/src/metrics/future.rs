@@ -25,7 +25,8 @@ pin_project! {
         #[pin]
         inner: F,
         // `None`: a pass-through, or the request has completed; with the
-        // request's meta, as it was at the call, when there are events
+        // copy of the request's meta `On::begin` made (for its event or
+        // its server trace)
         measured: Option<(Measured, Collectors, Option<RequestMeta>)>,
     }
 
@@ -54,7 +55,7 @@ pin_project! {
 pub(crate) struct Measured {
     // whether the request's end emits a request event: the collectors
     // were active at the call, or the meta is lent (then the emit asks
-    // them); false when `meta` was kept only for server tracing
+    // them); false when the meta was copied only for server tracing
     events: bool,
     start: Instant,
     // server-side tracing, when on: its sampler and fetcher, and this

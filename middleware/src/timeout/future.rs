@@ -18,10 +18,10 @@ use super::Limit;
 
 pin_project! {
     /// The inner service's future raced against a timer (in a box of its
-    /// own, made only for an attempt that has one: its registration with
-    /// the runtime's timer costs far more than the box); or the refusal of
-    /// a request whose deadline had passed; or, with nothing to enforce,
-    /// the inner future alone.
+    /// own, made only for an attempt that has one, which registers it with
+    /// the runtime's timer as well); or the refusal of a request whose
+    /// deadline had passed; or, with nothing to enforce, the inner future
+    /// alone.
     pub struct ResponseFuture<F> {
         #[pin]
         kind: Kind<F>,
