@@ -585,7 +585,8 @@ impl DriverInner {
         let this = &*this;
         // the attempt's start: its timeout and its duration are measured
         // from it
-        let start = called.unwrap_or_else(crate::clock::now).into_std();
+        let started = called.unwrap_or_else(crate::clock::now);
+        let start = started.into_std();
         let meta = req.meta();
         let remaining = meta.remaining_at(start);
         // Inside a stack, its collectors (carried by the request) take the
@@ -618,8 +619,8 @@ impl DriverInner {
         guard.armed = false;
         let seen = guard.node;
         drop(guard);
-        // the attempt's end, read once: its duration, and the response
-        // keeps it as the request's end (see `CqlResponse::attempt_ended`)
+        // the attempt's end, read once: its duration, which the response
+        // keeps with its start (see `CqlResponse::attempt_started`)
         let ended = crate::clock::now();
         let duration = ended.into_std().saturating_duration_since(start);
         // The driver's own timer was set to the time left before the
@@ -640,8 +641,7 @@ impl DriverInner {
             _ => e,
         });
         let result = result.map(|mut r| {
-            r.info_mut().attempt_latency = duration;
-            r.set_attempt_ended(ended);
+            r.set_attempt(started, duration);
             r
         });
         let node = match &result {

@@ -55,8 +55,9 @@ struct Parts {
     result: Option<DriverResult>,
     paging: Option<PagingStateResponse>,
     info: ExecutionInfo,
-    /// When the driver finished the attempt that made this response.
-    ended: Option<tokio::time::Instant>,
+    /// When the driver started the attempt that made this response (its
+    /// latency, in `info`, runs from here: the end is the sum of the two).
+    started: Option<tokio::time::Instant>,
 }
 
 /// The driver's result: rows as scylla's [`QueryRowsResult`], made once
@@ -154,7 +155,7 @@ impl CqlResponse {
             result: Some(result),
             paging,
             info,
-            ended: None,
+            started: None,
         })))
     }
 
@@ -166,7 +167,7 @@ impl CqlResponse {
             result: None,
             paging: None,
             info,
-            ended: None,
+            started: None,
         }))
     }
 
@@ -180,17 +181,32 @@ impl CqlResponse {
         &mut self.0.info
     }
 
+    /// When the driver started the attempt that made this response (the
+    /// clock reading its [`attempt_latency`](ExecutionInfo::attempt_latency)
+    /// runs from); `None` for a [`CqlResponse::synthetic`] one. A request
+    /// whose first attempt answered it started at the same reading (see
+    /// [`clock`](crate::clock)): the metrics layer then takes the
+    /// request's latency from the attempt's, with no clock arithmetic.
+    pub fn attempt_started(&self) -> Option<tokio::time::Instant> {
+        self.0.started
+    }
+
     /// When the driver finished the attempt that made this response (the
     /// clock reading its [`attempt_latency`](ExecutionInfo::attempt_latency)
     /// ends at); `None` for a [`CqlResponse::synthetic`] one. The metrics
     /// layer ends the request's latency there instead of reading the
     /// clock again in the same poll.
     pub fn attempt_ended(&self) -> Option<tokio::time::Instant> {
-        self.0.ended
+        self.0
+            .started
+            .and_then(|s| s.checked_add(self.0.info.attempt_latency))
     }
 
-    pub(crate) fn set_attempt_ended(&mut self, at: tokio::time::Instant) {
-        self.0.ended = Some(at);
+    /// Sets the attempt's start and latency (the driver service, which
+    /// times the attempt).
+    pub(crate) fn set_attempt(&mut self, started: tokio::time::Instant, latency: Duration) {
+        self.0.started = Some(started);
+        self.0.info.attempt_latency = latency;
     }
 
     /// The driver's result (`None` for a [`CqlResponse::synthetic`] one).
@@ -259,5 +275,24 @@ impl CqlResponse {
             ));
         }
         Ok(rows.remove(0))
+    }
+}
+
+#[cfg(all(test, not(tower_cql_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempts_end_is_its_start_plus_its_latency() {
+        let mut r = CqlResponse::synthetic(ExecutionInfo::default());
+        assert_eq!((r.attempt_started(), r.attempt_ended()), (None, None));
+        let started = tokio::time::Instant::now();
+        r.set_attempt(started, Duration::from_micros(250));
+        assert_eq!(r.attempt_started(), Some(started));
+        assert_eq!(r.info().attempt_latency, Duration::from_micros(250));
+        assert_eq!(
+            r.attempt_ended(),
+            Some(started + Duration::from_micros(250))
+        );
     }
 }

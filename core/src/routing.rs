@@ -277,8 +277,9 @@ tokio::task_local! {
 
 thread_local! {
     /// The node of the attempt being polled on this thread, as
-    /// [`Steering`] last saw it: the node it picked, then the node the
-    /// driver reported the attempt's outcome for. Cleared before, and
+    /// [`Steering`] last saw it: the node it picked (or took from its
+    /// fallback plan), then the node the driver reported a failure for.
+    /// Cleared before, and
     /// read after, each poll of a [`Steered`] attempt that records it (the
     /// driver calls the policy from within that poll).
     static SEEN: std::cell::Cell<Option<SocketAddr>> = const { std::cell::Cell::new(None) };
@@ -292,8 +293,8 @@ pin_project_lite::pin_project! {
     /// One attempt, run with its hint (if any) visible to [`Steering`],
     /// and the node the attempt went to, as [`Steering`] saw it, written
     /// to `node` (when given) after each poll: the node it picked for the
-    /// attempt, or, once the driver reports the attempt's outcome, the
-    /// node it reports. (A history listener per request told the node
+    /// attempt, or, once the driver reports a failed attempt, the node it
+    /// reports (a successful one's is its response's coordinator). (A history listener per request told the node
     /// before, for about 250 instructions more per request; this costs
     /// two thread-local accesses per poll.)
     ///
@@ -445,7 +446,9 @@ impl LoadBalancingPolicy for Steering {
     }
 
     fn on_request_success(&self, request: &RoutingInfo<'_>, latency: Duration, node: NodeRef<'_>) {
-        saw(node);
+        // (not `saw`: a successful attempt's node is its response's
+        // coordinator, and the node seen is read for failed and cancelled
+        // attempts only)
         self.inner.on_request_success(request, latency, node);
     }
 

@@ -142,13 +142,25 @@ impl Measured {
 /// attempt's latency ends at, taken in this same poll), or to now for an
 /// error or a response the driver did not make. What the layers between
 /// do with the response after the driver is done (no waiting: nanoseconds)
-/// is not in it; a second clock reading was.
+/// is not in it; a second clock reading was. A request answered by the
+/// attempt it started with (the same reading: see
+/// [`clock`](tower_cql_core::clock)) has that attempt's latency, taken
+/// as it is rather than computed again.
 #[inline(always)]
 fn end_of(start: Instant, out: &Result<CqlResponse, CqlError>) -> Duration {
-    match out.as_ref().ok().and_then(CqlResponse::attempt_ended) {
-        Some(ended) if ended >= start => ended - start,
-        _ => clock::since(start),
+    if let Ok(resp) = out
+        && let Some(started) = resp.attempt_started()
+    {
+        if started == start {
+            return resp.info().attempt_latency;
+        }
+        if let Some(ended) = resp.attempt_ended()
+            && ended >= start
+        {
+            return ended - start;
+        }
     }
+    clock::since(start)
 }
 
 impl<F> ResponseFuture<F> {
