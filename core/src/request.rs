@@ -637,6 +637,13 @@ impl Statement {
     /// per statement and cached). For a batch, the statements' texts joined
     /// by `; `. Safe to record in spans and logs.
     pub fn sanitized_text(&self) -> Option<&str> {
+        self.sanitized_shared().map(|s| &**s)
+    }
+
+    /// [`sanitized_text`](Self::sanitized_text) as the shared string the
+    /// statement keeps: a clone of it is an attribute value without a
+    /// copy of the text (as [`RequestMeta::summary_shared`]).
+    pub fn sanitized_shared(&self) -> Option<&Arc<str>> {
         self.0
             .sanitized
             .get_or_init(|| match &self.0.body {
@@ -659,7 +666,7 @@ impl Statement {
                     Some(Arc::from(texts.join("; ")))
                 }
             })
-            .as_deref()
+            .as_ref()
     }
 
     /// The statement text (for a batch, `None`). Raw text: sanitise before
@@ -1013,6 +1020,12 @@ impl RequestMeta {
     /// The statement text with literals replaced by `?` (cached per statement).
     pub fn sanitized_text(&self) -> Option<&str> {
         self.statement.sanitized_text()
+    }
+
+    /// [`sanitized_text`](Self::sanitized_text) as the statement's shared
+    /// string (see [`Statement::sanitized_shared`]).
+    pub fn sanitized_shared(&self) -> Option<&Arc<str>> {
+        self.statement.sanitized_shared()
     }
 
     /// A low-cardinality summary: `"SELECT ks.table"`, per the

@@ -92,7 +92,7 @@
 //! [`server_spans`](crate::server_spans)).
 
 use std::borrow::Cow;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -244,6 +244,40 @@ fn label_value(l: &Label) -> Value {
     }
 }
 
+/// Node addresses' texts a thread keeps (see [`ip_value`]).
+const IP_TEXTS: usize = 8;
+
+/// The texts of the last [`IP_TEXTS`] node addresses a thread wrote into
+/// spans, and where the next one goes.
+type IpTexts = (usize, [Option<(IpAddr, Arc<str>)>; IP_TEXTS]);
+
+thread_local! {
+    static IP_TEXT_CACHE: RefCell<IpTexts> = const { RefCell::new((0, [const { None }; IP_TEXTS])) };
+}
+
+/// `ip` as an attribute value: a clone of the text this thread made for
+/// it last, when it is among the last [`IP_TEXTS`] addresses it wrote (a
+/// cluster's few nodes recur on every span), else [`ip_text`], kept. A
+/// span's `server.address` then costs no formatting, allocation or free.
+fn ip_value(ip: IpAddr) -> Value {
+    let cached = IP_TEXT_CACHE.try_with(|cache| {
+        let mut cache = cache.try_borrow_mut().ok()?;
+        let (next, texts) = &mut *cache;
+        if let Some((_, text)) = texts.iter().flatten().find(|(a, _)| *a == ip) {
+            return Some(text.clone());
+        }
+        let text: Arc<str> = Arc::from(ip_text(ip));
+        texts[*next] = Some((ip, text.clone()));
+        *next = (*next + 1) % IP_TEXTS;
+        Some(text)
+    });
+    match cached {
+        Ok(Some(text)) => Value::from(text),
+        // (the thread's cache is gone, at its exit)
+        _ => Value::from(ip_text(ip)),
+    }
+}
+
 /// `ip` as text: IPv4 written digit by digit (`Display` goes through the
 /// formatting machinery, about 1,400 instructions a span), IPv6 by
 /// `Display`.
@@ -291,9 +325,10 @@ impl<T> SpanCollector<T> {
             Value::from(summary.clone()),
         ));
         if self.record_query_text
-            && let Some(text) = m.sanitized_text()
+            && let Some(text) = m.sanitized_shared()
         {
-            attrs.push(KeyValue::new("db.query.text", text.to_string()));
+            // (the statement's own string, shared: no copy a span)
+            attrs.push(KeyValue::new("db.query.text", Value::from(text.clone())));
         }
         if let Some(c) = m.consistency() {
             attrs.push(KeyValue::new(
@@ -303,7 +338,7 @@ impl<T> SpanCollector<T> {
         }
         attrs.push(KeyValue::new("db.cassandra.idempotence", m.is_idempotent()));
         if let Some(n) = e.node {
-            attrs.push(KeyValue::new("server.address", ip_text(n.ip())));
+            attrs.push(KeyValue::new("server.address", ip_value(n.ip())));
             attrs.push(KeyValue::new("server.port", i64::from(n.port())));
         }
         attrs.push(KeyValue::new("cql.attempts", i64::from(e.attempts.max(1))));
@@ -410,7 +445,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::ip_text;
+    use super::{IP_TEXTS, ip_text, ip_value};
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     #[test]
@@ -431,5 +466,30 @@ mod tests {
         }
         let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
         assert_eq!(ip_text(v6), "::1");
+    }
+
+    #[test]
+    fn ip_value_is_the_text_kept_per_thread_for_recurring_nodes() {
+        // more addresses than a thread keeps, so they are evicted and made
+        // again: each value is the address's text all the same
+        let n = IP_TEXTS as u8 * 2 + 3;
+        for round in 0..3u8 {
+            for i in 0..n {
+                let ip = IpAddr::V4(Ipv4Addr::new(10, round % 2, 0, i));
+                assert_eq!(ip_value(ip).as_str(), ip_text(ip).as_str());
+            }
+        }
+        let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        assert_eq!(ip_value(v6).as_str(), "::1");
+        // a recurring node's text is the one kept (the same string, not a
+        // copy of it)
+        let ip = IpAddr::V4(Ipv4Addr::new(192, 168, 1, 7));
+        let (a, b) = (ip_value(ip), ip_value(ip));
+        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr());
+        // and another thread makes its own
+        let c = std::thread::spawn(move || ip_value(ip).as_str().as_ptr() as usize)
+            .join()
+            .unwrap();
+        assert_ne!(c, a.as_str().as_ptr() as usize);
     }
 }
