@@ -279,9 +279,9 @@ thread_local! {
     /// The node of the attempt being polled on this thread, as
     /// [`Steering`] last saw it: the node it picked (or took from its
     /// fallback plan), then the node the driver reported a failure for.
-    /// Cleared before, and
-    /// read after, each poll of a [`Steered`] attempt that records it (the
-    /// driver calls the policy from within that poll).
+    /// Cleared before, and read after, each poll of a [`Steered`] attempt
+    /// that records it (the driver calls the policy from within that
+    /// poll).
     static SEEN: std::cell::Cell<Option<SocketAddr>> = const { std::cell::Cell::new(None) };
 }
 
@@ -294,9 +294,10 @@ pin_project_lite::pin_project! {
     /// and the node the attempt went to, as [`Steering`] saw it, written
     /// to `node` (when given) after each poll: the node it picked for the
     /// attempt, or, once the driver reports a failed attempt, the node it
-    /// reports (a successful one's is its response's coordinator). (A history listener per request told the node
-    /// before, for about 250 instructions more per request; this costs
-    /// two thread-local accesses per poll.)
+    /// reports (a successful one's is its response's coordinator). (A
+    /// history listener per request told the node before, for about 250
+    /// instructions more per request; this costs two thread-local
+    /// accesses per poll.)
     ///
     /// One type for attempts with and without a hint, so the driver
     /// service's future holds the attempt once (an `async` wrapper around
