@@ -56,7 +56,10 @@
 //! it, with the same `compare_exchange` that counts: a count can never be
 //! added to the wrong period, and no lock or background task is needed.
 //! A sum reads the slots of the last 10 epochs, so the window is the last
-//! `window` at a resolution of `window / 10`.
+//! `window` at a resolution of `window / 10`. Each thread keeps the epoch
+//! it computed last, with the period it covers: a deposit inside that
+//! period (nearly every request's) reads it back instead of dividing the
+//! time since the budget was made.
 //!
 //! A withdrawal counts itself first, then checks the sums, and takes itself
 //! back if that was one too many: two racing withdrawals may both be
@@ -65,6 +68,7 @@
 //! Time is read through `tokio::time::Instant`, so a paused Tokio clock
 //! (`tokio::time::pause`) controls it in tests.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -188,6 +192,23 @@ fn decrement(cell: &AtomicU64, epoch: u32) {
     }
 }
 
+/// Budget ids (see [`RetryBudget::epoch`]).
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// The epoch a thread computed last: for which budget, and the period
+/// `[from, until)` it covers.
+#[derive(Clone, Copy)]
+struct LastEpoch {
+    budget: u64,
+    epoch: u32,
+    from: Instant,
+    until: Instant,
+}
+
+thread_local! {
+    static LAST_EPOCH: Cell<Option<LastEpoch>> = const { Cell::new(None) };
+}
+
 /// A lock-free, sliding-window retry budget: at most
 /// `min_per_second * window_secs + ratio * requests` retries over the last
 /// `window`. See the [module docs](self) for how and why.
@@ -199,6 +220,9 @@ fn decrement(cell: &AtomicU64, epoch: u32) {
 /// does): its speculative attempts are withdrawn like retries.
 pub struct RetryBudget {
     slots: [Slot; SLOTS],
+    /// Tells this budget's epochs apart from another's in a thread's
+    /// [`LAST_EPOCH`].
+    id: u64,
     start: Instant,
     slot_nanos: u64,
     ratio: f64,
@@ -227,6 +251,7 @@ impl RetryBudget {
             .max(1);
         Ok(RetryBudget {
             slots: Default::default(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             start: clock::now(),
             slot_nanos,
             ratio: config.ratio,
@@ -235,11 +260,35 @@ impl RetryBudget {
     }
 
     /// The epoch at `now` ([`clock::now`] unless a caller has read it),
-    /// truncated to the 32 bits a slot keeps.
+    /// truncated to the 32 bits a slot keeps. Inside the period of the
+    /// epoch this thread computed last for this budget, that one, read
+    /// back: no `Instant` subtraction and division for every request.
     fn epoch(&self, now: Instant) -> u32 {
+        if let Ok(Some(last)) = LAST_EPOCH.try_with(Cell::get)
+            && last.budget == self.id
+            && last.from <= now
+            && now < last.until
+        {
+            return last.epoch;
+        }
         let elapsed = now.saturating_duration_since(self.start);
         // divided in u64, not u128 (a u64 of nanoseconds lasts 584 years)
-        (elapsed.as_nanos() as u64 / self.slot_nanos) as u32
+        let epoch = elapsed.as_nanos() as u64 / self.slot_nanos;
+        let from = epoch
+            .checked_mul(self.slot_nanos)
+            .and_then(|n| self.start.checked_add(Duration::from_nanos(n)));
+        let until = from.and_then(|f| f.checked_add(Duration::from_nanos(self.slot_nanos)));
+        if let (Some(from), Some(until)) = (from, until) {
+            let _ = LAST_EPOCH.try_with(|c| {
+                c.set(Some(LastEpoch {
+                    budget: self.id,
+                    epoch: epoch as u32,
+                    from,
+                    until,
+                }))
+            });
+        }
+        epoch as u32
     }
 
     fn slot(&self, epoch: u32) -> &Slot {
@@ -309,6 +358,48 @@ mod tests {
             window,
         })
         .unwrap()
+    }
+
+    /// The epoch read back from the thread's last one is the epoch
+    /// computed afresh: at and around period boundaries, for readings
+    /// that go back in time (a shared reading older than the last one),
+    /// and with two budgets of different periods taking turns on one
+    /// thread.
+    #[test]
+    fn an_epoch_read_back_is_the_epoch_computed() {
+        let a = budget(0.1, 0, Duration::from_millis(10)); // 1 ms slots
+        let b = budget(0.1, 0, Duration::from_millis(7)); // 700 µs slots
+        let computed = |b: &RetryBudget, at: Instant| {
+            (at.saturating_duration_since(b.start).as_nanos() as u64 / b.slot_nanos) as u32
+        };
+        // each boundary of `a` reached from just before it, then just after
+        for k in 1..12u64 {
+            for ns in [k * 1_000_000 - 1, k * 1_000_000, k * 1_000_000 + 1] {
+                let at = a.start + Duration::from_nanos(ns);
+                assert_eq!(a.epoch(at), computed(&a, at), "a at +{ns} ns");
+            }
+        }
+        // and from just after it back to just before it
+        for k in 1..12u64 {
+            for ns in [k * 1_000_000, k * 1_000_000 - 1] {
+                let at = a.start + Duration::from_nanos(ns);
+                assert_eq!(a.epoch(at), computed(&a, at), "a at +{ns} ns");
+            }
+        }
+        // a walk forward and back over many periods, in steps that do not
+        // divide them, the two budgets taking turns
+        let mut offsets: Vec<u64> = (0..400u64).map(|i| i * 37_013).collect();
+        offsets.extend((0..15u64).map(|i| 15_000_000 - i * 999_999));
+        for (i, &ns) in offsets.iter().enumerate() {
+            let budget = if i % 3 == 0 { &b } else { &a };
+            let at = budget.start + Duration::from_nanos(ns);
+            assert_eq!(budget.epoch(at), computed(budget, at), "at +{ns} ns");
+        }
+        // before the budget's start (a reading taken before it was made)
+        assert_eq!(a.epoch(a.start), 0);
+        if let Some(before) = a.start.checked_sub(Duration::from_millis(5)) {
+            assert_eq!(a.epoch(before), 0);
+        }
     }
 
     /// Every request fails and asks for a retry right after it is made.
