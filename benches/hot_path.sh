@@ -3,7 +3,7 @@
 # or a layer around a no-op service) under callgrind: the difference of a
 # 10,000- and a 20,000-request run over 10,000. Deterministic: the same
 # build gives the same count on a busy machine or a quiet one.
-# usage: benches/hot_path.sh <case: noop|metrics|trace|limits|stack|on-only|otel|prometheus> [hot_path args...]
+# usage: benches/hot_path.sh <case: noop|metrics|trace|limits|stack|timed|on-only|otel|prometheus> [hot_path args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case=$1; shift

@@ -27,6 +27,7 @@ use tower_cql_middleware::concurrency::ConcurrencyConfig;
 use tower_cql_middleware::metrics::{MetricsConfig, MetricsLayer};
 use tower_cql_middleware::rate_limit::{RateLimitConfig, RateLimitMode};
 use tower_cql_middleware::stack::StackBuilder;
+use tower_cql_middleware::timeout::TimeoutConfig;
 use tower_cql_middleware::trace::{TraceConfig, TraceLayer};
 use tower_layer::Layer;
 
@@ -40,6 +41,9 @@ enum Case {
     Trace,
     /// The default stack into an in-memory collector, no subscriber.
     Stack,
+    /// The default stack with a per-attempt timeout (5 s: it never fires),
+    /// so every attempt races a timer.
+    Timed,
     /// The default stack with a rate limit and a concurrency limit that
     /// never bind (the `overhead` bench's stack), no subscriber.
     Limits,
@@ -206,6 +210,18 @@ fn main() {
             let gate = Gate::with_collectors(collectors);
             drive(gate.wrap(s), args.iters, args.clone_per_request)
         }
+        Case::Timed => drive(
+            StackBuilder::new(collectors)
+                .timeout(TimeoutConfig {
+                    per_attempt: Some(std::time::Duration::from_secs(5)),
+                    ..TimeoutConfig::default()
+                })
+                .build(noop)
+                .expect("config")
+                .service(),
+            args.iters,
+            args.clone_per_request,
+        ),
         Case::Stack => drive(
             StackBuilder::new(collectors)
                 .build(noop)
