@@ -195,6 +195,22 @@ fn start_testkit(args: &Args) -> Result<(Server, String), String> {
     Ok((server, addr.to_string()))
 }
 
+/// CPU time (all threads, user + system) of the spawned `cql-testkit`,
+/// from `/proc/<pid>/stat` (clock ticks, 10 ms at the usual 100 Hz: about
+/// 0.5% of a 3 s round at 0.7 cores); `None` for an external server or
+/// where `/proc` cannot be read.
+fn server_cpu(pid: Option<u32>) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    // the fields after the command name, which is in parentheses and may
+    // hold spaces: utime and stime are the 14th and 15th of the line
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let hz = rustix::param::clock_ticks_per_second();
+    Some(Duration::from_secs_f64((utime + stime) as f64 / hz as f64))
+}
+
 /// CPU time of this process (all threads, user + system).
 fn process_cpu() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
@@ -207,6 +223,9 @@ struct Side {
     ops: u64,
     secs: f64,
     cpu: Duration,
+    /// The spawned server's CPU time over the same interval (`None`: an
+    /// external server).
+    server_cpu: Option<Duration>,
     /// Latencies in nanoseconds, sorted.
     lat: Vec<u32>,
 }
@@ -225,8 +244,13 @@ impl Side {
     fn cpu_us_per_op(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64
     }
+    fn server_cpu_us_per_op(&self) -> Option<f64> {
+        Some(self.server_cpu?.as_secs_f64() * 1e6 / self.ops.max(1) as f64)
+    }
     fn json(&self) -> Value {
         json!({
+            "server_cpu_us_per_op": self.server_cpu_us_per_op().map(round3),
+            "server_cpu_cores": self.server_cpu.map(|c| round3(c.as_secs_f64() / self.secs)),
             "ops": self.ops,
             "secs": round3(self.secs),
             "ops_s": self.ops_s().round(),
@@ -253,11 +277,13 @@ enum Target {
     Driver(DriverService),
 }
 
-/// Runs `concurrency` closed-loop tasks calling `op` for `secs`.
+/// Runs `concurrency` closed-loop tasks calling `op` for `secs` (the CPU
+/// of `server`, the spawned server's process, read around them).
 async fn closed_loop<F, Fut>(
     concurrency: usize,
     rows: i32,
     secs: f64,
+    server: Option<u32>,
     op: F,
 ) -> Result<Side, String>
 where
@@ -265,6 +291,7 @@ where
     Fut: std::future::Future<Output = Result<(), String>> + Send,
 {
     let stop = Arc::new(AtomicBool::new(false));
+    let server0 = server_cpu(server);
     let cpu0 = process_cpu();
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(concurrency);
@@ -291,11 +318,15 @@ where
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = process_cpu().saturating_sub(cpu0);
+    let server_cpu = server_cpu(server)
+        .zip(server0)
+        .map(|(b, a)| b.saturating_sub(a));
     lat.sort_unstable();
     Ok(Side {
         ops: lat.len() as u64,
         secs,
         cpu,
+        server_cpu,
         lat,
     })
 }
@@ -373,13 +404,14 @@ fn cpu_model() -> String {
 
 async fn run(args: Args) -> Result<Value, String> {
     let load_start = loadavg();
-    let (_server, uri) = match &args.uri {
+    let (server, uri) = match &args.uri {
         Some(u) => (None, u.clone()),
         None => {
             let (s, u) = start_testkit(&args)?;
             (Some(s), u)
         }
     };
+    let server_pid = server.as_ref().map(|s| s.0.id());
 
     // Tracing: tracing-opentelemetry over an SDK provider with a batch
     // processor exporting into a discarding sink. INFO and above, the
@@ -547,14 +579,15 @@ async fn run(args: Args) -> Result<Value, String> {
         ops: 0,
         secs: 1.0,
         cpu: Duration::ZERO,
+        server_cpu: None,
         lat: Vec::new(),
     };
     if args.warmup_secs > 0.0 {
         if run_raw {
-            closed_loop(c, rows, args.warmup_secs, raw_op.clone()).await?;
+            closed_loop(c, rows, args.warmup_secs, server_pid, raw_op.clone()).await?;
         }
         if run_stack {
-            closed_loop(c, rows, args.warmup_secs, stack_op.clone()).await?;
+            closed_loop(c, rows, args.warmup_secs, server_pid, stack_op.clone()).await?;
         }
     }
     let warm_stack_requests = memory.snapshot().requests_total();
@@ -566,9 +599,9 @@ async fn run(args: Args) -> Result<Value, String> {
         let mut stk = skipped();
         for side in [r % 2 == 0, r % 2 != 0] {
             if side && run_raw {
-                raw = closed_loop(c, rows, args.round_secs, raw_op.clone()).await?;
+                raw = closed_loop(c, rows, args.round_secs, server_pid, raw_op.clone()).await?;
             } else if !side && run_stack {
-                stk = closed_loop(c, rows, args.round_secs, stack_op.clone()).await?;
+                stk = closed_loop(c, rows, args.round_secs, server_pid, stack_op.clone()).await?;
             }
         }
         stack_ops_total += stk.ops;
@@ -598,6 +631,25 @@ async fn run(args: Args) -> Result<Value, String> {
     let raw_cpu = col(&|(r, _)| r.cpu_us_per_op());
     let stack_cpu = col(&|(_, s)| s.cpu_us_per_op());
     let cpu_ratio = col(&|(r, s)| s.cpu_us_per_op() / r.cpu_us_per_op());
+    // the spawned server's share: with both processes on the machine's
+    // cores, a saturated machine's throughput ratio is about the inverse
+    // of the ratio of client and server CPU together per request
+    let server_cols = rounds.iter().all(|(r, s)| {
+        (!run_raw || r.server_cpu.is_some()) && (!run_stack || s.server_cpu.is_some())
+    });
+    let raw_server = col(&|(r, _)| r.server_cpu_us_per_op().unwrap_or(0.0));
+    let stack_server = col(&|(_, s)| s.server_cpu_us_per_op().unwrap_or(0.0));
+    let total_cpu_ratio = col(&|(r, s)| {
+        (s.cpu_us_per_op() + s.server_cpu_us_per_op().unwrap_or(0.0))
+            / (r.cpu_us_per_op() + r.server_cpu_us_per_op().unwrap_or(0.0))
+    });
+    let server_summary = server_cols.then(|| {
+        json!({
+            "raw_server_cpu_us_per_op": stats(&raw_server),
+            "stack_server_cpu_us_per_op": stats(&stack_server),
+            "total_cpu_ratio": stats(&total_cpu_ratio),
+        })
+    });
     let recorded = memory.snapshot().requests_total() - warm_stack_requests;
 
     Ok(json!({
@@ -627,6 +679,7 @@ async fn run(args: Args) -> Result<Value, String> {
         "raw_cpu_us_per_op": round3(median(&raw_cpu)),
         "stack_cpu_us_per_op": round3(median(&stack_cpu)),
         "cpu_ratio": round3(median(&cpu_ratio)),
+        "server_cpu": server_summary,
         "summary": {
             "raw_ops_s": stats(&raw_ops),
             "stack_ops_s": stats(&stack_ops),
@@ -651,6 +704,10 @@ async fn run(args: Args) -> Result<Value, String> {
             "ratio": round3(s.ops_s() / r.ops_s()),
             "added_p50_us": round3(s.pct_us(0.5) - r.pct_us(0.5)),
             "cpu_ratio": round3(s.cpu_us_per_op() / r.cpu_us_per_op()),
+            "total_cpu_ratio": server_cols.then(|| round3(
+                (s.cpu_us_per_op() + s.server_cpu_us_per_op().unwrap_or(0.0))
+                    / (r.cpu_us_per_op() + r.server_cpu_us_per_op().unwrap_or(0.0)),
+            )),
         })).collect::<Vec<_>>(),
         "checks": {
             "stack_requests_in_rounds": stack_ops_total,
