@@ -691,10 +691,13 @@ async fn run(args: Args) -> Result<Value, String> {
             "stack_cpu_us_per_op": stats(&stack_cpu),
             "cpu_ratio": stats(&cpu_ratio),
         },
+        // #17's goals for this tool's medians (the instructions' goal is
+        // measured by `benches/callgrind.sh`)
         "goals": {
-            "ratio_ge_0_97": median(&ratio) >= 0.97,
-            "added_p50_le_2us": median(&added_p50) <= 2.0,
-            "cpu_ratio_le_1_10": median(&cpu_ratio) <= 1.10,
+            "about": "#17 at 64 in flight against cql-testkit: throughput >= 0.90 and CPU <= 1.25 with 1%-sampled SpanCollector spans (--no-otel --span-collector --trace-ratio 0.01), CPU <= 1.6 with every request in a span",
+            "throughput_ratio_ge_0_90": median(&ratio) >= 0.90,
+            "cpu_ratio_le_1_25": median(&cpu_ratio) <= 1.25,
+            "cpu_ratio_le_1_6": median(&cpu_ratio) <= 1.6,
         },
         "per_round": rounds.iter().enumerate().map(|(i, (r, s))| json!({
             "round": i,
