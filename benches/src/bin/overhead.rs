@@ -201,14 +201,22 @@ fn start_testkit(args: &Args) -> Result<(Server, String), String> {
 /// where `/proc` cannot be read.
 fn server_cpu(pid: Option<u32>) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    let hz = rustix::param::clock_ticks_per_second();
+    Some(Duration::from_secs_f64(
+        stat_cpu_ticks(&stat)? as f64 / hz as f64,
+    ))
+}
+
+/// User and system CPU, in clock ticks, of a `/proc/<pid>/stat` line.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     // the fields after the command name, which is in parentheses and may
-    // hold spaces: utime and stime are the 14th and 15th of the line
-    let rest = &stat[stat.rfind(')')? + 2..];
+    // hold spaces and parentheses: utime and stime are the 14th and 15th
+    // of the line
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let mut fields = rest.split_ascii_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    let hz = rustix::param::clock_ticks_per_second();
-    Some(Duration::from_secs_f64((utime + stime) as f64 / hz as f64))
+    Some(utime + stime)
 }
 
 /// CPU time of this process (all threads, user + system).
@@ -736,5 +744,44 @@ fn main() {
             eprintln!("error: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_lines_cpu_is_its_utime_and_stime() {
+        // a command name with a space and a parenthesis of its own
+        let line = "4242 (cql (kit) x) S 1 4242 4242 0 -1 4194560 1015 0 0 0 \
+                    731 69 0 0 20 0 3 0 123 456 789";
+        assert_eq!(stat_cpu_ticks(line), Some(800));
+        assert_eq!(stat_cpu_ticks("4242 (short) S 1"), None);
+        assert_eq!(stat_cpu_ticks("no parentheses"), None);
+    }
+
+    #[test]
+    fn a_processs_cpu_read_from_proc_is_what_the_clock_says() {
+        let pid = Some(std::process::id());
+        let (Some(a), c0) = (server_cpu(pid), process_cpu()) else {
+            eprintln!("skipped: /proc/<pid>/stat cannot be read here");
+            return;
+        };
+        // spin a quarter of a second of CPU on this thread
+        let until = c0 + Duration::from_millis(250);
+        let mut x = 0u64;
+        while process_cpu() < until {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let (b, c1) = (server_cpu(pid).unwrap(), process_cpu());
+        let proc_ms = (b - a).as_secs_f64() * 1e3;
+        let clock_ms = (c1 - c0).as_secs_f64() * 1e3;
+        // (ticks are 10 ms at the usual 100 Hz, and the readings are not
+        // taken at the same instant)
+        assert!(
+            (proc_ms - clock_ms).abs() < 60.0,
+            "/proc says {proc_ms:.0} ms, the clock {clock_ms:.0} ms"
+        );
     }
 }
