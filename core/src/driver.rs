@@ -421,11 +421,25 @@ pub(crate) struct Attempt {
     remaining: Option<Duration>,
 }
 
-/// What to execute, configured for one request.
+/// A prepared statement as the driver service keeps it (see
+/// [`DriverInner::prepared_kept`]).
+enum Kept<'a, 's> {
+    /// The statement's own, or the caller's, with the profile to run it
+    /// with (`None`: its own).
+    Ref(&'a PreparedStatement, Option<&'s ExecutionProfileHandle>),
+    /// A copy, when the statement remembers another service's.
+    Owned(PreparedStatement),
+    /// Not prepared yet, unprepared text, or a batch.
+    Uncached,
+}
+
+/// What to execute, configured for one request, when the service did not
+/// keep it (see [`DriverInner::run_uncached`]).
 pub(crate) enum Prepared<'a> {
-    /// Borrowed: the statement as cached, when the request asks for
+    /// Borrowed: the caller's statement, when the request asks for
     /// nothing it does not already have (see [`configure_prepared`]).
     Prepared(Cow<'a, PreparedStatement>),
+    /// Unprepared text.
     Unprepared(scylla::statement::Statement),
 }
 
@@ -453,52 +467,48 @@ impl DriverInner {
         (!self.driver_retries).then_some(&self.profile)
     }
 
-    /// [`resolve`](Self::resolve) without waiting: `None` when the
-    /// statement must be prepared first (or is unprepared text, or a batch).
-    pub(crate) fn resolve_cached<'a>(
-        &self,
-        req: &'a CqlRequest,
-        attempt: &Attempt,
-    ) -> Option<Prepared<'a>> {
-        let meta = req.meta();
+    /// The prepared statement `req` runs, as this service keeps it, before
+    /// the request's own settings: the statement's own (remembered in it
+    /// for this service), or the one the caller prepared, with the
+    /// profile to run it with. Found without waiting; [`Kept::Uncached`]
+    /// when the statement must be prepared first (or is unprepared text,
+    /// or a batch).
+    fn prepared_kept<'a>(&self, req: &'a CqlRequest) -> Kept<'a, '_> {
         match req.statement().body() {
             StatementBody::Cql {
                 text,
                 unprepared: false,
             } => {
                 let statement = req.statement();
-                let stmt = match statement.prepared_by(self.id) {
-                    Some(p) => {
-                        self.cache.hits.fetch_add(1, Ordering::Relaxed);
-                        Cow::Borrowed(p)
-                    }
-                    None => {
-                        // remembered as the statement's own requests ask
-                        // for it (its idempotence, consistency, page
-                        // size), so that they run it by reference
-                        let own = configure_prepared(
-                            Cow::Owned(self.cache.get_hit(text)?),
-                            &RequestMeta::from_statement(statement),
-                            Attempt { remaining: None },
-                            None,
-                        )
-                        .into_owned();
-                        statement.remember_prepared(self.id, &own);
-                        Cow::Owned(own)
-                    }
+                if let Some(p) = statement.prepared_by(self.id) {
+                    self.cache.hits.fetch_add(1, Ordering::Relaxed);
+                    return Kept::Ref(p, None);
+                }
+                // remembered as the statement's own requests ask for it
+                // (its idempotence, consistency, page size), so that they
+                // run it by reference
+                let Some(cached) = self.cache.get_hit(text) else {
+                    return Kept::Uncached;
                 };
-                Some(Prepared::Prepared(configure_prepared(
-                    stmt,
-                    meta,
-                    attempt.clone(),
+                let own = configure_prepared(
+                    Cow::Owned(cached),
+                    &RequestMeta::from_statement(statement),
+                    Attempt { remaining: None },
                     None,
-                )))
+                )
+                .into_owned();
+                statement.remember_prepared(self.id, &own);
+                match statement.prepared_by(self.id) {
+                    Some(p) => Kept::Ref(p, None),
+                    // (the statement remembers another service's)
+                    None => Kept::Owned(own),
+                }
             }
-            StatementBody::Prepared(p) => Some(self.given(p, meta, attempt.clone())),
+            StatementBody::Prepared(p) => Kept::Ref(p, self.callers_profile()),
             StatementBody::Cql {
                 unprepared: true, ..
             }
-            | StatementBody::Batch(_) => None,
+            | StatementBody::Batch(_) => Kept::Uncached,
         }
     }
 
@@ -530,7 +540,7 @@ impl DriverInner {
         out
     }
 
-    /// What [`resolve_cached`](Self::resolve_cached) could not resolve:
+    /// What [`prepared_kept`](Self::prepared_kept) could not resolve:
     /// prepares the statement (and caches it), or builds unprepared text.
     async fn resolve_uncached<'a>(
         &self,
@@ -688,10 +698,44 @@ impl DriverInner {
         // awaited in place; the rest (preparing, paging, unprepared text)
         // is boxed, so that this future, allocated on every call, is no
         // larger than the driver's own for that case.
-        let stmt = match self.resolve_cached(req, &attempt) {
-            Some(stmt) => stmt,
-            None => Box::pin(self.resolve_uncached(req, attempt)).await?,
+        let meta = req.meta();
+        let cow = match self.prepared_kept(req) {
+            Kept::Ref(p, profile) => configure_prepared(Cow::Borrowed(p), meta, attempt, profile),
+            Kept::Owned(p) => configure_prepared(Cow::Owned(p), meta, attempt, None),
+            Kept::Uncached => {
+                return Box::pin(self.run_uncached(req, paging_state, attempt)).await;
+            }
         };
+        // the statement as kept, by reference, or a copy with what this
+        // request asks for that it does not have (the reference, not the
+        // 136-byte `Cow`, is what is moved on)
+        let own;
+        let p = match cow {
+            Cow::Borrowed(p) => p,
+            Cow::Owned(p) => {
+                own = p;
+                &own
+            }
+        };
+        let values = req.values().as_row();
+        match paging_state {
+            None => CqlResponse::new(self.session.execute_unpaged(p, values).await?, None),
+            Some(ps) => {
+                let (r, next) = Box::pin(self.session.execute_single_page(p, values, ps)).await?;
+                CqlResponse::new(r, Some(next))
+            }
+        }
+    }
+
+    /// [`run`](Self::run) for a statement that is not prepared yet, or
+    /// unprepared text: prepared (and cached) first, or built.
+    async fn run_uncached(
+        &self,
+        req: &CqlRequest,
+        paging_state: Option<PagingState>,
+        attempt: Attempt,
+    ) -> Result<CqlResponse, CqlError> {
+        let stmt = self.resolve_uncached(req, attempt).await?;
         let values = req.values().as_row();
         // (each arm makes its response: a result passed through a tuple
         // first was copied once more)
@@ -700,14 +744,14 @@ impl DriverInner {
                 CqlResponse::new(self.session.execute_unpaged(&p, values).await?, None)
             }
             (Prepared::Prepared(p), Some(ps)) => {
-                let (r, next) = Box::pin(self.session.execute_single_page(&p, values, ps)).await?;
+                let (r, next) = self.session.execute_single_page(&p, values, ps).await?;
                 CqlResponse::new(r, Some(next))
             }
             (Prepared::Unprepared(s), None) => {
-                CqlResponse::new(Box::pin(self.session.query_unpaged(s, values)).await?, None)
+                CqlResponse::new(self.session.query_unpaged(s, values).await?, None)
             }
             (Prepared::Unprepared(s), Some(ps)) => {
-                let (r, next) = Box::pin(self.session.query_single_page(s, values, ps)).await?;
+                let (r, next) = self.session.query_single_page(s, values, ps).await?;
                 CqlResponse::new(r, Some(next))
             }
         }
@@ -769,6 +813,7 @@ fn configure_common(s: &mut scylla::statement::Statement, meta: &RequestMeta, at
 /// `p` as `meta` and `attempt` ask for it: copied only when it differs
 /// from them in something (a statement run as it was prepared, with no
 /// per-request consistency, page size or deadline, is run by reference).
+#[inline]
 fn configure_prepared<'a>(
     mut p: Cow<'a, PreparedStatement>,
     meta: &RequestMeta,
