@@ -698,25 +698,18 @@ impl DriverInner {
         // awaited in place; the rest (preparing, paging, unprepared text)
         // is boxed, so that this future, allocated on every call, is no
         // larger than the driver's own for that case.
-        let meta = req.meta();
-        let cow = match self.prepared_kept(req) {
-            Kept::Ref(p, profile) => configure_prepared(Cow::Borrowed(p), meta, attempt, profile),
-            Kept::Owned(p) => configure_prepared(Cow::Owned(p), meta, attempt, None),
+        // the statement as kept, by reference, or a copy with what this
+        // request asks for that it does not have: made in place, and a
+        // reference to it is what is moved on, not the 136-byte `Cow`
+        let (mut stmt, profile) = match self.prepared_kept(req) {
+            Kept::Ref(p, profile) => (Cow::Borrowed(p), profile),
+            Kept::Owned(p) => (Cow::Owned(p), None),
             Kept::Uncached => {
                 return Box::pin(self.run_uncached(req, paging_state, attempt)).await;
             }
         };
-        // the statement as kept, by reference, or a copy with what this
-        // request asks for that it does not have (the reference, not the
-        // 136-byte `Cow`, is what is moved on)
-        let own;
-        let p = match cow {
-            Cow::Borrowed(p) => p,
-            Cow::Owned(p) => {
-                own = p;
-                &own
-            }
-        };
+        configure_in_place(&mut stmt, req.meta(), attempt, profile);
+        let p: &PreparedStatement = &stmt;
         let values = req.values().as_row();
         match paging_state {
             None => CqlResponse::new(self.session.execute_unpaged(p, values).await?, None),
@@ -810,16 +803,28 @@ fn configure_common(s: &mut scylla::statement::Statement, meta: &RequestMeta, at
     s.set_tracing(meta.tracing());
 }
 
-/// `p` as `meta` and `attempt` ask for it: copied only when it differs
-/// from them in something (a statement run as it was prepared, with no
-/// per-request consistency, page size or deadline, is run by reference).
-#[inline]
+/// `p` as `meta` and `attempt` ask for it (see [`configure_in_place`]).
 fn configure_prepared<'a>(
     mut p: Cow<'a, PreparedStatement>,
     meta: &RequestMeta,
     attempt: Attempt,
     profile: Option<&ExecutionProfileHandle>,
 ) -> Cow<'a, PreparedStatement> {
+    configure_in_place(&mut p, meta, attempt, profile);
+    p
+}
+
+/// Makes `p` what `meta` and `attempt` ask for: copied only when it
+/// differs from them in something (a statement run as it was prepared,
+/// with no per-request consistency, page size or deadline, is run by
+/// reference). In place: the `Cow` is 136 bytes, and one returned by value
+/// was copied whole on every request.
+fn configure_in_place(
+    p: &mut Cow<'_, PreparedStatement>,
+    meta: &RequestMeta,
+    attempt: Attempt,
+    profile: Option<&ExecutionProfileHandle>,
+) {
     if let Some(profile) = profile {
         p.to_mut()
             .set_execution_profile_handle(Some(profile.clone()));
@@ -850,7 +855,6 @@ fn configure_prepared<'a>(
     if meta.tracing() && !p.get_tracing() {
         p.to_mut().set_tracing(true);
     }
-    p
 }
 
 impl tower_service::Service<CqlRequest> for DriverService {
