@@ -112,6 +112,7 @@ impl std::fmt::Debug for CqlResponse {
 impl CqlResponse {
     /// A response for `result`; an error if scylla cannot read the rows'
     /// metadata (it reads it as the result arrives, so in practice never).
+    #[inline(always)]
     pub(crate) fn new(
         result: QueryResult,
         paging: Option<PagingStateResponse>,
