@@ -697,10 +697,10 @@ impl DriverInner {
         // The common case, a cached prepared statement executed unpaged, is
         // awaited in place; the rest (preparing, paging, unprepared text)
         // is boxed, so that this future, allocated on every call, is no
-        // larger than the driver's own for that case.
-        // the statement as kept, by reference, or a copy with what this
-        // request asks for that it does not have: made in place, and a
-        // reference to it is what is moved on, not the 136-byte `Cow`
+        // larger than the driver's own for that case. The statement runs
+        // as kept, by reference, or as a copy with what this request asks
+        // for that it does not have: made in place, and a reference to it
+        // is what is moved on, not the 136-byte `Cow`.
         let (mut stmt, profile) = match self.prepared_kept(req) {
             Kept::Ref(p, profile) => (Cow::Borrowed(p), profile),
             Kept::Owned(p) => (Cow::Owned(p), None),
