@@ -429,38 +429,30 @@ enum Kept<'a, 's> {
     Ref(&'a PreparedStatement, Option<&'s ExecutionProfileHandle>),
     /// A copy, when the statement remembers another service's.
     Owned(PreparedStatement),
-    /// Not prepared yet, unprepared text, or a batch.
-    Uncached,
+    /// Neither: run in a boxed future of its own (see
+    /// [`DriverInner::run_uncached`]).
+    Uncached(Uncached<'a>),
 }
 
-/// What to execute, configured for one request, when the service did not
-/// keep it (see [`DriverInner::run_uncached`]).
-pub(crate) enum Prepared<'a> {
-    /// Borrowed: the caller's statement, when the request asks for
-    /// nothing it does not already have (see [`configure_prepared`]).
-    Prepared(Cow<'a, PreparedStatement>),
-    /// Unprepared text.
+/// What a driver service runs without a prepared statement it keeps.
+enum Uncached<'a> {
+    /// CQL text not prepared yet (`unprepared: false`), or sent as it is.
+    Text {
+        text: &'a Arc<str>,
+        unprepared: bool,
+    },
+    /// A batch.
+    Batch(&'a scylla::statement::batch::Batch),
+}
+
+/// What to execute for CQL text the service did not keep, configured for
+/// one request (see [`DriverInner::run_uncached`]).
+enum Resolved {
+    Prepared(PreparedStatement),
     Unprepared(scylla::statement::Statement),
 }
 
 impl DriverInner {
-    /// A statement the caller prepared, configured for this request: run
-    /// with this service's profile, unless the driver's retries are kept
-    /// (then with its own, as the caller made it).
-    fn given<'a>(
-        &self,
-        p: &'a PreparedStatement,
-        meta: &RequestMeta,
-        attempt: Attempt,
-    ) -> Prepared<'a> {
-        Prepared::Prepared(configure_prepared(
-            Cow::Borrowed(p),
-            meta,
-            attempt,
-            self.callers_profile(),
-        ))
-    }
-
     /// The profile to run a statement the caller made (prepared, or a
     /// batch) with: this service's, unless the driver's retries are kept.
     fn callers_profile(&self) -> Option<&ExecutionProfileHandle> {
@@ -470,9 +462,11 @@ impl DriverInner {
     /// The prepared statement `req` runs, as this service keeps it, before
     /// the request's own settings: the statement's own (remembered in it
     /// for this service), or the one the caller prepared, with the
-    /// profile to run it with. Found without waiting; [`Kept::Uncached`]
-    /// when the statement must be prepared first (or is unprepared text,
-    /// or a batch).
+    /// profile to run it with (a statement the caller prepared runs with
+    /// this service's profile, unless the driver's retries are kept). Found
+    /// without waiting; otherwise the text to prepare first or to send
+    /// unprepared, or the batch.
+    #[inline(always)]
     fn prepared_kept<'a>(&self, req: &'a CqlRequest) -> Kept<'a, '_> {
         match req.statement().body() {
             StatementBody::Cql {
@@ -488,7 +482,10 @@ impl DriverInner {
                 // (its idempotence, consistency, page size), so that they
                 // run it by reference
                 let Some(cached) = self.cache.get_hit(text) else {
-                    return Kept::Uncached;
+                    return Kept::Uncached(Uncached::Text {
+                        text,
+                        unprepared: false,
+                    });
                 };
                 let own = configure_prepared(
                     Cow::Owned(cached),
@@ -506,9 +503,13 @@ impl DriverInner {
             }
             StatementBody::Prepared(p) => Kept::Ref(p, self.callers_profile()),
             StatementBody::Cql {
-                unprepared: true, ..
-            }
-            | StatementBody::Batch(_) => Kept::Uncached,
+                text,
+                unprepared: true,
+            } => Kept::Uncached(Uncached::Text {
+                text,
+                unprepared: true,
+            }),
+            StatementBody::Batch(b) => Kept::Uncached(Uncached::Batch(b)),
         }
     }
 
@@ -540,45 +541,29 @@ impl DriverInner {
         out
     }
 
-    /// What [`prepared_kept`](Self::prepared_kept) could not resolve:
-    /// prepares the statement (and caches it), or builds unprepared text.
-    async fn resolve_uncached<'a>(
+    /// CQL text [`prepared_kept`](Self::prepared_kept) could not resolve,
+    /// configured for this request: prepared (and cached) first, or built
+    /// to be sent unprepared.
+    async fn resolve_uncached(
         &self,
-        req: &'a CqlRequest,
+        text: &Arc<str>,
+        unprepared: bool,
+        meta: &RequestMeta,
         attempt: Attempt,
-    ) -> Result<Prepared<'a>, CqlError> {
-        let meta = req.meta();
-        match req.statement().body() {
-            StatementBody::Cql {
-                text,
-                unprepared: false,
-            } => {
-                let stmt = match self.cache.get(text) {
-                    Some(p) => p,
-                    None => self.prepare_once(text).await?,
-                };
-                Ok(Prepared::Prepared(configure_prepared(
-                    Cow::Owned(stmt),
-                    meta,
-                    attempt,
-                    None,
-                )))
-            }
-            StatementBody::Cql {
-                text,
-                unprepared: true,
-            } => {
-                let mut s = scylla::statement::Statement::new(text.to_string());
-                s.set_execution_profile_handle(Some(self.profile.clone()));
-                configure_common(&mut s, meta, attempt);
-                Ok(Prepared::Unprepared(s))
-            }
-            StatementBody::Prepared(p) => Ok(self.given(p, meta, attempt)),
-            StatementBody::Batch(_) => Err(CqlError::new(
-                ErrorKind::BadRequest,
-                "a batch cannot be streamed: execute it with call()",
-            )),
+    ) -> Result<Resolved, CqlError> {
+        if unprepared {
+            let mut s = scylla::statement::Statement::new(text.to_string());
+            s.set_execution_profile_handle(Some(self.profile.clone()));
+            configure_common(&mut s, meta, attempt);
+            return Ok(Resolved::Unprepared(s));
         }
+        let stmt = match self.cache.get(text) {
+            Some(p) => p,
+            None => self.prepare_once(text).await?,
+        };
+        Ok(Resolved::Prepared(
+            configure_prepared(Cow::Owned(stmt), meta, attempt, None).into_owned(),
+        ))
     }
 
     /// One attempt. `called`: the attempt's start, read when it was
@@ -684,28 +669,18 @@ impl DriverInner {
         paging_state: Option<PagingState>,
         attempt: Attempt,
     ) -> Result<CqlResponse, CqlError> {
-        if let StatementBody::Batch(batch) = req.statement().body() {
-            if paging_state.is_some() {
-                return Err(CqlError::new(
-                    ErrorKind::BadRequest,
-                    "a batch cannot be paged: execute it with call(), not stream()",
-                )
-                .not_sent());
-            }
-            return Box::pin(self.run_batch(req, batch, attempt)).await;
-        }
         // The common case, a cached prepared statement executed unpaged, is
-        // awaited in place; the rest (preparing, paging, unprepared text)
-        // is boxed, so that this future, allocated on every call, is no
-        // larger than the driver's own for that case. The statement runs
-        // as kept, by reference, or as a copy with what this request asks
-        // for that it does not have: made in place, and a reference to it
-        // is what is moved on, not the 136-byte `Cow`.
+        // awaited in place; the rest (preparing, paging, unprepared text,
+        // batches) is boxed, so that this future, allocated on every call,
+        // is no larger than the driver's own for that case. The statement
+        // runs as kept, by reference, or as a copy with what this request
+        // asks for that it does not have: made in place, and a reference to
+        // it is what is moved on, not the 136-byte `Cow`.
         let (mut stmt, profile) = match self.prepared_kept(req) {
             Kept::Ref(p, profile) => (Cow::Borrowed(p), profile),
             Kept::Owned(p) => (Cow::Owned(p), None),
-            Kept::Uncached => {
-                return Box::pin(self.run_uncached(req, paging_state, attempt)).await;
+            Kept::Uncached(what) => {
+                return Box::pin(self.run_uncached(req, what, paging_state, attempt)).await;
             }
         };
         configure_in_place(&mut stmt, req.meta(), attempt, profile);
@@ -720,30 +695,45 @@ impl DriverInner {
         }
     }
 
-    /// [`run`](Self::run) for a statement that is not prepared yet, or
-    /// unprepared text: prepared (and cached) first, or built.
+    /// [`run`](Self::run) for what the service keeps no prepared
+    /// statement for: CQL text, prepared (and cached) first or built to be
+    /// sent unprepared, or a batch.
     async fn run_uncached(
         &self,
         req: &CqlRequest,
+        what: Uncached<'_>,
         paging_state: Option<PagingState>,
         attempt: Attempt,
     ) -> Result<CqlResponse, CqlError> {
-        let stmt = self.resolve_uncached(req, attempt).await?;
+        let (text, unprepared) = match what {
+            Uncached::Text { text, unprepared } => (text, unprepared),
+            Uncached::Batch(_) if paging_state.is_some() => {
+                return Err(CqlError::new(
+                    ErrorKind::BadRequest,
+                    "a batch cannot be paged: execute it with call(), not stream()",
+                )
+                .not_sent());
+            }
+            Uncached::Batch(batch) => return self.run_batch(req, batch, attempt).await,
+        };
+        let stmt = self
+            .resolve_uncached(text, unprepared, req.meta(), attempt)
+            .await?;
         let values = req.values().as_row();
         // (each arm makes its response: a result passed through a tuple
         // first was copied once more)
         match (stmt, paging_state) {
-            (Prepared::Prepared(p), None) => {
+            (Resolved::Prepared(p), None) => {
                 CqlResponse::new(self.session.execute_unpaged(&p, values).await?, None)
             }
-            (Prepared::Prepared(p), Some(ps)) => {
+            (Resolved::Prepared(p), Some(ps)) => {
                 let (r, next) = self.session.execute_single_page(&p, values, ps).await?;
                 CqlResponse::new(r, Some(next))
             }
-            (Prepared::Unprepared(s), None) => {
+            (Resolved::Unprepared(s), None) => {
                 CqlResponse::new(self.session.query_unpaged(s, values).await?, None)
             }
-            (Prepared::Unprepared(s), Some(ps)) => {
+            (Resolved::Unprepared(s), Some(ps)) => {
                 let (r, next) = self.session.query_single_page(s, values, ps).await?;
                 CqlResponse::new(r, Some(next))
             }
