@@ -363,10 +363,20 @@ struct Unfinished<'a> {
 }
 
 impl Drop for Unfinished<'_> {
+    // (the check inline, where every attempt ends; the report, for the
+    // few that did not complete, out of line)
+    #[inline]
     fn drop(&mut self) {
-        if !self.armed {
-            return;
+        if self.armed {
+            self.report();
         }
+    }
+}
+
+impl Unfinished<'_> {
+    #[cold]
+    #[inline(never)]
+    fn report(&mut self) {
         let meta = self.meta;
         let node = self
             .node
@@ -809,6 +819,7 @@ fn configure_prepared<'a>(
 /// with no per-request consistency, page size or deadline, is run by
 /// reference). In place: the `Cow` is 136 bytes, and one returned by value
 /// was copied whole on every request.
+#[inline]
 fn configure_in_place(
     p: &mut Cow<'_, PreparedStatement>,
     meta: &RequestMeta,
