@@ -223,64 +223,12 @@ where
                         }
                         Err(err) => err,
                     };
-                    let now = clock::now();
-                    let decision = shared.policy.decide(
-                        this.request.meta(),
-                        &err,
-                        *this.attempts,
-                        now,
-                        *this.deadline,
-                    );
-                    let delay = match decision {
-                        Decision::Stop(reason) => {
-                            if reason == StopReason::BudgetExhausted {
-                                let collectors = &shared.collectors;
-                                if collectors.is_active() {
-                                    collectors.emit(Event::Throttle(ThrottleEvent::new(
-                                        this.request.meta(),
-                                        BUDGET_LIMITER,
-                                        Duration::ZERO,
-                                        true,
-                                        0,
-                                    )));
-                                }
-                            }
-                            tracing::debug!(
-                                reason = reason.as_str(),
-                                error = tower_cql_core::classify::error_type(&err),
-                                attempts = *this.attempts,
-                                "not retrying"
-                            );
-                            return Poll::Ready(Err(with_attempts(err, *this.attempts)));
-                        }
-                        Decision::Retry { delay, .. } => delay,
-                    };
-                    // The next attempt's index follows every attempt made
-                    // so far, the ones the layers inside made for the last
-                    // one included (a hedge's speculative attempts: its
-                    // error says how many it made).
-                    let index = this.request.meta().attempt_index() + err.attempts().max(1);
-                    let meta = this.request.meta_mut();
-                    meta.set_attempt(index, AttemptReason::Retry);
-                    // the retry goes to another node first, when there is one
-                    if let Some(node) = err.node() {
-                        meta.route_hint().avoid(node);
-                    }
-                    let collectors = &shared.collectors;
-                    if collectors.is_active() {
-                        collectors.emit(Event::Retry(RetryEvent::new(
-                            this.request.meta(),
-                            index,
-                            delay,
-                            &err,
-                        )));
-                    }
-                    if delay.is_zero() {
-                        this.state.set(State::Ready);
-                    } else {
-                        this.state.set(State::Backoff {
-                            sleep: Box::pin(tokio::time::sleep_until(now + delay)),
-                        });
+                    match after_error(shared, this.request, *this.attempts, *this.deadline, err) {
+                        AfterError::Stop(err) => return Poll::Ready(Err(err)),
+                        AfterError::Now => this.state.set(State::Ready),
+                        AfterError::At(at) => this.state.set(State::Backoff {
+                            sleep: Box::pin(tokio::time::sleep_until(at)),
+                        }),
                     }
                 }
                 StateProj::Backoff { sleep } => {
@@ -305,6 +253,84 @@ where
                 }
             }
         }
+    }
+}
+
+/// What the retries do after a failed attempt.
+enum AfterError {
+    /// Return this error.
+    Stop(CqlError),
+    /// Make the next attempt now.
+    Now,
+    /// Make it at this time.
+    At(Instant),
+}
+
+/// The policy's decision on a failed attempt, with its events: a stop
+/// (and its throttle event when the budget is spent), or the next
+/// attempt's index and route set on `request` and its retry event. Out of
+/// line: most attempts succeed, and their poll runs only the few
+/// instructions around it.
+#[cold]
+#[inline(never)]
+fn after_error(
+    shared: &Shared,
+    request: &mut CqlRequest,
+    attempts: u32,
+    deadline: Option<Instant>,
+    err: CqlError,
+) -> AfterError {
+    let now = clock::now();
+    let decision = shared
+        .policy
+        .decide(request.meta(), &err, attempts, now, deadline);
+    let delay = match decision {
+        Decision::Stop(reason) => {
+            if reason == StopReason::BudgetExhausted {
+                let collectors = &shared.collectors;
+                if collectors.is_active() {
+                    collectors.emit(Event::Throttle(ThrottleEvent::new(
+                        request.meta(),
+                        BUDGET_LIMITER,
+                        Duration::ZERO,
+                        true,
+                        0,
+                    )));
+                }
+            }
+            tracing::debug!(
+                reason = reason.as_str(),
+                error = tower_cql_core::classify::error_type(&err),
+                attempts,
+                "not retrying"
+            );
+            return AfterError::Stop(with_attempts(err, attempts));
+        }
+        Decision::Retry { delay, .. } => delay,
+    };
+    // The next attempt's index follows every attempt made so far, the ones
+    // the layers inside made for the last one included (a hedge's
+    // speculative attempts: its error says how many it made).
+    let index = request.meta().attempt_index() + err.attempts().max(1);
+    let meta = request.meta_mut();
+    meta.set_attempt(index, AttemptReason::Retry);
+    // the retry goes to another node first, when there is one
+    if let Some(node) = err.node() {
+        meta.route_hint().avoid(node);
+    }
+    let collectors = &shared.collectors;
+    if collectors.is_active() {
+        collectors.emit(Event::Retry(RetryEvent::new(
+            request.meta(),
+            index,
+            delay,
+            &err,
+        )));
+    }
+    if delay.is_zero() {
+        AfterError::Now
+    } else {
+        AfterError::At(now + delay)
     }
 }
 
