@@ -374,6 +374,8 @@ impl Drop for Unfinished<'_> {
 }
 
 impl Unfinished<'_> {
+    /// Tells the node and emits the event of an attempt that did not
+    /// complete (see [`Unfinished`]).
     #[cold]
     #[inline(never)]
     fn report(&mut self) {
