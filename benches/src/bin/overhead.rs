@@ -255,6 +255,11 @@ impl Side {
     fn server_cpu_us_per_op(&self) -> Option<f64> {
         Some(self.server_cpu?.as_secs_f64() * 1e6 / self.ops.max(1) as f64)
     }
+    /// Client and server CPU together per request (the client's alone
+    /// for an external server).
+    fn total_cpu_us_per_op(&self) -> f64 {
+        self.cpu_us_per_op() + self.server_cpu_us_per_op().unwrap_or(0.0)
+    }
     fn json(&self) -> Value {
         json!({
             "server_cpu_us_per_op": self.server_cpu_us_per_op().map(round3),
@@ -647,10 +652,7 @@ async fn run(args: Args) -> Result<Value, String> {
     });
     let raw_server = col(&|(r, _)| r.server_cpu_us_per_op().unwrap_or(0.0));
     let stack_server = col(&|(_, s)| s.server_cpu_us_per_op().unwrap_or(0.0));
-    let total_cpu_ratio = col(&|(r, s)| {
-        (s.cpu_us_per_op() + s.server_cpu_us_per_op().unwrap_or(0.0))
-            / (r.cpu_us_per_op() + r.server_cpu_us_per_op().unwrap_or(0.0))
-    });
+    let total_cpu_ratio = col(&|(r, s)| s.total_cpu_us_per_op() / r.total_cpu_us_per_op());
     let server_summary = server_cols.then(|| {
         json!({
             "raw_server_cpu_us_per_op": stats(&raw_server),
@@ -715,10 +717,8 @@ async fn run(args: Args) -> Result<Value, String> {
             "ratio": round3(s.ops_s() / r.ops_s()),
             "added_p50_us": round3(s.pct_us(0.5) - r.pct_us(0.5)),
             "cpu_ratio": round3(s.cpu_us_per_op() / r.cpu_us_per_op()),
-            "total_cpu_ratio": server_cols.then(|| round3(
-                (s.cpu_us_per_op() + s.server_cpu_us_per_op().unwrap_or(0.0))
-                    / (r.cpu_us_per_op() + r.server_cpu_us_per_op().unwrap_or(0.0)),
-            )),
+            "total_cpu_ratio": server_cols
+                .then(|| round3(s.total_cpu_us_per_op() / r.total_cpu_us_per_op())),
         })).collect::<Vec<_>>(),
         "checks": {
             "stack_requests_in_rounds": stack_ops_total,
