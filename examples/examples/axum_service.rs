@@ -23,20 +23,18 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
-use tower_cql_core::{
-    Collectors, CqlError, CqlRequest, DriverService, ErrorKind, GateService, Statement,
-};
+use tower_cql_core::{Collectors, CqlError, CqlRequest, DriverService, ErrorKind, Statement};
 use tower_cql_exporters::metrics_bridge::MetricsBridge;
 use tower_cql_exporters::prometheus::{PrometheusExporter, PrometheusRecorder};
 use tower_cql_middleware::retry::RetryConfig;
-use tower_cql_middleware::stack::{StackBuilder, StackService};
+use tower_cql_middleware::stack::{SessionService, StackBuilder};
 use tower_cql_middleware::timeout::TimeoutConfig;
 
 /// What every handler shares: the stack (cheap to clone: the layers' state
 /// is shared) and the metrics.
 #[derive(Clone)]
 struct App {
-    cql: GateService<StackService<tower_cql_core::DriverService>>,
+    cql: SessionService,
     metrics: PrometheusRecorder,
     get_user: Statement,
     put_user: Statement,

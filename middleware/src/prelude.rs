@@ -14,7 +14,9 @@
 //! ```
 
 pub use crate::config::ConfigError;
-pub use crate::stack::{BoxService, SessionStack, Stack, StackBuilder, StackService};
+pub use crate::stack::{
+    BoxService, SessionService, SessionStack, Stack, StackBuilder, StackService,
+};
 pub use crate::stack_config::StackConfig;
 pub use tower_cql_core::{
     Collector, Collectors, CqlError, CqlRequest, CqlResponse, DriverService, ErrorKind,

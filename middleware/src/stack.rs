@@ -659,6 +659,11 @@ pub type BoxService = BoxCloneSyncService<CqlRequest, CqlResponse, CqlError>;
 /// around a [`DriverService`]): the type to name in a struct field.
 pub type SessionStack = Stack<StackService<DriverService>>;
 
+/// The service a [`SessionStack`] hands out ([`Stack::service`]: its
+/// layers behind its gate): the type to name in a struct field, or a
+/// function's parameter, that holds one.
+pub type SessionService = GateService<StackService<DriverService>>;
+
 /// A built stack: the service (clone it per task) and its shutdown gate.
 #[derive(Clone)]
 pub struct Stack<S> {

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use scylla::client::session_builder::SessionBuilder;
 use tower::ServiceExt;
-use tower_cql_core::GateService;
 use tower_cql_core::event::AttemptEvent;
 use tower_cql_core::{
     AttemptReason, BreakerState, Collector, Collectors, CqlRequest, DriverService, ErrorKind,
@@ -23,7 +22,7 @@ use tower_cql_core::{
 use tower_cql_middleware::breaker::BreakerConfig;
 use tower_cql_middleware::hedge::{HedgeConfig, HedgeDelay};
 use tower_cql_middleware::retry::{Backoff, BudgetConfig, RetryConfig};
-use tower_cql_middleware::stack::{StackBuilder, StackService};
+use tower_cql_middleware::stack::{SessionService, StackBuilder};
 use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
 
 mod support;
@@ -156,7 +155,7 @@ impl Outcome {
 /// Runs `n` requests made by `make` with `concurrency` callers; every one
 /// must resolve within 30 s (a hang fails the test).
 async fn drive(
-    svc: &GateService<StackService<tower_cql_core::DriverService>>,
+    svc: &SessionService,
     n: u64,
     concurrency: u64,
     make: impl Fn(u64) -> CqlRequest + Send + Sync + 'static,
@@ -541,7 +540,7 @@ async fn a_retry_goes_to_another_node_than_the_one_that_failed() {
 /// Reads from four callers, one request every 2 ms each, for `run_for`;
 /// also gives the first `CircuitOpen` error seen.
 async fn paced(
-    svc: &GateService<StackService<tower_cql_core::DriverService>>,
+    svc: &SessionService,
     run_for: Duration,
 ) -> (Outcome, Option<tower_cql_core::CqlError>) {
     let started = Instant::now();

@@ -40,12 +40,12 @@ use scylla::statement::prepared::PreparedStatement;
 use serde_json::{Value, json};
 use tower::{Service, ServiceExt};
 use tower_cql_core::{
-    Collectors, CqlError, CqlRequest, DriverService, GateService, InMemoryCollector, Statement,
+    Collectors, CqlError, CqlRequest, DriverService, InMemoryCollector, Statement,
 };
 use tower_cql_exporters::spans::{KeepPresampled, SpanCollector};
 use tower_cql_middleware::concurrency::ConcurrencyConfig;
 use tower_cql_middleware::rate_limit::{RateLimitConfig, RateLimitMode};
-use tower_cql_middleware::stack::{StackBuilder, StackService};
+use tower_cql_middleware::stack::{SessionService, StackBuilder};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
 
@@ -285,7 +285,7 @@ fn round3(x: f64) -> f64 {
 #[derive(Clone)]
 enum Target {
     /// The built stack, as `stack.service()` gives it.
-    Stack(GateService<StackService<tower_cql_core::DriverService>>),
+    Stack(SessionService),
     /// The driver service alone (`--compare driver`).
     Driver(DriverService),
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use scylla::statement::batch::{Batch, BatchType};
 use tower::ServiceExt;
-use tower_cql_core::{CqlError, CqlRequest, GateService, Statement};
-use tower_cql_middleware::stack::{SessionStack, StackService};
+use tower_cql_core::{CqlError, CqlRequest, Statement};
+use tower_cql_middleware::stack::{SessionService, SessionStack};
 
 use crate::args::Args;
 
@@ -30,10 +30,7 @@ pub(crate) struct ScanTally {
 /// Creates the keyspace and tables; with `--scan`, fills `--rows`
 /// partitions of `--partition-rows` rows each (one unlogged batch a
 /// partition).
-pub(crate) async fn create(
-    svc: &GateService<StackService<tower_cql_core::DriverService>>,
-    a: &Args,
-) -> Result<(), String> {
+pub(crate) async fn create(svc: &SessionService, a: &Args) -> Result<(), String> {
     for cql in [
         "CREATE KEYSPACE IF NOT EXISTS stress WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
         "CREATE TABLE IF NOT EXISTS stress.kv (k int PRIMARY KEY, v bigint)",
