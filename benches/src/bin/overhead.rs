@@ -5,6 +5,9 @@
 //! cargo build --release -p tower-cql-testkit --bin cql-testkit
 //! cargo run --release -p tower-cql-benches --bin overhead -- --json
 //! cargo run --release -p tower-cql-benches --bin overhead -- --json --uri 127.0.0.1:9042
+//! # one configuration's series, each run on its own, judged together
+//! for i in 1 2 3 4; do target/release/overhead --json > s_$i.json; done
+//! target/release/overhead --pool s_*.json
 //! ```
 //!
 //! Each round runs the raw session and then the stack (the order alternates
@@ -120,6 +123,13 @@ struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Run nothing: pool the `--json` outputs of earlier runs (each file
+    /// one series, all of one configuration) and print, for the
+    /// throughput and the client CPU ratios, the median of the series'
+    /// medians, its 95% interval (bootstrap over the series) and how many
+    /// series meet each of #17's thresholds.
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    pool: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -673,6 +683,9 @@ async fn run(args: Args) -> Result<Value, String> {
         },
         "otel": !args.no_otel,
         "otel_lean": args.otel_lean,
+        "no_limits": args.no_limits,
+        "client_threads": args.client_threads,
+        "server_threads": args.server_threads,
         "span_collector": args.span_collector,
         "trace_ratio": args.trace_ratio,
         "compare": format!("{:?}", args.compare),
@@ -728,8 +741,118 @@ async fn run(args: Args) -> Result<Value, String> {
     }))
 }
 
+/// The keys of a run's output that name its configuration: series are
+/// pooled only when these agree (a key an older output lacks counts as
+/// `null`).
+const CONFIG_KEYS: [&str; 13] = [
+    "server",
+    "otel",
+    "otel_lean",
+    "span_collector",
+    "trace_ratio",
+    "compare",
+    "concurrency",
+    "round_secs",
+    "warmup_secs",
+    "rounds",
+    "no_limits",
+    "client_threads",
+    "server_threads",
+];
+
+/// One ratio over pooled series: the median of their medians, its 95%
+/// interval by bootstrap over the series (`resamples` resamples with a
+/// fixed seed, so the same files give the same interval), and the
+/// series' spread.
+fn pooled(values: &[f64], resamples: usize) -> Value {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    // xorshift64*: enough to draw indices, and the same on every machine
+    let mut next = |n: usize| {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    };
+    let mut medians: Vec<f64> = (0..resamples)
+        .map(|_| {
+            let draw: Vec<f64> = (0..values.len())
+                .map(|_| values[next(values.len())])
+                .collect();
+            median(&draw)
+        })
+        .collect();
+    medians.sort_by(f64::total_cmp);
+    let at = |q: f64| medians[((q * resamples as f64) as usize).min(resamples - 1)];
+    let mut v = stats(values);
+    v["ci95"] = json!([round3(at(0.025)), round3(at(0.975))]);
+    v
+}
+
+/// `--pool`: the series in `files` (each an `--json` output) pooled; an
+/// error naming the file when one cannot be read or its configuration
+/// differs from the first's.
+fn pool(files: &[PathBuf]) -> Result<Value, String> {
+    let mut config: Option<(Value, &PathBuf)> = None;
+    let (mut ratio, mut cpu) = (Vec::new(), Vec::new());
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let run: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not an `overhead --json` output: {e}", f.display()))?;
+        let this = Value::Object(
+            CONFIG_KEYS
+                .iter()
+                .map(|k| (k.to_string(), run.get(*k).cloned().unwrap_or(Value::Null)))
+                .collect(),
+        );
+        match &config {
+            None => config = Some((this, f)),
+            Some((first, first_file)) if *first != this => {
+                return Err(format!(
+                    "{} was run with {this} but {} with {first}: pool series of one configuration",
+                    f.display(),
+                    first_file.display()
+                ));
+            }
+            Some(_) => {}
+        }
+        let median_of = |key: &str| {
+            run["summary"][key]["median"]
+                .as_f64()
+                .ok_or_else(|| format!("{}: no summary.{key}.median", f.display()))
+        };
+        ratio.push(median_of("ratio")?);
+        cpu.push(median_of("cpu_ratio")?);
+    }
+    let Some((config, _)) = config else {
+        return Err("--pool needs at least one file".into());
+    };
+    let count = |v: &[f64], meets: fn(f64) -> bool| v.iter().filter(|x| meets(**x)).count();
+    Ok(json!({
+        "series": files.len(),
+        "config": config,
+        "throughput_ratio": pooled(&ratio, 20_000),
+        "cpu_ratio": pooled(&cpu, 20_000),
+        "series_meeting": {
+            "throughput_ratio_ge_0_90": count(&ratio, |x| x >= 0.90),
+            "cpu_ratio_le_1_25": count(&cpu, |x| x <= 1.25),
+            "cpu_ratio_le_1_6": count(&cpu, |x| x <= 1.6),
+        },
+    }))
+}
+
 fn main() {
     let args = Args::parse();
+    if !args.pool.is_empty() {
+        match pool(&args.pool) {
+            Ok(v) if args.json => println!("{v}"),
+            Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Some(n) = args.client_threads {
@@ -750,6 +873,61 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An `overhead --json` output of one series with these medians.
+    fn series(dir: &std::path::Path, name: &str, ratio: f64, cpu: f64, trace: f64) -> PathBuf {
+        let path = dir.join(name);
+        let run = json!({
+            "server": "cql-testkit child process",
+            "concurrency": 64,
+            "trace_ratio": trace,
+            "summary": {"ratio": {"median": ratio}, "cpu_ratio": {"median": cpu}},
+        });
+        std::fs::write(&path, run.to_string()).unwrap();
+        path
+    }
+
+    #[test]
+    fn pooled_series_give_the_median_of_their_medians_and_its_interval() {
+        let dir = std::env::temp_dir().join(format!("overhead-pool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ratios = [0.80, 0.85, 0.88, 0.90, 0.91, 0.93, 0.97];
+        let cpus = [1.30, 1.26, 1.24, 1.22, 1.20, 1.18, 1.10];
+        let files: Vec<PathBuf> = (0..7)
+            .map(|i| series(&dir, &format!("s{i}.json"), ratios[i], cpus[i], 0.01))
+            .collect();
+        let v = pool(&files).unwrap();
+        assert_eq!(v["series"], 7);
+        assert_eq!(v["throughput_ratio"]["median"], 0.90);
+        assert_eq!(v["throughput_ratio"]["min"], 0.80);
+        assert_eq!(v["cpu_ratio"]["median"], 1.22);
+        let ci = |k: &str| {
+            let c = v[k]["ci95"].as_array().unwrap();
+            (c[0].as_f64().unwrap(), c[1].as_f64().unwrap())
+        };
+        let (lo, hi) = ci("throughput_ratio");
+        assert!(
+            (0.80..0.90).contains(&lo) && 0.90 < hi && hi <= 0.97,
+            "{lo} {hi}"
+        );
+        assert_eq!(
+            pool(&files).unwrap(),
+            v,
+            "the same files, the same interval"
+        );
+        assert_eq!(v["series_meeting"]["throughput_ratio_ge_0_90"], 4);
+        assert_eq!(v["series_meeting"]["cpu_ratio_le_1_25"], 5);
+        // one series of another configuration is refused, by name
+        let other = series(&dir, "other.json", 0.9, 1.2, 1.0);
+        let err = pool(&[files[0].clone(), other]).unwrap_err();
+        assert!(
+            err.contains("other.json") && err.contains("one configuration"),
+            "{err}"
+        );
+        let missing = pool(&[dir.join("none.json")]).unwrap_err();
+        assert!(missing.contains("none.json"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_stat_lines_cpu_is_its_utime_and_stime() {
