@@ -2,6 +2,8 @@
 //! testkit, spans checked with a capturing subscriber (not by scraping
 //! text), metrics through the in-memory collector.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -115,6 +117,7 @@ async fn env() -> Env {
 
 #[tokio::test(flavor = "current_thread")]
 async fn request_and_attempt_spans_follow_the_db_conventions() {
+    support::global_subscriber();
     let e = env().await;
     let capture = Capture::default();
     let _guard =
@@ -220,6 +223,7 @@ async fn request_and_attempt_spans_follow_the_db_conventions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_event_per_logical_request_beside_attempt_events() {
+    support::global_subscriber();
     let e = env().await;
     let layer = MetricsLayer::new(MetricsConfig::default(), e.collectors.clone());
     let mut svc = layer.layer(e.driver.clone());
@@ -263,6 +267,7 @@ async fn one_request_event_per_logical_request_beside_attempt_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cardinality_guard_folds_label_sets_past_the_limit() {
+    support::global_subscriber();
     let e = env().await;
     let layer = MetricsLayer::new(MetricsConfig { max_label_sets: 3 }, e.collectors.clone());
     let mut svc = layer.layer(e.driver.clone());
@@ -300,6 +305,7 @@ async fn the_cardinality_guard_folds_label_sets_past_the_limit() {
 /// that page's trip through the stack.
 #[tokio::test(flavor = "current_thread")]
 async fn a_paged_read_is_a_stream_span_with_a_page_span_per_page() {
+    support::global_subscriber();
     use futures::TryStreamExt;
     let e = env().await;
     e.driver
@@ -356,6 +362,7 @@ async fn a_paged_read_is_a_stream_span_with_a_page_span_per_page() {
 /// only for those labels, and not once the statement's labels change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cardinality_guard_remembers_admitted_statements_per_guard_and_labels() {
+    support::global_subscriber();
     let e = env().await;
     let get = |op: &str| {
         Statement::new("SELECT v FROM ks.kv WHERE k = ?")

@@ -17,6 +17,7 @@ use support::setup;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_retried_twice_is_one_logical_event_and_three_attempts() {
+    crate::support::global_subscriber();
     let (cluster, driver, collectors, memory) = setup().await;
     let stack = StackBuilder::new(collectors)
         .retry(RetryConfig {
@@ -90,6 +91,7 @@ async fn a_request_retried_twice_is_one_logical_event_and_three_attempts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_builder_validates_and_takes_user_layers() {
+    crate::support::global_subscriber();
     let (_cluster, driver, collectors, _memory) = setup().await;
     // impossible configurations are refused when built, naming the field
     let err = StackBuilder::new(collectors.clone())
@@ -613,6 +615,7 @@ mod subsets {
 
     #[tokio::test(start_paused = true)]
     async fn every_layer_subset_builds_and_behaves() {
+        crate::support::global_subscriber();
         let shapes = shapes();
         assert!(shapes.len() > 16);
         for shape in shapes {
@@ -641,15 +644,19 @@ mod subsets {
 
     #[tokio::test(start_paused = true)]
     async fn a_layer_switched_off_emits_no_event_and_opens_no_span() {
+        crate::support::global_subscriber();
         for shape in shapes() {
             // Other tests of this binary run the stack at the same time on
             // other threads, with no subscriber: a span callsite they
             // register while this thread's subscriber is being registered
-            // can keep the interest "never" (tracing's interest cache), and
-            // this thread then sees no span at all ('0 spans' failed twice
-            // in .ci/run, on the first shape, even with the cache rebuilt
-            // right after the subscriber was set). Once the first run is
-            // over, no registration is in flight: a rebuild then counts
+            // could keep the interest "never" (tracing's interest cache),
+            // and this thread then saw no span at all ('0 spans' failed
+            // twice in .ci/run, on the first shape, even with the cache
+            // rebuilt right after the subscriber was set). Every test of
+            // this binary now installs a global registry first
+            // (`support::global_subscriber`), so no callsite is cached as
+            // "never"; as a second guard, when the first run sees no span,
+            // no registration is in flight any more: a rebuild then counts
             // this thread's subscriber for certain, and the shape is run
             // again, once, to count its spans and events afresh.
             let mut tries = 0;
@@ -697,6 +704,7 @@ mod subsets {
 /// `stack.execute(&statement, values)` is the scylla-shaped call site.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn build_on_a_session_gives_the_collectors_once() {
+    crate::support::global_subscriber();
     use tower_cql_middleware::prelude::*;
     let cluster = tower_cql_testkit::Cluster::start().await.unwrap();
     let session = support::session(&cluster).await;
@@ -737,6 +745,7 @@ async fn build_on_a_session_gives_the_collectors_once() {
 /// two sets cannot differ.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_built_driver_emits_into_the_stacks_collectors() {
+    crate::support::global_subscriber();
     use tower_cql_middleware::prelude::*;
     let cluster = tower_cql_testkit::Cluster::start().await.unwrap();
     let session = support::session(&cluster).await;
@@ -782,6 +791,7 @@ async fn a_hand_built_driver_emits_into_the_stacks_collectors() {
 /// to the stack's set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_driver_given_alone_adopts_the_stacks_collectors() {
+    crate::support::global_subscriber();
     use tower_cql_middleware::prelude::*;
     let cluster = tower_cql_testkit::Cluster::start().await.unwrap();
     let session = Arc::new(support::session(&cluster).await);
@@ -841,6 +851,7 @@ async fn a_driver_given_alone_adopts_the_stacks_collectors() {
 /// has exactly its attempt's latency, in the events and in the response.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_attempt_request_is_timed_by_its_attempts_readings() {
+    crate::support::global_subscriber();
     use std::sync::Mutex;
     use tower_cql_core::event::{AttemptEvent, RequestEvent};
     use tower_cql_middleware::prelude::*;
