@@ -232,6 +232,7 @@ mod tests {
     #[test]
     fn logs_slow_requests_sanitised_and_rate_limited() {
         let lines = Lines::default();
+        crate::global_subscriber();
         let _g =
             tracing::subscriber::set_default(tracing_subscriber::registry().with(lines.clone()));
         let log = SlowQueryLog::new(SlowQueryLogConfig {
