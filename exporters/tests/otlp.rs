@@ -363,21 +363,21 @@ async fn export_end_to_end(protocol: Protocol, transport: Transport) {
 // flushes on a blocking thread, so nothing deadlocks).
 #[tokio::test(flavor = "current_thread")]
 async fn grpc_export_of_metrics_and_spans() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let _serial = SERIAL.lock().await;
     export_end_to_end(Protocol::Grpc, Transport::Grpc).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn http_protobuf_export_of_metrics_and_spans() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let _serial = SERIAL.lock().await;
     export_end_to_end(Protocol::HttpProtobuf, Transport::HttpProtobuf).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_environment_chooses_protocol_and_endpoint() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let _serial = SERIAL.lock().await;
     let receiver = OtlpReceiver::start().await.unwrap();
     let otlp = OtlpExporterBuilder::from_vars([
@@ -419,7 +419,7 @@ async fn the_environment_chooses_protocol_and_endpoint() {
 
 #[test]
 fn install_outside_a_runtime_is_a_clear_error() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let err = no_env().install().unwrap_err();
     assert!(matches!(err, OtlpError::NoRuntime), "{err:?}");
     assert!(err.to_string().contains("inside a Tokio runtime"), "{err}");
@@ -427,7 +427,7 @@ fn install_outside_a_runtime_is_a_clear_error() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn install_refuses_invalid_configuration() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let _serial = SERIAL.lock().await;
     let cases: Vec<(OtlpExporterBuilder, &str)> = vec![
         (
@@ -487,7 +487,7 @@ async fn install_refuses_invalid_configuration() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn install_sends_headers_to_loopback_without_being_told() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let _serial = SERIAL.lock().await;
     let receiver = OtlpReceiver::start().await.unwrap();
     let port = receiver.addr().port();
@@ -509,7 +509,7 @@ async fn install_sends_headers_to_loopback_without_being_told() {
 
 #[test]
 fn builder_debug_shows_header_names_not_values() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let b = OtlpExporterBuilder::from_vars([("OTEL_EXPORTER_OTLP_HEADERS", SECRET)])
         .header("x-api-key", SECRET)
         .service_name("svc");
@@ -606,14 +606,14 @@ async fn close_with_an_unresponsive_endpoint(protocol: Protocol) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_close_timeout_keeps_its_bound_when_the_endpoint_never_answers() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let _serial = SERIAL.lock().await;
     close_with_an_unresponsive_endpoint(Protocol::Grpc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_close_timeout_keeps_its_bound_when_the_endpoint_never_answers() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let _serial = SERIAL.lock().await;
     close_with_an_unresponsive_endpoint(Protocol::HttpProtobuf).await;
 }
@@ -670,14 +670,14 @@ async fn the_signal_specific_endpoint_wins(protocol: Protocol) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_the_traces_endpoint_wins_over_the_general_one() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let _serial = SERIAL.lock().await;
     the_signal_specific_endpoint_wins(Protocol::Grpc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_the_traces_endpoint_wins_over_the_general_one() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let _serial = SERIAL.lock().await;
     the_signal_specific_endpoint_wins(Protocol::HttpProtobuf).await;
 }
@@ -732,14 +732,14 @@ async fn unreachable_endpoints_are_named_with_the_cause(protocol: Protocol) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unreachable_endpoints_are_named_with_the_cause() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let _serial = SERIAL.lock().await;
     unreachable_endpoints_are_named_with_the_cause(Protocol::Grpc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_unreachable_endpoints_are_named_with_the_cause() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let _serial = SERIAL.lock().await;
     unreachable_endpoints_are_named_with_the_cause(Protocol::HttpProtobuf).await;
 }
@@ -748,7 +748,7 @@ async fn http_unreachable_endpoints_are_named_with_the_cause() {
 /// the error says the DNS lookup failed, for both signals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unresolvable_host_is_named_with_the_cause() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let _serial = SERIAL.lock().await;
     both_signals_name_the_cause("http://otlp-collector.invalid:4317", "DNS lookup failed").await;
 }
@@ -791,7 +791,7 @@ async fn failed_flush(otlp: &tower_cql_exporters::otlp::OtlpExporter) -> String 
 /// closed, for both signals and both protocols.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_that_closes_connections_is_named_with_the_cause() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let _serial = SERIAL.lock().await;
     let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .await
@@ -828,7 +828,7 @@ fn spans_and_points(otlp: &tower_cql_exporters::otlp::OtlpExporter, n: usize, se
 /// says how many spans and metric points were lost, exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_reports_the_spans_and_metric_points_lost() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let _serial = SERIAL.lock().await;
     for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
         let otlp = no_env()
@@ -861,7 +861,7 @@ async fn shutdown_reports_the_spans_and_metric_points_lost() {
 /// those of the failed exports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_dropped_by_a_full_queue_count_as_lost() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let _serial = SERIAL.lock().await;
     let otlp = no_env()
         .protocol(Protocol::default_for_build())
@@ -891,7 +891,7 @@ const CHILD: &str = "TOWER_CQL_OTLP_CHILD";
 /// exports one span and one point, and shuts down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_exports_from_the_process_environment() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     if std::env::var_os(CHILD).is_none() {
         return;
     }
@@ -911,7 +911,7 @@ async fn child_exports_from_the_process_environment() {
 /// the variables set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_process_environment_keeps_each_signal_s_own_variables() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let _serial = SERIAL.lock().await;
     for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
         let general = OtlpReceiver::start().await.unwrap();
@@ -975,7 +975,7 @@ async fn the_process_environment_keeps_each_signal_s_own_variables() {
 /// exporter's other spans are still sampled at the ratio.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_span_collector_samples_at_the_trace_ratio_once() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let (reads, other) =
         span_collector_run(no_env().trace_sample_ratio(0.5), "Some(0.5)", 400).await;
     // 400 at 0.5: 200 ± 10 (one standard deviation); sampled twice, 100

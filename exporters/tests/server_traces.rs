@@ -175,14 +175,14 @@ fn check(spans: &[FoundSpan], slow: std::net::IpAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn span_collector_parents_one_server_span_per_node_on_the_client_span() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let (spans, slow) = run(false).await;
     check(&spans, slow);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracing_path_parents_server_spans_on_the_request_span() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let (spans, slow) = run(true).await;
     check(&spans, slow);
 }

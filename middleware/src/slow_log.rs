@@ -232,7 +232,7 @@ mod tests {
     #[test]
     fn logs_slow_requests_sanitised_and_rate_limited() {
         let lines = Lines::default();
-        crate::global_subscriber();
+        tower_cql_testkit::tracing_setup::global_registry();
         let _g =
             tracing::subscriber::set_default(tracing_subscriber::registry().with(lines.clone()));
         let log = SlowQueryLog::new(SlowQueryLogConfig {

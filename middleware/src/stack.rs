@@ -915,7 +915,7 @@ mod tests {
         // draws for both compositions
         fastrand::seed(17);
         let spans = Spans::default();
-        crate::global_subscriber();
+        tower_cql_testkit::tracing_setup::global_registry();
         let _subscriber =
             tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
         let log = Arc::new(Log::default());

@@ -2,8 +2,6 @@
 //! testkit, spans checked with a capturing subscriber (not by scraping
 //! text), metrics through the in-memory collector.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -117,7 +115,7 @@ async fn env() -> Env {
 
 #[tokio::test(flavor = "current_thread")]
 async fn request_and_attempt_spans_follow_the_db_conventions() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let e = env().await;
     let capture = Capture::default();
     let _guard =
@@ -223,7 +221,7 @@ async fn request_and_attempt_spans_follow_the_db_conventions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_event_per_logical_request_beside_attempt_events() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let e = env().await;
     let layer = MetricsLayer::new(MetricsConfig::default(), e.collectors.clone());
     let mut svc = layer.layer(e.driver.clone());
@@ -267,7 +265,7 @@ async fn one_request_event_per_logical_request_beside_attempt_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cardinality_guard_folds_label_sets_past_the_limit() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let e = env().await;
     let layer = MetricsLayer::new(MetricsConfig { max_label_sets: 3 }, e.collectors.clone());
     let mut svc = layer.layer(e.driver.clone());
@@ -305,7 +303,7 @@ async fn the_cardinality_guard_folds_label_sets_past_the_limit() {
 /// that page's trip through the stack.
 #[tokio::test(flavor = "current_thread")]
 async fn a_paged_read_is_a_stream_span_with_a_page_span_per_page() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     use futures::TryStreamExt;
     let e = env().await;
     e.driver
@@ -362,7 +360,7 @@ async fn a_paged_read_is_a_stream_span_with_a_page_span_per_page() {
 /// only for those labels, and not once the statement's labels change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cardinality_guard_remembers_admitted_statements_per_guard_and_labels() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let e = env().await;
     let get = |op: &str| {
         Statement::new("SELECT v FROM ks.kv WHERE k = ?")

@@ -17,7 +17,7 @@ use support::setup;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_retried_twice_is_one_logical_event_and_three_attempts() {
-    crate::support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let (cluster, driver, collectors, memory) = setup().await;
     let stack = StackBuilder::new(collectors)
         .retry(RetryConfig {
@@ -91,7 +91,7 @@ async fn a_request_retried_twice_is_one_logical_event_and_three_attempts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_builder_validates_and_takes_user_layers() {
-    crate::support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let (_cluster, driver, collectors, _memory) = setup().await;
     // impossible configurations are refused when built, naming the field
     let err = StackBuilder::new(collectors.clone())
@@ -615,7 +615,7 @@ mod subsets {
 
     #[tokio::test(start_paused = true)]
     async fn every_layer_subset_builds_and_behaves() {
-        crate::support::global_subscriber();
+        tower_cql_testkit::tracing_setup::global_registry();
         let shapes = shapes();
         assert!(shapes.len() > 16);
         for shape in shapes {
@@ -644,7 +644,7 @@ mod subsets {
 
     #[tokio::test(start_paused = true)]
     async fn a_layer_switched_off_emits_no_event_and_opens_no_span() {
-        crate::support::global_subscriber();
+        tower_cql_testkit::tracing_setup::global_registry();
         for shape in shapes() {
             // Other tests of this binary run the stack at the same time on
             // other threads, with no subscriber: a span callsite they
@@ -654,7 +654,7 @@ mod subsets {
             // twice in .ci/run, on the first shape, even with the cache
             // rebuilt right after the subscriber was set). Every test of
             // this binary now installs a global registry first
-            // (`support::global_subscriber`), so no callsite is cached as
+            // (`tower_cql_testkit::tracing_setup`), so no callsite is cached as
             // "never"; as a second guard, when the first run sees no span,
             // no registration is in flight any more: a rebuild then counts
             // this thread's subscriber for certain, and the shape is run
@@ -704,7 +704,7 @@ mod subsets {
 /// `stack.execute(&statement, values)` is the scylla-shaped call site.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn build_on_a_session_gives_the_collectors_once() {
-    crate::support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     use tower_cql_middleware::prelude::*;
     let cluster = tower_cql_testkit::Cluster::start().await.unwrap();
     let session = support::session(&cluster).await;
@@ -745,7 +745,7 @@ async fn build_on_a_session_gives_the_collectors_once() {
 /// two sets cannot differ.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_built_driver_emits_into_the_stacks_collectors() {
-    crate::support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     use tower_cql_middleware::prelude::*;
     let cluster = tower_cql_testkit::Cluster::start().await.unwrap();
     let session = support::session(&cluster).await;
@@ -791,7 +791,7 @@ async fn a_hand_built_driver_emits_into_the_stacks_collectors() {
 /// to the stack's set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_driver_given_alone_adopts_the_stacks_collectors() {
-    crate::support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     use tower_cql_middleware::prelude::*;
     let cluster = tower_cql_testkit::Cluster::start().await.unwrap();
     let session = Arc::new(support::session(&cluster).await);
@@ -851,7 +851,7 @@ async fn a_driver_given_alone_adopts_the_stacks_collectors() {
 /// has exactly its attempt's latency, in the events and in the response.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_attempt_request_is_timed_by_its_attempts_readings() {
-    crate::support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     use std::sync::Mutex;
     use tower_cql_core::event::{AttemptEvent, RequestEvent};
     use tower_cql_middleware::prelude::*;

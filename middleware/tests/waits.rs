@@ -5,8 +5,6 @@
 //! still reported. A stand-in driver and a paused Tokio clock make every
 //! duration exact.
 
-mod support;
-
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -215,7 +213,7 @@ fn one_in_flight(queue_timeout: Option<Duration>) -> ConcurrencyConfig {
 
 #[tokio::test(start_paused = true)]
 async fn the_wait_for_a_token_is_in_the_request_latency_and_span() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let spans = SpanTimes::default();
     let _guard =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
@@ -246,7 +244,7 @@ async fn the_wait_for_a_token_is_in_the_request_latency_and_span() {
 
 #[tokio::test(start_paused = true)]
 async fn the_time_queued_for_a_slot_is_in_the_request_latency_and_span() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     for adaptive in [false, true] {
         let spans = SpanTimes::default();
         let _guard =
@@ -295,7 +293,7 @@ async fn the_time_queued_for_a_slot_is_in_the_request_latency_and_span() {
 
 #[tokio::test(start_paused = true)]
 async fn a_deadline_that_passes_while_waiting_for_a_token_fails_then() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let t0 = Instant::now();
     let driver = Driver::new(MS);
     let (stack, rec) = stack(&driver, |b| {
@@ -335,7 +333,7 @@ async fn a_deadline_that_passes_while_waiting_for_a_token_fails_then() {
 
 #[tokio::test(start_paused = true)]
 async fn a_deadline_that_passes_in_the_queue_fails_then_and_the_queue_timeout_still_holds() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let driver = Driver::new(Duration::from_secs(5));
     let (stack, rec) = stack(&driver, |b| {
         b.concurrency(one_in_flight(Some(Duration::from_secs(1))))
@@ -393,7 +391,7 @@ async fn a_deadline_that_passes_in_the_queue_fails_then_and_the_queue_timeout_st
 
 #[tokio::test(start_paused = true)]
 async fn a_request_dropped_while_queued_is_one_cancelled_request_and_frees_its_place() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let driver = Driver::new(100 * MS);
     let (stack, rec) = stack(&driver, |b| b.concurrency(one_in_flight(None)));
     let first = tokio::spawn(stack.service().oneshot(req("first")));
@@ -420,7 +418,7 @@ async fn a_request_dropped_while_queued_is_one_cancelled_request_and_frees_its_p
 
 #[tokio::test(start_paused = true)]
 async fn a_request_dropped_while_waiting_for_a_token_is_one_cancelled_request_and_gives_it_back() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let driver = Driver::new(Duration::ZERO);
     let (stack, rec) = stack(&driver, |b| {
         b.rate_limit(one_token_per(100 * MS, Duration::from_secs(1)))
@@ -531,7 +529,7 @@ macro_rules! assert_pending {
 
 #[tokio::test(start_paused = true)]
 async fn a_full_concurrency_limit_is_ready_and_its_response_future_queues() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let rec = Arc::new(Recorder::default());
     let collectors = Collectors::with([rec.clone()]);
     let layer = ConcurrencyLimitLayer::new(one_in_flight(None), collectors);
@@ -577,7 +575,7 @@ async fn a_full_concurrency_limit_is_ready_and_its_response_future_queues() {
 
 #[tokio::test(start_paused = true)]
 async fn an_empty_rate_limit_is_ready_and_its_response_future_waits() {
-    support::global_subscriber();
+    tower_cql_testkit::tracing_setup::global_registry();
     let rec = Arc::new(Recorder::default());
     let collectors = Collectors::with([rec.clone()]);
     let layer = RateLimitLayer::new(one_token_per(100 * MS, Duration::from_secs(1)), collectors);

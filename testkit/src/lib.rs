@@ -166,6 +166,8 @@ mod schema;
 mod server;
 mod system;
 mod trace;
+#[cfg(feature = "tracing-setup")]
+pub mod tracing_setup;
 mod types;
 
 pub use error::{Consistency, WriteType};

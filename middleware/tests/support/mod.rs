@@ -159,25 +159,3 @@ impl BreakerLog {
         self.0.lock().unwrap().clone()
     }
 }
-
-/// Makes a bare `tracing` registry the process's global subscriber, once;
-/// every test of a binary where some test asserts on spans calls it
-/// first.
-///
-/// `tracing` caches each callsite's interest for the whole process,
-/// computed when a thread first reaches it. Until a thread-local
-/// subscriber exists anywhere, that asks only the reaching thread's
-/// subscriber: a test running the stack with none caches "never" for
-/// the stack's spans, and if that races the registration of another
-/// test's own subscriber (`set_default`, on its thread), the rebuild that
-/// registration makes can miss it, and that test sees no span at all
-/// (`waits.rs`'s queued-slot test failed so once in `.ci/run`). With a
-/// global registry, a thread with no subscriber of its own answers
-/// "always", so no callsite is ever cached as "never".
-pub(crate) fn global_subscriber() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // (another global subscriber already set is as good)
-        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
-    });
-}
