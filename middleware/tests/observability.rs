@@ -303,8 +303,8 @@ async fn the_cardinality_guard_folds_label_sets_past_the_limit() {
 /// that page's trip through the stack.
 #[tokio::test(flavor = "current_thread")]
 async fn a_paged_read_is_a_stream_span_with_a_page_span_per_page() {
-    tower_cql_testkit::tracing_setup::global_registry();
     use futures::TryStreamExt;
+    tower_cql_testkit::tracing_setup::global_registry();
     let e = env().await;
     e.driver
         .execute(CqlRequest::unprepared(

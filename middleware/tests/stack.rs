@@ -646,35 +646,18 @@ mod subsets {
     async fn a_layer_switched_off_emits_no_event_and_opens_no_span() {
         tower_cql_testkit::tracing_setup::global_registry();
         for shape in shapes() {
-            // Other tests of this binary run the stack at the same time on
-            // other threads, with no subscriber: a span callsite they
-            // register while this thread's subscriber is being registered
-            // could keep the interest "never" (tracing's interest cache),
-            // and this thread then saw no span at all ('0 spans' failed
-            // twice in .ci/run, on the first shape, even with the cache
-            // rebuilt right after the subscriber was set). Every test of
-            // this binary now installs a global registry first
-            // (`tower_cql_testkit::tracing_setup`), so no callsite is cached as
-            // "never"; as a second guard, when the first run sees no span,
-            // no registration is in flight any more: a rebuild then counts
-            // this thread's subscriber for certain, and the shape is run
-            // again, once, to count its spans and events afresh.
-            let mut tries = 0;
-            let (counting, spans) = loop {
-                tries += 1;
-                let counting = Arc::new(Counting::default());
-                let collectors = Collectors::with([counting.clone()]);
-                let spans = Arc::new(AtomicU64::new(0));
-                let subscriber = tracing_subscriber::registry().with(SpanCount(spans.clone()));
-                let guard = tracing::subscriber::set_default(subscriber);
-                tracing::callsite::rebuild_interest_cache();
-                exercise(shape, &collectors).await;
-                drop(guard);
-                if shape.trace && spans.load(Ordering::SeqCst) == 0 && tries == 1 {
-                    continue;
-                }
-                break (counting, spans);
-            };
+            // (other tests of this binary run the stack at the same time
+            // with no subscriber; the global registry every test installs
+            // first keeps them from caching the stack's span callsites as
+            // "never", which made this thread see no span: see
+            // `tower_cql_testkit::tracing_setup`)
+            let counting = Arc::new(Counting::default());
+            let collectors = Collectors::with([counting.clone()]);
+            let spans = Arc::new(AtomicU64::new(0));
+            let subscriber = tracing_subscriber::registry().with(SpanCount(spans.clone()));
+            let guard = tracing::subscriber::set_default(subscriber);
+            exercise(shape, &collectors).await;
+            drop(guard);
 
             let c = &*counting;
             let limited = shape.limit != Limit::None;
@@ -704,8 +687,8 @@ mod subsets {
 /// `stack.execute(&statement, values)` is the scylla-shaped call site.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn build_on_a_session_gives_the_collectors_once() {
-    tower_cql_testkit::tracing_setup::global_registry();
     use tower_cql_middleware::prelude::*;
+    tower_cql_testkit::tracing_setup::global_registry();
     let cluster = tower_cql_testkit::Cluster::start().await.unwrap();
     let session = support::session(&cluster).await;
     let memory = Arc::new(InMemoryCollector::new());
@@ -745,8 +728,8 @@ async fn build_on_a_session_gives_the_collectors_once() {
 /// two sets cannot differ.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_built_driver_emits_into_the_stacks_collectors() {
-    tower_cql_testkit::tracing_setup::global_registry();
     use tower_cql_middleware::prelude::*;
+    tower_cql_testkit::tracing_setup::global_registry();
     let cluster = tower_cql_testkit::Cluster::start().await.unwrap();
     let session = support::session(&cluster).await;
     let other = Arc::new(InMemoryCollector::new());
@@ -791,8 +774,8 @@ async fn a_hand_built_driver_emits_into_the_stacks_collectors() {
 /// to the stack's set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_driver_given_alone_adopts_the_stacks_collectors() {
-    tower_cql_testkit::tracing_setup::global_registry();
     use tower_cql_middleware::prelude::*;
+    tower_cql_testkit::tracing_setup::global_registry();
     let cluster = tower_cql_testkit::Cluster::start().await.unwrap();
     let session = Arc::new(support::session(&cluster).await);
     let get = Statement::new("SELECT keyspace_name FROM system_schema.keyspaces").operation("get");
@@ -851,10 +834,10 @@ async fn a_driver_given_alone_adopts_the_stacks_collectors() {
 /// has exactly its attempt's latency, in the events and in the response.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_attempt_request_is_timed_by_its_attempts_readings() {
-    tower_cql_testkit::tracing_setup::global_registry();
     use std::sync::Mutex;
     use tower_cql_core::event::{AttemptEvent, RequestEvent};
     use tower_cql_middleware::prelude::*;
+    tower_cql_testkit::tracing_setup::global_registry();
 
     #[derive(Default)]
     struct Durations {
