@@ -1,0 +1,218 @@
+//! The request that flows through a tower-cql stack.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_cql_core::{CqlRequest, Statement};
+//! use scylla::statement::Consistency;
+//!
+//! // A statement analysed once, shared by every request built from it.
+//! let get_user = Statement::new("SELECT name FROM app.users WHERE id = ?")
+//!     .operation("get_user")
+//!     .idempotent(true);
+//! let req = get_user.request().bind((42i64,)).consistency(Consistency::Quorum).timeout(Duration::from_millis(200));
+//! assert!(req.meta().is_idempotent());
+//! assert_eq!(req.meta().operation().map(|l| l.as_str()), Some("get_user"));
+//! assert_eq!(req.meta().kind().as_str(), "SELECT");
+//! // Bound values never show up in Debug output.
+//! assert!(format!("{req:?}").contains("values: <1 row redacted>"));
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::Batch;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+
+pub use crate::analysis::StatementTraits;
+
+mod kind;
+mod label;
+mod meta;
+mod statement;
+mod values;
+
+pub use kind::{AttemptReason, OperationKind};
+pub use label::Label;
+pub use meta::{QuerySummary, RequestMeta};
+pub use statement::{Statement, StatementBody};
+pub use values::Values;
+
+/// A request: a statement, its bound values, and its [`RequestMeta`].
+/// Cloning is cheap (reference counts), as retry and hedging need.
+#[derive(Clone)]
+pub struct CqlRequest {
+    values: Values,
+    meta: RequestMeta,
+    /// The collectors of the stack the request is in, set by its gate (see
+    /// [`crate::GateService`]): the driver service emits attempt events
+    /// there, so a stack's events go to one set whatever the driver
+    /// service was built with. Not in `meta`, which events copy.
+    collectors: Option<crate::Collectors>,
+}
+
+impl CqlRequest {
+    /// A request for CQL text (prepared and cached by the driver service).
+    /// Analyses the text each time: build a [`Statement`] once for hot paths.
+    pub fn query(text: impl Into<Arc<str>>) -> CqlRequest {
+        Statement::new(text).request()
+    }
+
+    /// A request sent as an unprepared QUERY (DDL, one-offs).
+    pub fn unprepared(text: impl Into<Arc<str>>) -> CqlRequest {
+        Statement::unprepared(text).request()
+    }
+
+    /// A request for a statement the caller prepared.
+    pub fn prepared(statement: PreparedStatement) -> CqlRequest {
+        Statement::prepared(statement).request()
+    }
+
+    /// A batch request with one row of values per statement.
+    pub fn batch<V>(batch: Batch, values: V) -> CqlRequest
+    where
+        V: scylla::serialize::batch::BatchValues + Send + Sync + 'static,
+    {
+        let n = batch.statements.len();
+        let mut r = Statement::batch(batch).request();
+        r.values = Values::batch(values, n);
+        r
+    }
+
+    /// Binds one row of values. A one-column row of a fixed-size scalar
+    /// (`(i32,)`, `(i64,)`, `(Uuid,)`, ...) is kept inline, with no
+    /// allocation; other rows are kept behind an `Arc` (see [`Values`]).
+    pub fn bind(mut self, values: impl SerializeRow + Send + Sync + 'static) -> CqlRequest {
+        self.values = Values::row(values);
+        self
+    }
+
+    /// Names the operation (a bounded label).
+    pub fn operation(mut self, name: impl Into<Label>) -> CqlRequest {
+        self.meta.set_operation(Some(name.into()));
+        self
+    }
+
+    /// Marks the request idempotent (or not).
+    pub fn idempotent(mut self, idempotent: bool) -> CqlRequest {
+        self.meta.p.idempotent = idempotent;
+        self
+    }
+
+    /// Sets the keyspace label.
+    pub fn keyspace(mut self, keyspace: impl Into<Label>) -> CqlRequest {
+        self.meta.set_keyspace(Some(keyspace.into()));
+        self
+    }
+
+    /// Sets the table label.
+    pub fn table(mut self, table: impl Into<Label>) -> CqlRequest {
+        self.meta.set_table(Some(table.into()));
+        self
+    }
+
+    /// Sets the consistency level.
+    pub fn consistency(mut self, c: Consistency) -> CqlRequest {
+        self.meta.p.consistency = Some(c);
+        self
+    }
+
+    /// Sets the serial consistency level (for LWTs).
+    pub fn serial_consistency(mut self, c: SerialConsistency) -> CqlRequest {
+        self.meta.p.serial_consistency = Some(c);
+        self
+    }
+
+    /// Sets the page size (rows per page).
+    pub fn page_size(mut self, rows: i32) -> CqlRequest {
+        self.meta.p.page_size = Some(rows);
+        self
+    }
+
+    /// Sets the deadline for the whole request, all attempts included.
+    pub fn deadline(mut self, at: Instant) -> CqlRequest {
+        self.meta.p.deadline = Some(at);
+        self
+    }
+
+    /// Sets the deadline `d` from now.
+    pub fn timeout(self, d: Duration) -> CqlRequest {
+        self.deadline(crate::clock::now().into_std() + d)
+    }
+
+    /// Asks the server to trace the request (the trace id comes back in
+    /// [`crate::ExecutionInfo::tracing_id`]).
+    pub fn tracing(mut self, on: bool) -> CqlRequest {
+        self.meta.p.tracing = on;
+        self
+    }
+
+    /// The statement.
+    pub fn statement(&self) -> &Statement {
+        &self.meta.statement
+    }
+
+    /// The bound values.
+    pub fn values(&self) -> &Values {
+        &self.values
+    }
+
+    /// The metadata.
+    pub fn meta(&self) -> &RequestMeta {
+        &self.meta
+    }
+
+    /// The metadata, to change (middleware uses this).
+    pub fn meta_mut(&mut self) -> &mut RequestMeta {
+        &mut self.meta
+    }
+
+    /// The collectors of the stack this request is in, once its gate
+    /// admitted it.
+    pub(crate) fn stack_collectors(&self) -> Option<&crate::Collectors> {
+        self.collectors.as_ref()
+    }
+
+    pub(crate) fn set_stack_collectors(&mut self, collectors: crate::Collectors) {
+        self.collectors = Some(collectors);
+    }
+}
+
+impl fmt::Debug for CqlRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CqlRequest")
+            .field("statement", &self.meta.statement.0.body)
+            .field("values", &self.values)
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+#[cfg(all(test, not(tower_cql_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_redaction() {
+        let l: Label = "static".into();
+        let d: Label = String::from("dynamic").into();
+        assert_eq!(l.as_str(), "static");
+        assert_eq!(d.to_string(), "dynamic");
+        let r = CqlRequest::query("SELECT v FROM t WHERE k = 'secret-literal'")
+            .bind((String::from("secret-value"),));
+        let dbg = format!("{r:?}");
+        assert!(!dbg.contains("secret-value"), "{dbg}");
+        assert!(!dbg.contains("secret-literal"), "{dbg}");
+        assert_eq!(
+            r.clone()
+                .operation("op")
+                .meta()
+                .operation()
+                .unwrap()
+                .as_str(),
+            "op"
+        );
+    }
+}
