@@ -1,0 +1,319 @@
+//! One attempt through the driver: the statement run as kept or
+//! prepared first, timed, its node recorded, and its event emitted, also
+//! when the attempt's future is dropped before it completes.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use scylla::response::PagingState;
+use scylla::statement::prepared::PreparedStatement;
+
+use super::DriverInner;
+use super::prepared::{Kept, Resolved, Uncached, configure_in_place};
+use crate::cancel::CancelReason;
+use crate::classify::NodeVerdict;
+use crate::collector::Collectors;
+use crate::error::{CqlError, ErrorKind};
+use crate::event::{AttemptEvent, Event};
+use crate::request::{CqlRequest, RequestMeta};
+use crate::response::CqlResponse;
+
+/// An attempt in flight: dropped while `armed` (the attempt's future was
+/// dropped before it completed), it emits the attempt's event, with the
+/// node it went to where known and an error saying why it ended
+/// ([`crate::cancel::reason`]): `ClientTimeout` for the per-attempt
+/// timeout, `Cancelled` for a lost hedge race or a caller that stopped
+/// waiting. So every attempt that started is an event.
+struct Unfinished<'a> {
+    collectors: &'a Collectors,
+    meta: &'a RequestMeta,
+    start: Instant,
+    /// The node the attempt went to, as the steering policy saw it (see
+    /// [`Steered`](crate::routing::Steered)).
+    node: Option<SocketAddr>,
+    armed: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    // (the check inline, where every attempt ends; the report, for the
+    // few that did not complete, out of line)
+    #[inline]
+    fn drop(&mut self) {
+        if self.armed {
+            self.report();
+        }
+    }
+}
+
+impl Unfinished<'_> {
+    /// Tells the node and emits the event of an attempt that did not
+    /// complete (see [`Unfinished`]).
+    #[cold]
+    #[inline(never)]
+    fn report(&mut self) {
+        let meta = self.meta;
+        let node = self
+            .node
+            .or_else(|| meta.route()?.attempt_node(meta.attempt_index()));
+        if let Some(n) = node {
+            crate::cancel::tell_node(n);
+        }
+        if !self.collectors.is_active() {
+            return;
+        }
+        let duration = crate::clock::since(self.start.into());
+        let error = match crate::cancel::reason() {
+            CancelReason::TimedOut => CqlError::new(
+                ErrorKind::ClientTimeout,
+                format!("the attempt was cancelled by the per-attempt timeout after {duration:?}"),
+            ),
+            CancelReason::DeadlinePassed => CqlError::new(
+                ErrorKind::DeadlineExceeded,
+                format!(
+                    "the attempt was cancelled after {duration:?}: the request's deadline passed"
+                ),
+            ),
+            CancelReason::LostRace => CqlError::new(
+                ErrorKind::Cancelled,
+                "the attempt was cancelled: another attempt of the request answered first",
+            ),
+            CancelReason::Dropped => CqlError::new(
+                ErrorKind::Cancelled,
+                "the attempt was cancelled: the request was dropped before it completed",
+            ),
+        };
+        let error = match node {
+            Some(n) => error.with_node(n),
+            None => error,
+        };
+        self.collectors.emit(Event::Attempt(AttemptEvent {
+            meta,
+            index: meta.attempt_index(),
+            reason: meta.attempt_reason(),
+            duration,
+            error: Some(&error),
+            node,
+            rows: 0,
+        }));
+    }
+}
+
+/// What one attempt gives the statement it runs: the time left before the
+/// request's deadline, read once when the attempt began.
+#[derive(Clone)]
+pub(crate) struct Attempt {
+    pub(super) remaining: Option<Duration>,
+}
+
+impl DriverInner {
+    /// One attempt. `called`: the attempt's start, read when it was
+    /// called (a service's `call`, inside the stack's shared reading:
+    /// see [`clock`](crate::clock)); `None` reads the clock now. The
+    /// future owns its handle on the service, so a response block runs it
+    /// as it is, with no future around it.
+    pub(crate) async fn execute(
+        this: Arc<DriverInner>,
+        req: CqlRequest,
+        paging_state: Option<PagingState>,
+        called: Option<tokio::time::Instant>,
+    ) -> Result<CqlResponse, CqlError> {
+        let this = &*this;
+        // the attempt's start: its timeout and its duration are measured
+        // from it
+        let started = called.unwrap_or_else(crate::clock::now);
+        let start = started.into_std();
+        let meta = req.meta();
+        let remaining = meta.remaining_at(start);
+        // Inside a stack, its collectors (carried by the request) take the
+        // attempt events: one set for the whole stack, whatever this
+        // service was built with.
+        let collectors = req.stack_collectors().unwrap_or(&this.collectors);
+        if remaining.is_some_and(|r| r.is_zero()) {
+            return Err(CqlError::deadline_exceeded(Duration::ZERO).not_sent());
+        }
+        // If this future is dropped before the attempt completes (a
+        // per-attempt timeout, a hedge race lost, the caller gone), the
+        // guard emits the attempt's event as it is dropped.
+        let mut guard = Unfinished {
+            collectors,
+            meta,
+            start,
+            node: None,
+            armed: true,
+        };
+        // an attempt with a hint (after the first): the steering policy
+        // reads it; and the node the attempt went to, as the policy saw
+        // it, is kept in the guard
+        let result = crate::routing::Steered::new(
+            meta.route().cloned(),
+            meta.attempt_index(),
+            this.node_attribution.then_some(&mut guard.node),
+            this.run(&req, paging_state, Attempt { remaining }),
+        )
+        .await;
+        guard.armed = false;
+        let seen = guard.node;
+        drop(guard);
+        // the attempt's end, read once: its duration, which the response
+        // keeps with its start (see `CqlResponse::attempt_started`)
+        let ended = crate::clock::now();
+        let duration = ended.into_std().saturating_duration_since(start);
+        // The driver's own timer was set to the time left before the
+        // deadline: when it fires because the deadline passed, say so.
+        let result = match result {
+            Err(e)
+                if e.kind() == ErrorKind::ClientTimeout
+                    && meta.remaining().is_some_and(|r| r.is_zero()) =>
+            {
+                Err(CqlError::deadline_exceeded(duration))
+            }
+            other => other,
+        };
+        // Errors name the node the attempt went to (as the steering policy
+        // saw it).
+        let result = result.map_err(|e| match seen {
+            Some(n) if e.node().is_none() => e.with_node(n),
+            _ => e,
+        });
+        let result = result.map(|mut r| {
+            r.set_attempt(started, duration);
+            r
+        });
+        let node = match &result {
+            Ok(r) => r.info().coordinator,
+            Err(e) => e.node(),
+        };
+        // How the attempt went for its node, for the breaker (through the
+        // request's hint, which the breaker gives every request it admits).
+        if let (Some(hint), Some(n)) = (meta.route(), node) {
+            hint.set_attempt_node(meta.attempt_index(), n);
+            hint.report(n, NodeVerdict::of(&result));
+        }
+        // (emit loads the collector set once and returns at once when it
+        // is empty: no is_active() check first, which loaded it twice)
+        collectors.emit(Event::Attempt(AttemptEvent {
+            meta,
+            index: meta.attempt_index(),
+            reason: meta.attempt_reason(),
+            duration,
+            error: result.as_ref().err(),
+            node,
+            rows: result.as_ref().map_or(0, |r| r.info().rows),
+        }));
+        result
+    }
+
+    async fn run(
+        &self,
+        req: &CqlRequest,
+        paging_state: Option<PagingState>,
+        attempt: Attempt,
+    ) -> Result<CqlResponse, CqlError> {
+        // The common case, a cached prepared statement executed unpaged, is
+        // awaited in place; the rest (preparing, paging, unprepared text,
+        // batches) is boxed, so that this future, allocated on every call,
+        // is no larger than the driver's own for that case. The statement
+        // runs as kept, by reference, or as a copy with what this request
+        // asks for that it does not have: made in place, and a reference to
+        // it is what is moved on, not the 136-byte `Cow`.
+        let (mut stmt, profile) = match self.prepared_kept(req) {
+            Kept::Ref(p, profile) => (Cow::Borrowed(p), profile),
+            Kept::Owned(p) => (Cow::Owned(p), None),
+            Kept::Uncached(what) => {
+                return Box::pin(self.run_uncached(req, what, paging_state, attempt)).await;
+            }
+        };
+        configure_in_place(&mut stmt, req.meta(), attempt, profile);
+        let p: &PreparedStatement = &stmt;
+        let values = req.values().as_row();
+        match paging_state {
+            None => CqlResponse::new(self.session.execute_unpaged(p, values).await?, None),
+            Some(ps) => {
+                let (r, next) = Box::pin(self.session.execute_single_page(p, values, ps)).await?;
+                CqlResponse::new(r, Some(next))
+            }
+        }
+    }
+
+    /// [`run`](Self::run) for what the service keeps no prepared
+    /// statement for: CQL text, prepared (and cached) first or built to be
+    /// sent unprepared, or a batch.
+    async fn run_uncached(
+        &self,
+        req: &CqlRequest,
+        what: Uncached<'_>,
+        paging_state: Option<PagingState>,
+        attempt: Attempt,
+    ) -> Result<CqlResponse, CqlError> {
+        let (text, unprepared) = match what {
+            Uncached::Text { text, unprepared } => (text, unprepared),
+            Uncached::Batch(_) if paging_state.is_some() => {
+                return Err(CqlError::new(
+                    ErrorKind::BadRequest,
+                    "a batch cannot be paged: execute it with call(), not stream()",
+                )
+                .not_sent());
+            }
+            Uncached::Batch(batch) => return self.run_batch(req, batch, attempt).await,
+        };
+        let stmt = self
+            .resolve_uncached(text, unprepared, req.meta(), attempt)
+            .await?;
+        let values = req.values().as_row();
+        // (each arm makes its response: a result passed through a tuple
+        // first was copied once more)
+        match (stmt, paging_state) {
+            (Resolved::Prepared(p), None) => {
+                CqlResponse::new(self.session.execute_unpaged(&p, values).await?, None)
+            }
+            (Resolved::Prepared(p), Some(ps)) => {
+                let (r, next) = self.session.execute_single_page(&p, values, ps).await?;
+                CqlResponse::new(r, Some(next))
+            }
+            (Resolved::Unprepared(s), None) => {
+                CqlResponse::new(self.session.query_unpaged(s, values).await?, None)
+            }
+            (Resolved::Unprepared(s), Some(ps)) => {
+                let (r, next) = self.session.query_single_page(s, values, ps).await?;
+                CqlResponse::new(r, Some(next))
+            }
+        }
+    }
+
+    async fn run_batch(
+        &self,
+        req: &CqlRequest,
+        batch: &scylla::statement::batch::Batch,
+        attempt: Attempt,
+    ) -> Result<CqlResponse, CqlError> {
+        let meta = req.meta();
+        let mut b = scylla::statement::batch::Batch::clone(batch);
+        if let Some(profile) = self.callers_profile() {
+            b.set_execution_profile_handle(Some(profile.clone()));
+        }
+        if let Some(c) = meta.consistency() {
+            b.set_consistency(c);
+        }
+        if meta.serial_consistency().is_some() {
+            b.set_serial_consistency(meta.serial_consistency());
+        }
+        if let Some(rem) = attempt.remaining {
+            b.set_request_timeout(Some(rem));
+        }
+        b.set_tracing(meta.tracing());
+        let values = req.values().as_batch().ok_or_else(|| {
+            CqlError::new(
+                ErrorKind::Serialization,
+                "a batch request needs batch values (one row per statement)",
+            )
+            .not_sent()
+        })?;
+        let result = values
+            .execute_batch(&self.session, &b)
+            .await
+            .map_err(CqlError::from_execution)?;
+        CqlResponse::new(result, None)
+    }
+}
