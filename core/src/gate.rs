@@ -24,10 +24,11 @@
 //! One atomic word holds the state bits and the in-flight count. `enter`
 //! adds one to the count and reads the state in the same atomic operation;
 //! if closing had begun it takes its one back and refuses. `close` sets the
-//! closing bit, waits until the count drains to zero, and claims the flush;
-//! the one `close` that wins the claim hands the flush to a job the gate
-//! owns (on a blocking thread), which flushes the collectors once, marks
-//! the gate closed and wakes every `close` waiting. Every step is one
+//! closing bit and waits until the count drains to zero. Then the flush is
+//! claimed, by the last request to leave or by a `close` that finds the
+//! gate drained: the one that wins the claim hands the flush to a job the
+//! gate owns (on a blocking thread), which flushes the collectors once,
+//! marks the gate closed and wakes every `close` waiting. Every step is one
 //! atomic read-modify-write, so there is no check-then-act race; the
 //! `loom` models in this module check it under every interleaving.
 //!
@@ -35,7 +36,8 @@
 //! `close()` and `close_timeout()` may be dropped at any await point (a
 //! caller's `tokio::time::timeout`, a `select!`): they only ever wait for
 //! a notification, never for work of their own, so dropping one abandons
-//! nothing. A flush that never finishes (an exporter stuck on an endpoint
+//! nothing: once `close` has begun, the gate closes when the last request
+//! leaves, whether or not a `close` is still waiting. A flush that never finishes (an exporter stuck on an endpoint
 //! that does not answer) keeps the gate closing, not broken: each
 //! `close_timeout` returns at its bound, and a later `close()` returns once
 //! that same flush ends.
@@ -208,9 +210,26 @@ impl fmt::Debug for GateGuard {
 }
 
 impl Drop for GateGuard {
+    #[inline]
     fn drop(&mut self) {
         if self.inner.core.exit() {
-            self.inner.drained.notify_waiters();
+            Inner::drained(&self.inner);
+        }
+    }
+}
+
+impl Inner {
+    /// The last request has left a closing gate: wakes every `close()`
+    /// and starts the flush, unless one did already. So the flush does
+    /// not depend on a `close()` still running: one cancelled during the
+    /// drain (a caller that gave up waiting for stragglers) abandons
+    /// nothing.
+    #[cold]
+    #[inline(never)]
+    fn drained(inner: &Arc<Inner>) {
+        inner.drained.notify_waiters();
+        if inner.core.claim_flush() {
+            FlushJob::start(inner);
         }
     }
 }
@@ -278,7 +297,7 @@ impl Gate {
             }),
             Admission::Refused { wake } => {
                 if wake {
-                    self.inner.drained.notify_waiters();
+                    Inner::drained(&self.inner);
                 }
                 Err(CqlError::shut_down())
             }
@@ -302,8 +321,10 @@ impl Gate {
     /// to call from many tasks at once (all return once closed).
     ///
     /// Cancel-safe: dropping the future (a caller's timeout) abandons
-    /// nothing. The flush, once begun, belongs to the gate and finishes on
-    /// its own; a later `close()` waits for that same flush.
+    /// nothing. Once a `close()` has begun, the last request to leave
+    /// starts the flush if no `close()` is left to; the flush belongs to
+    /// the gate and finishes on its own; a later `close()` waits for that
+    /// same flush.
     pub async fn close(&self) {
         let inner = &*self.inner;
         inner.core.begin_close();
@@ -685,6 +706,53 @@ mod loom_tests {
             assert_eq!(flushes.load(Ordering::SeqCst), 1, "one flush");
             assert_eq!(core.state(), (GateState::Closed, 0));
             assert!(matches!(core.try_enter(), Admission::Refused { .. }));
+        });
+    }
+
+    /// What the last request out of a closing gate does (a guard's drop,
+    /// or a refused enter that drained it): claim the flush and hand it to
+    /// a job, unless a closer did first.
+    fn leave_step(
+        core: &Arc<GateCore>,
+        flushes: &Arc<AtomicUsize>,
+    ) -> Option<loom::thread::JoinHandle<()>> {
+        let last_out = match core.try_enter() {
+            Admission::Admitted => core.exit(),
+            Admission::Refused { wake } => wake,
+        };
+        if !last_out || !core.claim_flush() {
+            return None;
+        }
+        let (core, flushes) = (core.clone(), flushes.clone());
+        Some(loom::thread::spawn(move || {
+            flushes.fetch_add(1, Ordering::SeqCst);
+            core.mark_closed();
+        }))
+    }
+
+    /// The only closer cancelled after its first step, with a request in
+    /// flight or arriving: with no close() left to drive it, the gate
+    /// still flushes once and closes (the last one out claims the flush
+    /// when the closer found the gate still busy).
+    #[test]
+    fn loom_a_close_cancelled_during_the_drain_closes_when_the_last_leaves() {
+        loom::model(|| {
+            let core = Arc::new(GateCore::new());
+            let flushes = Arc::new(AtomicUsize::new(0));
+            let worker = {
+                let (core, flushes) = (core.clone(), flushes.clone());
+                loom::thread::spawn(move || leave_step(&core, &flushes))
+            };
+            core.begin_close();
+            let mut jobs: Vec<_> = close_step(&core, &flushes).into_iter().collect();
+            // the closer is dropped here: nobody waits, nobody steps again
+            jobs.extend(worker.join().unwrap());
+            assert_eq!(jobs.len(), 1, "one job, whoever claimed it");
+            for j in jobs {
+                j.join().unwrap();
+            }
+            assert_eq!(flushes.load(Ordering::SeqCst), 1, "one flush");
+            assert_eq!(core.state(), (GateState::Closed, 0));
         });
     }
 }

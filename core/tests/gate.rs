@@ -249,3 +249,44 @@ fn close_on_a_runtime_shut_down_still_flushes() {
         "the collectors were flushed"
     );
 }
+
+/// A close() cancelled while requests are still in flight (by
+/// `close_timeout`, or by a caller's own timeout) abandons nothing: the
+/// last request to leave the closing gate starts the flush, once, and
+/// the gate closes with no close() left to drive it. (Before, only a
+/// live close() claimed the flush: a shutdown that gave up waiting for
+/// stragglers and exited lost their events, and the gate stayed closing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_cancelled_during_the_drain_flushes_when_the_last_request_leaves() {
+    for cancel_by_caller in [false, true] {
+        let flushes = Arc::new(CountFlushes::default());
+        let gate = Gate::with_collectors(Collectors::with([flushes.clone()]));
+        let straggler = gate.enter().unwrap();
+        if cancel_by_caller {
+            assert!(
+                tokio::time::timeout(Duration::from_millis(20), gate.close())
+                    .await
+                    .is_err()
+            );
+        } else {
+            assert_eq!(gate.close_timeout(Duration::from_millis(20)).await, Err(1));
+        }
+        assert_eq!(gate.state(), GateState::Closing);
+        assert!(gate.enter().is_err(), "refused once closing began");
+        drop(straggler);
+        // no close() is running: the flush is the gate's own
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while gate.state() != GateState::Closed && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            gate.state(),
+            GateState::Closed,
+            "cancel_by_caller {cancel_by_caller}"
+        );
+        assert_eq!(flushes.0.load(Ordering::SeqCst), 1);
+        // a later close() returns at once, and flushes no second time
+        gate.close().await;
+        assert_eq!(flushes.0.load(Ordering::SeqCst), 1);
+    }
+}
