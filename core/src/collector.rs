@@ -70,6 +70,14 @@ pub trait Collector: Send + Sync + 'static {
     fn on_server_trace(&self, _event: &ServerTraceEvent<'_>) {}
     /// Push out anything buffered (called on shutdown).
     fn flush(&self) {}
+    /// Panics this collector caught itself, off the request path: for a
+    /// wrapper that runs another collector on a thread of its own, such
+    /// as [`Background`]. [`Collectors::failures`] and
+    /// [`Collectors::failures_of`] add them to the panics they caught.
+    /// 0 by default.
+    fn failures(&self) -> u64 {
+        0
+    }
     /// A name for diagnostics.
     fn name(&self) -> &str {
         std::any::type_name::<Self>()
@@ -320,9 +328,19 @@ impl Collectors {
         ids
     }
 
-    /// Panics caught from collectors, in all.
+    /// Panics caught from collectors, in all: on the request path (also
+    /// from collectors removed since), and off it by the collectors in
+    /// the set now (see [`Collector::failures`]).
     pub fn failures(&self) -> u64 {
-        self.shared.failures.load(Ordering::Relaxed)
+        let off_path: u64 = self
+            .shared
+            .set
+            .load()
+            .entries
+            .iter()
+            .map(|e| e.collector.failures())
+            .sum();
+        self.shared.failures.load(Ordering::Relaxed) + off_path
     }
 
     /// Panics caught from one collector (0 once removed).
@@ -333,7 +351,9 @@ impl Collectors {
             .entries
             .iter()
             .find(|e| e.id == id)
-            .map_or(0, |e| e.failures.load(Ordering::Relaxed))
+            .map_or(0, |e| {
+                e.failures.load(Ordering::Relaxed) + e.collector.failures()
+            })
     }
 
     /// Calls `flush` on every collector (panics caught and counted).
@@ -355,10 +375,16 @@ enum Message {
 
 /// Runs a slow collector on its own thread behind a bounded queue: the
 /// request path only copies the event and tries to enqueue it; when the
-/// queue is full the event is dropped and counted, never waited for.
+/// queue is full the event is dropped and counted, never waited for. A
+/// panic of the collector on that thread is caught and counted
+/// ([`Background::failures`], and [`Collectors::failures`]).
 pub struct Background {
     tx: mpsc::SyncSender<Message>,
     dropped: AtomicU64,
+    /// Panics caught on the worker (shared with it: std's atomic, as the
+    /// worker is a thread of its own).
+    failures: Arc<std::sync::atomic::AtomicU64>,
+    flush_timeout: Duration,
     name: String,
 }
 
@@ -367,6 +393,7 @@ impl fmt::Debug for Background {
         f.debug_struct("Background")
             .field("inner", &self.name)
             .field("dropped", &self.dropped())
+            .field("failures", &Background::failures(self))
             .finish()
     }
 }
@@ -376,17 +403,25 @@ impl Background {
     pub fn new(inner: Arc<dyn Collector>, capacity: usize) -> Background {
         let (tx, rx) = mpsc::sync_channel::<Message>(capacity.max(1));
         let name = format!("background({})", inner.name());
+        let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let caught = failures.clone();
+        let count = move |r: std::thread::Result<()>| {
+            if r.is_err() {
+                caught.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
         std::thread::Builder::new()
             .name("tower-cql-collector".into())
             .spawn(move || {
                 while let Ok(msg) = rx.recv() {
                     match msg {
                         Message::Event(e) => {
-                            let _ =
-                                catch_unwind(AssertUnwindSafe(|| dispatch(&*inner, &e.as_event())));
+                            count(catch_unwind(AssertUnwindSafe(|| {
+                                dispatch(&*inner, &e.as_event())
+                            })));
                         }
                         Message::Flush(ack) => {
-                            let _ = catch_unwind(AssertUnwindSafe(|| inner.flush()));
+                            count(catch_unwind(AssertUnwindSafe(|| inner.flush())));
                             let _ = ack.send(());
                         }
                     }
@@ -396,13 +431,31 @@ impl Background {
         Background {
             tx,
             dropped: AtomicU64::new(0),
+            failures,
+            flush_timeout: Duration::from_secs(5),
             name,
         }
+    }
+
+    /// How long [`flush`](Collector::flush) waits, in all, for the worker
+    /// to handle what was queued before it and flush the collector
+    /// (default 5 s): also when the queue is full and the collector
+    /// stuck, so a stack's `close()` flushing through it returns.
+    pub fn flush_timeout(mut self, limit: Duration) -> Background {
+        self.flush_timeout = limit;
+        self
     }
 
     /// Events dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Panics of the inner collector caught on the worker thread (its
+    /// event handlers' and its flush's); [`Collectors::failures`] counts
+    /// them too.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn send(&self, event: Event<'_>) {
@@ -447,13 +500,38 @@ impl Collector for Background {
     fn on_server_trace(&self, e: &ServerTraceEvent<'_>) {
         self.send(Event::ServerTrace(*e));
     }
-    /// Waits (up to 5 s) until the worker has handled everything queued
-    /// before this call and flushed the inner collector.
+    /// Waits until the worker has handled everything queued before this
+    /// call and flushed the inner collector, up to the flush timeout in
+    /// all (5 s unless [`Background::flush_timeout`] says otherwise):
+    /// waiting for room in a full queue counts against it too.
     fn flush(&self) {
+        let deadline = std::time::Instant::now() + self.flush_timeout;
         let (ack_tx, ack_rx) = mpsc::sync_channel(1);
-        if self.tx.send(Message::Flush(ack_tx)).is_ok() {
-            let _ = ack_rx.recv_timeout(Duration::from_secs(5));
+        let mut msg = Message::Flush(ack_tx);
+        let mut pause = Duration::from_millis(1);
+        // (never a blocking send: with the queue full and the collector
+        // stuck, it would wait for room for ever)
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(mpsc::TrySendError::Disconnected(_)) => return,
+                Err(mpsc::TrySendError::Full(m)) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return;
+                    }
+                    msg = m;
+                    std::thread::sleep(pause.min(left));
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+            }
         }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let _ = ack_rx.recv_timeout(left);
+    }
+    /// Panics of the inner collector caught on the worker thread.
+    fn failures(&self) -> u64 {
+        Background::failures(self)
     }
     fn name(&self) -> &str {
         &self.name
@@ -554,6 +632,81 @@ mod tests {
         );
         assert!(bg.dropped() >= 90, "dropped {}", bg.dropped());
         c.flush();
+    }
+
+    /// A collector behind `Background` that panics is caught on the
+    /// worker and counted where every collector's panics are: the
+    /// wrapper's `failures()`, and the set's `failures` and
+    /// `failures_of`. (Before, the worker threw the panic away: ten
+    /// panics, counted nowhere.)
+    #[test]
+    fn a_panicking_collector_behind_background_is_counted() {
+        let bg = Arc::new(Background::new(Arc::new(Panics), 64));
+        let c = Collectors::new();
+        let id = c.add(bg.clone());
+        let req = CqlRequest::query("SELECT 1 FROM t");
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        for _ in 0..10 {
+            c.emit(event(req.meta()));
+        }
+        c.flush(); // the worker has handled all ten
+        std::panic::set_hook(prev);
+        assert_eq!(bg.dropped(), 0);
+        assert_eq!(bg.failures(), 10);
+        assert_eq!(c.failures_of(id), 10);
+        assert_eq!(c.failures(), 10);
+    }
+
+    /// A collector that blocks until released.
+    #[derive(Default)]
+    struct Stuck {
+        released: std::sync::Mutex<bool>,
+        cv: std::sync::Condvar,
+    }
+    impl Stuck {
+        fn release(&self) {
+            *self.released.lock().unwrap() = true;
+            self.cv.notify_all();
+        }
+    }
+    impl Collector for Stuck {
+        fn on_request(&self, _: &RequestEvent<'_>) {
+            let mut r = self.released.lock().unwrap();
+            while !*r {
+                r = self.cv.wait(r).unwrap();
+            }
+        }
+    }
+
+    /// `Background::flush` waits up to its bound in all, also when the
+    /// queue is full and the collector is stuck for good: a stack's
+    /// `close()` flushes through it and must return. (Before, the flush
+    /// was sent with a blocking send: with the queue full it waited for
+    /// room for ever, and only then began its 5 s wait.)
+    #[test]
+    fn background_flush_keeps_its_bound_with_a_full_queue_and_a_stuck_collector() {
+        let stuck = Arc::new(Stuck::default());
+        let bg =
+            Arc::new(Background::new(stuck.clone(), 1).flush_timeout(Duration::from_millis(300)));
+        let c = Collectors::with([bg.clone()]);
+        let req = CqlRequest::query("SELECT 1 FROM t");
+        // one taken by the worker (stuck), one queued, the third dropped
+        for _ in 0..3 {
+            c.emit(event(req.meta()));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flushing = c.clone();
+        std::thread::spawn(move || {
+            flushing.flush();
+            let _ = tx.send(());
+        });
+        // (generous: the bound is 300 ms; this only catches a flush that
+        // never returns)
+        let out = rx.recv_timeout(Duration::from_secs(10));
+        stuck.release();
+        assert!(out.is_ok(), "Background::flush still blocked after 10 s");
     }
 }
 
