@@ -408,3 +408,78 @@ async fn the_cardinality_guard_remembers_admitted_statements_per_guard_and_label
     assert_eq!(snap.request_latency(Some("z")).count(), 0);
     assert_eq!(snap.request_latency(Some("other")).count(), 8);
 }
+
+/// Counts request and attempt events.
+#[derive(Default)]
+struct CountEvents {
+    requests: std::sync::atomic::AtomicU64,
+    attempts: std::sync::atomic::AtomicU64,
+}
+
+impl tower_cql_core::Collector for CountEvents {
+    fn on_request(&self, _: &tower_cql_core::event::RequestEvent<'_>) {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn on_attempt(&self, _: &tower_cql_core::event::AttemptEvent<'_>) {
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A collector added while a request is in flight sees the request as
+/// it ends: its attempt event and its request event, whatever the
+/// composition, with and without retries. (Before, the metrics layer
+/// decided at the call whether the request would have an event, from
+/// the set of that moment: a set empty then gave the new collector the
+/// attempt without its request, in the full composition and in the lean
+/// one without retries.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_added_mid_request_gets_its_request_event() {
+    tower_cql_testkit::tracing_setup::global_registry();
+    let e = env().await;
+    e.cluster.faults().add(
+        Fault::delay(std::time::Duration::from_millis(200))
+            .opcode(Opcode::Execute)
+            .matching("SELECT v FROM ks.kv"),
+    );
+    let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?").idempotent(true);
+    for (name, full, retry) in [
+        ("lean", false, true),
+        ("lean, no retry", false, false),
+        ("full", true, true),
+        ("full, no retry", true, false),
+    ] {
+        let collectors = Collectors::new();
+        let driver = DriverService::builder(e.driver.session().clone())
+            .build()
+            .unwrap();
+        let mut b = StackBuilder::new(collectors.clone());
+        if full {
+            b = b.concurrency(tower_cql_middleware::concurrency::ConcurrencyConfig {
+                max_in_flight: 100,
+                max_queue: 100,
+                queue_timeout: None,
+            });
+        }
+        if !retry {
+            b = b.without_retry();
+        }
+        let stack = b.build(driver).unwrap();
+        let call = {
+            let svc = stack.service();
+            let req = get.request().bind((42i32,));
+            tokio::spawn(async move { svc.oneshot(req).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let count = Arc::new(CountEvents::default());
+        collectors.add(count.clone());
+        call.await.unwrap().unwrap();
+        stack.close().await;
+        let seen = (
+            count.requests.load(std::sync::atomic::Ordering::SeqCst),
+            count.attempts.load(std::sync::atomic::Ordering::SeqCst),
+        );
+        assert_eq!(seen, (1, 1), "{name}: (request events, attempt events)");
+    }
+}

@@ -53,10 +53,6 @@ pin_project! {
 ///
 /// [`On::begin`]: super::On::begin
 pub(crate) struct Measured {
-    // whether the request's end emits a request event: the collectors
-    // were active at the call, or the meta is lent (then the emit asks
-    // them); false when the meta was copied only for server tracing
-    events: bool,
     start: Instant,
     // server-side tracing, when on: its sampler and fetcher, and this
     // request's bookkeeping
@@ -65,9 +61,8 @@ pub(crate) struct Measured {
 
 impl Measured {
     #[inline(always)]
-    pub(crate) fn new(events: bool, server_trace: Option<(Arc<Shared>, Watch)>) -> Measured {
+    pub(crate) fn new(server_trace: Option<(Arc<Shared>, Watch)>) -> Measured {
         Measured {
-            events,
             start: clock::now(),
             server_trace,
         }
@@ -84,15 +79,11 @@ impl Measured {
         meta: Option<&RequestMeta>,
     ) {
         let Measured {
-            events,
             start,
             server_trace,
         } = self;
-        if !events && server_trace.is_none() {
-            return;
-        }
         let duration = end_of(start, out);
-        if let Some(meta) = meta.filter(|_| events) {
+        if let Some(meta) = meta {
             let event = match out {
                 Ok(resp) => {
                     let mut e = RequestEvent::new(meta, duration, None);
@@ -123,9 +114,9 @@ impl Measured {
     }
 
     /// The request was dropped before it ended: a `Cancelled` request
-    /// event, when events were kept (`meta` as in [`finish`](Self::finish)).
+    /// event (`meta` as in [`finish`](Self::finish)).
     pub(crate) fn dropped(self, collectors: &Collectors, meta: Option<&RequestMeta>) {
-        if let Some(meta) = meta.filter(|_| self.events) {
+        if let Some(meta) = meta {
             let error = CqlError::new(
                 ErrorKind::Cancelled,
                 "the request was dropped before it completed (the caller stopped waiting)",

@@ -259,14 +259,14 @@ impl On {
             .server_trace
             .as_ref()
             .map(|st| (st.clone(), st.begin(req.meta_mut())));
-        // With the meta lent, nothing is copied for the event, so the
-        // collectors are not asked first: emitting it asks them anyway
-        // (one load of the collector set a request instead of two; a
-        // stack without collectors builds an event no one takes).
-        let events = lent || self.collectors.is_active();
-        let keep = events || server_trace.as_ref().is_some_and(|(_, w)| w.traced());
-        let meta = (keep && !lent).then(|| req.meta().clone());
-        (future::Measured::new(events, server_trace), meta)
+        // Whether anyone takes the request's event is asked when it ends
+        // (emitting it asks the set of that moment), not now: a collector
+        // added while the request is in flight gets its request event, as
+        // it gets its attempt events. So the meta is always kept for the
+        // end, copied unless lent (a stack with no collector at all copies
+        // it for no one).
+        let meta = (!lent).then(|| req.meta().clone());
+        (future::Measured::new(server_trace), meta)
     }
 
     /// Where the request events go.
