@@ -28,10 +28,14 @@
 //!   span).
 //! - **One page ahead, really**: when a page arrives, the request for the
 //!   next one is sent at once (its future is polled before the first row
-//!   of the page is handed out, and again on every later poll), so it is
-//!   in flight while the consumer reads. Never more than one page beyond
-//!   the current one is held or asked for: memory is the decoded current
-//!   page and one page in flight (backpressure).
+//!   of the page is handed out), so it is in flight while the consumer
+//!   reads; from then on a task of its own on the runtime drives it to
+//!   its end, whether or not the consumer polls: closing the stack never
+//!   waits on a stream its owner holds without reading (the page in
+//!   flight finishes, the next is refused `ShutDown`). Never more than one page beyond the
+//!   current one is held or asked for: memory is the decoded current
+//!   page and one page in flight (backpressure). A stream dropped with a
+//!   page in flight cancels that page's request (its task is aborted).
 //! - Each page is an event ([`PageEvent`]); the stream reports one
 //!   [`StreamEvent`] when it ends, fails (a page that failed after the
 //!   service's retries; after `close()`, with `ShutDown`) or is dropped.
@@ -40,6 +44,7 @@
 //!   hazard of the Python wrapper this project replaces).
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -53,17 +58,73 @@ use tracing::Instrument;
 
 use crate::collector::Collectors;
 use crate::driver::DriverService;
-use crate::error::CqlError;
+use crate::error::{CqlError, ErrorKind};
 use crate::event::{Event, PageEvent, StreamEnd, StreamEvent};
 use crate::request::CqlRequest;
 use crate::response::CqlResponse;
 
-type PageFuture = BoxFuture<'static, Result<CqlResponse, CqlError>>;
+type PageOutput = Result<CqlResponse, CqlError>;
+
+/// The request for a page, in flight. Polled first by the consumer's
+/// poll that asked for it, so the request goes out before the current
+/// page's first row is handed out; if it is not answered then, a task of
+/// its own on the runtime drives it from there, so that it runs to its
+/// end whether or not the consumer polls again (a stack's `close()` waits
+/// for it), aborted if the stream drops it first. Outside a runtime the
+/// consumer's polls drive it.
+enum Fetch {
+    Here(BoxFuture<'static, PageOutput>),
+    Task(AbortOnDrop),
+    /// (only while moving from `Here` to `Task`)
+    Moving,
+}
+
+impl Fetch {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<PageOutput> {
+        match self {
+            Fetch::Here(fut) => {
+                let out = fut.as_mut().poll(cx);
+                if out.is_pending()
+                    && let Ok(rt) = tokio::runtime::Handle::try_current()
+                    && let Fetch::Here(fut) = std::mem::replace(self, Fetch::Moving)
+                {
+                    // (the box moves, not the future: polled already, it
+                    // stays where it is)
+                    *self = Fetch::Task(AbortOnDrop(rt.spawn(fut)));
+                    // the task's end wakes this consumer: its poll of the
+                    // task registers it (the future's own wakers are the
+                    // task's from its first poll)
+                    return self.poll(cx);
+                }
+                out
+            }
+            Fetch::Moving => unreachable!("a page's fetch is never left moving"),
+            Fetch::Task(task) => match std::task::ready!(Pin::new(&mut task.0).poll(cx)) {
+                Ok(out) => Poll::Ready(out),
+                // the page's request panicked: as if polled here
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => Poll::Ready(Err(CqlError::new(
+                    ErrorKind::Cancelled,
+                    "the page's request was cancelled: its runtime is shutting down",
+                ))),
+            },
+        }
+    }
+}
+
+/// A page's task, aborted when dropped (a no-op once it has finished).
+struct AbortOnDrop(tokio::task::JoinHandle<PageOutput>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// The page after the current one.
 enum Next {
     /// Requested (the index it was asked as), not answered yet.
-    Fetching(PageFuture, Instant),
+    Fetching(Fetch, Instant),
     /// Answered, not yet read by the consumer.
     Ready(Result<CqlResponse, CqlError>, Duration),
     /// No more pages.
@@ -154,29 +215,28 @@ where
         Ok(stream)
     }
 
-    /// Sends the request for the next page, starting at `state`: a clone
-    /// of the stream's request, through a clone of the service, in the
-    /// stream's span. Polled once at once, so that it goes out now.
+    /// Asks for the next page, starting at `state`: a clone of the
+    /// stream's request, through a clone of the service, in the stream's
+    /// span; the caller polls it at once, so that it goes out now (see
+    /// [`Fetch`]).
     fn ask(&mut self, state: PagingState) {
         let mut svc = self.svc.clone();
         let mut req = self.request.clone();
         req.meta_mut().set_page(self.requested, state);
         self.requested += 1;
-        let fut: PageFuture = Box::pin(
-            async move {
-                std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
-                svc.call(req).await
-            }
-            .instrument(self.span.clone()),
-        );
-        self.next = Next::Fetching(fut, Instant::now());
+        let fut = async move {
+            std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+            svc.call(req).await
+        }
+        .instrument(self.span.clone());
+        self.next = Next::Fetching(Fetch::Here(Box::pin(fut)), Instant::now());
     }
 
     /// Drives the page in flight; ready when it has an answer (or there is
     /// none to wait for).
     fn poll_next_page(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if let Next::Fetching(fut, asked) = &mut self.next {
-            let out = std::task::ready!(fut.as_mut().poll(cx));
+            let out = std::task::ready!(fut.poll(cx));
             self.next = Next::Ready(out, asked.elapsed());
         }
         Poll::Ready(())

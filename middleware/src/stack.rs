@@ -733,7 +733,8 @@ where
     /// tracing (a `cql.page` span per page, under the stream's
     /// `cql.stream` span). The next page is in flight while the current
     /// one is read, never more. After [`close`](Self::close) the page in
-    /// flight finishes and the next one fails `ShutDown`, which the
+    /// flight finishes (on its own: `close` does not wait for the stream's
+    /// owner to read on) and the next one fails `ShutDown`, which the
     /// stream's completion event reports. Resolves once the first page is
     /// in; fails (no stream) when it failed.
     ///

@@ -245,3 +245,43 @@ async fn close_ends_an_open_stream_with_shut_down() {
     assert_eq!(streams[0].0, "failed");
     assert_eq!(streams[0].1, Some(ErrorKind::ShutDown));
 }
+
+/// `close()` from the task that holds an open stream, not reading it:
+/// the page the stream asked for ahead finishes on its own, so close
+/// returns; the stream then hands out what it has (the rest of page 1,
+/// and page 2, which was in flight) and fails the next page `ShutDown`.
+/// (Before, the page asked for ahead was polled only by the stream's
+/// consumer: closing while holding the stream waited for ever, with the
+/// gate `Closing` and one request in flight.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_returns_while_an_unread_stream_has_a_page_in_flight() {
+    let (cluster, driver, collectors) = wide().await;
+    let stack = StackBuilder::new(collectors).build(driver).unwrap();
+    // pages take 50 ms: page 2 is surely in flight when row 0 is read
+    cluster.faults().add(
+        Fault::delay(Duration::from_millis(50))
+            .opcode(Opcode::Execute)
+            .matching(SCAN),
+    );
+    let mut rows = stack.stream::<(i32, String)>(scan(10)).await.unwrap();
+    assert_eq!(rows.try_next().await.unwrap().unwrap().0, 0);
+    let closed = stack.close_timeout(Duration::from_secs(5)).await;
+    assert_eq!(
+        closed,
+        Ok(()),
+        "close() waited on the page the held stream asked for"
+    );
+    let mut read = 1;
+    let err = loop {
+        match rows.try_next().await {
+            Ok(Some(_)) => read += 1,
+            Ok(None) => panic!("the stream ended without an error after {read} rows"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::ShutDown, "{err}");
+    assert_eq!(
+        read, 20,
+        "page 1 and page 2 (in flight at close), then the refusal"
+    );
+}
