@@ -444,6 +444,30 @@ mod tests {
         );
     }
 
+    /// `"n" = n + 1` is the counter update `n = n + 1`: an unquoted name
+    /// is its lower-case quoted form. Taken for two columns, the update
+    /// was retried after a write timeout and applied twice.
+    #[test]
+    fn a_counter_update_is_seen_however_its_column_is_quoted() {
+        for text in [
+            "UPDATE ks.c SET \"n\" = n + 1 WHERE k = ?",
+            "UPDATE ks.c SET n = \"n\" + 1 WHERE k = ?",
+            "UPDATE ks.c SET N = \"n\" + ? WHERE k = ?",
+            "UPDATE ks.c SET \"n\" = \"n\" - 1 WHERE k = ?",
+        ] {
+            assert!(analyse(text).3.counter_update, "{text}");
+        }
+        for text in [
+            "UPDATE t SET \"l\" = l + [1] WHERE k = ?",
+            "UPDATE t SET l = [1] + \"l\" WHERE k = ?",
+        ] {
+            assert!(analyse(text).3.list_append, "{text}");
+        }
+        // a quoted name keeps its case: `"N"` is not `n`
+        let tr = analyse("UPDATE ks.c SET \"N\" = n + 1 WHERE k = ?").3;
+        assert!(!tr.forbids_retry(), "{tr:?}");
+    }
+
     use crate::redact::sanitize;
     use proptest::prelude::*;
 

@@ -77,15 +77,31 @@ impl Token<'_> {
         matches!(self.kind, Kind::Word | Kind::Quoted)
     }
 
-    /// Whether this and `other` name the same identifier (unquoted names
-    /// are case-insensitive).
+    /// Whether this and `other` name the same identifier, as CQL reads
+    /// names: an unquoted name is folded to lower case, a quoted one is
+    /// kept as written. So `n`, `N` and `"n"` are one name, `"N"` another.
     pub(crate) fn same_name(&self, other: &Token<'_>) -> bool {
         match (self.kind, other.kind) {
             (Kind::Word, Kind::Word) => self.text.eq_ignore_ascii_case(other.text),
             (Kind::Quoted, Kind::Quoted) => self.text == other.text,
+            (Kind::Word, Kind::Quoted) => quoted_is_word(other.text, self.text),
+            (Kind::Quoted, Kind::Word) => quoted_is_word(self.text, other.text),
             _ => false,
         }
     }
+}
+
+/// Whether the quoted identifier `quoted` (with its quotes) names the
+/// unquoted `word`: its inside is `word` in lower case. (A word holds no
+/// `"`, so a `""` inside never matches.)
+fn quoted_is_word(quoted: &str, word: &str) -> bool {
+    let inside = quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"'));
+    inside.is_some_and(|q| {
+        q.len() == word.len()
+            && q.bytes()
+                .zip(word.bytes())
+                .all(|(q, w)| q == w.to_ascii_lowercase())
+    })
 }
 
 /// Splits CQL text into [`Token`]s, dropping whitespace and comments.
@@ -356,5 +372,39 @@ mod tests {
         assert_eq!(kinds("$$abc").len(), 1);
         assert_eq!(kinds("a /* b").len(), 1);
         assert_eq!(kinds("é ü").len(), 2);
+    }
+
+    /// CQL folds an unquoted name to lower case and keeps a quoted one
+    /// as written: `"n"`, `n` and `N` are one column, `"N"` another.
+    #[test]
+    fn names_compare_as_cql_folds_them() {
+        fn name(s: &str) -> Token<'_> {
+            Lexer::new(s).next().unwrap()
+        }
+        let same = |a: &str, b: &str| name(a).same_name(&name(b));
+        for (a, b) in [
+            ("n", "n"),
+            ("n", "N"),
+            ("\"n\"", "n"),
+            ("n", "\"n\""),
+            ("\"n\"", "N"),
+            ("\"my_col2\"", "My_Col2"),
+            ("\"N\"", "\"N\""),
+            ("\"a\"\"b\"", "\"a\"\"b\""),
+        ] {
+            assert!(same(a, b), "{a} and {b} are one name");
+        }
+        for (a, b) in [
+            ("\"N\"", "n"),
+            ("n", "\"N\""),
+            ("\"N\"", "\"n\""),
+            ("\"n \"", "n"),
+            ("\"nn\"", "n"),
+            ("\"n", "n"),
+            ("\"\"", "n"),
+            ("n", "m"),
+        ] {
+            assert!(!same(a, b), "{a} and {b} are two names");
+        }
     }
 }

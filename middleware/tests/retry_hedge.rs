@@ -167,6 +167,50 @@ async fn a_non_idempotent_write_that_may_have_applied_is_not_retried() {
     );
 }
 
+/// A counter update marked idempotent is still never retried after it
+/// may have been applied, however its column is quoted: `"n" = n + 1`
+/// is `n = n + 1` (an unquoted name is its lower-case quoted form).
+/// Taken for two columns, it was retried after an applied-then-
+/// WriteTimeout and the counter moved by 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_update_marked_idempotent_is_applied_once_however_quoted() {
+    let e = env(1).await;
+    e.driver
+        .execute(CqlRequest::unprepared(
+            "CREATE TABLE ks.c (k int PRIMARY KEY, n counter)",
+        ))
+        .await
+        .unwrap();
+    let svc = RetryLayer::new(RetryConfig::default(), e.collectors.clone()).layer(e.driver.clone());
+    for (k, text) in [
+        (1i32, "UPDATE ks.c SET n = n + 1 WHERE k = ?"),
+        (2, "UPDATE ks.c SET \"n\" = n + 1 WHERE k = ?"),
+        (3, "UPDATE ks.c SET n = \"n\" + 1 WHERE k = ?"),
+    ] {
+        let fault = e
+            .cluster
+            .faults()
+            .add(Fault::write_timeout_after_apply().matching(text).times(1));
+        let upd = Statement::new(text).idempotent(true); // marked, wrongly
+        let out = svc.clone().oneshot(upd.request().bind((k,))).await;
+        assert_eq!(e.cluster.faults().fired(fault), 1, "{text}");
+        let n = e
+            .driver
+            .execute(CqlRequest::query("SELECT n FROM ks.c WHERE k = ?").bind((k,)))
+            .await
+            .unwrap()
+            .single_row::<(scylla::value::Counter,)>()
+            .unwrap()
+            .0
+            .0;
+        assert_eq!(n, 1, "{text}: the counter update was applied {n} times");
+        let err = out.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WriteTimeout, "{text}");
+        assert_eq!(err.attempts(), 1, "{text}");
+    }
+    assert_eq!(e.memory.snapshot().retries_total(), 0);
+}
+
 /// Reads distinct keys until the (one-shot) fault `id` has fired; returns
 /// how long that read took and its response's speculative count.
 async fn read_until_fired<S>(e: &Env, svc: S, id: tower_cql_testkit::FaultId) -> (Duration, u32)
