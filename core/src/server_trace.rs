@@ -43,7 +43,7 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::ConfigError;
-use crate::lex::{Kind, Lexer, Lit};
+use crate::lex::{Kind, Lexer, Lit, Token};
 
 /// When requests carry the protocol's tracing flag, and how their traces
 /// are fetched. Off by default (`sample_ratio` 0, no slow threshold).
@@ -253,94 +253,39 @@ const COUNT_WORDS: &[&str] = &[
 /// and any quoted, blob or UUID value. Kept: words, node addresses
 /// (`/127.0.0.2:7000`, `{127.0.0.1}`) and numbers that count what the
 /// server did (`Read 3 live rows and 0 tombstone cells`, `size 97
-/// bytes`). Reads the text through the same lexer as the statement
-/// sanitiser ([`crate::redact::sanitize`]).
+/// bytes`). Reads the whole text once through the same lexer as the
+/// statement sanitiser ([`crate::redact::sanitize`]), so an address
+/// inside a literal is part of the literal and goes with it.
 pub fn sanitize_activity(text: &str) -> String {
+    let tokens: Vec<Token<'_>> = Lexer::new(text).collect();
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while !rest.is_empty() {
-        match find_ipv4(rest) {
-            Some((start, end)) => {
-                sanitize_words(&rest[..start], &mut out);
-                out.push_str(&rest[start..end]);
-                rest = &rest[end..];
-            }
-            None => {
-                sanitize_words(rest, &mut out);
-                break;
-            }
-        }
-    }
-    out
-}
-
-/// The first IPv4 address (optionally with `:port`) standing alone in
-/// `s`: not inside a longer run of digits, dots or letters.
-fn find_ipv4(s: &str) -> Option<(usize, usize)> {
-    let b = s.as_bytes();
     let mut i = 0;
-    while i < b.len() {
-        if b[i].is_ascii_digit() && (i == 0 || !is_word_byte(b[i - 1])) {
-            let mut j = i;
-            let mut groups = 0;
-            loop {
-                let g = j;
-                while j < b.len() && b[j].is_ascii_digit() && j - g < 3 {
-                    j += 1;
-                }
-                if j == g {
-                    break;
-                }
-                groups += 1;
-                if groups == 4 || j >= b.len() || b[j] != b'.' {
-                    break;
-                }
-                j += 1;
-            }
-            if groups == 4 && (j >= b.len() || !is_word_byte(b[j]) && b[j] != b'.') {
-                if j + 1 < b.len() && b[j] == b':' && b[j + 1].is_ascii_digit() {
-                    j += 1;
-                    while j < b.len() && b[j].is_ascii_digit() {
-                        j += 1;
-                    }
-                }
-                return Some((i, j));
-            }
-            // skip the whole run of digits and dots
-            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
-                i += 1;
-            }
-            continue;
-        }
-        i += 1;
-    }
-    None
-}
-
-fn is_word_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'\'' || c == b'-'
-}
-
-/// Sanitises a piece of activity text, keeping its leading and trailing
-/// whitespace (it sits between node addresses).
-fn sanitize_words(piece: &str, out: &mut String) {
-    if piece.is_empty() {
-        return;
-    }
-    if piece.starts_with(char::is_whitespace) {
-        out.push(' ');
-    }
-    let mut first = true;
-    let mut tokens = Lexer::new(piece).peekable();
-    while let Some(t) = tokens.next() {
-        if t.space_before && !first {
+    while i < tokens.len() {
+        let t = tokens[i];
+        if t.space_before && !out.is_empty() {
             out.push(' ');
         }
-        first = false;
+        i += 1;
         match t.kind {
+            // a node address, with its `:port` when one follows directly
+            Kind::Literal(Lit::Number) if is_ipv4(t.text) => {
+                out.push_str(t.text);
+                if let [colon, port, ..] = &tokens[i..]
+                    && colon.is_punct(":")
+                    && !colon.space_before
+                    && !port.space_before
+                    && port.kind == Kind::Literal(Lit::Number)
+                    && port.text.bytes().all(|c| c.is_ascii_digit())
+                {
+                    out.push(':');
+                    out.push_str(port.text);
+                    i += 2;
+                }
+            }
+            // a count the server reports
             Kind::Literal(Lit::Number)
                 if t.text.bytes().all(|c| c.is_ascii_digit())
-                    && tokens.peek().is_some_and(|n| {
+                    && tokens.get(i).is_some_and(|n| {
                         n.kind == Kind::Word
                             && COUNT_WORDS.iter().any(|w| n.text.eq_ignore_ascii_case(w))
                     }) =>
@@ -351,9 +296,20 @@ fn sanitize_words(piece: &str, out: &mut String) {
             _ => out.push_str(t.text),
         }
     }
-    if piece.ends_with(char::is_whitespace) && !first {
-        out.push(' ');
+    out
+}
+
+/// Whether a number token is an IPv4 address: four groups of one to
+/// three digits, joined by dots, nothing more.
+fn is_ipv4(s: &str) -> bool {
+    let mut groups = 0;
+    for g in s.split('.') {
+        if g.is_empty() || g.len() > 3 || !g.bytes().all(|c| c.is_ascii_digit()) {
+            return false;
+        }
+        groups += 1;
     }
+    groups == 4
 }
 
 #[cfg(all(test, not(tower_cql_loom)))]
@@ -418,15 +374,49 @@ mod tests {
         }
     }
 
+    /// An address inside a literal is part of the value: the literal is
+    /// replaced whole. Cut out before lexing, it split the literal in two
+    /// and the words after it left the literal.
+    #[test]
+    fn a_literal_holding_an_address_is_replaced_whole() {
+        for (raw, want) in [
+            (
+                "Parsing INSERT INTO ks.notes (k, v) VALUES (1, 'call me on 10.1.2.3 password hunter2')",
+                "Parsing INSERT INTO ks.notes (k, v) VALUES (?, ?)",
+            ),
+            (
+                "Parsing UPDATE t SET v = '10.1.2.3' WHERE k = 1",
+                "Parsing UPDATE t SET v = ? WHERE k = ?",
+            ),
+            (
+                "Parsing UPDATE t SET v = $$ to /10.0.0.1:7000 it's hunter2 $$ WHERE k = 1",
+                "Parsing UPDATE t SET v = ? WHERE k = ?",
+            ),
+            (
+                "Parsing SELECT * FROM t WHERE v = 'x 10.1.2.3' AND w = 'hunter2 127.0.0.1:7000'",
+                "Parsing SELECT * FROM t WHERE v = ? AND w = ?",
+            ),
+        ] {
+            assert_eq!(sanitize_activity(raw), want, "{raw}");
+        }
+    }
+
     #[test]
     fn an_address_is_not_taken_out_of_a_longer_number() {
-        assert_eq!(find_ipv4("version 1.2.3.4.5"), None);
-        assert_eq!(find_ipv4("a1.2.3.4"), None);
-        assert_eq!(find_ipv4("to /10.0.0.1:7000 x"), Some((4, 17)));
-        assert_eq!(
-            sanitize_activity("{127.0.0.1, 127.0.0.2}"),
-            "{127.0.0.1, 127.0.0.2}"
-        );
+        assert!(!is_ipv4("1.2.3.4.5"));
+        assert!(!is_ipv4("1.2.3"));
+        assert!(!is_ipv4("1.2.3.4e5"));
+        assert!(!is_ipv4("1234.2.3.4"));
+        assert!(is_ipv4("10.0.0.1"));
+        for (raw, want) in [
+            ("version 1.2.3.4.5", "version ?"),
+            ("a1.2.3.4", "a1.?"),
+            ("to /10.0.0.1:7000 x", "to /10.0.0.1:7000 x"),
+            ("to 10.0.0.1 : 7000", "to 10.0.0.1 : ?"),
+            ("{127.0.0.1, 127.0.0.2}", "{127.0.0.1, 127.0.0.2}"),
+        ] {
+            assert_eq!(sanitize_activity(raw), want, "{raw}");
+        }
     }
 
     #[test]
