@@ -157,6 +157,19 @@ impl<'a> Lexer<'a> {
         }
     }
 
+    /// Whether a `:name` here may be a named bind marker: where a value
+    /// may start. Not after a name (a UDT literal's `{field:value}`), nor
+    /// after what ends a value (a literal, a bind marker, `)`, `]`, `}`),
+    /// where the `:` is a map's and the word after it its value
+    /// (`{'k':true}`).
+    fn marker_allowed(&self) -> bool {
+        match self.prev {
+            None => true,
+            Some((Kind::Punct, p)) => !b")]}".contains(&p),
+            Some(_) => false,
+        }
+    }
+
     /// Ends a `'...'` or `"..."` run that doubles its quote to escape it.
     fn quoted(&mut self, quote: u8) {
         let b = self.s.as_bytes();
@@ -257,12 +270,11 @@ impl<'a> Lexer<'a> {
             self.i += 1;
             return Some(Kind::Bind);
         }
-        // `:name` is a named bind marker unless it follows a name (a UDT
-        // literal's `{field:value}`)
+        // `:name` is a named bind marker where a value may start
         if c == b':'
             && b.get(self.i + 1)
                 .is_some_and(|x| x.is_ascii_alphabetic() || *x == b'_')
-            && !matches!(self.prev, Some((Kind::Word | Kind::Quoted, _)))
+            && self.marker_allowed()
         {
             self.i += 1;
             while self.i < b.len() && (b[self.i].is_ascii_alphanumeric() || b[self.i] == b'_') {
@@ -372,6 +384,55 @@ mod tests {
         assert_eq!(kinds("$$abc").len(), 1);
         assert_eq!(kinds("a /* b").len(), 1);
         assert_eq!(kinds("é ü").len(), 2);
+    }
+
+    /// A map value right after its colon is a value: a named bind marker
+    /// never follows a literal, a bind marker or a closing bracket.
+    /// Taken for `:name`, `{'k':true}` kept its `true` through the
+    /// sanitiser.
+    #[test]
+    fn a_value_right_after_a_colon_is_not_a_bind_marker() {
+        use Kind::*;
+        for (text, value) in [
+            (
+                "{'k':deadbeef-e89b-12d3-a456-426614174000}",
+                Literal(Lit::Uuid),
+            ),
+            (
+                "{1:abcdef01-e89b-12d3-a456-426614174000}",
+                Literal(Lit::Uuid),
+            ),
+            ("{'k':true}", Literal(Lit::Bool)),
+            ("{$$k$$:false}", Literal(Lit::Bool)),
+            ("{0xff:NaN}", Literal(Lit::Number)),
+            ("{?:true}", Literal(Lit::Bool)),
+            ("{:k:true}", Literal(Lit::Bool)),
+            ("{(1, 2):true}", Literal(Lit::Bool)),
+            ("{[1]:true}", Literal(Lit::Bool)),
+            ("{{1}:true}", Literal(Lit::Bool)),
+        ] {
+            let k = kinds(text);
+            assert_eq!(k[k.len() - 2].0, value, "{text}: {k:?}");
+            assert_eq!(k[k.len() - 3], (Punct, ":"), "{text}: {k:?}");
+        }
+        // named markers where a value starts
+        for text in ["k = :k", "(:a, :b)", "{:k: :v}", "[:i]", "m[:k]", ":k"] {
+            assert!(
+                kinds(text).iter().any(|t| t.0 == Bind),
+                "{text}: {:?}",
+                kinds(text)
+            );
+        }
+        assert_eq!(
+            kinds("{:k: :v}"),
+            vec![
+                (Punct, "{"),
+                (Bind, ":k"),
+                (Punct, ":"),
+                (Bind, ":v"),
+                (Punct, "}")
+            ]
+        );
     }
 
     /// CQL folds an unquoted name to lower case and keeps a quoted one

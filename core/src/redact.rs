@@ -114,6 +114,16 @@ mod tests {
                 "SELECT v FROM t WHERE k = 'é ü'",
                 "SELECT v FROM t WHERE k = ?",
             ),
+            // a map value right after its colon
+            (
+                "UPDATE ks.t SET m = {'k':deadbeef-e89b-12d3-a456-426614174000} WHERE k = ?",
+                "UPDATE ks.t SET m = ? WHERE k = ?",
+            ),
+            (
+                "UPDATE ks.t SET m = {1:abcdef01-e89b-12d3-a456-426614174000, 2:true} WHERE k = :k",
+                "UPDATE ks.t SET m = ? WHERE k = :k",
+            ),
+            ("UPDATE ks.t SET m = {'k':true}", "UPDATE ks.t SET m = ?"),
         ];
         for (input, want) in cases {
             assert_eq!(sanitize(input), want, "{input}");
