@@ -57,8 +57,14 @@ fn collapse_collections(s: &str) -> String {
                 continue;
             }
         }
-        out.push(c as char);
-        i += 1;
+        // copy up to the next bracket as one slice: a name's non-ASCII
+        // characters stay whole (a bracket is ASCII, never inside one)
+        let next = b[i + 1..]
+            .iter()
+            .position(|&x| x == b'[' || x == b'{')
+            .map_or(b.len(), |n| i + 1 + n);
+        out.push_str(&s[i..next]);
+        i = next;
     }
     out
 }
@@ -128,6 +134,32 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(sanitize(input), want, "{input}");
         }
+    }
+
+    /// A name with non-ASCII characters comes out as written. Copied one
+    /// byte at a time as a `char`, each byte of `é` became a character
+    /// of its own (`prÃ©nom`).
+    #[test]
+    fn non_ascii_names_come_out_as_written() {
+        for (input, want) in [
+            (
+                "SELECT \"prénom\" FROM \"Tåble\" WHERE k = ?",
+                "SELECT \"prénom\" FROM \"Tåble\" WHERE k = ?",
+            ),
+            (
+                "UPDATE \"Ωμέγα\" SET \"日本\" = [1, 2] WHERE \"ü\" = {'ä': 'ö'}",
+                "UPDATE \"Ωμέγα\" SET \"日本\" = ? WHERE \"ü\" = ?",
+            ),
+            ("SELECT \"🦀\" FROM t", "SELECT \"🦀\" FROM t"),
+        ] {
+            assert_eq!(sanitize(input), want, "{input}");
+        }
+        // the statement's recorded text is the same
+        let s = crate::Statement::new("SELECT \"é\" FROM ks.t WHERE k = 'x'");
+        assert_eq!(
+            s.sanitized_text(),
+            Some("SELECT \"é\" FROM ks.t WHERE k = ?")
+        );
     }
 
     proptest! {
