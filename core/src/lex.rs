@@ -9,8 +9,9 @@
 //! (no escapes, ends at the first `$$`), `"quoted identifiers"` with `""`,
 //! `--` and `//` line comments, `/* */` block comments (not nested), blobs
 //! (`0x...`), UUIDs (also those starting with a letter), numbers with a
-//! sign or an exponent, durations, and the literal words `true`, `false`,
-//! `NaN` and `Infinity`. Everything else is a word, a bind marker or one
+//! sign or an exponent, durations (`1h30m`, and the ISO 8601 forms
+//! `P1Y2M3DT4H30M`, `P2W` and `P0001-02-03T04:05:06`), and the literal
+//! words `true`, `false`, `NaN` and `Infinity`. Everything else is a word, a bind marker or one
 //! character of punctuation. An unterminated literal or comment runs to
 //! the end of the text. No allocation.
 //!
@@ -206,6 +207,13 @@ impl<'a> Lexer<'a> {
             self.quoted(b'"');
             return Some(Kind::Quoted);
         }
+        if c == b'-'
+            && self.sign_allowed()
+            && let Some(end) = iso_duration_end(b, self.i + 1)
+        {
+            self.i = end;
+            return Some(Kind::Literal(Lit::Number));
+        }
         let sign = (c == b'-' || c == b'+')
             && b.get(self.i + 1).is_some_and(u8::is_ascii_digit)
             && self.sign_allowed();
@@ -234,6 +242,10 @@ impl<'a> Lexer<'a> {
                 Lit::Number
             };
             return Some(Kind::Literal(lit));
+        }
+        if let Some(end) = iso_duration_end(b, self.i) {
+            self.i = end;
+            return Some(Kind::Literal(Lit::Number));
         }
         if c.is_ascii_alphabetic() || c == b'_' {
             let start = self.i;
@@ -306,6 +318,62 @@ impl<'a> Iterator for Lexer<'a> {
             space_before,
         })
     }
+}
+
+/// The end of the ISO 8601 duration literal starting at `i` (at its
+/// `P`), if one does, as CQL's grammar has them (any case):
+/// `P[nY][nM][nD][T[nH][nM][nS]]` with at least one part, `PnW`, and
+/// `PYYYY-MM-DDThh:mm:ss`. It must end where a name would (`p2w_col` is
+/// a name).
+fn iso_duration_end(b: &[u8], i: usize) -> Option<usize> {
+    if !b.get(i)?.eq_ignore_ascii_case(&b'P') {
+        return None;
+    }
+    let digits = |j: usize| j + b[j..].iter().take_while(|x| x.is_ascii_digit()).count();
+    let is = |j: usize, c: u8| b.get(j).is_some_and(|x| x.eq_ignore_ascii_case(&c));
+    // `n` then `unit` at `j`: the end of the part
+    let part = |j: usize, unit: u8| {
+        let k = digits(j);
+        (k > j && is(k, unit)).then_some(k + 1)
+    };
+    let ends_here = |j: usize| {
+        !b.get(j)
+            .is_some_and(|x| x.is_ascii_alphanumeric() || *x == b'_')
+    };
+    // the alternative form
+    const ALT: &[u8] = b"P####-##-##T##:##:##";
+    if b.len() >= i + ALT.len()
+        && ALT.iter().enumerate().all(|(n, &p)| match p {
+            b'#' => b[i + n].is_ascii_digit(),
+            _ => b[i + n].eq_ignore_ascii_case(&p),
+        })
+        && ends_here(i + ALT.len())
+    {
+        return Some(i + ALT.len());
+    }
+    // weeks
+    if let Some(j) = part(i + 1, b'W')
+        && ends_here(j)
+    {
+        return Some(j);
+    }
+    // designators
+    let mut j = i + 1;
+    let mut parts = 0;
+    for unit in [b'Y', b'M', b'D'] {
+        if let Some(k) = part(j, unit) {
+            (j, parts) = (k, parts + 1);
+        }
+    }
+    if is(j, b'T') {
+        j += 1;
+        for unit in [b'H', b'M', b'S'] {
+            if let Some(k) = part(j, unit) {
+                (j, parts) = (k, parts + 1);
+            }
+        }
+    }
+    (parts > 0 && ends_here(j)).then_some(j)
 }
 
 /// Whether the dash at `i` is inside an 8-4-4-4-12 run of hex digits.
@@ -433,6 +501,52 @@ mod tests {
                 (Punct, "}")
             ]
         );
+    }
+
+    /// CQL's ISO 8601 duration forms are literals, as its `1h30m` form
+    /// is: with designators (`P1Y2M3DT4H30M`), in weeks (`P2W`) and the
+    /// alternative form (`P0001-02-03T04:05:06`), any case, with a sign.
+    /// Lexed as words, they reached logs and spans as they were.
+    #[test]
+    fn iso_8601_durations_are_literals_and_names_stay_names() {
+        use Kind::*;
+        for d in [
+            "P1Y2M3DT4H30M",
+            "P2W",
+            "P0001-02-03T04:05:06",
+            "p1y2m3dt4h30m5s",
+            "P1D",
+            "PT5S",
+            "P10M",
+        ] {
+            assert_eq!(kinds(d), vec![(Literal(Lit::Number), d)], "{d}");
+            let text = format!("d = {d}, e = -{d}");
+            assert_eq!(
+                kinds(&text),
+                vec![
+                    (Word, "d"),
+                    (Punct, "="),
+                    (Literal(Lit::Number), d),
+                    (Punct, ","),
+                    (Word, "e"),
+                    (Punct, "="),
+                    (Literal(Lit::Number), &*format!("-{d}")),
+                ],
+                "{text}"
+            );
+        }
+        // the other form is a literal too, as it was
+        assert_eq!(kinds("1h30m"), vec![(Literal(Lit::Number), "1h30m")]);
+        // names that only look like one stay names
+        for w in [
+            "P", "p", "PT", "price", "p2w_col", "P2W_", "p1y2", "P1Y2W", "P2WD", "P1H", "PT1D",
+            "P0001", "Pa",
+        ] {
+            assert_eq!(kinds(w), vec![(Word, w)], "{w}");
+        }
+        assert_eq!(kinds("P0001-02")[0], (Word, "P0001"));
+        assert_eq!(kinds("P0001-02-03T04:05:06x")[0], (Word, "P0001"));
+        assert_eq!(kinds("a - P1D")[1], (Punct, "-"));
     }
 
     /// CQL folds an unquoted name to lower case and keeps a quoted one

@@ -130,6 +130,15 @@ mod tests {
                 "UPDATE ks.t SET m = ? WHERE k = :k",
             ),
             ("UPDATE ks.t SET m = {'k':true}", "UPDATE ks.t SET m = ?"),
+            // durations, every form
+            (
+                "UPDATE ks.t SET a = P1Y2M3DT4H30M, b = P2W, c = P0001-02-03T04:05:06, d = 1h30m, e = -pt5s WHERE k = ?",
+                "UPDATE ks.t SET a = ?, b = ?, c = ?, d = ?, e = ? WHERE k = ?",
+            ),
+            (
+                "SELECT price, p2w_col, P FROM t WHERE d = [P2W, P1D]",
+                "SELECT price, p2w_col, P FROM t WHERE d = ?",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(sanitize(input), want, "{input}");
