@@ -1,6 +1,6 @@
 //! What a statement's text says: its kind, keyspace and table, and what
-//! makes a retry unsafe (LWT, counter update, list append, a
-//! non-deterministic function). Read through the one CQL lexer
+//! makes a retry unsafe (LWT, counter update, list append, deleting a
+//! collection element by subscript, a non-deterministic function). Read through the one CQL lexer
 //! (the crate-private `lex` module), the same the sanitiser uses, so nothing inside a
 //! literal or a comment is taken for a keyword.
 //!
@@ -28,6 +28,13 @@ pub struct StatementTraits {
     pub counter_update: bool,
     /// Appends or prepends to a list (`l = l + ?`, `l = ? + l`): never idempotent.
     pub list_append: bool,
+    /// Deletes a collection element by subscript (`DELETE l[0] FROM ...`).
+    /// For a list the index picks whatever element is there now, so run
+    /// twice it deletes two; the text cannot tell a list index from a map
+    /// key (`DELETE m['k']`, which is idempotent), so any such delete is
+    /// treated as never idempotent. Setting an element by index
+    /// (`SET l[0] = ?`) replaces it and is not this.
+    pub element_delete: bool,
     /// Calls a non-deterministic function (`now()`, `uuid()`, ...).
     pub nondeterministic: bool,
 }
@@ -36,7 +43,27 @@ impl StatementTraits {
     /// Whether anything in the text makes a retry unsafe, whatever the
     /// caller says.
     pub fn forbids_retry(&self) -> bool {
-        self.lwt || self.counter_update || self.list_append || self.nondeterministic
+        self.lwt
+            || self.counter_update
+            || self.list_append
+            || self.element_delete
+            || self.nondeterministic
+    }
+
+    /// Adds what `other` says (a batch has every trait of its statements).
+    pub(crate) fn merge(&mut self, other: StatementTraits) {
+        let StatementTraits {
+            lwt,
+            counter_update,
+            list_append,
+            element_delete,
+            nondeterministic,
+        } = other;
+        self.lwt |= lwt;
+        self.counter_update |= counter_update;
+        self.list_append |= list_append;
+        self.element_delete |= element_delete;
+        self.nondeterministic |= nondeterministic;
     }
 }
 
@@ -103,6 +130,9 @@ pub(crate) fn analyse(
         }
         if t.is_punct("=") && i >= 1 && i + 2 < tokens.len() {
             update_traits(&tokens, i, &mut traits);
+        }
+        if t.is_word("DELETE") && deletes_an_element(&tokens[i + 1..]) {
+            traits.element_delete = true;
         }
     }
     let (keyspace, table) = match target {
@@ -254,6 +284,15 @@ fn update_traits(tokens: &[Token<'_>], i: usize, traits: &mut StatementTraits) {
     if j + 2 < tokens.len() && tokens[j + 1].is_punct("+") && tokens[j + 2].same_name(lhs) {
         traits.list_append = true;
     }
+}
+
+/// Whether the selection of a `DELETE` (the tokens after it, up to its
+/// `FROM`) deletes a collection element by subscript: `l[0]`, `m['k']`.
+fn deletes_an_element(rest: &[Token<'_>]) -> bool {
+    rest.iter()
+        .take_while(|t| !t.is_word("FROM"))
+        .zip(rest.iter().skip(1))
+        .any(|(name, open)| name.is_name() && open.is_punct("["))
 }
 
 fn unquote(t: &Token<'_>) -> String {
@@ -466,6 +505,50 @@ mod tests {
         // a quoted name keeps its case: `"N"` is not `n`
         let tr = analyse("UPDATE ks.c SET \"N\" = n + 1 WHERE k = ?").3;
         assert!(!tr.forbids_retry(), "{tr:?}");
+    }
+
+    /// `DELETE l[0]` deletes whatever element is at index 0 now: run twice,
+    /// it deletes two. The text cannot tell a list index from a map key
+    /// (`DELETE m['k']`, idempotent), so any `DELETE c[..]` forbids a retry
+    /// after it may have been applied, however it is marked. Setting an
+    /// element by index (`SET l[0] = ?`) replaces it: idempotent.
+    #[test]
+    fn deleting_an_element_by_index_forbids_retry() {
+        for text in [
+            "DELETE l[0] FROM ks.t WHERE k = ?",
+            "delete \"L\"[?] from t where k = 1",
+            "DELETE v, l[:i] FROM ks.t WHERE k = ?",
+            "DELETE m['k'] FROM ks.t WHERE k = ? IF EXISTS",
+            "BEGIN BATCH UPDATE t SET v = 1 WHERE k = 1; DELETE l[0] FROM t WHERE k = 1; APPLY BATCH",
+        ] {
+            assert!(analyse(text).3.element_delete, "{text}");
+            let s = crate::Statement::new(text).idempotent(true);
+            assert!(!s.request().meta().is_idempotent(), "{text}");
+        }
+        let mut batch = scylla::statement::batch::Batch::default();
+        batch.append_statement("UPDATE ks.t SET v = ? WHERE k = ?");
+        batch.append_statement("DELETE l[?] FROM ks.t WHERE k = ?");
+        let s = crate::Statement::batch(batch).idempotent(true);
+        assert!(s.traits().forbids_retry(), "{:?}", s.traits());
+        assert!(!s.request().meta().is_idempotent());
+        for text in [
+            "UPDATE ks.t SET l[0] = ? WHERE k = ?",
+            "UPDATE ks.t SET m['k'] = 'v', l[1] = 2 WHERE k = ?",
+            "DELETE FROM ks.t WHERE k = ?",
+            "DELETE v, u.f FROM ks.t WHERE k = ?",
+            "DELETE FROM ks.t WHERE k IN [1, 2]",
+            "SELECT l[0] FROM ks.t WHERE k = ?",
+            "INSERT INTO ks.t (k, v) VALUES (?, 'DELETE l[0] FROM t')",
+        ] {
+            assert!(
+                !analyse(text).3.forbids_retry(),
+                "{text}: {:?}",
+                analyse(text).3
+            );
+        }
+        // a subscript in the condition is no delete of an element
+        let tr = analyse("DELETE FROM ks.t WHERE k = ? IF l[0] = 1").3;
+        assert!(tr.lwt && !tr.element_delete, "{tr:?}");
     }
 
     use crate::redact::sanitize;

@@ -51,7 +51,8 @@
 //! timeout is never retried: its outcome is unknown until a serial read.
 //! Idempotency is [`RequestMeta::is_idempotent`](crate::RequestMeta::is_idempotent):
 //! what the caller marked, unless the statement text makes a retry unsafe
-//! (LWT, counter, list append, `now()`), which no marking overrides.
+//! (LWT, counter, list append, `DELETE l[0]`, `now()`), which no marking
+//! overrides.
 
 use crate::error::{CqlError, ErrorKind};
 use crate::request::RequestMeta;

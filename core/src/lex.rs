@@ -1,8 +1,8 @@
 //! The one CQL lexer: statement analysis ([`crate::request`]'s kind,
-//! keyspace, table, LWT, counter, list-append and non-deterministic
-//! detection) and the sanitiser ([`crate::redact`]) both read statement
-//! text through it, so a quote inside a `$$` string or an `IF` inside a
-//! comment means the same to both.
+//! keyspace, table, LWT, counter, list-append, element-delete and
+//! non-deterministic detection) and the sanitiser ([`crate::redact`])
+//! both read statement text through it, so a quote inside a `$$` string
+//! or an `IF` inside a comment means the same to both.
 //!
 //! It knows what Cassandra's own lexer knows about where a literal or a
 //! comment starts and ends: `'...'` with `''` for a quote, `$$...$$`

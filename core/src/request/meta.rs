@@ -301,8 +301,9 @@ impl RequestMeta {
 
     /// Whether the request may be retried or hedged after it may have been
     /// applied: marked idempotent, and nothing in the statement (LWT,
-    /// counter update, list append, `now()`) forbids it. The idempotency
-    /// rules live here and in [`crate::CqlError::retry_advice`].
+    /// counter update, list append, `DELETE l[0]`, `now()`: see
+    /// [`StatementTraits`]) forbids it. The idempotency rules live here
+    /// and in [`crate::CqlError::retry_advice`].
     pub fn is_idempotent(&self) -> bool {
         self.p.idempotent && !self.p.traits.forbids_retry()
     }

@@ -118,8 +118,10 @@ impl Statement {
         Statement::from_body(StatementBody::Prepared(statement))
     }
 
-    /// A batch. It is idempotent only if marked so and no statement in it
-    /// is a counter update, LWT, list append or non-deterministic call.
+    /// A batch. It is idempotent only if marked so and nothing in any of
+    /// its statements forbids a retry ([`StatementTraits::forbids_retry`]:
+    /// LWT, counter update, list append, element delete, non-deterministic
+    /// call).
     pub fn batch(batch: Batch) -> Statement {
         Statement::from_body(StatementBody::Batch(Arc::new(batch)))
     }
@@ -144,10 +146,7 @@ impl Statement {
                         _ => "",
                     };
                     let (_, ks, tb, t) = analyse(text);
-                    traits.lwt |= t.lwt;
-                    traits.counter_update |= t.counter_update;
-                    traits.list_append |= t.list_append;
-                    traits.nondeterministic |= t.nondeterministic;
+                    traits.merge(t);
                     match &first {
                         None => first = Some((ks, tb)),
                         Some(f) => same_table &= *f == (ks, tb),
