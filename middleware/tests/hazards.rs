@@ -219,6 +219,72 @@ async fn a_panicking_and_a_blocking_collector_fail_no_query() {
     assert!(took < Duration::from_millis(20) * n as u32 / 4, "{took:?}");
 }
 
+/// A page size below 1 (scylla's `set_page_size` panics on one) is a
+/// `BadRequest` naming the size, not sent, through the stack (a call and a
+/// paged read), and through the driver service alone: not a panic in the
+/// request's task. The statement is run prepared (from its text, and as
+/// the caller prepared it) and unprepared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_size_below_one_is_a_clear_error_not_a_panic() {
+    let (_cluster, driver, collectors, memory) = setup().await;
+    let stack = StackBuilder::new(collectors).build(driver.clone()).unwrap();
+    const GET: &str = "SELECT v FROM ks.kv WHERE k = ?";
+    let mut requests = vec![
+        ("prepared text", Statement::new(GET).idempotent(true)),
+        (
+            "unprepared text",
+            Statement::unprepared(GET).idempotent(true),
+        ),
+    ];
+    let prepared = driver.session().prepare(GET).await.unwrap();
+    requests.push((
+        "caller's prepared",
+        Statement::prepared(prepared).idempotent(true),
+    ));
+    let check = |what: String,
+                 joined: Result<Result<(), tower_cql_core::CqlError>, tokio::task::JoinError>,
+                 size: i32| {
+        let err = match joined {
+            Err(p) => panic!("{what}: the request panicked: {p}"),
+            Ok(Ok(())) => panic!("{what}: a page size of {size} was accepted"),
+            Ok(Err(e)) => e,
+        };
+        assert_eq!(err.kind(), ErrorKind::BadRequest, "{what}: {err}");
+        assert!(err.was_not_sent(), "{what}: {err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("page size must be at least 1, got {size}")),
+            "{what}: {err}"
+        );
+    };
+    let stack = Arc::new(stack);
+    let mut failed = 0;
+    for (what, statement) in &requests {
+        for size in [0, -1, i32::MIN] {
+            let req = statement.request().bind((1i32,)).page_size(size);
+            let (svc, r) = (stack.service(), req.clone());
+            let call = tokio::spawn(async move { svc.oneshot(r).await.map(|_| ()) });
+            check(format!("{what}, call"), call.await, size);
+            let (s, r) = (stack.clone(), req.clone());
+            let stream =
+                tokio::spawn(async move { s.stream::<(Option<String>,)>(r).await.map(|_| ()) });
+            check(format!("{what}, stream"), stream.await, size);
+            let d = driver.clone();
+            let alone = tokio::spawn(async move { d.execute(req).await.map(|_| ()) });
+            check(format!("{what}, driver service"), alone.await, size);
+            failed += 2;
+        }
+    }
+    // each refusal through the stack is one request event with its error
+    assert_eq!(memory.snapshot().errors.values().sum::<u64>(), failed);
+    // and the session is fine
+    stack
+        .call(Statement::new(GET).request().bind((1i32,)).page_size(1))
+        .await
+        .unwrap();
+    stack.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_through_the_stack_is_a_clear_error_and_nothing_is_lost() {
     let cluster = Cluster::builder()

@@ -130,6 +130,9 @@ impl DriverInner {
         // attempt events: one set for the whole stack, whatever this
         // service was built with.
         let collectors = req.stack_collectors().unwrap_or(&this.collectors);
+        // settings the driver cannot take (it would panic on them) fail
+        // the request here, before it is touched
+        meta.check_settings()?;
         if remaining.is_some_and(|r| r.is_zero()) {
             return Err(CqlError::deadline_exceeded(Duration::ZERO).not_sent());
         }

@@ -333,6 +333,21 @@ impl RequestMeta {
         self.p.page_size
     }
 
+    /// Whether the driver can run the request as it is set: the one check
+    /// of a request's own settings, made by the driver service before each
+    /// attempt touches the driver. A page size below 1 is refused (scylla's
+    /// `set_page_size` panics on one) with a `BadRequest`, not sent, and so
+    /// not retried. (Consistency and serial consistency are enums the
+    /// driver takes as they are, and the deadline is turned into a time
+    /// left that cannot be negative: nothing to refuse there.)
+    #[inline]
+    pub(crate) fn check_settings(&self) -> Result<(), crate::CqlError> {
+        match self.p.page_size {
+            Some(rows) if rows < 1 => Err(bad_page_size(rows)),
+            _ => Ok(()),
+        }
+    }
+
     /// When the whole request (all attempts) must be done by.
     pub fn deadline(&self) -> Option<Instant> {
         self.p.deadline
@@ -378,6 +393,20 @@ impl RequestMeta {
 #[derive(Clone, Copy)]
 pub struct QuerySummary<'a>(&'a RequestMeta);
 
+/// The error of a request whose page size is below 1 (see
+/// [`RequestMeta::check_settings`]).
+#[cold]
+#[inline(never)]
+fn bad_page_size(rows: i32) -> crate::CqlError {
+    crate::CqlError::new(
+        crate::ErrorKind::BadRequest,
+        format!(
+            "page size must be at least 1, got {rows}: set CqlRequest::page_size to the rows wanted per page (1 or more), or leave it unset for the session's default"
+        ),
+    )
+    .not_sent()
+}
+
 impl fmt::Display for QuerySummary<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
@@ -416,6 +445,33 @@ mod tests {
         assert!(!out.contains("KEY-MARKER"), "{out}");
         assert!(!out.contains("75, 69, 89"), "{out}"); // the bytes, as a Debug list
         assert_eq!(req.meta().page_index(), Some(3));
+    }
+
+    /// The settings the driver cannot take are refused here, before it
+    /// is touched: a page size below 1 (scylla's `set_page_size` panics
+    /// on one) is a `BadRequest`, not sent, naming the size.
+    #[test]
+    fn a_page_size_below_one_is_refused_before_the_driver() {
+        let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?");
+        assert!(req.meta().check_settings().is_ok());
+        for ok in [1, 5000, i32::MAX] {
+            assert!(req.clone().page_size(ok).meta().check_settings().is_ok());
+        }
+        for bad in [0, -1, i32::MIN] {
+            let err = req
+                .clone()
+                .page_size(bad)
+                .meta()
+                .check_settings()
+                .unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::BadRequest, "{err}");
+            assert!(err.was_not_sent(), "{err}");
+            assert!(
+                err.to_string()
+                    .contains(&format!("page size must be at least 1, got {bad}")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

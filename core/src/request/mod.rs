@@ -125,7 +125,8 @@ impl CqlRequest {
         self
     }
 
-    /// Sets the page size (rows per page).
+    /// Sets the page size (rows per page), at least 1: a request with a
+    /// smaller one fails with `BadRequest` (not sent), naming the size.
     pub fn page_size(mut self, rows: i32) -> CqlRequest {
         self.meta.p.page_size = Some(rows);
         self
@@ -137,9 +138,11 @@ impl CqlRequest {
         self
     }
 
-    /// Sets the deadline `d` from now.
-    pub fn timeout(self, d: Duration) -> CqlRequest {
-        self.deadline(crate::clock::now().into_std() + d)
+    /// Sets the deadline `d` from now. A `d` so long that no instant is
+    /// that far away (`Duration::MAX`) means no deadline.
+    pub fn timeout(mut self, d: Duration) -> CqlRequest {
+        self.meta.p.deadline = crate::clock::now().into_std().checked_add(d);
+        self
     }
 
     /// Asks the server to trace the request (the trace id comes back in
@@ -193,6 +196,18 @@ impl fmt::Debug for CqlRequest {
 #[cfg(all(test, not(tower_cql_loom)))]
 mod tests {
     use super::*;
+
+    /// A timeout too long to be a point in time (`Duration::MAX`, say)
+    /// is no deadline, not a panic in the caller's code (`Instant + d`
+    /// overflows); it replaces a deadline set before, as any timeout does.
+    #[test]
+    fn a_timeout_past_every_instant_is_no_deadline() {
+        let r = CqlRequest::query("SELECT v FROM t WHERE k = ?").timeout(Duration::from_secs(1));
+        assert!(r.meta().deadline().is_some());
+        let r = r.timeout(Duration::MAX);
+        assert_eq!(r.meta().deadline(), None);
+        assert_eq!(r.meta().remaining(), None);
+    }
 
     #[test]
     fn labels_and_redaction() {
