@@ -11,6 +11,13 @@
 //! nothing: when every replica has been tried, the plan is the driver's
 //! own.
 //!
+//! A retry the classifier advises on the **same node** (a `ReadTimeout`
+//! with the data present, `Unprepared`: see [`crate::classify`]) is sent
+//! back instead: the retry layer names the node for that attempt
+//! ([`RouteHint::return_to`]) and the policy puts it first in that
+//! attempt's plan, though the request avoids it (if it is in the driver's
+//! plan and not excluded; otherwise the attempt is steered as any other).
+//!
 //! A hint can also **exclude** nodes: an excluded node is dropped from
 //! the plan altogether, for every attempt of the request. The circuit
 //! breaker excludes the nodes whose breaker is open, so that a request
@@ -33,6 +40,8 @@
 //! hint.exclude(broken);                         // never tried
 //! assert!(hint.excludes(broken) && !hint.avoids(broken));
 //! assert!(!hint.excludes(slow));
+//! hint.return_to(1, slow);                      // attempt 1: back to `slow`, first
+//! assert!(hint.returns_to(1, slow) && !hint.returns_to(2, slow));
 //! let copy = req.clone();
 //! assert!(copy.meta().route().unwrap().avoids(slow));
 //! assert!(copy.meta().route().unwrap().excludes(broken));
@@ -116,6 +125,9 @@ pub struct RouteHint {
     /// The node each attempt (by index) was sent to, as the steering
     /// policy picked it or the attempt's answer named it.
     attempt_nodes: [OnceLock<SocketAddr>; ATTEMPTS],
+    /// The node (its key; 0: none) each attempt (by index) is sent back
+    /// to, first in its plan (see [`RouteHint::return_to`]).
+    returns: [AtomicU64; ATTEMPTS],
     /// Told how each attempt went for its node (the circuit breaker).
     observer: OnceLock<Arc<dyn NodeObserver>>,
     /// Attempt outcomes reported to the observer.
@@ -212,6 +224,31 @@ impl RouteHint {
     /// Whether no node is avoided.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Sends attempt `index` back to `node`: first in that attempt's
+    /// plan, though the request avoids it. For a retry the classifier
+    /// advises on the same node (a read timeout with the data present,
+    /// `Unprepared`); the retry layer sets it. An excluded node stays
+    /// excluded, and a node the driver's plan does not hold is not added
+    /// (the attempt is then steered as any other); indexes from
+    /// [`ATTEMPTS`] on are not remembered.
+    pub fn return_to(&self, index: u32, node: SocketAddr) {
+        if let Some(slot) = self.returns.get(index as usize) {
+            slot.store(key(node), Ordering::Release);
+        }
+    }
+
+    /// Whether attempt `index` is sent back to `node` (see
+    /// [`return_to`](Self::return_to)).
+    pub fn returns_to(&self, index: u32, node: SocketAddr) -> bool {
+        self.returned(index) == Some(key(node))
+    }
+
+    /// The key of the node attempt `index` is sent back to, if any.
+    fn returned(&self, index: u32) -> Option<u64> {
+        let k = self.returns.get(index as usize)?.load(Ordering::Acquire);
+        (k != 0).then_some(k)
     }
 
     /// Drops `node` from the plans of this request's attempts: it is not
@@ -406,7 +443,20 @@ impl LoadBalancingPolicy for Steering {
         let usable = |n: NodeRef<'_>| !hint.excludes(addr(n));
         let fresh = |n: NodeRef<'_>| usable(n) && !hint.avoids(addr(n));
         let first = self.inner.pick(request, cluster);
+        // sent back to the node an earlier attempt failed on (a retry
+        // advised on the same node), when the plan holds it
+        let back = hint.returned(index).and_then(|k| {
+            let back = |n: NodeRef<'_>| key(addr(n)) == k && usable(n);
+            match first {
+                Some((node, _)) if back(node) => first,
+                _ => self
+                    .inner
+                    .fallback(request, cluster)
+                    .find(|&(n, _)| back(n)),
+            }
+        });
         let chosen = match first {
+            _ if back.is_some() => back,
             Some((node, _)) if !fresh(node) => self
                 .inner
                 .fallback(request, cluster)
@@ -492,6 +542,22 @@ mod tests {
         }
         assert_eq!(h.len(), SLOTS);
         assert!(h.avoids(a), "the first ones stay");
+    }
+
+    #[test]
+    fn returns_to_a_node_per_attempt_index() {
+        let h = RouteHint::new();
+        let a: SocketAddr = "127.0.0.1:9042".parse().unwrap();
+        let b: SocketAddr = "127.0.0.2:9042".parse().unwrap();
+        assert!(!h.returns_to(1, a));
+        h.return_to(1, a);
+        h.return_to(3, b);
+        assert!(h.returns_to(1, a) && !h.returns_to(1, b));
+        assert!(h.returns_to(3, b) && !h.returns_to(2, a) && !h.returns_to(2, b));
+        assert!(h.is_empty(), "sending back avoids nothing");
+        // past the remembered attempts: not remembered, no panic
+        h.return_to(ATTEMPTS as u32, a);
+        assert!(!h.returns_to(ATTEMPTS as u32, a));
     }
 
     #[test]
@@ -608,6 +674,27 @@ mod tests {
                 hint.avoid(nodes[0]);
                 hint.exclude(nodes[1]);
                 assert_eq!(plan(&session, hint).await, vec![nodes[2], nodes[0]]);
+            }
+            // Sent back: attempt 0 (the index `plan` runs) goes to the
+            // node named for it first, though it is avoided; a node named
+            // for another attempt changes nothing; an excluded one stays
+            // out.
+            for _ in 0..30 {
+                let hint = Arc::new(RouteHint::new());
+                hint.avoid(nodes[0]);
+                hint.avoid(nodes[1]);
+                hint.return_to(0, nodes[1]);
+                assert_eq!(plan(&session, hint).await[0], nodes[1]);
+                let hint = Arc::new(RouteHint::new());
+                hint.avoid(nodes[1]);
+                hint.return_to(1, nodes[1]);
+                let p = plan(&session, hint).await;
+                assert_eq!(p.last(), Some(&nodes[1]), "{p:?}");
+                let hint = Arc::new(RouteHint::new());
+                hint.exclude(nodes[1]);
+                hint.return_to(0, nodes[1]);
+                let p = plan(&session, hint).await;
+                assert!(!p.contains(&nodes[1]), "{p:?}");
             }
             // Every node excluded: an empty plan.
             let hint = Arc::new(RouteHint::new());

@@ -351,3 +351,94 @@ async fn every_attempt_of_a_retried_and_hedged_read_has_its_own_index() {
         "one index per attempt"
     );
 }
+
+/// Keeps the index and node of every attempt event.
+#[derive(Default)]
+struct Nodes(std::sync::Mutex<Vec<(u32, Option<std::net::SocketAddr>)>>);
+
+impl Collector for Nodes {
+    fn on_attempt(&self, e: &tower_cql_core::event::AttemptEvent<'_>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((e.index, e.node));
+    }
+}
+
+impl Nodes {
+    /// The nodes of attempts 0 and 1 of the request just made, and forgets
+    /// them.
+    fn take_two(&self) -> (std::net::SocketAddr, std::net::SocketAddr) {
+        let mut seen = std::mem::take(&mut *self.0.lock().unwrap());
+        seen.sort();
+        match seen[..] {
+            [(0, Some(a)), (1, Some(b))] => (a, b),
+            _ => panic!("two attempts with their nodes expected: {seen:?}"),
+        }
+    }
+}
+
+/// README, "Retry rules": a `ReadTimeout` is "retried: same node if the
+/// data replica answered late, else next" (the classifier advises the
+/// same node for one with the data present). Three replicas: the retry
+/// after a read timeout with the data present goes back to the node that
+/// timed out, and the one after a read timeout without it goes to another
+/// node; through the retry layer alone (the first attempt carries no route
+/// hint) and with the hedge layer inside it (every attempt carries one,
+/// so the steering policy avoids the nodes already tried unless told
+/// otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_timeout_with_the_data_present_is_retried_on_the_same_node() {
+    let e = env(3).await;
+    let retry = || {
+        RetryLayer::new(
+            RetryConfig {
+                max_attempts: 2,
+                ..RetryConfig::default()
+            },
+            e.collectors.clone(),
+        )
+    };
+    let alone = tower::util::BoxCloneSyncService::new(retry().layer(e.driver.clone()));
+    let hedged = tower::util::BoxCloneSyncService::new(
+        retry().layer(
+            HedgeLayer::new(
+                HedgeConfig {
+                    // never due: the hedge layer only routes here
+                    delay: HedgeDelay::Fixed(Duration::from_secs(30)),
+                    ..HedgeConfig::default()
+                },
+                e.collectors.clone(),
+            )
+            .layer(e.driver.clone()),
+        ),
+    );
+    let get = Statement::new(GET).idempotent(true);
+    for k in 0..3 {
+        e.driver.execute(get.request().bind((k,))).await.unwrap();
+    }
+    let nodes = Arc::new(Nodes::default());
+    e.collectors.add(nodes.clone());
+    for (name, svc) in [("retry alone", alone), ("retry over hedge", hedged)] {
+        for (injected, same) in [
+            (InjectedError::ReadTimeoutDataPresent, true),
+            (InjectedError::ReadTimeout, false),
+        ] {
+            for k in 0..10 {
+                let fault = e
+                    .cluster
+                    .faults()
+                    .add(Fault::error(injected).opcode(Opcode::Execute).times(1));
+                let resp = svc.clone().oneshot(get.request().bind((k,))).await.unwrap();
+                assert_eq!(e.cluster.faults().fired(fault), 1);
+                assert_eq!(resp.info().attempts, 2);
+                let (first, retry) = nodes.take_two();
+                assert_eq!(
+                    first == retry,
+                    same,
+                    "{name}, {injected:?}: attempt 0 on {first}, the retry on {retry}"
+                );
+            }
+        }
+    }
+}

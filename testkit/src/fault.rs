@@ -42,6 +42,9 @@ pub enum InjectedError {
     Unavailable,
     /// READ_TIMEOUT (0x1200): 1 of 2 replicas answered, data not present.
     ReadTimeout,
+    /// READ_TIMEOUT (0x1200): 1 of 2 replicas answered, the replica asked
+    /// for the data among them (data present).
+    ReadTimeoutDataPresent,
     /// WRITE_TIMEOUT (0x1100) with the given write type.
     WriteTimeout(WriteType),
     /// READ_FAILURE (0x1300).
@@ -81,14 +84,14 @@ impl InjectedError {
                     alive: 1,
                 },
             ),
-            InjectedError::ReadTimeout => (
+            InjectedError::ReadTimeout | InjectedError::ReadTimeoutDataPresent => (
                 e::READ_TIMEOUT,
                 "Operation timed out - received only 1 responses (injected by testkit)",
                 ErrorExtra::ReadTimeout {
                     consistency,
                     received: 1,
                     block_for: 2,
-                    data_present: false,
+                    data_present: self == InjectedError::ReadTimeoutDataPresent,
                 },
             ),
             InjectedError::WriteTimeout(write_type) => (

@@ -10,7 +10,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_cql_core::event::{Event, RetryEvent, ThrottleEvent};
-use tower_cql_core::{AttemptReason, CqlError, CqlRequest, CqlResponse, clock};
+use tower_cql_core::{AttemptReason, CqlError, CqlRequest, CqlResponse, RetryAdvice, clock};
 use tower_service::Service;
 
 use super::policy::{Decision, StopReason};
@@ -284,7 +284,7 @@ fn after_error(
     let decision = shared
         .policy
         .decide(request.meta(), &err, attempts, now, deadline);
-    let delay = match decision {
+    let (delay, advice) = match decision {
         Decision::Stop(reason) => {
             if reason == StopReason::BudgetExhausted {
                 let collectors = &shared.collectors;
@@ -306,7 +306,7 @@ fn after_error(
             );
             return AfterError::Stop(with_attempts(err, attempts));
         }
-        Decision::Retry { delay, .. } => delay,
+        Decision::Retry { delay, advice } => (delay, advice),
     };
     // The next attempt's index follows every attempt made so far, the ones
     // the layers inside made for the last one included (a hedge's
@@ -314,9 +314,14 @@ fn after_error(
     let index = request.meta().attempt_index() + err.attempts().max(1);
     let meta = request.meta_mut();
     meta.set_attempt(index, AttemptReason::Retry);
-    // the retry goes to another node first, when there is one
+    // Where the retry goes, as the classifier advised: back to the node
+    // that failed, or to another one first, when there is one.
     if let Some(node) = err.node() {
-        meta.route_hint().avoid(node);
+        let hint = meta.route_hint();
+        match advice {
+            RetryAdvice::RetrySameNode => hint.return_to(index, node),
+            _ => hint.avoid(node),
+        }
     }
     let collectors = &shared.collectors;
     if collectors.is_active() {

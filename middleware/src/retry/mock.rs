@@ -70,6 +70,9 @@ pub(crate) struct Call {
     pub(crate) index: u32,
     pub(crate) reason: AttemptReason,
     pub(crate) at: Instant,
+    /// The request's route hint as it was called (shared: it shows what
+    /// later attempts added too).
+    pub(crate) route: Option<Arc<tower_cql_core::routing::RouteHint>>,
     state: Arc<AtomicU8>,
 }
 
@@ -156,6 +159,7 @@ impl Service<CqlRequest> for Mock {
             index: req.meta().attempt_index(),
             reason: req.meta().attempt_reason(),
             at: Instant::now(),
+            route: req.meta().route().cloned(),
             state: state.clone(),
         });
         let result = match step.result {

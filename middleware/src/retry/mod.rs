@@ -67,8 +67,9 @@
 //!
 //! When the layer stops it returns the last error as it came, not wrapped;
 //! only its [`attempts`](CqlError::attempts) count is set.
-//! Where a retry goes (same node or next) is the driver's choice: see
-//! [`RetryPolicy`].
+//! Where a retry goes follows the advice: back to the node that failed
+//! (`RetrySameNode`), or to another node first (`RetryNextNode`), through
+//! the request's route hint: see [`RetryPolicy`], "Same node or next node".
 //!
 //! # Events
 //! Before each backoff the layer emits a
@@ -349,6 +350,72 @@ mod tests {
             assert!(
                 gap >= MS + delay && gap <= 2 * MS + delay,
                 "{gap:?} {delay:?}"
+            );
+        }
+    }
+
+    /// A read timeout whose data replica answered, as the classifier
+    /// reads one (`data_present`): advised on the same node.
+    fn read_timeout(data_present: bool) -> CqlError {
+        use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+        CqlError::from_execution(ExecutionError::LastAttemptError(
+            RequestAttemptError::DbError(
+                DbError::ReadTimeout {
+                    consistency: scylla::statement::Consistency::Quorum,
+                    received: 1,
+                    required: 2,
+                    data_present,
+                },
+                "read timeout".into(),
+            ),
+        ))
+    }
+
+    /// Where a retry goes follows the classifier's advice (README, "Retry
+    /// rules"): after an error advised on the next node (`Overloaded`, a
+    /// read timeout without the data) the failed node is avoided; after
+    /// one advised on the same node (a read timeout with the data present,
+    /// `Unprepared`) the retry is not steered away from it but sent back
+    /// to it (the route hint names the node for the retry's index).
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_goes_to_the_node_the_advice_names() {
+        use super::mock::fail_with;
+        use tower_cql_core::RetryAdvice;
+        let node: std::net::SocketAddr = "10.0.0.7:9042".parse().unwrap();
+        for (first, advice) in [
+            (read_timeout(true), RetryAdvice::RetrySameNode),
+            (
+                CqlError::new(ErrorKind::Unprepared, "unprepared"),
+                RetryAdvice::RetrySameNode,
+            ),
+            (read_timeout(false), RetryAdvice::RetryNextNode),
+            (
+                CqlError::new(ErrorKind::Overloaded, "busy"),
+                RetryAdvice::RetryNextNode,
+            ),
+        ] {
+            let first = first.with_node(node);
+            let kind = first.kind();
+            assert_eq!(first.retry_advice(true), advice, "{kind}");
+            let mock = Mock::new([fail_with(first, MS), ok(MS)]);
+            let (layer, _) = layer(RetryConfig::default());
+            layer.layer(mock.clone()).oneshot(read()).await.unwrap();
+            let calls = mock.calls();
+            assert_eq!(calls.len(), 2, "{kind}");
+            let avoided = calls[1].route.as_ref().is_some_and(|h| h.avoids(node));
+            assert_eq!(
+                avoided,
+                advice == RetryAdvice::RetryNextNode,
+                "{kind} ({advice:?}): the retry avoids the node that failed: {avoided}"
+            );
+            let sent_back = calls[1]
+                .route
+                .as_ref()
+                .is_some_and(|h| h.returns_to(1, node));
+            assert_eq!(
+                sent_back,
+                advice == RetryAdvice::RetrySameNode,
+                "{kind} ({advice:?}): the retry is sent back to the node that failed: {sent_back}"
             );
         }
     }

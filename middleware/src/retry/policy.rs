@@ -97,14 +97,17 @@ impl StopReason {
 ///
 ///
 /// # Same node or next node
-/// The advice `RetryNextNode` (e.g. after `Unavailable`) is honoured through
-/// the driver: this layer cannot pick a node, the scylla driver's
-/// load-balancing policy does, afresh for each call. Its default policy
-/// spreads calls over the replicas of the partition (and the driver
-/// service turns the driver's own retries off), so a retry usually lands
-/// on another replica, but nothing guarantees it. `RetrySameNode` (a read
-/// timeout where the data replica answered late, an unprepared statement)
-/// is equally a new call. The advice is recoverable from every
+/// This policy cannot pick a node: the scylla driver's load-balancing
+/// policy does, afresh for each call. The retry layer tells it where the
+/// advice says, through the request's
+/// [`RouteHint`](tower_cql_core::routing::RouteHint), which the driver
+/// service's steering policy reads: after `RetryNextNode` (e.g.
+/// `Unavailable`) the node that failed is avoided (tried last, while
+/// another replica is there); after `RetrySameNode` (a read timeout with
+/// the data present, an unprepared statement) the retry is sent back to
+/// the node that failed ([`RouteHint::return_to`](tower_cql_core::routing::RouteHint::return_to)),
+/// unless the breaker excludes it. An error that names no node leaves the
+/// choice to the driver's policy. The advice is recoverable from every
 /// [`RetryEvent`](tower_cql_core::event::RetryEvent): its `cause` is the
 /// error, and `cause.retry_advice(meta.is_idempotent())` gives it back.
 #[derive(Debug, Clone)]

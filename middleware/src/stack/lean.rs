@@ -218,9 +218,10 @@ pin_project! {
 }
 
 /// What the retries change in the meta of the request they keep: its
-/// attempt, and its route hint (made by the first retry that avoids a
-/// node). Restored before the meta is lent to the request's end, so the
-/// request event sees the meta the metrics layer saw at the call.
+/// attempt, and its route hint (made by the first retry that steers
+/// toward or away from a node). Restored before the meta is lent to the
+/// request's end, so the request event sees the meta the metrics layer
+/// saw at the call.
 #[derive(Clone, Copy)]
 struct AtCall {
     attempt: (u32, AttemptReason),
