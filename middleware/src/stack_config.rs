@@ -186,11 +186,13 @@ pub struct HedgeSection {
     pub enabled: Option<bool>,
     /// A fixed delay before the speculative attempt.
     pub delay_ms: Option<u64>,
-    /// Or a latency percentile (0.5–0.999) ...
+    /// Or a latency percentile (0.5–0.999; default 0.95, which is the
+    /// delay without `delay_ms`) ...
     pub percentile: Option<f64>,
-    /// ... clamped to at least this ...
+    /// ... clamped to at least this (default 1) ...
     pub min_delay_ms: Option<u64>,
-    /// ... and at most this.
+    /// ... and at most this, the delay until latencies are known (default
+    /// 100). Both clamps apply to the default percentile too.
     pub max_delay_ms: Option<u64>,
     /// Speculative attempts per request.
     pub max_speculative: Option<u32>,
@@ -431,12 +433,23 @@ impl StackConfig {
                     ));
                 }
                 (Some(d), None) => HedgeDelay::Fixed(ms(d)),
-                (None, Some(p)) => HedgeDelay::Percentile {
-                    percentile: p,
-                    min: ms(s.min_delay_ms.unwrap_or(1)),
-                    max: ms(s.max_delay_ms.unwrap_or(100)),
-                },
-                (None, None) => h.delay,
+                // a percentile, the default one unless given: each key
+                // given replaces its default
+                (None, p) => {
+                    let HedgeDelay::Percentile {
+                        percentile,
+                        min,
+                        max,
+                    } = HedgeDelay::default()
+                    else {
+                        unreachable!("the default hedge delay is a percentile")
+                    };
+                    HedgeDelay::Percentile {
+                        percentile: p.unwrap_or(percentile),
+                        min: s.min_delay_ms.map_or(min, ms),
+                        max: s.max_delay_ms.map_or(max, ms),
+                    }
+                }
             };
             if s.budget_ratio.is_some()
                 || s.budget_min_per_second.is_some()
@@ -548,5 +561,69 @@ mod server_trace_tests {
             .unwrap_err();
         assert_eq!(err.field, "stack.server_trace", "{err}");
         assert!(err.to_string().contains("metrics"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod hedge_tests {
+    use super::*;
+
+    /// The builder `toml` gives, and its hedge delay as configured.
+    fn hedge_delay(toml: &str) -> Result<String, ConfigError> {
+        let b = StackConfig::from_toml(toml)?.into_builder(Collectors::new())?;
+        let dbg = format!("{b:?}");
+        let at = dbg.find("delay: ").expect("the hedge is on");
+        Ok(dbg[at..]
+            .split(", max_speculative")
+            .next()
+            .unwrap()
+            .to_string())
+    }
+
+    /// `min_delay_ms` and `max_delay_ms` clamp the percentile delay, the
+    /// default percentile's too (without `percentile`): each key given
+    /// replaces its default, the others stay.
+    #[test]
+    fn the_delay_clamps_apply_to_the_default_percentile() {
+        for (keys, want) in [
+            (
+                "max_delay_ms = 20",
+                "delay: Percentile { percentile: 0.95, min: 1ms, max: 20ms }",
+            ),
+            (
+                "min_delay_ms = 5",
+                "delay: Percentile { percentile: 0.95, min: 5ms, max: 100ms }",
+            ),
+            (
+                "min_delay_ms = 5\nmax_delay_ms = 50",
+                "delay: Percentile { percentile: 0.95, min: 5ms, max: 50ms }",
+            ),
+            (
+                "percentile = 0.9\nmax_delay_ms = 20",
+                "delay: Percentile { percentile: 0.9, min: 1ms, max: 20ms }",
+            ),
+            (
+                "percentile = 0.9",
+                "delay: Percentile { percentile: 0.9, min: 1ms, max: 100ms }",
+            ),
+            (
+                "",
+                "delay: Percentile { percentile: 0.95, min: 1ms, max: 100ms }",
+            ),
+        ] {
+            let toml = format!("[hedge]\nenabled = true\n{keys}");
+            assert_eq!(hedge_delay(&toml).unwrap(), want, "{keys}");
+        }
+        // until latencies are known the delay is the clamp's top
+        let layers = StackConfig::from_toml("[hedge]\nenabled = true\nmax_delay_ms = 20")
+            .unwrap()
+            .into_builder(Collectors::new())
+            .unwrap()
+            .layers()
+            .unwrap();
+        assert_eq!(
+            layers.hedge.unwrap().current_delay(),
+            Duration::from_millis(20)
+        );
     }
 }
