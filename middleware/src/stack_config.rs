@@ -184,7 +184,9 @@ pub struct RetrySection {
 pub struct HedgeSection {
     /// Off unless `true`.
     pub enabled: Option<bool>,
-    /// A fixed delay before the speculative attempt.
+    /// A fixed delay before the speculative attempt (not with
+    /// `percentile`, `min_delay_ms` or `max_delay_ms`, which only a
+    /// percentile delay has).
     pub delay_ms: Option<u64>,
     /// Or a latency percentile (0.5–0.999; default 0.95, which is the
     /// delay without `delay_ms`) ...
@@ -425,14 +427,26 @@ impl StackConfig {
             if let Some(v) = s.max_speculative {
                 h.max_speculative = v;
             }
+            // a fixed delay has no percentile and no clamp: a key only a
+            // percentile uses, given with it, would be dropped
+            if s.delay_ms.is_some()
+                && let Some(key) = [
+                    ("hedge.percentile", s.percentile.is_some()),
+                    ("hedge.min_delay_ms", s.min_delay_ms.is_some()),
+                    ("hedge.max_delay_ms", s.max_delay_ms.is_some()),
+                ]
+                .into_iter()
+                .find_map(|(key, set)| set.then_some(key))
+            {
+                return Err(ConfigError::new(
+                    "hedge.delay_ms",
+                    format!(
+                        "set either hedge.delay_ms (a fixed delay) or {key} (of a delay at a latency percentile), not both: a fixed delay has no percentile and is not clamped"
+                    ),
+                ));
+            }
             h.delay = match (s.delay_ms, s.percentile) {
-                (Some(_), Some(_)) => {
-                    return Err(ConfigError::new(
-                        "hedge.delay_ms",
-                        "set either delay_ms (fixed) or percentile, not both",
-                    ));
-                }
-                (Some(d), None) => HedgeDelay::Fixed(ms(d)),
+                (Some(d), _) => HedgeDelay::Fixed(ms(d)),
                 // a percentile, the default one unless given: each key
                 // given replaces its default
                 (None, p) => {
@@ -624,6 +638,30 @@ mod hedge_tests {
         assert_eq!(
             layers.hedge.unwrap().current_delay(),
             Duration::from_millis(20)
+        );
+    }
+
+    /// A fixed `delay_ms` is not a percentile: given with a key only a
+    /// percentile uses (`percentile`, `min_delay_ms`, `max_delay_ms`) it
+    /// is refused, the error naming both keys, not the other key dropped.
+    #[test]
+    fn a_fixed_delay_with_a_percentile_key_is_refused_naming_both() {
+        for other in ["max_delay_ms = 10", "min_delay_ms = 5", "percentile = 0.9"] {
+            let key = other.split(' ').next().unwrap();
+            let toml = format!("[hedge]\nenabled = true\ndelay_ms = 50\n{other}");
+            let err = match hedge_delay(&toml) {
+                Ok(delay) => panic!("{other}: accepted, {delay}"),
+                Err(e) => e,
+            };
+            let msg = err.to_string();
+            assert_eq!(err.field, "hedge.delay_ms", "{msg}");
+            assert!(msg.contains(&format!("hedge.{key}")), "{other}: {msg}");
+            assert!(msg.contains("not both"), "{other}: {msg}");
+        }
+        // alone, each is fine
+        assert_eq!(
+            hedge_delay("[hedge]\nenabled = true\ndelay_ms = 50").unwrap(),
+            "delay: Fixed(50ms)"
         );
     }
 }
