@@ -32,220 +32,47 @@
 //!
 //! Durations are integers in milliseconds (`*_ms`). Every section may be
 //! left out; `enabled` defaults to the builder's default for that layer
-//! (tracing, metrics, retry, timeout on; the rest off).
-
-use std::time::Duration;
+//! (tracing, metrics, retry, timeout on; the rest off). Every value in the
+//! file is checked, in a section that is on or off (switching a section
+//! off hides no bad value), and a key the other keys of its section leave
+//! without effect is refused, not dropped:
+//!
+//! ```
+//! # use tower_cql_core::Collectors;
+//! # use tower_cql_middleware::stack_config::StackConfig;
+//! let err = StackConfig::from_toml("[retry]\nenabled = false\nmax_attempts = 0")
+//!     .unwrap()
+//!     .into_builder(Collectors::new())
+//!     .unwrap_err();
+//! assert_eq!(err.field, "retry.max_attempts");
+//! let err = StackConfig::from_toml("[rate_limit]\nmode = \"reject\"\nmax_wait_ms = 100")
+//!     .unwrap()
+//!     .into_builder(Collectors::new())
+//!     .unwrap_err();
+//! assert_eq!(err.field, "rate_limit.max_wait_ms"); // nothing waits in mode "reject"
+//! ```
 
 use serde::Deserialize;
 use tower_cql_core::Collectors;
-use tracing::Level;
 
 use crate::breaker::BreakerConfig;
-use crate::concurrency::{AdaptiveAlgorithm, AdaptiveConfig, ConcurrencyConfig};
+use crate::concurrency::{AdaptiveConfig, ConcurrencyConfig};
 use crate::config::ConfigError;
-use crate::hedge::{HedgeConfig, HedgeDelay};
+use crate::hedge::HedgeConfig;
 use crate::metrics::MetricsConfig;
-use crate::rate_limit::{RateLimitConfig, RateLimitMode};
-use crate::retry::{BudgetConfig, RetryConfig};
+use crate::rate_limit::RateLimitConfig;
+use crate::retry::RetryConfig;
 use crate::stack::StackBuilder;
 use crate::timeout::TimeoutConfig;
 use crate::trace::TraceConfig;
-use tower_cql_core::server_trace::ServerTraceConfig;
 
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
+mod sections;
 
-/// `[trace]`
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TraceSection {
-    /// On unless `false`.
-    pub enabled: Option<bool>,
-    /// Record the sanitised statement text (default true).
-    pub record_query_text: Option<bool>,
-    /// `"info"` (default) or `"debug"`.
-    pub level: Option<String>,
-    /// The attempt spans' level: `"debug"` (default) or `"info"`.
-    pub attempt_level: Option<String>,
-}
-
-/// `[metrics]`
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsSection {
-    /// On unless `false`.
-    pub enabled: Option<bool>,
-    /// Distinct label sets before folding into `other`.
-    pub max_label_sets: Option<usize>,
-}
-
-/// `[load_shed]`
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct LoadShedSection {
-    /// Off unless `true`.
-    pub enabled: Option<bool>,
-}
-
-/// `[breaker]`
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BreakerSection {
-    /// Off unless `true`.
-    pub enabled: Option<bool>,
-    /// Failure rate that opens it.
-    pub failure_rate: Option<f64>,
-    /// Requests in the window before it may open.
-    pub min_requests: Option<u32>,
-    /// The rolling window.
-    pub window_ms: Option<u64>,
-    /// Time open before a probe.
-    pub cool_down_ms: Option<u64>,
-    /// Probes allowed half-open.
-    pub half_open_probes: Option<u32>,
-}
-
-/// `[rate_limit]`
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitSection {
-    /// Off unless `true`.
-    pub enabled: Option<bool>,
-    /// Sustained rate.
-    pub rate_per_second: Option<f64>,
-    /// Burst size.
-    pub burst: Option<u32>,
-    /// `"wait"` (default) or `"reject"`.
-    pub mode: Option<String>,
-    /// Longest wait in wait mode.
-    pub max_wait_ms: Option<u64>,
-}
-
-/// `[concurrency]`
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ConcurrencySection {
-    /// Off unless `true`.
-    pub enabled: Option<bool>,
-    /// Requests in flight.
-    pub max_in_flight: Option<usize>,
-    /// Requests waiting.
-    pub max_queue: Option<usize>,
-    /// Longest wait in the queue (0: no limit).
-    pub queue_timeout_ms: Option<u64>,
-}
-
-/// `[adaptive]`
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AdaptiveSection {
-    /// Off unless `true`.
-    pub enabled: Option<bool>,
-    /// Starting limit.
-    pub initial: Option<usize>,
-    /// Floor.
-    pub min: Option<usize>,
-    /// Ceiling.
-    pub max: Option<usize>,
-    /// Additive increase.
-    pub increase_by: Option<usize>,
-    /// Multiplicative decrease.
-    pub decrease_factor: Option<f64>,
-    /// Latency that counts as overload.
-    pub latency_threshold_ms: Option<u64>,
-    /// Requests waiting.
-    pub max_queue: Option<usize>,
-}
-
-/// `[retry]`
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RetrySection {
-    /// On unless `false`.
-    pub enabled: Option<bool>,
-    /// Total attempts.
-    pub max_attempts: Option<u32>,
-    /// Backoff base.
-    pub backoff_base_ms: Option<u64>,
-    /// Backoff cap.
-    pub backoff_max_ms: Option<u64>,
-    /// Retries per request allowed by the budget.
-    pub budget_ratio: Option<f64>,
-    /// Retries per second always allowed.
-    pub budget_min_per_second: Option<u32>,
-    /// The budget's window.
-    pub budget_window_ms: Option<u64>,
-}
-
-/// `[hedge]`
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HedgeSection {
-    /// Off unless `true`.
-    pub enabled: Option<bool>,
-    /// A fixed delay before the speculative attempt (not with
-    /// `percentile`, `min_delay_ms` or `max_delay_ms`, which only a
-    /// percentile delay has).
-    pub delay_ms: Option<u64>,
-    /// Or a latency percentile (0.5–0.999; default 0.95, which is the
-    /// delay without `delay_ms`) ...
-    pub percentile: Option<f64>,
-    /// ... clamped to at least this (default 1) ...
-    pub min_delay_ms: Option<u64>,
-    /// ... and at most this, the delay until latencies are known (default
-    /// 100). Both clamps apply to the default percentile too.
-    pub max_delay_ms: Option<u64>,
-    /// Speculative attempts per request.
-    pub max_speculative: Option<u32>,
-    /// A budget of its own for speculative attempts: extra attempts per
-    /// request. Without any `budget_*` key, speculative attempts are
-    /// charged to the retry budget (or to a default budget of the hedge's
-    /// own when retries are off).
-    pub budget_ratio: Option<f64>,
-    /// Its own budget's speculative attempts always allowed per second.
-    pub budget_min_per_second: Option<u32>,
-    /// Its own budget's window.
-    pub budget_window_ms: Option<u64>,
-}
-
-/// `[timeout]`
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TimeoutSection {
-    /// On unless `false`.
-    pub enabled: Option<bool>,
-    /// Per-attempt timeout (none when absent).
-    pub per_attempt_ms: Option<u64>,
-    /// Fail at the request deadline (default true).
-    pub honour_deadline: Option<bool>,
-}
-
-/// `[server_trace]`: server-side tracing of sampled requests (off unless
-/// `sample_ratio` > 0 or `slow_threshold_ms` is set; see
-/// [`server_trace`](crate::server_trace)).
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ServerTraceSection {
-    /// The fraction of requests traced, 0 to 1.
-    pub sample_ratio: Option<f64>,
-    /// A request slower than this arms its operation ...
-    pub slow_threshold_ms: Option<u64>,
-    /// ... for this many traced requests.
-    pub trace_next: Option<u32>,
-    /// Traces fetched per second at most (the rest are skipped).
-    pub max_fetches_per_second: Option<u32>,
-    /// Traces waiting to be fetched.
-    pub queue_capacity: Option<usize>,
-    /// Reads of a trace's session row until it is finished.
-    pub fetch_attempts: Option<u32>,
-    /// Wait before the second read, doubled after.
-    pub fetch_backoff_ms: Option<u64>,
-    /// Fetches at once.
-    pub max_concurrent_fetches: Option<usize>,
-    /// How long close waits for pending fetches.
-    pub close_timeout_ms: Option<u64>,
-}
+pub use self::sections::{
+    AdaptiveSection, BreakerSection, ConcurrencySection, HedgeSection, LoadShedSection,
+    MetricsSection, RateLimitSection, RetrySection, ServerTraceSection, TimeoutSection,
+    TraceSection,
+};
 
 /// The whole stack's configuration; see the module docs.
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]
@@ -292,229 +119,121 @@ impl StackConfig {
         toml::from_str(text).map_err(|e| ConfigError::new("stack", format!("invalid TOML: {e}")))
     }
 
-    /// A builder with these settings; every value is validated here.
+    /// A builder with these settings; every value is validated here, in a
+    /// section that is on or off: a section switched off (or left off) is
+    /// not made, but a bad value in it is refused all the same, so that
+    /// switching a section off hides no mistake and switching it on meets
+    /// none. A key that cannot have an effect with the other keys of its
+    /// section (`max_wait_ms` with `mode = "reject"`, `queue_timeout_ms`
+    /// with `max_queue = 0`, `delay_ms` with a percentile's keys) is
+    /// refused too, not dropped.
     pub fn into_builder(self, collectors: Collectors) -> Result<StackBuilder, ConfigError> {
         let mut b = StackBuilder::new(collectors);
-        if self.trace.enabled == Some(false) {
-            b = b.without_trace();
+        // each section: its configuration made and judged by that
+        // configuration's own `validate()` whether or not it is on, then
+        // given to the builder when it is on
+        let s = &self.trace;
+        let on = s.enabled != Some(false);
+        let trace = judged("trace", on, s.config(), TraceConfig::validate)?;
+        b = if on {
+            b.trace(trace)
         } else {
-            let level = |field: &'static str, value: Option<&str>, default: Level| match value {
-                None => Ok(default),
-                Some("info") | Some("INFO") => Ok(Level::INFO),
-                Some("debug") | Some("DEBUG") => Ok(Level::DEBUG),
-                Some(other) => Err(ConfigError::new(
-                    field,
-                    format!("must be \"info\" or \"debug\", got {other:?}"),
-                )),
-            };
-            b = b.trace(TraceConfig {
-                record_query_text: self.trace.record_query_text.unwrap_or(true),
-                level: level("trace.level", self.trace.level.as_deref(), Level::INFO)?,
-                attempt_level: level(
-                    "trace.attempt_level",
-                    self.trace.attempt_level.as_deref(),
-                    Level::DEBUG,
-                )?,
-            });
-        }
-        if self.metrics.enabled == Some(false) {
-            b = b.without_metrics();
+            b.without_trace()
+        };
+
+        let s = &self.metrics;
+        let on = s.enabled != Some(false);
+        let metrics = judged("metrics", on, Ok(s.config()), MetricsConfig::validate)?;
+        b = if on {
+            b.metrics(metrics)
         } else {
-            let d = MetricsConfig::default();
-            b = b.metrics(MetricsConfig {
-                max_label_sets: self.metrics.max_label_sets.unwrap_or(d.max_label_sets),
-            });
-        }
+            b.without_metrics()
+        };
+
         b = b.load_shed(self.load_shed.enabled == Some(true));
-        if self.breaker.enabled == Some(true) {
-            let d = BreakerConfig::default();
-            let s = &self.breaker;
-            b = b.breaker(BreakerConfig {
-                failure_rate: s.failure_rate.unwrap_or(d.failure_rate),
-                min_requests: s.min_requests.unwrap_or(d.min_requests),
-                window: s.window_ms.map_or(d.window, ms),
-                cool_down: s.cool_down_ms.map_or(d.cool_down, ms),
-                half_open_probes: s.half_open_probes.unwrap_or(d.half_open_probes),
-            });
+
+        let s = &self.breaker;
+        let on = s.enabled == Some(true);
+        let breaker = judged("breaker", on, Ok(s.config()), BreakerConfig::validate)?;
+        if on {
+            b = b.breaker(breaker);
         }
-        if self.rate_limit.enabled == Some(true) {
-            let d = RateLimitConfig::default();
-            let s = &self.rate_limit;
-            let default_wait = match d.mode {
-                RateLimitMode::Wait { max_wait } => max_wait,
-                RateLimitMode::Reject => Duration::from_millis(500),
-            };
-            let mode = match s.mode.as_deref() {
-                None | Some("wait") => RateLimitMode::Wait {
-                    max_wait: s.max_wait_ms.map_or(default_wait, ms),
-                },
-                Some("reject") => RateLimitMode::Reject,
-                Some(other) => {
-                    return Err(ConfigError::new(
-                        "rate_limit.mode",
-                        format!("must be \"wait\" or \"reject\", got {other:?}"),
-                    ));
-                }
-            };
-            b = b.rate_limit(RateLimitConfig {
-                rate_per_second: s.rate_per_second.unwrap_or(d.rate_per_second),
-                burst: s.burst.unwrap_or(d.burst),
-                mode,
-            });
+
+        let s = &self.rate_limit;
+        let on = s.enabled == Some(true);
+        let rate_limit = judged("rate_limit", on, s.config(), RateLimitConfig::validate)?;
+        if on {
+            b = b.rate_limit(rate_limit);
         }
-        if self.concurrency.enabled == Some(true) {
-            let d = ConcurrencyConfig::default();
-            let s = &self.concurrency;
-            b = b.concurrency(ConcurrencyConfig {
-                max_in_flight: s.max_in_flight.unwrap_or(d.max_in_flight),
-                max_queue: s.max_queue.unwrap_or(d.max_queue),
-                queue_timeout: match s.queue_timeout_ms {
-                    Some(0) => None,
-                    Some(v) => Some(ms(v)),
-                    None => d.queue_timeout,
-                },
-            });
+
+        let s = &self.concurrency;
+        let on = s.enabled == Some(true);
+        let concurrency = judged("concurrency", on, s.config(), ConcurrencyConfig::validate)?;
+        if on {
+            b = b.concurrency(concurrency);
         }
-        if self.adaptive.enabled == Some(true) {
-            let d = AdaptiveConfig::default();
-            let s = &self.adaptive;
-            let AdaptiveAlgorithm::Aimd {
-                increase_by,
-                decrease_factor,
-                latency_threshold,
-            } = d.algorithm;
-            b = b.adaptive(AdaptiveConfig {
-                initial: s.initial.unwrap_or(d.initial),
-                min: s.min.unwrap_or(d.min),
-                max: s.max.unwrap_or(d.max),
-                algorithm: AdaptiveAlgorithm::Aimd {
-                    increase_by: s.increase_by.unwrap_or(increase_by),
-                    decrease_factor: s.decrease_factor.unwrap_or(decrease_factor),
-                    latency_threshold: s.latency_threshold_ms.map_or(latency_threshold, ms),
-                },
-                max_queue: s.max_queue.unwrap_or(d.max_queue),
-                queue_timeout: d.queue_timeout,
-            });
+
+        let s = &self.adaptive;
+        let on = s.enabled == Some(true);
+        let adaptive = judged("adaptive", on, Ok(s.config()), AdaptiveConfig::validate)?;
+        if on {
+            b = b.adaptive(adaptive);
         }
-        if self.retry.enabled == Some(false) {
-            b = b.without_retry();
+
+        let s = &self.retry;
+        let on = s.enabled != Some(false);
+        let retry = judged("retry", on, Ok(s.config()), RetryConfig::validate)?;
+        b = if on {
+            b.retry(retry)
         } else {
-            let mut r = RetryConfig::default();
-            let s = &self.retry;
-            if let Some(v) = s.max_attempts {
-                r.max_attempts = v;
-            }
-            if let Some(v) = s.backoff_base_ms {
-                r.backoff.base = ms(v);
-            }
-            if let Some(v) = s.backoff_max_ms {
-                r.backoff.max = ms(v);
-            }
-            if let Some(v) = s.budget_ratio {
-                r.budget.ratio = v;
-            }
-            if let Some(v) = s.budget_min_per_second {
-                r.budget.min_per_second = v;
-            }
-            if let Some(v) = s.budget_window_ms {
-                r.budget.window = ms(v);
-            }
-            b = b.retry(r);
+            b.without_retry()
+        };
+
+        let s = &self.hedge;
+        let on = s.enabled == Some(true);
+        let hedge = judged("hedge", on, s.config(), HedgeConfig::validate)?;
+        if on {
+            b = b.hedge(hedge);
         }
-        if self.hedge.enabled == Some(true) {
-            let s = &self.hedge;
-            let mut h = HedgeConfig::default();
-            if let Some(v) = s.max_speculative {
-                h.max_speculative = v;
-            }
-            // a fixed delay has no percentile and no clamp: a key only a
-            // percentile uses, given with it, would be dropped
-            if s.delay_ms.is_some()
-                && let Some(key) = [
-                    ("hedge.percentile", s.percentile.is_some()),
-                    ("hedge.min_delay_ms", s.min_delay_ms.is_some()),
-                    ("hedge.max_delay_ms", s.max_delay_ms.is_some()),
-                ]
-                .into_iter()
-                .find_map(|(key, set)| set.then_some(key))
-            {
-                return Err(ConfigError::new(
-                    "hedge.delay_ms",
-                    format!(
-                        "set either hedge.delay_ms (a fixed delay) or {key} (of a delay at a latency percentile), not both: a fixed delay has no percentile and is not clamped"
-                    ),
-                ));
-            }
-            h.delay = match (s.delay_ms, s.percentile) {
-                (Some(d), _) => HedgeDelay::Fixed(ms(d)),
-                // a percentile, the default one unless given: each key
-                // given replaces its default
-                (None, p) => {
-                    let HedgeDelay::Percentile {
-                        percentile,
-                        min,
-                        max,
-                    } = HedgeDelay::default()
-                    else {
-                        unreachable!("the default hedge delay is a percentile")
-                    };
-                    HedgeDelay::Percentile {
-                        percentile: p.unwrap_or(percentile),
-                        min: s.min_delay_ms.map_or(min, ms),
-                        max: s.max_delay_ms.map_or(max, ms),
-                    }
-                }
-            };
-            if s.budget_ratio.is_some()
-                || s.budget_min_per_second.is_some()
-                || s.budget_window_ms.is_some()
-            {
-                let mut budget = BudgetConfig::default();
-                if let Some(v) = s.budget_ratio {
-                    budget.ratio = v;
-                }
-                if let Some(v) = s.budget_min_per_second {
-                    budget.min_per_second = v;
-                }
-                if let Some(v) = s.budget_window_ms {
-                    budget.window = ms(v);
-                }
-                h.budget = Some(budget);
-            }
-            b = b.hedge(h);
-        }
-        if self.timeout.enabled == Some(false) {
-            b = b.without_timeout();
+
+        let s = &self.timeout;
+        let on = s.enabled != Some(false);
+        let timeout = judged("timeout", on, Ok(s.config()), TimeoutConfig::validate)?;
+        b = if on {
+            b.timeout(timeout)
         } else {
-            b = b.timeout(TimeoutConfig {
-                per_attempt: self.timeout.per_attempt_ms.map(ms),
-                honour_deadline: self.timeout.honour_deadline.unwrap_or(true),
-            });
-        }
+            b.without_timeout()
+        };
+
+        // (no `enabled`: on when it asks for traces; judged when present)
         if self.server_trace != ServerTraceSection::default() {
-            let s = &self.server_trace;
-            let d = ServerTraceConfig::default();
-            b = b.server_trace(ServerTraceConfig {
-                sample_ratio: s.sample_ratio.unwrap_or(d.sample_ratio),
-                slow_threshold: s.slow_threshold_ms.map(ms),
-                trace_next: s.trace_next.unwrap_or(d.trace_next),
-                max_fetches_per_second: s
-                    .max_fetches_per_second
-                    .unwrap_or(d.max_fetches_per_second),
-                queue_capacity: s.queue_capacity.unwrap_or(d.queue_capacity),
-                fetch_attempts: s.fetch_attempts.unwrap_or(d.fetch_attempts),
-                fetch_backoff: s.fetch_backoff_ms.map_or(d.fetch_backoff, ms),
-                max_concurrent_fetches: s
-                    .max_concurrent_fetches
-                    .unwrap_or(d.max_concurrent_fetches),
-                close_timeout: s.close_timeout_ms.map_or(d.close_timeout, ms),
-            });
+            b = b.server_trace(self.server_trace.config());
         }
-        // every setting judged; the layers are made when the stack is
-        // built (server tracing needs the session then)
+        // the rules across layers, and server tracing's own; the layers
+        // are made when the stack is built (server tracing needs the
+        // session then)
         b.validate()?;
         Ok(b)
     }
+}
+
+/// A section's configuration, made from its keys (`made`) and judged by
+/// its own `validate`, whether or not the section is on (`on`); the error
+/// of a section that is off says so.
+fn judged<C>(
+    section: &str,
+    on: bool,
+    made: Result<C, ConfigError>,
+    validate: fn(&C) -> Result<(), ConfigError>,
+) -> Result<C, ConfigError> {
+    made.and_then(|c| validate(&c).map(|()| c)).map_err(|mut e| {
+        if !on {
+            e.message.push_str(&format!(
+                " ([{section}] is off, but every value in the file is checked, so that switching it on meets no bad one: fix the value or remove the key)"
+            ));
+        }
+        e
+    })
 }
 
 #[cfg(test)]
@@ -579,89 +298,74 @@ mod server_trace_tests {
 }
 
 #[cfg(test)]
-mod hedge_tests {
+mod tests {
     use super::*;
 
-    /// The builder `toml` gives, and its hedge delay as configured.
-    fn hedge_delay(toml: &str) -> Result<String, ConfigError> {
-        let b = StackConfig::from_toml(toml)?.into_builder(Collectors::new())?;
-        let dbg = format!("{b:?}");
-        let at = dbg.find("delay: ").expect("the hedge is on");
-        Ok(dbg[at..]
-            .split(", max_speculative")
-            .next()
-            .unwrap()
-            .to_string())
+    fn judged(toml: &str) -> Result<StackBuilder, ConfigError> {
+        StackConfig::from_toml(toml)?.into_builder(Collectors::new())
     }
 
-    /// `min_delay_ms` and `max_delay_ms` clamp the percentile delay, the
-    /// default percentile's too (without `percentile`): each key given
-    /// replaces its default, the others stay.
+    /// "Every value is validated here": a value in a section that is off
+    /// (switched off, or off by default and not switched on) is judged as
+    /// it would be were the section on, so that switching a section off
+    /// does not hide a bad value, and switching it on cannot meet one.
+    /// The error names the key and says the section is off.
     #[test]
-    fn the_delay_clamps_apply_to_the_default_percentile() {
-        for (keys, want) in [
+    fn every_value_is_checked_whether_or_not_its_section_is_on() {
+        for (toml, field) in [
             (
-                "max_delay_ms = 20",
-                "delay: Percentile { percentile: 0.95, min: 1ms, max: 20ms }",
+                "[rate_limit]\nrate_per_second = 0.0",
+                "rate_limit.rate_per_second",
             ),
             (
-                "min_delay_ms = 5",
-                "delay: Percentile { percentile: 0.95, min: 5ms, max: 100ms }",
+                "[rate_limit]\nenabled = false\nburst = 0",
+                "rate_limit.burst",
+            ),
+            ("[rate_limit]\nmode = \"sometimes\"", "rate_limit.mode"),
+            ("[hedge]\nmax_speculative = 9", "hedge.max_speculative"),
+            ("[hedge]\nenabled = false\ndelay_ms = 0", "hedge.delay"),
+            ("[hedge]\nbudget_ratio = 0.0", "hedge.budget.ratio"),
+            ("[hedge]\npercentile = 0.1", "hedge.delay.percentile"),
+            (
+                "[retry]\nenabled = false\nmax_attempts = 0",
+                "retry.max_attempts",
             ),
             (
-                "min_delay_ms = 5\nmax_delay_ms = 50",
-                "delay: Percentile { percentile: 0.95, min: 5ms, max: 50ms }",
+                "[timeout]\nenabled = false\nper_attempt_ms = 0",
+                "timeout.per_attempt",
             ),
+            ("[trace]\nenabled = false\nlevel = \"warn\"", "trace.level"),
             (
-                "percentile = 0.9\nmax_delay_ms = 20",
-                "delay: Percentile { percentile: 0.9, min: 1ms, max: 20ms }",
+                "[metrics]\nenabled = false\nmax_label_sets = 0",
+                "metrics.max_label_sets",
             ),
+            ("[breaker]\nfailure_rate = 2.0", "breaker.failure_rate"),
             (
-                "percentile = 0.9",
-                "delay: Percentile { percentile: 0.9, min: 1ms, max: 100ms }",
+                "[concurrency]\nmax_in_flight = 0",
+                "concurrency.max_in_flight",
             ),
-            (
-                "",
-                "delay: Percentile { percentile: 0.95, min: 1ms, max: 100ms }",
-            ),
+            ("[adaptive]\nenabled = false\nmin = 0", "adaptive.min"),
         ] {
-            let toml = format!("[hedge]\nenabled = true\n{keys}");
-            assert_eq!(hedge_delay(&toml).unwrap(), want, "{keys}");
-        }
-        // until latencies are known the delay is the clamp's top
-        let layers = StackConfig::from_toml("[hedge]\nenabled = true\nmax_delay_ms = 20")
-            .unwrap()
-            .into_builder(Collectors::new())
-            .unwrap()
-            .layers()
-            .unwrap();
-        assert_eq!(
-            layers.hedge.unwrap().current_delay(),
-            Duration::from_millis(20)
-        );
-    }
-
-    /// A fixed `delay_ms` is not a percentile: given with a key only a
-    /// percentile uses (`percentile`, `min_delay_ms`, `max_delay_ms`) it
-    /// is refused, the error naming both keys, not the other key dropped.
-    #[test]
-    fn a_fixed_delay_with_a_percentile_key_is_refused_naming_both() {
-        for other in ["max_delay_ms = 10", "min_delay_ms = 5", "percentile = 0.9"] {
-            let key = other.split(' ').next().unwrap();
-            let toml = format!("[hedge]\nenabled = true\ndelay_ms = 50\n{other}");
-            let err = match hedge_delay(&toml) {
-                Ok(delay) => panic!("{other}: accepted, {delay}"),
+            let err = match judged(toml) {
+                Ok(b) => panic!("{toml:?}: accepted: {b:?}"),
                 Err(e) => e,
             };
-            let msg = err.to_string();
-            assert_eq!(err.field, "hedge.delay_ms", "{msg}");
-            assert!(msg.contains(&format!("hedge.{key}")), "{other}: {msg}");
-            assert!(msg.contains("not both"), "{other}: {msg}");
+            assert!(err.field.starts_with(field), "{toml:?}: {err}");
+            assert!(err.message.contains("is off"), "{toml:?}: {err}");
         }
-        // alone, each is fine
-        assert_eq!(
-            hedge_delay("[hedge]\nenabled = true\ndelay_ms = 50").unwrap(),
-            "delay: Fixed(50ms)"
-        );
+        // the same values in a section that is on: the same error, without
+        // the note
+        let err = judged("[rate_limit]\nenabled = true\nrate_per_second = 0.0").unwrap_err();
+        assert_eq!(err.field, "rate_limit.rate_per_second");
+        assert!(!err.message.contains("is off"), "{err}");
+        // good values in a section that is off: accepted, the layer absent
+        let layers = judged(
+            "[rate_limit]\nrate_per_second = 10.0\n[retry]\nenabled = false\nmax_attempts = 3\n[hedge]\nmax_speculative = 2\n[timeout]\nenabled = false\nper_attempt_ms = 100",
+        )
+        .unwrap()
+        .layers()
+        .unwrap();
+        assert!(layers.rate_limit.is_none() && layers.retry.is_none());
+        assert!(layers.hedge.is_none() && layers.timeout.is_none());
     }
 }

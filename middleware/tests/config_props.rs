@@ -1,7 +1,9 @@
 //! Property tests of configuration validation: for generated TOML
-//! configurations mixing valid and invalid values, the stack is built
-//! exactly when every value is in its documented range, and otherwise the
-//! error names a section that holds a bad value. Nothing panics.
+//! configurations mixing valid and invalid values, each section switched
+//! on, off or left to its default, the stack is built exactly when every
+//! value is in its documented range (whether or not its section is on),
+//! and otherwise the error names a section that holds a bad value.
+//! Nothing panics.
 
 use proptest::prelude::*;
 use tower::service_fn;
@@ -33,6 +35,20 @@ fn int(section: &'static str, key: &'static str, min: u64) -> impl Strategy<Valu
         key,
         toml: v.to_string(),
         valid: v >= min,
+    })
+}
+
+fn between(
+    section: &'static str,
+    key: &'static str,
+    min: u64,
+    max: u64,
+) -> impl Strategy<Value = Setting> {
+    (0u64..=max + 2).prop_map(move |v| Setting {
+        section,
+        key,
+        toml: v.to_string(),
+        valid: (min..=max).contains(&v),
     })
 }
 
@@ -81,6 +97,8 @@ fn settings() -> impl Strategy<Value = Vec<Setting>> {
         // 0 means no limit here (documented), so every value is valid
         int("concurrency", "queue_timeout_ms", 0).boxed(),
         int("timeout", "per_attempt_ms", 1).boxed(),
+        between("hedge", "max_speculative", 1, 4).boxed(),
+        int("metrics", "max_label_sets", 1).boxed(),
     ];
     // each key present or not
     all.into_iter()
@@ -89,23 +107,32 @@ fn settings() -> impl Strategy<Value = Vec<Setting>> {
         .prop_map(|v| v.into_iter().flatten().collect())
 }
 
-fn toml(settings: &[Setting]) -> String {
+const SECTIONS: [&str; 7] = [
+    "retry",
+    "rate_limit",
+    "breaker",
+    "concurrency",
+    "hedge",
+    "timeout",
+    "metrics",
+];
+
+/// Each section's `enabled`: absent (the section's default), true or
+/// false.
+fn switches() -> impl Strategy<Value = Vec<Option<bool>>> {
+    prop::collection::vec(prop::option::of(any::<bool>()), SECTIONS.len())
+}
+
+fn toml(settings: &[Setting], switches: &[Option<bool>]) -> String {
     let mut out = String::new();
-    for section in [
-        "retry",
-        "rate_limit",
-        "breaker",
-        "concurrency",
-        "hedge",
-        "timeout",
-    ] {
+    for (section, enabled) in SECTIONS.into_iter().zip(switches) {
         let keys: Vec<_> = settings.iter().filter(|s| s.section == section).collect();
         if keys.is_empty() {
             continue;
         }
         out.push_str(&format!("[{section}]\n"));
-        if section != "retry" && section != "timeout" {
-            out.push_str("enabled = true\n");
+        if let Some(on) = enabled {
+            out.push_str(&format!("enabled = {on}\n"));
         }
         for s in keys {
             out.push_str(&format!("{} = {}\n", s.key, s.toml));
@@ -118,8 +145,11 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn the_stack_is_built_exactly_when_every_value_is_in_range(settings in settings()) {
-        let text = toml(&settings);
+    fn the_stack_is_built_exactly_when_every_value_is_in_range(
+        settings in settings(),
+        switches in switches(),
+    ) {
+        let text = toml(&settings, &switches);
         let config = StackConfig::from_toml(&text).expect("well-formed TOML parses");
         let built = config
             .into_builder(Collectors::new())
