@@ -34,7 +34,7 @@
 //! | `Unavailable`, `IsBootstrapping` (never executed) | next node | next node | node failed | no |
 //! | any error raised before the request was sent ([`CqlError::was_not_sent`]) | next node | next node | as its kind | as its kind |
 //! | `Unprepared` (re-prepared, then executed) | same node | same node | healthy | no |
-//! | `ReadTimeout` | same node if the data replica answered late, else next node | the same | node failed | no |
+//! | `ReadTimeout` | same node if enough replicas answered but the data replica was late, else next node | the same | node failed | no |
 //! | `Overloaded` | next node | **no** (may be on some replicas) | node failed | **yes** |
 //! | `WriteTimeout`, `WriteFailure` (`CAS`: never) | next node | **no** | node failed | no |
 //! | `ServerError`, `TruncateError`, `ReadFailure`, `Connection`, `Other` | next node | **no** | `ServerError`, `Connection`: node failed | no |
@@ -192,13 +192,15 @@ fn retry_advice(error: &CqlError, idempotent: bool) -> RetryAdvice {
         K::Unprepared => RetryAdvice::RetrySameNode,
         K::Unavailable | K::IsBootstrapping => RetryAdvice::RetryNextNode,
         _ if error.was_not_sent() => RetryAdvice::RetryNextNode,
-        K::ReadTimeout => {
-            if error.details().and_then(|d| d.data_present) == Some(true) {
+        // Enough replicas answered but the data replica was late (its
+        // answer is likely in by now): the same coordinator. Otherwise
+        // replicas are missing: another node.
+        K::ReadTimeout => match error.details() {
+            Some(d) if d.data_present == Some(false) && d.received >= d.required => {
                 RetryAdvice::RetrySameNode
-            } else {
-                RetryAdvice::RetryNextNode
             }
-        }
+            _ => RetryAdvice::RetryNextNode,
+        },
         K::WriteTimeout | K::WriteFailure
             if error.details().and_then(|d| d.write_type) == Some("CAS") =>
         {

@@ -829,13 +829,34 @@ mod tests {
 
     #[test]
     fn retry_rules() {
-        let rt = db(DbError::ReadTimeout {
-            consistency: scylla::statement::Consistency::One,
-            received: 0,
-            required: 1,
-            data_present: true,
-        });
-        assert_eq!(rt.retry_advice(false), RetryAdvice::RetrySameNode);
+        // A read timeout goes back to the same node only when the data
+        // replica was the one late: enough replicas answered, the data
+        // was not among them (as the drivers' default policies read it);
+        // else to the next node.
+        let rt = |received, required, data_present| {
+            db(DbError::ReadTimeout {
+                consistency: scylla::statement::Consistency::Quorum,
+                received,
+                required,
+                data_present,
+            })
+        };
+        assert_eq!(
+            rt(2, 2, false).retry_advice(false),
+            RetryAdvice::RetrySameNode
+        );
+        assert_eq!(
+            rt(2, 2, true).retry_advice(false),
+            RetryAdvice::RetryNextNode
+        );
+        assert_eq!(
+            rt(1, 2, false).retry_advice(false),
+            RetryAdvice::RetryNextNode
+        );
+        assert_eq!(
+            rt(1, 2, true).retry_advice(false),
+            RetryAdvice::RetryNextNode
+        );
         assert_eq!(
             db(DbError::Overloaded).retry_advice(false),
             RetryAdvice::DontRetry

@@ -379,16 +379,16 @@ impl Nodes {
 }
 
 /// README, "Retry rules": a `ReadTimeout` is "retried: same node if the
-/// data replica answered late, else next" (the classifier advises the
-/// same node for one with the data present). Three replicas: the retry
-/// after a read timeout with the data present goes back to the node that
-/// timed out, and the one after a read timeout without it goes to another
-/// node; through the retry layer alone (the first attempt carries no route
-/// hint) and with the hedge layer inside it (every attempt carries one,
-/// so the steering policy avoids the nodes already tried unless told
-/// otherwise).
+/// data replica answered late, else next" (enough replicas answered, the
+/// data not among them; as the drivers' default policies read it). Three
+/// replicas: the retry after a read timeout whose data replica was late
+/// goes back to the node that timed out, and the one after a read timeout
+/// short of replicas goes to another node; through the retry layer alone
+/// (the first attempt carries no route hint) and with the hedge layer
+/// inside it (every attempt carries one, so the steering policy avoids
+/// the nodes already tried unless told otherwise).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_timeout_with_the_data_present_is_retried_on_the_same_node() {
+async fn a_read_timeout_whose_data_replica_was_late_is_retried_on_the_same_node() {
     let e = env(3).await;
     let retry = || {
         RetryLayer::new(
@@ -421,7 +421,7 @@ async fn a_read_timeout_with_the_data_present_is_retried_on_the_same_node() {
     e.collectors.add(nodes.clone());
     for (name, svc) in [("retry alone", alone), ("retry over hedge", hedged)] {
         for (injected, same) in [
-            (InjectedError::ReadTimeoutDataPresent, true),
+            (InjectedError::ReadTimeoutDataLate, true),
             (InjectedError::ReadTimeout, false),
         ] {
             for k in 0..10 {

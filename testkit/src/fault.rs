@@ -42,9 +42,10 @@ pub enum InjectedError {
     Unavailable,
     /// READ_TIMEOUT (0x1200): 1 of 2 replicas answered, data not present.
     ReadTimeout,
-    /// READ_TIMEOUT (0x1200): 1 of 2 replicas answered, the replica asked
-    /// for the data among them (data present).
-    ReadTimeoutDataPresent,
+    /// READ_TIMEOUT (0x1200): 2 of 2 replicas answered, but not the one
+    /// asked for the data (data not present): the data replica was late,
+    /// which the drivers retry on the same node.
+    ReadTimeoutDataLate,
     /// WRITE_TIMEOUT (0x1100) with the given write type.
     WriteTimeout(WriteType),
     /// READ_FAILURE (0x1300).
@@ -84,14 +85,24 @@ impl InjectedError {
                     alive: 1,
                 },
             ),
-            InjectedError::ReadTimeout | InjectedError::ReadTimeoutDataPresent => (
+            InjectedError::ReadTimeout => (
                 e::READ_TIMEOUT,
                 "Operation timed out - received only 1 responses (injected by testkit)",
                 ErrorExtra::ReadTimeout {
                     consistency,
                     received: 1,
                     block_for: 2,
-                    data_present: self == InjectedError::ReadTimeoutDataPresent,
+                    data_present: false,
+                },
+            ),
+            InjectedError::ReadTimeoutDataLate => (
+                e::READ_TIMEOUT,
+                "Operation timed out - received 2 responses, not the data (injected by testkit)",
+                ErrorExtra::ReadTimeout {
+                    consistency,
+                    received: 2,
+                    block_for: 2,
+                    data_present: false,
                 },
             ),
             InjectedError::WriteTimeout(write_type) => (

@@ -354,17 +354,19 @@ mod tests {
         }
     }
 
-    /// A read timeout whose data replica answered, as the classifier
-    /// reads one (`data_present`): advised on the same node.
-    fn read_timeout(data_present: bool) -> CqlError {
+    /// A read timeout whose data replica was the one late (`data_late`:
+    /// every replica required answered, the data not among them), which
+    /// the classifier advises on the same node; otherwise one short of
+    /// replicas, advised on the next.
+    fn read_timeout(data_late: bool) -> CqlError {
         use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
         CqlError::from_execution(ExecutionError::LastAttemptError(
             RequestAttemptError::DbError(
                 DbError::ReadTimeout {
                     consistency: scylla::statement::Consistency::Quorum,
-                    received: 1,
+                    received: if data_late { 2 } else { 1 },
                     required: 2,
-                    data_present,
+                    data_present: false,
                 },
                 "read timeout".into(),
             ),
@@ -373,10 +375,10 @@ mod tests {
 
     /// Where a retry goes follows the classifier's advice (README, "Retry
     /// rules"): after an error advised on the next node (`Overloaded`, a
-    /// read timeout without the data) the failed node is avoided; after
-    /// one advised on the same node (a read timeout with the data present,
-    /// `Unprepared`) the retry is not steered away from it but sent back
-    /// to it (the route hint names the node for the retry's index).
+    /// read timeout short of replicas) the failed node is avoided; after
+    /// one advised on the same node (a read timeout whose data replica was
+    /// late, `Unprepared`) the retry is not steered away from it but sent
+    /// back to it (the route hint names the node for the retry's index).
     #[tokio::test(start_paused = true)]
     async fn a_retry_goes_to_the_node_the_advice_names() {
         use super::mock::fail_with;
