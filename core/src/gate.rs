@@ -646,6 +646,16 @@ mod loom_tests {
         });
     }
 
+    /// The flush job the claim hands the flush to (a thread here, a
+    /// blocking task in the gate): it flushes and marks the gate closed.
+    fn flush_job(core: &Arc<GateCore>, flushes: &Arc<AtomicUsize>) -> loom::thread::JoinHandle<()> {
+        let (core, flushes) = (core.clone(), flushes.clone());
+        loom::thread::spawn(move || {
+            flushes.fetch_add(1, Ordering::SeqCst);
+            core.mark_closed();
+        })
+    }
+
     /// What `close()` does, one step: closed, or claim the flush and hand
     /// it to a job (a thread here, a blocking task in the gate) that marks
     /// the gate closed. Returns the job if this step started it.
@@ -656,11 +666,7 @@ mod loom_tests {
         if core.is_closed() || !core.claim_flush() {
             return None;
         }
-        let (core, flushes) = (core.clone(), flushes.clone());
-        Some(loom::thread::spawn(move || {
-            flushes.fetch_add(1, Ordering::SeqCst);
-            core.mark_closed();
-        }))
+        Some(flush_job(core, flushes))
     }
 
     /// A closer cancelled right after its first step (a caller's timeout)
@@ -723,11 +729,7 @@ mod loom_tests {
         if !last_out || !core.claim_flush() {
             return None;
         }
-        let (core, flushes) = (core.clone(), flushes.clone());
-        Some(loom::thread::spawn(move || {
-            flushes.fetch_add(1, Ordering::SeqCst);
-            core.mark_closed();
-        }))
+        Some(flush_job(core, flushes))
     }
 
     /// The only closer cancelled after its first step, with a request in

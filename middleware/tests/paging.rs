@@ -226,14 +226,7 @@ async fn close_ends_an_open_stream_with_shut_down() {
         let stack = stack.clone();
         tokio::spawn(async move { stack.close().await })
     };
-    let mut read = 1;
-    let err = loop {
-        match rows.try_next().await {
-            Ok(Some(_)) => read += 1,
-            Ok(None) => panic!("the stream ended without an error after {read} rows"),
-            Err(e) => break e,
-        }
-    };
+    let (read, err) = read_to_the_error(&mut rows, 1).await;
     tokio::time::timeout(Duration::from_secs(5), closing)
         .await
         .expect("close() returned")
@@ -271,17 +264,36 @@ async fn close_returns_while_an_unread_stream_has_a_page_in_flight() {
         Ok(()),
         "close() waited on the page the held stream asked for"
     );
-    let mut read = 1;
-    let err = loop {
-        match rows.try_next().await {
-            Ok(Some(_)) => read += 1,
-            Ok(None) => panic!("the stream ended without an error after {read} rows"),
-            Err(e) => break e,
-        }
-    };
+    let (read, err) = read_to_the_error(&mut rows, 1).await;
     assert_eq!(err.kind(), ErrorKind::ShutDown, "{err}");
     assert_eq!(
         read, 20,
         "page 1 and page 2 (in flight at close), then the refusal"
     );
+}
+
+/// Reads `rows` on to its error; the rows read in all (`read` before)
+/// and the error. A stream that ends without one fails the test.
+async fn read_to_the_error<S>(
+    rows: &mut tower_cql_core::RowStream<(i32, String), S>,
+    mut read: i32,
+) -> (i32, tower_cql_core::CqlError)
+where
+    S: tower::Service<
+            CqlRequest,
+            Response = tower_cql_core::CqlResponse,
+            Error = tower_cql_core::CqlError,
+        > + Clone
+        + Send
+        + Unpin
+        + 'static,
+    S::Future: Send + 'static,
+{
+    loop {
+        match rows.try_next().await {
+            Ok(Some(_)) => read += 1,
+            Ok(None) => panic!("the stream ended without an error after {read} rows"),
+            Err(e) => return (read, e),
+        }
+    }
 }
