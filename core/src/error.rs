@@ -395,6 +395,23 @@ impl CqlError {
         self.map(|i| i.node = Some(node))
     }
 
+    /// This error without the literals of `statement` its message quotes
+    /// (a server error names the literal it could not use: `Invalid
+    /// STRING constant (...)`), each replaced by `?`. When there was one,
+    /// the driver's own error, which quotes it too, is no longer its
+    /// [`source`](std::error::Error::source), so no error chain carries
+    /// it either. The driver service applies it to every error of an
+    /// attempt.
+    pub(crate) fn without_literals_of(self, statement: &crate::Statement) -> CqlError {
+        match crate::redact::without_literals(&self.0.message, statement) {
+            None => self,
+            Some(message) => self.map(|i| {
+                i.message = message;
+                i.source = None;
+            }),
+        }
+    }
+
     /// Marks the request as certainly not sent (never applied).
     pub fn not_sent(self) -> CqlError {
         self.map(|i| i.not_sent = true)

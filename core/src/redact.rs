@@ -10,7 +10,7 @@
 //! );
 //! ```
 
-use crate::lex::{Kind, Lexer};
+use crate::lex::{Kind, Lexer, Lit};
 
 /// Replaces string, number, UUID, blob, boolean and collection literals
 /// with `?`; keeps keywords, identifiers, bind markers and punctuation.
@@ -31,6 +31,85 @@ pub fn sanitize(text: &str) -> String {
 }
 
 /// `[?, ?, ?]`, `{?: ?}` and `(?, ?)` of literals become one `?`.
+/// `message` (a server's error, which may quote what it could not use)
+/// with every literal of `statement` it quotes replaced by `?`, where it
+/// stands as a word of its own (not inside a longer word); `None` when it
+/// quotes none. A string literal is looked for by its value (without its
+/// quotes, `''` read as `'`); booleans are left alone.
+pub(crate) fn without_literals(message: &str, statement: &crate::Statement) -> Option<String> {
+    use scylla::statement::batch::BatchStatement;
+    let mut out: Option<String> = None;
+    let mut redact = |text: &str| {
+        for t in Lexer::new(text) {
+            let value = match t.kind {
+                Kind::Literal(Lit::String) => string_value(t.text),
+                Kind::Literal(Lit::Bool) => continue,
+                Kind::Literal(_) => std::borrow::Cow::Borrowed(t.text),
+                _ => continue,
+            };
+            if value.is_empty() {
+                continue;
+            }
+            if let Some(replaced) = replace_words(out.as_deref().unwrap_or(message), &value) {
+                out = Some(replaced);
+            }
+        }
+    };
+    match statement.body() {
+        crate::StatementBody::Cql { text, .. } => redact(text),
+        crate::StatementBody::Prepared(p) => redact(p.get_statement()),
+        crate::StatementBody::Batch(b) => {
+            for s in &b.statements {
+                match s {
+                    BatchStatement::Query(q) => redact(&q.contents),
+                    BatchStatement::PreparedStatement(p) => redact(p.get_statement()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A string literal's value: `'it''s'` is `it's`, `$$x$$` is `x` (an
+/// unterminated one runs to the end).
+fn string_value(text: &str) -> std::borrow::Cow<'_, str> {
+    if let Some(inner) = text.strip_prefix("$$") {
+        return std::borrow::Cow::Borrowed(inner.strip_suffix("$$").unwrap_or(inner));
+    }
+    let inner = text.strip_prefix('\'').unwrap_or(text);
+    let inner = inner.strip_suffix('\'').unwrap_or(inner);
+    if inner.contains("''") {
+        std::borrow::Cow::Owned(inner.replace("''", "'"))
+    } else {
+        std::borrow::Cow::Borrowed(inner)
+    }
+}
+
+/// `s` with each occurrence of `word` that no letter, digit or `_`
+/// touches on either side replaced by `?`; `None` if there is none.
+fn replace_words(s: &str, word: &str) -> Option<String> {
+    let touches = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let mut out = String::new();
+    let mut last = 0;
+    let mut any = false;
+    for (i, _) in s.match_indices(word) {
+        let end = i + word.len();
+        if i < last || touches(s[..i].chars().next_back()) || touches(s[end..].chars().next()) {
+            continue;
+        }
+        out.push_str(&s[last..i]);
+        out.push('?');
+        last = end;
+        any = true;
+    }
+    if !any {
+        return None;
+    }
+    out.push_str(&s[last..]);
+    Some(out)
+}
+
 fn collapse_collections(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let b = s.as_bytes();
@@ -84,6 +163,23 @@ pub(crate) fn summary(text: &str) -> String {
 mod tests {
     use super::sanitize;
     use proptest::prelude::*;
+
+    /// A server error's message loses the statement's literals it quotes
+    /// (whole words only), strings by their value; other words stay.
+    #[test]
+    fn a_message_loses_the_literals_of_its_statement() {
+        use super::without_literals;
+        let st = crate::Statement::new(
+            "INSERT INTO ks.t (k, v, n, b) VALUES ('it''s-SECRET', $$dollar SECRET$$, 4217, true)",
+        );
+        let msg = "Invalid STRING constant (it's-SECRET) for \"k\" of type int; \
+                   also dollar SECRET, 4217 and 42170 and true";
+        assert_eq!(
+            without_literals(msg, &st).as_deref(),
+            Some("Invalid STRING constant (?) for \"k\" of type int; also ?, ? and 42170 and true")
+        );
+        assert_eq!(without_literals("Keyspace ks does not exist", &st), None);
+    }
 
     #[test]
     fn replaces_literals() {

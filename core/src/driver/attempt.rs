@@ -176,9 +176,13 @@ impl DriverInner {
         };
         // Errors name the node the attempt went to (as the steering policy
         // saw it).
-        let result = result.map_err(|e| match seen {
-            Some(n) if e.node().is_none() => e.with_node(n),
-            _ => e,
+        // No literal of the statement a server error quotes stays in it.
+        let result = result.map_err(|e| {
+            let e = e.without_literals_of(req.statement());
+            match seen {
+                Some(n) if e.node().is_none() => e.with_node(n),
+                _ => e,
+            }
         });
         let result = result.map(|mut r| {
             r.set_attempt(started, duration);

@@ -506,9 +506,29 @@ fn positive(d: Duration, what: &'static str, call: &'static str) -> Result<Durat
     Ok(d)
 }
 
+/// `endpoint` as errors and `Debug` show it: credentials in its URL
+/// (`user:password@`) and a query string replaced by `<redacted>`.
+pub(crate) fn shown_endpoint(endpoint: &str) -> String {
+    let (scheme, rest) = match endpoint.find("://") {
+        Some(i) => endpoint.split_at(i + 3),
+        None => ("", endpoint),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("<redacted>{}", &authority[at..]),
+        None => authority.to_string(),
+    };
+    let path = match path.find('?') {
+        Some(q) => format!("{}?<redacted>", &path[..q]),
+        None => path.to_string(),
+    };
+    format!("{scheme}{authority}{path}")
+}
+
 fn validate_endpoint(endpoint: &str, origin: Origin) -> Result<String, OtlpError> {
     let err = |reason: &str| OtlpError::InvalidEndpoint {
-        endpoint: endpoint.to_string(),
+        endpoint: shown_endpoint(endpoint),
         reason: reason.to_string(),
         origin,
     };
@@ -518,7 +538,7 @@ fn validate_endpoint(endpoint: &str, origin: Origin) -> Result<String, OtlpError
         Some("http") => {}
         Some("https") => {
             return Err(OtlpError::TlsNotAvailable {
-                endpoint: endpoint.to_string(),
+                endpoint: shown_endpoint(endpoint),
                 origin,
             });
         }
@@ -545,9 +565,20 @@ fn header(name: &str, value: &str, origin: Origin) -> Result<Header, OtlpError> 
         origin,
     };
     let n = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+        // (only up to a space or a colon: `Authorization: Basic <token>`,
+        // written `name: value`, must not quote its token)
+        let shown = name
+            .split(|c: char| c.is_whitespace() || c == ':')
+            .next()
+            .unwrap_or_default();
+        let which = if shown.len() < name.len() {
+            format!("{shown:?}… (the rest left out)")
+        } else {
+            format!("{name:?}")
+        };
         invalid(
-            format!("{name:?}"),
-            "the name is not a valid HTTP header name",
+            which,
+            "the name is not a valid HTTP header name (write name=value)",
         )
     })?;
     let mut v = http::HeaderValue::from_str(value.trim()).map_err(|_| {
@@ -849,7 +880,7 @@ mod tests {
                     headers: vec![("bad header".into(), "v".into())],
                     ..Explicit::default()
                 },
-                "malformed OTLP header \"bad header\" (from OtlpExporterBuilder::header): the name is not a valid HTTP header name",
+                "malformed OTLP header \"bad\"… (the rest left out) (from OtlpExporterBuilder::header): the name is not a valid HTTP header name",
             ),
             (
                 env(&[]),

@@ -170,7 +170,10 @@ impl fmt::Debug for OtlpExporterBuilder {
         f.debug_struct("OtlpExporterBuilder")
             .field("env_set", &self.env)
             .field("protocol", &x.protocol)
-            .field("endpoint", &x.endpoint)
+            .field(
+                "endpoint",
+                &x.endpoint.as_deref().map(config::shown_endpoint),
+            )
             .field("headers", &RedactedNames(x.headers.iter().map(|(k, _)| k)))
             .field("service_name", &x.service_name)
             .field("resource", &x.resource)
