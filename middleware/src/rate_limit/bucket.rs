@@ -52,8 +52,10 @@ impl Bucket {
         u64::try_from(now.saturating_duration_since(self.start).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Takes a token at `now` if it is available within `max_wait`.
-    pub(crate) fn take(&self, now: Instant, max_wait: Duration) -> Take {
+    /// Takes a token at `now` if it is available within `max_wait`; with
+    /// the theoretical arrival time the take left in the bucket (its
+    /// stamp, for [`refund`](Self::refund)).
+    pub(crate) fn take(&self, now: Instant, max_wait: Duration) -> (Take, u64) {
         let mut now = self.nanos_since_start(now);
         let max_wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
         let mut tat = self.tat.load(Ordering::Acquire);
@@ -75,37 +77,51 @@ impl Bucket {
                         continue;
                     }
                 }
-                return Take::Refused(Duration::from_nanos(wait));
+                return (Take::Refused(Duration::from_nanos(wait)), tat);
             }
             match self
                 .tat
                 .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return Take::Taken(Duration::from_nanos(wait)),
+                Ok(_) => return (Take::Taken(Duration::from_nanos(wait)), next),
                 Err(actual) => tat = actual,
             }
         }
     }
 
-    /// Gives back a token taken but not used.
-    pub(crate) fn refund(&self) {
-        let _ = self
-            .tat
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
-                Some(tat.saturating_sub(self.interval))
-            });
+    /// Gives back a token taken but not used, if it is still the newest
+    /// one taken: `stamp` is what its take left in the bucket. A later
+    /// take has already been given the slot after it (a waiter sleeps
+    /// until then), so moving the bucket back one interval would hand
+    /// that slot out a second time: two requests at once where the burst
+    /// allows one. Such a refund is dropped (the token is lost).
+    pub(crate) fn refund(&self, stamp: u64) {
+        // Every take moves the bucket strictly forward, so the bucket
+        // still holds `stamp` iff nothing was taken since.
+        if stamp == u64::MAX {
+            // saturated: takes no longer move the bucket
+            return;
+        }
+        let _ = self.tat.compare_exchange(
+            stamp,
+            stamp.saturating_sub(self.interval),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 }
 
 /// A token taken for a request that has not been called yet: goes back
 /// to the bucket if dropped unused (the request was dropped while it
 /// waited for the token, or the service that took it under a load shedder
-/// was dropped before its call).
-pub(crate) struct Reservation(Option<Arc<Shared>>);
+/// was dropped before its call), unless a later token was taken since
+/// (see [`Bucket::refund`]).
+pub(crate) struct Reservation(Option<(Arc<Shared>, u64)>);
 
 impl Reservation {
-    pub(crate) fn new(shared: Arc<Shared>) -> Reservation {
-        Reservation(Some(shared))
+    /// The token whose take left `stamp` in `shared`'s bucket.
+    pub(crate) fn new(shared: Arc<Shared>, stamp: u64) -> Reservation {
+        Reservation(Some((shared, stamp)))
     }
 
     /// The token is used: it stays taken.
@@ -116,8 +132,8 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if let Some(shared) = self.0.take() {
-            shared.bucket.refund();
+        if let Some((shared, stamp)) = self.0.take() {
+            shared.bucket.refund(stamp);
         }
     }
 }
@@ -139,13 +155,13 @@ mod tests {
         tokio::time::advance(Duration::from_millis(5)).await;
         // another caller, with a current reading, moves the bucket on
         assert_eq!(
-            bucket.take(Instant::now(), Duration::ZERO),
+            bucket.take(Instant::now(), Duration::ZERO).0,
             Take::Taken(Duration::ZERO)
         );
         // this one read the clock 5 ms ago (descheduled since): it is
         // judged on a fresh reading, not refused for being late
         assert_eq!(
-            bucket.take(stale, Duration::ZERO),
+            bucket.take(stale, Duration::ZERO).0,
             Take::Taken(Duration::ZERO)
         );
     }
@@ -159,9 +175,9 @@ mod tests {
             mode: RateLimitMode::Reject,
         });
         let t = b.start + Duration::from_secs(1);
-        assert_eq!(b.take(t, Duration::ZERO), Take::Taken(Duration::ZERO));
+        assert_eq!(b.take(t, Duration::ZERO).0, Take::Taken(Duration::ZERO));
         assert_eq!(
-            b.take(t, Duration::ZERO),
+            b.take(t, Duration::ZERO).0,
             Take::Refused(Duration::from_nanos(1))
         );
     }
@@ -184,7 +200,7 @@ mod loom_tests {
     }
 
     fn taken(b: &Bucket) -> bool {
-        matches!(b.take(b.start, Duration::ZERO), Take::Taken(w) if w.is_zero())
+        matches!(b.take(b.start, Duration::ZERO).0, Take::Taken(w) if w.is_zero())
     }
 
     #[test]
@@ -210,9 +226,10 @@ mod loom_tests {
             let refunder = {
                 let b = b.clone();
                 thread::spawn(move || {
-                    let got = taken(&b);
+                    let (take, stamp) = b.take(b.start, Duration::ZERO);
+                    let got = matches!(take, Take::Taken(w) if w.is_zero());
                     if got {
-                        b.refund();
+                        b.refund(stamp);
                     }
                     got
                 })
@@ -231,6 +248,48 @@ mod loom_tests {
                 "refunder {r}, other {o}, left {left}"
             );
             assert!(!taken(&b));
+        });
+    }
+
+    /// When a token is due, for a take at `start` (waiting up to 10 s).
+    fn reserve(b: &Bucket) -> (Duration, u64) {
+        match b.take(b.start, Duration::from_secs(10)) {
+            (Take::Taken(wait), stamp) => (wait, stamp),
+            (Take::Refused(_), _) => panic!("reserved within 10 s"),
+        }
+    }
+
+    #[test]
+    fn a_refund_never_admits_two_at_once() {
+        // One token per second, a burst of one, the first taken. One
+        // caller reserves and gives its token back, another reserves and
+        // keeps it; whatever the order, the next reservation is due at
+        // least a second after the kept one (a refund behind a later
+        // reservation is dropped, not moved onto it).
+        loom::model(|| {
+            let b = bucket(1);
+            assert!(taken(&b));
+            let refunder = {
+                let b = b.clone();
+                thread::spawn(move || {
+                    let (_, stamp) = reserve(&b);
+                    b.refund(stamp);
+                })
+            };
+            let keeper = {
+                let b = b.clone();
+                thread::spawn(move || reserve(&b).0)
+            };
+            refunder.join().unwrap();
+            let kept = keeper.join().unwrap();
+            let (next, _) = reserve(&b);
+            assert!(
+                next >= kept + Duration::from_secs(1),
+                "kept due at {kept:?}, the next at {next:?}"
+            );
+            // and a refund that could go back did: no token is lost
+            // beyond the one dropped behind a later reservation
+            assert!(next <= Duration::from_secs(3), "next at {next:?}");
         });
     }
 }

@@ -26,7 +26,8 @@ pin_project! {
     ///   `call`) is called when the token is due;
     /// - refused: the error, at once.
     ///
-    /// Dropped while waiting, it gives its token back and emits its
+    /// Dropped while waiting, it gives its token back (unless a later
+    /// token was reserved since: see the module docs) and emits its
     /// throttle event (`rejected`: it did not get through).
     pub struct ResponseFuture<S>
     where

@@ -39,7 +39,11 @@
 //! `rate_per_second`, and up to `burst` may be taken at once. A token due
 //! later is *reserved* by the same CAS (the bucket moves past it), so
 //! waiters are served in the order they reserved, and a reservation that
-//! goes unused gives its token back.
+//! goes unused gives its token back while it is still the newest; one
+//! with a later reservation behind it does not (that later waiter already
+//! sleeps until the slot after it, and moving the bucket back would let
+//! the next request in beside it: more than `burst` at once), and its
+//! token is lost.
 //!
 //! Why not `governor`: it answers "now or not until T" and has no way to
 //! hold a token for a waiter and give it back when the waiter is dropped or
@@ -76,7 +80,7 @@
 //!   with [`ErrorKind::RateLimited`].
 //!
 //! A response future dropped while it waits (its caller gave up) gives
-//! its token back.
+//! its token back, unless a later token was reserved since.
 //!
 //! # Backpressure
 //! A caller that awaits its requests is held to the rate by the futures
@@ -240,12 +244,12 @@ impl Shared {
         let max_wait = self.max_wait();
         let bound = deadline.map_or(max_wait, |d| max_wait.min(d.saturating_duration_since(now)));
         match self.bucket.take(now, bound) {
-            Take::Taken(wait) if wait.is_zero() => Admit::Now,
-            Take::Taken(wait) => Admit::After {
+            (Take::Taken(wait), _) if wait.is_zero() => Admit::Now,
+            (Take::Taken(wait), stamp) => Admit::After {
                 wait,
-                reservation: Reservation::new(self.clone()),
+                reservation: Reservation::new(self.clone(), stamp),
             },
-            Take::Refused(next_in) => match deadline {
+            (Take::Refused(next_in), _) => match deadline {
                 Some(deadline) if next_in <= max_wait => Admit::NotBefore(deadline),
                 _ => Admit::Refused { next_in },
             },
@@ -394,11 +398,11 @@ impl<S> RateLimit<S> {
         loop {
             let now = clock::now();
             match shared.bucket.take(now, Duration::ZERO) {
-                Take::Taken(_) => {
-                    self.held = Some(Reservation::new(shared.clone()));
+                (Take::Taken(_), stamp) => {
+                    self.held = Some(Reservation::new(shared.clone(), stamp));
                     return Poll::Ready(());
                 }
-                Take::Refused(next_in) => {
+                (Take::Refused(next_in), _) => {
                     let until = now + next_in;
                     let sleep = match &mut self.sleep {
                         Some(sleep) => {
@@ -682,6 +686,41 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_dropped_waiter_with_a_later_one_behind_it_gives_nothing_back() {
+        // 10/s, burst 1: A reserves the token due at 100 ms, B the one
+        // due at 200 ms; A is dropped at 10 ms. Its token cannot go back
+        // (B already sleeps until 200 ms): C is due at 300 ms, not with
+        // B at 200 ms.
+        let max_wait = Duration::from_secs(1);
+        let (mut svc, _) = limited(10.0, 1, RateLimitMode::Wait { max_wait });
+        let t0 = Instant::now();
+        assert!(once(&mut svc).await.is_ok());
+        let mut a = Box::pin(svc.ready().await.unwrap().call(req()));
+        assert!(poll_fut(&mut a).is_pending());
+        let mut b = Box::pin(svc.ready().await.unwrap().call(req()));
+        assert!(poll_fut(&mut b).is_pending());
+        tokio::time::advance(Duration::from_millis(10)).await;
+        drop(a);
+        let c = svc.ready().await.unwrap().call(req());
+        let (b_at, c_at) = tokio::join!(
+            async {
+                b.await.unwrap();
+                t0.elapsed()
+            },
+            async {
+                c.await.unwrap();
+                t0.elapsed()
+            }
+        );
+        assert_eq!(b_at, Duration::from_millis(200));
+        assert_eq!(
+            c_at,
+            Duration::from_millis(300),
+            "burst 1 at 10/s: B and C admitted together"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn for_load_shed_poll_ready_takes_the_token_and_is_pending_until_due() {
         let layer = RateLimitLayer::new(
             RateLimitConfig {
@@ -777,9 +816,10 @@ mod tests {
 
 /// The admission path under `loom`: requests reserving tokens they will
 /// wait for, one of them dropped while it waits (its reservation gives
-/// the token back) or bounded by its deadline (it reserves nothing),
-/// while another reserves and keeps its own. Every interleaving leaves
-/// the bucket as if only the kept tokens were taken.
+/// the token back unless the other reserved after it) or bounded by its
+/// deadline (it reserves nothing), while another reserves and keeps its
+/// own. No interleaving lets a request in beside the kept one, and none
+/// loses a token but the one that could not go back.
 /// `RUSTFLAGS="--cfg tower_cql_loom" cargo test -p tower-cql-middleware --release --lib loom`
 #[cfg(all(test, tower_cql_loom))]
 mod loom_tests {
@@ -808,23 +848,26 @@ mod loom_tests {
     /// Tokens that can be taken at once at `at`.
     fn available_at(shared: &Shared, at: Instant) -> u32 {
         let mut n = 0;
-        while n < 5 && matches!(shared.bucket.take(at, Duration::ZERO), Take::Taken(_)) {
+        while n < 5 && matches!(shared.bucket.take(at, Duration::ZERO).0, Take::Taken(_)) {
             n += 1;
         }
         n
     }
 
     /// Reserves the next token and keeps it (the request is called when
-    /// it is due).
-    fn reserve_and_keep(shared: &Arc<Shared>) {
+    /// it is due, after the wait returned).
+    fn reserve_and_keep(shared: &Arc<Shared>) -> Duration {
         match shared.admit(shared.bucket.start, None) {
-            Admit::After { reservation, .. } => reservation.keep(),
+            Admit::After { reservation, wait } => {
+                reservation.keep();
+                wait
+            }
             _ => panic!("the next token is reserved within max_wait"),
         }
     }
 
     #[test]
-    fn loom_a_waiter_dropped_while_another_waits_gives_its_token_back() {
+    fn loom_a_waiter_dropped_while_another_waits_never_admits_two_at_once() {
         loom::model(|| {
             let shared = shared();
             let dropped = {
@@ -840,11 +883,23 @@ mod loom_tests {
                 thread::spawn(move || reserve_and_keep(&shared))
             };
             dropped.join().unwrap();
-            kept.join().unwrap();
-            // two tokens kept (the first, and one reserved) of the three
-            // the bucket allows by 2 s: one is left
-            let two_s = shared.bucket.start + Duration::from_secs(2);
-            assert_eq!(available_at(&shared, two_s), 1);
+            let kept = kept.join().unwrap();
+            // The kept token is due at 1 s (the dropped waiter reserved
+            // after it, or gave its token back before it reserved), or at
+            // 2 s (the dropped one reserved the 1 s token first and could
+            // not give it back behind the later reservation).
+            let second = Duration::from_secs(1);
+            assert!(kept == second || kept == 2 * second, "kept due in {kept:?}");
+            // Either way nothing is let in beside the kept one, and the
+            // next token is due a second after it (none lost beyond the
+            // one that could not go back).
+            let due = shared.bucket.start + kept;
+            assert_eq!(available_at(&shared, due), 0, "kept due in {kept:?}");
+            assert_eq!(
+                available_at(&shared, due + second),
+                1,
+                "kept due in {kept:?}"
+            );
         });
     }
 
