@@ -105,6 +105,11 @@
 //! excluded nodes are dropped (for example a policy that keeps to one
 //! datacenter, whose nodes are all open).
 //!
+//! A refused request gives back whatever the inner service reserved for
+//! it in `poll_ready` (the slot or token of a limit built
+//! `for_load_shed`): the breaker drops its ready inner service for a
+//! clone, which holds nothing, so the inner service must be `Clone`.
+//!
 //! While no node's breaker is open (the common case) admission costs one
 //! atomic load beyond the table's breaker, and the hint excludes nothing.
 //! A hint excludes up to eight nodes; with more open at once, the rest
@@ -341,7 +346,7 @@ impl<S> CircuitBreaker<S> {
 
 impl<S> Service<CqlRequest> for CircuitBreaker<S>
 where
-    S: Service<CqlRequest, Response = CqlResponse, Error = CqlError>,
+    S: Service<CqlRequest, Response = CqlResponse, Error = CqlError> + Clone,
 {
     type Response = CqlResponse;
     type Error = CqlError;
@@ -365,7 +370,10 @@ where
         let table = b.table(req.meta());
         let mut probes: [Option<Probe>; 2] = [None, None];
         match table.admit(b, now) {
-            Admit::Refuse(why) => return refuse(b, &req, why.describe(&table.name, b)),
+            Admit::Refuse(why) => {
+                release(&mut self.inner);
+                return refuse(b, &req, why.describe(&table.name, b));
+            }
             Admit::Probe(generation) => {
                 probes[0] = Some(Probe {
                     target: table.clone(),
@@ -379,10 +387,22 @@ where
             && let Err(why) = b.route_around(&mut req, now, &mut probes[1])
         {
             drop(probes); // a table probe taken before every node refused
+            release(&mut self.inner);
             return refuse(b, &req, why);
         }
         ResponseFuture::called(self.inner.call(req), breakers.clone(), table, hint, probes)
     }
+}
+
+/// Gives back what the inner service reserved in `poll_ready` for a
+/// request the breaker refuses: the ready service is dropped for a clone,
+/// which holds nothing (the concurrency slot or rate-limit token a limit
+/// built `for_load_shed` took goes back). Otherwise a long-lived service
+/// would keep it, and every later request would be shed with nothing in
+/// flight. The clone is polled ready before the next call, as any.
+fn release<S: Clone>(inner: &mut S) {
+    let fresh = inner.clone();
+    drop(std::mem::replace(inner, fresh));
 }
 
 /// Refuses `req` with [`ErrorKind::CircuitOpen`] (not sent), emitting the

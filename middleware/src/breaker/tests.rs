@@ -248,3 +248,44 @@ async fn a_table_breaker_closes_when_its_probe_is_answered() {
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_under_load_shedding_frees_the_capacity_reserved_below() {
+    // load shed -> breaker -> concurrency limit (1, built for load
+    // shedding: poll_ready takes the slot). A long-lived service whose
+    // request the breaker refuses must not keep that slot.
+    use crate::concurrency::{ConcurrencyConfig, ConcurrencyLimitLayer};
+    use crate::load_shed::LoadShedLayer;
+    let (layer, node, _) = breaker(config());
+    let limit = ConcurrencyLimitLayer::new(
+        ConcurrencyConfig {
+            max_in_flight: 1,
+            max_queue: 0,
+            queue_timeout: None,
+        },
+        Collectors::new(),
+    )
+    .for_load_shed();
+    let shed = LoadShedLayer::new(Collectors::new());
+    let stack = |layer: &CircuitBreakerLayer| shed.layer(layer.layer(limit.layer(node.clone())));
+    node.set(Answer::Fail(ErrorKind::Overloaded));
+    for _ in 0..4 {
+        let _ = stack(&layer).oneshot(req()).await;
+    }
+    assert_eq!(layer.state(NODE), Some(Open));
+    let mut long_lived = stack(&layer);
+    let err = long_lived.ready().await.unwrap().call(req()).await;
+    assert_eq!(err.unwrap_err().kind(), ErrorKind::CircuitOpen);
+    assert_eq!(limit.in_flight(), 0, "nothing in flight");
+    // the node's breaker half-opens: its probe is not shed for want of
+    // the slot the refused request kept
+    tokio::time::advance(Duration::from_secs(5)).await;
+    node.set(Answer::Ok);
+    let out = stack(&layer).oneshot(req()).await;
+    assert!(
+        out.is_ok(),
+        "nothing in flight, yet the probe was refused: {:?}",
+        out.err().map(|e| e.to_string())
+    );
+    drop(long_lived);
+}
