@@ -341,6 +341,8 @@ struct Inner {
     /// even when not idempotent).
     not_sent: bool,
     attempts: u32,
+    /// Speculative (hedged) attempts started.
+    speculative: u32,
     source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -370,6 +372,7 @@ impl CqlError {
                     | ErrorKind::BadRequest
             ),
             attempts: 1,
+            speculative: 0,
             source: None,
         }))
     }
@@ -428,6 +431,21 @@ impl CqlError {
         self.0.attempts
     }
 
+    /// Records how many speculative (hedged) attempts were started before
+    /// giving up (the hedge layer sets it, the retry layer sums it over
+    /// its attempts).
+    pub fn with_speculative(self, speculative: u32) -> CqlError {
+        self.map(|i| i.speculative = speculative)
+    }
+
+    /// Speculative (hedged) attempts started before this error was
+    /// returned (0 without hedging), as
+    /// [`ExecutionInfo::speculative`](crate::ExecutionInfo::speculative)
+    /// says of a response.
+    pub fn speculative(&self) -> u32 {
+        self.0.speculative
+    }
+
     /// Attaches the underlying error.
     pub fn with_source(self, source: impl std::error::Error + Send + Sync + 'static) -> CqlError {
         self.map(|i| i.source = Some(Arc::new(source)))
@@ -443,6 +461,7 @@ impl CqlError {
                 details: shared.details,
                 not_sent: shared.not_sent,
                 attempts: shared.attempts,
+                speculative: shared.speculative,
                 source: shared.source.clone(),
             },
         };

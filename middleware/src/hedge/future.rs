@@ -290,10 +290,12 @@ where
                     .take()
                     .expect("a finished attempt left its error");
                 // It says how many attempts the race made, speculative ones
-                // included: a retry layer above numbers its next attempt
-                // after them (module docs, "Attempt indexes").
+                // included (a retry layer above numbers its next attempt
+                // after them: module docs, "Attempt indexes"), and how
+                // many of them were speculative, as a response does.
                 let err = if *this.started > 1 {
                     err.with_attempts(*this.started)
+                        .with_speculative(*this.started - 1)
                 } else {
                     err
                 };

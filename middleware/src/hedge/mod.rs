@@ -58,9 +58,13 @@
 //! cancels it. A failed attempt does not end the race while another is
 //! running; when all have failed, the last error is returned, its
 //! [`attempts`](tower_cql_core::CqlError::attempts) set to the number of
-//! attempts the race made. A successful response's
+//! attempts the race made and its
+//! [`speculative`](tower_cql_core::CqlError::speculative) to the number of
+//! speculative attempts started, as a successful response's
 //! [`ExecutionInfo::speculative`](tower_cql_core::ExecutionInfo::speculative)
-//! is the number of speculative attempts started. No speculative attempt
+//! says. Under retry, the retry layer adds up the speculative attempts of
+//! every race of the request, on its response and on its error (so the
+//! request event and the span count them all). No speculative attempt
 //! starts at or after the request's deadline.
 //!
 //! Like retries, a speculative attempt goes wherever the driver's
@@ -935,6 +939,53 @@ mod tests {
         assert_eq!(err.attempts(), 3);
         let indexes: Vec<_> = mock.calls().iter().map(|c| c.index).collect();
         assert_eq!(indexes, (0..9).collect::<Vec<_>>());
+    }
+
+    /// The speculative count of a request (its response's and its request
+    /// event's) covers the speculative attempts of every race the retry
+    /// layer ran, not only the last one's, and a failed request says it
+    /// as a successful one does.
+    #[tokio::test(start_paused = true)]
+    async fn the_speculative_count_covers_every_race_and_failed_requests() {
+        use crate::metrics::{MetricsConfig, MetricsLayer};
+        use crate::retry::{Backoff, RetryConfig, RetryLayer};
+        let (rec, collectors) = crate::retry::mock::Recorder::new();
+        let metrics = MetricsLayer::new(MetricsConfig::default(), collectors);
+        let retry = RetryLayer::new(
+            RetryConfig {
+                max_attempts: 2,
+                backoff: Backoff { base: MS, max: MS },
+                ..RetryConfig::default()
+            },
+            Collectors::new(),
+        );
+        // a race (a slow first attempt, a quick speculative one) fails;
+        // the retry answers before its hedge is due
+        let race = || {
+            [
+                fail(ErrorKind::Overloaded, 100 * MS),
+                fail(ErrorKind::Overloaded, MS),
+            ]
+        };
+        let mock = Mock::new(race().into_iter().chain([ok(MS)]));
+        let svc = metrics.layer(retry.layer(fixed(20 * MS, 1).layer(mock.clone())));
+        let resp = svc.oneshot(read()).await.unwrap();
+        assert_eq!((resp.info().attempts, resp.info().speculative), (2, 1));
+        // a hedged request whose race fails, without retries
+        let mock = Mock::new(race());
+        let svc = metrics.layer(fixed(20 * MS, 1).layer(mock.clone()));
+        let err = svc.oneshot(read()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Overloaded);
+        // and with retries, both races failing
+        let mock = Mock::new(race().into_iter().chain(race()));
+        let svc = metrics.layer(retry.layer(fixed(20 * MS, 1).layer(mock.clone())));
+        svc.oneshot(read()).await.unwrap_err();
+        let overloaded = Some(ErrorKind::Overloaded);
+        assert_eq!(
+            rec.requests(),
+            [(2, 1, None), (2, 1, overloaded), (2, 2, overloaded)],
+            "(attempts, speculative, error) of each request event"
+        );
     }
 
     /// A slow storm: every first attempt is stuck, so every read wants a

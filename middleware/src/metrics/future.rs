@@ -97,6 +97,7 @@ impl Measured {
                 Err(err) => {
                     let mut e = RequestEvent::new(meta, duration, Some(err));
                     e.attempts = err.attempts();
+                    e.speculative = err.speculative();
                     e.node = err.node();
                     e
                 }

@@ -59,6 +59,9 @@ pin_project! {
         service: Option<S>,
         // Attempts started so far (1 once the first is called).
         attempts: u32,
+        // Speculative attempts the layers inside (a hedge) started for
+        // the attempts that failed (their errors say how many).
+        speculative: u32,
         // The request's deadline on the Tokio clock.
         deadline: Option<Instant>,
         #[pin]
@@ -140,6 +143,7 @@ impl<S, F> Attempts<S, F> {
             request,
             service,
             attempts: 1,
+            speculative: 0,
             deadline,
             state: State::Called { future },
         }
@@ -218,13 +222,19 @@ where
                 StateProj::Called { future } => {
                     let err = match ready!(future.poll(cx)) {
                         Ok(mut resp) => {
-                            resp.info_mut().attempts = *this.attempts;
+                            let info = resp.info_mut();
+                            info.attempts = *this.attempts;
+                            // the earlier races' speculative attempts too
+                            info.speculative += *this.speculative;
                             return Poll::Ready(Ok(resp));
                         }
                         Err(err) => err,
                     };
+                    *this.speculative += err.speculative();
                     match after_error(shared, this.request, *this.attempts, *this.deadline, err) {
-                        AfterError::Stop(err) => return Poll::Ready(Err(err)),
+                        AfterError::Stop(err) => {
+                            return Poll::Ready(Err(with_speculative(err, *this.speculative)));
+                        }
                         AfterError::Now => this.state.set(State::Ready),
                         AfterError::At(at) => this.state.set(State::Backoff {
                             sleep: Box::pin(tokio::time::sleep_until(at)),
@@ -245,7 +255,8 @@ where
                         ),
                     };
                     if let Err(err) = ready!(service.poll_ready(cx)) {
-                        return Poll::Ready(Err(with_attempts(err, *this.attempts)));
+                        let err = with_attempts(err, *this.attempts);
+                        return Poll::Ready(Err(with_speculative(err, *this.speculative)));
                     }
                     *this.attempts += 1;
                     let future = service.call(this.request.clone());
@@ -347,6 +358,18 @@ fn after_error(
 fn with_attempts(err: CqlError, attempts: u32) -> CqlError {
     if err.attempts() != attempts {
         err.with_attempts(attempts)
+    } else {
+        err
+    }
+}
+
+/// Records on the error the speculative attempts started for all of this
+/// layer's attempts (the sum of what their errors said), as a successful
+/// response's [`ExecutionInfo::speculative`](tower_cql_core::ExecutionInfo::speculative)
+/// adds the earlier ones to the last race's.
+fn with_speculative(err: CqlError, speculative: u32) -> CqlError {
+    if err.speculative() != speculative {
+        err.with_speculative(speculative)
     } else {
         err
     }

@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tower_cql_core::event::{OwnedEvent, RetryEvent, ThrottleEvent};
+use tower_cql_core::event::{OwnedEvent, RequestEvent, RetryEvent, ThrottleEvent};
 use tower_cql_core::{
     AttemptReason, Collector, Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind,
     ExecutionInfo,
@@ -177,7 +177,7 @@ impl Service<CqlRequest> for Mock {
     }
 }
 
-/// Keeps every retry and throttle event.
+/// Keeps every request, retry and throttle event.
 #[derive(Default)]
 pub(crate) struct Recorder(Mutex<Vec<OwnedEvent>>);
 
@@ -220,7 +220,26 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// (attempts, speculative, error kind) of each request event.
+    pub(crate) fn requests(&self) -> Vec<(u32, u32, Option<ErrorKind>)> {
+        lock(&self.0)
+            .iter()
+            .filter_map(|e| match e.as_event() {
+                tower_cql_core::Event::Request(r) => {
+                    Some((r.attempts, r.speculative, r.error.map(|e| e.kind())))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 impl Collector for Recorder {
+    fn on_request(&self, e: &RequestEvent<'_>) {
+        lock(&self.0).push(tower_cql_core::Event::Request(*e).to_owned());
+    }
+
     fn on_retry(&self, e: &RetryEvent<'_>) {
         lock(&self.0).push(tower_cql_core::Event::Retry(*e).to_owned());
     }

@@ -102,7 +102,7 @@ pub(crate) fn record_outcome(span: &Span, f: &OutcomeFields, out: &Result<CqlRes
                 Err(e) => (
                     None,
                     i64::from(e.attempts()),
-                    None,
+                    Some(i64::from(e.speculative())),
                     e.kind().status_code().map(|c| format!("{c:#06x}")),
                 ),
             };
