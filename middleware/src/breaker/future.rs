@@ -111,7 +111,7 @@ where
                 probes,
             } => {
                 let out = ready!(future.poll(cx));
-                breakers.complete(table, probes[0].is_some(), hint, &out);
+                breakers.complete(table, probes, hint, &out);
                 // The probe places are free once the outcome is recorded.
                 *probes = [None, None];
                 Poll::Ready(out)

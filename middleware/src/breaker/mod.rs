@@ -136,7 +136,10 @@
 //!   at a time are probes: a node stays in a probe's route (a request
 //!   takes the probe place of one node at most), and is excluded from the
 //!   others. A failure re-opens it for another cool-down;
-//!   `half_open_probes` successes close it (with an empty window). A probe
+//!   `half_open_probes` successes close it (with an empty window). Only
+//!   probes are heard: the outcome of a request sent before it opened
+//!   (or of one let in without a probe) neither closes nor re-opens it,
+//!   as an open breaker ignores such outcomes too. A probe
 //!   that the driver sends to another node leaves the state as it was and
 //!   frees its place for the next request. A probe of a `keyspace.table`
 //!   breaker reports its outcome to the table as well as to the node that
@@ -199,7 +202,7 @@ pub use self::layer::CircuitBreakerLayer;
 pub use tower_cql_core::BreakerState;
 
 use self::state::COUNT_MASK;
-use self::target::{Admit, Breakers, Probe};
+use self::target::{Admit, Breakers, Probe, ProbeObserver};
 
 /// Configures a [`CircuitBreakerLayer`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -366,7 +369,6 @@ where
         // Every attempt of the request reports to the breaker through its
         // hint, as the attempt ends (retried and timed-out ones included).
         let hint = req.meta_mut().route_hint().clone();
-        hint.set_observer(breakers.clone());
         let table = b.table(req.meta());
         let mut probes: [Option<Probe>; 2] = [None, None];
         match table.admit(b, now) {
@@ -389,6 +391,16 @@ where
             drop(probes); // a table probe taken before every node refused
             release(&mut self.inner);
             return refuse(b, &req, why);
+        }
+        // The observer is set before the call: a request holding a node's
+        // probe reports that node's outcomes as the probe's.
+        match &probes[1] {
+            Some(probe) => hint.set_observer(Arc::new(ProbeObserver {
+                breakers: breakers.clone(),
+                node: probe.target.addr.expect("a node's probe"),
+                generation: probe.generation,
+            })),
+            None => hint.set_observer(breakers.clone()),
         }
         ResponseFuture::called(self.inner.call(req), breakers.clone(), table, hint, probes)
     }

@@ -176,7 +176,13 @@ impl Target {
             });
     }
 
-    pub(super) fn record(&self, b: &Breakers, outcome: Outcome, now: u64) {
+    /// Records an outcome at `now`. `probe`: the generation of the
+    /// half-open probe the request held on this target, if any. Half-open,
+    /// only a probe of the current generation is heard: a request sent
+    /// before the breaker opened (or one that got in without a probe) says
+    /// nothing about the node now, and must not close or re-open it while
+    /// the probes are out.
+    pub(super) fn record(&self, b: &Breakers, outcome: Outcome, now: u64, probe: Option<u64>) {
         let mut s = self.state.load(Ordering::Acquire);
         loop {
             match kind(s) {
@@ -191,6 +197,7 @@ impl Target {
                     }
                     return;
                 }
+                HALF_OPEN if probe != Some(generation(s)) => return,
                 HALF_OPEN => {
                     let next = match outcome {
                         Outcome::Failure => next_word(s, OPEN, now),
@@ -342,15 +349,16 @@ impl Breakers {
     /// request's hint: [`NodeObserver`]); when none was (an inner service
     /// that reports nothing), the final outcome goes to the node that
     /// produced it. An outcome with no node goes to the table.
-    /// `table_probe`: it was let through as a probe of the table's
-    /// half-open breaker, which then hears the outcome too.
+    /// `probes`: the probe places it held, of the table's half-open
+    /// breaker (which then hears the outcome too) and of a node's.
     pub(crate) fn complete(
         &self,
         table: &Target,
-        table_probe: bool,
+        probes: &[Option<Probe>; 2],
         hint: &RouteHint,
         result: &Result<CqlResponse, CqlError>,
     ) {
+        let table_probe = probes[0].as_ref().map(|p| p.generation);
         let Some(outcome) = Outcome::of(result) else {
             return;
         };
@@ -362,14 +370,18 @@ impl Breakers {
         match node {
             Some(addr) => {
                 if hint.reported() == 0 {
-                    self.node(addr).record(self, outcome, now);
+                    let node_probe = probes[1]
+                        .as_ref()
+                        .filter(|p| p.target.addr == Some(addr))
+                        .map(|p| p.generation);
+                    self.node(addr).record(self, outcome, now, node_probe);
                 }
-                if table_probe {
-                    table.record(self, outcome, now);
+                if table_probe.is_some() {
+                    table.record(self, outcome, now, table_probe);
                 }
             }
-            None if hint.reported() > 0 && !table_probe => {}
-            None => table.record(self, outcome, now),
+            None if hint.reported() > 0 && table_probe.is_none() => {}
+            None => table.record(self, outcome, now, table_probe),
         }
     }
 }
@@ -381,7 +393,29 @@ impl NodeObserver for Breakers {
             NodeVerdict::Failed => Outcome::Failure,
             NodeVerdict::NotJudged => return,
         };
-        self.node(node).record(self, outcome, self.now());
+        // a request holding no node's probe (see [`ProbeObserver`])
+        self.node(node).record(self, outcome, self.now(), None);
+    }
+}
+
+/// The observer of a request holding a node's half-open probe: that
+/// node's outcomes are the probe's; others' are heard as any request's.
+pub(super) struct ProbeObserver {
+    pub(super) breakers: Arc<Breakers>,
+    pub(super) node: SocketAddr,
+    pub(super) generation: u64,
+}
+
+impl NodeObserver for ProbeObserver {
+    fn on_attempt(&self, node: SocketAddr, verdict: NodeVerdict) {
+        let outcome = match verdict {
+            NodeVerdict::Healthy => Outcome::Success,
+            NodeVerdict::Failed => Outcome::Failure,
+            NodeVerdict::NotJudged => return,
+        };
+        let b = &*self.breakers;
+        let probe = (node == self.node).then_some(self.generation);
+        b.node(node).record(b, outcome, b.now(), probe);
     }
 }
 

@@ -289,3 +289,50 @@ async fn a_refusal_under_load_shedding_frees_the_capacity_reserved_below() {
     );
     drop(long_lived);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_outcome_does_not_move_a_half_open_breaker_while_its_probe_is_out() {
+    let (layer, node, rec) = breaker(config());
+    // two requests sent while the node is closed, heard later: one
+    // served, one failed
+    let mut svc = layer.layer(node.clone());
+    let stale_ok = svc.ready().await.unwrap().call(req());
+    node.set(Answer::Fail(ErrorKind::Overloaded));
+    let stale_failed = svc.ready().await.unwrap().call(req());
+    for _ in 0..4 {
+        let _ = send(&layer, &node).await;
+    }
+    assert_eq!(layer.state(NODE), Some(Open));
+    tokio::time::advance(Duration::from_secs(5)).await;
+    // the one probe (half_open_probes 1), still out
+    node.set(Answer::Hang);
+    let mut probe = Box::pin(layer.layer(node.clone()).oneshot(req()));
+    assert!(futures::poll!(probe.as_mut()).is_pending());
+    assert_eq!(layer.state(NODE), Some(HalfOpen));
+    // the stale requests' outcomes count for nothing
+    stale_ok.await.unwrap();
+    assert_eq!(
+        layer.state(NODE),
+        Some(HalfOpen),
+        "a success of a request sent before the node opened closed its half-open breaker"
+    );
+    stale_failed.await.unwrap_err();
+    assert_eq!(
+        layer.state(NODE),
+        Some(HalfOpen),
+        "nor does a stale failure re-open it"
+    );
+    // the probe's own outcome decides
+    drop(probe);
+    node.set(Answer::Ok);
+    send(&layer, &node).await.unwrap();
+    assert_eq!(layer.state(NODE), Some(Closed));
+    assert_eq!(
+        *rec.transitions.lock().unwrap(),
+        vec![
+            (NODE.to_string(), Closed, Open),
+            (NODE.to_string(), Open, HalfOpen),
+            (NODE.to_string(), HalfOpen, Closed),
+        ]
+    );
+}
