@@ -449,7 +449,9 @@ async fn install_refuses_invalid_configuration() {
         (no_env().export_timeout(Duration::ZERO), "export timeout"),
         (
             no_env().header("api key", "x"),
-            "malformed OTLP header \"api key\"",
+            // (quoted up to its first space: `name: value` must not quote
+            // its value)
+            "malformed OTLP header \"api\"… (the rest left out)",
         ),
         (
             OtlpExporterBuilder::from_vars([("OTEL_EXPORTER_OTLP_HEADERS", SECRET)]),

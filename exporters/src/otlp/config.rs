@@ -576,10 +576,7 @@ fn header(name: &str, value: &str, origin: Origin) -> Result<Header, OtlpError> 
         } else {
             format!("{name:?}")
         };
-        invalid(
-            which,
-            "the name is not a valid HTTP header name (write name=value)",
-        )
+        invalid(which, "the name is not a valid HTTP header name")
     })?;
     let mut v = http::HeaderValue::from_str(value.trim()).map_err(|_| {
         invalid(n.to_string(), "the value has characters an HTTP header cannot carry (only visible ASCII; percent-encode the rest in the environment variable)")
