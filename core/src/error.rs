@@ -676,7 +676,13 @@ fn classify_execution(err: &ExecutionError) -> (ErrorKind, String, Option<Replic
                 let (k, d, _) = classify_attempt(first_attempt);
                 let k = match k {
                     K::Syntax | K::Invalid | K::Unauthorized | K::Serialization => k,
-                    K::Connection => K::Connection,
+                    // a passing refusal of the node, not of the statement:
+                    // kept, so the retry rules apply (nothing ran)
+                    K::Connection
+                    | K::Overloaded
+                    | K::IsBootstrapping
+                    | K::Unavailable
+                    | K::ServerError => k,
                     _ => K::Prepare,
                 };
                 (k, d, true)
