@@ -132,7 +132,17 @@ fn check(spans: &[FoundSpan], slow: std::net::IpAddr) {
             .map(|e| e.name.as_str())
             .collect();
         assert!(events.contains(&"Request complete"), "{events:?}");
-        assert!(coordinator.span.start_time_unix_nano >= c.span.start_time_unix_nano - 1_000_000);
+        // The coordinator span starts within the client span. (The client
+        // span is stamped when its event is emitted: it ends then, and
+        // starts the request's duration before; on a loaded machine that
+        // lags the request by the emission's delay, which has been seen
+        // over 1 ms. 50 ms of slack still catches a span put anywhere
+        // else.)
+        assert!(
+            coordinator.span.start_time_unix_nano >= c.span.start_time_unix_nano - 50_000_000,
+            "the coordinator span starts {} ns before the client span",
+            c.span.start_time_unix_nano - coordinator.span.start_time_unix_nano
+        );
         if node == slow.to_string() {
             slow_seen += 1;
             assert!(
