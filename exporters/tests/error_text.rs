@@ -5,9 +5,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use tower::{Service, ServiceExt};
 use tower_cql_core::{Collectors, CqlRequest, ErrorKind};
 use tower_cql_exporters::otlp::OtlpExporterBuilder;
@@ -16,20 +13,6 @@ use tower_cql_middleware::stack::StackBuilder;
 
 const LITERAL: &str = "literal-SECRET-e8b4";
 const PASSWORD: &str = "pw-SECRET-7f3a";
-
-/// A writer the test reads back.
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Shared {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// A builder that reads no environment variable.
 fn no_env() -> OtlpExporterBuilder {
@@ -42,7 +25,7 @@ fn no_env() -> OtlpExporterBuilder {
 /// logs) carries that message verbatim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_error_quoting_a_literal_of_the_statement_does_not_carry_it() {
-    let buf = Shared::default();
+    let buf = support::Captured::default();
     let json = JsonLines::to_writer(Box::new(buf.clone()));
     let collectors = Collectors::with([json.clone()]);
     let (_cluster, driver) = support::driver(&collectors).await;
@@ -70,7 +53,7 @@ async fn a_server_error_quoting_a_literal_of_the_statement_does_not_carry_it() {
         }
     }
     stack.close().await;
-    let lines = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let lines = buf.text();
     assert!(!lines.contains(LITERAL), "JSON lines: {lines}");
     assert!(
         !out.contains(LITERAL),

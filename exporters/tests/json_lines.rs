@@ -2,8 +2,7 @@
 //! stack tracing every request on the server, and the JSON-lines
 //! exporter writing each request and, once fetched, its server trace.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod support;
 
 use scylla::client::session_builder::SessionBuilder;
 use serde_json::Value;
@@ -13,19 +12,6 @@ use tower_cql_exporters::stdout::JsonLines;
 use tower_cql_middleware::stack::StackBuilder;
 use tower_cql_testkit::Cluster;
 
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Shared {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_traced_request_has_its_server_trace_line_without_values() {
     let cluster = Cluster::builder().nodes(3).start().await.unwrap();
@@ -34,7 +20,7 @@ async fn each_traced_request_has_its_server_trace_line_without_values() {
         .build()
         .await
         .unwrap();
-    let buf = Shared::default();
+    let buf = support::Captured::default();
     let stack = StackBuilder::new(Collectors::with([JsonLines::to_writer(Box::new(
         buf.clone(),
     ))]))
@@ -65,7 +51,7 @@ async fn each_traced_request_has_its_server_trace_line_without_values() {
         "{stats:?}"
     );
 
-    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let text = buf.text();
     assert!(!text.contains("424242"), "a literal was written: {text}");
     assert!(
         !text.contains("secret-value"),

@@ -274,21 +274,10 @@ async fn close_returns_while_an_unread_stream_has_a_page_in_flight() {
 
 /// Reads `rows` on to its error; the rows read in all (`read` before)
 /// and the error. A stream that ends without one fails the test.
-async fn read_to_the_error<S>(
-    rows: &mut tower_cql_core::RowStream<(i32, String), S>,
+async fn read_to_the_error(
+    rows: &mut (impl futures::Stream<Item = Result<(i32, String), tower_cql_core::CqlError>> + Unpin),
     mut read: i32,
-) -> (i32, tower_cql_core::CqlError)
-where
-    S: tower::Service<
-            CqlRequest,
-            Response = tower_cql_core::CqlResponse,
-            Error = tower_cql_core::CqlError,
-        > + Clone
-        + Send
-        + Unpin
-        + 'static,
-    S::Future: Send + 'static,
-{
+) -> (i32, tower_cql_core::CqlError) {
     loop {
         match rows.try_next().await {
             Ok(Some(_)) => read += 1,
