@@ -20,7 +20,11 @@
 //! - CQL text is prepared once and the prepared statement cached (bounded;
 //!   hits and misses are counted), also when many tasks start a new
 //!   statement at the same moment: they wait on one preparation (single
-//!   flight); statements marked unprepared go as QUERY.
+//!   flight); statements marked unprepared go as QUERY. Text that names
+//!   no keyspace is cached per session keyspace: the server binds a
+//!   prepared statement to the keyspace it was prepared in, so after a
+//!   `USE` it is prepared again for the new one. Only preparations in
+//!   flight are kept; a failed one is tried again by the next request.
 //! - The driver's own retries and speculative execution are turned off
 //!   (its `FallthroughRetryPolicy`, no speculative policy), so that retries
 //!   happen once, in the middleware, where they are observed. Turn them back
@@ -89,6 +93,7 @@ impl fmt::Debug for DriverService {
             .field("cached_statements", &self.inner.cache.map.len())
             .field("cache_hits", &hits)
             .field("cache_misses", &misses)
+            .field("preparing", &self.inner.cache.preparing())
             .field("driver_retries", &self.inner.driver_retries)
             .finish()
     }

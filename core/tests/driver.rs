@@ -884,3 +884,88 @@ async fn scalar_rows_kept_inline_serialize_as_their_tuples() {
     assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
     assert!(err.was_not_sent());
 }
+
+/// Text that names no keyspace runs in the session's keyspace of the
+/// moment, prepared or not: after `USE ks2`, an unqualified read the
+/// service prepared under `USE ks` reads `ks2`'s table, whether the
+/// request carries the remembering statement or text the cache knows;
+/// back under `USE ks`, it reads `ks`'s again. (The server binds a
+/// prepared statement to the keyspace it was prepared in, so a cache
+/// keyed by text alone ran the wrong keyspace's statement.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unqualified_text_follows_the_sessions_keyspace() {
+    let s = setup(1).await;
+    s.run("CREATE KEYSPACE ks2 WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}")
+        .await;
+    s.run("CREATE TABLE ks2.kv (k int PRIMARY KEY, v text)")
+        .await;
+    s.run("INSERT INTO ks.kv (k, v) VALUES (1, 'in ks')").await;
+    s.run("INSERT INTO ks2.kv (k, v) VALUES (1, 'in ks2')")
+        .await;
+    let text = "SELECT v FROM kv WHERE k = ?";
+    // (a keyspace label names no keyspace to the server)
+    let read = Statement::new(text).keyspace("labelled");
+    let via_statement = |want: &'static str| {
+        let (s, read) = (&s, &read);
+        async move {
+            let resp = s
+                .driver
+                .execute(read.request().bind((1i32,)))
+                .await
+                .unwrap();
+            assert_eq!(
+                resp.rows::<(String,)>().unwrap(),
+                vec![(want.to_string(),)],
+                "the remembering statement"
+            );
+            let resp = s
+                .driver
+                .execute(CqlRequest::query(text).bind((1i32,)))
+                .await
+                .unwrap();
+            assert_eq!(
+                resp.rows::<(String,)>().unwrap(),
+                vec![(want.to_string(),)],
+                "text the cache knows"
+            );
+        }
+    };
+    s.run("USE ks").await;
+    via_statement("in ks").await;
+    s.run("USE ks2").await;
+    via_statement("in ks2").await;
+    s.run("USE ks").await;
+    via_statement("in ks").await;
+    // a qualified text is one statement whatever the session's keyspace
+    let (_, misses) = s.driver.cache_stats();
+    let q = Statement::new("SELECT v FROM ks2.kv WHERE k = ?");
+    for ks in ["ks", "ks2", "ks"] {
+        s.run(&format!("USE {ks}")).await;
+        let resp = s.driver.execute(q.request().bind((1i32,))).await.unwrap();
+        assert_eq!(
+            resp.rows::<(String,)>().unwrap(),
+            vec![("in ks2".to_string(),)]
+        );
+    }
+    assert_eq!(s.driver.cache_stats().1, misses + 1, "prepared once");
+}
+
+/// Failed preparations leave nothing behind: the service keeps only the
+/// preparations in flight (single flight), not one entry per distinct
+/// text that ever failed to prepare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_preparations_are_not_kept() {
+    let s = setup(1).await;
+    for i in 0..50 {
+        let err = s
+            .driver
+            .execute(
+                CqlRequest::query(format!("SELECT v FROM ks.missing{i} WHERE k = ?")).bind((1i32,)),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    }
+    let shown = format!("{:?}", s.driver);
+    assert!(shown.contains("preparing: 0"), "{shown}");
+}

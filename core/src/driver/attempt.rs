@@ -254,8 +254,12 @@ impl DriverInner {
         paging_state: Option<PagingState>,
         attempt: Attempt,
     ) -> Result<CqlResponse, CqlError> {
-        let (text, unprepared) = match what {
-            Uncached::Text { text, unprepared } => (text, unprepared),
+        let (text, keyspace, unprepared) = match what {
+            Uncached::Text {
+                text,
+                keyspace,
+                unprepared,
+            } => (text, keyspace, unprepared),
             Uncached::Batch(_) if paging_state.is_some() => {
                 return Err(CqlError::new(
                     ErrorKind::BadRequest,
@@ -266,7 +270,7 @@ impl DriverInner {
             Uncached::Batch(batch) => return self.run_batch(req, batch, attempt).await,
         };
         let stmt = self
-            .resolve_uncached(text, unprepared, req.meta(), attempt)
+            .resolve_uncached(text, keyspace, unprepared, req.meta(), attempt)
             .await?;
         let values = req.values().as_row();
         // (each arm makes its response: a result passed through a tuple

@@ -19,14 +19,60 @@ use crate::request::{CqlRequest, RequestMeta, StatementBody};
 /// One preparation of a statement, shared by the tasks that wait for it.
 type Preparation = tokio::sync::OnceCell<PreparedStatement>;
 
-/// A bounded cache of prepared statements keyed by text; lookups are a
+/// What a prepared statement is cached by: its text, and for text that
+/// names no keyspace, the session's keyspace it was prepared in (the
+/// server binds it to that keyspace: `USE ks2` then needs another).
+#[derive(Clone, PartialEq, Eq)]
+pub(super) struct TextKey {
+    text: Arc<str>,
+    keyspace: Option<Arc<String>>,
+}
+
+impl std::hash::Hash for TextKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_ref().hash(state)
+    }
+}
+
+impl TextKey {
+    fn as_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            text: &self.text,
+            keyspace: self.keyspace.as_deref().map(String::as_str),
+        }
+    }
+}
+
+/// A [`TextKey`] borrowed, to look up without cloning (hashes as its
+/// owned form does).
+#[derive(Hash, Clone, Copy)]
+pub(super) struct KeyRef<'a> {
+    text: &'a str,
+    keyspace: Option<&'a str>,
+}
+
+impl hashbrown::Equivalent<TextKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &TextKey) -> bool {
+        *self == key.as_ref()
+    }
+}
+
+impl PartialEq for KeyRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text && self.keyspace == other.keyspace
+    }
+}
+
+/// A bounded cache of prepared statements keyed by text (and the session's
+/// keyspace, for text that names none: see [`TextKey`]); lookups are a
 /// lock-free [`Registry`] load, inserts copy the map (misses are rare).
 /// A statement new to the cache is prepared once however many tasks miss
 /// it at the same moment: they wait on one preparation (`preparing`).
 pub(super) struct PreparedCache {
-    pub(super) map: Registry<Arc<str>, PreparedStatement>,
-    /// Preparations in flight, by text (single flight).
-    preparing: Registry<Arc<str>, Arc<Preparation>>,
+    pub(super) map: Registry<TextKey, PreparedStatement>,
+    /// Preparations in flight, by key (single flight); an entry leaves
+    /// when its preparation ends, succeeded or failed.
+    preparing: Registry<TextKey, Arc<Preparation>>,
     capacity: usize,
     pub(super) hits: AtomicU64,
     pub(super) misses: AtomicU64,
@@ -44,8 +90,8 @@ impl PreparedCache {
         }
     }
 
-    fn get(&self, text: &str) -> Option<PreparedStatement> {
-        let found = self.map.get(text);
+    fn get(&self, key: KeyRef<'_>) -> Option<PreparedStatement> {
+        let found = self.map.get(&key);
         match &found {
             Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
             None => self.misses.fetch_add(1, Ordering::Relaxed),
@@ -55,29 +101,37 @@ impl PreparedCache {
 
     /// [`get`](Self::get) that counts a hit but not a miss (the caller
     /// falls back to `get` on a miss).
-    fn get_hit(&self, text: &str) -> Option<PreparedStatement> {
-        let found = self.map.get(text);
+    fn get_hit(&self, key: KeyRef<'_>) -> Option<PreparedStatement> {
+        let found = self.map.get(&key);
         if found.is_some() {
             self.hits.fetch_add(1, Ordering::Relaxed);
         }
         found
     }
 
-    /// The preparation of `text` in flight, joined or started.
-    fn preparation(&self, text: &Arc<str>) -> Arc<Preparation> {
+    /// The preparation of `key` in flight, joined or started.
+    fn preparation(&self, key: &TextKey) -> Arc<Preparation> {
         self.preparing
-            .get_or_insert_with(text.clone(), || Arc::new(Preparation::new()))
+            .get_or_insert_with(key.clone(), || Arc::new(Preparation::new()))
     }
 
-    /// Forgets the preparation `done` of `text` once its statement is in
-    /// the cache (a later one, started meanwhile, stays).
-    fn prepared(&self, text: &Arc<str>, done: &Arc<Preparation>) {
-        self.preparing.remove_if(&**text, |p| Arc::ptr_eq(p, done));
+    /// Forgets the preparation `done` of `key` once it has ended: its
+    /// statement is in the cache, or it failed (a task that asks next
+    /// starts another; one started meanwhile stays). Only preparations in
+    /// flight are kept, however many texts fail.
+    fn ended(&self, key: &TextKey, done: &Arc<Preparation>) {
+        self.preparing
+            .remove_if(&key.as_ref(), |p| Arc::ptr_eq(p, done));
     }
 
-    fn insert(&self, text: Arc<str>, stmt: PreparedStatement) {
+    /// The number of preparations in flight.
+    pub(super) fn preparing(&self) -> usize {
+        self.preparing.len()
+    }
+
+    fn insert(&self, key: TextKey, stmt: PreparedStatement) {
         // evicts an arbitrary entry when full; a real workload has few statements
-        self.map.insert_evicting(text, stmt, self.capacity);
+        self.map.insert_evicting(key, stmt, self.capacity);
     }
 }
 
@@ -96,9 +150,12 @@ pub(super) enum Kept<'a, 's> {
 
 /// What a driver service runs without a prepared statement it keeps.
 pub(super) enum Uncached<'a> {
-    /// CQL text not prepared yet (`unprepared: false`), or sent as it is.
+    /// CQL text not prepared yet (`unprepared: false`), or sent as it
+    /// is; `keyspace`: the session's, when the text names none and is to
+    /// be prepared (see [`TextKey`]).
     Text {
         text: &'a Arc<str>,
+        keyspace: Option<Arc<String>>,
         unprepared: bool,
     },
     /// A batch.
@@ -134,16 +191,25 @@ impl DriverInner {
                 unprepared: false,
             } => {
                 let statement = req.statement();
-                if let Some(p) = statement.prepared_by(self.id) {
+                // text naming no keyspace runs in the session's of the
+                // moment: one prepared in another is another statement
+                let keyspace = if statement.follows_session_keyspace() {
+                    self.session.get_keyspace()
+                } else {
+                    None
+                };
+                let ks = keyspace.as_deref().map(String::as_str);
+                if let Some(p) = statement.prepared_by(self.id, ks) {
                     self.cache.hits.fetch_add(1, Ordering::Relaxed);
                     return Kept::Ref(p, None);
                 }
                 // remembered as the statement's own requests ask for it
                 // (its idempotence, consistency, page size), so that they
                 // run it by reference
-                let Some(cached) = self.cache.get_hit(text) else {
+                let Some(cached) = self.cache.get_hit(KeyRef { text, keyspace: ks }) else {
                     return Kept::Uncached(Uncached::Text {
                         text,
+                        keyspace,
                         unprepared: false,
                     });
                 };
@@ -154,8 +220,8 @@ impl DriverInner {
                     None,
                 )
                 .into_owned();
-                statement.remember_prepared(self.id, &own);
-                match statement.prepared_by(self.id) {
+                statement.remember_prepared(self.id, keyspace.as_ref(), &own);
+                match statement.prepared_by(self.id, ks) {
                     Some(p) => Kept::Ref(p, None),
                     // (the statement remembers another service's)
                     None => Kept::Owned(own),
@@ -167,37 +233,44 @@ impl DriverInner {
                 unprepared: true,
             } => Kept::Uncached(Uncached::Text {
                 text,
+                keyspace: None,
                 unprepared: true,
             }),
             StatementBody::Batch(b) => Kept::Uncached(Uncached::Batch(b)),
         }
     }
 
-    /// Prepares `text` and caches it, once however many tasks ask at the
-    /// same moment: they all wait on the one preparation. A failed
-    /// preparation is not remembered (the next task tries again).
-    async fn prepare_once(&self, text: &Arc<str>) -> Result<PreparedStatement, CqlError> {
-        let preparation = self.cache.preparation(text);
+    /// Prepares `key`'s text and caches it, once however many tasks ask
+    /// at the same moment: they all wait on the one preparation. A failed
+    /// preparation is not remembered (the next task tries again). For
+    /// text naming no keyspace, the statement is cached only if the
+    /// session's keyspace was still the key's when it was prepared (a
+    /// `USE` meanwhile leaves unknown which keyspace the server bound it
+    /// to: it runs once, for the request that asked, uncached).
+    async fn prepare_once(&self, key: TextKey) -> Result<PreparedStatement, CqlError> {
+        let preparation = self.cache.preparation(&key);
         let out = preparation
             .get_or_try_init(|| async {
                 // finished by another task since this one missed
-                if let Some(p) = self.cache.map.get(&**text) {
+                if let Some(p) = self.cache.map.get(&key.as_ref()) {
                     return Ok(p);
                 }
                 let mut p = self
                     .session
-                    .prepare(&**text)
+                    .prepare(&*key.text)
                     .await
                     .map_err(CqlError::from_prepare)?;
                 p.set_execution_profile_handle(Some(self.profile.clone()));
-                self.cache.insert(text.clone(), p.clone());
+                let still = key.keyspace.is_none()
+                    || self.session.get_keyspace().as_deref() == key.keyspace.as_deref();
+                if still {
+                    self.cache.insert(key.clone(), p.clone());
+                }
                 Ok::<_, CqlError>(p)
             })
             .await
             .cloned();
-        if out.is_ok() {
-            self.cache.prepared(text, &preparation);
-        }
+        self.cache.ended(&key, &preparation);
         out
     }
 
@@ -207,6 +280,7 @@ impl DriverInner {
     pub(super) async fn resolve_uncached(
         &self,
         text: &Arc<str>,
+        keyspace: Option<Arc<String>>,
         unprepared: bool,
         meta: &RequestMeta,
         attempt: Attempt,
@@ -217,9 +291,19 @@ impl DriverInner {
             configure_common(&mut s, meta, attempt);
             return Ok(Resolved::Unprepared(s));
         }
-        let stmt = match self.cache.get(text) {
+        let key = KeyRef {
+            text,
+            keyspace: keyspace.as_deref().map(String::as_str),
+        };
+        let stmt = match self.cache.get(key) {
             Some(p) => p,
-            None => self.prepare_once(text).await?,
+            None => {
+                self.prepare_once(TextKey {
+                    text: text.clone(),
+                    keyspace,
+                })
+                .await?
+            }
         };
         Ok(Resolved::Prepared(
             configure_prepared(Cow::Owned(stmt), meta, attempt, None).into_owned(),

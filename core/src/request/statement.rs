@@ -25,10 +25,16 @@ pub(super) struct StatementInner {
     pub(super) labels_hash: u64,
     pub(super) idempotent: bool,
     sanitized: std::sync::OnceLock<Option<Arc<str>>>,
+    /// Whether the statement is CQL text naming no keyspace: it runs in
+    /// the session's keyspace of the moment, and the server binds its
+    /// prepared form to the keyspace it was prepared in.
+    pub(super) follows_session_keyspace: bool,
     /// The statement as prepared by the first driver service that ran it
-    /// (by that service's id): later requests skip the driver's cache
-    /// lookup, which hashes and compares the text.
-    prepared: std::sync::OnceLock<(u64, PreparedStatement)>,
+    /// (by that service's id), and the session's keyspace it was prepared
+    /// in if it [follows it](Self::follows_session_keyspace): later
+    /// requests in that keyspace skip the driver's cache lookup, which
+    /// hashes and compares the text.
+    prepared: std::sync::OnceLock<(u64, Option<Arc<String>>, PreparedStatement)>,
     /// The id of the first label guard that admitted this statement's
     /// labels (0: none yet): its later requests skip the guard's lookup.
     admitted: std::sync::atomic::AtomicU64,
@@ -163,9 +169,12 @@ impl Statement {
                 (OperationKind::Batch, ks, tb, traits)
             }
         };
+        let follows_session_keyspace =
+            matches!(body, StatementBody::Cql { .. }) && keyspace.is_none();
         let keyspace = keyspace.map(Label::from);
         let table = table.map(Label::from);
         Statement(Arc::new(StatementInner {
+            follows_session_keyspace,
             body,
             kind,
             labels_hash: labels_hash(None, keyspace.as_ref(), table.as_ref()),
@@ -187,6 +196,7 @@ impl Statement {
             Ok(i) => i,
             Err(shared) => StatementInner {
                 body: shared.body.clone(),
+                follows_session_keyspace: shared.follows_session_keyspace,
                 kind: shared.kind,
                 keyspace: shared.keyspace.clone(),
                 table: shared.table.clone(),
@@ -239,13 +249,28 @@ impl Statement {
         self.edit(|i| i.table = Some(t))
     }
 
-    /// The statement as prepared by the driver service `driver` (its id),
-    /// if that service ran it first.
-    pub(crate) fn prepared_by(&self, driver: u64) -> Option<&PreparedStatement> {
+    /// The statement as prepared by the driver service `driver` (its id)
+    /// in the session keyspace `keyspace` (`None` for a statement that
+    /// does not [follow it](Self::follows_session_keyspace)), if that
+    /// service ran it first, in that keyspace.
+    pub(crate) fn prepared_by(
+        &self,
+        driver: u64,
+        keyspace: Option<&str>,
+    ) -> Option<&PreparedStatement> {
         match self.0.prepared.get() {
-            Some((id, p)) if *id == driver => Some(p),
+            Some((id, ks, p)) if *id == driver && ks.as_deref().map(String::as_str) == keyspace => {
+                Some(p)
+            }
             _ => None,
         }
+    }
+
+    /// Whether the statement is CQL text that names no keyspace: it runs
+    /// in the session's keyspace of the moment (`USE`), and its prepared
+    /// form is the one prepared in that keyspace.
+    pub(crate) fn follows_session_keyspace(&self) -> bool {
+        self.0.follows_session_keyspace
     }
 
     /// Whether the label guard `guard` (its id) has admitted this
@@ -330,10 +355,17 @@ impl Statement {
         Statement::new_guard_id()
     }
 
-    /// Remembers `p` as prepared by `driver`, unless a service did first.
-    pub(crate) fn remember_prepared(&self, driver: u64, p: &PreparedStatement) {
+    /// Remembers `p` as prepared by `driver` in the session keyspace
+    /// `keyspace` (see [`prepared_by`](Self::prepared_by)), unless a
+    /// service did first.
+    pub(crate) fn remember_prepared(
+        &self,
+        driver: u64,
+        keyspace: Option<&Arc<String>>,
+        p: &PreparedStatement,
+    ) {
         if self.0.prepared.get().is_none() {
-            let _ = self.0.prepared.set((driver, p.clone()));
+            let _ = self.0.prepared.set((driver, keyspace.cloned(), p.clone()));
         }
     }
 
