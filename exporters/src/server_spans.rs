@@ -115,7 +115,9 @@ pub(crate) fn export<T: Tracer>(tracer: &T, parent: SpanContext, e: &ServerTrace
             steps
                 .first()
                 .and_then(|s| s.recorded_at()?.checked_sub(s.elapsed))
-                .map_or(e.started_at, |t| t.max(e.started_at))
+                // not clamped to the session's start: a replica whose
+                // clock runs behind shows it
+                .unwrap_or(e.started_at)
         };
         let last = steps.iter().map(|s| s.elapsed).max().unwrap_or_default();
         let end = anchor
@@ -304,5 +306,95 @@ mod remembered_tests {
             t.join().unwrap();
         }
         assert!(taken.load(std::sync::atomic::Ordering::Relaxed) > 7_000);
+    }
+}
+
+#[cfg(test)]
+mod export_tests {
+    use super::*;
+    use std::net::IpAddr;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState, TracerProvider as _};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    use tower_cql_core::CqlRequest;
+    use tower_cql_core::server_trace::ServerTraceStep;
+
+    /// A version 1 UUID of the time `at`.
+    fn timeuuid(at: SystemTime) -> [u8; 16] {
+        let ticks =
+            at.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 / 100 + 0x01B2_1DD2_1381_4000;
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&(ticks as u32).to_be_bytes());
+        b[4..6].copy_from_slice(&((ticks >> 32) as u16).to_be_bytes());
+        b[6..8].copy_from_slice(&(((ticks >> 48) as u16 & 0x0fff) | 0x1000).to_be_bytes());
+        b
+    }
+
+    /// A replica whose clock runs behind the coordinator's shows it: its
+    /// span starts where its own first step says, before the session's
+    /// start, as the module docs promise (it was clamped to the session's
+    /// start, hiding the skew and moving the replica's steps later).
+    #[test]
+    fn a_replica_behind_the_coordinator_shows_its_skew() {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let tracer = provider.tracer("test");
+        let started = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let coordinator: IpAddr = "127.0.0.1".parse().unwrap();
+        let replica: IpAddr = "127.0.0.2".parse().unwrap();
+        // the replica's clock is 30 ms behind: its first step, 1 ms into
+        // its part, is stamped 29 ms before the session started
+        let behind = started - Duration::from_millis(30);
+        let steps = [
+            ServerTraceStep::new(
+                timeuuid(started + Duration::from_micros(100)),
+                Some(coordinator),
+                Duration::from_micros(100),
+                "Parsing",
+                "Native-Transport-Requests-1",
+            ),
+            ServerTraceStep::new(
+                timeuuid(behind + Duration::from_millis(1)),
+                Some(replica),
+                Duration::from_millis(1),
+                "Executing single-partition query",
+                "ReadStage-1",
+            ),
+        ];
+        let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?");
+        let mut e = ServerTraceEvent::new(
+            req.meta(),
+            [1; 16],
+            started,
+            Duration::from_millis(5),
+            &steps,
+        );
+        e.coordinator = Some(coordinator);
+        let parent = SpanContext::new(
+            TraceId::from(7u128),
+            SpanId::from(7u64),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        export(&tracer, parent, &e);
+        let spans = exporter.get_finished_spans().unwrap();
+        let span = |name: &str| {
+            spans
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| panic!("no {name} span in {spans:?}"))
+        };
+        assert_eq!(span("cql.server.coordinator").start_time, started);
+        let r = span("cql.server.replica");
+        assert_eq!(r.start_time, behind, "the replica's own clock");
+        assert_eq!(r.end_time, behind + Duration::from_millis(1));
+        assert_eq!(
+            r.events.events[0].timestamp,
+            behind + Duration::from_millis(1)
+        );
     }
 }
