@@ -569,6 +569,7 @@ mod tests {
         Event::Request(RequestEvent {
             meta,
             duration: Duration::from_micros(1),
+            started: None,
             error: None,
             attempts: 1,
             speculative: 0,
@@ -726,6 +727,7 @@ mod loom_tests {
         c.emit(Event::Request(RequestEvent {
             meta,
             duration: Duration::ZERO,
+            started: None,
             error: None,
             attempts: 1,
             speculative: 0,

@@ -30,7 +30,7 @@
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{CqlError, ErrorKind};
 use crate::request::RequestMeta;
@@ -47,6 +47,12 @@ pub struct RequestEvent<'a> {
     pub meta: &'a RequestMeta,
     /// Time from entering the layer that emits it to the result.
     pub duration: Duration,
+    /// When it entered that layer (the request ended `duration` later),
+    /// if the emitter says: a collector that stamps the request in wall
+    /// time (a span) takes it from this, not from when the event reaches
+    /// it, which a queue ([`Background`](crate::Background)) can delay.
+    /// `None` from [`new`](Self::new); the stack's metrics layer sets it.
+    pub started: Option<Instant>,
     /// The error, if it failed.
     pub error: Option<&'a CqlError>,
     /// Attempts made.
@@ -69,6 +75,7 @@ impl<'a> RequestEvent<'a> {
         RequestEvent {
             meta,
             duration,
+            started: None,
             error,
             attempts: 1,
             speculative: 0,
@@ -512,6 +519,7 @@ impl<'a> Event<'a> {
         let data = match *self {
             Event::Request(e) => Data::Request {
                 duration: e.duration,
+                started: e.started,
                 attempts: e.attempts,
                 speculative: e.speculative,
                 rows: e.rows,
@@ -578,6 +586,7 @@ impl<'a> Event<'a> {
 enum Data {
     Request {
         duration: Duration,
+        started: Option<Instant>,
         attempts: u32,
         speculative: u32,
         rows: usize,
@@ -651,6 +660,7 @@ impl OwnedEvent {
         match &self.data {
             Data::Request {
                 duration,
+                started,
                 attempts,
                 speculative,
                 rows,
@@ -659,6 +669,7 @@ impl OwnedEvent {
             } => Event::Request(RequestEvent {
                 meta: meta(),
                 duration: *duration,
+                started: *started,
                 error: self.error.as_ref(),
                 attempts: *attempts,
                 speculative: *speculative,

@@ -873,6 +873,7 @@ mod tests {
         RequestEvent {
             meta,
             duration: Duration::from_micros(us),
+            started: None,
             error: err,
             attempts: 1,
             speculative: 0,

@@ -236,6 +236,18 @@ where
 
 /// A label's text as an attribute value, without copying it (a static
 /// string, or a clone of its `Arc`).
+/// A request's start and end in wall time: from the instant it started
+/// (read now against the wall clock, so a late event keeps its time), or,
+/// for an event that does not say, ending now.
+fn wall_time(e: &RequestEvent<'_>) -> (SystemTime, SystemTime) {
+    let now = SystemTime::now();
+    let start = match e.started {
+        Some(at) => now.checked_sub(at.elapsed()).unwrap_or(now),
+        None => now.checked_sub(e.duration).unwrap_or(now),
+    };
+    (start, start + e.duration)
+}
+
 fn label_value(l: &Label) -> Value {
     match (l.as_static(), l.as_shared()) {
         (Some(s), _) => Value::from(s),
@@ -391,8 +403,7 @@ where
                 Some(Presampled::set())
             }
         };
-        let end = SystemTime::now();
-        let start = end.checked_sub(e.duration).unwrap_or(end);
+        let (start, end) = wall_time(e);
         let parent = Context::current();
         let builder = SpanBuilder::from_name(Cow::Borrowed("cql.request"))
             .with_kind(SpanKind::Client)

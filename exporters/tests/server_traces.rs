@@ -25,8 +25,11 @@ fn duration(s: &FoundSpan) -> Duration {
 }
 
 /// Runs reads on a 3-node cluster whose node 1 is slow, every request
-/// traced on the server; returns the spans the receiver got and node 1.
-async fn run(tracing_path: bool) -> (Vec<FoundSpan>, std::net::IpAddr) {
+/// traced on the server: at least 12, and until node 1 coordinated one
+/// (the driver picks among the three replicas at random: 12 reads missed
+/// it about one run in a hundred). Returns the spans the receiver got,
+/// node 1 and the number of reads.
+async fn run(tracing_path: bool) -> (Vec<FoundSpan>, std::net::IpAddr, usize) {
     let receiver = OtlpReceiver::start().await.unwrap();
     let otlp = OtlpExporter::builder()
         .protocol(Protocol::Grpc)
@@ -76,24 +79,28 @@ async fn run(tracing_path: bool) -> (Vec<FoundSpan>, std::net::IpAddr) {
     let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?")
         .operation("get")
         .idempotent(true);
-    for _ in 0..12 {
-        stack.execute(&get, (7,)).await.unwrap();
+    let mut reads = 0;
+    let mut slow_coordinated = false;
+    while reads < 12 || (!slow_coordinated && reads < 200) {
+        let resp = stack.execute(&get, (7,)).await.unwrap();
+        slow_coordinated |= resp.info().coordinator.map(|a| a.ip()) == Some(slow);
+        reads += 1;
     }
     stack.close().await; // the fetches finish before the collectors' flush
     let stats = stack.server_traces().unwrap().stats();
     assert_eq!((stats.failed, stats.skipped), (0, 0), "{stats:?}");
     otlp.shutdown().await.unwrap();
-    (receiver.spans(), slow)
+    (receiver.spans(), slow, reads)
 }
 
-fn check(spans: &[FoundSpan], slow: std::net::IpAddr) {
+fn check(spans: &[FoundSpan], slow: std::net::IpAddr, reads: usize) {
     let clients: Vec<&FoundSpan> = spans
         .iter()
         .filter(|s| s.span.name == "SELECT ks.kv")
         .collect();
     assert_eq!(
         clients.len(),
-        12,
+        reads,
         "{:?}",
         spans.iter().map(|s| &s.span.name).collect::<Vec<_>>()
     );
@@ -133,13 +140,11 @@ fn check(spans: &[FoundSpan], slow: std::net::IpAddr) {
             .collect();
         assert!(events.contains(&"Request complete"), "{events:?}");
         // The coordinator span starts within the client span. (The client
-        // span is stamped when its event is emitted: it ends then, and
-        // starts the request's duration before; on a loaded machine that
-        // lags the request by the emission's delay, which has been seen
-        // over 1 ms. 50 ms of slack still catches a span put anywhere
-        // else.)
+        // span is stamped from the instant its request started, however
+        // late its event is emitted; `sessions.started_at` has millisecond
+        // precision, so the coordinator's may start up to 1 ms early.)
         assert!(
-            coordinator.span.start_time_unix_nano >= c.span.start_time_unix_nano - 50_000_000,
+            coordinator.span.start_time_unix_nano >= c.span.start_time_unix_nano - 2_000_000,
             "the coordinator span starts {} ns before the client span",
             c.span.start_time_unix_nano - coordinator.span.start_time_unix_nano
         );
@@ -186,13 +191,13 @@ fn check(spans: &[FoundSpan], slow: std::net::IpAddr) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn span_collector_parents_one_server_span_per_node_on_the_client_span() {
     tower_cql_testkit::tracing_setup::global_registry();
-    let (spans, slow) = run(false).await;
-    check(&spans, slow);
+    let (spans, slow, reads) = run(false).await;
+    check(&spans, slow, reads);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracing_path_parents_server_spans_on_the_request_span() {
     tower_cql_testkit::tracing_setup::global_registry();
-    let (spans, slow) = run(true).await;
-    check(&spans, slow);
+    let (spans, slow, reads) = run(true).await;
+    check(&spans, slow, reads);
 }

@@ -394,3 +394,64 @@ async fn a_collector_with_a_ratio_follows_the_parent_spans_decision() {
     );
     e.stack.close().await;
 }
+
+/// A collector that reaches the span collector late, as one behind a
+/// busy [`Background`](tower_cql_core::Background) queue does.
+struct Late<C>(C, std::time::Duration);
+
+impl<C: tower_cql_core::Collector> tower_cql_core::Collector for Late<C> {
+    fn on_request(&self, e: &tower_cql_core::event::RequestEvent<'_>) {
+        std::thread::sleep(self.1);
+        self.0.on_request(e);
+    }
+}
+
+/// A client span is stamped with when its request ran, not when its event
+/// reached the collector: behind a queue that delivers it 300 ms late, the
+/// span still ends by the time the caller had its answer (it used to end
+/// at the delivery, and start the request's duration before it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_span_delivered_late_keeps_its_requests_time() {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let spans = SpanCollector::new(provider.tracer("tower-cql"));
+    let late = Late(spans, std::time::Duration::from_millis(300));
+    let collectors = Collectors::with([Arc::new(tower_cql_core::Background::new(
+        Arc::new(late),
+        64,
+    ))]);
+    let (_cluster, driver) = support::driver(&Collectors::new()).await;
+    let stack = StackBuilder::new(collectors.clone())
+        .without_trace()
+        .build(driver)
+        .unwrap();
+    let mut svc = stack.service();
+    let before = std::time::SystemTime::now();
+    svc.ready()
+        .await
+        .unwrap()
+        .call(Statement::new("SELECT now() FROM system.local").request())
+        .await
+        .unwrap();
+    let after = std::time::SystemTime::now();
+    collectors.flush();
+    let got = exporter.get_finished_spans().unwrap();
+    let span = got
+        .iter()
+        .find(|s| s.span_kind == SpanKind::Client)
+        .unwrap_or_else(|| panic!("no client span in {got:?}"));
+    // (a generous slack for a loaded machine, far below the 300 ms)
+    let slack = std::time::Duration::from_millis(100);
+    assert!(
+        span.end_time <= after + slack,
+        "ended {:?} after the answer",
+        span.end_time.duration_since(after).unwrap_or_default()
+    );
+    assert!(
+        span.start_time + slack >= before,
+        "started {:?} before the call",
+        before.duration_since(span.start_time).unwrap_or_default()
+    );
+}

@@ -798,7 +798,7 @@ mod tests {
     use std::time::Duration;
 
     use tower::ServiceExt;
-    use tower_cql_core::event::{OwnedEvent, RequestEvent, RetryEvent, ThrottleEvent};
+    use tower_cql_core::event::{RequestEvent, RetryEvent, ThrottleEvent};
     use tower_cql_core::{Collector, Collectors, ErrorKind, Statement};
 
     use super::*;
@@ -806,26 +806,36 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    /// Keeps the request, retry and throttle events, in order.
+    /// Keeps the request, retry and throttle events, in order, as text; a
+    /// request event's start as the time since the first one's (two runs
+    /// of one script start at different instants).
     #[derive(Default)]
-    struct Log(Mutex<Vec<OwnedEvent>>);
+    struct Log(Mutex<Vec<String>>, Mutex<Option<std::time::Instant>>);
 
     impl Log {
         fn events(&self) -> Vec<String> {
-            let events = self.0.lock().unwrap();
-            events.iter().map(|e| format!("{e:?}")).collect()
+            self.0.lock().unwrap().clone()
+        }
+
+        fn push(&self, e: Event<'_>) {
+            self.0.lock().unwrap().push(format!("{:?}", e.to_owned()));
         }
     }
 
     impl Collector for Log {
         fn on_request(&self, e: &RequestEvent<'_>) {
-            self.0.lock().unwrap().push(Event::Request(*e).to_owned());
+            let mut e = *e;
+            let started = e.started.take().expect("the stack says when it started");
+            let first = *self.1.lock().unwrap().get_or_insert(started);
+            self.push(Event::Request(e));
+            let since = started.saturating_duration_since(first);
+            self.0.lock().unwrap().push(format!("started +{since:?}"));
         }
         fn on_retry(&self, e: &RetryEvent<'_>) {
-            self.0.lock().unwrap().push(Event::Retry(*e).to_owned());
+            self.push(Event::Retry(*e));
         }
         fn on_throttle(&self, e: &ThrottleEvent<'_>) {
-            self.0.lock().unwrap().push(Event::Throttle(*e).to_owned());
+            self.push(Event::Throttle(*e));
         }
     }
 

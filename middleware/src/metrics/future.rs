@@ -84,7 +84,7 @@ impl Measured {
         } = self;
         let duration = end_of(start, out);
         if let Some(meta) = meta {
-            let event = match out {
+            let mut event = match out {
                 Ok(resp) => {
                     let mut e = RequestEvent::new(meta, duration, None);
                     e.attempts = resp.info().attempts.max(1);
@@ -102,6 +102,7 @@ impl Measured {
                     e
                 }
             };
+            event.started = Some(start.into_std());
             collectors.emit(Event::Request(event));
         }
         // after the request event, which the span collectors turn into the
@@ -123,6 +124,7 @@ impl Measured {
                 "the request was dropped before it completed (the caller stopped waiting)",
             );
             let mut event = RequestEvent::new(meta, clock::since(self.start), Some(&error));
+            event.started = Some(self.start.into_std());
             event.attempts = 0;
             collectors.emit(Event::Request(event));
         }
