@@ -16,11 +16,13 @@ use scylla::client::session::Session;
 use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlTimeuuid};
-use tokio::sync::{Notify, OnceCell, mpsc};
+use tokio::sync::{OnceCell, mpsc};
 use tower_cql_core::event::{Event, ServerTraceEvent};
 use tower_cql_core::server_trace::{ServerTraceConfig, ServerTraceStep};
 use tower_cql_core::{Collectors, RequestMeta, clock};
 use uuid::Uuid;
+
+use super::close::{CloseSignal, Phase};
 
 // The columns read, checked against each server's own table definitions
 // (searched 2026-12, public sources):
@@ -99,11 +101,8 @@ struct Ctx {
     config: ServerTraceConfig,
     counters: Arc<Counters>,
     statements: OnceCell<(PreparedStatement, PreparedStatement)>,
-    /// Close began: take what is queued, then stop.
-    closing: AtomicBool,
-    /// Close stopped waiting: give up what is left.
-    abandoned: AtomicBool,
-    wake: Notify,
+    /// How far close has gone, seen by every task that waits.
+    close: CloseSignal,
 }
 
 impl fmt::Debug for Fetcher {
@@ -134,9 +133,7 @@ impl Fetcher {
                 config,
                 counters,
                 statements: OnceCell::new(),
-                closing: AtomicBool::new(false),
-                abandoned: AtomicBool::new(false),
-                wake: Notify::new(),
+                close: CloseSignal::default(),
             }),
         }
     }
@@ -145,7 +142,7 @@ impl Fetcher {
     /// no runtime to run the fetch on). Never waits.
     pub(crate) fn enqueue(&self, job: Job) {
         let counters = &self.ctx.counters;
-        if self.ctx.closing.load(Ordering::Acquire) || !self.start() {
+        if self.ctx.close.phase() != Phase::Open || !self.start() {
             counters.skipped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -181,16 +178,13 @@ impl Fetcher {
     /// skipped). Blocks: called on the gate's flush thread, before the
     /// collectors' last flush, so the traces fetched are in it.
     pub(crate) fn drain(&self) {
-        self.ctx.closing.store(true, Ordering::Release);
-        self.ctx.wake.notify_one();
+        self.ctx.close.advance(Phase::Closing);
         let done = self.done.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(done) = done
             && let Err(std_mpsc::RecvTimeoutError::Timeout) =
                 done.recv_timeout(self.ctx.config.close_timeout)
         {
-            self.ctx.abandoned.store(true, Ordering::Release);
-            self.ctx.wake.notify_waiters();
-            self.ctx.wake.notify_one();
+            self.ctx.close.advance(Phase::Abandoned);
         }
     }
 }
@@ -201,20 +195,22 @@ impl Fetcher {
 async fn run(ctx: Arc<Ctx>, rx: mpsc::Receiver<Job>) {
     let jobs = futures::stream::unfold((rx, ctx.clone()), |(mut rx, ctx)| async move {
         loop {
-            if ctx.abandoned.load(Ordering::Acquire) {
-                let mut left = 0;
-                while rx.try_recv().is_ok() {
-                    left += 1;
+            match ctx.close.phase() {
+                Phase::Abandoned => {
+                    let mut left = 0;
+                    while rx.try_recv().is_ok() {
+                        left += 1;
+                    }
+                    ctx.counters.skipped.fetch_add(left, Ordering::Relaxed);
+                    return None;
                 }
-                ctx.counters.skipped.fetch_add(left, Ordering::Relaxed);
-                return None;
-            }
-            if ctx.closing.load(Ordering::Acquire) {
-                return rx.try_recv().ok().map(|j| (j, (rx, ctx)));
+                Phase::Closing => return rx.try_recv().ok().map(|j| (j, (rx, ctx))),
+                Phase::Open => {}
             }
             tokio::select! {
                 job = rx.recv() => return job.map(|j| (j, (rx, ctx))),
-                _ = ctx.wake.notified() => {}
+                // woken with every other waiter, whatever else waits
+                _ = ctx.close.reached(Phase::Closing) => {}
             }
         }
     });
@@ -302,11 +298,11 @@ async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
         if attempt > 0 {
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = abandoned(ctx) => {}
+                _ = ctx.close.reached(Phase::Abandoned) => {}
             }
             backoff = backoff.saturating_mul(2);
         }
-        if ctx.abandoned.load(Ordering::Acquire) {
+        if ctx.close.phase() == Phase::Abandoned {
             return Err(Failure::Abandoned);
         }
         let row: Option<SessionRow> = ctx
@@ -345,7 +341,7 @@ async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(read_err)?;
-        if ctx.abandoned.load(Ordering::Acquire) {
+        if ctx.close.phase() == Phase::Abandoned {
             return Err(Failure::Abandoned);
         }
         let started_at = started_at.map_or(UNIX_EPOCH, |CqlTimestamp(ms)| {
@@ -375,14 +371,103 @@ async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
     Err(Failure::Unfinished(ctx.config.fetch_attempts))
 }
 
-async fn abandoned(ctx: &Ctx) {
-    loop {
-        let notified = ctx.wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if ctx.abandoned.load(Ordering::Acquire) {
-            return;
+#[cfg(all(test, not(tower_cql_loom)))]
+mod tests {
+    use std::time::Instant;
+
+    use scylla::client::session_builder::SessionBuilder;
+    use tower_cql_core::CqlRequest;
+    use tower_cql_testkit::Cluster;
+
+    use super::*;
+
+    /// A fetcher reading through a session on `cluster`, and its counters.
+    async fn fetcher(cluster: &Cluster, config: ServerTraceConfig) -> (Fetcher, Arc<Counters>) {
+        let session = SessionBuilder::new()
+            .known_nodes_addr(cluster.contact_points())
+            .build()
+            .await
+            .unwrap();
+        let counters = Arc::new(Counters::default());
+        let fetcher = Fetcher::new(
+            Arc::new(session),
+            Collectors::new(),
+            config,
+            counters.clone(),
+        );
+        (fetcher, counters)
+    }
+
+    /// A trace the server never wrote: every read of it finds no row, so
+    /// its fetch sleeps in its backoff between reads.
+    fn missing_trace() -> Job {
+        Job {
+            id: fastrand::u128(..).to_be_bytes(),
+            meta: CqlRequest::query("SELECT v FROM ks.kv").meta().clone(),
         }
-        notified.await;
+    }
+
+    /// (fetched, skipped, failed).
+    fn outcomes(c: &Counters) -> (u64, u64, u64) {
+        (
+            c.fetched.load(Ordering::Relaxed),
+            c.skipped.load(Ordering::Relaxed),
+            c.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Waits (for up to 10 s: a hang fails, a slow machine does not) until
+    /// `done`.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Runs the fetcher's drain (it blocks) off the runtime's workers, and
+    /// says how long it took.
+    async fn drain(fetcher: Arc<Fetcher>) -> Duration {
+        let start = Instant::now();
+        tokio::task::spawn_blocking(move || fetcher.drain())
+            .await
+            .unwrap();
+        start.elapsed()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_does_not_wait_out_its_timeout_when_nothing_is_queued() {
+        let cluster = Cluster::start().await.unwrap();
+        let (fetcher, counters) = fetcher(
+            &cluster,
+            ServerTraceConfig {
+                fetch_attempts: 2,
+                fetch_backoff: Duration::from_secs(2),
+                max_concurrent_fetches: 4,
+                close_timeout: Duration::from_secs(30),
+                ..ServerTraceConfig::default()
+            },
+        )
+        .await;
+        let fetcher = Arc::new(fetcher);
+        let reads = || cluster.counters().executions(SESSIONS_QUERY);
+        // the first fetch finds no row and sleeps in its 2 s backoff ...
+        fetcher.enqueue(missing_trace());
+        until("the first fetch's read", || reads() >= 1).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // ... when a second trace arrives: the job stream takes it and
+        // waits for the next one, now behind the first fetch's backoff
+        fetcher.enqueue(missing_trace());
+        until("the second fetch's read", || reads() >= 2).await;
+        // nothing is queued; the two fetches end on their own within 2 s
+        let waited = drain(fetcher).await;
+        assert!(
+            waited < Duration::from_secs(10),
+            "close waited {waited:?} (close_timeout 30 s) with nothing queued; \
+             (fetched, skipped, failed) = {:?}",
+            outcomes(&counters)
+        );
+        assert_eq!(outcomes(&counters), (0, 0, 2), "both traces unfinished");
     }
 }

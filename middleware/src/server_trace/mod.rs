@@ -74,6 +74,7 @@
 //! involved) and the stack two reads of `system_traces`.
 
 mod cap;
+mod close;
 mod fetch;
 mod sample;
 
