@@ -70,6 +70,12 @@ type EventRow = (
     Option<String>,
 );
 
+/// How long [`Fetcher::drain`] waits, once it has abandoned what is
+/// left, for the worker to stop and count it: the worker stops at once
+/// (no read is awaited any more), so this bounds only a worker that
+/// cannot run (its runtime blocked, a collector stuck in `emit`).
+const ABANDON_GRACE: Duration = Duration::from_secs(1);
+
 /// A trace to fetch.
 pub(crate) struct Job {
     pub(crate) id: [u8; 16],
@@ -174,17 +180,26 @@ impl Fetcher {
     }
 
     /// Stops taking traces, lets the queued ones be fetched for up to the
-    /// configured `close_timeout`, then abandons what is left (counted as
-    /// skipped). Blocks: called on the gate's flush thread, before the
-    /// collectors' last flush, so the traces fetched are in it.
+    /// configured `close_timeout`, then abandons what is left, queued or
+    /// in flight, and waits (up to [`ABANDON_GRACE`]) for the worker to
+    /// count it skipped: on return every trace taken is counted fetched,
+    /// skipped or failed. Blocks: called on the gate's flush thread,
+    /// before the collectors' last flush, so the traces fetched are in it.
     pub(crate) fn drain(&self) {
+        use std_mpsc::RecvTimeoutError::Timeout;
         self.ctx.close.advance(Phase::Closing);
         let done = self.done.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(done) = done
-            && let Err(std_mpsc::RecvTimeoutError::Timeout) =
-                done.recv_timeout(self.ctx.config.close_timeout)
-        {
+        let Some(done) = done else {
+            return; // no worker: nothing was taken
+        };
+        if let Err(Timeout) = done.recv_timeout(self.ctx.config.close_timeout) {
             self.ctx.close.advance(Phase::Abandoned);
+            if let Err(Timeout) = done.recv_timeout(ABANDON_GRACE) {
+                tracing::debug!(
+                    target: "tower_cql::server_trace",
+                    "the server trace fetcher did not stop within {ABANDON_GRACE:?} of close abandoning it; its counters may still change"
+                );
+            }
         }
     }
 }
@@ -192,26 +207,32 @@ impl Fetcher {
 /// The worker: takes jobs until close, at most `max_fetches_per_second`
 /// started in any one-second interval (the rest skipped; see
 /// [`FetchCap`](super::cap::FetchCap)), `max_concurrent_fetches` at once.
+/// Abandoned, it stops at once: the fetches in flight and the jobs queued
+/// are counted skipped before it returns.
 async fn run(ctx: Arc<Ctx>, rx: mpsc::Receiver<Job>) {
     let jobs = futures::stream::unfold((rx, ctx.clone()), |(mut rx, ctx)| async move {
         loop {
-            match ctx.close.phase() {
-                Phase::Abandoned => {
-                    let mut left = 0;
-                    while rx.try_recv().is_ok() {
-                        left += 1;
-                    }
-                    ctx.counters.skipped.fetch_add(left, Ordering::Relaxed);
-                    return None;
+            let job = match ctx.close.phase() {
+                Phase::Abandoned => None,
+                Phase::Closing => rx.try_recv().ok(),
+                Phase::Open => tokio::select! {
+                    job = rx.recv() => job,
+                    // woken with every other waiter, whatever else waits
+                    _ = ctx.close.reached(Phase::Closing) => continue,
+                },
+            };
+            let Some(job) = job else {
+                // the jobs end: new ones are refused (and counted skipped
+                // by `enqueue`), those still queued are counted here
+                rx.close();
+                let mut left = 0;
+                while rx.try_recv().is_ok() {
+                    left += 1;
                 }
-                Phase::Closing => return rx.try_recv().ok().map(|j| (j, (rx, ctx))),
-                Phase::Open => {}
-            }
-            tokio::select! {
-                job = rx.recv() => return job.map(|j| (j, (rx, ctx))),
-                // woken with every other waiter, whatever else waits
-                _ = ctx.close.reached(Phase::Closing) => {}
-            }
+                ctx.counters.skipped.fetch_add(left, Ordering::Relaxed);
+                return None;
+            };
+            return Some((job, (rx, ctx)));
         }
     });
     let mut cap = super::cap::FetchCap::new(ctx.config.max_fetches_per_second);
@@ -226,7 +247,14 @@ async fn run(ctx: Arc<Ctx>, rx: mpsc::Receiver<Job>) {
     .for_each_concurrent(ctx.config.max_concurrent_fetches.max(1), |job| {
         let ctx = ctx.clone();
         async move {
-            match fetch(&ctx, &job).await {
+            // a fetch in flight when close stops waiting ends there,
+            // whatever it awaits (a read, its backoff, the prepare)
+            let out = tokio::select! {
+                biased;
+                () = ctx.close.reached(Phase::Abandoned) => Err(Failure::Abandoned),
+                out = fetch(&ctx, &job) => out,
+            };
+            match out {
                 Ok(()) => {}
                 Err(Failure::Abandoned) => {
                     ctx.counters.skipped.fetch_add(1, Ordering::Relaxed);
@@ -289,21 +317,16 @@ async fn statements(ctx: &Ctx) -> Result<&(PreparedStatement, PreparedStatement)
 }
 
 /// Reads one trace, waiting (bounded retries with backoff) for the server
-/// to finish writing it, and emits it.
+/// to finish writing it, and emits it. Abandoned on close by the worker,
+/// which stops polling it.
 async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
     let (sessions, events) = statements(ctx).await?;
     let id = Uuid::from_bytes(job.id);
     let mut backoff = ctx.config.fetch_backoff;
     for attempt in 0..ctx.config.fetch_attempts {
         if attempt > 0 {
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = ctx.close.reached(Phase::Abandoned) => {}
-            }
+            tokio::time::sleep(backoff).await;
             backoff = backoff.saturating_mul(2);
-        }
-        if ctx.close.phase() == Phase::Abandoned {
-            return Err(Failure::Abandoned);
         }
         let row: Option<SessionRow> = ctx
             .session
@@ -341,9 +364,6 @@ async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(read_err)?;
-        if ctx.close.phase() == Phase::Abandoned {
-            return Err(Failure::Abandoned);
-        }
         let started_at = started_at.map_or(UNIX_EPOCH, |CqlTimestamp(ms)| {
             UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
         });
@@ -377,7 +397,7 @@ mod tests {
 
     use scylla::client::session_builder::SessionBuilder;
     use tower_cql_core::CqlRequest;
-    use tower_cql_testkit::Cluster;
+    use tower_cql_testkit::{Cluster, Fault, Opcode};
 
     use super::*;
 
@@ -469,5 +489,63 @@ mod tests {
             outcomes(&counters)
         );
         assert_eq!(outcomes(&counters), (0, 0, 2), "both traces unfinished");
+    }
+
+    /// One fetch whose read never answers, two traces queued behind it
+    /// (one fetch at a time), and a close that stops waiting after 300 ms.
+    async fn close_on_a_hung_read() -> (Cluster, Arc<Counters>) {
+        let cluster = Cluster::start().await.unwrap();
+        let (fetcher, counters) = fetcher(
+            &cluster,
+            ServerTraceConfig {
+                max_concurrent_fetches: 1,
+                close_timeout: Duration::from_millis(300),
+                ..ServerTraceConfig::default()
+            },
+        )
+        .await;
+        let hang = cluster.faults().add(
+            Fault::no_response()
+                .opcode(Opcode::Execute)
+                .table("system_traces", "sessions"),
+        );
+        for _ in 0..3 {
+            fetcher.enqueue(missing_trace());
+        }
+        until("the first fetch's read", || {
+            cluster.faults().fired(hang) >= 1
+        })
+        .await;
+        // the read hangs for its 2 s timeout; close gives up after 300 ms
+        drain(Arc::new(fetcher)).await;
+        (cluster, counters)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_trace_abandoned_on_close_is_counted_when_close_returns() {
+        let (_cluster, counters) = close_on_a_hung_read().await;
+        let (fetched, skipped, failed) = outcomes(&counters);
+        assert_eq!(
+            fetched + skipped + failed,
+            3,
+            "3 traces queued, (fetched, skipped, failed) = {:?} when close returned",
+            (fetched, skipped, failed)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fetch_abandoned_on_close_is_skipped_not_failed() {
+        let (_cluster, counters) = close_on_a_hung_read().await;
+        // however long the count takes, it must say skipped
+        until("all 3 traces counted", || {
+            let (f, s, x) = outcomes(&counters);
+            f + s + x == 3
+        })
+        .await;
+        assert_eq!(
+            outcomes(&counters),
+            (0, 3, 0),
+            "(fetched, skipped, failed): the fetch in flight and the 2 queued were abandoned"
+        );
     }
 }
