@@ -396,4 +396,12 @@ async fn close_abandons_fetches_that_do_not_end_within_its_bound() {
     );
     let s = stack.server_traces().unwrap().stats();
     assert_eq!(s.fetched as usize, before, "{s:?}");
+    // what close gave up on (the reads in flight, the one queued) is
+    // counted skipped by the time close returns, not failed when the
+    // reads time out later
+    assert_eq!(
+        (s.sampled, s.skipped, s.failed),
+        (6, 6 - s.fetched, 0),
+        "(sampled, skipped, failed) when close returned: {s:?}"
+    );
 }

@@ -16,11 +16,13 @@ use scylla::client::session::Session;
 use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlTimeuuid};
-use tokio::sync::{Notify, OnceCell, mpsc};
+use tokio::sync::{OnceCell, mpsc};
 use tower_cql_core::event::{Event, ServerTraceEvent};
 use tower_cql_core::server_trace::{ServerTraceConfig, ServerTraceStep};
 use tower_cql_core::{Collectors, RequestMeta, clock};
 use uuid::Uuid;
+
+use super::close::{CloseSignal, Phase};
 
 // The columns read, checked against each server's own table definitions
 // (searched 2026-12, public sources):
@@ -68,6 +70,12 @@ type EventRow = (
     Option<String>,
 );
 
+/// How long [`Fetcher::drain`] waits, once it has abandoned what is
+/// left, for the worker to stop and count it: the worker stops at once
+/// (no read is awaited any more), so this bounds only a worker that
+/// cannot run (its runtime blocked, a collector stuck in `emit`).
+const ABANDON_GRACE: Duration = Duration::from_secs(1);
+
 /// A trace to fetch.
 pub(crate) struct Job {
     pub(crate) id: [u8; 16],
@@ -99,11 +107,8 @@ struct Ctx {
     config: ServerTraceConfig,
     counters: Arc<Counters>,
     statements: OnceCell<(PreparedStatement, PreparedStatement)>,
-    /// Close began: take what is queued, then stop.
-    closing: AtomicBool,
-    /// Close stopped waiting: give up what is left.
-    abandoned: AtomicBool,
-    wake: Notify,
+    /// How far close has gone, seen by every task that waits.
+    close: CloseSignal,
 }
 
 impl fmt::Debug for Fetcher {
@@ -134,9 +139,7 @@ impl Fetcher {
                 config,
                 counters,
                 statements: OnceCell::new(),
-                closing: AtomicBool::new(false),
-                abandoned: AtomicBool::new(false),
-                wake: Notify::new(),
+                close: CloseSignal::default(),
             }),
         }
     }
@@ -145,7 +148,7 @@ impl Fetcher {
     /// no runtime to run the fetch on). Never waits.
     pub(crate) fn enqueue(&self, job: Job) {
         let counters = &self.ctx.counters;
-        if self.ctx.closing.load(Ordering::Acquire) || !self.start() {
+        if self.ctx.close.phase() != Phase::Open || !self.start() {
             counters.skipped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -177,20 +180,26 @@ impl Fetcher {
     }
 
     /// Stops taking traces, lets the queued ones be fetched for up to the
-    /// configured `close_timeout`, then abandons what is left (counted as
-    /// skipped). Blocks: called on the gate's flush thread, before the
-    /// collectors' last flush, so the traces fetched are in it.
+    /// configured `close_timeout`, then abandons what is left, queued or
+    /// in flight, and waits (up to [`ABANDON_GRACE`]) for the worker to
+    /// count it skipped: on return every trace taken is counted fetched,
+    /// skipped or failed. Blocks: called on the gate's flush thread,
+    /// before the collectors' last flush, so the traces fetched are in it.
     pub(crate) fn drain(&self) {
-        self.ctx.closing.store(true, Ordering::Release);
-        self.ctx.wake.notify_one();
+        use std_mpsc::RecvTimeoutError::Timeout;
+        self.ctx.close.advance(Phase::Closing);
         let done = self.done.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(done) = done
-            && let Err(std_mpsc::RecvTimeoutError::Timeout) =
-                done.recv_timeout(self.ctx.config.close_timeout)
-        {
-            self.ctx.abandoned.store(true, Ordering::Release);
-            self.ctx.wake.notify_waiters();
-            self.ctx.wake.notify_one();
+        let Some(done) = done else {
+            return; // no worker: nothing was taken
+        };
+        if let Err(Timeout) = done.recv_timeout(self.ctx.config.close_timeout) {
+            self.ctx.close.advance(Phase::Abandoned);
+            if let Err(Timeout) = done.recv_timeout(ABANDON_GRACE) {
+                tracing::debug!(
+                    target: "tower_cql::server_trace",
+                    "the server trace fetcher did not stop within {ABANDON_GRACE:?} of close abandoning it; its counters may still change"
+                );
+            }
         }
     }
 }
@@ -198,24 +207,32 @@ impl Fetcher {
 /// The worker: takes jobs until close, at most `max_fetches_per_second`
 /// started in any one-second interval (the rest skipped; see
 /// [`FetchCap`](super::cap::FetchCap)), `max_concurrent_fetches` at once.
+/// Abandoned, it stops at once: the fetches in flight and the jobs queued
+/// are counted skipped before it returns.
 async fn run(ctx: Arc<Ctx>, rx: mpsc::Receiver<Job>) {
     let jobs = futures::stream::unfold((rx, ctx.clone()), |(mut rx, ctx)| async move {
         loop {
-            if ctx.abandoned.load(Ordering::Acquire) {
+            let job = match ctx.close.phase() {
+                Phase::Abandoned => None,
+                Phase::Closing => rx.try_recv().ok(),
+                Phase::Open => tokio::select! {
+                    job = rx.recv() => job,
+                    // woken with every other waiter, whatever else waits
+                    _ = ctx.close.reached(Phase::Closing) => continue,
+                },
+            };
+            let Some(job) = job else {
+                // the jobs end: new ones are refused (and counted skipped
+                // by `enqueue`), those still queued are counted here
+                rx.close();
                 let mut left = 0;
                 while rx.try_recv().is_ok() {
                     left += 1;
                 }
                 ctx.counters.skipped.fetch_add(left, Ordering::Relaxed);
                 return None;
-            }
-            if ctx.closing.load(Ordering::Acquire) {
-                return rx.try_recv().ok().map(|j| (j, (rx, ctx)));
-            }
-            tokio::select! {
-                job = rx.recv() => return job.map(|j| (j, (rx, ctx))),
-                _ = ctx.wake.notified() => {}
-            }
+            };
+            return Some((job, (rx, ctx)));
         }
     });
     let mut cap = super::cap::FetchCap::new(ctx.config.max_fetches_per_second);
@@ -230,7 +247,14 @@ async fn run(ctx: Arc<Ctx>, rx: mpsc::Receiver<Job>) {
     .for_each_concurrent(ctx.config.max_concurrent_fetches.max(1), |job| {
         let ctx = ctx.clone();
         async move {
-            match fetch(&ctx, &job).await {
+            // a fetch in flight when close stops waiting ends there,
+            // whatever it awaits (a read, its backoff, the prepare)
+            let out = tokio::select! {
+                biased;
+                () = ctx.close.reached(Phase::Abandoned) => Err(Failure::Abandoned),
+                out = fetch(&ctx, &job) => out,
+            };
+            match out {
                 Ok(()) => {}
                 Err(Failure::Abandoned) => {
                     ctx.counters.skipped.fetch_add(1, Ordering::Relaxed);
@@ -293,21 +317,16 @@ async fn statements(ctx: &Ctx) -> Result<&(PreparedStatement, PreparedStatement)
 }
 
 /// Reads one trace, waiting (bounded retries with backoff) for the server
-/// to finish writing it, and emits it.
+/// to finish writing it, and emits it. Abandoned on close by the worker,
+/// which stops polling it.
 async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
     let (sessions, events) = statements(ctx).await?;
     let id = Uuid::from_bytes(job.id);
     let mut backoff = ctx.config.fetch_backoff;
     for attempt in 0..ctx.config.fetch_attempts {
         if attempt > 0 {
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = abandoned(ctx) => {}
-            }
+            tokio::time::sleep(backoff).await;
             backoff = backoff.saturating_mul(2);
-        }
-        if ctx.abandoned.load(Ordering::Acquire) {
-            return Err(Failure::Abandoned);
         }
         let row: Option<SessionRow> = ctx
             .session
@@ -345,9 +364,6 @@ async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(read_err)?;
-        if ctx.abandoned.load(Ordering::Acquire) {
-            return Err(Failure::Abandoned);
-        }
         let started_at = started_at.map_or(UNIX_EPOCH, |CqlTimestamp(ms)| {
             UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
         });
@@ -375,14 +391,161 @@ async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
     Err(Failure::Unfinished(ctx.config.fetch_attempts))
 }
 
-async fn abandoned(ctx: &Ctx) {
-    loop {
-        let notified = ctx.wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if ctx.abandoned.load(Ordering::Acquire) {
-            return;
+#[cfg(all(test, not(tower_cql_loom)))]
+mod tests {
+    use std::time::Instant;
+
+    use scylla::client::session_builder::SessionBuilder;
+    use tower_cql_core::CqlRequest;
+    use tower_cql_testkit::{Cluster, Fault, Opcode};
+
+    use super::*;
+
+    /// A fetcher reading through a session on `cluster`, and its counters.
+    async fn fetcher(cluster: &Cluster, config: ServerTraceConfig) -> (Fetcher, Arc<Counters>) {
+        let session = SessionBuilder::new()
+            .known_nodes_addr(cluster.contact_points())
+            .build()
+            .await
+            .unwrap();
+        let counters = Arc::new(Counters::default());
+        let fetcher = Fetcher::new(
+            Arc::new(session),
+            Collectors::new(),
+            config,
+            counters.clone(),
+        );
+        (fetcher, counters)
+    }
+
+    /// A trace the server never wrote: every read of it finds no row, so
+    /// its fetch sleeps in its backoff between reads.
+    fn missing_trace() -> Job {
+        Job {
+            id: fastrand::u128(..).to_be_bytes(),
+            meta: CqlRequest::query("SELECT v FROM ks.kv").meta().clone(),
         }
-        notified.await;
+    }
+
+    /// (fetched, skipped, failed).
+    fn outcomes(c: &Counters) -> (u64, u64, u64) {
+        (
+            c.fetched.load(Ordering::Relaxed),
+            c.skipped.load(Ordering::Relaxed),
+            c.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Waits (for up to 10 s: a hang fails, a slow machine does not) until
+    /// `done`.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Runs the fetcher's drain (it blocks) off the runtime's workers, and
+    /// says how long it took.
+    async fn drain(fetcher: Arc<Fetcher>) -> Duration {
+        let start = Instant::now();
+        tokio::task::spawn_blocking(move || fetcher.drain())
+            .await
+            .unwrap();
+        start.elapsed()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_does_not_wait_out_its_timeout_when_nothing_is_queued() {
+        let cluster = Cluster::start().await.unwrap();
+        let (fetcher, counters) = fetcher(
+            &cluster,
+            ServerTraceConfig {
+                fetch_attempts: 2,
+                fetch_backoff: Duration::from_secs(2),
+                max_concurrent_fetches: 4,
+                close_timeout: Duration::from_secs(30),
+                ..ServerTraceConfig::default()
+            },
+        )
+        .await;
+        let fetcher = Arc::new(fetcher);
+        let reads = || cluster.counters().executions(SESSIONS_QUERY);
+        // the first fetch finds no row and sleeps in its 2 s backoff ...
+        fetcher.enqueue(missing_trace());
+        until("the first fetch's read", || reads() >= 1).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // ... when a second trace arrives: the job stream takes it and
+        // waits for the next one, now behind the first fetch's backoff
+        fetcher.enqueue(missing_trace());
+        until("the second fetch's read", || reads() >= 2).await;
+        // nothing is queued; the two fetches end on their own within 2 s
+        let waited = drain(fetcher).await;
+        assert!(
+            waited < Duration::from_secs(10),
+            "close waited {waited:?} (close_timeout 30 s) with nothing queued; \
+             (fetched, skipped, failed) = {:?}",
+            outcomes(&counters)
+        );
+        assert_eq!(outcomes(&counters), (0, 0, 2), "both traces unfinished");
+    }
+
+    /// One fetch whose read never answers, two traces queued behind it
+    /// (one fetch at a time), and a close that stops waiting after 300 ms.
+    async fn close_on_a_hung_read() -> (Cluster, Arc<Counters>) {
+        let cluster = Cluster::start().await.unwrap();
+        let (fetcher, counters) = fetcher(
+            &cluster,
+            ServerTraceConfig {
+                max_concurrent_fetches: 1,
+                close_timeout: Duration::from_millis(300),
+                ..ServerTraceConfig::default()
+            },
+        )
+        .await;
+        let hang = cluster.faults().add(
+            Fault::no_response()
+                .opcode(Opcode::Execute)
+                .table("system_traces", "sessions"),
+        );
+        for _ in 0..3 {
+            fetcher.enqueue(missing_trace());
+        }
+        until("the first fetch's read", || {
+            cluster.faults().fired(hang) >= 1
+        })
+        .await;
+        // the read hangs for its 2 s timeout; close gives up after 300 ms
+        drain(Arc::new(fetcher)).await;
+        (cluster, counters)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_trace_abandoned_on_close_is_counted_when_close_returns() {
+        let (_cluster, counters) = close_on_a_hung_read().await;
+        let (fetched, skipped, failed) = outcomes(&counters);
+        assert_eq!(
+            fetched + skipped + failed,
+            3,
+            "3 traces queued, (fetched, skipped, failed) = {:?} when close returned",
+            (fetched, skipped, failed)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fetch_abandoned_on_close_is_skipped_not_failed() {
+        let (_cluster, counters) = close_on_a_hung_read().await;
+        // however long the count takes, it must say skipped
+        until("all 3 traces counted", || {
+            let (f, s, x) = outcomes(&counters);
+            f + s + x == 3
+        })
+        .await;
+        assert_eq!(
+            outcomes(&counters),
+            (0, 3, 0),
+            "(fetched, skipped, failed): the fetch in flight and the 2 queued were abandoned"
+        );
     }
 }

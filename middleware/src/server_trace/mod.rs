@@ -53,8 +53,9 @@
 //!   event is caught and counted by [`Collectors`].
 //! - **Close**: [`Stack::close`](crate::stack::Stack::close) drains the
 //!   requests, then the fetcher (what is queued is fetched, for up to
-//!   `close_timeout`; what is left then is abandoned and counted skipped),
-//!   then flushes the collectors, so the last traces are exported.
+//!   `close_timeout`; what is left then, queued or in flight, is abandoned
+//!   and counted skipped before `close` returns), then flushes the
+//!   collectors, so the last traces are exported.
 //!
 //! The queries read only the columns Cassandra 3.x, 4.x and Scylla all
 //! have: `sessions` (`coordinator`, `duration`, `started_at`, `request`,
@@ -74,6 +75,7 @@
 //! involved) and the stack two reads of `system_traces`.
 
 mod cap;
+mod close;
 mod fetch;
 mod sample;
 
@@ -209,6 +211,15 @@ impl ServerTracer {
 }
 
 /// What happened to the server traces so far.
+///
+/// Once [`Stack::close`](crate::stack::Stack::close) (or
+/// [`ServerTraceHandle::drain`]) has returned, every trace taken for
+/// fetching is in exactly one of `fetched`, `skipped` and `failed`, and
+/// stays there (unless the fetcher's runtime could not run it: see
+/// `drain`). `sampled` counts the layer's choices, not the traces
+/// taken: a chosen request that failed has no trace to fetch (it is in
+/// none of the three), and a request its caller marked for tracing is
+/// fetched without being counted sampled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ServerTraceStats {
@@ -217,7 +228,8 @@ pub struct ServerTraceStats {
     /// Traces fetched and delivered to the collectors.
     pub fetched: u64,
     /// Traces not fetched: over `max_fetches_per_second`, the queue full,
-    /// or abandoned on close.
+    /// or abandoned on close (queued, or in flight: a read close stopped
+    /// waiting for counts here, not in `failed`).
     pub skipped: u64,
     /// Fetches that failed (a read failed, or the trace was not finished
     /// after `fetch_attempts` reads).
@@ -252,10 +264,13 @@ impl ServerTraceHandle {
     }
 
     /// Stops taking traces and waits (blocking, for up to the config's
-    /// `close_timeout`) for the queued ones to be fetched; what is left is
-    /// abandoned. The stack runs this on close, before the collectors'
-    /// last flush; call it yourself only when you compose the layers by
-    /// hand (and then on a thread that may block).
+    /// `close_timeout`) for the queued ones to be fetched; what is left,
+    /// queued or in flight, is abandoned and counted skipped before this
+    /// returns (the fetcher stops at once; this waits up to a second more
+    /// for it, in case its runtime cannot run it). The stack runs this on
+    /// close, before the collectors' last flush; call it yourself only
+    /// when you compose the layers by hand (and then once the requests
+    /// have ended, on a thread that may block).
     pub fn drain(&self) {
         self.shared.fetcher.drain();
     }
