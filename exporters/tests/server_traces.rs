@@ -59,6 +59,9 @@ async fn run(tracing_path: bool) -> (Vec<FoundSpan>, std::net::IpAddr, usize) {
     let mut builder =
         StackBuilder::new(Collectors::with([collector])).server_trace(ServerTraceConfig {
             max_fetches_per_second: 1000,
+            // every trace fetched before close gives up, on a loaded
+            // machine too (a trace abandoned by close makes no spans)
+            close_timeout: Duration::from_secs(30),
             ..config
         });
     if !tracing_path {
