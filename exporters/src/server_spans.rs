@@ -39,6 +39,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use arc_swap::ArcSwapOption;
 
 use opentelemetry::trace::{
@@ -48,57 +50,120 @@ use opentelemetry::{Context, KeyValue};
 use tower_cql_core::event::ServerTraceEvent;
 use tower_cql_core::server_trace::session_id_string;
 
-/// Slots for traced requests awaiting their server trace: a request's
-/// span context is kept in the slot its tracing id hashes to, replacing
-/// whatever was there (its trace then makes no spans).
+/// Slots for traced requests awaiting their server trace, in sets of
+/// [`WAYS`]: a request's span context is kept in a free slot of the set its
+/// tracing id hashes to, or replaces the set's oldest (whose trace then
+/// makes no spans: a trace that was never fetched, over the fetch cap or
+/// failed, unless more than [`WAYS`] traced requests of one set await
+/// their traces at once).
 pub(crate) const REMEMBERED: usize = 1024;
+
+/// Slots per set. A waiting context is lost only if [`WAYS`] newer ones
+/// land in its set before its trace is fetched: with 100 traced requests
+/// a second and a fetch taking 0.3 s, 0.23 land in a set meanwhile, and
+/// that happens about once in five billion traces; with one slot per id
+/// (as before) one in 35 lost its spans. Traced requests far above the
+/// fetcher's `max_fetches_per_second` crowd the sets with contexts whose
+/// traces are never fetched: keep the server-trace ratio near what the
+/// fetcher takes.
+const WAYS: usize = 8;
 
 /// The span contexts of traced requests, by tracing session id: a fixed
 /// array of atomic slots, so that neither the request that remembers nor
 /// the fetch that takes takes a lock; touched only for traced requests.
-pub(crate) struct Remembered(Box<[Slot]>);
+pub(crate) struct Remembered {
+    slots: Box<[Slot]>,
+    /// Orders the kept contexts, oldest first, for replacing.
+    next: AtomicU64,
+}
 
-/// A slot: a tracing session id and its request's span context, or empty.
-type Slot = ArcSwapOption<([u8; 16], SpanContext)>;
+/// A kept context: its tracing session id, its request's span context,
+/// and when it was kept (a [`Remembered::next`] value).
+struct Held {
+    id: [u8; 16],
+    cx: SpanContext,
+    seq: u64,
+}
+
+/// A slot: a kept context, or empty.
+type Slot = ArcSwapOption<Held>;
 
 impl Default for Remembered {
     fn default() -> Remembered {
-        Remembered((0..REMEMBERED).map(|_| ArcSwapOption::empty()).collect())
+        Remembered {
+            slots: (0..REMEMBERED).map(|_| ArcSwapOption::empty()).collect(),
+            next: AtomicU64::new(0),
+        }
     }
 }
 
 impl std::fmt::Debug for Remembered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let held = self.0.iter().filter(|s| s.load().is_some()).count();
+        let held = self.slots.iter().filter(|s| s.load().is_some()).count();
         f.debug_struct("Remembered").field("held", &held).finish()
     }
 }
 
 impl Remembered {
-    fn slot(&self, id: &[u8; 16]) -> &Slot {
+    /// The set of slots `id` may be kept in.
+    fn set(&self, id: &[u8; 16]) -> &[Slot] {
         // session ids are time-based UUIDs: fold every byte in
         let x = u128::from_le_bytes(*id);
         let h = (x as u64) ^ ((x >> 64) as u64);
         let h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        &self.0[(h >> 32) as usize % self.0.len()]
+        let set = (h >> 32) as usize % (self.slots.len() / WAYS);
+        &self.slots[set * WAYS..][..WAYS]
     }
 
     pub(crate) fn remember(&self, id: [u8; 16], cx: SpanContext) {
         if !cx.is_valid() || !cx.is_sampled() {
             return;
         }
-        self.slot(&id).store(Some(Arc::new((id, cx))));
+        let set = self.set(&id);
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let held = Some(Arc::new(Held { id, cx, seq }));
+        // a free slot, else the oldest; a race lost tries again (a few
+        // times: the set's slots are being replaced by newer ones)
+        for _ in 0..4 {
+            let mut oldest: Option<(u64, Option<Arc<Held>>, &Slot)> = None;
+            for slot in set {
+                let current = slot.load_full();
+                let age = current.as_ref().map_or(0, |h| h.seq + 1);
+                if oldest.as_ref().is_none_or(|(a, _, _)| age < *a) {
+                    oldest = Some((age, current, slot));
+                }
+            }
+            let Some((_, current, slot)) = oldest else {
+                return;
+            };
+            let prev = slot.compare_and_swap(&current, held.clone());
+            if ptr_eq(&prev, &current) {
+                return;
+            }
+        }
     }
 
     pub(crate) fn take(&self, id: &[u8; 16]) -> Option<SpanContext> {
-        let slot = self.slot(id);
-        let held = slot.load_full()?;
-        if &held.0 != id {
-            return None;
+        for slot in self.set(id) {
+            let Some(held) = slot.load_full() else {
+                continue;
+            };
+            if &held.id != id {
+                continue;
+            }
+            // taken once, even if two fetches of one trace race
+            let prev = slot.compare_and_swap(&held, None);
+            return Arc::ptr_eq(prev.as_ref()?, &held).then(|| held.cx.clone());
         }
-        // taken once, even if two fetches of one trace race
-        let prev = slot.compare_and_swap(&held, None);
-        Arc::ptr_eq(prev.as_ref()?, &held).then(|| held.1.clone())
+        None
+    }
+}
+
+fn ptr_eq(a: &Option<Arc<Held>>, b: &Option<Arc<Held>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
     }
 }
 
@@ -280,6 +345,29 @@ mod remembered_tests {
         );
         r.remember(id(5), unsampled);
         assert!(r.take(&id(5)).is_none());
+    }
+
+    /// Ids that land in the same set (they shared a slot when there was
+    /// one slot per id), as tracing ids of requests in flight at once do
+    /// now and then: each is kept until taken, not replaced by the next.
+    #[test]
+    fn ids_sharing_a_slot_are_all_kept() {
+        let r = Remembered::default();
+        let first = id(0);
+        let same: Vec<[u8; 16]> = (1..1_000_000)
+            .map(id)
+            .filter(|i| std::ptr::eq(r.set(i), r.set(&first)))
+            .take(3)
+            .collect();
+        assert_eq!(same.len(), 3);
+        r.remember(first, cx(0));
+        for (n, i) in same.iter().enumerate() {
+            r.remember(*i, cx(n as u64 + 1));
+        }
+        assert_eq!(r.take(&first), Some(cx(0)), "the first was replaced");
+        for (n, i) in same.iter().enumerate() {
+            assert_eq!(r.take(i), Some(cx(n as u64 + 1)));
+        }
     }
 
     /// Threads remembering and taking at once: every context taken is the
