@@ -25,7 +25,10 @@
 //!   an idempotent read is retried with its paging state), the timeout,
 //!   metrics (one request event per page) and tracing (the trace layer
 //!   names a page's span `cql.page`, a child of the stream's `cql.stream`
-//!   span).
+//!   span). Each page is given the time the stream's request had left
+//!   when the stream started: `.timeout(2s)` is 2 s a page, as drivers'
+//!   request timeouts are, however long the reader takes between pages.
+//!   To bound a whole scan, wrap its reading in `tokio::time::timeout`.
 //! - **One page ahead, really**: when a page arrives, the request for the
 //!   next one is sent at once (its future is polled before the first row
 //!   of the page is handed out), so it is in flight while the consumer
@@ -143,6 +146,9 @@ pub struct RowStream<T, S = DriverService> {
     next: Next,
     /// Pages asked for so far (the index of the next one to ask for).
     requested: u32,
+    /// The time each page is given: what the stream's request had left
+    /// when the stream started (`None`: no deadline).
+    page_budget: Option<Duration>,
     pages: u32,
     total_rows: u64,
     started: Instant,
@@ -192,9 +198,11 @@ where
             db.system.name = "cassandra",
             db.query.summary = %req.meta().query_summary(),
         );
+        let page_budget = req.meta().remaining();
         let mut stream = RowStream {
             svc,
             collectors,
+            page_budget,
             request: req,
             span,
             rows: Vec::new().into_iter(),
@@ -222,6 +230,13 @@ where
     fn ask(&mut self, state: PagingState) {
         let mut svc = self.svc.clone();
         let mut req = self.request.clone();
+        if self.requested > 0
+            && let Some(budget) = self.page_budget
+        {
+            // each page its own time, as drivers' request timeouts are
+            let now = crate::clock::now().into_std();
+            req.meta_mut().set_deadline(now.checked_add(budget));
+        }
         req.meta_mut().set_page(self.requested, state);
         self.requested += 1;
         let fut = async move {

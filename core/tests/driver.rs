@@ -969,3 +969,57 @@ async fn failed_preparations_are_not_kept() {
     let shown = format!("{:?}", s.driver);
     assert!(shown.contains("preparing: 0"), "{shown}");
 }
+
+/// A streamed read's timeout is each page's, as drivers' request timeouts
+/// are: a consumer that reads for longer than the timeout still gets
+/// every page (each page is a request, given the time the stream's
+/// request had when the stream started). A page slower than that budget
+/// still fails `DeadlineExceeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streams_timeout_is_each_pages() {
+    let s = setup(1).await;
+    let ins = Statement::new("INSERT INTO ks.rows (p, c, v) VALUES (?, ?, ?)");
+    for c in 0..4i32 {
+        s.driver
+            .execute(ins.request().bind((1i32, c, format!("v{c}"))))
+            .await
+            .unwrap();
+    }
+    let read = Statement::new("SELECT c, v FROM ks.rows WHERE p = ?");
+    let mut stream = s
+        .driver
+        .stream::<(i32, String)>(
+            read.request()
+                .bind((1i32,))
+                .page_size(1)
+                .timeout(Duration::from_millis(500)),
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Some(row) = stream.next().await {
+        seen.push(row.unwrap_or_else(|e| panic!("after rows {seen:?}: {e}")).0);
+        // the reader is slower than the timeout
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(seen, [0, 1, 2, 3]);
+
+    // a page slower than the budget fails
+    s.cluster.faults().add(
+        Fault::delay(Duration::from_secs(2))
+            .opcode(Opcode::Execute)
+            .table("ks", "rows")
+            .times(1),
+    );
+    let err = s
+        .driver
+        .stream::<(i32, String)>(
+            read.request()
+                .bind((1i32,))
+                .page_size(1)
+                .timeout(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+}

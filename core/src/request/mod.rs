@@ -132,7 +132,9 @@ impl CqlRequest {
         self
     }
 
-    /// Sets the deadline for the whole request, all attempts included.
+    /// Sets the deadline for the whole request, all attempts included. A
+    /// streamed read gives each page the time left when the stream starts
+    /// (see [`RowStream`](crate::paging::RowStream)).
     pub fn deadline(mut self, at: Instant) -> CqlRequest {
         self.meta.p.deadline = Some(at);
         self
