@@ -576,6 +576,19 @@ async fn a_deadline_passing_during_an_attempt_is_deadline_exceeded() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ClientTimeout, "{err}");
+    // a deadline passed already: not sent, and the message says so
+    let err = s
+        .driver
+        .execute(
+            read.request()
+                .bind((1i32,))
+                .deadline(std::time::Instant::now() - Duration::from_millis(1)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert!(!err.may_have_been_applied());
+    assert!(err.message().contains("before it was sent"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

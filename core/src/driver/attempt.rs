@@ -134,7 +134,11 @@ impl DriverInner {
         // the request here, before it is touched
         meta.check_settings()?;
         if remaining.is_some_and(|r| r.is_zero()) {
-            return Err(CqlError::deadline_exceeded(Duration::ZERO).not_sent());
+            return Err(CqlError::new(
+                ErrorKind::DeadlineExceeded,
+                "the request's deadline had passed before it was sent (nothing was sent)",
+            )
+            .not_sent());
         }
         // If this future is dropped before the attempt completes (a
         // per-attempt timeout, a hedge race lost, the caller gone), the
