@@ -947,7 +947,8 @@ async fn unqualified_text_follows_the_sessions_keyspace() {
     via_statement("in ks").await;
     s.run("USE ks2").await;
     via_statement("in ks2").await;
-    s.run("USE ks").await;
+    // (USE as prepared text, as CqlRequest::query sends it)
+    s.driver.execute(CqlRequest::query("USE ks")).await.unwrap();
     via_statement("in ks").await;
     // a qualified text is one statement whatever the session's keyspace
     let (_, misses) = s.driver.cache_stats();

@@ -405,3 +405,54 @@ async fn close_abandons_fetches_that_do_not_end_within_its_bound() {
         "(sampled, skipped, failed) when close returned: {s:?}"
     );
 }
+
+/// Every traced request is accounted for once close returns: chosen by
+/// the layer or by its caller, it ends fetched, skipped, failed, or
+/// without a trace to fetch (it failed, or its caller dropped it: no
+/// tracing id came back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_traced_request_is_accounted_for() {
+    let cluster = Cluster::start().await.unwrap();
+    let stack = stack(
+        &cluster,
+        Collectors::new(),
+        every(ServerTraceConfig::default()),
+    )
+    .await;
+    let get = Statement::new(support::GET).operation("get");
+    // answered: three
+    for k in 0..3 {
+        stack.execute(&get, (k,)).await.unwrap();
+    }
+    // traced by its caller
+    stack
+        .call(get.request().bind((1,)).tracing(true))
+        .await
+        .unwrap();
+    // failed (never retried)
+    cluster.faults().add(
+        Fault::error(InjectedError::Unauthorized)
+            .table("ks", "kv")
+            .times(1),
+    );
+    stack.execute(&get, (1,)).await.unwrap_err();
+    // dropped by its caller
+    cluster.faults().add(
+        Fault::delay(Duration::from_secs(5))
+            .table("ks", "kv")
+            .times(1),
+    );
+    let dropped = tokio::time::timeout(Duration::from_millis(200), stack.execute(&get, (2,))).await;
+    assert!(dropped.is_err(), "the slow read was dropped");
+    stack.close().await;
+    let s = stack.server_traces().unwrap().stats();
+    // the setup's three statements, and the six here
+    assert_eq!(s.sampled + s.caller_traced, 3 + 6, "{s:?}");
+    assert_eq!(s.caller_traced, 1, "{s:?}");
+    assert_eq!(
+        s.fetched + s.skipped + s.failed + s.without_trace,
+        s.sampled + s.caller_traced,
+        "{s:?}"
+    );
+    assert_eq!(s.without_trace, 2, "the failed and the dropped: {s:?}");
+}

@@ -118,6 +118,9 @@ impl Measured {
     /// The request was dropped before it ended: a `Cancelled` request
     /// event (`meta` as in [`finish`](Self::finish)).
     pub(crate) fn dropped(self, collectors: &Collectors, meta: Option<&RequestMeta>) {
+        if let Some((st, watch)) = &self.server_trace {
+            st.dropped(*watch);
+        }
         if let Some(meta) = meta {
             let error = CqlError::new(
                 ErrorKind::Cancelled,

@@ -86,6 +86,8 @@ pub(crate) struct Job {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) sampled: AtomicU64,
+    pub(crate) caller_traced: AtomicU64,
+    pub(crate) without_trace: AtomicU64,
     pub(crate) fetched: AtomicU64,
     pub(crate) skipped: AtomicU64,
     pub(crate) failed: AtomicU64,

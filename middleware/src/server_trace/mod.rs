@@ -119,11 +119,13 @@ impl Shared {
             .sampler
             .slow_threshold()
             .map(|_| sample::operation_key(meta));
-        if !meta.tracing() && self.sampler.sample(slow_key.unwrap_or(0)) {
+        if meta.tracing() {
+            // a request the caller asked to trace is fetched too
+            self.counters.caller_traced.fetch_add(1, Ordering::Relaxed);
+        } else if self.sampler.sample(slow_key.unwrap_or(0)) {
             meta.set_tracing(true);
             self.counters.sampled.fetch_add(1, Ordering::Relaxed);
         }
-        // a request the caller asked to trace is fetched too
         Watch {
             slow_key,
             traced: meta.tracing(),
@@ -132,7 +134,8 @@ impl Shared {
 
     /// The request ended after `duration`: feeds the slow rule, and queues
     /// the trace of a traced request that got an answer (`meta` is its
-    /// meta, kept when [`Watch::traced`]).
+    /// meta, kept when [`Watch::traced`]); a traced request with no trace
+    /// to fetch (it failed: no tracing id came back) is counted so.
     pub(crate) fn end(
         &self,
         watch: Watch,
@@ -149,6 +152,16 @@ impl Shared {
             && let Some(id) = resp.info().tracing_id
         {
             self.fetcher.enqueue(fetch::Job { id, meta });
+        } else if watch.traced {
+            self.counters.without_trace.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The request was dropped before it ended: a traced one has no trace
+    /// to fetch.
+    pub(crate) fn dropped(&self, watch: Watch) {
+        if watch.traced {
+            self.counters.without_trace.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -212,19 +225,26 @@ impl ServerTracer {
 
 /// What happened to the server traces so far.
 ///
-/// Once [`Stack::close`](crate::stack::Stack::close) (or
-/// [`ServerTraceHandle::drain`]) has returned, every trace taken for
-/// fetching is in exactly one of `fetched`, `skipped` and `failed`, and
-/// stays there (unless the fetcher's runtime could not run it: see
-/// `drain`). `sampled` counts the layer's choices, not the traces
-/// taken: a chosen request that failed has no trace to fetch (it is in
-/// none of the three), and a request its caller marked for tracing is
-/// fetched without being counted sampled.
+/// Every traced request is counted once as traced (`sampled` or
+/// `caller_traced`) and, once it has ended and its trace been dealt with,
+/// once as what came of it (`fetched`, `skipped`, `failed` or
+/// `without_trace`). Once [`Stack::close`](crate::stack::Stack::close)
+/// (or [`ServerTraceHandle::drain`]) has returned,
+/// `sampled + caller_traced == fetched + skipped + failed + without_trace`,
+/// and the counters stay so (unless the fetcher's runtime could not run:
+/// see `drain`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ServerTraceStats {
     /// Requests the layer chose to trace (sampled or after a slow one).
     pub sampled: u64,
+    /// Requests that came traced by their caller
+    /// ([`CqlRequest::tracing`](tower_cql_core::CqlRequest::tracing)):
+    /// their traces are fetched too.
+    pub caller_traced: u64,
+    /// Traced requests that ended with no trace to fetch: they failed or
+    /// their caller dropped them (an error brings back no tracing id).
+    pub without_trace: u64,
     /// Traces fetched and delivered to the collectors.
     pub fetched: u64,
     /// Traces not fetched: over `max_fetches_per_second`, the queue full,
@@ -257,6 +277,8 @@ impl ServerTraceHandle {
         let c = &self.shared.counters;
         ServerTraceStats {
             sampled: c.sampled.load(Ordering::Relaxed),
+            caller_traced: c.caller_traced.load(Ordering::Relaxed),
+            without_trace: c.without_trace.load(Ordering::Relaxed),
             fetched: c.fetched.load(Ordering::Relaxed),
             skipped: c.skipped.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
