@@ -10,27 +10,61 @@
 //! );
 //! ```
 
-use crate::lex::{Kind, Lexer, Lit};
+use crate::lex::{Kind, Lexer, Lit, Token};
 
 /// Replaces string, number, UUID, blob, boolean and collection literals
 /// with `?`; keeps keywords, identifiers, bind markers and punctuation.
 /// Whitespace runs become one space; comments are dropped. Reads the text
 /// through the same lexer as the statement analysis.
 pub fn sanitize(text: &str) -> String {
+    let tokens: Vec<Token<'_>> = Lexer::new(text).collect();
     let mut out = String::with_capacity(text.len());
-    for t in Lexer::new(text) {
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = tokens[i];
         if t.space_before && !out.is_empty() {
             out.push(' ');
+        }
+        if let Some(end) = literal_collection(&tokens[i..]) {
+            out.push('?');
+            i += end;
+            continue;
         }
         match t.kind {
             Kind::Literal(_) => out.push('?'),
             _ => out.push_str(t.text),
         }
+        i += 1;
     }
-    collapse_collections(&out)
+    out
 }
 
-/// `[?, ?, ?]`, `{?: ?}` and `(?, ?)` of literals become one `?`.
+/// The number of tokens of the collection literal `tokens` starts with
+/// (`[1, 2]`, `{'a': [1]}`, `{}`; `?` markers count as literals, named
+/// ones do not), or `None`: it starts with none.
+fn literal_collection(tokens: &[Token<'_>]) -> Option<usize> {
+    if !tokens.first()?.is_punct("[") && !tokens[0].is_punct("{") {
+        return None;
+    }
+    let mut depth = 0usize;
+    for (n, t) in tokens.iter().enumerate() {
+        match t.kind {
+            Kind::Punct if t.text == "[" || t.text == "{" => depth += 1,
+            Kind::Punct if t.text == "]" || t.text == "}" => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(n + 1);
+                }
+            }
+            Kind::Punct if t.text == "," || t.text == ":" => {}
+            Kind::Literal(_) => {}
+            Kind::Bind if t.text == "?" => {}
+            _ => return None,
+        }
+    }
+    None
+}
+
 /// `message` (a server's error, which may quote what it could not use)
 /// with every literal of `statement` it quotes replaced by `?`, where it
 /// stands as a word of its own (not inside a longer word); `None` when it
@@ -108,44 +142,6 @@ fn replace_words(s: &str, word: &str) -> Option<String> {
     }
     out.push_str(&s[last..]);
     Some(out)
-}
-
-fn collapse_collections(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c == b'[' || c == b'{' {
-            let close = if c == b'[' { b']' } else { b'}' };
-            let mut j = i + 1;
-            let mut only_literals = true;
-            let mut depth = 1;
-            while j < b.len() && depth > 0 {
-                match b[j] {
-                    x if x == c => depth += 1,
-                    x if x == close => depth -= 1,
-                    b'?' | b',' | b' ' | b':' | b'[' | b']' | b'{' | b'}' => {}
-                    _ => only_literals = false,
-                }
-                j += 1;
-            }
-            if depth == 0 && only_literals {
-                out.push('?');
-                i = j;
-                continue;
-            }
-        }
-        // copy up to the next bracket as one slice: a name's non-ASCII
-        // characters stay whole (a bracket is ASCII, never inside one)
-        let next = b[i + 1..]
-            .iter()
-            .position(|&x| x == b'[' || x == b'{')
-            .map_or(b.len(), |n| i + 1 + n);
-        out.push_str(&s[i..next]);
-        i = next;
-    }
-    out
 }
 
 /// A short form for `Debug`: sanitised, cut to 120 characters.
@@ -237,6 +233,36 @@ mod tests {
             ),
         ];
         for (input, want) in cases {
+            assert_eq!(sanitize(input), want, "{input}");
+        }
+    }
+
+    /// A quoted identifier that looks like a collection comes out as
+    /// written: the collapse of literal collections works on tokens, so a
+    /// name is never taken for one. (It worked on the sanitised text, and
+    /// shortened `"{?}"` to `?`.) Bind markers in a collection are kept as
+    /// they were: `[?, ?]` becomes one `?`, named ones stay.
+    #[test]
+    fn a_quoted_name_is_never_collapsed() {
+        for (input, want) in [
+            ("SELECT \"{?}\" FROM t", "SELECT \"{?}\" FROM t"),
+            (
+                "SELECT \"[?, ?]\", \"{}\" FROM t WHERE k IN [1, 2]",
+                "SELECT \"[?, ?]\", \"{}\" FROM t WHERE k IN ?",
+            ),
+            (
+                "INSERT INTO t (l, m) VALUES ([?, ?], {:a: :b})",
+                "INSERT INTO t (l, m) VALUES (?, {:a: :b})",
+            ),
+            (
+                "UPDATE t SET m = {'a': [1, {2: 3}]} WHERE k = ?",
+                "UPDATE t SET m = ? WHERE k = ?",
+            ),
+            (
+                "UPDATE t SET s = {} WHERE k = ?",
+                "UPDATE t SET s = ? WHERE k = ?",
+            ),
+        ] {
             assert_eq!(sanitize(input), want, "{input}");
         }
     }
