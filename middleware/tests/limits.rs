@@ -1,10 +1,12 @@
 //! The limit, timeout and breaker layers end to end: the real scylla driver
 //! (through `DriverService`) over TCP against a testkit cluster.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::future::maybe_done;
 use scylla::client::session_builder::SessionBuilder;
 use tower::{Service, ServiceExt, service_fn};
 use tower_cql_core::{
@@ -381,5 +383,69 @@ async fn under_load_shedding_the_limits_wait_settings_have_no_effect() {
             .unwrap_or_else(|e| panic!("{limit}: {e}"));
         stack.close().await;
     }
+    s.cluster.stop().await;
+}
+
+/// Rate limit, burst 1, through the built stack: X takes the token, A
+/// and B reserve the next two (each request polled once, which takes or
+/// reserves its token); A's caller gives up, then C arrives. A's token
+/// cannot go back, as B already waits for the slot after it: C gets the
+/// slot after B's, a full interval later. Before (bcfab6f) a dropped
+/// reservation moved the bucket back whatever its place, and C was let
+/// in on B's slot: two requests at once where the burst allows one.
+/// (Only lower bounds on when B and C get through: on a loaded machine a
+/// request is admitted late, never early.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_given_up_before_another_never_lets_two_in_at_once() {
+    let s = setup(1).await;
+    let get = get();
+    s.driver.execute(get.request().bind((1i32,))).await.unwrap(); // prepare
+    // a token every 500 ms, none saved up
+    let stack = StackBuilder::new(s.collectors.clone())
+        .without_retry()
+        .rate_limit(RateLimitConfig {
+            rate_per_second: 2.0,
+            burst: 1,
+            mode: RateLimitMode::Wait {
+                max_wait: Duration::from_secs(10),
+            },
+        })
+        .build(s.driver.clone())
+        .unwrap();
+    let call = || Box::pin(stack.service().oneshot(get.request().bind((1i32,))));
+    // each request polled once: it takes or reserves its token (or, X,
+    // may even be answered in that poll)
+    let start = Instant::now();
+    let mut x = maybe_done(call());
+    let _ = futures::poll!(&mut x);
+    let mut a = call();
+    let _ = futures::poll!(a.as_mut());
+    let mut b = maybe_done(call());
+    let _ = futures::poll!(&mut b);
+    // A's caller gives up; C arrives
+    drop(a);
+    let mut c = maybe_done(call());
+    let _ = futures::poll!(&mut c);
+    let (_, b_at, c_at) = tokio::join!(
+        &mut x,
+        async {
+            (&mut b).await;
+            start.elapsed()
+        },
+        async {
+            (&mut c).await;
+            start.elapsed()
+        },
+    );
+    for (name, mut out) in [("X", x), ("B", b), ("C", c)] {
+        let out = Pin::new(&mut out).take_output().expect("done");
+        out.unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    assert!(b_at >= Duration::from_secs(1), "B through at {b_at:?}");
+    assert!(
+        c_at >= Duration::from_millis(1500),
+        "burst 1 at 2/s: C through at {c_at:?}, on B's slot (B at {b_at:?}), not the one after it"
+    );
+    stack.close().await;
     s.cluster.stop().await;
 }
