@@ -236,6 +236,15 @@ impl StackBuilder {
     /// while they have no capacity now, see
     /// [`ConcurrencyLimitLayer::for_load_shed`]), and the load shedder
     /// above them refuses what they are not ready for.
+    ///
+    /// Nothing waits then, so the limits' wait settings are unused: the
+    /// concurrency limits' `max_queue` and `queue_timeout`, and the rate
+    /// limit's `max_wait` beyond being zero or not (`Wait` with a non-zero
+    /// `max_wait`: a request with no token is shed; `Reject`, or a zero
+    /// `max_wait`: the rate limit refuses it itself, `RateLimited`). The
+    /// configurations here always hold a value for them, so they are not
+    /// refused; a TOML configuration, where they are keys given or not,
+    /// refuses them (see [`stack_config`](crate::stack_config)).
     pub fn load_shed(mut self, on: bool) -> Self {
         self.load_shed = on;
         self

@@ -34,8 +34,9 @@
 //! left out; `enabled` defaults to the builder's default for that layer
 //! (tracing, metrics, retry, timeout on; the rest off). Every value in the
 //! file is checked, in a section that is on or off (switching a section
-//! off hides no bad value), and a key the other keys of its section leave
-//! without effect is refused, not dropped:
+//! off hides no bad value), and a key the other keys of its section (or
+//! load shedding, under which no limit lets a request wait) leave without
+//! effect is refused, not dropped:
 //!
 //! ```
 //! # use tower_cql_core::Collectors;
@@ -125,8 +126,10 @@ impl StackConfig {
     /// switching a section off hides no mistake and switching it on meets
     /// none. A key that cannot have an effect with the other keys of its
     /// section (`max_wait_ms` with `mode = "reject"`, `queue_timeout_ms`
-    /// with `max_queue = 0`, `delay_ms` with a percentile's keys) is
-    /// refused too, not dropped.
+    /// with `max_queue = 0`, `delay_ms` with a percentile's keys), or with
+    /// load shedding on (a limit's `max_wait_ms`, `max_queue` or
+    /// `queue_timeout_ms`: nothing waits there, a request that would is
+    /// shed), is refused too, not dropped.
     pub fn into_builder(self, collectors: Collectors) -> Result<StackBuilder, ConfigError> {
         let mut b = StackBuilder::new(collectors);
         // each section: its configuration made and judged by that
@@ -150,6 +153,10 @@ impl StackConfig {
             b.without_metrics()
         };
 
+        // (no configuration of its own: its rule is over the limits'
+        // keys, whose sections are judged below)
+        self.load_shed
+            .refuse_waits(&self.rate_limit, &self.concurrency, &self.adaptive)?;
         b = b.load_shed(self.load_shed.enabled == Some(true));
 
         let s = &self.breaker;
@@ -226,14 +233,19 @@ fn judged<C>(
     made: Result<C, ConfigError>,
     validate: fn(&C) -> Result<(), ConfigError>,
 ) -> Result<C, ConfigError> {
-    made.and_then(|c| validate(&c).map(|()| c)).map_err(|mut e| {
-        if !on {
-            e.message.push_str(&format!(
-                " ([{section}] is off, but every value in the file is checked, so that switching it on meets no bad one: fix the value or remove the key)"
-            ));
-        }
-        e
-    })
+    made.and_then(|c| validate(&c).map(|()| c))
+        .map_err(|e| noted(section, on, e))
+}
+
+/// `e`, an error in `section`, saying so when the section is off (`on`
+/// false).
+fn noted(section: &str, on: bool, mut e: ConfigError) -> ConfigError {
+    if !on {
+        e.message.push_str(&format!(
+            " ([{section}] is off, but every value in the file is checked, so that switching it on meets no bad one: fix the value or remove the key)"
+        ));
+    }
+    e
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! The limit, timeout and breaker layers end to end: the real scylla driver
 //! (through `DriverService`) over TCP against a testkit cluster.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::future::maybe_done;
 use scylla::client::session_builder::SessionBuilder;
 use tower::{Service, ServiceExt, service_fn};
 use tower_cql_core::{
@@ -14,6 +16,7 @@ use tower_cql_core::{
 use tower_cql_middleware::breaker::{BreakerConfig, CircuitBreakerLayer};
 use tower_cql_middleware::concurrency::{ConcurrencyConfig, ConcurrencyLimitLayer};
 use tower_cql_middleware::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimitMode};
+use tower_cql_middleware::stack::StackBuilder;
 use tower_cql_middleware::timeout::{TimeoutConfig, TimeoutLayer};
 use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
 use tower_layer::Layer;
@@ -297,5 +300,152 @@ async fn the_timeout_tells_a_slow_attempt_from_a_passed_deadline() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ClientTimeout, "{err}");
     assert!(start.elapsed() < Duration::from_millis(400));
+    s.cluster.stop().await;
+}
+
+/// Under load shedding, nothing waits for capacity: a request the limits
+/// cannot admit at once is shed, whatever wait their configuration
+/// allows. A concurrency limit with room to queue ten requests for 30 s,
+/// and a rate limit that lets a request wait 30 s for its token, built
+/// into a load-shedding stack: the request behind the one in flight (or
+/// behind the spent token) is refused with `Shed`, not sent, while the
+/// first is still running (it takes 3 s at the server; the refusal takes
+/// no wait). So `max_queue`, `queue_timeout` and `max_wait` have no
+/// effect there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_shedding_the_limits_wait_settings_have_no_effect() {
+    let s = setup(1).await;
+    let get = get();
+    s.driver.execute(get.request().bind((1i32,))).await.unwrap(); // prepare
+    let generous = Duration::from_secs(30);
+    let concurrency = ConcurrencyConfig {
+        max_in_flight: 1,
+        max_queue: 10,
+        queue_timeout: Some(generous),
+    };
+    let rate_limit = RateLimitConfig {
+        rate_per_second: 0.01,
+        burst: 1,
+        mode: RateLimitMode::Wait { max_wait: generous },
+    };
+    let stacks = [
+        (
+            "concurrency",
+            StackBuilder::new(s.collectors.clone()).concurrency(concurrency),
+        ),
+        (
+            "rate_limit",
+            StackBuilder::new(s.collectors.clone()).rate_limit(rate_limit),
+        ),
+    ];
+    for (limit, builder) in stacks {
+        let stack = builder
+            .without_retry()
+            .load_shed(true)
+            .build(s.driver.clone())
+            .unwrap();
+        // the first request holds the slot (or spent the token) for 3 s
+        let slow = s.cluster.faults().add(
+            Fault::delay(Duration::from_secs(3))
+                .table("ks", "kv")
+                .opcode(Opcode::Execute)
+                .times(1),
+        );
+        let first = tokio::spawn(stack.service().oneshot(get.request().bind((1i32,))));
+        let arrived = Instant::now();
+        while s.cluster.faults().fired(slow) == 0 {
+            assert!(
+                arrived.elapsed() < generous,
+                "{limit}: the first request never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let executions = s.cluster.counters().total_executions();
+        let err = stack
+            .service()
+            .oneshot(get.request().bind((1i32,)))
+            .await
+            .expect_err("the second request is shed, not queued or kept waiting");
+        assert!(
+            !first.is_finished(),
+            "{limit}: the first request was still in flight"
+        );
+        assert_eq!(err.kind(), ErrorKind::Shed, "{limit}: {err}");
+        assert!(err.was_not_sent(), "{limit}: {err}");
+        assert_eq!(
+            s.cluster.counters().total_executions(),
+            executions,
+            "{limit}"
+        );
+        first
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{limit}: {e}"));
+        stack.close().await;
+    }
+    s.cluster.stop().await;
+}
+
+/// Rate limit, burst 1, through the built stack: X takes the token, A
+/// and B reserve the next two (each request polled once, which takes or
+/// reserves its token); A's caller gives up, then C arrives. A's token
+/// cannot go back, as B already waits for the slot after it: C gets the
+/// slot after B's, a full interval later. Before (bcfab6f) a dropped
+/// reservation moved the bucket back whatever its place, and C was let
+/// in on B's slot: two requests at once where the burst allows one.
+/// (Only lower bounds on when B and C get through: on a loaded machine a
+/// request is admitted late, never early.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_given_up_before_another_never_lets_two_in_at_once() {
+    let s = setup(1).await;
+    let get = get();
+    s.driver.execute(get.request().bind((1i32,))).await.unwrap(); // prepare
+    // a token every 500 ms, none saved up
+    let stack = StackBuilder::new(s.collectors.clone())
+        .without_retry()
+        .rate_limit(RateLimitConfig {
+            rate_per_second: 2.0,
+            burst: 1,
+            mode: RateLimitMode::Wait {
+                max_wait: Duration::from_secs(10),
+            },
+        })
+        .build(s.driver.clone())
+        .unwrap();
+    let call = || Box::pin(stack.service().oneshot(get.request().bind((1i32,))));
+    // each request polled once: it takes or reserves its token (or, X,
+    // may even be answered in that poll)
+    let start = Instant::now();
+    let mut x = maybe_done(call());
+    let _ = futures::poll!(&mut x);
+    let mut a = call();
+    let _ = futures::poll!(a.as_mut());
+    let mut b = maybe_done(call());
+    let _ = futures::poll!(&mut b);
+    // A's caller gives up; C arrives
+    drop(a);
+    let mut c = maybe_done(call());
+    let _ = futures::poll!(&mut c);
+    let (_, b_at, c_at) = tokio::join!(
+        &mut x,
+        async {
+            (&mut b).await;
+            start.elapsed()
+        },
+        async {
+            (&mut c).await;
+            start.elapsed()
+        },
+    );
+    for (name, mut out) in [("X", x), ("B", b), ("C", c)] {
+        let out = Pin::new(&mut out).take_output().expect("done");
+        out.unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    assert!(b_at >= Duration::from_secs(1), "B through at {b_at:?}");
+    assert!(
+        c_at >= Duration::from_millis(1500),
+        "burst 1 at 2/s: C through at {c_at:?}, on B's slot (B at {b_at:?}), not the one after it"
+    );
+    stack.close().await;
     s.cluster.stop().await;
 }

@@ -1,5 +1,6 @@
 //! Resilience end to end against testkit: a failure storm stays within the
-//! retry budget, and a concurrency limit holds under thousands of callers.
+//! retry budget, a concurrency limit holds under thousands of callers, and
+//! a list-element delete that may have been applied is never retried.
 //!
 //! Size: `TOWER_CQL_STRESS_CALLERS` concurrent callers (default 2,000).
 
@@ -15,7 +16,7 @@ use tower_cql_middleware::stack::StackBuilder;
 use tower_cql_testkit::{Fault, InjectedError, Opcode};
 
 mod support;
-use support::setup;
+use support::{fast_retries, setup};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_total_failure_storm_keeps_retries_within_the_budget() {
@@ -133,5 +134,51 @@ async fn the_concurrency_limit_holds_under_thousands_of_callers() {
     let snap = memory.snapshot();
     assert!(snap.throttled > 0, "waits were observed");
     assert_eq!(snap.throttle_rejected, 0);
+    stack.close().await;
+}
+
+/// `DELETE l[0]` deletes whatever element is first now: run twice, it
+/// deletes two. Marked idempotent by its caller (wrongly), applied and
+/// then answered with a write timeout, it is not retried, whatever the
+/// retry settings allow: the request fails after one attempt and the
+/// list lost one element, not two. (The text cannot tell a list index
+/// from a map key, so any element delete is treated so; see
+/// `StatementTraits::element_delete`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_element_delete_that_may_have_applied_is_not_retried() {
+    let (cluster, driver, collectors, memory) = setup().await;
+    for cql in [
+        "CREATE TABLE ks.lists (k int PRIMARY KEY, l list<int>)",
+        "INSERT INTO ks.lists (k, l) VALUES (1, [1, 2, 3])",
+    ] {
+        driver.execute(CqlRequest::unprepared(cql)).await.unwrap();
+    }
+    let stack = StackBuilder::new(collectors)
+        .retry(fast_retries(4))
+        .build(driver.clone())
+        .unwrap();
+    let text = "DELETE l[0] FROM ks.lists WHERE k = ?";
+    let fault = cluster.faults().add(
+        Fault::write_timeout_after_apply()
+            .opcode(Opcode::Execute)
+            .matching(text)
+            .times(1),
+    );
+    let delete = Statement::new(text).idempotent(true); // marked, wrongly
+    let err = stack
+        .execute(&delete, (1i32,))
+        .await
+        .expect_err("applied, then a write timeout, and not retried");
+    assert_eq!(err.kind(), ErrorKind::WriteTimeout, "{err}");
+    assert_eq!(err.attempts(), 1, "{err}");
+    assert_eq!(cluster.faults().fired(fault), 1);
+    let (l,): (Vec<i32>,) = driver
+        .execute(CqlRequest::query("SELECT l FROM ks.lists WHERE k = ?").bind((1i32,)))
+        .await
+        .unwrap()
+        .single_row()
+        .unwrap();
+    assert_eq!(l, [2, 3], "one element deleted, not two");
+    assert_eq!(memory.snapshot().retries_total(), 0);
     stack.close().await;
 }

@@ -53,7 +53,9 @@ pub struct MetricsSection {
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LoadShedSection {
-    /// Off unless `true`.
+    /// Off unless `true`. On, no request waits for a limit (one that
+    /// would is shed), so the limits' keys that bound a wait
+    /// (`max_wait_ms`, `max_queue`, `queue_timeout_ms`) are refused.
     pub enabled: Option<bool>,
 }
 
@@ -87,8 +89,8 @@ pub struct RateLimitSection {
     pub burst: Option<u32>,
     /// `"wait"` (default) or `"reject"`.
     pub mode: Option<String>,
-    /// Longest wait in wait mode (refused with `mode = "reject"`, where
-    /// nothing waits).
+    /// Longest wait in wait mode (refused with `mode = "reject"`, and
+    /// above 0 with load shedding on: nothing waits there).
     pub max_wait_ms: Option<u64>,
 }
 
@@ -101,10 +103,10 @@ pub struct ConcurrencySection {
     /// Requests in flight.
     pub max_in_flight: Option<usize>,
     /// Requests waiting (0: none, a request is refused when the limit is
-    /// full).
+    /// full; refused above 0 with load shedding on, where nothing waits).
     pub max_queue: Option<usize>,
     /// Longest wait in the queue (0: no limit; refused with
-    /// `max_queue = 0`, where nothing waits).
+    /// `max_queue = 0` or with load shedding on, where nothing waits).
     pub queue_timeout_ms: Option<u64>,
 }
 
@@ -126,7 +128,8 @@ pub struct AdaptiveSection {
     pub decrease_factor: Option<f64>,
     /// Latency that counts as overload.
     pub latency_threshold_ms: Option<u64>,
-    /// Requests waiting.
+    /// Requests waiting (refused above 0 with load shedding on, where
+    /// nothing waits).
     pub max_queue: Option<usize>,
 }
 
@@ -248,6 +251,72 @@ impl MetricsSection {
         MetricsConfig {
             max_label_sets: self.max_label_sets.unwrap_or(d.max_label_sets),
         }
+    }
+}
+
+impl LoadShedSection {
+    /// The rule load shedding makes for the limits' sections, kept here
+    /// only: with load shedding on, no request waits for capacity (a
+    /// request the limits cannot admit at once is shed, see
+    /// [`StackBuilder::load_shed`](crate::stack::StackBuilder::load_shed)),
+    /// so a key that bounds a wait (`rate_limit.max_wait_ms`,
+    /// `concurrency.max_queue`, `concurrency.queue_timeout_ms`,
+    /// `adaptive.max_queue`) cannot take effect and is refused, in a
+    /// limit's section that is on or off. A zero `max_wait_ms` or
+    /// `max_queue` says that nothing waits, which holds: accepted.
+    pub(super) fn refuse_waits(
+        &self,
+        rate_limit: &RateLimitSection,
+        concurrency: &ConcurrencySection,
+        adaptive: &AdaptiveSection,
+    ) -> Result<(), ConfigError> {
+        if self.enabled != Some(true) {
+            return Ok(());
+        }
+        let waits = [
+            (
+                "rate_limit",
+                rate_limit.enabled,
+                "rate_limit.max_wait_ms",
+                rate_limit.max_wait_ms.is_some_and(|v| v > 0),
+                "is the longest a request waits for a token",
+            ),
+            (
+                "concurrency",
+                concurrency.enabled,
+                "concurrency.max_queue",
+                concurrency.max_queue.is_some_and(|v| v > 0),
+                "is how many requests may wait for a slot",
+            ),
+            (
+                "concurrency",
+                concurrency.enabled,
+                "concurrency.queue_timeout_ms",
+                concurrency.queue_timeout_ms.is_some(),
+                "is the longest a request waits in the queue",
+            ),
+            (
+                "adaptive",
+                adaptive.enabled,
+                "adaptive.max_queue",
+                adaptive.max_queue.is_some_and(|v| v > 0),
+                "is how many requests may wait for a slot",
+            ),
+        ];
+        let Some((section, enabled, field, _, what)) = waits.into_iter().find(|w| w.3) else {
+            return Ok(());
+        };
+        let key = &field[section.len() + 1..];
+        Err(super::noted(
+            section,
+            enabled == Some(true),
+            ConfigError::new(
+                field,
+                format!(
+                    "{what}, but load shedding is on ([load_shed] enabled = true), where no request waits: a request the limit cannot admit at once is refused (Shed). To shed, remove {key}; to let requests wait, switch load shedding off"
+                ),
+            ),
+        ))
     }
 }
 
@@ -581,6 +650,51 @@ mod tests {
             "[rate_limit]\nenabled = true\nmax_wait_ms = 100",
             "[concurrency]\nenabled = true\nmax_queue = 0",
             "[concurrency]\nenabled = true\nmax_queue = 10\nqueue_timeout_ms = 100",
+        ] {
+            judged(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+    }
+
+    /// Under load shedding no request waits for capacity: a request the
+    /// limits cannot admit at once is shed (`middleware/tests/limits.rs`
+    /// shows it through the built stack), so a key that bounds a wait
+    /// (`rate_limit.max_wait_ms`, `concurrency.max_queue`,
+    /// `concurrency.queue_timeout_ms`, `adaptive.max_queue`) cannot take
+    /// effect: it is refused, the error saying why and what to do, in a
+    /// limit's section that is on or off. A zero `max_wait_ms` or
+    /// `max_queue` says that nothing waits, which holds: accepted.
+    #[test]
+    fn a_wait_key_under_load_shedding_is_refused() {
+        for (section, key, value) in [
+            ("rate_limit", "max_wait_ms", "100"),
+            ("concurrency", "max_queue", "10"),
+            ("concurrency", "queue_timeout_ms", "100"),
+            ("concurrency", "queue_timeout_ms", "0"),
+            ("adaptive", "max_queue", "10"),
+        ] {
+            for enabled in ["enabled = true\n", "enabled = false\n", ""] {
+                let toml =
+                    format!("[load_shed]\nenabled = true\n[{section}]\n{enabled}{key} = {value}");
+                let err = match judged(&toml) {
+                    Ok(b) => panic!("{toml:?}: accepted: {b:?}"),
+                    Err(e) => e,
+                };
+                assert_eq!(err.field, format!("{section}.{key}"), "{toml:?}: {err}");
+                assert!(err.message.contains("load shedding"), "{err}");
+                assert!(err.message.contains(&format!("remove {key}")), "{err}");
+                let on = enabled == "enabled = true\n";
+                assert_eq!(err.message.contains("is off"), !on, "{err}");
+            }
+        }
+        // without load shedding, or with the zeros that say nothing
+        // waits, fine
+        for ok in [
+            "[load_shed]\nenabled = false\n[concurrency]\nenabled = true\nmax_queue = 10\nqueue_timeout_ms = 100",
+            "[rate_limit]\nenabled = true\nmax_wait_ms = 100",
+            "[load_shed]\nenabled = true\n[rate_limit]\nenabled = true\nmax_wait_ms = 0",
+            "[load_shed]\nenabled = true\n[rate_limit]\nenabled = true\nmode = \"reject\"",
+            "[load_shed]\nenabled = true\n[concurrency]\nenabled = true\nmax_queue = 0",
+            "[load_shed]\nenabled = true\n[adaptive]\nenabled = true\nmax_queue = 0",
         ] {
             judged(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
         }
