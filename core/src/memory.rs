@@ -26,7 +26,9 @@
 //! series copies the map, which happens once per label set), histograms and
 //! counters are atomics. The number of series is bounded
 //! ([`InMemoryCollector::with_max_series`]); label sets past the bound are
-//! folded into one overflow series and counted.
+//! folded into an overflow series and counted: one for requests, and one
+//! per attempt reason for attempts (the reason is kept, so attempts by
+//! reason add up to every attempt).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -59,7 +61,8 @@ pub struct SeriesLabels {
     pub error: Option<ErrorKind>,
     /// For attempts: why the attempt was made.
     pub reason: Option<AttemptReason>,
-    /// True for the overflow series that collects label sets past the bound.
+    /// True for an overflow series, which collects label sets past the
+    /// bound (with only their attempt reason kept).
     pub overflow: bool,
 }
 
@@ -80,14 +83,16 @@ impl SeriesLabels {
         }
     }
 
-    fn overflow() -> SeriesLabels {
+    /// The labels of the overflow series of attempts made for `reason`
+    /// (`None`: of requests).
+    fn overflow(reason: Option<AttemptReason>) -> SeriesLabels {
         SeriesLabels {
             operation: None,
             kind: OperationKind::Other,
             keyspace: None,
             table: None,
             error: None,
-            reason: None,
+            reason,
             overflow: true,
         }
     }
@@ -228,10 +233,32 @@ impl crate::registry::Equivalent<SeriesKey> for SeriesView<'_> {
     }
 }
 
+/// The reasons an overflow series is kept for, in the order of
+/// [`overflow_slot`]: none (requests), then each attempt reason.
+const OVERFLOW_REASONS: [Option<AttemptReason>; 4] = [
+    None,
+    Some(AttemptReason::Initial),
+    Some(AttemptReason::Retry),
+    Some(AttemptReason::Speculative),
+];
+
+/// The index of `reason`'s overflow series in [`OVERFLOW_REASONS`].
+fn overflow_slot(reason: Option<AttemptReason>) -> usize {
+    match reason {
+        None => 0,
+        Some(AttemptReason::Initial) => 1,
+        Some(AttemptReason::Retry) => 2,
+        Some(AttemptReason::Speculative) => 3,
+    }
+}
+
 struct SeriesMap {
     map: Registry<SeriesKey, Arc<Series>>,
     max: usize,
-    overflow: Arc<Series>,
+    /// The overflow series, one per reason: the free labels of a series
+    /// past the bound are folded, its reason (one of three) is kept, so
+    /// that attempts by reason add up to every attempt. Made on first use.
+    overflow: [std::sync::OnceLock<Series>; OVERFLOW_REASONS.len()],
     overflowed: AtomicU64,
 }
 
@@ -240,9 +267,17 @@ impl SeriesMap {
         SeriesMap {
             map: Registry::new(),
             max,
-            overflow: Arc::new(Series::new()),
+            overflow: Default::default(),
             overflowed: AtomicU64::new(0),
         }
+    }
+
+    /// The overflow series made so far, with their reasons.
+    fn overflow_series(&self) -> impl Iterator<Item = (Option<AttemptReason>, &Series)> {
+        OVERFLOW_REASONS
+            .into_iter()
+            .zip(&self.overflow)
+            .filter_map(|(reason, s)| Some((reason, s.get()?)))
     }
 
     /// The series of `view`, made if it is new and the map has room for
@@ -264,18 +299,19 @@ impl SeriesMap {
             Some(h) => h.record(nanos, ok, rows),
             None => {
                 self.overflowed.fetch_add(1, Ordering::Relaxed);
-                self.overflow.record(nanos, ok, rows);
+                self.overflow[overflow_slot(view.reason)]
+                    .get_or_init(Series::new)
+                    .record(nanos, ok, rows);
             }
         }
     }
 
-    /// The sum of a counter over every series, the overflow one included.
+    /// The sum of a counter over every series, the overflow ones included.
     fn sum(&self, counter: impl Fn(&Series) -> &AtomicU64) -> u64 {
         let map = self.map.snapshot();
-        map.values()
-            .map(|s| counter(s).load(Ordering::Relaxed))
-            .sum::<u64>()
-            + counter(&self.overflow).load(Ordering::Relaxed)
+        let load = |s: &Series| counter(s).load(Ordering::Relaxed);
+        map.values().map(|s| load(s)).sum::<u64>()
+            + self.overflow_series().map(|(_, s)| load(s)).sum::<u64>()
     }
 
     fn snapshot(&self) -> Vec<SeriesSnapshot> {
@@ -287,20 +323,22 @@ impl SeriesMap {
                 histogram: h.histogram.snapshot(),
             })
             .collect();
-        let overflow = self.overflow.histogram.snapshot();
-        if overflow.count() > 0 {
-            out.push(SeriesSnapshot {
-                labels: SeriesLabels::overflow(),
-                histogram: overflow,
-            });
+        for (reason, series) in self.overflow_series() {
+            let histogram = series.histogram.snapshot();
+            if histogram.count() > 0 {
+                out.push(SeriesSnapshot {
+                    labels: SeriesLabels::overflow(reason),
+                    histogram,
+                });
+            }
         }
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         out
     }
 
     fn memory_bytes(&self) -> usize {
-        let n = self.map.len() + 1;
-        n * (self.overflow.histogram.memory_bytes() + std::mem::size_of::<SeriesLabels>() + 64)
+        let n = self.map.len() + self.overflow_series().count();
+        n * (Histogram::MEMORY_BYTES + std::mem::size_of::<SeriesLabels>() + 64)
     }
 }
 
@@ -927,6 +965,39 @@ mod tests {
                 .any(|x| x.labels.overflow && x.histogram.count() == 7)
         );
         assert_eq!(s.request_latency(None).count(), 10, "nothing lost");
+    }
+
+    /// Attempts folded into overflow keep their reason: the attempts of
+    /// each reason add up to every attempt, past the bound too.
+    #[test]
+    fn attempts_past_the_bound_are_counted_by_their_reason() {
+        let m = InMemoryCollector::with_max_series(1);
+        let mut made = BTreeMap::new();
+        for i in 0..4 {
+            let r = CqlRequest::query("SELECT v FROM t").operation(format!("op{i}"));
+            for (reason, n) in [
+                (AttemptReason::Initial, 1),
+                (AttemptReason::Retry, 2),
+                (AttemptReason::Speculative, 3),
+            ] {
+                for _ in 0..n {
+                    m.on_attempt(&AttemptEvent::new(
+                        r.meta(),
+                        0,
+                        reason,
+                        Duration::from_micros(10),
+                        None,
+                    ));
+                    *made.entry(reason).or_insert(0u64) += 1;
+                }
+            }
+        }
+        let s = m.snapshot();
+        assert!(s.overflowed > 0);
+        let by_reason: BTreeMap<_, _> =
+            made.keys().map(|&r| (r, s.attempts_by_reason(r))).collect();
+        assert_eq!(by_reason, made, "attempts by reason; {:#?}", s.attempts);
+        assert_eq!(s.attempt_latency(None).count(), 24);
     }
 
     #[test]

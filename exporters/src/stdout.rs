@@ -64,11 +64,20 @@ impl JsonLines {
         Arc::new(Background::new(inner, QUEUE))
     }
 
+    /// The writer. A panic of the writer while it held the lock (caught
+    /// and counted by the queue's thread) leaves the lock poisoned: the
+    /// writer is taken back as it is, so that the lines after it are
+    /// written, not dropped for good without a count.
+    fn out(&self) -> std::sync::MutexGuard<'_, Box<dyn Write + Send>> {
+        self.out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn write(&self, line: &str) {
-        if let Ok(mut out) = self.out.lock() {
-            let _ = out.write_all(line.as_bytes());
-            let _ = out.write_all(b"\n");
-        }
+        let mut out = self.out();
+        let _ = out.write_all(line.as_bytes());
+        let _ = out.write_all(b"\n");
     }
 }
 
@@ -267,9 +276,7 @@ impl Collector for JsonLines {
         self.write(&l.raw("steps", &steps).done());
     }
     fn flush(&self) {
-        if let Ok(mut out) = self.out.lock() {
-            let _ = out.flush();
-        }
+        let _ = self.out().flush();
     }
     fn name(&self) -> &str {
         "json_lines"
@@ -317,6 +324,53 @@ mod tests {
             "{\"event\":\"request\",\"kind\":\"SELECT\",\"operation\":\"get \\\"quoted\\\"\",\"keyspace\":\"ks\",\"table\":\"t\",\"outcome\":\"read_timeout\",\"duration_us\":250,\"attempts\":3,\"rows\":0,\"node\":\"127.0.0.1:9042\"}\n"
         );
         assert!(!text.contains("secret"));
+    }
+
+    /// A writer that panics on its first write, then keeps what it is
+    /// given.
+    #[derive(Clone, Default)]
+    struct PanicsOnce(Arc<Mutex<(bool, Vec<u8>)>>);
+    impl Write for PanicsOnce {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let mut g = self.0.lock().unwrap();
+            if !g.0 {
+                g.0 = true;
+                drop(g);
+                panic!("the writer's bug");
+            }
+            g.1.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A panic of the writer is caught and counted (by the background
+    /// queue), and the lines after it are written: one panic does not
+    /// silence the exporter for good.
+    #[test]
+    fn the_lines_after_a_panic_of_the_writer_are_written() {
+        let out = PanicsOnce::default();
+        let c = Collectors::with([JsonLines::to_writer(Box::new(out.clone()))]);
+        let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").operation("get");
+        for _ in 0..3 {
+            c.emit(Event::Request(RequestEvent::new(
+                req.meta(),
+                Duration::from_micros(5),
+                None,
+            )));
+        }
+        c.flush();
+        assert_eq!(c.failures(), 1, "the panic is counted");
+        let text = String::from_utf8(out.0.lock().unwrap().1.clone()).unwrap();
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("{\"event\":\"request\""))
+                .count(),
+            2,
+            "the two lines after the panic: {text:?}"
+        );
     }
 
     #[test]

@@ -132,12 +132,19 @@ impl SlowQueryLog {
 
     /// Takes a line from this second's allowance, lock-free.
     fn admit(&self) -> bool {
-        let second = self.epoch.elapsed().as_secs();
+        self.admit_at(self.epoch.elapsed().as_secs())
+    }
+
+    /// [`admit`](Self::admit) for a line at `second` since the epoch.
+    fn admit_at(&self, second: u64) -> bool {
         let limit = u64::from(self.config.max_per_second);
         self.window
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
                 let (s, n) = (w >> 32, w & 0xFFFF_FFFF);
-                if s != second {
+                // a later second opens its allowance; a reading of an
+                // earlier one (a thread overtaken since it read the
+                // clock) takes from the current second's
+                if second > s {
                     Some((second << 32) | 1)
                 } else if n < limit {
                     Some(w + 1)
@@ -260,6 +267,27 @@ mod tests {
         for (_, v) in got.iter().flatten() {
             assert!(!v.contains("alice") && !v.contains("secret-value"), "{v}");
         }
+    }
+
+    /// A line admitted by a thread that read the clock in the second
+    /// before (and was overtaken by one that read it in this second)
+    /// counts against this second's allowance: it does not move the
+    /// window back, which handed the second a fresh allowance when the
+    /// next line came.
+    #[test]
+    fn a_late_reading_of_the_clock_does_not_reopen_the_allowance() {
+        let log = SlowQueryLog::new(SlowQueryLogConfig {
+            max_per_second: 3,
+            ..Default::default()
+        });
+        let mut admitted = 0;
+        // second 7: its allowance; a thread that read second 6; second 7 again
+        for second in [7, 7, 7, 6, 7, 7, 7] {
+            admitted += u32::from(log.admit_at(second));
+        }
+        assert_eq!(admitted, 3, "lines admitted in second 7");
+        // the next second has its own allowance
+        assert!(log.admit_at(8));
     }
 
     #[test]
