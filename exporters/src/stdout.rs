@@ -74,10 +74,10 @@ impl JsonLines {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Writes `line` (which ends with its newline) in one write: on a
+    /// shared stdout nothing lands between a line and its newline.
     fn write(&self, line: &str) {
-        let mut out = self.out();
-        let _ = out.write_all(line.as_bytes());
-        let _ = out.write_all(b"\n");
+        let _ = self.out().write_all(line.as_bytes());
     }
 }
 
@@ -142,8 +142,15 @@ impl Line {
         }
         l
     }
+    /// The object, closed.
     fn done(mut self) -> String {
         self.0.push('}');
+        self.0
+    }
+
+    /// The line: the object, closed, and its newline.
+    fn line(mut self) -> String {
+        self.0.push_str("}\n");
         self.0
     }
 }
@@ -166,7 +173,7 @@ impl Collector for JsonLines {
         if let Some(id) = &e.tracing_id {
             l = l.str("tracing_id", &session_id_string(id));
         }
-        self.write(&l.done());
+        self.write(&l.line());
     }
     fn on_attempt(&self, e: &AttemptEvent<'_>) {
         let mut l = Line::new("attempt")
@@ -178,7 +185,7 @@ impl Collector for JsonLines {
         if let Some(n) = e.node {
             l = l.str("node", &n.to_string());
         }
-        self.write(&l.done());
+        self.write(&l.line());
     }
     fn on_retry(&self, e: &RetryEvent<'_>) {
         let l = Line::new("retry")
@@ -186,7 +193,7 @@ impl Collector for JsonLines {
             .num("attempt", f64::from(e.attempt))
             .num("delay_us", us(e.delay))
             .str("cause", e.cause.kind().as_str());
-        self.write(&l.done());
+        self.write(&l.line());
     }
     fn on_throttle(&self, e: &ThrottleEvent<'_>) {
         let l = Line::new("throttle")
@@ -194,28 +201,28 @@ impl Collector for JsonLines {
             .str("limiter", e.limiter)
             .num("waited_us", us(e.waited))
             .str("rejected", if e.rejected { "true" } else { "false" });
-        self.write(&l.done());
+        self.write(&l.line());
     }
     fn on_shed(&self, e: &ShedEvent<'_>) {
         let l = Line::new("shed")
             .meta(e.meta)
             .str("reason", e.reason.as_str())
             .str("layer", e.layer);
-        self.write(&l.done());
+        self.write(&l.line());
     }
     fn on_breaker(&self, e: &BreakerEvent<'_>) {
         let l = Line::new("breaker")
             .str("target", e.target)
             .str("from", e.from.as_str())
             .str("to", e.to.as_str());
-        self.write(&l.done());
+        self.write(&l.line());
     }
     fn on_limit(&self, e: &LimitEvent) {
         let l = Line::new("limit")
             .str("limiter", e.limiter)
             .num("limit", e.limit as f64)
             .num("in_flight", e.in_flight as f64);
-        self.write(&l.done());
+        self.write(&l.line());
     }
     fn on_page(&self, e: &PageEvent<'_>) {
         let l = Line::new("page")
@@ -223,7 +230,7 @@ impl Collector for JsonLines {
             .num("page", f64::from(e.page))
             .num("rows", e.rows as f64)
             .num("duration_us", us(e.duration));
-        self.write(&l.done());
+        self.write(&l.line());
     }
     fn on_stream(&self, e: &StreamEvent<'_>) {
         let l = Line::new("stream")
@@ -232,7 +239,7 @@ impl Collector for JsonLines {
             .num("pages", f64::from(e.pages))
             .num("rows", e.rows as f64)
             .num("duration_us", us(e.duration));
-        self.write(&l.done());
+        self.write(&l.line());
     }
     fn on_server_trace(&self, e: &ServerTraceEvent<'_>) {
         let mut l = Line::new("server_trace")
@@ -273,7 +280,7 @@ impl Collector for JsonLines {
             steps.push_str(&step.done());
         }
         steps.push(']');
-        self.write(&l.raw("steps", &steps).done());
+        self.write(&l.raw("steps", &steps).line());
     }
     fn flush(&self) {
         let _ = self.out().flush();
@@ -371,6 +378,46 @@ mod tests {
             2,
             "the two lines after the panic: {text:?}"
         );
+    }
+
+    /// A writer that keeps each write it is given apart.
+    #[derive(Clone, Default)]
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+    impl Write for Writes {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push(b.to_vec());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Each line goes out in one write, its newline with it: on a stdout
+    /// shared with other threads (each write takes stdout's lock), another
+    /// thread's output cannot land between a line and its newline.
+    #[test]
+    fn each_line_is_one_write() {
+        let out = Writes::default();
+        let c = Collectors::with([JsonLines::to_writer(Box::new(out.clone()))]);
+        let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").operation("get");
+        for _ in 0..3 {
+            c.emit(Event::Request(RequestEvent::new(
+                req.meta(),
+                Duration::from_micros(5),
+                None,
+            )));
+        }
+        c.flush();
+        let writes = out.0.lock().unwrap().clone();
+        let writes: Vec<String> = writes
+            .into_iter()
+            .map(|w| String::from_utf8(w).unwrap())
+            .collect();
+        assert_eq!(writes.len(), 3, "{writes:?}");
+        for w in &writes {
+            assert!(w.starts_with('{') && w.ends_with("}\n"), "{w:?}");
+        }
     }
 
     #[test]
