@@ -355,23 +355,22 @@ struct Inner {
 pub struct CqlError(Arc<Inner>);
 
 impl CqlError {
-    /// A new error of `kind` with `message` (what happened).
+    /// A new error of `kind` with `message` (what happened). It counts
+    /// one attempt ([`attempts`](Self::attempts)), except for the kinds a
+    /// layer refuses a request with before any attempt (`RateLimited`,
+    /// `Shed`, `CircuitOpen`, `ShutDown`): none.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> CqlError {
+        let refused = matches!(
+            kind,
+            ErrorKind::RateLimited | ErrorKind::Shed | ErrorKind::CircuitOpen | ErrorKind::ShutDown
+        );
         CqlError(Arc::new(Inner {
             kind,
             message: message.into(),
             node: None,
             details: None,
-            not_sent: matches!(
-                kind,
-                ErrorKind::RateLimited
-                    | ErrorKind::Shed
-                    | ErrorKind::CircuitOpen
-                    | ErrorKind::ShutDown
-                    | ErrorKind::Serialization
-                    | ErrorKind::BadRequest
-            ),
-            attempts: 1,
+            not_sent: refused || matches!(kind, ErrorKind::Serialization | ErrorKind::BadRequest),
+            attempts: u32::from(!refused),
             speculative: 0,
             source: None,
         }))
@@ -421,12 +420,16 @@ impl CqlError {
     }
 
     /// Records how many attempts were made before giving up (the retry
-    /// layer sets it).
+    /// layer sets it; 0: the request was refused before any attempt, as
+    /// its attempt events say).
     pub fn with_attempts(self, attempts: u32) -> CqlError {
         self.map(|i| i.attempts = attempts)
     }
 
-    /// Attempts made before this error was returned (1 without retries).
+    /// Attempts made before this error was returned: 1 without retries,
+    /// 0 for a request refused before any attempt (a limit, the breaker,
+    /// the gate, settings the driver refuses before sending). As many as
+    /// the request's attempt events.
     pub fn attempts(&self) -> u32 {
         self.0.attempts
     }

@@ -483,3 +483,61 @@ async fn a_collector_added_mid_request_gets_its_request_event() {
         assert_eq!(seen, (1, 1), "{name}: (request events, attempt events)");
     }
 }
+
+/// Sums the attempts the request events report, and counts the attempt
+/// events, by the request's outcome.
+#[derive(Default)]
+struct AttemptTally(Mutex<BTreeMap<String, (u64, u64)>>);
+
+impl tower_cql_core::Collector for AttemptTally {
+    fn on_request(&self, e: &tower_cql_core::event::RequestEvent<'_>) {
+        let key = e.error.map_or("ok".to_string(), |e| e.kind().to_string());
+        self.0.lock().unwrap().entry(key).or_default().0 += u64::from(e.attempts);
+    }
+    fn on_attempt(&self, e: &tower_cql_core::event::AttemptEvent<'_>) {
+        let key = e.error.map_or("ok".to_string(), |e| e.kind().to_string());
+        self.0.lock().unwrap().entry(key).or_default().1 += 1;
+    }
+}
+
+/// A request refused before any attempt (rate limited, bad settings)
+/// reports no attempt: the attempts the request events report are the
+/// attempt events there were, whatever the outcome. (A refusal reported
+/// one attempt, which no attempt event matched.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_before_any_attempt_reports_none() {
+    let e = env().await;
+    let tally = Arc::new(AttemptTally::default());
+    e.collectors.add(tally.clone());
+    let stack = StackBuilder::new(e.collectors.clone())
+        .rate_limit(tower_cql_middleware::rate_limit::RateLimitConfig {
+            rate_per_second: 0.01,
+            burst: 1,
+            mode: tower_cql_middleware::rate_limit::RateLimitMode::Reject,
+        })
+        .build(e.driver.clone())
+        .unwrap();
+    let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?").idempotent(true);
+    stack.call(get.request().bind((42,))).await.unwrap();
+    let err = stack.call(get.request().bind((42,))).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RateLimited, "{err}");
+    assert_eq!(err.attempts(), 0, "{err}");
+    // settings the driver refuses before sending (no token needed: a
+    // stack of its own)
+    let stack = StackBuilder::new(e.collectors.clone())
+        .build(e.driver.clone())
+        .unwrap();
+    let err = stack
+        .call(get.request().bind((42,)).page_size(0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadRequest, "{err}");
+    let tally = tally.0.lock().unwrap().clone();
+    for (outcome, (reported, events)) in &tally {
+        assert_eq!(
+            reported, events,
+            "{outcome}: attempts reported, attempt events: {tally:?}"
+        );
+    }
+    assert_eq!(tally.len(), 3, "{tally:?}");
+}

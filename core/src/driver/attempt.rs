@@ -138,7 +138,8 @@ impl DriverInner {
                 ErrorKind::DeadlineExceeded,
                 "the request's deadline had passed before it was sent (nothing was sent)",
             )
-            .not_sent());
+            .not_sent()
+            .with_attempts(0));
         }
         // If this future is dropped before the attempt completes (a
         // per-attempt timeout, a hedge race lost, the caller gone), the

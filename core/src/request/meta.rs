@@ -405,6 +405,7 @@ fn bad_page_size(rows: i32) -> crate::CqlError {
         ),
     )
     .not_sent()
+    .with_attempts(0)
 }
 
 impl fmt::Display for QuerySummary<'_> {

@@ -315,7 +315,10 @@ fn after_error(
                 attempts,
                 "not retrying"
             );
-            return AfterError::Stop(with_attempts(err, attempts));
+            // (the last call made no attempt when its error says so: it
+            // was refused before sending)
+            let made = attempts - u32::from(err.attempts() == 0);
+            return AfterError::Stop(with_attempts(err, made));
         }
         Decision::Retry { delay, advice } => (delay, advice),
     };
