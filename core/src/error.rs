@@ -428,8 +428,8 @@ impl CqlError {
 
     /// Attempts made before this error was returned: 1 without retries,
     /// 0 for a request refused before any attempt (a limit, the breaker,
-    /// the gate, settings the driver refuses before sending). As many as
-    /// the request's attempt events.
+    /// the gate, settings the driver refuses before sending), which has
+    /// no attempt event.
     pub fn attempts(&self) -> u32 {
         self.0.attempts
     }
