@@ -333,6 +333,22 @@ mod tests {
         assert!(!text.contains("secret"));
     }
 
+    /// Three request events through a JSON-lines exporter writing to
+    /// `out`, flushed: the exporter's collector set.
+    fn three_requests(out: Box<dyn Write + Send>) -> Collectors {
+        let c = Collectors::with([JsonLines::to_writer(out)]);
+        let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").operation("get");
+        for _ in 0..3 {
+            c.emit(Event::Request(RequestEvent::new(
+                req.meta(),
+                Duration::from_micros(5),
+                None,
+            )));
+        }
+        c.flush();
+        c
+    }
+
     /// A writer that panics on its first write, then keeps what it is
     /// given.
     #[derive(Clone, Default)]
@@ -359,16 +375,7 @@ mod tests {
     #[test]
     fn the_lines_after_a_panic_of_the_writer_are_written() {
         let out = PanicsOnce::default();
-        let c = Collectors::with([JsonLines::to_writer(Box::new(out.clone()))]);
-        let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").operation("get");
-        for _ in 0..3 {
-            c.emit(Event::Request(RequestEvent::new(
-                req.meta(),
-                Duration::from_micros(5),
-                None,
-            )));
-        }
-        c.flush();
+        let c = three_requests(Box::new(out.clone()));
         assert_eq!(c.failures(), 1, "the panic is counted");
         let text = String::from_utf8(out.0.lock().unwrap().1.clone()).unwrap();
         assert_eq!(
@@ -399,16 +406,7 @@ mod tests {
     #[test]
     fn each_line_is_one_write() {
         let out = Writes::default();
-        let c = Collectors::with([JsonLines::to_writer(Box::new(out.clone()))]);
-        let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").operation("get");
-        for _ in 0..3 {
-            c.emit(Event::Request(RequestEvent::new(
-                req.meta(),
-                Duration::from_micros(5),
-                None,
-            )));
-        }
-        c.flush();
+        three_requests(Box::new(out.clone()));
         let writes = out.0.lock().unwrap().clone();
         let writes: Vec<String> = writes
             .into_iter()
