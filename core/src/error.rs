@@ -392,6 +392,17 @@ impl CqlError {
         )
     }
 
+    /// The error for a request whose deadline passed before it was sent
+    /// (while it waited for a limit, or before an attempt began): not
+    /// sent, and no attempt made ([`attempts`](Self::attempts) 0, as its
+    /// attempt events say). `message` says where it waited. Every layer
+    /// that refuses a request for its deadline makes its error here.
+    pub fn deadline_passed_before_sending(message: impl Into<String>) -> CqlError {
+        CqlError::new(ErrorKind::DeadlineExceeded, message)
+            .not_sent()
+            .with_attempts(0)
+    }
+
     /// Sets the node the error came from.
     pub fn with_node(self, node: SocketAddr) -> CqlError {
         self.map(|i| i.node = Some(node))
@@ -428,7 +439,8 @@ impl CqlError {
 
     /// Attempts made before this error was returned: 1 without retries,
     /// 0 for a request refused before any attempt (a limit, the breaker,
-    /// the gate, settings the driver refuses before sending). As many as
+    /// the gate, a deadline passed before sending, settings the driver
+    /// refuses before sending). As many as
     /// the request's attempt events.
     pub fn attempts(&self) -> u32 {
         self.0.attempts

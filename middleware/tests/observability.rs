@@ -541,3 +541,44 @@ async fn a_request_refused_before_any_attempt_reports_none() {
     }
     assert_eq!(tally.len(), 3, "{tally:?}");
 }
+
+/// A request whose deadline passes while it waits for a token (or a
+/// slot) was never sent: it reports no attempt, as many as its attempt
+/// events (none). It reported one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_deadline_passes_while_it_waits_reports_no_attempt() {
+    let e = env().await;
+    let tally = Arc::new(AttemptTally::default());
+    e.collectors.add(tally.clone());
+    let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?").idempotent(true);
+    let stack = StackBuilder::new(e.collectors.clone())
+        .rate_limit(tower_cql_middleware::rate_limit::RateLimitConfig {
+            rate_per_second: 0.01,
+            burst: 1,
+            mode: tower_cql_middleware::rate_limit::RateLimitMode::Wait {
+                max_wait: std::time::Duration::from_secs(3600),
+            },
+        })
+        .build(e.driver.clone())
+        .unwrap();
+    stack.call(get.request().bind((42,))).await.unwrap();
+    // the next token is 100 s away: the 50 ms deadline passes first
+    let err = stack
+        .call(
+            get.request()
+                .bind((42,))
+                .timeout(std::time::Duration::from_millis(50)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert!(err.was_not_sent(), "{err}");
+    assert_eq!(err.attempts(), 0, "{err}");
+    let tally = tally.0.lock().unwrap().clone();
+    for (outcome, (reported, events)) in &tally {
+        assert_eq!(
+            reported, events,
+            "{outcome}: attempts reported, attempt events: {tally:?}"
+        );
+    }
+}

@@ -134,12 +134,9 @@ impl DriverInner {
         // the request here, before it is touched
         meta.check_settings()?;
         if remaining.is_some_and(|r| r.is_zero()) {
-            return Err(CqlError::new(
-                ErrorKind::DeadlineExceeded,
+            return Err(CqlError::deadline_passed_before_sending(
                 "the request's deadline had passed before it was sent (nothing was sent)",
-            )
-            .not_sent()
-            .with_attempts(0));
+            ));
         }
         // If this future is dropped before the attempt completes (a
         // per-attempt timeout, a hedge race lost, the caller gone), the
