@@ -295,21 +295,11 @@ impl ErrorKind {
         }
     }
 
-    /// Whether the server may have applied the request despite the error.
+    /// Whether the server may have applied the request despite the error
+    /// (the classifier's list, by which a request that is not idempotent
+    /// is not retried: see [`classify`](crate::classify)).
     pub const fn may_have_been_applied(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::Overloaded
-                | ErrorKind::WriteTimeout
-                | ErrorKind::WriteFailure
-                | ErrorKind::TruncateError
-                | ErrorKind::ClientTimeout
-                | ErrorKind::Cancelled
-                | ErrorKind::DeadlineExceeded
-                | ErrorKind::ServerError
-                | ErrorKind::Connection
-                | ErrorKind::Other
-        )
+        crate::classify::may_have_been_applied(self)
     }
 }
 
