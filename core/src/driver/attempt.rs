@@ -64,26 +64,22 @@ impl Unfinished<'_> {
             return;
         }
         let duration = crate::clock::since(self.start.into());
-        let error = match crate::cancel::reason() {
-            CancelReason::TimedOut => CqlError::new(
-                ErrorKind::ClientTimeout,
-                format!("the attempt was cancelled by the per-attempt timeout after {duration:?}"),
+        let why = crate::cancel::reason();
+        let message = match why {
+            CancelReason::TimedOut => {
+                format!("the attempt was cancelled by the per-attempt timeout after {duration:?}")
+            }
+            CancelReason::DeadlinePassed => format!(
+                "the attempt was cancelled after {duration:?}: the request's deadline passed"
             ),
-            CancelReason::DeadlinePassed => CqlError::new(
-                ErrorKind::DeadlineExceeded,
-                format!(
-                    "the attempt was cancelled after {duration:?}: the request's deadline passed"
-                ),
-            ),
-            CancelReason::LostRace => CqlError::new(
-                ErrorKind::Cancelled,
-                "the attempt was cancelled: another attempt of the request answered first",
-            ),
-            CancelReason::Dropped => CqlError::new(
-                ErrorKind::Cancelled,
-                "the attempt was cancelled: the request was dropped before it completed",
-            ),
+            CancelReason::LostRace => {
+                "the attempt was cancelled: another attempt of the request answered first".into()
+            }
+            CancelReason::Dropped => {
+                "the attempt was cancelled: the request was dropped before it completed".into()
+            }
         };
+        let error = CqlError::new(why.error_kind(), message);
         let error = match node {
             Some(n) => error.with_node(n),
             None => error,
