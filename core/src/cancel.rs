@@ -33,6 +33,8 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 
+use crate::error::ErrorKind;
+
 /// Why an attempt ended before it completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CancelReason {
@@ -48,6 +50,18 @@ pub enum CancelReason {
 }
 
 impl CancelReason {
+    /// The kind of error an attempt (or request) cancelled for this reason
+    /// ends with, in its event and its span: `ClientTimeout` for the
+    /// per-attempt timeout, `DeadlineExceeded` for the deadline,
+    /// `Cancelled` for a lost race or a caller that stopped waiting.
+    pub const fn error_kind(self) -> ErrorKind {
+        match self {
+            CancelReason::TimedOut => ErrorKind::ClientTimeout,
+            CancelReason::DeadlinePassed => ErrorKind::DeadlineExceeded,
+            CancelReason::LostRace | CancelReason::Dropped => ErrorKind::Cancelled,
+        }
+    }
+
     /// A stable snake_case name.
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -206,16 +206,34 @@ fn retry_advice(error: &CqlError, idempotent: bool) -> RetryAdvice {
         {
             RetryAdvice::DontRetry
         }
-        K::Overloaded
-        | K::WriteTimeout
-        | K::WriteFailure
-        | K::ReadFailure
-        | K::TruncateError
-        | K::ClientTimeout
-        | K::Connection
-        | K::ServerError
-        | K::Other => if_idempotent,
+        kind if may_have_been_applied(kind) => if_idempotent,
+        // (every kind is answered above; a new one is not retried until
+        // it has a rule)
+        _ => RetryAdvice::DontRetry,
     }
+}
+
+/// Whether the server may have applied a request that was sent and
+/// failed with `kind`: the one list, which
+/// [`ErrorKind::may_have_been_applied`] gives and by which a request that
+/// is not idempotent is not retried (the "not idempotent" column of the
+/// module docs' table).
+pub(crate) const fn may_have_been_applied(kind: ErrorKind) -> bool {
+    use ErrorKind as K;
+    matches!(
+        kind,
+        K::Overloaded
+            | K::WriteTimeout
+            | K::WriteFailure
+            | K::ReadFailure
+            | K::TruncateError
+            | K::ClientTimeout
+            | K::Cancelled
+            | K::DeadlineExceeded
+            | K::ServerError
+            | K::Connection
+            | K::Other
+    )
 }
 
 #[cfg(all(test, not(tower_cql_loom)))]
@@ -232,6 +250,15 @@ mod tests {
             // non-idempotent request, unless it was never sent
             if e.may_have_been_applied() {
                 assert_eq!(classify(&e, false).retry, RetryAdvice::DontRetry, "{kind}");
+            }
+            // and the converse: a kind retried only when idempotent is one
+            // that may have been applied (the only reason to hold back the
+            // retry of a request that is not), as the README's retry table
+            // says (`ReadFailure` among them)
+            if classify(&e, false).retry == RetryAdvice::DontRetry
+                && c.retry != RetryAdvice::DontRetry
+            {
+                assert!(e.may_have_been_applied(), "{kind}");
             }
             // client-side refusals are never retried and never judge a node
             if c.node == NodeVerdict::NotJudged {

@@ -295,21 +295,11 @@ impl ErrorKind {
         }
     }
 
-    /// Whether the server may have applied the request despite the error.
+    /// Whether the server may have applied the request despite the error
+    /// (the classifier's list, by which a request that is not idempotent
+    /// is not retried: see [`classify`](crate::classify)).
     pub const fn may_have_been_applied(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::Overloaded
-                | ErrorKind::WriteTimeout
-                | ErrorKind::WriteFailure
-                | ErrorKind::TruncateError
-                | ErrorKind::ClientTimeout
-                | ErrorKind::Cancelled
-                | ErrorKind::DeadlineExceeded
-                | ErrorKind::ServerError
-                | ErrorKind::Connection
-                | ErrorKind::Other
-        )
+        crate::classify::may_have_been_applied(self)
     }
 }
 
@@ -392,6 +382,17 @@ impl CqlError {
         )
     }
 
+    /// The error for a request whose deadline passed before it was sent
+    /// (while it waited for a limit, or before an attempt began): not
+    /// sent, and no attempt made ([`attempts`](Self::attempts) 0, as its
+    /// attempt events say). `message` says where it waited. Every layer
+    /// that refuses a request for its deadline makes its error here.
+    pub fn deadline_passed_before_sending(message: impl Into<String>) -> CqlError {
+        CqlError::new(ErrorKind::DeadlineExceeded, message)
+            .not_sent()
+            .with_attempts(0)
+    }
+
     /// Sets the node the error came from.
     pub fn with_node(self, node: SocketAddr) -> CqlError {
         self.map(|i| i.node = Some(node))
@@ -428,8 +429,8 @@ impl CqlError {
 
     /// Attempts made before this error was returned: 1 without retries,
     /// 0 for a request refused before any attempt (a limit, the breaker,
-    /// the gate, settings the driver refuses before sending), which has
-    /// no attempt event.
+    /// the gate, a deadline passed before sending, settings the driver
+    /// refuses before sending), which has no attempt event.
     pub fn attempts(&self) -> u32 {
         self.0.attempts
     }

@@ -54,11 +54,9 @@ pub(crate) fn end(
 /// The error of a request whose deadline passed after it waited `waited`
 /// for `what` (`"a token"`, `"a slot"`).
 pub(crate) fn deadline_exceeded(limiter: &str, what: &str, waited: Duration) -> CqlError {
-    CqlError::new(
-        tower_cql_core::ErrorKind::DeadlineExceeded,
-        format!("{limiter}: the request's deadline passed after it waited {waited:?} for {what}"),
-    )
-    .not_sent()
+    CqlError::deadline_passed_before_sending(format!(
+        "{limiter}: the request's deadline passed after it waited {waited:?} for {what}"
+    ))
 }
 
 pin_project! {

@@ -541,3 +541,148 @@ async fn a_request_refused_before_any_attempt_reports_none() {
     }
     assert_eq!(tally.len(), 3, "{tally:?}");
 }
+
+/// A request whose deadline passes while it waits for a token (or a
+/// slot) was never sent: it reports no attempt, as many as its attempt
+/// events (none). It reported one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_deadline_passes_while_it_waits_reports_no_attempt() {
+    let e = env().await;
+    let tally = Arc::new(AttemptTally::default());
+    e.collectors.add(tally.clone());
+    let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?").idempotent(true);
+    let stack = StackBuilder::new(e.collectors.clone())
+        .rate_limit(tower_cql_middleware::rate_limit::RateLimitConfig {
+            rate_per_second: 0.01,
+            burst: 1,
+            mode: tower_cql_middleware::rate_limit::RateLimitMode::Wait {
+                max_wait: std::time::Duration::from_secs(3600),
+            },
+        })
+        .build(e.driver.clone())
+        .unwrap();
+    stack.call(get.request().bind((42,))).await.unwrap();
+    // the next token is 100 s away: the 50 ms deadline passes first
+    let err = stack
+        .call(
+            get.request()
+                .bind((42,))
+                .timeout(std::time::Duration::from_millis(50)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert!(err.was_not_sent(), "{err}");
+    assert_eq!(err.attempts(), 0, "{err}");
+    let tally = tally.0.lock().unwrap().clone();
+    for (outcome, (reported, events)) in &tally {
+        assert_eq!(
+            reported, events,
+            "{outcome}: attempts reported, attempt events: {tally:?}"
+        );
+    }
+}
+
+/// A request the caller stops waiting for ends its spans as cancelled,
+/// as its request and attempt events say (`error.type = cancelled`), not
+/// as spans with no status, which a trace view shows as successes.
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_request_ends_its_spans_cancelled() {
+    tower_cql_testkit::tracing_setup::global_registry();
+    let e = env().await;
+    let capture = Capture::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+    let svc = TraceLayer::new(TraceConfig::default())
+        .layer(AttemptTraceLayer::new().layer(e.driver.clone()));
+    const GET: &str = "SELECT v FROM ks.kv WHERE k = ?";
+    e.cluster
+        .faults()
+        .add(Fault::delay(std::time::Duration::from_secs(5)).matching(GET));
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(50),
+        svc.oneshot(CqlRequest::query(GET).bind((42,))),
+    )
+    .await
+    .is_err();
+    assert!(gave_up);
+    let spans = capture.spans();
+    for name in ["cql.request", "cql.attempt"] {
+        let span = spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("a {name} span: {spans:?}"));
+        assert_eq!(
+            span.fields.get("error.type").map(String::as_str),
+            Some("cancelled"),
+            "{name}: {:?}",
+            span.fields
+        );
+        assert_eq!(
+            span.fields.get("otel.status_code").map(String::as_str),
+            Some("error"),
+            "{name}: {:?}",
+            span.fields
+        );
+    }
+}
+
+/// The attempt that lost a hedge race ends its span cancelled, as its
+/// attempt event says; the winner's span is a success.
+#[tokio::test(flavor = "current_thread")]
+async fn the_attempt_that_lost_a_hedge_race_ends_its_span_cancelled() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+    use tower_cql_middleware::hedge::{HedgeConfig, HedgeDelay, HedgeLayer};
+    tower_cql_testkit::tracing_setup::global_registry();
+    let capture = Capture::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+    // the first attempt hangs, the speculative one answers
+    let calls = Arc::new(AtomicU32::new(0));
+    let inner = tower::service_fn(move |_req: CqlRequest| {
+        let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            if first {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, CqlError>(CqlResponse::synthetic(Default::default()))
+        }
+    });
+    let svc = HedgeLayer::new(
+        HedgeConfig {
+            delay: HedgeDelay::Fixed(Duration::from_millis(5)),
+            max_speculative: 1,
+            ..HedgeConfig::default()
+        },
+        Collectors::new(),
+    )
+    .layer(AttemptTraceLayer::new().layer(inner));
+    let read = CqlRequest::query("SELECT v FROM ks.kv WHERE k = 1").idempotent(true);
+    tokio::time::timeout(Duration::from_secs(30), svc.oneshot(read))
+        .await
+        .expect("the speculative attempt answers")
+        .unwrap();
+    let spans = capture.spans();
+    let attempt = |reason: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == "cql.attempt" && s.fields["cql.attempt.reason"] == reason)
+            .unwrap_or_else(|| panic!("a {reason} attempt span: {spans:?}"))
+            .fields
+            .clone()
+    };
+    let lost = attempt("initial");
+    assert_eq!(
+        lost.get("error.type").map(String::as_str),
+        Some("cancelled"),
+        "{lost:?}"
+    );
+    assert_eq!(
+        lost.get("otel.status_code").map(String::as_str),
+        Some("error"),
+        "{lost:?}"
+    );
+    let won = attempt("speculative");
+    assert!(!won.contains_key("error.type"), "{won:?}");
+}

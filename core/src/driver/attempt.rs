@@ -64,26 +64,22 @@ impl Unfinished<'_> {
             return;
         }
         let duration = crate::clock::since(self.start.into());
-        let error = match crate::cancel::reason() {
-            CancelReason::TimedOut => CqlError::new(
-                ErrorKind::ClientTimeout,
-                format!("the attempt was cancelled by the per-attempt timeout after {duration:?}"),
+        let why = crate::cancel::reason();
+        let message = match why {
+            CancelReason::TimedOut => {
+                format!("the attempt was cancelled by the per-attempt timeout after {duration:?}")
+            }
+            CancelReason::DeadlinePassed => format!(
+                "the attempt was cancelled after {duration:?}: the request's deadline passed"
             ),
-            CancelReason::DeadlinePassed => CqlError::new(
-                ErrorKind::DeadlineExceeded,
-                format!(
-                    "the attempt was cancelled after {duration:?}: the request's deadline passed"
-                ),
-            ),
-            CancelReason::LostRace => CqlError::new(
-                ErrorKind::Cancelled,
-                "the attempt was cancelled: another attempt of the request answered first",
-            ),
-            CancelReason::Dropped => CqlError::new(
-                ErrorKind::Cancelled,
-                "the attempt was cancelled: the request was dropped before it completed",
-            ),
+            CancelReason::LostRace => {
+                "the attempt was cancelled: another attempt of the request answered first".into()
+            }
+            CancelReason::Dropped => {
+                "the attempt was cancelled: the request was dropped before it completed".into()
+            }
         };
+        let error = CqlError::new(why.error_kind(), message);
         let error = match node {
             Some(n) => error.with_node(n),
             None => error,
@@ -134,12 +130,9 @@ impl DriverInner {
         // the request here, before it is touched
         meta.check_settings()?;
         if remaining.is_some_and(|r| r.is_zero()) {
-            return Err(CqlError::new(
-                ErrorKind::DeadlineExceeded,
+            return Err(CqlError::deadline_passed_before_sending(
                 "the request's deadline had passed before it was sent (nothing was sent)",
-            )
-            .not_sent()
-            .with_attempts(0));
+            ));
         }
         // If this future is dropped before the attempt completes (a
         // per-attempt timeout, a hedge race lost, the caller gone), the

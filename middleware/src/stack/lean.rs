@@ -8,7 +8,8 @@
 //! future holds what the three keep, built once in one box (so what the
 //! stack returns, and its caller moves, is a pointer), and one `Arc`
 //! holds what they read. The rules are the layers' own, not copies: the request span
-//! is [`request_span_with_fields`] and [`record_outcome`], the
+//! is [`request_span_with_fields`] and [`record_outcome`] (or
+//! [`record_cancelled`], dropped before it ended), the
 //! measurement is [`On::begin`] and [`Measured`], the retry loop is
 //! [`Attempts`] (each is what the layer's own future runs too). One thing
 //! differs in how, not what: with retries, the request event borrows the
@@ -33,7 +34,7 @@ use crate::metrics::On;
 use crate::metrics::future::Measured;
 use crate::retry::Shared;
 use crate::retry::future::Attempts;
-use crate::trace::future::{OutcomeFields, record_outcome};
+use crate::trace::future::{OutcomeFields, record_cancelled, record_outcome};
 use crate::trace::{TraceConfig, request_span_with_fields};
 
 /// What the three outer layers of the lean composition read, each `None`
@@ -180,6 +181,7 @@ pin_project! {
         at_call: AtCall,
         outer: Arc<Outer<A>>,
         span: Span,
+        // `None`: tracing off, or the outcome is recorded
         fields: Option<&'static OutcomeFields>,
     }
 
@@ -189,6 +191,10 @@ pin_project! {
     {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
+            // the span first, as the trace layer (outermost) ends it
+            if let Some(fields) = this.fields.take() {
+                record_cancelled(this.span, fields);
+            }
             // (checked before `take`, which copies the whole option out
             // even when it is `None`, as it is after the request completed)
             if this.measured.is_some()
@@ -300,7 +306,7 @@ where
         {
             m.finish(on.collectors(), &out, lend(kind, *this.at_call));
         }
-        if let Some(fields) = this.fields {
+        if let Some(fields) = this.fields.take() {
             record_outcome(this.span, fields, &out);
         }
         Poll::Ready(out)

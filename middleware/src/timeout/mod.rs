@@ -56,7 +56,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tower_cql_core::{CqlError, CqlRequest, ErrorKind, clock};
+use tower_cql_core::{CqlError, CqlRequest, clock};
 use tower_service::Service;
 
 use crate::config::ConfigError;
@@ -211,13 +211,9 @@ where
         if let Some((at, Limit::Deadline)) = timer
             && at <= now
         {
-            return ResponseFuture::failed(
-                CqlError::new(
-                    ErrorKind::DeadlineExceeded,
-                    "the request's deadline had passed before the attempt started",
-                )
-                .not_sent(),
-            );
+            return ResponseFuture::failed(CqlError::deadline_passed_before_sending(
+                "the request's deadline had passed before the attempt started",
+            ));
         }
         let route = match timer {
             Some((_, Limit::PerAttempt(_))) => req
@@ -234,6 +230,7 @@ where
 mod tests {
     use super::*;
     use tower::{ServiceExt, service_fn};
+    use tower_cql_core::ErrorKind;
     use tower_layer::Layer;
 
     fn req() -> CqlRequest {
@@ -312,6 +309,9 @@ mod tests {
         let err = svc.oneshot(req().deadline(past)).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::DeadlineExceeded);
         assert!(err.was_not_sent());
+        // no attempt was made: none is counted (as the driver's own
+        // refusal of a passed deadline counts none)
+        assert_eq!(err.attempts(), 0, "{err}");
         assert!(!called.load(std::sync::atomic::Ordering::SeqCst));
     }
 

@@ -124,15 +124,44 @@ pub(crate) fn record_outcome(span: &Span, f: &OutcomeFields, out: &Result<CqlRes
     }
 }
 
+/// Records on `span` that its request or attempt was cancelled before it
+/// ended (dropped by the caller, a lost hedge race, a timeout outside):
+/// the status and the `error.type` its event has
+/// ([`CancelReason::error_kind`](tower_cql_core::cancel::CancelReason::error_kind)).
+#[cold]
+#[inline(never)]
+pub(crate) fn record_cancelled(span: &Span, f: &OutcomeFields) {
+    let Some(meta) = span.metadata() else {
+        return;
+    };
+    let kind = tower_cql_core::cancel::reason().error_kind().as_str();
+    span.record_all(&meta.fields().value_set(&[
+        (&f.status, Some(&"error" as &dyn Value)),
+        (&f.error_type, Some(&kind as &dyn Value)),
+    ]));
+}
+
 pin_project! {
     /// The future of both tracing layers: polls the inner future inside
     /// the span and records the outcome on it (the request span records
-    /// rows, attempts and the status code too).
+    /// rows, attempts and the status code too); dropped before the
+    /// outcome, it records the cancellation.
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
         span: Span,
+        // `None` once the outcome is recorded (or for a span that records
+        // nothing)
         fields: Option<&'static OutcomeFields>,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(fields) = this.fields.take() {
+                record_cancelled(this.span, fields);
+            }
+        }
     }
 }
 
@@ -187,7 +216,7 @@ where
         let this = self.project();
         let _enter = this.span.enter();
         let out = ready!(this.inner.poll(cx));
-        if let Some(fields) = this.fields {
+        if let Some(fields) = this.fields.take() {
             record_outcome(this.span, fields, &out);
         }
         Poll::Ready(out)

@@ -27,7 +27,7 @@
 //! |---|---|
 //! | `otel.name` | `db.query.summary`, e.g. `SELECT ks.users` (tracing-opentelemetry uses it as the span name) |
 //! | `otel.kind` | `client` |
-//! | `otel.status_code` | `error` when the request failed |
+//! | `otel.status_code` | `error` when the request failed or was cancelled |
 //! | `db.system.name` | `cassandra` |
 //! | `db.namespace` | keyspace |
 //! | `db.collection.name` | table |
@@ -35,7 +35,7 @@
 //! | `db.query.summary` | `SELECT ks.users` |
 //! | `db.query.text` | the statement with every literal replaced by `?` (optional) |
 //! | `db.response.status_code` | the CQL error code in hex (`0x1001`), on server errors |
-//! | `error.type` | the [`ErrorKind`](tower_cql_core::ErrorKind) name, on failure |
+//! | `error.type` | the [`ErrorKind`](tower_cql_core::ErrorKind) name, on failure; `cancelled` for a request dropped before it ended |
 //! | `server.address`, `server.port` | the coordinator (or the node that failed) |
 //! | `db.cassandra.consistency_level` | when set on the request |
 //! | `db.cassandra.page_size` | when set |
@@ -50,7 +50,9 @@
 //! [`AttemptTraceLayer`] sits under the retry and hedge layers (the stack
 //! builder puts it there) and opens a child span per attempt with
 //! `cql.attempt.index`, `cql.attempt.reason` (`initial`, `retry`,
-//! `speculative`), `server.address`, `server.port` and `error.type`. Its
+//! `speculative`), `server.address`, `server.port` and `error.type` (an
+//! attempt cut short is `cancelled` when it lost a hedge race or its
+//! request was dropped, as its attempt event says). Its
 //! level is [`TraceConfig::attempt_level`], `DEBUG` by default: under an
 //! `INFO` filter there is one span per request, not two.
 //!
