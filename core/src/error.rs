@@ -427,8 +427,9 @@ impl CqlError {
         self.map(|i| i.attempts = attempts)
     }
 
-    /// Attempts made before this error was returned: 1 without retries,
-    /// 0 for a request refused before any attempt (a limit, the breaker,
+    /// Attempts made before this error was returned, speculative ones
+    /// included (as many as the request's attempt events): 1 without
+    /// retries or hedging, 0 for a request refused before any attempt (a limit, the breaker,
     /// the gate, a deadline passed before sending, settings the driver
     /// refuses before sending), which has no attempt event.
     pub fn attempts(&self) -> u32 {

@@ -55,9 +55,10 @@ pub struct RequestEvent<'a> {
     pub started: Option<Instant>,
     /// The error, if it failed.
     pub error: Option<&'a CqlError>,
-    /// Attempts made: 0 for a request refused before any (it has no
-    /// attempt event); 0 too for a request its caller dropped (its
-    /// attempts' own events, outcome `cancelled`, say how many).
+    /// Attempts made, speculative ones included: as many as the request's
+    /// attempt events; 0 for a request refused before any. A request its
+    /// caller dropped says 0 (its attempts' own events, outcome
+    /// `cancelled`, say how many).
     pub attempts: u32,
     /// Speculative attempts among them.
     pub speculative: u32,

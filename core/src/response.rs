@@ -28,8 +28,9 @@ pub struct ExecutionInfo {
     pub coordinator: Option<SocketAddr>,
     /// Rows in the result (0 for non-row results).
     pub rows: usize,
-    /// Attempts made, the successful one included (set by the retry layer;
-    /// 1 without it).
+    /// Attempts made, the successful one and speculative ones included
+    /// (set by the retry and hedge layers; 1 without them): as many as the
+    /// request's attempt events.
     pub attempts: u32,
     /// Speculative (hedged) attempts started.
     pub speculative: u32,

@@ -278,6 +278,8 @@ where
                 });
                 *this.running = 0;
                 *this.next_at = None;
+                // every attempt the race started, as its error would say
+                resp.info_mut().attempts = *this.started;
                 resp.info_mut().speculative = *this.started - 1;
                 return Poll::Ready(Ok(resp));
             }

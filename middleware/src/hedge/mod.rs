@@ -915,7 +915,8 @@ mod tests {
         let mock = Mock::new(race().into_iter().chain(race()).chain([ok(MS)]));
         let svc = retry.layer(fixed(20 * MS, 2).layer(mock.clone()));
         let resp = svc.oneshot(read()).await.unwrap();
-        assert_eq!(resp.info().attempts, 3);
+        // every attempt, speculative ones included (its attempt events)
+        assert_eq!(resp.info().attempts, 7);
         let calls: Vec<_> = mock.calls().iter().map(|c| (c.index, c.reason)).collect();
         use AttemptReason::{Initial, Retry, Speculative};
         assert_eq!(
@@ -931,12 +932,12 @@ mod tests {
             ],
             "each attempt of the request has an index of its own"
         );
-        // when every attempt fails, the error gives the retry layer's count,
-        // as a response does
+        // when every attempt fails, the error counts them all, as a
+        // response does
         let mock = Mock::new(race().into_iter().chain(race()).chain(race()));
         let svc = retry.layer(fixed(20 * MS, 2).layer(mock.clone()));
         let err = svc.oneshot(read()).await.unwrap_err();
-        assert_eq!(err.attempts(), 3);
+        assert_eq!(err.attempts(), 9);
         let indexes: Vec<_> = mock.calls().iter().map(|c| c.index).collect();
         assert_eq!(indexes, (0..9).collect::<Vec<_>>());
     }
@@ -970,7 +971,7 @@ mod tests {
         let mock = Mock::new(race().into_iter().chain([ok(MS)]));
         let svc = metrics.layer(retry.layer(fixed(20 * MS, 1).layer(mock.clone())));
         let resp = svc.oneshot(read()).await.unwrap();
-        assert_eq!((resp.info().attempts, resp.info().speculative), (2, 1));
+        assert_eq!((resp.info().attempts, resp.info().speculative), (3, 1));
         // a hedged request whose race fails, without retries
         let mock = Mock::new(race());
         let svc = metrics.layer(fixed(20 * MS, 1).layer(mock.clone()));
@@ -983,8 +984,8 @@ mod tests {
         let overloaded = Some(ErrorKind::Overloaded);
         assert_eq!(
             rec.requests(),
-            [(2, 1, None), (2, 1, overloaded), (2, 2, overloaded)],
-            "(attempts, speculative, error) of each request event"
+            [(3, 1, None), (2, 1, overloaded), (4, 2, overloaded)],
+            "(attempts, speculative, error) of each request event: attempts as many as the attempt events"
         );
     }
 

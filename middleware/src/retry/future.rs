@@ -57,8 +57,13 @@ pin_project! {
         // made at the first retry from the prototype `poll_with` is given,
         // when not given at the start (most requests never retry).
         service: Option<S>,
-        // Attempts started so far (1 once the first is called).
+        // Calls made so far (1 once the first is made): what the policy
+        // counts.
         attempts: u32,
+        // Attempts the failed calls made, as their errors say: a hedge's
+        // race every attempt it started, a call refused before sending
+        // none. What the response and the error report.
+        made: u32,
         // Speculative attempts the layers inside (a hedge) started for
         // the attempts that failed (their errors say how many).
         speculative: u32,
@@ -143,6 +148,7 @@ impl<S, F> Attempts<S, F> {
             request,
             service,
             attempts: 1,
+            made: 0,
             speculative: 0,
             deadline,
             state: State::Called { future },
@@ -223,7 +229,9 @@ where
                     let err = match ready!(future.poll(cx)) {
                         Ok(mut resp) => {
                             let info = resp.info_mut();
-                            info.attempts = *this.attempts;
+                            // the failed calls' attempts and this call's
+                            // (a hedge's race: every attempt it started)
+                            info.attempts = *this.made + info.attempts.max(1);
                             // the earlier races' speculative attempts too
                             info.speculative += *this.speculative;
                             return Poll::Ready(Ok(resp));
@@ -231,7 +239,14 @@ where
                         Err(err) => err,
                     };
                     *this.speculative += err.speculative();
-                    match after_error(shared, this.request, *this.attempts, *this.deadline, err) {
+                    *this.made += err.attempts();
+                    match after_error(
+                        shared,
+                        this.request,
+                        (*this.attempts, *this.made),
+                        *this.deadline,
+                        err,
+                    ) {
                         AfterError::Stop(err) => {
                             return Poll::Ready(Err(with_speculative(err, *this.speculative)));
                         }
@@ -255,7 +270,7 @@ where
                         ),
                     };
                     if let Err(err) = ready!(service.poll_ready(cx)) {
-                        let err = with_attempts(err, *this.attempts);
+                        let err = with_attempts(err, *this.made);
                         return Poll::Ready(Err(with_speculative(err, *this.speculative)));
                     }
                     *this.attempts += 1;
@@ -287,7 +302,7 @@ enum AfterError {
 fn after_error(
     shared: &Shared,
     request: &mut CqlRequest,
-    attempts: u32,
+    (attempts, made): (u32, u32),
     deadline: Option<Instant>,
     err: CqlError,
 ) -> AfterError {
@@ -315,9 +330,6 @@ fn after_error(
                 attempts,
                 "not retrying"
             );
-            // (the last call made no attempt when its error says so: it
-            // was refused before sending)
-            let made = attempts - u32::from(err.attempts() == 0);
             return AfterError::Stop(with_attempts(err, made));
         }
         Decision::Retry { delay, advice } => (delay, advice),
@@ -353,11 +365,12 @@ fn after_error(
     }
 }
 
-/// Records on the error how many attempts this layer made (the error is
-/// not wrapped, and left as it is when it already says so: a first-attempt
-/// error says 1). A count set by a layer inside (a hedge's, speculative
-/// attempts included) is replaced, as in a successful response's
-/// [`ExecutionInfo::attempts`](tower_cql_core::ExecutionInfo::attempts).
+/// Records on the error how many attempts were made for all of this
+/// layer's calls, speculative ones included (the sum of what their errors
+/// said; the error is not wrapped, and left as it is when it already says
+/// so: a first-attempt error says 1), as a successful response's
+/// [`ExecutionInfo::attempts`](tower_cql_core::ExecutionInfo::attempts)
+/// adds the earlier calls' to the last one's.
 fn with_attempts(err: CqlError, attempts: u32) -> CqlError {
     if err.attempts() != attempts {
         err.with_attempts(attempts)
