@@ -333,6 +333,8 @@ struct Inner {
     attempts: u32,
     /// Speculative (hedged) attempts started.
     speculative: u32,
+    /// The error code the server sent (see [`CqlError::status_code`]).
+    status_code: Option<i32>,
     source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -362,6 +364,7 @@ impl CqlError {
             not_sent: refused || matches!(kind, ErrorKind::Serialization | ErrorKind::BadRequest),
             attempts: u32::from(!refused),
             speculative: 0,
+            status_code: kind.status_code(),
             source: None,
         }))
     }
@@ -451,6 +454,15 @@ impl CqlError {
         self.0.speculative
     }
 
+    /// The CQL protocol error code the server answered with (what
+    /// spans record as `db.response.status_code`): `None` when no error
+    /// came from a server (a client-side refusal, or an answer the driver
+    /// could not read, which is `Protocol` with no code sent). An error
+    /// made with [`new`](Self::new) says its kind's code.
+    pub fn status_code(&self) -> Option<i32> {
+        self.0.status_code
+    }
+
     /// Attaches the underlying error.
     pub fn with_source(self, source: impl std::error::Error + Send + Sync + 'static) -> CqlError {
         self.map(|i| i.source = Some(Arc::new(source)))
@@ -467,6 +479,7 @@ impl CqlError {
                 not_sent: shared.not_sent,
                 attempts: shared.attempts,
                 speculative: shared.speculative,
+                status_code: shared.status_code,
                 source: shared.source.clone(),
             },
         };
@@ -524,6 +537,7 @@ impl CqlError {
             let inner = Arc::get_mut(&mut e.0).expect("fresh error is unique");
             inner.details = details;
             inner.not_sent = inner.not_sent || not_sent;
+            inner.status_code = server_code(&err);
             inner.source = Some(Arc::new(err));
         }
         e
@@ -634,6 +648,23 @@ fn classify_db(db: &DbError) -> (ErrorKind, Option<ReplicaDetails>) {
         DbError::ProtocolError => (K::Protocol, None),
         DbError::RateLimitReached { .. } => (K::RateLimitReached, None),
         _ => (K::Other, None),
+    }
+}
+
+/// The error code a server sent, when `err` is a server's error.
+fn server_code(err: &ExecutionError) -> Option<i32> {
+    let attempt = match err {
+        ExecutionError::LastAttemptError(a) => a,
+        ExecutionError::PrepareError(PrepareError::AllAttemptsFailed { first_attempt }) => {
+            first_attempt
+        }
+        _ => return None,
+    };
+    match attempt {
+        RequestAttemptError::DbError(db, _) => {
+            Some(db.code(&scylla::frame::protocol_features::ProtocolFeatures::default()))
+        }
+        _ => None,
     }
 }
 
@@ -786,6 +817,36 @@ mod tests {
         CqlError::from_execution(ExecutionError::LastAttemptError(
             RequestAttemptError::DbError(e, "msg".into()),
         ))
+    }
+
+    /// The status code a span records is the one the server answered
+    /// with: none for an answer the driver could not read (it maps to
+    /// `Protocol`, whose code 0x000A no server sent), and the server's
+    /// own for a code the driver does not know.
+    #[test]
+    fn the_status_code_is_the_servers() {
+        use scylla::frame::response::CqlResponseKind;
+        let unread = CqlError::from_execution(ExecutionError::LastAttemptError(
+            RequestAttemptError::UnexpectedResponse(CqlResponseKind::Supported),
+        ));
+        assert_eq!(unread.kind(), ErrorKind::Protocol);
+        assert_eq!(unread.status_code(), None, "{unread}");
+        assert_eq!(db(DbError::ProtocolError).status_code(), Some(0x000A));
+        assert_eq!(db(DbError::Overloaded).status_code(), Some(0x1001));
+        assert_eq!(db(DbError::Other(0x7777)).status_code(), Some(0x7777));
+        // kept when the error is remade (its message redacted)
+        let s = crate::Statement::new("SELECT v FROM t WHERE k = 'x'");
+        let e = CqlError::from_execution(ExecutionError::LastAttemptError(
+            RequestAttemptError::DbError(DbError::Invalid, "bad 'x'".into()),
+        ))
+        .without_literals_of(&s);
+        assert_eq!(e.status_code(), Some(0x2200));
+        // an error made with a server's kind says its code
+        assert_eq!(
+            CqlError::new(ErrorKind::WriteTimeout, "x").status_code(),
+            Some(0x1100)
+        );
+        assert_eq!(CqlError::new(ErrorKind::Shed, "x").status_code(), None);
     }
 
     #[test]

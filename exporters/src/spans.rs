@@ -368,7 +368,7 @@ impl<T> SpanCollector<T> {
                     "error.type",
                     tower_cql_core::classify::error_type(err),
                 ));
-                if let Some(code) = err.kind().status_code() {
+                if let Some(code) = err.status_code() {
                     attrs.push(KeyValue::new(
                         "db.response.status_code",
                         format!("{code:#06x}"),

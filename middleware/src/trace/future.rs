@@ -103,7 +103,7 @@ pub(crate) fn record_outcome(span: &Span, f: &OutcomeFields, out: &Result<CqlRes
                     None,
                     i64::from(e.attempts()),
                     Some(i64::from(e.speculative())),
-                    e.kind().status_code().map(|c| format!("{c:#06x}")),
+                    e.status_code().map(|c| format!("{c:#06x}")),
                 ),
             };
             let code = code.as_deref();
