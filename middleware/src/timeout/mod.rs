@@ -34,11 +34,11 @@
 //! ([`RequestMeta::deadline`](tower_cql_core::RequestMeta::deadline), when
 //! `honour_deadline`). The timer lives inside the response future (no
 //! boxing). When it fires the inner future is dropped and the call fails:
-//! - per-attempt timeout: [`ErrorKind::ClientTimeout`]
+//! - per-attempt timeout: [`ErrorKind::ClientTimeout`](tower_cql_core::ErrorKind::ClientTimeout)
 //!   ("...after 200ms..."): the attempt may have been applied, so only an
 //!   idempotent request should be retried (a retry layer outside this one
 //!   does that);
-//! - deadline: [`ErrorKind::DeadlineExceeded`].
+//! - deadline: [`ErrorKind::DeadlineExceeded`](tower_cql_core::ErrorKind::DeadlineExceeded).
 //!   A request whose deadline has passed already is failed without calling
 //!   the inner service (and marked not sent).
 //!
