@@ -45,7 +45,7 @@ impl TextKey {
 
 /// A [`TextKey`] borrowed, to look up without cloning (hashes as its
 /// owned form does).
-#[derive(Hash, Clone, Copy)]
+#[derive(Hash, Clone, Copy, PartialEq, Eq)]
 pub(super) struct KeyRef<'a> {
     text: &'a str,
     keyspace: Option<&'a str>,
@@ -54,12 +54,6 @@ pub(super) struct KeyRef<'a> {
 impl hashbrown::Equivalent<TextKey> for KeyRef<'_> {
     fn equivalent(&self, key: &TextKey) -> bool {
         *self == key.as_ref()
-    }
-}
-
-impl PartialEq for KeyRef<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.text == other.text && self.keyspace == other.keyspace
     }
 }
 
