@@ -174,6 +174,9 @@ struct Inner {
     /// Runs once drained, before the collectors' flush (background work
     /// whose last events the flush must carry: the server trace fetcher).
     before_flush: Option<Box<dyn Fn() + Send + Sync>>,
+    /// The session whose keyspace labels the requests whose text names
+    /// none (see [`Gate::labelling_session_keyspace`]).
+    session: Option<Arc<scylla::client::session::Session>>,
 }
 
 /// A shutdown gate shared by clones; see the module docs.
@@ -271,6 +274,21 @@ impl Gate {
         self
     }
 
+    /// This gate, labelling each request it admits whose statement names
+    /// no keyspace with `session`'s keyspace of the moment (see
+    /// [`RequestMeta::label_session_keyspace`](crate::RequestMeta::label_session_keyspace)):
+    /// for a stack whose driver service runs on `session`. Call it on a
+    /// new gate: one already cloned is returned as it is.
+    pub fn labelling_session_keyspace(
+        mut self,
+        session: Arc<scylla::client::session::Session>,
+    ) -> Gate {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.session = Some(session);
+        }
+        self
+    }
+
     fn build(
         collectors: Option<Collectors>,
         before_flush: Option<Box<dyn Fn() + Send + Sync>>,
@@ -283,6 +301,7 @@ impl Gate {
                 collectors,
                 carry: true,
                 before_flush,
+                session: None,
             }),
         }
     }
@@ -446,6 +465,15 @@ impl<S> GateService<S> {
     }
 }
 
+/// Labels `req` with `session`'s keyspace of the moment (out of the
+/// gate's inlined call: most statements name their keyspace).
+#[inline(never)]
+fn label_session_keyspace(session: &scylla::client::session::Session, req: &mut CqlRequest) {
+    if let Some(keyspace) = session.get_keyspace() {
+        req.meta_mut().label_session_keyspace(&keyspace);
+    }
+}
+
 impl<S> tower_service::Service<CqlRequest> for GateService<S>
 where
     S: tower_service::Service<CqlRequest, Error = CqlError>,
@@ -472,6 +500,12 @@ where
                     && self.gate.inner.carry
                 {
                     req.set_stack_collectors(c.clone());
+                }
+                // text naming no keyspace runs in the session's
+                if let Some(session) = &self.gate.inner.session
+                    && req.meta().statement().labelled_by_session_keyspace()
+                {
+                    label_session_keyspace(session, &mut req);
                 }
                 // one clock reading for the layers' calls
                 let _reading = crate::clock::share();

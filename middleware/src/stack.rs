@@ -225,7 +225,11 @@ impl StackBuilder {
     /// The session server traces are read through (`system_traces`), when
     /// the stack is built with [`build`](Self::build) on a driver that is
     /// not a plain [`DriverService`]; [`build_on`](Self::build_on) and
-    /// `build(DriverService)` use the driver's session.
+    /// `build(DriverService)` use the driver's session. It is also the
+    /// session whose keyspace of the moment labels the requests whose
+    /// text names none (the gate calls
+    /// [`RequestMeta::label_session_keyspace`](tower_cql_core::RequestMeta::label_session_keyspace)),
+    /// so give it the session the driver runs on.
     pub fn server_trace_session(mut self, session: Arc<scylla::client::session::Session>) -> Self {
         self.server_trace_session = Some(session);
         self
@@ -434,6 +438,12 @@ impl StackBuilder {
             None => Gate::with_collectors(self.collectors.clone()),
         };
         let gate = if adopted { gate.adopted() } else { gate };
+        // (the driver service's session, or the one given for server
+        // tracing when the driver is wrapped)
+        let gate = match &self.server_trace_session {
+            Some(session) => gate.labelling_session_keyspace(session.clone()),
+            None => gate,
+        };
         Ok(Stack {
             service: gate.wrap(l.service(driver)),
             gate,

@@ -874,3 +874,75 @@ async fn a_single_attempt_request_is_timed_by_its_attempts_readings() {
     }
     stack.close().await;
 }
+
+/// Text that names no keyspace runs in the session's keyspace: its
+/// requests and attempts are labelled with that keyspace (the one in force
+/// when each request enters the stack), as a qualified text's are with
+/// the keyspace it names. A label given by the caller wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unqualified_text_is_labelled_with_the_sessions_keyspace() {
+    use tower_cql_middleware::prelude::*;
+    tower_cql_testkit::tracing_setup::global_registry();
+    let cluster = tower_cql_testkit::Cluster::start().await.unwrap();
+    let session = support::session(&cluster).await;
+    let memory = Arc::new(InMemoryCollector::new());
+    let stack = StackBuilder::new(Collectors::with([memory.clone()]))
+        .build_on(session)
+        .unwrap();
+    for ks in ["app", "other"] {
+        for cql in [
+            format!(
+                "CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+            ),
+            format!("CREATE TABLE {ks}.users (id bigint PRIMARY KEY, name text)"),
+        ] {
+            stack.call(CqlRequest::unprepared(cql)).await.unwrap();
+        }
+    }
+    let put = Statement::new("INSERT INTO users (id, name) VALUES (?, ?)").operation("put");
+    let get = Statement::new("SELECT name FROM users WHERE id = ?").operation("get");
+    let labelled = Statement::new("SELECT name FROM users WHERE id = ?")
+        .operation("labelled")
+        .keyspace("mine");
+    for ks in ["app", "other"] {
+        stack
+            .call(CqlRequest::unprepared(format!("USE {ks}")))
+            .await
+            .unwrap();
+        stack.execute(&put, (42i64, ks)).await.unwrap();
+        let names: Vec<(String,)> = stack.execute(&get, (42i64,)).await.unwrap().rows().unwrap();
+        assert_eq!(names, vec![(ks.to_string(),)]);
+        // a request naming its own operation (its own labels)
+        stack
+            .call(get.request().bind((42i64,)).operation("get_own"))
+            .await
+            .unwrap();
+        stack.execute(&labelled, (42i64,)).await.unwrap();
+    }
+    stack.close().await;
+    let snap = memory.snapshot();
+    let keyspaces = |series: &[tower_cql_core::memory::SeriesSnapshot], op: &str| {
+        let mut ks: Vec<Option<String>> = series
+            .iter()
+            .filter(|s| {
+                s.labels
+                    .operation
+                    .as_ref()
+                    .is_some_and(|o| o.as_str() == op)
+            })
+            .map(|s| s.labels.keyspace.as_ref().map(|k| k.as_str().to_string()))
+            .collect();
+        ks.sort();
+        ks
+    };
+    let both = vec![Some("app".to_string()), Some("other".to_string())];
+    for op in ["put", "get", "get_own"] {
+        assert_eq!(keyspaces(&snap.requests, op), both, "{op}: request series");
+        assert_eq!(keyspaces(&snap.attempts, op), both, "{op}: attempt series");
+    }
+    assert_eq!(
+        keyspaces(&snap.requests, "labelled"),
+        vec![Some("mine".to_string())],
+        "the caller's label wins"
+    );
+}

@@ -224,6 +224,54 @@ impl RequestMeta {
         self.relabelled();
     }
 
+    /// Labels the request with `keyspace`, the keyspace of the session
+    /// it is about to run in, if its statement is [labelled by
+    /// it](Statement::labelled_by_session_keyspace) and the request has
+    /// no keyspace label of its own: text that names no keyspace (as
+    /// with `SessionBuilder::use_keyspace`) is then labelled as a text
+    /// naming the keyspace would be. A request carrying its statement's
+    /// labels takes the statement [kept for that
+    /// keyspace](Statement::in_session_keyspace) (same text, no label
+    /// copy); one with labels of its own gets the keyspace among them.
+    ///
+    /// A stack built on a [`DriverService`](crate::DriverService) calls
+    /// it for every request as it enters (its gate reads the session's
+    /// keyspace); layers composed by hand can call it in a layer of their
+    /// own, with `session.get_keyspace()`.
+    ///
+    /// ```
+    /// use tower_cql_core::Statement;
+    ///
+    /// let get = Statement::new("SELECT name FROM users WHERE id = ?");
+    /// let mut req = get.request();
+    /// assert_eq!(req.meta().keyspace(), None);
+    /// req.meta_mut().label_session_keyspace("app");
+    /// assert_eq!(req.meta().keyspace().map(|k| k.as_str()), Some("app"));
+    /// assert!(req.meta().has_statement_labels());
+    ///
+    /// // a keyspace named in the text or given as a label stays
+    /// let mut req = Statement::new("SELECT name FROM app2.users").request();
+    /// req.meta_mut().label_session_keyspace("app");
+    /// assert_eq!(req.meta().keyspace().map(|k| k.as_str()), Some("app2"));
+    /// ```
+    pub fn label_session_keyspace(&mut self, keyspace: &str) {
+        if self.keyspace().is_some() || !self.statement.labelled_by_session_keyspace() {
+            return;
+        }
+        match &mut self.labels {
+            None => {
+                if let Some(s) = self.statement.in_session_keyspace(keyspace) {
+                    self.p.labels_hash = s.0.labels_hash;
+                    self.statement = s;
+                }
+            }
+            Some(own) => {
+                own.keyspace = Some(Label::from(Arc::<str>::from(keyspace)));
+                self.relabelled();
+            }
+        }
+    }
+
     /// The request's own labels, made from the statement's on first change.
     fn own_labels(&mut self) -> &mut Labels {
         let s = &self.statement.0;

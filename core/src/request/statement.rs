@@ -44,6 +44,12 @@ pub(super) struct StatementInner {
     /// labels (by that collector's id), e.g. its series for them: later
     /// events of requests carrying them skip that collector's lookup.
     collector_memo: std::sync::OnceLock<(u64, CollectorMemo)>,
+    /// For a statement [labelled by the session's
+    /// keyspace](Statement::labelled_by_session_keyspace): itself with
+    /// the keyspace label of the last session keyspace asked for (see
+    /// [`Statement::in_session_keyspace`]), so that requests in that
+    /// keyspace carry a statement's own labels (and its memos).
+    in_keyspace: arc_swap::ArcSwapOption<StatementInner>,
 }
 
 /// A collector's value kept in a [`Statement`] (see
@@ -188,6 +194,7 @@ impl Statement {
             admitted: std::sync::atomic::AtomicU64::new(0),
             summary: std::sync::OnceLock::new(),
             collector_memo: std::sync::OnceLock::new(),
+            in_keyspace: arc_swap::ArcSwapOption::empty(),
         }))
     }
 
@@ -209,6 +216,7 @@ impl Statement {
                 admitted: std::sync::atomic::AtomicU64::new(0),
                 summary: std::sync::OnceLock::new(),
                 collector_memo: std::sync::OnceLock::new(),
+                in_keyspace: arc_swap::ArcSwapOption::empty(),
             },
         };
         f(&mut inner);
@@ -217,6 +225,7 @@ impl Statement {
         inner.admitted = std::sync::atomic::AtomicU64::new(0);
         inner.summary = std::sync::OnceLock::new();
         inner.collector_memo = std::sync::OnceLock::new();
+        inner.in_keyspace = arc_swap::ArcSwapOption::empty();
         inner.labels_hash = labels_hash(
             inner.operation.as_ref(),
             inner.keyspace.as_ref(),
@@ -264,6 +273,44 @@ impl Statement {
             }
             _ => None,
         }
+    }
+
+    /// Whether the statement's keyspace label is the session's keyspace
+    /// of the moment: it has no keyspace label (its text names none and
+    /// none was given with [`keyspace`](Self::keyspace)) and it is CQL
+    /// text or a batch, which run in the session's keyspace (`USE`). A
+    /// statement the caller prepared is bound to the keyspace it was
+    /// prepared in, which its metadata names.
+    pub fn labelled_by_session_keyspace(&self) -> bool {
+        self.0.keyspace.is_none() && !matches!(self.0.body, StatementBody::Prepared(_))
+    }
+
+    /// This statement with the keyspace label `keyspace`, the session's
+    /// keyspace it runs in, if it is [labelled by
+    /// it](Self::labelled_by_session_keyspace); `None` otherwise. The
+    /// statement keeps the one made for the last keyspace asked for:
+    /// while the session stays in it, this is a lookup and a reference
+    /// count, and the requests built from what it returns carry a
+    /// statement's own labels (no per-request label copy, the guards'
+    /// and collectors' memos kept). It runs the same text (see
+    /// [`RequestMeta::label_session_keyspace`]).
+    pub fn in_session_keyspace(&self, keyspace: &str) -> Option<Statement> {
+        if !self.labelled_by_session_keyspace() {
+            return None;
+        }
+        if let Some(kept) = &*self.0.in_keyspace.load()
+            && kept
+                .keyspace
+                .as_ref()
+                .is_some_and(|k| k.as_str() == keyspace)
+        {
+            return Some(Statement(kept.clone()));
+        }
+        let labelled = self
+            .clone()
+            .keyspace(Label::from(Arc::<str>::from(keyspace)));
+        self.0.in_keyspace.store(Some(labelled.0.clone()));
+        Some(labelled)
     }
 
     /// Whether the statement is CQL text that names no keyspace: it runs
@@ -465,5 +512,42 @@ impl fmt::Debug for Statement {
             .field("idempotent", &self.0.idempotent)
             .field("traits", &self.0.traits)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The statement kept for the session's keyspace is reused while the
+    /// session stays in it (one allocation per keyspace change, not per
+    /// request), replaced when it changes, and only for statements whose
+    /// keyspace the session decides.
+    #[test]
+    fn in_session_keyspace_keeps_the_last_keyspaces_statement() {
+        let get = Statement::new("SELECT v FROM kv WHERE k = ?").operation("get");
+        let a = get.in_session_keyspace("a").unwrap();
+        assert!(Arc::ptr_eq(&a.0, &get.in_session_keyspace("a").unwrap().0));
+        assert_eq!(a.keyspace_name().map(Label::as_str), Some("a"));
+        assert_eq!(a.0.operation.as_ref().map(Label::as_str), Some("get"));
+        assert!(!a.labelled_by_session_keyspace());
+        assert!(a.follows_session_keyspace(), "still prepared per keyspace");
+        let b = get.in_session_keyspace("b").unwrap();
+        assert_eq!(b.keyspace_name().map(Label::as_str), Some("b"));
+        assert!(Arc::ptr_eq(&b.0, &get.in_session_keyspace("b").unwrap().0));
+        assert_ne!(a.0.labels_hash, b.0.labels_hash);
+        // the keyspace's statement is labelled as the text naming it is
+        let named = Statement::new("SELECT v FROM b.kv WHERE k = ?").operation("get");
+        assert_eq!(b.0.labels_hash, named.0.labels_hash);
+        for settled in [
+            named,
+            get.clone().keyspace("given"),
+            Statement::unprepared("USE a").keyspace("x"),
+        ] {
+            assert!(settled.in_session_keyspace("a").is_none());
+        }
+        let mut batch = Batch::default();
+        batch.append_statement("INSERT INTO kv (k, v) VALUES (1, 'x')");
+        assert!(Statement::batch(batch).labelled_by_session_keyspace());
     }
 }
