@@ -97,8 +97,14 @@ impl SeriesLabels {
         }
     }
 
-    /// `"ok"` or the error kind's name.
+    /// `"ok"` or the error kind's name; `"overflow"` for an
+    /// [overflow](Self::overflow) series, which holds the successes and
+    /// failures of the label sets past the bound alike (the collector's
+    /// error counters still count its failures by kind).
     pub fn outcome(&self) -> &'static str {
+        if self.overflow {
+            return "overflow";
+        }
         self.error.map_or("ok", ErrorKind::as_str)
     }
 }
@@ -965,6 +971,23 @@ mod tests {
                 .any(|x| x.labels.overflow && x.histogram.count() == 7)
         );
         assert_eq!(s.request_latency(None).count(), 10, "nothing lost");
+    }
+
+    /// The overflow series holds successes and failures alike: its
+    /// outcome says so, not "ok".
+    #[test]
+    fn the_overflow_series_outcome_is_not_ok() {
+        let m = InMemoryCollector::with_max_series(1);
+        for i in 0..3 {
+            let r = CqlRequest::query("SELECT v FROM t").operation(format!("op{i}"));
+            let e = CqlError::new(ErrorKind::ReadTimeout, "read timeout");
+            m.on_request(&req_event(r.meta(), Some(&e), 10));
+        }
+        let s = m.snapshot();
+        let overflow = s.requests.iter().find(|x| x.labels.overflow).unwrap();
+        assert_eq!(overflow.histogram.count(), 2);
+        assert_eq!(s.errors.get(&ErrorKind::ReadTimeout), Some(&3));
+        assert_eq!(overflow.labels.outcome(), "overflow");
     }
 
     /// Attempts folded into overflow keep their reason: the attempts of
