@@ -26,7 +26,7 @@
 //!
 //! ```compile_fail,E0639
 //! use tower_cql_core::event::LimitEvent;
-//! let _ = LimitEvent { limiter: "adaptive", limit: 8, in_flight: 3 };
+//! let _ = LimitEvent { limiter: "adaptive", limit: 8, in_flight: 3, change: 0 };
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -276,15 +276,112 @@ pub struct LimitEvent {
     pub limit: usize,
     /// Requests in flight when it changed.
     pub in_flight: usize,
+    /// Which change of the limiter's limit this is: 1, 2, … (after
+    /// `u32::MAX`, 1 again), in the order the changes were made, which
+    /// threads emitting their events may not keep; 0 for a limiter that
+    /// does not number its changes. [`LatestLimit`] keeps the limit in
+    /// force by it.
+    pub change: u32,
 }
 
 impl LimitEvent {
-    /// `limiter`'s limit became `limit` with `in_flight` requests in flight.
+    /// `limiter`'s limit became `limit` with `in_flight` requests in
+    /// flight (an unnumbered change: see [`with_change`](Self::with_change)).
     pub fn new(limiter: &'static str, limit: usize, in_flight: usize) -> Self {
         LimitEvent {
             limiter,
             limit,
             in_flight,
+            change: 0,
+        }
+    }
+
+    /// This event, numbered as the limiter's `change`-th change (see
+    /// [`change`](Self::change)).
+    pub fn with_change(mut self, change: u32) -> Self {
+        self.change = change;
+        self
+    }
+}
+
+/// The limit in force by the [`LimitEvent`]s seen, whatever order they
+/// arrive in: two threads changing a limit one after the other may
+/// deliver their events the other way round, and a gauge set to the last
+/// event to arrive then shows a limit no longer in force until the next
+/// change. Kept by the collectors that show the limit (a gauge, the
+/// in-memory collector's `current_limit`); lock-free, one word.
+///
+/// ```
+/// use tower_cql_core::event::{LatestLimit, LimitEvent};
+///
+/// let latest = LatestLimit::new();
+/// let mut shown = 0;
+/// // the second change's event arrives first
+/// latest.show(&LimitEvent::new("adaptive", 5, 0).with_change(2), |l| shown = l);
+/// latest.show(&LimitEvent::new("adaptive", 4, 0).with_change(1), |l| shown = l);
+/// assert_eq!((latest.get(), shown), (Some(5), 5));
+/// ```
+#[derive(Debug, Default)]
+pub struct LatestLimit(std::sync::atomic::AtomicU64);
+
+impl LatestLimit {
+    /// None seen yet.
+    pub const fn new() -> LatestLimit {
+        LatestLimit(std::sync::atomic::AtomicU64::new(0))
+    }
+
+    /// The word kept for `e`: its change number above its limit (which
+    /// is capped at `u32::MAX`); 0 is "none seen".
+    fn word(e: &LimitEvent) -> u64 {
+        (u64::from(e.change) << 32)
+            | u64::try_from(e.limit)
+                .unwrap_or(u64::MAX)
+                .min(u32::MAX.into())
+    }
+
+    /// Whether change `a` comes after change `b` (wrapping: within half
+    /// the number space; an unnumbered change is always the latest).
+    fn after(a: u32, b: u32) -> bool {
+        a == 0 || b == 0 || (a.wrapping_sub(b) as i32) > 0
+    }
+
+    /// Records `e`; returns the word in force after it (`e`'s, or a later
+    /// change's seen before).
+    fn record(&self, e: &LimitEvent) -> u64 {
+        use std::sync::atomic::Ordering::SeqCst;
+        let new = LatestLimit::word(e);
+        let mut cur = self.0.load(SeqCst);
+        loop {
+            if cur != 0 && !LatestLimit::after(e.change, (cur >> 32) as u32) {
+                return cur;
+            }
+            match self.0.compare_exchange_weak(cur, new, SeqCst, SeqCst) {
+                Ok(_) => return new,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Records `e` and calls `set` with the limit in force, again until
+    /// what it set is the latest seen: of two threads showing events
+    /// concurrently, the last to finish sets the latest change's limit.
+    pub fn show(&self, e: &LimitEvent, mut set: impl FnMut(u64)) {
+        let mut word = self.record(e);
+        loop {
+            set(word & u64::from(u32::MAX));
+            let now = self.0.load(std::sync::atomic::Ordering::SeqCst);
+            if now == word {
+                return;
+            }
+            word = now;
+        }
+    }
+
+    /// The limit in force by the events seen (`None`: none seen).
+    pub fn get(&self) -> Option<u64> {
+        match self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            w => Some(w & u64::from(u32::MAX)),
         }
     }
 }
@@ -763,5 +860,58 @@ impl OwnedEvent {
                 steps: &t.steps,
             }),
         }
+    }
+}
+
+#[cfg(all(test, not(tower_cql_loom)))]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn change(limit: usize, n: u32) -> LimitEvent {
+        LimitEvent::new("adaptive", limit, 0).with_change(n)
+    }
+
+    /// Change numbers wrap: the change after `u32::MAX` is 1, and still
+    /// later; an unnumbered event is taken as it comes.
+    #[test]
+    fn latest_limit_orders_changes_across_the_wrap() {
+        let latest = LatestLimit::new();
+        assert_eq!(latest.get(), None);
+        latest.show(&change(7, u32::MAX), |_| {});
+        latest.show(&change(8, 1), |_| {});
+        latest.show(&change(6, u32::MAX - 1), |_| {});
+        assert_eq!(latest.get(), Some(8));
+        latest.show(&LimitEvent::new("other", 3, 0), |_| {});
+        assert_eq!(latest.get(), Some(3));
+        // a limit past u32::MAX is shown capped
+        latest.show(&change(usize::MAX, 2), |_| {});
+        assert_eq!(latest.get(), Some(u64::from(u32::MAX)));
+    }
+
+    /// Threads showing numbered events in whatever order they reach it
+    /// leave the gauge at the last change's limit.
+    #[test]
+    fn concurrent_shows_leave_the_latest_limit() {
+        let latest = Arc::new(LatestLimit::new());
+        let gauge = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4u32)
+            .map(|t| {
+                let (latest, gauge) = (latest.clone(), gauge.clone());
+                std::thread::spawn(move || {
+                    // each thread its own changes, in descending order
+                    for i in (0..2_000u32).rev() {
+                        let n = i * 4 + t + 1;
+                        latest.show(&change(n as usize, n), |l| gauge.store(l, Ordering::SeqCst));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(latest.get(), Some(8_000));
+        assert_eq!(gauge.load(Ordering::SeqCst), 8_000);
     }
 }

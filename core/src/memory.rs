@@ -38,8 +38,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::collector::Collector;
 use crate::error::{CqlError, ErrorKind};
 use crate::event::{
-    AttemptEvent, AttemptReason, BreakerEvent, LimitEvent, PageEvent, RequestEvent, RetryEvent,
-    ShedEvent, StreamEvent, ThrottleEvent,
+    AttemptEvent, AttemptReason, BreakerEvent, LatestLimit, LimitEvent, PageEvent, RequestEvent,
+    RetryEvent, ShedEvent, StreamEvent, ThrottleEvent,
 };
 use crate::histogram::{Histogram, HistogramSnapshot};
 use crate::registry::Registry;
@@ -381,8 +381,9 @@ pub struct InMemoryCollector {
     streams_failed: AtomicU64,
     streams_dropped: AtomicU64,
     breaker_transitions: AtomicU64,
+    /// Openings less ends, wrapping (see `on_breaker`).
     breakers_open: AtomicU64,
-    limit: AtomicU64,
+    limit: LatestLimit,
     /// This collector's id for the series it keeps in statements.
     id: std::num::NonZeroU64,
 }
@@ -633,7 +634,7 @@ impl InMemoryCollector {
             streams_dropped: AtomicU64::new(0),
             breaker_transitions: AtomicU64::new(0),
             breakers_open: AtomicU64::new(0),
-            limit: AtomicU64::new(0),
+            limit: LatestLimit::new(),
             id: crate::Statement::new_collector_id(),
         }
     }
@@ -665,8 +666,10 @@ impl InMemoryCollector {
             streams_failed: l(&self.streams_failed),
             streams_dropped: l(&self.streams_dropped),
             breaker_transitions: l(&self.breaker_transitions),
-            breakers_open: l(&self.breakers_open),
-            current_limit: l(&self.limit),
+            // (below zero for a moment while an end is counted before
+            // its opening)
+            breakers_open: (l(&self.breakers_open) as i64).max(0) as u64,
+            current_limit: self.limit.get().unwrap_or(0),
             rows: self.requests.sum(|s| &s.rows),
             overflowed: l(&self.requests.overflowed) + l(&self.attempts.overflowed),
         }
@@ -745,18 +748,18 @@ impl Collector for InMemoryCollector {
     fn on_breaker(&self, e: &BreakerEvent<'_>) {
         use crate::event::BreakerState::Open;
         self.breaker_transitions.fetch_add(1, Ordering::Relaxed);
+        // wrapping, not saturating: the two events of an opening and its
+        // end can arrive in either order (from two threads), and only
+        // adding both ways keeps the sum right whatever the order
         if e.to == Open && e.from != Open {
             self.breakers_open.fetch_add(1, Ordering::Relaxed);
         } else if e.from == Open && e.to != Open {
-            // saturating: never below zero
-            let _ = self
-                .breakers_open
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            self.breakers_open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     fn on_limit(&self, e: &LimitEvent) {
-        self.limit.store(e.limit as u64, Ordering::Relaxed);
+        self.limit.show(e, |_| {});
     }
 
     fn on_page(&self, e: &PageEvent<'_>) {
@@ -971,6 +974,22 @@ mod tests {
                 .any(|x| x.labels.overflow && x.histogram.count() == 7)
         );
         assert_eq!(s.request_latency(None).count(), 10, "nothing lost");
+    }
+
+    /// A breaker's opening and its leaving the open state, emitted by two
+    /// threads, can arrive in either order: either way no breaker is
+    /// open after both.
+    #[test]
+    fn breakers_open_counts_transitions_in_any_order() {
+        use crate::event::{BreakerEvent, BreakerState::*};
+        let m = InMemoryCollector::new();
+        // the half-open probe's event first, then the opening's
+        m.on_breaker(&BreakerEvent::new("n1", Open, HalfOpen));
+        m.on_breaker(&BreakerEvent::new("n1", Closed, Open));
+        assert_eq!(m.snapshot().breakers_open, 0);
+        assert_eq!(m.snapshot().breaker_transitions, 2);
+        m.on_breaker(&BreakerEvent::new("n2", Closed, Open));
+        assert_eq!(m.snapshot().breakers_open, 1);
     }
 
     /// The overflow series holds successes and failures alike: its

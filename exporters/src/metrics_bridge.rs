@@ -34,8 +34,8 @@ use std::fmt;
 
 use metrics::{Counter, Histogram, Label};
 use tower_cql_core::event::{
-    AttemptEvent, BreakerEvent, LimitEvent, PageEvent, RequestEvent, RetryEvent, ShedEvent,
-    StreamEvent, ThrottleEvent,
+    AttemptEvent, BreakerEvent, LatestLimit, LimitEvent, PageEvent, RequestEvent, RetryEvent,
+    ShedEvent, StreamEvent, ThrottleEvent,
 };
 use tower_cql_core::memory::{KeptSeries, SeriesKey, SeriesView};
 use tower_cql_core::registry::Registry;
@@ -112,6 +112,9 @@ pub struct MetricsBridge {
     rows: Counter,
     pages: Counter,
     page_rows: Counter,
+    // the limit in force by the limit events seen (they can arrive out of
+    // the order of the changes)
+    latest_limit: LatestLimit,
     // this bridge's id for the histograms it keeps in statements
     // (memory::KeptSeries)
     id: std::num::NonZeroU64,
@@ -182,6 +185,7 @@ impl MetricsBridge {
             rows: metrics::counter!("db_client_returned_rows_total"),
             pages: metrics::counter!("db_client_pages_total"),
             page_rows: metrics::counter!("db_client_page_rows_total"),
+            latest_limit: LatestLimit::new(),
             id: tower_cql_core::Statement::new_collector_id(),
         }
     }
@@ -235,7 +239,8 @@ impl Collector for MetricsBridge {
     }
 
     fn on_limit(&self, e: &LimitEvent) {
-        metrics::gauge!("db_client_concurrency_limit", "limiter" => e.limiter).set(e.limit as f64);
+        let gauge = metrics::gauge!("db_client_concurrency_limit", "limiter" => e.limiter);
+        self.latest_limit.show(e, |limit| gauge.set(limit as f64));
     }
 
     fn on_page(&self, e: &PageEvent<'_>) {

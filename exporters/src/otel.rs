@@ -37,7 +37,8 @@ use std::sync::Arc;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{BoundHistogram, Counter, Gauge, Histogram, Meter};
 use tower_cql_core::event::{
-    AttemptEvent, BreakerEvent, LimitEvent, RequestEvent, RetryEvent, ShedEvent, ThrottleEvent,
+    AttemptEvent, BreakerEvent, LatestLimit, LimitEvent, RequestEvent, RetryEvent, ShedEvent,
+    ThrottleEvent,
 };
 use tower_cql_core::memory::{KeptSeries, SeriesKey, SeriesView};
 use tower_cql_core::registry::Registry;
@@ -82,6 +83,9 @@ pub struct OtelCollector {
     shed: Counter<u64>,
     breaker: Counter<u64>,
     limit: Gauge<u64>,
+    // the limit in force by the limit events seen (they can arrive out of
+    // the order of the changes)
+    latest_limit: LatestLimit,
     // per label set, the histograms bound to its attributes (the SDK's
     // bound instruments: a record skips its attribute lookup, which hashes
     // and compares every attribute under a read lock)
@@ -154,6 +158,7 @@ impl OtelCollector {
                 .with_unit("{request}")
                 .with_description("The current adaptive concurrency limit")
                 .build(),
+            latest_limit: LatestLimit::new(),
             bound: Registry::new(),
             id: tower_cql_core::Statement::new_collector_id(),
             provider: None,
@@ -280,8 +285,9 @@ impl Collector for OtelCollector {
     }
 
     fn on_limit(&self, e: &LimitEvent) {
-        self.limit
-            .record(e.limit as u64, &[KeyValue::new("cql.limiter", e.limiter)]);
+        let limiter = [KeyValue::new("cql.limiter", e.limiter)];
+        self.latest_limit
+            .show(e, |limit| self.limit.record(limit, &limiter));
     }
 
     fn flush(&self) {

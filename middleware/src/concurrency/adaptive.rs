@@ -255,8 +255,8 @@ impl Aimd {
             if next == limit {
                 return; // at the floor
             }
-            if core.set_limit(limit, next) {
-                emit(core, next);
+            if let Some(change) = core.set_limit(limit, next) {
+                emit(core, next, change);
                 return;
             }
         }
@@ -285,8 +285,10 @@ impl Aimd {
             {
                 Ok(_) => {
                     let next = limit.saturating_add(self.increase_by).min(self.max);
-                    if next != limit && core.set_limit(limit, next) {
-                        emit(core, next);
+                    if next != limit
+                        && let Some(change) = core.set_limit(limit, next)
+                    {
+                        emit(core, next, change);
                     }
                     return;
                 }
@@ -296,13 +298,11 @@ impl Aimd {
     }
 }
 
-fn emit(core: &Core, limit: usize) {
+fn emit(core: &Core, limit: usize, change: u32) {
     if core.collectors.is_active() {
-        core.collectors.emit(Event::Limit(LimitEvent::new(
-            "adaptive",
-            limit,
-            core.in_flight(),
-        )));
+        core.collectors.emit(Event::Limit(
+            LimitEvent::new("adaptive", limit, core.in_flight()).with_change(change),
+        ));
     }
 }
 
@@ -573,6 +573,79 @@ mod tests {
         })
     }
 
+    /// Limit events emitted from different threads can reach a
+    /// collector in another order than the changes were made (here the
+    /// first change's emission is held until the second's has passed, as
+    /// a slow collector before it, or a descheduled thread, does): the
+    /// in-memory collector's `current_limit` still ends at the limit in
+    /// force, not at whichever event arrived last.
+    #[test]
+    fn the_reported_limit_is_the_last_change_not_the_last_event() {
+        use std::sync::Condvar;
+        use tower_cql_core::InMemoryCollector;
+        /// Holds the first limit event until a second one has passed.
+        #[derive(Default)]
+        struct HoldFirst(Mutex<usize>, Condvar);
+        impl Collector for HoldFirst {
+            fn on_limit(&self, _: &LimitEvent) {
+                let mut seen = self.0.lock().unwrap();
+                *seen += 1;
+                if *seen == 1 {
+                    let _ = self
+                        .1
+                        .wait_timeout_while(seen, Duration::from_secs(5), |n| *n < 2)
+                        .unwrap();
+                } else {
+                    self.1.notify_all();
+                }
+            }
+        }
+        let memory = Arc::new(InMemoryCollector::new());
+        let hold: Arc<dyn Collector> = Arc::new(HoldFirst::default());
+        let collectors = Collectors::with([hold, memory.clone()]);
+        let config = AdaptiveConfig {
+            initial: 8,
+            min: 1,
+            max: 64,
+            algorithm: AdaptiveAlgorithm::Aimd {
+                increase_by: 1,
+                decrease_factor: 0.5,
+                latency_threshold: Duration::from_secs(10),
+            },
+            max_queue: 100,
+            queue_timeout: None,
+        };
+        let layer = AdaptiveConcurrencyLayer::new(config, collectors);
+        let run = |layer: AdaptiveConcurrencyLayer, kind: Option<ErrorKind>, n: usize| {
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    for _ in 0..n {
+                        let svc = layer.layer(answering(Duration::ZERO, kind));
+                        let _ = svc.oneshot(req()).await;
+                    }
+                });
+            })
+        };
+        // 8 -> 4, its event held
+        let first = run(layer.clone(), Some(ErrorKind::Overloaded), 1);
+        while layer.current_limit() != 4 {
+            std::thread::yield_now();
+        }
+        // 4 -> 5 after a window of 4 successes, its event passing first
+        run(layer.clone(), None, 4).join().unwrap();
+        first.join().unwrap();
+        assert_eq!(layer.current_limit(), 5);
+        assert_eq!(
+            memory.snapshot().current_limit,
+            5,
+            "the limit in force, not the last event to arrive"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn overloaded_decreases_the_limit() {
         let (layer, limits) = layer(10, 1, 100);
@@ -659,7 +732,7 @@ mod tests {
         assert_eq!((layer.in_flight(), layer.queued()), (1, 1));
         // The limit grows while the first still holds its slot: the waiter
         // is woken and admitted.
-        assert!(layer.core.set_limit(1, 2));
+        assert!(layer.core.set_limit(1, 2).is_some());
         tokio::task::yield_now().await;
         assert_eq!((layer.in_flight(), layer.queued()), (2, 0));
         assert!(!first.is_finished());

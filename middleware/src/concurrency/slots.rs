@@ -30,9 +30,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[cfg(tower_cql_loom)]
-use loom::sync::atomic::{AtomicUsize, Ordering, fence};
+use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 #[cfg(not(tower_cql_loom))]
-use std::sync::atomic::{AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 
 use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
@@ -44,7 +44,12 @@ use super::adaptive;
 /// The counters and the wait list, shared by a layer and every service
 /// it makes.
 pub(crate) struct Core {
-    limit: AtomicUsize,
+    /// The limit (the low 32 bits, capped at `u32::MAX`) and how many
+    /// times it changed (the high 32, wrapping past 0 to 1): in one word,
+    /// so that a change and its number are made together, and limit
+    /// events carry the order of the changes (see
+    /// [`LatestLimit`](tower_cql_core::event::LatestLimit)).
+    limit: AtomicU64,
     in_flight: AtomicUsize,
     queued: AtomicUsize,
     /// Services waiting in `poll_ready` for a slot (under a load shedder).
@@ -72,6 +77,17 @@ impl fmt::Debug for Core {
     }
 }
 
+/// The word of [`Core::limit`]: change number `change`, limit `limit`.
+fn limit_word(change: u32, limit: usize) -> u64 {
+    (u64::from(change) << 32)
+        | u64::try_from(limit).map_or(u64::from(u32::MAX), |l| l.min(u32::MAX.into()))
+}
+
+/// The limit in a word of [`Core::limit`].
+fn limit_of(word: u64) -> usize {
+    usize::try_from(word & u64::from(u32::MAX)).unwrap_or(usize::MAX)
+}
+
 impl Core {
     pub(crate) fn new(
         limiter: &'static str,
@@ -82,7 +98,7 @@ impl Core {
         adaptive: Option<adaptive::Aimd>,
     ) -> Core {
         Core {
-            limit: AtomicUsize::new(limit),
+            limit: AtomicU64::new(limit_word(0, limit)),
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             watching: AtomicUsize::new(0),
@@ -96,7 +112,7 @@ impl Core {
     }
 
     pub(crate) fn limit(&self) -> usize {
-        self.limit.load(Ordering::Acquire)
+        limit_of(self.limit.load(Ordering::Acquire))
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -107,26 +123,37 @@ impl Core {
         self.queued.load(Ordering::Acquire)
     }
 
-    /// Sets the limit (adaptive); wakes every waiter when it grew.
-    pub(crate) fn set_limit(&self, from: usize, to: usize) -> bool {
-        if self
-            .limit
-            .compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            return false;
+    /// Sets the limit (adaptive) if it is still `from`; wakes every
+    /// waiter when it grew. Returns the change's number (1, 2, …), or
+    /// `None` when another change came first.
+    pub(crate) fn set_limit(&self, from: usize, to: usize) -> Option<u32> {
+        let cur = self.limit.load(Ordering::SeqCst);
+        if limit_of(cur) != from {
+            return None;
         }
+        let change = match ((cur >> 32) as u32).wrapping_add(1) {
+            0 => 1,
+            n => n,
+        };
+        self.limit
+            .compare_exchange(
+                cur,
+                limit_word(change, to),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .ok()?;
         if to > from {
             self.notify.notify_waiters();
         }
-        true
+        Some(change)
     }
 
     /// Takes a slot if one is free (the count is below the limit).
     pub(crate) fn try_acquire(self: &Arc<Core>) -> Option<Permit> {
         let mut cur = self.in_flight.load(Ordering::SeqCst);
         loop {
-            if cur >= self.limit.load(Ordering::SeqCst) {
+            if cur >= limit_of(self.limit.load(Ordering::SeqCst)) {
                 return None;
             }
             match self.in_flight.compare_exchange_weak(
