@@ -98,7 +98,7 @@ impl SeriesLabels {
     }
 
     /// `"ok"` or the error kind's name; `"overflow"` for an
-    /// [overflow](Self::overflow) series, which holds the successes and
+    /// overflow series (`overflow` true), which holds the successes and
     /// failures of the label sets past the bound alike (the collector's
     /// error counters still count its failures by kind).
     pub fn outcome(&self) -> &'static str {
