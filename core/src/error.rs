@@ -336,6 +336,10 @@ struct Inner {
     /// The error code the server sent (see [`CqlError::status_code`]).
     status_code: Option<i32>,
     source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+    /// Whether `source` says what the message had redacted: then it is no
+    /// [`source`](std::error::Error::source), only an
+    /// [`unredacted_source`](CqlError::unredacted_source).
+    source_hidden: bool,
 }
 
 /// A failed CQL request: a kind, a message that says what happened and what
@@ -366,6 +370,7 @@ impl CqlError {
             speculative: 0,
             status_code: kind.status_code(),
             source: None,
+            source_hidden: false,
         }))
     }
 
@@ -403,17 +408,19 @@ impl CqlError {
 
     /// This error without the literals of `statement` its message quotes
     /// (a server error names the literal it could not use: `Invalid
-    /// STRING constant (...)`), each replaced by `?`. When there was one,
-    /// the driver's own error, which quotes it too, is no longer its
-    /// [`source`](std::error::Error::source), so no error chain carries
-    /// it either. The driver service applies it to every error of an
-    /// attempt.
+    /// STRING constant (...)`), each replaced by `?`, where the message
+    /// has it as a word of its own, even one
+    /// [`error_message`](crate::redact::error_message) left. When there
+    /// was one, the driver's own error, which quotes it too, is no longer
+    /// its [`source`](std::error::Error::source), so no error chain
+    /// carries it either. The driver service applies it to every error of
+    /// an attempt.
     pub(crate) fn without_literals_of(self, statement: &crate::Statement) -> CqlError {
         match crate::redact::without_literals(&self.0.message, statement) {
             None => self,
             Some(message) => self.map(|i| {
                 i.message = message;
-                i.source = None;
+                i.source_hidden = true;
             }),
         }
     }
@@ -463,9 +470,23 @@ impl CqlError {
         self.0.status_code
     }
 
-    /// Attaches the underlying error.
+    /// Attaches the underlying error (as it is: its text is not
+    /// redacted, so it should not quote a value).
     pub fn with_source(self, source: impl std::error::Error + Send + Sync + 'static) -> CqlError {
-        self.map(|i| i.source = Some(Arc::new(source)))
+        self.map(|i| {
+            i.source = Some(Arc::new(source));
+            i.source_hidden = false;
+        })
+    }
+
+    /// The driver's error this one was made from, as the driver made it,
+    /// even when it is not the [`source`](std::error::Error::source): its
+    /// text is not redacted and may quote a value the server could not
+    /// use (see [`message`](Self::message)). For code that handles the
+    /// error itself (downcast it to [`ExecutionError`] to read the
+    /// server's error and its full message); never log it.
+    pub fn unredacted_source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.0.source.as_deref()
     }
 
     fn map(self, f: impl FnOnce(&mut Inner)) -> CqlError {
@@ -481,6 +502,7 @@ impl CqlError {
                 speculative: shared.speculative,
                 status_code: shared.status_code,
                 source: shared.source.clone(),
+                source_hidden: shared.source_hidden,
             },
         };
         f(&mut inner);
@@ -492,7 +514,16 @@ impl CqlError {
         self.0.kind
     }
 
-    /// What happened (without the hint).
+    /// What happened (without the hint). A message from the server or
+    /// the driver has what looks like a value replaced by `?` (a server
+    /// quotes the value it could not use, a bound value as well as a
+    /// literal: `Unable to make long from ?`; the rule is
+    /// [`error_message`](crate::redact::error_message)'s), as do
+    /// `Display`, `Debug` and the [`source`](std::error::Error::source)
+    /// chain: they are what logs, spans and `anyhow` record of an error,
+    /// this stack's own (its hedge layer logs `Display`) and the caller's.
+    /// The message as the server wrote it is in the driver's error,
+    /// [`unredacted_source`](Self::unredacted_source).
     pub fn message(&self) -> &str {
         &self.0.message
     }
@@ -529,9 +560,22 @@ impl CqlError {
         self.retry_advice(idempotent) != RetryAdvice::DontRetry
     }
 
-    /// Maps a driver error.
+    /// Maps a driver error. Its message, the driver's text (which
+    /// repeats the server's), goes through
+    /// [`error_message`](crate::redact::error_message); when that
+    /// replaced anything, the driver's error, which says it as it was, is
+    /// not the [`source`](std::error::Error::source) (it is the
+    /// [`unredacted_source`](Self::unredacted_source)).
     pub fn from_execution(err: ExecutionError) -> CqlError {
         let (kind, message, details, not_sent) = classify_execution(&err);
+        let (message, source_hidden) = match message {
+            Message::Driver(text) => {
+                let redacted = crate::redact::error_message(&text);
+                let changed = redacted != text;
+                (redacted, changed)
+            }
+            Message::Own(text) => (text, false),
+        };
         let mut e = CqlError::new(kind, message);
         {
             let inner = Arc::get_mut(&mut e.0).expect("fresh error is unique");
@@ -539,6 +583,7 @@ impl CqlError {
             inner.not_sent = inner.not_sent || not_sent;
             inner.status_code = server_code(&err);
             inner.source = Some(Arc::new(err));
+            inner.source_hidden = source_hidden;
         }
         e
     }
@@ -687,9 +732,17 @@ fn classify_attempt(e: &RequestAttemptError) -> (ErrorKind, Option<ReplicaDetail
     }
 }
 
-fn classify_execution(err: &ExecutionError) -> (ErrorKind, String, Option<ReplicaDetails>, bool) {
+/// Who wrote an error's message.
+enum Message {
+    /// The driver (its `Display`, the server's message in it): redacted.
+    Driver(String),
+    /// This crate, saying what it knows (no value in it).
+    Own(String),
+}
+
+fn classify_execution(err: &ExecutionError) -> (ErrorKind, Message, Option<ReplicaDetails>, bool) {
     use ErrorKind as K;
-    let what = err.to_string();
+    let what = Message::Driver(err.to_string());
     let (kind, details, not_sent) = match err {
         ExecutionError::LastAttemptError(a) => classify_attempt(a),
         ExecutionError::BadQuery(_) => (K::Serialization, None, true),
@@ -704,7 +757,7 @@ fn classify_execution(err: &ExecutionError) -> (ErrorKind, String, Option<Replic
                      was not sent; retry after the breaker's cool-down, when it lets a probe \
                      through, and look at why those nodes fail (the breaker's events name them)"
                 );
-                return (K::CircuitOpen, message, None, true);
+                return (K::CircuitOpen, Message::Own(message), None, true);
             }
         },
         ExecutionError::PrepareError(p) => match p {
@@ -756,6 +809,8 @@ impl fmt::Display for CqlError {
     }
 }
 
+/// The message as [`CqlError::message`] has it (redacted), never the
+/// driver's error.
 impl fmt::Debug for CqlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CqlError")
@@ -769,7 +824,12 @@ impl fmt::Debug for CqlError {
 }
 
 impl std::error::Error for CqlError {
+    /// The driver's error, unless it says what the message has redacted
+    /// (then `None`: see [`CqlError::unredacted_source`]).
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        if self.0.source_hidden {
+            return None;
+        }
         self.0
             .source
             .as_deref()
@@ -847,6 +907,37 @@ mod tests {
             Some(0x1100)
         );
         assert_eq!(CqlError::new(ErrorKind::Shed, "x").status_code(), None);
+    }
+
+    /// A server's message quoting a value it could not use (a bound
+    /// value: no literal of a statement to look for) loses it in every
+    /// form the error is logged in; the caller still finds it in the
+    /// driver's error, asked for by name.
+    #[test]
+    fn a_value_the_server_quotes_is_redacted_from_the_error() {
+        let err = CqlError::from_execution(ExecutionError::LastAttemptError(
+            RequestAttemptError::DbError(
+                DbError::Invalid,
+                "Unable to make long from 'SECRET-1' (for \"k\" in ks.kv)".into(),
+            ),
+        ));
+        assert_eq!(
+            err.message(),
+            "Database returned an error: The query is syntactically correct but invalid, \
+             Error message: Unable to make long from ? (?)"
+        );
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(std::error::Error::source(&err).is_none());
+        let full = err.unredacted_source().unwrap().to_string();
+        assert!(full.contains("'SECRET-1'"), "{full}");
+        // kept through a change of the error
+        let err = err.with_node("127.0.0.1:9042".parse().unwrap());
+        assert!(std::error::Error::source(&err).is_none());
+        assert!(err.unredacted_source().is_some());
+        // one with nothing to redact keeps its source
+        let plain = db(DbError::Overloaded);
+        assert!(std::error::Error::source(&plain).is_some(), "{plain}");
     }
 
     #[test]
@@ -931,7 +1022,14 @@ mod tests {
             let err = db(e);
             assert_eq!(err.kind(), kind);
             assert!(err.to_string().contains(kind.hint()), "{err}");
-            assert!(std::error::Error::source(&err).is_some());
+            assert!(err.unredacted_source().is_some());
+            // the source, unless the message lost something to redaction
+            // (the driver's details: `(consistency: Quorum, required: ?)`)
+            assert_eq!(
+                std::error::Error::source(&err).is_some(),
+                !err.message().contains('?'),
+                "{err}"
+            );
         }
     }
 

@@ -2,7 +2,9 @@
 //! keyspace, table, LWT, counter, list-append, element-delete and
 //! non-deterministic detection) and the sanitiser ([`crate::redact`])
 //! both read statement text through it, so a quote inside a `$$` string
-//! or an `IF` inside a comment means the same to both.
+//! or an `IF` inside a comment means the same to both. Error messages,
+//! which quote values in prose, are read by its prose mode
+//! ([`Lexer::prose`], for [`crate::redact::error_message`]).
 //!
 //! It knows what Cassandra's own lexer knows about where a literal or a
 //! comment starts and ends: `'...'` with `''` for a quote, `$$...$$`
@@ -111,6 +113,9 @@ pub(crate) struct Lexer<'a> {
     i: usize,
     /// The last token, for telling a sign from a minus.
     prev: Option<(Kind, u8)>,
+    /// Reading prose (an error's message), not a statement: see
+    /// [`Lexer::prose`].
+    prose: bool,
 }
 
 impl<'a> Lexer<'a> {
@@ -119,6 +124,21 @@ impl<'a> Lexer<'a> {
             s,
             i: 0,
             prev: None,
+            prose: false,
+        }
+    }
+
+    /// A lexer for prose that quotes CQL values (a server's or the
+    /// driver's error message), with three differences: there are no
+    /// comments (`--`, `//` and `/*` are punctuation, so nothing after
+    /// them is skipped unread); a `'` right after a letter or digit is an
+    /// apostrophe (`doesn't`), punctuation; and a string ends at a `'`
+    /// not followed by a letter or digit (`'o'brien'` is one string: a
+    /// message does not double the quotes of the value it quotes).
+    pub(crate) fn prose(s: &'a str) -> Lexer<'a> {
+        Lexer {
+            prose: true,
+            ..Lexer::new(s)
         }
     }
 
@@ -131,6 +151,9 @@ impl<'a> Lexer<'a> {
                 self.i += 1;
             }
             let (c, next) = (b.get(self.i), b.get(self.i + 1));
+            if self.prose {
+                return self.i > start;
+            }
             match (c, next) {
                 (Some(b'-'), Some(b'-')) | (Some(b'/'), Some(b'/')) => {
                     while self.i < b.len() && b[self.i] != b'\n' {
@@ -171,13 +194,17 @@ impl<'a> Lexer<'a> {
         }
     }
 
-    /// Ends a `'...'` or `"..."` run that doubles its quote to escape it.
+    /// Ends a `'...'` or `"..."` run that doubles its quote to escape it
+    /// (in prose, a `'` followed by a letter or digit does not end it).
     fn quoted(&mut self, quote: u8) {
         let b = self.s.as_bytes();
+        let prose = self.prose && quote == b'\'';
         self.i += 1;
         while self.i < b.len() {
             if b[self.i] == quote {
-                if b.get(self.i + 1) == Some(&quote) {
+                if b.get(self.i + 1) == Some(&quote)
+                    || prose && b.get(self.i + 1).is_some_and(|&x| is_word_byte(x))
+                {
                     self.i += 2;
                     continue;
                 }
@@ -191,6 +218,11 @@ impl<'a> Lexer<'a> {
     fn scan(&mut self) -> Option<Kind> {
         let b = self.s.as_bytes();
         let c = *b.get(self.i)?;
+        // an apostrophe in prose: one character of punctuation
+        if c == b'\'' && self.prose && self.i > 0 && is_word_byte(b[self.i - 1]) {
+            self.i += 1;
+            return Some(Kind::Punct);
+        }
         if c == b'\'' {
             self.quoted(b'\'');
             return Some(Kind::Literal(Lit::String));
@@ -374,6 +406,12 @@ fn iso_duration_end(b: &[u8], i: usize) -> Option<usize> {
         }
     }
     (parts > 0 && ends_here(j)).then_some(j)
+}
+
+/// A byte of a word in prose: an ASCII letter or digit, or a byte of a
+/// non-ASCII character (`é'`).
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || !b.is_ascii()
 }
 
 /// Whether the dash at `i` is inside an 8-4-4-4-12 run of hex digits.

@@ -139,7 +139,10 @@ impl CqlResponse {
             Err(e) => {
                 return Err(CqlError::new(
                     ErrorKind::Deserialization,
-                    format!("the result's metadata could not be read: {e}"),
+                    format!(
+                        "the result's metadata could not be read: {}",
+                        crate::redact::error_message(&e.to_string())
+                    ),
                 ));
             }
         };
@@ -250,14 +253,20 @@ impl CqlResponse {
         let iter = rows.rows::<R>().map_err(|e| {
             CqlError::new(
                 ErrorKind::Deserialization,
-                format!("the rows do not match the requested type: {e}"),
+                format!(
+                    "the rows do not match the requested type: {}",
+                    crate::redact::error_message(&e.to_string())
+                ),
             )
         })?;
         iter.map(|r| {
             r.map_err(|e| {
                 CqlError::new(
                     ErrorKind::Deserialization,
-                    format!("a row could not be read: {e}"),
+                    format!(
+                        "a row could not be read: {}",
+                        crate::redact::error_message(&e.to_string())
+                    ),
                 )
             })
         })

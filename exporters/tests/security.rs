@@ -4,7 +4,11 @@
 //! listener is on loopback unless told otherwise.
 //!
 //! Every secret is a distinct marker string; the test fails if any marker
-//! appears anywhere it looked.
+//! appears anywhere it looked: besides the spans and events, the JSON
+//! lines, the slow-query log and (with `otel-spans`) the span collector's
+//! spans see every request, failures included.
+
+mod support;
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -16,7 +20,9 @@ use tower_cql_core::{
 };
 use tower_cql_exporters::metrics_bridge::MetricsBridge;
 use tower_cql_exporters::prometheus::PrometheusExporter;
+use tower_cql_exporters::stdout::JsonLines;
 use tower_cql_middleware::retry::RetryConfig;
+use tower_cql_middleware::slow_log::{SlowQueryLog, SlowQueryLogConfig};
 use tower_cql_middleware::stack::StackBuilder;
 use tower_cql_testkit::{Cluster, Fault, InjectedError, Opcode};
 use tracing::field::{Field, Visit};
@@ -128,6 +134,26 @@ async fn no_value_literal_or_credential_reaches_spans_logs_labels_or_debug() {
     let memory = Arc::new(InMemoryCollector::new());
     let collectors = Collectors::with([memory.clone()]);
     collectors.add(Arc::new(MetricsBridge::new()));
+    let json = support::Captured::default();
+    collectors.add(JsonLines::to_writer(Box::new(json.clone())));
+    // every request is slow
+    collectors.add(Arc::new(SlowQueryLog::new(SlowQueryLogConfig {
+        threshold: std::time::Duration::from_nanos(1),
+        sample: 1.0,
+        max_per_second: 1_000_000,
+    })));
+    #[cfg(feature = "otel-spans")]
+    let otel_spans = {
+        use opentelemetry::trace::TracerProvider as _;
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        collectors.add(Arc::new(tower_cql_exporters::spans::SpanCollector::new(
+            provider.tracer("tower-cql"),
+        )));
+        (exporter, provider)
+    };
     let driver = DriverService::builder(Arc::new(session))
         .collectors(collectors.clone())
         .build()
@@ -174,6 +200,35 @@ async fn no_value_literal_or_credential_reaches_spans_logs_labels_or_debug() {
     let err = run(get.request().bind((BOUND_KEY,))).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Overloaded);
     let _ = write!(debug, "{err:?} {err}");
+    // a server error quoting a bound value it could not use, as
+    // Cassandra's and Scylla's InvalidRequest messages do (the statement's
+    // own text has no literal: only the generic rule can catch these)
+    for echo in [
+        format!("Unable to make long from '{BOUND_KEY}'"),
+        format!("Invalid STRING constant ({BOUND}) for \"k\" of type bigint"),
+        format!("Cannot parse '{BOUND}' as hex bytes"),
+    ] {
+        let echo: &'static str = Box::leak(echo.into_boxed_str());
+        cluster.faults().add(
+            Fault::error(InjectedError::Invalid(echo))
+                .opcode(Opcode::Execute)
+                .times(1),
+        );
+        let err = run(put.request().bind((BOUND_KEY, BOUND)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+        // what a service logs of an error: Display, Debug, the chain
+        let _ = write!(debug, "{err:?} {err} {}", err.message());
+        let mut source = std::error::Error::source(&err);
+        while let Some(e) = source {
+            let _ = write!(debug, " {e} {e:?}");
+            source = e.source();
+        }
+        // the message keeps its wording
+        let words = echo.split(['\'', '(']).next().unwrap();
+        assert!(err.message().contains(words), "{err}");
+    }
     // a syntax error in a statement with a literal
     let err = run(CqlRequest::query(format!(
         "SELEC v FROM ks.kv WHERE k = '{LITERAL}'"
@@ -220,6 +275,24 @@ async fn no_value_literal_or_credential_reaches_spans_logs_labels_or_debug() {
         "scylla's TRACE spans no longer record partition key values"
     );
     assert_clean("Debug output", &debug);
+    let json = json.text();
+    assert!(json.contains("\"outcome\":\"invalid\""), "{json}");
+    assert_clean("the JSON lines", &json);
+    assert!(
+        spans.contains("tower_cql::slow_query"),
+        "the slow-query log saw the requests"
+    );
+    #[cfg(feature = "otel-spans")]
+    {
+        let (exporter, provider) = otel_spans;
+        provider.force_flush().unwrap();
+        let otel = format!("{:?}", exporter.get_finished_spans().unwrap());
+        assert!(
+            otel.contains("invalid"),
+            "the span collector saw the failures"
+        );
+        assert_clean("the span collector's spans", &otel);
+    }
     let metrics = exporter.render();
     assert!(metrics.contains("db_client_operation_duration_seconds"));
     assert_clean("the Prometheus metrics (names and labels)", &metrics);

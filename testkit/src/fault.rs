@@ -63,6 +63,10 @@ pub enum InjectedError {
     Unprepared,
     /// UNAUTHORIZED (0x2100).
     Unauthorized,
+    /// INVALID (0x2200) with this message, as the server writes it: for
+    /// a message that quotes a value (`Unable to make long from
+    /// 'secret'`), which a real server does for a value it cannot use.
+    Invalid(&'static str),
 }
 
 impl InjectedError {
@@ -157,6 +161,7 @@ impl InjectedError {
                 "User has no permission (injected by testkit)",
                 ErrorExtra::None,
             ),
+            InjectedError::Invalid(message) => (e::INVALID, message, ErrorExtra::None),
             InjectedError::Unprepared => return ServerError::unprepared(id.unwrap_or(&[0; 16])),
         };
         ServerError {

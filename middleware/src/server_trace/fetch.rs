@@ -295,8 +295,10 @@ impl fmt::Display for Failure {
     }
 }
 
+/// A failed read, its error's text redacted as a `CqlError`'s is (it is
+/// logged).
 fn read_err(e: impl fmt::Display) -> Failure {
-    Failure::Read(e.to_string())
+    Failure::Read(tower_cql_core::redact::error_message(&e.to_string()))
 }
 
 async fn statements(ctx: &Ctx) -> Result<&(PreparedStatement, PreparedStatement), Failure> {
