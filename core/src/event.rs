@@ -57,8 +57,9 @@ pub struct RequestEvent<'a> {
     pub error: Option<&'a CqlError>,
     /// Attempts made, speculative ones included: as many as the request's
     /// attempt events; 0 for a request refused before any. A request its
-    /// caller dropped says 0 (its attempts' own events, outcome
-    /// `cancelled`, say how many).
+    /// caller dropped says the attempts it had started, those still in
+    /// flight included (their events, outcome `cancelled`, follow its
+    /// own).
     pub attempts: u32,
     /// Speculative attempts among them.
     pub speculative: u32,

@@ -168,6 +168,9 @@ struct Inner {
     /// Notified when the flush has finished and the gate is closed.
     closed: Notify,
     collectors: Option<Collectors>,
+    /// What the requests it admits carry to the driver service: the
+    /// collectors, in one link all of them share.
+    link: Option<Arc<crate::request::StackLink>>,
     /// Whether requests carry `collectors` to the driver service (false
     /// when it emits into them itself: see [`Gate::adopted`]).
     carry: bool,
@@ -298,6 +301,7 @@ impl Gate {
                 core: GateCore::new(),
                 drained: Notify::new(),
                 closed: Notify::new(),
+                link: collectors.clone().map(crate::request::StackLink::shared),
                 collectors,
                 carry: true,
                 before_flush,
@@ -496,10 +500,10 @@ where
                 // The stack's collectors go with the request, so the driver
                 // service inside emits its attempt events there too (unless
                 // it adopted them: then it emits there itself).
-                if let Some(c) = &self.gate.inner.collectors
+                if let Some(link) = &self.gate.inner.link
                     && self.gate.inner.carry
                 {
-                    req.set_stack_collectors(c.clone());
+                    req.link_stack(link.clone());
                 }
                 // text naming no keyspace runs in the session's
                 if let Some(session) = &self.gate.inner.session

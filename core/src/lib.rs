@@ -86,7 +86,7 @@ pub use histogram::{Histogram, HistogramSnapshot};
 pub use memory::{InMemoryCollector, SeriesLabels, SeriesSnapshot, Snapshot};
 pub use paging::RowStream;
 pub use request::{
-    CqlRequest, Label, OperationKind, QuerySummary, RequestMeta, Statement, StatementBody,
-    StatementTraits, Values,
+    AttemptTally, CqlRequest, Label, OperationKind, QuerySummary, RequestMeta, Statement,
+    StatementBody, StatementTraits, Values,
 };
 pub use response::{CqlResponse, DriverResult, ExecutionInfo};

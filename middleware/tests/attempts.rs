@@ -12,13 +12,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 use tower_cql_core::event::{AttemptEvent, RequestEvent};
 use tower_cql_core::{Collector, Collectors, ErrorKind};
+use tower_cql_middleware::breaker::BreakerConfig;
 use tower_cql_middleware::hedge::{HedgeConfig, HedgeDelay};
 use tower_cql_middleware::stack::StackBuilder;
 use tower_cql_middleware::timeout::TimeoutConfig;
-use tower_cql_testkit::{Fault, Opcode};
+use tower_cql_testkit::{Fault, InjectedError, Opcode};
 
 mod support;
 
@@ -238,4 +239,162 @@ async fn a_request_the_caller_dropped_is_reported_cancelled() {
         "the attempt names its node: {attempts:?}"
     );
     stack.close().await;
+}
+
+/// The request events (outcome, attempts) and the attempt events by
+/// outcome of the requests dropped in [`dropped_during`].
+#[derive(Default)]
+struct Dropped {
+    requests: Mutex<Vec<(&'static str, u32)>>,
+    attempts: Mutex<BTreeMap<&'static str, u32>>,
+}
+
+impl Collector for Dropped {
+    fn on_attempt(&self, e: &AttemptEvent<'_>) {
+        let outcome = e.error.map_or("ok", |e| e.kind().as_str());
+        *self.attempts.lock().unwrap().entry(outcome).or_default() += 1;
+    }
+
+    fn on_request(&self, e: &RequestEvent<'_>) {
+        let outcome = e.error.map_or("ok", |e| e.kind().as_str());
+        self.requests.lock().unwrap().push((outcome, e.attempts));
+    }
+}
+
+/// One read through the stack `builder` makes, its first attempt answered
+/// `Unavailable` when `first_fails` (retried at once on another node),
+/// every other attempt 500 ms late; the caller stops waiting after
+/// `wait` (zero: the call is dropped before it is ever polled). Returns the request event's (outcome, attempts) and the
+/// attempt events by outcome, once every attempt has reported.
+async fn dropped_during(
+    builder: impl FnOnce(Collectors) -> StackBuilder,
+    first_fails: bool,
+    wait: Duration,
+) -> (Vec<(&'static str, u32)>, BTreeMap<&'static str, u32>) {
+    let seen = Arc::new(Dropped::default());
+    let collectors = Collectors::with([seen.clone()]);
+    let (cluster, driver) = cluster(&collectors).await;
+    if first_fails {
+        cluster.faults().add(
+            Fault::error(InjectedError::Unavailable)
+                .opcode(Opcode::Execute)
+                .matching(GET)
+                .times(1),
+        );
+    }
+    cluster.faults().add(
+        Fault::delay(Duration::from_millis(500))
+            .opcode(Opcode::Execute)
+            .matching(GET),
+    );
+    let stack = builder(collectors.clone()).build(driver).unwrap();
+    seen.requests.lock().unwrap().clear();
+    seen.attempts.lock().unwrap().clear();
+    let mut svc = stack.service();
+    let call = svc.ready().await.unwrap().call(read(1));
+    if wait.is_zero() {
+        drop(call);
+    } else {
+        let gave_up = tokio::time::timeout(wait, call).await.is_err();
+        assert!(
+            gave_up,
+            "the read was still running when the caller gave up"
+        );
+    }
+    let requests = seen.requests.lock().unwrap().clone();
+    let attempts = seen.attempts.lock().unwrap().clone();
+    stack.close().await;
+    (requests, attempts)
+}
+
+/// How many attempt events there were.
+fn total(attempts: &BTreeMap<&'static str, u32>) -> u32 {
+    attempts.values().sum()
+}
+
+/// A request dropped during its second attempt (the first failed and was
+/// retried) says 2 attempts, as many as its attempt events, through the
+/// lean composition (the default stack) and the full one (the breaker
+/// on). Before, a dropped request said 0 whatever its attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dropped_during_a_retry_counts_its_attempts() {
+    let lean = |c| StackBuilder::new(c).retry(fast_retries(3));
+    let full = |c| {
+        StackBuilder::new(c)
+            .retry(fast_retries(3))
+            .breaker(BreakerConfig::default())
+    };
+    for (name, builder) in [
+        ("lean", &lean as &dyn Fn(Collectors) -> StackBuilder),
+        ("full", &full),
+    ] {
+        let (requests, attempts) = dropped_during(builder, true, Duration::from_millis(150)).await;
+        println!("{name}: request events {requests:?}, attempt events {attempts:?}");
+        assert_eq!(
+            attempts,
+            BTreeMap::from([("cancelled", 1), ("unavailable", 1)]),
+            "{name}"
+        );
+        assert_eq!(
+            requests,
+            [("cancelled", 2)],
+            "{name}: (outcome, attempts) of the request event"
+        );
+    }
+}
+
+/// A request dropped during its only attempt says 1, without retries too
+/// (lean and full: no layer outside counted it); one dropped before it was
+/// ever polled made no attempt, and says 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dropped_during_its_only_attempt_counts_it() {
+    let lean = |c| StackBuilder::new(c).without_retry();
+    let full = |c| {
+        StackBuilder::new(c)
+            .without_retry()
+            .breaker(BreakerConfig::default())
+    };
+    for (name, builder) in [
+        ("lean", &lean as &dyn Fn(Collectors) -> StackBuilder),
+        ("full", &full),
+    ] {
+        let (requests, attempts) = dropped_during(builder, false, Duration::from_millis(100)).await;
+        println!("{name}: request events {requests:?}, attempt events {attempts:?}");
+        assert_eq!(attempts, BTreeMap::from([("cancelled", 1)]), "{name}");
+        assert_eq!(requests, [("cancelled", 1)], "{name}");
+        // never polled: no attempt, no attempt event
+        let (requests, attempts) = dropped_during(builder, false, Duration::ZERO).await;
+        assert_eq!(total(&attempts), 0, "{name}: {attempts:?}");
+        assert_eq!(requests, [("cancelled", 0)], "{name}");
+    }
+}
+
+/// A hedged request dropped mid-race says every attempt its races
+/// started: the race's first attempt and its speculative one (2); with a
+/// failed first attempt retried before, 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedged_request_dropped_mid_race_counts_every_attempt_started() {
+    let hedged = |c| {
+        StackBuilder::new(c)
+            .retry(fast_retries(3))
+            .hedge(HedgeConfig {
+                delay: HedgeDelay::Fixed(Duration::from_millis(20)),
+                max_speculative: 1,
+                ..HedgeConfig::default()
+            })
+    };
+    for (first_fails, expected) in [(false, 2), (true, 3)] {
+        let (requests, attempts) =
+            dropped_during(hedged, first_fails, Duration::from_millis(150)).await;
+        println!(
+            "first fails: {first_fails}: request events {requests:?}, attempt events {attempts:?}"
+        );
+        assert_eq!(total(&attempts), expected, "{attempts:?}");
+        assert_eq!(attempts.get("cancelled"), Some(&2), "{attempts:?}");
+        assert_eq!(
+            requests,
+            [("cancelled", expected)],
+            "first fails: {first_fails}"
+        );
+    }
 }

@@ -144,6 +144,9 @@ impl DriverInner {
             node: None,
             armed: true,
         };
+        // The attempt has started: it is an event now, however it ends;
+        // counted for a layer that asked (see `AttemptTally`).
+        req.count_attempt();
         // an attempt with a hint (after the first): the steering policy
         // reads it; and the node the attempt went to, as the policy saw
         // it, is kept in the guard

@@ -32,12 +32,15 @@ mod kind;
 mod label;
 mod meta;
 mod statement;
+mod tally;
 mod values;
 
 pub use kind::{AttemptReason, OperationKind};
 pub use label::Label;
 pub use meta::{QuerySummary, RequestMeta};
 pub use statement::{Statement, StatementBody};
+pub use tally::AttemptTally;
+pub(crate) use tally::StackLink;
 pub use values::Values;
 
 /// A request: a statement, its bound values, and its [`RequestMeta`].
@@ -46,11 +49,10 @@ pub use values::Values;
 pub struct CqlRequest {
     values: Values,
     meta: RequestMeta,
-    /// The collectors of the stack the request is in, set by its gate (see
-    /// [`crate::GateService`]): the driver service emits attempt events
-    /// there, so a stack's events go to one set whatever the driver
-    /// service was built with. Not in `meta`, which events copy.
-    collectors: Option<crate::Collectors>,
+    /// The request's link to the stack it is in: the stack's collectors,
+    /// set by its gate, and the tally of its attempts, set by the metrics
+    /// layer (see `StackLink`). Not in `meta`, which events copy.
+    stack: Option<Arc<tally::StackLink>>,
 }
 
 impl CqlRequest {
@@ -177,11 +179,44 @@ impl CqlRequest {
     /// The collectors of the stack this request is in, once its gate
     /// admitted it.
     pub(crate) fn stack_collectors(&self) -> Option<&crate::Collectors> {
-        self.collectors.as_ref()
+        self.stack.as_ref()?.collectors.as_ref()
     }
 
-    pub(crate) fn set_stack_collectors(&mut self, collectors: crate::Collectors) {
-        self.collectors = Some(collectors);
+    /// Links the request to its stack (the gate's link: see
+    /// [`StackLink::shared`]).
+    pub(crate) fn link_stack(&mut self, link: Arc<tally::StackLink>) {
+        self.stack = Some(link);
+    }
+
+    /// Has the driver service count every attempt it starts for this
+    /// request and its clones (retries, speculative attempts) in the
+    /// tally returned: what the metrics layer reads for a request dropped
+    /// before it ended (see [`AttemptTally`]). Replaces a tally given
+    /// before; the stack's collectors the request carries stay.
+    pub fn count_attempts(&mut self) -> AttemptTally {
+        let link = Arc::new(tally::StackLink {
+            collectors: self.stack_collectors().cloned(),
+            attempts: Some(Default::default()),
+        });
+        self.stack = Some(link.clone());
+        AttemptTally(link)
+    }
+
+    /// The tally the driver service counts this request's attempts in,
+    /// when a layer gave it one ([`count_attempts`](Self::count_attempts)).
+    pub fn attempt_tally(&self) -> Option<AttemptTally> {
+        let link = self.stack.as_ref()?;
+        link.attempts.is_some().then(|| AttemptTally(link.clone()))
+    }
+
+    /// One more attempt started, in the request's tally if it has one.
+    #[inline(always)]
+    pub(crate) fn count_attempt(&self) {
+        if let Some(link) = &self.stack
+            && let Some(a) = &link.attempts
+        {
+            a.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 

@@ -421,7 +421,7 @@ impl Statement {
         CqlRequest {
             values: Values::none(),
             meta: RequestMeta::from_statement(self),
-            collectors: None,
+            stack: None,
         }
     }
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_cql_core::event::{Event, RequestEvent};
-use tower_cql_core::{Collectors, CqlError, CqlResponse, ErrorKind, RequestMeta, clock};
+use tower_cql_core::{
+    AttemptTally, Collectors, CqlError, CqlResponse, ErrorKind, RequestMeta, clock,
+};
 
 use crate::server_trace::{Shared, Watch};
 
@@ -26,8 +28,10 @@ pin_project! {
         inner: F,
         // `None`: a pass-through, or the request has completed; with the
         // copy of the request's meta `On::begin` made (for its event or
-        // its server trace)
-        measured: Option<(Measured, Collectors, Option<RequestMeta>)>,
+        // its server trace), and the tally the driver service counts the
+        // request's attempts in (read if it is dropped: the layers below,
+        // which count them too, are generic, and dropped after this)
+        measured: Option<(Measured, Collectors, Option<RequestMeta>, AttemptTally)>,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
@@ -36,9 +40,9 @@ pin_project! {
             // (checked before `take`, which copies the whole option out
             // even when it is `None`, as it is after the request completed)
             if measured.is_some()
-                && let Some((m, collectors, meta)) = measured.take()
+                && let Some((m, collectors, meta, tally)) = measured.take()
             {
-                m.dropped(&collectors, meta.as_ref());
+                m.dropped(&collectors, meta.as_ref(), tally.started());
             }
         }
     }
@@ -116,8 +120,15 @@ impl Measured {
     }
 
     /// The request was dropped before it ended: a `Cancelled` request
-    /// event (`meta` as in [`finish`](Self::finish)).
-    pub(crate) fn dropped(self, collectors: &Collectors, meta: Option<&RequestMeta>) {
+    /// event (`meta` as in [`finish`](Self::finish)) saying `attempts`,
+    /// the attempts it had started (each reports itself, outcome
+    /// `cancelled` for the one in flight, as it is dropped after this).
+    pub(crate) fn dropped(
+        self,
+        collectors: &Collectors,
+        meta: Option<&RequestMeta>,
+        attempts: u32,
+    ) {
         if let Some((st, watch)) = &self.server_trace {
             st.dropped(*watch);
         }
@@ -128,7 +139,7 @@ impl Measured {
             );
             let mut event = RequestEvent::new(meta, clock::since(self.start), Some(&error));
             event.started = Some(self.start.into_std());
-            event.attempts = 0;
+            event.attempts = attempts;
             collectors.emit(Event::Request(event));
         }
     }
@@ -166,10 +177,11 @@ impl<F> ResponseFuture<F> {
         inner: F,
         (measured, meta): (Measured, Option<RequestMeta>),
         collectors: Collectors,
+        tally: AttemptTally,
     ) -> ResponseFuture<F> {
         ResponseFuture {
             inner,
-            measured: Some((measured, collectors, meta)),
+            measured: Some((measured, collectors, meta, tally)),
         }
     }
 
@@ -184,7 +196,7 @@ impl<F> ResponseFuture<F> {
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.measured {
-            Some((m, _, _)) => f
+            Some((m, ..)) => f
                 .debug_struct("ResponseFuture")
                 .field("start", &m.start)
                 .finish(),
@@ -209,7 +221,7 @@ where
             return this.inner.poll(cx);
         }
         let out = ready!(this.inner.poll(cx));
-        if let Some((m, collectors, meta)) = this.measured.take() {
+        if let Some((m, collectors, meta, _)) = this.measured.take() {
             m.finish(&collectors, &out, meta.as_ref());
         }
         Poll::Ready(out)

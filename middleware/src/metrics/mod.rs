@@ -238,7 +238,9 @@ where
             return ResponseFuture::pass_through(self.inner.call(req));
         };
         let measured = on.begin(&mut req, false);
-        ResponseFuture::new(self.inner.call(req), measured, on.collectors.clone())
+        // what a request dropped before it ended reads (see the future)
+        let tally = req.count_attempts();
+        ResponseFuture::new(self.inner.call(req), measured, on.collectors.clone(), tally)
     }
 }
 

@@ -161,6 +161,14 @@ impl<S, F> Attempts<S, F> {
     pub(crate) fn request_mut(self: Pin<&mut Self>) -> &mut CqlRequest {
         self.project().request
     }
+
+    /// What the attempts made so far, for a request dropped before they
+    /// ended: the attempts of the calls that failed (as their errors
+    /// said), and whether a call is in flight (not while waiting out a
+    /// backoff or for the service to be ready).
+    pub(crate) fn so_far(&self) -> (u32, bool) {
+        (self.made, matches!(self.state, State::Called { .. }))
+    }
 }
 
 impl<S, F> fmt::Debug for Attempts<S, F> {

@@ -166,8 +166,13 @@ impl Service<CqlRequest> for Mock {
             Some(e) => Err(e),
             None => Ok(response()),
         };
+        // counted as it starts, as the driver service counts its attempts
+        let tally = req.attempt_tally();
         Box::pin(async move {
             let guard = Guard(state);
+            if let Some(tally) = tally {
+                tally.count();
+            }
             if !step.after.is_zero() {
                 tokio::time::sleep(step.after).await;
             }

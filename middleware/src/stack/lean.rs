@@ -146,6 +146,7 @@ where
             kind,
             measured,
             at_call,
+            polled: false,
             outer: self.outer.clone(),
             span,
             fields,
@@ -179,6 +180,9 @@ pin_project! {
         // `None`: metrics off, or the request has completed
         measured: Option<Measured>,
         at_call: AtCall,
+        // whether the future has been polled: a call is made at once, but
+        // its attempt starts at its first poll
+        polled: bool,
         outer: Arc<Outer<A>>,
         span: Span,
         // `None`: tracing off, or the outcome is recorded
@@ -200,7 +204,7 @@ pin_project! {
             if this.measured.is_some()
                 && let (Some(m), Some(on)) = (this.measured.take(), &this.outer.metrics)
             {
-                m.dropped(on.collectors(), lend(this.kind, *this.at_call));
+                dropped(m, on, this.kind, *this.at_call, *this.polled);
             }
         }
     }
@@ -232,6 +236,30 @@ pin_project! {
 struct AtCall {
     attempt: (u32, AttemptReason),
     routed: bool,
+}
+
+/// The event of a request dropped before it ended (out of line: most
+/// requests end, and their drop runs only the check before it).
+#[cold]
+#[inline(never)]
+fn dropped<A, F>(m: Measured, on: &On, kind: Pin<&mut Kind<A, F>>, at_call: AtCall, polled: bool) {
+    let attempts = made(kind.as_ref(), polled);
+    m.dropped(on.collectors(), lend(kind, at_call), attempts);
+}
+
+/// The attempts a request dropped before it ended had started: those
+/// of the calls the retries saw fail (as their errors said), and the call
+/// in flight, one attempt (no hedge in this composition) once polled
+/// (`polled`): the attempt service starts it at its first poll, and it
+/// reports itself `cancelled` as it is dropped. As many as the request's
+/// attempt events, read from what the retries keep: no count shared with
+/// the attempts, and nothing on the request's path.
+fn made<A, F>(kind: Pin<&Kind<A, F>>, polled: bool) -> u32 {
+    let (failed, in_flight) = match kind.get_ref() {
+        Kind::Retrying { attempts } => attempts.so_far(),
+        Kind::Once { .. } => (0, true),
+    };
+    failed + u32::from(in_flight && polled)
 }
 
 /// The request's meta as it was at the call: from the request the
@@ -289,6 +317,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _enter = this.span.enter();
+        *this.polled = true;
         let outer = &**this.outer;
         let mut kind = this.kind;
         let out = ready!(match kind.as_mut().project() {
