@@ -69,6 +69,11 @@ pub struct ServerTraceConfig {
     pub fetch_backoff: Duration,
     /// Fetches running at once.
     pub max_concurrent_fetches: usize,
+    /// How long one read of `system_traces` may take before it fails (the
+    /// request timeout of the fetcher's reads): raise it for a cluster
+    /// whose trace tables answer slowly under load. Bounded by nothing
+    /// else (a read is not the stack's request: no deadline applies).
+    pub read_timeout: Duration,
     /// How long closing the stack waits for pending fetches before it
     /// abandons them (counted as skipped).
     pub close_timeout: Duration,
@@ -85,6 +90,7 @@ impl Default for ServerTraceConfig {
             fetch_attempts: 5,
             fetch_backoff: Duration::from_millis(20),
             max_concurrent_fetches: 2,
+            read_timeout: Duration::from_secs(2),
             close_timeout: Duration::from_secs(2),
         }
     }
@@ -153,6 +159,12 @@ impl ServerTraceConfig {
             return Err(ConfigError::new(
                 "server_trace.max_concurrent_fetches",
                 "must be at least 1 (e.g. 2)",
+            ));
+        }
+        if self.read_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "server_trace.read_timeout",
+                "is 0, so every trace read would fail: give the time one read of system_traces may take (e.g. 2 s)",
             ));
         }
         Ok(())

@@ -255,13 +255,14 @@ mod server_trace_tests {
     #[test]
     fn server_trace_settings_are_read_and_judged() {
         let b = StackConfig::from_toml(
-            "[server_trace]\nsample_ratio = 0.01\nslow_threshold_ms = 250\ntrace_next = 3\nmax_fetches_per_second = 5",
+            "[server_trace]\nsample_ratio = 0.01\nslow_threshold_ms = 250\ntrace_next = 3\nmax_fetches_per_second = 5\nread_timeout_ms = 7000",
         )
         .unwrap()
         .into_builder(Collectors::new())
         .unwrap();
         let dbg = format!("{b:?}");
         assert!(dbg.contains("sample_ratio: 0.01"), "{dbg}");
+        assert!(dbg.contains("read_timeout: 7s"), "{dbg}");
         assert!(dbg.contains("trace_next: 3"), "{dbg}");
         // on, but no session to read traces through: building the layers says so
         let err = b.layers().unwrap_err();
@@ -275,6 +276,10 @@ mod server_trace_tests {
             (
                 "sample_ratio = 0.1\nmax_fetches_per_second = 0",
                 "server_trace.max_fetches_per_second",
+            ),
+            (
+                "sample_ratio = 0.1\nread_timeout_ms = 0",
+                "server_trace.read_timeout",
             ),
         ] {
             let err = StackConfig::from_toml(&format!("[server_trace]\n{toml}"))

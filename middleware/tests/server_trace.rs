@@ -456,3 +456,33 @@ async fn every_traced_request_is_accounted_for() {
     );
     assert_eq!(s.without_trace, 2, "the failed and the dropped: {s:?}");
 }
+
+/// A trace read slower than the default 2 s read timeout (a loaded
+/// cluster's `system_traces`) is fetched when the configuration gives it
+/// the time (`read_timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_trace_read_is_fetched_within_the_configured_read_timeout() {
+    let cluster = Cluster::start().await.unwrap();
+    let keep = Arc::new(Keep::default());
+    let stack = stack(
+        &cluster,
+        Collectors::with([keep.clone()]),
+        every(ServerTraceConfig {
+            fetch_attempts: 1,
+            read_timeout: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(30),
+            ..ServerTraceConfig::default()
+        }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = stack.server_traces().unwrap().stats().fetched;
+    cluster
+        .faults()
+        .add(Fault::delay(Duration::from_millis(2500)).keyspace("system_traces"));
+    let get = Statement::new(support::GET).operation("get");
+    stack.execute(&get, (1,)).await.unwrap();
+    stack.close().await;
+    let s = stack.server_traces().unwrap().stats();
+    assert_eq!((s.fetched - before, s.failed), (1, 0), "{s:?}");
+}

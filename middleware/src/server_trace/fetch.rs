@@ -312,7 +312,7 @@ async fn statements(ctx: &Ctx) -> Result<&(PreparedStatement, PreparedStatement)
             let mut e = ctx.session.prepare(EVENTS_QUERY).await.map_err(read_err)?;
             for p in [&mut s, &mut e] {
                 p.set_consistency(Consistency::One);
-                p.set_request_timeout(Some(Duration::from_secs(2)));
+                p.set_request_timeout(Some(ctx.config.read_timeout));
                 p.set_is_idempotent(true);
             }
             Ok((s, e))

@@ -218,6 +218,8 @@ pub struct ServerTraceSection {
     pub fetch_backoff_ms: Option<u64>,
     /// Fetches at once.
     pub max_concurrent_fetches: Option<usize>,
+    /// How long one read of `system_traces` may take.
+    pub read_timeout_ms: Option<u64>,
     /// How long close waits for pending fetches.
     pub close_timeout_ms: Option<u64>,
 }
@@ -523,6 +525,7 @@ impl ServerTraceSection {
             fetch_attempts: s.fetch_attempts.unwrap_or(d.fetch_attempts),
             fetch_backoff: s.fetch_backoff_ms.map_or(d.fetch_backoff, ms),
             max_concurrent_fetches: s.max_concurrent_fetches.unwrap_or(d.max_concurrent_fetches),
+            read_timeout: s.read_timeout_ms.map_or(d.read_timeout, ms),
             close_timeout: s.close_timeout_ms.map_or(d.close_timeout, ms),
         }
     }
