@@ -596,9 +596,12 @@ async fn a_dropped_request_ends_its_spans_cancelled() {
     let svc = TraceLayer::new(TraceConfig::default())
         .layer(AttemptTraceLayer::new().layer(e.driver.clone()));
     const GET: &str = "SELECT v FROM ks.kv WHERE k = ?";
-    e.cluster
-        .faults()
-        .add(Fault::delay(std::time::Duration::from_secs(5)).matching(GET));
+    e.cluster.faults().add(
+        Fault::delay(std::time::Duration::from_secs(5))
+            .matching(GET)
+            .opcode(tower_cql_testkit::Opcode::Execute),
+    );
+    // prepared first (not delayed), then executed on a node
     let gave_up = tokio::time::timeout(
         std::time::Duration::from_millis(50),
         svc.oneshot(CqlRequest::query(GET).bind((42,))),
@@ -625,6 +628,24 @@ async fn a_dropped_request_ends_its_spans_cancelled() {
             span.fields
         );
     }
+    // the node the attempt in flight had gone to, as for a failure (the
+    // request's span leaves it to its attempts' spans)
+    let attempt = &spans
+        .iter()
+        .find(|s| s.name == "cql.attempt")
+        .unwrap()
+        .fields;
+    let node = e.cluster.contact_points()[0];
+    assert_eq!(
+        attempt.get("server.address"),
+        Some(&node.ip().to_string()),
+        "{attempt:?}"
+    );
+    assert_eq!(
+        attempt.get("server.port"),
+        Some(&node.port().to_string()),
+        "{attempt:?}"
+    );
 }
 
 /// The attempt that lost a hedge race ends its span cancelled, as its

@@ -197,7 +197,9 @@ pin_project! {
             let this = this.project();
             // the span first, as the trace layer (outermost) ends it
             if let Some(fields) = this.fields.take() {
-                record_cancelled(this.span, fields);
+                // (the request's span: its attempt's own span says where
+                // it went)
+                record_cancelled(this.span, fields, None);
             }
             // (checked before `take`, which copies the whole option out
             // even when it is `None`, as it is after the request completed)

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll, ready};
@@ -127,28 +128,52 @@ pub(crate) fn record_outcome(span: &Span, f: &OutcomeFields, out: &Result<CqlRes
 /// Records on `span` that its request or attempt was cancelled before it
 /// ended (dropped by the caller, a lost hedge race, a timeout outside):
 /// the status and the `error.type` its event has
-/// ([`CancelReason::error_kind`](tower_cql_core::cancel::CancelReason::error_kind)).
+/// ([`CancelReason::error_kind`](tower_cql_core::cancel::CancelReason::error_kind)),
+/// and for an attempt the node it had gone to (`node`), as a failed
+/// attempt's span has it.
 #[cold]
 #[inline(never)]
-pub(crate) fn record_cancelled(span: &Span, f: &OutcomeFields) {
+pub(crate) fn record_cancelled(span: &Span, f: &OutcomeFields, node: Option<SocketAddr>) {
     let Some(meta) = span.metadata() else {
         return;
     };
     let kind = tower_cql_core::cancel::reason().error_kind().as_str();
+    let ip = node.map(|n| tracing::field::display(n.ip()));
+    let port = node.map(|n| i64::from(n.port()));
     span.record_all(&meta.fields().value_set(&[
         (&f.status, Some(&"error" as &dyn Value)),
         (&f.error_type, Some(&kind as &dyn Value)),
+        (&f.address, ip.as_ref().map(|v| v as &dyn Value)),
+        (&f.port, port.as_ref().map(|v| v as &dyn Value)),
     ]));
+}
+
+/// Drops `inner`, the attempt an attempt span's future holds, and
+/// returns the node it told it had gone to (see
+/// [`cancel_attempt`](tower_cql_core::cancel::cancel_attempt)), told
+/// again for whoever is dropping this future (a timeout outside it).
+#[cold]
+#[inline(never)]
+fn drop_attempt<F>(inner: Pin<&mut Option<F>>) -> Option<SocketAddr> {
+    use tower_cql_core::cancel;
+    let mut inner = inner;
+    let node = cancel::cancel_attempt(cancel::reason(), || inner.set(None));
+    if let Some(n) = node {
+        cancel::tell_node(n);
+    }
+    node
 }
 
 pin_project! {
     /// The future of both tracing layers: polls the inner future inside
     /// the span and records the outcome on it (the request span records
     /// rows, attempts and the status code too); dropped before the
-    /// outcome, it records the cancellation.
+    /// outcome, it records the cancellation (an attempt's span, the node
+    /// the attempt had gone to: it drops the attempt first to learn it).
     pub struct ResponseFuture<F> {
+        // `None` only while being dropped
         #[pin]
-        inner: F,
+        inner: Option<F>,
         span: Span,
         // `None` once the outcome is recorded (or for a span that records
         // nothing)
@@ -159,7 +184,13 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(fields) = this.fields.take() {
-                record_cancelled(this.span, fields);
+                let node = match fields.request {
+                    None => drop_attempt(this.inner),
+                    // (a request's span: its attempts' own spans say where
+                    // they went)
+                    Some(_) => None,
+                };
+                record_cancelled(this.span, fields, node);
             }
         }
     }
@@ -175,7 +206,7 @@ impl<F> ResponseFuture<F> {
         fields: Option<&'static OutcomeFields>,
     ) -> ResponseFuture<F> {
         ResponseFuture {
-            inner,
+            inner: Some(inner),
             span,
             fields,
         }
@@ -215,7 +246,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _enter = this.span.enter();
-        let out = ready!(this.inner.poll(cx));
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Pending; // (only while being dropped)
+        };
+        let out = ready!(inner.poll(cx));
         if let Some(fields) = this.fields.take() {
             record_outcome(this.span, fields, &out);
         }
