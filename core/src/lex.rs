@@ -2,9 +2,10 @@
 //! keyspace, table, LWT, counter, list-append, element-delete and
 //! non-deterministic detection) and the sanitiser ([`crate::redact`])
 //! both read statement text through it, so a quote inside a `$$` string
-//! or an `IF` inside a comment means the same to both. Error messages,
-//! which quote values in prose, are read by its prose mode
-//! ([`Lexer::prose`], for [`crate::redact::error_message`]).
+//! or an `IF` inside a comment means the same to both. The server's and
+//! the driver's prose, which quotes values (error messages, trace
+//! activity texts, warnings), is read by its prose mode ([`Lexer::prose`],
+//! for the one prose redaction, [`crate::redact::error_message`]'s rule).
 //!
 //! It knows what Cassandra's own lexer knows about where a literal or a
 //! comment starts and ends: `'...'` with `''` for a quote, `$$...$$`
@@ -129,7 +130,8 @@ impl<'a> Lexer<'a> {
     }
 
     /// A lexer for prose that quotes CQL values (a server's or the
-    /// driver's error message), with three differences: there are no
+    /// driver's error message, a trace step's activity text, a server's
+    /// warning), with three differences: there are no
     /// comments (`--`, `//` and `/*` are punctuation, so nothing after
     /// them is skipped unread); a `'` right after a letter or digit is an
     /// apostrophe (`doesn't`), punctuation; and a string ends at a `'`

@@ -20,7 +20,10 @@ use scylla::response::query_result::{IntoRowsResultError, QueryResult, QueryRows
 use crate::error::{CqlError, ErrorKind};
 
 /// How a request was executed.
-#[derive(Debug, Clone, Default)]
+///
+/// Its `Debug` output shows the server's [`warnings`](Self::warnings)
+/// redacted ([`redact::warning`](crate::redact::warning)).
+#[derive(Clone, Default)]
 pub struct ExecutionInfo {
     /// The node that coordinated the successful attempt (its address, as
     /// the driver knows the node; a connection to it can use another
@@ -34,7 +37,11 @@ pub struct ExecutionInfo {
     pub attempts: u32,
     /// Speculative (hedged) attempts started.
     pub speculative: u32,
-    /// Warnings the server attached.
+    /// Warnings the server attached, as it sent them: not redacted, and
+    /// a warning can quote a value (a tombstone warning quotes the query,
+    /// a batch warning the key). `Debug` shows them through
+    /// [`redact::warning`](crate::redact::warning); log them through it
+    /// too, never as they are.
     pub warnings: Vec<String>,
     /// The server-side tracing session id, when tracing was requested.
     pub tracing_id: Option<[u8; 16]>,
@@ -42,10 +49,44 @@ pub struct ExecutionInfo {
     pub attempt_latency: Duration,
 }
 
+impl std::fmt::Debug for ExecutionInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        /// The warnings, each redacted.
+        struct Warnings<'a>(&'a [String]);
+        impl std::fmt::Debug for Warnings<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_list()
+                    .entries(self.0.iter().map(|w| crate::redact::warning(w)))
+                    .finish()
+            }
+        }
+        // every field named: a new one cannot be left out
+        let ExecutionInfo {
+            coordinator,
+            rows,
+            attempts,
+            speculative,
+            warnings,
+            tracing_id,
+            attempt_latency,
+        } = self;
+        f.debug_struct("ExecutionInfo")
+            .field("coordinator", coordinator)
+            .field("rows", rows)
+            .field("attempts", attempts)
+            .field("speculative", speculative)
+            .field("warnings", &Warnings(warnings))
+            .field("tracing_id", tracing_id)
+            .field("attempt_latency", attempt_latency)
+            .finish()
+    }
+}
+
 /// A successful response: the driver's result and how it was obtained.
 ///
 /// Its `Debug` output shows the shape of the result (row count, columns)
-/// and how it was executed, never the rows' values.
+/// and how it was executed, never the rows' values, and the server's
+/// warnings redacted (see [`ExecutionInfo::warnings`]).
 ///
 /// One pointer wide: every layer of the stack passes the response up by
 /// value, and the parts are about 380 bytes (one allocation per response
@@ -292,6 +333,36 @@ impl CqlResponse {
 #[cfg(all(test, not(tower_cql_loom)))]
 mod tests {
     use super::*;
+
+    /// A server's warning can quote a value (a tombstone warning quotes
+    /// the query, a batch warning the key): `Debug`, what logs print,
+    /// shows it redacted, the response's and its execution info's; the
+    /// field keeps it as the server sent it.
+    #[test]
+    fn debug_redacts_the_servers_warnings() {
+        let warning = "Read 1 live rows and 1001 tombstone cells for query \
+                       SELECT v FROM ks.kv WHERE k = 'hunter2' LIMIT 5000 \
+                       (see tombstone_warn_threshold)";
+        let r = CqlResponse::synthetic(ExecutionInfo {
+            warnings: vec![warning.to_string()],
+            ..ExecutionInfo::default()
+        });
+        for debug in [
+            format!("{r:?}"),
+            format!("{r:#?}"),
+            format!("{:?}", r.info()),
+        ] {
+            assert!(!debug.contains("hunter2"), "{debug}");
+            assert!(
+                debug.contains(
+                    "Read 1 live rows and 1001 tombstone cells for query \
+                     SELECT v FROM ks.kv WHERE k = ? LIMIT ? (?)"
+                ),
+                "{debug}"
+            );
+        }
+        assert_eq!(r.info().warnings, vec![warning.to_string()]);
+    }
 
     #[test]
     fn an_attempts_end_is_its_start_plus_its_latency() {

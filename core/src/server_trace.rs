@@ -43,7 +43,6 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::ConfigError;
-use crate::lex::{Kind, Lexer, Lit, Token};
 
 /// When requests carry the protocol's tracing flag, and how their traces
 /// are fetched. Off by default (`sample_ratio` 0, no slow threshold).
@@ -239,89 +238,20 @@ pub fn session_id_string(id: &[u8; 16]) -> String {
     s
 }
 
-/// Words after which a number is a count the server reports (rows read,
-/// tombstones, sstables, bytes), not a value of the request: kept.
-const COUNT_WORDS: &[&str] = &[
-    "live",
-    "rows",
-    "row",
-    "tombstone",
-    "tombstones",
-    "cells",
-    "sstables",
-    "sstable",
-    "entries",
-    "bytes",
-    "ranges",
-    "partitions",
-    "mutations",
-    "replicas",
-    "memtables",
-    "ms",
-];
-
-/// An activity text with every literal replaced by `?`: statement text
-/// (`Parsing SELECT ... WHERE k = 5`), tokens (hashes of partition keys)
-/// and any quoted, blob or UUID value. Kept: words, node addresses
-/// (`/127.0.0.2:7000`, `{127.0.0.1}`) and numbers that count what the
-/// server did (`Read 3 live rows and 0 tombstone cells`, `size 97
-/// bytes`). Reads the whole text once through the same lexer as the
-/// statement sanitiser ([`crate::redact::sanitize`]), so an address
-/// inside a literal is part of the literal and goes with it.
+/// An activity text with what looks like a value replaced by `?`:
+/// statement text (`Parsing SELECT ... WHERE k = 5`), tokens (hashes of
+/// partition keys) and any quoted, blob or UUID value, and the inside of
+/// parentheses that do not follow a word. Kept as written: the wording,
+/// node addresses (`/127.0.0.2:7000`, `{127.0.0.1}`) and numbers that
+/// count what the server did (`Read 3 live rows and 0 tombstone cells`,
+/// `size 97 bytes`). An activity text is the server's prose, read as an
+/// error's message is: the one rule is
+/// [`error_message`](crate::redact::error_message)'s, which describes
+/// what is kept here too (an address inside a literal is part of the
+/// literal and goes with it; an apostrophe in a word opens no string;
+/// `--` starts no comment).
 pub fn sanitize_activity(text: &str) -> String {
-    let tokens: Vec<Token<'_>> = Lexer::new(text).collect();
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    while i < tokens.len() {
-        let t = tokens[i];
-        if t.space_before && !out.is_empty() {
-            out.push(' ');
-        }
-        i += 1;
-        match t.kind {
-            // a node address, with its `:port` when one follows directly
-            Kind::Literal(Lit::Number) if is_ipv4(t.text) => {
-                out.push_str(t.text);
-                if let [colon, port, ..] = &tokens[i..]
-                    && colon.is_punct(":")
-                    && !colon.space_before
-                    && !port.space_before
-                    && port.kind == Kind::Literal(Lit::Number)
-                    && port.text.bytes().all(|c| c.is_ascii_digit())
-                {
-                    out.push(':');
-                    out.push_str(port.text);
-                    i += 2;
-                }
-            }
-            // a count the server reports
-            Kind::Literal(Lit::Number)
-                if t.text.bytes().all(|c| c.is_ascii_digit())
-                    && tokens.get(i).is_some_and(|n| {
-                        n.kind == Kind::Word
-                            && COUNT_WORDS.iter().any(|w| n.text.eq_ignore_ascii_case(w))
-                    }) =>
-            {
-                out.push_str(t.text)
-            }
-            Kind::Literal(_) => out.push('?'),
-            _ => out.push_str(t.text),
-        }
-    }
-    out
-}
-
-/// Whether a number token is an IPv4 address: four groups of one to
-/// three digits, joined by dots, nothing more.
-fn is_ipv4(s: &str) -> bool {
-    let mut groups = 0;
-    for g in s.split('.') {
-        if g.is_empty() || g.len() > 3 || !g.bytes().all(|c| c.is_ascii_digit()) {
-            return false;
-        }
-        groups += 1;
-    }
-    groups == 4
+    crate::redact::prose(text, crate::redact::Keep::NodesAndCounts)
 }
 
 #[cfg(all(test, not(tower_cql_loom)))]
@@ -337,7 +267,7 @@ mod tests {
             ),
             (
                 "Parsing INSERT INTO ks.kv (k, v) VALUES (1, 'secret-value')",
-                "Parsing INSERT INTO ks.kv (k, v) VALUES (?, ?)",
+                "Parsing INSERT INTO ks.kv (?) VALUES (?)",
             ),
             (
                 "Parsing UPDATE t SET v = $$it's secret$$ WHERE id = 0xCAFE",
@@ -357,7 +287,7 @@ mod tests {
             ),
             (
                 "Executing seq scan across 2 sstables for (min(-9223372036854775808), max(42)]",
-                "Executing seq scan across 2 sstables for (min(?), max(?)]",
+                "Executing seq scan across 2 sstables for (?",
             ),
             ("Request complete", "Request complete"),
             ("", ""),
@@ -394,7 +324,7 @@ mod tests {
         for (raw, want) in [
             (
                 "Parsing INSERT INTO ks.notes (k, v) VALUES (1, 'call me on 10.1.2.3 password hunter2')",
-                "Parsing INSERT INTO ks.notes (k, v) VALUES (?, ?)",
+                "Parsing INSERT INTO ks.notes (?) VALUES (?)",
             ),
             (
                 "Parsing UPDATE t SET v = '10.1.2.3' WHERE k = 1",
@@ -413,15 +343,43 @@ mod tests {
         }
     }
 
+    /// An activity text is prose, read as an error's message is: an
+    /// apostrophe inside a word opens no string, `--` starts no comment,
+    /// a value in parentheses goes, and the text is copied as written.
+    /// Read as a statement, `Couldn't` opened a string that ran to the
+    /// next quote, so the quoted value came out as a word
+    /// (`Couldn ? secret ?`), and `--` dropped the rest of the text.
+    #[test]
+    fn an_activity_is_read_as_prose() {
+        for (raw, want) in [
+            (
+                "Couldn't find key 'secret' -- retrying for 3 replicas",
+                "Couldn't find key ? -- retrying for 3 replicas",
+            ),
+            (
+                "Read 2 live rows -- from /127.0.0.2:7000, not /10.0.0.9",
+                "Read 2 live rows -- from /127.0.0.2:7000, not /10.0.0.9",
+            ),
+            (
+                "Invalid STRING constant (hello secret) for k",
+                "Invalid STRING constant (?) for k",
+            ),
+            (
+                "Read  3 live rows\tand 0 tombstone cells",
+                "Read  3 live rows\tand 0 tombstone cells",
+            ),
+        ] {
+            assert_eq!(sanitize_activity(raw), want, "{raw}");
+        }
+    }
+
     #[test]
     fn an_address_is_not_taken_out_of_a_longer_number() {
-        assert!(!is_ipv4("1.2.3.4.5"));
-        assert!(!is_ipv4("1.2.3"));
-        assert!(!is_ipv4("1.2.3.4e5"));
-        assert!(!is_ipv4("1234.2.3.4"));
-        assert!(is_ipv4("10.0.0.1"));
         for (raw, want) in [
             ("version 1.2.3.4.5", "version ?"),
+            ("version 1.2.3", "version ?"),
+            ("at 1.2.3.4e5", "at ?"),
+            ("at 1234.2.3.4", "at ?"),
             ("a1.2.3.4", "a1.?"),
             ("to /10.0.0.1:7000 x", "to /10.0.0.1:7000 x"),
             ("to 10.0.0.1 : 7000", "to 10.0.0.1 : ?"),

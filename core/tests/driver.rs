@@ -795,7 +795,9 @@ async fn a_requests_own_consistency_goes_with_it_and_not_with_the_next() {
 }
 
 /// A server's warnings reach the response, a result's and a write's (the
-/// frame's WARNING flag); a response without one has none.
+/// frame's WARNING flag), as the server sent them; the response's `Debug`
+/// shows them redacted (a warning can quote a value); a response without
+/// one has none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_servers_warnings_reach_the_response() {
     let (s, read) = setup_with_read().await;
@@ -805,7 +807,8 @@ async fn a_servers_warnings_reach_the_response() {
         .await
         .unwrap();
     assert!(plain.info().warnings.is_empty());
-    let warning = "Aggregation query used without partition key";
+    let warning = "Read 1 live rows and 1001 tombstone cells for query \
+                   SELECT v FROM ks.kv WHERE k = 'hunter2' (see tombstone_warn_threshold)";
     s.cluster
         .faults()
         .add(Fault::warning(warning).opcode(Opcode::Execute).times(2));
@@ -815,6 +818,15 @@ async fn a_servers_warnings_reach_the_response() {
         .await
         .unwrap();
     assert_eq!(warned.info().warnings, vec![warning.to_string()]);
+    let debug = format!("{warned:?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert!(
+        debug.contains(
+            "[\"Read 1 live rows and 1001 tombstone cells for query \
+             SELECT v FROM ks.kv WHERE k = ? (?)\"]"
+        ),
+        "{debug}"
+    );
     let write = Statement::new("INSERT INTO ks.kv (k, v) VALUES (?, ?)");
     let warned = s
         .driver

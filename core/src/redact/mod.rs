@@ -1,7 +1,17 @@
 //! Statement text with every literal replaced by `?`, so no inline value
-//! reaches a log, a span or `Debug` output; and an error's message with
-//! what looks like a value replaced by `?` ([`error_message`]), so no
-//! value a server or the driver quotes in an error does either.
+//! reaches a log, a span or `Debug` output; and prose from the server or
+//! the driver with what looks like a value replaced by `?`, so no value
+//! it quotes does either. The prose rule is one, written once (in
+//! `redact/prose.rs`, described on [`error_message`]), for the three
+//! kinds of prose the stack records:
+//!
+//! - an error's message, [`error_message`]: everything that looks like a
+//!   value goes;
+//! - a server's account of its own work, which names nodes and counts
+//!   what it did: a trace step's activity text
+//!   ([`sanitize_activity`](crate::server_trace::sanitize_activity)) and
+//!   a response's warnings ([`warning`]). The same, but a node's address
+//!   and a count (`Read 3 live rows`) stay.
 //!
 //! ```
 //! use tower_cql_core::redact::sanitize;
@@ -13,6 +23,11 @@
 //! ```
 
 use crate::lex::{Kind, Lexer, Lit, Token};
+
+mod prose;
+
+pub(crate) use prose::{Keep, prose};
+pub use prose::{error_message, warning};
 
 /// Replaces string, number, UUID, blob, boolean and collection literals
 /// with `?`; keeps keywords, identifiers, bind markers and punctuation.
@@ -146,141 +161,6 @@ fn replace_words(s: &str, word: &str) -> Option<String> {
     Some(out)
 }
 
-/// `message`, an error's text from the server or the driver, with what
-/// looks like a value replaced by `?`. A server that cannot use a value
-/// often quotes it (`Unable to make long from 'secret'`, `Invalid STRING
-/// constant (secret) for "k" of type int`), a bound value as well as a
-/// literal of the statement, and the driver's error repeats the server's
-/// message. Replaced, each by one `?`:
-///
-/// - a quoted string, `'...'` or `$$...$$`, quotes included (an
-///   apostrophe inside a word, as in `doesn't`, is not a quote; a quote
-///   followed by a letter or digit does not end a string, so `'o'brien'`
-///   is one; one left open runs to the end);
-/// - a number (sign, decimals, exponent, a duration such as `1h30m` or
-///   `PT5S`, `NaN`, `Infinity`), a blob (`0x...`) and a UUID, as the CQL
-///   lexer reads them: `70000`, `127.0.0.1`, `-3.5e2`;
-/// - the inside of parentheses that do not follow a word directly, `(abc
-///   def)` becoming `(?)` (one left open: to the end), unless it is a list
-///   of `name: value` fields, the driver's own details (`(keyspace: ks,
-///   table: kv)`), whose values go by the rules above. Parentheses right
-///   after a word (`Native(Int)`, `f(int)`) are a type or a call: read
-///   token by token.
-///
-/// Kept as written: the wording (unquoted words, so keyspace, table and
-/// column names, types and keywords), `"quoted identifiers"`, `true` and
-/// `false`, punctuation and whitespace. There are no comments in a
-/// message: `--` is two characters like any others.
-///
-/// What it cannot see: a value the server writes bare, as a word of its
-/// own (`Invalid UUID string: abc`), stays; a value that holds a quote
-/// followed by a space (`'a' b'`) is cut there. Reads the text through
-/// the same lexer as [`sanitize`] (in its prose mode).
-///
-/// ```
-/// use tower_cql_core::redact::error_message;
-///
-/// assert_eq!(
-///     error_message("Invalid STRING constant (secret) for \"k\" of type int"),
-///     "Invalid STRING constant (?) for \"k\" of type int"
-/// );
-/// assert_eq!(
-///     error_message("Key length of 70000 is longer than maximum of 65535"),
-///     "Key length of ? is longer than maximum of ?"
-/// );
-/// assert_eq!(
-///     error_message("Cannot parse 'x@y' as hex bytes in table ks.kv"),
-///     "Cannot parse ? as hex bytes in table ks.kv"
-/// );
-/// ```
-pub fn error_message(message: &str) -> String {
-    let tokens: Vec<Token<'_>> = Lexer::prose(message).collect();
-    // where a token starts in `message` (its text is a slice of it)
-    let at = |t: &Token<'_>| t.text.as_ptr() as usize - message.as_ptr() as usize;
-    let mut out = String::with_capacity(message.len());
-    // `message` up to here is in `out`
-    let mut copied = 0;
-    let mut i = 0;
-    while i < tokens.len() {
-        let t = tokens[i];
-        match t.kind {
-            Kind::Literal(Lit::Bool) => {}
-            Kind::Literal(_) => {
-                let start = at(&t);
-                out.push_str(&message[copied..start]);
-                out.push('?');
-                copied = start + t.text.len();
-            }
-            Kind::Punct
-                if t.text == "("
-                    && !(i > 0 && !t.space_before && tokens[i - 1].kind == Kind::Word) =>
-            {
-                let close = closing(&tokens[i..]).map(|n| i + n);
-                let inside = &tokens[i + 1..close.unwrap_or(tokens.len())];
-                if !inside.is_empty() && !is_field_list(inside) {
-                    let start = at(&t) + 1;
-                    out.push_str(&message[copied..start]);
-                    out.push('?');
-                    match close {
-                        Some(c) => {
-                            copied = at(&tokens[c]);
-                            i = c;
-                        }
-                        None => {
-                            copied = message.len();
-                            i = tokens.len();
-                        }
-                    }
-                    continue;
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    out.push_str(&message[copied..]);
-    out
-}
-
-/// The index of the `)` closing the `(` `tokens` starts with, if any.
-fn closing(tokens: &[Token<'_>]) -> Option<usize> {
-    let mut depth = 0usize;
-    for (n, t) in tokens.iter().enumerate() {
-        if t.is_punct("(") {
-            depth += 1;
-        } else if t.is_punct(")") {
-            depth -= 1;
-            if depth == 0 {
-                return Some(n);
-            }
-        }
-    }
-    None
-}
-
-/// Whether `tokens` (inside parentheses) are `name: value` fields
-/// separated by commas, each starting with a word and a colon.
-fn is_field_list(tokens: &[Token<'_>]) -> bool {
-    let mut depth = 0usize;
-    let mut item_start = 0;
-    for (n, t) in tokens.iter().enumerate() {
-        match t.kind {
-            Kind::Punct if matches!(t.text, "(" | "[" | "{") => depth += 1,
-            Kind::Punct if matches!(t.text, ")" | "]" | "}") => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        if n == item_start
-            && !(t.kind == Kind::Word && tokens.get(n + 1).is_some_and(|c| c.is_punct(":")))
-        {
-            return false;
-        }
-        if depth == 0 && t.is_punct(",") {
-            item_start = n + 1;
-        }
-    }
-    item_start < tokens.len()
-}
-
 /// A short form for `Debug`: sanitised, cut to 120 characters.
 pub(crate) fn summary(text: &str) -> String {
     let s = sanitize(text);
@@ -312,142 +192,6 @@ mod tests {
             Some("Invalid STRING constant (?) for \"k\" of type int; also ?, ? and 42170 and true")
         );
         assert_eq!(without_literals("Keyspace ks does not exist", &st), None);
-    }
-
-    /// An error's text from the server or the driver loses what looks
-    /// like a value (quoted strings, parenthesised constants, numbers,
-    /// blobs, UUIDs); its wording, `"quoted identifiers"` and the
-    /// keyspace and table names stay as written.
-    #[test]
-    fn an_error_message_loses_what_looks_like_a_value() {
-        use super::error_message;
-        let cases = [
-            // Cassandra's and Scylla's InvalidRequest messages
-            (
-                "Invalid INTEGER constant (abc) for \"k\" of type int",
-                "Invalid INTEGER constant (?) for \"k\" of type int",
-            ),
-            (
-                "Invalid STRING constant (hello SECRET world) for \"v\" of type int",
-                "Invalid STRING constant (?) for \"v\" of type int",
-            ),
-            (
-                "Invalid HEX constant (0xcafe) for \"b\" of type int",
-                "Invalid HEX constant (?) for \"b\" of type int",
-            ),
-            (
-                "Invalid FLOAT constant (-3.5e2) for \"k\" of type int",
-                "Invalid FLOAT constant (?) for \"k\" of type int",
-            ),
-            (
-                "Key length of 70000 is longer than maximum of 65535",
-                "Key length of ? is longer than maximum of ?",
-            ),
-            (
-                "Cannot parse 'x@y' as hex bytes",
-                "Cannot parse ? as hex bytes",
-            ),
-            (
-                "Unable to make long from 'secret'",
-                "Unable to make long from ?",
-            ),
-            (
-                "Error decoding JSON value for v: Unable to make int from 'it''s'",
-                "Error decoding JSON value for v: Unable to make int from ?",
-            ),
-            // a quote inside the value does not end it
-            (
-                "Unable to make int from 'o'brien'",
-                "Unable to make int from ?",
-            ),
-            (
-                "Unable to make int from 'é SECRET' for \"prénom\"",
-                "Unable to make int from ? for \"prénom\"",
-            ),
-            (
-                "Unable to make int from $$SECRET$$",
-                "Unable to make int from ?",
-            ),
-            (
-                "Unsupported UUID for timeuuid: 123e4567-e89b-12d3-a456-426614174000 is not a version 1 UUID",
-                "Unsupported UUID for timeuuid: ? is not a version ? UUID",
-            ),
-            (
-                "Expected 4 or 0 byte int (8) for column v",
-                "Expected ? or ? byte int (?) for column v",
-            ),
-            // an apostrophe inside a word is not a quote
-            (
-                "The logged user doesn't have the right to perform the query",
-                "The logged user doesn't have the right to perform the query",
-            ),
-            // names stay: keyspace, table, quoted identifiers, types
-            (
-                "Undefined column name \"col 42\" in table ks.kv2",
-                "Undefined column name \"col 42\" in table ks.kv2",
-            ),
-            (
-                "Invalid list literal for l of type list<int>",
-                "Invalid list literal for l of type list<int>",
-            ),
-            // the driver's own wording: its field lists keep their names,
-            // lose their numbers; a type in parentheses (`Native(Int)`)
-            // stays
-            (
-                "Database returned an error: Not enough nodes are alive to satisfy required \
-                 consistency level (consistency: Quorum, required: 2, alive: 1), \
-                 Error message: Cannot achieve consistency level",
-                "Database returned an error: Not enough nodes are alive to satisfy required \
-                 consistency level (consistency: Quorum, required: ?, alive: ?), \
-                 Error message: Cannot achieve consistency level",
-            ),
-            (
-                "Attempted to create a keyspace or a table that was already existing \
-                 (keyspace: ks, table: kv)",
-                "Attempted to create a keyspace or a table that was already existing \
-                 (keyspace: ks, table: kv)",
-            ),
-            (
-                "Failed to serialize Rust type &str into CQL type Native(Int): mismatch",
-                "Failed to serialize Rust type &str into CQL type Native(Int): mismatch",
-            ),
-            // no comments in a message: what follows `--` is read too
-            (
-                "Invalid constant (--SECRET) -- x",
-                "Invalid constant (?) -- x",
-            ),
-            // unterminated: to the end
-            ("Cannot parse 'SECRET as hex", "Cannot parse ?"),
-            ("Invalid constant (SECRET for \"k\"", "Invalid constant (?"),
-            ("", ""),
-        ];
-        for (message, want) in cases {
-            assert_eq!(error_message(message), want, "{message}");
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn a_quoted_or_parenthesised_secret_never_survives_in_a_message(
-            secret in "[a-zA-Z0-9_@. -]{1,30}",
-            word in "[a-z]{1,8}",
-        ) {
-            // a marker no message's wording holds
-            let value = format!("v4lue{secret}");
-            for message in [
-                format!("Unable to make {word} from '{value}'"),
-                format!("Invalid STRING constant ({value}) for \"{word}\" of type int"),
-                format!("{word}: '{value}' and more"),
-            ] {
-                let out = super::error_message(&message);
-                prop_assert!(!out.contains("v4lue"), "{} -> {}", message, out);
-            }
-        }
-
-        #[test]
-        fn any_message_never_panics(text in ".{0,200}") {
-            let _ = super::error_message(&text);
-        }
     }
 
     #[test]
