@@ -36,7 +36,7 @@ pub use tower_cql_core::semconv::DB_CLIENT_OPERATION_DURATION_BUCKETS as DB_DURA
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PrometheusError {
-    /// The listener or recorder could not be built.
+    /// The recorder could not be built.
     #[error(
         "cannot start the Prometheus exporter on {addr}: {source} (is the address free and local?)"
     )]
@@ -45,6 +45,16 @@ pub enum PrometheusError {
         addr: SocketAddr,
         /// The cause.
         source: metrics_exporter_prometheus::BuildError,
+    },
+    /// The listen address could not be bound.
+    #[error(
+        "cannot listen for Prometheus scrapes on {addr}: {source} (is the address free and local?)"
+    )]
+    Listen {
+        /// The listen address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
     },
     /// A recorder is installed already (one per process).
     #[error(
@@ -94,27 +104,106 @@ impl PrometheusExporterBuilder {
     }
 
     /// Installs the global `metrics` recorder and starts the listener.
+    ///
+    /// One task serves `/metrics` (a `GET` or `HEAD` on any path; another
+    /// method is answered `405`) and runs the recorder's periodic upkeep;
+    /// each scrape is answered on a task of its own, with the connection
+    /// closed after it. [`PrometheusExporter::stop`], or dropping the
+    /// exporter, stops them all.
     pub fn install(self) -> Result<PrometheusExporter, PrometheusError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(PrometheusError::NoRuntime);
         }
-        let build = |e| PrometheusError::Build {
+        let bind = |source| PrometheusError::Listen {
             addr: self.listen,
-            source: e,
+            source,
         };
-        let builder = self.recorder_builder()?.with_http_listener(self.listen);
-        let (recorder, serve) = builder.build().map_err(build)?;
+        let recorder = self.recorder_builder()?.build_recorder();
+        let listener = std::net::TcpListener::bind(self.listen).map_err(bind)?;
+        listener.set_nonblocking(true).map_err(bind)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(bind)?;
+        let address = listener.local_addr().map_err(bind)?;
         let handle = recorder.handle();
         metrics::set_global_recorder(recorder).map_err(|_| PrometheusError::RecorderInstalled)?;
-        let task = tokio::spawn(async move {
-            let _ = serve.await;
-        });
+        let task = tokio::spawn(serve(listener, handle.clone(), self.upkeep));
         Ok(PrometheusExporter {
             handle,
-            address: self.listen,
+            address,
             task,
         })
     }
+}
+
+/// Serves scrapes on `listener` and runs `handle`'s upkeep every
+/// `upkeep`, until aborted; the scrapes being answered end with it.
+async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle, upkeep: Duration) {
+    let mut scrapes = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(upkeep);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    scrapes.spawn(answer(stream, handle.clone()));
+                }
+            }
+            _ = tick.tick() => handle.run_upkeep(),
+            Some(_) = scrapes.join_next(), if !scrapes.is_empty() => {}
+        }
+    }
+}
+
+/// Answers one HTTP/1.x request on `stream` with the exposition text and
+/// closes it: `GET` (and `HEAD`, the headers alone) on any path, `405`
+/// for another method, `400` for what is not a request; a client that
+/// sends no complete request head within 10 s, or one over 16 KiB, is
+/// dropped.
+async fn answer(mut stream: tokio::net::TcpStream, handle: PrometheusHandle) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::with_capacity(1024);
+    let read = async {
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.ok()?;
+            if n == 0 || head.len() + n > 16 * 1024 {
+                return None;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Some(())
+    };
+    if tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        return;
+    }
+    let method = head.split(|&b| b == b' ').next().unwrap_or_default();
+    let (status, body, send_body) = match method {
+        b"GET" => ("200 OK", handle.render(), true),
+        b"HEAD" => ("200 OK", handle.render(), false),
+        m if !m.is_empty() && m.iter().all(u8::is_ascii_uppercase) => {
+            ("405 Method Not Allowed", "use GET\n".to_string(), true)
+        }
+        _ => ("400 Bad Request", "not an HTTP request\n".to_string(), true),
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\n{}connection: close\r\n\r\n",
+        body.len(),
+        if status.starts_with("405") {
+            "allow: GET, HEAD\r\n"
+        } else {
+            ""
+        },
+    )
+    .into_bytes();
+    if send_body {
+        response.extend_from_slice(body.as_bytes());
+    }
+    let _ = stream.write_all(&response).await;
+    let _ = stream.shutdown().await;
 }
 
 impl PrometheusExporterBuilder {
