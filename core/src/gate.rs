@@ -167,9 +167,8 @@ struct Inner {
     drained: Notify,
     /// Notified when the flush has finished and the gate is closed.
     closed: Notify,
-    collectors: Option<Collectors>,
-    /// What the requests it admits carry to the driver service: the
-    /// collectors, in one link all of them share.
+    /// The collectors it flushes once drained, in the link the requests
+    /// it admits carry to the driver service (one all of them share).
     link: Option<Arc<crate::request::StackLink>>,
     /// Whether requests carry `collectors` to the driver service (false
     /// when it emits into them itself: see [`Gate::adopted`]).
@@ -180,6 +179,13 @@ struct Inner {
     /// The session whose keyspace labels the requests whose text names
     /// none (see [`Gate::labelling_session_keyspace`]).
     session: Option<Arc<scylla::client::session::Session>>,
+}
+
+impl Inner {
+    /// The collectors flushed once drained.
+    fn collectors(&self) -> Option<&Collectors> {
+        self.link.as_ref()?.collectors.as_ref()
+    }
 }
 
 /// A shutdown gate shared by clones; see the module docs.
@@ -301,8 +307,7 @@ impl Gate {
                 core: GateCore::new(),
                 drained: Notify::new(),
                 closed: Notify::new(),
-                link: collectors.clone().map(crate::request::StackLink::shared),
-                collectors,
+                link: collectors.map(crate::request::StackLink::shared),
                 carry: true,
                 before_flush,
                 session: None,
@@ -414,7 +419,7 @@ impl FlushJob {
     /// runtime). Outside a runtime, or with nothing to flush, it runs here.
     fn start(inner: &Arc<Inner>) {
         let job = FlushJob(Some(inner.clone()));
-        if inner.collectors.is_none() {
+        if inner.collectors().is_none() {
             return job.run();
         }
         match tokio::runtime::Handle::try_current() {
@@ -435,7 +440,7 @@ impl FlushJob {
         if let Some(f) = &inner.before_flush {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         }
-        if let Some(c) = &inner.collectors {
+        if let Some(c) = inner.collectors() {
             c.flush(); // catches and counts a collector's panic
         }
         inner.core.mark_closed();
