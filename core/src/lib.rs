@@ -65,6 +65,7 @@ pub mod histogram;
 mod lex;
 pub mod memory;
 pub mod paging;
+mod recycle;
 pub mod redact;
 pub mod registry;
 pub mod request;

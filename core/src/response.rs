@@ -18,6 +18,7 @@ use scylla::response::PagingStateResponse;
 use scylla::response::query_result::{IntoRowsResultError, QueryResult, QueryRowsResult};
 
 use crate::error::{CqlError, ErrorKind};
+use crate::recycle::FreeList;
 
 /// How a request was executed.
 ///
@@ -89,9 +90,30 @@ impl std::fmt::Debug for ExecutionInfo {
 /// warnings redacted (see [`ExecutionInfo::warnings`]).
 ///
 /// One pointer wide: every layer of the stack passes the response up by
-/// value, and the parts are about 380 bytes (one allocation per response
-/// instead of a copy of those bytes at each layer).
-pub struct CqlResponse(Box<Parts>);
+/// value, and the parts are about 400 bytes (in a block of memory instead
+/// of copied at each layer). A dropped response's block, emptied, is kept
+/// for the thread's next response: at many requests in flight, a fresh
+/// block for each went through the allocator's bins, past its per-thread
+/// cache.
+pub struct CqlResponse(Option<Box<Parts>>);
+
+thread_local! {
+    /// Emptied blocks of dropped responses, for this thread's next ones.
+    static FREE: FreeList<Box<Parts>> = const { FreeList::new() };
+}
+
+impl Drop for CqlResponse {
+    /// Drops what the response holds (the driver's result and its
+    /// frame's memory) and keeps the emptied block.
+    fn drop(&mut self) {
+        if let Some(mut parts) = self.0.take() {
+            parts.result = None;
+            parts.paging = None;
+            parts.info.warnings = Vec::new();
+            FreeList::keep_in(&FREE, parts);
+        }
+    }
+}
 
 struct Parts {
     result: Option<DriverResult>,
@@ -136,17 +158,17 @@ impl std::fmt::Debug for CqlResponse {
                 }
             }
         }
-        let has_rows = matches!(self.0.result, Some(DriverResult::Rows(_)));
+        let has_rows = matches!(self.parts().result, Some(DriverResult::Rows(_)));
         f.debug_struct("CqlResponse")
-            .field("result", &Redacted(self.0.info.rows, has_rows))
+            .field("result", &Redacted(self.parts().info.rows, has_rows))
             .field(
                 "more_pages",
                 &matches!(
-                    self.0.paging,
+                    self.parts().paging,
                     Some(PagingStateResponse::HasMorePages { .. })
                 ),
             )
-            .field("info", &self.0.info)
+            .field("info", &self.parts().info)
             .finish()
     }
 }
@@ -197,34 +219,63 @@ impl CqlResponse {
             // set by the driver service, which times the attempt
             attempt_latency: Duration::ZERO,
         };
-        Ok(CqlResponse(Box::new(Parts {
+        Ok(CqlResponse::from_parts(Parts {
             result: Some(result),
             paging,
             info,
             started: None,
-        })))
+        }))
     }
 
     /// A response without a driver result: for layers that answer without
     /// the driver (a cache, a fallback) and for tests of middleware with a
     /// mock inner service. It has no rows.
     pub fn synthetic(info: ExecutionInfo) -> CqlResponse {
-        CqlResponse(Box::new(Parts {
+        CqlResponse::from_parts(Parts {
             result: None,
             paging: None,
             info,
             started: None,
-        }))
+        })
+    }
+
+    /// The response of `parts`, in a block this thread kept or a new one.
+    #[inline(always)]
+    fn from_parts(parts: Parts) -> CqlResponse {
+        let block = match FreeList::take_from(&FREE) {
+            Some(mut block) => {
+                *block = parts;
+                block
+            }
+            None => Box::new(parts),
+        };
+        CqlResponse(Some(block))
+    }
+
+    #[inline(always)]
+    fn parts(&self) -> &Parts {
+        self.0
+            .as_deref()
+            .expect("a response has its parts until dropped")
+    }
+
+    #[inline(always)]
+    fn parts_mut(&mut self) -> &mut Parts {
+        self.0
+            .as_deref_mut()
+            .expect("a response has its parts until dropped")
     }
 
     /// How the request was executed.
+    #[inline]
     pub fn info(&self) -> &ExecutionInfo {
-        &self.0.info
+        &self.parts().info
     }
 
     /// How the request was executed, to update (retry and hedge layers).
+    #[inline]
     pub fn info_mut(&mut self) -> &mut ExecutionInfo {
-        &mut self.0.info
+        &mut self.parts_mut().info
     }
 
     /// When the driver started the attempt that made this response (the
@@ -233,8 +284,9 @@ impl CqlResponse {
     /// whose first attempt answered it started at the same reading (see
     /// [`clock`](crate::clock)): the metrics layer then takes the
     /// request's latency from the attempt's, with no clock arithmetic.
+    #[inline]
     pub fn attempt_started(&self) -> Option<tokio::time::Instant> {
-        self.0.started
+        self.parts().started
     }
 
     /// When the driver finished the attempt that made this response (the
@@ -242,37 +294,42 @@ impl CqlResponse {
     /// ends at); `None` for a [`CqlResponse::synthetic`] one. The metrics
     /// layer ends the request's latency there instead of reading the
     /// clock again in the same poll.
+    #[inline]
     pub fn attempt_ended(&self) -> Option<tokio::time::Instant> {
-        self.0
+        self.parts()
             .started
-            .and_then(|s| s.checked_add(self.0.info.attempt_latency))
+            .and_then(|s| s.checked_add(self.parts().info.attempt_latency))
     }
 
     /// Sets the attempt's start and latency (the driver service, which
     /// times the attempt).
+    #[inline]
     pub(crate) fn set_attempt(&mut self, started: tokio::time::Instant, latency: Duration) {
-        self.0.started = Some(started);
-        self.0.info.attempt_latency = latency;
+        self.parts_mut().started = Some(started);
+        self.parts_mut().info.attempt_latency = latency;
     }
 
     /// The driver's result (`None` for a [`CqlResponse::synthetic`] one).
+    #[inline]
     pub fn result(&self) -> Option<&DriverResult> {
-        self.0.result.as_ref()
+        self.parts().result.as_ref()
     }
 
     /// The driver's result, owned (`None` for a synthetic response).
-    pub fn into_result(self) -> Option<DriverResult> {
-        self.0.result
+    pub fn into_result(mut self) -> Option<DriverResult> {
+        self.parts_mut().result.take()
     }
 
     /// The paging state after a single-page request.
+    #[inline]
     pub fn paging_state(&self) -> Option<&PagingStateResponse> {
-        self.0.paging.as_ref()
+        self.parts().paging.as_ref()
     }
 
     /// Whether the result has rows (a SELECT or an LWT).
+    #[inline]
     pub fn has_rows(&self) -> bool {
-        matches!(self.0.result, Some(DriverResult::Rows(_)))
+        matches!(self.parts().result, Some(DriverResult::Rows(_)))
     }
 
     /// The rows, deserialized as `R`; a type mismatch is a
@@ -281,7 +338,7 @@ impl CqlResponse {
     where
         R: for<'f, 'm> DeserializeRow<'f, 'm>,
     {
-        let rows = match &self.0.result {
+        let rows = match &self.parts().result {
             None => return Ok(Vec::new()),
             Some(DriverResult::Rows(rows)) => rows,
             Some(DriverResult::NotRows(_)) => {
@@ -362,6 +419,42 @@ mod tests {
             );
         }
         assert_eq!(r.info().warnings, vec![warning.to_string()]);
+    }
+
+    /// A dropped response's block is emptied (its result, paging state
+    /// and warnings dropped: a kept block keeps no frame's memory alive)
+    /// and serves the thread's next response, which shows only its own
+    /// parts.
+    #[test]
+    fn a_dropped_responses_block_is_emptied_and_serves_the_next_one() {
+        // (a thread of its own: its list starts empty)
+        std::thread::spawn(|| {
+            let mut first = CqlResponse::synthetic(ExecutionInfo {
+                coordinator: Some("127.0.0.1:9042".parse().unwrap()),
+                rows: 3,
+                warnings: vec!["a warning".to_string()],
+                ..ExecutionInfo::default()
+            });
+            first.set_attempt(tokio::time::Instant::now(), Duration::from_millis(1));
+            let block = first.parts() as *const Parts as usize;
+            drop(first);
+            let kept = FREE.with(|list| list.take()).expect("the block is kept");
+            assert!(kept.result.is_none() && kept.paging.is_none());
+            assert_eq!(kept.info.warnings.capacity(), 0);
+            FREE.with(|list| list.keep(kept));
+
+            let next = CqlResponse::synthetic(ExecutionInfo::default());
+            assert_eq!(next.parts() as *const Parts as usize, block);
+            let info = next.info();
+            assert_eq!((info.coordinator, info.rows), (None, 0));
+            assert!(info.warnings.is_empty());
+            assert_eq!(next.attempt_started(), None);
+            assert_eq!(next.into_result().map(|_| ()), None);
+            // into_result dropped the response: its block is kept again
+            assert!(FREE.with(|list| list.take()).is_some());
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

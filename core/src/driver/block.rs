@@ -7,7 +7,7 @@
 //! free goes through its bins (about 640 and 400 instructions, and the
 //! consolidations they set off). Here a finished or dropped response
 //! future drops its driver future in place and leaves the empty block in
-//! a per-thread free list (at most [`KEEP`] blocks a thread); the next
+//! a per-thread free list ([`FreeList`], at most 64 blocks a thread); the next
 //! request on that thread starts its future in it. No lock (the list is
 //! the thread's own) and no `unsafe` (the block is a pinned `Option` that
 //! is set and cleared).
@@ -15,7 +15,6 @@
 //! A block holds no request, session or collector while it is free: it is
 //! cleared before it is kept, so a kept block keeps nothing alive.
 
-use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -26,13 +25,10 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::DriverInner;
+use crate::recycle::FreeList;
 use crate::{CqlError, CqlRequest, CqlResponse};
 
 type Output = Result<CqlResponse, CqlError>;
-
-/// Free blocks kept per thread: enough for the requests a worker thread
-/// has in flight at once in most services; more are freed.
-pub(crate) const KEEP: usize = 64;
 
 /// A block that can hold one request's driver future at a time.
 trait Slot: Send {
@@ -77,7 +73,7 @@ where
 type Block = Pin<Box<dyn Slot>>;
 
 thread_local! {
-    static FREE: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+    static FREE: FreeList<Block> = const { FreeList::new() };
 }
 
 fn slot<M, F>(make: M) -> FutureSlot<M, F>
@@ -107,11 +103,7 @@ impl DriverFuture {
     /// attempt reads no clock of its own.
     pub(crate) fn start(inner: Arc<DriverInner>, req: CqlRequest) -> DriverFuture {
         let called = crate::clock::now();
-        let mut block = FREE
-            .try_with(|free| free.try_borrow_mut().ok()?.pop())
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| Box::pin(slot(run)));
+        let mut block = FreeList::take_from(&FREE).unwrap_or_else(|| Box::pin(slot(run)));
         block.as_mut().start(inner, req, called);
         DriverFuture { block: Some(block) }
     }
@@ -123,15 +115,7 @@ impl DriverFuture {
             return;
         };
         block.as_mut().clear();
-        // (when the thread's list is gone, at thread exit, or full, the
-        // block is freed with the closure)
-        let _ = FREE.try_with(move |free| {
-            if let Ok(mut free) = free.try_borrow_mut()
-                && free.len() < KEEP
-            {
-                free.push(block);
-            }
-        });
+        FreeList::keep_in(&FREE, block);
     }
 }
 
