@@ -287,7 +287,7 @@ mod tests {
             ),
             (
                 "Executing seq scan across 2 sstables for (min(-9223372036854775808), max(42)]",
-                "Executing seq scan across 2 sstables for (?",
+                "Executing seq scan across 2 sstables for (?]",
             ),
             ("Request complete", "Request complete"),
             ("", ""),

@@ -21,7 +21,8 @@ use crate::lex::{Kind, Lexer, Lit, Token};
 ///   `PT5S`, `NaN`, `Infinity`), a blob (`0x...`) and a UUID, as the CQL
 ///   lexer reads them: `70000`, `127.0.0.1`, `-3.5e2`;
 /// - the inside of parentheses that do not follow a word directly, `(abc
-///   def)` becoming `(?)` (one left open: to the end), unless it is a list
+///   def)` becoming `(?)` (a half-open range, `(a, b]`, becomes `(?]`;
+///   one left open: to the end), unless it is a list
 ///   of `name: value` fields, the driver's own details (`(keyspace: ks,
 ///   table: kv)`), whose values go by the rules above. Parentheses right
 ///   after a word (`Native(Int)`, `f(int)`) are a type or a call: read
@@ -230,13 +231,26 @@ pub(crate) fn prose(text: &str, keep: Keep) -> String {
     out
 }
 
-/// The index of the `)` closing the `(` `tokens` starts with, if any.
+/// The index of the `)` closing the `(` `tokens` starts with; without
+/// one, of the `]` closing it as a half-open range (`(a, b]`, a token
+/// range in a trace step), brackets counted as parentheses. A `]` inside
+/// parentheses that do close (`(abc] secret)`, a value holding one) ends
+/// nothing.
 fn closing(tokens: &[Token<'_>]) -> Option<usize> {
+    closer(tokens, &["("], &[")"]).or_else(|| closer(tokens, &["(", "["], &[")", "]"]))
+}
+
+/// The index of the token that brings the depth back to zero, counting
+/// `open` and `close` tokens from the opener `tokens` starts with.
+fn closer(tokens: &[Token<'_>], open: &[&str], close: &[&str]) -> Option<usize> {
     let mut depth = 0usize;
     for (n, t) in tokens.iter().enumerate() {
-        if t.is_punct("(") {
+        if t.kind != Kind::Punct {
+            continue;
+        }
+        if open.contains(&t.text) {
             depth += 1;
-        } else if t.is_punct(")") {
+        } else if close.contains(&t.text) {
             depth -= 1;
             if depth == 0 {
                 return Some(n);
@@ -469,5 +483,39 @@ mod tests {
         assert!(!is_ipv4("1234.2.3.4"));
         assert!(!is_ipv4(""));
         assert!(is_ipv4("10.0.0.1"));
+    }
+
+    /// A half-open range, `(a, b]` (how Cassandra's trace steps write a
+    /// token range), closes at its `]`: what it holds goes, the text after
+    /// it stays. Read as a parenthesis left open, everything after it went.
+    #[test]
+    fn a_half_open_range_closes_at_its_bracket() {
+        use super::{error_message, warning};
+        for (text, error, report) in [
+            (
+                "Executing seq scan across 2 sstables for (min(-9223372036854775808), max(42)] in ks.kv",
+                "Executing seq scan across ? sstables for (?] in ks.kv",
+                "Executing seq scan across 2 sstables for (?] in ks.kv",
+            ),
+            // a `]` inside parentheses that close is a value's
+            (
+                "Invalid STRING constant (abc] secret) for v",
+                "Invalid STRING constant (?) for v",
+                "Invalid STRING constant (?) for v",
+            ),
+            (
+                "Scanning (1, 5] then (7, 9] on 127.0.0.2",
+                "Scanning (?] then (?] on ?",
+                "Scanning (?] then (?] on 127.0.0.2",
+            ),
+        ] {
+            assert_eq!(error_message(text), error, "{text}");
+            assert_eq!(warning(text), report, "{text}");
+            assert_eq!(
+                crate::server_trace::sanitize_activity(text),
+                report,
+                "{text}"
+            );
+        }
     }
 }
