@@ -64,7 +64,10 @@ impl HttpClient for OnRuntime {
         Box::pin(async move {
             let result = task.await.map_err(|e| Box::new(e) as HttpError)?;
             watch.saw(match &result {
-                Ok(response) if response.status().is_success() => None,
+                Ok(response) if response.status().is_success() => {
+                    watch.saw_answer(response.body());
+                    None
+                }
                 Ok(response) => Some(ExportCause::HttpStatus(response.status().as_u16())),
                 Err(e) => Some(cause_of_http_error(e.as_ref(), timeout)),
             });

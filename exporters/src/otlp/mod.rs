@@ -94,8 +94,11 @@
 //! there: start the collector, or correct the endpoint (set by ...)`.
 //!
 //! What could not be exported is counted: spans and metric points in
-//! exports that failed, and spans the SDK's batch span processor dropped
-//! because its queue was full (the SDK only logs those).
+//! exports that failed, those the collector took an export without
+//! (an OTLP partial success, [`ExportCause::Rejected`]; seen over
+//! HTTP/protobuf only, the gRPC exporter keeping the answer to itself),
+//! and spans the SDK's batch span processor dropped because its queue was
+//! full (the SDK only logs those two).
 //! [`OtlpExporter::lost`] returns the counts, every [`FlushError`] carries
 //! them, and [`OtlpExporter::shutdown`] fails whenever anything was lost,
 //! e.g. `OTLP export failed, 7 spans and 3 metric points lost so far: ...`.
@@ -754,7 +757,8 @@ impl OtlpExporter {
     }
 
     /// What could not be exported so far: spans and metric points in
-    /// exports that failed, and spans the batch span processor dropped
+    /// exports that failed or that the collector rejected (HTTP/protobuf:
+    /// [`ExportCause::Rejected`]), and spans the batch span processor dropped
     /// because its queue was full (which the SDK only logs). The drops are
     /// counted exactly after [`shutdown`](Self::shutdown); before, as of
     /// the last [`flush`](Self::flush) whose
