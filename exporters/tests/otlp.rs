@@ -1164,3 +1164,50 @@ async fn http_items_the_collector_rejects_count_as_lost() {
     // and two are rejected again
     assert_eq!((err.lost.spans, err.lost.metric_points), (2, 4));
 }
+
+/// A signal's own protocol variable (`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`,
+/// `..._METRICS_PROTOCOL`, as in `opentelemetry-otlp` and the
+/// specification) chooses that signal's transport, and wins over the
+/// general one: here spans go over HTTP/protobuf to their own URL, metrics
+/// over gRPC, the general protocol. The receiver speaks both on one port
+/// and says how each request came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_s_own_protocol_variable_chooses_its_transport() {
+    tower_cql_testkit::tracing_setup::global_registry();
+    let _serial = SERIAL.lock().await;
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let traces_url = format!("{}/v1/traces", receiver.endpoint());
+    let otlp = OtlpExporterBuilder::from_vars([
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint().as_str()),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces_url.as_str()),
+    ])
+    .metric_export_interval(Duration::from_secs(3600))
+    .install()
+    .unwrap();
+    one_span_and_one_point(&otlp);
+    otlp.shutdown().await.unwrap();
+    let how = |transports: Vec<Transport>| {
+        assert!(!transports.is_empty(), "nothing arrived");
+        transports
+    };
+    let spans = how(receiver
+        .trace_requests()
+        .iter()
+        .map(|r| r.transport)
+        .collect());
+    assert!(
+        spans.iter().all(|t| *t == Transport::HttpProtobuf),
+        "spans came over {spans:?}, not OTEL_EXPORTER_OTLP_TRACES_PROTOCOL's http/protobuf"
+    );
+    let metrics = how(receiver
+        .metrics_requests()
+        .iter()
+        .map(|r| r.transport)
+        .collect());
+    assert!(
+        metrics.iter().all(|t| *t == Transport::Grpc),
+        "metrics came over {metrics:?}, not OTEL_EXPORTER_OTLP_PROTOCOL's grpc"
+    );
+}
