@@ -480,16 +480,23 @@ pub(crate) fn resolve(env: &Env, x: &Explicit) -> Result<Resolved, OtlpError> {
     let mut resource = vec![KeyValue::new("service.name", "unknown_service")];
     if let Some(s) = env.get(ENV_RESOURCE_ATTRIBUTES) {
         let origin = Origin::Env(ENV_RESOURCE_ATTRIBUTES);
-        for (k, v, _) in parse_pairs(s, origin, resource_error)? {
-            resource.push(KeyValue::new(k, v));
+        for (i, (k, v, _)) in parse_pairs(s, origin, resource_error)?
+            .into_iter()
+            .enumerate()
+        {
+            resource.push(resource_attribute(KeyValue::new(k, v), i, origin)?);
         }
     }
     if let Some(name) = env.get(ENV_SERVICE_NAME) {
         resource.push(KeyValue::new("service.name", name.trim().to_string()));
     }
-    resource.extend(x.resource.iter().cloned());
+    for (i, kv) in x.resource.iter().enumerate() {
+        let origin = Origin::Builder("resource_attribute");
+        resource.push(resource_attribute(kv.clone(), i, origin)?);
+    }
     if let Some(name) = &x.service_name {
-        resource.push(KeyValue::new("service.name", name.clone()));
+        let kv = KeyValue::new("service.name", name.clone());
+        resource.push(resource_attribute(kv, 0, Origin::Builder("service_name"))?);
     }
 
     let what = "metric export interval";
@@ -533,6 +540,29 @@ pub(crate) fn resolve(env: &Env, x: &Explicit) -> Result<Resolved, OtlpError> {
         metric_export_interval,
         server_trace_ratio,
     })
+}
+
+/// `kv`, the `i`-th resource attribute `origin` gives, if OTLP can carry
+/// it: its key is not empty (attributes have one), and a `service.name`
+/// names something (an empty `OTEL_SERVICE_NAME` counts as unset; an empty
+/// name given would be sent as the service's).
+fn resource_attribute(kv: KeyValue, i: usize, origin: Origin) -> Result<KeyValue, OtlpError> {
+    let key = kv.key.as_str();
+    if key.trim().is_empty() {
+        return Err(resource_error(
+            format!("#{}", i + 1),
+            "the key is empty",
+            origin,
+        ));
+    }
+    if key == "service.name" && kv.value.as_str().trim().is_empty() {
+        return Err(resource_error(
+            format!("{key:?}"),
+            "the service name is empty (give the service's name, or leave it unset)",
+            origin,
+        ));
+    }
+    Ok(kv)
 }
 
 /// `r` if it is a fraction in `0..=1`.
@@ -946,6 +976,28 @@ mod tests {
                 env(&[(ENV_RESOURCE_ATTRIBUTES, "team")]),
                 Explicit::default(),
                 "malformed resource attribute #1 (from OTEL_RESOURCE_ATTRIBUTES): it has no '='",
+            ),
+            // the builder's resource settings, as strictly as the variables'
+            (
+                env(&[]),
+                Explicit {
+                    resource: vec![KeyValue::new("team", "a"), KeyValue::new(" ", "b")],
+                    ..Explicit::default()
+                },
+                "malformed resource attribute #2 (from OtlpExporterBuilder::resource_attribute): the key is empty",
+            ),
+            (
+                env(&[]),
+                Explicit {
+                    service_name: Some("  ".into()),
+                    ..Explicit::default()
+                },
+                "malformed resource attribute \"service.name\" (from OtlpExporterBuilder::service_name): the service name is empty",
+            ),
+            (
+                env(&[(ENV_RESOURCE_ATTRIBUTES, "team=a,service.name=")]),
+                Explicit::default(),
+                "malformed resource attribute \"service.name\" (from OTEL_RESOURCE_ATTRIBUTES): the service name is empty",
             ),
         ];
         for (e, x, want) in cases {

@@ -113,9 +113,10 @@ pub enum OtlpError {
         /// Where it came from.
         origin: Origin,
     },
-    /// A resource attribute that is not a `key=value` pair.
+    /// A resource attribute that is not a `key=value` pair, has an empty
+    /// key, or an empty `service.name`.
     #[error(
-        "malformed resource attribute {which} (from {origin}): {reason}; resource attributes are key=value pairs separated by commas, e.g. service.namespace=shop,deployment.environment.name=prod"
+        "malformed resource attribute {which} (from {origin}): {reason}; resource attributes are key=value pairs with a key (in OTEL_RESOURCE_ATTRIBUTES separated by commas, e.g. service.namespace=shop,deployment.environment.name=prod)"
     )]
     InvalidResourceAttribute {
         /// The attribute's key when it could be read, else its position.

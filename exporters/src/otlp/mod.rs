@@ -269,13 +269,17 @@ impl OtlpExporterBuilder {
 
     /// The `service.name` resource attribute (else `OTEL_SERVICE_NAME`,
     /// else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, else `unknown_service`).
+    /// An empty (or blank) name is refused by [`install`](Self::install)
+    /// ([`OtlpError::InvalidResourceAttribute`]).
     pub fn service_name(mut self, name: impl Into<String>) -> Self {
         self.explicit.service_name = Some(name.into());
         self
     }
 
     /// A resource attribute, added to those of `OTEL_RESOURCE_ATTRIBUTES`
-    /// (replacing one with the same key).
+    /// (replacing one with the same key). An empty key, or an empty
+    /// `service.name`, is refused by [`install`](Self::install)
+    /// ([`OtlpError::InvalidResourceAttribute`]), as in the variable.
     pub fn resource_attribute(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
         self.explicit
             .resource
