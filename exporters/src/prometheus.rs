@@ -134,19 +134,29 @@ impl PrometheusExporterBuilder {
     }
 }
 
+/// How long the listener waits after `accept` failed before it tries
+/// again (see [`serve`]).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
 /// Serves scrapes on `listener` and runs `handle`'s upkeep every
 /// `upkeep`, until aborted; the scrapes being answered end with it.
+///
+/// When `accept` fails, it waits [`ACCEPT_RETRY`] before trying again:
+/// the usual cause, the process out of file descriptors, makes every
+/// `accept` fail at once until one is free (the connection stays in the
+/// backlog), and trying again at once kept a core busy meanwhile.
 async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle, upkeep: Duration) {
     let mut scrapes = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(upkeep);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
                     scrapes.spawn(answer(stream, handle.clone()));
                 }
-            }
+                Err(_) => tokio::time::sleep(ACCEPT_RETRY).await,
+            },
             _ = tick.tick() => handle.run_upkeep(),
             Some(_) = scrapes.join_next(), if !scrapes.is_empty() => {}
         }

@@ -81,7 +81,8 @@
 //! `db.system.name`, `db.namespace`, `db.collection.name`,
 //! `db.operation.name`, `db.query.summary`, `db.query.text` (sanitised, if
 //! on), `server.address`, `server.port`, `db.response.returned_rows`,
-//! `cql.attempts`, `db.cassandra.speculative_execution_count`,
+//! `cql.attempts` (0 for a request refused before any attempt),
+//! `db.cassandra.speculative_execution_count`,
 //! `db.cassandra.consistency_level`, `db.cassandra.idempotence`, and on
 //! failure `error.type`, `db.response.status_code` and an error status.
 //! Bound values are never recorded.
@@ -353,7 +354,9 @@ impl<T> SpanCollector<T> {
             attrs.push(KeyValue::new("server.address", ip_value(n.ip())));
             attrs.push(KeyValue::new("server.port", i64::from(n.port())));
         }
-        attrs.push(KeyValue::new("cql.attempts", i64::from(e.attempts.max(1))));
+        // as the event says: at least 1 for a success, 0 for a request
+        // refused before any attempt (shed, rate limited, circuit open)
+        attrs.push(KeyValue::new("cql.attempts", i64::from(e.attempts)));
         attrs.push(KeyValue::new(
             "db.cassandra.speculative_execution_count",
             i64::from(e.speculative),

@@ -1050,3 +1050,164 @@ async fn span_collector_run(builder: OtlpExporterBuilder, ratio: &str, n: i32) -
         .count();
     (reads, receiver.spans_named("app.other").len())
 }
+
+/// An OTLP/HTTP collector that accepts every export but rejects `rejected`
+/// of its items: it answers each `POST` `200 OK` with a partial success
+/// (`ExportTraceServiceResponse` / `ExportMetricsServiceResponse`, whose
+/// `partial_success` has the same two fields: the count rejected, and why).
+struct PartlyRejecting {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PartlyRejecting {
+    async fn start(rejected: u8, message: &'static str) -> PartlyRejecting {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        // partial_success (field 1) { rejected (field 1, varint), error_message (field 2) }
+        let mut inner = vec![0x08, rejected, 0x12, message.len() as u8];
+        inner.extend_from_slice(message.as_bytes());
+        let mut body = vec![0x0a, inner.len() as u8];
+        body.extend_from_slice(&inner);
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    // the request head, then its body (content-length)
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    let head_end = loop {
+                        let n = socket.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while got.len() < head_end + length {
+                        let n = socket.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                    let mut response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    response.extend_from_slice(&body);
+                    let _ = socket.write_all(&response).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        PartlyRejecting { addr, task }
+    }
+}
+
+impl Drop for PartlyRejecting {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The collector takes each export but rejects some of its items (an OTLP
+/// partial success, e.g. over its limits): those spans and points never
+/// arrive, so they count as lost, and the flush fails saying so, with the
+/// collector's reason (the SDK only logs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_items_the_collector_rejects_count_as_lost() {
+    tower_cql_testkit::tracing_setup::global_registry();
+    let _serial = SERIAL.lock().await;
+    let collector = PartlyRejecting::start(2, "over the limit").await;
+    let otlp = no_env()
+        .protocol(Protocol::HttpProtobuf)
+        .endpoint(format!("http://{}", collector.addr))
+        .export_timeout(Duration::from_secs(5))
+        .metric_export_interval(Duration::from_secs(3600))
+        .install()
+        .unwrap();
+    spans_and_points(&otlp, 3, 3);
+    let msg = failed_flush(&otlp).await;
+    println!("{msg}");
+    for want in [
+        "2 spans and 2 metric points lost".to_string(),
+        format!(
+            "spans to {}: the collector rejected 2 of them: over the limit",
+            otlp.traces_endpoint()
+        ),
+        format!(
+            "metrics to {}: the collector rejected 2 of them: over the limit",
+            otlp.metrics_endpoint()
+        ),
+    ] {
+        assert!(msg.contains(&want), "want {want:?}\n got {msg}");
+    }
+    let lost = otlp.lost();
+    assert_eq!((lost.spans, lost.metric_points), (2, 2));
+    let err = tokio::time::timeout(Duration::from_secs(30), otlp.shutdown())
+        .await
+        .expect("shutdown() returned")
+        .expect_err("items were lost");
+    // shutdown's last export carries the three series again (cumulative),
+    // and two are rejected again
+    assert_eq!((err.lost.spans, err.lost.metric_points), (2, 4));
+}
+
+/// A signal's own protocol variable (`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`,
+/// `..._METRICS_PROTOCOL`, as in `opentelemetry-otlp` and the
+/// specification) chooses that signal's transport, and wins over the
+/// general one: here spans go over HTTP/protobuf to their own URL, metrics
+/// over gRPC, the general protocol. The receiver speaks both on one port
+/// and says how each request came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_s_own_protocol_variable_chooses_its_transport() {
+    tower_cql_testkit::tracing_setup::global_registry();
+    let _serial = SERIAL.lock().await;
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let traces_url = format!("{}/v1/traces", receiver.endpoint());
+    let otlp = OtlpExporterBuilder::from_vars([
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint().as_str()),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces_url.as_str()),
+    ])
+    .metric_export_interval(Duration::from_secs(3600))
+    .install()
+    .unwrap();
+    one_span_and_one_point(&otlp);
+    otlp.shutdown().await.unwrap();
+    let how = |transports: Vec<Transport>| {
+        assert!(!transports.is_empty(), "nothing arrived");
+        transports
+    };
+    let spans = how(receiver
+        .trace_requests()
+        .iter()
+        .map(|r| r.transport)
+        .collect());
+    assert!(
+        spans.iter().all(|t| *t == Transport::HttpProtobuf),
+        "spans came over {spans:?}, not OTEL_EXPORTER_OTLP_TRACES_PROTOCOL's http/protobuf"
+    );
+    let metrics = how(receiver
+        .metrics_requests()
+        .iter()
+        .map(|r| r.transport)
+        .collect());
+    assert!(
+        metrics.iter().all(|t| *t == Transport::Grpc),
+        "metrics came over {metrics:?}, not OTEL_EXPORTER_OTLP_PROTOCOL's grpc"
+    );
+}

@@ -455,3 +455,57 @@ async fn a_span_delivered_late_keeps_its_requests_time() {
         before.duration_since(span.start_time).unwrap_or_default()
     );
 }
+
+/// A request the stack refuses before any attempt (here the rate limit,
+/// in reject mode with its one token taken) never reached a node: its
+/// span says `cql.attempts = 0`, as its request event and the tracing
+/// layer's span do, not 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_before_any_attempt_has_no_attempt() {
+    use tower_cql_core::ErrorKind;
+    use tower_cql_middleware::rate_limit::{RateLimitConfig, RateLimitMode};
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let collectors = Collectors::with([Arc::new(SpanCollector::new(provider.tracer("t")))]);
+    let (_cluster, driver) = support::driver(&collectors).await;
+    let stack = StackBuilder::new(collectors)
+        .without_trace()
+        .rate_limit(RateLimitConfig {
+            rate_per_second: 0.001,
+            burst: 1,
+            mode: RateLimitMode::Reject,
+        })
+        .build(driver)
+        .unwrap();
+    let mut svc = stack.service();
+    let get = Statement::new("SELECT v FROM ks.kv WHERE k = ?").idempotent(true);
+    // the one token: whatever it ends in, it was tried
+    let _ = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get.request().bind((1,)))
+        .await;
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get.request().bind((2,)))
+        .await
+        .expect_err("no token left");
+    assert_eq!(err.kind(), ErrorKind::RateLimited);
+    assert_eq!(err.attempts(), 0, "refused before any attempt");
+    let spans = exporter.get_finished_spans().unwrap();
+    let refused: Vec<_> = spans
+        .iter()
+        .filter(|s| str_attr(s, "error.type").as_deref() == Some("rate_limited"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{spans:?}");
+    assert_eq!(
+        attr(refused[0], "cql.attempts"),
+        Some(&Value::I64(0)),
+        "the span of a request refused before any attempt"
+    );
+}

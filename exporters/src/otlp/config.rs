@@ -42,7 +42,10 @@
 //!   are, and malformed items are skipped.
 //!
 //! So every value the exporter uses is read and validated here, and handed
-//! to the SDK explicitly (`with_endpoint`, `with_timeout`, the headers
+//! to the SDK explicitly (the transport, `with_tonic` or `with_http`, per
+//! signal: the SDK reads `OTEL_EXPORTER_OTLP_{SIGNAL}_PROTOCOL` only in the
+//! `build()` that chooses it, which an explicit transport skips;
+//! `with_endpoint`, `with_timeout`, the headers
 //! through our interceptor or HTTP client, `with_interval`, the resource):
 //! an explicit setting wins over the SDK's own reading, so the two cannot
 //! disagree. Left to the SDK, because nothing here needs their values:
@@ -75,6 +78,12 @@ pub const ENV_TRACES_ENDPOINT: &str = otlp::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT;
 pub const ENV_METRICS_ENDPOINT: &str = otlp::OTEL_EXPORTER_OTLP_METRICS_ENDPOINT;
 /// `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` or `http/protobuf`.
 pub const ENV_PROTOCOL: &str = otlp::OTEL_EXPORTER_OTLP_PROTOCOL;
+/// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`: the protocol of span exports;
+/// wins over [`ENV_PROTOCOL`].
+pub const ENV_TRACES_PROTOCOL: &str = otlp::OTEL_EXPORTER_OTLP_TRACES_PROTOCOL;
+/// `OTEL_EXPORTER_OTLP_METRICS_PROTOCOL`: the protocol of metric exports;
+/// wins over [`ENV_PROTOCOL`].
+pub const ENV_METRICS_PROTOCOL: &str = otlp::OTEL_EXPORTER_OTLP_METRICS_PROTOCOL;
 /// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value,...`, values percent-encoded.
 pub const ENV_HEADERS: &str = otlp::OTEL_EXPORTER_OTLP_HEADERS;
 /// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`: the headers of span exports,
@@ -105,11 +114,13 @@ pub const ENV_METRIC_EXPORT_INTERVAL: &str =
 pub const ENV_SERVER_TRACE_RATIO: &str = "TOWER_CQL_SERVER_TRACE_RATIO";
 
 /// Every variable the builder reads.
-const VARS: [&str; 14] = [
+const VARS: [&str; 16] = [
     ENV_ENDPOINT,
     ENV_TRACES_ENDPOINT,
     ENV_METRICS_ENDPOINT,
     ENV_PROTOCOL,
+    ENV_TRACES_PROTOCOL,
+    ENV_METRICS_PROTOCOL,
     ENV_HEADERS,
     ENV_TRACES_HEADERS,
     ENV_METRICS_HEADERS,
@@ -215,8 +226,17 @@ impl Signal {
         }
     }
 
+    /// The signal's own protocol variable, winning over the general one.
+    const fn protocol_var(self) -> &'static str {
+        match self {
+            Signal::Traces => ENV_TRACES_PROTOCOL,
+            Signal::Metrics => ENV_METRICS_PROTOCOL,
+        }
+    }
+
     /// The signal's own variables (endpoint, headers, timeout), each
-    /// winning over the general one.
+    /// winning over the general one (its protocol's too:
+    /// [`ENV_TRACES_PROTOCOL`], [`ENV_METRICS_PROTOCOL`]).
     pub const fn vars(self) -> [&'static str; 3] {
         match self {
             Signal::Traces => [ENV_TRACES_ENDPOINT, ENV_TRACES_HEADERS, ENV_TRACES_TIMEOUT],
@@ -307,6 +327,8 @@ impl fmt::Debug for Header {
 /// Where one signal goes and how.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
+    /// The transport of its exports.
+    pub(crate) protocol: Protocol,
     /// The URL exports are sent to (HTTP: with its `/v1/...` path).
     pub(crate) url: String,
     pub(crate) headers: Vec<Header>,
@@ -316,6 +338,8 @@ pub(crate) struct Target {
 /// The settings `install()` uses.
 #[derive(Debug, Clone)]
 pub(crate) struct Resolved {
+    /// The general protocol (a signal's own variable may choose another:
+    /// see each [`Target`]).
     pub(crate) protocol: Protocol,
     /// The base endpoint, normalised (no trailing `/`).
     pub(crate) endpoint: String,
@@ -346,41 +370,71 @@ impl Resolved {
     }
 }
 
-pub(crate) fn resolve(env: &Env, x: &Explicit) -> Result<Resolved, OtlpError> {
-    let (protocol, origin) = match (x.protocol, env.get(ENV_PROTOCOL)) {
-        (Some(p), _) => (p, Origin::Builder("protocol")),
-        (None, Some(s)) => {
-            let origin = Origin::Env(ENV_PROTOCOL);
-            let p = Protocol::parse(s).ok_or_else(|| OtlpError::UnknownProtocol {
-                value: s.to_string(),
-                origin,
-            })?;
-            (p, origin)
-        }
-        (None, None) => (Protocol::default_for_build(), Origin::Builder("protocol")),
+/// The protocol `var` names, if set: known and built in, else an error
+/// naming `var`.
+fn protocol_from_env(env: &Env, var: &'static str) -> Result<Option<Protocol>, OtlpError> {
+    let Some(s) = env.get(var) else {
+        return Ok(None);
     };
-    if !protocol.is_enabled() {
-        return Err(OtlpError::ProtocolNotEnabled {
-            protocol: protocol.as_str(),
-            feature: protocol.feature(),
-            origin,
-        });
-    }
+    let origin = Origin::Env(var);
+    let p = Protocol::parse(s).ok_or_else(|| OtlpError::UnknownProtocol {
+        value: s.to_string(),
+        origin,
+    })?;
+    enabled(p, origin).map(Some)
+}
 
-    let (endpoint, origin) = match (&x.endpoint, env.get(ENV_ENDPOINT)) {
-        (Some(e), _) => (e.as_str(), Origin::Builder("endpoint")),
-        (None, Some(e)) => (e, Origin::Env(ENV_ENDPOINT)),
-        (None, None) => (protocol.default_endpoint(), Origin::Builder("endpoint")),
+/// `p` if this build includes it.
+fn enabled(p: Protocol, origin: Origin) -> Result<Protocol, OtlpError> {
+    if p.is_enabled() {
+        Ok(p)
+    } else {
+        Err(OtlpError::ProtocolNotEnabled {
+            protocol: p.as_str(),
+            feature: p.feature(),
+            origin,
+        })
+    }
+}
+
+pub(crate) fn resolve(env: &Env, x: &Explicit) -> Result<Resolved, OtlpError> {
+    let protocol = match x.protocol {
+        Some(p) => enabled(p, Origin::Builder("protocol"))?,
+        None => match protocol_from_env(env, ENV_PROTOCOL)? {
+            Some(p) => p,
+            None => enabled(Protocol::default_for_build(), Origin::Builder("protocol"))?,
+        },
     };
-    let endpoint = validate_endpoint(endpoint, origin)?;
+
+    // The endpoint set for both signals, if any (else each signal's
+    // protocol's default).
+    let base = match (&x.endpoint, env.get(ENV_ENDPOINT)) {
+        (Some(e), _) => Some(validate_endpoint(e, Origin::Builder("endpoint"))?),
+        (None, Some(e)) => Some(validate_endpoint(e, Origin::Env(ENV_ENDPOINT))?),
+        (None, None) => None,
+    };
+    let endpoint = base
+        .clone()
+        .unwrap_or_else(|| protocol.default_endpoint().to_string());
     let target = |signal: Signal| -> Result<Target, OtlpError> {
         let [endpoint_var, headers_var, timeout_var] = signal.vars();
+        // The builder's protocol is for both signals; a signal's own
+        // variable wins over the general one.
+        let protocol = match x.protocol {
+            Some(_) => protocol,
+            None => protocol_from_env(env, signal.protocol_var())?.unwrap_or(protocol),
+        };
         // The builder's endpoint is a base for both signals; a signal's
         // own variable is its URL as is, and wins over the general one.
         let url = match (&x.endpoint, env.get(endpoint_var)) {
             (None, Some(url)) => validate_endpoint(url, Origin::Env(endpoint_var))?,
-            _ if protocol == Protocol::Grpc => endpoint.clone(),
-            _ => format!("{endpoint}{}", signal.path()),
+            _ => {
+                let base = base.as_deref().unwrap_or(protocol.default_endpoint());
+                match protocol {
+                    Protocol::Grpc => base.to_string(),
+                    Protocol::HttpProtobuf => format!("{base}{}", signal.path()),
+                }
+            }
         };
         let mut headers: Vec<Header> = Vec::new();
         let builder_headers = x
@@ -415,6 +469,7 @@ pub(crate) fn resolve(env: &Env, x: &Explicit) -> Result<Resolved, OtlpError> {
             (None, None) => DEFAULT_EXPORT_TIMEOUT,
         };
         Ok(Target {
+            protocol,
             url,
             headers,
             timeout,
@@ -425,16 +480,23 @@ pub(crate) fn resolve(env: &Env, x: &Explicit) -> Result<Resolved, OtlpError> {
     let mut resource = vec![KeyValue::new("service.name", "unknown_service")];
     if let Some(s) = env.get(ENV_RESOURCE_ATTRIBUTES) {
         let origin = Origin::Env(ENV_RESOURCE_ATTRIBUTES);
-        for (k, v, _) in parse_pairs(s, origin, resource_error)? {
-            resource.push(KeyValue::new(k, v));
+        for (i, (k, v, _)) in parse_pairs(s, origin, resource_error)?
+            .into_iter()
+            .enumerate()
+        {
+            resource.push(resource_attribute(KeyValue::new(k, v), i, origin)?);
         }
     }
     if let Some(name) = env.get(ENV_SERVICE_NAME) {
         resource.push(KeyValue::new("service.name", name.trim().to_string()));
     }
-    resource.extend(x.resource.iter().cloned());
+    for (i, kv) in x.resource.iter().enumerate() {
+        let origin = Origin::Builder("resource_attribute");
+        resource.push(resource_attribute(kv.clone(), i, origin)?);
+    }
     if let Some(name) = &x.service_name {
-        resource.push(KeyValue::new("service.name", name.clone()));
+        let kv = KeyValue::new("service.name", name.clone());
+        resource.push(resource_attribute(kv, 0, Origin::Builder("service_name"))?);
     }
 
     let what = "metric export interval";
@@ -478,6 +540,29 @@ pub(crate) fn resolve(env: &Env, x: &Explicit) -> Result<Resolved, OtlpError> {
         metric_export_interval,
         server_trace_ratio,
     })
+}
+
+/// `kv`, the `i`-th resource attribute `origin` gives, if OTLP can carry
+/// it: its key is not empty (attributes have one), and a `service.name`
+/// names something (an empty `OTEL_SERVICE_NAME` counts as unset; an empty
+/// name given would be sent as the service's).
+fn resource_attribute(kv: KeyValue, i: usize, origin: Origin) -> Result<KeyValue, OtlpError> {
+    let key = kv.key.as_str();
+    if key.trim().is_empty() {
+        return Err(resource_error(
+            format!("#{}", i + 1),
+            "the key is empty",
+            origin,
+        ));
+    }
+    if key == "service.name" && kv.value.as_str().trim().is_empty() {
+        return Err(resource_error(
+            format!("{key:?}"),
+            "the service name is empty (give the service's name, or leave it unset)",
+            origin,
+        ));
+    }
+    Ok(kv)
 }
 
 /// `r` if it is a fraction in `0..=1`.
@@ -892,6 +977,28 @@ mod tests {
                 Explicit::default(),
                 "malformed resource attribute #1 (from OTEL_RESOURCE_ATTRIBUTES): it has no '='",
             ),
+            // the builder's resource settings, as strictly as the variables'
+            (
+                env(&[]),
+                Explicit {
+                    resource: vec![KeyValue::new("team", "a"), KeyValue::new(" ", "b")],
+                    ..Explicit::default()
+                },
+                "malformed resource attribute #2 (from OtlpExporterBuilder::resource_attribute): the key is empty",
+            ),
+            (
+                env(&[]),
+                Explicit {
+                    service_name: Some("  ".into()),
+                    ..Explicit::default()
+                },
+                "malformed resource attribute \"service.name\" (from OtlpExporterBuilder::service_name): the service name is empty",
+            ),
+            (
+                env(&[(ENV_RESOURCE_ATTRIBUTES, "team=a,service.name=")]),
+                Explicit::default(),
+                "malformed resource attribute \"service.name\" (from OTEL_RESOURCE_ATTRIBUTES): the service name is empty",
+            ),
         ];
         for (e, x, want) in cases {
             let got = resolve(&e, &x).expect_err(want).to_string();
@@ -952,6 +1059,56 @@ mod tests {
             let got = resolve(&env(&[(var, value)]), &Explicit::default()).unwrap_err();
             assert!(got.to_string().contains(want), "want {want:?}\n got {got}");
         }
+    }
+
+    /// A signal's own protocol variable chooses that signal's transport
+    /// (and so its default endpoint and its path), winning over the
+    /// general variable; the builder's protocol wins over both; an unknown
+    /// value is refused, naming the variable.
+    #[cfg(all(feature = "otlp-grpc", feature = "otlp-http"))]
+    #[test]
+    fn a_signal_protocol_variable_wins_over_the_general_one() {
+        let e = env(&[
+            (ENV_PROTOCOL, "grpc"),
+            (ENV_TRACES_PROTOCOL, "http/protobuf"),
+        ]);
+        let r = resolve(&e, &Explicit::default()).unwrap();
+        assert_eq!(r.protocol, Protocol::Grpc);
+        assert_eq!(
+            (r.traces.protocol, r.traces.url.as_str()),
+            (Protocol::HttpProtobuf, "http://localhost:4318/v1/traces")
+        );
+        assert_eq!(
+            (r.metrics.protocol, r.metrics.url.as_str()),
+            (Protocol::Grpc, "http://localhost:4317")
+        );
+        // a general endpoint is each signal's base, with its own path
+        let e = env(&[
+            (ENV_ENDPOINT, "http://127.0.0.1:4318"),
+            (ENV_METRICS_PROTOCOL, "http/protobuf"),
+        ]);
+        let r = resolve(&e, &Explicit::default()).unwrap();
+        assert_eq!(r.traces.protocol, Protocol::default_for_build());
+        assert_eq!(r.metrics.url, "http://127.0.0.1:4318/v1/metrics");
+        // the builder's protocol is both signals'
+        let x = Explicit {
+            protocol: Some(Protocol::Grpc),
+            ..Explicit::default()
+        };
+        let r = resolve(&env(&[(ENV_TRACES_PROTOCOL, "http/protobuf")]), &x).unwrap();
+        assert_eq!(r.traces.protocol, Protocol::Grpc);
+        let got = resolve(
+            &env(&[(ENV_METRICS_PROTOCOL, "http/json")]),
+            &Explicit::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            got.contains(
+                "unknown OTLP protocol \"http/json\" (from OTEL_EXPORTER_OTLP_METRICS_PROTOCOL)"
+            ),
+            "{got}"
+        );
     }
 
     #[test]

@@ -113,9 +113,10 @@ pub enum OtlpError {
         /// Where it came from.
         origin: Origin,
     },
-    /// A resource attribute that is not a `key=value` pair.
+    /// A resource attribute that is not a `key=value` pair, has an empty
+    /// key, or an empty `service.name`.
     #[error(
-        "malformed resource attribute {which} (from {origin}): {reason}; resource attributes are key=value pairs separated by commas, e.g. service.namespace=shop,deployment.environment.name=prod"
+        "malformed resource attribute {which} (from {origin}): {reason}; resource attributes are key=value pairs with a key (in OTEL_RESOURCE_ATTRIBUTES separated by commas, e.g. service.namespace=shop,deployment.environment.name=prod)"
     )]
     InvalidResourceAttribute {
         /// The attribute's key when it could be read, else its position.
@@ -173,6 +174,16 @@ pub enum ExportCause {
     HttpStatus(u16),
     /// The collector answered with this gRPC status code (e.g. `Unauthenticated`).
     GrpcStatus(String),
+    /// The collector took the export but rejected this many of its spans
+    /// or points (an OTLP partial success, e.g. over a limit of its own),
+    /// saying why in `message`. Seen over HTTP/protobuf only: the gRPC
+    /// exporter keeps the collector's answer to itself, and only logs it.
+    Rejected {
+        /// The spans or points rejected.
+        items: u64,
+        /// The collector's reason (may be empty).
+        message: String,
+    },
     /// Anything else, in the exporter's words.
     Other(String),
 }
@@ -188,6 +199,12 @@ impl fmt::Display for ExportCause {
             }
             ExportCause::HttpStatus(code) => write!(f, "the collector answered HTTP {code}"),
             ExportCause::GrpcStatus(code) => write!(f, "the collector answered gRPC status {code}"),
+            ExportCause::Rejected { items, message } if message.is_empty() => {
+                write!(f, "the collector rejected {items} of them")
+            }
+            ExportCause::Rejected { items, message } => {
+                write!(f, "the collector rejected {items} of them: {message}")
+            }
             ExportCause::Other(msg) => f.write_str(msg),
         }
     }
@@ -245,6 +262,9 @@ impl fmt::Display for ExportFailure {
             ExportCause::HttpStatus(404) => f.write_str(
                 "no OTLP receiver at that path: HTTP/protobuf posts to <endpoint>/v1/traces and /v1/metrics, a signal's own endpoint variable is used as is",
             ),
+            ExportCause::Rejected { .. } => f.write_str(
+                "it took the rest: the collector's message and logs say why (often a limit of its own on size or attributes)",
+            ),
             ExportCause::GrpcStatus(code) if code == "Unimplemented" => f.write_str(
                 "the endpoint does not serve OTLP over gRPC: is it an HTTP/protobuf port (4318)? then choose Protocol::HttpProtobuf",
             ),
@@ -270,13 +290,15 @@ impl ExportFailure {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Lost {
-    /// Spans in exports that failed, and spans the batch span processor
-    /// dropped because its queue was full (`OTEL_BSP_MAX_QUEUE_SIZE`,
+    /// Spans in exports that failed, spans the collector rejected
+    /// ([`ExportCause::Rejected`]; HTTP/protobuf only), and spans the batch
+    /// span processor dropped because its queue was full (`OTEL_BSP_MAX_QUEUE_SIZE`,
     /// 2048 by default). The drops are known exactly once the exporter is
     /// shut down; before, as of the last flush whose export succeeded
     /// (exactly, unless spans ended during that flush).
     pub spans: u64,
-    /// Metric data points in exports that failed. A point is one series
+    /// Metric data points in exports that failed, and those the collector
+    /// rejected ([`ExportCause::Rejected`]; HTTP/protobuf only). A point is one series
     /// (instrument and attribute set) of one export: with the default
     /// cumulative temporality a later export that succeeds carries the
     /// series' totals again.

@@ -7,24 +7,28 @@ use std::sync::Arc;
 use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig, WithTonicConfig};
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 
-use super::config::{Header, Resolved};
+use super::config::{Header, Target};
 use super::error::OtlpError;
 
 type Metadata = Arc<Vec<(AsciiMetadataKey, AsciiMetadataValue)>>;
 
-pub(super) fn exporters(cfg: &Resolved) -> Result<super::Exporters, OtlpError> {
-    let (m, t) = (&cfg.metrics, &cfg.traces);
-    let metrics = MetricExporter::builder()
+/// The metric exporter sending to `t` over gRPC.
+pub(super) fn metric_exporter(t: &Target) -> Result<MetricExporter, OtlpError> {
+    MetricExporter::builder()
         .with_tonic()
-        .with_endpoint(m.url.clone())
-        .with_timeout(m.timeout)
-        .with_interceptor(interceptor(&m.headers)?)
+        .with_endpoint(t.url.clone())
+        .with_timeout(t.timeout)
+        .with_interceptor(interceptor(&t.headers)?)
         .build()
         .map_err(|source| OtlpError::Exporter {
             signal: "metrics",
             source,
-        })?;
-    let spans = SpanExporter::builder()
+        })
+}
+
+/// The span exporter sending to `t` over gRPC.
+pub(super) fn span_exporter(t: &Target) -> Result<SpanExporter, OtlpError> {
+    SpanExporter::builder()
         .with_tonic()
         .with_endpoint(t.url.clone())
         .with_timeout(t.timeout)
@@ -33,8 +37,7 @@ pub(super) fn exporters(cfg: &Resolved) -> Result<super::Exporters, OtlpError> {
         .map_err(|source| OtlpError::Exporter {
             signal: "traces",
             source,
-        })?;
-    Ok((metrics, spans))
+        })
 }
 
 fn interceptor(

@@ -18,7 +18,7 @@ use opentelemetry_otlp::{
 };
 use tokio::runtime::Handle;
 
-use super::config::{Header, Resolved, Target};
+use super::config::{Header, Target};
 use super::error::{ExportCause, OtlpError};
 use super::watch::{Watch, cause_of_http_error};
 
@@ -64,7 +64,10 @@ impl HttpClient for OnRuntime {
         Box::pin(async move {
             let result = task.await.map_err(|e| Box::new(e) as HttpError)?;
             watch.saw(match &result {
-                Ok(response) if response.status().is_success() => None,
+                Ok(response) if response.status().is_success() => {
+                    watch.saw_answer(response.body());
+                    None
+                }
                 Ok(response) => Some(ExportCause::HttpStatus(response.status().as_u16())),
                 Err(e) => Some(cause_of_http_error(e.as_ref(), timeout)),
             });
@@ -73,40 +76,51 @@ impl HttpClient for OnRuntime {
     }
 }
 
-pub(super) fn exporters(
-    cfg: &Resolved,
-    runtime: &Handle,
-    watches: &super::Watches,
-) -> Result<super::Exporters, OtlpError> {
-    let client = |t: &Target, watch: &Arc<Watch>| OnRuntime {
+/// The client of `t`'s exports: on `runtime`, telling `watch`.
+fn client(t: &Target, runtime: &Handle, watch: &Arc<Watch>) -> OnRuntime {
+    OnRuntime {
         client: HyperClient::with_default_connector(t.timeout, None),
         runtime: runtime.clone(),
         headers: Arc::new(t.headers.clone()),
         watch: watch.clone(),
         timeout: t.timeout,
-    };
-    let (m, t) = (&cfg.metrics, &cfg.traces);
-    let metrics = MetricExporter::builder()
-        .with_http()
-        .with_protocol(Protocol::HttpBinary)
-        .with_endpoint(m.url.clone())
-        .with_timeout(m.timeout)
-        .with_http_client(client(m, &watches.metrics))
-        .build()
-        .map_err(|source| OtlpError::Exporter {
-            signal: "metrics",
-            source,
-        })?;
-    let spans = SpanExporter::builder()
+    }
+}
+
+/// The metric exporter sending to `t` over HTTP/protobuf.
+pub(super) fn metric_exporter(
+    t: &Target,
+    runtime: &Handle,
+    watch: &Arc<Watch>,
+) -> Result<MetricExporter, OtlpError> {
+    MetricExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
         .with_endpoint(t.url.clone())
         .with_timeout(t.timeout)
-        .with_http_client(client(t, &watches.traces))
+        .with_http_client(client(t, runtime, watch))
+        .build()
+        .map_err(|source| OtlpError::Exporter {
+            signal: "metrics",
+            source,
+        })
+}
+
+/// The span exporter sending to `t` over HTTP/protobuf.
+pub(super) fn span_exporter(
+    t: &Target,
+    runtime: &Handle,
+    watch: &Arc<Watch>,
+) -> Result<SpanExporter, OtlpError> {
+    SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(t.url.clone())
+        .with_timeout(t.timeout)
+        .with_http_client(client(t, runtime, watch))
         .build()
         .map_err(|source| OtlpError::Exporter {
             signal: "traces",
             source,
-        })?;
-    Ok((metrics, spans))
+        })
 }

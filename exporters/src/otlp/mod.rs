@@ -35,7 +35,7 @@
 //!
 //! | builder | variable | default |
 //! |---|---|---|
-//! | [`protocol`](OtlpExporterBuilder::protocol) | `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, `http/protobuf`) | `grpc` when the `otlp-grpc` feature is on, else `http/protobuf` |
+//! | [`protocol`](OtlpExporterBuilder::protocol) | `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, `http/protobuf`; per signal below) | `grpc` when the `otlp-grpc` feature is on, else `http/protobuf` |
 //! | [`endpoint`](OtlpExporterBuilder::endpoint) | `OTEL_EXPORTER_OTLP_ENDPOINT` | `http://localhost:4317` (gRPC), `http://localhost:4318` (HTTP) |
 //! | [`header`](OtlpExporterBuilder::header) | `OTEL_EXPORTER_OTLP_HEADERS` (`k=v,k2=v2`, percent-encoded) | none; builder headers replace same-named ones |
 //! | [`export_timeout`](OtlpExporterBuilder::export_timeout) | `OTEL_EXPORTER_OTLP_TIMEOUT` (ms) | 10 s |
@@ -47,8 +47,11 @@
 //! The endpoint is a base URL: gRPC sends to it as is, HTTP/protobuf posts
 //! to `<endpoint>/v1/metrics` and `<endpoint>/v1/traces`.
 //!
-//! Endpoint, headers and timeout can also be set per signal, as in
-//! `opentelemetry-otlp`: [`ENV_TRACES_ENDPOINT`], [`ENV_METRICS_ENDPOINT`]
+//! Protocol, endpoint, headers and timeout can also be set per signal, as in
+//! `opentelemetry-otlp`: [`ENV_TRACES_PROTOCOL`], [`ENV_METRICS_PROTOCOL`]
+//! (spans over HTTP/protobuf and metrics over gRPC, say; without an
+//! endpoint each goes to its protocol's default port),
+//! [`ENV_TRACES_ENDPOINT`], [`ENV_METRICS_ENDPOINT`]
 //! (URLs used as is, no path appended), [`ENV_TRACES_HEADERS`],
 //! [`ENV_METRICS_HEADERS`] (instead of `OTEL_EXPORTER_OTLP_HEADERS`),
 //! [`ENV_TRACES_TIMEOUT`], [`ENV_METRICS_TIMEOUT`]. A signal's variable wins
@@ -94,8 +97,11 @@
 //! there: start the collector, or correct the endpoint (set by ...)`.
 //!
 //! What could not be exported is counted: spans and metric points in
-//! exports that failed, and spans the SDK's batch span processor dropped
-//! because its queue was full (the SDK only logs those).
+//! exports that failed, those the collector took an export without
+//! (an OTLP partial success, [`ExportCause::Rejected`]; seen over
+//! HTTP/protobuf only, the gRPC exporter keeping the answer to itself),
+//! and spans the SDK's batch span processor dropped because its queue was
+//! full (the SDK only logs those two).
 //! [`OtlpExporter::lost`] returns the counts, every [`FlushError`] carries
 //! them, and [`OtlpExporter::shutdown`] fails whenever anything was lost,
 //! e.g. `OTLP export failed, 7 spans and 3 metric points lost so far: ...`.
@@ -136,9 +142,10 @@ use crate::otel::OtelCollector;
 
 pub use self::config::{
     DEFAULT_EXPORT_TIMEOUT, DEFAULT_METRIC_EXPORT_INTERVAL, ENV_ENDPOINT, ENV_HEADERS,
-    ENV_METRIC_EXPORT_INTERVAL, ENV_METRICS_ENDPOINT, ENV_METRICS_HEADERS, ENV_METRICS_TIMEOUT,
-    ENV_PROTOCOL, ENV_RESOURCE_ATTRIBUTES, ENV_SERVER_TRACE_RATIO, ENV_SERVICE_NAME, ENV_TIMEOUT,
-    ENV_TRACES_ENDPOINT, ENV_TRACES_HEADERS, ENV_TRACES_TIMEOUT, Protocol, Signal,
+    ENV_METRIC_EXPORT_INTERVAL, ENV_METRICS_ENDPOINT, ENV_METRICS_HEADERS, ENV_METRICS_PROTOCOL,
+    ENV_METRICS_TIMEOUT, ENV_PROTOCOL, ENV_RESOURCE_ATTRIBUTES, ENV_SERVER_TRACE_RATIO,
+    ENV_SERVICE_NAME, ENV_TIMEOUT, ENV_TRACES_ENDPOINT, ENV_TRACES_HEADERS, ENV_TRACES_PROTOCOL,
+    ENV_TRACES_TIMEOUT, Protocol, Signal,
 };
 use self::config::{Env, Explicit, Resolved};
 pub use self::error::{ExportCause, ExportFailure, FlushError, Lost, Origin, OtlpError};
@@ -236,7 +243,9 @@ impl OtlpExporterBuilder {
         }
     }
 
-    /// The transport (else `OTEL_EXPORTER_OTLP_PROTOCOL`, else gRPC when built in).
+    /// The transport of both signals (else each signal's own variable,
+    /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or `..._METRICS_PROTOCOL`, else
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`, else gRPC when built in).
     pub fn protocol(mut self, protocol: Protocol) -> Self {
         self.explicit.protocol = Some(protocol);
         self
@@ -260,13 +269,17 @@ impl OtlpExporterBuilder {
 
     /// The `service.name` resource attribute (else `OTEL_SERVICE_NAME`,
     /// else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, else `unknown_service`).
+    /// An empty (or blank) name is refused by [`install`](Self::install)
+    /// ([`OtlpError::InvalidResourceAttribute`]).
     pub fn service_name(mut self, name: impl Into<String>) -> Self {
         self.explicit.service_name = Some(name.into());
         self
     }
 
     /// A resource attribute, added to those of `OTEL_RESOURCE_ATTRIBUTES`
-    /// (replacing one with the same key).
+    /// (replacing one with the same key). An empty key, or an empty
+    /// `service.name`, is refused by [`install`](Self::install)
+    /// ([`OtlpError::InvalidResourceAttribute`]), as in the variable.
     pub fn resource_attribute(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
         self.explicit
             .resource
@@ -447,7 +460,7 @@ impl Watches {
     fn new(cfg: &Resolved) -> Watches {
         let watch = |signal| {
             let t = cfg.target(signal);
-            Arc::new(Watch::new(signal, cfg.protocol, t.url.clone(), t.timeout))
+            Arc::new(Watch::new(signal, t.protocol, t.url.clone(), t.timeout))
         };
         Watches {
             traces: watch(Signal::Traces),
@@ -539,25 +552,37 @@ impl Watches {
     }
 }
 
+/// Each signal's exporter, over its own protocol.
 #[allow(unused_variables)]
 fn exporters(
     cfg: &Resolved,
     runtime: &tokio::runtime::Handle,
     watches: &Watches,
 ) -> Result<Exporters, OtlpError> {
-    match cfg.protocol {
+    // (never called: `resolve` refuses a protocol that is not built in)
+    let not_enabled = |p: Protocol| OtlpError::ProtocolNotEnabled {
+        protocol: p.as_str(),
+        feature: p.feature(),
+        origin: Origin::Builder("protocol"),
+    };
+    let (m, t) = (&cfg.metrics, &cfg.traces);
+    #[allow(unreachable_patterns)]
+    let metrics = match m.protocol {
         #[cfg(feature = "otlp-grpc")]
-        Protocol::Grpc => grpc::exporters(cfg),
+        Protocol::Grpc => grpc::metric_exporter(m)?,
         #[cfg(feature = "otlp-http")]
-        Protocol::HttpProtobuf => http_client::exporters(cfg, runtime, watches),
-        // `resolve` refuses a protocol that is not built in.
-        #[allow(unreachable_patterns)]
-        p => Err(OtlpError::ProtocolNotEnabled {
-            protocol: p.as_str(),
-            feature: p.feature(),
-            origin: Origin::Builder("protocol"),
-        }),
-    }
+        Protocol::HttpProtobuf => http_client::metric_exporter(m, runtime, &watches.metrics)?,
+        p => return Err(not_enabled(p)),
+    };
+    #[allow(unreachable_patterns)]
+    let spans = match t.protocol {
+        #[cfg(feature = "otlp-grpc")]
+        Protocol::Grpc => grpc::span_exporter(t)?,
+        #[cfg(feature = "otlp-http")]
+        Protocol::HttpProtobuf => http_client::span_exporter(t, runtime, &watches.traces)?,
+        p => return Err(not_enabled(p)),
+    };
+    Ok((metrics, spans))
 }
 
 /// The installed exporter: owns the meter and tracer providers; hands out
@@ -601,7 +626,11 @@ impl OtlpExporter {
         OtlpExporterBuilder::from_env()
     }
 
-    /// The protocol in use.
+    /// The protocol in use: the builder's, else `OTEL_EXPORTER_OTLP_PROTOCOL`,
+    /// else the default. A signal's own variable ([`ENV_TRACES_PROTOCOL`],
+    /// [`ENV_METRICS_PROTOCOL`]) may choose another for that signal, unless
+    /// the builder set one; an export's [`ExportFailure::protocol`] says
+    /// which it used.
     pub fn protocol(&self) -> Protocol {
         self.cfg.protocol
     }
@@ -754,7 +783,8 @@ impl OtlpExporter {
     }
 
     /// What could not be exported so far: spans and metric points in
-    /// exports that failed, and spans the batch span processor dropped
+    /// exports that failed or that the collector rejected (HTTP/protobuf:
+    /// [`ExportCause::Rejected`]), and spans the batch span processor dropped
     /// because its queue was full (which the SDK only logs). The drops are
     /// counted exactly after [`shutdown`](Self::shutdown); before, as of
     /// the last [`flush`](Self::flush) whose

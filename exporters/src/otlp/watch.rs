@@ -102,6 +102,24 @@ impl Watch {
         *lock(&self.seen) = cause;
     }
 
+    /// Called by the transport with the body of a successful export's
+    /// answer: an OTLP partial success that rejected items (the collector
+    /// took the export but not all of it, e.g. over a limit of its own) is
+    /// a failed export of those items, which the SDK would only log.
+    #[cfg(feature = "otlp-http")]
+    pub(crate) fn saw_answer(&self, body: &[u8]) {
+        if let Some((items, message)) = rejected_items(self.signal, body) {
+            self.failed(items, ExportCause::Rejected { items, message });
+        }
+    }
+
+    /// Records a failed export of `items` spans or points.
+    fn failed(&self, items: u64, cause: ExportCause) {
+        *lock(&self.last_failure) = Some(self.failure(cause));
+        self.failed_items.fetch_add(items, Ordering::AcqRel);
+        self.failures.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Runs one export of `items` spans or points and records its
     /// failure, if it fails.
     pub(crate) async fn export<F>(&self, items: u64, export: F) -> OTelSdkResult
@@ -116,12 +134,36 @@ impl Watch {
             let seen = lock(&self.seen).take();
             let cause =
                 seen.unwrap_or_else(|| cause_of_sdk_error(e, start.elapsed(), self.timeout));
-            *lock(&self.last_failure) = Some(self.failure(cause));
-            self.failed_items.fetch_add(items, Ordering::AcqRel);
-            self.failures.fetch_add(1, Ordering::AcqRel);
+            self.failed(items, cause);
         }
         result
     }
+}
+
+/// The items an export's answer (an `Export*ServiceResponse` of `signal`)
+/// says the collector rejected, with its reason, if it rejected any.
+#[cfg(feature = "otlp-http")]
+fn rejected_items(signal: Signal, body: &[u8]) -> Option<(u64, String)> {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    use prost::Message as _;
+    let (rejected, message) = match signal {
+        Signal::Traces => {
+            let p = ExportTraceServiceResponse::decode(body)
+                .ok()?
+                .partial_success?;
+            (p.rejected_spans, p.error_message)
+        }
+        Signal::Metrics => {
+            let p = ExportMetricsServiceResponse::decode(body)
+                .ok()?
+                .partial_success?;
+            (p.rejected_data_points, p.error_message)
+        }
+    };
+    // (none rejected, with a message: a warning, nothing lost)
+    let rejected = u64::try_from(rejected).ok().filter(|n| *n > 0)?;
+    Some((rejected, message))
 }
 
 /// An SDK exporter whose failed exports are recorded in a [`Watch`].
@@ -370,6 +412,49 @@ mod tests {
         assert_eq!(
             cause_of_sdk_error(&OTelSdkError::Timeout(t), short, t),
             ExportCause::TimedOut(t)
+        );
+    }
+
+    /// A partial success that rejected items is a loss of those items; one
+    /// that rejected none (a warning), an empty answer or one that does
+    /// not decode is not.
+    #[cfg(feature = "otlp-http")]
+    #[test]
+    fn rejected_items_of_an_answer() {
+        use opentelemetry_proto::tonic::collector::metrics::v1::{
+            ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
+        };
+        use opentelemetry_proto::tonic::collector::trace::v1::{
+            ExportTracePartialSuccess, ExportTraceServiceResponse,
+        };
+        use prost::Message as _;
+        let spans = |rejected_spans, error_message: &str| {
+            ExportTraceServiceResponse {
+                partial_success: Some(ExportTracePartialSuccess {
+                    rejected_spans,
+                    error_message: error_message.into(),
+                }),
+            }
+            .encode_to_vec()
+        };
+        assert_eq!(
+            rejected_items(Signal::Traces, &spans(3, "too big")),
+            Some((3, "too big".into()))
+        );
+        assert_eq!(rejected_items(Signal::Traces, &spans(0, "slow down")), None);
+        assert_eq!(rejected_items(Signal::Traces, &spans(-1, "")), None);
+        assert_eq!(rejected_items(Signal::Traces, &[]), None);
+        assert_eq!(rejected_items(Signal::Traces, b"not protobuf \xff"), None);
+        let points = ExportMetricsServiceResponse {
+            partial_success: Some(ExportMetricsPartialSuccess {
+                rejected_data_points: 5,
+                error_message: String::new(),
+            }),
+        }
+        .encode_to_vec();
+        assert_eq!(
+            rejected_items(Signal::Metrics, &points),
+            Some((5, String::new()))
         );
     }
 
