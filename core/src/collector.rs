@@ -70,11 +70,12 @@ pub trait Collector: Send + Sync + 'static {
     fn on_server_trace(&self, _event: &ServerTraceEvent<'_>) {}
     /// Push out anything buffered (called on shutdown).
     fn flush(&self) {}
-    /// Panics this collector caught itself, off the request path: for a
-    /// wrapper that runs another collector on a thread of its own, such
-    /// as [`Background`]. [`Collectors::failures`] and
-    /// [`Collectors::failures_of`] add them to the panics they caught.
-    /// 0 by default.
+    /// Failures this collector counted itself, off the request path: the
+    /// panics a wrapper that runs another collector on a thread of its
+    /// own caught ([`Background`], which adds its inner collector's
+    /// count), or the events an exporter could not deliver (a write that
+    /// failed). [`Collectors::failures`] and [`Collectors::failures_of`]
+    /// add them to the panics they caught. 0 by default.
     fn failures(&self) -> u64 {
         0
     }
@@ -384,6 +385,9 @@ pub struct Background {
     /// Panics caught on the worker (shared with it: std's atomic, as the
     /// worker is a thread of its own).
     failures: Arc<std::sync::atomic::AtomicU64>,
+    /// The inner collector, for its own count of failures (see
+    /// [`Collector::failures`]); only the worker calls its handlers.
+    inner: Arc<dyn Collector>,
     flush_timeout: Duration,
     name: String,
 }
@@ -405,6 +409,7 @@ impl Background {
         let name = format!("background({})", inner.name());
         let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let caught = failures.clone();
+        let kept = inner.clone();
         let count = move |r: std::thread::Result<()>| {
             if r.is_err() {
                 caught.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -432,6 +437,7 @@ impl Background {
             tx,
             dropped: AtomicU64::new(0),
             failures,
+            inner: kept,
             flush_timeout: Duration::from_secs(5),
             name,
         }
@@ -452,10 +458,11 @@ impl Background {
     }
 
     /// Panics of the inner collector caught on the worker thread (its
-    /// event handlers' and its flush's); [`Collectors::failures`] counts
-    /// them too.
+    /// event handlers' and its flush's), and the failures the inner
+    /// collector counted itself (its [`Collector::failures`]: lines a
+    /// writer refused, say); [`Collectors::failures`] counts them too.
     pub fn failures(&self) -> u64 {
-        self.failures.load(std::sync::atomic::Ordering::Relaxed)
+        self.failures.load(std::sync::atomic::Ordering::Relaxed) + self.inner.failures()
     }
 
     fn send(&self, event: Event<'_>) {
@@ -529,7 +536,8 @@ impl Collector for Background {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let _ = ack_rx.recv_timeout(left);
     }
-    /// Panics of the inner collector caught on the worker thread.
+    /// Panics of the inner collector caught on the worker thread, and
+    /// its own count.
     fn failures(&self) -> u64 {
         Background::failures(self)
     }

@@ -25,6 +25,7 @@
 
 use std::fmt::Write as _;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tower_cql_core::event::{
@@ -39,6 +40,9 @@ use tower_cql_core::{Background, Collector, RequestMeta};
 /// its own lock is then only ever taken by that queue's thread.
 pub struct JsonLines {
     out: Mutex<Box<dyn Write + Send>>,
+    /// Lines the writer refused (and flushes it failed): lost, counted as
+    /// this collector's failures (see [`Collector::failures`]).
+    lost: AtomicU64,
 }
 
 impl std::fmt::Debug for JsonLines {
@@ -60,6 +64,7 @@ impl JsonLines {
     pub fn to_writer(out: Box<dyn Write + Send>) -> Arc<Background> {
         let inner = Arc::new(JsonLines {
             out: Mutex::new(out),
+            lost: AtomicU64::new(0),
         });
         Arc::new(Background::new(inner, QUEUE))
     }
@@ -76,8 +81,12 @@ impl JsonLines {
 
     /// Writes `line` (which ends with its newline) in one write: on a
     /// shared stdout nothing lands between a line and its newline.
+    /// A line the writer refuses (a full disk, a closed pipe) is lost and
+    /// counted.
     fn write(&self, line: &str) {
-        let _ = self.out().write_all(line.as_bytes());
+        if self.out().write_all(line.as_bytes()).is_err() {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -283,7 +292,15 @@ impl Collector for JsonLines {
         self.write(&l.raw("steps", &steps).line());
     }
     fn flush(&self) {
-        let _ = self.out().flush();
+        if self.out().flush().is_err() {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    /// Lines the writer refused, and flushes that failed (what they held
+    /// is lost): the queue in front of it ([`Background`]) adds them to
+    /// the panics it caught.
+    fn failures(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
     fn name(&self) -> &str {
         "json_lines"
@@ -385,6 +402,42 @@ mod tests {
             2,
             "the two lines after the panic: {text:?}"
         );
+    }
+
+    /// A writer whose writes fail (a full disk, a closed pipe), until
+    /// told otherwise.
+    #[derive(Clone, Default)]
+    struct Broken(Arc<std::sync::atomic::AtomicBool>);
+    impl Write for Broken {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.0.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(b.len());
+            }
+            Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A line the writer refuses (a full disk, a closed pipe) is lost:
+    /// counted, as a collector's failure off the request path, not
+    /// dropped without a trace.
+    #[test]
+    fn a_line_the_writer_refuses_is_counted() {
+        let out = Broken::default();
+        let c = three_requests(Box::new(out.clone()));
+        assert_eq!(c.failures(), 3, "three lines lost, none counted");
+        // the writer works again: the next lines are written, not counted
+        out.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?");
+        c.emit(Event::Request(RequestEvent::new(
+            req.meta(),
+            Duration::from_micros(5),
+            None,
+        )));
+        c.flush();
+        assert_eq!(c.failures(), 3);
     }
 
     /// A writer that keeps each write it is given apart.
