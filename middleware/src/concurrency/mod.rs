@@ -281,6 +281,8 @@ impl Admission {
                 ResponseFuture::queued(core.clone(), slot, ready, req, since, end)
             }
             Err(depth) => {
+                // what the inner service reserved for this call goes back
+                crate::refusal::release(inner);
                 core.emit(&req, Duration::ZERO, true, depth);
                 ResponseFuture::refused(CqlError::new(
                     ErrorKind::Shed,

@@ -38,6 +38,14 @@
 //! `reason: Shed, layer: "load_shed"`. An error from the inner `poll_ready`
 //! is returned as it is.
 //!
+//! A shed request gives back what the inner service reserved for it while
+//! it was not ready (under a rate limit built `for_load_shed` above a full
+//! concurrency limit, the token the rate limit took): the service drops
+//! its inner service for a clone, which holds nothing, so the inner
+//! service must be `Clone`. Otherwise a service kept between requests
+//! would hold that token while idle, and the requests of every other
+//! service would be shed for want of it.
+//!
 //! tower's `LoadShed` does the same but boxes its error (`Overloaded`, to be
 //! downcast back); this one fails with a [`CqlError`] of the core taxonomy,
 //! which retry, metrics and breakers already read.
@@ -117,7 +125,7 @@ impl<S> LoadShed<S> {
 
 impl<S, R> Service<CqlRequest> for LoadShed<S>
 where
-    S: Service<CqlRequest, Response = R, Error = CqlError>,
+    S: Service<CqlRequest, Response = R, Error = CqlError> + Clone,
 {
     type Response = R;
     type Error = CqlError;
@@ -142,6 +150,9 @@ where
         if std::mem::take(&mut self.inner_ready) {
             return ResponseFuture::called(self.inner.call(req));
         }
+        // what the inner service reserved while it was not ready (a rate
+        // limit's token, with the concurrency limit below it full) goes back
+        crate::refusal::release(&mut self.inner);
         if collectors.is_active() {
             collectors.emit(Event::Shed(ShedEvent::new(
                 req.meta(),
@@ -219,9 +230,62 @@ mod tests {
         assert_eq!(sheds.0.lock().unwrap().len(), 1);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_shed_request_gives_back_what_the_limits_below_reserved() {
+        // load shed -> rate limit (one token per 1000 s, burst 2, built for
+        // load shedding: poll_ready takes the token) -> concurrency limit
+        // (1, built for load shedding). A long-lived service shed while the
+        // slot is taken must not keep the token its rate limit took.
+        use crate::concurrency::{ConcurrencyConfig, ConcurrencyLimitLayer};
+        use crate::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimitMode};
+        use std::time::Duration;
+        let rate = RateLimitLayer::new(
+            RateLimitConfig {
+                rate_per_second: 0.001,
+                burst: 2,
+                mode: RateLimitMode::Wait {
+                    max_wait: Duration::from_secs(1),
+                },
+            },
+            Collectors::new(),
+        )
+        .for_load_shed();
+        let limit = ConcurrencyLimitLayer::new(
+            ConcurrencyConfig {
+                max_in_flight: 1,
+                max_queue: 0,
+                queue_timeout: None,
+            },
+            Collectors::new(),
+        )
+        .for_load_shed();
+        let shed = LoadShedLayer::new(Collectors::new());
+        let inner = tower::service_fn(|_: CqlRequest| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, CqlError>("served")
+        });
+        let stack = || shed.layer(rate.layer(limit.layer(inner)));
+        // the first request takes a token and the slot, for a second
+        let mut first = Box::pin(stack().oneshot(req()));
+        assert!(futures::poll!(first.as_mut()).is_pending());
+        let mut long_lived = stack();
+        let err = long_lived.ready().await.unwrap().call(req()).await;
+        assert_eq!(err.unwrap_err().kind(), ErrorKind::Shed);
+        assert_eq!(first.await.unwrap(), "served");
+        // nothing in flight, and the second token unused: the next request
+        // is served, not shed for want of the token the shed one kept
+        let out = stack().oneshot(req()).await;
+        assert_eq!(
+            out.map_err(|e| e.to_string()),
+            Ok("served"),
+            "nothing in flight and a token unused, yet refused"
+        );
+        drop(long_lived);
+    }
+
     #[tokio::test]
     async fn inner_poll_ready_errors_pass_through() {
-        #[derive(Debug)]
+        #[derive(Debug, Clone)]
         struct Broken;
         impl Service<CqlRequest> for Broken {
             type Response = ();

@@ -94,6 +94,9 @@
 //! [`for_load_shed`](RateLimitLayer::for_load_shed) (the stack builder
 //! does): then `poll_ready` takes a token and is pending until one is due,
 //! so the load shedder refuses the request instead of letting it wait.
+//! A request this limit refuses (`RateLimited`) gives back what the
+//! service below reserved for it (the slot of a concurrency limit built
+//! `for_load_shed`), as every refusal in this crate does.
 //!
 //! # Events
 //! Every request that waited or was refused emits
@@ -447,6 +450,8 @@ where
         let (until, reservation) = match shared.admit(now, wait::deadline(&req)) {
             Admit::Now => return ResponseFuture::called(self.inner.call(req)),
             Admit::Refused { next_in } => {
+                // what the inner service reserved for this call goes back
+                crate::refusal::release(&mut self.inner);
                 shared.emit(&req, Duration::ZERO, true);
                 return ResponseFuture::refused(shared.refusal(next_in));
             }
@@ -749,6 +754,52 @@ mod tests {
         tokio::time::advance(Duration::from_millis(100)).await;
         assert!(matches!(poll_ready(&mut b), Poll::Ready(Ok(()))));
         b.call(req()).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_under_load_shedding_frees_the_capacity_reserved_below() {
+        // load shed -> rate limit (Reject, 1/s, burst 1) -> concurrency
+        // limit (1, built for load shedding: poll_ready takes the slot).
+        // A long-lived service whose request the rate limit refuses must
+        // not keep that slot while it is idle.
+        use crate::concurrency::{ConcurrencyConfig, ConcurrencyLimitLayer};
+        use crate::load_shed::LoadShedLayer;
+        use tower_layer::Layer;
+        let rate = RateLimitLayer::new(
+            RateLimitConfig {
+                rate_per_second: 1.0,
+                burst: 1,
+                mode: RateLimitMode::Reject,
+            },
+            Collectors::new(),
+        )
+        .for_load_shed();
+        let limit = ConcurrencyLimitLayer::new(
+            ConcurrencyConfig {
+                max_in_flight: 1,
+                max_queue: 0,
+                queue_timeout: None,
+            },
+            Collectors::new(),
+        )
+        .for_load_shed();
+        let shed = LoadShedLayer::new(Collectors::new());
+        let stack = || shed.layer(rate.layer(limit.layer(mock())));
+        let mut long_lived = stack();
+        long_lived.ready().await.unwrap().call(req()).await.unwrap();
+        let err = long_lived.ready().await.unwrap().call(req()).await;
+        assert_eq!(err.unwrap_err().kind(), ErrorKind::RateLimited);
+        // a second later a token is due and nothing is in flight: another
+        // request is not shed for want of the slot the refused one kept
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let out = stack().oneshot(req()).await;
+        assert!(
+            out.is_ok(),
+            "nothing in flight and a token due, yet refused: {:?}",
+            out.err().map(|e| e.to_string())
+        );
+        assert_eq!(limit.in_flight(), 0, "nothing in flight");
+        drop(long_lived);
     }
 
     #[tokio::test(start_paused = true)]
