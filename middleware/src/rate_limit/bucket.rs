@@ -37,8 +37,8 @@ pub(crate) enum Take {
 impl Bucket {
     pub(crate) fn new(config: &RateLimitConfig) -> Bucket {
         let interval = (1e9 / config.rate_per_second).round().max(1.0);
-        // `as` saturates: a rate so small that one interval overflows u64
-        // means one token, ever.
+        // (`validate` keeps the interval, and the tolerance below, far
+        // inside u64: a saturated tolerance let every request through)
         let interval = interval as u64;
         Bucket {
             tat: AtomicU64::new(0),

@@ -150,10 +150,12 @@ pub enum RateLimitMode {
 /// Configures a [`RateLimitLayer`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimitConfig {
-    /// Tokens added per second (finite, in `(0, 1e9]`). Default 1000.
+    /// Tokens added per second (finite, in `(0, 1e9]`, at least one per
+    /// 100 years). Default 1000.
     pub rate_per_second: f64,
-    /// Tokens that may be taken at once: the bucket's size (at least 1).
-    /// Default 100.
+    /// Tokens that may be taken at once: the bucket's size (at least 1;
+    /// `burst / rate_per_second`, the time an empty bucket takes to fill,
+    /// at most 100 years). Default 100.
     pub burst: u32,
     /// What to do when the bucket is empty. Default: wait up to 500 ms.
     pub mode: RateLimitMode,
@@ -195,6 +197,33 @@ impl RateLimitConfig {
             return Err(ConfigError::new(
                 "rate_limit.burst",
                 "must be at least 1 (the bucket's size), got 0",
+            ));
+        }
+        // The bucket keeps its depth (the time an empty one takes to
+        // fill, burst / rate) in nanoseconds of a u64: past 584 years it
+        // overflowed and let every request through. Like every duration
+        // a configuration gives, it is held to a hundred years.
+        let longest = crate::config::LONGEST.as_secs_f64();
+        const YEAR: f64 = 365.0 * 24.0 * 60.0 * 60.0;
+        let interval = 1.0 / rate;
+        if interval > longest {
+            return Err(ConfigError::new(
+                "rate_limit.rate_per_second",
+                format!(
+                    "must be at least one token per 100 years, got one per {:.0} years; for no limit, leave the rate limit off",
+                    interval / YEAR
+                ),
+            ));
+        }
+        let fill = f64::from(self.burst) * interval;
+        if fill > longest {
+            return Err(ConfigError::new(
+                "rate_limit.burst",
+                format!(
+                    "takes burst / rate_per_second = {:.0} years to refill, more than 100 years: lower burst or raise rate_per_second (for no limit, leave the rate limit off); got {}",
+                    fill / YEAR,
+                    self.burst
+                ),
             ));
         }
         Ok(())
@@ -831,6 +860,50 @@ mod tests {
         }
         // Each of the 4 tasks may overshoot the end by its one reservation.
         assert!((110..=114).contains(&total), "{total}");
+    }
+
+    #[test]
+    fn a_bucket_too_deep_for_its_clock_is_refused() {
+        // One token per 3,000 years, or a burst that takes 630 years to
+        // refill: the bucket's depth in nanoseconds does not fit its u64
+        // clock, and such a bucket let every request through. (Refused
+        // above 100 years, the bound of every configured duration.)
+        let cases = [
+            (1e-11, 1, "rate_limit.rate_per_second"),
+            (1e-6, 20_000, "rate_limit.burst"),
+            (1e-6, 4_000, "rate_limit.burst"),
+        ];
+        for (rate_per_second, burst, field) in cases {
+            let config = RateLimitConfig {
+                rate_per_second,
+                burst,
+                mode: RateLimitMode::Reject,
+            };
+            let err = config.validate().err().unwrap_or_else(|| {
+                let bucket = Bucket::new(&config);
+                let now = bucket.start;
+                let n = burst + 1000;
+                let taken = (0..n)
+                    .filter(|_| matches!(bucket.take(now, Duration::ZERO).0, Take::Taken(_)))
+                    .count();
+                panic!("{config:?} accepted: {taken} of {n} requests at once let through")
+            });
+            assert_eq!(err.field, field, "{config:?}");
+            assert!(err.message.contains("100 years"), "{err}");
+        }
+        // a deep bucket accepted (95 years to refill) counts as configured
+        let config = RateLimitConfig {
+            rate_per_second: 1e-6,
+            burst: 3_000,
+            mode: RateLimitMode::Reject,
+        };
+        assert_eq!(config.validate(), Ok(()));
+        let bucket = Bucket::new(&config);
+        let now = bucket.start;
+        let taken = (0..3_001)
+            .take_while(|_| matches!(bucket.take(now, Duration::ZERO).0, Take::Taken(_)))
+            .count();
+        assert_eq!(taken, 3_000);
     }
 
     #[test]
