@@ -39,11 +39,11 @@
 //! is returned as it is.
 //!
 //! A shed request gives back what the inner service reserved for it while
-//! it was not ready (under a rate limit built `for_load_shed` above a full
-//! concurrency limit, the token the rate limit took): the service drops
-//! its inner service for a clone, which holds nothing, so the inner
+//! it was not ready (under a rate limit built `for_load_shed` with no
+//! token due, the slot the concurrency limit below it took): the service
+//! drops its inner service for a clone, which holds nothing, so the inner
 //! service must be `Clone`. Otherwise a service kept between requests
-//! would hold that token while idle, and the requests of every other
+//! would hold that slot while idle, and the requests of every other
 //! service would be shed for want of it.
 //!
 //! tower's `LoadShed` does the same but boxes its error (`Overloaded`, to be
@@ -150,8 +150,8 @@ where
         if std::mem::take(&mut self.inner_ready) {
             return ResponseFuture::called(self.inner.call(req));
         }
-        // what the inner service reserved while it was not ready (a rate
-        // limit's token, with the concurrency limit below it full) goes back
+        // what the inner service reserved while it was not ready (the slot
+        // of a concurrency limit, below a rate limit with no token) goes back
         crate::refusal::release(&mut self.inner);
         if collectors.is_active() {
             collectors.emit(Event::Shed(ShedEvent::new(
@@ -232,19 +232,19 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_shed_request_gives_back_what_the_limits_below_reserved() {
-        // load shed -> rate limit (one token per 1000 s, burst 2, built for
-        // load shedding: poll_ready takes the token) -> concurrency limit
-        // (1, built for load shedding). A long-lived service shed while the
-        // slot is taken must not keep the token its rate limit took.
+        // load shed -> rate limit (one token a second, burst 1) ->
+        // concurrency limit (1), both built for load shedding: poll_ready
+        // takes the slot, then the token. A long-lived service shed for
+        // want of a token must not keep the slot taken for it.
         use crate::concurrency::{ConcurrencyConfig, ConcurrencyLimitLayer};
         use crate::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimitMode};
         use std::time::Duration;
         let rate = RateLimitLayer::new(
             RateLimitConfig {
-                rate_per_second: 0.001,
-                burst: 2,
+                rate_per_second: 1.0,
+                burst: 1,
                 mode: RateLimitMode::Wait {
-                    max_wait: Duration::from_secs(1),
+                    max_wait: Duration::from_secs(10),
                 },
             },
             Collectors::new(),
@@ -260,25 +260,22 @@ mod tests {
         )
         .for_load_shed();
         let shed = LoadShedLayer::new(Collectors::new());
-        let inner = tower::service_fn(|_: CqlRequest| async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            Ok::<_, CqlError>("served")
-        });
+        let inner = tower::service_fn(|_: CqlRequest| async { Ok::<_, CqlError>("served") });
         let stack = || shed.layer(rate.layer(limit.layer(inner)));
-        // the first request takes a token and the slot, for a second
-        let mut first = Box::pin(stack().oneshot(req()));
-        assert!(futures::poll!(first.as_mut()).is_pending());
+        // the first request spends the token
+        assert_eq!(stack().oneshot(req()).await.unwrap(), "served");
         let mut long_lived = stack();
         let err = long_lived.ready().await.unwrap().call(req()).await;
         assert_eq!(err.unwrap_err().kind(), ErrorKind::Shed);
-        assert_eq!(first.await.unwrap(), "served");
-        // nothing in flight, and the second token unused: the next request
-        // is served, not shed for want of the token the shed one kept
+        assert_eq!(limit.in_flight(), 0, "the slot went back");
+        // a second later the next token is due, and nothing is in flight:
+        // the next request is served, not shed for want of the slot
+        tokio::time::advance(Duration::from_secs(1)).await;
         let out = stack().oneshot(req()).await;
         assert_eq!(
             out.map_err(|e| e.to_string()),
             Ok("served"),
-            "nothing in flight and a token unused, yet refused"
+            "nothing in flight and a token due, yet refused"
         );
         drop(long_lived);
     }

@@ -93,7 +93,11 @@
 //! Under a load shedder, build the layer
 //! [`for_load_shed`](RateLimitLayer::for_load_shed) (the stack builder
 //! does): then `poll_ready` takes a token and is pending until one is due,
-//! so the load shedder refuses the request instead of letting it wait.
+//! so the load shedder refuses the request instead of letting it wait. It
+//! asks the service below first, and takes the token only once that is
+//! ready: a request shed because the concurrency limit below is full
+//! costs no token (a token given back after a later one was taken would
+//! be lost; the slot the limit below took always goes back).
 //! A request this limit refuses (`RateLimited`) gives back what the
 //! service below reserved for it (the slot of a concurrency limit built
 //! `for_load_shed`), as every refusal in this crate does.
@@ -459,12 +463,19 @@ where
     type Future = ResponseFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+        // Under a load shedder the service below is asked first and the
+        // token taken last: what the service below reserves (a
+        // concurrency slot) always goes back whole when the request is
+        // shed, a token only while no later one was taken (see
+        // `Bucket::refund`). So a request shed because the limit below is
+        // full costs no token.
+        ready!(self.inner.poll_ready(cx))?;
         if self.shed
             && let Some(shared) = self.shared.clone()
         {
             ready!(self.poll_token(&shared, cx));
         }
-        self.inner.poll_ready(cx)
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: CqlRequest) -> Self::Future {
@@ -829,6 +840,64 @@ mod tests {
         );
         assert_eq!(limit.in_flight(), 0, "nothing in flight");
         drop(long_lived);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_load_shedding_a_full_concurrency_limit_costs_no_token() {
+        // load shed -> rate limit (burst 3, one token per 1000 s) ->
+        // concurrency limit (1), both built for load shedding. X holds the
+        // slot; A and B are polled ready at once (two threads do that) and
+        // shed. A token given back behind a later one is lost (see
+        // `Bucket::refund`), so neither may take one for a request the
+        // concurrency limit refuses anyway.
+        use crate::concurrency::{ConcurrencyConfig, ConcurrencyLimitLayer};
+        use crate::load_shed::LoadShedLayer;
+        use tower_layer::Layer;
+        let rate = RateLimitLayer::new(
+            RateLimitConfig {
+                rate_per_second: 0.001,
+                burst: 3,
+                mode: RateLimitMode::Wait {
+                    max_wait: Duration::from_secs(1),
+                },
+            },
+            Collectors::new(),
+        )
+        .for_load_shed();
+        let limit = ConcurrencyLimitLayer::new(
+            ConcurrencyConfig {
+                max_in_flight: 1,
+                max_queue: 0,
+                queue_timeout: None,
+            },
+            Collectors::new(),
+        )
+        .for_load_shed();
+        let shed = LoadShedLayer::new(Collectors::new());
+        let inner = service_fn(|_: CqlRequest| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, CqlError>(())
+        });
+        let stack = || shed.layer(rate.layer(limit.layer(inner)));
+        let mut x = Box::pin(stack().oneshot(req()));
+        assert!(poll_fut(&mut x).is_pending(), "X holds the slot");
+        let (mut a, mut b) = (stack(), stack());
+        assert!(matches!(poll_ready(&mut a), Poll::Ready(Ok(()))));
+        assert!(matches!(poll_ready(&mut b), Poll::Ready(Ok(()))));
+        for svc in [&mut a, &mut b] {
+            let err = svc.call(req()).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Shed);
+        }
+        x.await.unwrap();
+        // X spent one token of three: two requests are served
+        for i in 0..2 {
+            let out = stack().oneshot(req()).await;
+            assert!(
+                out.is_ok(),
+                "request {i} after X: {:?} (a shed request cost a token)",
+                out.err().map(|e| e.to_string())
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
