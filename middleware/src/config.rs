@@ -13,7 +13,34 @@
 //! # let _: ConfigError = err;
 //! ```
 
+use std::time::Duration;
+
 pub use tower_cql_core::ConfigError;
+
+/// The longest duration a configuration may give a wait or a timer: a
+/// hundred years. A configured duration is added to the clock's instants
+/// when it is used, and a longer one cannot be on every platform
+/// (`Duration::MAX` cannot on any): it would panic on the request path.
+/// A setting that means "no limit" has its own value for it (`None`).
+pub(crate) const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// Refuses `d`, the value of `field`, when it is longer than [`LONGEST`];
+/// `instead` says what to use for a wait without a limit.
+pub(crate) fn not_too_long(
+    field: &'static str,
+    d: Duration,
+    instead: &str,
+) -> Result<(), ConfigError> {
+    if d > LONGEST {
+        return Err(ConfigError::new(
+            field,
+            format!(
+                "must be at most 100 years ({LONGEST:?}), too long to add to the clock's instants; {instead}; got {d:?}"
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// The configuration, or a panic with its error (the layer constructors:
 /// infallible, like tower's; the stack builder validates every

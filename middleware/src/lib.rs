@@ -19,6 +19,7 @@ pub mod load_shed;
 pub mod metrics;
 pub mod prelude;
 pub mod rate_limit;
+mod refusal;
 pub mod retry;
 pub mod server_trace;
 pub mod slow_log;

@@ -196,6 +196,7 @@ use tower_cql_core::{Collectors, CqlError, CqlRequest, CqlResponse, ErrorKind, E
 use tower_service::Service;
 
 use crate::config::ConfigError;
+use crate::refusal::release;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::CircuitBreakerLayer;
@@ -404,17 +405,6 @@ where
         }
         ResponseFuture::called(self.inner.call(req), breakers.clone(), table, hint, probes)
     }
-}
-
-/// Gives back what the inner service reserved in `poll_ready` for a
-/// request the breaker refuses: the ready service is dropped for a clone,
-/// which holds nothing (the concurrency slot or rate-limit token a limit
-/// built `for_load_shed` took goes back). Otherwise a long-lived service
-/// would keep it, and every later request would be shed with nothing in
-/// flight. The clone is polled ready before the next call, as any.
-fn release<S: Clone>(inner: &mut S) {
-    let fresh = inner.clone();
-    drop(std::mem::replace(inner, fresh));
 }
 
 /// Refuses `req` with [`ErrorKind::CircuitOpen`] (not sent), emitting the

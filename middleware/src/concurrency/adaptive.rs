@@ -124,7 +124,7 @@ pub struct AdaptiveConfig {
     /// Default 1024.
     pub max_queue: usize,
     /// The longest a request waits in the queue (`None`: no limit; not
-    /// zero). Default 1 s.
+    /// zero, at most 100 years). Default 1 s.
     pub queue_timeout: Option<Duration>,
 }
 

@@ -131,7 +131,7 @@ pub struct ConcurrencyConfig {
     /// Default 1024.
     pub max_queue: usize,
     /// The longest a request waits in the queue (`None`: no limit; not
-    /// zero). Default 1 s.
+    /// zero, at most 100 years). Default 1 s.
     pub queue_timeout: Option<Duration>,
 }
 
@@ -162,13 +162,14 @@ pub(crate) fn validate_queue_timeout(
     field: &'static str,
     timeout: Option<Duration>,
 ) -> Result<(), ConfigError> {
-    if timeout.is_some_and(|t| t.is_zero()) {
-        return Err(ConfigError::new(
+    match timeout {
+        Some(t) if t.is_zero() => Err(ConfigError::new(
             field,
             "must be greater than zero, or None for no limit; got 0",
-        ));
+        )),
+        Some(t) => crate::config::not_too_long(field, t, "use None for no limit"),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// One service clone's side of admission: whether it is under a load
@@ -281,6 +282,8 @@ impl Admission {
                 ResponseFuture::queued(core.clone(), slot, ready, req, since, end)
             }
             Err(depth) => {
+                // what the inner service reserved for this call goes back
+                crate::refusal::release(inner);
                 core.emit(&req, Duration::ZERO, true, depth);
                 ResponseFuture::refused(CqlError::new(
                     ErrorKind::Shed,
@@ -576,6 +579,58 @@ mod tests {
         assert_eq!(layer.queued(), 0, "it left the queue");
         running.await.unwrap().unwrap();
         assert_eq!(layer.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_queue_timeout_too_long_for_the_clock_is_refused() {
+        // `Duration::MAX`, a common way to say "as long as it takes", cannot
+        // be added to an instant: accepted, it panicked the caller's task
+        // of the first request that queued, under load
+        let long = Some(Duration::MAX);
+        let cases = [
+            (
+                "concurrency.queue_timeout",
+                ConcurrencyConfig {
+                    queue_timeout: long,
+                    ..Default::default()
+                }
+                .validate(),
+            ),
+            (
+                "adaptive.queue_timeout",
+                AdaptiveConfig {
+                    queue_timeout: long,
+                    ..Default::default()
+                }
+                .validate(),
+            ),
+        ];
+        for (field, result) in cases {
+            let err = result.expect_err("accepted, and the first request to queue panics");
+            assert_eq!(err.field, field);
+            assert!(err.message.contains("None for no limit"), "{err}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_longest_queue_timeout_accepted_waits_as_long_as_it_takes() {
+        let longest = crate::config::LONGEST;
+        assert!(validate_queue_timeout("q", Some(longest)).is_ok());
+        let (layer, rec) = layer(1, 4, Some(longest));
+        let svc = layer.layer(slow(
+            Duration::from_millis(100),
+            Arc::new(AtomicUsize::new(0)),
+        ));
+        let running = tokio::spawn(svc.clone().oneshot(req()));
+        tokio::task::yield_now().await;
+        // the limit is full: the next request queues until the slot frees
+        svc.clone().oneshot(req()).await.unwrap();
+        running.await.unwrap().unwrap();
+        assert_eq!(
+            rec.throttles(),
+            vec![(Duration::from_millis(100), false, 0)]
+        );
+        assert_eq!((layer.in_flight(), layer.queued()), (0, 0));
     }
 
     #[tokio::test(start_paused = true)]

@@ -38,6 +38,14 @@
 //! `reason: Shed, layer: "load_shed"`. An error from the inner `poll_ready`
 //! is returned as it is.
 //!
+//! A shed request gives back what the inner service reserved for it while
+//! it was not ready (under a rate limit built `for_load_shed` with no
+//! token due, the slot the concurrency limit below it took): the service
+//! drops its inner service for a clone, which holds nothing, so the inner
+//! service must be `Clone`. Otherwise a service kept between requests
+//! would hold that slot while idle, and the requests of every other
+//! service would be shed for want of it.
+//!
 //! tower's `LoadShed` does the same but boxes its error (`Overloaded`, to be
 //! downcast back); this one fails with a [`CqlError`] of the core taxonomy,
 //! which retry, metrics and breakers already read.
@@ -117,7 +125,7 @@ impl<S> LoadShed<S> {
 
 impl<S, R> Service<CqlRequest> for LoadShed<S>
 where
-    S: Service<CqlRequest, Response = R, Error = CqlError>,
+    S: Service<CqlRequest, Response = R, Error = CqlError> + Clone,
 {
     type Response = R;
     type Error = CqlError;
@@ -142,6 +150,9 @@ where
         if std::mem::take(&mut self.inner_ready) {
             return ResponseFuture::called(self.inner.call(req));
         }
+        // what the inner service reserved while it was not ready (the slot
+        // of a concurrency limit, below a rate limit with no token) goes back
+        crate::refusal::release(&mut self.inner);
         if collectors.is_active() {
             collectors.emit(Event::Shed(ShedEvent::new(
                 req.meta(),
@@ -219,9 +230,59 @@ mod tests {
         assert_eq!(sheds.0.lock().unwrap().len(), 1);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_shed_request_gives_back_what_the_limits_below_reserved() {
+        // load shed -> rate limit (one token a second, burst 1) ->
+        // concurrency limit (1), both built for load shedding: poll_ready
+        // takes the slot, then the token. A long-lived service shed for
+        // want of a token must not keep the slot taken for it.
+        use crate::concurrency::{ConcurrencyConfig, ConcurrencyLimitLayer};
+        use crate::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimitMode};
+        use std::time::Duration;
+        let rate = RateLimitLayer::new(
+            RateLimitConfig {
+                rate_per_second: 1.0,
+                burst: 1,
+                mode: RateLimitMode::Wait {
+                    max_wait: Duration::from_secs(10),
+                },
+            },
+            Collectors::new(),
+        )
+        .for_load_shed();
+        let limit = ConcurrencyLimitLayer::new(
+            ConcurrencyConfig {
+                max_in_flight: 1,
+                max_queue: 0,
+                queue_timeout: None,
+            },
+            Collectors::new(),
+        )
+        .for_load_shed();
+        let shed = LoadShedLayer::new(Collectors::new());
+        let inner = tower::service_fn(|_: CqlRequest| async { Ok::<_, CqlError>("served") });
+        let stack = || shed.layer(rate.layer(limit.layer(inner)));
+        // the first request spends the token
+        assert_eq!(stack().oneshot(req()).await.unwrap(), "served");
+        let mut long_lived = stack();
+        let err = long_lived.ready().await.unwrap().call(req()).await;
+        assert_eq!(err.unwrap_err().kind(), ErrorKind::Shed);
+        assert_eq!(limit.in_flight(), 0, "the slot went back");
+        // a second later the next token is due, and nothing is in flight:
+        // the next request is served, not shed for want of the slot
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let out = stack().oneshot(req()).await;
+        assert_eq!(
+            out.map_err(|e| e.to_string()),
+            Ok("served"),
+            "nothing in flight and a token due, yet refused"
+        );
+        drop(long_lived);
+    }
+
     #[tokio::test]
     async fn inner_poll_ready_errors_pass_through() {
-        #[derive(Debug)]
+        #[derive(Debug, Clone)]
         struct Broken;
         impl Service<CqlRequest> for Broken {
             type Response = ();

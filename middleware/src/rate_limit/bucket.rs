@@ -37,8 +37,8 @@ pub(crate) enum Take {
 impl Bucket {
     pub(crate) fn new(config: &RateLimitConfig) -> Bucket {
         let interval = (1e9 / config.rate_per_second).round().max(1.0);
-        // `as` saturates: a rate so small that one interval overflows u64
-        // means one token, ever.
+        // (`validate` keeps the interval, and the tolerance below, far
+        // inside u64: a saturated tolerance let every request through)
         let interval = interval as u64;
         Bucket {
             tat: AtomicU64::new(0),
@@ -68,10 +68,13 @@ impl Bucket {
                 // `now` may be stale: this thread can be descheduled after
                 // reading the clock while others move the bucket past it,
                 // and with a tolerance of microseconds (a high rate) that
-                // alone would refuse. Judge once more on a fresh clock.
+                // alone would refuse. Judge once more on a fresh clock:
+                // the clock itself, not `clock::now()`, which inside the
+                // stack's call is the call's shared reading (the one
+                // `now` came from, read before the layers above ran).
                 if !fresh_clock {
                     fresh_clock = true;
-                    let fresh = self.nanos_since_start(clock::now());
+                    let fresh = self.nanos_since_start(Instant::now());
                     if fresh > now {
                         now = fresh;
                         continue;
@@ -164,6 +167,36 @@ mod tests {
             bucket.take(stale, Duration::ZERO).0,
             Take::Taken(Duration::ZERO)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_shared_reading_is_not_a_refusal() {
+        // a high rate: the bucket's tolerance is 1 µs
+        let bucket = Bucket::new(&RateLimitConfig {
+            rate_per_second: 1e9,
+            burst: 1000,
+            ..RateLimitConfig::default()
+        });
+        // the stack's entrance opens one clock reading for its layers'
+        // calls (`clock::share`), which the rate limit's call reads:
+        // here it is 5 ms old when the token is taken (the thread was
+        // descheduled after the metrics layer read it)
+        let reading = clock::share();
+        let _ = clock::now();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        // another caller, with a current reading, moves the bucket on
+        assert_eq!(
+            bucket.take(Instant::now(), Duration::ZERO).0,
+            Take::Taken(Duration::ZERO)
+        );
+        // this one is judged once more on the clock itself, not on the
+        // shared reading, which is as stale as the first
+        assert_eq!(
+            bucket.take(clock::now(), Duration::ZERO).0,
+            Take::Taken(Duration::ZERO),
+            "refused for a reading 5 ms old"
+        );
+        drop(reading);
     }
 
     #[test]

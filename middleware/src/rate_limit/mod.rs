@@ -93,7 +93,14 @@
 //! Under a load shedder, build the layer
 //! [`for_load_shed`](RateLimitLayer::for_load_shed) (the stack builder
 //! does): then `poll_ready` takes a token and is pending until one is due,
-//! so the load shedder refuses the request instead of letting it wait.
+//! so the load shedder refuses the request instead of letting it wait. It
+//! asks the service below first, and takes the token only once that is
+//! ready: a request shed because the concurrency limit below is full
+//! costs no token (a token given back after a later one was taken would
+//! be lost; the slot the limit below took always goes back).
+//! A request this limit refuses (`RateLimited`) gives back what the
+//! service below reserved for it (the slot of a concurrency limit built
+//! `for_load_shed`), as every refusal in this crate does.
 //!
 //! # Events
 //! Every request that waited or was refused emits
@@ -147,10 +154,12 @@ pub enum RateLimitMode {
 /// Configures a [`RateLimitLayer`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimitConfig {
-    /// Tokens added per second (finite, in `(0, 1e9]`). Default 1000.
+    /// Tokens added per second (finite, in `(0, 1e9]`, at least one per
+    /// 100 years). Default 1000.
     pub rate_per_second: f64,
-    /// Tokens that may be taken at once: the bucket's size (at least 1).
-    /// Default 100.
+    /// Tokens that may be taken at once: the bucket's size (at least 1;
+    /// `burst / rate_per_second`, the time an empty bucket takes to fill,
+    /// at most 100 years). Default 100.
     pub burst: u32,
     /// What to do when the bucket is empty. Default: wait up to 500 ms.
     pub mode: RateLimitMode,
@@ -192,6 +201,33 @@ impl RateLimitConfig {
             return Err(ConfigError::new(
                 "rate_limit.burst",
                 "must be at least 1 (the bucket's size), got 0",
+            ));
+        }
+        // The bucket keeps its depth (the time an empty one takes to
+        // fill, burst / rate) in nanoseconds of a u64: past 584 years it
+        // overflowed and let every request through. Like every duration
+        // a configuration gives, it is held to a hundred years.
+        let longest = crate::config::LONGEST.as_secs_f64();
+        const YEAR: f64 = 365.0 * 24.0 * 60.0 * 60.0;
+        let interval = 1.0 / rate;
+        if interval > longest {
+            return Err(ConfigError::new(
+                "rate_limit.rate_per_second",
+                format!(
+                    "must be at least one token per 100 years, got one per {:.0} years; for no limit, leave the rate limit off",
+                    interval / YEAR
+                ),
+            ));
+        }
+        let fill = f64::from(self.burst) * interval;
+        if fill > longest {
+            return Err(ConfigError::new(
+                "rate_limit.burst",
+                format!(
+                    "takes burst / rate_per_second = {:.0} years to refill, more than 100 years: lower burst or raise rate_per_second (for no limit, leave the rate limit off); got {}",
+                    fill / YEAR,
+                    self.burst
+                ),
             ));
         }
         Ok(())
@@ -427,12 +463,19 @@ where
     type Future = ResponseFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+        // Under a load shedder the service below is asked first and the
+        // token taken last: what the service below reserves (a
+        // concurrency slot) always goes back whole when the request is
+        // shed, a token only while no later one was taken (see
+        // `Bucket::refund`). So a request shed because the limit below is
+        // full costs no token.
+        ready!(self.inner.poll_ready(cx))?;
         if self.shed
             && let Some(shared) = self.shared.clone()
         {
             ready!(self.poll_token(&shared, cx));
         }
-        self.inner.poll_ready(cx)
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: CqlRequest) -> Self::Future {
@@ -447,6 +490,8 @@ where
         let (until, reservation) = match shared.admit(now, wait::deadline(&req)) {
             Admit::Now => return ResponseFuture::called(self.inner.call(req)),
             Admit::Refused { next_in } => {
+                // what the inner service reserved for this call goes back
+                crate::refusal::release(&mut self.inner);
                 shared.emit(&req, Duration::ZERO, true);
                 return ResponseFuture::refused(shared.refusal(next_in));
             }
@@ -752,6 +797,110 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_refusal_under_load_shedding_frees_the_capacity_reserved_below() {
+        // load shed -> rate limit (Reject, 1/s, burst 1) -> concurrency
+        // limit (1, built for load shedding: poll_ready takes the slot).
+        // A long-lived service whose request the rate limit refuses must
+        // not keep that slot while it is idle.
+        use crate::concurrency::{ConcurrencyConfig, ConcurrencyLimitLayer};
+        use crate::load_shed::LoadShedLayer;
+        use tower_layer::Layer;
+        let rate = RateLimitLayer::new(
+            RateLimitConfig {
+                rate_per_second: 1.0,
+                burst: 1,
+                mode: RateLimitMode::Reject,
+            },
+            Collectors::new(),
+        )
+        .for_load_shed();
+        let limit = ConcurrencyLimitLayer::new(
+            ConcurrencyConfig {
+                max_in_flight: 1,
+                max_queue: 0,
+                queue_timeout: None,
+            },
+            Collectors::new(),
+        )
+        .for_load_shed();
+        let shed = LoadShedLayer::new(Collectors::new());
+        let stack = || shed.layer(rate.layer(limit.layer(mock())));
+        let mut long_lived = stack();
+        long_lived.ready().await.unwrap().call(req()).await.unwrap();
+        let err = long_lived.ready().await.unwrap().call(req()).await;
+        assert_eq!(err.unwrap_err().kind(), ErrorKind::RateLimited);
+        // a second later a token is due and nothing is in flight: another
+        // request is not shed for want of the slot the refused one kept
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let out = stack().oneshot(req()).await;
+        assert!(
+            out.is_ok(),
+            "nothing in flight and a token due, yet refused: {:?}",
+            out.err().map(|e| e.to_string())
+        );
+        assert_eq!(limit.in_flight(), 0, "nothing in flight");
+        drop(long_lived);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_load_shedding_a_full_concurrency_limit_costs_no_token() {
+        // load shed -> rate limit (burst 3, one token per 1000 s) ->
+        // concurrency limit (1), both built for load shedding. X holds the
+        // slot; A and B are polled ready at once (two threads do that) and
+        // shed. A token given back behind a later one is lost (see
+        // `Bucket::refund`), so neither may take one for a request the
+        // concurrency limit refuses anyway.
+        use crate::concurrency::{ConcurrencyConfig, ConcurrencyLimitLayer};
+        use crate::load_shed::LoadShedLayer;
+        use tower_layer::Layer;
+        let rate = RateLimitLayer::new(
+            RateLimitConfig {
+                rate_per_second: 0.001,
+                burst: 3,
+                mode: RateLimitMode::Wait {
+                    max_wait: Duration::from_secs(1),
+                },
+            },
+            Collectors::new(),
+        )
+        .for_load_shed();
+        let limit = ConcurrencyLimitLayer::new(
+            ConcurrencyConfig {
+                max_in_flight: 1,
+                max_queue: 0,
+                queue_timeout: None,
+            },
+            Collectors::new(),
+        )
+        .for_load_shed();
+        let shed = LoadShedLayer::new(Collectors::new());
+        let inner = service_fn(|_: CqlRequest| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, CqlError>(())
+        });
+        let stack = || shed.layer(rate.layer(limit.layer(inner)));
+        let mut x = Box::pin(stack().oneshot(req()));
+        assert!(poll_fut(&mut x).is_pending(), "X holds the slot");
+        let (mut a, mut b) = (stack(), stack());
+        assert!(matches!(poll_ready(&mut a), Poll::Ready(Ok(()))));
+        assert!(matches!(poll_ready(&mut b), Poll::Ready(Ok(()))));
+        for svc in [&mut a, &mut b] {
+            let err = svc.call(req()).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Shed);
+        }
+        x.await.unwrap();
+        // X spent one token of three: two requests are served
+        for i in 0..2 {
+            let out = stack().oneshot(req()).await;
+            assert!(
+                out.is_ok(),
+                "request {i} after X: {:?} (a shed request cost a token)",
+                out.err().map(|e| e.to_string())
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn sustained_load_is_held_to_the_rate() {
         // 50/s, burst 10, for 2 s of virtual time: 10 + 2 * 50 admitted.
         let (svc, _) = limited(
@@ -780,6 +929,50 @@ mod tests {
         }
         // Each of the 4 tasks may overshoot the end by its one reservation.
         assert!((110..=114).contains(&total), "{total}");
+    }
+
+    #[test]
+    fn a_bucket_too_deep_for_its_clock_is_refused() {
+        // One token per 3,000 years, or a burst that takes 630 years to
+        // refill: the bucket's depth in nanoseconds does not fit its u64
+        // clock, and such a bucket let every request through. (Refused
+        // above 100 years, the bound of every configured duration.)
+        let cases = [
+            (1e-11, 1, "rate_limit.rate_per_second"),
+            (1e-6, 20_000, "rate_limit.burst"),
+            (1e-6, 4_000, "rate_limit.burst"),
+        ];
+        for (rate_per_second, burst, field) in cases {
+            let config = RateLimitConfig {
+                rate_per_second,
+                burst,
+                mode: RateLimitMode::Reject,
+            };
+            let err = config.validate().err().unwrap_or_else(|| {
+                let bucket = Bucket::new(&config);
+                let now = bucket.start;
+                let n = burst + 1000;
+                let taken = (0..n)
+                    .filter(|_| matches!(bucket.take(now, Duration::ZERO).0, Take::Taken(_)))
+                    .count();
+                panic!("{config:?} accepted: {taken} of {n} requests at once let through")
+            });
+            assert_eq!(err.field, field, "{config:?}");
+            assert!(err.message.contains("100 years"), "{err}");
+        }
+        // a deep bucket accepted (95 years to refill) counts as configured
+        let config = RateLimitConfig {
+            rate_per_second: 1e-6,
+            burst: 3_000,
+            mode: RateLimitMode::Reject,
+        };
+        assert_eq!(config.validate(), Ok(()));
+        let bucket = Bucket::new(&config);
+        let now = bucket.start;
+        let taken = (0..3_001)
+            .take_while(|_| matches!(bucket.take(now, Duration::ZERO).0, Take::Taken(_)))
+            .count();
+        assert_eq!(taken, 3_000);
     }
 
     #[test]

@@ -105,8 +105,8 @@ pub struct ConcurrencySection {
     /// Requests waiting (0: none, a request is refused when the limit is
     /// full; refused above 0 with load shedding on, where nothing waits).
     pub max_queue: Option<usize>,
-    /// Longest wait in the queue (0: no limit; refused with
-    /// `max_queue = 0` or with load shedding on, where nothing waits).
+    /// Longest wait in the queue (0: no limit; at most 100 years; refused
+    /// with `max_queue = 0` or with load shedding on, where nothing waits).
     pub queue_timeout_ms: Option<u64>,
 }
 
