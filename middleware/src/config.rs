@@ -81,4 +81,82 @@ mod tests {
         assert!(msg.contains("validate()"), "{msg}");
         checked(Ok(()));
     }
+
+    /// Every duration the layers add to the clock's instants on the
+    /// request path (a per-attempt timeout, a retry's backoff, a hedge's
+    /// delay) is held to [`LONGEST`] when the stack is built, naming its
+    /// field: `Duration::MAX`, a common way to write "as long as it
+    /// takes", panicked every request (`now + d` overflows) instead.
+    #[test]
+    fn a_duration_too_long_for_the_clock_is_refused_naming_its_field() {
+        use crate::hedge::{HedgeConfig, HedgeDelay};
+        use crate::retry::{Backoff, RetryConfig};
+        use crate::timeout::TimeoutConfig;
+        let max = Duration::MAX;
+        let cases: [(&str, Result<(), ConfigError>); 5] = [
+            (
+                "timeout.per_attempt",
+                TimeoutConfig {
+                    per_attempt: Some(max),
+                    ..TimeoutConfig::default()
+                }
+                .validate(),
+            ),
+            (
+                "retry.backoff.max",
+                RetryConfig {
+                    backoff: Backoff { base: max, max },
+                    ..RetryConfig::default()
+                }
+                .validate(),
+            ),
+            (
+                "hedge.delay",
+                HedgeConfig {
+                    delay: HedgeDelay::Fixed(max),
+                    ..HedgeConfig::default()
+                }
+                .validate(),
+            ),
+            (
+                "hedge.delay.max",
+                HedgeConfig {
+                    delay: HedgeDelay::Percentile {
+                        percentile: 0.9,
+                        min: Duration::from_millis(1),
+                        max,
+                    },
+                    ..HedgeConfig::default()
+                }
+                .validate(),
+            ),
+            (
+                "hedge.delay.min",
+                HedgeConfig {
+                    delay: HedgeDelay::Percentile {
+                        percentile: 0.9,
+                        min: max,
+                        max,
+                    },
+                    ..HedgeConfig::default()
+                }
+                .validate(),
+            ),
+        ];
+        for (field, result) in cases {
+            let err = result.expect_err(field);
+            assert!(
+                err.field == field
+                    || (field == "hedge.delay.min" && err.field == "hedge.delay.max"),
+                "{field}: {err}"
+            );
+            assert!(err.message.contains("100 years"), "{field}: {err}");
+        }
+        // the longest accepted is accepted
+        let longest = TimeoutConfig {
+            per_attempt: Some(LONGEST),
+            ..TimeoutConfig::default()
+        };
+        assert!(longest.validate().is_ok());
+    }
 }

@@ -191,7 +191,8 @@ pub use self::layer::HedgeLayer;
 /// When to start a speculative attempt.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum HedgeDelay {
-    /// After this long without an answer (greater than zero).
+    /// After this long without an answer (greater than zero, at most 100
+    /// years).
     Fixed(Duration),
     /// After the `percentile` of recent first-attempt latencies (those of
     /// the attempts a hedge cancels included, as censored observations),
@@ -205,7 +206,7 @@ pub enum HedgeDelay {
         /// The shortest delay, however fast recent attempts were.
         min: Duration,
         /// The longest delay, and the delay while there is too little
-        /// data (greater than zero, at least `min`).
+        /// data (greater than zero, at least `min`, at most 100 years).
         max: Duration,
     },
 }
@@ -271,7 +272,11 @@ impl HedgeConfig {
                 "hedge.delay",
                 "a fixed delay must be greater than zero (zero would send every read twice), got 0s",
             )),
-            HedgeDelay::Fixed(_) => Ok(()),
+            HedgeDelay::Fixed(d) => crate::config::not_too_long(
+                "hedge.delay",
+                d,
+                "to send no speculative attempts, leave hedging off",
+            ),
             HedgeDelay::Percentile {
                 percentile,
                 min,
@@ -289,6 +294,11 @@ impl HedgeConfig {
                         "must be greater than zero (it is the delay until latencies are known), got 0s",
                     ));
                 }
+                crate::config::not_too_long(
+                    "hedge.delay.max",
+                    max,
+                    "to send no speculative attempts, leave hedging off",
+                )?;
                 if min > max {
                     return Err(ConfigError::new(
                         "hedge.delay.min",

@@ -30,7 +30,8 @@ pub struct Backoff {
     /// The cap of the first retry's delay (default 10 ms). Zero disables
     /// backoff (retries follow at once).
     pub base: Duration,
-    /// The largest cap, however many retries (default 1 s). At least `base`.
+    /// The largest cap, however many retries (default 1 s). At least
+    /// `base`, at most 100 years.
     pub max: Duration,
 }
 
@@ -44,8 +45,14 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// Rejects a `max` below `base`.
+    /// Rejects a `max` below `base`, or above 100 years (the time a retry
+    /// goes out is computed from its delay; a longer one cannot be).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::config::not_too_long(
+            "retry.backoff.max",
+            self.max,
+            "a retry waits at most that long; for no retries, set retry.max_attempts = 1",
+        )?;
         if self.max < self.base {
             return Err(ConfigError::new(
                 "retry.backoff.max",

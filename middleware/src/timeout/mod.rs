@@ -68,7 +68,7 @@ pub use self::layer::TimeoutLayer;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeoutConfig {
     /// The longest one call may take (`None`: no per-attempt limit; not
-    /// zero). Default `None`.
+    /// zero, at most 100 years). Default `None`.
     pub per_attempt: Option<Duration>,
     /// Whether to fail the call when the request's deadline passes.
     /// Default true.
@@ -100,13 +100,18 @@ impl TimeoutConfig {
 
     /// Checks every field; the error names the field and the allowed range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.per_attempt.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::new(
+        match self.per_attempt {
+            Some(d) if d.is_zero() => Err(ConfigError::new(
                 "timeout.per_attempt",
                 "must be greater than zero, or None for no per-attempt limit; got 0",
-            ));
+            )),
+            Some(d) => crate::config::not_too_long(
+                "timeout.per_attempt",
+                d,
+                "use None for no per-attempt limit",
+            ),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
