@@ -182,7 +182,7 @@ impl StackConfig {
 
         let s = &self.adaptive;
         let on = s.enabled == Some(true);
-        let adaptive = judged("adaptive", on, Ok(s.config()), AdaptiveConfig::validate)?;
+        let adaptive = judged("adaptive", on, s.config(), AdaptiveConfig::validate)?;
         if on {
             b = b.adaptive(adaptive);
         }

@@ -131,6 +131,9 @@ pub struct AdaptiveSection {
     /// Requests waiting (refused above 0 with load shedding on, where
     /// nothing waits).
     pub max_queue: Option<usize>,
+    /// Longest wait in the queue (0: no limit; at most 100 years; refused
+    /// with `max_queue = 0` or with load shedding on, where nothing waits).
+    pub queue_timeout_ms: Option<u64>,
 }
 
 /// `[retry]`
@@ -263,7 +266,8 @@ impl LoadShedSection {
     /// [`StackBuilder::load_shed`](crate::stack::StackBuilder::load_shed)),
     /// so a key that bounds a wait (`rate_limit.max_wait_ms`,
     /// `concurrency.max_queue`, `concurrency.queue_timeout_ms`,
-    /// `adaptive.max_queue`) cannot take effect and is refused, in a
+    /// `adaptive.max_queue`, `adaptive.queue_timeout_ms`) cannot take
+    /// effect and is refused, in a
     /// limit's section that is on or off. A zero `max_wait_ms` or
     /// `max_queue` says that nothing waits, which holds: accepted.
     pub(super) fn refuse_waits(
@@ -303,6 +307,13 @@ impl LoadShedSection {
                 "adaptive.max_queue",
                 adaptive.max_queue.is_some_and(|v| v > 0),
                 "is how many requests may wait for a slot",
+            ),
+            (
+                "adaptive",
+                adaptive.enabled,
+                "adaptive.queue_timeout_ms",
+                adaptive.queue_timeout_ms.is_some(),
+                "is the longest a request waits in the queue",
             ),
         ];
         let Some((section, enabled, field, _, what)) = waits.into_iter().find(|w| w.3) else {
@@ -368,37 +379,64 @@ impl RateLimitSection {
     }
 }
 
+/// A concurrency limit's queue, fixed or adaptive, as its section gives
+/// it (`field`: its `queue_timeout_ms` key): `max_queue` and the queue
+/// timeout, each the default where not given, a timeout of 0 meaning no
+/// limit. A queue timeout with `max_queue = 0` is refused: no request
+/// waits there.
+fn queue(
+    field: &'static str,
+    max_queue: Option<usize>,
+    queue_timeout_ms: Option<u64>,
+    (default_queue, default_timeout): (usize, Option<Duration>),
+) -> Result<(usize, Option<Duration>), ConfigError> {
+    let max_queue = max_queue.unwrap_or(default_queue);
+    if max_queue == 0 && queue_timeout_ms.is_some() {
+        return Err(ConfigError::new(
+            field,
+            "is the longest a request waits in the queue, but max_queue = 0 is set, where no request waits (it is refused when the limit is full): remove queue_timeout_ms, or give max_queue the requests that may wait",
+        ));
+    }
+    let timeout = match queue_timeout_ms {
+        Some(0) => None,
+        Some(v) => Some(ms(v)),
+        None => default_timeout,
+    };
+    Ok((max_queue, timeout))
+}
+
 impl ConcurrencySection {
     pub(super) fn config(&self) -> Result<ConcurrencyConfig, ConfigError> {
         let d = ConcurrencyConfig::default();
-        let max_queue = self.max_queue.unwrap_or(d.max_queue);
-        if max_queue == 0 && self.queue_timeout_ms.is_some() {
-            return Err(ConfigError::new(
-                "concurrency.queue_timeout_ms",
-                "is the longest a request waits in the queue, but max_queue = 0 is set, where no request waits (it is refused when the limit is full): remove queue_timeout_ms, or give max_queue the requests that may wait",
-            ));
-        }
+        let (max_queue, queue_timeout) = queue(
+            "concurrency.queue_timeout_ms",
+            self.max_queue,
+            self.queue_timeout_ms,
+            (d.max_queue, d.queue_timeout),
+        )?;
         Ok(ConcurrencyConfig {
             max_in_flight: self.max_in_flight.unwrap_or(d.max_in_flight),
             max_queue,
-            queue_timeout: match self.queue_timeout_ms {
-                Some(0) => None,
-                Some(v) => Some(ms(v)),
-                None => d.queue_timeout,
-            },
+            queue_timeout,
         })
     }
 }
 
 impl AdaptiveSection {
-    pub(super) fn config(&self) -> AdaptiveConfig {
+    pub(super) fn config(&self) -> Result<AdaptiveConfig, ConfigError> {
         let d = AdaptiveConfig::default();
+        let (max_queue, queue_timeout) = queue(
+            "adaptive.queue_timeout_ms",
+            self.max_queue,
+            self.queue_timeout_ms,
+            (d.max_queue, d.queue_timeout),
+        )?;
         let AdaptiveAlgorithm::Aimd {
             increase_by,
             decrease_factor,
             latency_threshold,
         } = d.algorithm;
-        AdaptiveConfig {
+        Ok(AdaptiveConfig {
             initial: self.initial.unwrap_or(d.initial),
             min: self.min.unwrap_or(d.min),
             max: self.max.unwrap_or(d.max),
@@ -407,9 +445,9 @@ impl AdaptiveSection {
                 decrease_factor: self.decrease_factor.unwrap_or(decrease_factor),
                 latency_threshold: self.latency_threshold_ms.map_or(latency_threshold, ms),
             },
-            max_queue: self.max_queue.unwrap_or(d.max_queue),
-            queue_timeout: d.queue_timeout,
-        }
+            max_queue,
+            queue_timeout,
+        })
     }
 }
 
@@ -625,6 +663,37 @@ mod tests {
         );
     }
 
+    /// The adaptive limit's queue timeout is a key of its section, as the
+    /// fixed limit's is (`0`: no limit); it was missing, so a TOML
+    /// configuration always had the default 1 s.
+    #[test]
+    fn the_adaptive_limits_queue_timeout_is_configurable() {
+        let adaptive = |toml: &str| -> Result<String, ConfigError> {
+            let b = judged(toml)?;
+            let dbg = format!("{b:?}");
+            let at = dbg
+                .find("AdaptiveConfig")
+                .expect("the adaptive limit is on");
+            let at = at + dbg[at..].find("queue_timeout: ").unwrap();
+            Ok(dbg[at..]
+                .split([',', '}'])
+                .next()
+                .unwrap()
+                .trim()
+                .to_string())
+        };
+        let on = "[adaptive]\nenabled = true\n";
+        assert_eq!(
+            adaptive(&format!("{on}queue_timeout_ms = 250")).unwrap(),
+            "queue_timeout: Some(250ms)"
+        );
+        assert_eq!(
+            adaptive(&format!("{on}queue_timeout_ms = 0")).unwrap(),
+            "queue_timeout: None"
+        );
+        assert_eq!(adaptive(on).unwrap(), "queue_timeout: Some(1s)");
+    }
+
     /// A key that cannot have an effect with the other keys of its
     /// section is refused, the error saying why and what to do, not
     /// dropped: `max_wait_ms` (the longest wait) with `mode = "reject"`
@@ -645,6 +714,12 @@ mod tests {
             .unwrap_err();
             assert_eq!(err.field, "concurrency.queue_timeout_ms", "{err}");
             assert!(err.message.contains("max_queue = 0"), "{err}");
+            let err = judged(&format!(
+                "[adaptive]\n{enabled}max_queue = 0\nqueue_timeout_ms = 100"
+            ))
+            .unwrap_err();
+            assert_eq!(err.field, "adaptive.queue_timeout_ms", "{err}");
+            assert!(err.message.contains("max_queue = 0"), "{err}");
         }
         // each alone, or with the other mode / a queue, is fine
         for ok in [
@@ -662,7 +737,8 @@ mod tests {
     /// limits cannot admit at once is shed (`middleware/tests/limits.rs`
     /// shows it through the built stack), so a key that bounds a wait
     /// (`rate_limit.max_wait_ms`, `concurrency.max_queue`,
-    /// `concurrency.queue_timeout_ms`, `adaptive.max_queue`) cannot take
+    /// `concurrency.queue_timeout_ms`, `adaptive.max_queue`,
+    /// `adaptive.queue_timeout_ms`) cannot take
     /// effect: it is refused, the error saying why and what to do, in a
     /// limit's section that is on or off. A zero `max_wait_ms` or
     /// `max_queue` says that nothing waits, which holds: accepted.
@@ -674,6 +750,7 @@ mod tests {
             ("concurrency", "queue_timeout_ms", "100"),
             ("concurrency", "queue_timeout_ms", "0"),
             ("adaptive", "max_queue", "10"),
+            ("adaptive", "queue_timeout_ms", "100"),
         ] {
             for enabled in ["enabled = true\n", "enabled = false\n", ""] {
                 let toml =
