@@ -279,7 +279,7 @@ impl ErrorKind {
                 "the client-side rate limit refused the request; slow down or raise the limit"
             }
             ErrorKind::Shed => {
-                "the client is at capacity; retry later or raise the concurrency limit"
+                "the client is at capacity (a concurrency or rate limit, under load shedding, had no room); retry later or raise that limit"
             }
             ErrorKind::CircuitOpen => {
                 "the target is failing; the breaker lets a probe through after its cool-down"
@@ -871,6 +871,19 @@ impl From<PrepareError> for CqlError {
 #[cfg(all(test, not(tower_cql_loom)))]
 mod tests {
     use super::*;
+
+    /// A request is shed when a limit built for load shedding is not
+    /// ready: the concurrency limit (fixed or adaptive) or the rate limit.
+    /// The hint says so, not only "raise the concurrency limit" (wrong
+    /// advice when the rate limit was the one without room).
+    #[test]
+    fn the_shed_hint_names_every_limit_that_sheds() {
+        let hint = ErrorKind::Shed.hint();
+        assert!(
+            hint.contains("concurrency") && hint.contains("rate"),
+            "{hint}"
+        );
+    }
     use scylla::errors::{BrokenConnectionErrorKind, ConnectionPoolError};
 
     fn db(e: DbError) -> CqlError {
