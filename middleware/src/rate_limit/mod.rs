@@ -418,8 +418,9 @@ impl<S> RateLimit<S> {
         &mut self.inner
     }
 
-    /// The inner service (a token held for `call` goes back to the
-    /// bucket).
+    /// The inner service. A token held for `call` is given back to the
+    /// bucket, which takes it back only while no later token was taken
+    /// (see the bucket's refund); otherwise it is spent.
     pub fn into_inner(self) -> S {
         self.inner
     }
