@@ -152,6 +152,9 @@ async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle, upke
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if scrapes.len() >= PrometheusExporter::MAX_CONNECTIONS => {
+                    busy(stream);
+                }
                 Ok((stream, _)) => {
                     scrapes.spawn(answer(stream, handle.clone()));
                 }
@@ -163,12 +166,25 @@ async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle, upke
     }
 }
 
+/// Closes a connection past [`PrometheusExporter::MAX_CONNECTIONS`] at
+/// once, a `503` written first without reading its request (what the
+/// socket takes at once: it never waits).
+fn busy(stream: tokio::net::TcpStream) {
+    let _ = stream.try_write(
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 34\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many connections: retry later\n",
+    );
+}
+
 /// Answers one HTTP/1.x request on `stream` with the exposition text and
 /// closes it: `GET` (and `HEAD`, the headers alone) on any path, `405`
 /// for another method, `400` for what is not a request; a client that
 /// sends no complete request head within 10 s, or one over 16 KiB, is
-/// dropped.
-async fn answer(mut stream: tokio::net::TcpStream, handle: PrometheusHandle) {
+/// dropped, and so is one that does not take its answer within 10 s.
+async fn answer(stream: tokio::net::TcpStream, handle: PrometheusHandle) {
+    let _ = tokio::time::timeout(Duration::from_secs(10), respond(stream, handle)).await;
+}
+
+async fn respond(mut stream: tokio::net::TcpStream, handle: PrometheusHandle) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut head = Vec::with_capacity(1024);
     let read = async {
@@ -182,12 +198,7 @@ async fn answer(mut stream: tokio::net::TcpStream, handle: PrometheusHandle) {
         }
         Some(())
     };
-    if tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .ok()
-        .flatten()
-        .is_none()
-    {
+    if read.await.is_none() {
         return;
     }
     let method = head.split(|&b| b == b' ').next().unwrap_or_default();
@@ -320,6 +331,16 @@ impl fmt::Debug for PrometheusExporter {
 }
 
 impl PrometheusExporter {
+    /// Connections the exporter holds at once (each a task and a file
+    /// descriptor, for up to 10 s while its request comes in and its
+    /// answer goes out). A connection past them is closed at once, a `503
+    /// Service Unavailable` written first where the socket takes it
+    /// without waiting (a client that sent its request before may see the
+    /// connection reset instead): clients that connect and send nothing
+    /// cannot make the exporter hold the application's descriptors. A
+    /// Prometheus server scrapes one connection at a time.
+    pub const MAX_CONNECTIONS: usize = 32;
+
     /// A builder with the defaults (loopback, the conventions' buckets).
     pub fn builder() -> PrometheusExporterBuilder {
         PrometheusExporterBuilder {
