@@ -400,6 +400,7 @@ where
                 breakers: breakers.clone(),
                 node: probe.target.addr.expect("a node's probe"),
                 generation: probe.generation,
+                succeeded: Default::default(),
             })),
             None => hint.set_observer(breakers.clone()),
         }

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -399,11 +399,16 @@ impl NodeObserver for Breakers {
 }
 
 /// The observer of a request holding a node's half-open probe: that
-/// node's outcomes are the probe's; others' are heard as any request's.
+/// node's outcomes are the probe's, one success at most (the request is
+/// one probe, however many of its attempts the node answered: a hedge's,
+/// a retry's), every failure (one reopens the breaker); others' are
+/// heard as any request's.
 pub(super) struct ProbeObserver {
     pub(super) breakers: Arc<Breakers>,
     pub(super) node: SocketAddr,
     pub(super) generation: u64,
+    /// Whether the probe's success was recorded already.
+    pub(super) succeeded: AtomicBool,
 }
 
 impl NodeObserver for ProbeObserver {
@@ -414,7 +419,9 @@ impl NodeObserver for ProbeObserver {
             NodeVerdict::NotJudged => return,
         };
         let b = &*self.breakers;
-        let probe = (node == self.node).then_some(self.generation);
+        let probe = (node == self.node
+            && (outcome == Outcome::Failure || !self.succeeded.swap(true, Ordering::AcqRel)))
+        .then_some(self.generation);
         b.node(node).record(b, outcome, b.now(), probe);
     }
 }

@@ -336,3 +336,61 @@ async fn a_stale_outcome_does_not_move_a_half_open_breaker_while_its_probe_is_ou
         ]
     );
 }
+
+/// A service whose one call the node answered twice: two attempts of
+/// the request (a hedge's first and speculative attempts, or a retry
+/// after an answer that is not the node's failure), each reported to the
+/// request's route hint as the driver service reports them.
+#[derive(Clone)]
+struct AnsweredTwice(SocketAddr);
+
+impl Service<CqlRequest> for AnsweredTwice {
+    type Response = CqlResponse;
+    type Error = CqlError;
+    type Future = std::future::Ready<Result<CqlResponse, CqlError>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, req: CqlRequest) -> Self::Future {
+        use tower_cql_core::classify::NodeVerdict;
+        let hint = req
+            .meta()
+            .route()
+            .expect("the breaker gives every request a hint");
+        hint.report(self.0, NodeVerdict::Healthy);
+        hint.report(self.0, NodeVerdict::Healthy);
+        std::future::ready(Ok(CqlResponse::synthetic(ExecutionInfo {
+            coordinator: Some(self.0),
+            attempts: 2,
+            ..ExecutionInfo::default()
+        })))
+    }
+}
+
+/// A half-open node's probe is one request: however many of its attempts
+/// the node answers, it is one probe's success. Counted once per
+/// attempt, one request answered twice closed a breaker that asks for
+/// two probes to succeed.
+#[tokio::test(start_paused = true)]
+async fn a_probe_answered_by_two_attempts_is_one_success() {
+    let (layer, node, _) = breaker(BreakerConfig {
+        half_open_probes: 2,
+        ..config()
+    });
+    node.set(Answer::Fail(ErrorKind::Overloaded));
+    for _ in 0..4 {
+        let _ = send(&layer, &node).await;
+    }
+    assert_eq!(layer.state(NODE), Some(Open));
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(layer.state(NODE), Some(HalfOpen));
+    let twice = AnsweredTwice(NODE.parse().unwrap());
+    assert!(send_to(&layer, &twice).await.is_ok());
+    assert_eq!(
+        layer.state(NODE),
+        Some(HalfOpen),
+        "one probe request, 1 of 2 successes"
+    );
+    assert!(send_to(&layer, &twice).await.is_ok());
+    assert_eq!(layer.state(NODE), Some(Closed));
+}
