@@ -25,6 +25,9 @@
 //!   prepared statement to the keyspace it was prepared in, so after a
 //!   `USE` it is prepared again for the new one. Only preparations in
 //!   flight are kept; a failed one is tried again by the next request.
+//!   A request's deadline bounds its statement's preparation too (the
+//!   driver's own has no timeout: it waits for every node's answer), and
+//!   the statement then runs with the time left, not the whole again.
 //! - The driver's own retries and speculative execution are turned off
 //!   (its `FallthroughRetryPolicy`, no speculative policy), so that retries
 //!   happen once, in the middleware, where they are observed. Turn them back

@@ -1049,3 +1049,74 @@ async fn a_streams_timeout_is_each_pages() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
 }
+
+/// A statement new to the driver's cache is prepared before it runs,
+/// inside the request's deadline: a PREPARE slower than the deadline
+/// ends the request at the deadline (`DeadlineExceeded`, nothing
+/// executed), and a statement prepared in time runs with what is left
+/// of the deadline, not the whole of it again. (The driver's prepare has
+/// no timeout of its own: it waits for every node's answer.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preparing_a_new_statement_keeps_to_the_requests_deadline() {
+    let s = setup(1).await;
+    s.run("INSERT INTO ks.kv (k, v) VALUES (1, 'one')").await;
+    const READ: &str = "SELECT v FROM ks.kv WHERE k = ?";
+    s.cluster.faults().add(
+        Fault::delay(Duration::from_secs(2))
+            .opcode(Opcode::Prepare)
+            .matching(READ)
+            .times(1),
+    );
+    let started = std::time::Instant::now();
+    let out = s
+        .driver
+        .execute(
+            CqlRequest::query(READ)
+                .bind((1i32,))
+                .timeout(Duration::from_millis(300)),
+        )
+        .await;
+    let took = started.elapsed();
+    let err = match out {
+        Ok(_) => panic!("a request with a 300 ms deadline succeeded after {took:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert!(took < Duration::from_millis(1500), "ended after {took:?}");
+    assert!(!err.may_have_been_applied(), "{err}");
+    assert_eq!(s.cluster.counters().executions(READ), 0);
+
+    // prepared in 250 ms of a 400 ms deadline: the read gets the 150 ms
+    // left, so an EXECUTE slowed by 300 ms ends at the deadline
+    const OTHER: &str = "SELECT k, v FROM ks.kv WHERE k = ?";
+    s.cluster.faults().add(
+        Fault::delay(Duration::from_millis(250))
+            .opcode(Opcode::Prepare)
+            .matching(OTHER)
+            .times(1),
+    );
+    s.cluster.faults().add(
+        Fault::delay(Duration::from_millis(300))
+            .opcode(Opcode::Execute)
+            .matching(OTHER)
+            .times(1),
+    );
+    let started = std::time::Instant::now();
+    let out = s
+        .driver
+        .execute(
+            CqlRequest::query(OTHER)
+                .bind((1i32,))
+                .timeout(Duration::from_millis(400)),
+        )
+        .await;
+    let took = started.elapsed();
+    let err = match out {
+        Ok(_) => panic!("a request with a 400 ms deadline succeeded after {took:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert!(took < Duration::from_millis(500), "ended after {took:?}");
+    let shown = format!("{:?}", s.driver);
+    assert!(shown.contains("preparing: 0"), "{shown}");
+}
