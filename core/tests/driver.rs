@@ -204,11 +204,13 @@ async fn a_new_statement_is_prepared_once_however_many_tasks_start_it() {
 struct Pages {
     pages: std::sync::Mutex<Vec<usize>>,
     ends: std::sync::Mutex<Vec<(String, u32, u64)>>,
+    durations: std::sync::Mutex<Vec<Duration>>,
 }
 
 impl Collector for Pages {
     fn on_page(&self, e: &PageEvent<'_>) {
         self.pages.lock().unwrap().push(e.rows);
+        self.durations.lock().unwrap().push(e.duration);
     }
     fn on_stream(&self, e: &StreamEvent<'_>) {
         self.ends
@@ -1119,4 +1121,43 @@ async fn preparing_a_new_statement_keeps_to_the_requests_deadline() {
     assert!(took < Duration::from_millis(500), "ended after {took:?}");
     let shown = format!("{:?}", s.driver);
     assert!(shown.contains("preparing: 0"), "{shown}");
+}
+
+/// A page event's duration is the time the page took to fetch, from its
+/// request to its answer: not the time the reader took to come back for
+/// it. Each page here is answered in a few milliseconds while the reader
+/// spends 400 ms on every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pages_duration_is_its_fetch_not_the_readers_pause() {
+    let s = setup(1).await;
+    let pages = Arc::new(Pages::default());
+    s.collectors.add(pages.clone());
+    let ins = Statement::new("INSERT INTO ks.rows (p, c, v) VALUES (?, ?, ?)");
+    for c in 0..3i32 {
+        s.driver
+            .execute(ins.request().bind((1i32, c, format!("v{c}"))))
+            .await
+            .unwrap();
+    }
+    let read = Statement::new("SELECT c, v FROM ks.rows WHERE p = ?");
+    let mut stream = s
+        .driver
+        .stream::<(i32, String)>(read.request().bind((1i32,)).page_size(1))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Some(row) = stream.next().await {
+        seen.push(row.unwrap().0);
+        // the reader's own work on the row, the next page long answered
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(seen, [0, 1, 2]);
+    let durations = pages.durations.lock().unwrap().clone();
+    assert!(durations.len() >= 3, "{durations:?}");
+    for (i, d) in durations.iter().enumerate() {
+        assert!(
+            *d < Duration::from_millis(200),
+            "page {i} took {d:?} by its event (all: {durations:?})"
+        );
+    }
 }
