@@ -39,9 +39,11 @@
 //!   current one is held or asked for: memory is the decoded current
 //!   page and one page in flight (backpressure). A stream dropped with a
 //!   page in flight cancels that page's request (its task is aborted).
-//! - Each page is an event ([`PageEvent`]); the stream reports one
+//! - Each page that arrives is an event ([`PageEvent`]), also one whose
+//!   rows do not decode as `T` (it was fetched); the stream reports one
 //!   [`StreamEvent`] when it ends, fails (a page that failed after the
-//!   service's retries; after `close()`, with `ShutDown`) or is dropped.
+//!   service's retries, or did not decode; after `close()`, with
+//!   `ShutDown`) or is dropped.
 //! - A stream has one owner: its counters are plain fields, mutated only
 //!   through `&mut self`, so no row or count can be lost to a race (the
 //!   hazard of the Python wrapper this project replaces).
@@ -338,7 +340,17 @@ where
                 Next::Fetching(..) => unreachable!("polled to an answer above"),
                 Next::Ready(out, duration) => (out, duration),
             };
+            // A page that arrived was fetched, whether or not its rows
+            // decode as `T`: its event first, then its rows.
             let page = out.and_then(|resp| {
+                this.collectors.emit(Event::Page(PageEvent {
+                    meta: this.request.meta(),
+                    page: this.pages,
+                    rows: resp.info().rows,
+                    duration,
+                    node: resp.info().coordinator,
+                }));
+                this.pages += 1;
                 let rows = resp.rows::<T>()?;
                 Ok((rows, resp))
             });
@@ -349,14 +361,6 @@ where
                     return Poll::Ready(Some(Err(e)));
                 }
             };
-            this.collectors.emit(Event::Page(PageEvent {
-                meta: this.request.meta(),
-                page: this.pages,
-                rows: rows.len(),
-                duration,
-                node: resp.info().coordinator,
-            }));
-            this.pages += 1;
             this.rows = rows.into_iter();
             // one page ahead: ask for the next while this one is read
             if let Some(PagingStateResponse::HasMorePages { state }) = resp.paging_state() {

@@ -1161,3 +1161,42 @@ async fn a_pages_duration_is_its_fetch_not_the_readers_pause() {
         );
     }
 }
+
+/// A page that arrives but whose rows do not decode as the stream's
+/// type was still fetched: it has its page event (with its rows), and
+/// the stream's completion event counts it among the pages fetched,
+/// as the stack's request event for it says it succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_does_not_decode_was_still_fetched() {
+    let s = setup(1).await;
+    let pages = Arc::new(Pages::default());
+    s.collectors.add(pages.clone());
+    let ins = Statement::new("INSERT INTO ks.rows (p, c, v) VALUES (?, ?, ?)");
+    for c in 0..5i32 {
+        s.driver
+            .execute(ins.request().bind((1i32, c, format!("v{c}"))))
+            .await
+            .unwrap();
+    }
+    let read = Statement::new("SELECT c, v FROM ks.rows WHERE p = ?");
+    // (c, v) is (int, text): read as (text,), no row decodes
+    let mut bad = s
+        .driver
+        .stream::<(String,)>(read.request().bind((1i32,)).page_size(3))
+        .await
+        .unwrap();
+    let err = bad.next().await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Deserialization, "{err}");
+    assert!(bad.next().await.is_none());
+    drop(bad);
+    assert_eq!(
+        *pages.pages.lock().unwrap(),
+        vec![3],
+        "the page that arrived"
+    );
+    assert_eq!(
+        pages.ends.lock().unwrap().as_slice(),
+        &[("failed".to_string(), 1, 0)],
+        "(end, pages fetched, rows handed out)"
+    );
+}
