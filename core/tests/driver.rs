@@ -1200,3 +1200,61 @@ async fn a_page_that_does_not_decode_was_still_fetched() {
         "(end, pages fetched, rows handed out)"
     );
 }
+
+/// A batch runs as idempotent only if its request is (the rule every
+/// statement the driver service runs follows), whatever the driver's
+/// `Batch` says: with the driver's own retries kept, a counter batch
+/// whose `Batch` was marked idempotent, applied and then answered
+/// `Overloaded`, is not retried by the driver, so it is applied once;
+/// and a batch whose request is marked idempotent is one the driver may
+/// retry, as it does a statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_idempotent_as_its_request_says_with_driver_retries_kept() {
+    use scylla::statement::batch::{Batch, BatchType};
+    let s = setup(3).await;
+    s.run("CREATE TABLE ks.c (k int PRIMARY KEY, n counter)")
+        .await;
+    s.run("CREATE TABLE ks.plain (k int PRIMARY KEY, v int)")
+        .await;
+    let driver = DriverService::builder(s.driver.session().clone())
+        .keep_driver_retries(true)
+        .build()
+        .unwrap();
+    const BUMP: &str = "UPDATE ks.c SET n = n + 1 WHERE k = ?";
+    let mut bump = Batch::new(BatchType::Counter);
+    bump.append_statement(BUMP);
+    // the caller's batch says idempotent; its text says a counter update
+    bump.set_is_idempotent(true);
+    let req = CqlRequest::batch(bump, ((1i32,),)).idempotent(true);
+    assert!(!req.meta().is_idempotent(), "a counter update never is");
+    s.cluster.faults().add(
+        Fault::error_after_apply(InjectedError::Overloaded)
+            .opcode(Opcode::Batch)
+            .times(1),
+    );
+    let out = driver.execute(req).await;
+    assert_eq!(
+        s.cluster.counters().applied(BUMP),
+        1,
+        "the counter batch was applied {} times ({out:?})",
+        s.cluster.counters().applied(BUMP)
+    );
+    let err = out.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Overloaded, "{err}");
+
+    // the other way round: marked idempotent on the request, the driver
+    // retries the batch (its `Batch` left as it was made, not idempotent)
+    const SET: &str = "UPDATE ks.plain SET v = 7 WHERE k = ?";
+    let mut set = Batch::new(BatchType::Logged);
+    set.append_statement(SET);
+    s.cluster.faults().add(
+        Fault::error(InjectedError::Overloaded)
+            .opcode(Opcode::Batch)
+            .times(1),
+    );
+    let req = CqlRequest::batch(set, ((1i32,),)).idempotent(true);
+    driver
+        .execute(req)
+        .await
+        .expect("an idempotent batch is retried by the driver's own policy");
+}

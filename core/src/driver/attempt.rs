@@ -11,7 +11,7 @@ use scylla::response::PagingState;
 use scylla::statement::prepared::PreparedStatement;
 
 use super::DriverInner;
-use super::prepared::{Kept, Resolved, Uncached, configure_in_place};
+use super::prepared::{Kept, Resolved, Uncached, configure_fresh, configure_in_place};
 use crate::cancel::CancelReason;
 use crate::classify::NodeVerdict;
 use crate::collector::Collectors;
@@ -305,16 +305,7 @@ impl DriverInner {
         if let Some(profile) = self.callers_profile() {
             b.set_execution_profile_handle(Some(profile.clone()));
         }
-        if let Some(c) = meta.consistency() {
-            b.set_consistency(c);
-        }
-        if meta.serial_consistency().is_some() {
-            b.set_serial_consistency(meta.serial_consistency());
-        }
-        if let Some(rem) = attempt.remaining {
-            b.set_request_timeout(Some(rem));
-        }
-        b.set_tracing(meta.tracing());
+        configure_fresh(&mut b, meta, attempt);
         let values = req.values().as_batch().ok_or_else(|| {
             CqlError::new(
                 ErrorKind::Serialization,

@@ -316,7 +316,10 @@ impl DriverInner {
         if unprepared {
             let mut s = scylla::statement::Statement::new(text.to_string());
             s.set_execution_profile_handle(Some(self.profile.clone()));
-            configure_common(&mut s, meta, attempt);
+            if let Some(n) = meta.page_size() {
+                s.set_page_size(n);
+            }
+            configure_fresh(&mut s, meta, attempt);
             return Ok(Resolved::Unprepared(s));
         }
         let key = KeyRef {
@@ -354,15 +357,55 @@ fn deadline_passed_preparing(had: std::time::Duration) -> CqlError {
     .not_sent()
 }
 
-fn configure_common(s: &mut scylla::statement::Statement, meta: &RequestMeta, attempt: Attempt) {
+/// A statement the driver service builds afresh for one request (CQL
+/// text sent unprepared, a copy of a batch), which takes the request's
+/// settings as they are: the driver's setters, for [`configure_fresh`].
+pub(super) trait Fresh {
+    fn set_consistency(&mut self, c: scylla::statement::Consistency);
+    fn set_serial_consistency(&mut self, c: Option<scylla::statement::SerialConsistency>);
+    fn set_request_timeout(&mut self, t: Option<std::time::Duration>);
+    fn set_is_idempotent(&mut self, idempotent: bool);
+    fn set_tracing(&mut self, on: bool);
+}
+
+macro_rules! fresh {
+    ($($t:ty),*) => {$(
+        impl Fresh for $t {
+            fn set_consistency(&mut self, c: scylla::statement::Consistency) {
+                <$t>::set_consistency(self, c)
+            }
+            fn set_serial_consistency(&mut self, c: Option<scylla::statement::SerialConsistency>) {
+                <$t>::set_serial_consistency(self, c)
+            }
+            fn set_request_timeout(&mut self, t: Option<std::time::Duration>) {
+                <$t>::set_request_timeout(self, t)
+            }
+            fn set_is_idempotent(&mut self, idempotent: bool) {
+                <$t>::set_is_idempotent(self, idempotent)
+            }
+            fn set_tracing(&mut self, on: bool) {
+                <$t>::set_tracing(self, on)
+            }
+        }
+    )*};
+}
+
+fresh!(
+    scylla::statement::Statement,
+    scylla::statement::batch::Batch
+);
+
+/// Makes `s`, built for this request, what `meta` and `attempt` ask for
+/// (as [`configure_in_place`] does a prepared statement): its
+/// consistencies, the time left, server tracing, and idempotence, which
+/// is the request's ([`RequestMeta::is_idempotent`]: the driver's own
+/// retries, when kept, follow it), whatever the caller's batch said.
+pub(super) fn configure_fresh(s: &mut impl Fresh, meta: &RequestMeta, attempt: Attempt) {
     if let Some(c) = meta.consistency() {
         s.set_consistency(c);
     }
     if meta.serial_consistency().is_some() {
         s.set_serial_consistency(meta.serial_consistency());
-    }
-    if let Some(n) = meta.page_size() {
-        s.set_page_size(n);
     }
     if let Some(rem) = attempt.remaining {
         s.set_request_timeout(Some(rem));
