@@ -166,19 +166,24 @@ impl DriverService {
         )
     }
 
-    /// Executes one request (what `call` does, without `&mut self`).
+    /// Executes one request (what `call` does, without `&mut self`):
+    /// unpaged, or the one page its meta asks for
+    /// ([`RequestMeta::set_page`](crate::RequestMeta::set_page)).
     pub async fn execute(&self, req: CqlRequest) -> Result<CqlResponse, CqlError> {
-        DriverInner::execute(self.inner.clone(), req, None, None).await
+        DriverInner::execute(self.inner.clone(), req, None).await
     }
 
-    /// Fetches one page, starting at `paging_state`; the response carries
-    /// the state for the next page.
+    /// Fetches one page, starting at `paging_state` (the request then
+    /// asks for that page, with the index it had, or 0); the response
+    /// carries the state for the next page.
     pub async fn execute_page(
         &self,
-        req: CqlRequest,
+        mut req: CqlRequest,
         paging_state: PagingState,
     ) -> Result<CqlResponse, CqlError> {
-        DriverInner::execute(self.inner.clone(), req, Some(paging_state), None).await
+        let index = req.meta().page_index().unwrap_or(0);
+        req.meta_mut().set_page(index, paging_state);
+        DriverInner::execute(self.inner.clone(), req, None).await
     }
 }
 

@@ -1258,3 +1258,63 @@ async fn a_batch_is_idempotent_as_its_request_says_with_driver_retries_kept() {
         .await
         .expect("an idempotent batch is retried by the driver's own policy");
 }
+
+/// `execute` runs a request as `call` does: one that asks for a page
+/// (`RequestMeta::set_page`) gets that page and the state of the next,
+/// not the whole result in one unpaged answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execute_runs_the_page_a_request_asks_for_as_call_does() {
+    let s = setup(1).await;
+    let ins = Statement::new("INSERT INTO ks.rows (p, c, v) VALUES (?, ?, ?)");
+    for c in 0..5i32 {
+        s.driver
+            .execute(ins.request().bind((1i32, c, format!("v{c}"))))
+            .await
+            .unwrap();
+    }
+    let mut page = CqlRequest::query("SELECT c, v FROM ks.rows WHERE p = ?")
+        .bind((1i32,))
+        .page_size(2);
+    page.meta_mut()
+        .set_page(0, scylla::response::PagingState::start());
+    let called = s
+        .driver
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .call(page.clone())
+        .await
+        .unwrap();
+    let executed = s.driver.execute(page).await.unwrap();
+    for (how, resp) in [("call", &called), ("execute", &executed)] {
+        let rows = resp.rows::<(i32, String)>().unwrap();
+        let more = matches!(
+            resp.paging_state(),
+            Some(scylla::response::PagingStateResponse::HasMorePages { .. })
+        );
+        assert_eq!(
+            (rows.iter().map(|r| r.0).collect::<Vec<_>>(), more),
+            (vec![0, 1], true),
+            "{how}: the first page of two rows, more to come"
+        );
+    }
+    // and `execute_page` the page it is given
+    let Some(scylla::response::PagingStateResponse::HasMorePages { state }) =
+        executed.paging_state()
+    else {
+        unreachable!("checked above")
+    };
+    let second = s
+        .driver
+        .execute_page(
+            CqlRequest::query("SELECT c, v FROM ks.rows WHERE p = ?")
+                .bind((1i32,))
+                .page_size(2),
+            state.clone(),
+        )
+        .await
+        .unwrap();
+    let rows = second.rows::<(i32, String)>().unwrap();
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [2, 3]);
+}

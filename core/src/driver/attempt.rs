@@ -112,7 +112,6 @@ impl DriverInner {
     pub(crate) async fn execute(
         this: Arc<DriverInner>,
         req: CqlRequest,
-        paging_state: Option<PagingState>,
         called: Option<tokio::time::Instant>,
     ) -> Result<CqlResponse, CqlError> {
         let this = &*this;
@@ -147,6 +146,9 @@ impl DriverInner {
         // The attempt has started: it is an event now, however it ends;
         // counted for a layer that asked (see `AttemptTally`).
         req.count_attempt();
+        // the one page the request asks for, if it does (the one place
+        // that reads it: `call` and `execute` run a request alike)
+        let paging_state = meta.paging_state().cloned();
         // an attempt with a hint (after the first): the steering policy
         // reads it; and the node the attempt went to, as the policy saw
         // it, is kept in the guard
