@@ -28,6 +28,10 @@
 //!   A request's deadline bounds its statement's preparation too (the
 //!   driver's own has no timeout: it waits for every node's answer), and
 //!   the statement then runs with the time left, not the whole again.
+//!   It bounds the driver's wait after a schema change as well, for
+//!   every node to agree on the schema, which its request timeout does
+//!   not cover (not a `USE`'s, taking the keyspace to each connection:
+//!   cut short, it would leave them in different keyspaces).
 //! - The driver's own retries and speculative execution are turned off
 //!   (its `FallthroughRetryPolicy`, no speculative policy), so that retries
 //!   happen once, in the middleware, where they are observed. Turn them back

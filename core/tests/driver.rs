@@ -1318,3 +1318,37 @@ async fn execute_runs_the_page_a_request_asks_for_as_call_does() {
     let rows = second.rows::<(i32, String)>().unwrap();
     assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [2, 3]);
 }
+
+/// A schema change keeps to its request's deadline too: after the
+/// server's answer the driver waits for every node to agree on the
+/// schema (up to its `schema_agreement_timeout`, 60 s by default),
+/// outside its request timeout. A deadline that passes meanwhile ends
+/// the request at the deadline, `DeadlineExceeded`, saying the change
+/// may have been applied (it was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_keeps_to_the_requests_deadline() {
+    let s = setup(1).await;
+    // every schema agreement check answers 2 s late
+    s.cluster.faults().add(
+        Fault::delay(Duration::from_secs(2)).matching("SELECT schema_version FROM system.local"),
+    );
+    let started = std::time::Instant::now();
+    let out = s
+        .driver
+        .execute(
+            CqlRequest::unprepared("CREATE TABLE ks.later (k int PRIMARY KEY, v int)")
+                .timeout(Duration::from_millis(300)),
+        )
+        .await;
+    let took = started.elapsed();
+    let err = match out {
+        Ok(_) => panic!("a schema change with a 300 ms deadline succeeded after {took:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert!(took < Duration::from_millis(1500), "ended after {took:?}");
+    assert!(err.may_have_been_applied(), "{err}");
+    s.cluster.faults().clear();
+    // it was applied: the table is there
+    s.run("INSERT INTO ks.later (k, v) VALUES (1, 1)").await;
+}
