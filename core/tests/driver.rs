@@ -1352,3 +1352,36 @@ async fn a_schema_change_keeps_to_the_requests_deadline() {
     // it was applied: the table is there
     s.run("INSERT INTO ks.later (k, v) VALUES (1, 1)").await;
 }
+
+/// A batch cannot be paged: streaming one is refused before the driver
+/// is touched, as the other settings the driver cannot take are
+/// (`BadRequest`, not sent, no attempt made: no attempt event, and the
+/// error counts none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paged_batch_is_refused_before_any_attempt() {
+    use scylla::statement::batch::{Batch, BatchType};
+    let s = setup(1).await;
+    let mut batch = Batch::new(BatchType::Logged);
+    batch.append_statement("INSERT INTO ks.kv (k, v) VALUES (?, ?)");
+    let attempts_before = s.memory.snapshot().attempt_latency(None).count();
+    let err = s
+        .driver
+        .stream::<(i32,)>(CqlRequest::batch(batch, ((1i32, "one"),)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadRequest, "{err}");
+    assert!(err.was_not_sent(), "{err}");
+    assert!(err.message().contains("a batch cannot be paged"), "{err}");
+    assert_eq!(err.attempts(), 0, "no attempt was made: {err}");
+    assert_eq!(
+        s.memory.snapshot().attempt_latency(None).count(),
+        attempts_before,
+        "no attempt event for an attempt never made"
+    );
+    assert_eq!(
+        s.cluster
+            .counters()
+            .executions("INSERT INTO ks.kv (k, v) VALUES (?, ?)"),
+        0
+    );
+}

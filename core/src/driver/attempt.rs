@@ -299,13 +299,8 @@ impl DriverInner {
                 keyspace,
                 unprepared,
             } => (text, keyspace, unprepared),
-            Uncached::Batch(_) if paging_state.is_some() => {
-                return Err(CqlError::new(
-                    ErrorKind::BadRequest,
-                    "a batch cannot be paged: execute it with call(), not stream()",
-                )
-                .not_sent());
-            }
+            // (a page of a batch was refused before the attempt began:
+            // see `RequestMeta::check_settings`)
             Uncached::Batch(batch) => return self.run_batch(req, batch, attempt).await,
         };
         let stmt = self
