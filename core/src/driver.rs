@@ -25,6 +25,13 @@
 //!   prepared statement to the keyspace it was prepared in, so after a
 //!   `USE` it is prepared again for the new one. Only preparations in
 //!   flight are kept; a failed one is tried again by the next request.
+//!   A request's deadline bounds its statement's preparation too (the
+//!   driver's own has no timeout: it waits for every node's answer), and
+//!   the statement then runs with the time left, not the whole again.
+//!   It bounds the driver's wait after a schema change as well, for
+//!   every node to agree on the schema, which its request timeout does
+//!   not cover (not a `USE`'s, taking the keyspace to each connection:
+//!   cut short, it would leave them in different keyspaces).
 //! - The driver's own retries and speculative execution are turned off
 //!   (its `FallthroughRetryPolicy`, no speculative policy), so that retries
 //!   happen once, in the middleware, where they are observed. Turn them back
@@ -163,19 +170,24 @@ impl DriverService {
         )
     }
 
-    /// Executes one request (what `call` does, without `&mut self`).
+    /// Executes one request (what `call` does, without `&mut self`):
+    /// unpaged, or the one page its meta asks for
+    /// ([`RequestMeta::set_page`](crate::RequestMeta::set_page)).
     pub async fn execute(&self, req: CqlRequest) -> Result<CqlResponse, CqlError> {
-        DriverInner::execute(self.inner.clone(), req, None, None).await
+        DriverInner::execute(self.inner.clone(), req, None).await
     }
 
-    /// Fetches one page, starting at `paging_state`; the response carries
-    /// the state for the next page.
+    /// Fetches one page, starting at `paging_state` (the request then
+    /// asks for that page, with the index it had, or 0); the response
+    /// carries the state for the next page.
     pub async fn execute_page(
         &self,
-        req: CqlRequest,
+        mut req: CqlRequest,
         paging_state: PagingState,
     ) -> Result<CqlResponse, CqlError> {
-        DriverInner::execute(self.inner.clone(), req, Some(paging_state), None).await
+        let index = req.meta().page_index().unwrap_or(0);
+        req.meta_mut().set_page(index, paging_state);
+        DriverInner::execute(self.inner.clone(), req, None).await
     }
 }
 

@@ -397,7 +397,8 @@ pub struct PageEvent<'a> {
     pub page: u32,
     /// Rows in the page.
     pub rows: usize,
-    /// Time to fetch it.
+    /// Time to fetch it: from its request to its answer, whenever the
+    /// reader came back for it.
     pub duration: Duration,
     /// The node that served it.
     pub node: Option<SocketAddr>,

@@ -39,9 +39,11 @@
 //!   current one is held or asked for: memory is the decoded current
 //!   page and one page in flight (backpressure). A stream dropped with a
 //!   page in flight cancels that page's request (its task is aborted).
-//! - Each page is an event ([`PageEvent`]); the stream reports one
+//! - Each page that arrives is an event ([`PageEvent`]), also one whose
+//!   rows do not decode as `T` (it was fetched); the stream reports one
 //!   [`StreamEvent`] when it ends, fails (a page that failed after the
-//!   service's retries; after `close()`, with `ShutDown`) or is dropped.
+//!   service's retries, or did not decode; after `close()`, with
+//!   `ShutDown`) or is dropped.
 //! - A stream has one owner: its counters are plain fields, mutated only
 //!   through `&mut self`, so no row or count can be lost to a race (the
 //!   hazard of the Python wrapper this project replaces).
@@ -68,6 +70,12 @@ use crate::response::CqlResponse;
 
 type PageOutput = Result<CqlResponse, CqlError>;
 
+/// A page's answer, and the time from its request to its answer, taken
+/// where the answer arrives (in the fetch itself, which may run on a task
+/// of its own while the reader is busy): `None` when the fetch never
+/// completed (its runtime shut down).
+type Fetched = (PageOutput, Option<Duration>);
+
 /// The request for a page, in flight. Polled first by the consumer's
 /// poll that asked for it, so the request goes out before the current
 /// page's first row is handed out; if it is not answered then, a task of
@@ -76,14 +84,14 @@ type PageOutput = Result<CqlResponse, CqlError>;
 /// for it), aborted if the stream drops it first. Outside a runtime the
 /// consumer's polls drive it.
 enum Fetch {
-    Here(BoxFuture<'static, PageOutput>),
+    Here(BoxFuture<'static, Fetched>),
     Task(AbortOnDrop),
     /// (only while moving from `Here` to `Task`)
     Moving,
 }
 
 impl Fetch {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<PageOutput> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Fetched> {
         match self {
             Fetch::Here(fut) => {
                 let out = fut.as_mut().poll(cx);
@@ -106,17 +114,20 @@ impl Fetch {
                 Ok(out) => Poll::Ready(out),
                 // the page's request panicked: as if polled here
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(_) => Poll::Ready(Err(CqlError::new(
-                    ErrorKind::Cancelled,
-                    "the page's request was cancelled: its runtime is shutting down",
-                ))),
+                Err(_) => Poll::Ready((
+                    Err(CqlError::new(
+                        ErrorKind::Cancelled,
+                        "the page's request was cancelled: its runtime is shutting down",
+                    )),
+                    None,
+                )),
             },
         }
     }
 }
 
 /// A page's task, aborted when dropped (a no-op once it has finished).
-struct AbortOnDrop(tokio::task::JoinHandle<PageOutput>);
+struct AbortOnDrop(tokio::task::JoinHandle<Fetched>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -126,9 +137,10 @@ impl Drop for AbortOnDrop {
 
 /// The page after the current one.
 enum Next {
-    /// Requested (the index it was asked as), not answered yet.
+    /// Requested (when), not answered yet.
     Fetching(Fetch, Instant),
-    /// Answered, not yet read by the consumer.
+    /// Answered, not yet read by the consumer, with the time from its
+    /// request to its answer.
     Ready(Result<CqlResponse, CqlError>, Duration),
     /// No more pages.
     End,
@@ -239,20 +251,27 @@ where
         }
         req.meta_mut().set_page(self.requested, state);
         self.requested += 1;
+        let asked = Instant::now();
         let fut = async move {
-            std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
-            svc.call(req).await
+            let out = async {
+                std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+                svc.call(req).await
+            }
+            .await;
+            // the page's time ends as its answer arrives, not when the
+            // reader comes back for it
+            (out, Some(asked.elapsed()))
         }
         .instrument(self.span.clone());
-        self.next = Next::Fetching(Fetch::Here(Box::pin(fut)), Instant::now());
+        self.next = Next::Fetching(Fetch::Here(Box::pin(fut)), asked);
     }
 
     /// Drives the page in flight; ready when it has an answer (or there is
     /// none to wait for).
     fn poll_next_page(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if let Next::Fetching(fut, asked) = &mut self.next {
-            let out = std::task::ready!(fut.poll(cx));
-            self.next = Next::Ready(out, asked.elapsed());
+            let (out, took) = std::task::ready!(fut.poll(cx));
+            self.next = Next::Ready(out, took.unwrap_or_else(|| asked.elapsed()));
         }
         Poll::Ready(())
     }
@@ -321,7 +340,17 @@ where
                 Next::Fetching(..) => unreachable!("polled to an answer above"),
                 Next::Ready(out, duration) => (out, duration),
             };
+            // A page that arrived was fetched, whether or not its rows
+            // decode as `T`: its event first, then its rows.
             let page = out.and_then(|resp| {
+                this.collectors.emit(Event::Page(PageEvent {
+                    meta: this.request.meta(),
+                    page: this.pages,
+                    rows: resp.info().rows,
+                    duration,
+                    node: resp.info().coordinator,
+                }));
+                this.pages += 1;
                 let rows = resp.rows::<T>()?;
                 Ok((rows, resp))
             });
@@ -332,14 +361,6 @@ where
                     return Poll::Ready(Some(Err(e)));
                 }
             };
-            this.collectors.emit(Event::Page(PageEvent {
-                meta: this.request.meta(),
-                page: this.pages,
-                rows: rows.len(),
-                duration,
-                node: resp.info().coordinator,
-            }));
-            this.pages += 1;
             this.rows = rows.into_iter();
             // one page ahead: ask for the next while this one is read
             if let Some(PagingStateResponse::HasMorePages { state }) = resp.paging_state() {

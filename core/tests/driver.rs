@@ -204,11 +204,13 @@ async fn a_new_statement_is_prepared_once_however_many_tasks_start_it() {
 struct Pages {
     pages: std::sync::Mutex<Vec<usize>>,
     ends: std::sync::Mutex<Vec<(String, u32, u64)>>,
+    durations: std::sync::Mutex<Vec<Duration>>,
 }
 
 impl Collector for Pages {
     fn on_page(&self, e: &PageEvent<'_>) {
         self.pages.lock().unwrap().push(e.rows);
+        self.durations.lock().unwrap().push(e.duration);
     }
     fn on_stream(&self, e: &StreamEvent<'_>) {
         self.ends
@@ -1048,4 +1050,338 @@ async fn a_streams_timeout_is_each_pages() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+}
+
+/// A statement new to the driver's cache is prepared before it runs,
+/// inside the request's deadline: a PREPARE slower than the deadline
+/// ends the request at the deadline (`DeadlineExceeded`, nothing
+/// executed), and a statement prepared in time runs with what is left
+/// of the deadline, not the whole of it again. (The driver's prepare has
+/// no timeout of its own: it waits for every node's answer.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preparing_a_new_statement_keeps_to_the_requests_deadline() {
+    let s = setup(1).await;
+    s.run("INSERT INTO ks.kv (k, v) VALUES (1, 'one')").await;
+    const READ: &str = "SELECT v FROM ks.kv WHERE k = ?";
+    s.cluster.faults().add(
+        Fault::delay(Duration::from_secs(2))
+            .opcode(Opcode::Prepare)
+            .matching(READ)
+            .times(1),
+    );
+    let started = std::time::Instant::now();
+    let out = s
+        .driver
+        .execute(
+            CqlRequest::query(READ)
+                .bind((1i32,))
+                .timeout(Duration::from_millis(300)),
+        )
+        .await;
+    let took = started.elapsed();
+    let err = match out {
+        Ok(_) => panic!("a request with a 300 ms deadline succeeded after {took:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert!(took < Duration::from_millis(1500), "ended after {took:?}");
+    assert!(!err.may_have_been_applied(), "{err}");
+    assert_eq!(s.cluster.counters().executions(READ), 0);
+
+    // prepared in 250 ms of a 400 ms deadline: the read gets the 150 ms
+    // left, so an EXECUTE slowed by 300 ms ends at the deadline
+    const OTHER: &str = "SELECT k, v FROM ks.kv WHERE k = ?";
+    s.cluster.faults().add(
+        Fault::delay(Duration::from_millis(250))
+            .opcode(Opcode::Prepare)
+            .matching(OTHER)
+            .times(1),
+    );
+    s.cluster.faults().add(
+        Fault::delay(Duration::from_millis(300))
+            .opcode(Opcode::Execute)
+            .matching(OTHER)
+            .times(1),
+    );
+    let started = std::time::Instant::now();
+    let out = s
+        .driver
+        .execute(
+            CqlRequest::query(OTHER)
+                .bind((1i32,))
+                .timeout(Duration::from_millis(400)),
+        )
+        .await;
+    let took = started.elapsed();
+    let err = match out {
+        Ok(_) => panic!("a request with a 400 ms deadline succeeded after {took:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert!(took < Duration::from_millis(500), "ended after {took:?}");
+    let shown = format!("{:?}", s.driver);
+    assert!(shown.contains("preparing: 0"), "{shown}");
+}
+
+/// A page event's duration is the time the page took to fetch, from its
+/// request to its answer: not the time the reader took to come back for
+/// it. Each page here is answered in a few milliseconds while the reader
+/// spends 400 ms on every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pages_duration_is_its_fetch_not_the_readers_pause() {
+    let s = setup(1).await;
+    let pages = Arc::new(Pages::default());
+    s.collectors.add(pages.clone());
+    let ins = Statement::new("INSERT INTO ks.rows (p, c, v) VALUES (?, ?, ?)");
+    for c in 0..3i32 {
+        s.driver
+            .execute(ins.request().bind((1i32, c, format!("v{c}"))))
+            .await
+            .unwrap();
+    }
+    let read = Statement::new("SELECT c, v FROM ks.rows WHERE p = ?");
+    let mut stream = s
+        .driver
+        .stream::<(i32, String)>(read.request().bind((1i32,)).page_size(1))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Some(row) = stream.next().await {
+        seen.push(row.unwrap().0);
+        // the reader's own work on the row, the next page long answered
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(seen, [0, 1, 2]);
+    let durations = pages.durations.lock().unwrap().clone();
+    assert!(durations.len() >= 3, "{durations:?}");
+    for (i, d) in durations.iter().enumerate() {
+        assert!(
+            *d < Duration::from_millis(200),
+            "page {i} took {d:?} by its event (all: {durations:?})"
+        );
+    }
+}
+
+/// A page that arrives but whose rows do not decode as the stream's
+/// type was still fetched: it has its page event (with its rows), and
+/// the stream's completion event counts it among the pages fetched,
+/// as the stack's request event for it says it succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_does_not_decode_was_still_fetched() {
+    let s = setup(1).await;
+    let pages = Arc::new(Pages::default());
+    s.collectors.add(pages.clone());
+    let ins = Statement::new("INSERT INTO ks.rows (p, c, v) VALUES (?, ?, ?)");
+    for c in 0..5i32 {
+        s.driver
+            .execute(ins.request().bind((1i32, c, format!("v{c}"))))
+            .await
+            .unwrap();
+    }
+    let read = Statement::new("SELECT c, v FROM ks.rows WHERE p = ?");
+    // (c, v) is (int, text): read as (text,), no row decodes
+    let mut bad = s
+        .driver
+        .stream::<(String,)>(read.request().bind((1i32,)).page_size(3))
+        .await
+        .unwrap();
+    let err = bad.next().await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Deserialization, "{err}");
+    assert!(bad.next().await.is_none());
+    drop(bad);
+    assert_eq!(
+        *pages.pages.lock().unwrap(),
+        vec![3],
+        "the page that arrived"
+    );
+    assert_eq!(
+        pages.ends.lock().unwrap().as_slice(),
+        &[("failed".to_string(), 1, 0)],
+        "(end, pages fetched, rows handed out)"
+    );
+}
+
+/// A batch runs as idempotent only if its request is (the rule every
+/// statement the driver service runs follows), whatever the driver's
+/// `Batch` says: with the driver's own retries kept, a counter batch
+/// whose `Batch` was marked idempotent, applied and then answered
+/// `Overloaded`, is not retried by the driver, so it is applied once;
+/// and a batch whose request is marked idempotent is one the driver may
+/// retry, as it does a statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_idempotent_as_its_request_says_with_driver_retries_kept() {
+    use scylla::statement::batch::{Batch, BatchType};
+    let s = setup(3).await;
+    s.run("CREATE TABLE ks.c (k int PRIMARY KEY, n counter)")
+        .await;
+    s.run("CREATE TABLE ks.plain (k int PRIMARY KEY, v int)")
+        .await;
+    let driver = DriverService::builder(s.driver.session().clone())
+        .keep_driver_retries(true)
+        .build()
+        .unwrap();
+    const BUMP: &str = "UPDATE ks.c SET n = n + 1 WHERE k = ?";
+    let mut bump = Batch::new(BatchType::Counter);
+    bump.append_statement(BUMP);
+    // the caller's batch says idempotent; its text says a counter update
+    bump.set_is_idempotent(true);
+    let req = CqlRequest::batch(bump, ((1i32,),)).idempotent(true);
+    assert!(!req.meta().is_idempotent(), "a counter update never is");
+    s.cluster.faults().add(
+        Fault::error_after_apply(InjectedError::Overloaded)
+            .opcode(Opcode::Batch)
+            .times(1),
+    );
+    let out = driver.execute(req).await;
+    assert_eq!(
+        s.cluster.counters().applied(BUMP),
+        1,
+        "the counter batch was applied {} times ({out:?})",
+        s.cluster.counters().applied(BUMP)
+    );
+    let err = out.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Overloaded, "{err}");
+
+    // the other way round: marked idempotent on the request, the driver
+    // retries the batch (its `Batch` left as it was made, not idempotent)
+    const SET: &str = "UPDATE ks.plain SET v = 7 WHERE k = ?";
+    let mut set = Batch::new(BatchType::Logged);
+    set.append_statement(SET);
+    s.cluster.faults().add(
+        Fault::error(InjectedError::Overloaded)
+            .opcode(Opcode::Batch)
+            .times(1),
+    );
+    let req = CqlRequest::batch(set, ((1i32,),)).idempotent(true);
+    driver
+        .execute(req)
+        .await
+        .expect("an idempotent batch is retried by the driver's own policy");
+}
+
+/// `execute` runs a request as `call` does: one that asks for a page
+/// (`RequestMeta::set_page`) gets that page and the state of the next,
+/// not the whole result in one unpaged answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execute_runs_the_page_a_request_asks_for_as_call_does() {
+    let s = setup(1).await;
+    let ins = Statement::new("INSERT INTO ks.rows (p, c, v) VALUES (?, ?, ?)");
+    for c in 0..5i32 {
+        s.driver
+            .execute(ins.request().bind((1i32, c, format!("v{c}"))))
+            .await
+            .unwrap();
+    }
+    let mut page = CqlRequest::query("SELECT c, v FROM ks.rows WHERE p = ?")
+        .bind((1i32,))
+        .page_size(2);
+    page.meta_mut()
+        .set_page(0, scylla::response::PagingState::start());
+    let called = s
+        .driver
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .call(page.clone())
+        .await
+        .unwrap();
+    let executed = s.driver.execute(page).await.unwrap();
+    for (how, resp) in [("call", &called), ("execute", &executed)] {
+        let rows = resp.rows::<(i32, String)>().unwrap();
+        let more = matches!(
+            resp.paging_state(),
+            Some(scylla::response::PagingStateResponse::HasMorePages { .. })
+        );
+        assert_eq!(
+            (rows.iter().map(|r| r.0).collect::<Vec<_>>(), more),
+            (vec![0, 1], true),
+            "{how}: the first page of two rows, more to come"
+        );
+    }
+    // and `execute_page` the page it is given
+    let Some(scylla::response::PagingStateResponse::HasMorePages { state }) =
+        executed.paging_state()
+    else {
+        unreachable!("checked above")
+    };
+    let second = s
+        .driver
+        .execute_page(
+            CqlRequest::query("SELECT c, v FROM ks.rows WHERE p = ?")
+                .bind((1i32,))
+                .page_size(2),
+            state.clone(),
+        )
+        .await
+        .unwrap();
+    let rows = second.rows::<(i32, String)>().unwrap();
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [2, 3]);
+}
+
+/// A schema change keeps to its request's deadline too: after the
+/// server's answer the driver waits for every node to agree on the
+/// schema (up to its `schema_agreement_timeout`, 60 s by default),
+/// outside its request timeout. A deadline that passes meanwhile ends
+/// the request at the deadline, `DeadlineExceeded`, saying the change
+/// may have been applied (it was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_keeps_to_the_requests_deadline() {
+    let s = setup(1).await;
+    // every schema agreement check answers 2 s late
+    s.cluster.faults().add(
+        Fault::delay(Duration::from_secs(2)).matching("SELECT schema_version FROM system.local"),
+    );
+    let started = std::time::Instant::now();
+    let out = s
+        .driver
+        .execute(
+            CqlRequest::unprepared("CREATE TABLE ks.later (k int PRIMARY KEY, v int)")
+                .timeout(Duration::from_millis(300)),
+        )
+        .await;
+    let took = started.elapsed();
+    let err = match out {
+        Ok(_) => panic!("a schema change with a 300 ms deadline succeeded after {took:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert!(took < Duration::from_millis(1500), "ended after {took:?}");
+    assert!(err.may_have_been_applied(), "{err}");
+    s.cluster.faults().clear();
+    // it was applied: the table is there
+    s.run("INSERT INTO ks.later (k, v) VALUES (1, 1)").await;
+}
+
+/// A batch cannot be paged: streaming one is refused before the driver
+/// is touched, as the other settings the driver cannot take are
+/// (`BadRequest`, not sent, no attempt made: no attempt event, and the
+/// error counts none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paged_batch_is_refused_before_any_attempt() {
+    use scylla::statement::batch::{Batch, BatchType};
+    let s = setup(1).await;
+    let mut batch = Batch::new(BatchType::Logged);
+    batch.append_statement("INSERT INTO ks.kv (k, v) VALUES (?, ?)");
+    let attempts_before = s.memory.snapshot().attempt_latency(None).count();
+    let err = s
+        .driver
+        .stream::<(i32,)>(CqlRequest::batch(batch, ((1i32, "one"),)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadRequest, "{err}");
+    assert!(err.was_not_sent(), "{err}");
+    assert!(err.message().contains("a batch cannot be paged"), "{err}");
+    assert_eq!(err.attempts(), 0, "no attempt was made: {err}");
+    assert_eq!(
+        s.memory.snapshot().attempt_latency(None).count(),
+        attempts_before,
+        "no attempt event for an attempt never made"
+    );
+    assert_eq!(
+        s.cluster
+            .counters()
+            .executions("INSERT INTO ks.kv (k, v) VALUES (?, ?)"),
+        0
+    );
 }

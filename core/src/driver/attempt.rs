@@ -11,13 +11,13 @@ use scylla::response::PagingState;
 use scylla::statement::prepared::PreparedStatement;
 
 use super::DriverInner;
-use super::prepared::{Kept, Resolved, Uncached, configure_in_place};
+use super::prepared::{Kept, Resolved, Uncached, configure_fresh, configure_in_place};
 use crate::cancel::CancelReason;
 use crate::classify::NodeVerdict;
 use crate::collector::Collectors;
 use crate::error::{CqlError, ErrorKind};
 use crate::event::{AttemptEvent, Event};
-use crate::request::{CqlRequest, RequestMeta};
+use crate::request::{CqlRequest, OperationKind, RequestMeta};
 use crate::response::CqlResponse;
 
 /// An attempt in flight: dropped while `armed` (the attempt's future was
@@ -96,6 +96,29 @@ impl Unfinished<'_> {
     }
 }
 
+/// `attempt` (which began at `start`), ended at `deadline` if it has not
+/// completed by then: `DeadlineExceeded`, and it may have been applied.
+async fn within_deadline(
+    deadline: Instant,
+    start: Instant,
+    attempt: impl std::future::Future<Output = Result<CqlResponse, CqlError>>,
+) -> Result<CqlResponse, CqlError> {
+    let at = tokio::time::Instant::from_std(deadline);
+    match tokio::time::timeout_at(at, attempt).await {
+        Ok(out) => out,
+        Err(_) => Err(CqlError::new(
+            ErrorKind::DeadlineExceeded,
+            format!(
+                "the request's deadline passed {:?} after the attempt began, before the driver \
+                 had done with the schema change (the server's answer, then every node agreeing \
+                 on the schema): it may have been applied; check before running it again, or \
+                 give schema changes a longer deadline",
+                deadline.saturating_duration_since(start)
+            ),
+        )),
+    }
+}
+
 /// What one attempt gives the statement it runs: the time left before the
 /// request's deadline, read once when the attempt began.
 #[derive(Clone)]
@@ -112,7 +135,6 @@ impl DriverInner {
     pub(crate) async fn execute(
         this: Arc<DriverInner>,
         req: CqlRequest,
-        paging_state: Option<PagingState>,
         called: Option<tokio::time::Instant>,
     ) -> Result<CqlResponse, CqlError> {
         let this = &*this;
@@ -147,16 +169,32 @@ impl DriverInner {
         // The attempt has started: it is an event now, however it ends;
         // counted for a layer that asked (see `AttemptTally`).
         req.count_attempt();
+        // the one page the request asks for, if it does (the one place
+        // that reads it: `call` and `execute` run a request alike)
+        let paging_state = meta.paging_state().cloned();
         // an attempt with a hint (after the first): the steering policy
         // reads it; and the node the attempt went to, as the policy saw
         // it, is kept in the guard
-        let result = crate::routing::Steered::new(
+        let steered = crate::routing::Steered::new(
             meta.route().cloned(),
             meta.attempt_index(),
             this.node_attribution.then_some(&mut guard.node),
             this.run(&req, paging_state, Attempt { remaining }),
-        )
-        .await;
+        );
+        let result = match meta.deadline() {
+            // A schema change makes the driver wait, after the server's
+            // answer and outside its request timeout, for every node to
+            // agree on the schema: the deadline bounds that too. (Not a
+            // `USE`: cut short while the driver takes it to each
+            // connection, it would leave them in different keyspaces,
+            // and the session's keyspace, by which unqualified text is
+            // prepared, naming none of them. Boxed: rare, and this
+            // future stays the size of the common case's.)
+            Some(deadline) if meta.kind().is_schema() && meta.kind() != OperationKind::Use => {
+                Box::pin(within_deadline(deadline, start, steered)).await
+            }
+            _ => steered.await,
+        };
         guard.armed = false;
         let seen = guard.node;
         drop(guard);
@@ -261,13 +299,8 @@ impl DriverInner {
                 keyspace,
                 unprepared,
             } => (text, keyspace, unprepared),
-            Uncached::Batch(_) if paging_state.is_some() => {
-                return Err(CqlError::new(
-                    ErrorKind::BadRequest,
-                    "a batch cannot be paged: execute it with call(), not stream()",
-                )
-                .not_sent());
-            }
+            // (a page of a batch was refused before the attempt began:
+            // see `RequestMeta::check_settings`)
             Uncached::Batch(batch) => return self.run_batch(req, batch, attempt).await,
         };
         let stmt = self
@@ -305,16 +338,7 @@ impl DriverInner {
         if let Some(profile) = self.callers_profile() {
             b.set_execution_profile_handle(Some(profile.clone()));
         }
-        if let Some(c) = meta.consistency() {
-            b.set_consistency(c);
-        }
-        if meta.serial_consistency().is_some() {
-            b.set_serial_consistency(meta.serial_consistency());
-        }
-        if let Some(rem) = attempt.remaining {
-            b.set_request_timeout(Some(rem));
-        }
-        b.set_tracing(meta.tracing());
+        configure_fresh(&mut b, meta, attempt);
         let values = req.values().as_batch().ok_or_else(|| {
             CqlError::new(
                 ErrorKind::Serialization,

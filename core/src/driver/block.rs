@@ -86,8 +86,7 @@ where
 // What a block runs: one request through the driver service, timed from
 // its call (the attempt's own future, not one awaiting it).
 fn run(inner: Arc<DriverInner>, req: CqlRequest, called: Instant) -> impl Future<Output = Output> {
-    let page = req.meta().paging_state().cloned();
-    DriverInner::execute(inner, req, page, Some(called))
+    DriverInner::execute(inner, req, Some(called))
 }
 
 /// The response future of [`DriverService`](super::DriverService): the

@@ -66,7 +66,11 @@ impl DriverServiceBuilder {
     /// with its load-balancing policy around the session's (the plan is
     /// the session's own unless a route hint says otherwise), so their
     /// attempts name their node; a statement the caller prepared, or a
-    /// batch, runs with its own execution profile.
+    /// batch, runs with its own execution profile. Every statement and
+    /// batch runs as idempotent only if its request is
+    /// ([`RequestMeta::is_idempotent`](crate::RequestMeta::is_idempotent)),
+    /// whatever the caller made it with: the driver's retries never
+    /// repeat a write the stack would not.
     pub fn keep_driver_retries(mut self, keep: bool) -> Self {
         self.keep_driver_retries = keep;
         self

@@ -109,10 +109,11 @@ impl PreparedCache {
             .get_or_insert_with(key.clone(), || Arc::new(Preparation::new()))
     }
 
-    /// Forgets the preparation `done` of `key` once it has ended: its
-    /// statement is in the cache, or it failed (a task that asks next
-    /// starts another; one started meanwhile stays). Only preparations in
-    /// flight are kept, however many texts fail.
+    /// Forgets the preparation `done` of `key` once a task stopped
+    /// waiting for it: its statement is in the cache, or it failed, or
+    /// the task was dropped (its deadline passed, its caller went away).
+    /// A task that asks next starts another; one started meanwhile stays.
+    /// Only preparations in flight are kept, however many texts fail.
     fn ended(&self, key: &TextKey, done: &Arc<Preparation>) {
         self.preparing
             .remove_if(&key.as_ref(), |p| Arc::ptr_eq(p, done));
@@ -242,8 +243,17 @@ impl DriverInner {
     /// `USE` meanwhile leaves unknown which keyspace the server bound it
     /// to: it runs once, for the request that asked, uncached).
     async fn prepare_once(&self, key: TextKey) -> Result<PreparedStatement, CqlError> {
-        let preparation = self.cache.preparation(&key);
-        let out = preparation
+        /// Ends the task's wait for a preparation, however it ends (see
+        /// [`PreparedCache::ended`]).
+        struct Waiting<'a>(&'a PreparedCache, &'a TextKey, Arc<Preparation>);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.ended(self.1, &self.2);
+            }
+        }
+        let waiting = Waiting(&self.cache, &key, self.cache.preparation(&key));
+        waiting
+            .2
             .get_or_try_init(|| async {
                 // finished by another task since this one missed
                 if let Some(p) = self.cache.map.get(&key.as_ref()) {
@@ -263,9 +273,33 @@ impl DriverInner {
                 Ok::<_, CqlError>(p)
             })
             .await
-            .cloned();
-        self.cache.ended(&key, &preparation);
-        out
+            .cloned()
+    }
+
+    /// [`prepare_once`](Self::prepare_once) within the request's
+    /// deadline, and the time left for the statement's execution after
+    /// it: the driver's preparation has no timeout of its own (it waits
+    /// for every node's answer), and the time `attempt` had left when it
+    /// began is not left once it has prepared. A deadline that passes
+    /// while it prepares, or as it has prepared, ends the attempt with
+    /// `DeadlineExceeded`, the statement not executed.
+    async fn prepare_in_time(
+        &self,
+        key: TextKey,
+        meta: &RequestMeta,
+        attempt: Attempt,
+    ) -> Result<(PreparedStatement, Attempt), CqlError> {
+        let (Some(deadline), Some(had)) = (meta.deadline(), attempt.remaining) else {
+            return Ok((self.prepare_once(key).await?, attempt));
+        };
+        let at = tokio::time::Instant::from_std(deadline);
+        let prepared = tokio::time::timeout_at(at, self.prepare_once(key))
+            .await
+            .map_err(|_| deadline_passed_preparing(had))??;
+        match meta.remaining() {
+            Some(left) if left.is_zero() => Err(deadline_passed_preparing(had)),
+            remaining => Ok((prepared, Attempt { remaining })),
+        }
     }
 
     /// CQL text [`prepared_kept`](Self::prepared_kept) could not resolve,
@@ -282,21 +316,24 @@ impl DriverInner {
         if unprepared {
             let mut s = scylla::statement::Statement::new(text.to_string());
             s.set_execution_profile_handle(Some(self.profile.clone()));
-            configure_common(&mut s, meta, attempt);
+            if let Some(n) = meta.page_size() {
+                s.set_page_size(n);
+            }
+            configure_fresh(&mut s, meta, attempt);
             return Ok(Resolved::Unprepared(s));
         }
         let key = KeyRef {
             text,
             keyspace: keyspace.as_deref().map(String::as_str),
         };
-        let stmt = match self.cache.get(key) {
-            Some(p) => p,
+        let (stmt, attempt) = match self.cache.get(key) {
+            Some(p) => (p, attempt),
             None => {
-                self.prepare_once(TextKey {
+                let key = TextKey {
                     text: text.clone(),
                     keyspace,
-                })
-                .await?
+                };
+                self.prepare_in_time(key, meta, attempt).await?
             }
         };
         Ok(Resolved::Prepared(
@@ -305,15 +342,70 @@ impl DriverInner {
     }
 }
 
-fn configure_common(s: &mut scylla::statement::Statement, meta: &RequestMeta, attempt: Attempt) {
+/// The error of an attempt whose deadline passed while its statement was
+/// prepared (it had `had` left when it began): not executed.
+#[cold]
+fn deadline_passed_preparing(had: std::time::Duration) -> CqlError {
+    CqlError::new(
+        crate::ErrorKind::DeadlineExceeded,
+        format!(
+            "the request's deadline passed while its statement was being prepared \
+             ({had:?} after the attempt began; the statement was not executed): raise the \
+             deadline, or run the statement once ahead of time so that it is prepared"
+        ),
+    )
+    .not_sent()
+}
+
+/// A statement the driver service builds afresh for one request (CQL
+/// text sent unprepared, a copy of a batch), which takes the request's
+/// settings as they are: the driver's setters, for [`configure_fresh`].
+pub(super) trait Fresh {
+    fn set_consistency(&mut self, c: scylla::statement::Consistency);
+    fn set_serial_consistency(&mut self, c: Option<scylla::statement::SerialConsistency>);
+    fn set_request_timeout(&mut self, t: Option<std::time::Duration>);
+    fn set_is_idempotent(&mut self, idempotent: bool);
+    fn set_tracing(&mut self, on: bool);
+}
+
+macro_rules! fresh {
+    ($($t:ty),*) => {$(
+        impl Fresh for $t {
+            fn set_consistency(&mut self, c: scylla::statement::Consistency) {
+                <$t>::set_consistency(self, c)
+            }
+            fn set_serial_consistency(&mut self, c: Option<scylla::statement::SerialConsistency>) {
+                <$t>::set_serial_consistency(self, c)
+            }
+            fn set_request_timeout(&mut self, t: Option<std::time::Duration>) {
+                <$t>::set_request_timeout(self, t)
+            }
+            fn set_is_idempotent(&mut self, idempotent: bool) {
+                <$t>::set_is_idempotent(self, idempotent)
+            }
+            fn set_tracing(&mut self, on: bool) {
+                <$t>::set_tracing(self, on)
+            }
+        }
+    )*};
+}
+
+fresh!(
+    scylla::statement::Statement,
+    scylla::statement::batch::Batch
+);
+
+/// Makes `s`, built for this request, what `meta` and `attempt` ask for
+/// (as [`configure_in_place`] does a prepared statement): its
+/// consistencies, the time left, server tracing, and idempotence, which
+/// is the request's ([`RequestMeta::is_idempotent`]: the driver's own
+/// retries, when kept, follow it), whatever the caller's batch said.
+pub(super) fn configure_fresh(s: &mut impl Fresh, meta: &RequestMeta, attempt: Attempt) {
     if let Some(c) = meta.consistency() {
         s.set_consistency(c);
     }
     if meta.serial_consistency().is_some() {
         s.set_serial_consistency(meta.serial_consistency());
-    }
-    if let Some(n) = meta.page_size() {
-        s.set_page_size(n);
     }
     if let Some(rem) = attempt.remaining {
         s.set_request_timeout(Some(rem));

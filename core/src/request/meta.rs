@@ -383,17 +383,23 @@ impl RequestMeta {
 
     /// Whether the driver can run the request as it is set: the one check
     /// of a request's own settings, made by the driver service before each
-    /// attempt touches the driver. A page size below 1 is refused (scylla's
-    /// `set_page_size` panics on one) with a `BadRequest`, not sent, and so
-    /// not retried. (Consistency and serial consistency are enums the
-    /// driver takes as they are, and the deadline is turned into a time
-    /// left that cannot be negative: nothing to refuse there.)
+    /// attempt touches the driver. A page size below 1 (scylla's
+    /// `set_page_size` panics on one), and a page of a batch (a batch has
+    /// no pages), are refused with a `BadRequest`, not sent, no attempt
+    /// made, and so not retried. (Consistency and serial consistency are
+    /// enums the driver takes as they are, and the deadline is turned into
+    /// a time left that cannot be negative: nothing to refuse there.)
     #[inline]
     pub(crate) fn check_settings(&self) -> Result<(), crate::CqlError> {
-        match self.p.page_size {
-            Some(rows) if rows < 1 => Err(bad_page_size(rows)),
-            _ => Ok(()),
+        if let Some(rows) = self.p.page_size
+            && rows < 1
+        {
+            return Err(bad_page_size(rows));
         }
+        if self.page.is_some() && matches!(self.statement.body(), super::StatementBody::Batch(_)) {
+            return Err(paged_batch());
+        }
+        Ok(())
     }
 
     /// When the whole request (all attempts) must be done by.
@@ -451,6 +457,18 @@ fn bad_page_size(rows: i32) -> crate::CqlError {
         format!(
             "page size must be at least 1, got {rows}: set CqlRequest::page_size to the rows wanted per page (1 or more), or leave it unset for the session's default"
         ),
+    )
+    .not_sent()
+    .with_attempts(0)
+}
+
+/// The error of a page of a batch (see [`RequestMeta::check_settings`]).
+#[cold]
+#[inline(never)]
+fn paged_batch() -> crate::CqlError {
+    crate::CqlError::new(
+        crate::ErrorKind::BadRequest,
+        "a batch cannot be paged: execute it with call(), not stream()",
     )
     .not_sent()
     .with_attempts(0)
