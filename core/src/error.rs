@@ -252,9 +252,11 @@ impl ErrorKind {
                 "the statement is re-prepared automatically; if this persists, check for schema changes"
             }
             ErrorKind::Protocol => {
-                "the server refused the request's framing: if it says the request is too big, \
-                 send smaller values (the server's frame limit, e.g. native_transport_max_frame_size); \
-                 otherwise upgrade the driver or the server so they share a protocol version"
+                "the server refused the request's framing, or answered in a way the driver could \
+                 not read (then the request may have run: check before running a write again): if \
+                 it says the request is too big, send smaller values (the server's frame limit, \
+                 e.g. native_transport_max_frame_size); otherwise upgrade the driver or the server \
+                 so they share a protocol version"
             }
             ErrorKind::ClientTimeout => {
                 "the attempt may have been applied; raise the per-attempt timeout or retry only if idempotent"
@@ -330,6 +332,10 @@ struct Inner {
     /// Whether the request was certainly not sent to a node (safe to retry
     /// even when not idempotent).
     not_sent: bool,
+    /// Whether the server answered and the driver could not read the
+    /// answer: the request reached it, and may have run, whatever the
+    /// kind says.
+    unread_answer: bool,
     attempts: u32,
     /// Speculative (hedged) attempts started.
     speculative: u32,
@@ -366,6 +372,7 @@ impl CqlError {
             node: None,
             details: None,
             not_sent: refused || matches!(kind, ErrorKind::Serialization | ErrorKind::BadRequest),
+            unread_answer: false,
             attempts: u32::from(!refused),
             speculative: 0,
             status_code: kind.status_code(),
@@ -498,6 +505,7 @@ impl CqlError {
                 node: shared.node,
                 details: shared.details,
                 not_sent: shared.not_sent,
+                unread_answer: shared.unread_answer,
                 attempts: shared.attempts,
                 speculative: shared.speculative,
                 status_code: shared.status_code,
@@ -543,9 +551,13 @@ impl CqlError {
         self.0.not_sent
     }
 
-    /// Whether the server may have applied the request.
+    /// Whether the server may have applied the request: by its kind
+    /// ([`ErrorKind::may_have_been_applied`]), unless it was certainly not
+    /// sent; and always when the server answered and the driver could not
+    /// read the answer (a `Protocol` error with no server code: the
+    /// request reached the server).
     pub fn may_have_been_applied(&self) -> bool {
-        !self.0.not_sent && self.0.kind.may_have_been_applied()
+        !self.0.not_sent && (self.0.unread_answer || self.0.kind.may_have_been_applied())
     }
 
     /// Whether and where a retry could help, for a request that is (or is
@@ -567,7 +579,7 @@ impl CqlError {
     /// not the [`source`](std::error::Error::source) (it is the
     /// [`unredacted_source`](Self::unredacted_source)).
     pub fn from_execution(err: ExecutionError) -> CqlError {
-        let (kind, message, details, not_sent) = classify_execution(&err);
+        let (kind, message, details, sent) = classify_execution(&err);
         let (message, source_hidden) = match message {
             Message::Driver(text) => {
                 let redacted = crate::redact::error_message(&text);
@@ -580,7 +592,8 @@ impl CqlError {
         {
             let inner = Arc::get_mut(&mut e.0).expect("fresh error is unique");
             inner.details = details;
-            inner.not_sent = inner.not_sent || not_sent;
+            inner.not_sent = inner.not_sent || sent == Sent::No;
+            inner.unread_answer = sent == Sent::AnswerUnread;
             inner.status_code = server_code(&err);
             inner.source = Some(Arc::new(err));
             inner.source_hidden = source_hidden;
@@ -713,22 +726,33 @@ fn server_code(err: &ExecutionError) -> Option<i32> {
     }
 }
 
-fn classify_attempt(e: &RequestAttemptError) -> (ErrorKind, Option<ReplicaDetails>, bool) {
+/// Whether a failed request reached a server, as far as its error says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Certainly not sent (never applied).
+    No,
+    /// Perhaps: its kind says whether it may have been applied.
+    Maybe,
+    /// Sent and answered, the answer unreadable: it may have been applied.
+    AnswerUnread,
+}
+
+fn classify_attempt(e: &RequestAttemptError) -> (ErrorKind, Option<ReplicaDetails>, Sent) {
     use ErrorKind as K;
     match e {
         RequestAttemptError::DbError(db, _) => {
             let (k, d) = classify_db(db);
-            (k, d, false)
+            (k, d, Sent::Maybe)
         }
         RequestAttemptError::SerializationError(_)
-        | RequestAttemptError::CqlRequestSerialization(_) => (K::Serialization, None, true),
-        RequestAttemptError::UnableToAllocStreamId => (K::Connection, None, true),
-        RequestAttemptError::BrokenConnectionError(_) => (K::Connection, None, false),
+        | RequestAttemptError::CqlRequestSerialization(_) => (K::Serialization, None, Sent::No),
+        RequestAttemptError::UnableToAllocStreamId => (K::Connection, None, Sent::No),
+        RequestAttemptError::BrokenConnectionError(_) => (K::Connection, None, Sent::Maybe),
         RequestAttemptError::BodyExtensionsParseError(_)
         | RequestAttemptError::CqlResultParseError(_)
         | RequestAttemptError::CqlErrorParseError(_)
-        | RequestAttemptError::UnexpectedResponse(_) => (K::Protocol, None, false),
-        _ => (K::Other, None, false),
+        | RequestAttemptError::UnexpectedResponse(_) => (K::Protocol, None, Sent::AnswerUnread),
+        _ => (K::Other, None, Sent::Maybe),
     }
 }
 
@@ -740,16 +764,16 @@ enum Message {
     Own(String),
 }
 
-fn classify_execution(err: &ExecutionError) -> (ErrorKind, Message, Option<ReplicaDetails>, bool) {
+fn classify_execution(err: &ExecutionError) -> (ErrorKind, Message, Option<ReplicaDetails>, Sent) {
     use ErrorKind as K;
     let what = Message::Driver(err.to_string());
-    let (kind, details, not_sent) = match err {
+    let (kind, details, sent) = match err {
         ExecutionError::LastAttemptError(a) => classify_attempt(a),
-        ExecutionError::BadQuery(_) => (K::Serialization, None, true),
+        ExecutionError::BadQuery(_) => (K::Serialization, None, Sent::No),
         // The breaker excluded the nodes whose breaker is open, and no
         // other node could take the request.
         ExecutionError::EmptyPlan => match crate::routing::excluded_now() {
-            0 => (K::Connection, None, true),
+            0 => (K::Connection, None, Sent::No),
             excluded => {
                 let message = format!(
                     "every node this request could use has an open circuit breaker \
@@ -757,7 +781,7 @@ fn classify_execution(err: &ExecutionError) -> (ErrorKind, Message, Option<Repli
                      was not sent; retry after the breaker's cool-down, when it lets a probe \
                      through, and look at why those nodes fail (the breaker's events name them)"
                 );
-                return (K::CircuitOpen, Message::Own(message), None, true);
+                return (K::CircuitOpen, Message::Own(message), None, Sent::No);
             }
         },
         ExecutionError::PrepareError(p) => match p {
@@ -774,18 +798,18 @@ fn classify_execution(err: &ExecutionError) -> (ErrorKind, Message, Option<Repli
                     | K::ServerError => k,
                     _ => K::Prepare,
                 };
-                (k, d, true)
+                (k, d, Sent::No)
             }
-            PrepareError::ConnectionPoolError(_) => (K::Connection, None, true),
-            _ => (K::Prepare, None, true),
+            PrepareError::ConnectionPoolError(_) => (K::Connection, None, Sent::No),
+            _ => (K::Prepare, None, Sent::No),
         },
-        ExecutionError::ConnectionPoolError(_) => (K::Connection, None, true),
-        ExecutionError::RequestTimeout(_) => (K::ClientTimeout, None, false),
-        ExecutionError::UseKeyspaceError(_) => (K::Invalid, None, false),
-        ExecutionError::SchemaAgreementError(_) => (K::SchemaAgreement, None, false),
-        _ => (K::Other, None, false),
+        ExecutionError::ConnectionPoolError(_) => (K::Connection, None, Sent::No),
+        ExecutionError::RequestTimeout(_) => (K::ClientTimeout, None, Sent::Maybe),
+        ExecutionError::UseKeyspaceError(_) => (K::Invalid, None, Sent::Maybe),
+        ExecutionError::SchemaAgreementError(_) => (K::SchemaAgreement, None, Sent::Maybe),
+        _ => (K::Other, None, Sent::Maybe),
     };
-    (kind, what, details, not_sent)
+    (kind, what, details, sent)
 }
 
 impl fmt::Display for CqlError {
@@ -890,6 +914,25 @@ mod tests {
         CqlError::from_execution(ExecutionError::LastAttemptError(
             RequestAttemptError::DbError(e, "msg".into()),
         ))
+    }
+
+    /// An answer the driver could not read (an unexpected response, a
+    /// result or an error it cannot parse) came from a server that had the
+    /// request: it may have run it. Told "not applied", a caller could run
+    /// a write again.
+    #[test]
+    fn an_answer_the_driver_could_not_read_may_have_been_applied() {
+        use scylla::frame::response::CqlResponseKind;
+        let unread = CqlError::from_execution(ExecutionError::LastAttemptError(
+            RequestAttemptError::UnexpectedResponse(CqlResponseKind::Supported),
+        ));
+        assert_eq!(unread.kind(), ErrorKind::Protocol);
+        assert!(unread.may_have_been_applied(), "{unread}");
+        // the server's refusal of the request's framing ran nothing
+        assert!(!db(DbError::ProtocolError).may_have_been_applied());
+        // kept when the error is remade
+        let s = crate::Statement::new("SELECT v FROM t WHERE k = 'x'");
+        assert!(unread.without_literals_of(&s).may_have_been_applied());
     }
 
     /// The status code a span records is the one the server answered
