@@ -298,10 +298,14 @@ impl Aimd {
     }
 }
 
+/// The event of a change of the limit, made as a request ended (from
+/// [`Aimd::on_complete`], while that request still holds its slot, which
+/// it frees right after): the requests in flight without it.
 fn emit(core: &Core, limit: usize, change: u32) {
     if core.collectors.is_active() {
+        let in_flight = core.in_flight().saturating_sub(1);
         core.collectors.emit(Event::Limit(
-            LimitEvent::new("adaptive", limit, core.in_flight()).with_change(change),
+            LimitEvent::new("adaptive", limit, in_flight).with_change(change),
         ));
     }
 }
@@ -526,13 +530,15 @@ mod tests {
     use tower::{ServiceExt, service_fn};
     use tower_cql_core::{Collector, ErrorKind};
 
-    /// Keeps the limit of every limit event.
+    /// Keeps the limit of every limit event, and the requests in flight
+    /// it says.
     #[derive(Default)]
-    struct Limits(Mutex<Vec<usize>>);
+    struct Limits(Mutex<Vec<usize>>, Mutex<Vec<usize>>);
     impl Collector for Limits {
         fn on_limit(&self, e: &LimitEvent) {
             assert_eq!(e.limiter, "adaptive");
             self.0.lock().unwrap().push(e.limit);
+            self.1.lock().unwrap().push(e.in_flight);
         }
     }
 
@@ -653,6 +659,23 @@ mod tests {
         assert!(svc.clone().oneshot(req()).await.is_err());
         assert_eq!(layer.current_limit(), 5);
         assert_eq!(*limits.0.lock().unwrap(), vec![5]);
+    }
+
+    /// A limit changes as a request ends: its event counts the requests
+    /// still in flight, not the one that ended (it still held its slot
+    /// while the limit was judged).
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_event_does_not_count_the_request_that_ended() {
+        let (layer, limits) = layer(10, 1, 100);
+        let svc = layer.layer(answering(Duration::ZERO, Some(ErrorKind::Overloaded)));
+        assert!(svc.clone().oneshot(req()).await.is_err());
+        assert_eq!(*limits.0.lock().unwrap(), vec![5]);
+        assert_eq!(
+            *limits.1.lock().unwrap(),
+            vec![0],
+            "one request, ended: none in flight"
+        );
+        assert_eq!(layer.in_flight(), 0);
     }
 
     #[tokio::test(start_paused = true)]
