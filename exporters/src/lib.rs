@@ -25,12 +25,12 @@
 //!   an OpenTelemetry `Meter` (`db.client.operation.duration`, ...).
 //!
 //! - `otel-spans` (off by default; part of the OTLP features):
-//!   [`spans::SpanCollector`], one OpenTelemetry client span per request
+//!   `spans::SpanCollector`, one OpenTelemetry client span per request
 //!   made through a `Tracer` from the request event, sampled before
 //!   anything is built: the cheap alternative to the tracing layers.
 //!
 //! - `otlp-grpc`, `otlp-http` (off by default; `otlp` enables both):
-//!   [`otlp::OtlpExporter`], OTLP export of the stack's metrics and spans
+//!   `otlp::OtlpExporter`, OTLP export of the stack's metrics and spans
 //!   over gRPC or HTTP/protobuf, configured by a builder and the standard
 //!   `OTEL_*` variables. Plain HTTP only: no TLS stack is built in.
 
