@@ -42,6 +42,24 @@ pub(crate) fn not_too_long(
     Ok(())
 }
 
+/// Refuses `d`, the value of `field`, an optional limit on a wait or a
+/// call (`None`: no limit), when it is zero (use `None` instead, which
+/// `none` names) or longer than [`LONGEST`].
+pub(crate) fn optional_limit(
+    field: &'static str,
+    d: Option<Duration>,
+    none: &str,
+) -> Result<(), ConfigError> {
+    match d {
+        Some(d) if d.is_zero() => Err(ConfigError::new(
+            field,
+            format!("must be greater than zero, or None for {none}; got 0"),
+        )),
+        Some(d) => not_too_long(field, d, &format!("use None for {none}")),
+        None => Ok(()),
+    }
+}
+
 /// The configuration, or a panic with its error (the layer constructors:
 /// infallible, like tower's; the stack builder validates every
 /// configuration first and returns the error instead).

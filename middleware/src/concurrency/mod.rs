@@ -162,14 +162,7 @@ pub(crate) fn validate_queue_timeout(
     field: &'static str,
     timeout: Option<Duration>,
 ) -> Result<(), ConfigError> {
-    match timeout {
-        Some(t) if t.is_zero() => Err(ConfigError::new(
-            field,
-            "must be greater than zero, or None for no limit; got 0",
-        )),
-        Some(t) => crate::config::not_too_long(field, t, "use None for no limit"),
-        None => Ok(()),
-    }
+    crate::config::optional_limit(field, timeout, "no limit")
 }
 
 /// One service clone's side of admission: whether it is under a load

@@ -100,18 +100,11 @@ impl TimeoutConfig {
 
     /// Checks every field; the error names the field and the allowed range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        match self.per_attempt {
-            Some(d) if d.is_zero() => Err(ConfigError::new(
-                "timeout.per_attempt",
-                "must be greater than zero, or None for no per-attempt limit; got 0",
-            )),
-            Some(d) => crate::config::not_too_long(
-                "timeout.per_attempt",
-                d,
-                "use None for no per-attempt limit",
-            ),
-            None => Ok(()),
-        }
+        crate::config::optional_limit(
+            "timeout.per_attempt",
+            self.per_attempt,
+            "no per-attempt limit",
+        )
     }
 }
 
