@@ -222,14 +222,19 @@ impl StackBuilder {
         server_trace: ServerTraceConfig, server_trace, without_server_trace, "server-side tracing of sampled requests (see [`server_trace`](crate::server_trace))";
     }
 
-    /// The session server traces are read through (`system_traces`), when
-    /// the stack is built with [`build`](Self::build) on a driver that is
-    /// not a plain [`DriverService`]; [`build_on`](Self::build_on) and
-    /// `build(DriverService)` use the driver's session. It is also the
-    /// session whose keyspace of the moment labels the requests whose
-    /// text names none (the gate calls
-    /// [`RequestMeta::label_session_keyspace`](tower_cql_core::RequestMeta::label_session_keyspace)),
-    /// so give it the session the driver runs on.
+    /// The session server traces are read through (`system_traces`):
+    /// needed when the stack is built with [`build`](Self::build) on a
+    /// driver that is not a plain [`DriverService`]; without it,
+    /// [`build_on`](Self::build_on) and `build(DriverService)` use the
+    /// driver's session (given, it may be a session of its own for the
+    /// trace reads).
+    ///
+    /// The requests whose text names no keyspace are labelled with the
+    /// keyspace of the moment of the session they run on (the gate calls
+    /// [`RequestMeta::label_session_keyspace`](tower_cql_core::RequestMeta::label_session_keyspace)):
+    /// a plain [`DriverService`]'s own session, whatever is given here;
+    /// for another driver, the session given here, so give it the session
+    /// that driver runs on.
     pub fn server_trace_session(mut self, session: Arc<scylla::client::session::Session>) -> Self {
         self.server_trace_session = Some(session);
         self
@@ -417,10 +422,15 @@ impl StackBuilder {
         // elsewhere, it emits into the stack's collectors itself, so the
         // requests need not carry them to it.
         let mut adopted = false;
+        // The session whose keyspace labels the requests whose text names
+        // none: the one the requests run on. Only for a driver that is not
+        // a plain driver service is that the one given for server tracing.
+        let mut runs_requests = None;
         if let Some(d) = (&mut driver as &mut dyn std::any::Any).downcast_mut::<DriverService>() {
             if self.server_trace_session.is_none() {
                 self.server_trace_session = Some(d.session().clone());
             }
+            runs_requests = Some(d.session().clone());
             adopted = d.adopt_collectors(&self.collectors);
         }
         let l = self.layers()?;
@@ -440,8 +450,8 @@ impl StackBuilder {
         let gate = if adopted { gate.adopted() } else { gate };
         // (the driver service's session, or the one given for server
         // tracing when the driver is wrapped)
-        let gate = match &self.server_trace_session {
-            Some(session) => gate.labelling_session_keyspace(session.clone()),
+        let gate = match runs_requests.or(self.server_trace_session) {
+            Some(session) => gate.labelling_session_keyspace(session),
             None => gate,
         };
         Ok(Stack {

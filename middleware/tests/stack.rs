@@ -946,3 +946,51 @@ async fn unqualified_text_is_labelled_with_the_sessions_keyspace() {
         "the caller's label wins"
     );
 }
+
+/// A stack built on a driver service labels the requests whose text
+/// names no keyspace with the keyspace of the session that driver runs
+/// them on, also when another session is given to read server traces
+/// through (a session of its own for `system_traces`, in no keyspace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unqualified_text_is_labelled_with_the_drivers_session_not_the_trace_readers() {
+    use tower_cql_middleware::prelude::*;
+    tower_cql_testkit::tracing_setup::global_registry();
+    let cluster = tower_cql_testkit::Cluster::start().await.unwrap();
+    let runs_requests = Arc::new(support::session(&cluster).await);
+    let reads_traces = Arc::new(support::session(&cluster).await);
+    let memory = Arc::new(InMemoryCollector::new());
+    let driver = DriverService::builder(runs_requests.clone())
+        .build()
+        .unwrap();
+    let stack = StackBuilder::new(Collectors::with([memory.clone()]))
+        .server_trace_session(reads_traces)
+        .build(driver)
+        .unwrap();
+    for cql in [
+        "CREATE KEYSPACE app WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        "CREATE TABLE app.users (id bigint PRIMARY KEY, name text)",
+        "USE app",
+    ] {
+        stack.call(CqlRequest::unprepared(cql)).await.unwrap();
+    }
+    let put = Statement::new("INSERT INTO users (id, name) VALUES (?, ?)").operation("put");
+    stack.execute(&put, (42i64, "ann")).await.unwrap();
+    stack.close().await;
+    let snap = memory.snapshot();
+    let keyspaces: Vec<Option<&str>> = snap
+        .requests
+        .iter()
+        .filter(|s| {
+            s.labels
+                .operation
+                .as_ref()
+                .is_some_and(|o| o.as_str() == "put")
+        })
+        .map(|s| s.labels.keyspace.as_ref().map(|k| k.as_str()))
+        .collect();
+    assert_eq!(
+        keyspaces,
+        vec![Some("app")],
+        "the request ran in the driver's session, in keyspace app"
+    );
+}
