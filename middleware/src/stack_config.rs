@@ -126,7 +126,8 @@ impl StackConfig {
     /// switching a section off hides no mistake and switching it on meets
     /// none. A key that cannot have an effect with the other keys of its
     /// section (`max_wait_ms` with `mode = "reject"`, `queue_timeout_ms`
-    /// with `max_queue = 0`, `delay_ms` with a percentile's keys), or with
+    /// with `max_queue = 0`, `delay_ms` with a percentile's keys, a
+    /// backoff with `max_attempts = 1`), or with
     /// load shedding on (a limit's `max_wait_ms`, `max_queue` or
     /// `queue_timeout_ms`: nothing waits there, a request that would is
     /// shed), is refused too, not dropped.
@@ -189,7 +190,7 @@ impl StackConfig {
 
         let s = &self.retry;
         let on = s.enabled != Some(false);
-        let retry = judged("retry", on, Ok(s.config()), RetryConfig::validate)?;
+        let retry = judged("retry", on, s.config(), RetryConfig::validate)?;
         b = if on {
             b.retry(retry)
         } else {

@@ -144,9 +144,9 @@ pub struct RetrySection {
     pub enabled: Option<bool>,
     /// Total attempts.
     pub max_attempts: Option<u32>,
-    /// Backoff base.
+    /// Backoff base (refused with `max_attempts = 1`: nothing is retried).
     pub backoff_base_ms: Option<u64>,
-    /// Backoff cap.
+    /// Backoff cap (refused with `max_attempts = 1`).
     pub backoff_max_ms: Option<u64>,
     /// Retries per request allowed by the budget.
     pub budget_ratio: Option<f64>,
@@ -452,10 +452,27 @@ impl AdaptiveSection {
 }
 
 impl RetrySection {
-    pub(super) fn config(&self) -> RetryConfig {
+    pub(super) fn config(&self) -> Result<RetryConfig, ConfigError> {
         let mut r = RetryConfig::default();
         if let Some(v) = self.max_attempts {
             r.max_attempts = v;
+        }
+        // a backoff is the wait before a retry: with one attempt there is
+        // none, and a backoff key given would be dropped
+        if r.max_attempts == 1
+            && let Some((field, key)) = [
+                ("retry.backoff_base_ms", self.backoff_base_ms.is_some()),
+                ("retry.backoff_max_ms", self.backoff_max_ms.is_some()),
+            ]
+            .into_iter()
+            .find_map(|(field, set)| set.then(|| (field, &field["retry.".len()..])))
+        {
+            return Err(ConfigError::new(
+                field,
+                format!(
+                    "is a wait before a retry, but max_attempts = 1 is set, where no request is retried: remove {key}, or give max_attempts the attempts a request may make (e.g. 3)"
+                ),
+            ));
         }
         if let Some(v) = self.backoff_base_ms {
             r.backoff.base = ms(v);
@@ -472,7 +489,7 @@ impl RetrySection {
         if let Some(v) = self.budget_window_ms {
             r.budget.window = ms(v);
         }
-        r
+        Ok(r)
     }
 }
 
@@ -728,6 +745,35 @@ mod tests {
             "[rate_limit]\nenabled = true\nmax_wait_ms = 100",
             "[concurrency]\nenabled = true\nmax_queue = 0",
             "[concurrency]\nenabled = true\nmax_queue = 10\nqueue_timeout_ms = 100",
+        ] {
+            judged(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+    }
+
+    /// A backoff is the wait before a retry: with `max_attempts = 1`
+    /// nothing is retried, so `backoff_base_ms` or `backoff_max_ms` can
+    /// have no effect and is refused, naming the key and saying what to
+    /// do, as the other keys that cannot take effect are; in a section
+    /// that is on or off.
+    #[test]
+    fn a_backoff_with_a_single_attempt_is_refused() {
+        for enabled in ["enabled = true\n", "enabled = false\n", ""] {
+            for key in ["backoff_base_ms", "backoff_max_ms"] {
+                let toml = format!("[retry]\n{enabled}max_attempts = 1\n{key} = 50");
+                let err = match judged(&toml) {
+                    Ok(b) => panic!("{toml:?}: accepted: {b:?}"),
+                    Err(e) => e,
+                };
+                assert_eq!(err.field, format!("retry.{key}"), "{toml:?}: {err}");
+                assert!(err.message.contains("max_attempts = 1"), "{err}");
+                assert!(err.message.contains(&format!("remove {key}")), "{err}");
+            }
+        }
+        // a backoff with retries, or a single attempt alone, is fine
+        for ok in [
+            "[retry]\nmax_attempts = 3\nbackoff_base_ms = 50\nbackoff_max_ms = 500",
+            "[retry]\nmax_attempts = 1",
+            "[retry]\nbackoff_base_ms = 50",
         ] {
             judged(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
         }
