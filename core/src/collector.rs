@@ -68,7 +68,8 @@ pub trait Collector: Send + Sync + 'static {
     /// A request's server-side trace was fetched (in the background, after
     /// the request's own event; not on the request path).
     fn on_server_trace(&self, _event: &ServerTraceEvent<'_>) {}
-    /// Push out anything buffered (called on shutdown).
+    /// Push out anything buffered (called on shutdown, beside the other
+    /// collectors' flushes: see [`Collectors::flush`]).
     fn flush(&self) {}
     /// Failures this collector counted itself, off the request path: the
     /// panics a wrapper that runs another collector on a thread of its
@@ -357,15 +358,43 @@ impl Collectors {
             })
     }
 
-    /// Calls `flush` on every collector (panics caught and counted).
+    /// Calls `flush` on every collector (panics caught and counted), all
+    /// at once: with several, each but the first on a thread of its own,
+    /// so that one whose flush is slow or never returns (an exporter
+    /// waiting on an endpoint that does not answer) delays no other's.
+    /// Returns when every flush has returned.
     pub fn flush(&self) {
         let set = self.shared.set.load_full();
-        for entry in &set.entries {
+        let flush = |entry: &Entry| {
             if catch_unwind(AssertUnwindSafe(|| entry.collector.flush())).is_err() {
                 entry.failures.fetch_add(1, Ordering::Relaxed);
                 self.shared.failures.fetch_add(1, Ordering::Relaxed);
             }
+        };
+        let Some((first, others)) = set.entries.split_first() else {
+            return;
+        };
+        if others.is_empty() {
+            return flush(first);
         }
+        // (the threads run in the caller's runtime, if any, as the first
+        // flush does: a collector's flush may use it)
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let runtime = &runtime;
+        std::thread::scope(|s| {
+            for entry in others {
+                let spawned = std::thread::Builder::new()
+                    .name("tower-cql-flush".into())
+                    .spawn_scoped(s, move || {
+                        let _entered = runtime.as_ref().map(|rt| rt.enter());
+                        flush(entry)
+                    });
+                if spawned.is_err() {
+                    flush(entry); // no thread to be had: here, in turn
+                }
+            }
+            flush(first);
+        });
     }
 }
 

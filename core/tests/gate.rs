@@ -290,3 +290,67 @@ async fn a_close_cancelled_during_the_drain_flushes_when_the_last_request_leaves
         assert_eq!(flushes.0.load(Ordering::SeqCst), 1);
     }
 }
+
+/// One collector's flush that hangs (an exporter whose endpoint never
+/// answers) delays no other collector's: each is flushed on close, so the
+/// events buffered in the others reach their backends while the stuck
+/// one still waits. (Before, the set was flushed in order on one thread:
+/// every collector after the stuck one was never flushed, and a program
+/// that gave up at `close_timeout` and exited lost their buffered events.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_flush_delays_no_other_collectors_flush() {
+    let stuck = Arc::new(StuckFlush::default());
+    let _release = ReleaseOnDrop(stuck.clone());
+    let after = Arc::new(CountFlushes::default());
+    let collectors = Collectors::new();
+    collectors.add(stuck.clone());
+    collectors.add(after.clone());
+    let gate = Gate::with_collectors(collectors);
+    assert_eq!(
+        gate.close_timeout(Duration::from_millis(100)).await,
+        Err(0),
+        "the stuck flush keeps the gate closing"
+    );
+    // (generous: the other flush is a counter's increment)
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while after.0.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        after.0.load(Ordering::SeqCst),
+        1,
+        "the collector after the stuck one was not flushed"
+    );
+    assert_eq!(stuck.started.load(Ordering::SeqCst), 1);
+    stuck.release();
+    tokio::time::timeout(Duration::from_secs(60), gate.close())
+        .await
+        .expect("close() never completed after the stuck flush finished");
+    assert_eq!(after.0.load(Ordering::SeqCst), 1, "flushed once");
+}
+
+/// Records whether its flush ran inside a Tokio runtime.
+#[derive(Default)]
+struct SeesRuntime(AtomicU64);
+
+impl Collector for SeesRuntime {
+    fn flush(&self) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Flushed beside others, each collector's flush still runs in the
+/// runtime the gate's flush runs in (a collector may use it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_flush_runs_in_the_runtime() {
+    let sees: Vec<Arc<SeesRuntime>> = (0..3).map(|_| Arc::default()).collect();
+    let gate = Gate::with_collectors(Collectors::with(sees.clone()));
+    tokio::time::timeout(Duration::from_secs(60), gate.close())
+        .await
+        .expect("close() hung");
+    for (i, s) in sees.iter().enumerate() {
+        assert_eq!(s.0.load(Ordering::SeqCst), 1, "collector {i}");
+    }
+}
