@@ -752,6 +752,10 @@ fn classify_attempt(e: &RequestAttemptError) -> (ErrorKind, Option<ReplicaDetail
         | RequestAttemptError::CqlResultParseError(_)
         | RequestAttemptError::CqlErrorParseError(_)
         | RequestAttemptError::UnexpectedResponse(_) => (K::Protocol, None, Sent::AnswerUnread),
+        // The server answered `Unprepared` (nothing ran) and the driver
+        // gave up on repreparing: the id changed, or a batch lacks it.
+        RequestAttemptError::RepreparedIdChanged { .. }
+        | RequestAttemptError::RepreparedIdMissingInBatch => (K::Prepare, None, Sent::No),
         _ => (K::Other, None, Sent::Maybe),
     }
 }
@@ -933,6 +937,30 @@ mod tests {
         // kept when the error is remade
         let s = crate::Statement::new("SELECT v FROM t WHERE k = 'x'");
         assert!(unread.without_literals_of(&s).may_have_been_applied());
+    }
+
+    /// The driver's own refusals after the server said `Unprepared`
+    /// (nothing ran): the statement, reprepared, came back with another
+    /// id, or a batch does not hold the reprepared one. Neither executed
+    /// anything, so neither may say "may have been applied" (a caller
+    /// would check for a write that never ran), and retrying cannot help:
+    /// the statement must be prepared again.
+    #[test]
+    fn a_reprepared_statement_the_driver_refuses_was_not_applied() {
+        for attempt in [
+            RequestAttemptError::RepreparedIdChanged {
+                statement: "INSERT INTO ks.kv (k, v) VALUES (?, ?)".into(),
+                expected_id: vec![1],
+                reprepared_id: vec![2],
+            },
+            RequestAttemptError::RepreparedIdMissingInBatch,
+        ] {
+            let e = CqlError::from_execution(ExecutionError::LastAttemptError(attempt));
+            assert_eq!(e.kind(), ErrorKind::Prepare, "{e}");
+            assert!(!e.may_have_been_applied(), "{e}");
+            assert!(e.was_not_sent(), "{e}");
+            assert_eq!(e.retry_advice(true), RetryAdvice::DontRetry, "{e}");
+        }
     }
 
     /// The status code a span records is the one the server answered
