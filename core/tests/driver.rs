@@ -1389,3 +1389,39 @@ async fn a_paged_batch_is_refused_before_any_attempt() {
         0
     );
 }
+
+/// An empty plan is `CircuitOpen` only when the breaker's exclusions
+/// emptied it. A plan the session's own policy left empty (here: only a
+/// datacenter no node is in, no failover) is the driver's `Connection`
+/// error, whatever the request's hint excludes: before, any excluded
+/// node, even one the plan never held, made it "every node this request
+/// could use has an open circuit breaker".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_plan_is_circuit_open_only_when_the_exclusions_emptied_it() {
+    use scylla::client::execution_profile::ExecutionProfile;
+    use scylla::policies::load_balancing::DefaultPolicy;
+    let cluster = Cluster::builder().nodes(2).start().await.unwrap();
+    let nowhere = DefaultPolicy::builder()
+        .prefer_datacenter("no-such-dc".to_string())
+        .permit_dc_failover(false)
+        .build();
+    let profile = ExecutionProfile::builder()
+        .load_balancing_policy(nowhere)
+        .build();
+    let session = SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .default_execution_profile_handle(profile.into_handle())
+        .build()
+        .await
+        .unwrap();
+    let driver = DriverService::builder(Arc::new(session)).build().unwrap();
+    let request = || CqlRequest::unprepared("SELECT key FROM system.local");
+    let plain = driver.execute(request()).await.unwrap_err();
+    assert_eq!(plain.kind(), ErrorKind::Connection, "{plain}");
+    // the breaker excludes node 0: the plan was empty without it
+    let mut req = request();
+    req.meta_mut().route_hint().exclude(cluster.node_addr(0));
+    let err = driver.execute(req).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(err.was_not_sent(), "{err}");
+}
