@@ -1425,3 +1425,79 @@ async fn an_empty_plan_is_circuit_open_only_when_the_exclusions_emptied_it() {
     assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
     assert!(err.was_not_sent(), "{err}");
 }
+
+/// A `USE` cut short (its deadline passed, or its caller stopped
+/// waiting) while the server had it: the server still takes the keyspace
+/// on the connection the `USE` went to. Every connection of the session
+/// then runs in one keyspace all the same, the one the session says it
+/// is in. (Before, the driver never saw the answer: that connection ran
+/// in the new keyspace, the others and the session in the old one, and
+/// the same text read another keyspace depending on the node it went
+/// to.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_use_cut_short_leaves_every_connection_in_one_keyspace() {
+    let s = setup(3).await;
+    for ks in ["ks2", "ks3"] {
+        s.run(&format!(
+            "CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 3}}"
+        ))
+        .await;
+        s.run(&format!("CREATE TABLE {ks}.kv (k int PRIMARY KEY, v text)"))
+            .await;
+        s.run(&format!("INSERT INTO {ks}.kv (k, v) VALUES (1, 'in {ks}')"))
+            .await;
+    }
+    s.run("INSERT INTO ks.kv (k, v) VALUES (1, 'in ks')").await;
+    s.run("USE ks").await;
+    // the server answers the USE a second late
+    s.cluster
+        .faults()
+        .add(Fault::delay(Duration::from_secs(1)).matching("USE ks"));
+    // cut short by its deadline
+    let err = s
+        .driver
+        .execute(CqlRequest::unprepared("USE ks2").timeout(Duration::from_millis(200)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert_one_keyspace(&s, "after a USE whose deadline passed").await;
+    // cut short by its caller, who stopped waiting
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(200),
+        s.driver.execute(CqlRequest::unprepared("USE ks3")),
+    )
+    .await;
+    assert!(
+        dropped.is_err(),
+        "the USE answered before its caller gave up"
+    );
+    assert_one_keyspace(&s, "after a USE whose caller stopped waiting").await;
+}
+
+/// Waits for the server to have answered a `USE` it delayed, then reads
+/// unqualified text on every node (through each connection): one
+/// keyspace, the session's.
+async fn assert_one_keyspace(s: &Setup, when: &str) {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let resp = s
+            .driver
+            .execute(CqlRequest::unprepared("SELECT v FROM kv WHERE k = 1"))
+            .await
+            .unwrap();
+        seen.insert(resp.single_row::<(String,)>().unwrap().0);
+    }
+    let session = s.driver.session().get_keyspace();
+    let session = session.as_deref().map(String::as_str).unwrap_or("none");
+    assert_eq!(
+        seen.len(),
+        1,
+        "{when}: the connections run in different keyspaces ({seen:?}); the session says {session}"
+    );
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some(format!("in {session}").as_str()),
+        "{when}: the connections run in another keyspace than the session's"
+    );
+}
