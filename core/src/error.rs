@@ -85,7 +85,8 @@ pub enum ErrorKind {
     Deserialization,
     /// Preparing the statement failed on every node.
     Prepare,
-    /// The cluster's nodes did not agree on the schema in time.
+    /// The cluster's nodes did not agree on the schema in time, after a
+    /// schema change the coordinator applied.
     SchemaAgreement,
     /// A rate limiter refused the request.
     RateLimited,
@@ -275,7 +276,7 @@ impl ErrorKind {
             }
             ErrorKind::Prepare => "fix the statement so that every node can prepare it",
             ErrorKind::SchemaAgreement => {
-                "wait for the schema to settle, or raise the schema agreement timeout"
+                "the schema change was applied, the nodes had not agreed on it yet: wait for the schema to settle before running it again, or raise the schema agreement timeout"
             }
             ErrorKind::RateLimited => {
                 "the client-side rate limit refused the request; slow down or raise the limit"

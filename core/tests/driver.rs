@@ -1501,3 +1501,45 @@ async fn assert_one_keyspace(s: &Setup, when: &str) {
         "{when}: the connections run in another keyspace than the session's"
     );
 }
+
+/// A schema change whose nodes did not agree on the schema in time was
+/// applied all the same (the coordinator answered it; only the driver's
+/// wait for agreement failed): its error says it may have been applied,
+/// as the same change cut short by its deadline does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_without_agreement_may_have_been_applied() {
+    let cluster = Cluster::builder().nodes(1).start().await.unwrap();
+    let session = SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .schema_agreement_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let driver = DriverService::builder(Arc::new(session)).build().unwrap();
+    driver
+        .execute(CqlRequest::unprepared(
+            "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        ))
+        .await
+        .unwrap();
+    // every schema agreement check answers 2 s late
+    cluster.faults().add(
+        Fault::delay(Duration::from_secs(2)).matching("SELECT schema_version FROM system.local"),
+    );
+    let err = driver
+        .execute(CqlRequest::unprepared(
+            "CREATE TABLE ks.later (k int PRIMARY KEY, v int)",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SchemaAgreement, "{err}");
+    assert!(err.may_have_been_applied(), "{err}");
+    cluster.faults().clear();
+    // it was applied: the table is there
+    driver
+        .execute(CqlRequest::unprepared(
+            "INSERT INTO ks.later (k, v) VALUES (1, 1)",
+        ))
+        .await
+        .unwrap();
+}
