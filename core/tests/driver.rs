@@ -1543,3 +1543,37 @@ async fn a_schema_change_without_agreement_may_have_been_applied() {
         .await
         .unwrap();
 }
+
+/// A schema change after a statement was prepared and cached: a column
+/// added to the table shows in `SELECT *` through the cached statement,
+/// remembered or looked up by text (the driver asks every result for its
+/// metadata: none is taken from the statement prepared before the
+/// change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_select_star_sees_a_column_added_since() {
+    let s = setup(1).await;
+    s.run("INSERT INTO ks.kv (k, v) VALUES (1, 'one')").await;
+    let all = Statement::new("SELECT * FROM ks.kv WHERE k = ?");
+    let resp = s.driver.execute(all.request().bind((1i32,))).await.unwrap();
+    assert_eq!(
+        resp.single_row::<(i32, String)>().unwrap(),
+        (1, "one".to_string())
+    );
+    s.run("ALTER TABLE ks.kv ADD w int").await;
+    s.run("UPDATE ks.kv SET w = 7 WHERE k = 1").await;
+    for (how, req) in [
+        ("the statement", all.request().bind((1i32,))),
+        (
+            "the text",
+            CqlRequest::query("SELECT * FROM ks.kv WHERE k = ?").bind((1i32,)),
+        ),
+    ] {
+        let resp = s.driver.execute(req).await.unwrap();
+        assert_eq!(
+            resp.single_row::<(i32, String, Option<i32>)>()
+                .unwrap_or_else(|e| panic!("{how}: {e}")),
+            (1, "one".to_string(), Some(7)),
+            "{how}"
+        );
+    }
+}
