@@ -1577,3 +1577,50 @@ async fn a_cached_select_star_sees_a_column_added_since() {
         );
     }
 }
+
+/// A table dropped and made again with another type for a column: text
+/// the service prepared for the old table runs against the new one, by
+/// text and through a statement that remembers the old one. (Before,
+/// the statement prepared for the old table stayed cached with its old
+/// types, and every request binding the new ones failed `Serialization`
+/// on the client, never sent, until the entry was evicted.) Values of
+/// the old type are still refused, as the new table would refuse them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_statement_follows_a_table_made_again() {
+    let s = setup(1).await;
+    s.run("CREATE TABLE ks.t (k int PRIMARY KEY, v text)").await;
+    let put = "INSERT INTO ks.t (k, v) VALUES (?, ?)";
+    let remembering = Statement::new(put);
+    s.driver
+        .execute(CqlRequest::query(put).bind((1i32, "one")))
+        .await
+        .unwrap();
+    s.driver
+        .execute(remembering.request().bind((1i32, "one")))
+        .await
+        .unwrap();
+    s.run("DROP TABLE ks.t").await;
+    s.run("CREATE TABLE ks.t (k int PRIMARY KEY, v int)").await;
+    for round in 0..2 {
+        s.driver
+            .execute(CqlRequest::query(put).bind((2i32, 2i32)))
+            .await
+            .unwrap_or_else(|e| panic!("by text, round {round}: {e}"));
+        s.driver
+            .execute(remembering.request().bind((3i32, 3i32)))
+            .await
+            .unwrap_or_else(|e| panic!("remembered, round {round}: {e}"));
+    }
+    let got = s
+        .driver
+        .execute(CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").bind((3i32,)))
+        .await
+        .unwrap();
+    assert_eq!(got.single_row::<(i32,)>().unwrap(), (3,));
+    let err = s
+        .driver
+        .execute(CqlRequest::query(put).bind((4i32, "four")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
+}

@@ -252,21 +252,21 @@ impl DriverInner {
         };
         // (the attempt made where it is awaited, in each arm: made first
         // and moved into the await, its 4.5 KB were copied every attempt)
-        let result = match (meta.kind(), meta.deadline()) {
+        // (an `if` chain, not a `match` on the kind and deadline: a
+        // match's scrutinee is kept in this future across the attempt)
+        let result = if meta.kind() == OperationKind::Use {
             // A `USE` runs to its end whatever becomes of this attempt
-            // (see `run_use`). (Boxed, as the next arm: rare, and this
+            // (see `run_use`). (Boxed, as the next branch: rare, and this
             // future stays the size of the common case's.)
-            (OperationKind::Use, deadline) => {
-                let node = this.node_attribution.then_some(&mut guard.node);
-                Box::pin(run_use(owner.clone(), &req, deadline, start, node)).await
-            }
+            let node = this.node_attribution.then_some(&mut guard.node);
+            Box::pin(run_use(owner.clone(), &req, meta.deadline(), start, node)).await
+        } else if let Some(deadline) = meta.deadline().filter(|_| meta.kind().is_schema()) {
             // A schema change makes the driver wait, after the server's
             // answer and outside its request timeout, for every node to
             // agree on the schema: the deadline bounds that too.
-            (kind, Some(deadline)) if kind.is_schema() => {
-                Box::pin(within_deadline(deadline, start, steered())).await
-            }
-            _ => steered().await,
+            Box::pin(within_deadline(deadline, start, steered())).await
+        } else {
+            steered().await
         };
         guard.armed = false;
         let seen = guard.node;
@@ -347,13 +347,19 @@ impl DriverInner {
         configure_in_place(&mut stmt, req.meta(), attempt, profile);
         let p: &PreparedStatement = &stmt;
         let values = req.values().as_row();
-        match paging_state {
-            None => CqlResponse::new(self.session.execute_unpaged(p, values).await?, None),
-            Some(ps) => {
-                let (r, next) = Box::pin(self.session.execute_single_page(p, values, ps)).await?;
-                CqlResponse::new(r, Some(next))
-            }
-        }
+        // (a failure goes by `run_outdated`, out of line: the statement
+        // may have been prepared before its table changed)
+        let error = match paging_state {
+            None => match self.session.execute_unpaged(p, values).await {
+                Ok(r) => return CqlResponse::new(r, None),
+                Err(e) => e,
+            },
+            Some(ps) => match Box::pin(self.session.execute_single_page(p, values, ps)).await {
+                Ok((r, next)) => return CqlResponse::new(r, Some(next)),
+                Err(e) => e,
+            },
+        };
+        Box::pin(self.run_outdated(req, p, error.into())).await
     }
 
     /// [`run`](Self::run) for what the service keeps no prepared

@@ -15,6 +15,7 @@ use super::attempt::Attempt;
 use crate::error::CqlError;
 use crate::registry::Registry;
 use crate::request::{CqlRequest, RequestMeta, StatementBody};
+use crate::response::CqlResponse;
 
 /// One preparation of a statement, shared by the tasks that wait for it.
 type Preparation = tokio::sync::OnceCell<PreparedStatement>;
@@ -339,6 +340,99 @@ impl DriverInner {
         Ok(Resolved::Prepared(
             configure_prepared(Cow::Owned(stmt), meta, attempt, None).into_owned(),
         ))
+    }
+}
+
+impl DriverInner {
+    /// `failed`, the statement `req` ran, failed with `error`. When this
+    /// service prepared it from `req`'s text and its values could not be
+    /// bound (`Serialization`: nothing was sent) because it is outdated
+    /// (see [`outdated`](Self::outdated)), the request runs once more
+    /// with the statement as its table is now: the one cached, when it is
+    /// not outdated, or one prepared anew (and cached). Otherwise the
+    /// error stands.
+    ///
+    /// A table dropped and made again with another type for a column
+    /// left the statement prepared for the old one cached, and every
+    /// request binding the new type failed on the client. A statement
+    /// that remembers the old one keeps it (it is set once: see
+    /// `Statement::remember_prepared`), and its requests come this way,
+    /// to the cached one, after the driver refuses their values.
+    pub(super) async fn run_outdated(
+        &self,
+        req: &CqlRequest,
+        failed: &PreparedStatement,
+        error: CqlError,
+    ) -> Result<CqlResponse, CqlError> {
+        let StatementBody::Cql {
+            text,
+            unprepared: false,
+        } = req.statement().body()
+        else {
+            return Err(error);
+        };
+        if error.kind() != crate::ErrorKind::Serialization || !self.outdated(failed) {
+            return Err(error);
+        }
+        let keyspace = if req.statement().follows_session_keyspace() {
+            self.session.get_keyspace()
+        } else {
+            None
+        };
+        let key = KeyRef {
+            text,
+            keyspace: keyspace.as_deref().map(String::as_str),
+        };
+        self.cache.map.remove_if(&key, |p| self.outdated(p));
+        let meta = req.meta();
+        let attempt = Attempt {
+            remaining: meta.remaining(),
+        };
+        let (fresh, attempt) = match self.cache.get(key) {
+            Some(p) => (p, attempt),
+            None => {
+                let key = TextKey {
+                    text: text.clone(),
+                    keyspace,
+                };
+                self.prepare_in_time(key, meta, attempt).await?
+            }
+        };
+        let p = configure_prepared(Cow::Owned(fresh), meta, attempt, None).into_owned();
+        let values = req.values().as_row();
+        match meta.paging_state().cloned() {
+            None => CqlResponse::new(self.session.execute_unpaged(&p, values).await?, None),
+            Some(ps) => {
+                let (r, next) = self.session.execute_single_page(&p, values, ps).await?;
+                CqlResponse::new(r, Some(next))
+            }
+        }
+    }
+
+    /// Whether `p`, prepared earlier, binds a column as another type than
+    /// the session's schema metadata gives it now (the driver refreshes
+    /// it after each schema change): its table was made again since.
+    /// Only simple types are compared (the metadata says which
+    /// collections and user types are frozen, a prepared statement
+    /// never does); a column the metadata does not know is not judged.
+    fn outdated(&self, p: &PreparedStatement) -> bool {
+        use scylla::cluster::metadata::ColumnType;
+        let state = self.session.get_cluster_state();
+        p.get_variable_col_specs().iter().any(|spec| {
+            let table = spec.table_spec();
+            let Some(column) = state
+                .get_keyspace(table.ks_name())
+                .and_then(|k| k.tables.get(table.table_name()))
+                .and_then(|t| t.columns.get(spec.name()))
+            else {
+                return false;
+            };
+            match (spec.typ(), &column.typ) {
+                (ColumnType::Native(bound), ColumnType::Native(now)) => bound != now,
+                (ColumnType::Native(_), _) | (_, ColumnType::Native(_)) => true,
+                _ => false,
+            }
+        })
     }
 }
 
