@@ -27,7 +27,8 @@ use std::time::Duration;
 pub use crate::classify::RetryAdvice;
 
 use scylla::errors::{
-    DbError, ExecutionError, NewSessionError, PrepareError, RequestAttemptError, WriteType,
+    DbError, ExecutionError, NewSessionError, PrepareError, RequestAttemptError, UseKeyspaceError,
+    WriteType,
 };
 
 /// What kind of failure a [`CqlError`] is. Bounded: safe as a metric label.
@@ -333,10 +334,11 @@ struct Inner {
     /// Whether the request was certainly not sent to a node (safe to retry
     /// even when not idempotent).
     not_sent: bool,
-    /// Whether the server answered and the driver could not read the
-    /// answer: the request reached it, and may have run, whatever the
-    /// kind says.
-    unread_answer: bool,
+    /// Whether the request may have run whatever the kind says: the
+    /// server answered and the driver could not read the answer, or the
+    /// server applied a `USE` the driver could not take to every
+    /// connection.
+    ran_anyway: bool,
     attempts: u32,
     /// Speculative (hedged) attempts started.
     speculative: u32,
@@ -373,7 +375,7 @@ impl CqlError {
             node: None,
             details: None,
             not_sent: refused || matches!(kind, ErrorKind::Serialization | ErrorKind::BadRequest),
-            unread_answer: false,
+            ran_anyway: false,
             attempts: u32::from(!refused),
             speculative: 0,
             status_code: kind.status_code(),
@@ -506,7 +508,7 @@ impl CqlError {
                 node: shared.node,
                 details: shared.details,
                 not_sent: shared.not_sent,
-                unread_answer: shared.unread_answer,
+                ran_anyway: shared.ran_anyway,
                 attempts: shared.attempts,
                 speculative: shared.speculative,
                 status_code: shared.status_code,
@@ -556,9 +558,10 @@ impl CqlError {
     /// ([`ErrorKind::may_have_been_applied`]), unless it was certainly not
     /// sent; and always when the server answered and the driver could not
     /// read the answer (a `Protocol` error with no server code: the
-    /// request reached the server).
+    /// request reached the server), or when the server applied a `USE`
+    /// the driver could not take to every connection.
     pub fn may_have_been_applied(&self) -> bool {
-        !self.0.not_sent && (self.0.unread_answer || self.0.kind.may_have_been_applied())
+        !self.0.not_sent && (self.0.ran_anyway || self.0.kind.may_have_been_applied())
     }
 
     /// Whether and where a retry could help, for a request that is (or is
@@ -594,7 +597,7 @@ impl CqlError {
             let inner = Arc::get_mut(&mut e.0).expect("fresh error is unique");
             inner.details = details;
             inner.not_sent = inner.not_sent || sent == Sent::No;
-            inner.unread_answer = sent == Sent::AnswerUnread;
+            inner.ran_anyway = matches!(sent, Sent::AnswerUnread | Sent::Applied);
             inner.status_code = server_code(&err);
             inner.source = Some(Arc::new(err));
             inner.source_hidden = source_hidden;
@@ -736,6 +739,8 @@ enum Sent {
     Maybe,
     /// Sent and answered, the answer unreadable: it may have been applied.
     AnswerUnread,
+    /// Applied, in part at least, whatever the kind says.
+    Applied,
 }
 
 fn classify_attempt(e: &RequestAttemptError) -> (ErrorKind, Option<ReplicaDetails>, Sent) {
@@ -810,7 +815,27 @@ fn classify_execution(err: &ExecutionError) -> (ErrorKind, Message, Option<Repli
         },
         ExecutionError::ConnectionPoolError(_) => (K::Connection, None, Sent::No),
         ExecutionError::RequestTimeout(_) => (K::ClientTimeout, None, Sent::Maybe),
-        ExecutionError::UseKeyspaceError(_) => (K::Invalid, None, Sent::Maybe),
+        // The server applied the `USE` (the session and the connection
+        // it went to are in the new keyspace); taking it to every other
+        // connection failed.
+        ExecutionError::UseKeyspaceError(u) => {
+            let (kind, details) = match u {
+                UseKeyspaceError::RequestError(a) => {
+                    let (k, d, _) = classify_attempt(a);
+                    (k, d)
+                }
+                UseKeyspaceError::RequestTimeout(_) => (K::ClientTimeout, None),
+                UseKeyspaceError::KeyspaceNameMismatch { .. } => (K::Protocol, None),
+                _ => (K::Other, None),
+            };
+            let message = format!(
+                "the server applied the USE, and the session and the connection it went to are \
+                 in its keyspace; taking it to the session's other connections failed, and some \
+                 may still be in the keyspace before (run the USE again): {}",
+                crate::redact::error_message(&u.to_string())
+            );
+            return (kind, Message::Own(message), details, Sent::Applied);
+        }
         ExecutionError::SchemaAgreementError(_) => (K::SchemaAgreement, None, Sent::Maybe),
         _ => (K::Other, None, Sent::Maybe),
     };

@@ -1624,3 +1624,37 @@ async fn a_cached_statement_follows_a_table_made_again() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
 }
+
+/// A `USE` the server applied and the driver could not take to every
+/// connection (a node refused it there): the session is in the new
+/// keyspace already, and the connection it went to as well. Its error
+/// says it may have been applied, not that the statement was invalid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_use_the_driver_could_not_take_everywhere_may_have_been_applied() {
+    let s = setup(3).await;
+    s.run("CREATE KEYSPACE ks2 WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}")
+        .await;
+    // node 1 refuses the keyspace on its connections; the USE goes elsewhere
+    s.cluster.faults().add(
+        Fault::error(InjectedError::ServerError)
+            .matching("ks2")
+            .node(1),
+    );
+    let mut use_ks2 = CqlRequest::unprepared("USE ks2");
+    use_ks2
+        .meta_mut()
+        .route_hint()
+        .exclude(s.cluster.node_addr(1));
+    let err = s.driver.execute(use_ks2).await.unwrap_err();
+    assert_eq!(
+        s.driver
+            .session()
+            .get_keyspace()
+            .as_deref()
+            .map(String::as_str),
+        Some("ks2"),
+        "{err}"
+    );
+    assert_ne!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert!(err.may_have_been_applied(), "{err}");
+}
