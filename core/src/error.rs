@@ -723,6 +723,9 @@ fn server_code(err: &ExecutionError) -> Option<i32> {
         _ => return None,
     };
     match attempt {
+        // (its code is the one the connection negotiated, not known here:
+        // the driver's `code` panics without it)
+        RequestAttemptError::DbError(DbError::RateLimitReached { .. }, _) => None,
         RequestAttemptError::DbError(db, _) => {
             Some(db.code(&scylla::frame::protocol_features::ProtocolFeatures::default()))
         }
@@ -987,6 +990,21 @@ mod tests {
             assert!(e.was_not_sent(), "{e}");
             assert_eq!(e.retry_advice(true), RetryAdvice::DontRetry, "{e}");
         }
+    }
+
+    /// ScyllaDB's per-partition rate limit error has a code each
+    /// connection negotiates (the driver's `ProtocolFeatures`): mapping
+    /// it asked the driver for its code with none negotiated, which
+    /// panics. It maps, with no code.
+    #[test]
+    fn a_rate_limit_error_maps_without_panicking() {
+        use scylla::errors::OperationType;
+        let e = db(DbError::RateLimitReached {
+            op_type: OperationType::Write,
+            rejected_by_coordinator: true,
+        });
+        assert_eq!(e.kind(), ErrorKind::RateLimitReached, "{e}");
+        assert_eq!(e.status_code(), None, "{e}");
     }
 
     /// The status code a span records is the one the server answered
