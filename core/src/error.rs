@@ -27,8 +27,8 @@ use std::time::Duration;
 pub use crate::classify::RetryAdvice;
 
 use scylla::errors::{
-    DbError, ExecutionError, NewSessionError, PrepareError, RequestAttemptError, UseKeyspaceError,
-    WriteType,
+    DbError, ExecutionError, NewSessionError, OperationType, PrepareError, RequestAttemptError,
+    UseKeyspaceError, WriteType,
 };
 
 /// What kind of failure a [`CqlError`] is. Bounded: safe as a metric label.
@@ -335,9 +335,10 @@ struct Inner {
     /// even when not idempotent).
     not_sent: bool,
     /// Whether the request may have run whatever the kind says: the
-    /// server answered and the driver could not read the answer, or the
+    /// server answered and the driver could not read the answer, the
     /// server applied a `USE` the driver could not take to every
-    /// connection.
+    /// connection, or a replica (not the coordinator) rate-limited a
+    /// write.
     ran_anyway: bool,
     attempts: u32,
     /// Speculative (hedged) attempts started.
@@ -558,8 +559,10 @@ impl CqlError {
     /// ([`ErrorKind::may_have_been_applied`]), unless it was certainly not
     /// sent; and always when the server answered and the driver could not
     /// read the answer (a `Protocol` error with no server code: the
-    /// request reached the server), or when the server applied a `USE`
-    /// the driver could not take to every connection.
+    /// request reached the server), when the server applied a `USE` the
+    /// driver could not take to every connection, or when a replica (not
+    /// the coordinator) rate-limited a write (ScyllaDB's per-partition
+    /// limit: the other replicas may have it).
     pub fn may_have_been_applied(&self) -> bool {
         !self.0.not_sent && (self.0.ran_anyway || self.0.kind.may_have_been_applied())
     }
@@ -742,13 +745,22 @@ enum Sent {
     Maybe,
     /// Sent and answered, the answer unreadable: it may have been applied.
     AnswerUnread,
-    /// Applied, in part at least, whatever the kind says.
+    /// Perhaps applied, in part at least, whatever the kind says.
     Applied,
 }
 
 fn classify_attempt(e: &RequestAttemptError) -> (ErrorKind, Option<ReplicaDetails>, Sent) {
     use ErrorKind as K;
     match e {
+        // A write a replica rate-limited (not the coordinator) may be on
+        // the other replicas.
+        RequestAttemptError::DbError(
+            DbError::RateLimitReached {
+                op_type: OperationType::Write,
+                rejected_by_coordinator: false,
+            },
+            _,
+        ) => (K::RateLimitReached, None, Sent::Applied),
         RequestAttemptError::DbError(db, _) => {
             let (k, d) = classify_db(db);
             (k, d, Sent::Maybe)
@@ -1005,6 +1017,26 @@ mod tests {
         });
         assert_eq!(e.kind(), ErrorKind::RateLimitReached, "{e}");
         assert_eq!(e.status_code(), None, "{e}");
+    }
+
+    /// ScyllaDB's per-partition rate limit: a write rejected on the
+    /// coordinator was applied nowhere; one rejected by a replica may be
+    /// on the others (the server's flag says which).
+    #[test]
+    fn a_write_a_replica_rate_limited_may_have_been_applied() {
+        use scylla::errors::OperationType;
+        let limited = |op_type, rejected_by_coordinator| {
+            db(DbError::RateLimitReached {
+                op_type,
+                rejected_by_coordinator,
+            })
+        };
+        let e = limited(OperationType::Write, false);
+        assert_eq!(e.kind(), ErrorKind::RateLimitReached, "{e}");
+        assert!(e.may_have_been_applied(), "{e}");
+        assert_eq!(e.retry_advice(false), RetryAdvice::DontRetry, "{e}");
+        assert!(!limited(OperationType::Write, true).may_have_been_applied());
+        assert!(!limited(OperationType::Read, false).may_have_been_applied());
     }
 
     /// The status code a span records is the one the server answered
