@@ -23,7 +23,12 @@
 //!   flight); statements marked unprepared go as QUERY. Text that names
 //!   no keyspace is cached per session keyspace: the server binds a
 //!   prepared statement to the keyspace it was prepared in, so after a
-//!   `USE` it is prepared again for the new one. Only preparations in
+//!   `USE` it is prepared again for the new one. A request a stack's
+//!   gate labelled with the session's keyspace as it entered runs in
+//!   that keyspace, though a `USE` completed before it reached the
+//!   driver: its label names the keyspace it ran in. (Not always when
+//!   its statement is new to that keyspace and prepared after the `USE`:
+//!   the server prepares in the keyspace of the moment.) Only preparations in
 //!   flight are kept; a failed one is tried again by the next request.
 //!   A request's deadline bounds its statement's preparation too (the
 //!   driver's own has no timeout: it waits for every node's answer), and

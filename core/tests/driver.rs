@@ -1658,3 +1658,46 @@ async fn a_use_the_driver_could_not_take_everywhere_may_have_been_applied() {
     assert_ne!(err.kind(), ErrorKind::Invalid, "{err}");
     assert!(err.may_have_been_applied(), "{err}");
 }
+
+/// A request labelled with the session's keyspace as it entered the
+/// stack (its gate does this, with text naming no keyspace) runs in that
+/// keyspace, though a `USE` completed before it reached the driver: its
+/// events and spans name the keyspace it read. (Before, the driver read
+/// the session's keyspace again, ran the statement in the new one, and
+/// the request's keyspace label named the old one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_runs_in_the_session_keyspace_it_was_labelled_with() {
+    let s = setup(1).await;
+    s.run("CREATE KEYSPACE ks2 WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}")
+        .await;
+    s.run("CREATE TABLE ks2.kv (k int PRIMARY KEY, v text)")
+        .await;
+    s.run("INSERT INTO ks.kv (k, v) VALUES (1, 'in ks')").await;
+    s.run("INSERT INTO ks2.kv (k, v) VALUES (1, 'in ks2')")
+        .await;
+    s.run("USE ks").await;
+    let read = Statement::new("SELECT v FROM kv WHERE k = ?");
+    let labelled = || {
+        let mut req = read.request().bind((1i32,));
+        // what the gate does as the request enters
+        req.meta_mut().label_session_keyspace("ks");
+        req
+    };
+    let resp = s.driver.execute(labelled()).await.unwrap();
+    assert_eq!(resp.single_row::<(String,)>().unwrap().0, "in ks");
+    let req = labelled();
+    // a USE completes before the request reaches the driver
+    s.run("USE ks2").await;
+    assert_eq!(req.meta().keyspace().map(|k| k.as_str()), Some("ks"));
+    let resp = s.driver.execute(req).await.unwrap();
+    assert_eq!(
+        resp.single_row::<(String,)>().unwrap().0,
+        "in ks",
+        "labelled ks, ran in another keyspace"
+    );
+    // a request that enters now is labelled, and runs, in ks2
+    let mut req = read.request().bind((1i32,));
+    req.meta_mut().label_session_keyspace("ks2");
+    let resp = s.driver.execute(req).await.unwrap();
+    assert_eq!(resp.single_row::<(String,)>().unwrap().0, "in ks2");
+}

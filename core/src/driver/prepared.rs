@@ -158,6 +158,21 @@ pub(super) enum Uncached<'a> {
     Batch(&'a scylla::statement::batch::Batch),
 }
 
+/// The keyspace `req`'s CQL text runs in, if it names none: the
+/// session's keyspace it was labelled with as it entered
+/// ([`RequestMeta::entry_keyspace`]), or else the session's of the moment
+/// (`session`, from [`DriverInner::session_keyspace`]); `None` for text
+/// naming its keyspace.
+#[inline(always)]
+fn keyspace_of<'r>(req: &'r CqlRequest, session: &'r Option<Arc<String>>) -> Option<&'r str> {
+    if !req.statement().follows_session_keyspace() {
+        return None;
+    }
+    req.meta()
+        .entry_keyspace()
+        .or_else(|| session.as_deref().map(String::as_str))
+}
+
 /// What to execute for CQL text the service did not keep, configured for
 /// one request (see [`DriverInner::run_uncached`]).
 pub(super) enum Resolved {
@@ -187,14 +202,11 @@ impl DriverInner {
                 unprepared: false,
             } => {
                 let statement = req.statement();
-                // text naming no keyspace runs in the session's of the
-                // moment: one prepared in another is another statement
-                let keyspace = if statement.follows_session_keyspace() {
-                    self.session.get_keyspace()
-                } else {
-                    None
-                };
-                let ks = keyspace.as_deref().map(String::as_str);
+                // text naming no keyspace runs in the session's (see
+                // `keyspace_of`): one prepared in another is another
+                // statement
+                let session = self.session_keyspace(req);
+                let ks = keyspace_of(req, &session);
                 if let Some(p) = statement.prepared_by(self.id, ks) {
                     self.cache.hits.fetch_add(1, Ordering::Relaxed);
                     return Kept::Ref(p, None);
@@ -202,10 +214,15 @@ impl DriverInner {
                 // remembered as the statement's own requests ask for it
                 // (its idempotence, consistency, page size), so that they
                 // run it by reference
+                let keyspace = || {
+                    session
+                        .clone()
+                        .or_else(|| ks.map(|k| Arc::new(k.to_owned())))
+                };
                 let Some(cached) = self.cache.get_hit(KeyRef { text, keyspace: ks }) else {
                     return Kept::Uncached(Uncached::Text {
                         text,
-                        keyspace,
+                        keyspace: keyspace(),
                         unprepared: false,
                     });
                 };
@@ -216,7 +233,7 @@ impl DriverInner {
                     None,
                 )
                 .into_owned();
-                statement.remember_prepared(self.id, keyspace.as_ref(), &own);
+                statement.remember_prepared(self.id, keyspace().as_ref(), &own);
                 match statement.prepared_by(self.id, ks) {
                     Some(p) => Kept::Ref(p, None),
                     // (the statement remembers another service's)
@@ -233,6 +250,18 @@ impl DriverInner {
                 unprepared: true,
             }),
             StatementBody::Batch(b) => Kept::Uncached(Uncached::Batch(b)),
+        }
+    }
+
+    /// The session's keyspace of the moment, when `req`'s CQL text runs
+    /// in it (see [`keyspace_of`]).
+    #[inline(always)]
+    fn session_keyspace(&self, req: &CqlRequest) -> Option<Arc<String>> {
+        let s = req.statement();
+        if s.follows_session_keyspace() && req.meta().entry_keyspace().is_none() {
+            self.session.get_keyspace()
+        } else {
+            None
         }
     }
 
@@ -374,15 +403,9 @@ impl DriverInner {
         if error.kind() != crate::ErrorKind::Serialization || !self.outdated(failed) {
             return Err(error);
         }
-        let keyspace = if req.statement().follows_session_keyspace() {
-            self.session.get_keyspace()
-        } else {
-            None
-        };
-        let key = KeyRef {
-            text,
-            keyspace: keyspace.as_deref().map(String::as_str),
-        };
+        let session = self.session_keyspace(req);
+        let ks = keyspace_of(req, &session);
+        let key = KeyRef { text, keyspace: ks };
         self.cache.map.remove_if(&key, |p| self.outdated(p));
         let meta = req.meta();
         let attempt = Attempt {
@@ -393,7 +416,7 @@ impl DriverInner {
             None => {
                 let key = TextKey {
                     text: text.clone(),
-                    keyspace,
+                    keyspace: ks.map(|k| Arc::new(k.to_owned())),
                 };
                 self.prepare_in_time(key, meta, attempt).await?
             }
