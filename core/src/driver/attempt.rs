@@ -359,7 +359,12 @@ impl DriverInner {
                 Err(e) => e,
             },
         };
-        Box::pin(self.run_outdated(req, p, error.into())).await
+        let error = CqlError::from(error);
+        // (checked before the boxed future is made: most errors are not this)
+        if !self.is_outdated(req, p, &error) {
+            return Err(error);
+        }
+        Box::pin(self.run_outdated(req, error)).await
     }
 
     /// [`run`](Self::run) for what the service keeps no prepared

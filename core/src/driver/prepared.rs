@@ -373,13 +373,33 @@ impl DriverInner {
 }
 
 impl DriverInner {
-    /// `failed`, the statement `req` ran, failed with `error`. When this
-    /// service prepared it from `req`'s text and its values could not be
-    /// bound (`Serialization`: nothing was sent) because it is outdated
-    /// (see [`outdated`](Self::outdated)), the request runs once more
-    /// with the statement as its table is now: the one cached, when it is
-    /// not outdated, or one prepared anew (and cached). Otherwise the
-    /// error stands.
+    /// Whether `failed`, the statement `req` ran, failed with `error`
+    /// because it is outdated: this service prepared it from `req`'s text,
+    /// its values could not be bound (`Serialization`: nothing was sent),
+    /// and its table changed since (see [`outdated`](Self::outdated)).
+    /// Then [`run_outdated`](Self::run_outdated) runs the request once
+    /// more.
+    pub(super) fn is_outdated(
+        &self,
+        req: &CqlRequest,
+        failed: &PreparedStatement,
+        error: &CqlError,
+    ) -> bool {
+        error.kind() == crate::ErrorKind::Serialization
+            && matches!(
+                req.statement().body(),
+                StatementBody::Cql {
+                    unprepared: false,
+                    ..
+                }
+            )
+            && self.outdated(failed)
+    }
+
+    /// `req`, whose statement failed as [`is_outdated`](Self::is_outdated)
+    /// says with `error`, run once more with the statement as its table is
+    /// now: the one cached, when it is not outdated, or one prepared anew
+    /// (and cached).
     ///
     /// A table dropped and made again with another type for a column
     /// left the statement prepared for the old one cached, and every
@@ -390,19 +410,11 @@ impl DriverInner {
     pub(super) async fn run_outdated(
         &self,
         req: &CqlRequest,
-        failed: &PreparedStatement,
         error: CqlError,
     ) -> Result<CqlResponse, CqlError> {
-        let StatementBody::Cql {
-            text,
-            unprepared: false,
-        } = req.statement().body()
-        else {
+        let StatementBody::Cql { text, .. } = req.statement().body() else {
             return Err(error);
         };
-        if error.kind() != crate::ErrorKind::Serialization || !self.outdated(failed) {
-            return Err(error);
-        }
         let session = self.session_keyspace(req);
         let ks = keyspace_of(req, &session);
         let key = KeyRef { text, keyspace: ks };
