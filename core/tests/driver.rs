@@ -1701,3 +1701,37 @@ async fn a_request_runs_in_the_session_keyspace_it_was_labelled_with() {
     let resp = s.driver.execute(req).await.unwrap();
     assert_eq!(resp.single_row::<(String,)>().unwrap().0, "in ks2");
 }
+
+/// A schema change the statement analysis names no schema kind for
+/// (`CREATE TRIGGER`, `CREATE FUNCTION`, `ALTER MATERIALIZED VIEW`, ...:
+/// kind `Other`) keeps to its request's deadline as the others do: the
+/// driver's wait for the nodes to agree on the schema, outside its
+/// request timeout, ends at the deadline. (Before, only the kinds the
+/// analysis names were bounded: this one waited for the agreement, 2 s
+/// here, past a 300 ms deadline.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_of_another_kind_keeps_to_the_requests_deadline() {
+    let s = setup(1).await;
+    let trigger = "CREATE TRIGGER audit ON ks.kv USING 'org.example.Audit'";
+    assert_eq!(
+        CqlRequest::unprepared(trigger).meta().kind(),
+        tower_cql_core::OperationKind::Other
+    );
+    // every schema agreement check answers 2 s late
+    s.cluster.faults().add(
+        Fault::delay(Duration::from_secs(2)).matching("SELECT schema_version FROM system.local"),
+    );
+    let started = std::time::Instant::now();
+    let out = s
+        .driver
+        .execute(CqlRequest::unprepared(trigger).timeout(Duration::from_millis(300)))
+        .await;
+    let took = started.elapsed();
+    let err = match out {
+        Ok(_) => panic!("a schema change with a 300 ms deadline succeeded after {took:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert!(took < Duration::from_millis(1500), "ended after {took:?}");
+    assert!(err.may_have_been_applied(), "{err}");
+}

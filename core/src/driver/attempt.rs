@@ -260,10 +260,12 @@ impl DriverInner {
             // future stays the size of the common case's.)
             let node = this.node_attribution.then_some(&mut guard.node);
             Box::pin(run_use(owner.clone(), &req, meta.deadline(), start, node)).await
-        } else if let Some(deadline) = meta.deadline().filter(|_| meta.kind().is_schema()) {
+        } else if let Some(deadline) = meta.deadline().filter(|_| meta.kind().may_change_schema()) {
             // A schema change makes the driver wait, after the server's
             // answer and outside its request timeout, for every node to
-            // agree on the schema: the deadline bounds that too.
+            // agree on the schema: the deadline bounds that too (for
+            // every statement that may change it: see
+            // `OperationKind::may_change_schema`).
             Box::pin(within_deadline(deadline, start, steered())).await
         } else {
             steered().await
