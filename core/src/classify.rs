@@ -232,6 +232,9 @@ pub(crate) const fn may_have_been_applied(kind: ErrorKind) -> bool {
             | K::DeadlineExceeded
             | K::ServerError
             | K::Connection
+            // the coordinator applied the change; the nodes' agreement
+            // on it is what failed
+            | K::SchemaAgreement
             | K::Other
     )
 }

@@ -23,15 +23,25 @@
 //!   flight); statements marked unprepared go as QUERY. Text that names
 //!   no keyspace is cached per session keyspace: the server binds a
 //!   prepared statement to the keyspace it was prepared in, so after a
-//!   `USE` it is prepared again for the new one. Only preparations in
+//!   `USE` it is prepared again for the new one. A request a stack's
+//!   gate labelled with the session's keyspace as it entered runs in
+//!   that keyspace, though a `USE` completed before it reached the
+//!   driver: its label names the keyspace it ran in. (Not always when
+//!   its statement is new to that keyspace and prepared after the `USE`:
+//!   the server prepares in the keyspace of the moment.) Only preparations in
 //!   flight are kept; a failed one is tried again by the next request.
 //!   A request's deadline bounds its statement's preparation too (the
 //!   driver's own has no timeout: it waits for every node's answer), and
 //!   the statement then runs with the time left, not the whole again.
 //!   It bounds the driver's wait after a schema change as well, for
 //!   every node to agree on the schema, which its request timeout does
-//!   not cover (not a `USE`'s, taking the keyspace to each connection:
-//!   cut short, it would leave them in different keyspaces).
+//!   not cover.
+//! - A `USE` runs to its end in a task of its own, one at a time, even
+//!   when its deadline passes or its caller stops waiting: cut short
+//!   after the server took it on one connection and before the driver
+//!   took it to the others, it left the connections in different
+//!   keyspaces and the session's naming the old one. Its caller waits
+//!   until the deadline (then `DeadlineExceeded`: the `USE` goes on).
 //! - The driver's own retries and speculative execution are turned off
 //!   (its `FallthroughRetryPolicy`, no speculative policy), so that retries
 //!   happen once, in the middleware, where they are observed. Turn them back
@@ -85,6 +95,9 @@ pub(crate) struct DriverInner {
     /// (`keep_driver_retries`).
     driver_retries: bool,
     node_attribution: bool,
+    /// Held by a `USE` while it runs (see `attempt::run_use`): two never
+    /// interleave their connections.
+    use_lock: tokio::sync::Mutex<()>,
 }
 
 /// The innermost service of a stack: executes requests on a scylla session.

@@ -27,7 +27,8 @@ use std::time::Duration;
 pub use crate::classify::RetryAdvice;
 
 use scylla::errors::{
-    DbError, ExecutionError, NewSessionError, PrepareError, RequestAttemptError, WriteType,
+    DbError, ExecutionError, NewSessionError, OperationType, PrepareError, RequestAttemptError,
+    UseKeyspaceError, WriteType,
 };
 
 /// What kind of failure a [`CqlError`] is. Bounded: safe as a metric label.
@@ -85,7 +86,8 @@ pub enum ErrorKind {
     Deserialization,
     /// Preparing the statement failed on every node.
     Prepare,
-    /// The cluster's nodes did not agree on the schema in time.
+    /// The cluster's nodes did not agree on the schema in time, after a
+    /// schema change the coordinator applied.
     SchemaAgreement,
     /// A rate limiter refused the request.
     RateLimited,
@@ -275,7 +277,7 @@ impl ErrorKind {
             }
             ErrorKind::Prepare => "fix the statement so that every node can prepare it",
             ErrorKind::SchemaAgreement => {
-                "wait for the schema to settle, or raise the schema agreement timeout"
+                "the schema change was applied, the nodes had not agreed on it yet: wait for the schema to settle before running it again, or raise the schema agreement timeout"
             }
             ErrorKind::RateLimited => {
                 "the client-side rate limit refused the request; slow down or raise the limit"
@@ -332,10 +334,12 @@ struct Inner {
     /// Whether the request was certainly not sent to a node (safe to retry
     /// even when not idempotent).
     not_sent: bool,
-    /// Whether the server answered and the driver could not read the
-    /// answer: the request reached it, and may have run, whatever the
-    /// kind says.
-    unread_answer: bool,
+    /// Whether the request may have run whatever the kind says: the
+    /// server answered and the driver could not read the answer, the
+    /// server applied a `USE` the driver could not take to every
+    /// connection, or a replica (not the coordinator) rate-limited a
+    /// write.
+    ran_anyway: bool,
     attempts: u32,
     /// Speculative (hedged) attempts started.
     speculative: u32,
@@ -372,7 +376,7 @@ impl CqlError {
             node: None,
             details: None,
             not_sent: refused || matches!(kind, ErrorKind::Serialization | ErrorKind::BadRequest),
-            unread_answer: false,
+            ran_anyway: false,
             attempts: u32::from(!refused),
             speculative: 0,
             status_code: kind.status_code(),
@@ -505,7 +509,7 @@ impl CqlError {
                 node: shared.node,
                 details: shared.details,
                 not_sent: shared.not_sent,
-                unread_answer: shared.unread_answer,
+                ran_anyway: shared.ran_anyway,
                 attempts: shared.attempts,
                 speculative: shared.speculative,
                 status_code: shared.status_code,
@@ -555,9 +559,12 @@ impl CqlError {
     /// ([`ErrorKind::may_have_been_applied`]), unless it was certainly not
     /// sent; and always when the server answered and the driver could not
     /// read the answer (a `Protocol` error with no server code: the
-    /// request reached the server).
+    /// request reached the server), when the server applied a `USE` the
+    /// driver could not take to every connection, or when a replica (not
+    /// the coordinator) rate-limited a write (ScyllaDB's per-partition
+    /// limit: the other replicas may have it).
     pub fn may_have_been_applied(&self) -> bool {
-        !self.0.not_sent && (self.0.unread_answer || self.0.kind.may_have_been_applied())
+        !self.0.not_sent && (self.0.ran_anyway || self.0.kind.may_have_been_applied())
     }
 
     /// Whether and where a retry could help, for a request that is (or is
@@ -593,7 +600,7 @@ impl CqlError {
             let inner = Arc::get_mut(&mut e.0).expect("fresh error is unique");
             inner.details = details;
             inner.not_sent = inner.not_sent || sent == Sent::No;
-            inner.unread_answer = sent == Sent::AnswerUnread;
+            inner.ran_anyway = matches!(sent, Sent::AnswerUnread | Sent::Applied);
             inner.status_code = server_code(&err);
             inner.source = Some(Arc::new(err));
             inner.source_hidden = source_hidden;
@@ -719,6 +726,9 @@ fn server_code(err: &ExecutionError) -> Option<i32> {
         _ => return None,
     };
     match attempt {
+        // (its code is the one the connection negotiated, not known here:
+        // the driver's `code` panics without it)
+        RequestAttemptError::DbError(DbError::RateLimitReached { .. }, _) => None,
         RequestAttemptError::DbError(db, _) => {
             Some(db.code(&scylla::frame::protocol_features::ProtocolFeatures::default()))
         }
@@ -735,11 +745,22 @@ enum Sent {
     Maybe,
     /// Sent and answered, the answer unreadable: it may have been applied.
     AnswerUnread,
+    /// Perhaps applied, in part at least, whatever the kind says.
+    Applied,
 }
 
 fn classify_attempt(e: &RequestAttemptError) -> (ErrorKind, Option<ReplicaDetails>, Sent) {
     use ErrorKind as K;
     match e {
+        // A write a replica rate-limited (not the coordinator) may be on
+        // the other replicas.
+        RequestAttemptError::DbError(
+            DbError::RateLimitReached {
+                op_type: OperationType::Write,
+                rejected_by_coordinator: false,
+            },
+            _,
+        ) => (K::RateLimitReached, None, Sent::Applied),
         RequestAttemptError::DbError(db, _) => {
             let (k, d) = classify_db(db);
             (k, d, Sent::Maybe)
@@ -752,6 +773,10 @@ fn classify_attempt(e: &RequestAttemptError) -> (ErrorKind, Option<ReplicaDetail
         | RequestAttemptError::CqlResultParseError(_)
         | RequestAttemptError::CqlErrorParseError(_)
         | RequestAttemptError::UnexpectedResponse(_) => (K::Protocol, None, Sent::AnswerUnread),
+        // The server answered `Unprepared` (nothing ran) and the driver
+        // gave up on repreparing: the id changed, or a batch lacks it.
+        RequestAttemptError::RepreparedIdChanged { .. }
+        | RequestAttemptError::RepreparedIdMissingInBatch => (K::Prepare, None, Sent::No),
         _ => (K::Other, None, Sent::Maybe),
     }
 }
@@ -805,7 +830,27 @@ fn classify_execution(err: &ExecutionError) -> (ErrorKind, Message, Option<Repli
         },
         ExecutionError::ConnectionPoolError(_) => (K::Connection, None, Sent::No),
         ExecutionError::RequestTimeout(_) => (K::ClientTimeout, None, Sent::Maybe),
-        ExecutionError::UseKeyspaceError(_) => (K::Invalid, None, Sent::Maybe),
+        // The server applied the `USE` (the session and the connection
+        // it went to are in the new keyspace); taking it to every other
+        // connection failed.
+        ExecutionError::UseKeyspaceError(u) => {
+            let (kind, details) = match u {
+                UseKeyspaceError::RequestError(a) => {
+                    let (k, d, _) = classify_attempt(a);
+                    (k, d)
+                }
+                UseKeyspaceError::RequestTimeout(_) => (K::ClientTimeout, None),
+                UseKeyspaceError::KeyspaceNameMismatch { .. } => (K::Protocol, None),
+                _ => (K::Other, None),
+            };
+            let message = format!(
+                "the server applied the USE, and the session and the connection it went to are \
+                 in its keyspace; taking it to the session's other connections failed, and some \
+                 may still be in the keyspace before (run the USE again): {}",
+                crate::redact::error_message(&u.to_string())
+            );
+            return (kind, Message::Own(message), details, Sent::Applied);
+        }
         ExecutionError::SchemaAgreementError(_) => (K::SchemaAgreement, None, Sent::Maybe),
         _ => (K::Other, None, Sent::Maybe),
     };
@@ -933,6 +978,65 @@ mod tests {
         // kept when the error is remade
         let s = crate::Statement::new("SELECT v FROM t WHERE k = 'x'");
         assert!(unread.without_literals_of(&s).may_have_been_applied());
+    }
+
+    /// The driver's own refusals after the server said `Unprepared`
+    /// (nothing ran): the statement, reprepared, came back with another
+    /// id, or a batch does not hold the reprepared one. Neither executed
+    /// anything, so neither may say "may have been applied" (a caller
+    /// would check for a write that never ran), and retrying cannot help:
+    /// the statement must be prepared again.
+    #[test]
+    fn a_reprepared_statement_the_driver_refuses_was_not_applied() {
+        for attempt in [
+            RequestAttemptError::RepreparedIdChanged {
+                statement: "INSERT INTO ks.kv (k, v) VALUES (?, ?)".into(),
+                expected_id: vec![1],
+                reprepared_id: vec![2],
+            },
+            RequestAttemptError::RepreparedIdMissingInBatch,
+        ] {
+            let e = CqlError::from_execution(ExecutionError::LastAttemptError(attempt));
+            assert_eq!(e.kind(), ErrorKind::Prepare, "{e}");
+            assert!(!e.may_have_been_applied(), "{e}");
+            assert!(e.was_not_sent(), "{e}");
+            assert_eq!(e.retry_advice(true), RetryAdvice::DontRetry, "{e}");
+        }
+    }
+
+    /// ScyllaDB's per-partition rate limit error has a code each
+    /// connection negotiates (the driver's `ProtocolFeatures`): mapping
+    /// it asked the driver for its code with none negotiated, which
+    /// panics. It maps, with no code.
+    #[test]
+    fn a_rate_limit_error_maps_without_panicking() {
+        use scylla::errors::OperationType;
+        let e = db(DbError::RateLimitReached {
+            op_type: OperationType::Write,
+            rejected_by_coordinator: true,
+        });
+        assert_eq!(e.kind(), ErrorKind::RateLimitReached, "{e}");
+        assert_eq!(e.status_code(), None, "{e}");
+    }
+
+    /// ScyllaDB's per-partition rate limit: a write rejected on the
+    /// coordinator was applied nowhere; one rejected by a replica may be
+    /// on the others (the server's flag says which).
+    #[test]
+    fn a_write_a_replica_rate_limited_may_have_been_applied() {
+        use scylla::errors::OperationType;
+        let limited = |op_type, rejected_by_coordinator| {
+            db(DbError::RateLimitReached {
+                op_type,
+                rejected_by_coordinator,
+            })
+        };
+        let e = limited(OperationType::Write, false);
+        assert_eq!(e.kind(), ErrorKind::RateLimitReached, "{e}");
+        assert!(e.may_have_been_applied(), "{e}");
+        assert_eq!(e.retry_advice(false), RetryAdvice::DontRetry, "{e}");
+        assert!(!limited(OperationType::Write, true).may_have_been_applied());
+        assert!(!limited(OperationType::Read, false).may_have_been_applied());
     }
 
     /// The status code a span records is the one the server answered

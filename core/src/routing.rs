@@ -320,6 +320,14 @@ thread_local! {
     /// that records it (the driver calls the policy from within that
     /// poll).
     static SEEN: std::cell::Cell<Option<SocketAddr>> = const { std::cell::Cell::new(None) };
+
+    /// How many nodes [`Steering`] dropped, for the hint's exclusions,
+    /// from the plan it made last on this thread (an attempt with a
+    /// hint): set by `pick` for its node and by `fallback` for the whole
+    /// plan, which the driver asks for when `pick` gave none. The driver
+    /// makes the plan and finds it empty in one poll, so an empty plan
+    /// reads the count of its own plan (see [`excluded_now`]).
+    static DROPPED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 fn saw(node: NodeRef<'_>) {
@@ -399,11 +407,13 @@ fn current() -> Option<(Arc<RouteHint>, u32)> {
     ROUTE.try_with(|(h, i)| (h.clone(), *i)).ok()
 }
 
-/// How many nodes the hint of the attempt this task is running excludes
-/// (0 without a hint): an empty plan then means that the breaker left no
-/// node to try.
+/// How many nodes the hint of the attempt this task is running dropped
+/// from the attempt's plan (0 without a hint): an empty plan then means
+/// that the breaker left no node to try. Nodes it excludes that the plan
+/// never held (the session's policy left them out) do not count: a plan
+/// the policy left empty is not the breaker's.
 pub(crate) fn excluded_now() -> usize {
-    ROUTE.try_with(|(h, _)| h.excluded_len()).unwrap_or(0)
+    ROUTE.try_with(|_| DROPPED.get()).unwrap_or(0)
 }
 
 /// A node's address (not a connection's: see
@@ -443,6 +453,9 @@ impl LoadBalancingPolicy for Steering {
         let usable = |n: NodeRef<'_>| !hint.excludes(addr(n));
         let fresh = |n: NodeRef<'_>| usable(n) && !hint.avoids(addr(n));
         let first = self.inner.pick(request, cluster);
+        // (a plan is empty only when `pick` gives none: then `fallback`
+        // counts the whole plan's)
+        DROPPED.set(usize::from(first.is_some_and(|(n, _)| !usable(n))));
         // sent back to the node an earlier attempt failed on (a retry
         // advised on the same node), when the plan holds it
         let back = hint.returned(index).and_then(|k| {
@@ -489,9 +502,15 @@ impl LoadBalancingPolicy for Steering {
         let Some((hint, _)) = current() else {
             return Box::new(plan.inspect(|&(n, _)| saw(n)));
         };
+        let mut dropped = 0;
         let (mut fresh, tried): (Vec<_>, Vec<_>) = plan
-            .filter(|&(n, _)| !hint.excludes(addr(n)))
+            .filter(|&(n, _)| {
+                let excluded = hint.excludes(addr(n));
+                dropped += usize::from(excluded);
+                !excluded
+            })
             .partition(|&(n, _)| !hint.avoids(addr(n)));
+        DROPPED.set(dropped);
         fresh.extend(tried);
         Box::new(fresh.into_iter().inspect(|&(n, _)| saw(n)))
     }

@@ -1389,3 +1389,349 @@ async fn a_paged_batch_is_refused_before_any_attempt() {
         0
     );
 }
+
+/// An empty plan is `CircuitOpen` only when the breaker's exclusions
+/// emptied it. A plan the session's own policy left empty (here: only a
+/// datacenter no node is in, no failover) is the driver's `Connection`
+/// error, whatever the request's hint excludes: before, any excluded
+/// node, even one the plan never held, made it "every node this request
+/// could use has an open circuit breaker".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_plan_is_circuit_open_only_when_the_exclusions_emptied_it() {
+    use scylla::client::execution_profile::ExecutionProfile;
+    use scylla::policies::load_balancing::DefaultPolicy;
+    let cluster = Cluster::builder().nodes(2).start().await.unwrap();
+    let nowhere = DefaultPolicy::builder()
+        .prefer_datacenter("no-such-dc".to_string())
+        .permit_dc_failover(false)
+        .build();
+    let profile = ExecutionProfile::builder()
+        .load_balancing_policy(nowhere)
+        .build();
+    let session = SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .default_execution_profile_handle(profile.into_handle())
+        .build()
+        .await
+        .unwrap();
+    let driver = DriverService::builder(Arc::new(session)).build().unwrap();
+    let request = || CqlRequest::unprepared("SELECT key FROM system.local");
+    let plain = driver.execute(request()).await.unwrap_err();
+    assert_eq!(plain.kind(), ErrorKind::Connection, "{plain}");
+    // the breaker excludes node 0: the plan was empty without it
+    let mut req = request();
+    req.meta_mut().route_hint().exclude(cluster.node_addr(0));
+    let err = driver.execute(req).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(err.was_not_sent(), "{err}");
+}
+
+/// A `USE` cut short (its deadline passed, or its caller stopped
+/// waiting) while the server had it: the server still takes the keyspace
+/// on the connection the `USE` went to. Every connection of the session
+/// then runs in one keyspace all the same, the one the session says it
+/// is in. (Before, the driver never saw the answer: that connection ran
+/// in the new keyspace, the others and the session in the old one, and
+/// the same text read another keyspace depending on the node it went
+/// to.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_use_cut_short_leaves_every_connection_in_one_keyspace() {
+    let s = setup(3).await;
+    for ks in ["ks2", "ks3"] {
+        s.run(&format!(
+            "CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 3}}"
+        ))
+        .await;
+        s.run(&format!("CREATE TABLE {ks}.kv (k int PRIMARY KEY, v text)"))
+            .await;
+        s.run(&format!("INSERT INTO {ks}.kv (k, v) VALUES (1, 'in {ks}')"))
+            .await;
+    }
+    s.run("INSERT INTO ks.kv (k, v) VALUES (1, 'in ks')").await;
+    s.run("USE ks").await;
+    // the server answers the USE a second late
+    s.cluster
+        .faults()
+        .add(Fault::delay(Duration::from_secs(1)).matching("USE ks"));
+    // cut short by its deadline
+    let err = s
+        .driver
+        .execute(CqlRequest::unprepared("USE ks2").timeout(Duration::from_millis(200)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert_one_keyspace(&s, "after a USE whose deadline passed").await;
+    // cut short by its caller, who stopped waiting
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(200),
+        s.driver.execute(CqlRequest::unprepared("USE ks3")),
+    )
+    .await;
+    assert!(
+        dropped.is_err(),
+        "the USE answered before its caller gave up"
+    );
+    assert_one_keyspace(&s, "after a USE whose caller stopped waiting").await;
+}
+
+/// Waits for the server to have answered a `USE` it delayed, then reads
+/// unqualified text on every node (through each connection): one
+/// keyspace, the session's.
+async fn assert_one_keyspace(s: &Setup, when: &str) {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let resp = s
+            .driver
+            .execute(CqlRequest::unprepared("SELECT v FROM kv WHERE k = 1"))
+            .await
+            .unwrap();
+        seen.insert(resp.single_row::<(String,)>().unwrap().0);
+    }
+    let session = s.driver.session().get_keyspace();
+    let session = session.as_deref().map(String::as_str).unwrap_or("none");
+    assert_eq!(
+        seen.len(),
+        1,
+        "{when}: the connections run in different keyspaces ({seen:?}); the session says {session}"
+    );
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some(format!("in {session}").as_str()),
+        "{when}: the connections run in another keyspace than the session's"
+    );
+}
+
+/// A schema change whose nodes did not agree on the schema in time was
+/// applied all the same (the coordinator answered it; only the driver's
+/// wait for agreement failed): its error says it may have been applied,
+/// as the same change cut short by its deadline does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_without_agreement_may_have_been_applied() {
+    let cluster = Cluster::builder().nodes(1).start().await.unwrap();
+    let session = SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .schema_agreement_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let driver = DriverService::builder(Arc::new(session)).build().unwrap();
+    driver
+        .execute(CqlRequest::unprepared(
+            "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        ))
+        .await
+        .unwrap();
+    // every schema agreement check answers 2 s late
+    cluster.faults().add(
+        Fault::delay(Duration::from_secs(2)).matching("SELECT schema_version FROM system.local"),
+    );
+    let err = driver
+        .execute(CqlRequest::unprepared(
+            "CREATE TABLE ks.later (k int PRIMARY KEY, v int)",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SchemaAgreement, "{err}");
+    assert!(err.may_have_been_applied(), "{err}");
+    cluster.faults().clear();
+    // it was applied: the table is there
+    driver
+        .execute(CqlRequest::unprepared(
+            "INSERT INTO ks.later (k, v) VALUES (1, 1)",
+        ))
+        .await
+        .unwrap();
+}
+
+/// A schema change after a statement was prepared and cached: a column
+/// added to the table shows in `SELECT *` through the cached statement,
+/// remembered or looked up by text (the driver asks every result for its
+/// metadata: none is taken from the statement prepared before the
+/// change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_select_star_sees_a_column_added_since() {
+    let s = setup(1).await;
+    s.run("INSERT INTO ks.kv (k, v) VALUES (1, 'one')").await;
+    let all = Statement::new("SELECT * FROM ks.kv WHERE k = ?");
+    let resp = s.driver.execute(all.request().bind((1i32,))).await.unwrap();
+    assert_eq!(
+        resp.single_row::<(i32, String)>().unwrap(),
+        (1, "one".to_string())
+    );
+    s.run("ALTER TABLE ks.kv ADD w int").await;
+    s.run("UPDATE ks.kv SET w = 7 WHERE k = 1").await;
+    for (how, req) in [
+        ("the statement", all.request().bind((1i32,))),
+        (
+            "the text",
+            CqlRequest::query("SELECT * FROM ks.kv WHERE k = ?").bind((1i32,)),
+        ),
+    ] {
+        let resp = s.driver.execute(req).await.unwrap();
+        assert_eq!(
+            resp.single_row::<(i32, String, Option<i32>)>()
+                .unwrap_or_else(|e| panic!("{how}: {e}")),
+            (1, "one".to_string(), Some(7)),
+            "{how}"
+        );
+    }
+}
+
+/// A table dropped and made again with another type for a column: text
+/// the service prepared for the old table runs against the new one, by
+/// text and through a statement that remembers the old one. (Before,
+/// the statement prepared for the old table stayed cached with its old
+/// types, and every request binding the new ones failed `Serialization`
+/// on the client, never sent, until the entry was evicted.) Values of
+/// the old type are still refused, as the new table would refuse them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_statement_follows_a_table_made_again() {
+    let s = setup(1).await;
+    s.run("CREATE TABLE ks.t (k int PRIMARY KEY, v text)").await;
+    let put = "INSERT INTO ks.t (k, v) VALUES (?, ?)";
+    let remembering = Statement::new(put);
+    s.driver
+        .execute(CqlRequest::query(put).bind((1i32, "one")))
+        .await
+        .unwrap();
+    s.driver
+        .execute(remembering.request().bind((1i32, "one")))
+        .await
+        .unwrap();
+    s.run("DROP TABLE ks.t").await;
+    s.run("CREATE TABLE ks.t (k int PRIMARY KEY, v int)").await;
+    for round in 0..2 {
+        s.driver
+            .execute(CqlRequest::query(put).bind((2i32, 2i32)))
+            .await
+            .unwrap_or_else(|e| panic!("by text, round {round}: {e}"));
+        s.driver
+            .execute(remembering.request().bind((3i32, 3i32)))
+            .await
+            .unwrap_or_else(|e| panic!("remembered, round {round}: {e}"));
+    }
+    let got = s
+        .driver
+        .execute(CqlRequest::query("SELECT v FROM ks.t WHERE k = ?").bind((3i32,)))
+        .await
+        .unwrap();
+    assert_eq!(got.single_row::<(i32,)>().unwrap(), (3,));
+    let err = s
+        .driver
+        .execute(CqlRequest::query(put).bind((4i32, "four")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
+}
+
+/// A `USE` the server applied and the driver could not take to every
+/// connection (a node refused it there): the session is in the new
+/// keyspace already, and the connection it went to as well. Its error
+/// says it may have been applied, not that the statement was invalid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_use_the_driver_could_not_take_everywhere_may_have_been_applied() {
+    let s = setup(3).await;
+    s.run("CREATE KEYSPACE ks2 WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}")
+        .await;
+    // node 1 refuses the keyspace on its connections; the USE goes elsewhere
+    s.cluster.faults().add(
+        Fault::error(InjectedError::ServerError)
+            .matching("ks2")
+            .node(1),
+    );
+    let mut use_ks2 = CqlRequest::unprepared("USE ks2");
+    use_ks2
+        .meta_mut()
+        .route_hint()
+        .exclude(s.cluster.node_addr(1));
+    let err = s.driver.execute(use_ks2).await.unwrap_err();
+    assert_eq!(
+        s.driver
+            .session()
+            .get_keyspace()
+            .as_deref()
+            .map(String::as_str),
+        Some("ks2"),
+        "{err}"
+    );
+    assert_ne!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert!(err.may_have_been_applied(), "{err}");
+}
+
+/// A request labelled with the session's keyspace as it entered the
+/// stack (its gate does this, with text naming no keyspace) runs in that
+/// keyspace, though a `USE` completed before it reached the driver: its
+/// events and spans name the keyspace it read. (Before, the driver read
+/// the session's keyspace again, ran the statement in the new one, and
+/// the request's keyspace label named the old one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_runs_in_the_session_keyspace_it_was_labelled_with() {
+    let s = setup(1).await;
+    s.run("CREATE KEYSPACE ks2 WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}")
+        .await;
+    s.run("CREATE TABLE ks2.kv (k int PRIMARY KEY, v text)")
+        .await;
+    s.run("INSERT INTO ks.kv (k, v) VALUES (1, 'in ks')").await;
+    s.run("INSERT INTO ks2.kv (k, v) VALUES (1, 'in ks2')")
+        .await;
+    s.run("USE ks").await;
+    let read = Statement::new("SELECT v FROM kv WHERE k = ?");
+    let labelled = || {
+        let mut req = read.request().bind((1i32,));
+        // what the gate does as the request enters
+        req.meta_mut().label_session_keyspace("ks");
+        req
+    };
+    let resp = s.driver.execute(labelled()).await.unwrap();
+    assert_eq!(resp.single_row::<(String,)>().unwrap().0, "in ks");
+    let req = labelled();
+    // a USE completes before the request reaches the driver
+    s.run("USE ks2").await;
+    assert_eq!(req.meta().keyspace().map(|k| k.as_str()), Some("ks"));
+    let resp = s.driver.execute(req).await.unwrap();
+    assert_eq!(
+        resp.single_row::<(String,)>().unwrap().0,
+        "in ks",
+        "labelled ks, ran in another keyspace"
+    );
+    // a request that enters now is labelled, and runs, in ks2
+    let mut req = read.request().bind((1i32,));
+    req.meta_mut().label_session_keyspace("ks2");
+    let resp = s.driver.execute(req).await.unwrap();
+    assert_eq!(resp.single_row::<(String,)>().unwrap().0, "in ks2");
+}
+
+/// A schema change the statement analysis names no schema kind for
+/// (`CREATE TRIGGER`, `CREATE FUNCTION`, `ALTER MATERIALIZED VIEW`, ...:
+/// kind `Other`) keeps to its request's deadline as the others do: the
+/// driver's wait for the nodes to agree on the schema, outside its
+/// request timeout, ends at the deadline. (Before, only the kinds the
+/// analysis names were bounded: this one waited for the agreement, 2 s
+/// here, past a 300 ms deadline.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_of_another_kind_keeps_to_the_requests_deadline() {
+    let s = setup(1).await;
+    let trigger = "CREATE TRIGGER audit ON ks.kv USING 'org.example.Audit'";
+    assert_eq!(
+        CqlRequest::unprepared(trigger).meta().kind(),
+        tower_cql_core::OperationKind::Other
+    );
+    // every schema agreement check answers 2 s late
+    s.cluster.faults().add(
+        Fault::delay(Duration::from_secs(2)).matching("SELECT schema_version FROM system.local"),
+    );
+    let started = std::time::Instant::now();
+    let out = s
+        .driver
+        .execute(CqlRequest::unprepared(trigger).timeout(Duration::from_millis(300)))
+        .await;
+    let took = started.elapsed();
+    let err = match out {
+        Ok(_) => panic!("a schema change with a 300 ms deadline succeeded after {took:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert!(took < Duration::from_millis(1500), "ended after {took:?}");
+    assert!(err.may_have_been_applied(), "{err}");
+}

@@ -119,6 +119,73 @@ async fn within_deadline(
     }
 }
 
+/// A `USE` (request `req`, attempt begun at `start`), run to its end in a
+/// task of its own, one at a time per service, whatever becomes of the
+/// attempt; the attempt waits for it until `deadline`.
+///
+/// The server takes the keyspace on the connection the `USE` went to as
+/// it answers; the driver, once it has the answer, takes it to every
+/// other connection and makes it the session's. Cut short in between (a
+/// deadline, a per-attempt timeout, a caller that stopped waiting: each
+/// drops the driver's future, or its own request timeout gives up on the
+/// answer), that connection ran in the new keyspace, the others, and the
+/// session's keyspace by which unqualified text is prepared, in the old.
+/// So the task sets no request timeout of the driver's (the session's
+/// own still applies), and two `USE`s through this service never
+/// interleave their connections.
+async fn run_use(
+    this: Arc<DriverInner>,
+    req: &CqlRequest,
+    deadline: Option<Instant>,
+    start: Instant,
+    node: Option<&mut Option<SocketAddr>>,
+) -> Result<CqlResponse, CqlError> {
+    let meta = req.meta();
+    let (hint, index, record) = (meta.route().cloned(), meta.attempt_index(), node.is_some());
+    let req = req.clone();
+    let task = tokio::spawn(async move {
+        let _one_at_a_time = this.use_lock.lock().await;
+        let mut seen = None;
+        let run = this.run(&req, None, Attempt { remaining: None });
+        let out = crate::routing::Steered::new(hint, index, record.then_some(&mut seen), run).await;
+        (out, seen)
+    });
+    let joined = match deadline {
+        None => task.await,
+        Some(deadline) => {
+            let at = tokio::time::Instant::from_std(deadline);
+            match tokio::time::timeout_at(at, task).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    return Err(CqlError::new(
+                        ErrorKind::DeadlineExceeded,
+                        format!(
+                            "the request's deadline passed {:?} after the USE began, before the \
+                             server answered it: it goes on in the background, and once answered \
+                             every connection and the session take the keyspace the server \
+                             answered with (check `Session::get_keyspace` before relying on it)",
+                            deadline.saturating_duration_since(start)
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    match joined {
+        Ok((out, seen)) => {
+            if let (Some(node), Some(seen)) = (node, seen) {
+                *node = Some(seen);
+            }
+            out
+        }
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(CqlError::new(
+            ErrorKind::Cancelled,
+            "the USE was cancelled: the runtime is shutting down",
+        )),
+    }
+}
+
 /// What one attempt gives the statement it runs: the time left before the
 /// request's deadline, read once when the attempt began.
 #[derive(Clone)]
@@ -133,11 +200,11 @@ impl DriverInner {
     /// future owns its handle on the service, so a response block runs it
     /// as it is, with no future around it.
     pub(crate) async fn execute(
-        this: Arc<DriverInner>,
+        owner: Arc<DriverInner>,
         req: CqlRequest,
         called: Option<tokio::time::Instant>,
     ) -> Result<CqlResponse, CqlError> {
-        let this = &*this;
+        let this = &*owner;
         // the attempt's start: its timeout and its duration are measured
         // from it
         let started = called.unwrap_or_else(crate::clock::now);
@@ -185,19 +252,23 @@ impl DriverInner {
         };
         // (the attempt made where it is awaited, in each arm: made first
         // and moved into the await, its 4.5 KB were copied every attempt)
-        let result = match meta.deadline() {
+        // (an `if` chain, not a `match` on the kind and deadline: a
+        // match's scrutinee is kept in this future across the attempt)
+        let result = if meta.kind() == OperationKind::Use {
+            // A `USE` runs to its end whatever becomes of this attempt
+            // (see `run_use`). (Boxed, as the next branch: rare, and this
+            // future stays the size of the common case's.)
+            let node = this.node_attribution.then_some(&mut guard.node);
+            Box::pin(run_use(owner.clone(), &req, meta.deadline(), start, node)).await
+        } else if let Some(deadline) = meta.deadline().filter(|_| meta.kind().may_change_schema()) {
             // A schema change makes the driver wait, after the server's
             // answer and outside its request timeout, for every node to
-            // agree on the schema: the deadline bounds that too. (Not a
-            // `USE`: cut short while the driver takes it to each
-            // connection, it would leave them in different keyspaces,
-            // and the session's keyspace, by which unqualified text is
-            // prepared, naming none of them. Boxed: rare, and this
-            // future stays the size of the common case's.)
-            Some(deadline) if meta.kind().is_schema() && meta.kind() != OperationKind::Use => {
-                Box::pin(within_deadline(deadline, start, steered())).await
-            }
-            _ => steered().await,
+            // agree on the schema: the deadline bounds that too (for
+            // every statement that may change it: see
+            // `OperationKind::may_change_schema`).
+            Box::pin(within_deadline(deadline, start, steered())).await
+        } else {
+            steered().await
         };
         guard.armed = false;
         let seen = guard.node;
@@ -278,13 +349,24 @@ impl DriverInner {
         configure_in_place(&mut stmt, req.meta(), attempt, profile);
         let p: &PreparedStatement = &stmt;
         let values = req.values().as_row();
-        match paging_state {
-            None => CqlResponse::new(self.session.execute_unpaged(p, values).await?, None),
-            Some(ps) => {
-                let (r, next) = Box::pin(self.session.execute_single_page(p, values, ps)).await?;
-                CqlResponse::new(r, Some(next))
-            }
+        // (a failure goes by `run_outdated`, out of line: the statement
+        // may have been prepared before its table changed)
+        let error = match paging_state {
+            None => match self.session.execute_unpaged(p, values).await {
+                Ok(r) => return CqlResponse::new(r, None),
+                Err(e) => e,
+            },
+            Some(ps) => match Box::pin(self.session.execute_single_page(p, values, ps)).await {
+                Ok((r, next)) => return CqlResponse::new(r, Some(next)),
+                Err(e) => e,
+            },
+        };
+        let error = CqlError::from(error);
+        // (checked before the boxed future is made: most errors are not this)
+        if !self.is_outdated(req, p, &error) {
+            return Err(error);
         }
+        Box::pin(self.run_outdated(req, error)).await
     }
 
     /// [`run`](Self::run) for what the service keeps no prepared

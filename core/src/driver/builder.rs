@@ -126,6 +126,7 @@ impl DriverServiceBuilder {
                 profile,
                 driver_retries: self.keep_driver_retries,
                 node_attribution: self.node_attribution,
+                use_lock: tokio::sync::Mutex::new(()),
             }),
         })
     }

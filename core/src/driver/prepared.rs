@@ -15,6 +15,7 @@ use super::attempt::Attempt;
 use crate::error::CqlError;
 use crate::registry::Registry;
 use crate::request::{CqlRequest, RequestMeta, StatementBody};
+use crate::response::CqlResponse;
 
 /// One preparation of a statement, shared by the tasks that wait for it.
 type Preparation = tokio::sync::OnceCell<PreparedStatement>;
@@ -157,6 +158,21 @@ pub(super) enum Uncached<'a> {
     Batch(&'a scylla::statement::batch::Batch),
 }
 
+/// The keyspace `req`'s CQL text runs in, if it names none: the
+/// session's keyspace it was labelled with as it entered
+/// ([`RequestMeta::entry_keyspace`]), or else the session's of the moment
+/// (`session`, from [`DriverInner::session_keyspace`]); `None` for text
+/// naming its keyspace.
+#[inline(always)]
+fn keyspace_of<'r>(req: &'r CqlRequest, session: &'r Option<Arc<String>>) -> Option<&'r str> {
+    if !req.statement().follows_session_keyspace() {
+        return None;
+    }
+    req.meta()
+        .entry_keyspace()
+        .or_else(|| session.as_deref().map(String::as_str))
+}
+
 /// What to execute for CQL text the service did not keep, configured for
 /// one request (see [`DriverInner::run_uncached`]).
 pub(super) enum Resolved {
@@ -186,14 +202,11 @@ impl DriverInner {
                 unprepared: false,
             } => {
                 let statement = req.statement();
-                // text naming no keyspace runs in the session's of the
-                // moment: one prepared in another is another statement
-                let keyspace = if statement.follows_session_keyspace() {
-                    self.session.get_keyspace()
-                } else {
-                    None
-                };
-                let ks = keyspace.as_deref().map(String::as_str);
+                // text naming no keyspace runs in the session's (see
+                // `keyspace_of`): one prepared in another is another
+                // statement
+                let session = self.session_keyspace(req);
+                let ks = keyspace_of(req, &session);
                 if let Some(p) = statement.prepared_by(self.id, ks) {
                     self.cache.hits.fetch_add(1, Ordering::Relaxed);
                     return Kept::Ref(p, None);
@@ -201,10 +214,15 @@ impl DriverInner {
                 // remembered as the statement's own requests ask for it
                 // (its idempotence, consistency, page size), so that they
                 // run it by reference
+                let keyspace = || {
+                    session
+                        .clone()
+                        .or_else(|| ks.map(|k| Arc::new(k.to_owned())))
+                };
                 let Some(cached) = self.cache.get_hit(KeyRef { text, keyspace: ks }) else {
                     return Kept::Uncached(Uncached::Text {
                         text,
-                        keyspace,
+                        keyspace: keyspace(),
                         unprepared: false,
                     });
                 };
@@ -215,7 +233,7 @@ impl DriverInner {
                     None,
                 )
                 .into_owned();
-                statement.remember_prepared(self.id, keyspace.as_ref(), &own);
+                statement.remember_prepared(self.id, keyspace().as_ref(), &own);
                 match statement.prepared_by(self.id, ks) {
                     Some(p) => Kept::Ref(p, None),
                     // (the statement remembers another service's)
@@ -232,6 +250,18 @@ impl DriverInner {
                 unprepared: true,
             }),
             StatementBody::Batch(b) => Kept::Uncached(Uncached::Batch(b)),
+        }
+    }
+
+    /// The session's keyspace of the moment, when `req`'s CQL text runs
+    /// in it (see [`keyspace_of`]).
+    #[inline(always)]
+    fn session_keyspace(&self, req: &CqlRequest) -> Option<Arc<String>> {
+        let s = req.statement();
+        if s.follows_session_keyspace() && req.meta().entry_keyspace().is_none() {
+            self.session.get_keyspace()
+        } else {
+            None
         }
     }
 
@@ -339,6 +369,105 @@ impl DriverInner {
         Ok(Resolved::Prepared(
             configure_prepared(Cow::Owned(stmt), meta, attempt, None).into_owned(),
         ))
+    }
+}
+
+impl DriverInner {
+    /// Whether `failed`, the statement `req` ran, failed with `error`
+    /// because it is outdated: this service prepared it from `req`'s text,
+    /// its values could not be bound (`Serialization`: nothing was sent),
+    /// and its table changed since (see [`outdated`](Self::outdated)).
+    /// Then [`run_outdated`](Self::run_outdated) runs the request once
+    /// more.
+    pub(super) fn is_outdated(
+        &self,
+        req: &CqlRequest,
+        failed: &PreparedStatement,
+        error: &CqlError,
+    ) -> bool {
+        error.kind() == crate::ErrorKind::Serialization
+            && matches!(
+                req.statement().body(),
+                StatementBody::Cql {
+                    unprepared: false,
+                    ..
+                }
+            )
+            && self.outdated(failed)
+    }
+
+    /// `req`, whose statement failed as [`is_outdated`](Self::is_outdated)
+    /// says with `error`, run once more with the statement as its table is
+    /// now: the one cached, when it is not outdated, or one prepared anew
+    /// (and cached).
+    ///
+    /// A table dropped and made again with another type for a column
+    /// left the statement prepared for the old one cached, and every
+    /// request binding the new type failed on the client. A statement
+    /// that remembers the old one keeps it (it is set once: see
+    /// `Statement::remember_prepared`), and its requests come this way,
+    /// to the cached one, after the driver refuses their values.
+    pub(super) async fn run_outdated(
+        &self,
+        req: &CqlRequest,
+        error: CqlError,
+    ) -> Result<CqlResponse, CqlError> {
+        let StatementBody::Cql { text, .. } = req.statement().body() else {
+            return Err(error);
+        };
+        let session = self.session_keyspace(req);
+        let ks = keyspace_of(req, &session);
+        let key = KeyRef { text, keyspace: ks };
+        self.cache.map.remove_if(&key, |p| self.outdated(p));
+        let meta = req.meta();
+        let attempt = Attempt {
+            remaining: meta.remaining(),
+        };
+        let (fresh, attempt) = match self.cache.get(key) {
+            Some(p) => (p, attempt),
+            None => {
+                let key = TextKey {
+                    text: text.clone(),
+                    keyspace: ks.map(|k| Arc::new(k.to_owned())),
+                };
+                self.prepare_in_time(key, meta, attempt).await?
+            }
+        };
+        let p = configure_prepared(Cow::Owned(fresh), meta, attempt, None).into_owned();
+        let values = req.values().as_row();
+        match meta.paging_state().cloned() {
+            None => CqlResponse::new(self.session.execute_unpaged(&p, values).await?, None),
+            Some(ps) => {
+                let (r, next) = self.session.execute_single_page(&p, values, ps).await?;
+                CqlResponse::new(r, Some(next))
+            }
+        }
+    }
+
+    /// Whether `p`, prepared earlier, binds a column as another type than
+    /// the session's schema metadata gives it now (the driver refreshes
+    /// it after each schema change): its table was made again since.
+    /// Only simple types are compared (the metadata says which
+    /// collections and user types are frozen, a prepared statement
+    /// never does); a column the metadata does not know is not judged.
+    fn outdated(&self, p: &PreparedStatement) -> bool {
+        use scylla::cluster::metadata::ColumnType;
+        let state = self.session.get_cluster_state();
+        p.get_variable_col_specs().iter().any(|spec| {
+            let table = spec.table_spec();
+            let Some(column) = state
+                .get_keyspace(table.ks_name())
+                .and_then(|k| k.tables.get(table.table_name()))
+                .and_then(|t| t.columns.get(spec.name()))
+            else {
+                return false;
+            };
+            match (spec.typ(), &column.typ) {
+                (ColumnType::Native(bound), ColumnType::Native(now)) => bound != now,
+                (ColumnType::Native(_), _) | (_, ColumnType::Native(_)) => true,
+                _ => false,
+            }
+        })
     }
 }
 

@@ -119,6 +119,15 @@ impl OperationKind {
         )
     }
 
+    /// Whether the statement may change the schema, so that the driver
+    /// waits for the nodes to agree on it after the server's answer: a
+    /// [schema](Self::is_schema) kind, or [`Other`](Self::Other), among
+    /// which the statements the analysis names no kind for (`CREATE
+    /// FUNCTION`, `CREATE TRIGGER`, `ALTER MATERIALIZED VIEW`, ...).
+    pub const fn may_change_schema(self) -> bool {
+        self.is_schema() || matches!(self, OperationKind::Other)
+    }
+
     /// Whether the statement only reads.
     pub const fn is_read(self) -> bool {
         matches!(self, OperationKind::Select)

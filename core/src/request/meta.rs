@@ -43,6 +43,9 @@ pub(super) struct Plain {
     pub(super) page_size: Option<i32>,
     pub(super) deadline: Option<Instant>,
     pub(super) tracing: bool,
+    /// The keyspace label is the session's keyspace as the request
+    /// entered (see [`RequestMeta::label_session_keyspace`]).
+    session_keyspace: bool,
     attempt: (u32, AttemptReason),
 }
 
@@ -104,6 +107,7 @@ impl RequestMeta {
                 page_size: None,
                 deadline: None,
                 tracing: false,
+                session_keyspace: false,
                 attempt: (0, AttemptReason::Initial),
             },
         }
@@ -215,6 +219,7 @@ impl RequestMeta {
     /// Replaces the keyspace label.
     pub fn set_keyspace(&mut self, keyspace: Option<Label>) {
         self.own_labels().keyspace = keyspace;
+        self.p.session_keyspace = false;
         self.relabelled();
     }
 
@@ -263,12 +268,28 @@ impl RequestMeta {
                 if let Some(s) = self.statement.in_session_keyspace(keyspace) {
                     self.p.labels_hash = s.0.labels_hash;
                     self.statement = s;
+                    self.p.session_keyspace = true;
                 }
             }
             Some(own) => {
                 own.keyspace = Some(Label::from(Arc::<str>::from(keyspace)));
+                self.p.session_keyspace = true;
                 self.relabelled();
             }
+        }
+    }
+
+    /// The session's keyspace the request was labelled with as it
+    /// entered ([`label_session_keyspace`](Self::label_session_keyspace)),
+    /// while that is its keyspace label: the driver service runs its
+    /// text, which names no keyspace, in that keyspace (not the
+    /// session's of the moment it runs, which a `USE` may have changed
+    /// meanwhile), so that the label names the keyspace it ran in.
+    pub(crate) fn entry_keyspace(&self) -> Option<&str> {
+        if self.p.session_keyspace {
+            self.keyspace().map(Label::as_str)
+        } else {
+            None
         }
     }
 
@@ -296,6 +317,7 @@ impl RequestMeta {
             keyspace,
             table,
         }));
+        self.p.session_keyspace = false;
         self.relabelled();
     }
 

@@ -55,6 +55,12 @@ pub enum Statement {
     AlterKeyspace(AlterKeyspace),
     /// `CREATE INDEX`
     CreateIndex(CreateIndex),
+    /// `CREATE TRIGGER [IF NOT EXISTS] name ON table USING 'class'`: a
+    /// change of the table's schema (the trigger itself is not kept).
+    CreateTrigger {
+        /// Table.
+        table: QualifiedName,
+    },
     /// `DROP INDEX [IF EXISTS] [ks.]name`
     DropIndex {
         /// Index name (keyspace-qualified or not).

@@ -140,6 +140,18 @@ impl Parser<'_> {
             self.create_table().map(Statement::CreateTable)
         } else if self.eat_kw("INDEX") {
             self.create_index().map(Statement::CreateIndex)
+        } else if self.eat_kw("TRIGGER") {
+            self.if_not_exists()?;
+            self.ident()?;
+            self.expect_kw("ON")?;
+            let table = self.qualified_name()?;
+            self.expect_kw("USING")?;
+            match self.term()? {
+                crate::cql::ast::Term::Literal(crate::cql::ast::Literal::String(_)) => {
+                    Ok(Statement::CreateTrigger { table })
+                }
+                _ => Err(self.mismatch("the trigger's class, a string")),
+            }
         } else if self.at_kw("CUSTOM") {
             Err(self.unsupported("CREATE CUSTOM INDEX"))
         } else {

@@ -122,6 +122,25 @@ pub(super) fn ddl(ctx: &Ctx<'_>, stmt: &Statement) -> Result<Outcome, ServerErro
                 name: Some(name.name.clone()),
             }
         }
+        Statement::CreateTrigger { table } => {
+            let ks_name = ctx.keyspace_of(table)?.to_string();
+            let known = next
+                .keyspaces
+                .get(&ks_name)
+                .is_some_and(|ks| ks.tables.contains_key(&table.name));
+            if !known {
+                return Err(ServerError::invalid(format!(
+                    "Table '{ks_name}.{}' doesn't exist",
+                    table.name
+                )));
+            }
+            SchemaChange {
+                change: "UPDATED",
+                target: "TABLE",
+                keyspace: ks_name,
+                name: Some(table.name.clone()),
+            }
+        }
         stmt @ (Statement::AlterTable(_)
         | Statement::AlterKeyspace(_)
         | Statement::CreateIndex(_)

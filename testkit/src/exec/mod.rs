@@ -254,6 +254,7 @@ pub(crate) fn execute(
         | Statement::AlterTable(_)
         | Statement::AlterKeyspace(_)
         | Statement::CreateIndex(_)
+        | Statement::CreateTrigger { .. }
         | Statement::DropIndex { .. }) => ddl(ctx, stmt),
     }
 }

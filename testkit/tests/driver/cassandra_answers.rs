@@ -672,3 +672,28 @@ async fn alter_table_keyspace_and_indexes() {
     .await;
     invalid(&s, "SELECT k FROM al.t WHERE w = 'w'", "ALLOW FILTERING").await;
 }
+
+/// `CREATE TRIGGER` changes its table's schema, as Cassandra answers it
+/// (a schema change the driver waits for the nodes to agree on); the
+/// trigger itself is not kept. A missing table is `Invalid`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_trigger_is_a_change_of_its_tables_schema() {
+    let cluster = Cluster::builder().nodes(1).start().await.unwrap();
+    let s = session(&cluster).await;
+    keyspace(&s, "tr", 1).await;
+    run(&s, "CREATE TABLE tr.t (k int PRIMARY KEY, v int)").await;
+    let r = s
+        .query_unpaged(
+            "CREATE TRIGGER IF NOT EXISTS audit ON tr.t USING 'org.example.Audit'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!r.is_rows(), "a trigger has no rows");
+    invalid(
+        &s,
+        "CREATE TRIGGER audit ON tr.missing USING 'org.example.Audit'",
+        "doesn't exist",
+    )
+    .await;
+}
