@@ -28,7 +28,7 @@ pub use crate::classify::RetryAdvice;
 
 use scylla::errors::{
     DbError, ExecutionError, NewSessionError, OperationType, PrepareError, RequestAttemptError,
-    UseKeyspaceError, WriteType,
+    WriteType,
 };
 
 /// What kind of failure a [`CqlError`] is. Bounded: safe as a metric label.
@@ -832,24 +832,17 @@ fn classify_execution(err: &ExecutionError) -> (ErrorKind, Message, Option<Repli
         ExecutionError::RequestTimeout(_) => (K::ClientTimeout, None, Sent::Maybe),
         // The server applied the `USE` (the session and the connection
         // it went to are in the new keyspace); taking it to every other
-        // connection failed.
+        // connection failed, on a node the error does not name: `Other`,
+        // which counts against no node (the one it went to, which the
+        // attempt names, did as asked).
         ExecutionError::UseKeyspaceError(u) => {
-            let (kind, details) = match u {
-                UseKeyspaceError::RequestError(a) => {
-                    let (k, d, _) = classify_attempt(a);
-                    (k, d)
-                }
-                UseKeyspaceError::RequestTimeout(_) => (K::ClientTimeout, None),
-                UseKeyspaceError::KeyspaceNameMismatch { .. } => (K::Protocol, None),
-                _ => (K::Other, None),
-            };
             let message = format!(
                 "the server applied the USE, and the session and the connection it went to are \
                  in its keyspace; taking it to the session's other connections failed, and some \
                  may still be in the keyspace before (run the USE again): {}",
                 crate::redact::error_message(&u.to_string())
             );
-            return (kind, Message::Own(message), details, Sent::Applied);
+            return (K::Other, Message::Own(message), None, Sent::Applied);
         }
         ExecutionError::SchemaAgreementError(_) => (K::SchemaAgreement, None, Sent::Maybe),
         _ => (K::Other, None, Sent::Maybe),

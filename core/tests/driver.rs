@@ -1625,6 +1625,20 @@ async fn a_cached_statement_follows_a_table_made_again() {
     assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
 }
 
+/// What a request's hint tells its observer (the circuit breaker).
+#[derive(Default)]
+struct Heard(std::sync::Mutex<Vec<(std::net::SocketAddr, tower_cql_core::classify::NodeVerdict)>>);
+
+impl tower_cql_core::routing::NodeObserver for Heard {
+    fn on_attempt(
+        &self,
+        node: std::net::SocketAddr,
+        verdict: tower_cql_core::classify::NodeVerdict,
+    ) {
+        self.0.lock().unwrap().push((node, verdict));
+    }
+}
+
 /// A `USE` the server applied and the driver could not take to every
 /// connection (a node refused it there): the session is in the new
 /// keyspace already, and the connection it went to as well. Its error
@@ -1641,11 +1655,21 @@ async fn a_use_the_driver_could_not_take_everywhere_may_have_been_applied() {
             .node(1),
     );
     let mut use_ks2 = CqlRequest::unprepared("USE ks2");
-    use_ks2
-        .meta_mut()
-        .route_hint()
-        .exclude(s.cluster.node_addr(1));
+    let hint = use_ks2.meta_mut().route_hint();
+    hint.exclude(s.cluster.node_addr(1));
+    // what the circuit breaker hears of the attempt
+    let heard = Arc::new(Heard::default());
+    hint.set_observer(heard.clone());
     let err = s.driver.execute(use_ks2).await.unwrap_err();
+    // the node the USE went to applied it: no failure counts against it
+    // (the node that refused it there had no attempt of this request)
+    let verdicts = heard.0.lock().unwrap().clone();
+    assert!(
+        verdicts
+            .iter()
+            .all(|(_, v)| *v != tower_cql_core::classify::NodeVerdict::Failed),
+        "{verdicts:?}: {err}"
+    );
     assert_eq!(
         s.driver
             .session()
