@@ -249,8 +249,18 @@ pub fn session_id_string(id: &[u8; 16]) -> String {
 /// [`error_message`](crate::redact::error_message)'s, which describes
 /// what is kept here too (an address inside a literal is part of the
 /// literal and goes with it; an apostrophe in a word opens no string;
-/// `--` starts no comment).
+/// `--` starts no comment). One step quotes a statement, not prose:
+/// Cassandra's `Parsing <statement>`, whose statement (one the analysis
+/// recognises, `SELECT`, `INSERT`, ...) is sanitised as a statement's
+/// text is ([`sanitize`](crate::redact::sanitize), the rule of
+/// `db.query.text`): its column list kept, every literal gone, its
+/// comments dropped.
 pub fn sanitize_activity(text: &str) -> String {
+    if let Some(statement) = text.strip_prefix("Parsing ")
+        && crate::analysis::analyse(statement).0 != crate::request::OperationKind::Other
+    {
+        return format!("Parsing {}", crate::redact::sanitize(statement));
+    }
     crate::redact::prose(text, crate::redact::Keep::NodesAndCounts)
 }
 
@@ -267,7 +277,7 @@ mod tests {
             ),
             (
                 "Parsing INSERT INTO ks.kv (k, v) VALUES (1, 'secret-value')",
-                "Parsing INSERT INTO ks.kv (?) VALUES (?)",
+                "Parsing INSERT INTO ks.kv (k, v) VALUES (?, ?)",
             ),
             (
                 "Parsing UPDATE t SET v = $$it's secret$$ WHERE id = 0xCAFE",
@@ -316,6 +326,41 @@ mod tests {
         }
     }
 
+    /// The statement Cassandra's first step quotes (`Parsing
+    /// <statement>`) is sanitised as the statement's text is
+    /// ([`sanitize`](crate::redact::sanitize), `db.query.text`): its
+    /// column list kept, every literal gone, a boolean's too. Read as
+    /// prose, a column list became `(?)` and `true` stayed.
+    #[test]
+    fn a_parsed_statement_is_sanitised_as_its_text_is() {
+        for (statement, want) in [
+            (
+                "INSERT INTO ks.kv (k, v) VALUES (1, 'secret-value')",
+                "INSERT INTO ks.kv (k, v) VALUES (?, ?)",
+            ),
+            (
+                "UPDATE ks.flags SET enabled = true WHERE k = 1",
+                "UPDATE ks.flags SET enabled = ? WHERE k = ?",
+            ),
+            (
+                "SELECT * FROM t WHERE (a, b) IN ((1, FALSE)) -- a 'note'",
+                "SELECT * FROM t WHERE (a, b) IN ((?, ?))",
+            ),
+        ] {
+            let raw = format!("Parsing {statement}");
+            assert_eq!(sanitize_activity(&raw), format!("Parsing {want}"), "{raw}");
+            assert_eq!(crate::redact::sanitize(statement), want, "one rule");
+        }
+        // not a statement (Scylla's wording): prose, as any other step
+        for raw in ["Parsing a statement", "Parsing Couldn't 'secret' (x y)"] {
+            assert_eq!(
+                sanitize_activity(raw),
+                crate::redact::prose(raw, crate::redact::Keep::NodesAndCounts),
+                "{raw}"
+            );
+        }
+    }
+
     /// An address inside a literal is part of the value: the literal is
     /// replaced whole. Cut out before lexing, it split the literal in two
     /// and the words after it left the literal.
@@ -324,7 +369,7 @@ mod tests {
         for (raw, want) in [
             (
                 "Parsing INSERT INTO ks.notes (k, v) VALUES (1, 'call me on 10.1.2.3 password hunter2')",
-                "Parsing INSERT INTO ks.notes (?) VALUES (?)",
+                "Parsing INSERT INTO ks.notes (k, v) VALUES (?, ?)",
             ),
             (
                 "Parsing UPDATE t SET v = '10.1.2.3' WHERE k = 1",

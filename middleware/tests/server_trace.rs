@@ -486,3 +486,66 @@ async fn a_slow_trace_read_is_fetched_within_the_configured_read_timeout() {
     let s = stack.server_traces().unwrap().stats();
     assert_eq!((s.fetched - before, s.failed), (1, 0), "{s:?}");
 }
+
+/// The statement a trace's first step quotes (`Parsing <statement>`) is
+/// the request's statement text, sanitised as that text is: its column
+/// list kept, every literal gone, a boolean's too. Read as prose, the
+/// column list became `(?)` and `true` stayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traced_statement_keeps_its_columns_and_loses_every_literal() {
+    let cluster = Cluster::start().await.unwrap();
+    let keep = Arc::new(Keep::default());
+    let stack = stack(
+        &cluster,
+        Collectors::with([keep.clone()]),
+        every(ServerTraceConfig::default()),
+    )
+    .await;
+    stack
+        .call(CqlRequest::unprepared(
+            "CREATE TABLE ks.flags (k int PRIMARY KEY, enabled boolean)",
+        ))
+        .await
+        .unwrap();
+    stack
+        .call(
+            CqlRequest::unprepared("INSERT INTO ks.flags (k, enabled) VALUES (424242, true)")
+                .operation("flag"),
+        )
+        .await
+        .unwrap();
+    stack
+        .call(
+            CqlRequest::unprepared("UPDATE ks.flags SET enabled = false WHERE k = 424242")
+                .operation("flag"),
+        )
+        .await
+        .unwrap();
+    stack.close().await;
+    let traces = keep.traces();
+    let mut parsed: Vec<String> = traces
+        .iter()
+        .filter_map(|t| match t.as_event() {
+            Event::ServerTrace(e) if e.meta.operation().map(|o| o.as_str()) == Some("flag") => {
+                Some(
+                    e.steps
+                        .iter()
+                        .map(|s| s.activity.clone())
+                        .collect::<Vec<_>>(),
+                )
+            }
+            _ => None,
+        })
+        .flatten()
+        .filter(|a| a.starts_with("Parsing"))
+        .collect();
+    parsed.sort();
+    assert_eq!(
+        parsed,
+        [
+            "Parsing INSERT INTO ks.flags (k, enabled) VALUES (?, ?)",
+            "Parsing UPDATE ks.flags SET enabled = ? WHERE k = ?",
+        ],
+        "the parsing steps of the insert and the update"
+    );
+}

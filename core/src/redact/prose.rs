@@ -36,11 +36,14 @@ use crate::lex::{Kind, Lexer, Lit, Token};
 /// What it cannot see: a value the server writes bare, as a word of its
 /// own (`Invalid UUID string: abc`), stays; a value that holds a quote
 /// followed by a space (`'a' b'`) is cut there. A statement the text
-/// quotes (a trace's `Parsing INSERT ...`) is read as prose too: its
-/// literals go, the words of a comment in it stay, and a column list in
-/// parentheses goes as a value would (`INSERT INTO ks.kv (?) VALUES
-/// (?)`). Reads the text through the same lexer as
-/// [`sanitize`](super::sanitize) (in its prose mode).
+/// quotes inside other words (a warning's `... for query SELECT ...`)
+/// is read as prose too: its literals go, the words of a comment in it
+/// stay, and a column list in parentheses goes as a value would (a
+/// trace step that is a statement, `Parsing INSERT ...`, is sanitised
+/// as a statement: see
+/// [`sanitize_activity`](crate::server_trace::sanitize_activity)). Reads
+/// the text through the same lexer as [`sanitize`](super::sanitize) (in
+/// its prose mode).
 ///
 /// This is the one rule for the server's prose: a trace step's activity
 /// text ([`sanitize_activity`](crate::server_trace::sanitize_activity))
