@@ -361,6 +361,39 @@ mod tests {
         }
     }
 
+    /// A key the server prints bare, as hex bytes: Scylla's `pk{...}` and
+    /// `ckp{...}`, Cassandra's `DecoratedKey(token, key)` (in a digest
+    /// mismatch step). Hex that starts with a letter is a word to the
+    /// lexer, and stayed: `pk{ffffffff}` is the int key -1.
+    #[test]
+    fn a_key_printed_as_hex_bytes_goes() {
+        for (raw, want) in [
+            (
+                "Start querying singular range {{-4069959284402364209, pk{ffffffff}}}",
+                "Start querying singular range {{?, pk{?}}}",
+            ),
+            (
+                "Querying cache for range {{3248873570005575792, pk{c0ffee01}}} on /127.0.0.2",
+                "Querying cache for range {{?, pk{?}}} on /127.0.0.2",
+            ),
+            (
+                "Caching querier with clustering key ckp{deadbeef0102}",
+                "Caching querier with clustering key ckp{?}",
+            ),
+            (
+                "Digest mismatch: Mismatch for key DecoratedKey(-8437016316046232286, ab6579) (d41d8cd98f vs e3b0c44298)",
+                "Digest mismatch: Mismatch for key DecoratedKey(?) (?)",
+            ),
+            // a type or a call without a value stays as written
+            (
+                "Merged data from memtables and 2 sstables for row(s) of Native(Int)",
+                "Merged data from memtables and 2 sstables for row(s) of Native(Int)",
+            ),
+        ] {
+            assert_eq!(sanitize_activity(raw), want, "{raw}");
+        }
+    }
+
     /// An address inside a literal is part of the value: the literal is
     /// replaced whole. Cut out before lexing, it split the literal in two
     /// and the words after it left the literal.

@@ -26,7 +26,13 @@ use crate::lex::{Kind, Lexer, Lit, Token};
 ///   of `name: value` fields, the driver's own details (`(keyspace: ks,
 ///   table: kv)`), whose values go by the rules above. Parentheses right
 ///   after a word (`Native(Int)`, `f(int)`) are a type or a call: read
-///   token by token.
+///   token by token, unless they hold a value (`f(42)`, Cassandra's
+///   `DecoratedKey(-1, ab12)`, a key's token and bytes): then their
+///   inside goes whole, a bare hex word with it (`DecoratedKey(?)`);
+/// - the inside of braces right after a word: Scylla's key bytes in hex
+///   (`pk{ffffffff}` becoming `pk{?}`, `ckp{...}`), which start with a
+///   letter as often as not. Braces after a space (`{127.0.0.1}`) are
+///   read token by token.
 ///
 /// Kept as written: the wording (unquoted words, so keyspace, table and
 /// column names, types and keywords), `"quoted identifiers"`, `true` and
@@ -203,13 +209,28 @@ pub(crate) fn prose(text: &str, keep: Keep) -> String {
                 out.push('?');
                 copied = start + t.text.len();
             }
-            Kind::Punct
-                if t.text == "("
-                    && !(i > 0 && !t.space_before && tokens[i - 1].kind == Kind::Word) =>
-            {
-                let close = closing(&tokens[i..]).map(|n| i + n);
+            Kind::Punct if t.text == "(" || t.text == "{" => {
+                let after_word = i > 0 && !t.space_before && tokens[i - 1].kind == Kind::Word;
+                let close = if t.text == "(" {
+                    closing(&tokens[i..])
+                } else {
+                    closer(&tokens[i..], &["{"], &["}"])
+                }
+                .map(|n| i + n);
                 let inside = &tokens[i + 1..close.unwrap_or(tokens.len())];
-                if !inside.is_empty() && !is_field_list(inside) {
+                let goes = match (t.text, after_word) {
+                    // a value, or values, unless the driver's fields
+                    ("(", false) => !is_field_list(inside),
+                    // a call's or a key's arguments (`DecoratedKey(-1,
+                    // ab12)`) go whole, their bare hex with them; a type
+                    // (`Native(Int)`) stays
+                    ("(", true) => inside.iter().any(|t| matches!(t.kind, Kind::Literal(_))),
+                    // a key's bytes in hex (`pk{ffffffff}`)
+                    (_, true) => true,
+                    // a set (`{127.0.0.1}`): token by token
+                    _ => false,
+                };
+                if !inside.is_empty() && goes {
                     let start = at(&t) + 1;
                     out.push_str(&text[copied..start]);
                     out.push('?');
