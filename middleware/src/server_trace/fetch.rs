@@ -168,6 +168,12 @@ impl Fetcher {
             return false;
         };
         let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        // read under the lock `drain` takes: a worker is started before
+        // a drain looks for one, or not once close has begun (a drain
+        // that found none would not wait for it)
+        if self.ctx.close.phase() != Phase::Open {
+            return self.started.load(Ordering::Acquire);
+        }
         if let Some(rx) = rx.take() {
             let (done_tx, done_rx) = std_mpsc::channel();
             *self.done.lock().unwrap_or_else(|e| e.into_inner()) = Some(done_rx);
@@ -190,7 +196,11 @@ impl Fetcher {
     pub(crate) fn drain(&self) {
         use std_mpsc::RecvTimeoutError::Timeout;
         self.ctx.close.advance(Phase::Closing);
-        let done = self.done.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // after a `start` under way, which then has set `done`
+        let done = {
+            let _starting = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+            self.done.lock().unwrap_or_else(|e| e.into_inner()).take()
+        };
         let Some(done) = done else {
             return; // no worker: nothing was taken
         };
@@ -493,6 +503,71 @@ mod tests {
             outcomes(&counters)
         );
         assert_eq!(outcomes(&counters), (0, 0, 2), "both traces unfinished");
+    }
+
+    /// A request ending on one thread while close drains on another (a
+    /// hand-built stack's `drain`): whichever comes first, once both have
+    /// returned the trace is counted, fetched, failed or skipped, and no
+    /// fetch is left running. The request's end could pass its check of
+    /// the phase, then start the worker after the drain had found none
+    /// to wait for: that worker fetched the trace after close returned.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trace_taken_while_close_drains_is_counted_when_both_return() {
+        let cluster = Cluster::start().await.unwrap();
+        let session = Arc::new(
+            SessionBuilder::new()
+                .known_nodes_addr(cluster.contact_points())
+                .build()
+                .await
+                .unwrap(),
+        );
+        let config = ServerTraceConfig {
+            fetch_attempts: 1,
+            ..ServerTraceConfig::default()
+        };
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            for round in 0..300 {
+                let counters = Arc::new(Counters::default());
+                let fetcher =
+                    Fetcher::new(session.clone(), Collectors::new(), config, counters.clone());
+                // both spin until both are there, so they start together
+                let arrived = std::sync::atomic::AtomicUsize::new(0);
+                let start = || {
+                    arrived.fetch_add(1, Ordering::AcqRel);
+                    while arrived.load(Ordering::Acquire) < 2 {
+                        std::hint::spin_loop();
+                    }
+                };
+                let job = missing_trace();
+                let end = || {
+                    let _rt = rt.enter();
+                    start();
+                    fetcher.enqueue(job);
+                };
+                let close = || {
+                    start();
+                    fetcher.drain();
+                };
+                std::thread::scope(|s| {
+                    if round % 2 == 0 {
+                        s.spawn(end);
+                        s.spawn(close);
+                    } else {
+                        s.spawn(close);
+                        s.spawn(end);
+                    }
+                });
+                let (fetched, skipped, failed) = outcomes(&counters);
+                assert_eq!(
+                    fetched + skipped + failed,
+                    1,
+                    "round {round}: the trace taken is still being fetched after close returned"
+                );
+            }
+        })
+        .await
+        .unwrap();
     }
 
     /// One fetch whose read never answers, two traces queued behind it
