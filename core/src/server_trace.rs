@@ -69,7 +69,8 @@ pub struct ServerTraceConfig {
     /// Fetches running at once.
     pub max_concurrent_fetches: usize,
     /// How long one read of `system_traces` may take before it fails (the
-    /// request timeout of the fetcher's reads): raise it for a cluster
+    /// request timeout of the fetcher's reads, and the bound on preparing
+    /// them, whatever the session's own timeout): raise it for a cluster
     /// whose trace tables answer slowly under load. Bounded by nothing
     /// else (a read is not the stack's request: no deadline applies).
     pub read_timeout: Duration,

@@ -314,12 +314,19 @@ fn read_err(e: impl fmt::Display) -> Failure {
 async fn statements(ctx: &Ctx) -> Result<&(PreparedStatement, PreparedStatement), Failure> {
     ctx.statements
         .get_or_try_init(|| async {
-            let mut s = ctx
-                .session
-                .prepare(SESSIONS_QUERY)
-                .await
-                .map_err(read_err)?;
-            let mut e = ctx.session.prepare(EVENTS_QUERY).await.map_err(read_err)?;
+            // bounded as a read is: the session's own request timeout
+            // may be long, or none
+            let prepare = |query: &'static str| async move {
+                let timeout = ctx.config.read_timeout;
+                match tokio::time::timeout(timeout, ctx.session.prepare(query)).await {
+                    Ok(prepared) => prepared.map_err(read_err),
+                    Err(_) => Err(Failure::Read(format!(
+                        "preparing a read of system_traces took longer than read_timeout ({timeout:?})"
+                    ))),
+                }
+            };
+            let mut s = prepare(SESSIONS_QUERY).await?;
+            let mut e = prepare(EVENTS_QUERY).await?;
             for p in [&mut s, &mut e] {
                 p.set_consistency(Consistency::One);
                 p.set_request_timeout(Some(ctx.config.read_timeout));
@@ -568,6 +575,45 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    /// Preparing the fetcher's queries is a read of `system_traces` too:
+    /// it fails after `read_timeout`, as the reads do. It was bounded by
+    /// the session's request timeout only (none here), so the fetch
+    /// waited for ever, and every fetch after it, each waiting on the one
+    /// prepare.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_prepare_that_never_answers_fails_the_fetch_at_the_read_timeout() {
+        use scylla::client::execution_profile::ExecutionProfile;
+        let cluster = Cluster::start().await.unwrap();
+        let profile = ExecutionProfile::builder().request_timeout(None).build();
+        let session = SessionBuilder::new()
+            .known_nodes_addr(cluster.contact_points())
+            .default_execution_profile_handle(profile.into_handle())
+            .build()
+            .await
+            .unwrap();
+        let hang = cluster.faults().add(
+            Fault::no_response()
+                .opcode(Opcode::Prepare)
+                .matching("system_traces"),
+        );
+        let counters = Arc::new(Counters::default());
+        let fetcher = Fetcher::new(
+            Arc::new(session),
+            Collectors::new(),
+            ServerTraceConfig {
+                read_timeout: Duration::from_millis(300),
+                ..ServerTraceConfig::default()
+            },
+            counters.clone(),
+        );
+        fetcher.enqueue(missing_trace());
+        until("the prepare", || cluster.faults().fired(hang) >= 1).await;
+        until("the fetch failed at its read timeout", || {
+            outcomes(&counters) == (0, 0, 1)
+        })
+        .await;
     }
 
     /// One fetch whose read never answers, two traces queued behind it
