@@ -62,7 +62,10 @@ pub struct ServerTraceConfig {
     /// Traces waiting to be fetched; when full, a new one is skipped.
     pub queue_capacity: usize,
     /// Reads of `system_traces.sessions` until the server has finished
-    /// writing the trace (`duration` set), before the fetch counts as failed.
+    /// writing the trace (`duration` set), before the fetch counts as
+    /// failed. With `fetch_backoff`, the reads must span the time the
+    /// server takes to write a trace: up to 2 s on Scylla, which writes
+    /// them every 2 s (the defaults, 8 reads 25 ms doubling, span 3.2 s).
     pub fetch_attempts: u32,
     /// Wait before the second read; doubled before each next one.
     pub fetch_backoff: Duration,
@@ -87,8 +90,12 @@ impl Default for ServerTraceConfig {
             trace_next: 0,
             max_fetches_per_second: 10,
             queue_capacity: 256,
-            fetch_attempts: 5,
-            fetch_backoff: Duration::from_millis(20),
+            // reads at 0, 25, 75, 175, 375, 775, 1575 and 3175 ms: a
+            // server writes its traces in the background, Scylla every
+            // 2 s (its tracing `write_period`), Cassandra within
+            // milliseconds
+            fetch_attempts: 8,
+            fetch_backoff: Duration::from_millis(25),
             max_concurrent_fetches: 2,
             read_timeout: Duration::from_secs(2),
             close_timeout: Duration::from_secs(2),

@@ -549,3 +549,42 @@ async fn a_traced_statement_keeps_its_columns_and_loses_every_literal() {
         "the parsing steps of the insert and the update"
     );
 }
+
+/// A server that writes its traces in the background: Scylla flushes
+/// them every 2 s (its tracing `write_period`). With the default
+/// settings, every trace is fetched once written. The default reads
+/// waited 20 + 40 + 80 + 160 ms, about 0.3 s in all, then counted the
+/// trace failed: on Scylla, most traces were never fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_a_server_writes_every_two_seconds_are_fetched_by_default() {
+    let cluster = Cluster::builder()
+        .trace_write_delay(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let keep = Arc::new(Keep::default());
+    let stack = stack(
+        &cluster,
+        Collectors::with([keep.clone()]),
+        every(ServerTraceConfig::default()),
+    )
+    .await;
+    let get = Statement::new(support::GET).operation("get");
+    stack.execute(&get, (1,)).await.unwrap();
+    let traces = stack.server_traces().unwrap().clone();
+    // every fetch ends, one way or the other, before close (whose own
+    // bound would abandon them): a hang fails, a slow machine does not
+    let start = Instant::now();
+    loop {
+        let s = traces.stats();
+        if s.fetched + s.failed + s.skipped == s.sampled {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stack.close().await;
+    let s = traces.stats();
+    assert_eq!((s.sampled, s.fetched, s.failed), (4, 4, 0), "{s:?}");
+    assert_eq!(keep.traces().len(), 4);
+}
