@@ -402,6 +402,28 @@ mod tests {
         }
     }
 
+    /// A value the server prints bare after its column's name
+    /// (`name=value`): Cassandra's failed LWT step prints the row it read
+    /// ("CAS precondition does not match current values ... v=hunter2").
+    /// A text value is a word to the lexer, and stayed.
+    #[test]
+    fn a_value_printed_after_its_name_goes() {
+        for (raw, want) in [
+            (
+                "CAS precondition does not match current values [ks.t] key=5 \
+                 partition_deletion=deletedAt=-9223372036854775808, localDeletion=2147483647 \
+                 columns=[[] | [v]] Row: EMPTY | v=hunter2",
+                "CAS precondition does not match current values [ks.t] key=? \
+                 partition_deletion=?=?, localDeletion=? \
+                 columns=[[] | [v]] Row: EMPTY | v=?",
+            ),
+            // `=` with spaces is the statement's, whose names stay
+            ("Filtering on v = w", "Filtering on v = w"),
+        ] {
+            assert_eq!(sanitize_activity(raw), want, "{raw}");
+        }
+    }
+
     /// An address inside a literal is part of the value: the literal is
     /// replaced whole. Cut out before lexing, it split the literal in two
     /// and the words after it left the literal.

@@ -32,15 +32,19 @@ use crate::lex::{Kind, Lexer, Lit, Token};
 /// - the inside of braces right after a word: Scylla's key bytes in hex
 ///   (`pk{ffffffff}` becoming `pk{?}`, `ckp{...}`), which start with a
 ///   letter as often as not. Braces after a space (`{127.0.0.1}`) are
-///   read token by token.
+///   read token by token;
+/// - a word (or `true`, `false`) written right after a name and `=`
+///   with no space (`v=hunter2`, `key=abc`): a value the server prints
+///   after its column's name, as Cassandra prints a row.
 ///
 /// Kept as written: the wording (unquoted words, so keyspace, table and
 /// column names, types and keywords), `"quoted identifiers"`, `true` and
-/// `false`, punctuation and whitespace. There are no comments in a
+/// `false` (but after `name=`), punctuation and whitespace. There are no comments in a
 /// message: `--` is two characters like any others.
 ///
 /// What it cannot see: a value the server writes bare, as a word of its
-/// own (`Invalid UUID string: abc`), stays; a value that holds a quote
+/// own (`Invalid UUID string: abc`), stays (after `name=`, its first word
+/// goes, the next ones of a value holding spaces stay); a value that holds a quote
 /// followed by a space (`'a' b'`) is cut there. A statement the text
 /// quotes inside other words (a warning's `... for query SELECT ...`)
 /// is read as prose too: its literals go, the words of a comment in it
@@ -194,6 +198,20 @@ pub(crate) fn prose(text: &str, keep: Keep) -> String {
     while i < tokens.len() {
         let t = tokens[i];
         match t.kind {
+            // a value printed bare after its name (`v=hunter2`: a row as
+            // the server prints it), a word or `true` though it is
+            Kind::Word | Kind::Literal(Lit::Bool)
+                if i >= 2
+                    && !t.space_before
+                    && tokens[i - 1].is_punct("=")
+                    && !tokens[i - 1].space_before
+                    && tokens[i - 2].kind == Kind::Word =>
+            {
+                let start = at(&t);
+                out.push_str(&text[copied..start]);
+                out.push('?');
+                copied = start + t.text.len();
+            }
             Kind::Literal(Lit::Bool) => {}
             Kind::Literal(lit) => {
                 let kept = match lit {
