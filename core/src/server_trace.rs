@@ -44,6 +44,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::ConfigError;
 
+/// The most traces [`ServerTraceConfig::queue_capacity`] lets wait.
+pub const MAX_QUEUE_CAPACITY: usize = 1_000_000;
+
 /// When requests carry the protocol's tracing flag, and how their traces
 /// are fetched. Off by default (`sample_ratio` 0, no slow threshold).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,7 +62,8 @@ pub struct ServerTraceConfig {
     /// (whenever it begins), and that many may start at once; the rest
     /// are counted as skipped.
     pub max_fetches_per_second: u32,
-    /// Traces waiting to be fetched; when full, a new one is skipped.
+    /// Traces waiting to be fetched; when full, a new one is skipped. At
+    /// most [`MAX_QUEUE_CAPACITY`].
     pub queue_capacity: usize,
     /// Reads of `system_traces.sessions` until the server has finished
     /// writing the trace (`duration` set), before the fetch counts as
@@ -150,10 +154,13 @@ impl ServerTraceConfig {
                 "must be at least 1 (every trace would be skipped); lower sample_ratio to trace less",
             ));
         }
-        if self.queue_capacity == 0 {
+        if !(1..=MAX_QUEUE_CAPACITY).contains(&self.queue_capacity) {
             return Err(ConfigError::new(
                 "server_trace.queue_capacity",
-                "must be at least 1 (e.g. 256)",
+                format!(
+                    "must be between 1 and {MAX_QUEUE_CAPACITY} (e.g. 256; each waiting trace holds its request's labels), got {}",
+                    self.queue_capacity
+                ),
             ));
         }
         if self.fetch_attempts == 0 {
@@ -579,6 +586,21 @@ mod tests {
                 ..d
             }),
             "server_trace.queue_capacity"
+        );
+        assert_eq!(
+            bad(ServerTraceConfig {
+                queue_capacity: usize::MAX,
+                ..d
+            }),
+            "server_trace.queue_capacity"
+        );
+        assert!(
+            ServerTraceConfig {
+                queue_capacity: MAX_QUEUE_CAPACITY,
+                ..d
+            }
+            .validate()
+            .is_ok()
         );
         assert_eq!(
             bad(ServerTraceConfig {

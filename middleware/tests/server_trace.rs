@@ -588,3 +588,29 @@ async fn traces_a_server_writes_every_two_seconds_are_fetched_by_default() {
     assert_eq!((s.sampled, s.fetched, s.failed), (4, 4, 0), "{s:?}");
     assert_eq!(keep.traces().len(), 4);
 }
+
+/// A queue too large to make is refused as a configuration error that
+/// names it; it was accepted, and building the stack panicked in the
+/// channel's constructor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_too_large_to_make_is_a_config_error() {
+    let cluster = Cluster::start().await.unwrap();
+    let session = support::session(&cluster).await;
+    let built = std::panic::AssertUnwindSafe(async {
+        StackBuilder::new(Collectors::new())
+            .server_trace(every(ServerTraceConfig {
+                queue_capacity: usize::MAX,
+                ..ServerTraceConfig::default()
+            }))
+            .build_on(session)
+            .map(|_| ())
+    });
+    let built = futures::FutureExt::catch_unwind(built)
+        .await
+        .expect("building the stack panicked");
+    assert_eq!(
+        built.unwrap_err().field,
+        "server_trace.queue_capacity",
+        "refused, naming the field"
+    );
+}
