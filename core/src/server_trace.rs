@@ -82,7 +82,9 @@ pub struct ServerTraceConfig {
     /// else (a read is not the stack's request: no deadline applies).
     pub read_timeout: Duration,
     /// How long closing the stack waits for pending fetches before it
-    /// abandons them (counted as skipped).
+    /// abandons them (counted as skipped). Longer than one fetch's reads
+    /// (`fetch_attempts`, `fetch_backoff`), or the traces of the last
+    /// requests, not yet written by the server, are abandoned.
     pub close_timeout: Duration,
 }
 
@@ -102,7 +104,8 @@ impl Default for ServerTraceConfig {
             fetch_backoff: Duration::from_millis(25),
             max_concurrent_fetches: 2,
             read_timeout: Duration::from_secs(2),
-            close_timeout: Duration::from_secs(2),
+            // past the 3.2 s the default reads span
+            close_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -614,3 +614,32 @@ async fn a_queue_too_large_to_make_is_a_config_error() {
         "refused, naming the field"
     );
 }
+
+/// Closing right after the last request, on a server that writes its
+/// traces every 2 s (Scylla), with the default settings: close waits
+/// for the fetches the default reads complete. Its default bound (2 s)
+/// was shorter than those reads (3.2 s): it abandoned them, and the last
+/// traces before every close were lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_the_traces_the_default_reads_fetch() {
+    let cluster = Cluster::builder()
+        .trace_write_delay(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let stack = stack(
+        &cluster,
+        Collectors::new(),
+        every(ServerTraceConfig::default()),
+    )
+    .await;
+    let get = Statement::new(support::GET).operation("get");
+    stack.execute(&get, (1,)).await.unwrap();
+    stack.close().await;
+    let s = stack.server_traces().unwrap().stats();
+    assert_eq!(
+        (s.sampled, s.fetched, s.skipped, s.failed),
+        (4, 4, 0, 0),
+        "{s:?}"
+    );
+}
