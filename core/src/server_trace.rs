@@ -227,6 +227,12 @@ impl ServerTraceStep {
     pub fn recorded_at(&self) -> Option<SystemTime> {
         timeuuid_time(&self.event_id)
     }
+
+    /// When its node began its part of the request, by that node's clock:
+    /// [`recorded_at`](Self::recorded_at) less `elapsed`.
+    pub fn node_began_at(&self) -> Option<SystemTime> {
+        self.recorded_at()?.checked_sub(self.elapsed)
+    }
 }
 
 /// The time of a version 1 (time-based) UUID.

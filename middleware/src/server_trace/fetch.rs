@@ -385,9 +385,17 @@ async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(read_err)?;
-        let started_at = started_at.map_or(UNIX_EPOCH, |CqlTimestamp(ms)| {
-            UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
-        });
+        let started_at = match started_at {
+            Some(CqlTimestamp(ms)) => UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
+            // not written (odd server data): where the coordinator's
+            // first step (or else the first step) says it began
+            None => steps
+                .iter()
+                .find(|s| s.source.is_some() && s.source == coordinator)
+                .or(steps.first())
+                .and_then(ServerTraceStep::node_began_at)
+                .unwrap_or(UNIX_EPOCH),
+        };
         let mut event = ServerTraceEvent::new(
             &job.meta,
             job.id,
@@ -614,6 +622,72 @@ mod tests {
             outcomes(&counters) == (0, 0, 1)
         })
         .await;
+    }
+
+    /// Keeps the start of each server trace delivered.
+    #[derive(Default)]
+    struct Starts(std::sync::Mutex<Vec<std::time::SystemTime>>);
+
+    impl tower_cql_core::Collector for Starts {
+        fn on_server_trace(&self, e: &ServerTraceEvent<'_>) {
+            self.0.lock().unwrap().push(e.started_at);
+        }
+    }
+
+    /// A finished session whose `started_at` is null (odd server data)
+    /// starts where its coordinator's first step says it began (that
+    /// step's time less its `source_elapsed`), not at the Unix epoch: its
+    /// coordinator span was drawn in 1970.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_without_its_start_starts_at_its_first_step() {
+        let cluster = Cluster::start().await.unwrap();
+        let session = SessionBuilder::new()
+            .known_nodes_addr(cluster.contact_points())
+            .build()
+            .await
+            .unwrap();
+        let id = Uuid::from_u128(fastrand::u128(..));
+        let coordinator: IpAddr = cluster.node_addr(0).ip();
+        let step_at = std::time::SystemTime::now();
+        let ticks = step_at.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 / 100
+            + 0x01B2_1DD2_1381_4000;
+        let event_id = Uuid::from_fields(
+            ticks as u32,
+            (ticks >> 32) as u16,
+            ((ticks >> 48) as u16 & 0x0fff) | 0x1000,
+            &[0x80, 1, 2, 3, 4, 5, 6, 7],
+        );
+        session
+            .query_unpaged(
+                "INSERT INTO system_traces.sessions (session_id, coordinator, duration) VALUES (?, ?, 500)",
+                (id, coordinator),
+            )
+            .await
+            .unwrap();
+        session
+            .query_unpaged(
+                "INSERT INTO system_traces.events (session_id, event_id, activity, source, source_elapsed) VALUES (?, ?, 'Parsing', ?, 300)",
+                (id, CqlTimeuuid::from(event_id), coordinator),
+            )
+            .await
+            .unwrap();
+        let starts = Arc::new(Starts::default());
+        let counters = Arc::new(Counters::default());
+        let fetcher = Fetcher::new(
+            Arc::new(session),
+            Collectors::with([starts.clone()]),
+            ServerTraceConfig::default(),
+            counters.clone(),
+        );
+        fetcher.enqueue(Job {
+            id: *id.as_bytes(),
+            meta: CqlRequest::query("SELECT v FROM ks.kv").meta().clone(),
+        });
+        until("the trace fetched", || outcomes(&counters) == (1, 0, 0)).await;
+        let started = starts.0.lock().unwrap()[0];
+        let want = tower_cql_core::server_trace::timeuuid_time(event_id.as_bytes()).unwrap()
+            - Duration::from_micros(300);
+        assert_eq!(started, want, "the session's start");
     }
 
     /// One fetch whose read never answers, two traces queued behind it
