@@ -490,7 +490,9 @@ pub struct ServerTraceEvent<'a> {
     pub session_id: [u8; 16],
     /// `sessions.coordinator`: the node that coordinated the request.
     pub coordinator: Option<IpAddr>,
-    /// `sessions.started_at`.
+    /// `sessions.started_at` (when the server left it null, where the
+    /// coordinator's first step says it began:
+    /// [`ServerTraceStep::node_began_at`]).
     pub started_at: SystemTime,
     /// `sessions.duration`: the coordinator's time on the request.
     pub duration: Duration,

@@ -44,6 +44,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::ConfigError;
 
+/// The most traces [`ServerTraceConfig::queue_capacity`] lets wait.
+pub const MAX_QUEUE_CAPACITY: usize = 1_000_000;
+
 /// When requests carry the protocol's tracing flag, and how their traces
 /// are fetched. Off by default (`sample_ratio` 0, no slow threshold).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,22 +62,29 @@ pub struct ServerTraceConfig {
     /// (whenever it begins), and that many may start at once; the rest
     /// are counted as skipped.
     pub max_fetches_per_second: u32,
-    /// Traces waiting to be fetched; when full, a new one is skipped.
+    /// Traces waiting to be fetched; when full, a new one is skipped. At
+    /// most [`MAX_QUEUE_CAPACITY`].
     pub queue_capacity: usize,
     /// Reads of `system_traces.sessions` until the server has finished
-    /// writing the trace (`duration` set), before the fetch counts as failed.
+    /// writing the trace (`duration` set), before the fetch counts as
+    /// failed. With `fetch_backoff`, the reads must span the time the
+    /// server takes to write a trace: up to 2 s on Scylla, which writes
+    /// them every 2 s (the defaults, 8 reads 25 ms doubling, span 3.2 s).
     pub fetch_attempts: u32,
     /// Wait before the second read; doubled before each next one.
     pub fetch_backoff: Duration,
     /// Fetches running at once.
     pub max_concurrent_fetches: usize,
     /// How long one read of `system_traces` may take before it fails (the
-    /// request timeout of the fetcher's reads): raise it for a cluster
+    /// request timeout of the fetcher's reads, and the bound on preparing
+    /// them, whatever the session's own timeout): raise it for a cluster
     /// whose trace tables answer slowly under load. Bounded by nothing
     /// else (a read is not the stack's request: no deadline applies).
     pub read_timeout: Duration,
     /// How long closing the stack waits for pending fetches before it
-    /// abandons them (counted as skipped).
+    /// abandons them (counted as skipped). Longer than one fetch's reads
+    /// (`fetch_attempts`, `fetch_backoff`), or the traces of the last
+    /// requests, not yet written by the server, are abandoned.
     pub close_timeout: Duration,
 }
 
@@ -86,11 +96,16 @@ impl Default for ServerTraceConfig {
             trace_next: 0,
             max_fetches_per_second: 10,
             queue_capacity: 256,
-            fetch_attempts: 5,
-            fetch_backoff: Duration::from_millis(20),
+            // reads at 0, 25, 75, 175, 375, 775, 1575 and 3175 ms: a
+            // server writes its traces in the background, Scylla every
+            // 2 s (its tracing `write_period`), Cassandra within
+            // milliseconds
+            fetch_attempts: 8,
+            fetch_backoff: Duration::from_millis(25),
             max_concurrent_fetches: 2,
             read_timeout: Duration::from_secs(2),
-            close_timeout: Duration::from_secs(2),
+            // past the 3.2 s the default reads span
+            close_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -142,10 +157,13 @@ impl ServerTraceConfig {
                 "must be at least 1 (every trace would be skipped); lower sample_ratio to trace less",
             ));
         }
-        if self.queue_capacity == 0 {
+        if !(1..=MAX_QUEUE_CAPACITY).contains(&self.queue_capacity) {
             return Err(ConfigError::new(
                 "server_trace.queue_capacity",
-                "must be at least 1 (e.g. 256)",
+                format!(
+                    "must be between 1 and {MAX_QUEUE_CAPACITY} (e.g. 256; each waiting trace holds its request's labels), got {}",
+                    self.queue_capacity
+                ),
             ));
         }
         if self.fetch_attempts == 0 {
@@ -209,6 +227,12 @@ impl ServerTraceStep {
     pub fn recorded_at(&self) -> Option<SystemTime> {
         timeuuid_time(&self.event_id)
     }
+
+    /// When its node began its part of the request, by that node's clock:
+    /// [`recorded_at`](Self::recorded_at) less `elapsed`.
+    pub fn node_began_at(&self) -> Option<SystemTime> {
+        self.recorded_at()?.checked_sub(self.elapsed)
+    }
 }
 
 /// The time of a version 1 (time-based) UUID.
@@ -249,8 +273,18 @@ pub fn session_id_string(id: &[u8; 16]) -> String {
 /// [`error_message`](crate::redact::error_message)'s, which describes
 /// what is kept here too (an address inside a literal is part of the
 /// literal and goes with it; an apostrophe in a word opens no string;
-/// `--` starts no comment).
+/// `--` starts no comment). One step quotes a statement, not prose:
+/// Cassandra's `Parsing <statement>`, whose statement (one the analysis
+/// recognises, `SELECT`, `INSERT`, ...) is sanitised as a statement's
+/// text is ([`sanitize`](crate::redact::sanitize), the rule of
+/// `db.query.text`): its column list kept, every literal gone, its
+/// comments dropped.
 pub fn sanitize_activity(text: &str) -> String {
+    if let Some(statement) = text.strip_prefix("Parsing ")
+        && crate::analysis::analyse(statement).0 != crate::request::OperationKind::Other
+    {
+        return format!("Parsing {}", crate::redact::sanitize(statement));
+    }
     crate::redact::prose(text, crate::redact::Keep::NodesAndCounts)
 }
 
@@ -267,7 +301,7 @@ mod tests {
             ),
             (
                 "Parsing INSERT INTO ks.kv (k, v) VALUES (1, 'secret-value')",
-                "Parsing INSERT INTO ks.kv (?) VALUES (?)",
+                "Parsing INSERT INTO ks.kv (k, v) VALUES (?, ?)",
             ),
             (
                 "Parsing UPDATE t SET v = $$it's secret$$ WHERE id = 0xCAFE",
@@ -316,6 +350,96 @@ mod tests {
         }
     }
 
+    /// The statement Cassandra's first step quotes (`Parsing
+    /// <statement>`) is sanitised as the statement's text is
+    /// ([`sanitize`](crate::redact::sanitize), `db.query.text`): its
+    /// column list kept, every literal gone, a boolean's too. Read as
+    /// prose, a column list became `(?)` and `true` stayed.
+    #[test]
+    fn a_parsed_statement_is_sanitised_as_its_text_is() {
+        for (statement, want) in [
+            (
+                "INSERT INTO ks.kv (k, v) VALUES (1, 'secret-value')",
+                "INSERT INTO ks.kv (k, v) VALUES (?, ?)",
+            ),
+            (
+                "UPDATE ks.flags SET enabled = true WHERE k = 1",
+                "UPDATE ks.flags SET enabled = ? WHERE k = ?",
+            ),
+            (
+                "SELECT * FROM t WHERE (a, b) IN ((1, FALSE)) -- a 'note'",
+                "SELECT * FROM t WHERE (a, b) IN ((?, ?))",
+            ),
+        ] {
+            let raw = format!("Parsing {statement}");
+            assert_eq!(sanitize_activity(&raw), format!("Parsing {want}"), "{raw}");
+            assert_eq!(crate::redact::sanitize(statement), want, "one rule");
+        }
+        // not a statement (Scylla's wording): prose, as any other step
+        for raw in ["Parsing a statement", "Parsing Couldn't 'secret' (x y)"] {
+            assert_eq!(
+                sanitize_activity(raw),
+                crate::redact::prose(raw, crate::redact::Keep::NodesAndCounts),
+                "{raw}"
+            );
+        }
+    }
+
+    /// A key the server prints bare, as hex bytes: Scylla's `pk{...}` and
+    /// `ckp{...}`, Cassandra's `DecoratedKey(token, key)` (in a digest
+    /// mismatch step). Hex that starts with a letter is a word to the
+    /// lexer, and stayed: `pk{ffffffff}` is the int key -1.
+    #[test]
+    fn a_key_printed_as_hex_bytes_goes() {
+        for (raw, want) in [
+            (
+                "Start querying singular range {{-4069959284402364209, pk{ffffffff}}}",
+                "Start querying singular range {{?, pk{?}}}",
+            ),
+            (
+                "Querying cache for range {{3248873570005575792, pk{c0ffee01}}} on /127.0.0.2",
+                "Querying cache for range {{?, pk{?}}} on /127.0.0.2",
+            ),
+            (
+                "Caching querier with clustering key ckp{deadbeef0102}",
+                "Caching querier with clustering key ckp{?}",
+            ),
+            (
+                "Digest mismatch: Mismatch for key DecoratedKey(-8437016316046232286, ab6579) (d41d8cd98f vs e3b0c44298)",
+                "Digest mismatch: Mismatch for key DecoratedKey(?) (?)",
+            ),
+            // a type or a call without a value stays as written
+            (
+                "Merged data from memtables and 2 sstables for row(s) of Native(Int)",
+                "Merged data from memtables and 2 sstables for row(s) of Native(Int)",
+            ),
+        ] {
+            assert_eq!(sanitize_activity(raw), want, "{raw}");
+        }
+    }
+
+    /// A value the server prints bare after its column's name
+    /// (`name=value`): Cassandra's failed LWT step prints the row it read
+    /// ("CAS precondition does not match current values ... v=hunter2").
+    /// A text value is a word to the lexer, and stayed.
+    #[test]
+    fn a_value_printed_after_its_name_goes() {
+        for (raw, want) in [
+            (
+                "CAS precondition does not match current values [ks.t] key=5 \
+                 partition_deletion=deletedAt=-9223372036854775808, localDeletion=2147483647 \
+                 columns=[[] | [v]] Row: EMPTY | v=hunter2",
+                "CAS precondition does not match current values [ks.t] key=? \
+                 partition_deletion=?=?, localDeletion=? \
+                 columns=[[] | [v]] Row: EMPTY | v=?",
+            ),
+            // `=` with spaces is the statement's, whose names stay
+            ("Filtering on v = w", "Filtering on v = w"),
+        ] {
+            assert_eq!(sanitize_activity(raw), want, "{raw}");
+        }
+    }
+
     /// An address inside a literal is part of the value: the literal is
     /// replaced whole. Cut out before lexing, it split the literal in two
     /// and the words after it left the literal.
@@ -324,7 +448,7 @@ mod tests {
         for (raw, want) in [
             (
                 "Parsing INSERT INTO ks.notes (k, v) VALUES (1, 'call me on 10.1.2.3 password hunter2')",
-                "Parsing INSERT INTO ks.notes (?) VALUES (?)",
+                "Parsing INSERT INTO ks.notes (k, v) VALUES (?, ?)",
             ),
             (
                 "Parsing UPDATE t SET v = '10.1.2.3' WHERE k = 1",
@@ -471,6 +595,21 @@ mod tests {
                 ..d
             }),
             "server_trace.queue_capacity"
+        );
+        assert_eq!(
+            bad(ServerTraceConfig {
+                queue_capacity: usize::MAX,
+                ..d
+            }),
+            "server_trace.queue_capacity"
+        );
+        assert!(
+            ServerTraceConfig {
+                queue_capacity: MAX_QUEUE_CAPACITY,
+                ..d
+            }
+            .validate()
+            .is_ok()
         );
         assert_eq!(
             bad(ServerTraceConfig {

@@ -179,7 +179,7 @@ pub(crate) fn export<T: Tracer>(tracer: &T, parent: SpanContext, e: &ServerTrace
         } else {
             steps
                 .first()
-                .and_then(|s| s.recorded_at()?.checked_sub(s.elapsed))
+                .and_then(|s| s.node_began_at())
                 // not clamped to the session's start: a replica whose
                 // clock runs behind shows it
                 .unwrap_or(e.started_at)

@@ -486,3 +486,160 @@ async fn a_slow_trace_read_is_fetched_within_the_configured_read_timeout() {
     let s = stack.server_traces().unwrap().stats();
     assert_eq!((s.fetched - before, s.failed), (1, 0), "{s:?}");
 }
+
+/// The statement a trace's first step quotes (`Parsing <statement>`) is
+/// the request's statement text, sanitised as that text is: its column
+/// list kept, every literal gone, a boolean's too. Read as prose, the
+/// column list became `(?)` and `true` stayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traced_statement_keeps_its_columns_and_loses_every_literal() {
+    let cluster = Cluster::start().await.unwrap();
+    let keep = Arc::new(Keep::default());
+    let stack = stack(
+        &cluster,
+        Collectors::with([keep.clone()]),
+        every(ServerTraceConfig::default()),
+    )
+    .await;
+    stack
+        .call(CqlRequest::unprepared(
+            "CREATE TABLE ks.flags (k int PRIMARY KEY, enabled boolean)",
+        ))
+        .await
+        .unwrap();
+    stack
+        .call(
+            CqlRequest::unprepared("INSERT INTO ks.flags (k, enabled) VALUES (424242, true)")
+                .operation("flag"),
+        )
+        .await
+        .unwrap();
+    stack
+        .call(
+            CqlRequest::unprepared("UPDATE ks.flags SET enabled = false WHERE k = 424242")
+                .operation("flag"),
+        )
+        .await
+        .unwrap();
+    stack.close().await;
+    let traces = keep.traces();
+    let mut parsed: Vec<String> = traces
+        .iter()
+        .filter_map(|t| match t.as_event() {
+            Event::ServerTrace(e) if e.meta.operation().map(|o| o.as_str()) == Some("flag") => {
+                Some(
+                    e.steps
+                        .iter()
+                        .map(|s| s.activity.clone())
+                        .collect::<Vec<_>>(),
+                )
+            }
+            _ => None,
+        })
+        .flatten()
+        .filter(|a| a.starts_with("Parsing"))
+        .collect();
+    parsed.sort();
+    assert_eq!(
+        parsed,
+        [
+            "Parsing INSERT INTO ks.flags (k, enabled) VALUES (?, ?)",
+            "Parsing UPDATE ks.flags SET enabled = ? WHERE k = ?",
+        ],
+        "the parsing steps of the insert and the update"
+    );
+}
+
+/// A server that writes its traces in the background: Scylla flushes
+/// them every 2 s (its tracing `write_period`). With the default
+/// settings, every trace is fetched once written. The default reads
+/// waited 20 + 40 + 80 + 160 ms, about 0.3 s in all, then counted the
+/// trace failed: on Scylla, most traces were never fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_a_server_writes_every_two_seconds_are_fetched_by_default() {
+    let cluster = Cluster::builder()
+        .trace_write_delay(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let keep = Arc::new(Keep::default());
+    let stack = stack(
+        &cluster,
+        Collectors::with([keep.clone()]),
+        every(ServerTraceConfig::default()),
+    )
+    .await;
+    let get = Statement::new(support::GET).operation("get");
+    stack.execute(&get, (1,)).await.unwrap();
+    let traces = stack.server_traces().unwrap().clone();
+    // every fetch ends, one way or the other, before close (whose own
+    // bound would abandon them): a hang fails, a slow machine does not
+    let start = Instant::now();
+    loop {
+        let s = traces.stats();
+        if s.fetched + s.failed + s.skipped == s.sampled {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stack.close().await;
+    let s = traces.stats();
+    assert_eq!((s.sampled, s.fetched, s.failed), (4, 4, 0), "{s:?}");
+    assert_eq!(keep.traces().len(), 4);
+}
+
+/// A queue too large to make is refused as a configuration error that
+/// names it; it was accepted, and building the stack panicked in the
+/// channel's constructor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_too_large_to_make_is_a_config_error() {
+    let cluster = Cluster::start().await.unwrap();
+    let session = support::session(&cluster).await;
+    let built = std::panic::AssertUnwindSafe(async {
+        StackBuilder::new(Collectors::new())
+            .server_trace(every(ServerTraceConfig {
+                queue_capacity: usize::MAX,
+                ..ServerTraceConfig::default()
+            }))
+            .build_on(session)
+            .map(|_| ())
+    });
+    let built = futures::FutureExt::catch_unwind(built)
+        .await
+        .expect("building the stack panicked");
+    assert_eq!(
+        built.unwrap_err().field,
+        "server_trace.queue_capacity",
+        "refused, naming the field"
+    );
+}
+
+/// Closing right after the last request, on a server that writes its
+/// traces every 2 s (Scylla), with the default settings: close waits
+/// for the fetches the default reads complete. Its default bound (2 s)
+/// was shorter than those reads (3.2 s): it abandoned them, and the last
+/// traces before every close were lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_the_traces_the_default_reads_fetch() {
+    let cluster = Cluster::builder()
+        .trace_write_delay(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let stack = stack(
+        &cluster,
+        Collectors::new(),
+        every(ServerTraceConfig::default()),
+    )
+    .await;
+    let get = Statement::new(support::GET).operation("get");
+    stack.execute(&get, (1,)).await.unwrap();
+    stack.close().await;
+    let s = stack.server_traces().unwrap().stats();
+    assert_eq!(
+        (s.sampled, s.fetched, s.skipped, s.failed),
+        (4, 4, 0, 0),
+        "{s:?}"
+    );
+}

@@ -76,7 +76,9 @@
 //! So `SELECT * FROM system_traces.sessions WHERE session_id = ?`, the
 //! scylla driver's `Session::get_tracing_info` and the Python driver's
 //! `ResultSet.get_query_trace()` work. The session row and its events are
-//! written before the response is sent, `duration` (µs) last.
+//! written before the response is sent, `duration` (µs) last, or, with
+//! [`ClusterBuilder::trace_write_delay`], that long after it, as a server
+//! that writes its traces in the background does.
 //!
 //! Events name the node that took each step (`source`, the node's address:
 //! node `i` is [`Cluster::node_addr`]`(i)`, `127.0.0.{i+1}` by default)
@@ -146,6 +148,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -209,6 +212,7 @@ pub struct ClusterBuilder {
     track_writes: bool,
     max_frame_bytes: usize,
     trace_sessions: usize,
+    trace_write_delay: Duration,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -225,6 +229,7 @@ impl Default for ClusterBuilder {
             track_writes: true,
             max_frame_bytes: 256 * 1024 * 1024,
             trace_sessions: trace::DEFAULT_KEPT_SESSIONS,
+            trace_write_delay: Duration::ZERO,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -283,6 +288,17 @@ impl ClusterBuilder {
     /// as each new one is written. See [tracing](crate#tracing).
     pub fn trace_sessions(mut self, n: usize) -> ClusterBuilder {
         self.trace_sessions = n.max(1);
+        self
+    }
+
+    /// How long after a traced request is answered its trace is written
+    /// (default 0: before the answer). A server writes traces in the
+    /// background: Scylla flushes them every 2 s (its tracing
+    /// `write_period`), Cassandra on its tracing stage; a reader that
+    /// looks too soon finds no session row, or one without `duration`.
+    /// See [tracing](crate#tracing).
+    pub fn trace_write_delay(mut self, delay: Duration) -> ClusterBuilder {
+        self.trace_write_delay = delay;
         self
     }
 
@@ -390,6 +406,7 @@ impl ClusterBuilder {
         db.traces
             .capacity
             .store(self.trace_sessions, Ordering::Relaxed);
+        db.traces.set_write_delay(self.trace_write_delay);
         let nodes: Vec<NodeSlot> = listeners
             .into_iter()
             .enumerate()

@@ -142,7 +142,7 @@ impl ConnState {
     }
 
     /// Ends the trace of the request just handled, if it was traced.
-    fn finish_trace(&mut self, db: &Database) {
+    fn finish_trace(&mut self, db: &Arc<Database>) {
         if let Some(t) = self.trace.take() {
             t.finish(db);
         }

@@ -14,8 +14,8 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -90,11 +90,14 @@ pub(crate) fn keyspace() -> Keyspace {
     }
 }
 
-/// The trace sessions kept, oldest first, and how many to keep.
+/// The trace sessions kept, oldest first, how many to keep, and how long
+/// after its request's answer a trace is written.
 #[derive(Debug)]
 pub(crate) struct Traces {
     kept: Mutex<VecDeque<[u8; 16]>>,
     pub(crate) capacity: AtomicUsize,
+    /// Nanoseconds; 0: written before the answer.
+    write_delay_ns: AtomicU64,
 }
 
 impl Default for Traces {
@@ -102,11 +105,18 @@ impl Default for Traces {
         Traces {
             kept: Mutex::new(VecDeque::new()),
             capacity: AtomicUsize::new(DEFAULT_KEPT_SESSIONS),
+            write_delay_ns: AtomicU64::new(0),
         }
     }
 }
 
 impl Traces {
+    /// Traces are written `delay` after their request's answer.
+    pub(crate) fn set_write_delay(&self, delay: Duration) {
+        let ns = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        self.write_delay_ns.store(ns, Ordering::Relaxed);
+    }
+
     /// The ids of the sessions kept, oldest first.
     pub(crate) fn ids(&self) -> Vec<[u8; 16]> {
         self.kept
@@ -439,11 +449,28 @@ impl Trace {
     }
 
     /// Ends the session: "Request complete", then the rows, the session's
-    /// `duration` last. Drops the oldest sessions past the cap.
-    pub(crate) fn finish(mut self, db: &Database) {
+    /// `duration` last, now or after the cluster's trace write delay.
+    /// Drops the oldest sessions past the cap.
+    pub(crate) fn finish(mut self, db: &Arc<Database>) {
         let c = self.coordinator;
         self.event(c, COORDINATOR, "Request complete".into());
         let duration = micros(self.started.elapsed());
+        let delay = Duration::from_nanos(db.traces.write_delay_ns.load(Ordering::Relaxed));
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if !delay.is_zero() => {
+                let db = db.clone();
+                drop(rt.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    self.write(&db, duration);
+                }));
+            }
+            _ => self.write(db, duration),
+        }
+    }
+
+    /// Writes the session's rows (`duration` last) and drops the oldest
+    /// sessions past the cap.
+    fn write(self, db: &Database, duration: i32) {
         let schema = db.schema.load();
         let (Ok(sessions), Ok(events)) = (
             schema.table("system_traces", "sessions"),
@@ -466,7 +493,7 @@ impl Trace {
         let params = (!params.is_empty()).then(|| {
             crate::types::encode_map(params.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
         });
-        let coordinator = topo.nodes[c].addr.ip();
+        let coordinator = topo.nodes[self.coordinator].addr.ip();
         {
             let mut data = events.data.write().expect("table lock");
             for e in &self.events {

@@ -26,21 +26,34 @@ use crate::lex::{Kind, Lexer, Lit, Token};
 ///   of `name: value` fields, the driver's own details (`(keyspace: ks,
 ///   table: kv)`), whose values go by the rules above. Parentheses right
 ///   after a word (`Native(Int)`, `f(int)`) are a type or a call: read
-///   token by token.
+///   token by token, unless they hold a value (`f(42)`, Cassandra's
+///   `DecoratedKey(-1, ab12)`, a key's token and bytes): then their
+///   inside goes whole, a bare hex word with it (`DecoratedKey(?)`);
+/// - the inside of braces right after a word: Scylla's key bytes in hex
+///   (`pk{ffffffff}` becoming `pk{?}`, `ckp{...}`), which start with a
+///   letter as often as not. Braces after a space (`{127.0.0.1}`) are
+///   read token by token;
+/// - a word (or `true`, `false`) written right after a name and `=`
+///   with no space (`v=hunter2`, `key=abc`): a value the server prints
+///   after its column's name, as Cassandra prints a row.
 ///
 /// Kept as written: the wording (unquoted words, so keyspace, table and
 /// column names, types and keywords), `"quoted identifiers"`, `true` and
-/// `false`, punctuation and whitespace. There are no comments in a
+/// `false` (but after `name=`), punctuation and whitespace. There are no comments in a
 /// message: `--` is two characters like any others.
 ///
 /// What it cannot see: a value the server writes bare, as a word of its
-/// own (`Invalid UUID string: abc`), stays; a value that holds a quote
+/// own (`Invalid UUID string: abc`), stays (after `name=`, its first word
+/// goes, the next ones of a value holding spaces stay); a value that holds a quote
 /// followed by a space (`'a' b'`) is cut there. A statement the text
-/// quotes (a trace's `Parsing INSERT ...`) is read as prose too: its
-/// literals go, the words of a comment in it stay, and a column list in
-/// parentheses goes as a value would (`INSERT INTO ks.kv (?) VALUES
-/// (?)`). Reads the text through the same lexer as
-/// [`sanitize`](super::sanitize) (in its prose mode).
+/// quotes inside other words (a warning's `... for query SELECT ...`)
+/// is read as prose too: its literals go, the words of a comment in it
+/// stay, and a column list in parentheses goes as a value would (a
+/// trace step that is a statement, `Parsing INSERT ...`, is sanitised
+/// as a statement: see
+/// [`sanitize_activity`](crate::server_trace::sanitize_activity)). Reads
+/// the text through the same lexer as [`sanitize`](super::sanitize) (in
+/// its prose mode).
 ///
 /// This is the one rule for the server's prose: a trace step's activity
 /// text ([`sanitize_activity`](crate::server_trace::sanitize_activity))
@@ -185,6 +198,20 @@ pub(crate) fn prose(text: &str, keep: Keep) -> String {
     while i < tokens.len() {
         let t = tokens[i];
         match t.kind {
+            // a value printed bare after its name (`v=hunter2`: a row as
+            // the server prints it), a word or `true` though it is
+            Kind::Word | Kind::Literal(Lit::Bool)
+                if i >= 2
+                    && !t.space_before
+                    && tokens[i - 1].is_punct("=")
+                    && !tokens[i - 1].space_before
+                    && tokens[i - 2].kind == Kind::Word =>
+            {
+                let start = at(&t);
+                out.push_str(&text[copied..start]);
+                out.push('?');
+                copied = start + t.text.len();
+            }
             Kind::Literal(Lit::Bool) => {}
             Kind::Literal(lit) => {
                 let kept = match lit {
@@ -200,13 +227,28 @@ pub(crate) fn prose(text: &str, keep: Keep) -> String {
                 out.push('?');
                 copied = start + t.text.len();
             }
-            Kind::Punct
-                if t.text == "("
-                    && !(i > 0 && !t.space_before && tokens[i - 1].kind == Kind::Word) =>
-            {
-                let close = closing(&tokens[i..]).map(|n| i + n);
+            Kind::Punct if t.text == "(" || t.text == "{" => {
+                let after_word = i > 0 && !t.space_before && tokens[i - 1].kind == Kind::Word;
+                let close = if t.text == "(" {
+                    closing(&tokens[i..])
+                } else {
+                    closer(&tokens[i..], &["{"], &["}"])
+                }
+                .map(|n| i + n);
                 let inside = &tokens[i + 1..close.unwrap_or(tokens.len())];
-                if !inside.is_empty() && !is_field_list(inside) {
+                let goes = match (t.text, after_word) {
+                    // a value, or values, unless the driver's fields
+                    ("(", false) => !is_field_list(inside),
+                    // a call's or a key's arguments (`DecoratedKey(-1,
+                    // ab12)`) go whole, their bare hex with them; a type
+                    // (`Native(Int)`) stays
+                    ("(", true) => inside.iter().any(|t| matches!(t.kind, Kind::Literal(_))),
+                    // a key's bytes in hex (`pk{ffffffff}`)
+                    (_, true) => true,
+                    // a set (`{127.0.0.1}`): token by token
+                    _ => false,
+                };
+                if !inside.is_empty() && goes {
                     let start = at(&t) + 1;
                     out.push_str(&text[copied..start]);
                     out.push('?');

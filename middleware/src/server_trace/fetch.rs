@@ -168,6 +168,12 @@ impl Fetcher {
             return false;
         };
         let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        // read under the lock `drain` takes: a worker is started before
+        // a drain looks for one, or not once close has begun (a drain
+        // that found none would not wait for it)
+        if self.ctx.close.phase() != Phase::Open {
+            return self.started.load(Ordering::Acquire);
+        }
         if let Some(rx) = rx.take() {
             let (done_tx, done_rx) = std_mpsc::channel();
             *self.done.lock().unwrap_or_else(|e| e.into_inner()) = Some(done_rx);
@@ -190,7 +196,11 @@ impl Fetcher {
     pub(crate) fn drain(&self) {
         use std_mpsc::RecvTimeoutError::Timeout;
         self.ctx.close.advance(Phase::Closing);
-        let done = self.done.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // after a `start` under way, which then has set `done`
+        let done = {
+            let _starting = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+            self.done.lock().unwrap_or_else(|e| e.into_inner()).take()
+        };
         let Some(done) = done else {
             return; // no worker: nothing was taken
         };
@@ -304,12 +314,19 @@ fn read_err(e: impl fmt::Display) -> Failure {
 async fn statements(ctx: &Ctx) -> Result<&(PreparedStatement, PreparedStatement), Failure> {
     ctx.statements
         .get_or_try_init(|| async {
-            let mut s = ctx
-                .session
-                .prepare(SESSIONS_QUERY)
-                .await
-                .map_err(read_err)?;
-            let mut e = ctx.session.prepare(EVENTS_QUERY).await.map_err(read_err)?;
+            // bounded as a read is: the session's own request timeout
+            // may be long, or none
+            let prepare = |query: &'static str| async move {
+                let timeout = ctx.config.read_timeout;
+                match tokio::time::timeout(timeout, ctx.session.prepare(query)).await {
+                    Ok(prepared) => prepared.map_err(read_err),
+                    Err(_) => Err(Failure::Read(format!(
+                        "preparing a read of system_traces took longer than read_timeout ({timeout:?})"
+                    ))),
+                }
+            };
+            let mut s = prepare(SESSIONS_QUERY).await?;
+            let mut e = prepare(EVENTS_QUERY).await?;
             for p in [&mut s, &mut e] {
                 p.set_consistency(Consistency::One);
                 p.set_request_timeout(Some(ctx.config.read_timeout));
@@ -368,9 +385,17 @@ async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(read_err)?;
-        let started_at = started_at.map_or(UNIX_EPOCH, |CqlTimestamp(ms)| {
-            UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
-        });
+        let started_at = match started_at {
+            Some(CqlTimestamp(ms)) => UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
+            // not written (odd server data): where the coordinator's
+            // first step (or else the first step) says it began
+            None => steps
+                .iter()
+                .find(|s| s.source.is_some() && s.source == coordinator)
+                .or(steps.first())
+                .and_then(ServerTraceStep::node_began_at)
+                .unwrap_or(UNIX_EPOCH),
+        };
         let mut event = ServerTraceEvent::new(
             &job.meta,
             job.id,
@@ -493,6 +518,176 @@ mod tests {
             outcomes(&counters)
         );
         assert_eq!(outcomes(&counters), (0, 0, 2), "both traces unfinished");
+    }
+
+    /// A request ending on one thread while close drains on another (a
+    /// hand-built stack's `drain`): whichever comes first, once both have
+    /// returned the trace is counted, fetched, failed or skipped, and no
+    /// fetch is left running. The request's end could pass its check of
+    /// the phase, then start the worker after the drain had found none
+    /// to wait for: that worker fetched the trace after close returned.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trace_taken_while_close_drains_is_counted_when_both_return() {
+        let cluster = Cluster::start().await.unwrap();
+        let session = Arc::new(
+            SessionBuilder::new()
+                .known_nodes_addr(cluster.contact_points())
+                .build()
+                .await
+                .unwrap(),
+        );
+        let config = ServerTraceConfig {
+            fetch_attempts: 1,
+            ..ServerTraceConfig::default()
+        };
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            for round in 0..300 {
+                let counters = Arc::new(Counters::default());
+                let fetcher =
+                    Fetcher::new(session.clone(), Collectors::new(), config, counters.clone());
+                // both spin until both are there, so they start together
+                let arrived = std::sync::atomic::AtomicUsize::new(0);
+                let start = || {
+                    arrived.fetch_add(1, Ordering::AcqRel);
+                    while arrived.load(Ordering::Acquire) < 2 {
+                        std::hint::spin_loop();
+                    }
+                };
+                let job = missing_trace();
+                let end = || {
+                    let _rt = rt.enter();
+                    start();
+                    fetcher.enqueue(job);
+                };
+                let close = || {
+                    start();
+                    fetcher.drain();
+                };
+                std::thread::scope(|s| {
+                    if round % 2 == 0 {
+                        s.spawn(end);
+                        s.spawn(close);
+                    } else {
+                        s.spawn(close);
+                        s.spawn(end);
+                    }
+                });
+                let (fetched, skipped, failed) = outcomes(&counters);
+                assert_eq!(
+                    fetched + skipped + failed,
+                    1,
+                    "round {round}: the trace taken is still being fetched after close returned"
+                );
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Preparing the fetcher's queries is a read of `system_traces` too:
+    /// it fails after `read_timeout`, as the reads do. It was bounded by
+    /// the session's request timeout only (none here), so the fetch
+    /// waited for ever, and every fetch after it, each waiting on the one
+    /// prepare.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_prepare_that_never_answers_fails_the_fetch_at_the_read_timeout() {
+        use scylla::client::execution_profile::ExecutionProfile;
+        let cluster = Cluster::start().await.unwrap();
+        let profile = ExecutionProfile::builder().request_timeout(None).build();
+        let session = SessionBuilder::new()
+            .known_nodes_addr(cluster.contact_points())
+            .default_execution_profile_handle(profile.into_handle())
+            .build()
+            .await
+            .unwrap();
+        let hang = cluster.faults().add(
+            Fault::no_response()
+                .opcode(Opcode::Prepare)
+                .matching("system_traces"),
+        );
+        let counters = Arc::new(Counters::default());
+        let fetcher = Fetcher::new(
+            Arc::new(session),
+            Collectors::new(),
+            ServerTraceConfig {
+                read_timeout: Duration::from_millis(300),
+                ..ServerTraceConfig::default()
+            },
+            counters.clone(),
+        );
+        fetcher.enqueue(missing_trace());
+        until("the prepare", || cluster.faults().fired(hang) >= 1).await;
+        until("the fetch failed at its read timeout", || {
+            outcomes(&counters) == (0, 0, 1)
+        })
+        .await;
+    }
+
+    /// Keeps the start of each server trace delivered.
+    #[derive(Default)]
+    struct Starts(std::sync::Mutex<Vec<std::time::SystemTime>>);
+
+    impl tower_cql_core::Collector for Starts {
+        fn on_server_trace(&self, e: &ServerTraceEvent<'_>) {
+            self.0.lock().unwrap().push(e.started_at);
+        }
+    }
+
+    /// A finished session whose `started_at` is null (odd server data)
+    /// starts where its coordinator's first step says it began (that
+    /// step's time less its `source_elapsed`), not at the Unix epoch: its
+    /// coordinator span was drawn in 1970.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_without_its_start_starts_at_its_first_step() {
+        let cluster = Cluster::start().await.unwrap();
+        let session = SessionBuilder::new()
+            .known_nodes_addr(cluster.contact_points())
+            .build()
+            .await
+            .unwrap();
+        let id = Uuid::from_u128(fastrand::u128(..));
+        let coordinator: IpAddr = cluster.node_addr(0).ip();
+        let step_at = std::time::SystemTime::now();
+        let ticks = step_at.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 / 100
+            + 0x01B2_1DD2_1381_4000;
+        let event_id = Uuid::from_fields(
+            ticks as u32,
+            (ticks >> 32) as u16,
+            ((ticks >> 48) as u16 & 0x0fff) | 0x1000,
+            &[0x80, 1, 2, 3, 4, 5, 6, 7],
+        );
+        session
+            .query_unpaged(
+                "INSERT INTO system_traces.sessions (session_id, coordinator, duration) VALUES (?, ?, 500)",
+                (id, coordinator),
+            )
+            .await
+            .unwrap();
+        session
+            .query_unpaged(
+                "INSERT INTO system_traces.events (session_id, event_id, activity, source, source_elapsed) VALUES (?, ?, 'Parsing', ?, 300)",
+                (id, CqlTimeuuid::from(event_id), coordinator),
+            )
+            .await
+            .unwrap();
+        let starts = Arc::new(Starts::default());
+        let counters = Arc::new(Counters::default());
+        let fetcher = Fetcher::new(
+            Arc::new(session),
+            Collectors::with([starts.clone()]),
+            ServerTraceConfig::default(),
+            counters.clone(),
+        );
+        fetcher.enqueue(Job {
+            id: *id.as_bytes(),
+            meta: CqlRequest::query("SELECT v FROM ks.kv").meta().clone(),
+        });
+        until("the trace fetched", || outcomes(&counters) == (1, 0, 0)).await;
+        let started = starts.0.lock().unwrap()[0];
+        let want = tower_cql_core::server_trace::timeuuid_time(event_id.as_bytes()).unwrap()
+            - Duration::from_micros(300);
+        assert_eq!(started, want, "the session's start");
     }
 
     /// One fetch whose read never answers, two traces queued behind it

@@ -292,7 +292,9 @@ impl ServerTraceHandle {
     /// for it, in case its runtime cannot run it). The stack runs this on
     /// close, before the collectors' last flush; call it yourself only
     /// when you compose the layers by hand (and then once the requests
-    /// have ended, on a thread that may block).
+    /// have ended, on a thread that may block). A request that ends
+    /// while it runs, or after, has its trace fetched before this
+    /// returns or counted skipped: no fetch starts once it has returned.
     pub fn drain(&self) {
         self.shared.fetcher.drain();
     }
