@@ -641,11 +641,6 @@ async fn the_breaker_routes_around_a_failing_node_and_probes_it_back() {
         "{:?}",
         out.errors
     );
-    assert!(
-        out.ok * 100 >= total * 95,
-        "only {} of {total} served",
-        out.ok
-    );
     // Every failure is a read node 0 was sent, and node 0 was sent only
     // what opened its breaker (min_requests, and what the four callers had
     // in flight then) and then one probe per cool-down (without the
@@ -655,9 +650,18 @@ async fn the_breaker_routes_around_a_failing_node_and_probes_it_back() {
         Some(&sent_to_failing)
     );
     assert_eq!(out.failed(), sent_to_failing);
+    // (a bound, not a share of the requests served: how many are sent in
+    // 1.5 s depends on the machine's load, what the breaker lets through
+    // does not; without it, a third of them would fail, which the bound
+    // tells apart as long as there are more than three times as many)
     let cycles = (run_for.as_millis() / cool_down.as_millis()) as u64 + 1;
+    let bound = min_requests as u64 + 4 + cycles;
     assert!(
-        sent_to_failing <= min_requests as u64 + 4 + cycles,
+        total > 3 * bound,
+        "only {total} requests in 1.5 s: too few to tell the breaker's {bound} from a third"
+    );
+    assert!(
+        sent_to_failing <= bound,
         "node 0 was sent {sent_to_failing} of {total}"
     );
     // every failure reached the collectors
