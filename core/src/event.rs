@@ -387,7 +387,8 @@ impl LatestLimit {
     }
 }
 
-/// One page of a paged read arrived.
+/// One page of a paged read arrived (emitted as it arrives, whether or
+/// not the reader reaches it).
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct PageEvent<'a> {

@@ -454,8 +454,11 @@ impl Drop for FlushJob {
     }
 }
 
-/// A service whose calls pass a [`Gate`]; the guard lives until the
-/// response future completes or is dropped.
+/// A service whose calls pass a [`Gate`]; the request is counted in the
+/// gate until its response future is dropped (`.await` drops it as it
+/// completes): a caller that keeps it after its answer, to report on it,
+/// keeps the request counted, so `close()`'s flush holds that report (the
+/// paging stream keeps a page's future until the page's event is out).
 #[derive(Debug, Clone)]
 pub struct GateService<S> {
     gate: Gate,
@@ -558,11 +561,8 @@ where
         let this = self.project();
         match this.inner.as_pin_mut() {
             None => Poll::Ready(Err(CqlError::shut_down())),
-            Some(f) => {
-                let out = std::task::ready!(f.poll(cx));
-                this.guard.take();
-                Poll::Ready(out)
-            }
+            // (the guard leaves with the future: see `GateService`)
+            Some(f) => f.poll(cx),
         }
     }
 }

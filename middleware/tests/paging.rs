@@ -32,6 +32,8 @@ struct Seen {
     requests: Mutex<Vec<Option<ErrorKind>>>,
     pages: Mutex<Vec<(u32, usize)>>,
     streams: Mutex<Vec<Ended>>,
+    /// The page events it held when it was flushed (the stack's close).
+    pages_at_flush: Mutex<Option<Vec<(u32, usize)>>>,
 }
 
 impl Collector for Seen {
@@ -55,6 +57,10 @@ impl Collector for Seen {
             .lock()
             .unwrap()
             .push((e.end.as_str().to_string(), error, e.pages, e.rows));
+    }
+    fn flush(&self) {
+        let pages = self.pages.lock().unwrap().clone();
+        *self.pages_at_flush.lock().unwrap() = Some(pages);
     }
 }
 
@@ -269,6 +275,42 @@ async fn close_returns_while_an_unread_stream_has_a_page_in_flight() {
     assert_eq!(
         read, 20,
         "page 1 and page 2 (in flight at close), then the refusal"
+    );
+}
+
+/// Every page fetched before `close()` flushed the collectors is in that
+/// flush: the page in flight when close began (close waits for it) is an
+/// event before the flush, whether or not the stream's owner has read
+/// it. Before, a page's event was emitted when the reader reached the
+/// page: page 2, in at close, was reported after the flush, lost to an
+/// exporter that flushed at close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_fetched_before_close_is_in_its_flush() {
+    let (cluster, driver, collectors) = wide().await;
+    let seen = Arc::new(Seen::default());
+    collectors.add(seen.clone());
+    let stack = StackBuilder::new(collectors).build(driver).unwrap();
+    // pages take 50 ms: page 2 is surely in flight when row 0 is read
+    cluster.faults().add(
+        Fault::delay(Duration::from_millis(50))
+            .opcode(Opcode::Execute)
+            .matching(SCAN),
+    );
+    let mut rows = stack.stream::<(i32, String)>(scan(10)).await.unwrap();
+    assert_eq!(rows.try_next().await.unwrap().unwrap().0, 0);
+    stack.close_timeout(Duration::from_secs(5)).await.unwrap();
+    let at_flush = seen.pages_at_flush.lock().unwrap().clone();
+    assert_eq!(
+        at_flush,
+        Some(vec![(0, 10), (1, 10)]),
+        "pages 1 and 2 (in flight at close) were events before the flush"
+    );
+    let (read, err) = read_to_the_error(&mut rows, 1).await;
+    assert_eq!((read, err.kind()), (20, ErrorKind::ShutDown), "{err}");
+    assert_eq!(
+        seen.pages.lock().unwrap().clone(),
+        vec![(0, 10), (1, 10)],
+        "no page event after the flush"
     );
 }
 
