@@ -310,10 +310,21 @@ impl<T, S> RowStream<T, S> {
             return;
         }
         self.done = true;
-        self.next = Next::End;
+        // Pages fetched: those read, and one that arrived and was not
+        // (its event is out: see `ask`), whether handed over already or
+        // still in its finished task (a stream dropped while its reader
+        // was busy).
+        let unread = match std::mem::replace(&mut self.next, Next::End) {
+            Next::Ready(Ok(_)) => 1,
+            Next::Fetching(Fetch::Task(mut task)) if task.0.is_finished() => u32::from(matches!(
+                futures::FutureExt::now_or_never(&mut task.0),
+                Some(Ok(Ok(_)))
+            )),
+            _ => 0,
+        };
         self.collectors.emit(Event::Stream(StreamEvent {
             meta: self.request.meta(),
-            pages: self.pages,
+            pages: self.pages + unread,
             rows: self.total_rows,
             duration: self.started.elapsed(),
             end,

@@ -314,6 +314,36 @@ async fn a_page_fetched_before_close_is_in_its_flush() {
     );
 }
 
+/// A page that arrived while the reader was busy, and was never read
+/// (the stream dropped), was fetched: it is a page event and the stream
+/// event counts it. Before, the stream event counted the pages the reader
+/// reached: dropped with page 2 in, it reported 1 page though the server
+/// had served 2 (and, before page events were emitted where pages
+/// arrive, there was no event for page 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_arrived_unread_is_counted_when_the_stream_is_dropped() {
+    let (_cluster, driver, collectors) = wide().await;
+    let seen = Arc::new(Seen::default());
+    collectors.add(seen.clone());
+    let stack = StackBuilder::new(collectors).build(driver).unwrap();
+    let mut rows = stack.stream::<(i32, String)>(scan(10)).await.unwrap();
+    assert_eq!(rows.try_next().await.unwrap().unwrap().0, 0);
+    // the consumer is busy; page 2 arrives (generous: pages take a few ms)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(rows);
+    assert_eq!(
+        seen.pages.lock().unwrap().clone(),
+        vec![(0, 10), (1, 10)],
+        "page 2 was fetched"
+    );
+    assert_eq!(
+        seen.streams.lock().unwrap().clone(),
+        vec![("dropped".into(), None, 2, 1)],
+        "2 pages fetched, 1 row handed out"
+    );
+    stack.close().await;
+}
+
 /// Reads `rows` on to its error; the rows read in all (`read` before)
 /// and the error. A stream that ends without one fails the test.
 async fn read_to_the_error(
