@@ -394,7 +394,14 @@ where
 impl<T, S> Drop for RowStream<T, S> {
     fn drop(&mut self) {
         if !self.done {
-            self.finish(StreamEnd::Dropped);
+            // every row handed out and no page left to ask for: the read
+            // reached its end, though the reader never asked past it
+            let end = if self.rows.len() == 0 && matches!(self.next, Next::End) {
+                StreamEnd::Finished
+            } else {
+                StreamEnd::Dropped
+            };
+            self.finish(end);
         }
     }
 }

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tower_cql_core::event::{PageEvent, RequestEvent, StreamEvent};
 use tower_cql_core::{Collector, Collectors, CqlRequest, ErrorKind, Statement};
 use tower_cql_middleware::retry::{Backoff, BudgetConfig, RetryConfig};
@@ -340,6 +340,28 @@ async fn a_page_that_arrived_unread_is_counted_when_the_stream_is_dropped() {
         seen.streams.lock().unwrap().clone(),
         vec![("dropped".into(), None, 2, 1)],
         "2 pages fetched, 1 row handed out"
+    );
+    stack.close().await;
+}
+
+/// A stream dropped once every row was handed out and no page was left
+/// to ask for (a reader that takes exactly the rows there are) read to
+/// its end: it reports `finished`, not `dropped`. Before, it reported
+/// `dropped`, as if the scan had been abandoned early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_dropped_after_its_last_row_is_finished() {
+    let (_cluster, driver, collectors) = wide().await;
+    let seen = Arc::new(Seen::default());
+    collectors.add(seen.clone());
+    let stack = StackBuilder::new(collectors).build(driver).unwrap();
+    // pages of 30, 30, 30 and 10: the last one says there are no more
+    let rows = stack.stream::<(i32, String)>(scan(30)).await.unwrap();
+    let got: Vec<(i32, String)> = rows.take(ROWS as usize).try_collect().await.unwrap();
+    assert_eq!(got.len(), ROWS as usize);
+    assert_eq!(
+        seen.streams.lock().unwrap().clone(),
+        vec![("finished".into(), None, 4, ROWS as u64)],
+        "every row read, no page left"
     );
     stack.close().await;
 }
