@@ -387,7 +387,8 @@ impl LatestLimit {
     }
 }
 
-/// One page of a paged read arrived.
+/// One page of a paged read arrived (emitted as it arrives, whether or
+/// not the reader reaches it).
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct PageEvent<'a> {
@@ -422,11 +423,14 @@ impl<'a> PageEvent<'a> {
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub enum StreamEnd<'a> {
-    /// Every page was read.
+    /// Every page was read: every row handed out and no page left, also
+    /// when the consumer then dropped the stream without asking past
+    /// its last row.
     Finished,
     /// A page failed.
     Failed(&'a CqlError),
-    /// The consumer dropped the stream before the end.
+    /// The consumer dropped the stream before the end (rows or pages
+    /// were left).
     Dropped,
 }
 

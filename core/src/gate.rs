@@ -337,9 +337,10 @@ impl Gate {
         self.inner.core.state().0
     }
 
-    /// Requests in flight. While closing, a request being refused counts
-    /// itself in for an instant before it backs out, so read this as an
-    /// upper bound.
+    /// Requests in flight (a request counts until its response future is
+    /// dropped: see [`GateService`]). While closing, a request being
+    /// refused counts itself in for an instant before it backs out, so
+    /// read this as an upper bound.
     pub fn in_flight(&self) -> u64 {
         self.inner.core.state().1
     }
@@ -454,8 +455,11 @@ impl Drop for FlushJob {
     }
 }
 
-/// A service whose calls pass a [`Gate`]; the guard lives until the
-/// response future completes or is dropped.
+/// A service whose calls pass a [`Gate`]; the request is counted in the
+/// gate until its response future is dropped (`.await` drops it as it
+/// completes): a caller that keeps it after its answer, to report on it,
+/// keeps the request counted, so `close()`'s flush holds that report (the
+/// paging stream keeps a page's future until the page's event is out).
 #[derive(Debug, Clone)]
 pub struct GateService<S> {
     gate: Gate,
@@ -558,11 +562,8 @@ where
         let this = self.project();
         match this.inner.as_pin_mut() {
             None => Poll::Ready(Err(CqlError::shut_down())),
-            Some(f) => {
-                let out = std::task::ready!(f.poll(cx));
-                this.guard.take();
-                Poll::Ready(out)
-            }
+            // (the guard leaves with the future: see `GateService`)
+            Some(f) => f.poll(cx),
         }
     }
 }
@@ -593,6 +594,46 @@ mod tests {
         gate.close().await; // again: returns at once
         let err = gate.enter().unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::ShutDown);
+    }
+
+    /// A service that answers at once.
+    struct Answer;
+
+    impl tower_service::Service<CqlRequest> for Answer {
+        type Response = ();
+        type Error = CqlError;
+        type Future = std::future::Ready<Result<(), CqlError>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: CqlRequest) -> Self::Future {
+            std::future::ready(Ok(()))
+        }
+    }
+
+    /// A request counts in the gate until its response future is
+    /// dropped, not only until it has its answer: what its caller reports
+    /// on the answer before dropping it (the paging stream's page event)
+    /// is in close's flush.
+    #[tokio::test]
+    async fn a_request_counts_until_its_future_is_dropped() {
+        let gate = Gate::new();
+        let mut svc = gate.wrap(Answer);
+        let mut call = Box::pin(tower_service::Service::call(
+            &mut svc,
+            CqlRequest::query("SELECT 1"),
+        ));
+        call.as_mut().await.unwrap();
+        assert_eq!(gate.in_flight(), 1, "answered, its future kept");
+        let closing = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.close().await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(gate.state(), GateState::Closing);
+        drop(call);
+        closing.await.unwrap();
+        assert_eq!((gate.state(), gate.in_flight()), (GateState::Closed, 0));
     }
 
     #[tokio::test]

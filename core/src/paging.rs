@@ -40,10 +40,16 @@
 //!   page and one page in flight (backpressure). A stream dropped with a
 //!   page in flight cancels that page's request (its task is aborted).
 //! - Each page that arrives is an event ([`PageEvent`]), also one whose
-//!   rows do not decode as `T` (it was fetched); the stream reports one
+//!   rows do not decode as `T` (it was fetched), emitted where it arrives,
+//!   not when the reader reaches it: through the stack, before the page's
+//!   request leaves the gate, so the flush of a `close()` (which waits for
+//!   the page in flight) holds every page fetched. The stream reports one
 //!   [`StreamEvent`] when it ends, fails (a page that failed after the
 //!   service's retries, or did not decode; after `close()`, with
-//!   `ShutDown`) or is dropped.
+//!   `ShutDown`) or is dropped. `close()` never waits for a stream's
+//!   reader, so a stream still open when it returns reports its end after
+//!   that flush: read a stream to its end, or drop it, before `close()`
+//!   for its completion event to be flushed.
 //! - A stream has one owner: its counters are plain fields, mutated only
 //!   through `&mut self`, so no row or count can be lost to a race (the
 //!   hazard of the Python wrapper this project replaces).
@@ -70,11 +76,9 @@ use crate::response::CqlResponse;
 
 type PageOutput = Result<CqlResponse, CqlError>;
 
-/// A page's answer, and the time from its request to its answer, taken
-/// where the answer arrives (in the fetch itself, which may run on a task
-/// of its own while the reader is busy): `None` when the fetch never
-/// completed (its runtime shut down).
-type Fetched = (PageOutput, Option<Duration>);
+/// A page's answer (its event emitted where it arrived, in the fetch
+/// itself, which may run on a task of its own while the reader is busy).
+type Fetched = PageOutput;
 
 /// The request for a page, in flight. Polled first by the consumer's
 /// poll that asked for it, so the request goes out before the current
@@ -114,13 +118,10 @@ impl Fetch {
                 Ok(out) => Poll::Ready(out),
                 // the page's request panicked: as if polled here
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(_) => Poll::Ready((
-                    Err(CqlError::new(
-                        ErrorKind::Cancelled,
-                        "the page's request was cancelled: its runtime is shutting down",
-                    )),
-                    None,
-                )),
+                Err(_) => Poll::Ready(Err(CqlError::new(
+                    ErrorKind::Cancelled,
+                    "the page's request was cancelled: its runtime is shutting down",
+                ))),
             },
         }
     }
@@ -137,11 +138,10 @@ impl Drop for AbortOnDrop {
 
 /// The page after the current one.
 enum Next {
-    /// Requested (when), not answered yet.
-    Fetching(Fetch, Instant),
-    /// Answered, not yet read by the consumer, with the time from its
-    /// request to its answer.
-    Ready(Result<CqlResponse, CqlError>, Duration),
+    /// Requested, not answered yet.
+    Fetching(Fetch),
+    /// Answered, not yet read by the consumer.
+    Ready(Result<CqlResponse, CqlError>),
     /// No more pages.
     End,
 }
@@ -227,7 +227,7 @@ where
         };
         stream.ask(PagingState::start());
         std::future::poll_fn(|cx| stream.poll_next_page(cx)).await;
-        if let Next::Ready(Err(e), _) = &stream.next {
+        if let Next::Ready(Err(e)) = &stream.next {
             let e = e.clone();
             stream.finish(StreamEnd::Failed(&e));
             return Err(e);
@@ -238,7 +238,10 @@ where
     /// Asks for the next page, starting at `state`: a clone of the
     /// stream's request, through a clone of the service, in the stream's
     /// span; the caller polls it at once, so that it goes out now (see
-    /// [`Fetch`]).
+    /// [`Fetch`]). The page's event is emitted where its answer arrives,
+    /// not when the reader reaches it: a page fetched is reported while
+    /// its request is still in the gate (so a `close()`'s flush holds it)
+    /// and also when the stream is dropped before it reads it.
     fn ask(&mut self, state: PagingState) {
         let mut svc = self.svc.clone();
         let mut req = self.request.clone();
@@ -249,29 +252,43 @@ where
             let now = crate::clock::now().into_std();
             req.meta_mut().set_deadline(now.checked_add(budget));
         }
-        req.meta_mut().set_page(self.requested, state);
+        let page = self.requested;
+        req.meta_mut().set_page(page, state);
         self.requested += 1;
         let asked = Instant::now();
+        let collectors = self.collectors.clone();
+        let stream_req = self.request.clone();
         let fut = async move {
-            let out = async {
-                std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
-                svc.call(req).await
-            }
-            .await;
+            std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+            // The call's future is kept until the page's event is out:
+            // through the stack, the gate's future holds the page's place
+            // in the gate until dropped, so a `close()` waiting for this
+            // page flushes its event.
+            let mut call = std::pin::pin!(svc.call(req));
+            let out = call.as_mut().await;
             // the page's time ends as its answer arrives, not when the
             // reader comes back for it
-            (out, Some(asked.elapsed()))
+            if let Ok(resp) = &out {
+                collectors.emit(Event::Page(PageEvent {
+                    meta: stream_req.meta(),
+                    page,
+                    rows: resp.info().rows,
+                    duration: asked.elapsed(),
+                    node: resp.info().coordinator,
+                }));
+            }
+            out
         }
         .instrument(self.span.clone());
-        self.next = Next::Fetching(Fetch::Here(Box::pin(fut)), asked);
+        self.next = Next::Fetching(Fetch::Here(Box::pin(fut)));
     }
 
     /// Drives the page in flight; ready when it has an answer (or there is
     /// none to wait for).
     fn poll_next_page(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if let Next::Fetching(fut, asked) = &mut self.next {
-            let (out, took) = std::task::ready!(fut.poll(cx));
-            self.next = Next::Ready(out, took.unwrap_or_else(|| asked.elapsed()));
+        if let Next::Fetching(fut) = &mut self.next {
+            let out = std::task::ready!(fut.poll(cx));
+            self.next = Next::Ready(out);
         }
         Poll::Ready(())
     }
@@ -293,10 +310,21 @@ impl<T, S> RowStream<T, S> {
             return;
         }
         self.done = true;
-        self.next = Next::End;
+        // Pages fetched: those read, and one that arrived and was not
+        // (its event is out: see `ask`), whether handed over already or
+        // still in its finished task (a stream dropped while its reader
+        // was busy).
+        let unread = match std::mem::replace(&mut self.next, Next::End) {
+            Next::Ready(Ok(_)) => 1,
+            Next::Fetching(Fetch::Task(mut task)) if task.0.is_finished() => u32::from(matches!(
+                futures::FutureExt::now_or_never(&mut task.0),
+                Some(Ok(Ok(_)))
+            )),
+            _ => 0,
+        };
         self.collectors.emit(Event::Stream(StreamEvent {
             meta: self.request.meta(),
-            pages: self.pages,
+            pages: self.pages + unread,
             rows: self.total_rows,
             duration: self.started.elapsed(),
             end,
@@ -332,24 +360,17 @@ where
             if !next_in {
                 return Poll::Pending;
             }
-            let (out, duration) = match std::mem::replace(&mut this.next, Next::End) {
+            let out = match std::mem::replace(&mut this.next, Next::End) {
                 Next::End => {
                     this.finish(StreamEnd::Finished);
                     return Poll::Ready(None);
                 }
                 Next::Fetching(..) => unreachable!("polled to an answer above"),
-                Next::Ready(out, duration) => (out, duration),
+                Next::Ready(out) => out,
             };
-            // A page that arrived was fetched, whether or not its rows
-            // decode as `T`: its event first, then its rows.
+            // A page that arrived was fetched (its event is out, see
+            // `ask`), whether or not its rows decode as `T`.
             let page = out.and_then(|resp| {
-                this.collectors.emit(Event::Page(PageEvent {
-                    meta: this.request.meta(),
-                    page: this.pages,
-                    rows: resp.info().rows,
-                    duration,
-                    node: resp.info().coordinator,
-                }));
                 this.pages += 1;
                 let rows = resp.rows::<T>()?;
                 Ok((rows, resp))
@@ -373,7 +394,14 @@ where
 impl<T, S> Drop for RowStream<T, S> {
     fn drop(&mut self) {
         if !self.done {
-            self.finish(StreamEnd::Dropped);
+            // every row handed out and no page left to ask for: the read
+            // reached its end, though the reader never asked past it
+            let end = if self.rows.len() == 0 && matches!(self.next, Next::End) {
+                StreamEnd::Finished
+            } else {
+                StreamEnd::Dropped
+            };
+            self.finish(end);
         }
     }
 }

@@ -267,9 +267,12 @@ async fn paging_stream_full_and_dropped_early() {
         stream.next().await.unwrap().unwrap();
     }
     drop(stream);
+    // pages 1 and 2 read, page 3 asked for ahead: fetched, and counted,
+    // if it arrived before the drop
     let ends = pages.ends.lock().unwrap().clone();
-    assert_eq!(ends, vec![("dropped".to_string(), 2, 15)]);
-    assert_eq!(pages.pages.lock().unwrap().len(), 2);
+    let fetched = pages.pages.lock().unwrap().len();
+    assert!((2..=3).contains(&fetched), "{fetched} pages fetched");
+    assert_eq!(ends, vec![("dropped".to_string(), fetched as u32, 15)]);
     let snap = s.memory.snapshot();
     assert_eq!(snap.streams_dropped, 1);
     assert_eq!(snap.streams_finished, 1);

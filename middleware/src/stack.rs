@@ -763,9 +763,12 @@ where
     /// `cql.stream` span). The next page is in flight while the current
     /// one is read, never more. After [`close`](Self::close) the page in
     /// flight finishes (on its own: `close` does not wait for the stream's
-    /// owner to read on) and the next one fails `ShutDown`, which the
-    /// stream's completion event reports. Resolves once the first page is
-    /// in; fails (no stream) when it failed.
+    /// owner to read on; its page event is in close's flush) and the next
+    /// one fails `ShutDown`, which the stream's completion event reports
+    /// (after that flush, if the stream is still open when `close`
+    /// returns: read or drop streams before closing to have it flushed).
+    /// Resolves once the first page is in; fails (no stream) when it
+    /// failed.
     ///
     /// ```no_run
     /// # async fn demo(stack: tower_cql_middleware::stack::SessionStack) -> Result<(), tower_cql_core::CqlError> {

@@ -66,9 +66,12 @@ fn size() -> i32 {
         .map_or(400, |n| (n / 10).max(50))
 }
 
-/// Node 1 answers reads 300 ms late; the stack hedges after 20 ms (the
+/// Node 1 answers reads 2 s late; the stack hedges after 20 ms (the
 /// attempts sent to node 1 lose the race) and times each attempt out after
-/// 150 ms. Before, the cut attempts left no event, so node 1 looked idle
+/// 1 s, far beyond a hedge's answer even on a loaded machine (with 150 ms
+/// and node 1 300 ms late, 2 of 140 cut attempts were timed out before
+/// their hedge won under load: 138 `cancelled` for 140 executions).
+/// Before, the cut attempts left no event, so node 1 looked idle
 /// while it was the problem (node 1: 0 attempt events for 122 server
 /// executions). Now the attempt events per node are the server's
 /// executions per node.
@@ -89,8 +92,10 @@ async fn every_attempt_is_an_event(hedged: bool) {
     let seen = Arc::new(Seen::default());
     let collectors = Collectors::with([seen.clone()]);
     let (cluster, driver) = cluster(&collectors).await;
+    // node 1's lateness: beyond the per-attempt timeout
+    let late = Duration::from_millis(if hedged { 2000 } else { 300 });
     cluster.faults().add(
-        Fault::delay(Duration::from_millis(300))
+        Fault::delay(late)
             .opcode(Opcode::Execute)
             .matching(GET)
             .node(1),
@@ -104,7 +109,7 @@ async fn every_attempt_is_an_event(hedged: bool) {
                 ..HedgeConfig::default()
             })
             .timeout(TimeoutConfig {
-                per_attempt: Some(Duration::from_millis(150)),
+                per_attempt: Some(Duration::from_millis(1000)),
                 ..TimeoutConfig::default()
             })
     } else {
@@ -140,7 +145,7 @@ async fn every_attempt_is_an_event(hedged: bool) {
         ok += t.await.unwrap();
     }
     // the server finishes the attempts the client gave up on
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(late + Duration::from_millis(600)).await;
     let executions: Vec<u64> = (0..3)
         .map(|i| cluster.counters().node_executions(i) - before[i])
         .collect();
@@ -154,11 +159,11 @@ async fn every_attempt_is_an_event(hedged: bool) {
         })
         .collect();
     println!(
-        "attempts: {n} reads ({ok} ok), node 1 answers 300 ms late, {}: \
+        "attempts: {n} reads ({ok} ok), node 1 answers {late:?} late, {}: \
          attempt events per node {per_node:?} (without a node: {}), server executions per node \
          {executions:?}; attempt outcomes {:?}; requests {:?}",
         if hedged {
-            "hedge 20 ms, timeout 150 ms"
+            "hedge 20 ms, timeout 1 s"
         } else {
             "timeout 100 ms, 3 attempts"
         },

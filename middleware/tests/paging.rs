@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tower_cql_core::event::{PageEvent, RequestEvent, StreamEvent};
 use tower_cql_core::{Collector, Collectors, CqlRequest, ErrorKind, Statement};
 use tower_cql_middleware::retry::{Backoff, BudgetConfig, RetryConfig};
@@ -32,6 +32,8 @@ struct Seen {
     requests: Mutex<Vec<Option<ErrorKind>>>,
     pages: Mutex<Vec<(u32, usize)>>,
     streams: Mutex<Vec<Ended>>,
+    /// The page events it held when it was flushed (the stack's close).
+    pages_at_flush: Mutex<Option<Vec<(u32, usize)>>>,
 }
 
 impl Collector for Seen {
@@ -55,6 +57,10 @@ impl Collector for Seen {
             .lock()
             .unwrap()
             .push((e.end.as_str().to_string(), error, e.pages, e.rows));
+    }
+    fn flush(&self) {
+        let pages = self.pages.lock().unwrap().clone();
+        *self.pages_at_flush.lock().unwrap() = Some(pages);
     }
 }
 
@@ -270,6 +276,94 @@ async fn close_returns_while_an_unread_stream_has_a_page_in_flight() {
         read, 20,
         "page 1 and page 2 (in flight at close), then the refusal"
     );
+}
+
+/// Every page fetched before `close()` flushed the collectors is in that
+/// flush: the page in flight when close began (close waits for it) is an
+/// event before the flush, whether or not the stream's owner has read
+/// it. Before, a page's event was emitted when the reader reached the
+/// page: page 2, in at close, was reported after the flush, lost to an
+/// exporter that flushed at close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_fetched_before_close_is_in_its_flush() {
+    let (cluster, driver, collectors) = wide().await;
+    let seen = Arc::new(Seen::default());
+    collectors.add(seen.clone());
+    let stack = StackBuilder::new(collectors).build(driver).unwrap();
+    // pages take 50 ms: page 2 is surely in flight when row 0 is read
+    cluster.faults().add(
+        Fault::delay(Duration::from_millis(50))
+            .opcode(Opcode::Execute)
+            .matching(SCAN),
+    );
+    let mut rows = stack.stream::<(i32, String)>(scan(10)).await.unwrap();
+    assert_eq!(rows.try_next().await.unwrap().unwrap().0, 0);
+    stack.close_timeout(Duration::from_secs(5)).await.unwrap();
+    let at_flush = seen.pages_at_flush.lock().unwrap().clone();
+    assert_eq!(
+        at_flush,
+        Some(vec![(0, 10), (1, 10)]),
+        "pages 1 and 2 (in flight at close) were events before the flush"
+    );
+    let (read, err) = read_to_the_error(&mut rows, 1).await;
+    assert_eq!((read, err.kind()), (20, ErrorKind::ShutDown), "{err}");
+    assert_eq!(
+        seen.pages.lock().unwrap().clone(),
+        vec![(0, 10), (1, 10)],
+        "no page event after the flush"
+    );
+}
+
+/// A page that arrived while the reader was busy, and was never read
+/// (the stream dropped), was fetched: it is a page event and the stream
+/// event counts it. Before, the stream event counted the pages the reader
+/// reached: dropped with page 2 in, it reported 1 page though the server
+/// had served 2 (and, before page events were emitted where pages
+/// arrive, there was no event for page 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_arrived_unread_is_counted_when_the_stream_is_dropped() {
+    let (_cluster, driver, collectors) = wide().await;
+    let seen = Arc::new(Seen::default());
+    collectors.add(seen.clone());
+    let stack = StackBuilder::new(collectors).build(driver).unwrap();
+    let mut rows = stack.stream::<(i32, String)>(scan(10)).await.unwrap();
+    assert_eq!(rows.try_next().await.unwrap().unwrap().0, 0);
+    // the consumer is busy; page 2 arrives (generous: pages take a few ms)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(rows);
+    assert_eq!(
+        seen.pages.lock().unwrap().clone(),
+        vec![(0, 10), (1, 10)],
+        "page 2 was fetched"
+    );
+    assert_eq!(
+        seen.streams.lock().unwrap().clone(),
+        vec![("dropped".into(), None, 2, 1)],
+        "2 pages fetched, 1 row handed out"
+    );
+    stack.close().await;
+}
+
+/// A stream dropped once every row was handed out and no page was left
+/// to ask for (a reader that takes exactly the rows there are) read to
+/// its end: it reports `finished`, not `dropped`. Before, it reported
+/// `dropped`, as if the scan had been abandoned early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_dropped_after_its_last_row_is_finished() {
+    let (_cluster, driver, collectors) = wide().await;
+    let seen = Arc::new(Seen::default());
+    collectors.add(seen.clone());
+    let stack = StackBuilder::new(collectors).build(driver).unwrap();
+    // pages of 30, 30, 30 and 10: the last one says there are no more
+    let rows = stack.stream::<(i32, String)>(scan(30)).await.unwrap();
+    let got: Vec<(i32, String)> = rows.take(ROWS as usize).try_collect().await.unwrap();
+    assert_eq!(got.len(), ROWS as usize);
+    assert_eq!(
+        seen.streams.lock().unwrap().clone(),
+        vec![("finished".into(), None, 4, ROWS as u64)],
+        "every row read, no page left"
+    );
+    stack.close().await;
 }
 
 /// Reads `rows` on to its error; the rows read in all (`read` before)
