@@ -396,18 +396,38 @@ impl DriverInner {
         // (each arm makes its response: a result passed through a tuple
         // first was copied once more)
         match (stmt, paging_state) {
-            (Resolved::Prepared(p), None) => {
-                CqlResponse::new(self.session.execute_unpaged(&p, values).await?, None)
-            }
-            (Resolved::Prepared(p), Some(ps)) => {
-                let (r, next) = self.session.execute_single_page(&p, values, ps).await?;
-                CqlResponse::new(r, Some(next))
+            (Resolved::Prepared(p), paging_state) => {
+                self.execute_prepared(&p, values, paging_state).await
             }
             (Resolved::Unprepared(s), None) => {
                 CqlResponse::new(self.session.query_unpaged(s, values).await?, None)
             }
             (Resolved::Unprepared(s), Some(ps)) => {
                 let (r, next) = self.session.query_single_page(s, values, ps).await?;
+                CqlResponse::new(r, Some(next))
+            }
+        }
+    }
+
+    /// Runs prepared statement `p` (configured already) with `values`,
+    /// unpaged or for the one page `paging_state` names: for the
+    /// statements `run` does not keep (`run_uncached`) and for one run
+    /// again because it was outdated (`run_outdated`). The kept
+    /// statement's path in `run` has its own, so that its future stays
+    /// no larger than the driver's.
+    #[inline]
+    pub(super) async fn execute_prepared(
+        &self,
+        p: &PreparedStatement,
+        values: &(dyn scylla::serialize::row::SerializeRow + Send + Sync),
+        paging_state: Option<PagingState>,
+    ) -> Result<CqlResponse, CqlError> {
+        // (each arm makes its response: a result passed through a tuple
+        // first was copied once more)
+        match paging_state {
+            None => CqlResponse::new(self.session.execute_unpaged(p, values).await?, None),
+            Some(ps) => {
+                let (r, next) = self.session.execute_single_page(p, values, ps).await?;
                 CqlResponse::new(r, Some(next))
             }
         }

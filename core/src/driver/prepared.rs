@@ -434,14 +434,8 @@ impl DriverInner {
             }
         };
         let p = configure_prepared(Cow::Owned(fresh), meta, attempt, None).into_owned();
-        let values = req.values().as_row();
-        match meta.paging_state().cloned() {
-            None => CqlResponse::new(self.session.execute_unpaged(&p, values).await?, None),
-            Some(ps) => {
-                let (r, next) = self.session.execute_single_page(&p, values, ps).await?;
-                CqlResponse::new(r, Some(next))
-            }
-        }
+        self.execute_prepared(&p, req.values().as_row(), meta.paging_state().cloned())
+            .await
     }
 
     /// Whether `p`, prepared earlier, binds a column as another type than
