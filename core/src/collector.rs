@@ -433,8 +433,23 @@ impl fmt::Debug for Background {
 
 impl Background {
     /// Starts the worker thread for `inner` with a queue of `capacity` events.
+    ///
+    /// # Panics
+    /// If `capacity` is 0 (`background.capacity`): a queue must hold at
+    /// least one event (with none, every event the worker is not waiting
+    /// for at that very instant would be dropped).
+    #[track_caller]
     pub fn new(inner: Arc<dyn Collector>, capacity: usize) -> Background {
-        let (tx, rx) = mpsc::sync_channel::<Message>(capacity.max(1));
+        if capacity == 0 {
+            panic!(
+                "{}",
+                crate::ConfigError::new(
+                    "background.capacity",
+                    "must be at least 1 event: with no queue, every event the worker thread is not waiting for at that instant is dropped; give it room for the events of a burst (64 or more), got 0",
+                )
+            );
+        }
+        let (tx, rx) = mpsc::sync_channel::<Message>(capacity);
         let name = format!("background({})", inner.name());
         let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let caught = failures.clone();
@@ -694,6 +709,28 @@ mod tests {
         assert_eq!(bg.failures(), 10);
         assert_eq!(c.failures_of(id), 10);
         assert_eq!(c.failures(), 10);
+    }
+
+    /// A queue of 0 events is refused, naming the setting: `sync_channel(0)`
+    /// is a rendezvous, which drops every event the worker is not waiting
+    /// for at that instant, and turning 0 into 1 silently gave another
+    /// queue than the one asked for.
+    #[test]
+    fn a_background_queue_of_zero_is_refused_naming_the_capacity() {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let out = std::panic::catch_unwind(|| Background::new(Arc::new(Count::default()), 0));
+        std::panic::set_hook(prev);
+        let err = out.expect_err("a queue of 0 events was accepted");
+        let msg = err
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        assert!(msg.contains("`background.capacity`"), "{msg}");
+        assert!(msg.contains("at least 1"), "{msg}");
+        // the smallest queue there is, accepted
+        Background::new(Arc::new(Count::default()), 1).flush();
     }
 
     /// A collector that blocks until released.
