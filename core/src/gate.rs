@@ -460,6 +460,11 @@ impl Drop for FlushJob {
 /// completes): a caller that keeps it after its answer, to report on it,
 /// keeps the request counted, so `close()`'s flush holds that report (the
 /// paging stream keeps a page's future until the page's event is out).
+///
+/// The wrapped service must be `Clone`: a request refused because
+/// `close()` began after `poll_ready` said ready drops the ready service
+/// for a clone, which gives back what it reserved for that call (see
+/// [`crate::refusal`]).
 #[derive(Debug, Clone)]
 pub struct GateService<S> {
     gate: Gate,
@@ -489,7 +494,7 @@ fn label_session_keyspace(session: &scylla::client::session::Session, req: &mut 
 
 impl<S> tower_service::Service<CqlRequest> for GateService<S>
 where
-    S: tower_service::Service<CqlRequest, Error = CqlError>,
+    S: tower_service::Service<CqlRequest, Error = CqlError> + Clone,
 {
     type Response = S::Response;
     type Error = CqlError;
@@ -527,11 +532,22 @@ where
                     guard: Some(guard),
                 }
             }
-            Err(_) => GateFuture {
-                inner: None,
-                guard: None,
-            },
+            Err(_) => refused(&mut self.inner),
         }
+    }
+}
+
+/// The future of a request the gate refused after `inner` was polled
+/// ready (`close()` began in between): what `inner` reserved for the call
+/// (a slot, a token of a limit built for load shedding) goes back (see
+/// [`crate::refusal`]).
+#[cold]
+#[inline(never)]
+fn refused<S: Clone, F>(inner: &mut S) -> GateFuture<F> {
+    crate::refusal::release(inner);
+    GateFuture {
+        inner: None,
+        guard: None,
     }
 }
 
@@ -597,6 +613,7 @@ mod tests {
     }
 
     /// A service that answers at once.
+    #[derive(Clone)]
     struct Answer;
 
     impl tower_service::Service<CqlRequest> for Answer {
@@ -634,6 +651,82 @@ mod tests {
         drop(call);
         closing.await.unwrap();
         assert_eq!((gate.state(), gate.in_flight()), (GateState::Closed, 0));
+    }
+
+    /// A service that reserves capacity in `poll_ready` for its next call,
+    /// as a limit built for load shedding does (a slot, a token): the
+    /// reservation is counted until it is called or dropped; a clone
+    /// holds none.
+    struct Reserving {
+        reserved: Arc<std::sync::atomic::AtomicUsize>,
+        held: bool,
+    }
+
+    impl Clone for Reserving {
+        fn clone(&self) -> Reserving {
+            Reserving {
+                reserved: self.reserved.clone(),
+                held: false,
+            }
+        }
+    }
+
+    impl Drop for Reserving {
+        fn drop(&mut self) {
+            if self.held {
+                self.reserved
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+
+    impl tower_service::Service<CqlRequest> for Reserving {
+        type Response = ();
+        type Error = CqlError;
+        type Future = std::future::Ready<Result<(), CqlError>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), CqlError>> {
+            if !self.held {
+                self.held = true;
+                self.reserved
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: CqlRequest) -> Self::Future {
+            assert!(std::mem::take(&mut self.held), "called without poll_ready");
+            self.reserved
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(Ok(()))
+        }
+    }
+
+    /// A request the gate refuses after its service was polled ready
+    /// (close began in between) gives back what the service below
+    /// reserved for it: a service kept between requests must not hold a
+    /// slot or a token of a limit that other gates' requests share.
+    #[tokio::test]
+    async fn a_request_refused_after_poll_ready_gives_back_the_reservation() {
+        let reserved = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let gate = Gate::new();
+        let mut svc = gate.wrap(Reserving {
+            reserved: reserved.clone(),
+            held: false,
+        });
+        let waker = futures::task::noop_waker();
+        let ready = tower_service::Service::poll_ready(&mut svc, &mut Context::from_waker(&waker));
+        assert!(matches!(ready, Poll::Ready(Ok(()))));
+        assert_eq!(reserved.load(std::sync::atomic::Ordering::SeqCst), 1);
+        gate.close().await; // between poll_ready and call
+        let err = tower_service::Service::call(&mut svc, CqlRequest::query("SELECT 1"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::ShutDown);
+        assert_eq!(
+            reserved.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "refused by the gate, yet the service kept what it reserved"
+        );
+        drop(svc);
     }
 
     #[tokio::test]

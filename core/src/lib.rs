@@ -67,6 +67,7 @@ pub mod memory;
 pub mod paging;
 mod recycle;
 pub mod redact;
+pub mod refusal;
 pub mod registry;
 pub mod request;
 pub mod response;
