@@ -246,14 +246,16 @@ impl StackBuilder {
     /// [`ConcurrencyLimitLayer::for_load_shed`]), and the load shedder
     /// above them refuses what they are not ready for.
     ///
-    /// Nothing waits then, so the limits' wait settings are unused: the
-    /// concurrency limits' `max_queue` and `queue_timeout`, and the rate
-    /// limit's `max_wait` beyond being zero or not (`Wait` with a non-zero
-    /// `max_wait`: a request with no token is shed; `Reject`, or a zero
-    /// `max_wait`: the rate limit refuses it itself, `RateLimited`). The
-    /// configurations here always hold a value for them, so they are not
-    /// refused; a TOML configuration, where they are keys given or not,
-    /// refuses them (see [`stack_config`](crate::stack_config)).
+    /// Nothing waits then, so the concurrency limits' queue must be off:
+    /// a `max_queue` above 0 or a `queue_timeout` on the fixed or the
+    /// adaptive limit is refused when the stack is built (give them
+    /// `max_queue: 0, queue_timeout: None`), naming the field. The rate
+    /// limit's `max_wait` counts only as zero or not (`Wait` with a
+    /// non-zero `max_wait`: a request with no token is shed; `Reject`,
+    /// or a zero `max_wait`: the rate limit refuses it itself,
+    /// `RateLimited`); a TOML configuration, where it is a key given or
+    /// not, refuses `max_wait_ms` above 0 (see
+    /// [`stack_config`](crate::stack_config)).
     pub fn load_shed(mut self, on: bool) -> Self {
         self.load_shed = on;
         self
@@ -325,7 +327,8 @@ impl StackBuilder {
 
     /// Checks every configuration, each with its own `validate()`, and the
     /// cross-layer rules (a fixed and an adaptive concurrency limit
-    /// together are refused, and load shedding needs a limit to shed for):
+    /// together are refused, load shedding needs a limit to shed for, and
+    /// under load shedding a concurrency limit has no queue):
     /// the one place a stack's settings are judged. The layers'
     /// constructors, called after it, cannot fail.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -380,6 +383,22 @@ impl StackBuilder {
         }
         if let Some(t) = &self.timeout {
             t.validate()?;
+        }
+        if self.load_shed {
+            if let Some(c) = &self.concurrency {
+                no_queue_under_load_shed(
+                    ["concurrency.max_queue", "concurrency.queue_timeout"],
+                    c.max_queue,
+                    c.queue_timeout,
+                )?;
+            }
+            if let Some(a) = &self.adaptive {
+                no_queue_under_load_shed(
+                    ["adaptive.max_queue", "adaptive.queue_timeout"],
+                    a.max_queue,
+                    a.queue_timeout,
+                )?;
+            }
         }
         Ok(())
     }
@@ -461,6 +480,36 @@ impl StackBuilder {
             server_trace,
         })
     }
+}
+
+/// Under load shedding a concurrency limit (fixed or adaptive: `fields`
+/// names its `max_queue` and `queue_timeout`) lets no request wait, so a
+/// queue or a queue timeout would be unused: refused, saying what to do.
+fn no_queue_under_load_shed(
+    [max_queue_field, timeout_field]: [&'static str; 2],
+    max_queue: usize,
+    queue_timeout: Option<std::time::Duration>,
+) -> Result<(), ConfigError> {
+    let unused = if max_queue != 0 {
+        (
+            max_queue_field,
+            format!("is {max_queue} requests that may wait for a slot"),
+        )
+    } else if let Some(t) = queue_timeout {
+        (
+            timeout_field,
+            format!("is {t:?}, the longest a request waits in the queue"),
+        )
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::new(
+        unused.0,
+        format!(
+            "{}, but load shedding is on (load_shed(true)), where no request waits: a request the limit cannot admit at once is refused (Shed). To shed, set max_queue: 0 and queue_timeout: None; to let requests wait, turn load shedding off",
+            unused.1
+        ),
+    ))
 }
 
 impl StackBuilder {
@@ -1040,6 +1089,64 @@ mod tests {
             let full = observe(false, case).await;
             assert_eq!(lean, full);
         }
+    }
+
+    /// Under load shedding no request waits for a concurrency limit (one
+    /// that would is shed), so a queue or a queue timeout given to the
+    /// builder would be silently unused: the stack is refused when built,
+    /// naming the field and what to do, as the TOML configuration refuses
+    /// the same keys. The same limits without load shedding, or with no
+    /// queue, are accepted.
+    #[test]
+    fn a_wait_setting_load_shedding_leaves_unused_is_refused_naming_it() {
+        let shed = || StackBuilder::new(Collectors::new()).load_shed(true);
+        let secs = Some(Duration::from_secs(30));
+        let fixed = |max_queue, queue_timeout| ConcurrencyConfig {
+            max_in_flight: 4,
+            max_queue,
+            queue_timeout,
+        };
+        let adaptive = |max_queue, queue_timeout| AdaptiveConfig {
+            max_queue,
+            queue_timeout,
+            ..AdaptiveConfig::default()
+        };
+        for (builder, field) in [
+            (shed().concurrency(fixed(10, secs)), "concurrency.max_queue"),
+            (shed().concurrency(fixed(10, None)), "concurrency.max_queue"),
+            (
+                shed().concurrency(fixed(0, secs)),
+                "concurrency.queue_timeout",
+            ),
+            (shed().adaptive(adaptive(10, None)), "adaptive.max_queue"),
+            (shed().adaptive(adaptive(0, secs)), "adaptive.queue_timeout"),
+        ] {
+            let err = match builder.validate() {
+                Ok(()) => panic!("{field}: accepted under load shedding"),
+                Err(e) => e,
+            };
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.message.contains("load shedding"), "{err}");
+            let err = builder
+                .build(tower::service_fn(|_: CqlRequest| async {
+                    Ok::<_, CqlError>(CqlResponse::synthetic(Default::default()))
+                }))
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(err.field, field, "build: {err}");
+        }
+        // no queue under load shedding; any queue without it: accepted
+        assert!(shed().concurrency(fixed(0, None)).validate().is_ok());
+        assert!(shed().adaptive(adaptive(0, None)).validate().is_ok());
+        let plain = StackBuilder::new(Collectors::new());
+        assert!(
+            plain
+                .clone()
+                .concurrency(fixed(10, secs))
+                .validate()
+                .is_ok()
+        );
+        assert!(plain.adaptive(AdaptiveConfig::default()).validate().is_ok());
     }
 
     #[test]

@@ -158,7 +158,8 @@ impl StackConfig {
         // keys, whose sections are judged below)
         self.load_shed
             .refuse_waits(&self.rate_limit, &self.concurrency, &self.adaptive)?;
-        b = b.load_shed(self.load_shed.enabled == Some(true));
+        let shed = self.load_shed.enabled == Some(true);
+        b = b.load_shed(shed);
 
         let s = &self.breaker;
         let on = s.enabled == Some(true);
@@ -176,14 +177,19 @@ impl StackConfig {
 
         let s = &self.concurrency;
         let on = s.enabled == Some(true);
-        let concurrency = judged("concurrency", on, s.config(), ConcurrencyConfig::validate)?;
+        let concurrency = judged(
+            "concurrency",
+            on,
+            s.config(shed),
+            ConcurrencyConfig::validate,
+        )?;
         if on {
             b = b.concurrency(concurrency);
         }
 
         let s = &self.adaptive;
         let on = s.enabled == Some(true);
-        let adaptive = judged("adaptive", on, s.config(), AdaptiveConfig::validate)?;
+        let adaptive = judged("adaptive", on, s.config(shed), AdaptiveConfig::validate)?;
         if on {
             b = b.adaptive(adaptive);
         }

@@ -305,13 +305,13 @@ async fn the_timeout_tells_a_slow_attempt_from_a_passed_deadline() {
 
 /// Under load shedding, nothing waits for capacity: a request the limits
 /// cannot admit at once is shed, whatever wait their configuration
-/// allows. A concurrency limit with room to queue ten requests for 30 s,
-/// and a rate limit that lets a request wait 30 s for its token, built
-/// into a load-shedding stack: the request behind the one in flight (or
-/// behind the spent token) is refused with `Shed`, not sent, while the
-/// first is still running (it takes 3 s at the server; the refusal takes
-/// no wait). So `max_queue`, `queue_timeout` and `max_wait` have no
-/// effect there.
+/// allows. A concurrency limit (with no queue: the builder refuses one
+/// under load shedding), and a rate limit that lets a request wait 30 s
+/// for its token, built into a load-shedding stack: the request behind
+/// the one in flight (or behind the spent token) is refused with `Shed`,
+/// not sent, while the first is still running (it takes 3 s at the
+/// server; the refusal takes no wait). So `max_wait` has no effect there
+/// beyond being above zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_load_shedding_the_limits_wait_settings_have_no_effect() {
     let s = setup(1).await;
@@ -320,8 +320,8 @@ async fn under_load_shedding_the_limits_wait_settings_have_no_effect() {
     let generous = Duration::from_secs(30);
     let concurrency = ConcurrencyConfig {
         max_in_flight: 1,
-        max_queue: 10,
-        queue_timeout: Some(generous),
+        max_queue: 0,
+        queue_timeout: None,
     };
     let rate_limit = RateLimitConfig {
         rate_per_second: 0.01,

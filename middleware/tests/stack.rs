@@ -423,7 +423,8 @@ mod subsets {
                 Limit::Fixed => {
                     b = b.concurrency(ConcurrencyConfig {
                         max_in_flight: 1,
-                        max_queue: 8,
+                        // (under load shedding nothing waits: no queue)
+                        max_queue: if self.shed { 0 } else { 8 },
                         queue_timeout: None,
                     })
                 }
@@ -432,7 +433,8 @@ mod subsets {
                         initial: 1,
                         min: 1,
                         max: 1,
-                        max_queue: 8,
+                        // (under load shedding nothing waits: no queue)
+                        max_queue: if self.shed { 0 } else { 8 },
                         queue_timeout: None,
                         ..AdaptiveConfig::default()
                     })

@@ -382,15 +382,19 @@ impl RateLimitSection {
 /// A concurrency limit's queue, fixed or adaptive, as its section gives
 /// it (`field`: its `queue_timeout_ms` key): `max_queue` and the queue
 /// timeout, each the default where not given, a timeout of 0 meaning no
-/// limit. A queue timeout with `max_queue = 0` is refused: no request
-/// waits there.
+/// limit; with no queue (`max_queue = 0`, the default under load
+/// shedding, `shed`), no queue timeout. A queue timeout with
+/// `max_queue = 0` is refused: no request waits there.
 fn queue(
     field: &'static str,
     max_queue: Option<usize>,
     queue_timeout_ms: Option<u64>,
     (default_queue, default_timeout): (usize, Option<Duration>),
+    shed: bool,
 ) -> Result<(usize, Option<Duration>), ConfigError> {
-    let max_queue = max_queue.unwrap_or(default_queue);
+    // (under load shedding nothing waits: no queue unless one is given,
+    // which the stack then refuses, naming it)
+    let max_queue = max_queue.unwrap_or(if shed { 0 } else { default_queue });
     if max_queue == 0 && queue_timeout_ms.is_some() {
         return Err(ConfigError::new(
             field,
@@ -400,19 +404,23 @@ fn queue(
     let timeout = match queue_timeout_ms {
         Some(0) => None,
         Some(v) => Some(ms(v)),
+        None if max_queue == 0 => None,
         None => default_timeout,
     };
     Ok((max_queue, timeout))
 }
 
 impl ConcurrencySection {
-    pub(super) fn config(&self) -> Result<ConcurrencyConfig, ConfigError> {
+    /// The configuration; `shed`: with load shedding on (no queue unless
+    /// one is given).
+    pub(super) fn config(&self, shed: bool) -> Result<ConcurrencyConfig, ConfigError> {
         let d = ConcurrencyConfig::default();
         let (max_queue, queue_timeout) = queue(
             "concurrency.queue_timeout_ms",
             self.max_queue,
             self.queue_timeout_ms,
             (d.max_queue, d.queue_timeout),
+            shed,
         )?;
         Ok(ConcurrencyConfig {
             max_in_flight: self.max_in_flight.unwrap_or(d.max_in_flight),
@@ -423,13 +431,16 @@ impl ConcurrencySection {
 }
 
 impl AdaptiveSection {
-    pub(super) fn config(&self) -> Result<AdaptiveConfig, ConfigError> {
+    /// The configuration; `shed`: with load shedding on (no queue unless
+    /// one is given).
+    pub(super) fn config(&self, shed: bool) -> Result<AdaptiveConfig, ConfigError> {
         let d = AdaptiveConfig::default();
         let (max_queue, queue_timeout) = queue(
             "adaptive.queue_timeout_ms",
             self.max_queue,
             self.queue_timeout_ms,
             (d.max_queue, d.queue_timeout),
+            shed,
         )?;
         let AdaptiveAlgorithm::Aimd {
             increase_by,
@@ -821,6 +832,10 @@ mod tests {
             "[load_shed]\nenabled = true\n[rate_limit]\nenabled = true\nmode = \"reject\"",
             "[load_shed]\nenabled = true\n[concurrency]\nenabled = true\nmax_queue = 0",
             "[load_shed]\nenabled = true\n[adaptive]\nenabled = true\nmax_queue = 0",
+            // no queue key: under load shedding the default is no queue
+            // (the built stack refuses one, see StackBuilder::load_shed)
+            "[load_shed]\nenabled = true\n[concurrency]\nenabled = true\nmax_in_flight = 8",
+            "[load_shed]\nenabled = true\n[adaptive]\nenabled = true",
         ] {
             judged(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
         }
