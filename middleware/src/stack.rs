@@ -348,6 +348,24 @@ impl StackBuilder {
                 "load shedding is on but no rate or concurrency limit is set to shed for",
             ));
         }
+        // (before each limit's own rules: under load shedding, a queue
+        // setting is first of all unused)
+        if self.load_shed {
+            if let Some(c) = &self.concurrency {
+                no_queue_under_load_shed(
+                    ["concurrency.max_queue", "concurrency.queue_timeout"],
+                    c.max_queue,
+                    c.queue_timeout,
+                )?;
+            }
+            if let Some(a) = &self.adaptive {
+                no_queue_under_load_shed(
+                    ["adaptive.max_queue", "adaptive.queue_timeout"],
+                    a.max_queue,
+                    a.queue_timeout,
+                )?;
+            }
+        }
         if let Some(t) = &self.trace {
             t.validate()?;
         }
@@ -383,22 +401,6 @@ impl StackBuilder {
         }
         if let Some(t) = &self.timeout {
             t.validate()?;
-        }
-        if self.load_shed {
-            if let Some(c) = &self.concurrency {
-                no_queue_under_load_shed(
-                    ["concurrency.max_queue", "concurrency.queue_timeout"],
-                    c.max_queue,
-                    c.queue_timeout,
-                )?;
-            }
-            if let Some(a) = &self.adaptive {
-                no_queue_under_load_shed(
-                    ["adaptive.max_queue", "adaptive.queue_timeout"],
-                    a.max_queue,
-                    a.queue_timeout,
-                )?;
-            }
         }
         Ok(())
     }

@@ -124,7 +124,8 @@ pub struct AdaptiveConfig {
     /// Default 1024.
     pub max_queue: usize,
     /// The longest a request waits in the queue (`None`: no limit; not
-    /// zero, at most 100 years). Default 1 s.
+    /// zero, at most 100 years; `None` with `max_queue: 0`, where nothing
+    /// waits). Default 1 s.
     pub queue_timeout: Option<Duration>,
 }
 
@@ -191,7 +192,7 @@ impl AdaptiveConfig {
                 }
             }
         }
-        validate_queue_timeout("adaptive.queue_timeout", self.queue_timeout)
+        validate_queue_timeout("adaptive.queue_timeout", self.max_queue, self.queue_timeout)
     }
 }
 

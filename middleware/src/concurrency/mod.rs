@@ -131,7 +131,8 @@ pub struct ConcurrencyConfig {
     /// Default 1024.
     pub max_queue: usize,
     /// The longest a request waits in the queue (`None`: no limit; not
-    /// zero, at most 100 years). Default 1 s.
+    /// zero, at most 100 years; `None` with `max_queue: 0`, where nothing
+    /// waits). Default 1 s.
     pub queue_timeout: Option<Duration>,
 }
 
@@ -154,15 +155,32 @@ impl ConcurrencyConfig {
                 "must be at least 1, got 0",
             ));
         }
-        validate_queue_timeout("concurrency.queue_timeout", self.queue_timeout)
+        validate_queue_timeout(
+            "concurrency.queue_timeout",
+            self.max_queue,
+            self.queue_timeout,
+        )
     }
 }
 
+/// A concurrency limit's (fixed or adaptive) queue timeout, `field`: not
+/// zero, at most 100 years, and none without a queue (`max_queue` 0: no
+/// request waits, so the timeout would bound nothing).
 pub(crate) fn validate_queue_timeout(
     field: &'static str,
+    max_queue: usize,
     timeout: Option<Duration>,
 ) -> Result<(), ConfigError> {
-    crate::config::optional_limit(field, timeout, "no limit")
+    crate::config::optional_limit(field, timeout, "no limit")?;
+    match timeout {
+        Some(t) if max_queue == 0 => Err(ConfigError::new(
+            field,
+            format!(
+                "is {t:?}, the longest a request waits in the queue, but max_queue is 0, where no request waits (it is refused when the limit is full): set queue_timeout: None, or give max_queue the requests that may wait"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// One service clone's side of admission: whether it is under a load
@@ -608,7 +626,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_longest_queue_timeout_accepted_waits_as_long_as_it_takes() {
         let longest = crate::config::LONGEST;
-        assert!(validate_queue_timeout("q", Some(longest)).is_ok());
+        assert!(validate_queue_timeout("q", 4, Some(longest)).is_ok());
         let (layer, rec) = layer(1, 4, Some(longest));
         let svc = layer.layer(slow(
             Duration::from_millis(100),
@@ -719,5 +737,50 @@ mod tests {
             .validate()
             .is_ok()
         );
+    }
+
+    /// A queue timeout with no queue (`max_queue: 0`) bounds a wait no
+    /// request makes (a request is refused when the limit is full): it is
+    /// refused, naming the field and what to do, for the fixed and the
+    /// adaptive limit alike, and so by the stack builder (the TOML
+    /// configuration refused the same key; the builder took it).
+    #[test]
+    fn a_queue_timeout_without_a_queue_is_refused_naming_it() {
+        let timeout = Some(Duration::from_secs(1));
+        let fixed = ConcurrencyConfig {
+            max_in_flight: 4,
+            max_queue: 0,
+            queue_timeout: timeout,
+        };
+        let adaptive = AdaptiveConfig {
+            max_queue: 0,
+            queue_timeout: timeout,
+            ..AdaptiveConfig::default()
+        };
+        for (err, field) in [
+            (fixed.validate(), "concurrency.queue_timeout"),
+            (adaptive.validate(), "adaptive.queue_timeout"),
+            (
+                crate::stack::StackBuilder::new(Collectors::new())
+                    .concurrency(fixed)
+                    .validate(),
+                "concurrency.queue_timeout",
+            ),
+        ] {
+            let err = err.expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.message.contains("max_queue"), "{err}");
+        }
+        // a timeout with a queue, or no queue without one: accepted
+        let queue = ConcurrencyConfig {
+            max_queue: 1,
+            ..fixed
+        };
+        assert_eq!(queue.validate(), Ok(()));
+        let none = AdaptiveConfig {
+            queue_timeout: None,
+            ..adaptive
+        };
+        assert_eq!(none.validate(), Ok(()));
     }
 }
