@@ -244,7 +244,11 @@ impl StackBuilder {
     /// the limits are built `for_load_shed` (their `poll_ready` is pending
     /// while they have no capacity now, see
     /// [`ConcurrencyLimitLayer::for_load_shed`]), and the load shedder
-    /// above them refuses what they are not ready for.
+    /// above them refuses what they are not ready for. It needs a limit
+    /// that would make a request wait, to shed for: a concurrency limit,
+    /// or a rate limit in `Wait` mode with a `max_wait` above zero (one
+    /// that never lets a request wait refuses it itself, `RateLimited`);
+    /// without one the stack is refused when built.
     ///
     /// Nothing waits then, so the concurrency limits' queue must be off:
     /// a `max_queue` above 0 or a `queue_timeout` on the fixed or the
@@ -327,8 +331,10 @@ impl StackBuilder {
 
     /// Checks every configuration, each with its own `validate()`, and the
     /// cross-layer rules (a fixed and an adaptive concurrency limit
-    /// together are refused, load shedding needs a limit to shed for, and
-    /// under load shedding a concurrency limit has no queue):
+    /// together are refused, load shedding needs a limit to shed for, one
+    /// that would make a request wait: a concurrency limit, or a rate
+    /// limit in `Wait` mode with a `max_wait` above zero, and under load
+    /// shedding a concurrency limit has no queue):
     /// the one place a stack's settings are judged. The layers'
     /// constructors, called after it, cannot fail.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -338,15 +344,21 @@ impl StackBuilder {
                 "a fixed and an adaptive concurrency limit are both set: keep one",
             ));
         }
+        // a rate limit that never lets a request wait refuses it itself
+        let waits_for_a_token = self
+            .rate_limit
+            .is_some_and(|r| !r.mode.max_wait().is_zero());
         if self.load_shed
             && self.concurrency.is_none()
             && self.adaptive.is_none()
-            && self.rate_limit.is_none()
+            && !waits_for_a_token
         {
-            return Err(ConfigError::new(
-                "stack.load_shed",
-                "load shedding is on but no rate or concurrency limit is set to shed for",
-            ));
+            let message = if self.rate_limit.is_some() {
+                "load shedding is on but nothing is set to shed for: the only limit, the rate limit, never lets a request wait (mode Reject, or Wait with a zero max_wait), so it refuses a request with no token itself (RateLimited). Give the rate limit mode Wait with a max_wait above zero (a request with no token is then shed), add a concurrency limit, or turn load shedding off"
+            } else {
+                "load shedding is on but no rate or concurrency limit is set to shed for"
+            };
+            return Err(ConfigError::new("stack.load_shed", message));
         }
         // (before each limit's own rules: under load shedding, a queue
         // setting is first of all unused)
@@ -885,6 +897,7 @@ mod tests {
     use tower_cql_core::{Collector, Collectors, ErrorKind, Statement};
 
     use super::*;
+    use crate::rate_limit::RateLimitMode;
     use crate::retry::mock::{Mock, Step, fail, fail_with, ok};
 
     const MS: Duration = Duration::from_millis(1);
@@ -1149,6 +1162,51 @@ mod tests {
                 .is_ok()
         );
         assert!(plain.adaptive(AdaptiveConfig::default()).validate().is_ok());
+    }
+
+    /// Load shedding sheds the requests a limit would make wait. A rate
+    /// limit that never lets a request wait (`Reject`, or `Wait` with a
+    /// zero `max_wait`) refuses them itself (`RateLimited`), so with no
+    /// other limit the load shedder would shed nothing: the stack is
+    /// refused when built, naming load shedding and what to do, as it is
+    /// with no limit at all.
+    #[test]
+    fn load_shedding_with_nothing_that_waits_is_refused() {
+        let rate = |mode| RateLimitConfig {
+            rate_per_second: 10.0,
+            burst: 1,
+            mode,
+        };
+        let never_waits = [
+            RateLimitMode::Reject,
+            RateLimitMode::Wait {
+                max_wait: Duration::ZERO,
+            },
+        ];
+        for mode in never_waits {
+            let b = StackBuilder::new(Collectors::new())
+                .load_shed(true)
+                .rate_limit(rate(mode));
+            let err = match b.validate() {
+                Ok(()) => panic!("{mode:?}: accepted, and nothing is ever shed"),
+                Err(e) => e,
+            };
+            assert_eq!(err.field, "stack.load_shed", "{err}");
+            assert!(err.message.contains("Reject"), "{err}");
+            // with a concurrency limit to shed for, accepted
+            let limit = ConcurrencyConfig {
+                max_in_flight: 4,
+                max_queue: 0,
+                queue_timeout: None,
+            };
+            assert_eq!(b.concurrency(limit).validate(), Ok(()));
+        }
+        // a rate limit that lets requests wait: shed instead, accepted
+        let waits = RateLimitMode::Wait {
+            max_wait: Duration::from_millis(100),
+        };
+        let b = StackBuilder::new(Collectors::new()).load_shed(true);
+        assert_eq!(b.rate_limit(rate(waits)).validate(), Ok(()));
     }
 
     #[test]

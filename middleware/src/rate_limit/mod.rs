@@ -151,6 +151,18 @@ pub enum RateLimitMode {
     Reject,
 }
 
+impl RateLimitMode {
+    /// The longest a request may wait for its token: zero in `Reject`
+    /// mode (a request with no token now is refused, `RateLimited`, also
+    /// under a load shedder, which then has nothing to shed for it).
+    pub(crate) fn max_wait(&self) -> Duration {
+        match *self {
+            RateLimitMode::Wait { max_wait } => max_wait,
+            RateLimitMode::Reject => Duration::ZERO,
+        }
+    }
+}
+
 /// Configures a [`RateLimitLayer`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimitConfig {
@@ -268,10 +280,7 @@ pub(crate) enum Admit {
 
 impl Shared {
     fn max_wait(&self) -> Duration {
-        match self.config.mode {
-            RateLimitMode::Wait { max_wait } => max_wait,
-            RateLimitMode::Reject => Duration::ZERO,
-        }
+        self.config.mode.max_wait()
     }
 
     /// Takes or reserves a token at `now` for a request due by `deadline`:

@@ -828,8 +828,10 @@ mod tests {
         for ok in [
             "[load_shed]\nenabled = false\n[concurrency]\nenabled = true\nmax_queue = 10\nqueue_timeout_ms = 100",
             "[rate_limit]\nenabled = true\nmax_wait_ms = 100",
-            "[load_shed]\nenabled = true\n[rate_limit]\nenabled = true\nmax_wait_ms = 0",
-            "[load_shed]\nenabled = true\n[rate_limit]\nenabled = true\nmode = \"reject\"",
+            // (with a concurrency limit to shed for: a rate limit that
+            // never lets a request wait leaves the shedder nothing)
+            "[load_shed]\nenabled = true\n[rate_limit]\nenabled = true\nmax_wait_ms = 0\n[concurrency]\nenabled = true",
+            "[load_shed]\nenabled = true\n[rate_limit]\nenabled = true\nmode = \"reject\"\n[concurrency]\nenabled = true",
             "[load_shed]\nenabled = true\n[concurrency]\nenabled = true\nmax_queue = 0",
             "[load_shed]\nenabled = true\n[adaptive]\nenabled = true\nmax_queue = 0",
             // no queue key: under load shedding the default is no queue
@@ -838,6 +840,14 @@ mod tests {
             "[load_shed]\nenabled = true\n[adaptive]\nenabled = true",
         ] {
             judged(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+        // ... alone, it is refused (see StackBuilder::validate)
+        for alone in [
+            "[load_shed]\nenabled = true\n[rate_limit]\nenabled = true\nmax_wait_ms = 0",
+            "[load_shed]\nenabled = true\n[rate_limit]\nenabled = true\nmode = \"reject\"",
+        ] {
+            let err = judged(alone).expect_err(alone);
+            assert_eq!(err.field, "stack.load_shed", "{alone:?}: {err}");
         }
     }
 }
