@@ -49,7 +49,11 @@
 //!
 //! Other errors (a syntax error, an unavailable replica set) count as
 //! successes here: the node answered in time. A response future dropped
-//! before it completes counts as nothing.
+//! before it completes (its caller gave up) is a congestion signal when
+//! it had been in flight longer than `latency_threshold` (it was slow,
+//! whatever it would have answered: callers that time out must not hide
+//! slow requests from the limit while the fast ones raise it), and
+//! otherwise counts as nothing.
 //!
 //! Admission is the same as the fixed limit's (see the
 //! [parent module](super)): a compare-and-swap of the in-flight count
@@ -227,6 +231,17 @@ impl Aimd {
             self.decrease(core, started, now);
         } else {
             self.count_success(core);
+        }
+    }
+
+    /// Feeds one request dropped before it completed (its caller gave
+    /// up): in flight longer than `latency_threshold`, it was slow,
+    /// whatever it would have answered, so it signals congestion; sooner,
+    /// nothing is known of it, and it counts as nothing.
+    pub(crate) fn on_dropped(&self, core: &Core, started: Instant) {
+        let now = clock::now();
+        if now.saturating_duration_since(started) > self.latency_threshold {
+            self.decrease(core, started, now);
         }
     }
 
@@ -741,6 +756,34 @@ mod tests {
             let _ = invalid.clone().oneshot(req()).await;
         }
         assert_eq!(layer.current_limit(), 5);
+    }
+
+    /// A request its caller gives up on (a caller's timeout, a `select!`)
+    /// after it has been in flight longer than `latency_threshold` was
+    /// slow, whatever it would have answered: it is a congestion signal.
+    /// Before, a dropped request counted as nothing, so callers that time
+    /// out hid every slow request from the limit, and the fast ones alone
+    /// kept raising it: the limit drifted up while the servers were slow.
+    /// One dropped sooner than the threshold still counts as nothing
+    /// (nothing is known of it).
+    #[tokio::test(start_paused = true)]
+    async fn a_request_dropped_after_the_latency_threshold_decreases_the_limit() {
+        let (layer, limits) = layer(8, 1, 100);
+        let hangs = layer.layer(answering(Duration::from_secs(3600), None));
+        let quick = Duration::from_millis(100);
+        let gave_up = tokio::time::timeout(quick, hangs.clone().oneshot(req())).await;
+        assert!(gave_up.is_err(), "the caller gave up");
+        assert_eq!(layer.current_limit(), 8, "dropped within the threshold");
+        let late = Duration::from_secs(1);
+        let gave_up = tokio::time::timeout(late, hangs.clone().oneshot(req())).await;
+        assert!(gave_up.is_err(), "the caller gave up");
+        assert_eq!(layer.in_flight(), 0);
+        assert_eq!(
+            layer.current_limit(),
+            4,
+            "in flight 1 s (threshold 200 ms), then dropped: slow"
+        );
+        assert_eq!(*limits.0.lock().unwrap(), vec![4]);
     }
 
     #[tokio::test(start_paused = true)]

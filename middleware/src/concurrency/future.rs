@@ -29,7 +29,9 @@ pin_project! {
     /// - refused: the error, at once.
     ///
     /// Dropped while queued, it leaves the queue and emits its throttle
-    /// event (`rejected`: it did not get through).
+    /// event (`rejected`: it did not get through). Dropped while in
+    /// flight under the adaptive limit, it tells the algorithm (see
+    /// [`adaptive`](super::adaptive)).
     /// A pass-through's is the inner future alone.
     pub struct ResponseFuture<S>
     where
@@ -44,12 +46,26 @@ pin_project! {
         S: Service<CqlRequest>,
     {
         fn drop(this: Pin<&mut Self>) {
-            if let StateProj::Queued { queued, .. } = this.project().state.project()
-                && let Some(q) = queued.take()
-            {
-                // the caller stopped waiting: it did not get through
-                let depth = q.core.queued().saturating_sub(1);
-                q.core.emit(&q.req, clock::since(q.since), true, depth);
+            match this.project().state.project() {
+                StateProj::Queued { queued, .. } => {
+                    if let Some(q) = queued.take() {
+                        // the caller stopped waiting: it did not get through
+                        let depth = q.core.queued().saturating_sub(1);
+                        q.core.emit(&q.req, clock::since(q.since), true, depth);
+                    }
+                }
+                // in flight, given up on by its caller: the adaptive
+                // limit hears of it (its slot is freed after this)
+                StateProj::Called {
+                    permit: Some(permit),
+                    started: Some(started),
+                    ..
+                } => {
+                    if let Some(aimd) = &permit.core().adaptive {
+                        aimd.on_dropped(permit.core(), *started);
+                    }
+                }
+                _ => {}
             }
         }
     }
