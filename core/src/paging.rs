@@ -52,7 +52,8 @@
 //!   stream's reader: a stream started in its gate (the stack's `stream`,
 //!   [`RowStream::start_in`]) still open once the requests in flight
 //!   have drained is ended by `close()` itself, its event (failed,
-//!   `ShutDown`) before the collectors' flush; it then hands out no
+//!   `ShutDown`, or finished if its last row was handed out) before the
+//!   collectors' flush; it then hands out no
 //!   further row and fetches no further page, and its reader's next
 //!   poll gets `ShutDown`. A stream started with [`RowStream::start`]
 //!   through a gated service is not known to the gate: still open when
@@ -230,7 +231,8 @@ where
     /// collectors' flush, so its end event is in that flush (failed,
     /// [`ShutDown`](ErrorKind::ShutDown)); from then on it hands out no
     /// row and fetches no page: its reader's next poll gets that error,
-    /// then `None`. Refused with `ShutDown`, and reports nothing, once
+    /// then `None`. (A stream whose last row was handed out, no page
+    /// left, is reported finished, and its next poll is `None`.) Refused with `ShutDown`, and reports nothing, once
     /// the gate has closed.
     pub async fn start_in(
         gate: &Gate,
@@ -355,6 +357,12 @@ impl<T, S> RowStream<T, S> {
         self.report.end(end);
     }
 
+    /// Every row handed out and no page left to ask for: the read reached
+    /// its end (the reader may not have asked past it yet).
+    fn at_end(&self) -> bool {
+        self.rows.len() == 0 && matches!(self.next, Next::End)
+    }
+
     /// The stream was ended by its gate's `close()`: it drops what it
     /// holds and gives its reader the error, once.
     fn closed(&mut self) -> CqlError {
@@ -385,7 +393,7 @@ where
             // whenever the consumer asks for a row.
             let next_in = this.poll_next_page(cx).is_ready();
             if let Some(row) = this.rows.next() {
-                if this.report.hand_out() {
+                if this.report.hand_out(this.at_end()) {
                     return Poll::Ready(Some(Ok(row)));
                 }
                 return Poll::Ready(Some(Err(this.closed())));
@@ -393,7 +401,8 @@ where
             if this.done {
                 return Poll::Ready(None);
             }
-            if this.report.closed() {
+            // (one read to its end finishes below, however it was ended)
+            if !this.at_end() && this.report.closed() {
                 return Poll::Ready(Some(Err(this.closed())));
             }
             if !next_in {
@@ -435,7 +444,7 @@ impl<T, S> Drop for RowStream<T, S> {
         if !self.done {
             // every row handed out and no page left to ask for: the read
             // reached its end, though the reader never asked past it
-            let end = if self.rows.len() == 0 && matches!(self.next, Next::End) {
+            let end = if self.at_end() {
                 StreamEnd::Finished
             } else {
                 StreamEnd::Dropped

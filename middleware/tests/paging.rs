@@ -397,6 +397,36 @@ async fn close_ends_a_stream_still_open_before_its_flush() {
     );
 }
 
+/// A stream whose reader took every row (no page left), still held when
+/// `close()` ends it, read to its end: `close()` reports it finished, as
+/// its drop would, and its next poll is its end, not an error. (Before,
+/// `close()` reported it failed `ShutDown`, as if the scan had been cut.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_read_to_its_last_row_is_finished_when_close_ends_it() {
+    let (_cluster, driver, collectors) = wide().await;
+    let seen = Arc::new(Seen::default());
+    collectors.add(seen.clone());
+    let stack = StackBuilder::new(collectors).build(driver).unwrap();
+    // pages of 30, 30, 30 and 10: the last one says there are no more
+    let mut rows = stack.stream::<(i32, String)>(scan(30)).await.unwrap();
+    let got: Vec<(i32, String)> = rows
+        .by_ref()
+        .take(ROWS as usize)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(got.len(), ROWS as usize);
+    stack.close_timeout(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        seen.streams_at_flush.lock().unwrap().clone(),
+        Some(vec![("finished".into(), None, 4, ROWS as u64)]),
+        "every row read, no page left"
+    );
+    assert!(rows.try_next().await.unwrap().is_none(), "its end");
+    drop(rows);
+    assert_eq!(seen.streams.lock().unwrap().len(), 1, "reported once");
+}
+
 /// A stream started once the stack is closed is refused `ShutDown`, as a
 /// request is, and reports nothing: the collectors were flushed, no
 /// event follows. Before, its first page was refused and the stream

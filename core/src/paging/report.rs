@@ -28,8 +28,11 @@ const CLOSED: u64 = 1 << 62;
 /// A page is being reported (one at a time: a stream asks for one page
 /// at a time).
 const REPORTING: u64 = 1 << 61;
+/// The last row was handed out and no page is left: the stream was read
+/// to its end (its reader may not have asked past it yet).
+const AT_END: u64 = 1 << 60;
 /// Rows handed out.
-const ROWS: u64 = REPORTING - 1;
+const ROWS: u64 = AT_END - 1;
 
 /// What a stream reports, shared by the stream, its page fetches and the
 /// gate it was started in.
@@ -60,16 +63,17 @@ impl Report {
         &self.request
     }
 
-    /// Counts a row handed out; false (the row is not handed out) once
-    /// the stream has ended: a gate's `close()` ended it while its reader
-    /// still read.
+    /// Counts a row handed out, `last` when it is the last row and no
+    /// page is left; false (the row is not handed out) once the stream
+    /// has ended: a gate's `close()` ended it while its reader still read.
     #[inline]
-    pub(super) fn hand_out(&self) -> bool {
-        let prev = self.state.fetch_add(1, Ordering::Relaxed);
+    pub(super) fn hand_out(&self, last: bool) -> bool {
+        let add = if last { 1 | AT_END } else { 1 };
+        let prev = self.state.fetch_add(add, Ordering::Relaxed);
         if prev & ENDED == 0 {
             return true;
         }
-        self.state.fetch_sub(1, Ordering::Relaxed);
+        self.state.fetch_sub(add, Ordering::Relaxed);
         false
     }
 
@@ -125,7 +129,9 @@ impl Report {
     }
 
     /// A gate's `close()` ends the stream, unless it has ended: reported
-    /// as failed with [`closed_error`]; the reader's next row is refused.
+    /// as failed with [`closed_error`], the reader's next row refused; or,
+    /// when its last row was handed out and no page is left, as finished
+    /// (its reader's next poll is its end).
     fn close(&self) {
         let mut prev = self.state.load(Ordering::Acquire);
         loop {
@@ -150,10 +156,13 @@ impl Report {
     /// The end a page being reported, or `close()`, reports (`state`: the
     /// word as its end was claimed).
     fn report_end(&self, state: u64) {
-        if state & CLOSED != 0 {
-            self.emit(state & ROWS, StreamEnd::Failed(&closed_error()));
+        let rows = state & ROWS;
+        if state & CLOSED == 0 {
+            self.emit(rows, StreamEnd::Dropped);
+        } else if state & AT_END != 0 {
+            self.emit(rows, StreamEnd::Finished);
         } else {
-            self.emit(state & ROWS, StreamEnd::Dropped);
+            self.emit(rows, StreamEnd::Failed(&closed_error()));
         }
     }
 
@@ -283,7 +292,7 @@ mod tests {
     fn a_stream_ended_while_its_page_is_reported_ends_after_it_counting_it() {
         let (log, report) = report();
         report.page(0, &page(), Duration::ZERO);
-        assert!(report.hand_out());
+        assert!(report.hand_out(false));
         log.end_in_page.set(Arc::downgrade(&report)).unwrap();
         report.page(1, &page(), Duration::ZERO);
         report.end(StreamEnd::Dropped); // (its Drop: ended already)
@@ -313,12 +322,12 @@ mod tests {
         assert!(streams.add(&open) && streams.add(&ended));
         open.page(0, &page(), Duration::ZERO);
         for _ in 0..3 {
-            assert!(open.hand_out());
+            assert!(open.hand_out(false));
         }
         ended.end(StreamEnd::Finished);
         streams.close();
         assert!(open.closed() && !ended.closed());
-        assert!(!open.hand_out(), "no row after close ended it");
+        assert!(!open.hand_out(false), "no row after close ended it");
         assert_eq!(open.rows(), 3);
         open.end(StreamEnd::Dropped); // its reader's drop: reported already
         assert_eq!(
@@ -330,6 +339,21 @@ mod tests {
             ["finished -: 0 pages, 0 rows"]
         );
         assert!(!streams.add(&report().1), "no stream starts after close");
+    }
+
+    #[test]
+    fn close_reports_a_stream_whose_last_row_was_handed_out_finished() {
+        let streams = OpenStreams::default();
+        let (log, report) = report();
+        assert!(streams.add(&report));
+        report.page(0, &page(), Duration::ZERO);
+        assert!(report.hand_out(false) && report.hand_out(true));
+        streams.close();
+        assert_eq!(
+            *log.events.lock().unwrap(),
+            ["page 0", "finished -: 1 pages, 2 rows"]
+        );
+        assert_eq!(report.rows(), 2);
     }
 
     /// A reader handing out rows on one thread, close() on another: the
@@ -349,7 +373,7 @@ mod tests {
                 let report = report.clone();
                 std::thread::spawn(move || {
                     let mut handed = 0u64;
-                    while report.hand_out() {
+                    while report.hand_out(false) {
                         handed += 1;
                     }
                     handed
