@@ -424,8 +424,8 @@ impl<'a> PageEvent<'a> {
 #[non_exhaustive]
 pub enum StreamEnd<'a> {
     /// Every page was read: every row handed out and no page left, also
-    /// when the consumer then dropped the stream without asking past
-    /// its last row.
+    /// when the consumer then dropped the stream, or `close()` ended it,
+    /// before it asked past its last row.
     Finished,
     /// A page failed.
     Failed(&'a CqlError),

@@ -27,8 +27,10 @@
 //! closing bit and waits until the count drains to zero. Then the flush is
 //! claimed, by the last request to leave or by a `close` that finds the
 //! gate drained: the one that wins the claim hands the flush to a job the
-//! gate owns (on a blocking thread), which flushes the collectors once,
-//! marks the gate closed and wakes every `close` waiting. Every step is one
+//! gate owns (on a blocking thread), which ends the paging streams started
+//! in the gate that are still open (see
+//! [`RowStream::start_in`](crate::RowStream::start_in)), flushes the
+//! collectors once, marks the gate closed and wakes every `close` waiting. Every step is one
 //! atomic read-modify-write, so there is no check-then-act race; the
 //! `loom` models in this module check it under every interleaving.
 //!
@@ -179,6 +181,9 @@ struct Inner {
     /// The session whose keyspace labels the requests whose text names
     /// none (see [`Gate::labelling_session_keyspace`]).
     session: Option<Arc<scylla::client::session::Session>>,
+    /// The paging streams started in this gate, ended once drained,
+    /// before the flush (see [`RowStream::start_in`](crate::RowStream::start_in)).
+    streams: crate::paging::OpenStreams,
 }
 
 impl Inner {
@@ -311,6 +316,7 @@ impl Gate {
                 carry: true,
                 before_flush,
                 session: None,
+                streams: Default::default(),
             }),
         }
     }
@@ -345,8 +351,11 @@ impl Gate {
         self.inner.core.state().1
     }
 
-    /// Stops admitting requests, waits for those in flight, flushes the
-    /// collectors, and returns when the gate is closed. Idempotent; safe
+    /// Stops admitting requests, waits for those in flight, ends the
+    /// paging streams started in the gate that are still open (their
+    /// readers get `ShutDown`), flushes the collectors, and returns when
+    /// the gate is closed. It never waits for a stream's reader.
+    /// Idempotent; safe
     /// to call from many tasks at once (all return once closed).
     ///
     /// Cancel-safe: dropping the future (a caller's timeout) abandons
@@ -391,6 +400,11 @@ impl Gate {
             Ok(()) => Ok(()),
             Err(_) => Err(self.in_flight()),
         }
+    }
+
+    /// The paging streams started in this gate.
+    pub(crate) fn streams(&self) -> &crate::paging::OpenStreams {
+        &self.inner.streams
     }
 
     /// Wraps a service so every call passes the gate. The requests it
@@ -438,6 +452,9 @@ impl FlushJob {
         let Some(inner) = self.0.take() else {
             return;
         };
+        // the streams still open end now, their events before the flush
+        // (drained: none has a page in flight)
+        inner.streams.close();
         if let Some(f) = &inner.before_flush {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         }

@@ -39,24 +39,37 @@
 //!   current one is held or asked for: memory is the decoded current
 //!   page and one page in flight (backpressure). A stream dropped with a
 //!   page in flight cancels that page's request (its task is aborted).
-//! - Each page that arrives is an event ([`PageEvent`]), also one whose
+//! - Each page that arrives is an event
+//!   ([`PageEvent`](crate::event::PageEvent)), also one whose
 //!   rows do not decode as `T` (it was fetched), emitted where it arrives,
 //!   not when the reader reaches it: through the stack, before the page's
 //!   request leaves the gate, so the flush of a `close()` (which waits for
 //!   the page in flight) holds every page fetched. The stream reports one
-//!   [`StreamEvent`] when it ends, fails (a page that failed after the
-//!   service's retries, or did not decode; after `close()`, with
-//!   `ShutDown`) or is dropped. `close()` never waits for a stream's
-//!   reader, so a stream still open when it returns reports its end after
-//!   that flush: read a stream to its end, or drop it, before `close()`
-//!   for its completion event to be flushed.
-//! - A stream has one owner: its counters are plain fields, mutated only
-//!   through `&mut self`, so no row or count can be lost to a race (the
-//!   hazard of the Python wrapper this project replaces).
+//!   [`StreamEvent`](crate::event::StreamEvent) when it ends, fails (a
+//!   page that failed after the service's retries, or did not decode) or
+//!   is dropped, after every page it counts (also when it is dropped as
+//!   its next page is being reported). `close()` never waits for a
+//!   stream's reader: a stream started in its gate (the stack's `stream`,
+//!   [`RowStream::start_in`]) still open once the requests in flight
+//!   have drained is ended by `close()` itself, its event (failed,
+//!   `ShutDown`, or finished if its last row was handed out) before the
+//!   collectors' flush; it then hands out no
+//!   further row and fetches no further page, and its reader's next
+//!   poll gets `ShutDown`. A stream started with [`RowStream::start`]
+//!   through a gated service is not known to the gate: still open when
+//!   `close()` returns, it reports its end after the flush.
+//! - A stream has one owner: what only its reader changes is plain
+//!   fields, mutated through `&mut self`; what its page fetches and a
+//!   gate's `close()` share with it (the rows handed out, the pages
+//!   reported, who reports its end) is one atomic word and a counter,
+//!   one read-modify-write a row or a page, no lock, so no row or count
+//!   can be lost to a race (the hazard of the Python wrapper this
+//!   project replaces).
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -70,9 +83,15 @@ use tracing::Instrument;
 use crate::collector::Collectors;
 use crate::driver::DriverService;
 use crate::error::{CqlError, ErrorKind};
-use crate::event::{Event, PageEvent, StreamEnd, StreamEvent};
+use crate::event::StreamEnd;
+use crate::gate::Gate;
 use crate::request::CqlRequest;
 use crate::response::CqlResponse;
+
+mod report;
+
+pub(crate) use report::OpenStreams;
+use report::Report;
 
 type PageOutput = Result<CqlResponse, CqlError>;
 
@@ -150,9 +169,9 @@ enum Next {
 /// module docs.
 pub struct RowStream<T, S = DriverService> {
     svc: S,
-    collectors: Collectors,
-    /// The stream's request; each page is a clone of it.
-    request: CqlRequest,
+    /// Its events, with the stream's request (each page is a clone of
+    /// it), shared with its page fetches and the gate it started in.
+    report: Arc<Report>,
     span: tracing::Span,
     rows: std::vec::IntoIter<T>,
     next: Next,
@@ -161,9 +180,9 @@ pub struct RowStream<T, S = DriverService> {
     /// The time each page is given: what the stream's request had left
     /// when the stream started (`None`: no deadline).
     page_budget: Option<Duration>,
+    /// Pages read.
     pages: u32,
-    total_rows: u64,
-    started: Instant,
+    /// The reader was given the stream's end (`None` from now on).
     done: bool,
 }
 
@@ -171,7 +190,7 @@ impl<T, S> fmt::Debug for RowStream<T, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RowStream")
             .field("pages", &self.pages)
-            .field("rows", &self.total_rows)
+            .field("rows", &self.report.rows())
             .field("buffered", &self.rows.len())
             .field("fetching", &matches!(self.next, Next::Fetching(..)))
             .field("done", &self.done)
@@ -203,6 +222,33 @@ where
     /// once the first page is in (fails early, with no stream, when it
     /// failed; the stream event then says so).
     pub async fn start(svc: S, collectors: Collectors, req: CqlRequest) -> Result<Self, CqlError> {
+        RowStream::begin(None, svc, collectors, req).await
+    }
+
+    /// [`start`](Self::start), for a service behind `gate` (the stack's
+    /// `stream` does this): the gate's `close()` ends the stream if it is
+    /// still open once the requests in flight have drained, before the
+    /// collectors' flush, so its end event is in that flush (failed,
+    /// [`ShutDown`](ErrorKind::ShutDown)); from then on it hands out no
+    /// row and fetches no page: its reader's next poll gets that error,
+    /// then `None`. (A stream whose last row was handed out, no page
+    /// left, is reported finished, and its next poll is `None`.) Refused with `ShutDown`, and reports nothing, once
+    /// the gate has closed.
+    pub async fn start_in(
+        gate: &Gate,
+        svc: S,
+        collectors: Collectors,
+        req: CqlRequest,
+    ) -> Result<Self, CqlError> {
+        RowStream::begin(Some(gate), svc, collectors, req).await
+    }
+
+    async fn begin(
+        gate: Option<&Gate>,
+        svc: S,
+        collectors: Collectors,
+        req: CqlRequest,
+    ) -> Result<Self, CqlError> {
         let span = tracing::info_span!(
             "cql.stream",
             otel.name = "cql.stream",
@@ -211,18 +257,23 @@ where
             db.query.summary = %req.meta().query_summary(),
         );
         let page_budget = req.meta().remaining();
+        let report = Report::new(collectors, req);
+        // before its first page enters the gate: a close() that waits for
+        // that page finds the stream, to end it
+        if let Some(gate) = gate
+            && !gate.streams().add(&report)
+        {
+            return Err(CqlError::shut_down());
+        }
         let mut stream = RowStream {
             svc,
-            collectors,
+            report,
             page_budget,
-            request: req,
             span,
             rows: Vec::new().into_iter(),
             next: Next::End,
             requested: 0,
             pages: 0,
-            total_rows: 0,
-            started: Instant::now(),
             done: false,
         };
         stream.ask(PagingState::start());
@@ -241,10 +292,11 @@ where
     /// [`Fetch`]). The page's event is emitted where its answer arrives,
     /// not when the reader reaches it: a page fetched is reported while
     /// its request is still in the gate (so a `close()`'s flush holds it)
-    /// and also when the stream is dropped before it reads it.
+    /// and also when the stream is dropped before it reads it (see
+    /// [`Report::page`]).
     fn ask(&mut self, state: PagingState) {
         let mut svc = self.svc.clone();
-        let mut req = self.request.clone();
+        let mut req = self.report.request().clone();
         if self.requested > 0
             && let Some(budget) = self.page_budget
         {
@@ -256,8 +308,7 @@ where
         req.meta_mut().set_page(page, state);
         self.requested += 1;
         let asked = Instant::now();
-        let collectors = self.collectors.clone();
-        let stream_req = self.request.clone();
+        let report = self.report.clone();
         let fut = async move {
             std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
             // The call's future is kept until the page's event is out:
@@ -269,13 +320,7 @@ where
             // the page's time ends as its answer arrives, not when the
             // reader comes back for it
             if let Ok(resp) = &out {
-                collectors.emit(Event::Page(PageEvent {
-                    meta: stream_req.meta(),
-                    page,
-                    rows: resp.info().rows,
-                    duration: asked.elapsed(),
-                    node: resp.info().coordinator,
-                }));
+                report.page(page, resp, asked.elapsed());
             }
             out
         }
@@ -302,33 +347,30 @@ impl<T, S> RowStream<T, S> {
 
     /// Rows handed out so far.
     pub fn rows(&self) -> u64 {
-        self.total_rows
+        self.report.rows()
     }
 
+    /// The reader's end of the stream (its event counts every page
+    /// reported, read or not: see [`Report::end`]).
     fn finish(&mut self, end: StreamEnd<'_>) {
-        if self.done {
-            return;
-        }
         self.done = true;
-        // Pages fetched: those read, and one that arrived and was not
-        // (its event is out: see `ask`), whether handed over already or
-        // still in its finished task (a stream dropped while its reader
-        // was busy).
-        let unread = match std::mem::replace(&mut self.next, Next::End) {
-            Next::Ready(Ok(_)) => 1,
-            Next::Fetching(Fetch::Task(mut task)) if task.0.is_finished() => u32::from(matches!(
-                futures::FutureExt::now_or_never(&mut task.0),
-                Some(Ok(Ok(_)))
-            )),
-            _ => 0,
-        };
-        self.collectors.emit(Event::Stream(StreamEvent {
-            meta: self.request.meta(),
-            pages: self.pages + unread,
-            rows: self.total_rows,
-            duration: self.started.elapsed(),
-            end,
-        }));
+        self.report.end(end);
+    }
+
+    /// Every row handed out and no page left to ask for: the read reached
+    /// its end (the reader may not have asked past it yet).
+    fn at_end(&self) -> bool {
+        self.rows.len() == 0 && matches!(self.next, Next::End)
+    }
+
+    /// The stream was ended by its gate's `close()`: it drops what it
+    /// holds and gives its reader the error, once.
+    fn closed(&mut self) -> CqlError {
+        self.done = true;
+        self.rows = Vec::new().into_iter();
+        // (no page is in flight: close() ended it once the gate drained)
+        self.next = Next::End;
+        report::closed_error()
     }
 }
 
@@ -351,11 +393,17 @@ where
             // whenever the consumer asks for a row.
             let next_in = this.poll_next_page(cx).is_ready();
             if let Some(row) = this.rows.next() {
-                this.total_rows += 1;
-                return Poll::Ready(Some(Ok(row)));
+                if this.report.hand_out(this.at_end()) {
+                    return Poll::Ready(Some(Ok(row)));
+                }
+                return Poll::Ready(Some(Err(this.closed())));
             }
             if this.done {
                 return Poll::Ready(None);
+            }
+            // (one read to its end finishes below, however it was ended)
+            if !this.at_end() && this.report.closed() {
+                return Poll::Ready(Some(Err(this.closed())));
             }
             if !next_in {
                 return Poll::Pending;
@@ -396,7 +444,7 @@ impl<T, S> Drop for RowStream<T, S> {
         if !self.done {
             // every row handed out and no page left to ask for: the read
             // reached its end, though the reader never asked past it
-            let end = if self.rows.len() == 0 && matches!(self.next, Next::End) {
+            let end = if self.at_end() {
                 StreamEnd::Finished
             } else {
                 StreamEnd::Dropped

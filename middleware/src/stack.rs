@@ -824,14 +824,15 @@ where
     /// paging state), the timeout, metrics (a request event per page) and
     /// tracing (a `cql.page` span per page, under the stream's
     /// `cql.stream` span). The next page is in flight while the current
-    /// one is read, never more. After [`close`](Self::close) the page in
-    /// flight finishes (on its own: `close` does not wait for the stream's
-    /// owner to read on; its page event is in close's flush) and the next
-    /// one fails `ShutDown`, which the stream's completion event reports
-    /// (after that flush, if the stream is still open when `close`
-    /// returns: read or drop streams before closing to have it flushed).
-    /// Resolves once the first page is in; fails (no stream) when it
-    /// failed.
+    /// one is read, never more. [`close`](Self::close) waits for the page
+    /// in flight (which finishes on its own: `close` does not wait for the
+    /// stream's owner to read on; its page event is in close's flush),
+    /// then ends the stream, its completion event in that flush (failed,
+    /// `ShutDown`, with the pages fetched and the rows handed out): the
+    /// stream hands out no further row and fetches no further page, its
+    /// next poll gets `ShutDown`, then `None`. Resolves once the first
+    /// page is in; fails (no stream) when it failed, or with `ShutDown`
+    /// when the stack is closed.
     ///
     /// ```no_run
     /// # async fn demo(stack: tower_cql_middleware::stack::SessionStack) -> Result<(), tower_cql_core::CqlError> {
@@ -849,7 +850,7 @@ where
     where
         T: for<'f, 'm> DeserializeRow<'f, 'm> + Send + Unpin + 'static,
     {
-        RowStream::start(self.service(), self.collectors.clone(), req).await
+        RowStream::start_in(&self.gate, self.service(), self.collectors.clone(), req).await
     }
 }
 
@@ -864,7 +865,8 @@ impl<S> Stack<S> {
         self.server_trace.as_ref()
     }
 
-    /// Stops admitting requests, waits for those in flight, flushes the
+    /// Stops admitting requests, waits for those in flight, ends the
+    /// streams still open (see [`stream`](Self::stream)), flushes the
     /// collectors. Idempotent, and safe to cancel (e.g. with
     /// `tokio::time::timeout`): the flush goes on without it, and a later
     /// `close()` waits for that same flush. See [`Gate::close`].
