@@ -169,8 +169,9 @@ async fn a_non_idempotent_write_that_may_have_applied_is_not_retried() {
 
 /// A counter update marked idempotent is still never retried after it
 /// may have been applied, however its column is quoted: `"n" = n + 1`
-/// is `n = n + 1` (an unquoted name is its lower-case quoted form).
-/// Taken for two columns, it was retried after an applied-then-
+/// is `n = n + 1` (an unquoted name is its lower-case quoted form), and
+/// so is the shorthand `n += 1`. Taken for two columns, or the shorthand
+/// for no counter update at all, it was retried after an applied-then-
 /// WriteTimeout and the counter moved by 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_update_marked_idempotent_is_applied_once_however_quoted() {
@@ -186,6 +187,8 @@ async fn a_counter_update_marked_idempotent_is_applied_once_however_quoted() {
         (1i32, "UPDATE ks.c SET n = n + 1 WHERE k = ?"),
         (2, "UPDATE ks.c SET \"n\" = n + 1 WHERE k = ?"),
         (3, "UPDATE ks.c SET n = \"n\" + 1 WHERE k = ?"),
+        // Cassandra's shorthand for `n = n + 1`
+        (4, "UPDATE ks.c SET n += 1 WHERE k = ?"),
     ] {
         let fault = e
             .cluster
