@@ -226,7 +226,11 @@ impl Default for HedgeDelay {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HedgeConfig {
     /// When to start each speculative attempt (default: the 95th
-    /// percentile of recent latencies, within 1 ms ..= 100 ms).
+    /// percentile of recent latencies, within 1 ms ..= 100 ms). In a
+    /// stack with a per-attempt timeout, a fixed delay (or a percentile's
+    /// `min`) must be shorter than it: the timeout, inside the hedge,
+    /// ends an unanswered attempt first, so a longer one hedges nothing
+    /// ([`StackBuilder`](crate::stack::StackBuilder) refuses it).
     pub delay: HedgeDelay,
     /// The most speculative attempts per request, in `1..=4` (default 1).
     /// Each starts `delay` after the previous one.
