@@ -37,7 +37,8 @@ pub struct StatementTraits {
     /// treated as never idempotent. Setting an element by index
     /// (`SET l[0] = ?`) replaces it and is not this.
     pub element_delete: bool,
-    /// Calls a non-deterministic function (`now()`, `uuid()`, ...).
+    /// Calls a non-deterministic function (`now()`, `uuid()`,
+    /// `currentTimestamp()` or Cassandra 5's `current_timestamp()`, ...).
     pub nondeterministic: bool,
 }
 
@@ -123,6 +124,11 @@ pub(crate) fn analyse(
                 "CURRENTTIMEUUID",
                 "CURRENTDATE",
                 "CURRENTTIME",
+                // Cassandra 5's names for them (CASSANDRA-18037)
+                "CURRENT_TIMESTAMP",
+                "CURRENT_TIMEUUID",
+                "CURRENT_DATE",
+                "CURRENT_TIME",
             ]
             .iter()
             .any(|f| t.is_word(f))
@@ -519,6 +525,34 @@ mod tests {
         }
         // a quoted name keeps its case: `"N"` is not `n`
         let tr = analyse("UPDATE ks.c SET \"N\" = n + 1 WHERE k = ?").3;
+        assert!(!tr.forbids_retry(), "{tr:?}");
+    }
+
+    /// Cassandra 5 names the clock functions in snake case
+    /// (`current_timeuuid()`, `current_timestamp()`, `current_date()`,
+    /// `current_time()`, beside `currentTimeUUID()` ...): each makes a new
+    /// value every time it runs. Missed, an insert of `current_timeuuid()`
+    /// marked idempotent was retried after a write timeout and made two
+    /// rows (`middleware/tests/retry_hedge.rs`).
+    #[test]
+    fn the_clock_functions_are_non_deterministic_in_either_spelling() {
+        for f in [
+            "now",
+            "uuid",
+            "currentTimeUUID",
+            "currenttimestamp",
+            "currentDate",
+            "currentTime",
+            "current_timeuuid",
+            "CURRENT_TIMESTAMP",
+            "current_date",
+            "current_time",
+        ] {
+            let text = format!("INSERT INTO t (k, id) VALUES (?, {f}())");
+            assert!(analyse(&text).3.nondeterministic, "{text}");
+        }
+        // a column named like one, not called, is not a call
+        let tr = analyse("UPDATE t SET current_time = ? WHERE k = ?").3;
         assert!(!tr.forbids_retry(), "{tr:?}");
     }
 

@@ -214,6 +214,55 @@ async fn a_counter_update_marked_idempotent_is_applied_once_however_quoted() {
     assert_eq!(e.memory.snapshot().retries_total(), 0);
 }
 
+/// An insert whose key the server makes (`now()`, or Cassandra 5's
+/// `current_timeuuid()`, its snake-case name) is a new row each time it
+/// runs: marked idempotent, it is still never retried after it may have
+/// been applied. The snake-case names were not known: the insert was
+/// retried after an applied-then-WriteTimeout, and made two rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_of_a_server_made_timeuuid_is_applied_once_whatever_its_function_is_called() {
+    let e = env(1).await;
+    e.driver
+        .execute(CqlRequest::unprepared(
+            "CREATE TABLE ks.ev (k int, id timeuuid, v text, PRIMARY KEY (k, id))",
+        ))
+        .await
+        .unwrap();
+    let svc = RetryLayer::new(RetryConfig::default(), e.collectors.clone()).layer(e.driver.clone());
+    for (k, text) in [
+        (1i32, "INSERT INTO ks.ev (k, id, v) VALUES (?, now(), 'x')"),
+        (
+            2,
+            "INSERT INTO ks.ev (k, id, v) VALUES (?, current_timeuuid(), 'x')",
+        ),
+        (
+            3,
+            "INSERT INTO ks.ev (k, id, v) VALUES (?, CURRENT_TIMEUUID(), 'x')",
+        ),
+    ] {
+        let fault = e
+            .cluster
+            .faults()
+            .add(Fault::write_timeout_after_apply().matching(text).times(1));
+        let ins = Statement::new(text).idempotent(true); // marked, wrongly
+        let out = svc.clone().oneshot(ins.request().bind((k,))).await;
+        assert_eq!(e.cluster.faults().fired(fault), 1, "{text}");
+        let rows = e
+            .driver
+            .execute(CqlRequest::query("SELECT id FROM ks.ev WHERE k = ?").bind((k,)))
+            .await
+            .unwrap()
+            .rows::<(scylla::value::CqlTimeuuid,)>()
+            .unwrap()
+            .len();
+        assert_eq!(rows, 1, "{text}: the insert made {rows} rows");
+        let err = out.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WriteTimeout, "{text}");
+        assert_eq!(err.attempts(), 1, "{text}");
+    }
+    assert_eq!(e.memory.snapshot().retries_total(), 0);
+}
+
 /// Reads distinct keys until the (one-shot) fault `id` has fired; returns
 /// how long that read took and its response's speculative count.
 async fn read_until_fired<S>(e: &Env, svc: S, id: tower_cql_testkit::FaultId) -> (Duration, u32)
