@@ -494,3 +494,37 @@ async fn a_read_timeout_whose_data_replica_was_late_is_retried_on_the_same_node(
         }
     }
 }
+
+/// A write applied, then its connection closed before the answer: the
+/// stack does not retry it (not idempotent), and the error the caller
+/// gets says it may have been applied, as a write timeout's does, so
+/// that the caller does not run it again blindly. Before, it said only
+/// "check that the cluster is reachable": a broken connection's advice,
+/// as if nothing had been sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_connection_broke_after_it_applied_says_it_may_have_been_applied() {
+    let e = env(1).await;
+    let stack = tower_cql_middleware::stack::StackBuilder::new(e.collectors.clone())
+        .build(e.driver.clone())
+        .unwrap();
+    let fault = e
+        .cluster
+        .faults()
+        .add(Fault::close_connection_after_apply().matching(PUT).times(1));
+    let err = stack
+        .call(Statement::new(PUT).request().bind((300i32, "once")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.cluster.faults().fired(fault), 1);
+    assert_eq!(
+        e.cluster.counters().applied(PUT),
+        1,
+        "applied, then cut off"
+    );
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert_eq!(err.attempts(), 1, "not retried: {err}");
+    assert!(err.may_have_been_applied(), "{err}");
+    let shown = err.to_string();
+    assert!(shown.contains("may have been applied"), "{shown}");
+    stack.close().await;
+}
