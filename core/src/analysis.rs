@@ -24,9 +24,11 @@ use crate::request::OperationKind;
 pub struct StatementTraits {
     /// A lightweight transaction (`IF NOT EXISTS`, `IF EXISTS`, `IF col = ...`).
     pub lwt: bool,
-    /// Updates a counter (`SET c = c + ?`): never idempotent.
+    /// Updates a counter (`SET c = c + ?`, or its shorthand `SET c += ?`):
+    /// never idempotent.
     pub counter_update: bool,
-    /// Appends or prepends to a list (`l = l + ?`, `l = ? + l`): never idempotent.
+    /// Appends or prepends to a list (`l = l + ?`, `l += [..]`, `l = ? + l`):
+    /// never idempotent.
     pub list_append: bool,
     /// Deletes a collection element by subscript (`DELETE l[0] FROM ...`).
     /// For a list the index picks whatever element is there now, so run
@@ -35,7 +37,8 @@ pub struct StatementTraits {
     /// treated as never idempotent. Setting an element by index
     /// (`SET l[0] = ?`) replaces it and is not this.
     pub element_delete: bool,
-    /// Calls a non-deterministic function (`now()`, `uuid()`, ...).
+    /// Calls a non-deterministic function (`now()`, `uuid()`,
+    /// `currentTimestamp()` or Cassandra 5's `current_timestamp()`, ...).
     pub nondeterministic: bool,
 }
 
@@ -121,6 +124,11 @@ pub(crate) fn analyse(
                 "CURRENTTIMEUUID",
                 "CURRENTDATE",
                 "CURRENTTIME",
+                // Cassandra 5's names for them (CASSANDRA-18037)
+                "CURRENT_TIMESTAMP",
+                "CURRENT_TIMEUUID",
+                "CURRENT_DATE",
+                "CURRENT_TIME",
             ]
             .iter()
             .any(|f| t.is_word(f))
@@ -246,24 +254,22 @@ fn qualified_name<'a>(rest: &[Token<'a>]) -> Option<(Option<Token<'a>>, Token<'a
     }
 }
 
-/// `c = c + ...`, `c = c - ...`, `l = [..] + l`, `l = ? + l` around the
-/// `=` at `i`: a counter update or a list append.
+/// `c = c + ...`, `c = c - ...`, `c += ...`, `c -= ...`, `l = [..] + l`,
+/// `l = ? + l` around the `=` at `i`: a counter update or a list append.
 fn update_traits(tokens: &[Token<'_>], i: usize, traits: &mut StatementTraits) {
     let lhs = &tokens[i - 1];
+    // `c += x`, `c -= x`: Cassandra's shorthand for `c = c + x`, `c = c -
+    // x` (one token to its lexer, two here: the sign, then this `=`)
+    if (lhs.is_punct("+") || lhs.is_punct("-")) && i >= 2 && tokens[i - 2].is_name() {
+        delta_traits(tokens.get(i + 1), traits);
+        return;
+    }
     if !lhs.is_name() {
         return;
     }
     if tokens[i + 1].same_name(lhs) && (tokens[i + 2].is_punct("+") || tokens[i + 2].is_punct("-"))
     {
-        match tokens.get(i + 3) {
-            Some(r) if r.is_punct("[") => traits.list_append = true,
-            // set/map union: idempotent
-            Some(r) if r.is_punct("{") => {}
-            // a bound or literal delta: a counter (or a collection bound as
-            // a whole, which cannot be told apart here); anything else is
-            // treated the same, conservatively
-            _ => traits.counter_update = true,
-        }
+        delta_traits(tokens.get(i + 3), traits);
     }
     // `l = [..] + l` or `l = ? + l` prepends to a list.
     let mut j = i + 1;
@@ -283,6 +289,21 @@ fn update_traits(tokens: &[Token<'_>], i: usize, traits: &mut StatementTraits) {
     }
     if j + 2 < tokens.len() && tokens[j + 1].is_punct("+") && tokens[j + 2].same_name(lhs) {
         traits.list_append = true;
+    }
+}
+
+/// What adding or removing `delta` (the token that starts it) to a
+/// column makes the statement: a list append, a counter update, or, for a
+/// set or map, nothing.
+fn delta_traits(delta: Option<&Token<'_>>, traits: &mut StatementTraits) {
+    match delta {
+        Some(r) if r.is_punct("[") => traits.list_append = true,
+        // set/map union: idempotent
+        Some(r) if r.is_punct("{") => {}
+        // a bound or literal delta: a counter (or a collection bound as
+        // a whole, which cannot be told apart here); anything else is
+        // treated the same, conservatively
+        _ => traits.counter_update = true,
     }
 }
 
@@ -504,6 +525,61 @@ mod tests {
         }
         // a quoted name keeps its case: `"N"` is not `n`
         let tr = analyse("UPDATE ks.c SET \"N\" = n + 1 WHERE k = ?").3;
+        assert!(!tr.forbids_retry(), "{tr:?}");
+    }
+
+    /// Cassandra 5 names the clock functions in snake case
+    /// (`current_timeuuid()`, `current_timestamp()`, `current_date()`,
+    /// `current_time()`, beside `currentTimeUUID()` ...): each makes a new
+    /// value every time it runs. Missed, an insert of `current_timeuuid()`
+    /// marked idempotent was retried after a write timeout and made two
+    /// rows (`middleware/tests/retry_hedge.rs`).
+    #[test]
+    fn the_clock_functions_are_non_deterministic_in_either_spelling() {
+        for f in [
+            "now",
+            "uuid",
+            "currentTimeUUID",
+            "currenttimestamp",
+            "currentDate",
+            "currentTime",
+            "current_timeuuid",
+            "CURRENT_TIMESTAMP",
+            "current_date",
+            "current_time",
+        ] {
+            let text = format!("INSERT INTO t (k, id) VALUES (?, {f}())");
+            assert!(analyse(&text).3.nondeterministic, "{text}");
+        }
+        // a column named like one, not called, is not a call
+        let tr = analyse("UPDATE t SET current_time = ? WHERE k = ?").3;
+        assert!(!tr.forbids_retry(), "{tr:?}");
+    }
+
+    /// `c += 1` and `c -= 1` are Cassandra's shorthand for `c = c + 1`
+    /// and `c = c - 1` (one token to its lexer, `+=`): a counter update,
+    /// or a list append for a list literal, as the long form is. Missed,
+    /// a counter update marked idempotent was retried after a write
+    /// timeout and applied twice (`middleware/tests/retry_hedge.rs`).
+    #[test]
+    fn the_shorthand_assignments_are_seen() {
+        for text in [
+            "UPDATE ks.c SET n += 1 WHERE k = ?",
+            "UPDATE ks.c SET n+=? WHERE k = ?",
+            "UPDATE ks.c SET \"N\" -= 1 WHERE k = ?",
+            "UPDATE ks.c SET v = ?, n += 1 WHERE k = ?",
+            "BEGIN COUNTER BATCH UPDATE ks.c SET n += 1 WHERE k = 1; APPLY BATCH",
+        ] {
+            assert!(analyse(text).3.counter_update, "{text}");
+        }
+        assert!(analyse("UPDATE t SET l += [1] WHERE k = ?").3.list_append);
+        // a set or map union is idempotent, in either form
+        let tr = analyse("UPDATE t SET s += {'x'} WHERE k = ?").3;
+        assert!(!tr.forbids_retry(), "{tr:?}");
+        // a comparison is not an assignment
+        let tr = analyse("UPDATE t SET v = ? WHERE k = ? IF c >= 1").3;
+        assert!(!tr.counter_update && !tr.list_append, "{tr:?}");
+        let tr = analyse("SELECT v FROM t WHERE k >= -1").3;
         assert!(!tr.forbids_retry(), "{tr:?}");
     }
 

@@ -562,7 +562,9 @@ impl CqlError {
     /// request reached the server), when the server applied a `USE` the
     /// driver could not take to every connection, or when a replica (not
     /// the coordinator) rate-limited a write (ScyllaDB's per-partition
-    /// limit: the other replicas may have it).
+    /// limit: the other replicas may have it). Such an error's `Display`
+    /// says so, whatever its kind's hint advises (a broken connection's
+    /// is to check the network).
     pub fn may_have_been_applied(&self) -> bool {
         !self.0.not_sent && (self.0.ran_anyway || self.0.kind.may_have_been_applied())
     }
@@ -867,7 +869,19 @@ impl fmt::Display for CqlError {
             }
             f.write_str("]")?;
         }
-        write!(f, " — {}", i.kind.hint())
+        let hint = i.kind.hint();
+        write!(f, " — {hint}")?;
+        // An error after which the request may have run says so, whatever
+        // its kind's hint advises (a broken connection's is to check the
+        // network): its caller must not run a write again blindly. Not
+        // twice, where the hint or the message says it already.
+        let says_so = |text: &str| text.contains("may have") || text.contains("applied");
+        if self.may_have_been_applied() && !says_so(hint) && !says_so(&i.message) {
+            f.write_str(
+                "; it may have been applied: check before running it again, unless it is idempotent",
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -971,6 +985,36 @@ mod tests {
         // kept when the error is remade
         let s = crate::Statement::new("SELECT v FROM t WHERE k = 'x'");
         assert!(unread.without_literals_of(&s).may_have_been_applied());
+    }
+
+    /// An error after which the request may have run says so, whatever
+    /// its kind's hint advises: a connection broken after the request was
+    /// sent (a broken connection's hint is to check the network), a
+    /// server error; not one certainly not sent (a pool with no
+    /// connection), and not twice where the hint says it already.
+    #[test]
+    fn an_error_that_may_have_been_applied_says_so() {
+        let broken = CqlError::from_execution(ExecutionError::LastAttemptError(
+            RequestAttemptError::BrokenConnectionError(
+                BrokenConnectionErrorKind::ChannelError.into(),
+            ),
+        ));
+        let pool = CqlError::from_execution(ExecutionError::ConnectionPoolError(
+            ConnectionPoolError::Initializing,
+        ));
+        let warning = "may have been applied";
+        for (err, says) in [
+            (broken, true),
+            (db(DbError::ServerError), true),
+            (pool, false),
+            (db(DbError::SyntaxError), false),
+        ] {
+            assert_eq!(err.may_have_been_applied(), says, "{err}");
+            assert_eq!(err.to_string().contains(warning), says, "{err}");
+        }
+        // said once
+        let wt = CqlError::new(ErrorKind::WriteTimeout, "replicas slow").to_string();
+        assert_eq!(wt.matches(warning).count(), 1, "{wt}");
     }
 
     /// The driver's own refusals after the server said `Unprepared`

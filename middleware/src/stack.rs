@@ -334,7 +334,8 @@ impl StackBuilder {
     /// together are refused, load shedding needs a limit to shed for, one
     /// that would make a request wait: a concurrency limit, or a rate
     /// limit in `Wait` mode with a `max_wait` above zero, and under load
-    /// shedding a concurrency limit has no queue):
+    /// shedding a concurrency limit has no queue; a hedge's delay must be
+    /// shorter than the per-attempt timeout):
     /// the one place a stack's settings are judged. The layers'
     /// constructors, called after it, cannot fail.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -413,6 +414,9 @@ impl StackBuilder {
         }
         if let Some(t) = &self.timeout {
             t.validate()?;
+        }
+        if let (Some(h), Some(t)) = (&self.hedge, &self.timeout) {
+            hedges_before_the_timeout(h, t)?;
         }
         Ok(())
     }
@@ -522,6 +526,36 @@ fn no_queue_under_load_shed(
         format!(
             "{}, but load shedding is on (load_shed(true)), where no request waits: a request the limit cannot admit at once is refused (Shed). To shed, set max_queue: 0 and queue_timeout: None; to let requests wait, turn load shedding off",
             unused.1
+        ),
+    ))
+}
+
+/// Refuses a hedge delay that the per-attempt timeout `timeout` always
+/// cuts short: the timeout is inside the hedge, so an attempt not
+/// answered by then has failed, and a race whose only attempt failed
+/// ends before a delay at or beyond it comes. A fixed delay, or a
+/// percentile's `min` (the shortest it can be), not shorter than the
+/// timeout hedges no read at all. (A percentile whose `max` is beyond it
+/// hedges once latencies are known, and is accepted.)
+fn hedges_before_the_timeout(
+    hedge: &HedgeConfig,
+    timeout: &TimeoutConfig,
+) -> Result<(), ConfigError> {
+    use crate::hedge::HedgeDelay;
+    let Some(per_attempt) = timeout.per_attempt else {
+        return Ok(());
+    };
+    let (field, shortest) = match hedge.delay {
+        HedgeDelay::Fixed(d) => ("hedge.delay", d),
+        HedgeDelay::Percentile { min, .. } => ("hedge.delay.min", min),
+    };
+    if shortest < per_attempt {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        field,
+        format!(
+            "must be shorter than timeout.per_attempt ({per_attempt:?}), got {shortest:?}: an attempt not answered by then is timed out before the speculative attempt is due, so no read would ever be hedged; shorten the delay, lengthen the per-attempt timeout, or leave hedging off"
         ),
     ))
 }
@@ -1209,6 +1243,71 @@ mod tests {
         };
         let b = StackBuilder::new(Collectors::new()).load_shed(true);
         assert_eq!(b.rate_limit(rate(waits)).validate(), Ok(()));
+    }
+
+    /// The hedge is outside the per-attempt timeout: an attempt not
+    /// answered by `timeout.per_attempt` is cut then, and a race whose
+    /// only attempt failed ends. A hedge delay at or beyond the timeout
+    /// (a fixed one, or a percentile's `min`, the shortest it can be)
+    /// hedges no read ever, while the stack says hedging is on: refused,
+    /// naming the field. Accepted before, silently.
+    #[test]
+    fn a_hedge_delay_the_per_attempt_timeout_cuts_short_is_refused() {
+        use crate::hedge::HedgeDelay;
+        use crate::stack_config::StackConfig;
+        use crate::timeout::TimeoutConfig;
+        let c = Collectors::new();
+        let timeout = TimeoutConfig {
+            per_attempt: Some(50 * MS),
+            honour_deadline: true,
+        };
+        let percentile = |min, max| HedgeDelay::Percentile {
+            percentile: 0.95,
+            min,
+            max,
+        };
+        let built = |delay| {
+            StackBuilder::new(c.clone())
+                .hedge(HedgeConfig {
+                    delay,
+                    ..HedgeConfig::default()
+                })
+                .timeout(timeout)
+                .layers()
+        };
+        for (delay, field) in [
+            (HedgeDelay::Fixed(50 * MS), "hedge.delay"),
+            (HedgeDelay::Fixed(80 * MS), "hedge.delay"),
+            (percentile(50 * MS, 100 * MS), "hedge.delay.min"),
+            (percentile(60 * MS, 60 * MS), "hedge.delay.min"),
+        ] {
+            let err = match built(delay) {
+                Ok(_) => panic!("{delay:?} with a 50 ms per-attempt timeout: accepted"),
+                Err(e) => e,
+            };
+            assert_eq!(err.field, field, "{delay:?}: {err}");
+            assert!(err.message.contains("timeout.per_attempt"), "{err}");
+        }
+        let err = StackConfig::from_toml(
+            "[hedge]\nenabled = true\ndelay_ms = 50\n[timeout]\nper_attempt_ms = 50",
+        )
+        .unwrap()
+        .into_builder(c.clone())
+        .unwrap_err();
+        assert_eq!(err.field, "hedge.delay", "{err}");
+        // a delay shorter than the timeout hedges; so does a percentile
+        // whose cap is beyond it, once latencies are known; and without a
+        // per-attempt timeout any delay does
+        for delay in [HedgeDelay::Fixed(49 * MS), percentile(MS, 100 * MS)] {
+            built(delay).unwrap_or_else(|e| panic!("{delay:?}: {e}"));
+        }
+        StackBuilder::new(c)
+            .hedge(HedgeConfig {
+                delay: HedgeDelay::Fixed(80 * MS),
+                ..HedgeConfig::default()
+            })
+            .layers()
+            .unwrap();
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! configurations mixing valid and invalid values, each section switched
 //! on, off or left to its default, the stack is built exactly when every
 //! value is in its documented range (whether or not its section is on),
-//! and otherwise the error names a section that holds a bad value.
-//! Nothing panics.
+//! and no hedge is cut short by the per-attempt timeout, and otherwise
+//! the error names a section that holds a bad value (or the hedge's
+//! delay). Nothing panics.
 
 use proptest::prelude::*;
 use tower::service_fn;
@@ -159,9 +160,25 @@ proptest! {
                     Err::<CqlResponse, _>(CqlError::new(ErrorKind::Other, "unused"))
                 }))
             });
-        let valid = settings.iter().all(|s| s.valid);
+        let values_valid = settings.iter().all(|s| s.valid);
+        // the rule across sections: a hedge that is on, under a
+        // per-attempt timeout (on) no longer than its shortest delay (the
+        // default percentile's `min`, 1 ms), would hedge nothing
+        let switch = |section| switches[SECTIONS.iter().position(|s| *s == section).unwrap()];
+        let hedge_on = switch("hedge") == Some(true)
+            && settings.iter().any(|s| s.section == "hedge");
+        let cut_short = hedge_on
+            && switch("timeout") != Some(false)
+            && settings
+                .iter()
+                .any(|s| s.key == "per_attempt_ms" && s.toml == "1");
+        let valid = values_valid && !cut_short;
         match built {
             Ok(_) => prop_assert!(valid, "built with an invalid value:\n{text}"),
+            Err(e) if values_valid => {
+                prop_assert!(!valid, "refused a valid configuration: {e}\n{text}");
+                prop_assert_eq!(e.field, "hedge.delay.min", "{}\n{}", e, text);
+            }
             Err(e) => {
                 prop_assert!(!valid, "refused a valid configuration: {e}\n{text}");
                 let msg = e.to_string();

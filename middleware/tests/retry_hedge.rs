@@ -169,8 +169,9 @@ async fn a_non_idempotent_write_that_may_have_applied_is_not_retried() {
 
 /// A counter update marked idempotent is still never retried after it
 /// may have been applied, however its column is quoted: `"n" = n + 1`
-/// is `n = n + 1` (an unquoted name is its lower-case quoted form).
-/// Taken for two columns, it was retried after an applied-then-
+/// is `n = n + 1` (an unquoted name is its lower-case quoted form), and
+/// so is the shorthand `n += 1`. Taken for two columns, or the shorthand
+/// for no counter update at all, it was retried after an applied-then-
 /// WriteTimeout and the counter moved by 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_update_marked_idempotent_is_applied_once_however_quoted() {
@@ -186,6 +187,8 @@ async fn a_counter_update_marked_idempotent_is_applied_once_however_quoted() {
         (1i32, "UPDATE ks.c SET n = n + 1 WHERE k = ?"),
         (2, "UPDATE ks.c SET \"n\" = n + 1 WHERE k = ?"),
         (3, "UPDATE ks.c SET n = \"n\" + 1 WHERE k = ?"),
+        // Cassandra's shorthand for `n = n + 1`
+        (4, "UPDATE ks.c SET n += 1 WHERE k = ?"),
     ] {
         let fault = e
             .cluster
@@ -204,6 +207,55 @@ async fn a_counter_update_marked_idempotent_is_applied_once_however_quoted() {
             .0
             .0;
         assert_eq!(n, 1, "{text}: the counter update was applied {n} times");
+        let err = out.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WriteTimeout, "{text}");
+        assert_eq!(err.attempts(), 1, "{text}");
+    }
+    assert_eq!(e.memory.snapshot().retries_total(), 0);
+}
+
+/// An insert whose key the server makes (`now()`, or Cassandra 5's
+/// `current_timeuuid()`, its snake-case name) is a new row each time it
+/// runs: marked idempotent, it is still never retried after it may have
+/// been applied. The snake-case names were not known: the insert was
+/// retried after an applied-then-WriteTimeout, and made two rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_of_a_server_made_timeuuid_is_applied_once_whatever_its_function_is_called() {
+    let e = env(1).await;
+    e.driver
+        .execute(CqlRequest::unprepared(
+            "CREATE TABLE ks.ev (k int, id timeuuid, v text, PRIMARY KEY (k, id))",
+        ))
+        .await
+        .unwrap();
+    let svc = RetryLayer::new(RetryConfig::default(), e.collectors.clone()).layer(e.driver.clone());
+    for (k, text) in [
+        (1i32, "INSERT INTO ks.ev (k, id, v) VALUES (?, now(), 'x')"),
+        (
+            2,
+            "INSERT INTO ks.ev (k, id, v) VALUES (?, current_timeuuid(), 'x')",
+        ),
+        (
+            3,
+            "INSERT INTO ks.ev (k, id, v) VALUES (?, CURRENT_TIMEUUID(), 'x')",
+        ),
+    ] {
+        let fault = e
+            .cluster
+            .faults()
+            .add(Fault::write_timeout_after_apply().matching(text).times(1));
+        let ins = Statement::new(text).idempotent(true); // marked, wrongly
+        let out = svc.clone().oneshot(ins.request().bind((k,))).await;
+        assert_eq!(e.cluster.faults().fired(fault), 1, "{text}");
+        let rows = e
+            .driver
+            .execute(CqlRequest::query("SELECT id FROM ks.ev WHERE k = ?").bind((k,)))
+            .await
+            .unwrap()
+            .rows::<(scylla::value::CqlTimeuuid,)>()
+            .unwrap()
+            .len();
+        assert_eq!(rows, 1, "{text}: the insert made {rows} rows");
         let err = out.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::WriteTimeout, "{text}");
         assert_eq!(err.attempts(), 1, "{text}");
@@ -441,4 +493,38 @@ async fn a_read_timeout_whose_data_replica_was_late_is_retried_on_the_same_node(
             }
         }
     }
+}
+
+/// A write applied, then its connection closed before the answer: the
+/// stack does not retry it (not idempotent), and the error the caller
+/// gets says it may have been applied, as a write timeout's does, so
+/// that the caller does not run it again blindly. Before, it said only
+/// "check that the cluster is reachable": a broken connection's advice,
+/// as if nothing had been sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_connection_broke_after_it_applied_says_it_may_have_been_applied() {
+    let e = env(1).await;
+    let stack = tower_cql_middleware::stack::StackBuilder::new(e.collectors.clone())
+        .build(e.driver.clone())
+        .unwrap();
+    let fault = e
+        .cluster
+        .faults()
+        .add(Fault::close_connection_after_apply().matching(PUT).times(1));
+    let err = stack
+        .call(Statement::new(PUT).request().bind((300i32, "once")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.cluster.faults().fired(fault), 1);
+    assert_eq!(
+        e.cluster.counters().applied(PUT),
+        1,
+        "applied, then cut off"
+    );
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert_eq!(err.attempts(), 1, "not retried: {err}");
+    assert!(err.may_have_been_applied(), "{err}");
+    let shown = err.to_string();
+    assert!(shown.contains("may have been applied"), "{shown}");
+    stack.close().await;
 }

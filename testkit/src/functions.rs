@@ -31,11 +31,11 @@ fn overloads(name: &str) -> Option<Vec<Signature>> {
     use CqlType::*;
     let one = |a: CqlType, r: CqlType| (vec![a], r);
     Some(match name {
-        "now" | "currenttimeuuid" => vec![(vec![], TimeUuid)],
+        "now" | "currenttimeuuid" | "current_timeuuid" => vec![(vec![], TimeUuid)],
         "uuid" => vec![(vec![], Uuid)],
-        "currenttimestamp" => vec![(vec![], Timestamp)],
-        "currentdate" => vec![(vec![], Date)],
-        "currenttime" => vec![(vec![], Time)],
+        "currenttimestamp" | "current_timestamp" => vec![(vec![], Timestamp)],
+        "currentdate" | "current_date" => vec![(vec![], Date)],
+        "currenttime" | "current_time" => vec![(vec![], Time)],
         "mintimeuuid" | "maxtimeuuid" => vec![one(Timestamp, TimeUuid)],
         "dateof" => vec![one(TimeUuid, Timestamp)],
         "unixtimestampof" => vec![one(TimeUuid, BigInt)],
@@ -190,16 +190,16 @@ pub(crate) fn call(
         }
     }
     match name {
-        "now" | "currenttimeuuid" => some(&types::new_timeuuid()),
+        "now" | "currenttimeuuid" | "current_timeuuid" => some(&types::new_timeuuid()),
         "uuid" => {
             let mut b: [u8; 16] = fastrand::u128(..).to_be_bytes();
             b[6] = (b[6] & 0x0F) | 0x40;
             b[8] = (b[8] & 0x3F) | 0x80;
             some(&b)
         }
-        "currenttimestamp" => some(&now_ms().to_be_bytes()),
-        "currentdate" => some(&date_of_ms(now_ms()).to_be_bytes()),
-        "currenttime" => {
+        "currenttimestamp" | "current_timestamp" => some(&now_ms().to_be_bytes()),
+        "currentdate" | "current_date" => some(&date_of_ms(now_ms()).to_be_bytes()),
+        "currenttime" | "current_time" => {
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as i64)

@@ -211,8 +211,8 @@ pub struct BreakerConfig {
     /// The share of failures in the window that opens the breaker
     /// (`0 < r <= 1`). Default 0.5.
     pub failure_rate: f64,
-    /// Outcomes needed in the window before it may open (at least 1).
-    /// Default 20.
+    /// Outcomes needed in the window before it may open (at least 1, at
+    /// most 10,485,750: the failures the window counts). Default 20.
     pub min_requests: u32,
     /// The rolling window outcomes are counted over (not zero). Default 10 s.
     pub window: Duration,
@@ -250,6 +250,20 @@ impl BreakerConfig {
             return Err(ConfigError::new(
                 "breaker.min_requests",
                 "must be at least 1, got 0",
+            ));
+        }
+        // the most failures the window counts (each bucket's saturate):
+        // a node failing every request never reaches more
+        let most = self::window::BUCKETS as u64 * self::window::TALLY_MASK;
+        if u64::from(self.min_requests) > most {
+            return Err(ConfigError::new(
+                "breaker.min_requests",
+                format!(
+                    "must be at most {most} (the failures the window counts: {} buckets of {} at most; a node failing every request would never reach more, so its breaker would never open), got {}",
+                    self::window::BUCKETS,
+                    self::window::TALLY_MASK,
+                    self.min_requests
+                ),
             ));
         }
         if self.window.is_zero() {
@@ -495,6 +509,33 @@ mod config_tests {
             }
             .validate()
             .is_ok()
+        );
+    }
+
+    /// The window counts at most 2^20 - 1 failures a bucket, ten buckets:
+    /// a `min_requests` above that is never reached by a node failing
+    /// every request, whose breaker then never opens. Refused, naming
+    /// the field (accepted before); the most it can count is fine.
+    #[test]
+    fn a_min_requests_the_window_cannot_count_is_refused() {
+        use self::window::{BUCKETS, TALLY_MASK};
+        let most = u32::try_from(BUCKETS as u64 * TALLY_MASK).unwrap();
+        let d = BreakerConfig::default();
+        for min_requests in [most + 1, u32::MAX] {
+            let err = match (BreakerConfig { min_requests, ..d }).validate() {
+                Ok(()) => panic!("min_requests {min_requests}: accepted"),
+                Err(e) => e,
+            };
+            assert_eq!(err.field, "breaker.min_requests", "{err}");
+            assert!(err.message.contains(&most.to_string()), "{err}");
+        }
+        assert_eq!(
+            BreakerConfig {
+                min_requests: most,
+                ..d
+            }
+            .validate(),
+            Ok(())
         );
     }
 }

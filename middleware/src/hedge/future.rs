@@ -15,6 +15,7 @@ use tower_service::Service;
 
 use super::delay::Observed;
 use super::{MAX_SPECULATIVE, Shared};
+use crate::retry::budget::Charge;
 
 /// The most attempts one request can have running: the first and at most
 /// [`MAX_SPECULATIVE`] speculative ones, each in a slot of its own.
@@ -71,9 +72,10 @@ pin_project! {
         // it starts there, and a freed slot 0 is only refilled after it
         // ended).
         first_running: bool,
-        // Whether the budget has granted the speculative attempt that is
-        // due (it then waits only for the inner service).
-        charged: bool,
+        // The budget's grant of the speculative attempt that is due (it
+        // then waits only for the inner service): given back if the race
+        // ends, or is dropped, before the attempt is made.
+        charged: Option<Charge>,
         last_error: Option<CqlError>,
         #[pin]
         timer: Timer,
@@ -147,7 +149,7 @@ where
                     started: 1,
                     running: 1,
                     first_running: true,
-                    charged: false,
+                    charged: None,
                     last_error: None,
                     timer: Timer::Idle,
                     s0: Slot::Running {
@@ -278,6 +280,8 @@ where
                 });
                 *this.running = 0;
                 *this.next_at = None;
+                // a speculative attempt granted and not made: given back
+                *this.charged = None;
                 // every attempt the race started, as its error would say
                 resp.info_mut().attempts = *this.started;
                 resp.info_mut().speculative = *this.started - 1;
@@ -287,6 +291,7 @@ where
                 // Every attempt failed: the last error (retrying is the
                 // retry layer's business, not a reason to hedge).
                 *this.next_at = None;
+                *this.charged = None;
                 let err = this
                     .last_error
                     .take()
@@ -331,16 +336,16 @@ where
             }
             // Charged once per speculative attempt, before waiting for the
             // inner service (as a retry is charged before its backoff).
-            if !*this.charged {
-                if !this.shared.withdraw(this.request.meta()) {
+            if this.charged.is_none() {
+                let Some(charge) = this.shared.withdraw(this.request.meta()) else {
                     // Refused: no more speculative attempts for this
                     // request (the running ones go on). Trying again at the
                     // next delay would take the budget from requests that
                     // have had none.
                     *this.next_at = None;
                     return Poll::Pending;
-                }
-                *this.charged = true;
+                };
+                *this.charged = Some(charge);
             }
             match this.service.poll_ready(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -349,6 +354,8 @@ where
                     // attempts, and let the ones running finish.
                     tracing::debug!(error = %err, "hedge: inner service failed, not hedging");
                     *this.next_at = None;
+                    // not made: given back
+                    *this.charged = None;
                     return Poll::Pending;
                 }
                 Poll::Ready(Ok(())) => {}
@@ -359,7 +366,10 @@ where
                 .meta_mut()
                 .set_attempt(index, AttemptReason::Speculative);
             let future = this.service.call(request);
-            *this.charged = false;
+            // made: the budget keeps it
+            if let Some(charge) = this.charged.take() {
+                charge.spend();
+            }
             let free = slots
                 .iter_mut()
                 .find(|s| matches!(s.as_ref().get_ref(), Slot::Empty))

@@ -88,7 +88,10 @@
 //!   may hedge.
 //!
 //! A speculative attempt the budget refuses is not made, and the request
-//! starts no further speculative attempt (its running attempts go on). Each
+//! starts no further speculative attempt (its running attempts go on).
+//! One the budget granted that is not made after all (the race ended, or
+//! the request was dropped, while it waited for the inner service) is
+//! given back. Each
 //! refusal is reported as a [`ThrottleEvent`] with the limiter
 //! `"hedge_budget"` and `rejected: true` (the retry layer reports its own
 //! refusals the same way, as `"retry_budget"`), which the exporters count
@@ -179,6 +182,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use self::delay::DelaySource;
+use crate::retry::budget::Charge;
 use crate::retry::{BudgetConfig, RetryBudget};
 
 mod delay;
@@ -226,7 +230,11 @@ impl Default for HedgeDelay {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HedgeConfig {
     /// When to start each speculative attempt (default: the 95th
-    /// percentile of recent latencies, within 1 ms ..= 100 ms).
+    /// percentile of recent latencies, within 1 ms ..= 100 ms). In a
+    /// stack with a per-attempt timeout, a fixed delay (or a percentile's
+    /// `min`) must be shorter than it: the timeout, inside the hedge,
+    /// ends an unanswered attempt first, so a longer one hedges nothing
+    /// ([`StackBuilder`](crate::stack::StackBuilder) refuses it).
     pub delay: HedgeDelay,
     /// The most speculative attempts per request, in `1..=4` (default 1).
     /// Each starts `delay` after the previous one.
@@ -355,11 +363,14 @@ impl Shared {
         }
     }
 
-    /// Asks the budget for one speculative attempt; a refusal is reported
-    /// as a throttle event about `meta`'s request.
-    fn withdraw(&self, meta: &RequestMeta) -> bool {
-        if self.budget.get().withdraw() {
-            return true;
+    /// Asks the budget for one speculative attempt: its charge, given back
+    /// if the attempt is never made; a refusal is reported as a throttle
+    /// event about `meta`'s request.
+    fn withdraw(&self, meta: &RequestMeta) -> Option<Charge> {
+        let now = clock::now();
+        let budget = self.budget.get();
+        if budget.withdraw_at(now) {
+            return Some(Charge::granted(budget, now));
         }
         tracing::debug!("hedge: the budget refused a speculative attempt");
         if self.collectors.is_active() {
@@ -371,7 +382,7 @@ impl Shared {
                 0,
             )));
         }
-        false
+        None
     }
 
     fn delay(&self) -> Duration {
@@ -742,6 +753,42 @@ mod tests {
         let resp = task.await.unwrap().unwrap();
         assert_eq!(resp.info().speculative, 1);
         assert!(about(start.elapsed(), 51 * MS), "{:?}", start.elapsed());
+    }
+
+    /// A speculative attempt is charged to the budget when it is due,
+    /// before waiting for the inner service; one never made (the first
+    /// attempt answered while it waited, or the request was dropped) is
+    /// given back, as a retry never made is: the budget bounds the
+    /// attempts sent.
+    #[tokio::test(start_paused = true)]
+    async fn a_speculative_attempt_never_made_is_given_back_to_the_budget() {
+        let layer = fixed(20 * MS, 1);
+        let budget = layer.budget().clone();
+        for dropped in [false, true] {
+            let mock = Mock::new([ok(50 * MS), ok(MS)]);
+            let mut svc = layer.layer(mock.clone());
+            svc.ready().await.unwrap();
+            let fut = svc.call(read());
+            // due at 20 ms, then waiting for the service
+            mock.set_ready(false);
+            if dropped {
+                assert!(tokio::time::timeout(30 * MS, fut).await.is_err());
+            } else {
+                let resp = fut.await.unwrap();
+                assert_eq!(resp.info().speculative, 0, "the first attempt answered");
+            }
+            assert_eq!(mock.calls().len(), 1, "no speculative attempt made");
+            assert_eq!(
+                budget.retries_in_window(),
+                0,
+                "dropped: {dropped}: a speculative attempt never made"
+            );
+        }
+        // one made stays charged
+        let mock = Mock::new([ok(50 * MS), ok(MS)]);
+        let resp = layer.layer(mock).oneshot(read()).await.unwrap();
+        assert_eq!(resp.info().speculative, 1);
+        assert_eq!(budget.retries_in_window(), 1);
     }
 
     #[tokio::test(start_paused = true)]

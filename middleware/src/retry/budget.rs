@@ -319,7 +319,13 @@ impl RetryBudget {
     /// Asks for one retry (or speculative attempt): true (and counted) if
     /// the budget allows it.
     pub fn withdraw(&self) -> bool {
-        let epoch = self.epoch(clock::now());
+        self.withdraw_at(clock::now())
+    }
+
+    /// [`withdraw`](Self::withdraw) at `now` ([`clock::now`], read by the
+    /// caller), the instant a [`Charge`] for it keeps.
+    pub(crate) fn withdraw_at(&self, now: Instant) -> bool {
+        let epoch = self.epoch(now);
         let cell = &self.slot(epoch).retries;
         increment(cell, epoch);
         let retries = self.sum(epoch, |s| &s.retries);
@@ -334,6 +340,13 @@ impl RetryBudget {
         }
     }
 
+    /// Takes back one retry granted at `granted_at` and never made
+    /// (nothing once its slot has moved on: the count is gone anyway).
+    fn refund_at(&self, granted_at: Instant) {
+        let epoch = self.epoch(granted_at);
+        decrement(&self.slot(epoch).retries, epoch);
+    }
+
     /// Requests deposited over the window.
     pub fn requests_in_window(&self) -> u64 {
         self.sum(self.epoch(clock::now()), |s| &s.requests)
@@ -343,6 +356,48 @@ impl RetryBudget {
     /// when a hedge layer draws on this budget).
     pub fn retries_in_window(&self) -> u64 {
         self.sum(self.epoch(clock::now()), |s| &s.retries)
+    }
+}
+
+/// A retry (or speculative attempt) `budget` granted at `at`
+/// ([`RetryBudget::withdraw_at`]) and not made yet: dropped unspent (its
+/// request dropped during the backoff, or while waiting for the inner
+/// service; a hedge race that ended first), it is given back, so that
+/// the budget bounds the attempts sent and one never sent takes no other
+/// request's place. [`spend`](Charge::spend) when the attempt is made.
+pub(crate) struct Charge {
+    budget: std::sync::Arc<RetryBudget>,
+    at: Instant,
+    spent: bool,
+}
+
+impl Charge {
+    /// The charge of a retry `budget` granted at `at`.
+    pub(crate) fn granted(budget: &std::sync::Arc<RetryBudget>, at: Instant) -> Charge {
+        Charge {
+            budget: budget.clone(),
+            at,
+            spent: false,
+        }
+    }
+
+    /// The attempt is made: the budget keeps it.
+    pub(crate) fn spend(mut self) {
+        self.spent = true;
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if !self.spent {
+            self.budget.refund_at(self.at);
+        }
+    }
+}
+
+impl fmt::Debug for Charge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Charge").field("at", &self.at).finish()
     }
 }
 

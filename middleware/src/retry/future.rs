@@ -13,6 +13,7 @@ use tower_cql_core::event::{Event, RetryEvent, ThrottleEvent};
 use tower_cql_core::{AttemptReason, CqlError, CqlRequest, CqlResponse, RetryAdvice, clock};
 use tower_service::Service;
 
+use super::budget::Charge;
 use super::policy::{Decision, StopReason};
 use super::{BUDGET_LIMITER, Shared};
 
@@ -84,12 +85,17 @@ pin_project! {
         },
         // Waiting out the backoff before the next attempt (the timer
         // boxed: inline, its 112 bytes were in every request's future,
-        // though only a retry waits)
+        // though only a retry waits); `charge`: the retry's, given back
+        // to the budget if it is dropped before the retry is made
         Backoff {
             sleep: Pin<Box<Sleep>>,
+            charge: Option<Charge>,
         },
-        // Waiting for the inner service to be ready for the next attempt.
-        Ready,
+        // Waiting for the inner service to be ready for the next attempt
+        // (its charge, as in `Backoff`).
+        Ready {
+            charge: Option<Charge>,
+        },
     }
 }
 
@@ -176,7 +182,7 @@ impl<S, F> fmt::Debug for Attempts<S, F> {
         let state = match self.state {
             State::Called { .. } => "called",
             State::Backoff { .. } => "backoff",
-            State::Ready => "ready",
+            State::Ready { .. } => "ready",
         };
         f.debug_struct("Attempts")
             .field("attempts", &self.attempts)
@@ -258,17 +264,21 @@ where
                         AfterError::Stop(err) => {
                             return Poll::Ready(Err(with_speculative(err, *this.speculative)));
                         }
-                        AfterError::Now => this.state.set(State::Ready),
-                        AfterError::At(at) => this.state.set(State::Backoff {
+                        AfterError::Now(charge) => this.state.set(State::Ready {
+                            charge: Some(charge),
+                        }),
+                        AfterError::At(at, charge) => this.state.set(State::Backoff {
                             sleep: Box::pin(tokio::time::sleep_until(at)),
+                            charge: Some(charge),
                         }),
                     }
                 }
-                StateProj::Backoff { sleep } => {
+                StateProj::Backoff { sleep, charge } => {
                     ready!(sleep.as_mut().poll(cx));
-                    this.state.set(State::Ready);
+                    let charge = charge.take();
+                    this.state.set(State::Ready { charge });
                 }
-                StateProj::Ready => {
+                StateProj::Ready { charge } => {
                     let service = match this.service {
                         Some(service) => service,
                         None => this.service.insert(
@@ -282,6 +292,10 @@ where
                         return Poll::Ready(Err(with_speculative(err, *this.speculative)));
                     }
                     *this.attempts += 1;
+                    // made: the budget keeps it
+                    if let Some(charge) = charge.take() {
+                        charge.spend();
+                    }
                     let future = service.call(this.request.clone());
                     this.state.set(State::Called { future });
                 }
@@ -294,10 +308,10 @@ where
 enum AfterError {
     /// Return this error.
     Stop(CqlError),
-    /// Make the next attempt now.
-    Now,
+    /// Make the next attempt now (its charge to the budget).
+    Now(Charge),
     /// Make it at this time.
-    At(Instant),
+    At(Instant, Charge),
 }
 
 /// The policy's decision on a failed attempt, with its events: a stop
@@ -342,6 +356,8 @@ fn after_error(
         }
         Decision::Retry { delay, advice } => (delay, advice),
     };
+    // granted at `now`: given back if the retry is never made
+    let charge = Charge::granted(shared.policy.budget(), now);
     // The next attempt's index follows every attempt made so far, the ones
     // the layers inside made for the last one included (a hedge's
     // speculative attempts: its error says how many it made).
@@ -367,9 +383,9 @@ fn after_error(
         )));
     }
     if delay.is_zero() {
-        AfterError::Now
+        AfterError::Now(charge)
     } else {
-        AfterError::At(now + delay)
+        AfterError::At(now + delay, charge)
     }
 }
 

@@ -63,7 +63,10 @@
 //!   (and, in the stack, together with the hedge layer's speculative
 //!   attempts, which draw on the same budget). A retry the budget refuses
 //!   is reported as a [`ThrottleEvent`](tower_cql_core::event::ThrottleEvent)
-//!   with the limiter `"retry_budget"`, rejected.
+//!   with the limiter `"retry_budget"`, rejected. A retry is charged when
+//!   it is scheduled, before its backoff; a request dropped before the
+//!   retry is made (during the backoff, or while the inner service is not
+//!   ready) gives it back.
 //!
 //! When the layer stops it returns the last error as it came, not wrapped;
 //! only its [`attempts`](CqlError::attempts) count is set.
@@ -661,6 +664,62 @@ mod tests {
         let mock2 = Mock::new([fail(ErrorKind::Overloaded, MS), ok(MS)]);
         let resp = layer.layer(mock2).oneshot(read()).await.unwrap();
         assert_eq!(resp.info().attempts, 2);
+    }
+
+    /// A retry is charged to the budget when it is scheduled, before its
+    /// backoff; a request dropped before its retry is made (during the
+    /// backoff, or waiting for the inner service) gives the charge back:
+    /// the budget bounds the retries sent, and one never sent must not
+    /// take the place of another request's (in a storm whose callers
+    /// give up, every retry they dropped was kept against the budget).
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_never_made_is_given_back_to_the_budget() {
+        // backoffs drawn from the thread's generator: fixed draws
+        fastrand::seed(17);
+        let (layer, recorder) = layer(RetryConfig {
+            max_attempts: 2,
+            backoff: Backoff {
+                base: Duration::from_secs(1),
+                max: Duration::from_secs(1),
+            },
+            budget: unlimited(),
+        });
+        let budget = layer.policy().budget().clone();
+        // dropped during the backoff: the first attempt failed after 1 ms
+        let mock = Mock::new([fail(ErrorKind::Overloaded, MS), ok(MS)]);
+        let call = layer.layer(mock.clone()).oneshot(read());
+        assert!(tokio::time::timeout(5 * MS, call).await.is_err());
+        assert_eq!(recorder.retries().len(), 1, "the retry was scheduled");
+        assert_eq!(
+            mock.calls().len(),
+            1,
+            "and not made: dropped in its backoff"
+        );
+        assert_eq!(budget.retries_in_window(), 0, "a retry never made");
+        // dropped waiting for the inner service after the backoff
+        let mock = Mock::new([fail(ErrorKind::Overloaded, MS), ok(MS)]);
+        let mut svc = layer.layer(mock.clone());
+        svc.ready().await.unwrap();
+        let call = svc.call(read());
+        mock.set_ready(false);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(2), call)
+                .await
+                .is_err()
+        );
+        assert_eq!(recorder.retries().len(), 2, "the retry was scheduled");
+        assert_eq!(
+            mock.calls().len(),
+            1,
+            "not made: the service was never ready"
+        );
+        assert_eq!(budget.retries_in_window(), 0, "a retry never made");
+        // a retry made stays charged
+        mock.set_ready(true);
+        let mock = Mock::new([fail(ErrorKind::Overloaded, MS), ok(MS)]);
+        let resp = layer.layer(mock.clone()).oneshot(read()).await.unwrap();
+        assert_eq!(resp.info().attempts, 2);
+        assert_eq!(budget.retries_in_window(), 1, "the retry made");
     }
 
     #[tokio::test(start_paused = true)]

@@ -145,7 +145,9 @@ impl RetryPolicy {
 
     /// What to do after `attempts` attempts (1 after the first) ended with
     /// `err`, at `now`, for a request that must be done by `deadline`.
-    /// A `Retry` has been withdrawn from the budget.
+    /// A `Retry` has been withdrawn from the budget, at `now` (the retry
+    /// layer gives it back if its request is dropped before the retry is
+    /// made).
     pub fn decide(
         &self,
         meta: &RequestMeta,
@@ -168,7 +170,7 @@ impl RetryPolicy {
         {
             return Decision::Stop(StopReason::Deadline);
         }
-        if !self.budget.withdraw() {
+        if !self.budget.withdraw_at(now) {
             return Decision::Stop(StopReason::BudgetExhausted);
         }
         Decision::Retry { delay, advice }

@@ -343,7 +343,8 @@ pub enum Assignment {
         /// Value.
         value: Term,
     },
-    /// `col = col + term` (counter increment, collection append/union).
+    /// `col = col + term` or `col += term` (counter increment, collection
+    /// append/union).
     Add {
         /// Column.
         column: String,
@@ -357,7 +358,8 @@ pub enum Assignment {
         /// Value prepended.
         value: Term,
     },
-    /// `col = col - term` (counter decrement, collection removal).
+    /// `col = col - term` or `col -= term` (counter decrement, collection
+    /// removal).
     Remove {
         /// Column.
         column: String,

@@ -201,6 +201,16 @@ impl Parser<'_> {
             let value = self.term()?;
             return Ok(Assignment::SetElement { column, key, value });
         }
+        // `c += x` / `c -= x`: Cassandra's shorthand for `c = c + x` /
+        // `c = c - x`
+        if self.eat_sym("+=") {
+            let value = self.term()?;
+            return Ok(Assignment::Add { column, value });
+        }
+        if self.eat_sym("-=") {
+            let value = self.term()?;
+            return Ok(Assignment::Remove { column, value });
+        }
         self.expect_sym("=")?;
         let t = self.tok();
         if self.is_name_tok(t) && !self.is_sym(self.peek(1), "(") {

@@ -176,7 +176,8 @@ pub(super) fn lex(src: &str) -> PResult<Vec<Token>> {
                 }
                 Kind::Ident
             }
-            b'!' | b'<' | b'>' if next == Some(b'=') => {
+            // (`+=` and `-=`: the shorthand assignments `c += x`, `c -= x`)
+            b'!' | b'<' | b'>' | b'+' | b'-' if next == Some(b'=') => {
                 i += 2;
                 Kind::Sym
             }

@@ -977,6 +977,29 @@ mod tests {
         );
     }
 
+    /// `c += x` and `c -= x`: Cassandra's shorthand for `c = c + x` and
+    /// `c = c - x`.
+    #[test]
+    fn update_shorthand_assignments() {
+        let u = update("UPDATE t SET c += 1, d -= ?, l+=[2] WHERE k = 0");
+        let add = |c: &str, v| Assignment::Add {
+            column: c.into(),
+            value: v,
+        };
+        let remove = |c: &str, v| Assignment::Remove {
+            column: c.into(),
+            value: v,
+        };
+        assert_eq!(
+            u.assignments,
+            [
+                add("c", int("1")),
+                remove("d", bind(0)),
+                add("l", lit(Literal::List(vec![int("2")]))),
+            ]
+        );
+    }
+
     #[test]
     fn update_conditions() {
         let c = |q: &str| update(q).condition;
