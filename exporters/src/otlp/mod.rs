@@ -808,15 +808,15 @@ impl OtlpExporter {
 
     /// A collector recording the stack's metrics on this exporter's meter
     /// provider. Its `flush()`, which the stack's `close()` calls, exports
-    /// the pending metrics and spans. Add one per [`Collectors`] set: two
+    /// the pending metrics and spans; a flush that fails counts as its
+    /// failure (`Collectors::failures`). Add one per [`Collectors`] set: two
     /// would record every event twice into the same instruments.
     ///
     /// [`Collectors`]: tower_cql_core::Collectors
     pub fn collector(&self) -> OtelCollector {
         let traces = self.tracer_provider.clone();
-        OtelCollector::with_provider(&self.meter_provider).also_flush(Arc::new(move || {
-            let _ = traces.force_flush();
-        }))
+        OtelCollector::with_provider(&self.meter_provider)
+            .also_flush(Arc::new(move || traces.force_flush()))
     }
 
     /// A `tracing` layer exporting spans (the tracing middleware's
