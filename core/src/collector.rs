@@ -72,10 +72,10 @@ pub trait Collector: Send + Sync + 'static {
     /// collectors' flushes: see [`Collectors::flush`]).
     fn flush(&self) {}
     /// Failures this collector counted itself, off the request path: the
-    /// panics a wrapper that runs another collector on a thread of its
-    /// own caught ([`Background`], which adds its inner collector's
-    /// count), or the events an exporter could not deliver (a write that
-    /// failed). [`Collectors::failures`] and [`Collectors::failures_of`]
+    /// events a wrapper that runs another collector on a thread of its
+    /// own dropped (its queue full) and the panics it caught
+    /// ([`Background`], which adds its inner collector's count), or the
+    /// events an exporter could not deliver (a write that failed). [`Collectors::failures`] and [`Collectors::failures_of`]
     /// add them to the panics they caught. 0 by default.
     fn failures(&self) -> u64 {
         0
@@ -433,8 +433,8 @@ enum Message {
 /// Runs a slow collector on its own thread behind a bounded queue: the
 /// request path only copies the event and tries to enqueue it; when the
 /// queue is full the event is dropped and counted, never waited for. A
-/// panic of the collector on that thread is caught and counted
-/// ([`Background::failures`], and [`Collectors::failures`]).
+/// drop, and a panic of the collector on that thread (caught), count as
+/// failures ([`Background::failures`], and [`Collectors::failures`]).
 pub struct Background {
     tx: mpsc::SyncSender<Message>,
     dropped: AtomicU64,
@@ -513,12 +513,16 @@ impl Background {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Panics of the inner collector caught on the worker thread (its
+    /// Events lost on their way through: those [dropped](Self::dropped)
+    /// because the queue was full (never seen by the inner collector),
+    /// panics of the inner collector caught on the worker thread (its
     /// event handlers' and its flush's), and the failures the inner
     /// collector counted itself (its [`Collector::failures`]: lines a
     /// writer refused, say); [`Collectors::failures`] counts them too.
     pub fn failures(&self) -> u64 {
-        self.failures.load(std::sync::atomic::Ordering::Relaxed) + self.inner.failures()
+        self.dropped()
+            + self.failures.load(std::sync::atomic::Ordering::Relaxed)
+            + self.inner.failures()
     }
 
     fn send(&self, event: Event<'_>) {
@@ -592,8 +596,8 @@ impl Collector for Background {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let _ = ack_rx.recv_timeout(left);
     }
-    /// Panics of the inner collector caught on the worker thread, and
-    /// its own count.
+    /// Events dropped, panics of the inner collector caught on the
+    /// worker thread, and its own count (see [`Background::failures`]).
     fn failures(&self) -> u64 {
         Background::failures(self)
     }
@@ -734,6 +738,9 @@ mod tests {
         );
         assert!(bg.dropped() >= 90, "dropped {}", bg.dropped());
         c.flush();
+        // events its collector never got: lost, and counted where every
+        // collector's failures are
+        assert_eq!(c.failures(), bg.dropped(), "the drops are failures");
     }
 
     /// A collector behind `Background` that panics is caught on the
