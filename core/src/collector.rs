@@ -72,10 +72,10 @@ pub trait Collector: Send + Sync + 'static {
     /// collectors' flushes: see [`Collectors::flush`]).
     fn flush(&self) {}
     /// Failures this collector counted itself, off the request path: the
-    /// panics a wrapper that runs another collector on a thread of its
-    /// own caught ([`Background`], which adds its inner collector's
-    /// count), or the events an exporter could not deliver (a write that
-    /// failed). [`Collectors::failures`] and [`Collectors::failures_of`]
+    /// events a wrapper that runs another collector on a thread of its
+    /// own dropped (its queue full) and the panics it caught
+    /// ([`Background`], which adds its inner collector's count), or the
+    /// events an exporter could not deliver (a write that failed). [`Collectors::failures`] and [`Collectors::failures_of`]
     /// add them to the panics they caught. 0 by default.
     fn failures(&self) -> u64 {
         0
@@ -310,7 +310,32 @@ impl Collectors {
             generation: set.generation + 1,
             entries: set.entries.iter().filter(|e| e.id != id).cloned().collect(),
         });
+        self.keep_failures_of_those_gone(&previous);
         previous.entries.iter().any(|e| e.id == id)
+    }
+
+    /// Adds to the set's own count what the collectors of `previous` that
+    /// are no longer in the set counted off the request path, so that
+    /// [`failures`](Self::failures) does not go down when one leaves.
+    /// (What such a collector counts after it left is not seen.)
+    fn keep_failures_of_those_gone(&self, previous: &CollectorSet) {
+        let now = self.shared.set.load();
+        let same = |a: &Arc<dyn Collector>, b: &Arc<dyn Collector>| {
+            std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+        };
+        let mut counted: Vec<&Arc<dyn Collector>> = Vec::new();
+        for gone in &previous.entries {
+            let c = &gone.collector;
+            if now.entries.iter().any(|e| same(&e.collector, c))
+                || counted.iter().any(|seen| same(seen, c))
+            {
+                continue; // still in the set, or counted once already
+            }
+            counted.push(c);
+            self.shared
+                .failures
+                .fetch_add(c.failures(), Ordering::Relaxed);
+        }
     }
 
     /// Replaces the whole set; returns the new ids in order.
@@ -323,16 +348,18 @@ impl Collectors {
             .map(|c| self.new_entry(c.into_collector()))
             .collect();
         let ids = entries.iter().map(|e| e.id).collect();
-        self.shared.set.rcu(|set| CollectorSet {
+        let previous = self.shared.set.rcu(|set| CollectorSet {
             generation: set.generation + 1,
             entries: entries.clone(),
         });
+        self.keep_failures_of_those_gone(&previous);
         ids
     }
 
-    /// Panics caught from collectors, in all: on the request path (also
-    /// from collectors removed since), and off it by the collectors in
-    /// the set now (see [`Collector::failures`]).
+    /// Panics caught from collectors, in all: on the request path, and
+    /// off it (see [`Collector::failures`]), also those of collectors
+    /// removed since (as counted when they left the set): a total that a
+    /// change of the set never lowers.
     pub fn failures(&self) -> u64 {
         let off_path: u64 = self
             .shared
@@ -406,8 +433,8 @@ enum Message {
 /// Runs a slow collector on its own thread behind a bounded queue: the
 /// request path only copies the event and tries to enqueue it; when the
 /// queue is full the event is dropped and counted, never waited for. A
-/// panic of the collector on that thread is caught and counted
-/// ([`Background::failures`], and [`Collectors::failures`]).
+/// drop, and a panic of the collector on that thread (caught), count as
+/// failures ([`Background::failures`], and [`Collectors::failures`]).
 pub struct Background {
     tx: mpsc::SyncSender<Message>,
     dropped: AtomicU64,
@@ -501,12 +528,16 @@ impl Background {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Panics of the inner collector caught on the worker thread (its
+    /// Events lost on their way through: those [dropped](Self::dropped)
+    /// because the queue was full (never seen by the inner collector),
+    /// panics of the inner collector caught on the worker thread (its
     /// event handlers' and its flush's), and the failures the inner
     /// collector counted itself (its [`Collector::failures`]: lines a
     /// writer refused, say); [`Collectors::failures`] counts them too.
     pub fn failures(&self) -> u64 {
-        self.failures.load(std::sync::atomic::Ordering::Relaxed) + self.inner.failures()
+        self.dropped()
+            + self.failures.load(std::sync::atomic::Ordering::Relaxed)
+            + self.inner.failures()
     }
 
     fn send(&self, event: Event<'_>) {
@@ -580,8 +611,8 @@ impl Collector for Background {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let _ = ack_rx.recv_timeout(left);
     }
-    /// Panics of the inner collector caught on the worker thread, and
-    /// its own count.
+    /// Events dropped, panics of the inner collector caught on the
+    /// worker thread, and its own count (see [`Background::failures`]).
     fn failures(&self) -> u64 {
         Background::failures(self)
     }
@@ -669,6 +700,43 @@ mod tests {
         assert_eq!(c.failures_of(bad), 10);
     }
 
+    /// What a collector counted off the request path stays in
+    /// `Collectors::failures` when the collector leaves the set (removed,
+    /// or the set replaced): a total never goes down because the set was
+    /// reconfigured. (Before, it went back to 0: the panics of a
+    /// `Background` collector counted, then forgotten.)
+    #[test]
+    fn failures_counted_off_the_path_stay_counted_when_the_collector_leaves() {
+        let c = Collectors::new();
+        let req = CqlRequest::query("SELECT 1 FROM t");
+        // n events to a set of panicking collectors, handled by the time
+        // it returns (the panics not printed)
+        let panics = |n| {
+            let prev = std::panic::take_hook();
+            std::panic::set_hook(Box::new(|_| {}));
+            for _ in 0..n {
+                c.emit(event(req.meta()));
+            }
+            c.flush();
+            std::panic::set_hook(prev);
+        };
+        let id = c.add(Arc::new(Background::new(Arc::new(Panics), 64)));
+        panics(10);
+        assert_eq!(c.failures(), 10);
+        assert!(c.remove(id));
+        assert_eq!(c.failures(), 10, "after remove");
+        let bg = Arc::new(Background::new(Arc::new(Panics), 64));
+        c.replace([bg.clone()]);
+        panics(5);
+        assert_eq!(c.failures(), 15);
+        // the same collector twice, then once: its count kept once
+        c.replace([bg.clone(), bg.clone()]);
+        c.replace([bg.clone()]);
+        assert_eq!(c.failures(), 15, "after a replace that keeps it");
+        c.replace(std::iter::empty::<Arc<dyn Collector>>());
+        assert_eq!(c.failures(), 15, "after a replace that drops it");
+    }
+
     #[test]
     fn background_never_blocks_and_counts_drops() {
         let bg = Arc::new(Background::new(Arc::new(Slow), 2));
@@ -685,6 +753,9 @@ mod tests {
         );
         assert!(bg.dropped() >= 90, "dropped {}", bg.dropped());
         c.flush();
+        // events its collector never got: lost, and counted where every
+        // collector's failures are
+        assert_eq!(c.failures(), bg.dropped(), "the drops are failures");
     }
 
     /// A collector behind `Background` that panics is caught on the

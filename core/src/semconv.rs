@@ -15,6 +15,23 @@
 pub const DB_CLIENT_OPERATION_DURATION_BUCKETS: [f64; 9] =
     [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 
+/// `db.response.status_code`'s value for the CQL protocol error code
+/// `code` (what [`CqlError::status_code`](crate::CqlError::status_code)
+/// says): the number in decimal, as the Cassandra conventions write it
+/// ("Cassandra protocol error code represented as a string", examples
+/// `102`, `40020`), not the protocol spec's hex notation; the one place
+/// that formats it for the span attributes of every path.
+///
+/// ```
+/// use tower_cql_core::semconv::response_status_code;
+///
+/// // Overloaded, 0x1001 in the protocol spec
+/// assert_eq!(response_status_code(0x1001), "4097");
+/// ```
+pub fn response_status_code(code: i32) -> String {
+    code.to_string()
+}
+
 /// `db.cassandra.consistency_level`'s value for `c`: its snake_case name
 /// (`local_quorum`), as the conventions write it; the one place that
 /// names consistencies for the span attributes of every path.

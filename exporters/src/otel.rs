@@ -33,9 +33,11 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{BoundHistogram, Counter, Gauge, Histogram, Meter};
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use tower_cql_core::event::{
     AttemptEvent, BreakerEvent, LatestLimit, LimitEvent, RequestEvent, RetryEvent, ShedEvent,
     ThrottleEvent,
@@ -96,7 +98,10 @@ pub struct OtelCollector {
     provider: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
     // Also flushed by `flush()`, after the meter provider (e.g. the OTLP
     // tracer provider, so the stack's close() sends the last spans too).
-    also_flush: Option<Arc<dyn Fn() + Send + Sync>>,
+    also_flush: Option<Arc<dyn Fn() -> OTelSdkResult + Send + Sync>>,
+    // Flushes that failed (an export of what they carried failed): this
+    // collector's `failures()`.
+    failed_flushes: AtomicU64,
 }
 
 impl fmt::Debug for OtelCollector {
@@ -163,12 +168,15 @@ impl OtelCollector {
             id: tower_cql_core::Statement::new_collector_id(),
             provider: None,
             also_flush: None,
+            failed_flushes: AtomicU64::new(0),
         }
     }
 
     /// Instruments on a meter of `provider`, which [`Collector::flush`]
     /// (called by the stack's `close()`) force-flushes, so the last data is
-    /// exported before shutdown.
+    /// exported before shutdown. A flush that fails (its export did) is
+    /// counted as this collector's failure ([`Collector::failures`], and
+    /// so `Collectors::failures`).
     pub fn with_provider(provider: &opentelemetry_sdk::metrics::SdkMeterProvider) -> OtelCollector {
         use opentelemetry::metrics::MeterProvider as _;
         let mut c = OtelCollector::new(&provider.meter("tower-cql"));
@@ -176,9 +184,13 @@ impl OtelCollector {
         c
     }
 
-    /// Runs `f` on every [`Collector::flush`] too, after the meter provider.
+    /// Runs `f` on every [`Collector::flush`] too, after the meter
+    /// provider; its failure counts as the provider's does.
     #[cfg(feature = "_otlp")]
-    pub(crate) fn also_flush(mut self, f: Arc<dyn Fn() + Send + Sync>) -> OtelCollector {
+    pub(crate) fn also_flush(
+        mut self,
+        f: Arc<dyn Fn() -> OTelSdkResult + Send + Sync>,
+    ) -> OtelCollector {
         self.also_flush = Some(f);
         self
     }
@@ -291,15 +303,88 @@ impl Collector for OtelCollector {
     }
 
     fn flush(&self) {
+        // (a provider shut down already has nothing left to lose here)
+        let count = |r: OTelSdkResult| {
+            if let Err(e) = r
+                && !matches!(e, OTelSdkError::AlreadyShutdown)
+            {
+                self.failed_flushes.fetch_add(1, Ordering::Relaxed);
+            }
+        };
         if let Some(p) = &self.provider {
-            let _ = p.force_flush();
+            count(p.force_flush());
         }
         if let Some(f) = &self.also_flush {
-            f();
+            count(f());
         }
+    }
+
+    /// Flushes that failed: an export of what they carried failed.
+    fn failures(&self) -> u64 {
+        self.failed_flushes.load(Ordering::Relaxed)
     }
 
     fn name(&self) -> &str {
         "opentelemetry"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_sdk::metrics::data::ResourceMetrics;
+    use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+    use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+    use std::time::Duration;
+    use tower_cql_core::event::Event;
+    use tower_cql_core::{Collectors, CqlRequest};
+
+    /// An exporter whose every export fails (a collector that is down).
+    #[derive(Debug)]
+    struct Refusing;
+
+    impl PushMetricExporter for Refusing {
+        async fn export(&self, _: &ResourceMetrics) -> OTelSdkResult {
+            Err(OTelSdkError::InternalFailure(
+                "the collector is down".into(),
+            ))
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+        fn temporality(&self) -> Temporality {
+            Temporality::Cumulative
+        }
+    }
+
+    /// The flush that the stack's `close()` does through the collector
+    /// set, when its export fails, is a loss of what it carried: counted
+    /// as the collector's failure ([`Collector::failures`], and so
+    /// `Collectors::failures`). (Before, the SDK's error was thrown away:
+    /// the last metrics lost, counted nowhere.)
+    #[test]
+    fn a_flush_whose_export_fails_is_counted() {
+        let provider = SdkMeterProvider::builder()
+            .with_reader(
+                PeriodicReader::builder(Refusing)
+                    .with_interval(Duration::from_secs(3600))
+                    .build(),
+            )
+            .build();
+        let collectors = Collectors::with([Arc::new(OtelCollector::with_provider(&provider))]);
+        let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?");
+        collectors.emit(Event::Request(RequestEvent::new(
+            req.meta(),
+            Duration::from_millis(2),
+            None,
+        )));
+        collectors.flush();
+        assert_eq!(collectors.failures(), 1, "the failed flush");
+        collectors.flush();
+        assert_eq!(collectors.failures(), 2, "and the next");
+        let _ = provider.shutdown();
     }
 }

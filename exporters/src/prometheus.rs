@@ -18,12 +18,19 @@
 //! The end-to-end duration histogram is
 //! `db_client_operation_duration_seconds`, with the bucket boundaries of
 //! the OpenTelemetry database conventions (1 ms … 10 s); every metric has
-//! help text and its unit in its name (`_seconds`, `_total`).
+//! help text and its unit in its name (`_seconds`, `_total`). A label
+//! value is written as it was given, whatever it holds (quotes,
+//! backslashes, newlines escaped as the exposition format says), so two
+//! different values are never one series.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::metrics_bridge::{ATTEMPT_DURATION, OPERATION_DURATION};
@@ -118,12 +125,11 @@ impl PrometheusExporterBuilder {
             addr: self.listen,
             source,
         };
-        let recorder = self.recorder_builder()?.build_recorder();
+        let (recorder, handle) = self.recorder()?;
         let listener = std::net::TcpListener::bind(self.listen).map_err(bind)?;
         listener.set_nonblocking(true).map_err(bind)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(bind)?;
         let address = listener.local_addr().map_err(bind)?;
-        let handle = recorder.handle();
         metrics::set_global_recorder(recorder).map_err(|_| PrometheusError::RecorderInstalled)?;
         let task = tokio::spawn(serve(listener, handle.clone(), self.upkeep));
         Ok(PrometheusExporter {
@@ -227,7 +233,64 @@ async fn respond(mut stream: tokio::net::TcpStream, handle: PrometheusHandle) {
     let _ = stream.shutdown().await;
 }
 
+/// The Prometheus recorder with each label value's backslashes doubled
+/// before it is handed over, the one place label values are prepared for
+/// the exposition.
+///
+/// `metrics-exporter-prometheus` escapes quotes and newlines, but reads a
+/// backslash as the start of an escape already written: it keeps `\\` as
+/// one escaped backslash and drops the one before a quote, so `a\b` and
+/// `a\\b` (or `c"d` and `c\"d`) came out as the same series, which a
+/// Prometheus server keeps one of, and every value with a backslash read
+/// back changed. With each backslash doubled first, its escaping writes
+/// every value exactly (`\\`, `\"`, `\n`). Registration only: handles are
+/// registered once per label set, so recording costs nothing more.
+struct ExactLabels(metrics_exporter_prometheus::PrometheusRecorder);
+
+impl ExactLabels {
+    /// `key` with the backslashes of its label values doubled (itself
+    /// when none has one).
+    fn key(key: &Key) -> Cow<'_, Key> {
+        if !key.labels().any(|l| l.value().contains('\\')) {
+            return Cow::Borrowed(key);
+        }
+        let labels: Vec<Label> = key
+            .labels()
+            .map(|l| Label::new(l.key().to_string(), l.value().replace('\\', "\\\\")))
+            .collect();
+        Cow::Owned(Key::from_parts(key.name_shared(), labels))
+    }
+}
+
+impl Recorder for ExactLabels {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_counter(key, unit, description);
+    }
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_gauge(key, unit, description);
+    }
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_histogram(key, unit, description);
+    }
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        self.0.register_counter(&ExactLabels::key(key), metadata)
+    }
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        self.0.register_gauge(&ExactLabels::key(key), metadata)
+    }
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        self.0.register_histogram(&ExactLabels::key(key), metadata)
+    }
+}
+
 impl PrometheusExporterBuilder {
+    /// The recorder to install, and its handle.
+    fn recorder(&self) -> Result<(ExactLabels, PrometheusHandle), PrometheusError> {
+        let recorder = self.recorder_builder()?.build_recorder();
+        let handle = recorder.handle();
+        Ok((ExactLabels(recorder), handle))
+    }
+
     fn recorder_builder(&self) -> Result<PrometheusBuilder, PrometheusError> {
         let refuse = |reason| {
             Err(PrometheusError::Buckets {
@@ -264,8 +327,7 @@ impl PrometheusExporterBuilder {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(PrometheusError::NoRuntime);
         }
-        let recorder = self.recorder_builder()?.build_recorder();
-        let handle = recorder.handle();
+        let (recorder, handle) = self.recorder()?;
         metrics::set_global_recorder(recorder).map_err(|_| PrometheusError::RecorderInstalled)?;
         let upkeep = handle.clone();
         let every = self.upkeep;

@@ -374,7 +374,7 @@ impl<T> SpanCollector<T> {
                 if let Some(code) = err.status_code() {
                     attrs.push(KeyValue::new(
                         "db.response.status_code",
-                        format!("{code:#06x}"),
+                        tower_cql_core::semconv::response_status_code(code),
                     ));
                 }
                 Status::error(err.kind().as_str())

@@ -1058,6 +1058,8 @@ async fn span_collector_run(builder: OtlpExporterBuilder, ratio: &str, n: i32) -
 struct PartlyRejecting {
     addr: std::net::SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    /// The body of each export of metrics, in order.
+    metrics: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl PartlyRejecting {
@@ -1072,9 +1074,12 @@ impl PartlyRejecting {
         inner.extend_from_slice(message.as_bytes());
         let mut body = vec![0x0a, inner.len() as u8];
         body.extend_from_slice(&inner);
+        let metrics = Arc::new(Mutex::new(Vec::new()));
+        let kept = metrics.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let body = body.clone();
+                let kept = kept.clone();
                 tokio::spawn(async move {
                     // the request head, then its body (content-length)
                     let mut got = Vec::new();
@@ -1101,6 +1106,11 @@ impl PartlyRejecting {
                         }
                         got.extend_from_slice(&buf[..n]);
                     }
+                    if head.starts_with("post /v1/metrics") {
+                        kept.lock()
+                            .unwrap()
+                            .push(got[head_end..head_end + length].to_vec());
+                    }
                     let mut response = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                         body.len()
@@ -1112,7 +1122,39 @@ impl PartlyRejecting {
                 });
             }
         });
-        PartlyRejecting { addr, task }
+        PartlyRejecting {
+            addr,
+            task,
+            metrics,
+        }
+    }
+
+    /// The sum of the points of the counter `name` in the last export of
+    /// metrics whose attribute `error.type` is `error_type` (`None`: the
+    /// points without it), if it has any.
+    fn last_count(&self, name: &str, error_type: Option<&str>) -> Option<i64> {
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value};
+        use prost::Message as _;
+        let last = self.metrics.lock().unwrap().last().cloned()?;
+        let request = ExportMetricsServiceRequest::decode(last.as_slice()).unwrap();
+        let points: Vec<i64> = request
+            .resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+            .filter(|m| m.name == name)
+            .flat_map(|m| match &m.data {
+                Some(Data::Sum(sum)) => sum.data_points.clone(),
+                other => panic!("{name} is not a counter: {other:?}"),
+            })
+            .filter(|p| attr(&p.attributes, "error.type").as_deref() == error_type)
+            .map(|p| match p.value {
+                Some(Value::AsInt(v)) => v,
+                other => panic!("{name}: {other:?}"),
+            })
+            .collect();
+        (!points.is_empty()).then(|| points.iter().sum())
     }
 }
 
@@ -1163,6 +1205,52 @@ async fn http_items_the_collector_rejects_count_as_lost() {
     // shutdown's last export carries the three series again (cumulative),
     // and two are rejected again
     assert_eq!((err.lost.spans, err.lost.metric_points), (2, 4));
+}
+
+/// With self-observability on, the items the collector rejected (an OTLP
+/// partial success) are counted in metrics of the exporter's own, as the
+/// OpenTelemetry SDK conventions name them: `otel.sdk.exporter.span.exported`
+/// and `otel.sdk.exporter.metric_data_point.exported`, the rejected ones
+/// with `error.type` `rejected`, the others without. (Before, they were
+/// only in `lost()` and the flush's error: nothing a dashboard could see.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_observability_counts_the_items_the_collector_rejects() {
+    tower_cql_testkit::tracing_setup::global_registry();
+    let _serial = SERIAL.lock().await;
+    let collector = PartlyRejecting::start(2, "over the limit").await;
+    let otlp = no_env()
+        .protocol(Protocol::HttpProtobuf)
+        .endpoint(format!("http://{}", collector.addr))
+        .export_timeout(Duration::from_secs(5))
+        .metric_export_interval(Duration::from_secs(3600))
+        .self_observability(true)
+        .install()
+        .unwrap();
+    let spans = 3;
+    spans_and_points(&otlp, spans, 3);
+    // spans first: 2 of the 3 rejected; then the metrics, 2 of their
+    // points rejected
+    let _ = failed_flush(&otlp).await;
+    // the last export carries the counts of the first
+    let _ = otlp.shutdown().await;
+    let spans_exported = "otel.sdk.exporter.span.exported";
+    assert_eq!(
+        collector.last_count(spans_exported, Some("rejected")),
+        Some(2)
+    );
+    assert_eq!(
+        collector.last_count(spans_exported, None),
+        Some(spans as i64 - 2)
+    );
+    let points_exported = "otel.sdk.exporter.metric_data_point.exported";
+    assert_eq!(
+        collector.last_count(points_exported, Some("rejected")),
+        Some(2)
+    );
+    assert!(
+        collector.last_count(points_exported, None) > Some(0),
+        "the points taken are counted too"
+    );
 }
 
 /// A signal's own protocol variable (`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`,

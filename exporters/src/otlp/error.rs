@@ -188,6 +188,26 @@ pub enum ExportCause {
     Other(String),
 }
 
+impl ExportCause {
+    /// The `error.type` of items whose export ended so, in the
+    /// self-observability metrics (see the module docs): `rejected`,
+    /// `connection_refused`, `dns_failure`, `timeout`,
+    /// `connection_closed`, the HTTP status (`503`), the gRPC status
+    /// (`Unauthenticated`), else `_OTHER`. Few values: never a message.
+    pub(crate) fn error_type(&self) -> String {
+        match self {
+            ExportCause::ConnectionRefused => "connection_refused".into(),
+            ExportCause::DnsFailure => "dns_failure".into(),
+            ExportCause::TimedOut(_) => "timeout".into(),
+            ExportCause::ConnectionClosed => "connection_closed".into(),
+            ExportCause::HttpStatus(code) => code.to_string(),
+            ExportCause::GrpcStatus(code) => code.clone(),
+            ExportCause::Rejected { .. } => "rejected".into(),
+            ExportCause::Other(_) => "_OTHER".into(),
+        }
+    }
+}
+
 impl fmt::Display for ExportCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -106,6 +106,28 @@
 //! them, and [`OtlpExporter::shutdown`] fails whenever anything was lost,
 //! e.g. `OTLP export failed, 7 spans and 3 metric points lost so far: ...`.
 //!
+//! # Self-observability
+//! With [`self_observability(true)`](OtlpExporterBuilder::self_observability)
+//! the same counts are metrics of the exporter's own, sent with the
+//! others (scope `tower-cql`), named as the OpenTelemetry conventions for
+//! SDK metrics name them, with `otel.component.type`
+//! (`otlp_grpc_span_exporter`, `otlp_http_metric_exporter`, ...,
+//! `batching_span_processor`):
+//!
+//! | counter | counts |
+//! |---|---|
+//! | `otel.sdk.exporter.span.exported` | spans whose export finished: taken by the collector (no `error.type`), or lost, with `error.type` |
+//! | `otel.sdk.exporter.metric_data_point.exported` | the same for metric data points |
+//! | `otel.sdk.processor.span.processed` | spans the batch span processor handed to an export, and those it dropped (`error.type` `queue_full`, counted as [`lost`](OtlpExporter::lost) counts them) |
+//!
+//! `error.type` is `rejected` for the items of a partial success, else the
+//! cause of the failed export: `connection_refused`, `dns_failure`,
+//! `timeout`, `connection_closed`, the HTTP status (`503`), the gRPC
+//! status (`Unavailable`), or `_OTHER`. Over gRPC a partial success is not
+//! seen (see above): its rejected items count as taken. Off by default:
+//! the conventions for these metrics are still in development, and they
+//! add a few series to every export.
+//!
 //! # Runtime
 //! The SDK exports from its own threads; the connections run on the Tokio
 //! runtime `install()` was called in. Flushing blocks the calling thread
@@ -157,12 +179,20 @@ const ENV_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
 /// The instrumentation scope of the meter and tracer.
 const SCOPE: &str = "tower-cql";
 
+/// Self-observability: spans whose export finished (the SDK conventions' name).
+const SPANS_EXPORTED: &str = "otel.sdk.exporter.span.exported";
+/// Self-observability: metric data points whose export finished.
+const POINTS_EXPORTED: &str = "otel.sdk.exporter.metric_data_point.exported";
+/// Self-observability: spans the batch span processor handed on or dropped.
+const SPANS_PROCESSED: &str = "otel.sdk.processor.span.processed";
+
 /// Configures and installs an [`OtlpExporter`]; see the module docs.
 #[derive(Clone)]
 pub struct OtlpExporterBuilder {
     env: Env,
     explicit: Explicit,
     sampler: Option<SamplerSetting>,
+    self_observability: bool,
 }
 
 // Sampler is not Clone; keep what is needed to make one.
@@ -189,6 +219,7 @@ impl fmt::Debug for OtlpExporterBuilder {
             .field("allow_insecure_headers", &x.allow_insecure_headers)
             .field("server_trace_ratio", &x.server_trace_ratio)
             .field("sampler", &self.sampler)
+            .field("self_observability", &self.self_observability)
             .finish()
     }
 }
@@ -240,6 +271,7 @@ impl OtlpExporterBuilder {
             env,
             explicit: Explicit::default(),
             sampler: None,
+            self_observability: false,
         }
     }
 
@@ -343,6 +375,14 @@ impl OtlpExporterBuilder {
         self
     }
 
+    /// Counts what became of every export in metrics of the exporter's
+    /// own, sent with the others (default: off). See "Self-observability"
+    /// in the module docs.
+    pub fn self_observability(mut self, on: bool) -> Self {
+        self.self_observability = on;
+        self
+    }
+
     /// The validated settings `install()` uses: those of the builder and
     /// its variables, and no header in clear text to another host (nor any
     /// the SDK would add from the process environment) unless allowed.
@@ -359,7 +399,7 @@ impl OtlpExporterBuilder {
     pub fn install(self) -> Result<OtlpExporter, OtlpError> {
         let cfg = self.resolve()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| OtlpError::NoRuntime)?;
-        let watches = Watches::new(&cfg);
+        let watches = Arc::new(Watches::new(&cfg));
         let (metric_exporter, span_exporter) = exporters(&cfg, &runtime, &watches)?;
         let metric_exporter = Watched {
             inner: metric_exporter,
@@ -382,6 +422,9 @@ impl OtlpExporterBuilder {
                     .build(),
             )
             .build();
+        if self.self_observability {
+            watches.observe_on(&meter_provider);
+        }
         let mut tracer_provider = SdkTracerProvider::builder()
             .with_resource(resource)
             .with_span_processor(Counted {
@@ -476,16 +519,92 @@ impl Watches {
     /// export or dropped; before, some may still wait in the queue, so the
     /// last flush's count stands.
     fn lost(&self) -> Lost {
-        let dropped = if self.shut_down.load(Ordering::Acquire) {
+        Lost {
+            spans: self.traces.failed_items() + self.spans_dropped(),
+            metric_points: self.metrics.failed_items(),
+        }
+    }
+
+    /// Spans the batch span processor dropped (its queue was full): see
+    /// [`lost`](Self::lost).
+    fn spans_dropped(&self) -> u64 {
+        if self.shut_down.load(Ordering::Acquire) {
             let ended = self.spans_ended.load(Ordering::Acquire);
             ended.saturating_sub(self.traces.delivered())
         } else {
             self.spans_dropped.load(Ordering::Acquire)
-        };
-        Lost {
-            spans: self.traces.failed_items() + dropped,
-            metric_points: self.metrics.failed_items(),
         }
+    }
+
+    /// Registers the self-observability counters on `provider` (see the
+    /// module docs), each observing these counts when metrics are
+    /// collected.
+    fn observe_on(self: &Arc<Watches>, provider: &SdkMeterProvider) {
+        use opentelemetry::metrics::MeterProvider as _;
+        let meter = provider.meter_with_scope(scope());
+        for watch in [&self.traces, &self.metrics] {
+            let (name, unit, items, kind) = match watch.signal() {
+                Signal::Traces => (SPANS_EXPORTED, "{span}", "spans", "span"),
+                Signal::Metrics => (
+                    POINTS_EXPORTED,
+                    "{data_point}",
+                    "metric data points",
+                    "metric",
+                ),
+            };
+            let component = KeyValue::new(
+                "otel.component.type",
+                format!(
+                    "otlp_{}_{kind}_exporter",
+                    match watch.protocol() {
+                        Protocol::Grpc => "grpc",
+                        Protocol::HttpProtobuf => "http",
+                    }
+                ),
+            );
+            let watch = watch.clone();
+            let _ = meter
+                .u64_observable_counter(name)
+                .with_unit(unit)
+                .with_description(format!(
+                    "The number of {items} for which the export has finished, either successful or failed"
+                ))
+                .with_callback(move |o| {
+                    let (taken, failed) = watch.outcomes();
+                    if taken > 0 {
+                        o.observe(taken, std::slice::from_ref(&component));
+                    }
+                    for (error_type, n) in failed {
+                        o.observe(
+                            n,
+                            &[component.clone(), KeyValue::new("error.type", error_type)],
+                        );
+                    }
+                })
+                .build();
+        }
+        let watches = self.clone();
+        let component = KeyValue::new("otel.component.type", "batching_span_processor");
+        let _ = meter
+            .u64_observable_counter(SPANS_PROCESSED)
+            .with_unit("{span}")
+            .with_description(
+                "The number of spans for which the processing has finished, either successful or failed",
+            )
+            .with_callback(move |o| {
+                let handed = watches.traces.delivered();
+                if handed > 0 {
+                    o.observe(handed, std::slice::from_ref(&component));
+                }
+                let dropped = watches.spans_dropped();
+                if dropped > 0 {
+                    o.observe(
+                        dropped,
+                        &[component.clone(), KeyValue::new("error.type", "queue_full")],
+                    );
+                }
+            })
+            .build();
     }
 
     fn before(&self) -> Before {
@@ -595,7 +714,7 @@ fn exporters(
 /// thread.
 pub struct OtlpExporter {
     cfg: Resolved,
-    watches: Watches,
+    watches: Arc<Watches>,
     meter_provider: SdkMeterProvider,
     tracer_provider: SdkTracerProvider,
     tracer: SdkTracer,
@@ -689,15 +808,15 @@ impl OtlpExporter {
 
     /// A collector recording the stack's metrics on this exporter's meter
     /// provider. Its `flush()`, which the stack's `close()` calls, exports
-    /// the pending metrics and spans. Add one per [`Collectors`] set: two
+    /// the pending metrics and spans; a flush that fails counts as its
+    /// failure (`Collectors::failures`). Add one per [`Collectors`] set: two
     /// would record every event twice into the same instruments.
     ///
     /// [`Collectors`]: tower_cql_core::Collectors
     pub fn collector(&self) -> OtelCollector {
         let traces = self.tracer_provider.clone();
-        OtelCollector::with_provider(&self.meter_provider).also_flush(Arc::new(move || {
-            let _ = traces.force_flush();
-        }))
+        OtelCollector::with_provider(&self.meter_provider)
+            .also_flush(Arc::new(move || traces.force_flush()))
     }
 
     /// A `tracing` layer exporting spans (the tracing middleware's

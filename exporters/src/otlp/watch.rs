@@ -42,6 +42,11 @@ pub(crate) struct Watch {
     delivered: AtomicU64,
     /// Items in exports that failed.
     failed_items: AtomicU64,
+    /// Items whose export finished and the collector took.
+    taken: AtomicU64,
+    /// Items whose export failed or that the collector rejected, by their
+    /// `error.type` ([`ExportCause::error_type`]; a handful of values).
+    failed_by_type: Mutex<Vec<(String, u64)>>,
 }
 
 impl Watch {
@@ -61,7 +66,28 @@ impl Watch {
             failures: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             failed_items: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            failed_by_type: Mutex::new(Vec::new()),
         }
+    }
+
+    /// What became of the items whose export finished: how many the
+    /// collector took, and how many were lost, by `error.type`.
+    pub(crate) fn outcomes(&self) -> (u64, Vec<(String, u64)>) {
+        (
+            self.taken.load(Ordering::Acquire),
+            lock(&self.failed_by_type).clone(),
+        )
+    }
+
+    /// The signal.
+    pub(crate) fn signal(&self) -> Signal {
+        self.signal
+    }
+
+    /// The protocol its exports use.
+    pub(crate) fn protocol(&self) -> Protocol {
+        self.protocol
     }
 
     /// Items handed to exports so far, exported or not.
@@ -115,6 +141,14 @@ impl Watch {
 
     /// Records a failed export of `items` spans or points.
     fn failed(&self, items: u64, cause: ExportCause) {
+        let error_type = cause.error_type();
+        {
+            let mut by_type = lock(&self.failed_by_type);
+            match by_type.iter_mut().find(|(t, _)| *t == error_type) {
+                Some((_, n)) => *n += items,
+                None => by_type.push((error_type, items)),
+            }
+        }
         *lock(&self.last_failure) = Some(self.failure(cause));
         self.failed_items.fetch_add(items, Ordering::AcqRel);
         self.failures.fetch_add(1, Ordering::AcqRel);
@@ -128,13 +162,22 @@ impl Watch {
     {
         self.delivered.fetch_add(items, Ordering::AcqRel);
         self.saw(None);
+        let failed_before = self.failed_items();
         let start = Instant::now();
         let result = export.await;
-        if let Err(e) = &result {
-            let seen = lock(&self.seen).take();
-            let cause =
-                seen.unwrap_or_else(|| cause_of_sdk_error(e, start.elapsed(), self.timeout));
-            self.failed(items, cause);
+        match &result {
+            Err(e) => {
+                let seen = lock(&self.seen).take();
+                let cause =
+                    seen.unwrap_or_else(|| cause_of_sdk_error(e, start.elapsed(), self.timeout));
+                self.failed(items, cause);
+            }
+            Ok(()) => {
+                // all but those the collector's answer rejected
+                let rejected = self.failed_items().saturating_sub(failed_before);
+                self.taken
+                    .fetch_add(items.saturating_sub(rejected), Ordering::AcqRel);
+            }
         }
         result
     }

@@ -104,7 +104,8 @@ pub(crate) fn record_outcome(span: &Span, f: &OutcomeFields, out: &Result<CqlRes
                     None,
                     i64::from(e.attempts()),
                     Some(i64::from(e.speculative())),
-                    e.status_code().map(|c| format!("{c:#06x}")),
+                    e.status_code()
+                        .map(tower_cql_core::semconv::response_status_code),
                 ),
             };
             let code = code.as_deref();

@@ -34,7 +34,7 @@
 //! | `db.operation.name` | the operation name if given, else the statement kind (`SELECT`, ...) |
 //! | `db.query.summary` | `SELECT ks.users` |
 //! | `db.query.text` | the statement with every literal replaced by `?` (optional) |
-//! | `db.response.status_code` | the CQL error code in hex (`0x1001`), on server errors |
+//! | `db.response.status_code` | the CQL error code in decimal, as the conventions write it (`4097` for Overloaded, `0x1001`), on server errors |
 //! | `error.type` | the [`ErrorKind`](tower_cql_core::ErrorKind) name, on failure; `cancelled` for a request dropped before it ended |
 //! | `server.address`, `server.port` | the coordinator (or the node that failed) |
 //! | `db.cassandra.consistency_level` | when set on the request |
