@@ -36,6 +36,8 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(any(feature = "metrics-bridge", feature = "opentelemetry"))]
+pub mod instruments;
 #[cfg(feature = "metrics-bridge")]
 pub mod metrics_bridge;
 #[cfg(feature = "opentelemetry")]

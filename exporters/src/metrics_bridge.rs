@@ -22,7 +22,7 @@
 //! | `db_client_shed_total` | counter | `reason` |
 //! | `db_client_breaker_transitions_total` | counter | `to` |
 //! | `db_client_concurrency_limit` | gauge | `limiter` |
-//! | `db_client_pages_total`, `db_client_page_rows_total` | counters | |
+//! | `db_client_pages_total`, `db_client_page_rows_total` | counters (see [`instruments`](crate::instruments)) | |
 //! | `db_client_streams_total` | counter | `end` |
 //! | `db_client_returned_rows_total` | counter | |
 //!
@@ -40,6 +40,8 @@ use tower_cql_core::event::{
 use tower_cql_core::memory::{KeptSeries, SeriesKey, SeriesView};
 use tower_cql_core::registry::Registry;
 use tower_cql_core::{Collector, CqlError, SeriesLabels};
+
+use crate::instruments;
 
 /// Request latency histogram name.
 pub const OPERATION_DURATION: &str = "db_client_operation_duration_seconds";
@@ -170,21 +172,15 @@ impl MetricsBridge {
             "The current adaptive concurrency limit"
         );
         metrics::describe_counter!("db_client_returned_rows_total", "Rows returned by requests");
-        metrics::describe_counter!("db_client_pages_total", "Pages fetched by paged reads");
-        metrics::describe_counter!(
-            "db_client_page_rows_total",
-            "Rows in the pages fetched by paged reads"
-        );
-        metrics::describe_counter!(
-            "db_client_streams_total",
-            "Paged reads ended, by how they ended"
-        );
+        for c in instruments::ALL {
+            metrics::describe_counter!(c.prometheus, c.description);
+        }
         MetricsBridge {
             requests: Handles::new(OPERATION_DURATION),
             attempts: Handles::new(ATTEMPT_DURATION),
             rows: metrics::counter!("db_client_returned_rows_total"),
-            pages: metrics::counter!("db_client_pages_total"),
-            page_rows: metrics::counter!("db_client_page_rows_total"),
+            pages: metrics::counter!(instruments::PAGES.prometheus),
+            page_rows: metrics::counter!(instruments::PAGE_ROWS.prometheus),
             latest_limit: LatestLimit::new(),
             id: tower_cql_core::Statement::new_collector_id(),
         }
@@ -249,7 +245,8 @@ impl Collector for MetricsBridge {
     }
 
     fn on_stream(&self, e: &StreamEvent<'_>) {
-        metrics::counter!("db_client_streams_total", "end" => e.end.as_str()).increment(1);
+        metrics::counter!(instruments::STREAMS.prometheus, instruments::STREAM_END => e.end.as_str())
+            .increment(1);
     }
 
     fn name(&self) -> &str {

@@ -1,8 +1,8 @@
 //! A collector that records through an OpenTelemetry `Meter`: the
 //! `db.client.operation.duration` histogram of the database semantic
 //! conventions (seconds, the conventions' bucket boundaries), per-attempt
-//! durations, returned rows, retries, throttling, shedding and breaker
-//! transitions. Export it with any OpenTelemetry metrics exporter (OTLP,
+//! durations, returned rows, retries, throttling, shedding, breaker
+//! transitions, and the pages and ends of paged reads. Export it with any OpenTelemetry metrics exporter (OTLP,
 //! stdout, in-memory).
 //!
 //! ```
@@ -27,6 +27,11 @@
 //! | `db.client.shed` (counter) | `{request}` | `cql.shed.reason` |
 //! | `db.client.breaker.transitions` (counter) | `{transition}` | `cql.breaker.state` |
 //! | `db.client.concurrency.limit` (gauge) | `{request}` | `cql.limiter` |
+//! | `db.client.pages`, `db.client.page_rows` (counters) | `{page}`, `{row}` | |
+//! | `db.client.streams` (counter) | `{stream}` | `end` |
+//!
+//! The paged-read counters are the [`MetricsBridge`](crate::metrics_bridge)'s
+//! too: both take them from [`instruments`](crate::instruments).
 //!
 //! Attribute sets are built once per label set and cached (lock-free
 //! [`Registry`]), so recording allocates nothing.
@@ -39,12 +44,14 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{BoundHistogram, Counter, Gauge, Histogram, Meter};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use tower_cql_core::event::{
-    AttemptEvent, BreakerEvent, LatestLimit, LimitEvent, RequestEvent, RetryEvent, ShedEvent,
-    ThrottleEvent,
+    AttemptEvent, BreakerEvent, LatestLimit, LimitEvent, PageEvent, RequestEvent, RetryEvent,
+    ShedEvent, StreamEvent, ThrottleEvent,
 };
 use tower_cql_core::memory::{KeptSeries, SeriesKey, SeriesView};
 use tower_cql_core::registry::Registry;
 use tower_cql_core::{Collector, CqlError, SeriesLabels};
+
+use crate::instruments;
 
 /// The conventions' explicit bucket boundaries for `db.client.operation.duration`, in seconds
 /// (defined once, in [`tower_cql_core::semconv`]).
@@ -75,6 +82,15 @@ fn attributes(l: &SeriesLabels) -> Arc<[KeyValue]> {
     v.into()
 }
 
+/// The counter `c` defines, on `meter`.
+fn counter(meter: &Meter, c: instruments::Counter) -> Counter<u64> {
+    meter
+        .u64_counter(c.otel)
+        .with_unit(c.unit)
+        .with_description(c.description)
+        .build()
+}
+
 /// The OpenTelemetry collector; see the module docs.
 pub struct OtelCollector {
     operation: Histogram<f64>,
@@ -85,6 +101,9 @@ pub struct OtelCollector {
     shed: Counter<u64>,
     breaker: Counter<u64>,
     limit: Gauge<u64>,
+    pages: Counter<u64>,
+    page_rows: Counter<u64>,
+    streams: Counter<u64>,
     // the limit in force by the limit events seen (they can arrive out of
     // the order of the changes)
     latest_limit: LatestLimit,
@@ -163,6 +182,9 @@ impl OtelCollector {
                 .with_unit("{request}")
                 .with_description("The current adaptive concurrency limit")
                 .build(),
+            pages: counter(meter, instruments::PAGES),
+            page_rows: counter(meter, instruments::PAGE_ROWS),
+            streams: counter(meter, instruments::STREAMS),
             latest_limit: LatestLimit::new(),
             bound: Registry::new(),
             id: tower_cql_core::Statement::new_collector_id(),
@@ -300,6 +322,16 @@ impl Collector for OtelCollector {
         let limiter = [KeyValue::new("cql.limiter", e.limiter)];
         self.latest_limit
             .show(e, |limit| self.limit.record(limit, &limiter));
+    }
+
+    fn on_page(&self, e: &PageEvent<'_>) {
+        self.pages.add(1, &[]);
+        self.page_rows.add(e.rows as u64, &[]);
+    }
+
+    fn on_stream(&self, e: &StreamEvent<'_>) {
+        self.streams
+            .add(1, &[KeyValue::new(instruments::STREAM_END, e.end.as_str())]);
     }
 
     fn flush(&self) {

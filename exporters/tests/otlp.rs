@@ -9,8 +9,10 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use tower::{Service, ServiceExt};
 use tower_cql_core::{Collector, Collectors, Statement};
+use tower_cql_exporters::instruments;
 use tower_cql_exporters::otlp::{OtlpError, OtlpExporterBuilder, Protocol};
 use tower_cql_middleware::stack::StackBuilder;
 use tower_cql_testkit::otlp::{
@@ -177,6 +179,22 @@ async fn export_end_to_end(protocol: Protocol, transport: Transport) {
         .await
         .expect_err("an unknown column");
     let broken_kind = err.kind().as_str();
+    // A paged read of the 5 rows, 2 a page, read to its end.
+    let scan = Statement::new("SELECT k, v FROM ks.kv")
+        .operation("scan")
+        .idempotent(true);
+    let mut rows = stack
+        .stream::<(i32, String)>(scan.request().page_size(2))
+        .await
+        .unwrap();
+    let mut read = 0u64;
+    while rows.try_next().await.unwrap().is_some() {
+        read += 1;
+    }
+    assert_eq!(read, 5);
+    let pages_read = u64::from(rows.pages());
+    assert!(pages_read >= 3, "{pages_read} pages of 2 rows for 5 rows");
+    drop(rows);
     stack.close().await; // the only flush: no force_flush here
     assert_eq!(cluster.faults().fired(fault), 2);
 
@@ -281,6 +299,36 @@ async fn export_end_to_end(protocol: Protocol, transport: Transport) {
     assert_eq!(
         attr(&retry_point.attributes, "error.type").as_deref(),
         Some("overloaded")
+    );
+
+    // Paged reads: the same counters as the metrics bridge's (one
+    // definition of their names, unit and attribute), counting every page
+    // and the stream's end. (Before, the OpenTelemetry collector had no
+    // page or stream instrument: a paged read's pages were exported by
+    // no metric.)
+    let counter = |c: instruments::Counter| {
+        let m = receiver
+            .metric(c.otel)
+            .unwrap_or_else(|| panic!("{} missing from {names:?}", c.otel));
+        assert_eq!(m.metric.unit, c.unit, "{}", c.otel);
+        let sum = m.sum().unwrap_or_else(|| panic!("{} is a sum", c.otel));
+        assert!(sum.is_monotonic, "{} is a counter", c.otel);
+        sum.data_points
+            .iter()
+            .map(|p| {
+                let value = match p.value {
+                    Some(metrics::number_data_point::Value::AsInt(v)) => v,
+                    ref other => panic!("{}: {other:?}", c.otel),
+                };
+                (c.attribute.and_then(|a| attr(&p.attributes, a)), value)
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(counter(instruments::PAGES), vec![(None, pages_read as i64)]);
+    assert_eq!(counter(instruments::PAGE_ROWS), vec![(None, 5)]);
+    assert_eq!(
+        counter(instruments::STREAMS),
+        vec![(Some("finished".to_string()), 1)]
     );
 
     // Spans: one client span per logical request, named and attributed per
