@@ -69,8 +69,19 @@ pub trait Collector: Send + Sync + 'static {
     /// the request's own event; not on the request path).
     fn on_server_trace(&self, _event: &ServerTraceEvent<'_>) {}
     /// Push out anything buffered (called on shutdown, beside the other
-    /// collectors' flushes: see [`Collectors::flush`]).
+    /// collectors' flushes: see [`Collectors::flush`], which waits for it
+    /// up to [`flush_timeout`](Self::flush_timeout)).
     fn flush(&self) {}
+    /// How long [`Collectors::flush`] (and so the stack's `close()`)
+    /// waits for this collector's [`flush`](Self::flush):
+    /// [`DEFAULT_FLUSH_TIMEOUT`] (30 s) unless the collector says
+    /// otherwise. A flush still running then is given up on (it goes on,
+    /// on a thread of its own) and counted as this collector's failure
+    /// ([`Collectors::failures_of`]), so a flush that never returns
+    /// stalls no shutdown for longer.
+    fn flush_timeout(&self) -> Duration {
+        DEFAULT_FLUSH_TIMEOUT
+    }
     /// Failures this collector counted itself, off the request path: the
     /// events a wrapper that runs another collector on a thread of its
     /// own dropped (its queue full) and the panics it caught
@@ -85,6 +96,12 @@ pub trait Collector: Send + Sync + 'static {
         std::any::type_name::<Self>()
     }
 }
+
+/// How long [`Collectors::flush`] waits for a collector's flush unless
+/// the collector says otherwise ([`Collector::flush_timeout`]): 30 s,
+/// room for an OTLP exporter's two exports at their default timeout
+/// (10 s each).
+pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A collector behind an `Arc`, as [`Collectors`] takes it: an `Arc<C>` of
 /// any collector type, or an `Arc<dyn Collector>`. So no `as Arc<dyn
@@ -385,43 +402,97 @@ impl Collectors {
             })
     }
 
-    /// Calls `flush` on every collector (panics caught and counted), all
-    /// at once: with several, each but the first on a thread of its own,
-    /// so that one whose flush is slow or never returns (an exporter
-    /// waiting on an endpoint that does not answer) delays no other's.
-    /// Returns when every flush has returned.
+    /// Calls `flush` on every collector, all at once, each on a thread of
+    /// its own (in the caller's runtime, if any: a collector's flush may
+    /// use it), so that one whose flush is slow or never returns (an
+    /// exporter waiting on an endpoint that does not answer) delays no
+    /// other's. Returns when every flush has returned, or has run for its
+    /// collector's [`flush_timeout`](Collector::flush_timeout) (30 s by
+    /// default): such a flush is given up on (it goes on, on its thread)
+    /// and counted as its collector's failure, as a flush that panics is.
     pub fn flush(&self) {
         let set = self.shared.set.load_full();
-        let flush = |entry: &Entry| {
-            if catch_unwind(AssertUnwindSafe(|| entry.collector.flush())).is_err() {
-                entry.failures.fetch_add(1, Ordering::Relaxed);
-                self.shared.failures.fetch_add(1, Ordering::Relaxed);
-            }
-        };
-        let Some((first, others)) = set.entries.split_first() else {
+        if set.entries.is_empty() {
             return;
-        };
-        if others.is_empty() {
-            return flush(first);
         }
-        // (the threads run in the caller's runtime, if any, as the first
-        // flush does: a collector's flush may use it)
         let runtime = tokio::runtime::Handle::try_current().ok();
-        let runtime = &runtime;
-        std::thread::scope(|s| {
-            for entry in others {
-                let spawned = std::thread::Builder::new()
-                    .name("tower-cql-flush".into())
-                    .spawn_scoped(s, move || {
-                        let _entered = runtime.as_ref().map(|rt| rt.enter());
-                        flush(entry)
-                    });
-                if spawned.is_err() {
-                    flush(entry); // no thread to be had: here, in turn
+        let (done_tx, done_rx) = mpsc::channel::<usize>();
+        let start = std::time::Instant::now();
+        // per collector still awaited: its index, its flush's outcome
+        // (claimed once, by the flush's end or by the wait giving up) and
+        // its deadline (none: no bound)
+        let mut awaited = Vec::with_capacity(set.entries.len());
+        for (i, entry) in set.entries.iter().enumerate() {
+            let outcome = Arc::new(FlushOutcome::default());
+            let job = {
+                let (entry, shared, outcome) =
+                    (entry.clone(), self.shared.clone(), outcome.clone());
+                let (runtime, done) = (runtime.clone(), done_tx.clone());
+                move || {
+                    let _entered = runtime.as_ref().map(|rt| rt.enter());
+                    let panicked =
+                        catch_unwind(AssertUnwindSafe(|| entry.collector.flush())).is_err();
+                    if outcome.claim() && panicked {
+                        entry.failures.fetch_add(1, Ordering::Relaxed);
+                        shared.failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = done.send(i);
                 }
+            };
+            let spawned = std::thread::Builder::new()
+                .name("tower-cql-flush".into())
+                .spawn(job.clone());
+            if spawned.is_err() {
+                job(); // no thread to be had: here, in turn, unbounded
+                continue;
             }
-            flush(first);
-        });
+            let deadline = start.checked_add(entry.collector.flush_timeout());
+            awaited.push((i, outcome, deadline));
+        }
+        drop(done_tx);
+        while !awaited.is_empty() {
+            let next = awaited.iter().filter_map(|(_, _, d)| *d).min();
+            let answer = match next {
+                Some(d) => {
+                    done_rx.recv_timeout(d.saturating_duration_since(std::time::Instant::now()))
+                }
+                None => done_rx
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            };
+            match answer {
+                Ok(i) => awaited.retain(|(j, _, _)| *j != i),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let now = std::time::Instant::now();
+                    awaited.retain(|(i, outcome, deadline)| {
+                        if deadline.is_none_or(|d| d > now) {
+                            return true;
+                        }
+                        if outcome.claim() {
+                            // given up on: the flush goes on unawaited
+                            set.entries[*i].failures.fetch_add(1, Ordering::Relaxed);
+                            self.shared.failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                        false
+                    });
+                }
+                // every flush thread has ended
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+}
+
+/// Whether a flush's outcome was taken into account yet: by the flush
+/// ending (its panic, if any, counted) or by [`Collectors::flush`] giving
+/// up on it (counted), whichever comes first; never both.
+#[derive(Default)]
+struct FlushOutcome(std::sync::atomic::AtomicBool);
+
+impl FlushOutcome {
+    /// True for the first caller only.
+    fn claim(&self) -> bool {
+        !self.0.swap(true, std::sync::atomic::Ordering::AcqRel)
     }
 }
 
@@ -610,6 +681,11 @@ impl Collector for Background {
         }
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let _ = ack_rx.recv_timeout(left);
+    }
+    /// Its own flush's bound ([`Background::flush_timeout`], 5 s by
+    /// default), and a second: its flush returns by then on its own.
+    fn flush_timeout(&self) -> Duration {
+        self.flush_timeout.saturating_add(Duration::from_secs(1))
     }
     /// Events dropped, panics of the inner collector caught on the
     /// worker thread, and its own count (see [`Background::failures`]).

@@ -353,8 +353,9 @@ impl Gate {
 
     /// Stops admitting requests, waits for those in flight, ends the
     /// paging streams started in the gate that are still open (their
-    /// readers get `ShutDown`), flushes the collectors, and returns when
-    /// the gate is closed. It never waits for a stream's reader.
+    /// readers get `ShutDown`), flushes the collectors (each waited for
+    /// up to its [`flush_timeout`](crate::Collector::flush_timeout): see
+    /// [`Collectors::flush`]), and returns when the gate is closed. It never waits for a stream's reader.
     /// Idempotent; safe
     /// to call from many tasks at once (all return once closed).
     ///

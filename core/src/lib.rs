@@ -78,7 +78,10 @@ mod sync;
 #[cfg(feature = "tls-rustls")]
 pub mod tls;
 
-pub use collector::{Background, Collector, CollectorId, CollectorSet, Collectors, IntoCollector};
+pub use collector::{
+    Background, Collector, CollectorId, CollectorSet, Collectors, DEFAULT_FLUSH_TIMEOUT,
+    IntoCollector,
+};
 pub use config::ConfigError;
 pub use driver::{DriverFuture, DriverService, DriverServiceBuilder};
 pub use error::{CqlError, ErrorKind, ReplicaDetails, RetryAdvice};

@@ -41,6 +41,11 @@ impl Collector for StuckFlush {
         }
         self.finished.fetch_add(1, Ordering::SeqCst);
     }
+    // waited for until released (the set gives up on a flush only after
+    // its bound: see a_flush_that_never_returns_is_given_up_on_and_counted)
+    fn flush_timeout(&self) -> Duration {
+        Duration::from_secs(3600)
+    }
 }
 
 /// Releases the flush when the test ends, passed or failed: the runtime
@@ -353,4 +358,47 @@ async fn every_flush_runs_in_the_runtime() {
     for (i, s) in sees.iter().enumerate() {
         assert_eq!(s.0.load(Ordering::SeqCst), 1, "collector {i}");
     }
+}
+
+/// A custom collector whose flush never returns (it waits on something
+/// that never comes).
+struct FlushBlocksForever;
+
+impl Collector for FlushBlocksForever {
+    fn flush(&self) {
+        loop {
+            std::thread::park();
+        }
+    }
+    // (the default, 30 s, works the same; shorter, the test is quicker)
+    fn flush_timeout(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+/// A collector whose flush never returns does not stall `close()`: the
+/// set waits for it up to its bound ([`Collector::flush_timeout`]), then
+/// counts the stuck flush as that collector's failure and goes on; the
+/// others are flushed, and the gate closes. (Before, `Collectors::flush`
+/// waited for every flush without a limit: `close()` never returned, the
+/// gate stayed closing, and even `close_timeout`, which returns, left a
+/// blocking thread that the runtime waits for when it shuts down.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_that_never_returns_is_given_up_on_and_counted() {
+    let stuck = Arc::new(FlushBlocksForever);
+    let other = Arc::new(CountFlushes::default());
+    let collectors = Collectors::new();
+    let stuck_id = collectors.add(stuck);
+    let other_id = collectors.add(other.clone());
+    let gate = Gate::with_collectors(collectors.clone());
+    // (generous: the bound is the collector's flush_timeout; this only
+    // catches a close that never returns)
+    tokio::time::timeout(Duration::from_secs(60), gate.close())
+        .await
+        .expect("close() still waiting on a flush that never returns after 60 s");
+    assert_eq!(gate.state(), GateState::Closed);
+    assert_eq!(other.0.load(Ordering::SeqCst), 1, "the other was flushed");
+    assert_eq!(collectors.failures_of(stuck_id), 1, "the stuck flush");
+    assert_eq!(collectors.failures_of(other_id), 0);
+    assert_eq!(collectors.failures(), 1);
 }
