@@ -35,6 +35,11 @@
 //!   plus its steps' `source_elapsed`;
 //! - one span event per step: the sanitised activity text, at its time,
 //!   with `thread` and `source_elapsed_us`.
+//!
+//! A trace that arrives after its request's context was pushed out of the
+//! collector's slots (more than 8 newer traced requests in its slot's set
+//! first) makes no spans, and counts as the collector's failure
+//! (`Collector::failures`, and so `Collectors::failures`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -55,7 +60,9 @@ use tower_cql_core::server_trace::session_id_string;
 /// tracing id hashes to, or replaces the set's oldest (whose trace then
 /// makes no spans: a trace that was never fetched, over the fetch cap or
 /// failed, unless more than [`WAYS`] traced requests of one set await
-/// their traces at once).
+/// their traces at once). The id of a context pushed out is kept beside
+/// the set (its last [`WAYS`] such ids), so that its trace, if it does
+/// arrive, counts as lost: the collector's failure.
 pub(crate) const REMEMBERED: usize = 1024;
 
 /// Slots per set. A waiting context is lost only if [`WAYS`] newer ones
@@ -73,8 +80,13 @@ const WAYS: usize = 8;
 /// the fetch that takes takes a lock; touched only for traced requests.
 pub(crate) struct Remembered {
     slots: Box<[Slot]>,
+    /// Per set as in `slots`, the ids of the contexts pushed out of it
+    /// (a slot each, taken in turn), to tell their traces when they come.
+    pushed_out: Box<[ArcSwapOption<[u8; 16]>]>,
     /// Orders the kept contexts, oldest first, for replacing.
     next: AtomicU64,
+    /// Traces that arrived after their context was pushed out: no spans.
+    lost: AtomicU64,
 }
 
 /// A kept context: its tracing session id, its request's span context,
@@ -92,7 +104,9 @@ impl Default for Remembered {
     fn default() -> Remembered {
         Remembered {
             slots: (0..REMEMBERED).map(|_| ArcSwapOption::empty()).collect(),
+            pushed_out: (0..REMEMBERED).map(|_| ArcSwapOption::empty()).collect(),
             next: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
         }
     }
 }
@@ -105,14 +119,24 @@ impl std::fmt::Debug for Remembered {
 }
 
 impl Remembered {
-    /// The set of slots `id` may be kept in.
-    fn set(&self, id: &[u8; 16]) -> &[Slot] {
+    /// The index of the set `id` may be kept in.
+    fn set_index(&self, id: &[u8; 16]) -> usize {
         // session ids are time-based UUIDs: fold every byte in
         let x = u128::from_le_bytes(*id);
         let h = (x as u64) ^ ((x >> 64) as u64);
         let h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let set = (h >> 32) as usize % (self.slots.len() / WAYS);
-        &self.slots[set * WAYS..][..WAYS]
+        (h >> 32) as usize % (self.slots.len() / WAYS)
+    }
+
+    /// The set of slots `id` may be kept in.
+    fn set(&self, id: &[u8; 16]) -> &[Slot] {
+        &self.slots[self.set_index(id) * WAYS..][..WAYS]
+    }
+
+    /// Traces that arrived after their request's context had been pushed
+    /// out of its set: they made no spans.
+    pub(crate) fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     pub(crate) fn remember(&self, id: [u8; 16], cx: SpanContext) {
@@ -138,6 +162,16 @@ impl Remembered {
             };
             let prev = slot.compare_and_swap(&current, held.clone());
             if ptr_eq(&prev, &current) {
+                if let Some(out) = current {
+                    // pushed out before its trace came: its id kept, to
+                    // tell its trace (a free place, else one in turn)
+                    let ids = &self.pushed_out[self.set_index(&out.id) * WAYS..][..WAYS];
+                    let place = ids
+                        .iter()
+                        .find(|p| p.load().is_none())
+                        .unwrap_or(&ids[out.seq as usize % WAYS]);
+                    place.store(Some(Arc::new(out.id)));
+                }
                 return;
             }
         }
@@ -155,11 +189,32 @@ impl Remembered {
             let prev = slot.compare_and_swap(&held, None);
             return Arc::ptr_eq(prev.as_ref()?, &held).then(|| held.cx.clone());
         }
+        // not kept: its request was not sampled (or not traced), or its
+        // context was pushed out, which is a loss (counted once)
+        let set = self.set_index(id);
+        for out in &self.pushed_out[set * WAYS..][..WAYS] {
+            let current = out.load_full();
+            if current.as_deref() == Some(id) {
+                let prev = out.compare_and_swap(&current, None);
+                if ptr_eq_id(&prev, &current) {
+                    self.lost.fetch_add(1, Ordering::Relaxed);
+                }
+                break;
+            }
+        }
         None
     }
 }
 
 fn ptr_eq(a: &Option<Arc<Held>>, b: &Option<Arc<Held>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+fn ptr_eq_id(a: &Option<Arc<[u8; 16]>>, b: &Option<Arc<[u8; 16]>>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
         (None, None) => true,
@@ -293,6 +348,12 @@ where
             export(&self.tracer, parent, e);
         }
     }
+
+    /// Server traces that made no spans because their request's context
+    /// had been pushed out of its slot (see the module docs).
+    fn failures(&self) -> u64 {
+        self.traced.lost()
+    }
 }
 
 #[cfg(test)]
@@ -368,6 +429,66 @@ mod remembered_tests {
         for (n, i) in same.iter().enumerate() {
             assert_eq!(r.take(i), Some(cx(n as u64 + 1)));
         }
+    }
+
+    /// A traced request whose context was pushed out of its slot (more
+    /// than [`WAYS`] newer ones landed in its set before its trace came)
+    /// gets no server spans: when its trace arrives, that loss is counted
+    /// as the collector's failure (`Collectors::failures`), as the
+    /// exporters count every other. (Before, it was counted nowhere: the
+    /// trace was fetched and thrown away.) A trace whose request span was
+    /// not sampled is no loss.
+    #[test]
+    fn a_trace_whose_context_was_pushed_out_is_counted() {
+        use crate::spans::SpanCollector;
+        use opentelemetry::trace::TracerProvider as _;
+        use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+        use std::time::{Duration, UNIX_EPOCH};
+        use tower_cql_core::event::RequestEvent;
+        use tower_cql_core::{Collector, Collectors, CqlRequest};
+
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let collector = Arc::new(SpanCollector::new(provider.tracer("test")));
+        let collectors = Collectors::with([collector.clone()]);
+        // WAYS + 1 traced requests whose ids land in one set: the first
+        // one's context is pushed out by the last
+        let r = Remembered::default();
+        let first = id(0);
+        let ids: Vec<[u8; 16]> = std::iter::once(first)
+            .chain(
+                (1..1_000_000)
+                    .map(id)
+                    .filter(|i| std::ptr::eq(r.set(i), r.set(&first)))
+                    .take(WAYS),
+            )
+            .collect();
+        assert_eq!(ids.len(), WAYS + 1);
+        let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?");
+        for i in &ids {
+            let mut e = RequestEvent::new(req.meta(), Duration::from_millis(1), None);
+            e.tracing_id = Some(*i);
+            collector.on_request(&e);
+        }
+        let requests = exporter.get_finished_spans().unwrap().len();
+        assert_eq!(requests, WAYS + 1);
+        // every trace arrives; and one whose request was never traced
+        let started = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for i in ids.iter().chain([&id(999_999_999)]) {
+            let mut e =
+                ServerTraceEvent::new(req.meta(), *i, started, Duration::from_millis(1), &[]);
+            e.coordinator = Some("127.0.0.1".parse().unwrap());
+            collector.on_server_trace(&e);
+        }
+        let server_spans = exporter.get_finished_spans().unwrap().len() - requests;
+        assert_eq!(server_spans, WAYS, "one coordinator span per trace kept");
+        assert_eq!(
+            collectors.failures(),
+            1,
+            "the trace whose context was pushed out, and no other"
+        );
     }
 
     /// Threads remembering and taking at once: every context taken is the

@@ -455,6 +455,13 @@ where
             crate::server_spans::export(&self.tracer, parent, e);
         }
     }
+
+    /// Server traces that made no spans because their request span's
+    /// context had been pushed out of its slot before they came (see
+    /// [`server_spans`](crate::server_spans)).
+    fn failures(&self) -> u64 {
+        self.traced.lost()
+    }
 }
 
 #[cfg(test)]
