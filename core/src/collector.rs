@@ -510,7 +510,7 @@ pub struct Background {
     tx: mpsc::SyncSender<Message>,
     dropped: AtomicU64,
     /// Panics caught on the worker (shared with it: std's atomic, as the
-    /// worker is a thread of its own).
+    /// worker is a thread of its own), and flushes that gave up.
     failures: Arc<std::sync::atomic::AtomicU64>,
     /// The inner collector, for its own count of failures (see
     /// [`Collector::failures`]); only the worker calls its handlers.
@@ -602,7 +602,8 @@ impl Background {
     /// Events lost on their way through: those [dropped](Self::dropped)
     /// because the queue was full (never seen by the inner collector),
     /// panics of the inner collector caught on the worker thread (its
-    /// event handlers' and its flush's), and the failures the inner
+    /// event handlers' and its flush's), flushes that gave up at their
+    /// timeout (what was queued not flushed), and the failures the inner
     /// collector counted itself (its [`Collector::failures`]: lines a
     /// writer refused, say); [`Collectors::failures`] counts them too.
     pub fn failures(&self) -> u64 {
@@ -656,12 +657,18 @@ impl Collector for Background {
     /// Waits until the worker has handled everything queued before this
     /// call and flushed the inner collector, up to the flush timeout in
     /// all (5 s unless [`Background::flush_timeout`] says otherwise):
-    /// waiting for room in a full queue counts against it too.
+    /// waiting for room in a full queue counts against it too. A flush
+    /// that gives up at its timeout counts as a failure.
     fn flush(&self) {
         let deadline = std::time::Instant::now() + self.flush_timeout;
         let (ack_tx, ack_rx) = mpsc::sync_channel(1);
         let mut msg = Message::Flush(ack_tx);
         let mut pause = Duration::from_millis(1);
+        // a flush given up on leaves what is queued unflushed: a failure
+        let gave_up = || {
+            self.failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
         // (never a blocking send: with the queue full and the collector
         // stuck, it would wait for room for ever)
         loop {
@@ -671,7 +678,7 @@ impl Collector for Background {
                 Err(mpsc::TrySendError::Full(m)) => {
                     let left = deadline.saturating_duration_since(std::time::Instant::now());
                     if left.is_zero() {
-                        return;
+                        return gave_up();
                     }
                     msg = m;
                     std::thread::sleep(pause.min(left));
@@ -680,7 +687,9 @@ impl Collector for Background {
             }
         }
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let _ = ack_rx.recv_timeout(left);
+        if let Err(mpsc::RecvTimeoutError::Timeout) = ack_rx.recv_timeout(left) {
+            gave_up();
+        }
     }
     /// Its own flush's bound ([`Background::flush_timeout`], 5 s by
     /// default), and a second: its flush returns by then on its own.
@@ -929,6 +938,13 @@ mod tests {
         let out = rx.recv_timeout(Duration::from_secs(10));
         stuck.release();
         assert!(out.is_ok(), "Background::flush still blocked after 10 s");
+        // the flush that gave up left an event queued, never handed to
+        // the collector before shutdown: a loss, counted as the drop is
+        assert_eq!(
+            c.failures(),
+            bg.dropped() + 1,
+            "the drop and the flush that gave up"
+        );
     }
 }
 
