@@ -63,7 +63,10 @@ pub struct ServerTraceConfig {
     /// are counted as skipped.
     pub max_fetches_per_second: u32,
     /// Traces waiting to be fetched; when full, a new one is skipped. At
-    /// most [`MAX_QUEUE_CAPACITY`].
+    /// most [`MAX_QUEUE_CAPACITY`]. Also the most fetches under way at
+    /// once (most of them waiting for the server to write their traces;
+    /// [`max_concurrent_fetches`](Self::max_concurrent_fetches) bounds
+    /// those reading).
     pub queue_capacity: usize,
     /// Reads of `system_traces.sessions` until the server has finished
     /// writing the trace (`duration` set), before the fetch counts as
@@ -73,7 +76,11 @@ pub struct ServerTraceConfig {
     pub fetch_attempts: u32,
     /// Wait before the second read; doubled before each next one.
     pub fetch_backoff: Duration,
-    /// Fetches running at once.
+    /// Fetches reading `system_traces` at once. A fetch waiting between
+    /// its reads for the server to finish writing its trace holds no
+    /// slot, so a trace written late (or never) does not hold up the
+    /// others; the fetches under way, reading or waiting, are at most
+    /// [`queue_capacity`](Self::queue_capacity).
     pub max_concurrent_fetches: usize,
     /// How long one read of `system_traces` may take before it fails (the
     /// request timeout of the fetcher's reads, and the bound on preparing

@@ -16,7 +16,7 @@ use scylla::client::session::Session;
 use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlTimeuuid};
-use tokio::sync::{OnceCell, mpsc};
+use tokio::sync::{OnceCell, Semaphore, mpsc};
 use tower_cql_core::event::{Event, ServerTraceEvent};
 use tower_cql_core::server_trace::{ServerTraceConfig, ServerTraceStep};
 use tower_cql_core::{Collectors, RequestMeta, clock};
@@ -109,6 +109,10 @@ struct Ctx {
     config: ServerTraceConfig,
     counters: Arc<Counters>,
     statements: OnceCell<(PreparedStatement, PreparedStatement)>,
+    /// A slot per fetch that may read at once (`max_concurrent_fetches`):
+    /// held for a read attempt (the prepare, the reads, the emit), not
+    /// while the fetch waits for the server to finish its trace.
+    reading: Semaphore,
     /// How far close has gone, seen by every task that waits.
     close: CloseSignal,
 }
@@ -141,6 +145,7 @@ impl Fetcher {
                 config,
                 counters,
                 statements: OnceCell::new(),
+                reading: Semaphore::new(config.max_concurrent_fetches.max(1)),
                 close: CloseSignal::default(),
             }),
         }
@@ -218,7 +223,10 @@ impl Fetcher {
 
 /// The worker: takes jobs until close, at most `max_fetches_per_second`
 /// started in any one-second interval (the rest skipped; see
-/// [`FetchCap`](super::cap::FetchCap)), `max_concurrent_fetches` at once.
+/// [`FetchCap`](super::cap::FetchCap)), up to `queue_capacity` in
+/// flight, `max_concurrent_fetches` of them reading at once (a fetch
+/// waiting between its reads for the server to write its trace holds no
+/// slot: one trace written late does not hold up the others).
 /// Abandoned, it stops at once: the fetches in flight and the jobs queued
 /// are counted skipped before it returns.
 async fn run(ctx: Arc<Ctx>, rx: mpsc::Receiver<Job>) {
@@ -256,7 +264,7 @@ async fn run(ctx: Arc<Ctx>, rx: mpsc::Receiver<Job>) {
         }
         std::future::ready(admit)
     })
-    .for_each_concurrent(ctx.config.max_concurrent_fetches.max(1), |job| {
+    .for_each_concurrent(ctx.config.queue_capacity.max(1), |job| {
         let ctx = ctx.clone();
         async move {
             // a fetch in flight when close stops waiting ends there,
@@ -341,7 +349,6 @@ async fn statements(ctx: &Ctx) -> Result<&(PreparedStatement, PreparedStatement)
 /// to finish writing it, and emits it. Abandoned on close by the worker,
 /// which stops polling it.
 async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
-    let (sessions, events) = statements(ctx).await?;
     let id = Uuid::from_bytes(job.id);
     let mut backoff = ctx.config.fetch_backoff;
     for attempt in 0..ctx.config.fetch_attempts {
@@ -349,6 +356,11 @@ async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
             tokio::time::sleep(backoff).await;
             backoff = backoff.saturating_mul(2);
         }
+        // a slot for this attempt's reads, given back before the backoff
+        let Ok(_reading) = ctx.reading.acquire().await else {
+            return Err(Failure::Abandoned); // never closed
+        };
+        let (sessions, events) = statements(ctx).await?;
         let row: Option<SessionRow> = ctx
             .session
             .execute_unpaged(sessions, (id,))
@@ -688,6 +700,77 @@ mod tests {
         let want = tower_cql_core::server_trace::timeuuid_time(event_id.as_bytes()).unwrap()
             - Duration::from_micros(300);
         assert_eq!(started, want, "the session's start");
+    }
+
+    /// Keeps the session id of each server trace delivered, in order.
+    #[derive(Default)]
+    struct Delivered(std::sync::Mutex<Vec<[u8; 16]>>);
+
+    impl tower_cql_core::Collector for Delivered {
+        fn on_server_trace(&self, e: &ServerTraceEvent<'_>) {
+            self.0.lock().unwrap().push(e.session_id);
+        }
+    }
+
+    /// A trace the server writes late (Scylla flushes its traces every
+    /// 2 s) does not hold up one that is already written: waiting between
+    /// its reads, a fetch holds no slot. With one slot, the written trace
+    /// waited out the other's backoff (3 s here) behind it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trace_not_yet_written_does_not_hold_up_a_written_one() {
+        use scylla::statement::unprepared::Statement;
+        let cluster = Cluster::builder()
+            .trace_write_delay(Duration::from_secs(3))
+            .start()
+            .await
+            .unwrap();
+        let session = SessionBuilder::new()
+            .known_nodes_addr(cluster.contact_points())
+            .build()
+            .await
+            .unwrap();
+        // `late`: a traced request, its trace written 3 s after its answer
+        let mut traced = Statement::new("SELECT release_version FROM system.local");
+        traced.set_tracing(true);
+        let late = session
+            .query_unpaged(traced, ())
+            .await
+            .unwrap()
+            .tracing_id()
+            .expect("a traced request's id");
+        // `written`: a finished trace, there already
+        let written = Uuid::from_u128(fastrand::u128(..));
+        session
+            .query_unpaged(
+                "INSERT INTO system_traces.sessions (session_id, coordinator, duration, started_at) VALUES (?, ?, 500, toTimestamp(now()))",
+                (written, cluster.node_addr(0).ip()),
+            )
+            .await
+            .unwrap();
+        let delivered = Arc::new(Delivered::default());
+        let counters = Arc::new(Counters::default());
+        let fetcher = Fetcher::new(
+            Arc::new(session),
+            Collectors::with([delivered.clone()]),
+            ServerTraceConfig {
+                max_concurrent_fetches: 1,
+                ..ServerTraceConfig::default()
+            },
+            counters.clone(),
+        );
+        let meta = CqlRequest::query("SELECT v FROM ks.kv").meta().clone();
+        for id in [late, written] {
+            fetcher.enqueue(Job {
+                id: *id.as_bytes(),
+                meta: meta.clone(),
+            });
+        }
+        until("both traces fetched", || outcomes(&counters) == (2, 0, 0)).await;
+        assert_eq!(
+            *delivered.0.lock().unwrap(),
+            [*written.as_bytes(), *late.as_bytes()],
+            "the written trace is delivered first, while the late one waits to be written"
+        );
     }
 
     /// One fetch whose read never answers, two traces queued behind it

@@ -44,10 +44,13 @@
 //!   is counted skipped). One background task takes the queue, at most
 //!   `max_fetches_per_second` started in any one-second interval, whenever
 //!   it begins, that many at once if they come together (the rest
-//!   skipped), and `max_concurrent_fetches` at once, and reads the session row until the
+//!   skipped), and reads the session row until the
 //!   server has finished it (`duration` set; `fetch_attempts` reads,
 //!   `fetch_backoff` doubling between them), then its events: two reads
-//!   per trace. A failed fetch is counted, logged at `DEBUG` (target
+//!   per trace. At most `max_concurrent_fetches` fetches read at once; a
+//!   fetch waiting between its reads holds no slot, so a trace the server
+//!   writes late (Scylla flushes them every 2 s) or never does not hold
+//!   up the others (up to `queue_capacity` fetches are under way). A failed fetch is counted, logged at `DEBUG` (target
 //!   `tower_cql::server_trace`) and never reaches the request, which had
 //!   completed before the fetch began. A collector that panics on the
 //!   event is caught and counted by [`Collectors`].
