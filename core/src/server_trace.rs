@@ -82,6 +82,11 @@ pub struct ServerTraceConfig {
     /// others; the fetches under way, reading or waiting, are at most
     /// [`queue_capacity`](Self::queue_capacity).
     pub max_concurrent_fetches: usize,
+    /// The most events (steps) of one trace read and kept. The events
+    /// are read a page at a time; a trace with more (a big scan, a long
+    /// repair-like operation) is cut there, and says so
+    /// (`ServerTraceEvent::truncated`).
+    pub max_events_per_trace: usize,
     /// How long one read of `system_traces` may take before it fails (the
     /// request timeout of the fetcher's reads, and the bound on preparing
     /// them, whatever the session's own timeout): raise it for a cluster
@@ -110,6 +115,9 @@ impl Default for ServerTraceConfig {
             fetch_attempts: 8,
             fetch_backoff: Duration::from_millis(25),
             max_concurrent_fetches: 2,
+            // a query's trace has tens of steps; an OTLP span keeps 128
+            // events by default
+            max_events_per_trace: 1_000,
             read_timeout: Duration::from_secs(2),
             // past the 3.2 s the default reads span
             close_timeout: Duration::from_secs(5),
@@ -183,6 +191,12 @@ impl ServerTraceConfig {
             return Err(ConfigError::new(
                 "server_trace.max_concurrent_fetches",
                 "must be at least 1 (e.g. 2)",
+            ));
+        }
+        if self.max_events_per_trace == 0 {
+            return Err(ConfigError::new(
+                "server_trace.max_events_per_trace",
+                "must be at least 1 (e.g. 1000): a trace would keep none of its steps",
             ));
         }
         if self.read_timeout.is_zero() {
@@ -602,6 +616,13 @@ mod tests {
                 ..d
             }),
             "server_trace.queue_capacity"
+        );
+        assert_eq!(
+            bad(ServerTraceConfig {
+                max_events_per_trace: 0,
+                ..d
+            }),
+            "server_trace.max_events_per_trace"
         );
         assert_eq!(
             bad(ServerTraceConfig {

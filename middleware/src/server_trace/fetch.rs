@@ -13,6 +13,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use futures::StreamExt;
 use scylla::client::session::Session;
+use scylla::response::PagingState;
 use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlTimeuuid};
@@ -70,6 +71,10 @@ type EventRow = (
     Option<String>,
 );
 
+/// The events read per page: a long trace is read a page at a time, up
+/// to `max_events_per_trace`, never whole in one response.
+const EVENTS_PAGE_SIZE: usize = 500;
+
 /// How long [`Fetcher::drain`] waits, once it has abandoned what is
 /// left, for the worker to stop and count it: the worker stops at once
 /// (no read is awaited any more), so this bounds only a worker that
@@ -91,6 +96,8 @@ pub(crate) struct Counters {
     pub(crate) fetched: AtomicU64,
     pub(crate) skipped: AtomicU64,
     pub(crate) failed: AtomicU64,
+    /// Fetched traces cut at `max_events_per_trace`.
+    pub(crate) truncated: AtomicU64,
 }
 
 /// Shared by the layer's services and the worker task.
@@ -340,6 +347,10 @@ async fn statements(ctx: &Ctx) -> Result<&(PreparedStatement, PreparedStatement)
                 p.set_request_timeout(Some(ctx.config.read_timeout));
                 p.set_is_idempotent(true);
             }
+            // one more than the cap fits when it is small: a trace of
+            // exactly the cap is then not taken for a longer one
+            let page = ctx.config.max_events_per_trace.saturating_add(1);
+            e.set_page_size(i32::try_from(page.min(EVENTS_PAGE_SIZE)).unwrap_or(i32::MAX));
             Ok((s, e))
         })
         .await
@@ -374,29 +385,7 @@ async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
         else {
             continue;
         };
-        let rows = ctx
-            .session
-            .execute_unpaged(events, (id,))
-            .await
-            .map_err(read_err)?
-            .into_rows_result()
-            .map_err(read_err)?;
-        let steps = rows
-            .rows::<EventRow>()
-            .map_err(read_err)?
-            .map(|r| {
-                r.map(|(event_id, activity, source, elapsed, thread)| {
-                    ServerTraceStep::new(
-                        *event_id.as_bytes(),
-                        source,
-                        Duration::from_micros(elapsed.unwrap_or(0).max(0) as u64),
-                        activity.as_deref().unwrap_or(""),
-                        thread.unwrap_or_default(),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(read_err)?;
+        let (steps, truncated) = read_events(ctx, events, id).await?;
         let started_at = match started_at {
             Some(CqlTimestamp(ms)) => UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
             // not written (odd server data): where the coordinator's
@@ -416,6 +405,10 @@ async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
             &steps,
         );
         event.coordinator = coordinator;
+        event.truncated = truncated;
+        if truncated {
+            ctx.counters.truncated.fetch_add(1, Ordering::Relaxed);
+        }
         // `request` names what the server did ("Execute CQL3 query");
         // Scylla and Cassandra never put the statement there
         let request = request.unwrap_or_default();
@@ -430,6 +423,47 @@ async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
         return Ok(());
     }
     Err(Failure::Unfinished(ctx.config.fetch_attempts))
+}
+
+/// The events of trace `id`, a page at a time, up to
+/// `max_events_per_trace`, and whether there were more (then cut there:
+/// at most one page past the cap is held).
+async fn read_events(
+    ctx: &Ctx,
+    events: &PreparedStatement,
+    id: Uuid,
+) -> Result<(Vec<ServerTraceStep>, bool), Failure> {
+    let cap = ctx.config.max_events_per_trace;
+    let mut steps = Vec::new();
+    let mut paging = PagingState::start();
+    while steps.len() <= cap {
+        let (page, next) = ctx
+            .session
+            .execute_single_page(events, (id,), paging)
+            .await
+            .map_err(read_err)?;
+        let page = page.into_rows_result().map_err(read_err)?;
+        for row in page.rows::<EventRow>().map_err(read_err)? {
+            let (event_id, activity, source, elapsed, thread) = row.map_err(read_err)?;
+            steps.push(ServerTraceStep::new(
+                *event_id.as_bytes(),
+                source,
+                Duration::from_micros(elapsed.unwrap_or(0).max(0) as u64),
+                activity.as_deref().unwrap_or(""),
+                thread.unwrap_or_default(),
+            ));
+            if steps.len() > cap {
+                break;
+            }
+        }
+        match next.into_paging_control_flow() {
+            std::ops::ControlFlow::Continue(state) => paging = state,
+            std::ops::ControlFlow::Break(()) => break,
+        }
+    }
+    let truncated = steps.len() > cap;
+    steps.truncate(cap);
+    Ok((steps, truncated))
 }
 
 #[cfg(all(test, not(tower_cql_loom)))]
@@ -770,6 +804,75 @@ mod tests {
             *delivered.0.lock().unwrap(),
             [*written.as_bytes(), *late.as_bytes()],
             "the written trace is delivered first, while the late one waits to be written"
+        );
+    }
+
+    /// Keeps how many steps each server trace delivered has.
+    #[derive(Default)]
+    struct StepCounts(std::sync::Mutex<Vec<usize>>);
+
+    impl tower_cql_core::Collector for StepCounts {
+        fn on_server_trace(&self, e: &ServerTraceEvent<'_>) {
+            self.0.lock().unwrap().push(e.steps.len());
+        }
+    }
+
+    /// A trace of more events than a trace may keep (a big scan, a long
+    /// repair-like operation): its events are read a page at a time and
+    /// no more than the cap are kept. They were read in one unpaged
+    /// response and held whole, however many there were.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_huge_trace_is_read_in_pages_up_to_the_cap() {
+        let cluster = Cluster::start().await.unwrap();
+        let session = SessionBuilder::new()
+            .known_nodes_addr(cluster.contact_points())
+            .build()
+            .await
+            .unwrap();
+        let cap = ServerTraceConfig::default().max_events_per_trace;
+        let events = cap + cap / 2;
+        let id = Uuid::from_u128(fastrand::u128(..));
+        let node = cluster.node_addr(0).ip();
+        session
+            .query_unpaged(
+                "INSERT INTO system_traces.sessions (session_id, coordinator, duration, started_at) VALUES (?, ?, 500, toTimestamp(now()))",
+                (id, node),
+            )
+            .await
+            .unwrap();
+        let insert = session
+            .prepare("INSERT INTO system_traces.events (session_id, event_id, activity, source, source_elapsed) VALUES (?, now(), 'Read 1 live rows', ?, 10)")
+            .await
+            .unwrap();
+        for _ in 0..events {
+            session.execute_unpaged(&insert, (id, node)).await.unwrap();
+        }
+        let steps = Arc::new(StepCounts::default());
+        let counters = Arc::new(Counters::default());
+        let fetcher = Fetcher::new(
+            Arc::new(session),
+            Collectors::with([steps.clone()]),
+            ServerTraceConfig::default(),
+            counters.clone(),
+        );
+        fetcher.enqueue(Job {
+            id: *id.as_bytes(),
+            meta: CqlRequest::query("SELECT v FROM ks.kv").meta().clone(),
+        });
+        until("the trace fetched", || outcomes(&counters) == (1, 0, 0)).await;
+        assert_eq!(
+            *steps.0.lock().unwrap(),
+            [cap],
+            "{events} events, a cap of {cap} per trace"
+        );
+        assert_eq!(
+            counters.truncated.load(Ordering::Relaxed),
+            1,
+            "the cut trace is counted"
+        );
+        assert!(
+            cluster.counters().executions(EVENTS_QUERY) > 1,
+            "the events were read in one response"
         );
     }
 

@@ -46,8 +46,10 @@
 //!   it begins, that many at once if they come together (the rest
 //!   skipped), and reads the session row until the
 //!   server has finished it (`duration` set; `fetch_attempts` reads,
-//!   `fetch_backoff` doubling between them), then its events: two reads
-//!   per trace. At most `max_concurrent_fetches` fetches read at once; a
+//!   `fetch_backoff` doubling between them), then its events, a page at
+//!   a time, up to `max_events_per_trace` (a trace with more is cut there,
+//!   says so in its event's `truncated` and is counted in the stats'
+//!   `truncated`): two reads per trace, more for a long one. At most `max_concurrent_fetches` fetches read at once; a
 //!   fetch waiting between its reads holds no slot, so a trace the server
 //!   writes late (Scylla flushes them every 2 s) or never does not hold
 //!   up the others (up to `queue_capacity` fetches are under way). A failed fetch is counted, logged at `DEBUG` (target
@@ -257,6 +259,10 @@ pub struct ServerTraceStats {
     /// Fetches that failed (a read failed, or the trace was not finished
     /// after `fetch_attempts` reads).
     pub failed: u64,
+    /// Of the traces `fetched`, those cut at `max_events_per_trace` (their
+    /// events say `truncated`); not an outcome of its own, so not in the
+    /// sum above.
+    pub truncated: u64,
 }
 
 /// A handle on a server tracer: its counters, and the drain run on
@@ -285,6 +291,7 @@ impl ServerTraceHandle {
             fetched: c.fetched.load(Ordering::Relaxed),
             skipped: c.skipped.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
+            truncated: c.truncated.load(Ordering::Relaxed),
         }
     }
 
