@@ -62,6 +62,16 @@
 //!   and counted skipped before `close` returns), then flushes the
 //!   collectors, so the last traces are exported.
 //!
+//! # A failed request's trace is not fetched
+//! A traced request that fails still has a trace on the server (it sends
+//! the tracing id with its error response too), but the `scylla` driver
+//! (1.x) does not pass that id on: its errors (`ExecutionError`,
+//! `RequestAttemptError::DbError`) and its history listener carry none,
+//! and `tracing_id` is only on a successful `QueryResult`. Such requests
+//! are counted `without_trace`. To read the trace of a failing request,
+//! look for it in `system_traces.sessions` by its `started_at` and
+//! `client` (or trace it from `cqlsh`).
+//!
 //! The queries read only the columns Cassandra 3.x, 4.x and Scylla all
 //! have: `sessions` (`coordinator`, `duration`, `started_at`, `request`,
 //! `client`, `parameters`) and `events` (`event_id`, `activity`, `source`,
@@ -140,7 +150,7 @@ impl Shared {
     /// The request ended after `duration`: feeds the slow rule, and queues
     /// the trace of a traced request that got an answer (`meta` is its
     /// meta, kept when [`Watch::traced`]); a traced request with no trace
-    /// to fetch (it failed: no tracing id came back) is counted so.
+    /// to fetch (it failed: the driver gives no tracing id with an error) is counted so.
     pub(crate) fn end(
         &self,
         watch: Watch,
@@ -248,7 +258,8 @@ pub struct ServerTraceStats {
     /// their traces are fetched too.
     pub caller_traced: u64,
     /// Traced requests that ended with no trace to fetch: they failed or
-    /// their caller dropped them (an error brings back no tracing id).
+    /// their caller dropped them (the driver gives no tracing id with an
+    /// error; see [failed requests](crate::server_trace#a-failed-requests-trace-is-not-fetched)).
     pub without_trace: u64,
     /// Traces fetched and delivered to the collectors.
     pub fetched: u64,
