@@ -508,6 +508,10 @@ pub struct ServerTraceEvent<'a> {
     pub consistency: Option<&'a str>,
     /// The steps (`system_traces.events`), in `event_id` order.
     pub steps: &'a [ServerTraceStep],
+    /// The trace had more steps than the fetcher keeps
+    /// (`ServerTraceConfig::max_events_per_trace`): `steps` holds the
+    /// first that many (in event order), the rest were not read.
+    pub truncated: bool,
 }
 
 impl<'a> ServerTraceEvent<'a> {
@@ -530,6 +534,7 @@ impl<'a> ServerTraceEvent<'a> {
             request: "",
             consistency: None,
             steps,
+            truncated: false,
         }
     }
 
@@ -679,6 +684,7 @@ impl<'a> Event<'a> {
                 duration: e.duration,
                 consistency: e.consistency.map(str::to_string),
                 steps: e.steps.to_vec(),
+                truncated: e.truncated,
             })),
         };
         OwnedEvent {
@@ -750,6 +756,7 @@ struct OwnedServerTrace {
     duration: Duration,
     consistency: Option<String>,
     steps: Vec<ServerTraceStep>,
+    truncated: bool,
 }
 
 /// An event that owns its data (made by [`Event::to_owned`]).
@@ -866,6 +873,7 @@ impl OwnedEvent {
                 request: &self.target,
                 consistency: t.consistency.as_deref(),
                 steps: &t.steps,
+                truncated: t.truncated,
             }),
         }
     }

@@ -63,7 +63,10 @@ pub struct ServerTraceConfig {
     /// are counted as skipped.
     pub max_fetches_per_second: u32,
     /// Traces waiting to be fetched; when full, a new one is skipped. At
-    /// most [`MAX_QUEUE_CAPACITY`].
+    /// most [`MAX_QUEUE_CAPACITY`]. Also the most fetches under way at
+    /// once (most of them waiting for the server to write their traces;
+    /// [`max_concurrent_fetches`](Self::max_concurrent_fetches) bounds
+    /// those reading).
     pub queue_capacity: usize,
     /// Reads of `system_traces.sessions` until the server has finished
     /// writing the trace (`duration` set), before the fetch counts as
@@ -73,8 +76,17 @@ pub struct ServerTraceConfig {
     pub fetch_attempts: u32,
     /// Wait before the second read; doubled before each next one.
     pub fetch_backoff: Duration,
-    /// Fetches running at once.
+    /// Fetches reading `system_traces` at once. A fetch waiting between
+    /// its reads for the server to finish writing its trace holds no
+    /// slot, so a trace written late (or never) does not hold up the
+    /// others; the fetches under way, reading or waiting, are at most
+    /// [`queue_capacity`](Self::queue_capacity).
     pub max_concurrent_fetches: usize,
+    /// The most events (steps) of one trace read and kept. The events
+    /// are read a page at a time; a trace with more (a big scan, a long
+    /// repair-like operation) is cut there, and says so
+    /// (`ServerTraceEvent::truncated`).
+    pub max_events_per_trace: usize,
     /// How long one read of `system_traces` may take before it fails (the
     /// request timeout of the fetcher's reads, and the bound on preparing
     /// them, whatever the session's own timeout): raise it for a cluster
@@ -103,6 +115,9 @@ impl Default for ServerTraceConfig {
             fetch_attempts: 8,
             fetch_backoff: Duration::from_millis(25),
             max_concurrent_fetches: 2,
+            // a query's trace has tens of steps; an OTLP span keeps 128
+            // events by default
+            max_events_per_trace: 1_000,
             read_timeout: Duration::from_secs(2),
             // past the 3.2 s the default reads span
             close_timeout: Duration::from_secs(5),
@@ -176,6 +191,12 @@ impl ServerTraceConfig {
             return Err(ConfigError::new(
                 "server_trace.max_concurrent_fetches",
                 "must be at least 1 (e.g. 2)",
+            ));
+        }
+        if self.max_events_per_trace == 0 {
+            return Err(ConfigError::new(
+                "server_trace.max_events_per_trace",
+                "must be at least 1 (e.g. 1000): a trace would keep none of its steps",
             ));
         }
         if self.read_timeout.is_zero() {
@@ -595,6 +616,13 @@ mod tests {
                 ..d
             }),
             "server_trace.queue_capacity"
+        );
+        assert_eq!(
+            bad(ServerTraceConfig {
+                max_events_per_trace: 0,
+                ..d
+            }),
+            "server_trace.max_events_per_trace"
         );
         assert_eq!(
             bad(ServerTraceConfig {

@@ -27,7 +27,10 @@
 //! - `server.address` and `network.peer.address`: the node that wrote the
 //!   steps; `db.system.name = cassandra`; `db.cassandra.trace_id`: the
 //!   tracing session id; on the coordinator's, `db.cassandra.consistency_level`
-//!   and `cql.server.request` (`Execute CQL3 prepared query`);
+//!   and `cql.server.request` (`Execute CQL3 prepared query`), and
+//!   `cql.server.trace_truncated = true` when the trace had more steps
+//!   than the fetcher keeps (`max_events_per_trace`: the spans show the
+//!   first that many);
 //! - start and end: the coordinator's from the session's `started_at`
 //!   plus its steps' `source_elapsed` (and the session's `duration`); a
 //!   replica's from the time in its first step's `event_id` less that
@@ -269,6 +272,9 @@ pub(crate) fn export<T: Tracer>(tracer: &T, parent: SpanContext, e: &ServerTrace
                     "db.cassandra.consistency_level",
                     c.to_ascii_lowercase(),
                 ));
+            }
+            if e.truncated {
+                attrs.push(KeyValue::new("cql.server.trace_truncated", true));
             }
         }
         let name = if coordinator {
@@ -605,5 +611,57 @@ mod export_tests {
             r.events.events[0].timestamp,
             behind + Duration::from_millis(1)
         );
+    }
+
+    /// A trace cut at the fetcher's cap says so on its coordinator span;
+    /// a whole one does not.
+    #[test]
+    fn a_truncated_trace_says_so_on_its_coordinator_span() {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let tracer = provider.tracer("test");
+        let started = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let coordinator: IpAddr = "127.0.0.1".parse().unwrap();
+        let steps = [ServerTraceStep::new(
+            timeuuid(started + Duration::from_micros(100)),
+            Some(coordinator),
+            Duration::from_micros(100),
+            "Parsing",
+            "Native-Transport-Requests-1",
+        )];
+        let req = CqlRequest::query("SELECT v FROM ks.t WHERE k = ?");
+        let parent = SpanContext::new(
+            TraceId::from(7u128),
+            SpanId::from(7u64),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        for truncated in [true, false] {
+            exporter.reset();
+            let mut e = ServerTraceEvent::new(
+                req.meta(),
+                [1; 16],
+                started,
+                Duration::from_millis(5),
+                &steps,
+            );
+            e.coordinator = Some(coordinator);
+            e.truncated = truncated;
+            export(&tracer, parent.clone(), &e);
+            let spans = exporter.get_finished_spans().unwrap();
+            let marked = spans[0]
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == "cql.server.trace_truncated")
+                .map(|kv| kv.value.clone());
+            assert_eq!(
+                marked,
+                truncated.then_some(opentelemetry::Value::Bool(true)),
+                "truncated = {truncated}"
+            );
+        }
     }
 }

@@ -13,10 +13,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use futures::StreamExt;
 use scylla::client::session::Session;
+use scylla::response::PagingState;
 use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlTimeuuid};
-use tokio::sync::{OnceCell, mpsc};
+use tokio::sync::{OnceCell, Semaphore, mpsc};
 use tower_cql_core::event::{Event, ServerTraceEvent};
 use tower_cql_core::server_trace::{ServerTraceConfig, ServerTraceStep};
 use tower_cql_core::{Collectors, RequestMeta, clock};
@@ -70,6 +71,10 @@ type EventRow = (
     Option<String>,
 );
 
+/// The events read per page: a long trace is read a page at a time, up
+/// to `max_events_per_trace`, never whole in one response.
+const EVENTS_PAGE_SIZE: usize = 500;
+
 /// How long [`Fetcher::drain`] waits, once it has abandoned what is
 /// left, for the worker to stop and count it: the worker stops at once
 /// (no read is awaited any more), so this bounds only a worker that
@@ -91,6 +96,8 @@ pub(crate) struct Counters {
     pub(crate) fetched: AtomicU64,
     pub(crate) skipped: AtomicU64,
     pub(crate) failed: AtomicU64,
+    /// Fetched traces cut at `max_events_per_trace`.
+    pub(crate) truncated: AtomicU64,
 }
 
 /// Shared by the layer's services and the worker task.
@@ -109,6 +116,10 @@ struct Ctx {
     config: ServerTraceConfig,
     counters: Arc<Counters>,
     statements: OnceCell<(PreparedStatement, PreparedStatement)>,
+    /// A slot per fetch that may read at once (`max_concurrent_fetches`):
+    /// held for a read attempt (the prepare, the reads, the emit), not
+    /// while the fetch waits for the server to finish its trace.
+    reading: Semaphore,
     /// How far close has gone, seen by every task that waits.
     close: CloseSignal,
 }
@@ -141,6 +152,7 @@ impl Fetcher {
                 config,
                 counters,
                 statements: OnceCell::new(),
+                reading: Semaphore::new(config.max_concurrent_fetches.max(1)),
                 close: CloseSignal::default(),
             }),
         }
@@ -218,7 +230,10 @@ impl Fetcher {
 
 /// The worker: takes jobs until close, at most `max_fetches_per_second`
 /// started in any one-second interval (the rest skipped; see
-/// [`FetchCap`](super::cap::FetchCap)), `max_concurrent_fetches` at once.
+/// [`FetchCap`](super::cap::FetchCap)), up to `queue_capacity` in
+/// flight, `max_concurrent_fetches` of them reading at once (a fetch
+/// waiting between its reads for the server to write its trace holds no
+/// slot: one trace written late does not hold up the others).
 /// Abandoned, it stops at once: the fetches in flight and the jobs queued
 /// are counted skipped before it returns.
 async fn run(ctx: Arc<Ctx>, rx: mpsc::Receiver<Job>) {
@@ -256,7 +271,7 @@ async fn run(ctx: Arc<Ctx>, rx: mpsc::Receiver<Job>) {
         }
         std::future::ready(admit)
     })
-    .for_each_concurrent(ctx.config.max_concurrent_fetches.max(1), |job| {
+    .for_each_concurrent(ctx.config.queue_capacity.max(1), |job| {
         let ctx = ctx.clone();
         async move {
             // a fetch in flight when close stops waiting ends there,
@@ -332,6 +347,10 @@ async fn statements(ctx: &Ctx) -> Result<&(PreparedStatement, PreparedStatement)
                 p.set_request_timeout(Some(ctx.config.read_timeout));
                 p.set_is_idempotent(true);
             }
+            // one more than the cap fits when it is small: a trace of
+            // exactly the cap is then not taken for a longer one
+            let page = ctx.config.max_events_per_trace.saturating_add(1);
+            e.set_page_size(i32::try_from(page.min(EVENTS_PAGE_SIZE)).unwrap_or(i32::MAX));
             Ok((s, e))
         })
         .await
@@ -341,7 +360,6 @@ async fn statements(ctx: &Ctx) -> Result<&(PreparedStatement, PreparedStatement)
 /// to finish writing it, and emits it. Abandoned on close by the worker,
 /// which stops polling it.
 async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
-    let (sessions, events) = statements(ctx).await?;
     let id = Uuid::from_bytes(job.id);
     let mut backoff = ctx.config.fetch_backoff;
     for attempt in 0..ctx.config.fetch_attempts {
@@ -349,6 +367,11 @@ async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
             tokio::time::sleep(backoff).await;
             backoff = backoff.saturating_mul(2);
         }
+        // a slot for this attempt's reads, given back before the backoff
+        let Ok(_reading) = ctx.reading.acquire().await else {
+            return Err(Failure::Abandoned); // never closed
+        };
+        let (sessions, events) = statements(ctx).await?;
         let row: Option<SessionRow> = ctx
             .session
             .execute_unpaged(sessions, (id,))
@@ -362,29 +385,7 @@ async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
         else {
             continue;
         };
-        let rows = ctx
-            .session
-            .execute_unpaged(events, (id,))
-            .await
-            .map_err(read_err)?
-            .into_rows_result()
-            .map_err(read_err)?;
-        let steps = rows
-            .rows::<EventRow>()
-            .map_err(read_err)?
-            .map(|r| {
-                r.map(|(event_id, activity, source, elapsed, thread)| {
-                    ServerTraceStep::new(
-                        *event_id.as_bytes(),
-                        source,
-                        Duration::from_micros(elapsed.unwrap_or(0).max(0) as u64),
-                        activity.as_deref().unwrap_or(""),
-                        thread.unwrap_or_default(),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(read_err)?;
+        let (steps, truncated) = read_events(ctx, events, id).await?;
         let started_at = match started_at {
             Some(CqlTimestamp(ms)) => UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
             // not written (odd server data): where the coordinator's
@@ -404,6 +405,10 @@ async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
             &steps,
         );
         event.coordinator = coordinator;
+        event.truncated = truncated;
+        if truncated {
+            ctx.counters.truncated.fetch_add(1, Ordering::Relaxed);
+        }
         // `request` names what the server did ("Execute CQL3 query");
         // Scylla and Cassandra never put the statement there
         let request = request.unwrap_or_default();
@@ -418,6 +423,47 @@ async fn fetch(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
         return Ok(());
     }
     Err(Failure::Unfinished(ctx.config.fetch_attempts))
+}
+
+/// The events of trace `id`, a page at a time, up to
+/// `max_events_per_trace`, and whether there were more (then cut there:
+/// at most one page past the cap is held).
+async fn read_events(
+    ctx: &Ctx,
+    events: &PreparedStatement,
+    id: Uuid,
+) -> Result<(Vec<ServerTraceStep>, bool), Failure> {
+    let cap = ctx.config.max_events_per_trace;
+    let mut steps = Vec::new();
+    let mut paging = PagingState::start();
+    while steps.len() <= cap {
+        let (page, next) = ctx
+            .session
+            .execute_single_page(events, (id,), paging)
+            .await
+            .map_err(read_err)?;
+        let page = page.into_rows_result().map_err(read_err)?;
+        for row in page.rows::<EventRow>().map_err(read_err)? {
+            let (event_id, activity, source, elapsed, thread) = row.map_err(read_err)?;
+            steps.push(ServerTraceStep::new(
+                *event_id.as_bytes(),
+                source,
+                Duration::from_micros(elapsed.unwrap_or(0).max(0) as u64),
+                activity.as_deref().unwrap_or(""),
+                thread.unwrap_or_default(),
+            ));
+            if steps.len() > cap {
+                break;
+            }
+        }
+        match next.into_paging_control_flow() {
+            std::ops::ControlFlow::Continue(state) => paging = state,
+            std::ops::ControlFlow::Break(()) => break,
+        }
+    }
+    let truncated = steps.len() > cap;
+    steps.truncate(cap);
+    Ok((steps, truncated))
 }
 
 #[cfg(all(test, not(tower_cql_loom)))]
@@ -688,6 +734,146 @@ mod tests {
         let want = tower_cql_core::server_trace::timeuuid_time(event_id.as_bytes()).unwrap()
             - Duration::from_micros(300);
         assert_eq!(started, want, "the session's start");
+    }
+
+    /// Keeps the session id of each server trace delivered, in order.
+    #[derive(Default)]
+    struct Delivered(std::sync::Mutex<Vec<[u8; 16]>>);
+
+    impl tower_cql_core::Collector for Delivered {
+        fn on_server_trace(&self, e: &ServerTraceEvent<'_>) {
+            self.0.lock().unwrap().push(e.session_id);
+        }
+    }
+
+    /// A trace the server writes late (Scylla flushes its traces every
+    /// 2 s) does not hold up one that is already written: waiting between
+    /// its reads, a fetch holds no slot. With one slot, the written trace
+    /// waited out the other's backoff (3 s here) behind it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trace_not_yet_written_does_not_hold_up_a_written_one() {
+        use scylla::statement::unprepared::Statement;
+        let cluster = Cluster::builder()
+            .trace_write_delay(Duration::from_secs(3))
+            .start()
+            .await
+            .unwrap();
+        let session = SessionBuilder::new()
+            .known_nodes_addr(cluster.contact_points())
+            .build()
+            .await
+            .unwrap();
+        // `late`: a traced request, its trace written 3 s after its answer
+        let mut traced = Statement::new("SELECT release_version FROM system.local");
+        traced.set_tracing(true);
+        let late = session
+            .query_unpaged(traced, ())
+            .await
+            .unwrap()
+            .tracing_id()
+            .expect("a traced request's id");
+        // `written`: a finished trace, there already
+        let written = Uuid::from_u128(fastrand::u128(..));
+        session
+            .query_unpaged(
+                "INSERT INTO system_traces.sessions (session_id, coordinator, duration, started_at) VALUES (?, ?, 500, toTimestamp(now()))",
+                (written, cluster.node_addr(0).ip()),
+            )
+            .await
+            .unwrap();
+        let delivered = Arc::new(Delivered::default());
+        let counters = Arc::new(Counters::default());
+        let fetcher = Fetcher::new(
+            Arc::new(session),
+            Collectors::with([delivered.clone()]),
+            ServerTraceConfig {
+                max_concurrent_fetches: 1,
+                ..ServerTraceConfig::default()
+            },
+            counters.clone(),
+        );
+        let meta = CqlRequest::query("SELECT v FROM ks.kv").meta().clone();
+        for id in [late, written] {
+            fetcher.enqueue(Job {
+                id: *id.as_bytes(),
+                meta: meta.clone(),
+            });
+        }
+        until("both traces fetched", || outcomes(&counters) == (2, 0, 0)).await;
+        assert_eq!(
+            *delivered.0.lock().unwrap(),
+            [*written.as_bytes(), *late.as_bytes()],
+            "the written trace is delivered first, while the late one waits to be written"
+        );
+    }
+
+    /// Keeps how many steps each server trace delivered has.
+    #[derive(Default)]
+    struct StepCounts(std::sync::Mutex<Vec<usize>>);
+
+    impl tower_cql_core::Collector for StepCounts {
+        fn on_server_trace(&self, e: &ServerTraceEvent<'_>) {
+            self.0.lock().unwrap().push(e.steps.len());
+        }
+    }
+
+    /// A trace of more events than a trace may keep (a big scan, a long
+    /// repair-like operation): its events are read a page at a time and
+    /// no more than the cap are kept. They were read in one unpaged
+    /// response and held whole, however many there were.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_huge_trace_is_read_in_pages_up_to_the_cap() {
+        let cluster = Cluster::start().await.unwrap();
+        let session = SessionBuilder::new()
+            .known_nodes_addr(cluster.contact_points())
+            .build()
+            .await
+            .unwrap();
+        let cap = ServerTraceConfig::default().max_events_per_trace;
+        let events = cap + cap / 2;
+        let id = Uuid::from_u128(fastrand::u128(..));
+        let node = cluster.node_addr(0).ip();
+        session
+            .query_unpaged(
+                "INSERT INTO system_traces.sessions (session_id, coordinator, duration, started_at) VALUES (?, ?, 500, toTimestamp(now()))",
+                (id, node),
+            )
+            .await
+            .unwrap();
+        let insert = session
+            .prepare("INSERT INTO system_traces.events (session_id, event_id, activity, source, source_elapsed) VALUES (?, now(), 'Read 1 live rows', ?, 10)")
+            .await
+            .unwrap();
+        for _ in 0..events {
+            session.execute_unpaged(&insert, (id, node)).await.unwrap();
+        }
+        let steps = Arc::new(StepCounts::default());
+        let counters = Arc::new(Counters::default());
+        let fetcher = Fetcher::new(
+            Arc::new(session),
+            Collectors::with([steps.clone()]),
+            ServerTraceConfig::default(),
+            counters.clone(),
+        );
+        fetcher.enqueue(Job {
+            id: *id.as_bytes(),
+            meta: CqlRequest::query("SELECT v FROM ks.kv").meta().clone(),
+        });
+        until("the trace fetched", || outcomes(&counters) == (1, 0, 0)).await;
+        assert_eq!(
+            *steps.0.lock().unwrap(),
+            [cap],
+            "{events} events, a cap of {cap} per trace"
+        );
+        assert_eq!(
+            counters.truncated.load(Ordering::Relaxed),
+            1,
+            "the cut trace is counted"
+        );
+        assert!(
+            cluster.counters().executions(EVENTS_QUERY) > 1,
+            "the events were read in one response"
+        );
     }
 
     /// One fetch whose read never answers, two traces queued behind it

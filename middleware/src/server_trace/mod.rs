@@ -44,10 +44,15 @@
 //!   is counted skipped). One background task takes the queue, at most
 //!   `max_fetches_per_second` started in any one-second interval, whenever
 //!   it begins, that many at once if they come together (the rest
-//!   skipped), and `max_concurrent_fetches` at once, and reads the session row until the
+//!   skipped), and reads the session row until the
 //!   server has finished it (`duration` set; `fetch_attempts` reads,
-//!   `fetch_backoff` doubling between them), then its events: two reads
-//!   per trace. A failed fetch is counted, logged at `DEBUG` (target
+//!   `fetch_backoff` doubling between them), then its events, a page at
+//!   a time, up to `max_events_per_trace` (a trace with more is cut there,
+//!   says so in its event's `truncated` and is counted in the stats'
+//!   `truncated`): two reads per trace, more for a long one. At most `max_concurrent_fetches` fetches read at once; a
+//!   fetch waiting between its reads holds no slot, so a trace the server
+//!   writes late (Scylla flushes them every 2 s) or never does not hold
+//!   up the others (up to `queue_capacity` fetches are under way). A failed fetch is counted, logged at `DEBUG` (target
 //!   `tower_cql::server_trace`) and never reaches the request, which had
 //!   completed before the fetch began. A collector that panics on the
 //!   event is caught and counted by [`Collectors`].
@@ -56,6 +61,16 @@
 //!   `close_timeout`; what is left then, queued or in flight, is abandoned
 //!   and counted skipped before `close` returns), then flushes the
 //!   collectors, so the last traces are exported.
+//!
+//! # A failed request's trace is not fetched
+//! A traced request that fails still has a trace on the server (it sends
+//! the tracing id with its error response too), but the `scylla` driver
+//! (1.x) does not pass that id on: its errors (`ExecutionError`,
+//! `RequestAttemptError::DbError`) and its history listener carry none,
+//! and `tracing_id` is only on a successful `QueryResult`. Such requests
+//! are counted `without_trace`. To read the trace of a failing request,
+//! look for it in `system_traces.sessions` by its `started_at` and
+//! `client` (or trace it from `cqlsh`).
 //!
 //! The queries read only the columns Cassandra 3.x, 4.x and Scylla all
 //! have: `sessions` (`coordinator`, `duration`, `started_at`, `request`,
@@ -135,7 +150,7 @@ impl Shared {
     /// The request ended after `duration`: feeds the slow rule, and queues
     /// the trace of a traced request that got an answer (`meta` is its
     /// meta, kept when [`Watch::traced`]); a traced request with no trace
-    /// to fetch (it failed: no tracing id came back) is counted so.
+    /// to fetch (it failed: the driver gives no tracing id with an error) is counted so.
     pub(crate) fn end(
         &self,
         watch: Watch,
@@ -243,7 +258,8 @@ pub struct ServerTraceStats {
     /// their traces are fetched too.
     pub caller_traced: u64,
     /// Traced requests that ended with no trace to fetch: they failed or
-    /// their caller dropped them (an error brings back no tracing id).
+    /// their caller dropped them (the driver gives no tracing id with an
+    /// error; see [failed requests](crate::server_trace#a-failed-requests-trace-is-not-fetched)).
     pub without_trace: u64,
     /// Traces fetched and delivered to the collectors.
     pub fetched: u64,
@@ -254,6 +270,10 @@ pub struct ServerTraceStats {
     /// Fetches that failed (a read failed, or the trace was not finished
     /// after `fetch_attempts` reads).
     pub failed: u64,
+    /// Of the traces `fetched`, those cut at `max_events_per_trace` (their
+    /// events say `truncated`); not an outcome of its own, so not in the
+    /// sum above.
+    pub truncated: u64,
 }
 
 /// A handle on a server tracer: its counters, and the drain run on
@@ -282,6 +302,7 @@ impl ServerTraceHandle {
             fetched: c.fetched.load(Ordering::Relaxed),
             skipped: c.skipped.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
+            truncated: c.truncated.load(Ordering::Relaxed),
         }
     }
 

@@ -219,8 +219,10 @@ pub struct ServerTraceSection {
     pub fetch_attempts: Option<u32>,
     /// Wait before the second read, doubled after.
     pub fetch_backoff_ms: Option<u64>,
-    /// Fetches at once.
+    /// Fetches reading at once.
     pub max_concurrent_fetches: Option<usize>,
+    /// The most events of one trace read and kept.
+    pub max_events_per_trace: Option<usize>,
     /// How long one read of `system_traces` may take.
     pub read_timeout_ms: Option<u64>,
     /// How long close waits for pending fetches.
@@ -591,6 +593,7 @@ impl ServerTraceSection {
             fetch_attempts: s.fetch_attempts.unwrap_or(d.fetch_attempts),
             fetch_backoff: s.fetch_backoff_ms.map_or(d.fetch_backoff, ms),
             max_concurrent_fetches: s.max_concurrent_fetches.unwrap_or(d.max_concurrent_fetches),
+            max_events_per_trace: s.max_events_per_trace.unwrap_or(d.max_events_per_trace),
             read_timeout: s.read_timeout_ms.map_or(d.read_timeout, ms),
             close_timeout: s.close_timeout_ms.map_or(d.close_timeout, ms),
         }
