@@ -75,6 +75,7 @@ mod attempt;
 mod block;
 mod builder;
 mod prepared;
+mod schema_type;
 
 pub use block::DriverFuture;
 pub use builder::DriverServiceBuilder;

@@ -1628,6 +1628,49 @@ async fn a_cached_statement_follows_a_table_made_again() {
     assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
 }
 
+/// A column whose type changed inside a collection (the table dropped
+/// and made again; a frozen one too, which the metadata says is frozen
+/// and the prepared statement does not): the statement prepared for the
+/// old one is outdated too, and the request runs with one prepared anew.
+/// (Before, only native types were compared: such a request failed
+/// `Serialization` on the client, never sent, while the old statement
+/// stayed cached.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_statement_follows_a_collection_made_again() {
+    let s = setup(1).await;
+    for (column, old, new) in [
+        ("v", "list<int>", "list<text>"),
+        ("f", "frozen<list<int>>", "frozen<list<text>>"),
+    ] {
+        let create = |typ: &str| format!("CREATE TABLE ks.l (k int PRIMARY KEY, {column} {typ})");
+        let put = format!("INSERT INTO ks.l (k, {column}) VALUES (?, ?)");
+        s.run(&create(old)).await;
+        s.driver
+            .execute(CqlRequest::query(put.clone()).bind((1i32, vec![1i32])))
+            .await
+            .unwrap_or_else(|e| panic!("{old}: {e}"));
+        s.run("DROP TABLE ks.l").await;
+        s.run(&create(new)).await;
+        s.driver
+            .execute(CqlRequest::query(put).bind((2i32, vec!["two".to_string()])))
+            .await
+            .unwrap_or_else(|e| panic!("{old} made {new}: {e}"));
+        let got = s
+            .driver
+            .execute(
+                CqlRequest::query(format!("SELECT {column} FROM ks.l WHERE k = ?")).bind((2i32,)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            got.single_row::<(Vec<String>,)>().unwrap(),
+            (vec!["two".to_string()],),
+            "{new}"
+        );
+        s.run("DROP TABLE ks.l").await;
+    }
+}
+
 /// What a request's hint tells its observer (the circuit breaker).
 #[derive(Default)]
 struct Heard(std::sync::Mutex<Vec<(std::net::SocketAddr, tower_cql_core::classify::NodeVerdict)>>);

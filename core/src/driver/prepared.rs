@@ -12,6 +12,7 @@ use scylla::statement::prepared::PreparedStatement;
 
 use super::DriverInner;
 use super::attempt::Attempt;
+use super::schema_type::same_type;
 use crate::error::CqlError;
 use crate::registry::Registry;
 use crate::request::{CqlRequest, RequestMeta, StatementBody};
@@ -441,11 +442,10 @@ impl DriverInner {
     /// Whether `p`, prepared earlier, binds a column as another type than
     /// the session's schema metadata gives it now (the driver refreshes
     /// it after each schema change): its table was made again since.
-    /// Only simple types are compared (the metadata says which
-    /// collections and user types are frozen, a prepared statement
-    /// never does); a column the metadata does not know is not judged.
+    /// Types are compared whole, inside collections, vectors, tuples
+    /// and user types too (see `same_type`); a column the metadata does
+    /// not know is not judged.
     fn outdated(&self, p: &PreparedStatement) -> bool {
-        use scylla::cluster::metadata::ColumnType;
         let state = self.session.get_cluster_state();
         p.get_variable_col_specs().iter().any(|spec| {
             let table = spec.table_spec();
@@ -456,11 +456,7 @@ impl DriverInner {
             else {
                 return false;
             };
-            match (spec.typ(), &column.typ) {
-                (ColumnType::Native(bound), ColumnType::Native(now)) => bound != now,
-                (ColumnType::Native(_), _) | (_, ColumnType::Native(_)) => true,
-                _ => false,
-            }
+            !same_type(spec.typ(), &column.typ)
         })
     }
 }
