@@ -1628,6 +1628,43 @@ async fn a_cached_statement_follows_a_table_made_again() {
     assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
 }
 
+/// A statement that remembers the one prepared for a table since made
+/// again with another column type runs the fresh one from then on: one
+/// cache lookup a request (its own), as before the table changed. (Before,
+/// it kept the outdated one: every request failed to bind on the client,
+/// then went to the cache for the fresh one, a second lookup, forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_remembering_an_outdated_one_takes_the_fresh_one() {
+    let s = setup(1).await;
+    s.run("CREATE TABLE ks.t (k int PRIMARY KEY, v text)").await;
+    let remembering = Statement::new("INSERT INTO ks.t (k, v) VALUES (?, ?)");
+    s.driver
+        .execute(remembering.request().bind((1i32, "one")))
+        .await
+        .unwrap();
+    s.run("DROP TABLE ks.t").await;
+    s.run("CREATE TABLE ks.t (k int PRIMARY KEY, v int)").await;
+    // the first request finds it outdated
+    s.driver
+        .execute(remembering.request().bind((2i32, 2i32)))
+        .await
+        .unwrap();
+    let rounds: u64 = 3;
+    let (hits, misses) = s.driver.cache_stats();
+    for round in 0..rounds {
+        s.driver
+            .execute(remembering.request().bind((3i32, 3i32)))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+    }
+    let (hits_after, misses_after) = s.driver.cache_stats();
+    assert_eq!(
+        (hits_after - hits, misses_after - misses),
+        (rounds, 0),
+        "cache lookups (hits, misses) of {rounds} requests"
+    );
+}
+
 /// A column whose type changed inside a collection (the table dropped
 /// and made again; a frozen one too, which the metadata says is frozen
 /// and the prepared statement does not): the statement prepared for the

@@ -227,13 +227,7 @@ impl DriverInner {
                         unprepared: false,
                     });
                 };
-                let own = configure_prepared(
-                    Cow::Owned(cached),
-                    &RequestMeta::from_statement(statement),
-                    Attempt { remaining: None },
-                    None,
-                )
-                .into_owned();
+                let own = statements_own(statement, cached);
                 statement.remember_prepared(self.id, keyspace().as_ref(), &own);
                 match statement.prepared_by(self.id, ks) {
                     Some(p) => Kept::Ref(p, None),
@@ -405,9 +399,9 @@ impl DriverInner {
     /// A table dropped and made again with another type for a column
     /// left the statement prepared for the old one cached, and every
     /// request binding the new type failed on the client. A statement
-    /// that remembers the old one keeps it (it is set once: see
-    /// `Statement::remember_prepared`), and its requests come this way,
-    /// to the cached one, after the driver refuses their values.
+    /// that remembers the old one takes the fresh one in its place (see
+    /// `Statement::supersede_prepared`): its next requests run it as
+    /// kept, not by this way.
     pub(super) async fn run_outdated(
         &self,
         req: &CqlRequest,
@@ -434,6 +428,15 @@ impl DriverInner {
                 self.prepare_in_time(key, meta, attempt).await?
             }
         };
+        // a statement that remembers the outdated one takes the fresh one
+        // in its place: its next requests run it as kept
+        let statement = req.statement();
+        statement.supersede_prepared(
+            self.id,
+            ks,
+            |old| self.outdated(old),
+            || statements_own(statement, fresh.clone()),
+        );
         let p = configure_prepared(Cow::Owned(fresh), meta, attempt, None).into_owned();
         self.execute_prepared(&p, req.values().as_row(), meta.paging_state().cloned())
             .await
@@ -459,6 +462,19 @@ impl DriverInner {
             !same_type(spec.typ(), &column.typ)
         })
     }
+}
+
+/// `cached` as `statement`'s own requests ask for it (its idempotence,
+/// consistency, page size), to be remembered in it: they then run it by
+/// reference.
+fn statements_own(statement: &crate::Statement, cached: PreparedStatement) -> PreparedStatement {
+    configure_prepared(
+        Cow::Owned(cached),
+        &RequestMeta::from_statement(statement),
+        Attempt { remaining: None },
+        None,
+    )
+    .into_owned()
 }
 
 /// The error of an attempt whose deadline passed while its statement was

@@ -31,6 +31,7 @@ pub use crate::analysis::StatementTraits;
 mod kind;
 mod label;
 mod meta;
+mod remembered;
 mod statement;
 mod tally;
 mod values;
