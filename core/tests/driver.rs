@@ -1477,6 +1477,67 @@ async fn a_use_cut_short_leaves_every_connection_in_one_keyspace() {
     assert_one_keyspace(&s, "after a USE whose caller stopped waiting").await;
 }
 
+/// A `USE` the server answers after the session's own request timeout
+/// (its default execution profile's): it runs to its end all the same,
+/// and every connection and the session take the keyspace. (Before, the
+/// driver gave up on the answer after that timeout: the connection the
+/// `USE` went to ran in the new keyspace, the others and the session in
+/// the old one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_use_outlasting_the_sessions_request_timeout_runs_to_its_end() {
+    use scylla::client::execution_profile::ExecutionProfile;
+    let cluster = Cluster::builder().nodes(3).start().await.unwrap();
+    let profile = ExecutionProfile::builder()
+        .request_timeout(Some(Duration::from_secs(1)))
+        .build();
+    let session = SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .default_execution_profile_handle(profile.into_handle())
+        .build()
+        .await
+        .unwrap();
+    let memory = Arc::new(InMemoryCollector::new());
+    let collectors = Collectors::with([memory.clone()]);
+    let driver = DriverService::builder(Arc::new(session))
+        .collectors(collectors.clone())
+        .build()
+        .unwrap();
+    let s = Setup {
+        cluster,
+        driver,
+        memory,
+        collectors,
+    };
+    for ks in ["ks", "ks2"] {
+        s.run(&format!(
+            "CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 3}}"
+        ))
+        .await;
+        s.run(&format!("CREATE TABLE {ks}.kv (k int PRIMARY KEY, v text)"))
+            .await;
+        s.run(&format!("INSERT INTO {ks}.kv (k, v) VALUES (1, 'in {ks}')"))
+            .await;
+    }
+    s.run("USE ks").await;
+    // the server answers the USE a second after the session's timeout
+    s.cluster
+        .faults()
+        .add(Fault::delay(Duration::from_secs(2)).matching("USE ks2"));
+    s.driver
+        .execute(CqlRequest::unprepared("USE ks2"))
+        .await
+        .unwrap_or_else(|e| panic!("USE ks2: {e}"));
+    assert_one_keyspace(&s, "after a USE answered past the session's timeout").await;
+    assert_eq!(
+        s.driver
+            .session()
+            .get_keyspace()
+            .as_deref()
+            .map(String::as_str),
+        Some("ks2")
+    );
+}
+
 /// Waits for the server to have answered a `USE` it delayed, then reads
 /// unqualified text on every node (through each connection): one
 /// keyspace, the session's.
