@@ -1538,6 +1538,45 @@ async fn a_use_outlasting_the_sessions_request_timeout_runs_to_its_end() {
     );
 }
 
+/// A `USE` whose caller stopped waiting goes on in its own task: the
+/// gate it came through counts it until it ends, so `close()` returns
+/// only then, and nothing changes the session after it returned. (Before,
+/// `close()` returned at once, and the keyspace changed after it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_a_use_whose_caller_stopped_waiting() {
+    let s = setup(1).await;
+    s.run("CREATE KEYSPACE ks2 WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}")
+        .await;
+    s.run("USE ks").await;
+    // the server answers the USE two seconds late
+    s.cluster
+        .faults()
+        .add(Fault::delay(Duration::from_secs(2)).matching("USE ks2"));
+    let gate = tower_cql_core::Gate::new();
+    let mut gated = gate.wrap(s.driver.clone());
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(200),
+        gated
+            .ready()
+            .await
+            .unwrap()
+            .call(CqlRequest::unprepared("USE ks2")),
+    )
+    .await;
+    assert!(
+        dropped.is_err(),
+        "the USE answered before its caller gave up"
+    );
+    gate.close().await;
+    let at_close = s.driver.session().get_keyspace();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        s.driver.session().get_keyspace(),
+        at_close,
+        "the session's keyspace changed after close() returned"
+    );
+}
+
 /// Waits for the server to have answered a `USE` it delayed, then reads
 /// unqualified text on every node (through each connection): one
 /// keyspace, the session's.
