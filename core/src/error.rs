@@ -793,8 +793,33 @@ enum Message {
     Own(String),
 }
 
+/// What to say of values bound to another number of markers than the
+/// statement has, prepared or not: the counts, which the driver's
+/// message has redacted as if they were values.
+fn wrong_value_count(err: &ExecutionError) -> Option<String> {
+    use scylla::serialize::row::{BuiltinTypeCheckError, BuiltinTypeCheckErrorKind};
+    let serialization = match err {
+        ExecutionError::BadQuery(BadQuery::SerializationError(e))
+        | ExecutionError::LastAttemptError(RequestAttemptError::SerializationError(e)) => e,
+        _ => return None,
+    };
+    match serialization.downcast_ref::<BuiltinTypeCheckError>()?.kind {
+        BuiltinTypeCheckErrorKind::WrongColumnCount {
+            rust_cols,
+            cql_cols,
+        } => Some(format!(
+            "the statement has {cql_cols} bind marker(s) and the values bound give \
+             {rust_cols}: bind one value per marker, in the markers' order (nothing was sent)"
+        )),
+        _ => None,
+    }
+}
+
 fn classify_execution(err: &ExecutionError) -> (ErrorKind, Message, Option<ReplicaDetails>, Sent) {
     use ErrorKind as K;
+    if let Some(message) = wrong_value_count(err) {
+        return (K::Serialization, Message::Own(message), None, Sent::No);
+    }
     let what = Message::Driver(err.to_string());
     let (kind, details, sent) = match err {
         ExecutionError::LastAttemptError(a) => classify_attempt(a),

@@ -1942,3 +1942,26 @@ async fn a_schema_change_of_another_kind_keeps_to_the_requests_deadline() {
     assert!(took < Duration::from_millis(1500), "ended after {took:?}");
     assert!(err.may_have_been_applied(), "{err}");
 }
+
+/// Values bound to fewer or more markers than the statement has: the
+/// error says how many markers and how many values, prepared or not.
+/// (Before, the driver's message had both counts redacted, as if they
+/// were values: "the statement operates on ? columns, but the given rust
+/// type provides ?".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_for_too_few_markers_say_how_many() {
+    let s = setup(1).await;
+    let put = "INSERT INTO ks.kv (k, v) VALUES (?, ?)";
+    for req in [CqlRequest::query(put), CqlRequest::unprepared(put)] {
+        let err = s.driver.execute(req.bind((5i32,))).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
+        let words: Vec<&str> = err
+            .message()
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .collect();
+        assert!(
+            words.contains(&"2") && words.contains(&"1"),
+            "the counts of markers (2) and values (1): {err}"
+        );
+    }
+}
