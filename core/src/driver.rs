@@ -37,7 +37,9 @@
 //!   every node to agree on the schema, which its request timeout does
 //!   not cover.
 //! - A `USE` runs to its end in a task of its own, one at a time, even
-//!   when its deadline passes or its caller stops waiting: cut short
+//!   when its deadline passes or its caller stops waiting, and with no
+//!   request timeout (neither the request's nor the session's own
+//!   execution profile's; its text is sent unprepared): cut short
 //!   after the server took it on one connection and before the driver
 //!   took it to the others, it left the connections in different
 //!   keyspaces and the session's naming the old one. Its caller waits
@@ -75,6 +77,7 @@ mod attempt;
 mod block;
 mod builder;
 mod prepared;
+mod schema_type;
 
 pub use block::DriverFuture;
 pub use builder::DriverServiceBuilder;
@@ -91,6 +94,10 @@ pub(crate) struct DriverInner {
     /// around its load balancing (and, unless the driver's retries are
     /// kept, with them and speculative execution off).
     profile: ExecutionProfileHandle,
+    /// `profile` with no request timeout: a `USE` runs with it (see
+    /// `attempt::run_use`), so the session's own request timeout does
+    /// not cut it short either.
+    use_profile: ExecutionProfileHandle,
     /// The driver's own retries and speculative execution are kept
     /// (`keep_driver_retries`).
     driver_retries: bool,

@@ -27,8 +27,8 @@ use std::time::Duration;
 pub use crate::classify::RetryAdvice;
 
 use scylla::errors::{
-    DbError, ExecutionError, NewSessionError, OperationType, PrepareError, RequestAttemptError,
-    WriteType,
+    BadQuery, DbError, ExecutionError, NewSessionError, OperationType, PrepareError,
+    RequestAttemptError, WriteType,
 };
 
 /// What kind of failure a [`CqlError`] is. Bounded: safe as a metric label.
@@ -97,7 +97,9 @@ pub enum ErrorKind {
     CircuitOpen,
     /// The stack is shutting down and admits no new requests.
     ShutDown,
-    /// A request or configuration that the client side rejects.
+    /// A request or configuration that the client side rejects (a batch
+    /// of more statements than a batch can have, a partition key too long
+    /// included); never sent.
     BadRequest,
     /// The attempt or request ended before it completed: an attempt that
     /// lost a hedge race, or a request the caller dropped. It may have
@@ -791,11 +793,53 @@ enum Message {
     Own(String),
 }
 
+/// What to say of values bound to another number of markers than the
+/// statement has, prepared or not: the counts, which the driver's
+/// message has redacted as if they were values.
+fn wrong_value_count(err: &ExecutionError) -> Option<String> {
+    use scylla::serialize::row::{BuiltinTypeCheckError, BuiltinTypeCheckErrorKind};
+    let serialization = match err {
+        ExecutionError::BadQuery(BadQuery::SerializationError(e))
+        | ExecutionError::LastAttemptError(RequestAttemptError::SerializationError(e)) => e,
+        _ => return None,
+    };
+    match serialization.downcast_ref::<BuiltinTypeCheckError>()?.kind {
+        BuiltinTypeCheckErrorKind::WrongColumnCount {
+            rust_cols,
+            cql_cols,
+        } => Some(format!(
+            "the statement has {cql_cols} bind marker(s) and the values bound give \
+             {rust_cols}: bind one value per marker, in the markers' order (nothing was sent)"
+        )),
+        _ => None,
+    }
+}
+
 fn classify_execution(err: &ExecutionError) -> (ErrorKind, Message, Option<ReplicaDetails>, Sent) {
     use ErrorKind as K;
+    if let Some(message) = wrong_value_count(err) {
+        return (K::Serialization, Message::Own(message), None, Sent::No);
+    }
     let what = Message::Driver(err.to_string());
     let (kind, details, sent) = match err {
         ExecutionError::LastAttemptError(a) => classify_attempt(a),
+        // Limits, not types: said here, with the numbers (the driver's
+        // message has them redacted as if they were values).
+        ExecutionError::BadQuery(BadQuery::TooManyQueriesInBatchStatement(n)) => {
+            let message = format!(
+                "the batch has {n} statements, more than the {} a batch can have: split it into \
+                 smaller batches (nothing was sent)",
+                u16::MAX
+            );
+            return (K::BadRequest, Message::Own(message), None, Sent::No);
+        }
+        ExecutionError::BadQuery(BadQuery::ValuesTooLongForKey(len, max)) => {
+            let message = format!(
+                "the partition key's values serialize to {len} bytes, more than the {max} a \
+                 partition key can have: bind shorter partition key values (nothing was sent)"
+            );
+            return (K::BadRequest, Message::Own(message), None, Sent::No);
+        }
         ExecutionError::BadQuery(_) => (K::Serialization, None, Sent::No),
         // The breaker excluded the nodes whose breaker is open, and no
         // other node could take the request.
@@ -947,6 +991,26 @@ impl From<PrepareError> for CqlError {
 #[cfg(all(test, not(tower_cql_loom)))]
 mod tests {
     use super::*;
+
+    /// A batch of more statements than the protocol allows, or a
+    /// partition key too long to hash, is no type mismatch: its error
+    /// says what is wrong (the driver's message: the count, the length
+    /// and their limit), with no advice to bind other Rust types; never
+    /// sent.
+    #[test]
+    fn a_batch_too_big_or_a_key_too_long_is_a_bad_request() {
+        use scylla::errors::BadQuery;
+        for bad in [
+            BadQuery::TooManyQueriesInBatchStatement(70_000),
+            BadQuery::ValuesTooLongForKey(70_000, 65_535),
+        ] {
+            let e = CqlError::from_execution(ExecutionError::BadQuery(bad));
+            assert_eq!(e.kind(), ErrorKind::BadRequest, "{e}");
+            assert!(e.was_not_sent(), "{e}");
+            assert!(!e.to_string().contains("Rust types"), "{e}");
+            assert!(e.message().contains("70000"), "{e}");
+        }
+    }
 
     /// A request is shed when a limit built for load shedding is not
     /// ready: the concurrency limit (fixed or adaptive) or the rate limit.

@@ -106,6 +106,13 @@ impl GateCore {
         Admission::Refused { wake: self.exit() }
     }
 
+    /// One more in flight, for a caller already counted in (a
+    /// [`GateGuard`] it holds): the count cannot reach zero meanwhile, so
+    /// no flush is claimed and closing does not refuse it.
+    pub(crate) fn hold(&self) {
+        self.state.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Leaves; true when this was the last one out of a closing gate.
     pub(crate) fn exit(&self) -> bool {
         let now = self.state.fetch_sub(1, Ordering::AcqRel) - 1;
@@ -223,6 +230,18 @@ pub struct GateGuard {
 impl fmt::Debug for GateGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("GateGuard")
+    }
+}
+
+impl GateGuard {
+    /// Another hold on the gate this guard was admitted by, counted in
+    /// flight as it is, whether or not the gate is closing (see
+    /// [`CqlRequest::hold_gate`]).
+    pub(crate) fn also(&self) -> GateGuard {
+        self.inner.core.hold();
+        GateGuard {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -344,14 +363,17 @@ impl Gate {
     }
 
     /// Requests in flight (a request counts until its response future is
-    /// dropped: see [`GateService`]). While closing, a request being
+    /// dropped: see [`GateService`]; a `USE`, which runs to its end in a
+    /// task of its own, until that ends). While closing, a request being
     /// refused counts itself in for an instant before it backs out, so
     /// read this as an upper bound.
     pub fn in_flight(&self) -> u64 {
         self.inner.core.state().1
     }
 
-    /// Stops admitting requests, waits for those in flight, ends the
+    /// Stops admitting requests, waits for those in flight (a `USE`
+    /// whose caller stopped waiting too, until it ends: nothing changes
+    /// the session's keyspace after `close` returns), ends the
     /// paging streams started in the gate that are still open (their
     /// readers get `ShutDown`), flushes the collectors (each waited for
     /// up to its [`flush_timeout`](crate::Collector::flush_timeout): see
@@ -536,6 +558,11 @@ where
                     && self.gate.inner.carry
                 {
                     req.link_stack(link.clone());
+                }
+                // a `USE` runs to its end in a task of its own: the gate
+                // counts it until then (see `CqlRequest::hold_gate`)
+                if req.meta().kind() == crate::request::OperationKind::Use {
+                    req.hold_gate(guard.also());
                 }
                 // text naming no keyspace runs in the session's
                 if let Some(session) = &self.gate.inner.session

@@ -1477,6 +1477,106 @@ async fn a_use_cut_short_leaves_every_connection_in_one_keyspace() {
     assert_one_keyspace(&s, "after a USE whose caller stopped waiting").await;
 }
 
+/// A `USE` the server answers after the session's own request timeout
+/// (its default execution profile's): it runs to its end all the same,
+/// and every connection and the session take the keyspace. (Before, the
+/// driver gave up on the answer after that timeout: the connection the
+/// `USE` went to ran in the new keyspace, the others and the session in
+/// the old one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_use_outlasting_the_sessions_request_timeout_runs_to_its_end() {
+    use scylla::client::execution_profile::ExecutionProfile;
+    let cluster = Cluster::builder().nodes(3).start().await.unwrap();
+    let profile = ExecutionProfile::builder()
+        .request_timeout(Some(Duration::from_secs(1)))
+        .build();
+    let session = SessionBuilder::new()
+        .known_nodes_addr(cluster.contact_points())
+        .default_execution_profile_handle(profile.into_handle())
+        .build()
+        .await
+        .unwrap();
+    let memory = Arc::new(InMemoryCollector::new());
+    let collectors = Collectors::with([memory.clone()]);
+    let driver = DriverService::builder(Arc::new(session))
+        .collectors(collectors.clone())
+        .build()
+        .unwrap();
+    let s = Setup {
+        cluster,
+        driver,
+        memory,
+        collectors,
+    };
+    for ks in ["ks", "ks2"] {
+        s.run(&format!(
+            "CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 3}}"
+        ))
+        .await;
+        s.run(&format!("CREATE TABLE {ks}.kv (k int PRIMARY KEY, v text)"))
+            .await;
+        s.run(&format!("INSERT INTO {ks}.kv (k, v) VALUES (1, 'in {ks}')"))
+            .await;
+    }
+    s.run("USE ks").await;
+    // the server answers the USE a second after the session's timeout
+    s.cluster
+        .faults()
+        .add(Fault::delay(Duration::from_secs(2)).matching("USE ks2"));
+    s.driver
+        .execute(CqlRequest::unprepared("USE ks2"))
+        .await
+        .unwrap_or_else(|e| panic!("USE ks2: {e}"));
+    assert_one_keyspace(&s, "after a USE answered past the session's timeout").await;
+    assert_eq!(
+        s.driver
+            .session()
+            .get_keyspace()
+            .as_deref()
+            .map(String::as_str),
+        Some("ks2")
+    );
+}
+
+/// A `USE` whose caller stopped waiting goes on in its own task: the
+/// gate it came through counts it until it ends, so `close()` returns
+/// only then, and nothing changes the session after it returned. (Before,
+/// `close()` returned at once, and the keyspace changed after it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_a_use_whose_caller_stopped_waiting() {
+    let s = setup(1).await;
+    s.run("CREATE KEYSPACE ks2 WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}")
+        .await;
+    s.run("USE ks").await;
+    // the server answers the USE two seconds late
+    s.cluster
+        .faults()
+        .add(Fault::delay(Duration::from_secs(2)).matching("USE ks2"));
+    let gate = tower_cql_core::Gate::new();
+    let mut gated = gate.wrap(s.driver.clone());
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(200),
+        gated
+            .ready()
+            .await
+            .unwrap()
+            .call(CqlRequest::unprepared("USE ks2")),
+    )
+    .await;
+    assert!(
+        dropped.is_err(),
+        "the USE answered before its caller gave up"
+    );
+    gate.close().await;
+    let at_close = s.driver.session().get_keyspace();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        s.driver.session().get_keyspace(),
+        at_close,
+        "the session's keyspace changed after close() returned"
+    );
+}
+
 /// Waits for the server to have answered a `USE` it delayed, then reads
 /// unqualified text on every node (through each connection): one
 /// keyspace, the session's.
@@ -1628,6 +1728,86 @@ async fn a_cached_statement_follows_a_table_made_again() {
     assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
 }
 
+/// A statement that remembers the one prepared for a table since made
+/// again with another column type runs the fresh one from then on: one
+/// cache lookup a request (its own), as before the table changed. (Before,
+/// it kept the outdated one: every request failed to bind on the client,
+/// then went to the cache for the fresh one, a second lookup, forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_remembering_an_outdated_one_takes_the_fresh_one() {
+    let s = setup(1).await;
+    s.run("CREATE TABLE ks.t (k int PRIMARY KEY, v text)").await;
+    let remembering = Statement::new("INSERT INTO ks.t (k, v) VALUES (?, ?)");
+    s.driver
+        .execute(remembering.request().bind((1i32, "one")))
+        .await
+        .unwrap();
+    s.run("DROP TABLE ks.t").await;
+    s.run("CREATE TABLE ks.t (k int PRIMARY KEY, v int)").await;
+    // the first request finds it outdated
+    s.driver
+        .execute(remembering.request().bind((2i32, 2i32)))
+        .await
+        .unwrap();
+    let rounds: u64 = 3;
+    let (hits, misses) = s.driver.cache_stats();
+    for round in 0..rounds {
+        s.driver
+            .execute(remembering.request().bind((3i32, 3i32)))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+    }
+    let (hits_after, misses_after) = s.driver.cache_stats();
+    assert_eq!(
+        (hits_after - hits, misses_after - misses),
+        (rounds, 0),
+        "cache lookups (hits, misses) of {rounds} requests"
+    );
+}
+
+/// A column whose type changed inside a collection (the table dropped
+/// and made again; a frozen one too, which the metadata says is frozen
+/// and the prepared statement does not): the statement prepared for the
+/// old one is outdated too, and the request runs with one prepared anew.
+/// (Before, only native types were compared: such a request failed
+/// `Serialization` on the client, never sent, while the old statement
+/// stayed cached.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_statement_follows_a_collection_made_again() {
+    let s = setup(1).await;
+    for (column, old, new) in [
+        ("v", "list<int>", "list<text>"),
+        ("f", "frozen<list<int>>", "frozen<list<text>>"),
+    ] {
+        let create = |typ: &str| format!("CREATE TABLE ks.l (k int PRIMARY KEY, {column} {typ})");
+        let put = format!("INSERT INTO ks.l (k, {column}) VALUES (?, ?)");
+        s.run(&create(old)).await;
+        s.driver
+            .execute(CqlRequest::query(put.clone()).bind((1i32, vec![1i32])))
+            .await
+            .unwrap_or_else(|e| panic!("{old}: {e}"));
+        s.run("DROP TABLE ks.l").await;
+        s.run(&create(new)).await;
+        s.driver
+            .execute(CqlRequest::query(put).bind((2i32, vec!["two".to_string()])))
+            .await
+            .unwrap_or_else(|e| panic!("{old} made {new}: {e}"));
+        let got = s
+            .driver
+            .execute(
+                CqlRequest::query(format!("SELECT {column} FROM ks.l WHERE k = ?")).bind((2i32,)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            got.single_row::<(Vec<String>,)>().unwrap(),
+            (vec!["two".to_string()],),
+            "{new}"
+        );
+        s.run("DROP TABLE ks.l").await;
+    }
+}
+
 /// What a request's hint tells its observer (the circuit breaker).
 #[derive(Default)]
 struct Heard(std::sync::Mutex<Vec<(std::net::SocketAddr, tower_cql_core::classify::NodeVerdict)>>);
@@ -1761,4 +1941,27 @@ async fn a_schema_change_of_another_kind_keeps_to_the_requests_deadline() {
     assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
     assert!(took < Duration::from_millis(1500), "ended after {took:?}");
     assert!(err.may_have_been_applied(), "{err}");
+}
+
+/// Values bound to fewer or more markers than the statement has: the
+/// error says how many markers and how many values, prepared or not.
+/// (Before, the driver's message had both counts redacted, as if they
+/// were values: "the statement operates on ? columns, but the given rust
+/// type provides ?".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_for_too_few_markers_say_how_many() {
+    let s = setup(1).await;
+    let put = "INSERT INTO ks.kv (k, v) VALUES (?, ?)";
+    for req in [CqlRequest::query(put), CqlRequest::unprepared(put)] {
+        let err = s.driver.execute(req.bind((5i32,))).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
+        let words: Vec<&str> = err
+            .message()
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .collect();
+        assert!(
+            words.contains(&"2") && words.contains(&"1"),
+            "the counts of markers (2) and values (1): {err}"
+        );
+    }
 }

@@ -17,7 +17,7 @@ use crate::classify::NodeVerdict;
 use crate::collector::Collectors;
 use crate::error::{CqlError, ErrorKind};
 use crate::event::{AttemptEvent, Event};
-use crate::request::{CqlRequest, OperationKind, RequestMeta};
+use crate::request::{CqlRequest, OperationKind, RequestMeta, StatementBody};
 use crate::response::CqlResponse;
 
 /// An attempt in flight: dropped while `armed` (the attempt's future was
@@ -130,9 +130,9 @@ async fn within_deadline(
 /// drops the driver's future, or its own request timeout gives up on the
 /// answer), that connection ran in the new keyspace, the others, and the
 /// session's keyspace by which unqualified text is prepared, in the old.
-/// So the task sets no request timeout of the driver's (the session's
-/// own still applies), and two `USE`s through this service never
-/// interleave their connections.
+/// So the task runs it with no request timeout, neither the request's
+/// nor the session's own (see [`DriverInner::run_use_text`]), and two
+/// `USE`s through this service never interleave their connections.
 async fn run_use(
     this: Arc<DriverInner>,
     req: &CqlRequest,
@@ -146,7 +146,7 @@ async fn run_use(
     let task = tokio::spawn(async move {
         let _one_at_a_time = this.use_lock.lock().await;
         let mut seen = None;
-        let run = this.run(&req, None, Attempt { remaining: None });
+        let run = this.run_use_text(&req);
         let out = crate::routing::Steered::new(hint, index, record.then_some(&mut seen), run).await;
         (out, seen)
     });
@@ -431,6 +431,25 @@ impl DriverInner {
                 CqlResponse::new(r, Some(next))
             }
         }
+    }
+
+    /// A `USE` (for [`run_use`]): its text sent as it is (it binds no
+    /// value: preparing it first gains nothing) with `use_profile`, the
+    /// service's profile with no request timeout, whatever the caller's
+    /// prepared statement had. A batch (no `USE`) runs as any.
+    async fn run_use_text(&self, req: &CqlRequest) -> Result<CqlResponse, CqlError> {
+        let text: &str = match req.statement().body() {
+            StatementBody::Cql { text, .. } => text,
+            StatementBody::Prepared(p) => p.get_statement(),
+            StatementBody::Batch(_) => {
+                return self.run(req, None, Attempt { remaining: None }).await;
+            }
+        };
+        let mut s = scylla::statement::Statement::new(text.to_owned());
+        s.set_execution_profile_handle(Some(self.use_profile.clone()));
+        configure_fresh(&mut s, req.meta(), Attempt { remaining: None });
+        let values = req.values().as_row();
+        CqlResponse::new(self.session.query_unpaged(s, values).await?, None)
     }
 
     async fn run_batch(

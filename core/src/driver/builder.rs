@@ -113,6 +113,9 @@ impl DriverServiceBuilder {
                 .retry_policy(Arc::new(FallthroughRetryPolicy::new()))
                 .speculative_execution_policy(None)
         };
+        // a `USE` runs to its end: with no request timeout (see
+        // `attempt::run_use`)
+        let use_profile = profile.clone().request_timeout(None).build().into_handle();
         let profile = profile.build().into_handle();
         Ok(DriverService {
             inner: Arc::new(DriverInner {
@@ -124,6 +127,7 @@ impl DriverServiceBuilder {
                 cache: PreparedCache::new(self.cache_capacity),
                 collectors: self.collectors,
                 profile,
+                use_profile,
                 driver_retries: self.keep_driver_retries,
                 node_attribution: self.node_attribution,
                 use_lock: tokio::sync::Mutex::new(()),

@@ -12,6 +12,7 @@ use scylla::statement::prepared::PreparedStatement;
 
 use super::DriverInner;
 use super::attempt::Attempt;
+use super::schema_type::same_type;
 use crate::error::CqlError;
 use crate::registry::Registry;
 use crate::request::{CqlRequest, RequestMeta, StatementBody};
@@ -226,13 +227,7 @@ impl DriverInner {
                         unprepared: false,
                     });
                 };
-                let own = configure_prepared(
-                    Cow::Owned(cached),
-                    &RequestMeta::from_statement(statement),
-                    Attempt { remaining: None },
-                    None,
-                )
-                .into_owned();
+                let own = statements_own(statement, cached);
                 statement.remember_prepared(self.id, keyspace().as_ref(), &own);
                 match statement.prepared_by(self.id, ks) {
                     Some(p) => Kept::Ref(p, None),
@@ -404,9 +399,9 @@ impl DriverInner {
     /// A table dropped and made again with another type for a column
     /// left the statement prepared for the old one cached, and every
     /// request binding the new type failed on the client. A statement
-    /// that remembers the old one keeps it (it is set once: see
-    /// `Statement::remember_prepared`), and its requests come this way,
-    /// to the cached one, after the driver refuses their values.
+    /// that remembers the old one takes the fresh one in its place (see
+    /// `Statement::supersede_prepared`): its next requests run it as
+    /// kept, not by this way.
     pub(super) async fn run_outdated(
         &self,
         req: &CqlRequest,
@@ -433,6 +428,15 @@ impl DriverInner {
                 self.prepare_in_time(key, meta, attempt).await?
             }
         };
+        // a statement that remembers the outdated one takes the fresh one
+        // in its place: its next requests run it as kept
+        let statement = req.statement();
+        statement.supersede_prepared(
+            self.id,
+            ks,
+            |old| self.outdated(old),
+            || statements_own(statement, fresh.clone()),
+        );
         let p = configure_prepared(Cow::Owned(fresh), meta, attempt, None).into_owned();
         self.execute_prepared(&p, req.values().as_row(), meta.paging_state().cloned())
             .await
@@ -441,11 +445,10 @@ impl DriverInner {
     /// Whether `p`, prepared earlier, binds a column as another type than
     /// the session's schema metadata gives it now (the driver refreshes
     /// it after each schema change): its table was made again since.
-    /// Only simple types are compared (the metadata says which
-    /// collections and user types are frozen, a prepared statement
-    /// never does); a column the metadata does not know is not judged.
+    /// Types are compared whole, inside collections, vectors, tuples
+    /// and user types too (see `same_type`); a column the metadata does
+    /// not know is not judged.
     fn outdated(&self, p: &PreparedStatement) -> bool {
-        use scylla::cluster::metadata::ColumnType;
         let state = self.session.get_cluster_state();
         p.get_variable_col_specs().iter().any(|spec| {
             let table = spec.table_spec();
@@ -456,13 +459,22 @@ impl DriverInner {
             else {
                 return false;
             };
-            match (spec.typ(), &column.typ) {
-                (ColumnType::Native(bound), ColumnType::Native(now)) => bound != now,
-                (ColumnType::Native(_), _) | (_, ColumnType::Native(_)) => true,
-                _ => false,
-            }
+            !same_type(spec.typ(), &column.typ)
         })
     }
+}
+
+/// `cached` as `statement`'s own requests ask for it (its idempotence,
+/// consistency, page size), to be remembered in it: they then run it by
+/// reference.
+fn statements_own(statement: &crate::Statement, cached: PreparedStatement) -> PreparedStatement {
+    configure_prepared(
+        Cow::Owned(cached),
+        &RequestMeta::from_statement(statement),
+        Attempt { remaining: None },
+        None,
+    )
+    .into_owned()
 }
 
 /// The error of an attempt whose deadline passed while its statement was

@@ -31,6 +31,7 @@ pub use crate::analysis::StatementTraits;
 mod kind;
 mod label;
 mod meta;
+mod remembered;
 mod statement;
 mod tally;
 mod values;
@@ -188,15 +189,45 @@ impl CqlRequest {
         self.stack = Some(link);
     }
 
+    /// Makes the request (and its clones) hold `guard`, a hold on the
+    /// gate that admitted it, for a `USE`: the gate counts it until the
+    /// last clone is dropped, the one its task keeps included (see
+    /// [`StackLink::gate`](tally::StackLink)). In the request's own link
+    /// when it has one (a tally), or else in a new link with the
+    /// collectors it carried. (A request already holding another gate's
+    /// keeps that one.)
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn hold_gate(&mut self, guard: crate::gate::GateGuard) {
+        match &self.stack {
+            Some(link) if link.attempts.is_some() => {
+                let _ = link.gate.set(guard);
+            }
+            _ => {
+                let link = tally::StackLink {
+                    collectors: self.stack_collectors().cloned(),
+                    attempts: None,
+                    gate: std::sync::OnceLock::from(guard),
+                };
+                self.stack = Some(Arc::new(link));
+            }
+        }
+    }
+
     /// Has the driver service count every attempt it starts for this
     /// request and its clones (retries, speculative attempts) in the
     /// tally returned: what the metrics layer reads for a request dropped
     /// before it ended (see [`AttemptTally`]). Replaces a tally given
     /// before; the stack's collectors the request carries stay.
     pub fn count_attempts(&mut self) -> AttemptTally {
+        let gate = std::sync::OnceLock::new();
+        if let Some(held) = self.stack.as_ref().and_then(|l| l.gate.get()) {
+            let _ = gate.set(held.also());
+        }
         let link = Arc::new(tally::StackLink {
             collectors: self.stack_collectors().cloned(),
             attempts: Some(Default::default()),
+            gate,
         });
         self.stack = Some(link.clone());
         AttemptTally(link)

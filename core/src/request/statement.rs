@@ -7,6 +7,7 @@ use std::sync::Arc;
 use scylla::statement::batch::{Batch, BatchStatement as DriverBatchStatement};
 use scylla::statement::prepared::PreparedStatement;
 
+use super::remembered::Remembered;
 use super::{CqlRequest, Label, OperationKind, RequestMeta, StatementTraits, Values};
 use crate::analysis::analyse;
 
@@ -33,8 +34,10 @@ pub(super) struct StatementInner {
     /// (by that service's id), and the session's keyspace it was prepared
     /// in if it [follows it](Self::follows_session_keyspace): later
     /// requests in that keyspace skip the driver's cache lookup, which
-    /// hashes and compares the text.
-    prepared: std::sync::OnceLock<(u64, Option<Arc<String>>, PreparedStatement)>,
+    /// hashes and compares the text. Once outdated (its table made again
+    /// with another type for a column), the one prepared anew takes its
+    /// place (see [`supersede_prepared`](Statement::supersede_prepared)).
+    prepared: std::sync::OnceLock<Remembered>,
     /// The id of the first label guard that admitted this statement's
     /// labels (0: none yet): its later requests skip the guard's lookup.
     admitted: std::sync::atomic::AtomicU64,
@@ -267,12 +270,7 @@ impl Statement {
         driver: u64,
         keyspace: Option<&str>,
     ) -> Option<&PreparedStatement> {
-        match self.0.prepared.get() {
-            Some((id, ks, p)) if *id == driver && ks.as_deref().map(String::as_str) == keyspace => {
-                Some(p)
-            }
-            _ => None,
-        }
+        self.0.prepared.get()?.get(driver, keyspace)
     }
 
     /// Whether the statement's keyspace label is the session's keyspace
@@ -412,7 +410,27 @@ impl Statement {
         p: &PreparedStatement,
     ) {
         if self.0.prepared.get().is_none() {
-            let _ = self.0.prepared.set((driver, keyspace.cloned(), p.clone()));
+            let _ = self
+                .0
+                .prepared
+                .set(Remembered::new(driver, keyspace.cloned(), p.clone()));
+        }
+    }
+
+    /// Puts `fresh()` in the place of the statement remembered as prepared
+    /// by `driver` in the session keyspace `keyspace`, if one is and
+    /// `outdated` says it is (its table was made again with another type
+    /// for a column): later requests run `fresh` as they ran it, with no
+    /// failed binding and detour to the driver's cache first.
+    pub(crate) fn supersede_prepared(
+        &self,
+        driver: u64,
+        keyspace: Option<&str>,
+        outdated: impl FnOnce(&PreparedStatement) -> bool,
+        fresh: impl FnOnce() -> PreparedStatement,
+    ) {
+        if let Some(r) = self.0.prepared.get() {
+            r.supersede(driver, keyspace, outdated, fresh);
         }
     }
 

@@ -19,6 +19,12 @@ pub(crate) struct StackLink {
     /// layer asked ([`CqlRequest::count_attempts`](crate::CqlRequest::count_attempts)):
     /// `None` in the link a gate shares among all its requests.
     pub(crate) attempts: Option<AtomicU32>,
+    /// For a `USE`, a hold on the gate that admitted it: a `USE` runs to
+    /// its end in a task of its own, which keeps a clone of the request
+    /// (see `driver::attempt::run_use`), so the gate counts it until it
+    /// ends, even after its caller stopped waiting, and `close()` waits
+    /// for it (see [`CqlRequest::hold_gate`](crate::CqlRequest::hold_gate)).
+    pub(crate) gate: std::sync::OnceLock<crate::gate::GateGuard>,
 }
 
 impl StackLink {
@@ -28,6 +34,7 @@ impl StackLink {
         Arc::new(StackLink {
             collectors: Some(collectors),
             attempts: None,
+            gate: std::sync::OnceLock::new(),
         })
     }
 }
