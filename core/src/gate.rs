@@ -377,9 +377,9 @@ impl Gate {
     /// paging streams started in the gate that are still open (their
     /// readers get `ShutDown`), flushes the collectors (each waited for
     /// up to its [`flush_timeout`](crate::Collector::flush_timeout): see
-    /// [`Collectors::flush`]), and returns when the gate is closed. It never waits for a stream's reader.
-    /// Idempotent; safe
-    /// to call from many tasks at once (all return once closed).
+    /// [`Collectors::flush`]), and returns when the gate is closed. It
+    /// never waits for a stream's reader. Idempotent; safe to call from
+    /// many tasks at once (all return once closed).
     ///
     /// Cancel-safe: dropping the future (a caller's timeout) abandons
     /// nothing. Once a `close()` has begun, the last request to leave

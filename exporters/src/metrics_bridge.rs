@@ -22,7 +22,7 @@
 //! | `db_client_shed_total` | counter | `reason` |
 //! | `db_client_breaker_transitions_total` | counter | `to` |
 //! | `db_client_concurrency_limit` | gauge | `limiter` |
-//! | `db_client_pages_total`, `db_client_page_rows_total` | counters (see [`instruments`](crate::instruments)) | |
+//! | `db_client_pages_total`, `db_client_page_rows_total` | counters (see [`instruments`]) | |
 //! | `db_client_streams_total` | counter | `end` |
 //! | `db_client_returned_rows_total` | counter | |
 //!

@@ -31,7 +31,7 @@
 //! | `db.client.streams` (counter) | `{stream}` | `end` |
 //!
 //! The paged-read counters are the [`MetricsBridge`](crate::metrics_bridge)'s
-//! too: both take them from [`instruments`](crate::instruments).
+//! too: both take them from [`instruments`].
 //!
 //! Attribute sets are built once per label set and cached (lock-free
 //! [`Registry`]), so recording allocates nothing.
