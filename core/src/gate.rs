@@ -937,6 +937,77 @@ mod loom_tests {
         });
     }
 
+    /// A `USE` whose caller gave up: the caller's guard took another hold
+    /// (`hold`) for the `USE`'s own task before the caller dropped its
+    /// future. Racing the caller's exit, the task's end and a close, the
+    /// gate never flushes while the task runs, and flushes once, after.
+    #[test]
+    fn loom_a_held_use_keeps_the_gate_open_until_its_task_ends() {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
+            let core = Arc::new(GateCore::new());
+            let flushes = Arc::new(AtomicUsize::new(0));
+            let running = Arc::new(AtomicUsize::new(1));
+            assert_eq!(core.try_enter(), Admission::Admitted);
+            core.hold();
+            // the flush a leaver or a closer claims, checking the task is over
+            let claim =
+                |core: &Arc<GateCore>, flushes: &Arc<AtomicUsize>, running: &Arc<AtomicUsize>| {
+                    if !core.claim_flush() {
+                        return None;
+                    }
+                    let (core, flushes, running) = (core.clone(), flushes.clone(), running.clone());
+                    Some(loom::thread::spawn(move || {
+                        assert_eq!(
+                            running.load(Ordering::SeqCst),
+                            0,
+                            "flushed while the USE ran"
+                        );
+                        flushes.fetch_add(1, Ordering::SeqCst);
+                        core.mark_closed();
+                    }))
+                };
+            let task = {
+                let (core, flushes, running) = (core.clone(), flushes.clone(), running.clone());
+                loom::thread::spawn(move || {
+                    running.store(0, Ordering::SeqCst);
+                    if core.exit() {
+                        claim(&core, &flushes, &running)
+                    } else {
+                        None
+                    }
+                })
+            };
+            let caller = {
+                let (core, flushes, running) = (core.clone(), flushes.clone(), running.clone());
+                loom::thread::spawn(move || {
+                    if core.exit() {
+                        claim(&core, &flushes, &running)
+                    } else {
+                        None
+                    }
+                })
+            };
+            core.begin_close();
+            let mut jobs: Vec<_> = if core.is_closed() {
+                None
+            } else {
+                claim(&core, &flushes, &running)
+            }
+            .into_iter()
+            .collect();
+            jobs.extend(task.join().unwrap());
+            jobs.extend(caller.join().unwrap());
+            assert_eq!(jobs.len(), 1, "one job, whoever claimed it");
+            for j in jobs {
+                j.join().unwrap();
+            }
+            assert_eq!(flushes.load(Ordering::SeqCst), 1, "one flush");
+            assert_eq!(core.state(), (GateState::Closed, 0));
+        });
+    }
+
     /// What the last request out of a closing gate does (a guard's drop,
     /// or a refused enter that drained it): claim the flush and hand it to
     /// a job, unless a closer did first.
