@@ -121,6 +121,8 @@ pub struct OtelCollector {
     // Flushes that failed (an export of what they carried failed): this
     // collector's `failures()`.
     failed_flushes: AtomicU64,
+    // How long `Collectors::flush` waits for this collector's flush.
+    flush_timeout: std::time::Duration,
 }
 
 impl fmt::Debug for OtelCollector {
@@ -191,6 +193,7 @@ impl OtelCollector {
             provider: None,
             also_flush: None,
             failed_flushes: AtomicU64::new(0),
+            flush_timeout: tower_cql_core::DEFAULT_FLUSH_TIMEOUT,
         }
     }
 
@@ -204,6 +207,19 @@ impl OtelCollector {
         let mut c = OtelCollector::new(&provider.meter("tower-cql"));
         c.provider = Some(provider.clone());
         c
+    }
+
+    /// Sets how long the stack's `close()` (through
+    /// [`Collectors::flush`](tower_cql_core::Collectors::flush)) waits for
+    /// this collector's flush before it gives up on it and counts a
+    /// failure: [`DEFAULT_FLUSH_TIMEOUT`](tower_cql_core::DEFAULT_FLUSH_TIMEOUT)
+    /// unless set. Give it more than the exports its provider makes on a
+    /// flush can take (their export timeouts, summed). The collector of
+    /// an `OtlpExporter` (feature `otlp`) sets it from the
+    /// exporter's timeouts.
+    pub fn with_flush_timeout(mut self, timeout: std::time::Duration) -> OtelCollector {
+        self.flush_timeout = timeout;
+        self
     }
 
     /// Runs `f` on every [`Collector::flush`] too, after the meter
@@ -332,6 +348,10 @@ impl Collector for OtelCollector {
     fn on_stream(&self, e: &StreamEvent<'_>) {
         self.streams
             .add(1, &[KeyValue::new(instruments::STREAM_END, e.end.as_str())]);
+    }
+
+    fn flush_timeout(&self) -> std::time::Duration {
+        self.flush_timeout
     }
 
     fn flush(&self) {

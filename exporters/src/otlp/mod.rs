@@ -809,14 +809,24 @@ impl OtlpExporter {
     /// A collector recording the stack's metrics on this exporter's meter
     /// provider. Its `flush()`, which the stack's `close()` calls, exports
     /// the pending metrics and spans; a flush that fails counts as its
-    /// failure (`Collectors::failures`). Add one per [`Collectors`] set: two
-    /// would record every event twice into the same instruments.
+    /// failure (`Collectors::failures`). `close()` waits for that flush
+    /// for both signals' export timeouts and 5 s more, never less than
+    /// [`DEFAULT_FLUSH_TIMEOUT`](tower_cql_core::DEFAULT_FLUSH_TIMEOUT)
+    /// (see [`OtelCollector::with_flush_timeout`]). Add one per
+    /// [`Collectors`] set: two would record every event twice into the
+    /// same instruments.
     ///
     /// [`Collectors`]: tower_cql_core::Collectors
     pub fn collector(&self) -> OtelCollector {
         let traces = self.tracer_provider.clone();
+        // the flush exports the metrics, then the spans, each bounded by
+        // its signal's timeout
+        let exports =
+            self.cfg.target(Signal::Metrics).timeout + self.cfg.target(Signal::Traces).timeout;
+        let bound = (exports + Duration::from_secs(5)).max(tower_cql_core::DEFAULT_FLUSH_TIMEOUT);
         OtelCollector::with_provider(&self.meter_provider)
             .also_flush(Arc::new(move || traces.force_flush()))
+            .with_flush_timeout(bound)
     }
 
     /// A `tracing` layer exporting spans (the tracing middleware's
@@ -1045,6 +1055,42 @@ mod tests {
         );
         for e in [none, from_env, explicit] {
             let _ = e.shutdown().await; // nothing listens there: only the providers matter
+        }
+    }
+
+    /// The collector's flush, which the stack's `close()` waits for up to
+    /// the collector's `flush_timeout`, exports the metrics and then the
+    /// spans, each export bounded by its signal's export timeout: a bound
+    /// shorter than the two gave up on a slow but working export (and
+    /// counted it as a failure). It was `DEFAULT_FLUSH_TIMEOUT` (30 s)
+    /// whatever the export timeouts.
+    #[tokio::test]
+    async fn the_collectors_flush_bound_covers_both_exports() {
+        use std::time::Duration;
+        use tower_cql_core::Collector as _;
+        let install = |b: OtlpExporterBuilder| b.endpoint("http://127.0.0.1:4317").install();
+        let slow = install(
+            OtlpExporterBuilder::from_vars(Vec::<(&str, &str)>::new())
+                .export_timeout(Duration::from_secs(20)),
+        )
+        .unwrap();
+        let bound = slow.collector().flush_timeout();
+        assert!(
+            bound > Duration::from_secs(40),
+            "exports of 20 s each, a flush bound of {bound:?}"
+        );
+        let quick = install(
+            OtlpExporterBuilder::from_vars(Vec::<(&str, &str)>::new())
+                .export_timeout(Duration::from_millis(100)),
+        )
+        .unwrap();
+        assert_eq!(
+            quick.collector().flush_timeout(),
+            tower_cql_core::DEFAULT_FLUSH_TIMEOUT,
+            "never shorter than the default"
+        );
+        for e in [slow, quick] {
+            let _ = e.shutdown().await; // nothing listens there
         }
     }
 
